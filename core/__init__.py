@@ -1,0 +1,1 @@
+"""uringstack: the fast Linux storage path for Python."""

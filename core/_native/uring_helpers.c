@@ -1,0 +1,356 @@
+/* uringstack's C hot path: prepare, submit and reap whole batches.
+ *
+ * Python hands over one batch as parallel arrays (opcodes, fds, addresses,
+ * lengths, offsets, ...) and gets results written back by index, so the
+ * interpreter touches a batch, never a single SQE.  cffi releases the GIL
+ * around every call into this file.
+ *
+ * user_data = (slot << 32) | index: the slot identifies the batch (Python
+ * keeps the buffers of that batch alive until the slot's remaining count
+ * reaches zero), the index is the op inside the batch.
+ *
+ * liburing returns -errno; errno itself is never read after its calls. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sched.h>
+#include <liburing.h>
+
+#define US_MAX_SLOTS 4096
+#define US_CMD_BYTES 80     /* bytes of command an SQE128 carries in sqe->cmd */
+#define US_REAP_CHUNK 256
+
+#define US_OP_NOP IORING_OP_NOP
+#define US_OP_READV IORING_OP_READV
+#define US_OP_WRITEV IORING_OP_WRITEV
+#define US_OP_FSYNC IORING_OP_FSYNC
+#define US_OP_READ_FIXED IORING_OP_READ_FIXED
+#define US_OP_WRITE_FIXED IORING_OP_WRITE_FIXED
+#define US_OP_ASYNC_CANCEL IORING_OP_ASYNC_CANCEL
+#define US_OP_READ IORING_OP_READ
+#define US_OP_WRITE IORING_OP_WRITE
+#define US_OP_URING_CMD IORING_OP_URING_CMD
+#define US_OP_LAST IORING_OP_LAST
+
+#ifndef IORING_ASYNC_CANCEL_ANY
+#define IORING_ASYNC_CANCEL_ANY (1U << 2)
+#endif
+
+struct us_batch {
+    uint32_t n;
+    uint32_t slot;
+    const uint8_t *opcodes;
+    const int32_t *fds;
+    const uint64_t *addrs;
+    const uint32_t *lens;
+    const uint64_t *offs;
+    const uint32_t *op_flags;
+    const uint8_t *sqe_flags;
+    const uint16_t *buf_index;
+    int32_t *results;
+};
+
+struct us_counters {
+    uint64_t enters;     /* io_uring_enter calls we caused (predicted as liburing decides) */
+    uint64_t submitted;  /* SQEs handed to the kernel */
+    uint64_t reaped;     /* CQEs consumed */
+    uint64_t stray;      /* CQEs whose slot was not in flight (e.g. cancel results) */
+    uint64_t spins;      /* empty CQ peeks while busy-polling */
+};
+
+typedef struct us_state {
+    int32_t *results[US_MAX_SLOTS];
+    uint32_t remaining[US_MAX_SLOTS];
+    uint16_t done[US_MAX_SLOTS];
+    uint32_t done_n;
+    uint32_t inflight;      /* SQEs submitted whose CQE is not reaped */
+    uint32_t spin_us;       /* busy-poll the CQ this long before sleeping in the kernel */
+    struct us_counters c;
+} us_state_t;
+
+us_state_t *us_state_new(void)
+{
+    return calloc(1, sizeof(us_state_t));
+}
+
+void us_state_free(us_state_t *st) { free(st); }
+struct us_counters *us_state_counters(us_state_t *st) { return &st->c; }
+void us_state_set_spin(us_state_t *st, uint32_t spin_us) { st->spin_us = spin_us; }
+uint32_t us_inflight(const us_state_t *st) { return st->inflight; }
+
+uint32_t us_slot_remaining(const us_state_t *st, uint32_t slot)
+{
+    return slot < US_MAX_SLOTS ? st->remaining[slot] : 0;
+}
+
+uint32_t us_take_done(us_state_t *st, uint16_t *out, uint32_t max)
+{
+    uint32_t n = st->done_n < max ? st->done_n : max;
+    memcpy(out, st->done, n * sizeof(uint16_t));
+    memmove(st->done, st->done + n, (st->done_n - n) * sizeof(uint16_t));
+    st->done_n -= n;
+    return n;
+}
+
+static int is_sqpoll(const struct io_uring *ring)
+{
+    return (ring->flags & IORING_SETUP_SQPOLL) != 0;
+}
+
+/* Does liburing's io_uring_submit() enter the kernel?  Mirrors its own
+ * decision so that the counter matches what strace would show. */
+static int submit_needs_enter(const struct io_uring *ring)
+{
+    if (!is_sqpoll(ring))
+        return 1;
+    return (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_NEED_WAKEUP) != 0;
+}
+
+static int submit_pending(struct io_uring *ring, us_state_t *st)
+{
+    int enter = submit_needs_enter(ring);
+    int ret = io_uring_submit(ring);
+    if (ret < 0)
+        return ret;
+    if (enter)
+        st->c.enters++;
+    st->c.submitted += (uint64_t)ret;
+    return ret;
+}
+
+static unsigned drain(struct io_uring *ring, us_state_t *st)
+{
+    struct io_uring_cqe *cqes[US_REAP_CHUNK];
+    unsigned total = 0;
+    for (;;) {
+        unsigned got = io_uring_peek_batch_cqe(ring, cqes, US_REAP_CHUNK);
+        if (!got)
+            break;
+        for (unsigned i = 0; i < got; i++) {
+            uint64_t ud = cqes[i]->user_data;
+            uint32_t slot = (uint32_t)(ud >> 32), idx = (uint32_t)ud;
+            if (slot < US_MAX_SLOTS && st->remaining[slot] && st->results[slot]) {
+                st->results[slot][idx] = cqes[i]->res;
+                if (--st->remaining[slot] == 0) {
+                    st->results[slot] = NULL;
+                    st->done[st->done_n++] = (uint16_t)slot;
+                }
+                st->inflight--;
+            } else {
+                st->c.stray++;
+            }
+        }
+        io_uring_cq_advance(ring, got);
+        total += got;
+    }
+    st->c.reaped += total;
+    return total;
+}
+
+static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struct us_batch *b, uint32_t i)
+{
+    uint8_t op = b->opcodes[i];
+    int fd = b->fds[i];
+    void *addr = (void *)(uintptr_t)(b->addrs ? b->addrs[i] : 0);
+    uint32_t len = b->lens ? b->lens[i] : 0;
+    uint64_t off = b->offs ? b->offs[i] : 0;
+    uint32_t opf = b->op_flags ? b->op_flags[i] : 0;
+
+    switch (op) {
+    case IORING_OP_NOP: io_uring_prep_nop(sqe); break;
+    case IORING_OP_READ: io_uring_prep_read(sqe, fd, addr, len, off); sqe->rw_flags = (int)opf; break;
+    case IORING_OP_WRITE: io_uring_prep_write(sqe, fd, addr, len, off); sqe->rw_flags = (int)opf; break;
+    case IORING_OP_READV: io_uring_prep_readv(sqe, fd, addr, len, off); sqe->rw_flags = (int)opf; break;
+    case IORING_OP_WRITEV: io_uring_prep_writev(sqe, fd, addr, len, off); sqe->rw_flags = (int)opf; break;
+    case IORING_OP_READ_FIXED:
+        io_uring_prep_read_fixed(sqe, fd, addr, len, off, b->buf_index ? b->buf_index[i] : 0);
+        sqe->rw_flags = (int)opf;
+        break;
+    case IORING_OP_WRITE_FIXED:
+        io_uring_prep_write_fixed(sqe, fd, addr, len, off, b->buf_index ? b->buf_index[i] : 0);
+        sqe->rw_flags = (int)opf;
+        break;
+    case IORING_OP_FSYNC: io_uring_prep_fsync(sqe, fd, opf); break;
+    case IORING_OP_ASYNC_CANCEL:
+        io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)addr, (int)opf);
+        sqe->fd = fd;
+        break;
+    case IORING_OP_URING_CMD:
+        /* liburing 2.3 has no io_uring_prep_uring_cmd: build the 128-byte
+         * SQE by hand as fio's io_uring_cmd engine does. */
+        if (!(ring->flags & IORING_SETUP_SQE128) || len > US_CMD_BYTES || !addr)
+            return -EINVAL;
+        memset(sqe, 0, 2 * sizeof(*sqe));
+        sqe->opcode = IORING_OP_URING_CMD;
+        sqe->fd = fd;
+        sqe->cmd_op = opf;
+        memcpy(sqe->cmd, addr, len);
+        break;
+    default:
+        return -EINVAL;
+    }
+    io_uring_sqe_set_flags(sqe, b->sqe_flags ? b->sqe_flags[i] : 0);
+    io_uring_sqe_set_data64(sqe, ((uint64_t)b->slot << 32) | i);
+    return 0;
+}
+
+/* Queue every op of the batch and submit them.  When the SQ fills up mid-
+ * batch the queued part is submitted and preparation continues, so a batch
+ * may be larger than the ring.  Returns 0 or -errno; on error nothing of the
+ * batch that was not yet submitted reaches the kernel. */
+int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b)
+{
+    if (b->slot >= US_MAX_SLOTS || st->remaining[b->slot] || b->n == 0 || !b->results)
+        return -EINVAL;
+    for (uint32_t i = 0; i < b->n; i++) {
+        uint8_t op = b->opcodes[i];
+        if (op >= IORING_OP_LAST)
+            return -EINVAL;
+        if (op == IORING_OP_URING_CMD && !(ring->flags & IORING_SETUP_SQE128))
+            return -EINVAL;
+    }
+    st->results[b->slot] = b->results;
+    st->remaining[b->slot] = b->n;
+    for (uint32_t i = 0; i < b->n; i++) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+        while (!sqe) {
+            int ret = submit_pending(ring, st);
+            if (ret < 0 && ret != -EAGAIN && ret != -EBUSY)
+                goto fail;
+            if (ret <= 0)
+                drain(ring, st);
+            sqe = io_uring_get_sqe(ring);
+            if (!sqe && is_sqpoll(ring))
+                sched_yield();  /* SQ thread has not consumed the ring yet */
+        }
+        int ret = prep_one(ring, sqe, b, i);
+        if (ret < 0) {
+            /* Turn the SQE we already took into a NOP that nobody waits for. */
+            io_uring_prep_nop(sqe);
+            io_uring_sqe_set_data64(sqe, UINT64_MAX);
+            st->remaining[b->slot] -= (b->n - i);
+            submit_pending(ring, st);
+            if (st->remaining[b->slot] == 0)
+                st->results[b->slot] = NULL;
+            st->inflight += i;
+            return ret;
+        }
+    }
+    st->inflight += b->n;
+    for (;;) {
+        int ret = submit_pending(ring, st);
+        if (ret >= 0)
+            break;
+        if (ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+            return ret;
+        drain(ring, st);
+    }
+    return 0;
+fail:
+    return -EIO;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Block (or busy-poll for spin_us first) until cond() holds. */
+static int wait_until(struct io_uring *ring, us_state_t *st, int (*cond)(us_state_t *, uint32_t), uint32_t arg)
+{
+    drain(ring, st);
+    if (cond(st, arg))
+        return 0;
+    if (st->spin_us) {
+        uint64_t end = now_ns() + (uint64_t)st->spin_us * 1000u;
+        do {
+            if (drain(ring, st) == 0)
+                st->c.spins++;
+            if (cond(st, arg))
+                return 0;
+        } while (now_ns() < end);
+    }
+    while (!cond(st, arg)) {
+        if (st->inflight == 0)
+            return -ENOENT;   /* would wait forever */
+        struct io_uring_cqe *cqe;
+        st->c.enters++;
+        int ret = io_uring_wait_cqe(ring, &cqe);
+        if (ret < 0 && ret != -ETIME)
+            return ret;     /* -EINTR goes back to Python so signals are handled */
+        drain(ring, st);
+    }
+    return 0;
+}
+
+static int slot_done(us_state_t *st, uint32_t slot) { return st->remaining[slot] == 0; }
+static int any_done(us_state_t *st, uint32_t min_done) { return st->done_n >= min_done; }
+
+int us_wait_slot(struct io_uring *ring, us_state_t *st, uint32_t slot)
+{
+    if (slot >= US_MAX_SLOTS)
+        return -EINVAL;
+    return wait_until(ring, st, slot_done, slot);
+}
+
+int us_wait_any(struct io_uring *ring, us_state_t *st, uint32_t min_done)
+{
+    return wait_until(ring, st, any_done, min_done);
+}
+
+int us_reap_ready(struct io_uring *ring, us_state_t *st)
+{
+    return (int)drain(ring, st);
+}
+
+/* Ask the kernel to cancel everything in flight on this ring, then wait for
+ * every CQE so no buffer is still owned by the kernel when Python frees it. */
+int us_cancel_all(struct io_uring *ring, us_state_t *st)
+{
+    drain(ring, st);
+    if (st->inflight == 0)
+        return 0;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) {
+        submit_pending(ring, st);
+        sqe = io_uring_get_sqe(ring);
+    }
+    if (sqe) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, UINT64_MAX);
+        submit_pending(ring, st);
+    }
+    while (st->inflight) {
+        struct io_uring_cqe *cqe;
+        st->c.enters++;
+        int ret = io_uring_wait_cqe(ring, &cqe);
+        if (ret < 0 && ret != -EINTR && ret != -ETIME)
+            return ret;
+        drain(ring, st);
+    }
+    return 0;
+}
+
+int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
+                            uint32_t n, uint32_t align)
+{
+    uint64_t mask = align - 1;
+    for (uint32_t i = 0; i < n; i++) {
+        if ((addrs && (addrs[i] & mask)) || (lens && (lens[i] & mask)) || (offs && (offs[i] & mask)))
+            return i;
+    }
+    return -1;
+}
+
+int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (results[i] < 0 || (uint32_t)results[i] != lens[i])
+            return i;
+    }
+    return -1;
+}

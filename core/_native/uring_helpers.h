@@ -1,0 +1,116 @@
+/* cffi cdef for uringstack's binding: the parts of liburing we call plus our
+ * batch helpers.  Structs are partial ("...;") so the C compiler supplies the
+ * real layout of the installed liburing; constants use "..." for the same
+ * reason.  This file is parsed by cffi, not by a C compiler. */
+
+/* --- constants ------------------------------------------------------------ */
+#define IORING_SETUP_IOPOLL ...
+#define IORING_SETUP_SQPOLL ...
+#define IORING_SETUP_SQ_AFF ...
+#define IORING_SETUP_CQSIZE ...
+#define IORING_SETUP_CLAMP ...
+#define IORING_SETUP_ATTACH_WQ ...
+#define IORING_SETUP_R_DISABLED ...
+#define IORING_SETUP_SUBMIT_ALL ...
+#define IORING_SETUP_COOP_TASKRUN ...
+#define IORING_SETUP_TASKRUN_FLAG ...
+#define IORING_SETUP_SQE128 ...
+#define IORING_SETUP_CQE32 ...
+#define IORING_SETUP_SINGLE_ISSUER ...
+#define IORING_SETUP_DEFER_TASKRUN ...
+
+#define IOSQE_FIXED_FILE ...
+#define IOSQE_IO_DRAIN ...
+#define IOSQE_IO_LINK ...
+#define IOSQE_IO_HARDLINK ...
+#define IOSQE_ASYNC ...
+
+#define IORING_FSYNC_DATASYNC ...
+#define IORING_ASYNC_CANCEL_ANY ...
+#define IORING_ASYNC_CANCEL_ALL ...
+
+#define US_MAX_SLOTS ...
+#define US_CMD_BYTES ...
+
+/* opcode numbers are an enum in the kernel header: re-exported as ints */
+#define US_OP_NOP ...
+#define US_OP_READV ...
+#define US_OP_WRITEV ...
+#define US_OP_FSYNC ...
+#define US_OP_READ_FIXED ...
+#define US_OP_WRITE_FIXED ...
+#define US_OP_ASYNC_CANCEL ...
+#define US_OP_READ ...
+#define US_OP_WRITE ...
+#define US_OP_URING_CMD ...
+#define US_OP_LAST ...
+
+/* --- liburing types --------------------------------------------------------- */
+struct iovec { void *iov_base; size_t iov_len; };
+struct io_uring_params {
+    uint32_t sq_entries;
+    uint32_t cq_entries;
+    uint32_t flags;
+    uint32_t sq_thread_cpu;
+    uint32_t sq_thread_idle;
+    uint32_t features;
+    uint32_t wq_fd;
+    ...;
+};
+struct io_uring { unsigned flags; int ring_fd; unsigned features; ...; };
+struct io_uring_probe { uint8_t last_op; uint8_t ops_len; ...; };
+
+int io_uring_queue_init_params(unsigned entries, struct io_uring *ring, struct io_uring_params *p);
+void io_uring_queue_exit(struct io_uring *ring);
+struct io_uring_probe *io_uring_get_probe_ring(struct io_uring *ring);
+void io_uring_free_probe(struct io_uring_probe *probe);
+int io_uring_opcode_supported(const struct io_uring_probe *p, int op);
+int io_uring_register_buffers(struct io_uring *ring, const struct iovec *iovecs, unsigned nr_iovecs);
+int io_uring_unregister_buffers(struct io_uring *ring);
+int io_uring_register_files(struct io_uring *ring, const int *files, unsigned nr_files);
+int io_uring_register_files_update(struct io_uring *ring, unsigned off, int *files, unsigned nr_files);
+int io_uring_unregister_files(struct io_uring *ring);
+int io_uring_register_eventfd(struct io_uring *ring, int fd);
+int io_uring_unregister_eventfd(struct io_uring *ring);
+
+/* --- uringstack batch helpers ---------------------------------------------- */
+struct us_batch {
+    uint32_t n;
+    uint32_t slot;
+    const uint8_t *opcodes;
+    const int32_t *fds;
+    const uint64_t *addrs;
+    const uint32_t *lens;
+    const uint64_t *offs;
+    const uint32_t *op_flags;
+    const uint8_t *sqe_flags;
+    const uint16_t *buf_index;
+    int32_t *results;
+};
+
+typedef ... us_state_t;   /* opaque: per-ring completion bookkeeping */
+
+struct us_counters {
+    uint64_t enters;
+    uint64_t submitted;
+    uint64_t reaped;
+    uint64_t stray;
+    uint64_t spins;
+};
+
+us_state_t *us_state_new(void);
+void us_state_free(us_state_t *st);
+struct us_counters *us_state_counters(us_state_t *st);
+void us_state_set_spin(us_state_t *st, uint32_t spin_us);
+uint32_t us_slot_remaining(const us_state_t *st, uint32_t slot);
+uint32_t us_inflight(const us_state_t *st);
+uint32_t us_take_done(us_state_t *st, uint16_t *out, uint32_t max);
+
+int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b);
+int us_wait_slot(struct io_uring *ring, us_state_t *st, uint32_t slot);
+int us_wait_any(struct io_uring *ring, us_state_t *st, uint32_t min_done);
+int us_reap_ready(struct io_uring *ring, us_state_t *st);
+int us_cancel_all(struct io_uring *ring, us_state_t *st);
+int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
+                            uint32_t n, uint32_t align);
+int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n);
