@@ -1,0 +1,64 @@
+"""Exceptions raised by uringstack.
+
+Every I/O failure is an :class:`OSError` subclass carrying ``errno``, the
+operation that failed and the file it failed on, so ``except OSError`` in
+existing code keeps working and the message says what happened where.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class UringStackError(Exception):
+    """Base class of the errors uringstack raises that are not I/O errors."""
+
+
+class UringIOError(OSError):
+    """An I/O operation failed; ``errno``, ``op`` and ``filename`` say which and where."""
+
+    def __init__(self, err: int, op: str, filename: str | None = None, detail: str = "") -> None:
+        message = f"{op} failed: {os.strerror(err)}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(err, message, filename)
+        self.op = op
+        self.detail = detail
+
+
+class RingSetupError(UringIOError):
+    """``io_uring_setup`` failed (seccomp, disabled sysctl, memlock, ...)."""
+
+
+class SubmissionError(UringIOError):
+    """The kernel refused a submission (``io_uring_enter`` failed)."""
+
+
+class ShortIOError(UringIOError):
+    """A read or write moved fewer bytes than asked and the rest could not be completed."""
+
+    def __init__(self, op: str, filename: str | None, expected: int, got: int, offset: int) -> None:
+        super().__init__(
+            _errno.EIO, op, filename, f"short transfer at offset {offset}: {got} of {expected} bytes"
+        )
+        self.expected = expected
+        self.got = got
+        self.offset = offset
+
+
+class AlignmentError(UringStackError, ValueError):
+    """An O_DIRECT or passthrough request is not aligned to the logical block size."""
+
+
+class RingClosedError(UringStackError, RuntimeError):
+    """The ring (or handle, or stack) was used after ``close()``."""
+
+
+class WrongThreadError(UringStackError, RuntimeError):
+    """A SINGLE_ISSUER ring was used from a thread other than the one that created it."""
+
+
+def io_error(err: int, op: str, filename: str | None = None, detail: str = "") -> UringIOError:
+    """Build the :class:`UringIOError` for a positive errno (``-res`` of a CQE)."""
+    return UringIOError(err, op, filename, detail)

@@ -1,0 +1,19 @@
+"""Access to the compiled binding, with an actionable error when it is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from uringstack._uring import ffi, lib  # type: ignore[import-not-found]
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "uringstack's C binding (uringstack._uring) is not built. It compiles against the "
+        "system liburing: install it (Debian: apt-get install -y liburing-dev) and reinstall "
+        "uringstack (pip install -e .)."
+    ) from exc
+
+FFI: Any = ffi
+LIB: Any = lib
+
+__all__ = ["FFI", "LIB", "ffi", "lib"]

@@ -1,0 +1,412 @@
+"""``Ring``: a safe Python object around one io_uring instance.
+
+Ownership rule (the kernel's, see DESIGN.md): a buffer belongs to the kernel
+from submission until its completion is reaped.  A :class:`Batch` holds every
+object the kernel may touch (buffers, iovec arrays, NVMe command blocks) and
+the ring holds every in-flight batch, so dropping the caller's reference to a
+buffer mid-flight cannot free it.  ``close()`` cancels what is in flight and
+waits for every completion before the ring's memory goes away.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
+from uringstack.flags import Op, SetupFlag, feature_names
+from uringstack.native import ffi, lib
+from uringstack.ring_params import CreatedRing, RingParams, create_raw_ring
+
+MAX_SLOTS: int = lib.US_MAX_SLOTS
+CMD_BYTES: int = lib.US_CMD_BYTES
+
+# Batches whose completion could not be confirmed (the ring broke while they
+# were in flight).  Their buffers are kept for the life of the process: leaking
+# memory is better than letting the kernel write into freed memory.
+_ORPHANED: list[Batch] = []
+
+IntOrSeq = int | Sequence[int]
+
+
+def _column(ctype: str, value: IntOrSeq | None, n: int) -> Any:
+    if value is None:
+        return ffi.NULL
+    if isinstance(value, int):
+        return ffi.new(f"{ctype}[]", [value] * n)
+    if len(value) != n:
+        raise ValueError(f"expected {n} values for {ctype} column, got {len(value)}")
+    return ffi.new(f"{ctype}[]", value)
+
+
+class Batch:
+    """Ops submitted together; owns everything the kernel may touch until reaped.
+
+    ``results`` holds one CQE result per op (bytes moved, or ``-errno``) once
+    :attr:`done` is true.  ``tag`` is free for the caller (e.g. an asyncio
+    future).
+    """
+
+    __slots__ = ("_arrays", "_keep", "_results", "n", "slot", "tag")
+
+    def __init__(self, n: int, keep: Sequence[object], arrays: Sequence[object]) -> None:
+        self.n = n
+        self.slot = -1
+        self.tag: Any = None
+        self._keep = tuple(keep)
+        self._arrays = tuple(arrays)
+        self._results = ffi.new("int32_t[]", n)
+
+    @property
+    def results(self) -> list[int]:
+        """Per-op results: bytes transferred, or ``-errno``."""
+        return ffi.unpack(self._results, self.n)  # type: ignore[no-any-return]
+
+    @property
+    def results_cdata(self) -> Any:
+        """The raw ``int32_t[]`` results (for C-side checks without a Python list)."""
+        return self._results
+
+    def release(self) -> None:
+        """Drop the buffers; only called once the kernel is done with them."""
+        self._keep = ()
+        self._arrays = ()
+
+
+class Ring:
+    """One io_uring instance.
+
+    Not safe for concurrent use by design: a lock serialises callers so two
+    threads never race on the SQ, and a SINGLE_ISSUER ring refuses any thread
+    but its creator (the kernel would fail such submissions with EEXIST).
+    """
+
+    def __init__(self, params: RingParams | None = None, **kwargs: Any) -> None:
+        self.params = params if params is not None else RingParams(**kwargs)
+        self._lock = threading.Lock()
+        self._owner = threading.get_ident()
+        self._closed = True
+        created: CreatedRing = create_raw_ring(self.params)
+        self._ring = created.ring
+        self.flags: SetupFlag = created.flags
+        self.features: int = created.features
+        self.sq_entries: int = created.sq_entries
+        self.cq_entries: int = created.cq_entries
+        self.dropped: list[tuple[SetupFlag, str]] = created.dropped
+        self._state = ffi.gc(lib.us_state_new(), lib.us_state_free)
+        if self._state == ffi.NULL:
+            lib.io_uring_queue_exit(self._ring)
+            raise MemoryError("cannot allocate ring bookkeeping")
+        lib.us_state_set_spin(self._state, self.params.spin_us)
+        self._counters = lib.us_state_counters(self._state)
+        self._inflight: dict[int, Batch] = {}
+        self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
+        self._done_buf = ffi.new("uint16_t[]", MAX_SLOTS)
+        self._closed = False
+        self.registered_buffers = 0
+        self.registered_files = 0
+        self.eventfd: int | None = None
+
+    # --- properties --------------------------------------------------------
+    @property
+    def fd(self) -> int:
+        """The ring's file descriptor (for ATTACH_WQ or diagnostics)."""
+        self._check_open()
+        return int(self._ring.ring_fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def inflight(self) -> int:
+        """Ops submitted whose completion has not been reaped."""
+        return 0 if self._closed else int(lib.us_inflight(self._state))
+
+    def feature_names(self) -> list[str]:
+        return feature_names(self.features)
+
+    def counters(self) -> dict[str, int]:
+        """Counts since creation: io_uring_enter calls, SQEs submitted, CQEs reaped."""
+        c = self._counters
+        return {
+            "enters": int(c.enters),
+            "submitted": int(c.submitted),
+            "reaped": int(c.reaped),
+            "stray": int(c.stray),
+            "spins": int(c.spins),
+        }
+
+    # --- guards --------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RingClosedError("ring is closed")
+
+    def _check_thread(self) -> None:
+        if self.flags & SetupFlag.SINGLE_ISSUER and threading.get_ident() != self._owner:
+            raise WrongThreadError(
+                "this ring was created with IORING_SETUP_SINGLE_ISSUER and may only be used "
+                f"by the thread that created it (thread id {self._owner}); create one ring "
+                "per thread, or build it without single_issuer"
+            )
+
+    # --- submission ------------------------------------------------------------
+    def submit(
+        self,
+        opcodes: IntOrSeq,
+        fds: IntOrSeq,
+        *,
+        n: int | None = None,
+        addrs: IntOrSeq | None = None,
+        lens: IntOrSeq | None = None,
+        offsets: IntOrSeq | None = None,
+        op_flags: IntOrSeq | None = None,
+        sqe_flags: IntOrSeq | None = None,
+        buf_index: IntOrSeq | None = None,
+        keep: Sequence[object] = (),
+    ) -> Batch:
+        """Submit one batch without waiting; return the :class:`Batch` that tracks it.
+
+        Each column is either one int (the same for every op) or a sequence
+        of *n* ints.  ``addrs`` must point into objects listed in *keep* (or
+        memory that outlives the batch): the batch holds *keep* until every
+        completion is reaped.
+        """
+        if n is None:
+            n = next(
+                (len(c) for c in (opcodes, fds, addrs, lens, offsets) if c is not None and not isinstance(c, int)),
+                1,
+            )
+        if n <= 0:
+            raise ValueError("a batch needs at least one op")
+        arrays = [
+            _column("uint8_t", opcodes, n),
+            _column("int32_t", fds, n),
+            _column("uint64_t", addrs, n),
+            _column("uint32_t", lens, n),
+            _column("uint64_t", offsets, n),
+            _column("uint32_t", op_flags, n),
+            _column("uint8_t", sqe_flags, n),
+            _column("uint16_t", buf_index, n),
+        ]
+        return self.submit_arrays(n, arrays, keep)
+
+    def submit_arrays(self, n: int, arrays: Sequence[Any], keep: Sequence[object] = ()) -> Batch:
+        """Submit a batch from ready cdata columns (opcodes, fds, addrs, lens, offs, op_flags, sqe_flags, buf_index)."""
+        batch = Batch(n, keep, arrays)
+        desc = ffi.new("struct us_batch *")
+        desc.n = n
+        (
+            desc.opcodes,
+            desc.fds,
+            desc.addrs,
+            desc.lens,
+            desc.offs,
+            desc.op_flags,
+            desc.sqe_flags,
+            desc.buf_index,
+        ) = arrays
+        desc.results = batch._results
+        with self._lock:
+            self._check_open()
+            self._check_thread()
+            if not self._free_slots:
+                self._reap_locked()
+                if not self._free_slots:
+                    raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+            slot = self._free_slots.pop()
+            desc.slot = slot
+            batch.slot = slot
+            ret = lib.us_submit_batch(self._ring, self._state, desc)
+            if ret < 0:
+                if lib.us_slot_remaining(self._state, slot):
+                    # part of the batch reached the kernel: keep it owned until reaped
+                    self._inflight[slot] = batch
+                    self._wait_slot_locked(slot)
+                    self._reap_locked()
+                else:
+                    self._free_slots.append(slot)
+                raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
+            self._inflight[slot] = batch
+        return batch
+
+    # --- completion --------------------------------------------------------------
+    def _collect_done(self) -> list[Batch]:
+        done: list[Batch] = []
+        while True:
+            k = lib.us_take_done(self._state, self._done_buf, MAX_SLOTS)
+            if k == 0:
+                return done
+            for slot in ffi.unpack(self._done_buf, k):
+                batch = self._inflight.pop(slot)
+                batch.release()
+                self._free_slots.append(slot)
+                done.append(batch)
+
+    def _reap_locked(self) -> list[Batch]:
+        lib.us_reap_ready(self._ring, self._state)
+        return self._collect_done()
+
+    def _wait_slot_locked(self, slot: int) -> None:
+        while True:
+            ret = lib.us_wait_slot(self._ring, self._state, slot)
+            if ret == 0:
+                return
+            if ret != -errno.EINTR:
+                raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
+
+    def wait(self, batch: Batch) -> list[int]:
+        """Block until every op of *batch* completed; return its results."""
+        with self._lock:
+            self._check_open()
+            self._check_thread()
+            if batch.slot in self._inflight and self._inflight[batch.slot] is batch:
+                self._wait_slot_locked(batch.slot)
+                self._collect_done()
+        return batch.results
+
+    def reap(self) -> list[Batch]:
+        """Collect batches that completed, without blocking."""
+        with self._lock:
+            self._check_open()
+            return self._reap_locked()
+
+    def wait_any(self) -> list[Batch]:
+        """Block until at least one in-flight batch completed; return the completed ones."""
+        with self._lock:
+            self._check_open()
+            self._check_thread()
+            done = self._collect_done()
+            while not done:
+                ret = lib.us_wait_any(self._ring, self._state, 1)
+                if ret == -errno.ENOENT:
+                    return []
+                if ret < 0 and ret != -errno.EINTR:
+                    raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
+                done = self._collect_done()
+            return done
+
+    def run(self, opcodes: IntOrSeq, fds: IntOrSeq, **kwargs: Any) -> list[int]:
+        """Submit a batch and wait for it: the synchronous form of :meth:`submit`."""
+        return self.wait(self.submit(opcodes, fds, **kwargs))
+
+    # --- registration ----------------------------------------------------------
+    def register_buffers(self, buffers: Iterable[Any]) -> Any:
+        """Register buffers for READ_FIXED/WRITE_FIXED; returns the pinning cdata list.
+
+        The caller must keep the returned objects (and the buffers) alive
+        until :meth:`unregister_buffers`.  ENOMEM means RLIMIT_MEMLOCK is too
+        low on this kernel.
+        """
+        pins = [ffi.from_buffer(b, require_writable=True) for b in buffers]
+        iov = ffi.new("struct iovec[]", len(pins))
+        for i, pin in enumerate(pins):
+            iov[i].iov_base = pin
+            iov[i].iov_len = len(pin)
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_buffers(self._ring, iov, len(pins))
+        if ret < 0:
+            detail = "RLIMIT_MEMLOCK too low for registered buffers" if ret == -errno.ENOMEM else ""
+            raise UringIOError(-ret, "io_uring_register_buffers", None, detail)
+        self.registered_buffers = len(pins)
+        return pins
+
+    def unregister_buffers(self) -> None:
+        with self._lock:
+            self._check_open()
+            if self._inflight:
+                self._drain_all_locked()
+            ret = lib.io_uring_unregister_buffers(self._ring)
+        if ret < 0 and ret != -errno.ENXIO:
+            raise UringIOError(-ret, "io_uring_unregister_buffers")
+        self.registered_buffers = 0
+
+    def register_files(self, fds: Sequence[int]) -> None:
+        """Register a fixed-file table; -1 entries are empty slots."""
+        arr = ffi.new("int[]", list(fds))
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_files(self._ring, arr, len(fds))
+        if ret < 0:
+            raise UringIOError(-ret, "io_uring_register_files")
+        self.registered_files = len(fds)
+
+    def update_files(self, offset: int, fds: Sequence[int]) -> None:
+        """Replace fixed-file slots starting at *offset* (-1 clears a slot)."""
+        arr = ffi.new("int[]", list(fds))
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_files_update(self._ring, offset, arr, len(fds))
+        if ret < 0:
+            raise UringIOError(-ret, "io_uring_register_files_update")
+
+    def unregister_files(self) -> None:
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_unregister_files(self._ring)
+        if ret < 0 and ret != -errno.ENXIO:
+            raise UringIOError(-ret, "io_uring_unregister_files")
+        self.registered_files = 0
+
+    def register_eventfd(self, fd: int) -> None:
+        """Signal *fd* (an eventfd) whenever a completion is posted."""
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_eventfd(self._ring, fd)
+        if ret < 0:
+            raise UringIOError(-ret, "io_uring_register_eventfd")
+        self.eventfd = fd
+
+    # --- teardown ---------------------------------------------------------------
+    def _drain_all_locked(self) -> None:
+        ret = lib.us_cancel_all(self._ring, self._state)
+        self._collect_done()
+        if ret < 0 or self._inflight:
+            _ORPHANED.extend(self._inflight.values())
+            self._inflight.clear()
+
+    def close(self) -> None:
+        """Cancel in-flight work, wait for every completion, and free the ring.
+
+        Idempotent.  After close every method raises :class:`RingClosedError`.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._inflight or lib.us_inflight(self._state):
+                self._drain_all_locked()
+            lib.io_uring_queue_exit(self._ring)
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: S110 - best effort in a finaliser
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._ring.ring_fd}"
+        return f"<Ring {self.params.role} {state} flags={self.flags!r} inflight={self.inflight}>"
+
+
+def op_read(fd: int, buf: Any, offset: int) -> dict[str, Any]:
+    """Keyword arguments for :meth:`Ring.submit` reading ``len(buf)`` bytes at *offset*."""
+    pin = ffi.from_buffer(buf, require_writable=True)
+    return {
+        "opcodes": Op.READ,
+        "fds": fd,
+        "addrs": int(ffi.cast("uintptr_t", pin)),
+        "lens": len(pin),
+        "offsets": offset,
+        "keep": (pin, buf),
+    }
