@@ -38,6 +38,9 @@ _DROP_ORDER: tuple[SetupFlag, ...] = (
 class RingParams:
     """What one ring is built with; plugins adjust this before the ring exists.
 
+    ``attach_to`` names another ring of the plan (``"core0/storage"``) whose
+    SQPOLL thread and io-wq this ring shares (IORING_SETUP_ATTACH_WQ); the
+    stack resolves it to ``wq_fd`` when it builds the rings.
     ``role`` names what the ring carries (``"storage"``, ``"iopoll"``,
     ``"passthrough"``); ``required`` holds the flags without which the ring is
     useless for its role (never dropped on EINVAL); ``reasons`` collects one
@@ -49,6 +52,7 @@ class RingParams:
     sq_thread_cpu: int | None = None
     sq_thread_idle_ms: int = 0
     wq_fd: int | None = None
+    attach_to: str | None = None
     cq_entries: int | None = None
     role: str = "storage"
     core: int | None = None

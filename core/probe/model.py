@@ -1,0 +1,115 @@
+"""The capability report: one pydantic model of what this machine can do.
+
+Produced by :func:`uringstack.probe.probe` and consumed by every plugin when
+it plans; printable as a table (``uringstack probe``) or JSON (``--json``) and
+cacheable (it round-trips through ``model_dump_json``/``model_validate_json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UringBlocker = Literal[
+    "none", "not_linux", "enosys", "sysctl_disabled", "seccomp", "eperm", "enomem", "other"
+]
+
+
+class FlagSupport(BaseModel):
+    """Whether the kernel accepted one setup flag when a ring was created with it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accepted: bool
+    errno: int = 0
+    error: str = ""
+
+
+class UringSupport(BaseModel):
+    """Whether io_uring can be used by this process, and exactly why not."""
+
+    usable: bool
+    blocker: UringBlocker = "none"
+    reason: str = ""
+    io_uring_disabled_sysctl: int | None = None
+    features: list[str] = Field(default_factory=list)
+    feature_bits: int = 0
+    opcodes: list[str] = Field(default_factory=list)
+    setup_flags: dict[str, FlagSupport] = Field(default_factory=dict)
+
+    def accepts(self, flag_name: str) -> bool:
+        """True when the kernel accepted the setup flag *flag_name* (e.g. ``"SQPOLL"``)."""
+        support = self.setup_flags.get(flag_name)
+        return bool(self.usable and support is not None and support.accepted)
+
+    def supports_op(self, opcode_name: str) -> bool:
+        return self.usable and opcode_name in self.opcodes
+
+
+class MemlockInfo(BaseModel):
+    """RLIMIT_MEMLOCK in bytes; -1 means unlimited."""
+
+    soft_bytes: int
+    hard_bytes: int
+
+    def allows(self, nbytes: int) -> bool:
+        return self.soft_bytes < 0 or nbytes <= self.soft_bytes
+
+
+class CpuInfo(BaseModel):
+    """CPUs this process may run on and the machine's NUMA layout."""
+
+    online: list[int]
+    allowed: list[int]
+    numa_nodes: dict[int, list[int]] = Field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.allowed)
+
+
+class BlockDevice(BaseModel):
+    """One block device or NVMe namespace as seen through udev/sysfs."""
+
+    name: str
+    path: str
+    model: str = ""
+    size_bytes: int = 0
+    logical_block_size: int = 512
+    physical_block_size: int = 512
+    rotational: bool = False
+    io_poll: bool = False
+    io_poll_reason: str = ""
+    nvme: bool = False
+    controller: str | None = None
+    nsid: int | None = None
+    poll_queues: int | None = None
+    generic_char: str | None = None
+    generic_char_accessible: bool = False
+    generic_char_error: str = ""
+    in_use: bool = False
+    usage: list[str] = Field(default_factory=list)
+    partitions: list[str] = Field(default_factory=list)
+
+
+class Capabilities(BaseModel):
+    """Everything the probe found.  Plugins read it; nothing in it is guessed."""
+
+    schema_version: int = 1
+    kernel_release: str
+    system: str
+    python: str
+    uring: UringSupport
+    memlock: MemlockInfo
+    cpus: CpuInfo
+    devices: list[BlockDevice] = Field(default_factory=list)
+    device_scan_error: str = ""
+    extras: dict[str, Any] = Field(default_factory=dict)
+
+    def device_for_path(self, path: str) -> BlockDevice | None:
+        """The probed device whose node (block or generic char) is *path*."""
+        for dev in self.devices:
+            if path in (dev.path, dev.generic_char):
+                return dev
+        return None

@@ -1,0 +1,61 @@
+"""Small shared types of the plugin contract: modes, verdicts, targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from uringstack.probe.model import BlockDevice
+
+FeatureMode = Literal["auto", "on", "off"]
+"""``auto``: use where the probe says it helps; ``on``: required (a clear error if
+impossible); ``off``: never."""
+
+TargetKind = Literal["file", "block", "nvme_char"]
+
+
+class FeatureVerdict(BaseModel):
+    """One plugin's answer to "will you be used here, and why (not)?"."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plugin: str
+    mode: FeatureMode
+    enabled: bool
+    reason: str
+    hint: str = ""
+
+
+@dataclass
+class Target:
+    """What a user asked :meth:`Stack.open` for, resolved against the probe.
+
+    ``device`` is the probed block device or namespace backing the target
+    (``None`` for a file whose device the probe did not list); ``options``
+    carries per-open choices such as ``passthrough="auto"``.
+    """
+
+    path: str
+    kind: TargetKind
+    direct: bool
+    writable: bool
+    device: BlockDevice | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class PlanError(Exception):
+    """The configuration asks for something this machine cannot do (``on`` impossible)."""
+
+
+class BackendFactory(Protocol):
+    """What :func:`uringstack_select_backend` returns: a named opener of handles."""
+
+    name: str
+    reason: str
+
+    def open(self, target: Target, worker: Any) -> Any:
+        """Open *target* for *worker* and return an object implementing :class:`uringstack.io.FileIO`."""
+        ...
