@@ -1,0 +1,437 @@
+"""The plugin manager: a typed facade over pluggy, built by a factory.
+
+There is no module-global manager.  Every caller (the CLI, ``load_config``,
+``open_stack``, a test) builds its own with :func:`make_plugin_manager`, so a
+test that registers a plugin cannot leak it into the next test, and two stacks
+with different disabled plugins can live in one process.
+
+The facade follows tox 4's ``tox.plugin.manager``: one typed method per hook,
+so every hook call in the core is checked by mypy, while ``.pm`` gives
+plugin authors and tests the raw :class:`pluggy.PluginManager`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from uringstack import hookspecs
+from uringstack.hookspecs import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from uringstack.config import StackConfig
+    from uringstack.probe.model import Capabilities
+    from uringstack.ring import Ring
+    from uringstack.ring_params import RingParams
+    from uringstack.stack import Stack, Worker
+    from uringstack.types import BackendFactory, FeatureVerdict, Target
+
+ENTRY_POINT_GROUP = PROJECT_NAME
+"""The entry-point group built-in and third-party plugins register under."""
+
+DISABLE_AUTOLOAD_ENV = "URINGSTACK_DISABLE_PLUGIN_AUTOLOAD"
+"""Set to ``1`` to skip loading entry-point plugins (like PYTEST_DISABLE_PLUGIN_AUTOLOAD)."""
+
+HOOK_PREFIX = PROJECT_NAME + "_"
+
+# Values of DISABLE_AUTOLOAD_ENV that mean "do load": an empty or explicitly
+# false-looking value should not surprise someone who exported VAR=0.
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or does not fit the hook contract."""
+
+
+class PluginLoadError(PluginError):
+    """Importing or registering an entry-point plugin failed.
+
+    ``entry_point`` is ``"name = module.path"``; ``distribution`` is the
+    distribution that declared it; the original exception is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, entry_point: str, distribution: str) -> None:
+        super().__init__(message)
+        self.entry_point = entry_point
+        self.distribution = distribution
+
+
+@dataclass(frozen=True)
+class PluginSection:
+    """One config section contributed by a plugin through ``uringstack_config_sections``."""
+
+    name: str
+    model: type[BaseModel]
+    plugin: str
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A registered plugin: its name, what it is, and which distribution shipped it."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+
+
+def autoload_disabled_by_env(environ: Any = None) -> bool:
+    """True when :data:`DISABLE_AUTOLOAD_ENV` asks to skip entry-point plugins."""
+    env = os.environ if environ is None else environ
+    value = str(env.get(DISABLE_AUTOLOAD_ENV, "")).strip().lower()
+    return value not in _FALSE_WORDS
+
+
+class UringstackPluginManager:
+    """Typed facade over a :class:`pluggy.PluginManager` for the ``uringstack`` hooks.
+
+    Build it with :func:`make_plugin_manager`.  Each ``uringstack_<hook>`` spec
+    in :mod:`uringstack.hookspecs` has a forwarding method named ``<hook>``
+    taking keyword-checked, typed arguments.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+
+    # --- the raw manager and plugin bookkeeping ----------------------------------
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The underlying pluggy manager (for ``add_hookspecs``, tracing, tests)."""
+        return self._pm
+
+    def plugin_names(self) -> list[str]:
+        """Names of the registered plugins, in registration order (blocked ones excluded)."""
+        return [name for name, plugin in self._pm.list_name_plugin() if plugin is not None]
+
+    def plugin_info(self) -> list[PluginInfo]:
+        """Each registered plugin with its module and, for entry-point plugins, its distribution."""
+        dists = {id(plugin): dist for plugin, dist in self._pm.list_plugin_distinfo()}
+        infos: list[PluginInfo] = []
+        for name, plugin in self._pm.list_name_plugin():
+            if plugin is None:
+                continue
+            dist = dists.get(id(plugin))
+            module = getattr(plugin, "__name__", None) or type(plugin).__module__
+            infos.append(
+                PluginInfo(
+                    name=name,
+                    module=str(module),
+                    distribution=dist.project_name if dist is not None else None,
+                    version=dist.version if dist is not None else None,
+                )
+            )
+        return infos
+
+    def get_plugin(self, name: str) -> Any | None:
+        """The plugin object registered as *name*, or ``None``."""
+        return self._pm.get_plugin(name)
+
+    def register(self, plugin: object, name: str | None = None, *, check: bool = True) -> str:
+        """Register *plugin* (a module, class instance, …) and return its name.
+
+        With ``check`` (the default) the plugin's hook implementations are
+        verified at once, as :meth:`check_pending` does after autoloading, so a
+        misspelled hook fails here and names the plugin.  Pass
+        ``check=False`` when a plugin registered *later* adds the spec it
+        implements (via ``uringstack_addhooks``), then call
+        :meth:`check_pending`.  Raises :class:`PluginError` when *name* is
+        blocked or already taken.
+        """
+        if name is not None and self._pm.is_blocked(name):
+            raise PluginError(f"plugin {name!r} is blocked (disabled) and cannot be registered")
+        try:
+            registered = self._pm.register(plugin, name=name)
+        except ValueError as exc:  # pluggy: name or object already registered
+            raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(
+                f"plugin {name or plugin!r} does not fit the hook specs: {exc}"
+            ) from exc
+        if registered is None:  # pragma: no cover - pluggy returns None only for blocked names
+            raise PluginError(f"plugin {name!r} is blocked")
+        if check:
+            self._check_plugin(plugin, registered)
+        return registered
+
+    def unregister(self, name: str) -> object | None:
+        """Unregister the plugin called *name*; return it (``None`` if it was not registered)."""
+        if not self._pm.has_plugin(name):
+            return None
+        return self._pm.unregister(name=name)
+
+    def block(self, name: str) -> None:
+        """Block *name*: unregister it now and refuse to load or register it later."""
+        self._pm.set_blocked(name)
+
+    def is_blocked(self, name: str) -> bool:
+        """True when *name* was blocked with :meth:`block`."""
+        return self._pm.is_blocked(name)
+
+    def check_pending(self) -> None:
+        """Fail loudly when a plugin implements a hook that has no spec.
+
+        Like pluggy's ``check_pending`` but the error names every offending
+        plugin and hook, and suggests the closest real hook name, so a typo
+        like ``uringstack_ring_param`` does not silently do nothing.
+        """
+        problems: list[str] = []
+        for hook_name, hook in sorted(vars(self._pm.hook).items()):
+            if hook_name.startswith("_") or not isinstance(hook, pluggy.HookCaller):
+                continue
+            if hook.has_spec():
+                continue
+            for impl in hook.get_hookimpls():
+                if not impl.optionalhook:
+                    problems.append(self._unknown_hook_message(impl.plugin_name, hook_name))
+        for name, plugin in self._pm.list_name_plugin():
+            if plugin is not None:
+                problems.extend(self._unmarked_hooks(plugin, name))
+        if problems:
+            raise PluginError("invalid uringstack plugin(s):\n  " + "\n  ".join(problems))
+
+    def _check_plugin(self, plugin: object, name: str) -> None:
+        problems = self._unmarked_hooks(plugin, name)
+        for impl in self._pm.get_hookcallers(plugin) or []:
+            if not impl.has_spec():
+                for hookimpl in impl.get_hookimpls():
+                    if hookimpl.plugin is plugin and not hookimpl.optionalhook:
+                        problems.append(self._unknown_hook_message(name, impl.name))
+        if problems:
+            # Leave the manager as it was: a half-registered bad plugin would
+            # make every later hook call suspect.
+            self._pm.unregister(plugin)
+            raise PluginError("invalid uringstack plugin:\n  " + "\n  ".join(problems))
+
+    def _hook_names(self) -> list[str]:
+        return [
+            name
+            for name, hook in vars(self._pm.hook).items()
+            if isinstance(hook, pluggy.HookCaller) and hook.has_spec()
+        ]
+
+    def _unknown_hook_message(self, plugin_name: str, hook_name: str) -> str:
+        close = difflib.get_close_matches(hook_name, self._hook_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"plugin {plugin_name!r}: {hook_name!r} is not a uringstack hook{hint}"
+
+    def _unmarked_hooks(self, plugin: object, name: str) -> list[str]:
+        # pluggy only collects functions marked with @hookimpl; a plugin author
+        # who forgets the decorator would otherwise see the hook never called.
+        problems: list[str] = []
+        for attr in dir(plugin):
+            if not attr.startswith(HOOK_PREFIX):
+                continue
+            try:
+                value = inspect.getattr_static(plugin, attr)
+            except AttributeError:  # pragma: no cover - dir() and getattr_static disagree
+                continue
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if not callable(value):
+                continue
+            if self._pm.parse_hookimpl_opts(plugin, attr) is None:
+                problems.append(
+                    f"plugin {name!r}: {attr!r} looks like a hook implementation but is not "
+                    f"decorated with @uringstack.hookspecs.hookimpl"
+                )
+        return problems
+
+    # --- loading -------------------------------------------------------------------
+
+    def load_entry_points(self) -> list[str]:
+        """Load every plugin of the ``uringstack`` entry-point group that is not blocked.
+
+        Each entry point is loaded through pluggy's
+        ``load_setuptools_entrypoints(group, name=...)`` one at a time, so an
+        import error is reported with the entry point and distribution that
+        declared it (:class:`PluginLoadError`).  Two distributions declaring
+        the same plugin name is an error too: pluggy would silently keep
+        whichever it met first.  Returns the names loaded by this call.
+        """
+        seen: dict[str, str] = {}
+        loaded: list[str] = []
+        for dist in importlib.metadata.distributions():
+            dist_name = str(dist.metadata["Name"] or "?")
+            for ep in dist.entry_points:
+                if ep.group != ENTRY_POINT_GROUP:
+                    continue
+                if ep.name in seen and seen[ep.name] != dist_name:
+                    raise PluginLoadError(
+                        f"uringstack plugin name {ep.name!r} is declared by two distributions: "
+                        f"{seen[ep.name]!r} and {dist_name!r}; uninstall one or block it with "
+                        f"core.disabled_plugins",
+                        entry_point=f"{ep.name} = {ep.value}",
+                        distribution=dist_name,
+                    )
+                seen[ep.name] = dist_name
+                if self._pm.is_blocked(ep.name) or self._pm.has_plugin(ep.name):
+                    continue
+                try:
+                    count = self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+                except Exception as exc:
+                    raise PluginLoadError(
+                        f"cannot load uringstack plugin {ep.name!r} (entry point "
+                        f"'{ep.name} = {ep.value}' in distribution {dist_name!r}): "
+                        f"{type(exc).__name__}: {exc}\n"
+                        f"  disable it with URINGSTACK_CORE__DISABLED_PLUGINS={ep.name} or "
+                        f"core.disabled_plugins = [\"{ep.name}\"] in the config file",
+                        entry_point=f"{ep.name} = {ep.value}",
+                        distribution=dist_name,
+                    ) from exc
+                if count:
+                    loaded.append(ep.name)
+        return loaded
+
+    # --- typed hook calls ------------------------------------------------------------
+
+    def config_sections(self) -> list[PluginSection]:
+        """Every plugin's config section, with the plugin that contributed it.
+
+        Each implementation is called on its own (the hook takes no arguments)
+        so that a duplicate section can name both plugins and a broken
+        implementation is reported with its plugin's name.
+        """
+        sections: list[PluginSection] = []
+        # get_hookimpls() is in reverse call order; iterate in registration order
+        # so sections appear in the schema as plugins were loaded.
+        for impl in self._pm.hook.uringstack_config_sections.get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                result = impl.function()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: uringstack_config_sections raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if result is None:
+                continue
+            if not (
+                isinstance(result, tuple)
+                and len(result) == 2
+                and isinstance(result[0], str)
+                and isinstance(result[1], type)
+            ):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: uringstack_config_sections must return "
+                    f"(section_name, pydantic model class) or None, got {result!r}"
+                )
+            sections.append(PluginSection(name=result[0], model=result[1], plugin=impl.plugin_name))
+        return sections
+
+    def check_support(self, caps: Capabilities, config: StackConfig) -> list[FeatureVerdict]:
+        """One verdict per feature plugin: enabled or not here, and why."""
+        results: list[FeatureVerdict] = self._pm.hook.uringstack_check_support(
+            caps=caps, config=config
+        )
+        return results
+
+    def ring_params(self, params: RingParams, caps: Capabilities, config: StackConfig) -> None:
+        """Let every plugin adjust *params* (mutated in place) for one planned ring."""
+        self._pm.hook.uringstack_ring_params(params=params, caps=caps, config=config)
+
+    def ring_created(self, ring: Ring, worker: Worker, config: StackConfig) -> None:
+        """Tell plugins a ring exists (they register buffers, files, eventfds)."""
+        self._pm.hook.uringstack_ring_created(ring=ring, worker=worker, config=config)
+
+    def select_backend(
+        self, target: Target, caps: Capabilities, config: StackConfig
+    ) -> BackendFactory | None:
+        """The first plugin's backend factory for *target*, or ``None`` for plain io_uring."""
+        result: BackendFactory | None = self._pm.hook.uringstack_select_backend(
+            target=target, caps=caps, config=config
+        )
+        return result
+
+    def file_opened(self, handle: object, worker: Worker) -> None:
+        """Tell plugins a handle was opened on *worker*."""
+        self._pm.hook.uringstack_file_opened(handle=handle, worker=worker)
+
+    def file_closed(self, handle: object, worker: Worker) -> None:
+        """Tell plugins a handle is about to close."""
+        self._pm.hook.uringstack_file_closed(handle=handle, worker=worker)
+
+    @property
+    def has_completion_batch_impls(self) -> bool:
+        """True when some plugin implements ``uringstack_completion_batch``.
+
+        The stack checks this once at build time and skips the per-batch hook
+        call entirely when nobody listens.
+        """
+        return bool(self._pm.hook.uringstack_completion_batch.get_hookimpls())
+
+    def completion_batch(self, worker: Worker, op: str, results: list[int]) -> None:
+        """Hand one batch of completion results to the plugins that listen."""
+        self._pm.hook.uringstack_completion_batch(worker=worker, op=op, results=results)
+
+    def stack_teardown(self, stack: Stack) -> None:
+        """Let plugins release what they attached, in reverse of the usual call order.
+
+        pluggy calls hooks last-registered-first, so ``ring_created`` ran in
+        that order; teardown runs first-registered-first, i.e. mirrored, so a
+        plugin that builds on another's resources releases them before the
+        other frees its own.  Every plugin runs even if one fails (resources
+        must not leak because a neighbour raised); failures are re-raised
+        afterwards, one as is, several as an :class:`ExceptionGroup`.
+        Hook wrappers are not supported for this hook and are skipped.
+        """
+        kwargs: dict[str, object] = {"stack": stack}
+        errors: list[Exception] = []
+        for impl in self._pm.hook.uringstack_stack_teardown.get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception as exc:
+                exc.add_note(f"in uringstack_stack_teardown of plugin {impl.plugin_name!r}")
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup(f"{len(errors)} plugins failed in stack teardown", errors)
+
+    def probe(self, report: Capabilities) -> None:
+        """Let plugins add facts to ``report.extras``."""
+        self._pm.hook.uringstack_probe(report=report)
+
+
+def make_plugin_manager(
+    *, autoload: bool | None = None, blocked: Iterable[str] = ()
+) -> UringstackPluginManager:
+    """Build a plugin manager with the uringstack hook specs.
+
+    ``blocked`` names plugins that must not load (``core.disabled_plugins``);
+    they are blocked *before* entry points are read, so a disabled plugin is
+    never even imported (a broken one cannot break the stack).
+
+    ``autoload``: ``True`` loads the ``uringstack`` entry-point group, ``False``
+    does not (tests, embedding), ``None`` (default) loads unless the
+    environment sets ``URINGSTACK_DISABLE_PLUGIN_AUTOLOAD=1``.  After loading,
+    :meth:`UringstackPluginManager.check_pending` runs so a misspelled hook
+    implementation fails now, naming its plugin.
+
+    Raises :class:`PluginLoadError` for a plugin that fails to import and
+    :class:`PluginError` for one that does not fit the hook specs.
+    """
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked:
+        pm.set_blocked(name)
+    manager = UringstackPluginManager(pm)
+    # Historic: every plugin registered from now on gets uringstack_addhooks
+    # as it registers, so a plugin can add specs that later plugins implement.
+    pm.hook.uringstack_addhooks.call_historic(kwargs={"pluginmanager": pm})
+    if autoload is None:
+        autoload = not autoload_disabled_by_env()
+    if autoload:
+        manager.load_entry_points()
+    manager.check_pending()
+    return manager
