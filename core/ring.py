@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
@@ -49,12 +49,15 @@ class Batch:
     future).
     """
 
-    __slots__ = ("_arrays", "_keep", "_results", "n", "slot", "tag")
+    __slots__ = ("_arrays", "_keep", "_results", "finished", "n", "on_done", "slot", "tag")
 
     def __init__(self, n: int, keep: Sequence[object], arrays: Sequence[object]) -> None:
         self.n = n
         self.slot = -1
         self.tag: Any = None
+        self.finished = False
+        # Called (with the batch) by whichever thread reaps the last completion.
+        self.on_done: Callable[[Batch], None] | None = None
         self._keep = tuple(keep)
         self._arrays = tuple(arrays)
         self._results = ffi.new("int32_t[]", n)
@@ -242,8 +245,11 @@ class Ring:
             for slot in ffi.unpack(self._done_buf, k):
                 batch = self._inflight.pop(slot)
                 batch.release()
+                batch.finished = True
                 self._free_slots.append(slot)
                 done.append(batch)
+                if batch.on_done is not None:
+                    batch.on_done(batch)
 
     def _reap_locked(self) -> list[Batch]:
         lib.us_reap_ready(self._ring, self._state)
@@ -272,6 +278,19 @@ class Ring:
         with self._lock:
             self._check_open()
             return self._reap_locked()
+
+    def try_reap(self) -> list[Batch]:
+        """Like :meth:`reap`, but return at once if another thread holds the ring.
+
+        That thread is inside submit or wait and will collect (and run the
+        callbacks of) whatever completed, so nothing is lost by skipping.
+        """
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            return [] if self._closed else self._reap_locked()
+        finally:
+            self._lock.release()
 
     def wait_any(self) -> list[Batch]:
         """Block until at least one in-flight batch completed; return the completed ones."""

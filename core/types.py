@@ -27,6 +27,9 @@ class FeatureVerdict(BaseModel):
     enabled: bool
     reason: str
     hint: str = ""
+    ring_roles: tuple[str, ...] = ()
+    """Extra rings per core this feature needs when enabled (e.g. ``("iopoll",)``);
+    the core adds them to the plan and runs ``uringstack_ring_params`` on each."""
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Target:
     direct: bool
     writable: bool
     device: BlockDevice | None = None
+    create: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 

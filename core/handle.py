@@ -1,0 +1,261 @@
+"""``FileHandle``: what ``Stack.open`` returns; the same semantics on every backend.
+
+Reads return the bytes they moved: a short read is retried for the rest and
+is only ever short at end of file (``read_many(..., exact=True)`` turns that
+into :class:`~uringstack.errors.ShortIOError` too).  Writes are retried until
+complete or fail with ``ShortIOError``; a failed op raises
+:class:`~uringstack.errors.UringIOError` with errno, operation and file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from uringstack.buffers import RegisteredBuffer
+from uringstack.errors import RingClosedError, ShortIOError, UringIOError
+from uringstack.io_backend import FileIO
+from uringstack.pending import Pending
+
+if TYPE_CHECKING:
+    from uringstack.stack import Stack, Worker
+
+
+def _view(buf: Any) -> memoryview:
+    return buf.view if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
+
+
+class FileHandle:
+    """An open file, block device or NVMe namespace on a stack's worker."""
+
+    def __init__(self, io: FileIO, worker: Worker, stack: Stack) -> None:
+        self._io = io
+        self.worker = worker
+        self._stack = stack
+        self._closed = False
+
+    # --- description -------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self._io.path
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend serving this handle (``uring``, ``fallback``, ...)."""
+        return self._io.backend
+
+    @property
+    def fd(self) -> int:
+        return self._io.fd
+
+    @property
+    def fixed_index(self) -> int | None:
+        return self._io.fixed_index
+
+    @fixed_index.setter
+    def fixed_index(self, value: int | None) -> None:
+        self._io.fixed_index = value
+
+    @property
+    def direct(self) -> bool:
+        return self._io.direct
+
+    @property
+    def block_size(self) -> int:
+        """Alignment required for buffers, offsets and lengths when ``direct``."""
+        return self._io.block_size
+
+    @property
+    def io(self) -> FileIO:
+        """The backend object (for benchmarks and plugins)."""
+        return self._io
+
+    def size(self) -> int:
+        self._check()
+        return self._io.size()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RingClosedError(f"{self.path} is closed")
+
+    # --- result checking -----------------------------------------------------------
+    def _finish_reads(
+        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], exact: bool
+    ) -> list[int]:
+        out = results
+        for i, res in enumerate(results):
+            if res < 0:
+                raise UringIOError(-res, "read", self.path, f"at offset {offsets[i]}")
+            want = len(buffers[i])
+            if res < want:
+                out[i] = self._complete_short(False, offsets[i], buffers[i], res, exact)
+        return out
+
+    def _finish_writes(self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]) -> list[int]:
+        for i, res in enumerate(results):
+            if res < 0:
+                raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
+            if res < len(buffers[i]):
+                results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
+        return results
+
+    def _complete_short(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> int:
+        """Retry the rest of a short transfer until it completes, hits EOF or fails."""
+        view = _view(buf)
+        total = len(view)
+        op = "write" if write else "read"
+        while done < total:
+            rest = view[done:]
+            res = self._io.start_rw(write, [offset + done], [rest]).wait()[0]
+            if res < 0:
+                raise UringIOError(-res, op, self.path, f"at offset {offset + done}")
+            if res == 0:
+                if write or exact:
+                    raise ShortIOError(op, self.path, total, done, offset)
+                return done  # end of file
+            done += res
+        return done
+
+    # --- synchronous API ------------------------------------------------------------
+    def read_into(self, buf: Any, offset: int) -> int:
+        """Read ``len(buf)`` bytes at *offset* into *buf*; returns bytes read (short only at EOF)."""
+        return self.read_many([offset], [buf])[0]
+
+    def write_from(self, buf: Any, offset: int) -> int:
+        """Write all of *buf* at *offset*; returns ``len(buf)`` or raises."""
+        return self.write_many([offset], [buf])[0]
+
+    def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
+        """Read each buffer at its offset in one batch; returns bytes read per buffer."""
+        self._check()
+        if not offsets:
+            return []
+        results = self._io.start_rw(False, offsets, buffers).wait()
+        return self._finish_reads(offsets, buffers, results, exact)
+
+    def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
+        """Write each buffer at its offset in one batch (no ordering between them)."""
+        self._check()
+        if not offsets:
+            return []
+        results = self._io.start_rw(True, offsets, buffers).wait()
+        return self._finish_writes(offsets, buffers, results)
+
+    def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
+        """Scatter read: fill *buffers* in order from *offset*; returns total bytes read."""
+        offsets = _consecutive(offset, buffers)
+        got = self.read_many(offsets, buffers)
+        total = 0
+        for n, buf in zip(got, buffers, strict=True):
+            total += n
+            if n < len(buf):
+                break  # EOF inside this buffer: later ones hold nothing valid
+        return total
+
+    def writev_from(self, buffers: Sequence[Any], offset: int) -> int:
+        """Gather write: write *buffers* back to back from *offset*; returns total bytes."""
+        return sum(self.write_many(_consecutive(offset, buffers), buffers))
+
+    def fsync(self) -> None:
+        """Flush data and metadata to stable storage.  A failure is not retryable."""
+        self._sync(False)
+
+    def fdatasync(self) -> None:
+        """Flush data (and the metadata needed to read it) to stable storage."""
+        self._sync(True)
+
+    def _sync(self, datasync: bool) -> None:
+        self._check()
+        res = self._io.start_sync(datasync).wait()[0]
+        if res < 0:
+            raise UringIOError(-res, "fdatasync" if datasync else "fsync", self.path)
+
+    def write_durable(self, buf: Any, offset: int) -> int:
+        """Write *buf* at *offset* and flush it, ordered; returns once both completed."""
+        self._check()
+        written, synced = self._io.start_write_sync(offset, buf, True).wait()
+        if written < 0:
+            raise UringIOError(-written, "write", self.path, f"at offset {offset}")
+        if written < len(buf):
+            self._complete_short(True, offset, buf, written, True)
+            self.fdatasync()
+            return len(buf)
+        if synced < 0:
+            raise UringIOError(-synced, "fdatasync", self.path, "after write")
+        return written
+
+    # --- asynchronous API -----------------------------------------------------------
+    def start_read_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
+        """Start a batch of reads without waiting (results unchecked: bytes or ``-errno``)."""
+        self._check()
+        return self._io.start_rw(False, offsets, buffers)
+
+    def start_write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
+        """Start a batch of writes without waiting (results unchecked: bytes or ``-errno``)."""
+        self._check()
+        return self._io.start_rw(True, offsets, buffers)
+
+    async def read_into_async(self, buf: Any, offset: int) -> int:
+        """asyncio form of :meth:`read_into`."""
+        return (await self.read_many_async([offset], [buf]))[0]
+
+    async def read(self, size: int, offset: int) -> bytes:
+        """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF)."""
+        if self._io.direct:
+            from uringstack.buffers import aligned_buffer
+
+            block = self._io.block_size
+            buf: Any = aligned_buffer(max(block, -(-size // block) * block))
+            got = await self.read_into_async(buf, offset)
+            return bytes(buf[: min(got, size)])
+        buf = bytearray(size)
+        got = await self.read_into_async(buf, offset)
+        return bytes(buf[:got])
+
+    async def read_many_async(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
+        self._check()
+        results = await self._io.start_rw(False, offsets, buffers).wait_async()
+        if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
+            return results
+        return self._finish_reads(offsets, buffers, results, exact)
+
+    async def write(self, buf: Any, offset: int) -> int:
+        """``await handle.write(buf, off)``: write all of *buf*."""
+        return (await self.write_many_async([offset], [buf]))[0]
+
+    async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
+        self._check()
+        results = await self._io.start_rw(True, offsets, buffers).wait_async()
+        return self._finish_writes(offsets, buffers, results)
+
+    async def fdatasync_async(self) -> None:
+        self._check()
+        res = (await self._io.start_sync(True).wait_async())[0]
+        if res < 0:
+            raise UringIOError(-res, "fdatasync", self.path)
+
+    # --- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the handle (idempotent); plugins release what they attached first."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stack._handle_closed(self)
+        self._io.close()
+
+    def __enter__(self) -> FileHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FileHandle {self.path} backend={self.backend} direct={self.direct}>"
+
+
+def _consecutive(offset: int, buffers: Sequence[Any]) -> list[int]:
+    offsets = []
+    for buf in buffers:
+        offsets.append(offset)
+        offset += len(buf)
+    return offsets

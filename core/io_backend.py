@@ -1,0 +1,52 @@
+"""The backend side of a file handle: what every backend implements.
+
+A backend (the core's io_uring backend, the fallback plugin's thread pool,
+NVMe passthrough, IOPOLL) opens a target and returns a :class:`FileIO`.  The
+public :class:`uringstack.handle.FileHandle` sits on top and gives every
+backend the same semantics: short transfers retried or reported, errors as
+:class:`~uringstack.errors.UringIOError` with errno, operation and file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from uringstack.pending import Pending
+
+
+class FileIO(Protocol):
+    """One open target on one backend.
+
+    ``buffers`` are objects supporting the writable buffer protocol (for
+    reads) or any buffer (for writes), or
+    :class:`~uringstack.buffers.RegisteredBuffer` leases.  The backend must
+    keep every buffer alive until its op completed.
+    """
+
+    backend: str
+    path: str
+    fd: int
+    direct: bool
+    block_size: int
+    fixed_index: int | None
+
+    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
+        """Start one batch of reads (or writes) at *offsets* into (from) *buffers*."""
+        ...
+
+    def start_sync(self, datasync: bool) -> Pending:
+        """Start an fsync (or fdatasync) of the whole file."""
+        ...
+
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> Pending:
+        """Write then flush, ordered (linked on io_uring): returns [written, sync result]."""
+        ...
+
+    def size(self) -> int:
+        """Current size in bytes (file size, or device capacity)."""
+        ...
+
+    def close(self) -> None:
+        """Release the target; in-flight ops complete first."""
+        ...

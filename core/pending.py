@@ -1,0 +1,38 @@
+"""Pending I/O: what a backend returns for a started batch, sync or asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+
+class Pending(Protocol):
+    """A started batch.  ``wait()`` blocks until every op completed and returns
+    per-op results (bytes moved or ``-errno``); ``wait_async()`` is the
+    asyncio form and never blocks the event loop."""
+
+    n: int
+
+    def done(self) -> bool: ...
+
+    def wait(self) -> list[int]: ...
+
+    async def wait_async(self) -> list[int]: ...
+
+
+class CompletedPending:
+    """A Pending whose results are already known (e.g. an empty batch)."""
+
+    def __init__(self, results: list[int]) -> None:
+        self.n = len(results)
+        self._results = results
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> list[int]:
+        return self._results
+
+    async def wait_async(self) -> list[int]:
+        await asyncio.sleep(0)
+        return self._results

@@ -1,0 +1,176 @@
+"""The core's io_uring backend: a target served by a worker's storage ring.
+
+Used for every target no plugin claims (``uringstack_select_backend``).  One
+call turns a whole batch into parallel C arrays and one submission; reads and
+writes on registered-buffer leases of the same ring become
+READ_FIXED/WRITE_FIXED, and a handle with a fixed-file slot is addressed by
+slot with IOSQE_FIXED_FILE.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from uringstack import aio
+from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
+from uringstack.native import ffi, lib
+from uringstack.ring import Batch, Ring
+
+if TYPE_CHECKING:
+    from uringstack.stack import Worker
+    from uringstack.types import Target
+
+
+class UringPending:
+    """A batch in flight on a ring."""
+
+    __slots__ = ("batch", "n", "ring")
+
+    def __init__(self, ring: Ring, batch: Batch) -> None:
+        self.ring = ring
+        self.batch = batch
+        self.n = batch.n
+
+    def done(self) -> bool:
+        if not self.batch.finished and not self.ring.closed:
+            self.ring.try_reap()
+        return self.batch.finished
+
+    def wait(self) -> list[int]:
+        return self.ring.wait(self.batch)
+
+    async def wait_async(self) -> list[int]:
+        return await aio.wait_batch(self.ring, self.batch)
+
+
+class UringFileIO:
+    """A file or block device served by a plain io_uring ring."""
+
+    backend = "uring"
+
+    def __init__(self, ring: Ring, fd: int, target: Target, block_size: int, worker: Worker | None = None) -> None:
+        self.ring = ring
+        self.fd = fd
+        self.path = target.path
+        self.direct = target.direct
+        self.block_size = block_size
+        self.fixed_index: int | None = None
+        self.worker = worker
+        self.completion_hook = worker.completion_hook if worker is not None else None
+
+    def _fd_and_flags(self) -> tuple[int, int]:
+        if self.fixed_index is not None:
+            return self.fixed_index, int(SqeFlag.FIXED_FILE)
+        return self.fd, 0
+
+    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> UringPending:
+        n = len(offsets)
+        if n != len(buffers):
+            raise ValueError(f"{n} offsets but {len(buffers)} buffers")
+        ring_id = id(self.ring)
+        keep: list[Any] = []
+        addrs: list[int] = []
+        lens: list[int] = []
+        buf_index: list[int] = []
+        opcodes: list[int] = []
+        plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
+        any_fixed = False
+        for buf in buffers:
+            if isinstance(buf, RegisteredBuffer):
+                keep.append(buf)
+                addrs.append(buf.addr)
+                lens.append(buf.size)
+                if buf.ring_id == ring_id:
+                    opcodes.append(fixed)
+                    buf_index.append(buf.index)
+                    any_fixed = True
+                    continue
+                opcodes.append(plain)
+                buf_index.append(0)
+                continue
+            pin = ffi.from_buffer(buf, require_writable=not write)
+            keep.append(pin)
+            addrs.append(address_of(pin))
+            lens.append(len(pin))
+            opcodes.append(plain)
+            buf_index.append(0)
+        fd, sqe_flags = self._fd_and_flags()
+        arrays = [
+            ffi.new("uint8_t[]", opcodes),
+            ffi.new("int32_t[]", [fd] * n),
+            ffi.new("uint64_t[]", addrs),
+            ffi.new("uint32_t[]", lens),
+            ffi.new("uint64_t[]", list(offsets)),
+            ffi.NULL,
+            ffi.new("uint8_t[]", [sqe_flags] * n) if sqe_flags else ffi.NULL,
+            ffi.new("uint16_t[]", buf_index) if any_fixed else ffi.NULL,
+        ]
+        if self.direct:
+            bad = lib.us_first_misaligned(arrays[2], arrays[3], arrays[4], n, self.block_size)
+            if bad >= 0:
+                check_alignment(
+                    "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
+                )
+        batch = self.ring.submit_arrays(n, arrays, keep)
+        if self.completion_hook is not None:
+            batch.on_done = self.completion_hook("write" if write else "read")
+        return UringPending(self.ring, batch)
+
+    def start_sync(self, datasync: bool) -> UringPending:
+        fd, sqe_flags = self._fd_and_flags()
+        batch = self.ring.submit(
+            Op.FSYNC, fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, sqe_flags=sqe_flags or None
+        )
+        return UringPending(self.ring, batch)
+
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> UringPending:
+        # io_uring does not order SQEs: the flush is linked to the write so it
+        # starts only after the write completed (and fails if the write failed).
+        pin = ffi.from_buffer(buffer)
+        addr, length = address_of(pin), len(pin)
+        if self.direct:
+            check_alignment("write", self.path, addr, length, offset, self.block_size)
+        fd, fixed_flag = self._fd_and_flags()
+        batch = self.ring.submit(
+            [Op.WRITE, Op.FSYNC],
+            fd,
+            n=2,
+            addrs=[addr, 0],
+            lens=[length, 0],
+            offsets=[offset, 0],
+            op_flags=[0, FSYNC_DATASYNC if datasync else 0],
+            sqe_flags=[int(SqeFlag.IO_LINK) | fixed_flag, fixed_flag],
+            keep=(pin, buffer),
+        )
+        return UringPending(self.ring, batch)
+
+    def size(self) -> int:
+        return _fd_size(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _fd_size(fd: int) -> int:
+    st = os.fstat(fd)
+    if st.st_size or not (st.st_mode & 0o060000):
+        return st.st_size
+    return os.lseek(fd, 0, os.SEEK_END)  # block devices report st_size 0
+
+
+class UringBackend:
+    """Factory: serves any file or block device on the worker's storage ring."""
+
+    name = "uring"
+
+    def __init__(self, reason: str = "io_uring storage ring of the worker") -> None:
+        self.reason = reason
+
+    def open(self, target: Target, worker: Worker) -> UringFileIO:
+        from uringstack.targets import logical_block_size, open_target
+
+        fd = open_target(target)
+        return UringFileIO(worker.rings["storage"], fd, target, logical_block_size(target, fd), worker)

@@ -1,0 +1,145 @@
+"""The portable backend: a thread pool doing ``os.preadv``/``os.pwritev``/``os.fdatasync``.
+
+Same semantics as the io_uring backend (results are bytes or ``-errno`` per
+op, batches may be waited on synchronously or awaited from asyncio), so the
+public API and its tests run unchanged on it.  It is what a machine without
+io_uring (old kernel, seccomp, not Linux) gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.native import ffi
+from uringstack.targets import logical_block_size, open_target
+
+if TYPE_CHECKING:
+    from uringstack.stack import Worker
+    from uringstack.types import Target
+
+RESOURCE_KEY = "fallback"
+
+
+def _as_buffer(buf: Any) -> Any:
+    return buf.view if isinstance(buf, RegisteredBuffer) else buf
+
+
+def _preadv(fd: int, buf: Any, offset: int) -> int:
+    try:
+        return os.preadv(fd, [buf], offset)
+    except OSError as exc:
+        return -(exc.errno or 5)
+
+
+def _pwritev(fd: int, buf: Any, offset: int) -> int:
+    try:
+        return os.pwritev(fd, [buf], offset)
+    except OSError as exc:
+        return -(exc.errno or 5)
+
+
+def _sync(fd: int, datasync: bool) -> int:
+    try:
+        (os.fdatasync if datasync else os.fsync)(fd)
+        return 0
+    except OSError as exc:
+        return -(exc.errno or 5)
+
+
+def _write_then_sync(fd: int, buf: Any, offset: int, datasync: bool) -> list[int]:
+    written = _pwritev(fd, buf, offset)
+    if written < 0:
+        return [written, -125]  # ECANCELED, as a linked io_uring flush would report
+    return [written, _sync(fd, datasync)]
+
+
+class ThreadPending:
+    """A batch running on the pool: one future per op (or one for the whole op list)."""
+
+    def __init__(self, futures: list[concurrent.futures.Future[Any]], flatten: bool = False) -> None:
+        self._futures = futures
+        self._flatten = flatten
+        self.n = len(futures)
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+    def _collect(self, values: list[Any]) -> list[int]:
+        if self._flatten:
+            return [int(x) for v in values for x in v]
+        return [int(v) for v in values]
+
+    def wait(self) -> list[int]:
+        return self._collect([f.result() for f in self._futures])
+
+    async def wait_async(self) -> list[int]:
+        values = await asyncio.gather(*(asyncio.wrap_future(f) for f in self._futures))
+        return self._collect(list(values))
+
+
+class FallbackFileIO:
+    """A target served by the worker's thread pool."""
+
+    backend = "fallback"
+
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor, fd: int, target: Target, block_size: int) -> None:
+        self._pool = pool
+        self.fd = fd
+        self.path = target.path
+        self.direct = target.direct
+        self.block_size = block_size
+        self.fixed_index: int | None = None
+
+    def _check(self, write: bool, offset: int, buf: Any) -> None:
+        if self.direct:
+            pin = ffi.from_buffer(buf, require_writable=not write)
+            check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), offset, self.block_size)
+
+    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> ThreadPending:
+        if len(offsets) != len(buffers):
+            raise ValueError(f"{len(offsets)} offsets but {len(buffers)} buffers")
+        bufs = [_as_buffer(b) for b in buffers]
+        for off, buf in zip(offsets, bufs, strict=True):
+            self._check(write, off, buf)
+        fn = _pwritev if write else _preadv
+        return ThreadPending([self._pool.submit(fn, self.fd, b, o) for o, b in zip(offsets, bufs, strict=True)])
+
+    def start_sync(self, datasync: bool) -> ThreadPending:
+        return ThreadPending([self._pool.submit(_sync, self.fd, datasync)])
+
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> ThreadPending:
+        buf = _as_buffer(buffer)
+        self._check(True, offset, buf)
+        return ThreadPending([self._pool.submit(_write_then_sync, self.fd, buf, offset, datasync)], flatten=True)
+
+    def size(self) -> int:
+        st = os.fstat(self.fd)
+        return st.st_size or os.lseek(self.fd, 0, os.SEEK_END)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class FallbackBackend:
+    """Factory handed out by the plugin's ``uringstack_select_backend``."""
+
+    name = "fallback"
+
+    def __init__(self, reason: str, threads: int) -> None:
+        self.reason = reason
+        self.threads = threads
+
+    def open(self, target: Target, worker: Worker) -> FallbackFileIO:
+        pool = worker.resources.get(RESOURCE_KEY)
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.threads, thread_name_prefix=f"uringstack-fallback-{worker.index}"
+            )
+            worker.resources[RESOURCE_KEY] = pool
+        fd = open_target(target)
+        return FallbackFileIO(pool, fd, target, logical_block_size(target, fd))
