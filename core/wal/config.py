@@ -1,0 +1,57 @@
+"""``WalConfig``: the knobs of one log, validated."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .recovery import RecoveryMode
+from .segment import BLOCK_BYTES, DATA_START
+
+MiB = 1 << 20
+
+
+class WalConfig(BaseModel):
+    """Configuration of a :class:`~uringstack.wal.log.Wal` (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    segment_size_bytes: int = Field(
+        default=64 * MiB, ge=4 * BLOCK_BYTES, description="size of each preallocated segment file"
+    )
+    max_batch_bytes: int = Field(
+        default=1 * MiB, ge=BLOCK_BYTES,
+        description="most record bytes gathered into one write+flush; also the largest record",
+    )  # fmt: skip
+    max_delay_us: int = Field(
+        default=0, ge=0, le=1_000_000,
+        description="how long the flusher waits for more appends before flushing; 0 = flush as "
+        "soon as the previous flush is done (appends arriving meanwhile still group)",
+    )  # fmt: skip
+    direct_io: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="O_DIRECT segment writes; auto falls back where O_DIRECT is refused",
+    )
+    backend: Literal["auto", "uring", "posix"] = "auto"
+    sync: Literal["dsync", "fdatasync"] = Field(
+        default="dsync", description="RWF_DSYNC writes, or writes followed by a (linked) fdatasync"
+    )
+    recovery: RecoveryMode = RecoveryMode.TOLERATE_TAIL
+
+    @model_validator(mode="after")
+    def _fits(self) -> WalConfig:
+        if self.segment_size_bytes % BLOCK_BYTES:
+            raise ValueError(f"segment_size_bytes must be a multiple of {BLOCK_BYTES}")
+        if self.max_write_bytes > self.segment_size_bytes - DATA_START:
+            raise ValueError(
+                "max_batch_bytes (plus one block for the rewritten tail) must fit in a segment: "
+                f"{self.max_batch_bytes} vs segment_size_bytes {self.segment_size_bytes}"
+            )
+        return self
+
+    @property
+    def max_write_bytes(self) -> int:
+        """Largest single write: the rewritten partial tail block plus one full batch."""
+        span = BLOCK_BYTES - 1 + self.max_batch_bytes
+        return (span + BLOCK_BYTES - 1) // BLOCK_BYTES * BLOCK_BYTES

@@ -1,0 +1,48 @@
+"""Errors of the write-ahead log."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from ..errors import UringStackError
+
+
+class WalFailedError(OSError):
+    """The log hit a write or flush error and accepts nothing more.
+
+    ``errno`` is the original error (EIO, ENOSPC, ...).  A failed fdatasync is
+    never retried (PostgreSQL's "fsyncgate": after a failed flush the page cache
+    may have dropped the dirty pages, so a retry can report success for data
+    that is gone).  Reopen the log to recover what is on disk.
+    """
+
+    def __init__(self, err: int, op: str, detail: str = "") -> None:
+        msg = f"WAL failed: {op}: {os.strerror(err)}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(err, msg)
+        self.op = op
+        self.detail = detail
+
+
+class WalClosedError(UringStackError, RuntimeError):
+    """The log was used after ``close()``."""
+
+
+class WalCorruptionError(UringStackError, ValueError):
+    """The log on disk is damaged in a way the recovery mode does not accept."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"WAL corruption in {path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+def failed_from(exc: BaseException, op: str) -> WalFailedError:
+    """Wrap any backend exception as the log's failure, keeping its errno."""
+    if isinstance(exc, WalFailedError):
+        return exc
+    err = exc.errno if isinstance(exc, OSError) and exc.errno else _errno.EIO
+    return WalFailedError(err, op, str(exc))

@@ -1,0 +1,73 @@
+"""A fault-injecting backend: a simulated faulty disk for tests.
+
+It is the real :class:`~uringstack.wal.io.PosixBackend` (same short-write and
+flush logic) with its two primitives replaced, so a test can make the Nth
+write or flush fail, come back short, or tear (part of the bytes land, then
+the "machine dies": every later call fails, as nothing reaches a dead disk).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from .io import PosixBackend, SyncMethod
+
+
+@dataclass
+class FaultPlan:
+    """Which calls misbehave; call numbers count from 0 per primitive.
+
+    ``short_writes`` maps a write number to the byte count it returns.
+    ``torn_writes`` maps a write number to the bytes that land before the crash.
+    """
+
+    write_errors: dict[int, int] = field(default_factory=dict)  # call -> errno
+    sync_errors: dict[int, int] = field(default_factory=dict)  # call -> errno
+    short_writes: dict[int, int] = field(default_factory=dict)
+    torn_writes: dict[int, int] = field(default_factory=dict)
+
+
+class FaultyBackend(PosixBackend):
+    """PosixBackend plus a :class:`FaultPlan`; defaults to write+fdatasync so both ops exist."""
+
+    name = "faulty"
+
+    def __init__(self, plan: FaultPlan | None = None, sync: SyncMethod = "fdatasync") -> None:
+        super().__init__(sync)
+        self.plan = plan if plan is not None else FaultPlan()
+        self.write_calls = 0
+        self.sync_calls = 0
+        self.crashed = False
+
+    def _pwrite(self, fd: int, buf: memoryview, offset: int) -> int:
+        n = self.write_calls
+        self.write_calls += 1
+        if self.crashed:
+            raise OSError(errno.EIO, "simulated disk is gone")
+        if n in self.plan.write_errors:
+            err = self.plan.write_errors[n]
+            raise OSError(err, f"injected write error: {os.strerror(err)}")
+        if n in self.plan.torn_writes:
+            keep = min(self.plan.torn_writes[n], len(buf))
+            if keep:
+                os.pwrite(fd, buf[:keep], offset)
+                os.fdatasync(fd)  # what landed is on disk; the rest never will be
+            self.crashed = True
+            raise OSError(errno.EIO, f"injected torn write: {keep} of {len(buf)} bytes landed")
+        if n in self.plan.short_writes:
+            buf = buf[: max(0, min(self.plan.short_writes[n], len(buf)))]
+            if not len(buf):
+                return 0
+        return super()._pwrite(fd, buf, offset)
+
+    def _fdatasync(self, fd: int) -> None:
+        n = self.sync_calls
+        self.sync_calls += 1
+        if self.crashed:
+            raise OSError(errno.EIO, "simulated disk is gone")
+        if n in self.plan.sync_errors:
+            err = self.plan.sync_errors[n]
+            raise OSError(err, f"injected fdatasync error: {os.strerror(err)}")
+        super()._fdatasync(fd)

@@ -1,0 +1,185 @@
+"""I/O backends: how one staged write becomes durable.
+
+The writer hands a backend one contiguous, block-aligned buffer per flush and
+waits for :meth:`WalBackend.write_durable` to return; only then are the
+records in it acknowledged.  Two ways to make a write durable are offered:
+
+``dsync``
+    one write with ``RWF_DSYNC`` (a FUA write or write+flush in the kernel,
+    one syscall / one SQE); what fio's ``--sync=dsync`` measures.
+``fdatasync``
+    a write then an fdatasync.  On io_uring the two SQEs are linked with
+    ``IOSQE_IO_LINK``: io_uring does not order SQEs, and an unlinked flush
+    may run before the write and acknowledge nothing.
+
+A short write is completed with further writes (a flush linked to a short
+write is cancelled by the kernel, it never ran, so re-issuing it is not a
+retry).  Any error propagates; the writer then fails the log and never calls
+the backend again for that log: a failed flush must not be retried.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Literal, Protocol, runtime_checkable
+
+from ..errors import UringIOError
+
+SyncMethod = Literal["dsync", "fdatasync"]
+
+
+@runtime_checkable
+class WalBackend(Protocol):
+    """What the WAL needs from an I/O path."""
+
+    name: str
+
+    def write_durable(self, fd: int, buf: memoryview, offset: int) -> None:
+        """Write all of *buf* at *offset* of *fd* and return only once it is durable.
+
+        Raises :class:`OSError` (with the kernel's errno) on any failure.
+        """
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """``flushes`` (write_durable calls), ``writes``, ``syncs`` and ``bytes`` so far."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend owns (not what it was handed)."""
+        ...
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self._c = {"flushes": 0, "writes": 0, "syncs": 0, "bytes": 0}
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._c)
+
+
+class PosixBackend(_Counting):
+    """``os.pwrite``/``os.pwritev(RWF_DSYNC)`` and ``os.fdatasync``: the portable path."""
+
+    name = "posix"
+
+    def __init__(self, sync: SyncMethod = "dsync") -> None:
+        super().__init__()
+        if sync == "dsync" and not hasattr(os, "RWF_DSYNC"):
+            sync = "fdatasync"
+        self.sync: SyncMethod = sync
+
+    # The two primitives are separate methods so a fault-injecting subclass can
+    # replace them while the short-write and ordering logic stays the real one.
+    def _pwrite(self, fd: int, buf: memoryview, offset: int) -> int:
+        if self.sync == "dsync":
+            return os.pwritev(fd, [buf], offset, os.RWF_DSYNC)
+        return os.pwrite(fd, buf, offset)
+
+    def _fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def write_durable(self, fd: int, buf: memoryview, offset: int) -> None:
+        self._c["flushes"] += 1
+        done, total = 0, len(buf)
+        while done < total:
+            n = self._pwrite(fd, buf[done:], offset + done)
+            self._c["writes"] += 1
+            if n <= 0:
+                raise UringIOError(errno.EIO, "pwrite", None, f"wrote {n} of {total - done} bytes")
+            done += n
+            self._c["bytes"] += n
+        if self.sync == "fdatasync":
+            self._c["syncs"] += 1
+            self._fdatasync(fd)
+
+    def close(self) -> None:
+        pass
+
+
+class UringBackend(_Counting):
+    """Writes through an io_uring :class:`~uringstack.ring.Ring`.
+
+    Pass *ring* to share a ring the stack built (it is then not closed here);
+    otherwise the backend creates and owns a small one.  The ring is used from
+    the WAL's flusher thread only, so it must not be SINGLE_ISSUER-bound to
+    another thread.
+    """
+
+    name = "uring"
+
+    def __init__(self, ring: object | None = None, sync: SyncMethod = "dsync") -> None:
+        super().__init__()
+        from ..ring import Ring  # deferred: the posix path must work without cffi
+
+        self._owns_ring = ring is None
+        self.ring: Ring = Ring(entries=8) if ring is None else ring  # type: ignore[assignment]
+        self.sync: SyncMethod = sync
+        self._lock = threading.Lock()
+
+    def write_durable(self, fd: int, buf: memoryview, offset: int) -> None:
+        from ..flags import FSYNC_DATASYNC, Op, SqeFlag
+        from ..native import ffi
+
+        self._c["flushes"] += 1
+        pin = ffi.from_buffer(buf)
+        base = int(ffi.cast("uintptr_t", pin))
+        done, total = 0, len(buf)
+        with self._lock:
+            while done < total:
+                addr, left, off = base + done, total - done, offset + done
+                if self.sync == "dsync":
+                    (w,) = self.ring.run(
+                        Op.WRITE, fd, addrs=addr, lens=left, offsets=off,
+                        op_flags=os.RWF_DSYNC, keep=(pin, buf),
+                    )  # fmt: skip
+                    f = 0
+                else:
+                    w, f = self.ring.run(
+                        [Op.WRITE, Op.FSYNC], fd, addrs=[addr, 0], lens=[left, 0],
+                        offsets=[off, 0], op_flags=[0, FSYNC_DATASYNC],
+                        sqe_flags=[SqeFlag.IO_LINK, 0], keep=(pin, buf),
+                    )  # fmt: skip
+                self._c["writes"] += 1
+                if w < 0:
+                    raise UringIOError(-w, "write", None, f"{left} bytes at offset {off}")
+                if w == 0:
+                    raise UringIOError(errno.EIO, "write", None, f"wrote 0 of {left} bytes")
+                done += w
+                self._c["bytes"] += w
+                if self.sync == "fdatasync" and done == total:
+                    self._c["syncs"] += 1
+                    if f < 0:
+                        raise UringIOError(-f, "fdatasync")
+                # w < left: the linked flush was cancelled (never ran); the loop
+                # writes the rest and links a fresh flush to it.
+
+    def close(self) -> None:
+        if self._owns_ring:
+            self.ring.close()
+
+
+BackendSpec = Literal["auto", "uring", "posix"]
+
+
+def make_backend(spec: BackendSpec | WalBackend, sync: SyncMethod = "dsync") -> WalBackend:
+    """Build the backend *spec* names, or return *spec* if it already is one.
+
+    ``auto`` picks io_uring when a ring can be created here (it cannot under
+    Docker's default seccomp profile, with ``io_uring_disabled`` set, or on a
+    kernel without io_uring) and falls back to posix otherwise.
+    """
+    if not isinstance(spec, str):
+        return spec
+    if spec == "posix":
+        return PosixBackend(sync)
+    if spec == "uring":
+        return UringBackend(sync=sync)
+    if spec == "auto":
+        try:
+            return UringBackend(sync=sync)
+        except (OSError, ImportError):
+            return PosixBackend(sync)
+    raise ValueError(f"unknown WAL backend {spec!r} (allowed: auto, uring, posix)")

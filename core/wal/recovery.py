@@ -1,0 +1,285 @@
+"""Scanning, verifying and repairing a log directory; iterating its records.
+
+How damage is classified.  The writer has at most one write in flight, it
+never crosses a segment boundary, and it is at most ``max_write_bytes`` long
+starting at the block holding the durable end (the partial tail block is
+rewritten).  Everything past that write is still the pre-written zeros.  So
+after a crash the only bytes that can be wrong lie in
+``[block_floor(P), block_floor(P) + max_write_bytes)`` where ``P`` is the first
+record that does not decode, in the last segment holding data.  Damage
+shaped like that is a *torn tail*: the records there were never acknowledged.
+Anything else (a bad record with non-zero bytes beyond that window, a bad
+record in an older segment, a missing segment, a bad header) is *corruption*.
+
+Recovery modes (RocksDB's names in brackets):
+
+``tolerate_tail`` (kTolerateCorruptedTailRecords)
+    a torn tail is cut off (zeroed and synced, so stale bytes can never be
+    mistaken for records later); corruption is an error.
+``absolute`` (kAbsoluteConsistency)
+    any damage, a torn tail included, is an error.
+``point_in_time`` (kPointInTimeRecovery)
+    the log ends at the first record that does not decode, whatever follows;
+    on open for writing the rest of that segment is zeroed and later segments
+    are renamed to ``*.discarded`` (kept for inspection, never replayed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import WalCorruptionError
+from .record import Status, decode_at
+from .segment import (
+    DATA_START,
+    SegmentHeader,
+    fsync_dir,
+    list_segments,
+    read_header,
+)
+
+
+class RecoveryMode(enum.StrEnum):
+    """How :func:`recover` treats damage (see the module docstring)."""
+
+    TOLERATE_TAIL = "tolerate_tail"
+    ABSOLUTE = "absolute"
+    POINT_IN_TIME = "point_in_time"
+
+
+@dataclass
+class Damage:
+    """The first place the log does not decode."""
+
+    path: Path
+    offset: int
+    reason: str
+    torn_tail: bool  # shaped like an interrupted last write (see module docstring)
+    zero_to: int = 0  # end of the non-zero bytes to clear when repairing
+
+
+@dataclass
+class SegmentScan:
+    """One segment as found on disk."""
+
+    path: Path
+    header: SegmentHeader
+    records: int = 0
+    end_offset: int = DATA_START  # just past the last good record
+
+    @property
+    def first_lsn(self) -> int:
+        return self.header.first_lsn
+
+    @property
+    def last_lsn(self) -> int:
+        """LSN of the last good record, ``first_lsn - 1`` when empty."""
+        return self.header.first_lsn + self.records - 1
+
+
+@dataclass
+class LogScan:
+    """Everything :func:`scan` learnt about a directory."""
+
+    segments: list[SegmentScan] = field(default_factory=list)
+    damage: Damage | None = None
+    discard: list[Path] = field(default_factory=list)  # segments past the damage
+
+    @property
+    def next_lsn(self) -> int:
+        return self.segments[-1].last_lsn + 1 if self.segments else 1
+
+    @property
+    def records(self) -> int:
+        return sum(s.records for s in self.segments)
+
+
+def _map(path: Path) -> tuple[mmap.mmap | bytes, int]:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b"", 0
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def nonzero_end(buf: mmap.mmap | bytes, start: int) -> int:
+    """Offset just past the last non-zero byte at or after *start* (``start`` if none)."""
+    end = len(buf)
+    view = memoryview(buf)
+    try:
+        while end > start:
+            lo = max(start, end - len(_ZEROS))
+            chunk = view[lo:end]
+            if chunk != _ZEROS[: end - lo]:
+                return lo + len(bytes(chunk).rstrip(b"\0"))
+            end = lo
+        return start
+    finally:
+        view.release()
+
+
+def walk(
+    buf: mmap.mmap | bytes, first_lsn: int, start: int = DATA_START
+) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(offset, lsn, payload)`` of good records from *start* until one does not decode."""
+    offset, lsn = start, first_lsn
+    while True:
+        d = decode_at(buf, offset, lsn)
+        if d.status is not Status.OK:
+            return
+        yield offset, lsn, d.payload
+        offset += d.size
+        lsn += 1
+
+
+def _scan_one(path: Path, header: SegmentHeader) -> tuple[SegmentScan, Damage | None, bool]:
+    """Scan one segment; return it, its damage if any, and whether it holds any data."""
+    seg = SegmentScan(path, header)
+    buf, size = _map(path)
+    try:
+        offset = DATA_START
+        for off, _lsn, payload in walk(buf, header.first_lsn):
+            seg.records += 1
+            offset = off + (len(payload) + 16 + 7) // 8 * 8
+        seg.end_offset = offset
+        d = decode_at(buf, offset, header.first_lsn + seg.records) if offset < size else None
+        if d is None:
+            return seg, None, seg.records > 0
+        nz = nonzero_end(buf, offset)
+        if d.status is Status.ZERO and nz <= offset:
+            return seg, None, seg.records > 0
+        reason = {
+            Status.ZERO: "zero header followed by non-zero bytes",
+            Status.TRUNCATED: "record runs past the end of the segment",
+            Status.BAD_CRC: "record checksum mismatch",
+            Status.BAD_LSN: f"record has LSN {d.lsn}, expected {header.first_lsn + seg.records}",
+        }.get(d.status, d.status.value)
+        window_end = offset - offset % header.block_bytes + header.max_write_bytes
+        damage = Damage(path, offset, reason, torn_tail=nz <= window_end, zero_to=nz)
+        return seg, damage, True
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def scan(directory: Path | str) -> LogScan:
+    """Read-only scan of every segment; classifies (does not act on) damage."""
+    directory = Path(directory)
+    result = LogScan()
+    expected: int | None = None
+    segments = list_segments(directory)
+    for i, (name_lsn, path) in enumerate(segments):
+        try:
+            header = read_header(path)
+        except WalCorruptionError as e:
+            result.damage = Damage(path, 0, e.reason, torn_tail=False)
+            result.discard = [p for _, p in segments[i:]]
+            return result
+        if header.first_lsn != name_lsn or (expected is not None and header.first_lsn != expected):
+            want = expected if expected is not None else name_lsn
+            result.damage = Damage(
+                path, 0, f"segment starts at LSN {header.first_lsn}, expected {want} "
+                "(a segment is missing or misnamed)", torn_tail=False,
+            )  # fmt: skip
+            result.discard = [p for _, p in segments[i:]]
+            return result
+        seg, damage, _ = _scan_one(path, header)
+        result.segments.append(seg)
+        expected = seg.last_lsn + 1
+        if damage is not None:
+            later = [p for _, p in segments[i + 1 :]]
+            # A torn write can only be the last write: later segments must hold nothing.
+            if damage.torn_tail and any(_holds_data(p) for p in later):
+                damage.torn_tail = False
+            result.damage = damage
+            result.discard = later
+            return result
+    return result
+
+
+def _holds_data(path: Path) -> bool:
+    buf, size = _map(path)
+    try:
+        return size > DATA_START and nonzero_end(buf, DATA_START) > DATA_START
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def check(result: LogScan, mode: RecoveryMode) -> None:
+    """Raise :class:`WalCorruptionError` if *mode* does not accept the damage found."""
+    d = result.damage
+    if d is None or mode is RecoveryMode.POINT_IN_TIME:
+        return
+    if mode is RecoveryMode.TOLERATE_TAIL and d.torn_tail:
+        return
+    kind = "torn tail" if d.torn_tail else "corruption"
+    detail = f"{kind}: {d.reason} (recovery mode {mode.value})"
+    raise WalCorruptionError(str(d.path), d.offset, detail)
+
+
+def recover(directory: Path | str, mode: RecoveryMode) -> LogScan:
+    """Scan, check against *mode*, and repair so that appending can resume safely.
+
+    Repair zeroes the damaged bytes (then syncs) rather than truncating the
+    file, so the segment stays preallocated and pre-written; segments past
+    the damage (point-in-time only) are renamed aside.
+    """
+    directory = Path(directory)
+    result = scan(directory)
+    check(result, mode)
+    d = result.damage
+    if d is None:
+        return result
+    if d.zero_to > d.offset and result.segments and result.segments[-1].path == d.path:
+        _zero_range(d.path, d.offset, d.zero_to)
+    if result.discard:
+        for p in result.discard:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(p, p.with_name(p.name + ".discarded"))
+        fsync_dir(directory)
+    return result
+
+
+def _zero_range(path: Path, start: int, end: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        off = start
+        while off < end:
+            n = os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - off)], off)
+            if n <= 0:
+                raise OSError(f"short write while repairing {path}")
+            off += n
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_records(
+    segments: list[SegmentScan], from_lsn: int = 1, upto_lsn: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(lsn, payload)`` for LSNs in ``[from_lsn, upto_lsn]`` from scanned segments."""
+    for seg in segments:
+        if seg.last_lsn < from_lsn:
+            continue
+        if upto_lsn is not None and seg.first_lsn > upto_lsn:
+            return
+        buf, _ = _map(seg.path)
+        try:
+            for _off, lsn, payload in walk(buf, seg.first_lsn):
+                if upto_lsn is not None and lsn > upto_lsn:
+                    return
+                if lsn >= from_lsn:
+                    yield lsn, payload
+        finally:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
