@@ -48,10 +48,15 @@ class UringSupport(BaseModel):
 
 
 class MemlockInfo(BaseModel):
-    """RLIMIT_MEMLOCK in bytes; -1 means unlimited."""
+    """RLIMIT_MEMLOCK in bytes; -1 means unlimited.
+
+    ``cap_ipc_lock``: the process has CAP_IPC_LOCK, so pinned (registered)
+    buffers are not charged against the limit.
+    """
 
     soft_bytes: int
     hard_bytes: int
+    cap_ipc_lock: bool = False
 
     def allows(self, nbytes: int) -> bool:
         return self.soft_bytes < 0 or nbytes <= self.soft_bytes

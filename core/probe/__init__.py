@@ -1,0 +1,112 @@
+"""The capability probe: what io_uring, CPUs, memory and devices offer this process.
+
+:func:`probe` asks the kernel (it creates rings, opens devices) and returns a
+:class:`~uringstack.probe.model.Capabilities`; :func:`probe_cached` keeps the
+answer in a JSON file for start-up paths that must not create a dozen rings.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from uringstack.probe.kernel import kernel_facts
+from uringstack.probe.model import (
+    BlockDevice,
+    Capabilities,
+    CpuInfo,
+    FlagSupport,
+    MemlockInfo,
+    UringSupport,
+)
+from uringstack.probe.system import cpu_info, memlock_info
+from uringstack.probe.uring import probe_uring
+
+__all__ = [
+    "BlockDevice",
+    "Capabilities",
+    "CpuInfo",
+    "FlagSupport",
+    "MemlockInfo",
+    "UringSupport",
+    "probe",
+    "probe_cached",
+]
+
+
+def _scan_devices(caps: Capabilities) -> None:
+    # pyudev and sysfs can fail in containers (no /sys, no libudev): the rest of
+    # the report is still worth having, so the failure is recorded, not raised.
+    try:
+        from uringstack.probe.devices import scan_block_devices
+
+        caps.devices = scan_block_devices()
+    except Exception as exc:  # any failure here must not hide the io_uring facts
+        caps.device_scan_error = f"{type(exc).__name__}: {exc}"
+
+
+def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabilities:
+    """Probe this machine for this process and return the capability report.
+
+    Creates one ring per probed setup flag (a few milliseconds), scans block
+    devices through pyudev unless *devices* is false, then lets plugins add
+    facts through the ``uringstack_probe`` hook when *plugin_manager* is given.
+    Never raises because io_uring is unusable: that is reported in
+    ``caps.uring.blocker``/``reason``.
+    """
+    facts = kernel_facts()
+    memlock = memlock_info()
+    caps = Capabilities(
+        kernel_release=facts.release,
+        system=facts.system,
+        python=platform.python_version(),
+        uring=probe_uring(facts, memlock_soft_bytes=memlock.soft_bytes),
+        memlock=memlock,
+        cpus=cpu_info(),
+    )
+    if devices and facts.system == "Linux":
+        _scan_devices(caps)
+    if plugin_manager is not None:
+        plugin_manager.hook.uringstack_probe(report=caps)
+    return caps
+
+
+def probe_cached(
+    path: str | os.PathLike[str],
+    max_age_s: float,
+    *,
+    devices: bool = True,
+    plugin_manager: Any | None = None,
+) -> Capabilities:
+    """The report from *path* if it is younger than *max_age_s*, else a fresh probe.
+
+    A fresh result is written atomically (temp file + rename) so concurrent
+    starters never read half a file.  A cache that is unreadable, from another
+    schema version, another kernel (a reboot into a new kernel changes what
+    io_uring accepts) or probed without devices when devices are wanted is
+    ignored.
+    """
+    cache = Path(path)
+    try:
+        age = time.time() - cache.stat().st_mtime
+        if 0 <= age <= max_age_s:
+            cached = Capabilities.model_validate_json(cache.read_bytes())
+            if (
+                cached.schema_version == Capabilities.model_fields["schema_version"].default
+                and cached.kernel_release == platform.release()
+                and (not devices or cached.devices or cached.device_scan_error)
+            ):
+                return cached
+    except (OSError, ValidationError, ValueError):
+        pass
+    caps = probe(devices=devices, plugin_manager=plugin_manager)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    tmp.write_text(caps.model_dump_json(indent=2))
+    os.replace(tmp, cache)
+    return caps
+

@@ -1,0 +1,104 @@
+"""Facts about the running kernel and this process that decide whether io_uring may be used.
+
+Nothing here creates a ring: these are the *explanations* the uring probe needs
+when ``io_uring_setup`` fails (which sysctl, which seccomp state, which
+capabilities and groups this process has).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Capability bit numbers from <linux/capability.h>.
+CAP_IPC_LOCK = 14
+CAP_SYS_ADMIN = 21
+
+_SYSCTL_DISABLED = Path("/proc/sys/kernel/io_uring_disabled")
+_SYSCTL_GROUP = Path("/proc/sys/kernel/io_uring_group")
+_PROC_STATUS = Path("/proc/self/status")
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """The lines of ``/proc/self/status`` the probe interprets.
+
+    ``seccomp_mode`` is 0 (none), 1 (strict) or 2 (filter); ``seccomp_filters``
+    counts installed filters (``Seccomp_filters:``, Linux 5.9+; ``None`` when
+    the kernel does not print it).  ``cap_eff`` is the effective capability mask.
+    """
+
+    seccomp_mode: int = 0
+    seccomp_filters: int | None = None
+    cap_eff: int = 0
+
+    def has_cap(self, bit: int) -> bool:
+        """True when capability number *bit* is in the effective set."""
+        return bool(self.cap_eff >> bit & 1)
+
+    @property
+    def seccomp_filtered(self) -> bool:
+        """True when at least one seccomp filter can return an errno for our syscalls."""
+        return self.seccomp_mode == 2 or bool(self.seccomp_filters)
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """Everything :func:`uringstack.probe.uring.classify` needs, injectable for tests."""
+
+    system: str
+    release: str
+    io_uring_disabled: int | None = None
+    io_uring_group: int | None = None
+    status: ProcessStatus = field(default_factory=ProcessStatus)
+    gids: frozenset[int] = frozenset()
+
+
+def parse_process_status(text: str) -> ProcessStatus:
+    """Parse the ``Seccomp``, ``Seccomp_filters`` and ``CapEff`` lines of a status file."""
+    mode = 0
+    filters: int | None = None
+    cap_eff = 0
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "Seccomp":
+            mode = int(value)
+        elif key == "Seccomp_filters":
+            filters = int(value)
+        elif key == "CapEff":
+            cap_eff = int(value, 16)
+    return ProcessStatus(seccomp_mode=mode, seccomp_filters=filters, cap_eff=cap_eff)
+
+
+def _read_int(path: Path) -> int | None:
+    # Absent file = the kernel predates the knob (io_uring_disabled is 6.6+).
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def read_process_status(path: Path = _PROC_STATUS) -> ProcessStatus:
+    """This process's seccomp state and capabilities (all zero where unreadable)."""
+    try:
+        return parse_process_status(path.read_text())
+    except OSError:
+        return ProcessStatus()
+
+
+def kernel_facts() -> KernelFacts:
+    """Collect the facts for this process on this machine."""
+    system = platform.system()
+    if system != "Linux":
+        return KernelFacts(system=system, release=platform.release())
+    return KernelFacts(
+        system=system,
+        release=platform.release(),
+        io_uring_disabled=_read_int(_SYSCTL_DISABLED),
+        io_uring_group=_read_int(_SYSCTL_GROUP),
+        status=read_process_status(),
+        gids=frozenset({os.getegid(), *os.getgroups()}),
+    )
