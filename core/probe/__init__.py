@@ -54,7 +54,8 @@ def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabil
 
     Creates one ring per probed setup flag (a few milliseconds), scans block
     devices through pyudev unless *devices* is false, then lets plugins add
-    facts through the ``uringstack_probe`` hook when *plugin_manager* is given.
+    facts through the ``uringstack_probe`` hook when *plugin_manager* (a
+    pluggy manager or the facade from ``make_plugin_manager``) is given.
     Never raises because io_uring is unusable: that is reported in
     ``caps.uring.blocker``/``reason``.
     """
@@ -71,7 +72,13 @@ def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabil
     if devices and facts.system == "Linux":
         _scan_devices(caps)
     if plugin_manager is not None:
-        plugin_manager.hook.uringstack_probe(report=caps)
+        # A raw pluggy manager exposes ``.hook``; uringstack's typed facade
+        # (``make_plugin_manager()``) exposes ``.probe(report)``.
+        hook = getattr(plugin_manager, "hook", None)
+        if hook is not None:
+            hook.uringstack_probe(report=caps)
+        else:
+            plugin_manager.probe(caps)
     return caps
 
 

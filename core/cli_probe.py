@@ -1,0 +1,66 @@
+"""``uringstack probe``: what io_uring, CPUs, memory and devices offer this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command("probe")
+@click.option("--json", "as_json", is_flag=True, help="Print the capability model as JSON.")
+@click.option("--no-devices", is_flag=True, help="Skip the block device / NVMe scan (pyudev).")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Reuse the report in FILE if younger than --max-age, else probe and write it there.",
+)
+@click.option(
+    "--no-plugins", is_flag=True, help="Do not let plugins add facts (uringstack_probe hook).",
+)
+@click.option(
+    "--max-age", type=float, default=3600.0, show_default=True,
+    help="Seconds a --cache file stays valid.",
+)
+def probe(
+    as_json: bool, no_devices: bool, cache: Path | None, no_plugins: bool, max_age: float
+) -> None:
+    """Probe this machine and report which io_uring features this process can use.
+
+    Creates a ring for each setup flag (SQPOLL, IOPOLL, SQE128, CQE32,
+    SINGLE_ISSUER, COOP_TASKRUN, DEFER_TASKRUN) to learn what the kernel
+    really accepts, explains why io_uring is blocked when it is
+    (kernel.io_uring_disabled, seccomp, ENOSYS, not Linux), reads
+    RLIMIT_MEMLOCK, CPUs and NUMA nodes, and lists block devices and NVMe
+    namespaces with queue/io_poll and their /dev/ngXnY char device.
+
+    Ends with one verdict line per feature. The exit status is 0 even when
+    io_uring is unusable: that is a finding, not an error.
+    """
+    from uringstack.probe import probe as run_probe
+    from uringstack.probe import probe_cached
+    from uringstack.probe.report import render
+
+    devices = not no_devices
+    pm = None if no_plugins else _plugin_manager()
+    if cache is not None:
+        caps = probe_cached(cache, max_age, devices=devices, plugin_manager=pm)
+    else:
+        caps = run_probe(devices=devices, plugin_manager=pm)
+    if as_json:
+        click.echo(caps.model_dump_json(indent=2))
+    else:
+        render(caps)
+
+
+def _plugin_manager() -> Any | None:
+    # A broken third-party plugin must not hide the probe's findings: warn on
+    # stderr (stdout may be JSON) and probe without plugins.
+    try:
+        from uringstack.pluginmanager import make_plugin_manager
+
+        return make_plugin_manager()
+    except Exception as exc:
+        click.echo(f"warning: plugins not loaded ({type(exc).__name__}: {exc})", err=True)
+        return None

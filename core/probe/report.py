@@ -1,0 +1,228 @@
+"""Human-readable rendering of a :class:`Capabilities` report, and one verdict per feature.
+
+The verdicts answer the question a user runs ``uringstack probe`` for: which of
+io_uring's fast paths can this process use here, and if one cannot be used,
+what exactly stands in the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+from uringstack.probe.model import Capabilities
+
+# A typical registered-buffer pool: 64 buffers of 64 KiB.  The verdict compares
+# RLIMIT_MEMLOCK with this because pinned buffers are charged against it.
+DEFAULT_FIXED_POOL_BYTES = 64 * 64 * 1024
+
+# Opcodes the storage path submits; the report shows these explicitly.
+KEY_OPCODES = ("READ", "WRITE", "READV", "WRITEV", "READ_FIXED", "WRITE_FIXED", "FSYNC",
+               "URING_CMD")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FeatureCheck:
+    """One line of the verdict: a feature, whether it is usable, and why (not)."""
+
+    feature: str
+    usable: bool
+    reason: str
+
+    def line(self) -> str:
+        """``"SQPOLL: usable (...)"`` or ``"IOPOLL: not usable: why"``."""
+        if self.usable:
+            return f"{self.feature}: usable" + (f" ({self.reason})" if self.reason else "")
+        return f"{self.feature}: not usable: {self.reason}"
+
+
+def _size(nbytes: int) -> str:
+    if nbytes < 0:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:g} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024  # type: ignore[assignment]
+    return str(nbytes)  # pragma: no cover - loop always returns
+
+
+def _flag_problem(caps: Capabilities, flag: str) -> str | None:
+    support = caps.uring.setup_flags.get(flag)
+    if support is None:
+        return f"{flag} was not probed"
+    if not support.accepted:
+        return f"kernel rejects IORING_SETUP_{flag} ({support.error})"
+    return None
+
+
+def verdicts(caps: Capabilities, pool_bytes: int = DEFAULT_FIXED_POOL_BYTES) -> list[FeatureCheck]:
+    """One :class:`FeatureCheck` per feature: io_uring, SQPOLL, IOPOLL, registered
+    buffers, NVMe passthrough and the portable fallback."""
+    uring = caps.uring
+    checks: list[FeatureCheck] = []
+    if not uring.usable:
+        checks.append(FeatureCheck("io_uring", False, uring.reason))
+        why = "io_uring is not usable"
+        for feature in ("SQPOLL", "IOPOLL", "registered buffers", "NVMe passthrough"):
+            checks.append(FeatureCheck(feature, False, why))
+        checks.append(FeatureCheck("fallback", True, "portable backend serves all I/O"))
+        return checks
+
+    checks.append(FeatureCheck(
+        "io_uring", True, f"{len(uring.opcodes)} opcodes, kernel {caps.kernel_release}"
+    ))
+
+    problem = _flag_problem(caps, "SQPOLL")
+    if problem:
+        checks.append(FeatureCheck("SQPOLL", False, problem))
+    else:
+        cores = caps.cpus.count
+        note = "kernel accepts it"
+        if cores <= 2:
+            note += f"; only {cores} CPU(s): the poller thread competes with the application"
+        checks.append(FeatureCheck("SQPOLL", True, note))
+
+    problem = _flag_problem(caps, "IOPOLL")
+    pollable = [d.name for d in caps.devices if d.io_poll]
+    if problem:
+        checks.append(FeatureCheck("IOPOLL", False, problem))
+    elif pollable:
+        checks.append(FeatureCheck("IOPOLL", True, "queue/io_poll=1 on " + ", ".join(pollable)))
+    elif caps.device_scan_error:
+        why = f"device scan failed: {caps.device_scan_error}"
+        checks.append(FeatureCheck("IOPOLL", False, why))
+    elif caps.devices:
+        why = "; ".join(f"{d.name}: {d.io_poll_reason}" for d in caps.devices)
+        checks.append(FeatureCheck("IOPOLL", False, f"no device with queue/io_poll=1 ({why})"))
+    else:
+        checks.append(FeatureCheck("IOPOLL", False, "no block devices were scanned"))
+
+    mem = caps.memlock
+    if mem.cap_ipc_lock:
+        checks.append(FeatureCheck(
+            "registered buffers", True, "CAP_IPC_LOCK: pinned memory is not limited"
+        ))
+    elif mem.allows(pool_bytes):
+        checks.append(FeatureCheck(
+            "registered buffers", True,
+            f"RLIMIT_MEMLOCK {_size(mem.soft_bytes)} >= pool {_size(pool_bytes)}",
+        ))
+    else:
+        checks.append(FeatureCheck(
+            "registered buffers", False,
+            f"RLIMIT_MEMLOCK {_size(mem.soft_bytes)} < pool {_size(pool_bytes)}; "
+            "raise `ulimit -l` or use a smaller pool",
+        ))
+
+    checks.append(_passthrough_check(caps))
+    checks.append(FeatureCheck("fallback", True, "portable backend, used where io_uring is not"))
+    return checks
+
+
+def _passthrough_check(caps: Capabilities) -> FeatureCheck:
+    name = "NVMe passthrough"
+    for flag in ("SQE128", "CQE32"):
+        problem = _flag_problem(caps, flag)
+        if problem:
+            return FeatureCheck(name, False, problem)
+    if "URING_CMD" not in caps.uring.opcodes:
+        return FeatureCheck(name, False, "kernel lacks IORING_OP_URING_CMD (5.19+)")
+    chars = [d for d in caps.devices if d.generic_char]
+    ok = [d for d in chars if d.generic_char_accessible]
+    if ok:
+        return FeatureCheck(name, True, ", ".join(f"{d.generic_char}" for d in ok))
+    if chars:
+        why = "; ".join(f"{d.generic_char}: {d.generic_char_error}" for d in chars)
+        return FeatureCheck(name, False, f"no generic char device may be opened ({why})")
+    if caps.device_scan_error:
+        return FeatureCheck(name, False, f"device scan failed: {caps.device_scan_error}")
+    nvme = [d.name for d in caps.devices if d.nvme]
+    if nvme:
+        return FeatureCheck(name, False, "no /dev/ngXnY for " + ", ".join(nvme))
+    return FeatureCheck(name, False, "no NVMe namespace with a generic char device /dev/ngXnY")
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def render(caps: Capabilities, console: Console | None = None) -> None:
+    """Print the report as rich tables followed by the verdict lines."""
+    con = console or Console()
+    uring = caps.uring
+
+    kt = Table(title="Kernel and io_uring", show_header=False)
+    kt.add_column("fact", style="bold")
+    kt.add_column("value", overflow="fold")
+    kt.add_row("system", f"{caps.system} {caps.kernel_release} (Python {caps.python})")
+    kt.add_row("io_uring usable", _yes(uring.usable))
+    if not uring.usable:
+        kt.add_row("blocker", uring.blocker)
+        kt.add_row("reason", uring.reason)
+    sysctl = uring.io_uring_disabled_sysctl
+    kt.add_row("kernel.io_uring_disabled", "absent" if sysctl is None else str(sysctl))
+    if uring.usable:
+        kt.add_row("features", f"0x{uring.feature_bits:x}: " + " ".join(uring.features))
+        key = " ".join(op for op in KEY_OPCODES if op in uring.opcodes)
+        kt.add_row("opcodes", f"{len(uring.opcodes)} supported; storage: {key}")
+    con.print(kt)
+
+    ft = Table(title="Setup flags (each tried by creating a ring)")
+    ft.add_column("flag")
+    ft.add_column("accepted")
+    ft.add_column("error", overflow="fold")
+    for flag, support in uring.setup_flags.items():
+        ft.add_row(flag, _yes(support.accepted), support.error)
+    con.print(ft)
+
+    mt = Table(title="Memory and CPUs", show_header=False)
+    mt.add_column("fact", style="bold")
+    mt.add_column("value", overflow="fold")
+    mem = caps.memlock
+    mt.add_row("RLIMIT_MEMLOCK", f"soft {_size(mem.soft_bytes)}, hard {_size(mem.hard_bytes)}")
+    mt.add_row("CAP_IPC_LOCK", _yes(mem.cap_ipc_lock))
+    mt.add_row("CPUs online", _cpus(caps.cpus.online))
+    mt.add_row("CPUs allowed", _cpus(caps.cpus.allowed))
+    nodes = "; ".join(f"node{n}: {_cpus(c)}" for n, c in sorted(caps.cpus.numa_nodes.items()))
+    mt.add_row("NUMA nodes", nodes or "none reported")
+    con.print(mt)
+
+    if caps.device_scan_error:
+        con.print(f"[yellow]device scan failed:[/] {caps.device_scan_error}")
+    elif caps.devices:
+        dt = Table(title="Block devices")
+        for col in ("device", "model", "size", "LBS/PBS", "rot", "io_poll", "NVMe", "char dev",
+                    "in use"):  # fmt: skip
+            # Only free-text columns may wrap; numbers split over lines are unreadable.
+            free = col in ("model", "char dev")
+            dt.add_column(col, overflow="fold", no_wrap=not free, min_width=10 if free else None)
+        notes: list[str] = []
+        for d in caps.devices:
+            nvme = f"{d.controller} ns{d.nsid}" if d.nvme else "-"
+            char = d.generic_char or "-"
+            if d.generic_char:
+                char += " (open ok)" if d.generic_char_accessible else " (no access)"
+            dt.add_row(d.name, d.model, _size(d.size_bytes),
+                       f"{d.logical_block_size}/{d.physical_block_size}",
+                       "yes" if d.rotational else "no", _yes(d.io_poll), nvme, char,
+                       _yes(d.in_use))  # fmt: skip
+            # Long explanations go below the table so the table fits 80 columns.
+            if not d.io_poll:
+                notes.append(f"{d.name}: io_poll off: {d.io_poll_reason}")
+            if d.generic_char_error:
+                notes.append(f"{d.name}: char device: {d.generic_char_error}")
+            notes.extend(f"{d.name}: in use: {u}" for u in d.usage)
+        con.print(dt)
+        for note in notes:
+            con.print(f"  {note}", soft_wrap=True, highlight=False, markup=False)
+
+    con.print("[bold]Verdict[/]")
+    for check in verdicts(caps):
+        style = "green" if check.usable else "red"
+        # soft_wrap: one verdict per physical line, so `grep` finds it whole.
+        con.print(f"  {check.line()}", style=style, soft_wrap=True, highlight=False, markup=False)
+
+
+def _cpus(cpus: list[int]) -> str:
+    return f"{len(cpus)}: " + ",".join(str(c) for c in cpus)
