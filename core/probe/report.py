@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from uringstack.probe.model import Capabilities
@@ -191,12 +192,16 @@ def render(caps: Capabilities, console: Console | None = None) -> None:
     if caps.device_scan_error:
         con.print(f"[yellow]device scan failed:[/] {caps.device_scan_error}")
     elif caps.devices:
-        dt = Table(title="Block devices")
-        for col in ("device", "model", "size", "LBS/PBS", "rot", "io_poll", "NVMe", "char dev",
-                    "in use"):  # fmt: skip
+        # No column rules and collapsed padding: nine columns fit 80 characters.
+        dt = Table(
+            title="Block devices", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False
+        )
+        for col in ("device", "model", "size", "LBS/PBS", "rot", "poll", "NVMe", "char dev",
+                    "used"):  # fmt: skip
             # Only free-text columns may wrap; numbers split over lines are unreadable.
             free = col in ("model", "char dev")
-            dt.add_column(col, overflow="fold", no_wrap=not free, min_width=10 if free else None)
+            width = 10 if col == "model" else None
+            dt.add_column(col, overflow="fold", no_wrap=not free, min_width=width)
         notes: list[str] = []
         for d in caps.devices:
             nvme = f"{d.controller} ns{d.nsid}" if d.nvme else "-"
