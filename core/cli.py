@@ -9,6 +9,7 @@ import click
 # (module, attribute) of each subcommand; each module owns one job.
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("uringstack.cli_probe", "probe"),
+    ("uringstack.cli_config", "config"),
 ]
 
 

@@ -908,8 +908,20 @@ def _entry_point_exists(name: str) -> bool:
     return any(ep.name == name for ep in importlib.metadata.entry_points(group="uringstack"))
 
 
-def config_schema(plugin_manager: UringstackPluginManager | None = None) -> dict[str, Any]:
-    """The JSON schema of the whole config file for the loaded plugins."""
-    pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
+def config_schema(
+    plugin_manager: UringstackPluginManager | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The JSON schema of the whole config file for the loaded plugins.
+
+    Without *plugin_manager* one is built with the plugins disabled in the
+    environment (``URINGSTACK_CORE__DISABLED_PLUGINS``) blocked.
+    """
+    if plugin_manager is None:
+        environ: Mapping[str, str] = os.environ if env is None else env
+        pm = make_plugin_manager(blocked=_raw_disabled({}, environ, {}))
+    else:
+        pm = plugin_manager
     schema: dict[str, Any] = build_config_model(pm.config_sections()).model_json_schema()
     return schema
