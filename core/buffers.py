@@ -9,7 +9,7 @@ device's logical block size.  Anonymous ``mmap`` memory is page aligned
 from __future__ import annotations
 
 import mmap
-from typing import Any
+from typing import Any, Protocol
 
 from uringstack.errors import AlignmentError
 from uringstack.native import ffi
@@ -57,17 +57,49 @@ class RegisteredBuffer:
     plain READ/WRITE, which is correct, just not faster.
     """
 
-    __slots__ = ("addr", "index", "ring_id", "size", "view")
+    __slots__ = ("addr", "batch", "index", "parent", "ring_id", "size", "view")
 
-    def __init__(self, view: memoryview, index: int, addr: int, ring_id: int) -> None:
+    def __init__(
+        self, view: memoryview, index: int, addr: int, ring_id: int, parent: RegisteredBuffer | None = None
+    ) -> None:
         self.view = view
+        self.parent = parent
         self.index = index
         self.addr = addr
         self.ring_id = ring_id
         self.size = len(view)
+        # The last batch that used this buffer; a pool must not hand the buffer
+        # out again before that batch finished (the kernel may still write it).
+        self.batch: Any = None
+
+    def sub(self, start: int, length: int) -> RegisteredBuffer:
+        """The registered range ``[start, start + length)`` of this buffer (still a fixed buffer)."""
+        if start < 0 or length <= 0 or start + length > self.size:
+            raise ValueError(f"range {start}+{length} outside a {self.size}-byte registered buffer")
+        root = self.parent or self
+        return RegisteredBuffer(self.view[start : start + length], self.index, self.addr + start, self.ring_id, root)
+
+    def in_flight(self) -> bool:
+        """True while the last batch submitted with this buffer has not completed."""
+        return self.batch is not None and not self.batch.finished
 
     def __len__(self) -> int:
         return self.size
 
-    def __buffer__(self, flags: int) -> memoryview:  # PEP 688: usable where a buffer is expected
-        return self.view
+
+
+class BufferProvider(Protocol):
+    """What a buffer-pool plugin puts in ``worker.resources["buffer_pool"]``."""
+
+    buffer_size: int
+
+    def lease(self) -> RegisteredBuffer:
+        """A free buffer; raise :class:`BufferError` when none is free."""
+        ...
+
+    def release(self, buf: RegisteredBuffer) -> None:
+        """Give *buf* back; deferred by the pool while it is still in flight."""
+        ...
+
+
+BUFFER_POOL_KEY = "buffer_pool"

@@ -70,6 +70,28 @@ class FileHandle:
         """The backend object (for benchmarks and plugins)."""
         return self._io
 
+    def lease_buffers(self, count: int, size: int = 4096) -> list[Any]:
+        """*count* buffers of *size* bytes from the worker's registered pool (fixed
+        buffers, READ_FIXED/WRITE_FIXED), or page-aligned plain buffers when no pool
+        serves this handle (fixedbuf off, memlock too low, another backend).  Give
+        them back with :meth:`release_buffers`."""
+        from uringstack.buffers import BUFFER_POOL_KEY, aligned_buffer
+
+        pool = self.worker.resources.get(BUFFER_POOL_KEY)
+        if pool is None or self.backend != "uring" or size > pool.buffer_size:
+            return [aligned_buffer(size) for _ in range(count)]
+        leases = [pool.lease() for _ in range(count)]
+        return leases if size == pool.buffer_size else [b.sub(0, size) for b in leases]
+
+    def release_buffers(self, buffers: Sequence[Any]) -> None:
+        """Return buffers from :meth:`lease_buffers` (plain buffers are simply dropped)."""
+        from uringstack.buffers import BUFFER_POOL_KEY
+
+        pool = self.worker.resources.get(BUFFER_POOL_KEY)
+        for buf in buffers:
+            if pool is not None and isinstance(buf, RegisteredBuffer):
+                pool.release(buf.parent or buf)
+
     def size(self) -> int:
         self._check()
         return self._io.size()

@@ -78,8 +78,10 @@ class UringFileIO:
         opcodes: list[int] = []
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
         any_fixed = False
+        leases: list[RegisteredBuffer] = []
         for buf in buffers:
             if isinstance(buf, RegisteredBuffer):
+                leases.append(buf)
                 keep.append(buf)
                 addrs.append(buf.addr)
                 lens.append(buf.size)
@@ -115,6 +117,8 @@ class UringFileIO:
                     "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
                 )
         batch = self.ring.submit_arrays(n, arrays, keep)
+        for lease in leases:
+            (lease.parent or lease).batch = batch
         if self.completion_hook is not None:
             batch.on_done = self.completion_hook("write" if write else "read")
         return UringPending(self.ring, batch)

@@ -1,0 +1,184 @@
+"""The fixedbuf plugin: registered (fixed) buffers and files on every storage ring.
+
+A registered buffer is pinned and mapped into the kernel once, so READ_FIXED /
+WRITE_FIXED skip the per-I/O page pinning; a registered file skips the per-I/O
+fd lookup and reference count.  Pinned memory counts against RLIMIT_MEMLOCK
+for processes without CAP_IPC_LOCK: where the limit is too low the pool is
+shrunk or skipped with the reason in the plan, never failing the stack in
+``auto``.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from uringstack.buffers import BUFFER_POOL_KEY
+from uringstack.errors import UringIOError
+from uringstack.hookspecs import hookimpl
+from uringstack.plugins.fixedbuf.files import FixedFileTable
+from uringstack.plugins.fixedbuf.pool import BufferPool
+from uringstack.types import FeatureMode, FeatureVerdict
+
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.probe.model import Capabilities
+    from uringstack.ring import Ring
+    from uringstack.stack import Stack, Worker
+
+NAME = "fixedbuf"
+FILES_KEY = "fixedbuf.files"
+_ROLES = ("storage",)
+_CAP_IPC_LOCK = 14
+MEMLOCK_HINT = (
+    "raise RLIMIT_MEMLOCK (`ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`, "
+    "Docker `--ulimit memlock=-1`) or grant CAP_IPC_LOCK"
+)
+
+
+class FixedbufConfig(BaseModel):
+    """``[fixedbuf]``: registered buffers and files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: FeatureMode = Field("auto", description="auto: register where memlock allows; on: required; off: never")
+    buffer_size: int = Field(65536, ge=4096, le=1 << 30, description="bytes per registered buffer (multiple of 4096)")
+    count: int = Field(64, ge=1, le=16384, description="registered buffers per ring")
+    min_count: int = Field(8, ge=1, description="in auto, fewer buffers than this is not worth registering")
+    files: int = Field(64, ge=0, le=65536, description="fixed-file slots per ring (0: no registered files)")
+
+    @field_validator("buffer_size")
+    @classmethod
+    def _page_multiple(cls, v: int) -> int:
+        if v % 4096:
+            raise ValueError(f"must be a multiple of 4096 (page size), got {v}")
+        return v
+
+
+def _section(config: StackConfig) -> FixedbufConfig:
+    return getattr(config, NAME)  # type: ignore[no-any-return]
+
+
+def has_ipc_lock() -> bool:
+    """True when this process may pin memory beyond RLIMIT_MEMLOCK (CAP_IPC_LOCK)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_IPC_LOCK & 1)
+    except OSError:
+        pass
+    return False
+
+
+def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tuple[int, str]:
+    """How many buffers per ring the memlock limit allows, and the reason."""
+    want = cfg.buffer_size * cfg.count * rings
+    if has_ipc_lock():
+        return cfg.count, "CAP_IPC_LOCK: pinned memory is not limited"
+    limit = caps.memlock.soft_bytes
+    if limit < 0:
+        return cfg.count, "RLIMIT_MEMLOCK is unlimited"
+    if want <= limit:
+        return cfg.count, f"{want >> 10} KiB pinned fits RLIMIT_MEMLOCK ({limit >> 10} KiB)"
+    # other pinned memory of the process shares the limit: leave a quarter free
+    fit = (limit * 3 // 4) // (cfg.buffer_size * max(rings, 1))
+    return fit, (
+        f"RLIMIT_MEMLOCK is {limit >> 10} KiB but {cfg.count} x {cfg.buffer_size >> 10} KiB buffers on "
+        f"{rings} ring(s) need {want >> 10} KiB"
+    )
+
+
+def _plan_count(caps: Capabilities, config: StackConfig) -> tuple[int, str]:
+    cfg = _section(config)
+    rings = len(caps.cpus.allowed) if config.core.cores == "auto" else len(config.core.cores)
+    return buffers_that_fit(caps, cfg, rings)
+
+
+@hookimpl
+def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
+    return NAME, FixedbufConfig
+
+
+@hookimpl
+def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
+    cfg = _section(config)
+    if cfg.mode == "off":
+        return FeatureVerdict(plugin=NAME, mode="off", enabled=False, reason="off (config)")
+    if not caps.uring.usable or config.core.backend == "fallback":
+        return FeatureVerdict(plugin=NAME, mode=cfg.mode, enabled=False, reason="no io_uring rings to register with")
+    count, why = _plan_count(caps, config)
+    if count >= cfg.count:
+        reason = f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
+        return FeatureVerdict(plugin=NAME, mode=cfg.mode, enabled=True, reason=reason)
+    if cfg.mode == "on":
+        return FeatureVerdict(plugin=NAME, mode="on", enabled=False, reason=why, hint=MEMLOCK_HINT)
+    if count >= cfg.min_count:
+        return FeatureVerdict(
+            plugin=NAME, mode=cfg.mode, enabled=True,
+            reason=f"shrunk to {count} buffers per ring: {why}", hint=MEMLOCK_HINT,
+        )
+    return FeatureVerdict(
+        plugin=NAME, mode=cfg.mode, enabled=bool(cfg.files),
+        reason=f"no registered buffers ({why}); registered files only" if cfg.files else f"skipped: {why}",
+        hint=MEMLOCK_HINT,
+    )
+
+
+@hookimpl
+def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> None:
+    if ring.params.role not in _ROLES:
+        return
+    cfg = _section(config)
+    if cfg.mode == "off":
+        return
+    count, why = _plan_count(worker.stack.caps, config)
+    count = min(count, cfg.count)
+    if count >= cfg.count or (cfg.mode == "auto" and count >= cfg.min_count):
+        try:
+            pool = BufferPool(ring, cfg.buffer_size, count)
+        except UringIOError as exc:
+            if cfg.mode == "on" or exc.errno != errno.ENOMEM:
+                raise
+            worker.note(NAME, f"registering {count} buffers failed with ENOMEM ({why}); none registered. {MEMLOCK_HINT}")
+        else:
+            worker.resources[BUFFER_POOL_KEY] = pool
+            worker.note(NAME, f"registered {count} x {cfg.buffer_size >> 10} KiB buffers")
+    else:
+        worker.note(NAME, f"no registered buffers: {why}. {MEMLOCK_HINT}")
+    if cfg.files:
+        worker.resources[FILES_KEY] = FixedFileTable(ring, cfg.files)
+        worker.note(NAME, f"registered a {cfg.files}-slot fixed-file table")
+
+
+@hookimpl
+def uringstack_file_opened(handle: object, worker: Worker) -> None:
+    table = worker.resources.get(FILES_KEY)
+    io = getattr(handle, "io", None)
+    if not isinstance(table, FixedFileTable) or getattr(io, "ring", None) is not table.ring:
+        return
+    slot = table.attach(handle.fd)  # type: ignore[attr-defined]
+    if slot is not None:
+        handle.fixed_index = slot  # type: ignore[attr-defined]
+
+
+@hookimpl
+def uringstack_file_closed(handle: object, worker: Worker) -> None:
+    table = worker.resources.get(FILES_KEY)
+    slot = getattr(handle, "fixed_index", None)
+    if isinstance(table, FixedFileTable) and slot is not None and not table.ring.closed:
+        table.detach(slot)
+        handle.fixed_index = None  # type: ignore[attr-defined]
+
+
+@hookimpl
+def uringstack_stack_teardown(stack: Stack) -> None:
+    for worker in stack.workers:
+        table = worker.resources.pop(FILES_KEY, None)
+        if isinstance(table, FixedFileTable):
+            worker.call(table.close)
+        pool = worker.resources.pop(BUFFER_POOL_KEY, None)
+        if isinstance(pool, BufferPool):
+            worker.call(pool.close)

@@ -1,0 +1,109 @@
+"""The sqpoll plugin: a kernel thread polls the submission queue (IORING_SETUP_SQPOLL).
+
+With SQPOLL, submitting is a store to shared memory: no io_uring_enter while
+the poller is awake.  It wakes slowly after ``idle_ms`` of idleness (liburing
+then sets IORING_SQ_NEED_WAKEUP and ``io_uring_submit`` enters once to wake
+it), and it burns a whole CPU while busy: on a machine whose every core runs
+a worker, the poller competes with the application and loses more than it
+saves.  ``auto`` therefore enables it only where a CPU is left over for the
+poller (measured on the 2-vCPU development VM: see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from uringstack.flags import SetupFlag
+from uringstack.hookspecs import hookimpl
+from uringstack.plan import worker_cpus
+from uringstack.types import FeatureMode, FeatureVerdict
+
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.probe.model import Capabilities
+    from uringstack.ring_params import RingParams
+
+NAME = "sqpoll"
+_ROLES = ("storage",)
+
+
+class SqpollConfig(BaseModel):
+    """``[sqpoll]``: kernel-side submission polling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: FeatureMode = Field("auto", description="auto: only with a spare CPU for the poller; on; off")
+    idle_ms: int = Field(1000, ge=1, le=60_000, description="poller sleeps after this much idleness")
+    cpu: Literal["auto"] | int = Field("auto", description="CPU for the poller; auto: a CPU without a worker, else the worker's own")
+    share: bool = Field(True, description="all rings share the first ring's poller (IORING_SETUP_ATTACH_WQ)")
+    spin_us: int = Field(200, ge=0, le=1_000_000, description="busy-poll the CQ this long before sleeping in the kernel")
+    min_spare_cpus: int = Field(1, ge=0, description="auto enables SQPOLL only with this many CPUs free of workers")
+
+
+def _section(config: StackConfig) -> SqpollConfig:
+    return getattr(config, NAME)  # type: ignore[no-any-return]
+
+
+def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
+    cfg = _section(config)
+    if cfg.mode == "off":
+        return False, "off (config)"
+    if not caps.uring.usable or config.core.backend == "fallback":
+        return False, "no io_uring rings"
+    if not caps.uring.accepts("SQPOLL"):
+        err = caps.uring.setup_flags.get("SQPOLL")
+        return False, f"the kernel refuses IORING_SETUP_SQPOLL ({err.error if err else 'not probed'})"
+    if cfg.mode == "on":
+        return True, "on (config)"
+    workers = worker_cpus(caps, config)
+    spare = [c for c in caps.cpus.allowed if c not in workers]
+    if len(spare) < cfg.min_spare_cpus:
+        return False, (
+            f"auto: {len(caps.cpus.allowed)} CPUs all run workers, so a polling thread would compete "
+            f"with them (on 2 vCPUs SQPOLL measured slower than plain batching, see BENCHMARKS.md); "
+            f"set [sqpoll] mode = \"on\" or give fewer cores to workers to use it"
+        )
+    return True, f"auto: CPU {spare[0]} is free of workers and polls the submission queues"
+
+
+def _poller_cpu(caps: Capabilities, config: StackConfig, params: RingParams) -> int | None:
+    cfg = _section(config)
+    if cfg.cpu != "auto":
+        return cfg.cpu
+    workers = worker_cpus(caps, config)
+    spare = [c for c in caps.cpus.allowed if c not in workers]
+    return spare[0] if spare else params.core
+
+
+@hookimpl
+def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
+    return NAME, SqpollConfig
+
+
+@hookimpl
+def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
+    enabled, reason = _decide(caps, config)
+    return FeatureVerdict(plugin=NAME, mode=_section(config).mode, enabled=enabled, reason=reason)
+
+
+@hookimpl
+def uringstack_ring_params(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
+    if params.role not in _ROLES:
+        return
+    enabled, reason = _decide(caps, config)
+    if not enabled:
+        params.reasons.append(f"sqpoll: not set: {reason}")
+        return
+    cfg = _section(config)
+    params.add(SetupFlag.SQPOLL, f"sqpoll: {reason}; idle {cfg.idle_ms} ms")
+    params.sq_thread_idle_ms = cfg.idle_ms
+    params.sq_thread_cpu = _poller_cpu(caps, config, params)
+    params.spin_us = max(params.spin_us, cfg.spin_us)
+    if _section(config).mode == "on":
+        params.required |= SetupFlag.SQPOLL
+    first = worker_cpus(caps, config)[0]
+    if cfg.share and params.core != first:
+        params.attach_to = f"core{first}/{params.role}"
+        params.reasons.append(f"sqpoll: shares the poller of core{first}/{params.role} (ATTACH_WQ)")
