@@ -1,0 +1,184 @@
+"""Injected faults through the simulated faulty disk (FaultyBackend)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import threading
+
+import pytest
+from uringstack.wal import RecoveryMode, Wal, WalConfig, WalCorruptionError, WalFailedError
+from uringstack.wal.faults import FaultPlan, FaultyBackend
+from uringstack.wal.recovery import scan
+from uringstack.wal.segment import DATA_START, list_segments
+
+
+def _records(d: pathlib.Path, **kw: object) -> list[tuple[int, bytes]]:
+    with Wal.open(d, backend="posix", **kw) as wal:  # type: ignore[arg-type]
+        return list(wal.read_from(1))
+
+
+@pytest.mark.parametrize("direct", ["off", "on"])
+def test_short_writes_are_completed(wal_dir: pathlib.Path, direct: str) -> None:
+    short = 100 if direct == "off" else 4096  # O_DIRECT continuations must stay aligned
+    # write calls: append1 -> 0 (short), 1; append2 -> 2; append3 -> 3 (short), 4; append4 -> 5
+    plan = FaultPlan(short_writes={0: short, 3: short, 5: 0})
+    be = FaultyBackend(plan)
+    data = [os.urandom(5000 + i) for i in range(4)]  # 8 KiB writes
+    with Wal.open(wal_dir, backend=be, direct_io=direct) as wal:
+        for i, d in enumerate(data[:3]):
+            assert wal.append(d) == i + 1
+        assert be.write_calls == 5
+        with pytest.raises(WalFailedError):  # a zero-byte write is an error, not a loop
+            wal.append(data[3])
+    assert [p for _, p in _records(wal_dir)][:3] == data[:3]
+
+
+def test_eio_on_write_fails_the_log(wal_dir: pathlib.Path) -> None:
+    be = FaultyBackend(FaultPlan(write_errors={2: errno.EIO}))
+    with Wal.open(wal_dir, backend=be) as wal:
+        assert wal.append(b"one") == 1
+        assert wal.append(b"two") == 2
+        with pytest.raises(WalFailedError) as ei:
+            wal.append(b"three")
+        assert ei.value.errno == errno.EIO and isinstance(ei.value, OSError)
+        with pytest.raises(WalFailedError):
+            wal.append(b"four")
+        assert wal.durable_lsn == 2 and wal.failed is ei.value
+    assert be.write_calls == 3  # nothing was tried after the failure
+    assert _records(wal_dir) == [(1, b"one"), (2, b"two")]
+
+
+def test_eio_on_fdatasync_no_false_ack_no_retry(wal_dir: pathlib.Path) -> None:
+    be = FaultyBackend(FaultPlan(sync_errors={3: errno.EIO}))
+    acked: list[int] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    with Wal.open(wal_dir, backend=be) as wal:
+
+        def work(i: int) -> None:
+            for k in range(200):
+                try:
+                    lsn = wal.append(f"{i}:{k}".encode())
+                except WalFailedError as e:
+                    with lock:
+                        failures.append(e)
+                    return
+                with lock:
+                    acked.append(lsn)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        durable = wal.durable_lsn
+        assert len(failures) == 8  # every appender saw the failure
+        assert all(f.errno == errno.EIO for f in failures)
+        assert max(acked) <= durable  # nothing acknowledged beyond the last good flush
+        with pytest.raises(WalFailedError):
+            wal.append(b"late")
+    assert be.sync_calls == 4  # the failed fdatasync was never retried
+    got = dict(_records(wal_dir))
+    assert all(lsn in got for lsn in acked)
+
+
+def test_torn_last_write(wal_dir: pathlib.Path) -> None:
+    be = FaultyBackend(FaultPlan(torn_writes={5: 4096 + 512}))
+    big = [os.urandom(6000) for _ in range(6)]
+    with Wal.open(wal_dir, backend=be) as wal:
+        for d in big[:5]:
+            wal.append(d)
+        with pytest.raises(WalFailedError):
+            wal.append(big[5])
+    # absolute consistency refuses even a torn tail...
+    with pytest.raises(WalCorruptionError, match="torn tail"):
+        Wal.open(wal_dir, backend="posix", recovery="absolute")
+    s = scan(wal_dir)
+    assert s.damage is not None and s.damage.torn_tail
+    # ...tolerate_tail cuts it off, keeping every acknowledged record
+    assert [p for _, p in _records(wal_dir)] == big[:5]
+    # the cut is durable: the log is now clean even for absolute mode
+    assert [p for _, p in _records(wal_dir, recovery="absolute")] == big[:5]
+
+
+def test_torn_last_sector_in_file(wal_dir: pathlib.Path) -> None:
+    with Wal.open(wal_dir, backend="posix") as wal:
+        for i in range(5):
+            wal.append(bytes([i + 1]) * 2000)
+    seg = list_segments(wal_dir)[0][1]
+    s = scan(wal_dir)
+    end = s.segments[0].end_offset
+    with open(seg, "r+b") as f:  # the last sector of the last record never made it
+        f.seek(end - 512)
+        f.write(bytes(512))
+    with pytest.raises(WalCorruptionError):
+        Wal.open(wal_dir, backend="posix", recovery="absolute")
+    got = _records(wal_dir)
+    assert [p for _, p in got] == [bytes([i + 1]) * 2000 for i in range(4)]
+
+
+def _multi_segment_log(d: pathlib.Path) -> tuple[WalConfig, list[bytes]]:
+    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+    data = [os.urandom(1000) for _ in range(300)]
+    with Wal.open(d, cfg) as wal:
+        for x in data:
+            wal.append(x)
+        assert len(wal.segments()) >= 4
+    return cfg, data
+
+
+def _flip(path: pathlib.Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def test_bit_flip_in_old_segment(wal_dir: pathlib.Path) -> None:
+    cfg, data = _multi_segment_log(wal_dir)
+    segs = list_segments(wal_dir)
+    # inside the payload of the 3rd record of the 2nd segment (records are 1016 bytes)
+    _flip(segs[1][1], DATA_START + 2 * 1016 + 500)
+    bad_lsn = segs[1][0] + 2
+    for mode in ("absolute", "tolerate_tail"):
+        with pytest.raises(WalCorruptionError, match="corruption") as ei:
+            Wal.open(wal_dir, cfg, recovery=mode)
+        assert "checksum" in str(ei.value)
+    with Wal.open(wal_dir, cfg, recovery=RecoveryMode.POINT_IN_TIME) as wal:
+        got = list(wal.read_from(1))
+        assert [p for _, p in got] == data[: bad_lsn - 1]
+        assert wal.append(b"new") == bad_lsn
+    assert sorted(p.name for p in wal_dir.glob("*.discarded")) == [
+        p.name + ".discarded" for _, p in segs[2:]
+    ]
+    assert _records(wal_dir, recovery="absolute")[-1] == (bad_lsn, b"new")
+
+
+def test_bit_flip_in_segment_header(wal_dir: pathlib.Path) -> None:
+    cfg, _ = _multi_segment_log(wal_dir)
+    _flip(list_segments(wal_dir)[1][1], 20)
+    with pytest.raises(WalCorruptionError, match="header"):
+        Wal.open(wal_dir, cfg)
+
+
+def test_missing_segment_detected(wal_dir: pathlib.Path) -> None:
+    cfg, _ = _multi_segment_log(wal_dir)
+    os.unlink(list_segments(wal_dir)[1][1])
+    with pytest.raises(WalCorruptionError, match="missing"):
+        Wal.open(wal_dir, cfg, recovery="absolute")
+
+
+def test_garbage_far_past_the_tail_is_corruption(wal_dir: pathlib.Path) -> None:
+    """Non-zero bytes beyond where the last write could reach are not a torn tail."""
+    cfg = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+    with Wal.open(wal_dir, cfg) as wal:
+        wal.append(b"x" * 100)
+    seg = list_segments(wal_dir)[0][1]
+    _flip(seg, 200 * 1024)
+    with pytest.raises(WalCorruptionError, match="corruption"):
+        Wal.open(wal_dir, cfg)
+    with Wal.open(wal_dir, cfg, recovery="point_in_time") as wal:
+        assert list(wal.read_from(1)) == [(1, b"x" * 100)]

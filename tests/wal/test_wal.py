@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import threading
+
+import pytest
+from uringstack.wal import RecoveryMode, Wal, WalClosedError, WalConfig, make_backend
+from uringstack.wal.segment import list_segments
+
+
+def test_append_read_reopen(wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig) -> None:
+    with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
+        assert wal.backend.name == backend_name
+        lsns = [wal.append(f"rec{i}".encode() * (i % 50)) for i in range(300)]
+        assert lsns == list(range(1, 301))
+        assert wal.durable_lsn == 300
+        assert list(wal.read_from(299)) == [(299, b"rec298" * 48), (300, b"rec299" * 49)]
+    with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
+        got = list(wal.read_from(1))
+        assert [lsn for lsn, _ in got] == list(range(1, 301))
+        assert all(p == f"rec{i}".encode() * (i % 50) for i, (_, p) in enumerate(got))
+        assert wal.append(b"after reopen") == 301
+    with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
+        assert list(wal.read_from(301)) == [(301, b"after reopen")]
+
+
+def test_segment_rollover_and_truncate_before(
+    wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig
+) -> None:
+    payload = os.urandom(1000)
+    with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
+        for _ in range(400):  # ~400 KB through 64 KiB segments
+            wal.append(payload)
+        segs = wal.segments()
+        assert len(segs) >= 6
+        # segments are contiguous and named by their first LSN
+        for (f1, l1, _), (f2, _, p2) in zip(segs, segs[1:], strict=False):
+            assert f2 == l1 + 1
+            assert p2.name == f"{f2:020d}.wal"
+        cut = segs[3][0] + 1  # a checkpoint inside the 4th segment
+        removed = wal.truncate_before(cut)
+        assert removed == 3
+        assert [p for _, p in list_segments(wal_dir)] == [p for _, _, p in wal.segments()]
+        got = list(wal.read_from(1))
+        assert got[0][0] == segs[3][0] and got[-1][0] == 400
+        live = len(wal.segments())
+        assert wal.truncate_before(10**9) == live - 1
+        assert len(wal.segments()) == 1  # the active segment always stays
+    with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
+        assert wal.next_lsn == 401
+        assert all(p == payload for _, p in wal.read_from(1))
+
+
+def test_group_commit_groups(wal_dir: pathlib.Path, backend_name: str) -> None:
+    cfg = WalConfig(segment_size_bytes=1 << 20, max_batch_bytes=64 * 1024, sync="fdatasync")
+    threads, per_thread = 16, 100
+    with Wal.open(wal_dir, cfg, backend=backend_name) as wal:
+        results: list[list[int]] = [[] for _ in range(threads)]
+
+        def work(i: int) -> None:
+            for k in range(per_thread):
+                results[i].append(wal.append(f"{i}:{k}".encode()))
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        c = wal.counters()
+        total = threads * per_thread
+        assert sorted(lsn for r in results for lsn in r) == list(range(1, total + 1))
+        # each thread's own appends are ordered
+        assert all(r == sorted(r) for r in results)
+        assert c["flushes"] < total / 4, c
+        assert c["syncs"] == c["flushes"]
+        records = dict(wal.read_from(1))
+        for i, r in enumerate(results):
+            assert [records[lsn] for lsn in r] == [f"{i}:{k}".encode() for k in range(per_thread)]
+
+
+def test_max_delay_batches_a_single_slow_stream(wal_dir: pathlib.Path) -> None:
+    cfg = WalConfig(max_delay_us=20_000, backend="posix")
+    with Wal.open(wal_dir, cfg) as wal:
+
+        async def main() -> list[int]:
+            return await asyncio.gather(*(wal.append_async(b"x") for _ in range(50)))
+
+        assert asyncio.run(main()) == list(range(1, 51))
+        assert wal.counters()["flushes"] <= 3
+
+
+def test_asyncio_gather(wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig) -> None:
+    with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
+
+        async def main() -> list[int]:
+            futs = [wal.append_async(f"a{i}".encode()) for i in range(500)]
+            lsns = await asyncio.gather(*futs)
+            assert wal.durable_lsn >= max(lsns)
+            return list(lsns)
+
+        threads_before = threading.active_count()
+        lsns = asyncio.run(main())
+        assert threading.active_count() <= threads_before + 1
+        assert lsns == list(range(1, 501))
+        assert wal.counters()["flushes"] < 100
+        assert dict(wal.read_from(1))[250] == b"a249"
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        WalConfig(segment_size=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="multiple"):
+        WalConfig(segment_size_bytes=65537)
+    with pytest.raises(ValueError, match="fit in a segment"):
+        WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=64 * 1024)
+    assert WalConfig().recovery is RecoveryMode.TOLERATE_TAIL
+
+
+def test_record_larger_than_batch_rejected(wal_dir: pathlib.Path, small_config: WalConfig) -> None:
+    with Wal.open(wal_dir, small_config, backend="posix") as wal:
+        with pytest.raises(ValueError, match="max_batch_bytes"):
+            wal.append(bytes(small_config.max_batch_bytes))
+        assert wal.append(bytes(small_config.max_batch_bytes - 16)) == 1
+
+
+def test_closed_and_locked(wal_dir: pathlib.Path) -> None:
+    wal = Wal.open(wal_dir, backend="posix")
+    with pytest.raises(BlockingIOError, match="locked"):
+        Wal.open(wal_dir, backend="posix")
+    wal.close()
+    wal.close()
+    with pytest.raises(WalClosedError):
+        wal.append(b"x")
+    Wal.open(wal_dir, backend="posix").close()
+
+
+def test_backend_object_is_used_and_not_closed(wal_dir: pathlib.Path, backend_name: str) -> None:
+    be = make_backend(backend_name)  # type: ignore[arg-type]
+    with Wal.open(wal_dir, backend=be) as wal:
+        wal.append(b"x")
+    assert be.counters()["flushes"] == 1
+    with Wal.open(wal_dir, backend=be) as wal:  # still usable: the WAL did not close it
+        wal.append(b"y")
+    be.close()
+
+
+def test_auto_backend(wal_dir: pathlib.Path) -> None:
+    with Wal.open(wal_dir, backend="auto") as wal:
+        assert wal.backend.name in ("uring", "posix")
+        wal.append(b"x")
+
+
+def test_direct_io_off_and_buffered(wal_dir: pathlib.Path, small_config: WalConfig) -> None:
+    with Wal.open(wal_dir, small_config, backend="posix", direct_io="off") as wal:
+        assert not wal.direct_io
+        wal.append(b"x" * 5000)
+    with Wal.open(wal_dir, small_config, backend="posix", direct_io="on") as wal:
+        assert wal.direct_io
+        wal.append(b"y")
+        assert [p[:1] for _, p in wal.read_from(1)] == [b"x", b"y"]
