@@ -10,6 +10,7 @@ import click
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("uringstack.cli_probe", "probe"),
     ("uringstack.cli_config", "config"),
+    ("uringstack.cli_plan", "plan_command"),
 ]
 
 

@@ -268,21 +268,25 @@ def open_stack(
     *,
     caps: Capabilities | None = None,
     plugin_manager: UringstackPluginManager | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Stack:
     """Probe the machine, load the config, plan, and build the stack.
 
     *config* is a loaded :class:`~uringstack.config.StackConfig`, a path to a
     TOML file, or ``None`` (``URINGSTACK_CONFIG`` and ``URINGSTACK_*``
-    environment variables, else defaults).
+    environment variables, else defaults).  *overrides* are explicit settings
+    with the highest priority (``{"sqpoll.mode": "on", "core.cores": [0]}``).
     """
     from uringstack.config import load_config
     from uringstack.probe import probe
 
     if config is None or isinstance(config, (str, os.PathLike)):
-        loaded = load_config(config, plugin_manager=plugin_manager)
+        loaded = load_config(config, plugin_manager=plugin_manager, overrides=overrides)
         cfg, pm = loaded.config, loaded.plugin_manager
     else:
         cfg = config
+        if overrides:
+            raise TypeError("overrides apply when loading a config; pass a path or None")
         if plugin_manager is None:
             raise TypeError("pass the plugin_manager the config was loaded with")
         pm = plugin_manager
