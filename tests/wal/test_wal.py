@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pathlib
 import threading
@@ -10,7 +11,9 @@ from uringstack.wal import RecoveryMode, Wal, WalClosedError, WalConfig, make_ba
 from uringstack.wal.segment import list_segments
 
 
-def test_append_read_reopen(wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig) -> None:
+def test_append_read_reopen(
+    wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig
+) -> None:
     with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
         assert wal.backend.name == backend_name
         lsns = [wal.append(f"rec{i}".encode() * (i % 50)) for i in range(300)]
@@ -36,7 +39,7 @@ def test_segment_rollover_and_truncate_before(
         segs = wal.segments()
         assert len(segs) >= 6
         # segments are contiguous and named by their first LSN
-        for (f1, l1, _), (f2, _, p2) in zip(segs, segs[1:], strict=False):
+        for (_f1, l1, _), (f2, _, p2) in itertools.pairwise(segs):
             assert f2 == l1 + 1
             assert p2.name == f"{f2:020d}.wal"
         cut = segs[3][0] + 1  # a checkpoint inside the 4th segment
