@@ -11,6 +11,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("uringstack.cli_probe", "probe"),
     ("uringstack.cli_config", "config"),
     ("uringstack.cli_plan", "plan_command"),
+    ("uringstack.cli_wal", "wal"),
 ]
 
 

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import json
+import pathlib
+
+from click.testing import CliRunner
+from uringstack.cli_wal import wal as wal_group
+from uringstack.wal import Wal
+from uringstack.wal.segment import list_segments
+
+
+def test_verify_and_dump(wal_dir: pathlib.Path) -> None:
+    with Wal.open(wal_dir, backend="posix") as wal:
+        for i in range(20):
+            wal.append(f"r{i}".encode())
+    r = CliRunner().invoke(wal_group, ["verify", str(wal_dir)])
+    assert r.exit_code == 0, r.output
+    assert "records: 20  last LSN: 20" in r.output
+    r = CliRunner().invoke(wal_group, ["dump", str(wal_dir), "--from", "19", "--json"])
+    assert [json.loads(x)["lsn"] for x in r.output.splitlines()] == [19, 20]
+    seg = list_segments(wal_dir)[0][1]
+    with open(seg, "r+b") as f:
+        f.seek(4096 + 3)
+        f.write(b"\xff")
+    r = CliRunner().invoke(wal_group, ["verify", str(wal_dir)])
+    assert r.exit_code == 1
+    assert "corruption" in r.output.lower()
