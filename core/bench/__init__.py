@@ -1,0 +1,1 @@
+"""Benchmark commands (the ``uringstack bench`` group)."""

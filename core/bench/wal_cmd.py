@@ -1,0 +1,67 @@
+"""``bench wal``: the WAL beside a naive Python WAL and fio's durable QD1 write."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..wal.bench import run_wal_bench
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    return f"{v:,.{digits}f}" if isinstance(v, float | int) else "-"
+
+
+@click.command("wal")
+@click.option("--appenders", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--record-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="seconds per measured row")  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "uring", "posix"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print the raw result as JSON")
+def wal_bench_command(
+    appenders: int, record_size: int, duration: float, backend: str, directory: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Durable appends/s, MB/s and ack latency p50/p99/p99.9, with ratios to the references."""
+    if directory is None:
+        with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="uringstack-bench-") as tmp:
+            result = run_wal_bench(tmp, appenders, record_size, duration, backend)
+    else:
+        result = run_wal_bench(directory, appenders, record_size, duration, backend)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    wal = result["wal"]
+    table = Table(
+        title=f"WAL: {appenders} appender(s), {record_size} B records, "
+        f"backend {wal['backend']} (O_DIRECT {'on' if wal['direct_io'] else 'off'})"
+    )
+    for col in ("row", "records/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "WAL ratio"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    r = result["ratios"]
+    rows = [
+        ("uringstack WAL", wal, f"{_fmt(wal['records_per_flush'])} rec/flush"),
+        ("naive write+fdatasync", result["naive"],
+         f"{_fmt(r['records_per_s_vs_naive'], 2)}x rec/s, p99 {_fmt(r['p99_vs_naive'], 2)}x"),
+    ]  # fmt: skip
+    fio = result["fio"]
+    if "skipped" in fio:
+        rows.append(("fio io_uring dsync QD1 4k", {}, f"skipped: {fio['skipped']}"))
+    else:
+        vs_fio = f"p99 {_fmt(r['p99_vs_fio'], 2)}x, rec/s {_fmt(r['records_per_s_vs_fio'], 2)}x"
+        rows.append(("fio io_uring dsync QD1 4k", fio, vs_fio))
+    for name, row, ratio in rows:
+        table.add_row(
+            name, _fmt(row.get("records_per_s"), 0), _fmt(row.get("mb_per_s"), 2),
+            _fmt(row.get("p50_us")), _fmt(row.get("p99_us")), _fmt(row.get("p999_us")), ratio,
+        )  # fmt: skip
+    Console().print(table)
