@@ -1,0 +1,192 @@
+"""Blocker classification and parsing, with every input injected."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from uringstack.probe.devices import parse_mountinfo, parse_swaps
+from uringstack.probe.kernel import (
+    CAP_IPC_LOCK,
+    CAP_SYS_ADMIN,
+    KernelFacts,
+    ProcessStatus,
+    parse_process_status,
+)
+from uringstack.probe.model import BlockDevice, Capabilities, CpuInfo, MemlockInfo
+from uringstack.probe.report import verdicts
+from uringstack.probe.system import parse_cpulist
+from uringstack.probe.uring import classify, probe_uring
+
+NO_FILTER = ProcessStatus(seccomp_mode=0, seccomp_filters=0)
+FILTERED = ProcessStatus(seccomp_mode=2, seccomp_filters=1)
+ADMIN = ProcessStatus(cap_eff=1 << CAP_SYS_ADMIN)
+
+
+def facts(**kw: object) -> KernelFacts:
+    base: dict[str, object] = {
+        "system": "Linux", "release": "6.8.0", "io_uring_disabled": 0, "io_uring_group": -1,
+        "status": NO_FILTER, "gids": frozenset({1000}),
+    }  # fmt: skip
+    base.update(kw)
+    return KernelFacts(**base)
+
+
+def test_usable() -> None:
+    assert classify(0, facts()) == ("none", "")
+
+
+def test_not_linux() -> None:
+    blocker, reason = classify(0, facts(system="Darwin"))
+    assert blocker == "not_linux" and "Darwin" in reason
+    support = probe_uring(facts(system="Darwin"))
+    assert not support.usable and support.blocker == "not_linux"
+
+
+def test_enosys_old_kernel() -> None:
+    blocker, reason = classify(errno.ENOSYS, facts(release="4.19.0"))
+    assert blocker == "enosys"
+    assert "4.19.0" in reason and "CONFIG_IO_URING" in reason
+
+
+def test_enosys_under_seccomp_mentions_filter() -> None:
+    blocker, reason = classify(errno.ENOSYS, facts(status=FILTERED))
+    assert blocker == "enosys" and "seccomp" in reason
+
+
+def test_sysctl_2_wins_over_seccomp() -> None:
+    blocker, reason = classify(errno.EPERM, facts(io_uring_disabled=2, status=FILTERED))
+    assert blocker == "sysctl_disabled"
+    assert "io_uring_disabled=2" in reason
+
+
+@pytest.mark.parametrize("group", [None, -1])
+def test_sysctl_1_without_group(group: int | None) -> None:
+    blocker, reason = classify(errno.EPERM, facts(io_uring_disabled=1, io_uring_group=group))
+    assert blocker == "sysctl_disabled"
+    assert "CAP_SYS_ADMIN" in reason and "unset" in reason
+
+
+def test_sysctl_1_not_member_of_group() -> None:
+    blocker, reason = classify(errno.EPERM, facts(io_uring_disabled=1, io_uring_group=42))
+    assert blocker == "sysctl_disabled"
+    assert "group 42" in reason
+
+
+def test_sysctl_1_member_of_group_so_eperm_is_seccomp() -> None:
+    f = facts(io_uring_disabled=1, io_uring_group=1000, status=FILTERED)
+    assert classify(errno.EPERM, f)[0] == "seccomp"
+
+
+def test_sysctl_1_admin_without_filter_is_unexplained_eperm() -> None:
+    blocker, reason = classify(errno.EPERM, facts(io_uring_disabled=1, status=ADMIN))
+    assert blocker == "eperm"
+    assert "LSM" in reason
+
+
+def test_eperm_with_seccomp_filter() -> None:
+    blocker, reason = classify(errno.EPERM, facts(status=FILTERED))
+    assert blocker == "seccomp"
+    assert "blocked by seccomp" in reason and "1 filter(s)" in reason
+
+
+def test_eperm_old_kernel_without_filter_count() -> None:
+    # Before 5.9 there is no Seccomp_filters line; mode 2 alone must suffice.
+    status = ProcessStatus(seccomp_mode=2, seccomp_filters=None)
+    assert classify(errno.EPERM, facts(status=status, io_uring_disabled=None))[0] == "seccomp"
+
+
+def test_eperm_without_seccomp() -> None:
+    assert classify(errno.EPERM, facts())[0] == "eperm"
+
+
+def test_enomem_names_memlock() -> None:
+    blocker, reason = classify(errno.ENOMEM, facts(), memlock_soft_bytes=65536)
+    assert blocker == "enomem" and "RLIMIT_MEMLOCK" in reason and "65536" in reason
+
+
+def test_other_errno() -> None:
+    blocker, reason = classify(errno.EFAULT, facts())
+    assert blocker == "other" and "EFAULT" in reason
+
+
+def test_probe_uring_records_rejected_flag() -> None:
+    from uringstack.flags import SetupFlag
+
+    def flag_probe(flag: int) -> int:
+        return errno.EINVAL if flag == SetupFlag.DEFER_TASKRUN else 0
+
+    support = probe_uring(facts(), kernel_probe=lambda: (0, 0b11, [0, 22, 46]),
+                          flag_probe=flag_probe)  # fmt: skip
+    assert support.usable
+    assert support.opcodes == ["NOP", "READ", "URING_CMD"]
+    assert support.features == ["SINGLE_MMAP", "NODROP"]
+    assert support.accepts("SQPOLL")
+    assert not support.accepts("DEFER_TASKRUN")
+    assert support.setup_flags["DEFER_TASKRUN"].errno == errno.EINVAL
+    assert support.setup_flags["DEFER_TASKRUN"].error.startswith("EINVAL")
+
+
+def test_probe_uring_enosys_marks_flags_untried() -> None:
+    support = probe_uring(facts(), kernel_probe=lambda: (errno.ENOSYS, 0, []),
+                          flag_probe=lambda f: pytest.fail("flags must not be tried"))  # fmt: skip
+    assert support.blocker == "enosys"
+    assert all("not tried" in f.error for f in support.setup_flags.values())
+
+
+def test_parse_process_status() -> None:
+    text = "Name:\tpython\nCapEff:\t0000000000204000\nSeccomp:\t2\nSeccomp_filters:\t3\n"
+    st = parse_process_status(text)
+    assert (st.seccomp_mode, st.seccomp_filters) == (2, 3)
+    assert st.has_cap(CAP_SYS_ADMIN) and st.has_cap(CAP_IPC_LOCK)
+    assert not st.has_cap(0)
+    assert st.seccomp_filtered
+
+
+def test_parse_cpulist() -> None:
+    assert parse_cpulist("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert parse_cpulist("0") == [0]
+    assert parse_cpulist("") == []
+
+
+def test_parse_mountinfo_and_swaps() -> None:
+    text = (
+        "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+        "40 22 0:34 / /mnt/my\\040disk rw - btrfs /dev/nvme0n1p2 rw\n"
+    )
+    mounts = parse_mountinfo(text)
+    assert mounts.mountpoints((254, 1), None) == ["/"]
+    assert mounts.mountpoints((259, 2), "/dev/nvme0n1p2") == ["/mnt/my disk"]
+    assert mounts.mountpoints((8, 0), "/dev/sda") == []
+    assert parse_swaps("Filename Type Size Used Priority\n/dev/sda2 partition 1 0 -2\n") == {
+        "/dev/sda2"
+    }
+
+
+def _caps(**uring: object) -> Capabilities:
+    return Capabilities.model_validate({
+        "kernel_release": "6.8.0", "system": "Linux", "python": "3.11",
+        "uring": {"usable": True, **uring},
+        "memlock": MemlockInfo(soft_bytes=64 * 1024, hard_bytes=64 * 1024).model_dump(),
+        "cpus": CpuInfo(online=[0, 1, 2, 3], allowed=[0, 1, 2, 3]).model_dump(),
+    })  # fmt: skip
+
+
+def test_verdicts_name_the_missing_piece() -> None:
+    ok = {"accepted": True}
+    caps = _caps(opcodes=["READ", "WRITE"], setup_flags={
+        "SQPOLL": ok, "IOPOLL": ok, "SQE128": ok, "CQE32": {"accepted": False, "errno": 22,
+                                                              "error": "EINVAL: Invalid argument"},
+    })  # fmt: skip
+    reason = "virtio-blk has no poll queues"
+    caps.devices = [BlockDevice(name="vda", path="/dev/vda", io_poll_reason=reason)]
+    lines = {v.feature: v.line() for v in verdicts(caps, pool_bytes=4 << 20)}
+    assert lines["SQPOLL"].startswith("SQPOLL: usable")
+    assert lines["IOPOLL"] == (
+        "IOPOLL: not usable: no device with queue/io_poll=1 (vda: virtio-blk has no poll queues)"
+    )
+    assert lines["registered buffers"].startswith(
+        "registered buffers: not usable: RLIMIT_MEMLOCK 64.0 KiB"
+    )
+    assert "IORING_SETUP_CQE32" in lines["NVMe passthrough"]
+    assert lines["fallback"].startswith("fallback: usable")

@@ -1,0 +1,152 @@
+"""The probe on the machine running the tests, checked against independent sources.
+
+Where io_uring is blocked here (sysctl or seccomp), the io_uring assertions
+skip with that reason; everything else still runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from uringstack.cli import cli
+from uringstack.probe import probe, probe_cached
+from uringstack.probe.kernel import kernel_facts
+from uringstack.probe.model import Capabilities
+
+
+@pytest.fixture(scope="module")
+def caps() -> Capabilities:
+    return probe()
+
+
+def _uring_allowed() -> None:
+    facts = kernel_facts()
+    if facts.io_uring_disabled == 2 or facts.status.seccomp_filtered:
+        pytest.skip(f"io_uring is blocked on this machine ({facts})")
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    parts = platform.release().split(".")
+    return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+
+
+def test_io_uring_usable_with_storage_opcodes(caps: Capabilities) -> None:
+    _uring_allowed()
+    assert caps.uring.usable, caps.uring.reason
+    assert caps.uring.blocker == "none"
+    for op in ("READ", "WRITE", "READV", "WRITEV", "FSYNC", "READ_FIXED", "URING_CMD"):
+        assert caps.uring.supports_op(op), op
+    assert "NODROP" in caps.uring.features
+    assert caps.uring.feature_bits & 1  # IORING_FEAT_SINGLE_MMAP (5.4+)
+
+
+def test_setup_flags_found_by_creating_rings(caps: Capabilities) -> None:
+    _uring_allowed()
+    assert set(caps.uring.setup_flags) == {
+        "SQPOLL", "IOPOLL", "SQE128", "CQE32", "SINGLE_ISSUER", "COOP_TASKRUN", "DEFER_TASKRUN",
+    }  # fmt: skip
+    assert caps.uring.accepts("SQPOLL")
+    assert caps.uring.accepts("IOPOLL")
+    if _kernel_at_least(6, 1):  # DEFER_TASKRUN is the newest of the probed flags
+        rejected = [f for f, s in caps.uring.setup_flags.items() if not s.accepted]
+        assert rejected == [], caps.uring.setup_flags
+
+
+def test_cpus_and_memlock_match_the_os(caps: Capabilities) -> None:
+    assert caps.cpus.allowed == sorted(os.sched_getaffinity(0))
+    assert len(caps.cpus.online) == os.cpu_count()
+    assert set(caps.cpus.allowed) <= set(caps.cpus.online)
+    if caps.cpus.numa_nodes:
+        node_cpus = sorted(c for cpus in caps.cpus.numa_nodes.values() for c in cpus)
+        assert node_cpus == caps.cpus.online
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    inf = resource.RLIM_INFINITY
+    assert caps.memlock.soft_bytes == (-1 if soft == inf else soft)
+    assert caps.memlock.hard_bytes == (-1 if hard == inf else hard)
+
+
+def test_root_filesystem_device_is_in_use(caps: Capabilities) -> None:
+    assert caps.device_scan_error == ""
+    st = os.stat("/")
+    sysdev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not sysdev.exists():
+        pytest.skip("/ is not on a block device (overlayfs, tmpfs, btrfs subvolume)")
+    name = sysdev.resolve().name
+    # The root may be a partition: then its disk is the reported device.
+    disk = next((d for d in caps.devices if d.name == name or name in d.partitions), None)
+    assert disk is not None, (name, [d.name for d in caps.devices])
+    assert disk.in_use
+    assert any("mounted at /" in u for u in disk.usage), disk.usage
+    # A partition's queue/ attributes live in its parent disk's directory.
+    disk_dir = sysdev.resolve() if disk.name == name else sysdev.resolve().parent
+    logical = int((disk_dir / "queue" / "logical_block_size").read_text())
+    assert disk.logical_block_size == logical
+    if not disk.io_poll:
+        assert disk.io_poll_reason, "a device without polling must say why"
+
+
+def test_json_round_trip(caps: Capabilities) -> None:
+    again = Capabilities.model_validate_json(caps.model_dump_json())
+    assert again == caps
+
+
+def test_probe_cached_reuses_then_expires(tmp_path: Path) -> None:
+    cache = tmp_path / "caps.json"
+    first = probe_cached(cache, max_age_s=60, devices=False)
+    assert cache.exists()
+    # Mark the cache so a reuse is distinguishable from a fresh probe.
+    marked = first.model_copy(update={"extras": {"marker": 1}})
+    cache.write_text(marked.model_dump_json())
+    assert probe_cached(cache, max_age_s=60, devices=False).extras == {"marker": 1}
+    old = time.time() - 120
+    os.utime(cache, (old, old))
+    assert probe_cached(cache, max_age_s=60, devices=False).extras == {}
+    cache.write_text("{not json")
+    assert probe_cached(cache, max_age_s=60, devices=False).kernel_release == platform.release()
+
+
+def test_plugin_hook_adds_facts() -> None:
+    import pluggy
+    from uringstack import hookspecs
+
+    class Plugin:
+        @hookspecs.hookimpl  # type: ignore[untyped-decorator]  # pluggy marker is untyped
+        def uringstack_probe(self, report: Capabilities) -> None:
+            report.extras["test-plugin"] = {"cpus": report.cpus.count}
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.register(Plugin())
+    caps = probe(devices=False, plugin_manager=pm)
+    assert caps.extras["test-plugin"] == {"cpus": len(os.sched_getaffinity(0))}
+    assert caps.devices == []
+
+
+def test_cli_report_and_json() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["probe", "--no-plugins"])
+    assert result.exit_code == 0, result.output
+    for feature in ("io_uring", "SQPOLL", "IOPOLL", "registered buffers", "NVMe passthrough",
+                    "fallback"):  # fmt: skip
+        assert f"\n  {feature}: usable" in result.output or \
+            f"\n  {feature}: not usable: " in result.output, feature
+    facts = kernel_facts()
+    if not (facts.io_uring_disabled == 2 or facts.status.seccomp_filtered):
+        assert "io_uring: usable" in result.output
+    result = runner.invoke(cli, ["probe", "--json", "--no-devices", "--no-plugins"])
+    assert result.exit_code == 0
+    caps = Capabilities.model_validate_json(result.output)
+    assert caps.devices == [] and caps.kernel_release == platform.release()
+
+
+def test_cli_help() -> None:
+    result = CliRunner().invoke(cli, ["probe", "--help"])
+    assert result.exit_code == 0
+    for opt in ("--json", "--no-devices", "--cache"):
+        assert opt in result.output
