@@ -88,10 +88,7 @@ class Wal:
         flush carrying it failed (or the log had failed before): the record
         is then not acknowledged, and may or may not be found after reopening.
         """
-        w = self._writer
-        lsn = w.submit(data)
-        w.wait(lsn)
-        return lsn
+        return self._writer.append(data)
 
     def append_async(self, data: bytes | bytearray | memoryview) -> asyncio.Future[int]:
         """Append from a coroutine: ``lsn = await wal.append_async(data)``.

@@ -70,10 +70,13 @@ class Writer:
         self.segments = segments  # shared with the Wal; mutated under self.lock
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
-        self._durable = threading.Condition(self.lock)
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._async: deque[_AsyncWaiter] = deque()
+        # One pre-acquired lock per blocked appender, in LSN order: the flusher
+        # releases exactly the ones it made durable (a Condition.notify_all
+        # would wake every appender after every flush, most of them for nothing).
+        self._sync: deque[tuple[int, threading.Lock]] = deque()
         self.next_lsn = next_lsn
         self.durable_lsn = next_lsn - 1
         self.failed: WalFailedError | None = None
@@ -165,16 +168,25 @@ class Writer:
         self._start_spare()
 
     # --- appending ------------------------------------------------------------------
-    def submit(self, payload: bytes | bytearray | memoryview) -> int:
-        """Queue one record; return its LSN (not yet durable)."""
+    def append(self, payload: bytes | bytearray | memoryview) -> int:
+        """Queue one record and block until it is durable; return its LSN."""
         size = padded_size(len(payload))
         if size > self._max_record or len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}"
             )
+        waiter = threading.Lock()
+        waiter.acquire()
         with self.lock:
             self._check()
-            return self._queue_locked(payload)
+            lsn = self._queue_locked(payload)
+            self._sync.append((lsn, waiter))
+        waiter.acquire()  # released by _acknowledge or _fail
+        if self.durable_lsn >= lsn:
+            return lsn
+        if self.failed is not None:
+            raise self.failed
+        raise WalClosedError("WAL closed before the record was flushed")
 
     def _check(self) -> None:
         if self.failed is not None:
@@ -191,16 +203,6 @@ class Writer:
         if len(self._pending) == 1 or self._pending_bytes >= self._max_record:
             self._work.notify()
         return lsn
-
-    def wait(self, lsn: int) -> None:
-        """Block until *lsn* is durable; raise the log's failure if it cannot become so."""
-        with self.lock:
-            while self.durable_lsn < lsn:
-                if self.failed is not None:
-                    raise self.failed
-                if self._closing and not self._thread.is_alive():
-                    raise WalClosedError("WAL closed before the record was flushed")
-                self._durable.wait()
 
     def submit_async(self, payload: bytes | bytearray | memoryview) -> asyncio.Future[int]:
         """Queue one record; the future resolves to its LSN once durable (from the flusher)."""
@@ -285,12 +287,16 @@ class Writer:
 
     def _acknowledge(self, lsn: int) -> None:
         ready: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[int]]]] = {}
+        wake: list[threading.Lock] = []
         with self.lock:
             self.durable_lsn = lsn
-            self._durable.notify_all()
+            while self._sync and self._sync[0][0] <= lsn:
+                wake.append(self._sync.popleft()[1])
             while self._async and self._async[0][0] <= lsn:
                 wl, loop, fut = self._async.popleft()
                 ready.setdefault(loop, []).append((wl, fut))
+        for w in wake:
+            w.release()
         for loop, waiters in ready.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_resolve, waiters)
@@ -301,10 +307,13 @@ class Writer:
             self.failed = exc
             self._pending.clear()
             self._pending_bytes = 0
-            self._durable.notify_all()
+            wake = [w for _, w in self._sync]
+            self._sync.clear()
             while self._async:
                 wl, loop, fut = self._async.popleft()
                 rejected.setdefault(loop, []).append((wl, fut))
+        for w in wake:
+            w.release()
         for loop, waiters in rejected.items():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_reject, waiters, exc)
@@ -316,8 +325,11 @@ class Writer:
             self._closing = True
             self._work.notify_all()
         self._thread.join()
-        with self.lock:
-            self._durable.notify_all()
+        with self.lock:  # normally empty: close flushes everything queued first
+            wake = [w for _, w in self._sync]
+            self._sync.clear()
+        for w in wake:
+            w.release()
         if self._spare_thread is not None:
             self._spare_thread.join()
         if self._fd >= 0:
