@@ -12,6 +12,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("uringstack.cli_config", "config"),
     ("uringstack.cli_plan", "plan_command"),
     ("uringstack.cli_wal", "wal"),
+    ("uringstack.cli_bench", "bench"),
 ]
 
 

@@ -1,0 +1,140 @@
+"""fio's equivalent job in the same run, and a parser for its JSON output.
+
+The job mirrors the spec: same file, block size, queue depth, jobs (one per
+worker), O_DIRECT, duration and warm-up, with latency percentiles of the
+whole submit-to-completion time (``lat``, not only ``clat``) at exactly the
+percentiles the uringstack rows report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+from uringstack.bench.metrics import ModeResult
+from uringstack.bench.spec import BenchSpec
+
+PERCENTILES = ("50", "99", "99.9")
+
+
+def fio_path() -> str | None:
+    """The fio executable, or None when it is not installed."""
+    return shutil.which("fio")
+
+
+def fio_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def fio_args(spec: BenchSpec, engine: str) -> list[str]:
+    """Command-line arguments (without the executable) of fio's equivalent job."""
+    wl = spec.wl
+    length = spec.region(0)[1]
+    args = [
+        f"--name=uringstack-{wl.name}",
+        f"--filename={spec.file}",
+        f"--rw={wl.fio_rw}",
+        f"--bs={spec.block_size}",
+        f"--iodepth={spec.queue_depth}",
+        f"--ioengine={engine}",
+        f"--direct={int(spec.direct)}",
+        f"--size={length}",
+        f"--numjobs={spec.workers}",
+        "--group_reporting=1",
+        "--time_based=1",
+        f"--runtime={int(spec.duration * 1000)}ms",
+        f"--ramp_time={int(spec.ramp_s * 1000)}ms",
+        # uringstack draws offsets uniformly with replacement, as fio does without its random map
+        "--norandommap=1",
+        "--randrepeat=0",
+        "--lat_percentiles=1",
+        "--percentile_list=" + ":".join(PERCENTILES),
+        "--output-format=json",
+    ]
+    if wl.sequential and spec.workers > 1:
+        args.append(f"--offset_increment={length}")
+    if wl.durable:
+        args.append("--sync=dsync" if spec.durability == "dsync" else "--fdatasync=1")
+    return args
+
+
+def _pct(lat: dict[str, Any], p: str) -> float | None:
+    table = lat.get("percentile") or {}
+    for key, value in table.items():
+        if abs(float(key) - float(p)) < 1e-6:
+            return float(value) / 1000.0
+    return None
+
+
+def parse_fio(doc: dict[str, Any], spec: BenchSpec, mode: str) -> ModeResult:
+    """A result row from fio's ``--output-format=json`` document (group-reported job)."""
+    jobs = doc.get("jobs") or []
+    if not jobs:
+        raise ValueError("fio JSON has no jobs")
+    job = jobs[0]
+    side = job["write" if spec.wl.write else "read"]
+    runtime_s = float(side.get("runtime", job.get("job_runtime", 0))) / 1000.0
+    ops = int(side.get("total_ios", 0))
+    iops = float(side.get("iops", 0.0))
+    lat = side.get("lat_ns") or {}
+    lat_us: dict[str, float] = {}
+    for name, p in (("p50", "50"), ("p99", "99"), ("p99_9", "99.9")):
+        v = _pct(lat, p)
+        if v is not None:
+            lat_us[name] = v
+    if lat.get("mean") is not None:
+        lat_us["mean"] = float(lat["mean"]) / 1000.0
+    details: dict[str, Any] = {}
+    sync = job.get("sync") or {}
+    if spec.wl.durable and spec.durability == "fdatasync" and sync.get("lat_ns"):
+        # fio reports the flush apart from the write; uringstack times the linked pair,
+        # so add the flush's percentiles (an approximation: percentiles do not add exactly)
+        for name, p in (("p50", "50"), ("p99", "99"), ("p99_9", "99.9")):
+            v = _pct(sync["lat_ns"], p)
+            if v is not None and name in lat_us:
+                lat_us[name] += v
+        details["latency"] = "write + fdatasync percentiles added"
+    cpu = float(job.get("usr_cpu", 0.0)) + float(job.get("sys_cpu", 0.0))
+    return ModeResult(
+        mode=mode,
+        kind="fio",
+        status="ok" if ops > 0 else "failed",
+        reason="" if ops > 0 else "fio completed no I/O",
+        ops=ops,
+        seconds=runtime_s,
+        iops=iops,
+        mb_s=float(side.get("bw_bytes", 0.0)) / 1e6,
+        lat_us=lat_us,
+        cpu_pct=cpu,
+        details={**details, "fio_version": doc.get("fio version", "")},
+    )
+
+
+def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None) -> ModeResult:
+    """Run fio's job with *engine*; *poll* is called about 5 times a second while it runs."""
+    mode = f"fio {engine}"
+    cmd = [path, *fio_args(spec, engine)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while True:
+        try:
+            out, err = proc.communicate(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            if poll is not None:
+                poll()
+    if proc.returncode != 0:
+        msg = (err or out).strip().splitlines()
+        return ModeResult(mode=mode, kind="fio", status="failed", reason=" ".join(msg[-2:])[:300])
+    # fio may print warnings before the JSON document
+    text = out[out.find("{") :] if "{" in out else out
+    try:
+        row = parse_fio(json.loads(text), spec, mode)
+    except (ValueError, KeyError) as exc:
+        return ModeResult(
+            mode=mode, kind="fio", status="failed", reason=f"unreadable fio output: {exc}"
+        )
+    row.details["command"] = " ".join(cmd)
+    return row

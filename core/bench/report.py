@@ -1,0 +1,78 @@
+"""The result table (rich) printed by ``uringstack bench``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _num(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _ratio(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def render(doc: dict[str, Any], console: Console) -> None:
+    """Print the table of *doc* (the ``--json`` document), then skipped/failed reasons."""
+    spec = doc["spec"]
+    title = (
+        f"{spec['workload']}  bs={spec['block_size']}  QD={spec['queue_depth']}  "
+        f"workers={spec['workers']}  {'O_DIRECT' if spec['direct'] else 'buffered'}  "
+        f"{spec['duration']:g}s  file={spec['file_size'] >> 20} MiB"
+    )
+    table = Table(
+        title=title, caption="ratios are to fio io_uring in this run (latency: lower is better)"
+    )
+    for col in (
+        "mode",
+        "IOPS",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "CPU%",
+        "enter/IO",
+        "syscall/IO",
+        "IOPS/fio",
+        "p50/fio",
+        "p99/fio",
+    ):
+        table.add_column(col, justify="left" if col == "mode" else "right", no_wrap=True)
+    notes: list[str] = []
+    for r in doc["results"]:
+        if r["status"] != "ok":
+            notes.append(f"{r['mode']}: {r['status']}: {r['reason']}")
+            continue
+        lat = r["lat_us"]
+        ratio = r["ratio_to_fio"]
+        table.add_row(
+            r["mode"],
+            _num(r["iops"]),
+            _num(r["mb_s"], 1),
+            _num(lat.get("p50"), 1),
+            _num(lat.get("p99"), 1),
+            _num(lat.get("p99_9"), 1),
+            _num(r["cpu_pct"]),
+            _num(r["enters_per_io"], 3),
+            _num(r["syscalls_per_io"], 2),
+            _ratio(ratio["iops"]),
+            _ratio(ratio["p50"]),
+            _ratio(ratio["p99"]),
+        )
+    console.print(table)
+    s = doc["summary"]
+    if s["best_mode"]:
+        console.print(
+            f"best mode: {s['best_mode']} {_num(s['best_iops'])} IOPS = "
+            f"{_ratio(s['best_vs_fio'])} fio io_uring, {_ratio(s['best_vs_fallback'])} fallback"
+        )
+    if not doc["fio"]["available"]:
+        console.print(f"fio not run: {doc['fio']['reason']}")
+    for note in notes:
+        console.print(f"[yellow]{note}[/yellow]")

@@ -1,0 +1,213 @@
+"""``uringstack bench``: the mode ladder beside fio's equivalent job, one command per workload.
+
+``bench wal`` (the WAL benchmark) lives in a colleague's module and is added
+when it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from uringstack.bench.ladder import RUNGS
+from uringstack.bench.report import render
+from uringstack.bench.runner import default_file, run_bench
+from uringstack.bench.spec import WORKLOADS, BenchSpec
+
+_SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class SizeType(click.ParamType[int]):
+    """Byte sizes such as ``4096``, ``4k``, ``64m``, ``1g`` (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+        mult = _SIZE_SUFFIX.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in _SIZE_SUFFIX else text
+        try:
+            n = int(digits) * mult
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 4096, 4k, 64m, 1g)", param, ctx)
+        if n <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return n
+
+
+SIZE = SizeType()
+
+
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option(
+            "--block-size", "-b", type=SIZE, default="4k", show_default=True, help="bytes per I/O"
+        ),
+        click.option(
+            "--queue-depth",
+            "-q",
+            type=click.IntRange(min=1),
+            default=None,
+            help="ops in flight per worker [default: 32; durable-append: 1]",
+        ),
+        click.option(
+            "--workers",
+            "-w",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="pinned workers, one per CPU, each with its own ring and handle",
+        ),
+        click.option("--file-size", type=SIZE, default="1g", show_default=True),
+        click.option(
+            "--duration",
+            "-t",
+            type=click.FloatRange(min=0.05),
+            default=5.0,
+            show_default=True,
+            help="measured seconds per mode (after a warm-up of min(0.5 s, duration/10))",
+        ),
+        click.option(
+            "--direct/--buffered",
+            default=True,
+            show_default=True,
+            help="O_DIRECT or the page cache",
+        ),
+        click.option(
+            "--file",
+            "path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="data file (created and filled once; reused when it has the right size) "
+            "[default: ./.uringstack-bench/data-SIZE.bin]",
+        ),
+        click.option(
+            "--modes", "-m", default=None, help=f"comma-separated subset of: {', '.join(RUNGS)}"
+        ),
+        click.option(
+            "--batch",
+            type=click.IntRange(min=1),
+            default=None,
+            help="ops per submit in the batched rungs [default: QD/4]",
+        ),
+        click.option(
+            "--durability",
+            type=click.Choice(["dsync", "fdatasync"]),
+            default="dsync",
+            show_default=True,
+            help="durable-append: RWF_DSYNC writes (fio --sync=dsync) or write linked to "
+            "fdatasync (fio --fdatasync=1)",
+        ),
+        click.option("--no-fio", is_flag=True, help="do not run fio's equivalent job"),
+        click.option("--syscalls", is_flag=True, help="also re-run each mode under strace -c -f"),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="print the result document as JSON (no progress bar)",
+        ),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _run(workload: str, **kw: Any) -> None:
+    qd = kw["queue_depth"] or (1 if WORKLOADS[workload].durable else 32)
+    spec = BenchSpec(
+        workload=workload,
+        block_size=kw["block_size"],
+        queue_depth=qd,
+        workers=kw["workers"],
+        file_size=kw["file_size"],
+        duration=kw["duration"],
+        direct=kw["direct"],
+        file=kw["path"] or default_file(kw["file_size"]),
+        durability=kw["durability"],
+        batch=kw["batch"] or 0,
+    )
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    modes = [m.strip() for m in kw["modes"].split(",") if m.strip()] if kw["modes"] else None
+    if modes:
+        bad = [m for m in modes if m not in RUNGS]
+        if bad:
+            raise click.BadParameter(
+                f"unknown mode(s) {', '.join(bad)}; modes: {', '.join(RUNGS)}", param_hint="--modes"
+            )
+    as_json = kw["as_json"]
+    err = Console(stderr=True)
+    # the progress bar is for people: not with --json, not when stderr is a file or pipe
+    progress = Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json or not err.is_terminal,
+        transient=True,
+    )
+    task: list[Any] = []
+
+    def on_step(label: str, seconds: float) -> None:
+        if task:
+            progress.update(task[0], completed=progress.tasks[0].total or 0)
+            progress.remove_task(task.pop())
+        task.append(progress.add_task(label, total=max(seconds, 0.01) if seconds else None))
+
+    def tick() -> None:
+        if task:
+            t = progress.tasks[0]
+            if t.total:
+                progress.update(task[0], completed=min(t.total, t.elapsed or 0.0))
+
+    with progress:
+        doc = run_bench(
+            spec,
+            modes,
+            with_fio=not kw["no_fio"],
+            with_syscalls=kw["syscalls"],
+            on_step=on_step,
+            tick=tick,
+        )
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        out = Console()
+        # a pipe or file gets the whole table rather than 80 truncated columns
+        render(doc, out if out.is_terminal else Console(width=160))
+    if not any(r["status"] == "ok" for r in doc["results"] if r["kind"] == "uringstack"):
+        sys.exit(1)
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks: the mode ladder (fallback .. +sqpoll) beside fio's equivalent job."""
+
+
+def _make(workload: str) -> click.Command:
+    wl = WORKLOADS[workload]
+
+    def cmd(**kw: Any) -> None:
+        _run(workload, **kw)
+
+    cmd.__doc__ = f"{wl.summary.capitalize()}: every mode, then fio, with ratios to fio io_uring."
+    return click.command(workload)(_options(cmd))
+
+
+for _name in WORKLOADS:
+    bench.add_command(_make(_name))
+
+if importlib.util.find_spec("uringstack.bench.wal_cmd") is not None:
+    bench.add_command(importlib.import_module("uringstack.bench.wal_cmd").wal_bench_command)
