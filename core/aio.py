@@ -10,6 +10,7 @@ completions, not a thread hop per I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import weakref
@@ -31,10 +32,8 @@ class _Bridge:
         loop.add_reader(self.efd, self._on_readable)
 
     def _on_readable(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # another reader drained it
             os.eventfd_read(self.efd)
-        except BlockingIOError:
-            pass
         if not self.ring.closed:
             self.ring.try_reap()
 

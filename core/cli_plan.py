@@ -47,9 +47,9 @@ def render_plan(plan: Plan, console: Console) -> None:
                 details.append(f"attached to {r.attach_to}")
             if r.spin_us:
                 details.append(f"spins {r.spin_us} µs before sleeping")
-            t.add_row(
-                f"#{w.index} cpu {w.cpu}", r.role, " ".join(r.flags) or "(none)", ", ".join(details), escape("\n".join(r.reasons))
-            )
+            flags = " ".join(r.flags) or "(none)"
+            reasons = escape("\n".join(r.reasons))
+            t.add_row(f"#{w.index} cpu {w.cpu}", r.role, flags, ", ".join(details), reasons)
     console.print(t)
 
     if plan.targets:
@@ -66,7 +66,12 @@ def render_plan(plan: Plan, console: Console) -> None:
 
 
 @click.command("plan")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="TOML config file (default: $URINGSTACK_CONFIG, else built-in defaults).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML config file (default: $URINGSTACK_CONFIG, else built-in defaults).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(config_path: str | None, as_json: bool) -> None:
     """Show the stack uringstack would build here: per core, which rings with

@@ -47,6 +47,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+
 from uringstack.pluginmanager import (
     DISABLE_AUTOLOAD_ENV,
     PluginError,

@@ -234,7 +234,9 @@ class FileHandle:
         got = await self.read_into_async(buf, offset)
         return bytes(buf[:got])
 
-    async def read_many_async(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
+    async def read_many_async(
+        self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
+    ) -> list[int]:
         self._check()
         results = await self._io.start_rw(False, offsets, buffers).wait_async()
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 try:
-    from uringstack._uring import ffi, lib  # type: ignore[import-not-found]
+    from uringstack._uring import ffi, lib
 except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(
         "uringstack's C binding (uringstack._uring) is not built. It compiles against the "

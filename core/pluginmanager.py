@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+
 from uringstack import hookspecs
 from uringstack.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring

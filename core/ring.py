@@ -10,6 +10,7 @@ waits for every completion before the ring's memory goes away.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -127,6 +128,27 @@ class Ring:
     def inflight(self) -> int:
         """Ops submitted whose completion has not been reaped."""
         return 0 if self._closed else int(lib.us_inflight(self._state))
+
+    def sq_thread(self) -> tuple[int, int] | None:
+        """``(tid, cpu)`` of this ring's SQPOLL poller from the kernel's fdinfo, or None.
+
+        Rings sharing a poller through ATTACH_WQ report the same thread; cpu is
+        -1 when the poller is not pinned.  Until the poller first runs the
+        kernel reports the creating thread; the poller then names itself
+        ``iou-sqp-<creator>`` and applies its CPU affinity.
+        """
+        self._check_open()
+        tid = cpu = None
+        with open(f"/proc/self/fdinfo/{self.fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "SqThread":
+                    tid = int(value)
+                elif key == "SqThreadCpu":
+                    cpu = int(value)
+        if tid is None or tid < 0 or cpu is None:
+            return None
+        return tid, cpu
 
     def feature_names(self) -> list[str]:
         return feature_names(self.features)
@@ -408,10 +430,8 @@ class Ring:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):  # best effort in a finaliser
                 self.close()
-            except Exception:  # noqa: S110 - best effort in a finaliser
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._ring.ring_fd}"

@@ -48,7 +48,7 @@ class RingParams:
     """
 
     entries: int = 256
-    flags: SetupFlag = SetupFlag(0)
+    flags: SetupFlag = SetupFlag(0)  # noqa: RUF009 - IntFlag values are immutable
     sq_thread_cpu: int | None = None
     sq_thread_idle_ms: int = 0
     wq_fd: int | None = None
@@ -56,7 +56,7 @@ class RingParams:
     cq_entries: int | None = None
     role: str = "storage"
     core: int | None = None
-    required: SetupFlag = SetupFlag(0)
+    required: SetupFlag = SetupFlag(0)  # noqa: RUF009
     spin_us: int = 0
     reasons: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -44,7 +44,15 @@ def resolve_target(
         else:
             raise UringIOError(22, "open", path, "not a regular file, block device or NVMe char device")
     device = caps.device_for_path(path) if caps is not None else None
-    return Target(path=path, kind=kind, direct=direct, writable=writable, device=device, options=dict(options or {}), create=create)
+    return Target(
+        path=path,
+        kind=kind,
+        direct=direct,
+        writable=writable,
+        device=device,
+        options=dict(options or {}),
+        create=create,
+    )
 
 
 def open_target(target: Target) -> int:

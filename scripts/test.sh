@@ -9,7 +9,7 @@ bash scripts/setup.sh
 
 echo "== static checks (ruff, mypy)"
 .venv/bin/ruff check core plugins tests
-.venv/bin/mypy core plugins
+bash scripts/typecheck.sh
 
 echo "== host test suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

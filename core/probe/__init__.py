@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
 from uringstack.probe.kernel import kernel_facts
 from uringstack.probe.model import (
     BlockDevice,

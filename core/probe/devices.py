@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyudev
+
 from uringstack.probe.model import BlockDevice
 
 _MODULE_DIR = Path("/sys/module")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
 from uringstack.probe.model import Capabilities
 
 # A typical registered-buffer pool: 64 buffers of 64 KiB.  The verdict compares

@@ -109,10 +109,10 @@ def probe_uring(
 
     # Imported late: the binding is a compiled extension that exists only on Linux.
     from uringstack import ring_params
-    from uringstack.flags import PROBED_SETUP_FLAGS, feature_names, opcode_name
+    from uringstack.flags import PROBED_SETUP_FLAGS, SetupFlag, feature_names, opcode_name
 
     kprobe = kernel_probe or ring_params.probe_kernel
-    fprobe = flag_probe or (lambda f: ring_params.try_setup_flag(ring_params.SetupFlag(f)))
+    fprobe = flag_probe or (lambda f: ring_params.try_setup_flag(SetupFlag(f)))
 
     err, feature_bits, opcodes = kprobe()
     blocker, reason = classify(err, facts, memlock_soft_bytes)

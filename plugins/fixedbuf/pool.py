@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import threading
 from typing import Any
@@ -83,7 +84,5 @@ class BufferPool:
         for s in self._slices:
             s.release()
         self._slices = []
-        try:
-            self._mem.close()
-        except BufferError:
-            pass  # a caller still holds a view of a lease: the mapping goes when it does
+        with contextlib.suppress(BufferError):  # a caller still holds a view of a lease:
+            self._mem.close()  # the mapping goes when that view does

@@ -81,7 +81,9 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
         return
     cfg = _section(config)
     params.entries = cfg.entries
-    params.add(SetupFlag.SQE128 | SetupFlag.CQE32, "nvme_passthrough: NVMe commands need 128-byte SQEs and 32-byte CQEs")
+    params.add(
+        SetupFlag.SQE128 | SetupFlag.CQE32, "nvme_passthrough: NVMe commands need 128-byte SQEs and 32-byte CQEs"
+    )
     params.required |= SetupFlag.SQE128 | SetupFlag.CQE32
     if cfg.iopoll:
         params.add(SetupFlag.IOPOLL, "nvme_passthrough: iopoll = true (config)")

@@ -36,9 +36,13 @@ class SqpollConfig(BaseModel):
 
     mode: FeatureMode = Field("auto", description="auto: only with a spare CPU for the poller; on; off")
     idle_ms: int = Field(1000, ge=1, le=60_000, description="poller sleeps after this much idleness")
-    cpu: Literal["auto"] | int = Field("auto", description="CPU for the poller; auto: a CPU without a worker, else the worker's own")
+    cpu: Literal["auto"] | int = Field(
+        "auto", description="CPU for the poller; auto: a CPU without a worker, else the worker's own"
+    )
     share: bool = Field(True, description="all rings share the first ring's poller (IORING_SETUP_ATTACH_WQ)")
-    spin_us: int = Field(200, ge=0, le=1_000_000, description="busy-poll the CQ this long before sleeping in the kernel")
+    spin_us: int = Field(
+        200, ge=0, le=1_000_000, description="busy-poll the CQ this long before sleeping in the kernel"
+    )
     min_spare_cpus: int = Field(1, ge=0, description="auto enables SQPOLL only with this many CPUs free of workers")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, Field
+
 from uringstack.config import (
     ConfigError,
     CoreConfig,

@@ -7,6 +7,7 @@ import gc
 import os
 import pathlib
 import threading
+import time
 import weakref
 
 import pytest
@@ -61,7 +62,7 @@ def test_batch_of_1000_reads_larger_than_the_ring(ring: Ring, datafile: tuple[in
     offsets = [((i * 7919) % 1000) * BS for i in range(1000)]
     res = ring.run(Op.READ, fd, n=1000, addrs=[addr(p) for p in pins], lens=BS, offsets=offsets, keep=pins)
     assert res == [BS] * 1000
-    for buf, off in zip(bufs, offsets):
+    for buf, off in zip(bufs, offsets, strict=True):
         assert buf == data[off : off + BS]
     c = ring.counters()
     assert c["submitted"] == 1000 and c["reaped"] == 1000
@@ -243,13 +244,25 @@ def test_sqpoll_ring_pinned_cpu_is_visible_in_proc() -> None:
     cpu = max(os.sched_getaffinity(0))
     ring = Ring(RingParams(entries=8, flags=SetupFlag.SQPOLL, sq_thread_cpu=cpu, sq_thread_idle_ms=50))
     assert ring.flags & SetupFlag.SQPOLL and ring.flags & SetupFlag.SQ_AFF
-    sqp = [
-        t for t in os.listdir("/proc/self/task")
-        if pathlib.Path(f"/proc/self/task/{t}/comm").read_text().startswith("iou-sqp")
-    ]
-    assert sqp, "no iou-sqp thread found for the SQPOLL ring"
-    status = pathlib.Path(f"/proc/self/task/{sqp[0]}/status").read_text()
-    allowed = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
-    assert allowed.split()[-1] == str(cpu)
-    assert ring.run(Op.NOP, -1, n=4) == [0, 0, 0, 0]
+    info = ring.sq_thread()  # from the kernel's fdinfo of the ring
+    assert info is not None and info[1] == cpu
+    assert ring.run(Op.NOP, -1) == [0]
+    assert poller_cpus(ring) == str(cpu)
     ring.close()
+
+
+def poller_cpus(ring: Ring, timeout_s: float = 30.0) -> str:
+    """Cpus_allowed_list of *ring*'s SQPOLL thread, read back from /proc.
+
+    Until the poller first runs, fdinfo names its creator and the poller has
+    neither its name nor its affinity yet, so wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = ring.sq_thread()
+        assert info is not None
+        task = pathlib.Path(f"/proc/self/task/{info[0]}")
+        if (task / "comm").read_text().startswith("iou-sqp"):
+            status = (task / "status").read_text()
+            return next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")).split()[-1]
+        time.sleep(0.01)
+    return "poller never ran"

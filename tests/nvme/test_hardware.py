@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from uringstack.flags import SetupFlag
 from uringstack.plugins.iopoll.poll import IopollFile, device_supports_poll
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError, PassthroughNamespace

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from uringstack.errors import AlignmentError
 from uringstack.flags import SetupFlag
 from uringstack.plugins.iopoll.poll import IopollFile

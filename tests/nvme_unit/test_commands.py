@@ -8,6 +8,7 @@ from array import array
 from pathlib import Path
 
 import pytest
+
 from uringstack.plugins.nvme_passthrough import commands as c
 
 HEADER = Path("/usr/include/linux/nvme_ioctl.h")

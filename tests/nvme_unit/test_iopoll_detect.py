@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from uringstack.plugins.iopoll.poll import backing_disk, device_supports_poll
 
 from .sysfs_fake import add_disk, write

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from uringstack.plugins.nvme_passthrough.device import find_namespace
 
 from .sysfs_fake import add_char, add_disk, link

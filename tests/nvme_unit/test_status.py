@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from uringstack.errors import UringIOError
 from uringstack.plugins.nvme_passthrough.status import (
     NvmeStatusError,

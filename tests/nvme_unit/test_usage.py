@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from uringstack.plugins.nvme_passthrough.usage import (
     block_device_in_use,
     disk_and_partitions,

@@ -7,6 +7,7 @@ import pathlib
 import re
 
 import pytest
+
 from uringstack import hookspecs
 from uringstack.pluginmanager import make_plugin_manager
 

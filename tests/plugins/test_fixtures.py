@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+
 from uringstack.testing import make_fake_capabilities
 
 AUTHOR_TESTS = textwrap.dedent(

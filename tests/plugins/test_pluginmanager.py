@@ -10,6 +10,7 @@ from typing import Any
 
 import pluggy
 import pytest
+
 from uringstack.hookspecs import hookimpl, hookspec
 from uringstack.pluginmanager import (
     PluginError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from uringstack.probe.devices import parse_mountinfo, parse_swaps
 from uringstack.probe.kernel import (
     CAP_IPC_LOCK,

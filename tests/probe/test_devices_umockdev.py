@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import pyudev
+
 from uringstack.probe.devices import scan_block_devices
 from uringstack.probe.model import BlockDevice
 
@@ -73,6 +74,7 @@ def test_namespace_with_poll_queues_and_generic_char() -> None:
 @only("nvme_poll")
 def test_full_probe_and_cli_verdicts_on_fake_namespace() -> None:
     from click.testing import CliRunner
+
     from uringstack.cli import cli
     from uringstack.probe import probe
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from uringstack.cli import cli
 from uringstack.probe import probe, probe_cached
 from uringstack.probe.kernel import kernel_facts
@@ -113,6 +114,7 @@ def test_probe_cached_reuses_then_expires(tmp_path: Path) -> None:
 
 def test_plugin_hook_adds_facts() -> None:
     import pluggy
+
     from uringstack import hookspecs
 
     class Plugin:
