@@ -103,7 +103,10 @@ class Ring:
         if self._state == ffi.NULL:
             lib.io_uring_queue_exit(self._ring)
             raise MemoryError("cannot allocate ring bookkeeping")
-        lib.us_state_set_spin(self._state, self.params.spin_us)
+        # On an IOPOLL ring completions appear only inside io_uring_enter(GETEVENTS),
+        # so busy-peeking the CQ can never succeed there: never spin on one.
+        spin = 0 if self.flags & SetupFlag.IOPOLL else self.params.spin_us
+        lib.us_state_set_spin(self._state, spin)
         self._counters = lib.us_state_counters(self._state)
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
