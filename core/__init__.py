@@ -1,1 +1,67 @@
-"""uringstack: the fast Linux storage path for Python."""
+"""uringstack: the fast Linux storage path for Python.
+
+Typical use::
+
+    import uringstack
+
+    with uringstack.open_stack() as stack:          # probe, config, plan, build
+        with stack.open("data.bin", direct=True) as f:
+            buf = uringstack.aligned_buffer(4096)
+            f.read_into(buf, 0)
+
+See README.md and docs/ for the plan, the plugins and the configuration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Imported lazily: `import uringstack` must work (and say why) even where the
+# C binding or io_uring is unavailable, e.g. to run `uringstack probe`.
+_EXPORTS = {
+    "open_stack": "uringstack.stack",
+    "Stack": "uringstack.stack",
+    "Worker": "uringstack.stack",
+    "FileHandle": "uringstack.handle",
+    "aligned_buffer": "uringstack.buffers",
+    "RegisteredBuffer": "uringstack.buffers",
+    "Ring": "uringstack.ring",
+    "RingParams": "uringstack.ring_params",
+    "hookimpl": "uringstack.hookspecs",
+    "probe": "uringstack.probe",
+    "load_config": "uringstack.config",
+    "make_plan": "uringstack.plan",
+    "UringIOError": "uringstack.errors",
+    "ShortIOError": "uringstack.errors",
+    "AlignmentError": "uringstack.errors",
+    "RingClosedError": "uringstack.errors",
+    "PlanError": "uringstack.types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from uringstack.buffers import RegisteredBuffer, aligned_buffer
+    from uringstack.config import load_config
+    from uringstack.errors import AlignmentError, RingClosedError, ShortIOError, UringIOError
+    from uringstack.handle import FileHandle
+    from uringstack.hookspecs import hookimpl
+    from uringstack.plan import make_plan
+    from uringstack.probe import probe
+    from uringstack.ring import Ring
+    from uringstack.ring_params import RingParams
+    from uringstack.stack import Stack, Worker, open_stack
+    from uringstack.types import PlanError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'uringstack' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
