@@ -32,8 +32,7 @@ def verify(directory: Path, mode: str) -> None:
     result = scan(directory)
     for seg in result.segments:
         click.echo(
-            f"{seg.path.name}: LSN {seg.first_lsn}..{seg.last_lsn} "
-            f"({seg.records} records, {seg.end_offset} bytes used)"
+            f"{seg.path.name}: LSN {seg.first_lsn}..{seg.last_lsn} ({seg.records} records, {seg.end_offset} bytes used)"
         )
     last = result.next_lsn - 1
     click.echo(f"segments: {len(result.segments)}  records: {result.records}  last LSN: {last}")
@@ -71,6 +70,4 @@ def dump(directory: Path, from_lsn: int, as_json: bool) -> None:
             text = repr(preview)[2:-1] + ("..." if len(payload) > 48 else "")
             click.echo(f"{lsn}\t{len(payload)}\t{text}")
     if result.damage is not None:
-        click.echo(
-            f"(stopped at damage in {result.damage.path.name}: {result.damage.reason})", err=True
-        )
+        click.echo(f"(stopped at damage in {result.damage.path.name}: {result.damage.reason})", err=True)

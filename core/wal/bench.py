@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -34,10 +35,19 @@ def _histogram() -> HdrHistogram:
     return HdrHistogram(1, 60_000_000, 3)  # 1 us .. 60 s, 3 significant digits
 
 
-def _drive(
-    appenders: int, duration_s: float, op: Callable[[bytes], object], record: bytes
-) -> dict[str, float]:
-    """Run *op* from *appenders* threads; latency per call into one histogram."""
+def _summary(hist: HdrHistogram, n: int, record_bytes: int, duration_s: float) -> dict[str, float]:
+    return {
+        "records": n,
+        "records_per_s": n / duration_s,
+        "mb_per_s": n * record_bytes / duration_s / 1e6,
+        "p50_us": float(hist.get_value_at_percentile(50)),
+        "p99_us": float(hist.get_value_at_percentile(99)),
+        "p999_us": float(hist.get_value_at_percentile(99.9)),
+    }
+
+
+def _drive(appenders: int, duration_s: float, op: Callable[[bytes], object], record: bytes) -> tuple[HdrHistogram, int]:
+    """Run *op* from *appenders* threads; return the latency histogram and the call count."""
     hists = [_histogram() for _ in range(appenders)]
     counts = [0] * appenders
     start = time.perf_counter() + _WARMUP_S
@@ -71,18 +81,10 @@ def _drive(
     total = _histogram()
     for h in hists:
         total.add(h)
-    n = sum(counts)
-    return {
-        "records": n,
-        "records_per_s": n / duration_s,
-        "mb_per_s": n * len(record) / duration_s / 1e6,
-        "p50_us": float(total.get_value_at_percentile(50)),
-        "p99_us": float(total.get_value_at_percentile(99)),
-        "p999_us": float(total.get_value_at_percentile(99.9)),
-    }
+    return total, sum(counts)
 
 
-def _naive(directory: Path, appenders: int, record: bytes, duration_s: float) -> dict[str, Any]:
+def _naive(directory: Path, appenders: int, record: bytes, duration_s: float) -> tuple[HdrHistogram, int]:
     path = directory / "naive.log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
     try:
@@ -97,18 +99,20 @@ def _naive(directory: Path, appenders: int, record: bytes, duration_s: float) ->
         path.unlink()
 
 
-def _fio(directory: Path, duration_s: float) -> dict[str, Any]:
-    fio = shutil.which("fio")
-    if fio is None:
-        return {"skipped": "fio not installed"}
-    path = directory / "fio.dat"
-    size = 256 << 20
+_FIO_FILE_BYTES = 256 << 20
+
+
+def _prepare_fio_file(path: Path) -> None:
     with open(path, "wb") as f:  # pre-written, like a WAL segment
         chunk = bytes(1 << 20)
-        for _ in range(size // len(chunk)):
+        for _ in range(_FIO_FILE_BYTES // len(chunk)):
             f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fio(fio: str, path: Path, duration_s: float) -> dict[str, Any]:
+    size = _FIO_FILE_BYTES
     cmd = [
         fio, "--name=wal-ref", f"--filename={path}", f"--size={size}", "--ioengine=io_uring",
         "--rw=write", "--bs=4k", "--iodepth=1", "--direct=1", "--sync=dsync",
@@ -119,8 +123,6 @@ def _fio(directory: Path, duration_s: float) -> dict[str, Any]:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     except subprocess.CalledProcessError as e:
         return {"skipped": f"fio failed: {e.stderr.strip()[:200]}"}
-    finally:
-        path.unlink(missing_ok=True)
     job = json.loads(out[out.index("{") :])["jobs"][0]["write"]
     pct = job["clat_ns"]["percentile"]
     # fio's clat excludes submission; lat_ns is submit-to-completion, closer to an append's ack
@@ -136,6 +138,10 @@ def _fio(directory: Path, duration_s: float) -> dict[str, Any]:
     }
 
 
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
 def run_wal_bench(
     directory: str | Path,
     appenders: int = 1,
@@ -143,44 +149,95 @@ def run_wal_bench(
     duration_s: float = 5.0,
     backend: str = "auto",
     config: WalConfig | None = None,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Measure the WAL, the naive baseline and fio; return rows and ratios.
 
-    *directory* must be on the file system under test; the function creates
-    and removes its files there.
+    Shared VMs drift by 10x within a minute, so the three are interleaved:
+    *rounds* rounds of WAL, naive and fio, each ``duration_s / rounds`` long,
+    in rotating order. Rows merge the rounds (HDR histograms; fio's medians of
+    its per-round percentiles); ratios are the median of the per-round ratios,
+    so a noisy minute hits all three alike. *directory* must be on the file
+    system under test; the files created there are removed.
     """
     base = Path(directory)
     base.mkdir(parents=True, exist_ok=True)
     record = os.urandom(record_size)
     cfg = config if config is not None else WalConfig()
+    slice_s = duration_s / rounds
     wal_dir = base / "bench-wal"
     shutil.rmtree(wal_dir, ignore_errors=True)
-    with Wal.open(wal_dir, cfg, backend=backend) as wal:
-        before = wal.counters()
-        wal_row: dict[str, Any] = dict(_drive(appenders, duration_s, wal.append, record))
-        after = wal.counters()
-        wal_row["backend"] = wal.backend.name
-        wal_row["direct_io"] = wal.direct_io
-        flushes = after["flushes"] - before["flushes"]
-        wal_row["records_per_flush"] = (wal.durable_lsn / flushes) if flushes else 0.0
-    shutil.rmtree(wal_dir, ignore_errors=True)
-    naive = _naive(base, appenders, record, duration_s)
-    fio = _fio(base, duration_s)
+    fio = shutil.which("fio")
+    fio_path = base / "fio.dat"
+    if fio is not None:
+        _prepare_fio_file(fio_path)
+    wal_h, naive_h = _histogram(), _histogram()
+    wal_n = naive_n = 0
+    per_round: list[dict[str, Any]] = []
+    try:
+        with Wal.open(wal_dir, cfg, backend=backend) as wal:
+            wal_row: dict[str, Any] = {"backend": wal.backend.name, "direct_io": wal.direct_io}
+            flushes = 0
+            for rnd in range(rounds):
+                got: dict[str, Any] = {}
+                order = ["wal", "naive", "fio"]
+                order = order[rnd % 3 :] + order[: rnd % 3]
+                for what in order:
+                    if what == "wal":
+                        f0 = wal.counters()["flushes"]
+                        h, n = _drive(appenders, slice_s, wal.append, record)
+                        flushes += wal.counters()["flushes"] - f0
+                        wal_h.add(h)
+                        wal_n += n
+                        got["wal"] = _summary(h, n, record_size, slice_s)
+                    elif what == "naive":
+                        h, n = _naive(base, appenders, record, slice_s)
+                        naive_h.add(h)
+                        naive_n += n
+                        got["naive"] = _summary(h, n, record_size, slice_s)
+                    elif fio is not None:
+                        got["fio"] = _fio(fio, fio_path, slice_s)
+                per_round.append(got)
+            wal_row.update(_summary(wal_h, wal_n, record_size, duration_s))
+            wal_row["records_per_flush"] = wal.durable_lsn / flushes if flushes else 0.0
+    finally:
+        shutil.rmtree(wal_dir, ignore_errors=True)
+        fio_path.unlink(missing_ok=True)
+    naive_row = _summary(naive_h, naive_n, record_size, duration_s)
+    fio_rounds = [r["fio"] for r in per_round if "fio" in r and "skipped" not in r["fio"]]
+    fio_row: dict[str, Any]
+    if fio is None:
+        fio_row = {"skipped": "fio not installed"}
+    elif not fio_rounds:
+        fio_row = next((r["fio"] for r in per_round if "fio" in r), {"skipped": "fio failed"})
+    else:
+        fio_row = {
+            k: _median([float(r[k]) for r in fio_rounds])
+            for k in ("records_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "mean_lat_us")
+        }
+        fio_row["command"] = fio_rounds[0]["command"]
+
+    def ratio(a: str, b: str, key: str) -> float:
+        vals = [r[a][key] / r[b][key] for r in per_round if a in r and b in r and "skipped"
+                not in r[b] and r[b][key]]  # fmt: skip
+        return _median(vals)
+
     ratios: dict[str, float] = {
-        "records_per_s_vs_naive": wal_row["records_per_s"] / max(naive["records_per_s"], 1e-9),
-        "p99_vs_naive": wal_row["p99_us"] / max(naive["p99_us"], 1e-9),
+        "records_per_s_vs_naive": ratio("wal", "naive", "records_per_s"),
+        "p99_vs_naive": ratio("wal", "naive", "p99_us"),
     }
-    if "skipped" not in fio:
-        ratios["p99_vs_fio"] = wal_row["p99_us"] / fio["p99_us"]
-        ratios["p50_vs_fio"] = wal_row["p50_us"] / fio["p50_us"]
-        ratios["records_per_s_vs_fio"] = wal_row["records_per_s"] / fio["records_per_s"]
+    if fio_rounds:
+        ratios["p99_vs_fio"] = ratio("wal", "fio", "p99_us")
+        ratios["p50_vs_fio"] = ratio("wal", "fio", "p50_us")
+        ratios["records_per_s_vs_fio"] = ratio("wal", "fio", "records_per_s")
     return {
         "params": {
             "appenders": appenders, "record_size": record_size, "duration_s": duration_s,
-            "backend": backend, "directory": str(base),
+            "backend": backend, "directory": str(base), "rounds": rounds,
         },
         "wal": wal_row,
-        "naive": naive,
-        "fio": fio,
+        "naive": naive_row,
+        "fio": fio_row,
         "ratios": ratios,
+        "rounds": per_round,
     }  # fmt: skip

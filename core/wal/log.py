@@ -188,7 +188,4 @@ class Wal:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("failed" if self.failed else "open")
-        return (
-            f"<Wal {self.directory} {state} backend={self.backend.name} "
-            f"durable_lsn={self.durable_lsn}>"
-        )
+        return f"<Wal {self.directory} {state} backend={self.backend.name} durable_lsn={self.durable_lsn}>"

@@ -85,9 +85,7 @@ class Decoded:
 _ZERO_HEADER = bytes(HEADER_BYTES)
 
 
-def decode_at(
-    buf: bytes | memoryview | mmap.mmap, offset: int, expected_lsn: int | None = None
-) -> Decoded:
+def decode_at(buf: bytes | memoryview | mmap.mmap, offset: int, expected_lsn: int | None = None) -> Decoded:
     """Decode the record starting at *offset* of *buf*.
 
     With *expected_lsn* an intact record carrying any other LSN is reported as

@@ -127,9 +127,7 @@ def nonzero_end(buf: mmap.mmap | bytes, start: int) -> int:
         view.release()
 
 
-def walk(
-    buf: mmap.mmap | bytes, first_lsn: int, start: int = DATA_START
-) -> Iterator[tuple[int, int, bytes]]:
+def walk(buf: mmap.mmap | bytes, first_lsn: int, start: int = DATA_START) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(offset, lsn, payload)`` of good records from *start* until one does not decode."""
     offset, lsn = start, first_lsn
     while True:

@@ -172,9 +172,7 @@ class Writer:
         """Queue one record and block until it is durable; return its LSN."""
         size = padded_size(len(payload))
         if size > self._max_record or len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(
-                f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}"
-            )
+            raise ValueError(f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}")
         waiter = threading.Lock()
         waiter.acquire()
         with self.lock:
@@ -210,9 +208,7 @@ class Writer:
         fut: asyncio.Future[int] = loop.create_future()
         size = padded_size(len(payload))
         if size > self._max_record:
-            raise ValueError(
-                f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}"
-            )
+            raise ValueError(f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}")
         with self.lock:
             self._check()
             lsn = self._queue_locked(payload)

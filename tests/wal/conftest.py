@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+
 from uringstack.wal import WalConfig
 
 

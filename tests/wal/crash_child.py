@@ -20,9 +20,7 @@ from uringstack.wal.record import crc32c
 
 def main() -> None:
     directory, backend, sync, threads, seed = sys.argv[1:6]
-    cfg = WalConfig(
-        segment_size_bytes=128 * 1024, max_batch_bytes=16 * 1024, backend=backend, sync=sync
-    )  # type: ignore[arg-type]
+    cfg = WalConfig(segment_size_bytes=128 * 1024, max_batch_bytes=16 * 1024, backend=backend, sync=sync)  # type: ignore[arg-type]
     wal = Wal.open(directory, cfg)
     os.write(1, b"ready\n")
 

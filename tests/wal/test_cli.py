@@ -4,6 +4,7 @@ import json
 import pathlib
 
 from click.testing import CliRunner
+
 from uringstack.cli_wal import wal as wal_group
 from uringstack.wal import Wal
 from uringstack.wal.segment import list_segments

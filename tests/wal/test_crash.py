@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+
 from uringstack.wal import Wal, WalConfig
 from uringstack.wal.record import crc32c
 
@@ -63,9 +64,7 @@ def test_sigkill_never_loses_an_acknowledged_record(tmp_path: pathlib.Path) -> N
             assert lsn not in acked, f"LSN {lsn} acknowledged twice"
             acked[lsn] = crc
         # Recover in this process, check everything, occasionally checkpoint.
-        with Wal.open(
-            d, WalConfig(segment_size_bytes=128 * 1024, max_batch_bytes=16 * 1024, backend="posix")
-        ) as wal:
+        with Wal.open(d, WalConfig(segment_size_bytes=128 * 1024, max_batch_bytes=16 * 1024, backend="posix")) as wal:
             got = dict(wal.read_from(1))
             for lsn, payload in got.items():  # no corrupt record is ever returned
                 assert crc32c(payload[4:]) == int.from_bytes(payload[:4], "little"), lsn

@@ -8,6 +8,7 @@ import pathlib
 import threading
 
 import pytest
+
 from uringstack.wal import RecoveryMode, Wal, WalConfig, WalCorruptionError, WalFailedError
 from uringstack.wal.faults import FaultPlan, FaultyBackend
 from uringstack.wal.recovery import scan
@@ -151,9 +152,7 @@ def test_bit_flip_in_old_segment(wal_dir: pathlib.Path) -> None:
         got = list(wal.read_from(1))
         assert [p for _, p in got] == data[: bad_lsn - 1]
         assert wal.append(b"new") == bad_lsn
-    assert sorted(p.name for p in wal_dir.glob("*.discarded")) == [
-        p.name + ".discarded" for _, p in segs[2:]
-    ]
+    assert sorted(p.name for p in wal_dir.glob("*.discarded")) == [p.name + ".discarded" for _, p in segs[2:]]
     assert _records(wal_dir, recovery="absolute")[-1] == (bad_lsn, b"new")
 
 

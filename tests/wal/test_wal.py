@@ -7,13 +7,12 @@ import pathlib
 import threading
 
 import pytest
+
 from uringstack.wal import RecoveryMode, Wal, WalClosedError, WalConfig, make_backend
 from uringstack.wal.segment import list_segments
 
 
-def test_append_read_reopen(
-    wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig
-) -> None:
+def test_append_read_reopen(wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig) -> None:
     with Wal.open(wal_dir, small_config, backend=backend_name) as wal:
         assert wal.backend.name == backend_name
         lsns = [wal.append(f"rec{i}".encode() * (i % 50)) for i in range(300)]
