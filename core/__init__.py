@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# `uringstack.probe` is the probe subpackage (call `uringstack.probe.probe()`).
 # Imported lazily: `import uringstack` must work (and say why) even where the
 # C binding or io_uring is unavailable, e.g. to run `uringstack probe`.
 _EXPORTS = {
@@ -30,7 +31,6 @@ _EXPORTS = {
     "Ring": "uringstack.ring",
     "RingParams": "uringstack.ring_params",
     "hookimpl": "uringstack.hookspecs",
-    "probe": "uringstack.probe",
     "load_config": "uringstack.config",
     "make_plan": "uringstack.plan",
     "UringIOError": "uringstack.errors",
@@ -40,7 +40,24 @@ _EXPORTS = {
     "PlanError": "uringstack.types",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AlignmentError",
+    "FileHandle",
+    "PlanError",
+    "RegisteredBuffer",
+    "Ring",
+    "RingClosedError",
+    "RingParams",
+    "ShortIOError",
+    "Stack",
+    "UringIOError",
+    "Worker",
+    "aligned_buffer",
+    "hookimpl",
+    "load_config",
+    "make_plan",
+    "open_stack",
+]
 
 if TYPE_CHECKING:
     from uringstack.buffers import RegisteredBuffer, aligned_buffer
@@ -49,7 +66,6 @@ if TYPE_CHECKING:
     from uringstack.handle import FileHandle
     from uringstack.hookspecs import hookimpl
     from uringstack.plan import make_plan
-    from uringstack.probe import probe
     from uringstack.ring import Ring
     from uringstack.ring_params import RingParams
     from uringstack.stack import Stack, Worker, open_stack

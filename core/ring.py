@@ -99,6 +99,7 @@ class Ring:
         self.sq_entries: int = created.sq_entries
         self.cq_entries: int = created.cq_entries
         self.dropped: list[tuple[SetupFlag, str]] = created.dropped
+        self.setup_notes: list[str] = created.notes
         self._state = ffi.gc(lib.us_state_new(), lib.us_state_free)
         if self._state == ffi.NULL:
             lib.io_uring_queue_exit(self._ring)

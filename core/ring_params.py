@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,14 @@ class CreatedRing:
     sq_entries: int
     cq_entries: int
     dropped: list[tuple[SetupFlag, str]]
+    notes: list[str]
+
+
+# Rings freed moments ago still count against RLIMIT_MEMLOCK until the kernel's
+# deferred teardown ran (the probe creates and closes several), so ENOMEM is
+# first retried after short pauses, then the ring is shrunk.
+_ENOMEM_PAUSES_S = (0.005, 0.02, 0.05, 0.1, 0.2)
+_MIN_ENTRIES = 8
 
 
 def _init(entries: int, flags: SetupFlag, params: RingParams) -> tuple[int, Any, Any]:
@@ -117,8 +126,11 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
     """
     flags = params.effective_flags()
     dropped: list[tuple[SetupFlag, str]] = []
+    notes: list[str] = []
+    entries = params.entries
+    pauses = list(_ENOMEM_PAUSES_S)
     while True:
-        ret, ring, p = _init(params.entries, flags, params)
+        ret, ring, p = _init(entries, flags, params)
         if ret == 0:
             return CreatedRing(
                 ring=ring,
@@ -127,8 +139,20 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
                 sq_entries=int(p.sq_entries),
                 cq_entries=int(p.cq_entries),
                 dropped=dropped,
+                notes=notes,
             )
         err = -ret
+        if err == errno.ENOMEM:
+            if pauses:
+                time.sleep(pauses.pop(0))
+                continue
+            if entries > _MIN_ENTRIES:
+                notes.append(
+                    f"{entries} entries did not fit RLIMIT_MEMLOCK (ENOMEM); shrunk to {entries // 2}"
+                )
+                entries //= 2
+                pauses = list(_ENOMEM_PAUSES_S[:2])
+                continue
         if err == errno.EINVAL:
             victim = next(
                 (f for f in _DROP_ORDER if flags & f and not params.required & f), None

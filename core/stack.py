@@ -215,6 +215,8 @@ class Stack:
                         role: {
                             "flags": [f.name for f in type(r.flags) if f in r.flags],
                             "dropped": [f"{f.name}: {why}" for f, why in r.dropped],
+                            "setup_notes": list(r.setup_notes),
+                            "entries": r.sq_entries,
                             "registered_buffers": r.registered_buffers,
                             "registered_files": r.registered_files,
                         }

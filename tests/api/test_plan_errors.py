@@ -7,12 +7,13 @@ import os
 import pytest
 
 import uringstack
+import uringstack.probe
 from uringstack.stack import open_stack
 from uringstack.types import PlanError
 
 
 def test_iopoll_on_without_poll_queues_is_a_plan_error() -> None:
-    caps = uringstack.probe()
+    caps = uringstack.probe.probe()
     if any(d.io_poll for d in caps.devices):
         pytest.skip("this machine has a pollable device, so iopoll 'on' is possible")
     with pytest.raises(PlanError) as info:
@@ -26,10 +27,14 @@ def test_fallback_disabled_where_io_uring_is_blocked_is_a_plan_error() -> None:
     from uringstack.testing import make_fake_capabilities
 
     caps = make_fake_capabilities(uring="seccomp", cores=sorted(os.sched_getaffinity(0)))
-    with pytest.raises(PlanError, match="io_uring is not usable here .*enable the fallback plugin"):
+    with pytest.raises(PlanError, match=r"io_uring is not usable here .*enable the fallback plugin"):
         open_stack(overrides={"core.disabled_plugins": ["fallback"]}, caps=caps)
 
 
 def test_top_level_exports_resolve() -> None:
     for name in uringstack.__all__:
         assert getattr(uringstack, name) is not None
+
+
+def test_exports_list_matches_the_lazy_table() -> None:
+    assert sorted(uringstack.__all__) == sorted(uringstack._EXPORTS)

@@ -266,3 +266,26 @@ def poller_cpus(ring: Ring, timeout_s: float = 30.0) -> str:
             return next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")).split()[-1]
         time.sleep(0.01)
     return "poller never ran"
+
+
+def test_enomem_is_retried_then_the_ring_shrinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freed rings count against RLIMIT_MEMLOCK until the kernel's deferred
+    teardown: ENOMEM is retried after pauses, then the ring is halved and noted."""
+    from uringstack import ring_params
+
+    real = ring_params._init
+    calls: list[int] = []
+
+    def tight(entries: int, flags: SetupFlag, params: RingParams):  # type: ignore[no-untyped-def]
+        calls.append(entries)
+        if entries > 32:
+            return -errno.ENOMEM, None, None
+        return real(entries, flags, params)
+
+    monkeypatch.setattr(ring_params, "_ENOMEM_PAUSES_S", (0.0, 0.0))
+    monkeypatch.setattr(ring_params, "_init", tight)
+    ring = Ring(RingParams(entries=128))
+    assert ring.sq_entries == 32
+    assert calls[:3] == [128, 128, 128]  # first try, then one retry per pause
+    assert [n.split(" entries")[0] for n in ring.setup_notes] == ["128", "64"]
+    ring.close()
