@@ -50,9 +50,7 @@ SIZE = SizeType()
 
 def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option(
-            "--block-size", "-b", type=SIZE, default="4k", show_default=True, help="bytes per I/O"
-        ),
+        click.option("--block-size", "-b", type=SIZE, default="4k", show_default=True, help="bytes per I/O"),
         click.option(
             "--queue-depth",
             "-q",
@@ -91,22 +89,19 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="data file (created and filled once; reused when it has the right size) "
             "[default: ./.uringstack-bench/data-SIZE.bin]",
         ),
-        click.option(
-            "--modes", "-m", default=None, help=f"comma-separated subset of: {', '.join(RUNGS)}"
-        ),
+        click.option("--modes", "-m", default=None, help=f"comma-separated subset of: {', '.join(RUNGS)}"),
         click.option(
             "--batch",
             type=click.IntRange(min=1),
             default=None,
-            help="ops per submit in the batched rungs [default: QD/4]",
+            help="ops per submit in the batched rungs [default: QD/8]",
         ),
         click.option(
             "--durability",
             type=click.Choice(["dsync", "fdatasync"]),
             default="dsync",
             show_default=True,
-            help="durable-append: RWF_DSYNC writes (fio --sync=dsync) or write linked to "
-            "fdatasync (fio --fdatasync=1)",
+            help="durable-append: RWF_DSYNC writes (fio --sync=dsync) or write linked to fdatasync (fio --fdatasync=1)",
         ),
         click.option("--no-fio", is_flag=True, help="do not run fio's equivalent job"),
         click.option("--syscalls", is_flag=True, help="also re-run each mode under strace -c -f"),

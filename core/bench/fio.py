@@ -133,8 +133,6 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None) -> ModeRe
     try:
         row = parse_fio(json.loads(text), spec, mode)
     except (ValueError, KeyError) as exc:
-        return ModeResult(
-            mode=mode, kind="fio", status="failed", reason=f"unreadable fio output: {exc}"
-        )
+        return ModeResult(mode=mode, kind="fio", status="failed", reason=f"unreadable fio output: {exc}")
     row.details["command"] = " ".join(cmd)
     return row

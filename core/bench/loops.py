@@ -95,9 +95,7 @@ class _Batch:
         self.started = 0
 
 
-def _build_batches(
-    handle: FileHandle, spec: BenchSpec, rung: Rung
-) -> tuple[list[_Batch], list[Any]]:
+def _build_batches(handle: FileHandle, spec: BenchSpec, rung: Rung) -> tuple[list[_Batch], list[Any]]:
     """QD ops split into batches; returns the batches and the leased buffers to release."""
     wl = spec.wl
     bs = spec.block_size
@@ -124,10 +122,9 @@ def _build_batches(
         fd, file_flag = handle.fd, 0
     if wl.write:
         _fill(buffers, spec.seed)
-    if wl.write:
-        rw = Op.WRITE_FIXED if rung.fixed else Op.WRITE
-    else:
-        rw = Op.READ_FIXED if rung.fixed else Op.READ
+    rw = {(False, False): Op.READ, (False, True): Op.READ_FIXED, (True, False): Op.WRITE, (True, True): Op.WRITE_FIXED}[
+        (wl.write, rung.fixed)
+    ]
     dsync = int(os.RWF_DSYNC) if wl.durable and not pair else 0
     batches: list[_Batch] = []
     for first in range(0, qd, per):
@@ -231,8 +228,7 @@ def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> 
                 if bad >= 0:
                     res = batch.results[bad]
                     errors.append(
-                        f"op result {res} (want {b.lens[bad]})"
-                        + (f": {os.strerror(-res)}" if res < 0 else "")
+                        f"op result {res} (want {b.lens[bad]})" + (f": {os.strerror(-res)}" if res < 0 else "")
                     )
                 if measuring:
                     samples.add(now - b.started, b.ops)
@@ -318,10 +314,7 @@ def thread_loop(handle: FileHandle, spec: BenchSpec, worker: int) -> LoopResult:
         with lock:
             parts.append((ops, samples))
 
-    threads = [
-        threading.Thread(target=run, name=f"bench-pool-{i}", daemon=True)
-        for i in range(spec.queue_depth)
-    ]
+    threads = [threading.Thread(target=run, name=f"bench-pool-{i}", daemon=True) for i in range(spec.queue_depth)]
     for t in threads:
         t.start()
     time.sleep(max(0.0, (clock.measure_from - time.perf_counter_ns()) / 1e9))
@@ -373,11 +366,7 @@ def pending_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -
         offs = [offsets[(pos + k) % n_off] for k in range(len(g))]
         pos += len(g)
         if wl.durable:
-            return (
-                handle.io.start_write_sync(offs[0], g[0], True)
-                if len(g) == 1
-                else handle.start_write_many(offs, g)
-            )
+            return handle.io.start_write_sync(offs[0], g[0], True) if len(g) == 1 else handle.start_write_many(offs, g)
         return handle.start_write_many(offs, g) if wl.write else handle.start_read_many(offs, g)
 
     clock = Clock(spec)

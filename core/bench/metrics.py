@@ -119,9 +119,7 @@ class ModeResult:
             "lat_us": {k: round(v, 3) for k, v in self.lat_us.items()},
             "cpu_pct": round(self.cpu_pct, 1),
             "enters_per_io": None if self.enters_per_io is None else round(self.enters_per_io, 5),
-            "syscalls_per_io": None
-            if self.syscalls_per_io is None
-            else round(self.syscalls_per_io, 4),
+            "syscalls_per_io": None if self.syscalls_per_io is None else round(self.syscalls_per_io, 4),
             "ratio_to_fio": {
                 "iops": _r(self.ratio_iops),
                 "p50": _r(self.ratio_p50),

@@ -26,9 +26,7 @@ def render(doc: dict[str, Any], console: Console) -> None:
         f"workers={spec['workers']}  {'O_DIRECT' if spec['direct'] else 'buffered'}  "
         f"{spec['duration']:g}s  file={spec['file_size'] >> 20} MiB"
     )
-    table = Table(
-        title=title, caption="ratios are to fio io_uring in this run (latency: lower is better)"
-    )
+    table = Table(title=title, caption="ratios are to fio io_uring in this run (latency: lower is better)")
     for col in (
         "mode",
         "IOPS",

@@ -109,9 +109,7 @@ def device_of(path: str) -> dict[str, Any]:
 def _overrides(spec: BenchSpec, rung: Rung) -> dict[str, Any]:
     cpus = spec.worker_cpus()
     if len(set(cpus)) != len(cpus):
-        raise ValueError(
-            f"{spec.workers} workers need as many CPUs; this process may use {len(set(cpus))}"
-        )
+        raise ValueError(f"{spec.workers} workers need as many CPUs; this process may use {len(set(cpus))}")
     buf = -(-spec.block_size // 4096) * 4096
     return {
         "core.cores": cpus,
@@ -123,9 +121,7 @@ def _overrides(spec: BenchSpec, rung: Rung) -> dict[str, Any]:
     }
 
 
-def _wait(
-    futures: list[concurrent.futures.Future[LoopResult]], tick: Tick | None
-) -> list[LoopResult]:
+def _wait(futures: list[concurrent.futures.Future[LoopResult]], tick: Tick | None) -> list[LoopResult]:
     while True:
         _, pending = concurrent.futures.wait(futures, timeout=0.2)
         if not pending:
@@ -155,24 +151,17 @@ def run_mode(
             if verdict is None or not verdict.enabled:
                 why = verdict.reason if verdict else f"plugin {rung.requires} is not loaded"
                 return ModeResult(mode=rung.name, kind="uringstack", status="skipped", reason=why)
-        handles = [
-            stack.open(spec.file, direct=spec.direct, **dict(rung.open_options))
-            for _ in range(spec.workers)
-        ]
+        handles = [stack.open(spec.file, direct=spec.direct, **dict(rung.open_options)) for _ in range(spec.workers)]
         backend = handles[0].backend
         if not io:
-            return ModeResult(
-                mode=rung.name, kind="uringstack", status="ok", details={"backend": backend}
-            )
+            return ModeResult(mode=rung.name, kind="uringstack", status="ok", details={"backend": backend})
         loops: list[concurrent.futures.Future[LoopResult]] = []
         for i, h in enumerate(handles):
             if rung.loop == "threads":
                 loops.append(h.worker.submit(thread_loop, h, spec, i))
             elif rung.loop == "uring":
                 if not hasattr(h.io, "ring"):
-                    raise RuntimeError(
-                        f"{rung.name}: the handle is served by {backend}, not an io_uring ring"
-                    )
+                    raise RuntimeError(f"{rung.name}: the handle is served by {backend}, not an io_uring ring")
                 loops.append(h.worker.submit(uring_loop, h, spec, rung, i))
             else:
                 loops.append(h.worker.submit(pending_loop, h, spec, rung, i))
@@ -186,9 +175,7 @@ def run_mode(
             "ring_flags": ring.get("flags", []),
             "registered_buffers": ring.get("registered_buffers", 0),
             "registered_files": ring.get("registered_files", 0),
-            "workers": [
-                {"cpu": w["cpu"], "affinity": w["affinity"]} for w in stack.describe()["workers"]
-            ],
+            "workers": [{"cpu": w["cpu"], "affinity": w["affinity"]} for w in stack.describe()["workers"]],
         }
         return row
     finally:
@@ -225,9 +212,7 @@ def summarize(rows: list[ModeResult]) -> dict[str, Any]:
         best_mode=best.mode,
         best_iops=round(best.iops, 1),
         best_vs_fio=None if best.ratio_iops is None else round(best.ratio_iops, 4),
-        best_vs_fallback=round(best.iops / fallback.iops, 4)
-        if fallback and fallback.iops
-        else None,
+        best_vs_fallback=round(best.iops / fallback.iops, 4) if fallback and fallback.iops else None,
     )
     return out
 

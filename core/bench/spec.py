@@ -32,9 +32,7 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload(
-            "randread", False, False, False, "randread", "uniform random reads of block-size blocks"
-        ),
+        Workload("randread", False, False, False, "randread", "uniform random reads of block-size blocks"),
         Workload(
             "randwrite",
             True,
@@ -76,12 +74,10 @@ class BenchSpec:
     direct: bool = True
     file: str = ""
     durability: Durability = "dsync"
-    batch: int = 0  # ops per submit in the batched rungs; 0 = queue_depth // 4 (at least 1)
+    batch: int = 0  # ops per submit in the batched rungs; 0 = queue_depth // 8 (at least 1)
     ramp: float = -1.0  # warm-up excluded from the numbers; < 0 = min(0.5 s, duration / 10)
     seed: int = 1
-    cpus: list[int] = field(
-        default_factory=list
-    )  # worker CPUs; empty = the first `workers` allowed
+    cpus: list[int] = field(default_factory=list)  # worker CPUs; empty = the first `workers` allowed
 
     @property
     def wl(self) -> Workload:
@@ -90,7 +86,10 @@ class BenchSpec:
     @property
     def batch_size(self) -> int:
         """Ops per submission in the batched rungs (never more than the queue depth)."""
-        b = self.batch if self.batch > 0 else max(1, self.queue_depth // 4)
+        # QD/8 measured best for QD 32 on 2 vCPUs: a batch frees its slots only when its
+        # slowest op completes, so big batches leave the queue partly empty (QD/4: 0.58-0.75x
+        # fio, QD/8: ~0.85-1.0x, see BENCHMARKS.md)
+        b = self.batch if self.batch > 0 else max(1, self.queue_depth // 8)
         return min(b, self.queue_depth)
 
     @property
@@ -116,9 +115,7 @@ class BenchSpec:
         if self.workload not in WORKLOADS:
             raise ValueError(f"workload {self.workload!r}: choose one of {', '.join(WORKLOADS)}")
         if self.block_size <= 0 or (self.direct and self.block_size % 512):
-            raise ValueError(
-                f"block size {self.block_size}: must be positive (a multiple of 512 with O_DIRECT)"
-            )
+            raise ValueError(f"block size {self.block_size}: must be positive (a multiple of 512 with O_DIRECT)")
         if self.queue_depth < 1 or self.workers < 1:
             raise ValueError("queue depth and workers must be at least 1")
         if self.file_size < self.block_size * self.workers:

@@ -54,9 +54,7 @@ def _traced(strace: str, spec: BenchSpec, mode: str, io: bool) -> tuple[int, int
         ] + ([] if io else ["--no-io"])
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"traced child failed: {(proc.stderr or proc.stdout).strip()[-300:]}"
-            )
+            raise RuntimeError(f"traced child failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
         ops = int(json.loads(proc.stdout.strip().splitlines()[-1])["ops"])
         with open(path) as f:
             return parse_strace_total(f.read()), ops
