@@ -24,11 +24,13 @@ _bridges_lock = threading.Lock()
 
 
 class _Bridge:
+    """The ring's eventfd (registered once for the ring's life) and the loop watching it."""
+
     def __init__(self, ring: Ring, loop: asyncio.AbstractEventLoop) -> None:
         self.ring = ring
-        self.loop = loop
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ring.register_eventfd(self.efd)
+        self.loop = loop
         loop.add_reader(self.efd, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -37,29 +39,32 @@ class _Bridge:
         if not self.ring.closed:
             self.ring.try_reap()
 
+    def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
+        self.loop = loop
+        loop.add_reader(self.efd, self._on_readable)
+
     def detach(self) -> None:
-        """Stop watching (the loop closed, or the ring is closing)."""
+        """Stop watching and release the eventfd (the ring is closing)."""
         if not self.loop.is_closed():
             self.loop.remove_reader(self.efd)
-        os.close(self.efd)
+        os.close(self.efd)  # the kernel keeps its own reference until the ring goes
 
 
 def _bridge_for(ring: Ring) -> _Bridge:
     loop = asyncio.get_running_loop()
     with _bridges_lock:
         bridge = _bridges.get(ring)
-        if bridge is not None and bridge.loop is not loop:
-            if bridge.loop.is_closed():
-                bridge.detach()
-                bridge = None
-            else:
+        if bridge is None:
+            bridge = _Bridge(ring, loop)
+            _bridges[ring] = bridge
+        elif bridge.loop is not loop:
+            if not bridge.loop.is_closed():
                 raise RuntimeError(
                     "this ring already serves another running event loop; "
                     "use one stack (or one worker) per event loop"
                 )
-        if bridge is None:
-            bridge = _Bridge(ring, loop)
-            _bridges[ring] = bridge
+            bridge.move_to(loop)
         return bridge
 
 

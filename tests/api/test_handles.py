@@ -161,3 +161,15 @@ def test_handles_spread_over_workers_and_core_choice(stack: Stack, tmp_path: pat
         assert h.worker.cpu == cpus[-1]
     with pytest.raises(ValueError, match="no worker on CPU 9999"):
         stack.open(tmp_path / "x", core=9999)
+
+
+def test_asyncio_run_twice_on_one_stack(stack: Stack, tmp_path: pathlib.Path) -> None:
+    """A second event loop (e.g. a second asyncio.run) takes over the ring's eventfd."""
+    (tmp_path / "twice").write_bytes(b"0123456789")
+
+    async def main() -> bytes:
+        with stack.open(tmp_path / "twice") as h:
+            return await h.read(4, 3)
+
+    assert asyncio.run(main()) == b"3456"
+    assert asyncio.run(main()) == b"3456"
