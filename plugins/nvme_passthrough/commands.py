@@ -247,3 +247,41 @@ def decode_command(block: bytes | bytearray | memoryview) -> dict[str, int]:
     """Parse 72 bytes back into field name -> value (for tests and diagnostics)."""
     values = struct.unpack(NVME_URING_CMD_FORMAT, bytes(block[:NVME_URING_CMD_SIZE]))
     return dict(zip(NVME_URING_CMD_FIELDS, values, strict=True))
+
+
+def build_rw_commands(
+    opcode: int,
+    nsid: int,
+    slbas: array[int],
+    nlbs: array[int],
+    addrs: array[int],
+    block_size: int,
+) -> bytearray:
+    """N Read or Write commands whose block counts and buffers differ per command.
+
+    Command *i* moves ``nlbs[i]`` blocks at ``slbas[i]`` to or from
+    ``addrs[i]``.  All three are ``array('Q')`` of equal length (what
+    :func:`uringstack.plugins.nvme_passthrough.backend.split_into_commands`
+    returns).  Like :func:`build_rw_batch`, filled with strided copies.
+    """
+    n = len(slbas)
+    if len(nlbs) != n or len(addrs) != n:
+        raise ValueError(f"{n} LBAs, {len(nlbs)} block counts and {len(addrs)} addresses")
+    if n and not (min(nlbs) >= 1 and max(nlbs) <= MAX_BLOCKS_PER_COMMAND):
+        raise ValueError(f"one NVMe command moves 1..{MAX_BLOCKS_PER_COMMAND} blocks (NLB is 16 bits)")
+    out = bytearray(n * NVME_URING_CMD_SIZE)
+    if n == 0:
+        return out
+    u8 = memoryview(out)
+    u32 = u8.cast("I")
+    u64 = u8.cast("Q")
+    u8[0::NVME_URING_CMD_SIZE] = bytes([opcode]) * n
+    u32[_U32_NSID::_REC_U32] = array("I", [nsid]) * n
+    u32[_U32_DATA_LEN::_REC_U32] = array("I", [k * block_size for k in nlbs])
+    u32[_U32_CDW12::_REC_U32] = array("I", [k - 1 for k in nlbs])  # NLB is 0's based
+    u64[_U64_SLBA::_REC_U64] = memoryview(slbas)
+    u64[_U64_ADDR::_REC_U64] = memoryview(addrs)
+    u8.release()
+    u32.release()
+    u64.release()
+    return out

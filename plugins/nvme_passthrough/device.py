@@ -164,6 +164,109 @@ def find_namespace(
     )
 
 
+def open_char_device(path: str, writable: bool) -> int:
+    """Open a generic char device; a missing node or missing permission is a :class:`DeviceAccessError`."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+    try:
+        return os.open(path, flags)
+    except PermissionError as exc:
+        raise DeviceAccessError(
+            exc.errno or errno.EACCES, "open", path,
+            f"no permission to open {path} {'read-write' if writable else 'read-only'}: "
+            "NVMe generic char devices belong to root (mode 0600); run as root or grant "
+            "access with a udev rule (e.g. GROUP=\"disk\", MODE=\"0660\") and join that group",
+        ) from exc  # fmt: skip
+    except FileNotFoundError as exc:
+        raise DeviceAccessError(
+            errno.ENOENT, "open", path,
+            "no such device node; generic char devices need Linux 5.13+ with the nvme driver",
+        ) from exc  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NamespaceIdentity:
+    """A namespace behind an open generic char device, with every field known."""
+
+    nsid: int
+    block_device: str
+    lba_size: int
+    nblocks: int
+    info: NamespaceInfo
+
+
+def identify_namespace(
+    fd: int, path: str, *, sysfs_root: str | os.PathLike[str] = "/sys"
+) -> NamespaceIdentity:
+    """nsid (``NVME_IOCTL_ID``) and sysfs facts of the open generic char device *fd*.
+
+    Raises when *fd* is not a char device (a block device node was given) or
+    when no block device of that namespace is found (its LBA size and
+    capacity come from there).
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode):
+        raise UringIOError(
+            errno.ENOTTY, "open", path,
+            "not a character device: NVMe passthrough needs the generic char device "
+            "/dev/ngXnY, not the block device /dev/nvmeXnY",
+        )  # fmt: skip
+    nsid = int(fcntl.ioctl(fd, NVME_IOCTL_ID))
+    info = find_namespace(os.major(st.st_rdev), os.minor(st.st_rdev), nsid, sysfs_root=sysfs_root)
+    if info.block_device is None or info.lba_size is None or info.nblocks is None:
+        raise UringIOError(errno.ENODEV, "identify", path, info.note)
+    return NamespaceIdentity(nsid, info.block_device, info.lba_size, info.nblocks, info)
+
+
+def check_writes_allowed(
+    path: str,
+    block_device: str,
+    allow_writes_in_use: bool,
+    *,
+    sysfs_root: str | os.PathLike[str] = "/sys",
+    mountinfo_path: str | os.PathLike[str] = "/proc/self/mountinfo",
+    dev_root: str | os.PathLike[str] | None = "/dev",
+) -> list[str]:
+    """The in-use reasons of *block_device*; :class:`NamespaceInUseError` unless allowed.
+
+    Called once when a namespace is opened for writing: passthrough writes
+    bypass any filesystem or stacked device on it.
+    """
+    in_use = block_device_in_use(
+        block_device, sysfs_root=sysfs_root, mountinfo_path=mountinfo_path, dev_root=dev_root
+    )
+    if in_use and not allow_writes_in_use:
+        raise NamespaceInUseError(path, block_device, in_use)
+    return in_use
+
+
+def find_generic_char(block_device: str, *, sysfs_root: str | os.PathLike[str] = "/sys") -> str | None:
+    """``/dev/ngXnY`` of the namespace whose block device is *block_device*, or None.
+
+    Matched through :func:`find_namespace` (controller + nsid), never by
+    name: under native multipath ``ngXnY`` and ``nvmeXnY`` disagree on X.
+    """
+    root = Path(sysfs_root)
+    nsid = _read(root / "block" / block_device / "nsid")
+    if nsid is None or not nsid.isdigit():
+        return None
+    try:
+        names = sorted(os.listdir(root / "class" / "nvme-generic"))
+    except OSError:
+        return None
+    for name in names:
+        dev = _read(root / "class" / "nvme-generic" / name / "dev")
+        if dev is None or ":" not in dev:
+            continue
+        major, minor = (int(x) for x in dev.split(":", 1))
+        try:
+            info = find_namespace(major, minor, int(nsid), sysfs_root=root)
+        except OSError:
+            continue
+        if info.block_device == block_device:
+            return f"/dev/{name}"
+    return None
+
+
 class PendingCommands:
     """A submitted batch of NVMe commands; pass it to :meth:`PassthroughNamespace.complete`."""
 
@@ -204,35 +307,24 @@ class PassthroughNamespace:
         self.path = os.fspath(path)
         self.writable = writable
         self.fd = -1
-        self.fd = self._open(writable)
+        self.fd = open_char_device(self.path, writable)
         try:
-            st = os.fstat(self.fd)
-            if not stat.S_ISCHR(st.st_mode):
-                raise UringIOError(
-                    errno.ENOTTY, "open", self.path,
-                    "not a character device: NVMe passthrough needs the generic char device "
-                    "/dev/ngXnY, not the block device /dev/nvmeXnY",
-                )  # fmt: skip
-            self.nsid = int(fcntl.ioctl(self.fd, NVME_IOCTL_ID))
-            info = find_namespace(
-                os.major(st.st_rdev), os.minor(st.st_rdev), self.nsid, sysfs_root=sysfs_root
-            )
-            if info.block_device is None or info.lba_size is None or info.nblocks is None:
-                raise UringIOError(errno.ENODEV, "identify", self.path, info.note)
-            self.info = info
-            self.block_device: str = info.block_device
-            self.lba_size: int = info.lba_size
-            self.nblocks: int = info.nblocks
+            ident = identify_namespace(self.fd, self.path, sysfs_root=sysfs_root)
+            info = self.info = ident.info
+            self.nsid = ident.nsid
+            self.block_device: str = ident.block_device
+            self.lba_size: int = ident.lba_size
+            self.nblocks: int = ident.nblocks
             self.in_use: list[str] = []
             if writable:
-                self.in_use = block_device_in_use(
+                self.in_use = check_writes_allowed(
+                    self.path,
                     self.block_device,
+                    allow_writes_in_use,
                     sysfs_root=sysfs_root,
                     mountinfo_path=mountinfo_path,
                     dev_root=dev_root,
                 )
-                if self.in_use and not allow_writes_in_use:
-                    raise NamespaceInUseError(self.path, self.block_device, self.in_use)
             if iopoll is True and not info.io_poll:
                 raise UringIOError(errno.EOPNOTSUPP, "IOPOLL", self.path, info.note)
             self.iopoll = bool(info.io_poll if iopoll is None else iopoll)
@@ -248,23 +340,6 @@ class PassthroughNamespace:
             os.close(self.fd)
             self.fd = -1
             raise
-
-    def _open(self, writable: bool) -> int:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
-        try:
-            return os.open(self.path, flags)
-        except PermissionError as exc:
-            raise DeviceAccessError(
-                exc.errno or errno.EACCES, "open", self.path,
-                f"no permission to open {self.path} {'read-write' if writable else 'read-only'}: "
-                "NVMe generic char devices belong to root (mode 0600); run as root or grant "
-                "access with a udev rule (e.g. GROUP=\"disk\", MODE=\"0660\") and join that group",
-            ) from exc  # fmt: skip
-        except FileNotFoundError as exc:
-            raise DeviceAccessError(
-                errno.ENOENT, "open", self.path,
-                "no such device node; generic char devices need Linux 5.13+ with the nvme driver",
-            ) from exc  # fmt: skip
 
     # --- geometry & checks ------------------------------------------------------
     @property
