@@ -8,18 +8,25 @@ never the storage ring (fsync or buffered I/O on it fail with EOPNOTSUPP).
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
-from uringstack.types import FeatureMode, FeatureVerdict
+from uringstack.plugins.iopoll.backend import IopollBackend
+from uringstack.plugins.iopoll.poll import device_supports_poll
+from uringstack.types import FeatureMode, FeatureVerdict, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring_params import RingParams
+    from uringstack.types import Target
+
+log = logging.getLogger(__name__)
 
 NAME = "iopoll"
 ROLE = "iopoll"
@@ -73,3 +80,43 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     params.entries = _section(config).entries
     params.add(SetupFlag.IOPOLL, "iopoll: completions reaped by polling the device's poll queues")
     params.required |= SetupFlag.IOPOLL
+
+
+def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
+    """Should the IOPOLL ring serve *target*?  ``(answer, reason)``; raises when ``on`` cannot be met.
+
+    Only O_DIRECT block devices and files whose (whole) disk has
+    ``queue/io_poll`` = 1 qualify; buffered targets stay on the storage ring
+    (IOPOLL cannot carry them), and NVMe char devices belong to passthrough.
+    """
+    mode = _section(config).mode
+    if mode == "off":
+        return False, "iopoll: off (config)"
+    if target.kind == "nvme_char":
+        return False, "iopoll: NVMe char devices are served by passthrough"
+    if not target.direct:
+        return False, "iopoll: not O_DIRECT; buffered I/O cannot be polled, it stays on the storage ring"
+    enabled, why = _decide(caps, config)
+    if not enabled:
+        return False, f"iopoll: {why}"
+    probe_path = target.path
+    if target.kind == "file" and not os.path.exists(probe_path):
+        probe_path = os.path.dirname(probe_path) or "."  # about to be created: its filesystem decides
+    ok, reason = device_supports_poll(probe_path)
+    if not ok and mode == "on":
+        raise PlanError(
+            f"[iopoll] mode = 'on' but {target.path} cannot be polled: {reason}. Set iopoll.mode to "
+            "'auto' to serve it from the storage ring instead"
+        )
+    return ok, f"iopoll: {reason}"
+
+
+@hookimpl
+def uringstack_select_backend(target: Target, caps: Capabilities, config: StackConfig) -> IopollBackend | None:
+    # Not tryfirst: nvme_passthrough (tryfirst) answers first for targets that asked
+    # for passthrough, and when it passes, a pollable O_DIRECT target lands here.
+    ok, reason = serve_decision(target, caps, config)
+    if not ok:
+        log.debug("%s: %s", target.path, reason)
+        return None
+    return IopollBackend(reason=f"IOPOLL ring of the worker ({reason})")
