@@ -8,18 +8,25 @@ that is mounted or held unless ``allow_writes_in_use = true``.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
-from uringstack.types import FeatureMode, FeatureVerdict
+from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
+from uringstack.plugins.nvme_passthrough.device import find_generic_char, open_char_device
+from uringstack.types import FeatureMode, FeatureVerdict, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring_params import RingParams
+    from uringstack.types import Target
+
+log = logging.getLogger(__name__)
 
 NAME = "nvme_passthrough"
 ROLE = "passthrough"
@@ -87,3 +94,96 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     params.required |= SetupFlag.SQE128 | SetupFlag.CQE32
     if cfg.iopoll:
         params.add(SetupFlag.IOPOLL, "nvme_passthrough: iopoll = true (config)")
+
+
+PASSTHROUGH_CHOICES = ("auto", "on", "off")
+
+
+def _want(target: Target) -> str | None:
+    """The per-open ``passthrough=`` option, normalised (True/False accepted for on/off)."""
+    value = target.options.get("passthrough")
+    if value is None:
+        return None
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if value not in PASSTHROUGH_CHOICES:
+        raise ValueError(f"passthrough={value!r}: allowed are {', '.join(map(repr, PASSTHROUGH_CHOICES))}")
+    return str(value)
+
+
+def _char_device_for(target: Target) -> tuple[str | None, str]:
+    """The generic char device behind a block target, and how it was found (or why not)."""
+    dev = target.device
+    if dev is not None and dev.generic_char:
+        return dev.generic_char, f"probe: {dev.name} -> {dev.generic_char}"
+    if dev is not None and not dev.nvme:
+        return None, f"{target.path} is not an NVMe namespace ({dev.model or dev.name})"
+    name = os.path.basename(os.path.realpath(target.path))
+    char = find_generic_char(name)
+    if char is None:
+        return None, f"{target.path} has no NVMe generic char device (not NVMe, a partition, or kernel < 5.13)"
+    return char, f"sysfs: {name} -> {char}"
+
+
+def _can_open(char: str, writable: bool) -> str | None:
+    """None if this process can open *char* as asked, else why not (the error's text)."""
+    try:
+        os.close(open_char_device(char, writable))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def decide_backend(target: Target, caps: Capabilities, config: StackConfig) -> tuple[str | None, str]:
+    """Which char device serves *target* through passthrough: ``(path, reason)`` or ``(None, why not)``.
+
+    Raises where the caller required passthrough and it is impossible: a
+    ``/dev/ngXnY`` target (nothing else can do I/O on it) or
+    ``passthrough="on"``.
+    """
+    want = _want(target)
+    cfg = _section(config)
+    if target.kind == "nvme_char":
+        if want == "off":
+            raise PlanError(f"{target.path} is an NVMe generic char device: only passthrough can serve it")
+        want = "on"
+    elif target.kind != "block" or want in (None, "off"):
+        return None, "passthrough: not asked for (open a block device with passthrough='auto' or 'on')"
+    assert want is not None
+
+    def refuse(why: str) -> tuple[None, str]:
+        if want == "on":
+            raise PlanError(f"NVMe passthrough for {target.path} is required but impossible: {why}")
+        log.info("%s: passthrough='auto' falls back to block I/O: %s", target.path, why)
+        return None, f"passthrough: {why}; block I/O instead"
+
+    enabled, why = _decide(caps, config)
+    if not enabled:
+        return refuse(f"nvme_passthrough is not enabled ({why})")
+    if cfg.mode == "off":
+        return refuse("[nvme_passthrough] mode = 'off'")
+    if target.kind == "nvme_char":
+        char, how = target.path, "generic char device given"
+    else:
+        found, how = _char_device_for(target)
+        if found is None:
+            return refuse(how)
+        char = found
+    cannot = _can_open(char, target.writable)
+    if cannot is not None:
+        return refuse(cannot)
+    return char, f"NVMe passthrough on {char} ({how})"
+
+
+@hookimpl(tryfirst=True)
+def uringstack_select_backend(target: Target, caps: Capabilities, config: StackConfig) -> PassthroughBackend | None:
+    char, reason = decide_backend(target, caps, config)
+    if char is None:
+        return None
+    return PassthroughBackend(
+        reason=f"{reason}; passthrough ring of the worker",
+        char_path=char,
+        allow_writes_in_use=_section(config).allow_writes_in_use,
+    )
