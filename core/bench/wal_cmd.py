@@ -20,23 +20,29 @@ def _fmt(v: Any, digits: int = 1) -> str:
 @click.command("wal")
 @click.option("--appenders", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--record-size", type=click.IntRange(min=1), default=4096, show_default=True)
-@click.option("--duration", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
-              help="seconds per measured row")  # fmt: skip
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.5),
+    default=5.0,
+    show_default=True,
+    help="seconds per row, split over --rounds interleaved rounds",
+)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "uring", "posix"]), default="auto",
               show_default=True)  # fmt: skip
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print the raw result as JSON")
 def wal_bench_command(
-    appenders: int, record_size: int, duration: float, backend: str, directory: str | None,
+    appenders: int, record_size: int, duration: float, rounds: int, backend: str, directory: str | None,
     as_json: bool,
 ) -> None:  # fmt: skip
     """Durable appends/s, MB/s and ack latency p50/p99/p99.9, with ratios to the references."""
     if directory is None:
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="uringstack-bench-") as tmp:
-            result = run_wal_bench(tmp, appenders, record_size, duration, backend)
+            result = run_wal_bench(tmp, appenders, record_size, duration, backend, rounds=rounds)
     else:
-        result = run_wal_bench(directory, appenders, record_size, duration, backend)
+        result = run_wal_bench(directory, appenders, record_size, duration, backend, rounds=rounds)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

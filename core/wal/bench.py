@@ -102,17 +102,16 @@ def _naive(directory: Path, appenders: int, record: bytes, duration_s: float) ->
 _FIO_FILE_BYTES = 256 << 20
 
 
-def _prepare_fio_file(path: Path) -> None:
+def _prepare_fio_file(path: Path, size: int) -> None:
     with open(path, "wb") as f:  # pre-written, like a WAL segment
         chunk = bytes(1 << 20)
-        for _ in range(_FIO_FILE_BYTES // len(chunk)):
+        for _ in range(size // len(chunk)):
             f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _fio(fio: str, path: Path, duration_s: float) -> dict[str, Any]:
-    size = _FIO_FILE_BYTES
+def _fio(fio: str, path: Path, size: int, duration_s: float) -> dict[str, Any]:
     cmd = [
         fio, "--name=wal-ref", f"--filename={path}", f"--size={size}", "--ioengine=io_uring",
         "--rw=write", "--bs=4k", "--iodepth=1", "--direct=1", "--sync=dsync",
@@ -150,6 +149,7 @@ def run_wal_bench(
     backend: str = "auto",
     config: WalConfig | None = None,
     rounds: int = 3,
+    fio_file_bytes: int = _FIO_FILE_BYTES,
 ) -> dict[str, Any]:
     """Measure the WAL, the naive baseline and fio; return rows and ratios.
 
@@ -170,7 +170,7 @@ def run_wal_bench(
     fio = shutil.which("fio")
     fio_path = base / "fio.dat"
     if fio is not None:
-        _prepare_fio_file(fio_path)
+        _prepare_fio_file(fio_path, fio_file_bytes)
     wal_h, naive_h = _histogram(), _histogram()
     wal_n = naive_n = 0
     per_round: list[dict[str, Any]] = []
@@ -196,7 +196,7 @@ def run_wal_bench(
                         naive_n += n
                         got["naive"] = _summary(h, n, record_size, slice_s)
                     elif fio is not None:
-                        got["fio"] = _fio(fio, fio_path, slice_s)
+                        got["fio"] = _fio(fio, fio_path, fio_file_bytes, slice_s)
                 per_round.append(got)
             wal_row.update(_summary(wal_h, wal_n, record_size, duration_s))
             wal_row["records_per_flush"] = wal.durable_lsn / flushes if flushes else 0.0

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+from click.testing import CliRunner
+
+from uringstack.bench.wal_cmd import wal_bench_command
+from uringstack.wal.bench import run_wal_bench
+
+
+def test_run_wal_bench_measures_all_rows(tmp_path: pathlib.Path) -> None:
+    r = run_wal_bench(tmp_path, appenders=4, record_size=256, duration_s=1.0, backend="posix",
+                      rounds=2, fio_file_bytes=8 << 20)  # fmt: skip
+    for row in ("wal", "naive"):
+        assert r[row]["records"] > 0
+        assert 0 < r[row]["p50_us"] <= r[row]["p99_us"] <= r[row]["p999_us"]
+    assert r["wal"]["backend"] == "posix" and r["wal"]["records_per_flush"] >= 1
+    assert r["ratios"]["records_per_s_vs_naive"] > 0
+    if shutil.which("fio"):
+        assert r["fio"]["records_per_s"] > 0 and r["ratios"]["p99_vs_fio"] > 0
+    else:
+        assert "skipped" in r["fio"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # cleaned up
+
+
+def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
+    res = CliRunner().invoke(
+        wal_bench_command,
+        ["--appenders", "2", "--record-size", "100", "--duration", "0.5", "--rounds", "1",
+         "--backend", "posix", "--dir", str(tmp_path)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "naive" in res.output and "uringstack" in res.output
