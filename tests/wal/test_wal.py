@@ -162,3 +162,23 @@ def test_direct_io_off_and_buffered(wal_dir: pathlib.Path, small_config: WalConf
         assert wal.direct_io
         wal.append(b"y")
         assert [p[:1] for _, p in wal.read_from(1)] == [b"x", b"y"]
+
+
+def test_uring_backend_on_a_ring_it_was_handed(wal_dir: pathlib.Path) -> None:
+    """The stack will hand the WAL its own ring: the WAL must use it and leave it open."""
+    pytest.importorskip("uringstack.ring")
+    from uringstack.ring import Ring
+    from uringstack.wal import UringBackend
+
+    try:
+        ring = Ring(entries=8)
+    except OSError as e:
+        pytest.skip(f"io_uring unavailable: {e}")
+    with ring:
+        be = UringBackend(ring=ring, sync="fdatasync")
+        before = ring.counters()["submitted"]
+        with Wal.open(wal_dir, backend=be) as wal:
+            wal.append(b"through the stack's ring")
+        be.close()
+        assert not ring.closed
+        assert ring.counters()["submitted"] - before == 2  # linked WRITE + FSYNC
