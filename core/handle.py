@@ -128,7 +128,7 @@ class FileHandle:
         op = "write" if write else "read"
         while done < total:
             rest = view[done:]
-            res = self._io.start_rw(write, [offset + done], [rest]).wait()[0]
+            res = self._io.start_rw(write, [offset + done], [rest], wait=True).wait()[0]
             if res < 0:
                 raise UringIOError(-res, op, self.path, f"at offset {offset + done}")
             if res == 0:
@@ -152,7 +152,7 @@ class FileHandle:
         self._check()
         if not offsets:
             return []
-        results = self._io.start_rw(False, offsets, buffers).wait()
+        results = self._io.start_rw(False, offsets, buffers, wait=True).wait()
         return self._finish_reads(offsets, buffers, results, exact)
 
     def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
@@ -160,7 +160,7 @@ class FileHandle:
         self._check()
         if not offsets:
             return []
-        results = self._io.start_rw(True, offsets, buffers).wait()
+        results = self._io.start_rw(True, offsets, buffers, wait=True).wait()
         return self._finish_writes(offsets, buffers, results)
 
     def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
@@ -188,14 +188,14 @@ class FileHandle:
 
     def _sync(self, datasync: bool) -> None:
         self._check()
-        res = self._io.start_sync(datasync).wait()[0]
+        res = self._io.start_sync(datasync, wait=True).wait()[0]
         if res < 0:
             raise UringIOError(-res, "fdatasync" if datasync else "fsync", self.path)
 
     def write_durable(self, buf: Any, offset: int) -> int:
         """Write *buf* at *offset* and flush it, ordered; returns once both completed."""
         self._check()
-        written, synced = self._io.start_write_sync(offset, buf, True).wait()
+        written, synced = self._io.start_write_sync(offset, buf, True, wait=True).wait()
         if written < 0:
             raise UringIOError(-written, "write", self.path, f"at offset {offset}")
         if written < len(buf):

@@ -31,15 +31,18 @@ class FileIO(Protocol):
     block_size: int
     fixed_index: int | None
 
-    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
-        """Start one batch of reads (or writes) at *offsets* into (from) *buffers*."""
+    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False) -> Pending:
+        """Start one batch of reads (or writes) at *offsets* into (from) *buffers*.
+
+        ``wait=True`` is a hint that the caller waits for the batch right away:
+        an io_uring backend then submits and waits in one syscall."""
         ...
 
-    def start_sync(self, datasync: bool) -> Pending:
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> Pending:
         """Start an fsync (or fdatasync) of the whole file."""
         ...
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> Pending:
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> Pending:
         """Write then flush, ordered (linked on io_uring): returns [written, sync result]."""
         ...
 

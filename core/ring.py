@@ -112,6 +112,10 @@ class Ring:
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._done_buf = ffi.new("uint16_t[]", MAX_SLOTS)
+        # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
+        # and cffi allocations cost microseconds on a path that has a few.
+        self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
+        self._desc = ffi.new("struct us_batch *")  # read by C only during us_submit_batch
         self._closed = False
         self.registered_buffers = 0
         self.registered_files = 0
@@ -174,7 +178,7 @@ class Ring:
             raise RingClosedError("ring is closed")
 
     def _check_thread(self) -> None:
-        if self.flags & SetupFlag.SINGLE_ISSUER and threading.get_ident() != self._owner:
+        if self._single_issuer and threading.get_ident() != self._owner:
             raise WrongThreadError(
                 "this ring was created with IORING_SETUP_SINGLE_ISSUER and may only be used "
                 f"by the thread that created it (thread id {self._owner}); create one ring "
@@ -195,8 +199,9 @@ class Ring:
         sqe_flags: IntOrSeq | None = None,
         buf_index: IntOrSeq | None = None,
         keep: Sequence[object] = (),
+        wait: bool = False,
     ) -> Batch:
-        """Submit one batch without waiting; return the :class:`Batch` that tracks it.
+        """Submit one batch (without waiting unless *wait*); return the :class:`Batch` that tracks it.
 
         Each column is either one int (the same for every op) or a sequence
         of *n* ints.  ``addrs`` must point into objects listed in *keep* (or
@@ -220,12 +225,22 @@ class Ring:
             _column("uint8_t", sqe_flags, n),
             _column("uint16_t", buf_index, n),
         ]
-        return self.submit_arrays(n, arrays, keep)
+        return self.submit_arrays(n, arrays, keep, wait=wait)
 
-    def submit_arrays(self, n: int, arrays: Sequence[Any], keep: Sequence[object] = ()) -> Batch:
-        """Submit a batch from ready cdata columns (opcodes, fds, addrs, lens, offs, op_flags, sqe_flags, buf_index)."""
+    def submit_arrays(
+        self, n: int, arrays: Sequence[Any], keep: Sequence[object] = (), *, wait: bool = False
+    ) -> Batch:
+        """Submit a batch from ready cdata columns (opcodes, fds, addrs, lens, offs, op_flags, sqe_flags,
+        buf_index).  ``wait=True`` lets the submitting syscall also wait for the batch's completions
+        (one io_uring_enter instead of two; ignored on SQPOLL rings); collect them with :meth:`wait`."""
         batch = Batch(n, keep, arrays)
-        desc = ffi.new("struct us_batch *")
+        with self._lock:
+            self._check_open()
+            self._check_thread()
+            return self._submit_locked(batch, n, arrays, wait)
+
+    def _submit_locked(self, batch: Batch, n: int, arrays: Sequence[Any], wait: bool) -> Batch:
+        desc = self._desc
         desc.n = n
         (
             desc.opcodes,
@@ -238,27 +253,24 @@ class Ring:
             desc.buf_index,
         ) = arrays
         desc.results = batch._results
-        with self._lock:
-            self._check_open()
-            self._check_thread()
+        if not self._free_slots:
+            self._reap_locked()
             if not self._free_slots:
+                raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+        slot = self._free_slots.pop()
+        desc.slot = slot
+        batch.slot = slot
+        ret = lib.us_submit_batch(self._ring, self._state, desc, n if wait else 0)
+        if ret < 0:
+            if lib.us_slot_remaining(self._state, slot):
+                # part of the batch reached the kernel: keep it owned until reaped
+                self._inflight[slot] = batch
+                self._wait_slot_locked(slot)
                 self._reap_locked()
-                if not self._free_slots:
-                    raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-            slot = self._free_slots.pop()
-            desc.slot = slot
-            batch.slot = slot
-            ret = lib.us_submit_batch(self._ring, self._state, desc)
-            if ret < 0:
-                if lib.us_slot_remaining(self._state, slot):
-                    # part of the batch reached the kernel: keep it owned until reaped
-                    self._inflight[slot] = batch
-                    self._wait_slot_locked(slot)
-                    self._reap_locked()
-                else:
-                    self._free_slots.append(slot)
-                raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
-            self._inflight[slot] = batch
+            else:
+                self._free_slots.append(slot)
+            raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
+        self._inflight[slot] = batch
         return batch
 
     # --- completion --------------------------------------------------------------
@@ -335,7 +347,7 @@ class Ring:
 
     def run(self, opcodes: IntOrSeq, fds: IntOrSeq, **kwargs: Any) -> list[int]:
         """Submit a batch and wait for it: the synchronous form of :meth:`submit`."""
-        return self.wait(self.submit(opcodes, fds, **kwargs))
+        return self.wait(self.submit(opcodes, fds, wait=True, **kwargs))
 
     # --- registration ----------------------------------------------------------
     def register_buffers(self, buffers: Iterable[Any]) -> Any:

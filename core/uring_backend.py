@@ -66,7 +66,9 @@ class UringFileIO:
             return self.fixed_index, int(SqeFlag.FIXED_FILE)
         return self.fd, 0
 
-    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> UringPending:
+    def start_rw(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
+    ) -> UringPending:
         n = len(offsets)
         if n != len(buffers):
             raise ValueError(f"{n} offsets but {len(buffers)} buffers")
@@ -116,21 +118,21 @@ class UringFileIO:
                 check_alignment(
                     "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
                 )
-        batch = self.ring.submit_arrays(n, arrays, keep)
+        batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
         for lease in leases:
             (lease.parent or lease).batch = batch
         if self.completion_hook is not None:
             batch.on_done = self.completion_hook("write" if write else "read")
         return UringPending(self.ring, batch)
 
-    def start_sync(self, datasync: bool) -> UringPending:
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> UringPending:
         fd, sqe_flags = self._fd_and_flags()
         batch = self.ring.submit(
-            Op.FSYNC, fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, sqe_flags=sqe_flags or None
+            Op.FSYNC, fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, sqe_flags=sqe_flags or None, wait=wait
         )
         return UringPending(self.ring, batch)
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> UringPending:
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> UringPending:
         # io_uring does not order SQEs: the flush is linked to the write so it
         # starts only after the write completed (and fails if the write failed).
         pin = ffi.from_buffer(buffer)
@@ -148,6 +150,7 @@ class UringFileIO:
             op_flags=[0, FSYNC_DATASYNC if datasync else 0],
             sqe_flags=[int(SqeFlag.IO_LINK) | fixed_flag, fixed_flag],
             keep=(pin, buffer),
+            wait=wait,
         )
         return UringPending(self.ring, batch)
 

@@ -108,16 +108,24 @@ static int submit_needs_enter(const struct io_uring *ring)
     return (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_NEED_WAKEUP) != 0;
 }
 
-static int submit_pending(struct io_uring *ring, us_state_t *st)
+/* Submit what is queued; with wait_nr > 0 the same io_uring_enter also waits
+ * for that many completions (one syscall instead of two for a synchronous
+ * batch). */
+static int submit_pending_wait(struct io_uring *ring, us_state_t *st, unsigned wait_nr)
 {
-    int enter = submit_needs_enter(ring);
-    int ret = io_uring_submit(ring);
+    int enter = wait_nr > 0 || submit_needs_enter(ring);
+    int ret = wait_nr ? io_uring_submit_and_wait(ring, wait_nr) : io_uring_submit(ring);
     if (ret < 0)
         return ret;
     if (enter)
         st->c.enters++;
     st->c.submitted += (uint64_t)ret;
     return ret;
+}
+
+static int submit_pending(struct io_uring *ring, us_state_t *st)
+{
+    return submit_pending_wait(ring, st, 0);
 }
 
 static unsigned drain(struct io_uring *ring, us_state_t *st)
@@ -198,9 +206,12 @@ static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struc
 
 /* Queue every op of the batch and submit them.  When the SQ fills up mid-
  * batch the queued part is submitted and preparation continues, so a batch
- * may be larger than the ring.  Returns 0 or -errno; on error nothing of the
- * batch that was not yet submitted reaches the kernel. */
-int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b)
+ * may be larger than the ring.  wait_nr > 0 makes the final submission also
+ * wait for that many completions in the same syscall (never on SQPOLL rings,
+ * where waiting in the kernel would forfeit the point of the poller).
+ * Returns 0 or -errno; on error nothing of the batch that was not yet
+ * submitted reaches the kernel. */
+int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr)
 {
     if (b->slot >= US_MAX_SLOTS || st->remaining[b->slot] || b->n == 0 || !b->results)
         return -EINVAL;
@@ -239,10 +250,14 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
         }
     }
     st->inflight += b->n;
+    if (is_sqpoll(ring))
+        wait_nr = 0;
     for (;;) {
-        int ret = submit_pending(ring, st);
+        int ret = submit_pending_wait(ring, st, wait_nr);
         if (ret >= 0)
             break;
+        /* -EINTR from io_uring_enter means nothing was submitted (the kernel
+         * reports a partial submission as a count), so trying again is right */
         if (ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
             return ret;
         drain(ring, st);

@@ -187,6 +187,9 @@ def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> 
     samples = Samples()
     errors: list[str] = []
     submit_arrays = ring.submit_arrays
+    # With one batch in flight nothing else can complete meanwhile: submit and
+    # wait in the same io_uring_enter, as FileHandle.read_many does.
+    wait_in_submit = len(batches) == 1
     first_short = lib.us_first_short
     now_ns = time.perf_counter_ns
 
@@ -199,7 +202,7 @@ def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> 
         cols[4] = pool + idx
         idx += b.n
         b.started = now_ns()
-        submit_arrays(b.n, cols, b.keep).tag = j
+        submit_arrays(b.n, cols, b.keep, wait=wait_in_submit).tag = j
 
     clock = Clock(spec)
     ops = 0

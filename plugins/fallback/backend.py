@@ -100,7 +100,9 @@ class FallbackFileIO:
             pin = ffi.from_buffer(buf, require_writable=not write)
             check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), offset, self.block_size)
 
-    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> ThreadPending:
+    def start_rw(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
+    ) -> ThreadPending:
         if len(offsets) != len(buffers):
             raise ValueError(f"{len(offsets)} offsets but {len(buffers)} buffers")
         bufs = [_as_buffer(b) for b in buffers]
@@ -109,10 +111,10 @@ class FallbackFileIO:
         fn = _pwritev if write else _preadv
         return ThreadPending([self._pool.submit(fn, self.fd, b, o) for o, b in zip(offsets, bufs, strict=True)])
 
-    def start_sync(self, datasync: bool) -> ThreadPending:
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> ThreadPending:
         return ThreadPending([self._pool.submit(_sync, self.fd, datasync)])
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> ThreadPending:
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> ThreadPending:
         buf = _as_buffer(buffer)
         self._check(True, offset, buf)
         return ThreadPending([self._pool.submit(_write_then_sync, self.fd, buf, offset, datasync)], flatten=True)
