@@ -11,7 +11,7 @@ import importlib.util
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.console import Console
@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from uringstack.bench.ladder import RUNGS
 from uringstack.bench.report import render
 from uringstack.bench.runner import default_file, run_bench
-from uringstack.bench.spec import WORKLOADS, BenchSpec
+from uringstack.bench.spec import WORKLOADS, BenchSpec, WorkloadName
 
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -120,7 +120,7 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _run(workload: str, **kw: Any) -> None:
     qd = kw["queue_depth"] or (1 if WORKLOADS[workload].durable else 32)
     spec = BenchSpec(
-        workload=workload,
+        workload=cast(WorkloadName, workload),  # click.Choice limits it to WORKLOADS
         block_size=kw["block_size"],
         queue_depth=qd,
         workers=kw["workers"],

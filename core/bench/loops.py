@@ -31,6 +31,8 @@ from uringstack.bench.spec import BenchSpec, offset_list
 from uringstack.buffers import RegisteredBuffer, address_of, aligned_buffer
 from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.native import ffi, lib
+from uringstack.ring import Ring
+from uringstack.uring_backend import UringFileIO
 
 if TYPE_CHECKING:
     from uringstack.bench.ladder import Rung
@@ -95,6 +97,14 @@ class _Batch:
         self.started = 0
 
 
+def uring_ring(handle: FileHandle) -> Ring:
+    """The ring behind an io_uring-served handle (the loops drive it directly)."""
+    io = handle.io
+    if not isinstance(io, UringFileIO):
+        raise TypeError(f"{handle.path} is served by {handle.backend!r}, not by an io_uring storage ring")
+    return io.ring
+
+
 def _build_batches(handle: FileHandle, spec: BenchSpec, rung: Rung) -> tuple[list[_Batch], list[Any]]:
     """QD ops split into batches; returns the batches and the leased buffers to release."""
     wl = spec.wl
@@ -102,7 +112,7 @@ def _build_batches(handle: FileHandle, spec: BenchSpec, rung: Rung) -> tuple[lis
     qd = spec.queue_depth
     per = spec.batch_size if rung.batched else 1
     pair = wl.durable and spec.durability == "fdatasync"
-    ring = handle.io.ring
+    ring = uring_ring(handle)
     leased: list[Any] = []
     if rung.fixed:
         leased = handle.lease_buffers(qd, size=bs)
@@ -176,7 +186,7 @@ def _build_batches(handle: FileHandle, spec: BenchSpec, rung: Rung) -> tuple[lis
 
 def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:
     """Keep QD ops in flight on the handle's ring with prebuilt batches; one worker."""
-    ring = handle.io.ring
+    ring = uring_ring(handle)
     batches, leased = _build_batches(handle, spec, rung)
     sqes_per_op = 2 if spec.wl.durable and spec.durability == "fdatasync" else 1
     offsets = offset_list(spec, worker, RANDOM_POOL)
