@@ -158,7 +158,8 @@ class UringBackend(_Counting):
             while done < total:
                 addr, left, off = base + done, total - done, offset + done
                 addrs[0], lens[0], offs[0] = addr, left, off
-                res = self.ring.wait(self.ring.submit_arrays(n, cols, (pin, buf)))
+                # one syscall submits the write (and its linked flush) and waits
+                res = self.ring.wait(self.ring.submit_arrays(n, cols, (pin, buf), wait=True))
                 w = res[0]
                 f = res[1] if n == 2 else 0
                 self._c["writes"] += 1
@@ -181,6 +182,18 @@ class UringBackend(_Counting):
 
 
 BackendSpec = Literal["auto", "uring", "posix"]
+
+
+def backend_for_stack(stack: Any, sync: SyncMethod = "dsync", core: int | None = None) -> WalBackend:
+    """The WAL backend that writes through *stack*: its worker's storage ring, or
+    posix where the stack has no io_uring (the fallback plan)."""
+    workers = [w for w in stack.workers if core is None or w.cpu == core]
+    if not workers:
+        raise ValueError(f"no worker on CPU {core}")
+    ring = workers[0].rings.get("storage")
+    if ring is None:
+        return PosixBackend(sync)
+    return UringBackend(ring=ring, sync=sync)
 
 
 def make_backend(spec: BackendSpec | WalBackend, sync: SyncMethod = "dsync") -> WalBackend:

@@ -48,6 +48,7 @@ class Wal:
         config: WalConfig | None = None,
         *,
         backend: str | WalBackend | None = None,
+        stack: Any = None,
         **overrides: Any,
     ) -> Wal:
         """Open (creating if needed) the log in directory *path*, recovering what is there.
@@ -57,8 +58,17 @@ class Wal:
         ring); a backend passed in is not closed by :meth:`close`.  Keyword
         *overrides* are WalConfig fields.  Recovery follows ``config.recovery``
         and raises :class:`~uringstack.wal.errors.WalCorruptionError` when the
-        mode does not accept what is on disk.
+        mode does not accept what is on disk.  *stack* (a
+        :class:`~uringstack.stack.Stack`) makes the log write through the
+        stack's first worker ring, or posix I/O where the stack runs on the
+        fallback.
         """
+        if stack is not None:
+            if backend is not None:
+                raise TypeError("pass either backend= or stack=, not both")
+            from .io import backend_for_stack
+
+            backend = backend_for_stack(stack, (config or WalConfig()).sync)
         config = config if config is not None else WalConfig()
         if overrides:
             config = WalConfig(**{**config.model_dump(), **overrides})
