@@ -13,7 +13,7 @@ from uringstack.wal.io import PosixBackend, UringBackend
 
 @pytest.mark.parametrize("backend", ["auto", "fallback"])
 def test_wal_on_a_stack(tmp_path: pathlib.Path, backend: str) -> None:
-    with open_stack(overrides={"core.backend": backend, "core.cores": [0]}) as stack:
+    with open_stack(overrides={"core.backend": backend, "core.cores": [0], "sqpoll.mode": "off"}) as stack:
         with Wal.open(tmp_path / "wal", stack=stack) as wal:
             if backend == "fallback":
                 assert isinstance(wal.backend, PosixBackend)
