@@ -5,6 +5,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,18 @@ def ext4_available() -> None:
     for name in EXT4_MODULES:
         _finit_module(Path(kdir) / release / f"{name}.ko")
     assert "ext4" in Path("/proc/filesystems").read_text().split()
+
+
+@pytest.fixture
+def mounted_ext4(ext4_available: None) -> Iterator[Path]:
+    mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
+    subprocess.run([mkfs, "-q", "-F", str(BLK)], check=True)
+    mnt = Path("/tmp") / f"mnt-x-{os.getpid()}"  # the VM's /tmp is a local overlay
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "ext4", str(BLK), str(mnt)], check=True)
+    try:
+        (mnt / "hello").write_text("on the namespace\n")
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+        mnt.rmdir()

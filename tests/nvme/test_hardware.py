@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -144,21 +143,6 @@ def test_out_of_range_lba_is_a_decoded_nvme_error() -> None:
         with pytest.raises(NvmeStatusError, match="LBA Out of Range"):
             ns.write_blocks([ns.nblocks - 1], buf, nblocks=2)
         assert ns.ring.inflight == 0
-
-
-@pytest.fixture
-def mounted_ext4(ext4_available: None, tmp_path: Path) -> Iterator[Path]:
-    mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
-    subprocess.run([mkfs, "-q", "-F", str(BLK)], check=True)
-    mnt = Path("/tmp") / f"mnt-x-{os.getpid()}"  # the VM's /tmp is a local overlay
-    mnt.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "ext4", str(BLK), str(mnt)], check=True)
-    try:
-        (mnt / "hello").write_text("on the namespace\n")
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-        mnt.rmdir()
 
 
 def test_writes_refused_on_mounted_namespace(mounted_ext4: Path) -> None:

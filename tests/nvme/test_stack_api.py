@@ -1,0 +1,259 @@
+"""IOPOLL and passthrough through the public API: ``open_stack()`` and ``Stack.open`` handles.
+
+Runs inside ../shared/nvme-vm with the rest of tests/nvme (scripts/test-nvme.sh).
+Each test writes the data it reads back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import mmap
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uringstack import open_stack
+from uringstack.buffers import aligned_buffer
+from uringstack.errors import AlignmentError, UringIOError
+from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
+from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
+from uringstack.stack import Stack
+from uringstack.types import PlanError
+
+from .conftest import BLK, NG
+
+pytestmark = pytest.mark.nvme
+
+BS = 4096
+
+
+def _stack(**overrides: Any) -> Stack:
+    # One worker keeps the VM's two emulated CPUs for the kernel and QEMU's device thread.
+    return open_stack(overrides={"core.cores": [0], **overrides})
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with _stack() as s:
+        yield s
+
+
+def _pread(path: Path, offsets: list[int], size: int) -> list[bytes]:
+    """The same ranges read with plain O_DIRECT preadv on the block device (another kernel path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    page = mmap.mmap(-1, size)
+    try:
+        out = []
+        for off in offsets:
+            assert os.preadv(fd, [page], off) == size
+            out.append(bytes(page))
+        return out
+    finally:
+        os.close(fd)
+        page.close()
+
+
+def _buffers(rng: random.Random, n: int, size: int = BS) -> list[mmap.mmap]:
+    bufs = []
+    for _ in range(n):
+        b = aligned_buffer(size)
+        b[:] = rng.randbytes(size)
+        bufs.append(b)
+    return bufs
+
+
+def test_plan_and_describe_show_iopoll_and_passthrough_rings(stack: Stack) -> None:
+    verdicts = {v.plugin: v for v in stack.plan.verdicts}
+    assert verdicts["iopoll"].enabled, verdicts["iopoll"].reason
+    assert verdicts["nvme_passthrough"].enabled, verdicts["nvme_passthrough"].reason
+    assert "/dev/ng0n1" in verdicts["nvme_passthrough"].reason
+    planned = {r.role: r for r in stack.plan.workers[0].rings}
+    assert "IOPOLL" in planned["iopoll"].flags and "IOPOLL" in planned["iopoll"].required
+    assert {"SQE128", "CQE32"} <= set(planned["passthrough"].required)
+    targets = {t.target: t for t in stack.plan.targets}
+    assert targets[str(NG)].backend == "nvme_passthrough", targets[str(NG)]
+    assert targets[str(BLK)].backend == "iopoll", targets[str(BLK)]  # direct=True in the plan's dry run
+    # describe() reads the flags back from the rings the kernel created.
+    rings = stack.describe()["workers"][0]["rings"]
+    assert "IOPOLL" in rings["iopoll"]["flags"] and not rings["iopoll"]["dropped"]
+    assert {"SQE128", "CQE32"} <= set(rings["passthrough"]["flags"]) and not rings["passthrough"]["dropped"]
+    assert "IOPOLL" not in rings["storage"]["flags"]
+
+
+def test_ng_round_trip_through_filehandle(stack: Stack) -> None:
+    rng = random.Random(1)
+    with stack.open(NG) as h:
+        assert h.backend == "nvme_passthrough" and h.direct
+        assert h.size() == int((Path("/sys/block/nvme0n1/size")).read_text()) * 512
+        ring = stack.workers[0].rings["passthrough"]
+        assert h.io.ring is ring  # type: ignore[attr-defined]  # the worker's ring, not one per handle
+        units = h.size() // BS
+        n = 2000
+        offsets = [u * BS for u in rng.sample(range(units), n)]
+        data = _buffers(rng, n)
+        assert h.write_many(offsets, data) == [BS] * n
+        h.fdatasync()
+        back = [aligned_buffer(BS) for _ in range(n)]
+        assert h.read_many(offsets, back) == [BS] * n
+        assert all(b[:] == d[:] for b, d in zip(back, data, strict=True))
+        # A buffer larger than one command may carry is split and reported as one op.
+        big = aligned_buffer(4 << 20)
+        big[:] = rng.randbytes(len(big))
+        assert h.io.max_transfer < len(big)  # type: ignore[attr-defined]
+        assert h.write_from(big, 64 << 20) == len(big)
+        big_back = aligned_buffer(len(big))
+        assert h.read_into(big_back, 64 << 20) == len(big)
+        assert big_back[:] == big[:]
+        # write_durable: Write linked to a Flush, both complete.
+        one = _buffers(rng, 1)[0]
+        assert h.write_durable(one, 8 * BS) == BS
+        assert ring.inflight == 0
+    # The block device sees the same bytes.
+    sample = random.Random(2).sample(range(n), 50)
+    assert _pread(BLK, [offsets[i] for i in sample], BS) == [bytes(data[i]) for i in sample]
+    assert _pread(BLK, [8 * BS], BS) == [bytes(one)]
+
+
+def test_ng_asyncio_gather_1000_reads(stack: Stack) -> None:
+    rng = random.Random(3)
+    with stack.open(NG) as h:
+        offsets = [u * BS for u in rng.sample(range(h.size() // BS), 1000)]
+        data = _buffers(rng, 1000)
+        h.write_many(offsets, data)
+
+        async def main() -> list[bytes]:
+            return await asyncio.wait_for(asyncio.gather(*(h.read(BS, off) for off in offsets)), 120)
+
+        got = asyncio.run(main())
+        assert got == [bytes(d) for d in data]
+        assert stack.workers[0].rings["passthrough"].inflight == 0
+
+
+def test_block_device_with_passthrough_auto_is_served_by_passthrough(stack: Stack) -> None:
+    with stack.open(BLK, passthrough="auto") as h:
+        assert h.backend == "nvme_passthrough"
+        assert h.io.char_path == str(NG)  # type: ignore[attr-defined]
+        buf = _buffers(random.Random(4), 1)[0]
+        h.write_from(buf, 3 * BS)
+        back = aligned_buffer(BS)
+        h.read_into(back, 3 * BS)
+        assert back[:] == buf[:]
+    with stack.open(BLK, passthrough="on", writable=False) as h:
+        assert h.backend == "nvme_passthrough"
+    # Without the option a block device keeps the block path.
+    with stack.open(BLK, direct=False) as h:
+        assert h.backend == "uring"
+
+
+def test_block_device_direct_is_served_by_iopoll(stack: Stack) -> None:
+    rng = random.Random(5)
+    worker = stack.workers[0]
+    iopoll, storage = worker.rings["iopoll"], worker.rings["storage"]
+    with stack.open(BLK, direct=True) as h:
+        assert h.backend == "iopoll"
+        before, storage_before = iopoll.counters(), storage.counters()
+        n = 256
+        offsets = [u * BS for u in rng.sample(range(h.size() // BS), n)]
+        data = _buffers(rng, n)
+        assert h.write_many(offsets, data) == [BS] * n
+        h.fdatasync()  # on the storage ring: the IOPOLL ring refuses fsync
+        back = [aligned_buffer(BS) for _ in range(n)]
+        assert h.read_many(offsets, back) == [BS] * n
+        assert all(b[:] == d[:] for b, d in zip(back, data, strict=True))
+        after = iopoll.counters()
+        assert after["submitted"] - before["submitted"] == 2 * n, (before, after)
+        assert after["reaped"] - before["reaped"] == 2 * n, (before, after)
+        assert storage.counters()["reaped"] - storage_before["reaped"] == 1
+        # Write then flush across the two rings: flush only after the write's CQE.
+        one = _buffers(rng, 1)[0]
+        assert h.write_durable(one, 5 * BS) == BS
+        assert storage.counters()["reaped"] - storage_before["reaped"] == 2
+        # done() makes progress on a polled ring (a CQ peek alone never would).
+        pending = h.start_read_many([0], [aligned_buffer(BS)])
+        for _ in range(100_000):
+            if pending.done():
+                break
+        assert pending.done() and pending.wait() == [BS]
+
+        # asyncio: completions come from the poller task, not an eventfd.
+        async def main() -> list[bytes]:
+            return await asyncio.wait_for(asyncio.gather(*(h.read(BS, off) for off in offsets)), 120)
+
+        assert asyncio.run(main()) == [bytes(d) for d in data]
+        assert iopoll.inflight == 0 and storage.inflight == 0
+        with pytest.raises(AlignmentError, match=r"offset 100 is not a multiple of (4096|512)"):
+            h.read_into(aligned_buffer(BS), 100)
+    assert _pread(BLK, [5 * BS], BS) == [bytes(one)]
+
+
+def test_out_of_range_lba_through_the_handle(stack: Stack) -> None:
+    with stack.open(NG) as h:
+        end = h.size()
+        buf = aligned_buffer(BS)
+        with pytest.raises(NvmeStatusError) as info:
+            h.read_into(buf, end)
+        err = info.value
+        assert isinstance(err, UringIOError) and err.errno == errno.EIO
+        assert err.status_name == "LBA Out of Range" and err.lba == end // h.block_size
+        # In a batch: the Pending reports -EIO for the bad op, the good ones completed.
+        pending = h.start_read_many([0, end + 10 * BS, BS], [buf, aligned_buffer(BS), aligned_buffer(BS)])
+        with pytest.raises(NvmeStatusError, match="LBA Out of Range"):
+            pending.wait()
+        assert pending.results == [BS, -errno.EIO, BS]  # type: ignore[attr-defined]
+        with pytest.raises(AlignmentError, match="offset 100"):
+            h.read_into(buf, 100)
+    with pytest.raises(PlanError, match="only passthrough"):
+        stack.open(NG, passthrough="off")
+
+
+def test_passthrough_ring_with_iopoll() -> None:
+    with _stack(**{"nvme_passthrough.iopoll": True}) as s:
+        ring = s.workers[0].rings["passthrough"]
+        assert "IOPOLL" in s.describe()["workers"][0]["rings"]["passthrough"]["flags"]
+        rng = random.Random(6)
+        with s.open(NG) as h:
+            offsets = [u * BS for u in rng.sample(range(h.size() // BS), 300)]
+            data = _buffers(rng, 300)
+            h.write_many(offsets, data)
+            h.fsync()
+            back = [aligned_buffer(BS) for _ in range(300)]
+            h.read_many(offsets, back)
+            assert all(b[:] == d[:] for b, d in zip(back, data, strict=True))
+
+            async def main() -> list[bytes]:
+                return await asyncio.wait_for(asyncio.gather(*(h.read(BS, off) for off in offsets)), 120)
+
+            assert asyncio.run(main()) == [bytes(d) for d in data]
+            assert ring.inflight == 0
+
+
+def test_mounted_namespace_refuses_writes_through_stack_open(stack: Stack, mounted_ext4: Path) -> None:
+    mounted = mounted_ext4
+    with pytest.raises(NamespaceInUseError) as info:
+        stack.open(NG)
+    assert any(f"mounted at {mounted}" in r for r in info.value.reasons), info.value.reasons
+    with pytest.raises(NamespaceInUseError):
+        stack.open(BLK, passthrough="auto")  # a safety refusal is not silently "fallen back"
+    # Read-only is always allowed: the ext4 magic at 1024 + 56.
+    with stack.open(NG, writable=False) as ro:
+        sb = aligned_buffer(BS)
+        ro.read_into(sb, 0)
+        assert sb[1024 + 56 : 1024 + 58] == b"\x53\xef"
+    # A file on the filesystem over the pollable namespace is polled too.
+    with stack.open(mounted / "data", direct=True, create=True) as f:
+        assert f.backend == "iopoll"
+        buf = _buffers(random.Random(7), 1)[0]
+        f.write_durable(buf, 0)
+        back = aligned_buffer(BS)
+        f.read_into(back, 0)
+        assert back[:] == buf[:]
+    with _stack(**{"nvme_passthrough.allow_writes_in_use": True}) as forced, forced.open(NG) as rw:
+        assert rw.io.in_use  # type: ignore[attr-defined]
+        blk = aligned_buffer(BS)
+        rw.read_into(blk, 8 * BS)  # rewrite a block with its own content: the fs stays intact
+        rw.write_durable(blk, 8 * BS)
