@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""4 KiB random-read benchmark: uringstack IOPOLL / passthrough vs fio, in the same run.
+"""4 KiB random-read benchmark: uringstack's IOPOLL / passthrough handles vs fio, in the same run.
 
 Meant to run inside ../shared/nvme-vm (one VM call)::
 
     ../shared/nvme-vm/run --timeout 600 -- "$PWD/.venv/bin/python" scripts/nvme-bench.py
 
+Everything on the uringstack side goes through the public API: ``open_stack``
+with config overrides, ``Stack.open`` handles, ``start_read_many`` batches
+kept QD deep (waiting on the oldest batch), i.e. what an application gets.
 Pairs (same device, block size, queue depth and duration):
 
-- fio ``--ioengine=io_uring --hipri=1 --direct=1`` on /dev/nvme0n1
-  vs :class:`uringstack.plugins.iopoll.poll.IopollFile` reads;
-- fio ``--ioengine=io_uring_cmd --cmd_type=nvme --hipri=1`` on /dev/ng0n1
-  vs :class:`uringstack.plugins.nvme_passthrough.device.PassthroughNamespace`
-  reads (its ring uses IOPOLL because queue/io_poll is 1, hence hipri=1).
+- ``Stack.open("/dev/nvme0n1", direct=True)`` (iopoll backend, the worker's
+  IOPOLL ring) vs fio ``--ioengine=io_uring --hipri=1 --direct=1``;
+- ``Stack.open("/dev/ng0n1")`` (nvme_passthrough backend, interrupt-driven
+  passthrough ring) vs fio ``--ioengine=io_uring_cmd --cmd_type=nvme``;
+- the same with ``nvme_passthrough.iopoll = true`` (polled passthrough ring)
+  vs fio ``io_uring_cmd --cmd_type=nvme --hipri=1``.
 
 The emulated device says nothing about real NVMe speed: only the ratios
 (ours / fio, measured back to back in the same VM) mean something.
@@ -22,18 +26,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import mmap
 import os
 import platform
 import random
 import subprocess
 import time
-from collections.abc import Callable
+from collections import deque
+from typing import Any
 
-from uringstack.plugins.iopoll.poll import IopollFile
-from uringstack.plugins.nvme_passthrough.device import PassthroughNamespace
+from uringstack import open_stack
+from uringstack.buffers import aligned_buffer
+from uringstack.pending import Pending
 
 BS = 4096
+BLK = "/dev/nvme0n1"
+NG = "/dev/ng0n1"
 
 
 def fio_iops(engine_args: list[str], filename: str, qd: int, seconds: float) -> tuple[float, str]:
@@ -49,47 +56,66 @@ def fio_iops(engine_args: list[str], filename: str, qd: int, seconds: float) -> 
     return float(data["jobs"][0]["read"]["iops"]), " ".join(cmd[1:])
 
 
-def timed(read_batch: Callable[[list[int]], None], nunits: int, seconds: float) -> float:
-    """Call *read_batch* with fresh random unit numbers until *seconds* pass; return IOPS."""
+def pipelined_reads(handle: Any, qd: int, seconds: float) -> float:
+    """Random 4 KiB reads through *handle* with ``qd`` in flight; return IOPS.
+
+    ``qd // chunk`` batches of ``chunk`` reads are in flight; each turn waits
+    for the oldest batch and submits the next, reusing that batch's buffers
+    (the kernel is done with them once its Pending completed).
+    """
+    chunk = max(1, qd // 4)
+    nchunks = max(1, qd // chunk)
     rng = random.Random(1)
-    batch = 1024
+    units = handle.size() // BS
     # Offsets are drawn before the clock starts: fio does not pay for Python's RNG either.
-    pool = [[rng.randrange(nunits) for _ in range(batch)] for _ in range(16)]
-    ios = 0
-    read_batch(pool[0])  # warm-up (ring, page tables)
+    pool = [[rng.randrange(units) * BS for _ in range(chunk)] for _ in range(256)]
+    sets = [[aligned_buffer(BS) for _ in range(chunk)] for _ in range(nchunks)]
+    handle.read_many(pool[0], sets[0])  # warm-up (ring, page tables)
+    inflight: deque[Pending] = deque()
+    ios = i = 0
     start = time.perf_counter()
     end = start + seconds
-    i = 0
     while time.perf_counter() < end:
-        read_batch(pool[i % len(pool)])
+        if len(inflight) == nchunks:
+            res = inflight.popleft().wait()
+            if res.count(BS) != len(res):
+                raise RuntimeError(f"short or failed reads: {res}")
+            ios += len(res)
+        inflight.append(handle.start_read_many(pool[i % len(pool)], sets[i % nchunks]))
         i += 1
-        ios += batch
+    while inflight:
+        ios += len(inflight.popleft().wait())
     return ios / (time.perf_counter() - start)
 
 
-def ours_iopoll(qd: int, seconds: float) -> float:
-    buf = mmap.mmap(-1, 1024 * BS)
-    with IopollFile("/dev/nvme0n1", entries=max(64, qd)) as f:
-        units = f.size_bytes // BS
-        return timed(
-            lambda u: f.read_into([x * BS for x in u], buf, BS, depth=qd, chunk=max(1, qd // 4)),
-            units,
-            seconds,
-        )
+def ours(kind: str, qd: int, seconds: float) -> tuple[float, str]:
+    """IOPS of one uringstack handle, and the backend that served it (checked, not assumed)."""
+    overrides: dict[str, Any] = {"core.cores": [0]}
+    if kind == "iopoll":
+        overrides["iopoll.mode"] = "on"
+        path, opts = BLK, {"direct": True}
+    else:
+        overrides["nvme_passthrough.mode"] = "on"
+        overrides["nvme_passthrough.iopoll"] = kind == "passthrough+iopoll"
+        overrides["nvme_passthrough.entries"] = max(128, 2 * qd)
+        path, opts = NG, {}
+    with open_stack(overrides=overrides) as stack, stack.open(path, writable=False, **opts) as h:
+        want = "iopoll" if kind == "iopoll" else "nvme_passthrough"
+        if h.backend != want:
+            raise RuntimeError(f"{path} was served by {h.backend}, not {want}")
+        return pipelined_reads(h, qd, seconds), h.backend
 
 
-def ours_passthrough(qd: int, seconds: float) -> float:
-    buf = mmap.mmap(-1, 1024 * BS)
-    with PassthroughNamespace("/dev/ng0n1", entries=max(64, qd)) as ns:
-        per = BS // ns.lba_size
-        assert ns.iopoll, ns.iopoll_reason
-        return timed(
-            lambda u: ns.read_blocks(
-                [x * per for x in u], buf, per, depth=qd, chunk=max(1, qd // 4)
-            ),
-            ns.nblocks // per,
-            seconds,
-        )
+PAIRS = (
+    ("IOPOLL /dev/nvme0n1", "iopoll", ["--ioengine=io_uring", "--hipri=1", "--direct=1"], BLK),
+    ("passthrough /dev/ng0n1", "passthrough", ["--ioengine=io_uring_cmd", "--cmd_type=nvme"], NG),
+    (
+        "passthrough+IOPOLL /dev/ng0n1",
+        "passthrough+iopoll",
+        ["--ioengine=io_uring_cmd", "--cmd_type=nvme", "--hipri=1"],
+        NG,
+    ),
+)
 
 
 def main() -> None:
@@ -101,19 +127,10 @@ def main() -> None:
 
     rows = []
     for qd in args.qd:
-        fio_poll, cmd_poll = fio_iops(
-            ["--ioengine=io_uring", "--hipri=1", "--direct=1"], "/dev/nvme0n1", qd, args.seconds
-        )
-        our_poll = ours_iopoll(qd, args.seconds)
-        fio_pt, cmd_pt = fio_iops(
-            ["--ioengine=io_uring_cmd", "--cmd_type=nvme", "--hipri=1"],
-            "/dev/ng0n1",
-            qd,
-            args.seconds,
-        )
-        our_pt = ours_passthrough(qd, args.seconds)
-        rows.append(("IOPOLL /dev/nvme0n1", qd, fio_poll, our_poll, cmd_poll))
-        rows.append(("passthrough /dev/ng0n1", qd, fio_pt, our_pt, cmd_pt))
+        for label, kind, engine, path in PAIRS:
+            fio, cmd = fio_iops(engine, path, qd, args.seconds)
+            our, _ = ours(kind, qd, args.seconds)
+            rows.append((label, qd, fio, our, cmd))
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     # The guest has no hostname of its own; /etc/hostname is the host's (shared root).
@@ -127,7 +144,7 @@ def main() -> None:
         "emulated NVMe 1 GiB zeroed, 1 poll queue)"
     )
     lines = [
-        "## NVMe: IOPOLL and passthrough vs fio (4 KiB random read)",
+        "## NVMe: IOPOLL and passthrough handles (Stack.open) vs fio (4 KiB random read)",
         "",
         f"Date: {stamp}. Machine: {machine}. {args.seconds:g} s per job, jobs back to back",
         "in one VM call. Emulated device: only the ratios mean anything.",
@@ -135,11 +152,11 @@ def main() -> None:
         'Command: `../shared/nvme-vm/run --timeout 600 -- "$PWD/.venv/bin/python" '
         f"scripts/nvme-bench.py --seconds {args.seconds:g} --qd {' '.join(map(str, args.qd))}`",
         "",
-        "| path | QD | fio IOPS | uringstack IOPS | ratio |",
+        "| path | QD | fio IOPS | uringstack handle IOPS | ratio |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, qd, fio, ours, _ in rows:
-        lines.append(f"| {name} | {qd} | {fio:,.0f} | {ours:,.0f} | {ours / fio:.2f} |")
+    for name, qd, fio, mine, _ in rows:
+        lines.append(f"| {name} | {qd} | {fio:,.0f} | {mine:,.0f} | {mine / fio:.2f} |")
     lines += ["", "fio jobs:", ""]
     lines += [f"- `fio {cmd}`" for _, _, _, _, cmd in rows]
     text = "\n".join(lines) + "\n"
