@@ -5,8 +5,11 @@ the poller is awake.  It wakes slowly after ``idle_ms`` of idleness (liburing
 then sets IORING_SQ_NEED_WAKEUP and ``io_uring_submit`` enters once to wake
 it), and it burns a whole CPU while busy: on a machine whose every core runs
 a worker, the poller competes with the application and loses more than it
-saves.  ``auto`` therefore enables it only where a CPU is left over for the
-poller (measured on the 2-vCPU development VM: see BENCHMARKS.md).
+saves.  ``auto`` therefore enables it only on machines with ``min_cpus`` CPUs
+or more and a CPU left over for the poller (measured on the 2-vCPU
+development VM: see BENCHMARKS.md).  O_DSYNC writes through an SQPOLL ring
+took milliseconds on kernel 6.18 (fio shows the same), so the WAL never
+writes through one.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ class SqpollConfig(BaseModel):
         "auto", description="CPU for the poller; auto: a CPU without a worker, else the worker's own"
     )
     share: bool = Field(True, description="all rings share the first ring's poller (IORING_SETUP_ATTACH_WQ)")
+    # 2000 µs: measured at QD32 on the 2-vCPU VM, 200 µs left 0.023 io_uring_enter per I/O
+    # (completions took longer than the spin) while 2000 µs reached 0.0001 (BENCHMARKS.md).
     spin_us: int = Field(
-        200, ge=0, le=1_000_000, description="busy-poll the CQ this long before sleeping in the kernel"
+        2000, ge=0, le=1_000_000, description="busy-poll the CQ this long before sleeping in the kernel"
     )
     min_spare_cpus: int = Field(1, ge=0, description="auto enables SQPOLL only with this many CPUs free of workers")
+    min_cpus: int = Field(4, ge=1, description="auto enables SQPOLL only on machines with at least this many CPUs")
 
 
 def _section(config: StackConfig) -> SqpollConfig:
@@ -61,13 +67,19 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
         return False, f"the kernel refuses IORING_SETUP_SQPOLL ({err.error if err else 'not probed'})"
     if cfg.mode == "on":
         return True, "on (config)"
+    if len(caps.cpus.allowed) < cfg.min_cpus:
+        return False, (
+            f"auto: {len(caps.cpus.allowed)} CPUs (< min_cpus={cfg.min_cpus}): the poller and its busy "
+            f"completion wait would take most of the machine (measured on 2 vCPUs at QD32: 0.59-0.74x "
+            f"the IOPS of plain batching, or 1.2x at 191% CPU with spinning; BENCHMARKS.md); "
+            f"set [sqpoll] mode = \"on\" to use it anyway"
+        )
     workers = worker_cpus(caps, config)
     spare = [c for c in caps.cpus.allowed if c not in workers]
     if len(spare) < cfg.min_spare_cpus:
         return False, (
-            f"auto: {len(caps.cpus.allowed)} CPUs all run workers, so a polling thread would compete "
-            f"with them (on 2 vCPUs SQPOLL measured slower than plain batching, see BENCHMARKS.md); "
-            f"set [sqpoll] mode = \"on\" or give fewer cores to workers to use it"
+            f"auto: all {len(caps.cpus.allowed)} CPUs run workers, so a polling thread would compete "
+            f"with them; set [sqpoll] mode = \"on\" or give fewer cores to workers to use it"
         )
     return True, f"auto: CPU {spare[0]} is free of workers and polls the submission queues"
 

@@ -29,12 +29,21 @@ def poller_cpus(ring: Ring, timeout_s: float = 30.0) -> str:
 
 
 def test_auto_is_off_when_every_cpu_runs_a_worker() -> None:
-    with open_stack(overrides={"sqpoll.mode": "auto"}) as stack:
+    with open_stack(overrides={"sqpoll.mode": "auto", "sqpoll.min_cpus": 1}) as stack:
         verdict = next(v for v in stack.plan.verdicts if v.plugin == "sqpoll")
-        if len(stack.caps.cpus.allowed) == len(stack.workers):
-            assert not verdict.enabled
-            assert "compete" in verdict.reason
-            assert not any(w.rings["storage"].flags & SetupFlag.SQPOLL for w in stack.workers)
+        assert len(stack.caps.cpus.allowed) == len(stack.workers)
+        assert not verdict.enabled
+        assert "compete" in verdict.reason
+        assert not any(w.rings["storage"].flags & SetupFlag.SQPOLL for w in stack.workers)
+
+
+def test_auto_is_off_on_small_machines() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    with open_stack(overrides={"sqpoll.mode": "auto", "core.cores": [cpus[0]], "sqpoll.min_cpus": len(cpus) + 1}) as st:
+        verdict = next(v for v in st.plan.verdicts if v.plugin == "sqpoll")
+        assert not verdict.enabled
+        assert f"< min_cpus={len(cpus) + 1}" in verdict.reason and "BENCHMARKS.md" in verdict.reason
+        assert not st.workers[0].rings["storage"].flags & SetupFlag.SQPOLL
 
 
 def test_auto_is_on_with_a_spare_cpu() -> None:
@@ -43,7 +52,7 @@ def test_auto_is_on_with_a_spare_cpu() -> None:
         import pytest
 
         pytest.skip("needs 2 CPUs to leave one spare for the poller")
-    with open_stack(overrides={"sqpoll.mode": "auto", "core.cores": [cpus[0]]}) as stack:
+    with open_stack(overrides={"sqpoll.mode": "auto", "core.cores": [cpus[0]], "sqpoll.min_cpus": 2}) as stack:
         ring = stack.workers[0].rings["storage"]
         assert ring.flags & SetupFlag.SQPOLL
         assert ring.params.sq_thread_cpu == cpus[1]
