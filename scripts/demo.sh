@@ -7,4 +7,4 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 uringstack probe
 uringstack plan
-uringstack bench randread --file-size 256M --duration 3 --queue-depth 32
+uringstack bench randread --file-size 256m --duration 2 --queue-depth 32
