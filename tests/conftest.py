@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -13,3 +16,26 @@ def data_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+def _poller_cpus(ring: Any, timeout_s: float = 30.0) -> str:
+    """Cpus_allowed_list of *ring*'s SQPOLL thread, read back from /proc.
+
+    Until the poller first runs, fdinfo names its creator and the poller has
+    neither its name nor its affinity yet, so wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = ring.sq_thread()
+        assert info is not None
+        task = pathlib.Path(f"/proc/self/task/{info[0]}")
+        if (task / "comm").read_text().startswith("iou-sqp"):
+            status = (task / "status").read_text()
+            return next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")).split()[-1]
+        time.sleep(0.01)
+    return "poller never ran"
+
+
+@pytest.fixture
+def poller_cpus() -> Callable[..., str]:
+    """``poller_cpus(ring)``: the CPU list the ring's SQPOLL thread may run on."""
+    return _poller_cpus

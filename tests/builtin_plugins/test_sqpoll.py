@@ -5,27 +5,11 @@ from __future__ import annotations
 import os
 import pathlib
 import time
+from collections.abc import Callable
 
 from uringstack.flags import SetupFlag
 from uringstack.ring import Ring
 from uringstack.stack import open_stack
-
-
-def poller_cpus(ring: Ring, timeout_s: float = 30.0) -> str:
-    """Cpus_allowed_list of *ring*'s SQPOLL thread, read back from /proc.
-
-    Until the poller first runs, fdinfo names its creator and the poller has
-    neither its name nor its affinity yet, so wait for it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = ring.sq_thread()
-        assert info is not None
-        task = pathlib.Path(f"/proc/self/task/{info[0]}")
-        if (task / "comm").read_text().startswith("iou-sqp"):
-            status = (task / "status").read_text()
-            return next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")).split()[-1]
-        time.sleep(0.01)
-    return "poller never ran"
 
 
 def test_auto_is_off_when_every_cpu_runs_a_worker() -> None:
@@ -58,7 +42,7 @@ def test_auto_is_on_with_a_spare_cpu() -> None:
         assert ring.params.sq_thread_cpu == cpus[1]
 
 
-def test_sqpoll_ring_pinned_cpu_read_back_from_proc(tmp_path: pathlib.Path) -> None:
+def test_sqpoll_ring_pinned_cpu_read_back_from_proc(tmp_path: pathlib.Path, poller_cpus: Callable[[Ring], str]) -> None:
     cpu = max(os.sched_getaffinity(0))
     first = min(os.sched_getaffinity(0))
     with open_stack(overrides={"sqpoll.mode": "on", "sqpoll.cpu": cpu, "core.cores": [first]}) as stack:

@@ -7,8 +7,8 @@ import gc
 import os
 import pathlib
 import threading
-import time
 import weakref
+from collections.abc import Callable
 
 import pytest
 
@@ -240,7 +240,7 @@ def test_required_flag_is_never_dropped(monkeypatch: pytest.MonkeyPatch) -> None
     assert info.value.errno == errno.EINVAL
 
 
-def test_sqpoll_ring_pinned_cpu_is_visible_in_proc() -> None:
+def test_sqpoll_ring_pinned_cpu_is_visible_in_proc(poller_cpus: Callable[[Ring], str]) -> None:
     cpu = max(os.sched_getaffinity(0))
     ring = Ring(RingParams(entries=8, flags=SetupFlag.SQPOLL, sq_thread_cpu=cpu, sq_thread_idle_ms=50))
     assert ring.flags & SetupFlag.SQPOLL and ring.flags & SetupFlag.SQ_AFF
@@ -250,22 +250,6 @@ def test_sqpoll_ring_pinned_cpu_is_visible_in_proc() -> None:
     assert poller_cpus(ring) == str(cpu)
     ring.close()
 
-
-def poller_cpus(ring: Ring, timeout_s: float = 30.0) -> str:
-    """Cpus_allowed_list of *ring*'s SQPOLL thread, read back from /proc.
-
-    Until the poller first runs, fdinfo names its creator and the poller has
-    neither its name nor its affinity yet, so wait for it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = ring.sq_thread()
-        assert info is not None
-        task = pathlib.Path(f"/proc/self/task/{info[0]}")
-        if (task / "comm").read_text().startswith("iou-sqp"):
-            status = (task / "status").read_text()
-            return next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")).split()[-1]
-        time.sleep(0.01)
-    return "poller never ran"
 
 
 def test_enomem_is_retried_then_the_ring_shrinks(monkeypatch: pytest.MonkeyPatch) -> None:
