@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 NAME = "fixedbuf"
 FILES_KEY = "fixedbuf.files"
 _ROLES = ("storage",)
-_CAP_IPC_LOCK = 14
 MEMLOCK_HINT = (
     "raise RLIMIT_MEMLOCK (`ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`, "
     "Docker `--ulimit memlock=-1`) or grant CAP_IPC_LOCK"
@@ -61,22 +60,10 @@ def _section(config: StackConfig) -> FixedbufConfig:
     return getattr(config, NAME)  # type: ignore[no-any-return]
 
 
-def has_ipc_lock() -> bool:
-    """True when this process may pin memory beyond RLIMIT_MEMLOCK (CAP_IPC_LOCK)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_IPC_LOCK & 1)
-    except OSError:
-        pass
-    return False
-
-
 def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tuple[int, str]:
     """How many buffers per ring the memlock limit allows, and the reason."""
     want = cfg.buffer_size * cfg.count * rings
-    if has_ipc_lock():
+    if caps.memlock.cap_ipc_lock:
         return cfg.count, "CAP_IPC_LOCK: pinned memory is not limited"
     limit = caps.memlock.soft_bytes
     if limit < 0:
