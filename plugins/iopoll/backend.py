@@ -79,9 +79,10 @@ class WriteThenSync:
         self._sync: Batch | None = None
         self.n = 2
 
-    def _start_sync(self, written: int) -> Batch | None:
+    def _start_sync(self, written: int, wait: bool = False) -> Batch | None:
         if self._sync is None and written >= 0:
-            self._sync = self._storage.submit(Op.FSYNC, self._fd, n=1, op_flags=FSYNC_DATASYNC if self._datasync else 0)
+            flags = FSYNC_DATASYNC if self._datasync else 0
+            self._sync = self._storage.submit(Op.FSYNC, self._fd, n=1, op_flags=flags, wait=wait)
         return self._sync
 
     def _results(self, written: int) -> list[int]:
@@ -101,7 +102,7 @@ class WriteThenSync:
 
     def wait(self) -> list[int]:
         written = self._write.wait()[0]
-        sync = self._start_sync(written)
+        sync = self._start_sync(written, wait=True)
         if sync is not None:
             self._storage.wait(sync)
         return self._results(written)
@@ -135,7 +136,9 @@ class IopollFileIO:
         self.fixed_index: int | None = None
         self.completion_hook = worker.completion_hook
 
-    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]) -> IopollPending:
+    def start_rw(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
+    ) -> IopollPending:
         n = len(offsets)
         if n != len(buffers):
             raise ValueError(f"{n} offsets but {len(buffers)} buffers")
@@ -171,20 +174,21 @@ class IopollFileIO:
         bad = lib.us_first_misaligned(arrays[2], arrays[3], arrays[4], n, self.block_size)
         if bad >= 0:
             check_alignment(op, self.path, addrs[bad], lens[bad], offsets[bad], self.block_size)
-        batch = self.ring.submit_arrays(n, arrays, keep)
+        # wait=True: submit and poll for the completions in one io_uring_enter.
+        batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
         if self.completion_hook is not None:
             batch.on_done = chain(batch.on_done, self.completion_hook(op))
         return IopollPending(self.ring, batch)
 
-    def start_sync(self, datasync: bool) -> Any:
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> Any:
         from uringstack.uring_backend import UringPending
 
         # Never on the IOPOLL ring: the kernel refuses fsync there.
-        batch = self.storage.submit(Op.FSYNC, self.fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0)
+        batch = self.storage.submit(Op.FSYNC, self.fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, wait=wait)
         return UringPending(self.storage, batch)
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool) -> WriteThenSync:
-        return WriteThenSync(self.start_rw(True, [offset], [buffer]), self.storage, self.fd, datasync)
+    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> WriteThenSync:
+        return WriteThenSync(self.start_rw(True, [offset], [buffer], wait=wait), self.storage, self.fd, datasync)
 
     def size(self) -> int:
         st = os.fstat(self.fd)
