@@ -21,6 +21,7 @@ from uringstack.bench.ladder import RUNGS
 from uringstack.bench.report import render
 from uringstack.bench.runner import default_file, run_bench
 from uringstack.bench.spec import WORKLOADS, BenchSpec, WorkloadName
+from uringstack.probe.irq import parse_cpu_list
 
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -65,6 +66,12 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             default=1,
             show_default=True,
             help="pinned workers, one per CPU, each with its own ring and handle",
+        ),
+        click.option(
+            "--cpus",
+            default=None,
+            help="CPUs for the workers, e.g. 1 or 0,1 [default: where the file's device takes its "
+            "completion interrupts first, then the other allowed CPUs]; fio is pinned the same way",
         ),
         click.option("--file-size", type=SIZE, default="1g", show_default=True),
         click.option(
@@ -124,6 +131,7 @@ def _run(workload: str, **kw: Any) -> None:
         block_size=kw["block_size"],
         queue_depth=qd,
         workers=kw["workers"],
+        cpus=parse_cpu_list(kw["cpus"]) if kw["cpus"] else [],
         file_size=kw["file_size"],
         duration=kw["duration"],
         direct=kw["direct"],

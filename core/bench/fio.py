@@ -54,6 +54,10 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         "--percentile_list=" + ":".join(PERCENTILES),
         "--output-format=json",
     ]
+    # pinned like uringstack's workers, so both wait on the same CPUs
+    args.append("--cpus_allowed=" + ",".join(str(c) for c in spec.worker_cpus()))
+    if spec.workers > 1:
+        args.append("--cpus_allowed_policy=split")
     if wl.sequential and spec.workers > 1:
         args.append(f"--offset_increment={length}")
     if wl.durable:

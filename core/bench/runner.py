@@ -10,6 +10,7 @@ decides how (or whether) to show it.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 import os
 import platform
@@ -22,6 +23,7 @@ from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import pending_loop, thread_loop, uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
 from uringstack.bench.spec import BenchSpec
+from uringstack.probe.irq import device_irq_cpus
 
 if TYPE_CHECKING:
     from uringstack.probe.model import Capabilities
@@ -104,6 +106,23 @@ def device_of(path: str) -> dict[str, Any]:
     except (OSError, IndexError, ValueError):
         pass
     return out
+
+
+def choose_worker_cpus(spec: BenchSpec) -> tuple[BenchSpec, str]:
+    """Pin workers where the file's device delivers its completion interrupts, unless
+    ``--cpus`` chose; returns the spec to run and why.  fio is pinned to the same CPUs
+    (fio_args), so the comparison stays like for like."""
+    if spec.cpus:
+        return spec, "given with --cpus"
+    block = device_of(spec.file).get("block")
+    irq = device_irq_cpus(str(block)) if block else []
+    allowed = sorted(os.sched_getaffinity(0))
+    preferred = [c for c in irq if c in allowed]
+    if not preferred:
+        return spec, "first allowed CPUs (the device's interrupt CPUs are unknown)"
+    chosen = dataclasses.replace(spec, cpus=preferred + [c for c in allowed if c not in preferred])
+    cpus = ",".join(map(str, preferred))
+    return chosen, f"{block} completes its I/O with interrupts on CPU {cpus}: waiting there saves an IPI"
 
 
 def _overrides(spec: BenchSpec, rung: Rung) -> dict[str, Any]:
@@ -245,6 +264,7 @@ def run_bench(
         on_step("preparing file", 0.0)
     created = prepare_file(spec.file, spec.file_size, tick)
     caps = probe()
+    spec, cpu_choice = choose_worker_cpus(spec)
     rows: list[ModeResult] = []
     step = spec.ramp_s + spec.duration
     for rung in rungs:
@@ -299,6 +319,7 @@ def run_bench(
         "command": "uringstack bench " + spec.workload,
         "spec": spec.to_json(),
         "file": {"path": spec.file, "created": created, "device": device_of(spec.file)},
+        "worker_cpus": {"cpus": spec.worker_cpus(), "reason": cpu_choice},
         "machine": machine_info(),
         "fio": fio_info,
         "strace": strace_info,

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyudev
 
+from uringstack.probe.irq import device_irq_cpus
 from uringstack.probe.model import BlockDevice
 
 _MODULE_DIR = Path("/sys/module")
@@ -291,6 +292,7 @@ def scan_block_devices(
             nsid=_attr_int(dev, "nsid") if nvme else None,
             poll_queues=nvme_pq if nvme else virtio_pq if driver == "virtio_blk" else None,
             partitions=sorted(p.sys_name for p in partitions.get(dev.sys_path, [])),
+            irq_cpus=device_irq_cpus(dev.sys_name),
         )
         if parent is not None:
             _attach_generic_char(bd, parent.sys_path, by_key, unresolved, namespaces_per_parent)

@@ -96,6 +96,8 @@ class BlockDevice(BaseModel):
     in_use: bool = False
     usage: list[str] = Field(default_factory=list)
     partitions: list[str] = Field(default_factory=list)
+    irq_cpus: list[int] = Field(default_factory=list)
+    """CPUs that receive this device's completion interrupts (empty: unknown)."""
 
 
 class Capabilities(BaseModel):

@@ -219,6 +219,8 @@ def render(caps: Capabilities, console: Console | None = None) -> None:
             if d.generic_char_error:
                 notes.append(f"{d.name}: char device: {d.generic_char_error}")
             notes.extend(f"{d.name}: in use: {u}" for u in d.usage)
+            if d.irq_cpus:
+                notes.append(f"{d.name}: completion interrupts on CPU {_cpus(d.irq_cpus).split(': ')[1]}")
         con.print(dt)
         for note in notes:
             con.print(f"  {note}", soft_wrap=True, highlight=False, markup=False)

@@ -29,7 +29,9 @@ ROW_KEYS = {
     "ratio_to_fio",
     "details",
 }
-TOP_KEYS = {"schema", "started_at", "command", "spec", "file", "machine", "fio", "strace", "results", "summary"}
+TOP_KEYS = {
+    "schema", "started_at", "command", "spec", "file", "worker_cpus", "machine", "fio", "strace", "results", "summary"
+}  # fmt: skip
 
 
 def _direct_ok(path: Path) -> bool:
