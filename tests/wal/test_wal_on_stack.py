@@ -32,8 +32,10 @@ def test_wal_on_a_stack(tmp_path: pathlib.Path, backend: str) -> None:
 def test_wal_does_not_use_an_sqpoll_ring(tmp_path: pathlib.Path) -> None:
     """Durable writes through SQPOLL collapse to milliseconds on this kernel: the WAL
     gets a plain ring of its own instead."""
-    with open_stack(overrides={"sqpoll.mode": "on", "core.cores": [0]}) as stack:
-        with Wal.open(tmp_path / "wal", stack=stack) as wal:
-            assert isinstance(wal.backend, UringBackend)
-            assert wal.backend.ring is not stack.workers[0].rings["storage"]
-            assert wal.append(b"x") == 1
+    with (
+        open_stack(overrides={"sqpoll.mode": "on", "core.cores": [0]}) as stack,
+        Wal.open(tmp_path / "wal", stack=stack) as wal,
+    ):
+        assert isinstance(wal.backend, UringBackend)
+        assert wal.backend.ring is not stack.workers[0].rings["storage"]
+        assert wal.append(b"x") == 1
