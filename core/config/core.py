@@ -1,0 +1,88 @@
+"""The ``[core]`` table: :class:`CoreConfig` and its validators."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import NoDecode
+
+from uringstack.types import FeatureMode
+
+from .values import parse_cpu_list, parse_name_list
+
+MAX_RING_ENTRIES = 32768  # io_uring_setup rejects more SQ entries (IORING_MAX_ENTRIES)
+
+class CoreConfig(BaseModel):
+    """The ``[core]`` table: settings of the stack itself, not of any plugin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "uring", "fallback"] = Field(
+        default="auto",
+        description=(
+            "Which I/O backend serves files: 'auto' uses io_uring where the probe says it is "
+            "usable and the portable fallback elsewhere; 'uring' requires io_uring (an error "
+            "where it is blocked); 'fallback' never uses io_uring."
+        ),
+    )
+    cores: Annotated[Literal["auto"] | list[int], NoDecode] = Field(
+        default="auto",
+        description=(
+            "CPU ids that get a pinned worker: 'auto' (every CPU this process may use) or a "
+            "list such as [0, 2] or, in the environment, '0,2-3'."
+        ),
+        json_schema_extra={"allowed": "'auto' or a list of CPU ids such as [0, 1] or '0-3'"},
+    )
+    ring_entries: int = Field(
+        default=256,
+        description="Submission queue entries per ring: a power of two from 1 to 32768.",
+        json_schema_extra={"allowed": "a power of two from 1 to 32768"},
+    )
+    disabled_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Plugins (by entry-point name) that are not loaded at all; their config tables "
+            "are ignored. In the environment: 'sqpoll,iopoll'."
+        ),
+    )
+    direct: bool = Field(
+        default=False, description="Default for Stack.open(direct=...): open files with O_DIRECT."
+    )
+    single_issuer: FeatureMode = Field(
+        default="auto",
+        description=(
+            "IORING_SETUP_SINGLE_ISSUER on the worker rings (each ring is used by its one "
+            "worker thread): 'auto' where the kernel accepts it, 'on' required, 'off' never."
+        ),
+    )
+
+    @field_validator("cores", mode="before")
+    @classmethod
+    def _parse_cores(cls, value: object) -> object:
+        return parse_cpu_list(value)
+
+    @field_validator("cores")
+    @classmethod
+    def _check_cores(cls, value: Literal["auto"] | list[int]) -> Literal["auto"] | list[int]:
+        if value == "auto":
+            return value
+        if not value:
+            raise ValueError("must name at least one CPU (or be 'auto')")
+        if any(cpu < 0 for cpu in value):
+            raise ValueError("CPU ids are not negative")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a CPU twice")
+        return value
+
+    @field_validator("ring_entries")
+    @classmethod
+    def _check_ring_entries(cls, value: int) -> int:
+        if not 1 <= value <= MAX_RING_ENTRIES or value & (value - 1):
+            raise ValueError(f"must be a power of two from 1 to {MAX_RING_ENTRIES}")
+        return value
+
+    @field_validator("disabled_plugins", mode="before")
+    @classmethod
+    def _parse_disabled(cls, value: object) -> object:
+        return parse_name_list(value)

@@ -1,0 +1,203 @@
+"""Loading: :func:`load_config` layers and validates; :class:`LoadedConfig` is the result.
+
+Also :func:`config_schema`, the JSON schema of the file for the loaded plugins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from uringstack.pluginmanager import PluginSection, UringstackPluginManager, make_plugin_manager
+
+from .errors import ConfigError, ConfigProblem
+from .model import Layers, StackConfig, build_config_model
+from .provenance import Locator
+from .sources import (
+    CONFIG_ENV,
+    env_lookup,
+    expand_overrides,
+    raw_disabled,
+    read_env,
+    read_toml,
+    unknown_env_sections,
+)
+from .validation import problems_from_validation
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """One effective setting: ``key`` (``section.key``), its value, and where it came from."""
+
+    key: str
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """What :func:`load_config` returns.
+
+    ``config``: the validated :class:`StackConfig`; ``plugin_manager``: the
+    manager whose plugins contributed its sections (pass it on to the plan and
+    the stack); ``provenance``: for every effective ``section.key``, one of
+    ``default``, ``file:PATH``, ``env:URINGSTACK_X__Y``, ``argument``;
+    ``path``: the TOML file read, if any; ``notes``: things worth telling the
+    user that are not errors (ignored sections of disabled plugins);
+    ``sections``: the plugin sections and their owners.
+    """
+
+    config: StackConfig
+    plugin_manager: UringstackPluginManager
+    provenance: dict[str, str]
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    sections: list[PluginSection] = field(default_factory=list)
+
+    def rows(self) -> Iterator[ConfigRow]:
+        """Every effective setting in schema order (core first, then plugin sections)."""
+        for section, key, value in _settings(self.config):
+            dotted = f"{section}.{key}"
+            yield ConfigRow(dotted, value, self.provenance.get(dotted, "default"))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: values, provenance, notes, file and section owners."""
+        return {
+            "file": str(self.path) if self.path else None,
+            "config": self.config.model_dump(mode="json"),
+            "provenance": self.provenance,
+            "sections": {s.name: s.plugin for s in self.sections},
+            "plugins": self.plugin_manager.plugin_names(),
+            "notes": self.notes,
+        }
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    plugin_manager: UringstackPluginManager | None = None,
+) -> LoadedConfig:
+    """Load, layer and validate the configuration.
+
+    ``path``: the TOML file; when ``None``, ``URINGSTACK_CONFIG`` from *env*
+    names it, else no file is read.  ``env``: the environment to read
+    (default ``os.environ``; pass ``{}`` to ignore it).  ``overrides``:
+    explicit values, highest priority, nested (``{"core": {"direct": True}}``)
+    or dotted (``{"core.direct": True}``).  ``plugin_manager``: the manager
+    whose plugins contribute sections; when ``None`` one is built with
+    :func:`make_plugin_manager` with the disabled plugins blocked before
+    loading.  A given manager has the disabled plugins blocked (unregistered)
+    in place.
+
+    Raises :class:`ConfigError` listing every problem, and
+    :class:`~uringstack.pluginmanager.PluginError` when a plugin cannot load
+    or its section model is unusable.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    override_layer = expand_overrides(overrides)
+
+    file_path: Path | None = None
+    file_layer: dict[str, Any] = {}
+    if path is not None:
+        file_path = Path(path)
+        file_layer = read_toml(file_path, "given as the config file")
+    else:
+        from_env = env_lookup(environ, CONFIG_ENV)
+        if from_env is not None and from_env[1]:
+            file_path = Path(from_env[1])
+            file_layer = read_toml(file_path, f"named by {from_env[0]}")
+
+    disabled = raw_disabled(override_layer, environ, file_layer)
+    notes: list[str] = []
+    if plugin_manager is None:
+        plugin_manager = make_plugin_manager(blocked=disabled)
+    else:
+        for name in disabled:
+            plugin_manager.block(name)
+
+    sections = plugin_manager.config_sections()
+    model = build_config_model(sections)
+    known = set(model.model_fields)
+
+    problems: list[ConfigProblem] = []
+    env_layer = read_env(model, environ, problems)
+    problems.extend(unknown_env_sections(environ, known, disabled, notes))
+
+    # Sections of disabled plugins are dropped with a note, so disabling a
+    # plugin never requires editing the file or unsetting variables.
+    for label, layer in (
+        ("argument", override_layer),
+        ("env", env_layer),
+        (f"file:{file_path}", file_layer),
+    ):
+        for name in [n for n in layer if n in disabled and n not in known]:
+            del layer[name]
+            notes.append(f"[{name}] ignored: plugin {name!r} is disabled ({label})")
+    for name in disabled:
+        # A typo in disabled_plugins would silently disable nothing: say so.
+        if not any(s.plugin == name for s in sections) and not _entry_point_exists(name):
+            notes.append(f"core.disabled_plugins names {name!r}, which is not an installed plugin")
+
+    locate = Locator(override_layer, env_layer, file_layer, environ, file_path)
+    model._uringstack_layers = Layers(env=env_layer, file=file_layer)
+    try:
+        config = model(**override_layer)
+    except ValidationError as exc:
+        # Report everything at once: environment problems found above plus
+        # every validation error, so one run of `config validate` shows all.
+        problems.extend(problems_from_validation(exc, model, locate))
+    finally:
+        model._uringstack_layers = None
+    if problems:
+        raise ConfigError(problems) from None
+
+    provenance = {
+        f"{section}.{key}": locate((section, key)) or "default" for section, key, _ in _settings(config)
+    }
+    return LoadedConfig(
+        config=config,
+        plugin_manager=plugin_manager,
+        provenance=provenance,
+        path=file_path,
+        notes=notes,
+        sections=sections,
+    )
+
+
+def _settings(config: StackConfig) -> Iterator[tuple[str, str, Any]]:
+    """``(section, key, value)`` of every effective setting, core first, in schema order."""
+    for name, section in config.sections().items():
+        for key in type(section).model_fields:
+            yield name, key, getattr(section, key)
+
+
+def _entry_point_exists(name: str) -> bool:
+    import importlib.metadata
+
+    return any(ep.name == name for ep in importlib.metadata.entry_points(group="uringstack"))
+
+
+def config_schema(
+    plugin_manager: UringstackPluginManager | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The JSON schema of the whole config file for the loaded plugins.
+
+    Without *plugin_manager* one is built with the plugins disabled in the
+    environment (``URINGSTACK_CORE__DISABLED_PLUGINS``) blocked.
+    """
+    if plugin_manager is None:
+        environ: Mapping[str, str] = os.environ if env is None else env
+        pm = make_plugin_manager(blocked=raw_disabled({}, environ, {}))
+    else:
+        pm = plugin_manager
+    schema: dict[str, Any] = build_config_model(pm.config_sections()).model_json_schema()
+    return schema
