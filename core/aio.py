@@ -90,7 +90,7 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
 
         bridge.loop.call_soon_threadsafe(set_result)
 
-    batch.on_done = resolve
+    batch.add_done_callback(resolve)
     # The batch may have completed between the check above and installing the
     # callback; reaping now either finds it or it is still in flight.
     if not ring.closed:

@@ -73,6 +73,24 @@ class Batch:
         """The raw ``int32_t[]`` results (for C-side checks without a Python list)."""
         return self._results
 
+    def add_done_callback(self, fn: Callable[[Batch], None]) -> None:
+        """Run ``fn(batch)`` when the batch completes, after callbacks added before it.
+
+        Called by whichever thread reaps the last completion, under the ring's
+        lock: keep it short and never block in it."""
+        first = self.on_done
+        if first is None:
+            self.on_done = fn
+            return
+
+        def both(batch: Batch) -> None:
+            try:
+                first(batch)
+            finally:
+                fn(batch)
+
+        self.on_done = both
+
     def release(self) -> None:
         """Drop the buffers; only called once the kernel is done with them."""
         self._keep = ()
@@ -316,6 +334,19 @@ class Ring:
         with self._lock:
             self._check_open()
             return self._reap_locked()
+
+    def poll(self) -> list[Batch]:
+        """One non-blocking pass through the kernel, then collect what completed.
+
+        Needed on IOPOLL rings, whose completions are only found inside
+        ``io_uring_enter(GETEVENTS)``; elsewhere it equals :meth:`reap` plus
+        flushing unsubmitted SQEs."""
+        with self._lock:
+            self._check_open()
+            ret = lib.us_poll(self._ring, self._state)
+            if ret < 0:
+                raise UringIOError(-ret, "io_uring_enter(GETEVENTS)", None, "polling the ring")
+            return self._collect_done()
 
     def try_reap(self) -> list[Batch]:
         """Like :meth:`reap`, but return at once if another thread holds the ring.

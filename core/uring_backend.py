@@ -122,7 +122,7 @@ class UringFileIO:
         for lease in leases:
             (lease.parent or lease).batch = batch
         if self.completion_hook is not None:
-            batch.on_done = self.completion_hook("write" if write else "read")
+            batch.add_done_callback(self.completion_hook("write" if write else "read"))
         return UringPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> UringPending:

@@ -322,6 +322,18 @@ int us_reap_ready(struct io_uring *ring, us_state_t *st)
     return (int)drain(ring, st);
 }
 
+/* One non-blocking pass through the kernel (io_uring_enter with GETEVENTS and
+ * min_complete 0), then drain.  On an IOPOLL ring this is what makes the
+ * device's poll queue progress: completions never appear otherwise. */
+int us_poll(struct io_uring *ring, us_state_t *st)
+{
+    st->c.enters++;
+    int ret = io_uring_submit_and_get_events(ring);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+        return ret;
+    return (int)drain(ring, st);
+}
+
 /* Ask the kernel to cancel everything in flight on this ring, then wait for
  * every CQE so no buffer is still owned by the kernel when Python frees it. */
 int us_cancel_all(struct io_uring *ring, us_state_t *st)

@@ -110,6 +110,7 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
 int us_wait_slot(struct io_uring *ring, us_state_t *st, uint32_t slot);
 int us_wait_any(struct io_uring *ring, us_state_t *st, uint32_t min_done);
 int us_reap_ready(struct io_uring *ring, us_state_t *st);
+int us_poll(struct io_uring *ring, us_state_t *st);
 int us_cancel_all(struct io_uring *ring, us_state_t *st);
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
                             uint32_t n, uint32_t align);

@@ -29,7 +29,7 @@ from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op
 from uringstack.native import ffi, lib
 from uringstack.plugins.iopoll.poll import device_size_bytes
-from uringstack.plugins.iopoll.reap import chain, polled_done, wait_polled
+from uringstack.plugins.iopoll.reap import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class IopollFileIO:
         # wait=True: submit and poll for the completions in one io_uring_enter.
         batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
         if self.completion_hook is not None:
-            batch.on_done = chain(batch.on_done, self.completion_hook(op))
+            batch.add_done_callback(self.completion_hook(op))
         return IopollPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> Any:

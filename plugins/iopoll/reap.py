@@ -27,22 +27,11 @@ the CQ only while some task polls the device's poll queue inside
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import errno
 import threading
 import weakref
-from collections.abc import Callable
 
-from uringstack.errors import UringIOError
 from uringstack.flags import SetupFlag
 from uringstack.ring import Batch, Ring
-
-_SYS_IO_URING_ENTER = 426  # same number on x86-64 and arm64 (asm-generic)
-_IORING_ENTER_GETEVENTS = 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 
 def is_polled(ring: Ring) -> bool:
@@ -51,31 +40,13 @@ def is_polled(ring: Ring) -> bool:
 
 
 def poll_once(ring: Ring) -> None:
-    """One non-spinning pass over the device's poll queue, then drain the CQ.
+    """One non-spinning pass over the device's poll queue, then collect completions.
 
-    ``io_uring_enter(fd, 0, 0, GETEVENTS)``: with ``min_complete=0`` the kernel
-    polls once and returns (ctypes drops the GIL around the call).  The
-    kernel serialises this with other enters on the ring, so no Python lock
-    is needed for the syscall itself; the CQ is drained under the ring's lock
-    by :meth:`Ring.try_reap`.
+    ``Ring.poll`` enters the kernel with GETEVENTS and ``min_complete=0``: the
+    kernel polls once and returns (the GIL is released meanwhile).
     """
-    if ring.closed:
-        return
-    ret = _syscall(
-        ctypes.c_long(_SYS_IO_URING_ENTER),
-        ctypes.c_int(ring.fd),
-        ctypes.c_uint(0),
-        ctypes.c_uint(0),
-        ctypes.c_uint(_IORING_ENTER_GETEVENTS),
-        ctypes.c_void_p(None),
-        ctypes.c_size_t(0),
-    )
-    if ret < 0:
-        err = ctypes.get_errno()
-        # EINTR/EAGAIN/EBUSY: nothing lost, the next pass retries.
-        if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
-            raise UringIOError(err, "io_uring_enter(GETEVENTS)", None, "polling an IOPOLL ring")
-    ring.try_reap()
+    if not ring.closed:
+        ring.poll()
 
 
 def polled_done(ring: Ring, batch: Batch) -> bool:
@@ -123,20 +94,6 @@ def _poller_for(ring: Ring) -> _Poller:
         return poller
 
 
-def chain(first: Callable[[Batch], None] | None, second: Callable[[Batch], None]) -> Callable[[Batch], None]:
-    """A batch callback running *first* (e.g. the completion-batch hook) then *second*."""
-    if first is None:
-        return second
-
-    def both(batch: Batch) -> None:
-        try:
-            first(batch)
-        finally:
-            second(batch)
-
-    return both
-
-
 async def wait_polled(ring: Ring, batch: Batch) -> list[int]:
     """Await *batch* on IOPOLL *ring* without blocking the event loop (see module doc)."""
     if batch.finished:
@@ -153,7 +110,7 @@ async def wait_polled(ring: Ring, batch: Batch) -> list[int]:
         # wait in another thread may reap this batch too.
         poller.loop.call_soon_threadsafe(set_result)
 
-    batch.on_done = chain(batch.on_done, resolve)
+    batch.add_done_callback(resolve)
     if batch.finished and not fut.done():  # completed before the callback was installed
         fut.set_result(batch.results)
     poller.waiters += 1

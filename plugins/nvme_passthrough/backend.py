@@ -36,7 +36,7 @@ from uringstack.errors import AlignmentError, UringIOError
 from uringstack.flags import Op, SqeFlag
 from uringstack.native import ffi
 from uringstack.plugins.iopoll.pipeline import filled, from_bytes
-from uringstack.plugins.iopoll.reap import chain, is_polled, polled_done, wait_polled
+from uringstack.plugins.iopoll.reap import is_polled, polled_done, wait_polled
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -404,7 +404,7 @@ class PassthroughFileIO:
         batch = self.ring.submit_arrays(plan.n, columns, (*keep, *buffers, cmds, cmd_pin, *columns), wait=wait)
         name = "write" if write else "read"
         if self.completion_hook is not None:
-            batch.on_done = chain(batch.on_done, self.completion_hook(name))
+            batch.add_done_callback(self.completion_hook(name))
         return PassthroughPending(self.ring, batch, f"nvme {name}", self.path, plan, lens)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> PassthroughPending:
@@ -434,7 +434,7 @@ class PassthroughFileIO:
         columns, cmd_pin = self._columns(cmds, n, sqe_flags)
         batch = self.ring.submit_arrays(n, columns, (*keep, buffer, cmds, cmd_pin, *columns), wait=wait)
         if self.completion_hook is not None:
-            batch.on_done = chain(batch.on_done, self.completion_hook("write"))
+            batch.add_done_callback(self.completion_hook("write"))
         return PassthroughPending(self.ring, batch, "nvme write", self.path, plan, lens, tail=1)
 
     def size(self) -> int:
