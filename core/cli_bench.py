@@ -21,7 +21,7 @@ from uringstack.bench.ladder import RUNGS
 from uringstack.bench.report import render
 from uringstack.bench.runner import default_file, run_bench
 from uringstack.bench.spec import WORKLOADS, BenchSpec, WorkloadName
-from uringstack.probe.irq import parse_cpu_list
+from uringstack.probe.system import parse_cpulist
 
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -131,7 +131,7 @@ def _run(workload: str, **kw: Any) -> None:
         block_size=kw["block_size"],
         queue_depth=qd,
         workers=kw["workers"],
-        cpus=parse_cpu_list(kw["cpus"]) if kw["cpus"] else [],
+        cpus=parse_cpulist(kw["cpus"]) if kw["cpus"] else [],
         file_size=kw["file_size"],
         duration=kw["duration"],
         direct=kw["direct"],

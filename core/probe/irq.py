@@ -16,16 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def parse_cpu_list(text: str) -> list[int]:
-    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
+from uringstack.probe.system import parse_cpulist
 
 
 def _interrupt_counts(proc: Path) -> dict[int, int]:
@@ -80,7 +71,7 @@ def device_irq_cpus(disk: str, sysfs: Path = Path("/sys"), proc: Path = Path("/p
         entry = str(irq)
         for name in ("effective_affinity_list", "smp_affinity_list"):
             try:
-                cpus.update(parse_cpu_list((proc / "irq" / entry / name).read_text()))
+                cpus.update(parse_cpulist((proc / "irq" / entry / name).read_text()))
                 break
             except (OSError, ValueError):
                 continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from uringstack.probe.irq import device_irq_cpus, parse_cpu_list
+from uringstack.probe.irq import device_irq_cpus
+from uringstack.probe.system import parse_cpulist
 
 INTERRUPTS = """\
            CPU0       CPU1       CPU2       CPU3
@@ -49,8 +50,8 @@ def test_device_without_msi_is_unknown(tmp_path: Path) -> None:
 
 
 def test_cpu_list_syntax() -> None:
-    assert parse_cpu_list("0-2,5\n") == [0, 1, 2, 5]
-    assert parse_cpu_list("3") == [3]
+    assert parse_cpulist("0-2,5\n") == [0, 1, 2, 5]
+    assert parse_cpulist("3") == [3]
 
 
 def test_this_machines_root_disk_reports_allowed_cpus() -> None:
