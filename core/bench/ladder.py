@@ -27,6 +27,7 @@ class Rung:
     fixed: bool = False  # uring loop: registered buffers (READ/WRITE_FIXED) and a fixed file
     requires: str | None = None  # plugin whose verdict must be enabled, else the rung is skipped
     open_options: Mapping[str, Any] = field(default_factory=dict)
+    expect_backend: str | None = None  # the rung is skipped when the file is served by another backend
 
 
 _PLAIN = {
@@ -76,6 +77,7 @@ LADDER: tuple[Rung, ...] = (
         "O_DIRECT I/O on the per-core IOPOLL ring (completions polled from the device)",
         {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
         requires="iopoll",
+        expect_backend="iopoll",
     ),
     Rung(
         "+passthrough",
@@ -84,6 +86,7 @@ LADDER: tuple[Rung, ...] = (
         {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
         requires="nvme_passthrough",
         open_options={"passthrough": "auto"},
+        expect_backend="nvme_passthrough",
     ),
 )
 

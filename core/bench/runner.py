@@ -172,6 +172,15 @@ def run_mode(
                 return ModeResult(mode=rung.name, kind="uringstack", status="skipped", reason=why)
         handles = [stack.open(spec.file, direct=spec.direct, **dict(rung.open_options)) for _ in range(spec.workers)]
         backend = handles[0].backend
+        if rung.expect_backend and backend != rung.expect_backend:
+            # "auto" let another backend take the file (e.g. its device cannot poll):
+            # measuring that under this rung's name would mislabel it
+            return ModeResult(
+                mode=rung.name,
+                kind="uringstack",
+                status="skipped",
+                reason=f"{spec.file} is served by {backend}, not {rung.expect_backend} (see `uringstack plan`)",
+            )
         if not io:
             return ModeResult(mode=rung.name, kind="uringstack", status="ok", details={"backend": backend})
         loops: list[concurrent.futures.Future[LoopResult]] = []
