@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -100,12 +100,22 @@ class Wal:
         """
         return self._writer.append(data)
 
+    def append_many(self, records: Iterable[bytes | bytearray | memoryview]) -> list[int]:
+        """Append several records at once; return their (consecutive) LSNs once all are durable.
+
+        Cheaper than one :meth:`append` per record: one lock hold, one wait,
+        usually one write.  Each record is durable on its own, not the group
+        atomically: a crash before this returns may keep any prefix of them.
+        Raises ``ValueError`` before queuing anything if one record is too large.
+        """
+        return self._writer.append_many(records)
+
     def append_async(self, data: bytes | bytearray | memoryview) -> asyncio.Future[int]:
         """Append from a coroutine: ``lsn = await wal.append_async(data)``.
 
         Must be called with a running event loop.  The future is resolved from
-        the flusher thread (``call_soon_threadsafe``, one call per flush and
-        loop), so no thread is spent per append.
+        the thread that flushes it (one ``call_soon_threadsafe`` per flush and
+        event loop, not per record), so no thread is spent per append.
         """
         return self._writer.submit_async(data)
 

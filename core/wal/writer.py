@@ -1,7 +1,7 @@
-"""Group commit: one flusher thread turns many concurrent appends into one write.
+"""Group commit: many concurrent appends become one write and one flush.
 
-Appenders frame their record under the lock (so LSN order is file order),
-queue it and sleep.  The flusher takes everything queued (bounded by
+Appenders frame their record under the lock (so LSN order is file order) and
+queue it.  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
 hands that single write to the backend, which returns once it is durable.
@@ -9,8 +9,31 @@ Only then does the durable-LSN watermark move and are the appenders woken.
 While a flush is in flight the next batch accumulates, so the number of
 flushes adapts to the device's flush latency without a timer.
 
-There is at most one write in flight and it never crosses a segment: the
-recovery code relies on that to tell a torn tail from corruption.
+Who flushes:
+
+* **the appending thread itself** when it finds no flush in progress (and
+  ``max_delay_us`` is 0): a lone appender pays no hand-off to another thread
+  and back, which on a 2-vCPU VM costs more than the Python around the write;
+* **the flusher thread** otherwise: appends that arrive during a flush are
+  flushed by it next, in a loop that needs no wake-up while the load lasts.
+  An inline flusher that finds records queued behind it when it is done
+  wakes the flusher thread once, then returns to its caller.
+
+Waking appenders is the cost that bounds throughput in CPython: releasing a
+``threading.Lock`` (or ``Event``/``Condition``) that another thread waits on
+is a futex wake done while holding the GIL, and on a small VM the woken thread
+often preempts the waker right there, which then waits for the CPU while
+every other thread waits for the GIL it holds.  So the appenders of one batch
+share a :class:`_Gate`: they block in ``os.eventfd_read`` on one
+``EFD_SEMAPHORE`` eventfd (the GIL is released while blocked), and the
+flusher opens the gate with ONE ``os.eventfd_write`` of the waiter count,
+also with the GIL released: one syscall wakes the whole batch.  asyncio
+futures of a batch are resolved with one ``call_soon_threadsafe`` per event
+loop.
+
+There is at most one write in flight (``_busy``) and it never crosses a
+segment: the recovery code relies on that to tell a torn tail from
+corruption.
 """
 
 from __future__ import annotations
@@ -18,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import mmap
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 from .config import WalConfig
@@ -38,23 +63,72 @@ from .segment import (
     prepare_spare,
 )
 
-_AsyncWaiter = tuple[int, asyncio.AbstractEventLoop, "asyncio.Future[int]"]
+_AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
 
 
-def _resolve(waiters: list[tuple[int, asyncio.Future[int]]]) -> None:
+def _resolve(waiters: _AsyncWaiters) -> None:
     for lsn, fut in waiters:
         if not fut.done():
             fut.set_result(lsn)
 
 
-def _reject(waiters: list[tuple[int, asyncio.Future[int]]], exc: BaseException) -> None:
+def _reject(waiters: _AsyncWaiters, exc: BaseException) -> None:
     for _lsn, fut in waiters:
         if not fut.done():
             fut.set_exception(exc)
 
 
+class _Gate:
+    """Everyone waiting for one group of records: opened once, when its last LSN is durable.
+
+    Sync waiters block on ``fd`` (an ``EFD_SEMAPHORE`` eventfd created by the
+    first of them); opening writes the waiter count, each waiter reads one.
+    The waiter that takes the last ticket closes the fd: by then every
+    waiter's read has returned, so no read can meet a closed or reused fd.
+    """
+
+    __slots__ = ("_tickets", "fd", "last_lsn", "loops", "sync")
+
+    def __init__(self) -> None:
+        self.last_lsn = 0  # set when the gate stops taking waiters
+        self.sync = 0
+        self.fd = -1
+        self._tickets = itertools.count()  # next() is atomic under the GIL
+        self.loops: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
+
+    def add_sync(self) -> int:
+        """Register one blocking waiter (under the writer lock); return the fd to wait on."""
+        if self.fd < 0:
+            self.fd = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_CLOEXEC)
+        self.sync += 1
+        return self.fd
+
+    def wait(self) -> None:
+        """Block until opened (called once by each registered waiter, without the lock)."""
+        os.eventfd_read(self.fd)
+        if next(self._tickets) == self.sync - 1:
+            os.close(self.fd)
+
+    def open(self) -> None:
+        """Wake every sync waiter with one syscall (the GIL is released inside it)."""
+        if self.sync:
+            os.eventfd_write(self.fd, self.sync)
+
+
+class _Taken:
+    """One batch taken by the flushing thread: records, bytes, its first LSN, or a roll."""
+
+    __slots__ = ("first_lsn", "nbytes", "records", "roll")
+
+    def __init__(self, records: list[bytes], nbytes: int, first_lsn: int, roll: bool) -> None:
+        self.records = records
+        self.nbytes = nbytes
+        self.first_lsn = first_lsn
+        self.roll = roll
+
+
 class Writer:
-    """Owns the active segment, the staging buffer and the flusher thread."""
+    """Owns the active segment, the staging buffer, the batching state and the flusher thread."""
 
     def __init__(
         self,
@@ -70,13 +144,13 @@ class Writer:
         self.segments = segments  # shared with the Wal; mutated under self.lock
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
-        self._pending: deque[bytes] = deque()
+        self._pending: list[bytes] = []  # framed records not yet taken, in LSN order
         self._pending_bytes = 0
-        self._async: deque[_AsyncWaiter] = deque()
-        # One pre-acquired lock per blocked appender, in LSN order: the flusher
-        # releases exactly the ones it made durable (a Condition.notify_all
-        # would wake every appender after every flush, most of them for nothing).
-        self._sync: deque[tuple[int, threading.Lock]] = deque()
+        self._gate: _Gate | None = None  # collects waiters for records queued from now on
+        self._gates: deque[_Gate] = deque()  # closed gates, in LSN order, awaiting durability
+        self._busy = False  # a thread is flushing (the only one allowed to write)
+        # With a delay the flusher thread must gather; an inline flush would not wait.
+        self._inline = config.max_delay_us == 0
         self.next_lsn = next_lsn
         self.durable_lsn = next_lsn - 1
         self.failed: WalFailedError | None = None
@@ -168,23 +242,9 @@ class Writer:
         self._start_spare()
 
     # --- appending ------------------------------------------------------------------
-    def append(self, payload: bytes | bytearray | memoryview) -> int:
-        """Queue one record and block until it is durable; return its LSN."""
-        size = padded_size(len(payload))
-        if size > self._max_record or len(payload) > MAX_PAYLOAD_BYTES:
+    def _check_size(self, payload: bytes | bytearray | memoryview) -> None:
+        if padded_size(len(payload)) > self._max_record or len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}")
-        waiter = threading.Lock()
-        waiter.acquire()
-        with self.lock:
-            self._check()
-            lsn = self._queue_locked(payload)
-            self._sync.append((lsn, waiter))
-        waiter.acquire()  # released by _acknowledge or _fail
-        if self.durable_lsn >= lsn:
-            return lsn
-        if self.failed is not None:
-            raise self.failed
-        raise WalClosedError("WAL closed before the record was flushed")
 
     def _check(self) -> None:
         if self.failed is not None:
@@ -198,67 +258,157 @@ class Writer:
         self.next_lsn = lsn + 1
         self._pending.append(rec)
         self._pending_bytes += len(rec)
-        if len(self._pending) == 1 or self._pending_bytes >= self._max_record:
-            self._work.notify()
         return lsn
 
+    def _gate_locked(self) -> _Gate:
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = _Gate()
+        return gate
+
+    def _kick_locked(self) -> None:
+        """Wake the flusher thread only when it has something to do: nobody is flushing
+        (a busy flusher takes the next batch by itself), or a delayed batch is full."""
+        if not self._busy or self._pending_bytes >= self._max_record:
+            self._work.notify()
+
+    def append(self, payload: bytes | bytearray | memoryview) -> int:
+        """Queue one record and block until it is durable; return its LSN."""
+        self._check_size(payload)
+        return self._append_sync((payload,))
+
+    def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int]:
+        """Queue several records under one lock hold and block once, until the last is durable.
+
+        They get consecutive LSNs (returned in order).  Each record is durable
+        on its own; a crash may keep a prefix of them (never a gap), like any
+        appends in flight.
+        """
+        items = list(payloads)
+        for p in items:
+            self._check_size(p)
+        if not items:
+            return []
+        last = self._append_sync(items)
+        return list(range(last - len(items) + 1, last + 1))
+
+    def _append_sync(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
+        """Queue *payloads*, then flush them ourselves or wait for them; return the last LSN."""
+        with self.lock:
+            self._check()
+            for p in payloads:
+                lsn = self._queue_locked(p)
+            lead = self._inline and not self._busy
+            if lead:
+                self._busy = True
+            else:
+                gate = self._gate_locked()
+                gate.add_sync()
+                self._kick_locked()
+        if lead:
+            self._lead(lsn)
+        else:
+            gate.wait()  # opened by _acknowledge, _fail or close
+        if self.durable_lsn >= lsn:
+            return lsn
+        if self.failed is not None:
+            raise self.failed
+        raise WalClosedError("WAL closed before the record was flushed")
+
     def submit_async(self, payload: bytes | bytearray | memoryview) -> asyncio.Future[int]:
-        """Queue one record; the future resolves to its LSN once durable (from the flusher)."""
+        """Queue one record; the future resolves to its LSN once durable (from whoever flushes it)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        size = padded_size(len(payload))
-        if size > self._max_record:
-            raise ValueError(f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}")
+        self._check_size(payload)
         with self.lock:
             self._check()
             lsn = self._queue_locked(payload)
-            self._async.append((lsn, loop, fut))
+            gate = self._gate_locked()
+            waiters = gate.loops.get(loop)
+            if waiters is None:
+                waiters = gate.loops[loop] = []
+            waiters.append((lsn, fut))
+            # never flushed inline: that would block the event loop for a device flush
+            self._kick_locked()
         return fut
 
-    # --- the flusher ------------------------------------------------------------------
-    def _take_batch(self) -> tuple[list[bytes], int, bool] | None:
-        """Under the lock: wait for work, then take one batch. None means: exit."""
-        while not self._pending:
-            if self._closing or self.failed is not None:
-                return None
-            self._work.wait()
-        delay_s = self.config.max_delay_us / 1e6
-        if delay_s and self._pending_bytes < self._max_record and not self._closing:
-            deadline = time.monotonic() + delay_s
-            while self._pending_bytes < self._max_record and not self._closing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._work.wait(left)
+    # --- flushing ---------------------------------------------------------------------
+    def _take_locked(self) -> _Taken:
+        """Under the lock, by the busy thread: take one batch (empty + roll when the segment is full)."""
+        gate = self._gate
+        if gate is not None:  # later appends wait for a later flush
+            gate.last_lsn = self.next_lsn - 1
+            self._gates.append(gate)
+            self._gate = None
+        first = self.durable_lsn + 1
         room = self.active.header.segment_bytes - self.active.end_offset
-        batch: list[bytes] = []
-        total = 0
-        while self._pending:
-            n = len(self._pending[0])
-            if total + n > self._max_record or total + n > room:
-                break
-            batch.append(self._pending.popleft())
-            total += n
+        total = self._pending_bytes
+        if total <= self._max_record and total <= room:
+            batch, self._pending = self._pending, []  # the common case: everything fits
+        else:
+            limit = min(self._max_record, room)
+            total = k = 0
+            for rec in self._pending:
+                if total + len(rec) > limit:
+                    break
+                total += len(rec)
+                k += 1
+            batch = self._pending[:k]
+            del self._pending[:k]
         self._pending_bytes -= total
-        return batch, total, not batch  # an empty batch means the segment is full
+        return _Taken(batch, total, first, not batch)
+
+    def _commit(self, taken: _Taken) -> bool:
+        """Flush (or roll for) one taken batch and acknowledge it; False if the log failed."""
+        try:
+            if taken.roll:
+                self._roll(taken.first_lsn)
+                return True
+            self._flush(taken.records, taken.nbytes)
+        except BaseException as e:
+            self._fail(failed_from(e, "roll" if taken.roll else "write"))
+            return False
+        self._acknowledge(taken.first_lsn + len(taken.records) - 1)
+        return True
+
+    def _lead(self, lsn: int) -> None:
+        """Flush inline until *lsn* is durable; we hold ``_busy`` on entry and give it up on exit."""
+        try:
+            while True:
+                with self.lock:
+                    taken = self._take_locked()
+                if not self._commit(taken) or self.durable_lsn >= lsn:
+                    return
+        finally:
+            with self.lock:
+                self._busy = False
+                if self._pending or self._closing or self.failed is not None:
+                    self._work.notify()  # hand what queued behind us to the flusher thread
 
     def _run(self) -> None:
+        delay_s = self.config.max_delay_us / 1e6
         while True:
             with self.lock:
-                taken = self._take_batch()
-                if taken is None:
-                    return
-                first_lsn = self.durable_lsn + 1
-            batch, total, roll = taken
-            try:
-                if roll:
-                    self._roll(first_lsn)
-                    continue
-                self._flush(batch, total)
-            except BaseException as e:
-                self._fail(failed_from(e, "roll" if roll else "write"))
+                while self._busy or not self._pending:
+                    if not self._busy and (self.failed is not None or (self._closing and not self._pending)):
+                        return
+                    self._work.wait()
+                self._busy = True
+                if delay_s and self._pending_bytes < self._max_record and not self._closing:
+                    deadline = time.monotonic() + delay_s
+                    while self._pending_bytes < self._max_record and not self._closing:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._work.wait(left)
+                taken = self._take_locked()
+            ok = self._commit(taken)
+            with self.lock:
+                # cleared here, not at the top of the loop: an inline leader may
+                # already hold _busy when this thread first runs
+                self._busy = False
+            if not ok:
                 return
-            self._acknowledge(first_lsn + len(batch) - 1)
 
     def _flush(self, batch: list[bytes], total: int) -> None:
         seg = self.active
@@ -266,10 +416,9 @@ class Writer:
         buf = self._buf
         t = len(self._tail)
         buf[:t] = self._tail
-        pos = t
-        for rec in batch:
-            buf[pos : pos + len(rec)] = rec
-            pos += len(rec)
+        pos = t + total
+        # one C-level join instead of a Python loop of slice assignments per record
+        buf[t:pos] = batch[0] if len(batch) == 1 else b"".join(batch)
         length = (pos + BLOCK_BYTES - 1) // BLOCK_BYTES * BLOCK_BYTES
         buf[pos:length] = bytes(length - pos)  # stale bytes of an older batch must not leak
         assert length <= self._max_write and write_at + length <= seg.header.segment_bytes
@@ -282,34 +431,44 @@ class Writer:
             seg.records += len(batch)
 
     def _acknowledge(self, lsn: int) -> None:
-        ready: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[int]]]] = {}
-        wake: list[threading.Lock] = []
+        ready: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
         with self.lock:
             self.durable_lsn = lsn
-            while self._sync and self._sync[0][0] <= lsn:
-                wake.append(self._sync.popleft()[1])
-            while self._async and self._async[0][0] <= lsn:
-                wl, loop, fut = self._async.popleft()
-                ready.setdefault(loop, []).append((wl, fut))
-        for w in wake:
-            w.release()
+            gates = self._gates
+            opened: list[_Gate] = []
+            while gates and gates[0].last_lsn <= lsn:
+                opened.append(gates.popleft())
+        for gate in opened:
+            gate.open()
+            for loop, waiters in gate.loops.items():
+                if loop in ready:  # more than one gate made durable by this flush
+                    ready[loop].extend(waiters)
+                else:
+                    ready[loop] = waiters
         for loop, waiters in ready.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_resolve, waiters)
 
+    def _release_all_locked(self) -> list[_Gate]:
+        """Under the lock: detach every gate still waiting (at failure or close)."""
+        gates = list(self._gates)
+        self._gates.clear()
+        if self._gate is not None:
+            gates.append(self._gate)
+            self._gate = None
+        return gates
+
     def _fail(self, exc: WalFailedError) -> None:
-        rejected: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[int]]]] = {}
+        rejected: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
         with self.lock:
             self.failed = exc
             self._pending.clear()
             self._pending_bytes = 0
-            wake = [w for _, w in self._sync]
-            self._sync.clear()
-            while self._async:
-                wl, loop, fut = self._async.popleft()
-                rejected.setdefault(loop, []).append((wl, fut))
-        for w in wake:
-            w.release()
+            gates = self._release_all_locked()
+        for gate in gates:
+            gate.open()  # they find durable_lsn short of their LSN and raise self.failed
+            for loop, waiters in gate.loops.items():
+                rejected.setdefault(loop, []).extend(waiters)
         for loop, waiters in rejected.items():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_reject, waiters, exc)
@@ -322,10 +481,13 @@ class Writer:
             self._work.notify_all()
         self._thread.join()
         with self.lock:  # normally empty: close flushes everything queued first
-            wake = [w for _, w in self._sync]
-            self._sync.clear()
-        for w in wake:
-            w.release()
+            gates = self._release_all_locked()
+        closed = WalClosedError("WAL closed before the record was flushed")
+        for gate in gates:
+            gate.open()
+            for loop, waiters in gate.loops.items():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_reject, waiters, closed)
         if self._spare_thread is not None:
             self._spare_thread.join()
         if self._fd >= 0:

@@ -1,0 +1,267 @@
+"""Group commit mechanics: who flushes, how many wake-ups per batch, append_many.
+
+A gated backend holds the first write until the test opens it, so the test
+decides which appends land in which batch instead of hoping for a race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from uringstack.wal import Wal, WalClosedError, WalConfig, WalFailedError
+from uringstack.wal.io import PosixBackend
+
+
+class GatedBackend(PosixBackend):
+    """PosixBackend whose first ``hold`` flushes block until :attr:`release` is set.
+
+    Records which thread issued every flush and how many bytes it carried.
+    """
+
+    name = "gated"
+
+    def __init__(self, hold: int = 1, fail_at: int | None = None) -> None:
+        super().__init__("fdatasync")
+        self.hold = hold
+        self.fail_at = fail_at
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.threads: list[str] = []
+
+    def write_durable(self, fd: int, buf: memoryview, offset: int) -> None:
+        n = len(self.threads)
+        self.threads.append(threading.current_thread().name)
+        if n < self.hold:
+            self.entered.set()
+            assert self.release.wait(10), "test never released the gated write"
+        if n == self.fail_at:
+            raise OSError(errno.EIO, "injected flush failure")
+        super().write_durable(fd, buf, offset)
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+def _from_wal(callback: Any) -> bool:
+    """A callback the WAL scheduled (run_in_executor schedules its own through the same call)."""
+    return str(getattr(callback, "__module__", "")).startswith("uringstack.wal")
+
+
+def _queued(wal: Wal) -> int:
+    return wal.next_lsn - 1 - wal.durable_lsn
+
+
+def test_lone_appender_flushes_inline(wal_dir: pathlib.Path) -> None:
+    """No hand-off to the flusher thread and back when nobody else is appending."""
+    be = GatedBackend(hold=0)
+    with Wal.open(wal_dir, backend=be) as wal:
+        for i in range(20):
+            assert wal.append(b"r%d" % i) == i + 1
+    assert be.threads == [threading.current_thread().name] * 20
+
+
+def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: pathlib.Path) -> None:
+    be = GatedBackend(hold=1)
+    results: dict[int, int] = {}
+    wakes: list[int] = []
+    real_write = os.eventfd_write
+
+    def counting_write(fd: int, value: int) -> None:
+        wakes.append(value)
+        real_write(fd, value)
+
+    with Wal.open(wal_dir, backend=be) as wal, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "eventfd_write", counting_write)
+
+        def work(i: int) -> None:
+            results[i] = wal.append(b"t%d" % i)
+
+        leader = threading.Thread(target=work, args=(0,), name="leader")
+        leader.start()
+        assert be.entered.wait(10)
+        followers = [threading.Thread(target=work, args=(i,)) for i in range(1, 17)]
+        for t in followers:
+            t.start()
+        _wait_until(lambda: _queued(wal) == 17)  # the held record and 16 queued behind it
+        be.release.set()
+        for t in [leader, *followers]:
+            t.join()
+        assert results[0] == 1 and sorted(results.values()) == list(range(1, 18))
+        assert be.threads == ["leader", "wal-flusher"]  # two flushes: the leader's, then one for all 16
+        assert wakes == [16]  # the 16 followers were woken by ONE syscall
+        assert dict(wal.read_from(1)) == {lsn: b"t%d" % i for i, lsn in results.items()}
+
+
+def test_asyncio_one_call_soon_threadsafe_per_batch(wal_dir: pathlib.Path) -> None:
+    be = GatedBackend(hold=1)
+    with Wal.open(wal_dir, backend=be) as wal:
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            calls: list[Any] = []
+            real = loop.call_soon_threadsafe
+
+            def counting(cb: Any, *args: Any, **kw: Any) -> Any:
+                if _from_wal(cb):
+                    calls.append(cb)
+                return real(cb, *args, **kw)
+
+            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            first = wal.append_async(b"first")
+            await loop.run_in_executor(None, be.entered.wait, 10)
+            rest = [wal.append_async(b"a%d" % i) for i in range(100)]
+            be.release.set()
+            lsns = await asyncio.gather(first, *rest)
+            assert len(calls) == 2, calls  # one per flushed batch, not one per record
+            return list(lsns)
+
+        assert asyncio.run(main()) == list(range(1, 102))
+        assert wal.counters()["flushes"] == 2
+        assert be.threads == ["wal-flusher", "wal-flusher"]  # an event loop never flushes inline
+
+
+def test_two_event_loops_share_a_batch(wal_dir: pathlib.Path) -> None:
+    """One flush carrying records of two loops resolves each loop's futures with one call."""
+    be = GatedBackend(hold=1)
+    got: dict[str, list[int]] = {}
+    calls: dict[str, int] = {}
+    queued = threading.Barrier(3)
+    with Wal.open(wal_dir, backend=be) as wal:
+        wal_first = threading.Thread(target=wal.append, args=(b"first",))
+        wal_first.start()
+        assert be.entered.wait(10)
+
+        def loop_thread(name: str) -> None:
+            async def main() -> None:
+                loop = asyncio.get_running_loop()
+                real = loop.call_soon_threadsafe
+                calls[name] = 0
+
+                def counting(cb: Any, *args: Any, **kw: Any) -> Any:
+                    calls[name] += _from_wal(cb)
+                    return real(cb, *args, **kw)
+
+                loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+                futs = [wal.append_async(b"%s%d" % (name.encode(), i)) for i in range(30)]
+                await loop.run_in_executor(None, queued.wait, 10)
+                got[name] = list(await asyncio.gather(*futs))
+
+            asyncio.run(main())
+
+        ts = [threading.Thread(target=loop_thread, args=(n,)) for n in ("x", "y")]
+        for t in ts:
+            t.start()
+        queued.wait(10)
+        be.release.set()
+        for t in [*ts, wal_first]:
+            t.join()
+        assert calls == {"x": 1, "y": 1}
+        assert sorted(got["x"] + got["y"]) == list(range(2, 62))
+        assert wal.counters()["flushes"] == 2
+
+
+def test_append_many(wal_dir: pathlib.Path, small_config: WalConfig) -> None:
+    with Wal.open(wal_dir, small_config, backend="posix") as wal:
+        assert wal.append_many([]) == []
+        assert wal.append_many([b"a", bytearray(b"b"), memoryview(b"c")]) == [1, 2, 3]
+        assert wal.counters()["flushes"] == 1  # one write for the three
+        with pytest.raises(ValueError, match="max_batch_bytes"):
+            wal.append_many([b"ok", bytes(small_config.max_batch_bytes)])
+        assert wal.next_lsn == 4  # nothing of the refused group was queued
+        # more than one batch (8 KiB) and more than one segment (64 KiB): still one call
+        big = [os.urandom(1000 + i) for i in range(150)]
+        lsns = wal.append_many(big)
+        assert lsns == list(range(4, 154)) and wal.durable_lsn == 153
+        assert len(wal.segments()) > 1
+    with Wal.open(wal_dir, small_config, backend="posix") as wal:
+        got = dict(wal.read_from(1))
+        assert [got[i] for i in (1, 2, 3)] == [b"a", b"b", b"c"]
+        assert [got[lsn] for lsn in lsns] == big
+
+
+def test_append_many_from_threads_keeps_each_group_contiguous(wal_dir: pathlib.Path) -> None:
+    with Wal.open(wal_dir, backend="posix") as wal:
+        out: dict[int, list[int]] = {}
+
+        def work(i: int) -> None:
+            out[i] = [lsn for k in range(20) for lsn in wal.append_many([b"%d:%d:%d" % (i, k, j) for j in range(5)])]
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        records = dict(wal.read_from(1))
+        assert sorted(lsn for v in out.values() for lsn in v) == list(range(1, 801))
+        for i, lsns in out.items():
+            groups = [lsns[g : g + 5] for g in range(0, 100, 5)]
+            assert all(g == list(range(g[0], g[0] + 5)) for g in groups)
+            assert [records[lsn] for lsn in lsns] == [b"%d:%d:%d" % (i, k, j) for k in range(20) for j in range(5)]
+
+
+def test_failure_rejects_sync_and_async_waiters_of_the_batch(wal_dir: pathlib.Path) -> None:
+    be = GatedBackend(hold=1, fail_at=0)  # the held flush fails
+    errors: list[BaseException] = []
+    with Wal.open(wal_dir, backend=be) as wal:
+
+        def work(payload: bytes) -> None:
+            try:
+                wal.append(payload)
+            except WalFailedError as e:
+                errors.append(e)
+
+        leader = threading.Thread(target=work, args=(b"lead",))
+        leader.start()
+        assert be.entered.wait(10)
+        followers = [threading.Thread(target=work, args=(b"f%d" % i,)) for i in range(5)]
+        for t in followers:
+            t.start()
+
+        async def main() -> list[Any]:
+            futs = [wal.append_async(b"a%d" % i) for i in range(10)]
+            await asyncio.get_running_loop().run_in_executor(None, _wait_until, lambda: _queued(wal) == 16)
+            be.release.set()
+            return list(await asyncio.gather(*futs, return_exceptions=True))
+
+        results = asyncio.run(main())
+        for t in [leader, *followers]:
+            t.join()
+        assert len(errors) == 6 and all(e.errno == errno.EIO for e in errors)
+        assert all(isinstance(r, WalFailedError) for r in results)
+        assert wal.durable_lsn == 0 and be.threads == [be.threads[0]]  # nothing flushed after the failure
+        with pytest.raises(WalFailedError):
+            wal.append_many([b"late"])
+
+
+def test_close_flushes_what_waits_behind_an_inline_flush(wal_dir: pathlib.Path) -> None:
+    be = GatedBackend(hold=1)
+    wal = Wal.open(wal_dir, backend=be)
+    lsns: list[int] = []
+    leader = threading.Thread(target=lambda: lsns.append(wal.append(b"lead")))
+    leader.start()
+    assert be.entered.wait(10)
+    followers = [threading.Thread(target=lambda: lsns.append(wal.append(b"f"))) for _ in range(4)]
+    for t in followers:
+        t.start()
+    _wait_until(lambda: _queued(wal) == 5)
+    closer = threading.Thread(target=wal.close)
+    closer.start()
+    be.release.set()
+    for t in [leader, *followers, closer]:
+        t.join()
+    assert sorted(lsns) == [1, 2, 3, 4, 5]  # queued before close: flushed, not dropped
+    with pytest.raises(WalClosedError):
+        wal.append(b"after")
