@@ -32,39 +32,51 @@ def _fmt(v: Any, digits: int = 1) -> str:
               show_default=True)  # fmt: skip
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
+@click.option("--asyncio", "use_asyncio", is_flag=True,
+              help="add a row with the appenders as asyncio tasks (append_async on one event loop)")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print the raw result as JSON")
 def wal_bench_command(
     appenders: int, record_size: int, duration: float, rounds: int, backend: str, directory: str | None,
-    as_json: bool,
+    use_asyncio: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Durable appends/s, MB/s and ack latency p50/p99/p99.9, with ratios to the references."""
     if directory is None:
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="uringstack-bench-") as tmp:
-            result = run_wal_bench(tmp, appenders, record_size, duration, backend, rounds=rounds)
+            result = run_wal_bench(tmp, appenders, record_size, duration, backend, rounds=rounds,
+                                   use_asyncio=use_asyncio)  # fmt: skip
     else:
-        result = run_wal_bench(directory, appenders, record_size, duration, backend, rounds=rounds)
+        result = run_wal_bench(directory, appenders, record_size, duration, backend, rounds=rounds,
+                               use_asyncio=use_asyncio)  # fmt: skip
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     wal = result["wal"]
     table = Table(
-        title=f"WAL: {appenders} appender(s), {record_size} B records, "
+        title=f"uringstack WAL: {appenders} appender(s), {record_size} B records, "
         f"backend {wal['backend']} (O_DIRECT {'on' if wal['direct_io'] else 'off'})"
     )
     for col in ("row", "records/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "WAL ratio"):
         table.add_column(col, justify="left" if col == "row" else "right")
     r = result["ratios"]
-    rows = [
-        ("uringstack WAL", wal, f"{_fmt(wal['records_per_flush'])} rec/flush"),
-        ("naive write+fdatasync", result["naive"],
-         f"{_fmt(r['records_per_s_vs_naive'], 2)}x rec/s, p99 {_fmt(r['p99_vs_naive'], 2)}x"),
-    ]  # fmt: skip
+
+    def vs(pre: str) -> str:
+        out = f"rec/s {_fmt(r[pre + 'records_per_s_vs_naive'], 2)}x naive"
+        if pre + "p99_vs_fio" in r:
+            out += f", p99 {_fmt(r[pre + 'p99_vs_fio'], 2)}x fio"
+        return out
+
+    rows = [("WAL threads", wal,
+             f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush")]  # fmt: skip
+    if "wal_asyncio" in result:
+        aio = result["wal_asyncio"]
+        rows.append(("WAL asyncio", aio,
+                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush"))  # fmt: skip
+    rows.append(("naive write+fdatasync", result["naive"], ""))
     fio = result["fio"]
     if "skipped" in fio:
         rows.append(("fio io_uring dsync QD1 4k", {}, f"skipped: {fio['skipped']}"))
     else:
-        vs_fio = f"p99 {_fmt(r['p99_vs_fio'], 2)}x, rec/s {_fmt(r['records_per_s_vs_fio'], 2)}x"
-        rows.append(("fio io_uring dsync QD1 4k", fio, vs_fio))
+        rows.append(("fio io_uring dsync QD1 4k", fio, ""))
     for name, row, ratio in rows:
         table.add_row(
             name, _fmt(row.get("records_per_s"), 0), _fmt(row.get("mb_per_s"), 2),

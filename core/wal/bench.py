@@ -12,6 +12,7 @@ ratios to the two references measured on the same disk in the same run:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,26 @@ def _summary(hist: HdrHistogram, n: int, record_bytes: int, duration_s: float) -
     }
 
 
+def _histogram_of(latencies: list[list[int]]) -> HdrHistogram:
+    """Build the histogram after the run: ``record_value`` costs ~1 us of Python, as much as a
+    quarter of a WAL append's own CPU, and would be charged to the appenders it measures."""
+    total = _histogram()
+    for lat in latencies:
+        for v in lat:
+            total.record_value(v)
+    return total
+
+
 def _drive(appenders: int, duration_s: float, op: Callable[[bytes], object], record: bytes) -> tuple[HdrHistogram, int]:
     """Run *op* from *appenders* threads; return the latency histogram and the call count."""
-    hists = [_histogram() for _ in range(appenders)]
-    counts = [0] * appenders
+    lats: list[list[int]] = [[] for _ in range(appenders)]
     start = time.perf_counter() + _WARMUP_S
     stop = start + duration_s
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
-        h, n, clock = hists[i], 0, time.perf_counter_ns
+        lat, clock = lats[i], time.perf_counter_ns
+        keep = lat.append
         try:
             while True:
                 t0 = clock()
@@ -65,11 +76,9 @@ def _drive(appenders: int, duration_s: float, op: Callable[[bytes], object], rec
                 if now >= stop:
                     break
                 if now >= start:
-                    h.record_value(max(1, (t1 - t0) // 1000))
-                    n += 1
+                    keep(max(1, (t1 - t0) // 1000))
         except BaseException as e:
             errors.append(e)
-        counts[i] = n
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(appenders)]
     for t in threads:
@@ -78,10 +87,36 @@ def _drive(appenders: int, duration_s: float, op: Callable[[bytes], object], rec
         t.join()
     if errors:
         raise errors[0]
-    total = _histogram()
-    for h in hists:
-        total.add(h)
-    return total, sum(counts)
+    return _histogram_of(lats), sum(map(len, lats))
+
+
+def _drive_async(
+    appenders: int, duration_s: float, op: Callable[[bytes], Awaitable[object]], record: bytes
+) -> tuple[HdrHistogram, int]:
+    """Run *op* from *appenders* asyncio tasks on one event loop (a fresh one, in this thread)."""
+    lats: list[list[int]] = [[] for _ in range(appenders)]
+
+    async def main() -> None:
+        start = time.perf_counter() + _WARMUP_S
+        stop = start + duration_s
+
+        async def work(i: int) -> None:
+            lat, clock = lats[i], time.perf_counter_ns
+            keep = lat.append
+            while True:
+                t0 = clock()
+                await op(record)
+                t1 = clock()
+                now = t1 / 1e9
+                if now >= stop:
+                    break
+                if now >= start:
+                    keep(max(1, (t1 - t0) // 1000))
+
+        await asyncio.gather(*(work(i) for i in range(appenders)))
+
+    asyncio.run(main())
+    return _histogram_of(lats), sum(map(len, lats))
 
 
 def _naive(directory: Path, appenders: int, record: bytes, duration_s: float) -> tuple[HdrHistogram, int]:
@@ -150,15 +185,18 @@ def run_wal_bench(
     config: WalConfig | None = None,
     rounds: int = 3,
     fio_file_bytes: int = _FIO_FILE_BYTES,
+    use_asyncio: bool = False,
 ) -> dict[str, Any]:
     """Measure the WAL, the naive baseline and fio; return rows and ratios.
 
-    Shared VMs drift by 10x within a minute, so the three are interleaved:
-    *rounds* rounds of WAL, naive and fio, each ``duration_s / rounds`` long,
-    in rotating order. Rows merge the rounds (HDR histograms; fio's medians of
-    its per-round percentiles); ratios are the median of the per-round ratios,
-    so a noisy minute hits all three alike. *directory* must be on the file
-    system under test; the files created there are removed.
+    Shared VMs drift by 10x within a minute, so the rows are interleaved:
+    *rounds* rounds of WAL, naive and fio (and, with *use_asyncio*, the WAL
+    driven by *appenders* asyncio tasks through ``append_async`` on one event
+    loop), each ``duration_s / rounds`` long, in rotating order. Rows merge the
+    rounds (HDR histograms; fio's medians of its per-round percentiles);
+    ratios are the median of the per-round ratios, so a noisy minute hits all
+    rows alike. *directory* must be on the file system under test; the files
+    created there are removed.
     """
     base = Path(directory)
     base.mkdir(parents=True, exist_ok=True)
@@ -171,39 +209,46 @@ def run_wal_bench(
     fio_path = base / "fio.dat"
     if fio is not None:
         _prepare_fio_file(fio_path, fio_file_bytes)
-    wal_h, naive_h = _histogram(), _histogram()
-    wal_n = naive_n = 0
+    walrows = ["wal", "wal_asyncio"] if use_asyncio else ["wal"]
+    hists = {k: _histogram() for k in [*walrows, "naive"]}
+    counts = dict.fromkeys(hists, 0)
+    flushes = dict.fromkeys(walrows, 0)
+    appended = dict.fromkeys(walrows, 0)
     per_round: list[dict[str, Any]] = []
     try:
         with Wal.open(wal_dir, cfg, backend=backend) as wal:
-            wal_row: dict[str, Any] = {"backend": wal.backend.name, "direct_io": wal.direct_io}
-            flushes = 0
+            info: dict[str, Any] = {"backend": wal.backend.name, "direct_io": wal.direct_io}
             for rnd in range(rounds):
                 got: dict[str, Any] = {}
-                order = ["wal", "naive", "fio"]
-                order = order[rnd % 3 :] + order[: rnd % 3]
+                order = [*walrows, "naive", "fio"]
+                order = order[rnd % len(order) :] + order[: rnd % len(order)]
                 for what in order:
-                    if what == "wal":
-                        f0 = wal.counters()["flushes"]
-                        h, n = _drive(appenders, slice_s, wal.append, record)
-                        flushes += wal.counters()["flushes"] - f0
-                        wal_h.add(h)
-                        wal_n += n
-                        got["wal"] = _summary(h, n, record_size, slice_s)
-                    elif what == "naive":
+                    if what == "fio":
+                        if fio is not None:
+                            got["fio"] = _fio(fio, fio_path, fio_file_bytes, slice_s)
+                        continue
+                    if what == "naive":
                         h, n = _naive(base, appenders, record, slice_s)
-                        naive_h.add(h)
-                        naive_n += n
-                        got["naive"] = _summary(h, n, record_size, slice_s)
-                    elif fio is not None:
-                        got["fio"] = _fio(fio, fio_path, fio_file_bytes, slice_s)
+                    else:
+                        f0, l0 = wal.counters()["flushes"], wal.durable_lsn
+                        if what == "wal":
+                            h, n = _drive(appenders, slice_s, wal.append, record)
+                        else:
+                            h, n = _drive_async(appenders, slice_s, wal.append_async, record)
+                        flushes[what] += wal.counters()["flushes"] - f0
+                        appended[what] += wal.durable_lsn - l0
+                    hists[what].add(h)
+                    counts[what] += n
+                    got[what] = _summary(h, n, record_size, slice_s)
                 per_round.append(got)
-            wal_row.update(_summary(wal_h, wal_n, record_size, duration_s))
-            wal_row["records_per_flush"] = wal.durable_lsn / flushes if flushes else 0.0
     finally:
         shutil.rmtree(wal_dir, ignore_errors=True)
         fio_path.unlink(missing_ok=True)
-    naive_row = _summary(naive_h, naive_n, record_size, duration_s)
+    rows: dict[str, dict[str, Any]] = {}
+    for k in walrows:
+        rows[k] = {**info, **_summary(hists[k], counts[k], record_size, duration_s)}
+        rows[k]["records_per_flush"] = appended[k] / flushes[k] if flushes[k] else 0.0
+    naive_row = _summary(hists["naive"], counts["naive"], record_size, duration_s)
     fio_rounds = [r["fio"] for r in per_round if "fio" in r and "skipped" not in r["fio"]]
     fio_row: dict[str, Any]
     if fio is None:
@@ -222,20 +267,21 @@ def run_wal_bench(
                 not in r[b] and r[b][key]]  # fmt: skip
         return _median(vals)
 
-    ratios: dict[str, float] = {
-        "records_per_s_vs_naive": ratio("wal", "naive", "records_per_s"),
-        "p99_vs_naive": ratio("wal", "naive", "p99_us"),
-    }
-    if fio_rounds:
-        ratios["p99_vs_fio"] = ratio("wal", "fio", "p99_us")
-        ratios["p50_vs_fio"] = ratio("wal", "fio", "p50_us")
-        ratios["records_per_s_vs_fio"] = ratio("wal", "fio", "records_per_s")
+    ratios: dict[str, float] = {}
+    for k in walrows:
+        pre = "" if k == "wal" else "asyncio_"
+        ratios[pre + "records_per_s_vs_naive"] = ratio(k, "naive", "records_per_s")
+        ratios[pre + "p99_vs_naive"] = ratio(k, "naive", "p99_us")
+        if fio_rounds:
+            ratios[pre + "p99_vs_fio"] = ratio(k, "fio", "p99_us")
+            ratios[pre + "p50_vs_fio"] = ratio(k, "fio", "p50_us")
+            ratios[pre + "records_per_s_vs_fio"] = ratio(k, "fio", "records_per_s")
     return {
         "params": {
             "appenders": appenders, "record_size": record_size, "duration_s": duration_s,
-            "backend": backend, "directory": str(base), "rounds": rounds,
+            "backend": backend, "directory": str(base), "rounds": rounds, "asyncio": use_asyncio,
         },
-        "wal": wal_row,
+        **rows,
         "naive": naive_row,
         "fio": fio_row,
         "ratios": ratios,

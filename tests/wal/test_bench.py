@@ -24,11 +24,21 @@ def test_run_wal_bench_measures_all_rows(tmp_path: pathlib.Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # cleaned up
 
 
+def test_run_wal_bench_asyncio_row(tmp_path: pathlib.Path) -> None:
+    r = run_wal_bench(tmp_path, appenders=8, record_size=64, duration_s=1.0, backend="posix",
+                      rounds=2, fio_file_bytes=8 << 20, use_asyncio=True)  # fmt: skip
+    aio = r["wal_asyncio"]
+    assert aio["records"] > 0 and 0 < aio["p50_us"] <= aio["p99_us"]
+    assert aio["records_per_flush"] >= 1
+    assert r["ratios"]["asyncio_records_per_s_vs_naive"] > 0
+    assert all("wal_asyncio" in rnd and "wal" in rnd for rnd in r["rounds"])
+
+
 def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
     res = CliRunner().invoke(
         wal_bench_command,
         ["--appenders", "2", "--record-size", "100", "--duration", "0.5", "--rounds", "1",
-         "--backend", "posix", "--dir", str(tmp_path)],
+         "--backend", "posix", "--dir", str(tmp_path), "--asyncio"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "naive" in res.output and "uringstack" in res.output
+    assert all(w in res.output for w in ("uringstack", "WAL threads", "WAL asyncio", "naive", "fio"))
