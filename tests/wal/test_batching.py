@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from uringstack.wal import Wal, WalClosedError, WalConfig, WalFailedError
+from uringstack.wal import writer as writer_mod
 from uringstack.wal.io import PosixBackend
 
 
@@ -76,15 +77,15 @@ def test_lone_appender_flushes_inline(wal_dir: pathlib.Path) -> None:
 def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: pathlib.Path) -> None:
     be = GatedBackend(hold=1)
     results: dict[int, int] = {}
-    wakes: list[int] = []
-    real_write = os.eventfd_write
+    opened: list[int] = []
+    real_open = writer_mod._Gate.open
 
-    def counting_write(fd: int, value: int) -> None:
-        wakes.append(value)
-        real_write(fd, value)
+    def counting_open(gate: writer_mod._Gate) -> None:
+        opened.append(len(gate.locks))
+        real_open(gate)
 
     with Wal.open(wal_dir, backend=be) as wal, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(os, "eventfd_write", counting_write)
+        mp.setattr(writer_mod._Gate, "open", counting_open)
 
         def work(i: int) -> None:
             results[i] = wal.append(b"t%d" % i)
@@ -101,7 +102,7 @@ def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: 
             t.join()
         assert results[0] == 1 and sorted(results.values()) == list(range(1, 18))
         assert be.threads == ["leader", "wal-flusher"]  # two flushes: the leader's, then one for all 16
-        assert wakes == [16]  # the 16 followers were woken by ONE syscall
+        assert opened == [16]  # one gate for the 16 followers, opened once (they relay the wake-up)
         assert dict(wal.read_from(1)) == {lsn: b"t%d" % i for i, lsn in results.items()}
 
 
@@ -265,3 +266,38 @@ def test_close_flushes_what_waits_behind_an_inline_flush(wal_dir: pathlib.Path) 
     assert sorted(lsns) == [1, 2, 3, 4, 5]  # queued before close: flushed, not dropped
     with pytest.raises(WalClosedError):
         wal.append(b"after")
+
+
+class _InterruptedOnce:
+    """A lock whose first acquire raises, as KeyboardInterrupt does in a blocked main thread."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.raised = False
+
+    def acquire(self) -> bool:
+        if not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+        return self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def test_gate_relay_survives_an_interrupted_waiter() -> None:
+    gate = writer_mod._Gate()
+    idx = [gate.add_sync() for _ in range(3)]
+    gate.locks[1] = _InterruptedOnce(gate.locks[1])  # type: ignore[call-overload]
+    woke: list[int] = []
+    ts = [threading.Thread(target=lambda i=i: (gate.wait(i), woke.append(i))) for i in (idx[0], idx[2])]
+    for t in ts:
+        t.start()
+    with pytest.raises(KeyboardInterrupt):
+        gate.wait(idx[1])
+    time.sleep(0.05)
+    assert woke == []  # nobody woke before the gate opened
+    gate.open()
+    for t in ts:
+        t.join(5)
+    assert sorted(woke) == [0, 2]  # the waiter behind the interrupted one was still reached
