@@ -2,9 +2,10 @@
 
 Usage: crash_child.py DIR BACKEND SYNC THREADS SEED
 
-Each payload starts with its own CRC32C so the parent can check any record it
-reads back, acknowledged or not.  One line per acknowledgement, ``LSN CRC``,
-written with a single os.write (atomic on a pipe), only after append returned.
+About 30% of the appends go through ``append_many`` (1-4 records).  Each
+payload starts with its own CRC32C so the parent can check any record it
+reads back, acknowledged or not.  One line per acknowledged record, ``LSN CRC``,
+written with a single os.write (atomic on a pipe), only after the append returned.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ def main() -> None:
     def work(i: int) -> None:
         rng = random.Random(f"{seed}:{i}")
         while True:
-            body = rng.randbytes(rng.randint(0, 3000))
-            payload = crc32c(body).to_bytes(4, "little") + body
-            lsn = wal.append(payload)
-            os.write(1, f"{lsn} {crc32c(payload)}\n".encode())
+            payloads = []
+            for _ in range(1 if rng.random() < 0.7 else rng.randint(1, 4)):  # some go through append_many
+                body = rng.randbytes(rng.randint(0, 3000))
+                payloads.append(crc32c(body).to_bytes(4, "little") + body)
+            lsns = [wal.append(payloads[0])] if len(payloads) == 1 else wal.append_many(payloads)
+            os.write(1, "".join(f"{lsn} {crc32c(p)}\n" for lsn, p in zip(lsns, payloads, strict=True)).encode())
 
     ts = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(int(threads))]
     for t in ts:
