@@ -19,6 +19,8 @@ def test_run_wal_bench_measures_all_rows(tmp_path: pathlib.Path) -> None:
     assert r["ratios"]["records_per_s_vs_naive"] > 0
     if shutil.which("fio"):
         assert r["fio"]["records_per_s"] > 0 and r["ratios"]["p99_vs_fio"] > 0
+        # submit-to-completion percentiles (what an append's latency includes), never below clat's
+        assert r["fio"]["percentiles_of"] == "lat" and r["fio"]["p50_us"] >= r["fio"]["clat_p50_us"]
     else:
         assert "skipped" in r["fio"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # cleaned up
