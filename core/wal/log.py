@@ -82,7 +82,7 @@ class Wal:
             remove_spares(directory)
             scan = recover(directory, RecoveryMode(config.recovery))
             spec = backend if backend is not None else config.backend
-            be = make_backend(spec, config.sync)  # type: ignore[arg-type]
+            be = make_backend(spec, config.sync, directory)  # type: ignore[arg-type]
             return cls(directory, config, be, owns, lock, scan)
         except BaseException:
             if be is not None and owns:

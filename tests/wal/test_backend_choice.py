@@ -1,0 +1,50 @@
+"""WAL `auto` backend: posix where durable io_uring writes are punted to io-wq, else io_uring."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from uringstack.wal.io import PosixBackend, UringBackend, durable_uring_punts, make_backend
+
+
+def fake_sysfs(root: Path, log_dir: Path, cache: str, fua: str) -> Path:
+    st = os.stat(log_dir)
+    disk = root / "devices" / "virtual" / "block" / "fakedisk"
+    (disk / "queue").mkdir(parents=True)
+    (disk / "queue" / "write_cache").write_text(cache + "\n")
+    (disk / "queue" / "fua").write_text(fua + "\n")
+    (root / "dev" / "block").mkdir(parents=True)
+    os.symlink(disk, root / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    (root / "block").mkdir()
+    os.symlink(disk, root / "block" / "fakedisk")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("cache", "fua", "slow"),
+    [("write back", "0", True), ("write back", "1", False), ("write through", "0", False)],
+)
+def test_volatile_cache_without_fua_means_punted_writes(tmp_path: Path, cache: str, fua: str, slow: bool) -> None:
+    log_dir = tmp_path / "wal"
+    log_dir.mkdir()
+    sysfs = fake_sysfs(tmp_path / "sys", log_dir, cache, fua)
+    why = durable_uring_punts(log_dir, sysfs_root=sysfs)
+    assert (why is not None) == slow
+    if slow:
+        assert why is not None and "fakedisk" in why and "io-wq" in why
+
+
+def test_auto_follows_this_machines_disk(tmp_path: Path) -> None:
+    backend = make_backend("auto", "dsync", tmp_path)
+    try:
+        if durable_uring_punts(tmp_path) is not None:
+            assert isinstance(backend, PosixBackend)
+            assert backend.reason.startswith("auto: posix, because")
+        else:
+            assert isinstance(backend, UringBackend)
+            assert backend.reason == "auto: io_uring"
+    finally:
+        backend.close()
