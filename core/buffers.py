@@ -9,6 +9,7 @@ device's logical block size.  Anonymous ``mmap`` memory is page aligned
 from __future__ import annotations
 
 import mmap
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from uringstack.errors import AlignmentError
@@ -29,6 +30,26 @@ def aligned_buffer(size: int, alignment: int = PAGE_SIZE) -> mmap.mmap:
 def address_of(pin: Any) -> int:
     """Integer address of a cdata obtained from ``ffi.from_buffer``."""
     return int(ffi.cast("uintptr_t", pin))
+
+
+def pin_buffers(buffers: Sequence[Any], *, writable: bool) -> tuple[list[Any], list[int], list[int]]:
+    """``(keep, addresses, lengths)`` for a batch: what the batch must hold until
+    completion, and where each buffer's memory is.  Registered-buffer leases are
+    taken as they are (plain memory to a ring they are not registered with)."""
+    keep: list[Any] = []
+    addrs: list[int] = []
+    lens: list[int] = []
+    for buf in buffers:
+        if isinstance(buf, RegisteredBuffer):
+            keep.append(buf)
+            addrs.append(buf.addr)
+            lens.append(buf.size)
+            continue
+        pin = ffi.from_buffer(buf, require_writable=writable)
+        keep.append(pin)
+        addrs.append(address_of(pin))
+        lens.append(len(pin))
+    return keep, addrs, lens
 
 
 def check_alignment(op: str, filename: str, addr: int, length: int, offset: int, block: int) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack import aio
-from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
 from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.native import ffi, lib
 from uringstack.ring import Batch, Ring
@@ -73,34 +73,13 @@ class UringFileIO:
         if n != len(buffers):
             raise ValueError(f"{n} offsets but {len(buffers)} buffers")
         ring_id = id(self.ring)
-        keep: list[Any] = []
-        addrs: list[int] = []
-        lens: list[int] = []
-        buf_index: list[int] = []
-        opcodes: list[int] = []
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
-        any_fixed = False
-        leases: list[RegisteredBuffer] = []
-        for buf in buffers:
-            if isinstance(buf, RegisteredBuffer):
-                leases.append(buf)
-                keep.append(buf)
-                addrs.append(buf.addr)
-                lens.append(buf.size)
-                if buf.ring_id == ring_id:
-                    opcodes.append(fixed)
-                    buf_index.append(buf.index)
-                    any_fixed = True
-                    continue
-                opcodes.append(plain)
-                buf_index.append(0)
-                continue
-            pin = ffi.from_buffer(buf, require_writable=not write)
-            keep.append(pin)
-            addrs.append(address_of(pin))
-            lens.append(len(pin))
-            opcodes.append(plain)
-            buf_index.append(0)
+        keep, addrs, lens = pin_buffers(buffers, writable=not write)
+        leases = [b for b in buffers if isinstance(b, RegisteredBuffer)]
+        # leases registered with this very ring become READ_FIXED/WRITE_FIXED
+        slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
+        any_fixed = bool(leases) and max(slots) >= 0
+        opcodes = [fixed if i >= 0 else plain for i in slots] if any_fixed else [plain] * n
         fd, sqe_flags = self._fd_and_flags()
         arrays = [
             ffi.new("uint8_t[]", opcodes),
@@ -110,7 +89,7 @@ class UringFileIO:
             ffi.new("uint64_t[]", list(offsets)),
             ffi.NULL,
             ffi.new("uint8_t[]", [sqe_flags] * n) if sqe_flags else ffi.NULL,
-            ffi.new("uint16_t[]", buf_index) if any_fixed else ffi.NULL,
+            ffi.new("uint16_t[]", [max(i, 0) for i in slots]) if any_fixed else ffi.NULL,
         ]
         if self.direct:
             bad = lib.us_first_misaligned(arrays[2], arrays[3], arrays[4], n, self.block_size)

@@ -24,13 +24,14 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.buffers import check_alignment, pin_buffers
 from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op
 from uringstack.native import ffi, lib
 from uringstack.plugins.iopoll.poll import device_size_bytes
 from uringstack.plugins.iopoll.reap import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
+from uringstack.uring_backend import UringPending
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -39,22 +40,16 @@ if TYPE_CHECKING:
 ROLE = "iopoll"
 
 
-class IopollPending:
-    """A batch in flight on an IOPOLL ring."""
+class IopollPending(UringPending):
+    """A batch in flight on an IOPOLL ring: only polling makes it progress.
 
-    __slots__ = ("batch", "n", "ring")
+    ``wait`` is inherited: Ring.wait enters with GETEVENTS, min_complete=1, and
+    the kernel polls the device meanwhile."""
 
-    def __init__(self, ring: Ring, batch: Batch) -> None:
-        self.ring = ring
-        self.batch = batch
-        self.n = batch.n
+    __slots__ = ()
 
     def done(self) -> bool:
         return polled_done(self.ring, self.batch)
-
-    def wait(self) -> list[int]:
-        # Ring.wait enters with GETEVENTS, min_complete=1: the kernel polls the device.
-        return self.ring.wait(self.batch)
 
     async def wait_async(self) -> list[int]:
         return await wait_polled(self.ring, self.batch)
@@ -145,21 +140,9 @@ class IopollFileIO:
         if n == 0:
             raise ValueError("a batch needs at least one op")
         op = "write" if write else "read"
-        keep: list[Any] = []
-        addrs: list[int] = []
-        lens: list[int] = []
-        for buf in buffers:
-            # A registered buffer belongs to the storage ring's table: on this ring
-            # it is plain memory (READ/WRITE, not READ_FIXED), which is correct.
-            if isinstance(buf, RegisteredBuffer):
-                keep.append(buf)
-                addrs.append(buf.addr)
-                lens.append(buf.size)
-                continue
-            pin = ffi.from_buffer(buf, require_writable=not write)
-            keep.append(pin)
-            addrs.append(address_of(pin))
-            lens.append(len(pin))
+        # A registered buffer belongs to the storage ring's table: on this ring it
+        # is plain memory (READ/WRITE, not READ_FIXED), which is correct.
+        keep, addrs, lens = pin_buffers(buffers, writable=not write)
         arrays = [
             ffi.new("uint8_t[]", [int(Op.WRITE if write else Op.READ)] * n),
             ffi.new("int32_t[]", [self.fd] * n),

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from uringstack.buffers import RegisteredBuffer, address_of
+from uringstack.buffers import address_of, pin_buffers
 from uringstack.errors import AlignmentError, UringIOError
 from uringstack.flags import Op, SqeFlag
 from uringstack.native import ffi
@@ -363,22 +363,6 @@ class PassthroughFileIO:
         if self.fd < 0:
             raise UringIOError(errno.EBADF, op, self.path, "handle is closed")
 
-    def _pin_all(self, write: bool, buffers: Sequence[Any]) -> tuple[list[Any], list[int], list[int]]:
-        keep: list[Any] = []
-        addrs: list[int] = []
-        lens: list[int] = []
-        for buf in buffers:
-            if isinstance(buf, RegisteredBuffer):
-                keep.append(buf)
-                addrs.append(buf.addr)
-                lens.append(buf.size)
-                continue
-            pin = ffi.from_buffer(buf, require_writable=not write)
-            keep.append(pin)
-            addrs.append(address_of(pin))
-            lens.append(len(pin))
-        return keep, addrs, lens
-
     def _plan(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
     ) -> tuple[CommandPlan, list[Any], list[int]]:
@@ -390,7 +374,7 @@ class PassthroughFileIO:
             raise ValueError(f"{len(offsets)} offsets but {len(buffers)} buffers")
         if not offsets:
             raise ValueError("a batch needs at least one op")
-        keep, addrs, lens = self._pin_all(write, buffers)
+        keep, addrs, lens = pin_buffers(buffers, writable=not write)
         plan = split_into_commands(op, self.path, offsets, addrs, lens, self.block_size, self.max_transfer)
         return plan, keep, lens
 
