@@ -28,11 +28,13 @@ def _view(buf: Any) -> memoryview:
 class FileHandle:
     """An open file, block device or NVMe namespace on a stack's worker."""
 
-    def __init__(self, io: FileIO, worker: Worker, stack: Stack) -> None:
+    def __init__(self, io: FileIO, worker: Worker, stack: Stack, backend_reason: str = "") -> None:
         self._io = io
         self.worker = worker
         self._stack = stack
         self._closed = False
+        self.backend_reason = backend_reason
+        """Why this backend serves the handle (the backend factory's reason)."""
 
     # --- description -------------------------------------------------------------
     @property

@@ -174,7 +174,7 @@ class Stack:
         )
         factory = select_backend(target, self.caps, self.config, self.plugin_manager)
         io = factory.open(target, worker)
-        handle = FileHandle(io, worker, self)
+        handle = FileHandle(io, worker, self, factory.reason)
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)
         except BaseException:

@@ -23,6 +23,8 @@ def expected_backend(stack: Stack) -> str:
 def test_backend_is_the_one_asked_for(stack: Stack, tmp_path: pathlib.Path) -> None:
     with stack.open(tmp_path / "f", create=True) as h:
         assert h.backend == expected_backend(stack)
+        assert h.backend_reason  # the plan's reason travels with the handle
+        assert ("thread pool" in h.backend_reason) == (h.backend == "fallback")
 
 
 def test_write_read_round_trip_buffered(stack: Stack, tmp_path: pathlib.Path) -> None:
