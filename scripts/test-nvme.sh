@@ -15,7 +15,9 @@ repo=$PWD
 shared="$(dirname "$repo")/shared"
 vm="$shared/nvme-vm/run"
 py="$repo/.venv/bin/python"
-pytest_args=(-m pytest tests/nvme -m nvme -q -p no:cacheprovider "$@")
+# timeout_method=thread: a test stuck inside a syscall (where SIGALRM cannot
+# reach Python) still ends, with every thread's stack printed.
+pytest_args=(-m pytest tests/nvme -m nvme -q -p no:cacheprovider --timeout=180 --timeout-method=thread "$@")
 
 host_skip() {
     echo "test-nvme: $1; running the group on the host, where it skips" >&2
@@ -46,9 +48,15 @@ if [ -n "$kver" ] && [ ! -f "$kmods/$kver/ext4.ko" ]; then
 fi
 export URINGSTACK_NVME_KMODS="$kmods"
 
-"$vm" --timeout 900 -- "$py" "${pytest_args[@]}"
-rc=$?
+out=$(mktemp)
+"$vm" --timeout 900 -- "$py" "${pytest_args[@]}" | tee "$out"
+rc=${PIPESTATUS[0]}
+started=$(wc -c < "$out"); rm -f "$out"
 case $rc in
-    124|125) host_skip "the NVMe VM did not produce a result (exit $rc: timeout or boot failure)" ;;
+    124|125)
+        # Only a VM that never ran pytest is "no hardware here"; a VM that hung
+        # or died while the tests ran is a failure, not a skip.
+        [ "$started" -gt 0 ] && { echo "test-nvme: the VM stopped mid-run (exit $rc)" >&2; exit 1; }
+        host_skip "the NVMe VM did not produce a result (exit $rc: timeout or boot failure)" ;;
 esac
 exit $rc

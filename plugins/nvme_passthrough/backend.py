@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.buffers import address_of, pin_buffers
 from uringstack.errors import AlignmentError, UringIOError
-from uringstack.flags import Op, SqeFlag
+from uringstack.flags import Op, SetupFlag, SqeFlag
 from uringstack.native import ffi
+from uringstack.pending import CompletedPending
 from uringstack.plugins.iopoll.pipeline import filled, from_bytes
 from uringstack.plugins.iopoll.reap import is_polled, polled_done, wait_polled
 from uringstack.plugins.nvme_passthrough.commands import (
@@ -53,6 +54,7 @@ from uringstack.plugins.nvme_passthrough.device import (
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.ring import Batch, Ring
+from uringstack.ring_params import RingParams
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -297,6 +299,10 @@ class PassthroughFileIO:
         sysfs_root: str = "/sys",
     ) -> None:
         self.ring = ring
+        # Flush carries no data and, on kernel 6.1, a Flush sent on an IOPOLL ring
+        # was seen never to complete (the test group hung in the NVMe VM), so a
+        # polled ring sends its Flushes through a small interrupt-driven ring.
+        self.flush_ring = flush_ring_for(worker, ring) if is_polled(ring) else ring
         self.path = target.path
         self.char_path = char_path
         self.direct = True  # passthrough never goes through the page cache
@@ -397,8 +403,8 @@ class PassthroughFileIO:
         self._check_open("nvme flush")
         cmd = bytearray(flush_command(self.nsid))
         columns, cmd_pin = self._columns(cmd, 1, ffi.NULL)
-        batch = self.ring.submit_arrays(1, columns, (cmd, cmd_pin, *columns), wait=wait)
-        return PassthroughPending(self.ring, batch, "nvme flush", self.path, None, [], tail=1)
+        batch = self.flush_ring.submit_arrays(1, columns, (cmd, cmd_pin, *columns), wait=wait)
+        return PassthroughPending(self.flush_ring, batch, "nvme flush", self.path, None, [], tail=1)
 
     def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> PassthroughPending:
         """Write then Flush in one submission, ordered by IOSQE_IO_LINK.
@@ -409,6 +415,12 @@ class PassthroughFileIO:
         NVMe status does not break a link, so the Flush still runs, which is
         harmless, and :meth:`PassthroughPending.wait` raises for the write.
         """
+        if self.flush_ring is not self.ring:
+            # Writes and Flush are on different rings, so they cannot be linked:
+            # the Flush is sent once the writes completed (never before).
+            written = self.start_rw(True, [offset], [buffer], wait=True).wait()
+            flushed = self.start_sync(datasync, wait=True).wait()
+            return CompletedPending(written + flushed)  # type: ignore[return-value]
         plan, keep, lens = self._plan(True, [offset], [buffer])
         n = plan.n + 1
         cmds = build_rw_commands(NVME_CMD_WRITE, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size)
@@ -430,6 +442,25 @@ class PassthroughFileIO:
             # kernel, and their buffers are owned by their Batch until reaped.
             os.close(self.fd)
             self.fd = -1
+
+
+FLUSH_RING_KEY = "nvme_passthrough.flush_ring"
+
+
+def flush_ring_for(worker: Worker | None, polled: Ring) -> Ring:
+    """The worker's interrupt-driven SQE128/CQE32 ring for Flush commands (created once)."""
+    if worker is not None:
+        ring = worker.resources.get(FLUSH_RING_KEY)
+        if isinstance(ring, Ring) and not ring.closed:
+            return ring
+    params = RingParams(
+        entries=8, flags=SetupFlag.SQE128 | SetupFlag.CQE32, required=SetupFlag.SQE128 | SetupFlag.CQE32,
+        role="passthrough-flush", core=polled.params.core,
+    )  # fmt: skip
+    ring = Ring(params)
+    if worker is not None:
+        worker.resources[FLUSH_RING_KEY] = ring
+    return ring
 
 
 class PassthroughBackend:

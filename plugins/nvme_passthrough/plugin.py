@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring_params import RingParams
+    from uringstack.stack import Stack
     from uringstack.types import Target
 
 log = logging.getLogger(__name__)
@@ -187,3 +188,14 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
         char_path=char,
         allow_writes_in_use=_section(config).allow_writes_in_use,
     )
+
+
+@hookimpl
+def uringstack_stack_teardown(stack: Stack) -> None:
+    from uringstack.plugins.nvme_passthrough.backend import FLUSH_RING_KEY
+    from uringstack.ring import Ring
+
+    for worker in stack.workers:
+        ring = worker.resources.pop(FLUSH_RING_KEY, None)
+        if isinstance(ring, Ring):
+            ring.close()
