@@ -17,6 +17,17 @@ impossible); ``off``: never."""
 TargetKind = Literal["file", "block", "nvme_char"]
 
 
+class FeatureConfig(BaseModel):
+    """Base of a plugin's config section: a misspelled key is an error, not ignored.
+
+    Feature plugins add ``mode: FeatureMode`` (with their own description of
+    what ``auto`` decides) and read the section with
+    ``config.section(NAME, TheirConfig)``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class FeatureVerdict(BaseModel):
     """One plugin's answer to "will you be used here, and why (not)?"."""
 

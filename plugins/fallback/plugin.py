@@ -10,11 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fallback.backend import RESOURCE_KEY, FallbackBackend
-from uringstack.types import FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -25,17 +25,15 @@ if TYPE_CHECKING:
 NAME = "fallback"
 
 
-class FallbackConfig(BaseModel):
+class FallbackConfig(FeatureConfig):
     """``[fallback]``: the portable thread-pool backend."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: FeatureMode = Field("auto", description="auto: only where io_uring is unusable; on: always; off: never")
     threads: int = Field(32, ge=1, le=1024, description="threads per worker (the queue depth it can reach)")
 
 
 def _section(config: StackConfig) -> FallbackConfig:
-    return getattr(config, NAME)  # type: ignore[no-any-return]
+    return config.section(NAME, FallbackConfig)
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from uringstack.buffers import BUFFER_POOL_KEY
 from uringstack.errors import UringIOError
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
-from uringstack.types import FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -37,10 +37,8 @@ MEMLOCK_HINT = (
 )
 
 
-class FixedbufConfig(BaseModel):
+class FixedbufConfig(FeatureConfig):
     """``[fixedbuf]``: registered buffers and files."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: FeatureMode = Field("auto", description="auto: register where memlock allows; on: required; off: never")
     buffer_size: int = Field(65536, ge=4096, le=1 << 30, description="bytes per registered buffer (multiple of 4096)")
@@ -57,7 +55,7 @@ class FixedbufConfig(BaseModel):
 
 
 def _section(config: StackConfig) -> FixedbufConfig:
-    return getattr(config, NAME)  # type: ignore[no-any-return]
+    return config.section(NAME, FixedbufConfig)
 
 
 def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tuple[int, str]:

@@ -12,13 +12,13 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
 from uringstack.plugins.iopoll.poll import device_supports_poll
-from uringstack.types import FeatureMode, FeatureVerdict, PlanError
+from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -32,17 +32,15 @@ NAME = "iopoll"
 ROLE = "iopoll"
 
 
-class IopollConfig(BaseModel):
+class IopollConfig(FeatureConfig):
     """``[iopoll]``: polled completions for NVMe namespaces with poll queues."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: FeatureMode = Field("auto", description="auto: where a device has poll queues; on: required; off")
     entries: int = Field(128, ge=1, le=32768, description="SQ entries of the per-core IOPOLL ring")
 
 
 def _section(config: StackConfig) -> IopollConfig:
-    return getattr(config, NAME)  # type: ignore[no-any-return]
+    return config.section(NAME, IopollConfig)
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:

@@ -12,13 +12,13 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import find_generic_char, open_char_device
-from uringstack.types import FeatureMode, FeatureVerdict, PlanError
+from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -33,10 +33,8 @@ NAME = "nvme_passthrough"
 ROLE = "passthrough"
 
 
-class PassthroughConfig(BaseModel):
+class PassthroughConfig(FeatureConfig):
     """``[nvme_passthrough]``: NVMe passthrough on /dev/ngXnY."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: FeatureMode = Field("auto", description="auto: where a char device is accessible; on: required; off")
     allow_writes_in_use: bool = Field(False, description="allow writes to a mounted or held namespace (dangerous)")
@@ -45,7 +43,7 @@ class PassthroughConfig(BaseModel):
 
 
 def _section(config: StackConfig) -> PassthroughConfig:
-    return getattr(config, NAME)  # type: ignore[no-any-return]
+    return config.section(NAME, PassthroughConfig)
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
-from uringstack.types import FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -32,10 +32,8 @@ NAME = "sqpoll"
 _ROLES = ("storage",)
 
 
-class SqpollConfig(BaseModel):
+class SqpollConfig(FeatureConfig):
     """``[sqpoll]``: kernel-side submission polling."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: FeatureMode = Field("auto", description="auto: only with a spare CPU for the poller; on; off")
     idle_ms: int = Field(1000, ge=1, le=60_000, description="poller sleeps after this much idleness")
@@ -53,7 +51,7 @@ class SqpollConfig(BaseModel):
 
 
 def _section(config: StackConfig) -> SqpollConfig:
-    return getattr(config, NAME)  # type: ignore[no-any-return]
+    return config.section(NAME, SqpollConfig)
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
