@@ -221,26 +221,12 @@ def build_rw_batch(
     """
     _check_blocks(nblocks)
     n = len(lbas)
-    xfer = nblocks * block_size
-    stride = xfer if stride_bytes is None else stride_bytes
+    stride = nblocks * block_size if stride_bytes is None else stride_bytes
+    # array('Q', ...) refuses negatives and values >= 2**64 (OverflowError).
     slbas = lbas if isinstance(lbas, array) and lbas.typecode == "Q" else array("Q", lbas)
-    # array('Q', ...) already refused negatives and values >= 2**64 (OverflowError).
-    out = bytearray(n * NVME_URING_CMD_SIZE)
-    if n == 0:
-        return out
-    u8 = memoryview(out)
-    u32 = u8.cast("I")
-    u64 = u8.cast("Q")
-    u8[0::NVME_URING_CMD_SIZE] = bytes([opcode]) * n
-    u32[_U32_NSID::_REC_U32] = array("I", [nsid]) * n
-    u32[_U32_DATA_LEN::_REC_U32] = array("I", [xfer]) * n
-    u32[_U32_CDW12::_REC_U32] = array("I", [nblocks - 1]) * n
-    u64[_U64_SLBA::_REC_U64] = memoryview(slbas)
-    u64[_U64_ADDR::_REC_U64] = array("Q", range(base_addr, base_addr + n * stride, stride))
-    u8.release()
-    u32.release()
-    u64.release()
-    return out
+    nlbs = array("Q", [nblocks]) * n
+    addrs = array("Q", range(base_addr, base_addr + n * stride, stride)) if n else array("Q")
+    return build_rw_commands(opcode, nsid, slbas, nlbs, addrs, block_size)
 
 
 def decode_command(block: bytes | bytearray | memoryview) -> dict[str, int]:
