@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from uringstack.pluginmanager import PluginSection, UringstackPluginManager, make_plugin_manager
 
 from .errors import ConfigError, ConfigProblem
-from .model import Layers, StackConfig, build_config_model
+from .model import StackConfig, build_config_model
 from .provenance import Locator
 from .sources import (
     CONFIG_ENV,
@@ -27,6 +27,7 @@ from .sources import (
     read_toml,
     unknown_env_sections,
 )
+from .strict import coerce_env_layer, merge_layers, strict_twin
 from .validation import problems_from_validation
 
 
@@ -127,7 +128,7 @@ def load_config(
     known = set(model.model_fields)
 
     problems: list[ConfigProblem] = []
-    env_layer = read_env(model, environ, problems)
+    env_layer = coerce_env_layer(model, read_env(model, environ, problems))
     problems.extend(unknown_env_sections(environ, known, disabled, notes))
 
     # Sections of disabled plugins are dropped with a note, so disabling a
@@ -146,15 +147,15 @@ def load_config(
             notes.append(f"core.disabled_plugins names {name!r}, which is not an installed plugin")
 
     locate = Locator(override_layer, env_layer, file_layer, environ, file_path)
-    model._uringstack_layers = Layers(env=env_layer, file=file_layer)
+    merged = merge_layers(file_layer, env_layer, override_layer)
     try:
-        config = model(**override_layer)
+        # Strict: a TOML `true` is not the integer 1, the string "yes" is not a boolean.
+        checked = strict_twin(model).model_validate(merged, strict=True)
+        config = model(**{name: getattr(checked, name) for name in model.model_fields})
     except ValidationError as exc:
         # Report everything at once: environment problems found above plus
         # every validation error, so one run of `config validate` shows all.
         problems.extend(problems_from_validation(exc, model, locate))
-    finally:
-        model._uringstack_layers = None
     if problems:
         raise ConfigError(problems) from None
 

@@ -90,6 +90,9 @@ def _clean_message(msg: str) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
+    # "Input should be ..." reads better lower-cased after "key: "; "CPU ids ..." must stay as written.
+    if msg[1:2].isupper():
+        return msg
     return msg[:1].lower() + msg[1:]
 
 

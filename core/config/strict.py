@@ -1,0 +1,106 @@
+"""Strict typing of file and environment values.
+
+pydantic's lax mode turns TOML ``ring_entries = true`` into 1 and
+``direct = "yes"`` into True: a typo then silently configures something else.
+Every layer is therefore validated in strict mode (a TOML integer for an
+integer, a TOML boolean for a boolean).  Environment values are always
+strings, so they are first parsed by the type of the field they set, with a
+small fixed grammar: integers in decimal, booleans as ``true``/``false``/
+``1``/``0`` (any case).  Anything else stays a string, and strict validation
+then names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, create_model
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a union (or the annotation itself), ``Annotated`` unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return tuple(m for a in get_args(annotation) for m in _members(a))
+    return (annotation,)
+
+
+def parse_env_scalar(annotation: Any, text: str) -> Any:
+    """*text* (an environment value) as the scalar *annotation* expects, or *text* unchanged.
+
+    A literal alternative that matches the text wins (``cpu = "auto"``); then
+    bool, int and float, each with its strict grammar.
+    """
+    members = _members(annotation)
+    for member in members:
+        if get_origin(member) is Literal and text in get_args(member):
+            return text
+    word = text.strip()
+    if bool in members:
+        if word.lower() in _TRUE:
+            return True
+        if word.lower() in _FALSE:
+            return False
+    if int in members and _INT.fullmatch(word):
+        return int(word)
+    if float in members and _FLOAT.fullmatch(word):
+        return float(word)
+    return text
+
+
+def coerce_env_layer(model: type[BaseModel], layer: dict[str, Any]) -> dict[str, Any]:
+    """The environment layer with string leaves parsed by their fields' types (in place)."""
+    for section, values in layer.items():
+        field = model.model_fields.get(section)
+        sub = field.annotation if field is not None else None
+        if not (isinstance(values, dict) and isinstance(sub, type) and issubclass(sub, BaseModel)):
+            continue
+        for key, value in values.items():
+            inner = sub.model_fields.get(key)
+            if inner is not None and isinstance(value, str):
+                values[key] = parse_env_scalar(inner.annotation, value)
+    return layer
+
+
+def strict_twin(model: type[BaseModel]) -> type[BaseModel]:
+    """A plain model with *model*'s fields, validated with ``strict=True``.
+
+    The settings class cannot be validated strictly itself (its ``__init__``
+    re-reads the sources and drops the flag), so the merged layers are checked
+    on this twin and the sections it produced are handed to the settings class.
+    """
+    fields: dict[str, Any] = {name: (f.annotation, f) for name, f in model.model_fields.items()}
+    twin: type[BaseModel] = create_model(
+        model.__name__, __config__=ConfigDict(extra="forbid"), __module__=model.__module__, **fields
+    )
+    return twin
+
+
+def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge, later layers winning key by key (tables merge, other values replace)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _merge_into(merged, layer)
+    return merged
+
+
+def _merge_into(target: dict[str, Any], top: dict[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = _copy(value)
+
+
+def _copy(value: Any) -> Any:
+    return {k: _copy(v) for k, v in value.items()} if isinstance(value, dict) else value

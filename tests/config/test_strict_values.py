@@ -1,0 +1,125 @@
+"""File and environment values are typed strictly; every section refuses unknown keys."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from pydantic import ValidationError
+
+from uringstack.config import ConfigError, load_config
+from uringstack.pluginmanager import make_plugin_manager
+from uringstack.types import FeatureConfig
+
+BUILTIN_SECTIONS = {"fallback", "fixedbuf", "iopoll", "nvme_passthrough", "sqpoll"}
+
+
+def _problems(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
+    return {p.key: str(p) for p in exc.value.problems}
+
+
+def _toml(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("[core]\nring_entries = true", "core.ring_entries"),
+        ("[core]\nring_entries = 512.0", "core.ring_entries"),
+        ("[core]\nring_entries = \"512\"", "core.ring_entries"),
+        ("[core]\ndirect = \"yes\"", "core.direct"),
+        ("[core]\ndirect = 1", "core.direct"),
+        ("[core]\ncores = [true]", "core.cores"),
+        ("[sqpoll]\nshare = \"true\"", "sqpoll.share"),
+        ("[sqpoll]\nidle_ms = false", "sqpoll.idle_ms"),
+        ("[fixedbuf]\ncount = \"8\"", "fixedbuf.count"),
+        ("[nvme_passthrough]\niopoll = \"no\"", "nvme_passthrough.iopoll"),
+    ],
+)
+def test_toml_values_of_the_wrong_type_are_refused(tmp_path: pathlib.Path, line: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_toml(tmp_path, line), env={})
+    problems = _problems(info)
+    assert key in problems, problems
+    assert "file:" in problems[key]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key", "expected"),
+    [
+        ("URINGSTACK_CORE__RING_ENTRIES", "512", ("core", "ring_entries"), 512),
+        ("URINGSTACK_CORE__RING_ENTRIES", " 64 ", ("core", "ring_entries"), 64),
+        ("URINGSTACK_CORE__DIRECT", "true", ("core", "direct"), True),
+        ("URINGSTACK_CORE__DIRECT", "FALSE", ("core", "direct"), False),
+        ("URINGSTACK_CORE__DIRECT", "1", ("core", "direct"), True),
+        ("URINGSTACK_CORE__DIRECT", "0", ("core", "direct"), False),
+        ("URINGSTACK_SQPOLL__CPU", "auto", ("sqpoll", "cpu"), "auto"),
+        ("URINGSTACK_SQPOLL__CPU", "1", ("sqpoll", "cpu"), 1),
+        ("URINGSTACK_SQPOLL__MODE", "on", ("sqpoll", "mode"), "on"),
+        ("URINGSTACK_CORE__CORES", "0-1", ("core", "cores"), [0, 1]),
+    ],
+)
+def test_environment_values_in_the_documented_forms(
+    name: str, value: str, key: tuple[str, str], expected: object
+) -> None:
+    config = load_config(env={name: value}).config
+    assert getattr(getattr(config, key[0]), key[1]) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("URINGSTACK_CORE__DIRECT", "yes"),
+        ("URINGSTACK_CORE__DIRECT", "on"),
+        ("URINGSTACK_CORE__DIRECT", "2"),
+        ("URINGSTACK_CORE__RING_ENTRIES", "true"),
+        ("URINGSTACK_CORE__RING_ENTRIES", "512.0"),
+        ("URINGSTACK_CORE__RING_ENTRIES", "0x200"),
+        ("URINGSTACK_SQPOLL__SHARE", "yes"),
+        ("URINGSTACK_SQPOLL__CPU", "first"),
+    ],
+)
+def test_environment_values_outside_the_grammar_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={name: value})
+    (problem,) = info.value.problems
+    assert f"env:{name}" in str(problem)
+    assert repr(value) in str(problem)
+
+
+def test_negative_cpu_message_keeps_its_capitals(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_toml(tmp_path, "[core]\ncores = [0, -1]"), env={})
+    assert "core.cores: CPU ids are not negative" in str(info.value)
+
+
+def test_negative_sqpoll_cpu_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_toml(tmp_path, "[sqpoll]\ncpu = -1"), env={})
+    assert "sqpoll.cpu" in _problems(info)
+
+
+def test_feature_config_base_refuses_unknown_keys() -> None:
+    class Mine(FeatureConfig):  # a plugin that does not repeat extra="forbid" itself
+        depth: int = 1
+
+    with pytest.raises(ValidationError, match="depth2"):
+        Mine(depth2=3)  # type: ignore[call-arg]
+
+
+def test_every_builtin_section_refuses_unknown_keys(tmp_path: pathlib.Path) -> None:
+    sections = {s.name: s for s in make_plugin_manager().config_sections()}
+    assert set(sections) >= BUILTIN_SECTIONS, "a built-in plugin section is missing: the check would be vacuous"
+    for name, section in sections.items():
+        assert issubclass(section.model, FeatureConfig), f"[{name}] does not derive from FeatureConfig"
+        with pytest.raises(ConfigError) as info:
+            load_config(_toml(tmp_path, f"[{name}]\nno_such_key = 1\n"), env={})
+        problems = _problems(info)
+        assert f"{name}.no_such_key" in problems, f"[{name}] accepted an unknown key: {problems}"
+        assert "unknown key" in problems[f"{name}.no_such_key"]
+        with pytest.raises(ConfigError) as info:
+            load_config(env={f"URINGSTACK_{name.upper()}__NO_SUCH_KEY": "1"})
+        assert f"{name}.no_such_key" in _problems(info)
