@@ -109,23 +109,48 @@ def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
 
 def select_backend(target: Target, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Any:
     """The backend factory that serves *target*: a plugin's answer, else the core's io_uring."""
+    require_uring(caps, config)
     chosen = pm.select_backend(target=target, caps=caps, config=config)
     if chosen is not None:
         return chosen
+    if config.core.backend == "fallback":
+        where = (
+            "it is listed in core.disabled_plugins"
+            if "fallback" in config.core.disabled_plugins
+            else "it is not installed"
+        )
+        raise PlanError(
+            f"core.backend = 'fallback' but no plugin serves {target.path} without io_uring: "
+            f"the fallback plugin is not loaded ({where})"
+        )
     if not caps.uring.usable:
         raise PlanError(
             f"io_uring is not usable here ({caps.uring.reason}) and no plugin offers another "
             "backend for it; enable the fallback plugin (remove it from core.disabled_plugins)"
         )
-    if config.core.backend == "fallback":
-        raise PlanError("core.backend = 'fallback' but the fallback plugin is disabled or not installed")
     from uringstack.uring_backend import UringBackend
 
     return UringBackend()
 
 
+def require_uring(caps: Capabilities, config: StackConfig) -> None:
+    """``core.backend = "uring"`` is a requirement: raise :class:`PlanError` where io_uring is unusable."""
+    if config.core.backend == "uring" and not caps.uring.usable:
+        raise PlanError(
+            f"core.backend = 'uring' requires io_uring, which is not usable here: {caps.uring.reason}; "
+            "set core.backend = 'auto' to use the fallback where io_uring is blocked"
+        )
+
+
 def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Plan:
-    """Ask the plugins and build the plan (no ring is created)."""
+    """Ask the plugins and build the plan (no ring is created).
+
+    Raises :class:`PlanError` when the configuration requires what this
+    machine cannot do (a feature ``on``, ``core.backend = "uring"`` where
+    io_uring is blocked) and :class:`~uringstack.config.ConfigError` when
+    settings contradict each other (a plugin raises it from its verdict).
+    """
+    require_uring(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
     if impossible:
@@ -152,7 +177,7 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
         worker = WorkerPlan(index=index, cpu=cpu)
         for role in roles:
             params = RingParams(entries=config.core.ring_entries, role=role, core=cpu)
-            _core_ring_decisions(params, config)
+            _core_ring_decisions(params, caps, config)
             pm.ring_params(params=params, caps=caps, config=config)
             name = f"core{cpu}/{role}"
             plan._params[name] = params
@@ -173,18 +198,36 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     return plan
 
 
-def _core_ring_decisions(params: RingParams, config: StackConfig) -> None:
-    """Decisions the core makes itself, recorded like a plugin's."""
+def _core_ring_decisions(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
+    """Decisions the core makes itself, recorded like a plugin's.
+
+    SINGLE_ISSUER lets the kernel skip submission locking, but then only the
+    thread that created the ring may submit to it or register with it (the
+    kernel answers EEXIST otherwise).  A handle submits from whichever thread
+    calls it, so the flag is safe only when every call runs on the worker:
+    ``auto`` therefore never sets it, and ``on`` sets it and confines each
+    handle's I/O to its worker thread (``stack.run_on_workers``,
+    ``handle.worker.call``); other threads get ``WrongThreadError``.
+    """
     from uringstack.flags import SetupFlag
 
     mode = config.core.single_issuer
     if mode == "on":
+        if not caps.uring.accepts("SINGLE_ISSUER"):
+            err = caps.uring.setup_flags.get("SINGLE_ISSUER")
+            raise PlanError(
+                "core.single_issuer = 'on' but the kernel refuses IORING_SETUP_SINGLE_ISSUER "
+                f"({err.error if err else 'not probed'}; Linux 6.0+ needed)"
+            )
         params.add(
             SetupFlag.SINGLE_ISSUER,
-            "core: SINGLE_ISSUER on (config); only the worker's own thread may submit",
+            "core: SINGLE_ISSUER on (config); this ring's I/O must run on its worker's thread "
+            "(stack.run_on_workers, handle.worker.call)",
         )
         params.required |= SetupFlag.SINGLE_ISSUER
-    elif params.role == "storage":
+    else:
         params.reasons.append(
-            f"core: SINGLE_ISSUER {mode}: not set, caller threads share the worker's ring under a lock"
+            f"core: SINGLE_ISSUER {mode}: not set, handles submit from the calling threads under "
+            "the ring's lock, which the flag forbids (set core.single_issuer = 'on' to confine "
+            "I/O to the worker threads)"
         )

@@ -200,7 +200,9 @@ class Ring:
             raise WrongThreadError(
                 "this ring was created with IORING_SETUP_SINGLE_ISSUER and may only be used "
                 f"by the thread that created it (thread id {self._owner}); create one ring "
-                "per thread, or build it without single_issuer"
+                "per thread, or build it without single_issuer (in a stack with "
+                "core.single_issuer = 'on', run the I/O on the handle's worker: "
+                "stack.run_on_workers(fn) or handle.worker.call(fn))"
             )
 
     # --- submission ------------------------------------------------------------

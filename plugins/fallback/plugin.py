@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from uringstack.config.errors import ConfigError, ConfigProblem
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fallback.backend import RESOURCE_KEY, FallbackBackend
 from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
@@ -36,10 +37,27 @@ def _section(config: StackConfig) -> FallbackConfig:
     return config.section(NAME, FallbackConfig)
 
 
+def _check_conflicts(mode: str, backend: str) -> None:
+    """``core.backend`` and ``[fallback] mode`` that contradict each other are a config error."""
+    if mode == "on" and backend == "uring":
+        why = "core.backend = 'uring' requires io_uring for every target, the fallback never serves one"
+    elif mode == "off" and backend == "fallback":
+        why = "core.backend = 'fallback' needs this plugin to serve every target"
+    else:
+        return
+    raise ConfigError(
+        [ConfigProblem(f"{NAME}.mode", f"{mode!r} conflicts with core.backend = {backend!r}: {why}", mode)],
+        "conflicting uringstack config",
+    )
+
+
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     mode = _section(config).mode
+    _check_conflicts(mode, config.core.backend)
     if mode == "off":
         return False, "off (config)"
+    if config.core.backend == "uring":
+        return False, "core.backend = 'uring': io_uring serves every target"
     if mode == "on" or config.core.backend == "fallback":
         return True, "configured: every target is served by the thread pool"
     if not caps.uring.usable:

@@ -11,12 +11,14 @@ shrunk or skipped with the reason in the plan, never failing the stack in
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field, field_validator
 
 from uringstack.buffers import BUFFER_POOL_KEY
 from uringstack.errors import UringIOError
+from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from uringstack.ring import Ring
     from uringstack.stack import Stack, Worker
 
+T = TypeVar("T")
 NAME = "fixedbuf"
 FILES_KEY = "fixedbuf.files"
 _ROLES = ("storage",)
@@ -139,13 +142,25 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
         worker.note(NAME, f"registered a {cfg.files}-slot fixed-file table")
 
 
+def _on_ring_owner(worker: Worker, table: FixedFileTable, fn: Callable[[int], T], arg: int) -> T:
+    """Run a registration on the thread the kernel accepts it from.
+
+    A SINGLE_ISSUER ring takes io_uring_register only from its creator, the
+    worker (EEXIST, "File exists", from any other thread); other rings take it
+    from any thread, so the opening thread does it without a thread hop.
+    """
+    if table.ring.flags & SetupFlag.SINGLE_ISSUER:
+        return worker.call(fn, arg)
+    return fn(arg)
+
+
 @hookimpl
 def uringstack_file_opened(handle: object, worker: Worker) -> None:
     table = worker.resources.get(FILES_KEY)
     io = getattr(handle, "io", None)
     if not isinstance(table, FixedFileTable) or getattr(io, "ring", None) is not table.ring:
         return
-    slot = table.attach(handle.fd)  # type: ignore[attr-defined]
+    slot = _on_ring_owner(worker, table, table.attach, handle.fd)  # type: ignore[attr-defined]
     if slot is not None:
         handle.fixed_index = slot  # type: ignore[attr-defined]
 
@@ -155,7 +170,7 @@ def uringstack_file_closed(handle: object, worker: Worker) -> None:
     table = worker.resources.get(FILES_KEY)
     slot = getattr(handle, "fixed_index", None)
     if isinstance(table, FixedFileTable) and slot is not None and not table.ring.closed:
-        table.detach(slot)
+        _on_ring_owner(worker, table, table.detach, slot)
         handle.fixed_index = None  # type: ignore[attr-defined]
 
 

@@ -14,14 +14,14 @@ writes through one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -37,8 +37,12 @@ class SqpollConfig(FeatureConfig):
 
     mode: FeatureMode = Field("auto", description="auto: only with a spare CPU for the poller; on; off")
     idle_ms: int = Field(1000, ge=1, le=60_000, description="poller sleeps after this much idleness")
-    cpu: Literal["auto"] | int = Field(
-        "auto", description="CPU for the poller; auto: a CPU without a worker, else the worker's own"
+    cpu: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto",
+        description=(
+            "CPU for the poller; auto: a CPU without a worker, else the worker's own. "
+            "A CPU that is not online is a plan error"
+        ),
     )
     share: bool = Field(True, description="all rings share the first ring's poller (IORING_SETUP_ATTACH_WQ)")
     # 2000 µs: measured at QD32 on the 2-vCPU VM, 200 µs left 0.023 io_uring_enter per I/O
@@ -96,8 +100,23 @@ def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
     return NAME, SqpollConfig
 
 
+def _check_cpu(caps: Capabilities, cfg: SqpollConfig) -> None:
+    """An explicit ``cpu`` must be one the kernel can pin the poller to.
+
+    Checked at plan time: the kernel refuses an offline sq_thread_cpu with
+    EINVAL, and the ring setup would then drop the pinning and run unpinned.
+    """
+    if cfg.mode == "off" or cfg.cpu == "auto" or cfg.cpu in caps.cpus.online:
+        return
+    online = ", ".join(map(str, caps.cpus.online)) or "none found"
+    raise PlanError(
+        f"sqpoll.cpu = {cfg.cpu}: CPU {cfg.cpu} is not online on this machine (online CPUs: {online})"
+    )
+
+
 @hookimpl
 def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
+    _check_cpu(caps, _section(config))
     enabled, reason = _decide(caps, config)
     return FeatureVerdict(plugin=NAME, mode=_section(config).mode, enabled=enabled, reason=reason)
 
