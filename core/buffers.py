@@ -113,6 +113,11 @@ class BufferProvider(Protocol):
     """What a buffer-pool plugin puts in ``worker.resources["buffer_pool"]``."""
 
     buffer_size: int
+    count: int
+
+    def owns(self, buf: RegisteredBuffer) -> bool:
+        """True when *buf* is one of this pool's buffers (leased or not)."""
+        ...
 
     def lease(self) -> RegisteredBuffer:
         """A free buffer; raise :class:`BufferError` when none is free."""

@@ -9,6 +9,7 @@ complete or fail with ``ShortIOError``; a failed op raises
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,20 @@ def _view(buf: Any) -> memoryview:
     return buf.view if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
 
 
+def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> None:
+    """Refuse a malformed batch before anything is submitted, the same way on every backend.
+
+    A negative offset would otherwise reach the io_uring backend's uint64
+    column (``OverflowError``) or the fallback's ``preadv`` (``EINVAL`` as a
+    result): one clear ``ValueError`` naming the offset replaces both.
+    """
+    if len(offsets) != len(buffers):
+        raise ValueError(f"{path}: {len(offsets)} offsets but {len(buffers)} buffers")
+    if offsets and min(offsets) < 0:
+        bad = next(i for i, off in enumerate(offsets) if off < 0)
+        raise ValueError(f"{path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
+
+
 class FileHandle:
     """An open file, block device or NVMe namespace on a stack's worker."""
 
@@ -35,6 +50,8 @@ class FileHandle:
         self._closed = False
         self.backend_reason = backend_reason
         """Why this backend serves the handle (the backend factory's reason)."""
+        # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
+        self._plain_leases: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # --- description -------------------------------------------------------------
     @property
@@ -79,20 +96,53 @@ class FileHandle:
         them back with :meth:`release_buffers`."""
         from uringstack.buffers import BUFFER_POOL_KEY, aligned_buffer
 
+        if count < 0 or size <= 0:
+            raise ValueError(f"lease_buffers(count={count}, size={size}): count must be >= 0 and size > 0")
         pool = self.worker.resources.get(BUFFER_POOL_KEY)
         if pool is None or self.backend != "uring" or size > pool.buffer_size:
-            return [aligned_buffer(size) for _ in range(count)]
-        leases = [pool.lease() for _ in range(count)]
-        return leases if size == pool.buffer_size else [b.sub(0, size) for b in leases]
+            plain = [aligned_buffer(size) for _ in range(count)]
+            self._plain_leases.update(plain)
+            return plain
+        if count > pool.count:
+            raise BufferError(
+                f"lease_buffers({count}): the registered pool of worker {self.worker.index} has "
+                f"{pool.count} buffers in all; raise [fixedbuf] count or lease fewer"
+            )
+        leases: list[RegisteredBuffer] = []
+        try:
+            for _ in range(count):
+                leases.append(pool.lease())
+        except BaseException:
+            # All or nothing: a partial lease would leave the pool short for good.
+            for lease in leases:
+                pool.release(lease)
+            raise
+        return list(leases) if size == pool.buffer_size else [b.sub(0, size) for b in leases]
 
     def release_buffers(self, buffers: Sequence[Any]) -> None:
-        """Return buffers from :meth:`lease_buffers` (plain buffers are simply dropped)."""
+        """Return buffers from :meth:`lease_buffers`.
+
+        A buffer this handle's :meth:`lease_buffers` did not hand out (or one
+        released already) raises ``ValueError`` before any buffer is returned.
+        """
         from uringstack.buffers import BUFFER_POOL_KEY
 
         pool = self.worker.resources.get(BUFFER_POOL_KEY)
         for buf in buffers:
-            if pool is not None and isinstance(buf, RegisteredBuffer):
+            if isinstance(buf, RegisteredBuffer):
+                if pool is None or not pool.owns(buf.parent or buf):
+                    raise ValueError(f"release_buffers: {buf!r} is not a lease of this handle's buffer pool")
+            elif buf not in self._plain_leases:
+                raise ValueError(
+                    f"release_buffers: a {type(buf).__name__} that lease_buffers did not hand out "
+                    "(or that was released already)"
+                )
+        for buf in buffers:
+            if isinstance(buf, RegisteredBuffer):
+                assert pool is not None
                 pool.release(buf.parent or buf)
+            else:
+                self._plain_leases.discard(buf)
 
     def size(self) -> int:
         self._check()
@@ -152,6 +202,7 @@ class FileHandle:
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
         """Read each buffer at its offset in one batch; returns bytes read per buffer."""
         self._check()
+        _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
         results = self._io.start_rw(False, offsets, buffers, wait=True).wait()
@@ -160,6 +211,7 @@ class FileHandle:
     def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         """Write each buffer at its offset in one batch (no ordering between them)."""
         self._check()
+        _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
         results = self._io.start_rw(True, offsets, buffers, wait=True).wait()
@@ -197,6 +249,7 @@ class FileHandle:
     def write_durable(self, buf: Any, offset: int) -> int:
         """Write *buf* at *offset* and flush it, ordered; returns once both completed."""
         self._check()
+        _check_batch(self.path, [offset], [buf])
         written, synced = self._io.start_write_sync(offset, buf, True, wait=True).wait()
         if written < 0:
             raise UringIOError(-written, "write", self.path, f"at offset {offset}")
@@ -212,11 +265,13 @@ class FileHandle:
     def start_read_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
         """Start a batch of reads without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
+        _check_batch(self.path, offsets, buffers)
         return self._io.start_rw(False, offsets, buffers)
 
     def start_write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
         """Start a batch of writes without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
+        _check_batch(self.path, offsets, buffers)
         return self._io.start_rw(True, offsets, buffers)
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
@@ -225,6 +280,12 @@ class FileHandle:
 
     async def read(self, size: int, offset: int) -> bytes:
         """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF)."""
+        if size < 0:
+            raise ValueError(f"{self.path}: read size {size} is negative")
+        if size == 0:
+            self._check()
+            _check_batch(self.path, [offset], [b""])
+            return b""
         if self._io.direct:
             from uringstack.buffers import aligned_buffer
 
@@ -240,6 +301,7 @@ class FileHandle:
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
     ) -> list[int]:
         self._check()
+        _check_batch(self.path, offsets, buffers)
         results = await self._io.start_rw(False, offsets, buffers).wait_async()
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
             return results
@@ -251,6 +313,7 @@ class FileHandle:
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         self._check()
+        _check_batch(self.path, offsets, buffers)
         results = await self._io.start_rw(True, offsets, buffers).wait_async()
         return self._finish_writes(offsets, buffers, results)
 

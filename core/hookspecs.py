@@ -134,6 +134,17 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
 
 
 @hookspec
+def uringstack_open_options() -> list[str] | None:
+    """Names of the extra keyword options of :meth:`Stack.open` this plugin reads.
+
+    ``Stack.open(path, passthrough="auto")`` puts ``passthrough`` in
+    ``target.options`` for the backend hooks; an option no plugin declares
+    here is refused with ``TypeError``, so a misspelled option is never
+    silently ignored.  Called once per open.
+    """
+
+
+@hookspec
 def uringstack_file_opened(handle: object, worker: Worker) -> None:
     """A handle was opened on *worker* (e.g. register it in the fixed-file table).
 

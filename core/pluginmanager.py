@@ -353,6 +353,11 @@ class UringstackPluginManager:
         )
         return result
 
+    def open_options(self) -> set[str]:
+        """Every extra :meth:`Stack.open` option some loaded plugin declares."""
+        declared: list[list[str] | None] = self._pm.hook.uringstack_open_options()
+        return {name for names in declared if names for name in names}
+
     def file_opened(self, handle: object, worker: Worker) -> None:
         """Tell plugins a handle was opened on *worker*."""
         self._pm.hook.uringstack_file_opened(handle=handle, worker=worker)

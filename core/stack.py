@@ -163,6 +163,13 @@ class Stack:
         """
         if self._closed:
             raise RingClosedError("stack is closed")
+        unknown = sorted(set(options) - self.plugin_manager.open_options())
+        if unknown:
+            known = ", ".join(sorted(self.plugin_manager.open_options())) or "none"
+            raise TypeError(
+                f"Stack.open() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} "
+                f"(options declared by the loaded plugins: {known})"
+            )
         worker = self._pick_worker(core)
         target = resolve_target(
             os.fspath(path),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import stat
 import struct
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,12 @@ def resolve_target(
         if stat.S_ISBLK(st.st_mode):
             kind = "block"
         elif stat.S_ISCHR(st.st_mode):
+            if not _is_nvme_generic(st):
+                raise UringIOError(
+                    22, "open", path,
+                    "a character device that is not an NVMe generic char device (/dev/ngXnY); "
+                    "uringstack opens regular files, block devices and NVMe namespaces",
+                )
             kind = "nvme_char"
         elif stat.S_ISREG(st.st_mode):
             kind = "file"
@@ -53,6 +60,12 @@ def resolve_target(
         options=dict(options or {}),
         create=create,
     )
+
+
+def _is_nvme_generic(st: os.stat_result) -> bool:
+    """True for an NVMe generic char device: its sysfs node is ``ngXnY`` under ``nvme-generic``."""
+    node = os.path.realpath(f"/sys/dev/char/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    return "nvme-generic" in node.split(os.sep) or re.fullmatch(r"ng\d+n\d+", os.path.basename(node)) is not None
 
 
 def open_target(target: Target) -> int:

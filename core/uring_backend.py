@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from uringstack.types import Target
 
 
+# Linux moves at most MAX_RW_COUNT (INT_MAX rounded down to a page) bytes per
+# read or write and returns a short count for the rest, as pread/pwrite do;
+# an SQE's length is a u32.  Longer buffers are submitted with this length, and
+# the handle completes the short transfer like any other (page aligned, so
+# O_DIRECT stays aligned).
+MAX_RW_COUNT = 0x7FFFF000
+
+
 class UringPending:
     """A batch in flight on a ring."""
 
@@ -75,6 +83,13 @@ class UringFileIO:
         ring_id = id(self.ring)
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
         keep, addrs, lens = pin_buffers(buffers, writable=not write)
+        if n and max(lens) > MAX_RW_COUNT:
+            if self.direct:  # the rest is submitted later: check the whole length now
+                for i, length in enumerate(lens):
+                    check_alignment(
+                        "write" if write else "read", self.path, addrs[i], length, offsets[i], self.block_size
+                    )
+            lens = [min(length, MAX_RW_COUNT) for length in lens]
         leases = [b for b in buffers if isinstance(b, RegisteredBuffer)]
         # leases registered with this very ring become READ_FIXED/WRITE_FIXED
         slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
@@ -118,6 +133,7 @@ class UringFileIO:
         addr, length = address_of(pin), len(pin)
         if self.direct:
             check_alignment("write", self.path, addr, length, offset, self.block_size)
+        length = min(length, MAX_RW_COUNT)
         fd, fixed_flag = self._fd_and_flags()
         batch = self.ring.submit(
             [Op.WRITE, Op.FSYNC],

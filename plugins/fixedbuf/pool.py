@@ -64,9 +64,13 @@ class BufferPool:
                 )
             return self._free.pop()
 
+    def owns(self, buf: RegisteredBuffer) -> bool:
+        """True when *buf* is one of this pool's buffers (a sub-range's parent counts)."""
+        return buf.ring_id == id(self.ring) and 0 <= buf.index < len(self._all) and self._all[buf.index] is buf
+
     def release(self, buf: RegisteredBuffer) -> None:
         """Give *buf* back (once).  Releasing a buffer twice is an error, not a no-op."""
-        if buf.ring_id != id(self.ring) or self._all[buf.index] is not buf:
+        if not self.owns(buf):
             raise ValueError("buffer does not belong to this pool")
         with self._lock:
             if buf in self._free or buf in self._deferred:

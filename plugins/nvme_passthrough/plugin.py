@@ -98,6 +98,11 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
 PASSTHROUGH_CHOICES = ("auto", "on", "off")
 
 
+@hookimpl
+def uringstack_open_options() -> list[str]:
+    return ["passthrough"]
+
+
 def _want(target: Target) -> str | None:
     """The per-open ``passthrough=`` option, normalised (True/False accepted for on/off)."""
     value = target.options.get("passthrough")
