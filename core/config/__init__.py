@@ -7,8 +7,8 @@ each validated by the model the plugin returns from
 validation names ``sqpoll.idle_ms`` precisely and one JSON schema covers the
 whole file.
 
-Priority, highest first (pydantic-settings ``settings_customise_sources``,
-the way Prefect layers its settings)::
+Priority, highest first (merged key by key, then validated once in strict
+mode: a TOML ``true`` is not the integer 1, ``"yes"`` is not a boolean)::
 
     explicit arguments  >  environment  >  TOML file  >  defaults
 
@@ -24,7 +24,8 @@ editing the file.
 The modules, one job each: ``values`` (list parsers for env values),
 ``core`` (:class:`CoreConfig`), ``model`` (:class:`StackConfig`,
 :func:`build_config_model`), ``sources`` (reading the TOML, environment and
-override layers), ``provenance`` (which layer set a key), ``errors``
+override layers), ``strict`` (typing environment strings, the strict merge),
+``provenance`` (which layer set a key), ``errors``
 (:class:`ConfigProblem`, :class:`ConfigError`), ``validation`` (pydantic
 errors into problems) and ``load`` (:func:`load_config`, :func:`config_schema`).
 Import from ``uringstack.config``; the modules are its implementation.

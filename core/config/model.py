@@ -8,13 +8,11 @@ one JSON schema covers the whole file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 from pydantic_settings import (
     BaseSettings,
-    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -30,14 +28,6 @@ CORE_SECTION = "core"
 _SECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class Layers:
-    """The raw values of each source, as the model class's sources return them."""
-
-    env: dict[str, Any]
-    file: dict[str, Any]
 
 
 class StackConfig(BaseSettings):
@@ -66,9 +56,6 @@ class StackConfig(BaseSettings):
         default_factory=lambda: CoreConfig(), description="Settings of the stack itself."
     )
 
-    # Set on the per-load subclass by load_config; read by settings_customise_sources.
-    _uringstack_layers: ClassVar[Layers | None] = None
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -78,21 +65,14 @@ class StackConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Arguments > environment > file; no dotenv, no secrets directory.
+        """Only the arguments: no environment, dotenv or secrets directory of its own.
 
-        The environment and the file were read once by :func:`load_config`
-        (it needs ``core.disabled_plugins`` before this class even exists);
-        they come in as fixed layers so the same dicts drive both the model
-        and the provenance report.
+        :func:`load_config` reads the file and the environment itself (it
+        needs ``core.disabled_plugins`` before this class even exists),
+        merges them with the arguments and validates the result strictly;
+        the sections it passes in are already validated.
         """
-        layers = cls._uringstack_layers
-        if layers is None:
-            return (init_settings,)
-        return (
-            init_settings,
-            InitSettingsSource(settings_cls, layers.env),
-            InitSettingsSource(settings_cls, layers.file),
-        )
+        return (init_settings,)
 
     def section(self, name: str, model: type[M]) -> M:
         """This config's section *name*, checked to be an instance of *model*.
