@@ -62,6 +62,6 @@ def close_default_stack() -> None:
         for obj in list(group):
             try:
                 obj.close()
-            except Exception:  # noqa: BLE001 - at exit: close the rest, like finalization would
+            except Exception:
                 pass
     stack.close()

@@ -217,15 +217,15 @@ class FileIO(io.RawIOBase):
         handle = self._handle
         return handle is not None and handle._closed
 
-    def _checkClosed(self, msg: str | None = None) -> None:  # noqa: N802 - io's name
+    def _checkClosed(self, msg: str | None = None) -> None:
         if self.closed:
             raise _closed_error()
 
-    def _checkReadable(self) -> None:  # noqa: N802
+    def _checkReadable(self) -> None:
         if not self._readable:
             raise io.UnsupportedOperation("File not open for reading")
 
-    def _checkWritable(self) -> None:  # noqa: N802
+    def _checkWritable(self) -> None:
         if not self._writable:
             raise io.UnsupportedOperation("File not open for writing")
 

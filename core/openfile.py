@@ -45,29 +45,10 @@ class BufferedRandom(_FlushRaw, io.BufferedRandom):
     """``io.BufferedRandom`` whose ``flush()`` returns once the data reached the kernel."""
 
 
-def open(  # noqa: A001, C901, PLR0912, PLR0913 - the built-in's signature and rules
-    file: int | str | bytes | os.PathLike[str] | os.PathLike[bytes],
-    mode: str = "r",
-    buffering: int = -1,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
-    closefd: bool = True,
-    opener: Opener | None = None,
-    *,
-    direct: bool = False,
-    stack: Stack | None = None,
-) -> IO[Any]:
-    """Open *file* like the built-in ``open()`` and return the same kind of object.
-
-    ``rb`` gives an ``io.BufferedReader``, ``wb``/``ab``/``xb`` a
-    :class:`BufferedWriter`, ``+`` modes a :class:`BufferedRandom`, text modes
-    an ``io.TextIOWrapper`` over them, ``buffering=0`` the raw
-    :class:`uringstack.FileIO`.  *stack* defaults to the process-wide stack.
-    ``direct=True`` opens with ``O_DIRECT`` (aligned internal buffers; see
-    :class:`uringstack.FileIO`).  Buffered layers read ahead on sequential
-    reads and write behind on sequential writes.
-    """
+def check_mode(
+    file: Any, mode: str, buffering: int, encoding: str | None, errors: str | None, newline: str | None
+) -> tuple[str, bool]:
+    """Check open()'s arguments as the built-in does; returns (FileIO mode, binary)."""
     if not isinstance(file, int):
         file = os.fspath(file)
     if not isinstance(file, (str, bytes, int)):
@@ -108,10 +89,44 @@ def open(  # noqa: A001, C901, PLR0912, PLR0913 - the built-in's signature and r
             RuntimeWarning,
             2,
         )
+    raw_mode = (
+        ((creating and "x") or "") + ((reading and "r") or "") + ((writing and "w") or "")
+        + ((appending and "a") or "") + ((updating and "+") or "")
+    )
+    return raw_mode, binary
+
+
+def open(
+    file: int | str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> IO[Any]:
+    """Open *file* like the built-in ``open()`` and return the same kind of object.
+
+    ``rb`` gives an ``io.BufferedReader``, ``wb``/``ab``/``xb`` a
+    :class:`BufferedWriter`, ``+`` modes a :class:`BufferedRandom`, text modes
+    an ``io.TextIOWrapper`` over them, ``buffering=0`` the raw
+    :class:`uringstack.FileIO`.  *stack* defaults to the process-wide stack.
+    ``direct=True`` opens with ``O_DIRECT`` (aligned internal buffers; see
+    :class:`uringstack.FileIO`).  Buffered layers read ahead on sequential
+    reads and write behind on sequential writes.
+    """
+    raw_mode, binary = check_mode(file, mode, buffering, encoding, errors, newline)
+    if not isinstance(file, int):
+        file = os.fspath(file)
+    updating = "+" in mode
+    creating, writing, appending = "x" in mode, "w" in mode, "a" in mode
     raw = FileIO(
         file,
-        (creating and "x" or "") + (reading and "r" or "") + (writing and "w" or "")
-        + (appending and "a" or "") + (updating and "+" or ""),
+        raw_mode,
         closefd,
         opener=opener,
         stack=stack,
@@ -120,7 +135,7 @@ def open(  # noqa: A001, C901, PLR0912, PLR0913 - the built-in's signature and r
     result: Any = raw
     try:
         line_buffering = False
-        if buffering == 1 or buffering < 0 and raw.isatty():
+        if buffering == 1 or (buffering < 0 and raw.isatty()):
             buffering = -1
             line_buffering = True
         if buffering < 0:
