@@ -423,7 +423,7 @@ class AsyncTextFile:
     async def read(self, size: int = -1) -> str:
         if size is None or size < 0:
             data = await self.buffer.read()
-            text = self._chars + self._decoder.decode(data, final=True)
+            text: str = self._chars + self._decoder.decode(data, final=True)
             self._reset_decoder()
             self._eof = True
             return text
@@ -491,7 +491,7 @@ class AsyncTextFile:
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         text = s
         if self._newline not in (None, "", "\n"):
-            text = text.replace("\n", self._newline)  # type: ignore[arg-type]
+            text = text.replace("\n", self._newline)
         elif self._newline is None and os.linesep != "\n":
             text = text.replace("\n", os.linesep)
         await self._unread()
@@ -570,10 +570,12 @@ class OpenContext(Awaitable[F], Generic[F]):
     """What :func:`open` returns: ``await`` it for the file, or ``async with`` it."""
 
     __slots__ = ("_coro", "_obj")
+    _coro: Awaitable[F]
+    _obj: F | None
 
     def __init__(self, coro: Awaitable[F]) -> None:
         self._coro = coro
-        self._obj: F | None = None
+        self._obj = None
 
     def __await__(self) -> Generator[Any, None, F]:
         if self._obj is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401 - see below
+import contextlib
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -60,8 +61,6 @@ def close_default_stack() -> None:
         return
     for group in (_outer, _raw):
         for obj in list(group):
-            try:
+            with contextlib.suppress(Exception):  # at exit: close the rest, as finalization would
                 obj.close()
-            except Exception:
-                pass
     stack.close()

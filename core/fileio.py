@@ -177,7 +177,8 @@ class FileIO(io.RawIOBase):
         path = f"/proc/self/fd/{fd}" if isinstance(file, int) else os.fsdecode(file)
         own = fd if self._closefd else os.dup(fd)
         try:
-            return stack.open(path, direct=self._direct, writable=self._writable, **{ADOPT_FD: own})
+            options: dict[str, Any] = {ADOPT_FD: own}
+            return stack.open(path, direct=self._direct, writable=self._writable, **options)
         except BaseException:
             if own != fd:
                 os.close(own)
@@ -190,8 +191,9 @@ class FileIO(io.RawIOBase):
             flags = self._flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
             fd = os.open(f"/proc/self/fd/{self._fd}", flags)
             try:
+                options: dict[str, Any] = {ADOPT_FD: fd}
                 self._buffered_handle = self._handle._stack.open(
-                    self._handle.path, direct=False, writable=self._writable, **{ADOPT_FD: fd}
+                    self._handle.path, direct=False, writable=self._writable, **options
                 )
             except BaseException:
                 os.close(fd)
@@ -210,7 +212,7 @@ class FileIO(io.RawIOBase):
 
     # --- state ---------------------------------------------------------------------------
     @property
-    def closed(self) -> bool:  # type: ignore[override]
+    def closed(self) -> bool:
         """True after close(), and once the file's stack was closed."""
         if self._closed_flag:
             return True
@@ -303,7 +305,7 @@ class FileIO(io.RawIOBase):
             raise _closed_error()
         return handle
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
+    def readinto(self, b: Any) -> int:
         """Read up to ``len(b)`` bytes into *b* at the current position; 0 at end of file."""
         self._checkClosed()
         self._checkReadable()
@@ -349,7 +351,7 @@ class FileIO(io.RawIOBase):
         m[:n] = memoryview(buf)[pos - start : pos - start + n]
         return n
 
-    def read(self, size: int | None = -1) -> bytes | None:  # type: ignore[override]
+    def read(self, size: int | None = -1) -> bytes | None:
         """Read at most *size* bytes (everything when negative or None)."""
         self._checkClosed()
         self._checkReadable()
@@ -388,7 +390,7 @@ class FileIO(io.RawIOBase):
             return b"".join(chunks)
 
     # --- writing -----------------------------------------------------------------------
-    def write(self, b: Any) -> int:  # type: ignore[override]
+    def write(self, b: Any) -> int:
         """Write all of *b* at the current position (the end of file in append mode)."""
         self._checkClosed()
         self._checkWritable()

@@ -147,7 +147,7 @@ def open(
             raise ValueError("invalid buffering size")
         if buffering == 0:
             if binary:
-                return raw
+                return raw  # type: ignore[return-value]
             raise ValueError("can't have unbuffered text I/O")
         if direct and raw.handle is not None:
             block = raw.block_size

@@ -79,11 +79,14 @@ class FallbackOtherFileTests(_OnBackend, _OpenCode, cpython.OtherFileTests, unit
 
 def test_the_files_really_go_through_the_stack(tmp_path: pathlib.Path) -> None:
     """The suite above proves nothing if FileIO bypassed the stack: check it does not."""
-    with open_stack(overrides=BACKENDS["uring"]) as stack, as_default_stack(stack):
-        with uringstack.FileIO(tmp_path / "f", "w") as f:
-            assert f.handle is not None and f.handle in stack._handles
-            ring = f.handle.io.ring  # type: ignore[attr-defined]
-            before = ring.counters()["submitted"]
-            f.write(b"x" * 10)
-            assert ring.counters()["submitted"] > before
+    with (
+        open_stack(overrides=BACKENDS["uring"]) as stack,
+        as_default_stack(stack),
+        uringstack.FileIO(tmp_path / "f", "w") as f,
+    ):
+        assert f.handle is not None and f.handle in stack._handles
+        ring = f.handle.io.ring  # type: ignore[attr-defined]
+        before = ring.counters()["submitted"]
+        f.write(b"x" * 10)
+        assert ring.counters()["submitted"] > before
 
