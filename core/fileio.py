@@ -202,12 +202,17 @@ class FileIO(io.RawIOBase):
 
     # --- streaming (set up by uringstack.open) ---------------------------------------
     def _enable_streaming(self, *, readahead: bool, writebehind: bool) -> None:
-        """Turn on read-ahead and write-behind (``uringstack.open`` does, for its buffered layers)."""
-        if self._handle is None:
+        """Turn on read-ahead and write-behind (``uringstack.open`` does, for its buffered layers).
+
+        Only under O_DIRECT: without it the page cache already reads ahead
+        (the kernel's readahead follows sequential reads on any backend) and
+        writes behind (dirty pages), and doing it again here would cost a
+        second copy of every byte."""
+        if self._handle is None or not self._direct:
             return
         if readahead and self._readable:
             self._readahead = ReadAhead(self._handle)
-        if writebehind and self._writable and not (self._direct or self._appending):
+        if writebehind and self._writable and not self._appending:
             self._writebehind = WriteBehind(self._handle)
 
     # --- state ---------------------------------------------------------------------------
@@ -420,23 +425,25 @@ class FileIO(io.RawIOBase):
 
     def _write_at(self, handle: FileHandle, m: memoryview, pos: int) -> None:
         wb = self._writebehind
-        if wb is not None:
-            if wb.end != pos:
-                wb.drain()  # in-flight writes are unordered: never let two overlap
-            wb.start(bytes(m), pos)  # the caller may reuse its buffer once we return
-            return
+        buf: Any = m
         if self._direct:
             block = handle.block_size
             if pos % block or len(m) % block:
+                # not whole blocks: this one call goes through a buffered descriptor,
+                # after every direct write in flight (they are unordered otherwise)
+                self._drain()
                 self._buffered().write_from(m, pos)
                 return
             from uringstack.buffers import aligned_buffer
 
-            buf = aligned_buffer(len(m))
+            buf = aligned_buffer(len(m))  # aligned for O_DIRECT, and ours to keep in flight
             buf[:] = m
-            handle.write_from(buf, pos)
+        if wb is not None:
+            if wb.end != pos:
+                wb.drain()  # in-flight writes are unordered: never let two overlap
+            wb.start(buf if buf is not m else bytes(m), pos)  # the caller may reuse m at once
             return
-        handle.write_from(m, pos)
+        handle.write_from(buf, pos)
 
     def _drain(self) -> None:
         if self._writebehind is not None and len(self._writebehind):

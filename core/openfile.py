@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 STREAM_BUFFER_SIZE = 128 * 1024
 """Default buffer of the buffered layer over a stack file (the built-in uses
 ``st_blksize``, 4 KiB here): one stack request per 128 KiB, not per 4 KiB."""
+WRITE_BUFFER_SIZE = 1 << 20
+"""Default buffer of a write-only file: a stack request costs more fixed time
+than a ``write(2)``, so write-only files (sequential by nature) batch 1 MiB."""
 
 
 class _FlushRaw:
@@ -139,7 +142,10 @@ def open(
             buffering = -1
             line_buffering = True
         if buffering < 0:
-            buffering = STREAM_BUFFER_SIZE if raw.handle is not None else io.DEFAULT_BUFFER_SIZE
+            buffering = io.DEFAULT_BUFFER_SIZE
+            if raw.handle is not None:
+                write_only = (creating or writing or appending) and not updating
+                buffering = WRITE_BUFFER_SIZE if write_only else STREAM_BUFFER_SIZE
             bs = os.fstat(raw.fileno()).st_blksize
             if raw.handle is None and bs > 1:
                 buffering = bs
