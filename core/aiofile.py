@@ -37,6 +37,8 @@ CHUNK = 64 * 1024
 """Bytes a buffered read asks the stack for at least (aiofiles' reads are one
 ``read`` call of the wrapped file, 8 KiB buffered)."""
 
+MIN_READ = 4096
+"""The first read after open or seek asks for at least this much."""
 F = TypeVar("F", "AsyncBinaryFile", "AsyncTextFile")
 
 
@@ -60,6 +62,7 @@ class AsyncBinaryFile:
         self._rbuf = b""  # read-ahead bytes starting at self._pos
         self._wbuf = bytearray()  # bytes to write at self._pos - len(self._wbuf)
         self._pos = raw.tell() if raw.handle is not None else 0
+        self._readsize = MIN_READ
 
     # --- description ---------------------------------------------------------------
     @property
@@ -109,7 +112,10 @@ class AsyncBinaryFile:
     async def _fill(self, want: int) -> bool:
         """Read at least *want* more bytes into the read buffer; False at end of file."""
         handle = self._handle()
-        size = max(want, CHUNK)
+        # Random access reads what was asked (a page at least); each further
+        # sequential fill doubles, up to CHUNK.
+        size = max(want, self._readsize)
+        self._readsize = min(self._readsize * 2, CHUNK)
         try:
             data = await handle.read(size, self._pos + len(self._rbuf))
         except RingClosedError:
@@ -271,6 +277,7 @@ class AsyncBinaryFile:
                 offset, whence = self._pos + offset, os.SEEK_SET
             self._pos = os.lseek(self._file.fileno(), offset, whence)
             self._rbuf = b""
+            self._readsize = MIN_READ
             return self._pos
 
     async def tell(self) -> int:
