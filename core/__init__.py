@@ -38,11 +38,14 @@ _EXPORTS = {
     "AlignmentError": "uringstack.errors",
     "RingClosedError": "uringstack.errors",
     "PlanError": "uringstack.types",
+    "FileIO": "uringstack.fileio",
+    "open": "uringstack.openfile",
 }
 
 __all__ = [
     "AlignmentError",
     "FileHandle",
+    "FileIO",
     "PlanError",
     "RegisteredBuffer",
     "Ring",
@@ -56,6 +59,7 @@ __all__ = [
     "hookimpl",
     "load_config",
     "make_plan",
+    "open",
     "open_stack",
 ]
 
@@ -63,8 +67,10 @@ if TYPE_CHECKING:
     from uringstack.buffers import RegisteredBuffer, aligned_buffer
     from uringstack.config import load_config
     from uringstack.errors import AlignmentError, RingClosedError, ShortIOError, UringIOError
+    from uringstack.fileio import FileIO
     from uringstack.handle import FileHandle
     from uringstack.hookspecs import hookimpl
+    from uringstack.openfile import open
     from uringstack.plan import make_plan
     from uringstack.ring import Ring
     from uringstack.ring_params import RingParams

@@ -98,3 +98,6 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
     if batch.finished and not fut.done():
         fut.set_result(batch.results)
     return await fut
+
+
+from uringstack.aiofile import open  # noqa: E402, F401 - uringstack.aio.open: aiofiles' interface on the stack

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 
 _BLKSSZGET = 0x1268  # ioctl: logical sector size of a block device
 
+ADOPT_FD = "adopt_fd"
+"""``Stack.open(path, adopt_fd=fd)``: serve an fd the caller already opened (with
+its own flags, e.g. ``uringstack.FileIO``'s O_APPEND/O_TRUNC/O_EXCL) instead of
+opening *path*; the handle then owns *fd* and closes it."""
+
 
 def resolve_target(
     path: str,
@@ -29,8 +34,9 @@ def resolve_target(
 ) -> Target:
     """Classify *path* (file, block device, NVMe generic char device) and find its probed device."""
     path = os.path.abspath(path)
+    adopt = (options or {}).get(ADOPT_FD)
     try:
-        st = os.stat(path)
+        st = os.fstat(adopt) if adopt is not None else os.stat(path)
     except FileNotFoundError:
         if not create:
             raise UringIOError(2, "open", path, "no such file; pass create=True to create it") from None
@@ -70,6 +76,9 @@ def _is_nvme_generic(st: os.stat_result) -> bool:
 
 def open_target(target: Target) -> int:
     """Open *target* with the flags it asks for; errors name the file and the cause."""
+    adopt = target.options.get(ADOPT_FD)
+    if adopt is not None:
+        return int(adopt)
     flags = (os.O_RDWR if target.writable else os.O_RDONLY) | os.O_CLOEXEC
     if target.direct:
         flags |= os.O_DIRECT

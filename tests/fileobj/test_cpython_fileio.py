@@ -1,0 +1,92 @@
+"""CPython's own FileIO tests (``test.test_fileio``) pointed at ``uringstack.FileIO``.
+
+The same classes ``_pyio.FileIO`` passes (``PyAutoFileTests``/``PyOtherFileTests``),
+run once per backend with that backend's stack as the process-wide default.
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import unittest
+from typing import Any, ClassVar
+
+import pytest
+
+import uringstack
+from uringstack.stack import Stack, open_stack
+
+from .conftest import BACKENDS, as_default_stack
+
+try:
+    from test import test_fileio as cpython
+except ImportError as exc:  # pragma: no cover - depends on how Python was built
+    pytest.skip(
+        f"this Python has no `test` package (test.test_fileio: {exc}); distro Pythons ship it separately",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the suite writes TESTFN into the current directory
+
+
+class _OnBackend:
+    backend: ClassVar[str]
+    _stack: ClassVar[Stack]
+    _ctx: ClassVar[Any]
+    FileIO = uringstack.FileIO
+    modulename = "uringstack"
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._stack = open_stack(overrides=BACKENDS[cls.backend])
+        cls._ctx = as_default_stack(cls._stack)
+        cls._ctx.__enter__()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._ctx.__exit__(None, None, None)
+        cls._stack.close()
+
+
+class _OpenCode:
+    def test_open_code(self) -> None:
+        # as PyOtherFileTests.test_open_code: same bytes as io.open_code()
+        with uringstack.FileIO(__file__, "rb") as f:
+            expected = f.read()
+        with io.open_code(__file__) as f:
+            actual = f.read()
+        assert expected == actual
+
+
+class UringAutoFileTests(_OnBackend, cpython.AutoFileTests, unittest.TestCase):  # type: ignore[misc]
+    backend = "uring"
+
+
+class UringOtherFileTests(_OnBackend, _OpenCode, cpython.OtherFileTests, unittest.TestCase):  # type: ignore[misc]
+    backend = "uring"
+
+
+class FallbackAutoFileTests(_OnBackend, cpython.AutoFileTests, unittest.TestCase):  # type: ignore[misc]
+    backend = "fallback"
+
+
+class FallbackOtherFileTests(_OnBackend, _OpenCode, cpython.OtherFileTests, unittest.TestCase):  # type: ignore[misc]
+    backend = "fallback"
+
+
+def test_the_files_really_go_through_the_stack(tmp_path: pathlib.Path) -> None:
+    """The suite above proves nothing if FileIO bypassed the stack: check it does not."""
+    with (
+        open_stack(overrides=BACKENDS["uring"]) as stack,
+        as_default_stack(stack),
+        uringstack.FileIO(tmp_path / "f", "w") as f,
+    ):
+        assert f.handle is not None and f.handle in stack._handles
+        ring = f.handle.io.ring  # type: ignore[attr-defined]
+        before = ring.counters()["submitted"]
+        f.write(b"x" * 10)
+        assert ring.counters()["submitted"] > before
+
