@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from uringstack import hookspecs
+from uringstack.errors import UringStackError
 from uringstack.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ HOOK_PREFIX = PROJECT_NAME + "_"
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 
-class PluginError(Exception):
+class PluginError(UringStackError):
     """A plugin could not be loaded or does not fit the hook contract."""
 
 

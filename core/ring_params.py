@@ -9,7 +9,6 @@ required is never dropped silently (the error is raised instead).
 from __future__ import annotations
 
 import errno
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,16 +220,3 @@ def probe_kernel() -> tuple[int, int, list[int]]:
     finally:
         lib.io_uring_queue_exit(ring)
 
-
-def memlock_limit() -> tuple[int, int]:
-    """RLIMIT_MEMLOCK as ``(soft, hard)`` in bytes (-1 for unlimited)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    inf = resource.RLIM_INFINITY
-    return (-1 if soft == inf else soft, -1 if hard == inf else hard)
-
-
-def online_cpus() -> list[int]:
-    """CPUs this process may run on."""
-    return sorted(os.sched_getaffinity(0))

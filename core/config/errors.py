@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from uringstack.errors import UringStackError
+
 NO_VALUE: Any = object()
 """The ``value`` of a problem that has no input to show (e.g. a missing section)."""
 
@@ -35,7 +37,7 @@ class ConfigProblem:
         return text
 
 
-class ConfigError(Exception):
+class ConfigError(UringStackError):
     """The configuration is invalid; ``problems`` lists each issue.
 
     ``str(error)`` is one line per problem:

@@ -8,7 +8,7 @@ driver has poll queues: ``/sys/block/<disk>/queue/io_poll`` is 1 (NVMe with
 (EOPNOTSUPP) or spins without finding completions, so the check here decides
 from sysfs, and tells why when the answer is no.
 
-Reaping strategy (see also :mod:`uringstack.plugins.iopoll.pipeline`): an
+Reaping strategy (see also :mod:`uringstack.pipeline`): an
 IOPOLL ring posts completions only while some task polls the device inside
 ``io_uring_enter(IORING_ENTER_GETEVENTS)``.  :class:`IopollFile` therefore
 waits with ``Ring.wait`` (liburing ``io_uring_wait_cqe`` -> GETEVENTS), never
@@ -33,7 +33,7 @@ from uringstack.blockdev import backing_disk
 from uringstack.errors import AlignmentError, ShortIOError, UringIOError
 from uringstack.flags import Op, SetupFlag
 from uringstack.native import ffi
-from uringstack.plugins.iopoll.pipeline import filled, first_not_equal, from_bytes, run_pipelined
+from uringstack.pipeline import filled, first_not_equal, from_bytes, run_pipelined
 from uringstack.ring import Ring
 from uringstack.ring_params import RingParams
 

@@ -36,8 +36,7 @@ from uringstack.errors import AlignmentError, UringIOError
 from uringstack.flags import Op, SetupFlag, SqeFlag
 from uringstack.native import ffi
 from uringstack.pending import CompletedPending
-from uringstack.plugins.iopoll.pipeline import filled, from_bytes
-from uringstack.plugins.iopoll.reap import is_polled, polled_done, wait_polled
+from uringstack.pipeline import filled, from_bytes
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -53,6 +52,7 @@ from uringstack.plugins.nvme_passthrough.device import (
     open_char_device,
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
+from uringstack.polling import is_polled, polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 from uringstack.ring_params import RingParams
 

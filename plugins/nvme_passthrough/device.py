@@ -28,7 +28,7 @@ from typing import Any
 from uringstack.errors import AlignmentError, UringIOError, UringStackError
 from uringstack.flags import Op, SetupFlag
 from uringstack.native import ffi
-from uringstack.plugins.iopoll.pipeline import filled, first_nonzero, from_bytes, run_pipelined
+from uringstack.pipeline import filled, first_nonzero, from_bytes, run_pipelined
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
