@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import AlignmentError
 from uringstack.native import ffi
+
+if TYPE_CHECKING:
+    from uringstack.ring import Ring
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -108,11 +111,15 @@ class RegisteredBuffer:
         return self.size
 
 
-
 class BufferProvider(Protocol):
-    """What a buffer-pool plugin puts in ``worker.resources["buffer_pool"]``."""
+    """What a buffer-pool plugin registers in a worker's :class:`BufferRegistry`.
+
+    :meth:`FileHandle.lease_buffers` leases from it for handles on ``ring``
+    (the ring the buffers are registered with).
+    """
 
     buffer_size: int
+    ring: Ring
 
     def lease(self) -> RegisteredBuffer:
         """A free buffer; raise :class:`BufferError` when none is free."""
@@ -123,4 +130,44 @@ class BufferProvider(Protocol):
         ...
 
 
-BUFFER_POOL_KEY = "buffer_pool"
+class BufferRegistry:
+    """The registered-buffer providers of one worker, by plugin name (``worker.buffers``).
+
+    A plugin that registers buffers with a ring in ``uringstack_ring_created``
+    calls :meth:`register`; the core's handles find the pool for their ring
+    with :meth:`for_ring`, so no module needs to know another's resource key.
+    The plugin removes its provider in ``uringstack_stack_teardown`` with
+    :meth:`unregister` before it frees the memory.
+    """
+
+    def __init__(self) -> None:
+        self._providers: dict[str, BufferProvider] = {}
+
+    def register(self, plugin: str, provider: BufferProvider) -> None:
+        """Make *provider* serve leases for its ring; one provider per plugin and ring."""
+        if plugin in self._providers:
+            raise ValueError(f"plugin {plugin!r} already registered a buffer provider on this worker")
+        for other, existing in self._providers.items():
+            if existing.ring is provider.ring:
+                raise ValueError(
+                    f"plugin {plugin!r}: the {provider.ring.params.role} ring already has buffers "
+                    f"registered by plugin {other!r} (a ring has one registered-buffer table)"
+                )
+        self._providers[plugin] = provider
+
+    def unregister(self, plugin: str) -> BufferProvider | None:
+        """Remove and return *plugin*'s provider (``None`` if it had none)."""
+        return self._providers.pop(plugin, None)
+
+    def get(self, plugin: str) -> BufferProvider | None:
+        """*plugin*'s provider, or ``None``."""
+        return self._providers.get(plugin)
+
+    def for_ring(self, ring: Ring | None) -> BufferProvider | None:
+        """The provider whose buffers are registered with *ring*, or ``None``."""
+        if ring is None:
+            return None
+        return next((p for p in self._providers.values() if p.ring is ring), None)
+
+    def __len__(self) -> int:
+        return len(self._providers)

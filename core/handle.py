@@ -16,6 +16,7 @@ from uringstack.buffers import RegisteredBuffer
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.io_backend import FileIO
 from uringstack.pending import Pending
+from uringstack.ring import Ring
 
 if TYPE_CHECKING:
     from uringstack.stack import Stack, Worker
@@ -72,24 +73,28 @@ class FileHandle:
         """The backend object (for benchmarks and plugins)."""
         return self._io
 
+    @property
+    def ring(self) -> Ring | None:
+        """The worker's ring this handle's I/O goes to (``None``: not an io_uring backend)."""
+        ring = getattr(self._io, "ring", None)
+        return ring if isinstance(ring, Ring) else None
+
     def lease_buffers(self, count: int, size: int = 4096) -> list[Any]:
         """*count* buffers of *size* bytes from the worker's registered pool (fixed
         buffers, READ_FIXED/WRITE_FIXED), or page-aligned plain buffers when no pool
         serves this handle (fixedbuf off, memlock too low, another backend).  Give
         them back with :meth:`release_buffers`."""
-        from uringstack.buffers import BUFFER_POOL_KEY, aligned_buffer
+        from uringstack.buffers import aligned_buffer
 
-        pool = self.worker.resources.get(BUFFER_POOL_KEY)
-        if pool is None or self.backend != "uring" or size > pool.buffer_size:
+        pool = self.worker.buffers.for_ring(self.ring)
+        if pool is None or size > pool.buffer_size:
             return [aligned_buffer(size) for _ in range(count)]
         leases = [pool.lease() for _ in range(count)]
         return leases if size == pool.buffer_size else [b.sub(0, size) for b in leases]
 
     def release_buffers(self, buffers: Sequence[Any]) -> None:
         """Return buffers from :meth:`lease_buffers` (plain buffers are simply dropped)."""
-        from uringstack.buffers import BUFFER_POOL_KEY
-
-        pool = self.worker.resources.get(BUFFER_POOL_KEY)
+        pool = self.worker.buffers.for_ring(self.ring)
         for buf in buffers:
             if pool is not None and isinstance(buf, RegisteredBuffer):
                 pool.release(buf.parent or buf)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from uringstack.config import StackConfig
+    from uringstack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring_params import RingParams
@@ -134,7 +135,7 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
 
 
 @hookspec
-def uringstack_file_opened(handle: object, worker: Worker) -> None:
+def uringstack_file_opened(handle: FileHandle, worker: Worker) -> None:
     """A handle was opened on *worker* (e.g. register it in the fixed-file table).
 
     Once per open, never per I/O.  ``handle.fd`` is the descriptor; set
@@ -143,7 +144,7 @@ def uringstack_file_opened(handle: object, worker: Worker) -> None:
 
 
 @hookspec
-def uringstack_file_closed(handle: object, worker: Worker) -> None:
+def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
     """A handle is about to close: free what :func:`uringstack_file_opened` took."""
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from uringstack.config import StackConfig
+    from uringstack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring_params import RingParams
@@ -354,11 +355,11 @@ class UringstackPluginManager:
         )
         return result
 
-    def file_opened(self, handle: object, worker: Worker) -> None:
+    def file_opened(self, handle: FileHandle, worker: Worker) -> None:
         """Tell plugins a handle was opened on *worker*."""
         self._pm.hook.uringstack_file_opened(handle=handle, worker=worker)
 
-    def file_closed(self, handle: object, worker: Worker) -> None:
+    def file_closed(self, handle: FileHandle, worker: Worker) -> None:
         """Tell plugins a handle is about to close."""
         self._pm.hook.uringstack_file_closed(handle=handle, worker=worker)
 

@@ -17,9 +17,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from uringstack import aio
+from uringstack.buffers import BufferRegistry
 from uringstack.errors import RingClosedError
 from uringstack.handle import FileHandle
 from uringstack.plan import Plan, make_plan, select_backend
@@ -36,13 +37,25 @@ _STOP = object()
 
 
 class Worker:
-    """A pinned thread and the rings it owns."""
+    """A pinned thread and the rings it owns.
+
+    ``index`` is the worker's position in :attr:`Stack.workers` (0-based);
+    ``cpu`` the CPU its thread is pinned to (``None``: not pinned); ``stack``
+    the :class:`Stack` it belongs to; ``rings`` its rings by role
+    (``storage``, ``iopoll``, ``passthrough``, or a role a plugin asked for
+    with ``FeatureVerdict.ring_roles``).  ``buffers`` is the registry of
+    registered-buffer providers (:class:`~uringstack.buffers.BufferRegistry`);
+    ``resources`` holds what plugins attach to this worker, keyed by plugin
+    name (each plugin reads only its own keys); ``notes`` the decisions taken
+    while building, as ``(plugin, reason)``.
+    """
 
     def __init__(self, index: int, cpu: int | None, stack: Stack) -> None:
         self.index = index
         self.cpu = cpu
         self.stack = stack
         self.rings: dict[str, Ring] = {}
+        self.buffers = BufferRegistry()
         self.resources: dict[str, Any] = {}
         self.notes: list[tuple[str, str]] = []
         self.completion_hook: Callable[[str], Callable[[Batch], None]] | None = None
@@ -90,6 +103,11 @@ class Worker:
             return fn(*args)
         return self.submit(fn, *args).result()
 
+    @property
+    def alive(self) -> bool:
+        """True while the worker's thread runs (it can take :meth:`call`)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)
@@ -100,7 +118,12 @@ class Worker:
 
 
 class Stack:
-    """The I/O stack of this process: workers, their rings, and the open handles."""
+    """The I/O stack of this process: workers, their rings, and the open handles.
+
+    ``plan`` is the :class:`~uringstack.plan.Plan` it was built from, ``caps``
+    the probe's report, ``config`` the loaded config, ``plugin_manager`` the
+    plugins; ``workers`` one :class:`Worker` per planned CPU, in plan order.
+    """
 
     def __init__(self, plan: Plan, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> None:
         self.plan = plan
@@ -112,6 +135,7 @@ class Stack:
         self._lock = threading.Lock()
         self._next_worker = itertools.count()
         self._closed = False
+        self._plugin_state: dict[str, object] = {}
         try:
             for wp in plan.workers:
                 worker = Worker(wp.index, wp.cpu, self)
@@ -197,9 +221,31 @@ class Stack:
         with self._lock:
             self._handles.discard(handle)
 
+    # --- per-stack plugin state -------------------------------------------------------------
+    def plugin_state(self, plugin: str, factory: Callable[[], T]) -> T:
+        """*plugin*'s state object for this stack, made by ``factory()`` on first use.
+
+        Lets hooks keep per-stack state (counters, tables) without a
+        process-wide registry that would mix two stacks: every hook can
+        reach the stack (``worker.stack``, ``handle.worker.stack``, the
+        ``stack`` argument of ``uringstack_stack_teardown``).  Thread-safe;
+        the object lives as long as the stack.
+        """
+        with self._lock:
+            state = self._plugin_state.get(plugin)
+            if state is None:
+                state = self._plugin_state[plugin] = factory()
+        # Only this method stores here, always factory()'s result for this plugin.
+        return cast(T, state)
+
     # --- running code on workers ---------------------------------------------------------
     def run_on_workers(self, fn: Callable[[Worker], T]) -> list[T]:
-        """Run ``fn(worker)`` on every worker's pinned thread at once; return the results."""
+        """Run ``fn(worker)`` on every worker's pinned thread at once; return the results.
+
+        All workers start at once (each on its own pinned thread); the call
+        returns when all finished, re-raising the first failure in worker
+        order.  The per-core way to drive I/O: *fn* submits to
+        ``worker.rings`` or to handles opened on that worker."""
         futures = [w.submit(fn, w) for w in self.workers]
         return [f.result() for f in futures]
 
@@ -242,7 +288,7 @@ class Stack:
             for worker in self.workers:
                 for ring in worker.rings.values():
                     aio.detach_ring(ring)
-                    if worker._thread.is_alive():
+                    if worker.alive:
                         worker.call(ring.close)
                     else:
                         ring.close()

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, field_validator
 
-from uringstack.buffers import BUFFER_POOL_KEY
 from uringstack.errors import UringIOError
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
@@ -24,6 +23,7 @@ from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
+    from uringstack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.stack import Stack, Worker
@@ -130,7 +130,7 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
             worker.note(NAME, f"registering {count} buffers failed with ENOMEM ({why}); none registered. "
                         + MEMLOCK_HINT)
         else:
-            worker.resources[BUFFER_POOL_KEY] = pool
+            worker.buffers.register(NAME, pool)
             worker.note(NAME, f"registered {count} x {cfg.buffer_size >> 10} KiB buffers")
     else:
         worker.note(NAME, f"no registered buffers: {why}. {MEMLOCK_HINT}")
@@ -140,23 +140,22 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
 
 
 @hookimpl
-def uringstack_file_opened(handle: object, worker: Worker) -> None:
+def uringstack_file_opened(handle: FileHandle, worker: Worker) -> None:
     table = worker.resources.get(FILES_KEY)
-    io = getattr(handle, "io", None)
-    if not isinstance(table, FixedFileTable) or getattr(io, "ring", None) is not table.ring:
+    if not isinstance(table, FixedFileTable) or handle.ring is not table.ring:
         return
-    slot = table.attach(handle.fd)  # type: ignore[attr-defined]
+    slot = table.attach(handle.fd)
     if slot is not None:
-        handle.fixed_index = slot  # type: ignore[attr-defined]
+        handle.fixed_index = slot
 
 
 @hookimpl
-def uringstack_file_closed(handle: object, worker: Worker) -> None:
+def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
     table = worker.resources.get(FILES_KEY)
-    slot = getattr(handle, "fixed_index", None)
+    slot = handle.fixed_index
     if isinstance(table, FixedFileTable) and slot is not None and not table.ring.closed:
         table.detach(slot)
-        handle.fixed_index = None  # type: ignore[attr-defined]
+        handle.fixed_index = None
 
 
 @hookimpl
@@ -165,6 +164,6 @@ def uringstack_stack_teardown(stack: Stack) -> None:
         table = worker.resources.pop(FILES_KEY, None)
         if isinstance(table, FixedFileTable):
             worker.call(table.close)
-        pool = worker.resources.pop(BUFFER_POOL_KEY, None)
+        pool = worker.buffers.unregister(NAME)
         if isinstance(pool, BufferPool):
             worker.call(pool.close)
