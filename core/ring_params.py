@@ -34,6 +34,14 @@ _DROP_ORDER: tuple[SetupFlag, ...] = (
 )
 
 
+def ring_name(core: int | None, role: str) -> str:
+    """The plan's name of the *role* ring of the worker on CPU *core*: ``"core0/storage"``.
+
+    The one spelling of a ring name: ``attach_to``, the plan and the stack
+    all use it."""
+    return f"core{core}/{role}"
+
+
 @dataclass
 class RingParams:
     """What one ring is built with; plugins adjust this before the ring exists.
@@ -60,6 +68,11 @@ class RingParams:
     spin_us: int = 0
     reasons: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """This ring's name in the plan (:func:`ring_name`)."""
+        return ring_name(self.core, self.role)
 
     def add(self, flag: SetupFlag, reason: str) -> None:
         """Set *flag* and record why."""

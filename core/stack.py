@@ -162,7 +162,7 @@ class Stack:
     def _ring_by_name(self, name: str) -> Ring:
         for worker in self.workers:
             for ring in worker.rings.values():
-                if f"core{ring.params.core}/{ring.params.role}" == name:
+                if ring.params.name == name:
                     return ring
         raise ValueError(f"attach_to={name!r}: no such ring was built before this one")
 

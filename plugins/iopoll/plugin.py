@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from uringstack.blockdev import backing_disk
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
@@ -100,13 +101,30 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
     probe_path = target.path
     if target.kind == "file" and not os.path.exists(probe_path):
         probe_path = os.path.dirname(probe_path) or "."  # about to be created: its filesystem decides
-    ok, reason = device_supports_poll(probe_path)
+    ok, reason = _poll_fact(probe_path, target, caps)
     if not ok and mode == "on":
         raise PlanError(
             f"[iopoll] mode = 'on' but {target.path} cannot be polled: {reason}. Set iopoll.mode to "
             "'auto' to serve it from the storage ring instead"
         )
     return ok, f"iopoll: {reason}"
+
+
+def _poll_fact(path: str, target: Target, caps: Capabilities) -> tuple[bool, str]:
+    """Can *path* be polled?  The probe's ``io_poll`` fact for its disk; sysfs only for a
+    disk the probe did not list (no device scan, device-mapper and md stacks)."""
+    dev = target.device
+    if dev is None:
+        try:
+            disk, _ = backing_disk(path)
+        except OSError:
+            disk = None
+        dev = next((d for d in caps.devices if d.name == disk), None) if disk else None
+    if dev is None:
+        return device_supports_poll(path)
+    if dev.io_poll:
+        return True, f"{target.path} is on {dev.name}: queue/io_poll is 1"
+    return False, f"{target.path} is on {dev.name}: {dev.io_poll_reason or 'queue/io_poll is 0'}"
 
 
 @hookimpl

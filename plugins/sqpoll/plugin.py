@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
+from uringstack.ring_params import ring_name
 from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
@@ -119,5 +120,5 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
         params.required |= SetupFlag.SQPOLL
     first = worker_cpus(caps, config)[0]
     if cfg.share and params.core != first:
-        params.attach_to = f"core{first}/{params.role}"
-        params.reasons.append(f"sqpoll: shares the poller of core{first}/{params.role} (ATTACH_WQ)")
+        params.attach_to = ring_name(first, params.role)
+        params.reasons.append(f"sqpoll: shares the poller of {params.attach_to} (ATTACH_WQ)")
