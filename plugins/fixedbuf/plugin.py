@@ -13,13 +13,14 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from uringstack.errors import UringIOError
+from uringstack.feature import Decision, Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -54,10 +55,6 @@ class FixedbufConfig(FeatureConfig):
         return v
 
 
-def _section(config: StackConfig) -> FixedbufConfig:
-    return config.section(NAME, FixedbufConfig)
-
-
 def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tuple[int, str]:
     """How many buffers per ring the memlock limit allows, and the reason."""
     want = cfg.buffer_size * cfg.count * rings
@@ -77,46 +74,42 @@ def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tup
 
 
 def _plan_count(caps: Capabilities, config: StackConfig) -> tuple[int, str]:
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     rings = len(caps.cpus.allowed) if config.core.cores == "auto" else len(config.core.cores)
     return buffers_that_fit(caps, cfg, rings)
 
 
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return NAME, FixedbufConfig
-
-
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    cfg = _section(config)
+def _decide(caps: Capabilities, config: StackConfig) -> Decision:
+    cfg = FEATURE.section(config)
     if cfg.mode == "off":
-        return FeatureVerdict(plugin=NAME, mode="off", enabled=False, reason="off (config)")
+        return Decision(False, "off (config)")
     if not caps.uring.usable or config.core.backend == "fallback":
-        return FeatureVerdict(plugin=NAME, mode=cfg.mode, enabled=False, reason="no io_uring rings to register with")
+        return Decision(False, "no io_uring rings to register with")
     count, why = _plan_count(caps, config)
     if count >= cfg.count:
-        reason = f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
-        return FeatureVerdict(plugin=NAME, mode=cfg.mode, enabled=True, reason=reason)
-    if cfg.mode == "on":
-        return FeatureVerdict(plugin=NAME, mode="on", enabled=False, reason=why, hint=MEMLOCK_HINT)
-    if count >= cfg.min_count:
-        return FeatureVerdict(
-            plugin=NAME, mode=cfg.mode, enabled=True,
-            reason=f"shrunk to {count} buffers per ring: {why}", hint=MEMLOCK_HINT,
+        return Decision(
+            True, f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
         )
-    return FeatureVerdict(
-        plugin=NAME, mode=cfg.mode, enabled=bool(cfg.files),
-        reason=f"no registered buffers ({why}); registered files only" if cfg.files else f"skipped: {why}",
-        hint=MEMLOCK_HINT,
+    if cfg.mode == "on":
+        return Decision(False, why, MEMLOCK_HINT)
+    if count >= cfg.min_count:
+        return Decision(True, f"shrunk to {count} buffers per ring: {why}", MEMLOCK_HINT)
+    return Decision(
+        bool(cfg.files),
+        f"no registered buffers ({why}); registered files only" if cfg.files else f"skipped: {why}",
+        MEMLOCK_HINT,
     )
+
+
+FEATURE = Feature(NAME, FixedbufConfig, _decide)
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
 def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> None:
     if ring.params.role not in _ROLES:
         return
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     if cfg.mode == "off":
         return
     count, why = _plan_count(worker.stack.caps, config)
