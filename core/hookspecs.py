@@ -149,14 +149,30 @@ def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
 
 
 @hookspec
-def uringstack_completion_batch(worker: Worker, op: str, results: list[int]) -> None:
+def uringstack_completion_batch(worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
     """See one batch of completions (statistics, tracing).
 
-    Called once per completed batch, and only when at least one plugin
-    implements it (the core checks at build time, so an unused hook costs
-    nothing).  ``results`` are the CQE results in submission order (bytes or
-    ``-errno``); treat them as read-only.  Keep it cheap: it runs on the I/O
-    path.
+    One call is one batch the backend submitted, called when its last
+    completion is reaped.  ``results`` are the CQE results in submission
+    order (bytes or ``-errno``); treat them as read-only.  ``op`` is what
+    the batch did: ``"read"`` or ``"write"`` (plain, fixed-buffer and
+    passthrough alike), ``"fsync"``, ``"fdatasync"``, or ``"write_durable"``
+    (a write linked to its flush: ``results`` ends with the flush's).  A
+    handle's retry of a short transfer (the rest of a read cut short at end
+    of file, of a short write) is a batch of its own, so it is a call of its
+    own.  ``ring`` is the ring that ran the batch (a worker may own a
+    storage, an iopoll and a passthrough ring); ``None`` for a backend that
+    has none.  Called by the io_uring backend, the iopoll backend and the
+    NVMe passthrough backend; not by the fallback thread pool nor for WAL
+    I/O, which do not go through a worker's ring.
+
+    Thread: whichever thread reaps the batch's last completion: the thread
+    that waits for it (the caller of a synchronous ``FileHandle`` method),
+    the event loop's thread for ``await``, or another thread waiting on the
+    same ring.  Keep it cheap and thread-safe: it runs on the I/O path.
+    The core checks at build time whether any plugin implements it, and
+    leaves out plugins whose verdict says ``mode="off"``: with no listener
+    left, batches carry no callback at all.
     """
 
 

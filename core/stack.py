@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from uringstack import aio
 from uringstack.buffers import BufferRegistry
@@ -29,7 +29,7 @@ from uringstack.targets import resolve_target
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
-    from uringstack.pluginmanager import UringstackPluginManager
+    from uringstack.pluginmanager import CompletionListeners, UringstackPluginManager
     from uringstack.probe.model import Capabilities
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class Worker:
         self.buffers = BufferRegistry()
         self.resources: dict[str, Any] = {}
         self.notes: list[tuple[str, str]] = []
-        self.completion_hook: Callable[[str], Callable[[Batch], None]] | None = None
+        self.completion_hook: CompletionHook | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"uringstack-worker-{index}", daemon=True)
         self._started = threading.Event()
@@ -136,13 +136,15 @@ class Stack:
         self._next_worker = itertools.count()
         self._closed = False
         self._plugin_state: dict[str, object] = {}
+        # A plugin switched off in the config does not pay for its completion hook.
+        listeners = pm.completion_listeners(skip=[v.plugin for v in plan.verdicts if v.mode == "off"])
         try:
             for wp in plan.workers:
                 worker = Worker(wp.index, wp.cpu, self)
                 worker.start()
                 self.workers.append(worker)
-                if pm.has_completion_batch_impls:
-                    worker.completion_hook = _completion_hook(pm, worker)
+                if listeners is not None:
+                    worker.completion_hook = _completion_hook(listeners, worker)
                 worker.call(self._build_rings, worker, [r.name for r in wp.rings])
             if not self.workers:
                 raise ValueError("the plan has no workers (core.cores is empty)")
@@ -301,10 +303,18 @@ class Stack:
         self.close()
 
 
-def _completion_hook(pm: UringstackPluginManager, worker: Worker) -> Callable[[str], Callable[[Batch], None]]:
-    def for_op(op: str) -> Callable[[Batch], None]:
+class CompletionHook(Protocol):
+    """``worker.completion_hook``: a backend asks it for the done-callback of one batch."""
+
+    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[Batch], None]:
+        """The callback to ``batch.add_done_callback`` for a batch doing *op* on *ring*."""
+        ...
+
+
+def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:
+    def for_op(op: str, ring: Ring | None = None) -> Callable[[Batch], None]:
         def on_done(batch: Batch) -> None:
-            pm.completion_batch(worker=worker, op=op, results=batch.results)
+            listeners(worker, op, batch.results, ring)
 
         return on_done
 

@@ -160,7 +160,7 @@ class IopollFileIO:
         # wait=True: submit and poll for the completions in one io_uring_enter.
         batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
         if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook(op))
+            batch.add_done_callback(self.completion_hook(op, self.ring))
         return IopollPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> Any:
