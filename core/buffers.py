@@ -75,6 +75,12 @@ def check_alignment(op: str, filename: str, addr: int, length: int, offset: int,
 class RegisteredBuffer:
     """A slice of memory registered with one ring (a fixed buffer).
 
+    ``view`` is its memory as a writable :class:`memoryview`: pass
+    ``lease.view`` where a buffer is wanted (``memoryview(lease)`` itself
+    works from Python 3.12, which added the buffer protocol for Python
+    classes); ``bytes(lease)``, ``lease[a:b]`` and ``lease[a:b] = data``
+    work on every version.  Handles take leases as they are.
+
     Plugins (fixedbuf) create these; the I/O path turns reads and writes on
     them into READ_FIXED/WRITE_FIXED.  ``ring_id`` is ``id()`` of the ring the
     memory is registered with: a lease used on another ring falls back to a
@@ -109,6 +115,33 @@ class RegisteredBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+    # Bytes-like access.  Python 3.11 cannot give a pure-Python class the buffer
+    # protocol, so ``memoryview(lease)`` needs 3.12's __buffer__; on every
+    # version ``lease.view`` is the lease's memory as a writable memoryview
+    # (what to pass to APIs that want a buffer), and bytes(), slicing and
+    # slice assignment work on the lease itself.
+    def __bytes__(self) -> bytes:
+        return self.view.tobytes()
+
+    def __getitem__(self, key: slice) -> memoryview:
+        """``lease[a:b]``: a memoryview of that part of the lease's memory."""
+        if not isinstance(key, slice):
+            raise TypeError("index a registered buffer with a slice, or use lease.view")
+        return self.view[key]
+
+    def __setitem__(self, key: slice, data: Any) -> None:
+        """``lease[a:b] = data``: copy *data* into the lease's memory."""
+        if not isinstance(key, slice):
+            raise TypeError("index a registered buffer with a slice, or use lease.view")
+        self.view[key] = data
+
+    def __buffer__(self, flags: int) -> memoryview:
+        """The buffer protocol (Python 3.12+): ``memoryview(lease)``, ``f.write(lease)``."""
+        return self.view
+
+    def __release_buffer__(self, view: memoryview) -> None:
+        """Nothing to release: the pool owns the memory (Python 3.12+ buffer protocol)."""
 
 
 class BufferProvider(Protocol):
