@@ -202,5 +202,9 @@ class BufferRegistry:
             return None
         return next((p for p in self._providers.values() if p.ring is ring), None)
 
+    def names(self) -> list[str]:
+        """The plugins that registered a provider, in registration order."""
+        return list(self._providers)
+
     def __len__(self) -> int:
         return len(self._providers)

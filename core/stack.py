@@ -252,7 +252,8 @@ class Stack:
         return [f.result() for f in futures]
 
     def describe(self) -> dict[str, Any]:
-        """What was built: per worker its CPU affinity, rings (flags as applied) and notes."""
+        """What was built: per worker its CPU affinity, rings (flags as applied), the
+        plugins providing registered buffers, the keys of ``resources`` and the notes."""
         return {
             "workers": [
                 {
@@ -270,6 +271,8 @@ class Stack:
                         }
                         for role, r in w.rings.items()
                     },
+                    "buffer_providers": w.buffers.names(),
+                    "resources": sorted(w.resources),
                     "notes": [f"{p}: {why}" for p, why in w.notes],
                 }
                 for w in self.workers

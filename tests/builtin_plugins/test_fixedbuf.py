@@ -34,6 +34,9 @@ def test_pool_is_registered_with_the_ring(stack: Stack) -> None:
     assert worker.rings["storage"].registered_buffers == 8
     assert pool.available() == 8
     assert stack.describe()["workers"][0]["rings"]["storage"]["registered_files"] == 4
+    described = stack.describe()["workers"][0]
+    assert described["buffer_providers"] == ["fixedbuf"]
+    assert described["resources"] == ["fixedbuf.files"]
 
 
 def test_reads_on_leases_are_read_fixed(stack: Stack, tmp_path: pathlib.Path) -> None:
