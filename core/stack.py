@@ -56,7 +56,7 @@ class Worker:
         self.stack = stack
         self.rings: dict[str, Ring] = {}
         self.buffers = BufferRegistry()
-        self.resources: dict[str, Any] = {}
+        self.resources: dict[str, object] = {}
         self.notes: list[tuple[str, str]] = []
         self.completion_hook: CompletionHook | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
