@@ -45,10 +45,11 @@ class FeatureCheck:
 def _size(nbytes: int) -> str:
     if nbytes < 0:
         return "unlimited"
+    value = float(nbytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:g} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024  # type: ignore[assignment]
+        if value < 1024 or unit == "TiB":
+            return f"{nbytes} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return str(nbytes)  # pragma: no cover - loop always returns
 
 
