@@ -1,10 +1,34 @@
-"""Which whole disk a path lives on, from sysfs (for per-device decisions)."""
+"""Facts about block devices from sysfs and ioctls: the one place that reads them.
+
+Which whole disk a path lives on, a sysfs attribute, the logical block size
+of an open block device.  The probe and the plugins read sysfs through these
+helpers rather than each keeping its own copy.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import struct
 from pathlib import Path
+
+# <linux/fs.h>: BLKSSZGET = _IO(0x12, 104): the logical sector size of a block device.
+BLKSSZGET = (0x12 << 8) | 104
+
+
+def read_attr(path: str | os.PathLike[str]) -> str | None:
+    """The text of a sysfs (or procfs) file, stripped; ``None`` when it cannot be read."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def blkdev_logical_block_size(fd: int) -> int:
+    """Logical block size of the open block device *fd* (the BLKSSZGET ioctl)."""
+    buf = fcntl.ioctl(fd, BLKSSZGET, struct.pack("i", 0))
+    return int(struct.unpack("i", buf)[0])
 
 
 def _disk_dir(major: int, minor: int, sysfs_root: Path) -> Path | None:
@@ -44,7 +68,4 @@ def backing_disk(
 
 def disk_queue_attr(disk: str, attr: str, *, sysfs_root: str | os.PathLike[str] = "/sys") -> str | None:
     """``/sys/block/<disk>/queue/<attr>`` stripped, or None when absent."""
-    try:
-        return (Path(sysfs_root) / "block" / disk / "queue" / attr).read_text().strip()
-    except OSError:
-        return None
+    return read_attr(Path(sysfs_root) / "block" / disk / "queue" / attr)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import AlignmentError
 from uringstack.native import ffi
+
+if TYPE_CHECKING:
+    from uringstack.ring import Ring
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -72,6 +75,12 @@ def check_alignment(op: str, filename: str, addr: int, length: int, offset: int,
 class RegisteredBuffer:
     """A slice of memory registered with one ring (a fixed buffer).
 
+    ``view`` is its memory as a writable :class:`memoryview`: pass
+    ``lease.view`` where a buffer is wanted (``memoryview(lease)`` itself
+    works from Python 3.12, which added the buffer protocol for Python
+    classes); ``bytes(lease)``, ``lease[a:b]`` and ``lease[a:b] = data``
+    work on every version.  Handles take leases as they are.
+
     Plugins (fixedbuf) create these; the I/O path turns reads and writes on
     them into READ_FIXED/WRITE_FIXED.  ``ring_id`` is ``id()`` of the ring the
     memory is registered with: a lease used on another ring falls back to a
@@ -107,13 +116,44 @@ class RegisteredBuffer:
     def __len__(self) -> int:
         return self.size
 
+    # Bytes-like access.  Python 3.11 cannot give a pure-Python class the buffer
+    # protocol, so ``memoryview(lease)`` needs 3.12's __buffer__; on every
+    # version ``lease.view`` is the lease's memory as a writable memoryview
+    # (what to pass to APIs that want a buffer), and bytes(), slicing and
+    # slice assignment work on the lease itself.
+    def __bytes__(self) -> bytes:
+        return self.view.tobytes()
+
+    def __getitem__(self, key: slice) -> memoryview:
+        """``lease[a:b]``: a memoryview of that part of the lease's memory."""
+        if not isinstance(key, slice):
+            raise TypeError("index a registered buffer with a slice, or use lease.view")
+        return self.view[key]
+
+    def __setitem__(self, key: slice, data: Any) -> None:
+        """``lease[a:b] = data``: copy *data* into the lease's memory."""
+        if not isinstance(key, slice):
+            raise TypeError("index a registered buffer with a slice, or use lease.view")
+        self.view[key] = data
+
+    def __buffer__(self, flags: int) -> memoryview:
+        """The buffer protocol (Python 3.12+): ``memoryview(lease)``, ``f.write(lease)``."""
+        return self.view
+
+    def __release_buffer__(self, view: memoryview) -> None:
+        """Nothing to release: the pool owns the memory (Python 3.12+ buffer protocol)."""
 
 
 class BufferProvider(Protocol):
-    """What a buffer-pool plugin puts in ``worker.resources["buffer_pool"]``."""
+    """What a buffer-pool plugin registers in a worker's :class:`BufferRegistry`.
+
+    :meth:`FileHandle.lease_buffers` leases from it for handles on ``ring``
+    (the ring the buffers are registered with).
+    """
 
     buffer_size: int
     count: int
+    ring: Ring
 
     def owns(self, buf: RegisteredBuffer) -> bool:
         """True when *buf* is one of this pool's buffers (leased or not)."""
@@ -128,4 +168,48 @@ class BufferProvider(Protocol):
         ...
 
 
-BUFFER_POOL_KEY = "buffer_pool"
+class BufferRegistry:
+    """The registered-buffer providers of one worker, by plugin name (``worker.buffers``).
+
+    A plugin that registers buffers with a ring in ``uringstack_ring_created``
+    calls :meth:`register`; the core's handles find the pool for their ring
+    with :meth:`for_ring`, so no module needs to know another's resource key.
+    The plugin removes its provider in ``uringstack_stack_teardown`` with
+    :meth:`unregister` before it frees the memory.
+    """
+
+    def __init__(self) -> None:
+        self._providers: dict[str, BufferProvider] = {}
+
+    def register(self, plugin: str, provider: BufferProvider) -> None:
+        """Make *provider* serve leases for its ring; one provider per plugin and ring."""
+        if plugin in self._providers:
+            raise ValueError(f"plugin {plugin!r} already registered a buffer provider on this worker")
+        for other, existing in self._providers.items():
+            if existing.ring is provider.ring:
+                raise ValueError(
+                    f"plugin {plugin!r}: the {provider.ring.params.role} ring already has buffers "
+                    f"registered by plugin {other!r} (a ring has one registered-buffer table)"
+                )
+        self._providers[plugin] = provider
+
+    def unregister(self, plugin: str) -> BufferProvider | None:
+        """Remove and return *plugin*'s provider (``None`` if it had none)."""
+        return self._providers.pop(plugin, None)
+
+    def get(self, plugin: str) -> BufferProvider | None:
+        """*plugin*'s provider, or ``None``."""
+        return self._providers.get(plugin)
+
+    def for_ring(self, ring: Ring | None) -> BufferProvider | None:
+        """The provider whose buffers are registered with *ring*, or ``None``."""
+        if ring is None:
+            return None
+        return next((p for p in self._providers.values() if p.ring is ring), None)
+
+    def names(self) -> list[str]:
+        """The plugins that registered a provider, in registration order."""
+        return list(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)

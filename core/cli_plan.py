@@ -79,6 +79,7 @@ def plan_command(config_path: str | None, as_json: bool) -> None:
     and for every plugin why it is on or off.  Builds nothing."""
     from uringstack.config import ConfigError, load_config
     from uringstack.plan import make_plan
+    from uringstack.pluginmanager import PluginError
     from uringstack.probe import probe
     from uringstack.types import PlanError
 
@@ -86,6 +87,10 @@ def plan_command(config_path: str | None, as_json: bool) -> None:
         loaded = load_config(config_path)
         caps = probe(plugin_manager=loaded.plugin_manager)
         plan = make_plan(caps, loaded.config, loaded.plugin_manager)
+    except PluginError as exc:
+        # The same words and exit status as `uringstack config validate`.
+        click.echo(f"plugin error: {exc}", err=True)
+        sys.exit(2)
     except (ConfigError, PlanError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

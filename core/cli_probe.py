@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.pluginmanager import UringstackPluginManager
 
 
 @click.command("probe")
@@ -35,7 +39,9 @@ def probe(
     RLIMIT_MEMLOCK, CPUs and NUMA nodes, and lists block devices and NVMe
     namespaces with queue/io_poll and their /dev/ngXnY char device.
 
-    Ends with one verdict line per feature. The exit status is 0 even when
+    Ends with one verdict line for io_uring and one per plugin: the plugin's
+    own verdict for the config in $URINGSTACK_CONFIG and URINGSTACK_*
+    (the same lines `uringstack plan` shows). The exit status is 0 even when
     io_uring is unusable: that is a finding, not an error.
     """
     from uringstack.probe import probe as run_probe
@@ -43,7 +49,7 @@ def probe(
     from uringstack.probe.report import render
 
     devices = not no_devices
-    pm = None if no_plugins else _plugin_manager()
+    pm, config = (None, None) if no_plugins else _plugins()
     if cache is not None:
         caps = probe_cached(cache, max_age, devices=devices, plugin_manager=pm)
     else:
@@ -51,16 +57,18 @@ def probe(
     if as_json:
         click.echo(caps.model_dump_json(indent=2))
     else:
-        render(caps)
+        render(caps, plugin_manager=pm, config=config)
 
 
-def _plugin_manager() -> Any | None:
-    # A broken third-party plugin must not hide the probe's findings: warn on
-    # stderr (stdout may be JSON) and probe without plugins.
+def _plugins() -> tuple[UringstackPluginManager | None, StackConfig | None]:
+    """The plugins and the config their verdicts are computed for (``$URINGSTACK_CONFIG``, env)."""
+    # A broken third-party plugin or config must not hide the probe's findings:
+    # warn on stderr (stdout may be JSON) and probe without plugins.
     try:
-        from uringstack.pluginmanager import make_plugin_manager
+        from uringstack.config import load_config
 
-        return make_plugin_manager()
+        loaded = load_config(None)
     except Exception as exc:
         click.echo(f"warning: plugins not loaded ({type(exc).__name__}: {exc})", err=True)
-        return None
+        return None, None
+    return loaded.plugin_manager, loaded.config

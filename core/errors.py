@@ -58,7 +58,3 @@ class RingClosedError(UringStackError, RuntimeError):
 class WrongThreadError(UringStackError, RuntimeError):
     """A SINGLE_ISSUER ring was used from a thread other than the one that created it."""
 
-
-def io_error(err: int, op: str, filename: str | None = None, detail: str = "") -> UringIOError:
-    """Build the :class:`UringIOError` for a positive errno (``-res`` of a CQE)."""
-    return UringIOError(err, op, filename, detail)

@@ -17,6 +17,7 @@ from uringstack.buffers import RegisteredBuffer
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.io_backend import FileIO
 from uringstack.pending import Pending
+from uringstack.ring import Ring
 
 if TYPE_CHECKING:
     from uringstack.stack import Stack, Worker
@@ -89,16 +90,22 @@ class FileHandle:
         """The backend object (for benchmarks and plugins)."""
         return self._io
 
+    @property
+    def ring(self) -> Ring | None:
+        """The worker's ring this handle's I/O goes to (``None``: not an io_uring backend)."""
+        ring = getattr(self._io, "ring", None)
+        return ring if isinstance(ring, Ring) else None
+
     def lease_buffers(self, count: int, size: int = 4096) -> list[Any]:
         """*count* buffers of *size* bytes from the worker's registered pool (fixed
         buffers, READ_FIXED/WRITE_FIXED), or page-aligned plain buffers when no pool
         serves this handle (fixedbuf off, memlock too low, another backend).  Give
         them back with :meth:`release_buffers`."""
-        from uringstack.buffers import BUFFER_POOL_KEY, aligned_buffer
+        from uringstack.buffers import aligned_buffer
 
         if count < 0 or size <= 0:
             raise ValueError(f"lease_buffers(count={count}, size={size}): count must be >= 0 and size > 0")
-        pool = self.worker.resources.get(BUFFER_POOL_KEY)
+        pool = self.worker.buffers.for_ring(self.ring)
         if pool is None or self.backend != "uring" or size > pool.buffer_size:
             plain = [aligned_buffer(size) for _ in range(count)]
             self._plain_leases.update(plain)
@@ -125,9 +132,7 @@ class FileHandle:
         A buffer this handle's :meth:`lease_buffers` did not hand out (or one
         released already) raises ``ValueError`` before any buffer is returned.
         """
-        from uringstack.buffers import BUFFER_POOL_KEY
-
-        pool = self.worker.resources.get(BUFFER_POOL_KEY)
+        pool = self.worker.buffers.for_ring(self.ring)
         for buf in buffers:
             if isinstance(buf, RegisteredBuffer):
                 if pool is None or not pool.owns(buf.parent or buf):

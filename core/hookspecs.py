@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from uringstack.config import StackConfig
+    from uringstack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring_params import RingParams
@@ -43,6 +44,9 @@ def uringstack_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 
     Called once per plugin as it is registered (historic: plugins registered
     later still see it).  Use ``pluginmanager.add_hookspecs(module)``.
+
+    Thread: the one that builds the plugin manager (``make_plugin_manager``)
+    or registers the plugin.
     """
 
 
@@ -58,6 +62,8 @@ def uringstack_config_sections() -> tuple[str, type[BaseModel]] | None:
     convention a feature plugin has a ``mode: FeatureMode`` field
     (``auto``/``on``/``off``).  Section names must be unique; ``core`` is
     reserved.  Return ``None`` when the plugin has no settings.
+
+    Thread: the caller of ``load_config`` (``open_stack``, the CLI).
     """
 
 
@@ -71,6 +77,8 @@ def uringstack_probe(report: Capabilities) -> None:
     May write to ``report.extras[<plugin name>]`` (JSON-serialisable values
     only, the report is cached and printed with ``--json``); must not change
     the built-in fields.  Runs once per probe, not per stack.
+
+    Thread: the caller of ``probe()`` (``open_stack``, ``uringstack probe``).
     """
 
 
@@ -84,7 +92,15 @@ def uringstack_check_support(caps: Capabilities, config: StackConfig) -> Feature
     ``None`` if the plugin is not a feature.  The plan prints every verdict.
     When the config says ``on`` and the feature is impossible, return
     ``enabled=False`` with ``mode="on"``: the core turns that into a
-    :class:`~uringstack.types.PlanError` naming your reason.
+    :class:`~uringstack.types.PlanError` naming your reason.  The verdicts
+    are also what ``uringstack probe`` prints, one line per plugin.  Name
+    the verdict's ``plugin`` after the plugin's registered (entry-point)
+    name: the stack matches verdicts to plugins by it (``mode="off"`` skips
+    the plugin's completion hook).  :class:`uringstack.feature.Feature`
+    computes the decision once and hands it to the plugin's later hooks.
+
+    Thread: the caller of ``make_plan`` (``open_stack``, ``uringstack plan``,
+    ``uringstack probe``).
     """
 
 
@@ -101,6 +117,11 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     useless in ``params.required``.  Record a declined decision with
     ``params.reasons.append(...)`` too, so the plan says why a flag is absent.
     Must not do I/O or create rings: ``uringstack plan`` calls it as a dry run.
+    ``entries`` need not stay a power of two (only ``core.ring_entries`` in
+    the config must be one): the kernel rounds the SQ size up to the next
+    power of two, and ``ring.sq_entries`` reports what it made.
+
+    Thread: the caller of ``make_plan``, before any worker exists.
     """
 
 
@@ -111,13 +132,19 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
 def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> None:
     """Act once a ring exists: register buffers, files or an eventfd.
 
-    Called once per ring after creation, in the thread that owns the worker.
-    Resources a plugin attaches go into ``worker.resources[<plugin name>]``
-    and must be released in :func:`uringstack_stack_teardown`.  A failure the
+    Called once per ring after creation.  Registered buffers are offered to
+    handles through ``worker.buffers.register(<plugin name>, pool)``
+    (:class:`~uringstack.buffers.BufferRegistry`); other resources a plugin
+    attaches go into ``worker.resources`` under keys named after the plugin,
+    per-stack state into ``worker.stack.plugin_state(<plugin name>,
+    factory)``; release them in :func:`uringstack_stack_teardown`.  A failure the
     stack can live with (e.g. ENOMEM from ``io_uring_register_buffers`` when
     RLIMIT_MEMLOCK is low) must be caught and recorded with
     ``worker.note(plugin, reason)``, never raised, unless the config said
     ``on``.
+
+    Thread: the worker's own pinned thread (the ring's issuer, which matters
+    for SINGLE_ISSUER rings), while ``open_stack`` waits for it.
     """
 
 
@@ -130,6 +157,11 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
     IOPOLL for pollable block devices) answer first; the fallback plugin is
     ``trylast`` and answers only where io_uring is unusable or configured
     off.  When nobody answers the core's plain io_uring backend serves.
+    Also called once per probed device by ``make_plan`` (a dry run: the
+    answer must not open devices for I/O).
+
+    Thread: the caller of :meth:`Stack.open` (or of ``make_plan``); the
+    factory's ``open`` runs there too, not on the worker.
     """
 
 
@@ -145,28 +177,54 @@ def uringstack_open_options() -> list[str] | None:
 
 
 @hookspec
-def uringstack_file_opened(handle: object, worker: Worker) -> None:
+def uringstack_file_opened(handle: FileHandle, worker: Worker) -> None:
     """A handle was opened on *worker* (e.g. register it in the fixed-file table).
 
-    Once per open, never per I/O.  ``handle.fd`` is the descriptor; set
+    Once per open, never per I/O.  ``handle.fd`` is the descriptor,
+    ``handle.ring`` the worker's ring its I/O goes to (``None`` for a
+    backend without one), ``handle.backend`` the backend's name; set
     ``handle.fixed_index`` to route its I/O through IOSQE_FIXED_FILE.
+
+    Thread: the caller of :meth:`Stack.open`.
     """
 
 
 @hookspec
-def uringstack_file_closed(handle: object, worker: Worker) -> None:
-    """A handle is about to close: free what :func:`uringstack_file_opened` took."""
+def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
+    """A handle is about to close: free what :func:`uringstack_file_opened` took.
+
+    Called before the descriptor is closed; also for the handles the stack
+    closes in :meth:`Stack.close`.
+
+    Thread: the caller of ``FileHandle.close`` (or of ``Stack.close``).
+    """
 
 
 @hookspec
-def uringstack_completion_batch(worker: Worker, op: str, results: list[int]) -> None:
+def uringstack_completion_batch(worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
     """See one batch of completions (statistics, tracing).
 
-    Called once per completed batch, and only when at least one plugin
-    implements it (the core checks at build time, so an unused hook costs
-    nothing).  ``results`` are the CQE results in submission order (bytes or
-    ``-errno``); treat them as read-only.  Keep it cheap: it runs on the I/O
-    path.
+    One call is one batch the backend submitted, called when its last
+    completion is reaped.  ``results`` are the CQE results in submission
+    order (bytes or ``-errno``); treat them as read-only.  ``op`` is what
+    the batch did: ``"read"`` or ``"write"`` (plain, fixed-buffer and
+    passthrough alike), ``"fsync"``, ``"fdatasync"``, or ``"write_durable"``
+    (a write linked to its flush: ``results`` ends with the flush's).  A
+    handle's retry of a short transfer (the rest of a read cut short at end
+    of file, of a short write) is a batch of its own, so it is a call of its
+    own.  ``ring`` is the ring that ran the batch (a worker may own a
+    storage, an iopoll and a passthrough ring); ``None`` for a backend that
+    has none.  Called by the io_uring backend, the iopoll backend and the
+    NVMe passthrough backend; not by the fallback thread pool nor for WAL
+    I/O, which do not go through a worker's ring.
+
+    Thread: whichever thread reaps the batch's last completion: the thread
+    that waits for it (the caller of a synchronous ``FileHandle`` method),
+    the event loop's thread for ``await``, or another thread waiting on the
+    same ring.  Keep it cheap and thread-safe: it runs on the I/O path.
+    The core checks at build time whether any plugin implements it, and
+    leaves out plugins whose verdict says ``mode="off"``: with no listener
+    left, batches carry no callback at all.
     """
 
 
@@ -174,7 +232,14 @@ def uringstack_completion_batch(worker: Worker, op: str, results: list[int]) -> 
 def uringstack_stack_teardown(stack: Stack) -> None:
     """The stack is closing: release what the plugin attached.
 
-    Called once, after in-flight I/O is drained and before rings are closed
-    (so registered buffers are unregistered before their memory is unmapped).
-    Plugins are called in reverse registration order.
+    Called once, after every handle was closed (and its in-flight I/O
+    drained) and before rings are closed, so registered buffers are
+    unregistered before their memory is unmapped.  Plugins are called
+    first-registered first: the reverse of the order
+    :func:`uringstack_ring_created` ran in (pluggy calls the last registered
+    plugin first), so a plugin built on another's resources releases them
+    first.  Every plugin runs even if one raises.
+
+    Thread: the caller of :meth:`Stack.close`; use ``worker.call(fn)`` for
+    what must run on a worker's thread (e.g. unregistering buffers).
     """

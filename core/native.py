@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 try:
     from uringstack._uring import ffi, lib
 except ImportError as exc:  # pragma: no cover - only on a broken install
@@ -13,7 +11,4 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "uringstack (pip install -e .)."
     ) from exc
 
-FFI: Any = ffi
-LIB: Any = lib
-
-__all__ = ["FFI", "LIB", "ffi", "lib"]
+__all__ = ["ffi", "lib"]

@@ -179,7 +179,7 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
             params = RingParams(entries=config.core.ring_entries, role=role, core=cpu)
             _core_ring_decisions(params, caps, config)
             pm.ring_params(params=params, caps=caps, config=config)
-            name = f"core{cpu}/{role}"
+            name = params.name
             plan._params[name] = params
             worker.rings.append(_ring_plan(name, params))
         plan.workers.append(worker)

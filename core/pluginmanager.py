@@ -16,24 +16,29 @@ import difflib
 import importlib.metadata
 import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from uringstack import hookspecs
+from uringstack.errors import UringStackError
 from uringstack.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from uringstack.config import StackConfig
+    from uringstack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring_params import RingParams
     from uringstack.stack import Stack, Worker
     from uringstack.types import BackendFactory, FeatureVerdict, Target
+
+CompletionListeners = Callable[["Worker", str, list[int], "Ring | None"], None]
+"""What :meth:`UringstackPluginManager.completion_listeners` returns."""
 
 ENTRY_POINT_GROUP = PROJECT_NAME
 """The entry-point group built-in and third-party plugins register under."""
@@ -48,7 +53,7 @@ HOOK_PREFIX = PROJECT_NAME + "_"
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 
-class PluginError(Exception):
+class PluginError(UringStackError):
     """A plugin could not be loaded or does not fit the hook contract."""
 
 
@@ -358,11 +363,11 @@ class UringstackPluginManager:
         declared: list[list[str] | None] = self._pm.hook.uringstack_open_options()
         return {name for names in declared if names for name in names}
 
-    def file_opened(self, handle: object, worker: Worker) -> None:
+    def file_opened(self, handle: FileHandle, worker: Worker) -> None:
         """Tell plugins a handle was opened on *worker*."""
         self._pm.hook.uringstack_file_opened(handle=handle, worker=worker)
 
-    def file_closed(self, handle: object, worker: Worker) -> None:
+    def file_closed(self, handle: FileHandle, worker: Worker) -> None:
         """Tell plugins a handle is about to close."""
         self._pm.hook.uringstack_file_closed(handle=handle, worker=worker)
 
@@ -370,14 +375,36 @@ class UringstackPluginManager:
     def has_completion_batch_impls(self) -> bool:
         """True when some plugin implements ``uringstack_completion_batch``.
 
-        The stack checks this once at build time and skips the per-batch hook
-        call entirely when nobody listens.
+        :meth:`completion_listeners` is what the stack uses; this says only
+        whether any plugin implements the hook at all.
         """
         return bool(self._pm.hook.uringstack_completion_batch.get_hookimpls())
 
-    def completion_batch(self, worker: Worker, op: str, results: list[int]) -> None:
-        """Hand one batch of completion results to the plugins that listen."""
-        self._pm.hook.uringstack_completion_batch(worker=worker, op=op, results=results)
+    def completion_batch(self, worker: Worker, op: str, results: list[int], ring: Ring | None = None) -> None:
+        """Hand one batch of completion results to every plugin that implements the hook."""
+        self._pm.hook.uringstack_completion_batch(worker=worker, op=op, results=results, ring=ring)
+
+    def completion_listeners(self, skip: Iterable[str] = ()) -> CompletionListeners | None:
+        """The ``uringstack_completion_batch`` implementations of all plugins but *skip*.
+
+        ``None`` when no implementation is left: the stack then attaches no
+        callback to any batch, so the hook costs nothing.  The stack skips
+        the plugins whose verdict is ``mode="off"``, so a switched-off plugin
+        does not pay for its hook on every batch.
+        """
+        skipped = set(skip)
+        impls = self._pm.hook.uringstack_completion_batch.get_hookimpls()
+        if not any(impl.plugin_name not in skipped for impl in impls):
+            return None
+        remove = [p for p in (self._pm.get_plugin(name) for name in skipped) if p is not None]
+        caller = self._pm.subset_hook_caller("uringstack_completion_batch", remove) if remove else (
+            self._pm.hook.uringstack_completion_batch
+        )
+
+        def listeners(worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
+            caller(worker=worker, op=op, results=results, ring=ring)
+
+        return listeners
 
     def stack_teardown(self, stack: Stack) -> None:
         """Let plugins release what they attached, in reverse of the usual call order.

@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
-from uringstack.flags import Op, SetupFlag, feature_names
+from uringstack.flags import SetupFlag, feature_names
 from uringstack.native import ffi, lib
 from uringstack.ring_params import CreatedRing, RingParams, create_raw_ring
 
 MAX_SLOTS: int = lib.US_MAX_SLOTS
-CMD_BYTES: int = lib.US_CMD_BYTES
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -342,7 +341,8 @@ class Ring:
 
         Needed on IOPOLL rings, whose completions are only found inside
         ``io_uring_enter(GETEVENTS)``; elsewhere it equals :meth:`reap` plus
-        flushing unsubmitted SQEs."""
+        flushing unsubmitted SQEs.  :mod:`uringstack.polling` builds the
+        non-blocking and asyncio waits of polled rings on it."""
         with self._lock:
             self._check_open()
             ret = lib.us_poll(self._ring, self._state)
@@ -486,15 +486,3 @@ class Ring:
         state = "closed" if self._closed else f"fd={self._ring.ring_fd}"
         return f"<Ring {self.params.role} {state} flags={self.flags!r} inflight={self.inflight}>"
 
-
-def op_read(fd: int, buf: Any, offset: int) -> dict[str, Any]:
-    """Keyword arguments for :meth:`Ring.submit` reading ``len(buf)`` bytes at *offset*."""
-    pin = ffi.from_buffer(buf, require_writable=True)
-    return {
-        "opcodes": Op.READ,
-        "fds": fd,
-        "addrs": int(ffi.cast("uintptr_t", pin)),
-        "lens": len(pin),
-        "offsets": offset,
-        "keep": (pin, buf),
-    }

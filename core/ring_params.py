@@ -9,7 +9,6 @@ required is never dropped silently (the error is raised instead).
 from __future__ import annotations
 
 import errno
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,14 @@ _DROP_ORDER: tuple[SetupFlag, ...] = (
     SetupFlag.SQPOLL,
     SetupFlag.CLAMP,
 )
+
+
+def ring_name(core: int | None, role: str) -> str:
+    """The plan's name of the *role* ring of the worker on CPU *core*: ``"core0/storage"``.
+
+    The one spelling of a ring name: ``attach_to``, the plan and the stack
+    all use it."""
+    return f"core{core}/{role}"
 
 
 @dataclass
@@ -61,6 +68,11 @@ class RingParams:
     spin_us: int = 0
     reasons: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """This ring's name in the plan (:func:`ring_name`)."""
+        return ring_name(self.core, self.role)
 
     def add(self, flag: SetupFlag, reason: str) -> None:
         """Set *flag* and record why."""
@@ -221,16 +233,3 @@ def probe_kernel() -> tuple[int, int, list[int]]:
     finally:
         lib.io_uring_queue_exit(ring)
 
-
-def memlock_limit() -> tuple[int, int]:
-    """RLIMIT_MEMLOCK as ``(soft, hard)`` in bytes (-1 for unlimited)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    inf = resource.RLIM_INFINITY
-    return (-1 if soft == inf else soft, -1 if hard == inf else hard)
-
-
-def online_cpus() -> list[int]:
-    """CPUs this process may run on."""
-    return sorted(os.sched_getaffinity(0))

@@ -17,18 +17,19 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from uringstack import aio
+from uringstack.buffers import BufferRegistry
 from uringstack.errors import RingClosedError
 from uringstack.handle import FileHandle
 from uringstack.plan import Plan, make_plan, select_backend
 from uringstack.ring import Batch, Ring
-from uringstack.targets import resolve_target
+from uringstack.targets import ADOPT_FD, resolve_target
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
-    from uringstack.pluginmanager import UringstackPluginManager
+    from uringstack.pluginmanager import CompletionListeners, UringstackPluginManager
     from uringstack.probe.model import Capabilities
 
 T = TypeVar("T")
@@ -36,16 +37,28 @@ _STOP = object()
 
 
 class Worker:
-    """A pinned thread and the rings it owns."""
+    """A pinned thread and the rings it owns.
+
+    ``index`` is the worker's position in :attr:`Stack.workers` (0-based);
+    ``cpu`` the CPU its thread is pinned to (``None``: not pinned); ``stack``
+    the :class:`Stack` it belongs to; ``rings`` its rings by role
+    (``storage``, ``iopoll``, ``passthrough``, or a role a plugin asked for
+    with ``FeatureVerdict.ring_roles``).  ``buffers`` is the registry of
+    registered-buffer providers (:class:`~uringstack.buffers.BufferRegistry`);
+    ``resources`` holds what plugins attach to this worker, keyed by plugin
+    name (each plugin reads only its own keys); ``notes`` the decisions taken
+    while building, as ``(plugin, reason)``.
+    """
 
     def __init__(self, index: int, cpu: int | None, stack: Stack) -> None:
         self.index = index
         self.cpu = cpu
         self.stack = stack
         self.rings: dict[str, Ring] = {}
-        self.resources: dict[str, Any] = {}
+        self.buffers = BufferRegistry()
+        self.resources: dict[str, object] = {}
         self.notes: list[tuple[str, str]] = []
-        self.completion_hook: Callable[[str], Callable[[Batch], None]] | None = None
+        self.completion_hook: CompletionHook | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"uringstack-worker-{index}", daemon=True)
         self._started = threading.Event()
@@ -90,6 +103,11 @@ class Worker:
             return fn(*args)
         return self.submit(fn, *args).result()
 
+    @property
+    def alive(self) -> bool:
+        """True while the worker's thread runs (it can take :meth:`call`)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)
@@ -100,7 +118,12 @@ class Worker:
 
 
 class Stack:
-    """The I/O stack of this process: workers, their rings, and the open handles."""
+    """The I/O stack of this process: workers, their rings, and the open handles.
+
+    ``plan`` is the :class:`~uringstack.plan.Plan` it was built from, ``caps``
+    the probe's report, ``config`` the loaded config, ``plugin_manager`` the
+    plugins; ``workers`` one :class:`Worker` per planned CPU, in plan order.
+    """
 
     def __init__(self, plan: Plan, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> None:
         self.plan = plan
@@ -112,13 +135,16 @@ class Stack:
         self._lock = threading.Lock()
         self._next_worker = itertools.count()
         self._closed = False
+        self._plugin_state: dict[str, object] = {}
+        # A plugin switched off in the config does not pay for its completion hook.
+        listeners = pm.completion_listeners(skip=[v.plugin for v in plan.verdicts if v.mode == "off"])
         try:
             for wp in plan.workers:
                 worker = Worker(wp.index, wp.cpu, self)
                 worker.start()
                 self.workers.append(worker)
-                if pm.has_completion_batch_impls:
-                    worker.completion_hook = _completion_hook(pm, worker)
+                if listeners is not None:
+                    worker.completion_hook = _completion_hook(listeners, worker)
                 worker.call(self._build_rings, worker, [r.name for r in wp.rings])
             if not self.workers:
                 raise ValueError("the plan has no workers (core.cores is empty)")
@@ -138,7 +164,7 @@ class Stack:
     def _ring_by_name(self, name: str) -> Ring:
         for worker in self.workers:
             for ring in worker.rings.values():
-                if f"core{ring.params.core}/{ring.params.role}" == name:
+                if ring.params.name == name:
                     return ring
         raise ValueError(f"attach_to={name!r}: no such ring was built before this one")
 
@@ -159,13 +185,15 @@ class Stack:
         offsets and lengths must be aligned to ``handle.block_size``).  *core*
         picks the worker by CPU; by default workers are used round robin.
         Extra keyword options (e.g. ``passthrough="auto"``) go to the plugins
-        choosing the backend.
+        choosing the backend; ``adopt_fd=fd`` (the core's own option) serves a
+        descriptor the caller already opened instead of opening *path*.
         """
         if self._closed:
             raise RingClosedError("stack is closed")
-        unknown = sorted(set(options) - self.plugin_manager.open_options())
+        accepted = self.plugin_manager.open_options() | {ADOPT_FD}
+        unknown = sorted(set(options) - accepted)
         if unknown:
-            known = ", ".join(sorted(self.plugin_manager.open_options())) or "none"
+            known = ", ".join(sorted(accepted))
             raise TypeError(
                 f"Stack.open() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} "
                 f"(options declared by the loaded plugins: {known})"
@@ -204,14 +232,37 @@ class Stack:
         with self._lock:
             self._handles.discard(handle)
 
+    # --- per-stack plugin state -------------------------------------------------------------
+    def plugin_state(self, plugin: str, factory: Callable[[], T]) -> T:
+        """*plugin*'s state object for this stack, made by ``factory()`` on first use.
+
+        Lets hooks keep per-stack state (counters, tables) without a
+        process-wide registry that would mix two stacks: every hook can
+        reach the stack (``worker.stack``, ``handle.worker.stack``, the
+        ``stack`` argument of ``uringstack_stack_teardown``).  Thread-safe;
+        the object lives as long as the stack.
+        """
+        with self._lock:
+            state = self._plugin_state.get(plugin)
+            if state is None:
+                state = self._plugin_state[plugin] = factory()
+        # Only this method stores here, always factory()'s result for this plugin.
+        return cast(T, state)
+
     # --- running code on workers ---------------------------------------------------------
     def run_on_workers(self, fn: Callable[[Worker], T]) -> list[T]:
-        """Run ``fn(worker)`` on every worker's pinned thread at once; return the results."""
+        """Run ``fn(worker)`` on every worker's pinned thread at once; return the results.
+
+        All workers start at once (each on its own pinned thread); the call
+        returns when all finished, re-raising the first failure in worker
+        order.  The per-core way to drive I/O: *fn* submits to
+        ``worker.rings`` or to handles opened on that worker."""
         futures = [w.submit(fn, w) for w in self.workers]
         return [f.result() for f in futures]
 
     def describe(self) -> dict[str, Any]:
-        """What was built: per worker its CPU affinity, rings (flags as applied) and notes."""
+        """What was built: per worker its CPU affinity, rings (flags as applied), the
+        plugins providing registered buffers, the keys of ``resources`` and the notes."""
         return {
             "workers": [
                 {
@@ -229,6 +280,8 @@ class Stack:
                         }
                         for role, r in w.rings.items()
                     },
+                    "buffer_providers": w.buffers.names(),
+                    "resources": sorted(w.resources),
                     "notes": [f"{p}: {why}" for p, why in w.notes],
                 }
                 for w in self.workers
@@ -249,7 +302,7 @@ class Stack:
             for worker in self.workers:
                 for ring in worker.rings.values():
                     aio.detach_ring(ring)
-                    if worker._thread.is_alive():
+                    if worker.alive:
                         worker.call(ring.close)
                     else:
                         ring.close()
@@ -262,10 +315,18 @@ class Stack:
         self.close()
 
 
-def _completion_hook(pm: UringstackPluginManager, worker: Worker) -> Callable[[str], Callable[[Batch], None]]:
-    def for_op(op: str) -> Callable[[Batch], None]:
+class CompletionHook(Protocol):
+    """``worker.completion_hook``: a backend asks it for the done-callback of one batch."""
+
+    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[Batch], None]:
+        """The callback to ``batch.add_done_callback`` for a batch doing *op* on *ring*."""
+        ...
+
+
+def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:
+    def for_op(op: str, ring: Ring | None = None) -> Callable[[Batch], None]:
         def on_done(batch: Batch) -> None:
-            pm.completion_batch(worker=worker, op=op, results=batch.results)
+            listeners(worker, op, batch.results, ring)
 
         return on_done
 

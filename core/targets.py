@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import stat
-import struct
 from typing import TYPE_CHECKING, Any
 
+from uringstack.blockdev import blkdev_logical_block_size
 from uringstack.errors import UringIOError
 from uringstack.types import Target, TargetKind
 
 if TYPE_CHECKING:
     from uringstack.probe.model import Capabilities
 
-_BLKSSZGET = 0x1268  # ioctl: logical sector size of a block device
 
 ADOPT_FD = "adopt_fd"
 """``Stack.open(path, adopt_fd=fd)``: serve an fd the caller already opened (with
@@ -101,8 +99,7 @@ def logical_block_size(target: Target, fd: int) -> int:
         return target.device.logical_block_size
     st = os.fstat(fd)
     if stat.S_ISBLK(st.st_mode):
-        buf = fcntl.ioctl(fd, _BLKSSZGET, b"\0" * 4)
-        return int(struct.unpack("i", buf)[0])
+        return blkdev_logical_block_size(fd)
     dev = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     for candidate in (f"{dev}/queue/logical_block_size", f"{dev}/../queue/logical_block_size"):
         try:

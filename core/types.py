@@ -7,8 +7,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from uringstack.errors import UringStackError
+
 if TYPE_CHECKING:
+    from uringstack.io_backend import FileIO
     from uringstack.probe.model import BlockDevice
+    from uringstack.stack import Worker
 
 FeatureMode = Literal["auto", "on", "off"]
 """``auto``: use where the probe says it helps; ``on``: required (a clear error if
@@ -61,7 +65,7 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-class PlanError(Exception):
+class PlanError(UringStackError):
     """The configuration asks for something this machine cannot do (``on`` impossible)."""
 
 
@@ -71,6 +75,9 @@ class BackendFactory(Protocol):
     name: str
     reason: str
 
-    def open(self, target: Target, worker: Any) -> Any:
-        """Open *target* for *worker* and return an object implementing :class:`uringstack.io.FileIO`."""
+    def open(self, target: Target, worker: Worker) -> FileIO:
+        """Open *target* for *worker*; the result implements :class:`uringstack.io_backend.FileIO`.
+
+        Called on the thread that called :meth:`Stack.open`, not on the worker's thread.
+        """
         ...

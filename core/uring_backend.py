@@ -116,7 +116,7 @@ class UringFileIO:
         for lease in leases:
             (lease.parent or lease).batch = batch
         if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook("write" if write else "read"))
+            batch.add_done_callback(self.completion_hook("write" if write else "read", self.ring))
         return UringPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> UringPending:
@@ -124,6 +124,8 @@ class UringFileIO:
         batch = self.ring.submit(
             Op.FSYNC, fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, sqe_flags=sqe_flags or None, wait=wait
         )
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
         return UringPending(self.ring, batch)
 
     def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> UringPending:
@@ -147,6 +149,8 @@ class UringFileIO:
             keep=(pin, buffer),
             wait=wait,
         )
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("write_durable", self.ring))
         return UringPending(self.ring, batch)
 
     def size(self) -> int:

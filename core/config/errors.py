@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from uringstack.errors import UringStackError
 
 NO_VALUE: Any = object()
 """The ``value`` of a problem that has no input to show (e.g. a missing section)."""
@@ -35,7 +39,7 @@ class ConfigProblem:
         return text
 
 
-class ConfigError(Exception):
+class ConfigError(UringStackError):
     """The configuration is invalid; ``problems`` lists each issue.
 
     ``str(error)`` is one line per problem:
@@ -49,6 +53,12 @@ class ConfigError(Exception):
         self.header = header
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{header}:\n{lines}" if problems else header)
+
+
+def unknown_section_message(name: str, known: Iterable[str]) -> str:
+    """``unknown section``, with the closest real section when there is one (like misspelled hooks)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"unknown section, did you mean {close[0]!r}?" if close else "unknown section"
 
 
 def show_value(value: Any) -> str:

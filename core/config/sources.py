@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsError
 
 from uringstack.pluginmanager import DISABLE_AUTOLOAD_ENV
 
-from .errors import ConfigError, ConfigProblem
+from .errors import ConfigError, ConfigProblem, unknown_section_message
 from .model import CORE_SECTION, ENV_PREFIX, NESTED_DELIMITER, StackConfig
 from .values import parse_name_list
 
@@ -195,7 +195,7 @@ def unknown_env_sections(
         problems.append(
             ConfigProblem(
                 section,
-                "unknown section",
+                unknown_section_message(section, known),
                 allowed="sections " + ", ".join(sorted(known, key=_core_first)),
                 source=f"env:{name}",
             )

@@ -16,7 +16,7 @@ import annotated_types
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from .errors import NO_VALUE, ConfigProblem, show_value
+from .errors import NO_VALUE, ConfigProblem, show_value, unknown_section_message
 
 Locate = Callable[[tuple[str, ...]], str | None]
 """Names the source that supplied a key (``file:PATH``, ``env:NAME``, ...), or ``None``."""
@@ -129,7 +129,7 @@ def problems_from_validation(
             if depth == 1:
                 known = ", ".join(model.model_fields)
                 if isinstance(err["input"], dict):
-                    msg, value = "unknown section", NO_VALUE
+                    msg, value = unknown_section_message(dotted, model.model_fields), NO_VALUE
                 else:
                     msg = "unknown top-level key (keys belong inside a [section] table)"
                     value = err["input"]

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyudev
 
+from uringstack.blockdev import read_attr
 from uringstack.probe.irq import device_irq_cpus
 from uringstack.probe.model import BlockDevice
 
@@ -93,16 +94,9 @@ def parse_swaps(text: str) -> set[str]:
     return {line.split()[0] for line in text.splitlines()[1:] if line.strip()}
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
-
-
 def read_module_param(module: str, param: str, module_dir: Path = _MODULE_DIR) -> int | None:
     """Integer module parameter from sysfs, ``None`` when the module or parameter is absent."""
-    text = _read(module_dir / module / "parameters" / param)
+    text = read_attr(module_dir / module / "parameters" / param)
     try:
         return int(text.strip()) if text is not None else None
     except ValueError:
@@ -244,8 +238,8 @@ def scan_block_devices(
     and unattached loop devices are left out: nothing can be opened there.
     """
     ctx = context if context is not None else pyudev.Context()
-    mounts = parse_mountinfo(mountinfo if mountinfo is not None else _read(_MOUNTINFO) or "")
-    swap_paths = parse_swaps(swaps if swaps is not None else _read(_SWAPS) or "")
+    mounts = parse_mountinfo(mountinfo if mountinfo is not None else read_attr(_MOUNTINFO) or "")
+    swap_paths = parse_swaps(swaps if swaps is not None else read_attr(_SWAPS) or "")
     nvme_pq = read_module_param("nvme", "poll_queues", module_dir)
     virtio_pq = read_module_param("virtio_blk", "poll_queues", module_dir)
 

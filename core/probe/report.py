@@ -2,12 +2,15 @@
 
 The verdicts answer the question a user runs ``uringstack probe`` for: which of
 io_uring's fast paths can this process use here, and if one cannot be used,
-what exactly stands in the way.
+what exactly stands in the way.  Each feature's verdict is its plugin's own
+``uringstack_check_support`` answer: the probe renders them, it does not
+second-guess them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
@@ -15,9 +18,9 @@ from rich.table import Table
 
 from uringstack.probe.model import Capabilities
 
-# A typical registered-buffer pool: 64 buffers of 64 KiB.  The verdict compares
-# RLIMIT_MEMLOCK with this because pinned buffers are charged against it.
-DEFAULT_FIXED_POOL_BYTES = 64 * 64 * 1024
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.pluginmanager import UringstackPluginManager
 
 # Opcodes the storage path submits; the report shows these explicitly.
 KEY_OPCODES = ("READ", "WRITE", "READV", "WRITEV", "READ_FIXED", "WRITE_FIXED", "FSYNC",
@@ -42,115 +45,54 @@ class FeatureCheck:
 def _size(nbytes: int) -> str:
     if nbytes < 0:
         return "unlimited"
+    value = float(nbytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:g} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024  # type: ignore[assignment]
+        if value < 1024 or unit == "TiB":
+            return f"{nbytes} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return str(nbytes)  # pragma: no cover - loop always returns
 
 
-def _flag_problem(caps: Capabilities, flag: str) -> str | None:
-    support = caps.uring.setup_flags.get(flag)
-    if support is None:
-        return f"{flag} was not probed"
-    if not support.accepted:
-        return f"kernel rejects IORING_SETUP_{flag} ({support.error})"
-    return None
+def verdicts(
+    caps: Capabilities,
+    plugin_manager: UringstackPluginManager | None = None,
+    config: StackConfig | None = None,
+) -> list[FeatureCheck]:
+    """One :class:`FeatureCheck` for io_uring itself, then one per plugin verdict.
 
-
-def verdicts(caps: Capabilities, pool_bytes: int = DEFAULT_FIXED_POOL_BYTES) -> list[FeatureCheck]:
-    """One :class:`FeatureCheck` per feature: io_uring, SQPOLL, IOPOLL, registered
-    buffers, NVMe passthrough and the portable fallback."""
+    The plugin lines are the plugins' own ``uringstack_check_support``
+    answers for *config* (the same verdicts ``uringstack plan`` prints), so
+    the probe and the plan cannot disagree and third-party plugins appear
+    too.  Without a plugin manager (``uringstack probe --no-plugins``) only
+    the io_uring line is given.
+    """
     uring = caps.uring
-    checks: list[FeatureCheck] = []
-    if not uring.usable:
-        checks.append(FeatureCheck("io_uring", False, uring.reason))
-        why = "io_uring is not usable"
-        for feature in ("SQPOLL", "IOPOLL", "registered buffers", "NVMe passthrough"):
-            checks.append(FeatureCheck(feature, False, why))
-        checks.append(FeatureCheck("fallback", True, "portable backend serves all I/O"))
+    if uring.usable:
+        checks = [FeatureCheck("io_uring", True, f"{len(uring.opcodes)} opcodes, kernel {caps.kernel_release}")]
+    else:
+        checks = [FeatureCheck("io_uring", False, uring.reason)]
+    if plugin_manager is None or config is None:
         return checks
-
-    checks.append(FeatureCheck(
-        "io_uring", True, f"{len(uring.opcodes)} opcodes, kernel {caps.kernel_release}"
-    ))
-
-    problem = _flag_problem(caps, "SQPOLL")
-    if problem:
-        checks.append(FeatureCheck("SQPOLL", False, problem))
-    else:
-        cores = caps.cpus.count
-        note = "kernel accepts it"
-        if cores <= 2:
-            note += f"; only {cores} CPU(s): the poller thread competes with the application"
-        checks.append(FeatureCheck("SQPOLL", True, note))
-
-    problem = _flag_problem(caps, "IOPOLL")
-    pollable = [d.name for d in caps.devices if d.io_poll]
-    if problem:
-        checks.append(FeatureCheck("IOPOLL", False, problem))
-    elif pollable:
-        checks.append(FeatureCheck("IOPOLL", True, "queue/io_poll=1 on " + ", ".join(pollable)))
-    elif caps.device_scan_error:
-        why = f"device scan failed: {caps.device_scan_error}"
-        checks.append(FeatureCheck("IOPOLL", False, why))
-    elif caps.devices:
-        why = "; ".join(f"{d.name}: {d.io_poll_reason}" for d in caps.devices)
-        checks.append(FeatureCheck("IOPOLL", False, f"no device with queue/io_poll=1 ({why})"))
-    else:
-        checks.append(FeatureCheck("IOPOLL", False, "no block devices were scanned"))
-
-    mem = caps.memlock
-    if mem.cap_ipc_lock:
-        checks.append(FeatureCheck(
-            "registered buffers", True, "CAP_IPC_LOCK: pinned memory is not limited"
-        ))
-    elif mem.allows(pool_bytes):
-        checks.append(FeatureCheck(
-            "registered buffers", True,
-            f"RLIMIT_MEMLOCK {_size(mem.soft_bytes)} >= pool {_size(pool_bytes)}",
-        ))
-    else:
-        checks.append(FeatureCheck(
-            "registered buffers", False,
-            f"RLIMIT_MEMLOCK {_size(mem.soft_bytes)} < pool {_size(pool_bytes)}; "
-            "raise `ulimit -l` or use a smaller pool",
-        ))
-
-    checks.append(_passthrough_check(caps))
-    checks.append(FeatureCheck("fallback", True, "portable backend, used where io_uring is not"))
+    for v in plugin_manager.check_support(caps=caps, config=config):
+        if v is None:
+            continue
+        reason = v.reason + (f"; hint: {v.hint}" if v.hint else "")
+        checks.append(FeatureCheck(v.plugin, v.enabled, reason))
     return checks
-
-
-def _passthrough_check(caps: Capabilities) -> FeatureCheck:
-    name = "NVMe passthrough"
-    for flag in ("SQE128", "CQE32"):
-        problem = _flag_problem(caps, flag)
-        if problem:
-            return FeatureCheck(name, False, problem)
-    if "URING_CMD" not in caps.uring.opcodes:
-        return FeatureCheck(name, False, "kernel lacks IORING_OP_URING_CMD (5.19+)")
-    chars = [d for d in caps.devices if d.generic_char]
-    ok = [d for d in chars if d.generic_char_accessible]
-    if ok:
-        return FeatureCheck(name, True, ", ".join(f"{d.generic_char}" for d in ok))
-    if chars:
-        why = "; ".join(f"{d.generic_char}: {d.generic_char_error}" for d in chars)
-        return FeatureCheck(name, False, f"no generic char device may be opened ({why})")
-    if caps.device_scan_error:
-        return FeatureCheck(name, False, f"device scan failed: {caps.device_scan_error}")
-    nvme = [d.name for d in caps.devices if d.nvme]
-    if nvme:
-        return FeatureCheck(name, False, "no /dev/ngXnY for " + ", ".join(nvme))
-    return FeatureCheck(name, False, "no NVMe namespace with a generic char device /dev/ngXnY")
 
 
 def _yes(flag: bool) -> str:
     return "[green]yes[/]" if flag else "[red]no[/]"
 
 
-def render(caps: Capabilities, console: Console | None = None) -> None:
-    """Print the report as rich tables followed by the verdict lines."""
+def render(
+    caps: Capabilities,
+    console: Console | None = None,
+    *,
+    plugin_manager: UringstackPluginManager | None = None,
+    config: StackConfig | None = None,
+) -> None:
+    """Print the report as rich tables followed by the verdict lines (see :func:`verdicts`)."""
     con = console or Console()
     uring = caps.uring
 
@@ -226,7 +168,7 @@ def render(caps: Capabilities, console: Console | None = None) -> None:
             con.print(f"  {note}", soft_wrap=True, highlight=False, markup=False)
 
     con.print("[bold]Verdict[/]")
-    for check in verdicts(caps):
+    for check in verdicts(caps, plugin_manager, config):
         style = "green" if check.usable else "red"
         # soft_wrap: one verdict per physical line, so `grep` finds it whole.
         con.print(f"  {check.line()}", style=style, soft_wrap=True, highlight=False, markup=False)

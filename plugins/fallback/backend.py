@@ -138,7 +138,7 @@ class FallbackBackend:
 
     def open(self, target: Target, worker: Worker) -> FallbackFileIO:
         pool = worker.resources.get(RESOURCE_KEY)
-        if pool is None:
+        if not isinstance(pool, concurrent.futures.ThreadPoolExecutor):
             pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.threads, thread_name_prefix=f"uringstack-fallback-{worker.index}"
             )

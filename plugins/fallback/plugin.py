@@ -10,12 +10,13 @@ from __future__ import annotations
 import concurrent.futures
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from uringstack.config.errors import ConfigError, ConfigProblem
+from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fallback.backend import RESOURCE_KEY, FallbackBackend
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -33,10 +34,6 @@ class FallbackConfig(FeatureConfig):
     threads: int = Field(32, ge=1, le=1024, description="threads per worker (the queue depth it can reach)")
 
 
-def _section(config: StackConfig) -> FallbackConfig:
-    return config.section(NAME, FallbackConfig)
-
-
 def _check_conflicts(mode: str, backend: str) -> None:
     """``core.backend`` and ``[fallback] mode`` that contradict each other are a config error."""
     if mode == "on" and backend == "uring":
@@ -52,7 +49,7 @@ def _check_conflicts(mode: str, backend: str) -> None:
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
-    mode = _section(config).mode
+    mode = FEATURE.section(config).mode
     _check_conflicts(mode, config.core.backend)
     if mode == "off":
         return False, "off (config)"
@@ -65,23 +62,17 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     return False, "io_uring works here, the thread pool is not needed"
 
 
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return NAME, FallbackConfig
-
-
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    enabled, reason = _decide(caps, config)
-    return FeatureVerdict(plugin=NAME, mode=_section(config).mode, enabled=enabled, reason=reason)
+FEATURE = Feature(NAME, FallbackConfig, _decide)
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl(trylast=True)
 def uringstack_select_backend(target: Target, caps: Capabilities, config: StackConfig) -> FallbackBackend | None:
-    enabled, reason = _decide(caps, config)
+    enabled, reason, _ = FEATURE.decide(caps, config)
     if not enabled:
         return None
-    return FallbackBackend(reason=f"thread pool (os.preadv/os.pwritev): {reason}", threads=_section(config).threads)
+    threads = FEATURE.section(config).threads
+    return FallbackBackend(reason=f"thread pool (os.preadv/os.pwritev): {reason}", threads=threads)
 
 
 @hookimpl

@@ -14,18 +14,19 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from uringstack.buffers import BUFFER_POOL_KEY
 from uringstack.errors import UringIOError
+from uringstack.feature import Decision, Feature
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
+    from uringstack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.stack import Stack, Worker
@@ -57,10 +58,6 @@ class FixedbufConfig(FeatureConfig):
         return v
 
 
-def _section(config: StackConfig) -> FixedbufConfig:
-    return config.section(NAME, FixedbufConfig)
-
-
 def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tuple[int, str]:
     """How many buffers per ring the memlock limit allows, and the reason."""
     want = cfg.buffer_size * cfg.count * rings
@@ -80,46 +77,42 @@ def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tup
 
 
 def _plan_count(caps: Capabilities, config: StackConfig) -> tuple[int, str]:
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     rings = len(caps.cpus.allowed) if config.core.cores == "auto" else len(config.core.cores)
     return buffers_that_fit(caps, cfg, rings)
 
 
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return NAME, FixedbufConfig
-
-
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    cfg = _section(config)
+def _decide(caps: Capabilities, config: StackConfig) -> Decision:
+    cfg = FEATURE.section(config)
     if cfg.mode == "off":
-        return FeatureVerdict(plugin=NAME, mode="off", enabled=False, reason="off (config)")
+        return Decision(False, "off (config)")
     if not caps.uring.usable or config.core.backend == "fallback":
-        return FeatureVerdict(plugin=NAME, mode=cfg.mode, enabled=False, reason="no io_uring rings to register with")
+        return Decision(False, "no io_uring rings to register with")
     count, why = _plan_count(caps, config)
     if count >= cfg.count:
-        reason = f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
-        return FeatureVerdict(plugin=NAME, mode=cfg.mode, enabled=True, reason=reason)
-    if cfg.mode == "on":
-        return FeatureVerdict(plugin=NAME, mode="on", enabled=False, reason=why, hint=MEMLOCK_HINT)
-    if count >= cfg.min_count:
-        return FeatureVerdict(
-            plugin=NAME, mode=cfg.mode, enabled=True,
-            reason=f"shrunk to {count} buffers per ring: {why}", hint=MEMLOCK_HINT,
+        return Decision(
+            True, f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
         )
-    return FeatureVerdict(
-        plugin=NAME, mode=cfg.mode, enabled=bool(cfg.files),
-        reason=f"no registered buffers ({why}); registered files only" if cfg.files else f"skipped: {why}",
-        hint=MEMLOCK_HINT,
+    if cfg.mode == "on":
+        return Decision(False, why, MEMLOCK_HINT)
+    if count >= cfg.min_count:
+        return Decision(True, f"shrunk to {count} buffers per ring: {why}", MEMLOCK_HINT)
+    return Decision(
+        bool(cfg.files),
+        f"no registered buffers ({why}); registered files only" if cfg.files else f"skipped: {why}",
+        MEMLOCK_HINT,
     )
+
+
+FEATURE = Feature(NAME, FixedbufConfig, _decide)
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
 def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> None:
     if ring.params.role not in _ROLES:
         return
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     if cfg.mode == "off":
         return
     count, why = _plan_count(worker.stack.caps, config)
@@ -133,7 +126,7 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
             worker.note(NAME, f"registering {count} buffers failed with ENOMEM ({why}); none registered. "
                         + MEMLOCK_HINT)
         else:
-            worker.resources[BUFFER_POOL_KEY] = pool
+            worker.buffers.register(NAME, pool)
             worker.note(NAME, f"registered {count} x {cfg.buffer_size >> 10} KiB buffers")
     else:
         worker.note(NAME, f"no registered buffers: {why}. {MEMLOCK_HINT}")
@@ -155,23 +148,22 @@ def _on_ring_owner(worker: Worker, table: FixedFileTable, fn: Callable[[int], T]
 
 
 @hookimpl
-def uringstack_file_opened(handle: object, worker: Worker) -> None:
+def uringstack_file_opened(handle: FileHandle, worker: Worker) -> None:
     table = worker.resources.get(FILES_KEY)
-    io = getattr(handle, "io", None)
-    if not isinstance(table, FixedFileTable) or getattr(io, "ring", None) is not table.ring:
+    if not isinstance(table, FixedFileTable) or handle.ring is not table.ring:
         return
-    slot = _on_ring_owner(worker, table, table.attach, handle.fd)  # type: ignore[attr-defined]
+    slot = _on_ring_owner(worker, table, table.attach, handle.fd)
     if slot is not None:
-        handle.fixed_index = slot  # type: ignore[attr-defined]
+        handle.fixed_index = slot
 
 
 @hookimpl
-def uringstack_file_closed(handle: object, worker: Worker) -> None:
+def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
     table = worker.resources.get(FILES_KEY)
-    slot = getattr(handle, "fixed_index", None)
+    slot = handle.fixed_index
     if isinstance(table, FixedFileTable) and slot is not None and not table.ring.closed:
         _on_ring_owner(worker, table, table.detach, slot)
-        handle.fixed_index = None  # type: ignore[attr-defined]
+        handle.fixed_index = None
 
 
 @hookimpl
@@ -180,6 +172,6 @@ def uringstack_stack_teardown(stack: Stack) -> None:
         table = worker.resources.pop(FILES_KEY, None)
         if isinstance(table, FixedFileTable):
             worker.call(table.close)
-        pool = worker.resources.pop(BUFFER_POOL_KEY, None)
+        pool = worker.buffers.unregister(NAME)
         if isinstance(pool, BufferPool):
             worker.call(pool.close)

@@ -11,7 +11,7 @@ pollable O_DIRECT reads and writes):
 - targets without O_DIRECT never come here (the plugin passes them on, so
   the core serves them on the storage ring).
 
-Completions are reaped as :mod:`uringstack.plugins.iopoll.reap` explains
+Completions are reaped as :mod:`uringstack.polling` explains
 (blocking GETEVENTS waits, a poll pass for ``done()``, a poller task under
 asyncio).
 """
@@ -29,7 +29,7 @@ from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op
 from uringstack.native import ffi, lib
 from uringstack.plugins.iopoll.poll import device_size_bytes
-from uringstack.plugins.iopoll.reap import polled_done, wait_polled
+from uringstack.polling import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 from uringstack.uring_backend import UringPending
 
@@ -160,7 +160,7 @@ class IopollFileIO:
         # wait=True: submit and poll for the completions in one io_uring_enter.
         batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
         if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook(op))
+            batch.add_done_callback(self.completion_hook(op, self.ring))
         return IopollPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> Any:

@@ -12,13 +12,15 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from uringstack.blockdev import backing_disk
+from uringstack.feature import Feature
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
 from uringstack.plugins.iopoll.poll import device_supports_poll
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict, PlanError
+from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -39,12 +41,8 @@ class IopollConfig(FeatureConfig):
     entries: int = Field(128, ge=1, le=32768, description="SQ entries of the per-core IOPOLL ring")
 
 
-def _section(config: StackConfig) -> IopollConfig:
-    return config.section(NAME, IopollConfig)
-
-
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
-    if _section(config).mode == "off":
+    if FEATURE.section(config).mode == "off":
         return False, "off (config)"
     if not caps.uring.usable or config.core.backend == "fallback":
         return False, "no io_uring rings"
@@ -57,25 +55,15 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     return True, f"poll queues on {', '.join(pollable)}: O_DIRECT I/O there is reaped by polling"
 
 
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return NAME, IopollConfig
-
-
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    enabled, reason = _decide(caps, config)
-    return FeatureVerdict(
-        plugin=NAME, mode=_section(config).mode, enabled=enabled, reason=reason,
-        ring_roles=(ROLE,) if enabled else (),
-    )
+FEATURE = Feature(NAME, IopollConfig, _decide, ring_roles=(ROLE,))
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
 def uringstack_ring_params(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
     if params.role != ROLE:
         return
-    params.entries = _section(config).entries
+    params.entries = FEATURE.section(config).entries
     params.add(SetupFlag.IOPOLL, "iopoll: completions reaped by polling the device's poll queues")
     params.required |= SetupFlag.IOPOLL
 
@@ -87,26 +75,43 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
     ``queue/io_poll`` = 1 qualify; buffered targets stay on the storage ring
     (IOPOLL cannot carry them), and NVMe char devices belong to passthrough.
     """
-    mode = _section(config).mode
+    mode = FEATURE.section(config).mode
     if mode == "off":
         return False, "iopoll: off (config)"
     if target.kind == "nvme_char":
         return False, "iopoll: NVMe char devices are served by passthrough"
     if not target.direct:
         return False, "iopoll: not O_DIRECT; buffered I/O cannot be polled, it stays on the storage ring"
-    enabled, why = _decide(caps, config)
+    enabled, why, _ = FEATURE.decide(caps, config)
     if not enabled:
         return False, f"iopoll: {why}"
     probe_path = target.path
     if target.kind == "file" and not os.path.exists(probe_path):
         probe_path = os.path.dirname(probe_path) or "."  # about to be created: its filesystem decides
-    ok, reason = device_supports_poll(probe_path)
+    ok, reason = _poll_fact(probe_path, target, caps)
     if not ok and mode == "on":
         raise PlanError(
             f"[iopoll] mode = 'on' but {target.path} cannot be polled: {reason}. Set iopoll.mode to "
             "'auto' to serve it from the storage ring instead"
         )
     return ok, f"iopoll: {reason}"
+
+
+def _poll_fact(path: str, target: Target, caps: Capabilities) -> tuple[bool, str]:
+    """Can *path* be polled?  The probe's ``io_poll`` fact for its disk; sysfs only for a
+    disk the probe did not list (no device scan, device-mapper and md stacks)."""
+    dev = target.device
+    if dev is None:
+        try:
+            disk, _ = backing_disk(path)
+        except OSError:
+            disk = None
+        dev = next((d for d in caps.devices if d.name == disk), None) if disk else None
+    if dev is None:
+        return device_supports_poll(path)
+    if dev.io_poll:
+        return True, f"{target.path} is on {dev.name}: queue/io_poll is 1"
+    return False, f"{target.path} is on {dev.name}: {dev.io_poll_reason or 'queue/io_poll is 0'}"
 
 
 @hookimpl

@@ -8,7 +8,7 @@ driver has poll queues: ``/sys/block/<disk>/queue/io_poll`` is 1 (NVMe with
 (EOPNOTSUPP) or spins without finding completions, so the check here decides
 from sysfs, and tells why when the answer is no.
 
-Reaping strategy (see also :mod:`uringstack.plugins.iopoll.pipeline`): an
+Reaping strategy (see also :mod:`uringstack.pipeline`): an
 IOPOLL ring posts completions only while some task polls the device inside
 ``io_uring_enter(IORING_ENTER_GETEVENTS)``.  :class:`IopollFile` therefore
 waits with ``Ring.wait`` (liburing ``io_uring_wait_cqe`` -> GETEVENTS), never
@@ -29,24 +29,16 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from uringstack.blockdev import backing_disk
+from uringstack.blockdev import backing_disk, blkdev_logical_block_size, read_attr
 from uringstack.errors import AlignmentError, ShortIOError, UringIOError
 from uringstack.flags import Op, SetupFlag
 from uringstack.native import ffi
-from uringstack.plugins.iopoll.pipeline import filled, first_not_equal, from_bytes, run_pipelined
+from uringstack.pipeline import filled, first_not_equal, from_bytes, run_pipelined
 from uringstack.ring import Ring
 from uringstack.ring_params import RingParams
 
-# <linux/fs.h>: BLKSSZGET = _IO(0x12, 104), BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-BLKSSZGET = (0x12 << 8) | 104
+# <linux/fs.h>: BLKGETSIZE64 = _IOR(0x12, 114, size_t)
 BLKGETSIZE64 = (2 << 30) | (8 << 16) | (0x12 << 8) | 114
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 def device_supports_poll(
@@ -68,11 +60,11 @@ def device_supports_poll(
         return False, why
     disk = root / "block" / name
     if (disk / "dm").is_dir():
-        dm_name = _read(disk / "dm" / "name") or name
+        dm_name = read_attr(disk / "dm" / "name") or name
         return False, f"{why}, a device-mapper device ({dm_name}): no poll queues"
     if (disk / "md").is_dir():
         return False, f"{why}, an md RAID device: no poll queues"
-    io_poll = _read(disk / "queue" / "io_poll")
+    io_poll = read_attr(disk / "queue" / "io_poll")
     if io_poll is None:
         return False, f"{why}, which has no queue/io_poll attribute"
     if io_poll.strip() == "1":
@@ -85,12 +77,6 @@ def device_supports_poll(
     elif driver:
         hint = f" (driver {driver} has no poll queues)"
     return False, f"{why}: queue/io_poll is {io_poll}{hint}"
-
-
-def logical_block_size(fd: int) -> int:
-    """Logical block size of an open block device (BLKSSZGET)."""
-    buf = fcntl.ioctl(fd, BLKSSZGET, struct.pack("i", 0))
-    return int(struct.unpack("i", buf)[0])
 
 
 def device_size_bytes(fd: int) -> int:
@@ -131,7 +117,7 @@ class IopollFile:
         try:
             st = os.fstat(self.fd)
             if stat.S_ISBLK(st.st_mode):
-                self.block_size = logical_block_size(self.fd)
+                self.block_size = blkdev_logical_block_size(self.fd)
                 self.size_bytes = device_size_bytes(self.fd)
             else:
                 # A file: O_DIRECT alignment follows the device; 4096 covers 512e and 4Kn.

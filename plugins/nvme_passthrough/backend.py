@@ -36,8 +36,7 @@ from uringstack.errors import AlignmentError, UringIOError
 from uringstack.flags import Op, SetupFlag, SqeFlag
 from uringstack.native import ffi
 from uringstack.pending import CompletedPending
-from uringstack.plugins.iopoll.pipeline import filled, from_bytes
-from uringstack.plugins.iopoll.reap import is_polled, polled_done, wait_polled
+from uringstack.pipeline import filled, from_bytes
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -53,6 +52,7 @@ from uringstack.plugins.nvme_passthrough.device import (
     open_char_device,
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
+from uringstack.polling import is_polled, polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 from uringstack.ring_params import RingParams
 
@@ -394,7 +394,7 @@ class PassthroughFileIO:
         batch = self.ring.submit_arrays(plan.n, columns, (*keep, *buffers, cmds, cmd_pin, *columns), wait=wait)
         name = "write" if write else "read"
         if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook(name))
+            batch.add_done_callback(self.completion_hook(name, self.ring))
         return PassthroughPending(self.ring, batch, f"nvme {name}", self.path, plan, lens)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> PassthroughPending:
@@ -404,6 +404,8 @@ class PassthroughFileIO:
         cmd = bytearray(flush_command(self.nsid))
         columns, cmd_pin = self._columns(cmd, 1, ffi.NULL)
         batch = self.flush_ring.submit_arrays(1, columns, (cmd, cmd_pin, *columns), wait=wait)
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.flush_ring))
         return PassthroughPending(self.flush_ring, batch, "nvme flush", self.path, None, [], tail=1)
 
     def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> PassthroughPending:
@@ -430,7 +432,7 @@ class PassthroughFileIO:
         columns, cmd_pin = self._columns(cmds, n, sqe_flags)
         batch = self.ring.submit_arrays(n, columns, (*keep, buffer, cmds, cmd_pin, *columns), wait=wait)
         if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook("write"))
+            batch.add_done_callback(self.completion_hook("write_durable", self.ring))
         return PassthroughPending(self.ring, batch, "nvme write", self.path, plan, lens, tail=1)
 
     def size(self) -> int:

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uringstack.blockdev import read_attr
 from uringstack.errors import AlignmentError, UringIOError, UringStackError
 from uringstack.flags import Op, SetupFlag
 from uringstack.native import ffi
-from uringstack.plugins.iopoll.pipeline import filled, first_nonzero, from_bytes, run_pipelined
+from uringstack.pipeline import filled, first_nonzero, from_bytes, run_pipelined
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -76,13 +77,6 @@ class NamespaceInfo:
     io_poll: bool
     # Why io_poll is what it is, or why the block device was not found.
     note: str
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 def _same_controller(disk_parent: Path, controller_dir: Path) -> bool:
@@ -137,7 +131,7 @@ def find_namespace(
         disk = Path(os.path.realpath(block_class / name))
         if (disk / "partition").exists():
             continue
-        if _read(disk / "nsid") != str(nsid):
+        if read_attr(disk / "nsid") != str(nsid):
             continue
         if _same_controller(disk.parent, controller):
             found = name
@@ -148,11 +142,11 @@ def find_namespace(
             f"no block device with nsid {nsid} under {controller.name}",
         )  # fmt: skip
     disk_dir = root / "block" / found
-    lba_text = _read(disk_dir / "queue" / "logical_block_size")
-    sectors = _read(disk_dir / "size")  # always in 512-byte units
+    lba_text = read_attr(disk_dir / "queue" / "logical_block_size")
+    sectors = read_attr(disk_dir / "size")  # always in 512-byte units
     lba = int(lba_text) if lba_text else None
     nblocks = int(sectors) * 512 // lba if sectors and lba else None
-    poll = _read(disk_dir / "queue" / "io_poll")
+    poll = read_attr(disk_dir / "queue" / "io_poll")
     return NamespaceInfo(
         ng_dir,
         controller,
@@ -246,7 +240,7 @@ def find_generic_char(block_device: str, *, sysfs_root: str | os.PathLike[str] =
     name: under native multipath ``ngXnY`` and ``nvmeXnY`` disagree on X.
     """
     root = Path(sysfs_root)
-    nsid = _read(root / "block" / block_device / "nsid")
+    nsid = read_attr(root / "block" / block_device / "nsid")
     if nsid is None or not nsid.isdigit():
         return None
     try:
@@ -254,7 +248,7 @@ def find_generic_char(block_device: str, *, sysfs_root: str | os.PathLike[str] =
     except OSError:
         return None
     for name in names:
-        dev = _read(root / "class" / "nvme-generic" / name / "dev")
+        dev = read_attr(root / "class" / "nvme-generic" / name / "dev")
         if dev is None or ":" not in dev:
             continue
         major, minor = (int(x) for x in dev.split(":", 1))

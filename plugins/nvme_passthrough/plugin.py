@@ -12,13 +12,14 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from uringstack.feature import Feature
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import find_generic_char, open_char_device
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict, PlanError
+from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -42,12 +43,8 @@ class PassthroughConfig(FeatureConfig):
     iopoll: bool = Field(False, description="also poll for completions (needs poll queues)")
 
 
-def _section(config: StackConfig) -> PassthroughConfig:
-    return config.section(NAME, PassthroughConfig)
-
-
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
-    if _section(config).mode == "off":
+    if FEATURE.section(config).mode == "off":
         return False, "off (config)"
     u = caps.uring
     if not u.usable or config.core.backend == "fallback":
@@ -67,25 +64,15 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     return True, "passthrough via " + ", ".join(f"{d.generic_char} ({d.name})" for d in usable)
 
 
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return NAME, PassthroughConfig
-
-
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    enabled, reason = _decide(caps, config)
-    return FeatureVerdict(
-        plugin=NAME, mode=_section(config).mode, enabled=enabled, reason=reason,
-        ring_roles=(ROLE,) if enabled else (),
-    )
+FEATURE = Feature(NAME, PassthroughConfig, _decide, ring_roles=(ROLE,))
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
 def uringstack_ring_params(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
     if params.role != ROLE:
         return
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     params.entries = cfg.entries
     params.add(
         SetupFlag.SQE128 | SetupFlag.CQE32, "nvme_passthrough: NVMe commands need 128-byte SQEs and 32-byte CQEs"
@@ -148,7 +135,7 @@ def decide_backend(target: Target, caps: Capabilities, config: StackConfig) -> t
     ``passthrough="on"``.
     """
     want = _want(target)
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     if target.kind == "nvme_char":
         if want == "off":
             raise PlanError(f"{target.path} is an NVMe generic char device: only passthrough can serve it")
@@ -163,7 +150,7 @@ def decide_backend(target: Target, caps: Capabilities, config: StackConfig) -> t
         log.info("%s: passthrough='auto' falls back to block I/O: %s", target.path, why)
         return None, f"passthrough: {why}; block I/O instead"
 
-    enabled, why = _decide(caps, config)
+    enabled, why, _ = FEATURE.decide(caps, config)
     if not enabled:
         return refuse(f"nvme_passthrough is not enabled ({why})")
     if cfg.mode == "off":
@@ -189,7 +176,7 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
     return PassthroughBackend(
         reason=f"{reason}; passthrough ring of the worker",
         char_path=char,
-        allow_writes_in_use=_section(config).allow_writes_in_use,
+        allow_writes_in_use=FEATURE.section(config).allow_writes_in_use,
     )
 
 

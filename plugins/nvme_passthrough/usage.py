@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from uringstack.blockdev import read_attr
+
 
 @dataclass(frozen=True)
 class BlockDev:
@@ -41,15 +43,8 @@ class BlockDev:
         return f"{self.major}:{self.minor}"
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
 def _devno(sysfs_dir: Path) -> tuple[int, int] | None:
-    text = _read(sysfs_dir / "dev")
+    text = read_attr(sysfs_dir / "dev")
     if text is None or ":" not in text:
         return None
     major, minor = text.split(":", 1)
@@ -127,7 +122,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
 def _holder_kind(holder: str, sysfs_root: Path) -> str:
     block = sysfs_root / "block" / holder
     if (block / "dm").is_dir():
-        name = _read(block / "dm" / "name")
+        name = read_attr(block / "dm" / "name")
         return f"device-mapper {name}" if name else "device-mapper"
     if (block / "md").is_dir() or holder.startswith("md"):
         return "md RAID"
@@ -154,7 +149,7 @@ def block_device_in_use(
     devs = disk_and_partitions(disk, sysfs_root=root)
     reasons: list[str] = []
 
-    mount_text = _read(Path(mountinfo_path)) or ""
+    mount_text = read_attr(Path(mountinfo_path)) or ""
     mounts = parse_mountinfo(mount_text)
     for dev in devs:
         dev_paths = {f"/dev/{dev.name}"}
@@ -172,7 +167,7 @@ def block_device_in_use(
             reasons.append(f"{dev.name} is held by {holder} ({_holder_kind(holder, root)})")
 
     if swaps_path is not None:
-        swaps = _read(Path(swaps_path)) or ""
+        swaps = read_attr(Path(swaps_path)) or ""
         for line in swaps.splitlines()[1:]:
             fields = line.split()
             if not fields:

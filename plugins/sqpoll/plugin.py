@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from uringstack.feature import Feature
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
-from uringstack.types import FeatureConfig, FeatureMode, FeatureVerdict, PlanError
+from uringstack.ring_params import ring_name
+from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -54,12 +56,9 @@ class SqpollConfig(FeatureConfig):
     min_cpus: int = Field(4, ge=1, description="auto enables SQPOLL only on machines with at least this many CPUs")
 
 
-def _section(config: StackConfig) -> SqpollConfig:
-    return config.section(NAME, SqpollConfig)
-
-
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
+    _check_cpu(caps, cfg)
     if cfg.mode == "off":
         return False, "off (config)"
     if not caps.uring.usable or config.core.backend == "fallback":
@@ -87,17 +86,12 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
 
 
 def _poller_cpu(caps: Capabilities, config: StackConfig, params: RingParams) -> int | None:
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     if cfg.cpu != "auto":
         return cfg.cpu
     workers = worker_cpus(caps, config)
     spare = [c for c in caps.cpus.allowed if c not in workers]
     return spare[0] if spare else params.core
-
-
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return NAME, SqpollConfig
 
 
 def _check_cpu(caps: Capabilities, cfg: SqpollConfig) -> None:
@@ -114,29 +108,26 @@ def _check_cpu(caps: Capabilities, cfg: SqpollConfig) -> None:
     )
 
 
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    _check_cpu(caps, _section(config))
-    enabled, reason = _decide(caps, config)
-    return FeatureVerdict(plugin=NAME, mode=_section(config).mode, enabled=enabled, reason=reason)
+FEATURE = Feature(NAME, SqpollConfig, _decide)
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
 def uringstack_ring_params(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
     if params.role not in _ROLES:
         return
-    enabled, reason = _decide(caps, config)
+    enabled, reason, _ = FEATURE.decide(caps, config)
     if not enabled:
         params.reasons.append(f"sqpoll: not set: {reason}")
         return
-    cfg = _section(config)
+    cfg = FEATURE.section(config)
     params.add(SetupFlag.SQPOLL, f"sqpoll: {reason}; idle {cfg.idle_ms} ms")
     params.sq_thread_idle_ms = cfg.idle_ms
     params.sq_thread_cpu = _poller_cpu(caps, config, params)
     params.spin_us = max(params.spin_us, cfg.spin_us)
-    if _section(config).mode == "on":
+    if FEATURE.section(config).mode == "on":
         params.required |= SetupFlag.SQPOLL
     first = worker_cpus(caps, config)[0]
     if cfg.share and params.core != first:
-        params.attach_to = f"core{first}/{params.role}"
-        params.reasons.append(f"sqpoll: shares the poller of core{first}/{params.role} (ATTACH_WQ)")
+        params.attach_to = ring_name(first, params.role)
+        params.reasons.append(f"sqpoll: shares the poller of {params.attach_to} (ATTACH_WQ)")

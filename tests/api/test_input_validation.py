@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from uringstack.buffers import BUFFER_POOL_KEY, aligned_buffer
+from uringstack.buffers import aligned_buffer
 from uringstack.errors import UringIOError
 from uringstack.handle import FileHandle
 from uringstack.stack import Stack, open_stack
@@ -106,8 +106,9 @@ def pooled() -> Iterator[Stack]:
 
 
 def test_lease_above_the_pool_size_takes_nothing(pooled: Stack, tmp_path: pathlib.Path) -> None:
-    pool = pooled.workers[0].resources[BUFFER_POOL_KEY]
     with pooled.open(tmp_path / "f", create=True) as h:
+        pool = pooled.workers[0].buffers.for_ring(h.ring)
+        assert pool is not None
         with pytest.raises(BufferError, match=r"lease_buffers\(9\).*8 buffers"):
             h.lease_buffers(9)
         assert pool.available() == 8

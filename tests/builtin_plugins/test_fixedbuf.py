@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from uringstack.buffers import BUFFER_POOL_KEY, RegisteredBuffer
+from uringstack.buffers import RegisteredBuffer
 from uringstack.flags import Op
 from uringstack.stack import Stack, open_stack
 
@@ -30,10 +30,13 @@ def stack() -> Iterator[Stack]:
 
 def test_pool_is_registered_with_the_ring(stack: Stack) -> None:
     worker = stack.workers[0]
-    pool = worker.resources[BUFFER_POOL_KEY]
+    pool = worker.buffers.get("fixedbuf")
     assert worker.rings["storage"].registered_buffers == 8
     assert pool.available() == 8
     assert stack.describe()["workers"][0]["rings"]["storage"]["registered_files"] == 4
+    described = stack.describe()["workers"][0]
+    assert described["buffer_providers"] == ["fixedbuf"]
+    assert described["resources"] == ["fixedbuf.files"]
 
 
 def test_reads_on_leases_are_read_fixed(stack: Stack, tmp_path: pathlib.Path) -> None:
@@ -49,11 +52,11 @@ def test_reads_on_leases_are_read_fixed(stack: Stack, tmp_path: pathlib.Path) ->
         for i, lease in enumerate(leases):
             assert bytes(lease.view) == data[i * BS : (i + 1) * BS]
         h.release_buffers(leases)
-        assert stack.workers[0].resources[BUFFER_POOL_KEY].available() == 8
+        assert stack.workers[0].buffers.get("fixedbuf").available() == 8
 
 
 def test_double_release_is_an_error(stack: Stack, tmp_path: pathlib.Path) -> None:
-    pool = stack.workers[0].resources[BUFFER_POOL_KEY]
+    pool = stack.workers[0].buffers.get("fixedbuf")
     lease = pool.lease()
     pool.release(lease)
     with pytest.raises(ValueError, match="released twice"):
@@ -62,7 +65,7 @@ def test_double_release_is_an_error(stack: Stack, tmp_path: pathlib.Path) -> Non
 
 
 def test_exhausted_pool_raises_and_release_in_finally_returns_it(stack: Stack) -> None:
-    pool = stack.workers[0].resources[BUFFER_POOL_KEY]
+    pool = stack.workers[0].buffers.get("fixedbuf")
     taken = [pool.lease() for _ in range(8)]
     with pytest.raises(BufferError, match="all 8 registered buffers are leased"):
         pool.lease()
@@ -78,7 +81,7 @@ def test_exhausted_pool_raises_and_release_in_finally_returns_it(stack: Stack) -
 
 def test_lease_in_flight_is_not_handed_out_again(stack: Stack) -> None:
     """Released while the kernel still owns it: the pool defers the return until the CQE."""
-    pool = stack.workers[0].resources[BUFFER_POOL_KEY]
+    pool = stack.workers[0].buffers.get("fixedbuf")
     ring = stack.workers[0].rings["storage"]
     r, w = os.pipe()
     lease = pool.lease()
@@ -143,14 +146,13 @@ CHILD = r"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, 64 * 1024))
 from uringstack.stack import open_stack
-from uringstack.buffers import BUFFER_POOL_KEY
 with open_stack(overrides={"core.cores": [0]}) as stack:
     verdict = next(v for v in stack.plan.verdicts if v.plugin == "fixedbuf")
     with stack.open(sys.argv[1], create=True) as h:
         h.write_from(b"still works", 0)
         buf = bytearray(11); h.read_into(buf, 0)
     print(json.dumps({
-        "pool": BUFFER_POOL_KEY in stack.workers[0].resources,
+        "pool": stack.workers[0].buffers.get("fixedbuf") is not None,
         "registered": stack.workers[0].rings["storage"].registered_buffers,
         "enabled": verdict.enabled, "reason": verdict.reason, "hint": verdict.hint,
         "notes": stack.describe()["workers"][0]["notes"], "data": buf.decode(),

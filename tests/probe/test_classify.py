@@ -14,7 +14,7 @@ from uringstack.probe.kernel import (
     ProcessStatus,
     parse_process_status,
 )
-from uringstack.probe.model import BlockDevice, Capabilities, CpuInfo, MemlockInfo
+from uringstack.probe.model import Capabilities, CpuInfo, MemlockInfo
 from uringstack.probe.report import verdicts
 from uringstack.probe.system import parse_cpulist
 from uringstack.probe.uring import classify, probe_uring
@@ -174,20 +174,9 @@ def _caps(**uring: object) -> Capabilities:
 
 
 def test_verdicts_name_the_missing_piece() -> None:
+    # The io_uring line is the probe's own; feature lines come from the plugins
+    # (tests/plugins/test_probe_verdicts.py), so without plugins there are none.
     ok = {"accepted": True}
-    caps = _caps(opcodes=["READ", "WRITE"], setup_flags={
-        "SQPOLL": ok, "IOPOLL": ok, "SQE128": ok, "CQE32": {"accepted": False, "errno": 22,
-                                                              "error": "EINVAL: Invalid argument"},
-    })  # fmt: skip
-    reason = "virtio-blk has no poll queues"
-    caps.devices = [BlockDevice(name="vda", path="/dev/vda", io_poll_reason=reason)]
-    lines = {v.feature: v.line() for v in verdicts(caps, pool_bytes=4 << 20)}
-    assert lines["SQPOLL"].startswith("SQPOLL: usable")
-    assert lines["IOPOLL"] == (
-        "IOPOLL: not usable: no device with queue/io_poll=1 (vda: virtio-blk has no poll queues)"
-    )
-    assert lines["registered buffers"].startswith(
-        "registered buffers: not usable: RLIMIT_MEMLOCK 64.0 KiB"
-    )
-    assert "IORING_SETUP_CQE32" in lines["NVMe passthrough"]
-    assert lines["fallback"].startswith("fallback: usable")
+    caps = _caps(opcodes=["READ", "WRITE"], setup_flags={"SQPOLL": ok})
+    [line] = [v.line() for v in verdicts(caps)]
+    assert line == "io_uring: usable (2 opcodes, kernel 6.8.0)"

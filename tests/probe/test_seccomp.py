@@ -47,7 +47,7 @@ def test_filter_only_denies_io_uring() -> None:
 
 
 def test_cli_exits_zero_with_seccomp_verdict() -> None:
-    proc = _under_filter("-c", RUN_CLI, "probe", "--no-devices", "--no-plugins")
+    proc = _under_filter("-c", RUN_CLI, "probe", "--no-devices")
     assert proc.returncode == 0, proc.stderr
     assert "io_uring: not usable: io_uring_setup blocked by seccomp" in proc.stdout
     assert "fallback: usable" in proc.stdout

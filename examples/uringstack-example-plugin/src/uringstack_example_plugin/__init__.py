@@ -1,30 +1,37 @@
 """uringstack-example-plugin: the smallest useful third-party uringstack plugin.
 
 Registered through the ``uringstack`` entry-point group (see pyproject.toml);
-uringstack never imports it by name.
+uringstack never imports it by name.  It caps (raises) ring sizes, reports a
+verdict, and counts completions per worker of each stack.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from uringstack.feature import Decision, Feature
 from uringstack.hookspecs import hookimpl
-from uringstack.types import FeatureMode, FeatureVerdict
+from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
+    from uringstack.ring import Ring
     from uringstack.ring_params import RingParams
+    from uringstack.stack import Stack, Worker
 
 PLUGIN = "example"
 
 
-class ExampleConfig(BaseModel):
-    """Settings of the example plugin ([example] in the config file)."""
+class ExampleConfig(FeatureConfig):
+    """Settings of the example plugin ([example] in the config file).
 
-    # Misspelled keys in [example] become errors that name the key.
-    model_config = ConfigDict(extra="forbid")
+    FeatureConfig forbids unknown keys: a misspelled key in [example] is an
+    error that names it.
+    """
 
     mode: FeatureMode = Field(
         default="auto",
@@ -38,36 +45,28 @@ class ExampleConfig(BaseModel):
     )
 
 
-@hookimpl
-def uringstack_config_sections() -> tuple[str, type[BaseModel]]:
-    return PLUGIN, ExampleConfig
-
-
-@hookimpl
-def uringstack_check_support(caps: Capabilities, config: StackConfig) -> FeatureVerdict:
-    cfg = config.section(PLUGIN, ExampleConfig)
+def _decide(caps: Capabilities, config: StackConfig) -> Decision:
+    cfg = FEATURE.section(config)
     if cfg.mode == "off":
-        return FeatureVerdict(plugin=PLUGIN, mode="off", enabled=False, reason="off in config")
+        return Decision(False, "off in config")
     if not caps.uring.usable:
-        return FeatureVerdict(
-            plugin=PLUGIN,
-            mode=cfg.mode,
-            enabled=False,
-            reason=f"io_uring unusable here: {caps.uring.reason}",
-            hint="run where io_uring is allowed, or set example.mode = 'off'",
+        return Decision(
+            False,
+            f"io_uring unusable here: {caps.uring.reason}",
+            "run where io_uring is allowed, or set example.mode = 'off'",
         )
-    return FeatureVerdict(
-        plugin=PLUGIN,
-        mode=cfg.mode,
-        enabled=True,
-        reason=f"storage rings get >= {cfg.min_entries} entries",
-    )
+    return Decision(True, f"storage rings get >= {cfg.min_entries} entries")
+
+
+# The section, the verdict and the decision the other hooks reuse, in one object.
+FEATURE = Feature(PLUGIN, ExampleConfig, _decide)
+uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
 def uringstack_ring_params(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
-    cfg = config.section(PLUGIN, ExampleConfig)
-    if cfg.mode == "off" or not caps.uring.usable or params.role != "storage":
+    cfg = FEATURE.section(config)
+    if params.role != "storage" or not FEATURE.decide(caps, config).enabled:
         return
     if params.entries < cfg.min_entries:
         params.reasons.append(
@@ -86,3 +85,27 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
             )
         else:
             params.reasons.append(f"{PLUGIN}: no COOP_TASKRUN, the kernel rejects it")
+
+
+class Completions:
+    """Completions per worker index and op, for one stack."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_worker: dict[int, Counter[str]] = {}
+
+    def add(self, worker: int, op: str, n: int) -> None:
+        # The hook runs on whichever thread reaped the batch: two may run at once.
+        with self.lock:
+            self.by_worker.setdefault(worker, Counter())[op] += n
+
+
+@hookimpl
+def uringstack_completion_batch(worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
+    # Per-stack state: two stacks in one process keep separate counts.
+    worker.stack.plugin_state(PLUGIN, Completions).add(worker.index, op, len(results))
+
+
+def completions(stack: Stack) -> dict[int, Counter[str]]:
+    """Completions counted so far on *stack*, per worker index and op."""
+    return stack.plugin_state(PLUGIN, Completions).by_worker

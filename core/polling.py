@@ -1,5 +1,8 @@
 """Reaping completions from an IOPOLL ring: blocking, non-blocking and under asyncio.
 
+A general ring helper next to :meth:`uringstack.ring.Ring.poll`: the iopoll
+and nvme_passthrough plugins both reap polled rings through it.
+
 On an IOPOLL ring the device raises no interrupt: a completion is posted to
 the CQ only while some task polls the device's poll queue inside
 ``io_uring_enter(IORING_ENTER_GETEVENTS)``.  Three consequences:

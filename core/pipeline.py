@@ -1,5 +1,8 @@
 """Run N prepared ops through a :class:`~uringstack.ring.Ring` at a bounded queue depth.
 
+A general ring helper (it lived in the iopoll plugin until the NVMe plugin
+needed it too; plugins may not import each other, so it is core now).
+
 The caller fills whole cdata columns once (one entry per op, in C arrays);
 this module submits them in chunks of ``chunk`` ops by pointer arithmetic
 (``column + start``), keeps at most ``depth`` ops in flight and copies each
