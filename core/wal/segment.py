@@ -96,7 +96,12 @@ def fsync_dir(directory: Path) -> None:
 def read_header(path: Path) -> SegmentHeader:
     """Read and verify the header of the segment at *path*."""
     with open(path, "rb") as f:
-        return SegmentHeader.unpack(f.read(HEADER_BYTES), path)
+        raw = f.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES:
+        raise WalCorruptionError(
+            str(path), 0, f"segment file is {len(raw)} bytes, shorter than its {HEADER_BYTES}-byte header (truncated)"
+        )
+    return SegmentHeader.unpack(raw, path)
 
 
 def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> Path:
