@@ -48,7 +48,7 @@ from pathlib import Path
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
 from .io import WalBackend
-from .record import MAX_PAYLOAD_BYTES, encode, padded_size
+from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, encode, padded_size
 from .recovery import SegmentScan
 from .segment import (
     BLOCK_BYTES,
@@ -255,9 +255,28 @@ class Writer:
         self._start_spare()
 
     # --- appending ------------------------------------------------------------------
-    def _check_size(self, payload: bytes | bytearray | memoryview) -> None:
-        if padded_size(len(payload)) > self._max_record or len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}")
+    def _payload(self, payload: object, index: int | None = None) -> bytes | bytearray | memoryview:
+        """*payload* as bytes ready to frame, or raise before anything is queued.
+
+        A memoryview is cast to bytes (``len`` of a wide one counts items, which
+        would frame the wrong length).  The limit is on the framed record
+        (16-byte header, padding to 8), as ``max_batch_bytes`` bounds one write.
+        """
+        which = "record" if index is None else f"record {index}"
+        if isinstance(payload, memoryview):
+            if not payload.c_contiguous:
+                raise TypeError(f"{which}: a non-contiguous memoryview cannot be appended")
+            payload = payload.cast("B") if payload.format != "B" or payload.ndim != 1 else payload
+        elif not isinstance(payload, bytes | bytearray):
+            raise TypeError(f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), got {type(payload).__name__}")
+        n = len(payload)
+        if padded_size(n) > self._max_record or n > MAX_PAYLOAD_BYTES:
+            largest = min(self._max_record - self._max_record % ALIGN_BYTES - HEADER_BYTES, MAX_PAYLOAD_BYTES)
+            raise ValueError(
+                f"{which} of {n} bytes is {padded_size(n)} bytes framed, more than "
+                f"max_batch_bytes={self._max_record}: the largest payload is {largest} bytes"
+            )
+        return payload
 
     def _check(self) -> None:
         if self.failed is not None:
@@ -293,8 +312,7 @@ class Writer:
 
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Queue one record and block until it is durable; return its LSN."""
-        self._check_size(payload)
-        return self._append_sync((payload,))
+        return self._append_sync((self._payload(payload),))
 
     def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int]:
         """Queue several records under one lock hold and block once, until the last is durable.
@@ -303,9 +321,9 @@ class Writer:
         on its own; a crash may keep a prefix of them (never a gap), like any
         appends in flight.
         """
-        items = list(payloads)
-        for p in items:
-            self._check_size(p)
+        # every record is checked before any is queued: a bad one in the middle
+        # must not leave the ones before it durable with LSNs the caller never learns
+        items = [self._payload(p, i) for i, p in enumerate(payloads)]
         if not items:
             return []
         last = self._append_sync(items)
@@ -336,9 +354,9 @@ class Writer:
 
     def submit_async(self, payload: bytes | bytearray | memoryview) -> asyncio.Future[int]:
         """Queue one record; the future resolves to its LSN once durable (from whoever flushes it)."""
+        payload = self._payload(payload)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        self._check_size(payload)
         with self.lock:
             self._check()
             lsn = self._queue_locked(payload)
