@@ -183,12 +183,9 @@ def scan(directory: Path | str) -> LogScan:
             result.damage = Damage(path, 0, e.reason, torn_tail=False)
             result.discard = [p for _, p in segments[i:]]
             return result
-        if header.first_lsn != name_lsn or (expected is not None and header.first_lsn != expected):
-            want = expected if expected is not None else name_lsn
-            result.damage = Damage(
-                path, 0, f"segment starts at LSN {header.first_lsn}, expected {want} "
-                "(a segment is missing or misnamed)", torn_tail=False,
-            )  # fmt: skip
+        problem = _placement(name_lsn, header.first_lsn, expected)
+        if problem is not None:
+            result.damage = Damage(path, 0, problem, torn_tail=False)
             result.discard = [p for _, p in segments[i:]]
             return result
         seg, damage, _ = _scan_one(path, header)
@@ -206,6 +203,20 @@ def scan(directory: Path | str) -> LogScan:
             result.discard = later
             return result
     return result
+
+
+def _placement(name_lsn: int, header_lsn: int, expected: int | None) -> str | None:
+    """What is wrong with where a segment sits in the log, or None."""
+    if header_lsn != name_lsn:
+        return (
+            f"file name says LSN {name_lsn} but the header says LSN {header_lsn} "
+            "(the segment was renamed or copied under another name)"
+        )
+    if expected is None or header_lsn == expected:
+        return None
+    if header_lsn > expected:
+        return f"LSNs {expected}..{header_lsn - 1} are missing (a segment was deleted or moved away)"
+    return f"segment starts at LSN {header_lsn}, inside the previous segment's records (which end at {expected - 1})"
 
 
 def _wrong_length(seg: SegmentScan, damage: Damage | None, size: int) -> Damage:

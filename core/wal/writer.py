@@ -411,7 +411,8 @@ class Writer:
                 self._stage(taken)
             self._write(taken)
         except BaseException as e:
-            self._fail(failed_from(e, "roll" if taken.roll else "write"))
+            where = "rolling to a new segment" if taken.roll else f"segment {self.active.path}"
+            self._fail(failed_from(e, "roll" if taken.roll else "write", where))
             return False, None
         return True, self._acknowledge(taken.first_lsn + len(taken.records) - 1, chain)
 
