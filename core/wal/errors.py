@@ -53,6 +53,9 @@ def failed_from(exc: BaseException, op: str, where: str = "") -> WalFailedError:
     err = exc.errno if isinstance(exc, OSError) and exc.errno else _errno.EIO
     own = getattr(exc, "op", None)
     detail = str(getattr(exc, "detail", "")) if own else str(exc)
+    filename = getattr(exc, "filename", None) if own else None
+    if filename:
+        detail = f"{filename}: {detail}" if detail else str(filename)
     if where:
         detail = f"{detail}; {where}" if detail else where
     return WalFailedError(err, own if isinstance(own, str) and own else op, detail)

@@ -1,4 +1,5 @@
-"""A fault-injecting backend: a simulated faulty disk for tests.
+"""Fault injection for tests: a simulated faulty disk (FaultyBackend), failing
+segment syscalls (SegmentFaults).
 
 It is the real :class:`~uringstack.wal.io.PosixBackend` (same short-write and
 flush logic) with its two primitives replaced, so a test can make the Nth
@@ -8,11 +9,16 @@ the "machine dies": every later call fails, as nothing reaches a dead disk).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from . import segment
 from .io import PosixBackend, SyncMethod
+from .segment import SegmentSyscalls
 
 
 @dataclass
@@ -71,3 +77,64 @@ class FaultyBackend(PosixBackend):
             err = self.plan.sync_errors[n]
             raise OSError(err, f"injected fdatasync error: {os.strerror(err)}")
         super()._fdatasync(fd)
+
+
+class SegmentFaults(SegmentSyscalls):
+    """The segment syscalls, recorded in order, with chosen calls failing.
+
+    ``log`` gets ``(operation, file name)`` per call (``fsync`` is the
+    directory's).  ``fail`` maps ``(operation, call number)`` to an errno;
+    call numbers count from 0 per operation.  Install it with
+    :func:`segment_faults`.
+    """
+
+    def __init__(self, fail: dict[tuple[str, int], int] | None = None) -> None:
+        self.fail = dict(fail or {})
+        self.log: list[tuple[str, str]] = []
+        self._calls: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+
+    def _enter(self, op: str, name: str) -> None:
+        n = self._calls.get(op, 0)
+        self._calls[op] = n + 1
+        self.log.append((op, name))
+        err = self.fail.get((op, n))
+        if err is not None:
+            raise OSError(err, f"injected {op} error: {os.strerror(err)}")
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        self._enter("open", path.name)
+        fd = super().open(path, flags, mode)
+        self._names[fd] = path.name
+        return fd
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        self._enter("fallocate", self._names.get(fd, "?"))
+        super().fallocate(fd, offset, length)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        self._enter("pwrite", self._names.get(fd, "?"))
+        return super().pwrite(fd, data, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        self._enter("fdatasync", self._names.get(fd, "?"))
+        super().fdatasync(fd)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        self._enter("rename", f"{src.name}->{dst.name}")
+        super().rename(src, dst)
+
+    def fsync(self, fd: int) -> None:
+        self._enter("fsync", "<dir>")
+        super().fsync(fd)
+
+
+@contextlib.contextmanager
+def segment_faults(faults: SegmentFaults) -> Iterator[SegmentFaults]:
+    """Route segment creation through *faults* for the duration of the block."""
+    old = segment.SYSCALLS
+    segment.SYSCALLS = faults
+    try:
+        yield faults
+    finally:
+        segment.SYSCALLS = old

@@ -247,7 +247,12 @@ class Writer:
         self._spare_thread.join()
         if self._spare_error is not None or self._spare is None:
             raise self._spare_error or OSError(errno.EIO, "no spare segment")
-        path = activate_spare(self._spare, self._header(first_lsn))
+        try:
+            path = activate_spare(self._spare, self._header(first_lsn))
+        except BaseException:
+            with contextlib.suppress(OSError):  # the log fails; a full-size spare would only take space
+                os.unlink(self._spare)
+            raise
         seg = SegmentScan(path, self._header(first_lsn))
         with self.lock:
             self.segments.append(seg)
