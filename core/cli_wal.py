@@ -25,7 +25,9 @@ def wal() -> None:
 def _scan_wal(directory: Path) -> LogScan:
     """Scan *directory*, or exit 2 when it holds no segment (``Wal.open`` always creates one)."""
     if not list_segments(directory):
-        click.echo(f"error: {directory} is not a WAL directory: it holds no segment file (<20-digit LSN>.wal)", err=True)
+        click.echo(
+            f"error: {directory} is not a WAL directory: it holds no segment file (<20-digit LSN>.wal)", err=True
+        )
         sys.exit(EXIT_NOT_A_WAL)
     return scan(directory)
 

@@ -90,7 +90,12 @@ class PosixBackend(_Counting):
                 n = self._pwrite(fd, buf[done:], offset + done)
             except OSError as e:
                 # name the primitive: the writer reports it as the failing operation
-                raise UringIOError(e.errno or errno.EIO, "pwrite", None, f"{total - done} bytes at offset {offset + done}: {e.strerror or e}") from e
+                raise UringIOError(
+                    e.errno or errno.EIO,
+                    "pwrite",
+                    None,
+                    f"{total - done} bytes at offset {offset + done}: {e.strerror or e}",
+                ) from e
             self._c["writes"] += 1
             if n <= 0:
                 raise UringIOError(errno.EIO, "pwrite", None, f"wrote {n} of {total - done} bytes")

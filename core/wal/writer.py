@@ -273,7 +273,9 @@ class Writer:
                 raise TypeError(f"{which}: a non-contiguous memoryview cannot be appended")
             payload = payload.cast("B") if payload.format != "B" or payload.ndim != 1 else payload
         elif not isinstance(payload, bytes | bytearray):
-            raise TypeError(f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), got {type(payload).__name__}")
+            raise TypeError(
+                f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), got {type(payload).__name__}"
+            )
         n = len(payload)
         if padded_size(n) > self._max_record or n > MAX_PAYLOAD_BYTES:
             largest = min(self._max_record - self._max_record % ALIGN_BYTES - HEADER_BYTES, MAX_PAYLOAD_BYTES)

@@ -60,11 +60,10 @@ def test_enospc_on_a_spare_fails_the_log_at_rollover(wal_dir: pathlib.Path, call
 
 def test_header_is_synced_before_the_rename(wal_dir: pathlib.Path) -> None:
     """The durability order of a new segment: header write, its fdatasync, rename, dir fsync."""
-    with segment_faults(SegmentFaults()) as rec:
-        with Wal.open(wal_dir, CFG) as wal:
-            for _ in range(100):  # at least one rollover onto a background spare
-                wal.append(os.urandom(1000))
-            assert len(wal.segments()) >= 2
+    with segment_faults(SegmentFaults()) as rec, Wal.open(wal_dir, CFG) as wal:
+        for _ in range(100):  # at least one rollover onto a background spare
+            wal.append(os.urandom(1000))
+        assert len(wal.segments()) >= 2
     log = rec.log
     renames = [i for i, (op, _) in enumerate(log) if op == "rename"]
     assert len(renames) >= 2
@@ -80,9 +79,7 @@ def test_header_is_synced_before_the_rename(wal_dir: pathlib.Path) -> None:
 def small_fs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a 1 MiB tmpfs here: {r.stderr.strip() or r.returncode}")
     try:

@@ -51,7 +51,7 @@ def test_truncated_older_segment_names_the_size(wal_dir: pathlib.Path) -> None:
     _log(wal_dir)
     second = list_segments(wal_dir)[1][1]
     os.truncate(second, 20_000)
-    with pytest.raises(WalCorruptionError, match="20000 bytes.*65536"):
+    with pytest.raises(WalCorruptionError, match=r"20000 bytes.*65536"):
         Wal.open(wal_dir, CFG)
 
 
