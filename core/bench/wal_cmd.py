@@ -92,4 +92,6 @@ def wal_bench_command(
             name, _fmt(row.get("records_per_s"), 0), _fmt(row.get("mb_per_s"), 2),
             _fmt(row.get("p50_us")), _fmt(row.get("p99_us")), _fmt(row.get("p999_us")), ratio,
         )  # fmt: skip
-    Console().print(table)
+    out = Console()
+    # a pipe or file gets the whole table rather than 80 columns with wrapped cells (as `bench`)
+    (out if out.is_terminal else Console(width=160)).print(table)

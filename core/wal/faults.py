@@ -1,5 +1,5 @@
 """Fault injection for tests: a simulated faulty disk (FaultyBackend), failing
-segment syscalls (SegmentFaults).
+segment syscalls (SegmentFaults), a recording and fault-injecting ring (RecordingRing).
 
 It is the real :class:`~uringstack.wal.io.PosixBackend` (same short-write and
 flush logic) with its two primitives replaced, so a test can make the Nth
@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import segment
 from .io import PosixBackend, SyncMethod
@@ -138,3 +139,62 @@ def segment_faults(faults: SegmentFaults) -> Iterator[SegmentFaults]:
         yield faults
     finally:
         segment.SYSCALLS = old
+
+
+@dataclass
+class SubmittedOp:
+    """One SQE as it was handed to the kernel, and what its completion said."""
+
+    opcode: str  # Op name: WRITE, FSYNC, ...
+    fd: int
+    length: int
+    offset: int
+    op_flags: int  # rw_flags / fsync_flags
+    sqe_flags: int  # IOSQE_*
+    result: int | None = None  # as returned to the caller (after any injected fault)
+
+
+class RecordingRing:
+    """Wraps a :class:`~uringstack.ring.Ring`: records every SQE submitted through
+    ``submit_arrays`` (opcode, flags, lengths) in order, with its result, and can
+    replace results to inject faults on the io_uring path.
+
+    ``results`` maps ``(opcode name, call number)`` to the result the caller
+    sees instead of the kernel's (e.g. ``("FSYNC", 1): -errno.EIO``); call
+    numbers count from 0 per opcode.  Everything else is the real ring.
+    """
+
+    def __init__(self, ring: Any, results: dict[tuple[str, int], int] | None = None) -> None:
+        self.ring = ring
+        self.results = dict(results or {})
+        self.submissions: list[list[SubmittedOp]] = []
+        self._calls: dict[str, int] = {}
+        self._pending: dict[int, tuple[list[SubmittedOp], list[int | None]]] = {}
+
+    def submit_arrays(self, n: int, arrays: Any, keep: Any = (), *, wait: bool = False) -> Any:
+        from ..flags import Op
+
+        opcodes, fds, _addrs, lens, offs, op_flags, sqe_flags, _bufs = arrays
+        ops, overrides = [], []
+        for i in range(n):
+            name = Op(opcodes[i]).name
+            k = self._calls.get(name, 0)
+            self._calls[name] = k + 1
+            ops.append(SubmittedOp(name, fds[i], lens[i], offs[i], op_flags[i], sqe_flags[i]))
+            overrides.append(self.results.get((name, k)))
+        self.submissions.append(ops)
+        batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
+        self._pending[id(batch)] = (ops, overrides)
+        return batch
+
+    def wait(self, batch: Any) -> list[int]:
+        got = list(self.ring.wait(batch))
+        ops, overrides = self._pending.pop(id(batch), ([], []))
+        for i, op in enumerate(ops):
+            if overrides[i] is not None:
+                got[i] = overrides[i]
+            op.result = got[i]
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ring, name)
