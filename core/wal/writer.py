@@ -263,19 +263,22 @@ class Writer:
     def _payload(self, payload: object, index: int | None = None) -> bytes | bytearray | memoryview:
         """*payload* as bytes ready to frame, or raise before anything is queued.
 
-        A memoryview is cast to bytes (``len`` of a wide one counts items, which
-        would frame the wrong length).  The limit is on the framed record
+        Any other buffer (memoryview, array, mmap) is viewed as bytes: ``len`` of
+        a wide one counts items, which would frame the wrong length.  The limit is on the framed record
         (16-byte header, padding to 8), as ``max_batch_bytes`` bounds one write.
         """
         which = "record" if index is None else f"record {index}"
-        if isinstance(payload, memoryview):
-            if not payload.c_contiguous:
-                raise TypeError(f"{which}: a non-contiguous memoryview cannot be appended")
-            payload = payload.cast("B") if payload.format != "B" or payload.ndim != 1 else payload
-        elif not isinstance(payload, bytes | bytearray):
-            raise TypeError(
-                f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), got {type(payload).__name__}"
-            )
+        if not isinstance(payload, bytes | bytearray):
+            try:  # any buffer (memoryview, array, mmap): framed by its bytes
+                view = payload if isinstance(payload, memoryview) else memoryview(payload)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(
+                    f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), "
+                    f"got {type(payload).__name__}"
+                ) from None
+            if not view.c_contiguous:
+                raise TypeError(f"{which}: a non-contiguous buffer cannot be appended")
+            payload = view if view.format == "B" and view.ndim == 1 else view.cast("B")
         n = len(payload)
         if padded_size(n) > self._max_record or n > MAX_PAYLOAD_BYTES:
             largest = min(self._max_record - self._max_record % ALIGN_BYTES - HEADER_BYTES, MAX_PAYLOAD_BYTES)

@@ -38,8 +38,11 @@ def test_wide_memoryview_is_stored_as_its_bytes(wal_dir: pathlib.Path) -> None:
     a = array.array("I", [1, 2, 3])
     with Wal.open(wal_dir, CFG) as wal:
         assert wal.append(memoryview(a)) == 1
+        assert wal.append(a) == 2  # any buffer, framed by its bytes
+        with pytest.raises(TypeError, match="non-contiguous"):
+            wal.append(memoryview(b"abcdef")[::2])
     with Wal.open(wal_dir, CFG, recovery="absolute") as wal:
-        assert list(wal.read_from(1)) == [(1, a.tobytes())]
+        assert list(wal.read_from(1)) == [(1, a.tobytes()), (2, a.tobytes())]
 
 
 def test_async_append_validates_before_queuing(wal_dir: pathlib.Path) -> None:
