@@ -44,6 +44,9 @@ def _load(path: Path | None, *, ignore_env: bool) -> LoadedConfig:
 
     try:
         return load_config(path, env={} if ignore_env else None)
+    except RecursionError:
+        # tomllib recurses per nesting level: a hostile file must not end in a traceback
+        _fail(f"error: {path}: nested too deeply to parse (arrays or tables thousands of levels deep)")
     except ConfigError as exc:
         _fail(str(exc))
     except PluginError as exc:

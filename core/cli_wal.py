@@ -10,12 +10,26 @@ from pathlib import Path
 import click
 
 from .wal.errors import WalCorruptionError
-from .wal.recovery import RecoveryMode, check, iter_records, scan
+from .wal.recovery import LogScan, RecoveryMode, check, iter_records, scan
+from .wal.segment import list_segments
+
+# click's status for bad input: the directory given is not something to check
+EXIT_NOT_A_WAL = 2
 
 
 @click.group("wal")
 def wal() -> None:
     """Inspect a write-ahead log directory without modifying it."""
+
+
+def _scan_wal(directory: Path) -> LogScan:
+    """Scan *directory*, or exit 2 when it holds no segment (``Wal.open`` always creates one)."""
+    if not list_segments(directory):
+        click.echo(
+            f"error: {directory} is not a WAL directory: it holds no segment file (<20-digit LSN>.wal)", err=True
+        )
+        sys.exit(EXIT_NOT_A_WAL)
+    return scan(directory)
 
 
 @wal.command("verify")
@@ -28,8 +42,11 @@ def wal() -> None:
     help="what counts as acceptable: a torn tail passes under tolerate_tail only",
 )
 def verify(directory: Path, mode: str) -> None:
-    """Check every segment and record; exit 1 on damage the MODE does not accept."""
-    result = scan(directory)
+    """Check every segment and record; exit 1 on damage the MODE does not accept.
+
+    Exits 2 if DIRECTORY is not a WAL directory (it holds no segment file).
+    """
+    result = _scan_wal(directory)
     for seg in result.segments:
         click.echo(
             f"{seg.path.name}: LSN {seg.first_lsn}..{seg.last_lsn} ({seg.records} records, {seg.end_offset} bytes used)"
@@ -56,7 +73,7 @@ def verify(directory: Path, mode: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def dump(directory: Path, from_lsn: int, as_json: bool) -> None:
     """Print the records from LSN --from on (up to the first damage, if any)."""
-    result = scan(directory)
+    result = _scan_wal(directory)
     for lsn, payload in iter_records(result.segments, from_lsn):
         if as_json:
             obj = {

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from uringstack.bench.children import run_child
 from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
 
@@ -121,14 +122,8 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None) -> ModeRe
     """Run fio's job with *engine*; *poll* is called about 5 times a second while it runs."""
     mode = f"fio {engine}"
     cmd = [path, *fio_args(spec, engine)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while True:
-        try:
-            out, err = proc.communicate(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            if poll is not None:
-                poll()
+    proc = run_child(cmd, poll)  # stopped and reaped if the bench is interrupted
+    out, err = proc.stdout, proc.stderr
     if proc.returncode != 0:
         msg = (err or out).strip().splitlines()
         return ModeResult(mode=mode, kind="fio", status="failed", reason=" ".join(msg[-2:])[:300])

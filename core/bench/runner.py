@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.bench import fio as fio_mod
 from uringstack.bench import syscalls
+from uringstack.bench.children import terminate_raises
 from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import pending_loop, thread_loop, uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
@@ -250,6 +251,7 @@ def fio_engines(spec: BenchSpec) -> list[str]:
     return ["io_uring", "libaio"] if spec.workload == "randread" else ["io_uring"]
 
 
+@terminate_raises()
 def run_bench(
     spec: BenchSpec,
     modes: list[str] | None = None,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
+from uringstack.bench.children import run_child
 from uringstack.bench.spec import BenchSpec
 
 
@@ -52,7 +52,7 @@ def _traced(strace: str, spec: BenchSpec, mode: str, io: bool) -> tuple[int, int
             json.dumps(spec.to_json()),
             mode,
         ] + ([] if io else ["--no-io"])
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = run_child(cmd)  # stopped and reaped if the bench is interrupted
         if proc.returncode != 0:
             raise RuntimeError(f"traced child failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
         ops = int(json.loads(proc.stdout.strip().splitlines()[-1])["ops"])

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..wal.bench import run_wal_bench
+from ..wal.config import WalConfig
+from ..wal.record import HEADER_BYTES
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -19,7 +21,8 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 @click.command("wal")
 @click.option("--appenders", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--record-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--record-size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="payload bytes per record (at most 1048560: a framed record fits in max_batch_bytes)")  # fmt: skip
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.5),
@@ -40,6 +43,13 @@ def wal_bench_command(
     use_asyncio: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Durable appends/s, MB/s and ack latency p50/p99/p99.9, with ratios to the references."""
+    largest = WalConfig().max_batch_bytes - HEADER_BYTES  # the WAL's largest payload
+    if record_size > largest:
+        raise click.BadParameter(
+            f"{record_size} bytes is more than the WAL's largest record, {largest} bytes "
+            f"(a framed record must fit in max_batch_bytes={WalConfig().max_batch_bytes})",
+            param_hint="'--record-size'",
+        )
     if directory is None:
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="uringstack-bench-") as tmp:
             result = run_wal_bench(tmp, appenders, record_size, duration, backend, rounds=rounds,
@@ -82,4 +92,6 @@ def wal_bench_command(
             name, _fmt(row.get("records_per_s"), 0), _fmt(row.get("mb_per_s"), 2),
             _fmt(row.get("p50_us")), _fmt(row.get("p99_us")), _fmt(row.get("p999_us")), ratio,
         )  # fmt: skip
-    Console().print(table)
+    out = Console()
+    # a pipe or file gets the whole table rather than 80 columns with wrapped cells (as `bench`)
+    (out if out.is_terminal else Console(width=160)).print(table)

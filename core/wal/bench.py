@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ..bench.children import run_child, terminate_raises
 from .config import WalConfig
 from .log import Wal
 
@@ -153,10 +153,10 @@ def _fio(fio: str, path: Path, size: int, duration_s: float) -> dict[str, Any]:
         "--time_based", f"--runtime={max(1, round(duration_s))}", f"--ramp_time={_WARMUP_S}",
         "--lat_percentiles=1", "--output-format=json",
     ]  # fmt: skip
-    try:
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    except subprocess.CalledProcessError as e:
-        return {"skipped": f"fio failed: {e.stderr.strip()[:200]}"}
+    proc = run_child(cmd)  # stopped and reaped if the bench is interrupted
+    if proc.returncode != 0:
+        return {"skipped": f"fio failed: {proc.stderr.strip()[:200]}"}
+    out = proc.stdout
     job = json.loads(out[out.index("{") :])["jobs"][0]["write"]
     # An append's latency runs from the call to the acknowledgement, submission
     # included: compare with fio's lat (submit to completion, percentiles from
@@ -183,6 +183,7 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+@terminate_raises()
 def run_wal_bench(
     directory: str | Path,
     appenders: int = 1,

@@ -40,9 +40,22 @@ class WalCorruptionError(UringStackError, ValueError):
         self.reason = reason
 
 
-def failed_from(exc: BaseException, op: str) -> WalFailedError:
-    """Wrap any backend exception as the log's failure, keeping its errno."""
+def failed_from(exc: BaseException, op: str, where: str = "") -> WalFailedError:
+    """Wrap any backend exception as the log's failure, keeping its errno.
+
+    *op* is the writer's step (``write``, ``roll``); an exception that names
+    its own operation (``op`` attribute, as :class:`~uringstack.errors.UringIOError`
+    has: ``pwrite``, ``fdatasync``) is reported under that name instead, so an
+    fdatasync error never reads as a write error.
+    """
     if isinstance(exc, WalFailedError):
         return exc
     err = exc.errno if isinstance(exc, OSError) and exc.errno else _errno.EIO
-    return WalFailedError(err, op, str(exc))
+    own = getattr(exc, "op", None)
+    detail = str(getattr(exc, "detail", "")) if own else str(exc)
+    filename = getattr(exc, "filename", None) if own else None
+    if filename:
+        detail = f"{filename}: {detail}" if detail else str(filename)
+    if where:
+        detail = f"{detail}; {where}" if detail else where
+    return WalFailedError(err, own if isinstance(own, str) and own else op, detail)

@@ -86,7 +86,16 @@ class PosixBackend(_Counting):
         self._c["flushes"] += 1
         done, total = 0, len(buf)
         while done < total:
-            n = self._pwrite(fd, buf[done:], offset + done)
+            try:
+                n = self._pwrite(fd, buf[done:], offset + done)
+            except OSError as e:
+                # name the primitive: the writer reports it as the failing operation
+                raise UringIOError(
+                    e.errno or errno.EIO,
+                    "pwrite",
+                    None,
+                    f"{total - done} bytes at offset {offset + done}: {e.strerror or e}",
+                ) from e
             self._c["writes"] += 1
             if n <= 0:
                 raise UringIOError(errno.EIO, "pwrite", None, f"wrote {n} of {total - done} bytes")
@@ -94,7 +103,10 @@ class PosixBackend(_Counting):
             self._c["bytes"] += n
         if self.sync == "fdatasync":
             self._c["syncs"] += 1
-            self._fdatasync(fd)
+            try:
+                self._fdatasync(fd)
+            except OSError as e:
+                raise UringIOError(e.errno or errno.EIO, "fdatasync", None, str(e.strerror or e)) from e
 
     def close(self) -> None:
         pass

@@ -106,7 +106,8 @@ class Wal:
         Cheaper than one :meth:`append` per record: one lock hold, one wait,
         usually one write.  Each record is durable on its own, not the group
         atomically: a crash before this returns may keep any prefix of them.
-        Raises ``ValueError`` before queuing anything if one record is too large.
+        Every record is checked first: a non-bytes one (``TypeError``) or one too
+        large (``ValueError``) refuses the whole group before anything is queued.
         """
         return self._writer.append_many(records)
 

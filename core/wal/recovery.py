@@ -62,6 +62,7 @@ class Damage:
     reason: str
     torn_tail: bool  # shaped like an interrupted last write (see module docstring)
     zero_to: int = 0  # end of the non-zero bytes to clear when repairing
+    resize_to: int = 0  # a file of the wrong length: its size in the header (0: length is right)
 
 
 @dataclass
@@ -182,15 +183,15 @@ def scan(directory: Path | str) -> LogScan:
             result.damage = Damage(path, 0, e.reason, torn_tail=False)
             result.discard = [p for _, p in segments[i:]]
             return result
-        if header.first_lsn != name_lsn or (expected is not None and header.first_lsn != expected):
-            want = expected if expected is not None else name_lsn
-            result.damage = Damage(
-                path, 0, f"segment starts at LSN {header.first_lsn}, expected {want} "
-                "(a segment is missing or misnamed)", torn_tail=False,
-            )  # fmt: skip
+        problem = _placement(name_lsn, header.first_lsn, expected)
+        if problem is not None:
+            result.damage = Damage(path, 0, problem, torn_tail=False)
             result.discard = [p for _, p in segments[i:]]
             return result
         seg, damage, _ = _scan_one(path, header)
+        size = os.path.getsize(path)
+        if size != header.segment_bytes:
+            damage = _wrong_length(seg, damage, size)
         result.segments.append(seg)
         expected = seg.last_lsn + 1
         if damage is not None:
@@ -202,6 +203,38 @@ def scan(directory: Path | str) -> LogScan:
             result.discard = later
             return result
     return result
+
+
+def _placement(name_lsn: int, header_lsn: int, expected: int | None) -> str | None:
+    """What is wrong with where a segment sits in the log, or None."""
+    if header_lsn != name_lsn:
+        return (
+            f"file name says LSN {name_lsn} but the header says LSN {header_lsn} "
+            "(the segment was renamed or copied under another name)"
+        )
+    if expected is None or header_lsn == expected:
+        return None
+    if header_lsn > expected:
+        return f"LSNs {expected}..{header_lsn - 1} are missing (a segment was deleted or moved away)"
+    return f"segment starts at LSN {header_lsn}, inside the previous segment's records (which end at {expected - 1})"
+
+
+def _wrong_length(seg: SegmentScan, damage: Damage | None, size: int) -> Damage:
+    """A segment whose file length differs from its header: corruption in every mode.
+
+    Segments are preallocated and pre-written to their full size before they
+    get their name, and nothing shortens or extends one, so no crash leaves a
+    file of another length: whatever did (``truncate``, a copy cut short) may
+    have removed acknowledged records, which is never a torn tail.
+    """
+    want = seg.header.segment_bytes
+    how = "truncated" if size < want else "extended"
+    reason = (
+        f"segment file is {size} bytes, its header says {want} "
+        f"(segments are preallocated to full size: the file was {how}, acknowledged records may be lost)"
+    )
+    zero_to = damage.zero_to if damage is not None and damage.offset == seg.end_offset else seg.end_offset
+    return Damage(seg.path, seg.end_offset, reason, torn_tail=False, zero_to=min(zero_to, size), resize_to=want)
 
 
 def _holds_data(path: Path) -> bool:
@@ -238,8 +271,11 @@ def recover(directory: Path | str, mode: RecoveryMode) -> LogScan:
     d = result.damage
     if d is None:
         return result
-    if d.zero_to > d.offset and result.segments and result.segments[-1].path == d.path:
-        _zero_range(d.path, d.offset, d.zero_to)
+    if result.segments and result.segments[-1].path == d.path:
+        if d.zero_to > d.offset:
+            _zero_range(d.path, d.offset, d.zero_to)
+        if d.resize_to:
+            _resize(d.path, d.resize_to)
     if result.discard:
         for p in result.discard:
             with contextlib.suppress(FileNotFoundError):
@@ -257,6 +293,24 @@ def _zero_range(path: Path, start: int, end: int) -> None:
             if n <= 0:
                 raise OSError(f"short write while repairing {path}")
             off += n
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resize(path: Path, size: int) -> None:
+    """Give a segment of the wrong length its header's size again (zeros past the old end)."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        old = os.fstat(fd).st_size
+        os.ftruncate(fd, size)
+        if size > old:  # write the zeros: appends then overwrite written blocks, as in a spare
+            off = old
+            while off < size:
+                n = os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), size - off)], off)
+                if n <= 0:
+                    raise OSError(f"short write while repairing {path}")
+                off += n
         os.fdatasync(fd)
     finally:
         os.close(fd)

@@ -13,13 +13,16 @@ fsynced after every create, rename and unlink so the name itself is durable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UringIOError
 from .errors import WalCorruptionError
 from .record import crc32c
 
@@ -32,6 +35,55 @@ HEADER_BYTES = _HEADER.size + 4  # + crc32c
 _NAME = re.compile(r"^(\d{20})\.wal$")
 SPARE_SUFFIX = ".tmp"
 _ZERO_CHUNK = bytes(1 << 20)
+
+
+class SegmentSyscalls:
+    """The system calls that create, stamp and name segment files.
+
+    One module-global instance (:data:`SYSCALLS`), looked up at each call, so
+    :mod:`uringstack.wal.faults` can record their order (an fdatasync before a
+    rename is a durability step) or make one fail (ENOSPC, EIO).
+    """
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags, mode)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fallocate(fd, offset, length)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.rename(src, dst)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+
+SYSCALLS = SegmentSyscalls()
+
+
+@contextlib.contextmanager
+def _step(path: Path, what: str, steps: list[str], cleanup: bool) -> Iterator[None]:
+    """Turn an OSError into one naming the operation (``steps[-1]``) and *path*.
+
+    With *cleanup* the partial file is removed first: a half-written spare left
+    behind after ENOSPC would keep the file system full.
+    """
+    try:
+        yield
+    except OSError as e:
+        removed = ""
+        if cleanup:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed = "; the partial file was removed"
+        err = e.errno or errno.EIO
+        raise UringIOError(err, steps[-1], str(path), f"{what}{removed}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +140,7 @@ def fsync_dir(directory: Path) -> None:
     """Make creates, renames and unlinks in *directory* durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        SYSCALLS.fsync(fd)
     finally:
         os.close(fd)
 
@@ -96,55 +148,87 @@ def fsync_dir(directory: Path) -> None:
 def read_header(path: Path) -> SegmentHeader:
     """Read and verify the header of the segment at *path*."""
     with open(path, "rb") as f:
-        return SegmentHeader.unpack(f.read(HEADER_BYTES), path)
+        raw = f.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES:
+        raise WalCorruptionError(
+            str(path), 0, f"segment file is {len(raw)} bytes, shorter than its {HEADER_BYTES}-byte header (truncated)"
+        )
+    return SegmentHeader.unpack(raw, path)
 
 
 def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> Path:
     """Create a zero-filled, preallocated, synced file to become the next segment.
 
     Runs off the append path (a background thread in the writer) because
-    writing a whole segment of zeros takes a while.
+    writing a whole segment of zeros takes a while.  On any error the partial
+    file is removed and the error names the file and the failing operation.
     """
     path = directory / f"{name}{SPARE_SUFFIX}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        with contextlib.suppress(OSError):  # fallocate is an optimisation (absent on some fs)
-            os.posix_fallocate(fd, 0, segment_bytes)
-        offset = 0
-        while offset < segment_bytes:
-            n = min(len(_ZERO_CHUNK), segment_bytes - offset)
-            written = os.pwrite(fd, memoryview(_ZERO_CHUNK)[:n], offset)
-            if written <= 0:
-                raise OSError(f"short write while pre-writing {path}")
-            offset += written
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    sc = SYSCALLS
+    steps = ["open"]
+    with _step(path, f"preparing a {segment_bytes}-byte WAL segment", steps, cleanup=True):
+        fd = sc.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            steps.append("fallocate")
+            try:
+                sc.fallocate(fd, 0, segment_bytes)
+            except OSError as e:
+                # an optimisation where it works; but ENOSPC is an answer, not an absence
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+            offset = 0
+            while offset < segment_bytes:
+                n = min(len(_ZERO_CHUNK), segment_bytes - offset)
+                steps.append(f"pwrite of zeros at offset {offset}")
+                written = sc.pwrite(fd, memoryview(_ZERO_CHUNK)[:n], offset)
+                if written <= 0:
+                    raise OSError(errno.EIO, f"pwrite returned {written}")
+                offset += written
+            steps.append("fdatasync")
+            sc.fdatasync(fd)
+        finally:
+            os.close(fd)
     return path
 
 
 def activate_spare(spare: Path, header: SegmentHeader) -> Path:
-    """Stamp *header* into a prepared spare and rename it to its segment name, durably."""
+    """Stamp *header* into a prepared spare and rename it to its segment name, durably.
+
+    The header is fdatasynced before the rename: a segment must never carry
+    its final name with a header that could still be lost.
+    """
     final = spare.parent / segment_name(header.first_lsn)
     if final.exists():
         raise FileExistsError(f"segment {final} already exists")
-    fd = os.open(spare, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        raw = header.pack()
-        if os.pwrite(fd, raw, 0) != len(raw):
-            raise OSError(f"short write of the header of {spare}")
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.rename(spare, final)
-    fsync_dir(spare.parent)
+    sc = SYSCALLS
+    steps = ["open"]
+    with _step(spare, f"activating WAL segment {final.name}", steps, cleanup=False):
+        fd = sc.open(spare, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            raw = header.pack()
+            steps.append("pwrite of the header")
+            if sc.pwrite(fd, raw, 0) != len(raw):
+                raise OSError(errno.EIO, "short write of the header")
+            steps.append("fdatasync of the header")
+            sc.fdatasync(fd)
+        finally:
+            os.close(fd)
+        steps.append(f"rename to {final.name}")
+        sc.rename(spare, final)
+        steps.append("fsync of the directory")
+        fsync_dir(spare.parent)
     return final
 
 
 def create_segment(directory: Path, header: SegmentHeader) -> Path:
     """Create a complete segment synchronously (the first one, or when no spare is ready)."""
     spare = prepare_spare(directory, header.segment_bytes, name=f"new-{header.first_lsn}")
-    return activate_spare(spare, header)
+    try:
+        return activate_spare(spare, header)
+    except BaseException:
+        with contextlib.suppress(OSError):  # not renamed: do not leave a full-size temp file
+            os.unlink(spare)
+        raise
 
 
 def remove_files(directory: Path, paths: list[Path]) -> None:

@@ -48,7 +48,7 @@ from pathlib import Path
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
 from .io import WalBackend
-from .record import MAX_PAYLOAD_BYTES, encode, padded_size
+from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, encode, padded_size
 from .recovery import SegmentScan
 from .segment import (
     BLOCK_BYTES,
@@ -247,7 +247,12 @@ class Writer:
         self._spare_thread.join()
         if self._spare_error is not None or self._spare is None:
             raise self._spare_error or OSError(errno.EIO, "no spare segment")
-        path = activate_spare(self._spare, self._header(first_lsn))
+        try:
+            path = activate_spare(self._spare, self._header(first_lsn))
+        except BaseException:
+            with contextlib.suppress(OSError):  # the log fails; a full-size spare would only take space
+                os.unlink(self._spare)
+            raise
         seg = SegmentScan(path, self._header(first_lsn))
         with self.lock:
             self.segments.append(seg)
@@ -255,9 +260,33 @@ class Writer:
         self._start_spare()
 
     # --- appending ------------------------------------------------------------------
-    def _check_size(self, payload: bytes | bytearray | memoryview) -> None:
-        if padded_size(len(payload)) > self._max_record or len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"record of {len(payload)} bytes exceeds max_batch_bytes={self._max_record}")
+    def _payload(self, payload: object, index: int | None = None) -> bytes | bytearray | memoryview:
+        """*payload* as bytes ready to frame, or raise before anything is queued.
+
+        Any other buffer (memoryview, array, mmap) is viewed as bytes: ``len`` of
+        a wide one counts items, which would frame the wrong length.  The limit is on the framed record
+        (16-byte header, padding to 8), as ``max_batch_bytes`` bounds one write.
+        """
+        which = "record" if index is None else f"record {index}"
+        if not isinstance(payload, bytes | bytearray):
+            try:  # any buffer (memoryview, array, mmap): framed by its bytes
+                view = payload if isinstance(payload, memoryview) else memoryview(payload)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(
+                    f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), "
+                    f"got {type(payload).__name__}"
+                ) from None
+            if not view.c_contiguous:
+                raise TypeError(f"{which}: a non-contiguous buffer cannot be appended")
+            payload = view if view.format == "B" and view.ndim == 1 else view.cast("B")
+        n = len(payload)
+        if padded_size(n) > self._max_record or n > MAX_PAYLOAD_BYTES:
+            largest = min(self._max_record - self._max_record % ALIGN_BYTES - HEADER_BYTES, MAX_PAYLOAD_BYTES)
+            raise ValueError(
+                f"{which} of {n} bytes is {padded_size(n)} bytes framed, more than "
+                f"max_batch_bytes={self._max_record}: the largest payload is {largest} bytes"
+            )
+        return payload
 
     def _check(self) -> None:
         if self.failed is not None:
@@ -293,8 +322,7 @@ class Writer:
 
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Queue one record and block until it is durable; return its LSN."""
-        self._check_size(payload)
-        return self._append_sync((payload,))
+        return self._append_sync((self._payload(payload),))
 
     def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int]:
         """Queue several records under one lock hold and block once, until the last is durable.
@@ -303,9 +331,9 @@ class Writer:
         on its own; a crash may keep a prefix of them (never a gap), like any
         appends in flight.
         """
-        items = list(payloads)
-        for p in items:
-            self._check_size(p)
+        # every record is checked before any is queued: a bad one in the middle
+        # must not leave the ones before it durable with LSNs the caller never learns
+        items = [self._payload(p, i) for i, p in enumerate(payloads)]
         if not items:
             return []
         last = self._append_sync(items)
@@ -336,9 +364,9 @@ class Writer:
 
     def submit_async(self, payload: bytes | bytearray | memoryview) -> asyncio.Future[int]:
         """Queue one record; the future resolves to its LSN once durable (from whoever flushes it)."""
+        payload = self._payload(payload)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        self._check_size(payload)
         with self.lock:
             self._check()
             lsn = self._queue_locked(payload)
@@ -393,7 +421,8 @@ class Writer:
                 self._stage(taken)
             self._write(taken)
         except BaseException as e:
-            self._fail(failed_from(e, "roll" if taken.roll else "write"))
+            where = "rolling to a new segment" if taken.roll else f"segment {self.active.path}"
+            self._fail(failed_from(e, "roll" if taken.roll else "write", where))
             return False, None
         return True, self._acknowledge(taken.first_lsn + len(taken.records) - 1, chain)
 

@@ -30,3 +30,14 @@ def test_verify_and_dump(wal_dir: pathlib.Path) -> None:
     r = CliRunner().invoke(wal_group, ["verify", "--mode", "absolute", str(wal_dir)])
     assert r.exit_code == 1
     assert "record checksum mismatch" in r.output
+
+
+def test_verify_refuses_a_directory_that_is_not_a_wal(tmp_path: pathlib.Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for d in (empty, pathlib.Path("/etc")):
+        for cmd in ("verify", "dump"):
+            r = CliRunner().invoke(wal_group, [cmd, str(d)])
+            assert r.exit_code == 2, (cmd, d, r.output)
+            assert "not a WAL directory" in r.output and str(d) in r.output
+            assert len(r.output.strip().splitlines()) == 1, r.output

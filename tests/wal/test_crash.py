@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -51,11 +52,28 @@ def test_sigkill_never_loses_an_acknowledged_record(tmp_path: pathlib.Path) -> N
             stderr=subprocess.PIPE,
         )
         # Kill at a random moment: sometimes during start-up/recovery, mostly mid-append.
-        time.sleep(rng.choice([rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.8)]))
+        # Mid-append kills wait for "ready" first: on a loaded host the child's start-up
+        # (imports, recovery) alone can take longer than any fixed delay.
+        head = b""
+        if rng.random() < 0.3:
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            assert proc.stdout is not None
+            if not select.select([proc.stdout], [], [], 60)[0]:
+                proc.kill()
+                pytest.fail(f"round {rnd}: the child did not open the log within 60 s")
+            # byte by byte, unbuffered: communicate() below reads the fd directly,
+            # so nothing past this line may sit in a Python buffer
+            while not head.endswith(b"\n"):
+                c = os.read(proc.stdout.fileno(), 1)
+                if not c:
+                    break
+                head += c
+            time.sleep(rng.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
         assert proc.returncode == -signal.SIGKILL, err.decode()
-        lines = out.split(b"\n")[:-1]  # a line without its newline was never finished
+        lines = (head + out).split(b"\n")[:-1]  # a line without its newline was never finished
         if lines and lines[0] == b"ready":
             lines = lines[1:]
             killed_while_appending += 1

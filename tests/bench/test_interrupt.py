@@ -1,0 +1,116 @@
+"""Interrupting a benchmark stops and reaps its fio (issue 12, item 14).
+
+A fake ``fio`` on PATH records its pid and a forked job's pid and sleeps, so
+the test needs neither fio nor its timing.  The signal goes to the bench's
+own pid only (the bench runs in a session of its own), as a supervisor or
+``kill PID`` would send it: nothing else delivers it to fio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+FAKE_FIO = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo fio-3.36; exit 0; fi
+sleep 300 &
+echo "$$ $!" > "{pids}"
+wait
+"""
+
+RUN_CLI = "import sys; from uringstack.cli import main; sys.argv[0] = 'uringstack'; main()"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_wal_bench_stops_fio(tmp_path: pathlib.Path, sig: signal.Signals) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pids = tmp_path / "fio.pids"
+    fio = bindir / "fio"
+    fio.write_text(FAKE_FIO.format(pids=pids))
+    fio.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    args = ["bench", "wal", "--duration", "0.5", "--rounds", "1", "--backend", "posix", "--dir", str(tmp_path / "d")]
+    bench = subprocess.Popen(
+        [sys.executable, "-c", RUN_CLI, *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 60, "the fake fio to start")
+        fio_pid, job_pid = map(int, pids.read_text().split())
+        assert _alive(fio_pid) and _alive(job_pid)
+        os.kill(bench.pid, sig)  # the bench's pid only, not its process group
+        try:
+            _, err = bench.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the bench did not exit within 20 s of the signal")
+        assert bench.returncode != 0
+        assert "Traceback" not in err, err
+        _wait_for(lambda: not _alive(fio_pid) and not _alive(job_pid), 5, "fio and its job to be gone")
+        assert not (tmp_path / "d" / "fio.dat").exists()  # the bench cleaned up behind it
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        if pids.exists():
+            for p in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(p), signal.SIGKILL)
+
+
+def test_interrupt_during_run_fio_stops_and_reaps_fio(tmp_path: pathlib.Path) -> None:
+    """The ladder's fio (core/bench/fio.py): an interrupt raised while it runs (here from
+    the progress callback, as SIGINT would raise it) leaves no fio process behind."""
+    from uringstack.bench.fio import run_fio
+    from uringstack.bench.spec import BenchSpec
+
+    pids = tmp_path / "fio.pids"
+    fio = tmp_path / "fio"
+    fio.write_text(FAKE_FIO.format(pids=pids))
+    fio.chmod(0o755)
+    deadline = time.monotonic() + 30
+
+    def tick() -> None:
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            raise KeyboardInterrupt
+        if time.monotonic() > deadline:
+            pytest.fail("the fake fio did not start within 30 s")
+
+    spec = BenchSpec("randread", file=str(tmp_path / "data"), cpus=[0])
+    with pytest.raises(KeyboardInterrupt):
+        run_fio(str(fio), spec, "io_uring", tick)
+    fio_pid, job_pid = map(int, pids.read_text().split())
+    try:
+        assert not _alive(fio_pid), "fio left running"
+        _wait_for(lambda: not _alive(job_pid), 5, "fio's job to be gone")
+        with pytest.raises(ChildProcessError):  # reaped: not our zombie any more
+            os.waitpid(fio_pid, os.WNOHANG)
+    finally:
+        for p in (fio_pid, job_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)

@@ -1,0 +1,60 @@
+"""Error messages say what is really wrong (issue 12, item 13)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+
+import pytest
+
+from uringstack.wal import Wal, WalConfig, WalCorruptionError, WalFailedError
+from uringstack.wal.faults import FaultPlan, FaultyBackend
+from uringstack.wal.segment import list_segments, segment_name
+
+CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+
+
+def _log(d: pathlib.Path) -> None:
+    with Wal.open(d, CFG) as wal:
+        for _ in range(200):
+            wal.append(os.urandom(900))
+
+
+def test_renamed_segment_names_file_and_header(wal_dir: pathlib.Path) -> None:
+    _log(wal_dir)
+    first, path = list_segments(wal_dir)[-1]
+    os.rename(path, path.with_name(segment_name(first + 5)))
+    with pytest.raises(WalCorruptionError) as ei:
+        Wal.open(wal_dir, CFG)
+    msg = str(ei.value)
+    assert f"file name says LSN {first + 5}" in msg and f"header says LSN {first}" in msg, msg
+    assert "expected" not in msg or f"expected {first}," not in msg
+
+
+def test_missing_segment_says_which_lsns(wal_dir: pathlib.Path) -> None:
+    _log(wal_dir)
+    segs = list_segments(wal_dir)
+    os.unlink(segs[1][1])
+    with pytest.raises(WalCorruptionError) as ei:
+        Wal.open(wal_dir, CFG)
+    msg = str(ei.value)
+    assert f"LSNs {segs[1][0]}..{segs[2][0] - 1} are missing" in msg, msg
+
+
+@pytest.mark.parametrize("sync", ["fdatasync"])
+def test_fdatasync_error_names_fdatasync(wal_dir: pathlib.Path, sync: str) -> None:
+    be = FaultyBackend(FaultPlan(sync_errors={1: errno.EIO}), sync=sync)  # type: ignore[arg-type]
+    with Wal.open(wal_dir, CFG, backend=be) as wal:
+        wal.append(b"one")
+        with pytest.raises(WalFailedError) as ei:
+            wal.append(b"two")
+    assert ei.value.errno == errno.EIO
+    assert ei.value.op == "fdatasync" and "WAL failed: fdatasync: Input/output error" in str(ei.value), str(ei.value)
+
+
+def test_write_error_names_the_write(wal_dir: pathlib.Path) -> None:
+    be = FaultyBackend(FaultPlan(write_errors={0: errno.ENOSPC}))
+    with Wal.open(wal_dir, CFG, backend=be) as wal, pytest.raises(WalFailedError) as ei:
+        wal.append(b"one")
+    assert ei.value.op == "pwrite" and ei.value.errno == errno.ENOSPC, str(ei.value)

@@ -1,0 +1,99 @@
+"""Segment creation: ENOSPC is reported with the file and the operation and leaves no
+temp file (issue 12, item 9); a new segment's header is synced before its rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from uringstack.wal import Wal, WalConfig, WalFailedError
+from uringstack.wal.faults import SegmentFaults, segment_faults
+from uringstack.wal.segment import list_segments
+
+CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+
+
+def _tmp_files(d: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("op", ["fallocate", "pwrite", "fdatasync"])
+def test_enospc_preparing_the_first_segment(wal_dir: pathlib.Path, op: str) -> None:
+    with segment_faults(SegmentFaults({(op, 0): errno.ENOSPC})), pytest.raises(OSError) as ei:
+        Wal.open(wal_dir, CFG)
+    e = ei.value
+    assert e.errno == errno.ENOSPC
+    msg = str(e)
+    assert "new-1.tmp" in msg and op in msg and "preparing a 65536-byte WAL segment" in msg, msg
+    assert "partial file was removed" in msg
+    assert _tmp_files(wal_dir) == []
+    assert list_segments(wal_dir) == []
+    # once there is room again the log opens normally
+    with Wal.open(wal_dir, CFG) as wal:
+        assert wal.append(b"x") == 1
+
+
+@pytest.mark.parametrize(("call", "what"), [(2, "pwrite of zeros"), (3, "pwrite of the header")])
+def test_enospc_on_a_spare_fails_the_log_at_rollover(wal_dir: pathlib.Path, call: int, what: str) -> None:
+    # pwrite 0 and 1: the first segment's zeros and header; 2 and 3: the spare's
+    with segment_faults(SegmentFaults({("pwrite", call): errno.ENOSPC})):
+        wal = Wal.open(wal_dir, CFG)
+        try:
+            acked = 0
+            with pytest.raises(WalFailedError) as ei:
+                for _ in range(200):
+                    wal.append(os.urandom(1000))
+                    acked += 1
+        finally:
+            wal.close()
+    assert ei.value.errno == errno.ENOSPC
+    assert "spare.tmp" in str(ei.value) and what in str(ei.value), str(ei.value)
+    assert _tmp_files(wal_dir) == []
+    with Wal.open(wal_dir, CFG) as wal:
+        assert len(list(wal.read_from(1))) == acked
+
+
+def test_header_is_synced_before_the_rename(wal_dir: pathlib.Path) -> None:
+    """The durability order of a new segment: header write, its fdatasync, rename, dir fsync."""
+    with segment_faults(SegmentFaults()) as rec, Wal.open(wal_dir, CFG) as wal:
+        for _ in range(100):  # at least one rollover onto a background spare
+            wal.append(os.urandom(1000))
+        assert len(wal.segments()) >= 2
+    log = rec.log
+    renames = [i for i, (op, _) in enumerate(log) if op == "rename"]
+    assert len(renames) >= 2
+    for i in renames:
+        src = log[i][1].split("->")[0]
+        # the calls on that file just before its rename: the header pwrite, then its fdatasync
+        before = [op for op, name in log[:i] if name == src]
+        assert before[-2:] == ["pwrite", "fdatasync"], (src, before[-4:])
+        assert log[i + 1] == ("fsync", "<dir>"), log[i : i + 2]
+
+
+@pytest.fixture
+def small_fs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_real_enospc_on_a_full_filesystem(small_fs: pathlib.Path) -> None:
+    d = small_fs / "wal"
+    with pytest.raises(OSError) as ei:
+        Wal.open(d, WalConfig(segment_size_bytes=4 * 1024 * 1024, backend="posix"))
+    assert ei.value.errno == errno.ENOSPC
+    assert "new-1.tmp" in str(ei.value), str(ei.value)
+    assert _tmp_files(d) == []
+    st = os.statvfs(small_fs)
+    assert st.f_bfree * st.f_frsize >= 900 * 1024  # the space came back
