@@ -13,6 +13,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("uringstack.cli_plan", "plan_command"),
     ("uringstack.cli_wal", "wal"),
     ("uringstack.cli_bench", "bench"),
+    ("uringstack.cli_tune", "tune_command"),
 ]
 
 

@@ -95,10 +95,14 @@ def _ring_plan(name: str, p: RingParams) -> RingPlan:
 
 
 def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
-    """CPUs that get a worker: ``core.cores`` if set, else every CPU we may run on."""
+    """CPUs that get a worker: ``core.cores`` if set, else the measured best (``uringstack tune``),
+    else every CPU we may run on."""
     cores = config.core.cores
     if cores == "auto":
-        return list(caps.cpus.allowed)
+        from uringstack.tune.apply import measured_cores
+
+        measured = measured_cores(caps)
+        return measured[0] if measured else list(caps.cpus.allowed)
     bad = [c for c in cores if c not in caps.cpus.allowed]
     if bad:
         raise PlanError(
@@ -125,7 +129,14 @@ def select_backend(target: Target, caps: Capabilities, config: StackConfig, pm: 
 
 
 def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Plan:
-    """Ask the plugins and build the plan (no ring is created)."""
+    """Ask the plugins and build the plan (no ring is created).
+
+    Measurements of ``uringstack tune`` are looked up first unless *caps*
+    already carries them (``caps.tuning``; see docs/tune.md).
+    """
+    from uringstack.tune.apply import attach_tuning, measured_cores, plan_notes
+
+    caps = attach_tuning(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
     if impossible:
@@ -144,6 +155,13 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
         verdicts=verdicts,
         workers=[],
     )
+    plan.notes.extend(plan_notes(caps))
+    if config.core.cores == "auto":
+        measured = measured_cores(caps)
+        plan.notes.append(
+            f"core: workers on CPUs {measured[0]}: {measured[1]}" if measured
+            else "core: a worker on every allowed CPU (core.cores = auto, no worker-count measurement)"
+        )
     roles = ["storage"] if uring_for_storage else []
     for v in verdicts:
         if v.enabled and uring_for_storage:

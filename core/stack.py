@@ -294,5 +294,9 @@ def open_stack(
         pm = plugin_manager
     if caps is None:
         caps = probe(plugin_manager=pm)
+    from uringstack.tune.apply import attach_tuning
+
+    # looked up here (not only in make_plan) so the stack's caps carry the same measurements
+    caps = attach_tuning(caps, cfg)
     plan = make_plan(caps, cfg, pm)
     return Stack(plan, caps, cfg, pm)
