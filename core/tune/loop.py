@@ -22,6 +22,7 @@ from uringstack.tune.model import Measurement, TuneTarget
 
 if TYPE_CHECKING:
     from uringstack.handle import FileHandle
+    from uringstack.pluginmanager import UringstackPluginManager
     from uringstack.probe.model import Capabilities
     from uringstack.stack import Worker
 
@@ -94,13 +95,18 @@ def measure(
     batch: int,
     seconds: float,
     caps: Capabilities,
+    plugin_manager: UringstackPluginManager | None = None,
 ) -> Measurement:
-    """Open the candidate's stack and measure it for *seconds* (plus a short warm-up)."""
+    """Open the candidate's stack and measure it for *seconds* (plus a short warm-up).
+
+    Pass the *plugin_manager* of the tuning run: reusing it saves loading
+    every plugin again for each candidate (a tenth of a second each).
+    """
     from uringstack.stack import open_stack
 
     result = Measurement(settings=dict(settings), overrides=dict(overrides))
     try:
-        stack = open_stack(caps=caps, overrides={**overrides, "core.tune": "off"})
+        stack = open_stack(caps=caps, plugin_manager=plugin_manager, overrides={**overrides, "core.tune": "off"})
     except Exception as exc:
         result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
         return result
@@ -135,8 +141,10 @@ def measure(
         result.ops, result.seconds = ops, t1 - t0
         result.iops = ops / result.seconds if result.seconds > 0 else 0.0
         result.cpu_us_per_io = (cpu1 - cpu0) / ops * 1e6 if ops else 0.0
-        if errors or not ops:
-            result.status, result.reason = "failed", errors[0] if errors else "no read completed in the window"
+        if errors:
+            result.status, result.reason = "failed", errors[0]
+        elif not ops:
+            result.reason = "no read completed in the window"  # a measurement too: this mode starves here
         elif not wl.direct:
             result.reason = "buffered (the file system refuses O_DIRECT)"
     except Exception as exc:

@@ -95,7 +95,8 @@ class Measurement(BaseModel):
     """Dimension name -> chosen value (``{"batch": "4", "sqpoll": "off", "workers": "1", ...}``)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """The config overrides the candidate's stack was opened with."""
-    status: Literal["ok", "failed"] = "ok"
+    status: Literal["ok", "failed", "skipped"] = "ok"
+    """``skipped``: the budget ran out before this candidate's turn."""
     reason: str = ""
     iops: float = 0.0
     cpu_us_per_io: float = 0.0

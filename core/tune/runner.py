@@ -43,6 +43,10 @@ MIN_RUN_S = 0.2
 SETUP_ESTIMATE_S = 0.1
 """Time to open and close one candidate's stack, taken out of its share of the budget."""
 
+MIN_RUNS = 2
+"""A target's share of the budget must fit at least the baseline and one alternative;
+candidates that no longer fit are reported as skipped."""
+
 OnRun = Callable[[str, float], None]
 
 
@@ -133,21 +137,28 @@ def tune_target(
         fixed["core.cores"] = preferred_cpus(target, caps)[:1]
     measurements: list[Measurement] = []
     compared: dict[str, list[int]] = {}
-    overhead = [SETUP_ESTIMATE_S]  # per run beyond its window (stack set-up, warm-up, drain), learnt
+    overhead: list[float] = []  # per run beyond its window (stack set-up, warm-up, drain), learnt
 
     def run(chosen: dict[str, TuneChoice]) -> int:
         nonlocal runs_left
         settings, overrides, batch = _point(dims, chosen)
         remaining = budget_s - (time.perf_counter() - started)
-        cost = max(overhead) * 1.1  # the slowest set-up seen so far, with a margin: the budget is a limit
-        seconds = max(MIN_RUN_S, remaining / max(runs_left, 1) - cost)
-        label = ", ".join(f"{k}={v}" for k, v in settings.items())
-        if on_run:
-            on_run(label, seconds)
-        t0 = time.perf_counter()
-        m = measure(target, settings, {**fixed, **overrides}, batch, seconds, quiet)
-        overhead.append(time.perf_counter() - t0 - seconds)
+        # the last warm run's overhead with a margin (the first run pays for cold caches)
+        cost = 1.2 * (overhead[-1] if len(overhead) >= 2 else SETUP_ESTIMATE_S)
+        seconds = remaining / max(runs_left, 1) - cost
         runs_left -= 1
+        label = ", ".join(f"{k}={v}" for k, v in settings.items())
+        if remaining < cost + MIN_RUN_S:
+            # the budget is a limit: what no longer fits is reported, not run
+            m = Measurement(settings=settings, overrides={**fixed, **overrides}, status="skipped",
+                            reason=f"budget exhausted ({remaining:.2f} s left)")
+        else:
+            seconds = max(MIN_RUN_S, seconds)
+            if on_run:
+                on_run(label, seconds)
+            t0 = time.perf_counter()
+            m = measure(target, settings, {**fixed, **overrides}, batch, seconds, quiet, pm)
+            overhead.append(max(0.0, time.perf_counter() - t0 - seconds))
         measurements.append(m)
         return len(measurements) - 1
 
@@ -181,11 +192,11 @@ def tune_target(
     )
 
 
-def check_budget(budget_s: float, targets: int, runs: int = 6) -> None:
+def check_budget(budget_s: float, targets: int, runs: int = MIN_RUNS) -> None:
     """Refuse a budget that cannot give every run of every target a useful window."""
     if budget_s <= 0:
         raise TuneError(f"--budget {budget_s:g}: must be a positive number of seconds")
-    need = targets * runs * (MIN_RUN_S + SETUP_ESTIMATE_S)
+    need = round(targets * runs * (MIN_RUN_S + SETUP_ESTIMATE_S), 3)
     if budget_s < need:
         raise TuneError(
             f"--budget {budget_s:g}: too short for {targets} target(s) x ~{runs} runs; give at least {need:.1f} s"
@@ -214,7 +225,7 @@ def tune(
     if not targets:
         raise TuneError("no target to tune")
     workload = workload or Workload()
-    check_budget(budget_s, len(targets), runs=3)
+    check_budget(budget_s, len(targets), runs=MIN_RUNS)
     started = time.perf_counter()  # the budget covers loading, probing and scratch files too
     loaded = load_config(overrides={"core.tune": "off"})
     caps = probe(plugin_manager=loaded.plugin_manager)
@@ -225,7 +236,7 @@ def tune(
             runs = planned_runs(dimensions(target, caps, loaded.config, loaded.plugin_manager))
             # 0.2 s kept for removing the scratch file and writing the cache
             share = (budget_s - (time.perf_counter() - started)) / (len(targets) - i) - 0.2
-            check_budget(share, 1, runs)
+            check_budget(share, 1, MIN_RUNS)
             if on_target:
                 on_target(target.given, runs)
             record = tune_target(
