@@ -36,9 +36,9 @@ def test_fifo_is_refused(tmp_path: pathlib.Path) -> None:
 def test_too_small_file(tmp_path: pathlib.Path) -> None:
     small = tmp_path / "small"
     small.write_bytes(b"x" * 4096)
-    with pytest.raises(TuneError, match=r"4096 bytes is too small; random reads need at least 131072 bytes"):
-        with prepared(str(small), Workload()):
-            pass
+    too_small = r"4096 bytes is too small; random reads need at least 131072 bytes"
+    with pytest.raises(TuneError, match=too_small), prepared(str(small), Workload()):
+        pass
 
 
 @pytest.mark.parametrize("budget", [0, -1, -0.5])
@@ -72,7 +72,8 @@ def read_only_dir(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a read-only tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]
+    done = subprocess.run(mount, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

@@ -65,7 +65,8 @@ def test_device_number_is_the_identity_only_without_serial() -> None:
     no_serial_moved = no_serial.model_copy(update={"device": no_serial.device.model_copy(update={"devnum": "1:1"})})
     if key.device.serial or key.device.wwn:
         assert moved.mismatches(key) == []  # renumbered after a reboot: still the same drive
-    assert no_serial_moved.mismatches(no_serial) == ["device devnum '1:1' (tuned) != " + repr(key.device.devnum) + " (here)"]
+    want = f"device devnum '1:1' (tuned) != {key.device.devnum!r} (here)"
+    assert no_serial_moved.mismatches(no_serial) == [want]
 
 
 def test_valid_entry_is_used(tmp_path: pathlib.Path) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from uringstack.config import load_config
-from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import make_plan
 from uringstack.pluginmanager import make_plugin_manager
@@ -50,7 +49,9 @@ def test_sqpoll_follows_a_win(real_caps: Capabilities, tmp_path: pathlib.Path) -
     assert any("SQPOLL" in r.flags for w in plan.workers for r in w.rings)
 
 
-def test_sqpoll_follows_a_loss_even_where_the_rule_would_enable_it(real_caps: Capabilities, tmp_path: pathlib.Path) -> None:
+def test_sqpoll_follows_a_loss_even_where_the_rule_would_enable_it(
+    real_caps: Capabilities, tmp_path: pathlib.Path
+) -> None:
     caps = with_records(real_caps, fake_record(str(tmp_path), {"sqpoll": {"off": 121_000, "on": 118_000}}))
     # min_cpus=1 and a spare CPU: the rule alone would say yes
     v, plan = verdict(caps, "sqpoll", **{"core.cores": [CPUS[0]], "sqpoll.min_cpus": 1})
@@ -119,7 +120,8 @@ def test_worker_count_follows_the_measurement(real_caps: Capabilities, tmp_path:
     caps = with_records(real_caps, record)
     _, plan = verdict(caps, "sqpoll")
     assert [w.cpu for w in plan.workers] == [CPUS[1]]
-    assert any(n.startswith(f"core: workers on CPUs [{CPUS[1]}]: measured: 120k IOPS with 1 worker") for n in plan.notes)
+    want = f"core: workers on CPUs [{CPUS[1]}]: measured: 120k IOPS with 1 worker"
+    assert any(n.startswith(want) for n in plan.notes)
     _, explicit = verdict(caps, "sqpoll", **{"core.cores": CPUS[:2]})
     assert [w.cpu for w in explicit.workers] == CPUS[:2]  # a configured list is never overridden
     with open_stack(caps=caps) as stack:
@@ -166,4 +168,5 @@ def test_a_third_party_plugin_offers_and_uses_a_dimension(real_caps: Capabilitie
     caps = with_records(real_caps, fake_record(str(tmp_path), {"bigrings": {"off": 1e5, "on": 2e5}}))
     plan = make_plan(caps, loaded.config, pm)
     ring = plan.workers[0].rings[0]
-    assert ring.entries == 1024 and any(r.startswith("bigrings: measured: 200k IOPS with 1024 entries") for r in ring.reasons)
+    assert ring.entries == 1024
+    assert any(r.startswith("bigrings: measured: 200k IOPS with 1024 entries") for r in ring.reasons)
