@@ -92,6 +92,8 @@ def _check(record: TuneRecord, facts: MachineFacts, shipped: bool) -> str:
         here = key_of(record.target, facts)
     except OSError as exc:
         return f"foreign: {record.target} does not exist here ({exc.strerror})"
+    except ValueError as exc:  # e.g. a NUL byte: no such path on any machine
+        return f"foreign: {record.target} cannot be looked up here ({exc})"
     wrong = record.key.mismatches(here, same_device_class=shipped)
     if wrong:
         return ("foreign" if any(w.startswith("device") for w in wrong) else "stale") + ": " + "; ".join(wrong)

@@ -172,3 +172,26 @@ def test_shipped_results_hold_on_an_identical_machine(tmp_path: pathlib.Path) ->
 def test_missing_include_is_reported(tmp_path: pathlib.Path) -> None:
     state = load_state(str(tmp_path / "nope.json"))
     assert state.records == [] and state.ignored == [f"core.tune_results: {tmp_path / 'nope.json'} is not a file"]
+
+
+def test_an_unexpected_failure_in_the_lookup_never_breaks_open_stack(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uringstack.tune.cache as cache_mod
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    write_entry(fake_record(str(tmp_path), {"sqpoll": {"off": 1e5, "on": 2e5}}))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("udev exploded")
+
+    monkeypatch.setattr(cache_mod, "key_of", broken)
+    with open_stack(overrides={"core.cores": [min(os.sched_getaffinity(0))]}) as stack:
+        assert "tune: ignored tune cache unusable: RuntimeError: udev exploded" in stack.plan.notes
+
+
+def test_a_target_path_that_cannot_exist_is_foreign(tmp_path: pathlib.Path) -> None:
+    record = fake_record(str(tmp_path), {"sqpoll": {"off": 1e5, "on": 2e5}})
+    write_entry(record.model_copy(update={"target": "/bad\0path"}), tmp_path / "c")
+    state = load_state(directory=tmp_path / "c")
+    assert state.records == [] and "foreign: /bad\0path cannot be looked up here" in state.ignored[0]
