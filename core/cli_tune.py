@@ -36,7 +36,8 @@ def render_record(record: TuneRecord, where: str, console: Console) -> None:
         mark = "[green]best[/]" if i == record.best else ""
         settings = ", ".join(f"{k}={v}" for k, v in m.settings.items())
         if m.status != "ok":
-            t.add_row(mark, settings, "-", "-", f"{m.seconds:.2f}", f"[red]failed[/]: {escape(m.reason)}")
+            color = "yellow" if m.status == "skipped" else "red"
+            t.add_row(mark, settings, "-", "-", "-", f"[{color}]{m.status}[/]: {escape(m.reason)}")
         else:
             t.add_row(mark, settings, f"{m.iops:,.0f}", f"{m.cpu_us_per_io:.1f}", f"{m.seconds:.2f}", escape(m.reason))
     console.print(t)
@@ -73,27 +74,27 @@ def tune_command(targets: tuple[str, ...], budget: float, as_json: bool, no_cach
         disable=as_json or not err.is_terminal,
         transient=True,
     )
-    state: dict[str, Any] = {"task": None, "target": ""}
+    state: dict[str, Any] = {"task": None, "target": "", "runs": 0}
 
     def on_target(target: str, runs: int) -> None:
         if state["task"] is not None:
             progress.remove_task(state["task"])
-        state["target"] = target
-        state["task"] = progress.add_task(target, total=runs)
+        state.update(target=target, runs=0, task=progress.add_task(target, total=runs))
 
     def on_run(label: str, seconds: float) -> None:
-        task = state["task"]
-        if task is None:
-            return
-        started = progress.tasks[-1].completed if progress.tasks else 0
-        progress.update(task, description=f"{state['target']}: {label} ({seconds:.1f} s)")
-        if started or progress.tasks[-1].fields.get("ran"):
-            progress.advance(task)
-        progress.update(task, ran=True)
+        # called as each candidate starts: the bar counts the runs already finished
+        progress.update(state["task"], completed=state["runs"], description=f"{state['target']}: {label}")
+        state["runs"] += 1
 
     try:
         with progress:
-            results = tune(list(targets) or ["."], budget, on_target=on_target, on_run=on_run, write_cache=not no_cache)
+            results = tune(
+                list(targets) or ["."],
+                budget,
+                on_target=on_target,
+                on_run=on_run,
+                write_cache=not no_cache,
+            )
     except TuneError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

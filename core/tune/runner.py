@@ -43,6 +43,9 @@ MIN_RUN_S = 0.2
 SETUP_ESTIMATE_S = 0.1
 """Time to open and close one candidate's stack, taken out of its share of the budget."""
 
+TAIL_S = 0.5
+"""Kept from each target's share for what follows its runs: removing the scratch file,
+writing the cache, printing and exiting."""
 MIN_RUNS = 2
 """A target's share of the budget must fit at least the baseline and one alternative;
 candidates that no longer fit are reported as skipped."""
@@ -213,9 +216,12 @@ def tune(
     write_cache: bool = True,
     cache_directory: Any = None,
     facts: MachineFacts | None = None,
+    spent_s: float = 0.0,
 ) -> list[tuple[TuneRecord, str]]:
     """Calibrate every target within *budget_s* in all; returns each record and where it was stored.
 
+    *spent_s* is time already used from the budget (the CLI passes its
+    process's age, so the command as a whole keeps to ``--budget``).
     Raises :class:`TuneError` for a bad target or budget before measuring anything.
     """
     from uringstack.config import load_config
@@ -226,7 +232,7 @@ def tune(
         raise TuneError("no target to tune")
     workload = workload or Workload()
     check_budget(budget_s, len(targets), runs=MIN_RUNS)
-    started = time.perf_counter()  # the budget covers loading, probing and scratch files too
+    started = time.perf_counter() - spent_s  # the budget covers loading, probing and scratch files too
     loaded = load_config(overrides={"core.tune": "off"})
     caps = probe(plugin_manager=loaded.plugin_manager)
     out: list[tuple[TuneRecord, str]] = []
@@ -234,9 +240,16 @@ def tune(
         device = caps.device_for_path(_block_node(given, caps))
         with prepared(given, workload, device) as target:
             runs = planned_runs(dimensions(target, caps, loaded.config, loaded.plugin_manager))
-            # 0.2 s kept for removing the scratch file and writing the cache
-            share = (budget_s - (time.perf_counter() - started)) / (len(targets) - i) - 0.2
-            check_budget(share, 1, MIN_RUNS)
+            # kept for removing the scratch file, writing the cache and exiting
+            share = (budget_s - (time.perf_counter() - started)) / (len(targets) - i) - TAIL_S
+            need = MIN_RUNS * (MIN_RUN_S + SETUP_ESTIMATE_S)
+            if share < need:
+                spent = time.perf_counter() - started
+                raise TuneError(
+                    f"--budget {budget_s:g}: {spent:.1f} s went to start-up, probing and scratch files, "
+                    f"leaving {max(share, 0.0):.1f} s for {target.given}, which needs at least {need:.1f} s; "
+                    f"give a larger budget"
+                )
             if on_target:
                 on_target(target.given, runs)
             record = tune_target(

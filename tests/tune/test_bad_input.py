@@ -97,3 +97,10 @@ def test_scratch_file_is_removed_even_when_tuning_fails(tmp_path: pathlib.Path) 
 def test_help_describes_the_command() -> None:
     text = CliRunner().invoke(cli, ["tune", "--help"]).output
     assert "--budget" in text and "XDG_CACHE_HOME" in text and "read-only" in text
+
+
+def test_a_budget_eaten_by_start_up_is_named(tmp_path: pathlib.Path) -> None:
+    want = rf"^--budget 1: \d+\.\d s went to start-up, .* leaving 0.0 s for {tmp_path}, which needs"
+    with pytest.raises(TuneError, match=want):
+        tune([str(tmp_path)], 1.0, spent_s=0.9)
+    assert list(tmp_path.iterdir()) == []
