@@ -278,6 +278,10 @@ def open_stack(
     TOML file, or ``None`` (``URINGSTACK_CONFIG`` and ``URINGSTACK_*``
     environment variables, else defaults).  *overrides* are explicit settings
     with the highest priority (``{"sqpoll.mode": "on", "core.cores": [0]}``).
+    Measurements of ``uringstack tune`` that hold here are looked up from the
+    cache (or ``core.tune_results``) and reach the plugins as ``caps.tuning``;
+    nothing is measured unless ``core.tune = "on-start"`` and no valid
+    measurement exists (docs/tune.md).
     """
     from uringstack.config import load_config
     from uringstack.probe import probe
