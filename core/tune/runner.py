@@ -168,9 +168,8 @@ def tune_target(
     chosen = {d.name: d.choices[0] for d in dims}
     best = run(chosen)
     for d in dims:
-        base_index = best
-        indexes = [base_index]
-        winner = d.choices[0] if chosen[d.name] is d.choices[0] else chosen[d.name]
+        indexes = [best]  # the current best has this dimension at its first choice
+        winner = chosen[d.name]
         for choice in d.choices[1:]:
             trial = {**chosen, d.name: choice}
             i = run(trial)
