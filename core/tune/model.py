@@ -122,6 +122,9 @@ class TuneRecord(BaseModel):
     """Dimension -> indexes into ``measurements`` that differ only in that dimension."""
     best: int | None = None
     """Index of the best measurement (``None`` when none succeeded)."""
+    noise: float = 0.0
+    """Relative IOPS difference between two runs of the baseline: this run's noise.
+    A choice must beat the first by ``max(MIN_GAIN, noise)``."""
     notes: list[str] = Field(default_factory=list)
 
     def best_measurement(self) -> Measurement | None:
@@ -145,6 +148,7 @@ class TuneRecord(BaseModel):
             cpu_us_per_io={v: m.cpu_us_per_io for v, m in values.items()},
             tuned_at=self.tuned_at,
             elapsed_s=self.elapsed_s,
+            min_gain=max(MIN_GAIN, self.noise),
         )
 
 
@@ -174,13 +178,15 @@ class Comparison(BaseModel):
     cpu_us_per_io: dict[str, float]
     tuned_at: str
     elapsed_s: float
+    min_gain: float = MIN_GAIN
+    """How much another value must beat the first by: MIN_GAIN, or the run's noise if larger."""
 
     @property
     def best(self) -> str:
-        """The winning value (the first value unless another beats it by MIN_GAIN)."""
+        """The winning value (the first value unless another beats it by ``min_gain``)."""
         base = self.iops.get(self.first, 0.0)
         top = max(self.iops, key=lambda v: self.iops[v])
-        if top != self.first and self.iops[top] < base * (1 + MIN_GAIN):
+        if top != self.first and self.iops[top] < base * (1 + self.min_gain):
             return self.first
         return top
 
@@ -195,7 +201,16 @@ class Comparison(BaseModel):
                  else f"{_k(self.iops[v])} {labels.get(v, f'{self.dimension}={v}')}"
                  for i, v in enumerate(order)]
         stamp = self.tuned_at[:16].replace("T", " ")
-        return f"measured: {' vs '.join(parts)} on {self.target} (tuned {stamp} UTC, {self.elapsed_s:.0f} s)"
+        noisy = ""
+        if self.min_gain > MIN_GAIN and self.best == self.first and len(order) > 1 and order[0] == self.first:
+            if self.iops[order[1]] > self.iops[self.first]:
+                noisy = f"; {order[1]} was faster by less than the run-to-run noise of {self.min_gain:.0%}"
+        elif self.min_gain > MIN_GAIN:
+            noisy = f"; noise {self.min_gain:.0%}"
+        return (
+            f"measured: {' vs '.join(parts)} on {self.target} "
+            f"(tuned {stamp} UTC, {self.elapsed_s:.0f} s{noisy})"
+        )
 
 
 def _k(iops: float) -> str:
