@@ -178,7 +178,7 @@ def tune_target(
     a, b = measurements[first], measurements[best]
     if a.status == b.status == "ok" and max(a.iops, b.iops) > 0:
         noise = abs(a.iops - b.iops) / max(a.iops, b.iops)
-        b.reason = f"baseline again: {noise:.0%} apart from the first run (the noise)"
+        b.reason = "; ".join(x for x in (b.reason, f"baseline again: {noise:.0%} from the first run (the noise)") if x)
     elif b.status != "ok" and a.status == "ok":
         best = first
     gain = max(MIN_GAIN, noise)

@@ -56,7 +56,7 @@ def test_tune_the_disk_within_budget_then_plan_and_ship(tmp_path: pathlib.Path, 
     assert status == sorted(status)  # "ok" ... then "skipped", never a gap
     for m in record.measurements:
         if m.status == "ok":  # a mode that starves (SQPOLL on a busy 2-CPU machine) measures zero
-            assert (m.iops > 0 and m.cpu_us_per_io > 0) or m.reason == "no read completed in the window", m
+            assert (m.iops > 0 and m.cpu_us_per_io > 0) or "no read completed in the window" in m.reason, m
     assert list(data.iterdir()) == []  # the scratch file is gone
     # cached, and the next plan uses it
     [entry] = list(cache_dir().glob("*.json"))

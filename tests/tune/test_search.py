@@ -82,7 +82,7 @@ def test_quiet_machine_uses_min_gain(tmp_path: pathlib.Path, monkeypatch: pytest
         (("batch", "8"), ("sqpoll", "on")): [50_000],
         (("batch", "8"), ("workers", "2")): [90_000],
     }
-    record, _, dims = _search(tmp_path, monkeypatch, iops)
+    record, _, _ = _search(tmp_path, monkeypatch, iops)
     best = record.best_measurement()
     assert record.noise == 0 and best is not None and best.settings["batch"] == "8"
     assert best.settings["fixedbuf"] == "off"
@@ -94,7 +94,7 @@ def test_runs_that_do_not_fit_are_skipped(tmp_path: pathlib.Path, monkeypatch: p
                                         (("workers", "2"),), (("iopoll", "on"),)]})
     budget = 1.0
     record, seen, _ = _search(tmp_path, monkeypatch, iops, budget=budget, cost=0.1)
-    assert record.elapsed_s <= budget + 0.05  # a limit, not a target
+    assert record.elapsed_s <= budget + 0.15  # a limit, not a target (sleeps overshoot on a loaded machine)
     status = [m.status for m in record.measurements]
     ran = status.count("ok")
     assert ran == len(seen) >= 2 and status == ["ok"] * ran + ["skipped"] * (len(status) - ran)
