@@ -80,7 +80,7 @@ def test_tune_the_disk_within_budget_then_plan_and_ship(tmp_path: pathlib.Path, 
 
 
 def test_cli_table_says_where_it_was_written(tmp_path: pathlib.Path, xdg: pathlib.Path) -> None:
-    result = CliRunner().invoke(cli, ["tune", "--budget", "2.5", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["tune", "--budget", str(BUDGET), str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"written to {cache_dir()}" in result.output.replace("\n", "")
     assert "best" in result.output and "IOPS" in result.output
@@ -107,7 +107,7 @@ def test_block_device_is_read_never_written(loop_device: tuple[str, pathlib.Path
     dev, backing = loop_device
     before = hashlib.sha256(backing.read_bytes()).hexdigest()
     writes_before = int(pathlib.Path(f"/sys/block/{os.path.basename(dev)}/stat").read_text().split()[4])
-    [(record, where)] = tune([dev], 2.5)
+    [(record, where)] = tune([dev], BUDGET)
     assert record.kind == "block" and record.best is not None and where
     assert record.key.device.name == os.path.basename(dev) and record.key.device.fs == ""
     writes_after = int(pathlib.Path(f"/sys/block/{os.path.basename(dev)}/stat").read_text().split()[4])
@@ -159,7 +159,7 @@ def test_failed_on_start_calibration_falls_back_to_rules(
 
 
 def test_json_output_is_the_document(tmp_path: pathlib.Path, xdg: pathlib.Path) -> None:
-    result = CliRunner().invoke(cli, ["tune", "--json", "--no-cache", "--budget", "2", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["tune", "--json", "--no-cache", "--budget", str(BUDGET), str(tmp_path)])
     assert result.exit_code == 0, result.output
     raw = json.loads(result.stdout)
     assert raw["schema"] == "uringstack.tune/1" and raw["format_version"] == 1
