@@ -24,6 +24,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("uringstack.cli_plan", "plan_command"),
     ("uringstack.cli_wal", "wal"),
     ("uringstack.cli_bench", "bench"),
+    ("uringstack.cli_tune", "tune_command"),
 ]
 
 # Same status as click's usage errors and `config validate`: "fix the input or the environment".

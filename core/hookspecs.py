@@ -243,3 +243,33 @@ def uringstack_stack_teardown(stack: Stack) -> None:
     Thread: the caller of :meth:`Stack.close`; use ``worker.call(fn)`` for
     what must run on a worker's thread (e.g. unregistering buffers).
     """
+
+
+# --- calibration (uringstack tune) ------------------------------------------------------
+# Self-contained: the types are imported here so this block stands on its own.
+
+if TYPE_CHECKING:
+    from uringstack.tune.model import TuneDimension, TuneTarget
+
+
+@hookspec
+def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: StackConfig) -> TuneDimension | None:
+    """Offer one setting for ``uringstack tune`` to measure on *target*.
+
+    Called once per tuned target, before anything is measured.  Return a
+    :class:`~uringstack.tune.model.TuneDimension` named after your plugin
+    whose ``choices`` are the values to try, each with the config
+    ``overrides`` that select it (``{"myplugin.mode": "on"}``); put the
+    cheapest choice (usually ``off``) first: another is adopted only when it
+    beats it by ``MIN_GAIN`` of IOPS.  ``target.device`` (the probed block
+    device, or ``None``) and ``target.workload`` (block size, queue depth)
+    let you offer only what applies (IOPOLL only where the device polls).
+    Return ``None`` to offer nothing.  Must not do I/O.
+
+    The results reach every later plan as ``caps.tuning`` (a
+    :class:`~uringstack.tune.model.TuneState`): in ``auto``, call
+    ``caps.tuning.comparisons("<your dimension>")`` in
+    ``uringstack_check_support``/``uringstack_ring_params`` and decide from
+    the measured IOPS, or fall back to your rule and say so with
+    ``caps.tuning.no_measurement()``.
+    """

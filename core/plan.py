@@ -95,10 +95,14 @@ def _ring_plan(name: str, p: RingParams) -> RingPlan:
 
 
 def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
-    """CPUs that get a worker: ``core.cores`` if set, else every CPU we may run on."""
+    """CPUs that get a worker: ``core.cores`` if set, else the measured best (``uringstack tune``),
+    else every CPU we may run on."""
     cores = config.core.cores
     if cores == "auto":
-        return list(caps.cpus.allowed)
+        from uringstack.tune.apply import measured_cores
+
+        measured = measured_cores(caps)
+        return measured[0] if measured else list(caps.cpus.allowed)
     bad = [c for c in cores if c not in caps.cpus.allowed]
     if bad:
         raise PlanError(
@@ -149,8 +153,14 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     machine cannot do (a feature ``on``, ``core.backend = "uring"`` where
     io_uring is blocked) and :class:`~uringstack.config.ConfigError` when
     settings contradict each other (a plugin raises it from its verdict).
+
+    Measurements of ``uringstack tune`` are looked up first unless *caps*
+    already carries them (``caps.tuning``; see docs/tune.md).
     """
     require_uring(caps, config)
+    from uringstack.tune.apply import attach_tuning, measured_cores, plan_notes
+
+    caps = attach_tuning(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
     if impossible:
@@ -169,6 +179,13 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
         verdicts=verdicts,
         workers=[],
     )
+    plan.notes.extend(plan_notes(caps))
+    if config.core.cores == "auto":
+        measured = measured_cores(caps)
+        plan.notes.append(
+            f"core: workers on CPUs {measured[0]}: {measured[1]}" if measured
+            else "core: a worker on every allowed CPU (core.cores = auto, no worker-count measurement)"
+        )
     roles = ["storage"] if uring_for_storage else []
     for v in verdicts:
         if v.enabled and uring_for_storage:

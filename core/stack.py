@@ -346,6 +346,10 @@ def open_stack(
     TOML file, or ``None`` (``URINGSTACK_CONFIG`` and ``URINGSTACK_*``
     environment variables, else defaults).  *overrides* are explicit settings
     with the highest priority (``{"sqpoll.mode": "on", "core.cores": [0]}``).
+    Measurements of ``uringstack tune`` that hold here are looked up from the
+    cache (or ``core.tune_results``) and reach the plugins as ``caps.tuning``;
+    nothing is measured unless ``core.tune = "on-start"`` and no valid
+    measurement exists (docs/tune.md).
     """
     from uringstack.config import load_config
     from uringstack.probe import probe
@@ -362,5 +366,9 @@ def open_stack(
         pm = plugin_manager
     if caps is None:
         caps = probe(plugin_manager=pm)
+    from uringstack.tune.apply import attach_tuning
+
+    # looked up here (not only in make_plan) so the stack's caps carry the same measurements
+    caps = attach_tuning(caps, cfg)
     plan = make_plan(caps, cfg, pm)
     return Stack(plan, caps, cfg, pm)

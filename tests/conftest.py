@@ -10,6 +10,15 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The suite never reads the developer's `uringstack tune` cache: measurements found
+    there would change what `auto` decides in every test that opens a stack."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture
 def data_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     """A scratch directory on the same filesystem as the tests' tmp_path (ext4 here)."""

@@ -56,6 +56,22 @@ class CoreConfig(BaseModel):
             "worker thread): 'auto' where the kernel accepts it, 'on' required, 'off' never."
         ),
     )
+    # calibration (docs/tune.md)
+    tune: Literal["off", "on-start"] = Field(
+        default="off",
+        description=(
+            "'off': open_stack never measures; 'on-start': when no valid `uringstack tune` "
+            "result exists, open_stack first calibrates the current directory's file system "
+            "(about 3 s) and caches the result."
+        ),
+    )
+    tune_results: str = Field(
+        default="",
+        description=(
+            "A `uringstack tune --json` file to use instead of this machine's cache (results "
+            "shipped to identical machines); empty: the cache."
+        ),
+    )
 
     @field_validator("cores", mode="before")
     @classmethod

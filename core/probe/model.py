@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from uringstack.tune.model import TuneState
+
 UringBlocker = Literal[
     "none", "not_linux", "enosys", "sysctl_disabled", "seccomp", "eperm", "enomem", "other"
 ]
@@ -113,6 +115,9 @@ class Capabilities(BaseModel):
     devices: list[BlockDevice] = Field(default_factory=list)
     device_scan_error: str = ""
     extras: dict[str, Any] = Field(default_factory=dict)
+    tuning: TuneState | None = None
+    """Measurements from ``uringstack tune`` that hold here (docs/tune.md); ``None`` until the
+    plan looks them up.  Not a probe result: the probe never measures."""
 
     def device_for_path(self, path: str) -> BlockDevice | None:
         """The probed device whose node (block or generic char) is *path*."""

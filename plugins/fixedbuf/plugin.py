@@ -22,6 +22,7 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
+from uringstack.tune.model import TuneChoice, TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.stack import Stack, Worker
+    from uringstack.tune.model import TuneTarget
 
 T = TypeVar("T")
 NAME = "fixedbuf"
@@ -76,6 +78,20 @@ def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tup
     )
 
 
+LABELS = {"on": "with registered buffers and files", "off": "without"}
+
+
+def measured(caps: Capabilities, cfg: FixedbufConfig) -> tuple[bool | None, str]:
+    """In ``auto``: (True/False when ``uringstack tune`` measured on against off, else None; the reason)."""
+    if cfg.mode != "auto":
+        return None, ""
+    found = caps.tuning.comparisons(NAME) if caps.tuning is not None else []
+    if not found:
+        why = caps.tuning.no_measurement() if caps.tuning is not None else "no measurement looked up"
+        return None, f"auto, {why}: rule: register where RLIMIT_MEMLOCK allows"
+    return all(c.best == "on" for c in found), "auto: " + "; ".join(c.describe(LABELS) for c in found)
+
+
 def _plan_count(caps: Capabilities, config: StackConfig) -> tuple[int, str]:
     cfg = FEATURE.section(config)
     rings = len(caps.cpus.allowed) if config.core.cores == "auto" else len(config.core.cores)
@@ -88,7 +104,12 @@ def _decide(caps: Capabilities, config: StackConfig) -> Decision:
         return Decision(False, "off (config)")
     if not caps.uring.usable or config.core.backend == "fallback":
         return Decision(False, "no io_uring rings to register with")
+    wins, decided = measured(caps, cfg)
+    if wins is False:
+        return Decision(False, decided)
     count, why = _plan_count(caps, config)
+    if decided:
+        why = f"{decided}; {why}"
     if count >= cfg.count:
         return Decision(
             True, f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
@@ -109,11 +130,34 @@ uringstack_config_sections, uringstack_check_support = FEATURE.hooks()
 
 
 @hookimpl
+def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: StackConfig) -> TuneDimension | None:
+    if not caps.uring.usable or config.core.backend == "fallback":
+        return None
+    wl = target.workload
+    on = {
+        "fixedbuf.mode": "on",
+        # one buffer per read in flight, of the read's size: what the measured workload leases
+        "fixedbuf.buffer_size": max(4096, -(-wl.block_size // 4096) * 4096),
+        "fixedbuf.count": max(1, wl.queue_depth),
+        "fixedbuf.min_count": 1,
+    }
+    return TuneDimension(
+        name=NAME,
+        plugin=NAME,
+        summary="registered buffers (READ_FIXED) and a registered file",
+        choices=[
+            TuneChoice(value="off", label=LABELS["off"], overrides={"fixedbuf.mode": "off"}),
+            TuneChoice(value="on", label=LABELS["on"], overrides=on),
+        ],
+    )
+
+
+@hookimpl
 def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> None:
     if ring.params.role not in _ROLES:
         return
     cfg = FEATURE.section(config)
-    if cfg.mode == "off":
+    if cfg.mode == "off" or measured(worker.stack.caps, cfg)[0] is False:
         return
     count, why = _plan_count(worker.stack.caps, config)
     count = min(count, cfg.count)

@@ -20,12 +20,14 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
 from uringstack.plugins.iopoll.poll import device_supports_poll
+from uringstack.tune.model import TuneChoice, TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring_params import RingParams
+    from uringstack.tune.model import TuneTarget
     from uringstack.types import Target
 
 log = logging.getLogger(__name__)
@@ -123,3 +125,21 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
         log.debug("%s: %s", target.path, reason)
         return None
     return IopollBackend(reason=f"IOPOLL ring of the worker ({reason})")
+
+
+@hookimpl
+def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: StackConfig) -> TuneDimension | None:
+    # only where polling is possible for this target: an O_DIRECT read of a pollable device
+    if not target.workload.direct or not caps.uring.accepts("IOPOLL"):
+        return None
+    if not device_supports_poll(target.path)[0]:
+        return None
+    return TuneDimension(
+        name=NAME,
+        plugin=NAME,
+        summary="completions polled from the device's poll queues (IOPOLL ring)",
+        choices=[
+            TuneChoice(value="off", label="without", overrides={"iopoll.mode": "off"}),
+            TuneChoice(value="on", label="with IOPOLL", overrides={"iopoll.mode": "auto"}),
+        ],
+    )

@@ -5,9 +5,10 @@ the poller is awake.  It wakes slowly after ``idle_ms`` of idleness (liburing
 then sets IORING_SQ_NEED_WAKEUP and ``io_uring_submit`` enters once to wake
 it), and it burns a whole CPU while busy: on a machine whose every core runs
 a worker, the poller competes with the application and loses more than it
-saves.  ``auto`` therefore enables it only on machines with ``min_cpus`` CPUs
-or more and a CPU left over for the poller (measured on the 2-vCPU
-development VM: see BENCHMARKS.md).  O_DSYNC writes through an SQPOLL ring
+saves.  ``auto`` follows ``uringstack tune``'s measurement of SQPOLL on and
+off where one holds (``caps.tuning``, docs/tune.md); without one it enables
+SQPOLL only on machines with ``min_cpus`` CPUs or more and a CPU left over
+for the poller, and says which rule applied.  O_DSYNC writes through an SQPOLL ring
 took milliseconds on kernel 6.18 (fio shows the same), so the WAL never
 writes through one.
 """
@@ -23,12 +24,14 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
 from uringstack.ring_params import ring_name
+from uringstack.tune.model import TuneChoice, TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring_params import RingParams
+    from uringstack.tune.model import TuneTarget
 
 NAME = "sqpoll"
 _ROLES = ("storage",)
@@ -68,21 +71,30 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
         return False, f"the kernel refuses IORING_SETUP_SQPOLL ({err.error if err else 'not probed'})"
     if cfg.mode == "on":
         return True, "on (config)"
+    measured = caps.tuning.comparisons(NAME) if caps.tuning is not None else []
+    if measured:
+        # SQPOLL costs a CPU: it must win on every tuned target
+        enabled = all(c.best == "on" for c in measured)
+        return enabled, "auto: " + "; ".join(c.describe(LABELS) for c in measured)
+    why = caps.tuning.no_measurement() if caps.tuning is not None else "no measurement looked up"
     if len(caps.cpus.allowed) < cfg.min_cpus:
         return False, (
-            f"auto: {len(caps.cpus.allowed)} CPUs (< min_cpus={cfg.min_cpus}): the poller and its busy "
-            f"completion wait would take most of the machine (measured on 2 vCPUs at QD32: 0.59-0.74x "
-            f"the IOPS of plain batching, or 1.2x at 191% CPU with spinning; BENCHMARKS.md); "
+            f"auto, {why}: rule min_cpus: {len(caps.cpus.allowed)} CPUs < {cfg.min_cpus}, so the poller "
+            f"and its busy completion wait would take most of the machine; "
             f"set [sqpoll] mode = \"on\" to use it anyway"
         )
     workers = worker_cpus(caps, config)
     spare = [c for c in caps.cpus.allowed if c not in workers]
     if len(spare) < cfg.min_spare_cpus:
         return False, (
-            f"auto: all {len(caps.cpus.allowed)} CPUs run workers, so a polling thread would compete "
-            f"with them; set [sqpoll] mode = \"on\" or give fewer cores to workers to use it"
+            f"auto, {why}: rule min_spare_cpus: all {len(caps.cpus.allowed)} CPUs run workers, so a "
+            f"polling thread would compete with them; set [sqpoll] mode = \"on\" or give fewer cores "
+            f"to workers to use it"
         )
-    return True, f"auto: CPU {spare[0]} is free of workers and polls the submission queues"
+    return True, f"auto, {why}: rule: CPU {spare[0]} is free of workers and polls the submission queues"
+
+
+LABELS = {"on": "with SQPOLL", "off": "without"}
 
 
 def _poller_cpu(caps: Capabilities, config: StackConfig, params: RingParams) -> int | None:
@@ -131,3 +143,18 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     if cfg.share and params.core != first:
         params.attach_to = ring_name(first, params.role)
         params.reasons.append(f"sqpoll: shares the poller of {params.attach_to} (ATTACH_WQ)")
+
+
+@hookimpl
+def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: StackConfig) -> TuneDimension | None:
+    if not caps.uring.accepts("SQPOLL") or config.core.backend == "fallback":
+        return None
+    return TuneDimension(
+        name=NAME,
+        plugin=NAME,
+        summary="a kernel thread polls the submission queue (IORING_SETUP_SQPOLL)",
+        choices=[
+            TuneChoice(value="off", label=LABELS["off"], overrides={"sqpoll.mode": "off"}),
+            TuneChoice(value="on", label=LABELS["on"], overrides={"sqpoll.mode": "on"}),
+        ],
+    )

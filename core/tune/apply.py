@@ -1,0 +1,102 @@
+"""How measurements reach a plan: looked up once per plan, calibrated on start if asked.
+
+:func:`attach_tuning` gives a capability report its ``tuning`` (the records
+that hold here, from the cache or ``[core] tune_results``); with
+``[core] tune = "on-start"`` and nothing valid it first runs a bounded
+calibration of the current directory's file system.  Neither ever raises: a
+failure is a line in ``caps.tuning.ignored`` and the plan falls back to rules.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from uringstack.tune.model import TuneState
+
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.probe.model import Capabilities
+
+ON_START_BUDGET_S = 3.0
+"""Calibration budget of ``[core] tune = "on-start"``: start-up waits this long, once per key."""
+
+
+def attach_tuning(caps: Capabilities, config: StackConfig) -> Capabilities:
+    """*caps* with ``tuning`` looked up (unchanged when it already has one)."""
+    if caps.tuning is not None:
+        return caps
+    from uringstack.tune.cache import load_state
+
+    state = load_state(config.core.tune_results)
+    if config.core.tune == "on-start" and not state.records and not config.core.tune_results:
+        state = _calibrate_on_start(state)
+    return caps.model_copy(update={"tuning": state})
+
+
+def _calibrate_on_start(before: TuneState) -> TuneState:
+    from uringstack.tune.cache import load_state
+    from uringstack.tune.runner import tune
+
+    try:
+        tune([os.getcwd()], ON_START_BUDGET_S)
+    except Exception as exc:  # start-up must survive a failed calibration: rules apply
+        before.ignored.append(f"core.tune = on-start: calibrating {os.getcwd()} failed: {exc}")
+        return before
+    return load_state("")
+
+
+def measured_cores(caps: Capabilities) -> tuple[list[int], str] | None:
+    """The worker CPUs the measurement chose, and the reason; ``None`` without a measurement."""
+    state = caps.tuning
+    if state is None:
+        return None
+    best: list[int] = []
+    why: list[str] = []
+    for applied in state.records:
+        record = applied.record
+        comparison = record.comparison("workers")
+        if comparison is None:
+            continue
+        winner = next(
+            (record.measurements[i] for i in record.compared["workers"]
+             if record.measurements[i].settings.get("workers") == comparison.best),
+            None,
+        )
+        cores = list(winner.overrides.get("core.cores", [])) if winner else []
+        if len(cores) > len(best):
+            best = cores
+        why.append(comparison.describe({"1": "with 1 worker", "2": "with 2 workers"}))
+    if not best:
+        return None
+    allowed = list(caps.cpus.allowed)
+    if any(c not in allowed for c in best):
+        best = allowed[: len(best)]
+    return best, "; ".join(why)
+
+
+def plan_notes(caps: Capabilities) -> list[str]:
+    """What the plan should say about measurements: which apply, which were ignored."""
+    state = caps.tuning
+    if state is None:
+        return []
+    notes = [f"tune: ignored {line}" for line in state.ignored]
+    for applied in state.records:
+        r = applied.record
+        best = r.best_measurement()
+        if best is None:
+            continue
+        settings = ", ".join(f"{k}={v}" for k, v in best.settings.items())
+        notes.append(
+            f"tune: using {r.target} ({applied.source}, tuned {r.tuned_at}): best {settings} "
+            f"at {best.iops:,.0f} IOPS, {best.cpu_us_per_io:.1f} µs CPU per I/O"
+        )
+        batch = r.comparison("batch")
+        if batch is not None:
+            notes.append(
+                f"tune: issue reads in batches of {batch.best} per start_read_many/read_many call "
+                f"({batch.describe({v: f'in batches of {v}' for v in batch.iops})})"
+            )
+    if not state.records:
+        notes.append(f"tune: {state.no_measurement()}; plugins in auto follow their rules")
+    return notes

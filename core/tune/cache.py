@@ -1,0 +1,147 @@
+"""Where measurements are kept, and which of them hold on this machine now.
+
+One file per tuned target under ``$XDG_CACHE_HOME/uringstack/tune/`` (default
+``~/.cache``), each a :class:`~uringstack.tune.model.TuneDocument` with one
+record.  :func:`load_state` reads them (or the file named by
+``[core] tune_results``) and keeps only records whose key matches this
+machine; every other file is listed with the reason it was ignored.  It
+never raises: a broken cache must not break ``open_stack()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from uringstack.tune.key import MachineFacts, key_of
+from uringstack.tune.model import FORMAT_VERSION, AppliedRecord, TuneDocument, TuneRecord, TuneState
+
+CACHE_SUBDIR = "uringstack/tune"
+
+
+def cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/uringstack/tune`` (``~/.cache`` when unset or relative, as the XDG spec says)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path(os.path.expanduser("~")) / ".cache"
+    return root / CACHE_SUBDIR
+
+
+def entry_path(record: TuneRecord, directory: Path | None = None) -> Path:
+    """The cache file of *record*: named after its target kind, device and a hash of the target."""
+    dev = record.key.device
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", dev.name or f"dev{dev.devnum}")
+    digest = hashlib.sha256(f"{record.kind}\0{record.target}".encode()).hexdigest()[:12]
+    return (directory or cache_dir()) / f"{record.kind}-{label}-{digest}.json"
+
+
+def write_entry(record: TuneRecord, directory: Path | None = None) -> Path:
+    """Store *record* atomically (temp file + rename: a concurrent reader never sees half a file)."""
+    path = entry_path(record, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    doc = TuneDocument.of([record])
+    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def read_document(path: Path) -> TuneDocument:
+    """Parse a cache file or a ``tune --json`` document.
+
+    Raises :class:`ValueError` with a one-line reason: unreadable, not JSON of
+    the expected shape, or written by a newer format version.
+    """
+    import json
+
+    try:
+        raw = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"unreadable ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ValueError(f"corrupt (not JSON: {exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError("corrupt (not a JSON object)")
+    version = raw.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise ValueError(
+            f"written by a newer uringstack (format {version}, this one reads up to {FORMAT_VERSION})"
+        )
+    try:
+        doc = TuneDocument.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"corrupt ({where}: {first['msg']})") from None
+    newer = [r.format_version for r in doc.records if r.format_version > FORMAT_VERSION]
+    if newer:
+        raise ValueError(f"written by a newer uringstack (record format {max(newer)})")
+    return doc
+
+
+def _check(record: TuneRecord, facts: MachineFacts, shipped: bool) -> str:
+    """Empty when *record* holds here; else why not."""
+    if record.best is None:
+        return "no successful measurement in it"
+    try:
+        here = key_of(record.target, facts)
+    except OSError as exc:
+        return f"foreign: {record.target} does not exist here ({exc.strerror})"
+    except ValueError as exc:  # e.g. a NUL byte: no such path on any machine
+        return f"foreign: {record.target} cannot be looked up here ({exc})"
+    wrong = record.key.mismatches(here, same_device_class=shipped)
+    if wrong:
+        return ("foreign" if any(w.startswith("device") for w in wrong) else "stale") + ": " + "; ".join(wrong)
+    return ""
+
+
+def _apply(
+    docs: Iterable[tuple[Path, str]], facts: MachineFacts, shipped: bool, state: TuneState
+) -> None:
+    for path, source in docs:
+        try:
+            doc = read_document(path)
+        except ValueError as exc:
+            state.ignored.append(f"{path}: {exc}")
+            continue
+        for record in doc.records:
+            why = _check(record, facts, shipped)
+            if why:
+                state.ignored.append(f"{path} ({record.target}): {why}")
+            else:
+                state.records.append(AppliedRecord(source=f"{source}:{path}", record=record))
+
+
+def load_state(
+    tune_results: str = "",
+    *,
+    directory: Path | None = None,
+    facts: MachineFacts | None = None,
+) -> TuneState:
+    """The measurements that hold here: from *tune_results* when given, else the cache.
+
+    Never raises: every problem becomes a line of ``state.ignored``.
+    """
+    facts = facts or MachineFacts.here()
+    state = TuneState()
+    try:
+        if tune_results:
+            path = Path(tune_results)
+            state.searched = f"core.tune_results = {tune_results}"
+            if not path.is_file():
+                state.ignored.append(f"core.tune_results: {tune_results} is not a file")
+                return state
+            _apply([(path, "core.tune_results")], facts, True, state)
+            return state
+        directory = directory or cache_dir()
+        state.searched = f"cache {directory}"
+        files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        _apply(((p, "cache") for p in files), facts, False, state)
+    except Exception as exc:  # a cache problem must never break open_stack()
+        state.ignored.append(f"tune cache unusable: {type(exc).__name__}: {exc}")
+    return state

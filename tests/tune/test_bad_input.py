@@ -1,0 +1,106 @@
+"""Targets and budgets that cannot be tuned get one clear line naming them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from uringstack.cli import cli
+from uringstack.tune.model import Workload
+from uringstack.tune.runner import check_budget, tune
+from uringstack.tune.targets import SCRATCH_PREFIX, TuneError, prepared
+
+
+def test_missing_target(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(TuneError, match=f"^{tmp_path}/nope: no such file, directory or block device$"):
+        tune([str(tmp_path / "nope")], 5)
+
+
+def test_character_device_is_refused() -> None:
+    with pytest.raises(TuneError, match=r"^/dev/null: a character device; tune a regular file, a directory or a block"):
+        tune(["/dev/null"], 5)
+
+
+def test_fifo_is_refused(tmp_path: pathlib.Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(TuneError, match="not a file, directory or block device"):
+        tune([str(fifo)], 5)
+
+
+def test_too_small_file(tmp_path: pathlib.Path) -> None:
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 4096)
+    too_small = r"4096 bytes is too small; random reads need at least 131072 bytes"
+    with pytest.raises(TuneError, match=too_small), prepared(str(small), Workload()):
+        pass
+
+
+@pytest.mark.parametrize("budget", [0, -1, -0.5])
+def test_budget_must_be_positive(budget: float) -> None:
+    with pytest.raises(TuneError, match=rf"^--budget {budget:g}: must be a positive number of seconds$"):
+        check_budget(budget, 1)
+
+
+def test_budget_too_short_for_the_runs() -> None:
+    with pytest.raises(TuneError, match=r"^--budget 1: too short for 2 target\(s\) x ~2 runs; give at least 1.2 s$"):
+        check_budget(1.0, 2)
+    check_budget(1.2, 2)
+
+
+def test_cli_budget_zero_is_an_error_before_anything_runs(tmp_path: pathlib.Path) -> None:
+    result = CliRunner().invoke(cli, ["tune", "--budget", "0", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error: --budget 0: must be a positive number of seconds" in result.output
+    assert list(tmp_path.iterdir()) == []  # no scratch file was even written
+
+
+def test_cli_names_a_bad_target(tmp_path: pathlib.Path) -> None:
+    result = CliRunner().invoke(cli, ["tune", "--budget", "3", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and f"error: {tmp_path}/missing: no such file" in result.output
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A small tmpfs mounted read-only (needs root and mount)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]
+    done = subprocess.run(mount, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_read_only_file_system(read_only_dir: pathlib.Path) -> None:
+    with pytest.raises(TuneError, match=rf"^{read_only_dir}: read-only file system; tune an existing file"):
+        tune([str(read_only_dir)], 5)
+
+
+def test_scratch_file_is_removed_even_when_tuning_fails(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(RuntimeError), prepared(str(tmp_path), Workload(), scratch_bytes=1 << 20) as target:
+        assert os.path.basename(target.path).startswith(SCRATCH_PREFIX) and os.path.getsize(target.path) == 1 << 20
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_describes_the_command() -> None:
+    text = CliRunner().invoke(cli, ["tune", "--help"]).output
+    assert "--budget" in text and "XDG_CACHE_HOME" in text and "read-only" in text
+
+
+def test_a_budget_eaten_by_start_up_is_named(tmp_path: pathlib.Path) -> None:
+    want = rf"^--budget 1: \d+\.\d s went to start-up, .* leaving 0.0 s for {tmp_path}, which needs"
+    with pytest.raises(TuneError, match=want):
+        tune([str(tmp_path)], 1.0, spent_s=0.9)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,166 @@
+"""Real, short calibrations on this machine's disk: within budget, cached, used by the plan,
+shippable as a config include, read-only on block devices, and on-start in open_stack()."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from uringstack.cli import cli
+from uringstack.config import load_config
+from uringstack.plan import make_plan
+from uringstack.probe import probe
+from uringstack.stack import open_stack
+from uringstack.tune.cache import cache_dir, load_state
+from uringstack.tune.model import TuneDocument
+from uringstack.tune.runner import tune
+
+pytestmark = pytest.mark.timeout(90)
+BUDGET = 3.0
+SLACK = 1.0  # the CLI's own work outside tune() (printing JSON), and a shared, loaded 2-CPU machine
+
+
+@pytest.fixture
+def xdg(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+def test_tune_the_disk_within_budget_then_plan_and_ship(tmp_path: pathlib.Path, xdg: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(cli, ["tune", "--json", "--budget", str(BUDGET), str(data)])
+    wall = time.perf_counter() - t0
+    assert result.exit_code == 0, result.output
+    assert wall <= BUDGET + SLACK, f"tune took {wall:.2f} s for a {BUDGET} s budget"
+    doc = TuneDocument.model_validate_json(result.stdout)
+    [record] = doc.records
+    assert record.target == str(data) and record.kind == "directory" and record.best is not None
+    assert record.elapsed_s <= BUDGET
+    ran = {k for m in record.measurements for k in m.settings}
+    assert {"batch", "fixedbuf", "sqpoll"} <= ran
+    assert set(record.compared) == ran
+    # on a loaded machine the last candidates may not fit the budget: they are reported as skipped
+    status = [m.status for m in record.measurements]
+    assert status[:2] == ["ok", "ok"] and "failed" not in status, [m.reason for m in record.measurements]
+    assert status == sorted(status)  # "ok" ... then "skipped", never a gap
+    for m in record.measurements:
+        if m.status == "ok":  # a mode that starves (SQPOLL on a busy 2-CPU machine) measures zero
+            assert (m.iops > 0 and m.cpu_us_per_io > 0) or "no read completed in the window" in m.reason, m
+    assert list(data.iterdir()) == []  # the scratch file is gone
+    # cached, and the next plan uses it
+    [entry] = list(cache_dir().glob("*.json"))
+    assert load_state().records[0].record == record
+    loaded = load_config(env={})
+    plan = make_plan(probe(), loaded.config, loaded.plugin_manager)
+    sqpoll = next(v for v in plan.verdicts if v.plugin == "sqpoll")
+    if record.comparison("sqpoll") is not None:
+        assert sqpoll.reason.startswith("auto: measured: ") and str(data) in sqpoll.reason
+    assert any(n.startswith(f"tune: using {data} (cache:{entry}") for n in plan.notes)
+    assert any(n.startswith("tune: issue reads in batches of") for n in plan.notes)
+    # shipped: the --json output as [core] tune_results, with the cache gone
+    shutil.rmtree(xdg)
+    shipped = tmp_path / "tuned.json"
+    shipped.write_text(result.stdout)
+    toml = tmp_path / "uringstack.toml"
+    toml.write_text(f'[core]\ntune_results = "{shipped}"\n')
+    loaded = load_config(toml, env={})
+    plan = make_plan(probe(), loaded.config, loaded.plugin_manager)
+    assert any(n.startswith(f"tune: using {data} (core.tune_results:{shipped}") for n in plan.notes)
+
+
+def test_cli_table_says_where_it_was_written(tmp_path: pathlib.Path, xdg: pathlib.Path) -> None:
+    result = CliRunner().invoke(cli, ["tune", "--budget", str(BUDGET), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"written to {cache_dir()}" in result.output.replace("\n", "")
+    assert "best" in result.output and "IOPS" in result.output
+
+
+@pytest.fixture
+def loop_device(tmp_path: pathlib.Path) -> Iterator[tuple[str, pathlib.Path]]:
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup")
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as f:
+        f.write(os.urandom(32 << 20))
+    done = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"losetup failed: {done.stderr.strip()}")
+    dev = done.stdout.strip()
+    try:
+        yield dev, backing
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_block_device_is_read_never_written(loop_device: tuple[str, pathlib.Path], xdg: pathlib.Path) -> None:
+    dev, backing = loop_device
+    before = hashlib.sha256(backing.read_bytes()).hexdigest()
+    writes_before = int(pathlib.Path(f"/sys/block/{os.path.basename(dev)}/stat").read_text().split()[4])
+    [(record, where)] = tune([dev], BUDGET)
+    assert record.kind == "block" and record.best is not None and where
+    assert record.key.device.name == os.path.basename(dev) and record.key.device.fs == ""
+    writes_after = int(pathlib.Path(f"/sys/block/{os.path.basename(dev)}/stat").read_text().split()[4])
+    assert writes_after == writes_before, "tune wrote to the block device"
+    assert hashlib.sha256(backing.read_bytes()).hexdigest() == before
+
+
+def test_on_start_calibrates_once(tmp_path: pathlib.Path, xdg: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cpu = min(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    with open_stack(overrides={"core.tune": "on-start", "core.cores": [cpu]}) as stack:
+        first = time.perf_counter() - t0
+        assert stack.caps.tuning is not None and len(stack.caps.tuning.records) == 1
+        assert any(n.startswith(f"tune: using {tmp_path} (cache:") for n in stack.plan.notes)
+    [entry] = list(cache_dir().glob("*.json"))
+    stamp = entry.stat().st_mtime_ns
+    assert first < 3.0 + 1.5
+    t0 = time.perf_counter()
+    with open_stack(overrides={"core.tune": "on-start", "core.cores": [cpu]}) as stack:
+        assert time.perf_counter() - t0 < 1.0  # a valid entry exists: no second calibration
+        assert stack.caps.tuning is not None and len(stack.caps.tuning.records) == 1
+    assert entry.stat().st_mtime_ns == stamp and list(tmp_path.glob(".uringstack-tune-*")) == []
+
+
+def test_off_never_measures(tmp_path: pathlib.Path, xdg: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_stack(overrides={"core.cores": [min(os.sched_getaffinity(0))]}) as stack:
+        assert stack.config.core.tune == "off"
+        assert stack.caps.tuning is not None and stack.caps.tuning.records == []
+    assert not cache_dir().exists()
+
+
+def test_failed_on_start_calibration_falls_back_to_rules(
+    tmp_path: pathlib.Path, xdg: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uringstack.tune.runner as runner
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "tune", broken)
+    monkeypatch.chdir(tmp_path)
+    with open_stack(overrides={"core.tune": "on-start", "core.cores": [min(os.sched_getaffinity(0))]}) as stack:
+        notes = "\n".join(stack.plan.notes)
+        assert f"core.tune = on-start: calibrating {tmp_path} failed: [Errno 28] No space left on device" in notes
+        sqpoll = next(v for v in stack.plan.verdicts if v.plugin == "sqpoll")
+        assert "no valid measurement" in sqpoll.reason and "rule" in sqpoll.reason
+
+
+def test_json_output_is_the_document(tmp_path: pathlib.Path, xdg: pathlib.Path) -> None:
+    result = CliRunner().invoke(cli, ["tune", "--json", "--no-cache", "--budget", str(BUDGET), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    raw = json.loads(result.stdout)
+    assert raw["schema"] == "uringstack.tune/1" and raw["format_version"] == 1
+    assert not cache_dir().exists()
