@@ -59,6 +59,14 @@ class WrongThreadError(UringStackError, RuntimeError):
     """A SINGLE_ISSUER ring was used from a thread other than the one that created it."""
 
 
+class ForkedChildError(UringStackError, RuntimeError):
+    """A stack, handle or ring was used in a ``fork()`` child of the process that opened it.
+
+    The child shares the parent's rings, registered files and thread-pool
+    state, so using them would steal the parent's completions or break its
+    handles; the child must open its own stack."""
+
+
 def io_error(err: int, op: str, filename: str | None = None, detail: str = "") -> UringIOError:
     """Build the :class:`UringIOError` for a positive errno (``-res`` of a CQE)."""
     return UringIOError(err, op, filename, detail)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from uringstack import aio
+from uringstack import aio, forking
 from uringstack.errors import RingClosedError
 from uringstack.handle import FileHandle
 from uringstack.plan import Plan, make_plan, select_backend
@@ -112,6 +112,7 @@ class Stack:
         self._lock = threading.Lock()
         self._next_worker = itertools.count()
         self._closed = False
+        self._fork_gen = forking.generation()
         try:
             for wp in plan.workers:
                 worker = Worker(wp.index, wp.cpu, self)
@@ -161,6 +162,7 @@ class Stack:
         Extra keyword options (e.g. ``passthrough="auto"``) go to the plugins
         choosing the backend.
         """
+        forking.check(self._fork_gen, "the stack")
         if self._closed:
             raise RingClosedError("stack is closed")
         worker = self._pick_worker(core)
@@ -181,8 +183,11 @@ class Stack:
             io.close()
             raise
         with self._lock:
-            self._handles.add(handle)
-        return handle
+            if not self._closed:
+                self._handles.add(handle)
+                return handle
+        handle.close()  # close() ran meanwhile and did not see this handle
+        raise RingClosedError("stack is closed")
 
     def _pick_worker(self, core: int | None) -> Worker:
         if core is None:
@@ -200,6 +205,7 @@ class Stack:
     # --- running code on workers ---------------------------------------------------------
     def run_on_workers(self, fn: Callable[[Worker], T]) -> list[T]:
         """Run ``fn(worker)`` on every worker's pinned thread at once; return the results."""
+        forking.check(self._fork_gen, "the stack")
         futures = [w.submit(fn, w) for w in self.workers]
         return [f.result() for f in futures]
 
@@ -230,29 +236,63 @@ class Stack:
 
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close handles, let plugins release what they attached, close rings, stop workers."""
-        if self._closed:
+        """Close handles, let plugins release what they attached, close rings, stop workers.
+
+        Each handle's close waits for the I/O started through it (see
+        :meth:`FileHandle.close`), so queued writes complete with their real
+        results before any descriptor, pool or ring goes away.  Every step
+        runs even if an earlier one failed; the first error is raised at the
+        end.  In a fork() child, closing an inherited stack only drops the
+        child's copies of descriptors and rings: no plugin teardown, no
+        cancel, no unregister, nothing the parent would notice.
+        """
+        if forking.inherited(self._fork_gen):
+            if not self._closed:  # no lock: a parent thread may have held it at fork time
+                self._closed = True
+                self._abandon(list(self._handles))
             return
-        self._closed = True
-        for handle in list(self._handles):
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = list(self._handles)
+        errors: list[BaseException] = []
+
+        def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:  # the rest of the teardown must still run
+                errors.append(exc)
+
+        for handle in handles:
+            attempt(handle.close)
+        attempt(self.plugin_manager.stack_teardown, stack=self)
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                attempt(aio.detach_ring, ring)
+                attempt(worker.call if worker._thread.is_alive() else _call, ring.close)
+            worker.stop()
+        if errors:
+            raise errors[0]
+
+    def _abandon(self, handles: list[FileHandle]) -> None:
+        # No locks taken and no worker used: in the child, parent threads are gone.
+        for handle in handles:
             handle.close()
-        try:
-            self.plugin_manager.stack_teardown(stack=self)
-        finally:
-            for worker in self.workers:
-                for ring in worker.rings.values():
-                    aio.detach_ring(ring)
-                    if worker._thread.is_alive():
-                        worker.call(ring.close)
-                    else:
-                        ring.close()
-                worker.stop()
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                aio.detach_ring(ring)
+                ring.close()
 
     def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _call(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def _completion_hook(pm: UringstackPluginManager, worker: Worker) -> Callable[[str], Callable[[Batch], None]]:
