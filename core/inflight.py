@@ -78,12 +78,14 @@ class InflightTracker:
             self._pending -= done
             self._prune_at = max(_PRUNE_MIN, 2 * len(self._pending))
 
-    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Refuse new starts, then wait until everything started has completed.
 
         Raises :class:`TimeoutError` (naming what is stuck) if that takes longer
-        than *timeout*: a lost completion or a hung device.  The tracker stays
+        than *timeout* (default :data:`CLOSE_TIMEOUT_S`): a lost completion or a hung device.  The tracker stays
         closed either way; the caller must then keep the descriptor open."""
+        if timeout is None:
+            timeout = CLOSE_TIMEOUT_S
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
