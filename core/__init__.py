@@ -37,12 +37,14 @@ _EXPORTS = {
     "ShortIOError": "uringstack.errors",
     "AlignmentError": "uringstack.errors",
     "RingClosedError": "uringstack.errors",
+    "ForkedChildError": "uringstack.errors",
     "PlanError": "uringstack.types",
 }
 
 __all__ = [
     "AlignmentError",
     "FileHandle",
+    "ForkedChildError",
     "PlanError",
     "RegisteredBuffer",
     "Ring",
@@ -62,7 +64,7 @@ __all__ = [
 if TYPE_CHECKING:
     from uringstack.buffers import RegisteredBuffer, aligned_buffer
     from uringstack.config import load_config
-    from uringstack.errors import AlignmentError, RingClosedError, ShortIOError, UringIOError
+    from uringstack.errors import AlignmentError, ForkedChildError, RingClosedError, ShortIOError, UringIOError
     from uringstack.handle import FileHandle
     from uringstack.hookspecs import hookimpl
     from uringstack.plan import make_plan
