@@ -114,10 +114,7 @@ class FileHandle:
         return self._inflight.start(fn, *args, **kwargs)
 
     def _run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
-        pending = self._inflight.start(fn, *args, **kwargs)
-        results = pending.wait()
-        self._inflight.forget(pending)
-        return results
+        return self._inflight.run(fn, *args, **kwargs)
 
     async def _run_async(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
         pending = self._inflight.start(fn, *args, **kwargs)

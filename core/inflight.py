@@ -33,7 +33,9 @@ class InflightTracker:
     def __init__(self, what: str) -> None:
         self.what = what
         # A leaf lock: never held while calling into a ring, a pool or a pending.
-        self._cond = threading.Condition(threading.Lock())
+        # The fast paths take the bare lock; close() waits on a condition over it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._starting = 0
         self._closed = False
         self._pending: set[Pending] = set()
@@ -43,38 +45,60 @@ class InflightTracker:
     def closed(self) -> bool:
         return self._closed
 
-    def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
-        """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
-        with self._cond:
+    def _enter(self) -> None:
+        with self._lock:
             if self._closed:
                 raise RingClosedError(f"{self.what} is closed")
             self._starting += 1
+
+    def _leave(self, pending: Pending | None) -> None:
+        with self._lock:
+            self._starting -= 1
+            if pending is not None:
+                self._pending.add(pending)
+            prune = len(self._pending) >= self._prune_at
+            if self._closed and self._starting == 0:
+                self._cond.notify_all()
+        if prune:
+            self._prune()
+
+    def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
+        """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
+        self._enter()
         pending: P | None = None
         try:
             pending = fn(*args, **kwargs)
             return pending
         finally:
-            with self._cond:
-                self._starting -= 1
-                if pending is not None:
-                    self._pending.add(pending)
-                prune = len(self._pending) >= self._prune_at
-                if self._closed and self._starting == 0:
-                    self._cond.notify_all()
-            if prune:
-                self._prune()
+            self._leave(pending)
+
+    def run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        """Start I/O with ``fn(*args, **kwargs)`` and wait for it; close() waits for this call to return.
+
+        The synchronous path: counted while it runs instead of entering the set,
+        unless the wait is interrupted (a signal), which leaves the op tracked."""
+        self._enter()
+        pending: Pending | None = None
+        waited = False
+        try:
+            pending = fn(*args, **kwargs)
+            results = pending.wait()
+            waited = True
+            return results
+        finally:
+            self._leave(None if waited else pending)
 
     def forget(self, pending: Pending) -> None:
-        """Stop tracking *pending* if it completed (a synchronous caller just waited for it)."""
+        """Stop tracking *pending* if it completed (an ``await`` on it just returned or was cancelled)."""
         if pending.done():
-            with self._cond:
+            with self._lock:
                 self._pending.discard(pending)
 
     def _prune(self) -> None:
-        with self._cond:
+        with self._lock:
             snapshot = list(self._pending)
         done = {p for p in snapshot if p.done()}  # outside the lock: done() may reap
-        with self._cond:
+        with self._lock:
             self._pending -= done
             self._prune_at = max(_PRUNE_MIN, 2 * len(self._pending))
 
@@ -94,7 +118,7 @@ class InflightTracker:
                     raise TimeoutError(f"{self.what}: an I/O submission did not return within {timeout:g} s")
             pending = list(self._pending)
         stuck = wait_all(pending, deadline)
-        with self._cond:
+        with self._lock:
             self._pending.difference_update(p for p in pending if p not in stuck)
         if stuck:
             ops = sum(p.n for p in stuck)
