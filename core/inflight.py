@@ -115,7 +115,7 @@ class InflightTracker:
             self._closed = True
             while self._starting:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError(f"{self.what}: an I/O submission did not return within {timeout:g} s")
+                    raise TimeoutError(f"{self.what}: an I/O call in another thread ran past {timeout:g} s")
             pending = list(self._pending)
         stuck = wait_all(pending, deadline)
         with self._lock:
