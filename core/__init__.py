@@ -37,6 +37,7 @@ _EXPORTS = {
     "ShortIOError": "uringstack.errors",
     "AlignmentError": "uringstack.errors",
     "RingClosedError": "uringstack.errors",
+    "ForkedChildError": "uringstack.errors",
     "PlanError": "uringstack.types",
     "FileIO": "uringstack.fileio",
     "open": "uringstack.openfile",
@@ -46,6 +47,7 @@ __all__ = [
     "AlignmentError",
     "FileHandle",
     "FileIO",
+    "ForkedChildError",
     "PlanError",
     "RegisteredBuffer",
     "Ring",
@@ -66,7 +68,7 @@ __all__ = [
 if TYPE_CHECKING:
     from uringstack.buffers import RegisteredBuffer, aligned_buffer
     from uringstack.config import load_config
-    from uringstack.errors import AlignmentError, RingClosedError, ShortIOError, UringIOError
+    from uringstack.errors import AlignmentError, ForkedChildError, RingClosedError, ShortIOError, UringIOError
     from uringstack.fileio import FileIO
     from uringstack.handle import FileHandle
     from uringstack.hookspecs import hookimpl

@@ -5,6 +5,11 @@ Each ring that serves asyncio callers gets an eventfd registered with
 when it fires, reaps completed batches without blocking.  No thread is
 involved, so ``await handle.read(...)`` costs one loop wake-up per batch of
 completions, not a thread hop per I/O.
+
+Completions are reaped by whichever thread gets to the ring first, possibly
+after the loop that awaited them was closed (its task was cancelled and
+``asyncio.run`` returned).  Such a completion is dropped here: it must never
+raise ``Event loop is closed`` in an unrelated caller that happened to reap.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,6 +27,22 @@ if TYPE_CHECKING:
 
 _bridges: weakref.WeakKeyDictionary[Ring, _Bridge] = weakref.WeakKeyDictionary()
 _bridges_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _bridges_lock
+    _bridges_lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    """Run *fn* on *loop* from any thread; drop it if the loop is closed (nobody awaits any more)."""
+    if loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # closed between the check and the call
+        loop.call_soon_threadsafe(fn)
 
 
 class _Bridge:
@@ -46,6 +68,12 @@ class _Bridge:
 
     def detach(self) -> None:
         """Stop watching and release the eventfd (the ring is closing)."""
+        if self.ring.inherited:
+            # A fork child shares the parent's epoll instance: removing the reader
+            # here would remove it for the parent.  Only drop this process's copy.
+            with contextlib.suppress(OSError):
+                os.close(self.efd)
+            return
         if not self.loop.is_closed():
             self.loop.remove_reader(self.efd)
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
@@ -81,14 +109,15 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
     if batch.finished:
         return batch.results
     bridge = _bridge_for(ring)
-    fut: asyncio.Future[list[int]] = bridge.loop.create_future()
+    loop = bridge.loop
+    fut: asyncio.Future[list[int]] = loop.create_future()
 
     def resolve(_: Batch) -> None:
         def set_result() -> None:
             if not fut.done():
                 fut.set_result(batch.results)
 
-        bridge.loop.call_soon_threadsafe(set_result)
+        post(loop, set_result)
 
     batch.add_done_callback(resolve)
     # The batch may have completed between the check above and installing the

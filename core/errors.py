@@ -58,3 +58,11 @@ class RingClosedError(UringStackError, RuntimeError):
 class WrongThreadError(UringStackError, RuntimeError):
     """A SINGLE_ISSUER ring was used from a thread other than the one that created it."""
 
+
+class ForkedChildError(UringStackError, RuntimeError):
+    """A stack, handle or ring was used in a ``fork()`` child of the process that opened it.
+
+    The child shares the parent's rings, registered files and thread-pool
+    state, so using them would steal the parent's completions or break its
+    handles; the child must open its own stack."""
+

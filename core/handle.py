@@ -9,12 +9,16 @@ complete or fail with ``ShortIOError``; a failed op raises
 
 from __future__ import annotations
 
+import contextlib
+import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from uringstack import forking
 from uringstack.buffers import RegisteredBuffer
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
+from uringstack.inflight import InflightTracker
 from uringstack.io_backend import FileIO
 from uringstack.pending import Pending
 from uringstack.ring import Ring
@@ -49,6 +53,8 @@ class FileHandle:
         self.worker = worker
         self._stack = stack
         self._closed = False
+        self._fork_gen = forking.generation()
+        self._inflight = InflightTracker(io.path)
         self.backend_reason = backend_reason
         """Why this backend serves the handle (the backend factory's reason)."""
         # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
@@ -154,8 +160,24 @@ class FileHandle:
         return self._io.size()
 
     def _check(self) -> None:
+        forking.check(self._fork_gen, f"the handle of {self.path}")
         if self._closed:
             raise RingClosedError(f"{self.path} is closed")
+
+    # --- starting I/O: every op goes through the tracker so close() can wait for it ----
+    def _start(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> Pending:
+        return self._inflight.start(fn, *args, **kwargs)
+
+    def _run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        return self._inflight.run(fn, *args, **kwargs)
+
+    async def _run_async(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        pending = self._inflight.start(fn, *args, **kwargs)
+        try:
+            return await pending.wait_async()
+        finally:
+            # a cancelled await leaves the op in flight: close() still waits for it
+            self._inflight.forget(pending)
 
     # --- result checking -----------------------------------------------------------
     def _finish_reads(
@@ -185,7 +207,7 @@ class FileHandle:
         op = "write" if write else "read"
         while done < total:
             rest = view[done:]
-            res = self._io.start_rw(write, [offset + done], [rest], wait=True).wait()[0]
+            res = self._run(self._io.start_rw, write, [offset + done], [rest], wait=True)[0]
             if res < 0:
                 raise UringIOError(-res, op, self.path, f"at offset {offset + done}")
             if res == 0:
@@ -210,7 +232,7 @@ class FileHandle:
         _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
-        results = self._io.start_rw(False, offsets, buffers, wait=True).wait()
+        results = self._run(self._io.start_rw, False, offsets, buffers, wait=True)
         return self._finish_reads(offsets, buffers, results, exact)
 
     def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
@@ -219,7 +241,7 @@ class FileHandle:
         _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
-        results = self._io.start_rw(True, offsets, buffers, wait=True).wait()
+        results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
         return self._finish_writes(offsets, buffers, results)
 
     def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
@@ -247,7 +269,7 @@ class FileHandle:
 
     def _sync(self, datasync: bool) -> None:
         self._check()
-        res = self._io.start_sync(datasync, wait=True).wait()[0]
+        res = self._run(self._io.start_sync, datasync, wait=True)[0]
         if res < 0:
             raise UringIOError(-res, "fdatasync" if datasync else "fsync", self.path)
 
@@ -255,7 +277,7 @@ class FileHandle:
         """Write *buf* at *offset* and flush it, ordered; returns once both completed."""
         self._check()
         _check_batch(self.path, [offset], [buf])
-        written, synced = self._io.start_write_sync(offset, buf, True, wait=True).wait()
+        written, synced = self._run(self._io.start_write_sync, offset, buf, True, wait=True)
         if written < 0:
             raise UringIOError(-written, "write", self.path, f"at offset {offset}")
         if written < len(buf):
@@ -271,13 +293,13 @@ class FileHandle:
         """Start a batch of reads without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        return self._io.start_rw(False, offsets, buffers)
+        return self._start(self._io.start_rw, False, offsets, buffers)
 
     def start_write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
         """Start a batch of writes without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        return self._io.start_rw(True, offsets, buffers)
+        return self._start(self._io.start_rw, True, offsets, buffers)
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
         """asyncio form of :meth:`read_into`."""
@@ -307,7 +329,7 @@ class FileHandle:
     ) -> list[int]:
         self._check()
         _check_batch(self.path, offsets, buffers)
-        results = await self._io.start_rw(False, offsets, buffers).wait_async()
+        results = await self._run_async(self._io.start_rw, False, offsets, buffers)
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
             return results
         return self._finish_reads(offsets, buffers, results, exact)
@@ -319,23 +341,42 @@ class FileHandle:
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         self._check()
         _check_batch(self.path, offsets, buffers)
-        results = await self._io.start_rw(True, offsets, buffers).wait_async()
+        results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)
 
     async def fdatasync_async(self) -> None:
         self._check()
-        res = (await self._io.start_sync(True).wait_async())[0]
+        res = (await self._run_async(self._io.start_sync, True))[0]
         if res < 0:
             raise UringIOError(-res, "fdatasync", self.path)
 
     # --- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
-        """Close the handle (idempotent); plugins release what they attached first."""
+        """Close the handle (idempotent): wait for its I/O, let plugins detach, release the descriptor.
+
+        I/O started through the handle and still in flight (``start_*`` batches,
+        cancelled ``await``s, other threads' calls) completes first, with its
+        real results; new I/O is refused from the moment close() begins.  If
+        that I/O does not complete within
+        :data:`~uringstack.inflight.CLOSE_TIMEOUT_S` (a lost completion, a hung
+        device) close raises :class:`TimeoutError` and leaves the descriptor
+        open, so the stuck ops can never land in a file opened later.
+
+        In a ``fork()`` child the inherited handle only drops the child's copy
+        of the descriptor; the parent's handle is untouched.
+        """
         if self._closed:
             return
         self._closed = True
-        self._stack._handle_closed(self)
-        self._io.close()
+        if forking.inherited(self._fork_gen):
+            with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
+                os.close(self._io.fd)
+            return
+        self._inflight.close()
+        try:
+            self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
+        finally:
+            self._io.close()
 
     def __enter__(self) -> FileHandle:
         return self

@@ -33,6 +33,7 @@ import asyncio
 import threading
 import weakref
 
+from uringstack import aio
 from uringstack.flags import SetupFlag
 from uringstack.ring import Batch, Ring
 
@@ -110,8 +111,9 @@ async def wait_polled(ring: Ring, batch: Batch) -> list[int]:
                 fut.set_result(done.results)
 
         # Usually called by the poller on the loop's thread, but a blocking
-        # wait in another thread may reap this batch too.
-        poller.loop.call_soon_threadsafe(set_result)
+        # wait in another thread may reap this batch too,
+        # and the loop may be closed by then (a cancelled await): aio.post drops it.
+        aio.post(poller.loop, set_result)
 
     batch.add_done_callback(resolve)
     if batch.finished and not fut.done():  # completed before the callback was installed

@@ -5,7 +5,14 @@ from submission until its completion is reaped.  A :class:`Batch` holds every
 object the kernel may touch (buffers, iovec arrays, NVMe command blocks) and
 the ring holds every in-flight batch, so dropping the caller's reference to a
 buffer mid-flight cannot free it.  ``close()`` cancels what is in flight and
-waits for every completion before the ring's memory goes away.
+waits for every completion before the ring's memory goes away; that wait is
+bounded (:attr:`Ring.close_timeout`), so a lost completion fails with a clear
+error instead of hanging.
+
+A ring inherited by a ``fork()`` child is shared with the parent (the queues
+are shared memory): every method raises
+:class:`~uringstack.errors.ForkedChildError` there, and ``close()`` only drops
+the child's mapping and descriptor, never cancelling or unregistering.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from uringstack import forking
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
 from uringstack.flags import SetupFlag, feature_names
 from uringstack.native import ffi, lib
@@ -104,8 +112,13 @@ class Ring:
     but its creator (the kernel would fail such submissions with EEXIST).
     """
 
+    close_timeout: float = 10.0
+    """Seconds :meth:`close` (and :meth:`unregister_buffers`) wait for cancelled
+    work to complete before declaring its completion lost."""
+
     def __init__(self, params: RingParams | None = None, **kwargs: Any) -> None:
         self.params = params if params is not None else RingParams(**kwargs)
+        self._fork_gen = forking.generation()
         self._lock = threading.Lock()
         self._owner = threading.get_ident()
         self._closed = True
@@ -152,7 +165,7 @@ class Ring:
     @property
     def inflight(self) -> int:
         """Ops submitted whose completion has not been reaped."""
-        return 0 if self._closed else int(lib.us_inflight(self._state))
+        return 0 if self._closed or self.inherited else int(lib.us_inflight(self._state))
 
     def sq_thread(self) -> tuple[int, int] | None:
         """``(tid, cpu)`` of this ring's SQPOLL poller from the kernel's fdinfo, or None.
@@ -191,8 +204,19 @@ class Ring:
 
     # --- guards --------------------------------------------------------------
     def _check_open(self) -> None:
+        self._check_fork()
         if self._closed:
             raise RingClosedError("ring is closed")
+
+    def _check_fork(self) -> None:
+        # Before taking the lock: a parent thread may have held it at fork time.
+        if self._fork_gen != forking._generation:
+            forking.check(self._fork_gen, f"the io_uring ring {self.params.role}")
+
+    @property
+    def inherited(self) -> bool:
+        """True in a fork() child for a ring its parent created."""
+        return forking.inherited(self._fork_gen)
 
     def _check_thread(self) -> None:
         if self._single_issuer and threading.get_ident() != self._owner:
@@ -253,6 +277,7 @@ class Ring:
         buf_index).  ``wait=True`` lets the submitting syscall also wait for the batch's completions
         (one io_uring_enter instead of two; ignored on SQPOLL rings); collect them with :meth:`wait`."""
         batch = Batch(n, keep, arrays)
+        self._check_fork()
         with self._lock:
             self._check_open()
             self._check_thread()
@@ -295,18 +320,30 @@ class Ring:
     # --- completion --------------------------------------------------------------
     def _collect_done(self) -> list[Batch]:
         done: list[Batch] = []
+        error: BaseException | None = None
         while True:
             k = lib.us_take_done(self._state, self._done_buf, MAX_SLOTS)
             if k == 0:
+                if error is not None:
+                    raise error
                 return done
+            taken = []
             for slot in ffi.unpack(self._done_buf, k):
                 batch = self._inflight.pop(slot)
                 batch.release()
                 batch.finished = True
                 self._free_slots.append(slot)
-                done.append(batch)
+                taken.append(batch)
+            done.extend(taken)
+            # Every completion taken is accounted for before any callback runs: a
+            # callback that raises must not leave the batches after it unfinished
+            # (their waiters would hang).  The first error is re-raised at the end.
+            for batch in taken:
                 if batch.on_done is not None:
-                    batch.on_done(batch)
+                    try:
+                        batch.on_done(batch)
+                    except BaseException as exc:  # re-raised below
+                        error = error or exc
 
     def _reap_locked(self) -> list[Batch]:
         lib.us_reap_ready(self._ring, self._state)
@@ -321,7 +358,13 @@ class Ring:
                 raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
 
     def wait(self, batch: Batch) -> list[int]:
-        """Block until every op of *batch* completed; return its results."""
+        """Block until every op of *batch* completed; return its results.
+
+        A batch that already completed returns its results even after the
+        ring was closed."""
+        if batch.finished:
+            return batch.results
+        self._check_fork()
         with self._lock:
             self._check_open()
             self._check_thread()
@@ -332,6 +375,7 @@ class Ring:
 
     def reap(self) -> list[Batch]:
         """Collect batches that completed, without blocking."""
+        self._check_fork()
         with self._lock:
             self._check_open()
             return self._reap_locked()
@@ -343,6 +387,7 @@ class Ring:
         ``io_uring_enter(GETEVENTS)``; elsewhere it equals :meth:`reap` plus
         flushing unsubmitted SQEs.  :mod:`uringstack.polling` builds the
         non-blocking and asyncio waits of polled rings on it."""
+        self._check_fork()
         with self._lock:
             self._check_open()
             ret = lib.us_poll(self._ring, self._state)
@@ -356,6 +401,7 @@ class Ring:
         That thread is inside submit or wait and will collect (and run the
         callbacks of) whatever completed, so nothing is lost by skipping.
         """
+        self._check_fork()
         if not self._lock.acquire(blocking=False):
             return []
         try:
@@ -365,6 +411,7 @@ class Ring:
 
     def wait_any(self) -> list[Batch]:
         """Block until at least one in-flight batch completed; return the completed ones."""
+        self._check_fork()
         with self._lock:
             self._check_open()
             self._check_thread()
@@ -395,6 +442,7 @@ class Ring:
         for i, pin in enumerate(pins):
             iov[i].iov_base = pin
             iov[i].iov_len = len(pin)
+        self._check_fork()
         with self._lock:
             self._check_open()
             ret = lib.io_uring_register_buffers(self._ring, iov, len(pins))
@@ -405,18 +453,23 @@ class Ring:
         return pins
 
     def unregister_buffers(self) -> None:
+        self._check_fork()
+        error = None
         with self._lock:
             self._check_open()
             if self._inflight:
-                self._drain_all_locked()
+                error = self._drain_all_locked()
             ret = lib.io_uring_unregister_buffers(self._ring)
         if ret < 0 and ret != -errno.ENXIO:
             raise UringIOError(-ret, "io_uring_unregister_buffers")
         self.registered_buffers = 0
+        if error is not None:
+            raise error
 
     def register_files(self, fds: Sequence[int]) -> None:
         """Register a fixed-file table; -1 entries are empty slots."""
         arr = ffi.new("int[]", list(fds))
+        self._check_fork()
         with self._lock:
             self._check_open()
             ret = lib.io_uring_register_files(self._ring, arr, len(fds))
@@ -427,6 +480,7 @@ class Ring:
     def update_files(self, offset: int, fds: Sequence[int]) -> None:
         """Replace fixed-file slots starting at *offset* (-1 clears a slot)."""
         arr = ffi.new("int[]", list(fds))
+        self._check_fork()
         with self._lock:
             self._check_open()
             ret = lib.io_uring_register_files_update(self._ring, offset, arr, len(fds))
@@ -434,6 +488,7 @@ class Ring:
             raise UringIOError(-ret, "io_uring_register_files_update")
 
     def unregister_files(self) -> None:
+        self._check_fork()
         with self._lock:
             self._check_open()
             ret = lib.io_uring_unregister_files(self._ring)
@@ -443,6 +498,7 @@ class Ring:
 
     def register_eventfd(self, fd: int) -> None:
         """Signal *fd* (an eventfd) whenever a completion is posted."""
+        self._check_fork()
         with self._lock:
             self._check_open()
             ret = lib.io_uring_register_eventfd(self._ring, fd)
@@ -451,25 +507,63 @@ class Ring:
         self.eventfd = fd
 
     # --- teardown ---------------------------------------------------------------
-    def _drain_all_locked(self) -> None:
-        ret = lib.us_cancel_all(self._ring, self._state)
-        self._collect_done()
-        if ret < 0 or self._inflight:
-            _ORPHANED.extend(self._inflight.values())
-            self._inflight.clear()
+    def _drain_all_locked(self) -> UringIOError | None:
+        """Cancel everything in flight and wait (bounded) for it; the error if some never completed."""
+        ret = lib.us_cancel_all(self._ring, self._state, max(1, int(self.close_timeout * 1000)))
+        lost = int(lib.us_inflight(self._state))
+        try:
+            self._collect_done()
+        finally:
+            if ret < 0 or self._inflight:
+                # Leaking memory is better than letting the kernel write into freed memory.
+                _ORPHANED.extend(self._inflight.values())
+                self._inflight.clear()
+        if ret == -errno.ETIME:
+            return UringIOError(
+                errno.ETIMEDOUT, "close", None,
+                f"ring {self.params.role}: {lost} op(s) did not complete within {self.close_timeout:g} s "
+                "of being cancelled (a lost completion, or a hung device); their buffers are kept "
+                "for the life of the process",
+            )  # fmt: skip
+        if ret < 0:
+            return UringIOError(-ret, "close", None, f"ring {self.params.role}: waiting for cancelled work")
+        return None
 
     def close(self) -> None:
         """Cancel in-flight work, wait for every completion, and free the ring.
 
         Idempotent.  After close every method raises :class:`RingClosedError`.
+        The wait is bounded by :attr:`close_timeout`: past it the ring is still
+        freed, the buffers of the ops that never completed are kept for the
+        life of the process, and close raises :class:`UringIOError`
+        (``ETIMEDOUT``) saying how many ops were lost.
+
+        In a fork() child, closing an inherited ring (explicitly or by GC)
+        only unmaps the child's view and closes its descriptor: nothing is
+        cancelled on the ring the parent still uses.
         """
+        if self.inherited:
+            self._abandon()
+            return
+        error = None
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             if self._inflight or lib.us_inflight(self._state):
-                self._drain_all_locked()
+                error = self._drain_all_locked()
             lib.io_uring_queue_exit(self._ring)
+        if error is not None:
+            raise error
+
+    def _abandon(self) -> None:
+        """Drop a fork child's copy of the ring without touching the parent's (no lock: it may be held)."""
+        if self._closed:
+            return
+        self._closed = True
+        # The kernel completes the parent's in-flight ops into the parent's memory,
+        # never into this copy, so nothing here needs to outlive the ring.
+        lib.io_uring_queue_exit(self._ring)  # munmap + close of this process's copies only
 
     def __enter__(self) -> Ring:
         return self

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from uringstack import aio
+from uringstack import aio, forking
 from uringstack.buffers import BufferRegistry
 from uringstack.errors import RingClosedError
 from uringstack.handle import FileHandle
@@ -138,6 +138,7 @@ class Stack:
         self._plugin_state: dict[str, object] = {}
         # A plugin switched off in the config does not pay for its completion hook.
         listeners = pm.completion_listeners(skip=[v.plugin for v in plan.verdicts if v.mode == "off"])
+        self._fork_gen = forking.generation()
         try:
             for wp in plan.workers:
                 worker = Worker(wp.index, wp.cpu, self)
@@ -188,6 +189,7 @@ class Stack:
         choosing the backend; ``adopt_fd=fd`` (the core's own option) serves a
         descriptor the caller already opened instead of opening *path*.
         """
+        forking.check(self._fork_gen, "the stack")
         if self._closed:
             raise RingClosedError("stack is closed")
         accepted = self.plugin_manager.open_options() | {ADOPT_FD}
@@ -216,8 +218,11 @@ class Stack:
             io.close()
             raise
         with self._lock:
-            self._handles.add(handle)
-        return handle
+            if not self._closed:
+                self._handles.add(handle)
+                return handle
+        handle.close()  # close() ran meanwhile and did not see this handle
+        raise RingClosedError("stack is closed")
 
     def _pick_worker(self, core: int | None) -> Worker:
         if core is None:
@@ -257,6 +262,7 @@ class Stack:
         returns when all finished, re-raising the first failure in worker
         order.  The per-core way to drive I/O: *fn* submits to
         ``worker.rings`` or to handles opened on that worker."""
+        forking.check(self._fork_gen, "the stack")
         futures = [w.submit(fn, w) for w in self.workers]
         return [f.result() for f in futures]
 
@@ -290,23 +296,57 @@ class Stack:
 
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close handles, let plugins release what they attached, close rings, stop workers."""
-        if self._closed:
+        """Close handles, let plugins release what they attached, close rings, stop workers.
+
+        Each handle's close waits for the I/O started through it (see
+        :meth:`FileHandle.close`), so queued writes complete with their real
+        results before any descriptor, pool or ring goes away.  Every step
+        runs even if an earlier one failed; the first error is raised at the
+        end.  In a fork() child, closing an inherited stack only drops the
+        child's copies of descriptors and rings: no plugin teardown, no
+        cancel, no unregister, nothing the parent would notice.
+        """
+        if forking.inherited(self._fork_gen):
+            if not self._closed:  # no lock: a parent thread may have held it at fork time
+                self._closed = True
+                self._abandon(list(self._handles))
             return
-        self._closed = True
-        for handle in list(self._handles):
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = list(self._handles)
+        errors: list[BaseException] = []
+
+        def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:  # the rest of the teardown must still run
+                errors.append(exc)
+
+        for handle in handles:
+            attempt(handle.close)
+        attempt(self.plugin_manager.stack_teardown, stack=self)
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                attempt(aio.detach_ring, ring)
+                if worker.alive:
+                    attempt(worker.call, ring.close)
+                else:
+                    attempt(ring.close)
+            worker.stop()
+        if errors:
+            raise errors[0]
+
+    def _abandon(self, handles: list[FileHandle]) -> None:
+        # No locks taken and no worker used: in the child, parent threads are gone.
+        for handle in handles:
             handle.close()
-        try:
-            self.plugin_manager.stack_teardown(stack=self)
-        finally:
-            for worker in self.workers:
-                for ring in worker.rings.values():
-                    aio.detach_ring(ring)
-                    if worker.alive:
-                        worker.call(ring.close)
-                    else:
-                        ring.close()
-                worker.stop()
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                aio.detach_ring(ring)
+                ring.close()
+
 
     def __enter__(self) -> Stack:
         return self

@@ -335,8 +335,11 @@ int us_poll(struct io_uring *ring, us_state_t *st)
 }
 
 /* Ask the kernel to cancel everything in flight on this ring, then wait for
- * every CQE so no buffer is still owned by the kernel when Python frees it. */
-int us_cancel_all(struct io_uring *ring, us_state_t *st)
+ * every CQE so no buffer is still owned by the kernel when Python frees it.
+ * The wait is bounded by timeout_ms (0: unbounded): a completion that never
+ * comes (a lost CQE, a hung device) returns -ETIME instead of hanging, and
+ * the caller keeps the buffers of what is still counted in flight. */
+int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms)
 {
     drain(ring, st);
     if (st->inflight == 0)
@@ -351,15 +354,39 @@ int us_cancel_all(struct io_uring *ring, us_state_t *st)
         io_uring_sqe_set_data64(sqe, UINT64_MAX);
         submit_pending(ring, st);
     }
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
     while (st->inflight) {
         struct io_uring_cqe *cqe;
+        int ret;
         st->c.enters++;
-        int ret = io_uring_wait_cqe(ring, &cqe);
+        if (timeout_ms) {
+            uint64_t now = now_ns();
+            if (now >= deadline)
+                return -ETIME;
+            uint64_t left = deadline - now;
+            struct __kernel_timespec ts = { .tv_sec = (long long)(left / 1000000000ull),
+                                            .tv_nsec = (long long)(left % 1000000000ull) };
+            ret = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+        } else {
+            ret = io_uring_wait_cqe(ring, &cqe);
+        }
         if (ret < 0 && ret != -EINTR && ret != -ETIME)
             return ret;
         drain(ring, st);
     }
     return 0;
+}
+
+/* Test hook: consume one posted CQE without the bookkeeping seeing it, as a
+ * reap loop with a bug would.  Returns 1 if a CQE was dropped, 0 if none was
+ * posted.  Used only by the test that proves a lost completion fails fast. */
+int us_test_drop_cqe(struct io_uring *ring)
+{
+    struct io_uring_cqe *cqe;
+    if (io_uring_peek_cqe(ring, &cqe) != 0)
+        return 0;
+    io_uring_cqe_seen(ring, cqe);
+    return 1;
 }
 
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from uringstack import forking
 from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.inflight import InflightTracker
 from uringstack.native import ffi
 from uringstack.targets import logical_block_size, open_target
 
@@ -83,7 +86,12 @@ class ThreadPending:
 
 
 class FallbackFileIO:
-    """A target served by the worker's thread pool."""
+    """A target served by the worker's thread pool.
+
+    The pool resolves the descriptor number only when it runs an op, so
+    :meth:`close` waits for every op queued on this object before it releases
+    the descriptor (else a queued write lands in whatever file gets the
+    number next)."""
 
     backend = "fallback"
 
@@ -94,6 +102,15 @@ class FallbackFileIO:
         self.direct = target.direct
         self.block_size = block_size
         self.fixed_index: int | None = None
+        self._fork_gen = forking.generation()
+        self._inflight = InflightTracker(self.path)
+
+    def _submit(self, fn: Any, *args: Any, flatten: bool = False) -> ThreadPending:
+        forking.check(self._fork_gen, f"the fallback backend of {self.path}")
+        return self._inflight.start(self._queue, fn, args, flatten)
+
+    def _queue(self, fn: Any, calls: Sequence[tuple[Any, ...]], flatten: bool) -> ThreadPending:
+        return ThreadPending([self._pool.submit(fn, self.fd, *a) for a in calls], flatten)
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
         if self.direct:
@@ -109,21 +126,34 @@ class FallbackFileIO:
         for off, buf in zip(offsets, bufs, strict=True):
             self._check(write, off, buf)
         fn = _pwritev if write else _preadv
-        return ThreadPending([self._pool.submit(fn, self.fd, b, o) for o, b in zip(offsets, bufs, strict=True)])
+        return self._submit(fn, *zip(bufs, offsets, strict=True))
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> ThreadPending:
-        return ThreadPending([self._pool.submit(_sync, self.fd, datasync)])
+        return self._submit(_sync, (datasync,))
 
     def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> ThreadPending:
         buf = _as_buffer(buffer)
         self._check(True, offset, buf)
-        return ThreadPending([self._pool.submit(_write_then_sync, self.fd, buf, offset, datasync)], flatten=True)
+        return self._submit(_write_then_sync, (buf, offset, datasync), flatten=True)
 
     def size(self) -> int:
         st = os.fstat(self.fd)
         return st.st_size or os.lseek(self.fd, 0, os.SEEK_END)
 
     def close(self) -> None:
+        """Wait for every op queued on this object, then release the descriptor.
+
+        Raises :class:`TimeoutError` and keeps the descriptor open if they do
+        not finish within :data:`~uringstack.inflight.CLOSE_TIMEOUT_S`.  In a
+        fork() child (where the pool's threads do not exist) only the child's
+        copy of the descriptor is closed."""
+        if forking.inherited(self._fork_gen):
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            return
+        if self._inflight.closed:
+            return
+        self._inflight.close()
         os.close(self.fd)
 
 
