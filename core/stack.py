@@ -24,7 +24,7 @@ from uringstack.buffers import BufferRegistry
 from uringstack.errors import RingClosedError
 from uringstack.handle import FileHandle
 from uringstack.plan import Plan, make_plan, select_backend
-from uringstack.ring import Batch, Ring
+from uringstack.ring import Ring
 from uringstack.targets import ADOPT_FD, resolve_target
 
 if TYPE_CHECKING:
@@ -355,17 +355,27 @@ class Stack:
         self.close()
 
 
+class CompletedBatch(Protocol):
+    """What the completion hook reads of a finished batch: a ring's ``Batch``, or the
+    fallback thread pool's pending batch."""
+
+    @property
+    def results(self) -> list[int]:
+        """Per-op results: bytes moved, or ``-errno``."""
+        ...
+
+
 class CompletionHook(Protocol):
     """``worker.completion_hook``: a backend asks it for the done-callback of one batch."""
 
-    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[Batch], None]:
+    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
         """The callback to ``batch.add_done_callback`` for a batch doing *op* on *ring*."""
         ...
 
 
 def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:
-    def for_op(op: str, ring: Ring | None = None) -> Callable[[Batch], None]:
-        def on_done(batch: Batch) -> None:
+    def for_op(op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
+        def on_done(batch: CompletedBatch) -> None:
             listeners(worker, op, batch.results, ring)
 
         return on_done

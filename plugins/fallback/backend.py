@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack import forking
@@ -22,8 +24,10 @@ from uringstack.native import ffi
 from uringstack.targets import logical_block_size, open_target
 
 if TYPE_CHECKING:
-    from uringstack.stack import Worker
+    from uringstack.stack import CompletedBatch, CompletionHook, Worker
     from uringstack.types import Target
+
+log = logging.getLogger(__name__)
 
 RESOURCE_KEY = "fallback"
 
@@ -61,6 +65,42 @@ def _write_then_sync(fd: int, buf: Any, offset: int, datasync: bool) -> list[int
     return [written, _sync(fd, datasync)]
 
 
+class _DoneBatch:
+    """A finished fallback batch as the completion hook reads it (``Batch.results``)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: list[int]) -> None:
+        self.results = results
+
+
+def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch], None]) -> Any:
+    """Wrap a pool op so the batch's last op calls the completion hook before it returns.
+
+    Before, not after: a caller woken by the op's future must find the hook
+    already called, as on a ring (whose reaper calls it before the waiter
+    returns).  A failing hook is logged; it never changes an op's result."""
+    values: list[Any] = [None] * n
+    remaining = [n]
+    lock = threading.Lock()
+
+    def run(fd: int, index: int, *args: Any) -> Any:
+        value = fn(fd, *args)
+        values[index] = value
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            flat = [int(x) for v in values for x in v] if flatten else [int(v) for v in values]
+            try:
+                on_done(_DoneBatch(flat))
+            except Exception:
+                log.exception("a uringstack_completion_batch hook failed on a fallback batch")
+        return value
+
+    return run
+
+
 class ThreadPending:
     """A batch running on the pool: one future per op (or one for the whole op list)."""
 
@@ -95,8 +135,16 @@ class FallbackFileIO:
 
     backend = "fallback"
 
-    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor, fd: int, target: Target, block_size: int) -> None:
+    def __init__(
+        self,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        fd: int,
+        target: Target,
+        block_size: int,
+        completion_hook: CompletionHook | None = None,
+    ) -> None:
         self._pool = pool
+        self.completion_hook = completion_hook
         self.fd = fd
         self.path = target.path
         self.direct = target.direct
@@ -105,11 +153,21 @@ class FallbackFileIO:
         self._fork_gen = forking.generation()
         self._inflight = InflightTracker(self.path)
 
-    def _submit(self, fn: Any, *args: Any, flatten: bool = False) -> ThreadPending:
+    def _submit(self, op: str, fn: Any, *args: Any, flatten: bool = False) -> ThreadPending:
         forking.check(self._fork_gen, f"the fallback backend of {self.path}")
-        return self._inflight.start(self._queue, fn, args, flatten)
+        on_done = self.completion_hook(op, None) if self.completion_hook is not None else None
+        return self._inflight.start(self._queue, fn, args, flatten, on_done)
 
-    def _queue(self, fn: Any, calls: Sequence[tuple[Any, ...]], flatten: bool) -> ThreadPending:
+    def _queue(
+        self,
+        fn: Any,
+        calls: Sequence[tuple[Any, ...]],
+        flatten: bool,
+        on_done: Callable[[CompletedBatch], None] | None,
+    ) -> ThreadPending:
+        if on_done is not None:
+            fn = _reporting(fn, len(calls), flatten, on_done)
+            calls = [(i, *a) for i, a in enumerate(calls)]
         return ThreadPending([self._pool.submit(fn, self.fd, *a) for a in calls], flatten)
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
@@ -126,15 +184,15 @@ class FallbackFileIO:
         for off, buf in zip(offsets, bufs, strict=True):
             self._check(write, off, buf)
         fn = _pwritev if write else _preadv
-        return self._submit(fn, *zip(bufs, offsets, strict=True))
+        return self._submit("write" if write else "read", fn, *zip(bufs, offsets, strict=True))
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> ThreadPending:
-        return self._submit(_sync, (datasync,))
+        return self._submit("fdatasync" if datasync else "fsync", _sync, (datasync,))
 
     def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> ThreadPending:
         buf = _as_buffer(buffer)
         self._check(True, offset, buf)
-        return self._submit(_write_then_sync, (buf, offset, datasync), flatten=True)
+        return self._submit("write_durable", _write_then_sync, (buf, offset, datasync), flatten=True)
 
     def size(self) -> int:
         st = os.fstat(self.fd)
@@ -174,4 +232,4 @@ class FallbackBackend:
             )
             worker.resources[RESOURCE_KEY] = pool
         fd = open_target(target)
-        return FallbackFileIO(pool, fd, target, logical_block_size(target, fd))
+        return FallbackFileIO(pool, fd, target, logical_block_size(target, fd), worker.completion_hook)

@@ -108,3 +108,31 @@ def test_a_short_read_at_eof_is_a_second_batch(tmp_path: pathlib.Path) -> None:
     with _stack_with(recorder, "auto") as stack, stack.open(tmp_path / "f") as h:
         assert h.read_into(bytearray(4096), 0) == 100
     assert [(op, res) for op, res, _ in recorder.seen] == [("read", [100]), ("read", [0])]
+
+
+def test_the_fallback_backend_reaches_the_hook(tmp_path: pathlib.Path) -> None:
+    """The thread pool reports its batches like a ring does, with ``ring=None``."""
+    recorder = RingRecorder()
+    pm = make_plugin_manager()
+    pm.register(recorder, "ringrec")
+    loaded = load_config(env={}, plugin_manager=pm, overrides={"core.cores": [0], "core.backend": "fallback"})
+    with open_stack(loaded.config, plugin_manager=pm) as stack, stack.open(tmp_path / "f", create=True) as h:
+        assert h.backend == "fallback"
+        h.write_from(b"x" * 10, 0)
+        h.read_many([0, 5], [bytearray(5), bytearray(5)])
+        h.fsync()
+        h.write_durable(b"y" * 10, 10)
+        pending = h.start_write_many([20], [b"z" * 4])
+        pending.wait()
+
+        async def main() -> None:
+            await h.fdatasync_async()
+
+        asyncio.run(main())
+    # the hook runs on the pool thread that finished the batch: close() waited for all of them
+    by_op = sorted((op, results) for op, results, _ in recorder.seen)
+    assert by_op == sorted([
+        ("write", [10]), ("read", [5, 5]), ("fsync", [0]), ("write_durable", [10, 0]),
+        ("write", [4]), ("fdatasync", [0]),
+    ])  # fmt: skip
+    assert all(ring is None for _, _, ring in recorder.seen)
