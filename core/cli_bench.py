@@ -216,7 +216,7 @@ def _run(workload: str, **kw: Any) -> None:
 
 @click.group("bench")
 def bench() -> None:
-    """Benchmarks: the mode ladder (fallback .. +sqpoll) beside fio's equivalent job."""
+    """Benchmarks: the public-API ladder (fallback .. asyncio), the thread pool and aiofiles, beside fio."""
 
 
 def _make(workload: str) -> click.Command:

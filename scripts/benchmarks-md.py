@@ -194,6 +194,13 @@ def targets(groups: dict[str, list[Doc]]) -> list[str]:
     ri = _med(per_run_ratio(nullb, "+iopoll", "fio io_uring hipri", _iops))
     row("/dev/nullb0 in the NVMe VM (6.12), QD32: IOPOLL handle ≥ 0.80× fio `--hipri=1`", _ratio(ri),
         None if ri is None else ri >= 0.8)  # fmt: skip
+    for target in (
+        "NVMe VM, 6.12, QD32: passthrough handle ≥ 0.80× fio `io_uring_cmd`",
+        "WAL, 32 asyncio appenders × 256 B: ≥ 160k records/s",
+        "WAL, 1 appender × 4 KiB, default backend: p99 ≤ 1.2× fio's p99",
+        "WAL `append_async` enqueue: p99 < 10 µs",
+    ):
+        row(target, "not measured by `uringstack bench randread` (see `bench wal`, scripts/nvme-bench.py)", None)
     return out
 
 
