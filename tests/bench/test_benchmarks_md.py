@@ -65,7 +65,7 @@ def test_medians_of_per_run_ratios_and_markers(tmp_path: Path) -> None:
     assert "old generated" not in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| batched |"))
     cells = [c.strip() for c in line.split("|")[1:-1]]
-    assert cells[2] == "90 (50–200)" and cells[3] == "0.90" and cells[-1] == "3/3"
+    assert cells[2] == "90 (50\u2013200)" and cells[3] == "0.90" and cells[-1] == "3/3"
     # the target row for the buffered QD32 group reads the same median, and says it is met
     target = next(ln for ln in text.splitlines() if "buffered hot QD32" in ln)
     assert "batched: 0.90" in target and "**yes**" in target
