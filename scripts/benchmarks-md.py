@@ -95,8 +95,8 @@ def _bytes_ok(r: Row, block_size: int) -> str:
 def group_table(docs: list[Doc]) -> list[str]:
     lines = [
         "| mode | API | IOPS median (min–max) | IOPS / fio io_uring | CPU µs per I/O | p50 µs | p99 µs "
-        "| p50 / fio | p99 / fio | bytes/IO | runs ok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p50 / fio | p99 / fio | enter/IO | syscall/IO | bytes/IO | runs ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, rows in rows_by_mode(docs).items():
         ok = [r for r in rows if r["status"] == "ok"]
@@ -121,6 +121,8 @@ def group_table(docs: list[Doc]) -> list[str]:
                     _fmt(_med([r["lat_us"]["p99"] for r in ok]), 1),
                     _ratio(_med(per_run_ratio(docs, mode, base, lambda r: r["lat_us"].get("p50")))),
                     _ratio(_med(per_run_ratio(docs, mode, base, lambda r: r["lat_us"].get("p99")))),
+                    _fmt(_med([r["enters_per_io"] for r in ok if r.get("enters_per_io") is not None]), 3),
+                    _fmt(_med([r["syscalls_per_io"] for r in ok if r.get("syscalls_per_io") is not None]), 2),
                     _fmt(bpio, 0) + ("" if checks <= {"ok"} else " **check failed**"),
                     f"{len(ok)}/{len(rows)}",
                 ]
@@ -256,7 +258,8 @@ def generate(paths: list[Path], png_dir: Path | None) -> str:
         out.append(
             f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m.get('cpu_model', '?')}); "
             f"device {json.dumps(d0['file'].get('device', {}))}; fio {d0['fio'].get('version') or 'not run'}. "
-            f"Workers on CPU {d0['worker_cpus']['cpus']} ({d0['worker_cpus']['reason']}); fio pinned alike. "
+            f"Workers on CPU {d0['worker_cpus']['cpus']} ({d0['worker_cpus']['reason']})"
+            f"{'; fio pinned alike' if d0['fio'].get('available') else ''}. "
             f"{len(gdocs)} run(s), {dates[0]} … {dates[-1]}."
         )
         out += ["", "Commands:", ""]
