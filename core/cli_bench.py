@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, cast
@@ -17,9 +18,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from uringstack.bench.ladder import RUNGS
+from uringstack.bench.ladder import ALIASES, RUNGS
 from uringstack.bench.report import render
-from uringstack.bench.runner import default_file, run_bench
+from uringstack.bench.runner import check_target, default_file, run_bench
 from uringstack.bench.spec import WORKLOADS, BenchSpec, WorkloadName
 from uringstack.probe.system import parse_cpulist
 
@@ -90,13 +91,20 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--file",
+            "--target",
             "path",
             type=click.Path(dir_okay=False),
             default=None,
             help="data file (created and filled once; reused when it has the right size) "
-            "[default: ./.uringstack-bench/data-SIZE.bin]",
+            "[default: ./.uringstack-bench/data-SIZE.bin], or a block device (read workloads only, "
+            "never written; --file-size is capped at its capacity)",
         ),
-        click.option("--modes", "-m", default=None, help=f"comma-separated subset of: {', '.join(RUNGS)}"),
+        click.option(
+            "--modes",
+            "-m",
+            default=None,
+            help=f"comma-separated subset of: {', '.join(RUNGS)} (raw = the raw-ring row)",
+        ),
         click.option(
             "--batch",
             type=click.IntRange(min=1),
@@ -109,6 +117,13 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             default="dsync",
             show_default=True,
             help="durable-append: RWF_DSYNC writes (fio --sync=dsync) or write linked to fdatasync (fio --fdatasync=1)",
+        ),
+        click.option(
+            "--scale-workers",
+            type=click.IntRange(min=2),
+            default=None,
+            help="also re-run every row that worked (and fio) with this many workers; "
+            "summary.scaling gives each row's IOPS ratio",
         ),
         click.option("--no-fio", is_flag=True, help="do not run fio's equivalent job"),
         click.option("--syscalls", is_flag=True, help="also re-run each mode under strace -c -f"),
@@ -141,11 +156,12 @@ def _run(workload: str, **kw: Any) -> None:
     )
     try:
         spec.validate()
+        check_target(spec)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     modes = [m.strip() for m in kw["modes"].split(",") if m.strip()] if kw["modes"] else None
     if modes:
-        bad = [m for m in modes if m not in RUNGS]
+        bad = [m for m in modes if m not in RUNGS and m not in ALIASES]
         if bad:
             raise click.BadParameter(
                 f"unknown mode(s) {', '.join(bad)}; modes: {', '.join(RUNGS)}", param_hint="--modes"
@@ -181,6 +197,10 @@ def _run(workload: str, **kw: Any) -> None:
             modes,
             with_fio=not kw["no_fio"],
             with_syscalls=kw["syscalls"],
+            scale_workers=kw["scale_workers"] or 0,
+            command=" ".join(["uringstack", *(shlex.quote(a) for a in sys.argv[1:])])
+            if sys.argv and sys.argv[0].endswith("uringstack")
+            else "",
             on_step=on_step,
             tick=tick,
         )
@@ -196,7 +216,7 @@ def _run(workload: str, **kw: Any) -> None:
 
 @click.group("bench")
 def bench() -> None:
-    """Benchmarks: the mode ladder (fallback .. +sqpoll) beside fio's equivalent job."""
+    """Benchmarks: the public-API ladder (fallback .. asyncio), the thread pool and aiofiles, beside fio."""
 
 
 def _make(workload: str) -> click.Command:

@@ -9,7 +9,9 @@ percentiles the uringstack rows report.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 from typing import Any
 
@@ -18,6 +20,7 @@ from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
 
 PERCENTILES = ("50", "99", "99.9")
+HIPRI = " hipri"  # engine suffix: the io_uring job with --hipri=1 (IOPOLL)
 
 
 def fio_path() -> str | None:
@@ -40,7 +43,7 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         f"--rw={wl.fio_rw}",
         f"--bs={spec.block_size}",
         f"--iodepth={spec.queue_depth}",
-        f"--ioengine={engine}",
+        f"--ioengine={engine.removesuffix(HIPRI)}",
         f"--direct={int(spec.direct)}",
         f"--size={length}",
         f"--numjobs={spec.workers}",
@@ -63,7 +66,22 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         args.append(f"--offset_increment={length}")
     if wl.durable:
         args.append("--sync=dsync" if spec.durability == "dsync" else "--fdatasync=1")
+    if engine.endswith(HIPRI):
+        args.append("--hipri=1")  # polled completions, what the +iopoll rung does
+    if not spec.direct:
+        # fio drops the file's page cache before the job by default (invalidate=1); the
+        # uringstack rows read the file the bench pre-read, so fio must keep it hot too
+        args.append("--invalidate=0")
+    if not wl.write and _is_block_device(spec.file):
+        args.append("--readonly")
     return args
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _pct(lat: dict[str, Any], p: str) -> float | None:
@@ -108,7 +126,9 @@ def parse_fio(doc: dict[str, Any], spec: BenchSpec, mode: str) -> ModeResult:
         kind="fio",
         status="ok" if ops > 0 else "failed",
         reason="" if ops > 0 else "fio completed no I/O",
+        api="fio",
         ops=ops,
+        bytes=int(side.get("io_bytes", 0)),
         seconds=runtime_s,
         iops=iops,
         mb_s=float(side.get("bw_bytes", 0.0)) / 1e6,

@@ -1,9 +1,11 @@
 """The mode ladder: each rung adds one technique, all measured in the same run.
 
 A rung is a small declarative entry: which hot loop drives it, the config
-overrides that build its stack, and (for hardware-dependent rungs) the
-plugin whose verdict must be "enabled" on this machine.  Adding a rung (for
-example once the iopoll backend serves files) is adding one entry here.
+overrides that build its stack (so the plugins really choose), and (for
+hardware-dependent rungs) the plugin whose verdict must be "enabled" on
+this machine.  Every rung but the last runs through the public API
+(``FileHandle``) or is a tool a Python user would pick instead; the raw-ring
+row is labelled as such.  Adding a rung is adding one entry here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-LoopKind = Literal["threads", "uring", "pending"]
+LoopKind = Literal["api", "asyncio", "asyncio-batch", "threadpool", "aiofiles", "raw"]
+Api = Literal["public", "tool", "raw"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class Rung:
     open_options: Mapping[str, Any] = field(default_factory=dict)
     expect_backend: str | None = None  # the rung is skipped when the file is served by another backend
 
+    @property
+    def api(self) -> Api:
+        """What the row measures: the public API, another tool, or the ring under the API."""
+        return "raw" if self.loop == "raw" else "tool" if self.loop in ("threadpool", "aiofiles") else "public"
+
 
 _PLAIN = {
     "sqpoll.mode": "off",
@@ -37,43 +45,47 @@ _PLAIN = {
     "nvme_passthrough.mode": "off",
 }
 
+RAW_RING = "raw ring (not public API)"
+
 LADDER: tuple[Rung, ...] = (
     Rung(
         "fallback",
-        "threads",
-        "QD threads, each a blocking os.preadv/os.pwritev loop (the usual Python thread pool)",
+        "api",
+        "the fallback plugin's handle (core.backend = fallback): its thread pool, QD one-op batches in flight",
         {**_PLAIN, "core.backend": "fallback"},
+        batched=False,
+        expect_backend="fallback",
     ),
     Rung(
         "uring-single",
-        "uring",
-        "io_uring, one op per submit (one io_uring_enter each), QD ops in flight",
+        "api",
+        "io_uring handle, QD one-op start_read_many batches in flight (one io_uring_enter each)",
         {**_PLAIN, "core.backend": "uring"},
         batched=False,
     ),
     Rung(
         "batched",
-        "uring",
-        "io_uring, prebuilt batches of --batch ops per submit, pipelined to keep QD in flight",
+        "api",
+        "io_uring handle, start_read_many batches of --batch ops kept QD deep (read_many when one batch is QD)",
         {**_PLAIN, "core.backend": "uring"},
     ),
     Rung(
         "+fixedbuf",
-        "uring",
-        "batched + registered buffers (READ/WRITE_FIXED) and a registered file",
+        "api",
+        "batched on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
         {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
         fixed=True,
     ),
     Rung(
         "+sqpoll",
-        "uring",
-        "+fixedbuf + SQPOLL: a kernel thread polls the SQ (no io_uring_enter while it is awake)",
+        "api",
+        "+fixedbuf on an SQPOLL ring (a kernel thread polls the SQ: no io_uring_enter while it is awake)",
         {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on", "sqpoll.mode": "on"},
         fixed=True,
     ),
     Rung(
         "+iopoll",
-        "pending",
+        "api",
         "O_DIRECT I/O on the per-core IOPOLL ring (completions polled from the device)",
         {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
         requires="iopoll",
@@ -81,22 +93,58 @@ LADDER: tuple[Rung, ...] = (
     ),
     Rung(
         "+passthrough",
-        "pending",
+        "api",
         "NVMe Read/Write commands via IORING_OP_URING_CMD on /dev/ngXnY",
         {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
         requires="nvme_passthrough",
         open_options={"passthrough": "auto"},
         expect_backend="nvme_passthrough",
     ),
+    Rung(
+        "asyncio read",
+        "asyncio",
+        "asyncio: QD tasks, each `await f.read(size, off)` (writes: `await f.write`) in turn",
+        {**_PLAIN, "core.backend": "uring"},
+        batched=False,
+    ),
+    Rung(
+        "asyncio batch",
+        "asyncio-batch",
+        "asyncio: QD/batch tasks, each awaiting a whole read_many_async of --batch ops",
+        {**_PLAIN, "core.backend": "uring"},
+    ),
+    Rung(
+        "threadpool preadv",
+        "threadpool",
+        "not uringstack: a ThreadPoolExecutor of QD threads running os.preadv/os.pwritev, QD futures in flight",
+        {**_PLAIN, "core.backend": "fallback"},
+        batched=False,
+    ),
+    Rung(
+        "aiofiles",
+        "aiofiles",
+        "not uringstack: QD asyncio tasks, each its own aiofiles file: await seek, await readinto/write",
+        {**_PLAIN, "core.backend": "fallback"},
+        batched=False,
+    ),
+    Rung(
+        RAW_RING,
+        "raw",
+        "not the public API: prebuilt C columns resubmitted with Ring.submit_arrays, registered buffers",
+        {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
+        fixed=True,
+    ),
 )
 
 RUNGS: dict[str, Rung] = {r.name: r for r in LADDER}
+ALIASES = {"raw": RAW_RING}  # short names accepted by --modes
 
 
 def select(names: list[str] | None) -> list[Rung]:
     """The rungs to run, in ladder order; *names* (None = all) must be rung names."""
     if not names:
         return list(LADDER)
+    names = [ALIASES.get(n, n) for n in names]
     unknown = [n for n in names if n not in RUNGS]
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; modes: {', '.join(RUNGS)}")

@@ -1,4 +1,9 @@
-"""The hot loops that drive one worker for one mode.
+"""The raw-ring loop, and the window/latency bookkeeping every loop shares.
+
+:func:`uring_loop` is the only loop that is not the public API: it labels
+its row "raw ring (not public API)" and shows what the ring itself can do
+under the handle API (the public-API loops are in :mod:`.api_loops`, the
+tools a Python user would pick instead in :mod:`.tool_loops`).
 
 Each loop runs for ``ramp + duration`` seconds and counts only completions
 inside the measured window.  The loops avoid per-op Python work wherever
@@ -17,12 +22,10 @@ the API allows it, so what is measured is the I/O path, not the harness:
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +52,70 @@ class Clock:
         self.start = time.perf_counter_ns()
         self.measure_from = self.start + int(spec.ramp_s * 1e9)
         self.until = self.measure_from + int(spec.duration * 1e9)
+
+
+class Meter:
+    """The measured window, taken by the thread(s) that see the completions.
+
+    An op counts when its completion is seen inside ``[measure_from, until)``
+    of the loop's own clock, so the window is that span, whatever other
+    threads do.  CPU time and ring enters are sampled by the first completion
+    seen past each edge (under a lock: pool threads race for it).  A window
+    taken by a bystander thread instead was the "2.23M IOPS" bug: with 32
+    pool threads in tight ``os.preadv`` loops, the main thread did not get
+    the GIL back before the run ended and measured a window of microseconds.
+    """
+
+    def __init__(self, spec: BenchSpec, enters: Callable[[], int] | None = None) -> None:
+        self.clock = Clock(spec)
+        self.measure_from = self.clock.measure_from
+        self.until = self.clock.until
+        self._enters = enters
+        self._lock = threading.Lock()
+        self.t0 = self.t1 = 0
+        self.cpu0 = self.cpu1 = 0.0
+        self.e0 = self.e1 = 0
+
+    def phase(self, now: int) -> int:
+        """0 warming up, 1 measuring (count this completion), 2 over (stop)."""
+        if now < self.measure_from:
+            return 0
+        if now < self.until:
+            if not self.t0:
+                self._edge(now, True)
+            return 1
+        if not self.t1:
+            self._edge(now, False)
+        return 2
+
+    def _edge(self, now: int, start: bool) -> None:
+        with self._lock:
+            enters = self._enters() if self._enters is not None else 0
+            if start and not self.t0:
+                self.t0, self.cpu0, self.e0 = now, cpu_seconds(), enters
+            elif not start and not self.t1:
+                if not self.t0:  # nothing completed inside the window
+                    self.t0, self.cpu0, self.e0 = now, cpu_seconds(), enters
+                self.t1, self.cpu1, self.e1 = now, cpu_seconds(), enters
+
+    def result(self, ops: int, nbytes: int, hist: Any, errors: list[str]) -> LoopResult:
+        """The loop's numbers: ops and bytes over the window the ops were counted in."""
+        if not self.t1:  # stopped early (an error): the window ends now
+            self._edge(max(time.perf_counter_ns(), self.measure_from), False)
+        seconds = (min(self.t1, self.until) - self.measure_from) / 1e9
+        sampled = (self.t1 - self.t0) / 1e9
+        # CPU was sampled over [t0, t1], within a completion of the counting window:
+        # scaled to the counting window, so CPU per I/O is cpu / ops
+        cpu = (self.cpu1 - self.cpu0) * (seconds / sampled) if sampled > 0 else 0.0
+        return LoopResult(
+            ops=ops,
+            bytes=nbytes,
+            seconds=max(seconds, 0.0),
+            hist=hist,
+            enters=(self.e1 - self.e0) if self._enters is not None else -1,
+            errors=errors,
+            cpu=cpu,
+        )
 
 
 class Samples:
@@ -265,158 +332,6 @@ def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> 
         seconds=secs,
         hist=samples.hist,
         enters=enters1 - enters0,
-        errors=errors,
-        cpu=cpu1 - cpu0,
-    )
-
-
-def thread_loop(handle: FileHandle, spec: BenchSpec, worker: int) -> LoopResult:
-    """QD threads, each a blocking syscall loop on the handle's fd (the thread-pool baseline)."""
-    wl = spec.wl
-    fd = handle.fd
-    offsets = offset_list(spec, worker, RANDOM_POOL)
-    n_off = len(offsets)
-    counter = itertools.count()  # next() on a count is atomic under the GIL
-    clock = Clock(spec)
-    errors: list[str] = []
-    parts: list[tuple[int, Samples]] = []
-    lock = threading.Lock()
-    pair = wl.durable and spec.durability == "fdatasync"
-
-    def make_op(buf: Any) -> Callable[[int], int]:
-        if not wl.write:
-            return lambda off: os.preadv(fd, [buf], off)
-        if wl.durable and not pair:
-            return lambda off: os.pwritev(fd, [buf], off, os.RWF_DSYNC)
-        if pair:
-
-            def write_sync(off: int) -> int:
-                n = os.pwrite(fd, buf, off)
-                os.fdatasync(fd)
-                return n
-
-            return write_sync
-        return lambda off: os.pwrite(fd, buf, off)
-
-    def run() -> None:
-        buf = aligned_buffer(spec.block_size)
-        if wl.write:
-            _fill([buf], spec.seed)
-        op = make_op(buf)
-        samples = Samples()
-        ops = 0
-        now_ns = time.perf_counter_ns
-        measure_from, until = clock.measure_from, clock.until
-        want = spec.block_size
-        try:
-            while True:
-                off = offsets[next(counter) % n_off]
-                t0 = now_ns()
-                got = op(off)
-                t1 = now_ns()
-                if got != want:
-                    errors.append(f"short transfer {got} of {want} at offset {off}")
-                    break
-                if t1 >= until:
-                    break
-                if t1 >= measure_from:
-                    samples.add(t1 - t0, 1)
-                    ops += 1
-        except OSError as exc:
-            errors.append(f"{exc.strerror} (errno {exc.errno})")
-        with lock:
-            parts.append((ops, samples))
-
-    threads = [threading.Thread(target=run, name=f"bench-pool-{i}", daemon=True) for i in range(spec.queue_depth)]
-    for t in threads:
-        t.start()
-    time.sleep(max(0.0, (clock.measure_from - time.perf_counter_ns()) / 1e9))
-    cpu0 = cpu_seconds()
-    t_start = time.perf_counter_ns()
-    time.sleep(max(0.0, (clock.until - time.perf_counter_ns()) / 1e9))
-    cpu1 = cpu_seconds()
-    t_end = time.perf_counter_ns()
-    for t in threads:
-        t.join()
-    hist = new_histogram()
-    ops = 0
-    for n, s in parts:
-        s.fold()
-        hist.add(s.hist)
-        ops += n
-    return LoopResult(
-        ops=ops,
-        bytes=ops * spec.block_size,
-        seconds=(t_end - t_start) / 1e9,
-        hist=hist,
-        enters=-1,
-        errors=errors,
-        cpu=cpu1 - cpu0,
-    )
-
-
-def pending_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:
-    """Through the public handle API (start_*_many + Pending.wait), for backends whose
-    io object has no plain ring to prebuild batches for (IOPOLL, passthrough)."""
-    wl = spec.wl
-    per = spec.batch_size if rung.batched else 1
-    groups = [
-        [aligned_buffer(spec.block_size) for _ in range(min(per, spec.queue_depth - i))]
-        for i in range(0, spec.queue_depth, per)
-    ]
-    if wl.write:
-        _fill([b for g in groups for b in g], spec.seed)
-    offsets = offset_list(spec, worker, RANDOM_POOL)
-    n_off = len(offsets)
-    pos = 0
-    ring = getattr(handle.io, "ring", None)
-
-    def enters() -> int:
-        return int(ring.counters()["enters"]) if ring is not None else 0
-
-    def start(g: list[Any]) -> Any:
-        nonlocal pos
-        offs = [offsets[(pos + k) % n_off] for k in range(len(g))]
-        pos += len(g)
-        if wl.durable:
-            return handle.io.start_write_sync(offs[0], g[0], True) if len(g) == 1 else handle.start_write_many(offs, g)
-        return handle.start_write_many(offs, g) if wl.write else handle.start_read_many(offs, g)
-
-    clock = Clock(spec)
-    samples = Samples()
-    errors: list[str] = []
-    fifo: deque[tuple[int, list[Any], Any]] = deque()
-    for g in groups:
-        fifo.append((time.perf_counter_ns(), g, start(g)))
-    ops = 0
-    measuring = False
-    win_start = win_end = 0
-    cpu0 = cpu1 = 0.0
-    e0 = e1 = 0
-    while fifo:
-        t0, g, pending = fifo.popleft()
-        results = pending.wait()
-        now = time.perf_counter_ns()
-        if not measuring and not win_end and now >= clock.measure_from:
-            measuring, win_start, cpu0, e0 = True, now, cpu_seconds(), enters()
-        if measuring and now >= clock.until:
-            measuring, win_end, cpu1, e1 = False, now, cpu_seconds(), enters()
-        if any(r < 0 for r in results) or results[0] != spec.block_size:
-            errors.append(f"op results {results[:4]}")
-        if measuring:
-            samples.add(now - t0, len(g))
-            ops += len(g)
-        if not win_end and not errors:
-            fifo.append((time.perf_counter_ns(), g, start(g)))
-    if not win_end:
-        win_end, cpu1, e1 = time.perf_counter_ns(), cpu_seconds(), enters()
-    samples.fold()
-    return LoopResult(
-        ops=ops,
-        bytes=ops * spec.block_size,
-        seconds=(win_end - win_start) / 1e9 if win_start else 0.0,
-        hist=samples.hist,
-        enters=(e1 - e0) if ring is not None else -1,
         errors=errors,
         cpu=cpu1 - cpu0,
     )

@@ -93,7 +93,9 @@ class ModeResult:
     kind: str  # "uringstack" or "fio"
     status: str  # "ok", "skipped" or "failed"
     reason: str = ""
+    api: str = "public"  # "public" (FileHandle), "tool" (not uringstack), "raw" (the ring under the API), "fio"
     ops: int = 0
+    bytes: int = 0  # bytes the ops returned (reads) or wrote, counted by the loop
     seconds: float = 0.0
     iops: float = 0.0
     mb_s: float = 0.0
@@ -106,18 +108,44 @@ class ModeResult:
     ratio_p99: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def bytes_per_io(self) -> float | None:
+        return self.bytes / self.ops if self.ops else None
+
+    @property
+    def cpu_us_per_io(self) -> float | None:
+        """Process CPU time (user + sys, all threads) per I/O, in microseconds."""
+        return self.cpu_pct / 100.0 * self.seconds / self.ops * 1e6 if self.ops else None
+
+    def bytes_check(self, block_size: int) -> str:
+        """``ok`` when every I/O moved one block, else what is wrong (the figure is suspect)."""
+        if self.status != "ok" or not self.ops:
+            return ""
+        per = self.bytes / self.ops
+        # the bench's loops add up every result: exact.  fio's io_bytes and total_ios are
+        # counted at slightly different moments around the ramp: within 2 %
+        tolerance = 0.02 if self.kind == "fio" else 1e-9
+        if abs(per - block_size) > tolerance * block_size:
+            return f"bytes/IO {per:.1f} is not the block size {block_size}: the figure is suspect"
+        return "ok"
+
+    def to_json(self, block_size: int = 4096) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "kind": self.kind,
+            "api": self.api,
             "status": self.status,
             "reason": self.reason,
             "ops": self.ops,
+            "bytes": self.bytes,
+            "bytes_per_io": None if self.bytes_per_io is None else round(self.bytes_per_io, 3),
+            "bytes_check": self.bytes_check(block_size),
             "seconds": round(self.seconds, 6),
             "iops": round(self.iops, 1),
             "mb_s": round(self.mb_s, 3),
             "lat_us": {k: round(v, 3) for k, v in self.lat_us.items()},
             "cpu_pct": round(self.cpu_pct, 1),
+            "cpu_us_per_io": None if self.cpu_us_per_io is None else round(self.cpu_us_per_io, 3),
             "enters_per_io": None if self.enters_per_io is None else round(self.enters_per_io, 5),
             "syscalls_per_io": None if self.syscalls_per_io is None else round(self.syscalls_per_io, 4),
             "ratio_to_fio": {
@@ -141,8 +169,13 @@ def result_from_loop(mode: str, loop: LoopResult) -> ModeResult:
         mode=mode,
         kind="uringstack",
         status="ok" if loop.ops and not loop.errors else "failed",
-        reason="; ".join(loop.errors[:3]),
+        reason="; ".join(loop.errors[:3])
+        if loop.errors
+        else ""
+        if loop.ops
+        else "no op completed inside the measured window",
         ops=loop.ops,
+        bytes=loop.bytes,
         seconds=secs,
         iops=iops,
         mb_s=loop.bytes / secs / 1e6 if secs > 0 else 0.0,

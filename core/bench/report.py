@@ -26,15 +26,21 @@ def render(doc: dict[str, Any], console: Console) -> None:
         f"workers={spec['workers']}  {'O_DIRECT' if spec['direct'] else 'buffered'}  "
         f"{spec['duration']:g}s  file={spec['file_size'] >> 20} MiB"
     )
-    table = Table(title=title, caption="ratios are to fio io_uring in this run (latency: lower is better)")
+    table = Table(
+        title=title,
+        caption="ratios are to fio io_uring in this run (latency: lower is better); "
+        "B/IO = bytes the row's ops returned per op",
+    )
     for col in (
         "mode",
         "IOPS",
         "MB/s",
+        "B/IO",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
         "CPU%",
+        "CPU µs/IO",
         "enter/IO",
         "syscall/IO",
         "IOPS/fio",
@@ -49,14 +55,19 @@ def render(doc: dict[str, Any], console: Console) -> None:
             continue
         lat = r["lat_us"]
         ratio = r["ratio_to_fio"]
+        check = r.get("bytes_check", "ok")
+        if check not in ("ok", ""):
+            notes.append(f"{r['mode']}: {check}")
         table.add_row(
-            r["mode"],
+            r["mode"] + ("  [raw]" if r.get("api") == "raw" else ""),
             _num(r["iops"]),
             _num(r["mb_s"], 1),
+            _num(r.get("bytes_per_io")) + ("" if check in ("ok", "") else " !"),
             _num(lat.get("p50"), 1),
             _num(lat.get("p99"), 1),
             _num(lat.get("p99_9"), 1),
             _num(r["cpu_pct"]),
+            _num(r.get("cpu_us_per_io"), 2),
             _num(r["enters_per_io"], 3),
             _num(r["syscalls_per_io"], 2),
             _ratio(ratio["iops"]),
@@ -70,6 +81,12 @@ def render(doc: dict[str, Any], console: Console) -> None:
             f"best mode: {s['best_mode']} {_num(s['best_iops'])} IOPS = "
             f"{_ratio(s['best_vs_fio'])} fio io_uring, {_ratio(s['best_vs_fallback'])} fallback"
         )
+    if s.get("raw_ring_vs_fio") is not None:
+        console.print(f"raw ring (not public API): {_ratio(s['raw_ring_vs_fio'])} fio io_uring")
+    sc = s.get("scaling")
+    if sc:
+        pairs = ", ".join(f"{m} {v:.2f}x" for m, v in sc["ratios"].items())
+        console.print(f"scaling to {sc['workers']} workers (IOPS ratio): {pairs}")
     if not doc["fio"]["available"]:
         console.print(f"fio not run: {doc['fio']['reason']}")
     for note in notes:

@@ -14,22 +14,26 @@ import dataclasses
 import datetime
 import os
 import platform
+import stat
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uringstack.bench import fio as fio_mod
 from uringstack.bench import syscalls
+from uringstack.bench.api_loops import asyncio_batch_loop, asyncio_loop, handle_loop
 from uringstack.bench.children import terminate_raises
 from uringstack.bench.ladder import Rung, select
-from uringstack.bench.loops import pending_loop, thread_loop, uring_loop
+from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
 from uringstack.bench.spec import BenchSpec
+from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
 from uringstack.probe.irq import device_irq_cpus
 
 if TYPE_CHECKING:
     from uringstack.probe.model import Capabilities
 
-SCHEMA = "uringstack.bench/1"
+SCHEMA = "uringstack.bench/2"
 DEFAULT_DIR = ".uringstack-bench"
 
 Tick = Callable[[], None]
@@ -42,7 +46,10 @@ def default_file(file_size: int) -> str:
 
 def prepare_file(path: str, size: int, tick: Tick | None = None) -> bool:
     """Create *path* filled with non-zero data (every block allocated and written), unless a
-    file of exactly *size* bytes is already there.  Returns True when it was (re)written."""
+    file of exactly *size* bytes is already there.  Returns True when it was (re)written.
+    A block device is used as it is (never written: see :func:`check_target`)."""
+    if is_block_device(path):
+        return False
     try:
         if os.stat(path).st_size == size:
             return False
@@ -62,6 +69,57 @@ def prepare_file(path: str, size: int, tick: Tick | None = None) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def block_device_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def check_target(spec: BenchSpec) -> BenchSpec:
+    """The spec to run on *spec.file*: a block device is benchmarked read-only, over at
+    most its capacity.  Raises ValueError for a write workload on a block device."""
+    if not is_block_device(spec.file):
+        return spec
+    if spec.wl.write:
+        raise ValueError(
+            f"{spec.file} is a block device: only read workloads run on one ({spec.workload} would overwrite its data)"
+        )
+    try:
+        size = block_device_size(spec.file)
+    except OSError as exc:
+        raise ValueError(f"{spec.file}: cannot open the block device: {exc.strerror}") from exc
+    if size < spec.block_size * spec.workers:
+        raise ValueError(f"{spec.file}: {size} bytes is smaller than one block per worker")
+    return dataclasses.replace(spec, file_size=min(spec.file_size, size))
+
+
+def warm_file(path: str, size: int) -> float:
+    """Read *path* (the first *size* bytes) once so buffered rows and fio read a hot page
+    cache; returns the seconds it took (a second pass over a hot file is fast)."""
+    t0 = time.perf_counter()
+    buf = bytearray(1 << 20)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        done = 0
+        while done < size:
+            n = os.preadv(fd, [buf], done)
+            if n <= 0:
+                break
+            done += n
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
 
 
 def machine_info() -> dict[str, Any]:
@@ -85,7 +143,9 @@ def machine_info() -> dict[str, Any]:
 def device_of(path: str) -> dict[str, Any]:
     """The block device and file system type holding *path* (from /proc/self/mountinfo)."""
     st = os.stat(path)
-    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    # a block device target is its own device (st_dev would be devtmpfs's)
+    num = st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev
+    dev = f"{os.major(num)}:{os.minor(num)}"
     out: dict[str, Any] = {"dev": dev}
     try:
         with open("/proc/self/mountinfo") as f:
@@ -150,6 +210,18 @@ def _wait(futures: list[concurrent.futures.Future[LoopResult]], tick: Tick | Non
             tick()
 
 
+_HANDLE_LOOPS: dict[str, Callable[..., LoopResult]] = {
+    "api": handle_loop,
+    "asyncio": asyncio_loop,
+    "asyncio-batch": asyncio_batch_loop,
+    "raw": uring_loop,
+}
+
+
+def _skipped(rung: Rung, why: str) -> ModeResult:
+    return ModeResult(mode=rung.name, kind="uringstack", status="skipped", reason=why, api=rung.api)
+
+
 def run_mode(
     spec: BenchSpec,
     rung: Rung,
@@ -159,51 +231,57 @@ def run_mode(
 ) -> ModeResult:
     """Build the rung's stack, run its loop on every worker, and return its row.
 
-    With ``io=False`` the stack and handles are built and torn down without
-    any I/O (the start-up baseline of ``--syscalls``).
+    Every loop runs on its worker's pinned thread, so the threads a row starts
+    (the fallback plugin's pool, a ThreadPoolExecutor, aiofiles' executor)
+    inherit the worker's CPU: one pinning rule for every row, and fio gets the
+    same CPUs.  With ``io=False`` the stack and handles are built and torn
+    down without any I/O (the start-up baseline of ``--syscalls``).
     """
     from uringstack.stack import open_stack
 
+    if rung.loop == "aiofiles" and (why := aiofiles_available()):
+        return _skipped(rung, why)
     stack = open_stack(caps=caps, overrides=_overrides(spec, rung))
     try:
         if rung.requires:
             verdict = next((v for v in stack.plan.verdicts if v.plugin == rung.requires), None)
             if verdict is None or not verdict.enabled:
-                why = verdict.reason if verdict else f"plugin {rung.requires} is not loaded"
-                return ModeResult(mode=rung.name, kind="uringstack", status="skipped", reason=why)
-        handles = [stack.open(spec.file, direct=spec.direct, **dict(rung.open_options)) for _ in range(spec.workers)]
+                return _skipped(rung, verdict.reason if verdict else f"plugin {rung.requires} is not loaded")
+        handles = [
+            stack.open(spec.file, direct=spec.direct, writable=spec.wl.write, **dict(rung.open_options))
+            for _ in range(spec.workers)
+        ]
         backend = handles[0].backend
         if rung.expect_backend and backend != rung.expect_backend:
             # "auto" let another backend take the file (e.g. its device cannot poll):
             # measuring that under this rung's name would mislabel it
-            return ModeResult(
-                mode=rung.name,
-                kind="uringstack",
-                status="skipped",
-                reason=f"{spec.file} is served by {backend}, not {rung.expect_backend} (see `uringstack plan`)",
+            return _skipped(
+                rung, f"{spec.file} is served by {backend}, not {rung.expect_backend} (see `uringstack plan`)"
             )
         if not io:
             return ModeResult(mode=rung.name, kind="uringstack", status="ok", details={"backend": backend})
         loops: list[concurrent.futures.Future[LoopResult]] = []
         for i, h in enumerate(handles):
-            if rung.loop == "threads":
+            if rung.loop == "threadpool":
                 loops.append(h.worker.submit(thread_loop, h, spec, i))
-            elif rung.loop == "uring":
-                if not hasattr(h.io, "ring"):
-                    raise RuntimeError(f"{rung.name}: the handle is served by {backend}, not an io_uring ring")
-                loops.append(h.worker.submit(uring_loop, h, spec, rung, i))
+            elif rung.loop == "aiofiles":
+                loops.append(h.worker.submit(aiofiles_loop, h, spec, i))
             else:
-                loops.append(h.worker.submit(pending_loop, h, spec, rung, i))
+                if rung.loop == "raw" and not hasattr(h.io, "ring"):
+                    raise RuntimeError(f"{rung.name}: the handle is served by {backend}, not an io_uring ring")
+                loops.append(h.worker.submit(_HANDLE_LOOPS[rung.loop], h, spec, rung, i))
         merged = merge(_wait(loops, tick))
         row = result_from_loop(rung.name, merged)
+        row.api = rung.api
         w0 = stack.describe()["workers"][0]
         ring = w0["rings"].get("storage", {})
         row.details = {
-            "backend": backend,
+            "backend": "thread pool (not uringstack)" if rung.api == "tool" else backend,
+            "loop": rung.loop,
             "batch": spec.batch_size if rung.batched else 1,
-            "ring_flags": ring.get("flags", []),
-            "registered_buffers": ring.get("registered_buffers", 0),
-            "registered_files": ring.get("registered_files", 0),
+            "ring_flags": ring.get("flags", []) if rung.api != "tool" else [],
+            "registered_buffers": ring.get("registered_buffers", 0) if rung.api != "tool" else 0,
+            "registered_files": ring.get("registered_files", 0) if rung.api != "tool" else 0,
             "workers": [{"cpu": w["cpu"], "affinity": w["affinity"]} for w in stack.describe()["workers"]],
         }
         return row
@@ -211,8 +289,8 @@ def run_mode(
         stack.close()
 
 
-def _ratios(rows: list[ModeResult]) -> None:
-    base = next((r for r in rows if r.mode == "fio io_uring" and r.status == "ok"), None)
+def _ratios(rows: list[ModeResult], base_mode: str) -> None:
+    base = next((r for r in rows if r.mode == base_mode and r.status == "ok"), None)
     if base is None:
         return
     for r in rows:
@@ -225,14 +303,19 @@ def _ratios(rows: list[ModeResult]) -> None:
 
 
 def summarize(rows: list[ModeResult]) -> dict[str, Any]:
-    """The best uringstack mode and its ratios to fio io_uring and to the fallback."""
-    ours = [r for r in rows if r.kind == "uringstack" and r.status == "ok"]
+    """The best public-API row and its ratios to fio io_uring and to the fallback rung,
+    plus the raw ring's ratio (not counted as a uringstack result: it is not the API)."""
+    ours = [r for r in rows if r.kind == "uringstack" and r.api == "public" and r.status == "ok"]
     out: dict[str, Any] = {
         "best_mode": None,
         "best_iops": None,
         "best_vs_fio": None,
         "best_vs_fallback": None,
+        "raw_ring_vs_fio": None,
     }
+    raw = next((r for r in rows if r.api == "raw" and r.status == "ok"), None)
+    if raw is not None and raw.ratio_iops is not None:
+        out["raw_ring_vs_fio"] = round(raw.ratio_iops, 4)
     if not ours:
         return out
     best = max(ours, key=lambda r: r.iops)
@@ -246,9 +329,65 @@ def summarize(rows: list[ModeResult]) -> dict[str, Any]:
     return out
 
 
+def scaled_name(mode: str, workers: int) -> str:
+    return f"{mode} x{workers}"
+
+
+def scaling(rows: list[ModeResult], workers: int) -> dict[str, float]:
+    """IOPS with *workers* workers over the same row with the run's own worker count."""
+    by_mode = {r.mode: r for r in rows if r.status == "ok"}
+    out: dict[str, float] = {}
+    for r in rows:
+        base = r.details.get("scaled_from")
+        if r.status == "ok" and base in by_mode and by_mode[base].iops:
+            out[base] = round(r.iops / by_mode[base].iops, 4)
+    return out
+
+
 def fio_engines(spec: BenchSpec) -> list[str]:
-    """io_uring always; libaio as a second reference for random reads."""
-    return ["io_uring", "libaio"] if spec.workload == "randread" else ["io_uring"]
+    """io_uring always; libaio as a second reference for random reads; io_uring with
+    --hipri=1 where the file's device has poll queues (the +iopoll rung's reference)."""
+    engines = ["io_uring", "libaio"] if spec.workload == "randread" else ["io_uring"]
+    if spec.direct and device_of(spec.file).get("io_poll") == "1":
+        engines.append("io_uring" + fio_mod.HIPRI)  # the device polls: fio's IOPOLL job too
+    return engines
+
+
+def _run_rows(spec: BenchSpec, rungs: list[Rung], caps: Any, on_step: Any, tick: Tick | None) -> list[ModeResult]:
+    rows: list[ModeResult] = []
+    step = spec.ramp_s + spec.duration
+    for rung in rungs:
+        if on_step:
+            on_step(rung.name, step)
+        if not spec.direct:
+            warm_file(spec.file, spec.file_size)  # others' I/O may have evicted some of it
+        try:
+            rows.append(run_mode(spec, rung, caps, tick))
+        except Exception as exc:
+            rows.append(
+                ModeResult(
+                    mode=rung.name,
+                    kind="uringstack",
+                    api=rung.api,
+                    status="failed",
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+            )
+    return rows
+
+
+def _run_fio(spec: BenchSpec, fio: str, on_step: Any, tick: Tick | None, suffix: str = "") -> list[ModeResult]:
+    rows = []
+    for engine in fio_engines(spec):
+        if on_step:
+            on_step(f"fio {engine}{suffix}", spec.ramp_s + spec.duration)
+        if not spec.direct:
+            warm_file(spec.file, spec.file_size)
+        row = fio_mod.run_fio(fio, spec, engine, tick)
+        if suffix:
+            row.mode += suffix
+        rows.append(row)
+    return rows
 
 
 @terminate_raises()
@@ -258,10 +397,15 @@ def run_bench(
     *,
     with_fio: bool = True,
     with_syscalls: bool = False,
+    scale_workers: int = 0,
+    command: str = "",
     on_step: Callable[[str, float], None] | None = None,
     tick: Tick | None = None,
 ) -> dict[str, Any]:
     """Run every selected rung, then fio; return the JSON document (schema in docs/bench.md).
+
+    *scale_workers* > 0 re-runs every row that worked (and fio) with that many
+    workers; ``summary.scaling`` is each row's IOPS ratio to its own run.
 
     *on_step(label, seconds)* is called before each step with its expected
     length; *tick* is called a few times a second while a step runs.
@@ -269,29 +413,27 @@ def run_bench(
     from uringstack.probe import probe
 
     spec.validate()
+    spec = check_target(spec)
     rungs = select(modes)
     started = datetime.datetime.now(datetime.UTC)
     if on_step:
         on_step("preparing file", 0.0)
     created = prepare_file(spec.file, spec.file_size, tick)
+    warm_s = None if spec.direct else warm_file(spec.file, spec.file_size)
     caps = probe()
     spec, cpu_choice = choose_worker_cpus(spec)
-    rows: list[ModeResult] = []
     step = spec.ramp_s + spec.duration
-    for rung in rungs:
-        if on_step:
-            on_step(rung.name, step)
-        try:
-            rows.append(run_mode(spec, rung, caps, tick))
-        except Exception as exc:
-            rows.append(
-                ModeResult(
-                    mode=rung.name,
-                    kind="uringstack",
-                    status="failed",
-                    reason=f"{type(exc).__name__}: {exc}",
-                )
-            )
+    rows = _run_rows(spec, rungs, caps, on_step, tick)
+    scaled_spec = None
+    if scale_workers and scale_workers != spec.workers:
+        scaled_spec = dataclasses.replace(spec, workers=scale_workers)
+        if len(scaled_spec.worker_cpus()) < scale_workers:
+            raise ValueError(f"--scale-workers {scale_workers}: this process may use fewer CPUs")
+        ok = [r for r in rungs if any(x.mode == r.name and x.status == "ok" for x in rows)]
+        for row in _run_rows(scaled_spec, ok, caps, on_step, tick):
+            row.details["scaled_from"] = row.mode
+            row.mode = scaled_name(row.mode, scale_workers)
+            rows.append(row)
     fio_info: dict[str, Any] = {"available": False, "version": None, "reason": ""}
     fio = fio_mod.fio_path()
     if not with_fio:
@@ -300,10 +442,11 @@ def run_bench(
         fio_info["reason"] = "fio is not installed (apt-get install -y fio)"
     else:
         fio_info.update(available=True, version=fio_mod.fio_version(fio))
-        for engine in fio_engines(spec):
-            if on_step:
-                on_step(f"fio {engine}", step)
-            rows.append(fio_mod.run_fio(fio, spec, engine, tick))
+        rows.extend(_run_fio(spec, fio, on_step, tick))
+        if scaled_spec is not None:
+            for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}"):
+                row.details["scaled_from"] = row.mode.removesuffix(f" x{scale_workers}")
+                rows.append(row)
     strace_info: dict[str, Any] = {
         "requested": with_syscalls,
         "available": syscalls.strace_path() is not None,
@@ -314,7 +457,7 @@ def run_bench(
             strace_info["reason"] = "strace is not installed"
         else:
             for row in rows:
-                if row.kind != "uringstack" or row.status != "ok":
+                if row.kind != "uringstack" or row.status != "ok" or "scaled_from" in row.details:
                     continue
                 if on_step:
                     on_step(f"strace {row.mode}", 2 * step + 2)
@@ -323,17 +466,30 @@ def run_bench(
                     row.details["strace"] = raw
                 except (RuntimeError, ValueError) as exc:
                     row.details["strace_error"] = str(exc)
-    _ratios(rows)
+    _ratios([r for r in rows if "scaled_from" not in r.details], "fio io_uring")
+    if scaled_spec is not None:
+        _ratios([r for r in rows if "scaled_from" in r.details], f"fio io_uring x{scale_workers}")
+    summary = summarize([r for r in rows if "scaled_from" not in r.details])
+    if scaled_spec is not None:
+        summary["scaling"] = {"workers": scale_workers, "ratios": scaling(rows, scale_workers)}
     return {
         "schema": SCHEMA,
         "started_at": started.isoformat(timespec="seconds"),
-        "command": "uringstack bench " + spec.workload,
+        "command": command or "uringstack bench " + spec.workload,
         "spec": spec.to_json(),
-        "file": {"path": spec.file, "created": created, "device": device_of(spec.file)},
+        "file": {
+            "path": spec.file,
+            "created": created,
+            "block_device": is_block_device(spec.file),
+            # buffered runs read a hot page cache: the file is read once before the ladder,
+            # and again before every row and fio job (cheap once hot)
+            "prewarmed_s": None if warm_s is None else round(warm_s, 3),
+            "device": device_of(spec.file),
+        },
         "worker_cpus": {"cpus": spec.worker_cpus(), "reason": cpu_choice},
         "machine": machine_info(),
         "fio": fio_info,
         "strace": strace_info,
-        "results": [r.to_json() for r in rows],
-        "summary": summarize(rows),
+        "results": [r.to_json(spec.block_size) for r in rows],
+        "summary": summary,
     }

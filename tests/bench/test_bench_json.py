@@ -16,14 +16,19 @@ from uringstack.cli import cli
 ROW_KEYS = {
     "mode",
     "kind",
+    "api",
     "status",
     "reason",
     "ops",
+    "bytes",
+    "bytes_per_io",
+    "bytes_check",
     "seconds",
     "iops",
     "mb_s",
     "lat_us",
     "cpu_pct",
+    "cpu_us_per_io",
     "enters_per_io",
     "syscalls_per_io",
     "ratio_to_fio",
@@ -62,6 +67,10 @@ def _check_row(row: dict[str, Any], block_size: int) -> None:
     lat = row["lat_us"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["p99_9"]
     assert row["cpu_pct"] > 0
+    # every row counts the bytes its ops returned: one block per I/O
+    assert row["bytes_check"] == "ok"
+    assert row["bytes_per_io"] == (pytest.approx(block_size, rel=0.02) if row["kind"] == "fio" else block_size)
+    assert row["cpu_us_per_io"] == pytest.approx(row["cpu_pct"] / 100 * row["seconds"] / row["ops"] * 1e6, rel=0.02)
     assert set(row["ratio_to_fio"]) == {"iops", "p50", "p99"}
 
 
@@ -92,7 +101,7 @@ def test_randread_json_no_fio(data_dir: Path) -> None:
     doc, stderr = _bench(args + ([] if direct else ["--buffered"]))
     assert stderr == ""
     assert set(doc) == TOP_KEYS
-    assert doc["schema"] == "uringstack.bench/1"
+    assert doc["schema"] == "uringstack.bench/2"
     assert doc["spec"]["queue_depth"] == 8 and doc["spec"]["workload"] == "randread"
     assert f.stat().st_size == 8 << 20 and doc["file"]["created"] is True
     assert doc["fio"] == {"available": False, "version": None, "reason": "--no-fio"}
@@ -101,7 +110,8 @@ def test_randread_json_no_fio(data_dir: Path) -> None:
     for row in rows.values():
         _check_row(row, 4096)
         assert row["ratio_to_fio"] == {"iops": None, "p50": None, "p99": None}
-    # the thread pool makes no io_uring_enter calls; one-op-per-submit makes at least one per op
+    # the fallback plugin's handle makes no io_uring_enter calls; one-op-per-submit makes one per op
+    assert rows["fallback"]["details"]["backend"] == "fallback"
     assert rows["fallback"]["enters_per_io"] is None
     assert rows["uring-single"]["enters_per_io"] >= 1.0
     assert 0 < rows["batched"]["enters_per_io"] < rows["uring-single"]["enters_per_io"]
@@ -147,7 +157,7 @@ def test_unavailable_rungs_are_skipped_with_a_reason(data_dir: Path) -> None:
             "--file-size",
             "4m",
             "-t",
-            "0.1",
+            "0.3",
             "--modes",
             "+iopoll,+passthrough,batched",
             "--no-fio",

@@ -102,6 +102,7 @@ def test_spec_validation_and_batch() -> None:
 def test_ladder_order_and_selection() -> None:
     names = [r.name for r in LADDER]
     assert names[:5] == ["fallback", "uring-single", "batched", "+fixedbuf", "+sqpoll"]
+    assert names[-1] == "raw ring (not public API)"
     assert [r.name for r in select(["+sqpoll", "fallback"])] == ["fallback", "+sqpoll"]
     with pytest.raises(ValueError, match="unknown"):
         select(["nope"])

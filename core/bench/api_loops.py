@@ -1,0 +1,260 @@
+"""Loops that drive one worker through the public ``FileHandle`` API only.
+
+What a user of uringstack writes is what is measured: ``read_many`` (one
+batch, submit and wait in one call) when one batch fills the queue depth,
+else ``start_read_many`` batches kept QD deep and waited on oldest first;
+buffers from ``handle.lease_buffers`` (registered buffers when the rung's
+stack has fixedbuf on).  The asyncio rows run an event loop on the worker
+thread: QD tasks each awaiting ``handle.read(size, off)``, or QD/batch
+tasks each awaiting a whole ``read_many_async``.
+
+Every loop adds up the bytes its reads and writes returned, so a row whose
+bytes per I/O is not the block size shows that something was not measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from uringstack.bench.loops import Meter, Samples, _fill
+from uringstack.bench.metrics import LoopResult
+from uringstack.bench.spec import BenchSpec, offset_list
+from uringstack.buffers import RegisteredBuffer
+
+if TYPE_CHECKING:
+    from uringstack.bench.ladder import Rung
+    from uringstack.handle import FileHandle
+    from uringstack.pending import Pending
+
+RANDOM_POOL = 1 << 18  # precomputed random offsets per worker
+
+
+def _enters_of(handle: FileHandle) -> Callable[[], int] | None:
+    ring = getattr(handle.io, "ring", None)
+    if ring is None or not hasattr(ring, "counters"):
+        return None
+    return lambda: int(ring.counters()["enters"])
+
+
+class _Offsets:
+    """The worker's precomputed offset stream, handed out in slices (no RNG in the loop)."""
+
+    def __init__(self, spec: BenchSpec, worker: int) -> None:
+        self.offs = offset_list(spec, worker, RANDOM_POOL)
+        self.n = len(self.offs)
+        self.pos = 0
+
+    def take(self, k: int) -> list[int]:
+        if self.pos + k > self.n:
+            self.pos = 0
+        out = self.offs[self.pos : self.pos + k]
+        self.pos += k
+        if len(out) < k:  # a stream shorter than one batch (tiny sequential region)
+            out = [self.offs[(self.pos + i) % self.n] for i in range(k)]
+        return out
+
+    def next(self) -> int:
+        if self.pos >= self.n:
+            self.pos = 0
+        off = self.offs[self.pos]
+        self.pos += 1
+        return off
+
+
+def _lease(handle: FileHandle, spec: BenchSpec, rung: Rung) -> list[Any]:
+    bufs = handle.lease_buffers(spec.queue_depth, size=spec.block_size)
+    if rung.fixed and not all(isinstance(b, RegisteredBuffer) for b in bufs):
+        handle.release_buffers(bufs)
+        raise RuntimeError(
+            "lease_buffers gave no registered buffers (see `uringstack plan`: fixedbuf, memlock, "
+            f"fixedbuf.buffer_size < {spec.block_size})"
+        )
+    if spec.wl.write:
+        _fill(bufs, spec.seed)
+    return bufs
+
+
+def _groups(bufs: list[Any], per: int) -> list[list[Any]]:
+    return [bufs[i : i + per] for i in range(0, len(bufs), per)]
+
+
+def _check(results: Sequence[int], want: int, errors: list[str]) -> int:
+    """Bytes moved by a batch; a failed or short op is recorded (and stops the loop)."""
+    total = 0
+    for r in results:
+        if r != want:
+            errors.append(f"op result {r} (want {want})")
+            return total
+        total += r
+    return total
+
+
+def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:
+    """Keep QD ops in flight through the handle API; one worker."""
+    wl = spec.wl
+    per = spec.batch_size if rung.batched else 1
+    bufs = _lease(handle, spec, rung)
+    groups = _groups(bufs, per)
+    offs = _Offsets(spec, worker)
+    meter = Meter(spec, _enters_of(handle))
+    samples = Samples()
+    errors: list[str] = []
+    bs = spec.block_size
+    ops = nbytes = 0
+    now_ns = time.perf_counter_ns
+    try:
+        if len(groups) == 1:
+            # One batch fills the queue: the blocking call (submit and wait in one syscall)
+            g = groups[0]
+            call: Callable[[list[int]], Sequence[int]]
+            if wl.durable:
+                # write_durable: the write linked to an fdatasync (the API has no RWF_DSYNC write)
+                call = lambda o: _durable_many(handle, o, g)  # noqa: E731
+            elif wl.write:
+                call = lambda o: handle.write_many(o, g)  # noqa: E731
+            else:
+                call = lambda o: handle.read_many(o, g)  # noqa: E731
+            while True:
+                o = offs.take(len(g))
+                t0 = now_ns()
+                res = call(o)
+                now = now_ns()
+                got = _check(res, bs, errors)
+                ph = meter.phase(now)
+                if ph == 1:
+                    samples.add(now - t0, len(g))
+                    ops += len(g)
+                    nbytes += got
+                if ph == 2 or errors:
+                    break
+        else:
+            start: Callable[[list[int], list[Any]], Pending]
+            if wl.durable:
+                start = lambda o, g: _start_durable(handle, o, g)  # noqa: E731
+            elif wl.write:
+                start = handle.start_write_many
+            else:
+                start = handle.start_read_many
+            fifo: deque[tuple[int, list[Any], Pending]] = deque()
+            for g in groups:
+                fifo.append((now_ns(), g, start(offs.take(len(g)), g)))
+            stopping = False
+            while fifo:
+                t0, g, pending = fifo.popleft()
+                res = pending.wait()
+                now = now_ns()
+                got = _check(res[:: 2 if wl.durable else 1], bs, errors)
+                ph = meter.phase(now)
+                if ph == 1:
+                    samples.add(now - t0, len(g))
+                    ops += len(g)
+                    nbytes += got
+                stopping = stopping or ph == 2 or bool(errors)
+                if not stopping:
+                    fifo.append((now_ns(), g, start(offs.take(len(g)), g)))
+    finally:
+        handle.release_buffers(bufs)
+    samples.fold()
+    return meter.result(ops, nbytes, samples.hist, errors)
+
+
+def _plain(buf: Any) -> Any:
+    # write_durable refuses a RegisteredBuffer lease (and never writes with WRITE_FIXED):
+    # the lease's memory is passed as a plain buffer
+    return buf.view if isinstance(buf, RegisteredBuffer) else buf
+
+
+def _durable_many(handle: FileHandle, offsets: list[int], bufs: list[Any]) -> list[int]:
+    return [handle.write_durable(_plain(b), o) for o, b in zip(offsets, bufs, strict=True)]
+
+
+class _Group:
+    """Several started write+flush pairs waited on as one (durable batches of > 1 op)."""
+
+    def __init__(self, parts: list[Pending]) -> None:
+        self.parts = parts
+
+    def wait(self) -> list[int]:
+        return [r for p in self.parts for r in p.wait()]
+
+
+def _start_durable(handle: FileHandle, offsets: list[int], bufs: list[Any]) -> Any:
+    # The public API has no non-blocking durable write (write_durable blocks): the
+    # backend's start_write_sync is what write_durable runs, one linked pair per op.
+    return _Group([handle.io.start_write_sync(o, _plain(b), True) for o, b in zip(offsets, bufs, strict=True)])
+
+
+def asyncio_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:
+    """QD asyncio tasks, each ``await handle.read(size, off)`` (or ``await handle.write``) in turn."""
+    return asyncio.run(_asyncio_main(handle, spec, worker, batch=False))
+
+
+def asyncio_batch_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:
+    """QD/batch asyncio tasks, each awaiting a whole ``read_many_async`` (``write_many_async``)."""
+    return asyncio.run(_asyncio_main(handle, spec, worker, batch=True))
+
+
+async def _asyncio_main(handle: FileHandle, spec: BenchSpec, worker: int, batch: bool) -> LoopResult:
+    wl = spec.wl
+    bs = spec.block_size
+    offs = _Offsets(spec, worker)
+    meter = Meter(spec, _enters_of(handle))
+    samples = Samples()
+    errors: list[str] = []
+    counts = [0, 0]  # ops, bytes (one event loop thread: no lock needed)
+    now_ns = time.perf_counter_ns
+    bufs = handle.lease_buffers(spec.queue_depth, size=bs) if (wl.write or batch) else []
+    if wl.write:
+        _fill(bufs, spec.seed)
+
+    def account(t0: int, n: int, got: int) -> bool:
+        now = now_ns()
+        ph = meter.phase(now)
+        if ph == 1:
+            samples.add(now - t0, n)
+            counts[0] += n
+            counts[1] += got
+        return ph == 2 or bool(errors)
+
+    async def one(slot: int) -> None:
+        buf = bufs[slot] if bufs else None
+        while True:
+            off = offs.next()
+            t0 = now_ns()
+            if wl.write:
+                n = await handle.write(buf, off)
+                if wl.durable:
+                    await handle.fdatasync_async()
+            else:
+                n = len(await handle.read(bs, off))
+            if account(t0, 1, _check([n], bs, errors)):
+                return
+
+    async def many(group: list[Any]) -> None:
+        while True:
+            o = offs.take(len(group))
+            t0 = now_ns()
+            if wl.write:
+                res = await handle.write_many_async(o, group)
+                if wl.durable:
+                    await handle.fdatasync_async()
+            else:
+                res = await handle.read_many_async(o, group)
+            if account(t0, len(group), _check(res, bs, errors)):
+                return
+
+    try:
+        if batch:
+            coros = [many(g) for g in _groups(bufs, spec.batch_size)]
+        else:
+            coros = [one(i) for i in range(spec.queue_depth)]
+        await asyncio.gather(*coros)
+    finally:
+        if bufs:
+            handle.release_buffers(bufs)
+    samples.fold()
+    return meter.result(counts[0], counts[1], samples.hist, errors)

@@ -1,0 +1,76 @@
+"""scripts/benchmarks-md.py: BENCHMARKS.md's tables come from the JSON, medians of per-run ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "benchmarks-md.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmarks_md", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(mode: str, iops: float, api: str = "public", p50: float = 100.0) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "kind": "fio" if api == "fio" else "uringstack",
+        "api": api,
+        "status": "ok",
+        "reason": "",
+        "iops": iops,
+        "bytes_per_io": 4096.0,
+        "bytes_check": "ok",
+        "cpu_us_per_io": 10.0,
+        "lat_us": {"p50": p50, "p99": 2 * p50},
+    }
+
+
+def _doc(when: str, batched: float, fio: float) -> dict[str, Any]:
+    return {
+        "started_at": when,
+        "command": "uringstack bench randread --buffered -t 3 --json",
+        "spec": {"workload": "randread", "block_size": 4096, "queue_depth": 32, "workers": 1, "direct": False},
+        "file": {"path": "/f", "block_device": False, "device": {"block": "vda"}},
+        "machine": {"kernel": "6.x", "nproc": 2, "cpu_model": "cpu"},
+        "fio": {"version": "fio-3.33"},
+        "worker_cpus": {"cpus": [1], "reason": "irq"},
+        "results": [_row("batched", batched), _row("fio io_uring", fio, "fio")],
+        "summary": {},
+    }
+
+
+def test_medians_of_per_run_ratios_and_markers(tmp_path: Path) -> None:
+    mod = _script()
+    # per-run ratios 0.5, 1.0, 0.9 -> median 0.90; the ratio of the medians would be 0.75
+    runs = [_doc("2026-01-01T00:00:00", 50, 100), _doc("2026-01-01T00:01:00", 200, 200), _doc("t3", 90, 100)]
+    paths = []
+    for i, d in enumerate(runs):
+        p = tmp_path / f"r{i}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    md = tmp_path / "B.md"
+    md.write_text(f"head\n{mod.BEGIN}\nold generated\n{mod.END}\ntail hand-written\n")
+    assert mod.main([*map(str, paths), "--md", str(md), "--png-dir", str(tmp_path)]) == 0
+    text = md.read_text()
+    assert text.startswith("head\n") and text.rstrip().endswith("tail hand-written")
+    assert "old generated" not in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("| batched |"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2] == "90 (50\u2013200)" and cells[3] == "0.90" and cells[-1] == "3/3"
+    # the target row for the buffered QD32 group reads the same median, and says it is met
+    target = next(ln for ln in text.splitlines() if "buffered hot QD32" in ln)
+    assert "batched: 0.90" in target and "**yes**" in target
+
+
+def test_missing_result_file_is_one_line_error(tmp_path: Path, capsys: Any) -> None:
+    assert _script().main([str(tmp_path / "nope.json"), "--stdout"]) == 2
+    assert "no such result file" in capsys.readouterr().err

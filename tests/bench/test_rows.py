@@ -1,0 +1,164 @@
+"""The rows measure what their names say: the public API, the other tools, the raw ring."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uringstack.bench import runner
+from uringstack.bench.fio import fio_args
+from uringstack.bench.ladder import LADDER, RAW_RING, RUNGS, select
+from uringstack.bench.metrics import ModeResult
+from uringstack.bench.spec import BenchSpec
+from uringstack.handle import FileHandle
+
+
+def _spec(tmp_path: Path, **kw: Any) -> BenchSpec:
+    f = tmp_path / "d.bin"
+    runner.prepare_file(str(f), 4 << 20)
+    base: dict[str, Any] = dict(file_size=4 << 20, duration=0.3, queue_depth=8, direct=False, file=str(f))
+    base.update(kw)
+    return BenchSpec("randread", **base)
+
+
+def test_every_row_but_the_raw_ring_is_public_api_or_another_tool() -> None:
+    apis = {r.name: r.api for r in LADDER}
+    assert apis[RAW_RING] == "raw" and RAW_RING == "raw ring (not public API)"
+    assert apis["threadpool preadv"] == apis["aiofiles"] == "tool"
+    assert {n for n, a in apis.items() if a == "public"} == {
+        "fallback", "uring-single", "batched", "+fixedbuf", "+sqpoll", "+iopoll", "+passthrough",
+        "asyncio read", "asyncio batch",
+    }  # fmt: skip
+    assert select(["raw"]) == [RUNGS[RAW_RING]]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("mode", "method"),
+    [("batched", "start_read_many"), ("+fixedbuf", "start_read_many"), ("fallback", "start_read_many")],
+)
+def test_handle_rows_go_through_the_file_handle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, method: str
+) -> None:
+    calls = [0]
+    real = getattr(FileHandle, method)
+
+    def counting(self: FileHandle, *a: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(FileHandle, method, counting)
+    spec = _spec(tmp_path, batch=2)
+    row = runner.run_mode(spec, RUNGS[mode])
+    assert row.status == "ok", row.reason
+    per = 1 if mode == "fallback" else 2
+    # every measured op went through FileHandle (warm-up ops too, so at least as many)
+    assert calls[0] * per >= row.ops > 0
+    assert row.bytes == row.ops * spec.block_size
+    if mode == "+fixedbuf":
+        assert row.details["registered_buffers"] >= spec.queue_depth
+    if mode == "fallback":
+        assert row.details["backend"] == "fallback"
+
+
+@pytest.mark.timeout(60)
+def test_read_many_when_one_batch_fills_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = [0]
+    real = FileHandle.read_many
+
+    def counting(self: FileHandle, *a: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(FileHandle, "read_many", counting)
+    row = runner.run_mode(_spec(tmp_path, queue_depth=1), RUNGS["batched"])
+    assert row.status == "ok" and calls[0] >= row.ops > 0
+    assert row.enters_per_io == pytest.approx(1.0, abs=0.01)  # submit and wait in one io_uring_enter
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["asyncio read", "asyncio batch", "threadpool preadv", "aiofiles"])
+def test_asyncio_and_tool_rows(tmp_path: Path, mode: str) -> None:
+    if mode == "aiofiles":
+        pytest.importorskip("aiofiles", reason="aiofiles is not installed (pip install 'uringstack[bench]')")
+    spec = _spec(tmp_path)
+    row = runner.run_mode(spec, RUNGS[mode])
+    assert row.status == "ok", row.reason
+    assert row.seconds == pytest.approx(spec.duration, rel=0.1)
+    assert row.bytes_check(spec.block_size) == "ok" and row.ops > 0
+
+
+def test_bytes_check_flags_a_row_that_moved_the_wrong_amount() -> None:
+    row = ModeResult(mode="x", kind="uringstack", status="ok", ops=1000, bytes=1000 * 4096)
+    assert row.bytes_check(4096) == "ok"
+    row.bytes = 1000 * 4000
+    assert "suspect" in row.bytes_check(4096)
+    row.bytes = 0
+    assert "suspect" in row.bytes_check(4096)
+
+
+def test_fio_keeps_the_hot_cache_of_a_buffered_run() -> None:
+    assert "--invalidate=0" in fio_args(BenchSpec("randread", direct=False, file="/x"), "io_uring")
+    assert "--invalidate=0" not in fio_args(BenchSpec("randread", direct=True, file="/x"), "io_uring")
+    hipri = fio_args(BenchSpec("randread", file="/x"), "io_uring hipri")
+    assert "--ioengine=io_uring" in hipri and "--hipri=1" in hipri
+
+
+def test_warm_file_reads_it_all(tmp_path: Path) -> None:
+    f = tmp_path / "w.bin"
+    runner.prepare_file(str(f), 1 << 20)
+    assert runner.warm_file(str(f), 1 << 20) >= 0
+    assert runner.prepare_file(str(f), 1 << 20) is False
+
+
+def _a_block_device() -> str | None:
+    for name in sorted(os.listdir("/sys/block")):
+        path = f"/dev/{name}"
+        with open(f"/sys/block/{name}/size") as f:
+            sectors = int(f.read())
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError:
+            continue
+        if sectors:
+            return path
+    return None
+
+
+def test_block_device_targets_refuse_writes() -> None:
+    nodes = [f"/dev/{n}" for n in sorted(os.listdir("/sys/block")) if os.path.exists(f"/dev/{n}")]
+    if not nodes:
+        pytest.skip("no block device node in /dev")
+    for workload in ("randwrite", "seqwrite", "durable-append"):
+        with pytest.raises(ValueError, match="block device: only read workloads"):
+            runner.check_target(BenchSpec(workload, file=nodes[0]))  # type: ignore[arg-type]
+
+
+def test_block_device_targets_are_read_only() -> None:
+    dev = _a_block_device()
+    if dev is None:
+        pytest.skip("no non-empty block device this process may open (os.open refused or none present)")
+    spec = runner.check_target(BenchSpec("randread", file=dev, file_size=1 << 50))
+    assert spec.file_size == runner.block_device_size(dev)
+    assert runner.prepare_file(dev, spec.file_size) is False  # never written
+    assert runner.device_of(dev)["block"] == os.path.basename(dev)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="scaling to 2 workers needs 2 CPUs")
+def test_scale_workers_adds_a_row_pair_and_its_ratio(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, duration=0.2)
+    doc = runner.run_bench(spec, ["batched"], with_fio=shutil.which("fio") is not None, scale_workers=2)
+    rows = {r["mode"]: r for r in doc["results"]}
+    one, two = rows["batched"], rows["batched x2"]
+    assert one["status"] == two["status"] == "ok"
+    assert len(two["details"]["workers"]) == 2 and two["details"]["scaled_from"] == "batched"
+    ratio = doc["summary"]["scaling"]["ratios"]["batched"]
+    assert ratio == pytest.approx(two["iops"] / one["iops"], rel=1e-3)
+    if "fio io_uring x2" in rows:
+        assert rows["fio io_uring x2"]["ratio_to_fio"]["iops"] == 1.0
+        assert two["ratio_to_fio"]["iops"] == pytest.approx(two["iops"] / rows["fio io_uring x2"]["iops"], rel=1e-3)
