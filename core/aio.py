@@ -41,6 +41,11 @@ def post(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
     """Run *fn* on *loop* from any thread; drop it if the loop is closed (nobody awaits any more)."""
     if loop.is_closed():
         return
+    if asyncio._get_running_loop() is loop:
+        # Reaped on the loop's own thread (its eventfd reader, or a task's
+        # submission): no self-pipe write and wake-up needed.
+        loop.call_soon(fn)
+        return
     with contextlib.suppress(RuntimeError):  # closed between the check and the call
         loop.call_soon_threadsafe(fn)
 
@@ -105,8 +110,15 @@ def detach_ring(ring: Ring) -> None:
 
 
 async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
-    """Await the completion of *batch* on *ring* without blocking the loop."""
+    """Await the completion of *batch* on *ring* without blocking the loop.
+
+    Always yields to the loop at least once, even when the batch completed
+    inside its submission (a page-cache hit does): awaiting a finished batch
+    without yielding would let one task that reads in a loop hold the event
+    loop for as long as its reads hit the cache, starving every other task.
+    """
     if batch.finished:
+        await asyncio.sleep(0)
         return batch.results
     bridge = _bridge_for(ring)
     loop = bridge.loop
@@ -124,8 +136,9 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
     # callback; reaping now either finds it or it is still in flight.
     if not ring.closed:
         ring.try_reap()
-    if batch.finished and not fut.done():
-        fut.set_result(batch.results)
+    if batch.finished:
+        await asyncio.sleep(0)
+        return batch.results
     return await fut
 
 
