@@ -22,7 +22,7 @@ import locale
 import os
 from collections import deque
 from collections.abc import Awaitable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
 from uringstack.errors import RingClosedError
 from uringstack.fileio import FileIO, Opener
@@ -46,7 +46,32 @@ def _closed() -> ValueError:
     return ValueError("I/O operation on closed file")
 
 
-class AsyncBinaryFile:
+class _LineReader(Generic[AnyStr]):
+    """``readlines`` and ``async for`` over a file's ``readline``, as aiofiles has them."""
+
+    async def readline(self, size: int = -1) -> AnyStr:
+        raise NotImplementedError
+
+    async def readlines(self, hint: int = -1) -> list[AnyStr]:
+        lines: list[AnyStr] = []
+        total = 0
+        while line := await self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __aiter__(self) -> _LineReader[AnyStr]:
+        return self
+
+    async def __anext__(self) -> AnyStr:
+        if line := await self.readline():
+            return line
+        raise StopAsyncIteration
+
+
+class AsyncBinaryFile(_LineReader[bytes]):
     """A binary file whose reads and writes are awaited on the stack.
 
     ``buffering=0`` writes straight through; otherwise writes collect in a
@@ -204,24 +229,6 @@ class AsyncBinaryFile:
             self._sync_offset()
             return out
 
-    async def readlines(self, hint: int = -1) -> list[bytes]:
-        lines: list[bytes] = []
-        total = 0
-        while line := await self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __aiter__(self) -> AsyncBinaryFile:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if line := await self.readline():
-            return line
-        raise StopAsyncIteration
-
     # --- writing -----------------------------------------------------------------------
     async def write(self, b: Any) -> int:
         """Buffer (or, unbuffered, write) all of *b*; returns ``len(b)``."""
@@ -327,7 +334,7 @@ class AsyncBinaryFile:
         return f"<uringstack.aio.AsyncBinaryFile wrapping {self._file!r}>"
 
 
-class AsyncTextFile:
+class AsyncTextFile(_LineReader[str]):
     """Text over :class:`AsyncBinaryFile`: decoding and newlines as ``io.TextIOWrapper``."""
 
     def __init__(
@@ -474,24 +481,6 @@ class AsyncTextFile:
         if 0 <= size < end:
             end = size
         return self._consume(end)
-
-    async def readlines(self, hint: int = -1) -> list[str]:
-        lines: list[str] = []
-        total = 0
-        while line := await self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __aiter__(self) -> AsyncTextFile:
-        return self
-
-    async def __anext__(self) -> str:
-        if line := await self.readline():
-            return line
-        raise StopAsyncIteration
 
     async def write(self, s: str) -> int:
         if not isinstance(s, str):

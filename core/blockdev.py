@@ -69,3 +69,13 @@ def backing_disk(
 def disk_queue_attr(disk: str, attr: str, *, sysfs_root: str | os.PathLike[str] = "/sys") -> str | None:
     """``/sys/block/<disk>/queue/<attr>`` stripped, or None when absent."""
     return read_attr(Path(sysfs_root) / "block" / disk / "queue" / attr)
+
+
+def device_size(path: str) -> int:
+    """The size in bytes of a block device (or file), read by seeking to its end:
+    ``st_size`` of a block device node is 0."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
+from uringstack.blockdev import device_size
 from uringstack.probe.irq import device_irq_cpus
 
 if TYPE_CHECKING:
@@ -78,14 +79,6 @@ def is_block_device(path: str) -> bool:
         return False
 
 
-def block_device_size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
 def check_target(spec: BenchSpec) -> BenchSpec:
     """The spec to run on *spec.file*: a block device is benchmarked read-only, over at
     most its capacity.  Raises ValueError for a write workload on a block device."""
@@ -96,7 +89,7 @@ def check_target(spec: BenchSpec) -> BenchSpec:
             f"{spec.file} is a block device: only read workloads run on one ({spec.workload} would overwrite its data)"
         )
     try:
-        size = block_device_size(spec.file)
+        size = device_size(spec.file)
     except OSError as exc:
         raise ValueError(f"{spec.file}: cannot open the block device: {exc.strerror}") from exc
     if size < spec.block_size * spec.workers:

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from uringstack.blockdev import device_size
 from uringstack.tune.model import TuneTarget, Workload
 
 SCRATCH_BYTES = 64 << 20
@@ -44,14 +45,6 @@ def _kind(path: str) -> str:
         st.st_mode
     ) else ""
     raise TuneError(f"{path}: {what}; tune a regular file, a directory or a block device{hint}")
-
-
-def _size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
 
 
 def _direct_ok(path: str) -> bool:
@@ -108,7 +101,7 @@ def prepared(given: str, workload: Workload, caps_device: object = None,
     else:
         read_path = path
     try:
-        size = _size(read_path)
+        size = device_size(read_path)
         minimum = workload.block_size * workload.queue_depth
         if size < minimum:
             raise TuneError(f"{path}: {size} bytes is too small; random reads need at least {minimum} bytes")
