@@ -40,7 +40,7 @@ def main() -> int:
           f"{args.reads} polled reads + 1 Flush each", flush=True)
     # The gate would make this ring interrupt-driven; the point here is to bypass it.
     with PassthroughNamespace(args.device, writable=True, iopoll=True, accept_kernel_defects=DEFECT_IDS) as ns:
-        buf = mmap.mmap(-1, args.reads * ns.lba_size)
+        buf = mmap.mmap(-1, max(1, args.reads) * ns.lba_size)
         lbas = list(range(args.reads))
         t0 = time.monotonic()
         for i in range(1, args.iterations + 1):
