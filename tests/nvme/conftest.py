@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,5 +123,22 @@ def mounted_ext4(ext4_available: None) -> Iterator[Path]:
         (mnt / "hello").write_text("on the namespace\n")
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+        _umount(mnt)
         mnt.rmdir()
+
+
+def _umount(mnt: Path, wait_s: float = 10.0) -> None:
+    """umount, retried for a few seconds: the kernel may drop a file's last reference late.
+
+    A file closed by io_uring can be released from a worker thread, which defers
+    the final fput to a workqueue, so an umount right after the close may see
+    EBUSY for a moment.  A handle that really leaks stays busy and still fails.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"umount {mnt} still fails after {wait_s:.0f} s: {done.stderr.strip()}")
+        time.sleep(0.1)

@@ -1,7 +1,9 @@
 """IOPOLL on /dev/nullb0 (null_blk with poll queues, loaded at boot by scripts/test-nvme.sh).
 
-A RAM-backed device far faster than the emulated NVMe, so these tests push
-more I/O through a polled ring.  Where the kernel's null_blk cannot poll
+Far faster than the emulated NVMe, so these tests push more I/O through a
+polled ring.  Loaded without ``memory_backed=1`` it keeps no data (reads
+return whatever the driver hands back), so the tests check that every
+command was submitted, polled and reaped with its full length, not contents.  Where the kernel's null_blk cannot poll
 (5.10), the same I/O must still work, on the storage ring, for the reason
 the probe gives.
 """
@@ -44,7 +46,7 @@ def test_iopoll_file_on_nullb(caps: Capabilities, nullb: Path) -> None:
         f.read_into(offsets, back, BS, depth=32, chunk=8)
         counters = f.ring.counters()
         assert counters["submitted"] == counters["reaped"] == 2 * n, counters
-        assert back[:] == data[:]
+        assert f.ring.inflight == 0
 
 
 def test_stack_serves_nullb_by_polling_where_the_probe_says_so(caps: Capabilities, nullb: Path) -> None:
@@ -63,6 +65,5 @@ def test_stack_serves_nullb_by_polling_where_the_probe_says_so(caps: Capabilitie
         assert h.write_many(offsets, bufs) == [BS] * n
         back = [aligned_buffer(BS) for _ in range(n)]
         assert h.read_many(offsets, back) == [BS] * n
-        assert all(x[:] == y[:] for x, y in zip(back, bufs, strict=True))
         assert ring.counters()["reaped"] - before >= 2 * n
         assert ring.inflight == 0
