@@ -29,7 +29,7 @@ vm="$shared/nvme-vm/run"
 py="$repo/.venv/bin/python"
 # timeout_method=thread: a test stuck inside a syscall (where SIGALRM cannot
 # reach Python) still ends, with every thread's stack printed.
-pytest_args=(-m pytest tests/nvme -m nvme -q -p no:cacheprovider --timeout=180 --timeout-method=thread "$@")
+pytest_args=(-m pytest tests/nvme -m nvme -q -p no:cacheprovider --timeout=180 --timeout-method=thread --durations=6 "$@")
 marker="test-nvme: guest booted"
 
 host_skip() {
