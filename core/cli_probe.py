@@ -35,7 +35,10 @@ def probe(
     RLIMIT_MEMLOCK, CPUs and NUMA nodes, and lists block devices and NVMe
     namespaces with queue/io_poll and their /dev/ngXnY char device.
 
-    Ends with one verdict line per feature. The exit status is 0 even when
+    Lists the known defects of this kernel (matched by its Debian package
+    version from /proc/version, else its release) with the pattern each rules
+    out, e.g. polled NVMe passthrough on Debian 12's 6.1; --json carries them
+    as kernel_defects. Ends with one verdict line per feature. The exit status is 0 even when
     io_uring is unusable: that is a finding, not an error.
     """
     from uringstack.probe import probe as run_probe
