@@ -25,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 shared="$(dirname "$repo")/shared"
-vm="$shared/nvme-vm/run"
+vm="${NVME_VM_RUN:-$shared/nvme-vm/run}"  # NVME_VM_RUN: a stand-in, for tests of this script
 py="$repo/.venv/bin/python"
 # timeout_method=thread: a test stuck inside a syscall (where SIGALRM cannot
 # reach Python) still ends, with every thread's stack printed.
