@@ -39,6 +39,11 @@ def probe(
     RLIMIT_MEMLOCK, CPUs and NUMA nodes, and lists block devices and NVMe
     namespaces with queue/io_poll and their /dev/ngXnY char device.
 
+    Lists the known defects of this kernel (matched by its Debian package
+    version from /proc/version, else its release) with the pattern each rules
+    out, e.g. polled NVMe passthrough on Debian 12's 6.1; --json carries them
+    as kernel_defects.
+
     Ends with one verdict line for io_uring and one per plugin: the plugin's
     own verdict for the config in $URINGSTACK_CONFIG and URINGSTACK_*
     (the same lines `uringstack plan` shows). The exit status is 0 even when

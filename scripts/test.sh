@@ -15,6 +15,10 @@ echo "== host test suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 
 if [ -f scripts/test-nvme.sh ]; then
-  echo "== NVMe hardware group (inside the NVMe VM)"
-  bash scripts/test-nvme.sh
+  echo "== NVMe hardware group (inside the NVMe VM, kernels 5.10 / 6.1 / 6.12)"
+  start=$(date +%s)
+  rc=0
+  bash scripts/test-nvme.sh || rc=$?
+  echo "== NVMe hardware group: $(( $(date +%s) - start )) s, exit $rc"
+  exit $rc
 fi

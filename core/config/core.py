@@ -73,6 +73,15 @@ class CoreConfig(BaseModel):
         ),
     )
 
+    accept_kernel_defects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Ids of known kernel defects (uringstack probe lists those of this kernel) whose "
+            "ruled-out pattern may be used anyway, e.g. [\"nvme-uring-cmd-iopoll-gpf\"]. "
+            "Only for a kernel you know to carry the fix. In the environment: 'id1,id2'."
+        ),
+    )
+
     @field_validator("cores", mode="before")
     @classmethod
     def _parse_cores(cls, value: object) -> object:
@@ -102,3 +111,16 @@ class CoreConfig(BaseModel):
     @classmethod
     def _parse_disabled(cls, value: object) -> object:
         return parse_name_list(value)
+
+    @field_validator("accept_kernel_defects", mode="before")
+    @classmethod
+    def _parse_defects(cls, value: object) -> object:
+        return parse_name_list(value)
+
+    @field_validator("accept_kernel_defects")
+    @classmethod
+    def _check_defects(cls, value: list[str]) -> list[str]:
+        # An id the table does not know would silently accept nothing: a typo must not pass.
+        from uringstack.probe.defects import check_known_ids
+
+        return check_known_ids(value)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from uringstack.probe.defects import DefectFinding, ruling_out
 from uringstack.tune.model import TuneState
 
 UringBlocker = Literal[
@@ -105,8 +106,12 @@ class BlockDevice(BaseModel):
 class Capabilities(BaseModel):
     """Everything the probe found.  Plugins read it; nothing in it is guessed."""
 
-    schema_version: int = 1
+    schema_version: int = 2
     kernel_release: str
+    kernel_debian_version: str | None = None
+    """The Debian kernel package version from ``/proc/version`` (``6.1.192-3``), if any."""
+    kernel_defects: list[DefectFinding] = Field(default_factory=list)
+    """Known defects of this kernel (:mod:`uringstack.probe.defects`): patterns not to use."""
     system: str
     python: str
     uring: UringSupport
@@ -118,6 +123,10 @@ class Capabilities(BaseModel):
     tuning: TuneState | None = None
     """Measurements from ``uringstack tune`` that hold here (docs/tune.md); ``None`` until the
     plan looks them up.  Not a probe result: the probe never measures."""
+
+    def defect_ruling_out(self, pattern: str, accepted: list[str] | tuple[str, ...] = ()) -> DefectFinding | None:
+        """The known defect of this kernel that rules out *pattern*, unless its id is in *accepted*."""
+        return ruling_out(self.kernel_defects, pattern, accepted)
 
     def device_for_path(self, path: str) -> BlockDevice | None:
         """The probed device whose node (block or generic char) is *path*."""

@@ -167,6 +167,12 @@ def render(
         for note in notes:
             con.print(f"  {note}", soft_wrap=True, highlight=False, markup=False)
 
+    # --- known kernel defects (core/probe/defects_report.py) ---
+    from uringstack.probe.defects_report import render_defects
+
+    render_defects(caps, con)
+    # --- end of known kernel defects ---
+
     con.print("[bold]Verdict[/]")
     for check in verdicts(caps, plugin_manager, config):
         style = "green" if check.usable else "red"

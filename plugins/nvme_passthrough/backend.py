@@ -299,9 +299,10 @@ class PassthroughFileIO:
         sysfs_root: str = "/sys",
     ) -> None:
         self.ring = ring
-        # Flush carries no data and, on kernel 6.1, a Flush sent on an IOPOLL ring
-        # was seen never to complete (the test group hung in the NVMe VM), so a
-        # polled ring sends its Flushes through a small interrupt-driven ring.
+        # Flush carries no data: kernels 6.0-6.4 cannot poll it and oops when it sits
+        # on an IOPOLL ring (defect nvme-uring-cmd-iopoll-gpf, docs/nvme.md). The plan
+        # never builds a polled ring there unless that defect was accepted; a polled
+        # ring still sends its Flushes through a small interrupt-driven ring.
         self.flush_ring = flush_ring_for(worker, ring) if is_polled(ring) else ring
         self.path = target.path
         self.char_path = char_path

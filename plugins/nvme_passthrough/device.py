@@ -42,6 +42,14 @@ from uringstack.plugins.nvme_passthrough.commands import (
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.plugins.nvme_passthrough.usage import block_device_in_use
+from uringstack.probe.defects import (
+    POLLED_PASSTHROUGH,
+    KernelDefectError,
+    check_known_ids,
+    defects_here,
+    refusal,
+    ruling_out,
+)
 from uringstack.ring import Batch, Ring
 from uringstack.ring_params import RingParams
 
@@ -273,6 +281,23 @@ class PendingCommands:
         self.n = n
 
 
+def _polled_passthrough_gate(
+    path: str, required: bool, accepted: Sequence[str], note: str
+) -> tuple[bool, str]:
+    """``(use IOPOLL, reason)`` after the known-defects table had its say.
+
+    Raises :class:`KernelDefectError` when IOPOLL was required and a defect
+    of this kernel rules polled passthrough out (and was not accepted).
+    """
+    finding = ruling_out(defects_here(), POLLED_PASSTHROUGH, tuple(check_known_ids(list(accepted))))
+    if finding is None:
+        return True, note
+    why = refusal(finding, f"IOPOLL on {path}")
+    if required:
+        raise KernelDefectError(why)
+    return False, f"{note}; interrupt-driven ring instead: {why}"
+
+
 class PassthroughNamespace:
     """One NVMe namespace opened through ``/dev/ngXnY``; reads/writes as NVMe commands.
 
@@ -282,8 +307,11 @@ class PassthroughNamespace:
     (device-mapper, md), used as swap or exclusively claimed, unless
     ``allow_writes_in_use=True``.  The check runs once, at open.
 
-    ``iopoll``: None = use IOPOLL when the namespace's ``queue/io_poll`` is 1;
-    True = required (error otherwise); False = never.
+    ``iopoll``: None = use IOPOLL when the namespace's ``queue/io_poll`` is 1
+    and no known defect of the running kernel rules out polled passthrough
+    (:mod:`uringstack.probe.defects`; the ring is interrupt-driven then);
+    True = required (error otherwise, including on such a kernel unless the
+    defect's id is in *accept_kernel_defects*); False = never.
     """
 
     def __init__(
@@ -297,6 +325,7 @@ class PassthroughNamespace:
         sysfs_root: str | os.PathLike[str] = "/sys",
         mountinfo_path: str | os.PathLike[str] = "/proc/self/mountinfo",
         dev_root: str | os.PathLike[str] | None = "/dev",
+        accept_kernel_defects: Sequence[str] = (),
     ) -> None:
         self.path = os.fspath(path)
         self.writable = writable
@@ -323,6 +352,10 @@ class PassthroughNamespace:
                 raise UringIOError(errno.EOPNOTSUPP, "IOPOLL", self.path, info.note)
             self.iopoll = bool(info.io_poll if iopoll is None else iopoll)
             self.iopoll_reason = info.note
+            if self.iopoll:
+                self.iopoll, self.iopoll_reason = _polled_passthrough_gate(
+                    self.path, iopoll is True, accept_kernel_defects, info.note
+                )
             flags = SetupFlag.SQE128 | SetupFlag.CQE32
             if self.iopoll:
                 flags |= SetupFlag.IOPOLL

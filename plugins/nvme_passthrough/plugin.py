@@ -19,6 +19,7 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import find_generic_char, open_char_device
+from uringstack.probe.defects import POLLED_PASSTHROUGH, DefectFinding, refusal
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
@@ -40,10 +41,34 @@ class PassthroughConfig(FeatureConfig):
     mode: FeatureMode = Field("auto", description="auto: where a char device is accessible; on: required; off")
     allow_writes_in_use: bool = Field(False, description="allow writes to a mounted or held namespace (dangerous)")
     entries: int = Field(128, ge=1, le=32768, description="SQ entries of the per-core passthrough ring")
-    iopoll: bool = Field(False, description="also poll for completions (needs poll queues)")
+    iopoll: bool = Field(
+        False,
+        description=(
+            "also poll for completions (needs poll queues); ignored in 'auto' (refused in 'on') "
+            "where a known kernel defect rules out polled passthrough"
+        ),
+    )
+
+
+def polled_passthrough_defect(caps: Capabilities, config: StackConfig) -> DefectFinding | None:
+    """The known defect of this kernel that rules out ``iopoll = true``, unless accepted in [core]."""
+    return caps.defect_ruling_out(POLLED_PASSTHROUGH, config.core.accept_kernel_defects)
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
+    enabled, reason = _decide_passthrough(caps, config)
+    cfg = FEATURE.section(config)
+    defect = polled_passthrough_defect(caps, config) if cfg.iopoll else None
+    if not enabled or defect is None:
+        return enabled, reason
+    why = refusal(defect, "iopoll = true (polled passthrough)")
+    if cfg.mode == "on":
+        # 'on' with iopoll = true asks for exactly the pattern that crashes this kernel.
+        return False, why
+    return True, f"{reason}; interrupt-driven ring: {why}"
+
+
+def _decide_passthrough(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     if FEATURE.section(config).mode == "off":
         return False, "off (config)"
     u = caps.uring
@@ -78,7 +103,13 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
         SetupFlag.SQE128 | SetupFlag.CQE32, "nvme_passthrough: NVMe commands need 128-byte SQEs and 32-byte CQEs"
     )
     params.required |= SetupFlag.SQE128 | SetupFlag.CQE32
-    if cfg.iopoll:
+    if not cfg.iopoll:
+        return
+    defect = polled_passthrough_defect(caps, config)
+    if defect is not None:
+        # SQE128/CQE32 without IOPOLL: every command completes by interrupt.
+        params.reasons.append(f"nvme_passthrough: no IOPOLL: {refusal(defect, 'iopoll = true')}")
+    else:
         params.add(SetupFlag.IOPOLL, "nvme_passthrough: iopoll = true (config)")
 
 

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from uringstack.probe.model import Capabilities
+    from uringstack.probe.report import FeatureCheck
 
 NG = Path("/dev/ng0n1")
 BLK = Path("/dev/nvme0n1")
 SYS_BLK = Path("/sys/block/nvme0n1")
+NULLB = Path("/dev/nullb0")
 SKIP_REASON = (
     "needs an NVMe namespace with poll queues; runs inside ../shared/nvme-vm via "
     "scripts/test-nvme.sh"
 )
+MODPROBE_HINT = (
+    'scripts/test-nvme.sh loads it with NVME_VM_MODPROBE="crc32c_generic;ext4;null_blk '
+    'queue_mode=2 poll_queues=2 gb=1"'
+)
 
 
 def hardware_missing() -> str | None:
-    """Why the hardware group cannot run here, or None."""
-    if not NG.exists() or not SYS_BLK.exists():
-        return f"{SKIP_REASON} (no {NG if not NG.exists() else SYS_BLK} here)"
+    """Why the hardware group cannot run here, or None.
+
+    Only the block namespace is required: ``/dev/ng0n1`` exists from Linux 5.13
+    on, and whether passthrough is usable is the probe's verdict for this
+    kernel (see :func:`passthrough_check`), not a reason to skip the group.
+    """
+    if not BLK.exists() or not SYS_BLK.exists():
+        return f"{SKIP_REASON} (no {BLK if not BLK.exists() else SYS_BLK} here)"
     model = (
         (SYS_BLK / "device" / "model").read_text().strip()
         if (SYS_BLK / "device" / "model").exists()
@@ -52,38 +66,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=why))
 
 
-# Load order matters: each module needs the ones before it (no modprobe in the guest).
-EXT4_MODULES = ("crc16", "mbcache", "jbd2", "crc32c_generic", "ext4")
+@pytest.fixture(scope="session")
+def caps() -> Capabilities:
+    """The probe's report for this (guest) kernel, taken once per session."""
+    from uringstack.probe import probe
+
+    return probe()
 
 
-def _finit_module(path: Path) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # SYS_finit_module on x86-64 is 313.
-        if libc.syscall(313, fd, b"", 0) != 0:
-            err = ctypes.get_errno()
-            if err != errno.EEXIST:
-                raise OSError(err, f"finit_module({path.name}) failed: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+def _check(caps: Capabilities, feature: str) -> FeatureCheck:
+    from uringstack.probe.report import verdicts
+
+    return next(c for c in verdicts(caps) if c.feature == feature)
+
+
+@pytest.fixture(scope="session")
+def passthrough_check(caps: Capabilities) -> FeatureCheck:
+    """The probe's NVMe passthrough verdict for this kernel."""
+    return _check(caps, "NVMe passthrough")
+
+
+@pytest.fixture
+def passthrough(passthrough_check: FeatureCheck, caps: Capabilities) -> None:
+    """Skip, with the probe's own reason, where this kernel cannot do passthrough.
+
+    test_kernel_matrix checks that reason is the right one for the kernel, so a
+    skip here is never a silent loss of coverage.
+    """
+    if not passthrough_check.usable:
+        pytest.skip(f"the probe rules NVMe passthrough out on {caps.kernel_release}: {passthrough_check.reason}")
 
 
 @pytest.fixture(scope="session")
 def ext4_available() -> None:
-    """Make sure the kernel can mount ext4, loading modules scripts/test-nvme.sh fetched."""
-    if "ext4" in Path("/proc/filesystems").read_text().split():
-        return
-    kdir = os.environ.get("URINGSTACK_NVME_KMODS")
-    release = os.uname().release
-    if not kdir or not (Path(kdir) / release).is_dir():
-        pytest.skip(
-            f"the VM kernel {release} has no ext4 driver built in and no modules were provided: "
-            "scripts/test-nvme.sh fetches them into URINGSTACK_NVME_KMODS"
-        )
-    for name in EXT4_MODULES:
-        _finit_module(Path(kdir) / release / f"{name}.ko")
-    assert "ext4" in Path("/proc/filesystems").read_text().split()
+    """Skip unless the guest kernel can mount ext4 (modules loaded at boot by the VM)."""
+    if "ext4" not in Path("/proc/filesystems").read_text().split():
+        pytest.skip(f"the VM kernel {os.uname().release} cannot mount ext4 (module not loaded): {MODPROBE_HINT}")
+
+
+@pytest.fixture(scope="session")
+def nullb() -> Path:
+    """The RAM-backed null_blk device, or a skip naming how to get it."""
+    if not NULLB.exists():
+        pytest.skip(f"no {NULLB}: null_blk is not loaded; {MODPROBE_HINT}")
+    return NULLB
 
 
 @pytest.fixture
@@ -97,5 +123,22 @@ def mounted_ext4(ext4_available: None) -> Iterator[Path]:
         (mnt / "hello").write_text("on the namespace\n")
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+        _umount(mnt)
         mnt.rmdir()
+
+
+def _umount(mnt: Path, wait_s: float = 10.0) -> None:
+    """umount, retried for a few seconds: the kernel may drop a file's last reference late.
+
+    A file closed by io_uring can be released from a worker thread, which defers
+    the final fput to a workqueue, so an umount right after the close may see
+    EBUSY for a moment.  A handle that really leaks stays busy and still fails.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"umount {mnt} still fails after {wait_s:.0f} s: {done.stderr.strip()}")
+        time.sleep(0.1)

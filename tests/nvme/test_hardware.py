@@ -19,6 +19,8 @@ from uringstack.flags import SetupFlag
 from uringstack.plugins.iopoll.poll import IopollFile, device_supports_poll
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError, PassthroughNamespace
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
+from uringstack.probe.defects import POLLED_PASSTHROUGH
+from uringstack.probe.model import Capabilities
 
 from .conftest import BLK, NG
 
@@ -69,17 +71,23 @@ def test_iopoll_ring_really_polls_and_reaps() -> None:
         os.close(fd)
 
 
-def test_passthrough_ring_flags_and_identity() -> None:
+def test_passthrough_ring_flags_and_identity(passthrough: None, caps: Capabilities) -> None:
+    # Polled by default, except where a known defect of this kernel rules polled passthrough out.
+    ruled_out = caps.defect_ruling_out(POLLED_PASSTHROUGH)
     with PassthroughNamespace(NG) as ns:
         assert ns.nsid == 1
         assert ns.block_device == "nvme0n1"
         assert ns.lba_size == int(Path("/sys/block/nvme0n1/queue/logical_block_size").read_text())
         assert ns.size_bytes == int(Path("/sys/block/nvme0n1/size").read_text()) * 512
         want = SetupFlag.SQE128 | SetupFlag.CQE32 | SetupFlag.IOPOLL
-        assert ns.iopoll and (ns.ring.flags & want) == want and not ns.ring.dropped
+        if ruled_out is None:
+            assert ns.iopoll and (ns.ring.flags & want) == want and not ns.ring.dropped
+        else:
+            assert not ns.iopoll and not ns.ring.flags & SetupFlag.IOPOLL, ns.ring.flags
+            assert ruled_out.id in ns.iopoll_reason
 
 
-def test_round_trip_10000_random_lbas() -> None:
+def test_round_trip_10000_random_lbas(passthrough: None) -> None:
     rng = random.Random(10000)
     with PassthroughNamespace(NG, writable=True) as ns:
         assert ns.in_use == [], ns.in_use
@@ -98,7 +106,7 @@ def test_round_trip_10000_random_lbas() -> None:
     assert _pread_direct(lbas, lba_size) == data[:]
 
 
-def test_async_batch_form_and_multi_block_commands() -> None:
+def test_async_batch_form_and_multi_block_commands(passthrough: None) -> None:
     with PassthroughNamespace(NG, writable=True) as ns:
         nblocks = 4096 // ns.lba_size * 2  # 8 KiB per command
         lbas = [0, 1000, 50_000, ns.nblocks - nblocks]
@@ -114,7 +122,7 @@ def test_async_batch_form_and_multi_block_commands() -> None:
     assert first == data[nblocks * size : 2 * nblocks * size]
 
 
-def test_flush() -> None:
+def test_flush(passthrough: None) -> None:
     with PassthroughNamespace(NG, writable=True) as ns:
         before = ns.ring.counters()["reaped"]
         ns.flush()
@@ -123,7 +131,7 @@ def test_flush() -> None:
         ro.flush()
 
 
-def test_out_of_range_lba_is_a_decoded_nvme_error() -> None:
+def test_out_of_range_lba_is_a_decoded_nvme_error(passthrough: None) -> None:
     with PassthroughNamespace(NG, writable=True) as ns:
         buf = mmap.mmap(-1, 3 * ns.lba_size)
         with pytest.raises(NvmeStatusError) as info:
@@ -145,7 +153,7 @@ def test_out_of_range_lba_is_a_decoded_nvme_error() -> None:
         assert ns.ring.inflight == 0
 
 
-def test_writes_refused_on_mounted_namespace(mounted_ext4: Path) -> None:
+def test_writes_refused_on_mounted_namespace(passthrough: None, mounted_ext4: Path) -> None:
     with pytest.raises(NamespaceInUseError) as info:
         PassthroughNamespace(NG, writable=True)
     assert any(f"mounted at {mounted_ext4}" in r for r in info.value.reasons), info.value.reasons
@@ -167,7 +175,7 @@ def test_writes_refused_on_mounted_namespace(mounted_ext4: Path) -> None:
         rw.flush()
 
 
-def test_writes_refused_on_namespace_used_as_swap() -> None:
+def test_writes_refused_on_namespace_used_as_swap(passthrough: None) -> None:
     mkswap, swapon, swapoff = (shutil.which(t) for t in ("mkswap", "swapon", "swapoff"))
     if not (mkswap and swapon and swapoff):
         pytest.skip("mkswap/swapon/swapoff not installed")

@@ -22,6 +22,9 @@ from uringstack.buffers import aligned_buffer
 from uringstack.errors import AlignmentError, UringIOError
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
+from uringstack.probe.defects import POLLED_PASSTHROUGH
+from uringstack.probe.model import Capabilities
+from uringstack.probe.report import FeatureCheck
 from uringstack.stack import Stack
 from uringstack.types import PlanError
 
@@ -67,25 +70,29 @@ def _buffers(rng: random.Random, n: int, size: int = BS) -> list[mmap.mmap]:
     return bufs
 
 
-def test_plan_and_describe_show_iopoll_and_passthrough_rings(stack: Stack) -> None:
+def test_plan_and_describe_show_iopoll_and_passthrough_rings(stack: Stack, passthrough_check: FeatureCheck) -> None:
     verdicts = {v.plugin: v for v in stack.plan.verdicts}
     assert verdicts["iopoll"].enabled, verdicts["iopoll"].reason
-    assert verdicts["nvme_passthrough"].enabled, verdicts["nvme_passthrough"].reason
-    assert "/dev/ng0n1" in verdicts["nvme_passthrough"].reason
     planned = {r.role: r for r in stack.plan.workers[0].rings}
     assert "IOPOLL" in planned["iopoll"].flags and "IOPOLL" in planned["iopoll"].required
-    assert {"SQE128", "CQE32"} <= set(planned["passthrough"].required)
     targets = {t.target: t for t in stack.plan.targets}
-    assert targets[str(NG)].backend == "nvme_passthrough", targets[str(NG)]
     assert targets[str(BLK)].backend == "iopoll", targets[str(BLK)]  # direct=True in the plan's dry run
     # describe() reads the flags back from the rings the kernel created.
     rings = stack.describe()["workers"][0]["rings"]
     assert "IOPOLL" in rings["iopoll"]["flags"] and not rings["iopoll"]["dropped"]
-    assert {"SQE128", "CQE32"} <= set(rings["passthrough"]["flags"]) and not rings["passthrough"]["dropped"]
     assert "IOPOLL" not in rings["storage"]["flags"]
+    # Passthrough follows the probe's verdict for this kernel (5.10: no SQE128, no /dev/ng0n1).
+    assert verdicts["nvme_passthrough"].enabled == passthrough_check.usable, verdicts["nvme_passthrough"]
+    if not passthrough_check.usable:
+        assert "passthrough" not in planned and "passthrough" not in rings
+        return
+    assert "/dev/ng0n1" in verdicts["nvme_passthrough"].reason
+    assert {"SQE128", "CQE32"} <= set(planned["passthrough"].required)
+    assert targets[str(NG)].backend == "nvme_passthrough", targets[str(NG)]
+    assert {"SQE128", "CQE32"} <= set(rings["passthrough"]["flags"]) and not rings["passthrough"]["dropped"]
 
 
-def test_ng_round_trip_through_filehandle(stack: Stack) -> None:
+def test_ng_round_trip_through_filehandle(stack: Stack, passthrough: None) -> None:
     rng = random.Random(1)
     with stack.open(NG) as h:
         assert h.backend == "nvme_passthrough" and h.direct
@@ -119,7 +126,7 @@ def test_ng_round_trip_through_filehandle(stack: Stack) -> None:
     assert _pread(BLK, [8 * BS], BS) == [bytes(one)]
 
 
-def test_ng_asyncio_gather_1000_reads(stack: Stack) -> None:
+def test_ng_asyncio_gather_1000_reads(stack: Stack, passthrough: None) -> None:
     rng = random.Random(3)
     with stack.open(NG) as h:
         offsets = [u * BS for u in rng.sample(range(h.size() // BS), 1000)]
@@ -134,7 +141,7 @@ def test_ng_asyncio_gather_1000_reads(stack: Stack) -> None:
         assert stack.workers[0].rings["passthrough"].inflight == 0
 
 
-def test_block_device_with_passthrough_auto_is_served_by_passthrough(stack: Stack) -> None:
+def test_block_device_with_passthrough_auto_is_served_by_passthrough(stack: Stack, passthrough: None) -> None:
     with stack.open(BLK, passthrough="auto") as h:
         assert h.backend == "nvme_passthrough"
         assert h.io.char_path == str(NG)  # type: ignore[attr-defined]
@@ -191,7 +198,7 @@ def test_block_device_direct_is_served_by_iopoll(stack: Stack) -> None:
     assert _pread(BLK, [5 * BS], BS) == [bytes(one)]
 
 
-def test_out_of_range_lba_through_the_handle(stack: Stack) -> None:
+def test_out_of_range_lba_through_the_handle(stack: Stack, passthrough: None) -> None:
     with stack.open(NG) as h:
         end = h.size()
         buf = aligned_buffer(BS)
@@ -211,10 +218,17 @@ def test_out_of_range_lba_through_the_handle(stack: Stack) -> None:
         stack.open(NG, passthrough="off")
 
 
-def test_passthrough_ring_with_iopoll() -> None:
+def test_passthrough_ring_with_iopoll(passthrough: None, caps: Capabilities) -> None:
+    ruled_out = caps.defect_ruling_out(POLLED_PASSTHROUGH)
     with _stack(**{"nvme_passthrough.iopoll": True}) as s:
         ring = s.workers[0].rings["passthrough"]
-        assert "IOPOLL" in s.describe()["workers"][0]["rings"]["passthrough"]["flags"]
+        flags = s.describe()["workers"][0]["rings"]["passthrough"]["flags"]
+        if ruled_out is not None:
+            # The gate: on this kernel iopoll = true gets an interrupt-driven ring, and the plan says why.
+            assert "IOPOLL" not in flags
+            assert ruled_out.id in {v.plugin: v for v in s.plan.verdicts}["nvme_passthrough"].reason
+        else:
+            assert "IOPOLL" in flags
         rng = random.Random(6)
         with s.open(NG) as h:
             offsets = [u * BS for u in rng.sample(range(h.size() // BS), 300)]
@@ -224,7 +238,8 @@ def test_passthrough_ring_with_iopoll() -> None:
             # Flushes go through an interrupt-driven ring: on 6.1 a Flush on the
             # IOPOLL ring was seen to hang the whole group
             flush_ring = h.io.flush_ring  # type: ignore[attr-defined]
-            assert flush_ring is not ring and "IOPOLL" not in repr(flush_ring.flags)
+            assert "IOPOLL" not in repr(flush_ring.flags)
+            assert (flush_ring is ring) == (ruled_out is not None)
             h.write_durable(data[0], offsets[0])
             back = [aligned_buffer(BS) for _ in range(300)]
             h.read_many(offsets, back)
@@ -237,7 +252,24 @@ def test_passthrough_ring_with_iopoll() -> None:
             assert ring.inflight == 0
 
 
-def test_mounted_namespace_refuses_writes_through_stack_open(stack: Stack, mounted_ext4: Path) -> None:
+def test_file_on_ext4_over_the_pollable_namespace_is_polled(stack: Stack, mounted_ext4: Path) -> None:
+    with stack.open(mounted_ext4 / "data", direct=True, create=True) as f:
+        assert f.backend == "iopoll"
+        buf = _buffers(random.Random(7), 1)[0]
+        f.write_durable(buf, 0)
+        back = aligned_buffer(BS)
+        f.read_into(back, 0)
+        assert back[:] == buf[:]
+    with stack.open(mounted_ext4 / "buffered", create=True) as f:  # buffered: the storage ring
+        assert f.backend == "uring"
+        assert f.write_durable(b"x" * BS, 0) == BS
+        got = bytearray(BS)
+        assert f.read_into(got, 0) == BS and got == b"x" * BS
+
+
+def test_mounted_namespace_refuses_writes_through_stack_open(
+    stack: Stack, passthrough: None, mounted_ext4: Path
+) -> None:
     mounted = mounted_ext4
     with pytest.raises(NamespaceInUseError) as info:
         stack.open(NG)

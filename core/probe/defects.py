@@ -1,0 +1,334 @@
+"""Known kernel defects that rule out a submission pattern, and which apply to this kernel.
+
+Trying a setup flag live says "the kernel accepts it", not "it is safe": a
+kernel can accept a pattern and crash on it.  :data:`KNOWN_DEFECTS` lists the
+defects we know, each with the kernels it affects (upstream versions and
+Debian package versions), the pattern it rules out and the evidence.  A kernel
+the table does not match is judged by what the probe tries live, as before.
+
+Versions: ``uname -r`` of a distribution kernel names its ABI, not its code
+(Debian 12's ``6.1.0-57-amd64`` is the package ``6.1.192-3``), so where
+``/proc/version`` carries a Debian package version that is what the Debian
+ranges are matched against; otherwise the release's leading ``X.Y[.Z]`` is
+matched against the upstream ranges.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from uringstack.errors import UringStackError
+
+# The submission patterns a defect can rule out (what plugins ask about).
+POLLED_PASSTHROUGH = "polled_passthrough"
+PATTERNS: dict[str, str] = {
+    POLLED_PASSTHROUGH: "polled NVMe passthrough: IORING_OP_URING_CMD on an IORING_SETUP_IOPOLL ring",
+}
+
+_PROC_VERSION = Path("/proc/version")
+
+
+class KernelDefectError(UringStackError, RuntimeError):
+    """A pattern was required that a known defect of the running kernel rules out."""
+
+
+# --- versions ------------------------------------------------------------------------
+
+
+def _order(c: str) -> int:
+    # dpkg's character order: '~' sorts before everything, even the end of the string;
+    # letters before non-letters.
+    if c == "~":
+        return -1
+    if c.isdigit():
+        return 0
+    if c.isalpha():
+        return ord(c)
+    return ord(c) + 256
+
+
+def _verrevcmp(a: str, b: str) -> int:
+    """dpkg's comparison of one version part (upstream or revision)."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        first_diff = 0
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = _order(a[i]) if i < len(a) else 0
+            bc = _order(b[j]) if j < len(b) else 0
+            if ac != bc:
+                return ac - bc
+            i += 1
+            j += 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i += 1
+            j += 1
+        if i < len(a) and a[i].isdigit():
+            return 1
+        if j < len(b) and b[j].isdigit():
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
+_DEB_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)?$")
+
+
+def compare_debian(a: str, b: str) -> int:
+    """Compare two Debian package versions as dpkg does: <0, 0 or >0.
+
+    Raises ValueError for a string that is not a Debian version.
+    """
+    for v in (a, b):
+        if not _DEB_VERSION.match(v):
+            raise ValueError(f"{v!r} is not a Debian package version")
+
+    def split(v: str) -> tuple[int, str, str]:
+        epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
+        upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
+        return int(epoch), upstream, revision
+
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    if ea != eb:
+        return ea - eb
+    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
+
+
+_UPSTREAM = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_upstream(text: str) -> tuple[int, int, int]:
+    """``(major, minor, patch)`` from the start of a kernel release such as ``6.1.0-57-amd64``."""
+    m = _UPSTREAM.match(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} does not start with a kernel version X.Y[.Z]")
+    return int(m[1]), int(m[2]), int(m[3] or 0)
+
+
+def _compare_upstream(a: str, b: str) -> int:
+    va, vb = parse_upstream(a), parse_upstream(b)
+    return (va > vb) - (va < vb)
+
+
+_DEBIAN_IN_PROC = re.compile(r"\bDebian (\d+\.\d+(?:\.\d+)?[^\s()]*)")
+
+
+def debian_version_from_proc(text: str) -> str | None:
+    """The Debian kernel package version in a ``/proc/version`` line (``6.1.192-3``), or None."""
+    # The compiler's version ("gcc-12 (Debian 12.2.0-14)") comes first; the kernel
+    # package's is in the build tag after "#N SMP ...", the last one on the line.
+    found = _DEBIAN_IN_PROC.findall(text.partition("#")[2])
+    return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """``low <= v < high`` (either bound may be absent), in one version scheme."""
+
+    scheme: str  # "upstream" or "debian"
+    low: str | None
+    high: str | None
+
+    def contains(self, version: str) -> bool:
+        if self.scheme == "debian":
+            return (self.low is None or compare_debian(version, self.low) >= 0) and (
+                self.high is None or compare_debian(version, self.high) < 0
+            )
+        v = parse_upstream(version)
+        return (self.low is None or v >= parse_upstream(self.low)) and (
+            self.high is None or v < parse_upstream(self.high)
+        )
+
+    def __str__(self) -> str:
+        parts = [f">={self.low}"] if self.low else []
+        parts += [f"<{self.high}"] if self.high else []
+        return ",".join(parts)
+
+
+def parse_range(scheme: str, text: str) -> VersionRange:
+    """Parse ``">=6.0,<6.5"`` (bounds: ``>=`` inclusive, ``<`` exclusive) in *scheme*.
+
+    Raises ValueError naming the range when it cannot be parsed, so a bad
+    table entry fails a test instead of surprising a user at run time.
+    """
+    if scheme not in ("upstream", "debian"):
+        raise ValueError(f"range {text!r}: unknown version scheme {scheme!r}")
+    low = high = None
+    for part in (p.strip() for p in text.split(",")):
+        if part.startswith(">=") and low is None:
+            low = part[2:].strip()
+        elif part.startswith("<") and not part.startswith("<=") and high is None:
+            high = part[1:].strip()
+        else:
+            raise ValueError(f"range {text!r}: {part!r} is not '>=VERSION' or '<VERSION' (each once)")
+    if low is None and high is None:
+        raise ValueError(f"range {text!r} has no bound")
+    check = compare_debian if scheme == "debian" else _compare_upstream
+    try:
+        for bound in (low, high):
+            if bound is not None:
+                check(bound, bound)
+        if low is not None and high is not None and check(low, high) >= 0:
+            raise ValueError(f"range {text!r} is empty")
+    except ValueError as exc:
+        raise ValueError(f"{scheme} range {text!r}: {exc}") from None
+    return VersionRange(scheme, low, high)
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelDefect:
+    """One known kernel defect: which kernels, which pattern it rules out, and why we believe it."""
+
+    id: str
+    title: str
+    rules_out: str
+    upstream: tuple[str, ...]
+    debian: tuple[str, ...]
+    evidence: tuple[str, ...]
+
+    def upstream_ranges(self) -> list[VersionRange]:
+        return [parse_range("upstream", r) for r in self.upstream]
+
+    def debian_ranges(self) -> list[VersionRange]:
+        return [parse_range("debian", r) for r in self.debian]
+
+
+KNOWN_DEFECTS: tuple[KernelDefect, ...] = (
+    KernelDefect(
+        id="nvme-uring-cmd-iopoll-gpf",
+        title=(
+            "general protection fault in bio_poll from nvme_ns_chr_uring_cmd_iopoll: a passthrough "
+            "command that is not polled (a Flush, or any command without data) completes by "
+            "interrupt and io_uring_cmd_complete_in_task() stores task_work_cb in the union that "
+            "the iopoll callback then reads as its bio cookie"
+        ),
+        rules_out=POLLED_PASSTHROUGH,
+        # Polled passthrough came in 585079b6e425 (v6.0); 9408d8a37e6c (v6.5) polls the
+        # request only when IORING_URING_CMD_POLLED is set. No 6.1.y backport.
+        upstream=(">=6.0,<6.5",),
+        # Debian: every 6.1 package (bookworm) and the 6.0 ones; 6.5+ carry the fix.
+        debian=(">=6.0,<6.5~",),
+        evidence=(
+            "upstream fix 9408d8a37e6c 'nvme: improved uring polling' (v6.5-rc1), not backported",
+            "defect introduced by 585079b6e425 'nvme: wire up async polling for io passthrough "
+            "commands' (v6.0-rc1)",
+            "reproduced in ../shared/nvme-vm on Debian 6.1.192-3 (6.1.0-57-amd64): see docs/nvme.md",
+        ),
+    ),
+)
+
+DEFECTS_BY_ID: dict[str, KernelDefect] = {d.id: d for d in KNOWN_DEFECTS}
+
+
+class DefectFinding(BaseModel):
+    """A known defect that applies to the probed kernel (part of the capability report)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    title: str
+    rules_out: str
+    matched: str
+    """Why it applies: which version fell in which range."""
+    evidence: list[str]
+
+
+@dataclass(frozen=True)
+class KernelVersion:
+    """The running kernel's release (``uname -r``) and, for Debian, its package version."""
+
+    release: str
+    debian: str | None = None
+
+
+def matching_defects(kernel: KernelVersion, table: tuple[KernelDefect, ...] = KNOWN_DEFECTS) -> list[DefectFinding]:
+    """The entries of *table* that apply to *kernel*; an unparsable release matches nothing.
+
+    A Debian kernel is judged by its package version only: its ``uname -r``
+    (``6.1.0-57``) says nothing about the stable patches it carries.
+    """
+    found: list[DefectFinding] = []
+    for d in table:
+        matched = None
+        if kernel.debian is not None:
+            if not _DEB_VERSION.match(kernel.debian):
+                continue
+            hit = next((r for r in d.debian_ranges() if r.contains(kernel.debian)), None)
+            if hit is not None:
+                matched = f"Debian kernel package {kernel.debian} is in {hit}"
+        else:
+            try:
+                parse_upstream(kernel.release)
+            except ValueError:
+                continue
+            hit = next((r for r in d.upstream_ranges() if r.contains(kernel.release)), None)
+            if hit is not None:
+                matched = f"kernel {kernel.release} is in upstream {hit}"
+        if matched is not None:
+            found.append(DefectFinding(id=d.id, title=d.title, rules_out=d.rules_out, matched=matched,
+                                       evidence=list(d.evidence)))  # fmt: skip
+    return found
+
+
+def running_kernel(proc_version: Path = _PROC_VERSION) -> KernelVersion:
+    """This machine's kernel: ``uname -r`` plus the Debian version from ``/proc/version``."""
+    try:
+        text = proc_version.read_text()
+    except OSError:
+        text = ""
+    return KernelVersion(release=platform.release(), debian=debian_version_from_proc(text))
+
+
+@cache
+def _here() -> tuple[DefectFinding, ...]:
+    if platform.system() != "Linux":
+        return ()
+    return tuple(matching_defects(running_kernel()))
+
+
+def defects_here() -> list[DefectFinding]:
+    """The known defects of the running kernel (computed once per process)."""
+    return list(_here())
+
+
+def ruling_out(
+    findings: list[DefectFinding], pattern: str, accepted: list[str] | tuple[str, ...] = ()
+) -> DefectFinding | None:
+    """The first finding that rules out *pattern* and that the user did not accept, or None."""
+    return next((f for f in findings if f.rules_out == pattern and f.id not in accepted), None)
+
+
+def refusal(finding: DefectFinding, what: str) -> str:
+    """One sentence: why *what* is refused, and the exact override that would allow it."""
+    return (
+        f"{what} is ruled out on this kernel by known defect {finding.id} ({finding.matched}: "
+        f"{PATTERNS.get(finding.rules_out, finding.rules_out)} can crash the kernel); "
+        f"to use it anyway set [core] accept_kernel_defects = [\"{finding.id}\"]"
+    )
+
+
+def check_known_ids(ids: list[str]) -> list[str]:
+    """*ids* unchanged when every one names a table entry; ValueError naming the unknown ones."""
+    unknown = [i for i in ids if i not in DEFECTS_BY_ID]
+    if unknown:
+        raise ValueError(
+            f"unknown kernel defect id(s) {', '.join(map(repr, unknown))}; known: "
+            + ", ".join(sorted(DEFECTS_BY_ID))
+        )
+    return ids

@@ -1,0 +1,52 @@
+"""scripts/test-nvme.sh tells a guest that died mid-run (failure) from a VM that never booted (skip).
+
+A stand-in for ../shared/nvme-vm/run (NVME_VM_RUN) plays each outcome, so the
+decision logic is checked on any machine, in seconds, without a VM.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "test-nvme.sh"
+
+
+def _run(tmp_path: Path, body: str, kernels: str = "6.1") -> subprocess.CompletedProcess[str]:
+    fake = tmp_path / "run"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    env = {**os.environ, "NVME_VM_RUN": str(fake), "NVME_KERNELS": kernels}
+    return subprocess.run(["bash", str(SCRIPT), "-k", "no_such_test_name"], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def test_a_guest_oops_after_boot_fails_the_run_at_once(tmp_path: Path) -> None:
+    # What run does on an oops: the guest printed its marker, then the VM panicked: exit 125.
+    body = 'echo "test-nvme: guest booted (6.1.0-57-amd64)"\necho "RIP: 0010:bio_poll+0x1d/0x150" >&2\nexit 125\n'
+    done = _run(tmp_path, body)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "6.1 (6.1.0-57-amd64): FAILED" in done.stdout and "guest kernel died" in done.stdout
+    assert "bio_poll" in done.stderr  # run's kernel log reaches the user
+
+
+def test_a_vm_that_never_booted_is_a_skip_with_the_reason(tmp_path: Path) -> None:
+    done = _run(tmp_path, 'echo "qemu: cannot boot" >&2\nexit 125\n', kernels="6.1 6.12")
+    assert "6.1: SKIPPED: the VM did not boot (exit 125" in done.stdout
+    assert "6.12: SKIPPED" in done.stdout
+    assert "no NVMe VM booted" in done.stderr  # then the group runs on the host, where it skips
+    assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: pytest collected nothing
+
+
+def test_a_failing_test_in_the_guest_fails_the_run(tmp_path: Path) -> None:
+    done = _run(tmp_path, 'echo "test-nvme: guest booted (6.12.1)"\necho "1 failed in 3s"\nexit 1\n', kernels="6.12")
+    assert done.returncode == 1 and "6.12 (6.12.1): FAILED" in done.stdout
+
+
+@pytest.mark.parametrize("kernels", ["5.9"])
+def test_an_unknown_kernel_name_is_a_usage_error(tmp_path: Path, kernels: str) -> None:
+    done = _run(tmp_path, "exit 0\n", kernels=kernels)
+    assert done.returncode == 2 and "unknown kernel '5.9'" in done.stderr
