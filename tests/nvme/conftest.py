@@ -74,16 +74,26 @@ def caps() -> Capabilities:
     return probe()
 
 
-def _check(caps: Capabilities, feature: str) -> FeatureCheck:
+def probe_checks(caps: Capabilities) -> dict[str, FeatureCheck]:
+    """The verdict lines `uringstack probe` prints for this kernel (io_uring, then each
+    plugin's own verdict under the default config), by feature name."""
+    from uringstack.config import load_config
+    from uringstack.pluginmanager import make_plugin_manager
     from uringstack.probe.report import verdicts
 
-    return next(c for c in verdicts(caps) if c.feature == feature)
+    pm = make_plugin_manager()
+    config = load_config(env={}, plugin_manager=pm).config
+    return {c.feature: c for c in verdicts(caps, pm, config)}
+
+
+def _check(caps: Capabilities, feature: str) -> FeatureCheck:
+    return probe_checks(caps)[feature]
 
 
 @pytest.fixture(scope="session")
 def passthrough_check(caps: Capabilities) -> FeatureCheck:
     """The probe's NVMe passthrough verdict for this kernel."""
-    return _check(caps, "NVMe passthrough")
+    return _check(caps, "nvme_passthrough")
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import pytest
 
 from uringstack.probe.defects import POLLED_PASSTHROUGH, matching_defects, parse_upstream, running_kernel
 from uringstack.probe.model import Capabilities
-from uringstack.probe.report import FeatureCheck, verdicts
+from uringstack.probe.report import FeatureCheck
 
-from .conftest import BLK, NG
+from .conftest import BLK, NG, probe_checks
 
 pytestmark = pytest.mark.nvme
 
@@ -41,10 +41,10 @@ def test_passthrough_verdict_is_right_for_this_kernel(caps: Capabilities, passth
 
 
 def test_iopoll_and_io_uring_verdicts_hold_on_every_kernel(caps: Capabilities) -> None:
-    checks = {c.feature: c for c in verdicts(caps)}
+    checks = probe_checks(caps)
     assert checks["io_uring"].usable, checks["io_uring"].reason
-    assert checks["IOPOLL"].usable, checks["IOPOLL"].reason
-    assert BLK.name in checks["IOPOLL"].reason
+    assert checks["iopoll"].usable, checks["iopoll"].reason
+    assert BLK.name in checks["iopoll"].reason
     dev = caps.device_for_path(str(BLK))
     assert dev is not None and dev.nvme and dev.io_poll, dev
 
