@@ -50,3 +50,25 @@ def test_a_failing_test_in_the_guest_fails_the_run(tmp_path: Path) -> None:
 def test_an_unknown_kernel_name_is_a_usage_error(tmp_path: Path, kernels: str) -> None:
     done = _run(tmp_path, "exit 0\n", kernels=kernels)
     assert done.returncode == 2 and "unknown kernel '5.9'" in done.stderr
+
+
+def test_after_one_kernel_found_no_kvm_the_others_start_under_tcg(tmp_path: Path) -> None:
+    # The stand-in records its arguments and, like run, caches "tcg" for its suite's image.
+    cache = tmp_path / "cache"
+    body = (
+        'echo "$NVME_VM_SUITE: $*" | cut -d- -f1-3 >> "$XDG_CACHE_HOME/calls"\n'
+        'mkdir -p "$XDG_CACHE_HOME/nvme-vm${NVME_VM_SUITE:+-$NVME_VM_SUITE}"\n'
+        'printf "host\\ntcg\\n" > "$XDG_CACHE_HOME/nvme-vm${NVME_VM_SUITE:+-$NVME_VM_SUITE}/accel"\n'
+        'echo "test-nvme: guest booted (x)"\necho "1 passed in 1s"\nexit 0\n'
+    )
+    cache.mkdir()
+    fake = tmp_path / "run"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    env = {**os.environ, "NVME_VM_RUN": str(fake), "NVME_KERNELS": "5.10 6.12", "XDG_CACHE_HOME": str(cache)}
+    env.pop("NVME_VM_ACCEL", None)
+    done = subprocess.run(["bash", str(SCRIPT), "-k", "x"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = (cache / "calls").read_text().splitlines()
+    assert calls[0].startswith("bullseye: --timeout"), calls  # the first kernel probes (auto)
+    assert calls[1].startswith("trixie: --accel tcg"), calls  # the next one skips the probe
