@@ -21,7 +21,7 @@ import io
 import locale
 import os
 from collections import deque
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
 from uringstack.errors import RingClosedError
@@ -47,10 +47,12 @@ def _closed() -> ValueError:
 
 
 class _LineReader(Generic[AnyStr]):
-    """``readlines`` and ``async for`` over a file's ``readline``, as aiofiles has them."""
+    """``readlines`` and ``async for`` over a file's ``readline``, as aiofiles has them.
 
-    async def readline(self, size: int = -1) -> AnyStr:
-        raise NotImplementedError
+    The binary and the text file each define ``readline``; this class only
+    declares its type."""
+
+    readline: Callable[..., Awaitable[AnyStr]]
 
     async def readlines(self, hint: int = -1) -> list[AnyStr]:
         lines: list[AnyStr] = []
