@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -48,3 +51,24 @@ def _poller_cpus(ring: Any, timeout_s: float = 30.0) -> str:
 def poller_cpus() -> Callable[..., str]:
     """``poller_cpus(ring)``: the CPU list the ring's SQPOLL thread may run on."""
     return _poller_cpus
+
+
+@pytest.fixture
+def loop_device(tmp_path: pathlib.Path) -> Iterator[tuple[str, pathlib.Path]]:
+    """A 32 MiB loop block device over a file of random bytes: ``(device, backing file)``.
+
+    Root and losetup are what CI and the README's test command have, so the
+    block-device tests run on every machine of the project."""
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup")
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as f:
+        f.write(os.urandom(32 << 20))
+    done = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"losetup failed: {done.stderr.strip()}")
+    dev = done.stdout.strip()
+    try:
+        yield dev, backing
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)

@@ -14,6 +14,7 @@ from uringstack.bench.fio import fio_args
 from uringstack.bench.ladder import LADDER, RAW_RING, RUNGS, select
 from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
+from uringstack.blockdev import device_size
 from uringstack.handle import FileHandle
 
 
@@ -115,37 +116,21 @@ def test_warm_file_reads_it_all(tmp_path: Path) -> None:
     assert runner.prepare_file(str(f), 1 << 20) is False
 
 
-def _a_block_device() -> str | None:
-    for name in sorted(os.listdir("/sys/block")):
-        path = f"/dev/{name}"
-        with open(f"/sys/block/{name}/size") as f:
-            sectors = int(f.read())
-        try:
-            os.close(os.open(path, os.O_RDONLY))
-        except OSError:
-            continue
-        if sectors:
-            return path
-    return None
-
-
-def test_block_device_targets_refuse_writes() -> None:
-    nodes = [f"/dev/{n}" for n in sorted(os.listdir("/sys/block")) if os.path.exists(f"/dev/{n}")]
-    if not nodes:
-        pytest.skip("no block device node in /dev")
+def test_block_device_targets_refuse_writes(loop_device: tuple[str, Path]) -> None:
+    dev, _ = loop_device
     for workload in ("randwrite", "seqwrite", "durable-append"):
         with pytest.raises(ValueError, match="block device: only read workloads"):
-            runner.check_target(BenchSpec(workload, file=nodes[0]))  # type: ignore[arg-type]
+            runner.check_target(BenchSpec(workload, file=dev))  # type: ignore[arg-type]
 
 
-def test_block_device_targets_are_read_only() -> None:
-    dev = _a_block_device()
-    if dev is None:
-        pytest.skip("no non-empty block device this process may open (os.open refused or none present)")
+def test_block_device_targets_are_read_only(loop_device: tuple[str, Path]) -> None:
+    dev, backing = loop_device
+    before = backing.read_bytes()
     spec = runner.check_target(BenchSpec("randread", file=dev, file_size=1 << 50))
-    assert spec.file_size == runner.block_device_size(dev)
+    assert spec.file_size == device_size(dev) == len(before)
     assert runner.prepare_file(dev, spec.file_size) is False  # never written
     assert runner.device_of(dev)["block"] == os.path.basename(dev)
+    assert backing.read_bytes() == before
 
 
 @pytest.mark.timeout(120)

@@ -200,14 +200,14 @@ def test_write_durable_flushes_after_completing_a_short_write(
 
 
 def test_uring_splits_transfers_longer_than_the_kernel_moves_at_once(
-    stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A buffer over 4 GiB does not fit an SQE's u32 length; the backend submits
     # MAX_RW_COUNT and the handle completes the rest.  Shrink the limit to see
-    # that logic on a small buffer (and the flush still comes last).
-    with stack.open(tmp_path / "f", create=True) as h:
-        if h.backend != "uring":
-            pytest.skip("the fallback's pwritev has no u32 length (the kernel shortens it itself)")
+    # that logic on a small buffer (and the flush still comes last).  io_uring
+    # only: the fallback's pwritev has no u32 length field.
+    with open_stack(overrides=BACKENDS["uring"]) as stack, stack.open(tmp_path / "f", create=True) as h:
+        assert h.backend == "uring"
         monkeypatch.setattr(uring_backend, "MAX_RW_COUNT", 4096)
         rec = RingRecorder(h.io.ring)  # type: ignore[attr-defined]
         rec.install(monkeypatch)

@@ -8,9 +8,7 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -84,23 +82,6 @@ def test_cli_table_says_where_it_was_written(tmp_path: pathlib.Path, xdg: pathli
     assert result.exit_code == 0, result.output
     assert f"written to {cache_dir()}" in result.output.replace("\n", "")
     assert "best" in result.output and "IOPS" in result.output
-
-
-@pytest.fixture
-def loop_device(tmp_path: pathlib.Path) -> Iterator[tuple[str, pathlib.Path]]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("a loop device needs root and losetup")
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as f:
-        f.write(os.urandom(32 << 20))
-    done = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"losetup failed: {done.stderr.strip()}")
-    dev = done.stdout.strip()
-    try:
-        yield dev, backing
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def test_block_device_is_read_never_written(loop_device: tuple[str, pathlib.Path], xdg: pathlib.Path) -> None:
