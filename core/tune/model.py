@@ -275,6 +275,25 @@ class TuneDimension(BaseModel):
     choices: list[TuneChoice] = Field(min_length=2)
     summary: str = ""
 
+    @classmethod
+    def off_or_on(
+        cls, plugin: str, summary: str, labels: dict[str, str], on: dict[str, Any] | None = None
+    ) -> TuneDimension:
+        """The usual dimension: ``[plugin] mode = "off"`` (the baseline) against on.
+
+        *labels* name the two choices in the plan (``{"off": "without", "on":
+        "with SQPOLL"}``); *on* are the overrides that select "on" (default
+        ``{"<plugin>.mode": "on"}``)."""
+        return cls(
+            name=plugin,
+            plugin=plugin,
+            summary=summary,
+            choices=[
+                TuneChoice(value="off", label=labels["off"], overrides={f"{plugin}.mode": "off"}),
+                TuneChoice(value="on", label=labels["on"], overrides=on or {f"{plugin}.mode": "on"}),
+            ],
+        )
+
 
 class TuneTarget(BaseModel):
     """What ``uringstack tune`` measures: the path it reads and the workload.

@@ -22,7 +22,7 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
-from uringstack.tune.model import TuneChoice, TuneDimension
+from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
@@ -141,15 +141,7 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
         "fixedbuf.count": max(1, wl.queue_depth),
         "fixedbuf.min_count": 1,
     }
-    return TuneDimension(
-        name=NAME,
-        plugin=NAME,
-        summary="registered buffers (READ_FIXED) and a registered file",
-        choices=[
-            TuneChoice(value="off", label=LABELS["off"], overrides={"fixedbuf.mode": "off"}),
-            TuneChoice(value="on", label=LABELS["on"], overrides=on),
-        ],
-    )
+    return TuneDimension.off_or_on(NAME, "registered buffers (READ_FIXED) and a registered file", LABELS, on)
 
 
 @hookimpl

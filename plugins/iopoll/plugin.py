@@ -20,7 +20,7 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
 from uringstack.plugins.iopoll.poll import device_supports_poll
-from uringstack.tune.model import TuneChoice, TuneDimension
+from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
@@ -134,12 +134,9 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
         return None
     if not device_supports_poll(target.path)[0]:
         return None
-    return TuneDimension(
-        name=NAME,
-        plugin=NAME,
-        summary="completions polled from the device's poll queues (IOPOLL ring)",
-        choices=[
-            TuneChoice(value="off", label="without", overrides={"iopoll.mode": "off"}),
-            TuneChoice(value="on", label="with IOPOLL", overrides={"iopoll.mode": "auto"}),
-        ],
+    return TuneDimension.off_or_on(
+        NAME,
+        "completions polled from the device's poll queues (IOPOLL ring)",
+        {"off": "without", "on": "with IOPOLL"},
+        {"iopoll.mode": "auto"},
     )

@@ -24,7 +24,7 @@ from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
 from uringstack.ring_params import ring_name
-from uringstack.tune.model import TuneChoice, TuneDimension
+from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
@@ -149,12 +149,4 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
 def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: StackConfig) -> TuneDimension | None:
     if not caps.uring.accepts("SQPOLL") or config.core.backend == "fallback":
         return None
-    return TuneDimension(
-        name=NAME,
-        plugin=NAME,
-        summary="a kernel thread polls the submission queue (IORING_SETUP_SQPOLL)",
-        choices=[
-            TuneChoice(value="off", label=LABELS["off"], overrides={"sqpoll.mode": "off"}),
-            TuneChoice(value="on", label=LABELS["on"], overrides={"sqpoll.mode": "on"}),
-        ],
-    )
+    return TuneDimension.off_or_on(NAME, "a kernel thread polls the submission queue (IORING_SETUP_SQPOLL)", LABELS)
