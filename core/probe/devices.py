@@ -277,6 +277,8 @@ def scan_block_devices(
             model=_model(dev, parent, driver),
             size_bytes=size_bytes,
             logical_block_size=_attr_int(dev, "queue/logical_block_size") or 512,
+            max_hw_sectors_kb=_attr_int(dev, "queue/max_hw_sectors_kb"),
+            max_segments=_attr_int(dev, "queue/max_segments"),
             physical_block_size=_attr_int(dev, "queue/physical_block_size") or 512,
             rotational=_attr_int(dev, "queue/rotational") == 1,
             io_poll=io_poll == 1,
@@ -338,9 +340,7 @@ def _attach_generic_char(
     bd.generic_char_error = match.error
 
 
-def _fill_usage(
-    bd: BlockDevice, dev: Any, parts: list[Any], mounts: Mounts, swap_paths: set[str]
-) -> None:
+def _usage_lines(dev: Any, parts: list[Any], mounts: Mounts, swap_paths: set[str]) -> list[str]:
     usage: list[str] = []
     for d in (dev, *sorted(parts, key=lambda p: str(p.sys_name))):
         name = str(d.sys_name)
@@ -351,5 +351,69 @@ def _fill_usage(
             usage.append(f"{name} held by {', '.join(holders)}")
         if d.device_node in swap_paths:
             usage.append(f"{name} is active swap")
-    bd.usage = usage
-    bd.in_use = bool(usage)
+    return usage
+
+
+def _fill_usage(
+    bd: BlockDevice, dev: Any, parts: list[Any], mounts: Mounts, swap_paths: set[str]
+) -> None:
+    bd.usage = _usage_lines(dev, parts, mounts, swap_paths)
+    bd.in_use = bool(bd.usage)
+
+
+def _exclusive_claims(devices: list[Any]) -> list[str]:
+    """Devices the kernel holds exclusively although nothing above explained it.
+
+    An ``O_EXCL`` open of a block device node fails with EBUSY while the
+    kernel has it claimed, e.g. mounted in another mount namespace that this
+    process's mountinfo does not show.
+    """
+    found: list[str] = []
+    for d in devices:
+        node = d.device_node
+        if not node:
+            continue
+        try:
+            if os.stat(node).st_rdev != int(d.device_number):
+                continue  # a node of that name that is not this device
+            fd = os.open(node, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno_mod.EBUSY:
+                found.append(
+                    f"{d.sys_name} is claimed exclusively by the kernel (O_EXCL open gives EBUSY): "
+                    "mounted in another mount namespace, or held by a driver"
+                )
+            continue
+        os.close(fd)
+    return found
+
+
+def current_usage(
+    name: str,
+    context: Any | None = None,
+    *,
+    mountinfo: str | None = None,
+    swaps: str | None = None,
+    exclusive: bool = True,
+) -> list[str]:
+    """What uses the disk *name* and its partitions right now: mounts, holders, swap.
+
+    The report's ``BlockDevice.usage`` is what the probe saw, which may be
+    old (a cached report, a mount since); a decision that must not be wrong
+    (passthrough writes bypass any filesystem) asks here at that moment.
+    With *exclusive*, a disk nothing else explains is also tried with an
+    ``O_EXCL`` open (EBUSY: claimed where this process cannot see it).
+    Raises ``FileNotFoundError`` when there is no such disk.
+    """
+    ctx = context if context is not None else pyudev.Context()
+    try:
+        dev = pyudev.Devices.from_name(ctx, "block", name)
+    except pyudev.DeviceNotFoundError as exc:
+        raise FileNotFoundError(errno_mod.ENOENT, f"no block device {name!r}", name) from exc
+    parts = [p for p in ctx.list_devices(subsystem="block", DEVTYPE="partition") if p.parent == dev]
+    mounts = parse_mountinfo(mountinfo if mountinfo is not None else read_attr(_MOUNTINFO) or "")
+    swap_paths = parse_swaps(swaps if swaps is not None else read_attr(_SWAPS) or "")
+    usage = _usage_lines(dev, parts, mounts, swap_paths)
+    if exclusive and not usage:
+        usage = _exclusive_claims([dev, *parts])
+    return usage

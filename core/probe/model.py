@@ -86,6 +86,10 @@ class BlockDevice(BaseModel):
     size_bytes: int = 0
     logical_block_size: int = 512
     physical_block_size: int = 512
+    max_hw_sectors_kb: int | None = None
+    """``queue/max_hw_sectors_kb``: the largest request the driver takes (None: unknown)."""
+    max_segments: int | None = None
+    """``queue/max_segments``: scatter-gather segments per request (None: unknown)."""
     rotational: bool = False
     io_poll: bool = False
     io_poll_reason: str = ""
@@ -127,6 +131,18 @@ class Capabilities(BaseModel):
     def defect_ruling_out(self, pattern: str, accepted: list[str] | tuple[str, ...] = ()) -> DefectFinding | None:
         """The known defect of this kernel that rules out *pattern*, unless its id is in *accepted*."""
         return ruling_out(self.kernel_defects, pattern, accepted)
+
+    def usage_now(self, device: BlockDevice) -> list[str]:
+        """What uses *device* (or a partition of it) at this moment: mounts, holders, swap.
+
+        ``device.usage`` is what the probe saw when the report was made, which
+        may be a cached report; a decision that must not be stale (NVMe
+        passthrough writes bypass any filesystem on the namespace) asks here.
+        Read through :mod:`uringstack.probe.devices`, the probe's own reader.
+        """
+        from uringstack.probe.devices import current_usage
+
+        return current_usage(device.name)
 
     def device_for_path(self, path: str) -> BlockDevice | None:
         """The probed device whose node (block or generic char) is *path*."""
