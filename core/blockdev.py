@@ -15,6 +15,8 @@ from pathlib import Path
 
 # <linux/fs.h>: BLKSSZGET = _IO(0x12, 104): the logical sector size of a block device.
 BLKSSZGET = (0x12 << 8) | 104
+# <linux/fs.h>: BLKGETSIZE64 = _IOR(0x12, 114, size_t): its size in bytes.
+BLKGETSIZE64 = (2 << 30) | (8 << 16) | (0x12 << 8) | 114
 
 
 def read_attr(path: str | os.PathLike[str]) -> str | None:
@@ -29,6 +31,12 @@ def blkdev_logical_block_size(fd: int) -> int:
     """Logical block size of the open block device *fd* (the BLKSSZGET ioctl)."""
     buf = fcntl.ioctl(fd, BLKSSZGET, struct.pack("i", 0))
     return int(struct.unpack("i", buf)[0])
+
+
+def blkdev_size_bytes(fd: int) -> int:
+    """Size in bytes of the open block device *fd* (BLKGETSIZE64; its ``st_size`` is 0)."""
+    buf = fcntl.ioctl(fd, BLKGETSIZE64, struct.pack("Q", 0))
+    return int(struct.unpack("Q", buf)[0])
 
 
 def _disk_dir(major: int, minor: int, sysfs_root: Path) -> Path | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, PrivateAttr
 
 from uringstack.ring_params import RingParams
-from uringstack.types import FeatureVerdict, PlanError, Target
+from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -203,10 +203,12 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     if not uring_for_storage:
         plan.notes.append(f"no io_uring rings: {default.reason}")
     for dev in caps.devices:
-        for path, kind in ((dev.path, "block"), (dev.generic_char, "nvme_char")):
+        # Read-only targets: a dry run opens no device (access is the probe's fact).
+        nodes: tuple[tuple[str | None, TargetKind], ...] = ((dev.path, "block"), (dev.generic_char, "nvme_char"))
+        for path, kind in nodes:
             if path is None:
                 continue
-            target = Target(path=path, kind=kind, direct=True, writable=False, device=dev)  # type: ignore[arg-type]
+            target = Target(path=path, kind=kind, direct=True, writable=False, device=dev)
             try:
                 backend = select_backend(target, caps, config, pm)
                 plan.targets.append(TargetPlan(target=path, kind=kind, backend=backend.name, reason=backend.reason))

@@ -7,9 +7,14 @@ oops the guest (``../shared/nvme-vm/run`` then exits 125 with the oops printed):
 
     ../shared/nvme-vm/run -- .venv/bin/python scripts/kernel-defect-repro.py --iterations 3000
 
-Each iteration submits *reads* polled NVMe Read commands and then a Flush on the
-same IOPOLL ring (the Flush carries no data, so the 6.1 driver sends it on an
-interrupt-driven queue while the ring still polls it), and waits for all.  It
+It goes through the public API: ``open_stack`` with ``[nvme_passthrough]
+iopoll = true`` and ``[core] accept_kernel_defects`` naming the defect (the
+override that bypasses the gate, and nothing else), then ``Stack.open`` of
+the char device.  Each iteration submits *reads* polled NVMe Read commands
+(``start_read_many``) and then a Flush (``fsync``) on the same IOPOLL ring,
+the worker's passthrough ring (the Flush carries no data, so the 6.1 driver
+sends it on an interrupt-driven queue while the ring still polls it), and
+waits for all.  It
 prints a progress line every ``--every`` iterations so the last line before an
 oops tells how far it got.  Exit 0: the kernel survived every iteration.
 """
@@ -17,12 +22,13 @@ oops tells how far it got.  Exit 0: the kernel survived every iteration.
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import sys
 import time
 
-from uringstack.plugins.nvme_passthrough.device import PassthroughNamespace
+from uringstack import open_stack
+from uringstack.buffers import aligned_buffer
+from uringstack.flags import SetupFlag
 from uringstack.probe.defects import KNOWN_DEFECTS, POLLED_PASSTHROUGH, running_kernel
 
 DEFECT_IDS = [d.id for d in KNOWN_DEFECTS if d.rules_out == POLLED_PASSTHROUGH]
@@ -39,15 +45,26 @@ def main() -> int:
     print(f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.iterations} iterations, "
           f"{args.reads} polled reads + 1 Flush each", flush=True)
     # The gate would make this ring interrupt-driven; the point here is to bypass it.
-    with PassthroughNamespace(args.device, writable=True, iopoll=True, accept_kernel_defects=DEFECT_IDS) as ns:
-        buf = mmap.mmap(-1, max(1, args.reads) * ns.lba_size)
-        lbas = list(range(args.reads))
+    overrides = {
+        "core.cores": [0],
+        "core.accept_kernel_defects": DEFECT_IDS,
+        "nvme_passthrough.mode": "on",
+        "nvme_passthrough.iopoll": True,
+    }
+    with open_stack(overrides=overrides) as stack, stack.open(args.device) as h:
+        ring = stack.workers[0].rings["passthrough"]
+        if not ring.flags & SetupFlag.IOPOLL or h.ring is not ring:
+            print(f"repro: the passthrough ring does not poll here ({ring.flags!r}): nothing to reproduce")
+            return 2
+        lba = h.block_size
+        bufs = [aligned_buffer(lba) for _ in range(args.reads)]
+        offsets = [i * lba for i in range(args.reads)]
         t0 = time.monotonic()
         for i in range(1, args.iterations + 1):
-            pending = ns.submit_reads(lbas, buf) if args.reads else None
-            ns.flush()
+            pending = h.start_read_many(offsets, bufs) if args.reads else None
+            h.fsync()
             if pending is not None:
-                ns.complete(pending)
+                pending.wait()
             if i % args.every == 0:
                 print(f"repro: {i} iterations survived ({time.monotonic() - t0:.1f} s)", flush=True)
     print(f"repro: SURVIVED {args.iterations} iterations in {time.monotonic() - t0:.1f} s", flush=True)

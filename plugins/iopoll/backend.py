@@ -24,11 +24,11 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from uringstack.blockdev import blkdev_size_bytes
 from uringstack.buffers import check_alignment, pin_buffers
 from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op
 from uringstack.native import ffi, lib
-from uringstack.plugins.iopoll.poll import device_size_bytes
 from uringstack.polling import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 from uringstack.uring_backend import UringPending
@@ -176,7 +176,7 @@ class IopollFileIO:
     def size(self) -> int:
         st = os.fstat(self.fd)
         if stat.S_ISBLK(st.st_mode):
-            return device_size_bytes(self.fd)  # block devices report st_size 0
+            return blkdev_size_bytes(self.fd)  # block devices report st_size 0
         return st.st_size
 
     def close(self) -> None:

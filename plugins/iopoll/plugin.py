@@ -19,13 +19,12 @@ from uringstack.feature import Feature
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
-from uringstack.plugins.iopoll.poll import device_supports_poll
 from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
-    from uringstack.probe.model import Capabilities
+    from uringstack.probe.model import BlockDevice, Capabilities
     from uringstack.ring_params import RingParams
     from uringstack.tune.model import TuneTarget
     from uringstack.types import Target
@@ -90,7 +89,7 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
     probe_path = target.path
     if target.kind == "file" and not os.path.exists(probe_path):
         probe_path = os.path.dirname(probe_path) or "."  # about to be created: its filesystem decides
-    ok, reason = _poll_fact(probe_path, target, caps)
+    ok, reason = poll_fact(probe_path, caps, target.device)
     if not ok and mode == "on":
         raise PlanError(
             f"[iopoll] mode = 'on' but {target.path} cannot be polled: {reason}. Set iopoll.mode to "
@@ -99,21 +98,30 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
     return ok, f"iopoll: {reason}"
 
 
-def _poll_fact(path: str, target: Target, caps: Capabilities) -> tuple[bool, str]:
-    """Can *path* be polled?  The probe's ``io_poll`` fact for its disk; sysfs only for a
-    disk the probe did not list (no device scan, device-mapper and md stacks)."""
-    dev = target.device
+def poll_fact(path: str, caps: Capabilities, device: BlockDevice | None = None) -> tuple[bool, str]:
+    """Can O_DIRECT I/O on *path* be polled?  ``(answer, reason)`` from the probe's report only.
+
+    *device* is the probed device behind *path* when the caller knows it (a
+    block target); otherwise the whole disk under *path* (a partition's disk,
+    a file's filesystem's disk) is looked up in ``caps.devices``.  The
+    probe's ``io_poll`` fact decides: this plugin reads no sysfs attribute
+    itself, so the plan and every open agree with ``uringstack probe``.
+    """
+    dev = device
     if dev is None:
         try:
-            disk, _ = backing_disk(path)
-        except OSError:
-            disk = None
-        dev = next((d for d in caps.devices if d.name == disk), None) if disk else None
-    if dev is None:
-        return device_supports_poll(path)
+            disk, why = backing_disk(path)
+        except OSError as exc:
+            return False, f"cannot stat {path}: {exc.strerror}"
+        if disk is None:
+            return False, why
+        dev = next((d for d in caps.devices if d.name == disk), None)
+        if dev is None:
+            listed = caps.device_scan_error or f"it lists {', '.join(d.name for d in caps.devices) or 'no device'}"
+            return False, f"{why}, which the probe did not list ({listed}), so it is not polled"
     if dev.io_poll:
-        return True, f"{target.path} is on {dev.name}: queue/io_poll is 1"
-    return False, f"{target.path} is on {dev.name}: {dev.io_poll_reason or 'queue/io_poll is 0'}"
+        return True, f"{path} is on {dev.name}: queue/io_poll is 1"
+    return False, f"{path} is on {dev.name}: {dev.io_poll_reason or 'queue/io_poll is 0'}"
 
 
 @hookimpl
@@ -132,7 +140,7 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
     # only where polling is possible for this target: an O_DIRECT read of a pollable device
     if not target.workload.direct or not caps.uring.accepts("IOPOLL"):
         return None
-    if not device_supports_poll(target.path)[0]:
+    if not poll_fact(target.path, caps)[0]:
         return None
     return TuneDimension.off_or_on(
         NAME,

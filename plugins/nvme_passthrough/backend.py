@@ -28,14 +28,12 @@ import os
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uringstack.buffers import address_of, pin_buffers
 from uringstack.errors import AlignmentError, UringIOError
-from uringstack.flags import Op, SetupFlag, SqeFlag
+from uringstack.flags import Op, SqeFlag
 from uringstack.native import ffi
-from uringstack.pending import CompletedPending
 from uringstack.pipeline import filled, from_bytes
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
@@ -54,9 +52,9 @@ from uringstack.plugins.nvme_passthrough.device import (
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.polling import is_polled, polled_done, wait_polled
 from uringstack.ring import Batch, Ring
-from uringstack.ring_params import RingParams
 
 if TYPE_CHECKING:
+    from uringstack.probe.model import Capabilities
     from uringstack.stack import Worker
     from uringstack.types import Target
 
@@ -276,13 +274,6 @@ class PassthroughPending:
 # --- the FileIO -----------------------------------------------------------------------------
 
 
-def _sysfs_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 class PassthroughFileIO:
     """One NVMe namespace served through its generic char device on the worker's passthrough ring."""
 
@@ -293,17 +284,17 @@ class PassthroughFileIO:
         ring: Ring,
         target: Target,
         char_path: str,
+        caps: Capabilities,
         *,
         allow_writes_in_use: bool,
         worker: Worker | None = None,
-        sysfs_root: str = "/sys",
     ) -> None:
+        # Reads, writes and Flushes all go to this one ring, so write_durable can link
+        # them.  A Flush carries no data, and kernels 6.0-6.4 oops when one sits on an
+        # IOPOLL ring (defect nvme-uring-cmd-iopoll-gpf, docs/nvme.md): the plan's gate
+        # never makes this ring polled there unless [core] accept_kernel_defects says
+        # the kernel carries the fix, so no second ring outside the plan is needed.
         self.ring = ring
-        # Flush carries no data: kernels 6.0-6.4 cannot poll it and oops when it sits
-        # on an IOPOLL ring (defect nvme-uring-cmd-iopoll-gpf, docs/nvme.md). The plan
-        # never builds a polled ring there unless that defect was accepted; a polled
-        # ring still sends its Flushes through a small interrupt-driven ring.
-        self.flush_ring = flush_ring_for(worker, ring) if is_polled(ring) else ring
         self.path = target.path
         self.char_path = char_path
         self.direct = True  # passthrough never goes through the page cache
@@ -313,7 +304,9 @@ class PassthroughFileIO:
         self._const: dict[int, tuple[Any, Any, Any, Any]] = {}
         self.fd = open_char_device(char_path, target.writable)
         try:
-            ident = identify_namespace(self.fd, char_path, sysfs_root=sysfs_root)
+            device = target.device
+            ident = identify_namespace(self.fd, char_path, device)
+            assert device is not None  # identify_namespace raised otherwise
             self.nsid = ident.nsid
             self.block_device = ident.block_device
             self.block_size = ident.lba_size
@@ -321,11 +314,8 @@ class PassthroughFileIO:
             self.in_use: list[str] = []
             # The safety rule, checked once at open: writes bypass whatever sits on the namespace.
             if target.writable:
-                self.in_use = check_writes_allowed(char_path, ident.block_device, allow_writes_in_use)
-            queue = Path(sysfs_root) / "block" / ident.block_device / "queue"
-            self.max_transfer = max_transfer_bytes(
-                _sysfs_int(queue / "max_hw_sectors_kb"), _sysfs_int(queue / "max_segments"), self.block_size
-            )
+                self.in_use = check_writes_allowed(char_path, device, caps, allow_writes_in_use)
+            self.max_transfer = max_transfer_bytes(device.max_hw_sectors_kb, device.max_segments, self.block_size)
         except BaseException:
             os.close(self.fd)
             raise
@@ -404,10 +394,10 @@ class PassthroughFileIO:
         self._check_open("nvme flush")
         cmd = bytearray(flush_command(self.nsid))
         columns, cmd_pin = self._columns(cmd, 1, ffi.NULL)
-        batch = self.flush_ring.submit_arrays(1, columns, (cmd, cmd_pin, *columns), wait=wait)
+        batch = self.ring.submit_arrays(1, columns, (cmd, cmd_pin, *columns), wait=wait)
         if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.flush_ring))
-        return PassthroughPending(self.flush_ring, batch, "nvme flush", self.path, None, [], tail=1)
+            batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
+        return PassthroughPending(self.ring, batch, "nvme flush", self.path, None, [], tail=1)
 
     def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> PassthroughPending:
         """Write then Flush in one submission, ordered by IOSQE_IO_LINK.
@@ -418,12 +408,6 @@ class PassthroughFileIO:
         NVMe status does not break a link, so the Flush still runs, which is
         harmless, and :meth:`PassthroughPending.wait` raises for the write.
         """
-        if self.flush_ring is not self.ring:
-            # Writes and Flush are on different rings, so they cannot be linked:
-            # the Flush is sent once the writes completed (never before).
-            written = self.start_rw(True, [offset], [buffer], wait=True).wait()
-            flushed = self.start_sync(datasync, wait=True).wait()
-            return CompletedPending(written + flushed)  # type: ignore[return-value]
         plan, keep, lens = self._plan(True, [offset], [buffer])
         n = plan.n + 1
         cmds = build_rw_commands(NVME_CMD_WRITE, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size)
@@ -447,33 +431,15 @@ class PassthroughFileIO:
             self.fd = -1
 
 
-FLUSH_RING_KEY = "nvme_passthrough.flush_ring"
-
-
-def flush_ring_for(worker: Worker | None, polled: Ring) -> Ring:
-    """The worker's interrupt-driven SQE128/CQE32 ring for Flush commands (created once)."""
-    if worker is not None:
-        ring = worker.resources.get(FLUSH_RING_KEY)
-        if isinstance(ring, Ring) and not ring.closed:
-            return ring
-    params = RingParams(
-        entries=8, flags=SetupFlag.SQE128 | SetupFlag.CQE32, required=SetupFlag.SQE128 | SetupFlag.CQE32,
-        role="passthrough-flush", core=polled.params.core,
-    )  # fmt: skip
-    ring = Ring(params)
-    if worker is not None:
-        worker.resources[FLUSH_RING_KEY] = ring
-    return ring
-
-
 class PassthroughBackend:
     """Factory: serve a namespace through *char_path* on the worker's passthrough ring."""
 
     name = "nvme_passthrough"
 
-    def __init__(self, reason: str, char_path: str, *, allow_writes_in_use: bool) -> None:
+    def __init__(self, reason: str, char_path: str, caps: Capabilities, *, allow_writes_in_use: bool) -> None:
         self.reason = reason
         self.char_path = char_path
+        self.caps = caps
         self.allow_writes_in_use = allow_writes_in_use
 
     def open(self, target: Target, worker: Worker) -> PassthroughFileIO:
@@ -485,5 +451,5 @@ class PassthroughBackend:
                 "builds one only where the nvme_passthrough verdict is enabled",
             )  # fmt: skip
         return PassthroughFileIO(
-            ring, target, self.char_path, allow_writes_in_use=self.allow_writes_in_use, worker=worker
+            ring, target, self.char_path, self.caps, allow_writes_in_use=self.allow_writes_in_use, worker=worker
         )

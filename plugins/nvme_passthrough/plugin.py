@@ -18,7 +18,7 @@ from uringstack.feature import Feature
 from uringstack.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
-from uringstack.plugins.nvme_passthrough.device import find_generic_char, open_char_device
+from uringstack.plugins.nvme_passthrough.device import open_char_device
 from uringstack.probe.defects import POLLED_PASSTHROUGH, DefectFinding, refusal
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring_params import RingParams
-    from uringstack.stack import Stack
     from uringstack.types import Target
 
 log = logging.getLogger(__name__)
@@ -136,25 +135,37 @@ def _want(target: Target) -> str | None:
 
 
 def _char_device_for(target: Target) -> tuple[str | None, str]:
-    """The generic char device behind a block target, and how it was found (or why not)."""
+    """The generic char device behind a block target, as the probe matched it, or why there is none."""
     dev = target.device
-    if dev is not None and dev.generic_char:
+    if dev is None:
+        return None, (
+            f"the probe's report lists no device {target.path} (a partition, a device added "
+            "since the probe, or a probe without devices)"
+        )
+    if dev.generic_char:
         return dev.generic_char, f"probe: {dev.name} -> {dev.generic_char}"
-    if dev is not None and not dev.nvme:
+    if not dev.nvme:
         return None, f"{target.path} is not an NVMe namespace ({dev.model or dev.name})"
-    name = os.path.basename(os.path.realpath(target.path))
-    char = find_generic_char(name)
-    if char is None:
-        return None, f"{target.path} has no NVMe generic char device (not NVMe, a partition, or kernel < 5.13)"
-    return char, f"sysfs: {name} -> {char}"
+    return None, f"{dev.name} has no usable generic char device: {dev.generic_char_error or 'kernel < 5.13?'}"
 
 
-def _can_open(char: str, writable: bool) -> str | None:
-    """None if this process can open *char* as asked, else why not (the error's text)."""
-    try:
-        os.close(open_char_device(char, writable))
-    except OSError as exc:
-        return str(exc)
+def _cannot_open(char: str, target: Target) -> str | None:
+    """None if this process may open *char* as *target* asks, else why not.
+
+    Read-only access is the probe's fact (it opened each ``/dev/ngXnY`` once,
+    read-only), so ``uringstack plan`` opens no device.  Read-write access
+    was never probed: a writable open tries it here, once.
+    """
+    dev = target.device
+    if dev is None:
+        return f"the probe's report lists no namespace with the generic char device {char}"
+    if not dev.generic_char_accessible:
+        return dev.generic_char_error or f"this process cannot open {char}"
+    if target.writable:
+        try:
+            os.close(open_char_device(char, True))
+        except OSError as exc:
+            return str(exc)
     return None
 
 
@@ -193,7 +204,7 @@ def decide_backend(target: Target, caps: Capabilities, config: StackConfig) -> t
         if found is None:
             return refuse(how)
         char = found
-    cannot = _can_open(char, target.writable)
+    cannot = _cannot_open(char, target)
     if cannot is not None:
         return refuse(cannot)
     return char, f"NVMe passthrough on {char} ({how})"
@@ -207,16 +218,6 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
     return PassthroughBackend(
         reason=f"{reason}; passthrough ring of the worker",
         char_path=char,
+        caps=caps,
         allow_writes_in_use=FEATURE.section(config).allow_writes_in_use,
     )
-
-
-@hookimpl
-def uringstack_stack_teardown(stack: Stack) -> None:
-    from uringstack.plugins.nvme_passthrough.backend import FLUSH_RING_KEY
-    from uringstack.ring import Ring
-
-    for worker in stack.workers:
-        ring = worker.resources.pop(FLUSH_RING_KEY, None)
-        if isinstance(ring, Ring):
-            ring.close()

@@ -1,7 +1,9 @@
-"""IOPOLL and NVMe passthrough on a real (emulated) NVMe namespace.
+"""NVMe passthrough on a real (emulated) namespace, through the public API only.
 
-Run with scripts/test-nvme.sh (one VM call).  Every test writes its own data
-first; the namespace is a throw-away 1 GiB disk in ../shared/nvme-vm.
+``open_stack`` + ``Stack.open`` handles: the rings are the plan's (no private
+ring per namespace).  Run with scripts/test-nvme.sh (one VM call).  Every
+test writes its own data first; the namespace is a throw-away 1 GiB disk in
+../shared/nvme-vm.  The IOPOLL block path is covered in test_stack_api.py.
 """
 
 from __future__ import annotations
@@ -11,20 +13,30 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from uringstack import open_stack
 from uringstack.flags import SetupFlag
-from uringstack.plugins.iopoll.poll import IopollFile, device_supports_poll
-from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError, PassthroughNamespace
+from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.probe.defects import POLLED_PASSTHROUGH
 from uringstack.probe.model import Capabilities
+from uringstack.stack import Stack
 
 from .conftest import BLK, NG
 
 pytestmark = pytest.mark.nvme
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # One worker keeps the VM's emulated CPUs for the kernel and QEMU's device thread.
+    with open_stack(overrides={"core.cores": [0]}) as s:
+        yield s
 
 
 def _pread_direct(lbas: list[int], lba_size: int) -> bytes:
@@ -43,149 +55,98 @@ def _pread_direct(lbas: list[int], lba_size: int) -> bytes:
     return bytes(out)
 
 
-def test_iopoll_ring_really_polls_and_reaps() -> None:
-    ok, why = device_supports_poll(BLK)
-    assert ok, why
-    n, size = 256, 4096
-    rng = random.Random(7)
-    offsets = [o * size for o in rng.sample(range(1 << 18), n)]  # first 1 GiB in 4 KiB units
-    data = mmap.mmap(-1, n * size)
-    data[:] = rng.randbytes(n * size)
-    with IopollFile(BLK, writable=True) as f:
-        assert f.ring.flags & SetupFlag.IOPOLL, f.ring.flags
-        assert all(flag != SetupFlag.IOPOLL for flag, _ in f.ring.dropped)
-        f.write_from(offsets, data, size, depth=16, chunk=4)
-        back = mmap.mmap(-1, n * size)
-        f.read_into(offsets, back, size, depth=32, chunk=8)
-        counters = f.ring.counters()
-        assert counters["submitted"] == counters["reaped"] == 2 * n, counters
-        assert f.ring.inflight == 0
-        assert back[:] == data[:]
-    # The data really is on the device, as another path sees it.
-    fd = os.open(BLK, os.O_RDONLY | os.O_DIRECT)
-    try:
-        page = mmap.mmap(-1, size)
-        assert os.preadv(fd, [page], offsets[17]) == size
-        assert page[:] == data[17 * size : 18 * size]
-    finally:
-        os.close(fd)
+def _slices(buf: mmap.mmap, size: int) -> list[memoryview]:
+    view = memoryview(buf)
+    return [view[i : i + size] for i in range(0, len(buf), size)]
 
 
-def test_passthrough_ring_flags_and_identity(passthrough: None, caps: Capabilities) -> None:
-    # Polled by default, except where a known defect of this kernel rules polled passthrough out.
+def test_identity_comes_from_the_probe_and_the_ring_from_the_plan(passthrough: None, caps: Capabilities) -> None:
+    # iopoll = true polls, except where a known defect of this kernel rules polled passthrough out.
     ruled_out = caps.defect_ruling_out(POLLED_PASSTHROUGH)
-    with PassthroughNamespace(NG) as ns:
-        assert ns.nsid == 1
-        assert ns.block_device == "nvme0n1"
-        assert ns.lba_size == int(Path("/sys/block/nvme0n1/queue/logical_block_size").read_text())
-        assert ns.size_bytes == int(Path("/sys/block/nvme0n1/size").read_text()) * 512
-        want = SetupFlag.SQE128 | SetupFlag.CQE32 | SetupFlag.IOPOLL
+    with open_stack(overrides={"core.cores": [0], "nvme_passthrough.iopoll": True}) as s, s.open(NG) as h:
+        io: Any = h.io
+        assert (io.nsid, io.block_device) == (1, "nvme0n1")
+        assert h.block_size == int(Path("/sys/block/nvme0n1/queue/logical_block_size").read_text())
+        assert h.size() == int(Path("/sys/block/nvme0n1/size").read_text()) * 512
+        max_kb = int(Path("/sys/block/nvme0n1/queue/max_hw_sectors_kb").read_text())
+        assert h.block_size <= io.max_transfer <= max_kb * 1024
+        ring = s.workers[0].rings["passthrough"]
+        assert h.ring is ring
+        # Every ring the worker has is one the plan declared (no ring made at open).
+        assert set(s.workers[0].rings) == {r.role for r in s.plan.workers[0].rings}
+        want = SetupFlag.SQE128 | SetupFlag.CQE32
+        assert (ring.flags & want) == want and not ring.dropped
         if ruled_out is None:
-            assert ns.iopoll and (ns.ring.flags & want) == want and not ns.ring.dropped
+            assert ring.flags & SetupFlag.IOPOLL, ring.flags
         else:
-            assert not ns.iopoll and not ns.ring.flags & SetupFlag.IOPOLL, ns.ring.flags
-            assert ruled_out.id in ns.iopoll_reason
+            assert not ring.flags & SetupFlag.IOPOLL, ring.flags
+            assert ruled_out.id in {v.plugin: v for v in s.plan.verdicts}["nvme_passthrough"].reason
 
 
-def test_round_trip_10000_random_lbas(passthrough: None) -> None:
+def test_round_trip_10000_random_lbas(stack: Stack, passthrough: None) -> None:
     rng = random.Random(10000)
-    with PassthroughNamespace(NG, writable=True) as ns:
-        assert ns.in_use == [], ns.in_use
+    with stack.open(NG) as h:
+        assert h.io.in_use == []  # type: ignore[attr-defined]
+        lba = h.block_size
         n = 10_000
-        lbas = rng.sample(range(ns.nblocks), n)
-        data = mmap.mmap(-1, n * ns.lba_size)
+        lbas = rng.sample(range(h.size() // lba), n)
+        data = mmap.mmap(-1, n * lba)
         data[:] = rng.randbytes(len(data))
-        ns.write_blocks(lbas, data, depth=32, chunk=16)
-        ns.flush()
-        back = mmap.mmap(-1, n * ns.lba_size)
-        ns.read_blocks(lbas, back, depth=32, chunk=16)
+        assert h.write_many([x * lba for x in lbas], _slices(data, lba)) == [lba] * n
+        h.fdatasync()
+        back = mmap.mmap(-1, n * lba)
+        assert h.read_many([x * lba for x in lbas], _slices(back, lba)) == [lba] * n
         assert back[:] == data[:]
-        assert ns.ring.inflight == 0
-        lba_size = ns.lba_size
+        assert stack.workers[0].rings["passthrough"].inflight == 0
     # Compare with the block device's view of the same LBAs (a different kernel path).
-    assert _pread_direct(lbas, lba_size) == data[:]
+    assert _pread_direct(lbas, lba) == data[:]
 
 
-def test_async_batch_form_and_multi_block_commands(passthrough: None) -> None:
-    with PassthroughNamespace(NG, writable=True) as ns:
-        nblocks = 4096 // ns.lba_size * 2  # 8 KiB per command
-        lbas = [0, 1000, 50_000, ns.nblocks - nblocks]
-        data = mmap.mmap(-1, len(lbas) * nblocks * ns.lba_size)
+def test_pending_batches_and_multi_block_commands(stack: Stack, passthrough: None) -> None:
+    with stack.open(NG) as h:
+        size = 8192  # several blocks per command
+        lba = h.block_size
+        offsets = [0, 1000 * lba, 50_000 * lba, h.size() - size]
+        data = mmap.mmap(-1, len(offsets) * size)
         data[:] = os.urandom(len(data))
-        ns.complete(ns.submit_writes(lbas, data, nblocks))
+        assert h.start_write_many(offsets, _slices(data, size)).wait() == [size] * len(offsets)
         back = mmap.mmap(-1, len(data))
-        pending = ns.submit_reads(lbas, back, nblocks)
-        ns.complete(pending)
+        pending = h.start_read_many(offsets, _slices(back, size))
+        assert pending.wait() == [size] * len(offsets)
         assert back[:] == data[:]
-        size = ns.lba_size
-    first = _pread_direct(list(range(1000, 1000 + nblocks)), size)
-    assert first == data[nblocks * size : 2 * nblocks * size]
+    assert _pread_direct(list(range(1000, 1000 + size // lba)), lba) == data[size : 2 * size]
 
 
-def test_flush(passthrough: None) -> None:
-    with PassthroughNamespace(NG, writable=True) as ns:
-        before = ns.ring.counters()["reaped"]
-        ns.flush()
-        assert ns.ring.counters()["reaped"] == before + 1
-    with PassthroughNamespace(NG) as ro, pytest.raises(OSError, match="read-only"):
-        ro.flush()
+def test_fsync_is_one_flush_on_the_passthrough_ring(stack: Stack, passthrough: None) -> None:
+    ring = stack.workers[0].rings["passthrough"]
+    with stack.open(NG) as h:
+        before = ring.counters()["reaped"]
+        h.fsync()
+        assert ring.counters()["reaped"] == before + 1
 
 
-def test_out_of_range_lba_is_a_decoded_nvme_error(passthrough: None) -> None:
-    with PassthroughNamespace(NG, writable=True) as ns:
-        buf = mmap.mmap(-1, 3 * ns.lba_size)
-        with pytest.raises(NvmeStatusError) as info:
-            ns.read_blocks([ns.nblocks], buf)
-        err = info.value
-        assert err.status_name == "LBA Out of Range"
-        assert err.nvme_status.sct == 0 and err.nvme_status.sc == 0x80
-        assert err.lba == ns.nblocks and err.errno == 5
-        assert "LBA Out of Range" in str(err) and str(NG) in str(err)
-        # In a batch: the bad command is named, the good ones still completed.
-        buf[:] = b"\xaa" * len(buf)
-        ns.write_blocks([5, 6, 7], buf)
-        with pytest.raises(NvmeStatusError) as info:
-            ns.read_blocks([5, ns.nblocks + 10, 7], buf)
-        assert info.value.index == 1 and info.value.lba == ns.nblocks + 10
-        # A range that starts inside and ends outside is out of range too.
-        with pytest.raises(NvmeStatusError, match="LBA Out of Range"):
-            ns.write_blocks([ns.nblocks - 1], buf, nblocks=2)
-        assert ns.ring.inflight == 0
+def test_a_range_ending_past_the_namespace_is_out_of_range(stack: Stack, passthrough: None) -> None:
+    with stack.open(NG) as h:
+        lba = h.block_size
+        buf = mmap.mmap(-1, 2 * lba)
+        with pytest.raises(NvmeStatusError, match="LBA Out of Range") as info:
+            h.write_from(buf, h.size() - lba)  # starts inside, ends one block outside
+        assert info.value.lba == h.size() // lba - 1
+        assert stack.workers[0].rings["passthrough"].inflight == 0
 
 
-def test_writes_refused_on_mounted_namespace(passthrough: None, mounted_ext4: Path) -> None:
-    with pytest.raises(NamespaceInUseError) as info:
-        PassthroughNamespace(NG, writable=True)
-    assert any(f"mounted at {mounted_ext4}" in r for r in info.value.reasons), info.value.reasons
-    assert "allow_writes_in_use" in str(info.value)
-
-    # Read-only use is always allowed: the ext4 superblock magic is at byte 1024 + 56.
-    with PassthroughNamespace(NG) as ro:
-        per = max(1, 4096 // ro.lba_size)
-        buf = mmap.mmap(-1, per * ro.lba_size)
-        ro.read_blocks([0], buf, per)
-        assert buf[1024 + 56 : 1024 + 58] == b"\x53\xef"
-
-    # Forced: writes allowed.  Rewrite a block with its own content so the fs stays intact.
-    with PassthroughNamespace(NG, writable=True, allow_writes_in_use=True) as rw:
-        assert rw.in_use
-        blk = mmap.mmap(-1, rw.lba_size)
-        rw.read_blocks([2], blk)
-        rw.write_blocks([2], blk)
-        rw.flush()
-
-
-def test_writes_refused_on_namespace_used_as_swap(passthrough: None) -> None:
+def test_writes_refused_on_namespace_used_as_swap(stack: Stack, passthrough: None) -> None:
     mkswap, swapon, swapoff = (shutil.which(t) for t in ("mkswap", "swapon", "swapoff"))
     if not (mkswap and swapon and swapoff):
         pytest.skip("mkswap/swapon/swapoff not installed")
     subprocess.run([mkswap, str(BLK)], check=True, capture_output=True)
     subprocess.run([swapon, str(BLK)], check=True)
     try:
+        # The stack's report was taken before swapon: the check at open is fresh.
         with pytest.raises(NamespaceInUseError) as info:
-            PassthroughNamespace(NG, writable=True)
-        assert "nvme0n1 is in use as swap" in info.value.reasons
-        with PassthroughNamespace(NG) as ro:  # reads still fine
-            ro.read_blocks([0], mmap.mmap(-1, ro.lba_size))
+            stack.open(NG)
+        assert "nvme0n1 is active swap" in info.value.reasons, info.value.reasons
+        with stack.open(NG, writable=False) as ro:  # reads still fine
+            assert ro.read_into(mmap.mmap(-1, ro.block_size), 0) == ro.block_size
     finally:
         subprocess.run([swapoff, str(BLK)], check=True)

@@ -3,16 +3,15 @@
 Without the gate, ``scripts/kernel-defect-repro.py`` (polled reads plus a Flush
 on one IOPOLL passthrough ring) killed the 6.1 guest within ~25-125
 iterations in every measured run (docs/nvme.md).  Here the same work runs
-1,000 times through ``PassthroughNamespace`` and 300 write+fsync rounds
-through ``Stack.open`` with ``[nvme_passthrough] iopoll = true``: on 6.1 the
-gate makes those rings interrupt-driven and the kernel survives; on kernels
-without the defect the rings really poll, so the same test shows they
-survive the pattern itself.
+1,000 times and 300 write+fsync rounds, both through ``Stack.open`` with
+``[nvme_passthrough] iopoll = true`` (reads, writes and the Flush share the
+worker's passthrough ring): on 6.1 the gate makes that ring interrupt-driven
+and the kernel survives; on kernels without the defect the ring really
+polls, so the same test shows they survive the pattern itself.
 """
 
 from __future__ import annotations
 
-import mmap
 import time
 
 import pytest
@@ -20,7 +19,6 @@ import pytest
 from uringstack import open_stack
 from uringstack.buffers import aligned_buffer
 from uringstack.flags import SetupFlag
-from uringstack.plugins.nvme_passthrough.device import PassthroughNamespace
 from uringstack.probe.defects import POLLED_PASSTHROUGH
 from uringstack.probe.model import Capabilities
 
@@ -35,19 +33,22 @@ BS = 4096
 
 def test_reads_and_flush_on_one_ring_1000_times(passthrough: None, caps: Capabilities) -> None:
     ruled_out = caps.defect_ruling_out(POLLED_PASSTHROUGH)
-    with PassthroughNamespace(NG, writable=True) as ns:
-        polled = bool(ns.ring.flags & SetupFlag.IOPOLL)
-        assert polled == (ruled_out is None), (ns.ring.flags, caps.kernel_defects)
+    with open_stack(overrides={"core.cores": [0], "nvme_passthrough.iopoll": True}) as s, s.open(NG) as h:
+        ring = s.workers[0].rings["passthrough"]
+        polled = bool(ring.flags & SetupFlag.IOPOLL)
+        assert polled == (ruled_out is None), (ring.flags, caps.kernel_defects)
         if ruled_out is not None:
-            assert ruled_out.id in ns.iopoll_reason
-        buf = mmap.mmap(-1, 8 * ns.lba_size)
-        lbas = list(range(8))
+            assert ruled_out.id in {v.plugin: v for v in s.plan.verdicts}["nvme_passthrough"].reason
+        assert h.ring is ring  # the Flush goes to the same ring as the reads
+        lba = h.block_size
+        bufs = [aligned_buffer(lba) for _ in range(8)]
+        offsets = [i * lba for i in range(8)]
         t0 = time.monotonic()
         for _ in range(NAMESPACE_ROUNDS):
-            pending = ns.submit_reads(lbas, buf)
-            ns.flush()
-            ns.complete(pending)
-        assert ns.ring.inflight == 0
+            pending = h.start_read_many(offsets, bufs)
+            h.fsync()
+            assert pending.wait() == [lba] * 8
+        assert ring.inflight == 0
     print(f"{NAMESPACE_ROUNDS} rounds of 8 reads + Flush, polled={polled}: {time.monotonic() - t0:.1f} s")
 
 

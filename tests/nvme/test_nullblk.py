@@ -10,7 +10,6 @@ the probe gives.
 
 from __future__ import annotations
 
-import mmap
 import random
 from pathlib import Path
 
@@ -19,34 +18,11 @@ import pytest
 from uringstack import open_stack
 from uringstack.buffers import aligned_buffer
 from uringstack.flags import SetupFlag
-from uringstack.plugins.iopoll.poll import IopollFile, device_supports_poll
 from uringstack.probe.model import Capabilities
 
 pytestmark = pytest.mark.nvme
 
 BS = 4096
-
-
-def test_iopoll_file_on_nullb(caps: Capabilities, nullb: Path) -> None:
-    dev = caps.device_for_path(str(nullb))
-    assert dev is not None
-    ok, why = device_supports_poll(nullb)
-    assert ok == dev.io_poll, (ok, why, dev.io_poll_reason)
-    if not ok:
-        pytest.skip(f"{nullb} has no poll queues on this kernel (checked in test_kernel_matrix): {why}")
-    rng = random.Random(11)
-    n = 2048
-    offsets = [u * BS for u in rng.sample(range(dev.size_bytes // BS), n)]
-    data = mmap.mmap(-1, n * BS)
-    data[:] = rng.randbytes(n * BS)
-    with IopollFile(nullb, writable=True) as f:
-        assert f.ring.flags & SetupFlag.IOPOLL
-        f.write_from(offsets, data, BS, depth=32, chunk=8)
-        back = mmap.mmap(-1, n * BS)
-        f.read_into(offsets, back, BS, depth=32, chunk=8)
-        counters = f.ring.counters()
-        assert counters["submitted"] == counters["reaped"] == 2 * n, counters
-        assert f.ring.inflight == 0
 
 
 def test_stack_serves_nullb_by_polling_where_the_probe_says_so(caps: Capabilities, nullb: Path) -> None:
@@ -56,8 +32,9 @@ def test_stack_serves_nullb_by_polling_where_the_probe_says_so(caps: Capabilitie
     with open_stack(overrides={"core.cores": [0]}) as s, s.open(nullb, direct=True) as h:
         assert h.backend == ("iopoll" if dev.io_poll else "uring"), (h.backend, dev.io_poll_reason)
         ring = s.workers[0].rings["iopoll" if dev.io_poll else "storage"]
+        assert h.ring is ring and bool(ring.flags & SetupFlag.IOPOLL) == dev.io_poll, ring.flags
         before = ring.counters()["reaped"]
-        n = 512
+        n = 2048
         offsets = [u * BS for u in rng.sample(range(h.size() // BS), n)]
         bufs = [aligned_buffer(BS) for _ in range(n)]
         for b in bufs:

@@ -1,90 +1,66 @@
-"""IOPOLL capability detection: this machine's disk, files, partitions, dm (fake sysfs)."""
+"""Can a path be polled?  The iopoll plugin answers from the probe's report, never from its own sysfs reads."""
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import pytest
 
-from uringstack.plugins.iopoll.poll import backing_disk, device_supports_poll
+from uringstack.blockdev import backing_disk
+from uringstack.plugins.iopoll.plugin import poll_fact
+from uringstack.probe.model import BlockDevice
+from uringstack.testing import make_fake_capabilities
 
-from .sysfs_fake import add_disk, write
 
-
-def _root_disk() -> tuple[Path, str] | None:
-    st = os.stat("/")
-    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
-    link = Path(f"/sys/dev/block/{major}:{minor}")
-    if major == 0 or not link.exists():
+def _root_disk() -> str | None:
+    try:
+        disk, _ = backing_disk("/")
+    except OSError:
         return None
-    disk = Path(os.path.realpath(link))
-    if (disk / "partition").exists():
-        disk = disk.parent
-    return disk, (disk / "queue" / "io_poll").read_text().strip()
+    return disk
 
 
-def test_this_machines_root_disk() -> None:
-    found = _root_disk()
-    if found is None:
-        pytest.skip("/ has no backing block device on this machine")
-    disk, io_poll = found
-    ok, why = device_supports_poll("/")
-    assert ok == (io_poll == "1"), why
-    assert disk.name in why
-    if not ok:
-        assert f"queue/io_poll is {io_poll}" in why
-
-
-def test_virtio_disk_has_no_poll(tmp_path: Path) -> None:
-    """The brief's case: a file on this machine's virtio disk cannot use IOPOLL."""
-    if not Path("/sys/block/vda").exists():
-        pytest.skip("no virtio disk /dev/vda on this machine")
+def test_a_file_is_judged_by_its_filesystems_disk_as_the_probe_saw_it(tmp_path: Path) -> None:
+    disk = _root_disk()
     f = tmp_path / "x"
     f.write_bytes(b"x")
-    ok, why = device_supports_poll(f)
-    if Path("/dev/vda").exists() and stat.S_ISBLK(os.stat("/dev/vda").st_mode):
-        ok_dev, why_dev = device_supports_poll("/dev/vda")
-        assert not ok_dev
-        assert "vda" in why_dev and "io_poll is 0" in why_dev and "virtio_blk" in why_dev
-    if backing_disk(f)[0] == "vda":
-        assert not ok and "vda" in why
+    if disk is None or backing_disk(f)[0] != disk:
+        pytest.skip("/ and the test's tmp directory are not on one block device here")
+    polled = BlockDevice(name=disk, path=f"/dev/{disk}", io_poll=True)
+    ok, why = poll_fact(str(f), make_fake_capabilities(devices=[polled]))
+    assert ok and disk in why and "queue/io_poll is 1" in why
+    # The probe's fact, reason included, not a fresh sysfs read: the same disk
+    # reported without poll queues gives the probe's words.
+    unpolled = polled.model_copy(update={"io_poll": False, "io_poll_reason": "virtio-blk has no poll queues"})
+    ok, why = poll_fact(str(f), make_fake_capabilities(devices=[unpolled]))
+    assert not ok and why.endswith(f"{disk}: virtio-blk has no poll queues")
+
+
+def test_a_disk_the_probe_did_not_list_is_not_polled(tmp_path: Path) -> None:
+    disk = _root_disk()
+    if disk is None:
+        pytest.skip("/ has no backing block device on this machine")
+    ok, why = poll_fact("/", make_fake_capabilities(nvme=True))
+    assert not ok and disk in why and "the probe did not list" in why and "nvme0n1" in why
+    caps = make_fake_capabilities(device_scan_error="ImportError: no libudev")
+    ok, why = poll_fact("/", caps)
+    assert not ok and "no libudev" in why
+
+
+def test_the_given_device_wins_over_the_path() -> None:
+    caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)
+    ok, why = poll_fact("/dev/nvme0n1", caps, caps.devices[0])  # no such node here: never stat'ed
+    assert ok and "nvme0n1" in why
 
 
 def test_tmpfs_file_has_no_backing_disk() -> None:
     if not Path("/dev/shm").is_dir() or os.major(os.stat("/dev/shm").st_dev) != 0:
         pytest.skip("/dev/shm is not an anonymous-device filesystem here")
-    ok, why = device_supports_poll("/dev/shm")
+    ok, why = poll_fact("/dev/shm", make_fake_capabilities(nvme=True))
     assert not ok and "no single backing block device" in why
 
 
 def test_missing_path() -> None:
-    ok, why = device_supports_poll("/nonexistent/really")
+    ok, why = poll_fact("/nonexistent/really", make_fake_capabilities(nvme=True))
     assert not ok and "cannot stat" in why
-
-
-def _fake_node(tmp_path: Path, devno: tuple[int, int]) -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("creating block device nodes needs root")
-    node = tmp_path / f"node{devno[0]}_{devno[1]}"
-    os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(*devno))
-    return node
-
-
-def test_fake_trees_partition_dm_nvme(tmp_path: Path) -> None:
-    root = tmp_path / "sys"
-    add_disk(root, "nvme7n1", "259:70", root / "devices" / "nvme" / "nvme7", io_poll=1,
-             partitions={"nvme7n1p1": "259:71"})  # fmt: skip
-    add_disk(root, "nvme8n1", "259:80", root / "devices" / "nvme" / "nvme8", io_poll=0)
-    add_disk(root, "dm-3", "253:3", root / "devices" / "virtual" / "block", io_poll=0)
-    write(root / "block" / "dm-3" / "dm" / "name", "vg-wal")
-
-    ok, why = device_supports_poll(_fake_node(tmp_path, (259, 71)), sysfs_root=root)
-    assert ok and "nvme7n1" in why  # partition resolved to its disk
-    ok, why = device_supports_poll(_fake_node(tmp_path, (259, 80)), sysfs_root=root)
-    assert not ok and "poll_queues" in why
-    ok, why = device_supports_poll(_fake_node(tmp_path, (253, 3)), sysfs_root=root)
-    assert not ok and "device-mapper" in why and "vg-wal" in why
-    ok, why = device_supports_poll(_fake_node(tmp_path, (8, 99)), sysfs_root=root)
-    assert not ok and "not in" in why

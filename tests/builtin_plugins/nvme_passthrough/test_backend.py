@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 from array import array
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ import pytest
 
 from uringstack.config import StackConfig, load_config
 from uringstack.errors import AlignmentError
-from uringstack.plugins.iopoll import plugin as iopoll_plugin
+from uringstack.plan import make_plan
+from uringstack.pluginmanager import make_plugin_manager
 from uringstack.plugins.nvme_passthrough import plugin as pt_plugin
 from uringstack.plugins.nvme_passthrough.backend import (
     PassthroughPending,
@@ -205,31 +205,28 @@ def test_not_nvme_auto_passes_on_fails() -> None:
     assert char is None and "off" in why
 
 
-def test_iopoll_serves_only_direct_targets_on_pollable_devices(tmp_path: Path) -> None:
-    caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)  # the verdict is enabled
-    cfg = _config()
-    here = tmp_path / "f"
-    here.write_bytes(b"x" * 4096)
-    hook = iopoll_plugin.uringstack_select_backend
-    assert hook(target=_target(str(here), "file", direct=False), caps=caps, config=cfg) is None
-    assert hook(target=_target("/dev/ng0n1", "nvme_char"), caps=caps, config=cfg) is None
-    # This machine's filesystem under tmp_path does not poll (no NVMe poll queues here).
-    ok, why = iopoll_plugin.serve_decision(_target(str(here), "file"), caps, cfg)
-    assert not ok and why.startswith("iopoll: ")
-    assert hook(target=_target(str(here), "file"), caps=caps, config=cfg) is None
-    on = _config(**{"iopoll.mode": "on"})
-    with pytest.raises(PlanError, match=r"mode = 'on' but .* cannot be polled"):
-        hook(target=_target(str(here), "file"), caps=caps, config=on)
-    # A file still to be created is judged by its directory's filesystem.
-    with pytest.raises(PlanError, match="cannot be polled"):
-        hook(target=_target(str(tmp_path / "new"), "file"), caps=caps, config=on)
-    # Buffered targets never need polling, so 'on' does not object to them.
-    assert hook(target=_target(str(here), "file", direct=False), caps=caps, config=on) is None
-    off = _config(**{"iopoll.mode": "off"})
-    assert iopoll_plugin.serve_decision(_target(str(here), "file"), caps, off) == (False, "iopoll: off (config)")
+def test_read_only_access_is_the_probes_fact_and_the_plan_opens_no_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `uringstack plan` is a dry run: a device open there is a side effect (and slow
+    # on some controllers).  The probe already opened each /dev/ngXnY once, read-only.
+    def no_open(path: str, writable: bool) -> int:
+        raise AssertionError(f"the plan opened {path} (writable={writable})")
+
+    monkeypatch.setattr(pt_plugin, "open_char_device", no_open)
+    caps = make_fake_capabilities(nvme=True)  # /dev/ng0n1 does not exist here: an open would fail
+    plan = make_plan(caps, _config(), make_plugin_manager(autoload=True))
+    targets = {t.target: t for t in plan.targets}
+    assert targets["/dev/ng0n1"].backend == "nvme_passthrough", targets["/dev/ng0n1"]
+    # What the probe could not open is refused with the probe's words, still without an open.
+    dev = caps.devices[0].model_copy(update={"generic_char_accessible": False, "generic_char_error": "EACCES: nope"})
+    target = Target(path="/dev/nvme0n1", kind="block", direct=True, writable=False, device=dev,
+                    options={"passthrough": "auto"})  # fmt: skip
+    char, why = pt_plugin.decide_backend(target, caps, _config())
+    assert char is None and "EACCES: nope" in why
 
 
-def test_iopoll_verdict_disabled_means_no_backend() -> None:
-    caps = make_fake_capabilities(nvme=True, nvme_io_poll=False)
-    ok, why = iopoll_plugin.serve_decision(_target(os.getcwd(), "file"), caps, _config())
-    assert not ok and "no block device has poll queues" in why
+def test_a_device_the_probe_did_not_list_is_refused_with_why() -> None:
+    caps = make_fake_capabilities(nvme=True)
+    char, why = pt_plugin.decide_backend(_target("/dev/nvme5n1", "block", passthrough="auto"), caps, _config())
+    assert char is None and "lists no device /dev/nvme5n1" in why
+    with pytest.raises(PlanError, match="lists no namespace with the generic char device /dev/ng5n1"):
+        pt_plugin.decide_backend(_target("/dev/ng5n1", "nvme_char"), caps, _config())

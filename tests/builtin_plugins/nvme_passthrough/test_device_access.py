@@ -1,118 +1,47 @@
-"""Alignment errors before submission, read-only refusal, and device access errors."""
+"""Opening a generic char device: access errors, the wrong kind of node, the probe's identity, the in-use error."""
 
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from uringstack.errors import AlignmentError
-from uringstack.flags import SetupFlag
-from uringstack.plugins.iopoll.poll import IopollFile
 from uringstack.plugins.nvme_passthrough.device import (
     DeviceAccessError,
     NamespaceInUseError,
-    PassthroughNamespace,
+    identify_namespace,
+    open_char_device,
 )
-
-
-class RecordingRing:
-    """Stands in for the Ring: any submission is a test failure."""
-
-    def __init__(self) -> None:
-        self.submitted = 0
-
-    def submit_arrays(self, n: int, arrays: Any, keep: Any = ()) -> Any:
-        self.submitted += n
-        raise AssertionError("submitted despite a misaligned request")
-
-
-def _unopened_namespace(lba: int) -> tuple[PassthroughNamespace, RecordingRing]:
-    # Bypass __init__ (which needs a real /dev/ngXnY) to test the pre-submission checks.
-    ns = object.__new__(PassthroughNamespace)
-    ring = RecordingRing()
-    ns.path, ns.fd, ns.nsid, ns.lba_size, ns.nblocks = "/dev/ngFAKE", 99, 1, lba, 1 << 20
-    ns.writable, ns.entries, ns.ring = True, 64, ring  # type: ignore[assignment]
-    return ns, ring
-
-
-def test_passthrough_misaligned_buffer_raises_before_submit() -> None:
-    ns, ring = _unopened_namespace(4096)
-    raw = mmap.mmap(-1, 3 * 4096)
-    view = memoryview(raw)[512 : 512 + 2 * 4096]  # 512 bytes into a page: not 4 KiB aligned
-    with pytest.raises(AlignmentError, match="not aligned to the 4096-byte"):
-        ns.read_blocks([0, 1], view)
-    with pytest.raises(AlignmentError):
-        ns.write_blocks([0, 1], view)
-    assert ring.submitted == 0
-    view.release()
-
-
-def test_passthrough_short_buffer_and_nblocks() -> None:
-    ns, ring = _unopened_namespace(512)
-    buf = mmap.mmap(-1, 4096)
-    with pytest.raises(ValueError, match="need 8192"):
-        ns.read_blocks(list(range(16)), buf)
-    with pytest.raises(ValueError, match="nblocks"):
-        ns.read_blocks([0], buf, nblocks=0)
-    assert ring.submitted == 0
-
-
-def test_passthrough_read_only_refuses_writes() -> None:
-    ns, _ = _unopened_namespace(512)
-    ns.writable = False
-    with pytest.raises(OSError, match="opened read-only") as info:
-        ns.write_blocks([0], mmap.mmap(-1, 4096))
-    assert info.value.errno == errno.EBADF
-    with pytest.raises(OSError, match="opened read-only"):
-        ns.flush()
-
-
-def test_iopoll_file_alignment(tmp_path: Path) -> None:
-    f = tmp_path / "data"
-    f.write_bytes(b"\0" * 65536)
-    try:
-        handle = IopollFile(f, check_poll=False)
-    except OSError as exc:  # O_DIRECT unsupported by this filesystem
-        pytest.skip(f"cannot open O_DIRECT here: {exc}")
-    with handle:
-        assert handle.ring.flags & SetupFlag.IOPOLL
-        assert handle.ring.params.role == "iopoll"
-        buf = mmap.mmap(-1, 8192)
-        with pytest.raises(AlignmentError, match="offset 100"):
-            handle.read_into([100], buf, 4096)
-        with pytest.raises(AlignmentError, match="size 1000"):
-            handle.read_into([0], buf, 1000)
-        with pytest.raises(AlignmentError, match="buffer address"):
-            handle.read_into([0], memoryview(buf)[8:4104], 4096)
-        with pytest.raises(PermissionError, match="read-only"):
-            handle.write_from([0], buf, 4096)
-        assert handle.ring.counters()["submitted"] == 0
-
-
-def test_iopoll_file_refused_on_non_polling_disk(tmp_path: Path) -> None:
-    f = tmp_path / "data"
-    f.write_bytes(b"\0" * 4096)
-    with pytest.raises(OSError, match="IOPOLL") as info:
-        IopollFile(f, sysfs_root=tmp_path / "empty-sys")
-    assert info.value.errno == errno.EOPNOTSUPP
+from uringstack.probe.model import BlockDevice
 
 
 def test_missing_char_device() -> None:
     with pytest.raises(DeviceAccessError, match="no such device node") as info:
-        PassthroughNamespace("/dev/ng-does-not-exist")
+        open_char_device("/dev/ng-does-not-exist", False)
     assert info.value.errno == errno.ENOENT
 
 
 def test_block_device_is_not_a_generic_char_device(tmp_path: Path) -> None:
     f = tmp_path / "plain"
     f.write_bytes(b"")
-    with pytest.raises(OSError, match="generic char device"):
-        PassthroughNamespace(f)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="generic char device"):
+            identify_namespace(fd, str(f), BlockDevice(name="nvme0n1", path="/dev/nvme0n1", nsid=1))
+    finally:
+        os.close(fd)
+
+
+def test_a_namespace_the_probe_did_not_list_is_refused_before_any_ioctl() -> None:
+    fd = os.open("/dev/null", os.O_RDONLY)  # a char device, but no namespace in the report
+    try:
+        with pytest.raises(OSError, match="lists no namespace") as info:
+            identify_namespace(fd, "/dev/ng7n1", None)
+        assert info.value.errno == errno.ENODEV
+    finally:
+        os.close(fd)
 
 
 def test_permission_denied_names_device_and_fix() -> None:
@@ -127,7 +56,7 @@ def test_permission_denied_names_device_and_fix() -> None:
         try:
             os.setgid(65534)
             os.setuid(65534)
-            PassthroughNamespace(target)
+            os.close(open_char_device(target, False))
             msg = "opened?!"
         except DeviceAccessError as exc:
             msg = f"{exc.errno}|{exc}"

@@ -9,9 +9,8 @@ import pytest
 from uringstack.config import load_config
 from uringstack.plan import make_plan
 from uringstack.pluginmanager import make_plugin_manager
-from uringstack.plugins.nvme_passthrough import device as pt_device
 from uringstack.plugins.nvme_passthrough import plugin as pt_plugin
-from uringstack.probe.defects import KernelDefectError, KernelVersion, matching_defects
+from uringstack.probe.defects import KernelVersion, matching_defects
 from uringstack.probe.model import Capabilities
 from uringstack.ring_params import RingParams
 from uringstack.testing import make_fake_capabilities
@@ -74,17 +73,3 @@ def test_ring_params_hook_alone_never_adds_iopoll_on_an_affected_kernel() -> Non
     params = RingParams(role="passthrough")
     pt_plugin.uringstack_ring_params(params=params, caps=_caps(BOOKWORM), config=_config())
     assert not params.flags & params.flags.__class__.IOPOLL
-
-
-def test_namespace_gate(monkeypatch: pytest.MonkeyPatch) -> None:
-    found = matching_defects(BOOKWORM)
-    monkeypatch.setattr(pt_device, "defects_here", lambda: found)
-    use, why = pt_device._polled_passthrough_gate("/dev/ng0n1", False, (), "io_poll=1")
-    assert not use and GPF in why and "interrupt-driven" in why
-    with pytest.raises(KernelDefectError, match=rf"IOPOLL on /dev/ng0n1 .*{GPF}"):
-        pt_device._polled_passthrough_gate("/dev/ng0n1", True, (), "io_poll=1")
-    assert pt_device._polled_passthrough_gate("/dev/ng0n1", True, (GPF,), "io_poll=1") == (True, "io_poll=1")
-    with pytest.raises(ValueError, match="unknown kernel defect"):
-        pt_device._polled_passthrough_gate("/dev/ng0n1", True, ("nope",), "io_poll=1")
-    monkeypatch.setattr(pt_device, "defects_here", lambda: [])
-    assert pt_device._polled_passthrough_gate("/dev/ng0n1", True, (), "io_poll=1") == (True, "io_poll=1")

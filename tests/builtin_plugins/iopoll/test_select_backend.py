@@ -1,0 +1,53 @@
+"""Which targets the iopoll plugin serves: O_DIRECT ones on devices the probe saw polling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uringstack.config import StackConfig, load_config
+from uringstack.plugins.iopoll import plugin as iopoll_plugin
+from uringstack.probe.model import BlockDevice
+from uringstack.testing import make_fake_capabilities
+from uringstack.types import PlanError, Target
+
+
+def _config(**overrides: Any) -> StackConfig:
+    return load_config(None, env={}, overrides=overrides).config
+
+
+def _target(path: str, kind: str, *, direct: bool = True, device: BlockDevice | None = None, **options: Any) -> Target:
+    return Target(path=path, kind=kind, direct=direct, writable=True, device=device, options=options)  # type: ignore[arg-type]
+
+
+def test_iopoll_serves_only_direct_targets_on_pollable_devices(tmp_path: Path) -> None:
+    caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)  # the verdict is enabled
+    cfg = _config()
+    here = tmp_path / "f"
+    here.write_bytes(b"x" * 4096)
+    hook = iopoll_plugin.uringstack_select_backend
+    assert hook(target=_target(str(here), "file", direct=False), caps=caps, config=cfg) is None
+    assert hook(target=_target("/dev/ng0n1", "nvme_char"), caps=caps, config=cfg) is None
+    # This machine's filesystem under tmp_path does not poll (no NVMe poll queues here).
+    ok, why = iopoll_plugin.serve_decision(_target(str(here), "file"), caps, cfg)
+    assert not ok and why.startswith("iopoll: ")
+    assert hook(target=_target(str(here), "file"), caps=caps, config=cfg) is None
+    on = _config(**{"iopoll.mode": "on"})
+    with pytest.raises(PlanError, match=r"mode = 'on' but .* cannot be polled"):
+        hook(target=_target(str(here), "file"), caps=caps, config=on)
+    # A file still to be created is judged by its directory's filesystem.
+    with pytest.raises(PlanError, match="cannot be polled"):
+        hook(target=_target(str(tmp_path / "new"), "file"), caps=caps, config=on)
+    # Buffered targets never need polling, so 'on' does not object to them.
+    assert hook(target=_target(str(here), "file", direct=False), caps=caps, config=on) is None
+    off = _config(**{"iopoll.mode": "off"})
+    assert iopoll_plugin.serve_decision(_target(str(here), "file"), caps, off) == (False, "iopoll: off (config)")
+
+
+def test_iopoll_verdict_disabled_means_no_backend() -> None:
+    caps = make_fake_capabilities(nvme=True, nvme_io_poll=False)
+    ok, why = iopoll_plugin.serve_decision(_target(os.getcwd(), "file"), caps, _config())
+    assert not ok and "no block device has poll queues" in why
