@@ -76,7 +76,10 @@ def render_plan(plan: Plan, console: Console) -> None:
 def plan_command(config_path: str | None, as_json: bool) -> None:
     """Show the stack uringstack would build here: per core, which rings with
     which flags, registered buffers/files, which backend serves which device,
-    and for every plugin why it is on or off.  Builds nothing."""
+    and for every plugin why it is on or off.  Builds nothing and opens no
+    device itself; the probe it runs first opens each NVMe generic char
+    device (/dev/ngXnY) once, read-only, to test access and read its
+    namespace id (nothing is sent to the device)."""
     from uringstack.config import ConfigError, load_config
     from uringstack.plan import make_plan
     from uringstack.pluginmanager import PluginError
