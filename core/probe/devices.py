@@ -108,6 +108,14 @@ def _errtext(exc: OSError) -> str:
     return f"{name}: {exc.strerror}"
 
 
+def namespace_id(fd: int) -> int:
+    """The NVMe namespace id of the open namespace *fd* (block or generic char), by ``NVME_IOCTL_ID``.
+
+    Raises ``OSError`` (ENOTTY) when *fd* is not an NVMe namespace.
+    """
+    return int(fcntl.ioctl(fd, NVME_IOCTL_ID))
+
+
 def try_open(path: str) -> tuple[bool, str, int | None]:
     """Open *path* read-only as this process; return (ok, error text, NSID via ioctl or None).
 
@@ -121,7 +129,7 @@ def try_open(path: str) -> tuple[bool, str, int | None]:
         return False, _errtext(exc), None
     try:
         try:
-            nsid: int | None = fcntl.ioctl(fd, NVME_IOCTL_ID)
+            nsid: int | None = namespace_id(fd)
         except OSError:
             nsid = None
         return True, "", nsid

@@ -96,9 +96,6 @@ def iowr(type_char: str, nr: int, size: int) -> int:
     return ioc(_IOC_READ | _IOC_WRITE, type_char, nr, size)
 
 
-NVME_IOCTL_ID: int = io("N", 0x40)
-"""ioctl returning the namespace ID of an NVMe block or generic char device."""
-
 NVME_URING_CMD_IO: int = iowr("N", 0x80, NVME_URING_CMD_SIZE)
 """``sqe->cmd_op`` for an NVMe I/O command sent with ``IORING_OP_URING_CMD``."""
 

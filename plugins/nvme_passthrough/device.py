@@ -12,7 +12,6 @@ against the report before any command carries it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from collections.abc import Sequence
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from uringstack.errors import UringIOError, UringStackError
-from uringstack.plugins.nvme_passthrough.commands import NVME_IOCTL_ID
 
 if TYPE_CHECKING:
     from uringstack.probe.model import BlockDevice, Capabilities
@@ -92,7 +90,9 @@ def identify_namespace(fd: int, path: str, device: BlockDevice | None) -> Namesp
             "the probe's report lists no namespace with this generic char device "
             "(probed without devices, or the device appeared since: probe again)",
         )  # fmt: skip
-    nsid = int(fcntl.ioctl(fd, NVME_IOCTL_ID))
+    from uringstack.probe.devices import namespace_id  # imports pyudev: only when a namespace is opened
+
+    nsid = namespace_id(fd)
     if device.nsid is not None and device.nsid != nsid:
         raise UringIOError(
             errno.ENODEV, "identify", path,
