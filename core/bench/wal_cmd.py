@@ -31,8 +31,9 @@ def _fmt(v: Any, digits: int = 1) -> str:
     help="seconds per row, split over --rounds interleaved rounds",
 )
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "uring", "posix"]), default="auto",
-              show_default=True)  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "uring", "fallback", "posix"]), default="auto",
+              show_default=True,
+              help="core.backend of the stack the WAL builds (posix: the old name of fallback)")  # fmt: skip
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
 @click.option("--asyncio", "use_asyncio", is_flag=True,

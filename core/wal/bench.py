@@ -225,7 +225,11 @@ def run_wal_bench(
     per_round: list[dict[str, Any]] = []
     try:
         with Wal.open(wal_dir, cfg, backend=backend) as wal:
-            info: dict[str, Any] = {"backend": wal.backend.name, "direct_io": wal.direct_io}
+            info: dict[str, Any] = {
+                "backend": wal.backend,
+                "backend_reason": wal.backend_reason,
+                "direct_io": wal.direct_io,
+            }
             for rnd in range(rounds):
                 got: dict[str, Any] = {}
                 order = [*walrows, "naive", "fio"]
@@ -266,8 +270,16 @@ def run_wal_bench(
     else:
         fio_row = {
             k: _median([float(r[k]) for r in fio_rounds])
-            for k in ("records_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "clat_p50_us", "clat_p99_us",
-                      "mean_lat_us")
+            for k in (
+                "records_per_s",
+                "mb_per_s",
+                "p50_us",
+                "p99_us",
+                "p999_us",
+                "clat_p50_us",
+                "clat_p99_us",
+                "mean_lat_us",
+            )
         }
         fio_row["command"] = fio_rounds[0]["command"]
         fio_row["percentiles_of"] = fio_rounds[0]["percentiles_of"]
