@@ -81,7 +81,8 @@ def wal_bench_command(
     if "wal_asyncio" in result:
         aio = result["wal_asyncio"]
         rows.append(("WAL asyncio", aio,
-                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush"))  # fmt: skip
+                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush; "
+                     f"append_async enqueue p99 {_fmt(aio.get('enqueue_p99_us'))} us"))  # fmt: skip
     rows.append(("naive write+fdatasync", result["naive"], ""))
     fio = result["fio"]
     if "skipped" in fio:

@@ -32,6 +32,7 @@ def test_run_wal_bench_asyncio_row(tmp_path: pathlib.Path) -> None:
     aio = r["wal_asyncio"]
     assert aio["records"] > 0 and 0 < aio["p50_us"] <= aio["p99_us"]
     assert aio["records_per_flush"] >= 1
+    assert 0 < aio["enqueue_p50_us"] <= aio["enqueue_p99_us"] < aio["p99_us"]  # the call only, not the wait
     assert r["ratios"]["asyncio_records_per_s_vs_naive"] > 0
     assert all("wal_asyncio" in rnd and "wal" in rnd for rnd in r["rounds"])
 
@@ -43,4 +44,4 @@ def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
          "--backend", "posix", "--dir", str(tmp_path), "--asyncio"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert all(w in res.output for w in ("uringstack", "WAL threads", "WAL asyncio", "naive", "fio"))
+    assert all(w in res.output for w in ("uringstack", "WAL threads", "WAL asyncio", "naive", "fio", "enqueue p99"))
