@@ -204,7 +204,9 @@ class FallbackFileIO:
         if wait:
             # The caller blocks until the device acknowledged the write anyway: a
             # hand-off to a pool thread and back would only add two context switches.
-            return self._inflight.start(self._durable_inline, buf, offset, sync)
+            # Not tracked here: nothing is queued on the pool, and the op is over when
+            # this returns (the handle's own tracker makes its close() wait for the call).
+            return self._durable_inline(buf, offset, sync)
         return self._submit("write_durable", _write_durable, (buf, offset, sync), flatten=True)
 
     def _durable_inline(self, buf: Any, offset: int, sync: SyncMethod) -> CompletedPending:
