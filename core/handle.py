@@ -10,6 +10,7 @@ complete or fail with ``ShortIOError``; a failed op raises
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from uringstack import forking
 from uringstack.buffers import RegisteredBuffer
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.inflight import InflightTracker
-from uringstack.io_backend import FileIO
+from uringstack.io_backend import SYNC_METHODS, FileIO, SyncMethod
 from uringstack.pending import Pending
 from uringstack.ring import Ring
 
@@ -273,20 +274,44 @@ class FileHandle:
         if res < 0:
             raise UringIOError(-res, "fdatasync" if datasync else "fsync", self.path)
 
-    def write_durable(self, buf: Any, offset: int) -> int:
-        """Write *buf* at *offset* and flush it, ordered; returns once both completed."""
+    def write_durable(self, buf: Any, offset: int, *, sync: SyncMethod = "fdatasync") -> int:
+        """Write all of *buf* at *offset* durably; returns ``len(buf)`` once it is on stable storage.
+
+        ``sync="fdatasync"`` (default): each write is followed by a flush
+        ordered after it (linked with ``IOSQE_IO_LINK`` on io_uring);
+        ``sync="dsync"``: each write is itself durable (``RWF_DSYNC``, FUA on
+        NVMe).  A short write is completed by further durable writes of the
+        rest (the flush linked to a short write never ran: the kernel
+        cancelled it, so issuing a new one is not a retry).  A failed write
+        raises :class:`~uringstack.errors.UringIOError` (op ``write``), a
+        zero-byte one :class:`~uringstack.errors.ShortIOError`, and a failed
+        flush ``UringIOError`` (op ``fdatasync``): it is never retried, since
+        after a failed flush the kernel may have dropped the dirty pages
+        (PostgreSQL's "fsyncgate"), and the data must be treated as lost.
+        """
         self._check()
         _check_batch(self.path, [offset], [buf])
-        written, synced = self._run(self._io.start_write_sync, offset, buf, True, wait=True)
-        if written < 0:
-            raise UringIOError(-written, "write", self.path, f"at offset {offset}")
-        if written < len(buf):
-            self._complete_short(True, offset, buf, written, True)
-            self.fdatasync()
-            return len(buf)
-        if synced < 0:
-            raise UringIOError(-synced, "fdatasync", self.path, "after write")
-        return written
+        if sync not in SYNC_METHODS:
+            raise ValueError(f"{self.path}: write_durable sync={sync!r}; allowed: {', '.join(SYNC_METHODS)}")
+        view = _view(buf)
+        total = len(view)
+        done = 0
+        while True:
+            rest = view[done:] if done else buf
+            res = self._run(self._io.start_write_durable, offset + done, rest, sync, wait=True)
+            written = res[0]
+            if written < 0:
+                raise UringIOError(-written, "write", self.path, f"{total - done} bytes at offset {offset + done}")
+            if sync == "fdatasync":
+                flushed = res[1]
+                # A flush after a short write was cancelled, never run; any other error is final.
+                if flushed < 0 and not (flushed == -errno.ECANCELED and done + written < total):
+                    raise UringIOError(-flushed, "fdatasync", self.path, f"after a write at offset {offset + done}")
+            if written == 0 and total:
+                raise ShortIOError("write", self.path, total, done, offset)
+            done += written
+            if done >= total:
+                return total
 
     # --- asynchronous API -----------------------------------------------------------
     def start_read_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:

@@ -10,9 +10,14 @@ backend the same semantics: short transfers retried or reported, errors as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from uringstack.pending import Pending
+
+SyncMethod = Literal["dsync", "fdatasync"]
+"""How a durable write reaches stable storage (see :meth:`FileIO.start_write_durable`)."""
+
+SYNC_METHODS: tuple[SyncMethod, ...] = ("dsync", "fdatasync")
 
 
 class FileIO(Protocol):
@@ -42,8 +47,20 @@ class FileIO(Protocol):
         """Start an fsync (or fdatasync) of the whole file."""
         ...
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> Pending:
-        """Write then flush, ordered (linked on io_uring): returns [written, sync result]."""
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        """Start one write of *buffer* at *offset* that is durable once it completed.
+
+        ``sync="dsync"``: one write that is itself durable (``RWF_DSYNC`` on
+        io_uring and the fallback, FUA on an NVMe namespace); the results are
+        ``[written]``.  ``sync="fdatasync"``: the write, then a flush ordered
+        after it (``IOSQE_IO_LINK`` on io_uring: SQEs are unordered, an
+        unlinked flush may run first); the results are ``[written, flush
+        result]``, and a flush after a write that failed or came back short
+        does not run and reports ``-ECANCELED``.  The backend submits the
+        write once: completing a short write and checking the results is
+        :meth:`uringstack.handle.FileHandle.write_durable`'s job, the same for
+        every backend.  The completion hook sees the op ``"write_durable"``.
+        """
         ...
 
     def size(self) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack import aio
 from uringstack.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
 from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
+from uringstack.io_backend import SyncMethod
 from uringstack.native import ffi, lib
 from uringstack.ring import Batch, Ring
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 # the handle completes the short transfer like any other (page aligned, so
 # O_DIRECT stays aligned).
 MAX_RW_COUNT = 0x7FFFF000
+
+# RWF_DSYNC from linux/fs.h: the write is durable when it completes (FUA, or write + flush).
+RWF_DSYNC = 0x2
 
 
 class UringPending:
@@ -128,27 +132,27 @@ class UringFileIO:
             batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
         return UringPending(self.ring, batch)
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> UringPending:
-        # io_uring does not order SQEs: the flush is linked to the write so it
-        # starts only after the write completed (and fails if the write failed).
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> UringPending:
         pin = ffi.from_buffer(buffer)
         addr, length = address_of(pin), len(pin)
         if self.direct:
             check_alignment("write", self.path, addr, length, offset, self.block_size)
         length = min(length, MAX_RW_COUNT)
         fd, fixed_flag = self._fd_and_flags()
-        batch = self.ring.submit(
-            [Op.WRITE, Op.FSYNC],
-            fd,
-            n=2,
-            addrs=[addr, 0],
-            lens=[length, 0],
-            offsets=[offset, 0],
-            op_flags=[0, FSYNC_DATASYNC if datasync else 0],
-            sqe_flags=[int(SqeFlag.IO_LINK) | fixed_flag, fixed_flag],
-            keep=(pin, buffer),
-            wait=wait,
-        )
+        if sync == "dsync":
+            batch = self.ring.submit(
+                Op.WRITE, fd, n=1, addrs=addr, lens=length, offsets=offset, op_flags=RWF_DSYNC,
+                sqe_flags=fixed_flag or None, keep=(pin, buffer), wait=wait,
+            )  # fmt: skip
+        else:
+            # io_uring does not order SQEs: the flush is linked to the write so it
+            # starts only after the write completed (and is cancelled if the write
+            # failed or came back short).
+            batch = self.ring.submit(
+                [Op.WRITE, Op.FSYNC], fd, n=2, addrs=[addr, 0], lens=[length, 0], offsets=[offset, 0],
+                op_flags=[0, FSYNC_DATASYNC], sqe_flags=[int(SqeFlag.IO_LINK) | fixed_flag, fixed_flag],
+                keep=(pin, buffer), wait=wait,
+            )  # fmt: skip
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("write_durable", self.ring))
         return UringPending(self.ring, batch)

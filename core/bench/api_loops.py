@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.bench.loops import Meter, Samples, _fill
 from uringstack.bench.metrics import LoopResult
-from uringstack.bench.spec import BenchSpec, offset_list
+from uringstack.bench.spec import BenchSpec, Durability, offset_list
 from uringstack.buffers import RegisteredBuffer
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
             g = groups[0]
             call: Callable[[list[int]], Sequence[int]]
             if wl.durable:
-                # write_durable: the write linked to an fdatasync (the API has no RWF_DSYNC write)
-                call = lambda o: _durable_many(handle, o, g)  # noqa: E731
+                # write_durable: an RWF_DSYNC write, or a write linked to an fdatasync
+                call = lambda o: _durable_many(handle, o, g, spec.durability)  # noqa: E731
             elif wl.write:
                 call = lambda o: handle.write_many(o, g)  # noqa: E731
             else:
@@ -134,7 +134,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
         else:
             start: Callable[[list[int], list[Any]], Pending]
             if wl.durable:
-                start = lambda o, g: _start_durable(handle, o, g)  # noqa: E731
+                start = lambda o, g: _start_durable(handle, o, g, spec.durability)  # noqa: E731
             elif wl.write:
                 start = handle.start_write_many
             else:
@@ -147,7 +147,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                 t0, g, pending = fifo.popleft()
                 res = pending.wait()
                 now = now_ns()
-                got = _check(res[:: 2 if wl.durable else 1], bs, errors)
+                got = _check(res[:: 2 if wl.durable and spec.durability == "fdatasync" else 1], bs, errors)
                 ph = meter.phase(now)
                 if ph == 1:
                     samples.add(now - t0, len(g))
@@ -168,8 +168,8 @@ def _plain(buf: Any) -> Any:
     return buf.view if isinstance(buf, RegisteredBuffer) else buf
 
 
-def _durable_many(handle: FileHandle, offsets: list[int], bufs: list[Any]) -> list[int]:
-    return [handle.write_durable(_plain(b), o) for o, b in zip(offsets, bufs, strict=True)]
+def _durable_many(handle: FileHandle, offsets: list[int], bufs: list[Any], sync: Durability) -> list[int]:
+    return [handle.write_durable(_plain(b), o, sync=sync) for o, b in zip(offsets, bufs, strict=True)]
 
 
 class _Group:
@@ -182,10 +182,10 @@ class _Group:
         return [r for p in self.parts for r in p.wait()]
 
 
-def _start_durable(handle: FileHandle, offsets: list[int], bufs: list[Any]) -> Any:
+def _start_durable(handle: FileHandle, offsets: list[int], bufs: list[Any], sync: Durability) -> Any:
     # The public API has no non-blocking durable write (write_durable blocks): the
-    # backend's start_write_sync is what write_durable runs, one linked pair per op.
-    return _Group([handle.io.start_write_sync(o, _plain(b), True) for o, b in zip(offsets, bufs, strict=True)])
+    # backend's start_write_durable is what write_durable runs, once per op.
+    return _Group([handle.io.start_write_durable(o, _plain(b), sync) for o, b in zip(offsets, bufs, strict=True)])
 
 
 def asyncio_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:

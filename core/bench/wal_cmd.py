@@ -31,8 +31,9 @@ def _fmt(v: Any, digits: int = 1) -> str:
     help="seconds per row, split over --rounds interleaved rounds",
 )
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "uring", "posix"]), default="auto",
-              show_default=True)  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "uring", "fallback", "posix"]), default="auto",
+              show_default=True,
+              help="core.backend of the stack the WAL builds (posix: the old name of fallback)")  # fmt: skip
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
 @click.option("--asyncio", "use_asyncio", is_flag=True,
@@ -80,7 +81,8 @@ def wal_bench_command(
     if "wal_asyncio" in result:
         aio = result["wal_asyncio"]
         rows.append(("WAL asyncio", aio,
-                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush"))  # fmt: skip
+                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush; "
+                     f"append_async enqueue p99 {_fmt(aio.get('enqueue_p99_us'))} us"))  # fmt: skip
     rows.append(("naive write+fdatasync", result["naive"], ""))
     fio = result["fio"]
     if "skipped" in fio:

@@ -1,4 +1,4 @@
-"""Durable write-ahead log with group commit over io_uring or POSIX I/O.
+"""Durable write-ahead log with group commit, writing through a uringstack stack.
 
 >>> with Wal.open("/var/lib/app/wal") as wal:   # doctest: +SKIP
 ...     lsn = wal.append(b"record")              # returns once durable
@@ -6,19 +6,16 @@
 
 from .config import WalConfig
 from .errors import WalClosedError, WalCorruptionError, WalFailedError
-from .io import PosixBackend, UringBackend, WalBackend, make_backend
+from .io import WalIO
 from .log import Wal
 from .recovery import RecoveryMode
 
 __all__ = [
-    "PosixBackend",
     "RecoveryMode",
-    "UringBackend",
     "Wal",
-    "WalBackend",
     "WalClosedError",
     "WalConfig",
     "WalCorruptionError",
     "WalFailedError",
-    "make_backend",
+    "WalIO",
 ]

@@ -91,10 +91,19 @@ def _drive(appenders: int, duration_s: float, op: Callable[[bytes], object], rec
 
 
 def _drive_async(
-    appenders: int, duration_s: float, op: Callable[[bytes], Awaitable[object]], record: bytes
+    appenders: int,
+    duration_s: float,
+    op: Callable[[bytes], Awaitable[object]],
+    record: bytes,
+    enqueued: list[int] | None = None,
 ) -> tuple[HdrHistogram, int]:
-    """Run *op* from *appenders* asyncio tasks on one event loop (a fresh one, in this thread)."""
+    """Run *op* from *appenders* asyncio tasks on one event loop (a fresh one, in this thread).
+
+    *enqueued* (if given) gets the time of each ``op(record)`` call itself, in
+    ns: from the call to the awaitable returned (``append_async``'s enqueue).
+    """
     lats: list[list[int]] = [[] for _ in range(appenders)]
+    enq = enqueued if enqueued is not None else []
 
     async def main() -> None:
         start = time.perf_counter() + _WARMUP_S
@@ -102,16 +111,19 @@ def _drive_async(
 
         async def work(i: int) -> None:
             lat, clock = lats[i], time.perf_counter_ns
-            keep = lat.append
+            keep, keep_enq = lat.append, enq.append
             while True:
                 t0 = clock()
-                await op(record)
+                fut = op(record)
+                te = clock()
+                await fut
                 t1 = clock()
                 now = t1 / 1e9
                 if now >= stop:
                     break
                 if now >= start:
                     keep(max(1, (t1 - t0) // 1000))
+                    keep_enq(te - t0)
 
         await asyncio.gather(*(work(i) for i in range(appenders)))
 
@@ -223,9 +235,14 @@ def run_wal_bench(
     flushes = dict.fromkeys(walrows, 0)
     appended = dict.fromkeys(walrows, 0)
     per_round: list[dict[str, Any]] = []
+    enqueued: list[int] = []  # ns per append_async call, over every round
     try:
         with Wal.open(wal_dir, cfg, backend=backend) as wal:
-            info: dict[str, Any] = {"backend": wal.backend.name, "direct_io": wal.direct_io}
+            info: dict[str, Any] = {
+                "backend": wal.backend,
+                "backend_reason": wal.backend_reason,
+                "direct_io": wal.direct_io,
+            }
             for rnd in range(rounds):
                 got: dict[str, Any] = {}
                 order = [*walrows, "naive", "fio"]
@@ -242,7 +259,7 @@ def run_wal_bench(
                         if what == "wal":
                             h, n = _drive(appenders, slice_s, wal.append, record)
                         else:
-                            h, n = _drive_async(appenders, slice_s, wal.append_async, record)
+                            h, n = _drive_async(appenders, slice_s, wal.append_async, record, enqueued)
                         flushes[what] += wal.counters()["flushes"] - f0
                         appended[what] += wal.durable_lsn - l0
                     hists[what].add(h)
@@ -256,6 +273,10 @@ def run_wal_bench(
     for k in walrows:
         rows[k] = {**info, **_summary(hists[k], counts[k], record_size, duration_s)}
         rows[k]["records_per_flush"] = appended[k] / flushes[k] if flushes[k] else 0.0
+    if enqueued:
+        enqueued.sort()
+        rows["wal_asyncio"]["enqueue_p50_us"] = enqueued[len(enqueued) // 2] / 1000
+        rows["wal_asyncio"]["enqueue_p99_us"] = enqueued[int(len(enqueued) * 0.99)] / 1000
     naive_row = _summary(hists["naive"], counts["naive"], record_size, duration_s)
     fio_rounds = [r["fio"] for r in per_round if "fio" in r and "skipped" not in r["fio"]]
     fio_row: dict[str, Any]
@@ -266,8 +287,16 @@ def run_wal_bench(
     else:
         fio_row = {
             k: _median([float(r[k]) for r in fio_rounds])
-            for k in ("records_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "clat_p50_us", "clat_p99_us",
-                      "mean_lat_us")
+            for k in (
+                "records_per_s",
+                "mb_per_s",
+                "p50_us",
+                "p99_us",
+                "p999_us",
+                "clat_p50_us",
+                "clat_p99_us",
+                "mean_lat_us",
+            )
         }
         fio_row["command"] = fio_rounds[0]["command"]
         fio_row["percentiles_of"] = fio_rounds[0]["percentiles_of"]

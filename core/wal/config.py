@@ -33,7 +33,12 @@ class WalConfig(BaseModel):
         default="auto",
         description="O_DIRECT segment writes; auto falls back where O_DIRECT is refused",
     )
-    backend: Literal["auto", "uring", "posix"] = "auto"
+    backend: Literal["auto", "uring", "fallback", "posix"] = Field(
+        default="auto",
+        description="core.backend of the stack the log builds: auto, uring or fallback "
+        "(posix: the old name of fallback); auto picks fallback on a disk where durable io_uring "
+        "writes are punted to io-wq",
+    )
     sync: Literal["dsync", "fdatasync"] = Field(
         default="dsync", description="RWF_DSYNC writes, or writes followed by a (linked) fdatasync"
     )

@@ -1,10 +1,12 @@
-"""Fault injection for tests: a simulated faulty disk (FaultyBackend), failing
-segment syscalls (SegmentFaults), a recording and fault-injecting ring (RecordingRing).
+"""Fault injection for tests: a simulated faulty disk (FaultyIO), failing segment
+syscalls (SegmentFaults), a recording and fault-injecting ring (RecordingRing).
 
-It is the real :class:`~uringstack.wal.io.PosixBackend` (same short-write and
-flush logic) with its two primitives replaced, so a test can make the Nth
-write or flush fail, come back short, or tear (part of the bytes land, then
-the "machine dies": every later call fails, as nothing reaches a dead disk).
+:class:`FaultyIO` wraps the :class:`~uringstack.io_backend.FileIO` of each
+segment handle (``Wal.open(..., wrap_io=FaultyIO(plan))``): the real
+:class:`~uringstack.handle.FileHandle` (short-write loop, error checks) runs
+on top and the real backend underneath, so a test can make the Nth write or
+flush fail, come back short, or tear (part of the bytes land, then the
+"machine dies": every later call fails, as nothing reaches a dead disk).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io_backend import FileIO, SyncMethod
+from ..pending import CompletedPending, Pending
 from . import segment
-from .io import PosixBackend, SyncMethod
 from .segment import SegmentSyscalls
 
 
@@ -28,6 +31,7 @@ class FaultPlan:
 
     ``short_writes`` maps a write number to the byte count it returns.
     ``torn_writes`` maps a write number to the bytes that land before the crash.
+    ``sync_errors`` counts the flushes of ``sync="fdatasync"`` writes.
     """
 
     write_errors: dict[int, int] = field(default_factory=dict)  # call -> errno
@@ -36,48 +40,101 @@ class FaultPlan:
     torn_writes: dict[int, int] = field(default_factory=dict)
 
 
-class FaultyBackend(PosixBackend):
-    """PosixBackend plus a :class:`FaultPlan`; defaults to write+fdatasync so both ops exist."""
+class FaultyIO:
+    """A :class:`FaultPlan` applied to every segment's FileIO (a ``wrap_io`` for :meth:`Wal.open`).
 
-    name = "faulty"
+    Call counts run across segments.  ``calls`` records ``("write", offset,
+    length)`` and ``("fdatasync", 0, 0)`` in the order the backend was asked.
+    """
 
-    def __init__(self, plan: FaultPlan | None = None, sync: SyncMethod = "fdatasync") -> None:
-        super().__init__(sync)
+    def __init__(self, plan: FaultPlan | None = None) -> None:
         self.plan = plan if plan is not None else FaultPlan()
         self.write_calls = 0
         self.sync_calls = 0
         self.crashed = False
+        self.calls: list[tuple[str, int, int]] = []
 
-    def _pwrite(self, fd: int, buf: memoryview, offset: int) -> int:
+    def __call__(self, io: FileIO) -> FileIO:
+        return _FaultyFileIO(io, self)
+
+    def write_durable(self, io: FileIO, offset: int, buf: memoryview, sync: SyncMethod) -> list[int]:
+        """One durable write through *io* with the plan applied; the results io_uring would report."""
         n = self.write_calls
         self.write_calls += 1
+        self.calls.append(("write", offset, len(buf)))
+        cancelled = [-errno.ECANCELED] if sync == "fdatasync" else []
         if self.crashed:
-            raise OSError(errno.EIO, "simulated disk is gone")
+            return [-errno.EIO, *cancelled]
         if n in self.plan.write_errors:
-            err = self.plan.write_errors[n]
-            raise OSError(err, f"injected write error: {os.strerror(err)}")
+            return [-self.plan.write_errors[n], *cancelled]
         if n in self.plan.torn_writes:
             keep = min(self.plan.torn_writes[n], len(buf))
-            if keep:
-                os.pwrite(fd, buf[:keep], offset)
-                os.fdatasync(fd)  # what landed is on disk; the rest never will be
+            if keep:  # what landed is on disk; the rest never will be
+                io.start_write_durable(offset, buf[:keep], "fdatasync", wait=True).wait()
             self.crashed = True
-            raise OSError(errno.EIO, f"injected torn write: {keep} of {len(buf)} bytes landed")
+            return [-errno.EIO, *cancelled]
         if n in self.plan.short_writes:
             buf = buf[: max(0, min(self.plan.short_writes[n], len(buf)))]
             if not len(buf):
-                return 0
-        return super()._pwrite(fd, buf, offset)
-
-    def _fdatasync(self, fd: int) -> None:
-        n = self.sync_calls
+                return [0, *cancelled]
+            written = io.start_write_durable(offset, buf, sync, wait=True)
+            return [written.wait()[0], *cancelled]  # a flush linked to a short write never runs
+        if sync == "dsync":
+            return io.start_write_durable(offset, buf, sync, wait=True).wait()
+        res = io.start_write_durable(offset, buf, sync, wait=True).wait()
+        k = self.sync_calls
         self.sync_calls += 1
-        if self.crashed:
-            raise OSError(errno.EIO, "simulated disk is gone")
-        if n in self.plan.sync_errors:
-            err = self.plan.sync_errors[n]
-            raise OSError(err, f"injected fdatasync error: {os.strerror(err)}")
-        super()._fdatasync(fd)
+        self.calls.append(("fdatasync", 0, 0))
+        if k in self.plan.sync_errors:
+            res = [res[0], -self.plan.sync_errors[k]]
+        return res
+
+
+class WrappedFileIO:
+    """A FileIO that hands everything to *inner*: subclass it and override what a test changes."""
+
+    def __init__(self, inner: FileIO) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self.path = inner.path
+        self.fd = inner.fd
+        self.direct = inner.direct
+        self.block_size = inner.block_size
+
+    @property
+    def fixed_index(self) -> int | None:
+        return self.inner.fixed_index
+
+    @fixed_index.setter
+    def fixed_index(self, value: int | None) -> None:
+        self.inner.fixed_index = value
+
+    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False) -> Pending:
+        return self.inner.start_rw(write, offsets, buffers, wait=wait)
+
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> Pending:
+        return self.inner.start_sync(datasync, wait=wait)
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
+
+    def size(self) -> int:
+        return self.inner.size()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _FaultyFileIO(WrappedFileIO):
+    """Durable writes go through :meth:`FaultyIO.write_durable`."""
+
+    def __init__(self, inner: FileIO, faults: FaultyIO) -> None:
+        super().__init__(inner)
+        self.faults = faults
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        view = memoryview(buffer).cast("B")
+        return CompletedPending(self.faults.write_durable(self.inner, offset, view, sync))
 
 
 class SegmentFaults(SegmentSyscalls):
@@ -155,46 +212,67 @@ class SubmittedOp:
 
 
 class RecordingRing:
-    """Wraps a :class:`~uringstack.ring.Ring`: records every SQE submitted through
-    ``submit_arrays`` (opcode, flags, lengths) in order, with its result, and can
-    replace results to inject faults on the io_uring path.
+    """Records every SQE submitted to a :class:`~uringstack.ring.Ring` (opcode, flags,
+    lengths) in order, with its result, and can replace results to inject faults
+    on the io_uring path.  :meth:`install` hooks the ring's submit and wait (the
+    ring stays the real one, used by whatever handle holds it); :meth:`remove`
+    restores them.
 
     ``results`` maps ``(opcode name, call number)`` to the result the caller
     sees instead of the kernel's (e.g. ``("FSYNC", 1): -errno.EIO``); call
-    numbers count from 0 per opcode.  Everything else is the real ring.
+    numbers count from 0 per opcode.
     """
 
-    def __init__(self, ring: Any, results: dict[tuple[str, int], int] | None = None) -> None:
-        self.ring = ring
+    def __init__(self, results: dict[tuple[str, int], int] | None = None) -> None:
         self.results = dict(results or {})
         self.submissions: list[list[SubmittedOp]] = []
         self._calls: dict[str, int] = {}
         self._pending: dict[int, tuple[list[SubmittedOp], list[int | None]]] = {}
+        self._ring: Any = None
 
-    def submit_arrays(self, n: int, arrays: Any, keep: Any = (), *, wait: bool = False) -> Any:
+    def install(self, ring: Any) -> RecordingRing:
+        """Hook *ring*'s ``submit_arrays`` and ``wait`` (instance attributes shadow the methods)."""
         from ..flags import Op
+        from ..native import ffi
 
-        opcodes, fds, _addrs, lens, offs, op_flags, sqe_flags, _bufs = arrays
-        ops, overrides = [], []
-        for i in range(n):
-            name = Op(opcodes[i]).name
-            k = self._calls.get(name, 0)
-            self._calls[name] = k + 1
-            ops.append(SubmittedOp(name, fds[i], lens[i], offs[i], op_flags[i], sqe_flags[i]))
-            overrides.append(self.results.get((name, k)))
-        self.submissions.append(ops)
-        batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
-        self._pending[id(batch)] = (ops, overrides)
-        return batch
+        real_submit, real_wait = ring.submit_arrays, ring.wait
+        self._ring = ring
 
-    def wait(self, batch: Any) -> list[int]:
-        got = list(self.ring.wait(batch))
-        ops, overrides = self._pending.pop(id(batch), ([], []))
-        for i, op in enumerate(ops):
-            if overrides[i] is not None:
-                got[i] = overrides[i]
-            op.result = got[i]
-        return got
+        def submit_arrays(n: int, arrays: Any, keep: Any = (), *, wait: bool = False) -> Any:
+            def col(i: int) -> list[int]:
+                return [0] * n if arrays[i] == ffi.NULL else [int(x) for x in arrays[i][0:n]]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ring, name)
+            opcodes, fds, lens, offs, op_flags, sqe_flags = col(0), col(1), col(3), col(4), col(5), col(6)
+            ops, overrides = [], []
+            for i in range(n):
+                name = Op(opcodes[i]).name
+                k = self._calls.get(name, 0)
+                self._calls[name] = k + 1
+                ops.append(SubmittedOp(name, fds[i], lens[i], offs[i], op_flags[i], sqe_flags[i]))
+                overrides.append(self.results.get((name, k)))
+            self.submissions.append(ops)
+            batch = real_submit(n, arrays, keep, wait=wait)
+            self._pending[id(batch)] = (ops, overrides)
+            return batch
+
+        def wait_batch(batch: Any) -> list[int]:
+            got = list(real_wait(batch))
+            ops, overrides = self._pending.pop(id(batch), ([], []))
+            for i, op in enumerate(ops):
+                override = overrides[i]
+                if override is not None:
+                    got[i] = override
+                op.result = got[i]
+            return got
+
+        ring.submit_arrays = submit_arrays
+        ring.wait = wait_batch
+        return self
+
+    def remove(self) -> None:
+        """Give the ring its own submit and wait back."""
+        if self._ring is not None:
+            for name in ("submit_arrays", "wait"):
+                with contextlib.suppress(AttributeError):
+                    delattr(self._ring, name)
+            self._ring = None

@@ -6,14 +6,17 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import WalConfig
 from .errors import WalClosedError
-from .io import WalBackend, make_backend
+from .io import FileIOWrapper, WalIO
 from .recovery import LogScan, RecoveryMode, iter_records, recover
 from .segment import DirectoryLock, fsync_dir, remove_files, remove_spares
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from ..stack import Stack
 
 
 class Wal:
@@ -27,19 +30,17 @@ class Wal:
         self,
         directory: Path,
         config: WalConfig,
-        backend: WalBackend,
-        owns_backend: bool,
+        io: WalIO,
         lock: DirectoryLock,
         scan: LogScan,
     ) -> None:
         self.directory = directory
         self.config = config
-        self.backend = backend
+        self.io = io
         self.recovered = scan
-        self._owns_backend = owns_backend
         self._lock_file = lock
         self._closed = False
-        self._writer = Writer(directory, config, backend, scan.segments, scan.next_lsn)
+        self._writer = Writer(directory, config, io, scan.segments, scan.next_lsn)
 
     @classmethod
     def open(
@@ -47,46 +48,45 @@ class Wal:
         path: str | Path,
         config: WalConfig | None = None,
         *,
-        backend: str | WalBackend | None = None,
-        stack: Any = None,
+        backend: str | None = None,
+        stack: Stack | None = None,
+        wrap_io: FileIOWrapper | None = None,
         **overrides: Any,
     ) -> Wal:
         """Open (creating if needed) the log in directory *path*, recovering what is there.
 
-        *backend* overrides ``config.backend`` and may be a ready
-        :class:`~uringstack.wal.io.WalBackend` (e.g. one wrapping the stack's
-        ring); a backend passed in is not closed by :meth:`close`.  Keyword
-        *overrides* are WalConfig fields.  Recovery follows ``config.recovery``
-        and raises :class:`~uringstack.wal.errors.WalCorruptionError` when the
-        mode does not accept what is on disk.  *stack* (a
-        :class:`~uringstack.stack.Stack`) makes the log write through the
-        stack's first worker ring, or posix I/O where the stack runs on the
-        fallback.
+        Keyword *overrides* are WalConfig fields; *backend* is one of them
+        (``auto``, ``uring``, ``fallback``).  The log writes through a
+        :class:`~uringstack.handle.FileHandle` per segment: on *stack* (a
+        :class:`~uringstack.stack.Stack`, left open by :meth:`close`) if
+        given, else on a one-worker stack it builds and owns, whose
+        ``core.backend`` is ``config.backend`` (see :class:`~uringstack.wal.io.WalIO`).
+        *wrap_io* wraps each segment's :class:`~uringstack.io_backend.FileIO`
+        (fault injection in tests: :class:`~uringstack.wal.faults.FaultyIO`).
+        Recovery follows ``config.recovery`` and raises
+        :class:`~uringstack.wal.errors.WalCorruptionError` when the mode does
+        not accept what is on disk.
         """
-        if stack is not None:
-            if backend is not None:
-                raise TypeError("pass either backend= or stack=, not both")
-            from .io import backend_for_stack
-
-            backend = backend_for_stack(stack, (config or WalConfig()).sync)
         config = config if config is not None else WalConfig()
+        if backend is not None:
+            overrides["backend"] = backend
         if overrides:
             config = WalConfig(**{**config.model_dump(), **overrides})
+        if stack is not None and "backend" in overrides:
+            raise TypeError("pass either backend= or stack=, not both: the stack decides the backend")
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         fsync_dir(directory.parent)
         lock = DirectoryLock(directory)
-        be: WalBackend | None = None
-        owns = not (backend is not None and not isinstance(backend, str))
+        io: WalIO | None = None
         try:
             remove_spares(directory)
             scan = recover(directory, RecoveryMode(config.recovery))
-            spec = backend if backend is not None else config.backend
-            be = make_backend(spec, config.sync, directory)  # type: ignore[arg-type]
-            return cls(directory, config, be, owns, lock, scan)
+            io = WalIO.for_log(directory, config.backend, stack, wrap_io)
+            return cls(directory, config, io, lock, scan)
         except BaseException:
-            if be is not None and owns:
-                be.close()
+            if io is not None:
+                io.close()
             lock.release()
             raise
 
@@ -140,12 +140,22 @@ class Wal:
         """Whether segment writes bypass the page cache (O_DIRECT)."""
         return self._writer.direct
 
+    @property
+    def backend(self) -> str:
+        """The backend of the stack the log writes through (``uring``, ``fallback``, ...)."""
+        handle = self._writer.handle
+        return handle.backend if handle is not None else "closed"
+
+    @property
+    def backend_reason(self) -> str:
+        """Which stack the log writes through and why (``auto``'s choice)."""
+        return self.io.reason
+
     def counters(self) -> dict[str, int]:
-        """The backend's counters plus appends and segments."""
-        c = dict(self.backend.counters())
-        c["durable_lsn"] = self.durable_lsn
-        c["segments"] = len(self._writer.segments)
-        return c
+        """``flushes`` (durable writes), ``bytes`` written by them, ``durable_lsn`` and ``segments``."""
+        w = self._writer
+        return {"flushes": w.flushes, "bytes": w.bytes_written, "durable_lsn": self.durable_lsn,
+                "segments": len(w.segments)}  # fmt: skip
 
     # --- reading and maintenance ----------------------------------------------------
     def read_from(self, lsn: int = 1) -> Iterator[tuple[int, bytes]]:
@@ -192,9 +202,10 @@ class Wal:
         try:
             self._writer.close()
         finally:
-            if self._owns_backend:
-                self.backend.close()
-            self._lock_file.release()
+            try:
+                self.io.close()
+            finally:
+                self._lock_file.release()
 
     def __enter__(self) -> Wal:
         return self
@@ -209,4 +220,4 @@ class Wal:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("failed" if self.failed else "open")
-        return f"<Wal {self.directory} {state} backend={self.backend.name} durable_lsn={self.durable_lsn}>"
+        return f"<Wal {self.directory} {state} backend={self.backend} durable_lsn={self.durable_lsn}>"

@@ -4,7 +4,9 @@ Appenders frame their record under the lock (so LSN order is file order) and
 queue it.  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
-hands that single write to the backend, which returns once it is durable.
+hands that single write to the segment's
+:class:`~uringstack.handle.FileHandle` (``write_durable``), which returns once
+it is durable.
 Only then does the durable-LSN watermark move and are the appenders woken.
 While a flush is in flight the next batch accumulates, so the number of
 flushes adapts to the device's flush latency without a timer.
@@ -44,10 +46,12 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
+from ..handle import FileHandle
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
-from .io import WalBackend
+from .io import WalIO
 from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, encode, padded_size
 from .recovery import SegmentScan
 from .segment import (
@@ -57,6 +61,9 @@ from .segment import (
     create_segment,
     prepare_spare,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
 
@@ -146,13 +153,16 @@ class Writer:
         self,
         directory: Path,
         config: WalConfig,
-        backend: WalBackend,
+        io: WalIO,
         segments: list[SegmentScan],
         next_lsn: int,
     ) -> None:
         self.directory = directory
         self.config = config
-        self.backend = backend
+        self.io = io
+        self._sync = config.sync
+        self.flushes = 0
+        self.bytes_written = 0
         self.segments = segments  # shared with the Wal; mutated under self.lock
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
@@ -169,7 +179,7 @@ class Writer:
         self.failed: WalFailedError | None = None
         self._closing = False
         self.direct = False
-        self._fd = -1
+        self._handle: FileHandle | None = None
         self._tail = b""
         self._max_record = config.max_batch_bytes
         self._max_write = config.max_write_bytes
@@ -182,6 +192,11 @@ class Writer:
         self._start_spare()
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
         self._thread.start()
+
+    @property
+    def handle(self) -> FileHandle | None:
+        """The active segment's handle (None once closed)."""
+        return self._handle
 
     # --- segments ----------------------------------------------------------------
     def _header(self, first_lsn: int) -> SegmentHeader:
@@ -208,19 +223,25 @@ class Writer:
     def _open_active(self, seg: SegmentScan) -> None:
         base = os.O_RDWR | os.O_CLOEXEC
         fd = -1
+        direct = False
         if self.config.direct_io != "off":
             try:
                 fd = os.open(seg.path, base | os.O_DIRECT)
-                self.direct = True
+                direct = True
             except OSError as e:
                 if self.config.direct_io == "on" or e.errno != errno.EINVAL:
                     raise
         if fd < 0:
             fd = os.open(seg.path, base)
-            self.direct = False
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = fd
+        try:
+            handle = self.io.open_segment(seg.path, fd, direct)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._handle is not None:
+            self.io.close_segment(self._handle)
+        self._handle = handle
+        self.direct = direct
         self.active = seg
         # The partial last block is rewritten by the next flush, so keep its bytes
         # (read through a buffered file: O_DIRECT reads need aligned buffers).
@@ -270,7 +291,8 @@ class Writer:
         which = "record" if index is None else f"record {index}"
         if not isinstance(payload, bytes | bytearray):
             try:  # any buffer (memoryview, array, mmap): framed by its bytes
-                view = payload if isinstance(payload, memoryview) else memoryview(payload)  # type: ignore[arg-type]
+                # memoryview() itself decides what is a buffer: the cast only tells mypy so
+                view = payload if isinstance(payload, memoryview) else memoryview(cast("Buffer", payload))
             except TypeError:
                 raise TypeError(
                     f"{which}: expected a bytes-like object (bytes, bytearray, memoryview), "
@@ -486,8 +508,11 @@ class Writer:
 
     def _write(self, taken: _Taken) -> None:
         """Write the staged batch durably; then it is part of the segment."""
-        seg, buf, write_at = self.active, self._buf, taken.write_at
-        self.backend.write_durable(self._fd, memoryview(buf)[: taken.length], write_at)
+        seg, buf, write_at, handle = self.active, self._buf, taken.write_at, self._handle
+        assert handle is not None
+        self.flushes += 1
+        handle.write_durable(memoryview(buf)[: taken.length], write_at, sync=self._sync)
+        self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
         tail_from = new_end - new_end % BLOCK_BYTES
         self._tail = bytes(buf[tail_from - write_at : new_end - write_at])
@@ -563,7 +588,7 @@ class Writer:
                     loop.call_soon_threadsafe(_reject, waiters, closed)
         if self._spare_thread is not None:
             self._spare_thread.join()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._handle is not None:
+            self.io.close_segment(self._handle)
+            self._handle = None
         self._buf.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from uringstack import forking
 from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.inflight import InflightTracker
+from uringstack.io_backend import SyncMethod
 from uringstack.native import ffi
+from uringstack.pending import CompletedPending
 from uringstack.targets import logical_block_size, open_target
 
 if TYPE_CHECKING:
@@ -43,9 +46,9 @@ def _preadv(fd: int, buf: Any, offset: int) -> int:
         return -(exc.errno or 5)
 
 
-def _pwritev(fd: int, buf: Any, offset: int) -> int:
+def _pwritev(fd: int, buf: Any, offset: int, flags: int = 0) -> int:
     try:
-        return os.pwritev(fd, [buf], offset)
+        return os.pwritev(fd, [buf], offset, flags) if flags else os.pwritev(fd, [buf], offset)
     except OSError as exc:
         return -(exc.errno or 5)
 
@@ -58,11 +61,15 @@ def _sync(fd: int, datasync: bool) -> int:
         return -(exc.errno or 5)
 
 
-def _write_then_sync(fd: int, buf: Any, offset: int, datasync: bool) -> list[int]:
+def _write_durable(fd: int, buf: Any, offset: int, sync: SyncMethod) -> list[int]:
+    """One durable write, with the results an io_uring backend reports for it."""
+    if sync == "dsync":
+        return [_pwritev(fd, buf, offset, os.RWF_DSYNC)]
     written = _pwritev(fd, buf, offset)
-    if written < 0:
-        return [written, -125]  # ECANCELED, as a linked io_uring flush would report
-    return [written, _sync(fd, datasync)]
+    if written < 0 or written < len(memoryview(buf)):
+        # as a linked io_uring flush: not run after a failed or short write
+        return [written, -errno.ECANCELED]
+    return [written, _sync(fd, True)]
 
 
 class _DoneBatch:
@@ -189,10 +196,28 @@ class FallbackFileIO:
     def start_sync(self, datasync: bool, *, wait: bool = False) -> ThreadPending:
         return self._submit("fdatasync" if datasync else "fsync", _sync, (datasync,))
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> ThreadPending:
+    def start_write_durable(
+        self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False
+    ) -> ThreadPending | CompletedPending:
         buf = _as_buffer(buffer)
         self._check(True, offset, buf)
-        return self._submit("write_durable", _write_then_sync, (buf, offset, datasync), flatten=True)
+        if wait:
+            # The caller blocks until the device acknowledged the write anyway: a
+            # hand-off to a pool thread and back would only add two context switches.
+            # Not tracked here: nothing is queued on the pool, and the op is over when
+            # this returns (the handle's own tracker makes its close() wait for the call).
+            return self._durable_inline(buf, offset, sync)
+        return self._submit("write_durable", _write_durable, (buf, offset, sync), flatten=True)
+
+    def _durable_inline(self, buf: Any, offset: int, sync: SyncMethod) -> CompletedPending:
+        forking.check(self._fork_gen, f"the fallback backend of {self.path}")
+        results = _write_durable(self.fd, buf, offset, sync)
+        if self.completion_hook is not None:
+            try:
+                self.completion_hook("write_durable", None)(_DoneBatch(results))
+            except Exception:
+                log.exception("a uringstack_completion_batch hook failed on a fallback batch")
+        return CompletedPending(results)
 
     def size(self) -> int:
         st = os.fstat(self.fd)

@@ -5,9 +5,12 @@ pollable O_DIRECT reads and writes):
 
 - reads and writes of a handle served here go to ``worker.rings["iopoll"]``;
 - ``fsync``/``fdatasync`` go to ``worker.rings["storage"]``;
-- ``start_write_sync`` submits the write on the IOPOLL ring and the flush on
-  the storage ring *after the write's completion was reaped* (io_uring links
-  do not cross rings, and only a completed write is ordered before a flush);
+- ``start_write_durable(sync="fdatasync")`` submits the write on the IOPOLL
+  ring and the flush on the storage ring *after the write's completion was
+  reaped* (io_uring links do not cross rings, and only a completed write is
+  ordered before a flush); ``sync="dsync"`` is one ``RWF_DSYNC`` write on the
+  storage ring (the kernel turns it into FUA or write + flush, which is not
+  a polled request; a durable write waits for the device's flush anyway);
 - targets without O_DIRECT never come here (the plugin passes them on, so
   the core serves them on the storage ring).
 
@@ -25,13 +28,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack.blockdev import blkdev_size_bytes
-from uringstack.buffers import check_alignment, pin_buffers
+from uringstack.buffers import RegisteredBuffer, check_alignment, pin_buffers
 from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op
+from uringstack.io_backend import SyncMethod
 from uringstack.native import ffi, lib
 from uringstack.polling import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
-from uringstack.uring_backend import UringPending
+from uringstack.uring_backend import RWF_DSYNC, UringPending
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -56,7 +60,7 @@ class IopollPending(UringPending):
 
 
 class WriteThenSync:
-    """``start_write_sync`` across two rings: the write polled, then a flush on the storage ring.
+    """``start_write_durable(sync="fdatasync")`` across two rings: the write polled, then a flush on the storage ring.
 
     The flush is submitted only once the write's completion has been reaped
     (by :meth:`wait`, :meth:`wait_async` or a :meth:`done` that saw it), and
@@ -64,20 +68,23 @@ class WriteThenSync:
     flush, as a broken io_uring link would.
     """
 
-    __slots__ = ("_datasync", "_fd", "_storage", "_sync", "_write", "n")
+    __slots__ = ("_fd", "_hook", "_length", "_storage", "_sync", "_write", "n")
 
-    def __init__(self, write: IopollPending, storage: Ring, fd: int, datasync: bool) -> None:
+    def __init__(self, write: IopollPending, storage: Ring, fd: int, length: int, hook: Any = None) -> None:
         self._write = write
         self._storage = storage
         self._fd = fd
-        self._datasync = datasync
+        self._length = length
+        self._hook = hook
         self._sync: Batch | None = None
         self.n = 2
 
     def _start_sync(self, written: int, wait: bool = False) -> Batch | None:
-        if self._sync is None and written >= 0:
-            flags = FSYNC_DATASYNC if self._datasync else 0
-            self._sync = self._storage.submit(Op.FSYNC, self._fd, n=1, op_flags=flags, wait=wait)
+        # not after a failed or short write: as a broken io_uring link, the flush reports -ECANCELED
+        if self._sync is None and written >= self._length:
+            self._sync = self._storage.submit(Op.FSYNC, self._fd, n=1, op_flags=FSYNC_DATASYNC, wait=wait)
+            if self._hook is not None:
+                self._sync.add_done_callback(self._hook("fdatasync", self._storage))
         return self._sync
 
     def _results(self, written: int) -> list[int]:
@@ -164,14 +171,28 @@ class IopollFileIO:
         return IopollPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> Any:
-        from uringstack.uring_backend import UringPending
-
         # Never on the IOPOLL ring: the kernel refuses fsync there.
         batch = self.storage.submit(Op.FSYNC, self.fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, wait=wait)
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.storage))
         return UringPending(self.storage, batch)
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> WriteThenSync:
-        return WriteThenSync(self.start_rw(True, [offset], [buffer], wait=wait), self.storage, self.fd, datasync)
+    def start_write_durable(
+        self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False
+    ) -> WriteThenSync | UringPending:
+        if sync == "dsync":
+            keep, addrs, lens = pin_buffers([buffer], writable=False)
+            check_alignment("write", self.path, addrs[0], lens[0], offset, self.block_size)
+            batch = self.storage.submit(
+                Op.WRITE, self.fd, n=1, addrs=addrs[0], lens=lens[0], offsets=offset, op_flags=RWF_DSYNC,
+                keep=keep, wait=wait,
+            )  # fmt: skip
+            if self.completion_hook is not None:
+                batch.add_done_callback(self.completion_hook("write_durable", self.storage))
+            return UringPending(self.storage, batch)
+        write = self.start_rw(True, [offset], [buffer], wait=wait)
+        nbytes = buffer.size if isinstance(buffer, RegisteredBuffer) else memoryview(buffer).nbytes
+        return WriteThenSync(write, self.storage, self.fd, nbytes, self.completion_hook)
 
     def size(self) -> int:
         st = os.fstat(self.fd)

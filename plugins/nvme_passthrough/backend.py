@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.buffers import address_of, pin_buffers
 from uringstack.errors import AlignmentError, UringIOError
 from uringstack.flags import Op, SqeFlag
+from uringstack.io_backend import SyncMethod
 from uringstack.native import ffi
 from uringstack.pipeline import filled, from_bytes
 from uringstack.plugins.nvme_passthrough.commands import (
@@ -399,26 +400,32 @@ class PassthroughFileIO:
             batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
         return PassthroughPending(self.ring, batch, "nvme flush", self.path, None, [], tail=1)
 
-    def start_write_sync(self, offset: int, buffer: Any, datasync: bool, *, wait: bool = False) -> PassthroughPending:
-        """Write then Flush in one submission, ordered by IOSQE_IO_LINK.
+    def start_write_durable(
+        self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False
+    ) -> PassthroughPending:
+        """A durable write: Writes with FUA (``dsync``), or Writes then a Flush (``fdatasync``).
 
-        Every write command is linked to the next and the last to the Flush,
-        so the Flush starts after all of them completed.  A write refused by
-        the kernel (-errno) cancels the rest of the chain (-ECANCELED); an
-        NVMe status does not break a link, so the Flush still runs, which is
-        harmless, and :meth:`PassthroughPending.wait` raises for the write.
+        For ``fdatasync`` every Write is linked (IOSQE_IO_LINK) to the next and
+        the last to the Flush, so the Flush starts after all of them
+        completed.  A write refused by the kernel (-errno) cancels the rest of
+        the chain (-ECANCELED); an NVMe status does not break a link, so the
+        Flush still runs, which is harmless, and
+        :meth:`PassthroughPending.wait` raises for the write.
         """
         plan, keep, lens = self._plan(True, [offset], [buffer])
-        n = plan.n + 1
-        cmds = build_rw_commands(NVME_CMD_WRITE, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size)
-        cmds += flush_command(self.nsid)
-        link = int(SqeFlag.IO_LINK)
-        sqe_flags = ffi.new("uint8_t[]", [link] * (n - 1) + [0])
+        fua = sync == "dsync"
+        cmds = build_rw_commands(NVME_CMD_WRITE, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size, fua=fua)
+        n, tail, sqe_flags = plan.n, 0, ffi.NULL
+        if not fua:
+            n, tail = n + 1, 1
+            cmds += flush_command(self.nsid)
+            link = int(SqeFlag.IO_LINK)
+            sqe_flags = ffi.new("uint8_t[]", [link] * (n - 1) + [0])
         columns, cmd_pin = self._columns(cmds, n, sqe_flags)
         batch = self.ring.submit_arrays(n, columns, (*keep, buffer, cmds, cmd_pin, *columns), wait=wait)
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("write_durable", self.ring))
-        return PassthroughPending(self.ring, batch, "nvme write", self.path, plan, lens, tail=1)
+        return PassthroughPending(self.ring, batch, "nvme write", self.path, plan, lens, tail=tail)
 
     def size(self) -> int:
         return self.nblocks * self.block_size

@@ -115,6 +115,8 @@ _REC_U64 = NVME_URING_CMD_SIZE // 8
 _U32_NSID = NVME_URING_CMD_FIELDS["nsid"][0] // 4
 _U32_DATA_LEN = NVME_URING_CMD_FIELDS["data_len"][0] // 4
 _U32_CDW12 = NVME_URING_CMD_FIELDS["cdw12"][0] // 4
+NVME_RW_FUA = 1 << 30
+"""Force Unit Access, CDW12 bit 30 of Read/Write (NVMe base spec, I/O command set)."""
 _U64_ADDR = NVME_URING_CMD_FIELDS["addr"][0] // 8
 # cdw10/cdw11 are adjacent and 8-byte aligned, so as one little-endian u64 they are the SLBA.
 _U64_SLBA = NVME_URING_CMD_FIELDS["cdw10"][0] // 8
@@ -239,8 +241,14 @@ def build_rw_commands(
     nlbs: array[int],
     addrs: array[int],
     block_size: int,
+    *,
+    fua: bool = False,
 ) -> bytearray:
     """N Read or Write commands whose block counts and buffers differ per command.
+
+    *fua* sets Force Unit Access (CDW12 bit 30): the controller completes each
+    write only once its data is on non-volatile media (a durable write
+    without a separate Flush).
 
     Command *i* moves ``nlbs[i]`` blocks at ``slbas[i]`` to or from
     ``addrs[i]``.  All three are ``array('Q')`` of equal length (what
@@ -261,7 +269,8 @@ def build_rw_commands(
     u8[0::NVME_URING_CMD_SIZE] = bytes([opcode]) * n
     u32[_U32_NSID::_REC_U32] = array("I", [nsid]) * n
     u32[_U32_DATA_LEN::_REC_U32] = array("I", [k * block_size for k in nlbs])
-    u32[_U32_CDW12::_REC_U32] = array("I", [k - 1 for k in nlbs])  # NLB is 0's based
+    fua_bit = NVME_RW_FUA if fua else 0
+    u32[_U32_CDW12::_REC_U32] = array("I", [(k - 1) | fua_bit for k in nlbs])  # NLB is 0's based
     u64[_U64_SLBA::_REC_U64] = memoryview(slbas)
     u64[_U64_ADDR::_REC_U64] = memoryview(addrs)
     u8.release()

@@ -11,6 +11,7 @@ the bytes in the file (which are right even when the flush is unordered).
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import threading
@@ -22,6 +23,7 @@ import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
 import uringstack.uring_backend as uring_backend
+from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.handle import FileHandle
 from uringstack.native import ffi
@@ -97,14 +99,14 @@ class SyscallRecorder:
         real_pwritev = fallback_backend._pwritev
         real_sync = fallback_backend._sync
 
-        def pwritev(fd: int, buf: Any, offset: int) -> int:
+        def pwritev(fd: int, buf: Any, offset: int, flags: int = 0) -> int:
             view = memoryview(buf).cast("B")
             if self.short_first_write:
                 self.short_first_write = False
                 view = view[: len(view) // 4]
-            self._log("write", "start", offset)
-            res = real_pwritev(fd, view, offset)
-            self._log("write", "end", res)
+            self._log("dsync write" if flags & os.RWF_DSYNC else "write", "start", offset)
+            res = real_pwritev(fd, view, offset, flags)
+            self._log("dsync write" if flags & os.RWF_DSYNC else "write", "end", res)
             return res
 
         def sync(fd: int, datasync: bool) -> int:
@@ -185,8 +187,9 @@ def test_write_durable_flushes_after_completing_a_short_write(
         assert last.opcode == Op.FSYNC and last.op_flags == FSYNC_DATASYNC, (
             "no flush after the rest of a short write: the tail is acknowledged but not durable"
         )
-        assert last.earlier_done and last.batch is not writes[-1].batch, (
-            "the final flush was submitted before the rest of the write completed"
+        assert last.earlier_done, "the final flush was submitted before the first part of the write completed"
+        assert last.batch is writes[-1].batch and writes[-1].flags & SqeFlag.IO_LINK, (
+            "the final flush is not linked to the rest of the write: it may run before it"
         )
         assert last.result == 0
     else:
@@ -197,6 +200,68 @@ def test_write_durable_flushes_after_completing_a_short_write(
         )
         last_write_end = max(i for i, e in enumerate(rec.events) if e[:2] == ("write", "end"))
         assert last_write_end < len(rec.events) - 2
+
+
+def test_write_durable_dsync_is_one_rwf_dsync_write(handle: FileHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = _recorder(handle, monkeypatch)
+    data = os.urandom(8192)
+    assert handle.write_durable(data, 4096, sync="dsync") == len(data)
+    if isinstance(rec, RingRecorder):
+        assert [s.opcode in WRITES for s in rec.sqes] == [True], "dsync is one write, no separate flush"
+        assert rec.sqes[0].op_flags & os.RWF_DSYNC, "the write does not carry RWF_DSYNC: it is not durable"
+        assert rec.sqes[0].result == len(data)
+    else:
+        assert rec.events == [("dsync write", "start", 4096), ("dsync write", "end", len(data))]
+    assert os.pread(handle.fd, len(data), 4096) == data
+
+
+def test_write_durable_dsync_completes_a_short_write_durably(
+    handle: FileHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = _recorder(handle, monkeypatch)
+    data = os.urandom(16384)
+    if isinstance(rec, RingRecorder):
+        rec.shorten_next_write_to = 4096
+    else:
+        rec.short_first_write = True
+    assert handle.write_durable(data, 0, sync="dsync") == len(data)
+    assert os.pread(handle.fd, len(data), 0) == data
+    if isinstance(rec, RingRecorder):
+        assert rec.sqes[0].result == 4096, "the injected short write did not happen"
+        assert len(rec.sqes) >= 2 and all(s.opcode in WRITES and s.op_flags & os.RWF_DSYNC for s in rec.sqes), (
+            "the rest of a short dsync write was not written with RWF_DSYNC"
+        )
+        assert sum(s.result for s in rec.sqes) == len(data)
+    else:
+        ends = [e for e in rec.events if e[1] == "end"]
+        assert ends[0][2] == 4096, "the injected short write did not happen"
+        assert all(e[0] == "dsync write" for e in rec.events) and sum(e[2] for e in ends) == len(data)
+
+
+def test_write_durable_fails_on_a_failed_flush(handle: FileHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed fdatasync is reported (op fdatasync), never retried: the data must count as lost."""
+    calls = []
+    ring = handle.ring
+    if ring is not None:
+        real_wait = ring.wait
+
+        def wait(batch: Batch) -> list[int]:
+            got = list(real_wait(batch))
+            calls.append(len(got))
+            return [got[0], -errno.EIO] if len(got) == 2 else got
+
+        monkeypatch.setattr(ring, "wait", wait)
+    else:
+
+        def sync(fd: int, datasync: bool) -> int:
+            calls.append(1)
+            return -errno.EIO
+
+        monkeypatch.setattr(fallback_backend, "_sync", sync)
+    with pytest.raises(UringIOError) as ei:
+        handle.write_durable(b"x" * 4096, 0)
+    assert ei.value.errno == errno.EIO and ei.value.op == "fdatasync"
+    assert len(calls) == 1, "the failed flush was retried"
 
 
 def test_uring_splits_transfers_longer_than_the_kernel_moves_at_once(

@@ -119,11 +119,14 @@ def test_ng_round_trip_through_filehandle(stack: Stack, passthrough: None) -> No
         # write_durable: Write linked to a Flush, both complete.
         one = _buffers(rng, 1)[0]
         assert h.write_durable(one, 8 * BS) == BS
+        # sync="dsync": Writes with FUA, no Flush.
+        fua = _buffers(rng, 1)[0]
+        assert h.write_durable(fua, 9 * BS, sync="dsync") == BS
         assert ring.inflight == 0
     # The block device sees the same bytes.
     sample = random.Random(2).sample(range(n), 50)
     assert _pread(BLK, [offsets[i] for i in sample], BS) == [bytes(data[i]) for i in sample]
-    assert _pread(BLK, [8 * BS], BS) == [bytes(one)]
+    assert _pread(BLK, [8 * BS, 9 * BS], BS) == [bytes(one), bytes(fua)]
 
 
 def test_ng_asyncio_gather_1000_reads(stack: Stack, passthrough: None) -> None:
@@ -180,6 +183,12 @@ def test_block_device_direct_is_served_by_iopoll(stack: Stack) -> None:
         one = _buffers(rng, 1)[0]
         assert h.write_durable(one, 5 * BS) == BS
         assert storage.counters()["reaped"] - storage_before["reaped"] == 2
+        # sync="dsync": one RWF_DSYNC write on the storage ring (not a polled request).
+        dsync = _buffers(rng, 1)[0]
+        assert h.write_durable(dsync, 6 * BS, sync="dsync") == BS
+        assert storage.counters()["reaped"] - storage_before["reaped"] == 3
+        back = aligned_buffer(BS)
+        assert h.read_into(back, 6 * BS) == BS and back[:] == dsync[:]
         # done() makes progress on a polled ring (a CQ peek alone never would).
         pending = h.start_read_many([0], [aligned_buffer(BS)])
         for _ in range(100_000):

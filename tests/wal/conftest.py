@@ -23,7 +23,7 @@ def _uring_available() -> str | None:
 _URING_SKIP = _uring_available()
 
 
-@pytest.fixture(params=["posix", "uring"])
+@pytest.fixture(params=["fallback", "uring"])
 def backend_name(request: pytest.FixtureRequest) -> str:
     if request.param == "uring" and _URING_SKIP:
         pytest.skip(_URING_SKIP)

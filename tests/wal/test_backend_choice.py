@@ -1,4 +1,4 @@
-"""WAL `auto` backend: posix where durable io_uring writes are punted to io-wq, else io_uring."""
+"""WAL `auto` backend: the fallback where durable io_uring writes are punted to io-wq, else the stack's choice."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from uringstack.wal.io import PosixBackend, UringBackend, durable_uring_punts, make_backend
+from uringstack.wal import Wal
+from uringstack.wal.io import durable_uring_punts, shared_stack
 
 
 def fake_sysfs(root: Path, log_dir: Path, cache: str, fua: str) -> Path:
@@ -38,13 +39,19 @@ def test_volatile_cache_without_fua_means_punted_writes(tmp_path: Path, cache: s
 
 
 def test_auto_follows_this_machines_disk(tmp_path: Path) -> None:
-    backend = make_backend("auto", "dsync", tmp_path)
-    try:
-        if durable_uring_punts(tmp_path) is not None:
-            assert isinstance(backend, PosixBackend)
-            assert backend.reason.startswith("auto: posix, because")
+    with Wal.open(tmp_path / "wal", backend="auto") as wal:
+        if durable_uring_punts(tmp_path / "wal") is not None:
+            assert wal.backend == "fallback"
+            assert wal.backend_reason.startswith("auto: fallback, because")
         else:
-            assert isinstance(backend, UringBackend)
-            assert backend.reason == "auto: io_uring"
-    finally:
-        backend.close()
+            assert wal.backend in ("uring", "fallback")  # the stack's own choice
+            assert wal.backend_reason == "auto: the stack's choice"
+
+
+@pytest.mark.parametrize(("spec", "backend"), [("fallback", "fallback"), ("posix", "fallback")])
+def test_named_backend_is_the_stacks(tmp_path: Path, spec: str, backend: str) -> None:
+    with Wal.open(tmp_path / "wal", backend=spec) as wal:
+        assert wal.backend == backend and wal.io.stack is shared_stack(backend) and not wal.io.owns_stack
+        assert wal.append(b"x") == 1
+    with Wal.open(tmp_path / "wal", backend=spec) as wal:  # built once per process and backend
+        assert wal.io.stack is shared_stack(backend)

@@ -17,36 +17,45 @@ from typing import Any
 
 import pytest
 
+from uringstack.io_backend import FileIO, SyncMethod
+from uringstack.pending import CompletedPending, Pending
 from uringstack.wal import Wal, WalClosedError, WalConfig, WalFailedError
 from uringstack.wal import writer as writer_mod
-from uringstack.wal.io import PosixBackend
+from uringstack.wal.faults import WrappedFileIO
 
 
-class GatedBackend(PosixBackend):
-    """PosixBackend whose first ``hold`` flushes block until :attr:`release` is set.
+class GatedBackend:
+    """A ``wrap_io`` whose first ``hold`` durable writes block until :attr:`release` is set.
 
-    Records which thread issued every flush and how many bytes it carried.
+    Records which thread issued every flush.  The real FileIO writes underneath.
     """
 
-    name = "gated"
-
     def __init__(self, hold: int = 1, fail_at: int | None = None) -> None:
-        super().__init__("fdatasync")
         self.hold = hold
         self.fail_at = fail_at
         self.entered = threading.Event()
         self.release = threading.Event()
         self.threads: list[str] = []
 
-    def write_durable(self, fd: int, buf: memoryview, offset: int) -> None:
-        n = len(self.threads)
-        self.threads.append(threading.current_thread().name)
-        if n < self.hold:
-            self.entered.set()
-            assert self.release.wait(10), "test never released the gated write"
-        if n == self.fail_at:
-            raise OSError(errno.EIO, "injected flush failure")
-        super().write_durable(fd, buf, offset)
+    def __call__(self, io: FileIO) -> FileIO:
+        return _GatedIO(io, self)
+
+
+class _GatedIO(WrappedFileIO):
+    def __init__(self, inner: FileIO, gate: GatedBackend) -> None:
+        super().__init__(inner)
+        self.gate = gate
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        gate = self.gate
+        n = len(gate.threads)
+        gate.threads.append(threading.current_thread().name)
+        if n < gate.hold:
+            gate.entered.set()
+            assert gate.release.wait(10), "test never released the gated write"
+        if n == gate.fail_at:
+            return CompletedPending([-errno.EIO, -errno.ECANCELED] if sync == "fdatasync" else [-errno.EIO])
+        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
 
 
 def _wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -68,7 +77,7 @@ def _queued(wal: Wal) -> int:
 def test_lone_appender_flushes_inline(wal_dir: pathlib.Path) -> None:
     """No hand-off to the flusher thread and back when nobody else is appending."""
     be = GatedBackend(hold=0)
-    with Wal.open(wal_dir, backend=be) as wal:
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal:
         for i in range(20):
             assert wal.append(b"r%d" % i) == i + 1
     assert be.threads == [threading.current_thread().name] * 20
@@ -84,7 +93,7 @@ def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: 
         opened.append(len(gate.locks))
         real_open(gate)
 
-    with Wal.open(wal_dir, backend=be) as wal, pytest.MonkeyPatch.context() as mp:
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal, pytest.MonkeyPatch.context() as mp:
         mp.setattr(writer_mod._Gate, "open", counting_open)
 
         def work(i: int) -> None:
@@ -108,7 +117,7 @@ def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: 
 
 def test_asyncio_one_call_soon_threadsafe_per_batch(wal_dir: pathlib.Path) -> None:
     be = GatedBackend(hold=1)
-    with Wal.open(wal_dir, backend=be) as wal:
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal:
 
         async def main() -> list[int]:
             loop = asyncio.get_running_loop()
@@ -140,7 +149,7 @@ def test_two_event_loops_share_a_batch(wal_dir: pathlib.Path) -> None:
     got: dict[str, list[int]] = {}
     calls: dict[str, int] = {}
     queued = threading.Barrier(3)
-    with Wal.open(wal_dir, backend=be) as wal:
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal:
         wal_first = threading.Thread(target=wal.append, args=(b"first",))
         wal_first.start()
         assert be.entered.wait(10)
@@ -175,7 +184,7 @@ def test_two_event_loops_share_a_batch(wal_dir: pathlib.Path) -> None:
 
 
 def test_append_many(wal_dir: pathlib.Path, small_config: WalConfig) -> None:
-    with Wal.open(wal_dir, small_config, backend="posix") as wal:
+    with Wal.open(wal_dir, small_config, backend="fallback") as wal:
         assert wal.append_many([]) == []
         assert wal.append_many([b"a", bytearray(b"b"), memoryview(b"c")]) == [1, 2, 3]
         assert wal.counters()["flushes"] == 1  # one write for the three
@@ -187,14 +196,14 @@ def test_append_many(wal_dir: pathlib.Path, small_config: WalConfig) -> None:
         lsns = wal.append_many(big)
         assert lsns == list(range(4, 154)) and wal.durable_lsn == 153
         assert len(wal.segments()) > 1
-    with Wal.open(wal_dir, small_config, backend="posix") as wal:
+    with Wal.open(wal_dir, small_config, backend="fallback") as wal:
         got = dict(wal.read_from(1))
         assert [got[i] for i in (1, 2, 3)] == [b"a", b"b", b"c"]
         assert [got[lsn] for lsn in lsns] == big
 
 
 def test_append_many_from_threads_keeps_each_group_contiguous(wal_dir: pathlib.Path) -> None:
-    with Wal.open(wal_dir, backend="posix") as wal:
+    with Wal.open(wal_dir, backend="fallback") as wal:
         out: dict[int, list[int]] = {}
 
         def work(i: int) -> None:
@@ -216,7 +225,7 @@ def test_append_many_from_threads_keeps_each_group_contiguous(wal_dir: pathlib.P
 def test_failure_rejects_sync_and_async_waiters_of_the_batch(wal_dir: pathlib.Path) -> None:
     be = GatedBackend(hold=1, fail_at=0)  # the held flush fails
     errors: list[BaseException] = []
-    with Wal.open(wal_dir, backend=be) as wal:
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal:
 
         def work(payload: bytes) -> None:
             try:
@@ -249,7 +258,7 @@ def test_failure_rejects_sync_and_async_waiters_of_the_batch(wal_dir: pathlib.Pa
 
 def test_close_flushes_what_waits_behind_an_inline_flush(wal_dir: pathlib.Path) -> None:
     be = GatedBackend(hold=1)
-    wal = Wal.open(wal_dir, backend=be)
+    wal = Wal.open(wal_dir, backend="fallback", wrap_io=be)
     lsns: list[int] = []
     leader = threading.Thread(target=lambda: lsns.append(wal.append(b"lead")))
     leader.start()

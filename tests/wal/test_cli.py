@@ -11,7 +11,7 @@ from uringstack.wal.segment import list_segments
 
 
 def test_verify_and_dump(wal_dir: pathlib.Path) -> None:
-    with Wal.open(wal_dir, backend="posix") as wal:
+    with Wal.open(wal_dir, backend="fallback") as wal:
         for i in range(20):
             wal.append(f"r{i}".encode())
     r = CliRunner().invoke(wal_group, ["verify", str(wal_dir)])

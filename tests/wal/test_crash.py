@@ -40,7 +40,7 @@ def _uring_ok() -> bool:
 def test_sigkill_never_loses_an_acknowledged_record(tmp_path: pathlib.Path) -> None:
     d = tmp_path / "wal"
     rng = random.Random(int(os.environ.get("URINGSTACK_CRASH_SEED", time.time_ns())))
-    backends = ["posix", "uring"] if _uring_ok() else ["posix"]
+    backends = ["fallback", "uring"] if _uring_ok() else ["fallback"]
     acked: dict[int, int] = {}  # lsn -> crc32c(payload), over all rounds
     checkpoint = 0
     killed_while_appending = 0
@@ -82,7 +82,8 @@ def test_sigkill_never_loses_an_acknowledged_record(tmp_path: pathlib.Path) -> N
             assert lsn not in acked, f"LSN {lsn} acknowledged twice"
             acked[lsn] = crc
         # Recover in this process, check everything, occasionally checkpoint.
-        with Wal.open(d, WalConfig(segment_size_bytes=128 * 1024, max_batch_bytes=16 * 1024, backend="posix")) as wal:
+        cfg = WalConfig(segment_size_bytes=128 * 1024, max_batch_bytes=16 * 1024, backend="fallback")
+        with Wal.open(d, cfg) as wal:
             got = dict(wal.read_from(1))
             for lsn, payload in got.items():  # no corrupt record is ever returned
                 assert crc32c(payload[4:]) == int.from_bytes(payload[:4], "little"), lsn

@@ -24,7 +24,7 @@ from uringstack.wal import Wal, WalConfig, WalCorruptionError
 from uringstack.wal.recovery import walk
 from uringstack.wal.segment import DATA_START, list_segments, segment_name
 
-CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
 RECORDS = 240  # 900-byte payloads: 4 segments, the last about 40 records long
 MODES = ("tolerate_tail", "absolute", "point_in_time")
 

@@ -1,4 +1,4 @@
-"""Injected faults through the simulated faulty disk (FaultyBackend)."""
+"""Injected faults through the simulated faulty disk (FaultyIO)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,24 @@ import threading
 import pytest
 
 from uringstack.wal import RecoveryMode, Wal, WalConfig, WalCorruptionError, WalFailedError
-from uringstack.wal.faults import FaultPlan, FaultyBackend
+from uringstack.wal.faults import FaultPlan, FaultyIO
 from uringstack.wal.recovery import scan
 from uringstack.wal.segment import DATA_START, list_segments
 
 
-def _records(d: pathlib.Path, **kw: object) -> list[tuple[int, bytes]]:
-    with Wal.open(d, backend="posix", **kw) as wal:  # type: ignore[arg-type]
+def _records(d: pathlib.Path, **kw: str) -> list[tuple[int, bytes]]:
+    with Wal.open(d, backend="fallback", **kw) as wal:
         return list(wal.read_from(1))
 
 
 @pytest.mark.parametrize("direct", ["off", "on"])
-def test_short_writes_are_completed(wal_dir: pathlib.Path, direct: str) -> None:
+def test_short_writes_are_completed(wal_dir: pathlib.Path, direct: str, backend_name: str) -> None:
     short = 100 if direct == "off" else 4096  # O_DIRECT continuations must stay aligned
     # write calls: append1 -> 0 (short), 1; append2 -> 2; append3 -> 3 (short), 4; append4 -> 5
     plan = FaultPlan(short_writes={0: short, 3: short, 5: 0})
-    be = FaultyBackend(plan)
+    be = FaultyIO(plan)
     data = [os.urandom(5000 + i) for i in range(4)]  # 8 KiB writes
-    with Wal.open(wal_dir, backend=be, direct_io=direct) as wal:
+    with Wal.open(wal_dir, backend=backend_name, sync="fdatasync", wrap_io=be, direct_io=direct) as wal:
         for i, d in enumerate(data[:3]):
             assert wal.append(d) == i + 1
         assert be.write_calls == 5
@@ -36,9 +36,9 @@ def test_short_writes_are_completed(wal_dir: pathlib.Path, direct: str) -> None:
     assert [p for _, p in _records(wal_dir)][:3] == data[:3]
 
 
-def test_eio_on_write_fails_the_log(wal_dir: pathlib.Path) -> None:
-    be = FaultyBackend(FaultPlan(write_errors={2: errno.EIO}))
-    with Wal.open(wal_dir, backend=be) as wal:
+def test_eio_on_write_fails_the_log(wal_dir: pathlib.Path, backend_name: str) -> None:
+    be = FaultyIO(FaultPlan(write_errors={2: errno.EIO}))
+    with Wal.open(wal_dir, backend=backend_name, sync="fdatasync", wrap_io=be) as wal:
         assert wal.append(b"one") == 1
         assert wal.append(b"two") == 2
         with pytest.raises(WalFailedError) as ei:
@@ -51,12 +51,12 @@ def test_eio_on_write_fails_the_log(wal_dir: pathlib.Path) -> None:
     assert _records(wal_dir) == [(1, b"one"), (2, b"two")]
 
 
-def test_eio_on_fdatasync_no_false_ack_no_retry(wal_dir: pathlib.Path) -> None:
-    be = FaultyBackend(FaultPlan(sync_errors={3: errno.EIO}))
+def test_eio_on_fdatasync_no_false_ack_no_retry(wal_dir: pathlib.Path, backend_name: str) -> None:
+    be = FaultyIO(FaultPlan(sync_errors={3: errno.EIO}))
     acked: list[int] = []
     failures: list[BaseException] = []
     lock = threading.Lock()
-    with Wal.open(wal_dir, backend=be) as wal:
+    with Wal.open(wal_dir, backend=backend_name, sync="fdatasync", wrap_io=be) as wal:
 
         def work(i: int) -> None:
             for k in range(200):
@@ -85,17 +85,17 @@ def test_eio_on_fdatasync_no_false_ack_no_retry(wal_dir: pathlib.Path) -> None:
     assert all(lsn in got for lsn in acked)
 
 
-def test_torn_last_write(wal_dir: pathlib.Path) -> None:
-    be = FaultyBackend(FaultPlan(torn_writes={5: 4096 + 512}))
+def test_torn_last_write(wal_dir: pathlib.Path, backend_name: str) -> None:
+    be = FaultyIO(FaultPlan(torn_writes={5: 4096 + 512}))
     big = [os.urandom(6000) for _ in range(6)]
-    with Wal.open(wal_dir, backend=be) as wal:
+    with Wal.open(wal_dir, backend=backend_name, sync="fdatasync", wrap_io=be) as wal:
         for d in big[:5]:
             wal.append(d)
         with pytest.raises(WalFailedError):
             wal.append(big[5])
     # absolute consistency refuses even a torn tail...
     with pytest.raises(WalCorruptionError, match="torn tail"):
-        Wal.open(wal_dir, backend="posix", recovery="absolute")
+        Wal.open(wal_dir, backend="fallback", recovery="absolute")
     s = scan(wal_dir)
     assert s.damage is not None and s.damage.torn_tail
     # ...tolerate_tail cuts it off, keeping every acknowledged record
@@ -105,7 +105,7 @@ def test_torn_last_write(wal_dir: pathlib.Path) -> None:
 
 
 def test_torn_last_sector_in_file(wal_dir: pathlib.Path) -> None:
-    with Wal.open(wal_dir, backend="posix") as wal:
+    with Wal.open(wal_dir, backend="fallback") as wal:
         for i in range(5):
             wal.append(bytes([i + 1]) * 2000)
     seg = list_segments(wal_dir)[0][1]
@@ -115,13 +115,13 @@ def test_torn_last_sector_in_file(wal_dir: pathlib.Path) -> None:
         f.seek(end - 512)
         f.write(bytes(512))
     with pytest.raises(WalCorruptionError):
-        Wal.open(wal_dir, backend="posix", recovery="absolute")
+        Wal.open(wal_dir, backend="fallback", recovery="absolute")
     got = _records(wal_dir)
     assert [p for _, p in got] == [bytes([i + 1]) * 2000 for i in range(4)]
 
 
 def _multi_segment_log(d: pathlib.Path) -> tuple[WalConfig, list[bytes]]:
-    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
     data = [os.urandom(1000) for _ in range(300)]
     with Wal.open(d, cfg) as wal:
         for x in data:
@@ -172,7 +172,7 @@ def test_missing_segment_detected(wal_dir: pathlib.Path) -> None:
 
 def test_garbage_far_past_the_tail_is_corruption(wal_dir: pathlib.Path) -> None:
     """Non-zero bytes beyond where the last write could reach are not a torn tail."""
-    cfg = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+    cfg = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
     with Wal.open(wal_dir, cfg) as wal:
         wal.append(b"x" * 100)
     seg = list_segments(wal_dir)[0][1]

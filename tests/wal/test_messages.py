@@ -9,10 +9,10 @@ import pathlib
 import pytest
 
 from uringstack.wal import Wal, WalConfig, WalCorruptionError, WalFailedError
-from uringstack.wal.faults import FaultPlan, FaultyBackend
+from uringstack.wal.faults import FaultPlan, FaultyIO
 from uringstack.wal.segment import list_segments, segment_name
 
-CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
 
 
 def _log(d: pathlib.Path) -> None:
@@ -44,8 +44,8 @@ def test_missing_segment_says_which_lsns(wal_dir: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("sync", ["fdatasync"])
 def test_fdatasync_error_names_fdatasync(wal_dir: pathlib.Path, sync: str) -> None:
-    be = FaultyBackend(FaultPlan(sync_errors={1: errno.EIO}), sync=sync)  # type: ignore[arg-type]
-    with Wal.open(wal_dir, CFG, backend=be) as wal:
+    be = FaultyIO(FaultPlan(sync_errors={1: errno.EIO}))
+    with Wal.open(wal_dir, CFG, sync=sync, wrap_io=be) as wal:
         wal.append(b"one")
         with pytest.raises(WalFailedError) as ei:
             wal.append(b"two")
@@ -54,7 +54,7 @@ def test_fdatasync_error_names_fdatasync(wal_dir: pathlib.Path, sync: str) -> No
 
 
 def test_write_error_names_the_write(wal_dir: pathlib.Path) -> None:
-    be = FaultyBackend(FaultPlan(write_errors={0: errno.ENOSPC}))
-    with Wal.open(wal_dir, CFG, backend=be) as wal, pytest.raises(WalFailedError) as ei:
+    be = FaultyIO(FaultPlan(write_errors={0: errno.ENOSPC}))
+    with Wal.open(wal_dir, CFG, wrap_io=be) as wal, pytest.raises(WalFailedError) as ei:
         wal.append(b"one")
-    assert ei.value.op == "pwrite" and ei.value.errno == errno.ENOSPC, str(ei.value)
+    assert ei.value.op == "write" and ei.value.errno == errno.ENOSPC, str(ei.value)

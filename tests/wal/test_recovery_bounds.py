@@ -12,7 +12,7 @@ from uringstack.wal import Wal, WalConfig, WalCorruptionError
 from uringstack.wal.recovery import scan, walk
 from uringstack.wal.segment import BLOCK_BYTES, list_segments, read_header
 
-CFG = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+CFG = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
 
 
 def _poke(path: pathlib.Path, offset: int, xor: int = 0x10) -> None:
@@ -55,7 +55,7 @@ def test_torn_tail_window_is_floored_to_the_block(wal_dir: pathlib.Path, past_wi
 def test_damage_in_the_last_record_of_an_older_segment_is_corruption(wal_dir: pathlib.Path) -> None:
     """A newer segment that holds even one record makes damage before it corruption: a
     torn write is always the last one.  (Shaped like a torn tail inside its own segment.)"""
-    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
     data: list[bytes] = []
     with Wal.open(wal_dir, cfg) as wal:
         while len(wal.segments()) < 3:
@@ -86,7 +86,7 @@ def test_damage_in_the_last_record_of_an_older_segment_is_corruption(wal_dir: pa
 def test_appends_never_go_into_a_segment_with_another_header(wal_dir: pathlib.Path, change: dict[str, int]) -> None:
     """Recovery bounds a torn write by the max_write_bytes in the segment's header, so a
     writer configured differently must start a new segment rather than append to it."""
-    old = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+    old = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
     new = WalConfig(**{**old.model_dump(), **change})
     with Wal.open(wal_dir, old) as wal:
         wal.append(b"a")

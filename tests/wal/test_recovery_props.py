@@ -14,7 +14,7 @@ from uringstack.wal.record import HEADER_BYTES, encode, padded_size
 from uringstack.wal.recovery import scan
 from uringstack.wal.segment import DATA_START, list_segments
 
-CFG = WalConfig(segment_size_bytes=32 * 1024, max_batch_bytes=4096, backend="posix", direct_io="off")
+CFG = WalConfig(segment_size_bytes=32 * 1024, max_batch_bytes=4096, backend="fallback", direct_io="off")
 records_st = st.lists(st.binary(min_size=0, max_size=700), min_size=1, max_size=40)
 _settings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,7 +15,7 @@ from uringstack.wal import Wal, WalConfig, WalFailedError
 from uringstack.wal.faults import SegmentFaults, segment_faults
 from uringstack.wal.segment import list_segments
 
-CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
 
 
 def _tmp_files(d: pathlib.Path) -> list[str]:
@@ -91,7 +91,7 @@ def small_fs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
 def test_real_enospc_on_a_full_filesystem(small_fs: pathlib.Path) -> None:
     d = small_fs / "wal"
     with pytest.raises(OSError) as ei:
-        Wal.open(d, WalConfig(segment_size_bytes=4 * 1024 * 1024, backend="posix"))
+        Wal.open(d, WalConfig(segment_size_bytes=4 * 1024 * 1024, backend="fallback"))
     assert ei.value.errno == errno.ENOSPC
     assert "new-1.tmp" in str(ei.value), str(ei.value)
     assert _tmp_files(d) == []

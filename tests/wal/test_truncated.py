@@ -17,7 +17,7 @@ from uringstack.cli_wal import wal as wal_group
 from uringstack.wal import Wal, WalConfig, WalCorruptionError
 from uringstack.wal.segment import list_segments
 
-CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="posix")
+CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
 
 
 def _log(d: pathlib.Path, n: int = 300) -> list[bytes]:

@@ -10,7 +10,7 @@ import pytest
 
 from uringstack.wal import Wal, WalConfig
 
-CFG = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=65536, backend="posix")
+CFG = WalConfig(segment_size_bytes=256 * 1024, max_batch_bytes=65536, backend="fallback")
 
 
 def test_append_many_validates_the_whole_group_first(wal_dir: pathlib.Path) -> None:

@@ -89,6 +89,17 @@ def test_variable_length_commands_decode_back() -> None:
         build_rw_commands(NVME_CMD_WRITE, 1, array("Q", [0]), array("Q", [0]), array("Q", [0]), 512)
 
 
+def test_fua_sets_cdw12_bit_30_beside_the_block_count() -> None:
+    """write_durable(sync="dsync") on a namespace: Force Unit Access makes each Write durable."""
+    slbas, nlbs, addrs = array("Q", [0, 8]), array("Q", [8, 256]), array("Q", [0xA000, 0xB000])
+    plain = build_rw_commands(NVME_CMD_WRITE, 1, slbas, nlbs, addrs, 512)
+    fua = build_rw_commands(NVME_CMD_WRITE, 1, slbas, nlbs, addrs, 512, fua=True)
+    for i, count in enumerate((8, 256)):
+        rec = slice(i * NVME_URING_CMD_SIZE, (i + 1) * NVME_URING_CMD_SIZE)
+        assert decode_command(plain[rec])["cdw12"] == count - 1
+        assert decode_command(fua[rec])["cdw12"] == (1 << 30) | (count - 1)
+
+
 # --- CQE results -> per-op results ------------------------------------------------------------
 
 
