@@ -120,6 +120,24 @@ class BatchColumns:
             self.ready = all(r in self._keep for r in REQUIRED)
         return arr
 
+    def adopt(self, name: str, array: Any) -> None:
+        """Point column *name* at an existing cdata array of at least ``capacity`` elements of its type.
+
+        No copy: the array may be shared by several BatchColumns (C reads
+        columns only while submitting) and is held by this object."""
+        ctype = FIELDS.get(name)
+        if ctype is None:
+            raise ValueError(f"unknown batch column {name!r}; columns: {', '.join(FIELDS)}")
+        kind = ffi.typeof(array)
+        if kind.kind not in ("array", "pointer") or kind.item != ffi.typeof(ctype):
+            raise ValueError(f"column {name!r} needs a {ctype} array, got {kind.cname}")
+        if kind.kind == "array" and len(array) < self.capacity:
+            raise ValueError(f"column {name!r}: a {len(array)}-element array for {self.capacity} ops")
+        self._keep[name] = array
+        self._consts.pop(name, None)
+        setattr(self.desc, name, array)
+        self.ready = all(r in self._keep for r in REQUIRED)
+
     def set(self, name: str, values: Sequence[int]) -> None:
         """Write one value per op into column *name* from op 0 (at most ``capacity`` values)."""
         arr = self.column(name)

@@ -130,7 +130,7 @@ LADDER: tuple[Rung, ...] = (
     Rung(
         RAW_RING,
         "raw",
-        "not the public API: prebuilt C columns resubmitted with Ring.submit_arrays, registered buffers",
+        "not the public API: prebuilt BatchColumns resubmitted with Ring.submit_columns, registered buffers",
         {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
         fixed=True,
     ),
