@@ -115,6 +115,9 @@ class RestartingPrepared:
             )
         if len(offsets) != self.n:
             raise ValueError(f"{self.io.path}: {len(offsets)} offsets for {self.n} prepared buffers")
+        if min(offsets) < 0:  # the handle's read_many check, same message
+            bad = next(i for i, off in enumerate(offsets) if off < 0)
+            raise ValueError(f"{self.io.path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
         self._last = pending = self.io.start_rw(self.write, offsets, self.buffers, wait=wait)
         return pending
 
