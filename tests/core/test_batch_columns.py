@@ -74,7 +74,7 @@ def test_a_submission_of_fewer_ops_than_the_capacity(ring: Ring, datafile: tuple
     cols.set("offs", [5 * BS, 9 * BS])
     assert ring.wait(ring.submit_columns(cols, 2, keep=(pin, buf), wait=True)) == [BS, BS]
     assert bytes(buf) == data[5 * BS : 6 * BS] + data[9 * BS : 10 * BS]
-    with pytest.raises(ValueError, match="n=17 outside 1..16"):
+    with pytest.raises(ValueError, match=r"n=17 outside 1\.\.16"):
         ring.submit_columns(cols, 17)
 
 
@@ -127,7 +127,7 @@ def test_required_columns_missing_is_a_clear_error_not_a_crash(ring: Ring) -> No
 
 def test_bad_names_and_values_are_named(ring: Ring) -> None:
     cols = BatchColumns(2)
-    with pytest.raises(ValueError, match="unknown batch column 'offsets'.*offs"):
+    with pytest.raises(ValueError, match=r"unknown batch column .offsets.*offs"):
         cols.set("offsets", [0, 1])
     with pytest.raises(ValueError, match=r"column 'offs' \(uint64_t\): a value out of range"):
         cols.set("offs", [0, -1])
