@@ -55,6 +55,10 @@ class RingClosedError(UringStackError, RuntimeError):
     """The ring (or handle, or stack) was used after ``close()``."""
 
 
+class BatchInFlightError(UringStackError, RuntimeError):
+    """Reusable batch columns (or a prepared I/O) were resubmitted while their last batch was in flight."""
+
+
 class WrongThreadError(UringStackError, RuntimeError):
     """A SINGLE_ISSUER ring was used from a thread other than the one that created it."""
 

@@ -25,6 +25,7 @@ from uringstack.pending import Pending
 from uringstack.ring import Ring
 
 if TYPE_CHECKING:
+    from uringstack.prepared import PreparedIO
     from uringstack.stack import Stack, Worker
 
 
@@ -244,6 +245,28 @@ class FileHandle:
             return []
         results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
         return self._finish_writes(offsets, buffers, results)
+
+    def prepare_reads(self, buffers: Sequence[Any]) -> PreparedIO:
+        """Prepare reads into *buffers* once, then ``.run(offsets)``/``.start(offsets)`` them repeatedly.
+
+        The fast form of :meth:`read_many` for a loop reusing the same buffers:
+        pins, lengths, opcodes (READ_FIXED for this handle's registered-buffer
+        leases) and O_DIRECT buffer alignment are done here, not per call.
+        Same results and errors as :meth:`read_many`; see
+        :class:`~uringstack.prepared.PreparedIO`."""
+        return self._prepare(False, buffers)
+
+    def prepare_writes(self, buffers: Sequence[Any]) -> PreparedIO:
+        """Prepare writes from *buffers* once (the fast form of :meth:`write_many`); see :meth:`prepare_reads`."""
+        return self._prepare(True, buffers)
+
+    def _prepare(self, write: bool, buffers: Sequence[Any]) -> PreparedIO:
+        from uringstack.prepared import PreparedIO
+
+        self._check()
+        if not buffers:
+            raise ValueError(f"{self.path}: nothing to prepare (no buffers)")
+        return PreparedIO(self, write, buffers)
 
     def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
         """Scatter read: fill *buffers* in order from *offset*; returns total bytes read."""

@@ -10,8 +10,9 @@ backend the same semantics: short transfers retried or reported, errors as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from uringstack.errors import BatchInFlightError
 from uringstack.pending import Pending
 
 SyncMethod = Literal["dsync", "fdatasync"]
@@ -70,3 +71,80 @@ class FileIO(Protocol):
     def close(self) -> None:
         """Release the target; in-flight ops complete first."""
         ...
+
+
+class PreparedRW(Protocol):
+    """Reads (or writes) of a fixed set of buffers, prepared once and started at new offsets.
+
+    What :meth:`FileIO.prepare_rw` returns.  ``start(offsets)`` starts one
+    batch: op *i* moves ``buffers[i]`` at ``offsets[i]`` (exactly ``n``
+    offsets).  Results are unchecked, as from :meth:`FileIO.start_rw`; the
+    handle checks them the same way.  A prepared object whose last batch is
+    still in flight refuses to start another
+    (:class:`~uringstack.errors.BatchInFlightError`): its buffers are the
+    kernel's until then.
+    """
+
+    n: int
+    write: bool
+
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
+        """Start the batch at *offsets* (``wait=True``: the caller waits right away)."""
+        ...
+
+    def close(self) -> None:
+        """Drop what was prepared (pins, columns); the object cannot start again."""
+        ...
+
+
+@runtime_checkable
+class PreparesRW(Protocol):
+    """The optional fast path of a backend: :meth:`prepare_rw` reusing what does not change per call."""
+
+    def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> PreparedRW:
+        """Pin *buffers*, check what can be checked once, and return the object that starts batches on them."""
+        ...
+
+
+class RestartingPrepared:
+    """The generic :class:`PreparedRW` every backend gets: ``start_rw`` on each start.
+
+    Correct on any backend (the fallback thread pool, IOPOLL, NVMe
+    passthrough): each start runs the backend's own checks and submission;
+    only the in-flight rule is added here.
+    """
+
+    def __init__(self, io: FileIO, write: bool, buffers: Sequence[Any]) -> None:
+        self.io = io
+        self.write = write
+        self.buffers = tuple(buffers)
+        self.n = len(self.buffers)
+        self._last: Pending | None = None
+        self._closed = False
+
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
+        if self._closed:
+            raise ValueError(f"{self.io.path}: this prepared I/O was closed")
+        if self._last is not None and not self._last.done():
+            raise BatchInFlightError(
+                f"{self.io.path}: the prepared {'writes' if self.write else 'reads'} are still in flight "
+                f"({self.n} op(s)); wait for them before starting again"
+            )
+        if len(offsets) != self.n:
+            raise ValueError(f"{self.io.path}: {len(offsets)} offsets for {self.n} prepared buffers")
+        if min(offsets) < 0:  # the handle's read_many check, same message
+            bad = next(i for i, off in enumerate(offsets) if off < 0)
+            raise ValueError(f"{self.io.path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
+        self._last = pending = self.io.start_rw(self.write, offsets, self.buffers, wait=wait)
+        return pending
+
+    def close(self) -> None:
+        self._closed = True
+        self.buffers = ()
+
+
+def prepare_rw(io: FileIO, write: bool, buffers: Sequence[Any]) -> PreparedRW:
+    """*io*'s own :meth:`PreparesRW.prepare_rw` when it has one, else :class:`RestartingPrepared`."""
+    if isinstance(io, PreparesRW):
+        return io.prepare_rw(write, buffers)
+    return RestartingPrepared(io, write, buffers)

@@ -3,9 +3,9 @@
 A general ring helper (it lived in the iopoll plugin until the NVMe plugin
 needed it too; plugins may not import each other, so it is core now).
 
-The caller fills whole cdata columns once (one entry per op, in C arrays);
-this module submits them in chunks of ``chunk`` ops by pointer arithmetic
-(``column + start``), keeps at most ``depth`` ops in flight and copies each
+The caller fills a :class:`~uringstack.columns.BatchColumns` once (one entry
+per op, by name); this module submits it in chunks of ``chunk`` ops through
+windows sharing its memory (:meth:`BatchColumns.window`), keeps at most ``depth`` ops in flight and copies each
 chunk's results into one ``int32_t[n]``.  Python work is per chunk, not per
 op.
 
@@ -28,19 +28,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from uringstack.columns import FIELDS, BatchColumns
 from uringstack.native import ffi
 from uringstack.ring import Batch, Ring
 
-COLUMN_TYPES: tuple[str, ...] = (
-    "uint8_t",  # opcodes
-    "int32_t",  # fds
-    "uint64_t",  # addrs
-    "uint32_t",  # lens
-    "uint64_t",  # offsets
-    "uint32_t",  # op_flags
-    "uint8_t",  # sqe_flags
-    "uint16_t",  # buf_index
-)
+COLUMN_TYPES: tuple[str, ...] = tuple(FIELDS.values())
+"""The C types of the eight columns, in ``struct us_batch`` order (for positional callers)."""
 
 
 def filled(ctype: str, value: int, n: int) -> Any:
@@ -66,7 +59,7 @@ def from_bytes(ctype: str, data: bytes | bytearray | memoryview, n: int) -> Any:
 def run_pipelined(
     ring: Ring,
     n: int,
-    columns: Sequence[Any],
+    columns: BatchColumns | Sequence[Any],
     *,
     depth: int,
     chunk: int,
@@ -74,14 +67,16 @@ def run_pipelined(
 ) -> Any:
     """Submit ops ``0..n-1`` described by *columns*; return their results as ``int32_t[n]``.
 
-    *columns* are the eight :meth:`Ring.submit_arrays` columns, each a cdata
-    array of *n* entries or ``ffi.NULL``.  At most ``max(depth, chunk)`` ops
+    *columns* is a :class:`BatchColumns` of capacity >= *n* (or, for older
+    callers, the eight positional cdata columns, each *n* entries or
+    ``ffi.NULL``).  At most ``max(depth, chunk)`` ops
     are in flight.  Every submitted chunk is waited for before returning, even
     when a later submission fails, so no buffer in *keep* is still owned by
     the kernel when this returns or raises.
     """
-    if len(columns) != len(COLUMN_TYPES):
-        raise ValueError(f"expected {len(COLUMN_TYPES)} columns, got {len(columns)}")
+    cols = columns if isinstance(columns, BatchColumns) else BatchColumns.wrap(max(n, 1), columns)
+    if n > cols.capacity:
+        raise ValueError(f"run_pipelined: {n} ops but the columns hold {cols.capacity}")
     if n <= 0:
         return ffi.new("int32_t[]", 0)
     chunk = max(1, min(chunk, n))
@@ -102,9 +97,8 @@ def run_pipelined(
             k = min(chunk, n - start)
             while pending and inflight + k > depth:
                 finish_oldest()
-            arrays = [c if c == ffi.NULL else c + start for c in columns]
-            # The parent arrays go into keep: pointers into them do not own them.
-            batch = ring.submit_arrays(k, arrays, (*keep, *columns))
+            # A window points into the parent columns and holds them (pointers do not own memory).
+            batch = ring.submit_columns(cols.window(start, k), k, keep)
             pending.append((start, k, batch))
             inflight += k
         while pending:

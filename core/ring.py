@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from uringstack import forking
+from uringstack.columns import BatchColumns
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
 from uringstack.flags import SetupFlag, feature_names
 from uringstack.native import ffi, lib
@@ -38,15 +39,7 @@ _ORPHANED: list[Batch] = []
 
 IntOrSeq = int | Sequence[int]
 
-
-def _column(ctype: str, value: IntOrSeq | None, n: int) -> Any:
-    if value is None:
-        return ffi.NULL
-    if isinstance(value, int):
-        return ffi.new(f"{ctype}[]", [value] * n)
-    if len(value) != n:
-        raise ValueError(f"expected {n} values for {ctype} column, got {len(value)}")
-    return ffi.new(f"{ctype}[]", value)
+_OPTIONAL_COLUMNS = ("addrs", "lens", "offs", "op_flags", "sqe_flags", "buf_index")
 
 
 class Batch:
@@ -59,21 +52,24 @@ class Batch:
 
     __slots__ = ("_arrays", "_keep", "_results", "finished", "n", "on_done", "slot", "tag")
 
-    def __init__(self, n: int, keep: Sequence[object], arrays: Sequence[object]) -> None:
+    def __init__(self, n: int, keep: object, arrays: object = ()) -> None:
         self.n = n
         self.slot = -1
         self.tag: Any = None
         self.finished = False
         # Called (with the batch) by whichever thread reaps the last completion.
         self.on_done: Callable[[Batch], None] | None = None
-        self._keep = tuple(keep)
-        self._arrays = tuple(arrays)
+        self._keep = keep
+        # The column memory (a BatchColumns or cdata arrays): C reads it only while
+        # submitting, but the batch holds it anyway so its pointers stay honest.
+        self._arrays = arrays
         self._results = ffi.new("int32_t[]", n)
 
     @property
     def results(self) -> list[int]:
         """Per-op results: bytes transferred, or ``-errno``."""
-        return ffi.unpack(self._results, self.n)  # type: ignore[no-any-return]
+        results: list[int] = ffi.unpack(self._results, self.n)
+        return results
 
     @property
     def results_cdata(self) -> Any:
@@ -145,7 +141,6 @@ class Ring:
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
-        self._desc = ffi.new("struct us_batch *")  # read by C only during us_submit_batch
         self._closed = False
         self.registered_buffers = 0
         self.registered_files = 0
@@ -258,44 +253,61 @@ class Ring:
             )
         if n <= 0:
             raise ValueError("a batch needs at least one op")
-        arrays = [
-            _column("uint8_t", opcodes, n),
-            _column("int32_t", fds, n),
-            _column("uint64_t", addrs, n),
-            _column("uint32_t", lens, n),
-            _column("uint64_t", offsets, n),
-            _column("uint32_t", op_flags, n),
-            _column("uint8_t", sqe_flags, n),
-            _column("uint16_t", buf_index, n),
-        ]
-        return self.submit_arrays(n, arrays, keep, wait=wait)
+        cols = BatchColumns(n)
+        _put(cols, "opcodes", opcodes, n)
+        _put(cols, "fds", fds, n)
+        for name, value in zip(_OPTIONAL_COLUMNS, (addrs, lens, offsets, op_flags, sqe_flags, buf_index), strict=True):
+            if value is not None:
+                _put(cols, name, value, n)
+        return self.submit_columns(cols, keep=keep, wait=wait)
+
+    def submit_columns(
+        self, cols: BatchColumns, n: int | None = None, keep: object = (), *, wait: bool = False
+    ) -> Batch:
+        """Submit the first *n* ops (default ``cols.n``) described by *cols*; return the tracking :class:`Batch`.
+
+        *keep* is held by the batch until every completion is reaped (the
+        buffers the ``addrs`` column points into).  ``wait=True`` lets the
+        submitting syscall also wait for the batch's completions (one
+        io_uring_enter instead of two; ignored on SQPOLL rings); collect them
+        with :meth:`wait`.  Columns whose previous batch is still in flight
+        are refused with :class:`~uringstack.errors.BatchInFlightError`.
+        """
+        if n is None:
+            n = cols.n
+        elif not 0 < n <= cols.capacity:
+            raise ValueError(f"submit_columns: n={n} outside 1..{cols.capacity} (the columns' capacity)")
+        batch = Batch(n, keep, cols)
+        if self._fork_gen != forking._generation:
+            self._check_fork()
+        with self._lock:
+            if self._closed:
+                raise RingClosedError("ring is closed")
+            if self._single_issuer:
+                self._check_thread()
+            prev = cols.batch
+            if prev is not None and not prev.finished:
+                cols.check_reusable()
+            if not cols.ready:
+                cols.check_ready()
+            cols.batch = batch
+            try:
+                return self._submit_locked(batch, n, cols.desc, wait)
+            except BaseException:
+                if self._inflight.get(batch.slot) is not batch:  # nothing reached the kernel
+                    cols.batch = prev
+                raise
 
     def submit_arrays(
         self, n: int, arrays: Sequence[Any], keep: Sequence[object] = (), *, wait: bool = False
     ) -> Batch:
-        """Submit a batch from ready cdata columns (opcodes, fds, addrs, lens, offs, op_flags, sqe_flags,
-        buf_index).  ``wait=True`` lets the submitting syscall also wait for the batch's completions
-        (one io_uring_enter instead of two; ignored on SQPOLL rings); collect them with :meth:`wait`."""
-        batch = Batch(n, keep, arrays)
-        self._check_fork()
-        with self._lock:
-            self._check_open()
-            self._check_thread()
-            return self._submit_locked(batch, n, arrays, wait)
+        """Submit a batch from eight positional cdata columns (opcodes, fds, addrs, lens, offs,
+        op_flags, sqe_flags, buf_index).  Kept for callers that build raw arrays; new code fills a
+        :class:`~uringstack.columns.BatchColumns` by name and calls :meth:`submit_columns`."""
+        return self.submit_columns(BatchColumns.wrap(n, arrays), n, tuple(keep), wait=wait)
 
-    def _submit_locked(self, batch: Batch, n: int, arrays: Sequence[Any], wait: bool) -> Batch:
-        desc = self._desc
+    def _submit_locked(self, batch: Batch, n: int, desc: Any, wait: bool) -> Batch:
         desc.n = n
-        (
-            desc.opcodes,
-            desc.fds,
-            desc.addrs,
-            desc.lens,
-            desc.offs,
-            desc.op_flags,
-            desc.sqe_flags,
-            desc.buf_index,
-        ) = arrays
         desc.results = batch._results
         if not self._free_slots:
             self._reap_locked()
@@ -580,3 +592,11 @@ class Ring:
         state = "closed" if self._closed else f"fd={self._ring.ring_fd}"
         return f"<Ring {self.params.role} {state} flags={self.flags!r} inflight={self.inflight}>"
 
+
+def _put(cols: BatchColumns, name: str, value: IntOrSeq, n: int) -> None:
+    if isinstance(value, int):
+        cols.fill(name, value)
+    elif len(value) != n:
+        raise ValueError(f"expected {n} values for the {name} column, got {len(value)}")
+    else:
+        cols.set(name, value)

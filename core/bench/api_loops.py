@@ -1,10 +1,14 @@
 """Loops that drive one worker through the public ``FileHandle`` API only.
 
-What a user of uringstack writes is what is measured: ``read_many`` (one
-batch, submit and wait in one call) when one batch fills the queue depth,
-else ``start_read_many`` batches kept QD deep and waited on oldest first;
-buffers from ``handle.lease_buffers`` (registered buffers when the rung's
-stack has fixedbuf on).  The asyncio rows run an event loop on the worker
+What a user of uringstack writes is what is measured.  Rungs marked
+``prepared`` (batched, +fixedbuf, +sqpoll) prepare each batch's buffers once
+(``handle.prepare_reads``/``prepare_writes``, the API for a loop reusing its
+buffers) and call ``prepared.run(offsets)`` (submit and wait in one call)
+when one batch fills the queue depth, else ``prepared.start(offsets)``
+batches kept QD deep and waited on oldest first; the others call
+``read_many``/``start_read_many`` (``write_many``/``start_write_many``) the
+same way.  Buffers from ``handle.lease_buffers`` (registered buffers when the
+rung's stack has fixedbuf on).  Durable writes use ``write_durable``.  The asyncio rows run an event loop on the worker
 thread: QD tasks each awaiting ``handle.read(size, off)``, or QD/batch
 tasks each awaiting a whole ``read_many_async``.
 
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from uringstack.bench.ladder import Rung
     from uringstack.handle import FileHandle
     from uringstack.pending import Pending
+    from uringstack.prepared import PreparedIO
 
 RANDOM_POOL = 1 << 18  # precomputed random offsets per worker
 
@@ -99,6 +104,11 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
     per = spec.batch_size if rung.batched else 1
     bufs = _lease(handle, spec, rung)
     groups = _groups(bufs, per)
+    # One prepared I/O per group of buffers: pins, lengths and opcodes are built
+    # once; each call writes only the offsets (the durable path has no prepared form).
+    prepared: list[PreparedIO] = []
+    if rung.prepared and not wl.durable:
+        prepared = [handle.prepare_writes(g) if wl.write else handle.prepare_reads(g) for g in groups]
     offs = _Offsets(spec, worker)
     meter = Meter(spec, _enters_of(handle))
     samples = Samples()
@@ -114,6 +124,8 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
             if wl.durable:
                 # write_durable: an RWF_DSYNC write, or a write linked to an fdatasync
                 call = lambda o: _durable_many(handle, o, g, spec.durability)  # noqa: E731
+            elif prepared:
+                call = prepared[0].run
             elif wl.write:
                 call = lambda o: handle.write_many(o, g)  # noqa: E731
             else:
@@ -132,31 +144,36 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                 if ph == 2 or errors:
                     break
         else:
-            start: Callable[[list[int], list[Any]], Pending]
+            start: Callable[[int, list[int]], Pending]
             if wl.durable:
-                start = lambda o, g: _start_durable(handle, o, g, spec.durability)  # noqa: E731
+                start = lambda j, o: _start_durable(handle, o, groups[j], spec.durability)  # noqa: E731
+            elif prepared:
+                start = lambda j, o: prepared[j].start(o)  # noqa: E731
             elif wl.write:
-                start = handle.start_write_many
+                start = lambda j, o: handle.start_write_many(o, groups[j])  # noqa: E731
             else:
-                start = handle.start_read_many
-            fifo: deque[tuple[int, list[Any], Pending]] = deque()
-            for g in groups:
-                fifo.append((now_ns(), g, start(offs.take(len(g)), g)))
+                start = lambda j, o: handle.start_read_many(o, groups[j])  # noqa: E731
+            fifo: deque[tuple[int, int, Pending]] = deque()
+            for j, g in enumerate(groups):
+                fifo.append((now_ns(), j, start(j, offs.take(len(g)))))
             stopping = False
             while fifo:
-                t0, g, pending = fifo.popleft()
+                t0, j, pending = fifo.popleft()
                 res = pending.wait()
                 now = now_ns()
                 got = _check(res[:: 2 if wl.durable and spec.durability == "fdatasync" else 1], bs, errors)
                 ph = meter.phase(now)
+                k = len(groups[j])
                 if ph == 1:
-                    samples.add(now - t0, len(g))
-                    ops += len(g)
+                    samples.add(now - t0, k)
+                    ops += k
                     nbytes += got
                 stopping = stopping or ph == 2 or bool(errors)
                 if not stopping:
-                    fifo.append((now_ns(), g, start(offs.take(len(g)), g)))
+                    fifo.append((now_ns(), j, start(j, offs.take(k))))
     finally:
+        for p in prepared:
+            p.close()
         handle.release_buffers(bufs)
     samples.fold()
     return meter.result(ops, nbytes, samples.hist, errors)

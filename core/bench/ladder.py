@@ -28,6 +28,7 @@ class Rung:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     batched: bool = True  # uring loop: whole batches per submit (False: one op per submit)
     fixed: bool = False  # uring loop: registered buffers (READ/WRITE_FIXED) and a fixed file
+    prepared: bool = False  # api loop: handle.prepare_reads/prepare_writes, else read_many/start_read_many
     requires: str | None = None  # plugin whose verdict must be enabled, else the rung is skipped
     open_options: Mapping[str, Any] = field(default_factory=dict)
     expect_backend: str | None = None  # the rung is skipped when the file is served by another backend
@@ -66,8 +67,10 @@ LADDER: tuple[Rung, ...] = (
     Rung(
         "batched",
         "api",
-        "io_uring handle, start_read_many batches of --batch ops kept QD deep (read_many when one batch is QD)",
+        "io_uring handle, prepare_reads once per batch of --batch buffers, then .start(offsets) batches "
+        "kept QD deep (.run when one batch is QD)",
         {**_PLAIN, "core.backend": "uring"},
+        prepared=True,
     ),
     Rung(
         "+fixedbuf",
@@ -75,6 +78,7 @@ LADDER: tuple[Rung, ...] = (
         "batched on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
         {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
         fixed=True,
+        prepared=True,
     ),
     Rung(
         "+sqpoll",
@@ -82,6 +86,7 @@ LADDER: tuple[Rung, ...] = (
         "+fixedbuf on an SQPOLL ring (a kernel thread polls the SQ: no io_uring_enter while it is awake)",
         {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on", "sqpoll.mode": "on"},
         fixed=True,
+        prepared=True,
     ),
     Rung(
         "+iopoll",
@@ -130,9 +135,10 @@ LADDER: tuple[Rung, ...] = (
     Rung(
         RAW_RING,
         "raw",
-        "not the public API: prebuilt C columns resubmitted with Ring.submit_arrays, registered buffers",
+        "not the public API: prebuilt BatchColumns resubmitted with Ring.submit_columns, registered buffers",
         {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
         fixed=True,
+        prepared=True,
     ),
 )
 

@@ -10,11 +10,13 @@ inside the measured window.  The loops avoid per-op Python work wherever
 the API allows it, so what is measured is the I/O path, not the harness:
 
 * offsets are precomputed (:func:`~uringstack.bench.spec.offset_list`) into
-  one C array; a batch's offset column is a pointer into it, so resubmitting
-  a batch copies nothing;
-* each batch's other columns (opcodes, fds, addresses, lengths, flags,
-  buffer indexes) are built once and resubmitted with
-  :meth:`Ring.submit_arrays` (the handle API rebuilds them per call);
+  one C array; resubmitting a batch copies its slice of it into the batch's
+  offset column (one ``memmove``);
+* each batch is a :class:`~uringstack.columns.BatchColumns` whose other
+  columns (opcodes, fds, addresses, lengths, flags, buffer indexes) are
+  filled once and resubmitted with :meth:`Ring.submit_columns` (the public
+  API's prepared I/O, ``FileHandle.prepare_reads``, does the same per
+  handle);
 * latencies are appended to a flat ``array`` and turned into the HDR
   histogram after the window (a Python HDR ``record_value`` costs about a
   microsecond, a sizeable share of a 12 µs read).
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.bench.metrics import LoopResult, cpu_seconds, new_histogram
 from uringstack.bench.spec import BenchSpec, offset_list
 from uringstack.buffers import RegisteredBuffer, address_of, aligned_buffer
+from uringstack.columns import BatchColumns
 from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.native import ffi, lib
 from uringstack.ring import Ring
@@ -153,14 +156,15 @@ def _fill(buffers: Sequence[Any], seed: int) -> None:
 class _Batch:
     """One prebuilt batch: its C columns and the buffers they point at."""
 
-    __slots__ = ("cols", "keep", "lens", "n", "ops", "started")
+    __slots__ = ("cols", "keep", "lens", "n", "offs", "ops", "started")
 
-    def __init__(self, cols: list[Any], keep: list[Any], n: int, ops: int) -> None:
+    def __init__(self, cols: BatchColumns, keep: list[Any], n: int, ops: int) -> None:
         self.cols = cols
         self.keep = keep
         self.n = n
         self.ops = ops
-        self.lens = cols[3]
+        self.lens = cols.column("lens")
+        self.offs = cols.column("offs")
         self.started = 0
 
 
@@ -237,16 +241,18 @@ def _build_batches(handle: FileHandle, spec: BenchSpec, rung: Rung) -> tuple[lis
             else:
                 sqe_flags.append(file_flag)
         n = len(opcodes)
-        cols = [
-            ffi.new("uint8_t[]", opcodes),
-            ffi.new("int32_t[]", [fd] * n),
-            ffi.new("uint64_t[]", addrs),
-            ffi.new("uint32_t[]", lens),
-            ffi.NULL,  # offsets: a pointer into the offset pool, set at each submission
-            ffi.new("uint32_t[]", op_flags) if any(op_flags) else ffi.NULL,
-            ffi.new("uint8_t[]", sqe_flags) if any(sqe_flags) else ffi.NULL,
-            ffi.new("uint16_t[]", buf_index) if rung.fixed else ffi.NULL,
-        ]
+        cols = BatchColumns(n)
+        cols.set("opcodes", opcodes)
+        cols.fill("fds", fd)
+        cols.set("addrs", addrs)
+        cols.set("lens", lens)
+        cols.column("offs")  # copied from the offset pool at each submission
+        if any(op_flags):
+            cols.set("op_flags", op_flags)
+        if any(sqe_flags):
+            cols.set("sqe_flags", sqe_flags)
+        if rung.fixed:
+            cols.set("buf_index", buf_index)
         batches.append(_Batch(cols, keep, n, len(group)))
     return batches, leased
 
@@ -263,7 +269,8 @@ def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> 
     idx = 0
     samples = Samples()
     errors: list[str] = []
-    submit_arrays = ring.submit_arrays
+    submit_columns = ring.submit_columns
+    memmove = ffi.memmove
     # With one batch in flight nothing else can complete meanwhile: submit and
     # wait in the same io_uring_enter, as FileHandle.read_many does.
     wait_in_submit = len(batches) == 1
@@ -275,11 +282,10 @@ def uring_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> 
         b = batches[j]
         if idx + b.n > pool_n:
             idx = 0
-        cols = b.cols
-        cols[4] = pool + idx
+        memmove(b.offs, pool + idx, 8 * b.n)
         idx += b.n
         b.started = now_ns()
-        submit_arrays(b.n, cols, b.keep, wait=wait_in_submit).tag = j
+        submit_columns(b.cols, b.n, b.keep, wait=wait_in_submit).tag = j
 
     clock = Clock(spec)
     ops = 0

@@ -231,27 +231,28 @@ class RecordingRing:
         self._ring: Any = None
 
     def install(self, ring: Any) -> RecordingRing:
-        """Hook *ring*'s ``submit_arrays`` and ``wait`` (instance attributes shadow the methods)."""
+        """Hook *ring*'s ``submit_columns`` (every submission goes through it) and ``wait``
+        (instance attributes shadow the methods)."""
         from ..flags import Op
-        from ..native import ffi
 
-        real_submit, real_wait = ring.submit_arrays, ring.wait
+        real_submit, real_wait = ring.submit_columns, ring.wait
         self._ring = ring
 
-        def submit_arrays(n: int, arrays: Any, keep: Any = (), *, wait: bool = False) -> Any:
-            def col(i: int) -> list[int]:
-                return [0] * n if arrays[i] == ffi.NULL else [int(x) for x in arrays[i][0:n]]
-
-            opcodes, fds, lens, offs, op_flags, sqe_flags = col(0), col(1), col(3), col(4), col(5), col(6)
+        def submit_columns(cols: Any, n: int | None = None, keep: Any = (), *, wait: bool = False) -> Any:
+            k = cols.n if n is None else n
+            cols.n = k
+            opcodes, fds, lens, offs, op_flags, sqe_flags = (
+                cols.get(c) for c in ("opcodes", "fds", "lens", "offs", "op_flags", "sqe_flags")
+            )
             ops, overrides = [], []
-            for i in range(n):
+            for i in range(k):
                 name = Op(opcodes[i]).name
-                k = self._calls.get(name, 0)
-                self._calls[name] = k + 1
+                calls = self._calls.get(name, 0)
+                self._calls[name] = calls + 1
                 ops.append(SubmittedOp(name, fds[i], lens[i], offs[i], op_flags[i], sqe_flags[i]))
-                overrides.append(self.results.get((name, k)))
+                overrides.append(self.results.get((name, calls)))
             self.submissions.append(ops)
-            batch = real_submit(n, arrays, keep, wait=wait)
+            batch = real_submit(cols, k, keep, wait=wait)
             self._pending[id(batch)] = (ops, overrides)
             return batch
 
@@ -265,14 +266,14 @@ class RecordingRing:
                 op.result = got[i]
             return got
 
-        ring.submit_arrays = submit_arrays
+        ring.submit_columns = submit_columns
         ring.wait = wait_batch
         return self
 
     def remove(self) -> None:
         """Give the ring its own submit and wait back."""
         if self._ring is not None:
-            for name in ("submit_arrays", "wait"):
+            for name in ("submit_columns", "wait"):
                 with contextlib.suppress(AttributeError):
                     delattr(self._ring, name)
             self._ring = None

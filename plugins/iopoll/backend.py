@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.blockdev import blkdev_size_bytes
 from uringstack.buffers import RegisteredBuffer, check_alignment, pin_buffers
+from uringstack.columns import BatchColumns
 from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op
 from uringstack.io_backend import SyncMethod
-from uringstack.native import ffi, lib
+from uringstack.native import lib
 from uringstack.polling import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 from uringstack.uring_backend import RWF_DSYNC, UringPending
@@ -150,22 +151,19 @@ class IopollFileIO:
         # A registered buffer belongs to the storage ring's table: on this ring it
         # is plain memory (READ/WRITE, not READ_FIXED), which is correct.
         keep, addrs, lens = pin_buffers(buffers, writable=not write)
-        arrays = [
-            ffi.new("uint8_t[]", [int(Op.WRITE if write else Op.READ)] * n),
-            ffi.new("int32_t[]", [self.fd] * n),
-            ffi.new("uint64_t[]", addrs),
-            ffi.new("uint32_t[]", lens),
-            ffi.new("uint64_t[]", list(offsets)),
-            ffi.NULL,
-            ffi.NULL,
-            ffi.NULL,
-        ]
+        cols = BatchColumns(n)
+        cols.fill("opcodes", int(Op.WRITE if write else Op.READ))
+        cols.fill("fds", self.fd)
+        cols.set("addrs", addrs)
+        cols.set("lens", lens)
+        cols.set("offs", offsets)
         # IOPOLL means O_DIRECT: misalignment would be EINVAL from the kernel; say what is wrong first.
-        bad = lib.us_first_misaligned(arrays[2], arrays[3], arrays[4], n, self.block_size)
+        desc = cols.desc
+        bad = lib.us_first_misaligned(desc.addrs, desc.lens, desc.offs, n, self.block_size)
         if bad >= 0:
             check_alignment(op, self.path, addrs[bad], lens[bad], offsets[bad], self.block_size)
         # wait=True: submit and poll for the completions in one io_uring_enter.
-        batch = self.ring.submit_arrays(n, arrays, keep, wait=wait)
+        batch = self.ring.submit_columns(cols, n, keep, wait=wait)
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook(op, self.ring))
         return IopollPending(self.ring, batch)

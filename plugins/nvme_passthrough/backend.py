@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from uringstack.buffers import address_of, pin_buffers
+from uringstack.columns import BatchColumns
 from uringstack.errors import AlignmentError, UringIOError
 from uringstack.flags import Op, SqeFlag
 from uringstack.io_backend import SyncMethod
@@ -340,22 +341,20 @@ class PassthroughFileIO:
                 self._const[n] = cols
         return cols
 
-    def _columns(self, cmds: bytearray, n: int, sqe_flags: Any) -> tuple[list[Any], Any]:
+    def _columns(self, cmds: bytearray, n: int, sqe_flags: Sequence[int] | None) -> tuple[BatchColumns, Any]:
         cmd_pin = ffi.from_buffer(cmds)
         base = address_of(cmd_pin)
         cmd_addrs = array("Q", range(base, base + n * NVME_URING_CMD_SIZE, NVME_URING_CMD_SIZE))
         opcodes, fds, lens, cmd_ops = self._constant_columns(n)
-        columns = [
-            opcodes,
-            fds,
-            from_bytes("uint64_t", memoryview(cmd_addrs).cast("B"), n),
-            lens,
-            ffi.NULL,
-            cmd_ops,
-            sqe_flags,
-            ffi.NULL,
-        ]
-        return columns, cmd_pin
+        cols = BatchColumns(n)
+        cols.adopt("opcodes", opcodes)
+        cols.adopt("fds", fds)
+        cols.adopt("addrs", from_bytes("uint64_t", memoryview(cmd_addrs).cast("B"), n))
+        cols.adopt("lens", lens)
+        cols.adopt("op_flags", cmd_ops)
+        if sqe_flags is not None:
+            cols.set("sqe_flags", sqe_flags)
+        return cols, cmd_pin
 
     def _check_open(self, op: str) -> None:
         if self.fd < 0:
@@ -382,8 +381,8 @@ class PassthroughFileIO:
         plan, keep, lens = self._plan(write, offsets, buffers)
         opcode = NVME_CMD_WRITE if write else NVME_CMD_READ
         cmds = build_rw_commands(opcode, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size)
-        columns, cmd_pin = self._columns(cmds, plan.n, ffi.NULL)
-        batch = self.ring.submit_arrays(plan.n, columns, (*keep, *buffers, cmds, cmd_pin, *columns), wait=wait)
+        columns, cmd_pin = self._columns(cmds, plan.n, None)
+        batch = self.ring.submit_columns(columns, plan.n, (*keep, *buffers, cmds, cmd_pin), wait=wait)
         name = "write" if write else "read"
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook(name, self.ring))
@@ -394,8 +393,8 @@ class PassthroughFileIO:
         # which commits the controller's volatile write cache.
         self._check_open("nvme flush")
         cmd = bytearray(flush_command(self.nsid))
-        columns, cmd_pin = self._columns(cmd, 1, ffi.NULL)
-        batch = self.ring.submit_arrays(1, columns, (cmd, cmd_pin, *columns), wait=wait)
+        columns, cmd_pin = self._columns(cmd, 1, None)
+        batch = self.ring.submit_columns(columns, 1, (cmd, cmd_pin), wait=wait)
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
         return PassthroughPending(self.ring, batch, "nvme flush", self.path, None, [], tail=1)
@@ -415,14 +414,15 @@ class PassthroughFileIO:
         plan, keep, lens = self._plan(True, [offset], [buffer])
         fua = sync == "dsync"
         cmds = build_rw_commands(NVME_CMD_WRITE, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size, fua=fua)
-        n, tail, sqe_flags = plan.n, 0, ffi.NULL
+        n, tail = plan.n, 0
+        sqe_flags: list[int] | None = None
         if not fua:
             n, tail = n + 1, 1
             cmds += flush_command(self.nsid)
             link = int(SqeFlag.IO_LINK)
-            sqe_flags = ffi.new("uint8_t[]", [link] * (n - 1) + [0])
+            sqe_flags = [link] * (n - 1) + [0]
         columns, cmd_pin = self._columns(cmds, n, sqe_flags)
-        batch = self.ring.submit_arrays(n, columns, (*keep, buffer, cmds, cmd_pin, *columns), wait=wait)
+        batch = self.ring.submit_columns(columns, n, (*keep, buffer, cmds, cmd_pin), wait=wait)
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("write_durable", self.ring))
         return PassthroughPending(self.ring, batch, "nvme write", self.path, plan, lens, tail=tail)

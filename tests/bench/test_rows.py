@@ -16,6 +16,7 @@ from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
 from uringstack.blockdev import device_size
 from uringstack.handle import FileHandle
+from uringstack.prepared import PreparedIO
 
 
 def _spec(tmp_path: Path, **kw: Any) -> BenchSpec:
@@ -39,24 +40,29 @@ def test_every_row_but_the_raw_ring_is_public_api_or_another_tool() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    ("mode", "method"),
-    [("batched", "start_read_many"), ("+fixedbuf", "start_read_many"), ("fallback", "start_read_many")],
+    ("mode", "cls", "method"),
+    [
+        ("batched", PreparedIO, "start"),  # the prepared form of start_read_many
+        ("+fixedbuf", PreparedIO, "start"),
+        ("uring-single", FileHandle, "start_read_many"),
+        ("fallback", FileHandle, "start_read_many"),
+    ],
 )
 def test_handle_rows_go_through_the_file_handle(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, method: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, cls: type, method: str
 ) -> None:
     calls = [0]
-    real = getattr(FileHandle, method)
+    real = getattr(cls, method)
 
-    def counting(self: FileHandle, *a: Any, **kw: Any) -> Any:
+    def counting(self: Any, *a: Any, **kw: Any) -> Any:
         calls[0] += 1
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(FileHandle, method, counting)
+    monkeypatch.setattr(cls, method, counting)
     spec = _spec(tmp_path, batch=2)
     row = runner.run_mode(spec, RUNGS[mode])
     assert row.status == "ok", row.reason
-    per = 1 if mode == "fallback" else 2
+    per = 1 if mode in ("fallback", "uring-single") else 2
     # every measured op went through FileHandle (warm-up ops too, so at least as many)
     assert calls[0] * per >= row.ops > 0
     assert row.bytes == row.ops * spec.block_size
@@ -67,15 +73,15 @@ def test_handle_rows_go_through_the_file_handle(
 
 
 @pytest.mark.timeout(60)
-def test_read_many_when_one_batch_fills_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_when_one_batch_fills_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = [0]
-    real = FileHandle.read_many
+    real = PreparedIO.run
 
-    def counting(self: FileHandle, *a: Any, **kw: Any) -> Any:
+    def counting(self: PreparedIO, *a: Any, **kw: Any) -> Any:
         calls[0] += 1
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(FileHandle, "read_many", counting)
+    monkeypatch.setattr(PreparedIO, "run", counting)
     row = runner.run_mode(_spec(tmp_path, queue_depth=1), RUNGS["batched"])
     assert row.status == "ok" and calls[0] >= row.ops > 0
     assert row.enters_per_io == pytest.approx(1.0, abs=0.01)  # submit and wait in one io_uring_enter

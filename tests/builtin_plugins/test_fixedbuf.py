@@ -46,7 +46,7 @@ def test_reads_on_leases_are_read_fixed(stack: Stack, tmp_path: pathlib.Path) ->
         leases = h.lease_buffers(4, size=BS)
         assert all(isinstance(b, RegisteredBuffer) for b in leases)
         pending = h.start_read_many([0, BS, 2 * BS, 3 * BS], leases)
-        ops = list(pending.batch._arrays[0][0:4])  # type: ignore[attr-defined]
+        ops = pending.batch._arrays.get("opcodes")  # type: ignore[attr-defined]
         assert ops == [Op.READ_FIXED] * 4
         assert pending.wait() == [BS] * 4
         for i, lease in enumerate(leases):

@@ -23,10 +23,10 @@ import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
 import uringstack.uring_backend as uring_backend
+from uringstack.columns import BatchColumns
 from uringstack.errors import UringIOError
 from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.handle import FileHandle
-from uringstack.native import ffi
 from uringstack.ring import Batch, Ring
 from uringstack.stack import Stack, open_stack
 
@@ -55,32 +55,32 @@ class Sqe:
 
 @dataclass
 class RingRecorder:
-    """Wraps one ring's ``submit_arrays``: records every SQE; can shorten the next write."""
+    """Wraps one ring's ``submit_columns`` (every submission goes through it): records every SQE;
+    can shorten the next write."""
 
     ring: Ring
     sqes: list[Sqe] = field(default_factory=list)
     shorten_next_write_to: int | None = None
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        original = self.ring.submit_arrays
+        original = self.ring.submit_columns
 
-        def submit_arrays(n: int, arrays: Any, keep: Any = (), *, wait: bool = False) -> Batch:
-            def col(i: int) -> list[int]:
-                return [0] * n if arrays[i] == ffi.NULL else [int(x) for x in arrays[i][0:n]]
-
-            opcodes = col(0)
+        def submit_columns(cols: BatchColumns, n: int | None = None, keep: Any = (), *, wait: bool = False) -> Batch:
+            k = cols.n if n is None else n
+            cols.n = k
+            opcodes = cols.get("opcodes")
             if self.shorten_next_write_to is not None:
-                i = next(k for k, op in enumerate(opcodes) if op in WRITES)
-                arrays[3][i] = self.shorten_next_write_to  # the kernel then writes only this much
+                i = next(j for j, op in enumerate(opcodes) if op in WRITES)
+                cols.column("lens")[i] = self.shorten_next_write_to  # the kernel then writes only this much
                 self.shorten_next_write_to = None
             earlier_done = all(s.batch.finished for s in self.sqes)
-            flags, op_flags, lens, offs = col(6), col(5), col(3), col(4)
-            batch = original(n, arrays, keep, wait=wait)
-            for i in range(n):
+            flags, op_flags, lens, offs = (cols.get(c) for c in ("sqe_flags", "op_flags", "lens", "offs"))
+            batch = original(cols, k, keep, wait=wait)
+            for i in range(k):
                 self.sqes.append(Sqe(opcodes[i], flags[i], op_flags[i], lens[i], offs[i], batch, i, earlier_done))
             return batch
 
-        monkeypatch.setattr(self.ring, "submit_arrays", submit_arrays)
+        monkeypatch.setattr(self.ring, "submit_columns", submit_columns)
 
 
 @dataclass

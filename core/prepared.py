@@ -1,0 +1,105 @@
+"""``PreparedIO``: reads or writes of the same buffers at new offsets, with the handle's checks.
+
+What :meth:`uringstack.handle.FileHandle.prepare_reads` and
+:meth:`~uringstack.handle.FileHandle.prepare_writes` return.  The backend's
+:class:`~uringstack.io_backend.PreparedRW` does the per-batch work (on the
+io_uring backend: only the offsets column is written per call); this class
+adds what ``read_many``/``write_many`` promise on every backend: the handle's
+close waits for the I/O, a short read is completed or is short only at end
+of file, a short write is completed or raises, a failed op raises
+:class:`~uringstack.errors.UringIOError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from uringstack.errors import BatchInFlightError
+from uringstack.io_backend import PreparedRW, prepare_rw
+from uringstack.pending import Pending
+
+if TYPE_CHECKING:
+    from uringstack.handle import FileHandle
+
+
+class PreparedIO:
+    """Reads (or writes) of a fixed list of buffers, started again and again at new offsets.
+
+    ``run(offsets)`` is :meth:`FileHandle.read_many` (``write_many``) on the
+    prepared buffers; ``start(offsets)`` is ``start_read_many``
+    (``start_write_many``): results unchecked.  Exactly :attr:`n` offsets per
+    call.  One batch at a time: starting again while the previous batch is
+    in flight raises :class:`~uringstack.errors.BatchInFlightError` (the
+    buffers are the kernel's until it completed).  Usable until
+    :meth:`close` or the handle's close.
+    """
+
+    def __init__(self, handle: FileHandle, write: bool, buffers: Sequence[Any]) -> None:
+        self._handle = handle
+        self.write = write
+        self.buffers: tuple[Any, ...] = tuple(buffers)
+        """The prepared buffers; op *i* of every batch moves ``buffers[i]``."""
+        self.n = len(self.buffers)
+        self._full = [len(b) for b in self.buffers]
+        self._prep: PreparedRW = prepare_rw(handle.io, write, self.buffers)
+        self._last: Pending | None = None
+
+    def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
+        last = self._last
+        if last is not None and not last.done():
+            raise BatchInFlightError(
+                f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
+                f"flight ({self.n} op(s)); wait for them before starting again"
+            )
+        self._last = pending = self._prep.start(offsets, wait=wait)
+        return pending
+
+    def start(self, offsets: Sequence[int]) -> Pending:
+        """Start one batch at *offsets* without waiting (results unchecked: bytes or ``-errno``)."""
+        h = self._handle
+        h._check()
+        return h._inflight.start(self._start, offsets, False)
+
+    def run(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
+        """Move every buffer at its offset (submit and wait in one call); bytes moved per buffer.
+
+        Reads are short only at end of file (``exact=True``: raise
+        :class:`~uringstack.errors.ShortIOError` instead); writes complete or raise."""
+        h = self._handle
+        h._check()
+        results = h._inflight.run(self._start, offsets, True)
+        if results == self._full:
+            return results
+        if self.write:
+            return h._finish_writes(offsets, self.buffers, results)
+        return h._finish_reads(offsets, self.buffers, results, exact)
+
+    async def run_async(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
+        """asyncio form of :meth:`run`: the event loop runs while the batch is in flight."""
+        h = self._handle
+        h._check()
+        pending = h._inflight.start(self._start, offsets, False)
+        try:
+            results = await pending.wait_async()
+        finally:
+            h._inflight.forget(pending)
+        if results == self._full:
+            return results
+        if self.write:
+            return h._finish_writes(offsets, self.buffers, results)
+        return h._finish_reads(offsets, self.buffers, results, exact)
+
+    def close(self) -> None:
+        """Drop the prepared state; a batch still in flight keeps its buffers until it completes."""
+        self._prep.close()
+
+    def __enter__(self) -> PreparedIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = "writes" if self.write else "reads"
+        return f"<PreparedIO {self.n} {kind} on {self._handle.path}>"
