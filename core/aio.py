@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from uringstack.aio_coalesce import Coalescer
+
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
 
@@ -58,6 +60,7 @@ class _Bridge:
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ring.register_eventfd(self.efd)
         self.loop = loop
+        self.coalescer = Coalescer(ring, loop, lambda fn: post(loop, fn))
         loop.add_reader(self.efd, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -68,7 +71,9 @@ class _Bridge:
 
     def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
+        self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
         self.loop = loop
+        self.coalescer = Coalescer(self.ring, loop, lambda fn: post(loop, fn))
         loop.add_reader(self.efd, self._on_readable)
 
     def detach(self) -> None:
@@ -82,6 +87,11 @@ class _Bridge:
         if not self.loop.is_closed():
             self.loop.remove_reader(self.efd)
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
+
+
+def coalescer_for(ring: Ring) -> Coalescer:
+    """The running loop's :class:`~uringstack.aio_coalesce.Coalescer` of *ring* (made on first use)."""
+    return _bridge_for(ring).coalescer
 
 
 def _bridge_for(ring: Ring) -> _Bridge:

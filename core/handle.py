@@ -9,21 +9,26 @@ complete or fail with ``ShortIOError``; a failed op raises
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import operator
 import os
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack import forking
-from uringstack.buffers import RegisteredBuffer
+from uringstack import aio, forking
+from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.inflight import InflightTracker
 from uringstack.io_backend import FileIO
 from uringstack.pending import Pending
+from uringstack.native import ffi
 from uringstack.ring import Ring
+from uringstack.uring_backend import MAX_RW_COUNT, UringFileIO
 
 if TYPE_CHECKING:
+    from uringstack.aio_coalesce import Coalescer
     from uringstack.stack import Stack, Worker
 
 
@@ -59,6 +64,10 @@ class FileHandle:
         """Why this backend serves the handle (the backend factory's reason)."""
         # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
         self._plain_leases: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Single asyncio ops on a plain io_uring backend are coalesced per loop
+        # iteration (uringstack.aio_coalesce); other backends take the batch path.
+        self._uring_io = io if type(io) is UringFileIO else None
+        self._coalescer_cache: Coalescer | None = None
 
     # --- description -------------------------------------------------------------
     @property
@@ -301,12 +310,43 @@ class FileHandle:
         _check_batch(self.path, offsets, buffers)
         return self._start(self._io.start_rw, True, offsets, buffers)
 
+    def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
+        """The running loop's coalescer for a single op at *offset*, or None (take the batch path)."""
+        io = self._uring_io
+        if io is None or type(offset) is not int and not hasattr(offset, "__index__"):
+            return None, offset
+        offset = operator.index(offset)
+        if not 0 <= offset < 1 << 63:
+            return None, offset  # the batch path reports it (a negative offset is a ValueError)
+        loop = asyncio.get_running_loop()
+        co = self._coalescer_cache
+        if co is None or co.loop is not loop:
+            co = self._coalescer_cache = aio.coalescer_for(io.ring)
+        return co, offset
+
     async def read_into_async(self, buf: Any, offset: int) -> int:
-        """asyncio form of :meth:`read_into`."""
+        """asyncio form of :meth:`read_into`: queued with the other single ops of this loop
+        iteration and submitted with them in one batch (see ``docs/api.md``, asyncio)."""
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and not isinstance(buf, RegisteredBuffer):
+            pin = ffi.from_buffer(buf, require_writable=True)
+            n = len(pin)
+            if n <= MAX_RW_COUNT:
+                if self._io.direct:
+                    check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size)
+                res: int = await co.add(self._io, self._inflight, False, pin, offset)
+                if res == n:
+                    return res
+                return self._finish_reads([offset], [buf], [res], False)[0]
         return (await self.read_many_async([offset], [buf]))[0]
 
     async def read(self, size: int, offset: int) -> bytes:
-        """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF)."""
+        """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF).
+
+        On an io_uring handle the read is queued with the other single reads
+        and writes that the loop's tasks issue in the same iteration, and all
+        go to the kernel as one batch; the result is the one copy of the bytes."""
         if size < 0:
             raise ValueError(f"{self.path}: read size {size} is negative")
         if size == 0:
@@ -320,8 +360,24 @@ class FileHandle:
             buf: Any = aligned_buffer(max(block, -(-size // block) * block))
             got = await self.read_into_async(buf, offset)
             return bytes(buf[: min(got, size)])
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and size <= MAX_RW_COUNT:
+            data = await co.add(self._io, self._inflight, False, size, offset)
+            if type(data) is bytes and len(data) == size:
+                return data
+            return self._read_rest(data, size, offset)
         buf = bytearray(size)
         got = await self.read_into_async(buf, offset)
+        return bytes(buf) if got == size else bytes(buf[:got])
+
+    def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
+        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest."""
+        if isinstance(data, int):
+            raise UringIOError(-data, "read", self.path, f"at offset {offset}")
+        buf = bytearray(size)
+        buf[: len(data)] = data
+        got = self._complete_short(False, offset, buf, len(data), False)
         return bytes(buf[:got])
 
     async def read_many_async(
@@ -335,7 +391,19 @@ class FileHandle:
         return self._finish_reads(offsets, buffers, results, exact)
 
     async def write(self, buf: Any, offset: int) -> int:
-        """``await handle.write(buf, off)``: write all of *buf*."""
+        """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`)."""
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and not isinstance(buf, RegisteredBuffer):
+            pin = ffi.from_buffer(buf)
+            n = len(pin)
+            if n <= MAX_RW_COUNT:
+                if self._io.direct:
+                    check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size)
+                res: int = await co.add(self._io, self._inflight, True, pin, offset)
+                if res == n:
+                    return res
+                return self._finish_writes([offset], [buf], [res])[0]
         return (await self.write_many_async([offset], [buf]))[0]
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
