@@ -41,13 +41,15 @@ if TYPE_CHECKING:
 _alloc_raw = ffi.new_allocator(should_clear_after_alloc=False)
 
 _FIXED_FILE = int(SqeFlag.FIXED_FILE)
+_DELIVERED = object()
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
 
-# One queued op: (io, tracker, write, size_or_pin, offset, future).  An int in the
-# third-from-last place is the size of a read into the arena; anything else is
-# the cffi pin of the caller's buffer.
-QueuedOp = tuple["UringFileIO", "InflightTracker", bool, Any, int, "asyncio.Future[Any]"]
+# One queued request: (io, tracker, write, what, offset, future).  ``what`` is an
+# int (the size of a read into the arena; the future gets bytes or -errno), the
+# cffi pin of the caller's buffer (the future gets the int result), or a list of
+# pins with a list of offsets (a read_many/write_many: the future gets the list).
+QueuedOp = tuple["UringFileIO", "InflightTracker", bool, Any, Any, "asyncio.Future[Any]"]
 
 
 class _BatchPending:
@@ -86,8 +88,8 @@ class Coalescer:
         self.flushes = 0
         """Batches submitted (for tests and diagnostics)."""
 
-    def add(self, io: UringFileIO, tracker: InflightTracker, write: bool, what: Any, offset: int) -> asyncio.Future[Any]:
-        """Queue one op; the future gets ``bytes`` (a full or short arena read) or an ``int`` result."""
+    def add(self, io: UringFileIO, tracker: InflightTracker, write: bool, what: Any, offset: Any) -> asyncio.Future[Any]:
+        """Queue one request (see ``QueuedOp``); its future gets the result when the batch completed."""
         fut = self.loop.create_future()
         self._queue.append((io, tracker, write, what, offset, fut))
         if not self._scheduled:
@@ -145,7 +147,6 @@ class Coalescer:
                 tracker._leave(pending)
 
     def _submit_admitted(self, ops: list[QueuedOp]) -> _BatchPending:
-        n = len(ops)
         write = ops[0][2]
         fds: list[int] = []
         flags: list[int] = []
@@ -156,29 +157,40 @@ class Coalescer:
         arena_size = sum(op[3] for op in ops if type(op[3]) is int)
         arena = _alloc_raw("char[]", arena_size) if arena_size else None
         base = int(ffi.cast("uintptr_t", arena)) if arena is not None else 0
-        starts: list[int] = []
+        starts: list[int] = []  # per request: its arena offset, else -1
         pos = 0
         any_flags = False
         for io, _tracker, _write, what, offset, _fut in ops:
             index = io.fixed_index
-            if index is None:
-                fds.append(io.fd)
-                flags.append(0)
-            else:
-                fds.append(index)
-                flags.append(_FIXED_FILE)
-                any_flags = True
+            fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
+            any_flags = any_flags or index is not None
             if type(what) is int:
+                fds.append(fd)
+                flags.append(flag)
                 addrs.append(base + pos)
                 lens.append(what)
+                offs.append(offset)
                 starts.append(pos)
                 pos += what
+            elif type(what) is list:
+                k = len(what)
+                fds.extend([fd] * k)
+                flags.extend([flag] * k)
+                for pin in what:
+                    addrs.append(int(ffi.cast("uintptr_t", pin)))
+                    lens.append(len(pin))
+                offs.extend(offset)
+                keep.extend(what)
+                starts.append(-len(what) - 1)  # -1 - count: a list result of that many ops
             else:
+                fds.append(fd)
+                flags.append(flag)
                 addrs.append(int(ffi.cast("uintptr_t", what)))
                 lens.append(len(what))
+                offs.append(offset)
                 keep.append(what)
                 starts.append(-1)
-            offs.append(offset)
+        n = len(offs)
         if arena is not None:
             keep.append(arena)
         arrays = [
@@ -198,25 +210,32 @@ class Coalescer:
         view = ffi.buffer(arena) if arena is not None else None
         loop = self.loop
 
-        delivered = [False]
+        futures = [op[5] for op in ops]
+        # deliver() holds no buffer: the batch's keep (dropped when reaped) is their only owner.
+        state: list[Any] = [view]
 
         def deliver() -> None:
             # Runs once, on the loop thread, from the done-callback or the check below.
-            if delivered[0]:
+            arena_view = state[0]
+            if arena_view is _DELIVERED:
                 return
-            delivered[0] = True
+            state[0] = _DELIVERED
             results = batch.results
-            for i, op in enumerate(ops):
-                fut = op[5]
-                if fut.done():
-                    continue  # the awaiting task was cancelled
-                res = results[i]
-                start = starts[i]
-                if start >= 0 and res >= 0:
-                    assert view is not None
-                    fut.set_result(view[start : start + res])
-                else:
-                    fut.set_result(res)
+            i = 0
+            for fut, start in zip(futures, starts, strict=True):
+                if start < -1:
+                    k = -1 - start
+                    if not fut.done():  # else the awaiting task was cancelled
+                        fut.set_result(results[i : i + k])
+                    i += k
+                    continue
+                if not fut.done():
+                    res = results[i]
+                    if start >= 0 and res >= 0:
+                        fut.set_result(arena_view[start : start + res])
+                    else:
+                        fut.set_result(res)
+                i += 1
 
         def on_done(_: Batch) -> None:
             if asyncio._get_running_loop() is loop:
@@ -224,7 +243,7 @@ class Coalescer:
             else:
                 self._post(deliver)
 
-        hook = ops[0][0].completion_hook
+        hook = ops[0][0].completion_hook  # one worker, one ring: the same hook for every handle
         if hook is not None:
             batch.add_done_callback(hook("write" if write else "read", ring))
         batch.add_done_callback(on_done)

@@ -380,12 +380,39 @@ class FileHandle:
         got = self._complete_short(False, offset, buf, len(data), False)
         return bytes(buf[:got])
 
+    def _pin_many(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[Coalescer | None, list[Any], list[int]]:
+        """Pins and offsets for a coalesced batch, or a None coalescer (take the batch path)."""
+        if self._uring_io is None or not offsets:
+            return None, [], []
+        co, _ = self._coalescer(0)
+        if co is None or any(isinstance(b, RegisteredBuffer) for b in buffers):
+            return None, [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
+        offs = [operator.index(o) for o in offsets]
+        if max(offs) >= 1 << 63:
+            return None, [], []
+        pins = [ffi.from_buffer(b, require_writable=not write) for b in buffers]
+        if max(len(p) for p in pins) > MAX_RW_COUNT:
+            return None, [], []
+        if self._io.direct:
+            block = self._io.block_size
+            for pin, off in zip(pins, offs, strict=True):
+                check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
+        return co, pins, offs
+
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
     ) -> list[int]:
+        """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
+        this loop iteration's other asyncio ops (one submission for all)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        results = await self._run_async(self._io.start_rw, False, offsets, buffers)
+        co, pins, offs = self._pin_many(False, offsets, buffers)
+        if co is not None:
+            results: list[int] = await co.add(self._io, self._inflight, False, pins, offs)
+        else:
+            results = await self._run_async(self._io.start_rw, False, offsets, buffers)
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
             return results
         return self._finish_reads(offsets, buffers, results, exact)
@@ -407,9 +434,14 @@ class FileHandle:
         return (await self.write_many_async([offset], [buf]))[0]
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
+        """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        results = await self._run_async(self._io.start_rw, True, offsets, buffers)
+        co, pins, offs = self._pin_many(True, offsets, buffers)
+        if co is not None:
+            results: list[int] = await co.add(self._io, self._inflight, True, pins, offs)
+        else:
+            results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)
 
     async def fdatasync_async(self) -> None:
