@@ -88,7 +88,9 @@ class Coalescer:
         self.flushes = 0
         """Batches submitted (for tests and diagnostics)."""
 
-    def add(self, io: UringFileIO, tracker: InflightTracker, write: bool, what: Any, offset: Any) -> asyncio.Future[Any]:
+    def add(
+        self, io: UringFileIO, tracker: InflightTracker, write: bool, what: Any, offset: Any
+    ) -> asyncio.Future[Any]:
         """Queue one request (see ``QueuedOp``); its future gets the result when the batch completed."""
         fut = self.loop.create_future()
         self._queue.append((io, tracker, write, what, offset, fut))

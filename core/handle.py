@@ -15,15 +15,15 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from uringstack import aio, forking
 from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.inflight import InflightTracker
 from uringstack.io_backend import FileIO
-from uringstack.pending import Pending
 from uringstack.native import ffi
+from uringstack.pending import Pending
 from uringstack.ring import Ring
 from uringstack.uring_backend import MAX_RW_COUNT, UringFileIO
 
@@ -313,7 +313,7 @@ class FileHandle:
     def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
         """The running loop's coalescer for a single op at *offset*, or None (take the batch path)."""
         io = self._uring_io
-        if io is None or type(offset) is not int and not hasattr(offset, "__index__"):
+        if io is None or (type(offset) is not int and not hasattr(offset, "__index__")):
             return None, offset
         offset = operator.index(offset)
         if not 0 <= offset < 1 << 63:
@@ -335,7 +335,7 @@ class FileHandle:
             if n <= MAX_RW_COUNT:
                 if self._io.direct:
                     check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size)
-                res: int = await co.add(self._io, self._inflight, False, pin, offset)
+                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, False, pin, offset)
                 if res == n:
                     return res
                 return self._finish_reads([offset], [buf], [res], False)[0]
@@ -363,7 +363,7 @@ class FileHandle:
         self._check()
         co, offset = self._coalescer(offset)
         if co is not None and size <= MAX_RW_COUNT:
-            data = await co.add(self._io, self._inflight, False, size, offset)
+            data = await co.add(cast(UringFileIO, self._io), self._inflight, False, size, offset)
             if type(data) is bytes and len(data) == size:
                 return data
             return self._read_rest(data, size, offset)
@@ -410,7 +410,7 @@ class FileHandle:
         _check_batch(self.path, offsets, buffers)
         co, pins, offs = self._pin_many(False, offsets, buffers)
         if co is not None:
-            results: list[int] = await co.add(self._io, self._inflight, False, pins, offs)
+            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, False, pins, offs)
         else:
             results = await self._run_async(self._io.start_rw, False, offsets, buffers)
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
@@ -427,7 +427,7 @@ class FileHandle:
             if n <= MAX_RW_COUNT:
                 if self._io.direct:
                     check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size)
-                res: int = await co.add(self._io, self._inflight, True, pin, offset)
+                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, True, pin, offset)
                 if res == n:
                     return res
                 return self._finish_writes([offset], [buf], [res])[0]
@@ -439,7 +439,7 @@ class FileHandle:
         _check_batch(self.path, offsets, buffers)
         co, pins, offs = self._pin_many(True, offsets, buffers)
         if co is not None:
-            results: list[int] = await co.add(self._io, self._inflight, True, pins, offs)
+            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, True, pins, offs)
         else:
             results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)

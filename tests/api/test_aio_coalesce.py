@@ -105,7 +105,8 @@ def test_read_many_async_of_several_tasks_and_single_writes_share_submissions(
             reads = [h.read_many_async([(4 * t + i) * BLOCK for i in range(4)], bufs[t]) for t in range(4)]
             writes = [h.write(bytes([0xA0 + t]) * BLOCK, (16 + t) * BLOCK) for t in range(8)]
             got = await asyncio.gather(*reads, *writes)
-            assert [b"".join(b) for b in bufs] == [_pattern(32 * BLOCK)[t * 4 * BLOCK : (t + 1) * 4 * BLOCK] for t in range(4)]
+            want = _pattern(32 * BLOCK)
+            assert [b"".join(b) for b in bufs] == [want[t * 4 * BLOCK : (t + 1) * 4 * BLOCK] for t in range(4)]
             return got, ring.counters()["enters"] - before
 
         got, enters = _run(main())
@@ -196,11 +197,11 @@ def test_a_cancelled_await_keeps_its_buffer_until_the_kernel_is_done(uring_stack
     ring = h.ring
     assert ring is not None
     try:
-        buf = (ctypes.c_char * 16)()
-        alive = weakref.ref(buf)
+        holder = [(ctypes.c_char * 16)()]  # the only reference the test keeps
+        alive = weakref.ref(holder[0])
 
         async def main() -> None:
-            task = asyncio.create_task(h.read_into_async(buf, 0))
+            task = asyncio.create_task(h.read_into_async(holder[0], 0))
             for _ in range(3):
                 await asyncio.sleep(0)  # queued, flushed: in the kernel now
             assert ring.inflight == 1
@@ -209,7 +210,7 @@ def test_a_cancelled_await_keeps_its_buffer_until_the_kernel_is_done(uring_stack
                 await task
 
         _run(main())
-        del buf
+        holder.clear()
         gc.collect()
         assert alive() is not None, "the buffer of an op still in the kernel was freed"
         os.write(pipe.w, b"late")
@@ -264,7 +265,9 @@ def test_closing_the_handle_fails_awaits_still_queued_with_a_clear_error(stack: 
 
 
 @pytest.mark.timeout(60)
-def test_closing_the_ring_under_an_await_in_flight_fails_it_with_ecanceled(uring_stack: Stack, data: pathlib.Path) -> None:
+def test_closing_the_ring_under_an_await_in_flight_fails_it_with_ecanceled(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
     h = _uring_handle(uring_stack, data)
     pipe = _PipeBacked(h)
     ring = h.ring
