@@ -4,7 +4,9 @@ Each ring that serves asyncio callers gets an eventfd registered with
 ``io_uring_register_eventfd``; the loop watches it with ``add_reader`` and,
 when it fires, reaps completed batches without blocking.  No thread is
 involved, so ``await handle.read(...)`` costs one loop wake-up per batch of
-completions, not a thread hop per I/O.
+completions, not a thread hop per I/O.  The bridge also owns the ring's
+:class:`~uringstack.aio_coalesce.Coalescer`, which sends the single awaits of
+one loop iteration to the kernel as one batch.
 
 Completions are reaped by whichever thread gets to the ring first, possibly
 after the loop that awaited them was closed (its task was cancelled and

@@ -4,7 +4,7 @@
 The file is opened as the built-in ``open()`` opens it (through
 :class:`uringstack.FileIO`, same flags and errors), then every read and write
 is ``await handle.read(...)`` / ``await handle.write(...)`` on its stack
-handle: completions wake the event loop through the ring's eventfd.  Binary
+handle: they join the batch the loop submits each iteration (see docs/api.md, asyncio).  Binary
 files are buffered like ``io.BufferedReader``/``BufferedWriter``; text files
 decode and translate newlines like ``io.TextIOWrapper``.  The file position is
 kept in the descriptor (``fileno()`` users see it), as the built-in does.
