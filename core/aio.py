@@ -4,7 +4,9 @@ Each ring that serves asyncio callers gets an eventfd registered with
 ``io_uring_register_eventfd``; the loop watches it with ``add_reader`` and,
 when it fires, reaps completed batches without blocking.  No thread is
 involved, so ``await handle.read(...)`` costs one loop wake-up per batch of
-completions, not a thread hop per I/O.
+completions, not a thread hop per I/O.  The bridge also owns the ring's
+:class:`~uringstack.aio_coalesce.Coalescer`, which sends the single awaits of
+one loop iteration to the kernel as one batch.
 
 Completions are reaped by whichever thread gets to the ring first, possibly
 after the loop that awaited them was closed (its task was cancelled and
@@ -21,6 +23,8 @@ import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from uringstack.aio_coalesce import Coalescer
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
@@ -58,6 +62,7 @@ class _Bridge:
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ring.register_eventfd(self.efd)
         self.loop = loop
+        self.coalescer = Coalescer(ring, loop, lambda fn: post(loop, fn))
         loop.add_reader(self.efd, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -68,7 +73,9 @@ class _Bridge:
 
     def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
+        self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
         self.loop = loop
+        self.coalescer = Coalescer(self.ring, loop, lambda fn: post(loop, fn))
         loop.add_reader(self.efd, self._on_readable)
 
     def detach(self) -> None:
@@ -82,6 +89,11 @@ class _Bridge:
         if not self.loop.is_closed():
             self.loop.remove_reader(self.efd)
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
+
+
+def coalescer_for(ring: Ring) -> Coalescer:
+    """The running loop's :class:`~uringstack.aio_coalesce.Coalescer` of *ring* (made on first use)."""
+    return _bridge_for(ring).coalescer
 
 
 def _bridge_for(ring: Ring) -> _Bridge:

@@ -4,7 +4,7 @@
 The file is opened as the built-in ``open()`` opens it (through
 :class:`uringstack.FileIO`, same flags and errors), then every read and write
 is ``await handle.read(...)`` / ``await handle.write(...)`` on its stack
-handle: completions wake the event loop through the ring's eventfd.  Binary
+handle: they join the batch the loop submits each iteration (see docs/api.md, asyncio).  Binary
 files are buffered like ``io.BufferedReader``/``BufferedWriter``; text files
 decode and translate newlines like ``io.TextIOWrapper``.  The file position is
 kept in the descriptor (``fileno()`` users see it), as the built-in does.
@@ -83,7 +83,8 @@ class AsyncBinaryFile(_LineReader[bytes]):
     """
 
     def __init__(self, raw: FileIO, buffer_size: int) -> None:
-        self._file = raw
+        # _Detached after detach(): every later use raises "underlying buffer has been detached"
+        self._file: FileIO | _Detached = raw
         self._buffer_size = buffer_size
         self._lock = asyncio.Lock()
         self._rbuf = b""  # read-ahead bytes starting at self._pos
@@ -106,6 +107,8 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     @property
     def raw(self) -> FileIO:
+        if isinstance(self._file, _Detached):
+            raise _Detached.error()
         return self._file
 
     def fileno(self) -> int:
@@ -307,13 +310,13 @@ class AsyncBinaryFile(_LineReader[bytes]):
     def detach(self) -> FileIO:
         """The synchronous :class:`uringstack.FileIO` underneath, at this file's position
         (as aiofiles's ``detach`` returns the synchronous file); this object is unusable after."""
-        raw = self._file
+        raw = self.raw
         if self._wbuf:
             raw.write(self._wbuf)  # synchronous: detach() is not a coroutine in aiofiles either
             self._wbuf = bytearray()
         if raw.handle is not None and not raw.closed:
             self._sync_offset()
-        self._file = _Detached()  # type: ignore[assignment]
+        self._file = _Detached()
         return raw
 
     async def close(self) -> None:
@@ -344,7 +347,8 @@ class AsyncTextFile(_LineReader[str]):
     ) -> None:
         if newline not in (None, "", "\n", "\r", "\r\n"):
             raise ValueError(f"illegal newline value: {newline!r}")
-        self.buffer = binary
+        # _Detached after detach(), like the binary file's raw file
+        self.buffer: AsyncBinaryFile | _Detached = binary
         self.encoding = encoding
         self.errors = errors or "strict"
         self.mode = mode
@@ -419,7 +423,7 @@ class AsyncTextFile(_LineReader[str]):
         binary = self.buffer
         if self._chunks or self._chars:
             raise io.UnsupportedOperation("detach() with decoded text not yet read; seek() first")
-        self.buffer = _Detached()  # type: ignore[assignment]
+        self.buffer = _Detached()
         return binary.detach()
 
     async def _more(self) -> bool:
@@ -560,8 +564,14 @@ class AsyncTextFile(_LineReader[str]):
 
 
 class _Detached:
+    """What a detached file holds instead of what it wrapped: any use raises, as in ``io``."""
+
+    @staticmethod
+    def error() -> ValueError:
+        return ValueError("underlying buffer has been detached")
+
     def __getattr__(self, name: str) -> Any:
-        raise ValueError("underlying buffer has been detached")
+        raise self.error()
 
 
 class OpenContext(Awaitable[F], Generic[F]):

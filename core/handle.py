@@ -9,22 +9,27 @@ complete or fail with ``ShortIOError``; a failed op raises
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import operator
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from uringstack import forking
-from uringstack.buffers import RegisteredBuffer
+from uringstack import aio, forking
+from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.inflight import InflightTracker
 from uringstack.io_backend import SYNC_METHODS, FileIO, SyncMethod
+from uringstack.native import ffi
 from uringstack.pending import Pending
 from uringstack.ring import Ring
+from uringstack.uring_backend import MAX_RW_COUNT, UringFileIO
 
 if TYPE_CHECKING:
+    from uringstack.aio_coalesce import Coalescer
     from uringstack.prepared import PreparedIO
     from uringstack.stack import Stack, Worker
 
@@ -61,6 +66,10 @@ class FileHandle:
         """Why this backend serves the handle (the backend factory's reason)."""
         # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
         self._plain_leases: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Single asyncio ops on a plain io_uring backend are coalesced per loop
+        # iteration (uringstack.aio_coalesce); other backends take the batch path.
+        self._uring_io = io if type(io) is UringFileIO else None
+        self._coalescer_cache: Coalescer | None = None
 
     # --- description -------------------------------------------------------------
     @property
@@ -349,12 +358,43 @@ class FileHandle:
         _check_batch(self.path, offsets, buffers)
         return self._start(self._io.start_rw, True, offsets, buffers)
 
+    def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
+        """The running loop's coalescer for a single op at *offset*, or None (take the batch path)."""
+        io = self._uring_io
+        if io is None or (type(offset) is not int and not hasattr(offset, "__index__")):
+            return None, offset
+        offset = operator.index(offset)
+        if not 0 <= offset < 1 << 63:
+            return None, offset  # the batch path reports it (a negative offset is a ValueError)
+        loop = asyncio.get_running_loop()
+        co = self._coalescer_cache
+        if co is None or co.loop is not loop:
+            co = self._coalescer_cache = aio.coalescer_for(io.ring)
+        return co, offset
+
     async def read_into_async(self, buf: Any, offset: int) -> int:
-        """asyncio form of :meth:`read_into`."""
+        """asyncio form of :meth:`read_into`: queued with the other single ops of this loop
+        iteration and submitted with them in one batch (see ``docs/api.md``, asyncio)."""
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and not isinstance(buf, RegisteredBuffer):
+            pin = ffi.from_buffer(buf, require_writable=True)
+            n = len(pin)
+            if n <= MAX_RW_COUNT:
+                if self._io.direct:
+                    check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size)
+                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, False, pin, offset)
+                if res == n:
+                    return res
+                return self._finish_reads([offset], [buf], [res], False)[0]
         return (await self.read_many_async([offset], [buf]))[0]
 
     async def read(self, size: int, offset: int) -> bytes:
-        """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF)."""
+        """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF).
+
+        On an io_uring handle the read is queued with the other single reads
+        and writes that the loop's tasks issue in the same iteration, and all
+        go to the kernel as one batch; the result is the one copy of the bytes."""
         if size < 0:
             raise ValueError(f"{self.path}: read size {size} is negative")
         if size == 0:
@@ -368,28 +408,88 @@ class FileHandle:
             buf: Any = aligned_buffer(max(block, -(-size // block) * block))
             got = await self.read_into_async(buf, offset)
             return bytes(buf[: min(got, size)])
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and size <= MAX_RW_COUNT:
+            data = await co.add(cast(UringFileIO, self._io), self._inflight, False, size, offset)
+            if type(data) is bytes and len(data) == size:
+                return data
+            return self._read_rest(data, size, offset)
         buf = bytearray(size)
         got = await self.read_into_async(buf, offset)
+        return bytes(buf) if got == size else bytes(buf[:got])
+
+    def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
+        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest."""
+        if isinstance(data, int):
+            raise UringIOError(-data, "read", self.path, f"at offset {offset}")
+        buf = bytearray(size)
+        buf[: len(data)] = data
+        got = self._complete_short(False, offset, buf, len(data), False)
         return bytes(buf[:got])
+
+    def _pin_many(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[Coalescer | None, list[Any], list[int]]:
+        """Pins and offsets for a coalesced batch, or a None coalescer (take the batch path)."""
+        if self._uring_io is None or not offsets:
+            return None, [], []
+        co, _ = self._coalescer(0)
+        if co is None or any(isinstance(b, RegisteredBuffer) for b in buffers):
+            return None, [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
+        offs = [operator.index(o) for o in offsets]
+        if max(offs) >= 1 << 63:
+            return None, [], []
+        pins = [ffi.from_buffer(b, require_writable=not write) for b in buffers]
+        if max(len(p) for p in pins) > MAX_RW_COUNT:
+            return None, [], []
+        if self._io.direct:
+            block = self._io.block_size
+            for pin, off in zip(pins, offs, strict=True):
+                check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
+        return co, pins, offs
 
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
     ) -> list[int]:
+        """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
+        this loop iteration's other asyncio ops (one submission for all)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        results = await self._run_async(self._io.start_rw, False, offsets, buffers)
+        co, pins, offs = self._pin_many(False, offsets, buffers)
+        if co is not None:
+            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, False, pins, offs)
+        else:
+            results = await self._run_async(self._io.start_rw, False, offsets, buffers)
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
             return results
         return self._finish_reads(offsets, buffers, results, exact)
 
     async def write(self, buf: Any, offset: int) -> int:
-        """``await handle.write(buf, off)``: write all of *buf*."""
+        """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`)."""
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and not isinstance(buf, RegisteredBuffer):
+            pin = ffi.from_buffer(buf)
+            n = len(pin)
+            if n <= MAX_RW_COUNT:
+                if self._io.direct:
+                    check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size)
+                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, True, pin, offset)
+                if res == n:
+                    return res
+                return self._finish_writes([offset], [buf], [res])[0]
         return (await self.write_many_async([offset], [buf]))[0]
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
+        """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        results = await self._run_async(self._io.start_rw, True, offsets, buffers)
+        co, pins, offs = self._pin_many(True, offsets, buffers)
+        if co is not None:
+            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, True, pins, offs)
+        else:
+            results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)
 
     async def fdatasync_async(self) -> None:
