@@ -28,10 +28,15 @@ from uringstack.fileio_stream import ReadAhead, WriteBehind, finish_read
 from uringstack.targets import ADOPT_FD
 
 if TYPE_CHECKING:
+    from _typeshed import MaybeNone
+
     from uringstack.handle import FileHandle
     from uringstack.stack import Stack
 
-Opener = Callable[[str | bytes, int], int]
+PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+"""A file name, as ``os.open`` and ``io.FileIO`` take it."""
+Opener = Callable[[PathArg, int], int]
+"""``opener(name, flags) -> fd``: called with the name exactly as given, as ``io.FileIO`` does."""
 _CLOSED_MSG = "I/O operation on closed file"
 _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size file
 
@@ -66,7 +71,7 @@ class FileIO(io.RawIOBase):
 
     def __init__(
         self,
-        file: int | str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        file: int | PathArg,
         mode: str = "r",
         closefd: bool = True,
         opener: Opener | None = None,
@@ -82,12 +87,14 @@ class FileIO(io.RawIOBase):
                 self._closed_flag = False
         if isinstance(file, float):
             raise TypeError("integer argument expected, got float")
+        path: PathArg | None = None
         if isinstance(file, int):
             fd = file
             if fd < 0:
                 raise ValueError("negative file descriptor")
         else:
             fd = -1
+            path = file
         if not isinstance(mode, str):
             raise TypeError(f"invalid mode: {mode}")
         if not set(mode) <= set("xrwab+"):
@@ -126,13 +133,13 @@ class FileIO(io.RawIOBase):
 
         owned_fd = None
         try:
-            if fd < 0:
+            if path is not None:
                 if not closefd:
                     raise ValueError("Cannot use closefd=False with file name")
                 if opener is None:
-                    fd = os.open(file, flags, 0o666)  # type: ignore[arg-type]
+                    fd = os.open(path, flags, 0o666)
                 else:
-                    fd = opener(file, flags)  # type: ignore[arg-type]
+                    fd = opener(path, flags)
                     if not isinstance(fd, int):
                         raise TypeError("expected integer from opener")
                     if fd < 0:
@@ -310,8 +317,10 @@ class FileIO(io.RawIOBase):
             raise _closed_error()
         return handle
 
-    def readinto(self, b: Any) -> int:
-        """Read up to ``len(b)`` bytes into *b* at the current position; 0 at end of file."""
+    def readinto(self, b: Any) -> int | None:
+        """Read up to ``len(b)`` bytes into *b* at the current position; 0 at end of file.
+
+        ``None`` only on a non-blocking pipe or socket with nothing to read, as ``io.FileIO``."""
         self._checkClosed()
         self._checkReadable()
         m = memoryview(b).cast("B")
@@ -319,7 +328,7 @@ class FileIO(io.RawIOBase):
             try:
                 return os.readv(self._fd, [m])
             except BlockingIOError:
-                return None  # type: ignore[return-value]
+                return None
         if not len(m):
             return 0
         with self._lock:
@@ -356,8 +365,11 @@ class FileIO(io.RawIOBase):
         m[:n] = memoryview(buf)[pos - start : pos - start + n]
         return n
 
-    def read(self, size: int | None = -1) -> bytes | None:
-        """Read at most *size* bytes (everything when negative or None)."""
+    def read(self, size: int | None = -1) -> bytes | MaybeNone:
+        """Read at most *size* bytes (everything when negative or None).
+
+        ``None`` only on a non-blocking pipe or socket with nothing to read
+        (typed as typeshed types ``io.FileIO.read``: ``bytes | MaybeNone``)."""
         self._checkClosed()
         self._checkReadable()
         if size is None or size < 0:
@@ -395,8 +407,10 @@ class FileIO(io.RawIOBase):
             return b"".join(chunks)
 
     # --- writing -----------------------------------------------------------------------
-    def write(self, b: Any) -> int:
-        """Write all of *b* at the current position (the end of file in append mode)."""
+    def write(self, b: Any) -> int | None:
+        """Write all of *b* at the current position (the end of file in append mode).
+
+        ``None`` only on a non-blocking pipe or socket that is full, as ``io.FileIO``."""
         self._checkClosed()
         self._checkWritable()
         m = memoryview(b).cast("B")
@@ -404,7 +418,7 @@ class FileIO(io.RawIOBase):
             try:
                 return os.write(self._fd, m)
             except BlockingIOError:
-                return None  # type: ignore[return-value]
+                return None
         with self._lock:
             handle = self._live_handle()
             if self._readahead is not None:

@@ -15,11 +15,19 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
-from uringstack.fileio import FileIO, Opener
+from uringstack.fileio import FileIO, Opener, PathArg
 
 if TYPE_CHECKING:
+    from _typeshed import (
+        OpenBinaryMode,
+        OpenBinaryModeReading,
+        OpenBinaryModeUpdating,
+        OpenBinaryModeWriting,
+        OpenTextMode,
+    )
+
     from uringstack.stack import Stack
 
 STREAM_BUFFER_SIZE = 128 * 1024
@@ -30,22 +38,20 @@ WRITE_BUFFER_SIZE = 1 << 20
 than a ``write(2)``, so write-only files (sequential by nature) batch 1 MiB."""
 
 
-class _FlushRaw:
-    """Mixin: ``flush()`` also waits for the raw file's write-behind."""
-
-    raw: Any
-
-    def flush(self) -> None:
-        super().flush()  # type: ignore[misc]
-        self.raw.flush()
-
-
-class BufferedWriter(_FlushRaw, io.BufferedWriter):
+class BufferedWriter(io.BufferedWriter):
     """``io.BufferedWriter`` whose ``flush()`` returns once the data reached the kernel."""
 
+    def flush(self) -> None:
+        super().flush()
+        self.raw.flush()  # the raw file's write-behind
 
-class BufferedRandom(_FlushRaw, io.BufferedRandom):
+
+class BufferedRandom(io.BufferedRandom):
     """``io.BufferedRandom`` whose ``flush()`` returns once the data reached the kernel."""
+
+    def flush(self) -> None:
+        super().flush()
+        self.raw.flush()  # the raw file's write-behind
 
 
 def check_mode(
@@ -99,8 +105,94 @@ def check_mode(
     return raw_mode, binary
 
 
+# The overloads are the built-in open()'s (typeshed's): the mode and buffering
+# literals decide the layer returned.
+@overload
 def open(
-    file: int | str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    file: int | PathArg,
+    mode: OpenTextMode = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> io.TextIOWrapper: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryMode,
+    buffering: Literal[0],
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> FileIO: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryModeUpdating,
+    buffering: Literal[-1, 1] = -1,
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> BufferedRandom: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryModeWriting,
+    buffering: Literal[-1, 1] = -1,
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> BufferedWriter: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryModeReading,
+    buffering: Literal[-1, 1] = -1,
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> io.BufferedReader: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: str,
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> IO[Any] | FileIO: ...
+def open(
+    file: int | PathArg,
     mode: str = "r",
     buffering: int = -1,
     encoding: str | None = None,
@@ -111,7 +203,7 @@ def open(
     *,
     direct: bool = False,
     stack: Stack | None = None,
-) -> IO[Any]:
+) -> IO[Any] | FileIO:
     """Open *file* like the built-in ``open()`` and return the same kind of object.
 
     ``rb`` gives an ``io.BufferedReader``, ``wb``/``ab``/``xb`` a
@@ -135,7 +227,7 @@ def open(
         stack=stack,
         direct=direct,
     )
-    result: Any = raw
+    result: IO[Any] | FileIO = raw
     try:
         line_buffering = False
         if buffering == 1 or (buffering < 0 and raw.isatty()):
@@ -153,13 +245,13 @@ def open(
             raise ValueError("invalid buffering size")
         if buffering == 0:
             if binary:
-                return raw  # type: ignore[return-value]
+                return raw
             raise ValueError("can't have unbuffered text I/O")
         if direct and raw.handle is not None:
             block = raw.block_size
             buffering = max(block, -(-buffering // block) * block)  # whole blocks go O_DIRECT
         raw._enable_streaming(readahead=True, writebehind=True)
-        buffer: Any
+        buffer: BufferedRandom | BufferedWriter | io.BufferedReader
         if updating:
             buffer = BufferedRandom(raw, buffering)
         elif creating or writing or appending:
@@ -169,13 +261,16 @@ def open(
         result = buffer
         if not binary:
             encoding = io.text_encoding(encoding)
-            result = io.TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
-            result.mode = mode
+            text = io.TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+            # The built-in open() sets the mode as given ("t" and all) on the instance;
+            # typeshed declares IO.mode read-only, so through the instance dict.
+            vars(text)["mode"] = mode
+            result = text
         if stack is None:
             from uringstack.default_stack import track
 
             track(result, raw=False)
-        return result  # type: ignore[no-any-return]
+        return result
     except BaseException:
         result.close()
         raise

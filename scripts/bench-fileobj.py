@@ -11,8 +11,11 @@
   ``aiofiles.open`` vs ``uringstack.aio.open``.
 
 Each pair runs alternately, ``--reps`` times; the median of each side gives
-the ratio (>1: uringstack faster).  Absolute numbers on a shared VM are noise,
-the ratios are what to read.
+the ratio (>1: uringstack faster), and the median CPU time of each side
+(user + system of the whole process, io_uring's kernel workers included) is
+printed beside it.  Absolute numbers on a shared VM are noise, the ratios in
+one run and the CPU times are what to read.  ``--only`` picks benchmarks
+(``sha-hot,sha-cold,copy,aio``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ def size_arg(text: str) -> int:
     return n
 
 
+BENCHES = ("sha-hot", "sha-cold", "copy", "aio")
+
+
+def only_arg(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in BENCHES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"--only {text!r}: pick from {','.join(BENCHES)}")
+    return names
+
+
 def make_file(path: str, size: int) -> None:
     block = os.urandom(8 << 20)
     with open(path, "wb") as f:
@@ -76,24 +90,39 @@ def warm(path: str) -> None:
             pass
 
 
-def timed(fn: Callable[[], Any], before: Callable[[], None] | None = None) -> float:
+def cpu_seconds() -> float:
+    """User + system time of the process, its threads and io_uring workers included."""
+    t = os.times()
+    return t.user + t.system
+
+
+def timed(fn: Callable[[], Any], before: Callable[[], None] | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call of *fn*, after *before*."""
     if before is not None:
         before()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def pair(
     name: str, reps: int, sides: dict[str, Callable[[], Any]], before: Callable[[], None] | None = None
 ) -> dict[str, Any]:
     times: dict[str, list[float]] = {k: [] for k in sides}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
     for _ in range(reps):
         for key, fn in sides.items():
-            times[key].append(timed(fn, before))
+            wall, used = timed(fn, before)
+            times[key].append(wall)
+            cpu[key].append(used)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = next(iter(sides))
-    return {"bench": name, "seconds": med, "ratios": {k: med[base] / med[k] for k in sides if k != base}}
+    return {
+        "bench": name,
+        "seconds": med,
+        "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()},
+        "ratios": {k: med[base] / med[k] for k in sides if k != base},
+    }
 
 
 def sha_builtin(path: str) -> str:
@@ -153,12 +182,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="runs per side, median taken (default 3)")
     ap.add_argument("--reads-per-task", type=int, default=2000, help="random reads per task (default 2000)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument(
+        "--only", type=only_arg, default=BENCHES, help=f"comma-separated subset of {','.join(BENCHES)} (default all)"
+    )
     args = ap.parse_args()
-    try:
-        import aiofiles  # noqa: F401
-    except ImportError:
-        print("aiofiles is not installed: pip install -e '.[dev]'", file=sys.stderr)
-        return 2
+    if "aio" in args.only:
+        try:
+            import aiofiles  # noqa: F401
+        except ImportError:
+            print("aiofiles is not installed: pip install -e '.[dev]'", file=sys.stderr)
+            return 2
     workdir = tempfile.mkdtemp(prefix="bench-fileobj-", dir=args.dir)
     src, dst = os.path.join(workdir, "src"), os.path.join(workdir, "dst")
     results: list[dict[str, Any]] = []
@@ -167,27 +200,31 @@ def main() -> int:
         with uringstack.open_stack() as stack:
             assert sha_builtin(src) == sha_uring(src, stack) == sha_uring(src, stack, direct=True)
             warm(src)
-            results.append(pair("sha256 hot", args.reps, {
-                "builtin": lambda: sha_builtin(src),
-                "uringstack": lambda: sha_uring(src, stack),
-            }, before=lambda: warm(src)))
-            results.append(pair("sha256 cold", args.reps, {
-                "builtin": lambda: sha_builtin(src),
-                "uringstack": lambda: sha_uring(src, stack),
-                "uringstack direct": lambda: sha_uring(src, stack, direct=True),
-            }, before=lambda: drop_cache(src)))
+            if "sha-hot" in args.only:
+                results.append(pair("sha256 hot", args.reps, {
+                    "builtin": lambda: sha_builtin(src),
+                    "uringstack": lambda: sha_uring(src, stack),
+                }, before=lambda: warm(src)))
+            if "sha-cold" in args.only:
+                results.append(pair("sha256 cold", args.reps, {
+                    "builtin": lambda: sha_builtin(src),
+                    "uringstack": lambda: sha_uring(src, stack),
+                    "uringstack direct": lambda: sha_uring(src, stack, direct=True),
+                }, before=lambda: drop_cache(src)))
 
             def rm_dst() -> None:
                 if os.path.exists(dst):
                     os.unlink(dst)
                 warm(src)
 
-            results.append(pair("shutil.copyfileobj", args.reps, {
-                "builtin": lambda: copy_with(open, src, dst),
-                "uringstack": lambda: copy_with(lambda p, m: uringstack.open(p, m, stack=stack), src, dst),
-            }, before=rm_dst))
-            warm(src)
-            results.append(aio_pair(src, args.size, args.reps, stack, args.reads_per_task))
+            if "copy" in args.only:
+                results.append(pair("shutil.copyfileobj", args.reps, {
+                    "builtin": lambda: copy_with(open, src, dst),
+                    "uringstack": lambda: copy_with(lambda p, m: uringstack.open(p, m, stack=stack), src, dst),
+                }, before=rm_dst))
+            if "aio" in args.only:
+                warm(src)
+                results.append(aio_pair(src, args.size, args.reps, stack, args.reads_per_task))
             backend = stack.open(src, writable=False)
             backend_name = backend.backend
             backend.close()
@@ -200,7 +237,7 @@ def main() -> int:
     print(f"file objects vs built-ins: size {args.size >> 20} MiB, {args.reps} reps (median), backend {backend_name}")
     for r in results:
         if "seconds" in r:
-            cells = ", ".join(f"{k} {v:.3f}s" for k, v in r["seconds"].items())
+            cells = ", ".join(f"{k} {v:.3f}s (cpu {r['cpu_seconds'][k]:.3f}s)" for k, v in r["seconds"].items())
         else:
             cells = ", ".join(f"{k} {v:,.0f}/s" for k, v in r["rate"].items())
         ratios = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items())
