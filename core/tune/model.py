@@ -317,7 +317,10 @@ class TuneTarget(BaseModel):
 
     @property
     def block_device(self) -> BlockDevice | None:
-        return self.device  # type: ignore[no-any-return]
+        """:attr:`device` as the probe's :class:`~uringstack.probe.model.BlockDevice`, if it is one."""
+        from uringstack.probe.model import BlockDevice
+
+        return self.device if isinstance(self.device, BlockDevice) else None
 
 
 Comparison.model_rebuild()

@@ -103,4 +103,6 @@ def test_runs_that_do_not_fit_are_skipped(tmp_path: pathlib.Path, monkeypatch: p
 
 def test_fake_record_noise_default() -> None:
     record = fake_record("/", {"sqpoll": {"off": 100_000, "on": 102_000}})
-    assert record.noise == 0 and record.comparison("sqpoll").min_gain == pytest.approx(0.03)  # type: ignore[union-attr]
+    comparison = record.comparison("sqpoll")
+    assert comparison is not None
+    assert record.noise == 0 and comparison.min_gain == pytest.approx(0.03)
