@@ -143,6 +143,7 @@ class TuneRecord(BaseModel):
         return Comparison(
             dimension=dimension,
             target=self.target,
+            device=self.key.device.name,
             first=rows[0].settings[dimension],
             iops={v: m.iops for v, m in values.items()},
             cpu_us_per_io={v: m.cpu_us_per_io for v, m in values.items()},
@@ -172,6 +173,9 @@ class Comparison(BaseModel):
 
     dimension: str
     target: str
+    device: str = ""
+    """Kernel name of the whole disk the target is on here (``nvme0n1``); empty when no block
+    device backs it (tmpfs).  Per-device settings (IOPOLL) use only their device's comparisons."""
     first: str
     """The dimension's first (cheapest) value: another value must beat it by :data:`MIN_GAIN`."""
     iops: dict[str, float]
@@ -222,6 +226,9 @@ class AppliedRecord(BaseModel):
 
     source: str
     record: TuneRecord
+    device: str = ""
+    """Kernel name of the whole disk behind the record's target on this machine (for a
+    shipped record it may differ from the tuned machine's); empty: the record's own."""
 
 
 class TuneState(BaseModel):
@@ -238,12 +245,20 @@ class TuneState(BaseModel):
     searched: str = ""
     """Where the measurements were looked for (the cache directory, the include)."""
 
-    def comparisons(self, dimension: str) -> list[Comparison]:
-        """Every valid record's comparison of *dimension* (one per tuned target)."""
+    def comparisons(self, dimension: str, device: str | None = None) -> list[Comparison]:
+        """Every valid record's comparison of *dimension* (one per tuned target).
+
+        With *device* (a whole disk's kernel name, ``nvme0n1``) only the comparisons
+        measured on targets on that disk: for settings chosen per device, like IOPOLL.
+        """
         out = []
         for applied in self.records:
             c = applied.record.comparison(dimension)
-            if c is not None:
+            if c is None:
+                continue
+            if applied.device:
+                c = c.model_copy(update={"device": applied.device})
+            if device is None or c.device == device:
                 out.append(c)
         return out
 
