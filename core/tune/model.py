@@ -103,6 +103,10 @@ class Measurement(BaseModel):
     """Process CPU time (user + system, every thread including SQPOLL pollers) per I/O, in µs."""
     ops: int = 0
     seconds: float = 0.0
+    setup_s: float = 0.0
+    """Time to open the candidate's stack and handles (before the warm-up)."""
+    teardown_s: float = 0.0
+    """Time to close the stack after the window."""
 
 
 class TuneRecord(BaseModel):
@@ -131,15 +135,15 @@ class TuneRecord(BaseModel):
         return None if self.best is None else self.measurements[self.best]
 
     def comparison(self, dimension: str) -> Comparison | None:
-        """What the run measured for *dimension*, or ``None`` if it did not vary it."""
+        """What the run measured for *dimension*, or ``None`` unless two of its values were measured."""
         idx = self.compared.get(dimension)
         if not idx:
             return None
         rows = [self.measurements[i] for i in idx]
         ok = [m for m in rows if m.status == "ok"]
-        if not ok:
-            return None
         values = {m.settings[dimension]: m for m in ok}
+        if len(values) < 2:
+            return None  # the other choices failed or did not fit the budget: nothing was compared
         return Comparison(
             dimension=dimension,
             target=self.target,
