@@ -125,6 +125,20 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="also re-run every row that worked (and fio) with this many workers; "
             "summary.scaling gives each row's IOPS ratio",
         ),
+        click.option(
+            "--tuned",
+            is_flag=True,
+            help="randread: first run `uringstack tune` on the file (cache written), then add the "
+            "'tuned (auto)' row: the default config's stack, which follows the measurement; "
+            "summary.tuned.vs_best is its IOPS over the best rung's",
+        ),
+        click.option(
+            "--tune-budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=10.0,
+            show_default=True,
+            help="seconds for the calibration of --tuned",
+        ),
         click.option("--no-fio", is_flag=True, help="do not run fio's equivalent job"),
         click.option("--syscalls", is_flag=True, help="also re-run each mode under strace -c -f"),
         click.option(
@@ -203,6 +217,8 @@ def _run(workload: str, **kw: Any) -> None:
             else "",
             on_step=on_step,
             tick=tick,
+            tuned=kw["tuned"],
+            tune_budget=kw["tune_budget"],
         )
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -62,6 +63,7 @@ def tune_command(targets: tuple[str, ...], budget: float, as_json: bool, no_cach
     polls and 1 or 2 workers.  The results go to $XDG_CACHE_HOME/uringstack/tune/, where
     every later plan in `auto` finds them (see `uringstack plan`).  Default TARGET: the
     current directory."""
+    began = time.perf_counter()  # --budget counts from here: imports and probing below are in it
     from uringstack.tune.runner import tune
     from uringstack.tune.targets import TuneError
 
@@ -94,6 +96,7 @@ def tune_command(targets: tuple[str, ...], budget: float, as_json: bool, no_cach
                 on_target=on_target,
                 on_run=on_run,
                 write_cache=not no_cache,
+                spent_s=time.perf_counter() - began,
             )
     except TuneError as exc:
         click.echo(f"error: {exc}", err=True)

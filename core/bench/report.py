@@ -81,6 +81,20 @@ def render(doc: dict[str, Any], console: Console) -> None:
             f"best mode: {s['best_mode']} {_num(s['best_iops'])} IOPS = "
             f"{_ratio(s['best_vs_fio'])} fio io_uring, {_ratio(s['best_vs_fallback'])} fallback"
         )
+    tuned = s.get("tuned")
+    if tuned:
+        cal = tuned.get("calibration") or {}
+        if tuned["vs_best"] is not None:
+            line = (
+                f"tuned (auto): {_num(tuned['iops'])} IOPS = {_ratio(tuned['vs_best'])} the best rung "
+                f"({tuned['best_mode']})"
+            )
+        else:
+            line = f"tuned (auto): {tuned['status']} (no ratio to the best rung)"
+        if cal.get("best"):
+            picked = ", ".join(f"{k}={v}" for k, v in cal["best"].items())
+            line += f"; uringstack tune ({cal['elapsed_s']:g} s of {cal['budget_s']:g}) chose {picked}"
+        console.print(line)
     if s.get("raw_ring_vs_fio") is not None:
         console.print(f"raw ring (not public API): {_ratio(s['raw_ring_vs_fio'])} fio io_uring")
     sc = s.get("scaling")

@@ -28,6 +28,8 @@ from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
+from uringstack.bench.tuned import DEFAULT_TUNE_BUDGET_S, TUNED, calibrate, tuned_row, why_not
+from uringstack.bench.tuned import summary as tuned_summary
 from uringstack.blockdev import device_size
 from uringstack.probe.irq import device_irq_cpus
 
@@ -211,6 +213,17 @@ _HANDLE_LOOPS: dict[str, Callable[..., LoopResult]] = {
 }
 
 
+def fixed_modes(caps: Capabilities | None) -> Capabilities:
+    """*caps* (probed when None) with no tune measurement: a rung fixes its modes, and one left
+    in ``auto`` (``+iopoll``) must measure the technique it names, whatever the tune cache says."""
+    from uringstack.probe import probe
+    from uringstack.tune.model import TuneState
+
+    return (caps or probe()).model_copy(
+        update={"tuning": TuneState(searched="not used by the ladder's rungs: each fixes its modes")}
+    )
+
+
 def _skipped(rung: Rung, why: str) -> ModeResult:
     return ModeResult(mode=rung.name, kind="uringstack", status="skipped", reason=why, api=rung.api)
 
@@ -234,7 +247,7 @@ def run_mode(
 
     if rung.loop == "aiofiles" and (why := aiofiles_available()):
         return _skipped(rung, why)
-    stack = open_stack(caps=caps, overrides=_overrides(spec, rung))
+    stack = open_stack(caps=fixed_modes(caps), overrides=_overrides(spec, rung))
     try:
         if rung.requires:
             verdict = next((v for v in stack.plan.verdicts if v.plugin == rung.requires), None)
@@ -394,11 +407,17 @@ def run_bench(
     command: str = "",
     on_step: Callable[[str, float], None] | None = None,
     tick: Tick | None = None,
+    tuned: bool = False,
+    tune_budget: float = DEFAULT_TUNE_BUDGET_S,
 ) -> dict[str, Any]:
     """Run every selected rung, then fio; return the JSON document (schema in docs/bench.md).
 
     *scale_workers* > 0 re-runs every row that worked (and fio) with that many
     workers; ``summary.scaling`` is each row's IOPS ratio to its own run.
+
+    *tuned* first calibrates the file (``uringstack tune``, *tune_budget* seconds)
+    and adds the ``tuned (auto)`` row (:mod:`uringstack.bench.tuned`);
+    ``summary.tuned.vs_best`` is its IOPS over the best rung's.
 
     *on_step(label, seconds)* is called before each step with its expected
     length; *tick* is called a few times a second while a step runs.
@@ -416,6 +435,14 @@ def run_bench(
     caps = probe()
     spec, cpu_choice = choose_worker_cpus(spec)
     step = spec.ramp_s + spec.duration
+    calibration: dict[str, Any] | None = None
+    if tuned and not why_not(spec):
+        if on_step:
+            on_step("uringstack tune", tune_budget)
+        try:
+            calibration = calibrate(spec, tune_budget)
+        except Exception as exc:  # the ladder still runs; the tuned row says why it did not
+            calibration = {"error": f"{type(exc).__name__}: {exc}"}
     rows = _run_rows(spec, rungs, caps, on_step, tick)
     scaled_spec = None
     if scale_workers and scale_workers != spec.workers:
@@ -459,12 +486,18 @@ def run_bench(
                     row.details["strace"] = raw
                 except (RuntimeError, ValueError) as exc:
                     row.details["strace_error"] = str(exc)
+    if tuned:
+        if on_step:
+            on_step(TUNED, step)
+        rows.append(tuned_row(spec, caps, tick, calibration))
     _ratios([r for r in rows if "scaled_from" not in r.details], "fio io_uring")
     if scaled_spec is not None:
         _ratios([r for r in rows if "scaled_from" in r.details], f"fio io_uring x{scale_workers}")
     summary = summarize([r for r in rows if "scaled_from" not in r.details])
     if scaled_spec is not None:
         summary["scaling"] = {"workers": scale_workers, "ratios": scaling(rows, scale_workers)}
+    if tuned:
+        summary["tuned"] = tuned_summary(rows, summary["best_mode"], calibration)
     return {
         "schema": SCHEMA,
         "started_at": started.isoformat(timespec="seconds"),

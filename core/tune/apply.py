@@ -75,6 +75,25 @@ def measured_cores(caps: Capabilities) -> tuple[list[int], str] | None:
     return best, "; ".join(why)
 
 
+def measured_batch(caps: Capabilities, target: str | None = None) -> int | None:
+    """The batch size (reads per ``start_read_many``) the calibration chose, ``None`` without one.
+
+    The stack cannot pick it for the application; a caller that can (the
+    bench's tuned row) asks here.  A record of *target* itself is preferred.
+    """
+    state = caps.tuning
+    if state is None:
+        return None
+    found = state.comparisons("batch")
+    if target is not None:
+        mine = [c for c in found if c.target == os.path.abspath(target)]
+        found = mine or found
+    for comparison in found:
+        if comparison.best.isdigit():
+            return int(comparison.best)
+    return None
+
+
 def plan_notes(caps: Capabilities) -> list[str]:
     """What the plan should say about measurements: which apply, which were ignored."""
     state = caps.tuning

@@ -84,20 +84,21 @@ def read_document(path: Path) -> TuneDocument:
     return doc
 
 
-def _check(record: TuneRecord, facts: MachineFacts, shipped: bool) -> str:
-    """Empty when *record* holds here; else why not."""
+def _check(record: TuneRecord, facts: MachineFacts, shipped: bool) -> tuple[str, str]:
+    """``("", disk)`` when *record* holds here (*disk*: its target's whole disk here); else ``(why not, "")``."""
     if record.best is None:
-        return "no successful measurement in it"
+        return "no successful measurement in it", ""
     try:
         here = key_of(record.target, facts)
     except OSError as exc:
-        return f"foreign: {record.target} does not exist here ({exc.strerror})"
+        return f"foreign: {record.target} does not exist here ({exc.strerror})", ""
     except ValueError as exc:  # e.g. a NUL byte: no such path on any machine
-        return f"foreign: {record.target} cannot be looked up here ({exc})"
+        return f"foreign: {record.target} cannot be looked up here ({exc})", ""
     wrong = record.key.mismatches(here, same_device_class=shipped)
     if wrong:
-        return ("foreign" if any(w.startswith("device") for w in wrong) else "stale") + ": " + "; ".join(wrong)
-    return ""
+        kind = "foreign" if any(w.startswith("device") for w in wrong) else "stale"
+        return f"{kind}: " + "; ".join(wrong), ""
+    return "", here.device.name
 
 
 def _apply(
@@ -110,11 +111,11 @@ def _apply(
             state.ignored.append(f"{path}: {exc}")
             continue
         for record in doc.records:
-            why = _check(record, facts, shipped)
+            why, disk = _check(record, facts, shipped)
             if why:
                 state.ignored.append(f"{path} ({record.target}): {why}")
             else:
-                state.records.append(AppliedRecord(source=f"{source}:{path}", record=record))
+                state.records.append(AppliedRecord(source=f"{source}:{path}", record=record, device=disk))
 
 
 def load_state(

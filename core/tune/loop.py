@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 OFFSETS_PER_WORKER = 1 << 15
 DRAIN_TIMEOUT_S = 10.0
 """After the window, in-flight reads must complete within this; a lost completion fails the run."""
+MIN_WINDOW_S = 0.05
+"""Shortest window measured when the stack's set-up ate into the run's time; less is a skip."""
 
 
 def _cpu() -> float:
@@ -96,20 +98,33 @@ def measure(
     seconds: float,
     caps: Capabilities,
     plugin_manager: UringstackPluginManager | None = None,
+    *,
+    deadline: float | None = None,
+    teardown_s: float = 0.0,
 ) -> Measurement:
     """Open the candidate's stack and measure it for *seconds* (plus a short warm-up).
 
     Pass the *plugin_manager* of the tuning run: reusing it saves loading
     every plugin again for each candidate (a tenth of a second each).
+
+    *deadline* (``time.perf_counter()`` time) is when the run must be over,
+    *teardown_s* the expected time to close the stack: a set-up slower than
+    foreseen (the first stack of a process, an emulated machine) shortens the
+    window to what is left, and with less than :data:`MIN_WINDOW_S` left the
+    run is ``skipped`` rather than overrunning the budget.
     """
-    from uringstack.stack import open_stack
+    from uringstack import stack as stack_mod
 
     result = Measurement(settings=dict(settings), overrides=dict(overrides))
+    t_setup = time.perf_counter()
     try:
-        stack = open_stack(caps=caps, plugin_manager=plugin_manager, overrides={**overrides, "core.tune": "off"})
+        stack = stack_mod.open_stack(
+            caps=caps, plugin_manager=plugin_manager, overrides={**overrides, "core.tune": "off"}
+        )
     except Exception as exc:
         result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
         return result
+    t_close = 0.0
     try:
         wl = target.workload
         workers = stack.workers
@@ -119,6 +134,15 @@ def measure(
         offsets = {w.index: _offsets(target, w.index) for w in workers}
         ramp = min(0.3, max(0.05, seconds * 0.15))
         start = time.perf_counter()
+        result.setup_s = round(start - t_setup, 3)
+        if deadline is not None:
+            room = deadline - start - teardown_s
+            ramp = min(ramp, max(0.0, room) * 0.2)
+            seconds = min(seconds, room - ramp)
+            if seconds < MIN_WINDOW_S:
+                result.status = "skipped"
+                result.reason = f"budget exhausted while the stack was set up ({result.setup_s:.2f} s)"
+                return result
         measure_from, until = start + ramp, start + ramp + seconds
         out: list[Any] = []
 
@@ -150,7 +174,9 @@ def measure(
     except Exception as exc:
         result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
     finally:
+        t_close = time.perf_counter()
         stack.close()
+        result.teardown_s = round(time.perf_counter() - t_close, 3)
     return result
 
 

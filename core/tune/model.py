@@ -103,6 +103,10 @@ class Measurement(BaseModel):
     """Process CPU time (user + system, every thread including SQPOLL pollers) per I/O, in µs."""
     ops: int = 0
     seconds: float = 0.0
+    setup_s: float = 0.0
+    """Time to open the candidate's stack and handles (before the warm-up)."""
+    teardown_s: float = 0.0
+    """Time to close the stack after the window."""
 
 
 class TuneRecord(BaseModel):
@@ -131,18 +135,19 @@ class TuneRecord(BaseModel):
         return None if self.best is None else self.measurements[self.best]
 
     def comparison(self, dimension: str) -> Comparison | None:
-        """What the run measured for *dimension*, or ``None`` if it did not vary it."""
+        """What the run measured for *dimension*, or ``None`` unless two of its values were measured."""
         idx = self.compared.get(dimension)
         if not idx:
             return None
         rows = [self.measurements[i] for i in idx]
         ok = [m for m in rows if m.status == "ok"]
-        if not ok:
-            return None
         values = {m.settings[dimension]: m for m in ok}
+        if len(values) < 2:
+            return None  # the other choices failed or did not fit the budget: nothing was compared
         return Comparison(
             dimension=dimension,
             target=self.target,
+            device=self.key.device.name,
             first=rows[0].settings[dimension],
             iops={v: m.iops for v, m in values.items()},
             cpu_us_per_io={v: m.cpu_us_per_io for v, m in values.items()},
@@ -172,6 +177,9 @@ class Comparison(BaseModel):
 
     dimension: str
     target: str
+    device: str = ""
+    """Kernel name of the whole disk the target is on here (``nvme0n1``); empty when no block
+    device backs it (tmpfs).  Per-device settings (IOPOLL) use only their device's comparisons."""
     first: str
     """The dimension's first (cheapest) value: another value must beat it by :data:`MIN_GAIN`."""
     iops: dict[str, float]
@@ -222,6 +230,9 @@ class AppliedRecord(BaseModel):
 
     source: str
     record: TuneRecord
+    device: str = ""
+    """Kernel name of the whole disk behind the record's target on this machine (for a
+    shipped record it may differ from the tuned machine's); empty: the record's own."""
 
 
 class TuneState(BaseModel):
@@ -238,12 +249,20 @@ class TuneState(BaseModel):
     searched: str = ""
     """Where the measurements were looked for (the cache directory, the include)."""
 
-    def comparisons(self, dimension: str) -> list[Comparison]:
-        """Every valid record's comparison of *dimension* (one per tuned target)."""
+    def comparisons(self, dimension: str, device: str | None = None) -> list[Comparison]:
+        """Every valid record's comparison of *dimension* (one per tuned target).
+
+        With *device* (a whole disk's kernel name, ``nvme0n1``) only the comparisons
+        measured on targets on that disk: for settings chosen per device, like IOPOLL.
+        """
         out = []
         for applied in self.records:
             c = applied.record.comparison(dimension)
-            if c is not None:
+            if c is None:
+                continue
+            if applied.device:
+                c = c.model_copy(update={"device": applied.device})
+            if device is None or c.device == device:
                 out.append(c)
         return out
 
@@ -317,7 +336,10 @@ class TuneTarget(BaseModel):
 
     @property
     def block_device(self) -> BlockDevice | None:
-        return self.device  # type: ignore[no-any-return]
+        """:attr:`device` as the probe's :class:`~uringstack.probe.model.BlockDevice`, if it is one."""
+        from uringstack.probe.model import BlockDevice
+
+        return self.device if isinstance(self.device, BlockDevice) else None
 
 
 Comparison.model_rebuild()

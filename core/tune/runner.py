@@ -166,8 +166,11 @@ def tune_target(
             if on_run:
                 on_run(label, seconds)
             t0 = time.perf_counter()
-            m = measure(target, settings, {**fixed, **overrides}, batch, seconds, quiet, pm)
-            overhead.append(max(0.0, time.perf_counter() - t0 - seconds))
+            # the hard stop: a set-up slower than foreseen shortens this window, not the budget
+            closing = 1.2 * max((x.teardown_s for x in measurements), default=SETUP_ESTIMATE_S / 2)
+            m = measure(target, settings, {**fixed, **overrides}, batch, seconds, quiet, pm,
+                        deadline=started + budget_s, teardown_s=closing)
+            overhead.append(max(0.0, time.perf_counter() - t0 - m.seconds))
         measurements.append(m)
         return len(measurements) - 1
 
@@ -235,8 +238,8 @@ def tune(
 ) -> list[tuple[TuneRecord, str]]:
     """Calibrate every target within *budget_s* in all; returns each record and where it was stored.
 
-    *spent_s* is time already used from the budget (the CLI passes its
-    process's age, so the command as a whole keeps to ``--budget``).
+    *spent_s* is time already used from the budget (the CLI passes the time
+    since its command started, so the command as a whole keeps to ``--budget``).
     Raises :class:`TuneError` for a bad target or budget before measuring anything.
     """
     from uringstack.config import load_config

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from uringstack.blockdev import device_size
-from uringstack.tune.model import TuneTarget, Workload
+from uringstack.errors import UringStackError
+from uringstack.tune.model import TargetKind, TuneTarget, Workload
 
 SCRATCH_BYTES = 64 << 20
 """Size of the scratch file in a directory target: large enough that random 4 KiB
@@ -23,11 +24,11 @@ reads are not served by a drive's cache, small enough to write in well under a s
 SCRATCH_PREFIX = ".uringstack-tune-"
 
 
-class TuneError(Exception):
+class TuneError(UringStackError):
     """A target or option that cannot be tuned; the message names it and says why."""
 
 
-def _kind(path: str) -> str:
+def _kind(path: str) -> TargetKind:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -109,7 +110,7 @@ def prepared(given: str, workload: Workload, caps_device: object = None,
         yield TuneTarget(
             given=path,
             path=read_path,
-            kind=kind,  # type: ignore[arg-type]  # _kind returns one of TargetKind
+            kind=kind,
             device=caps_device,
             workload=workload.model_copy(update={"direct": direct}),
             size_bytes=size,

@@ -42,8 +42,34 @@ class IopollConfig(FeatureConfig):
     entries: int = Field(128, ge=1, le=32768, description="SQ entries of the per-core IOPOLL ring")
 
 
+LABELS = {"on": "with IOPOLL", "off": "without"}
+RULE = "rule: poll where queue/io_poll is 1"
+
+
+def measured(caps: Capabilities, disk: str | None) -> tuple[bool | None, str]:
+    """For ``auto`` on the whole disk *disk*: did ``uringstack tune`` find polling faster
+    there (``None``: no measurement of it), and the reason.
+
+    IOPOLL is chosen per device, so only the comparisons measured on targets on
+    *disk* count (``caps.tuning.comparisons(..., device=disk)``), and polling
+    must have won on every one of them.
+    """
+    state = caps.tuning
+    found = state.comparisons(NAME, device=disk) if state is not None and disk else []
+    if found:
+        return all(c.best == "on" for c in found), "auto: " + "; ".join(c.describe(LABELS) for c in found)
+    if state is None:
+        why = "no measurement looked up"
+    elif state.records:
+        why = f"no measurement of {disk or 'its device'}"
+    else:
+        why = state.no_measurement()
+    return None, f"auto, {why}: {RULE}"
+
+
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
-    if FEATURE.section(config).mode == "off":
+    mode = FEATURE.section(config).mode
+    if mode == "off":
         return False, "off (config)"
     if not caps.uring.usable or config.core.backend == "fallback":
         return False, "no io_uring rings"
@@ -53,7 +79,16 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     if not pollable:
         why = "; ".join(f"{d.name}: {d.io_poll_reason or 'queue/io_poll is 0'}" for d in caps.devices)
         return False, f"no block device has poll queues ({why or 'no block devices found'})"
-    return True, f"poll queues on {', '.join(pollable)}: O_DIRECT I/O there is reaped by polling"
+    if mode == "on":
+        return True, f"poll queues on {', '.join(pollable)}: O_DIRECT I/O there is reaped by polling"
+    # auto: an IOPOLL ring is worth making while some pollable device is measured faster
+    # polled, or not measured at all (then the rule applies to it)
+    decided = {name: measured(caps, name) for name in pollable}
+    polled = [name for name in pollable if decided[name][0] is not False]
+    reasons = "; ".join(dict.fromkeys(why for _, why in decided.values()))
+    if not polled:
+        return False, reasons
+    return True, f"poll queues on {', '.join(polled)}: O_DIRECT I/O there is reaped by polling ({reasons})"
 
 
 FEATURE = Feature(NAME, IopollConfig, _decide, ring_roles=(ROLE,))
@@ -95,7 +130,23 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
             f"[iopoll] mode = 'on' but {target.path} cannot be polled: {reason}. Set iopoll.mode to "
             "'auto' to serve it from the storage ring instead"
         )
+    if ok and mode == "auto":
+        won, why = measured(caps, _disk_name(probe_path, target))
+        if won is False:
+            return False, f"iopoll: {why}; the storage ring serves it"
+        return True, f"iopoll: {reason} ({why})"
     return ok, f"iopoll: {reason}"
+
+
+def _disk_name(path: str, target: Target) -> str | None:
+    """The whole disk *target* is on (the name its measurements are filed under), if known."""
+    if target.device is not None:
+        return target.device.name
+    try:
+        disk, _ = backing_disk(path)
+    except OSError:
+        return None
+    return disk
 
 
 def poll_fact(path: str, caps: Capabilities, device: BlockDevice | None = None) -> tuple[bool, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from uringstack.tune.key import MachineFacts, key_of
-from uringstack.tune.model import Measurement, TuneRecord
+from uringstack.tune.model import Measurement, TargetKind, TuneRecord
 
 
 def fake_record(
@@ -14,7 +14,7 @@ def fake_record(
     *,
     facts: MachineFacts | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
-    kind: str = "directory",
+    kind: TargetKind = "directory",
 ) -> TuneRecord:
     """A record of *target* whose dimension D compared values with the given IOPS.
 
@@ -45,7 +45,7 @@ def fake_record(
     best = max(range(len(measurements)), key=lambda i: measurements[i].iops)
     return TuneRecord(
         target=target,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         key=key_of(target, facts),
         tuned_at="2026-11-30T19:40:00+00:00",
         elapsed_s=9.0,

@@ -21,6 +21,16 @@ def test_missing_target(tmp_path: pathlib.Path) -> None:
         tune([str(tmp_path / "nope")], 5)
 
 
+def test_tune_errors_are_uringstack_errors(tmp_path: pathlib.Path) -> None:
+    # errors.py promises one base for every non-I/O error: an application's
+    # `except UringStackError` must catch a target that cannot be tuned
+    from uringstack.errors import UringStackError
+
+    assert issubclass(TuneError, UringStackError)
+    with pytest.raises(UringStackError, match="no such file"):
+        tune([str(tmp_path / "nope")], 5)
+
+
 def test_character_device_is_refused() -> None:
     with pytest.raises(TuneError, match=r"^/dev/null: a character device; tune a regular file, a directory or a block"):
         tune(["/dev/null"], 5)

@@ -170,3 +170,18 @@ def test_a_third_party_plugin_offers_and_uses_a_dimension(real_caps: Capabilitie
     ring = plan.workers[0].rings[0]
     assert ring.entries == 1024
     assert any(r.startswith("bigrings: measured: 200k IOPS with 1024 entries") for r in ring.reasons)
+
+
+FIXED_FIGURES = ("BENCHMARKS", "measured on", "x fio", "vCPU")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sqpoll.min_cpus": 1}, {"sqpoll.min_cpus": 999}, {"core.cores": [CPUS[0]]}])
+def test_no_plugin_reason_quotes_fixed_benchmark_figures(real_caps: Capabilities, overrides: dict[str, Any]) -> None:
+    # without a measurement every reason is a rule; figures from this repository's own VM
+    # (BENCHMARKS.md) would be printed on every machine as if they were about it
+    caps = real_caps.model_copy(update={"tuning": TuneState(searched="cache /nowhere")})
+    loaded = load_config(overrides=overrides, env={})
+    plan = make_plan(caps, loaded.config, loaded.plugin_manager)
+    texts = [v.reason for v in plan.verdicts] + [r for w in plan.workers for ring in w.rings for r in ring.reasons]
+    for text in texts:
+        assert not any(f in text for f in FIXED_FIGURES), text

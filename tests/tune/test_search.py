@@ -12,7 +12,7 @@ import pytest
 import uringstack.tune.runner as runner
 from uringstack.config import load_config
 from uringstack.probe import probe
-from uringstack.tune.model import Measurement, TuneTarget
+from uringstack.tune.model import AppliedRecord, Measurement, TuneState, TuneTarget
 
 from .fakes import fake_record
 
@@ -21,7 +21,7 @@ def scripted(
     iops: dict[tuple[tuple[str, str], ...], list[float]], seen: list[dict[str, str]], cost: float | None = None
 ) -> Any:
     def measure(target: Any, settings: dict[str, str], overrides: dict[str, Any], batch: int, seconds: float,
-                caps: Any, pm: Any = None) -> Measurement:
+                caps: Any, pm: Any = None, **deadline: Any) -> Measurement:
         seen.append(dict(settings))
         if cost is not None:  # a run takes its window plus set-up, as a real one does
             time.sleep(seconds + cost)
@@ -103,4 +103,19 @@ def test_runs_that_do_not_fit_are_skipped(tmp_path: pathlib.Path, monkeypatch: p
 
 def test_fake_record_noise_default() -> None:
     record = fake_record("/", {"sqpoll": {"off": 100_000, "on": 102_000}})
-    assert record.noise == 0 and record.comparison("sqpoll").min_gain == pytest.approx(0.03)  # type: ignore[union-attr]
+    comparison = record.comparison("sqpoll")
+    assert comparison is not None
+    assert record.noise == 0 and comparison.min_gain == pytest.approx(0.03)
+
+
+def test_a_dimension_whose_other_choices_were_skipped_is_not_measured() -> None:
+    # the budget ran out before "sqpoll on" ran: "measured: 4.8k IOPS without" would claim
+    # a comparison that never happened, and auto would follow it instead of its rule
+    record = fake_record("/", {"sqpoll": {"off": 100_000, "on": 150_000}})
+    on = next(i for i in record.compared["sqpoll"] if record.measurements[i].settings["sqpoll"] == "on")
+    record.measurements[on] = record.measurements[on].model_copy(
+        update={"status": "skipped", "reason": "budget exhausted (0.10 s left)", "iops": 0.0}
+    )
+    assert record.comparison("sqpoll") is None
+    state = TuneState(records=[AppliedRecord(source="test", record=record)])
+    assert state.comparisons("sqpoll") == []
