@@ -6,7 +6,7 @@ thread-safe wake-up each.  Here every single-op await on an io_uring handle
 only queues its op and a future on the ring's :class:`Coalescer`; the first
 op queued in a loop iteration schedules :meth:`Coalescer.flush` with
 ``call_soon``, so the ops that all tasks issue before the loop comes round
-again go out as ONE batch (one ``Ring.submit_arrays``, one ``io_uring_enter``)
+again go out as ONE batch (one ``Ring.submit_columns``, one ``io_uring_enter``)
 whose completions are reaped on the loop thread and resolve the futures
 directly.  Reads of a fresh ``bytes`` result go into one arena per flush and
 each await gets its bytes with the one copy its result needs.
@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from uringstack.columns import BatchColumns
 from uringstack.errors import RingClosedError
 from uringstack.flags import Op, SqeFlag
 from uringstack.native import ffi
@@ -34,7 +35,7 @@ from uringstack.native import ffi
 if TYPE_CHECKING:
     from uringstack.inflight import InflightTracker
     from uringstack.ring import Batch, Ring
-    from uringstack.uring_backend import UringFileIO
+    from uringstack.uring_backend import UringFileIO, UringPending
 
 # The arena is overwritten by the kernel before anyone reads it: zero-filling it
 # would cost a second pass over every byte.
@@ -50,30 +51,6 @@ _WRITE = int(Op.WRITE)
 # cffi pin of the caller's buffer (the future gets the int result), or a list of
 # pins with a list of offsets (a read_many/write_many: the future gets the list).
 QueuedOp = tuple["UringFileIO", "InflightTracker", bool, Any, Any, "asyncio.Future[Any]"]
-
-
-class _BatchPending:
-    """The coalesced batch as one handle's tracker sees it (``close()`` waits on it)."""
-
-    __slots__ = ("batch", "n", "ring")
-
-    def __init__(self, ring: Ring, batch: Batch, n: int) -> None:
-        self.ring = ring
-        self.batch = batch
-        self.n = n
-
-    def done(self) -> bool:
-        if not self.batch.finished and not self.ring.closed:
-            self.ring.try_reap()
-        return self.batch.finished
-
-    def wait(self) -> list[int]:
-        return self.ring.wait(self.batch)
-
-    async def wait_async(self) -> list[int]:
-        from uringstack.aio import wait_batch
-
-        return await wait_batch(self.ring, self.batch)
 
 
 class Coalescer:
@@ -136,7 +113,7 @@ class Coalescer:
 
     def _submit(self, ops: list[QueuedOp]) -> None:
         ops, trackers = self._admit(ops)
-        pending: _BatchPending | None = None
+        pending: UringPending | None = None
         try:
             if ops:
                 pending = self._submit_admitted(ops)
@@ -148,7 +125,7 @@ class Coalescer:
             for tracker in trackers:
                 tracker._leave(pending)
 
-    def _submit_admitted(self, ops: list[QueuedOp]) -> _BatchPending:
+    def _submit_admitted(self, ops: list[QueuedOp]) -> UringPending:
         write = ops[0][2]
         fds: list[int] = []
         flags: list[int] = []
@@ -195,18 +172,16 @@ class Coalescer:
         n = len(offs)
         if arena is not None:
             keep.append(arena)
-        arrays = [
-            ffi.new("uint8_t[]", [_WRITE if write else _READ] * n),
-            ffi.new("int32_t[]", fds),
-            ffi.new("uint64_t[]", addrs),
-            ffi.new("uint32_t[]", lens),
-            ffi.new("uint64_t[]", offs),
-            ffi.NULL,
-            ffi.new("uint8_t[]", flags) if any_flags else ffi.NULL,
-            ffi.NULL,
-        ]
+        cols = BatchColumns(n)
+        cols.fill("opcodes", _WRITE if write else _READ)
+        cols.set("fds", fds)
+        cols.set("addrs", addrs)
+        cols.set("lens", lens)
+        cols.set("offs", offs)
+        if any_flags:
+            cols.set("sqe_flags", flags)
         ring = self.ring
-        batch = ring.submit_arrays(n, arrays, keep)
+        batch = ring.submit_columns(cols, n, keep)
         self.flushes += 1
         # From here the kernel owns the memory: nothing below may fail the awaits early.
         view = ffi.buffer(arena) if arena is not None else None
@@ -254,4 +229,7 @@ class Coalescer:
         if batch.finished:
             # Another thread may have reaped it before on_done was installed.
             deliver()
-        return _BatchPending(ring, batch, n)
+        # uring_backend imports this module (through aio): imported here, not at the top.
+        from uringstack.uring_backend import UringPending
+
+        return UringPending(ring, batch)
