@@ -38,7 +38,9 @@ RUNG = Rung(
     TUNED,
     "api",
     "the default config after `uringstack tune` on the file: auto decides from the measurement; "
-    "start_read_many batches of the measured size, the queue depth shared by the planned workers",
+    "prepared batches (prepare_reads, as the batched rungs) of the measured size, the queue depth "
+    "shared by the planned workers",
+    prepared=True,
 )
 
 
