@@ -8,6 +8,7 @@ which lands here.  These run against this machine's root disk.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -60,15 +61,20 @@ def test_swap_and_nothing() -> None:
     assert current_usage(disk, mountinfo="", swaps="Filename\n", exclusive=False) == []
 
 
-def test_exclusive_claim_is_tried_only_when_nothing_else_explains_it() -> None:
-    disk, _, _ = _root()
+def test_exclusive_claim_is_tried_only_when_nothing_else_explains_it(loop_device: tuple[str, Path]) -> None:
+    # A loop device this test claims itself (O_EXCL, as a mounted filesystem or
+    # device-mapper would): runs wherever the suite runs (root and losetup), not
+    # only where this process may open the root disk.
+    dev, _ = loop_device
+    disk = os.path.basename(dev)
+    assert current_usage(disk, mountinfo="", swaps="Filename\n") == []
+    claim = os.open(dev, os.O_RDONLY | os.O_EXCL)
     try:
-        os.close(os.open(f"/dev/{disk}", os.O_RDONLY))
-    except OSError as exc:
-        pytest.skip(f"this process may not open /dev/{disk} at all ({exc.strerror}), so no claim can show")
-    # With the mounts hidden, the kernel's claim of the mounted root disk still shows.
-    usage = current_usage(disk, mountinfo="", swaps="Filename\n")
-    assert usage and "claimed exclusively" in usage[0], usage
+        # With no mounts or swap to explain it, the kernel's claim still shows.
+        usage = current_usage(disk, mountinfo="", swaps="Filename\n")
+        assert usage and "claimed exclusively" in usage[0], usage
+    finally:
+        os.close(claim)
 
 
 def test_unknown_disk() -> None:
