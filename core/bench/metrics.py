@@ -9,8 +9,10 @@ caller waiting on that batch experiences (fio's ``lat``, submit to reap).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,3 +187,15 @@ def result_from_loop(mode: str, loop: LoopResult) -> ModeResult:
     if loop.enters >= 0 and loop.ops:
         row.enters_per_io = loop.enters / loop.ops
     return row
+
+
+def wait_loops(
+    futures: list[concurrent.futures.Future[LoopResult]], tick: Callable[[], None] | None
+) -> list[LoopResult]:
+    """The workers' loop results, in order; *tick* (the progress bar) runs every 0.2 s meanwhile."""
+    while True:
+        _, pending = concurrent.futures.wait(futures, timeout=0.2)
+        if not pending:
+            return [f.result() for f in futures]
+        if tick is not None:
+            tick()

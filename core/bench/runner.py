@@ -25,7 +25,7 @@ from uringstack.bench.api_loops import asyncio_batch_loop, asyncio_loop, handle_
 from uringstack.bench.children import terminate_raises
 from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import uring_loop
-from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
+from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop, wait_loops
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
 from uringstack.bench.tuned import DEFAULT_TUNE_BUDGET_S, TUNED, calibrate, tuned_row, why_not
@@ -196,15 +196,6 @@ def _overrides(spec: BenchSpec, rung: Rung) -> dict[str, Any]:
     }
 
 
-def _wait(futures: list[concurrent.futures.Future[LoopResult]], tick: Tick | None) -> list[LoopResult]:
-    while True:
-        _, pending = concurrent.futures.wait(futures, timeout=0.2)
-        if not pending:
-            return [f.result() for f in futures]
-        if tick is not None:
-            tick()
-
-
 _HANDLE_LOOPS: dict[str, Callable[..., LoopResult]] = {
     "api": handle_loop,
     "asyncio": asyncio_loop,
@@ -276,7 +267,7 @@ def run_mode(
                 if rung.loop == "raw" and not hasattr(h.io, "ring"):
                     raise RuntimeError(f"{rung.name}: the handle is served by {backend}, not an io_uring ring")
                 loops.append(h.worker.submit(_HANDLE_LOOPS[rung.loop], h, spec, rung, i))
-        merged = merge(_wait(loops, tick))
+        merged = merge(wait_loops(loops, tick))
         row = result_from_loop(rung.name, merged)
         row.api = rung.api
         w0 = stack.describe()["workers"][0]

@@ -13,7 +13,6 @@ made).  Its IOPS over the best public-API rung of the same run is the
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.bench.api_loops import handle_loop
 from uringstack.bench.ladder import Rung
-from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop
+from uringstack.bench.metrics import ModeResult, merge, result_from_loop, wait_loops
 from uringstack.bench.spec import BenchSpec
 
 if TYPE_CHECKING:
@@ -71,15 +70,6 @@ def calibrate(spec: BenchSpec, budget_s: float) -> dict[str, Any]:
     }
 
 
-def _wait(futures: list[concurrent.futures.Future[LoopResult]], tick: Tick | None) -> list[LoopResult]:
-    while True:
-        _, pending = concurrent.futures.wait(futures, timeout=0.2)
-        if not pending:
-            return [f.result() for f in futures]
-        if tick is not None:
-            tick()
-
-
 def run_tuned(spec: BenchSpec, caps: Capabilities, tick: Tick | None = None) -> ModeResult:
     """The stack of the default config on *spec.file*, measured like a rung."""
     from uringstack.stack import open_stack
@@ -96,7 +86,7 @@ def run_tuned(spec: BenchSpec, caps: Capabilities, tick: Tick | None = None) -> 
         )
         handles = [stack.open(spec.file, direct=spec.direct, writable=False, core=w.cpu) for w in workers]
         loops = [h.worker.submit(handle_loop, h, run, RUNG, i) for i, h in enumerate(handles)]
-        row = result_from_loop(TUNED, merge(_wait(loops, tick)))
+        row = result_from_loop(TUNED, merge(wait_loops(loops, tick)))
         row.api = TUNED_API
         described = stack.describe()["workers"]
         row.details = {
