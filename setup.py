@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["core/_native/build.py:ffibuilder"])
+setup(cffi_modules=["core/ring/_native/build.py:ffibuilder"])

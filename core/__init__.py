@@ -25,11 +25,11 @@ _EXPORTS = {
     "open_stack": "uringstack.stack",
     "Stack": "uringstack.stack",
     "Worker": "uringstack.stack",
-    "FileHandle": "uringstack.handle",
-    "aligned_buffer": "uringstack.buffers",
-    "RegisteredBuffer": "uringstack.buffers",
+    "FileHandle": "uringstack.stack.handle",
+    "aligned_buffer": "uringstack.ring.buffers",
+    "RegisteredBuffer": "uringstack.ring.buffers",
     "Ring": "uringstack.ring",
-    "RingParams": "uringstack.ring_params",
+    "RingParams": "uringstack.ring.params",
     "hookimpl": "uringstack.hookspecs",
     "load_config": "uringstack.config",
     "make_plan": "uringstack.plan",
@@ -39,8 +39,8 @@ _EXPORTS = {
     "RingClosedError": "uringstack.errors",
     "ForkedChildError": "uringstack.errors",
     "PlanError": "uringstack.types",
-    "FileIO": "uringstack.fileio",
-    "open": "uringstack.openfile",
+    "FileIO": "uringstack.fileobj.fileio",
+    "open": "uringstack.fileobj.openfile",
 }
 
 __all__ = [
@@ -66,16 +66,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from uringstack.buffers import RegisteredBuffer, aligned_buffer
+    from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
     from uringstack.config import load_config
     from uringstack.errors import AlignmentError, ForkedChildError, RingClosedError, ShortIOError, UringIOError
-    from uringstack.fileio import FileIO
-    from uringstack.handle import FileHandle
+    from uringstack.fileobj.fileio import FileIO
+    from uringstack.stack.handle import FileHandle
     from uringstack.hookspecs import hookimpl
-    from uringstack.openfile import open
+    from uringstack.fileobj.openfile import open
     from uringstack.plan import make_plan
     from uringstack.ring import Ring
-    from uringstack.ring_params import RingParams
+    from uringstack.ring.params import RingParams
     from uringstack.stack import Stack, Worker, open_stack
     from uringstack.types import PlanError
 

@@ -1,157 +1,664 @@
-"""The asyncio bridge: completions wake the event loop through an eventfd.
+"""``uringstack.aio.open``: aiofiles' interface, its I/O awaited on the stack (no thread per call).
 
-Each ring that serves asyncio callers gets an eventfd registered with
-``io_uring_register_eventfd``; the loop watches it with ``add_reader`` and,
-when it fires, reaps completed batches without blocking.  No thread is
-involved, so ``await handle.read(...)`` costs one loop wake-up per batch of
-completions, not a thread hop per I/O.  The bridge also owns the ring's
-:class:`~uringstack.aio_coalesce.Coalescer`, which sends the single awaits of
-one loop iteration to the kernel as one batch.
+``async with uringstack.aio.open(path, "rb") as f: data = await f.read()``.
+The file is opened as the built-in ``open()`` opens it (through
+:class:`uringstack.FileIO`, same flags and errors), then every read and write
+is ``await handle.read(...)`` / ``await handle.write(...)`` on its stack
+handle: they join the batch the loop submits each iteration (see docs/api.md, asyncio).  Binary
+files are buffered like ``io.BufferedReader``/``BufferedWriter``; text files
+decode and translate newlines like ``io.TextIOWrapper``.  The file position is
+kept in the descriptor (``fileno()`` users see it), as the built-in does.
 
-Completions are reaped by whichever thread gets to the ring first, possibly
-after the loop that awaited them was closed (its task was cancelled and
-``asyncio.run`` returned).  Such a completion is dropped here: it must never
-raise ``Event loop is closed`` in an unrelated caller that happened to reap.
+Metadata calls (``uringstack.aio.os``) run in the loop's default executor, as
+aiofiles' do: the stack's contract has no metadata operations.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import codecs
+import io
+import locale
 import os
-import threading
-import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
-from uringstack.aio_coalesce import Coalescer
+from uringstack.errors import RingClosedError
+from uringstack.fileobj.fileio import FileIO, Opener
 
 if TYPE_CHECKING:
-    from uringstack.ring import Batch, Ring
+    from types import TracebackType
 
-_bridges: weakref.WeakKeyDictionary[Ring, _Bridge] = weakref.WeakKeyDictionary()
-_bridges_lock = threading.Lock()
+    from uringstack.stack.handle import FileHandle
+    from uringstack.stack import Stack
 
+CHUNK = 64 * 1024
+"""Bytes a buffered read asks the stack for at least (aiofiles' reads are one
+``read`` call of the wrapped file, 8 KiB buffered)."""
 
-def _reset_after_fork() -> None:
-    global _bridges_lock
-    _bridges_lock = threading.Lock()  # a parent thread may have held it at fork time
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def post(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    """Run *fn* on *loop* from any thread; drop it if the loop is closed (nobody awaits any more)."""
-    if loop.is_closed():
-        return
-    if asyncio._get_running_loop() is loop:
-        # Reaped on the loop's own thread (its eventfd reader, or a task's
-        # submission): no self-pipe write and wake-up needed.
-        loop.call_soon(fn)
-        return
-    with contextlib.suppress(RuntimeError):  # closed between the check and the call
-        loop.call_soon_threadsafe(fn)
+MIN_READ = 4096
+"""The first read after open or seek asks for at least this much."""
+F = TypeVar("F", "AsyncBinaryFile", "AsyncTextFile")
 
 
-class _Bridge:
-    """The ring's eventfd (registered once for the ring's life) and the loop watching it."""
-
-    def __init__(self, ring: Ring, loop: asyncio.AbstractEventLoop) -> None:
-        self.ring = ring
-        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        ring.register_eventfd(self.efd)
-        self.loop = loop
-        self.coalescer = Coalescer(ring, loop, lambda fn: post(loop, fn))
-        loop.add_reader(self.efd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # another reader drained it
-            os.eventfd_read(self.efd)
-        if not self.ring.closed:
-            self.ring.try_reap()
-
-    def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
-        self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
-        self.loop = loop
-        self.coalescer = Coalescer(self.ring, loop, lambda fn: post(loop, fn))
-        loop.add_reader(self.efd, self._on_readable)
-
-    def detach(self) -> None:
-        """Stop watching and release the eventfd (the ring is closing)."""
-        if self.ring.inherited:
-            # A fork child shares the parent's epoll instance: removing the reader
-            # here would remove it for the parent.  Only drop this process's copy.
-            with contextlib.suppress(OSError):
-                os.close(self.efd)
-            return
-        if not self.loop.is_closed():
-            self.loop.remove_reader(self.efd)
-        os.close(self.efd)  # the kernel keeps its own reference until the ring goes
+def _closed() -> ValueError:
+    return ValueError("I/O operation on closed file")
 
 
-def coalescer_for(ring: Ring) -> Coalescer:
-    """The running loop's :class:`~uringstack.aio_coalesce.Coalescer` of *ring* (made on first use)."""
-    return _bridge_for(ring).coalescer
+class _LineReader(Generic[AnyStr]):
+    """``readlines`` and ``async for`` over a file's ``readline``, as aiofiles has them.
+
+    The binary and the text file each define ``readline``; this class only
+    declares its type."""
+
+    readline: Callable[..., Awaitable[AnyStr]]
+
+    async def readlines(self, hint: int = -1) -> list[AnyStr]:
+        lines: list[AnyStr] = []
+        total = 0
+        while line := await self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __aiter__(self) -> _LineReader[AnyStr]:
+        return self
+
+    async def __anext__(self) -> AnyStr:
+        if line := await self.readline():
+            return line
+        raise StopAsyncIteration
 
 
-def _bridge_for(ring: Ring) -> _Bridge:
-    loop = asyncio.get_running_loop()
-    with _bridges_lock:
-        bridge = _bridges.get(ring)
-        if bridge is None:
-            bridge = _Bridge(ring, loop)
-            _bridges[ring] = bridge
-        elif bridge.loop is not loop:
-            if not bridge.loop.is_closed():
-                raise RuntimeError(
-                    "this ring already serves another running event loop; "
-                    "use one stack (or one worker) per event loop"
-                )
-            bridge.move_to(loop)
-        return bridge
+class AsyncBinaryFile(_LineReader[bytes]):
+    """A binary file whose reads and writes are awaited on the stack.
 
-
-def detach_ring(ring: Ring) -> None:
-    """Forget the bridge of *ring* (called when the ring closes)."""
-    with _bridges_lock:
-        bridge = _bridges.pop(ring, None)
-    if bridge is not None:
-        bridge.detach()
-
-
-async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
-    """Await the completion of *batch* on *ring* without blocking the loop.
-
-    Always yields to the loop at least once, even when the batch completed
-    inside its submission (a page-cache hit does): awaiting a finished batch
-    without yielding would let one task that reads in a loop hold the event
-    loop for as long as its reads hit the cache, starving every other task.
+    ``buffering=0`` writes straight through; otherwise writes collect in a
+    buffer of *buffer_size* bytes that ``flush()`` (and ``close()``) writes.
+    Reads fill a read buffer in :data:`CHUNK` steps.  Operations on one file
+    are serialised (one at a time, in call order).
     """
-    if batch.finished:
-        await asyncio.sleep(0)
-        return batch.results
-    bridge = _bridge_for(ring)
-    loop = bridge.loop
-    fut: asyncio.Future[list[int]] = loop.create_future()
 
-    def resolve(_: Batch) -> None:
-        def set_result() -> None:
-            if not fut.done():
-                fut.set_result(batch.results)
+    def __init__(self, raw: FileIO, buffer_size: int) -> None:
+        # _Detached after detach(): every later use raises "underlying buffer has been detached"
+        self._file: FileIO | _Detached = raw
+        self._buffer_size = buffer_size
+        self._lock = asyncio.Lock()
+        self._rbuf = b""  # read-ahead bytes starting at self._pos
+        self._wbuf = bytearray()  # bytes to write at self._pos - len(self._wbuf)
+        self._pos = raw.tell() if raw.handle is not None else 0
+        self._readsize = MIN_READ
 
-        post(loop, set_result)
+    # --- description ---------------------------------------------------------------
+    @property
+    def name(self) -> Any:
+        return self._file.name
 
-    batch.add_done_callback(resolve)
-    # The batch may have completed between the check above and installing the
-    # callback; reaping now either finds it or it is still in flight.
-    if not ring.closed:
-        ring.try_reap()
-    if batch.finished:
-        await asyncio.sleep(0)
-        return batch.results
-    return await fut
+    @property
+    def mode(self) -> str:
+        return self._file.mode
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    @property
+    def raw(self) -> FileIO:
+        if isinstance(self._file, _Detached):
+            raise _Detached.error()
+        return self._file
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def readable(self) -> bool:
+        return self._file.readable()
+
+    def writable(self) -> bool:
+        return self._file.writable()
+
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+    def isatty(self) -> bool:
+        return self._file.isatty()
+
+    def _handle(self) -> FileHandle:
+        if self._file.closed:
+            raise _closed()
+        handle = self._file.handle
+        if handle is None:
+            raise io.UnsupportedOperation(f"{self._file.name!r} is not a regular file or block device")
+        return handle
+
+    def _sync_offset(self) -> None:
+        """Keep the descriptor's offset where this object's position is (as the built-in's)."""
+        os.lseek(self._file.fileno(), self._pos, os.SEEK_SET)
+
+    # --- reading ---------------------------------------------------------------------
+    async def _fill(self, want: int) -> bool:
+        """Read at least *want* more bytes into the read buffer; False at end of file."""
+        handle = self._handle()
+        # Random access reads what was asked (a page at least); each further
+        # sequential fill doubles, up to CHUNK.
+        size = max(want, self._readsize)
+        self._readsize = min(self._readsize * 2, CHUNK)
+        try:
+            data = await handle.read(size, self._pos + len(self._rbuf))
+        except RingClosedError:
+            raise _closed() from None
+        if not data:
+            return False
+        self._rbuf += data
+        return True
+
+    async def _prepare_read(self) -> None:
+        if self._file.closed:
+            raise _closed()
+        if not self._file.readable():
+            raise io.UnsupportedOperation("File not open for reading")
+        if self._wbuf:
+            await self._flush_unlocked()
+
+    def _take(self, n: int) -> bytes:
+        out, self._rbuf = self._rbuf[:n], self._rbuf[n:]
+        self._pos += len(out)
+        return out
+
+    async def read(self, size: int = -1) -> bytes:
+        """Up to *size* bytes (all the rest when negative); short only at end of file."""
+        async with self._lock:
+            await self._prepare_read()
+            if size is None or size < 0:
+                end = os.fstat(self._file.fileno()).st_size
+                while await self._fill(max(end - self._pos - len(self._rbuf), CHUNK)):
+                    pass
+                out = self._take(len(self._rbuf))
+            else:
+                while len(self._rbuf) < size and await self._fill(size - len(self._rbuf)):
+                    pass
+                out = self._take(size)
+            self._sync_offset()
+            return out
+
+    async def read1(self, size: int = -1) -> bytes:
+        """At most one stack read: what is buffered, else up to *size* bytes."""
+        async with self._lock:
+            await self._prepare_read()
+            if not self._rbuf:
+                await self._fill(size if size > 0 else CHUNK)
+            out = self._take(len(self._rbuf) if size < 0 else size)
+            self._sync_offset()
+            return out
+
+    async def readall(self) -> bytes:
+        return await self.read(-1)
+
+    async def peek(self, size: int = 0) -> bytes:
+        """Buffered bytes without moving the position (reads once if none are buffered)."""
+        async with self._lock:
+            await self._prepare_read()
+            if not self._rbuf:
+                await self._fill(max(size, 1))
+            return self._rbuf
+
+    async def readinto(self, b: Any) -> int:
+        m = memoryview(b).cast("B")
+        data = await self.read(len(m))
+        m[: len(data)] = data
+        return len(data)
+
+    async def readline(self, size: int = -1) -> bytes:
+        """One line, ending in ``b"\\n"`` unless at end of file or *size* was reached."""
+        async with self._lock:
+            await self._prepare_read()
+            start = 0
+            while True:
+                nl = self._rbuf.find(b"\n", start)
+                if nl >= 0:
+                    n = nl + 1
+                    break
+                if 0 <= size <= len(self._rbuf):
+                    n = size
+                    break
+                start = len(self._rbuf)
+                if not await self._fill(CHUNK):
+                    n = len(self._rbuf)
+                    break
+            if 0 <= size < n:
+                n = size
+            out = self._take(n)
+            self._sync_offset()
+            return out
+
+    # --- writing -----------------------------------------------------------------------
+    async def write(self, b: Any) -> int:
+        """Buffer (or, unbuffered, write) all of *b*; returns ``len(b)``."""
+        data = bytes(memoryview(b).cast("B"))
+        async with self._lock:
+            if self._file.closed:
+                raise _closed()
+            if not self._file.writable():
+                raise io.UnsupportedOperation("File not open for writing")
+            if self._rbuf:
+                self._rbuf = b""  # the position is where the reader got to
+            if self._file.mode.startswith("a") and not self._wbuf:
+                self._pos = os.fstat(self._file.fileno()).st_size
+            self._wbuf += data
+            self._pos += len(data)
+            if len(self._wbuf) >= self._buffer_size:
+                await self._flush_unlocked()
+            else:
+                self._sync_offset()
+            return len(data)
+
+    async def writelines(self, lines: Any) -> None:
+        for line in lines:
+            await self.write(line)
+
+    async def _flush_unlocked(self) -> None:
+        if not self._wbuf:
+            return
+        data, self._wbuf = bytes(self._wbuf), bytearray()
+        start = self._pos - len(data)
+        try:
+            await self._handle().write(data, start)
+        except RingClosedError:
+            raise _closed() from None
+        if self._file.mode.startswith("a"):
+            self._pos = os.fstat(self._file.fileno()).st_size  # O_APPEND wrote at the end
+        self._sync_offset()
+
+    async def flush(self) -> None:
+        """Write the buffer; returns once the data reached the kernel."""
+        async with self._lock:
+            if self._file.closed:
+                raise _closed()
+            await self._flush_unlocked()
+
+    # --- positioning ------------------------------------------------------------------
+    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        async with self._lock:
+            if self._file.closed:
+                raise _closed()
+            await self._flush_unlocked()
+            if whence == os.SEEK_CUR:
+                offset, whence = self._pos + offset, os.SEEK_SET
+            self._pos = os.lseek(self._file.fileno(), offset, whence)
+            self._rbuf = b""
+            self._readsize = MIN_READ
+            return self._pos
+
+    async def tell(self) -> int:
+        if self._file.closed:
+            raise _closed()
+        return self._pos
+
+    async def truncate(self, size: int | None = None) -> int:
+        async with self._lock:
+            if self._file.closed:
+                raise _closed()
+            await self._flush_unlocked()
+            self._rbuf = b""
+            size = self._pos if size is None else size
+            return self._file.truncate(size)
+
+    # --- lifetime ------------------------------------------------------------------------
+    def detach(self) -> FileIO:
+        """The synchronous :class:`uringstack.FileIO` underneath, at this file's position
+        (as aiofiles's ``detach`` returns the synchronous file); this object is unusable after."""
+        raw = self.raw
+        if self._wbuf:
+            raw.write(self._wbuf)  # synchronous: detach() is not a coroutine in aiofiles either
+            self._wbuf = bytearray()
+        if raw.handle is not None and not raw.closed:
+            self._sync_offset()
+        self._file = _Detached()
+        return raw
+
+    async def close(self) -> None:
+        """Write what is buffered, then close (the file is closed even if that write failed)."""
+        async with self._lock:
+            if self._file.closed:
+                return
+            try:
+                await self._flush_unlocked()
+            finally:
+                self._file.close()
+
+    async def __aenter__(self) -> AsyncBinaryFile:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<uringstack.aio.AsyncBinaryFile wrapping {self._file!r}>"
 
 
-from uringstack.aiofile import open  # noqa: E402, F401 - uringstack.aio.open: aiofiles' interface on the stack
+class AsyncTextFile(_LineReader[str]):
+    """Text over :class:`AsyncBinaryFile`: decoding and newlines as ``io.TextIOWrapper``."""
+
+    def __init__(
+        self, binary: AsyncBinaryFile, encoding: str, errors: str | None, newline: str | None, mode: str
+    ) -> None:
+        if newline not in (None, "", "\n", "\r", "\r\n"):
+            raise ValueError(f"illegal newline value: {newline!r}")
+        # _Detached after detach(), like the binary file's raw file
+        self.buffer: AsyncBinaryFile | _Detached = binary
+        self.encoding = encoding
+        self.errors = errors or "strict"
+        self.mode = mode
+        self._newline = newline
+        self._encoder = codecs.getincrementalencoder(encoding)(self.errors)
+        self._decoder_factory = codecs.getincrementaldecoder(encoding)
+        self._reset_decoder()
+
+    def _new_decoder(self) -> Any:
+        decoder: Any = self._decoder_factory(self.errors)
+        if self._newline is None or self._newline == "":
+            decoder = io.IncrementalNewlineDecoder(decoder, translate=self._newline is None)
+        return decoder
+
+    def _reset_decoder(self) -> None:
+        self._decoder = self._new_decoder()
+        self._chars = ""
+        self._eof = False
+        # Decoded chunks whose text was not all returned yet, oldest first:
+        # (byte offset of data, decoder state before it, data, characters it gave),
+        # and how many characters of the oldest one were returned (for tell()).
+        self._chunks: deque[tuple[int, Any, bytes, int]] = deque()
+        self._front_used = 0
+
+    def _consume(self, n: int) -> str:
+        out, self._chars = self._chars[:n], self._chars[n:]
+        left = len(out)
+        while self._chunks:
+            avail = self._chunks[0][3] - self._front_used
+            if left < avail or (left == avail and len(self._chunks) == 1 and self._chars == ""):
+                self._front_used += left
+                break
+            left -= avail
+            self._chunks.popleft()
+            self._front_used = 0
+        return out
+
+    @property
+    def name(self) -> Any:
+        return self.buffer.name
+
+    @property
+    def closed(self) -> bool:
+        return self.buffer.closed
+
+    @property
+    def _file(self) -> FileIO:
+        return self.buffer.raw
+
+    @property
+    def newlines(self) -> Any:
+        return getattr(self._decoder, "newlines", None)
+
+    def fileno(self) -> int:
+        return self.buffer.fileno()
+
+    def readable(self) -> bool:
+        return self.buffer.readable()
+
+    def writable(self) -> bool:
+        return self.buffer.writable()
+
+    def seekable(self) -> bool:
+        return self.buffer.seekable()
+
+    def isatty(self) -> bool:
+        return self.buffer.isatty()
+
+    def detach(self) -> FileIO:
+        """The synchronous :class:`uringstack.FileIO` underneath, positioned after the text
+        returned so far (aiofiles returns the synchronous buffer); this object is unusable after."""
+        binary = self.buffer
+        if self._chunks or self._chars:
+            raise io.UnsupportedOperation("detach() with decoded text not yet read; seek() first")
+        self.buffer = _Detached()
+        return binary.detach()
+
+    async def _more(self) -> bool:
+        """Decode one more chunk into the pending text; False at end of file."""
+        if self._eof:
+            return False
+        start = await self.buffer.tell()
+        state = self._decoder.getstate()
+        data = await self.buffer.read1(CHUNK)
+        self._eof = not data
+        text = self._decoder.decode(data, final=self._eof)
+        if data:
+            self._chunks.append((start, state, data, len(text)))
+        self._chars += text
+        return bool(data)
+
+    async def read(self, size: int = -1) -> str:
+        if size is None or size < 0:
+            data = await self.buffer.read()
+            text: str = self._chars + self._decoder.decode(data, final=True)
+            self._reset_decoder()
+            self._eof = True
+            return text
+        while len(self._chars) < size and await self._more():
+            pass
+        return self._consume(size)
+
+    def _line_end(self, start: int) -> int:
+        """Index just after the first line ending at or after *start*, or -1."""
+        chars = self._chars
+        if self._newline is None or self._newline == "\n":
+            i = chars.find("\n", start)
+            return i + 1 if i >= 0 else -1
+        if self._newline == "":
+            for i in range(start, len(chars)):
+                if chars[i] == "\n":
+                    return i + 1
+                if chars[i] == "\r":
+                    if i + 1 < len(chars):
+                        return i + 2 if chars[i + 1] == "\n" else i + 1
+                    return -1 if not self._eof else i + 1
+            return -1
+        i = chars.find(self._newline, start)
+        return i + len(self._newline) if i >= 0 else -1
+
+    async def readline(self, size: int = -1) -> str:
+        start = 0
+        while True:
+            end = self._line_end(start)
+            if end >= 0:
+                break
+            if 0 <= size <= len(self._chars):
+                end = size
+                break
+            start = max(0, len(self._chars) - 1)
+            if not await self._more():
+                end = self._line_end(0)
+                if end < 0:
+                    end = len(self._chars)
+                break
+        if 0 <= size < end:
+            end = size
+        return self._consume(end)
+
+    async def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        text = s
+        if self._newline not in (None, "", "\n"):
+            text = text.replace("\n", self._newline)
+        elif self._newline is None and os.linesep != "\n":
+            text = text.replace("\n", os.linesep)
+        await self._unread()
+        await self.buffer.write(self._encoder.encode(text))
+        return len(s)
+
+    async def writelines(self, lines: Any) -> None:
+        for line in lines:
+            await self.write(line)
+
+    async def _unread(self) -> None:
+        """Drop decoded text not yet returned, moving the binary position back to it."""
+        if self._chars or self._chunks or self._eof:
+            pos = await self.tell()
+            await self.buffer.seek(pos)
+            self._reset_decoder()
+
+    async def flush(self) -> None:
+        await self.buffer.flush()
+
+    async def tell(self) -> int:
+        """The byte position of the next character to be read (a cookie for :meth:`seek`).
+
+        Found as ``io.TextIOWrapper`` finds it: re-decode the chunk the next
+        character came from, from the decoder state saved before that chunk."""
+        if not self._chunks:
+            pos = await self.buffer.tell()
+            return pos - len(self._decoder.getstate()[0])
+        start, state, data, _ = self._chunks[0]
+        want = self._front_used
+        if want == 0:
+            return start - len(state[0])
+        decoder = self._new_decoder()
+        decoder.setstate(state)
+        got = 0
+        for k in range(len(data)):
+            got += len(decoder.decode(data[k : k + 1]))
+            if got >= want and not decoder.getstate()[0]:
+                return start + k + 1
+        return start + len(data)
+
+    async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR and cookie != 0:
+            raise io.UnsupportedOperation("can't do nonzero cur-relative seeks")
+        if whence == os.SEEK_END and cookie != 0:
+            raise io.UnsupportedOperation("can't do nonzero end-relative seeks")
+        if whence == os.SEEK_CUR:
+            cookie, whence = await self.tell(), os.SEEK_SET
+        pos = await self.buffer.seek(cookie, whence)
+        self._reset_decoder()
+        return pos
+
+    async def truncate(self, size: int | None = None) -> int:
+        await self._unread()
+        return await self.buffer.truncate(size)
+
+    async def close(self) -> None:
+        await self.buffer.close()
+
+    async def __aenter__(self) -> AsyncTextFile:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<uringstack.aio.AsyncTextFile wrapping {self.buffer!r}>"
+
+
+class _Detached:
+    """What a detached file holds instead of what it wrapped: any use raises, as in ``io``."""
+
+    @staticmethod
+    def error() -> ValueError:
+        return ValueError("underlying buffer has been detached")
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.error()
+
+
+class OpenContext(Awaitable[F], Generic[F]):
+    """What :func:`open` returns: ``await`` it for the file, or ``async with`` it."""
+
+    __slots__ = ("_coro", "_obj")
+    _coro: Awaitable[F]
+    _obj: F | None
+
+    def __init__(self, coro: Awaitable[F]) -> None:
+        self._coro = coro
+        self._obj = None
+
+    def __await__(self) -> Generator[Any, None, F]:
+        if self._obj is None:
+            self._obj = yield from self._coro.__await__()
+        return self._obj
+
+    async def __aenter__(self) -> F:
+        return await self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        obj, self._obj = self._obj, None
+        if obj is not None:
+            # closing must finish even when the task is being cancelled
+            await asyncio.shield(obj.close())
+
+
+def open(
+    file: int | str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    stack: Stack | None = None,
+    loop: Any = None,
+    executor: Any = None,
+) -> OpenContext[Any]:
+    """aiofiles' ``open``: ``async with uringstack.aio.open(path) as f`` or ``f = await ...open(path)``.
+
+    Arguments and errors are the built-in ``open()``'s; *loop* and *executor*
+    are accepted for aiofiles compatibility and ignored (no thread pool).
+    """
+
+    async def _open() -> Any:
+        return _open_sync(file, mode, buffering, encoding, errors, newline, closefd, opener, stack)
+
+    return OpenContext(_open())
+
+
+def _open_sync(
+    file: Any,
+    mode: str,
+    buffering: int,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
+    closefd: bool,
+    opener: Opener | None,
+    stack: Stack | None,
+) -> Any:
+    from uringstack.fileobj.openfile import check_mode
+
+    raw_mode, binary = check_mode(file, mode, buffering, encoding, errors, newline)
+    raw = FileIO(file, raw_mode, closefd, opener=opener, stack=stack)
+    try:
+        if raw.handle is None:
+            raise io.UnsupportedOperation(
+                f"uringstack.aio.open serves regular files and block devices, not {file!r}"
+            )
+        if buffering == 0 and not binary:
+            raise ValueError("can't have unbuffered text I/O")
+        size = 1 if buffering == 0 else (buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE)
+        binary_file = AsyncBinaryFile(raw, size)
+        if binary:
+            return binary_file
+        encoding = io.text_encoding(encoding)
+        if encoding == "locale":  # what io.TextIOWrapper resolves itself
+            encoding = locale.getencoding()
+        return AsyncTextFile(binary_file, encoding, errors, newline, mode)
+    except BaseException:
+        raw.close()
+        raise
+

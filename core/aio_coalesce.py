@@ -15,7 +15,7 @@ Ownership: the batch keeps the arena and every pinned caller buffer until its
 completions are reaped (the ring holds the batch), so a task cancelled
 mid-flight never frees memory the kernel still writes to.  An op whose task
 was cancelled before the flush is never submitted.  Each handle's
-:class:`~uringstack.inflight.InflightTracker` admits the ops before
+:class:`~uringstack.ring.inflight.InflightTracker` admits the ops before
 submission and tracks the batch after, so ``handle.close()`` waits for
 submitted ops and ops still queued when the handle closed fail with
 :class:`~uringstack.errors.RingClosedError`.
@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.columns import BatchColumns
 from uringstack.errors import RingClosedError
-from uringstack.flags import Op, SqeFlag
-from uringstack.native import ffi
+from uringstack.ring.flags import Op, SqeFlag
+from uringstack.ring.native import ffi
 
 if TYPE_CHECKING:
-    from uringstack.inflight import InflightTracker
+    from uringstack.ring.inflight import InflightTracker
     from uringstack.ring import Batch, Ring
-    from uringstack.uring_backend import UringFileIO, UringPending
+    from uringstack.stack.uring_backend import UringFileIO, UringPending
 
 # The arena is overwritten by the kernel before anyone reads it: zero-filling it
 # would cost a second pass over every byte.
@@ -230,6 +230,6 @@ class Coalescer:
             # Another thread may have reaped it before on_done was installed.
             deliver()
         # uring_backend imports this module (through aio): imported here, not at the top.
-        from uringstack.uring_backend import UringPending
+        from uringstack.stack.uring_backend import UringPending
 
         return UringPending(ring, batch)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError
-from uringstack.native import ffi
+from uringstack.ring.native import ffi
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from uringstack.config import StackConfig
-    from uringstack.handle import FileHandle
+    from uringstack.stack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
-    from uringstack.ring_params import RingParams
+    from uringstack.ring.params import RingParams
     from uringstack.stack import Stack, Worker
     from uringstack.types import BackendFactory, FeatureVerdict, Target
 
@@ -134,7 +134,7 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
 
     Called once per ring after creation.  Registered buffers are offered to
     handles through ``worker.buffers.register(<plugin name>, pool)``
-    (:class:`~uringstack.buffers.BufferRegistry`); other resources a plugin
+    (:class:`~uringstack.ring.buffers.BufferRegistry`); other resources a plugin
     attaches go into ``worker.resources`` under keys named after the plugin,
     per-stack state into ``worker.stack.plugin_state(<plugin name>,
     factory)``; release them in :func:`uringstack_stack_teardown`.  A failure the

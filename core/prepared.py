@@ -1,8 +1,8 @@
 """``PreparedIO``: reads or writes of the same buffers at new offsets, with the handle's checks.
 
-What :meth:`uringstack.handle.FileHandle.prepare_reads` and
-:meth:`~uringstack.handle.FileHandle.prepare_writes` return.  The backend's
-:class:`~uringstack.io_backend.PreparedRW` does the per-batch work (on the
+What :meth:`uringstack.stack.handle.FileHandle.prepare_reads` and
+:meth:`~uringstack.stack.handle.FileHandle.prepare_writes` return.  The backend's
+:class:`~uringstack.ring.io_backend.PreparedRW` does the per-batch work (on the
 io_uring backend: only the offsets column is written per call); this class
 adds what ``read_many``/``write_many`` promise on every backend: the handle's
 close waits for the I/O, a short read is completed or is short only at end
@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError
-from uringstack.io_backend import PreparedRW, prepare_rw
-from uringstack.pending import Pending
+from uringstack.ring.io_backend import PreparedRW, prepare_rw
+from uringstack.ring.pending import Pending
 
 if TYPE_CHECKING:
-    from uringstack.handle import FileHandle
+    from uringstack.stack.handle import FileHandle
 
 
 class PreparedIO:

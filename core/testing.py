@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import pytest
 
-from uringstack.opnames import OPCODE_NAMES
+from uringstack.ring.opnames import OPCODE_NAMES
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig

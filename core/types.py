@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from uringstack.errors import UringStackError
 
 if TYPE_CHECKING:
-    from uringstack.io_backend import FileIO
+    from uringstack.ring.io_backend import FileIO
     from uringstack.probe.model import BlockDevice
     from uringstack.stack import Worker
 
@@ -76,7 +76,7 @@ class BackendFactory(Protocol):
     reason: str
 
     def open(self, target: Target, worker: Worker) -> FileIO:
-        """Open *target* for *worker*; the result implements :class:`uringstack.io_backend.FileIO`.
+        """Open *target* for *worker*; the result implements :class:`uringstack.ring.io_backend.FileIO`.
 
         Called on the thread that called :meth:`Stack.open`, not on the worker's thread.
         """

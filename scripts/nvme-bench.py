@@ -35,8 +35,8 @@ from collections import deque
 from typing import Any
 
 from uringstack import open_stack
-from uringstack.buffers import aligned_buffer
-from uringstack.pending import Pending
+from uringstack.ring.buffers import aligned_buffer
+from uringstack.ring.pending import Pending
 
 BS = 4096
 BLK = "/dev/nvme0n1"

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 from uringstack.bench.loops import Meter, Samples, _fill
 from uringstack.bench.metrics import LoopResult
 from uringstack.bench.spec import BenchSpec, Durability, offset_list
-from uringstack.buffers import RegisteredBuffer
+from uringstack.ring.buffers import RegisteredBuffer
 
 if TYPE_CHECKING:
     from uringstack.bench.ladder import Rung
-    from uringstack.handle import FileHandle
-    from uringstack.pending import Pending
+    from uringstack.stack.handle import FileHandle
+    from uringstack.ring.pending import Pending
     from uringstack.prepared import PreparedIO
 
 RANDOM_POOL = 1 << 18  # precomputed random offsets per worker

@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.bench.metrics import LoopResult, cpu_seconds, new_histogram
 from uringstack.bench.spec import BenchSpec, offset_list
-from uringstack.buffers import RegisteredBuffer, address_of, aligned_buffer
+from uringstack.ring.buffers import RegisteredBuffer, address_of, aligned_buffer
 from uringstack.columns import BatchColumns
-from uringstack.flags import FSYNC_DATASYNC, Op, SqeFlag
-from uringstack.native import ffi, lib
+from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
+from uringstack.ring.native import ffi, lib
 from uringstack.ring import Ring
-from uringstack.uring_backend import UringFileIO
+from uringstack.stack.uring_backend import UringFileIO
 
 if TYPE_CHECKING:
     from uringstack.bench.ladder import Rung
-    from uringstack.handle import FileHandle
+    from uringstack.stack.handle import FileHandle
 
 RANDOM_POOL = 1 << 18  # precomputed random offsets per worker (2 MiB of C array)
 _FLUSH_SAMPLES = 1 << 22  # fold samples into the histogram past this many (bounded memory)

@@ -30,7 +30,7 @@ from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
 from uringstack.bench.tuned import DEFAULT_TUNE_BUDGET_S, TUNED, calibrate, tuned_row, why_not
 from uringstack.bench.tuned import summary as tuned_summary
-from uringstack.blockdev import device_size
+from uringstack.probe.blockdev import device_size
 from uringstack.probe.irq import device_irq_cpus
 
 if TYPE_CHECKING:

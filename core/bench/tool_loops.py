@@ -26,10 +26,10 @@ from uringstack.bench.api_loops import _check, _Offsets
 from uringstack.bench.loops import Meter, Samples, _fill
 from uringstack.bench.metrics import LoopResult
 from uringstack.bench.spec import BenchSpec
-from uringstack.buffers import aligned_buffer
+from uringstack.ring.buffers import aligned_buffer
 
 if TYPE_CHECKING:
-    from uringstack.handle import FileHandle
+    from uringstack.stack.handle import FileHandle
 
 
 def _syscall_op(spec: BenchSpec, fd: int, buf: Any) -> Callable[[int], int]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyudev
 
-from uringstack.blockdev import read_attr
+from uringstack.probe.blockdev import read_attr
 from uringstack.probe.irq import device_irq_cpus
 from uringstack.probe.model import BlockDevice
 

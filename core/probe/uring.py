@@ -100,7 +100,7 @@ def probe_uring(
     """Create rings to learn what io_uring offers this process.
 
     *kernel_probe* and *flag_probe* default to the real ring creation in
-    :mod:`uringstack.ring_params`; tests pass fakes to reach branches this
+    :mod:`uringstack.ring.params`; tests pass fakes to reach branches this
     machine cannot (ENOSYS, a failing flag).
     """
     if facts.system != "Linux":
@@ -108,8 +108,8 @@ def probe_uring(
         return UringSupport(usable=False, blocker=blocker, reason=reason)
 
     # Imported late: the binding is a compiled extension that exists only on Linux.
-    from uringstack import ring_params
-    from uringstack.flags import PROBED_SETUP_FLAGS, SetupFlag, feature_names, opcode_name
+    from uringstack.ring import params as ring_params
+    from uringstack.ring.flags import PROBED_SETUP_FLAGS, SetupFlag, feature_names, opcode_name
 
     kprobe = kernel_probe or ring_params.probe_kernel
     fprobe = flag_probe or (lambda f: ring_params.try_setup_flag(SetupFlag(f)))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.tune.model import Measurement, TuneTarget
 
 if TYPE_CHECKING:
-    from uringstack.handle import FileHandle
+    from uringstack.stack.handle import FileHandle
     from uringstack.pluginmanager import UringstackPluginManager
     from uringstack.probe.model import Capabilities
     from uringstack.stack import Worker

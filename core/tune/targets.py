@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from uringstack.blockdev import device_size
+from uringstack.probe.blockdev import device_size
 from uringstack.errors import UringStackError
 from uringstack.tune.model import TargetKind, TuneTarget, Workload
 

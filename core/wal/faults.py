@@ -1,9 +1,9 @@
 """Fault injection for tests: a simulated faulty disk (FaultyIO), failing segment
 syscalls (SegmentFaults), a recording and fault-injecting ring (RecordingRing).
 
-:class:`FaultyIO` wraps the :class:`~uringstack.io_backend.FileIO` of each
+:class:`FaultyIO` wraps the :class:`~uringstack.ring.io_backend.FileIO` of each
 segment handle (``Wal.open(..., wrap_io=FaultyIO(plan))``): the real
-:class:`~uringstack.handle.FileHandle` (short-write loop, error checks) runs
+:class:`~uringstack.stack.handle.FileHandle` (short-write loop, error checks) runs
 on top and the real backend underneath, so a test can make the Nth write or
 flush fail, come back short, or tear (part of the bytes land, then the
 "machine dies": every later call fails, as nothing reaches a dead disk).
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io_backend import FileIO, SyncMethod
-from ..pending import CompletedPending, Pending
+from uringstack.ring.io_backend import FileIO, SyncMethod
+from uringstack.ring.pending import CompletedPending, Pending
 from . import segment
 from .segment import SegmentSyscalls
 
@@ -233,7 +233,7 @@ class RecordingRing:
     def install(self, ring: Any) -> RecordingRing:
         """Hook *ring*'s ``submit_columns`` (every submission goes through it) and ``wait``
         (instance attributes shadow the methods)."""
-        from ..flags import Op
+        from uringstack.ring.flags import Op
 
         real_submit, real_wait = ring.submit_columns, ring.wait
         self._ring = ring

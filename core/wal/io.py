@@ -1,7 +1,7 @@
-"""Where the log's writes go: one :class:`~uringstack.handle.FileHandle` per segment, on a stack.
+"""Where the log's writes go: one :class:`~uringstack.stack.handle.FileHandle` per segment, on a stack.
 
 The writer hands each flush, one contiguous block-aligned buffer, to
-:meth:`FileHandle.write_durable <uringstack.handle.FileHandle.write_durable>`
+:meth:`FileHandle.write_durable <uringstack.stack.handle.FileHandle.write_durable>`
 with the log's ``sync`` (``dsync``: one ``RWF_DSYNC`` write; ``fdatasync``: a
 write then a flush, linked with ``IOSQE_IO_LINK`` on io_uring).  The handle
 completes short writes and raises on any error; the writer then fails the log
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .. import forking
-from ..handle import FileHandle
-from ..io_backend import FileIO
+from uringstack.ring import forking
+from uringstack.stack.handle import FileHandle
+from uringstack.ring.io_backend import FileIO
 
 if TYPE_CHECKING:
     from ..stack import Stack
@@ -49,7 +49,7 @@ def durable_uring_punts(
     1.26x fio's through io_uring but 1.03x through pwrite, and 32 appender
     threads did 36k vs 58k records/s (BENCHMARKS.md).
     """
-    from ..blockdev import backing_disk, disk_queue_attr
+    from uringstack.probe.blockdev import backing_disk, disk_queue_attr
 
     try:
         disk, _ = backing_disk(directory, sysfs_root=sysfs_root)

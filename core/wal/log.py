@@ -57,11 +57,11 @@ class Wal:
 
         Keyword *overrides* are WalConfig fields; *backend* is one of them
         (``auto``, ``uring``, ``fallback``).  The log writes through a
-        :class:`~uringstack.handle.FileHandle` per segment: on *stack* (a
+        :class:`~uringstack.stack.handle.FileHandle` per segment: on *stack* (a
         :class:`~uringstack.stack.Stack`, left open by :meth:`close`) if
         given, else on a one-worker stack it builds and owns, whose
         ``core.backend`` is ``config.backend`` (see :class:`~uringstack.wal.io.WalIO`).
-        *wrap_io* wraps each segment's :class:`~uringstack.io_backend.FileIO`
+        *wrap_io* wraps each segment's :class:`~uringstack.ring.io_backend.FileIO`
         (fault injection in tests: :class:`~uringstack.wal.faults.FaultyIO`).
         Recovery follows ``config.recovery`` and raises
         :class:`~uringstack.wal.errors.WalCorruptionError` when the mode does

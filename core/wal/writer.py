@@ -5,7 +5,7 @@ queue it.  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
 hands that single write to the segment's
-:class:`~uringstack.handle.FileHandle` (``write_durable``), which returns once
+:class:`~uringstack.stack.handle.FileHandle` (``write_durable``), which returns once
 it is durable.
 Only then does the durable-LSN watermark move and are the appenders woken.
 While a flush is in flight the next batch accumulates, so the number of
@@ -48,7 +48,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from ..handle import FileHandle
+from uringstack.stack.handle import FileHandle
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
 from .io import WalIO

@@ -18,13 +18,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack import forking
-from uringstack.buffers import RegisteredBuffer, address_of, check_alignment
-from uringstack.inflight import InflightTracker
-from uringstack.io_backend import SyncMethod
-from uringstack.native import ffi
-from uringstack.pending import CompletedPending
-from uringstack.targets import logical_block_size, open_target
+from uringstack.ring import forking
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.native import ffi
+from uringstack.ring.pending import CompletedPending
+from uringstack.stack.targets import logical_block_size, open_target
 
 if TYPE_CHECKING:
     from uringstack.stack import CompletedBatch, CompletionHook, Worker
@@ -227,7 +227,7 @@ class FallbackFileIO:
         """Wait for every op queued on this object, then release the descriptor.
 
         Raises :class:`TimeoutError` and keeps the descriptor open if they do
-        not finish within :data:`~uringstack.inflight.CLOSE_TIMEOUT_S`.  In a
+        not finish within :data:`~uringstack.ring.inflight.CLOSE_TIMEOUT_S`.  In a
         fork() child (where the pool's threads do not exist) only the child's
         copy of the descriptor is closed."""
         if forking.inherited(self._fork_gen):

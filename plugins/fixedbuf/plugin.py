@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from uringstack.errors import UringIOError
 from uringstack.feature import Decision, Feature
-from uringstack.flags import SetupFlag
+from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
@@ -27,7 +27,7 @@ from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
-    from uringstack.handle import FileHandle
+    from uringstack.stack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.stack import Stack, Worker

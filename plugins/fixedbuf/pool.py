@@ -7,8 +7,8 @@ import mmap
 import threading
 from typing import Any
 
-from uringstack.buffers import RegisteredBuffer, address_of
-from uringstack.native import ffi
+from uringstack.ring.buffers import RegisteredBuffer, address_of
+from uringstack.ring.native import ffi
 from uringstack.ring import Ring
 
 

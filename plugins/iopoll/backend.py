@@ -14,7 +14,7 @@ pollable O_DIRECT reads and writes):
 - targets without O_DIRECT never come here (the plugin passes them on, so
   the core serves them on the storage ring).
 
-Completions are reaped as :mod:`uringstack.polling` explains
+Completions are reaped as :mod:`uringstack.ring.polling` explains
 (blocking GETEVENTS waits, a poll pass for ``done()``, a poller task under
 asyncio).
 """
@@ -27,16 +27,16 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack.blockdev import blkdev_size_bytes
-from uringstack.buffers import RegisteredBuffer, check_alignment, pin_buffers
+from uringstack.probe.blockdev import blkdev_size_bytes
+from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
 from uringstack.columns import BatchColumns
 from uringstack.errors import UringIOError
-from uringstack.flags import FSYNC_DATASYNC, Op
-from uringstack.io_backend import SyncMethod
-from uringstack.native import lib
-from uringstack.polling import polled_done, wait_polled
+from uringstack.ring.flags import FSYNC_DATASYNC, Op
+from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.native import lib
+from uringstack.ring.polling import polled_done, wait_polled
 from uringstack.ring import Batch, Ring
-from uringstack.uring_backend import RWF_DSYNC, UringPending
+from uringstack.stack.uring_backend import RWF_DSYNC, UringPending
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -111,7 +111,7 @@ class WriteThenSync:
         return self._results(written)
 
     async def wait_async(self) -> list[int]:
-        from uringstack import aio
+        from uringstack.ring import aio
 
         written = (await self._write.wait_async())[0]
         sync = self._start_sync(written)
@@ -211,7 +211,7 @@ class IopollBackend:
         self.reason = reason
 
     def open(self, target: Target, worker: Worker) -> IopollFileIO:
-        from uringstack.targets import logical_block_size, open_target
+        from uringstack.stack.targets import logical_block_size, open_target
 
         ring = worker.rings.get(ROLE)
         storage = worker.rings.get("storage")

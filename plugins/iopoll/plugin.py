@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from uringstack.blockdev import backing_disk
+from uringstack.probe.blockdev import backing_disk
 from uringstack.feature import Feature
-from uringstack.flags import SetupFlag
+from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
 from uringstack.tune.model import TuneDimension
@@ -25,7 +25,7 @@ from uringstack.types import FeatureConfig, FeatureMode, PlanError
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import BlockDevice, Capabilities
-    from uringstack.ring_params import RingParams
+    from uringstack.ring.params import RingParams
     from uringstack.tune.model import TuneTarget
     from uringstack.types import Target
 

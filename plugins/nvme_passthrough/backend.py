@@ -30,13 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uringstack.buffers import address_of, pin_buffers
+from uringstack.ring.buffers import address_of, pin_buffers
 from uringstack.columns import BatchColumns
 from uringstack.errors import AlignmentError, UringIOError
-from uringstack.flags import Op, SqeFlag
-from uringstack.io_backend import SyncMethod
-from uringstack.native import ffi
-from uringstack.pipeline import filled, from_bytes
+from uringstack.ring.flags import Op, SqeFlag
+from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.native import ffi
+from uringstack.ring.pipeline import filled, from_bytes
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -52,7 +52,7 @@ from uringstack.plugins.nvme_passthrough.device import (
     open_char_device,
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
-from uringstack.polling import is_polled, polled_done, wait_polled
+from uringstack.ring.polling import is_polled, polled_done, wait_polled
 from uringstack.ring import Batch, Ring
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class PassthroughPending:
         return self._finish(self.ring.wait(self.batch))
 
     async def wait_async(self) -> list[int]:
-        from uringstack import aio
+        from uringstack.ring import aio
 
         if is_polled(self.ring):
             raw = await wait_polled(self.ring, self.batch)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from uringstack.feature import Feature
-from uringstack.flags import SetupFlag
+from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import open_char_device
@@ -25,7 +25,7 @@ from uringstack.types import FeatureConfig, FeatureMode, PlanError
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
-    from uringstack.ring_params import RingParams
+    from uringstack.ring.params import RingParams
     from uringstack.types import Target
 
 log = logging.getLogger(__name__)

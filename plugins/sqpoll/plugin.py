@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from uringstack.feature import Feature
-from uringstack.flags import SetupFlag
+from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
-from uringstack.ring_params import ring_name
+from uringstack.ring.params import ring_name
 from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
-    from uringstack.ring_params import RingParams
+    from uringstack.ring.params import RingParams
     from uringstack.tune.model import TuneTarget
 
 NAME = "sqpoll"

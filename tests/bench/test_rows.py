@@ -14,8 +14,8 @@ from uringstack.bench.fio import fio_args
 from uringstack.bench.ladder import LADDER, RAW_RING, RUNGS, select
 from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
-from uringstack.blockdev import device_size
-from uringstack.handle import FileHandle
+from uringstack.probe.blockdev import device_size
+from uringstack.stack.handle import FileHandle
 from uringstack.prepared import PreparedIO
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from uringstack import default_stack as ds
+from uringstack.fileobj import default_stack as ds
 from uringstack.stack import Stack, open_stack
 
 BACKENDS = {

@@ -156,7 +156,7 @@ def test_a_failed_write_surfaces_at_flush(tmp_path: pathlib.Path, stack: Stack) 
 
 
 def test_os_helpers(tmp_path: pathlib.Path) -> None:
-    from uringstack import aio_os
+    from uringstack.fileobj import aio_os
 
     async def main() -> None:
         p = tmp_path / "a"

@@ -63,7 +63,7 @@ def test_aiofiles_suite_passes_against_uringstack(tmp_path: pathlib.Path) -> Non
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SHIM), os.environ.get("PYTHONPATH", "")]))
     which = subprocess.run([sys.executable, "-c", "import aiofiles; print(aiofiles.threadpool.open.__module__)"],
                            env=env, capture_output=True, text=True, timeout=60, check=True)
-    assert which.stdout.strip() == "uringstack.aiofile", "the suite would not test uringstack"
+    assert which.stdout.strip() == "uringstack.aio", "the suite would not test uringstack"
     run = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
     tail = run.stdout[-3000:]
     summary = re.search(r"(\d+) passed", tail)

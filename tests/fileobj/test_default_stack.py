@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 
-from uringstack import default_stack as ds
+from uringstack.fileobj import default_stack as ds
 from uringstack.stack import Stack
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import uringstack
-from uringstack.pending import CompletedPending
+from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
 
 MODES = [

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from uringstack import open_stack
-from uringstack.flags import SetupFlag
+from uringstack.ring.flags import SetupFlag
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.probe.defects import POLLED_PASSTHROUGH

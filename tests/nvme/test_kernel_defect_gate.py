@@ -17,8 +17,8 @@ import time
 import pytest
 
 from uringstack import open_stack
-from uringstack.buffers import aligned_buffer
-from uringstack.flags import SetupFlag
+from uringstack.ring.buffers import aligned_buffer
+from uringstack.ring.flags import SetupFlag
 from uringstack.probe.defects import POLLED_PASSTHROUGH
 from uringstack.probe.model import Capabilities
 

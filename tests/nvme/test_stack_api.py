@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from uringstack import open_stack
-from uringstack.buffers import aligned_buffer
+from uringstack.ring.buffers import aligned_buffer
 from uringstack.errors import AlignmentError, UringIOError
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError

@@ -112,7 +112,7 @@ def test_other_errno() -> None:
 
 
 def test_probe_uring_records_rejected_flag() -> None:
-    from uringstack.flags import SetupFlag
+    from uringstack.ring.flags import SetupFlag
 
     def flag_probe(flag: int) -> int:
         return errno.EINVAL if flag == SetupFlag.DEFER_TASKRUN else 0
@@ -175,7 +175,7 @@ def _caps(**uring: object) -> Capabilities:
 
 def test_verdicts_name_the_missing_piece() -> None:
     # The io_uring line is the probe's own; feature lines come from the plugins
-    # (tests/plugins/test_probe_verdicts.py), so without plugins there are none.
+    # (tests/pluginmanager/test_probe_verdicts.py), so without plugins there are none.
     ok = {"accepted": True}
     caps = _caps(opcodes=["READ", "WRITE"], setup_flags={"SQPOLL": ok})
     [line] = [v.line() for v in verdicts(caps)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from uringstack.blockdev import backing_disk
+from uringstack.probe.blockdev import backing_disk
 from uringstack.probe.devices import current_usage
 from uringstack.probe.model import BlockDevice
 from uringstack.testing import make_fake_capabilities

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from uringstack.io_backend import FileIO, SyncMethod
-from uringstack.pending import CompletedPending, Pending
+from uringstack.ring.io_backend import FileIO, SyncMethod
+from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.wal import Wal, WalClosedError, WalConfig, WalFailedError
 from uringstack.wal import writer as writer_mod
 from uringstack.wal.faults import WrappedFileIO

@@ -5,7 +5,7 @@ import pathlib
 
 from click.testing import CliRunner
 
-from uringstack.cli_wal import wal as wal_group
+from uringstack.cli.wal import wal as wal_group
 from uringstack.wal import Wal
 from uringstack.wal.segment import list_segments
 

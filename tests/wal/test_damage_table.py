@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 from click.testing import CliRunner
 
-from uringstack.cli_wal import wal as wal_group
+from uringstack.cli.wal import wal as wal_group
 from uringstack.wal import Wal, WalConfig, WalCorruptionError
 from uringstack.wal.recovery import walk
 from uringstack.wal.segment import DATA_START, list_segments, segment_name

@@ -45,7 +45,7 @@ def ring(uring_stack: Stack) -> Iterator[RecordingRing]:
 
 
 def test_uring_fdatasync_is_linked_to_its_write(wal_dir: pathlib.Path, uring_stack: Stack, ring: RecordingRing) -> None:
-    from uringstack.flags import FSYNC_DATASYNC, SqeFlag
+    from uringstack.ring.flags import FSYNC_DATASYNC, SqeFlag
 
     with Wal.open(wal_dir, CFG, stack=uring_stack, sync="fdatasync") as wal:
         for i in range(5):
@@ -101,7 +101,7 @@ def test_uring_short_write_continues_with_a_fresh_durable_write(
 ) -> None:
     """A short write cancels its linked flush (-ECANCELED); the rest is written with a new
     link (fdatasync) or as another RWF_DSYNC write (dsync)."""
-    from uringstack.flags import SqeFlag
+    from uringstack.ring.flags import SqeFlag
 
     ring.results[("WRITE", 0)] = 4096
     if sync == "fdatasync":

@@ -13,7 +13,7 @@ import pathlib
 import pytest
 from click.testing import CliRunner
 
-from uringstack.cli_wal import wal as wal_group
+from uringstack.cli.wal import wal as wal_group
 from uringstack.wal import Wal, WalConfig, WalCorruptionError
 from uringstack.wal.segment import list_segments
 

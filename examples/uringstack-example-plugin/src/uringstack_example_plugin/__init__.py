@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
-    from uringstack.ring_params import RingParams
+    from uringstack.ring.params import RingParams
     from uringstack.stack import Stack, Worker
 
 PLUGIN = "example"
@@ -77,7 +77,7 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
         if caps.uring.accepts("COOP_TASKRUN"):
             # Imported here: the flag enum needs the compiled binding, which
             # only the ring-building path needs; config loading does not.
-            from uringstack.flags import SetupFlag
+            from uringstack.ring.flags import SetupFlag
 
             params.add(
                 SetupFlag.COOP_TASKRUN,

@@ -2,7 +2,7 @@
 
 Only on ``sys.path`` inside the subprocess that ``test_aiofiles_suite.py`` starts."""
 
-from uringstack import aio_os as os
+from uringstack.fileobj import aio_os as os
 from uringstack.aio import open
 
 from . import threadpool

@@ -1,4 +1,4 @@
-"""``aiofiles.os`` is ``uringstack.aio_os`` here."""
+"""``aiofiles.os`` is ``uringstack.fileobj.aio_os`` here."""
 
-from uringstack.aio_os import *  # noqa: F403
-from uringstack.aio_os import path, wrap  # noqa: F401
+from uringstack.fileobj.aio_os import *  # noqa: F403
+from uringstack.fileobj.aio_os import path, wrap  # noqa: F401

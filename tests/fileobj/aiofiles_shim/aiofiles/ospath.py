@@ -1,3 +1,3 @@
-"""``aiofiles.ospath`` is ``uringstack.aio_os.path`` here."""
+"""``aiofiles.ospath`` is ``uringstack.fileobj.aio_os.path`` here."""
 
-from uringstack.aio_ospath import *  # noqa: F403
+from uringstack.fileobj.aio_ospath import *  # noqa: F403

@@ -1,0 +1,58 @@
+"""``uringstack.fileobj.aio_os``: aiofiles.os's helpers (``await aio_os.stat(path)``, ``remove``, ``rename``...).
+
+The stack's I/O contract carries reads, writes and flushes, not metadata, so
+these run in the event loop's default executor, exactly as aiofiles's do.
+``aio_os.path`` holds the ``os.path`` ones (``exists``, ``getsize``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def wrap(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``func`` as a coroutine function running in the loop's default executor."""
+
+    @functools.wraps(func)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(func, *args, **kwargs))
+
+    return run
+
+
+from uringstack.fileobj import aio_ospath as path  # noqa: E402 - it uses wrap() above
+
+stat = wrap(os.stat)
+lstat = wrap(os.lstat)
+remove = wrap(os.remove)
+unlink = wrap(os.unlink)
+rename = wrap(os.rename)
+renames = wrap(os.renames)
+replace = wrap(os.replace)
+mkdir = wrap(os.mkdir)
+makedirs = wrap(os.makedirs)
+rmdir = wrap(os.rmdir)
+removedirs = wrap(os.removedirs)
+listdir = wrap(os.listdir)
+scandir = wrap(os.scandir)
+symlink = wrap(os.symlink)
+readlink = wrap(os.readlink)
+link = wrap(os.link)
+access = wrap(os.access)
+getcwd = wrap(os.getcwd)
+statvfs = wrap(os.statvfs)
+sendfile = wrap(os.sendfile)
+
+__all__ = [
+    "access", "getcwd", "link", "listdir", "lstat", "makedirs", "mkdir", "path", "readlink", "remove",
+    "removedirs", "rename", "renames", "replace", "rmdir", "scandir", "sendfile", "stat", "statvfs",
+    "symlink", "unlink", "wrap",
+]

@@ -1,0 +1,541 @@
+"""``uringstack.FileIO``: ``io.FileIO``'s constructor and behaviour, its I/O through a stack.
+
+The file is opened exactly as ``io.FileIO`` opens it (same flags, *opener*,
+*closefd*, same errors), then handed to a stack (``Stack.open(..., adopt_fd=)``)
+so every read and write goes through the stack's handle: io_uring, or the
+fallback thread pool, whatever the stack chose.  The file position stays the
+kernel's (``lseek`` bookkeeping around positional I/O), so ``fileno()``, ``dup``
+and ``os.lseek`` users see what they would with the built-in.
+
+Pipes, ttys, sockets and character devices have no offsets for a stack to
+serve: on them ``FileIO`` reads and writes the descriptor with
+``os.readv``/``os.write``, as ``io.FileIO`` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import threading
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from uringstack.errors import AlignmentError, RingClosedError
+from uringstack.fileobj.stream import ReadAhead, WriteBehind, finish_read
+from uringstack.stack.targets import ADOPT_FD
+
+if TYPE_CHECKING:
+    from _typeshed import MaybeNone
+
+    from uringstack.stack.handle import FileHandle
+    from uringstack.stack import Stack
+
+PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+"""A file name, as ``os.open`` and ``io.FileIO`` take it."""
+Opener = Callable[[PathArg, int], int]
+"""``opener(name, flags) -> fd``: called with the name exactly as given, as ``io.FileIO`` does."""
+_CLOSED_MSG = "I/O operation on closed file"
+_RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size file
+
+
+def _closed_error() -> ValueError:
+    return ValueError(_CLOSED_MSG)
+
+
+class FileIO(io.RawIOBase):
+    """Raw binary file, like ``io.FileIO``, doing its I/O through a uringstack stack.
+
+    ``FileIO(name_or_fd, mode="r", closefd=True, opener=None, *, stack=None, direct=False)``:
+    *stack* defaults to the process-wide stack (built on first use, closed at
+    exit).  ``direct=True`` adds ``O_DIRECT``: reads go through aligned internal
+    buffers (any size and offset work); a write whose offset or length is not
+    a multiple of ``block_size`` goes through a second, buffered descriptor of
+    the same file for that call.
+    """
+
+    _fd = -1
+    _created = False
+    _readable = False
+    _writable = False
+    _appending = False
+    _seekable: bool | None = None
+    _closefd = True
+    _handle: FileHandle | None = None
+    _buffered_handle: FileHandle | None = None
+    _readahead: ReadAhead | None = None
+    _writebehind: WriteBehind | None = None
+    _closed_flag = False
+
+    def __init__(
+        self,
+        file: int | PathArg,
+        mode: str = "r",
+        closefd: bool = True,
+        opener: Opener | None = None,
+        *,
+        stack: Stack | None = None,
+        direct: bool = False,
+    ) -> None:
+        if self._fd >= 0:
+            try:
+                self.close()
+            finally:
+                self._fd = -1
+                self._closed_flag = False
+        if isinstance(file, float):
+            raise TypeError("integer argument expected, got float")
+        path: PathArg | None = None
+        if isinstance(file, int):
+            fd = file
+            if fd < 0:
+                raise ValueError("negative file descriptor")
+        else:
+            fd = -1
+            path = file
+        if not isinstance(mode, str):
+            raise TypeError(f"invalid mode: {mode}")
+        if not set(mode) <= set("xrwab+"):
+            raise ValueError(f"invalid mode: {mode}")
+        if sum(c in "rwax" for c in mode) != 1 or mode.count("+") > 1:
+            raise ValueError("Must have exactly one of create/read/write/append mode and at most one plus")
+        if "x" in mode:
+            self._created = True
+            self._writable = True
+            flags = os.O_EXCL | os.O_CREAT
+        elif "r" in mode:
+            self._readable = True
+            flags = 0
+        elif "w" in mode:
+            self._writable = True
+            flags = os.O_CREAT | os.O_TRUNC
+        else:
+            self._writable = True
+            self._appending = True
+            flags = os.O_APPEND | os.O_CREAT
+        if "+" in mode:
+            self._readable = True
+            self._writable = True
+        if self._readable and self._writable:
+            flags |= os.O_RDWR
+        elif self._readable:
+            flags |= os.O_RDONLY
+        else:
+            flags |= os.O_WRONLY
+        flags |= os.O_CLOEXEC
+        if direct:
+            flags |= os.O_DIRECT
+        self._lock = threading.RLock()
+        self._direct = direct
+        self._flags = flags
+
+        owned_fd = None
+        try:
+            if path is not None:
+                if not closefd:
+                    raise ValueError("Cannot use closefd=False with file name")
+                if opener is None:
+                    fd = os.open(path, flags, 0o666)
+                else:
+                    fd = opener(path, flags)
+                    if not isinstance(fd, int):
+                        raise TypeError("expected integer from opener")
+                    if fd < 0:
+                        raise OSError("Negative file descriptor")
+                owned_fd = fd
+            self._closefd = closefd
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
+            self._blksize = st.st_blksize if st.st_blksize > 1 else io.DEFAULT_BUFFER_SIZE
+            self.name = file
+            if self._appending:
+                # As io.FileIO: position at the end now, not only at the first write.
+                try:
+                    os.lseek(fd, 0, os.SEEK_END)
+                except OSError as e:
+                    if e.errno != errno.ESPIPE:
+                        raise
+            if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                self._handle = self._adopt(fd, file, stack)
+            elif direct:
+                raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")
+        except BaseException:
+            if owned_fd is not None:
+                os.close(owned_fd)
+            raise
+        self._fd = fd
+        self._stack = stack
+        if stack is None:
+            from uringstack.fileobj.default_stack import track
+
+            track(self, raw=True)
+
+    def _adopt(self, fd: int, file: Any, stack: Stack | None) -> FileHandle:
+        """Hand *fd* to the stack; with ``closefd=False`` the handle gets (and closes) a dup."""
+        if stack is None:
+            from uringstack.fileobj.default_stack import default_stack
+
+            stack = default_stack()
+        if stack._closed:
+            raise _closed_error()
+        path = f"/proc/self/fd/{fd}" if isinstance(file, int) else os.fsdecode(file)
+        own = fd if self._closefd else os.dup(fd)
+        try:
+            options: dict[str, Any] = {ADOPT_FD: own}
+            return stack.open(path, direct=self._direct, writable=self._writable, **options)
+        except BaseException:
+            if own != fd:
+                os.close(own)
+            raise
+
+    def _buffered(self) -> FileHandle:
+        """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
+        if self._buffered_handle is None:
+            assert self._handle is not None
+            flags = self._flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+            fd = os.open(f"/proc/self/fd/{self._fd}", flags)
+            try:
+                options: dict[str, Any] = {ADOPT_FD: fd}
+                self._buffered_handle = self._handle._stack.open(
+                    self._handle.path, direct=False, writable=self._writable, **options
+                )
+            except BaseException:
+                os.close(fd)
+                raise
+        return self._buffered_handle
+
+    # --- streaming (set up by uringstack.open) ---------------------------------------
+    def _enable_streaming(self, *, readahead: bool, writebehind: bool) -> None:
+        """Turn on read-ahead and write-behind (``uringstack.open`` does, for its buffered layers).
+
+        Only under O_DIRECT: without it the page cache already reads ahead
+        (the kernel's readahead follows sequential reads on any backend) and
+        writes behind (dirty pages), and doing it again here would cost a
+        second copy of every byte."""
+        if self._handle is None or not self._direct:
+            return
+        if readahead and self._readable:
+            self._readahead = ReadAhead(self._handle)
+        if writebehind and self._writable and not self._appending:
+            self._writebehind = WriteBehind(self._handle)
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True after close(), and once the file's stack was closed."""
+        if self._closed_flag:
+            return True
+        handle = self._handle
+        return handle is not None and handle._closed
+
+    def _checkClosed(self, msg: str | None = None) -> None:
+        if self.closed:
+            raise _closed_error()
+
+    def _checkReadable(self) -> None:
+        if not self._readable:
+            raise io.UnsupportedOperation("File not open for reading")
+
+    def _checkWritable(self) -> None:
+        if not self._writable:
+            raise io.UnsupportedOperation("File not open for writing")
+
+    def __getstate__(self) -> Any:
+        raise TypeError(f"cannot pickle {self.__class__.__name__!r} object")
+
+    def __repr__(self) -> str:
+        class_name = f"{self.__class__.__module__}.{self.__class__.__qualname__}"
+        if self.closed:
+            return f"<{class_name} [closed]>"
+        try:
+            name = self.name
+        except AttributeError:
+            return f"<{class_name} fd={self._fd} mode={self.mode!r} closefd={self._closefd!r}>"
+        return f"<{class_name} name={name!r} mode={self.mode!r} closefd={self._closefd!r}>"
+
+    @property
+    def closefd(self) -> bool:
+        """True if the file descriptor will be closed by close()."""
+        return self._closefd
+
+    @property
+    def mode(self) -> str:
+        """The mode as ``io.FileIO`` reports it (``rb``, ``wb``, ``rb+``, ``ab``, ``xb+``, ...)."""
+        if self._created:
+            return "xb+" if self._readable else "xb"
+        if self._appending:
+            return "ab+" if self._readable else "ab"
+        if self._readable:
+            return "rb+" if self._writable else "rb"
+        return "wb"
+
+    @property
+    def handle(self) -> FileHandle | None:
+        """The stack handle serving this file (``None`` for pipes, ttys and sockets)."""
+        return self._handle
+
+    @property
+    def block_size(self) -> int:
+        """The O_DIRECT alignment of the file (its device's logical block size)."""
+        return self._handle.block_size if self._handle is not None else 1
+
+    def readable(self) -> bool:
+        self._checkClosed()
+        return self._readable
+
+    def writable(self) -> bool:
+        self._checkClosed()
+        return self._writable
+
+    def seekable(self) -> bool:
+        self._checkClosed()
+        if self._seekable is None:
+            try:
+                self.tell()
+            except OSError:
+                self._seekable = False
+            else:
+                self._seekable = True
+        return self._seekable
+
+    def fileno(self) -> int:
+        self._checkClosed()
+        return self._fd
+
+    def isatty(self) -> bool:
+        self._checkClosed()
+        return os.isatty(self._fd)
+
+    # --- reading ---------------------------------------------------------------------
+    def _live_handle(self) -> FileHandle:
+        handle = self._handle
+        assert handle is not None
+        if handle._closed:
+            raise _closed_error()
+        return handle
+
+    def readinto(self, b: Any) -> int | None:
+        """Read up to ``len(b)`` bytes into *b* at the current position; 0 at end of file.
+
+        ``None`` only on a non-blocking pipe or socket with nothing to read, as ``io.FileIO``."""
+        self._checkClosed()
+        self._checkReadable()
+        m = memoryview(b).cast("B")
+        if self._handle is None:
+            try:
+                return os.readv(self._fd, [m])
+            except BlockingIOError:
+                return None
+        if not len(m):
+            return 0
+        with self._lock:
+            self._drain()
+            pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            n = self._read_at(m, pos)
+            os.lseek(self._fd, pos + n, os.SEEK_SET)
+            return n
+
+    def _read_at(self, m: memoryview, pos: int) -> int:
+        handle = self._live_handle()
+        try:
+            if self._readahead is not None:
+                n = self._readahead.readinto(m, pos)
+                if n >= 0:
+                    return n
+            n = self._direct_read(handle, m, pos) if self._direct else handle.read_into(m, pos)
+            if self._readahead is not None:
+                self._readahead.last_end = pos + n
+            return n
+        except RingClosedError:
+            raise _closed_error() from None
+
+    def _direct_read(self, handle: FileHandle, m: memoryview, pos: int) -> int:
+        """O_DIRECT read of any size at any offset: an aligned covering read, then a copy."""
+        from uringstack.ring.buffers import aligned_buffer
+
+        block = handle.block_size
+        start = pos - pos % block
+        length = -(-(pos + len(m) - start) // block) * block
+        buf = aligned_buffer(length)
+        got = finish_read(handle, start, buf, handle.start_read_many([start], [buf]).wait()[0])
+        n = max(0, min(got - (pos - start), len(m)))
+        m[:n] = memoryview(buf)[pos - start : pos - start + n]
+        return n
+
+    def read(self, size: int | None = -1) -> bytes | MaybeNone:
+        """Read at most *size* bytes (everything when negative or None).
+
+        ``None`` only on a non-blocking pipe or socket with nothing to read
+        (typed as typeshed types ``io.FileIO.read``: ``bytes | MaybeNone``)."""
+        self._checkClosed()
+        self._checkReadable()
+        if size is None or size < 0:
+            return self.readall()
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        if n is None:
+            return None
+        del buf[n:]
+        return bytes(buf)
+
+    def readall(self) -> bytes:
+        """Read from the current position to end of file."""
+        self._checkClosed()
+        self._checkReadable()
+        if self._handle is None:
+            return super().readall() or b""
+        with self._lock:
+            self._drain()
+            pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            end = os.fstat(self._fd).st_size
+            chunks: list[bytes] = []
+            # one request for what fstat announces, then until a read returns 0
+            size = max(end - pos, 0) + 1
+            while True:
+                buf = bytearray(size)
+                n = self._read_at(memoryview(buf), pos)
+                if n == 0:
+                    break
+                del buf[n:]
+                chunks.append(bytes(buf))
+                pos += n
+                size = _RAW_CHUNK
+            os.lseek(self._fd, pos, os.SEEK_SET)
+            return b"".join(chunks)
+
+    # --- writing -----------------------------------------------------------------------
+    def write(self, b: Any) -> int | None:
+        """Write all of *b* at the current position (the end of file in append mode).
+
+        ``None`` only on a non-blocking pipe or socket that is full, as ``io.FileIO``."""
+        self._checkClosed()
+        self._checkWritable()
+        m = memoryview(b).cast("B")
+        if self._handle is None:
+            try:
+                return os.write(self._fd, m)
+            except BlockingIOError:
+                return None
+        with self._lock:
+            handle = self._live_handle()
+            if self._readahead is not None:
+                self._readahead.invalidate()
+            pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
+            n = len(m)
+            if not n:
+                return 0
+            try:
+                self._write_at(handle, m, pos)
+            except RingClosedError:
+                raise _closed_error() from None
+            os.lseek(self._fd, pos + n, os.SEEK_SET)
+            if self._appending:
+                # O_APPEND wrote at the end whatever the offset: the end is where we are
+                os.lseek(self._fd, 0, os.SEEK_END)
+            return n
+
+    def _write_at(self, handle: FileHandle, m: memoryview, pos: int) -> None:
+        wb = self._writebehind
+        buf: Any = m
+        if self._direct:
+            block = handle.block_size
+            if pos % block or len(m) % block:
+                # not whole blocks: this one call goes through a buffered descriptor,
+                # after every direct write in flight (they are unordered otherwise)
+                self._drain()
+                self._buffered().write_from(m, pos)
+                return
+            from uringstack.ring.buffers import aligned_buffer
+
+            buf = aligned_buffer(len(m))  # aligned for O_DIRECT, and ours to keep in flight
+            buf[:] = m
+        if wb is not None:
+            if wb.end != pos:
+                wb.drain()  # in-flight writes are unordered: never let two overlap
+            wb.start(buf if buf is not m else bytes(m), pos)  # the caller may reuse m at once
+            return
+        handle.write_from(buf, pos)
+
+    def _drain(self) -> None:
+        if self._writebehind is not None and len(self._writebehind):
+            try:
+                self._writebehind.drain()
+            except RingClosedError:
+                raise _closed_error() from None
+
+    def flush(self) -> None:
+        """Return once every write made through this object reached the kernel."""
+        self._checkClosed()
+        with self._lock:
+            self._drain()
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if isinstance(pos, float):
+            raise TypeError("an integer is required")
+        self._checkClosed()
+        return os.lseek(self._fd, pos, whence)
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def truncate(self, size: int | None = None) -> int:
+        self._checkClosed()
+        self._checkWritable()
+        if size is None:
+            size = self.tell()
+        with self._lock:
+            self._drain()
+            if self._readahead is not None:
+                self._readahead.invalidate()
+            os.ftruncate(self._fd, size)
+        return size
+
+    # --- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Wait for writes in flight, close the stack handle and (with closefd) the descriptor.
+
+        A write that failed in flight is raised here, after the file was closed."""
+        if self._closed_flag:
+            return
+        handle = self._handle
+        if handle is not None and handle._closed:
+            # the stack closed it (and the descriptor, unless closefd=False gave it a dup)
+            self._closed_flag = True
+            super().close()
+            return
+        try:
+            try:
+                super().close()  # io.IOBase.close: flush() first
+            finally:
+                self._closed_flag = True
+                self._close_fd()
+        finally:
+            self._writebehind = None
+            self._readahead = None
+
+    def _close_fd(self) -> None:
+        handle, self._handle = self._handle, None
+        extra, self._buffered_handle = self._buffered_handle, None
+        try:
+            if extra is not None:
+                extra.close()
+        finally:
+            if handle is not None:
+                handle.close()  # closes the fd it owns: ours with closefd, else its dup
+            elif self._closefd:
+                os.close(self._fd)
+
+    def __del__(self) -> None:
+        if self._fd >= 0 and self._closefd and not self.closed:
+            warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+
+
+FileIO.__module__ = "uringstack"
+
+
+__all__ = ["AlignmentError", "FileIO"]

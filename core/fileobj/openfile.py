@@ -1,0 +1,276 @@
+"""``uringstack.open()``: the built-in ``open()``, layered over :class:`uringstack.FileIO`.
+
+Mode parsing, argument checks, buffering and text layering follow
+``_pyio.open`` rule for rule, so every mode string the built-in rejects is
+rejected with the same exception.  What differs is underneath: the raw file
+does its I/O through a stack, sequential reads run ahead with several chunk
+reads in flight, and sequential writes are written behind (the call returns
+once the write is started).  ``flush()`` still returns only once the data
+reached the kernel, so ``f.flush(); os.fsync(f.fileno())`` keeps its meaning,
+and a write that failed in flight is raised by ``flush()`` or ``close()``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
+
+from uringstack.fileobj.fileio import FileIO, Opener, PathArg
+
+if TYPE_CHECKING:
+    from _typeshed import (
+        OpenBinaryMode,
+        OpenBinaryModeReading,
+        OpenBinaryModeUpdating,
+        OpenBinaryModeWriting,
+        OpenTextMode,
+    )
+
+    from uringstack.stack import Stack
+
+STREAM_BUFFER_SIZE = 128 * 1024
+"""Default buffer of the buffered layer over a stack file (the built-in uses
+``st_blksize``, 4 KiB here): one stack request per 128 KiB, not per 4 KiB."""
+WRITE_BUFFER_SIZE = 1 << 20
+"""Default buffer of a write-only file: a stack request costs more fixed time
+than a ``write(2)``, so write-only files (sequential by nature) batch 1 MiB."""
+
+
+class BufferedWriter(io.BufferedWriter):
+    """``io.BufferedWriter`` whose ``flush()`` returns once the data reached the kernel."""
+
+    def flush(self) -> None:
+        super().flush()
+        self.raw.flush()  # the raw file's write-behind
+
+
+class BufferedRandom(io.BufferedRandom):
+    """``io.BufferedRandom`` whose ``flush()`` returns once the data reached the kernel."""
+
+    def flush(self) -> None:
+        super().flush()
+        self.raw.flush()  # the raw file's write-behind
+
+
+def check_mode(
+    file: Any, mode: str, buffering: int, encoding: str | None, errors: str | None, newline: str | None
+) -> tuple[str, bool]:
+    """Check open()'s arguments as the built-in does; returns (FileIO mode, binary)."""
+    if not isinstance(file, int):
+        file = os.fspath(file)
+    if not isinstance(file, (str, bytes, int)):
+        raise TypeError(f"invalid file: {file!r}")
+    if not isinstance(mode, str):
+        raise TypeError(f"invalid mode: {mode!r}")
+    if not isinstance(buffering, int):
+        raise TypeError(f"invalid buffering: {buffering!r}")
+    if encoding is not None and not isinstance(encoding, str):
+        raise TypeError(f"invalid encoding: {encoding!r}")
+    if errors is not None and not isinstance(errors, str):
+        raise TypeError(f"invalid errors: {errors!r}")
+    modes = set(mode)
+    if modes - set("axrwb+t") or len(mode) > len(modes):
+        raise ValueError(f"invalid mode: {mode!r}")
+    creating = "x" in modes
+    reading = "r" in modes
+    writing = "w" in modes
+    appending = "a" in modes
+    updating = "+" in modes
+    text = "t" in modes
+    binary = "b" in modes
+    if text and binary:
+        raise ValueError("can't have text and binary mode at once")
+    if creating + reading + writing + appending > 1:
+        raise ValueError("can't have read/write/append mode at once")
+    if not (creating or reading or writing or appending):
+        raise ValueError("must have exactly one of read/write/append mode")
+    if binary and encoding is not None:
+        raise ValueError("binary mode doesn't take an encoding argument")
+    if binary and errors is not None:
+        raise ValueError("binary mode doesn't take an errors argument")
+    if binary and newline is not None:
+        raise ValueError("binary mode doesn't take a newline argument")
+    if binary and buffering == 1:
+        warnings.warn(
+            "line buffering (buffering=1) isn't supported in binary mode, the default buffer size will be used",
+            RuntimeWarning,
+            2,
+        )
+    raw_mode = (
+        ((creating and "x") or "") + ((reading and "r") or "") + ((writing and "w") or "")
+        + ((appending and "a") or "") + ((updating and "+") or "")
+    )
+    return raw_mode, binary
+
+
+# The overloads are the built-in open()'s (typeshed's): the mode and buffering
+# literals decide the layer returned.
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenTextMode = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> io.TextIOWrapper: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryMode,
+    buffering: Literal[0],
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> FileIO: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryModeUpdating,
+    buffering: Literal[-1, 1] = -1,
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> BufferedRandom: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryModeWriting,
+    buffering: Literal[-1, 1] = -1,
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> BufferedWriter: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: OpenBinaryModeReading,
+    buffering: Literal[-1, 1] = -1,
+    encoding: None = None,
+    errors: None = None,
+    newline: None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> io.BufferedReader: ...
+@overload
+def open(
+    file: int | PathArg,
+    mode: str,
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> IO[Any] | FileIO: ...
+def open(
+    file: int | PathArg,
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Opener | None = None,
+    *,
+    direct: bool = False,
+    stack: Stack | None = None,
+) -> IO[Any] | FileIO:
+    """Open *file* like the built-in ``open()`` and return the same kind of object.
+
+    ``rb`` gives an ``io.BufferedReader``, ``wb``/``ab``/``xb`` a
+    :class:`BufferedWriter`, ``+`` modes a :class:`BufferedRandom`, text modes
+    an ``io.TextIOWrapper`` over them, ``buffering=0`` the raw
+    :class:`uringstack.FileIO`.  *stack* defaults to the process-wide stack.
+    ``direct=True`` opens with ``O_DIRECT`` (aligned internal buffers; see
+    :class:`uringstack.FileIO`).  Buffered layers read ahead on sequential
+    reads and write behind on sequential writes.
+    """
+    raw_mode, binary = check_mode(file, mode, buffering, encoding, errors, newline)
+    if not isinstance(file, int):
+        file = os.fspath(file)
+    updating = "+" in mode
+    creating, writing, appending = "x" in mode, "w" in mode, "a" in mode
+    raw = FileIO(
+        file,
+        raw_mode,
+        closefd,
+        opener=opener,
+        stack=stack,
+        direct=direct,
+    )
+    result: IO[Any] | FileIO = raw
+    try:
+        line_buffering = False
+        if buffering == 1 or (buffering < 0 and raw.isatty()):
+            buffering = -1
+            line_buffering = True
+        if buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+            if raw.handle is not None:
+                write_only = (creating or writing or appending) and not updating
+                buffering = WRITE_BUFFER_SIZE if write_only else STREAM_BUFFER_SIZE
+            bs = os.fstat(raw.fileno()).st_blksize
+            if raw.handle is None and bs > 1:
+                buffering = bs
+        if buffering < 0:
+            raise ValueError("invalid buffering size")
+        if buffering == 0:
+            if binary:
+                return raw
+            raise ValueError("can't have unbuffered text I/O")
+        if direct and raw.handle is not None:
+            block = raw.block_size
+            buffering = max(block, -(-buffering // block) * block)  # whole blocks go O_DIRECT
+        raw._enable_streaming(readahead=True, writebehind=True)
+        buffer: BufferedRandom | BufferedWriter | io.BufferedReader
+        if updating:
+            buffer = BufferedRandom(raw, buffering)
+        elif creating or writing or appending:
+            buffer = BufferedWriter(raw, buffering)
+        else:
+            buffer = io.BufferedReader(raw, buffering)
+        result = buffer
+        if not binary:
+            encoding = io.text_encoding(encoding)
+            text = io.TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+            # The built-in open() sets the mode as given ("t" and all) on the instance;
+            # typeshed declares IO.mode read-only, so through the instance dict.
+            vars(text)["mode"] = mode
+            result = text
+        if stack is None:
+            from uringstack.fileobj.default_stack import track
+
+            track(result, raw=False)
+        return result
+    except BaseException:
+        result.close()
+        raise

@@ -1,0 +1,252 @@
+"""The plan: what the stack will build on this machine, and why.
+
+``make_plan`` is a dry run: it asks every plugin for its verdict and lets
+each adjust the parameters of every ring, but creates nothing.  The same
+plan is printed by ``uringstack plan`` and built by ``open_stack``, so what
+the user reads is what runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from uringstack.ring.params import RingParams
+from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
+
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.pluginmanager import UringstackPluginManager
+    from uringstack.probe.model import Capabilities
+
+
+class RingPlan(BaseModel):
+    """One ring of one worker."""
+
+    name: str
+    role: str
+    core: int | None
+    entries: int
+    flags: list[str]
+    required: list[str] = Field(default_factory=list)
+    sq_thread_cpu: int | None = None
+    sq_thread_idle_ms: int = 0
+    attach_to: str | None = None
+    spin_us: int = 0
+    reasons: list[str] = Field(default_factory=list)
+
+
+class WorkerPlan(BaseModel):
+    """One worker: a thread pinned to one CPU, owning its rings."""
+
+    index: int
+    cpu: int | None
+    rings: list[RingPlan] = Field(default_factory=list)
+
+
+class TargetPlan(BaseModel):
+    """Which backend would serve a probed device, and why."""
+
+    target: str
+    kind: str
+    backend: str
+    reason: str
+
+
+class Plan(BaseModel):
+    """Everything ``open_stack`` will build, with the reason for each decision."""
+
+    io_uring_usable: bool
+    io_uring_reason: str
+    default_backend: str
+    default_backend_reason: str
+    plugins: list[str]
+    verdicts: list[FeatureVerdict]
+    workers: list[WorkerPlan]
+    targets: list[TargetPlan] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    _params: dict[str, RingParams] = PrivateAttr(default_factory=dict)
+
+    def ring_params(self, name: str) -> RingParams:
+        """A fresh copy of the parameters the ring *name* is built from."""
+        return copy.deepcopy(self._params[name])
+
+
+def _flag_names(flags: Any) -> list[str]:
+    return [f.name for f in type(flags) if f in flags and f.name is not None]
+
+
+def _ring_plan(name: str, p: RingParams) -> RingPlan:
+    return RingPlan(
+        name=name,
+        role=p.role,
+        core=p.core,
+        entries=p.entries,
+        flags=_flag_names(p.effective_flags()),
+        required=_flag_names(p.required),
+        sq_thread_cpu=p.sq_thread_cpu,
+        sq_thread_idle_ms=p.sq_thread_idle_ms,
+        attach_to=p.attach_to,
+        spin_us=p.spin_us,
+        reasons=list(p.reasons),
+    )
+
+
+def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
+    """CPUs that get a worker: ``core.cores`` if set, else the measured best (``uringstack tune``),
+    else every CPU we may run on."""
+    cores = config.core.cores
+    if cores == "auto":
+        from uringstack.tune.apply import measured_cores
+
+        measured = measured_cores(caps)
+        return measured[0] if measured else list(caps.cpus.allowed)
+    bad = [c for c in cores if c not in caps.cpus.allowed]
+    if bad:
+        raise PlanError(
+            f"core.cores: CPUs {bad} are not available to this process (allowed: {caps.cpus.allowed})"
+        )
+    return list(cores)
+
+
+def select_backend(target: Target, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Any:
+    """The backend factory that serves *target*: a plugin's answer, else the core's io_uring."""
+    require_uring(caps, config)
+    chosen = pm.select_backend(target=target, caps=caps, config=config)
+    if chosen is not None:
+        return chosen
+    if config.core.backend == "fallback":
+        where = (
+            "it is listed in core.disabled_plugins"
+            if "fallback" in config.core.disabled_plugins
+            else "it is not installed"
+        )
+        raise PlanError(
+            f"core.backend = 'fallback' but no plugin serves {target.path} without io_uring: "
+            f"the fallback plugin is not loaded ({where})"
+        )
+    if not caps.uring.usable:
+        raise PlanError(
+            f"io_uring is not usable here ({caps.uring.reason}) and no plugin offers another "
+            "backend for it; enable the fallback plugin (remove it from core.disabled_plugins)"
+        )
+    from uringstack.stack.uring_backend import UringBackend
+
+    return UringBackend()
+
+
+def require_uring(caps: Capabilities, config: StackConfig) -> None:
+    """``core.backend = "uring"`` is a requirement: raise :class:`PlanError` where io_uring is unusable."""
+    if config.core.backend == "uring" and not caps.uring.usable:
+        raise PlanError(
+            f"core.backend = 'uring' requires io_uring, which is not usable here: {caps.uring.reason}; "
+            "set core.backend = 'auto' to use the fallback where io_uring is blocked"
+        )
+
+
+def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Plan:
+    """Ask the plugins and build the plan (no ring is created).
+
+    Raises :class:`PlanError` when the configuration requires what this
+    machine cannot do (a feature ``on``, ``core.backend = "uring"`` where
+    io_uring is blocked) and :class:`~uringstack.config.ConfigError` when
+    settings contradict each other (a plugin raises it from its verdict).
+
+    Measurements of ``uringstack tune`` are looked up first unless *caps*
+    already carries them (``caps.tuning``; see docs/tune.md).
+    """
+    require_uring(caps, config)
+    from uringstack.tune.apply import attach_tuning, measured_cores, plan_notes
+
+    caps = attach_tuning(caps, config)
+    verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
+    impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
+    if impossible:
+        raise PlanError(
+            "; ".join(f"{v.plugin} is configured 'on' but cannot be used: {v.reason}" for v in impossible)
+        )
+    uring_for_storage = caps.uring.usable and config.core.backend != "fallback"
+    probe_target = Target(path="<regular file>", kind="file", direct=config.core.direct, writable=True)
+    default = select_backend(probe_target, caps, config, pm)
+    plan = Plan(
+        io_uring_usable=caps.uring.usable,
+        io_uring_reason=caps.uring.reason or "io_uring_setup works in this process",
+        default_backend=default.name,
+        default_backend_reason=default.reason,
+        plugins=pm.plugin_names(),
+        verdicts=verdicts,
+        workers=[],
+    )
+    plan.notes.extend(plan_notes(caps))
+    if config.core.cores == "auto":
+        measured = measured_cores(caps)
+        plan.notes.append(
+            f"core: workers on CPUs {measured[0]}: {measured[1]}" if measured
+            else "core: a worker on every allowed CPU (core.cores = auto, no worker-count measurement)"
+        )
+    roles = ["storage"] if uring_for_storage else []
+    for v in verdicts:
+        if v.enabled and uring_for_storage:
+            roles.extend(r for r in v.ring_roles if r not in roles)
+    for index, cpu in enumerate(worker_cpus(caps, config)):
+        worker = WorkerPlan(index=index, cpu=cpu)
+        for role in roles:
+            params = RingParams(entries=config.core.ring_entries, role=role, core=cpu)
+            _core_ring_decisions(params, caps, config)
+            pm.ring_params(params=params, caps=caps, config=config)
+            name = params.name
+            plan._params[name] = params
+            worker.rings.append(_ring_plan(name, params))
+        plan.workers.append(worker)
+    if not uring_for_storage:
+        plan.notes.append(f"no io_uring rings: {default.reason}")
+    for dev in caps.devices:
+        # Read-only targets: a dry run opens no device (access is the probe's fact).
+        nodes: tuple[tuple[str | None, TargetKind], ...] = ((dev.path, "block"), (dev.generic_char, "nvme_char"))
+        for path, kind in nodes:
+            if path is None:
+                continue
+            target = Target(path=path, kind=kind, direct=True, writable=False, device=dev)
+            try:
+                backend = select_backend(target, caps, config, pm)
+                plan.targets.append(TargetPlan(target=path, kind=kind, backend=backend.name, reason=backend.reason))
+            except PlanError as exc:
+                plan.targets.append(TargetPlan(target=path, kind=kind, backend="none", reason=str(exc)))
+    return plan
+
+
+def _core_ring_decisions(params: RingParams, caps: Capabilities, config: StackConfig) -> None:
+    """Decisions the core makes itself, recorded like a plugin's.
+
+    SINGLE_ISSUER lets the kernel skip submission locking, but then only the
+    thread that created the ring may submit to it or register with it (the
+    kernel answers EEXIST otherwise).  A handle submits from whichever thread
+    calls it, so the flag is safe only when every call runs on the worker:
+    ``auto`` therefore never sets it, and ``on`` sets it and confines each
+    handle's I/O to its worker thread (``stack.run_on_workers``,
+    ``handle.worker.call``); other threads get ``WrongThreadError``.
+    """
+    from uringstack.ring.flags import SetupFlag
+
+    mode = config.core.single_issuer
+    if mode == "on":
+        if not caps.uring.accepts("SINGLE_ISSUER"):
+            err = caps.uring.setup_flags.get("SINGLE_ISSUER")
+            raise PlanError(
+                "core.single_issuer = 'on' but the kernel refuses IORING_SETUP_SINGLE_ISSUER "
+                f"({err.error if err else 'not probed'}; Linux 6.0+ needed)"
+            )
+        params.add(
+            SetupFlag.SINGLE_ISSUER,
+            "core: SINGLE_ISSUER on (config); this ring's I/O must run on its worker's thread "
+            "(stack.run_on_workers, handle.worker.call)",
+        )
+        params.required |= SetupFlag.SINGLE_ISSUER
+    else:
+        params.reasons.append(
+            f"core: SINGLE_ISSUER {mode}: not set, handles submit from the calling threads under "
+            "the ring's lock, which the flag forbids (set core.single_issuer = 'on' to confine "
+            "I/O to the worker threads)"
+        )

@@ -1,0 +1,602 @@
+"""``Ring``: a safe Python object around one io_uring instance.
+
+Ownership rule (the kernel's, see DESIGN.md): a buffer belongs to the kernel
+from submission until its completion is reaped.  A :class:`Batch` holds every
+object the kernel may touch (buffers, iovec arrays, NVMe command blocks) and
+the ring holds every in-flight batch, so dropping the caller's reference to a
+buffer mid-flight cannot free it.  ``close()`` cancels what is in flight and
+waits for every completion before the ring's memory goes away; that wait is
+bounded (:attr:`Ring.close_timeout`), so a lost completion fails with a clear
+error instead of hanging.
+
+A ring inherited by a ``fork()`` child is shared with the parent (the queues
+are shared memory): every method raises
+:class:`~uringstack.errors.ForkedChildError` there, and ``close()`` only drops
+the child's mapping and descriptor, never cancelling or unregistering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from uringstack.ring import forking
+from uringstack.columns import BatchColumns
+from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
+from uringstack.ring.flags import SetupFlag, feature_names
+from uringstack.ring.native import ffi, lib
+from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
+
+MAX_SLOTS: int = lib.US_MAX_SLOTS
+
+# Batches whose completion could not be confirmed (the ring broke while they
+# were in flight).  Their buffers are kept for the life of the process: leaking
+# memory is better than letting the kernel write into freed memory.
+_ORPHANED: list[Batch] = []
+
+IntOrSeq = int | Sequence[int]
+
+_OPTIONAL_COLUMNS = ("addrs", "lens", "offs", "op_flags", "sqe_flags", "buf_index")
+
+
+class Batch:
+    """Ops submitted together; owns everything the kernel may touch until reaped.
+
+    ``results`` holds one CQE result per op (bytes moved, or ``-errno``) once
+    :attr:`done` is true.  ``tag`` is free for the caller (e.g. an asyncio
+    future).
+    """
+
+    __slots__ = ("_arrays", "_keep", "_results", "finished", "n", "on_done", "slot", "tag")
+
+    def __init__(self, n: int, keep: object, arrays: object = ()) -> None:
+        self.n = n
+        self.slot = -1
+        self.tag: Any = None
+        self.finished = False
+        # Called (with the batch) by whichever thread reaps the last completion.
+        self.on_done: Callable[[Batch], None] | None = None
+        self._keep = keep
+        # The column memory (a BatchColumns or cdata arrays): C reads it only while
+        # submitting, but the batch holds it anyway so its pointers stay honest.
+        self._arrays = arrays
+        self._results = ffi.new("int32_t[]", n)
+
+    @property
+    def results(self) -> list[int]:
+        """Per-op results: bytes transferred, or ``-errno``."""
+        results: list[int] = ffi.unpack(self._results, self.n)
+        return results
+
+    @property
+    def results_cdata(self) -> Any:
+        """The raw ``int32_t[]`` results (for C-side checks without a Python list)."""
+        return self._results
+
+    def add_done_callback(self, fn: Callable[[Batch], None]) -> None:
+        """Run ``fn(batch)`` when the batch completes, after callbacks added before it.
+
+        Called by whichever thread reaps the last completion, under the ring's
+        lock: keep it short and never block in it."""
+        first = self.on_done
+        if first is None:
+            self.on_done = fn
+            return
+
+        def both(batch: Batch) -> None:
+            try:
+                first(batch)
+            finally:
+                fn(batch)
+
+        self.on_done = both
+
+    def release(self) -> None:
+        """Drop the buffers; only called once the kernel is done with them."""
+        self._keep = ()
+        self._arrays = ()
+
+
+class Ring:
+    """One io_uring instance.
+
+    Not safe for concurrent use by design: a lock serialises callers so two
+    threads never race on the SQ, and a SINGLE_ISSUER ring refuses any thread
+    but its creator (the kernel would fail such submissions with EEXIST).
+    """
+
+    close_timeout: float = 10.0
+    """Seconds :meth:`close` (and :meth:`unregister_buffers`) wait for cancelled
+    work to complete before declaring its completion lost."""
+
+    def __init__(self, params: RingParams | None = None, **kwargs: Any) -> None:
+        self.params = params if params is not None else RingParams(**kwargs)
+        self._fork_gen = forking.generation()
+        self._lock = threading.Lock()
+        self._owner = threading.get_ident()
+        self._closed = True
+        created: CreatedRing = create_raw_ring(self.params)
+        self._ring = created.ring
+        self.flags: SetupFlag = created.flags
+        self.features: int = created.features
+        self.sq_entries: int = created.sq_entries
+        self.cq_entries: int = created.cq_entries
+        self.dropped: list[tuple[SetupFlag, str]] = created.dropped
+        self.setup_notes: list[str] = created.notes
+        self._state = ffi.gc(lib.us_state_new(), lib.us_state_free)
+        if self._state == ffi.NULL:
+            lib.io_uring_queue_exit(self._ring)
+            raise MemoryError("cannot allocate ring bookkeeping")
+        # On an IOPOLL ring completions appear only inside io_uring_enter(GETEVENTS),
+        # so busy-peeking the CQ can never succeed there: never spin on one.
+        spin = 0 if self.flags & SetupFlag.IOPOLL else self.params.spin_us
+        lib.us_state_set_spin(self._state, spin)
+        self._counters = lib.us_state_counters(self._state)
+        self._inflight: dict[int, Batch] = {}
+        self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
+        self._done_buf = ffi.new("uint16_t[]", MAX_SLOTS)
+        # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
+        # and cffi allocations cost microseconds on a path that has a few.
+        self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
+        self._closed = False
+        self.registered_buffers = 0
+        self.registered_files = 0
+        self.eventfd: int | None = None
+
+    # --- properties --------------------------------------------------------
+    @property
+    def fd(self) -> int:
+        """The ring's file descriptor (for ATTACH_WQ or diagnostics)."""
+        self._check_open()
+        return int(self._ring.ring_fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def inflight(self) -> int:
+        """Ops submitted whose completion has not been reaped."""
+        return 0 if self._closed or self.inherited else int(lib.us_inflight(self._state))
+
+    def sq_thread(self) -> tuple[int, int] | None:
+        """``(tid, cpu)`` of this ring's SQPOLL poller from the kernel's fdinfo, or None.
+
+        Rings sharing a poller through ATTACH_WQ report the same thread; cpu is
+        -1 when the poller is not pinned.  Until the poller first runs the
+        kernel reports the creating thread; the poller then names itself
+        ``iou-sqp-<creator>`` and applies its CPU affinity.
+        """
+        self._check_open()
+        tid = cpu = None
+        with open(f"/proc/self/fdinfo/{self.fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "SqThread":
+                    tid = int(value)
+                elif key == "SqThreadCpu":
+                    cpu = int(value)
+        if tid is None or tid < 0 or cpu is None:
+            return None
+        return tid, cpu
+
+    def feature_names(self) -> list[str]:
+        return feature_names(self.features)
+
+    def counters(self) -> dict[str, int]:
+        """Counts since creation: io_uring_enter calls, SQEs submitted, CQEs reaped."""
+        c = self._counters
+        return {
+            "enters": int(c.enters),
+            "submitted": int(c.submitted),
+            "reaped": int(c.reaped),
+            "stray": int(c.stray),
+            "spins": int(c.spins),
+        }
+
+    # --- guards --------------------------------------------------------------
+    def _check_open(self) -> None:
+        self._check_fork()
+        if self._closed:
+            raise RingClosedError("ring is closed")
+
+    def _check_fork(self) -> None:
+        # Before taking the lock: a parent thread may have held it at fork time.
+        if self._fork_gen != forking._generation:
+            forking.check(self._fork_gen, f"the io_uring ring {self.params.role}")
+
+    @property
+    def inherited(self) -> bool:
+        """True in a fork() child for a ring its parent created."""
+        return forking.inherited(self._fork_gen)
+
+    def _check_thread(self) -> None:
+        if self._single_issuer and threading.get_ident() != self._owner:
+            raise WrongThreadError(
+                "this ring was created with IORING_SETUP_SINGLE_ISSUER and may only be used "
+                f"by the thread that created it (thread id {self._owner}); create one ring "
+                "per thread, or build it without single_issuer (in a stack with "
+                "core.single_issuer = 'on', run the I/O on the handle's worker: "
+                "stack.run_on_workers(fn) or handle.worker.call(fn))"
+            )
+
+    # --- submission ------------------------------------------------------------
+    def submit(
+        self,
+        opcodes: IntOrSeq,
+        fds: IntOrSeq,
+        *,
+        n: int | None = None,
+        addrs: IntOrSeq | None = None,
+        lens: IntOrSeq | None = None,
+        offsets: IntOrSeq | None = None,
+        op_flags: IntOrSeq | None = None,
+        sqe_flags: IntOrSeq | None = None,
+        buf_index: IntOrSeq | None = None,
+        keep: Sequence[object] = (),
+        wait: bool = False,
+    ) -> Batch:
+        """Submit one batch (without waiting unless *wait*); return the :class:`Batch` that tracks it.
+
+        Each column is either one int (the same for every op) or a sequence
+        of *n* ints.  ``addrs`` must point into objects listed in *keep* (or
+        memory that outlives the batch): the batch holds *keep* until every
+        completion is reaped.
+        """
+        if n is None:
+            n = next(
+                (len(c) for c in (opcodes, fds, addrs, lens, offsets) if c is not None and not isinstance(c, int)),
+                1,
+            )
+        if n <= 0:
+            raise ValueError("a batch needs at least one op")
+        cols = BatchColumns(n)
+        _put(cols, "opcodes", opcodes, n)
+        _put(cols, "fds", fds, n)
+        for name, value in zip(_OPTIONAL_COLUMNS, (addrs, lens, offsets, op_flags, sqe_flags, buf_index), strict=True):
+            if value is not None:
+                _put(cols, name, value, n)
+        return self.submit_columns(cols, keep=keep, wait=wait)
+
+    def submit_columns(
+        self, cols: BatchColumns, n: int | None = None, keep: object = (), *, wait: bool = False
+    ) -> Batch:
+        """Submit the first *n* ops (default ``cols.n``) described by *cols*; return the tracking :class:`Batch`.
+
+        *keep* is held by the batch until every completion is reaped (the
+        buffers the ``addrs`` column points into).  ``wait=True`` lets the
+        submitting syscall also wait for the batch's completions (one
+        io_uring_enter instead of two; ignored on SQPOLL rings); collect them
+        with :meth:`wait`.  Columns whose previous batch is still in flight
+        are refused with :class:`~uringstack.errors.BatchInFlightError`.
+        """
+        if n is None:
+            n = cols.n
+        elif not 0 < n <= cols.capacity:
+            raise ValueError(f"submit_columns: n={n} outside 1..{cols.capacity} (the columns' capacity)")
+        batch = Batch(n, keep, cols)
+        if self._fork_gen != forking._generation:
+            self._check_fork()
+        with self._lock:
+            if self._closed:
+                raise RingClosedError("ring is closed")
+            if self._single_issuer:
+                self._check_thread()
+            prev = cols.batch
+            if prev is not None and not prev.finished:
+                cols.check_reusable()
+            if not cols.ready:
+                cols.check_ready()
+            cols.batch = batch
+            try:
+                return self._submit_locked(batch, n, cols.desc, wait)
+            except BaseException:
+                if self._inflight.get(batch.slot) is not batch:  # nothing reached the kernel
+                    cols.batch = prev
+                raise
+
+    def submit_arrays(
+        self, n: int, arrays: Sequence[Any], keep: Sequence[object] = (), *, wait: bool = False
+    ) -> Batch:
+        """Submit a batch from eight positional cdata columns (opcodes, fds, addrs, lens, offs,
+        op_flags, sqe_flags, buf_index).  Kept for callers that build raw arrays; new code fills a
+        :class:`~uringstack.columns.BatchColumns` by name and calls :meth:`submit_columns`."""
+        return self.submit_columns(BatchColumns.wrap(n, arrays), n, tuple(keep), wait=wait)
+
+    def _submit_locked(self, batch: Batch, n: int, desc: Any, wait: bool) -> Batch:
+        desc.n = n
+        desc.results = batch._results
+        if not self._free_slots:
+            self._reap_locked()
+            if not self._free_slots:
+                raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+        slot = self._free_slots.pop()
+        desc.slot = slot
+        batch.slot = slot
+        ret = lib.us_submit_batch(self._ring, self._state, desc, n if wait else 0)
+        if ret < 0:
+            if lib.us_slot_remaining(self._state, slot):
+                # part of the batch reached the kernel: keep it owned until reaped
+                self._inflight[slot] = batch
+                self._wait_slot_locked(slot)
+                self._reap_locked()
+            else:
+                self._free_slots.append(slot)
+            raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
+        self._inflight[slot] = batch
+        return batch
+
+    # --- completion --------------------------------------------------------------
+    def _collect_done(self) -> list[Batch]:
+        done: list[Batch] = []
+        error: BaseException | None = None
+        while True:
+            k = lib.us_take_done(self._state, self._done_buf, MAX_SLOTS)
+            if k == 0:
+                if error is not None:
+                    raise error
+                return done
+            taken = []
+            for slot in ffi.unpack(self._done_buf, k):
+                batch = self._inflight.pop(slot)
+                batch.release()
+                batch.finished = True
+                self._free_slots.append(slot)
+                taken.append(batch)
+            done.extend(taken)
+            # Every completion taken is accounted for before any callback runs: a
+            # callback that raises must not leave the batches after it unfinished
+            # (their waiters would hang).  The first error is re-raised at the end.
+            for batch in taken:
+                if batch.on_done is not None:
+                    try:
+                        batch.on_done(batch)
+                    except BaseException as exc:  # re-raised below
+                        error = error or exc
+
+    def _reap_locked(self) -> list[Batch]:
+        lib.us_reap_ready(self._ring, self._state)
+        return self._collect_done()
+
+    def _wait_slot_locked(self, slot: int) -> None:
+        while True:
+            ret = lib.us_wait_slot(self._ring, self._state, slot)
+            if ret == 0:
+                return
+            if ret != -errno.EINTR:
+                raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
+
+    def wait(self, batch: Batch) -> list[int]:
+        """Block until every op of *batch* completed; return its results.
+
+        A batch that already completed returns its results even after the
+        ring was closed."""
+        if batch.finished:
+            return batch.results
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            self._check_thread()
+            if batch.slot in self._inflight and self._inflight[batch.slot] is batch:
+                self._wait_slot_locked(batch.slot)
+                self._collect_done()
+        return batch.results
+
+    def reap(self) -> list[Batch]:
+        """Collect batches that completed, without blocking."""
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            return self._reap_locked()
+
+    def poll(self) -> list[Batch]:
+        """One non-blocking pass through the kernel, then collect what completed.
+
+        Needed on IOPOLL rings, whose completions are only found inside
+        ``io_uring_enter(GETEVENTS)``; elsewhere it equals :meth:`reap` plus
+        flushing unsubmitted SQEs.  :mod:`uringstack.ring.polling` builds the
+        non-blocking and asyncio waits of polled rings on it."""
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            ret = lib.us_poll(self._ring, self._state)
+            if ret < 0:
+                raise UringIOError(-ret, "io_uring_enter(GETEVENTS)", None, "polling the ring")
+            return self._collect_done()
+
+    def try_reap(self) -> list[Batch]:
+        """Like :meth:`reap`, but return at once if another thread holds the ring.
+
+        That thread is inside submit or wait and will collect (and run the
+        callbacks of) whatever completed, so nothing is lost by skipping.
+        """
+        self._check_fork()
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            return [] if self._closed else self._reap_locked()
+        finally:
+            self._lock.release()
+
+    def wait_any(self) -> list[Batch]:
+        """Block until at least one in-flight batch completed; return the completed ones."""
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            self._check_thread()
+            done = self._collect_done()
+            while not done:
+                ret = lib.us_wait_any(self._ring, self._state, 1)
+                if ret == -errno.ENOENT:
+                    return []
+                if ret < 0 and ret != -errno.EINTR:
+                    raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
+                done = self._collect_done()
+            return done
+
+    def run(self, opcodes: IntOrSeq, fds: IntOrSeq, **kwargs: Any) -> list[int]:
+        """Submit a batch and wait for it: the synchronous form of :meth:`submit`."""
+        return self.wait(self.submit(opcodes, fds, wait=True, **kwargs))
+
+    # --- registration ----------------------------------------------------------
+    def register_buffers(self, buffers: Iterable[Any]) -> Any:
+        """Register buffers for READ_FIXED/WRITE_FIXED; returns the pinning cdata list.
+
+        The caller must keep the returned objects (and the buffers) alive
+        until :meth:`unregister_buffers`.  ENOMEM means RLIMIT_MEMLOCK is too
+        low on this kernel.
+        """
+        pins = [ffi.from_buffer(b, require_writable=True) for b in buffers]
+        iov = ffi.new("struct iovec[]", len(pins))
+        for i, pin in enumerate(pins):
+            iov[i].iov_base = pin
+            iov[i].iov_len = len(pin)
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_buffers(self._ring, iov, len(pins))
+        if ret < 0:
+            detail = "RLIMIT_MEMLOCK too low for registered buffers" if ret == -errno.ENOMEM else ""
+            raise UringIOError(-ret, "io_uring_register_buffers", None, detail)
+        self.registered_buffers = len(pins)
+        return pins
+
+    def unregister_buffers(self) -> None:
+        self._check_fork()
+        error = None
+        with self._lock:
+            self._check_open()
+            if self._inflight:
+                error = self._drain_all_locked()
+            ret = lib.io_uring_unregister_buffers(self._ring)
+        if ret < 0 and ret != -errno.ENXIO:
+            raise UringIOError(-ret, "io_uring_unregister_buffers")
+        self.registered_buffers = 0
+        if error is not None:
+            raise error
+
+    def register_files(self, fds: Sequence[int]) -> None:
+        """Register a fixed-file table; -1 entries are empty slots."""
+        arr = ffi.new("int[]", list(fds))
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_files(self._ring, arr, len(fds))
+        if ret < 0:
+            raise UringIOError(-ret, "io_uring_register_files")
+        self.registered_files = len(fds)
+
+    def update_files(self, offset: int, fds: Sequence[int]) -> None:
+        """Replace fixed-file slots starting at *offset* (-1 clears a slot)."""
+        arr = ffi.new("int[]", list(fds))
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_files_update(self._ring, offset, arr, len(fds))
+        if ret < 0:
+            raise UringIOError(-ret, "io_uring_register_files_update")
+
+    def unregister_files(self) -> None:
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_unregister_files(self._ring)
+        if ret < 0 and ret != -errno.ENXIO:
+            raise UringIOError(-ret, "io_uring_unregister_files")
+        self.registered_files = 0
+
+    def register_eventfd(self, fd: int) -> None:
+        """Signal *fd* (an eventfd) whenever a completion is posted."""
+        self._check_fork()
+        with self._lock:
+            self._check_open()
+            ret = lib.io_uring_register_eventfd(self._ring, fd)
+        if ret < 0:
+            raise UringIOError(-ret, "io_uring_register_eventfd")
+        self.eventfd = fd
+
+    # --- teardown ---------------------------------------------------------------
+    def _drain_all_locked(self) -> UringIOError | None:
+        """Cancel everything in flight and wait (bounded) for it; the error if some never completed."""
+        ret = lib.us_cancel_all(self._ring, self._state, max(1, int(self.close_timeout * 1000)))
+        lost = int(lib.us_inflight(self._state))
+        try:
+            self._collect_done()
+        finally:
+            if ret < 0 or self._inflight:
+                # Leaking memory is better than letting the kernel write into freed memory.
+                _ORPHANED.extend(self._inflight.values())
+                self._inflight.clear()
+        if ret == -errno.ETIME:
+            return UringIOError(
+                errno.ETIMEDOUT, "close", None,
+                f"ring {self.params.role}: {lost} op(s) did not complete within {self.close_timeout:g} s "
+                "of being cancelled (a lost completion, or a hung device); their buffers are kept "
+                "for the life of the process",
+            )  # fmt: skip
+        if ret < 0:
+            return UringIOError(-ret, "close", None, f"ring {self.params.role}: waiting for cancelled work")
+        return None
+
+    def close(self) -> None:
+        """Cancel in-flight work, wait for every completion, and free the ring.
+
+        Idempotent.  After close every method raises :class:`RingClosedError`.
+        The wait is bounded by :attr:`close_timeout`: past it the ring is still
+        freed, the buffers of the ops that never completed are kept for the
+        life of the process, and close raises :class:`UringIOError`
+        (``ETIMEDOUT``) saying how many ops were lost.
+
+        In a fork() child, closing an inherited ring (explicitly or by GC)
+        only unmaps the child's view and closes its descriptor: nothing is
+        cancelled on the ring the parent still uses.
+        """
+        if self.inherited:
+            self._abandon()
+            return
+        error = None
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._inflight or lib.us_inflight(self._state):
+                error = self._drain_all_locked()
+            lib.io_uring_queue_exit(self._ring)
+        if error is not None:
+            raise error
+
+    def _abandon(self) -> None:
+        """Drop a fork child's copy of the ring without touching the parent's (no lock: it may be held)."""
+        if self._closed:
+            return
+        self._closed = True
+        # The kernel completes the parent's in-flight ops into the parent's memory,
+        # never into this copy, so nothing here needs to outlive the ring.
+        lib.io_uring_queue_exit(self._ring)  # munmap + close of this process's copies only
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):  # best effort in a finaliser
+                self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._ring.ring_fd}"
+        return f"<Ring {self.params.role} {state} flags={self.flags!r} inflight={self.inflight}>"
+
+
+def _put(cols: BatchColumns, name: str, value: IntOrSeq, n: int) -> None:
+    if isinstance(value, int):
+        cols.fill(name, value)
+    elif len(value) != n:
+        raise ValueError(f"expected {n} values for the {name} column, got {len(value)}")
+    else:
+        cols.set(name, value)

@@ -1,0 +1,154 @@
+"""The asyncio bridge: completions wake the event loop through an eventfd.
+
+Each ring that serves asyncio callers gets an eventfd registered with
+``io_uring_register_eventfd``; the loop watches it with ``add_reader`` and,
+when it fires, reaps completed batches without blocking.  No thread is
+involved, so ``await handle.read(...)`` costs one loop wake-up per batch of
+completions, not a thread hop per I/O.  The bridge also owns the ring's
+:class:`~uringstack.aio_coalesce.Coalescer`, which sends the single awaits of
+one loop iteration to the kernel as one batch.
+
+Completions are reaped by whichever thread gets to the ring first, possibly
+after the loop that awaited them was closed (its task was cancelled and
+``asyncio.run`` returned).  Such a completion is dropped here: it must never
+raise ``Event loop is closed`` in an unrelated caller that happened to reap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from uringstack.aio_coalesce import Coalescer
+
+if TYPE_CHECKING:
+    from uringstack.ring import Batch, Ring
+
+_bridges: weakref.WeakKeyDictionary[Ring, _Bridge] = weakref.WeakKeyDictionary()
+_bridges_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _bridges_lock
+    _bridges_lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    """Run *fn* on *loop* from any thread; drop it if the loop is closed (nobody awaits any more)."""
+    if loop.is_closed():
+        return
+    if asyncio._get_running_loop() is loop:
+        # Reaped on the loop's own thread (its eventfd reader, or a task's
+        # submission): no self-pipe write and wake-up needed.
+        loop.call_soon(fn)
+        return
+    with contextlib.suppress(RuntimeError):  # closed between the check and the call
+        loop.call_soon_threadsafe(fn)
+
+
+class _Bridge:
+    """The ring's eventfd (registered once for the ring's life) and the loop watching it."""
+
+    def __init__(self, ring: Ring, loop: asyncio.AbstractEventLoop) -> None:
+        self.ring = ring
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ring.register_eventfd(self.efd)
+        self.loop = loop
+        self.coalescer = Coalescer(ring, loop, lambda fn: post(loop, fn))
+        loop.add_reader(self.efd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # another reader drained it
+            os.eventfd_read(self.efd)
+        if not self.ring.closed:
+            self.ring.try_reap()
+
+    def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
+        self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
+        self.loop = loop
+        self.coalescer = Coalescer(self.ring, loop, lambda fn: post(loop, fn))
+        loop.add_reader(self.efd, self._on_readable)
+
+    def detach(self) -> None:
+        """Stop watching and release the eventfd (the ring is closing)."""
+        if self.ring.inherited:
+            # A fork child shares the parent's epoll instance: removing the reader
+            # here would remove it for the parent.  Only drop this process's copy.
+            with contextlib.suppress(OSError):
+                os.close(self.efd)
+            return
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.efd)
+        os.close(self.efd)  # the kernel keeps its own reference until the ring goes
+
+
+def coalescer_for(ring: Ring) -> Coalescer:
+    """The running loop's :class:`~uringstack.aio_coalesce.Coalescer` of *ring* (made on first use)."""
+    return _bridge_for(ring).coalescer
+
+
+def _bridge_for(ring: Ring) -> _Bridge:
+    loop = asyncio.get_running_loop()
+    with _bridges_lock:
+        bridge = _bridges.get(ring)
+        if bridge is None:
+            bridge = _Bridge(ring, loop)
+            _bridges[ring] = bridge
+        elif bridge.loop is not loop:
+            if not bridge.loop.is_closed():
+                raise RuntimeError(
+                    "this ring already serves another running event loop; "
+                    "use one stack (or one worker) per event loop"
+                )
+            bridge.move_to(loop)
+        return bridge
+
+
+def detach_ring(ring: Ring) -> None:
+    """Forget the bridge of *ring* (called when the ring closes)."""
+    with _bridges_lock:
+        bridge = _bridges.pop(ring, None)
+    if bridge is not None:
+        bridge.detach()
+
+
+async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
+    """Await the completion of *batch* on *ring* without blocking the loop.
+
+    Always yields to the loop at least once, even when the batch completed
+    inside its submission (a page-cache hit does): awaiting a finished batch
+    without yielding would let one task that reads in a loop hold the event
+    loop for as long as its reads hit the cache, starving every other task.
+    """
+    if batch.finished:
+        await asyncio.sleep(0)
+        return batch.results
+    bridge = _bridge_for(ring)
+    loop = bridge.loop
+    fut: asyncio.Future[list[int]] = loop.create_future()
+
+    def resolve(_: Batch) -> None:
+        def set_result() -> None:
+            if not fut.done():
+                fut.set_result(batch.results)
+
+        post(loop, set_result)
+
+    batch.add_done_callback(resolve)
+    # The batch may have completed between the check above and installing the
+    # callback; reaping now either finds it or it is still in flight.
+    if not ring.closed:
+        ring.try_reap()
+    if batch.finished:
+        await asyncio.sleep(0)
+        return batch.results
+    return await fut

@@ -1,0 +1,215 @@
+"""Buffers the kernel can DMA into: page-aligned allocations and registered-buffer leases.
+
+O_DIRECT and NVMe passthrough need buffers, offsets and lengths aligned to the
+device's logical block size.  Anonymous ``mmap`` memory is page aligned
+(4096 bytes, a multiple of every logical block size in practice), so
+:func:`aligned_buffer` is the simple, safe way to get one.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from uringstack.errors import AlignmentError
+from uringstack.ring.native import ffi
+
+if TYPE_CHECKING:
+    from uringstack.ring import Ring
+
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def aligned_buffer(size: int, alignment: int = PAGE_SIZE) -> mmap.mmap:
+    """A zero-filled, writable buffer of *size* bytes whose address is *alignment*-aligned."""
+    if size <= 0:
+        raise ValueError(f"buffer size must be positive, got {size}")
+    if alignment <= 0 or alignment & (alignment - 1) or PAGE_SIZE % alignment:
+        raise ValueError(f"alignment must be a power of two dividing the page size, got {alignment}")
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def address_of(pin: Any) -> int:
+    """Integer address of a cdata obtained from ``ffi.from_buffer``."""
+    return int(ffi.cast("uintptr_t", pin))
+
+
+def pin_buffers(buffers: Sequence[Any], *, writable: bool) -> tuple[list[Any], list[int], list[int]]:
+    """``(keep, addresses, lengths)`` for a batch: what the batch must hold until
+    completion, and where each buffer's memory is.  Registered-buffer leases are
+    taken as they are (plain memory to a ring they are not registered with)."""
+    keep: list[Any] = []
+    addrs: list[int] = []
+    lens: list[int] = []
+    for buf in buffers:
+        if isinstance(buf, RegisteredBuffer):
+            keep.append(buf)
+            addrs.append(buf.addr)
+            lens.append(buf.size)
+            continue
+        pin = ffi.from_buffer(buf, require_writable=writable)
+        keep.append(pin)
+        addrs.append(address_of(pin))
+        lens.append(len(pin))
+    return keep, addrs, lens
+
+
+def check_alignment(op: str, filename: str, addr: int, length: int, offset: int, block: int) -> None:
+    """Raise :class:`AlignmentError` naming what is misaligned, before anything is submitted."""
+    bad = []
+    if addr % block:
+        bad.append(f"buffer address {addr:#x} is not a multiple of {block}")
+    if length % block:
+        bad.append(f"length {length} is not a multiple of {block}")
+    if offset % block:
+        bad.append(f"offset {offset} is not a multiple of {block}")
+    if bad:
+        raise AlignmentError(
+            f"{op} on {filename} (O_DIRECT, logical block size {block}): "
+            + "; ".join(bad)
+            + ". Use uringstack.aligned_buffer() or a registered-buffer lease."
+        )
+
+
+class RegisteredBuffer:
+    """A slice of memory registered with one ring (a fixed buffer).
+
+    ``view`` is its memory as a writable :class:`memoryview`: pass
+    ``lease.view`` where a buffer is wanted (``memoryview(lease)`` itself
+    works from Python 3.12, which added the buffer protocol for Python
+    classes); ``bytes(lease)``, ``lease[a:b]`` and ``lease[a:b] = data``
+    work on every version.  Handles take leases as they are.
+
+    Plugins (fixedbuf) create these; the I/O path turns reads and writes on
+    them into READ_FIXED/WRITE_FIXED.  ``ring_id`` is ``id()`` of the ring the
+    memory is registered with: a lease used on another ring falls back to a
+    plain READ/WRITE, which is correct, just not faster.
+    """
+
+    __slots__ = ("addr", "batch", "index", "parent", "ring_id", "size", "view")
+
+    def __init__(
+        self, view: memoryview, index: int, addr: int, ring_id: int, parent: RegisteredBuffer | None = None
+    ) -> None:
+        self.view = view
+        self.parent = parent
+        self.index = index
+        self.addr = addr
+        self.ring_id = ring_id
+        self.size = len(view)
+        # The last batch that used this buffer; a pool must not hand the buffer
+        # out again before that batch finished (the kernel may still write it).
+        self.batch: Any = None
+
+    def sub(self, start: int, length: int) -> RegisteredBuffer:
+        """The registered range ``[start, start + length)`` of this buffer (still a fixed buffer)."""
+        if start < 0 or length <= 0 or start + length > self.size:
+            raise ValueError(f"range {start}+{length} outside a {self.size}-byte registered buffer")
+        root = self.parent or self
+        return RegisteredBuffer(self.view[start : start + length], self.index, self.addr + start, self.ring_id, root)
+
+    def in_flight(self) -> bool:
+        """True while the last batch submitted with this buffer has not completed."""
+        return self.batch is not None and not self.batch.finished
+
+    def __len__(self) -> int:
+        return self.size
+
+    # Bytes-like access.  Python 3.11 cannot give a pure-Python class the buffer
+    # protocol, so ``memoryview(lease)`` needs 3.12's __buffer__; on every
+    # version ``lease.view`` is the lease's memory as a writable memoryview
+    # (what to pass to APIs that want a buffer), and bytes(), slicing and
+    # slice assignment work on the lease itself.
+    def __bytes__(self) -> bytes:
+        return self.view.tobytes()
+
+    def __getitem__(self, key: slice) -> memoryview:
+        """``lease[a:b]``: a memoryview of that part of the lease's memory."""
+        if not isinstance(key, slice):
+            raise TypeError("index a registered buffer with a slice, or use lease.view")
+        return self.view[key]
+
+    def __setitem__(self, key: slice, data: Any) -> None:
+        """``lease[a:b] = data``: copy *data* into the lease's memory."""
+        if not isinstance(key, slice):
+            raise TypeError("index a registered buffer with a slice, or use lease.view")
+        self.view[key] = data
+
+    def __buffer__(self, flags: int) -> memoryview:
+        """The buffer protocol (Python 3.12+): ``memoryview(lease)``, ``f.write(lease)``."""
+        return self.view
+
+    def __release_buffer__(self, view: memoryview) -> None:
+        """Nothing to release: the pool owns the memory (Python 3.12+ buffer protocol)."""
+
+
+class BufferProvider(Protocol):
+    """What a buffer-pool plugin registers in a worker's :class:`BufferRegistry`.
+
+    :meth:`FileHandle.lease_buffers` leases from it for handles on ``ring``
+    (the ring the buffers are registered with).
+    """
+
+    buffer_size: int
+    count: int
+    ring: Ring
+
+    def owns(self, buf: RegisteredBuffer) -> bool:
+        """True when *buf* is one of this pool's buffers (leased or not)."""
+        ...
+
+    def lease(self) -> RegisteredBuffer:
+        """A free buffer; raise :class:`BufferError` when none is free."""
+        ...
+
+    def release(self, buf: RegisteredBuffer) -> None:
+        """Give *buf* back; deferred by the pool while it is still in flight."""
+        ...
+
+
+class BufferRegistry:
+    """The registered-buffer providers of one worker, by plugin name (``worker.buffers``).
+
+    A plugin that registers buffers with a ring in ``uringstack_ring_created``
+    calls :meth:`register`; the core's handles find the pool for their ring
+    with :meth:`for_ring`, so no module needs to know another's resource key.
+    The plugin removes its provider in ``uringstack_stack_teardown`` with
+    :meth:`unregister` before it frees the memory.
+    """
+
+    def __init__(self) -> None:
+        self._providers: dict[str, BufferProvider] = {}
+
+    def register(self, plugin: str, provider: BufferProvider) -> None:
+        """Make *provider* serve leases for its ring; one provider per plugin and ring."""
+        if plugin in self._providers:
+            raise ValueError(f"plugin {plugin!r} already registered a buffer provider on this worker")
+        for other, existing in self._providers.items():
+            if existing.ring is provider.ring:
+                raise ValueError(
+                    f"plugin {plugin!r}: the {provider.ring.params.role} ring already has buffers "
+                    f"registered by plugin {other!r} (a ring has one registered-buffer table)"
+                )
+        self._providers[plugin] = provider
+
+    def unregister(self, plugin: str) -> BufferProvider | None:
+        """Remove and return *plugin*'s provider (``None`` if it had none)."""
+        return self._providers.pop(plugin, None)
+
+    def get(self, plugin: str) -> BufferProvider | None:
+        """*plugin*'s provider, or ``None``."""
+        return self._providers.get(plugin)
+
+    def for_ring(self, ring: Ring | None) -> BufferProvider | None:
+        """The provider whose buffers are registered with *ring*, or ``None``."""
+        if ring is None:
+            return None
+        return next((p for p in self._providers.values() if p.ring is ring), None)
+
+    def names(self) -> list[str]:
+        """The plugins that registered a provider, in registration order."""
+        return list(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)

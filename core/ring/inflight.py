@@ -1,0 +1,144 @@
+"""Tracking the I/O a handle started, so that closing it can wait for that I/O first.
+
+A descriptor released while ops on it are queued or in flight is reused by
+the next ``open``, and those ops then read or write that unrelated file (a
+thread pool resolves the number when it runs the op; an SQPOLL ring when its
+poller picks the SQE up).  So a close marks the tracker closed (new starts
+are refused), waits until starts already past the check have handed over
+their pending objects, waits for those to complete, and only then may the
+caller release the descriptor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from uringstack.errors import RingClosedError
+from uringstack.ring.pending import Pending
+
+P = TypeVar("P", bound=Pending)
+
+CLOSE_TIMEOUT_S = 10.0
+"""How long a close waits for in-flight I/O before it reports a lost completion."""
+
+_PRUNE_MIN = 64
+
+
+class InflightTracker:
+    """Pending objects started through one handle (or one backend object) that may not be done."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        # A leaf lock: never held while calling into a ring, a pool or a pending.
+        # The fast paths take the bare lock; close() waits on a condition over it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._starting = 0
+        self._closed = False
+        self._pending: set[Pending] = set()
+        self._prune_at = _PRUNE_MIN
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RingClosedError(f"{self.what} is closed")
+            self._starting += 1
+
+    def _leave(self, pending: Pending | None) -> None:
+        with self._lock:
+            self._starting -= 1
+            if pending is not None:
+                self._pending.add(pending)
+            prune = len(self._pending) >= self._prune_at
+            if self._closed and self._starting == 0:
+                self._cond.notify_all()
+        if prune:
+            self._prune()
+
+    def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
+        """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
+        self._enter()
+        pending: P | None = None
+        try:
+            pending = fn(*args, **kwargs)
+            return pending
+        finally:
+            self._leave(pending)
+
+    def run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        """Start I/O with ``fn(*args, **kwargs)`` and wait for it; close() waits for this call to return.
+
+        The synchronous path: counted while it runs instead of entering the set,
+        unless the wait is interrupted (a signal), which leaves the op tracked."""
+        self._enter()
+        pending: Pending | None = None
+        waited = False
+        try:
+            pending = fn(*args, **kwargs)
+            results = pending.wait()
+            waited = True
+            return results
+        finally:
+            self._leave(None if waited else pending)
+
+    def forget(self, pending: Pending) -> None:
+        """Stop tracking *pending* if it completed (an ``await`` on it just returned or was cancelled)."""
+        if pending.done():
+            with self._lock:
+                self._pending.discard(pending)
+
+    def _prune(self) -> None:
+        with self._lock:
+            snapshot = list(self._pending)
+        done = {p for p in snapshot if p.done()}  # outside the lock: done() may reap
+        with self._lock:
+            self._pending -= done
+            self._prune_at = max(_PRUNE_MIN, 2 * len(self._pending))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new starts, then wait until everything started has completed.
+
+        Raises :class:`TimeoutError` (naming what is stuck) if that takes longer
+        than *timeout* (default :data:`CLOSE_TIMEOUT_S`): a lost completion or a hung device.  The tracker stays
+        closed either way; the caller must then keep the descriptor open."""
+        if timeout is None:
+            timeout = CLOSE_TIMEOUT_S
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            while self._starting:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"{self.what}: an I/O call in another thread ran past {timeout:g} s")
+            pending = list(self._pending)
+        stuck = wait_all(pending, deadline)
+        with self._lock:
+            self._pending.difference_update(p for p in pending if p not in stuck)
+        if stuck:
+            ops = sum(p.n for p in stuck)
+            raise TimeoutError(
+                f"{self.what}: {ops} op(s) in {len(stuck)} batch(es) still not complete {timeout:g} s after "
+                "close() began (a lost completion or a hung device); the descriptor is left open so they "
+                "cannot land in another file"
+            )
+
+
+def wait_all(pending: list[Pending], deadline: float) -> list[Pending]:
+    """Poll each pending until it is done or *deadline* passes; return those still not done.
+
+    ``done()`` reaps (and on IOPOLL rings polls) without blocking, so the wait
+    works on every backend and never blocks past the deadline, even when a
+    completion was lost."""
+    delay = 0.0001
+    left = [p for p in pending if not p.done()]
+    while left and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+        left = [p for p in left if not p.done()]
+    return left

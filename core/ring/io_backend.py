@@ -1,0 +1,150 @@
+"""The backend side of a file handle: what every backend implements.
+
+A backend (the core's io_uring backend, the fallback plugin's thread pool,
+NVMe passthrough, IOPOLL) opens a target and returns a :class:`FileIO`.  The
+public :class:`uringstack.stack.handle.FileHandle` sits on top and gives every
+backend the same semantics: short transfers retried or reported, errors as
+:class:`~uringstack.errors.UringIOError` with errno, operation and file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from uringstack.errors import BatchInFlightError
+from uringstack.ring.pending import Pending
+
+SyncMethod = Literal["dsync", "fdatasync"]
+"""How a durable write reaches stable storage (see :meth:`FileIO.start_write_durable`)."""
+
+SYNC_METHODS: tuple[SyncMethod, ...] = ("dsync", "fdatasync")
+
+
+class FileIO(Protocol):
+    """One open target on one backend.
+
+    ``buffers`` are objects supporting the writable buffer protocol (for
+    reads) or any buffer (for writes), or
+    :class:`~uringstack.ring.buffers.RegisteredBuffer` leases.  The backend must
+    keep every buffer alive until its op completed.
+    """
+
+    backend: str
+    path: str
+    fd: int
+    direct: bool
+    block_size: int
+    fixed_index: int | None
+
+    def start_rw(self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False) -> Pending:
+        """Start one batch of reads (or writes) at *offsets* into (from) *buffers*.
+
+        ``wait=True`` is a hint that the caller waits for the batch right away:
+        an io_uring backend then submits and waits in one syscall."""
+        ...
+
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> Pending:
+        """Start an fsync (or fdatasync) of the whole file."""
+        ...
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        """Start one write of *buffer* at *offset* that is durable once it completed.
+
+        ``sync="dsync"``: one write that is itself durable (``RWF_DSYNC`` on
+        io_uring and the fallback, FUA on an NVMe namespace); the results are
+        ``[written]``.  ``sync="fdatasync"``: the write, then a flush ordered
+        after it (``IOSQE_IO_LINK`` on io_uring: SQEs are unordered, an
+        unlinked flush may run first); the results are ``[written, flush
+        result]``, and a flush after a write that failed or came back short
+        does not run and reports ``-ECANCELED``.  The backend submits the
+        write once: completing a short write and checking the results is
+        :meth:`uringstack.stack.handle.FileHandle.write_durable`'s job, the same for
+        every backend.  The completion hook sees the op ``"write_durable"``.
+        """
+        ...
+
+    def size(self) -> int:
+        """Current size in bytes (file size, or device capacity)."""
+        ...
+
+    def close(self) -> None:
+        """Release the target; in-flight ops complete first."""
+        ...
+
+
+class PreparedRW(Protocol):
+    """Reads (or writes) of a fixed set of buffers, prepared once and started at new offsets.
+
+    What :meth:`FileIO.prepare_rw` returns.  ``start(offsets)`` starts one
+    batch: op *i* moves ``buffers[i]`` at ``offsets[i]`` (exactly ``n``
+    offsets).  Results are unchecked, as from :meth:`FileIO.start_rw`; the
+    handle checks them the same way.  A prepared object whose last batch is
+    still in flight refuses to start another
+    (:class:`~uringstack.errors.BatchInFlightError`): its buffers are the
+    kernel's until then.
+    """
+
+    n: int
+    write: bool
+
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
+        """Start the batch at *offsets* (``wait=True``: the caller waits right away)."""
+        ...
+
+    def close(self) -> None:
+        """Drop what was prepared (pins, columns); the object cannot start again."""
+        ...
+
+
+@runtime_checkable
+class PreparesRW(Protocol):
+    """The optional fast path of a backend: :meth:`prepare_rw` reusing what does not change per call."""
+
+    def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> PreparedRW:
+        """Pin *buffers*, check what can be checked once, and return the object that starts batches on them."""
+        ...
+
+
+class RestartingPrepared:
+    """The generic :class:`PreparedRW` every backend gets: ``start_rw`` on each start.
+
+    Correct on any backend (the fallback thread pool, IOPOLL, NVMe
+    passthrough): each start runs the backend's own checks and submission;
+    only the in-flight rule is added here.
+    """
+
+    def __init__(self, io: FileIO, write: bool, buffers: Sequence[Any]) -> None:
+        self.io = io
+        self.write = write
+        self.buffers = tuple(buffers)
+        self.n = len(self.buffers)
+        self._last: Pending | None = None
+        self._closed = False
+
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
+        if self._closed:
+            raise ValueError(f"{self.io.path}: this prepared I/O was closed")
+        if self._last is not None and not self._last.done():
+            raise BatchInFlightError(
+                f"{self.io.path}: the prepared {'writes' if self.write else 'reads'} are still in flight "
+                f"({self.n} op(s)); wait for them before starting again"
+            )
+        if len(offsets) != self.n:
+            raise ValueError(f"{self.io.path}: {len(offsets)} offsets for {self.n} prepared buffers")
+        if min(offsets) < 0:  # the handle's read_many check, same message
+            bad = next(i for i, off in enumerate(offsets) if off < 0)
+            raise ValueError(f"{self.io.path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
+        self._last = pending = self.io.start_rw(self.write, offsets, self.buffers, wait=wait)
+        return pending
+
+    def close(self) -> None:
+        self._closed = True
+        self.buffers = ()
+
+
+def prepare_rw(io: FileIO, write: bool, buffers: Sequence[Any]) -> PreparedRW:
+    """*io*'s own :meth:`PreparesRW.prepare_rw` when it has one, else :class:`RestartingPrepared`."""
+    if isinstance(io, PreparesRW):
+        return io.prepare_rw(write, buffers)
+    return RestartingPrepared(io, write, buffers)

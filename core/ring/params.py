@@ -1,0 +1,235 @@
+"""Parameters of one ring, and ring creation with fio-style flag fallback.
+
+A setup flag the running kernel does not know makes ``io_uring_setup`` fail
+with EINVAL.  Like fio, we then drop the newest optional flag and retry, and
+record what was dropped so the plan can say so; a flag the caller marked as
+required is never dropped silently (the error is raised instead).
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from uringstack.errors import RingSetupError
+from uringstack.ring.flags import OPTIONAL_SETUP_FLAGS, SetupFlag
+from uringstack.ring.native import ffi, lib
+
+# Order in which flags are given up on EINVAL: newest kernel feature first.
+_DROP_ORDER: tuple[SetupFlag, ...] = (
+    SetupFlag.DEFER_TASKRUN,
+    SetupFlag.SINGLE_ISSUER,
+    SetupFlag.TASKRUN_FLAG,
+    SetupFlag.COOP_TASKRUN,
+    SetupFlag.SUBMIT_ALL,
+    SetupFlag.CQE32,
+    SetupFlag.SQE128,
+    SetupFlag.IOPOLL,
+    SetupFlag.ATTACH_WQ,
+    SetupFlag.SQ_AFF,
+    SetupFlag.SQPOLL,
+    SetupFlag.CLAMP,
+)
+
+
+def ring_name(core: int | None, role: str) -> str:
+    """The plan's name of the *role* ring of the worker on CPU *core*: ``"core0/storage"``.
+
+    The one spelling of a ring name: ``attach_to``, the plan and the stack
+    all use it."""
+    return f"core{core}/{role}"
+
+
+@dataclass
+class RingParams:
+    """What one ring is built with; plugins adjust this before the ring exists.
+
+    ``attach_to`` names another ring of the plan (``"core0/storage"``) whose
+    SQPOLL thread and io-wq this ring shares (IORING_SETUP_ATTACH_WQ); the
+    stack resolves it to ``wq_fd`` when it builds the rings.
+    ``role`` names what the ring carries (``"storage"``, ``"iopoll"``,
+    ``"passthrough"``); ``required`` holds the flags without which the ring is
+    useless for its role (never dropped on EINVAL); ``reasons`` collects one
+    line per plugin decision so the plan can explain itself.
+    """
+
+    entries: int = 256
+    flags: SetupFlag = SetupFlag(0)  # noqa: RUF009 - IntFlag values are immutable
+    sq_thread_cpu: int | None = None
+    sq_thread_idle_ms: int = 0
+    wq_fd: int | None = None
+    attach_to: str | None = None
+    cq_entries: int | None = None
+    role: str = "storage"
+    core: int | None = None
+    required: SetupFlag = SetupFlag(0)  # noqa: RUF009
+    spin_us: int = 0
+    reasons: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """This ring's name in the plan (:func:`ring_name`)."""
+        return ring_name(self.core, self.role)
+
+    def add(self, flag: SetupFlag, reason: str) -> None:
+        """Set *flag* and record why."""
+        self.flags |= flag
+        self.reasons.append(reason)
+
+    def effective_flags(self) -> SetupFlag:
+        """Flags as passed to the kernel: SQ_AFF/CQSIZE/ATTACH_WQ follow from the fields."""
+        flags = self.flags
+        if self.sq_thread_cpu is not None and flags & SetupFlag.SQPOLL:
+            flags |= SetupFlag.SQ_AFF
+        if self.cq_entries is not None:
+            flags |= SetupFlag.CQSIZE
+        if self.wq_fd is not None:
+            flags |= SetupFlag.ATTACH_WQ
+        if flags & SetupFlag.DEFER_TASKRUN:
+            flags |= SetupFlag.SINGLE_ISSUER  # the kernel requires the pair
+        return flags
+
+
+@dataclass
+class CreatedRing:
+    """A raw ring from :func:`create_raw_ring` and what it took to get it."""
+
+    ring: Any  # cdata ``struct io_uring *``
+    flags: SetupFlag
+    features: int
+    sq_entries: int
+    cq_entries: int
+    dropped: list[tuple[SetupFlag, str]]
+    notes: list[str]
+
+
+# Rings freed moments ago still count against RLIMIT_MEMLOCK until the kernel's
+# deferred teardown ran (the probe creates and closes several), so ENOMEM is
+# first retried after short pauses, then the ring is shrunk.
+_ENOMEM_PAUSES_S = (0.005, 0.02, 0.05, 0.1, 0.2)
+_MIN_ENTRIES = 8
+
+
+def _init(entries: int, flags: SetupFlag, params: RingParams) -> tuple[int, Any, Any]:
+    ring = ffi.new("struct io_uring *")
+    p = ffi.new("struct io_uring_params *")
+    p.flags = int(flags)
+    if flags & SetupFlag.SQ_AFF and params.sq_thread_cpu is not None:
+        p.sq_thread_cpu = params.sq_thread_cpu
+    if flags & SetupFlag.SQPOLL:
+        p.sq_thread_idle = params.sq_thread_idle_ms
+    if flags & SetupFlag.ATTACH_WQ and params.wq_fd is not None:
+        p.wq_fd = params.wq_fd
+    if flags & SetupFlag.CQSIZE and params.cq_entries is not None:
+        p.cq_entries = params.cq_entries
+    ret = lib.io_uring_queue_init_params(entries, ring, p)
+    return ret, ring, p
+
+
+def create_raw_ring(params: RingParams) -> CreatedRing:
+    """Create a ring from *params*, dropping unknown optional flags on EINVAL.
+
+    Raises :class:`RingSetupError` with a hint for EPERM (seccomp or the
+    ``kernel.io_uring_disabled`` sysctl), ENOMEM (RLIMIT_MEMLOCK), ENOSYS (no
+    io_uring in this kernel) and for an EINVAL that dropping flags cannot cure.
+    """
+    flags = params.effective_flags()
+    dropped: list[tuple[SetupFlag, str]] = []
+    notes: list[str] = []
+    entries = params.entries
+    pauses = list(_ENOMEM_PAUSES_S)
+    while True:
+        ret, ring, p = _init(entries, flags, params)
+        if ret == 0:
+            return CreatedRing(
+                ring=ring,
+                flags=SetupFlag(ring.flags),
+                features=int(p.features),
+                sq_entries=int(p.sq_entries),
+                cq_entries=int(p.cq_entries),
+                dropped=dropped,
+                notes=notes,
+            )
+        err = -ret
+        if err == errno.ENOMEM:
+            if pauses:
+                time.sleep(pauses.pop(0))
+                continue
+            if entries > _MIN_ENTRIES:
+                notes.append(
+                    f"{entries} entries did not fit RLIMIT_MEMLOCK (ENOMEM); shrunk to {entries // 2}"
+                )
+                entries //= 2
+                pauses = list(_ENOMEM_PAUSES_S[:2])
+                continue
+        if err == errno.EINVAL:
+            victim = next(
+                (f for f in _DROP_ORDER if flags & f and not params.required & f), None
+            )
+            if victim is not None:
+                why = "kernel rejected it (EINVAL)"
+                if not victim & OPTIONAL_SETUP_FLAGS:
+                    why += "; the ring works without it, but slower"
+                dropped.append((victim, why))
+                flags &= ~victim
+                if victim == SetupFlag.SQPOLL:
+                    flags &= ~SetupFlag.SQ_AFF
+                continue
+        raise RingSetupError(err, "io_uring_setup", None, setup_error_hint(err, flags))
+
+
+def setup_error_hint(err: int, flags: SetupFlag) -> str:
+    """One sentence on what an ``io_uring_setup`` errno means for the user."""
+    if err == errno.EPERM:
+        return (
+            "io_uring is blocked: a seccomp filter (Docker's default profile) or "
+            "the kernel.io_uring_disabled sysctl forbids it"
+        )
+    if err == errno.ENOSYS:
+        return "this kernel has no io_uring (Linux 5.1+ needed, 5.19+ recommended)"
+    if err == errno.ENOMEM:
+        return "not enough locked memory (RLIMIT_MEMLOCK); raise it with `ulimit -l` or systemd LimitMEMLOCK="
+    if err == errno.EINVAL:
+        return f"the kernel rejects setup flags {flags!r} and they are required"
+    return f"flags {flags!r}"
+
+
+def try_setup_flag(flag: SetupFlag, entries: int = 4) -> int:
+    """Create and destroy a ring with exactly *flag*; return 0 or the errno.
+
+    This is how the probe learns what the kernel accepts: by asking it, not by
+    reading a version table.  Companion flags the kernel insists on are added
+    (DEFER_TASKRUN needs SINGLE_ISSUER, CQE32 is tried with SQE128 as NVMe
+    passthrough uses them together).
+    """
+    flags = flag
+    if flag & SetupFlag.DEFER_TASKRUN:
+        flags |= SetupFlag.SINGLE_ISSUER
+    ret, ring, _ = _init(entries, flags, RingParams(entries=entries))
+    if ret == 0:
+        lib.io_uring_queue_exit(ring)
+        return 0
+    return -ret
+
+
+def probe_kernel() -> tuple[int, int, list[int]]:
+    """Create a plain ring; return ``(errno or 0, IORING_FEAT_* bits, supported opcodes)``."""
+    ret, ring, p = _init(4, SetupFlag(0), RingParams(entries=4))
+    if ret != 0:
+        return -ret, 0, []
+    try:
+        probe = lib.io_uring_get_probe_ring(ring)
+        ops: list[int] = []
+        if probe != ffi.NULL:
+            try:
+                last = int(probe.last_op)
+                ops = [op for op in range(last + 1) if lib.io_uring_opcode_supported(probe, op)]
+            finally:
+                lib.io_uring_free_probe(probe)
+        return 0, int(p.features), ops
+    finally:
+        lib.io_uring_queue_exit(ring)
+

@@ -1,0 +1,425 @@
+"""``Stack``: the per-core I/O stack built from a :class:`~uringstack.plan.Plan`.
+
+One :class:`Worker` per planned CPU: a thread pinned to that CPU with
+``os.sched_setaffinity`` that creates and owns the worker's rings (so a
+SINGLE_ISSUER ring's issuer is the worker) and runs code handed to it with
+:meth:`Worker.call`.  Handles opened on a worker submit to its rings from the
+calling thread under the ring's lock, so simple programs need no threads of
+their own; per-core programs (benchmarks, sharded stores) run their loops on
+the workers with :meth:`Stack.run_on_workers`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from uringstack.ring import aio
+from uringstack.ring import forking
+from uringstack.ring.buffers import BufferRegistry
+from uringstack.errors import RingClosedError
+from uringstack.stack.handle import FileHandle
+from uringstack.plan import Plan, make_plan, select_backend
+from uringstack.ring import Ring
+from uringstack.stack.targets import ADOPT_FD, resolve_target
+
+if TYPE_CHECKING:
+    from uringstack.config import StackConfig
+    from uringstack.pluginmanager import CompletionListeners, UringstackPluginManager
+    from uringstack.probe.model import Capabilities
+
+T = TypeVar("T")
+_STOP = object()
+
+
+class Worker:
+    """A pinned thread and the rings it owns.
+
+    ``index`` is the worker's position in :attr:`Stack.workers` (0-based);
+    ``cpu`` the CPU its thread is pinned to (``None``: not pinned); ``stack``
+    the :class:`Stack` it belongs to; ``rings`` its rings by role
+    (``storage``, ``iopoll``, ``passthrough``, or a role a plugin asked for
+    with ``FeatureVerdict.ring_roles``).  ``buffers`` is the registry of
+    registered-buffer providers (:class:`~uringstack.ring.buffers.BufferRegistry`);
+    ``resources`` holds what plugins attach to this worker, keyed by plugin
+    name (each plugin reads only its own keys); ``notes`` the decisions taken
+    while building, as ``(plugin, reason)``.
+    """
+
+    def __init__(self, index: int, cpu: int | None, stack: Stack) -> None:
+        self.index = index
+        self.cpu = cpu
+        self.stack = stack
+        self.rings: dict[str, Ring] = {}
+        self.buffers = BufferRegistry()
+        self.resources: dict[str, object] = {}
+        self.notes: list[tuple[str, str]] = []
+        self.completion_hook: CompletionHook | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"uringstack-worker-{index}", daemon=True)
+        self._started = threading.Event()
+        self.affinity: set[int] = set()
+
+    def note(self, plugin: str, reason: str) -> None:
+        """Record a decision taken while building (shown by ``Stack.describe()``)."""
+        self.notes.append((plugin, reason))
+
+    def _run(self) -> None:
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})
+        self.affinity = os.sched_getaffinity(0)
+        self._started.set()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            fn, args, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` on this worker's pinned thread; returns a future."""
+        if not self._thread.is_alive():
+            raise RingClosedError(f"worker {self.index} is stopped")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, args, fut))
+        return fut
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on this worker's pinned thread and wait for the result."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        return self.submit(fn, *args).result()
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker's thread runs (it can take :meth:`call`)."""
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.index} cpu={self.cpu} rings={sorted(self.rings)}>"
+
+
+class Stack:
+    """The I/O stack of this process: workers, their rings, and the open handles.
+
+    ``plan`` is the :class:`~uringstack.plan.Plan` it was built from, ``caps``
+    the probe's report, ``config`` the loaded config, ``plugin_manager`` the
+    plugins; ``workers`` one :class:`Worker` per planned CPU, in plan order.
+    """
+
+    def __init__(self, plan: Plan, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> None:
+        self.plan = plan
+        self.caps = caps
+        self.config = config
+        self.plugin_manager = pm
+        self.workers: list[Worker] = []
+        self._handles: set[FileHandle] = set()
+        self._lock = threading.Lock()
+        self._next_worker = itertools.count()
+        self._closed = False
+        self._plugin_state: dict[str, object] = {}
+        # A plugin switched off in the config does not pay for its completion hook.
+        listeners = pm.completion_listeners(skip=[v.plugin for v in plan.verdicts if v.mode == "off"])
+        self._fork_gen = forking.generation()
+        try:
+            for wp in plan.workers:
+                worker = Worker(wp.index, wp.cpu, self)
+                worker.start()
+                self.workers.append(worker)
+                if listeners is not None:
+                    worker.completion_hook = _completion_hook(listeners, worker)
+                worker.call(self._build_rings, worker, [r.name for r in wp.rings])
+            if not self.workers:
+                raise ValueError("the plan has no workers (core.cores is empty)")
+        except BaseException:
+            self.close()
+            raise
+
+    def _build_rings(self, worker: Worker, names: list[str]) -> None:
+        for name in names:
+            params = self.plan.ring_params(name)
+            if params.attach_to is not None:
+                params.wq_fd = self._ring_by_name(params.attach_to).fd
+            ring = Ring(params)
+            worker.rings[params.role] = ring
+            self.plugin_manager.ring_created(ring=ring, worker=worker, config=self.config)
+
+    def _ring_by_name(self, name: str) -> Ring:
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                if ring.params.name == name:
+                    return ring
+        raise ValueError(f"attach_to={name!r}: no such ring was built before this one")
+
+    # --- opening -----------------------------------------------------------------------
+    def open(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        direct: bool | None = None,
+        writable: bool = True,
+        create: bool = False,
+        core: int | None = None,
+        **options: Any,
+    ) -> FileHandle:
+        """Open a file, block device or NVMe generic char device on one worker.
+
+        *direct* defaults to ``core.direct`` from the config (O_DIRECT: buffers,
+        offsets and lengths must be aligned to ``handle.block_size``).  *core*
+        picks the worker by CPU; by default workers are used round robin.
+        Extra keyword options (e.g. ``passthrough="auto"``) go to the plugins
+        choosing the backend; ``adopt_fd=fd`` (the core's own option) serves a
+        descriptor the caller already opened instead of opening *path*.
+        """
+        forking.check(self._fork_gen, "the stack")
+        if self._closed:
+            raise RingClosedError("stack is closed")
+        accepted = self.plugin_manager.open_options() | {ADOPT_FD}
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            known = ", ".join(sorted(accepted))
+            raise TypeError(
+                f"Stack.open() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} "
+                f"(options declared by the loaded plugins: {known})"
+            )
+        worker = self._pick_worker(core)
+        target = resolve_target(
+            os.fspath(path),
+            direct=self.config.core.direct if direct is None else direct,
+            writable=writable,
+            create=create,
+            caps=self.caps,
+            options=options,
+        )
+        factory = select_backend(target, self.caps, self.config, self.plugin_manager)
+        io = factory.open(target, worker)
+        handle = FileHandle(io, worker, self, factory.reason)
+        try:
+            self.plugin_manager.file_opened(handle=handle, worker=worker)
+        except BaseException:
+            io.close()
+            raise
+        with self._lock:
+            if not self._closed:
+                self._handles.add(handle)
+                return handle
+        handle.close()  # close() ran meanwhile and did not see this handle
+        raise RingClosedError("stack is closed")
+
+    def _pick_worker(self, core: int | None) -> Worker:
+        if core is None:
+            return self.workers[next(self._next_worker) % len(self.workers)]
+        for worker in self.workers:
+            if worker.cpu == core:
+                return worker
+        raise ValueError(f"no worker on CPU {core}; workers run on {[w.cpu for w in self.workers]}")
+
+    def _handle_closed(self, handle: FileHandle) -> None:
+        self.plugin_manager.file_closed(handle=handle, worker=handle.worker)
+        with self._lock:
+            self._handles.discard(handle)
+
+    # --- per-stack plugin state -------------------------------------------------------------
+    def plugin_state(self, plugin: str, factory: Callable[[], T]) -> T:
+        """*plugin*'s state object for this stack, made by ``factory()`` on first use.
+
+        Lets hooks keep per-stack state (counters, tables) without a
+        process-wide registry that would mix two stacks: every hook can
+        reach the stack (``worker.stack``, ``handle.worker.stack``, the
+        ``stack`` argument of ``uringstack_stack_teardown``).  Thread-safe;
+        the object lives as long as the stack.
+        """
+        with self._lock:
+            state = self._plugin_state.get(plugin)
+            if state is None:
+                state = self._plugin_state[plugin] = factory()
+        # Only this method stores here, always factory()'s result for this plugin.
+        return cast(T, state)
+
+    # --- running code on workers ---------------------------------------------------------
+    def run_on_workers(self, fn: Callable[[Worker], T]) -> list[T]:
+        """Run ``fn(worker)`` on every worker's pinned thread at once; return the results.
+
+        All workers start at once (each on its own pinned thread); the call
+        returns when all finished, re-raising the first failure in worker
+        order.  The per-core way to drive I/O: *fn* submits to
+        ``worker.rings`` or to handles opened on that worker."""
+        forking.check(self._fork_gen, "the stack")
+        futures = [w.submit(fn, w) for w in self.workers]
+        return [f.result() for f in futures]
+
+    def describe(self) -> dict[str, Any]:
+        """What was built: per worker its CPU affinity, rings (flags as applied), the
+        plugins providing registered buffers, the keys of ``resources`` and the notes."""
+        return {
+            "workers": [
+                {
+                    "index": w.index,
+                    "cpu": w.cpu,
+                    "affinity": sorted(w.affinity),
+                    "rings": {
+                        role: {
+                            "flags": [f.name for f in type(r.flags) if f in r.flags],
+                            "dropped": [f"{f.name}: {why}" for f, why in r.dropped],
+                            "setup_notes": list(r.setup_notes),
+                            "entries": r.sq_entries,
+                            "registered_buffers": r.registered_buffers,
+                            "registered_files": r.registered_files,
+                        }
+                        for role, r in w.rings.items()
+                    },
+                    "buffer_providers": w.buffers.names(),
+                    "resources": sorted(w.resources),
+                    "notes": [f"{p}: {why}" for p, why in w.notes],
+                }
+                for w in self.workers
+            ]
+        }
+
+    # --- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close handles, let plugins release what they attached, close rings, stop workers.
+
+        Each handle's close waits for the I/O started through it (see
+        :meth:`FileHandle.close`), so queued writes complete with their real
+        results before any descriptor, pool or ring goes away.  Every step
+        runs even if an earlier one failed; the first error is raised at the
+        end.  In a fork() child, closing an inherited stack only drops the
+        child's copies of descriptors and rings: no plugin teardown, no
+        cancel, no unregister, nothing the parent would notice.
+        """
+        if forking.inherited(self._fork_gen):
+            if not self._closed:  # no lock: a parent thread may have held it at fork time
+                self._closed = True
+                self._abandon(list(self._handles))
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = list(self._handles)
+        errors: list[BaseException] = []
+
+        def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:  # the rest of the teardown must still run
+                errors.append(exc)
+
+        for handle in handles:
+            attempt(handle.close)
+        attempt(self.plugin_manager.stack_teardown, stack=self)
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                attempt(aio.detach_ring, ring)
+                if worker.alive:
+                    attempt(worker.call, ring.close)
+                else:
+                    attempt(ring.close)
+            worker.stop()
+        if errors:
+            raise errors[0]
+
+    def _abandon(self, handles: list[FileHandle]) -> None:
+        # No locks taken and no worker used: in the child, parent threads are gone.
+        for handle in handles:
+            handle.close()
+        for worker in self.workers:
+            for ring in worker.rings.values():
+                aio.detach_ring(ring)
+                ring.close()
+
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CompletedBatch(Protocol):
+    """What the completion hook reads of a finished batch: a ring's ``Batch``, or the
+    fallback thread pool's pending batch."""
+
+    @property
+    def results(self) -> list[int]:
+        """Per-op results: bytes moved, or ``-errno``."""
+        ...
+
+
+class CompletionHook(Protocol):
+    """``worker.completion_hook``: a backend asks it for the done-callback of one batch."""
+
+    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
+        """The callback to ``batch.add_done_callback`` for a batch doing *op* on *ring*."""
+        ...
+
+
+def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:
+    def for_op(op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
+        def on_done(batch: CompletedBatch) -> None:
+            listeners(worker, op, batch.results, ring)
+
+        return on_done
+
+    return for_op
+
+
+def open_stack(
+    config: StackConfig | str | os.PathLike[str] | None = None,
+    *,
+    caps: Capabilities | None = None,
+    plugin_manager: UringstackPluginManager | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Stack:
+    """Probe the machine, load the config, plan, and build the stack.
+
+    *config* is a loaded :class:`~uringstack.config.StackConfig`, a path to a
+    TOML file, or ``None`` (``URINGSTACK_CONFIG`` and ``URINGSTACK_*``
+    environment variables, else defaults).  *overrides* are explicit settings
+    with the highest priority (``{"sqpoll.mode": "on", "core.cores": [0]}``).
+    Measurements of ``uringstack tune`` that hold here are looked up from the
+    cache (or ``core.tune_results``) and reach the plugins as ``caps.tuning``;
+    nothing is measured unless ``core.tune = "on-start"`` and no valid
+    measurement exists (docs/tune.md).
+    """
+    from uringstack.config import load_config
+    from uringstack.probe import probe
+
+    if config is None or isinstance(config, (str, os.PathLike)):
+        loaded = load_config(config, plugin_manager=plugin_manager, overrides=overrides)
+        cfg, pm = loaded.config, loaded.plugin_manager
+    else:
+        cfg = config
+        if overrides:
+            raise TypeError("overrides apply when loading a config; pass a path or None")
+        if plugin_manager is None:
+            raise TypeError("pass the plugin_manager the config was loaded with")
+        pm = plugin_manager
+    if caps is None:
+        caps = probe(plugin_manager=pm)
+    from uringstack.tune.apply import attach_tuning
+
+    # looked up here (not only in make_plan) so the stack's caps carry the same measurements
+    caps = attach_tuning(caps, cfg)
+    plan = make_plan(caps, cfg, pm)
+    return Stack(plan, caps, cfg, pm)

@@ -1,0 +1,545 @@
+"""``FileHandle``: what ``Stack.open`` returns; the same semantics on every backend.
+
+Reads return the bytes they moved: a short read is retried for the rest and
+is only ever short at end of file (``read_many(..., exact=True)`` turns that
+into :class:`~uringstack.errors.ShortIOError` too).  Writes are retried until
+complete or fail with ``ShortIOError``; a failed op raises
+:class:`~uringstack.errors.UringIOError` with errno, operation and file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import operator
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from uringstack.ring import aio
+from uringstack.ring import forking
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.errors import RingClosedError, ShortIOError, UringIOError
+from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.io_backend import SYNC_METHODS, FileIO, SyncMethod
+from uringstack.ring.native import ffi
+from uringstack.ring.pending import Pending
+from uringstack.ring import Ring
+from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
+
+if TYPE_CHECKING:
+    from uringstack.aio_coalesce import Coalescer
+    from uringstack.prepared import PreparedIO
+    from uringstack.stack import Stack, Worker
+
+
+def _view(buf: Any) -> memoryview:
+    return buf.view if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
+
+
+def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> None:
+    """Refuse a malformed batch before anything is submitted, the same way on every backend.
+
+    A negative offset would otherwise reach the io_uring backend's uint64
+    column (``OverflowError``) or the fallback's ``preadv`` (``EINVAL`` as a
+    result): one clear ``ValueError`` naming the offset replaces both.
+    """
+    if len(offsets) != len(buffers):
+        raise ValueError(f"{path}: {len(offsets)} offsets but {len(buffers)} buffers")
+    if offsets and min(offsets) < 0:
+        bad = next(i for i, off in enumerate(offsets) if off < 0)
+        raise ValueError(f"{path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
+
+
+class FileHandle:
+    """An open file, block device or NVMe namespace on a stack's worker."""
+
+    def __init__(self, io: FileIO, worker: Worker, stack: Stack, backend_reason: str = "") -> None:
+        self._io = io
+        self.worker = worker
+        self._stack = stack
+        self._closed = False
+        self._fork_gen = forking.generation()
+        self._inflight = InflightTracker(io.path)
+        self.backend_reason = backend_reason
+        """Why this backend serves the handle (the backend factory's reason)."""
+        # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
+        self._plain_leases: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Single asyncio ops on a plain io_uring backend are coalesced per loop
+        # iteration (uringstack.aio_coalesce); other backends take the batch path.
+        self._uring_io = io if type(io) is UringFileIO else None
+        self._coalescer_cache: Coalescer | None = None
+
+    # --- description -------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self._io.path
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend serving this handle (``uring``, ``fallback``, ...)."""
+        return self._io.backend
+
+    @property
+    def fd(self) -> int:
+        return self._io.fd
+
+    @property
+    def fixed_index(self) -> int | None:
+        return self._io.fixed_index
+
+    @fixed_index.setter
+    def fixed_index(self, value: int | None) -> None:
+        self._io.fixed_index = value
+
+    @property
+    def direct(self) -> bool:
+        return self._io.direct
+
+    @property
+    def block_size(self) -> int:
+        """Alignment required for buffers, offsets and lengths when ``direct``."""
+        return self._io.block_size
+
+    @property
+    def io(self) -> FileIO:
+        """The backend object (for benchmarks and plugins)."""
+        return self._io
+
+    @property
+    def ring(self) -> Ring | None:
+        """The worker's ring this handle's I/O goes to (``None``: not an io_uring backend)."""
+        ring = getattr(self._io, "ring", None)
+        return ring if isinstance(ring, Ring) else None
+
+    def lease_buffers(self, count: int, size: int = 4096) -> list[Any]:
+        """*count* buffers of *size* bytes from the worker's registered pool (fixed
+        buffers, READ_FIXED/WRITE_FIXED), or page-aligned plain buffers when no pool
+        serves this handle (fixedbuf off, memlock too low, another backend).  Give
+        them back with :meth:`release_buffers`."""
+        from uringstack.ring.buffers import aligned_buffer
+
+        if count < 0 or size <= 0:
+            raise ValueError(f"lease_buffers(count={count}, size={size}): count must be >= 0 and size > 0")
+        pool = self.worker.buffers.for_ring(self.ring)
+        if pool is None or self.backend != "uring" or size > pool.buffer_size:
+            plain = [aligned_buffer(size) for _ in range(count)]
+            self._plain_leases.update(plain)
+            return plain
+        if count > pool.count:
+            raise BufferError(
+                f"lease_buffers({count}): the registered pool of worker {self.worker.index} has "
+                f"{pool.count} buffers in all; raise [fixedbuf] count or lease fewer"
+            )
+        leases: list[RegisteredBuffer] = []
+        try:
+            for _ in range(count):
+                leases.append(pool.lease())
+        except BaseException:
+            # All or nothing: a partial lease would leave the pool short for good.
+            for lease in leases:
+                pool.release(lease)
+            raise
+        return list(leases) if size == pool.buffer_size else [b.sub(0, size) for b in leases]
+
+    def release_buffers(self, buffers: Sequence[Any]) -> None:
+        """Return buffers from :meth:`lease_buffers`.
+
+        A buffer this handle's :meth:`lease_buffers` did not hand out (or one
+        released already) raises ``ValueError`` before any buffer is returned.
+        """
+        pool = self.worker.buffers.for_ring(self.ring)
+        for buf in buffers:
+            if isinstance(buf, RegisteredBuffer):
+                if pool is None or not pool.owns(buf.parent or buf):
+                    raise ValueError(f"release_buffers: {buf!r} is not a lease of this handle's buffer pool")
+            elif buf not in self._plain_leases:
+                raise ValueError(
+                    f"release_buffers: a {type(buf).__name__} that lease_buffers did not hand out "
+                    "(or that was released already)"
+                )
+        for buf in buffers:
+            if isinstance(buf, RegisteredBuffer):
+                assert pool is not None
+                pool.release(buf.parent or buf)
+            else:
+                self._plain_leases.discard(buf)
+
+    def size(self) -> int:
+        self._check()
+        return self._io.size()
+
+    def _check(self) -> None:
+        forking.check(self._fork_gen, f"the handle of {self.path}")
+        if self._closed:
+            raise RingClosedError(f"{self.path} is closed")
+
+    # --- starting I/O: every op goes through the tracker so close() can wait for it ----
+    def _start(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> Pending:
+        return self._inflight.start(fn, *args, **kwargs)
+
+    def _run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        return self._inflight.run(fn, *args, **kwargs)
+
+    async def _run_async(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        pending = self._inflight.start(fn, *args, **kwargs)
+        try:
+            return await pending.wait_async()
+        finally:
+            # a cancelled await leaves the op in flight: close() still waits for it
+            self._inflight.forget(pending)
+
+    # --- result checking -----------------------------------------------------------
+    def _finish_reads(
+        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], exact: bool
+    ) -> list[int]:
+        out = results
+        for i, res in enumerate(results):
+            if res < 0:
+                raise UringIOError(-res, "read", self.path, f"at offset {offsets[i]}")
+            want = len(buffers[i])
+            if res < want:
+                out[i] = self._complete_short(False, offsets[i], buffers[i], res, exact)
+        return out
+
+    def _finish_writes(self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]) -> list[int]:
+        for i, res in enumerate(results):
+            if res < 0:
+                raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
+            if res < len(buffers[i]):
+                results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
+        return results
+
+    def _complete_short(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> int:
+        """Retry the rest of a short transfer until it completes, hits EOF or fails."""
+        view = _view(buf)
+        total = len(view)
+        op = "write" if write else "read"
+        while done < total:
+            rest = view[done:]
+            res = self._run(self._io.start_rw, write, [offset + done], [rest], wait=True)[0]
+            if res < 0:
+                raise UringIOError(-res, op, self.path, f"at offset {offset + done}")
+            if res == 0:
+                if write or exact:
+                    raise ShortIOError(op, self.path, total, done, offset)
+                return done  # end of file
+            done += res
+        return done
+
+    # --- synchronous API ------------------------------------------------------------
+    def read_into(self, buf: Any, offset: int) -> int:
+        """Read ``len(buf)`` bytes at *offset* into *buf*; returns bytes read (short only at EOF)."""
+        return self.read_many([offset], [buf])[0]
+
+    def write_from(self, buf: Any, offset: int) -> int:
+        """Write all of *buf* at *offset*; returns ``len(buf)`` or raises."""
+        return self.write_many([offset], [buf])[0]
+
+    def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
+        """Read each buffer at its offset in one batch; returns bytes read per buffer."""
+        self._check()
+        _check_batch(self.path, offsets, buffers)
+        if not offsets:
+            return []
+        results = self._run(self._io.start_rw, False, offsets, buffers, wait=True)
+        return self._finish_reads(offsets, buffers, results, exact)
+
+    def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
+        """Write each buffer at its offset in one batch (no ordering between them)."""
+        self._check()
+        _check_batch(self.path, offsets, buffers)
+        if not offsets:
+            return []
+        results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
+        return self._finish_writes(offsets, buffers, results)
+
+    def prepare_reads(self, buffers: Sequence[Any]) -> PreparedIO:
+        """Prepare reads into *buffers* once, then ``.run(offsets)``/``.start(offsets)`` them repeatedly.
+
+        The fast form of :meth:`read_many` for a loop reusing the same buffers:
+        pins, lengths, opcodes (READ_FIXED for this handle's registered-buffer
+        leases) and O_DIRECT buffer alignment are done here, not per call.
+        Same results and errors as :meth:`read_many`; see
+        :class:`~uringstack.prepared.PreparedIO`."""
+        return self._prepare(False, buffers)
+
+    def prepare_writes(self, buffers: Sequence[Any]) -> PreparedIO:
+        """Prepare writes from *buffers* once (the fast form of :meth:`write_many`); see :meth:`prepare_reads`."""
+        return self._prepare(True, buffers)
+
+    def _prepare(self, write: bool, buffers: Sequence[Any]) -> PreparedIO:
+        from uringstack.prepared import PreparedIO
+
+        self._check()
+        if not buffers:
+            raise ValueError(f"{self.path}: nothing to prepare (no buffers)")
+        return PreparedIO(self, write, buffers)
+
+    def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
+        """Scatter read: fill *buffers* in order from *offset*; returns total bytes read."""
+        offsets = _consecutive(offset, buffers)
+        got = self.read_many(offsets, buffers)
+        total = 0
+        for n, buf in zip(got, buffers, strict=True):
+            total += n
+            if n < len(buf):
+                break  # EOF inside this buffer: later ones hold nothing valid
+        return total
+
+    def writev_from(self, buffers: Sequence[Any], offset: int) -> int:
+        """Gather write: write *buffers* back to back from *offset*; returns total bytes."""
+        return sum(self.write_many(_consecutive(offset, buffers), buffers))
+
+    def fsync(self) -> None:
+        """Flush data and metadata to stable storage.  A failure is not retryable."""
+        self._sync(False)
+
+    def fdatasync(self) -> None:
+        """Flush data (and the metadata needed to read it) to stable storage."""
+        self._sync(True)
+
+    def _sync(self, datasync: bool) -> None:
+        self._check()
+        res = self._run(self._io.start_sync, datasync, wait=True)[0]
+        if res < 0:
+            raise UringIOError(-res, "fdatasync" if datasync else "fsync", self.path)
+
+    def write_durable(self, buf: Any, offset: int, *, sync: SyncMethod = "fdatasync") -> int:
+        """Write all of *buf* at *offset* durably; returns ``len(buf)`` once it is on stable storage.
+
+        ``sync="fdatasync"`` (default): each write is followed by a flush
+        ordered after it (linked with ``IOSQE_IO_LINK`` on io_uring);
+        ``sync="dsync"``: each write is itself durable (``RWF_DSYNC``, FUA on
+        NVMe).  A short write is completed by further durable writes of the
+        rest (the flush linked to a short write never ran: the kernel
+        cancelled it, so issuing a new one is not a retry).  A failed write
+        raises :class:`~uringstack.errors.UringIOError` (op ``write``), a
+        zero-byte one :class:`~uringstack.errors.ShortIOError`, and a failed
+        flush ``UringIOError`` (op ``fdatasync``): it is never retried, since
+        after a failed flush the kernel may have dropped the dirty pages
+        (PostgreSQL's "fsyncgate"), and the data must be treated as lost.
+        """
+        self._check()
+        _check_batch(self.path, [offset], [buf])
+        if sync not in SYNC_METHODS:
+            raise ValueError(f"{self.path}: write_durable sync={sync!r}; allowed: {', '.join(SYNC_METHODS)}")
+        view = _view(buf)
+        total = len(view)
+        done = 0
+        while True:
+            rest = view[done:] if done else buf
+            res = self._run(self._io.start_write_durable, offset + done, rest, sync, wait=True)
+            written = res[0]
+            if written < 0:
+                raise UringIOError(-written, "write", self.path, f"{total - done} bytes at offset {offset + done}")
+            if sync == "fdatasync":
+                flushed = res[1]
+                # A flush after a short write was cancelled, never run; any other error is final.
+                if flushed < 0 and not (flushed == -errno.ECANCELED and done + written < total):
+                    raise UringIOError(-flushed, "fdatasync", self.path, f"after a write at offset {offset + done}")
+            if written == 0 and total:
+                raise ShortIOError("write", self.path, total, done, offset)
+            done += written
+            if done >= total:
+                return total
+
+    # --- asynchronous API -----------------------------------------------------------
+    def start_read_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
+        """Start a batch of reads without waiting (results unchecked: bytes or ``-errno``)."""
+        self._check()
+        _check_batch(self.path, offsets, buffers)
+        return self._start(self._io.start_rw, False, offsets, buffers)
+
+    def start_write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
+        """Start a batch of writes without waiting (results unchecked: bytes or ``-errno``)."""
+        self._check()
+        _check_batch(self.path, offsets, buffers)
+        return self._start(self._io.start_rw, True, offsets, buffers)
+
+    def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
+        """The running loop's coalescer for a single op at *offset*, or None (take the batch path)."""
+        io = self._uring_io
+        if io is None or (type(offset) is not int and not hasattr(offset, "__index__")):
+            return None, offset
+        offset = operator.index(offset)
+        if not 0 <= offset < 1 << 63:
+            return None, offset  # the batch path reports it (a negative offset is a ValueError)
+        loop = asyncio.get_running_loop()
+        co = self._coalescer_cache
+        if co is None or co.loop is not loop:
+            co = self._coalescer_cache = aio.coalescer_for(io.ring)
+        return co, offset
+
+    async def read_into_async(self, buf: Any, offset: int) -> int:
+        """asyncio form of :meth:`read_into`: queued with the other single ops of this loop
+        iteration and submitted with them in one batch (see ``docs/api.md``, asyncio)."""
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and not isinstance(buf, RegisteredBuffer):
+            pin = ffi.from_buffer(buf, require_writable=True)
+            n = len(pin)
+            if n <= MAX_RW_COUNT:
+                if self._io.direct:
+                    check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size)
+                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, False, pin, offset)
+                if res == n:
+                    return res
+                return self._finish_reads([offset], [buf], [res], False)[0]
+        return (await self.read_many_async([offset], [buf]))[0]
+
+    async def read(self, size: int, offset: int) -> bytes:
+        """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF).
+
+        On an io_uring handle the read is queued with the other single reads
+        and writes that the loop's tasks issue in the same iteration, and all
+        go to the kernel as one batch; the result is the one copy of the bytes."""
+        if size < 0:
+            raise ValueError(f"{self.path}: read size {size} is negative")
+        if size == 0:
+            self._check()
+            _check_batch(self.path, [offset], [b""])
+            return b""
+        if self._io.direct:
+            from uringstack.ring.buffers import aligned_buffer
+
+            block = self._io.block_size
+            buf: Any = aligned_buffer(max(block, -(-size // block) * block))
+            got = await self.read_into_async(buf, offset)
+            return bytes(buf[: min(got, size)])
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and size <= MAX_RW_COUNT:
+            data = await co.add(cast(UringFileIO, self._io), self._inflight, False, size, offset)
+            if type(data) is bytes and len(data) == size:
+                return data
+            return self._read_rest(data, size, offset)
+        buf = bytearray(size)
+        got = await self.read_into_async(buf, offset)
+        return bytes(buf) if got == size else bytes(buf[:got])
+
+    def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
+        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest."""
+        if isinstance(data, int):
+            raise UringIOError(-data, "read", self.path, f"at offset {offset}")
+        buf = bytearray(size)
+        buf[: len(data)] = data
+        got = self._complete_short(False, offset, buf, len(data), False)
+        return bytes(buf[:got])
+
+    def _pin_many(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[Coalescer | None, list[Any], list[int]]:
+        """Pins and offsets for a coalesced batch, or a None coalescer (take the batch path)."""
+        if self._uring_io is None or not offsets:
+            return None, [], []
+        co, _ = self._coalescer(0)
+        if co is None or any(isinstance(b, RegisteredBuffer) for b in buffers):
+            return None, [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
+        offs = [operator.index(o) for o in offsets]
+        if max(offs) >= 1 << 63:
+            return None, [], []
+        pins = [ffi.from_buffer(b, require_writable=not write) for b in buffers]
+        if max(len(p) for p in pins) > MAX_RW_COUNT:
+            return None, [], []
+        if self._io.direct:
+            block = self._io.block_size
+            for pin, off in zip(pins, offs, strict=True):
+                check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
+        return co, pins, offs
+
+    async def read_many_async(
+        self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
+    ) -> list[int]:
+        """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
+        this loop iteration's other asyncio ops (one submission for all)."""
+        self._check()
+        _check_batch(self.path, offsets, buffers)
+        co, pins, offs = self._pin_many(False, offsets, buffers)
+        if co is not None:
+            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, False, pins, offs)
+        else:
+            results = await self._run_async(self._io.start_rw, False, offsets, buffers)
+        if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
+            return results
+        return self._finish_reads(offsets, buffers, results, exact)
+
+    async def write(self, buf: Any, offset: int) -> int:
+        """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`)."""
+        self._check()
+        co, offset = self._coalescer(offset)
+        if co is not None and not isinstance(buf, RegisteredBuffer):
+            pin = ffi.from_buffer(buf)
+            n = len(pin)
+            if n <= MAX_RW_COUNT:
+                if self._io.direct:
+                    check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size)
+                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, True, pin, offset)
+                if res == n:
+                    return res
+                return self._finish_writes([offset], [buf], [res])[0]
+        return (await self.write_many_async([offset], [buf]))[0]
+
+    async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
+        """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
+        self._check()
+        _check_batch(self.path, offsets, buffers)
+        co, pins, offs = self._pin_many(True, offsets, buffers)
+        if co is not None:
+            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, True, pins, offs)
+        else:
+            results = await self._run_async(self._io.start_rw, True, offsets, buffers)
+        return self._finish_writes(offsets, buffers, results)
+
+    async def fdatasync_async(self) -> None:
+        self._check()
+        res = (await self._run_async(self._io.start_sync, True))[0]
+        if res < 0:
+            raise UringIOError(-res, "fdatasync", self.path)
+
+    # --- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the handle (idempotent): wait for its I/O, let plugins detach, release the descriptor.
+
+        I/O started through the handle and still in flight (``start_*`` batches,
+        cancelled ``await``s, other threads' calls) completes first, with its
+        real results; new I/O is refused from the moment close() begins.  If
+        that I/O does not complete within
+        :data:`~uringstack.ring.inflight.CLOSE_TIMEOUT_S` (a lost completion, a hung
+        device) close raises :class:`TimeoutError` and leaves the descriptor
+        open, so the stuck ops can never land in a file opened later.
+
+        In a ``fork()`` child the inherited handle only drops the child's copy
+        of the descriptor; the parent's handle is untouched.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if forking.inherited(self._fork_gen):
+            with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
+                os.close(self._io.fd)
+            return
+        self._inflight.close()
+        try:
+            self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
+        finally:
+            self._io.close()
+
+    def __enter__(self) -> FileHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FileHandle {self.path} backend={self.backend} direct={self.direct}>"
+
+
+def _consecutive(offset: int, buffers: Sequence[Any]) -> list[int]:
+    offsets = []
+    for buf in buffers:
+        offsets.append(offset)
+        offset += len(buf)
+    return offsets

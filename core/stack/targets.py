@@ -1,0 +1,110 @@
+"""Turning a path the user gave into a :class:`~uringstack.types.Target` and an fd."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from typing import TYPE_CHECKING, Any
+
+from uringstack.probe.blockdev import blkdev_logical_block_size
+from uringstack.errors import UringIOError
+from uringstack.types import Target, TargetKind
+
+if TYPE_CHECKING:
+    from uringstack.probe.model import Capabilities
+
+
+ADOPT_FD = "adopt_fd"
+"""``Stack.open(path, adopt_fd=fd)``: serve an fd the caller already opened (with
+its own flags, e.g. ``uringstack.FileIO``'s O_APPEND/O_TRUNC/O_EXCL) instead of
+opening *path*; the handle then owns *fd* and closes it."""
+
+
+def resolve_target(
+    path: str,
+    *,
+    direct: bool,
+    writable: bool,
+    create: bool,
+    caps: Capabilities | None,
+    options: dict[str, Any] | None = None,
+) -> Target:
+    """Classify *path* (file, block device, NVMe generic char device) and find its probed device."""
+    path = os.path.abspath(path)
+    adopt = (options or {}).get(ADOPT_FD)
+    try:
+        st = os.fstat(adopt) if adopt is not None else os.stat(path)
+    except FileNotFoundError:
+        if not create:
+            raise UringIOError(2, "open", path, "no such file; pass create=True to create it") from None
+        kind: TargetKind = "file"
+    else:
+        if stat.S_ISBLK(st.st_mode):
+            kind = "block"
+        elif stat.S_ISCHR(st.st_mode):
+            if not _is_nvme_generic(st):
+                raise UringIOError(
+                    22, "open", path,
+                    "a character device that is not an NVMe generic char device (/dev/ngXnY); "
+                    "uringstack opens regular files, block devices and NVMe namespaces",
+                )
+            kind = "nvme_char"
+        elif stat.S_ISREG(st.st_mode):
+            kind = "file"
+        else:
+            raise UringIOError(22, "open", path, "not a regular file, block device or NVMe char device")
+    device = caps.device_for_path(path) if caps is not None else None
+    return Target(
+        path=path,
+        kind=kind,
+        direct=direct,
+        writable=writable,
+        device=device,
+        options=dict(options or {}),
+        create=create,
+    )
+
+
+def _is_nvme_generic(st: os.stat_result) -> bool:
+    """True for an NVMe generic char device: its sysfs node is ``ngXnY`` under ``nvme-generic``."""
+    node = os.path.realpath(f"/sys/dev/char/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    return "nvme-generic" in node.split(os.sep) or re.fullmatch(r"ng\d+n\d+", os.path.basename(node)) is not None
+
+
+def open_target(target: Target) -> int:
+    """Open *target* with the flags it asks for; errors name the file and the cause."""
+    adopt = target.options.get(ADOPT_FD)
+    if adopt is not None:
+        return int(adopt)
+    flags = (os.O_RDWR if target.writable else os.O_RDONLY) | os.O_CLOEXEC
+    if target.direct:
+        flags |= os.O_DIRECT
+    if target.create and target.kind == "file":
+        flags |= os.O_CREAT
+    try:
+        return os.open(target.path, flags, 0o644)
+    except OSError as exc:
+        detail = ""
+        if exc.errno == 22 and target.direct:
+            detail = "this filesystem does not support O_DIRECT (tmpfs?); open with direct=False"
+        elif exc.errno == 13:
+            detail = "permission denied; block and NVMe devices usually need root or the disk group"
+        raise UringIOError(exc.errno or 5, "open", target.path, detail) from exc
+
+
+def logical_block_size(target: Target, fd: int) -> int:
+    """Alignment unit for O_DIRECT on *target*: the device's logical block size."""
+    if target.device is not None:
+        return target.device.logical_block_size
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return blkdev_logical_block_size(fd)
+    dev = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    for candidate in (f"{dev}/queue/logical_block_size", f"{dev}/../queue/logical_block_size"):
+        try:
+            with open(candidate) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            continue
+    return 4096  # unknown backing device (overlay, network fs): the page size is always safe

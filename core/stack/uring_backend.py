@@ -1,0 +1,318 @@
+"""The core's io_uring backend: a target served by a worker's storage ring.
+
+Used for every target no plugin claims (``uringstack_select_backend``).  One
+call turns a whole batch into parallel C arrays and one submission; reads and
+writes on registered-buffer leases of the same ring become
+READ_FIXED/WRITE_FIXED, and a handle with a fixed-file slot is addressed by
+slot with IOSQE_FIXED_FILE.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from uringstack.ring import aio
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
+from uringstack.columns import BatchColumns
+from uringstack.errors import BatchInFlightError
+from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
+from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.native import ffi, lib
+from uringstack.ring import Batch, Ring
+
+if TYPE_CHECKING:
+    from uringstack.stack import Worker
+    from uringstack.types import Target
+
+
+# Linux moves at most MAX_RW_COUNT (INT_MAX rounded down to a page) bytes per
+# read or write and returns a short count for the rest, as pread/pwrite do;
+# an SQE's length is a u32.  Longer buffers are submitted with this length, and
+# the handle completes the short transfer like any other (page aligned, so
+# O_DIRECT stays aligned).
+MAX_RW_COUNT = 0x7FFFF000
+
+# RWF_DSYNC from linux/fs.h: the write is durable when it completes (FUA, or write + flush).
+RWF_DSYNC = 0x2
+
+# Column sets kept per capacity (a power of two up to this) for start_rw, and
+# how many idle ones each capacity keeps: a batch reuses a finished set
+# instead of allocating eight C arrays.
+_CACHED_CAPACITY = 1024
+_CACHED_PER_CAPACITY = 16
+
+
+class UringPending:
+    """A batch in flight on a ring."""
+
+    __slots__ = ("batch", "n", "ring")
+
+    def __init__(self, ring: Ring, batch: Batch) -> None:
+        self.ring = ring
+        self.batch = batch
+        self.n = batch.n
+
+    def done(self) -> bool:
+        if not self.batch.finished and not self.ring.closed:
+            self.ring.try_reap()
+        return self.batch.finished
+
+    def wait(self) -> list[int]:
+        return self.ring.wait(self.batch)
+
+    async def wait_async(self) -> list[int]:
+        return await aio.wait_batch(self.ring, self.batch)
+
+
+class UringFileIO:
+    """A file or block device served by a plain io_uring ring."""
+
+    backend = "uring"
+
+    def __init__(self, ring: Ring, fd: int, target: Target, block_size: int, worker: Worker | None = None) -> None:
+        self.ring = ring
+        self.fd = fd
+        self.path = target.path
+        self.direct = target.direct
+        self.block_size = block_size
+        self.fixed_index: int | None = None
+        self.worker = worker
+        self.completion_hook = worker.completion_hook if worker is not None else None
+        self._cache: dict[int, deque[BatchColumns]] = {}
+
+    def _fd_and_flags(self) -> tuple[int, int]:
+        if self.fixed_index is not None:
+            return self.fixed_index, int(SqeFlag.FIXED_FILE)
+        return self.fd, 0
+
+    def _columns(self, n: int) -> tuple[BatchColumns, deque[BatchColumns] | None]:
+        """Idle columns for *n* ops (the oldest cached set if its batch finished, else new ones)."""
+        if n > _CACHED_CAPACITY:
+            return BatchColumns(n), None
+        cap = 1 << (n - 1).bit_length()
+        cache = self._cache.get(cap)
+        if cache is None:
+            cache = self._cache[cap] = deque()
+        if cache:
+            # popleft is atomic: two threads never get the same set
+            cols = cache.popleft()
+            if cols.batch is None or cols.batch.finished:
+                return cols, cache
+            cache.appendleft(cols)  # the oldest is still in flight: so are the others
+        return BatchColumns(cap), cache
+
+    def start_rw(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
+    ) -> UringPending:
+        n = len(offsets)
+        if n != len(buffers):
+            raise ValueError(f"{n} offsets but {len(buffers)} buffers")
+        ring_id = id(self.ring)
+        plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
+        keep, addrs, lens = pin_buffers(buffers, writable=not write)
+        if n and max(lens) > MAX_RW_COUNT:
+            if self.direct:  # the rest is submitted later: check the whole length now
+                for i, length in enumerate(lens):
+                    check_alignment(
+                        "write" if write else "read", self.path, addrs[i], length, offsets[i], self.block_size
+                    )
+            lens = [min(length, MAX_RW_COUNT) for length in lens]
+        leases = [b for b in buffers if isinstance(b, RegisteredBuffer)]
+        cols, cache = self._columns(n)
+        cols.n = n
+        if leases:
+            # leases registered with this very ring become READ_FIXED/WRITE_FIXED
+            slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
+            if max(slots) >= 0:
+                cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
+                cols.set("buf_index", [max(i, 0) for i in slots])
+            else:
+                cols.fill("opcodes", plain)
+        else:
+            cols.fill("opcodes", plain)
+        fd, sqe_flags = self._fd_and_flags()
+        cols.fill("fds", fd)
+        if sqe_flags or cols.is_set("sqe_flags"):
+            cols.fill("sqe_flags", sqe_flags)
+        cols.set("addrs", addrs)
+        cols.set("lens", lens)
+        cols.set("offs", offsets)
+        if self.direct:
+            desc = cols.desc
+            bad = lib.us_first_misaligned(desc.addrs, desc.lens, desc.offs, n, self.block_size)
+            if bad >= 0:
+                check_alignment(
+                    "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
+                )
+        batch = self.ring.submit_columns(cols, n, keep, wait=wait)
+        if cache is not None and len(cache) < _CACHED_PER_CAPACITY:
+            cache.append(cols)
+        for lease in leases:
+            (lease.parent or lease).batch = batch
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("write" if write else "read", self.ring))
+        return UringPending(self.ring, batch)
+
+    def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> UringPrepared:
+        """Pin *buffers* and build their columns once; see :class:`UringPrepared`."""
+        return UringPrepared(self, write, buffers)
+
+    def start_sync(self, datasync: bool, *, wait: bool = False) -> UringPending:
+        fd, sqe_flags = self._fd_and_flags()
+        batch = self.ring.submit(
+            Op.FSYNC, fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, sqe_flags=sqe_flags or None, wait=wait
+        )
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
+        return UringPending(self.ring, batch)
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> UringPending:
+        pin = ffi.from_buffer(buffer)
+        addr, length = address_of(pin), len(pin)
+        if self.direct:
+            check_alignment("write", self.path, addr, length, offset, self.block_size)
+        length = min(length, MAX_RW_COUNT)
+        fd, fixed_flag = self._fd_and_flags()
+        if sync == "dsync":
+            batch = self.ring.submit(
+                Op.WRITE, fd, n=1, addrs=addr, lens=length, offsets=offset, op_flags=RWF_DSYNC,
+                sqe_flags=fixed_flag or None, keep=(pin, buffer), wait=wait,
+            )  # fmt: skip
+        else:
+            # io_uring does not order SQEs: the flush is linked to the write so it
+            # starts only after the write completed (and is cancelled if the write
+            # failed or came back short).
+            batch = self.ring.submit(
+                [Op.WRITE, Op.FSYNC], fd, n=2, addrs=[addr, 0], lens=[length, 0], offsets=[offset, 0],
+                op_flags=[0, FSYNC_DATASYNC], sqe_flags=[int(SqeFlag.IO_LINK) | fixed_flag, fixed_flag],
+                keep=(pin, buffer), wait=wait,
+            )  # fmt: skip
+        if self.completion_hook is not None:
+            batch.add_done_callback(self.completion_hook("write_durable", self.ring))
+        return UringPending(self.ring, batch)
+
+    def size(self) -> int:
+        return _fd_size(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class UringPrepared:
+    """Prepared reads (or writes) of fixed buffers on a uring handle: per start only the offsets change.
+
+    Built once: the buffers' pins, addresses and lengths, the opcodes
+    (READ_FIXED/WRITE_FIXED for leases registered with this ring, with their
+    buffer indexes), the fd column and, for O_DIRECT, the alignment of every
+    address and length.  Each :meth:`start` writes the offsets column, checks
+    the offsets' alignment in C when O_DIRECT and submits the same columns.
+    """
+
+    def __init__(self, io: UringFileIO, write: bool, buffers: Sequence[Any]) -> None:
+        n = len(buffers)
+        if n == 0:
+            raise ValueError(f"{io.path}: nothing to prepare (no buffers)")
+        self.io = io
+        self.write = write
+        self.n = n
+        self.op = "write" if write else "read"
+        self.ring = io.ring
+        pins, addrs, lens = pin_buffers(buffers, writable=not write)
+        if io.direct:  # the whole length, also of buffers longer than one SQE moves
+            for addr, length in zip(addrs, lens, strict=True):
+                check_alignment(self.op, io.path, addr, length, 0, io.block_size)
+        lens = [min(length, MAX_RW_COUNT) for length in lens]
+        ring_id = id(io.ring)
+        plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
+        slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
+        cols = BatchColumns(n)
+        cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
+        if max(slots) >= 0:
+            cols.set("buf_index", [max(i, 0) for i in slots])
+        cols.set("addrs", addrs)
+        cols.set("lens", lens)
+        self._offs = cols.column("offs")
+        self._cols = cols
+        self._keep = (pins, tuple(buffers))
+        self._addrs = addrs
+        self._fixed: object = object()  # the fd columns are filled on the first start
+        self._closed = False
+        # A pool must not lease these buffers out again while a batch of ours is in
+        # flight: their in_flight() asks this object (see :attr:`finished`).
+        for buf in buffers:
+            if isinstance(buf, RegisteredBuffer):
+                (buf.parent or buf).batch = self
+
+    @property
+    def finished(self) -> bool:
+        """True unless a batch started from this object is in flight."""
+        batch = self._cols.batch
+        return batch is None or batch.finished
+
+    def _fill_fd(self) -> None:
+        fd, sqe_flags = self.io._fd_and_flags()
+        self._cols.fill("fds", fd)
+        if sqe_flags or self._cols.is_set("sqe_flags"):
+            self._cols.fill("sqe_flags", sqe_flags)
+        self._fixed = self.io.fixed_index
+
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> UringPending:
+        cols = self._cols
+        if self._closed:
+            raise ValueError(f"{self.io.path}: this prepared I/O was closed")
+        if cols.batch is not None and not cols.batch.finished:
+            raise BatchInFlightError(
+                f"{self.io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
+                "wait for them before starting again"
+            )
+        n = self.n
+        if len(offsets) != n:
+            raise ValueError(f"{self.io.path}: {len(offsets)} offsets for {n} prepared buffers")
+        if self.io.fixed_index is not self._fixed:
+            self._fill_fd()
+        try:
+            self._offs[0:n] = offsets
+        except OverflowError:
+            bad = next((i for i, off in enumerate(offsets) if off < 0), None)
+            what = "is negative" if bad is not None else "is out of range"
+            i = bad if bad is not None else next(i for i, off in enumerate(offsets) if off >= 1 << 64)
+            raise ValueError(f"{self.io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
+        io = self.io
+        if io.direct:
+            bad = lib.us_first_misaligned(ffi.NULL, ffi.NULL, self._offs, n, io.block_size)
+            if bad >= 0:
+                check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
+        batch = self.ring.submit_columns(cols, n, self._keep, wait=wait)
+        if io.completion_hook is not None:
+            batch.add_done_callback(io.completion_hook(self.op, self.ring))
+        return UringPending(self.ring, batch)
+
+    def close(self) -> None:
+        """Forget the pins (the last batch, if still in flight, holds them until it completes)."""
+        self._closed = True
+        self._keep = ([], ())
+
+
+def _fd_size(fd: int) -> int:
+    st = os.fstat(fd)
+    if st.st_size or not (st.st_mode & 0o060000):
+        return st.st_size
+    return os.lseek(fd, 0, os.SEEK_END)  # block devices report st_size 0
+
+
+class UringBackend:
+    """Factory: serves any file or block device on the worker's storage ring."""
+
+    name = "uring"
+
+    def __init__(self, reason: str = "io_uring storage ring of the worker") -> None:
+        self.reason = reason
+
+    def open(self, target: Target, worker: Worker) -> UringFileIO:
+        from uringstack.stack.targets import logical_block_size, open_target
+
+        fd = open_target(target)
+        return UringFileIO(worker.rings["storage"], fd, target, logical_block_size(target, fd), worker)

@@ -1,0 +1,188 @@
+"""fixedbuf: leases, READ_FIXED use, fixed-file slots, and the memlock fallback."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from uringstack.ring.buffers import RegisteredBuffer
+from uringstack.ring.flags import Op
+from uringstack.stack import Stack, open_stack
+
+BS = 4096
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    s = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "on", "fixedbuf.count": 8,
+                              "fixedbuf.buffer_size": 2 * BS, "fixedbuf.files": 4})
+    yield s
+    s.close()
+
+
+def test_pool_is_registered_with_the_ring(stack: Stack) -> None:
+    worker = stack.workers[0]
+    pool = worker.buffers.get("fixedbuf")
+    assert worker.rings["storage"].registered_buffers == 8
+    assert pool.available() == 8
+    assert stack.describe()["workers"][0]["rings"]["storage"]["registered_files"] == 4
+    described = stack.describe()["workers"][0]
+    assert described["buffer_providers"] == ["fixedbuf"]
+    assert described["resources"] == ["fixedbuf.files"]
+
+
+def test_reads_on_leases_are_read_fixed(stack: Stack, tmp_path: pathlib.Path) -> None:
+    data = os.urandom(8 * BS)
+    (tmp_path / "f").write_bytes(data)
+    with stack.open(tmp_path / "f", direct=True) as h:
+        leases = h.lease_buffers(4, size=BS)
+        assert all(isinstance(b, RegisteredBuffer) for b in leases)
+        pending = h.start_read_many([0, BS, 2 * BS, 3 * BS], leases)
+        ops = pending.batch._arrays.get("opcodes")  # type: ignore[attr-defined]
+        assert ops == [Op.READ_FIXED] * 4
+        assert pending.wait() == [BS] * 4
+        for i, lease in enumerate(leases):
+            assert bytes(lease.view) == data[i * BS : (i + 1) * BS]
+        h.release_buffers(leases)
+        assert stack.workers[0].buffers.get("fixedbuf").available() == 8
+
+
+def test_double_release_is_an_error(stack: Stack, tmp_path: pathlib.Path) -> None:
+    pool = stack.workers[0].buffers.get("fixedbuf")
+    lease = pool.lease()
+    pool.release(lease)
+    with pytest.raises(ValueError, match="released twice"):
+        pool.release(lease)
+    assert pool.available() == 8
+
+
+def test_exhausted_pool_raises_and_release_in_finally_returns_it(stack: Stack) -> None:
+    pool = stack.workers[0].buffers.get("fixedbuf")
+    taken = [pool.lease() for _ in range(8)]
+    with pytest.raises(BufferError, match="all 8 registered buffers are leased"):
+        pool.lease()
+    try:
+        raise RuntimeError("caller failed while holding leases")
+    except RuntimeError:
+        pass
+    finally:
+        for lease in taken:
+            pool.release(lease)
+    assert pool.available() == 8
+
+
+def test_lease_in_flight_is_not_handed_out_again(stack: Stack) -> None:
+    """Released while the kernel still owns it: the pool defers the return until the CQE."""
+    pool = stack.workers[0].buffers.get("fixedbuf")
+    ring = stack.workers[0].rings["storage"]
+    r, w = os.pipe()
+    lease = pool.lease()
+    batch = ring.submit(Op.READ, r, addrs=lease.addr, lens=64, offsets=-1 & (2**64 - 1), keep=[lease])
+    lease.batch = batch
+    pool.release(lease)
+    others = [pool.lease() for _ in range(7)]
+    assert lease not in others
+    with pytest.raises(BufferError):
+        pool.lease()
+    os.write(w, b"k" * 64)
+    ring.wait(batch)
+    assert pool.lease() is lease
+    assert bytes(lease.view[:64]) == b"k" * 64
+    os.close(r)
+    os.close(w)
+
+
+def test_batch_keeps_plain_buffer_alive_in_flight(stack: Stack) -> None:
+    ring = stack.workers[0].rings["storage"]
+    r, w = os.pipe()
+
+    class Buf(bytearray):
+        pass
+
+    buf = Buf(32)
+    ref = weakref.ref(buf)
+    from uringstack.ring.native import ffi
+
+    pin = ffi.from_buffer(buf, require_writable=True)
+    batch = ring.submit(Op.READ, r, addrs=int(ffi.cast("uintptr_t", pin)), lens=32,
+                        offsets=-1 & (2**64 - 1), keep=[pin, buf])
+    del buf, pin
+    gc.collect()
+    assert ref() is not None
+    os.write(w, b"p" * 32)
+    ring.wait(batch)
+    os.close(r)
+    os.close(w)
+
+
+def test_fixed_file_slots_are_reused_on_close(stack: Stack, tmp_path: pathlib.Path) -> None:
+    handles = [stack.open(tmp_path / f"f{i}", create=True) for i in range(4)]
+    slots = sorted(h.fixed_index for h in handles)  # type: ignore[type-var]
+    assert slots == [0, 1, 2, 3]
+    extra = stack.open(tmp_path / "extra", create=True)
+    assert extra.fixed_index is None, "table full: the handle works with a plain fd"
+    extra.write_from(b"plain", 0)
+    freed = handles[2].fixed_index
+    handles[2].close()
+    again = stack.open(tmp_path / "again", create=True)
+    assert again.fixed_index == freed
+    # I/O through the fixed slot really reaches the right file
+    again.write_from(b"via fixed slot", 0)
+    again.fdatasync()
+    assert (tmp_path / "again").read_bytes() == b"via fixed slot"
+    for h in (*handles, extra, again):
+        h.close()
+
+
+CHILD = r"""
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, 64 * 1024))
+from uringstack.stack import open_stack
+with open_stack(overrides={"core.cores": [0]}) as stack:
+    verdict = next(v for v in stack.plan.verdicts if v.plugin == "fixedbuf")
+    with stack.open(sys.argv[1], create=True) as h:
+        h.write_from(b"still works", 0)
+        buf = bytearray(11); h.read_into(buf, 0)
+    print(json.dumps({
+        "pool": stack.workers[0].buffers.get("fixedbuf") is not None,
+        "registered": stack.workers[0].rings["storage"].registered_buffers,
+        "enabled": verdict.enabled, "reason": verdict.reason, "hint": verdict.hint,
+        "notes": stack.describe()["workers"][0]["notes"], "data": buf.decode(),
+    }))
+"""
+
+
+def test_memlock_too_low_gives_a_stack_without_registered_buffers(tmp_path: pathlib.Path) -> None:
+    # Root has CAP_IPC_LOCK, which exempts it from RLIMIT_MEMLOCK: drop it for the child.
+    out = subprocess.run(
+        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock",
+         sys.executable, "-c", CHILD, str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["data"] == "still works"
+    assert report["pool"] is False and report["registered"] == 0
+    assert "RLIMIT_MEMLOCK is 64 KiB" in report["reason"]
+    assert "ulimit -l" in report["hint"]
+    assert any("no registered buffers" in n for n in report["notes"])
+
+
+def test_memlock_on_mode_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    child = CHILD.replace('overrides={"core.cores": [0]}', 'overrides={"core.cores": [0], "fixedbuf.mode": "on"}')
+    out = subprocess.run(
+        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock",
+         sys.executable, "-c", child, str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "fixedbuf is configured 'on' but cannot be used" in out.stderr
+    assert "RLIMIT_MEMLOCK" in out.stderr

@@ -1,0 +1,101 @@
+"""A lost completion fails within seconds with a message; it never hangs the suite.
+
+The injection is what a buggy reap loop does: ``us_test_drop_cqe`` consumes a
+posted CQE without the ring's bookkeeping seeing it, so the batch stays
+counted in flight for ever.  Before the bound, ``Ring.close`` (the teardown
+of every test) waited for it in ``us_cancel_all`` until an outer timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import time
+
+import pytest
+
+from uringstack.ring import inflight
+from uringstack import ring as ring_module
+from uringstack.errors import UringIOError
+from uringstack.ring.flags import Op
+from uringstack.ring.native import lib
+from uringstack.ring import Batch, Ring
+from uringstack.stack import open_stack
+
+
+def _drop_one_completion(ring: Ring, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while lib.us_test_drop_cqe(ring._ring) != 1:
+        assert time.monotonic() < deadline, "the op never completed, so there was nothing to drop"
+        time.sleep(0.001)
+
+
+def test_default_bounds_are_seconds_not_the_pytest_timeout() -> None:
+    assert Ring.close_timeout <= 10
+    assert inflight.CLOSE_TIMEOUT_S <= 10
+
+
+@pytest.mark.timeout(30)
+def test_ring_close_with_a_lost_completion_fails_fast_and_keeps_the_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Ring, "close_timeout", 1.0)
+    ring = Ring(entries=8)
+    keep = bytearray(64)
+    batch = ring.submit(Op.NOP, -1, keep=[keep])
+    _drop_one_completion(ring)
+    assert ring.inflight == 1  # the bookkeeping still waits for it
+    t0 = time.monotonic()
+    with pytest.raises(UringIOError, match=r"1 op\(s\) did not complete within 1 s .*lost completion") as info:
+        ring.close()
+    assert time.monotonic() - t0 < 5
+    assert info.value.errno == errno.ETIMEDOUT
+    assert ring.closed
+    assert batch in ring_module._ORPHANED  # its buffers are kept, never freed under the kernel
+    ring_module._ORPHANED.remove(batch)
+
+
+@pytest.mark.timeout(60)
+def test_stack_close_with_a_lost_completion_fails_fast_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setattr(Ring, "close_timeout", 1.0)
+    monkeypatch.setattr(inflight, "CLOSE_TIMEOUT_S", 1.0)
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 4096)
+    stack = open_stack(overrides={"core.backend": "auto", "sqpoll.mode": "off"})
+    h = stack.open(path)
+    ring = h.io.ring  # type: ignore[attr-defined]
+    p = h.start_read_many([0], [bytearray(4096)])  # no other thread reaps this ring meanwhile
+    _drop_one_completion(ring)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=rf"{path}: 1 op\(s\) in 1 batch\(es\) still not complete"):
+        h.close()
+    assert os.fstat(h.fd)  # deliberately left open: the lost op may still target it
+    with pytest.raises(UringIOError, match="did not complete within"):
+        stack.close()
+    assert time.monotonic() - t0 < 10
+    assert not p.done()
+    os.close(h.fd)
+    ring_module._ORPHANED.clear()
+
+
+def test_a_raising_completion_callback_loses_no_other_completion() -> None:
+    ring = Ring(entries=8)
+    try:
+        seen: list[Batch] = []
+
+        def boom(_: Batch) -> None:
+            raise ValueError("callback failed")
+
+        first = ring.submit(Op.NOP, -1)
+        first.add_done_callback(boom)
+        second = ring.submit(Op.NOP, -1)
+        second.add_done_callback(seen.append)
+        with pytest.raises(ValueError, match="callback failed"):
+            ring.wait(second)
+        assert first.finished and second.finished
+        assert seen == [second]
+        assert ring.inflight == 0
+        assert ring.wait(second) == [0]
+    finally:
+        ring.close()

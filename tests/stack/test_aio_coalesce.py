@@ -1,0 +1,359 @@
+"""The asyncio path: single awaits of one loop iteration go to the kernel as one batch.
+
+Each test also pins down a semantic the coalescing must keep: short reads at
+end of file, errors as ``OSError`` with errno (one failing op does not fail
+the others of its batch), cancellation never freeing memory the kernel still
+owns, closing with awaits in flight failing them with a clear error within
+seconds, and the same results on the fallback backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import gc
+import os
+import pathlib
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from uringstack.errors import RingClosedError, UringIOError
+from uringstack.stack.handle import FileHandle
+from uringstack.stack import Stack, open_stack
+
+BLOCK = 4096
+
+
+def _pattern(size: int) -> bytes:
+    return bytes((i * 7 + i // 4096) & 0xFF for i in range(size))
+
+
+@pytest.fixture
+def data(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "data"
+    path.write_bytes(_pattern(64 * BLOCK + 1808))  # ends inside a block: a short read at EOF
+    path.read_bytes()  # hot in the page cache
+    return path
+
+
+@pytest.fixture(params=["auto", "fallback"])
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    with open_stack(overrides={"core.cores": [0], "core.backend": request.param}) as s:
+        yield s
+
+
+@pytest.fixture
+def uring_stack() -> Iterator[Stack]:
+    with open_stack(overrides={"core.cores": [0]}) as s:
+        yield s
+
+
+def _uring_handle(stack: Stack, path: pathlib.Path, writable: bool = False) -> FileHandle:
+    h = stack.open(path, writable=writable)
+    if h.ring is None or h.backend != "uring":
+        h.close()
+        pytest.skip(f"io_uring is not usable here (backend {h.backend}: {h.backend_reason})")
+    return h
+
+
+def _run(coro: Any, timeout: float = 10.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+@pytest.mark.timeout(60)
+def test_single_reads_of_32_tasks_go_out_in_one_io_uring_enter(uring_stack: Stack, data: pathlib.Path) -> None:
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        offsets = [((i * 37) % 64) * BLOCK for i in range(32)]
+
+        async def main() -> tuple[list[bytes], dict[str, int], dict[str, int]]:
+            await h.read(BLOCK, 0)  # the eventfd bridge is set up by the first await
+            before = ring.counters()
+            got = await asyncio.gather(*(h.read(BLOCK, off) for off in offsets))
+            return got, before, ring.counters()
+
+        got, before, after = _run(main())
+    assert got == [expect[off : off + BLOCK] for off in offsets]
+    assert after["submitted"] - before["submitted"] == 32
+    # One batch for all 32 awaits (before: one io_uring_enter per await, 32 in all).
+    assert after["enters"] - before["enters"] == 1, (before, after)
+
+
+@pytest.mark.timeout(60)
+def test_read_many_async_of_several_tasks_and_single_writes_share_submissions(
+    uring_stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "rw"
+    path.write_bytes(_pattern(32 * BLOCK))
+    with _uring_handle(uring_stack, path, writable=True) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)
+            before = ring.counters()["enters"]
+            bufs = [[bytearray(BLOCK) for _ in range(4)] for _ in range(4)]
+            reads = [h.read_many_async([(4 * t + i) * BLOCK for i in range(4)], bufs[t]) for t in range(4)]
+            writes = [h.write(bytes([0xA0 + t]) * BLOCK, (16 + t) * BLOCK) for t in range(8)]
+            got = await asyncio.gather(*reads, *writes)
+            want = _pattern(32 * BLOCK)
+            assert [b"".join(b) for b in bufs] == [want[t * 4 * BLOCK : (t + 1) * 4 * BLOCK] for t in range(4)]
+            return got, ring.counters()["enters"] - before
+
+        got, enters = _run(main())
+    assert got == [[BLOCK] * 4] * 4 + [BLOCK] * 8
+    assert enters == 2, enters  # one batch of reads, one of writes (before: 12)
+    on_disk = path.read_bytes()
+    for t in range(8):
+        assert on_disk[(16 + t) * BLOCK : (17 + t) * BLOCK] == bytes([0xA0 + t]) * BLOCK
+
+
+@pytest.mark.timeout(60)
+def test_short_reads_at_end_of_file(stack: Stack, data: pathlib.Path) -> None:
+    expect = data.read_bytes()
+    size = len(expect)
+    with stack.open(data) as h:
+
+        async def main() -> list[Any]:
+            buf = bytearray(BLOCK)
+            many = [bytearray(BLOCK), bytearray(BLOCK)]
+            return await asyncio.gather(
+                h.read(BLOCK, 64 * BLOCK),  # 1808 bytes left
+                h.read(BLOCK, size),  # at EOF
+                h.read(BLOCK, size + 10 * BLOCK),  # past EOF
+                h.read(3 * BLOCK, 62 * BLOCK),  # spans the end
+                h.read_into_async(buf, 64 * BLOCK),
+                h.read_many_async([63 * BLOCK, 64 * BLOCK], many),
+                h.read(BLOCK, 5),
+            )
+
+        got = _run(main())
+    assert got[0] == expect[64 * BLOCK :] and len(got[0]) == 1808
+    assert got[1] == b"" and got[2] == b""
+    assert got[3] == expect[62 * BLOCK :]
+    assert got[4] == 1808
+    assert got[5] == [BLOCK, 1808]
+    assert got[6] == expect[5 : 5 + BLOCK]
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_op_raises_with_errno_and_the_rest_of_its_batch_succeeds(
+    stack: Stack, data: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    other = tmp_path / "w"
+    other.write_bytes(b"\0" * BLOCK)
+    with stack.open(data, writable=False) as ro, stack.open(other, writable=True) as rw:
+
+        async def main() -> list[Any]:
+            return await asyncio.gather(
+                ro.write(b"x" * BLOCK, 0),  # read-only descriptor: EBADF from the kernel (or pwritev)
+                rw.write(b"y" * BLOCK, 0),
+                ro.read(BLOCK, BLOCK),
+                ro.read(BLOCK, -1),  # bad input: refused before submission, alone
+                return_exceptions=True,
+            )
+
+        got = _run(main())
+    assert isinstance(got[0], UringIOError) and isinstance(got[0], OSError)
+    assert got[0].errno == errno.EBADF, got[0]
+    assert got[1] == BLOCK
+    assert got[2] == data.read_bytes()[BLOCK : 2 * BLOCK]
+    assert isinstance(got[3], ValueError) and "offset -1" in str(got[3])
+    assert other.read_bytes() == b"y" * BLOCK
+
+
+class _PipeBacked:
+    """A uring handle whose descriptor is swapped for a pipe's read end: its reads stay in
+    flight until the test writes to the pipe (a file read completes too fast to catch)."""
+
+    def __init__(self, handle: FileHandle) -> None:
+        self.handle = handle
+        self.r, self.w = os.pipe()
+        self.file_fd = handle.io.fd
+        self.fixed_index = handle.io.fixed_index
+        handle.io.fd = self.r
+        handle.io.fixed_index = None  # a registered-file slot would still name the file
+
+    def restore(self) -> None:
+        self.handle.io.fd = self.file_fd
+        self.handle.io.fixed_index = self.fixed_index
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_await_keeps_its_buffer_until_the_kernel_is_done(uring_stack: Stack, data: pathlib.Path) -> None:
+    h = _uring_handle(uring_stack, data)
+    pipe = _PipeBacked(h)
+    ring = h.ring
+    assert ring is not None
+    try:
+        holder = [(ctypes.c_char * 16)()]  # the only reference the test keeps
+        alive = weakref.ref(holder[0])
+
+        async def main() -> None:
+            task = asyncio.create_task(h.read_into_async(holder[0], 0))
+            for _ in range(3):
+                await asyncio.sleep(0)  # queued, flushed: in the kernel now
+            assert ring.inflight == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        _run(main())
+        holder.clear()
+        gc.collect()
+        assert alive() is not None, "the buffer of an op still in the kernel was freed"
+        os.write(pipe.w, b"late")
+        for _ in range(1000):
+            ring.try_reap()
+            if ring.inflight == 0:
+                break
+            os.sched_yield()
+        assert ring.inflight == 0
+        gc.collect()
+        assert alive() is None  # released once the completion was reaped
+    finally:
+        pipe.restore()
+        h.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_await_cancelled_before_its_flush_is_never_submitted(uring_stack: Stack, data: pathlib.Path) -> None:
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def main() -> int:
+            await h.read(BLOCK, 0)
+            before = ring.counters()["submitted"]
+            task = asyncio.create_task(h.read(BLOCK, BLOCK))
+            await asyncio.sleep(0)  # the task queued its read; the flush has not run yet
+            task.cancel()
+            kept = await h.read(BLOCK, 2 * BLOCK)  # flushed in the same iteration as the cancelled one
+            assert kept == data.read_bytes()[2 * BLOCK : 3 * BLOCK]
+            return ring.counters()["submitted"] - before
+
+        assert _run(main()) == 1
+
+
+@pytest.mark.timeout(60)
+def test_closing_the_handle_fails_awaits_still_queued_with_a_clear_error(stack: Stack, data: pathlib.Path) -> None:
+    h = stack.open(data)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.create_task(h.read(BLOCK, i * BLOCK)) for i in range(4)]
+        await asyncio.sleep(0)  # queued (io_uring: not yet submitted)
+        h.close()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    got = _run(main())
+    for res in got:
+        # io_uring: refused at the flush; fallback: already running on the pool, so it completes
+        assert isinstance(res, RingClosedError | bytes), res
+        if isinstance(res, RingClosedError):
+            assert "closed" in str(res) and str(data) in str(res)
+
+
+@pytest.mark.timeout(60)
+def test_closing_the_ring_under_an_await_in_flight_fails_it_with_ecanceled(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    h = _uring_handle(uring_stack, data)
+    pipe = _PipeBacked(h)
+    ring = h.ring
+    assert ring is not None
+    try:
+
+        async def main() -> BaseException | None:
+            task = asyncio.create_task(h.read(BLOCK, 0))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert ring.inflight == 1
+            ring.close()  # what stack.close() does last: cancels what is in flight
+            try:
+                await asyncio.wait_for(task, 5)
+            except Exception as exc:
+                return exc
+            return None
+
+        exc = _run(main())
+        assert isinstance(exc, UringIOError), exc
+        assert exc.errno in (errno.ECANCELED, errno.EINTR), exc
+        with pytest.raises(RingClosedError):
+            _run(h.read(BLOCK, 0))
+    finally:
+        pipe.restore()
+        h.close()
+
+
+@pytest.mark.timeout(60)
+def test_stack_close_with_an_await_stuck_in_flight_fails_within_seconds(
+    data: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uringstack.ring import inflight
+
+    monkeypatch.setattr(inflight, "CLOSE_TIMEOUT_S", 0.5)
+    stack = open_stack(overrides={"core.cores": [0]})
+    h = _uring_handle(stack, data)
+    pipe = _PipeBacked(h)
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        task = asyncio.create_task(h.read(BLOCK, 0))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        close_error: BaseException | None = None
+        try:
+            stack.close()
+        except Exception as exc:
+            close_error = exc
+        try:
+            await asyncio.wait_for(task, 5)
+        except Exception as exc:
+            return close_error, exc
+        return close_error, None
+
+    try:
+        close_error, read_error = _run(main())
+    finally:
+        pipe.restore()
+    # The handle's close names the stuck op (and leaves the descriptor open); the ring's close
+    # then cancels it, and the await fails with the cancellation instead of hanging.
+    assert isinstance(close_error, TimeoutError | UringIOError), close_error
+    assert isinstance(read_error, UringIOError), read_error
+    assert read_error.errno in (errno.ECANCELED, errno.EINTR), read_error
+
+
+@pytest.mark.timeout(60)
+def test_aio_open_random_reads_are_coalesced_across_files(uring_stack: Stack, data: pathlib.Path) -> None:
+    import uringstack.aio
+
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+    async def main() -> tuple[list[bytes], int]:
+        files = [await uringstack.aio.open(data, "rb", stack=uring_stack) for _ in range(16)]
+        await files[0].read(1)
+        for i, f in enumerate(files):
+            await f.seek(i * BLOCK)
+        before = ring.counters()["enters"]
+        got = await asyncio.gather(*(f.read(BLOCK) for f in files))
+        enters = ring.counters()["enters"] - before
+        for f in files:
+            await f.close()
+        return got, enters
+
+    got, enters = _run(main())
+    assert got == [expect[i * BLOCK : (i + 1) * BLOCK] for i in range(16)]
+    assert enters == 1, enters

@@ -1,0 +1,133 @@
+"""Bad arguments get one clear error before anything is submitted, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from uringstack.ring.buffers import aligned_buffer
+from uringstack.errors import UringIOError
+from uringstack.stack.handle import FileHandle
+from uringstack.stack import Stack, open_stack
+
+DATA = bytes(range(256)) * 32  # 8 KiB
+
+
+@pytest.fixture
+def handle(stack: Stack, tmp_path: pathlib.Path) -> Iterator[FileHandle]:
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    with stack.open(path) as h:
+        yield h
+
+
+def test_negative_offset_is_a_value_error_naming_it(handle: FileHandle) -> None:
+    buf = bytearray(16)
+    for call in (
+        lambda: handle.read_into(buf, -4096),
+        lambda: handle.write_from(b"x" * 16, -1),
+        lambda: handle.read_many([0, -8], [buf, bytearray(8)]),
+        lambda: handle.write_many([-1], [b"x"]),
+        lambda: handle.start_read_many([-1], [buf]),
+        lambda: handle.start_write_many([0, -16], [b"a", b"b"]),
+        lambda: handle.write_durable(b"x", -2),
+        lambda: handle.readv_into([buf], -16),
+    ):
+        with pytest.raises(ValueError, match=r"offset -\d+ .*is negative"):
+            call()
+    with pytest.raises(ValueError, match=r"offset -5 .*is negative"):
+        asyncio.run(handle.read(4, -5))
+    with pytest.raises(ValueError, match=r"offset -5 .*is negative"):
+        asyncio.run(handle.write(b"abc", -5))
+    assert os.pread(handle.fd, len(DATA) + 1, 0) == DATA  # nothing was written
+
+
+def test_offsets_and_buffers_must_pair_up(handle: FileHandle) -> None:
+    with pytest.raises(ValueError, match="2 offsets but 1 buffers"):
+        handle.read_many([0, 8], [bytearray(8)])
+
+
+def test_negative_read_size_is_a_value_error(handle: FileHandle) -> None:
+    with pytest.raises(ValueError, match="read size -1 is negative"):
+        asyncio.run(handle.read(-1, 0))
+    assert asyncio.run(handle.read(0, 0)) == b""
+    assert asyncio.run(handle.read(5, 1)) == DATA[1:6]
+
+
+def test_a_buffer_over_4_gib_is_served(handle: FileHandle) -> None:
+    # An SQE length is 32 bits; the backend must split, not fail with
+    # "does not fit 'uint32_t'".  Only the pages the kernel fills are touched.
+    big = mmap.mmap(-1, (4 << 30) + 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        assert handle.read_into(big, 0) == len(DATA)  # short only at end of file
+        assert big[: len(DATA)] == DATA
+    finally:
+        big.close()
+
+
+def test_unknown_open_option_is_refused(stack: Stack, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'bogus'.*passthrough"):
+        stack.open(tmp_path / "f", create=True, bogus=1)
+    assert not (tmp_path / "f").exists()
+    with stack.open(tmp_path / "f", create=True, passthrough="auto") as h:  # a declared option
+        assert h.write_from(b"ok", 0) == 2
+
+
+def test_a_character_device_that_is_not_nvme_is_refused_plainly(stack: Stack) -> None:
+    with pytest.raises(UringIOError) as info:
+        stack.open("/dev/null")
+    message = str(info.value)
+    assert "not an NVMe generic char device" in message
+    assert "required but impossible" not in message
+
+
+def test_release_of_a_buffer_not_leased_is_an_error(handle: FileHandle) -> None:
+    (leased,) = handle.lease_buffers(1, 4096)
+    with pytest.raises(ValueError, match="did not hand out"):
+        handle.release_buffers([bytearray(4096)])
+    with pytest.raises(ValueError, match="did not hand out"):
+        handle.release_buffers([aligned_buffer(4096)])
+    handle.release_buffers([leased])
+    with pytest.raises(ValueError):
+        handle.release_buffers([leased])  # twice
+
+
+@pytest.fixture
+def pooled() -> Iterator[Stack]:
+    s = open_stack(overrides={"core.cores": [sorted(os.sched_getaffinity(0))[0]], "fixedbuf.mode": "on",
+                              "fixedbuf.count": 8, "fixedbuf.buffer_size": 8192, "fixedbuf.files": 4})
+    yield s
+    s.close()
+
+
+def test_lease_above_the_pool_size_takes_nothing(pooled: Stack, tmp_path: pathlib.Path) -> None:
+    with pooled.open(tmp_path / "f", create=True) as h:
+        pool = pooled.workers[0].buffers.for_ring(h.ring)
+        assert pool is not None
+        with pytest.raises(BufferError, match=r"lease_buffers\(9\).*8 buffers"):
+            h.lease_buffers(9)
+        assert pool.available() == 8
+        held = h.lease_buffers(6)
+        with pytest.raises(BufferError):
+            h.lease_buffers(3)  # only 2 free: all or nothing
+        assert pool.available() == 2
+        h.release_buffers(held)
+        leases = h.lease_buffers(8)  # the pool is whole again
+        assert len(leases) == 8
+        h.release_buffers(leases)
+        assert pool.available() == 8
+
+
+def test_release_of_another_pools_buffer_is_an_error(pooled: Stack, tmp_path: pathlib.Path) -> None:
+    with open_stack(overrides={"core.cores": [pooled.workers[0].cpu], "fixedbuf.mode": "on",
+                               "fixedbuf.count": 8, "fixedbuf.buffer_size": 8192}) as other, \
+            other.open(tmp_path / "g", create=True) as g, pooled.open(tmp_path / "f", create=True) as h:
+        (foreign,) = g.lease_buffers(1)
+        with pytest.raises(ValueError, match="not a lease of this handle's buffer pool"):
+            h.release_buffers([foreign])
+        g.release_buffers([foreign])
