@@ -66,17 +66,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
     from uringstack.config import load_config
     from uringstack.errors import AlignmentError, ForkedChildError, RingClosedError, ShortIOError, UringIOError
     from uringstack.fileobj.fileio import FileIO
-    from uringstack.stack.handle import FileHandle
-    from uringstack.hookspecs import hookimpl
     from uringstack.fileobj.openfile import open
+    from uringstack.hookspecs import hookimpl
     from uringstack.plan import make_plan
     from uringstack.ring import Ring
+    from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
     from uringstack.ring.params import RingParams
     from uringstack.stack import Stack, Worker, open_stack
+    from uringstack.stack.handle import FileHandle
     from uringstack.types import PlanError
 
 

@@ -30,8 +30,8 @@ from uringstack.fileobj.fileio import FileIO, Opener
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from uringstack.stack.handle import FileHandle
     from uringstack.stack import Stack
+    from uringstack.stack.handle import FileHandle
 
 CHUNK = 64 * 1024
 """Bytes a buffered read asks the stack for at least (aiofiles' reads are one

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from uringstack.config import StackConfig
-    from uringstack.stack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring.params import RingParams
     from uringstack.stack import Stack, Worker
+    from uringstack.stack.handle import FileHandle
     from uringstack.types import BackendFactory, FeatureVerdict, Target
 
 CompletionListeners = Callable[["Worker", str, list[int], "Ring | None"], None]

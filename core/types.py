@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict
 from uringstack.errors import UringStackError
 
 if TYPE_CHECKING:
-    from uringstack.ring.io_backend import FileIO
     from uringstack.probe.model import BlockDevice
+    from uringstack.ring.io_backend import FileIO
     from uringstack.stack import Worker
 
 FeatureMode = Literal["auto", "on", "off"]

@@ -31,9 +31,9 @@ from uringstack.ring.buffers import RegisteredBuffer
 
 if TYPE_CHECKING:
     from uringstack.bench.ladder import Rung
-    from uringstack.stack.handle import FileHandle
     from uringstack.ring.pending import Pending
-    from uringstack.prepared import PreparedIO
+    from uringstack.stack.handle import FileHandle
+    from uringstack.stack.prepared import PreparedIO
 
 RANDOM_POOL = 1 << 18  # precomputed random offsets per worker
 

@@ -12,7 +12,7 @@ the API allows it, so what is measured is the I/O path, not the harness:
 * offsets are precomputed (:func:`~uringstack.bench.spec.offset_list`) into
   one C array; resubmitting a batch copies its slice of it into the batch's
   offset column (one ``memmove``);
-* each batch is a :class:`~uringstack.columns.BatchColumns` whose other
+* each batch is a :class:`~uringstack.ring.columns.BatchColumns` whose other
   columns (opcodes, fds, addresses, lengths, flags, buffer indexes) are
   filled once and resubmitted with :meth:`Ring.submit_columns` (the public
   API's prepared I/O, ``FileHandle.prepare_reads``, does the same per
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.bench.metrics import LoopResult, cpu_seconds, new_histogram
 from uringstack.bench.spec import BenchSpec, offset_list
+from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, address_of, aligned_buffer
-from uringstack.columns import BatchColumns
+from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.native import ffi, lib
-from uringstack.ring import Ring
 from uringstack.stack.uring_backend import UringFileIO
 
 if TYPE_CHECKING:

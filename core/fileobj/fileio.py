@@ -30,8 +30,8 @@ from uringstack.stack.targets import ADOPT_FD
 if TYPE_CHECKING:
     from _typeshed import MaybeNone
 
-    from uringstack.stack.handle import FileHandle
     from uringstack.stack import Stack
+    from uringstack.stack.handle import FileHandle
 
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 """A file name, as ``os.open`` and ``io.FileIO`` take it."""

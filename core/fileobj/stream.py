@@ -14,12 +14,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uringstack.ring.buffers import aligned_buffer
 from uringstack.errors import UringIOError
+from uringstack.ring.buffers import aligned_buffer
 
 if TYPE_CHECKING:
-    from uringstack.stack.handle import FileHandle
     from uringstack.ring.pending import Pending
+    from uringstack.stack.handle import FileHandle
 
 CHUNK = 256 * 1024
 """Size of one read-ahead request (a multiple of every logical block size)."""

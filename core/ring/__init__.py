@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from uringstack.ring import forking
-from uringstack.columns import BatchColumns
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
+from uringstack.ring import forking
+from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
 from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
@@ -303,7 +303,7 @@ class Ring:
     ) -> Batch:
         """Submit a batch from eight positional cdata columns (opcodes, fds, addrs, lens, offs,
         op_flags, sqe_flags, buf_index).  Kept for callers that build raw arrays; new code fills a
-        :class:`~uringstack.columns.BatchColumns` by name and calls :meth:`submit_columns`."""
+        :class:`~uringstack.ring.columns.BatchColumns` by name and calls :meth:`submit_columns`."""
         return self.submit_columns(BatchColumns.wrap(n, arrays), n, tuple(keep), wait=wait)
 
     def _submit_locked(self, batch: Batch, n: int, desc: Any, wait: bool) -> Batch:

@@ -5,8 +5,9 @@ Each ring that serves asyncio callers gets an eventfd registered with
 when it fires, reaps completed batches without blocking.  No thread is
 involved, so ``await handle.read(...)`` costs one loop wake-up per batch of
 completions, not a thread hop per I/O.  The bridge also owns the ring's
-:class:`~uringstack.aio_coalesce.Coalescer`, which sends the single awaits of
-one loop iteration to the kernel as one batch.
+slot for the ring's :class:`~uringstack.ring.coalesce.Coalescer` (made there on
+first use), which sends the single awaits of one loop iteration to the kernel as
+one batch.
 
 Completions are reaped by whichever thread gets to the ring first, possibly
 after the loop that awaited them was closed (its task was cancelled and
@@ -22,14 +23,12 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from uringstack.aio_coalesce import Coalescer
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
 
-_bridges: weakref.WeakKeyDictionary[Ring, _Bridge] = weakref.WeakKeyDictionary()
+_bridges: weakref.WeakKeyDictionary[Ring, Bridge] = weakref.WeakKeyDictionary()
 _bridges_lock = threading.Lock()
 
 
@@ -54,7 +53,15 @@ def post(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
 
 
-class _Bridge:
+class LoopBound(Protocol):
+    """Per-loop state kept on a bridge (the coalescer): dropped when the loop goes."""
+
+    def drop(self) -> None:
+        """Forget queued work nobody can await any more (its loop is closed)."""
+        ...
+
+
+class Bridge:
     """The ring's eventfd (registered once for the ring's life) and the loop watching it."""
 
     def __init__(self, ring: Ring, loop: asyncio.AbstractEventLoop) -> None:
@@ -62,7 +69,7 @@ class _Bridge:
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ring.register_eventfd(self.efd)
         self.loop = loop
-        self.coalescer = Coalescer(ring, loop, lambda fn: post(loop, fn))
+        self.coalescer: LoopBound | None = None
         loop.add_reader(self.efd, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -73,9 +80,10 @@ class _Bridge:
 
     def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
-        self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
+        if self.coalescer is not None:
+            self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
+            self.coalescer = None
         self.loop = loop
-        self.coalescer = Coalescer(self.ring, loop, lambda fn: post(loop, fn))
         loop.add_reader(self.efd, self._on_readable)
 
     def detach(self) -> None:
@@ -91,17 +99,13 @@ class _Bridge:
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
 
 
-def coalescer_for(ring: Ring) -> Coalescer:
-    """The running loop's :class:`~uringstack.aio_coalesce.Coalescer` of *ring* (made on first use)."""
-    return _bridge_for(ring).coalescer
-
-
-def _bridge_for(ring: Ring) -> _Bridge:
+def bridge_for(ring: Ring) -> Bridge:
+    """The bridge of *ring* to the running loop (made on first use; moved if its old loop closed)."""
     loop = asyncio.get_running_loop()
     with _bridges_lock:
         bridge = _bridges.get(ring)
         if bridge is None:
-            bridge = _Bridge(ring, loop)
+            bridge = Bridge(ring, loop)
             _bridges[ring] = bridge
         elif bridge.loop is not loop:
             if not bridge.loop.is_closed():
@@ -132,7 +136,7 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
     if batch.finished:
         await asyncio.sleep(0)
         return batch.results
-    bridge = _bridge_for(ring)
+    bridge = bridge_for(ring)
     loop = bridge.loop
     fut: asyncio.Future[list[int]] = loop.create_future()
 

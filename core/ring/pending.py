@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from uringstack.ring import aio
+
+if TYPE_CHECKING:
+    from uringstack.ring import Batch, Ring
 
 
 class Pending(Protocol):
@@ -36,3 +41,25 @@ class CompletedPending:
     async def wait_async(self) -> list[int]:
         await asyncio.sleep(0)
         return self._results
+
+
+class UringPending:
+    """A batch in flight on a ring."""
+
+    __slots__ = ("batch", "n", "ring")
+
+    def __init__(self, ring: Ring, batch: Batch) -> None:
+        self.ring = ring
+        self.batch = batch
+        self.n = batch.n
+
+    def done(self) -> bool:
+        if not self.batch.finished and not self.ring.closed:
+            self.ring.try_reap()
+        return self.batch.finished
+
+    def wait(self) -> list[int]:
+        return self.ring.wait(self.batch)
+
+    async def wait_async(self) -> list[int]:
+        return await aio.wait_batch(self.ring, self.batch)

@@ -3,7 +3,7 @@
 A general ring helper (it lived in the iopoll plugin until the NVMe plugin
 needed it too; plugins may not import each other, so it is core now).
 
-The caller fills a :class:`~uringstack.columns.BatchColumns` once (one entry
+The caller fills a :class:`~uringstack.ring.columns.BatchColumns` once (one entry
 per op, by name); this module submits it in chunks of ``chunk`` ops through
 windows sharing its memory (:meth:`BatchColumns.window`), keeps at most ``depth`` ops in flight and copies each
 chunk's results into one ``int32_t[n]``.  Python work is per chunk, not per
@@ -28,9 +28,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from uringstack.columns import FIELDS, BatchColumns
-from uringstack.ring.native import ffi
 from uringstack.ring import Batch, Ring
+from uringstack.ring.columns import FIELDS, BatchColumns
+from uringstack.ring.native import ffi
 
 COLUMN_TYPES: tuple[str, ...] = tuple(FIELDS.values())
 """The C types of the eight columns, in ``struct us_batch`` order (for positional callers)."""

@@ -33,9 +33,8 @@ import asyncio
 import threading
 import weakref
 
-from uringstack.ring import aio
+from uringstack.ring import Batch, Ring, aio
 from uringstack.ring.flags import SetupFlag
-from uringstack.ring import Batch, Ring
 
 
 def is_polled(ring: Ring) -> bool:

@@ -19,13 +19,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from uringstack.ring import aio
-from uringstack.ring import forking
-from uringstack.ring.buffers import BufferRegistry
 from uringstack.errors import RingClosedError
-from uringstack.stack.handle import FileHandle
 from uringstack.plan import Plan, make_plan, select_backend
-from uringstack.ring import Ring
+from uringstack.ring import Ring, aio, forking
+from uringstack.ring.buffers import BufferRegistry
+from uringstack.stack.handle import FileHandle
 from uringstack.stack.targets import ADOPT_FD, resolve_target
 
 if TYPE_CHECKING:

@@ -18,21 +18,19 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from uringstack.ring import aio
-from uringstack.ring import forking
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
+from uringstack.ring import Ring, coalesce, forking
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
-from uringstack.ring import Ring
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 
 if TYPE_CHECKING:
-    from uringstack.aio_coalesce import Coalescer
-    from uringstack.prepared import PreparedIO
+    from uringstack.ring.coalesce import Coalescer
     from uringstack.stack import Stack, Worker
+    from uringstack.stack.prepared import PreparedIO
 
 
 def _view(buf: Any) -> memoryview:
@@ -68,7 +66,7 @@ class FileHandle:
         # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
         self._plain_leases: weakref.WeakSet[Any] = weakref.WeakSet()
         # Single asyncio ops on a plain io_uring backend are coalesced per loop
-        # iteration (uringstack.aio_coalesce); other backends take the batch path.
+        # iteration (uringstack.ring.coalesce); other backends take the batch path.
         self._uring_io = io if type(io) is UringFileIO else None
         self._coalescer_cache: Coalescer | None = None
 
@@ -263,7 +261,7 @@ class FileHandle:
         pins, lengths, opcodes (READ_FIXED for this handle's registered-buffer
         leases) and O_DIRECT buffer alignment are done here, not per call.
         Same results and errors as :meth:`read_many`; see
-        :class:`~uringstack.prepared.PreparedIO`."""
+        :class:`~uringstack.stack.prepared.PreparedIO`."""
         return self._prepare(False, buffers)
 
     def prepare_writes(self, buffers: Sequence[Any]) -> PreparedIO:
@@ -271,7 +269,7 @@ class FileHandle:
         return self._prepare(True, buffers)
 
     def _prepare(self, write: bool, buffers: Sequence[Any]) -> PreparedIO:
-        from uringstack.prepared import PreparedIO
+        from uringstack.stack.prepared import PreparedIO
 
         self._check()
         if not buffers:
@@ -370,7 +368,7 @@ class FileHandle:
         loop = asyncio.get_running_loop()
         co = self._coalescer_cache
         if co is None or co.loop is not loop:
-            co = self._coalescer_cache = aio.coalescer_for(io.ring)
+            co = self._coalescer_cache = coalesce.coalescer_for(io.ring)
         return co, offset
 
     async def read_into_async(self, buf: Any, offset: int) -> int:

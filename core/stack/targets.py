@@ -7,8 +7,8 @@ import re
 import stat
 from typing import TYPE_CHECKING, Any
 
-from uringstack.probe.blockdev import blkdev_logical_block_size
 from uringstack.errors import UringIOError
+from uringstack.probe.blockdev import blkdev_logical_block_size
 from uringstack.types import Target, TargetKind
 
 if TYPE_CHECKING:

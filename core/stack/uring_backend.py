@@ -14,14 +14,14 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack.ring import aio
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
-from uringstack.columns import BatchColumns
 from uringstack.errors import BatchInFlightError
+from uringstack.ring import Ring
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
+from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import SyncMethod
 from uringstack.ring.native import ffi, lib
-from uringstack.ring import Batch, Ring
+from uringstack.ring.pending import UringPending
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -43,28 +43,6 @@ RWF_DSYNC = 0x2
 # instead of allocating eight C arrays.
 _CACHED_CAPACITY = 1024
 _CACHED_PER_CAPACITY = 16
-
-
-class UringPending:
-    """A batch in flight on a ring."""
-
-    __slots__ = ("batch", "n", "ring")
-
-    def __init__(self, ring: Ring, batch: Batch) -> None:
-        self.ring = ring
-        self.batch = batch
-        self.n = batch.n
-
-    def done(self) -> bool:
-        if not self.batch.finished and not self.ring.closed:
-            self.ring.try_reap()
-        return self.batch.finished
-
-    def wait(self) -> list[int]:
-        return self.ring.wait(self.batch)
-
-    async def wait_async(self) -> list[int]:
-        return await aio.wait_batch(self.ring, self.batch)
 
 
 class UringFileIO:

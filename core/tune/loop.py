@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from uringstack.tune.model import Measurement, TuneTarget
 
 if TYPE_CHECKING:
-    from uringstack.stack.handle import FileHandle
     from uringstack.pluginmanager import UringstackPluginManager
     from uringstack.probe.model import Capabilities
     from uringstack.stack import Worker
+    from uringstack.stack.handle import FileHandle
 
 OFFSETS_PER_WORKER = 1 << 15
 DRAIN_TIMEOUT_S = 10.0

@@ -14,8 +14,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from uringstack.probe.blockdev import device_size
 from uringstack.errors import UringStackError
+from uringstack.probe.blockdev import device_size
 from uringstack.tune.model import TargetKind, TuneTarget, Workload
 
 SCRATCH_BYTES = 64 << 20

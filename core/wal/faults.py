@@ -21,6 +21,7 @@ from typing import Any
 
 from uringstack.ring.io_backend import FileIO, SyncMethod
 from uringstack.ring.pending import CompletedPending, Pending
+
 from . import segment
 from .segment import SegmentSyscalls
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from uringstack.ring import forking
-from uringstack.stack.handle import FileHandle
 from uringstack.ring.io_backend import FileIO
+from uringstack.stack.handle import FileHandle
 
 if TYPE_CHECKING:
     from ..stack import Stack

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from uringstack.stack.handle import FileHandle
+
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
 from .io import WalIO

@@ -18,19 +18,19 @@ from pydantic import Field, field_validator
 
 from uringstack.errors import UringIOError
 from uringstack.feature import Decision, Feature
-from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.pool import BufferPool
+from uringstack.ring.flags import SetupFlag
 from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
-    from uringstack.stack.handle import FileHandle
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.stack import Stack, Worker
+    from uringstack.stack.handle import FileHandle
     from uringstack.tune.model import TuneTarget
 
 T = TypeVar("T")

@@ -7,9 +7,9 @@ import mmap
 import threading
 from typing import Any
 
+from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, address_of
 from uringstack.ring.native import ffi
-from uringstack.ring import Ring
 
 
 class BufferPool:

@@ -27,16 +27,17 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack.probe.blockdev import blkdev_size_bytes
-from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
-from uringstack.columns import BatchColumns
 from uringstack.errors import UringIOError
+from uringstack.probe.blockdev import blkdev_size_bytes
+from uringstack.ring import Batch, Ring
+from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
+from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op
 from uringstack.ring.io_backend import SyncMethod
 from uringstack.ring.native import lib
+from uringstack.ring.pending import UringPending
 from uringstack.ring.polling import polled_done, wait_polled
-from uringstack.ring import Batch, Ring
-from uringstack.stack.uring_backend import RWF_DSYNC, UringPending
+from uringstack.stack.uring_backend import RWF_DSYNC
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from uringstack.probe.blockdev import backing_disk
 from uringstack.feature import Feature
-from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
+from uringstack.probe.blockdev import backing_disk
+from uringstack.ring.flags import SetupFlag
 from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 

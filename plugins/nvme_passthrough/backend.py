@@ -30,13 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uringstack.ring.buffers import address_of, pin_buffers
-from uringstack.columns import BatchColumns
 from uringstack.errors import AlignmentError, UringIOError
-from uringstack.ring.flags import Op, SqeFlag
-from uringstack.ring.io_backend import SyncMethod
-from uringstack.ring.native import ffi
-from uringstack.ring.pipeline import filled, from_bytes
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -52,8 +46,14 @@ from uringstack.plugins.nvme_passthrough.device import (
     open_char_device,
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
-from uringstack.ring.polling import is_polled, polled_done, wait_polled
 from uringstack.ring import Batch, Ring
+from uringstack.ring.buffers import address_of, pin_buffers
+from uringstack.ring.columns import BatchColumns
+from uringstack.ring.flags import Op, SqeFlag
+from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.native import ffi
+from uringstack.ring.pipeline import filled, from_bytes
+from uringstack.ring.polling import is_polled, polled_done, wait_polled
 
 if TYPE_CHECKING:
     from uringstack.probe.model import Capabilities

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from uringstack.feature import Feature
-from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import open_char_device
 from uringstack.probe.defects import POLLED_PASSTHROUGH, DefectFinding, refusal
+from uringstack.ring.flags import SetupFlag
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:

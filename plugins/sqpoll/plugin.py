@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from uringstack.feature import Feature
-from uringstack.ring.flags import SetupFlag
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import worker_cpus
+from uringstack.ring.flags import SetupFlag
 from uringstack.ring.params import ring_name
 from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError

@@ -16,7 +16,7 @@ from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
 from uringstack.probe.blockdev import device_size
 from uringstack.stack.handle import FileHandle
-from uringstack.prepared import PreparedIO
+from uringstack.stack.prepared import PreparedIO
 
 
 def _spec(tmp_path: Path, **kw: Any) -> BenchSpec:

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from uringstack import open_stack
-from uringstack.ring.flags import SetupFlag
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.probe.defects import POLLED_PASSTHROUGH
 from uringstack.probe.model import Capabilities
+from uringstack.ring.flags import SetupFlag
 from uringstack.stack import Stack
 
 from .conftest import BLK, NG

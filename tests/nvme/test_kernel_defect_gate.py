@@ -17,10 +17,10 @@ import time
 import pytest
 
 from uringstack import open_stack
-from uringstack.ring.buffers import aligned_buffer
-from uringstack.ring.flags import SetupFlag
 from uringstack.probe.defects import POLLED_PASSTHROUGH
 from uringstack.probe.model import Capabilities
+from uringstack.ring.buffers import aligned_buffer
+from uringstack.ring.flags import SetupFlag
 
 from .conftest import NG
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from uringstack import open_stack
+from uringstack.probe.model import Capabilities
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.ring.flags import SetupFlag
-from uringstack.probe.model import Capabilities
 
 pytestmark = pytest.mark.nvme
 

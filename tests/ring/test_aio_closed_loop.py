@@ -17,10 +17,9 @@ import time
 
 import pytest
 
-from uringstack.ring import aio
+from uringstack.ring import Ring, aio
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
-from uringstack.ring import Ring
 from uringstack.stack import open_stack
 
 ANY_POS = -1 & 0xFFFFFFFFFFFFFFFF  # "current position": a pipe has no offsets

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from uringstack.columns import FIELDS, BatchColumns
 from uringstack.errors import BatchInFlightError, SubmissionError
+from uringstack.ring import Ring
+from uringstack.ring.columns import FIELDS, BatchColumns
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
 from uringstack.ring.pipeline import run_pipelined
-from uringstack.ring import Ring
 
 BS = 4096
 

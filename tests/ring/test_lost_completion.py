@@ -15,12 +15,11 @@ import time
 
 import pytest
 
-from uringstack.ring import inflight
 from uringstack import ring as ring_module
 from uringstack.errors import UringIOError
+from uringstack.ring import Batch, Ring, inflight
 from uringstack.ring.flags import Op
 from uringstack.ring.native import lib
-from uringstack.ring import Batch, Ring
 from uringstack.stack import open_stack
 
 

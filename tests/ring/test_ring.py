@@ -13,9 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from uringstack.errors import RingClosedError, SubmissionError, WrongThreadError
+from uringstack.ring import Ring
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SetupFlag, SqeFlag
 from uringstack.ring.native import ffi
-from uringstack.ring import Ring
 from uringstack.ring.params import RingParams
 
 BS = 4096
@@ -231,8 +231,8 @@ def test_rejected_optional_flag_is_dropped_and_recorded(monkeypatch: pytest.Monk
 
 
 def test_required_flag_is_never_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    from uringstack.ring import params as ring_params
     from uringstack.errors import RingSetupError
+    from uringstack.ring import params as ring_params
 
     monkeypatch.setattr(ring_params, "_init", lambda e, f, p: (-errno.EINVAL, None, None))
     with pytest.raises(RingSetupError) as info:

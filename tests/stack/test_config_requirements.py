@@ -14,8 +14,8 @@ import pytest
 import uringstack.probe
 from uringstack.config import ConfigError, load_config
 from uringstack.errors import WrongThreadError
-from uringstack.ring.flags import SetupFlag
 from uringstack.plan import make_plan
+from uringstack.ring.flags import SetupFlag
 from uringstack.stack import open_stack
 from uringstack.testing import make_fake_capabilities
 from uringstack.types import PlanError

@@ -23,12 +23,12 @@ import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
 import uringstack.stack.uring_backend as uring_backend
-from uringstack.columns import BatchColumns
 from uringstack.errors import UringIOError
-from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
-from uringstack.stack.handle import FileHandle
 from uringstack.ring import Batch, Ring
+from uringstack.ring.columns import BatchColumns
+from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
 
 WRITES = (Op.WRITE, Op.WRITE_FIXED)
 

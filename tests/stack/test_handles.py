@@ -9,8 +9,8 @@ import pathlib
 
 import pytest
 
-from uringstack.ring.buffers import aligned_buffer
 from uringstack.errors import AlignmentError, RingClosedError, ShortIOError, UringIOError
+from uringstack.ring.buffers import aligned_buffer
 from uringstack.stack import Stack
 
 BS = 4096

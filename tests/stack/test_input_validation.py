@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from uringstack.ring.buffers import aligned_buffer
 from uringstack.errors import UringIOError
-from uringstack.stack.handle import FileHandle
+from uringstack.ring.buffers import aligned_buffer
 from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
 
 DATA = bytes(range(256)) * 32  # 8 KiB
 

@@ -6,11 +6,11 @@ import pathlib
 from collections import Counter
 from typing import Any
 
-from uringstack.stack.handle import FileHandle
 from uringstack.hookspecs import hookimpl
 from uringstack.pluginmanager import make_plugin_manager
 from uringstack.ring import Ring
 from uringstack.stack import Stack, Worker, open_stack
+from uringstack.stack.handle import FileHandle
 
 
 class OpenCounter:

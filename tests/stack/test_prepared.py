@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
-from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
 from uringstack.errors import AlignmentError, BatchInFlightError, RingClosedError, ShortIOError
-from uringstack.ring.flags import Op
-from uringstack.stack.handle import FileHandle
-from uringstack.ring.io_backend import RestartingPrepared
 from uringstack.ring import Ring
+from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
+from uringstack.ring.flags import Op
+from uringstack.ring.io_backend import RestartingPrepared
 from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
 from uringstack.stack.uring_backend import UringPrepared
 
 BS = 4096

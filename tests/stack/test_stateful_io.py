@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from uringstack.errors import RingClosedError
-from uringstack.stack.handle import FileHandle
 from uringstack.ring.pending import Pending
 from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
 
 FILES = 3
 SIZE = 32 * 1024

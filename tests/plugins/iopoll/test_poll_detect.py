@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from uringstack.probe.blockdev import backing_disk
 from uringstack.plugins.iopoll.plugin import poll_fact
+from uringstack.probe.blockdev import backing_disk
 from uringstack.probe.model import BlockDevice
 from uringstack.testing import make_fake_capabilities
 

@@ -7,8 +7,8 @@ import pathlib
 import time
 from collections.abc import Callable
 
-from uringstack.ring.flags import SetupFlag
 from uringstack.ring import Ring
+from uringstack.ring.flags import SetupFlag
 from uringstack.stack import open_stack
 
 

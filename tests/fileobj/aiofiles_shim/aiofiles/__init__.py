@@ -2,8 +2,8 @@
 
 Only on ``sys.path`` inside the subprocess that ``test_aiofiles_suite.py`` starts."""
 
-from uringstack.fileobj import aio_os as os
 from uringstack.aio import open
+from uringstack.fileobj import aio_os as os
 
 from . import threadpool
 

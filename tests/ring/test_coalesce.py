@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from uringstack.errors import RingClosedError, UringIOError
-from uringstack.stack.handle import FileHandle
 from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
 
 BLOCK = 4096
 

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from uringstack.columns import BatchColumns
 from uringstack.errors import RingClosedError
+from uringstack.ring import aio
+from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.native import ffi
+from uringstack.ring.pending import UringPending
 
 if TYPE_CHECKING:
-    from uringstack.ring.inflight import InflightTracker
     from uringstack.ring import Batch, Ring
-    from uringstack.stack.uring_backend import UringFileIO, UringPending
+    from uringstack.ring.inflight import InflightTracker
 
 # The arena is overwritten by the kernel before anyone reads it: zero-filling it
 # would cost a second pass over every byte.
@@ -50,7 +51,31 @@ _WRITE = int(Op.WRITE)
 # int (the size of a read into the arena; the future gets bytes or -errno), the
 # cffi pin of the caller's buffer (the future gets the int result), or a list of
 # pins with a list of offsets (a read_many/write_many: the future gets the list).
-QueuedOp = tuple["UringFileIO", "InflightTracker", bool, Any, Any, "asyncio.Future[Any]"]
+class CoalescedFile(Protocol):
+    """What the coalescer reads of a file served by the ring (the uring backend's FileIO)."""
+
+    @property
+    def path(self) -> str:
+        """The file's path (for error messages)."""
+        ...
+
+    @property
+    def fd(self) -> int:
+        """The file's descriptor."""
+        ...
+
+    @property
+    def fixed_index(self) -> int | None:
+        """Its index in the ring's registered files, or None."""
+        ...
+
+    @property
+    def completion_hook(self) -> Callable[[str, Ring], Callable[[Batch], None]] | None:
+        """The worker's completion hook (one worker, one ring: the same for every file)."""
+        ...
+
+
+QueuedOp = tuple["CoalescedFile", "InflightTracker", bool, Any, Any, "asyncio.Future[Any]"]
 
 
 class Coalescer:
@@ -66,7 +91,7 @@ class Coalescer:
         """Batches submitted (for tests and diagnostics)."""
 
     def add(
-        self, io: UringFileIO, tracker: InflightTracker, write: bool, what: Any, offset: Any
+        self, io: CoalescedFile, tracker: InflightTracker, write: bool, what: Any, offset: Any
     ) -> asyncio.Future[Any]:
         """Queue one request (see ``QueuedOp``); its future gets the result when the batch completed."""
         fut = self.loop.create_future()
@@ -229,7 +254,15 @@ class Coalescer:
         if batch.finished:
             # Another thread may have reaped it before on_done was installed.
             deliver()
-        # uring_backend imports this module (through aio): imported here, not at the top.
-        from uringstack.stack.uring_backend import UringPending
-
         return UringPending(ring, batch)
+
+
+def coalescer_for(ring: Ring) -> Coalescer:
+    """The running loop's coalescer of *ring* (made on first use, kept on the ring's bridge)."""
+    bridge = aio.bridge_for(ring)
+    co = bridge.coalescer
+    if not isinstance(co, Coalescer):
+        loop = bridge.loop
+        co = Coalescer(ring, loop, lambda fn: aio.post(loop, fn))
+        bridge.coalescer = co
+    return co
