@@ -9,7 +9,10 @@ op queued in a loop iteration schedules :meth:`Coalescer.flush` with
 again go out as ONE batch (one ``Ring.submit_columns``, one ``io_uring_enter``)
 whose completions are reaped on the loop thread and resolve the futures
 directly.  Reads of a fresh ``bytes`` result go into one arena per flush and
-each await gets its bytes with the one copy its result needs.
+each await gets its bytes with the one copy its result needs.  The arena and
+the C column sets are reused by later flushes: an arena once its bytes were
+copied out (never while its batch is in the kernel or not yet delivered), a
+column set once its batch finished.
 
 Ownership: the batch keeps the arena and every pinned caller buffer until its
 completions are reaped (the ring holds the batch), so a task cancelled
@@ -24,6 +27,7 @@ submitted ops and ops still queued when the handle closed fail with
 from __future__ import annotations
 
 import asyncio
+from _thread import get_ident
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,10 +51,12 @@ _DELIVERED = object()
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
 
-# One queued request: (io, tracker, write, what, offset, future).  ``what`` is an
-# int (the size of a read into the arena; the future gets bytes or -errno), the
-# cffi pin of the caller's buffer (the future gets the int result), or a list of
-# pins with a list of offsets (a read_many/write_many: the future gets the list).
+# A column set is reused once its last batch finished (C reads the columns only
+# while submitting); at most this many are kept per capacity.
+_POOLED_COLUMNS = 4
+_MIN_CAPACITY = 32
+
+
 class CoalescedFile(Protocol):
     """What the coalescer reads of a file served by the ring (the uring backend's FileIO)."""
 
@@ -75,27 +81,70 @@ class CoalescedFile(Protocol):
         ...
 
 
-QueuedOp = tuple["CoalescedFile", "InflightTracker", bool, Any, Any, "asyncio.Future[Any]"]
+# One queued request: (io, tracker, what, offset, future).  ``what`` is an int
+# (the size of a read into the arena; the future gets bytes or -errno), the cffi
+# pin of the caller's buffer (the future gets the int result), or a list of pins
+# with a list of offsets (a read_many/write_many: the future gets the list).
+QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[Any]"]
 
 
 class Coalescer:
-    """Single ops queued on one ring during one loop iteration, submitted together."""
+    """Single ops queued on one ring during one loop iteration, submitted together.
+
+    Everything here runs on the loop's thread (the queueing awaits, the flush,
+    and the delivery of results, which a reaper on another thread posts to the
+    loop), so the arena and column sets it reuses need no lock."""
 
     def __init__(self, ring: Ring, loop: asyncio.AbstractEventLoop, post: Callable[[Callable[[], None]], None]) -> None:
         self.ring = ring
         self.loop = loop
         self._post = post
-        self._queue: list[QueuedOp] = []
+        self._create_future = loop.create_future
+        self.thread_loop: Any = loop if isinstance(loop, asyncio.BaseEventLoop) else None
+        """The loop, when it tells which thread runs it (asyncio's own loops do: ``_thread_id``).
+
+        ``asyncio._get_running_loop()`` costs a ``getpid`` syscall per call in
+        CPython 3.11 (about 1 us here, once per await); comparing the thread that
+        runs this loop with the calling thread answers the same question for
+        free: one thread runs at most one loop at a time."""
+        self._reads: list[QueuedOp] = []
+        self._writes: list[QueuedOp] = []
+        self._arena_need = 0  # bytes the queued arena reads take
         self._scheduled = False
+        # An arena whose batch was delivered (its bytes copied out): the next flush reads into it.
+        self._spare: Any = None
+        self._spare_size = 0
+        self._pool: dict[int, list[BatchColumns]] = {}
         self.flushes = 0
         """Batches submitted (for tests and diagnostics)."""
+
+    def on_loop_thread(self) -> bool:
+        """True when the calling thread is running this coalescer's loop now."""
+        tl = self.thread_loop
+        if tl is not None:
+            return bool(tl._thread_id == get_ident())
+        return asyncio._get_running_loop() is self.loop
+
+    def add_read(self, io: CoalescedFile, tracker: InflightTracker, size: int, offset: int) -> asyncio.Future[Any]:
+        """Queue a read of *size* bytes into the flush's arena; its future gets ``bytes`` or ``-errno``."""
+        fut = self._create_future()
+        self._reads.append((io, tracker, size, offset, fut))
+        self._arena_need += size
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+        return fut
 
     def add(
         self, io: CoalescedFile, tracker: InflightTracker, write: bool, what: Any, offset: Any
     ) -> asyncio.Future[Any]:
         """Queue one request (see ``QueuedOp``); its future gets the result when the batch completed."""
-        fut = self.loop.create_future()
-        self._queue.append((io, tracker, write, what, offset, fut))
+        if type(what) is int:
+            if write:
+                raise ValueError("an arena op is a read")
+            return self.add_read(io, tracker, what, offset)
+        fut = self._create_future()
+        (self._writes if write else self._reads).append((io, tracker, what, offset, fut))
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -103,24 +152,31 @@ class Coalescer:
 
     def drop(self) -> None:
         """Forget queued ops (their loop closed before it flushed them: nobody awaits them)."""
-        self._queue = []
+        self._reads = []
+        self._writes = []
+        self._arena_need = 0
         self._scheduled = False
 
     def flush(self) -> None:
         """Submit what was queued this iteration: one batch of reads, one of writes."""
         self._scheduled = False
-        ops, self._queue = self._queue, []
-        reads = [op for op in ops if not op[2] and not op[5].done()]
-        writes = [op for op in ops if op[2] and not op[5].done()]
-        for group in (reads, writes):
-            if group:
-                self._submit(group)
+        reads, writes = self._reads, self._writes
+        if reads:
+            self._reads = []
+            need, self._arena_need = self._arena_need, 0
+            self._submit(reads, False, need)
+        if writes:
+            self._writes = []
+            self._submit(writes, True, 0)
 
-    def _admit(self, ops: list[QueuedOp]) -> tuple[list[QueuedOp], list[InflightTracker]]:
-        """Ops whose handle is still open (each tracker entered once); fail the others."""
+    def _submit(self, ops: list[QueuedOp], write: bool, need: int) -> None:
+        # Admit the ops whose task still awaits them and whose handle is open
+        # (each tracker entered once); fail the others.
         entered: dict[InflightTracker, bool] = {}
-        keep: list[QueuedOp] = []
+        live: list[QueuedOp] = []
         for op in ops:
+            if op[4].done():
+                continue  # its task was cancelled before the flush: never submitted
             tracker = op[1]
             ok = entered.get(tracker)
             if ok is None:
@@ -131,43 +187,64 @@ class Coalescer:
                     ok = False
                 entered[tracker] = ok
             if ok:
-                keep.append(op)
+                live.append(op)
             else:
-                op[5].set_exception(RingClosedError(f"{op[0].path} was closed before this op was submitted"))
-        return keep, [t for t, ok in entered.items() if ok]
-
-    def _submit(self, ops: list[QueuedOp]) -> None:
-        ops, trackers = self._admit(ops)
+                op[4].set_exception(RingClosedError(f"{op[0].path} was closed before this op was submitted"))
         pending: UringPending | None = None
         try:
-            if ops:
-                pending = self._submit_admitted(ops)
+            if live:
+                pending = self._submit_admitted(live, write, need)
         except Exception as exc:  # nothing reached the kernel: every await of the batch raises it
-            for op in ops:
-                if not op[5].done():
-                    op[5].set_exception(exc)
+            for op in live:
+                if not op[4].done():
+                    op[4].set_exception(exc)
         finally:
-            for tracker in trackers:
-                tracker._leave(pending)
+            for tracker, ok in entered.items():
+                if ok:
+                    tracker._leave(pending)
 
-    def _submit_admitted(self, ops: list[QueuedOp]) -> UringPending:
-        write = ops[0][2]
+    def _columns(self, n: int) -> BatchColumns:
+        """Idle columns for *n* ops: a pooled set whose batch finished, else a new one."""
+        cap = max(_MIN_CAPACITY, 1 << (n - 1).bit_length())
+        pool = self._pool.get(cap)
+        if pool is None:
+            pool = self._pool[cap] = []
+        for cols in pool:
+            last = cols.batch
+            if last is None or last.finished:
+                return cols
+        cols = BatchColumns(cap)
+        if len(pool) < _POOLED_COLUMNS:
+            pool.append(cols)
+        return cols
+
+    def _arena(self, need: int) -> tuple[Any, int]:
+        """An arena of at least *need* bytes and its size: the spare one if it is big enough."""
+        spare = self._spare
+        if spare is not None and self._spare_size >= need:
+            self._spare = None
+            return spare, self._spare_size
+        return _alloc_raw("char[]", need), need
+
+    def _submit_admitted(self, ops: list[QueuedOp], write: bool, need: int) -> UringPending:
         fds: list[int] = []
         flags: list[int] = []
         addrs: list[int] = []
         lens: list[int] = []
         offs: list[int] = []
         keep: list[Any] = []
-        arena_size = sum(op[3] for op in ops if type(op[3]) is int)
-        arena = _alloc_raw("char[]", arena_size) if arena_size else None
+        arena, arena_size = self._arena(need) if need else (None, 0)
         base = int(ffi.cast("uintptr_t", arena)) if arena is not None else 0
-        starts: list[int] = []  # per request: its arena offset, else -1
+        starts: list[int] = []  # per request: its arena offset, else -1 (-1 - count for a list)
+        lists = False
         pos = 0
-        any_flags = False
-        for io, _tracker, _write, what, offset, _fut in ops:
-            index = io.fixed_index
-            fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
-            any_flags = any_flags or index is not None
+        last_io: CoalescedFile | None = None
+        fd = flag = 0
+        for io, _tracker, what, offset, _fut in ops:
+            if io is not last_io:
+                last_io = io
+                index = io.fixed_index
+                fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
             if type(what) is int:
                 fds.append(fd)
                 flags.append(flag)
@@ -185,7 +262,8 @@ class Coalescer:
                     lens.append(len(pin))
                 offs.extend(offset)
                 keep.extend(what)
-                starts.append(-len(what) - 1)  # -1 - count: a list result of that many ops
+                starts.append(-k - 1)
+                lists = True
             else:
                 fds.append(fd)
                 flags.append(flag)
@@ -197,50 +275,46 @@ class Coalescer:
         n = len(offs)
         if arena is not None:
             keep.append(arena)
-        cols = BatchColumns(n)
+        cols = self._columns(n)
         cols.fill("opcodes", _WRITE if write else _READ)
-        cols.set("fds", fds)
+        _put_same(cols, "fds", fds)
+        if max(flags) or cols.is_set("sqe_flags"):
+            _put_same(cols, "sqe_flags", flags)
         cols.set("addrs", addrs)
         cols.set("lens", lens)
         cols.set("offs", offs)
-        if any_flags:
-            cols.set("sqe_flags", flags)
         ring = self.ring
         batch = ring.submit_columns(cols, n, keep)
         self.flushes += 1
         # From here the kernel owns the memory: nothing below may fail the awaits early.
-        view = ffi.buffer(arena) if arena is not None else None
-        loop = self.loop
-
-        futures = [op[5] for op in ops]
-        # deliver() holds no buffer: the batch's keep (dropped when reaped) is their only owner.
-        state: list[Any] = [view]
+        futures = [op[4] for op in ops]
+        # deliver() holds no caller buffer: the batch's keep (dropped when reaped) is their only owner.
+        # The arena is ours: once its bytes are copied out it is the next flush's.
+        state: list[Any] = [arena]
 
         def deliver() -> None:
             # Runs once, on the loop thread, from the done-callback or the check below.
-            arena_view = state[0]
-            if arena_view is _DELIVERED:
+            own = state[0]
+            if own is _DELIVERED:
                 return
             state[0] = _DELIVERED
             results = batch.results
-            i = 0
-            for fut, start in zip(futures, starts, strict=True):
-                if start < -1:
-                    k = -1 - start
+            view = ffi.buffer(own) if own is not None else None
+            if lists:
+                _deliver_lists(futures, starts, results, view)
+            elif view is None:
+                for fut, res in zip(futures, results, strict=True):
                     if not fut.done():  # else the awaiting task was cancelled
-                        fut.set_result(results[i : i + k])
-                    i += k
-                    continue
-                if not fut.done():
-                    res = results[i]
-                    if start >= 0 and res >= 0:
-                        fut.set_result(arena_view[start : start + res])
-                    else:
                         fut.set_result(res)
-                i += 1
+            else:
+                for fut, start, res in zip(futures, starts, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(view[start : start + res] if start >= 0 and res >= 0 else res)
+            if own is not None and arena_size >= self._spare_size:
+                self._spare, self._spare_size = own, arena_size
 
         def on_done(_: Batch) -> None:
-            if asyncio._get_running_loop() is loop:
+            if self.on_loop_thread():
                 deliver()  # reaped on the loop thread: no hop, the futures resolve now
             else:
                 self._post(deliver)
@@ -255,6 +329,31 @@ class Coalescer:
             # Another thread may have reaped it before on_done was installed.
             deliver()
         return UringPending(ring, batch)
+
+
+def _put_same(cols: BatchColumns, name: str, values: list[int]) -> None:
+    """One value for every op (kept across flushes: no write at all), else one per op."""
+    first = values[0]
+    if values.count(first) == len(values):
+        cols.fill(name, first)
+    else:
+        cols.set(name, values)
+
+
+def _deliver_lists(futures: list[asyncio.Future[Any]], starts: list[int], results: list[int], view: Any) -> None:
+    """Results of a batch holding read_many/write_many requests beside single ops."""
+    i = 0
+    for fut, start in zip(futures, starts, strict=True):
+        if start < -1:
+            k = -1 - start
+            if not fut.done():  # else the awaiting task was cancelled
+                fut.set_result(results[i : i + k])
+            i += k
+            continue
+        if not fut.done():
+            res = results[i]
+            fut.set_result(view[start : start + res] if start >= 0 and res >= 0 else res)
+        i += 1
 
 
 def coalescer_for(ring: Ring) -> Coalescer:

@@ -357,3 +357,96 @@ def test_aio_open_random_reads_are_coalesced_across_files(uring_stack: Stack, da
     got, enters = _run(main())
     assert got == [expect[i * BLOCK : (i + 1) * BLOCK] for i in range(16)]
     assert enters == 1, enters
+
+
+@pytest.mark.timeout(60)
+def test_flushes_while_an_earlier_batch_is_in_flight_get_their_own_columns_and_arena(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The coalescer reuses column sets and read arenas across flushes: one whose
+    # batch is still in the kernel must never be refilled (the kernel would write
+    # a later read's bytes into an arena another batch has not delivered yet).
+    expect = data.read_bytes()
+    stuck = _uring_handle(uring_stack, data)
+    pipe = _PipeBacked(stuck)
+    try:
+        with _uring_handle(uring_stack, data) as h:
+            assert h.ring is stuck.ring
+
+            async def main() -> tuple[bytes, list[list[bytes]]]:
+                late = asyncio.create_task(stuck.read(4, 0))
+                for _ in range(3):
+                    await asyncio.sleep(0)  # flushed: in the kernel, waiting on the pipe
+                rounds = []
+                for r in range(6):
+                    offs = [((i * 11 + r * 5) % 64) * BLOCK for i in range(32)]
+                    rounds.append(list(await asyncio.gather(*(h.read(BLOCK, o) for o in offs))))
+                    assert not late.done()
+                os.write(pipe.w, b"late")
+                return await asyncio.wait_for(late, 5), rounds
+
+            late, rounds = _run(main())
+        assert late == b"late"
+        for r, got in enumerate(rounds):
+            offs = [((i * 11 + r * 5) % 64) * BLOCK for i in range(32)]
+            assert got == [expect[o : o + BLOCK] for o in offs], f"round {r}"
+    finally:
+        pipe.restore()
+        stuck.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_read_from_a_second_running_loop_is_refused_not_queued_on_the_first(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The hot path of ``await read`` skips asyncio's running-loop lookup: it must
+    # still see that another thread's loop is calling, and refuse (never queue the
+    # op on a loop that is not the caller's, where its await would hang).
+    import threading
+
+    with _uring_handle(uring_stack, data) as h:
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                asyncio.run(asyncio.wait_for(h.read(BLOCK, 0), 5))
+            except BaseException as exc:
+                errors.append(exc)
+
+        async def main() -> None:
+            assert await h.read(BLOCK, 0) == data.read_bytes()[:BLOCK]  # this loop owns the ring now
+            t = threading.Thread(target=other_thread)
+            t.start()
+            while t.is_alive():
+                await asyncio.sleep(0.01)
+            t.join()
+
+        _run(main())
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+        assert "another running event loop" in str(errors[0])
+
+
+@pytest.mark.timeout(60)
+def test_an_arena_is_reused_only_after_its_bytes_were_delivered(uring_stack: Stack, data: pathlib.Path) -> None:
+    # A completes in the kernel (its bytes are in its arena) but is not reaped yet
+    # when B is flushed; B must not read into A's arena, or A delivers B's bytes.
+    expect = data.read_bytes()
+    stuck = _uring_handle(uring_stack, data)
+    pipe = _PipeBacked(stuck)
+    try:
+        with _uring_handle(uring_stack, data) as h:
+
+            async def main() -> tuple[bytes, bytes]:
+                a = asyncio.create_task(stuck.read(4, 0))
+                for _ in range(3):
+                    await asyncio.sleep(0)  # A is in the kernel, waiting on the pipe
+                os.write(pipe.w, b"late")  # A completes now: its CQE waits to be reaped
+                b = await h.read(4, 8)  # flushed before the loop's eventfd reader reaps A
+                return await asyncio.wait_for(a, 5), b
+
+            got_a, got_b = _run(main())
+        assert got_b == expect[8:12]
+        assert got_a == b"late", "A's arena was refilled by a later flush before A's bytes were copied out"
+    finally:
+        pipe.restore()
+        stuck.close()
