@@ -9,7 +9,6 @@ complete or fail with ``ShortIOError``; a failed op raises
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import operator
@@ -372,9 +371,8 @@ class FileHandle:
         offset = operator.index(offset)
         if not 0 <= offset < _OFFSET_LIMIT:
             return None, offset  # the batch path reports it (a negative offset is a ValueError)
-        loop = asyncio.get_running_loop()
         co = self._coalescer_cache
-        if co is None or co.loop is not loop:
+        if co is None or not co.on_loop_thread():  # (asyncio.get_running_loop() costs a getpid)
             co = self._coalescer_cache = coalesce.coalescer_for(io.ring)
             self._fast_reads = None if io.direct else co
         return co, offset
