@@ -456,24 +456,25 @@ class FileHandle:
 
     def _pin_many(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
-    ) -> tuple[Coalescer | None, list[Any], list[int]]:
-        """Pins and offsets for a coalesced batch, or a None coalescer (take the batch path)."""
+    ) -> tuple[Coalescer | None, list[Any], list[int], list[int]]:
+        """Pins, offsets and byte lengths for a coalesced batch, or a None coalescer (take the batch path)."""
         if self._uring_io is None or not offsets:
-            return None, [], []
+            return None, [], [], []
         co, _ = self._coalescer(0)
         if co is None or any(isinstance(b, RegisteredBuffer) for b in buffers):
-            return None, [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
+            return None, [], [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
         offs = [operator.index(o) for o in offsets]
         if max(offs) >= _OFFSET_LIMIT:
-            return None, [], []
+            return None, [], [], []
         pins = [ffi.from_buffer(b, require_writable=not write) for b in buffers]
-        if max(len(p) for p in pins) > MAX_RW_COUNT:
-            return None, [], []
+        lens = [len(p) for p in pins]
+        if max(lens) > MAX_RW_COUNT:
+            return None, [], [], []
         if self._io.direct:
             block = self._io.block_size
             for pin, off in zip(pins, offs, strict=True):
                 check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
-        return co, pins, offs
+        return co, pins, offs, lens
 
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
@@ -482,9 +483,11 @@ class FileHandle:
         this loop iteration's other asyncio ops (one submission for all)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        co, pins, offs = self._pin_many(False, offsets, buffers)
+        co, pins, offs, lens = self._pin_many(False, offsets, buffers)
         if co is not None:
             results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, False, pins, offs)
+            if results == lens:  # every op moved its whole buffer (one list compare, in C)
+                return results
         else:
             results = await self._run_async(self._io.start_rw, False, offsets, buffers)
         if all(r == len(b) for r, b in zip(results, buffers, strict=True)):
@@ -511,7 +514,7 @@ class FileHandle:
         """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
         self._check()
         _check_batch(self.path, offsets, buffers)
-        co, pins, offs = self._pin_many(True, offsets, buffers)
+        co, pins, offs, _ = self._pin_many(True, offsets, buffers)
         if co is not None:
             results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, True, pins, offs)
         else:
