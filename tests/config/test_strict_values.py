@@ -125,7 +125,9 @@ def test_every_builtin_section_refuses_unknown_keys(tmp_path: pathlib.Path) -> N
         assert f"{name}.no_such_key" in _problems(info)
 
 
-@pytest.mark.parametrize("name", ["URINGSTACK_CORE__DIRECT", "URINGSTACK_SQPOLL__SHARE", "URINGSTACK_NVME_PASSTHROUGH__IOPOLL"])
+@pytest.mark.parametrize(
+    "name", ["URINGSTACK_CORE__DIRECT", "URINGSTACK_SQPOLL__SHARE", "URINGSTACK_NVME_PASSTHROUGH__IOPOLL"]
+)
 @pytest.mark.parametrize("value", ["yes", "on", "2", "truee"])
 def test_a_bad_environment_boolean_lists_every_accepted_spelling(name: str, value: str) -> None:
     """The error names what the environment grammar accepts (1/0 too, any case), not only
