@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from uringstack.errors import RingClosedError
 from uringstack.ring.io_backend import FileIO, PreparesRW
-from uringstack.stack import open_stack
+from uringstack.stack import FileHandle, Stack, open_stack
 
 from .conftest import BACKENDS
 
@@ -34,59 +34,54 @@ CALLS: dict[str, Callable[[FileIO, bytearray], Any]] = {
 }
 
 
-def _victim(tmp_path: pathlib.Path) -> tuple[pathlib.Path, int]:
-    """Another file opened after the close: it usually gets the freed descriptor number."""
-    path = tmp_path / "victim"
-    path.write_bytes(b"v" * BS)
-    return path, os.open(path, os.O_RDWR)
+def _refused_and_nothing_written(tmp_path: pathlib.Path, start: Callable[[], Any]) -> None:
+    """*start* raises RingClosedError while another file holds the freed descriptor number,
+    and that file is left untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * BS)
+    fd = os.open(victim, os.O_RDWR)  # usually gets the number the close freed
+    try:
+        with pytest.raises(RingClosedError, match="closed"):
+            start()
+    finally:
+        os.close(fd)
+    assert victim.read_bytes() == b"v" * BS, "the closed FileIO wrote into its descriptor number's new owner"
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def opened(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[Stack, FileHandle]]:
+    """A stack on each backend and a handle on a one-block file."""
+    stack = open_stack(overrides=BACKENDS[request.param])
+    try:
+        target = tmp_path / "data"
+        target.write_bytes(bytes(BS))
+        yield stack, stack.open(target, direct=False)
+    finally:
+        stack.close()
 
 
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("what", ["handle", "stack"])
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_a_closed_backend_object_refuses_io(tmp_path: pathlib.Path, backend: str, what: str, call: str) -> None:
-    stack = open_stack(overrides=BACKENDS[backend])
-    try:
-        target = tmp_path / "data"
-        target.write_bytes(bytes(BS))
-        h = stack.open(target, direct=False)
-        io = h.io
-        old_fd = io.fd
-        if what == "handle":
-            h.close()
-        else:
-            stack.close()
-        victim, vfd = _victim(tmp_path)
-        try:
-            with pytest.raises(RingClosedError, match="closed"):
-                CALLS[call](io, bytearray(b"X" * BS))
-        finally:
-            os.close(vfd)
-        assert victim.read_bytes() == b"v" * BS, f"the closed FileIO wrote into fd {old_fd}'s new owner"
-    finally:
-        stack.close()
-
-
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_a_prepared_io_of_a_closed_backend_object_refuses_to_start(tmp_path: pathlib.Path, backend: str) -> None:
-    stack = open_stack(overrides=BACKENDS[backend])
-    try:
-        target = tmp_path / "data"
-        target.write_bytes(bytes(BS))
-        h = stack.open(target, direct=False)
-        io = h.io
-        if not isinstance(io, PreparesRW):
-            pytest.skip(f"the {backend} backend has no prepare_rw of its own (the generic one calls start_rw)")
-        prepared = io.prepare_rw(True, [bytearray(b"X" * BS)])
-        prepared.start([0], wait=True).wait()
+def test_a_closed_backend_object_refuses_io(
+    tmp_path: pathlib.Path, opened: tuple[Stack, FileHandle], what: str, call: str
+) -> None:
+    stack, h = opened
+    io = h.io
+    if what == "handle":
         h.close()
-        victim, vfd = _victim(tmp_path)
-        try:
-            with pytest.raises(RingClosedError, match="closed"):
-                prepared.start([0], wait=True)
-        finally:
-            os.close(vfd)
-        assert victim.read_bytes() == b"v" * BS
-    finally:
+    else:
         stack.close()
+    _refused_and_nothing_written(tmp_path, lambda: CALLS[call](io, bytearray(b"X" * BS)))
 
+
+def test_a_prepared_io_of_a_closed_backend_object_refuses_to_start(
+    tmp_path: pathlib.Path, opened: tuple[Stack, FileHandle]
+) -> None:
+    _, h = opened
+    io = h.io
+    if not isinstance(io, PreparesRW):
+        pytest.skip(f"the {io.backend} backend has no prepare_rw of its own (the generic one calls start_rw)")
+    prepared = io.prepare_rw(True, [bytearray(b"X" * BS)])
+    prepared.start([0], wait=True).wait()
+    h.close()
+    _refused_and_nothing_written(tmp_path, lambda: prepared.start([0], wait=True))

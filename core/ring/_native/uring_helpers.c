@@ -274,6 +274,22 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Wait in the kernel for a CQE, until the CLOCK_MONOTONIC *deadline* in ns
+ * (0: no deadline); -ETIME once it passed. */
+static int wait_cqe_until(struct io_uring *ring, uint64_t deadline)
+{
+    struct io_uring_cqe *cqe;
+    if (!deadline)
+        return io_uring_wait_cqe(ring, &cqe);
+    uint64_t now = now_ns();
+    if (now >= deadline)
+        return -ETIME;
+    uint64_t left = deadline - now;
+    struct __kernel_timespec ts = { .tv_sec = (long long)(left / 1000000000ull),
+                                    .tv_nsec = (long long)(left % 1000000000ull) };
+    return io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+}
+
 /* Block (or busy-poll for spin_us first) until cond() holds; with timeout_ms
  * (0: unbounded) return -ETIME once that much time passed without it. */
 static int wait_until_for(struct io_uring *ring, us_state_t *st, int (*cond)(us_state_t *, uint32_t), uint32_t arg,
@@ -295,20 +311,10 @@ static int wait_until_for(struct io_uring *ring, us_state_t *st, int (*cond)(us_
     while (!cond(st, arg)) {
         if (st->inflight == 0)
             return -ENOENT;   /* would wait forever */
-        struct io_uring_cqe *cqe;
-        int ret;
+        if (timeout_ms && now_ns() >= deadline)
+            return -ETIME;
         st->c.enters++;
-        if (timeout_ms) {
-            uint64_t now = now_ns();
-            if (now >= deadline)
-                return -ETIME;
-            uint64_t left = deadline - now;
-            struct __kernel_timespec ts = { .tv_sec = (long long)(left / 1000000000ull),
-                                            .tv_nsec = (long long)(left % 1000000000ull) };
-            ret = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
-        } else {
-            ret = io_uring_wait_cqe(ring, &cqe);
-        }
+        int ret = wait_cqe_until(ring, timeout_ms ? deadline : 0);
         if (ret < 0 && ret != -ETIME)
             return ret;     /* -EINTR goes back to Python so signals are handled */
         drain(ring, st);
@@ -407,20 +413,10 @@ int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms)
     }
     uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
     while (st->inflight) {
-        struct io_uring_cqe *cqe;
-        int ret;
+        if (timeout_ms && now_ns() >= deadline)
+            return -ETIME;
         st->c.enters++;
-        if (timeout_ms) {
-            uint64_t now = now_ns();
-            if (now >= deadline)
-                return -ETIME;
-            uint64_t left = deadline - now;
-            struct __kernel_timespec ts = { .tv_sec = (long long)(left / 1000000000ull),
-                                            .tv_nsec = (long long)(left % 1000000000ull) };
-            ret = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
-        } else {
-            ret = io_uring_wait_cqe(ring, &cqe);
-        }
+        int ret = wait_cqe_until(ring, timeout_ms ? deadline : 0);
         if (ret < 0 && ret != -EINTR && ret != -ETIME)
             return ret;
         drain(ring, st);
