@@ -182,3 +182,24 @@ def test_an_empty_newest_segment_is_replaced_never_unlinked_first(wal_dir: pathl
     assert list_segments(wal_dir) == segs and lsn == segs[-1][0]
     with Wal.open(wal_dir, other, recovery="absolute") as wal:
         assert wal.durable_lsn == lsn
+
+
+def test_damage_in_a_sealed_segment_is_never_a_torn_tail(wal_dir: pathlib.Path) -> None:
+    """A segment is sealed only after its last write completed, so a bad last record in it
+    was acknowledged: corruption, even when its successor holds nothing yet (which alone
+    would make the damage look like an interrupted last write and have it cut off)."""
+    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
+    wal = Wal.open(wal_dir, cfg, wrap_io=_FailInSecondSegment())
+    with pytest.raises(WalFailedError):
+        for _ in range(200):
+            wal.append(os.urandom(1000))
+    wal.close()
+    (first, sealed), _ = list_segments(wal_dir)
+    s = scan(wal_dir)
+    last_off = s.segments[0].end_offset - 1000  # inside the last record's payload
+    with open(sealed, "r+b") as f:
+        f.seek(last_off)
+        f.write(b"\xff")
+    for mode in ("tolerate_tail", "absolute"):
+        with pytest.raises(WalCorruptionError, match="corruption"):
+            Wal.open(wal_dir, cfg, recovery=mode)
