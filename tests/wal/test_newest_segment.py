@@ -194,7 +194,7 @@ def test_damage_in_a_sealed_segment_is_never_a_torn_tail(wal_dir: pathlib.Path) 
         for _ in range(200):
             wal.append(os.urandom(1000))
     wal.close()
-    (first, sealed), _ = list_segments(wal_dir)
+    (_, sealed), _ = list_segments(wal_dir)
     s = scan(wal_dir)
     last_off = s.segments[0].end_offset - 1000  # inside the last record's payload
     with open(sealed, "r+b") as f:
