@@ -23,6 +23,8 @@ _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
+ENV_BOOL_ALLOWED = "true, false, 1, 0 (any case)"
+"""The booleans the environment grammar accepts, as error messages list them."""
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:

@@ -17,26 +17,31 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from .errors import NO_VALUE, ConfigProblem, show_value, unknown_section_message
+from .strict import ENV_BOOL_ALLOWED
 
 Locate = Callable[[tuple[str, ...]], str | None]
 """Names the source that supplied a key (``file:PATH``, ``env:NAME``, ...), or ``None``."""
 
 
-def describe_allowed(annotation: Any, metadata: list[Any] | None = None) -> str:
-    """A short English description of what a field accepts, from its type."""
+def describe_allowed(annotation: Any, metadata: list[Any] | None = None, env: bool = False) -> str:
+    """A short English description of what a field accepts, from its type.
+
+    With *env* the value came from an environment variable, whose booleans
+    have their own spellings (:data:`~uringstack.config.strict.ENV_BOOL_ALLOWED`).
+    """
     origin = get_origin(annotation)
     if origin is Annotated:
         base, *meta = get_args(annotation)
-        return describe_allowed(base, [*(metadata or []), *meta])
+        return describe_allowed(base, [*(metadata or []), *meta], env)
     if origin is Literal:
         return ", ".join(str(a) for a in get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe_allowed(a) for a in get_args(annotation))
+        return " or ".join(describe_allowed(a, env=env) for a in get_args(annotation))
     if origin in (list, tuple, set, frozenset):
         args = get_args(annotation)
         return f"a list of {describe_allowed(args[0]) if args else 'values'}"
     if annotation is bool:
-        return "true, false"
+        return ENV_BOOL_ALLOWED if env else "true, false"
     if annotation in (int, float):
         kind = "an integer" if annotation is int else "a number"
         bounds = []
@@ -59,11 +64,11 @@ def describe_allowed(annotation: Any, metadata: list[Any] | None = None) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _field_allowed(info: FieldInfo) -> str:
+def _field_allowed(info: FieldInfo, env: bool = False) -> str:
     extra = info.json_schema_extra
     if isinstance(extra, dict) and isinstance(extra.get("allowed"), str):
         return str(extra["allowed"])
-    return describe_allowed(info.annotation, list(info.metadata))
+    return describe_allowed(info.annotation, list(info.metadata), env)
 
 
 def _resolve_loc(
@@ -150,7 +155,8 @@ def problems_from_validation(
         errs = entry
         dotted = ".".join(gkey)
         first, info = errs[0]
-        allowed = _field_allowed(info) if info is not None else None
+        source = locate(gkey)
+        allowed = _field_allowed(info, env=(source or "").startswith("env")) if info is not None else None
         value = first["input"] if len(first["loc"]) >= len(gkey) else NO_VALUE
         value_errors = [e for e, _ in errs if e["type"] in ("value_error", "assertion_error")]
         if value_errors:
@@ -169,7 +175,7 @@ def problems_from_validation(
                 inner = ".".join(str(p) for p in first["loc"][len(gkey) :])
                 message = f"item {inner}: {message}"
                 value = _input_at(gkey, errs)
-        problems.append(ConfigProblem(dotted, message, value, allowed, locate(gkey)))
+        problems.append(ConfigProblem(dotted, message, value, allowed, source))
     return problems
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -111,6 +112,20 @@ class Ring:
     close_timeout: float = 10.0
     """Seconds :meth:`close` (and :meth:`unregister_buffers`) wait for cancelled
     work to complete before declaring its completion lost."""
+
+    wait_timeout: float | None = 60.0
+    """Seconds a blocking :meth:`wait` or :meth:`wait_any` waits for ops the
+    kernel still holds (a hung device) before raising :class:`UringIOError`
+    (``ETIMEDOUT``); ``None``: no deadline.  The batch stays in flight and
+    owns its buffers: waiting again, or :meth:`close`, is safe.  A completion
+    that can no longer arrive (see :attr:`wait_tick`) fails at once instead."""
+
+    wait_tick: float = 0.5
+    """Seconds between the checks a blocked wait makes: whether the ops it
+    waits for still have a completion to come (a CQE consumed outside the
+    bookkeeping, or dropped on CQ overflow, never will: that wait raises
+    ``ETIMEDOUT`` naming the lost completion) and whether
+    :attr:`wait_timeout` passed."""
 
     def __init__(self, params: RingParams | None = None, **kwargs: Any) -> None:
         self.params = params if params is not None else RingParams(**kwargs)
@@ -362,12 +377,36 @@ class Ring:
         return self._collect_done()
 
     def _wait_slot_locked(self, slot: int) -> None:
+        tick_ms = max(1, int(self.wait_tick * 1000))
+        started = time.monotonic()
         while True:
-            ret = lib.us_wait_slot(self._ring, self._state, slot)
+            ret = lib.us_wait_slot_for(self._ring, self._state, slot, tick_ms)
             if ret == 0:
                 return
-            if ret != -errno.EINTR:
+            if ret == -errno.ETIME:
+                self._check_stuck_locked(int(lib.us_slot_remaining(self._state, slot)), started)
+            elif ret != -errno.EINTR:
                 raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
+
+    def _check_stuck_locked(self, waiting: int, started: float) -> None:
+        """Between the ticks of a blocked wait: raise if its completions cannot come, or came too late."""
+        lost = int(lib.us_lost_completions(self._ring, self._state))
+        if lost:
+            raise UringIOError(
+                errno.ETIMEDOUT, "wait", None,
+                f"ring {self.params.role}: {waiting} op(s) awaited, {lost} of the ring's "
+                "completions can no longer arrive (a lost completion: its CQE was consumed outside "
+                "the ring's bookkeeping or dropped on CQ overflow); the ops stay in flight and keep "
+                "their buffers",
+            )  # fmt: skip
+        timeout = self.wait_timeout
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise UringIOError(
+                errno.ETIMEDOUT, "wait", None,
+                f"ring {self.params.role}: {waiting} op(s) not complete after {timeout:g} s "
+                "(Ring.wait_timeout; a hung device?); the kernel still holds them, the batch stays "
+                "in flight and keeps its buffers: wait again or close the ring",
+            )  # fmt: skip
 
     def wait(self, batch: Batch) -> list[int]:
         """Block until every op of *batch* completed; return its results.
@@ -428,11 +467,15 @@ class Ring:
             self._check_open()
             self._check_thread()
             done = self._collect_done()
+            tick_ms = max(1, int(self.wait_tick * 1000))
+            started = time.monotonic()
             while not done:
-                ret = lib.us_wait_any(self._ring, self._state, 1)
+                ret = lib.us_wait_any_for(self._ring, self._state, 1, tick_ms)
                 if ret == -errno.ENOENT:
                     return []
-                if ret < 0 and ret != -errno.EINTR:
+                if ret == -errno.ETIME:
+                    self._check_stuck_locked(int(lib.us_inflight(self._state)), started)
+                elif ret < 0 and ret != -errno.EINTR:
                     raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
                 done = self._collect_done()
             return done

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import BatchInFlightError
+from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
 from uringstack.ring.columns import BatchColumns
@@ -60,8 +60,13 @@ class UringFileIO:
         self.worker = worker
         self.completion_hook = worker.completion_hook if worker is not None else None
         self._cache: dict[int, deque[BatchColumns]] = {}
+        self._closed = False
 
     def _fd_and_flags(self) -> tuple[int, int]:
+        # Every submission gets its fd here: after close() the number may belong
+        # to a file opened since, so a raw FileIO refuses like the handle does.
+        if self._closed:
+            raise RingClosedError(f"{self.path} is closed")
         if self.fixed_index is not None:
             return self.fixed_index, int(SqeFlag.FIXED_FILE)
         return self.fd, 0
@@ -176,6 +181,9 @@ class UringFileIO:
         return _fd_size(self.fd)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         os.close(self.fd)
 
 
@@ -241,6 +249,8 @@ class UringPrepared:
         cols = self._cols
         if self._closed:
             raise ValueError(f"{self.io.path}: this prepared I/O was closed")
+        if self.io._closed:  # its fd column holds a number that may be another file's by now
+            raise RingClosedError(f"{self.io.path} is closed")
         if cols.batch is not None and not cols.batch.finished:
             raise BatchInFlightError(
                 f"{self.io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "

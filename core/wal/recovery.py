@@ -42,6 +42,9 @@ from .segment import (
     fsync_dir,
     list_segments,
     read_header,
+    read_seal,
+    segment_name,
+    unseal,
 )
 
 
@@ -73,6 +76,7 @@ class SegmentScan:
     header: SegmentHeader
     records: int = 0
     end_offset: int = DATA_START  # just past the last good record
+    sealed_next: int | None = None  # the successor's first LSN once sealed (see segment.seal)
 
     @property
     def first_lsn(self) -> int:
@@ -179,6 +183,7 @@ def scan(directory: Path | str) -> LogScan:
     for i, (name_lsn, path) in enumerate(segments):
         try:
             header = read_header(path)
+            sealed_next = read_seal(path)
         except WalCorruptionError as e:
             result.damage = Damage(path, 0, e.reason, torn_tail=False)
             result.discard = [p for _, p in segments[i:]]
@@ -189,9 +194,12 @@ def scan(directory: Path | str) -> LogScan:
             result.discard = [p for _, p in segments[i:]]
             return result
         seg, damage, _ = _scan_one(path, header)
+        seg.sealed_next = sealed_next
         size = os.path.getsize(path)
         if size != header.segment_bytes:
             damage = _wrong_length(seg, damage, size)
+        if damage is not None and sealed_next is not None:
+            damage.torn_tail = False  # sealed only after its last write completed
         result.segments.append(seg)
         expected = seg.last_lsn + 1
         if damage is not None:
@@ -202,7 +210,21 @@ def scan(directory: Path | str) -> LogScan:
             result.damage = damage
             result.discard = later
             return result
+    if result.segments and result.segments[-1].sealed_next is not None:
+        result.damage = _missing_successor(directory, result.segments[-1])
     return result
+
+
+def _missing_successor(directory: Path, last: SegmentScan) -> Damage:
+    """The newest segment is sealed, so its successor existed: it was deleted or moved away."""
+    assert last.sealed_next is not None
+    missing = directory / segment_name(last.sealed_next)
+    reason = (
+        f"segment file is missing: {last.path.name} is sealed saying the log continues at LSN "
+        f"{last.sealed_next} in {missing.name} (the newest segment was deleted or moved away; "
+        "acknowledged records may be lost)"
+    )
+    return Damage(missing, 0, reason, torn_tail=False)
 
 
 def _placement(name_lsn: int, header_lsn: int, expected: int | None) -> str | None:
@@ -276,6 +298,11 @@ def recover(directory: Path | str, mode: RecoveryMode) -> LogScan:
             _zero_range(d.path, d.offset, d.zero_to)
         if d.resize_to:
             _resize(d.path, d.resize_to)
+    last = result.segments[-1] if result.segments else None
+    if last is not None and last.sealed_next is not None:
+        # the log now ends here (its successor is gone or set aside) and appends resume in it
+        unseal(last.path)
+        last.sealed_next = None
     if result.discard:
         for p in result.discard:
             with contextlib.suppress(FileNotFoundError):

@@ -32,6 +32,12 @@ MAGIC = b"USWALSEG"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIQQQ")  # magic, version, block, first_lsn, segment, max_write
 HEADER_BYTES = _HEADER.size + 4  # + crc32c
+# The seal (see :func:`seal`) lives in its own sector of block 0, so a torn
+# write of it can never touch the header in sector 0.
+SEAL_OFFSET = 512
+SEAL_MAGIC = b"USWALNXT"
+_SEAL = struct.Struct("<8sQ")  # magic, first LSN of the next segment
+SEAL_BYTES = _SEAL.size + 4  # + crc32c
 _NAME = re.compile(r"^(\d{20})\.wal$")
 SPARE_SUFFIX = ".tmp"
 _ZERO_CHUNK = bytes(1 << 20)
@@ -156,6 +162,59 @@ def read_header(path: Path) -> SegmentHeader:
     return SegmentHeader.unpack(raw, path)
 
 
+def decode_seal(raw: bytes, path: Path) -> int | None:
+    """The next segment's first LSN recorded in *raw* (block 0 from :data:`SEAL_OFFSET`), None if unsealed."""
+    raw = raw[:SEAL_BYTES]
+    if not any(raw):
+        return None
+    body, crc = raw[: _SEAL.size], int.from_bytes(raw[_SEAL.size : SEAL_BYTES], "little")
+    magic, next_lsn = _SEAL.unpack(body) if len(body) == _SEAL.size else (b"", 0)
+    if len(raw) < SEAL_BYTES or crc32c(body) != crc or magic != SEAL_MAGIC:
+        raise WalCorruptionError(str(path), SEAL_OFFSET, "segment seal (the pointer to the next segment) is damaged")
+    return int(next_lsn)
+
+
+def _write_seal(path: Path, raw: bytes, what: str) -> None:
+    sc = SYSCALLS
+    steps = ["open"]
+    with _step(path, what, steps, cleanup=False):
+        fd = sc.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            steps.append("pwrite of the seal")
+            if sc.pwrite(fd, raw, SEAL_OFFSET) != len(raw):
+                raise OSError(errno.EIO, "short write of the seal")
+            steps.append("fdatasync of the seal")
+            sc.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+
+def seal(path: Path, next_lsn: int) -> None:
+    """Record durably in segment *path* that the log continues in the segment starting at *next_lsn*.
+
+    Done at every roll, after the successor is durably named and before
+    anything is written into it: from then on the successor's absence (the
+    newest file deleted or moved away) is corruption, where otherwise a log
+    ending early would look like one that simply ended with a full segment.
+    A crash before the seal leaves an unsealed predecessor and a successor
+    holding only its header: legal.
+    """
+    body = _SEAL.pack(SEAL_MAGIC, next_lsn)
+    _write_seal(path, body + crc32c(body).to_bytes(4, "little"), f"sealing WAL segment {path.name}")
+
+
+def unseal(path: Path) -> None:
+    """Clear the seal of *path*: recovery cut the log there and appends resume in it."""
+    _write_seal(path, bytes(SEAL_BYTES), f"unsealing WAL segment {path.name}")
+
+
+def read_seal(path: Path) -> int | None:
+    """The seal of the segment at *path* (see :func:`seal`): its successor's first LSN, or None."""
+    with open(path, "rb") as f:
+        f.seek(SEAL_OFFSET)
+        return decode_seal(f.read(SEAL_BYTES), path)
+
+
 def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> Path:
     """Create a zero-filled, preallocated, synced file to become the next segment.
 
@@ -191,15 +250,20 @@ def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> P
     return path
 
 
-def activate_spare(spare: Path, header: SegmentHeader) -> Path:
+def activate_spare(spare: Path, header: SegmentHeader, replace: bool = False) -> Path:
     """Stamp *header* into a prepared spare and rename it to its segment name, durably.
 
     The header is fdatasynced before the rename: a segment must never carry
-    its final name with a header that could still be lost.
+    its final name with a header that could still be lost.  Then the
+    predecessor (the newest older segment, if any) is sealed with this
+    segment's first LSN (:func:`seal`).  With *replace* an existing segment
+    of the same name (an empty one that cannot take appends) is replaced
+    atomically by the rename, so no crash leaves the name missing.
     """
     final = spare.parent / segment_name(header.first_lsn)
-    if final.exists():
+    if final.exists() and not replace:
         raise FileExistsError(f"segment {final} already exists")
+    older = [p for lsn, p in list_segments(spare.parent) if lsn < header.first_lsn]
     sc = SYSCALLS
     steps = ["open"]
     with _step(spare, f"activating WAL segment {final.name}", steps, cleanup=False):
@@ -217,14 +281,16 @@ def activate_spare(spare: Path, header: SegmentHeader) -> Path:
         sc.rename(spare, final)
         steps.append("fsync of the directory")
         fsync_dir(spare.parent)
+    if older:
+        seal(older[-1], header.first_lsn)
     return final
 
 
-def create_segment(directory: Path, header: SegmentHeader) -> Path:
+def create_segment(directory: Path, header: SegmentHeader, replace: bool = False) -> Path:
     """Create a complete segment synchronously (the first one, or when no spare is ready)."""
     spare = prepare_spare(directory, header.segment_bytes, name=f"new-{header.first_lsn}")
     try:
-        return activate_spare(spare, header)
+        return activate_spare(spare, header, replace)
     except BaseException:
         with contextlib.suppress(OSError):  # not renamed: do not leave a full-size temp file
             os.unlink(spare)

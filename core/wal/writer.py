@@ -206,6 +206,7 @@ class Writer:
     def _initial_segment(self) -> SegmentScan:
         last = self.segments[-1] if self.segments else None
         want = self._header(self.next_lsn)
+        replace = False
         if last is not None:
             h = last.header
             compatible = (h.segment_bytes, h.max_write_bytes, h.block_bytes) == (
@@ -214,10 +215,11 @@ class Writer:
             if compatible and last.end_offset + BLOCK_BYTES <= h.segment_bytes:
                 return last  # keep appending where the log ends
             if last.records == 0:
-                # an empty segment would collide with the new one's name
-                os.unlink(last.path)
+                # an empty segment has the new one's name: replaced by the rename, never unlinked
+                # first (its sealed predecessor would point at nothing after a crash in between)
                 self.segments.pop()
-        seg = SegmentScan(create_segment(self.directory, want), want)
+                replace = True
+        seg = SegmentScan(create_segment(self.directory, want, replace), want)
         self.segments.append(seg)
         return seg
 

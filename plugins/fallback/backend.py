@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from uringstack.errors import RingClosedError
 from uringstack.ring import forking
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
@@ -211,6 +212,8 @@ class FallbackFileIO:
 
     def _durable_inline(self, buf: Any, offset: int, sync: SyncMethod) -> CompletedPending:
         forking.check(self._fork_gen, f"the fallback backend of {self.path}")
+        if self._inflight.closed:  # untracked, so the check _submit gets from the tracker is made here
+            raise RingClosedError(f"{self.path} is closed")
         results = _write_durable(self.fd, buf, offset, sync)
         if self.completion_hook is not None:
             try:

@@ -123,3 +123,25 @@ def test_every_builtin_section_refuses_unknown_keys(tmp_path: pathlib.Path) -> N
         with pytest.raises(ConfigError) as info:
             load_config(env={f"URINGSTACK_{name.upper()}__NO_SUCH_KEY": "1"})
         assert f"{name}.no_such_key" in _problems(info)
+
+
+@pytest.mark.parametrize(
+    "name", ["URINGSTACK_CORE__DIRECT", "URINGSTACK_SQPOLL__SHARE", "URINGSTACK_NVME_PASSTHROUGH__IOPOLL"]
+)
+@pytest.mark.parametrize("value", ["yes", "on", "2", "truee"])
+def test_a_bad_environment_boolean_lists_every_accepted_spelling(name: str, value: str) -> None:
+    """The error names what the environment grammar accepts (1/0 too, any case), not only
+    the TOML booleans; and every spelling it lists is accepted."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env={name: value})
+    (problem,) = info.value.problems
+    text = str(problem)
+    assert f"(got {value!r}; allowed: true, false, 1, 0 (any case)) [env:{name}]" in text, text
+    for word in ("true", "false", "1", "0", "TRUE", "False"):
+        load_config(env={name: word})
+
+
+def test_a_bad_file_boolean_lists_the_toml_booleans(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_toml(tmp_path, "[core]\ndirect = 1"), env={})
+    assert "(got 1; allowed: true, false) [file:" in str(info.value.problems[0])

@@ -18,8 +18,9 @@ import pytest
 from uringstack import ring as ring_module
 from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring, inflight
+from uringstack.ring.buffers import address_of
 from uringstack.ring.flags import Op
-from uringstack.ring.native import lib
+from uringstack.ring.native import ffi, lib
 from uringstack.stack import open_stack
 
 
@@ -98,3 +99,56 @@ def test_a_raising_completion_callback_loses_no_other_completion() -> None:
         assert ring.wait(second) == [0]
     finally:
         ring.close()
+
+
+@pytest.mark.timeout(30)
+def test_sync_wait_with_a_lost_completion_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel posted the CQE but something consumed it behind the bookkeeping's back:
+    the kernel holds nothing for this batch any more, so waiting would never end."""
+    monkeypatch.setattr(Ring, "close_timeout", 1.0)
+    ring = Ring(entries=8)
+    batch = ring.submit(Op.NOP, -1)
+    _drop_one_completion(ring)
+    t0 = time.monotonic()
+    with pytest.raises(UringIOError, match=r"ring \w+: 1 op\(s\) .*lost completion") as info:
+        ring.wait(batch)
+    assert time.monotonic() - t0 < 5
+    assert info.value.errno == errno.ETIMEDOUT
+    assert not batch.finished and ring.inflight == 1  # still owned: nothing was freed under the kernel
+    with pytest.raises(UringIOError, match="lost completion"):
+        ring.wait_any()
+    with pytest.raises(UringIOError, match="did not complete within"):
+        ring.close()
+    ring_module._ORPHANED.clear()
+
+
+@pytest.mark.timeout(30)
+def test_sync_wait_on_an_op_the_kernel_still_holds_stops_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung op (here a read from an empty pipe) is not lost: the kernel holds it.  The
+    wait gives up at Ring.wait_timeout with a message, and the batch stays waitable."""
+    monkeypatch.setattr(Ring, "wait_timeout", 1.0)
+    r, w = os.pipe()
+    ring = Ring(entries=8)
+    try:
+        buf = bytearray(16)
+        pin = ffi.from_buffer(buf)
+        batch = ring.submit(Op.READ, r, addrs=address_of(pin), lens=len(buf), offsets=0, keep=[pin, buf])
+        t0 = time.monotonic()
+        with pytest.raises(UringIOError, match=r"ring \w+: 1 op\(s\) not complete after 1 s") as info:
+            ring.wait(batch)
+        assert 0.9 < time.monotonic() - t0 < 5
+        assert info.value.errno == errno.ETIMEDOUT
+        assert not batch.finished
+        os.write(w, b"hello")
+        assert ring.wait(batch) == [5]
+        assert bytes(buf[:5]) == b"hello"
+    finally:
+        ring.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_the_wait_bounds_are_documented() -> None:
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    assert f"`Ring.wait_timeout` ({Ring.wait_timeout:g} s" in doc
+    assert f"`Ring.wait_tick` ({Ring.wait_tick:g} s)" in doc

@@ -169,7 +169,7 @@ TABLE: dict[str, tuple[Callable[[pathlib.Path, Layout], int], tuple[str, str, st
     "flip a bit in a segment header": (flip_bit_segment_header, ("error", "error", "drop")),
     "rename a segment": (rename_segment, ("error", "error", "drop")),
     "delete an older segment": (delete_older_segment, ("error", "error", "drop")),
-    "delete the last segment": (delete_last_segment, ("undetected", "undetected", "undetected")),
+    "delete the last segment": (delete_last_segment, ("error", "error", "drop")),
     "junk files (notes.txt, spare.tmp, *.discarded)": (junk_files, ("ok", "ok", "ok")),
     "junk file named like a segment": (junk_segment_name, ("error", "error", "drop")),
 }

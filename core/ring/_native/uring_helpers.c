@@ -274,8 +274,26 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Block (or busy-poll for spin_us first) until cond() holds. */
-static int wait_until(struct io_uring *ring, us_state_t *st, int (*cond)(us_state_t *, uint32_t), uint32_t arg)
+/* Wait in the kernel for a CQE, until the CLOCK_MONOTONIC *deadline* in ns
+ * (0: no deadline); -ETIME once it passed. */
+static int wait_cqe_until(struct io_uring *ring, uint64_t deadline)
+{
+    struct io_uring_cqe *cqe;
+    if (!deadline)
+        return io_uring_wait_cqe(ring, &cqe);
+    uint64_t now = now_ns();
+    if (now >= deadline)
+        return -ETIME;
+    uint64_t left = deadline - now;
+    struct __kernel_timespec ts = { .tv_sec = (long long)(left / 1000000000ull),
+                                    .tv_nsec = (long long)(left % 1000000000ull) };
+    return io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+}
+
+/* Block (or busy-poll for spin_us first) until cond() holds; with timeout_ms
+ * (0: unbounded) return -ETIME once that much time passed without it. */
+static int wait_until_for(struct io_uring *ring, us_state_t *st, int (*cond)(us_state_t *, uint32_t), uint32_t arg,
+                          uint32_t timeout_ms)
 {
     drain(ring, st);
     if (cond(st, arg))
@@ -289,17 +307,42 @@ static int wait_until(struct io_uring *ring, us_state_t *st, int (*cond)(us_stat
                 return 0;
         } while (now_ns() < end);
     }
+    uint64_t deadline = timeout_ms ? now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
     while (!cond(st, arg)) {
         if (st->inflight == 0)
             return -ENOENT;   /* would wait forever */
-        struct io_uring_cqe *cqe;
+        if (timeout_ms && now_ns() >= deadline)
+            return -ETIME;
         st->c.enters++;
-        int ret = io_uring_wait_cqe(ring, &cqe);
+        int ret = wait_cqe_until(ring, timeout_ms ? deadline : 0);
         if (ret < 0 && ret != -ETIME)
             return ret;     /* -EINTR goes back to Python so signals are handled */
         drain(ring, st);
     }
     return 0;
+}
+
+static int wait_until(struct io_uring *ring, us_state_t *st, int (*cond)(us_state_t *, uint32_t), uint32_t arg)
+{
+    return wait_until_for(ring, st, cond, arg, 0);
+}
+
+/* Ops the bookkeeping counts in flight for which the ring can no longer
+ * deliver a completion.  Every SQE ever prepared (sq.sqe_tail) either still
+ * waits to be submitted, is held by the kernel, has its CQE in the CQ, or had
+ * its CQE consumed (cq.khead) or dropped on overflow (cq.koverflow); only the
+ * bookkeeping's drain consumes CQEs.  So if the bookkeeping waits for more
+ * ops than sqe_tail - khead - dropped, the difference was consumed behind its
+ * back or dropped: those completions will never come.  The uncertain
+ * direction is safe: SQEs nobody counts in flight (cancels, fillers,
+ * liburing's timeouts) only make the kernel's share look larger.  The caller
+ * holds the ring's lock, so no drain runs concurrently. */
+uint32_t us_lost_completions(struct io_uring *ring, const us_state_t *st)
+{
+    uint32_t consumed = io_uring_smp_load_acquire(ring->cq.khead);
+    uint32_t dropped = ring->cq.koverflow ? IO_URING_READ_ONCE(*ring->cq.koverflow) : 0;
+    uint32_t held = ring->sq.sqe_tail - consumed - dropped;
+    return st->inflight > held ? st->inflight - held : 0;
 }
 
 static int slot_done(us_state_t *st, uint32_t slot) { return st->remaining[slot] == 0; }
@@ -315,6 +358,20 @@ int us_wait_slot(struct io_uring *ring, us_state_t *st, uint32_t slot)
 int us_wait_any(struct io_uring *ring, us_state_t *st, uint32_t min_done)
 {
     return wait_until(ring, st, any_done, min_done);
+}
+
+/* The bounded forms: -ETIME after timeout_ms, so the caller can check the
+ * ring (us_lost_completions, a deadline) and wait again instead of hanging. */
+int us_wait_slot_for(struct io_uring *ring, us_state_t *st, uint32_t slot, uint32_t timeout_ms)
+{
+    if (slot >= US_MAX_SLOTS)
+        return -EINVAL;
+    return wait_until_for(ring, st, slot_done, slot, timeout_ms);
+}
+
+int us_wait_any_for(struct io_uring *ring, us_state_t *st, uint32_t min_done, uint32_t timeout_ms)
+{
+    return wait_until_for(ring, st, any_done, min_done, timeout_ms);
 }
 
 int us_reap_ready(struct io_uring *ring, us_state_t *st)
@@ -356,20 +413,10 @@ int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms)
     }
     uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
     while (st->inflight) {
-        struct io_uring_cqe *cqe;
-        int ret;
+        if (timeout_ms && now_ns() >= deadline)
+            return -ETIME;
         st->c.enters++;
-        if (timeout_ms) {
-            uint64_t now = now_ns();
-            if (now >= deadline)
-                return -ETIME;
-            uint64_t left = deadline - now;
-            struct __kernel_timespec ts = { .tv_sec = (long long)(left / 1000000000ull),
-                                            .tv_nsec = (long long)(left % 1000000000ull) };
-            ret = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
-        } else {
-            ret = io_uring_wait_cqe(ring, &cqe);
-        }
+        int ret = wait_cqe_until(ring, timeout_ms ? deadline : 0);
         if (ret < 0 && ret != -EINTR && ret != -ETIME)
             return ret;
         drain(ring, st);
