@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 
 _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
 
+# Padding of a flush to whole blocks (less than one block), without allocating zeros per flush.
+_ZEROS = memoryview(bytes(BLOCK_BYTES))
+
 
 def _resolve(waiters: _AsyncWaiters) -> None:
     for lsn, fut in waiters:
@@ -522,7 +525,7 @@ class Writer:
         # one C-level join instead of a Python loop of slice assignments per record
         buf[t:pos] = batch[0] if len(batch) == 1 else b"".join(batch)
         length = (pos + BLOCK_BYTES - 1) // BLOCK_BYTES * BLOCK_BYTES
-        buf[pos:length] = bytes(length - pos)  # stale bytes of an older batch must not leak
+        buf[pos:length] = _ZEROS[: length - pos]  # stale bytes of an older batch must not leak
         assert length <= self._max_write and write_at + length <= seg.header.segment_bytes
         taken.length, taken.write_at = length, write_at
 
@@ -535,7 +538,7 @@ class Writer:
         self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
         tail_from = new_end - new_end % BLOCK_BYTES
-        self._tail = bytes(buf[tail_from - write_at : new_end - write_at])
+        self._tail = buf[tail_from - write_at : new_end - write_at]  # an mmap slice is a bytes copy
         with self.lock:
             seg.end_offset = new_end
             seg.records += len(taken.records)
