@@ -327,15 +327,23 @@ class FileHandle:
         (PostgreSQL's "fsyncgate"), and the data must be treated as lost.
         """
         self._check()
-        _check_batch(self.path, [offset], [buf])
+        if offset < 0:
+            raise ValueError(f"{self.path}: offset {offset} is negative")
         if sync not in SYNC_METHODS:
             raise ValueError(f"{self.path}: write_durable sync={sync!r}; allowed: {', '.join(SYNC_METHODS)}")
+        # The common case, one complete write, builds no view and no list: a log's
+        # every flush runs here.
+        total = buf.nbytes if type(buf) is memoryview else len(_view(buf))
+        res = self._inflight.run(self._io.start_write_durable, offset, buf, sync, wait=True)
+        if res[0] == total and (sync == "dsync" or res[1] == 0):
+            return total
+        return self._finish_durable(buf, offset, sync, total, res)
+
+    def _finish_durable(self, buf: Any, offset: int, sync: SyncMethod, total: int, res: list[int]) -> int:
+        """Check a durable write's results; complete a short one with further durable writes."""
         view = _view(buf)
-        total = len(view)
         done = 0
         while True:
-            rest = view[done:] if done else buf
-            res = self._run(self._io.start_write_durable, offset + done, rest, sync, wait=True)
             written = res[0]
             if written < 0:
                 raise UringIOError(-written, "write", self.path, f"{total - done} bytes at offset {offset + done}")
@@ -349,6 +357,7 @@ class FileHandle:
             done += written
             if done >= total:
                 return total
+            res = self._run(self._io.start_write_durable, offset + done, view[done:], sync, wait=True)
 
     # --- asynchronous API -----------------------------------------------------------
     def start_read_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.ring import Ring
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
+from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import SyncMethod
@@ -61,6 +61,7 @@ class UringFileIO:
         self.completion_hook = worker.completion_hook if worker is not None else None
         self._cache: dict[int, deque[BatchColumns]] = {}
         self._closed = False
+        self._durable: dict[str, deque[_DurableColumns]] = {"dsync": deque(), "fdatasync": deque()}
 
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
@@ -152,27 +153,40 @@ class UringFileIO:
             batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.ring))
         return UringPending(self.ring, batch)
 
+    def _durable_columns(self, sync: SyncMethod) -> _DurableColumns:
+        """Idle prepared columns for one durable write (the oldest cached set if its batch finished)."""
+        cache = self._durable[sync]
+        if cache:
+            # popleft is atomic: two threads never get the same set
+            dc = cache.popleft()
+            batch = dc.cols.batch
+            if batch is None or batch.finished:
+                if dc.fixed_index != self.fixed_index:
+                    dc.fill_fd(self)
+                return dc
+            cache.appendleft(dc)  # the oldest is still in flight: so are the others
+        return _DurableColumns(self, sync)
+
     def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> UringPending:
+        # The hot path of every log flush: columns built once per sync method and
+        # reused (only address, length and offset change), one pin.
+        if self._closed:  # the cached columns hold the fd number, which may be another file's now
+            raise RingClosedError(f"{self.path} is closed")
+        if offset < 0:
+            raise ValueError(f"{self.path}: offset {offset} is negative")
         pin = ffi.from_buffer(buffer)
-        addr, length = address_of(pin), len(pin)
-        if self.direct:
+        addr, length = int(ffi.cast("uintptr_t", pin)), len(pin)
+        if self.direct and (addr | length | offset) % self.block_size:
             check_alignment("write", self.path, addr, length, offset, self.block_size)
-        length = min(length, MAX_RW_COUNT)
-        fd, fixed_flag = self._fd_and_flags()
-        if sync == "dsync":
-            batch = self.ring.submit(
-                Op.WRITE, fd, n=1, addrs=addr, lens=length, offsets=offset, op_flags=RWF_DSYNC,
-                sqe_flags=fixed_flag or None, keep=(pin, buffer), wait=wait,
-            )  # fmt: skip
-        else:
-            # io_uring does not order SQEs: the flush is linked to the write so it
-            # starts only after the write completed (and is cancelled if the write
-            # failed or came back short).
-            batch = self.ring.submit(
-                [Op.WRITE, Op.FSYNC], fd, n=2, addrs=[addr, 0], lens=[length, 0], offsets=[offset, 0],
-                op_flags=[0, FSYNC_DATASYNC], sqe_flags=[int(SqeFlag.IO_LINK) | fixed_flag, fixed_flag],
-                keep=(pin, buffer), wait=wait,
-            )  # fmt: skip
+        if length > MAX_RW_COUNT:
+            length = MAX_RW_COUNT
+        dc = self._durable_columns(sync)
+        dc.addrs[0], dc.lens[0], dc.offs[0] = addr, length, offset
+        # the pin holds *buffer* (cffi keeps the exporter alive) until the batch is reaped
+        batch = self.ring.submit_columns(dc.cols, dc.cols.n, pin, wait=wait)
+        cache = self._durable[sync]
+        if len(cache) < _CACHED_PER_CAPACITY:
+            cache.append(dc)
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("write_durable", self.ring))
         return UringPending(self.ring, batch)
@@ -185,6 +199,45 @@ class UringFileIO:
             return
         self._closed = True
         os.close(self.fd)
+
+
+class _DurableColumns:
+    """The columns of one durable write, filled once: per write only address, length and offset change.
+
+    ``dsync``: one WRITE with ``RWF_DSYNC``.  ``fdatasync``: a WRITE and an
+    FSYNC(DATASYNC); io_uring does not order SQEs, so the write carries
+    ``IOSQE_IO_LINK``: the flush starts only after the write completed (and
+    is cancelled if the write failed or came back short).
+    """
+
+    __slots__ = ("addrs", "cols", "fixed_index", "lens", "offs", "sync")
+
+    def __init__(self, io: UringFileIO, sync: SyncMethod) -> None:
+        n = 1 if sync == "dsync" else 2
+        cols = BatchColumns(n)
+        self.cols = cols
+        self.sync = sync
+        if sync == "dsync":
+            cols.set("opcodes", [Op.WRITE])
+            cols.set("op_flags", [RWF_DSYNC])
+        else:
+            cols.set("opcodes", [Op.WRITE, Op.FSYNC])
+            cols.set("op_flags", [0, FSYNC_DATASYNC])
+        self.addrs = cols.column("addrs")
+        self.lens = cols.column("lens")
+        self.offs = cols.column("offs")
+        self.fixed_index: int | None = None
+        self.fill_fd(io)
+
+    def fill_fd(self, io: UringFileIO) -> None:
+        """Address the file by fd, or by its fixed-file slot (which may change after the columns were built)."""
+        fd, fixed = io._fd_and_flags()
+        self.cols.fill("fds", fd)
+        if self.sync == "dsync":
+            self.cols.set("sqe_flags", [fixed])
+        else:
+            self.cols.set("sqe_flags", [int(SqeFlag.IO_LINK) | fixed, fixed])
+        self.fixed_index = io.fixed_index
 
 
 class UringPrepared:

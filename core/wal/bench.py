@@ -5,9 +5,12 @@ ratios to the two references measured on the same disk in the same run:
 
 * **naive**: each appender does ``os.write`` + ``os.fdatasync`` per record on
   one shared ``O_APPEND`` file (what a first Python WAL looks like);
-* **fio**: ``--ioengine=io_uring --rw=write --bs=4k --iodepth=1 --direct=1
-  --sync=dsync`` on a file pre-written first, like the WAL's segments (fio's
-  own layout would leave unwritten extents, which ext4 writes slower).
+* **fio**: a QD1 4 KiB sequential durable write with the same pattern as the
+  log's writes: the engine of the log's backend (``io_uring``, or ``psync``:
+  ``pwrite`` like the fallback), the same durability step (``--sync=dsync``:
+  O_DSYNC writes, or ``--fdatasync=1``: write then fdatasync) and the same
+  O_DIRECT setting, on a file pre-written first, like the WAL's segments
+  (fio's own layout would leave unwritten extents, which ext4 writes slower).
 """
 
 from __future__ import annotations
@@ -158,10 +161,17 @@ def _prepare_fio_file(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def _fio(fio: str, path: Path, size: int, duration_s: float) -> dict[str, Any]:
+def _fio_pattern(backend: str, sync: str, direct: bool) -> list[str]:
+    """fio options for the write pattern the log uses: its backend's engine, durability step and O_DIRECT."""
+    engine = "io_uring" if backend == "uring" else "psync"  # the fallback issues pwrite(v) from a thread
+    durable = "--sync=dsync" if sync == "dsync" else "--fdatasync=1"
+    return [f"--ioengine={engine}", durable, f"--direct={int(direct)}"]
+
+
+def _fio(fio: str, path: Path, size: int, duration_s: float, pattern: list[str]) -> dict[str, Any]:
     cmd = [
-        fio, "--name=wal-ref", f"--filename={path}", f"--size={size}", "--ioengine=io_uring",
-        "--rw=write", "--bs=4k", "--iodepth=1", "--direct=1", "--sync=dsync",
+        fio, "--name=wal-ref", f"--filename={path}", f"--size={size}", *pattern,
+        "--rw=write", "--bs=4k", "--iodepth=1",
         "--time_based", f"--runtime={max(1, round(duration_s))}", f"--ramp_time={_WARMUP_S}",
         "--lat_percentiles=1", "--output-format=json",
     ]  # fmt: skip
@@ -188,6 +198,7 @@ def _fio(fio: str, path: Path, size: int, duration_s: float) -> dict[str, Any]:
         "mean_lat_us": float(lat["mean"]) / 1000,
         "percentiles_of": "lat" if "percentile" in lat else "clat",  # an old fio has no lat percentiles
         "command": " ".join(cmd[1:]),
+        "pattern": " ".join(o.removeprefix("--") for o in pattern),
     }
 
 
@@ -243,6 +254,7 @@ def run_wal_bench(
                 "backend_reason": wal.backend_reason,
                 "direct_io": wal.direct_io,
             }
+            pattern = _fio_pattern(wal.backend, cfg.sync, wal.direct_io)
             for rnd in range(rounds):
                 got: dict[str, Any] = {}
                 order = [*walrows, "naive", "fio"]
@@ -250,7 +262,7 @@ def run_wal_bench(
                 for what in order:
                     if what == "fio":
                         if fio is not None:
-                            got["fio"] = _fio(fio, fio_path, fio_file_bytes, slice_s)
+                            got["fio"] = _fio(fio, fio_path, fio_file_bytes, slice_s, pattern)
                         continue
                     if what == "naive":
                         h, n = _naive(base, appenders, record, slice_s)
@@ -299,6 +311,7 @@ def run_wal_bench(
             )
         }
         fio_row["command"] = fio_rounds[0]["command"]
+        fio_row["pattern"] = fio_rounds[0]["pattern"]
         fio_row["percentiles_of"] = fio_rounds[0]["percentiles_of"]
 
     def ratio(a: str, b: str, key: str) -> float:

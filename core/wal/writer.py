@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 
 _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
 
+# Padding of a flush to whole blocks (less than one block), without allocating zeros per flush.
+_ZEROS = memoryview(bytes(BLOCK_BYTES))
+
 
 def _resolve(waiters: _AsyncWaiters) -> None:
     for lsn, fut in waiters:
@@ -183,6 +186,8 @@ class Writer:
         self._handle: FileHandle | None = None
         self._tail = b""
         self._max_record = config.max_batch_bytes
+        # the largest payload that fits max_batch_bytes once framed (see _payload)
+        self._largest = min(self._max_record - self._max_record % ALIGN_BYTES - HEADER_BYTES, MAX_PAYLOAD_BYTES)
         self._max_write = config.max_write_bytes
         # mmap: page aligned, as O_DIRECT requires of the buffer address.
         self._buf = mmap.mmap(-1, self._max_write)
@@ -306,7 +311,7 @@ class Writer:
             payload = view if view.format == "B" and view.ndim == 1 else view.cast("B")
         n = len(payload)
         if padded_size(n) > self._max_record or n > MAX_PAYLOAD_BYTES:
-            largest = min(self._max_record - self._max_record % ALIGN_BYTES - HEADER_BYTES, MAX_PAYLOAD_BYTES)
+            largest = self._largest
             raise ValueError(
                 f"{which} of {n} bytes is {padded_size(n)} bytes framed, more than "
                 f"max_batch_bytes={self._max_record}: the largest payload is {largest} bytes"
@@ -388,21 +393,38 @@ class Writer:
         raise WalClosedError("WAL closed before the record was flushed")
 
     def submit_async(self, payload: bytes | bytearray | memoryview) -> asyncio.Future[int]:
-        """Queue one record; the future resolves to its LSN once durable (from whoever flushes it)."""
-        payload = self._payload(payload)
+        """Queue one record; the future resolves to its LSN once durable (from whoever flushes it).
+
+        Never flushes inline (that would block the event loop for a device
+        flush) and never wakes the flusher thread from inside the call: the
+        first record of a batch from this loop schedules one wake-up with
+        ``call_soon``, which runs once the loop has run what was ready, so the
+        appends of that tick join the batch and the loop is not preempted by a
+        woken thread in the middle of an append.
+        """
+        if type(payload) is not bytes or len(payload) > self._largest:
+            payload = self._payload(payload)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         with self.lock:
-            self._check()
+            if self.failed is not None or self._closing:
+                self._check()
             lsn = self._queue_locked(payload)
-            gate = self._gate_locked()
+            gate = self._gate or self._gate_locked()
             waiters = gate.loops.get(loop)
             if waiters is None:
                 waiters = gate.loops[loop] = []
+                loop.call_soon(self._kick)
+            elif self._pending_bytes >= self._max_record:
+                self._kick_locked()  # a delayed batch is full: do not wait for the tick to end
             waiters.append((lsn, fut))
-            # never flushed inline: that would block the event loop for a device flush
-            self._kick_locked()
         return fut
+
+    def _kick(self) -> None:
+        """Wake the flusher thread if records are waiting (scheduled on an event loop by submit_async)."""
+        with self.lock:
+            if self._pending:
+                self._kick_locked()
 
     # --- flushing ---------------------------------------------------------------------
     def _take_locked(self) -> _Taken:
@@ -505,7 +527,7 @@ class Writer:
         # one C-level join instead of a Python loop of slice assignments per record
         buf[t:pos] = batch[0] if len(batch) == 1 else b"".join(batch)
         length = (pos + BLOCK_BYTES - 1) // BLOCK_BYTES * BLOCK_BYTES
-        buf[pos:length] = bytes(length - pos)  # stale bytes of an older batch must not leak
+        buf[pos:length] = _ZEROS[: length - pos]  # stale bytes of an older batch must not leak
         assert length <= self._max_write and write_at + length <= seg.header.segment_bytes
         taken.length, taken.write_at = length, write_at
 
@@ -518,7 +540,7 @@ class Writer:
         self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
         tail_from = new_end - new_end % BLOCK_BYTES
-        self._tail = bytes(buf[tail_from - write_at : new_end - write_at])
+        self._tail = buf[tail_from - write_at : new_end - write_at]  # an mmap slice is a bytes copy
         with self.lock:
             seg.end_offset = new_end
             seg.records += len(taken.records)

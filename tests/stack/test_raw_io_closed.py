@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from uringstack.errors import RingClosedError
-from uringstack.ring.io_backend import FileIO, PreparesRW
+from uringstack.ring.io_backend import FileIO, PreparesRW, SyncMethod
 from uringstack.stack import FileHandle, Stack, open_stack
 
 from .conftest import BACKENDS
@@ -85,3 +85,25 @@ def test_a_prepared_io_of_a_closed_backend_object_refuses_to_start(
     prepared.start([0], wait=True).wait()
     h.close()
     _refused_and_nothing_written(tmp_path, lambda: prepared.start([0], wait=True))
+
+
+@pytest.mark.parametrize("sync", ["dsync", "fdatasync"])
+@pytest.mark.parametrize("fixedbuf", ["auto", "off"])
+def test_a_durable_write_after_close_is_refused_even_with_its_columns_cached(
+    tmp_path: pathlib.Path, sync: SyncMethod, fixedbuf: str
+) -> None:
+    """The uring backend caches a durable write's columns, fd included: the first write
+    before close fills that cache, and the write after close must not reuse it (with
+    fixedbuf off the file is addressed by its plain fd, so no slot change refills it)."""
+    stack = open_stack(overrides={**BACKENDS["uring"], "fixedbuf.mode": fixedbuf})
+    try:
+        target = tmp_path / "data"
+        target.write_bytes(bytes(BS))
+        h = stack.open(target, direct=False)
+        io = h.io
+        io.start_write_durable(0, bytearray(b"X" * BS), sync, wait=True).wait()
+        h.close()
+        again = bytearray(b"Y" * BS)
+        _refused_and_nothing_written(tmp_path, lambda: io.start_write_durable(0, again, sync, wait=True))
+    finally:
+        stack.close()

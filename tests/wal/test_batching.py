@@ -143,6 +143,33 @@ def test_asyncio_one_call_soon_threadsafe_per_batch(wal_dir: pathlib.Path) -> No
         assert be.threads == ["wal-flusher", "wal-flusher"]  # an event loop never flushes inline
 
 
+def test_asyncio_appends_of_one_tick_wake_the_flusher_once_after_the_tick(
+    wal_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """append_async never wakes the flusher thread from inside the call (a woken thread would
+    preempt the event loop mid-append); the loop wakes it once, after the appends of the tick."""
+    with Wal.open(wal_dir, backend="fallback") as wal:
+        work = wal._writer._work
+        wakes: list[str] = []
+        real_notify = work.notify
+
+        def notify(n: int = 1) -> None:
+            wakes.append(threading.current_thread().name)
+            real_notify(n)
+
+        monkeypatch.setattr(work, "notify", notify)
+
+        async def main() -> list[int]:
+            futs = [wal.append_async(b"r%d" % i) for i in range(10)]
+            assert wakes == [], "append_async woke the flusher from inside the call"
+            lsns = await asyncio.wait_for(asyncio.gather(*futs), 10)
+            assert wakes == ["MainThread"], wakes  # one wake-up, from the loop, for all ten
+            return list(lsns)
+
+        assert asyncio.run(main()) == list(range(1, 11))
+        assert wal.counters()["flushes"] == 1
+
+
 def test_two_event_loops_share_a_batch(wal_dir: pathlib.Path) -> None:
     """One flush carrying records of two loops resolves each loop's futures with one call."""
     be = GatedBackend(hold=1)

@@ -3,10 +3,11 @@ from __future__ import annotations
 import pathlib
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from uringstack.bench.wal_cmd import wal_bench_command
-from uringstack.wal.bench import run_wal_bench
+from uringstack.wal.bench import _fio_pattern, run_wal_bench
 
 
 def test_run_wal_bench_measures_all_rows(tmp_path: pathlib.Path) -> None:
@@ -21,6 +22,9 @@ def test_run_wal_bench_measures_all_rows(tmp_path: pathlib.Path) -> None:
         assert r["fio"]["records_per_s"] > 0 and r["ratios"]["p99_vs_fio"] > 0
         # submit-to-completion percentiles (what an append's latency includes), never below clat's
         assert r["fio"]["percentiles_of"] == "lat" and r["fio"]["p50_us"] >= r["fio"]["clat_p50_us"]
+        # the reference writes like the log: pwrite (the fallback), O_DSYNC (the default sync), its O_DIRECT
+        opts = r["fio"]["command"].split()
+        assert {"--ioengine=psync", "--sync=dsync", f"--direct={int(r['wal']['direct_io'])}"} <= set(opts)
     else:
         assert "skipped" in r["fio"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # cleaned up
@@ -45,3 +49,15 @@ def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert all(w in res.output for w in ("uringstack", "WAL threads", "WAL asyncio", "naive", "fio", "enqueue p99"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "sync", "direct", "want"),
+    [
+        ("uring", "dsync", True, ["--ioengine=io_uring", "--sync=dsync", "--direct=1"]),
+        ("uring", "fdatasync", True, ["--ioengine=io_uring", "--fdatasync=1", "--direct=1"]),
+        ("fallback", "fdatasync", False, ["--ioengine=psync", "--fdatasync=1", "--direct=0"]),
+    ],
+)
+def test_fio_reference_uses_the_logs_write_pattern(backend: str, sync: str, direct: bool, want: list[str]) -> None:
+    assert _fio_pattern(backend, sync, direct) == want
