@@ -249,7 +249,7 @@ def uringstack_stack_teardown(stack: Stack) -> None:
 # Self-contained: the types are imported here so this block stands on its own.
 
 if TYPE_CHECKING:
-    from uringstack.tune.model import TuneDimension, TuneTarget
+    from uringstack.probe.tuning import TuneDimension, TuneTarget
 
 
 @hookspec
@@ -257,7 +257,7 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
     """Offer one setting for ``uringstack tune`` to measure on *target*.
 
     Called once per tuned target, before anything is measured.  Return a
-    :class:`~uringstack.tune.model.TuneDimension` named after your plugin
+    :class:`~uringstack.probe.tuning.TuneDimension` named after your plugin
     whose ``choices`` are the values to try, each with the config
     ``overrides`` that select it (``{"myplugin.mode": "on"}``); put the
     cheapest choice (usually ``off``) first: another is adopted only when it
@@ -267,7 +267,7 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
     Return ``None`` to offer nothing.  Must not do I/O.
 
     The results reach every later plan as ``caps.tuning`` (a
-    :class:`~uringstack.tune.model.TuneState`): in ``auto``, call
+    :class:`~uringstack.probe.tuning.TuneState`): in ``auto``, call
     ``caps.tuning.comparisons("<your dimension>")`` in
     ``uringstack_check_support``/``uringstack_ring_params`` and decide from
     the measured IOPS, or fall back to your rule and say so with

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from uringstack.plan.tuning import attach_tuning, measured_cores, plan_notes
 from uringstack.ring.params import RingParams
 from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
 
@@ -99,8 +100,6 @@ def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
     else every CPU we may run on."""
     cores = config.core.cores
     if cores == "auto":
-        from uringstack.tune.apply import measured_cores
-
         measured = measured_cores(caps)
         return measured[0] if measured else list(caps.cpus.allowed)
     bad = [c for c in cores if c not in caps.cpus.allowed]
@@ -155,11 +154,10 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     settings contradict each other (a plugin raises it from its verdict).
 
     Measurements of ``uringstack tune`` are looked up first unless *caps*
-    already carries them (``caps.tuning``; see docs/tune.md).
+    already carries them (``caps.tuning``; see docs/tune.md); a plan never
+    measures (``core.tune = "on-start"`` calibrates in ``open_stack``).
     """
     require_uring(caps, config)
-    from uringstack.tune.apply import attach_tuning, measured_cores, plan_notes
-
     caps = attach_tuning(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]

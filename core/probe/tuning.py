@@ -7,12 +7,9 @@ the ``uringstack tune --json`` output (which ``[core] tune_results`` accepts).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from uringstack.probe.model import BlockDevice
 
 FORMAT_VERSION = 1
 """Version of the record format; a file with a higher one is ignored (written by a newer uringstack)."""
@@ -333,13 +330,6 @@ class TuneTarget(BaseModel):
     """The probed :class:`~uringstack.probe.model.BlockDevice` behind the target, if any."""
     workload: Workload = Field(default_factory=Workload)
     size_bytes: int = 0
-
-    @property
-    def block_device(self) -> BlockDevice | None:
-        """:attr:`device` as the probe's :class:`~uringstack.probe.model.BlockDevice`, if it is one."""
-        from uringstack.probe.model import BlockDevice
-
-        return self.device if isinstance(self.device, BlockDevice) else None
 
 
 Comparison.model_rebuild()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from uringstack.errors import RingClosedError
 from uringstack.plan import Plan, make_plan, select_backend
+from uringstack.plan.tuning import attach_tuning
 from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.stack.handle import FileHandle
@@ -415,9 +416,11 @@ def open_stack(
         pm = plugin_manager
     if caps is None:
         caps = probe(plugin_manager=pm)
-    from uringstack.tune.apply import attach_tuning
+    # The one import up the layers (tests/test_layers.py allows it): the tuner builds
+    # stacks itself, and only a "tune = on-start" config makes open_stack run it.
+    from uringstack.tune.start import calibrate_on_start
 
     # looked up here (not only in make_plan) so the stack's caps carry the same measurements
-    caps = attach_tuning(caps, cfg)
+    caps = attach_tuning(caps, cfg, calibrate_on_start)
     plan = make_plan(caps, cfg, pm)
     return Stack(plan, caps, cfg, pm)
