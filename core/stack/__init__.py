@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from uringstack.errors import RingClosedError
 from uringstack.plan import Plan, make_plan, select_backend
@@ -26,6 +26,9 @@ from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.stack.handle import FileHandle
 from uringstack.stack.targets import ADOPT_FD, resolve_target
+from uringstack.stack.uring_backend import UringBackend
+from uringstack.types import CompletedBatch as CompletedBatch
+from uringstack.types import CompletionHook as CompletionHook
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -209,7 +212,7 @@ class Stack:
             caps=self.caps,
             options=options,
         )
-        factory = select_backend(target, self.caps, self.config, self.plugin_manager)
+        factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
         handle = FileHandle(io, worker, self, factory.reason)
         try:
@@ -353,24 +356,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class CompletedBatch(Protocol):
-    """What the completion hook reads of a finished batch: a ring's ``Batch``, or the
-    fallback thread pool's pending batch."""
-
-    @property
-    def results(self) -> list[int]:
-        """Per-op results: bytes moved, or ``-errno``."""
-        ...
-
-
-class CompletionHook(Protocol):
-    """``worker.completion_hook``: a backend asks it for the done-callback of one batch."""
-
-    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
-        """The callback to ``batch.add_done_callback`` for a batch doing *op* on *ring*."""
-        ...
 
 
 def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:

@@ -16,7 +16,7 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
@@ -25,12 +25,31 @@ from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
+from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
+from uringstack.types import WorkerView
 
 if TYPE_CHECKING:
     from uringstack.ring.coalesce import Coalescer
-    from uringstack.stack import Stack, Worker
-    from uringstack.stack.prepared import PreparedIO
+
+
+class HandleOwner(Protocol):
+    """What a handle uses of its :class:`~uringstack.stack.Stack` (which creates handles, so is not imported)."""
+
+    def open(
+        self,
+        path: str,
+        *,
+        direct: bool | None = None,
+        writable: bool = True,
+        create: bool = False,
+        core: int | None = None,
+        **options: Any,
+    ) -> FileHandle:
+        """Open another handle on the same stack (``uringstack.open``'s buffered twin)."""
+        ...
+
+    def _handle_closed(self, handle: FileHandle) -> None: ...
 
 
 def _view(buf: Any) -> memoryview:
@@ -54,7 +73,7 @@ def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> N
 class FileHandle:
     """An open file, block device or NVMe namespace on a stack's worker."""
 
-    def __init__(self, io: FileIO, worker: Worker, stack: Stack, backend_reason: str = "") -> None:
+    def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
         self.worker = worker
         self._stack = stack
@@ -269,8 +288,6 @@ class FileHandle:
         return self._prepare(True, buffers)
 
     def _prepare(self, write: bool, buffers: Sequence[Any]) -> PreparedIO:
-        from uringstack.stack.prepared import PreparedIO
-
         self._check()
         if not buffers:
             raise ValueError(f"{self.path}: nothing to prepare (no buffers)")

@@ -6,6 +6,7 @@ import errno
 
 import pytest
 
+from uringstack.cli.probe_report import verdicts
 from uringstack.probe.kernel import (
     CAP_IPC_LOCK,
     CAP_SYS_ADMIN,
@@ -14,7 +15,6 @@ from uringstack.probe.kernel import (
     parse_process_status,
 )
 from uringstack.probe.model import Capabilities, CpuInfo, MemlockInfo
-from uringstack.probe.report import verdicts
 from uringstack.probe.system import parse_cpulist
 from uringstack.probe.uring import classify, probe_uring
 from uringstack.probe.usage import parse_mountinfo, parse_swaps
