@@ -22,7 +22,7 @@ from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
-from uringstack.ring.io_backend import SYNC_METHODS, FileIO, SyncMethod
+from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
 from uringstack.stack.prepared import PreparedIO
@@ -75,6 +75,8 @@ class FileHandle:
 
     def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
+        # Looked up once: a runtime protocol check costs microseconds, and the backend never changes.
+        self._ring = io.ring if isinstance(io, RingFileIO) and isinstance(io.ring, Ring) else None
         self.worker = worker
         self._stack = stack
         self._closed = False
@@ -128,8 +130,7 @@ class FileHandle:
     @property
     def ring(self) -> Ring | None:
         """The worker's ring this handle's I/O goes to (``None``: not an io_uring backend)."""
-        ring = getattr(self._io, "ring", None)
-        return ring if isinstance(ring, Ring) else None
+        return self._ring
 
     def lease_buffers(self, count: int, size: int = 4096) -> list[Any]:
         """*count* buffers of *size* bytes from the worker's registered pool (fixed
