@@ -197,6 +197,17 @@ class BatchColumns:
         """True when column *name* has memory (else C reads 0 for every op)."""
         return name in self._keep
 
+    def window(self, start: int, n: int) -> BatchColumns:
+        """Columns for ops ``start .. start + n - 1`` of these, sharing their memory (for chunked submission)."""
+        if start < 0 or n <= 0 or start + n > self.capacity:
+            raise ValueError(f"window {start}+{n} outside a {self.capacity}-op BatchColumns")
+        sub = BatchColumns(n)
+        for name, arr in self._keep.items():
+            sub._keep[name] = arr  # the parent array owns the memory the pointer points into
+            setattr(sub.desc, name, arr + start)
+        sub.ready = self.ready
+        return sub
+
     def __repr__(self) -> str:
         state = "in flight" if self.in_flight else "idle"
         return f"<BatchColumns n={self.n}/{self.capacity} {state} set={sorted(self._keep)}>"
