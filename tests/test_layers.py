@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("plan",),
     ("stack",),
     ("fileobj", "aio", "wal"),
-    ("tune", "bench", "cli", "testing", "schemas", "wal.bench"),
+    ("tune", "bench", "cli", "testing", "wal.bench"),
 )
 
 # Modules that exist only once built: the cffi extension (no source under core/).
