@@ -12,34 +12,6 @@ This package module imports only the data models (:mod:`uringstack.probe.tuning`
 
 from __future__ import annotations
 
-from uringstack.probe.tuning import (
-    FORMAT_VERSION,
-    MIN_GAIN,
-    Comparison,
-    DeviceIdentity,
-    Measurement,
-    TuneChoice,
-    TuneDimension,
-    TuneDocument,
-    TuneKey,
-    TuneRecord,
-    TuneState,
-    TuneTarget,
-    Workload,
-)
+from uringstack.probe.tuning import TuneChoice, TuneDimension, TuneState, TuneTarget
 
-__all__ = [
-    "FORMAT_VERSION",
-    "MIN_GAIN",
-    "Comparison",
-    "DeviceIdentity",
-    "Measurement",
-    "TuneChoice",
-    "TuneDimension",
-    "TuneDocument",
-    "TuneKey",
-    "TuneRecord",
-    "TuneState",
-    "TuneTarget",
-    "Workload",
-]
+__all__ = ["TuneChoice", "TuneDimension", "TuneState", "TuneTarget"]
