@@ -29,7 +29,7 @@ from uringstack.hookspecs import hookimpl
 from uringstack.types import FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
-    from uringstack.config import StackConfig
+    from uringstack.config.model import StackConfig
     from uringstack.probe.model import Capabilities
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -21,13 +21,11 @@ import pluggy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from uringstack.config import StackConfig
+    from uringstack.config.model import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring.params import RingParams
-    from uringstack.stack import Stack, Worker
-    from uringstack.stack.handle import FileHandle
-    from uringstack.types import BackendFactory, FeatureVerdict, Target
+    from uringstack.types import BackendFactory, FeatureVerdict, HandleView, StackView, Target, WorkerView
 
 PROJECT_NAME = "uringstack"
 
@@ -129,7 +127,7 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
 
 
 @hookspec
-def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> None:
+def uringstack_ring_created(ring: Ring, worker: WorkerView, config: StackConfig) -> None:
     """Act once a ring exists: register buffers, files or an eventfd.
 
     Called once per ring after creation.  Registered buffers are offered to
@@ -177,7 +175,7 @@ def uringstack_open_options() -> list[str] | None:
 
 
 @hookspec
-def uringstack_file_opened(handle: FileHandle, worker: Worker) -> None:
+def uringstack_file_opened(handle: HandleView, worker: WorkerView) -> None:
     """A handle was opened on *worker* (e.g. register it in the fixed-file table).
 
     Once per open, never per I/O.  ``handle.fd`` is the descriptor,
@@ -190,7 +188,7 @@ def uringstack_file_opened(handle: FileHandle, worker: Worker) -> None:
 
 
 @hookspec
-def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
+def uringstack_file_closed(handle: HandleView, worker: WorkerView) -> None:
     """A handle is about to close: free what :func:`uringstack_file_opened` took.
 
     Called before the descriptor is closed; also for the handles the stack
@@ -201,7 +199,7 @@ def uringstack_file_closed(handle: FileHandle, worker: Worker) -> None:
 
 
 @hookspec
-def uringstack_completion_batch(worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
+def uringstack_completion_batch(worker: WorkerView, op: str, results: list[int], ring: Ring | None) -> None:
     """See one batch of completions (statistics, tracing).
 
     One call is one batch the backend submitted, called when its last
@@ -229,7 +227,7 @@ def uringstack_completion_batch(worker: Worker, op: str, results: list[int], rin
 
 
 @hookspec
-def uringstack_stack_teardown(stack: Stack) -> None:
+def uringstack_stack_teardown(stack: StackView) -> None:
     """The stack is closing: release what the plugin attached.
 
     Called once, after every handle was closed (and its in-flight I/O
@@ -249,7 +247,7 @@ def uringstack_stack_teardown(stack: Stack) -> None:
 # Self-contained: the types are imported here so this block stands on its own.
 
 if TYPE_CHECKING:
-    from uringstack.tune.model import TuneDimension, TuneTarget
+    from uringstack.probe.tuning import TuneDimension, TuneTarget
 
 
 @hookspec
@@ -257,7 +255,7 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
     """Offer one setting for ``uringstack tune`` to measure on *target*.
 
     Called once per tuned target, before anything is measured.  Return a
-    :class:`~uringstack.tune.model.TuneDimension` named after your plugin
+    :class:`~uringstack.probe.tuning.TuneDimension` named after your plugin
     whose ``choices`` are the values to try, each with the config
     ``overrides`` that select it (``{"myplugin.mode": "on"}``); put the
     cheapest choice (usually ``off``) first: another is adopted only when it
@@ -267,7 +265,7 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
     Return ``None`` to offer nothing.  Must not do I/O.
 
     The results reach every later plan as ``caps.tuning`` (a
-    :class:`~uringstack.tune.model.TuneState`): in ``auto``, call
+    :class:`~uringstack.probe.tuning.TuneState`): in ``auto``, call
     ``caps.tuning.comparisons("<your dimension>")`` in
     ``uringstack_check_support``/``uringstack_ring_params`` and decide from
     the measured IOPS, or fall back to your rule and say so with

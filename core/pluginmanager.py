@@ -23,60 +23,33 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from uringstack import hookspecs
-from uringstack.errors import UringStackError
 from uringstack.hookspecs import PROJECT_NAME
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+# Defined in the contract's types (the config needs them without the manager); exported here too.
+from uringstack.types import DISABLE_AUTOLOAD_ENV as DISABLE_AUTOLOAD_ENV
+from uringstack.types import PluginError as PluginError
+from uringstack.types import PluginLoadError as PluginLoadError
+from uringstack.types import PluginSection as PluginSection
 
-    from uringstack.config import StackConfig
+if TYPE_CHECKING:
+
+    from uringstack.config.model import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
     from uringstack.ring.params import RingParams
-    from uringstack.stack import Stack, Worker
-    from uringstack.stack.handle import FileHandle
-    from uringstack.types import BackendFactory, FeatureVerdict, Target
+    from uringstack.types import BackendFactory, FeatureVerdict, HandleView, StackView, Target, WorkerView
 
-CompletionListeners = Callable[["Worker", str, list[int], "Ring | None"], None]
+CompletionListeners = Callable[["WorkerView", str, list[int], "Ring | None"], None]
 """What :meth:`UringstackPluginManager.completion_listeners` returns."""
 
 ENTRY_POINT_GROUP = PROJECT_NAME
 """The entry-point group built-in and third-party plugins register under."""
-
-DISABLE_AUTOLOAD_ENV = "URINGSTACK_DISABLE_PLUGIN_AUTOLOAD"
-"""Set to ``1`` to skip loading entry-point plugins (like PYTEST_DISABLE_PLUGIN_AUTOLOAD)."""
 
 HOOK_PREFIX = PROJECT_NAME + "_"
 
 # Values of DISABLE_AUTOLOAD_ENV that mean "do load": an empty or explicitly
 # false-looking value should not surprise someone who exported VAR=0.
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
-
-
-class PluginError(UringStackError):
-    """A plugin could not be loaded or does not fit the hook contract."""
-
-
-class PluginLoadError(PluginError):
-    """Importing or registering an entry-point plugin failed.
-
-    ``entry_point`` is ``"name = module.path"``; ``distribution`` is the
-    distribution that declared it; the original exception is ``__cause__``.
-    """
-
-    def __init__(self, message: str, *, entry_point: str, distribution: str) -> None:
-        super().__init__(message)
-        self.entry_point = entry_point
-        self.distribution = distribution
-
-
-@dataclass(frozen=True)
-class PluginSection:
-    """One config section contributed by a plugin through ``uringstack_config_sections``."""
-
-    name: str
-    model: type[BaseModel]
-    plugin: str
 
 
 @dataclass(frozen=True)
@@ -345,7 +318,7 @@ class UringstackPluginManager:
         """Let every plugin adjust *params* (mutated in place) for one planned ring."""
         self._pm.hook.uringstack_ring_params(params=params, caps=caps, config=config)
 
-    def ring_created(self, ring: Ring, worker: Worker, config: StackConfig) -> None:
+    def ring_created(self, ring: Ring, worker: WorkerView, config: StackConfig) -> None:
         """Tell plugins a ring exists (they register buffers, files, eventfds)."""
         self._pm.hook.uringstack_ring_created(ring=ring, worker=worker, config=config)
 
@@ -363,11 +336,11 @@ class UringstackPluginManager:
         declared: list[list[str] | None] = self._pm.hook.uringstack_open_options()
         return {name for names in declared if names for name in names}
 
-    def file_opened(self, handle: FileHandle, worker: Worker) -> None:
+    def file_opened(self, handle: HandleView, worker: WorkerView) -> None:
         """Tell plugins a handle was opened on *worker*."""
         self._pm.hook.uringstack_file_opened(handle=handle, worker=worker)
 
-    def file_closed(self, handle: FileHandle, worker: Worker) -> None:
+    def file_closed(self, handle: HandleView, worker: WorkerView) -> None:
         """Tell plugins a handle is about to close."""
         self._pm.hook.uringstack_file_closed(handle=handle, worker=worker)
 
@@ -380,7 +353,7 @@ class UringstackPluginManager:
         """
         return bool(self._pm.hook.uringstack_completion_batch.get_hookimpls())
 
-    def completion_batch(self, worker: Worker, op: str, results: list[int], ring: Ring | None = None) -> None:
+    def completion_batch(self, worker: WorkerView, op: str, results: list[int], ring: Ring | None = None) -> None:
         """Hand one batch of completion results to every plugin that implements the hook."""
         self._pm.hook.uringstack_completion_batch(worker=worker, op=op, results=results, ring=ring)
 
@@ -401,12 +374,12 @@ class UringstackPluginManager:
             self._pm.hook.uringstack_completion_batch
         )
 
-        def listeners(worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
+        def listeners(worker: WorkerView, op: str, results: list[int], ring: Ring | None) -> None:
             caller(worker=worker, op=op, results=results, ring=ring)
 
         return listeners
 
-    def stack_teardown(self, stack: Stack) -> None:
+    def stack_teardown(self, stack: StackView) -> None:
         """Let plugins release what they attached, in reverse of the usual call order.
 
         pluggy calls hooks last-registered-first, so ``ring_created`` ran in

@@ -208,7 +208,7 @@ def fixed_modes(caps: Capabilities | None) -> Capabilities:
     """*caps* (probed when None) with no tune measurement: a rung fixes its modes, and one left
     in ``auto`` (``+iopoll``) must measure the technique it names, whatever the tune cache says."""
     from uringstack.probe import probe
-    from uringstack.tune.model import TuneState
+    from uringstack.probe.tuning import TuneState
 
     return (caps or probe()).model_copy(
         update={"tuning": TuneState(searched="not used by the ladder's rungs: each fixes its modes")}

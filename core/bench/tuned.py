@@ -52,7 +52,7 @@ def why_not(spec: BenchSpec) -> str:
 
 def calibrate(spec: BenchSpec, budget_s: float) -> dict[str, Any]:
     """``uringstack tune`` on the bench's file with its queue depth and block size; the cache is written."""
-    from uringstack.tune.model import Workload
+    from uringstack.probe.tuning import Workload
     from uringstack.tune.runner import tune
 
     t0 = time.perf_counter()
@@ -72,8 +72,8 @@ def calibrate(spec: BenchSpec, budget_s: float) -> dict[str, Any]:
 
 def run_tuned(spec: BenchSpec, caps: Capabilities, tick: Tick | None = None) -> ModeResult:
     """The stack of the default config on *spec.file*, measured like a rung."""
+    from uringstack.plan.tuning import measured_batch
     from uringstack.stack import open_stack
-    from uringstack.tune.apply import measured_batch
 
     # tuning=None: open_stack looks the measurements up, as an application's stack does
     stack = open_stack(caps=caps.model_copy(update={"tuning": None}))

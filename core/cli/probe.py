@@ -49,9 +49,9 @@ def probe(
     (the same lines `uringstack plan` shows). The exit status is 0 even when
     io_uring is unusable: that is a finding, not an error.
     """
+    from uringstack.cli.probe_report import render
     from uringstack.probe import probe as run_probe
     from uringstack.probe import probe_cached
-    from uringstack.probe.report import render
 
     devices = not no_devices
     pm, config = (None, None) if no_plugins else _plugins()

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from uringstack.tune.model import TuneDocument, TuneRecord
+from uringstack.probe.tuning import TuneDocument, TuneRecord
 from uringstack.tune.runner import DEFAULT_BUDGET_S
 
 

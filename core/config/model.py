@@ -17,7 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from uringstack.pluginmanager import PluginError, PluginSection
+from uringstack.types import PluginError, PluginSection
 
 from .core import CoreConfig
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsError
 
-from uringstack.pluginmanager import DISABLE_AUTOLOAD_ENV
+from uringstack.types import DISABLE_AUTOLOAD_ENV
 
 from .errors import ConfigError, ConfigProblem, unknown_section_message
 from .model import CORE_SECTION, ENV_PREFIX, NESTED_DELIMITER, StackConfig

@@ -7,28 +7,10 @@ these run in the event loop's default executor, exactly as aiofiles's do.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def wrap(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """``func`` as a coroutine function running in the loop's default executor."""
-
-    @functools.wraps(func)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(func, *args, **kwargs))
-
-    return run
-
-
-from uringstack.fileobj import aio_ospath as path  # noqa: E402 - it uses wrap() above
+from uringstack.fileobj import aio_ospath as path
+from uringstack.fileobj.aio_wrap import wrap
 
 stat = wrap(os.stat)
 lstat = wrap(os.lstat)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os.path
 
-from uringstack.fileobj.aio_os import wrap
+from uringstack.fileobj.aio_wrap import wrap
 
 exists = wrap(os.path.exists)
 isfile = wrap(os.path.isfile)

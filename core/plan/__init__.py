@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from uringstack.plan.tuning import attach_tuning, measured_cores, plan_notes
 from uringstack.ring.params import RingParams
 from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.pluginmanager import UringstackPluginManager
     from uringstack.probe.model import Capabilities
+    from uringstack.types import BackendFactory
 
 
 class RingPlan(BaseModel):
@@ -99,8 +101,6 @@ def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
     else every CPU we may run on."""
     cores = config.core.cores
     if cores == "auto":
-        from uringstack.tune.apply import measured_cores
-
         measured = measured_cores(caps)
         return measured[0] if measured else list(caps.cpus.allowed)
     bad = [c for c in cores if c not in caps.cpus.allowed]
@@ -111,8 +111,21 @@ def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
     return list(cores)
 
 
-def select_backend(target: Target, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Any:
-    """The backend factory that serves *target*: a plugin's answer, else the core's io_uring."""
+CORE_BACKEND = "uring"
+"""The name of the core's own backend: the worker's io_uring storage ring
+(:class:`uringstack.stack.uring_backend.UringBackend`)."""
+
+CORE_BACKEND_REASON = "io_uring storage ring of the worker"
+
+
+def select_backend(
+    target: Target, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager
+) -> BackendFactory | None:
+    """The plugin's backend factory that serves *target*; ``None``: the core's io_uring (:data:`CORE_BACKEND`).
+
+    Raises :class:`PlanError` when neither can serve it.  The plan names the
+    core's backend without building it; the stack opens it.
+    """
     require_uring(caps, config)
     chosen = pm.select_backend(target=target, caps=caps, config=config)
     if chosen is not None:
@@ -132,9 +145,7 @@ def select_backend(target: Target, caps: Capabilities, config: StackConfig, pm: 
             f"io_uring is not usable here ({caps.uring.reason}) and no plugin offers another "
             "backend for it; enable the fallback plugin (remove it from core.disabled_plugins)"
         )
-    from uringstack.stack.uring_backend import UringBackend
-
-    return UringBackend()
+    return None
 
 
 def require_uring(caps: Capabilities, config: StackConfig) -> None:
@@ -155,11 +166,10 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     settings contradict each other (a plugin raises it from its verdict).
 
     Measurements of ``uringstack tune`` are looked up first unless *caps*
-    already carries them (``caps.tuning``; see docs/tune.md).
+    already carries them (``caps.tuning``; see docs/tune.md); a plan never
+    measures (``core.tune = "on-start"`` calibrates in ``open_stack``).
     """
     require_uring(caps, config)
-    from uringstack.tune.apply import attach_tuning, measured_cores, plan_notes
-
     caps = attach_tuning(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
@@ -170,11 +180,12 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     uring_for_storage = caps.uring.usable and config.core.backend != "fallback"
     probe_target = Target(path="<regular file>", kind="file", direct=config.core.direct, writable=True)
     default = select_backend(probe_target, caps, config, pm)
+    default_name, default_reason = _named(default)
     plan = Plan(
         io_uring_usable=caps.uring.usable,
         io_uring_reason=caps.uring.reason or "io_uring_setup works in this process",
-        default_backend=default.name,
-        default_backend_reason=default.reason,
+        default_backend=default_name,
+        default_backend_reason=default_reason,
         plugins=pm.plugin_names(),
         verdicts=verdicts,
         workers=[],
@@ -201,7 +212,7 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
             worker.rings.append(_ring_plan(name, params))
         plan.workers.append(worker)
     if not uring_for_storage:
-        plan.notes.append(f"no io_uring rings: {default.reason}")
+        plan.notes.append(f"no io_uring rings: {default_reason}")
     for dev in caps.devices:
         # Read-only targets: a dry run opens no device (access is the probe's fact).
         nodes: tuple[tuple[str | None, TargetKind], ...] = ((dev.path, "block"), (dev.generic_char, "nvme_char"))
@@ -210,11 +221,16 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
                 continue
             target = Target(path=path, kind=kind, direct=True, writable=False, device=dev)
             try:
-                backend = select_backend(target, caps, config, pm)
-                plan.targets.append(TargetPlan(target=path, kind=kind, backend=backend.name, reason=backend.reason))
+                name, reason = _named(select_backend(target, caps, config, pm))
+                plan.targets.append(TargetPlan(target=path, kind=kind, backend=name, reason=reason))
             except PlanError as exc:
                 plan.targets.append(TargetPlan(target=path, kind=kind, backend="none", reason=str(exc)))
     return plan
+
+
+def _named(factory: BackendFactory | None) -> tuple[str, str]:
+    """The name and reason of a :func:`select_backend` answer."""
+    return (CORE_BACKEND, CORE_BACKEND_REASON) if factory is None else (factory.name, factory.reason)
 
 
 def _core_ring_decisions(params: RingParams, caps: Capabilities, config: StackConfig) -> None:

@@ -18,12 +18,9 @@ from __future__ import annotations
 import platform
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-
-from uringstack.errors import UringStackError
 
 # The submission patterns a defect can rule out (what plugins ask about).
 POLLED_PASSTHROUGH = "polled_passthrough"
@@ -32,10 +29,6 @@ PATTERNS: dict[str, str] = {
 }
 
 _PROC_VERSION = Path("/proc/version")
-
-
-class KernelDefectError(UringStackError, RuntimeError):
-    """A pattern was required that a known defect of the running kernel rules out."""
 
 
 # --- versions ------------------------------------------------------------------------
@@ -293,18 +286,6 @@ def running_kernel(proc_version: Path = _PROC_VERSION) -> KernelVersion:
     except OSError:
         text = ""
     return KernelVersion(release=platform.release(), debian=debian_version_from_proc(text))
-
-
-@cache
-def _here() -> tuple[DefectFinding, ...]:
-    if platform.system() != "Linux":
-        return ()
-    return tuple(matching_defects(running_kernel()))
-
-
-def defects_here() -> list[DefectFinding]:
-    """The known defects of the running kernel (computed once per process)."""
-    return list(_here())
 
 
 def ruling_out(

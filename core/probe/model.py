@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from uringstack.probe.defects import DefectFinding, ruling_out
-from uringstack.tune.model import TuneState
+from uringstack.probe.tuning import TuneState
 
 UringBlocker = Literal[
     "none", "not_linux", "enosys", "sysctl_disabled", "seccomp", "eperm", "enomem", "other"
@@ -138,9 +138,9 @@ class Capabilities(BaseModel):
         ``device.usage`` is what the probe saw when the report was made, which
         may be a cached report; a decision that must not be stale (NVMe
         passthrough writes bypass any filesystem on the namespace) asks here.
-        Read through :mod:`uringstack.probe.devices`, the probe's own reader.
+        Read through :mod:`uringstack.probe.usage`, the probe's own reader.
         """
-        from uringstack.probe.devices import current_usage
+        from uringstack.probe.usage import current_usage
 
         return current_usage(device.name)
 

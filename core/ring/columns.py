@@ -18,13 +18,24 @@ it may be refilled and resubmitted as soon as that batch finished.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
 from uringstack.ring.native import ffi
 
-if TYPE_CHECKING:
-    from uringstack.ring import Batch
+
+class SubmittedBatch(Protocol):
+    """What the columns read of the last batch submitted from them (a :class:`uringstack.ring.Batch`).
+
+    A protocol rather than the class: the ring module builds batches from
+    columns, so the columns must not import it back.
+    """
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def finished(self) -> bool: ...
 
 FIELDS: dict[str, str] = {
     "opcodes": "uint8_t",
@@ -61,7 +72,7 @@ class BatchColumns:
         self.n = capacity
         self.desc: Any = ffi.new("struct us_batch *")
         """The ``struct us_batch`` the ring hands to C; its column pointers are these columns."""
-        self.batch: Batch | None = None
+        self.batch: SubmittedBatch | None = None
         """The last batch submitted from these columns (``None``: never submitted)."""
         # Owners of the column memory (the desc only points into it).
         self._keep: dict[str, Any] = {}

@@ -10,10 +10,13 @@ backend the same semantics: short transfers retried or reported, errors as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
 from uringstack.ring.pending import Pending
+
+if TYPE_CHECKING:
+    from uringstack.ring import Ring
 
 SyncMethod = Literal["dsync", "fdatasync"]
 """How a durable write reaches stable storage (see :meth:`FileIO.start_write_durable`)."""
@@ -71,6 +74,18 @@ class FileIO(Protocol):
     def close(self) -> None:
         """Release the target; in-flight ops complete first."""
         ...
+
+
+@runtime_checkable
+class RingFileIO(FileIO, Protocol):
+    """A :class:`FileIO` whose ops go to one io_uring ring (the core's backend, IOPOLL, NVMe passthrough).
+
+    The ``ring`` attribute is optional for a backend: one without it (the
+    fallback's thread pool) is a plain :class:`FileIO`, and its handle's
+    ``ring`` is ``None``.
+    """
+
+    ring: Ring
 
 
 class PreparedRW(Protocol):

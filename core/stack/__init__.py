@@ -17,14 +17,18 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from uringstack.errors import RingClosedError
 from uringstack.plan import Plan, make_plan, select_backend
+from uringstack.plan.tuning import attach_tuning
 from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.stack.handle import FileHandle
 from uringstack.stack.targets import ADOPT_FD, resolve_target
+from uringstack.stack.uring_backend import UringBackend
+from uringstack.types import CompletedBatch as CompletedBatch
+from uringstack.types import CompletionHook as CompletionHook
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -208,7 +212,7 @@ class Stack:
             caps=self.caps,
             options=options,
         )
-        factory = select_backend(target, self.caps, self.config, self.plugin_manager)
+        factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
         handle = FileHandle(io, worker, self, factory.reason)
         try:
@@ -354,24 +358,6 @@ class Stack:
         self.close()
 
 
-class CompletedBatch(Protocol):
-    """What the completion hook reads of a finished batch: a ring's ``Batch``, or the
-    fallback thread pool's pending batch."""
-
-    @property
-    def results(self) -> list[int]:
-        """Per-op results: bytes moved, or ``-errno``."""
-        ...
-
-
-class CompletionHook(Protocol):
-    """``worker.completion_hook``: a backend asks it for the done-callback of one batch."""
-
-    def __call__(self, op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
-        """The callback to ``batch.add_done_callback`` for a batch doing *op* on *ring*."""
-        ...
-
-
 def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:
     def for_op(op: str, ring: Ring | None = None) -> Callable[[CompletedBatch], None]:
         def on_done(batch: CompletedBatch) -> None:
@@ -415,9 +401,11 @@ def open_stack(
         pm = plugin_manager
     if caps is None:
         caps = probe(plugin_manager=pm)
-    from uringstack.tune.apply import attach_tuning
+    # The one import up the layers (tests/test_layers.py allows it): the tuner builds
+    # stacks itself, and only a "tune = on-start" config makes open_stack run it.
+    from uringstack.tune.start import calibrate_on_start
 
     # looked up here (not only in make_plan) so the stack's caps carry the same measurements
-    caps = attach_tuning(caps, cfg)
+    caps = attach_tuning(caps, cfg, calibrate_on_start)
     plan = make_plan(caps, cfg, pm)
     return Stack(plan, caps, cfg, pm)

@@ -16,21 +16,40 @@ import os
 import weakref
 from _thread import get_ident
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
-from uringstack.ring.io_backend import SYNC_METHODS, FileIO, SyncMethod
+from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
+from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
+from uringstack.types import WorkerView
 
 if TYPE_CHECKING:
     from uringstack.ring.coalesce import Coalescer
-    from uringstack.stack import Stack, Worker
-    from uringstack.stack.prepared import PreparedIO
+
+
+class HandleOwner(Protocol):
+    """What a handle uses of its :class:`~uringstack.stack.Stack` (which creates handles, so is not imported)."""
+
+    def open(
+        self,
+        path: str,
+        *,
+        direct: bool | None = None,
+        writable: bool = True,
+        create: bool = False,
+        core: int | None = None,
+        **options: Any,
+    ) -> FileHandle:
+        """Open another handle on the same stack (``uringstack.open``'s buffered twin)."""
+        ...
+
+    def _handle_closed(self, handle: FileHandle) -> None: ...
 
 # An SQE's offset is a u64 the kernel reads as a signed loff_t.
 _OFFSET_LIMIT = 1 << 63
@@ -57,8 +76,10 @@ def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> N
 class FileHandle:
     """An open file, block device or NVMe namespace on a stack's worker."""
 
-    def __init__(self, io: FileIO, worker: Worker, stack: Stack, backend_reason: str = "") -> None:
+    def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
+        # Looked up once: a runtime protocol check costs microseconds, and the backend never changes.
+        self._ring = io.ring if isinstance(io, RingFileIO) and isinstance(io.ring, Ring) else None
         self.worker = worker
         self._stack = stack
         self._closed = False
@@ -115,8 +136,7 @@ class FileHandle:
     @property
     def ring(self) -> Ring | None:
         """The worker's ring this handle's I/O goes to (``None``: not an io_uring backend)."""
-        ring = getattr(self._io, "ring", None)
-        return ring if isinstance(ring, Ring) else None
+        return self._ring
 
     def lease_buffers(self, count: int, size: int = 4096) -> list[Any]:
         """*count* buffers of *size* bytes from the worker's registered pool (fixed
@@ -275,8 +295,6 @@ class FileHandle:
         return self._prepare(True, buffers)
 
     def _prepare(self, write: bool, buffers: Sequence[Any]) -> PreparedIO:
-        from uringstack.stack.prepared import PreparedIO
-
         self._check()
         if not buffers:
             raise ValueError(f"{self.path}: nothing to prepare (no buffers)")

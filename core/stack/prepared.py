@@ -13,14 +13,36 @@ of file, a short write is completed or raises, a failed op raises
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
-from uringstack.ring.io_backend import PreparedRW, prepare_rw
+from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.io_backend import FileIO, PreparedRW, prepare_rw
 from uringstack.ring.pending import Pending
 
-if TYPE_CHECKING:
-    from uringstack.stack.handle import FileHandle
+
+class PreparingHandle(Protocol):
+    """What a :class:`PreparedIO` uses of its :class:`~uringstack.stack.handle.FileHandle`.
+
+    A protocol, not the class: the handle module creates prepared batches,
+    so this module must not import it back.
+    """
+
+    _inflight: InflightTracker
+
+    @property
+    def io(self) -> FileIO: ...
+
+    @property
+    def path(self) -> str: ...
+
+    def _check(self) -> None: ...
+
+    def _finish_reads(
+        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], exact: bool
+    ) -> list[int]: ...
+
+    def _finish_writes(self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]) -> list[int]: ...
 
 
 class PreparedIO:
@@ -35,7 +57,7 @@ class PreparedIO:
     :meth:`close` or the handle's close.
     """
 
-    def __init__(self, handle: FileHandle, write: bool, buffers: Sequence[Any]) -> None:
+    def __init__(self, handle: PreparingHandle, write: bool, buffers: Sequence[Any]) -> None:
         self._handle = handle
         self.write = write
         self.buffers: tuple[Any, ...] = tuple(buffers)

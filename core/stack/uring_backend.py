@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
+from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
 from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
 from uringstack.ring.columns import BatchColumns
@@ -24,8 +25,7 @@ from uringstack.ring.native import ffi, lib
 from uringstack.ring.pending import UringPending
 
 if TYPE_CHECKING:
-    from uringstack.stack import Worker
-    from uringstack.types import Target
+    from uringstack.types import Target, WorkerView
 
 
 # Linux moves at most MAX_RW_COUNT (INT_MAX rounded down to a page) bytes per
@@ -50,7 +50,7 @@ class UringFileIO:
 
     backend = "uring"
 
-    def __init__(self, ring: Ring, fd: int, target: Target, block_size: int, worker: Worker | None = None) -> None:
+    def __init__(self, ring: Ring, fd: int, target: Target, block_size: int, worker: WorkerView | None = None) -> None:
         self.ring = ring
         self.fd = fd
         self.path = target.path
@@ -347,12 +347,12 @@ def _fd_size(fd: int) -> int:
 class UringBackend:
     """Factory: serves any file or block device on the worker's storage ring."""
 
-    name = "uring"
+    name = CORE_BACKEND
 
-    def __init__(self, reason: str = "io_uring storage ring of the worker") -> None:
+    def __init__(self, reason: str = CORE_BACKEND_REASON) -> None:
         self.reason = reason
 
-    def open(self, target: Target, worker: Worker) -> UringFileIO:
+    def open(self, target: Target, worker: WorkerView) -> UringFileIO:
         from uringstack.stack.targets import logical_block_size, open_target
 
         fd = open_target(target)

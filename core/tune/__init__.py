@@ -3,43 +3,15 @@
 Plugins offer settings through the ``uringstack_tune_candidates`` hook; the
 runner (:mod:`~uringstack.tune.runner`) measures them with short runs through
 the public API and stores one record per target in the cache
-(:mod:`~uringstack.tune.cache`); every later plan finds the records that
+(:mod:`~uringstack.probe.tune_cache`); every later plan finds the records that
 hold on this machine in ``caps.tuning`` (:class:`TuneState`) and plugins in
 ``auto`` decide from them.  See docs/tune.md.
 
-This module imports only the data models: the probe model depends on it.
+This package module imports only the data models (:mod:`uringstack.probe.tuning`).
 """
 
 from __future__ import annotations
 
-from uringstack.tune.model import (
-    FORMAT_VERSION,
-    MIN_GAIN,
-    Comparison,
-    DeviceIdentity,
-    Measurement,
-    TuneChoice,
-    TuneDimension,
-    TuneDocument,
-    TuneKey,
-    TuneRecord,
-    TuneState,
-    TuneTarget,
-    Workload,
-)
+from uringstack.probe.tuning import TuneChoice, TuneDimension, TuneState, TuneTarget
 
-__all__ = [
-    "FORMAT_VERSION",
-    "MIN_GAIN",
-    "Comparison",
-    "DeviceIdentity",
-    "Measurement",
-    "TuneChoice",
-    "TuneDimension",
-    "TuneDocument",
-    "TuneKey",
-    "TuneRecord",
-    "TuneState",
-    "TuneTarget",
-    "Workload",
-]
+__all__ = ["TuneChoice", "TuneDimension", "TuneState", "TuneTarget"]

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from uringstack.tune.model import Measurement, TuneTarget
+from uringstack.probe.tuning import Measurement, TuneTarget
 
 if TYPE_CHECKING:
     from uringstack.pluginmanager import UringstackPluginManager

@@ -6,7 +6,7 @@ count from the core, one dimension per plugin that answers
 search is one dimension at a time (coordinate descent): start from every
 dimension's first (cheapest) choice, then for each dimension in turn measure
 its other choices with the rest at the best so far, and keep a choice only
-if it beats the current best by :data:`~uringstack.tune.model.MIN_GAIN`.
+if it beats the current best by :data:`~uringstack.probe.tuning.MIN_GAIN`.
 That is 2 + sum(choices - 1) runs, and every dimension's comparison differs
 in that dimension alone, which is what the plan quotes.
 
@@ -23,9 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from uringstack.tune.key import MachineFacts, key_of
-from uringstack.tune.loop import measure
-from uringstack.tune.model import (
+from uringstack.probe.tune_key import MachineFacts, key_of
+from uringstack.probe.tuning import (
     MIN_GAIN,
     Measurement,
     TuneChoice,
@@ -35,6 +34,7 @@ from uringstack.tune.model import (
     TuneTarget,
     Workload,
 )
+from uringstack.tune.loop import measure
 from uringstack.tune.targets import TuneError, prepared
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ def tune(
     """
     from uringstack.config import load_config
     from uringstack.probe import probe
-    from uringstack.tune.cache import write_entry
+    from uringstack.probe.tune_cache import write_entry
 
     if not targets:
         raise TuneError("no target to tune")
@@ -282,7 +282,7 @@ def _block_node(given: str, caps: Capabilities) -> str:
     """The probed device node that backs *given* (the node itself for a block device)."""
     import os
 
-    from uringstack.tune.key import identity_of
+    from uringstack.probe.tune_key import identity_of
 
     try:
         name = identity_of(os.path.abspath(given)).name

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 
 from uringstack.errors import UringStackError
 from uringstack.probe.blockdev import device_size
-from uringstack.tune.model import TargetKind, TuneTarget, Workload
+from uringstack.probe.tuning import TargetKind, TuneTarget, Workload
 
 SCRATCH_BYTES = 64 << 20
 """Size of the scratch file in a directory target: large enough that random 4 KiB

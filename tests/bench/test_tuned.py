@@ -11,7 +11,7 @@ import pytest
 from uringstack.bench import runner
 from uringstack.bench.spec import BenchSpec, WorkloadName
 from uringstack.bench.tuned import TUNED
-from uringstack.tune.cache import load_state
+from uringstack.probe.tune_cache import load_state
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from uringstack.cli.probe_report import FeatureCheck
     from uringstack.probe.model import Capabilities
-    from uringstack.probe.report import FeatureCheck
 
 NG = Path("/dev/ng0n1")
 BLK = Path("/dev/nvme0n1")
@@ -77,9 +77,9 @@ def caps() -> Capabilities:
 def probe_checks(caps: Capabilities) -> dict[str, FeatureCheck]:
     """The verdict lines `uringstack probe` prints for this kernel (io_uring, then each
     plugin's own verdict under the default config), by feature name."""
+    from uringstack.cli.probe_report import verdicts
     from uringstack.config import load_config
     from uringstack.pluginmanager import make_plugin_manager
-    from uringstack.probe.report import verdicts
 
     pm = make_plugin_manager()
     config = load_config(env={}, plugin_manager=pm).config

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from uringstack.cli.probe_report import FeatureCheck
 from uringstack.probe.defects import POLLED_PASSTHROUGH, matching_defects, parse_upstream, running_kernel
 from uringstack.probe.model import Capabilities
-from uringstack.probe.report import FeatureCheck
 
 from .conftest import BLK, NG, probe_checks
 

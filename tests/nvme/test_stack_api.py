@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from uringstack import open_stack
+from uringstack.cli.probe_report import FeatureCheck
 from uringstack.errors import AlignmentError, UringIOError
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.probe.defects import POLLED_PASSTHROUGH
 from uringstack.probe.model import Capabilities
-from uringstack.probe.report import FeatureCheck
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.stack import Stack
 from uringstack.types import PlanError

@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from uringstack import open_stack
 from uringstack.cli import cli
 from uringstack.probe.model import Capabilities
-from uringstack.tune.cache import cache_dir, entry_path, load_state, read_document
-from uringstack.tune.model import TuneDocument, TuneRecord
+from uringstack.probe.tune_cache import cache_dir, entry_path, load_state, read_document
+from uringstack.probe.tuning import TuneDocument, TuneRecord
 
 from .conftest import BLK
 

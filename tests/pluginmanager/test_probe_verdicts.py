@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from tests.pluginmanager.conftest import MakeDist
 from uringstack.cli import cli
+from uringstack.cli.probe_report import verdicts
 from uringstack.config import load_config
-from uringstack.probe.report import verdicts
 from uringstack.testing import make_fake_capabilities
 
 ACME = '''

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from uringstack.probe.devices import parse_mountinfo, parse_swaps
+from uringstack.cli.probe_report import verdicts
 from uringstack.probe.kernel import (
     CAP_IPC_LOCK,
     CAP_SYS_ADMIN,
@@ -15,9 +15,9 @@ from uringstack.probe.kernel import (
     parse_process_status,
 )
 from uringstack.probe.model import Capabilities, CpuInfo, MemlockInfo
-from uringstack.probe.report import verdicts
 from uringstack.probe.system import parse_cpulist
 from uringstack.probe.uring import classify, probe_uring
+from uringstack.probe.usage import parse_mountinfo, parse_swaps
 
 NO_FILTER = ProcessStatus(seccomp_mode=0, seccomp_filters=0)
 FILTERED = ProcessStatus(seccomp_mode=2, seccomp_filters=1)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from uringstack.probe.blockdev import backing_disk
-from uringstack.probe.devices import current_usage
 from uringstack.probe.model import BlockDevice
+from uringstack.probe.usage import current_usage
 from uringstack.testing import make_fake_capabilities
 
 

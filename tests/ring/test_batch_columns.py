@@ -13,7 +13,6 @@ from uringstack.ring import Ring
 from uringstack.ring.columns import FIELDS, BatchColumns
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
-from uringstack.ring.pipeline import run_pipelined
 
 BS = 4096
 
@@ -150,21 +149,3 @@ def test_submit_arrays_shim_still_submits_positional_columns(ring: Ring, datafil
     ]  # fmt: skip
     assert ring.wait(ring.submit_arrays(1, arrays, (pin, buf), wait=True)) == [BS]
     assert bytes(buf) == data[3 * BS : 4 * BS]
-
-
-def test_run_pipelined_takes_named_columns_in_windows(ring: Ring, datafile: tuple[int, bytes]) -> None:
-    fd, data = datafile
-    n = 40
-    buf = bytearray(BS * n)
-    pin = ffi.from_buffer(buf)
-    cols = BatchColumns(n)
-    cols.fill("opcodes", Op.READ)
-    cols.fill("fds", fd)
-    cols.set("addrs", [_addr(pin) + i * BS for i in range(n)])
-    cols.fill("lens", BS)
-    offsets = [((i * 11) % 64) * BS for i in range(n)]
-    cols.set("offs", offsets)
-    results = run_pipelined(ring, n, cols, depth=16, chunk=8, keep=(pin, buf))
-    assert ffi.unpack(results, n) == [BS] * n
-    for i, off in enumerate(offsets):
-        assert buf[i * BS : (i + 1) * BS] == data[off : off + BS]

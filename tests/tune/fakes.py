@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from uringstack.tune.key import MachineFacts, key_of
-from uringstack.tune.model import Measurement, TargetKind, TuneRecord
+from uringstack.probe.tune_key import MachineFacts, key_of
+from uringstack.probe.tuning import Measurement, TargetKind, TuneRecord
 
 
 def fake_record(

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from uringstack.cli import cli
-from uringstack.tune.model import Workload
+from uringstack.probe.tuning import Workload
 from uringstack.tune.runner import check_budget, tune
 from uringstack.tune.targets import SCRATCH_PREFIX, TuneError, prepared
 

@@ -8,10 +8,10 @@ import pathlib
 
 import pytest
 
+from uringstack.probe.tune_cache import cache_dir, load_state, read_document, write_entry
+from uringstack.probe.tune_key import MachineFacts, identity_of, key_of
+from uringstack.probe.tuning import FORMAT_VERSION, TuneDocument
 from uringstack.stack import open_stack
-from uringstack.tune.cache import cache_dir, load_state, read_document, write_entry
-from uringstack.tune.key import MachineFacts, identity_of, key_of
-from uringstack.tune.model import FORMAT_VERSION, TuneDocument
 
 from .fakes import fake_record
 
@@ -177,7 +177,7 @@ def test_missing_include_is_reported(tmp_path: pathlib.Path) -> None:
 def test_an_unexpected_failure_in_the_lookup_never_breaks_open_stack(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uringstack.tune.cache as cache_mod
+    import uringstack.probe.tune_cache as cache_mod
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     write_entry(fake_record(str(tmp_path), {"sqpoll": {"off": 1e5, "on": 2e5}}))

@@ -12,8 +12,8 @@ import pytest
 
 import uringstack.stack
 from uringstack.probe import probe
+from uringstack.probe.tuning import TuneState, Workload
 from uringstack.tune.loop import measure
-from uringstack.tune.model import TuneState, Workload
 from uringstack.tune.targets import prepared
 
 SETUP_S = 0.6

@@ -12,7 +12,7 @@ from uringstack.plan import make_plan
 from uringstack.plugins.iopoll.plugin import serve_decision
 from uringstack.probe import probe
 from uringstack.probe.model import BlockDevice, Capabilities
-from uringstack.tune.model import AppliedRecord, TuneRecord, TuneState
+from uringstack.probe.tuning import AppliedRecord, TuneRecord, TuneState
 from uringstack.types import Target
 
 from .fakes import fake_record

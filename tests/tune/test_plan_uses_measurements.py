@@ -14,8 +14,8 @@ from uringstack.plan import make_plan
 from uringstack.pluginmanager import make_plugin_manager
 from uringstack.probe import probe
 from uringstack.probe.model import Capabilities
+from uringstack.probe.tuning import AppliedRecord, TuneChoice, TuneDimension, TuneRecord, TuneState, TuneTarget
 from uringstack.stack import open_stack
-from uringstack.tune.model import AppliedRecord, TuneChoice, TuneDimension, TuneRecord, TuneState, TuneTarget
 from uringstack.tune.runner import dimensions
 
 from .fakes import fake_record

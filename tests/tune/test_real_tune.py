@@ -17,9 +17,9 @@ from uringstack.cli import cli
 from uringstack.config import load_config
 from uringstack.plan import make_plan
 from uringstack.probe import probe
+from uringstack.probe.tune_cache import cache_dir, load_state
+from uringstack.probe.tuning import TuneDocument
 from uringstack.stack import open_stack
-from uringstack.tune.cache import cache_dir, load_state
-from uringstack.tune.model import TuneDocument
 from uringstack.tune.runner import tune
 
 pytestmark = pytest.mark.timeout(90)

@@ -12,7 +12,7 @@ import pytest
 import uringstack.tune.runner as runner
 from uringstack.config import load_config
 from uringstack.probe import probe
-from uringstack.tune.model import AppliedRecord, Measurement, TuneState, TuneTarget
+from uringstack.probe.tuning import AppliedRecord, Measurement, TuneState, TuneTarget
 
 from .fakes import fake_record
 

@@ -1,49 +1,48 @@
-"""How measurements reach a plan: looked up once per plan, calibrated on start if asked.
+"""How measurements reach a plan: looked up once per plan, read by the plan's decisions.
 
 :func:`attach_tuning` gives a capability report its ``tuning`` (the records
-that hold here, from the cache or ``[core] tune_results``); with
-``[core] tune = "on-start"`` and nothing valid it first runs a bounded
-calibration of the current directory's file system.  Neither ever raises: a
-failure is a line in ``caps.tuning.ignored`` and the plan falls back to rules.
+that hold here, from the cache or ``[core] tune_results``).  It never
+measures itself: ``[core] tune = "on-start"`` hands it a *calibrate* function
+(``open_stack`` passes :func:`uringstack.tune.start.calibrate_on_start`),
+because the tuner builds stacks and so sits above the plan.  Nothing here
+raises: a failure is a line in ``caps.tuning.ignored`` and the plan falls
+back to rules.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from uringstack.tune.model import TuneState
+from uringstack.probe.tune_cache import load_state
+from uringstack.probe.tuning import TuneState
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
 
-ON_START_BUDGET_S = 3.0
-"""Calibration budget of ``[core] tune = "on-start"``: start-up waits this long, once per key."""
+Calibrate = Callable[[TuneState], TuneState]
+"""Runs a calibration and returns the state looked up after it (or *before* with the failure noted)."""
 
 
-def attach_tuning(caps: Capabilities, config: StackConfig) -> Capabilities:
-    """*caps* with ``tuning`` looked up (unchanged when it already has one)."""
+def attach_tuning(caps: Capabilities, config: StackConfig, calibrate: Calibrate | None = None) -> Capabilities:
+    """*caps* with ``tuning`` looked up (unchanged when it already has one).
+
+    *calibrate* runs when ``[core] tune = "on-start"`` finds no valid
+    measurement (``None``: a dry run such as ``make_plan`` never measures).
+    """
     if caps.tuning is not None:
         return caps
-    from uringstack.tune.cache import load_state
-
     state = load_state(config.core.tune_results)
-    if config.core.tune == "on-start" and not state.records and not config.core.tune_results:
-        state = _calibrate_on_start(state)
+    if (
+        calibrate is not None
+        and config.core.tune == "on-start"
+        and not state.records
+        and not config.core.tune_results
+    ):
+        state = calibrate(state)
     return caps.model_copy(update={"tuning": state})
-
-
-def _calibrate_on_start(before: TuneState) -> TuneState:
-    from uringstack.tune.cache import load_state
-    from uringstack.tune.runner import tune
-
-    try:
-        tune([os.getcwd()], ON_START_BUDGET_S)
-    except Exception as exc:  # start-up must survive a failed calibration: rules apply
-        before.ignored.append(f"core.tune = on-start: calibrating {os.getcwd()} failed: {exc}")
-        return before
-    return load_state("")
 
 
 def measured_cores(caps: Capabilities) -> tuple[list[int], str] | None:

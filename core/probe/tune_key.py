@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from uringstack.tune.model import DeviceIdentity, TuneKey
+from uringstack.probe.tuning import DeviceIdentity, TuneKey
 
 _SYS_DEV_BLOCK = Path("/sys/dev/block")
 

@@ -1,7 +1,7 @@
 """Where measurements are kept, and which of them hold on this machine now.
 
 One file per tuned target under ``$XDG_CACHE_HOME/uringstack/tune/`` (default
-``~/.cache``), each a :class:`~uringstack.tune.model.TuneDocument` with one
+``~/.cache``), each a :class:`~uringstack.probe.tuning.TuneDocument` with one
 record.  :func:`load_state` reads them (or the file named by
 ``[core] tune_results``) and keeps only records whose key matches this
 machine; every other file is listed with the reason it was ignored.  It
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from uringstack.tune.key import MachineFacts, key_of
-from uringstack.tune.model import FORMAT_VERSION, AppliedRecord, TuneDocument, TuneRecord, TuneState
+from uringstack.probe.tune_key import MachineFacts, key_of
+from uringstack.probe.tuning import FORMAT_VERSION, AppliedRecord, TuneDocument, TuneRecord, TuneState
 
 CACHE_SUBDIR = "uringstack/tune"
 
