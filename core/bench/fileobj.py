@@ -51,12 +51,12 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    "sha256-hot": Target("uringstack", 1.0, "sha256 of a 1 GiB file, hot: uringstack.open ≥ 1.0× open()"),
+    "sha256-hot": Target("uringstack", 1.0, "sha256 of a 1 GiB file, hot: uringstack.open ≥ 1.0x open()"),
     "sha256-cold": Target(
-        "uringstack direct", 1.3, "sha256 of a 1 GiB file, cold: uringstack.open(direct=True) ≥ 1.3× open()"
+        "uringstack direct", 1.3, "sha256 of a 1 GiB file, cold: uringstack.open(direct=True) ≥ 1.3x open()"
     ),
-    "copyfileobj": Target("uringstack", 1.0, "shutil.copyfileobj of 1 GiB: ≥ 1.0× open()"),
-    "aio-random": Target("uringstack.aio", 10.0, "random 4 KiB reads, 32 tasks: uringstack.aio.open ≥ 10× aiofiles"),
+    "copyfileobj": Target("uringstack", 1.0, "shutil.copyfileobj of 1 GiB: ≥ 1.0x open()"),
+    "aio-random": Target("uringstack.aio", 10.0, "random 4 KiB reads, 32 tasks: uringstack.aio.open ≥ 10x aiofiles"),
 }
 
 

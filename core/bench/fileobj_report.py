@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+
 def _cell(side: dict[str, Any]) -> str:
     if "rate" in side:
         return f"{side['rate']:,.0f}/s (cpu {side['cpu_us_per_read']:.1f} µs/read)"

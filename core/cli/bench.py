@@ -254,7 +254,7 @@ def _make(workload: str) -> click.Command:
 @click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True,
               help="runs per side, alternating; medians and the median per-run ratio are reported")  # fmt: skip
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
-              help="where the files go (default: the system temporary directory; not tmpfs for cold reads)")  # fmt: skip
+              help="where the files go (default: the system temp directory; not tmpfs for cold reads)")  # fmt: skip
 @click.option("--reads-per-task", type=click.IntRange(min=1), default=2000, show_default=True,
               help="aio-random: seek + 4 KiB reads per task (32 tasks)")  # fmt: skip
 @click.option("--only", default=",".join(FILEOBJ_BENCHES), show_default=True, help="comma-separated subset")
