@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from uringstack.bench.runner import device_of, machine_info
+from uringstack.fileobj.default_stack import default_stack
 
 SCHEMA = "uringstack.bench-fileobj/1"
 BENCHES = ("sha256-hot", "sha256-cold", "copyfileobj", "aio-random")
@@ -107,10 +108,10 @@ def sha_builtin(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def sha_uring(path: str, stack: Any, direct: bool = False) -> str:
+def sha_uring(path: str, direct: bool = False) -> str:
     import uringstack
 
-    with uringstack.open(path, "rb", stack=stack, direct=direct) as f:
+    with uringstack.open(path, "rb", direct=direct) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -165,19 +166,16 @@ def _timed_pair(
     return {"bench": name, "status": "ok", "unit": "seconds", "base": base, "sides": out_sides, "ratios": ratios}
 
 
-def _aio_pair(path: str, size: int, reps: int, stack: Any, per_task: int) -> dict[str, Any]:
+def _aio_pair(path: str, size: int, reps: int, per_task: int) -> dict[str, Any]:
     try:
         import aiofiles
     except ImportError:
         return {"bench": "aio-random", "status": "skipped", "reason": "aiofiles is not installed (the bench extra)"}
     import uringstack.aio
 
-    def ours(p: str, mode: str) -> Any:
-        return uringstack.aio.open(p, mode, stack=stack)
-
     runs: dict[str, list[dict[str, float]]] = {"aiofiles": [], "uringstack.aio": []}
     for _ in range(reps):
-        for key, fn in (("aiofiles", aiofiles.open), ("uringstack.aio", ours)):
+        for key, fn in (("aiofiles", aiofiles.open), ("uringstack.aio", uringstack.aio.open)):
             c0, t0 = cpu_seconds(), time.perf_counter()
             n = asyncio.run(random_reads(fn, path, size, per_task))
             wall = time.perf_counter() - t0
@@ -239,48 +237,47 @@ def run_fileobj_bench(
         step("writing the file")
         make_file(src, file_size)
         device = device_of(src)
-        with uringstack.open_stack() as stack:
-            # the three readers must agree before any of them is timed
-            digests = {sha_builtin(src), sha_uring(src, stack), sha_uring(src, stack, direct=True)}
-            if len(digests) != 1:
-                raise RuntimeError(f"{src}: sha256 differs between open() and uringstack.open(): {digests}")
-            probe = stack.open(src, writable=False)
-            backend = probe.backend
-            probe.close()
-            if "sha256-hot" in only:
-                step("sha256 hot")
-                results.append(_timed_pair("sha256-hot", reps, {
-                    "builtin": lambda: sha_builtin(src),
-                    "uringstack": lambda: sha_uring(src, stack),
-                }, before=lambda: warm(src)))  # fmt: skip
-            if "sha256-cold" in only:
-                step("sha256 cold")
-                results.append(_timed_pair("sha256-cold", reps, {
-                    "builtin": lambda: sha_builtin(src),
-                    "uringstack": lambda: sha_uring(src, stack),
-                    "uringstack direct": lambda: sha_uring(src, stack, direct=True),
-                }, before=lambda: drop_cache(src)))  # fmt: skip
+        # uringstack's sides use the default stack, as `uringstack.open(path)` does
+        stack = default_stack()
+        ring_flags = sorted({f for w in stack.plan.workers for r in w.rings for f in r.flags})
+        # the three readers must agree before any of them is timed
+        digests = {sha_builtin(src), sha_uring(src), sha_uring(src, direct=True)}
+        if len(digests) != 1:
+            raise RuntimeError(f"{src}: sha256 differs between open() and uringstack.open(): {digests}")
+        probe = stack.open(src, writable=False)
+        backend = probe.backend
+        probe.close()
+        if "sha256-hot" in only:
+            step("sha256 hot")
+            results.append(_timed_pair("sha256-hot", reps, {
+                "builtin": lambda: sha_builtin(src),
+                "uringstack": lambda: sha_uring(src),
+            }, before=lambda: warm(src)))  # fmt: skip
+        if "sha256-cold" in only:
+            step("sha256 cold")
+            results.append(_timed_pair("sha256-cold", reps, {
+                "builtin": lambda: sha_builtin(src),
+                "uringstack": lambda: sha_uring(src),
+                "uringstack direct": lambda: sha_uring(src, direct=True),
+            }, before=lambda: drop_cache(src)))  # fmt: skip
 
-            def fresh_dst() -> None:
-                if os.path.exists(dst):
-                    os.unlink(dst)
-                warm(src)
+        def fresh_dst() -> None:
+            if os.path.exists(dst):
+                os.unlink(dst)
+            warm(src)
 
-            def ours(p: str, m: str) -> Any:
-                return uringstack.open(p, m, stack=stack)
-
-            if "copyfileobj" in only:
-                step("copyfileobj")
-                results.append(_timed_pair("copyfileobj", reps, {
-                    "builtin": lambda: copy_with(open, src, dst),
-                    "uringstack": lambda: copy_with(ours, src, dst),
-                }, before=fresh_dst))  # fmt: skip
-                if sha_builtin(dst) != sha_builtin(src):
-                    raise RuntimeError(f"{dst}: the copy made by uringstack.open differs from its source")
-            if "aio-random" in only:
-                step("aio random reads")
-                warm(src)
-                results.append(_aio_pair(src, file_size, reps, stack, reads_per_task))
+        if "copyfileobj" in only:
+            step("copyfileobj")
+            results.append(_timed_pair("copyfileobj", reps, {
+                "builtin": lambda: copy_with(open, src, dst),
+                "uringstack": lambda: copy_with(uringstack.open, src, dst),
+            }, before=fresh_dst))  # fmt: skip
+            if sha_builtin(dst) != sha_builtin(src):
+                raise RuntimeError(f"{dst}: the copy made by uringstack.open differs from its source")
+        if "aio-random" in only:
+            step("aio random reads")
+            warm(src)
+            results.append(_aio_pair(src, file_size, reps, reads_per_task))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for r in results:
@@ -294,5 +291,6 @@ def run_fileobj_bench(
         "machine": machine_info(),
         "file": {"dir": workdir, "device": device},
         "backend": backend,
+        "ring_flags": ring_flags,
         "results": results,
     }
