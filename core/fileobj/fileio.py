@@ -512,7 +512,11 @@ class FileIO(io.RawIOBase):
                 super().close()  # io.IOBase.close: flush() first
             finally:
                 self._closed_flag = True
-                self._close_fd()
+                try:
+                    if self._readahead is not None:
+                        self._readahead.close()  # its reads in flight end before the handle
+                finally:
+                    self._close_fd()
         finally:
             self._writebehind = None
             self._readahead = None
