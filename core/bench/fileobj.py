@@ -137,6 +137,11 @@ async def random_reads(open_fn: Callable[..., Any], path: str, size: int, per_ta
     return sum(await asyncio.gather(*(one(i) for i in range(TASKS))))
 
 
+def _medians(runs: dict[str, list[dict[str, float]]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per side: the median of each of *keys* over its runs, and the runs themselves."""
+    return {side: {**{k: statistics.median(r[k] for r in v) for k in keys}, "runs": v} for side, v in runs.items()}
+
+
 def _timed_pair(
     name: str, reps: int, sides: dict[str, Callable[[], Any]], before: Callable[[], None] | None
 ) -> dict[str, Any]:
@@ -150,14 +155,7 @@ def _timed_pair(
             fn()
             runs[key].append({"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - c0})
     base = next(iter(sides))
-    out_sides = {
-        k: {
-            "seconds": statistics.median(r["seconds"] for r in v),
-            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in v),
-            "runs": v,
-        }
-        for k, v in runs.items()
-    }
+    out_sides = _medians(runs, ("seconds", "cpu_seconds"))
     ratios = {
         k: statistics.median(b["seconds"] / o["seconds"] for b, o in zip(runs[base], runs[k], strict=True))
         for k in sides
@@ -180,14 +178,7 @@ def _aio_pair(path: str, size: int, reps: int, per_task: int) -> dict[str, Any]:
             n = asyncio.run(random_reads(fn, path, size, per_task))
             wall = time.perf_counter() - t0
             runs[key].append({"rate": n / wall, "seconds": wall, "cpu_us_per_read": 1e6 * (cpu_seconds() - c0) / n})
-    sides = {
-        k: {
-            "rate": statistics.median(r["rate"] for r in v),
-            "cpu_us_per_read": statistics.median(r["cpu_us_per_read"] for r in v),
-            "runs": v,
-        }
-        for k, v in runs.items()
-    }
+    sides = _medians(runs, ("rate", "cpu_us_per_read"))
     ratio = statistics.median(
         o["rate"] / b["rate"] for b, o in zip(runs["aiofiles"], runs["uringstack.aio"], strict=True)
     )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,7 +12,8 @@ from click.testing import CliRunner
 from uringstack.bench.fileobj import BENCHES, TARGETS
 from uringstack.cli import cli
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "benchmarks-md.py"
+from .test_benchmarks_md import _script
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -80,14 +79,6 @@ def test_files_are_removed_and_table_printed(tmp_path: Path) -> None:
 def test_bad_input_is_a_usage_error(tmp_path: Path, args: list[str], needle: str) -> None:
     res = CliRunner().invoke(cli, ["bench", "fileobj", "--dir", str(tmp_path), *args])
     assert res.exit_code == 2 and needle in res.output, res.output
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmarks_md", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_benchmarks_md_renders_the_issue16_targets(doc: dict[str, Any], tmp_path: Path) -> None:
