@@ -1,7 +1,8 @@
 """``uringstack bench``: the mode ladder beside fio's equivalent job, one command per workload.
 
 ``bench wal`` (the WAL benchmark) lives in a colleague's module and is added
-when it is installed.
+when it is installed; ``bench fileobj`` (file objects beside the built-ins,
+:mod:`uringstack.bench.fileobj`) has its own options.
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ def _run(workload: str, **kw: Any) -> None:
 
 @click.group("bench")
 def bench() -> None:
-    """Benchmarks: the public-API ladder (fallback .. asyncio), the thread pool and aiofiles, beside fio."""
+    """Benchmarks: the public-API ladder (fallback .. asyncio), the thread pool and aiofiles, beside fio;
+    `fileobj`: the file objects beside the built-ins."""
 
 
 def _make(workload: str) -> click.Command:
