@@ -4,6 +4,10 @@
 
     .venv/bin/python scripts/benchmarks-md.py benchmarks/results/*.json
 
+`uringstack bench fileobj` documents (workload ``fileobj``) get their own
+section: issue 16's targets, judged on the median over runs of each run's
+own ratio to the built-in (or aiofiles), and each comparison's medians.
+
 Runs with the same workload, block size, queue depth, workers, O_DIRECT or not
 and target are one group: each row shows the median over the group's runs
 (and the range), ratios are medians of the per-run ratios (each run's own
@@ -218,6 +222,84 @@ def targets(groups: dict[str, list[Doc]]) -> list[str]:
     return out
 
 
+# --- `uringstack bench fileobj` (issue 16) ------------------------------------------------
+
+FILEOBJ_TITLES = {
+    "sha256-hot": "sha256 (`hashlib.file_digest`), hot page cache",
+    "sha256-cold": "sha256, cold (`posix_fadvise(DONTNEED)` before each run)",
+    "copyfileobj": "`shutil.copyfileobj`, hot source",
+    "aio-random": "random 4 KiB reads, 32 asyncio tasks",
+}
+
+
+def is_fileobj(doc: Doc) -> bool:
+    return bool(doc.get("workload") == "fileobj" or doc.get("spec", {}).get("workload") == "fileobj")
+
+
+def fileobj_rows(docs: list[Doc]) -> dict[str, list[Row]]:
+    """Each comparison's result rows that ran (status ok), over all runs, in run order."""
+    out: dict[str, list[Row]] = defaultdict(list)
+    for d in docs:
+        for r in d["results"]:
+            if r["status"] == "ok":
+                out[r["bench"]].append(r)
+    return out
+
+
+def _side_cell(rows: list[Row], side: str) -> str:
+    vals = [r["sides"][side] for r in rows if side in r["sides"]]
+    if not vals:
+        return "-"
+    if "rate" in vals[0]:
+        rates = [v["rate"] for v in vals]
+        return f"{_fmt(_med(rates))} reads/s, CPU {_fmt(_med([v['cpu_us_per_read'] for v in vals]), 1)} µs/read"
+    secs = [v["seconds"] for v in vals]
+    cpu = _med([v["cpu_seconds"] for v in vals])
+    return f"{_fmt(_med(secs), 3)} s ({_fmt(min(secs), 3)}–{_fmt(max(secs), 3)}), CPU {_fmt(cpu, 3)} s"
+
+
+def fileobj_section(docs: list[Doc]) -> list[str]:
+    """Issue 16's targets and the comparisons behind them, from `bench fileobj` documents."""
+    rows = fileobj_rows(docs)
+    sizes = sorted({d["spec"]["file_size"] for d in docs})
+    d0 = docs[0]
+    m = d0["machine"]
+    dates = sorted(d["started_at"] for d in docs)
+    out = ["### File objects beside the built-ins (issue 16)", ""]
+    out.append(
+        f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m.get('cpu_model', '?')}); "
+        f"device {json.dumps(d0['file'].get('device', {}))}; backend {d0.get('backend', '?')}; "
+        f"file size {', '.join(f'{s >> 20} MiB' for s in sizes)}. {len(docs)} run(s), {dates[0]} … {dates[-1]}."
+    )
+    out += ["", "Commands:", ""]
+    out += [f"    {c}" for c in sorted({d["command"] for d in docs if d.get("command")})]
+    out += ["", "| target | measured (median of per-run ratios) | met? |", "|---|---|---|"]
+    for bench, title in FILEOBJ_TITLES.items():
+        ran = rows.get(bench, [])
+        if not ran:
+            skipped = sorted({r.get("reason", "") for d in docs for r in d["results"] if r["bench"] == bench})
+            why = f"not measured{': ' + '; '.join(skipped) if skipped else ''}"
+            out.append(f"| {title} | {why} | not measured |")
+            continue
+        t = ran[0]["target"]
+        ratio = _med([r["ratios"][t["side"]] for r in ran if t["side"] in r["ratios"]])
+        ok = None if ratio is None else ratio >= t["min_ratio"]
+        verdict = "not measured" if ok is None else "**yes**" if ok else "**no**"
+        out.append(f"| {t['text']} | {t['side']}: {_ratio(ratio)}× ({len(ran)} run(s)) | {verdict} |")
+    out += ["", "| comparison | side | median (min–max) | ratio to the first side (median per run) |",
+            "|---|---|---|---|"]  # fmt: skip
+    for bench, title in FILEOBJ_TITLES.items():
+        ran = rows.get(bench, [])
+        if not ran:
+            continue
+        for side in ran[0]["sides"]:
+            ratio = _med([r["ratios"][side] for r in ran if side in r["ratios"]])
+            out.append(
+                f"| {title} | {side} | {_side_cell(ran, side)} | {'-' if ratio is None else _ratio(ratio) + '×'} |"
+            )
+    return out
+
+
 def plot(key: str, docs: list[Doc], out: Path) -> bool:
     try:
         import matplotlib
@@ -244,14 +326,19 @@ def plot(key: str, docs: list[Doc], out: Path) -> bool:
 
 
 def generate(paths: list[Path], png_dir: Path | None) -> str:
-    docs = [json.loads(p.read_text()) for p in sorted(paths)]
+    every = [json.loads(p.read_text()) for p in sorted(paths)]
+    fileobj_docs = [d for d in every if is_fileobj(d)]
+    docs = [d for d in every if not is_fileobj(d)]
     groups: dict[str, list[Doc]] = defaultdict(list)
     for d in docs:
         groups[group_key(d)].append(d)
     out = [BEGIN, ""]
-    out.append(f"Generated from {len(docs)} result files in `benchmarks/results/` by `scripts/benchmarks-md.py`.")
+    out.append(f"Generated from {len(every)} result files in `benchmarks/results/` by `scripts/benchmarks-md.py`.")
     out.append("Ratios are medians of per-run ratios (each run against its own fio job); IOPS are medians.")
-    out += ["", "### Targets (issue 14)", "", *targets(groups), ""]
+    if docs:
+        out += ["", "### Targets (issue 14)", "", *targets(groups), ""]
+    if fileobj_docs:
+        out += ["", *fileobj_section(fileobj_docs), ""]
     for key, gdocs in groups.items():
         d0 = gdocs[0]
         m = d0["machine"]

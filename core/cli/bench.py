@@ -1,7 +1,8 @@
 """``uringstack bench``: the mode ladder beside fio's equivalent job, one command per workload.
 
 ``bench wal`` (the WAL benchmark) lives in a colleague's module and is added
-when it is installed.
+when it is installed; ``bench fileobj`` (file objects beside the built-ins,
+:mod:`uringstack.bench.fileobj`) has its own options.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from uringstack.bench.fileobj import BENCHES as FILEOBJ_BENCHES
+from uringstack.bench.fileobj import run_fileobj_bench
+from uringstack.bench.fileobj_report import render as render_fileobj
 from uringstack.bench.ladder import ALIASES, RUNGS
 from uringstack.bench.report import render
 from uringstack.bench.runner import check_target, default_file, run_bench
@@ -232,7 +236,8 @@ def _run(workload: str, **kw: Any) -> None:
 
 @click.group("bench")
 def bench() -> None:
-    """Benchmarks: the public-API ladder (fallback .. asyncio), the thread pool and aiofiles, beside fio."""
+    """Benchmarks: the public-API ladder (fallback .. asyncio), the thread pool and aiofiles, beside fio;
+    `fileobj`: the file objects beside the built-ins."""
 
 
 def _make(workload: str) -> click.Command:
@@ -245,8 +250,45 @@ def _make(workload: str) -> click.Command:
     return click.command(workload)(_options(cmd))
 
 
+@click.command("fileobj")
+@click.option("--file-size", type=SIZE, default="1g", show_default=True,
+              help="size of the file hashed, copied and read (at least 1m, whole 4 KiB blocks)")  # fmt: skip
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="runs per side, alternating; medians and the median per-run ratio are reported")  # fmt: skip
+@click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
+              help="where the files go (default: the system temp directory; not tmpfs for cold reads)")  # fmt: skip
+@click.option("--reads-per-task", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="aio-random: seek + 4 KiB reads per task (32 tasks)")  # fmt: skip
+@click.option("--only", default=",".join(FILEOBJ_BENCHES), show_default=True, help="comma-separated subset")
+@click.option("--json", "as_json", is_flag=True, help="print the result document as JSON")
+def fileobj_bench_command(
+    file_size: int, reps: int, directory: str | None, reads_per_task: int, only: str, as_json: bool
+) -> None:
+    """sha256 hot and cold, copyfileobj, aio random reads: uringstack's file objects vs the built-ins."""
+    chosen = tuple(n.strip() for n in only.split(",") if n.strip())
+    err = Console(stderr=True)
+    try:
+        doc = run_fileobj_bench(
+            file_size,
+            reps,
+            directory,
+            chosen,
+            reads_per_task,
+            command=" ".join(["uringstack", *(shlex.quote(a) for a in sys.argv[1:])]),
+            on_step=None if as_json or not err.is_terminal else lambda s: err.print(f"[dim]{s}...[/dim]"),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    out = Console()
+    render_fileobj(doc, out if out.is_terminal else Console(width=160))
+
+
 for _name in WORKLOADS:
     bench.add_command(_make(_name))
+bench.add_command(fileobj_bench_command)
 
 if importlib.util.find_spec("uringstack.bench.wal_cmd") is not None:
     bench.add_command(importlib.import_module("uringstack.bench.wal_cmd").wal_bench_command)

@@ -1,8 +1,8 @@
 """Read-ahead and write-behind for sequential file-object I/O on a stack handle.
 
-:class:`ReadAhead` keeps several chunk reads in flight past the reader's
-position (the first batch in one submission) and serves ``readinto`` calls from
-them; :class:`WriteBehind` starts each write and returns, keeping a bounded
+:class:`ReadAhead` keeps prepared batches of large reads in flight past the
+reader's position (each batch one submission) and serves ``readinto`` calls
+from them; :class:`WriteBehind` starts each write and returns, keeping a bounded
 number in flight, and :meth:`WriteBehind.drain` waits for them all and raises
 the first error.  Both only ever touch the file through the handle (the one I/O
 contract); the caller (:class:`uringstack.fileobj.fileio.FileIO`) serialises calls.
@@ -11,7 +11,6 @@ contract); the caller (:class:`uringstack.fileobj.fileio.FileIO`) serialises cal
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import UringIOError
@@ -20,22 +19,16 @@ from uringstack.ring.buffers import aligned_buffer
 if TYPE_CHECKING:
     from uringstack.ring.pending import Pending
     from uringstack.stack.handle import FileHandle
+    from uringstack.stack.prepared import PreparedIO
 
-CHUNK = 256 * 1024
-"""Size of one read-ahead request (a multiple of every logical block size)."""
-DEPTH = 8
-"""Read-ahead requests in flight (2 MiB ahead with the default chunk)."""
+CHUNK = 1 << 20
+"""Size of one read-ahead request: large O_DIRECT requests keep the device busy per submission."""
+PER_BATCH = 2
+"""Read-ahead requests started together, in one submission (one prepared batch)."""
+BATCHES = 3
+"""Prepared batches that take turns: one is read from while the others are in flight (4-6 MiB ahead)."""
 WRITE_DEPTH = 8
 """Write-behind requests in flight before ``write`` waits for the oldest."""
-
-
-@dataclass
-class _Chunk:
-    offset: int
-    buf: Any
-    pending: Pending
-    index: int  # this chunk's result in its batch
-    valid: int = -1  # bytes of file data in buf once completed (< chunk: end of file)
 
 
 def finish_read(handle: FileHandle, offset: int, buf: Any, res: int) -> int:
@@ -53,81 +46,161 @@ def finish_read(handle: FileHandle, offset: int, buf: Any, res: int) -> int:
     return res
 
 
+class _Batch:
+    """A prepared group of read-ahead buffers and the run of it in flight, if any.
+
+    The buffers are the kernel's from :meth:`start` until :meth:`reap` saw
+    the completion: nothing reads them before, and :meth:`start` refuses to
+    hand them out again before (a read landing in a buffer being served, or
+    resubmitted, is what hung an earlier version)."""
+
+    def __init__(self, prepared: PreparedIO, chunk: int) -> None:
+        self.prepared = prepared
+        self.chunk = chunk
+        self.span = chunk * prepared.n
+        self.offset = -1  # file offset of buffers[0] in the current run
+        self.pending: Pending | None = None  # the run in flight, until reaped
+        self.valid: list[int] = []  # bytes of file data per buffer, once reaped
+
+    def start(self, offset: int) -> None:
+        if self.pending is not None:
+            raise AssertionError(f"read-ahead batch at {self.offset} restarted before its completion was reaped")
+        self.offset = offset
+        self.valid = []
+        self.pending = self.prepared.start([offset + i * self.chunk for i in range(self.prepared.n)])
+
+    def reap(self, handle: FileHandle, check: bool = True) -> None:
+        """Wait for the run in flight and check its results (``check=False``: only wait)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        results = pending.wait()
+        if check:
+            bufs = self.prepared.buffers
+            self.valid = [finish_read(handle, self.offset + i * self.chunk, bufs[i], r) for i, r in enumerate(results)]
+
+
 class ReadAhead:
-    """A window of in-flight chunk reads ahead of a sequential reader.
+    """Prepared batches of large reads in flight ahead of a sequential reader.
 
     :meth:`readinto` serves a read that continues the previous one (or starts
-    at offset 0) from the window and returns ``-1`` for any other read, which
+    at offset 0) from the batches and returns ``-1`` for any other read, which
     the caller then does itself: random access never triggers read-ahead.
+    The batches come from :meth:`FileHandle.prepare_reads` (buffers pinned
+    and checked once) and take turns: the one being read from is restarted
+    further ahead only after it was consumed, its completion long reaped.
     """
 
-    def __init__(self, handle: FileHandle, chunk: int = CHUNK, depth: int = DEPTH) -> None:
+    def __init__(
+        self, handle: FileHandle, chunk: int = CHUNK, per_batch: int = PER_BATCH, batches: int = BATCHES
+    ) -> None:
         self.handle = handle
         self.chunk = chunk
-        self.depth = depth
-        self._window: deque[_Chunk] = deque()
-        self._free: list[Any] = []
-        self._eof: int | None = None  # file offset where a chunk came back short
-        self._next = 0  # offset of the first chunk when the window is empty
+        self.per_batch = per_batch
+        self.nbatches = batches
+        self._window: deque[_Batch] = deque()  # started, in file order
+        self._idle: list[_Batch] = []  # reaped (or never started): free to start
+        self._made = 0
+        self._eof: int | None = None  # file offset where a read came back short
+        self._next = 0  # where the first batch starts when the window is empty
         self.last_end = 0  # where the previous read ended: reading there again is sequential
 
+    def _free_batch(self) -> _Batch | None:
+        if self._idle:
+            return self._idle.pop()
+        if self._made < self.nbatches:
+            self._made += 1
+            bufs = [aligned_buffer(self.chunk) for _ in range(self.per_batch)]
+            return _Batch(self.handle.prepare_reads(bufs), self.chunk)
+        return None
+
     def invalidate(self) -> None:
-        """Forget the window (the file was written or truncated through this object)."""
-        # In-flight buffers belong to their batch until it completes: dropping our
-        # reference is safe, handing them to a new read is not, so they are not recycled.
-        self._window.clear()
+        """Forget the window (a seek elsewhere, or the file was written or truncated through this object).
+
+        Waits for the reads in flight: their buffers are reused only after their completions were reaped."""
+        while self._window:
+            b = self._window.popleft()
+            try:
+                b.reap(self.handle, check=False)
+            finally:
+                self._idle.append(b)
         self._eof = None
 
-    def _refill(self) -> None:
-        """Top the window up to *depth* chunks, in one submission, once half of it was used."""
-        have = len(self._window)
-        if self._eof is not None or (have and have > self.depth // 2):
-            return
-        end = self._window[-1].offset + self.chunk if self._window else self._next
-        offsets = [end + i * self.chunk for i in range(self.depth - have)]
-        bufs = [self._free.pop() if self._free else aligned_buffer(self.chunk) for _ in offsets]
-        pending = self.handle.start_read_many(offsets, bufs)
-        for i, (off, buf) in enumerate(zip(offsets, bufs, strict=True)):
-            self._window.append(_Chunk(off, buf, pending, i))
+    def close(self) -> None:
+        """Wait for the reads in flight and drop the prepared batches."""
+        self.invalidate()
+        for b in self._idle:
+            b.prepared.close()
+        self._idle.clear()
 
-    def _complete(self, c: _Chunk) -> None:
-        if c.valid >= 0:
-            return
-        c.valid = finish_read(self.handle, c.offset, c.buf, c.pending.wait()[c.index])
-        if c.valid < self.chunk and (self._eof is None or c.offset + c.valid < self._eof):
-            self._eof = c.offset + c.valid
+    def _refill(self) -> None:
+        """Start every free batch further ahead (each is one submission of *per_batch* reads)."""
+        while self._eof is None:
+            end = self._window[-1].offset + self._window[-1].span if self._window else self._next
+            b = self._free_batch()
+            if b is None:
+                return
+            try:
+                b.start(end)
+            except BaseException:
+                self._idle.append(b)
+                raise
+            self._window.append(b)
+
+    def _front(self) -> _Batch:
+        """The first batch of the window, its completion reaped and checked."""
+        b = self._window[0]
+        if b.pending is not None:
+            try:
+                b.reap(self.handle)
+            except BaseException:
+                self.invalidate()
+                raise
+            for i, n in enumerate(b.valid):
+                if n < self.chunk:
+                    end = b.offset + i * self.chunk + n
+                    if self._eof is None or end < self._eof:
+                        self._eof = end
+                    break
+        return b
 
     def _drop_front(self) -> None:
-        c = self._window.popleft()
-        if c.valid >= 0 or c.pending.done():
-            self._free.append(c.buf)
+        b = self._window.popleft()
+        b.reap(self.handle, check=False)  # no-op once served; keeps the rule if not
+        self._idle.append(b)
 
     def readinto(self, m: memoryview, pos: int) -> int:
         """Fill *m* from offset *pos* out of the window; ``-1`` when *pos* is not sequential."""
-        in_window = bool(self._window) and self._window[0].offset <= pos < self._window[-1].offset + self.chunk
+        w = self._window
+        in_window = bool(w) and w[0].offset <= pos < w[-1].offset + w[-1].span
         if not in_window:
             if pos != self.last_end:
                 self.invalidate()
                 return -1
             self.invalidate()
             self._next = pos - pos % self.chunk  # chunk-aligned: also O_DIRECT-aligned
-        while self._window and self._window[0].offset + self.chunk <= pos:
+        while w and w[0].offset + w[0].span <= pos:
             self._drop_front()
         done, want = 0, len(m)
         while done < want:
-            if not self._window:
+            if not w:
                 self._refill()
-                if not self._window:
-                    break  # end of file reached by an earlier chunk
-            c = self._window[0]
-            self._complete(c)
-            start = pos + done - c.offset
-            n = min(c.valid - start, want - done)
+                if not w:
+                    break  # end of file reached by an earlier read
+            b = self._front()
+            at = pos + done - b.offset
+            i, start = divmod(at, self.chunk)
+            valid = b.valid[i]
+            n = min(valid - start, want - done)
             if n > 0:
-                m[done : done + n] = memoryview(c.buf)[start : start + n]
+                m[done : done + n] = memoryview(b.prepared.buffers[i])[start : start + n]
                 done += n
-            if start + max(n, 0) < c.valid or c.valid < self.chunk:
-                break  # the reader asked for less than this chunk holds, or end of file
+            if start + max(n, 0) < valid:
+                break  # the reader asked for less than this buffer holds
+            if valid < self.chunk:
+                break  # end of file
+            if i + 1 < len(b.valid):
+                continue  # the next buffer of the same batch
             self._drop_front()
             self._refill()
         self.last_end = pos + done

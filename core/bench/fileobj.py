@@ -1,0 +1,287 @@
+"""``uringstack bench fileobj``: the file objects beside the built-ins, ratios in one run (issue 16).
+
+Four comparisons, each side run alternately ``reps`` times on the same file:
+
+- ``sha256-hot``: ``hashlib.file_digest(f, "sha256")`` with the file in the page
+  cache, built-in ``open()`` vs ``uringstack.open()``;
+- ``sha256-cold``: the same after ``posix_fadvise(DONTNEED)`` before every run;
+  the built-in, ``uringstack.open()`` buffered, and ``direct=True`` (O_DIRECT
+  read-ahead), the ratio judged is the last one's;
+- ``copyfileobj``: ``shutil.copyfileobj`` of the (hot) file to a new file, both
+  closed inside the timing;
+- ``aio-random``: random 4 KiB reads (seek + read) from 32 asyncio tasks,
+  ``aiofiles.open`` vs ``uringstack.aio.open`` (needs the ``bench`` extra).
+
+Each row keeps every run's wall and CPU seconds (user + system of the whole
+process: threads and io_uring's kernel workers included); the ratio is the
+median of the per-run ratios (built-in time over uringstack time, or rate over
+aiofiles' rate), > 1 meaning uringstack is faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from uringstack.bench.runner import device_of, machine_info
+from uringstack.fileobj.default_stack import default_stack
+
+SCHEMA = "uringstack.bench-fileobj/1"
+BENCHES = ("sha256-hot", "sha256-cold", "copyfileobj", "aio-random")
+TASKS = 32
+MIN_FILE_SIZE = 1 << 20
+ALIGN = 4096  # the file size is a whole number of blocks for the O_DIRECT side
+
+
+@dataclass(frozen=True)
+class Target:
+    """An issue-16 target: *side*'s ratio to the built-in (or aiofiles) must be at least *min_ratio*."""
+
+    side: str
+    min_ratio: float
+    text: str
+
+
+TARGETS: dict[str, Target] = {
+    "sha256-hot": Target("uringstack", 1.0, "sha256 of a 1 GiB file, hot: uringstack.open ≥ 1.0x open()"),
+    "sha256-cold": Target(
+        "uringstack direct", 1.3, "sha256 of a 1 GiB file, cold: uringstack.open(direct=True) ≥ 1.3x open()"
+    ),
+    "copyfileobj": Target("uringstack", 1.0, "shutil.copyfileobj of 1 GiB: ≥ 1.0x open()"),
+    "aio-random": Target("uringstack.aio", 10.0, "random 4 KiB reads, 32 tasks: uringstack.aio.open ≥ 10x aiofiles"),
+}
+
+
+def check_size(file_size: int) -> None:
+    """Raise ``ValueError`` naming ``--file-size`` when the bench cannot use it."""
+    if file_size < MIN_FILE_SIZE or file_size % ALIGN:
+        raise ValueError(f"--file-size {file_size}: needs at least 1 MiB and a multiple of {ALIGN} bytes")
+
+
+def make_file(path: str, size: int) -> None:
+    """Write *size* random bytes to *path*, durably (so dropping its cache really drops it)."""
+    block = os.urandom(8 << 20)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def drop_cache(path: str) -> None:
+    """Evict *path*'s pages from the page cache (clean pages only: it was fsynced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def warm(path: str) -> None:
+    """Read *path* once so its pages are cached."""
+    with open(path, "rb") as f:
+        while f.read(8 << 20):
+            pass
+
+
+def cpu_seconds() -> float:
+    """User + system time of the process, its threads and io_uring workers included."""
+    t = os.times()
+    return t.user + t.system
+
+
+def sha_builtin(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha_uring(path: str, direct: bool = False) -> str:
+    import uringstack
+
+    with uringstack.open(path, "rb", direct=direct) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def copy_with(opener: Callable[[str, str], Any], src: str, dst: str) -> None:
+    with opener(src, "rb") as fi, opener(dst, "wb") as fo:
+        shutil.copyfileobj(fi, fo)
+
+
+async def random_reads(open_fn: Callable[..., Any], path: str, size: int, per_task: int) -> int:
+    """*per_task* seek + 4 KiB reads in each of 32 tasks, each task its own open file."""
+    blocks = size // 4096
+
+    async def one(seed: int) -> int:
+        rnd = random.Random(seed)
+        async with open_fn(path, "rb") as f:
+            for _ in range(per_task):
+                await f.seek(rnd.randrange(blocks) * 4096)
+                data = await f.read(4096)
+                if len(data) != 4096:
+                    raise RuntimeError(f"{path}: a 4 KiB read returned {len(data)} bytes")
+        return per_task
+
+    return sum(await asyncio.gather(*(one(i) for i in range(TASKS))))
+
+
+def _medians(runs: dict[str, list[dict[str, float]]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per side: the median of each of *keys* over its runs, and the runs themselves."""
+    return {side: {**{k: statistics.median(r[k] for r in v) for k in keys}, "runs": v} for side, v in runs.items()}
+
+
+def _timed_pair(
+    name: str, reps: int, sides: dict[str, Callable[[], Any]], before: Callable[[], None] | None
+) -> dict[str, Any]:
+    """Run the sides alternately *reps* times; per side every run's wall and CPU seconds."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+    for _ in range(reps):
+        for key, fn in sides.items():
+            if before is not None:
+                before()
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            fn()
+            runs[key].append({"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - c0})
+    base = next(iter(sides))
+    out_sides = _medians(runs, ("seconds", "cpu_seconds"))
+    ratios = {
+        k: statistics.median(b["seconds"] / o["seconds"] for b, o in zip(runs[base], runs[k], strict=True))
+        for k in sides
+        if k != base
+    }
+    return {"bench": name, "status": "ok", "unit": "seconds", "base": base, "sides": out_sides, "ratios": ratios}
+
+
+def _aio_pair(path: str, size: int, reps: int, per_task: int) -> dict[str, Any]:
+    try:
+        import aiofiles
+    except ImportError:
+        return {"bench": "aio-random", "status": "skipped", "reason": "aiofiles is not installed (the bench extra)"}
+    import uringstack.aio
+
+    runs: dict[str, list[dict[str, float]]] = {"aiofiles": [], "uringstack.aio": []}
+    for _ in range(reps):
+        for key, fn in (("aiofiles", aiofiles.open), ("uringstack.aio", uringstack.aio.open)):
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            n = asyncio.run(random_reads(fn, path, size, per_task))
+            wall = time.perf_counter() - t0
+            runs[key].append({"rate": n / wall, "seconds": wall, "cpu_us_per_read": 1e6 * (cpu_seconds() - c0) / n})
+    sides = _medians(runs, ("rate", "cpu_us_per_read"))
+    ratio = statistics.median(
+        o["rate"] / b["rate"] for b, o in zip(runs["aiofiles"], runs["uringstack.aio"], strict=True)
+    )
+    return {
+        "bench": "aio-random",
+        "status": "ok",
+        "unit": "reads/s",
+        "base": "aiofiles",
+        "reads_per_task": per_task,
+        "tasks": TASKS,
+        "sides": sides,
+        "ratios": {"uringstack.aio": ratio},
+    }
+
+
+def judge(result: dict[str, Any]) -> dict[str, Any]:
+    """Add the row's issue-16 target and whether this run met it."""
+    t = TARGETS[result["bench"]]
+    ratio = result.get("ratios", {}).get(t.side)
+    result["target"] = {"side": t.side, "min_ratio": t.min_ratio, "text": t.text}
+    result["met"] = None if ratio is None else ratio >= t.min_ratio
+    return result
+
+
+def run_fileobj_bench(
+    file_size: int,
+    reps: int = 3,
+    directory: str | None = None,
+    only: tuple[str, ...] = BENCHES,
+    reads_per_task: int = 2000,
+    command: str = "",
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the chosen comparisons on a fresh file of *file_size* bytes; the result document."""
+    import uringstack
+
+    check_size(file_size)
+    bad = [b for b in only if b not in BENCHES]
+    if bad or not only:
+        raise ValueError(f"--only {','.join(only)}: pick from {','.join(BENCHES)}")
+    step = on_step or (lambda _label: None)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    workdir = tempfile.mkdtemp(prefix="uringstack-bench-fileobj-", dir=directory)
+    src, dst = os.path.join(workdir, "src"), os.path.join(workdir, "dst")
+    results: list[dict[str, Any]] = []
+    try:
+        step("writing the file")
+        make_file(src, file_size)
+        device = device_of(src)
+        # uringstack's sides use the default stack, as `uringstack.open(path)` does
+        stack = default_stack()
+        ring_flags = sorted({f for w in stack.plan.workers for r in w.rings for f in r.flags})
+        # the three readers must agree before any of them is timed
+        digests = {sha_builtin(src), sha_uring(src), sha_uring(src, direct=True)}
+        if len(digests) != 1:
+            raise RuntimeError(f"{src}: sha256 differs between open() and uringstack.open(): {digests}")
+        probe = stack.open(src, writable=False)
+        backend = probe.backend
+        probe.close()
+        if "sha256-hot" in only:
+            step("sha256 hot")
+            results.append(_timed_pair("sha256-hot", reps, {
+                "builtin": lambda: sha_builtin(src),
+                "uringstack": lambda: sha_uring(src),
+            }, before=lambda: warm(src)))  # fmt: skip
+        if "sha256-cold" in only:
+            step("sha256 cold")
+            results.append(_timed_pair("sha256-cold", reps, {
+                "builtin": lambda: sha_builtin(src),
+                "uringstack": lambda: sha_uring(src),
+                "uringstack direct": lambda: sha_uring(src, direct=True),
+            }, before=lambda: drop_cache(src)))  # fmt: skip
+
+        def fresh_dst() -> None:
+            if os.path.exists(dst):
+                os.unlink(dst)
+            warm(src)
+
+        if "copyfileobj" in only:
+            step("copyfileobj")
+            results.append(_timed_pair("copyfileobj", reps, {
+                "builtin": lambda: copy_with(open, src, dst),
+                "uringstack": lambda: copy_with(uringstack.open, src, dst),
+            }, before=fresh_dst))  # fmt: skip
+            if sha_builtin(dst) != sha_builtin(src):
+                raise RuntimeError(f"{dst}: the copy made by uringstack.open differs from its source")
+        if "aio-random" in only:
+            step("aio random reads")
+            warm(src)
+            results.append(_aio_pair(src, file_size, reps, reads_per_task))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for r in results:
+        judge(r)
+    return {
+        "schema": SCHEMA,
+        "workload": "fileobj",
+        "started_at": started,
+        "command": command,
+        "spec": {"workload": "fileobj", "file_size": file_size, "reps": reps, "reads_per_task": reads_per_task},
+        "machine": machine_info(),
+        "file": {"dir": workdir, "device": device},
+        "backend": backend,
+        "ring_flags": ring_flags,
+        "results": results,
+    }

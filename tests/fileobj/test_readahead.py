@@ -1,0 +1,139 @@
+"""O_DIRECT read-ahead: a prepared batch's buffers are reused only after its completion was reaped.
+
+An earlier read-ahead handed a buffer to a new read while the previous read
+into it was still in flight, and tests hung.  Here every prepared batch the
+read-ahead makes is wrapped in a spy that records each start and each reap:
+starting a batch again before the previous run's ``wait()`` returned is a
+violation, whatever the timing of the device.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import uringstack
+from uringstack.fileobj.stream import CHUNK, PER_BATCH
+from uringstack.stack import Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class SpyPending:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reaped = False
+
+    def done(self) -> bool:
+        return bool(self.inner.done())
+
+    def wait(self) -> list[int]:
+        got: list[int] = self.inner.wait()
+        self.reaped = True
+        return got
+
+
+class SpyPrepared:
+    """A PreparedIO that logs restarts of buffers whose last run was never reaped."""
+
+    def __init__(self, inner: Any, violations: list[str], starts: list[Sequence[int]]) -> None:
+        self.inner = inner
+        self.buffers = inner.buffers
+        self.n = inner.n
+        self.last: SpyPending | None = None
+        self.violations = violations
+        self.starts = starts
+
+    def start(self, offsets: Sequence[int]) -> SpyPending:
+        if self.last is not None and not self.last.reaped:
+            self.violations.append(f"restarted at {list(offsets)} before the run in flight was reaped")
+        self.starts.append(list(offsets))
+        self.last = SpyPending(self.inner.start(offsets))
+        return self.last
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _open_spied(path: pathlib.Path, mode: str, stack: Stack) -> tuple[Any, list[str], list[Sequence[int]]]:
+    try:
+        f = uringstack.open(path, mode, direct=True, stack=stack)
+    except OSError as exc:
+        pytest.skip(f"O_DIRECT not supported on {path.parent}: {exc}")
+    handle = f.raw.handle
+    real = handle.prepare_reads
+    violations: list[str] = []
+    starts: list[Sequence[int]] = []
+
+    def prepare_reads(buffers: Any) -> SpyPrepared:
+        return SpyPrepared(real(buffers), violations, starts)
+
+    handle.prepare_reads = prepare_reads
+    return f, violations, starts
+
+
+def test_buffers_are_reused_only_after_their_completion_was_reaped(tmp_path: pathlib.Path, stack: Stack) -> None:
+    path = tmp_path / "f"
+    model = bytearray(os.urandom(5 * CHUNK * PER_BATCH + 12345))
+    path.write_bytes(model)
+    f, violations, starts = _open_spied(path, "r+b", stack)
+    with f:
+
+        def read(n: int) -> None:
+            pos = f.tell()
+            assert f.read(n) == bytes(model[pos : pos + n]), f"read of {n} at {pos}"
+
+        for _ in range(6):
+            read(300_000)  # sequential: batches started ahead, several in flight
+        f.seek(len(model) // 2 + 4096)  # away from the window while batches are in flight
+        for _ in range(3):
+            read(200_000)
+        f.seek(1000)  # back, again with reads in flight
+        read(100_000)
+        read(CHUNK + 1)
+        pos = f.tell()
+        f.seek(pos)
+        f.write(b"w" * 8192)  # a write invalidates the window (its reads in flight)
+        f.flush()
+        model[pos : pos + 8192] = b"w" * 8192
+        f.seek(pos - 4096)
+        while f.tell() < len(model):
+            read(250_000)
+        assert f.read(10) == b""  # at end of file: again later
+        assert f.read(10) == b""
+    assert len(starts) > 3 * 3, starts  # the batches were restarted many times: the rule was exercised
+    assert violations == []
+
+
+def test_reads_into_the_same_memory_are_prepared_once(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Buffered (not O_DIRECT) reads: the second read into the same memory prepares it, later ones reuse it;
+    the caller's bytearray is not kept exported (it can still be resized)."""
+    path = tmp_path / "f"
+    data = os.urandom(1 << 20)
+    path.write_bytes(data)
+    with uringstack.FileIO(path, "r", stack=stack) as f:
+        handle: Any = f.handle
+        assert handle is not None
+        real = handle.prepare_reads
+        prepared: list[Any] = []
+
+        def prepare_reads(buffers: Any) -> Any:
+            prepared.append(buffers)
+            return real(buffers)
+
+        handle.prepare_reads = prepare_reads
+        buf = bytearray(64 * 1024)
+        got = bytearray()
+        while n := f.readinto(buf):
+            got += buf[:n]
+        assert got == data
+        assert len(prepared) == 1, prepared
+        del buf[10:]  # no export of the caller's object outlives a call
+        assert f.readinto(buf) == 0
+        other = bytearray(64 * 1024)
+        f.seek(4096)
+        assert f.readinto(other) == len(other) and other == data[4096 : 4096 + len(other)]
