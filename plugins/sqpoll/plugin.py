@@ -91,6 +91,8 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
             f"polling thread would compete with them; set [sqpoll] mode = \"on\" or give fewer cores "
             f"to workers to use it"
         )
+    if not spare:  # min_spare_cpus = 0: the poller runs beside a worker (see _poller_cpu)
+        return True, f"auto, {why}: rule min_spare_cpus = 0: each ring's poller shares its worker's CPU"
     return True, f"auto, {why}: rule: CPU {spare[0]} is free of workers and polls the submission queues"
 
 

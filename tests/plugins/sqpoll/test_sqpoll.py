@@ -106,3 +106,16 @@ def test_sqpoll_submits_without_entering_the_kernel(tmp_path: pathlib.Path) -> N
     (tmp_path / "r").write_bytes(os.urandom(1 << 20))
     assert _enters_for_100_batches(tmp_path / "r", {"sqpoll.mode": "off"}) == 100
     assert _enters_for_100_batches(tmp_path / "r", {"sqpoll.mode": "on", "sqpoll.idle_ms": 10_000}) <= 2
+
+
+def test_auto_with_min_spare_cpus_0_shares_the_workers_cpus() -> None:
+    """min_spare_cpus = 0 allows SQPOLL with every CPU running a worker: the verdict
+    says the poller shares a worker's CPU (it raised IndexError looking for a spare one)."""
+    with open_stack(overrides={"sqpoll.mode": "auto", "sqpoll.min_cpus": 1, "sqpoll.min_spare_cpus": 0}) as stack:
+        verdict = next(v for v in stack.plan.verdicts if v.plugin == "sqpoll")
+        assert len(stack.caps.cpus.allowed) == len(stack.workers)
+        assert verdict.enabled, verdict.reason
+        assert "shares" in verdict.reason
+        ring = stack.workers[0].rings["storage"]
+        assert ring.flags & SetupFlag.SQPOLL
+        assert ring.params.sq_thread_cpu == stack.workers[0].cpu
