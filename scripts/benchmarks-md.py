@@ -39,6 +39,8 @@ def group_key(doc: Doc) -> str:
     where = doc["file"]["path"] if doc["file"].get("block_device") else f"a file on {dev}"
     if doc["file"].get("block_device"):  # the NVMe VM boots several kernels: one group each
         where += f", kernel {doc['machine']['kernel']}"
+    if s.get("batch"):  # --batch N: not the default batches, so not the same measurement
+        where += f", --batch {s['batch']}"
     return (
         f"{s['workload']} {s['block_size'] // 1024} KiB QD{s['queue_depth']}, {s['workers']} worker(s), {mode}, {where}"
     )
@@ -166,7 +168,7 @@ def targets(groups: dict[str, list[Doc]]) -> list[str]:
     qd1 = find(lambda d: on_vd(d) and spec(d)["queue_depth"] == 1 and spec(d)["workload"] == "randread")
     def vm612(d: Doc) -> bool:  # a block device target in the NVMe VM on Debian 13's 6.12 kernel, QD32
         return bool(d["file"].get("block_device")) and d["machine"]["kernel"].startswith("6.12") and (
-            spec(d)["queue_depth"] == 32
+            spec(d)["queue_depth"] == 32 and not spec(d).get("batch")  # the default batches
         )
 
     nullb = find(lambda d: vm612(d) and "nullb" in d["file"]["path"])

@@ -103,8 +103,11 @@ def test_nvme_vm_targets_are_judged_from_the_612_runs_against_their_own_fio_jobs
     ]
     # a 6.1 run of the same namespace is its own group and never judges the 6.12 target
     old = _vm_doc("/dev/nvme0n1", "6.1.0-57-amd64", [_row("+passthrough", 10), _row("fio io_uring_cmd", 100, "fio")])
+    # a run with other batches than the default is its own group, not a run of the target's
+    big = _vm_doc("/dev/nvme0n1", "6.12.118+deb13-amd64", [_row("+passthrough", 1), _row("fio io_uring_cmd", 9, "fio")])
+    big["spec"]["batch"] = 16
     paths = []
-    for i, d in enumerate([*nvme, *nullb, old]):
+    for i, d in enumerate([big, *nvme, *nullb, old]):
         p = tmp_path / f"vm{i}.json"
         p.write_text(json.dumps(d))
         paths.append(p)
@@ -114,3 +117,4 @@ def test_nvme_vm_targets_are_judged_from_the_612_runs_against_their_own_fio_jobs
     iopoll = next(ln for ln in text.splitlines() if "IOPOLL handle" in ln)
     assert "0.65 (on the emulated NVMe namespace: 0.50)" in iopoll and "**no**" in iopoll
     assert "/dev/nvme0n1, kernel 6.1.0-57-amd64" in text and "/dev/nvme0n1, kernel 6.12.118+deb13-amd64" in text
+    assert "/dev/nvme0n1, kernel 6.12.118+deb13-amd64, --batch 16" in text
