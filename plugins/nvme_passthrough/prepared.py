@@ -42,16 +42,11 @@ class PassthroughPrepared:
     """
 
     def __init__(self, io: PassthroughFileIO, write: bool, buffers: Sequence[Any]) -> None:
-        n = len(buffers)
-        if n == 0:
-            raise ValueError(f"{io.path}: nothing to prepare (no buffers)")
-        self.io = io
-        self.write = write
-        self.n = n
+        # offsets 0: checks the buffers now (none, or an AlignmentError naming the op)
+        plan, pins, lens = io._plan(write, [0] * len(buffers), buffers)
+        self.io, self.write, self.n = io, write, len(buffers)
         self.name = "write" if write else "read"
         self.op = f"nvme {self.name}"
-        # offsets 0: checks the addresses and lengths now (AlignmentError naming the op)
-        plan, pins, lens = io._plan(write, [0] * n, buffers)
         if plan.owner is not None:
             raise ValueError(f"{io.path}: a buffer exceeds one command's {io.max_transfer} bytes; use start_rw")
         self._lens = lens
@@ -63,22 +58,25 @@ class PassthroughPrepared:
             NVME_CMD_WRITE if write else NVME_CMD_READ, io.nsid, plan.slbas, plan.nlbs, plan.addrs, io.block_size
         )
         self._slba = slba_fields(self._cmds)
-        self._cols, cmd_pin = io._columns(self._cmds, n, None)
+        self._cols, cmd_pin = io._columns(self._cmds, self.n, None)
         self._keep: tuple[Any, ...] = (pins, tuple(buffers), self._cmds, cmd_pin)
         self._closed = False
 
+    @property
+    def finished(self) -> bool:
+        """True unless a batch started from this object is in flight (its commands are the kernel's)."""
+        return self._cols.batch is None or self._cols.batch.finished
+
     def start(self, offsets: Sequence[int], *, wait: bool = False) -> PassthroughPending:
         """Read (write) buffer *i* at ``offsets[i]``; see :class:`~uringstack.ring.io_backend.PreparedRW`."""
-        io = self.io
-        if self._closed:
-            raise ValueError(f"{io.path}: this prepared I/O was closed")
-        cols = self._cols
-        if cols.batch is not None and not cols.batch.finished:
+        io, n = self.io, self.n
+        if not self.finished or self._closed:
+            if self._closed:
+                raise ValueError(f"{io.path}: this prepared I/O was closed")
             raise BatchInFlightError(
-                f"{io.path}: the prepared {self.op}s are still in flight ({self.n} command(s)); "
+                f"{io.path}: the prepared {self.op}s are still in flight ({n} command(s)); "
                 "wait for them before starting again"
             )
-        n = self.n
         if len(offsets) != n:
             raise ValueError(f"{io.path}: {len(offsets)} offsets for {n} prepared buffers")
         if io.fd < 0:
@@ -95,7 +93,7 @@ class PassthroughPrepared:
             io._plan(self.write, offsets, self._keep[1])  # raises the AlignmentError naming the op
         self._slba[:] = slbas
         ring = io.ring
-        batch = ring.submit_columns(cols, n, self._keep, wait=wait)
+        batch = ring.submit_columns(self._cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.name, ring))
         return PassthroughPending(ring, batch, self.op, io.path, None, self._lens, slbas=slbas)
