@@ -41,6 +41,10 @@ def group_key(doc: Doc) -> str:
     dev = doc["file"].get("device", {}).get("block") or doc["file"]["path"]
     mode = "O_DIRECT" if s["direct"] else "buffered, hot page cache"
     where = doc["file"]["path"] if doc["file"].get("block_device") else f"a file on {dev}"
+    if doc["file"].get("block_device"):  # the NVMe VM boots several kernels: one group each
+        where += f", kernel {doc['machine']['kernel']}"
+    if s.get("batch"):  # --batch N: not the default batches, so not the same measurement
+        where += f", --batch {s['batch']}"
     return (
         f"{s['workload']} {s['block_size'] // 1024} KiB QD{s['queue_depth']}, {s['workers']} worker(s), {mode}, {where}"
     )
@@ -166,7 +170,27 @@ def targets(groups: dict[str, list[Doc]]) -> list[str]:
     direct32 = find(lambda d: on_vd(d) and spec(d)["direct"] and spec(d)["queue_depth"] == 32)
     hot32 = find(lambda d: on_vd(d) and not spec(d)["direct"] and spec(d)["queue_depth"] == 32)
     qd1 = find(lambda d: on_vd(d) and spec(d)["queue_depth"] == 1 and spec(d)["workload"] == "randread")
-    nullb = find(lambda d: bool(d["file"].get("block_device")))
+    def vm612(d: Doc, batch: int = 0) -> bool:  # a block device in the NVMe VM on Debian 13's 6.12, QD32
+        return bool(d["file"].get("block_device")) and d["machine"]["kernel"].startswith("6.12") and (
+            spec(d)["queue_depth"] == 32 and spec(d).get("batch", 0) == batch  # 0: the default batches
+        )
+
+    def is_nvme(d: Doc) -> bool:  # the +passthrough rung's reference ran: fio io_uring_cmd on /dev/ngXnY
+        return any(r["mode"] == "fio io_uring_cmd" for r in d["results"])
+
+    nullb = find(lambda d: vm612(d) and "nullb" in d["file"]["path"])
+    nvme = find(lambda d: vm612(d) and is_nvme(d))
+    # the same with bigger batches (fewer Python passes per I/O), shown beside the target, never judged
+    big_batches = sorted({spec(d).get("batch", 0) for ds in groups.values() for d in ds} - {0})
+
+    def with_batches(mode: str, base: str, pred: Callable[[Doc], bool]) -> str:
+        out = []
+        for b in big_batches:
+            docs = find(lambda d, b=b: vm612(d, b) and pred(d))
+            r = _med(per_run_ratio(docs, mode, base, _iops))
+            if r is not None:
+                out.append(f"`--batch {b}`: {_ratio(r)} ({len(docs)} run(s))")
+        return f"; {', '.join(out)}" if out else ""
     out = ["| target | measured (median of runs) | met? |", "|---|---|---|"]
 
     def row(target: str, value: str, ok: bool | None) -> None:
@@ -210,15 +234,21 @@ def targets(groups: dict[str, list[Doc]]) -> list[str]:
     else:
         row("2 workers vs 1, CPU-bound (buffered hot): ≥ 1.8×", "-", None)
     ri = _med(per_run_ratio(nullb, "+iopoll", "fio io_uring hipri", _iops))
-    row("/dev/nullb0 in the NVMe VM (6.12), QD32: IOPOLL handle ≥ 0.80× fio `--hipri=1`", _ratio(ri),
+    on_nvme = _med(per_run_ratio(nvme, "+iopoll", "fio io_uring hipri", _iops))
+    row("/dev/nullb0 in the NVMe VM (6.12), QD32: IOPOLL handle ≥ 0.80× fio `--hipri=1`",
+        _ratio(ri) + ("" if on_nvme is None else f" (on the emulated NVMe namespace: {_ratio(on_nvme)})")
+        + with_batches("+iopoll", "fio io_uring hipri", lambda d: "nullb" in d["file"]["path"]),
         None if ri is None else ri >= 0.8)  # fmt: skip
+    rp = _med(per_run_ratio(nvme, "+passthrough", "fio io_uring_cmd", _iops))
+    row("NVMe VM, 6.12, QD32: passthrough handle ≥ 0.80× fio `io_uring_cmd`",
+        _ratio(rp) + with_batches("+passthrough", "fio io_uring_cmd", is_nvme),
+        None if rp is None else rp >= 0.8)  # fmt: skip
     for target in (
-        "NVMe VM, 6.12, QD32: passthrough handle ≥ 0.80× fio `io_uring_cmd`",
         "WAL, 32 asyncio appenders × 256 B: ≥ 160k records/s",
         "WAL, 1 appender × 4 KiB, default backend: p99 ≤ 1.2× fio's p99",
         "WAL `append_async` enqueue: p99 < 10 µs",
     ):
-        row(target, "not measured by `uringstack bench randread` (see `bench wal`, scripts/nvme-bench.py)", None)
+        row(target, "not measured by `uringstack bench randread` (see `uringstack bench wal`)", None)
     return out
 
 

@@ -65,7 +65,7 @@ for kernel in ${NVME_KERNELS:-5.10 6.1 6.12}; do
     echo "== NVMe group on kernel $kernel (${suite:-host suite, bookworm})"
     out=$(mktemp)
     start=$(date +%s)
-    NVME_VM_SUITE=$suite "$vm" ${accel_args[@]+"${accel_args[@]}"} --timeout 480 -- \
+    NVME_VM_SUITE=$suite "$vm" ${accel_args[@]+"${accel_args[@]}"} --timeout 900 -- \
         sh -c 'echo "'"$marker"' ($(uname -r))"; exec "$@"' sh "$py" "${pytest_args[@]}" | tee "$out"
     rc=${PIPESTATUS[0]}
     secs=$(( $(date +%s) - start ))

@@ -21,6 +21,7 @@ from uringstack.bench.spec import BenchSpec
 
 PERCENTILES = ("50", "99", "99.9")
 HIPRI = " hipri"  # engine suffix: the io_uring job with --hipri=1 (IOPOLL)
+URING_CMD = "io_uring_cmd"  # NVMe passthrough on /dev/ngXnY (the spec's file is the char device)
 
 
 def fio_path() -> str | None:
@@ -44,7 +45,6 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         f"--bs={spec.block_size}",
         f"--iodepth={spec.queue_depth}",
         f"--ioengine={engine.removesuffix(HIPRI)}",
-        f"--direct={int(spec.direct)}",
         f"--size={length}",
         f"--numjobs={spec.workers}",
         "--group_reporting=1",
@@ -58,6 +58,11 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         "--percentile_list=" + ":".join(PERCENTILES),
         "--output-format=json",
     ]
+    if engine == URING_CMD:
+        # NVMe Read/Write commands: no page cache, and a char device refuses O_DIRECT opens
+        args.append("--cmd_type=nvme")
+    else:
+        args.append(f"--direct={int(spec.direct)}")
     # pinned like uringstack's workers, so both wait on the same CPUs
     args.append("--cpus_allowed=" + ",".join(str(c) for c in spec.worker_cpus()))
     if spec.workers > 1:
@@ -72,7 +77,7 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         # fio drops the file's page cache before the job by default (invalidate=1); the
         # uringstack rows read the file the bench pre-read, so fio must keep it hot too
         args.append("--invalidate=0")
-    if not wl.write and _is_block_device(spec.file):
+    if not wl.write and (engine == URING_CMD or _is_block_device(spec.file)):
         args.append("--readonly")
     return args
 

@@ -91,16 +91,20 @@ LADDER: tuple[Rung, ...] = (
     Rung(
         "+iopoll",
         "api",
-        "O_DIRECT I/O on the per-core IOPOLL ring (completions polled from the device)",
+        "batched (prepare_reads, .start batches kept QD deep) on the per-core IOPOLL ring: O_DIRECT, "
+        "completions polled from the device",
         {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
+        prepared=True,
         requires="iopoll",
         expect_backend="iopoll",
     ),
     Rung(
         "+passthrough",
         "api",
-        "NVMe Read/Write commands via IORING_OP_URING_CMD on /dev/ngXnY",
+        "batched (prepare_reads, .start batches kept QD deep) as NVMe Read commands via "
+        "IORING_OP_URING_CMD on the namespace's /dev/ngXnY",
         {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
+        prepared=True,
         requires="nvme_passthrough",
         open_options={"passthrough": "auto"},
         expect_backend="nvme_passthrough",

@@ -81,9 +81,24 @@ def is_block_device(path: str) -> bool:
         return False
 
 
+def is_char_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def check_target(spec: BenchSpec) -> BenchSpec:
     """The spec to run on *spec.file*: a block device is benchmarked read-only, over at
-    most its capacity.  Raises ValueError for a write workload on a block device."""
+    most its capacity.  Raises ValueError for a write workload on a block device, and
+    for a character device (an NVMe ``/dev/ngXnY``: the file preparation would
+    overwrite it, and only the passthrough rung could read it; the block namespace
+    ``/dev/nvmeXnY`` is the target, its ``+passthrough`` rung reaches the char device)."""
+    if is_char_device(spec.file):
+        raise ValueError(
+            f"{spec.file} is a character device: benchmark the block device instead (for an NVMe "
+            "namespace /dev/nvmeXnY, whose +passthrough rung and fio io_uring_cmd job use its /dev/ngXnY)"
+        )
     if not is_block_device(spec.file):
         return spec
     if spec.wl.write:
@@ -204,6 +219,9 @@ _HANDLE_LOOPS: dict[str, Callable[..., LoopResult]] = {
 }
 
 
+_RING_OF = {"iopoll": "iopoll", "nvme_passthrough": "passthrough"}  # backend -> worker ring role
+
+
 def fixed_modes(caps: Capabilities | None) -> Capabilities:
     """*caps* (probed when None) with no tune measurement: a rung fixes its modes, and one left
     in ``auto`` (``+iopoll``) must measure the technique it names, whatever the tune cache says."""
@@ -271,7 +289,8 @@ def run_mode(
         row = result_from_loop(rung.name, merged)
         row.api = rung.api
         w0 = stack.describe()["workers"][0]
-        ring = w0["rings"].get("storage", {})
+        # the ring the rung's handle runs on (IOPOLL and passthrough handles have their own)
+        ring = w0["rings"].get(_RING_OF.get(backend, "storage"), {})
         row.details = {
             "backend": "thread pool (not uringstack)" if rung.api == "tool" else backend,
             "loop": rung.loop,
@@ -341,12 +360,27 @@ def scaling(rows: list[ModeResult], workers: int) -> dict[str, float]:
     return out
 
 
-def fio_engines(spec: BenchSpec) -> list[str]:
+def passthrough_char(spec: BenchSpec, caps: Capabilities | None) -> str | None:
+    """The generic char device (``/dev/ngXnY``) of the NVMe namespace *spec.file*, as the probe
+    matched it and could open it, or None (not an NVMe block namespace, or not usable)."""
+    if caps is None or not is_block_device(spec.file):
+        return None
+    dev = caps.device_for_path(spec.file)
+    if dev is None or not dev.generic_char or not dev.generic_char_accessible:
+        return None
+    return dev.generic_char
+
+
+def fio_engines(spec: BenchSpec, caps: Capabilities | None = None) -> list[str]:
     """io_uring always; libaio as a second reference for random reads; io_uring with
-    --hipri=1 where the file's device has poll queues (the +iopoll rung's reference)."""
+    --hipri=1 where the file's device has poll queues (the +iopoll rung's reference);
+    io_uring_cmd on the generic char device of an NVMe namespace read with O_DIRECT
+    (the +passthrough rung's reference)."""
     engines = ["io_uring", "libaio"] if spec.workload == "randread" else ["io_uring"]
     if spec.direct and device_of(spec.file).get("io_poll") == "1":
         engines.append("io_uring" + fio_mod.HIPRI)  # the device polls: fio's IOPOLL job too
+    if spec.direct and not spec.wl.write and passthrough_char(spec, caps):
+        engines.append(fio_mod.URING_CMD)
     return engines
 
 
@@ -373,14 +407,19 @@ def _run_rows(spec: BenchSpec, rungs: list[Rung], caps: Any, on_step: Any, tick:
     return rows
 
 
-def _run_fio(spec: BenchSpec, fio: str, on_step: Any, tick: Tick | None, suffix: str = "") -> list[ModeResult]:
+def _run_fio(
+    spec: BenchSpec, fio: str, on_step: Any, tick: Tick | None, suffix: str = "", caps: Capabilities | None = None
+) -> list[ModeResult]:
     rows = []
-    for engine in fio_engines(spec):
+    for engine in fio_engines(spec, caps):
         if on_step:
             on_step(f"fio {engine}{suffix}", spec.ramp_s + spec.duration)
         if not spec.direct:
             warm_file(spec.file, spec.file_size)
-        row = fio_mod.run_fio(fio, spec, engine, tick)
+        job = spec
+        if engine == fio_mod.URING_CMD:  # NVMe commands go to the namespace's char device
+            job = dataclasses.replace(spec, file=passthrough_char(spec, caps) or spec.file)
+        row = fio_mod.run_fio(fio, job, engine, tick)
         if suffix:
             row.mode += suffix
         rows.append(row)
@@ -453,9 +492,9 @@ def run_bench(
         fio_info["reason"] = "fio is not installed (apt-get install -y fio)"
     else:
         fio_info.update(available=True, version=fio_mod.fio_version(fio))
-        rows.extend(_run_fio(spec, fio, on_step, tick))
+        rows.extend(_run_fio(spec, fio, on_step, tick, caps=caps))
         if scaled_spec is not None:
-            for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}"):
+            for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}", caps):
                 row.details["scaled_from"] = row.mode.removesuffix(f" x{scale_workers}")
                 rows.append(row)
     strace_info: dict[str, Any] = {

@@ -22,7 +22,7 @@ from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import SyncMethod
 from uringstack.ring.native import ffi, lib
-from uringstack.ring.pending import UringPending
+from uringstack.ring.pending import Pending, UringPending
 
 if TYPE_CHECKING:
     from uringstack.types import Target, WorkerView
@@ -49,6 +49,8 @@ class UringFileIO:
     """A file or block device served by a plain io_uring ring."""
 
     backend = "uring"
+    pending_type: type[UringPending] = UringPending
+    """What :meth:`start_rw` and prepared starts return: a subclass may reap differently (IOPOLL)."""
 
     def __init__(self, ring: Ring, fd: int, target: Target, block_size: int, worker: WorkerView | None = None) -> None:
         self.ring = ring
@@ -138,7 +140,7 @@ class UringFileIO:
             (lease.parent or lease).batch = batch
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("write" if write else "read", self.ring))
-        return UringPending(self.ring, batch)
+        return self.pending_type(self.ring, batch)
 
     def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> UringPrepared:
         """Pin *buffers* and build their columns once; see :class:`UringPrepared`."""
@@ -167,7 +169,7 @@ class UringFileIO:
             cache.appendleft(dc)  # the oldest is still in flight: so are the others
         return _DurableColumns(self, sync)
 
-    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> UringPending:
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
         # The hot path of every log flush: columns built once per sync method and
         # reused (only address, length and offset change), one pin.
         if self._closed:  # the cached columns hold the fd number, which may be another file's now
@@ -329,7 +331,7 @@ class UringPrepared:
         batch = self.ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.op, self.ring))
-        return UringPending(self.ring, batch)
+        return io.pending_type(self.ring, batch)
 
     def close(self) -> None:
         """Forget the pins (the last batch, if still in flight, holds them until it completes)."""

@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import UringIOError
-from uringstack.probe.blockdev import blkdev_size_bytes
 from uringstack.ring import Batch, Ring
 from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
-from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op
 from uringstack.ring.io_backend import SyncMethod
-from uringstack.ring.native import lib
 from uringstack.ring.pending import UringPending
 from uringstack.ring.polling import polled_done, wait_polled
-from uringstack.stack.uring_backend import RWF_DSYNC
+from uringstack.stack.uring_backend import RWF_DSYNC, UringFileIO
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -72,7 +67,7 @@ class WriteThenSync:
 
     __slots__ = ("_fd", "_hook", "_length", "_storage", "_sync", "_write", "n")
 
-    def __init__(self, write: IopollPending, storage: Ring, fd: int, length: int, hook: Any = None) -> None:
+    def __init__(self, write: UringPending, storage: Ring, fd: int, length: int, hook: Any = None) -> None:
         self._write = write
         self._storage = storage
         self._fd = fd
@@ -121,57 +116,35 @@ class WriteThenSync:
         return self._results(written)
 
 
-class IopollFileIO:
-    """A file or block device opened O_DIRECT whose reads and writes are polled."""
+class IopollFileIO(UringFileIO):
+    """A file or block device opened O_DIRECT whose reads and writes are polled.
+
+    Reads and writes are the core backend's, on the IOPOLL ring, with
+    :class:`IopollPending` (which polls) for what they return: cached columns
+    per batch size in :meth:`start_rw`, and :meth:`prepare_rw`'s prepared
+    batches (columns built once, only the offsets written per start), so the
+    rung runs the same per-batch code as the storage ring's.  Syncs and
+    durable writes go to the storage ring (the IOPOLL ring refuses them).
+    """
 
     backend = "iopoll"
+    pending_type = IopollPending
 
     def __init__(self, ring: Ring, storage: Ring, fd: int, target: Target, block_size: int, worker: Worker) -> None:
         # ``ring`` is the IOPOLL ring: the fixedbuf plugin registers a handle's fd
         # only in the storage ring's table and recognises it by ``io.ring``, so
-        # this handle keeps fixed_index None and is addressed by plain fd.
-        self.ring = ring
+        # this handle keeps fixed_index None and is addressed by plain fd.  A
+        # registered buffer belongs to the storage ring's table: on this ring it is
+        # plain memory (READ/WRITE, not READ_FIXED), which is correct.
+        super().__init__(ring, fd, target, block_size, worker)
         self.storage = storage
-        self.fd = fd
-        self.path = target.path
-        self.direct = True
+        self.direct = True  # IOPOLL means O_DIRECT: misalignment is reported before submission
         self.writable = target.writable
-        self.block_size = block_size
-        self.fixed_index: int | None = None
-        self.completion_hook = worker.completion_hook
-
-    def start_rw(
-        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
-    ) -> IopollPending:
-        n = len(offsets)
-        if n != len(buffers):
-            raise ValueError(f"{n} offsets but {len(buffers)} buffers")
-        if n == 0:
-            raise ValueError("a batch needs at least one op")
-        op = "write" if write else "read"
-        # A registered buffer belongs to the storage ring's table: on this ring it
-        # is plain memory (READ/WRITE, not READ_FIXED), which is correct.
-        keep, addrs, lens = pin_buffers(buffers, writable=not write)
-        cols = BatchColumns(n)
-        cols.fill("opcodes", int(Op.WRITE if write else Op.READ))
-        cols.fill("fds", self.fd)
-        cols.set("addrs", addrs)
-        cols.set("lens", lens)
-        cols.set("offs", offsets)
-        # IOPOLL means O_DIRECT: misalignment would be EINVAL from the kernel; say what is wrong first.
-        desc = cols.desc
-        bad = lib.us_first_misaligned(desc.addrs, desc.lens, desc.offs, n, self.block_size)
-        if bad >= 0:
-            check_alignment(op, self.path, addrs[bad], lens[bad], offsets[bad], self.block_size)
-        # wait=True: submit and poll for the completions in one io_uring_enter.
-        batch = self.ring.submit_columns(cols, n, keep, wait=wait)
-        if self.completion_hook is not None:
-            batch.add_done_callback(self.completion_hook(op, self.ring))
-        return IopollPending(self.ring, batch)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> Any:
         # Never on the IOPOLL ring: the kernel refuses fsync there.
-        batch = self.storage.submit(Op.FSYNC, self.fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, wait=wait)
+        fd, _ = self._fd_and_flags()  # refuses a closed FileIO: its fd number may be another file's
+        batch = self.storage.submit(Op.FSYNC, fd, n=1, op_flags=FSYNC_DATASYNC if datasync else 0, wait=wait)
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("fdatasync" if datasync else "fsync", self.storage))
         return UringPending(self.storage, batch)
@@ -180,10 +153,11 @@ class IopollFileIO:
         self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False
     ) -> WriteThenSync | UringPending:
         if sync == "dsync":
+            fd, _ = self._fd_and_flags()  # refuses a closed FileIO: its fd number may be another file's
             keep, addrs, lens = pin_buffers([buffer], writable=False)
             check_alignment("write", self.path, addrs[0], lens[0], offset, self.block_size)
             batch = self.storage.submit(
-                Op.WRITE, self.fd, n=1, addrs=addrs[0], lens=lens[0], offsets=offset, op_flags=RWF_DSYNC,
+                Op.WRITE, fd, n=1, addrs=addrs[0], lens=lens[0], offsets=offset, op_flags=RWF_DSYNC,
                 keep=keep, wait=wait,
             )  # fmt: skip
             if self.completion_hook is not None:
@@ -192,15 +166,6 @@ class IopollFileIO:
         write = self.start_rw(True, [offset], [buffer], wait=wait)
         nbytes = buffer.size if isinstance(buffer, RegisteredBuffer) else memoryview(buffer).nbytes
         return WriteThenSync(write, self.storage, self.fd, nbytes, self.completion_hook)
-
-    def size(self) -> int:
-        st = os.fstat(self.fd)
-        if stat.S_ISBLK(st.st_mode):
-            return blkdev_size_bytes(self.fd)  # block devices report st_size 0
-        return st.st_size
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class IopollBackend:

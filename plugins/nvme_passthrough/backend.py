@@ -50,7 +50,7 @@ from uringstack.ring import Batch, Ring
 from uringstack.ring.buffers import address_of, pin_buffers
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
-from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.io_backend import PreparedRW, RestartingPrepared, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pipeline import filled, from_bytes
 from uringstack.ring.polling import is_polled, polled_done, wait_polled
@@ -202,7 +202,7 @@ class PassthroughPending:
     command the controller failed, or None.
     """
 
-    __slots__ = ("_lengths", "_results", "batch", "n", "op", "path", "plan", "ring", "status_error", "tail")
+    __slots__ = ("_lengths", "_results", "batch", "n", "op", "owner", "path", "ring", "slbas", "status_error", "tail")
 
     def __init__(
         self,
@@ -213,12 +213,17 @@ class PassthroughPending:
         plan: CommandPlan | None,
         lengths: list[int],
         tail: int = 0,
+        *,
+        slbas: Sequence[int] | None = None,
     ) -> None:
         self.ring = ring
         self.batch = batch
         self.op = op
         self.path = path
-        self.plan = plan
+        # What _finish needs of the commands: which op each belongs to (None: one each)
+        # and their LBAs, for the error (a prepared batch passes its own SLBAs, no plan).
+        self.owner = plan.owner if plan is not None else None
+        self.slbas = plan.slbas if plan is not None else slbas
         self._lengths = lengths
         # tail: trailing commands (a Flush) reported as their own results after the ops'.
         self.tail = tail
@@ -240,15 +245,17 @@ class PassthroughPending:
             if self.status_error is not None:
                 raise self.status_error
             return self._results
+        if not self.tail and not any(raw):  # every command succeeded: each op moved its length
+            self._results = list(self._lengths)
+            return self._results
         body, tail = (raw[: len(raw) - self.tail], raw[len(raw) - self.tail :]) if self.tail else (raw, [])
-        owner = self.plan.owner if self.plan is not None else None
-        folded, bad = fold_results(body, owner, self._lengths)
+        folded, bad = fold_results(body, self.owner, self._lengths)
         tail_out = [r if r <= 0 else -errno.EIO for r in tail]
         self._results = folded + tail_out
         if bad is None and any(r > 0 for r in tail):
             self.status_error = NvmeStatusError(next(r for r in tail if r > 0), "nvme flush", self.path)
         elif bad is not None:
-            lba = int(self.plan.slbas[bad]) if self.plan is not None else None
+            lba = int(self.slbas[bad]) if self.slbas is not None else None
             self.status_error = NvmeStatusError(body[bad], self.op, self.path, lba=lba, index=bad)
         if self.status_error is not None:
             raise self.status_error
@@ -387,6 +394,18 @@ class PassthroughFileIO:
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook(name, self.ring))
         return PassthroughPending(self.ring, batch, f"nvme {name}", self.path, plan, lens)
+
+    def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> PreparedRW:
+        """Commands for *buffers* built once, only their LBAs written per start (:mod:`.prepared`).
+
+        A buffer longer than one command may carry is split per start by
+        :meth:`start_rw` instead (the generic restarting form)."""
+        from uringstack.plugins.nvme_passthrough.prepared import PassthroughPrepared
+
+        _, _, lens = pin_buffers(buffers, writable=not write)
+        if lens and max(lens) > self.max_transfer:
+            return RestartingPrepared(self, write, buffers)
+        return PassthroughPrepared(self, write, buffers)
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> PassthroughPending:
         # fsync and fdatasync are the same on a namespace (no file metadata): one Flush,

@@ -277,3 +277,15 @@ def build_rw_commands(
     u32.release()
     u64.release()
     return out
+
+
+def slba_fields(cmds: bytearray) -> memoryview:
+    """A writable view of the SLBA (cdw10/cdw11) of every command in *cmds*, one u64 per command.
+
+    For reusing built commands at new LBAs: ``slba_fields(cmds)[:] = array("Q", lbas)``
+    rewrites only those 8 bytes of each 72-byte record.  While the view lives,
+    *cmds* cannot be resized.
+    """
+    if len(cmds) % NVME_URING_CMD_SIZE:
+        raise ValueError(f"{len(cmds)} bytes is not a whole number of {NVME_URING_CMD_SIZE}-byte commands")
+    return memoryview(cmds).cast("Q")[_U64_SLBA::_REC_U64]

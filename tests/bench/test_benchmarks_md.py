@@ -74,3 +74,47 @@ def test_medians_of_per_run_ratios_and_markers(tmp_path: Path) -> None:
 def test_missing_result_file_is_one_line_error(tmp_path: Path, capsys: Any) -> None:
     assert _script().main([str(tmp_path / "nope.json"), "--stdout"]) == 2
     assert "no such result file" in capsys.readouterr().err
+
+
+def _vm_doc(path: str, kernel: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = _doc("2026-12-01T04:00:00", 100, 100)
+    doc.update(
+        command=f"uringstack bench randread --target {path} -t 2 --json",
+        spec={"workload": "randread", "block_size": 4096, "queue_depth": 32, "workers": 1, "direct": True},
+        file={"path": path, "block_device": True, "device": {"block": path.rsplit("/", 1)[1]}},
+        machine={"kernel": kernel, "nproc": 2, "cpu_model": "QEMU TCG"},
+        results=[_row("fio io_uring", 1000, "fio"), *rows],
+    )
+    return doc
+
+
+def test_nvme_vm_targets_are_judged_from_the_612_runs_against_their_own_fio_jobs(tmp_path: Path) -> None:
+    mod = _script()
+    nvme = [
+        # per-run ratios to fio io_uring_cmd: 0.9, 0.7, 0.85 -> median 0.85 (met)
+        _vm_doc("/dev/nvme0n1", "6.12.118+deb13-amd64",
+                [_row("+passthrough", p), _row("fio io_uring_cmd", c, "fio"),
+                 _row("+iopoll", 50), _row("fio io_uring hipri", 100, "fio")])
+        for p, c in ((90, 100), (70, 100), (170, 200))
+    ]  # fmt: skip
+    nullb = [
+        _vm_doc("/dev/nullb0", "6.12.118+deb13-amd64", [_row("+iopoll", i), _row("fio io_uring hipri", 100, "fio")])
+        for i in (60, 70)
+    ]
+    # a 6.1 run of the same namespace is its own group and never judges the 6.12 target
+    old = _vm_doc("/dev/nvme0n1", "6.1.0-57-amd64", [_row("+passthrough", 10), _row("fio io_uring_cmd", 100, "fio")])
+    # a run with other batches than the default is its own group, not a run of the target's
+    big = _vm_doc("/dev/nvme0n1", "6.12.118+deb13-amd64", [_row("+passthrough", 1), _row("fio io_uring_cmd", 9, "fio")])
+    big["spec"]["batch"] = 16
+    paths = []
+    for i, d in enumerate([big, *nvme, *nullb, old]):
+        p = tmp_path / f"vm{i}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    text = mod.generate(paths, None)
+    passthrough = next(ln for ln in text.splitlines() if "passthrough handle" in ln)
+    assert "| 0.85; `--batch 16`: 0.11 (1 run(s)) | **yes** |" in passthrough  # shown, not judged
+    iopoll = next(ln for ln in text.splitlines() if "IOPOLL handle" in ln)
+    assert "0.65 (on the emulated NVMe namespace: 0.50)" in iopoll and "**no**" in iopoll
+    assert "/dev/nvme0n1, kernel 6.1.0-57-amd64" in text and "/dev/nvme0n1, kernel 6.12.118+deb13-amd64" in text
+    assert "/dev/nvme0n1, kernel 6.12.118+deb13-amd64, --batch 16" in text

@@ -156,3 +156,41 @@ def test_scale_workers_adds_a_row_pair_and_its_ratio(tmp_path: Path) -> None:
         assert two["ratio_to_fio"]["iops"] == pytest.approx(
             two["iops"] / rows["fio io_uring x2"]["iops"], rel=1e-3, abs=5e-5
         )
+
+
+def test_a_character_device_target_is_refused_before_anything_writes_it() -> None:
+    # prepare_file would have "created" the bench file by writing 1 GiB into it: on an
+    # NVMe /dev/ngXnY that overwrites the namespace
+    with pytest.raises(ValueError, match="/dev/null is a character device: benchmark the block device"):
+        runner.check_target(BenchSpec("randread", file="/dev/null"))
+
+
+def test_an_nvme_namespace_gets_fio_io_uring_cmd_on_its_char_device(
+    loop_device: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uringstack.bench import fio as fio_mod
+    from uringstack.probe.model import BlockDevice
+    from uringstack.testing import make_fake_capabilities
+
+    dev, _ = loop_device
+    ns = BlockDevice(name=os.path.basename(dev), path=dev, nvme=True, generic_char="/dev/ng7n1",
+                     generic_char_accessible=True, nsid=1)  # fmt: skip
+    caps = make_fake_capabilities(devices=[ns])
+    spec = BenchSpec("randread", file=dev)
+    assert runner.fio_engines(spec, caps)[-1] == "io_uring_cmd"
+    assert "io_uring_cmd" not in runner.fio_engines(spec, make_fake_capabilities())  # not an NVMe namespace
+    assert "io_uring_cmd" not in runner.fio_engines(BenchSpec("randread", file=dev, direct=False), caps)
+    jobs: dict[str, str] = {}
+
+    def fake_fio(path: str, job: BenchSpec, engine: str, poll: Any = None) -> ModeResult:
+        jobs[engine] = job.file
+        return ModeResult(mode=f"fio {engine}", kind="fio", status="ok")
+
+    monkeypatch.setattr(fio_mod, "run_fio", fake_fio)
+    rows = runner._run_fio(spec, "fio", None, None, caps=caps)
+    assert jobs["io_uring_cmd"] == "/dev/ng7n1" and jobs["io_uring"] == dev
+    assert [r.mode for r in rows][-1] == "fio io_uring_cmd"
+    args = fio_args(BenchSpec("randread", file="/dev/ng7n1"), "io_uring_cmd")
+    assert "--ioengine=io_uring_cmd" in args and "--cmd_type=nvme" in args and "--readonly" in args
+    assert not any(a.startswith("--direct") for a in args)  # a char device refuses O_DIRECT opens
+    assert "--direct=1" in fio_args(BenchSpec("randread", file="/x"), "io_uring")
