@@ -118,3 +118,20 @@ def test_nvme_vm_targets_are_judged_from_the_612_runs_against_their_own_fio_jobs
     assert "0.65 (on the emulated NVMe namespace: 0.50)" in iopoll and "**no**" in iopoll
     assert "/dev/nvme0n1, kernel 6.1.0-57-amd64" in text and "/dev/nvme0n1, kernel 6.12.118+deb13-amd64" in text
     assert "/dev/nvme0n1, kernel 6.12.118+deb13-amd64, --batch 16" in text
+
+
+def test_a_bigger_batch_run_of_the_hot_workload_is_shown_beside_the_target_never_judged(tmp_path: Path) -> None:
+    mod = _script()
+    # default batches: per-run ratios 0.5 and 0.7 -> median 0.60 (missed)
+    default = [_doc("2026-12-01T00:00:00", b, 100) for b in (50, 70)]
+    # --batch 32 first in the files (the generator once judged whichever group came first): 1.4, shown only
+    big = _doc("2026-12-01T00:10:00", 140, 100)
+    big["spec"]["batch"] = 32
+    paths = []
+    for i, d in enumerate([big, *default]):
+        p = tmp_path / f"hot{i}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    text = mod.generate(paths, None)
+    line = next(ln for ln in text.splitlines() if "buffered hot QD32, 1 worker" in ln)
+    assert "| batched: 0.60; `--batch 32`: batched 1.40 | **no** |" in line, line
