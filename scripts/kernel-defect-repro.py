@@ -27,9 +27,9 @@ import sys
 import time
 
 from uringstack import open_stack
+from uringstack.probe.defects import KNOWN_DEFECTS, POLLED_PASSTHROUGH, running_kernel
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.ring.flags import SetupFlag
-from uringstack.probe.defects import KNOWN_DEFECTS, POLLED_PASSTHROUGH, running_kernel
 
 DEFECT_IDS = [d.id for d in KNOWN_DEFECTS if d.rules_out == POLLED_PASSTHROUGH]
 
