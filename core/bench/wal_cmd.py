@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import tempfile
+import time
 from typing import Any
 
 import click
@@ -13,6 +16,7 @@ from rich.table import Table
 from ..wal.bench import run_wal_bench
 from ..wal.config import WalConfig
 from ..wal.record import HEADER_BYTES
+from .runner import machine_info
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -56,6 +60,7 @@ def wal_bench_command(
             f"(a framed record must fit in max_batch_bytes={WalConfig().max_batch_bytes})",
             param_hint="'--record-size'",
         )
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if directory is None:
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="uringstack-bench-") as tmp:
             result = run_wal_bench(tmp, appenders, record_size, duration, backend, rounds=rounds,
@@ -64,7 +69,16 @@ def wal_bench_command(
         result = run_wal_bench(directory, appenders, record_size, duration, backend, rounds=rounds,
                                use_asyncio=use_asyncio)  # fmt: skip
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        # what scripts/benchmarks-md.py needs to place a run: when, where, how it was asked for
+        doc = {
+            "schema": "uringstack.bench-wal/1",
+            "workload": "wal",
+            "started_at": started,
+            "command": " ".join(["uringstack", *(shlex.quote(a) for a in sys.argv[1:])]),
+            "machine": machine_info(),
+            **result,
+        }
+        click.echo(json.dumps(doc, indent=2))
         return
     wal = result["wal"]
     table = Table(

@@ -135,3 +135,38 @@ def test_a_bigger_batch_run_of_the_hot_workload_is_shown_beside_the_target_never
     text = mod.generate(paths, None)
     line = next(ln for ln in text.splitlines() if "buffered hot QD32, 1 worker" in ln)
     assert "| batched: 0.60; `--batch 32`: batched 1.40 | **no** |" in line, line
+
+
+def _wal_doc(when: str, appenders: int, size: int, **rows: dict[str, float]) -> dict[str, Any]:
+    wal = {"backend": "fallback", "backend_reason": "auto: fallback", "records_per_s": 1000.0, "p50_us": 100.0,
+           "p99_us": 200.0, "p999_us": 300.0, "records_per_flush": 1.0}  # fmt: skip
+    return {
+        "schema": "uringstack.bench-wal/1", "workload": "wal", "started_at": when,
+        "command": f"uringstack bench wal --appenders {appenders} --json",
+        "machine": {"kernel": "6.x", "nproc": 2, "cpu_model": "cpu"},
+        "params": {"appenders": appenders, "record_size": size, "backend": "auto", "asyncio": "wal_asyncio" in rows},
+        "wal": wal, "naive": dict(wal), "fio": {"records_per_s": 900.0, "p99_us": 100.0, "pattern": "psync"},
+        "ratios": rows.pop("ratios", {}), **rows,
+    }  # fmt: skip
+
+
+def test_wal_targets_are_judged_from_bench_wal_documents(tmp_path: Path) -> None:
+    mod = _script()
+    measured = ((170e3, 8), (150e3, 30), (180e3, 9))
+    aio = [{"records_per_s": r, "p50_us": 1.0, "p99_us": 2.0, "enqueue_p99_us": e} for r, e in measured]
+    docs = [
+        *(_wal_doc(f"2026-12-01T00:0{i}:00", 32, 256, wal_asyncio=a) for i, a in enumerate(aio)),
+        _wal_doc("2026-12-01T00:09:00", 1, 4096, ratios={"p99_vs_fio": 1.3}),
+        _doc("2026-12-01T00:10:00", 100, 100),  # a randread run: the WAL rows sit in its targets table
+    ]
+    paths = []
+    for i, d in enumerate(docs):
+        p = tmp_path / f"w{i}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    text = mod.generate(paths, None)
+    line = {k: next(ln for ln in text.splitlines() if k in ln) for k in ("160k", "fio's p99", "enqueue: p99")}
+    assert "170,000 records/s (3 run(s)" in line["160k"] and "**yes**" in line["160k"]  # median of 170k, 150k, 180k
+    assert "1.30\u00d7 (1 run(s))" in line["fio's p99"] and "**no**" in line["fio's p99"]
+    assert "9.0 µs (3 run(s))" in line["enqueue: p99"] and "**yes**" in line["enqueue: p99"]
+    assert "### WAL: durable appends" in text and "| wal_asyncio | 170,000 |" in text

@@ -61,3 +61,22 @@ def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
 )
 def test_fio_reference_uses_the_logs_write_pattern(backend: str, sync: str, direct: bool, want: list[str]) -> None:
     assert _fio_pattern(backend, sync, direct) == want
+
+
+def test_bench_wal_json_names_its_run_for_benchmarks_md(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench wal --json` carries what the generator places a run by: workload, date, command, machine."""
+    import json
+
+    from uringstack.bench import wal_cmd
+
+    measured = {"params": {"appenders": 1}, "wal": {"backend": "fallback", "direct_io": True}, "ratios": {}}
+    monkeypatch.setattr(wal_cmd, "run_wal_bench", lambda *a, **k: measured)
+    r = CliRunner().invoke(wal_bench_command, ["--dir", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["workload"] == "wal" and doc["schema"] == "uringstack.bench-wal/1"
+    assert doc["started_at"][:2] == "20" and doc["command"].startswith("uringstack")
+    assert doc["machine"]["nproc"] >= 1 and doc["machine"]["kernel"]
+    assert doc["params"] == measured["params"] and doc["wal"] == measured["wal"]
