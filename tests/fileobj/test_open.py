@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import uringstack
+from tests.requires import skip_without
 from uringstack.fileobj.stream import CHUNK
 from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
@@ -52,7 +53,7 @@ def _direct_or_skip(path: pathlib.Path, mode: str, stack: Stack, **kw: Any) -> A
     try:
         return uringstack.open(path, mode, direct=True, stack=stack, **kw)
     except OSError as exc:
-        pytest.skip(f"O_DIRECT not supported on {path.parent}: {exc}")
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import uringstack
+from tests.requires import skip_without
 from uringstack.fileobj.stream import CHUNK, PER_BATCH
 from uringstack.stack import Stack
 
@@ -63,7 +64,7 @@ def _open_spied(path: pathlib.Path, mode: str, stack: Stack) -> tuple[Any, list[
     try:
         f = uringstack.open(path, mode, direct=True, stack=stack)
     except OSError as exc:
-        pytest.skip(f"O_DIRECT not supported on {path.parent}: {exc}")
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
     handle = f.raw.handle
     real = handle.prepare_reads
     violations: list[str] = []

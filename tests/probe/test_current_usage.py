@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.probe.blockdev import backing_disk
 from uringstack.probe.model import BlockDevice
 from uringstack.probe.usage import current_usage
@@ -25,7 +26,7 @@ def _root() -> tuple[str, int, int]:
     except OSError:
         disk = None
     if disk is None:
-        pytest.skip("/ has no backing block device with a node in /dev here")
+        skip_without("/ has no backing block device with a node in /dev")
     return disk, os.major(st.st_rdev), os.minor(st.st_rdev)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.errors import RingClosedError, UringIOError
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -56,7 +57,7 @@ def _uring_handle(stack: Stack, path: pathlib.Path, writable: bool = False) -> F
     h = stack.open(path, writable=writable)
     if h.ring is None or h.backend != "uring":
         h.close()
-        pytest.skip(f"io_uring is not usable here (backend {h.backend}: {h.backend_reason})")
+        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
     return h
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
+from tests.requires import skip_without
 from uringstack.errors import AlignmentError, BatchInFlightError, RingClosedError, ShortIOError
 from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
@@ -191,7 +192,7 @@ def test_prepared_reads_on_leased_registered_buffers_use_read_fixed(
         leases = h.lease_buffers(4, BS)
         if not all(isinstance(b, RegisteredBuffer) for b in leases):
             h.release_buffers(leases)
-            pytest.skip("fixedbuf registered no buffers here (RLIMIT_MEMLOCK too low)")
+            skip_without("fixedbuf registered no buffers (RLIMIT_MEMLOCK too low)")
         reads = h.prepare_reads(leases)
         assert isinstance(reads._prep, UringPrepared)
         cols = reads._prep._cols

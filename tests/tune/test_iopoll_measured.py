@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.config import load_config
 from uringstack.plan import make_plan
 from uringstack.plugins.iopoll.plugin import serve_decision
@@ -25,7 +26,7 @@ OTHER = BlockDevice(name="nvme8n1", path="/dev/nvme8n1", io_poll=True, nvme=True
 def real_caps() -> Capabilities:
     caps = probe()
     if not caps.uring.accepts("IOPOLL"):
-        pytest.skip(f"this kernel refuses IORING_SETUP_IOPOLL: {caps.uring.setup_flags.get('IOPOLL')}")
+        skip_without(f"the kernel refuses IORING_SETUP_IOPOLL: {caps.uring.setup_flags.get('IOPOLL')}")
     return caps
 
 

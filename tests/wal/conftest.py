@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.wal import WalConfig
 
 
@@ -26,7 +27,7 @@ _URING_SKIP = _uring_available()
 @pytest.fixture(params=["fallback", "uring"])
 def backend_name(request: pytest.FixtureRequest) -> str:
     if request.param == "uring" and _URING_SKIP:
-        pytest.skip(_URING_SKIP)
+        skip_without(_URING_SKIP)
     return str(request.param)
 
 

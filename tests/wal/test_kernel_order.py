@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
+from tests.requires import skip_without
 from uringstack.stack import Stack, open_stack
 from uringstack.wal import Wal, WalConfig, WalFailedError
 from uringstack.wal.faults import RecordingRing
@@ -30,7 +31,7 @@ CFG = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024)
 @pytest.fixture
 def uring_stack() -> Iterator[Stack]:
     if _URING_SKIP:
-        pytest.skip(_URING_SKIP)
+        skip_without(_URING_SKIP)
     with open_stack(overrides={"core.backend": "uring", "core.cores": [0], "sqpoll.mode": "off"}) as stack:
         yield stack
 

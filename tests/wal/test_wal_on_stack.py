@@ -6,6 +6,7 @@ import pathlib
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.stack import open_stack
 from uringstack.wal import Wal
 from uringstack.wal.io import shared_stack
@@ -16,7 +17,7 @@ from .conftest import _URING_SKIP
 @pytest.mark.parametrize("backend", ["auto", "fallback"])
 def test_wal_on_a_stack(tmp_path: pathlib.Path, backend: str) -> None:
     if backend == "auto" and _URING_SKIP:
-        pytest.skip(_URING_SKIP)
+        skip_without(_URING_SKIP)
     with open_stack(overrides={"core.backend": backend, "core.cores": [0], "sqpoll.mode": "off"}) as stack:
         ring = stack.workers[0].rings.get("storage")
         before = ring.counters()["submitted"] if ring is not None else 0
@@ -37,7 +38,7 @@ def test_wal_does_not_use_an_sqpoll_ring(tmp_path: pathlib.Path) -> None:
     """Durable writes through SQPOLL collapse to milliseconds on this kernel: the WAL
     gets a plain io_uring stack of its own instead."""
     if _URING_SKIP:
-        pytest.skip(_URING_SKIP)
+        skip_without(_URING_SKIP)
     with open_stack(overrides={"sqpoll.mode": "on", "core.cores": [0]}) as stack:
         ring = stack.workers[0].rings["storage"]
         before = ring.counters()["submitted"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
+from tests.requires import skip_without
 from uringstack.plugins.iopoll.plugin import poll_fact
 from uringstack.probe.blockdev import backing_disk
 from uringstack.probe.model import BlockDevice
@@ -26,7 +25,7 @@ def test_a_file_is_judged_by_its_filesystems_disk_as_the_probe_saw_it(tmp_path: 
     f = tmp_path / "x"
     f.write_bytes(b"x")
     if disk is None or backing_disk(f)[0] != disk:
-        pytest.skip("/ and the test's tmp directory are not on one block device here")
+        skip_without("/ and the test's tmp directory are not on one block device")
     polled = BlockDevice(name=disk, path=f"/dev/{disk}", io_poll=True)
     ok, why = poll_fact(str(f), make_fake_capabilities(devices=[polled]))
     assert ok and disk in why and "queue/io_poll is 1" in why
@@ -40,7 +39,7 @@ def test_a_file_is_judged_by_its_filesystems_disk_as_the_probe_saw_it(tmp_path: 
 def test_a_disk_the_probe_did_not_list_is_not_polled(tmp_path: Path) -> None:
     disk = _root_disk()
     if disk is None:
-        pytest.skip("/ has no backing block device on this machine")
+        skip_without("/ has no backing block device")
     ok, why = poll_fact("/", make_fake_capabilities(nvme=True))
     assert not ok and disk in why and "the probe did not list" in why and "nvme0n1" in why
     caps = make_fake_capabilities(device_scan_error="ImportError: no libudev")
@@ -56,7 +55,7 @@ def test_the_given_device_wins_over_the_path() -> None:
 
 def test_tmpfs_file_has_no_backing_disk() -> None:
     if not Path("/dev/shm").is_dir() or os.major(os.stat("/dev/shm").st_dev) != 0:
-        pytest.skip("/dev/shm is not an anonymous-device filesystem here")
+        skip_without("/dev/shm is not a tmpfs (anonymous-device) mount")
     ok, why = poll_fact("/dev/shm", make_fake_capabilities(nvme=True))
     assert not ok and "no single backing block device" in why
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.plugins.nvme_passthrough.device import (
     DeviceAccessError,
     NamespaceInUseError,
@@ -48,7 +49,7 @@ def test_permission_denied_names_device_and_fix() -> None:
     """Drop to an unprivileged uid in a child and open a root-only device node."""
     target = "/dev/vda" if os.path.exists("/dev/vda") else None
     if target is None or os.geteuid() != 0 or (os.stat(target).st_mode & 0o077):
-        pytest.skip("needs root (to drop privileges) and a root-only device node such as /dev/vda")
+        skip_without("needs root (to drop privileges) and the root-only device node /dev/vda")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child

@@ -1,0 +1,20 @@
+"""Skips for a facility this machine lacks, each saying where the test does run.
+
+The guards below never fire on the development host or in CI's host suite
+(``bash .ci/run``, see its ``-rs`` summary): they exist for other machines
+(io_uring blocked by seccomp, an old kernel, a tmpfs /tmp, no root).  Tests that
+need NVMe hardware say so themselves and run in the NVMe VM (tests/nvme).
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import pytest
+
+WHERE = "it runs on the development host and in CI's host suite (bash .ci/run), which have it"
+
+
+def skip_without(missing: str) -> NoReturn:
+    """Skip: *missing* names what this machine lacks; the reason adds where the test runs."""
+    pytest.skip(f"{missing}; {WHERE}")
