@@ -4,8 +4,9 @@ Driven by ``test_umockdev_runner.py``, which starts
 ``umockdev-run -d fixtures/<name>.umockdev -- python -m pytest <this file>``
 with ``URINGSTACK_UMOCKDEV_FIXTURE=<name>``.  umockdev fakes sysfs, the udev
 properties and /dev nodes (as plain files); it does not fake ioctls or
-io_uring, so only the device scan is tested here.  Outside umockdev every
-test skips: the real machine has other devices.
+io_uring, so only the device scan is tested here.  Outside umockdev this
+file is not collected (tests/probe/conftest.py): the real machine has other
+devices.
 """
 
 from __future__ import annotations
