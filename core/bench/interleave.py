@@ -39,10 +39,10 @@ _PCTS = ("p50", "p99", "p99_9", "mean")
 
 @dataclass(frozen=True)
 class Slot:
-    """One entry of a round: a row name and how to run one slice of it."""
+    """One entry of a round: a row name and how to run its slice of round *n* (``run(n)``)."""
 
     name: str
-    run: Callable[[], ModeResult]
+    run: Callable[[int], ModeResult]
 
 
 SLICE_RAMP_S = (0.25, 0.5)  # warm-up of a slice: at least, at most (not counted)
@@ -59,6 +59,13 @@ def slice_spec(spec: BenchSpec, rounds: int) -> BenchSpec:
     lo, hi = SLICE_RAMP_S
     ramp = spec.ramp if spec.ramp >= 0 else max(lo, min(hi, one / 10))
     return dataclasses.replace(spec, duration=one, ramp=ramp)
+
+
+def round_spec(one: BenchSpec, rnd: int) -> BenchSpec:
+    """The slice spec of round *rnd*: its own offset stream.  With the same seed every
+    slice would re-read the blocks of the first (which a device cache then serves hot),
+    while fio draws fresh offsets each run (``--randrepeat=0``)."""
+    return dataclasses.replace(one, seed=one.seed * 1_000_003 + rnd)
 
 
 def round_order(names: Sequence[str], rnd: int) -> list[str]:
@@ -96,7 +103,7 @@ def run_rounds(
             if on_slice is not None:
                 on_slice(rnd, name)
             started = clock() - t0
-            res = by_name[name].run()
+            res = by_name[name].run(rnd)
             slices[name].append((rnd, len(ran), round(started, 3), res))
             ran.append(name)
             if res.status == "skipped":

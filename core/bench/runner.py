@@ -29,6 +29,7 @@ from uringstack.bench.interleave import (
     Slot,
     apply_ratios,
     combine,
+    round_spec,
     run_rounds,
     slice_spec,
     warm_device,
@@ -489,7 +490,7 @@ def _interleaved(
         if engine == fio_mod.URING_CMD:
             job = dataclasses.replace(one, file=passthrough_char(spec, caps) or spec.file)
 
-        def run() -> ModeResult:
+        def run(_rnd: int) -> ModeResult:
             if not spec.direct:
                 warm_file(spec.file, spec.file_size)
             return fio_mod.run_fio(fio, job, engine, tick)
@@ -497,7 +498,7 @@ def _interleaved(
         return Slot(f"fio {engine}", run)
 
     def row_slot(rung: Rung) -> Slot:
-        return Slot(rung.name, lambda: _run_rows(one, [rung], caps, None, tick)[0])
+        return Slot(rung.name, lambda rnd: _run_rows(round_spec(one, rnd), [rung], caps, None, tick)[0])
 
     slots = [*(fio_slot(e) for e in engines), *(row_slot(r) for r in rungs)]
     step = one.ramp_s + one.duration

@@ -12,9 +12,17 @@ import pytest
 from click.testing import CliRunner
 
 from tests.requires import skip_without
-from uringstack.bench.interleave import Slot, apply_ratios, combine, run_rounds, slice_spec, warm_device
-from uringstack.bench.metrics import ModeResult
-from uringstack.bench.spec import BenchSpec
+from uringstack.bench.interleave import (
+    Slot,
+    apply_ratios,
+    combine,
+    round_spec,
+    run_rounds,
+    slice_spec,
+    warm_device,
+)
+from uringstack.bench.metrics import ModeResult, hist_mean, new_histogram
+from uringstack.bench.spec import BenchSpec, offset_list
 from uringstack.cli import cli
 
 
@@ -41,7 +49,7 @@ def _slots(series: dict[str, list[ModeResult]], calls: list[str]) -> list[Slot]:
     def slot(name: str) -> Slot:
         it = iter(series[name])
 
-        def run() -> ModeResult:
+        def run(_rnd: int) -> ModeResult:
             calls.append(name)
             return next(it)
 
@@ -115,6 +123,23 @@ def test_slice_spec_splits_the_duration_and_keeps_a_warm_up_for_idle_refills() -
     assert one.duration == 1.0 and one.ramp_s == 0.25  # a tenth of 1 s, raised to 0.25 s
     assert slice_spec(BenchSpec("randread", duration=60.0), 4).ramp_s == 0.5
     assert slice_spec(BenchSpec("randread", duration=8.0, ramp=0.0), 8).ramp_s == 0.0
+
+
+def test_each_round_reads_its_own_offsets() -> None:
+    # a row re-reading the same blocks every slice would find them hot in a device cache,
+    # while fio draws fresh offsets each run
+    one = slice_spec(BenchSpec("randread", duration=4.0, file_size=1 << 30), 4)
+    streams = [offset_list(round_spec(one, r), 0, 64) for r in range(4)]
+    assert len({tuple(s) for s in streams}) == 4
+    assert round_spec(one, 2).duration == one.duration
+
+
+def test_hist_mean_is_hdrh_mean() -> None:
+    h = new_histogram()
+    for v in (1_000, 12_345, 12_345, 987_654, 50_000_000, 3):
+        h.record_value(v)
+    assert hist_mean(h) == h.get_mean_value()
+    assert hist_mean(new_histogram()) == 0.0
 
 
 def test_warm_device_reads_the_whole_file(tmp_path: Path) -> None:
