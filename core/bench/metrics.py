@@ -86,10 +86,10 @@ def hist_mean(hist: HdrHistogram) -> float:
     total = 0
     for index, count in enumerate(hist.counts[: hist.counts_len]):
         if count:
-            value = hist.get_value_from_index(index)
-            low = hist.get_lowest_equivalent_value(value)
-            total += count * (low + ((hist.get_highest_equivalent_value(value) - low + 1) >> 1))
-    return float(total) / hist.total_count
+            value = int(hist.get_value_from_index(index))
+            low = int(hist.get_lowest_equivalent_value(value))
+            total += int(count) * (low + ((int(hist.get_highest_equivalent_value(value)) - low + 1) >> 1))
+    return total / int(hist.total_count)
 
 
 def percentiles_us(hist: HdrHistogram) -> dict[str, float]:
