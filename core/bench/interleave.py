@@ -21,8 +21,6 @@ percentiles cannot be merged across runs).
 from __future__ import annotations
 
 import dataclasses
-import mmap
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -213,25 +211,3 @@ def apply_ratios(rows: list[ModeResult], reference: str = REFERENCE) -> None:
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def warm_device(path: str, size: int, chunk: int = 1 << 20) -> dict[str, Any]:
-    """Read the first *size* bytes of *path* once, sequentially with O_DIRECT in *chunk*
-    reads, so the device's own cache (the host's page cache of a VM's disk image) holds
-    what the rounds read: the rows and fio then start from the same state, not from a
-    cold image that warms while the first side runs.  Returns what it read and how fast."""
-    buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
-    t0 = time.perf_counter()
-    done = 0
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-    try:
-        while done < size:
-            n = os.preadv(fd, [buf], done)
-            if n <= 0:
-                break
-            done += n
-    finally:
-        os.close(fd)
-        buf.close()
-    secs = time.perf_counter() - t0
-    return {"bytes": done, "seconds": round(secs, 3), "mb_s": round(done / secs / 1e6, 1) if secs > 0 else None}

@@ -15,7 +15,6 @@ import datetime
 import os
 import platform
 import stat
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +31,11 @@ from uringstack.bench.interleave import (
     round_spec,
     run_rounds,
     slice_spec,
-    warm_device,
 )
 from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop, wait_loops
+from uringstack.bench.prewarm import warm_device, warm_file
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
 from uringstack.bench.tuned import DEFAULT_TUNE_BUDGET_S, TUNED, calibrate, tuned_row, why_not
@@ -123,24 +122,6 @@ def check_target(spec: BenchSpec) -> BenchSpec:
     if size < spec.block_size * spec.workers:
         raise ValueError(f"{spec.file}: {size} bytes is smaller than one block per worker")
     return dataclasses.replace(spec, file_size=min(spec.file_size, size))
-
-
-def warm_file(path: str, size: int) -> float:
-    """Read *path* (the first *size* bytes) once so buffered rows and fio read a hot page
-    cache; returns the seconds it took (a second pass over a hot file is fast)."""
-    t0 = time.perf_counter()
-    buf = bytearray(1 << 20)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        done = 0
-        while done < size:
-            n = os.preadv(fd, [buf], done)
-            if n <= 0:
-                break
-            done += n
-    finally:
-        os.close(fd)
-    return time.perf_counter() - t0
 
 
 def machine_info() -> dict[str, Any]:

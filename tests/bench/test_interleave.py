@@ -19,9 +19,9 @@ from uringstack.bench.interleave import (
     round_spec,
     run_rounds,
     slice_spec,
-    warm_device,
 )
 from uringstack.bench.metrics import ModeResult, hist_mean, new_histogram
+from uringstack.bench.prewarm import warm_device
 from uringstack.bench.spec import BenchSpec, offset_list
 from uringstack.cli import cli
 
