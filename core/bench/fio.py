@@ -116,6 +116,12 @@ def parse_fio(doc: dict[str, Any], spec: BenchSpec, mode: str) -> ModeResult:
     if lat.get("mean") is not None:
         lat_us["mean"] = float(lat["mean"]) / 1000.0
     details: dict[str, Any] = {}
+    # completion latency (submit to completion, without the submit call): kept beside lat for
+    # the record (the interleaved QD1 rounds show both); the ratios use lat, as the rows time it
+    clat_ns = side.get("clat_ns") or {}
+    clat = {name: v for name, p in (("p50", "50"), ("p99", "99")) if (v := _pct(clat_ns, p)) is not None}
+    if clat:
+        details["clat_us"] = clat
     sync = job.get("sync") or {}
     if spec.wl.durable and spec.durability == "fdatasync" and sync.get("lat_ns"):
         # fio reports the flush apart from the write; uringstack times the linked pair,

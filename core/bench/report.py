@@ -101,7 +101,34 @@ def render(doc: dict[str, Any], console: Console) -> None:
     if sc:
         pairs = ", ".join(f"{m} {v:.2f}x" for m, v in sc["ratios"].items())
         console.print(f"scaling to {sc['workers']} workers (IOPS ratio): {pairs}")
+    il = doc.get("interleave")
+    if il:
+        _interleave_lines(il, doc["results"], console)
     if not doc["fio"]["available"]:
         console.print(f"fio not run: {doc['fio']['reason']}")
     for note in notes:
         console.print(f"[yellow]{note}[/yellow]")
+
+
+def _spread(values: list[Any]) -> str:
+    got = [v for v in values if v is not None]
+    return f"{min(got):.2f}-{max(got):.2f}" if got else "-"
+
+
+def _interleave_lines(il: dict[str, Any], rows: list[dict[str, Any]], console: Console) -> None:
+    """How the rounds ran, and each row's per-round paired ratios (their median is the table's)."""
+    warm = il.get("device_warm") or {}
+    settle = il.get("settle") or {}
+    console.print(
+        f"interleaved: {il['rounds']} rounds of {il['slice_s']:g} s (+{il['ramp_s']:g} s warm-up), "
+        f"order reversed every round; ratios = median of per-round ratios to {il['reference']}"
+        + (f"; device warm-up {warm['mb_s']} MB/s" if warm.get("mb_s") else "")
+        + (f"; settle {settle['seconds']:g} s of fio at {_num(settle.get('iops'))} IOPS" if settle else "")
+    )
+    for r in rows:
+        rr = r["details"].get("ratio_rounds")
+        if r["status"] == "ok" and rr and r["kind"] != "fio":
+            console.print(
+                f"  {r['mode']}: per-round IOPS/fio {_spread(rr['iops'])}, p50/fio {_spread(rr['p50'])}, "
+                f"p99/fio {_spread(rr['p99'])}"
+            )

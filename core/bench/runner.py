@@ -15,7 +15,6 @@ import datetime
 import os
 import platform
 import stat
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +22,20 @@ from uringstack.bench import fio as fio_mod
 from uringstack.bench import syscalls
 from uringstack.bench.api_loops import asyncio_batch_loop, asyncio_loop, handle_loop
 from uringstack.bench.children import terminate_raises
+from uringstack.bench.interleave import (
+    ORDER,
+    REFERENCE,
+    Slot,
+    apply_ratios,
+    combine,
+    round_spec,
+    run_rounds,
+    slice_spec,
+)
 from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop, wait_loops
+from uringstack.bench.prewarm import warm_device, warm_file
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
 from uringstack.bench.tuned import DEFAULT_TUNE_BUDGET_S, TUNED, calibrate, tuned_row, why_not
@@ -112,24 +122,6 @@ def check_target(spec: BenchSpec) -> BenchSpec:
     if size < spec.block_size * spec.workers:
         raise ValueError(f"{spec.file}: {size} bytes is smaller than one block per worker")
     return dataclasses.replace(spec, file_size=min(spec.file_size, size))
-
-
-def warm_file(path: str, size: int) -> float:
-    """Read *path* (the first *size* bytes) once so buffered rows and fio read a hot page
-    cache; returns the seconds it took (a second pass over a hot file is fast)."""
-    t0 = time.perf_counter()
-    buf = bytearray(1 << 20)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        done = 0
-        while done < size:
-            n = os.preadv(fd, [buf], done)
-            if n <= 0:
-                break
-            done += n
-    finally:
-        os.close(fd)
-    return time.perf_counter() - t0
 
 
 def machine_info() -> dict[str, Any]:
@@ -426,6 +418,83 @@ def _run_fio(
     return rows
 
 
+def interleave_usage(spec: BenchSpec, rounds: int, *, with_fio: bool, scale_workers: int, tuned: bool) -> None:
+    """Raise ValueError when *rounds* > 1 cannot be run with the other options."""
+    if rounds <= 1:
+        return
+    if not with_fio:
+        raise ValueError("--rounds interleaves the rows with fio's job: it cannot run with --no-fio")
+    if scale_workers or tuned:
+        raise ValueError("--rounds does not combine with --scale-workers or --tuned (run those without it)")
+    if spec.duration / rounds < 0.05:
+        raise ValueError(f"--duration {spec.duration:g} over {rounds} rounds: slices under 0.05 s measure nothing")
+
+
+def _interleaved(
+    spec: BenchSpec,
+    rungs: list[Rung],
+    caps: Capabilities | None,
+    fio: str,
+    rounds: int,
+    settle: float,
+    on_step: Callable[[str, float], None] | None,
+    tick: Tick | None,
+) -> tuple[list[ModeResult], dict[str, Any]]:
+    """fio's jobs and the rows in *rounds* interleaved slices (:mod:`uringstack.bench.interleave`),
+    after one sequential pass over the file (O_DIRECT runs: the device's cache then holds it
+    for both sides) and *settle* seconds of fio's job, not counted (a device that bursts after
+    idling drains its burst before round 0)."""
+    one = slice_spec(spec, rounds)
+    info: dict[str, Any] = {
+        "rounds": rounds,
+        "slice_s": one.duration,
+        "ramp_s": one.ramp_s,
+        "order": ORDER,
+        "reference": REFERENCE,
+        "device_warm": None,
+        "settle": None,
+    }
+    if spec.direct:
+        if on_step:
+            on_step("device warm-up", 0.0)
+        info["device_warm"] = warm_device(spec.file, spec.file_size)
+    if settle > 0:
+        if on_step:
+            on_step("settle (fio)", settle)
+        drained = fio_mod.run_fio(fio, dataclasses.replace(spec, duration=settle, ramp=0.0), "io_uring", tick)
+        info["settle"] = {"seconds": settle, "status": drained.status, "iops": round(drained.iops, 1)}
+    # libaio is a second reference only: the rounds keep to the jobs the ratios use
+    engines = [e for e in fio_engines(spec, caps) if e != "libaio"]
+
+    def fio_slot(engine: str) -> Slot:
+        job = one
+        if engine == fio_mod.URING_CMD:
+            job = dataclasses.replace(one, file=passthrough_char(spec, caps) or spec.file)
+
+        def run(_rnd: int) -> ModeResult:
+            if not spec.direct:
+                warm_file(spec.file, spec.file_size)
+            return fio_mod.run_fio(fio, job, engine, tick)
+
+        return Slot(f"fio {engine}", run)
+
+    def row_slot(rung: Rung) -> Slot:
+        return Slot(rung.name, lambda rnd: _run_rows(round_spec(one, rnd), [rung], caps, None, tick)[0])
+
+    slots = [*(fio_slot(e) for e in engines), *(row_slot(r) for r in rungs)]
+    step = one.ramp_s + one.duration
+
+    def on_slice(rnd: int, name: str) -> None:
+        if on_step:
+            on_step(f"{rnd + 1}/{rounds} {name}", step)
+
+    done = run_rounds(slots, rounds, on_slice)
+    info["sequence"] = done.sequence
+    # the table lists the rows first, then fio's jobs, as a run without --rounds does
+    names = [r.name for r in rungs] + [s.name for s in slots if s.name.startswith("fio ")]
+    return [combine(n, done.slices[n]) for n in names if done.slices[n]], info
+
+
 @terminate_raises()
 def run_bench(
     spec: BenchSpec,
@@ -439,6 +508,8 @@ def run_bench(
     tick: Tick | None = None,
     tuned: bool = False,
     tune_budget: float = DEFAULT_TUNE_BUDGET_S,
+    rounds: int = 1,
+    settle: float = 0.0,
 ) -> dict[str, Any]:
     """Run every selected rung, then fio; return the JSON document (schema in docs/bench.md).
 
@@ -449,6 +520,10 @@ def run_bench(
     and adds the ``tuned (auto)`` row (:mod:`uringstack.bench.tuned`);
     ``summary.tuned.vs_best`` is its IOPS over the best rung's.
 
+    *rounds* > 1 interleaves: fio's jobs and the rows take turns in *rounds* slices of
+    ``duration / rounds`` seconds, after *settle* seconds of fio's job not counted; each
+    ratio is the median of the per-round paired ratios (:mod:`uringstack.bench.interleave`).
+
     *on_step(label, seconds)* is called before each step with its expected
     length; *tick* is called a few times a second while a step runs.
     """
@@ -456,6 +531,7 @@ def run_bench(
 
     spec.validate()
     spec = check_target(spec)
+    interleave_usage(spec, rounds, with_fio=with_fio, scale_workers=scale_workers, tuned=tuned)
     rungs = select(modes)
     started = datetime.datetime.now(datetime.UTC)
     if on_step:
@@ -473,17 +549,6 @@ def run_bench(
             calibration = calibrate(spec, tune_budget)
         except Exception as exc:  # the ladder still runs; the tuned row says why it did not
             calibration = {"error": f"{type(exc).__name__}: {exc}"}
-    rows = _run_rows(spec, rungs, caps, on_step, tick)
-    scaled_spec = None
-    if scale_workers and scale_workers != spec.workers:
-        scaled_spec = dataclasses.replace(spec, workers=scale_workers)
-        if len(scaled_spec.worker_cpus()) < scale_workers:
-            raise ValueError(f"--scale-workers {scale_workers}: this process may use fewer CPUs")
-        ok = [r for r in rungs if any(x.mode == r.name and x.status == "ok" for x in rows)]
-        for row in _run_rows(scaled_spec, ok, caps, on_step, tick):
-            row.details["scaled_from"] = row.mode
-            row.mode = scaled_name(row.mode, scale_workers)
-            rows.append(row)
     fio_info: dict[str, Any] = {"available": False, "version": None, "reason": ""}
     fio = fio_mod.fio_path()
     if not with_fio:
@@ -492,11 +557,29 @@ def run_bench(
         fio_info["reason"] = "fio is not installed (apt-get install -y fio)"
     else:
         fio_info.update(available=True, version=fio_mod.fio_version(fio))
-        rows.extend(_run_fio(spec, fio, on_step, tick, caps=caps))
-        if scaled_spec is not None:
-            for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}", caps):
-                row.details["scaled_from"] = row.mode.removesuffix(f" x{scale_workers}")
+    interleave_info: dict[str, Any] | None = None
+    scaled_spec = None
+    if rounds > 1:
+        if fio is None:
+            raise ValueError(f"--rounds interleaves the rows with fio's job: {fio_info['reason']}")
+        rows, interleave_info = _interleaved(spec, rungs, caps, fio, rounds, settle, on_step, tick)
+    else:
+        rows = _run_rows(spec, rungs, caps, on_step, tick)
+        if scale_workers and scale_workers != spec.workers:
+            scaled_spec = dataclasses.replace(spec, workers=scale_workers)
+            if len(scaled_spec.worker_cpus()) < scale_workers:
+                raise ValueError(f"--scale-workers {scale_workers}: this process may use fewer CPUs")
+            ok = [r for r in rungs if any(x.mode == r.name and x.status == "ok" for x in rows)]
+            for row in _run_rows(scaled_spec, ok, caps, on_step, tick):
+                row.details["scaled_from"] = row.mode
+                row.mode = scaled_name(row.mode, scale_workers)
                 rows.append(row)
+        if fio is not None and with_fio:
+            rows.extend(_run_fio(spec, fio, on_step, tick, caps=caps))
+            if scaled_spec is not None:
+                for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}", caps):
+                    row.details["scaled_from"] = row.mode.removesuffix(f" x{scale_workers}")
+                    rows.append(row)
     strace_info: dict[str, Any] = {
         "requested": with_syscalls,
         "available": syscalls.strace_path() is not None,
@@ -520,7 +603,10 @@ def run_bench(
         if on_step:
             on_step(TUNED, step)
         rows.append(tuned_row(spec, caps, tick, calibration))
-    _ratios([r for r in rows if "scaled_from" not in r.details], "fio io_uring")
+    if interleave_info is not None:
+        apply_ratios(rows)  # medians of the per-round paired ratios
+    else:
+        _ratios([r for r in rows if "scaled_from" not in r.details], "fio io_uring")
     if scaled_spec is not None:
         _ratios([r for r in rows if "scaled_from" in r.details], f"fio io_uring x{scale_workers}")
     summary = summarize([r for r in rows if "scaled_from" not in r.details])
@@ -546,6 +632,8 @@ def run_bench(
         "machine": machine_info(),
         "fio": fio_info,
         "strace": strace_info,
+        # --rounds: how the rows and fio took turns, the device warm-up and the settle run
+        "interleave": interleave_info,
         "results": [r.to_json(spec.block_size) for r in rows],
         "summary": summary,
     }

@@ -24,7 +24,7 @@ from uringstack.bench.fileobj import run_fileobj_bench
 from uringstack.bench.fileobj_report import render as render_fileobj
 from uringstack.bench.ladder import ALIASES, RUNGS
 from uringstack.bench.report import render
-from uringstack.bench.runner import check_target, default_file, run_bench
+from uringstack.bench.runner import check_target, default_file, interleave_usage, run_bench
 from uringstack.bench.spec import WORKLOADS, BenchSpec, WorkloadName
 from uringstack.probe.system import parse_cpulist
 
@@ -143,6 +143,23 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="seconds for the calibration of --tuned",
         ),
+        click.option(
+            "--rounds",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="N >= 2: fio's job and the rows take turns in N slices of duration/N seconds each, "
+            "the order reversed every round (ABBA); each ratio is the median of the per-round paired "
+            "ratios. For a device whose speed drifts (the VM's virtio disk: docs/bench.md)",
+        ),
+        click.option(
+            "--settle",
+            type=click.FloatRange(min=0),
+            default=2.0,
+            show_default=True,
+            help="with --rounds: seconds of fio's job run first and not counted, so a device that "
+            "bursts after idling has drained its burst before round 1",
+        ),
         click.option("--no-fio", is_flag=True, help="do not run fio's equivalent job"),
         click.option("--syscalls", is_flag=True, help="also re-run each mode under strace -c -f"),
         click.option(
@@ -175,6 +192,9 @@ def _run(workload: str, **kw: Any) -> None:
     try:
         spec.validate()
         check_target(spec)
+        interleave_usage(
+            spec, kw["rounds"], with_fio=not kw["no_fio"], scale_workers=kw["scale_workers"] or 0, tuned=kw["tuned"]
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     modes = [m.strip() for m in kw["modes"].split(",") if m.strip()] if kw["modes"] else None
@@ -223,6 +243,8 @@ def _run(workload: str, **kw: Any) -> None:
             tick=tick,
             tuned=kw["tuned"],
             tune_budget=kw["tune_budget"],
+            rounds=kw["rounds"],
+            settle=kw["settle"],
         )
     if as_json:
         click.echo(json.dumps(doc, indent=2))

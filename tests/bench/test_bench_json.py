@@ -35,7 +35,8 @@ ROW_KEYS = {
     "details",
 }
 TOP_KEYS = {
-    "schema", "started_at", "command", "spec", "file", "worker_cpus", "machine", "fio", "strace", "results", "summary"
+    "schema", "started_at", "command", "spec", "file", "worker_cpus", "machine", "fio", "strace", "results", "summary",
+    "interleave",
 }  # fmt: skip
 
 
@@ -105,6 +106,7 @@ def test_randread_json_no_fio(data_dir: Path) -> None:
     assert doc["spec"]["queue_depth"] == 8 and doc["spec"]["workload"] == "randread"
     assert f.stat().st_size == 8 << 20 and doc["file"]["created"] is True
     assert doc["fio"] == {"available": False, "version": None, "reason": "--no-fio"}
+    assert doc["interleave"] is None  # back to back, not --rounds
     rows = {r["mode"]: r for r in doc["results"]}
     assert list(rows) == ["fallback", "uring-single", "batched"]
     for row in rows.values():
