@@ -277,6 +277,14 @@ class Writer:
         self._spare_thread = threading.Thread(target=prepare, name="wal-spare", daemon=True)
         self._spare_thread.start()
 
+    def wait_spare(self, timeout: float | None = None) -> bool:
+        """Wait until the background preparation of the next segment is over; False on timeout."""
+        t = self._spare_thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
     def _roll(self, first_lsn: int) -> None:
         assert self._spare_thread is not None
         self._spare_thread.join()
