@@ -1,7 +1,9 @@
 """Group commit: many concurrent appends become one write and one flush.
 
-Appenders frame their record under the lock (so LSN order is file order) and
-queue it.  Whoever flushes takes everything queued (bounded by
+Appenders take their LSN under the lock (so LSN order is file order) and
+queue the record: blocking appenders frame it themselves (while a flush is
+in flight), ``append_async`` queues the payload and the flushing thread
+frames it into the staging buffer.  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
 hands that single write to the segment's
