@@ -151,6 +151,16 @@ class Wal:
         """Which stack the log writes through and why (``auto``'s choice)."""
         return self.io.reason
 
+    def wait_spare(self, timeout: float | None = None) -> bool:
+        """Block until the next segment file (zero-filled in the background) is ready; False on timeout.
+
+        Opening a log starts preparing that file at once, which writes a
+        whole segment of zeros: a benchmark waits for it before it measures,
+        as fio's file is written before fio's job runs.
+        """
+        self._check_open()
+        return self._writer.wait_spare(timeout)
+
     def counters(self) -> dict[str, int]:
         """``flushes`` (durable writes), ``bytes`` written by them, ``durable_lsn`` and ``segments``."""
         w = self._writer

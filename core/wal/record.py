@@ -52,18 +52,29 @@ def encode(lsn: int, payload: bytes | bytearray | memoryview) -> bytes:
     return b"".join((_CRC.pack(_crc32c.crc32c(body)), body, _PADDING[-n & (ALIGN_BYTES - 1)]))
 
 
-def encode_into(buf: bytearray | memoryview, offset: int, lsn: int, payload: bytes) -> int:
-    """Write the framed record into *buf* at *offset*; return the offset after it.
+def encode_into(
+    buf: bytearray | memoryview | mmap.mmap, offset: int, lsn: int, payload: bytes, view: memoryview | None = None
+) -> int:
+    """Frame *payload* as record *lsn* directly into *buf* at *offset*; return the offset after it.
 
-    Padding bytes are not written: the caller's buffer must already be zero
-    there (the writer's staging buffer is cleared between flushes).
+    The bytes are exactly :func:`encode`'s, padding included (the buffer may
+    hold stale bytes of an earlier batch), without building the record as a
+    separate object first: the writer frames ``append_async`` records into its
+    staging buffer this way.  *view* is a memoryview of *buf* the caller keeps
+    open across many records (the CRC reads the framed bytes in place).
     """
     n = len(payload)
-    len_lsn = _LEN_LSN.pack(n, lsn)
-    crc = crc32c(payload, crc32c(len_lsn))
-    HEADER.pack_into(buf, offset, crc, n, lsn)
-    buf[offset + HEADER_BYTES : offset + HEADER_BYTES + n] = payload
-    return offset + padded_size(n)
+    if lsn < 1:
+        raise ValueError(f"LSNs start at 1, got {lsn}")
+    end = offset + HEADER_BYTES + n
+    _LEN_LSN.pack_into(buf, offset + 4, n, lsn)
+    buf[offset + HEADER_BYTES : end] = payload
+    mv = view if view is not None else memoryview(buf)
+    _CRC.pack_into(buf, offset, _crc32c.crc32c(mv[offset + 4 : end]))
+    pad = -n & (ALIGN_BYTES - 1)
+    if pad:
+        buf[end : end + pad] = _PADDING[pad]
+    return end + pad
 
 
 class Status(enum.Enum):

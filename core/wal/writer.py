@@ -1,7 +1,9 @@
 """Group commit: many concurrent appends become one write and one flush.
 
-Appenders frame their record under the lock (so LSN order is file order) and
-queue it.  Whoever flushes takes everything queued (bounded by
+Appenders take their LSN under the lock (so LSN order is file order) and
+queue the record: blocking appenders frame it themselves (while a flush is
+in flight), ``append_async`` queues the payload and the flushing thread
+frames it into the staging buffer.  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
 hands that single write to the segment's
@@ -53,7 +55,7 @@ from uringstack.stack.handle import FileHandle
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
 from .io import WalIO
-from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, encode, padded_size
+from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, encode, encode_into, padded_size
 from .recovery import SegmentScan
 from .segment import (
     BLOCK_BYTES,
@@ -67,6 +69,10 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
+# A queued record: framed bytes (blocking appenders frame their own, while a flush is in
+# flight), or a 1-tuple holding the payload of an append_async, framed by the flushing thread
+# straight into the staging buffer (see Writer.submit_async).
+_Queued = bytes | tuple[bytes]
 
 # Padding of a flush to whole blocks (less than one block), without allocating zeros per flush.
 _ZEROS = memoryview(bytes(BLOCK_BYTES))
@@ -139,13 +145,14 @@ class _Gate:
 class _Taken:
     """One batch taken by the flushing thread: records, bytes, its first LSN, or a roll."""
 
-    __slots__ = ("first_lsn", "length", "nbytes", "records", "roll", "write_at")
+    __slots__ = ("first_lsn", "length", "nbytes", "raw", "records", "roll", "write_at")
 
-    def __init__(self, records: list[bytes], nbytes: int, first_lsn: int, roll: bool) -> None:
+    def __init__(self, records: list[_Queued], nbytes: int, first_lsn: int, roll: bool, raw: int) -> None:
         self.records = records
         self.nbytes = nbytes
         self.first_lsn = first_lsn
         self.roll = roll
+        self.raw = raw  # how many of the records are still to be framed (append_async payloads)
         self.length = 0  # bytes staged in the buffer (0: not staged yet)
         self.write_at = 0
 
@@ -170,8 +177,9 @@ class Writer:
         self.segments = segments  # shared with the Wal; mutated under self.lock
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
-        self._pending: list[bytes] = []  # framed records not yet taken, in LSN order
-        self._pending_bytes = 0
+        self._pending: list[_Queued] = []  # records not yet taken, in LSN order
+        self._pending_bytes = 0  # their framed size
+        self._pending_raw = 0  # how many of them are append_async payloads still to be framed
         self._gate: _Gate | None = None  # collects waiters for records queued from now on
         self._gates: deque[_Gate] = deque()  # closed gates, in LSN order, awaiting durability
         self._busy = False  # a thread is flushing (the only one allowed to write)
@@ -270,6 +278,14 @@ class Writer:
         self._spare, self._spare_error = None, None
         self._spare_thread = threading.Thread(target=prepare, name="wal-spare", daemon=True)
         self._spare_thread.start()
+
+    def wait_spare(self, timeout: float | None = None) -> bool:
+        """Wait until the background preparation of the next segment is over; False on timeout."""
+        t = self._spare_thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
 
     def _roll(self, first_lsn: int) -> None:
         assert self._spare_thread is not None
@@ -400,31 +416,68 @@ class Writer:
         first record of a batch from this loop schedules one wake-up with
         ``call_soon``, which runs once the loop has run what was ready, so the
         appends of that tick join the batch and the loop is not preempted by a
-        woken thread in the middle of an append.
+        woken thread in the middle of an append.  When a flush resolves this
+        loop's futures, that callback schedules the next wake-up itself
+        (:meth:`_resolved`), so the appends of the woken tasks find it done.
+
+        The record is framed (header, CRC) by the thread that stages the
+        batch, not here: this call only takes an LSN and queues the payload
+        (a ``bytes`` object, immutable; any other buffer is copied first, as
+        the caller may reuse it before the flush).  Its enqueue latency
+        is the event loop's, and was measured dominated by the first append
+        after each wake-up (BENCHMARKS.md).
         """
         if type(payload) is not bytes or len(payload) > self._largest:
-            payload = self._payload(payload)
+            payload = bytes(self._payload(payload))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         with self.lock:
             if self.failed is not None or self._closing:
                 self._check()
-            lsn = self._queue_locked(payload)
+            lsn = self.next_lsn
+            self.next_lsn = lsn + 1
+            self._pending.append((payload,))
+            self._pending_raw += 1
+            self._pending_bytes += (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
             gate = self._gate or self._gate_locked()
             waiters = gate.loops.get(loop)
             if waiters is None:
                 waiters = gate.loops[loop] = []
-                loop.call_soon(self._kick)
+                loop.call_soon(self._kick, gate, loop)
             elif self._pending_bytes >= self._max_record:
                 self._kick_locked()  # a delayed batch is full: do not wait for the tick to end
             waiters.append((lsn, fut))
         return fut
 
-    def _kick(self) -> None:
-        """Wake the flusher thread if records are waiting (scheduled on an event loop by submit_async)."""
+    def _kick(self, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the flusher thread if records are waiting (scheduled on *loop* for *gate*).
+
+        A wake-up scheduled ahead by :meth:`_resolved` that finds no append of
+        *loop* in *gate* is withdrawn, so the next append from *loop* schedules
+        its own (else that append would wait for a wake-up that already ran).
+        """
         with self.lock:
+            if gate is self._gate and gate.loops.get(loop) == []:
+                del gate.loops[loop]
             if self._pending:
                 self._kick_locked()
+
+    def _resolved(self, loop: asyncio.AbstractEventLoop, waiters: _AsyncWaiters) -> None:
+        """On *loop*: resolve a flushed batch's futures, then schedule the wake-up for the next.
+
+        The tasks just woken usually append again in this tick: the wake-up
+        (and the gate's entry for this loop) is set up here, once per batch,
+        instead of in the first of those appends.  It runs after them
+        (``call_soon`` order), as if that append had scheduled it.
+        """
+        _resolve(waiters)
+        with self.lock:
+            if self.failed is not None or self._closing:
+                return
+            gate = self._gate or self._gate_locked()
+            if loop not in gate.loops:
+                gate.loops[loop] = []
+                loop.call_soon(self._kick, gate, loop)
 
     # --- flushing ---------------------------------------------------------------------
     def _take_locked(self) -> _Taken:
@@ -439,18 +492,23 @@ class Writer:
         total = self._pending_bytes
         if total <= self._max_record and total <= room:
             batch, self._pending = self._pending, []  # the common case: everything fits
+            raw, self._pending_raw = self._pending_raw, 0
         else:
             limit = min(self._max_record, room)
-            total = k = 0
+            total = k = raw = 0
             for rec in self._pending:
-                if total + len(rec) > limit:
+                framed = not isinstance(rec, tuple)
+                size = len(rec) if not isinstance(rec, tuple) else padded_size(len(rec[0]))
+                if total + size > limit:
                     break
-                total += len(rec)
+                total += size
+                raw += not framed
                 k += 1
             batch = self._pending[:k]
             del self._pending[:k]
+            self._pending_raw -= raw
         self._pending_bytes -= total
-        return _Taken(batch, total, first, not batch)
+        return _Taken(batch, total, first, not batch, raw)
 
     def _commit(self, taken: _Taken, chain: bool = False) -> tuple[bool, _Taken | None]:
         """Flush (or roll for) one taken batch and acknowledge it; False if the log failed.
@@ -524,12 +582,28 @@ class Writer:
         t = len(self._tail)
         buf[:t] = self._tail
         pos = t + total
-        # one C-level join instead of a Python loop of slice assignments per record
-        buf[t:pos] = batch[0] if len(batch) == 1 else b"".join(batch)
+        if not taken.raw:  # all framed: one C-level join, not a Python loop of slice assignments
+            framed = cast("list[bytes]", batch)
+            buf[t:pos] = framed[0] if len(framed) == 1 else b"".join(framed)
+        else:
+            self._frame(batch, t, taken.first_lsn)
         length = (pos + BLOCK_BYTES - 1) // BLOCK_BYTES * BLOCK_BYTES
         buf[pos:length] = _ZEROS[: length - pos]  # stale bytes of an older batch must not leak
         assert length <= self._max_write and write_at + length <= seg.header.segment_bytes
         taken.length, taken.write_at = length, write_at
+
+    def _frame(self, batch: list[_Queued], at: int, lsn: int) -> None:
+        """Copy framed records and frame append_async payloads (LSNs from *lsn*) into the buffer at *at*."""
+        buf = self._buf
+        with memoryview(buf) as view:  # released before the buffer can be closed
+            for rec in batch:
+                if isinstance(rec, tuple):
+                    at = encode_into(buf, at, lsn, rec[0], view)
+                else:
+                    end = at + len(rec)
+                    buf[at:end] = rec
+                    at = end
+                lsn += 1
 
     def _write(self, taken: _Taken) -> None:
         """Write the staged batch durably; then it is part of the segment."""
@@ -563,13 +637,15 @@ class Writer:
         for gate in opened:
             gate.open()
             for loop, waiters in gate.loops.items():
+                if not waiters:  # armed by _resolved, but the loop appended nothing to this gate
+                    continue
                 if loop in ready:  # more than one gate made durable by this flush
                     ready[loop].extend(waiters)
                 else:
                     ready[loop] = waiters
         for loop, waiters in ready.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                loop.call_soon_threadsafe(_resolve, waiters)
+                loop.call_soon_threadsafe(self._resolved, loop, waiters)
         return nxt
 
     def _release_all_locked(self) -> list[_Gate]:
@@ -587,6 +663,7 @@ class Writer:
             self.failed = exc
             self._pending.clear()
             self._pending_bytes = 0
+            self._pending_raw = 0
             gates = self._release_all_locked()
         for gate in gates:
             gate.open()  # they find durable_lsn short of their LSN and raise self.failed

@@ -337,3 +337,69 @@ def test_gate_relay_survives_an_interrupted_waiter() -> None:
     for t in ts:
         t.join(5)
     assert sorted(woke) == [0, 2]  # the waiter behind the interrupted one was still reached
+
+
+def test_append_async_copies_a_mutable_payload(wal_dir: pathlib.Path) -> None:
+    """append_async records are framed later, by the flushing thread: a buffer the caller
+    reuses right after the call must still be written as it was at the call."""
+    be = GatedBackend(hold=1)
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal:
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            first = wal.append_async(b"first")
+            await loop.run_in_executor(None, be.entered.wait, 10)
+            buf = bytearray(b"A" * 100)
+            futs = [wal.append_async(buf)]
+            buf[:] = b"B" * 100  # reused before the flush that carries the record
+            futs.append(wal.append_async(memoryview(buf)))
+            buf[:] = b"C" * 100
+            be.release.set()
+            return list(await asyncio.wait_for(asyncio.gather(first, *futs), 10))
+
+        assert asyncio.run(main()) == [1, 2, 3]
+        assert [p for _, p in wal.read_from(1)] == [b"first", b"A" * 100, b"B" * 100]
+
+
+def test_asyncio_append_in_a_later_tick_is_flushed(wal_dir: pathlib.Path) -> None:
+    """Resolving a batch schedules the next wake-up ahead; when the woken tasks append nothing
+    in that tick it is withdrawn, so an append in a later tick schedules its own (else it
+    would wait forever for a wake-up that already ran)."""
+    with Wal.open(wal_dir, backend="fallback") as wal:
+
+        async def main() -> list[int]:
+            got = [await asyncio.wait_for(wal.append_async(b"one"), 10)]
+            for i in range(3):
+                await asyncio.sleep(0.02)  # the ahead-of-time wake-up runs and finds nothing
+                got.append(await asyncio.wait_for(wal.append_async(b"later%d" % i), 10))
+            return got
+
+        assert asyncio.run(main()) == [1, 2, 3, 4]
+
+
+def test_asyncio_mixed_with_blocking_appenders_frames_every_record(wal_dir: pathlib.Path) -> None:
+    """One batch holding framed records (blocking appenders) and append_async payloads
+    (framed by the flushing thread): every record reads back with its own LSN."""
+    be = GatedBackend(hold=1)
+    with Wal.open(wal_dir, backend="fallback", wrap_io=be) as wal:
+        first = threading.Thread(target=wal.append, args=(b"first",))
+        first.start()
+        assert be.entered.wait(10)
+        blockers = [threading.Thread(target=wal.append, args=(b"t%d" % i,)) for i in range(4)]
+
+        async def main() -> list[int]:
+            futs = []
+            for i, t in enumerate(blockers):
+                futs.append(wal.append_async(b"a%d" % i * (i + 1)))
+                t.start()
+                _wait_until(lambda n=3 + 2 * i: _queued(wal) >= n)
+            be.release.set()
+            return list(await asyncio.wait_for(asyncio.gather(*futs), 10))
+
+        lsns = asyncio.run(main())
+        for t in [first, *blockers]:
+            t.join(10)
+        assert wal.counters()["flushes"] == 2  # the eight queued behind the first write: one batch
+        records = dict(wal.read_from(1))
+        assert len(records) == 9 and sorted(records) == list(range(1, 10))
+        assert [records[n] for n in lsns] == [b"a%d" % i * (i + 1) for i in range(4)]

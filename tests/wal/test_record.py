@@ -29,9 +29,10 @@ def test_round_trip_property(lsn: int, payload: bytes) -> None:
     raw = encode(lsn, payload)
     assert len(raw) == padded_size(len(payload)) and len(raw) % 8 == 0
     assert decode(raw) == (lsn, payload)
-    buf = bytearray(len(raw) + 8)
+    buf = bytearray(b"\xff" * (len(raw) + 16))  # stale bytes: the padding must be written too
     assert encode_into(buf, 8, lsn, payload) == 8 + len(raw)
-    assert bytes(buf[8:]) == raw
+    assert bytes(buf[8 : 8 + len(raw)]) == raw
+    assert bytes(buf[:8]) == bytes(buf[8 + len(raw) :]) == b"\xff" * 8  # nothing outside the record
 
 
 @given(lsns, payloads, st.data())

@@ -97,3 +97,30 @@ def test_real_enospc_on_a_full_filesystem(small_fs: pathlib.Path) -> None:
     assert _tmp_files(d) == []
     st = os.statvfs(small_fs)
     assert st.f_bfree * st.f_frsize >= 900 * 1024  # the space came back
+
+
+def test_wait_spare_returns_once_the_next_segment_is_synced(
+    wal_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench waits for the background zero-fill before it measures: wait_spare must not
+    return True while that fill's fdatasync is still running."""
+    import threading
+
+    from uringstack.wal import segment
+
+    release, entered = threading.Event(), threading.Event()
+    real = segment.SYSCALLS.fdatasync
+
+    def held(fd: int) -> None:
+        if threading.current_thread().name == "wal-spare":
+            entered.set()
+            assert release.wait(10), "the test never released the spare's fdatasync"
+        real(fd)
+
+    monkeypatch.setattr(segment.SYSCALLS, "fdatasync", held)
+    with Wal.open(wal_dir, CFG) as wal:
+        assert entered.wait(10)
+        assert wal.wait_spare(0.2) is False
+        release.set()
+        assert wal.wait_spare(10) is True
+        assert (wal_dir / "spare.tmp").stat().st_size == CFG.segment_size_bytes
