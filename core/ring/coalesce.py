@@ -18,10 +18,11 @@ Ownership: the batch keeps the arena and every pinned caller buffer until its
 completions are reaped (the ring holds the batch), so a task cancelled
 mid-flight never frees memory the kernel still writes to.  An op whose task
 was cancelled before the flush is never submitted.  Each handle's
-:class:`~uringstack.ring.inflight.InflightTracker` admits the ops before
-submission and tracks the batch after, so ``handle.close()`` waits for
-submitted ops and ops still queued when the handle closed fail with
-:class:`~uringstack.errors.RingClosedError`.
+:class:`~uringstack.ring.inflight.InflightTracker` takes the flush's
+:class:`FlushPending` before submission (one lock step per handle and flush)
+or refuses it once closed, so ``handle.close()`` waits for submitted ops (and
+for a submission under way) and ops still queued when the handle closed fail
+with :class:`~uringstack.errors.RingClosedError`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from uringstack.ring import aio
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.native import ffi
-from uringstack.ring.pending import UringPending
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
@@ -170,38 +170,39 @@ class Coalescer:
             self._submit(writes, True, 0)
 
     def _submit(self, ops: list[QueuedOp], write: bool, need: int) -> None:
-        # Admit the ops whose task still awaits them and whose handle is open
-        # (each tracker entered once); fail the others.
-        entered: dict[InflightTracker, bool] = {}
+        # Each handle's tracker takes the flush's pending before anything is
+        # submitted (one lock step per handle, not an enter and a leave), and
+        # refuses it once the handle is closed: those ops fail here.
+        pending = FlushPending(self.ring)
+        tracked: dict[InflightTracker, bool] = {}
         live: list[QueuedOp] = []
         for op in ops:
-            if op[4].done():
+            fut = op[4]
+            if fut.done():
                 continue  # its task was cancelled before the flush: never submitted
             tracker = op[1]
-            ok = entered.get(tracker)
+            ok = tracked.get(tracker)
             if ok is None:
                 try:
-                    tracker._enter()
+                    tracker.track(pending)
                     ok = True
                 except RingClosedError:
                     ok = False
-                entered[tracker] = ok
+                tracked[tracker] = ok
             if ok:
                 live.append(op)
             else:
-                op[4].set_exception(RingClosedError(f"{op[0].path} was closed before this op was submitted"))
-        pending: UringPending | None = None
+                fut.set_exception(RingClosedError(f"{op[0].path} was closed before this op was submitted"))
         try:
             if live:
-                pending = self._submit_admitted(live, write, need)
+                self._submit_admitted(live, write, need, pending)
         except Exception as exc:  # nothing reached the kernel: every await of the batch raises it
             for op in live:
                 if not op[4].done():
                     op[4].set_exception(exc)
         finally:
-            for tracker, ok in entered.items():
-                if ok:
-                    tracker._leave(pending)
+            if pending.batch is None:
+                pending.failed = True  # nothing in flight: a close() waiting on it may go on
 
     def _columns(self, n: int) -> BatchColumns:
         """Idle columns for *n* ops: a pooled set whose batch finished, else a new one."""
@@ -226,7 +227,7 @@ class Coalescer:
             return spare, self._spare_size
         return _alloc_raw("char[]", need), need
 
-    def _submit_admitted(self, ops: list[QueuedOp], write: bool, need: int) -> UringPending:
+    def _submit_admitted(self, ops: list[QueuedOp], write: bool, need: int, pending: FlushPending) -> None:
         fds: list[int] = []
         flags: list[int] = []
         addrs: list[int] = []
@@ -272,7 +273,7 @@ class Coalescer:
                 offs.append(offset)
                 keep.append(what)
                 starts.append(-1)
-        n = len(offs)
+        n = pending.n = len(offs)
         if arena is not None:
             keep.append(arena)
         cols = self._columns(n)
@@ -284,7 +285,7 @@ class Coalescer:
         cols.set("lens", lens)
         cols.set("offs", offs)
         ring = self.ring
-        batch = ring.submit_columns(cols, n, keep)
+        batch = pending.batch = ring.submit_columns(cols, n, keep)
         self.flushes += 1
         # From here the kernel owns the memory: nothing below may fail the awaits early.
         futures = [op[4] for op in ops]
@@ -328,7 +329,41 @@ class Coalescer:
         if batch.finished:
             # Another thread may have reaped it before on_done was installed.
             deliver()
-        return UringPending(ring, batch)
+
+
+class FlushPending:
+    """One flush's batch as each handle's tracker sees it: tracked before it is submitted.
+
+    ``done()`` is False while the submission may still be under way (a close()
+    in another thread then waits), True once the batch finished or nothing was
+    submitted (``failed``)."""
+
+    __slots__ = ("batch", "failed", "n", "ring")
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.batch: Batch | None = None
+        self.failed = False
+        self.n = 0
+
+    def done(self) -> bool:
+        batch = self.batch
+        if batch is None:
+            return self.failed
+        if not batch.finished and not self.ring.closed:
+            self.ring.try_reap()
+        return batch.finished
+
+    def wait(self) -> list[int]:
+        return self.ring.wait(self._submitted())
+
+    async def wait_async(self) -> list[int]:
+        return await aio.wait_batch(self.ring, self._submitted())
+
+    def _submitted(self) -> Batch:
+        if self.batch is None:
+            raise RuntimeError("this flush submitted nothing: there is no batch to wait for")
+        return self.batch
 
 
 def _put_same(cols: BatchColumns, name: str, values: list[int]) -> None:

@@ -62,6 +62,20 @@ class InflightTracker:
         if prune:
             self._prune()
 
+    def track(self, pending: Pending) -> None:
+        """Track *pending*, whose I/O is about to start, unless closed (then ``RingClosedError``).
+
+        One step for a caller whose pending exists before its I/O starts (the
+        asyncio coalescer's flush): ``pending.done()`` must stay False until that
+        I/O completed or failed to start, so a close() meanwhile waits for it."""
+        with self._lock:
+            if self._closed:
+                raise RingClosedError(f"{self.what} is closed")
+            self._pending.add(pending)
+            prune = len(self._pending) >= self._prune_at
+        if prune:
+            self._prune()
+
     def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
         """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
         self._enter()

@@ -169,3 +169,123 @@ def test_os_helpers(tmp_path: pathlib.Path) -> None:
         assert not await aio_os.path.exists(tmp_path / "b")
 
     run(main())
+
+
+def test_detach_writes_the_buffered_bytes_where_they_belong(tmp_path: pathlib.Path, stack: Stack) -> None:
+    path = tmp_path / "f"
+
+    async def main() -> None:
+        f = await uringstack.aio.open(path, "wb", stack=stack)
+        await f.write(b"abc")  # buffered
+        raw = f.detach()
+        assert os.lseek(raw.fileno(), 0, os.SEEK_CUR) == 3
+        raw.close()
+
+    run(main())
+    assert path.read_bytes() == b"abc"
+
+
+def test_the_descriptor_offset_is_the_position_wherever_it_is_visible(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """fileno() users, callers who passed a descriptor and raw's users see the position, as with the built-in."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 64)
+
+    async def main() -> None:
+        async with uringstack.aio.open(path, "rb", stack=stack) as f:
+            await f.seek(300)
+            assert await f.read(10) == path.read_bytes()[300:310]
+            fd = f.fileno()
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 310
+            await f.seek(1000)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 1000
+            await f.read(5)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 1005
+        async with uringstack.aio.open(path, "rb", stack=stack) as f:
+            await f.seek(4000)
+            await f.read(1)
+            assert f.raw.tell() == 4001
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            async with uringstack.aio.open(fd, "rb", closefd=False, stack=stack) as f:
+                await f.seek(50)
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 50
+                await f.read(7)
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 57
+        finally:
+            os.close(fd)
+
+    run(main())
+
+
+def test_every_read_and_seek_checks_the_file(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Closed, detached, write-only, stack closed: each refused as the built-in refuses it."""
+    import io
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10_000)
+
+    async def main() -> None:
+        f = await uringstack.aio.open(path, "rb", stack=stack)
+        await f.read(10)
+        await f.close()
+        for op in (f.read(4096), f.read(), f.seek(0), f.tell(), f.readline()):
+            with pytest.raises(ValueError, match="I/O operation on closed file"):
+                await op
+        f = await uringstack.aio.open(path, "rb", stack=stack)
+        f.detach().close()
+        for op in (f.read(4096), f.seek(0)):
+            with pytest.raises(ValueError, match="detached"):
+                await op
+        async with uringstack.aio.open(path, "ab", stack=stack) as w:
+            with pytest.raises(io.UnsupportedOperation):
+                await w.read(4096)
+        own = uringstack.open_stack(overrides={"core.backend": stack.config.core.backend})
+        f = await uringstack.aio.open(path, "rb", stack=own)
+        await f.seek(4096)
+        own.close()
+        for op in (f.read(4096), f.seek(0)):
+            with pytest.raises(ValueError, match="I/O operation on closed file"):
+                await op
+
+    run(main())
+
+
+def test_calls_on_one_file_keep_their_order_when_a_waiting_one_is_cancelled(
+    tmp_path: pathlib.Path, stack: Stack
+) -> None:
+    path = tmp_path / "f"
+    data = os.urandom(64 << 10)
+    path.write_bytes(data)
+
+    async def main() -> None:
+        async with uringstack.aio.open(path, "rb", stack=stack) as f:
+            first = asyncio.ensure_future(f.read(4096))
+            jump = asyncio.ensure_future(f.seek(100))
+            rest = asyncio.ensure_future(f.read(10))
+            await asyncio.sleep(0)  # all three called: the seek and the last read wait their turn
+            jump.cancel()
+            assert await first == data[:4096]
+            assert await rest == data[4096:4106]
+            assert jump.cancelled()
+            assert await f.tell() == 4106
+
+    run(main())
+
+
+def test_a_turn_handed_to_a_cancelled_waiter_passes_on() -> None:
+    from uringstack.aio import _Turns
+
+    async def main() -> None:
+        turns = _Turns()
+        turns.busy = True  # held by this task
+        late = asyncio.ensure_future(turns.wait())
+        last = asyncio.ensure_future(turns.wait())
+        await asyncio.sleep(0)
+        turns.release()  # the turn is late's now ...
+        late.cancel()  # ... but late is cancelled before it runs
+        await asyncio.wait_for(last, timeout=5)  # the turn reached last: no deadlock
+        assert late.cancelled() and turns.busy
+        turns.release()
+        assert not turns.busy
+
+    run(main())

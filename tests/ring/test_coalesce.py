@@ -451,3 +451,24 @@ def test_an_arena_is_reused_only_after_its_bytes_were_delivered(uring_stack: Sta
     finally:
         pipe.restore()
         stuck.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_close_waits_for_a_flush_still_being_submitted(uring_stack: Stack, data: pathlib.Path) -> None:
+    """The flush's pending is tracked before submission: until it has a batch (or
+    failed to submit), a close() in another thread must wait for it, then refuse new flushes."""
+    from uringstack.ring.coalesce import FlushPending
+    from uringstack.ring.inflight import InflightTracker
+
+    with _uring_handle(uring_stack, data) as h:
+        assert h.ring is not None
+        tracker = InflightTracker("f")
+        pending = FlushPending(h.ring)
+        tracker.track(pending)
+        with pytest.raises(TimeoutError, match="1 op"):
+            pending.n = 1
+            tracker.close(timeout=0.2)  # submission "under way": the close must not return
+        with pytest.raises(RingClosedError):
+            tracker.track(FlushPending(h.ring))
+        pending.failed = True  # nothing was submitted after all
+        tracker.close(timeout=5)
