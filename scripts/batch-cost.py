@@ -32,7 +32,7 @@ def _loop(handle: Any, batch: int, qd: int, batches: int, fixed: bool, seed: int
     size = handle.size()
     blocks = size // 4096
     rnd = random.Random(seed)
-    pool = [rnd.randrange(blocks) * 4096 for _ in range(1 << 16)]
+    pool = [rnd.randrange(blocks) * 4096 for _ in range(1 << 14)]
     bufs = handle.lease_buffers(qd, size=4096)
     if fixed and not all(type(b).__name__ == "RegisteredBuffer" for b in bufs):
         raise SystemExit("no registered buffers")
@@ -94,7 +94,7 @@ def _profiled(*args: Any) -> dict[str, float]:
 
     prof = cProfile.Profile()
     out = prof.runcall(_loop, *args)
-    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(25)
     return out
 
 
