@@ -279,6 +279,7 @@ class UringPrepared:
         self._cols = cols
         self._keep = (pins, tuple(buffers))
         self._addrs = addrs
+        self._misaligned = (io.block_size - 1).__and__  # off -> its bytes past a block boundary
         self._fixed: object = object()  # the fd columns are filled on the first start
         self._closed = False
         # A pool must not lease these buffers out again while a batch of ours is in
@@ -325,10 +326,11 @@ class UringPrepared:
             what = "is negative" if bad is not None else "is out of range"
             i = bad if bad is not None else next(i for i, off in enumerate(offsets) if off >= 1 << 64)
             raise ValueError(f"{io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
-        if io.direct:
-            bad = lib.us_first_misaligned(ffi.NULL, ffi.NULL, self._offs, n, io.block_size)
-            if bad >= 0:
-                check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
+        # a C-level loop in the interpreter, not a call into the binding: each such
+        # call releases the GIL, a handoff when another worker thread waits for it
+        if io.direct and any(map(self._misaligned, offsets)):
+            bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
+            check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
         ring = self.ring
         batch = ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
