@@ -19,6 +19,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue
 import random
 import resource
 import sys
@@ -165,9 +166,18 @@ def main(argv: list[str]) -> int:
         procs = [ctx.Process(target=_proc, args=(args, c, i, q)) for i, c in enumerate(cpus)]
         for p in procs:
             p.start()
-            rows = [q.get() for _ in procs]
-        for p in procs:
-            p.join()
+            rows = []
+        try:
+            for _ in procs:  # bounded: a process that died never puts its row
+                rows.append(q.get(timeout=max(60.0, args.batches / 1000)))
+        except queue.Empty:
+            codes = [p.exitcode for p in procs]
+            raise SystemExit(f"a worker process gave no result (exit codes {codes})") from None
+        finally:
+            for p in procs:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
     else:
         rows = _stack_run(args, cpus, 0)
     elapsed = time.perf_counter() - t0
