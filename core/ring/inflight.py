@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from uringstack.errors import RingClosedError
 from uringstack.ring.pending import Pending
 
 P = TypeVar("P", bound=Pending)
+
+
+class Completable(Protocol):
+    """What a close waits on: ``done()`` (non-blocking; may reap) and ``n``, the ops it counts."""
+
+    @property
+    def n(self) -> int: ...
+
+    def done(self) -> bool: ...
+
 
 CLOSE_TIMEOUT_S = 10.0
 """How long a close waits for in-flight I/O before it reports a lost completion."""
@@ -39,6 +51,11 @@ class InflightTracker:
         self._starting = 0
         self._closed = False
         self._pending: set[Pending] = set()
+        # Long-lived starters (prepared batches) registered once instead of a set
+        # entry per start: close() waits until each reports done().  Weak: an owner
+        # dropped without unregister() hands its last pending over when collected.
+        self._owners: weakref.WeakSet[Completable] = weakref.WeakSet()
+        self._dropped: deque[Pending] = deque()  # appended by finalizers: no lock
         self._prune_at = _PRUNE_MIN
 
     @property
@@ -86,6 +103,41 @@ class InflightTracker:
         finally:
             self._leave(pending)
 
+    def register(self, owner: Completable) -> None:
+        """Track *owner* until :meth:`unregister`: :meth:`close` waits until ``owner.done()``.
+
+        For an object that starts I/O again and again (a prepared batch): its
+        starts then only :meth:`enter` and :meth:`leave`, without a set entry
+        per start."""
+        with self._lock:
+            if self._closed:
+                raise RingClosedError(f"{self.what} is closed")
+            self._owners.add(owner)
+
+    def unregister(self, owner: Completable, last: Pending | None = None) -> None:
+        """Stop tracking *owner*; *last*, its pending if it may still be in flight, is tracked instead."""
+        with self._lock:
+            self._owners.discard(owner)
+            if last is not None:
+                self._pending.add(last)
+
+    def dropped(self, last: Pending) -> None:
+        """A registered owner was collected without :meth:`unregister`: track its *last* pending.
+
+        Safe in a finalizer (a deque append: no lock, no reaping)."""
+        self._dropped.append(last)
+
+    def enter(self) -> None:
+        """Admit one start by a registered owner (refused once closed); pair with :meth:`leave`."""
+        self._enter()
+
+    def leave(self) -> None:
+        """The start admitted by :meth:`enter` returned (its I/O, if any, is the owner's)."""
+        with self._lock:
+            self._starting -= 1
+            if self._closed and self._starting == 0:
+                self._cond.notify_all()
+
     def run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
         """Start I/O with ``fn(*args, **kwargs)`` and wait for it; close() waits for this call to return.
 
@@ -108,8 +160,14 @@ class InflightTracker:
             with self._lock:
                 self._pending.discard(pending)
 
+    def _take_dropped(self) -> None:
+        """Move what finalizers handed over into the tracked set (caller holds the lock)."""
+        while self._dropped:
+            self._pending.add(self._dropped.popleft())
+
     def _prune(self) -> None:
         with self._lock:
+            self._take_dropped()
             snapshot = list(self._pending)
         done = {p for p in snapshot if p.done()}  # outside the lock: done() may reap
         with self._lock:
@@ -130,10 +188,14 @@ class InflightTracker:
             while self._starting:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise TimeoutError(f"{self.what}: an I/O call in another thread ran past {timeout:g} s")
-            pending = list(self._pending)
+            self._take_dropped()
+            pending: list[Completable] = [*self._pending, *self._owners]
         stuck = wait_all(pending, deadline)
         with self._lock:
-            self._pending.difference_update(p for p in pending if p not in stuck)
+            finished = {id(p) for p in pending} - {id(p) for p in stuck}
+            self._pending = {p for p in self._pending if id(p) not in finished}
+            for p in [p for p in self._owners if id(p) in finished]:
+                self._owners.discard(p)
         if stuck:
             ops = sum(p.n for p in stuck)
             raise TimeoutError(
@@ -143,7 +205,10 @@ class InflightTracker:
             )
 
 
-def wait_all(pending: list[Pending], deadline: float) -> list[Pending]:
+C = TypeVar("C", bound=Completable)
+
+
+def wait_all(pending: list[C], deadline: float) -> list[C]:
     """Poll each pending until it is done or *deadline* passes; return those still not done.
 
     ``done()`` reaps (and on IOPOLL rings polls) without blocking, so the wait

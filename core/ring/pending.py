@@ -59,7 +59,10 @@ class UringPending:
         return self.batch.finished
 
     def wait(self) -> list[int]:
-        return self.ring.wait(self.batch)
+        batch = self.batch
+        if batch.finished:  # reaped along with an earlier batch: no ring call
+            return batch.results
+        return self.ring.wait(batch)
 
     async def wait_async(self) -> list[int]:
         return await aio.wait_batch(self.ring, self.batch)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
+from uringstack.ring import forking
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import FileIO, PreparedRW, prepare_rw
 from uringstack.ring.pending import Pending
@@ -29,6 +30,8 @@ class PreparingHandle(Protocol):
     """
 
     _inflight: InflightTracker
+    _closed: bool
+    _fork_gen: int
 
     @property
     def io(self) -> FileIO: ...
@@ -66,55 +69,83 @@ class PreparedIO:
         self._full = [len(b) for b in self.buffers]
         self._prep: PreparedRW = prepare_rw(handle.io, write, self.buffers)
         self._last: Pending | None = None
+        # Registered once with the handle's tracker (its close waits until done()),
+        # so a start costs the tracker two counter updates instead of a set entry.
+        self._tracker = handle._inflight
+        try:
+            self._tracker.register(self)
+        except BaseException:
+            self._prep.close()
+            raise
+
+    def done(self) -> bool:
+        """True unless the last batch started is still in flight (what the handle's close waits for)."""
+        last = self._last
+        return last is None or last.done()
+
+    def _check(self) -> None:
+        h = self._handle
+        # the handle's own check builds a message: only call it when it will raise
+        if h._closed or h._fork_gen != forking._generation:
+            h._check()
 
     def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
-        last = self._last
-        if last is not None and not last.done():
-            raise BatchInFlightError(
-                f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
-                f"flight ({self.n} op(s)); wait for them before starting again"
-            )
-        self._last = pending = self._prep.start(offsets, wait=wait)
-        return pending
+        self._check()
+        tracker = self._tracker
+        tracker.enter()  # refused once the handle's close began; close waits for leave()
+        try:
+            last = self._last
+            if last is not None and not last.done():
+                raise BatchInFlightError(
+                    f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
+                    f"flight ({self.n} op(s)); wait for them before starting again"
+                )
+            self._last = pending = self._prep.start(offsets, wait=wait)
+            return pending
+        finally:
+            tracker.leave()
 
     def start(self, offsets: Sequence[int]) -> Pending:
         """Start one batch at *offsets* without waiting (results unchecked: bytes or ``-errno``)."""
-        h = self._handle
-        h._check()
-        return h._inflight.start(self._start, offsets, False)
+        return self._start(offsets, False)
 
     def run(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
         """Move every buffer at its offset (submit and wait in one call); bytes moved per buffer.
 
         Reads are short only at end of file (``exact=True``: raise
         :class:`~uringstack.errors.ShortIOError` instead); writes complete or raise."""
-        h = self._handle
-        h._check()
-        results = h._inflight.run(self._start, offsets, True)
+        results = self._start(offsets, True).wait()
         if results == self._full:
             return results
+        return self._finish(offsets, results, exact)
+
+    def _finish(self, offsets: Sequence[int], results: list[int], exact: bool) -> list[int]:
+        h = self._handle
         if self.write:
             return h._finish_writes(offsets, self.buffers, results)
         return h._finish_reads(offsets, self.buffers, results, exact)
 
     async def run_async(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
         """asyncio form of :meth:`run`: the event loop runs while the batch is in flight."""
-        h = self._handle
-        h._check()
-        pending = h._inflight.start(self._start, offsets, False)
-        try:
-            results = await pending.wait_async()
-        finally:
-            h._inflight.forget(pending)
+        results = await self._start(offsets, False).wait_async()
         if results == self._full:
             return results
-        if self.write:
-            return h._finish_writes(offsets, self.buffers, results)
-        return h._finish_reads(offsets, self.buffers, results, exact)
+        return self._finish(offsets, results, exact)
 
     def close(self) -> None:
-        """Drop the prepared state; a batch still in flight keeps its buffers until it completes."""
+        """Drop the prepared state; a batch still in flight keeps its buffers until it completes
+        (and the handle's close still waits for it)."""
+        last = self._last
+        self._tracker.unregister(self, last if last is not None and not last.done() else None)
         self._prep.close()
+
+    def __del__(self) -> None:
+        # Dropped without close(): the tracker holds this object weakly, so a batch
+        # still in flight must be handed to it, or the handle's close would not wait.
+        # No lock and no reaping here: a collection may run inside either.
+        last = getattr(self, "_last", None)
+        if last is not None:
+            self._tracker.dropped(last)
 
     def __enter__(self) -> PreparedIO:
         return self

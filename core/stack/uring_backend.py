@@ -279,6 +279,7 @@ class UringPrepared:
         self._cols = cols
         self._keep = (pins, tuple(buffers))
         self._addrs = addrs
+        self._misaligned = (io.block_size - 1).__and__  # off -> its bytes past a block boundary
         self._fixed: object = object()  # the fd columns are filled on the first start
         self._closed = False
         # A pool must not lease these buffers out again while a batch of ours is in
@@ -302,19 +303,21 @@ class UringPrepared:
 
     def start(self, offsets: Sequence[int], *, wait: bool = False) -> UringPending:
         cols = self._cols
+        io = self.io
         if self._closed:
-            raise ValueError(f"{self.io.path}: this prepared I/O was closed")
-        if self.io._closed:  # its fd column holds a number that may be another file's by now
-            raise RingClosedError(f"{self.io.path} is closed")
-        if cols.batch is not None and not cols.batch.finished:
+            raise ValueError(f"{io.path}: this prepared I/O was closed")
+        if io._closed:  # its fd column holds a number that may be another file's by now
+            raise RingClosedError(f"{io.path} is closed")
+        last = cols.batch
+        if last is not None and not last.finished:
             raise BatchInFlightError(
-                f"{self.io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
+                f"{io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
                 "wait for them before starting again"
             )
         n = self.n
         if len(offsets) != n:
-            raise ValueError(f"{self.io.path}: {len(offsets)} offsets for {n} prepared buffers")
-        if self.io.fixed_index is not self._fixed:
+            raise ValueError(f"{io.path}: {len(offsets)} offsets for {n} prepared buffers")
+        if io.fixed_index is not self._fixed:
             self._fill_fd()
         try:
             self._offs[0:n] = offsets
@@ -322,16 +325,17 @@ class UringPrepared:
             bad = next((i for i, off in enumerate(offsets) if off < 0), None)
             what = "is negative" if bad is not None else "is out of range"
             i = bad if bad is not None else next(i for i, off in enumerate(offsets) if off >= 1 << 64)
-            raise ValueError(f"{self.io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
-        io = self.io
-        if io.direct:
-            bad = lib.us_first_misaligned(ffi.NULL, ffi.NULL, self._offs, n, io.block_size)
-            if bad >= 0:
-                check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
-        batch = self.ring.submit_columns(cols, n, self._keep, wait=wait)
+            raise ValueError(f"{io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
+        # a C-level loop in the interpreter, not a call into the binding: each such
+        # call releases the GIL, a handoff when another worker thread waits for it
+        if io.direct and any(map(self._misaligned, offsets)):
+            bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
+            check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
+        ring = self.ring
+        batch = ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
-            batch.add_done_callback(io.completion_hook(self.op, self.ring))
-        return io.pending_type(self.ring, batch)
+            batch.add_done_callback(io.completion_hook(self.op, ring))
+        return io.pending_type(ring, batch)
 
     def close(self) -> None:
         """Forget the pins (the last batch, if still in flight, holds them until it completes)."""
