@@ -36,6 +36,7 @@ from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop, wait_loops
 from uringstack.bench.prewarm import warm_device, warm_file
+from uringstack.bench.processes import START_DELAY_S, run_processes
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, aiofiles_loop, thread_loop
 from uringstack.bench.tuned import DEFAULT_TUNE_BUDGET_S, TUNED, calibrate, tuned_row, why_not
@@ -341,15 +342,43 @@ def scaled_name(mode: str, workers: int) -> str:
     return f"{mode} x{workers}"
 
 
+PROCESSES = " (processes)"
+"""Suffix of a scaled row whose workers ran as processes (and of its key in ``scaling``)."""
+
+
 def scaling(rows: list[ModeResult], workers: int) -> dict[str, float]:
-    """IOPS with *workers* workers over the same row with the run's own worker count."""
+    """IOPS with *workers* workers over the same row with the run's own worker count.
+
+    Keyed by the row's mode; workers run as processes under ``MODE (processes)``."""
     by_mode = {r.mode: r for r in rows if r.status == "ok"}
     out: dict[str, float] = {}
     for r in rows:
         base = r.details.get("scaled_from")
         if r.status == "ok" and base in by_mode and by_mode[base].iops:
-            out[base] = round(r.iops / by_mode[base].iops, 4)
+            key = base + PROCESSES if r.details.get("workers_as") == "processes" else base
+            out[key] = round(r.iops / by_mode[base].iops, 4)
     return out
+
+
+def _run_processes(spec: BenchSpec, rungs: list[Rung], on_step: Any) -> list[ModeResult]:
+    """The scaled rows again with each worker a process of its own (threads of one process share a GIL)."""
+    rows: list[ModeResult] = []
+    for rung in rungs:
+        if rung.api != "public" or spec.wl.sequential:
+            continue
+        name = scaled_name(rung.name, spec.workers) + PROCESSES
+        if on_step:
+            on_step(name, spec.ramp_s + spec.duration + START_DELAY_S)
+        try:
+            row = run_processes(spec, rung.name)
+        except Exception as exc:
+            row = ModeResult(mode=rung.name, kind="uringstack", api=rung.api, status="failed",
+                             reason=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        row.details["scaled_from"] = rung.name
+        row.details["workers_as"] = "processes"
+        row.mode = name
+        rows.append(row)
+    return rows
 
 
 def passthrough_char(spec: BenchSpec, caps: Capabilities | None) -> str | None:
@@ -574,6 +603,7 @@ def run_bench(
                 row.details["scaled_from"] = row.mode
                 row.mode = scaled_name(row.mode, scale_workers)
                 rows.append(row)
+            rows.extend(_run_processes(scaled_spec, ok, on_step))
         if fio is not None and with_fio:
             rows.extend(_run_fio(spec, fio, on_step, tick, caps=caps))
             if scaled_spec is not None:

@@ -126,8 +126,8 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--scale-workers",
             type=click.IntRange(min=2),
             default=None,
-            help="also re-run every row that worked (and fio) with this many workers; "
-            "summary.scaling gives each row's IOPS ratio",
+            help="also re-run every row that worked (and fio) with this many workers (threads), "
+            "then each public-API row with its workers as processes; summary.scaling gives each row's IOPS ratio",
         ),
         click.option(
             "--tuned",

@@ -246,3 +246,32 @@ def test_qd1_latency_target_reads_the_per_round_percentile_pairs(tmp_path: Path)
     for key in ("O_DIRECT QD32", "O_DIRECT QD1"):
         line = next(ln for ln in text.splitlines() if key in ln)
         assert "--rounds N" in line and line.endswith("| not measured |"), line
+
+
+def test_worker_threads_and_worker_processes_are_judged_apart(tmp_path: Path) -> None:
+    mod = _script()
+    doc = _doc("2026-12-01T00:00:00", 100, 100)
+    doc["summary"]["scaling"] = {
+        "workers": 2,
+        "ratios": {"batched": 0.6, "batched (processes)": 1.9, "fio io_uring": 1.95},
+    }
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(doc))
+    lines = mod.generate([p], None).splitlines()
+    threads = next(ln for ln in lines if "2 workers vs 1" in ln and "worker threads" in ln)
+    procs = next(ln for ln in lines if "2 workers vs 1" in ln and "as processes" in ln)
+    # the processes row's 1.9 must not make the threads' target met, nor show among the threads
+    assert "batched 0.60" in threads and "processes" not in threads.split("|")[2] and "**no**" in threads, threads
+    assert "batched (processes) 1.90" in procs and "**yes**" in procs, procs
+
+
+def test_scaling_keys_process_rows_apart() -> None:
+    from uringstack.bench.metrics import ModeResult
+    from uringstack.bench.runner import PROCESSES, scaling
+
+    base = ModeResult(mode="batched", kind="uringstack", status="ok", iops=100.0)
+    threads = ModeResult(mode="batched x2", kind="uringstack", status="ok", iops=60.0,
+                         details={"scaled_from": "batched"})  # fmt: skip
+    procs = ModeResult(mode="batched x2" + PROCESSES, kind="uringstack", status="ok", iops=190.0,
+                       details={"scaled_from": "batched", "workers_as": "processes"})  # fmt: skip
+    assert scaling([base, threads, procs], 2) == {"batched": 0.6, "batched" + PROCESSES: 1.9}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from uringstack.bench.child import merge_processes, run_processes
+from uringstack.bench.processes import merge_processes, run_processes
 from uringstack.bench.spec import BenchSpec
 
 
