@@ -138,3 +138,33 @@ def test_reads_into_the_same_memory_are_prepared_once(tmp_path: pathlib.Path, st
         other = bytearray(64 * 1024)
         f.seek(4096)
         assert f.readinto(other) == len(other) and other == data[4096 : 4096 + len(other)]
+
+
+def test_read_ahead_starts_no_read_past_the_end_of_the_file(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A small O_DIRECT file costs one read-ahead request, not a whole window of them past its end."""
+    path = tmp_path / "f"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    f, violations, starts = _open_spied(path, "rb", stack)
+    with f:
+        assert f.read() == data
+        assert f.read(10) == b""
+    assert [off for batch in starts for off in batch] == [0], starts
+    assert violations == []
+
+
+def test_read_ahead_sees_data_appended_after_it_reached_the_end(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """The window ends where the file ended when it was read ahead; a read there asks the kernel again,
+    so data appended by another descriptor is returned at once, as the built-in returns it."""
+    path = tmp_path / "f"
+    first = os.urandom(CHUNK + 5000)
+    path.write_bytes(first)
+    f, violations, _ = _open_spied(path, "rb", stack)
+    with f:
+        assert f.read(len(first)) == first
+        more = os.urandom(7000)
+        with open(path, "ab") as w:
+            w.write(more)
+        assert f.read(len(more)) == more, "a read at the old end of file returned nothing (the stale window's EOF)"
+        assert f.read(10) == b""
+    assert violations == []
