@@ -309,7 +309,14 @@ class FileIO(io.RawIOBase):
         return self._seekable
 
     def fileno(self) -> int:
+        """The descriptor, once every write this object returned from reached the kernel.
+
+        Callers fsync it (``os.fsync(f.fileno())``) or read it through another
+        descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
+        if self._writebehind is not None and len(self._writebehind):
+            with self._lock:
+                self._drain()
         return self._fd
 
     def isatty(self) -> bool:
@@ -479,16 +486,14 @@ class FileIO(io.RawIOBase):
             self._drain()
             self._buffered().write_from(m, pos)
             return
-        from uringstack.ring.buffers import aligned_buffer
-
-        buf = aligned_buffer(len(m))  # aligned for O_DIRECT, and ours to keep in flight
-        buf[:] = m
         wb = self._writebehind
         if wb is not None:
-            if wb.end != pos:
-                wb.drain()  # in-flight writes are unordered: never let two overlap
-            wb.start(buf, pos)
+            wb.write(m, pos)  # copied into an aligned buffer of its own
             return
+        from uringstack.ring.buffers import aligned_buffer
+
+        buf = aligned_buffer(len(m))  # aligned for O_DIRECT
+        buf[:] = m
         handle.write_from(buf, pos)
 
     def _drain(self) -> None:
