@@ -23,6 +23,7 @@ from uringstack.config import load_config
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.hookspecs import hookimpl
 from uringstack.pluginmanager import make_plugin_manager
+from uringstack.plugins.fallback.backend import FallbackFileIO
 from uringstack.ring import Ring, io_backend
 from uringstack.stack import Stack, Worker, open_stack
 from uringstack.stack.handle import FileHandle
@@ -202,7 +203,8 @@ def test_the_completion_hook_sees_inline_writes(tmp_path: pathlib.Path, backend:
 
 def test_the_fallback_does_waited_buffered_writes_in_the_caller(tmp_path: pathlib.Path) -> None:
     with open_stack(overrides=BACKENDS["fallback"]) as stack, stack.open(tmp_path / "f", create=True) as h:
-        pool = h.io._pool  # type: ignore[attr-defined]
+        assert isinstance(h.io, FallbackFileIO)
+        pool = h.io._pool
         submitted: list[object] = []
         real_submit = pool.submit
 
