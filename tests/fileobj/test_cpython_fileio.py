@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import pytest
 
 import uringstack
+from tests.stack.test_completion_hook import Recorder
 from uringstack.config import load_config
-from uringstack.hookspecs import hookimpl
 from uringstack.pluginmanager import make_plugin_manager
-from uringstack.stack import Stack, Worker, open_stack
+from uringstack.stack import Stack, open_stack
 from uringstack.stack.uring_backend import UringFileIO
 
 from .conftest import BACKENDS, as_default_stack
@@ -81,15 +81,6 @@ class FallbackOtherFileTests(_OnBackend, _OpenCode, cpython.OtherFileTests, unit
     backend = "fallback"
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, list[int]]] = []
-
-    @hookimpl
-    def uringstack_completion_batch(self, worker: Worker, op: str, results: list[int]) -> None:
-        self.seen.append((op, list(results)))
-
-
 def test_the_files_really_go_through_the_stack(tmp_path: pathlib.Path) -> None:
     """The suite above proves nothing if FileIO bypassed the stack: check reads and writes do not.
 
@@ -97,7 +88,7 @@ def test_the_files_really_go_through_the_stack(tmp_path: pathlib.Path) -> None:
     buffered write then goes to the ring or is done inline is the backend's choice
     (inline where the kernel would punt it to io-wq: ext4 here), not FileIO's."""
     pm = make_plugin_manager()
-    rec = _Recorder()
+    rec = Recorder()
     pm.register(rec, "recorder")
     loaded = load_config(env={}, plugin_manager=pm, overrides={**BACKENDS["uring"], "sqpoll.mode": "off"})
     with (
