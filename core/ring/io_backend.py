@@ -192,16 +192,18 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     """
     results: list[int] = []
     for offset, buf in zip(offsets, buffers, strict=True):
-        view = buf.view if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
-        total = len(view)
+        data = buf.view if isinstance(buf, RegisteredBuffer) else buf
         done = 0
         try:
-            done = os.pwrite(fd, view, offset)
-            while 0 < done < total:
-                wrote = os.pwrite(fd, view[done:], offset + done)
-                if wrote <= 0:
-                    break  # reported short: the handle's retry raises ShortIOError
-                done += wrote
+            done = os.pwrite(fd, data, offset)
+            total = data.nbytes if type(data) is memoryview else memoryview(data).nbytes
+            if 0 < done < total:
+                view = memoryview(data).cast("B")
+                while done < total:
+                    wrote = os.pwrite(fd, view[done:], offset + done)
+                    if wrote <= 0:
+                        break  # reported short: the handle's retry raises ShortIOError
+                    done += wrote
         except OSError as exc:
             if not done:
                 done = -(exc.errno or errno.EIO)

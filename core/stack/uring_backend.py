@@ -180,9 +180,11 @@ class UringFileIO:
         Keeps what a submission checks (file closed, ring closed or forked, a
         SINGLE_ISSUER ring used from another thread) and tells the completion
         hook, with ``ring=None``: no ring ran the batch."""
-        self._fd_and_flags()
-        self.ring._check_open()
-        self.ring._check_thread()
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        ring = self.ring
+        ring._check_open()
+        ring._check_thread()
         results = write_inline(self.fd, offsets, buffers)
         if self.completion_hook is not None:
             self.completion_hook("write", None)(DoneBatch(results))
