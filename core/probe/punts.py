@@ -44,7 +44,15 @@ _FORMAT = 1
 _PROBE_BYTES = 4096
 
 _lock = threading.Lock()
-_memo: dict[int, bool] = {}  # st_dev -> buffered writes punted (this process)
+_memo: dict[int, bool] = {}  # st_dev -> buffered writes punted (this process; a fork child keeps it)
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it, mid-measurement, at fork()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def buffered_write_punts(fd: int, *, cache_dir: Path | None = None) -> bool:

@@ -6,6 +6,8 @@ import json
 import os
 import pathlib
 import platform
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -108,3 +110,27 @@ def test_only_regular_files_are_decided_by_their_file_system(monkeypatch: pytest
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_fork_child_does_not_inherit_a_held_lock(file_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork() while another thread measures: the child's first lookup must not wait for that thread."""
+    monkeypatch.setattr(punts, "measure_write_punt", lambda d, **kw: True)
+    with punts._lock:  # what a parent thread mid-measurement holds
+        pid = os.fork()
+        if pid == 0:  # the child: only this thread exists, the lock's holder does not
+            code = 1
+            try:
+                code = 0 if punts.buffered_write_punts(file_fd, cache_dir=pathlib.Path("/nonexistent")) else 3
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the fork child hung on the measurement lock its parent held")
+    assert os.waitstatus_to_exitcode(status) == 0
