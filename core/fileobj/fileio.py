@@ -2,11 +2,12 @@
 
 The file is opened exactly as ``io.FileIO`` opens it (same flags, *opener*,
 *closefd*, same errors), then handed to a stack (``Stack.open(..., adopt_fd=)``)
-so every read (and every O_DIRECT write) goes through the stack's handle:
-io_uring, or the fallback thread pool, whatever the stack chose.  Buffered
-writes are ``pwrite(2)`` in the calling thread (see ``FileIO._pwrite_all``).  The file position stays the
-kernel's (``lseek`` bookkeeping around positional I/O), so ``fileno()``, ``dup``
-and ``os.lseek`` users see what they would with the built-in.
+so every read and write goes through the stack's handle: io_uring, or the
+fallback thread pool, whatever the stack chose (how a waited buffered write
+is served, inline or by the ring, is the backend's decision: see
+``uringstack.stack.uring_backend``).  The file position stays the kernel's
+(``lseek`` bookkeeping around positional I/O), so ``fileno()``, ``dup`` and
+``os.lseek`` users see what they would with the built-in.
 
 Pipes, ttys, sockets and character devices have no offsets for a stack to
 serve: on them ``FileIO`` reads and writes the descriptor with
@@ -308,7 +309,14 @@ class FileIO(io.RawIOBase):
         return self._seekable
 
     def fileno(self) -> int:
+        """The descriptor, once every write this object returned from reached the kernel.
+
+        Callers fsync it (``os.fsync(f.fileno())``) or read it through another
+        descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
+        if self._writebehind is not None and len(self._writebehind):
+            with self._lock:
+                self._drain()
         return self._fd
 
     def isatty(self) -> bool:
@@ -498,7 +506,9 @@ class FileIO(io.RawIOBase):
 
     def _write_at(self, handle: FileHandle, m: memoryview, pos: int) -> None:
         if not self._direct:
-            self._pwrite_all(m, pos)
+            # The backend decides how a waited buffered write is served (inline
+            # pwrite where the kernel would punt it to io-wq): one place for every caller.
+            handle.write_from(m, pos)
             return
         block = handle.block_size
         if pos % block or len(m) % block:
@@ -507,35 +517,15 @@ class FileIO(io.RawIOBase):
             self._drain()
             self._buffered().write_from(m, pos)
             return
-        from uringstack.ring.buffers import aligned_buffer
-
-        buf = aligned_buffer(len(m))  # aligned for O_DIRECT, and ours to keep in flight
-        buf[:] = m
         wb = self._writebehind
         if wb is not None:
-            if wb.end != pos:
-                wb.drain()  # in-flight writes are unordered: never let two overlap
-            wb.start(buf, pos)
+            wb.write(m, pos)  # copied into an aligned buffer of its own
             return
+        from uringstack.ring.buffers import aligned_buffer
+
+        buf = aligned_buffer(len(m))  # aligned for O_DIRECT
+        buf[:] = m
         handle.write_from(buf, pos)
-
-    def _pwrite_all(self, m: memoryview, pos: int) -> None:
-        """A buffered write: ``pwrite(2)`` in this thread, what the fallback backend's worker does.
-
-        Measured here (ext4, kernel 6.18): io_uring punts every buffered write to
-        an io-wq worker (one context switch per write), so through the stack a
-        1 MiB write cost more CPU than ``pwrite`` and copyfileobj of 256 MiB took
-        0.55 s CPU synchronous, 0.42 s with write-behind, 0.32 s with this
-        (the built-in 0.16 s, same run).  The copy into the page cache is the
-        write either way; the data is in the kernel when this returns, so
-        ``flush()``/``os.fsync`` keep their meaning, and errors are the
-        built-in's own ``OSError``s."""
-        done, n = 0, len(m)
-        while done < n:
-            wrote = os.pwrite(self._fd, m[done:], pos + done)
-            if wrote <= 0:
-                raise OSError(errno.EIO, f"pwrite wrote nothing at offset {pos + done}", self.name)
-            done += wrote
 
     def _drain(self) -> None:
         if self._writebehind is not None and len(self._writebehind):

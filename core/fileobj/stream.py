@@ -230,16 +230,46 @@ class ReadAhead:
 
 
 class WriteBehind:
-    """Writes started and not yet waited for, oldest first."""
+    """Writes started and not yet waited for, oldest first.
+
+    :meth:`write` copies the caller's bytes into a buffer of its own (page
+    aligned, so O_DIRECT takes it; recycled once its write completed) and
+    starts the write without waiting: the caller's memory is free again when
+    it returns, and the write runs on the device while the caller goes on.
+
+    Only O_DIRECT files get it (``FileIO._enable_streaming``).  For buffered
+    files it was measured and left off: started unwaited on ext4, each write's
+    page-cache copy runs on an io-wq worker, which took 16% off the caller's
+    thread (copyfileobj of 256 MiB: 0.20 s CPU instead of 0.24) but added 30%
+    CPU in all (0.33 s: the extra copy, the hand-offs), and on a busy machine
+    the copy was slower in wall time (0.85 s against 0.59 s inline); on a
+    quiet one it gained 5% (0.268 s against 0.281 s, the built-in 0.264 s):
+    the page-cache copy is a small part of a copy's time there."""
 
     def __init__(self, handle: FileHandle, depth: int = WRITE_DEPTH) -> None:
         self.handle = handle
         self.depth = depth
         self._inflight: deque[tuple[int, Any, Pending]] = deque()
+        self._free: list[Any] = []  # buffers whose writes completed, for the next writes
         self.end = -1  # file offset right after the last write started (-1: none)
 
     def __len__(self) -> int:
         return len(self._inflight)
+
+    def write(self, m: memoryview, offset: int) -> None:
+        """Start writing a copy of *m* at *offset*, after every write in flight if it does not continue them."""
+        if self.end != offset:
+            self.drain()  # in-flight writes are unordered: never let two overlap
+        elif len(self._inflight) >= self.depth:
+            self._wait_oldest()
+        n = len(m)
+        buf = next((b for b in self._free if len(b) == n), None)
+        if buf is None:
+            buf = aligned_buffer(n)
+        else:
+            self._free.remove(buf)
+        buf[:] = m
+        self.start(buf, offset)
 
     def start(self, buf: Any, offset: int) -> None:
         """Start writing *buf* (owned by this object from now on) at *offset*."""
@@ -258,6 +288,8 @@ class WriteBehind:
         if res < len(buf):
             # the handle's own retry: complete the rest or raise ShortIOError
             self.handle.write_from(memoryview(buf)[res:], offset + res)
+        if len(self._free) <= self.depth:
+            self._free.append(buf)
 
     def _abandon(self) -> None:
         """After a failure: wait for the rest so no buffer is in flight, keep the first error."""

@@ -21,15 +21,27 @@ from pydantic import ValidationError
 from uringstack.probe.tune_key import MachineFacts, key_of
 from uringstack.probe.tuning import FORMAT_VERSION, AppliedRecord, TuneDocument, TuneRecord, TuneState
 
-CACHE_SUBDIR = "uringstack/tune"
 
-
-def cache_dir(environ: dict[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME/uringstack/tune`` (``~/.cache`` when unset or relative, as the XDG spec says)."""
+def cache_root(environ: dict[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/uringstack`` (``~/.cache`` when unset or relative, as the XDG spec says):
+    where uringstack keeps what it measured (tune results, :mod:`uringstack.probe.punts`)."""
     env = os.environ if environ is None else environ
     base = env.get("XDG_CACHE_HOME", "")
     root = Path(base) if base and os.path.isabs(base) else Path(os.path.expanduser("~")) / ".cache"
-    return root / CACHE_SUBDIR
+    return root / "uringstack"
+
+
+def cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/uringstack/tune``: the tune results."""
+    return cache_root(environ) / "tune"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write *text* to *path* atomically (temp file + rename: a concurrent reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def entry_path(record: TuneRecord, directory: Path | None = None) -> Path:
@@ -43,11 +55,7 @@ def entry_path(record: TuneRecord, directory: Path | None = None) -> Path:
 def write_entry(record: TuneRecord, directory: Path | None = None) -> Path:
     """Store *record* atomically (temp file + rename: a concurrent reader never sees half a file)."""
     path = entry_path(record, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    doc = TuneDocument.of([record])
-    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, TuneDocument.of([record]).model_dump_json(by_alias=True, indent=2))
     return path
 
 

@@ -95,7 +95,8 @@ def block_identity(major: int, minor: int) -> DeviceIdentity | None:
     )
 
 
-def _fs_type(st_dev: int) -> str:
+def fs_type(st_dev: int) -> str:
+    """The type of the file system mounted from device number *st_dev* (``ext4``, ``tmpfs``), or ""."""
     want = f"{os.major(st_dev)}:{os.minor(st_dev)}"
     try:
         with open("/proc/self/mountinfo") as f:
@@ -116,7 +117,7 @@ def identity_of(path: str) -> DeviceIdentity:
         if found is not None:
             return found
         return DeviceIdentity(devnum=f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-    fs = _fs_type(st.st_dev)
+    fs = fs_type(st.st_dev)
     found = block_identity(os.major(st.st_dev), os.minor(st.st_dev))
     if found is not None:
         return found.model_copy(update={"fs": fs})

@@ -5,6 +5,15 @@ call turns a whole batch into parallel C arrays and one submission; reads and
 writes on registered-buffer leases of the same ring become
 READ_FIXED/WRITE_FIXED, and a handle with a fixed-file slot is addressed by
 slot with IOSQE_FIXED_FILE.
+
+A *waited* buffered write (``write_from``, ``write_many``, a prepared
+write's ``run``) to a file on a file system where the kernel would punt it
+to an io-wq worker (:func:`~uringstack.probe.punts.buffered_write_punts`:
+ext4 and tmpfs here) is done by the calling thread with ``pwrite``
+(:func:`~uringstack.ring.io_backend.write_inline`): through the ring it costs
+the same copy plus a hand-off to the worker and back.  Unwaited writes
+(``start_write_many``, asyncio) still go to the ring: there the worker is
+what lets the caller go on.
 """
 
 from __future__ import annotations
@@ -20,9 +29,9 @@ from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
-from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi, lib
-from uringstack.ring.pending import Pending, UringPending
+from uringstack.ring.pending import CompletedPending, Pending, UringPending
 
 if TYPE_CHECKING:
     from uringstack.types import Target, WorkerView
@@ -64,6 +73,9 @@ class UringFileIO:
         self._cache: dict[int, deque[BatchColumns]] = {}
         self._closed = False
         self._durable: dict[str, deque[_DurableColumns]] = {"dsync": deque(), "fdatasync": deque()}
+        # Whether waited buffered writes are done inline (see the module docstring):
+        # looked up at the first one, so a file only read never measures anything.
+        self._inline_writes: bool | None = None
 
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
@@ -92,7 +104,17 @@ class UringFileIO:
 
     def start_rw(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
+    ) -> UringPending | CompletedPending:
+        if write and wait and self.writes_inline():
+            if len(offsets) != len(buffers):
+                raise ValueError(f"{len(offsets)} offsets but {len(buffers)} buffers")
+            return self.write_inline(offsets, buffers)
+        return self.submit_rw(write, offsets, buffers, wait=wait)
+
+    def submit_rw(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
     ) -> UringPending:
+        """:meth:`start_rw` always through the ring (never inline)."""
         n = len(offsets)
         if n != len(buffers):
             raise ValueError(f"{n} offsets but {len(buffers)} buffers")
@@ -141,6 +163,32 @@ class UringFileIO:
         if self.completion_hook is not None:
             batch.add_done_callback(self.completion_hook("write" if write else "read", self.ring))
         return self.pending_type(self.ring, batch)
+
+    def writes_inline(self) -> bool:
+        """True when this file's waited writes are done by the caller (buffered, and the kernel would punt them)."""
+        inline = self._inline_writes
+        if inline is None:
+            from uringstack.probe.punts import buffered_write_punts
+
+            self._fd_and_flags()  # a closed file's number may be another file's by now
+            inline = self._inline_writes = not self.direct and buffered_write_punts(self.fd)
+        return inline
+
+    def write_inline(self, offsets: Sequence[int], buffers: Sequence[Any]) -> CompletedPending:
+        """Do a waited batch of writes in this thread (:func:`~uringstack.ring.io_backend.write_inline`).
+
+        Keeps what a submission checks (file closed, ring closed or forked, a
+        SINGLE_ISSUER ring used from another thread) and tells the completion
+        hook, with ``ring=None``: no ring ran the batch."""
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        ring = self.ring
+        ring._check_open()
+        ring._check_thread()
+        results = write_inline(self.fd, offsets, buffers)
+        if self.completion_hook is not None:
+            self.completion_hook("write", None)(DoneBatch(results))
+        return CompletedPending(results)
 
     def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> UringPrepared:
         """Pin *buffers* and build their columns once; see :class:`UringPrepared`."""
@@ -301,7 +349,7 @@ class UringPrepared:
             self._cols.fill("sqe_flags", sqe_flags)
         self._fixed = self.io.fixed_index
 
-    def start(self, offsets: Sequence[int], *, wait: bool = False) -> UringPending:
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> UringPending | CompletedPending:
         cols = self._cols
         io = self.io
         if self._closed:
@@ -326,6 +374,8 @@ class UringPrepared:
             what = "is negative" if bad is not None else "is out of range"
             i = bad if bad is not None else next(i for i, off in enumerate(offsets) if off >= 1 << 64)
             raise ValueError(f"{io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
+        if wait and self.write and io.writes_inline():
+            return io.write_inline(offsets, self._keep[1])
         # a C-level loop in the interpreter, not a call into the binding: each such
         # call releases the GIL, a handoff when another worker thread waits for it
         if io.direct and any(map(self._misaligned, offsets)):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from uringstack.probe.punts import durable_uring_punts
 from uringstack.ring import forking
 from uringstack.ring.io_backend import FileIO
 from uringstack.stack.handle import FileHandle
@@ -35,35 +36,6 @@ BackendSpec = Literal["auto", "uring", "fallback", "posix"]
 
 FileIOWrapper = Callable[[FileIO], FileIO]
 """Wraps the FileIO of every segment handle (fault injection: :mod:`uringstack.wal.faults`)."""
-
-
-def durable_uring_punts(
-    directory: str | os.PathLike[str], *, sysfs_root: str | os.PathLike[str] = "/sys"
-) -> str | None:
-    """Why a durable io_uring write would be slow for files in *directory*, or None.
-
-    On a disk with a volatile write cache and no FUA, every O_DSYNC write
-    needs a separate cache flush, which io_uring cannot issue without
-    blocking: the kernel hands each durable write to an io-wq thread.
-    Measured on such a disk (virtio, kernel 6.18): one 4 KiB appender had p99
-    1.26x fio's through io_uring but 1.03x through pwrite, and 32 appender
-    threads did 36k vs 58k records/s (BENCHMARKS.md).
-    """
-    from uringstack.probe.blockdev import backing_disk, disk_queue_attr
-
-    try:
-        disk, _ = backing_disk(directory, sysfs_root=sysfs_root)
-    except OSError:
-        return None
-    if disk is None:
-        return None
-    cache = disk_queue_attr(disk, "write_cache", sysfs_root=sysfs_root)
-    if cache == "write back" and disk_queue_attr(disk, "fua", sysfs_root=sysfs_root) == "0":
-        return (
-            f"{disk} has a volatile write cache and no FUA, so each durable io_uring write is punted "
-            "to an io-wq thread; pwrite + O_DSYNC measured faster there"
-        )
-    return None
 
 
 def _sqpoll_enabled(stack: Stack) -> bool:

@@ -4,6 +4,11 @@ Same semantics as the io_uring backend (results are bytes or ``-errno`` per
 op, batches may be waited on synchronously or awaited from asyncio), so the
 public API and its tests run unchanged on it.  It is what a machine without
 io_uring (old kernel, seccomp, not Linux) gets.
+
+A waited buffered write and a waited durable write are done by the calling
+thread, not the pool: the caller blocks until they are done anyway, and the
+hand-off to a pool thread and back would add two context switches (what the
+io_uring backend does where the kernel would punt such a write to io-wq).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from uringstack.errors import RingClosedError
 from uringstack.ring import forking
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
-from uringstack.ring.io_backend import SyncMethod
+from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending
 from uringstack.stack.targets import logical_block_size, open_target
@@ -73,15 +78,6 @@ def _write_durable(fd: int, buf: Any, offset: int, sync: SyncMethod) -> list[int
     return [written, _sync(fd, True)]
 
 
-class _DoneBatch:
-    """A finished fallback batch as the completion hook reads it (``Batch.results``)."""
-
-    __slots__ = ("results",)
-
-    def __init__(self, results: list[int]) -> None:
-        self.results = results
-
-
 def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch], None]) -> Any:
     """Wrap a pool op so the batch's last op calls the completion hook before it returns.
 
@@ -101,7 +97,7 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
         if last:
             flat = [int(x) for v in values for x in v] if flatten else [int(v) for v in values]
             try:
-                on_done(_DoneBatch(flat))
+                on_done(DoneBatch(flat))
             except Exception:
                 log.exception("a uringstack_completion_batch hook failed on a fallback batch")
         return value
@@ -185,12 +181,16 @@ class FallbackFileIO:
 
     def start_rw(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
-    ) -> ThreadPending:
+    ) -> ThreadPending | CompletedPending:
         if len(offsets) != len(buffers):
             raise ValueError(f"{len(offsets)} offsets but {len(buffers)} buffers")
         bufs = [_as_buffer(b) for b in buffers]
         for off, buf in zip(offsets, bufs, strict=True):
             self._check(write, off, buf)
+        if write and wait and not self.direct:
+            # Done here (see the module docstring); O_DIRECT batches keep the pool,
+            # whose threads keep several device writes in flight at once.
+            return self._inline("write", write_inline, offsets, bufs)
         fn = _pwritev if write else _preadv
         return self._submit("write" if write else "read", fn, *zip(bufs, offsets, strict=True))
 
@@ -205,19 +205,21 @@ class FallbackFileIO:
         if wait:
             # The caller blocks until the device acknowledged the write anyway: a
             # hand-off to a pool thread and back would only add two context switches.
-            # Not tracked here: nothing is queued on the pool, and the op is over when
-            # this returns (the handle's own tracker makes its close() wait for the call).
-            return self._durable_inline(buf, offset, sync)
+            return self._inline("write_durable", _write_durable, buf, offset, sync)
         return self._submit("write_durable", _write_durable, (buf, offset, sync), flatten=True)
 
-    def _durable_inline(self, buf: Any, offset: int, sync: SyncMethod) -> CompletedPending:
+    def _inline(self, op: str, fn: Callable[..., list[int]], *args: Any) -> CompletedPending:
+        """Run ``fn(fd, *args)`` (an op's results) in this thread, as a completed batch.
+
+        Not tracked here: nothing is queued on the pool, and the op is over when
+        this returns (the handle's own tracker makes its close() wait for the call)."""
         forking.check(self._fork_gen, f"the fallback backend of {self.path}")
         if self._inflight.closed:  # untracked, so the check _submit gets from the tracker is made here
             raise RingClosedError(f"{self.path} is closed")
-        results = _write_durable(self.fd, buf, offset, sync)
+        results = fn(self.fd, *args)
         if self.completion_hook is not None:
             try:
-                self.completion_hook("write_durable", None)(_DoneBatch(results))
+                self.completion_hook(op, None)(DoneBatch(results))
             except Exception:
                 log.exception("a uringstack_completion_batch hook failed on a fallback batch")
         return CompletedPending(results)

@@ -163,7 +163,7 @@ class IopollFileIO(UringFileIO):
             if self.completion_hook is not None:
                 batch.add_done_callback(self.completion_hook("write_durable", self.storage))
             return UringPending(self.storage, batch)
-        write = self.start_rw(True, [offset], [buffer], wait=wait)
+        write = self.submit_rw(True, [offset], [buffer], wait=wait)  # O_DIRECT: always the ring
         nbytes = buffer.size if isinstance(buffer, RegisteredBuffer) else memoryview(buffer).nbytes
         return WriteThenSync(write, self.storage, self.fd, nbytes, self.completion_hook)
 

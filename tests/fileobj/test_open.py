@@ -15,7 +15,7 @@ import pytest
 
 import uringstack
 from tests.requires import skip_without
-from uringstack.fileobj.stream import CHUNK
+from uringstack.fileobj.stream import CHUNK, WRITE_DEPTH
 from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
 
@@ -173,6 +173,29 @@ def test_flush_returns_only_once_the_data_reached_the_kernel(
         f.flush()
         assert path.read_bytes() == data.encode()
         os.fsync(f.fileno())
+
+
+def test_fileno_waits_for_the_writes_behind(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """``os.fsync(f.fileno())`` must cover every write the file object returned from."""
+    path = tmp_path / "f"
+    with _direct_or_skip(path, "wb", stack, buffering=4096) as f:
+        _defer_writes(f.raw)
+        f.write(b"x" * 16384)  # whole blocks, past the buffer: started, not waited for
+        f.write(b"y" * 16384)
+        fd = f.fileno()
+        assert path.read_bytes() == b"x" * 16384 + b"y" * 16384
+        os.fsync(fd)
+
+
+def test_write_behind_reuses_a_buffer_only_after_its_write(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """More writes than the depth, each of other bytes: a buffer refilled while in flight would corrupt the file."""
+    path = tmp_path / "f"
+    chunks = [bytes([i]) * 16384 for i in range(3 * WRITE_DEPTH)]
+    with _direct_or_skip(path, "wb", stack, buffering=4096) as f:
+        _defer_writes(f.raw)
+        for chunk in chunks:
+            f.write(chunk)
+    assert path.read_bytes() == b"".join(chunks)
 
 
 def test_text_flush_reaches_the_kernel(tmp_path: pathlib.Path, stack: Stack) -> None:
