@@ -36,50 +36,49 @@ def _submit_pipe_read(ring: Ring, fd: int, buf: bytearray) -> Batch:
     return ring.submit(Op.READ, fd, addrs=address_of(pin), lens=len(buf), offsets=0, keep=[pin, buf], wait=True)
 
 
-@pytest.mark.timeout(30)
-def test_submit_wait_on_a_hung_op_returns_within_a_tick(pipe: tuple[int, int]) -> None:
-    r, w = pipe
+@pytest.fixture
+def ring() -> Iterator[Ring]:
+    """A ring whose blocked waits check every 0.2 s."""
     ring = Ring(entries=8)
     ring.wait_tick = 0.2
-    try:
-        buf = bytearray(16)
-        t0 = time.monotonic()
-        batch = _submit_pipe_read(ring, r, buf)
-        assert time.monotonic() - t0 < 3, "the submission waited far past Ring.wait_tick"
-        assert not batch.finished and ring.inflight == 1
-        os.write(w, b"late")
-        assert ring.wait(batch) == [4]
-        assert bytes(buf[:4]) == b"late"
-    finally:
-        ring.close()
+    yield ring
+    ring.close()
+
+
+@pytest.mark.timeout(30)
+def test_submit_wait_on_a_hung_op_returns_within_a_tick(pipe: tuple[int, int], ring: Ring) -> None:
+    r, w = pipe
+    buf = bytearray(16)
+    t0 = time.monotonic()
+    batch = _submit_pipe_read(ring, r, buf)
+    assert time.monotonic() - t0 < 3, "the submission waited far past Ring.wait_tick"
+    assert not batch.finished and ring.inflight == 1
+    os.write(w, b"late")
+    assert ring.wait(batch) == [4]
+    assert bytes(buf[:4]) == b"late"
 
 
 @pytest.mark.timeout(30)
 def test_submit_wait_then_wait_on_a_hung_op_fails_at_the_deadline_and_keeps_the_buffers(
-    pipe: tuple[int, int],
+    pipe: tuple[int, int], ring: Ring
 ) -> None:
     """``Ring.run`` (submit with wait, then wait) on a hung op: ETIMEDOUT at ``wait_timeout``,
     the batch still in flight and owning its buffer, and still completable."""
     r, w = pipe
-    ring = Ring(entries=8)
     ring.wait_timeout = 1.0
-    ring.wait_tick = 0.2
-    try:
-        buf = bytearray(16)
-        pin = ffi.from_buffer(buf)
-        t0 = time.monotonic()
-        with pytest.raises(UringIOError, match=r"1 op\(s\) not complete after 1 s") as info:
-            ring.run(Op.READ, r, addrs=address_of(pin), lens=len(buf), offsets=0, keep=[pin, buf])
-        assert 0.9 < time.monotonic() - t0 < 5
-        assert info.value.errno == errno.ETIMEDOUT
-        assert ring.inflight == 1
-        (batch,) = ring._inflight.values()
-        assert batch._keep == [pin, buf]  # the kernel may still write into it: never released
-        os.write(w, b"ok")
-        assert ring.wait(batch) == [2]
-        assert bytes(buf[:2]) == b"ok"
-    finally:
-        ring.close()
+    buf = bytearray(16)
+    pin = ffi.from_buffer(buf)
+    t0 = time.monotonic()
+    with pytest.raises(UringIOError, match=r"1 op\(s\) not complete after 1 s") as info:
+        ring.run(Op.READ, r, addrs=address_of(pin), lens=len(buf), offsets=0, keep=[pin, buf])
+    assert 0.9 < time.monotonic() - t0 < 5
+    assert info.value.errno == errno.ETIMEDOUT
+    assert ring.inflight == 1
+    (batch,) = ring._inflight.values()
+    assert batch._keep == [pin, buf]  # the kernel may still write into it: never released
+    os.write(w, b"ok")
+    assert ring.wait(batch) == [2]
+    assert bytes(buf[:2]) == b"ok"
 
 
 @pytest.mark.timeout(30)
