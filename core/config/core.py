@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from uringstack.types import FeatureMode
@@ -81,6 +81,40 @@ class CoreConfig(BaseModel):
             "Only for a kernel you know to carry the fix. In the environment: 'id1,id2'."
         ),
     )
+
+    # bounds of the blocking waits on every ring the stack builds (docs/config.md)
+    wait_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a blocking wait on a ring (every synchronous handle call, pending.wait()) "
+            "waits for ops the kernel still holds, e.g. on a hung device, before it fails with "
+            "ETIMEDOUT naming the ring; the ops stay in flight and keep their buffers."
+        ),
+    )
+    wait_tick_s: float = Field(
+        default=0.5,
+        ge=0.001,
+        le=60,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between the checks a blocked wait makes: a completion that can no longer "
+            "arrive (a lost completion) fails at the next tick, and wait_timeout_s is checked "
+            "then. Also the longest a submission made with wait=True waits in the kernel. "
+            "At most wait_timeout_s."
+        ),
+    )
+
+    @field_validator("wait_tick_s")
+    @classmethod
+    def _check_tick(cls, value: float, info: ValidationInfo) -> float:
+        # A tick past the deadline would make the deadline fire up to a tick late.
+        timeout = info.data.get("wait_timeout_s")
+        if timeout is not None and value > timeout:
+            raise ValueError(f"must not exceed core.wait_timeout_s ({timeout:g})")
+        return value
 
     @field_validator("cores", mode="before")
     @classmethod

@@ -43,11 +43,35 @@ PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 Opener = Callable[[PathArg, int], int]
 """``opener(name, flags) -> fd``: called with the name exactly as given, as ``io.FileIO`` does."""
 _CLOSED_MSG = "I/O operation on closed file"
+_BAD_MODE = "Must have exactly one of create/read/write/append mode and at most one plus"
 _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size file
 
 
 def _closed_error() -> ValueError:
     return ValueError(_CLOSED_MSG)
+
+
+def _type_name(value: object) -> str:
+    """A type as CPython's argument errors name it (``None`` for None)."""
+    return "None" if value is None else type(value).__name__
+
+
+def _check_raw_mode(mode: str) -> None:
+    """io.FileIO's mode check, character by character as the C one runs, with its messages."""
+    rwa = plus = False
+    for c in mode:
+        if c in "xrwa":
+            if rwa:
+                raise ValueError(_BAD_MODE)
+            rwa = True
+        elif c == "+":
+            if plus:
+                raise ValueError(_BAD_MODE)
+            plus = True
+        elif c != "b":
+            raise ValueError(f"invalid mode: {mode[:200]}")
+    if not rwa:
+        raise ValueError(_BAD_MODE)
 
 
 class FileIO(io.RawIOBase):
@@ -75,6 +99,7 @@ class FileIO(io.RawIOBase):
     _read_key = (0, 0)  # (address, length) of the last buffer read into without read-ahead
     _writebehind: WriteBehind | None = None
     _closed_flag = False
+    _home: Stack | None = None  # the stack serving the file (the default one included)
 
     def __init__(
         self,
@@ -86,6 +111,11 @@ class FileIO(io.RawIOBase):
         stack: Stack | None = None,
         direct: bool = False,
     ) -> None:
+        # Argument checks in the order and words of the C io.FileIO (Modules/_io/fileio.c).
+        if not isinstance(mode, str):
+            raise TypeError(f"FileIO() argument 'mode' must be str, not {_type_name(mode)}")
+        if "\0" in mode:
+            raise ValueError("embedded null character")
         if self._fd >= 0:
             try:
                 self.close()
@@ -102,12 +132,7 @@ class FileIO(io.RawIOBase):
         else:
             fd = -1
             path = file
-        if not isinstance(mode, str):
-            raise TypeError(f"invalid mode: {mode}")
-        if not set(mode) <= set("xrwab+"):
-            raise ValueError(f"invalid mode: {mode}")
-        if sum(c in "rwax" for c in mode) != 1 or mode.count("+") > 1:
-            raise ValueError("Must have exactly one of create/read/write/append mode and at most one plus")
+        _check_raw_mode(mode)
         if "x" in mode:
             self._created = True
             self._writable = True
@@ -192,11 +217,14 @@ class FileIO(io.RawIOBase):
         own = fd if self._closefd else os.dup(fd)
         try:
             options: dict[str, Any] = {ADOPT_FD: own}
-            return stack.open(path, direct=self._direct, writable=self._writable, **options)
+            handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
         except BaseException:
             if own != fd:
                 os.close(own)
             raise
+        self._home = stack
+        stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
+        return handle
 
     def _buffered(self) -> FileHandle:
         """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
@@ -536,7 +564,8 @@ class FileIO(io.RawIOBase):
 
     def flush(self) -> None:
         """Return once every write made through this object reached the kernel."""
-        self._checkClosed()
+        if self.closed:
+            raise ValueError(_CLOSED_MSG + ".")  # io.IOBase.flush's words, as io.FileIO's
         with self._lock:
             self._drain()
 

@@ -1,8 +1,8 @@
 """``uringstack.open()``: the built-in ``open()``, layered over :class:`uringstack.FileIO`.
 
-Mode parsing, argument checks, buffering and text layering follow
-``_pyio.open`` rule for rule, so every mode string the built-in rejects is
-rejected with the same exception.  What differs is underneath: the raw file
+Argument checks follow the C built-in (order and messages) and buffering and
+text layering ``_pyio.open``, rule for rule, so every mode string the built-in
+rejects is rejected with the same exception.  What differs is underneath: the raw file
 does its I/O through a stack, sequential reads run ahead with several chunk
 reads in flight, and sequential writes are written behind (the call returns
 once the write is started).  ``flush()`` still returns only once the data
@@ -17,7 +17,7 @@ import os
 import warnings
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
-from uringstack.fileobj.fileio import FileIO, Opener, PathArg
+from uringstack.fileobj.fileio import FileIO, Opener, PathArg, _type_name
 
 if TYPE_CHECKING:
     from _typeshed import (
@@ -57,22 +57,28 @@ class BufferedRandom(io.BufferedRandom):
 def check_mode(
     file: Any, mode: str, buffering: int, encoding: str | None, errors: str | None, newline: str | None
 ) -> tuple[str, bool]:
-    """Check open()'s arguments as the built-in does; returns (FileIO mode, binary)."""
+    """Check open()'s arguments as the built-in does; returns (FileIO mode, binary).
+
+    The order and the messages are the C implementation's (``Modules/_io/_iomodule.c``;
+    ``_pyio`` words some differently): argument types first, then the mode character
+    by character, then the combinations.  A mode without r, w, a or x is left to
+    :class:`FileIO`, which refuses it with its own message, as the built-in does."""
+    if not isinstance(mode, str):
+        raise TypeError(f"open() argument 'mode' must be str, not {_type_name(mode)}")
+    if "\0" in mode:
+        raise ValueError("embedded null character")
+    if not isinstance(buffering, int):
+        raise TypeError(f"'{type(buffering).__name__}' object cannot be interpreted as an integer")
+    for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"open() argument '{name}' must be str or None, not {_type_name(value)}")
     if not isinstance(file, int):
         file = os.fspath(file)
     if not isinstance(file, (str, bytes, int)):
         raise TypeError(f"invalid file: {file!r}")
-    if not isinstance(mode, str):
-        raise TypeError(f"invalid mode: {mode!r}")
-    if not isinstance(buffering, int):
-        raise TypeError(f"invalid buffering: {buffering!r}")
-    if encoding is not None and not isinstance(encoding, str):
-        raise TypeError(f"invalid encoding: {encoding!r}")
-    if errors is not None and not isinstance(errors, str):
-        raise TypeError(f"invalid errors: {errors!r}")
     modes = set(mode)
     if modes - set("axrwb+t") or len(mode) > len(modes):
-        raise ValueError(f"invalid mode: {mode!r}")
+        raise ValueError(f"invalid mode: '{mode}'")
     creating = "x" in modes
     reading = "r" in modes
     writing = "w" in modes
@@ -83,9 +89,7 @@ def check_mode(
     if text and binary:
         raise ValueError("can't have text and binary mode at once")
     if creating + reading + writing + appending > 1:
-        raise ValueError("can't have read/write/append mode at once")
-    if not (creating or reading or writing or appending):
-        raise ValueError("must have exactly one of read/write/append mode")
+        raise ValueError("must have exactly one of create/read/write/append mode")
     if binary and encoding is not None:
         raise ValueError("binary mode doesn't take an encoding argument")
     if binary and errors is not None:
@@ -270,6 +274,8 @@ def open(
             from uringstack.fileobj.default_stack import track
 
             track(result, raw=False)
+        if raw._home is not None:
+            raw._home.close_with_stack(result, outer=True)  # its buffer is flushed before raw closes
         return result
     except BaseException:
         result.close()

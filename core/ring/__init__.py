@@ -284,9 +284,11 @@ class Ring:
         *keep* is held by the batch until every completion is reaped (the
         buffers the ``addrs`` column points into).  ``wait=True`` lets the
         submitting syscall also wait for the batch's completions (one
-        io_uring_enter instead of two; ignored on SQPOLL rings); collect them
-        with :meth:`wait`.  Columns whose previous batch is still in flight
-        are refused with :class:`~uringstack.errors.BatchInFlightError`.
+        io_uring_enter instead of two; ignored on SQPOLL rings), but for at
+        most :attr:`wait_tick`, so a hung op never blocks the submission;
+        collect them with :meth:`wait`, which is bounded by :attr:`wait_timeout`.
+        Columns whose previous batch is still in flight are refused with
+        :class:`~uringstack.errors.BatchInFlightError`.
         """
         if n is None:
             n = cols.n
@@ -331,7 +333,12 @@ class Ring:
         slot = self._free_slots.pop()
         desc.slot = slot
         batch.slot = slot
-        ret = lib.us_submit_batch(self._ring, self._state, desc, n if wait else 0)
+        if wait:
+            # The submitting syscall waits at most one tick: a hung op must never block
+            # here, where no lost-completion check or deadline runs (wait() has both).
+            ret = lib.us_submit_batch(self._ring, self._state, desc, n, max(1, int(self.wait_tick * 1000)))
+        else:
+            ret = lib.us_submit_batch(self._ring, self._state, desc, 0, 0)
         if ret < 0:
             if lib.us_slot_remaining(self._state, slot):
                 # part of the batch reached the kernel: keep it owned until reaped

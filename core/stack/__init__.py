@@ -16,6 +16,7 @@ import itertools
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -139,6 +140,9 @@ class Stack:
         self._next_worker = itertools.count()
         self._closed = False
         self._plugin_state: dict[str, object] = {}
+        # Objects layered over this stack's handles (file objects), outermost first:
+        # closed before the handles, so a buffered writer's data reaches its file.
+        self._layered: tuple[weakref.WeakSet[Any], weakref.WeakSet[Any]] = (weakref.WeakSet(), weakref.WeakSet())
         # A plugin switched off in the config does not pay for its completion hook.
         listeners = pm.completion_listeners(skip=[v.plugin for v in plan.verdicts if v.mode == "off"])
         self._fork_gen = forking.generation()
@@ -162,6 +166,9 @@ class Stack:
             if params.attach_to is not None:
                 params.wq_fd = self._ring_by_name(params.attach_to).fd
             ring = Ring(params)
+            # The one place the stack's rings get their wait bounds (core.wait_*_s).
+            ring.wait_timeout = self.config.core.wait_timeout_s
+            ring.wait_tick = self.config.core.wait_tick_s
             worker.rings[params.role] = ring
             self.plugin_manager.ring_created(ring=ring, worker=worker, config=self.config)
 
@@ -226,6 +233,16 @@ class Stack:
                 return handle
         handle.close()  # close() ran meanwhile and did not see this handle
         raise RingClosedError("stack is closed")
+
+    def close_with_stack(self, obj: Any, *, outer: bool) -> None:
+        """Have :meth:`close` call ``obj.close()`` first, before it closes any handle.
+
+        For objects built over this stack's handles that hold data of their own,
+        such as a file object's write buffer: closed with the handles still open,
+        that data is written; closed after, it would be lost without a word.
+        *outer* objects (a buffered or text layer) close before inner ones (the raw
+        file under them).  Held weakly: an object collected earlier is skipped."""
+        self._layered[0 if outer else 1].add(obj)
 
     def _pick_worker(self, core: int | None) -> Worker:
         if core is None:
@@ -299,7 +316,9 @@ class Stack:
 
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close handles, let plugins release what they attached, close rings, stop workers.
+        """Close what :meth:`close_with_stack` registered (file objects, flushing their
+        buffers), then the handles; let plugins release what they attached, close rings,
+        stop workers.
 
         Each handle's close waits for the I/O started through it (see
         :meth:`FileHandle.close`), so queued writes complete with their real
@@ -314,11 +333,6 @@ class Stack:
                 self._closed = True
                 self._abandon(list(self._handles))
             return
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            handles = list(self._handles)
         errors: list[BaseException] = []
 
         def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -327,6 +341,22 @@ class Stack:
             except Exception as exc:  # the rest of the teardown must still run
                 errors.append(exc)
 
+        with self._lock:
+            if self._closed:
+                return
+            layered = [list(group) for group in self._layered]
+        # While the stack is still open: flushing an unaligned O_DIRECT write opens a handle.
+        for objs in layered:
+            for obj in objs:
+                attempt(obj.close)
+        with self._lock:
+            closed_meanwhile = self._closed
+            self._closed = True
+            handles = list(self._handles)
+        if closed_meanwhile:  # by another thread's close(), which closes the rest
+            if errors:
+                raise errors[0]
+            return
         for handle in handles:
             attempt(handle.close)
         attempt(self.plugin_manager.stack_teardown, stack=self)

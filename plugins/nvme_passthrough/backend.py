@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import AlignmentError, UringIOError
+from uringstack.errors import AlignmentError, RingClosedError, UringIOError
 from uringstack.plugins.nvme_passthrough.commands import (
     MAX_BLOCKS_PER_COMMAND,
     NVME_CMD_READ,
@@ -364,8 +364,10 @@ class PassthroughFileIO:
         return cols, cmd_pin
 
     def _check_open(self, op: str) -> None:
+        # The same error as every other backend's closed FileIO (docs/api.md), so callers
+        # handle "used after close" once, whichever backend serves the file.
         if self.fd < 0:
-            raise UringIOError(errno.EBADF, op, self.path, "handle is closed")
+            raise RingClosedError(f"{self.path} is closed ({op} refused)")
 
     def _plan(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]

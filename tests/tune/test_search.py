@@ -4,7 +4,6 @@ and by the measured noise, the budget as a limit."""
 from __future__ import annotations
 
 import pathlib
-import time
 from typing import Any
 
 import pytest
@@ -17,14 +16,28 @@ from uringstack.probe.tuning import AppliedRecord, Measurement, TuneState, TuneT
 from .fakes import fake_record
 
 
+class VirtualClock:
+    """The runner's ``time`` module in these tests: only the scripted runs advance it, so the
+    budget checks are exact however loaded the machine is (a real sleep overshoots there)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 def scripted(
-    iops: dict[tuple[tuple[str, str], ...], list[float]], seen: list[dict[str, str]], cost: float | None = None
+    iops: dict[tuple[tuple[str, str], ...], list[float]],
+    seen: list[dict[str, str]],
+    cost: float | None = None,
+    clock: VirtualClock | None = None,
 ) -> Any:
     def measure(target: Any, settings: dict[str, str], overrides: dict[str, Any], batch: int, seconds: float,
                 caps: Any, pm: Any = None, **deadline: Any) -> Measurement:
         seen.append(dict(settings))
-        if cost is not None:  # a run takes its window plus set-up, as a real one does
-            time.sleep(seconds + cost)
+        if cost is not None and clock is not None:  # a run takes its window plus set-up, as a real one does
+            clock.now += seconds + cost
         key = tuple(sorted((k, v) for k, v in settings.items() if v != _base(k)))
         value = iops[key].pop(0)
         return Measurement(settings=settings, overrides=overrides, iops=value, ops=int(value), seconds=seconds,
@@ -41,14 +54,16 @@ def _search(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, iops: Any, budget: float = 30.0, cost: float | None = None
 ) -> Any:
     seen: list[dict[str, str]] = []
-    monkeypatch.setattr(runner, "measure", scripted(iops, seen, cost))
+    clock = VirtualClock()
+    monkeypatch.setattr(runner, "measure", scripted(iops, seen, cost, clock))
     loaded = load_config(env={})
     caps = probe()
     target = TuneTarget(given=str(tmp_path), path=str(tmp_path), kind="directory")
     dims = [d.name for d in runner.dimensions(target, caps, loaded.config, loaded.plugin_manager)]
-    t0 = time.perf_counter()
+    monkeypatch.setattr(runner, "time", clock)
+    t0 = clock.now
     record = runner.tune_target(target, caps, loaded.config, loaded.plugin_manager, budget)
-    record.elapsed_s = time.perf_counter() - t0  # unrounded, for the budget check
+    record.elapsed_s = clock.now - t0  # unrounded, for the budget check
     return record, seen, dims
 
 
@@ -94,7 +109,7 @@ def test_runs_that_do_not_fit_are_skipped(tmp_path: pathlib.Path, monkeypatch: p
                                         (("workers", "2"),), (("iopoll", "on"),)]})
     budget = 1.0
     record, seen, _ = _search(tmp_path, monkeypatch, iops, budget=budget, cost=0.1)
-    assert record.elapsed_s <= budget + 0.15  # a limit, not a target (sleeps overshoot on a loaded machine)
+    assert record.elapsed_s <= budget  # a limit, not a target (exact: the clock is virtual)
     status = [m.status for m in record.measurements]
     ran = status.count("ok")
     assert ran == len(seen) >= 2 and status == ["ok"] * ran + ["skipped"] * (len(status) - ran)

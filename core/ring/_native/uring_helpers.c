@@ -108,13 +108,11 @@ static int submit_needs_enter(const struct io_uring *ring)
     return (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_NEED_WAKEUP) != 0;
 }
 
-/* Submit what is queued; with wait_nr > 0 the same io_uring_enter also waits
- * for that many completions (one syscall instead of two for a synchronous
- * batch). */
-static int submit_pending_wait(struct io_uring *ring, us_state_t *st, unsigned wait_nr)
+/* Submit what is queued, without waiting. */
+static int submit_pending(struct io_uring *ring, us_state_t *st)
 {
-    int enter = wait_nr > 0 || submit_needs_enter(ring);
-    int ret = wait_nr ? io_uring_submit_and_wait(ring, wait_nr) : io_uring_submit(ring);
+    int enter = submit_needs_enter(ring);
+    int ret = io_uring_submit(ring);
     if (ret < 0)
         return ret;
     if (enter)
@@ -123,9 +121,30 @@ static int submit_pending_wait(struct io_uring *ring, us_state_t *st, unsigned w
     return ret;
 }
 
-static int submit_pending(struct io_uring *ring, us_state_t *st)
+/* Submit what is queued and, in the same io_uring_enter, wait for wait_nr
+ * completions but at most timeout_ms: a hung op never blocks a submission
+ * (the caller's bounded wait, which checks for lost completions, takes over).
+ * One syscall, as io_uring_submit_and_wait, but only with IORING_FEAT_EXT_ARG
+ * (5.11+): without it liburing would queue a timeout SQE of its own, so there
+ * this only submits and leaves the waiting to the caller.  What liburing's
+ * timed call returns differs between versions (a count, 0, or -ETIME with
+ * SQEs submitted), so the count submitted is read from the SQ head the kernel
+ * advanced: exact, since only this thread's syscall moves it on a non-SQPOLL
+ * ring (the only kind that waits here). */
+static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t timeout_ms)
 {
-    return submit_pending_wait(ring, st, 0);
+    if (!(ring->features & IORING_FEAT_EXT_ARG) || is_sqpoll(ring))
+        return submit_pending(ring, st);
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long long)(timeout_ms % 1000) * 1000000 };
+    unsigned head = IO_URING_READ_ONCE(*ring->sq.khead);
+    int ret = io_uring_submit_and_wait_timeout(ring, &cqe, wait_nr, &ts, NULL);
+    unsigned submitted = IO_URING_READ_ONCE(*ring->sq.khead) - head;
+    st->c.enters++;
+    if (!submitted && ret < 0 && ret != -ETIME)
+        return ret;
+    st->c.submitted += submitted;
+    return (int)submitted;
 }
 
 static unsigned drain(struct io_uring *ring, us_state_t *st)
@@ -207,11 +226,13 @@ static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struc
 /* Queue every op of the batch and submit them.  When the SQ fills up mid-
  * batch the queued part is submitted and preparation continues, so a batch
  * may be larger than the ring.  wait_nr > 0 makes the final submission also
- * wait for that many completions in the same syscall (never on SQPOLL rings,
- * where waiting in the kernel would forfeit the point of the poller).
+ * wait for that many completions in the same syscall, for at most wait_ms
+ * (never on SQPOLL rings, where waiting in the kernel would forfeit the point
+ * of the poller).
  * Returns 0 or -errno; on error nothing of the batch that was not yet
  * submitted reaches the kernel. */
-int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr)
+int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms)
 {
     if (b->slot >= US_MAX_SLOTS || st->remaining[b->slot] || b->n == 0 || !b->results)
         return -EINVAL;
@@ -253,7 +274,7 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
     if (is_sqpoll(ring))
         wait_nr = 0;
     for (;;) {
-        int ret = submit_pending_wait(ring, st, wait_nr);
+        int ret = wait_nr ? submit_wait_for(ring, st, wait_nr, wait_ms) : submit_pending(ring, st);
         if (ret >= 0)
             break;
         /* -EINTR from io_uring_enter means nothing was submitted (the kernel

@@ -101,7 +101,8 @@ uint32_t us_slot_remaining(const us_state_t *st, uint32_t slot);
 uint32_t us_inflight(const us_state_t *st);
 uint32_t us_take_done(us_state_t *st, uint16_t *out, uint32_t max);
 
-int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr);
+int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms);
 int us_wait_slot(struct io_uring *ring, us_state_t *st, uint32_t slot);
 int us_wait_any(struct io_uring *ring, us_state_t *st, uint32_t min_done);
 int us_wait_slot_for(struct io_uring *ring, us_state_t *st, uint32_t slot, uint32_t timeout_ms);

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from uringstack.errors import AlignmentError, BatchInFlightError
+from uringstack.errors import AlignmentError, BatchInFlightError, RingClosedError
 from uringstack.plugins.nvme_passthrough.backend import PassthroughFileIO, PassthroughPending
 from uringstack.plugins.nvme_passthrough.commands import (
     NVME_CMD_READ,
@@ -154,5 +154,5 @@ def test_closed_handle_refuses_to_start() -> None:
     io = _io(ring)
     prep = prepare_rw(io, False, [aligned_buffer(512)])
     io.fd = -1
-    with pytest.raises(Exception, match="handle is closed"):
+    with pytest.raises(RingClosedError, match="is closed"):
         prep.start([0])

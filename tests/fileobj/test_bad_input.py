@@ -1,0 +1,203 @@
+"""Issue 16, "Bad input": what the built-in refuses, uringstack refuses the same way.
+
+* every mode string the built-in ``open()`` (and ``io.FileIO``) rejects, out of
+  all strings of up to three characters over the mode alphabet plus strays, is
+  rejected by ``uringstack.open`` (``uringstack.FileIO``) with the same
+  exception type and message;
+* a file object used after its stack was closed raises the built-in's
+  ``ValueError`` for a closed file, and data a buffered writer still held when
+  the stack closed reached the file (it was accepted by ``write``: losing it
+  silently is not an option).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import uringstack
+from uringstack.stack import Stack, open_stack
+
+from .conftest import BACKENDS
+
+
+def _rejection(fn: Callable[[], Any]) -> tuple[str, str] | None:
+    """The (type, message) of the ValueError/TypeError *fn* raises, or None when it accepts."""
+    try:
+        obj = fn()
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+    except OSError:  # accepted, then refused by the file system (x on an existing file)
+        return None
+    obj.close()
+    return None
+
+
+_ALPHABET = "rwaxbt+U \0"
+_CANDIDATES = [
+    "",
+    *("".join(t) for n in (1, 2, 3) for t in itertools.product(_ALPHABET, repeat=n)),
+    *["rw+b", "r+b+", "rb+t", "rr+b", "ab+b", "r\n", "r'", 'r"', "rb\t", "é", "rä", "R", "W+"],
+]
+_OPEN_REJECTS = {m: r for m in _CANDIDATES if (r := _rejection(lambda m=m: open(os.devnull, m))) is not None}  # noqa: SIM115
+_FILEIO_REJECTS = {m: r for m in _CANDIDATES if (r := _rejection(lambda m=m: io.FileIO(os.devnull, m))) is not None}
+
+
+@pytest.fixture(scope="module")
+def mode_stack() -> Iterator[Stack]:
+    """One stack for the mode checks: a rejected mode must never reach it."""
+    with open_stack(overrides=BACKENDS["fallback"]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("modes") / "f"
+    path.write_bytes(b"data")
+    return path
+
+
+def test_the_candidates_cover_every_kind_of_rejection() -> None:
+    assert len(_OPEN_REJECTS) > 1000 and len(_FILEIO_REJECTS) > 1000
+    messages = {msg.split(":")[0] for _, msg in _OPEN_REJECTS.values()}
+    assert {
+        "invalid mode",
+        "can't have text and binary mode at once",
+        "must have exactly one of create/read/write/append mode",
+        "Must have exactly one of create/read/write/append mode and at most one plus",
+        "embedded null character",
+    } <= messages, messages
+
+
+@pytest.mark.parametrize("mode", sorted(_OPEN_REJECTS))
+def test_open_rejects_a_mode_as_the_builtin_does(mode: str, existing: pathlib.Path, mode_stack: Stack) -> None:
+    got = _rejection(lambda: uringstack.open(existing, mode, stack=mode_stack))
+    assert got == _OPEN_REJECTS[mode]
+    assert existing.read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("mode", sorted(_FILEIO_REJECTS))
+def test_fileio_rejects_a_mode_as_io_fileio_does(mode: str, existing: pathlib.Path, mode_stack: Stack) -> None:
+    got = _rejection(lambda: uringstack.FileIO(existing, mode, stack=mode_stack))
+    assert got == _FILEIO_REJECTS[mode]
+    assert existing.read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("mode", [None, b"r", 1, 1.5, ["r"]])
+def test_a_mode_that_is_not_a_string(mode: Any, existing: pathlib.Path, mode_stack: Stack) -> None:
+    assert _rejection(lambda: uringstack.open(existing, mode, stack=mode_stack)) == _rejection(
+        lambda: open(os.devnull, mode)  # noqa: SIM115
+    )
+    assert _rejection(lambda: uringstack.FileIO(existing, mode, stack=mode_stack)) == _rejection(
+        lambda: io.FileIO(os.devnull, mode)
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "kwargs"),
+    [
+        ("rb", {"encoding": "utf-8"}),
+        ("rb", {"errors": "strict"}),
+        ("rb", {"newline": "\n"}),
+        ("b", {"encoding": "utf-8"}),  # the binary check comes before the missing r/w/a/x
+        ("r", {"buffering": 0}),
+        ("r", {"encoding": 5}),
+        ("r", {"errors": 5}),
+        ("r", {"newline": 5}),
+        ("r", {"newline": "x"}),
+        ("r", {"buffering": "1"}),
+        ("r", {"buffering": 1.5}),
+    ],
+)
+def test_other_arguments_are_rejected_as_the_builtin_does(
+    mode: str, kwargs: dict[str, Any], existing: pathlib.Path, mode_stack: Stack
+) -> None:
+    expected = _rejection(lambda: open(existing, mode, **kwargs))  # noqa: SIM115
+    assert expected is not None
+    assert _rejection(lambda: uringstack.open(existing, mode, stack=mode_stack, **kwargs)) == expected
+
+
+# --- after the stack closed ---------------------------------------------------------------
+
+LAYERS = {  # name: (mode, buffering)
+    "raw": ("r+b", 0),
+    "reader": ("rb", -1),
+    "writer": ("wb", -1),
+    "random": ("r+b", -1),
+    "text": ("r+", -1),
+}
+OPS: dict[str, Callable[[Any, bool], Any]] = {
+    "read": lambda f, text: f.read(10),
+    "readline": lambda f, text: f.readline(),
+    "write": lambda f, text: f.write("x" if text else b"x"),
+    "seek": lambda f, text: f.seek(0),
+    "tell": lambda f, text: f.tell(),
+    "flush": lambda f, text: f.flush(),
+    "fileno": lambda f, text: f.fileno(),
+    "truncate": lambda f, text: f.truncate(),
+}
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[str, str]:
+    try:
+        return "returned", repr(fn())
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_a_file_used_after_its_stack_closed_fails_as_a_closed_builtin_file(
+    tmp_path: pathlib.Path, backend: str, layer: str
+) -> None:
+    mode, buffering = LAYERS[layer]
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789" * 100)
+    builtin = open(path, mode, buffering=buffering)  # noqa: SIM115
+    builtin.close()
+    stack = open_stack(overrides=BACKENDS[backend])
+    f = uringstack.open(path, mode, buffering=buffering, stack=stack)
+    stack.close()
+    assert f.closed
+    text = "b" not in mode
+    for name, op in OPS.items():
+        got = _outcome(functools.partial(op, f, text))
+        assert got == _outcome(functools.partial(op, builtin, text)), name
+    assert _outcome(f.close) == ("returned", "None")  # closing again is harmless, as for the built-in
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize(("mode", "direct"), [("wb", False), ("w", False), ("r+b", False), ("wb", True), ("ab", False)])
+def test_data_a_buffered_writer_holds_reaches_the_file_when_its_stack_closes(
+    tmp_path: pathlib.Path, backend: str, mode: str, direct: bool
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    stack = open_stack(overrides=BACKENDS[backend])
+    f = uringstack.open(path, mode, stack=stack, direct=direct)
+    f.write("accepted" if "b" not in mode else b"accepted")  # stays in the buffered layer
+    stack.close()
+    assert f.closed
+    assert path.read_bytes() == b"accepted", "write() accepted the data, the stack's close dropped it"
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_raw_fileio_after_its_stack_closed(tmp_path: pathlib.Path, backend: str) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    stack = open_stack(overrides=BACKENDS[backend])
+    raw = uringstack.FileIO(path, "r+", stack=stack)
+    stack.close()
+    with pytest.raises(ValueError, match=r"^I/O operation on closed file$"):
+        raw.read(1)
+    with pytest.raises(ValueError, match=r"^I/O operation on closed file$"):
+        raw.write(b"x")
+    raw.close()
+    assert path.read_bytes() == b"abc"
