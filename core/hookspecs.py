@@ -211,12 +211,12 @@ def uringstack_completion_batch(worker: WorkerView, op: str, results: list[int],
     handle's retry of a short transfer (the rest of a read cut short at end
     of file, of a short write) is a batch of its own, so it is a call of its
     own.  ``ring`` is the ring that ran the batch (a worker may own a
-    storage, an iopoll and a passthrough ring); ``None`` for a backend that
-    has none, and for a waited buffered write the io_uring backend did in
-    the caller's thread (``io_backend.write_inline``: no ring ran it).
-    Called by the io_uring backend, the iopoll backend and the NVMe
-    passthrough backend; not by the fallback thread pool nor for WAL
-    I/O, which do not go through a worker's ring.
+    storage, an iopoll and a passthrough ring); ``None`` for the fallback
+    backend (its thread pool or, for a waited write, the caller's thread),
+    and for a waited buffered write the io_uring backend did in the
+    caller's thread (``io_backend.write_inline``: no ring ran it).
+    Called by every handle backend (io_uring, fallback, iopoll, NVMe
+    passthrough) for the batches its handles submit.
 
     Thread: whichever thread reaps the batch's last completion: the thread
     that waits for it (the caller of a synchronous ``FileHandle`` method),
