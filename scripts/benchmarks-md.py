@@ -36,6 +36,11 @@ Doc = dict[str, Any]
 Row = dict[str, Any]
 
 
+def scaled(doc: Doc) -> bool:
+    """A run with ``--scale-workers N`` (its summary carries the scaling ratios)."""
+    return bool(doc["summary"].get("scaling"))
+
+
 def group_key(doc: Doc) -> str:
     s = doc["spec"]
     dev = doc["file"].get("device", {}).get("block") or doc["file"]["path"]
@@ -47,6 +52,12 @@ def group_key(doc: Doc) -> str:
         where += f", --batch {s['batch']}"
     if is_interleaved(doc):  # rows and fio in alternating slices: another measurement than back to back
         where += ", interleaved"
+    # Runs with --scale-workers or --tuned measure extra rows (and their 1-worker rows ran
+    # beside them): a group of their own, so they never decide a 1-worker target.
+    if scaled(doc):
+        where += f", --scale-workers {doc['summary']['scaling'].get('workers', '')}"
+    if doc["summary"].get("tuned"):
+        where += ", --tuned"
     return (
         f"{s['workload']} {s['block_size'] // 1024} KiB QD{s['queue_depth']}, {s['workers']} worker(s), {mode}, {where}"
     )
@@ -225,11 +236,15 @@ def rounds_table(docs: list[Doc]) -> list[str]:
     return lines
 
 
+SCALED_ROW = re.compile(r" x\d+(" + re.escape(PROCESSES) + r")?$")
+"""A row re-run with N workers (threads, or processes): never a 1-worker figure."""
+
+
 def best_sync_public(docs: list[Doc]) -> tuple[str | None, float | None]:
     """The public-API sync row with the best median per-run IOPS ratio to fio io_uring."""
     best: tuple[str | None, float | None] = (None, None)
     for mode, rows in rows_by_mode(docs).items():
-        if rows[0].get("api") != "public" or mode.startswith("asyncio") or re.search(r" x\d+$", mode):
+        if rows[0].get("api") != "public" or mode.startswith("asyncio") or SCALED_ROW.search(mode):
             continue
         m = _med(per_run_ratio(docs, mode, "fio io_uring", _iops))
         if m is not None and (best[1] is None or m > best[1]):
@@ -267,7 +282,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         )  # fmt: skip
 
     direct32 = find(lambda d: device_bound(d, 32))
-    hot32 = find(hot)
+    hot32 = find(lambda d: hot(d) and not scaled(d) and not d["summary"].get("tuned"))
     qd1 = find(lambda d: device_bound(d, 1))
     def vm612(d: Doc, batch: int = 0) -> bool:  # a block device in the NVMe VM on Debian 13's 6.12, QD32
         return bool(d["file"].get("block_device")) and d["machine"]["kernel"].startswith("6.12") and (
@@ -337,7 +352,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
                 scal[m].append(v)
         return scal
 
-    scal = scaling(hot32)
+    scal = scaling(find(lambda d: hot(d) and scaled(d)))
     # The target is uringstack's own scaling: fio's rows are shown beside it, never judged.
     # Worker threads of one process (the stack's workers) and workers as processes
     # (`MODE (processes)`) are judged apart: the threads share one GIL.
@@ -351,7 +366,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         best = max(ours, key=lambda m: _med(scal[m]) or 0)
         shown = ", ".join(f"{m} {_ratio(_med(v))}" for m, v in scal.items() if not m.endswith(PROCESSES))
         for b in big_batches:
-            bdocs = [d for d in find(lambda d, b=b: hot(d, b)) if d["summary"].get("scaling")]
+            bdocs = find(lambda d, b=b: hot(d, b) and scaled(d))
             bs = scaling(bdocs)
             if bs:
                 each = ", ".join(f"{m} {_ratio(_med(v))}" for m, v in bs.items())
