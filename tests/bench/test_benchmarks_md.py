@@ -275,3 +275,25 @@ def test_scaling_keys_process_rows_apart() -> None:
     procs = ModeResult(mode="batched x2" + PROCESSES, kind="uringstack", status="ok", iops=190.0,
                        details={"scaled_from": "batched", "workers_as": "processes"})  # fmt: skip
     assert scaling([base, threads, procs], 2) == {"batched": 0.6, "batched" + PROCESSES: 1.9}
+
+
+def test_scaled_and_tuned_runs_never_decide_a_one_worker_target(tmp_path: Path) -> None:
+    mod = _script()
+    # the plain runs: batched 0.50x fio (missed)
+    plain = [_doc(f"2026-12-01T00:0{i}:00", 50, 100) for i in range(2)]
+    # a --scale-workers run whose 'x2 (processes)' row ran at 1.9x fio's one-worker job
+    scaled = _doc("2026-12-01T00:05:00", 50, 100)
+    scaled["results"].append(_row("batched x2 (processes)", 190))
+    scaled["summary"]["scaling"] = {"workers": 2, "ratios": {"batched (processes)": 3.8}}
+    # a --tuned run of older code: asyncio rows that must not mix into today's medians
+    tuned = _doc("2026-11-30T00:00:00", 500, 100)
+    tuned["results"] += [_row("asyncio read", 1000), _row("aiofiles", 10)]
+    tuned["summary"]["tuned"] = {"vs_best": 1.0}
+    text = mod.generate(_write(tmp_path, [scaled, tuned, *plain]), None)
+    line = next(ln for ln in text.splitlines() if "buffered hot QD32, 1 worker" in ln)
+    assert "| batched: 0.50 |" in line and line.endswith("| **no** |"), line
+    aio = next(ln for ln in text.splitlines() if "asyncio `await f.read" in ln)
+    assert "| - IOPS, -× aiofiles |" in aio or "not measured" in aio, aio
+    procs = next(ln for ln in text.splitlines() if "as processes" in ln)
+    assert "batched (processes) 3.80" in procs, procs
+    assert "a file on vda, --scale-workers 2" in text and "a file on vda, --tuned" in text
