@@ -12,6 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+
 from uringstack.feature import Decision, Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.types import FeatureConfig, FeatureMode
