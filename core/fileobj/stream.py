@@ -10,6 +10,8 @@ contract); the caller (:class:`uringstack.fileobj.fileio.FileIO`) serialises cal
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,28 @@ object reading sequentially (allocated as the window first reaches them, and
 never past the end of the file)."""
 WRITE_DEPTH = 8
 """Write-behind requests in flight before ``write`` waits for the oldest."""
+HUGE_PAGE = 2 << 20
+"""Transparent huge page size on x86-64 and most arm64 kernels; smaller buffers are not advised."""
+
+
+def readahead_buffer(size: int) -> mmap.mmap:
+    """A page-aligned read-ahead buffer, backed by transparent huge pages where the kernel allows.
+
+    ``MADV_HUGEPAGE`` matters under THP's default ``madvise`` mode: with
+    4 KiB pages a 4 MiB O_DIRECT read pins 1024 pages and its scatter list
+    rarely merges, so the block layer splits it into several requests
+    (``max_segments``, 254 on virtio); with 2 MiB pages it pins two and goes
+    out whole.  Measured (1 GiB, ``POSIX_FADV_DONTNEED`` before each run,
+    virtio disk, 2 loaded vCPUs, 5 runs alternating in one process): reading
+    alone 0.80 s -> 0.45 s wall (CPU 0.19 -> 0.18 s), ``sha256`` 1.01 s ->
+    0.86 s wall (CPU 0.77 -> 0.72 s).  Where THP is off or not built in the
+    advice is refused or ignored and the buffer keeps 4 KiB pages."""
+    buf = aligned_buffer(size)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None and size >= HUGE_PAGE:
+        with contextlib.suppress(OSError):  # no THP in this kernel: plain pages, as without the advice
+            buf.madvise(advice)
+    return buf
 
 
 def finish_read(handle: FileHandle, offset: int, buf: Any, res: int) -> int:
@@ -120,7 +144,7 @@ class ReadAhead:
             return self._idle.pop()
         if self._made < self.nbatches:
             self._made += 1
-            bufs = [aligned_buffer(self.chunk) for _ in range(self.per_batch)]
+            bufs = [readahead_buffer(self.chunk) for _ in range(self.per_batch)]
             return _Batch(self.handle.prepare_reads(bufs), self.chunk)
         return None
 

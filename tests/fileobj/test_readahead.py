@@ -168,3 +168,42 @@ def test_read_ahead_sees_data_appended_after_it_reached_the_end(tmp_path: pathli
         assert f.read(len(more)) == more, "a read at the old end of file returned nothing (the stale window's EOF)"
         assert f.read(10) == b""
     assert violations == []
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of the mapping of this process that holds *address* (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_read_ahead_buffers_ask_for_transparent_huge_pages(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Each 4 MiB read-ahead buffer is advised ``MADV_HUGEPAGE`` (smaps flag ``hg``): with 4 KiB pages an
+    O_DIRECT read of it pins 1024 pages and the block layer splits it; the data read stays the file's."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        skip_without("transparent huge pages (this kernel has no /sys/kernel/mm/transparent_hugepage)")
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    path = tmp_path / "f"
+    data = os.urandom(2 * CHUNK + 4096)
+    path.write_bytes(data)
+    f, violations, _ = _open_spied(path, "rb", stack)
+    with f:
+        assert f.read(CHUNK // 2) == data[: CHUNK // 2]
+        ra = f.raw._readahead
+        assert ra is not None
+        bufs = [buf for b in list(ra._window) + ra._idle for buf in b.prepared.buffers]
+        assert bufs, "no read-ahead buffer was made"
+        for buf in bufs:
+            assert len(buf) >= 2 << 20
+            assert "hg" in _vm_flags(address_of(ffi.from_buffer(buf))), "read-ahead buffer not advised MADV_HUGEPAGE"
+        assert f.read() == data[CHUNK // 2 :]
+    assert violations == []
