@@ -207,3 +207,36 @@ def test_read_ahead_buffers_ask_for_transparent_huge_pages(tmp_path: pathlib.Pat
             assert "hg" in _vm_flags(address_of(ffi.from_buffer(buf))), "read-ahead buffer not advised MADV_HUGEPAGE"
         assert f.read() == data[CHUNK // 2 :]
     assert violations == []
+
+
+def test_large_direct_reads_ask_for_transparent_huge_pages(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A direct read without read-ahead (unbuffered, or not sequential) of 2 MiB or more reads into a buffer
+    advised ``MADV_HUGEPAGE``; a small one does not ask; both return the file's bytes at unaligned offsets."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        skip_without("transparent huge pages (this kernel has no /sys/kernel/mm/transparent_hugepage)")
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    path = tmp_path / "f"
+    data = os.urandom(3 * CHUNK)
+    path.write_bytes(data)
+    try:
+        f = uringstack.open(path, "rb", direct=True, buffering=0, stack=stack)
+    except OSError as exc:
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+    with f:
+        handle: Any = f.handle
+        real = handle.start_read_many
+        seen: list[tuple[int, bool]] = []
+
+        def start_read_many(offsets: Any, buffers: Any) -> Any:
+            for buf in buffers:
+                seen.append((len(buf), "hg" in _vm_flags(address_of(ffi.from_buffer(buf)))))
+            return real(offsets, buffers)
+
+        handle.start_read_many = start_read_many
+        for pos, size in ((CHUNK + 100, 2 * (2 << 20) + 5), (7, 4096), (0, CHUNK)):
+            f.seek(pos)
+            assert f.read(size) == data[pos : pos + size], (pos, size)
+    assert [hg for n, hg in seen] == [n >= 2 << 20 for n, hg in seen], seen
+    assert any(hg for _, hg in seen), seen
