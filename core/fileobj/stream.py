@@ -259,7 +259,8 @@ class WriteBehind:
     """Writes started and not yet waited for, oldest first.
 
     :meth:`write` copies the caller's bytes into a buffer of its own (page
-    aligned, so O_DIRECT takes it; recycled once its write completed) and
+    aligned, so O_DIRECT takes it, on huge pages where that helps, see
+    :meth:`_buffer`; recycled once its write completed) and
     starts the write without waiting: the caller's memory is free again when
     it returns, and the write runs on the device while the caller goes on.
 
@@ -288,14 +289,31 @@ class WriteBehind:
             self.drain()  # in-flight writes are unordered: never let two overlap
         elif len(self._inflight) >= self.depth:
             self._wait_oldest()
-        n = len(m)
-        buf = next((b for b in self._free if len(b) == n), None)
-        if buf is None:
-            buf = aligned_buffer(n)
-        else:
-            self._free.remove(buf)
+        buf = self._buffer(len(m))
         buf[:] = m
         self.start(buf, offset)
+
+    def _buffer(self, n: int) -> Any:
+        """A buffer of *n* bytes whose write completed, else a new one.
+
+        From 256 KiB to 1 MiB (sizes that divide :data:`HUGE_PAGE`) new buffers
+        are carved out of one huge-page-advised 2 MiB mapping: a 1 MiB write
+        from 4 KiB pages is 256 segments, which virtio (254 at most) sends as two
+        requests.  Measured (256 MiB through ``uringstack.open("wb",
+        direct=True)``, old and new alternating in one process, medians of 7,
+        loaded host): 1 MiB writes CPU 0.076 -> 0.046 s (wall 0.24 -> 0.15 s),
+        4 MiB writes (:func:`direct_buffer`) 0.118 -> 0.070 s (0.62 -> 0.42 s),
+        256 KiB writes 0.144 -> 0.097 s (0.32 -> 0.18 s)."""
+        free = self._free
+        for i, b in enumerate(free):  # by position: equal-content views compare equal
+            if len(b) == n:
+                return free.pop(i)
+        if HUGE_PAGE // 8 <= n < HUGE_PAGE and HUGE_PAGE % n == 0:
+            whole = memoryview(direct_buffer(HUGE_PAGE))
+            parts = [whole[i : i + n] for i in range(0, HUGE_PAGE, n)]
+            free.extend(parts[1:])
+            return parts[0]
+        return direct_buffer(n)
 
     def start(self, buf: Any, offset: int) -> None:
         """Start writing *buf* (owned by this object from now on) at *offset*."""

@@ -240,3 +240,40 @@ def test_large_direct_reads_ask_for_transparent_huge_pages(tmp_path: pathlib.Pat
             assert f.read(size) == data[pos : pos + size], (pos, size)
     assert [hg for n, hg in seen] == [n >= 2 << 20 for n, hg in seen], seen
     assert any(hg for _, hg in seen), seen
+
+
+def test_write_behind_buffers_of_a_mebibyte_share_huge_pages(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Direct 1 MiB writes are copied into slices of huge-page-advised 2 MiB mappings (a 1 MiB write of
+    4 KiB pages is split in two requests on virtio), recycled only after their write completed: the file
+    holds every byte written, in order, also when consecutive writes carry the same bytes."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        skip_without("transparent huge pages (this kernel has no /sys/kernel/mm/transparent_hugepage)")
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    path = tmp_path / "f"
+    mib = 1 << 20
+    chunks = [os.urandom(mib) if i % 3 else b"\x07" * mib for i in range(20)]
+    try:
+        f = uringstack.open(path, "wb", direct=True, stack=stack)
+    except OSError as exc:
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+    with f:
+        handle: Any = f.raw.handle
+        real = handle.start_write_many
+        flags: list[bool] = []
+        addresses: set[int] = set()
+
+        def start_write_many(offsets: Any, buffers: Any) -> Any:
+            for buf in buffers:
+                address = address_of(ffi.from_buffer(buf))
+                addresses.add(address)
+                flags.append(len(buf) == mib and "hg" in _vm_flags(address))
+            return real(offsets, buffers)
+
+        handle.start_write_many = start_write_many
+        for chunk in chunks:
+            f.write(chunk)
+    assert path.read_bytes() == b"".join(chunks)
+    assert len(flags) == len(chunks) and all(flags), flags
+    assert len(addresses) < len(chunks), "write-behind buffers were not recycled"
