@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import AlignmentError, RingClosedError
-from uringstack.fileobj.stream import ReadAhead, WriteBehind, finish_read
+from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
 from uringstack.ring.buffers import address_of
 from uringstack.ring.native import ffi
 from uringstack.stack.targets import ADOPT_FD
@@ -448,13 +448,15 @@ class FileIO(io.RawIOBase):
         return self._prepared_read.run([pos])[0]
 
     def _direct_read(self, handle: FileHandle, m: memoryview, pos: int) -> int:
-        """O_DIRECT read of any size at any offset: an aligned covering read, then a copy."""
-        from uringstack.ring.buffers import aligned_buffer
+        """O_DIRECT read of any size at any offset: an aligned covering read, then a copy.
 
+        The covering buffer is a :func:`~uringstack.fileobj.stream.direct_buffer`:
+        from 2 MiB on it asks for transparent huge pages (fewer pages to pin, a
+        request the block layer does not split)."""
         block = handle.block_size
         start = pos - pos % block
         length = -(-(pos + len(m) - start) // block) * block
-        buf = aligned_buffer(length)
+        buf = direct_buffer(length)
         got = finish_read(handle, start, buf, handle.start_read_many([start], [buf]).wait()[0])
         n = max(0, min(got - (pos - start), len(m)))
         m[:n] = memoryview(buf)[pos - start : pos - start + n]

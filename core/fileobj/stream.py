@@ -10,6 +10,8 @@ contract); the caller (:class:`uringstack.fileobj.fileio.FileIO`) serialises cal
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,30 @@ object reading sequentially (allocated as the window first reaches them, and
 never past the end of the file)."""
 WRITE_DEPTH = 8
 """Write-behind requests in flight before ``write`` waits for the oldest."""
+HUGE_PAGE = 2 << 20
+"""Transparent huge page size on x86-64 and most arm64 kernels; smaller buffers are not advised."""
+
+
+def direct_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer for O_DIRECT reads, backed by transparent huge pages where the kernel allows.
+
+    ``MADV_HUGEPAGE`` matters under THP's default ``madvise`` mode: with
+    4 KiB pages a 4 MiB O_DIRECT read pins 1024 pages and its scatter list
+    rarely merges, so the block layer splits it into several requests
+    (``max_segments``, 254 on virtio); with 2 MiB pages it pins two and goes
+    out whole.  Measured (1 GiB, ``POSIX_FADV_DONTNEED`` before each run,
+    virtio disk, 2 loaded vCPUs, 5 runs alternating in one process): reading
+    alone 0.80 s -> 0.45 s wall (CPU 0.19 -> 0.18 s), ``sha256`` 1.01 s ->
+    0.86 s wall (CPU 0.77 -> 0.72 s); random 4 MiB reads without read-ahead
+    (``FileIO._direct_read``) 23.1 -> 16.8 ms wall, CPU 6.9 -> 5.6 ms each.
+    Where THP is off or not built in the advice is refused or ignored and the
+    buffer keeps 4 KiB pages; below :data:`HUGE_PAGE` it is not asked for."""
+    buf = aligned_buffer(size)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None and size >= HUGE_PAGE:
+        with contextlib.suppress(OSError):  # no THP in this kernel: plain pages, as without the advice
+            buf.madvise(advice)
+    return buf
 
 
 def finish_read(handle: FileHandle, offset: int, buf: Any, res: int) -> int:
@@ -120,7 +146,7 @@ class ReadAhead:
             return self._idle.pop()
         if self._made < self.nbatches:
             self._made += 1
-            bufs = [aligned_buffer(self.chunk) for _ in range(self.per_batch)]
+            bufs = [direct_buffer(self.chunk) for _ in range(self.per_batch)]
             return _Batch(self.handle.prepare_reads(bufs), self.chunk)
         return None
 
@@ -233,7 +259,8 @@ class WriteBehind:
     """Writes started and not yet waited for, oldest first.
 
     :meth:`write` copies the caller's bytes into a buffer of its own (page
-    aligned, so O_DIRECT takes it; recycled once its write completed) and
+    aligned, so O_DIRECT takes it, on huge pages where that helps, see
+    :meth:`_buffer`; recycled once its write completed) and
     starts the write without waiting: the caller's memory is free again when
     it returns, and the write runs on the device while the caller goes on.
 
@@ -262,14 +289,31 @@ class WriteBehind:
             self.drain()  # in-flight writes are unordered: never let two overlap
         elif len(self._inflight) >= self.depth:
             self._wait_oldest()
-        n = len(m)
-        buf = next((b for b in self._free if len(b) == n), None)
-        if buf is None:
-            buf = aligned_buffer(n)
-        else:
-            self._free.remove(buf)
+        buf = self._buffer(len(m))
         buf[:] = m
         self.start(buf, offset)
+
+    def _buffer(self, n: int) -> Any:
+        """A buffer of *n* bytes whose write completed, else a new one.
+
+        From 256 KiB to 1 MiB (sizes that divide :data:`HUGE_PAGE`) new buffers
+        are carved out of one huge-page-advised 2 MiB mapping: a 1 MiB write
+        from 4 KiB pages is 256 segments, which virtio (254 at most) sends as two
+        requests.  Measured (256 MiB through ``uringstack.open("wb",
+        direct=True)``, old and new alternating in one process, medians of 7,
+        loaded host): 1 MiB writes CPU 0.076 -> 0.046 s (wall 0.24 -> 0.15 s),
+        4 MiB writes (:func:`direct_buffer`) 0.118 -> 0.070 s (0.62 -> 0.42 s),
+        256 KiB writes 0.144 -> 0.097 s (0.32 -> 0.18 s)."""
+        free = self._free
+        for i, b in enumerate(free):  # by position: equal-content views compare equal
+            if len(b) == n:
+                return free.pop(i)
+        if HUGE_PAGE // 8 <= n < HUGE_PAGE and HUGE_PAGE % n == 0:
+            whole = memoryview(direct_buffer(HUGE_PAGE))
+            parts = [whole[i : i + n] for i in range(0, HUGE_PAGE, n)]
+            free.extend(parts[1:])
+            return parts[0]
+        return direct_buffer(n)
 
     def start(self, buf: Any, offset: int) -> None:
         """Start writing *buf* (owned by this object from now on) at *offset*."""

@@ -168,3 +168,112 @@ def test_read_ahead_sees_data_appended_after_it_reached_the_end(tmp_path: pathli
         assert f.read(len(more)) == more, "a read at the old end of file returned nothing (the stale window's EOF)"
         assert f.read(10) == b""
     assert violations == []
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of the mapping of this process that holds *address* (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_read_ahead_buffers_ask_for_transparent_huge_pages(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Each 4 MiB read-ahead buffer is advised ``MADV_HUGEPAGE`` (smaps flag ``hg``): with 4 KiB pages an
+    O_DIRECT read of it pins 1024 pages and the block layer splits it; the data read stays the file's."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        skip_without("transparent huge pages (this kernel has no /sys/kernel/mm/transparent_hugepage)")
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    path = tmp_path / "f"
+    data = os.urandom(2 * CHUNK + 4096)
+    path.write_bytes(data)
+    f, violations, _ = _open_spied(path, "rb", stack)
+    with f:
+        assert f.read(CHUNK // 2) == data[: CHUNK // 2]
+        ra = f.raw._readahead
+        assert ra is not None
+        bufs = [buf for b in list(ra._window) + ra._idle for buf in b.prepared.buffers]
+        assert bufs, "no read-ahead buffer was made"
+        for buf in bufs:
+            assert len(buf) >= 2 << 20
+            assert "hg" in _vm_flags(address_of(ffi.from_buffer(buf))), "read-ahead buffer not advised MADV_HUGEPAGE"
+        assert f.read() == data[CHUNK // 2 :]
+    assert violations == []
+
+
+def test_large_direct_reads_ask_for_transparent_huge_pages(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A direct read without read-ahead (unbuffered, or not sequential) of 2 MiB or more reads into a buffer
+    advised ``MADV_HUGEPAGE``; a small one does not ask; both return the file's bytes at unaligned offsets."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        skip_without("transparent huge pages (this kernel has no /sys/kernel/mm/transparent_hugepage)")
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    path = tmp_path / "f"
+    data = os.urandom(3 * CHUNK)
+    path.write_bytes(data)
+    try:
+        f = uringstack.open(path, "rb", direct=True, buffering=0, stack=stack)
+    except OSError as exc:
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+    with f:
+        handle: Any = f.handle
+        real = handle.start_read_many
+        seen: list[tuple[int, bool]] = []
+
+        def start_read_many(offsets: Any, buffers: Any) -> Any:
+            for buf in buffers:
+                seen.append((len(buf), "hg" in _vm_flags(address_of(ffi.from_buffer(buf)))))
+            return real(offsets, buffers)
+
+        handle.start_read_many = start_read_many
+        for pos, size in ((CHUNK + 100, 2 * (2 << 20) + 5), (7, 4096), (0, CHUNK)):
+            f.seek(pos)
+            assert f.read(size) == data[pos : pos + size], (pos, size)
+    assert [hg for n, hg in seen] == [n >= 2 << 20 for n, hg in seen], seen
+    assert any(hg for _, hg in seen), seen
+
+
+def test_write_behind_buffers_of_a_mebibyte_share_huge_pages(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Direct 1 MiB writes are copied into slices of huge-page-advised 2 MiB mappings (a 1 MiB write of
+    4 KiB pages is split in two requests on virtio), recycled only after their write completed: the file
+    holds every byte written, in order, also when consecutive writes carry the same bytes."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        skip_without("transparent huge pages (this kernel has no /sys/kernel/mm/transparent_hugepage)")
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    path = tmp_path / "f"
+    mib = 1 << 20
+    chunks = [os.urandom(mib) if i % 3 else b"\x07" * mib for i in range(20)]
+    try:
+        f = uringstack.open(path, "wb", direct=True, stack=stack)
+    except OSError as exc:
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+    with f:
+        handle: Any = f.raw.handle
+        real = handle.start_write_many
+        flags: list[bool] = []
+        addresses: set[int] = set()
+
+        def start_write_many(offsets: Any, buffers: Any) -> Any:
+            for buf in buffers:
+                address = address_of(ffi.from_buffer(buf))
+                addresses.add(address)
+                flags.append(len(buf) == mib and "hg" in _vm_flags(address))
+            return real(offsets, buffers)
+
+        handle.start_write_many = start_write_many
+        for chunk in chunks:
+            f.write(chunk)
+    assert path.read_bytes() == b"".join(chunks)
+    assert len(flags) == len(chunks) and all(flags), flags
+    assert len(addresses) < len(chunks), "write-behind buffers were not recycled"
