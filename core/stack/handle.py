@@ -95,6 +95,9 @@ class FileHandle:
         # Single asyncio ops on a plain io_uring backend are coalesced per loop
         # iteration (uringstack.ring.coalesce); other backends take the batch path.
         self._uring_io = io if type(io) is UringFileIO else None
+        # The backend's single waited op (read_into/write_from), where it has one:
+        # run_one(write, pin, buf, offset) -> bytes or -errno, None to take the batch path.
+        self._one: Callable[[bool, Any, Any, int], int | None] | None = getattr(io, "run_one", None)
         self._coalescer_cache: Coalescer | None = None
         # The same coalescer when plain ``await read(n, off)`` may skip every check
         # but the cheap ones (a buffered io_uring handle): set by the first read.
@@ -259,11 +262,58 @@ class FileHandle:
     # --- synchronous API ------------------------------------------------------------
     def read_into(self, buf: Any, offset: int) -> int:
         """Read ``len(buf)`` bytes at *offset* into *buf*; returns bytes read (short only at EOF)."""
+        if self._one is not None and not isinstance(buf, RegisteredBuffer):
+            try:
+                pin = ffi.from_buffer(_PIN_TYPE, buf, True)
+            except (TypeError, BufferError):
+                pass  # read_many reports it
+            else:
+                return self._read_pinned(pin, buf, offset)
         return self.read_many([offset], [buf])[0]
 
     def write_from(self, buf: Any, offset: int) -> int:
         """Write all of *buf* at *offset*; returns ``len(buf)`` or raises."""
+        if self._one is not None and not isinstance(buf, RegisteredBuffer):
+            try:
+                pin = ffi.from_buffer(_PIN_TYPE, buf, False)
+            except (TypeError, BufferError):
+                pass  # write_many reports it
+            else:
+                return self._write_pinned(pin, buf, offset)
         return self.write_many([offset], [buf])[0]
+
+    def _read_pinned(self, pin: Any, buf: Any, offset: int) -> int:
+        """:meth:`read_into` of *buf*, already pinned writable as *pin* (``uringstack.FileIO`` pins it first)."""
+        res = self._run_one(False, pin, buf, offset)
+        if res is None:
+            return self.read_many([offset], [buf])[0]
+        if res == len(pin):
+            return res
+        return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
+
+    def _write_pinned(self, pin: Any, buf: Any, offset: int) -> int:
+        """:meth:`write_from` of *buf*, already pinned as *pin* (``uringstack.FileIO`` pins it first)."""
+        res = self._run_one(True, pin, buf, offset)
+        if res is None:
+            return self.write_many([offset], [buf])[0]
+        if res == len(pin):
+            return res
+        return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
+
+    def _run_one(self, write: bool, pin: Any, buf: Any, offset: int) -> int | None:
+        """One waited op through the backend's single-op path (``run_one``), tracked so close() waits
+        for it; ``None`` when that path does not take it (the caller takes the batch path)."""
+        one = self._one
+        if one is None or type(offset) is not int or not 0 <= offset < _OFFSET_LIMIT:
+            return None  # the batch path reports a bad offset as it always did
+        if self._closed or self._fork_gen != forking._generation:
+            self._check()
+        inflight = self._inflight
+        inflight.enter()
+        try:
+            return one(write, pin, buf, offset)
+        finally:
+            inflight.leave()
 
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
         """Read each buffer at its offset in one batch; returns bytes read per buffer."""
