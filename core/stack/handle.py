@@ -262,58 +262,52 @@ class FileHandle:
     # --- synchronous API ------------------------------------------------------------
     def read_into(self, buf: Any, offset: int) -> int:
         """Read ``len(buf)`` bytes at *offset* into *buf*; returns bytes read (short only at EOF)."""
-        if self._one is not None and not isinstance(buf, RegisteredBuffer):
-            try:
-                pin = ffi.from_buffer(_PIN_TYPE, buf, True)
-            except (TypeError, BufferError):
-                pass  # read_many reports it
-            else:
-                return self._read_pinned(pin, buf, offset)
-        return self.read_many([offset], [buf])[0]
+        pin = self._pin_one(buf, True)
+        if pin is None:
+            return self.read_many([offset], [buf])[0]
+        return self._one_pinned(False, pin, buf, offset)
 
     def write_from(self, buf: Any, offset: int) -> int:
         """Write all of *buf* at *offset*; returns ``len(buf)`` or raises."""
-        if self._one is not None and not isinstance(buf, RegisteredBuffer):
-            try:
-                pin = ffi.from_buffer(_PIN_TYPE, buf, False)
-            except (TypeError, BufferError):
-                pass  # write_many reports it
-            else:
-                return self._write_pinned(pin, buf, offset)
-        return self.write_many([offset], [buf])[0]
-
-    def _read_pinned(self, pin: Any, buf: Any, offset: int) -> int:
-        """:meth:`read_into` of *buf*, already pinned writable as *pin* (``uringstack.FileIO`` pins it first)."""
-        res = self._run_one(False, pin, buf, offset)
-        if res is None:
-            return self.read_many([offset], [buf])[0]
-        if res == len(pin):
-            return res
-        return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
-
-    def _write_pinned(self, pin: Any, buf: Any, offset: int) -> int:
-        """:meth:`write_from` of *buf*, already pinned as *pin* (``uringstack.FileIO`` pins it first)."""
-        res = self._run_one(True, pin, buf, offset)
-        if res is None:
+        pin = self._pin_one(buf, False)
+        if pin is None:
             return self.write_many([offset], [buf])[0]
-        if res == len(pin):
-            return res
-        return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
+        return self._one_pinned(True, pin, buf, offset)
 
-    def _run_one(self, write: bool, pin: Any, buf: Any, offset: int) -> int | None:
-        """One waited op through the backend's single-op path (``run_one``), tracked so close() waits
-        for it; ``None`` when that path does not take it (the caller takes the batch path)."""
-        one = self._one
-        if one is None or type(offset) is not int or not 0 <= offset < _OFFSET_LIMIT:
-            return None  # the batch path reports a bad offset as it always did
-        if self._closed or self._fork_gen != forking._generation:
-            self._check()
-        inflight = self._inflight
-        inflight.enter()
+    def _pin_one(self, buf: Any, writable: bool) -> Any:
+        """*buf* pinned for the backend's single-op path, or None: take the batch path
+        (no such path, a registered-buffer lease, or not a buffer: the batch path reports it)."""
+        if self._one is None or isinstance(buf, RegisteredBuffer):
+            return None
         try:
-            return one(write, pin, buf, offset)
-        finally:
-            inflight.leave()
+            return ffi.from_buffer(_PIN_TYPE, buf, writable)
+        except (TypeError, BufferError):
+            return None
+
+    def _one_pinned(self, write: bool, pin: Any, buf: Any, offset: int) -> int:
+        """:meth:`read_into`/:meth:`write_from` of *buf*, pinned as *pin* (``uringstack.FileIO`` pins it first).
+
+        One waited op through the backend's ``run_one``, counted by the
+        handle's tracker while it runs (close() waits for it); the batch path
+        when ``run_one`` does not take it (``None``) or for a bad offset."""
+        one = self._one
+        res = None
+        if one is not None and type(offset) is int and 0 <= offset < _OFFSET_LIMIT:
+            if self._closed or self._fork_gen != forking._generation:
+                self._check()
+            inflight = self._inflight
+            inflight.enter()
+            try:
+                res = one(write, pin, buf, offset)
+            finally:
+                inflight.leave()
+            if res == len(pin):
+                return res
+        if res is None:
+            return (self.write_many if write else self.read_many)([offset], [buf])[0]
+        if write:
+            return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
+        return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
 
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
         """Read each buffer at its offset in one batch; returns bytes read per buffer."""

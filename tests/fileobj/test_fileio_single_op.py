@@ -1,7 +1,7 @@
 """Buffered ``uringstack.FileIO`` reads and writes: one single op of the handle per call.
 
 ``readinto``/``write`` pin the caller's memory once and hand it to the
-handle's single-op path (``FileHandle._read_pinned``/``_write_pinned``, the
+handle's single-op path (``FileHandle._one_pinned``, the
 backend's ``run_one``): no batch, no prepared read to keep in step with the
 caller's buffer, and no export of the caller's object outlives the call.
 """

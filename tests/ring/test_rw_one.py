@@ -29,23 +29,6 @@ from uringstack.ring.native import ffi, lib
 
 
 @pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    os.close(r)
-    os.close(w)
-
-
-@pytest.fixture
-def ring() -> Iterator[Ring]:
-    """A ring whose blocked waits check every 0.2 s."""
-    ring = Ring(entries=8)
-    ring.wait_tick = 0.2
-    yield ring
-    ring.close()
-
-
-@pytest.fixture
 def data_file(tmp_path: Path) -> Iterator[int]:
     path = tmp_path / "f"
     path.write_bytes(bytes(range(256)) * 64)  # 16 KiB

@@ -29,10 +29,21 @@ DATA = bytes(range(256)) * 64  # 16 KiB
 
 
 @pytest.fixture
-def handle(stack: Stack, tmp_path: pathlib.Path) -> Iterator[FileHandle]:
+def path(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "f"
     path.write_bytes(DATA)
+    return path
+
+
+@pytest.fixture
+def handle(stack: Stack, path: pathlib.Path) -> Iterator[FileHandle]:
     with stack.open(path, writable=False) as h:
+        yield h
+
+
+@pytest.fixture
+def rw_handle(stack: Stack, path: pathlib.Path) -> Iterator[FileHandle]:
+    with stack.open(path) as h:
         yield h
 
 
@@ -49,24 +60,22 @@ def _spy_rw_one(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, 
 
 
 def test_reads_and_ring_writes_are_one_rw_one_call_each(
-    stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    rw_handle: FileHandle, path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(DATA)
-    with stack.open(path) as h:
-        if not isinstance(h.io, UringFileIO):
-            assert h.backend == "fallback"
-            return
-        assert h.ring is not None
-        h.io._inline_writes = False  # the ring's write path, whatever the file system
-        calls = _spy_rw_one(h.ring, monkeypatch)
-        batches: list[object] = []
-        monkeypatch.setattr(h.ring, "submit_columns", lambda *a, **k: batches.append(a))
-        buf = bytearray(4096)
-        assert h.read_into(buf, 100) == 4096 and buf == DATA[100:4196]
-        assert h.write_from(memoryview(b"w" * 10), 16384) == 10
-        assert len(calls) == 2 and calls[0][1:] == (4096, 100) and calls[1][1:] == (10, 16384)
-        assert batches == []  # no batch was built for either
+    h = rw_handle
+    if not isinstance(h.io, UringFileIO):
+        assert h.backend == "fallback"
+        return
+    assert h.ring is not None
+    h.io._inline_writes = False  # the ring's write path, whatever the file system
+    calls = _spy_rw_one(h.ring, monkeypatch)
+    batches: list[object] = []
+    monkeypatch.setattr(h.ring, "submit_columns", lambda *a, **k: batches.append(a))
+    buf = bytearray(4096)
+    assert h.read_into(buf, 100) == 4096 and buf == DATA[100:4196]
+    assert h.write_from(memoryview(b"w" * 10), 16384) == 10
+    assert len(calls) == 2 and calls[0][1:] == (4096, 100) and calls[1][1:] == (10, 16384)
+    assert batches == []  # no batch was built for either
     assert path.read_bytes() == DATA + b"w" * 10
 
 
@@ -83,38 +92,32 @@ def test_short_read_at_eof_error_and_closed_handle(handle: FileHandle) -> None:
 
 
 def test_the_fallback_runs_a_single_op_in_the_calling_thread(
-    stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    rw_handle: FileHandle, path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No pool hand-off for one waited read or write (the caller waits for it anyway)."""
-    path = tmp_path / "f"
-    path.write_bytes(DATA)
-    with stack.open(path) as h:
-        if not isinstance(h.io, FallbackFileIO):
-            return
-        threads: list[int] = []
-        real = os.preadv
+    h = rw_handle
+    if not isinstance(h.io, FallbackFileIO):
+        return
+    threads: list[int] = []
+    real = os.preadv
 
-        def preadv(fd: int, buffers: Any, offset: int) -> int:
-            threads.append(threading.get_ident())
-            return real(fd, buffers, offset)
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        threads.append(threading.get_ident())
+        return real(fd, buffers, offset)
 
-        monkeypatch.setattr(os, "preadv", preadv)
-        buf = bytearray(1000)
-        assert h.read_into(buf, 10) == 1000 and buf == DATA[10:1010]
-        assert threads == [threading.get_ident()]
-        assert h.write_from(b"abc", 0) == 3
-        assert h.read_many([0], [bytearray(3)]) == [3]  # a batch still goes to the pool
-        assert threads[-1] != threading.get_ident()
+    monkeypatch.setattr(os, "preadv", preadv)
+    buf = bytearray(1000)
+    assert h.read_into(buf, 10) == 1000 and buf == DATA[10:1010]
+    assert threads == [threading.get_ident()]
+    assert h.write_from(b"abc", 0) == 3
+    assert h.read_many([0], [bytearray(3)]) == [3]  # a batch still goes to the pool
+    assert threads[-1] != threading.get_ident()
     assert path.read_bytes()[:3] == b"abc"
 
 
-def test_close_waits_for_a_single_op_in_another_thread(
-    stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_close_waits_for_a_single_op_in_another_thread(rw_handle: FileHandle) -> None:
     """The op is counted by the handle's tracker while it runs: close() returns only after it."""
-    path = tmp_path / "f"
-    path.write_bytes(DATA)
-    h = stack.open(path)
+    h = rw_handle
     one = h._one
     assert one is not None
     entered = threading.Event()
