@@ -6,6 +6,10 @@ writes on registered-buffer leases of the same ring become
 READ_FIXED/WRITE_FIXED, and a handle with a fixed-file slot is addressed by
 slot with IOSQE_FIXED_FILE.
 
+A single waited read or write (the handle's ``read_into``/``write_from``,
+so every ``uringstack.FileIO`` call) takes :meth:`UringFileIO.run_one`: one
+call into C (:meth:`~uringstack.ring.Ring.rw_one`) instead of a batch.
+
 A *waited* buffered write (``write_from``, ``write_many``, a prepared
 write's ``run``) to a file on a file system where the kernel would punt it
 to an io-wq worker (:func:`~uringstack.probe.punts.buffered_write_punts`:
