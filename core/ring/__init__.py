@@ -153,6 +153,7 @@ class Ring:
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._done_buf = ffi.new("uint16_t[]", MAX_SLOTS)
+        self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
@@ -490,6 +491,65 @@ class Ring:
     def run(self, opcodes: IntOrSeq, fds: IntOrSeq, **kwargs: Any) -> list[int]:
         """Submit a batch and wait for it: the synchronous form of :meth:`submit`."""
         return self.wait(self.submit(opcodes, fds, wait=True, **kwargs))
+
+    def rw_one(
+        self, opcode: int, fd: int, buf: Any, length: int, offset: int, sqe_flags: int, buf_index: int, keep: object
+    ) -> int:
+        """One waited READ/WRITE (or READ_FIXED/WRITE_FIXED) in one call into C; its result (bytes or ``-errno``).
+
+        The single-op form of ``run``: the C side prepares the SQE, submits it
+        and waits for it in the same ``io_uring_enter``, and reaps it, with no
+        :class:`Batch` or column objects (``us_rw_one``).  The op is tracked in
+        a slot like any batch, so other threads' completions reaped meanwhile
+        are collected (their callbacks run) and a lost completion is detected.
+        *buf* is a cdata pointer to the memory (``ffi.from_buffer``, or an
+        address cast to ``char *``) of *length* bytes.  The submitting wait is
+        bounded by :attr:`wait_tick`; an op still in flight after it becomes a
+        :class:`Batch` owning *keep* (what keeps *buf*'s memory alive) and is
+        waited for as :meth:`wait` does (bounded by :attr:`wait_timeout`,
+        checked for lost completions)."""
+        if self._fork_gen != forking._generation:
+            self._check_fork()
+        with self._lock:
+            if self._closed:
+                raise RingClosedError("ring is closed")
+            if self._single_issuer:
+                self._check_thread()
+            free = self._free_slots
+            if not free:
+                self._reap_locked()
+                if not free:
+                    raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+            slot = free.pop()
+            result = self._one_result
+            ret = lib.us_rw_one(
+                self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
+                max(1, int(self.wait_tick * 1000)),
+            )  # fmt: skip
+            if ret >= 0:
+                free.append(slot)
+                if ret:
+                    self._collect_done()  # other batches completed meanwhile
+                return int(result[0])
+            return self._rw_one_unfinished(slot, ret, keep)
+
+    def _rw_one_unfinished(self, slot: int, ret: int, keep: object) -> int:
+        """:meth:`rw_one` when its op did not complete in the call (lock held): own it, wait, or fail."""
+        if not lib.us_slot_remaining(self._state, slot):  # nothing reached the kernel
+            self._free_slots.append(slot)
+            raise SubmissionError(-ret, "io_uring_enter", None, "single op submission failed")
+        # In flight: from here on a Batch owns the op's memory and its result cell
+        # (the C side writes the result there); the ring gets a new cell.
+        batch = Batch(1, keep)
+        batch._results = self._one_result
+        self._one_result = ffi.new("int32_t[1]")
+        batch.slot = slot
+        self._inflight[slot] = batch
+        self._wait_slot_locked(slot)
+        self._collect_done()
+        if ret not in (-errno.ETIME, -errno.EINTR):
+            raise SubmissionError(-ret, "io_uring_enter", None, "single op submission failed")
+        return batch.results[0]
 
     # --- registration ----------------------------------------------------------
     def register_buffers(self, buffers: Iterable[Any]) -> Any:

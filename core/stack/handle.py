@@ -95,6 +95,9 @@ class FileHandle:
         # Single asyncio ops on a plain io_uring backend are coalesced per loop
         # iteration (uringstack.ring.coalesce); other backends take the batch path.
         self._uring_io = io if type(io) is UringFileIO else None
+        # The backend's single waited op (read_into/write_from), where it has one:
+        # run_one(write, pin, buf, offset) -> bytes or -errno, None to take the batch path.
+        self._one: Callable[[bool, Any, Any, int], int | None] | None = getattr(io, "run_one", None)
         self._coalescer_cache: Coalescer | None = None
         # The same coalescer when plain ``await read(n, off)`` may skip every check
         # but the cheap ones (a buffered io_uring handle): set by the first read.
@@ -259,11 +262,52 @@ class FileHandle:
     # --- synchronous API ------------------------------------------------------------
     def read_into(self, buf: Any, offset: int) -> int:
         """Read ``len(buf)`` bytes at *offset* into *buf*; returns bytes read (short only at EOF)."""
-        return self.read_many([offset], [buf])[0]
+        pin = self._pin_one(buf, True)
+        if pin is None:
+            return self.read_many([offset], [buf])[0]
+        return self._one_pinned(False, pin, buf, offset)
 
     def write_from(self, buf: Any, offset: int) -> int:
         """Write all of *buf* at *offset*; returns ``len(buf)`` or raises."""
-        return self.write_many([offset], [buf])[0]
+        pin = self._pin_one(buf, False)
+        if pin is None:
+            return self.write_many([offset], [buf])[0]
+        return self._one_pinned(True, pin, buf, offset)
+
+    def _pin_one(self, buf: Any, writable: bool) -> Any:
+        """*buf* pinned for the backend's single-op path, or None: take the batch path
+        (no such path, a registered-buffer lease, or not a buffer: the batch path reports it)."""
+        if self._one is None or isinstance(buf, RegisteredBuffer):
+            return None
+        try:
+            return ffi.from_buffer(_PIN_TYPE, buf, writable)
+        except (TypeError, BufferError):
+            return None
+
+    def _one_pinned(self, write: bool, pin: Any, buf: Any, offset: int) -> int:
+        """:meth:`read_into`/:meth:`write_from` of *buf*, pinned as *pin* (``uringstack.FileIO`` pins it first).
+
+        One waited op through the backend's ``run_one``, counted by the
+        handle's tracker while it runs (close() waits for it); the batch path
+        when ``run_one`` does not take it (``None``) or for a bad offset."""
+        one = self._one
+        res = None
+        if one is not None and type(offset) is int and 0 <= offset < _OFFSET_LIMIT:
+            if self._closed or self._fork_gen != forking._generation:
+                self._check()
+            inflight = self._inflight
+            inflight.enter()
+            try:
+                res = one(write, pin, buf, offset)
+            finally:
+                inflight.leave()
+            if res == len(pin):
+                return res
+        if res is None:
+            return (self.write_many if write else self.read_many)([offset], [buf])[0]
+        if write:
+            return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
+        return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
 
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
         """Read each buffer at its offset in one batch; returns bytes read per buffer."""

@@ -6,6 +6,10 @@ writes on registered-buffer leases of the same ring become
 READ_FIXED/WRITE_FIXED, and a handle with a fixed-file slot is addressed by
 slot with IOSQE_FIXED_FILE.
 
+A single waited read or write (the handle's ``read_into``/``write_from``,
+so every ``uringstack.FileIO`` call) takes :meth:`UringFileIO.run_one`: one
+call into C (:meth:`~uringstack.ring.Ring.rw_one`) instead of a batch.
+
 A *waited* buffered write (``write_from``, ``write_many``, a prepared
 write's ``run``) to a file on a file system where the kernel would punt it
 to an io-wq worker (:func:`~uringstack.probe.punts.buffered_write_punts`:
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
 from uringstack.ring import Ring
-from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
@@ -46,6 +50,9 @@ MAX_RW_COUNT = 0x7FFFF000
 
 # RWF_DSYNC from linux/fs.h: the write is durable when it completes (FUA, or write + flush).
 RWF_DSYNC = 0x2
+
+# Plain ints for the single-op path (an enum member costs an attribute lookup per op).
+_READ, _WRITE, _FIXED_FILE = int(Op.READ), int(Op.WRITE), int(SqeFlag.FIXED_FILE)
 
 # Column sets kept per capacity (a power of two up to this) for start_rw, and
 # how many idle ones each capacity keeps: a batch reuses a finished set
@@ -164,6 +171,37 @@ class UringFileIO:
             batch.add_done_callback(self.completion_hook("write" if write else "read", self.ring))
         return self.pending_type(self.ring, batch)
 
+    def run_one(self, write: bool, pin: Any, buf: Any, offset: int) -> int | None:
+        """One waited read or write (the handle's ``read_into``/``write_from``): its result, bytes or ``-errno``.
+
+        *pin* is ``ffi.from_buffer`` of *buf* (a plain buffer, not a lease),
+        *offset* an int in ``0 .. 2**63``.  A read, or a write the kernel
+        would not punt, goes through the ring in one call into C
+        (:meth:`~uringstack.ring.Ring.rw_one`: prepare, submit, bounded wait and
+        reap); a write it would punt is done inline (:meth:`writes_inline`).
+        ``None``: not one plain op (longer than one SQE moves, or O_DIRECT
+        misaligned): the caller takes :meth:`start_rw`, which splits or
+        reports it; also on a subclass whose :attr:`pending_type` reaps
+        differently (IOPOLL)."""
+        length = len(pin)
+        if length > MAX_RW_COUNT or self.pending_type is not UringPending:
+            return None
+        if write and not self.direct and self.writes_inline():
+            return self._write_one_inline(buf, offset)
+        if self.direct and (address_of(pin) | length | offset) % self.block_size:
+            return None
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        fixed = self.fixed_index
+        ring = self.ring
+        if fixed is None:
+            res = ring.rw_one(_WRITE if write else _READ, self.fd, pin, length, offset, 0, 0, pin)
+        else:
+            res = ring.rw_one(_WRITE if write else _READ, fixed, pin, length, offset, _FIXED_FILE, 0, pin)
+        if self.completion_hook is not None:
+            self.completion_hook("write" if write else "read", ring)(DoneBatch([res]))
+        return res
+
     def writes_inline(self) -> bool:
         """True when this file's waited writes are done by the caller (buffered, and the kernel would punt them)."""
         inline = self._inline_writes
@@ -189,6 +227,18 @@ class UringFileIO:
         if self.completion_hook is not None:
             self.completion_hook("write", None)(DoneBatch(results))
         return CompletedPending(results)
+
+    def _write_one_inline(self, buf: Any, offset: int) -> int:
+        """:meth:`write_inline` of one write, without its pending object: bytes written or ``-errno``."""
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        ring = self.ring
+        ring._check_open()
+        ring._check_thread()
+        res = write_inline(self.fd, (offset,), (buf,))[0]
+        if self.completion_hook is not None:
+            self.completion_hook("write", None)(DoneBatch([res]))
+        return res
 
     def prepare_rw(self, write: bool, buffers: Sequence[Any]) -> UringPrepared:
         """Pin *buffers* and build their columns once; see :class:`UringPrepared`."""

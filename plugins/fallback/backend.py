@@ -5,10 +5,11 @@ op, batches may be waited on synchronously or awaited from asyncio), so the
 public API and its tests run unchanged on it.  It is what a machine without
 io_uring (old kernel, seccomp, not Linux) gets.
 
-A waited buffered write and a waited durable write are done by the calling
-thread, not the pool: the caller blocks until they are done anyway, and the
-hand-off to a pool thread and back would add two context switches (what the
-io_uring backend does where the kernel would punt such a write to io-wq).
+A waited buffered write, a waited durable write and a single waited read or
+write (``read_into``/``write_from``) are done by the calling thread, not the
+pool: the caller blocks until they are done anyway, and the hand-off to a
+pool thread and back would add two context switches (what the io_uring
+backend does where the kernel would punt such a write to io-wq).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def _pwritev(fd: int, buf: Any, offset: int, flags: int = 0) -> int:
         return os.pwritev(fd, [buf], offset, flags) if flags else os.pwritev(fd, [buf], offset)
     except OSError as exc:
         return -(exc.errno or 5)
+
+
+def _read_one(fd: int, buf: Any, offset: int) -> list[int]:
+    return [_preadv(fd, buf, offset)]
 
 
 def _sync(fd: int, datasync: bool) -> int:
@@ -193,6 +198,19 @@ class FallbackFileIO:
             return self._inline("write", write_inline, offsets, bufs)
         fn = _pwritev if write else _preadv
         return self._submit("write" if write else "read", fn, *zip(bufs, offsets, strict=True))
+
+    def run_one(self, write: bool, pin: Any, buf: Any, offset: int) -> int | None:
+        """One waited read or write (the handle's ``read_into``/``write_from``), done in this thread.
+
+        Its result, bytes or ``-errno``.  The caller blocks until it is done
+        anyway: the pool would add a hand-off and two context switches and
+        run one op all the same (see the module docstring).  *pin* is
+        ``ffi.from_buffer`` of *buf*, a plain buffer."""
+        if self.direct:
+            check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), offset, self.block_size)
+        if write:
+            return self._inline("write", write_inline, (offset,), (buf,)).wait()[0]
+        return self._inline("read", _read_one, buf, offset).wait()[0]
 
     def start_sync(self, datasync: bool, *, wait: bool = False) -> ThreadPending:
         return self._submit("fdatasync" if datasync else "fsync", _sync, (datasync,))

@@ -110,36 +110,6 @@ def test_buffers_are_reused_only_after_their_completion_was_reaped(tmp_path: pat
     assert violations == []
 
 
-def test_reads_into_the_same_memory_are_prepared_once(tmp_path: pathlib.Path, stack: Stack) -> None:
-    """Buffered (not O_DIRECT) reads: the second read into the same memory prepares it, later ones reuse it;
-    the caller's bytearray is not kept exported (it can still be resized)."""
-    path = tmp_path / "f"
-    data = os.urandom(1 << 20)
-    path.write_bytes(data)
-    with uringstack.FileIO(path, "r", stack=stack) as f:
-        handle: Any = f.handle
-        assert handle is not None
-        real = handle.prepare_reads
-        prepared: list[Any] = []
-
-        def prepare_reads(buffers: Any) -> Any:
-            prepared.append(buffers)
-            return real(buffers)
-
-        handle.prepare_reads = prepare_reads
-        buf = bytearray(64 * 1024)
-        got = bytearray()
-        while n := f.readinto(buf):
-            got += buf[:n]
-        assert got == data
-        assert len(prepared) == 1, prepared
-        del buf[10:]  # no export of the caller's object outlives a call
-        assert f.readinto(buf) == 0
-        other = bytearray(64 * 1024)
-        f.seek(4096)
-        assert f.readinto(other) == len(other) and other == data[4096 : 4096 + len(other)]
-
-
 def test_read_ahead_starts_no_read_past_the_end_of_the_file(tmp_path: pathlib.Path, stack: Stack) -> None:
     """A small O_DIRECT file costs one read-ahead request, not a whole window of them past its end."""
     path = tmp_path / "f"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,26 +22,9 @@ from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi, lib
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    os.close(r)
-    os.close(w)
-
-
 def _submit_pipe_read(ring: Ring, fd: int, buf: bytearray) -> Batch:
     pin = ffi.from_buffer(buf)
     return ring.submit(Op.READ, fd, addrs=address_of(pin), lens=len(buf), offsets=0, keep=[pin, buf], wait=True)
-
-
-@pytest.fixture
-def ring() -> Iterator[Ring]:
-    """A ring whose blocked waits check every 0.2 s."""
-    ring = Ring(entries=8)
-    ring.wait_tick = 0.2
-    yield ring
-    ring.close()
 
 
 @pytest.mark.timeout(30)

@@ -457,6 +457,75 @@ int us_test_drop_cqe(struct io_uring *ring)
     return 1;
 }
 
+/* One waited read or write (READ, WRITE, READ_FIXED or WRITE_FIXED) in one
+ * call: prepare the SQE, submit it and wait for its completion in the same
+ * io_uring_enter (bounded by wait_ms, as us_submit_batch's wait), reap.  The
+ * op is tracked in *slot* exactly like a one-op batch of us_submit_batch
+ * (results[slot] = result, remaining, inflight), so drain() routes its CQE
+ * and us_lost_completions() counts it; the difference is what happens when
+ * it completes here: the slot is taken back out of the done list, so the
+ * caller needs no us_take_done pass for it.
+ *
+ * Returns the number of *other* batches whose completion drain() collected
+ * meanwhile (>= 0: the op completed, its result is in *result; the caller
+ * collects those others) or -errno: -ETIME when the op did not complete
+ * within the wait (still in flight in *slot*: the caller's bounded wait,
+ * which checks for lost completions, takes over), -EINTR likewise, or a
+ * submission error (us_slot_remaining tells whether the op reached the
+ * kernel, as after us_submit_batch). */
+int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opcode, int32_t fd, uint8_t sqe_flags,
+              void *buf, uint32_t len, uint64_t off, uint16_t buf_index, int32_t *result, uint32_t wait_ms)
+{
+    if (slot >= US_MAX_SLOTS || st->remaining[slot] || !result)
+        return -EINVAL;
+    if (opcode != IORING_OP_READ && opcode != IORING_OP_WRITE && opcode != IORING_OP_READ_FIXED &&
+        opcode != IORING_OP_WRITE_FIXED)
+        return -EINVAL;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    while (!sqe) {
+        int ret = submit_pending(ring, st);
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY)
+            return ret;
+        if (ret <= 0)
+            drain(ring, st);
+        sqe = io_uring_get_sqe(ring);
+        if (!sqe && is_sqpoll(ring))
+            sched_yield();
+    }
+    switch (opcode) {
+    case IORING_OP_READ: io_uring_prep_read(sqe, fd, buf, len, off); break;
+    case IORING_OP_WRITE: io_uring_prep_write(sqe, fd, buf, len, off); break;
+    case IORING_OP_READ_FIXED: io_uring_prep_read_fixed(sqe, fd, buf, len, off, buf_index); break;
+    default: io_uring_prep_write_fixed(sqe, fd, buf, len, off, buf_index); break;
+    }
+    io_uring_sqe_set_flags(sqe, sqe_flags);
+    io_uring_sqe_set_data64(sqe, (uint64_t)slot << 32);
+    st->results[slot] = result;
+    st->remaining[slot] = 1;
+    st->inflight++;
+    uint32_t done_before = st->done_n;
+    for (;;) {
+        int ret = is_sqpoll(ring) ? submit_pending(ring, st) : submit_wait_for(ring, st, 1, wait_ms);
+        if (ret >= 0)
+            break;
+        if (ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+            return ret;
+        drain(ring, st);
+    }
+    int ret = is_sqpoll(ring) ? wait_until_for(ring, st, slot_done, slot, wait_ms) : (drain(ring, st), 0);
+    if (st->remaining[slot])
+        return ret < 0 ? ret : -ETIME;
+    /* completed: take it back out of the done list (drain appended it) */
+    for (uint32_t i = st->done_n; i-- > done_before;) {
+        if (st->done[i] == slot) {
+            memmove(st->done + i, st->done + i + 1, (st->done_n - i - 1) * sizeof(uint16_t));
+            st->done_n--;
+            break;
+        }
+    }
+    return (int)st->done_n;
+}
+
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
                             uint32_t n, uint32_t align)
 {

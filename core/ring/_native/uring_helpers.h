@@ -115,3 +115,5 @@ int us_test_drop_cqe(struct io_uring *ring);
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
                             uint32_t n, uint32_t align);
 int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n);
+int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opcode, int32_t fd, uint8_t sqe_flags,
+              void *buf, uint32_t len, uint64_t off, uint16_t buf_index, int32_t *result, uint32_t wait_ms);

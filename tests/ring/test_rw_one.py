@@ -1,0 +1,181 @@
+"""``Ring.rw_one`` (C ``us_rw_one``): one waited read or write in one call, as bounded as a batch.
+
+The op is prepared, submitted and waited for in one ``io_uring_enter``, but
+only for ``Ring.wait_tick``: a hung op (a read from an empty pipe through the
+ring) becomes a batch that owns its buffer and is waited for by the bounded
+wait that detects lost completions.  Completions of other batches reaped by
+the call are collected, and the call's own completion never reaches the
+ring's done list.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uringstack import ring as ring_module
+from uringstack.errors import UringIOError
+from uringstack.ring import Ring
+from uringstack.ring.buffers import address_of
+from uringstack.ring.flags import Op
+from uringstack.ring.native import ffi, lib
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Iterator[int]:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    fd = os.open(path, os.O_RDWR)
+    yield fd
+    os.close(fd)
+
+
+def _read_one(ring: Ring, fd: int, buf: bytearray, offset: int = 0) -> int:
+    pin = ffi.from_buffer(buf)
+    return ring.rw_one(Op.READ, fd, pin, len(buf), offset, 0, 0, (pin, buf))
+
+
+def test_read_and_write_return_their_results_with_one_syscall_and_no_batch(ring: Ring, data_file: int) -> None:
+    buf = bytearray(4096)
+    before = ring.counters()
+    assert _read_one(ring, data_file, buf, 256) == 4096
+    assert buf == bytes(range(256)) * 16
+    out = b"w" * 100
+    pin = ffi.from_buffer(out)
+    assert ring.rw_one(Op.WRITE, data_file, pin, 100, 16384, 0, 0, pin) == 100
+    assert os.pread(data_file, 200, 16300)[84:] == out
+    assert _read_one(ring, data_file, buf, 1 << 20) == 0  # past the end
+    after = ring.counters()
+    assert after["enters"] - before["enters"] == 3
+    assert after["reaped"] - before["reaped"] == 3
+    assert ring.inflight == 0 and ring._inflight == {}
+    assert len(ring._free_slots) == lib.US_MAX_SLOTS
+    # its slot never reaches the done list: nothing is left for a reap to find
+    assert lib.us_take_done(ring._state, ring._done_buf, lib.US_MAX_SLOTS) == 0
+
+
+def test_an_error_is_the_result(ring: Ring, data_file: int) -> None:
+    buf = bytearray(16)
+    assert _read_one(ring, 1 << 20, buf) == -errno.EBADF  # no such descriptor
+
+
+def test_other_batches_completed_meanwhile_are_collected(ring: Ring, pipe: tuple[int, int], data_file: int) -> None:
+    """A batch whose completion the single op's reap consumed is finished, its callback run."""
+    r, w = pipe
+    pbuf = bytearray(8)
+    ppin = ffi.from_buffer(pbuf)
+    batch = ring.submit(Op.READ, r, addrs=address_of(ppin), lens=8, offsets=0, keep=[ppin, pbuf])
+    seen: list[list[int]] = []
+    batch.add_done_callback(lambda b: seen.append(b.results))
+    os.write(w, b"abc")  # its completion is posted by the kernel inside the next io_uring_enter at the latest
+    time.sleep(0.05)
+    assert _read_one(ring, data_file, bytearray(4096)) == 4096
+    assert batch.finished and seen == [[3]]
+    assert ring._inflight == {} and ring.inflight == 0
+    assert ring.reap() == []
+
+
+@pytest.mark.timeout(30)
+def test_a_hung_op_is_waited_for_past_the_tick_and_completes(ring: Ring, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    timer = threading.Timer(0.6, os.write, (w, b"late"))
+    timer.start()
+    try:
+        buf = bytearray(16)
+        t0 = time.monotonic()
+        assert _read_one(ring, r, buf) == 4
+        assert 0.4 < time.monotonic() - t0 < 5
+        assert bytes(buf[:4]) == b"late"
+        assert ring._inflight == {} and ring.inflight == 0
+    finally:
+        timer.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_hung_op_fails_at_the_deadline_keeps_its_buffer_and_its_result_cell(
+    ring: Ring, pipe: tuple[int, int], data_file: int
+) -> None:
+    """ETIMEDOUT at ``wait_timeout``; the op stays in flight as a batch owning the buffer and the
+    result cell the kernel will write; later single ops get a cell of their own."""
+    r, w = pipe
+    ring.wait_timeout = 1.0
+    buf = bytearray(16)
+    pin = ffi.from_buffer(buf)
+    t0 = time.monotonic()
+    with pytest.raises(UringIOError, match=r"1 op\(s\) not complete after 1 s") as info:
+        ring.rw_one(Op.READ, r, pin, len(buf), 0, 0, 0, (pin, buf))
+    assert 0.9 < time.monotonic() - t0 < 5
+    assert info.value.errno == errno.ETIMEDOUT
+    assert ring.inflight == 1
+    (batch,) = ring._inflight.values()
+    assert batch._keep == (pin, buf)  # the kernel may still write into it: never released
+    other = bytearray(4096)
+    assert _read_one(ring, data_file, other) == 4096  # meanwhile: its own result cell
+    os.write(w, b"ok")
+    time.sleep(0.05)
+    assert _read_one(ring, data_file, other, 4096) == 4096  # its reap also takes the pipe read's completion
+    assert batch.finished and batch.results == [2]
+    assert bytes(buf[:2]) == b"ok"
+    assert ring._inflight == {} and ring.inflight == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_lost_completion_of_a_hung_op_fails_fast(
+    ring: Ring, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The op outlived the submitting wait; its CQE is then consumed behind the bookkeeping's
+    back before the bounded wait runs: that wait raises at once instead of hanging."""
+    r, w = pipe
+    ring.wait_timeout = 60.0
+    real = Ring._wait_slot_locked
+
+    def lose_then_wait(self: Ring, slot: int) -> None:
+        os.write(w, b"x")
+        deadline = time.monotonic() + 5
+        while not lib.us_test_drop_cqe(self._ring):  # the completion, consumed behind its back
+            assert time.monotonic() < deadline, "the pipe read never completed"
+            time.sleep(0.001)
+        real(self, slot)
+
+    monkeypatch.setattr(Ring, "_wait_slot_locked", lose_then_wait)
+    buf = bytearray(16)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(UringIOError, match="lost completion") as info:
+            _read_one(ring, r, buf)
+        assert time.monotonic() - t0 < 5
+        assert info.value.errno == errno.ETIMEDOUT
+        assert ring.inflight == 1
+    finally:
+        monkeypatch.undo()
+        ring.close_timeout = 0.5
+        with pytest.raises(UringIOError, match="did not complete within"):
+            ring.close()
+        ring_module._ORPHANED.clear()
+
+
+def test_a_closed_ring_refuses(data_file: int) -> None:
+    ring = Ring(entries=4)
+    ring.close()
+    from uringstack.errors import RingClosedError
+
+    with pytest.raises(RingClosedError):
+        _read_one(ring, data_file, bytearray(16))
+
+
+def test_an_opcode_other_than_read_or_write_is_refused_before_anything_is_queued(ring: Ring) -> None:
+    buf = bytearray(16)
+    pin: Any = ffi.from_buffer(buf)
+    from uringstack.errors import SubmissionError
+
+    with pytest.raises(SubmissionError):
+        ring.rw_one(Op.FSYNC, 0, pin, 16, 0, 0, 0, pin)
+    assert ring.inflight == 0 and len(ring._free_slots) == lib.US_MAX_SLOTS
+    assert ring.counters()["submitted"] == 0
