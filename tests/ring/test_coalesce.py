@@ -543,12 +543,16 @@ def test_a_task_woken_by_a_reap_may_use_the_ring_synchronously(uring_stack: Stac
     # submits and waits synchronously on the same ring must not deadlock on it.
     expect = data.read_bytes()
     with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
 
         async def one(t: int) -> None:
             buf = bytearray(BLOCK)
             for i in range(10):
                 off = ((t * 5 + i) % 64) * BLOCK
                 assert await h.read(BLOCK, off) == expect[off : off + BLOCK]
+                # Woken with the ring's lock held, the read_many below would deadlock on it.
+                assert not ring._lock.locked()
                 assert h.read_many([off], [buf]) == [BLOCK]
                 assert buf == expect[off : off + BLOCK]
 
