@@ -587,3 +587,38 @@ def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> Non
         assert woken == [11, 12, 13]
     finally:
         loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_flush_mixing_arena_reads_caller_buffers_and_lists_reads_each_into_its_own_memory(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The caller buffers' addresses are written into the batch's columns by position
+    # (runs of pins between arena reads): each op must land in its own buffer.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        singles = [bytearray(BLOCK) for _ in range(3)]
+        lists = [[bytearray(BLOCK) for _ in range(3)] for _ in range(2)]
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                h.read(BLOCK, 1 * BLOCK),
+                h.read_into_async(singles[0], 2 * BLOCK),
+                h.read_many_async([3 * BLOCK, 4 * BLOCK, 5 * BLOCK], lists[0]),
+                h.read_into_async(singles[1], 6 * BLOCK),
+                h.read(BLOCK, 7 * BLOCK),
+                h.read_many_async([8 * BLOCK, 9 * BLOCK, 10 * BLOCK], lists[1]),
+                h.read_into_async(singles[2], 11 * BLOCK),
+            )
+            return got, ring.counters()["enters"] - before
+
+        got, enters = _run(main())
+    blocks = [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(12)]
+    assert enters == 1
+    assert got == [blocks[1], BLOCK, [BLOCK] * 3, BLOCK, blocks[7], [BLOCK] * 3, BLOCK]
+    assert singles == [blocks[2], blocks[6], blocks[11]]
+    assert lists == [blocks[3:6], blocks[8:11]]
