@@ -185,8 +185,17 @@ class Coalescer:
         self._drain_scheduled = False
         while self._ready:
             ready, self._ready = self._ready, []
-            for deliver in ready:
-                deliver()
+            for i, deliver in enumerate(ready):
+                try:
+                    deliver()
+                except BaseException:
+                    # (a SystemExit out of a woken task): the batches after it are
+                    # delivered by the next drain, never dropped.
+                    self._ready[:0] = ready[i + 1 :]
+                    if self._ready and not self._drain_scheduled:
+                        self._drain_scheduled = True
+                        self.loop.call_soon(self.drain)
+                    raise
 
     def _on_loop_done(self, deliver: Callable[[], None]) -> None:
         """A batch was reaped on the loop thread, maybe inside the ring's lock: deliver it soon."""

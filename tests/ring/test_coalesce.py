@@ -622,3 +622,30 @@ def test_one_flush_mixing_arena_reads_caller_buffers_and_lists_reads_each_into_i
     assert got == [blocks[1], BLOCK, [BLOCK] * 3, BLOCK, blocks[7], [BLOCK] * 3, BLOCK]
     assert singles == [blocks[2], blocks[6], blocks[11]]
     assert lists == [blocks[3:6], blocks[8:11]]
+
+
+@pytest.mark.timeout(60)
+def test_a_delivery_that_raises_leaves_the_later_deliveries_to_the_next_drain(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    from uringstack.ring.coalesce import coalescer_for
+
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        delivered: list[int] = []
+
+        def boom() -> None:
+            raise SystemExit(3)
+
+        async def main() -> None:
+            await h.read(BLOCK, 0)
+            co = coalescer_for(ring)
+            co._ready.extend([lambda: delivered.append(1), boom, lambda: delivered.append(2)])
+            with pytest.raises(SystemExit):
+                co.drain()
+            assert delivered == [1]
+            await asyncio.sleep(0)  # the next drain runs within a loop turn
+            assert delivered == [1, 2]
+
+        _run(main())
