@@ -176,9 +176,18 @@ class Coalescer:
             self._reaping = True
             try:
                 ring.try_reap()
-            finally:
+            except BaseException:
+                # A completion callback raised: what was reaped is still delivered first.
                 self._reaping = False
+                self.drain()
+                raise
+            self._reaping = False
         self.drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self.drain)
 
     def drain(self) -> None:
         """Deliver the batches reaped on the loop thread (outside any ring lock)."""
@@ -192,17 +201,15 @@ class Coalescer:
                     # (a SystemExit out of a woken task): the batches after it are
                     # delivered by the next drain, never dropped.
                     self._ready[:0] = ready[i + 1 :]
-                    if self._ready and not self._drain_scheduled:
-                        self._drain_scheduled = True
-                        self.loop.call_soon(self.drain)
+                    if self._ready:
+                        self._schedule_drain()
                     raise
 
     def _on_loop_done(self, deliver: Callable[[], None]) -> None:
         """A batch was reaped on the loop thread, maybe inside the ring's lock: deliver it soon."""
         self._ready.append(deliver)
-        if not self._reaping and not self._drain_scheduled:
-            self._drain_scheduled = True
-            self.loop.call_soon(self.drain)
+        if not self._reaping:
+            self._schedule_drain()
 
     def flush(self) -> None:
         """Submit what was queued this iteration: one batch of reads, one of writes."""

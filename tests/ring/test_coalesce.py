@@ -649,3 +649,32 @@ def test_a_delivery_that_raises_leaves_the_later_deliveries_to_the_next_drain(
             assert delivered == [1, 2]
 
         _run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_reap_that_raises_still_delivers_what_it_reaped_first(
+    uring_stack: Stack, data: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A completion callback that raises makes the reap raise after it took the
+    # completions: the awaits of the reaped batches still get their results.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def main() -> list[bytes]:
+            await h.read(BLOCK, 0)
+            plain = ring.try_reap
+
+            def raising() -> Any:
+                plain()
+                raise RuntimeError("a completion callback failed")
+
+            monkeypatch.setattr(ring, "try_reap", raising)
+            try:
+                return await asyncio.gather(*(h.read(BLOCK, k * BLOCK) for k in range(4)))
+            finally:
+                monkeypatch.undo()
+
+        got = _run(main())
+    assert got == [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(4)]
