@@ -8,7 +8,9 @@ op queued in a loop iteration schedules :meth:`Coalescer.flush` with
 ``call_soon``, so the ops that all tasks issue before the loop comes round
 again go out as ONE batch (one ``Ring.submit_columns``, one ``io_uring_enter``)
 whose completions are reaped on the loop thread and resolve the futures
-directly.  Reads of a fresh ``bytes`` result go into one arena per flush and
+directly: once the reap released the ring's lock, :meth:`Coalescer.drain` sets
+each result and runs the awaiting task's wake-up in place (:func:`_resolve`),
+with no ``call_soon`` Handle per await.  Reads of a fresh ``bytes`` result go into one arena per flush and
 each await gets its bytes with the one copy its result needs.  The arena and
 the C column sets are reused by later flushes: an arena once its bytes were
 copied out (never while its batch is in the kernel or not yet delivered), a
