@@ -270,7 +270,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 # Nothing buffered (a read after open or seek): one stack read, no
                 # buffer copy; _read_ahead inlined (a coroutine less per read).
                 ask = self._readsize
-                self._readsize = min(ask * 2, CHUNK)
+                self._readsize = ask * 2 if ask < CHUNK // 2 else CHUNK
                 try:
                     data = await self._h.read(size if size > ask else ask, self._pos)
                 except RingClosedError:
@@ -291,10 +291,14 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 while len(self._rbuf) < size and await self._fill(size - len(self._rbuf)):
                     pass
                 out = self._take(size)
-            self._moved()
+            if self._fd_shared:  # (self._moved(), inlined: a call less per read)
+                os.lseek(self._fd, self._pos, os.SEEK_SET)
             return out
         finally:
-            turns.release()
+            if turns._waiters:
+                turns.release()
+            else:  # (release() with nobody waiting, inlined)
+                turns.busy = False
 
     async def read1(self, size: int = -1) -> bytes:
         """At most one stack read: what is buffered, else up to *size* bytes."""
@@ -407,7 +411,8 @@ class AsyncBinaryFile(_LineReader[bytes]):
             self._pos = offset
             self._rbuf = b""
             self._readsize = MIN_READ
-            self._moved()
+            if self._fd_shared:  # (self._moved(), inlined)
+                os.lseek(self._fd, offset, os.SEEK_SET)
             return offset
         async with turns:
             if self._file.closed:

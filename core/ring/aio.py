@@ -60,6 +60,10 @@ class LoopBound(Protocol):
         """Forget queued work nobody can await any more (its loop is closed)."""
         ...
 
+    def reap(self) -> None:
+        """Reap the ring without blocking and deliver what completed (on the loop thread)."""
+        ...
+
 
 class Bridge:
     """The ring's eventfd (registered once for the ring's life) and the loop watching it."""
@@ -75,7 +79,10 @@ class Bridge:
     def _on_readable(self) -> None:
         with contextlib.suppress(BlockingIOError):  # another reader drained it
             os.eventfd_read(self.efd)
-        if not self.ring.closed:
+        co = self.coalescer
+        if co is not None:
+            co.reap()  # delivers its batches once the ring's lock is released
+        elif not self.ring.closed:
             self.ring.try_reap()
 
     def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -110,8 +117,7 @@ def bridge_for(ring: Ring) -> Bridge:
         elif bridge.loop is not loop:
             if not bridge.loop.is_closed():
                 raise RuntimeError(
-                    "this ring already serves another running event loop; "
-                    "use one stack (or one worker) per event loop"
+                    "this ring already serves another running event loop; use one stack (or one worker) per event loop"
                 )
             bridge.move_to(loop)
         return bridge

@@ -472,3 +472,209 @@ def test_a_close_waits_for_a_flush_still_being_submitted(uring_stack: Stack, dat
             tracker.track(FlushPending(h.ring))
         pending.failed = True  # nothing was submitted after all
         tracker.close(timeout=5)
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_wakes_its_awaiting_tasks_without_a_loop_handle_per_await(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # fut.set_result schedules the task's wake-up with loop.call_soon (a Handle and a
+    # loop turn per await); the coalescer runs the wake-ups of a delivered batch in place.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+
+        async def main() -> tuple[int, int]:
+            loop = asyncio.get_running_loop()
+            await h.read(BLOCK, 0)
+            calls = [0]
+            plain = loop.call_soon
+
+            def counting(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                return plain(*args, **kwargs)
+
+            loop.call_soon = counting  # type: ignore[method-assign]
+
+            async def one(t: int) -> int:
+                n = 0
+                for i in range(20):
+                    off = ((t * 31 + i * 7) % 64) * BLOCK
+                    assert await h.read(BLOCK, off) == expect[off : off + BLOCK]
+                    n += 1
+                return n
+
+            try:
+                reads = sum(await asyncio.gather(*(one(t) for t in range(32))))
+            finally:
+                del loop.call_soon
+            return reads, calls[0]
+
+        reads, calls = _run(main())
+    assert reads == 640
+    # One call_soon per flush (a batch of up to 32 reads), not one per await (>= 640).
+    assert calls < reads // 4, calls
+
+
+@pytest.mark.timeout(60)
+def test_a_task_woken_by_a_batch_runs_in_its_own_context(uring_stack: Stack, data: pathlib.Path) -> None:
+    import contextvars
+
+    who: contextvars.ContextVar[int] = contextvars.ContextVar("who")
+    with _uring_handle(uring_stack, data) as h:
+
+        async def one(t: int) -> list[int]:
+            who.set(t)
+            seen = []
+            for i in range(10):
+                await h.read(BLOCK, ((t + i) % 64) * BLOCK)
+                seen.append(who.get())
+            return seen
+
+        async def main() -> list[list[int]]:
+            return await asyncio.gather(*(one(t) for t in range(16)))
+
+        got = _run(main())
+    assert got == [[t] * 10 for t in range(16)]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_woken_by_a_reap_may_use_the_ring_synchronously(uring_stack: Stack, data: pathlib.Path) -> None:
+    # The wake-ups run after the reap released the ring's lock: a woken task that
+    # submits and waits synchronously on the same ring must not deadlock on it.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def one(t: int) -> None:
+            buf = bytearray(BLOCK)
+            for i in range(10):
+                off = ((t * 5 + i) % 64) * BLOCK
+                assert await h.read(BLOCK, off) == expect[off : off + BLOCK]
+                # Woken with the ring's lock held, the read_many below would deadlock on it.
+                assert not ring._lock.locked()
+                assert h.read_many([off], [buf]) == [BLOCK]
+                assert buf == expect[off : off + BLOCK]
+
+        async def main() -> None:
+            await asyncio.gather(*(one(t) for t in range(8)))
+
+        _run(main())
+
+
+def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> None:
+    # A task's step re-raises SystemExit and KeyboardInterrupt, out of the wake-up the
+    # coalescer runs in place; the later futures of the batch must still get their results.
+    # (Driven through _resolve with a raising callback: a real task raising SystemExit
+    # upsets pytest's later imports on CPython 3.11, with or without the coalescer.)
+    from uringstack.ring.coalesce import _resolve
+
+    loop = asyncio.new_event_loop()
+    try:
+        futures = [loop.create_future() for _ in range(4)]
+        woken: list[int] = []
+
+        def boom(_: asyncio.Future[Any]) -> None:
+            raise SystemExit(3)
+
+        futures[0].add_done_callback(boom)
+        for fut in futures[1:]:
+            fut.add_done_callback(lambda f: woken.append(f.result()))
+        with pytest.raises(SystemExit):
+            _resolve(futures, [10, 11, 12, 13], True)
+        assert [f.result() for f in futures] == [10, 11, 12, 13]
+        loop.run_until_complete(asyncio.sleep(0))  # the rest wake up through the loop
+        assert woken == [11, 12, 13]
+    finally:
+        loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_flush_mixing_arena_reads_caller_buffers_and_lists_reads_each_into_its_own_memory(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The caller buffers' addresses are written into the batch's columns by position
+    # (runs of pins between arena reads): each op must land in its own buffer.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        singles = [bytearray(BLOCK) for _ in range(3)]
+        lists = [[bytearray(BLOCK) for _ in range(3)] for _ in range(2)]
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                h.read(BLOCK, 1 * BLOCK),
+                h.read_into_async(singles[0], 2 * BLOCK),
+                h.read_many_async([3 * BLOCK, 4 * BLOCK, 5 * BLOCK], lists[0]),
+                h.read_into_async(singles[1], 6 * BLOCK),
+                h.read(BLOCK, 7 * BLOCK),
+                h.read_many_async([8 * BLOCK, 9 * BLOCK, 10 * BLOCK], lists[1]),
+                h.read_into_async(singles[2], 11 * BLOCK),
+            )
+            return got, ring.counters()["enters"] - before
+
+        got, enters = _run(main())
+    blocks = [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(12)]
+    assert enters == 1
+    assert got == [blocks[1], BLOCK, [BLOCK] * 3, BLOCK, blocks[7], [BLOCK] * 3, BLOCK]
+    assert singles == [blocks[2], blocks[6], blocks[11]]
+    assert lists == [blocks[3:6], blocks[8:11]]
+
+
+@pytest.mark.timeout(60)
+def test_a_delivery_that_raises_leaves_the_later_deliveries_to_the_next_drain(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    from uringstack.ring.coalesce import coalescer_for
+
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        delivered: list[int] = []
+
+        def boom() -> None:
+            raise SystemExit(3)
+
+        async def main() -> None:
+            await h.read(BLOCK, 0)
+            co = coalescer_for(ring)
+            co._ready.extend([lambda: delivered.append(1), boom, lambda: delivered.append(2)])
+            with pytest.raises(SystemExit):
+                co.drain()
+            assert delivered == [1]
+            await asyncio.sleep(0)  # the next drain runs within a loop turn
+            assert delivered == [1, 2]
+
+        _run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_reap_that_raises_still_delivers_what_it_reaped_first(
+    uring_stack: Stack, data: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A completion callback that raises makes the reap raise after it took the
+    # completions: the awaits of the reaped batches still get their results.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def main() -> list[bytes]:
+            await h.read(BLOCK, 0)
+            plain = ring.try_reap
+
+            def raising() -> Any:
+                plain()
+                raise RuntimeError("a completion callback failed")
+
+            monkeypatch.setattr(ring, "try_reap", raising)
+            try:
+                return await asyncio.gather(*(h.read(BLOCK, k * BLOCK) for k in range(4)))
+            finally:
+                monkeypatch.undo()
+
+        got = _run(main())
+    assert got == [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(4)]
