@@ -543,6 +543,10 @@ class Writer:
                     if not self._busy and (self.failed is not None or (self._closing and not self._pending)):
                         return
                     self._work.wait()
+                # Looked at the queue: a kick sent while this thread was not waiting (just after a
+                # flush, or before its first look) was consumed here, not by a wait(); left set it
+                # would suppress every later kick and the next idle wait would never end.
+                self._kicked = False
                 self._busy = True
                 if delay_s and self._pending_bytes < self._max_record and not self._closing:
                     deadline = time.monotonic() + delay_s

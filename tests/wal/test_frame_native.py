@@ -51,7 +51,7 @@ def test_batch_is_byte_for_byte_encode(seed: int) -> None:
         assert buf[end : end + 8] == b"\xa5" * 8  # nothing written past the batch
         pos = at
         for i, p in enumerate(payloads):
-            d = decode_at(buf[: end], pos, expected_lsn=lsn + i)
+            d = decode_at(buf[:end], pos, expected_lsn=lsn + i)
             assert (d.status, d.payload) == (Status.OK, p)
             pos += d.size
     finally:
