@@ -1,9 +1,9 @@
 """Group commit: many concurrent appends become one write and one flush.
 
 Appenders take their LSN under the lock (so LSN order is file order) and
-queue the record: blocking appenders frame it themselves (while a flush is
-in flight), ``append_async`` queues the payload and the flushing thread
-frames it into the staging buffer.  Whoever flushes takes everything queued (bounded by
+queue the payload (``bytes``; any other buffer is copied first); the thread
+that stages a batch frames all of it into the staging buffer with one C call
+(:class:`~uringstack.wal.record.BatchFramer`).  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
 hands that single write to the segment's
@@ -416,7 +416,7 @@ class Writer:
         (:meth:`_resolved`), so the appends of the woken tasks find it done.
 
         The record is framed (header, CRC) by the thread that stages the
-        batch, not here: this call only takes an LSN and queues the payload
+        batch, as every record is, not here: this call only takes an LSN and queues the payload
         (a ``bytes`` object, immutable; any other buffer is copied first, as
         the caller may reuse it before the flush).  Its enqueue latency
         is the event loop's, and was measured dominated by the first append
