@@ -59,14 +59,20 @@ def test_kick_while_the_flusher_is_between_looks(tmp_path: pathlib.Path) -> None
         async def main() -> None:
             loop = asyncio.get_running_loop()
             assert await asyncio.wait_for(wal.append_async(b"a"), 5) == 1
-            armed.set()  # pause the flusher the next time it is between looks
-            assert await asyncio.wait_for(wal.append_async(b"b"), 5) == 2
-            assert await loop.run_in_executor(None, paused.wait, 10), "the flusher never reached the window"
-            fut = wal.append_async(b"c")  # its kick runs while the flusher is paused, not waiting
+            # Pause the flusher the next time it is between looks: still finishing the flush
+            # of "a" (then "b" waits in the queue) or after flushing "b".  Either way the kicks
+            # of "b" and "c" run while it is paused there, not waiting.
+            armed.set()
+            fut_b = wal.append_async(b"b")
+            assert await loop.run_in_executor(None, paused.wait, 10), (
+                "the flusher never reached the window (a lost wake-up leaves it waiting)"
+            )
+            fut_c = wal.append_async(b"c")
             for _ in range(3):
                 await asyncio.sleep(0)
             resume.set()
-            assert await asyncio.wait_for(fut, 5) == 3
+            assert await asyncio.wait_for(fut_b, 5) == 2
+            assert await asyncio.wait_for(fut_c, 5) == 3
             # the flusher found "c" without waiting; the next kick must still wake it
             for lsn in range(4, 8):
                 assert await asyncio.wait_for(wal.append_async(b"d"), 5) == lsn
