@@ -1,9 +1,9 @@
 """Group commit: many concurrent appends become one write and one flush.
 
 Appenders take their LSN under the lock (so LSN order is file order) and
-queue the record: blocking appenders frame it themselves (while a flush is
-in flight), ``append_async`` queues the payload and the flushing thread
-frames it into the staging buffer.  Whoever flushes takes everything queued (bounded by
+queue the payload (``bytes``; any other buffer is copied first); the thread
+that stages a batch frames all of it into the staging buffer with one C call
+(:class:`~uringstack.wal.record.BatchFramer`).  Whoever flushes takes everything queued (bounded by
 ``max_batch_bytes`` and the room left in the segment), copies it behind the
 partial tail block of the previous flush into one block-aligned buffer, and
 hands that single write to the segment's
@@ -55,7 +55,7 @@ from uringstack.stack.handle import FileHandle
 from .config import WalConfig
 from .errors import WalClosedError, WalFailedError, failed_from
 from .io import WalIO
-from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, encode, encode_into, padded_size
+from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, BatchFramer, padded_size
 from .recovery import SegmentScan
 from .segment import (
     BLOCK_BYTES,
@@ -69,10 +69,6 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
-# A queued record: framed bytes (blocking appenders frame their own, while a flush is in
-# flight), or a 1-tuple holding the payload of an append_async, framed by the flushing thread
-# straight into the staging buffer (see Writer.submit_async).
-_Queued = bytes | tuple[bytes]
 
 # Padding of a flush to whole blocks (less than one block), without allocating zeros per flush.
 _ZEROS = memoryview(bytes(BLOCK_BYTES))
@@ -143,16 +139,15 @@ class _Gate:
 
 
 class _Taken:
-    """One batch taken by the flushing thread: records, bytes, its first LSN, or a roll."""
+    """One batch taken by the flushing thread: payloads, framed bytes, its first LSN, or a roll."""
 
-    __slots__ = ("first_lsn", "length", "nbytes", "raw", "records", "roll", "write_at")
+    __slots__ = ("first_lsn", "length", "nbytes", "records", "roll", "write_at")
 
-    def __init__(self, records: list[_Queued], nbytes: int, first_lsn: int, roll: bool, raw: int) -> None:
-        self.records = records
+    def __init__(self, records: list[bytes], nbytes: int, first_lsn: int, roll: bool) -> None:
+        self.records = records  # payloads, framed by _stage
         self.nbytes = nbytes
         self.first_lsn = first_lsn
         self.roll = roll
-        self.raw = raw  # how many of the records are still to be framed (append_async payloads)
         self.length = 0  # bytes staged in the buffer (0: not staged yet)
         self.write_at = 0
 
@@ -177,9 +172,8 @@ class Writer:
         self.segments = segments  # shared with the Wal; mutated under self.lock
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
-        self._pending: list[_Queued] = []  # records not yet taken, in LSN order
+        self._pending: list[bytes] = []  # payloads not yet taken, in LSN order (framed when staged)
         self._pending_bytes = 0  # their framed size
-        self._pending_raw = 0  # how many of them are append_async payloads still to be framed
         self._gate: _Gate | None = None  # collects waiters for records queued from now on
         self._gates: deque[_Gate] = deque()  # closed gates, in LSN order, awaiting durability
         self._busy = False  # a thread is flushing (the only one allowed to write)
@@ -199,6 +193,7 @@ class Writer:
         self._max_write = config.max_write_bytes
         # mmap: page aligned, as O_DIRECT requires of the buffer address.
         self._buf = mmap.mmap(-1, self._max_write)
+        self._framer = BatchFramer(self._buf)
         self._spare: Path | None = None
         self._spare_error: BaseException | None = None
         self._spare_thread: threading.Thread | None = None
@@ -340,12 +335,11 @@ class Writer:
         if self._closing:
             raise WalClosedError("WAL is closed")
 
-    def _queue_locked(self, payload: bytes | bytearray | memoryview) -> int:
+    def _queue_locked(self, payload: bytes) -> int:
         lsn = self.next_lsn
-        rec = encode(lsn, payload)
         self.next_lsn = lsn + 1
-        self._pending.append(rec)
-        self._pending_bytes += len(rec)
+        self._pending.append(payload)
+        self._pending_bytes += (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
         return lsn
 
     def _gate_locked(self) -> _Gate:
@@ -368,7 +362,8 @@ class Writer:
 
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Queue one record and block until it is durable; return its LSN."""
-        return self._append_sync((self._payload(payload),))
+        p = self._payload(payload)
+        return self._append_sync((p if type(p) is bytes else bytes(p),))
 
     def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int]:
         """Queue several records under one lock hold and block once, until the last is durable.
@@ -379,13 +374,13 @@ class Writer:
         """
         # every record is checked before any is queued: a bad one in the middle
         # must not leave the ones before it durable with LSNs the caller never learns
-        items = [self._payload(p, i) for i, p in enumerate(payloads)]
+        items = [p if type(p) is bytes else bytes(p) for p in (self._payload(p, i) for i, p in enumerate(payloads))]
         if not items:
             return []
         last = self._append_sync(items)
         return list(range(last - len(items) + 1, last + 1))
 
-    def _append_sync(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
+    def _append_sync(self, payloads: Iterable[bytes]) -> int:
         """Queue *payloads*, then flush them ourselves or wait for them; return the last LSN."""
         with self.lock:
             self._check()
@@ -421,7 +416,7 @@ class Writer:
         (:meth:`_resolved`), so the appends of the woken tasks find it done.
 
         The record is framed (header, CRC) by the thread that stages the
-        batch, not here: this call only takes an LSN and queues the payload
+        batch, as every record is, not here: this call only takes an LSN and queues the payload
         (a ``bytes`` object, immutable; any other buffer is copied first, as
         the caller may reuse it before the flush).  Its enqueue latency
         is the event loop's, and was measured dominated by the first append
@@ -436,8 +431,7 @@ class Writer:
                 self._check()
             lsn = self.next_lsn
             self.next_lsn = lsn + 1
-            self._pending.append((payload,))
-            self._pending_raw += 1
+            self._pending.append(payload)
             self._pending_bytes += (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
             gate = self._gate or self._gate_locked()
             waiters = gate.loops.get(loop)
@@ -492,23 +486,19 @@ class Writer:
         total = self._pending_bytes
         if total <= self._max_record and total <= room:
             batch, self._pending = self._pending, []  # the common case: everything fits
-            raw, self._pending_raw = self._pending_raw, 0
         else:
             limit = min(self._max_record, room)
-            total = k = raw = 0
+            total = k = 0
             for rec in self._pending:
-                framed = not isinstance(rec, tuple)
-                size = len(rec) if not isinstance(rec, tuple) else padded_size(len(rec[0]))
+                size = padded_size(len(rec))
                 if total + size > limit:
                     break
                 total += size
-                raw += not framed
                 k += 1
             batch = self._pending[:k]
             del self._pending[:k]
-            self._pending_raw -= raw
         self._pending_bytes -= total
-        return _Taken(batch, total, first, not batch, raw)
+        return _Taken(batch, total, first, not batch)
 
     def _commit(self, taken: _Taken, chain: bool = False) -> tuple[bool, _Taken | None]:
         """Flush (or roll for) one taken batch and acknowledge it; False if the log failed.
@@ -553,7 +543,10 @@ class Writer:
                     if not self._busy and (self.failed is not None or (self._closing and not self._pending)):
                         return
                     self._work.wait()
-                    self._kicked = False
+                # Looked at the queue: a kick sent while this thread was not waiting (just after a
+                # flush, or before its first look) was consumed here, not by a wait(); left set it
+                # would suppress every later kick and the next idle wait would never end.
+                self._kicked = False
                 self._busy = True
                 if delay_s and self._pending_bytes < self._max_record and not self._closing:
                     deadline = time.monotonic() + delay_s
@@ -581,29 +574,12 @@ class Writer:
         buf = self._buf
         t = len(self._tail)
         buf[:t] = self._tail
-        pos = t + total
-        if not taken.raw:  # all framed: one C-level join, not a Python loop of slice assignments
-            framed = cast("list[bytes]", batch)
-            buf[t:pos] = framed[0] if len(framed) == 1 else b"".join(framed)
-        else:
-            self._frame(batch, t, taken.first_lsn)
+        pos = self._framer.frame(t, taken.first_lsn, batch)  # the whole batch in one C call
+        assert pos == t + total
         length = (pos + BLOCK_BYTES - 1) // BLOCK_BYTES * BLOCK_BYTES
         buf[pos:length] = _ZEROS[: length - pos]  # stale bytes of an older batch must not leak
         assert length <= self._max_write and write_at + length <= seg.header.segment_bytes
         taken.length, taken.write_at = length, write_at
-
-    def _frame(self, batch: list[_Queued], at: int, lsn: int) -> None:
-        """Copy framed records and frame append_async payloads (LSNs from *lsn*) into the buffer at *at*."""
-        buf = self._buf
-        with memoryview(buf) as view:  # released before the buffer can be closed
-            for rec in batch:
-                if isinstance(rec, tuple):
-                    at = encode_into(buf, at, lsn, rec[0], view)
-                else:
-                    end = at + len(rec)
-                    buf[at:end] = rec
-                    at = end
-                lsn += 1
 
     def _write(self, taken: _Taken) -> None:
         """Write the staged batch durably; then it is part of the segment."""
@@ -663,7 +639,6 @@ class Writer:
             self.failed = exc
             self._pending.clear()
             self._pending_bytes = 0
-            self._pending_raw = 0
             gates = self._release_all_locked()
         for gate in gates:
             gate.open()  # they find durable_lsn short of their LSN and raise self.failed
@@ -693,4 +668,5 @@ class Writer:
         if self._handle is not None:
             self.io.close_segment(self._handle)
             self._handle = None
+        self._framer.close()
         self._buf.close()

@@ -2,7 +2,8 @@
 
 API (out-of-line) mode is required: liburing's ``io_uring_prep_*`` helpers are
 ``static inline`` and only a C compiler can call them.  The cdef lives in
-``uring_helpers.h`` and the C helpers in ``uring_helpers.c``; this script only
+``uring_helpers.h`` and the C helpers in ``uring_helpers.c`` (plus the WAL's
+record framer, ``wal_helpers.h``/``.c``); this script only
 glues them together (the xattr/pynacl layout).
 """
 
@@ -15,9 +16,9 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 
 ffibuilder = FFI()
-ffibuilder.cdef((HERE / "uring_helpers.h").read_text())
+ffibuilder.cdef((HERE / "uring_helpers.h").read_text() + (HERE / "wal_helpers.h").read_text())
 
-_source = (HERE / "uring_helpers.c").read_text()
+_source = (HERE / "uring_helpers.c").read_text() + "\n" + (HERE / "wal_helpers.c").read_text()
 _options = {"extra_compile_args": ["-O2", "-Wall", "-Wno-unused-function"]}
 try:
     # Prefer pkg-config so a liburing in a non-default prefix is found.
