@@ -107,6 +107,18 @@ class CoreConfig(BaseModel):
         ),
     )
 
+    close_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "Seconds closing a ring (stack.close(), Ring.close, unregistering buffers) waits for "
+            "the ops it cancelled to complete before it fails with ETIMEDOUT naming the ring and "
+            "how many ops were lost; their buffers are then kept for the life of the process."
+        ),
+    )
+
     @field_validator("wait_tick_s")
     @classmethod
     def _check_tick(cls, value: float, info: ValidationInfo) -> float:
