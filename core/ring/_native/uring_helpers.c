@@ -137,8 +137,14 @@ static uint64_t now_ns(void);
 static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t timeout_ms)
 {
     if (ring->flags & IORING_SETUP_IOPOLL) {
-        /* the kernel would spin unbounded on min_complete (iopoll_wait_until) */
+        /* the kernel would spin unbounded on min_complete (iopoll_wait_until).  Part
+         * of a batch larger than the SQ may already be drained, and the CQ holds at
+         * most its size: never wait for more CQEs than can still come. */
         int ret = submit_pending(ring, st);
+        if (wait_nr > st->inflight)
+            wait_nr = st->inflight;
+        if (wait_nr > ring->cq.ring_entries)
+            wait_nr = ring->cq.ring_entries;
         if (ret >= 0)
             iopoll_wait_until(ring, st, wait_nr, now_ns() + (uint64_t)timeout_ms * 1000000ull);
         return ret;
