@@ -131,24 +131,15 @@ static int submit_pending(struct io_uring *ring, us_state_t *st)
  * SQEs submitted), so the count submitted is read from the SQ head the kernel
  * advanced: exact, since only this thread's syscall moves it on a non-SQPOLL
  * ring (the only kind that waits here). */
-static int iopoll_wait_until(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint64_t deadline);
-static uint64_t now_ns(void);
-
 static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t timeout_ms)
 {
-    if (ring->flags & IORING_SETUP_IOPOLL) {
-        /* the kernel would spin unbounded on min_complete (iopoll_wait_until).  Part
-         * of a batch larger than the SQ may already be drained, and the CQ holds at
-         * most its size: never wait for more CQEs than can still come. */
-        int ret = submit_pending(ring, st);
-        if (wait_nr > st->inflight)
-            wait_nr = st->inflight;
-        if (wait_nr > ring->cq.ring_entries)
-            wait_nr = ring->cq.ring_entries;
-        if (ret >= 0)
-            iopoll_wait_until(ring, st, wait_nr, now_ns() + (uint64_t)timeout_ms * 1000000ull);
-        return ret;
-    }
+    /* IOPOLL: the kernel would spin unbounded on min_complete (iopoll_wait_until),
+     * and it does not poll at all while the CQ holds a CQE (io_iopoll_check), so
+     * waiting here for more than the first would poll out the whole tick.  The
+     * submit itself enters with GETEVENTS (one poll pass); the caller's bounded
+     * wait, which drains between passes, does the rest. */
+    if (ring->flags & IORING_SETUP_IOPOLL)
+        return submit_pending(ring, st);
     if (!(ring->features & IORING_FEAT_EXT_ARG) || is_sqpoll(ring))
         return submit_pending(ring, st);
     struct io_uring_cqe *cqe;
