@@ -81,9 +81,7 @@ def run_tuned(spec: BenchSpec, caps: Capabilities, tick: Tick | None = None) -> 
         workers = stack.workers
         depth = max(1, spec.queue_depth // len(workers))  # the queue depth is shared, as tune measured it
         batch = measured_batch(stack.caps, spec.file) or spec.batch_size
-        run = dataclasses.replace(
-            spec, queue_depth=depth, batch=min(batch, depth), workers=len(workers)
-        )
+        run = dataclasses.replace(spec, queue_depth=depth, batch=min(batch, depth), workers=len(workers))
         handles = [stack.open(spec.file, direct=spec.direct, writable=False, core=w.cpu) for w in workers]
         loops = [h.worker.submit(handle_loop, h, run, RUNG, i) for i, h in enumerate(handles)]
         row = result_from_loop(TUNED, merge(wait_loops(loops, tick)))

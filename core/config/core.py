@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
@@ -12,6 +12,11 @@ from uringstack.types import FeatureMode
 from .values import parse_cpu_list, parse_name_list
 
 MAX_RING_ENTRIES = 32768  # io_uring_setup rejects more SQ entries (IORING_MAX_ENTRIES)
+
+def _bound_s(default: float, description: str) -> Any:
+    """A ring wait bound in seconds: finite, > 0, at most a day."""
+    return Field(default=default, gt=0, le=86400, allow_inf_nan=False, description=description)
+
 
 class CoreConfig(BaseModel):
     """The ``[core]`` table: settings of the stack itself, not of any plugin."""
@@ -83,16 +88,11 @@ class CoreConfig(BaseModel):
     )
 
     # bounds of the blocking waits on every ring the stack builds (docs/config.md)
-    wait_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        le=86400,
-        allow_inf_nan=False,
-        description=(
-            "Seconds a blocking wait on a ring (every synchronous handle call, pending.wait()) "
-            "waits for ops the kernel still holds, e.g. on a hung device, before it fails with "
-            "ETIMEDOUT naming the ring; the ops stay in flight and keep their buffers."
-        ),
+    wait_timeout_s: float = _bound_s(
+        60.0,
+        "Seconds a blocking wait on a ring (every synchronous handle call, pending.wait()) "
+        "waits for ops the kernel still holds, e.g. on a hung device, before it fails with "
+        "ETIMEDOUT naming the ring; the ops stay in flight and keep their buffers.",
     )
     wait_tick_s: float = Field(
         default=0.5,
@@ -105,6 +105,13 @@ class CoreConfig(BaseModel):
             "then. Also the longest a submission made with wait=True waits in the kernel. "
             "At most wait_timeout_s."
         ),
+    )
+
+    close_timeout_s: float = _bound_s(
+        10.0,
+        "Seconds closing a ring (stack.close(), Ring.close, unregistering buffers) waits for "
+        "the ops it cancelled to complete before it fails with ETIMEDOUT naming the ring and "
+        "how many ops were lost; their buffers are then kept for the life of the process.",
     )
 
     @field_validator("wait_tick_s")

@@ -60,7 +60,15 @@ def file_object_overrides() -> dict[str, Any]:
     sha256 hot 0.09x the built-in with SQPOLL vs 0.75x without, CPU per
     random aio read 127 µs vs 39 µs.  ``sqpoll.mode = "auto"`` may still be
     "on" from `uringstack tune` (measured on QD32 random reads), so only an
-    explicit choice is kept."""
+    explicit choice is kept.
+
+    A profile of a program using the default stack may still show
+    ``io_sq_thread`` for a moment: the probe (run when the stack is built)
+    learns whether the kernel accepts SQPOLL by creating and destroying one
+    SQPOLL ring, whose poller lives until the kernel's asynchronous ring
+    teardown stops it (tens of milliseconds).  The stack's own rings never
+    poll (tests/fileobj/test_default_stack_rings.py checks the rings' flags
+    and the process's threads)."""
     from uringstack.config import load_config
 
     source = load_config().provenance.get("sqpoll.mode")

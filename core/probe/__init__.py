@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from uringstack.probe.defects import matching_defects, running_kernel
+from uringstack.probe.defects import matching_defects, running_kernel, version_note
 from uringstack.probe.kernel import kernel_facts
 from uringstack.probe.model import (
     BlockDevice,
@@ -68,6 +68,7 @@ def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabil
         kernel_release=facts.release,
         kernel_debian_version=kernel.debian if kernel else None,
         kernel_defects=matching_defects(kernel) if kernel else [],
+        kernel_version_note=version_note(kernel) if kernel else "",
         system=facts.system,
         python=platform.python_version(),
         uring=probe_uring(facts, memlock_soft_bytes=memlock.soft_bytes),

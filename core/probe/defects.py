@@ -10,7 +10,10 @@ Versions: ``uname -r`` of a distribution kernel names its ABI, not its code
 (Debian 12's ``6.1.0-57-amd64`` is the package ``6.1.192-3``), so where
 ``/proc/version`` carries a Debian package version that is what the Debian
 ranges are matched against; otherwise the release's leading ``X.Y[.Z]`` is
-matched against the upstream ranges.
+matched against the upstream ranges.  A Debian kernel whose package version
+cannot be read (a malformed or missing version after "Debian" in the build
+tag, an unreadable ``/proc/version``) is matched against the upstream ranges
+too, never treated as defect-free, and :func:`version_note` says so.
 """
 
 from __future__ import annotations
@@ -120,11 +123,22 @@ _DEBIAN_IN_PROC = re.compile(r"\bDebian (\d+\.\d+(?:\.\d+)?[^\s()]*)")
 
 
 def debian_version_from_proc(text: str) -> str | None:
-    """The Debian kernel package version in a ``/proc/version`` line (``6.1.192-3``), or None."""
+    """The Debian kernel package version in a ``/proc/version`` line (``6.1.192-3``), or None.
+
+    The text is returned as found; whether it is a Debian version dpkg would
+    accept is :func:`debian_version_problem`'s question."""
     # The compiler's version ("gcc-12 (Debian 12.2.0-14)") comes first; the kernel
     # package's is in the build tag after "#N SMP ...", the last one on the line.
     found = _DEBIAN_IN_PROC.findall(text.partition("#")[2])
     return found[-1] if found else None
+
+
+_DEBIAN_WORD = re.compile(r"\bDebian\b")
+
+
+def debian_build_tag(text: str) -> bool:
+    """True when the build tag of a ``/proc/version`` line (after ``#N``) names a Debian kernel."""
+    return bool(_DEBIAN_WORD.search(text.partition("#")[2]))
 
 
 @dataclass(frozen=True)
@@ -244,24 +258,64 @@ class DefectFinding(BaseModel):
 
 @dataclass(frozen=True)
 class KernelVersion:
-    """The running kernel's release (``uname -r``) and, for Debian, its package version."""
+    """The running kernel's release (``uname -r``) and, for Debian, its package version.
+
+    ``debian_tag`` is true when ``/proc/version``'s build tag names a Debian
+    kernel (even if no package version could be read from it); ``proc_error``
+    says why ``/proc/version`` could not be read, if it could not."""
 
     release: str
     debian: str | None = None
+    debian_tag: bool = False
+    proc_error: str = ""
+
+
+def debian_version_problem(kernel: KernelVersion) -> str | None:
+    """Why *kernel*'s Debian package version cannot be used, or None (understood, or not asked for)."""
+    if kernel.debian is not None:
+        if _DEB_VERSION.match(kernel.debian):
+            return None
+        return f"the Debian kernel package version {kernel.debian!r} in /proc/version is not understood"
+    if kernel.debian_tag:
+        return "/proc/version names a Debian kernel but carries no package version that could be read"
+    if kernel.proc_error:
+        return f"/proc/version could not be read ({kernel.proc_error}), so a Debian package version is unknown"
+    return None
+
+
+def version_note(kernel: KernelVersion) -> str:
+    """What the defect matching could not read about *kernel*, and what it used instead ("" if nothing)."""
+    problem = debian_version_problem(kernel)
+    try:
+        major, minor, patch = parse_upstream(kernel.release)
+    except ValueError:
+        why = f"the release {kernel.release!r} has no leading X.Y[.Z]"
+        if problem is not None:
+            why = f"{problem}, and {why} either"
+        return f"{why}: no known defect can be matched; features are judged by what the probe tried"
+    if problem is None:
+        return ""
+    return (
+        f"{problem}: known defects were matched against the upstream version {major}.{minor}.{patch} "
+        f"of the release {kernel.release} instead (the Debian ranges were not used)"
+    )
 
 
 def matching_defects(kernel: KernelVersion, table: tuple[KernelDefect, ...] = KNOWN_DEFECTS) -> list[DefectFinding]:
-    """The entries of *table* that apply to *kernel*; an unparsable release matches nothing.
+    """The entries of *table* that apply to *kernel*; a release without ``X.Y[.Z]`` matches nothing.
 
     A Debian kernel is judged by its package version only: its ``uname -r``
-    (``6.1.0-57``) says nothing about the stable patches it carries.
+    (``6.1.0-57``) says nothing about the stable patches it carries.  When
+    that version cannot be read (:func:`debian_version_problem`), the
+    upstream ranges are matched against the release instead: a defect whose
+    range holds the release's upstream version still applies, and its
+    ``matched`` says which version was used and why.
     """
+    problem = debian_version_problem(kernel)
     found: list[DefectFinding] = []
     for d in table:
         matched = None
-        if kernel.debian is not None:
-            if not _DEB_VERSION.match(kernel.debian):
-                continue
+        if kernel.debian is not None and problem is None:
             hit = next((r for r in d.debian_ranges() if r.contains(kernel.debian)), None)
             if hit is not None:
                 matched = f"Debian kernel package {kernel.debian} is in {hit}"
@@ -273,6 +327,8 @@ def matching_defects(kernel: KernelVersion, table: tuple[KernelDefect, ...] = KN
             hit = next((r for r in d.upstream_ranges() if r.contains(kernel.release)), None)
             if hit is not None:
                 matched = f"kernel {kernel.release} is in upstream {hit}"
+                if problem is not None:
+                    matched += f" ({problem}, so the upstream range was used)"
         if matched is not None:
             found.append(DefectFinding(id=d.id, title=d.title, rules_out=d.rules_out, matched=matched,
                                        evidence=list(d.evidence)))  # fmt: skip
@@ -283,9 +339,11 @@ def running_kernel(proc_version: Path = _PROC_VERSION) -> KernelVersion:
     """This machine's kernel: ``uname -r`` plus the Debian version from ``/proc/version``."""
     try:
         text = proc_version.read_text()
-    except OSError:
-        text = ""
-    return KernelVersion(release=platform.release(), debian=debian_version_from_proc(text))
+    except OSError as exc:
+        return KernelVersion(release=platform.release(), proc_error=f"{type(exc).__name__}: {exc.strerror or exc}")
+    return KernelVersion(
+        release=platform.release(), debian=debian_version_from_proc(text), debian_tag=debian_build_tag(text)
+    )
 
 
 def ruling_out(

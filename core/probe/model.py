@@ -110,12 +110,15 @@ class BlockDevice(BaseModel):
 class Capabilities(BaseModel):
     """Everything the probe found.  Plugins read it; nothing in it is guessed."""
 
-    schema_version: int = 2
+    schema_version: int = 3
     kernel_release: str
     kernel_debian_version: str | None = None
     """The Debian kernel package version from ``/proc/version`` (``6.1.192-3``), if any."""
     kernel_defects: list[DefectFinding] = Field(default_factory=list)
     """Known defects of this kernel (:mod:`uringstack.probe.defects`): patterns not to use."""
+    kernel_version_note: str = ""
+    """What the defect matching could not read about the kernel's version and what it used
+    instead (:func:`uringstack.probe.defects.version_note`); empty when nothing was missing."""
     system: str
     python: str
     uring: UringSupport

@@ -7,10 +7,15 @@ On an IOPOLL ring the device raises no interrupt: a completion is posted to
 the CQ only while some task polls the device's poll queue inside
 ``io_uring_enter(IORING_ENTER_GETEVENTS)``.  Three consequences:
 
-- **blocking wait** (``Ring.wait``): liburing's ``io_uring_wait_cqe`` enters
-  with GETEVENTS and ``min_complete=1``; the kernel spins on the poll queue
-  until the batch's completions arrived.  That is the fast path and needs
-  nothing from here.
+- **blocking wait** (``Ring.wait``, ``submit(wait=True)``, ``close``): the
+  kernel ignores the ``IORING_ENTER_EXT_ARG`` timeout on an IOPOLL ring and,
+  asked for ``min_complete > 0``, spins until the completions came or the
+  scheduler wants the CPU, so a hung polled command would have no bound.  The
+  C helpers therefore enter with ``min_complete=0`` (one non-spinning pass
+  over the poll queue per syscall) in a loop that checks the deadline between
+  passes, and ``Ring.wait`` checks ``wait_timeout`` and the lost-completion
+  count every ``wait_tick`` as on any ring.  It still spins (that is what
+  IOPOLL costs), but in user space, where it can stop.
 - **non-blocking check** (``Pending.done()``): peeking the CQ
   (``Ring.try_reap``) finds nothing new, ever.  :func:`poll_once` first enters
   the kernel with GETEVENTS and ``min_complete=0``, which makes the kernel run

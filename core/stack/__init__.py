@@ -166,9 +166,10 @@ class Stack:
             if params.attach_to is not None:
                 params.wq_fd = self._ring_by_name(params.attach_to).fd
             ring = Ring(params)
-            # The one place the stack's rings get their wait bounds (core.wait_*_s).
+            # The one place the stack's rings get their wait bounds (core.*_timeout_s, core.wait_tick_s).
             ring.wait_timeout = self.config.core.wait_timeout_s
             ring.wait_tick = self.config.core.wait_tick_s
+            ring.close_timeout = self.config.core.close_timeout_s
             worker.rings[params.role] = ring
             self.plugin_manager.ring_created(ring=ring, worker=worker, config=self.config)
 

@@ -44,8 +44,9 @@ ROLE = "iopoll"
 class IopollPending(UringPending):
     """A batch in flight on an IOPOLL ring: only polling makes it progress.
 
-    ``wait`` is inherited: Ring.wait enters with GETEVENTS, min_complete=1, and
-    the kernel polls the device meanwhile."""
+    ``wait`` is inherited: Ring.wait polls the device with GETEVENTS passes
+    (min_complete=0) until the batch completed, bounded like any wait (see
+    :mod:`uringstack.ring.polling`)."""
 
     __slots__ = ()
 

@@ -58,11 +58,11 @@ def test_ring_close_with_a_lost_completion_fails_fast_and_keeps_the_buffers(monk
 def test_stack_close_with_a_lost_completion_fails_fast_naming_the_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    monkeypatch.setattr(Ring, "close_timeout", 1.0)
     monkeypatch.setattr(inflight, "CLOSE_TIMEOUT_S", 1.0)
     path = tmp_path / "f"
     path.write_bytes(b"x" * 4096)
-    stack = open_stack(overrides={"core.backend": "auto", "sqpoll.mode": "off"})
+    # the stack sets each ring's close bound from core.close_timeout_s
+    stack = open_stack(overrides={"core.backend": "auto", "sqpoll.mode": "off", "core.close_timeout_s": 1.0})
     h = stack.open(path)
     ring = h.io.ring  # type: ignore[attr-defined]
     p = h.start_read_many([0], [bytearray(4096)])  # no other thread reaps this ring meanwhile

@@ -133,6 +133,13 @@ static int submit_pending(struct io_uring *ring, us_state_t *st)
  * ring (the only kind that waits here). */
 static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t timeout_ms)
 {
+    /* IOPOLL: the kernel would spin unbounded on min_complete (iopoll_wait_until),
+     * and it does not poll at all while the CQ holds a CQE (io_iopoll_check), so
+     * waiting here for more than the first would poll out the whole tick.  The
+     * submit itself enters with GETEVENTS (one poll pass); the caller's bounded
+     * wait, which drains between passes, does the rest. */
+    if (ring->flags & IORING_SETUP_IOPOLL)
+        return submit_pending(ring, st);
     if (!(ring->features & IORING_FEAT_EXT_ARG) || is_sqpoll(ring))
         return submit_pending(ring, st);
     struct io_uring_cqe *cqe;
@@ -295,11 +302,40 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Wait on an IOPOLL ring until *wait_nr* CQEs are ready, or until the
+ * CLOCK_MONOTONIC *deadline* in ns (0: none); -ETIME once it passed.
+ *
+ * On an IOPOLL ring the kernel ignores the IORING_ENTER_EXT_ARG timeout: asked
+ * for min_complete > 0 it spins in io_iopoll_check (and, in blk_mq_poll, in the
+ * driver's poll) until enough completions came or the scheduler wants the CPU
+ * back (need_resched), so a hung polled command can keep the thread in one
+ * syscall with no bound at all, and without EXT_ARG liburing's timeout SQE is
+ * refused (EINVAL) on such a ring.  So every GETEVENTS enter here asks for
+ * min_complete 0, which makes the kernel do one non-spinning pass over the
+ * poll queues (BLK_POLL_ONESHOT), and the spinning happens between syscalls,
+ * where the deadline is checked.  Each pass is counted in enters. */
+static int iopoll_wait_until(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint64_t deadline)
+{
+    for (;;) {
+        if (io_uring_cq_ready(ring) >= wait_nr)
+            return 0;
+        if (deadline && now_ns() >= deadline)
+            return -ETIME;
+        st->c.enters++;
+        int ret = io_uring_get_events(ring);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+            return ret;
+    }
+}
+
 /* Wait in the kernel for a CQE, until the CLOCK_MONOTONIC *deadline* in ns
  * (0: no deadline); -ETIME once it passed. */
-static int wait_cqe_until(struct io_uring *ring, uint64_t deadline)
+static int wait_cqe_until(struct io_uring *ring, us_state_t *st, uint64_t deadline)
 {
     struct io_uring_cqe *cqe;
+    if (ring->flags & IORING_SETUP_IOPOLL)
+        return iopoll_wait_until(ring, st, 1, deadline);
+    st->c.enters++;
     if (!deadline)
         return io_uring_wait_cqe(ring, &cqe);
     uint64_t now = now_ns();
@@ -334,8 +370,7 @@ static int wait_until_for(struct io_uring *ring, us_state_t *st, int (*cond)(us_
             return -ENOENT;   /* would wait forever */
         if (timeout_ms && now_ns() >= deadline)
             return -ETIME;
-        st->c.enters++;
-        int ret = wait_cqe_until(ring, timeout_ms ? deadline : 0);
+        int ret = wait_cqe_until(ring, st, timeout_ms ? deadline : 0);
         if (ret < 0 && ret != -ETIME)
             return ret;     /* -EINTR goes back to Python so signals are handled */
         drain(ring, st);
@@ -436,8 +471,7 @@ int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms)
     while (st->inflight) {
         if (timeout_ms && now_ns() >= deadline)
             return -ETIME;
-        st->c.enters++;
-        int ret = wait_cqe_until(ring, timeout_ms ? deadline : 0);
+        int ret = wait_cqe_until(ring, st, timeout_ms ? deadline : 0);
         if (ret < 0 && ret != -EINTR && ret != -ETIME)
             return ret;
         drain(ring, st);
@@ -524,6 +558,16 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
         }
     }
     return (int)st->done_n;
+}
+
+/* Test hook for IOPOLL rings, where nothing is posted to the CQ until some
+ * task polls: one non-blocking GETEVENTS pass (min_complete 0, so the kernel
+ * polls the device once) without the bookkeeping's drain, then the same
+ * consumption as us_test_drop_cqe.  Returns 1 if a CQE was dropped. */
+int us_test_drop_cqe_polled(struct io_uring *ring)
+{
+    io_uring_get_events(ring);
+    return us_test_drop_cqe(ring);
 }
 
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,

@@ -112,6 +112,7 @@ int us_reap_ready(struct io_uring *ring, us_state_t *st);
 int us_poll(struct io_uring *ring, us_state_t *st);
 int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms);
 int us_test_drop_cqe(struct io_uring *ring);
+int us_test_drop_cqe_polled(struct io_uring *ring);
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
                             uint32_t n, uint32_t align);
 int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n);
