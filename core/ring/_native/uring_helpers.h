@@ -115,3 +115,16 @@ int us_test_drop_cqe(struct io_uring *ring);
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
                             uint32_t n, uint32_t align);
 int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n);
+
+/* the one-call-per-batch path (see uring_helpers.c) */
+struct us_batch_view {
+    uint32_t *done_n;
+    uint16_t *done;
+    const uint32_t *remaining;
+    const uint32_t *inflight;
+    const unsigned *cq_khead;
+    const unsigned *cq_ktail;
+};
+void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
+int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms);

@@ -1,0 +1,152 @@
+"""The batch path makes one call into the C binding per batch.
+
+cffi releases the GIL around every call into the binding, and with two worker
+threads each release is a hand-off: the other thread takes the GIL and this
+one sleeps on a futex until it gets it back (issue 14: 2 worker threads ran
+slower than 1).  So a waited batch (``read_many``, ``prepared.run``,
+``Ring.run``) is one call (submit, bounded wait, drain), a started batch one
+call to submit and at most one more to wait for it, and whatever only reads
+the ring's bookkeeping (which slots finished, what is in flight, whether the
+CQ holds anything) reads memory instead of calling.  The binding is wrapped
+by a counting proxy: these tests count calls, never time.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from uringstack import ring as ring_module
+from uringstack.ring import Batch, Ring
+from uringstack.ring.flags import Op
+from uringstack.ring.native import lib
+from uringstack.stack import open_stack
+
+
+class _CountingLib:
+    """Stands in for the binding's ``lib``: forwards everything, records each function called."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._real, name)
+        if not callable(attr):
+            return attr
+        calls = self.calls
+
+        def counted(*args: Any) -> Any:
+            calls.append(name)
+            return attr(*args)
+
+        return counted
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingLib:
+    proxy = _CountingLib(lib)
+    monkeypatch.setattr(ring_module, "lib", proxy)
+    return proxy
+
+
+@pytest.fixture
+def ring() -> Iterator[Ring]:
+    ring = Ring(entries=64)
+    yield ring
+    ring.close()
+
+
+def test_a_waited_batch_is_one_call(ring: Ring, counting: _CountingLib) -> None:
+    for _ in range(20):
+        assert ring.run(Op.NOP, -1, n=4) == [0, 0, 0, 0]
+    assert counting.calls == ["us_batch_submit"] * 20
+
+
+def test_a_waited_submit_drains_its_completions(ring: Ring) -> None:
+    """What completed within the submission's wait is in the results already: its CQE is gone."""
+    batch = ring.submit(Op.NOP, -1, n=2, wait=True)
+    assert lib.us_test_drop_cqe(ring._ring) == 0
+    assert ring.wait(batch) == [0, 0]
+    assert ring.inflight == 0
+
+
+def test_started_batches_waited_oldest_first_cost_one_call_each_and_a_drain(
+    ring: Ring, counting: _CountingLib
+) -> None:
+    """QD 32 in batches of 4, the bench's default: a submit per batch, and a wait call only
+    when the oldest batch is not drained yet (one drain finds the 8 in flight)."""
+    fifo: deque[Batch] = deque(ring.submit(Op.NOP, -1, n=4) for _ in range(8))
+    counting.calls.clear()
+    batches = 80
+    for _ in range(batches):
+        assert ring.wait(fifo.popleft()) == [0, 0, 0, 0]
+        fifo.append(ring.submit(Op.NOP, -1, n=4))
+    assert counting.calls.count("us_batch_submit") == batches
+    # one drain per 8 batches: the wait for the oldest reaps every batch in flight
+    assert len(counting.calls) <= batches + batches // 8 + 1, counting.calls
+    assert set(counting.calls) <= {"us_batch_submit", "us_wait_slot_for"}
+
+
+def test_reading_the_bookkeeping_makes_no_call(ring: Ring, counting: _CountingLib) -> None:
+    batch = ring.submit(Op.NOP, -1, n=3)
+    counting.calls.clear()
+    assert ring.inflight == 3
+    ring.wait(batch)
+    assert ring.inflight == 0
+    assert ring.try_reap() == []  # nothing posted, nothing drained
+    assert counting.calls == ["us_wait_slot_for"]
+
+
+def test_try_reap_still_reaps_what_completed(ring: Ring) -> None:
+    batch = ring.submit(Op.NOP, -1, n=2)
+    done: list[Batch] = []
+    for _ in range(1000):
+        done = ring.try_reap()
+        if done:
+            break
+    assert done == [batch] and batch.finished and batch.results == [0, 0]
+
+
+@pytest.fixture
+def hot_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "hot"
+    path.write_bytes(os.urandom(1 << 20))
+    path.read_bytes()  # in the page cache
+    return path
+
+
+def _calls_per_batch(counting: _CountingLib, batches: int, step: Callable[[int], None]) -> float:
+    step(0)  # first use: fd columns, caches
+    counting.calls.clear()
+    for i in range(1, batches + 1):
+        step(i)
+    return len(counting.calls) / batches
+
+
+def test_read_many_and_prepared_run_are_one_call_per_batch(hot_file: pathlib.Path, counting: _CountingLib) -> None:
+    data = hot_file.read_bytes()
+    with open_stack(overrides={"core.cores": [0], "sqpoll.mode": "off", "fixedbuf.mode": "off"}) as stack:
+        with stack.open(str(hot_file), direct=False, writable=False) as h:
+            assert h.ring is not None
+            bufs = [bytearray(4096) for _ in range(4)]
+
+            def read_many(i: int) -> None:
+                offs = [((i * 4 + k) % 256) * 4096 for k in range(4)]
+                assert h.read_many(offs, bufs) == [4096] * 4
+                assert [bytes(b) for b in bufs] == [data[o : o + 4096] for o in offs]
+
+            assert _calls_per_batch(counting, 50, read_many) == 1.0
+            with h.prepare_reads(bufs) as prepared:
+
+                def run(i: int) -> None:
+                    offs = [((i * 4 + k) % 256) * 4096 for k in range(4)]
+                    assert prepared.run(offs) == [4096] * 4
+                    assert bytes(bufs[3]) == data[offs[3] : offs[3] + 4096]
+
+                assert _calls_per_batch(counting, 50, run) == 1.0
