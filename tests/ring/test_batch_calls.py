@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack import ring as ring_module
+from uringstack.errors import AlignmentError
 from uringstack.ring import Batch, Ring
 from uringstack.ring.flags import Op
 from uringstack.ring.native import lib
@@ -131,22 +133,49 @@ def _calls_per_batch(counting: _CountingLib, batches: int, step: Callable[[int],
 
 def test_read_many_and_prepared_run_are_one_call_per_batch(hot_file: pathlib.Path, counting: _CountingLib) -> None:
     data = hot_file.read_bytes()
-    with open_stack(overrides={"core.cores": [0], "sqpoll.mode": "off", "fixedbuf.mode": "off"}) as stack:
-        with stack.open(str(hot_file), direct=False, writable=False) as h:
-            assert h.ring is not None
-            bufs = [bytearray(4096) for _ in range(4)]
+    overrides = {"core.cores": [0], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+    with open_stack(overrides=overrides) as stack, stack.open(str(hot_file), direct=False, writable=False) as h:
+        assert h.ring is not None
+        bufs = [bytearray(4096) for _ in range(4)]
 
-            def read_many(i: int) -> None:
+        def read_many(i: int) -> None:
+            offs = [((i * 4 + k) % 256) * 4096 for k in range(4)]
+            assert h.read_many(offs, bufs) == [4096] * 4
+            assert [bytes(b) for b in bufs] == [data[o : o + 4096] for o in offs]
+
+        assert _calls_per_batch(counting, 50, read_many) == 1.0
+        with h.prepare_reads(bufs) as prepared:
+
+            def run(i: int) -> None:
                 offs = [((i * 4 + k) % 256) * 4096 for k in range(4)]
-                assert h.read_many(offs, bufs) == [4096] * 4
-                assert [bytes(b) for b in bufs] == [data[o : o + 4096] for o in offs]
+                assert prepared.run(offs) == [4096] * 4
+                assert bytes(bufs[3]) == data[offs[3] : offs[3] + 4096]
 
-            assert _calls_per_batch(counting, 50, read_many) == 1.0
-            with h.prepare_reads(bufs) as prepared:
+            assert _calls_per_batch(counting, 50, run) == 1.0
 
-                def run(i: int) -> None:
-                    offs = [((i * 4 + k) % 256) * 4096 for k in range(4)]
-                    assert prepared.run(offs) == [4096] * 4
-                    assert bytes(bufs[3]) == data[offs[3] : offs[3] + 4096]
 
-                assert _calls_per_batch(counting, 50, run) == 1.0
+def test_an_o_direct_batch_checks_alignment_without_a_call(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, counting: _CountingLib
+) -> None:
+    """start_read_many on an O_DIRECT file: the alignment check is no call of its own."""
+    from uringstack.ring.buffers import aligned_buffer
+    from uringstack.stack import uring_backend
+
+    monkeypatch.setattr(uring_backend, "lib", counting, raising=False)
+    path = tmp_path / "d"
+    path.write_bytes(os.urandom(1 << 16))
+    overrides = {"core.cores": [0], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+    with open_stack(overrides=overrides) as stack:
+        try:
+            h = stack.open(str(path), direct=True, writable=False)
+        except OSError as exc:
+            skip_without(f"O_DIRECT on {tmp_path} ({exc})")
+        with h:
+            bufs = [aligned_buffer(4096) for _ in range(4)]
+            h.read_many([0, 4096, 8192, 12288], bufs)
+            counting.calls.clear()
+            assert h.start_read_many([4096, 0, 8192, 12288], bufs).wait() == [4096] * 4
+            assert counting.calls == ["us_batch_submit"] or counting.calls == ["us_batch_submit", "us_wait_slot_for"]
+            with pytest.raises(AlignmentError):  # still refused before submission
+                h.start_read_many([100], bufs[:1])
+            assert counting.calls.count("us_batch_submit") == 1
