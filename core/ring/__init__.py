@@ -155,12 +155,8 @@ class Ring:
         view = ffi.new("struct us_batch_view *")
         lib.us_batch_view(self._ring, self._state, view)
         self._view = view
-        self._done_n = view.done_n
-        self._done = view.done
-        self._remaining = view.remaining
-        self._inflight_n = view.inflight
-        self._cq_head = view.cq_khead
-        self._cq_tail = view.cq_ktail
+        self._done_n, self._done, self._remaining = view.done_n, view.done, view.remaining
+        self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
