@@ -32,6 +32,7 @@ from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
 
 MAX_SLOTS: int = lib.US_MAX_SLOTS
+_CQ_NEEDS_FLUSH: int = lib.US_CQ_NEEDS_FLUSH
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -157,6 +158,7 @@ class Ring:
         self._view = view
         self._done_n, self._done, self._remaining = view.done_n, view.done, view.remaining
         self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
+        self._sq_flags = view.sq_kflags
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
@@ -489,8 +491,13 @@ class Ring:
         try:
             if self._closed:
                 return []
-            # Nothing posted and nothing drained: answered from memory, without a call
-            if self._cq_head[0] == self._cq_tail[0] and not self._done_n[0]:
+            # Nothing posted, nothing the kernel holds back (overflow, task work) and
+            # nothing drained: answered from memory, without a call
+            if (
+                self._cq_head[0] == self._cq_tail[0]
+                and not self._sq_flags[0] & _CQ_NEEDS_FLUSH
+                and not self._done_n[0]
+            ):
                 return []
             return self._reap_locked()
         finally:

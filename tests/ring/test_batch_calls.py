@@ -179,3 +179,43 @@ def test_an_o_direct_batch_checks_alignment_without_a_call(
             with pytest.raises(AlignmentError):  # still refused before submission
                 h.start_read_many([100], bufs[:1])
             assert counting.calls.count("us_batch_submit") == 1
+
+
+def _pipe_read(ring: Ring, fd: int, buf: bytearray) -> Batch:
+    from uringstack.ring.buffers import address_of
+    from uringstack.ring.native import ffi
+
+    pin = ffi.from_buffer(buf)
+    return ring.submit(Op.READ, fd, addrs=address_of(pin), lens=len(buf), offsets=0, keep=[pin, buf])
+
+
+def test_try_reap_finds_a_completion_the_kernel_holds_back() -> None:
+    """On a DEFER_TASKRUN ring a completion is posted only when the task enters the kernel:
+    the CQ looks empty, the SQ flags say so (IORING_SQ_TASKRUN), and try_reap must enter."""
+    from uringstack.errors import UringIOError
+    from uringstack.ring.flags import SetupFlag
+
+    flags = SetupFlag.DEFER_TASKRUN | SetupFlag.SINGLE_ISSUER | SetupFlag.TASKRUN_FLAG
+    try:
+        ring = Ring(entries=8, flags=flags)
+    except (UringIOError, OSError) as exc:
+        skip_without(f"an io_uring with DEFER_TASKRUN and TASKRUN_FLAG (kernel 6.1+): {exc}")
+    if ring.flags & flags != flags:
+        ring.close()
+        skip_without(f"an io_uring with DEFER_TASKRUN and TASKRUN_FLAG (kernel 6.1+; dropped: {ring.dropped})")
+    r, w = os.pipe()
+    try:
+        buf = bytearray(8)
+        batch = _pipe_read(ring, r, buf)
+        os.write(w, b"deferred")
+        assert ring._cq_head[0] == ring._cq_tail[0]  # held back: nothing posted yet
+        done: list[Batch] = []
+        for _ in range(100):
+            done = ring.try_reap()
+            if done:
+                break
+        assert done == [batch] and batch.results == [8] and bytes(buf) == b"deferred"
+    finally:
+        ring.close()
+        os.close(r)
+        os.close(w)

@@ -495,7 +495,15 @@ struct us_batch_view {
     const uint32_t *inflight;  /* ops submitted whose CQE is not reaped */
     const unsigned *cq_khead;  /* CQ ring head/tail (the kernel's shared memory): */
     const unsigned *cq_ktail;  /* head != tail means a CQE waits to be drained */
+    const unsigned *sq_kflags; /* & US_CQ_NEEDS_FLUSH: CQEs wait in the kernel (overflow, task work) */
 };
+
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
+#endif
+/* The SQ flags under which a drain must enter the kernel to find completions
+ * (liburing's peek does: overflowed CQEs, or deferred task work to run). */
+#define US_CQ_NEEDS_FLUSH (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)
 
 void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out)
 {
@@ -505,6 +513,7 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
     out->inflight = &st->inflight;
     out->cq_khead = ring->cq.khead;
     out->cq_ktail = ring->cq.ktail;
+    out->sq_kflags = ring->sq.kflags;
 }
 
 /* us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this

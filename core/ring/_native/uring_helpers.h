@@ -124,7 +124,9 @@ struct us_batch_view {
     const uint32_t *inflight;
     const unsigned *cq_khead;
     const unsigned *cq_ktail;
+    const unsigned *sq_kflags;
 };
+#define US_CQ_NEEDS_FLUSH ...
 void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
 int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
                     uint32_t wait_ms);
