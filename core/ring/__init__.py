@@ -32,6 +32,7 @@ from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
 
 MAX_SLOTS: int = lib.US_MAX_SLOTS
+_CQ_NEEDS_FLUSH: int = lib.US_CQ_NEEDS_FLUSH
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -150,9 +151,16 @@ class Ring:
         spin = 0 if self.flags & SetupFlag.IOPOLL else self.params.spin_us
         lib.us_state_set_spin(self._state, spin)
         self._counters = lib.us_state_counters(self._state)
+        # The bookkeeping the batch path reads between calls, as memory (a read keeps
+        # the GIL; every call into the binding releases it: see _take_done).
+        view = ffi.new("struct us_batch_view *")
+        lib.us_batch_view(self._ring, self._state, view)
+        self._view = view
+        self._done_n, self._done, self._remaining = view.done_n, view.done, view.remaining
+        self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
+        self._sq_flags = view.sq_kflags
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
-        self._done_buf = ffi.new("uint16_t[]", MAX_SLOTS)
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
@@ -176,7 +184,7 @@ class Ring:
     @property
     def inflight(self) -> int:
         """Ops submitted whose completion has not been reaped."""
-        return 0 if self._closed or self.inherited else int(lib.us_inflight(self._state))
+        return 0 if self._closed or self.inherited else int(self._inflight_n[0])
 
     def sq_thread(self) -> tuple[int, int] | None:
         """``(tid, cpu)`` of this ring's SQPOLL poller from the kernel's fdinfo, or None.
@@ -334,14 +342,12 @@ class Ring:
         slot = self._free_slots.pop()
         desc.slot = slot
         batch.slot = slot
-        if wait:
-            # The submitting syscall waits at most one tick: a hung op must never block
-            # here, where no lost-completion check or deadline runs (wait() has both).
-            ret = lib.us_submit_batch(self._ring, self._state, desc, n, max(1, int(self.wait_tick * 1000)))
-        else:
-            ret = lib.us_submit_batch(self._ring, self._state, desc, 0, 0)
+        # One call into the binding per batch: it submits, drains what completed and,
+        # with *wait*, waits for the batch, but at most one tick: a hung op must never
+        # block here, where no lost-completion check or deadline runs (wait() has both).
+        ret = lib.us_batch_submit(self._ring, self._state, desc, n if wait else 0, self._tick_ms if wait else 0)
         if ret < 0:
-            if lib.us_slot_remaining(self._state, slot):
+            if self._remaining[slot]:
                 # part of the batch reached the kernel: keep it owned until reaped
                 self._inflight[slot] = batch
                 self._wait_slot_locked(slot)
@@ -352,18 +358,35 @@ class Ring:
         self._inflight[slot] = batch
         return batch
 
+    @property
+    def _tick_ms(self) -> int:
+        return max(1, int(self.wait_tick * 1000))
+
     # --- completion --------------------------------------------------------------
+    def _take_done(self) -> list[int]:
+        """The slots the C side marked done since the last take (caller holds the lock).
+
+        Read from the bookkeeping's memory, not through a call (us_take_done): a
+        call releases the GIL, and with two worker threads each release is a
+        hand-off of the GIL to the other thread and a wait to get it back."""
+        k = self._done_n[0]
+        if not k:
+            return []
+        slots: list[int] = ffi.unpack(self._done, k)
+        self._done_n[0] = 0
+        return slots
+
     def _collect_done(self) -> list[Batch]:
         done: list[Batch] = []
         error: BaseException | None = None
         while True:
-            k = lib.us_take_done(self._state, self._done_buf, MAX_SLOTS)
-            if k == 0:
+            slots = self._take_done()
+            if not slots:
                 if error is not None:
                     raise error
                 return done
             taken = []
-            for slot in ffi.unpack(self._done_buf, k):
+            for slot in slots:
                 batch = self._inflight.pop(slot)
                 batch.release()
                 batch.finished = True
@@ -385,14 +408,14 @@ class Ring:
         return self._collect_done()
 
     def _wait_slot_locked(self, slot: int) -> None:
-        tick_ms = max(1, int(self.wait_tick * 1000))
+        tick_ms = self._tick_ms
         started = time.monotonic()
         while True:
             ret = lib.us_wait_slot_for(self._ring, self._state, slot, tick_ms)
             if ret == 0:
                 return
             if ret == -errno.ETIME:
-                self._check_stuck_locked(int(lib.us_slot_remaining(self._state, slot)), started)
+                self._check_stuck_locked(int(self._remaining[slot]), started)
             elif ret != -errno.EINTR:
                 raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
 
@@ -427,8 +450,11 @@ class Ring:
         with self._lock:
             self._check_open()
             self._check_thread()
-            if batch.slot in self._inflight and self._inflight[batch.slot] is batch:
-                self._wait_slot_locked(batch.slot)
+            slot = batch.slot
+            if self._inflight.get(slot) is batch:
+                # Completed already (drained by its submission or another wait): no call
+                if self._remaining[slot]:
+                    self._wait_slot_locked(slot)
                 self._collect_done()
         return batch.results
 
@@ -464,7 +490,17 @@ class Ring:
         if not self._lock.acquire(blocking=False):
             return []
         try:
-            return [] if self._closed else self._reap_locked()
+            if self._closed:
+                return []
+            # Nothing posted, nothing the kernel holds back (overflow, task work) and
+            # nothing drained: answered from memory, without a call
+            if (
+                self._cq_head[0] == self._cq_tail[0]
+                and not self._sq_flags[0] & _CQ_NEEDS_FLUSH
+                and not self._done_n[0]
+            ):
+                return []
+            return self._reap_locked()
         finally:
             self._lock.release()
 
@@ -475,14 +511,14 @@ class Ring:
             self._check_open()
             self._check_thread()
             done = self._collect_done()
-            tick_ms = max(1, int(self.wait_tick * 1000))
+            tick_ms = self._tick_ms
             started = time.monotonic()
             while not done:
                 ret = lib.us_wait_any_for(self._ring, self._state, 1, tick_ms)
                 if ret == -errno.ENOENT:
                     return []
                 if ret == -errno.ETIME:
-                    self._check_stuck_locked(int(lib.us_inflight(self._state)), started)
+                    self._check_stuck_locked(int(self._inflight_n[0]), started)
                 elif ret < 0 and ret != -errno.EINTR:
                     raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
                 done = self._collect_done()

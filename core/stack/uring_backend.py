@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Sequence
+from operator import or_
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
@@ -34,7 +35,7 @@ from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignmen
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
-from uringstack.ring.native import ffi, lib
+from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending, Pending, UringPending
 
 if TYPE_CHECKING:
@@ -156,9 +157,11 @@ class UringFileIO:
         cols.set("lens", lens)
         cols.set("offs", offsets)
         if self.direct:
-            desc = cols.desc
-            bad = lib.us_first_misaligned(desc.addrs, desc.lens, desc.offs, n, self.block_size)
-            if bad >= 0:
+            # A loop in the interpreter, not a call into the binding: each such call
+            # releases the GIL, a hand-off when another worker thread waits for it.
+            mask = self.block_size - 1
+            if any(map(mask.__and__, map(or_, map(or_, addrs, lens), offsets))):
+                bad = next(i for i in range(n) if (addrs[i] | lens[i] | offsets[i]) & mask)
                 check_alignment(
                     "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
                 )

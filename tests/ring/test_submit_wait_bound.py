@@ -64,13 +64,23 @@ def test_submit_wait_then_wait_on_a_hung_op_fails_at_the_deadline_and_keeps_the_
 
 
 @pytest.mark.timeout(30)
-def test_submit_wait_then_a_lost_completion_fails_fast() -> None:
-    """The completion arrived inside the submitting syscall but was consumed behind the
-    bookkeeping's back: the wait that follows raises at once instead of hanging."""
+def test_submit_wait_then_a_lost_completion_fails_fast(pipe: tuple[int, int]) -> None:
+    """The completion arrived after the submission's bounded wait gave up but was consumed
+    behind the bookkeeping's back: the wait that follows raises at once instead of hanging.
+    (A completion that arrives within the submission's wait is drained by it: see
+    test_waited_submit_drains_its_completions.)"""
+    r, w = pipe
     ring = Ring(entries=8)
+    ring.wait_tick = 0.2
     try:
-        batch = ring.submit(Op.NOP, -1, wait=True)
-        assert lib.us_test_drop_cqe(ring._ring) == 1  # the submit's wait left the CQE in the queue
+        buf = bytearray(16)
+        batch = _submit_pipe_read(ring, r, buf)
+        assert not batch.finished  # the submission's wait gave up after a tick
+        os.write(w, b"x")
+        deadline = time.monotonic() + 5
+        while lib.us_test_drop_cqe(ring._ring) != 1:
+            assert time.monotonic() < deadline, "the read never completed, so there was nothing to drop"
+            time.sleep(0.001)
         t0 = time.monotonic()
         with pytest.raises(UringIOError, match="lost completion") as info:
             ring.wait(batch)

@@ -589,3 +589,70 @@ int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n)
     }
     return -1;
 }
+
+/* --- the batch path with one call per batch (helper "threads") ------------
+ * cffi releases the GIL around every call into this file, and with two
+ * worker threads each release is a point where the other thread takes the
+ * GIL and this one must wait (a futex sleep and a context switch) to get it
+ * back.  So the batch path makes one call per batch: us_batch_submit submits,
+ * optionally waits (bounded), and drains the CQ into the result columns; the
+ * state Python then needs (which slots finished, what is left in flight,
+ * whether the CQ holds anything) is read from memory through the pointers
+ * us_batch_view hands out once per ring: a plain memory read keeps the GIL.
+ * Python reads and resets them only under the ring's lock, the same lock
+ * every call that drains holds. */
+struct us_batch_view {
+    uint32_t *done_n;          /* slots in done[] not yet taken by Python */
+    uint16_t *done;            /* slots whose every op completed, in order */
+    const uint32_t *remaining; /* per slot: ops still awaited */
+    const uint32_t *inflight;  /* ops submitted whose CQE is not reaped */
+    const unsigned *cq_khead;  /* CQ ring head/tail (the kernel's shared memory): */
+    const unsigned *cq_ktail;  /* head != tail means a CQE waits to be drained */
+    const unsigned *sq_kflags; /* & US_CQ_NEEDS_FLUSH: CQEs wait in the kernel (overflow, task work) */
+};
+
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
+#endif
+/* The SQ flags under which a drain must enter the kernel to find completions
+ * (liburing's peek does: overflowed CQEs, or deferred task work to run). */
+#define US_CQ_NEEDS_FLUSH (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)
+
+void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out)
+{
+    out->done_n = &st->done_n;
+    out->done = st->done;
+    out->remaining = st->remaining;
+    out->inflight = &st->inflight;
+    out->cq_khead = ring->cq.khead;
+    out->cq_ktail = ring->cq.ktail;
+    out->sq_kflags = ring->sq.kflags;
+}
+
+/* us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this
+ * batch completed, for at most wait_ms in all, and drain the CQ into the
+ * result columns, so the caller's wait finds the batch complete without a
+ * further call.  A hung op never blocks here: the caller's bounded wait, which
+ * checks for lost completions, takes over when the batch is still in flight
+ * on return.  On SQPOLL rings the wait happens after the submission (as the
+ * caller's wait would), never inside it.  Without a wait nothing is drained
+ * (completions stay in the CQ for the next reap, as with us_submit_batch).
+ * Returns us_submit_batch's error, else 0: a failed or interrupted wait is
+ * left to the caller's wait, which handles it. */
+int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms)
+{
+    if (!wait_nr || !wait_ms)
+        return us_submit_batch(ring, st, b, 0, 0);
+    uint64_t start = now_ns();
+    int ret = us_submit_batch(ring, st, b, wait_nr, wait_ms);
+    if (ret < 0)
+        return ret;
+    drain(ring, st);
+    if (st->remaining[b->slot]) {
+        uint64_t spent_ms = (now_ns() - start) / 1000000u;
+        if (spent_ms < wait_ms)
+            wait_until_for(ring, st, slot_done, b->slot, wait_ms - (uint32_t)spent_ms);
+    }
+    return 0;
+}

@@ -118,3 +118,18 @@ int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const u
 int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n);
 int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opcode, int32_t fd, uint8_t sqe_flags,
               void *buf, uint32_t len, uint64_t off, uint16_t buf_index, int32_t *result, uint32_t wait_ms);
+
+/* the one-call-per-batch path (see uring_helpers.c) */
+struct us_batch_view {
+    uint32_t *done_n;
+    uint16_t *done;
+    const uint32_t *remaining;
+    const uint32_t *inflight;
+    const unsigned *cq_khead;
+    const unsigned *cq_ktail;
+    const unsigned *sq_kflags;
+};
+#define US_CQ_NEEDS_FLUSH ...
+void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
+int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms);
