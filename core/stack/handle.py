@@ -609,10 +609,10 @@ class FileHandle:
         I/O started through the handle and still in flight (``start_*`` batches,
         cancelled ``await``s, other threads' calls) completes first, with its
         real results; new I/O is refused from the moment close() begins.  If
-        that I/O does not complete within
-        :data:`~uringstack.ring.inflight.CLOSE_TIMEOUT_S` (a lost completion, a hung
-        device) close raises :class:`TimeoutError` and leaves the descriptor
-        open, so the stuck ops can never land in a file opened later.
+        that I/O does not complete within the stack's ``core.close_timeout_s``
+        (a lost completion, a hung device) close raises :class:`TimeoutError`
+        and leaves the descriptor open, so the stuck ops can never land in a
+        file opened later.
 
         In a ``fork()`` child the inherited handle only drops the child's copy
         of the descriptor; the parent's handle is untouched.
@@ -624,7 +624,7 @@ class FileHandle:
             with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
                 os.close(self._io.fd)
             return
-        self._inflight.close()
+        self._inflight.close(self._stack.config.core.close_timeout_s)
         try:
             self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
         finally:

@@ -58,10 +58,10 @@ def test_ring_close_with_a_lost_completion_fails_fast_and_keeps_the_buffers(monk
 def test_stack_close_with_a_lost_completion_fails_fast_naming_the_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    monkeypatch.setattr(inflight, "CLOSE_TIMEOUT_S", 1.0)
     path = tmp_path / "f"
     path.write_bytes(b"x" * 4096)
-    # the stack sets each ring's close bound from core.close_timeout_s
+    # the stack sets each ring's close bound, and the handle's, from core.close_timeout_s
+    # (the handle's default, inflight.CLOSE_TIMEOUT_S, is 10 s: the bound below fails with it)
     stack = open_stack(overrides={"core.backend": "auto", "sqpoll.mode": "off", "core.close_timeout_s": 1.0})
     h = stack.open(path)
     ring = h.io.ring  # type: ignore[attr-defined]
