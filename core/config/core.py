@@ -109,7 +109,8 @@ class CoreConfig(BaseModel):
 
     close_timeout_s: float = _bound_s(
         10.0,
-        "Seconds closing a ring (stack.close(), Ring.close, unregistering buffers) waits for "
+        "Seconds closing a handle waits for its I/O (then TimeoutError, the descriptor kept "
+        "open) and closing a ring (stack.close(), Ring.close, unregistering buffers) waits for "
         "the ops it cancelled to complete before it fails with ETIMEDOUT naming the ring and "
         "how many ops were lost; their buffers are then kept for the life of the process.",
     )
