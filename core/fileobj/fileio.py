@@ -449,7 +449,8 @@ class FileIO(io.RawIOBase):
             return self.readall()
         if self._handle is not None:
             with self._lock:
-                self._drain()
+                if self._writebehind is not None:
+                    self._drain()
                 pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                 data = self._read_bytes(size, pos)
                 os.lseek(self._fd, pos + len(data), os.SEEK_SET)
@@ -478,7 +479,16 @@ class FileIO(io.RawIOBase):
             n = self._read_at(memoryview(buf), pos)
             del buf[n:]
             return bytes(buf)
-        n = self._read_at(memoryview(ffi.buffer(ffi.from_buffer("char[]", data))), pos)
+        pin = ffi.from_buffer("char[]", data)
+        handle = self._handle
+        if handle is not None and not self._direct and self._readahead is None:
+            # readinto's single op; *buf* (a writable view of the pin) only for the batch path
+            try:
+                n = handle._one_pinned(False, pin, ffi.buffer(pin), pos)
+            except RingClosedError:
+                raise _closed_error() from None
+        else:
+            n = self._read_at(memoryview(ffi.buffer(pin)), pos)
         return data if n == size else data[:n]
 
     def readall(self) -> bytes:
