@@ -11,6 +11,7 @@ import os
 import pathlib
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,19 @@ def test_readall_of_an_empty_then_grown_file(tmp_path: pathlib.Path, stack: Stac
         with open(path, "ab") as w:
             w.write(b"xy" * 70000)
         assert f.readall() == b"xy" * 70000 and f.tell() == 140000
+
+
+@pytest.mark.parametrize("buffering", [0, -1])
+def test_direct_read_into_the_returned_bytes(tmp_path: pathlib.Path, stack: Stack, buffering: int) -> None:
+    """Under O_DIRECT (read-ahead on with buffering) the aligned reads are copied into the bytes returned."""
+    path = tmp_path / "f"
+    data = os.urandom(3 * 4096 + 123)
+    path.write_bytes(data)
+    f: Any = uringstack.open(path, "rb", buffering=buffering, direct=True, stack=stack)
+    with f:
+        raw = f if buffering == 0 else f.raw
+        assert raw.handle is not None and raw.handle.direct
+        assert raw.read(5000) == data[:5000] and raw.tell() == 5000
+        assert raw.readall() == data[5000:] and raw.tell() == len(data)
+        f.seek(0)
+        assert f.read() == data
