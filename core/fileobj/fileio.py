@@ -20,6 +20,7 @@ import errno
 import io
 import os
 import stat
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -446,12 +447,49 @@ class FileIO(io.RawIOBase):
         self._checkReadable()
         if size is None or size < 0:
             return self.readall()
+        if self._handle is not None:
+            with self._lock:
+                if self._writebehind is not None:
+                    self._drain()
+                pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+                data = self._read_bytes(size, pos)
+                os.lseek(self._fd, pos + len(data), os.SEEK_SET)
+                return data
         buf = bytearray(size)
         n = self.readinto(buf)
         if n is None:
             return None
         del buf[n:]
         return bytes(buf)
+
+    def _read_bytes(self, size: int, pos: int) -> bytes:
+        """Up to *size* bytes at *pos*, read straight into the ``bytes`` returned.
+
+        As ``io.FileIO`` does (it reads into a new bytes object, then shrinks
+        it): the read fills a new ``bytes`` object that nothing else references
+        yet, so a full read returns it without the copy a ``bytearray`` would
+        need; only a short read copies, its *n* bytes.  Under 2 bytes, or when
+        the new object is shared (an interpreter that caches it), through a
+        ``bytearray``."""
+        if not size:
+            return b""
+        data = bytes(size)
+        if size < 2 or sys.getrefcount(data) != 2:  # 2: *data* and getrefcount's argument
+            buf = bytearray(size)
+            n = self._read_at(memoryview(buf), pos)
+            del buf[n:]
+            return bytes(buf)
+        pin = ffi.from_buffer("char[]", data)
+        handle = self._handle
+        if handle is not None and not self._direct and self._readahead is None:
+            # readinto's single op; *buf* (a writable view of the pin) only for the batch path
+            try:
+                n = handle._one_pinned(False, pin, ffi.buffer(pin), pos)
+            except RingClosedError:
+                raise _closed_error() from None
+        else:
+            n = self._read_at(memoryview(ffi.buffer(pin)), pos)
+        return data if n == size else data[:n]
 
     def readall(self) -> bytes:
         """Read from the current position to end of file."""
@@ -464,19 +502,18 @@ class FileIO(io.RawIOBase):
             pos = os.lseek(self._fd, 0, os.SEEK_CUR)
             end = os.fstat(self._fd).st_size
             chunks: list[bytes] = []
-            # one request for what fstat announces, then until a read returns 0
-            size = max(end - pos, 0) + 1
+            # one request for what fstat announces (read into the bytes returned: no
+            # copy when the file is as long as announced), then until a read returns 0
+            size = max(end - pos, 0) or _RAW_CHUNK
             while True:
-                buf = bytearray(size)
-                n = self._read_at(memoryview(buf), pos)
-                if n == 0:
+                data = self._read_bytes(size, pos)
+                if not data:
                     break
-                del buf[n:]
-                chunks.append(bytes(buf))
-                pos += n
+                chunks.append(data)
+                pos += len(data)
                 size = _RAW_CHUNK
             os.lseek(self._fd, pos, os.SEEK_SET)
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # --- writing -----------------------------------------------------------------------
     def write(self, b: Any) -> int | None:

@@ -32,10 +32,14 @@ if TYPE_CHECKING:
 
 STREAM_BUFFER_SIZE = 128 * 1024
 """Default buffer of the buffered layer over a stack file (the built-in uses
-``st_blksize``, 4 KiB here): one stack request per 128 KiB, not per 4 KiB."""
+``st_blksize``, 4 KiB here): one stack request per 128 KiB, not per 4 KiB.
+Larger costs every read after a seek a larger fill (1 MiB: a random
+``read(100)`` 3.8x dearer, measured; see docs/api.md)."""
 WRITE_BUFFER_SIZE = 1 << 20
 """Default buffer of a write-only file: a stack request costs more fixed time
-than a ``write(2)``, so write-only files (sequential by nature) batch 1 MiB."""
+than a ``write(2)``, so write-only files (sequential by nature) batch 1 MiB.
+Re-measured with the single-op path (~5 µs a request): 32 KiB, 256 KiB, 2 and
+4 MiB cost ``shutil.copyfileobj`` as much or more CPU (docs/api.md)."""
 
 
 class BufferedWriter(io.BufferedWriter):
