@@ -265,10 +265,10 @@ KNOWN_DEFECTS: tuple[KernelDefect, ...] = (
         evidence=(
             "reproduced in ../shared/nvme-vm (QEMU NVMe, tag depth 1023) on Debian 6.12.118-1 "
             "(trixie-security, 6.12.118+deb13-amd64) and 6.12.117-1 (trixie): a 10,000-Write "
-            "batch lost 1 to 4,354 Writes in 7 of 12 runs, all with result 0; O_DIRECT reads of "
+            "batch lost 1 to 4,375 Writes in 12 of 18 batches, all with result 0; O_DIRECT reads of "
             "/dev/nvme0n1 see the same old data, so the loss is on the device, not in the reads",
-            "not seen on Debian 6.1 (bookworm) with the same QEMU and the same batches, nor on "
-            "6.12 with at most 128 commands in flight: see docs/nvme.md and "
+            "not seen on Debian 6.1 (bookworm) with the same QEMU and the same batches (0 of 6), nor "
+            "on 6.12 with IOSQE_ASYNC or at most 1,000 Writes per batch (1023 tags): see docs/nvme.md and "
             "scripts/kernel-defect-repro.py --lost-writes",
         ),
     ),

@@ -12,26 +12,18 @@ from typing import Any
 
 import pytest
 
+from tests.plugins.nvme_passthrough.test_kernel_defect_gate import _caps
 from uringstack.config import load_config
 from uringstack.plan import make_plan
 from uringstack.pluginmanager import make_plugin_manager
 from uringstack.plugins.nvme_passthrough import plugin as pt_plugin
 from uringstack.probe.defects import PASSTHROUGH, KernelVersion, matching_defects, refusal
-from uringstack.probe.model import Capabilities
-from uringstack.testing import make_fake_capabilities
 from uringstack.types import PlanError
 
 LOST = "nvme-uring-cmd-lost-writes"
 TRIXIE = KernelVersion("6.12.118+deb13-amd64", "6.12.118-1")
 TRIXIE_117 = KernelVersion("6.12.117+deb13-amd64", "6.12.117-1")
 BOOKWORM = KernelVersion("6.1.0-57-amd64", "6.1.192-3")
-
-
-def _caps(kernel: KernelVersion) -> Capabilities:
-    caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)
-    caps.kernel_release, caps.kernel_debian_version = kernel.release, kernel.debian
-    caps.kernel_defects = matching_defects(kernel)
-    return caps
 
 
 def _config(mode: str = "auto", accept: list[str] | None = None) -> Any:
