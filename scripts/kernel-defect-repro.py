@@ -22,12 +22,15 @@ oops tells how far it got.  Exit 0: the kernel survived every iteration.
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
+import random
+import struct
 import sys
 import time
 
 from uringstack import open_stack
-from uringstack.probe.defects import KNOWN_DEFECTS, POLLED_PASSTHROUGH, running_kernel
+from uringstack.probe.defects import KNOWN_DEFECTS, LOST_WRITES_ID, POLLED_PASSTHROUGH, running_kernel
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.ring.flags import SetupFlag
 
@@ -40,7 +43,14 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--reads", type=int, default=8, help="polled reads in flight before each Flush")
     ap.add_argument("--every", type=int, default=25, help="progress line every N iterations")
+    ap.add_argument("--lost-writes", action="store_true", help=f"reproduce {LOST_WRITES_ID} instead")
+    ap.add_argument("--block-device", default="/dev/nvme0n1", help="the namespace's block device (for --lost-writes)")
+    ap.add_argument("--ops", type=int, default=10_000, help="Writes per batch (--lost-writes)")
+    ap.add_argument("--rounds", type=int, default=4, help="batches, each on fresh LBAs (--lost-writes)")
+    ap.add_argument("--chunk", type=int, default=0, help="at most this many Writes per write_many (0: all)")
     args = ap.parse_args()
+    if args.lost_writes:
+        return lost_writes(args)
     kernel = running_kernel()
     print(f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.iterations} iterations, "
           f"{args.reads} polled reads + 1 Flush each", flush=True)
@@ -69,6 +79,79 @@ def main() -> int:
                 print(f"repro: {i} iterations survived ({time.monotonic() - t0:.1f} s)", flush=True)
     print(f"repro: SURVIVED {args.iterations} iterations in {time.monotonic() - t0:.1f} s", flush=True)
     return 0
+
+
+TAG = struct.Struct("<8sIIQ")  # magic, round, batch position, LBA: the head of every block written
+MAGIC = b"LOSTWRIT"
+
+
+def _runs(idx: list[int]) -> list[str]:
+    out: list[list[int]] = []
+    for i in idx:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return [f"{a}-{b} ({b - a + 1})" for a, b in out]
+
+
+def _what(block: bytes) -> str:
+    if block == bytes(len(block)):
+        return "zeros"
+    if block[:8] == MAGIC:
+        _, rnd, pos, _lba = TAG.unpack_from(block)
+        return f"an older write (round {rnd}, position {pos})"
+    return "other data"
+
+
+def lost_writes(args: argparse.Namespace) -> int:
+    kernel = running_kernel()
+    print(f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.rounds} rounds of {args.ops} "
+          f"Writes{f' in batches of {args.chunk}' if args.chunk else ' in one batch'}", flush=True)
+    overrides = {"core.cores": [0], "core.accept_kernel_defects": [LOST_WRITES_ID]}
+    rng = random.Random(612)
+    lost_rounds = 0
+    with open_stack(overrides=overrides) as stack, stack.open(args.device) as h:
+        bs, n = h.block_size, args.ops
+        sq = stack.workers[0].rings["passthrough"].sq_entries
+        chunk = args.chunk or n
+        fd = os.open(args.block_device, os.O_RDONLY | os.O_DIRECT)
+        page = mmap.mmap(-1, mmap.PAGESIZE)
+        try:
+            for rnd in range(1, args.rounds + 1):
+                lbas = rng.sample(range(h.size() // bs), n)
+                data = mmap.mmap(-1, n * bs)
+                data[:] = rng.randbytes(len(data))
+                for i, lba in enumerate(lbas):
+                    TAG.pack_into(data, i * bs, MAGIC, rnd, i, lba)
+                view = memoryview(data)
+                for a in range(0, n, chunk):
+                    part = range(a, min(n, a + chunk))
+                    res = h.write_many([lbas[i] * bs for i in part], [view[i * bs : (i + 1) * bs] for i in part])
+                    assert res == [bs] * len(part), res
+                h.fdatasync()
+                lost: list[int] = []
+                kinds: dict[str, int] = {}
+                for i, lba in enumerate(lbas):
+                    assert os.preadv(fd, [memoryview(page)[:bs]], lba * bs) == bs
+                    if page[:bs] != data[i * bs : (i + 1) * bs]:
+                        lost.append(i)
+                        kind = _what(page[:bs])
+                        kinds[kind] = kinds.get(kind, 0) + 1
+                view.release()
+                data.close()
+                if lost:
+                    lost_rounds += 1
+                    print(f"repro: round {rnd}: {len(lost)} of {n} Writes LOST (each reported success); "
+                          f"batch positions {', '.join(_runs(lost)[:12])}; the SQ has {sq} entries; "
+                          f"on the namespace instead: {kinds}", flush=True)
+                else:
+                    print(f"repro: round {rnd}: all {n} Writes on the namespace", flush=True)
+        finally:
+            os.close(fd)
+            page.close()
+    print(f"repro: writes lost in {lost_rounds} of {args.rounds} rounds", flush=True)
+    return 1 if lost_rounds else 0
 
 
 if __name__ == "__main__":

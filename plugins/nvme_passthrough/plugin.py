@@ -18,7 +18,7 @@ from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import open_char_device
-from uringstack.probe.defects import POLLED_PASSTHROUGH, DefectFinding, refusal
+from uringstack.probe.defects import PASSTHROUGH, POLLED_PASSTHROUGH, DefectFinding, refusal
 from uringstack.ring.flags import SetupFlag
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
@@ -54,6 +54,11 @@ def polled_passthrough_defect(caps: Capabilities, config: StackConfig) -> Defect
     return caps.defect_ruling_out(POLLED_PASSTHROUGH, config.core.accept_kernel_defects)
 
 
+def passthrough_defect(caps: Capabilities, config: StackConfig) -> DefectFinding | None:
+    """The known defect of this kernel that rules out passthrough itself, unless accepted in [core]."""
+    return caps.defect_ruling_out(PASSTHROUGH, config.core.accept_kernel_defects)
+
+
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     enabled, reason = _decide_passthrough(caps, config)
     cfg = FEATURE.section(config)
@@ -85,6 +90,11 @@ def _decide_passthrough(caps: Capabilities, config: StackConfig) -> tuple[bool, 
             f"{d.name}: {d.generic_char_error or 'no generic char device (kernel < 5.13?)'}" for d in nvme
         )
         return False, f"no accessible /dev/ngXnY ({why})"
+    defect = passthrough_defect(caps, config)
+    if defect is not None:
+        # Trust first: a kernel that can drop acknowledged writes gets no passthrough at all
+        # ('auto': block I/O instead; 'on': refused), only the explicit override allows it.
+        return False, refusal(defect, "NVMe passthrough")
     return True, "passthrough via " + ", ".join(f"{d.generic_char} ({d.name})" for d in usable)
 
 

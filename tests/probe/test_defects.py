@@ -109,7 +109,7 @@ def test_running_kernel_reads_proc_version(tmp_path: Path) -> None:
     ],
 )
 def test_matching_by_debian_package_or_upstream_version(release: str, debian: str | None, hit: bool) -> None:
-    found = matching_defects(KernelVersion(release, debian))
+    found = [f for f in matching_defects(KernelVersion(release, debian)) if f.id == GPF]
     assert [f.id for f in found] == ([GPF] if hit else [])
     if hit:
         assert found[0].rules_out == POLLED_PASSTHROUGH
@@ -120,7 +120,7 @@ def test_a_debian_kernel_is_judged_by_its_package_not_its_abi_name() -> None:
     # uname -r of Debian's 6.5 backport starts with 6.5 but a Debian 6.1 one with "6.1.0":
     # the upstream range must not be consulted when the package version is known.
     assert matching_defects(KernelVersion("6.1.0-57-amd64", "6.1.192-3"))
-    assert not matching_defects(KernelVersion("6.3.0-1-amd64", "6.12.1-1"))
+    assert not matching_defects(KernelVersion("6.3.0-1-amd64", "6.13.1-1"))
 
 
 def test_capabilities_carry_defects_through_json() -> None:

@@ -78,7 +78,7 @@ def test_real_and_malformed_debian_proc_version(tmp_path: Path, monkeypatch: pyt
     assert kernel.debian == version == debian_version_from_proc(text)
     assert kernel.debian_tag and debian_build_tag(text)
     assert (debian_version_problem(kernel) is None) == understood
-    found = matching_defects(kernel)
+    found = [f for f in matching_defects(kernel) if f.id == GPF]  # the 6.12 entry: test_lost_writes_gate.py
     assert [f.id for f in found] == ([GPF] if applies else [])
     note = version_note(kernel)
     if understood:
