@@ -44,12 +44,14 @@ class LeasedBuffer(mmap.mmap):
     _uringstack_pin: Any
 
 
-def leased_buffer(size: int) -> LeasedBuffer:
-    """A zero-filled, page-aligned :class:`LeasedBuffer` of *size* bytes, pinned."""
+def leased_buffer(size: int, pin: bool = True) -> LeasedBuffer:
+    """A zero-filled, page-aligned :class:`LeasedBuffer` of *size* bytes, pinned unless *pin* is False
+    (one op cannot move it whole: the caller's batch path pins and splits it)."""
     if size <= 0:
         raise ValueError(f"buffer size must be positive, got {size}")
     buf = LeasedBuffer(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf._uringstack_pin = ffi.from_buffer("char[]", buf, True)
+    if pin:
+        buf._uringstack_pin = ffi.from_buffer("char[]", buf, True)
     return buf
 
 

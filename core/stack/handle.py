@@ -156,7 +156,8 @@ class FileHandle:
             raise ValueError(f"lease_buffers(count={count}, size={size}): count must be >= 0 and size > 0")
         pool = self.worker.buffers.for_ring(self.ring)
         if pool is None or self.backend != "uring" or size > pool.buffer_size:
-            plain = [leased_buffer(size) for _ in range(count)]  # pinned once: see LeasedBuffer
+            # Pinned once (see LeasedBuffer) where one op moves it whole.
+            plain = [leased_buffer(size, size <= MAX_RW_COUNT) for _ in range(count)]
             self._plain_leases.update(plain)
             return plain
         if count > pool.count:
@@ -535,6 +536,18 @@ class FileHandle:
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
     ) -> tuple[Coalescer | None, list[Any], list[int], list[int]]:
         """Pins, offsets and byte lengths for a coalesced batch, or a None coalescer (take the batch path)."""
+        co = self._fast_reads
+        if co is not None and (tl := co.thread_loop) is not None and tl._thread_id == get_ident():
+            # A buffered io_uring handle on its loop's thread (as in read): leases of
+            # lease_buffers carry their pin, and are pinned only when one op moves them whole.
+            try:
+                pins = list(map(_lease_pin, buffers))
+            except AttributeError:
+                pass
+            else:
+                offs = list(map(operator.index, offsets))
+                if offs and max(offs) < _OFFSET_LIMIT:  # (not negative: _check_batch)
+                    return co, pins, offs, list(map(len, buffers))
         if self._uring_io is None or not offsets:
             return None, [], [], []
         co, _ = self._coalescer(0)
@@ -542,7 +555,7 @@ class FileHandle:
             return None, [], [], []
         try:
             # Leases of lease_buffers carry their pin (writable: serves writes too).
-            pins = list(map(_lease_pin, buffers))
+            pins = list(map(_lease_pin, buffers))  # (O_DIRECT: checked below)
         except AttributeError:
             if any(isinstance(b, RegisteredBuffer) for b in buffers):
                 return None, [], [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.requires import skip_without
+from uringstack.errors import UringIOError
 from uringstack.ring.buffers import LeasedBuffer
 from uringstack.stack import Stack, handle, open_stack
 from uringstack.stack.handle import FileHandle
@@ -135,3 +136,31 @@ def test_a_lease_released_while_its_read_is_in_flight_stays_mapped(stack: Stack,
 
         assert _run(main()) == [BLOCK] * 4
         assert [bytes(b) for b in bufs] == [want[i * BLOCK : (i + 1) * BLOCK] for i in range(4)]
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_offset_fails_its_own_await_only(stack: Stack, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "data"
+    want = _pattern(4 * BLOCK)
+    path.write_bytes(want)
+    with _handle(stack, path) as h:
+        bufs = h.lease_buffers(4, BLOCK)
+
+        async def main() -> list[Any]:
+            await h.read(BLOCK, 0)  # the handle's fast path is set up by the first await
+            out = []
+            for bad in ([1.5, 0], [1 << 63, 0], [1 << 64, 0]):
+                out.append(
+                    await asyncio.gather(
+                        h.read_many_async(bad, bufs[:2]),
+                        h.read_many_async([2 * BLOCK, 3 * BLOCK], bufs[2:]),  # the same flush
+                        return_exceptions=True,
+                    )
+                )
+            return out
+
+        got = _run(main())
+        assert bytes(bufs[2]) + bytes(bufs[3]) == want[2 * BLOCK :]
+        h.release_buffers(bufs)
+    assert [type(g[0]) for g in got] == [TypeError, UringIOError, ValueError]
+    assert [g[1] for g in got] == [[BLOCK, BLOCK]] * 3  # the neighbour's reads are not failed with it
