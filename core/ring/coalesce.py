@@ -359,15 +359,20 @@ class Coalescer:
         futures = [op[4] for op in ops]
         # deliver() holds no caller buffer: the batch's keep (dropped when reaped) is their only owner.
         # The arena is ours: once its bytes are copied out it is the next flush's.
-        state: list[Any] = [arena]
+        # deliver() reaches the batch through state only, and lets go of it once run:
+        # the batch holds deliver (its done-callback), so capturing the batch would make
+        # every flush a reference cycle (batch, closures, futures, lists) that only the
+        # cyclic GC frees (about 0.5 us per op of collections measured).
+        state: list[Any] = [arena, batch]
 
         def deliver() -> None:
             # Runs once, on the loop thread, from the done-callback or the check below.
-            own = state[0]
+            own, done = state
             if own is _DELIVERED:
                 return
             state[0] = _DELIVERED
-            results = batch.results
+            state[1] = None
+            results = done.results
             view = ffi.buffer(own) if own is not None else None
             if own is not None and arena_size >= self._spare_size:
                 # The slices below copy the bytes out before any woken task runs
