@@ -30,6 +30,7 @@ with :class:`~uringstack.errors.RingClosedError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 from _thread import get_ident
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,7 +103,11 @@ class Coalescer:
         self.ring = ring
         self.loop = loop
         self._post = post
-        self._create_future = loop.create_future
+        self._create_future: Callable[[], asyncio.Future[Any]] = loop.create_future
+        if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+            # asyncio's own loops make a plain Future: made directly, without the
+            # create_future method call (0.38 against 0.24 us per await measured).
+            self._create_future = functools.partial(asyncio.Future, loop=loop)
         self.thread_loop: Any = loop if isinstance(loop, asyncio.BaseEventLoop) else None
         """The loop, when it tells which thread runs it (asyncio's own loops do: ``_thread_id``).
 

@@ -164,3 +164,34 @@ def test_a_bad_offset_fails_its_own_await_only(stack: Stack, tmp_path: pathlib.P
         h.release_buffers(bufs)
     assert [type(g[0]) for g in got] == [TypeError, UringIOError, ValueError]
     assert [g[1] for g in got] == [[BLOCK, BLOCK]] * 3  # the neighbour's reads are not failed with it
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_with_its_own_create_future_gets_its_own_futures(stack: Stack, tmp_path: pathlib.Path) -> None:
+    # The coalescer makes asyncio.Future directly only for loops whose create_future is
+    # asyncio's own; a loop that overrides it (uvloop, instrumented loops) keeps its futures.
+    path = tmp_path / "data"
+    want = _pattern(8 * BLOCK)
+    path.write_bytes(want)
+    made: list[asyncio.Future[Any]] = []
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_future(self) -> asyncio.Future[Any]:
+            fut = super().create_future()
+            made.append(fut)
+            return fut
+
+    with _handle(stack, path) as h:
+        bufs = h.lease_buffers(2, BLOCK)
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)  # the coalescer is made
+            before = len(made)
+            got = await asyncio.gather(h.read(BLOCK, BLOCK), h.read_many_async([0, 2 * BLOCK], bufs))
+            return got, len(made) - before
+
+        with asyncio.Runner(loop_factory=Loop) as runner:
+            got, futures = runner.run(asyncio.wait_for(main(), 10.0))
+        h.release_buffers(bufs)
+    assert got == [want[BLOCK : 2 * BLOCK], [BLOCK, BLOCK]]
+    assert futures == 2  # the read's and the batch's futures came from the loop's create_future
