@@ -32,6 +32,13 @@ def _pattern(size: int) -> bytes:
     return bytes((i * 13 + i // BLOCK) & 0xFF for i in range(size))
 
 
+def _data(tmp_path: pathlib.Path, blocks: int) -> tuple[pathlib.Path, bytes]:
+    path = tmp_path / "data"
+    want = _pattern(blocks * BLOCK)
+    path.write_bytes(want)
+    return path, want
+
+
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     # No registered pool: lease_buffers hands out plain (pinned) buffers.
@@ -73,9 +80,7 @@ def _run(coro: Any) -> Any:
 def test_read_many_async_and_write_many_async_of_leases_pin_nothing_per_call(
     stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "data"
-    want = _pattern(64 * BLOCK)
-    path.write_bytes(want)
+    path, want = _data(tmp_path, 64)
     with _handle(stack, path) as h:
         bufs = h.lease_buffers(8, BLOCK)
         assert all(isinstance(b, LeasedBuffer) and isinstance(b, mmap.mmap) for b in bufs)
@@ -105,8 +110,7 @@ def test_read_many_async_and_write_many_async_of_leases_pin_nothing_per_call(
 
 
 def test_release_drops_the_pin_and_an_unreleased_lease_is_collected(stack: Stack, tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "data"
-    path.write_bytes(_pattern(4 * BLOCK))
+    path, _ = _data(tmp_path, 4)
     with _handle(stack, path) as h:
         bufs = h.lease_buffers(2, BLOCK)
         with pytest.raises(BufferError):
@@ -122,9 +126,7 @@ def test_release_drops_the_pin_and_an_unreleased_lease_is_collected(stack: Stack
 
 @pytest.mark.timeout(60)
 def test_a_lease_released_while_its_read_is_in_flight_stays_mapped(stack: Stack, tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "data"
-    want = _pattern(8 * BLOCK)
-    path.write_bytes(want)
+    path, want = _data(tmp_path, 8)
     with _handle(stack, path) as h:
         bufs = h.lease_buffers(4, BLOCK)
 
@@ -140,9 +142,7 @@ def test_a_lease_released_while_its_read_is_in_flight_stays_mapped(stack: Stack,
 
 @pytest.mark.timeout(60)
 def test_a_bad_offset_fails_its_own_await_only(stack: Stack, tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "data"
-    want = _pattern(4 * BLOCK)
-    path.write_bytes(want)
+    path, want = _data(tmp_path, 4)
     with _handle(stack, path) as h:
         bufs = h.lease_buffers(4, BLOCK)
 
@@ -170,9 +170,7 @@ def test_a_bad_offset_fails_its_own_await_only(stack: Stack, tmp_path: pathlib.P
 def test_a_loop_with_its_own_create_future_gets_its_own_futures(stack: Stack, tmp_path: pathlib.Path) -> None:
     # The coalescer makes asyncio.Future directly only for loops whose create_future is
     # asyncio's own; a loop that overrides it (uvloop, instrumented loops) keeps its futures.
-    path = tmp_path / "data"
-    want = _pattern(8 * BLOCK)
-    path.write_bytes(want)
+    path, want = _data(tmp_path, 8)
     made: list[asyncio.Future[Any]] = []
 
     class Loop(asyncio.SelectorEventLoop):
