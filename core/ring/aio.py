@@ -146,10 +146,14 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
     loop = bridge.loop
     fut: asyncio.Future[list[int]] = loop.create_future()
 
-    def resolve(_: Batch) -> None:
+    def resolve(done: Batch) -> None:
+        # (Not batch.results in set_result: the batch holds resolve, so capturing it
+        # would make a reference cycle that only the cyclic GC frees.)
+        results = done.results
+
         def set_result() -> None:
             if not fut.done():
-                fut.set_result(batch.results)
+                fut.set_result(results)
 
         post(loop, set_result)
 

@@ -30,6 +30,31 @@ def aligned_buffer(size: int, alignment: int = PAGE_SIZE) -> mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
+class LeasedBuffer(mmap.mmap):
+    """A page-aligned buffer that ``FileHandle.lease_buffers`` hands out where no
+    registered pool serves the handle, pinned once for the whole lease.
+
+    ``_uringstack_pin`` (a writable ``ffi.from_buffer`` cdata of the buffer) is what the
+    asyncio batch path submits, so a loop reusing its leases pays no
+    ``ffi.from_buffer`` per op.  It holds a buffer export: the mmap cannot be
+    closed or resized while leased.  ``release_buffers`` drops it; a lease
+    dropped without release is freed by the cyclic garbage collector."""
+
+    __slots__ = ("_uringstack_pin",)
+    _uringstack_pin: Any
+
+
+def leased_buffer(size: int, pin: bool = True) -> LeasedBuffer:
+    """A zero-filled, page-aligned :class:`LeasedBuffer` of *size* bytes, pinned unless *pin* is False
+    (one op cannot move it whole: the caller's batch path pins and splits it)."""
+    if size <= 0:
+        raise ValueError(f"buffer size must be positive, got {size}")
+    buf = LeasedBuffer(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if pin:
+        buf._uringstack_pin = ffi.from_buffer("char[]", buf, True)
+    return buf
+
+
 def address_of(pin: Any) -> int:
     """Integer address of a cdata obtained from ``ffi.from_buffer``."""
     return int(ffi.cast("uintptr_t", pin))

@@ -30,6 +30,7 @@ with :class:`~uringstack.errors.RingClosedError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 from _thread import get_ident
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,7 +103,11 @@ class Coalescer:
         self.ring = ring
         self.loop = loop
         self._post = post
-        self._create_future = loop.create_future
+        self._create_future: Callable[[], asyncio.Future[Any]] = loop.create_future
+        if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+            # asyncio's own loops make a plain Future: made directly, without the
+            # create_future method call (0.38 against 0.24 us per await measured).
+            self._create_future = functools.partial(asyncio.Future, loop=loop)
         self.thread_loop: Any = loop if isinstance(loop, asyncio.BaseEventLoop) else None
         """The loop, when it tells which thread runs it (asyncio's own loops do: ``_thread_id``).
 
@@ -359,15 +364,20 @@ class Coalescer:
         futures = [op[4] for op in ops]
         # deliver() holds no caller buffer: the batch's keep (dropped when reaped) is their only owner.
         # The arena is ours: once its bytes are copied out it is the next flush's.
-        state: list[Any] = [arena]
+        # deliver() reaches the batch through state only, and lets go of it once run:
+        # the batch holds deliver (its done-callback), so capturing the batch would make
+        # every flush a reference cycle (batch, closures, futures, lists) that only the
+        # cyclic GC frees (about 0.5 us per op of collections measured).
+        state: list[Any] = [arena, batch]
 
         def deliver() -> None:
             # Runs once, on the loop thread, from the done-callback or the check below.
-            own = state[0]
+            own, done = state
             if own is _DELIVERED:
                 return
             state[0] = _DELIVERED
-            results = batch.results
+            state[1] = None
+            results = done.results
             view = ffi.buffer(own) if own is not None else None
             if own is not None and arena_size >= self._spare_size:
                 # The slices below copy the bytes out before any woken task runs

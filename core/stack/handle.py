@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
@@ -56,6 +56,7 @@ _OFFSET_LIMIT = 1 << 63
 # ffi.from_buffer's default type, passed positionally: its keyword form costs
 # twice as much (0.9 against 0.5 us per pin measured), and a batch await pins every buffer.
 _PIN_TYPE = "char[]"
+_lease_pin = operator.attrgetter("_uringstack_pin")  # a LeasedBuffer's pin (AttributeError: any other buffer)
 
 
 def _view(buf: Any) -> memoryview:
@@ -149,13 +150,14 @@ class FileHandle:
         buffers, READ_FIXED/WRITE_FIXED), or page-aligned plain buffers when no pool
         serves this handle (fixedbuf off, memlock too low, another backend).  Give
         them back with :meth:`release_buffers`."""
-        from uringstack.ring.buffers import aligned_buffer
+        from uringstack.ring.buffers import leased_buffer
 
         if count < 0 or size <= 0:
             raise ValueError(f"lease_buffers(count={count}, size={size}): count must be >= 0 and size > 0")
         pool = self.worker.buffers.for_ring(self.ring)
         if pool is None or self.backend != "uring" or size > pool.buffer_size:
-            plain = [aligned_buffer(size) for _ in range(count)]
+            # Pinned once (see LeasedBuffer) where one op moves it whole.
+            plain = [leased_buffer(size, size <= MAX_RW_COUNT) for _ in range(count)]
             self._plain_leases.update(plain)
             return plain
         if count > pool.count:
@@ -196,6 +198,8 @@ class FileHandle:
                 pool.release(buf.parent or buf)
             else:
                 self._plain_leases.discard(buf)
+                if isinstance(buf, LeasedBuffer) and hasattr(buf, "_uringstack_pin"):
+                    del buf._uringstack_pin  # the caller may close it now; a batch in flight keeps its own reference
 
     def size(self) -> int:
         self._check()
@@ -532,17 +536,35 @@ class FileHandle:
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
     ) -> tuple[Coalescer | None, list[Any], list[int], list[int]]:
         """Pins, offsets and byte lengths for a coalesced batch, or a None coalescer (take the batch path)."""
+        co = self._fast_reads
+        if co is not None and (tl := co.thread_loop) is not None and tl._thread_id == get_ident():
+            # A buffered io_uring handle on its loop's thread (as in read): leases of
+            # lease_buffers carry their pin, and are pinned only when one op moves them whole.
+            try:
+                pins = list(map(_lease_pin, buffers))
+            except AttributeError:
+                pass
+            else:
+                offs = list(map(operator.index, offsets))
+                if offs and max(offs) < _OFFSET_LIMIT:  # (not negative: _check_batch)
+                    return co, pins, offs, list(map(len, buffers))
         if self._uring_io is None or not offsets:
             return None, [], [], []
         co, _ = self._coalescer(0)
-        if co is None or any(isinstance(b, RegisteredBuffer) for b in buffers):
-            return None, [], [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
-        offs = [operator.index(o) for o in offsets]
+        if co is None:
+            return None, [], [], []
+        try:
+            # Leases of lease_buffers carry their pin (writable: serves writes too).
+            pins = list(map(_lease_pin, buffers))  # (O_DIRECT: checked below)
+        except AttributeError:
+            if any(isinstance(b, RegisteredBuffer) for b in buffers):
+                return None, [], [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
+            writable = not write
+            pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
+        offs = list(map(operator.index, offsets))
         if max(offs) >= _OFFSET_LIMIT:
             return None, [], [], []
-        writable = not write
-        pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
-        lens = [len(p) for p in pins]
+        lens = list(map(len, pins))
         if max(lens) > MAX_RW_COUNT:
             return None, [], [], []
         if self._io.direct:
