@@ -253,6 +253,11 @@ class Stack:
                 return worker
         raise ValueError(f"no worker on CPU {core}; workers run on {[w.cpu for w in self.workers]}")
 
+    @property
+    def close_timeout_s(self) -> float:
+        """Seconds closing a handle or a ring of this stack waits for its I/O (``core.close_timeout_s``)."""
+        return self.config.core.close_timeout_s
+
     def _handle_closed(self, handle: FileHandle) -> None:
         self.plugin_manager.file_closed(handle=handle, worker=handle.worker)
         with self._lock:

@@ -51,6 +51,11 @@ class HandleOwner(Protocol):
 
     def _handle_closed(self, handle: FileHandle) -> None: ...
 
+    @property
+    def close_timeout_s(self) -> float:
+        """How long a handle's close waits for its I/O (``core.close_timeout_s``)."""
+        ...
+
 # An SQE's offset is a u64 the kernel reads as a signed loff_t.
 _OFFSET_LIMIT = 1 << 63
 # ffi.from_buffer's default type, passed positionally: its keyword form costs
@@ -646,7 +651,7 @@ class FileHandle:
             with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
                 os.close(self._io.fd)
             return
-        self._inflight.close(self._stack.config.core.close_timeout_s)
+        self._inflight.close(self._stack.close_timeout_s)
         try:
             self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
         finally:
