@@ -382,7 +382,15 @@ class UringPrepared:
         self._addrs = addrs
         self._misaligned = (io.block_size - 1).__and__  # off -> its bytes past a block boundary
         self._fixed: object = object()  # the fd columns are filled on the first start
+        self._fd = self._sqe_flags = 0
         self._closed = False
+        # One buffer waited at once (QD1): one call into C (Ring.rw_one: prepare, submit,
+        # wait and reap), without a Batch, a result array or a pending object per op.
+        # Not on rings whose pending type reaps differently (IOPOLL).
+        self._one: tuple[int, Any, int, int] | None = None
+        if n == 1 and io.pending_type is UringPending:
+            opcode = int(fixed if slots[0] >= 0 else plain)
+            self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
         # A pool must not lease these buffers out again while a batch of ours is in
         # flight: their in_flight() asks this object (see :attr:`finished`).
         for buf in buffers:
@@ -397,12 +405,13 @@ class UringPrepared:
 
     def _fill_fd(self) -> None:
         fd, sqe_flags = self.io._fd_and_flags()
+        self._fd, self._sqe_flags = fd, sqe_flags
         self._cols.fill("fds", fd)
         if sqe_flags or self._cols.is_set("sqe_flags"):
             self._cols.fill("sqe_flags", sqe_flags)
         self._fixed = self.io.fixed_index
 
-    def start(self, offsets: Sequence[int], *, wait: bool = False) -> UringPending | CompletedPending:
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
         cols = self._cols
         io = self.io
         if self._closed:
@@ -434,16 +443,61 @@ class UringPrepared:
         if io.direct and any(map(self._misaligned, offsets)):
             bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
             check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
+        if wait and self._one is not None:
+            return self._run_one(offsets[0])
         ring = self.ring
         batch = ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.op, ring))
         return io.pending_type(ring, batch)
 
+    def _run_one(self, offset: int) -> Pending:
+        """The waited start of a single prepared buffer, in one call into C."""
+        assert self._one is not None
+        opcode, ptr, length, index = self._one
+        ring = self.ring
+        keep = self._keep
+        try:
+            res = ring.rw_one(opcode, self._fd, ptr, length, offset, self._sqe_flags, index, keep)
+        except BaseException as exc:
+            # The op outlived the call (a hung device, a lost completion): it is in flight
+            # in a Batch holding *keep*.  Track it as a started batch would be (no restart
+            # on these buffers, the handle's close waits) and raise from its wait.
+            batch = ring.batch_holding(keep)
+            if batch is None:
+                raise
+            self._cols.batch = batch
+            if not isinstance(exc, Exception):
+                raise
+            return _Failed(self.io.pending_type(ring, batch), exc)
+        hook = self.io.completion_hook
+        if hook is not None:
+            hook(self.op, ring)(DoneBatch([res]))
+        return CompletedPending([res])
+
     def close(self) -> None:
         """Forget the pins (the last batch, if still in flight, holds them until it completes)."""
         self._closed = True
         self._keep = ([], ())
+
+
+class _Failed:
+    """A waited op whose wait raised while the op stayed in flight: :meth:`done` follows the
+    op, :meth:`wait` raises what the wait raised (the caller decides whether to wait again)."""
+
+    def __init__(self, pending: UringPending, exc: Exception) -> None:
+        self.pending = pending
+        self.n = pending.n
+        self.exc = exc
+
+    def done(self) -> bool:
+        return self.pending.done()
+
+    def wait(self) -> list[int]:
+        raise self.exc
+
+    async def wait_async(self) -> list[int]:
+        raise self.exc
 
 
 def _fd_size(fd: int) -> int:
