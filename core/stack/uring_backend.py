@@ -23,6 +23,7 @@ what lets the caller go on.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Sequence
 from operator import or_
@@ -388,6 +389,7 @@ class UringPrepared:
         # wait and reap), without a Batch, a result array or a pending object per op.
         # Not on rings whose pending type reaps differently (IOPOLL).
         self._one: tuple[int, Any, int, int] | None = None
+        self._one_busy = threading.Lock()
         if n == 1 and io.pending_type is UringPending:
             opcode = int(fixed if slots[0] >= 0 else plain)
             self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
@@ -400,6 +402,8 @@ class UringPrepared:
     @property
     def finished(self) -> bool:
         """True unless a batch started from this object is in flight."""
+        if self._one_busy.locked():  # a single waited op is in its call
+            return False
         batch = self._cols.batch
         return batch is None or batch.finished
 
@@ -420,10 +424,7 @@ class UringPrepared:
             raise RingClosedError(f"{io.path} is closed")
         last = cols.batch
         if last is not None and not last.finished:
-            raise BatchInFlightError(
-                f"{io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
-                "wait for them before starting again"
-            )
+            raise self._in_flight()
         n = self.n
         if len(offsets) != n:
             raise ValueError(f"{io.path}: {len(offsets)} offsets for {n} prepared buffers")
@@ -451,12 +452,23 @@ class UringPrepared:
             batch.add_done_callback(io.completion_hook(self.op, ring))
         return io.pending_type(ring, batch)
 
+    def _in_flight(self) -> BatchInFlightError:
+        return BatchInFlightError(
+            f"{self.io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
+            "wait for them before starting again"
+        )
+
     def _run_one(self, offset: int) -> Pending:
         """The waited start of a single prepared buffer, in one call into C."""
         assert self._one is not None
         opcode, ptr, length, index = self._one
         ring = self.ring
         keep = self._keep
+        # No Batch marks the op in flight during the call: this lock does (another
+        # thread's start is refused, :attr:`finished` is false).
+        busy = self._one_busy
+        if not busy.acquire(blocking=False):
+            raise self._in_flight()
         try:
             res = ring.rw_one(opcode, self._fd, ptr, length, offset, self._sqe_flags, index, keep)
         except BaseException as exc:
@@ -470,6 +482,8 @@ class UringPrepared:
             if not isinstance(exc, Exception):
                 raise
             return _Failed(self.io.pending_type(ring, batch), exc)
+        finally:
+            busy.release()
         hook = self.io.completion_hook
         if hook is not None:
             hook(self.op, ring)(DoneBatch([res]))

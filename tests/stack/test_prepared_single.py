@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -179,6 +180,52 @@ def test_a_single_op_that_outlives_its_wait_stays_in_flight_and_fails_in_seconds
             assert bytes(buf[:4]) == b"late"
             assert reads.run([2 * BS]) == [BS] and bytes(buf) == data[2 * BS : 3 * BS]
             assert ring.inflight == 0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(30)
+def test_a_single_op_in_its_call_is_in_flight_for_other_threads(
+    stack: Stack, data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Batch exists while the one call runs: another thread's start is still refused and
+    ``finished`` is false (a pool asks it before leasing the buffer out again)."""
+    path, data = data_file
+    r, w = os.pipe()
+    try:
+        with stack.open(path) as h:
+            ring = _ring(h)
+            buf = bytearray(BS)
+            reads = h.prepare_reads([buf])
+            prep = reads._prep
+            assert isinstance(prep, UringPrepared)
+            real = ring.rw_one
+            redirected = [0]
+
+            def first_from_pipe(opcode: int, fd: int, ptr: Any, length: int, offset: int, *rest: Any) -> int:
+                if redirected[0]:
+                    return real(opcode, fd, ptr, length, offset, *rest)
+                redirected[0] = 1
+                return real(opcode, r, ptr, length, 0, 0, 0, rest[-1])  # blocks until the pipe is written
+
+            monkeypatch.setattr(ring, "rw_one", first_from_pipe)
+            got: list[Any] = []
+            t = threading.Thread(target=lambda: got.append(reads.run([BS])))
+            t.start()
+            try:
+                deadline = time.monotonic() + 5
+                while ring.inflight == 0:
+                    assert time.monotonic() < deadline, "the read never reached the ring"
+                    time.sleep(0.005)
+                assert not prep.finished
+                with pytest.raises(BatchInFlightError, match="still in flight"):
+                    reads.run([2 * BS])
+            finally:
+                os.write(w, data[BS : BS + 4])  # a short read: run completes the rest from the file
+                t.join(10)
+            assert got == [[BS]] and bytes(buf) == data[BS : 2 * BS]
+            assert prep.finished and reads.run([2 * BS]) == [BS]
     finally:
         os.close(r)
         os.close(w)
