@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.requires import skip_without
+from tests.stack import test_prepared
 from tests.stack.test_completion_hook import RingRecorder, _stack_with
 from uringstack.errors import BatchInFlightError, UringIOError
 from uringstack.ring import Ring
@@ -34,14 +35,7 @@ from uringstack.stack.uring_backend import UringFileIO, UringPrepared
 
 BS = 4096
 CPU = sorted(os.sched_getaffinity(0))[0]
-
-
-@pytest.fixture
-def data_file(tmp_path: pathlib.Path) -> tuple[pathlib.Path, bytes]:
-    data = os.urandom(16 * BS)
-    path = tmp_path / "data"
-    path.write_bytes(data)
-    return path, data
+data_file = test_prepared.data_file  # the fixture: a file of 64 random blocks, and its bytes
 
 
 @pytest.fixture
