@@ -416,6 +416,8 @@ class UringPrepared:
         self._fixed = self.io.fixed_index
 
     def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
+        if wait and self._one is not None and len(offsets) == 1 and self._one_ok(offsets[0]):
+            return self._run_one(offsets[0])
         cols = self._cols
         io = self.io
         if self._closed:
@@ -444,13 +446,27 @@ class UringPrepared:
         if io.direct and any(map(self._misaligned, offsets)):
             bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
             check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
-        if wait and self._one is not None:
+        if wait and self._one is not None:  # (the first call: after the fd columns were filled)
             return self._run_one(offsets[0])
         ring = self.ring
         batch = ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.op, ring))
         return io.pending_type(ring, batch)
+
+    def _one_ok(self, offset: int) -> bool:
+        """Whether the single waited op can go straight to :meth:`_run_one`: every
+        refusal (closed, in flight, a bad or misaligned offset, an inline write) is
+        left to the general path, which raises it with its message."""
+        io = self.io
+        if self._closed or io._closed or io.fixed_index is not self._fixed:
+            return False
+        last = self._cols.batch
+        if last is not None and not last.finished:
+            return False
+        if type(offset) is not int or not 0 <= offset < 1 << 64 or (io.direct and self._misaligned(offset)):
+            return False
+        return not (self.write and io.writes_inline())
 
     def _in_flight(self) -> BatchInFlightError:
         return BatchInFlightError(

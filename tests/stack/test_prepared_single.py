@@ -25,9 +25,9 @@ import pytest
 from tests.requires import skip_without
 from tests.stack import test_prepared
 from tests.stack.test_completion_hook import RingRecorder, _stack_with
-from uringstack.errors import BatchInFlightError, UringIOError
+from uringstack.errors import AlignmentError, BatchInFlightError, UringIOError
 from uringstack.ring import Ring
-from uringstack.ring.buffers import RegisteredBuffer
+from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
 from uringstack.ring.flags import Op
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -223,3 +223,31 @@ def test_a_single_op_in_its_call_is_in_flight_for_other_threads(
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_refused_single_op_keeps_its_error_and_reaches_no_ring(
+    stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-call path takes only offsets it can run: a negative, huge or (O_DIRECT) misaligned
+    offset, a closed prepared object or handle get the general path's named errors first."""
+    path = tmp_path / "d"
+    path.write_bytes(os.urandom(4 * BS))
+    with stack.open(path, direct=True) as h:
+        buf = aligned_buffer(BS)
+        reads = h.prepare_reads([buf])
+        assert reads.run([BS]) == [BS]  # the first call fills the fd columns
+        calls, batches = _spy(_ring(h), monkeypatch)
+        with pytest.raises(ValueError, match=r"offset -4096 \(op 0 of the batch\) is negative"):
+            reads.run([-BS])
+        with pytest.raises(ValueError, match="is out of range"):
+            reads.run([1 << 64])
+        with pytest.raises(AlignmentError, match="offset 100 is not a multiple"):
+            reads.run([100])
+        with pytest.raises(ValueError, match="2 offsets for 1 prepared buffers"):
+            reads.run([0, BS])
+        assert calls == [] and batches == []
+        assert reads.run([2 * BS]) == [BS] and len(calls) == 1
+        reads.close()
+        with pytest.raises(ValueError, match="was closed"):
+            reads._prep.start([0], wait=True)
+        assert len(calls) == 1
