@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,29 @@ def cpu_seconds() -> float:
     io_uring's SQPOLL and io-wq threads, which belong to the process)."""
     t = os.times()
     return t.user + t.system
+
+
+class BatchLatencies:
+    """Latencies (ns) of batches that all have *ops* ops, appended by a hot loop.
+
+    The loop's whole accounting per batch is one ``append`` (bound once, as fio
+    adds one sample per I/O); :meth:`fold` records them into a histogram,
+    each counted *ops* times, and empties the array in place (the bound
+    ``append`` stays valid).  The loop folds past *limit* samples (bounded
+    memory)."""
+
+    def __init__(self, ops: int, limit: int = 1 << 22) -> None:
+        self.ops = ops
+        self.limit = limit
+        self.lat = array("q")
+        self.append = self.lat.append
+
+    def fold(self, hist: HdrHistogram) -> None:
+        rec = hist.record_value
+        ops = self.ops
+        for v in self.lat:
+            rec(max(1, v), ops)
+        del self.lat[:]
 
 
 @dataclass

@@ -587,6 +587,16 @@ class Ring:
             raise SubmissionError(-ret, "io_uring_enter", None, "single op submission failed")
         return batch.results[0]
 
+    def batch_holding(self, keep: object) -> Batch | None:
+        """The batch in flight that holds *keep* (``None``: none does).
+
+        For a caller of :meth:`rw_one` whose op outlived the call (its wait
+        raised): the op then belongs to a :class:`Batch` holding the call's
+        *keep*, which this finds, so the caller can track it (refuse to reuse
+        the buffer, let a close wait) until it completes."""
+        with self._lock:
+            return next((b for b in self._inflight.values() if b._keep is keep), None)
+
     # --- registration ----------------------------------------------------------
     def register_buffers(self, buffers: Iterable[Any]) -> Any:
         """Register buffers for READ_FIXED/WRITE_FIXED; returns the pinning cdata list.

@@ -23,6 +23,7 @@ what lets the caller go on.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Sequence
 from operator import or_
@@ -382,7 +383,16 @@ class UringPrepared:
         self._addrs = addrs
         self._misaligned = (io.block_size - 1).__and__  # off -> its bytes past a block boundary
         self._fixed: object = object()  # the fd columns are filled on the first start
+        self._fd = self._sqe_flags = 0
         self._closed = False
+        # One buffer waited at once (QD1): one call into C (Ring.rw_one: prepare, submit,
+        # wait and reap), without a Batch, a result array or a pending object per op.
+        # Not on rings whose pending type reaps differently (IOPOLL).
+        self._one: tuple[int, Any, int, int] | None = None
+        self._one_busy = threading.Lock()
+        if n == 1 and io.pending_type is UringPending:
+            opcode = int(fixed if slots[0] >= 0 else plain)
+            self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
         # A pool must not lease these buffers out again while a batch of ours is in
         # flight: their in_flight() asks this object (see :attr:`finished`).
         for buf in buffers:
@@ -392,17 +402,22 @@ class UringPrepared:
     @property
     def finished(self) -> bool:
         """True unless a batch started from this object is in flight."""
+        if self._one_busy.locked():  # a single waited op is in its call
+            return False
         batch = self._cols.batch
         return batch is None or batch.finished
 
     def _fill_fd(self) -> None:
         fd, sqe_flags = self.io._fd_and_flags()
+        self._fd, self._sqe_flags = fd, sqe_flags
         self._cols.fill("fds", fd)
         if sqe_flags or self._cols.is_set("sqe_flags"):
             self._cols.fill("sqe_flags", sqe_flags)
         self._fixed = self.io.fixed_index
 
-    def start(self, offsets: Sequence[int], *, wait: bool = False) -> UringPending | CompletedPending:
+    def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
+        if wait and self._one is not None and len(offsets) == 1 and self._one_ok(offsets[0]):
+            return self._run_one(offsets[0])
         cols = self._cols
         io = self.io
         if self._closed:
@@ -411,10 +426,7 @@ class UringPrepared:
             raise RingClosedError(f"{io.path} is closed")
         last = cols.batch
         if last is not None and not last.finished:
-            raise BatchInFlightError(
-                f"{io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
-                "wait for them before starting again"
-            )
+            raise self._in_flight()
         n = self.n
         if len(offsets) != n:
             raise ValueError(f"{io.path}: {len(offsets)} offsets for {n} prepared buffers")
@@ -434,16 +446,88 @@ class UringPrepared:
         if io.direct and any(map(self._misaligned, offsets)):
             bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
             check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
+        if wait and self._one is not None:  # (the first call: after the fd columns were filled)
+            return self._run_one(offsets[0])
         ring = self.ring
         batch = ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.op, ring))
         return io.pending_type(ring, batch)
 
+    def _one_ok(self, offset: int) -> bool:
+        """Whether the single waited op can go straight to :meth:`_run_one`: every
+        refusal (closed, in flight, a bad or misaligned offset, an inline write) is
+        left to the general path, which raises it with its message."""
+        io = self.io
+        if self._closed or io._closed or io.fixed_index is not self._fixed:
+            return False
+        last = self._cols.batch
+        if last is not None and not last.finished:
+            return False
+        if type(offset) is not int or not 0 <= offset < 1 << 64 or (io.direct and self._misaligned(offset)):
+            return False
+        return not (self.write and io.writes_inline())
+
+    def _in_flight(self) -> BatchInFlightError:
+        return BatchInFlightError(
+            f"{self.io.path}: the prepared {self.op}s are still in flight ({self.n} op(s)); "
+            "wait for them before starting again"
+        )
+
+    def _run_one(self, offset: int) -> Pending:
+        """The waited start of a single prepared buffer, in one call into C."""
+        assert self._one is not None
+        opcode, ptr, length, index = self._one
+        ring = self.ring
+        keep = self._keep
+        # No Batch marks the op in flight during the call: this lock does (another
+        # thread's start is refused, :attr:`finished` is false).
+        busy = self._one_busy
+        if not busy.acquire(blocking=False):
+            raise self._in_flight()
+        try:
+            res = ring.rw_one(opcode, self._fd, ptr, length, offset, self._sqe_flags, index, keep)
+        except BaseException as exc:
+            # The op outlived the call (a hung device, a lost completion): it is in flight
+            # in a Batch holding *keep*.  Track it as a started batch would be (no restart
+            # on these buffers, the handle's close waits) and raise from its wait.
+            batch = ring.batch_holding(keep)
+            if batch is None:
+                raise
+            self._cols.batch = batch
+            if not isinstance(exc, Exception):
+                raise
+            return _Failed(self.io.pending_type(ring, batch), exc)
+        finally:
+            busy.release()
+        hook = self.io.completion_hook
+        if hook is not None:
+            hook(self.op, ring)(DoneBatch([res]))
+        return CompletedPending([res])
+
     def close(self) -> None:
         """Forget the pins (the last batch, if still in flight, holds them until it completes)."""
         self._closed = True
         self._keep = ([], ())
+
+
+class _Failed:
+    """A waited op whose wait raised while the op stayed in flight: :meth:`done` follows the
+    op, :meth:`wait` raises what the wait raised (the caller decides whether to wait again)."""
+
+    def __init__(self, pending: UringPending, exc: Exception) -> None:
+        self.pending = pending
+        self.n = pending.n
+        self.exc = exc
+
+    def done(self) -> bool:
+        return self.pending.done()
+
+    def wait(self) -> list[int]:
+        raise self.exc
+
+    async def wait_async(self) -> list[int]:
+        raise self.exc
 
 
 def _fd_size(fd: int) -> int:
