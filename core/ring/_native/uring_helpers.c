@@ -183,6 +183,42 @@ static unsigned drain(struct io_uring *ring, us_state_t *st)
     return total;
 }
 
+/* The next free SQE, submitting (and reaping, so the CQ never overflows) what is
+ * queued while the SQ is full; NULL with *err set on a submission error. */
+static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int *err)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    while (!sqe) {
+        int ret = submit_pending(ring, st);
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY) {
+            *err = ret;
+            return NULL;
+        }
+        if (ret <= 0)
+            drain(ring, st);
+        sqe = io_uring_get_sqe(ring);
+        if (!sqe && is_sqpoll(ring))
+            sched_yield();  /* SQ thread has not consumed the ring yet */
+    }
+    return sqe;
+}
+
+/* Submit what is queued and, with wait_nr, wait for that many completions
+ * (bounded by wait_ms); retried while the kernel is busy.  -EINTR from
+ * io_uring_enter means nothing was submitted (the kernel reports a partial
+ * submission as a count), so trying again is right. */
+static int submit_retrying(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t wait_ms)
+{
+    for (;;) {
+        int ret = wait_nr ? submit_wait_for(ring, st, wait_nr, wait_ms) : submit_pending(ring, st);
+        if (ret >= 0)
+            return ret;
+        if (ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+            return ret;
+        drain(ring, st);
+    }
+}
+
 static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struct us_batch *b, uint32_t i)
 {
     uint8_t op = b->opcodes[i];
@@ -253,17 +289,10 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
     st->results[b->slot] = b->results;
     st->remaining[b->slot] = b->n;
     for (uint32_t i = 0; i < b->n; i++) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-        while (!sqe) {
-            int ret = submit_pending(ring, st);
-            if (ret < 0 && ret != -EAGAIN && ret != -EBUSY)
-                goto fail;
-            if (ret <= 0)
-                drain(ring, st);
-            sqe = io_uring_get_sqe(ring);
-            if (!sqe && is_sqpoll(ring))
-                sched_yield();  /* SQ thread has not consumed the ring yet */
-        }
+        int err;
+        struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
+        if (!sqe)
+            goto fail;
         int ret = prep_one(ring, sqe, b, i);
         if (ret < 0) {
             /* Turn the SQE we already took into a NOP that nobody waits for. */
@@ -278,19 +307,8 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
         }
     }
     st->inflight += b->n;
-    if (is_sqpoll(ring))
-        wait_nr = 0;
-    for (;;) {
-        int ret = wait_nr ? submit_wait_for(ring, st, wait_nr, wait_ms) : submit_pending(ring, st);
-        if (ret >= 0)
-            break;
-        /* -EINTR from io_uring_enter means nothing was submitted (the kernel
-         * reports a partial submission as a count), so trying again is right */
-        if (ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
-            return ret;
-        drain(ring, st);
-    }
-    return 0;
+    int ret = submit_retrying(ring, st, is_sqpoll(ring) ? 0 : wait_nr, wait_ms);
+    return ret < 0 ? ret : 0;
 fail:
     return -EIO;
 }
@@ -515,17 +533,10 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
     if (opcode != IORING_OP_READ && opcode != IORING_OP_WRITE && opcode != IORING_OP_READ_FIXED &&
         opcode != IORING_OP_WRITE_FIXED)
         return -EINVAL;
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-    while (!sqe) {
-        int ret = submit_pending(ring, st);
-        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY)
-            return ret;
-        if (ret <= 0)
-            drain(ring, st);
-        sqe = io_uring_get_sqe(ring);
-        if (!sqe && is_sqpoll(ring))
-            sched_yield();
-    }
+    int err;
+    struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
+    if (!sqe)
+        return err;
     switch (opcode) {
     case IORING_OP_READ: io_uring_prep_read(sqe, fd, buf, len, off); break;
     case IORING_OP_WRITE: io_uring_prep_write(sqe, fd, buf, len, off); break;
@@ -538,14 +549,9 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
     st->remaining[slot] = 1;
     st->inflight++;
     uint32_t done_before = st->done_n;
-    for (;;) {
-        int ret = is_sqpoll(ring) ? submit_pending(ring, st) : submit_wait_for(ring, st, 1, wait_ms);
-        if (ret >= 0)
-            break;
-        if (ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
-            return ret;
-        drain(ring, st);
-    }
+    int sub = submit_retrying(ring, st, is_sqpoll(ring) ? 0 : 1, wait_ms);
+    if (sub < 0)
+        return sub;
     int ret = is_sqpoll(ring) ? wait_until_for(ring, st, slot_done, slot, wait_ms) : (drain(ring, st), 0);
     if (st->remaining[slot])
         return ret < 0 ? ret : -ETIME;
