@@ -131,8 +131,15 @@ class InflightTracker:
         """Admit one start by a registered owner (refused once closed); pair with :meth:`leave`."""
         self._enter()
 
-    def leave(self) -> None:
-        """The start admitted by :meth:`enter` returned (its I/O, if any, is the owner's)."""
+    def leave(self, outlived: Pending | None = None) -> None:
+        """The start admitted by :meth:`enter` returned (its I/O, if any, is the owner's).
+
+        *outlived*: the pending of a waited op that is still in flight although
+        its call returned (its wait raised: a hung device, a signal); it is
+        tracked from now on, so :meth:`close` waits for it."""
+        if outlived is not None:
+            self._leave(outlived)
+            return
         with self._lock:
             self._starting -= 1
             if self._closed and self._starting == 0:

@@ -104,6 +104,8 @@ class FileHandle:
         # The backend's single waited op (read_into/write_from), where it has one:
         # run_one(write, pin, buf, offset) -> bytes or -errno, None to take the batch path.
         self._one: Callable[[bool, Any, Any, int], int | None] | None = getattr(io, "run_one", None)
+        # outlived_op(keep) -> the pending of a run_one op still in flight after its call raised
+        self._outlived: Callable[[object], Pending | None] | None = getattr(io, "outlived_op", None)
         self._coalescer_cache: Coalescer | None = None
         # The same coalescer when plain ``await read(n, off)`` may skip every check
         # but the cheap ones (a buffered io_uring handle): set by the first read.
@@ -297,7 +299,9 @@ class FileHandle:
         """:meth:`read_into`/:meth:`write_from` of *buf*, pinned as *pin* (``uringstack.FileIO`` pins it first).
 
         One waited op through the backend's ``run_one``, counted by the
-        handle's tracker while it runs (close() waits for it); the batch path
+        handle's tracker while it runs (close() waits for it), and tracked
+        after it if the op outlived a call that raised (``outlived_op``: the
+        kernel may still use the buffer and the descriptor); the batch path
         when ``run_one`` does not take it (``None``) or for a bad offset."""
         one = self._one
         res = None
@@ -306,10 +310,15 @@ class FileHandle:
                 self._check()
             inflight = self._inflight
             inflight.enter()
+            outlived = None
             try:
                 res = one(write, pin, buf, offset)
+            except BaseException:
+                if self._outlived is not None:
+                    outlived = self._outlived(pin)
+                raise
             finally:
-                inflight.leave()
+                inflight.leave(outlived)
             if res == len(pin):
                 return res
         if res is None:

@@ -206,6 +206,14 @@ class UringFileIO:
             self.completion_hook("write" if write else "read", ring)(DoneBatch([res]))
         return res
 
+    def outlived_op(self, keep: object) -> UringPending | None:
+        """The pending of a :meth:`~uringstack.ring.Ring.rw_one` op (called with *keep*) that is
+        still in flight although its call raised (its wait timed out or was interrupted),
+        or None: the caller tracks it so nothing reuses the buffer or closes the descriptor
+        under it."""
+        batch = self.ring.batch_holding(keep)
+        return None if batch is None else self.pending_type(self.ring, batch)
+
     def writes_inline(self) -> bool:
         """True when this file's waited writes are done by the caller (buffered, and the kernel would punt them)."""
         inline = self._inline_writes
@@ -491,13 +499,13 @@ class UringPrepared:
             # The op outlived the call (a hung device, a lost completion): it is in flight
             # in a Batch holding *keep*.  Track it as a started batch would be (no restart
             # on these buffers, the handle's close waits) and raise from its wait.
-            batch = ring.batch_holding(keep)
-            if batch is None:
+            pending = self.io.outlived_op(keep)
+            if pending is None:
                 raise
-            self._cols.batch = batch
+            self._cols.batch = pending.batch
             if not isinstance(exc, Exception):
                 raise
-            return _Failed(self.io.pending_type(ring, batch), exc)
+            return _Failed(pending, exc)
         finally:
             busy.release()
         hook = self.io.completion_hook

@@ -251,3 +251,48 @@ def test_a_refused_single_op_keeps_its_error_and_reaches_no_ring(
         with pytest.raises(ValueError, match="was closed"):
             reads._prep.start([0], wait=True)
         assert len(calls) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_read_into_that_outlives_its_wait_keeps_the_handle_open_until_it_completes(
+    data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_into`` (one ``rw_one`` call) whose op hangs raises at ``wait_timeout``; the op
+    is then tracked by the handle, so ``close()`` waits for it and, past
+    ``core.close_timeout_s``, raises and keeps the descriptor open (the kernel may still
+    use it), as for a batch."""
+    path, _ = data_file
+    r, w = os.pipe()
+    s = open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off",
+                              "core.close_timeout_s": 1.0})  # fmt: skip
+    try:
+        h = s.open(path)
+        ring = _ring(h)
+        ring.wait_tick = 0.2
+        ring.wait_timeout = 1.0
+        real = ring.rw_one
+
+        def hung(opcode: int, fd: int, ptr: Any, length: int, offset: int, *rest: Any) -> int:
+            return real(opcode, r, ptr, length, 0, 0, 0, rest[-1])  # the pipe instead of the file
+
+        monkeypatch.setattr(ring, "rw_one", hung)
+        buf = bytearray(BS)
+        with pytest.raises(UringIOError, match="not complete after") as info:
+            h.read_into(buf, 0)
+        assert info.value.errno == errno.ETIMEDOUT
+        monkeypatch.undo()
+        with pytest.raises(TimeoutError, match="still not complete"):
+            h.close()
+        assert os.fstat(h.fd)  # kept open: the op still in flight may use it
+        os.write(w, b"late")
+        deadline = time.monotonic() + 5
+        while ring.inflight:
+            assert time.monotonic() < deadline, "the pipe read never completed"
+            ring.try_reap()
+            time.sleep(0.01)
+        assert bytes(buf[:4]) == b"late"
+        os.close(h.fd)
+    finally:
+        s.close()
+        os.close(r)
+        os.close(w)
