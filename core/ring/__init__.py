@@ -339,23 +339,27 @@ class Ring:
             self._reap_locked()
             if not self._free_slots:
                 raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+        wait_nr, wait_ms = (n, self._tick_ms) if wait else (0, 0)
         slot = self._free_slots.pop()
         desc.slot = slot
         batch.slot = slot
+        # Owned before the call: a signal handler that raises as the call returns
+        # (Ctrl-C during its wait) must leave the batch in the kernel owned, its
+        # buffers pinned and its completion expected (tests/ring/test_audit_signals.py).
+        self._inflight[slot] = batch
         # One call into the binding per batch: it submits, drains what completed and,
         # with *wait*, waits for the batch, but at most one tick: a hung op must never
         # block here, where no lost-completion check or deadline runs (wait() has both).
-        ret = lib.us_batch_submit(self._ring, self._state, desc, n if wait else 0, self._tick_ms if wait else 0)
+        ret = lib.us_batch_submit(self._ring, self._state, desc, wait_nr, wait_ms)
         if ret < 0:
             if self._remaining[slot]:
                 # part of the batch reached the kernel: keep it owned until reaped
-                self._inflight[slot] = batch
                 self._wait_slot_locked(slot)
                 self._reap_locked()
             else:
+                del self._inflight[slot]
                 self._free_slots.append(slot)
             raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
-        self._inflight[slot] = batch
         return batch
 
     @property
@@ -558,34 +562,51 @@ class Ring:
                     raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
             slot = free.pop()
             result = self._one_result
-            ret = lib.us_rw_one(
-                self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
-                max(1, int(self.wait_tick * 1000)),
-            )  # fmt: skip
-            if ret >= 0:
-                free.append(slot)
-                if ret:
-                    self._collect_done()  # other batches completed meanwhile
-                return int(result[0])
-            return self._rw_one_unfinished(slot, ret, keep)
+            wait_ms = max(1, int(self.wait_tick * 1000))
+            try:
+                ret = lib.us_rw_one(
+                    self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
+                    wait_ms,
+                )  # fmt: skip
+                if ret >= 0:
+                    free.append(slot)
+                    if ret:
+                        self._collect_done()  # other batches completed meanwhile
+                    return int(result[0])
+                return self._rw_one_unfinished(slot, ret, keep, result)
+            except BaseException:
+                # Also raised by a signal handler as the call returned (Ctrl-C during its
+                # wait; ret is lost): an op still in the kernel must be owned before
+                # anything propagates (tests/ring/test_audit_signals.py).
+                if slot not in free:
+                    if slot in self._inflight or lib.us_slot_remaining(self._state, slot):
+                        self._own_rw_one(slot, keep, result)
+                    else:
+                        free.append(slot)
+                raise
 
-    def _rw_one_unfinished(self, slot: int, ret: int, keep: object) -> int:
+    def _rw_one_unfinished(self, slot: int, ret: int, keep: object, result: Any) -> int:
         """:meth:`rw_one` when its op did not complete in the call (lock held): own it, wait, or fail."""
         if not lib.us_slot_remaining(self._state, slot):  # nothing reached the kernel
             self._free_slots.append(slot)
             raise SubmissionError(-ret, "io_uring_enter", None, "single op submission failed")
-        # In flight: from here on a Batch owns the op's memory and its result cell
-        # (the C side writes the result there); the ring gets a new cell.
-        batch = Batch(1, keep)
-        batch._results = self._one_result
-        self._one_result = ffi.new("int32_t[1]")
-        batch.slot = slot
-        self._inflight[slot] = batch
+        self._own_rw_one(slot, keep, result)
         self._wait_slot_locked(slot)
         self._collect_done()
         if ret not in (-errno.ETIME, -errno.EINTR):
             raise SubmissionError(-ret, "io_uring_enter", None, "single op submission failed")
-        return batch.results[0]
+        return int(result[0])
+
+    def _own_rw_one(self, slot: int, keep: object, result: Any) -> None:
+        """From here on a Batch owns the in-flight :meth:`rw_one` op's memory and its result
+        cell (the C side writes the result there); the ring gets a new cell.  Idempotent."""
+        if self._one_result is result:
+            self._one_result = ffi.new("int32_t[1]")
+        if slot not in self._inflight:
+            batch = Batch(1, keep)
+            batch._results = result
+            batch.slot = slot
+            self._inflight[slot] = batch
 
     def batch_holding(self, keep: object) -> Batch | None:
         """The batch in flight that holds *keep* (``None``: none does).

@@ -1,0 +1,123 @@
+"""A signal handler that raises as a waited call into C returns (Ctrl-C, SIGALRM) leaves the op owned.
+
+The waited calls (``Ring.rw_one``, ``Ring.submit(wait=True)``) release the GIL
+and wait in ``io_uring_enter``; a signal interrupts that wait, and Python runs
+its handler right after the call returns, before the call's return value is
+looked at.  If the handler raises (``KeyboardInterrupt``, a timeout alarm),
+the op is still in the kernel: it must already be owned by a batch of the
+ring (its buffer pinned, its completion expected), so that the caller's
+``batch_holding`` finds it, the handle's close waits for it, and the
+completion, when it comes, is collected instead of breaking the ring (a
+``KeyError`` for a slot the ring did not know).  A read from an empty pipe is
+an op the kernel holds until a writer shows up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from uringstack.ring import MAX_SLOTS, Ring
+from uringstack.ring.buffers import address_of
+from uringstack.ring.flags import Op
+from uringstack.ring.native import ffi
+
+
+class Alarm(Exception):
+    """What the test's SIGALRM handler raises."""
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    def raise_alarm(signum: int, frame: FrameType | None) -> None:
+        raise Alarm
+
+    old = signal.signal(signal.SIGALRM, raise_alarm)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def waiting_ring(ring: Ring) -> Ring:
+    # The call's own wait is long (the alarm interrupts it), and a wait that is not
+    # interrupted fails in seconds instead of hanging the test.
+    ring.wait_tick = 2.0
+    ring.wait_timeout = 3.0
+    return ring
+
+
+def _settled(ring: Ring) -> None:
+    assert ring.inflight == 0 and ring._inflight == {}
+    assert sorted(ring._free_slots) == list(range(MAX_SLOTS))
+
+
+@pytest.mark.usefixtures("alarm")
+def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
+    waiting_ring: Ring, pipe: tuple[int, int]
+) -> None:
+    ring = waiting_ring
+    r, w = pipe
+    buf = bytearray(8)
+    pin = ffi.from_buffer(buf)
+    keep = (pin, buf)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)  # during the call's wait: the pipe is empty
+    with pytest.raises(Alarm):
+        ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
+    assert ring.inflight == 1  # the kernel holds the read
+    batch = ring.batch_holding(keep)
+    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
+    os.write(w, b"12345678")
+    assert ring.wait(batch) == [8]
+    assert buf == b"12345678"
+    ring.reap()
+    _settled(ring)
+    # the ring goes on working, with a result cell of its own
+    os.write(w, b"abcdefgh")
+    assert ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep) == 8
+    assert buf == b"abcdefgh" and batch.results == [8]
+    _settled(ring)
+
+
+@pytest.mark.usefixtures("alarm")
+def test_waited_submit_interrupted_by_a_raising_handler_keeps_its_batch_owned(
+    waiting_ring: Ring, pipe: tuple[int, int]
+) -> None:
+    ring = waiting_ring
+    r, w = pipe
+    buf = bytearray(8)
+    pin = ffi.from_buffer(buf)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)  # during the call's wait: the pipe is empty
+    with pytest.raises(Alarm):
+        ring.submit(Op.READ, r, addrs=address_of(pin), lens=8, offsets=0, keep=[pin, buf], wait=True)
+    assert ring.inflight == 1
+    owners = list(ring._inflight.values())
+    assert len(owners) == 1, "the batch in the kernel is owned by nothing: its buffers are not pinned"
+    os.write(w, b"12345678")
+    assert ring.wait(owners[0]) == [8]
+    assert buf == b"12345678"
+    ring.reap()
+    _settled(ring)
+
+
+@pytest.mark.usefixtures("alarm")
+def test_close_after_an_interrupted_rw_one_cancels_the_op(waiting_ring: Ring, pipe: tuple[int, int]) -> None:
+    """close() sees the interrupted op (it cancels and waits for it) instead of unmapping under it."""
+    ring = waiting_ring
+    r, _ = pipe
+    buf = bytearray(8)
+    pin = ffi.from_buffer(buf)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    keep = (pin, buf)
+    with pytest.raises(Alarm):
+        ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
+    batch = ring.batch_holding(keep)
+    assert batch is not None
+    ring.close()
+    assert batch.finished and batch.results[0] < 0  # cancelled (-ECANCELED or -EINTR)
