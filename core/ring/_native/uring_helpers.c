@@ -184,7 +184,10 @@ static unsigned drain(struct io_uring *ring, us_state_t *st)
 }
 
 /* The next free SQE, submitting (and reaping, so the CQ never overflows) what is
- * queued while the SQ is full; NULL with *err set on a submission error. */
+ * queued while the SQ is full; NULL with *err set on a submission error.  The
+ * reap follows every submission: ops that complete inline post their CQEs
+ * inside it, and a batch of many ring sizes would otherwise overflow the CQ
+ * (tests/ring/test_audit_cq_overflow.py). */
 static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int *err)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
@@ -194,8 +197,7 @@ static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int 
             *err = ret;
             return NULL;
         }
-        if (ret <= 0)
-            drain(ring, st);
+        drain(ring, st);
         sqe = io_uring_get_sqe(ring);
         if (!sqe && is_sqpoll(ring))
             sched_yield();  /* SQ thread has not consumed the ring yet */
