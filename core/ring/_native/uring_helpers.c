@@ -37,6 +37,13 @@
 #ifndef IORING_ASYNC_CANCEL_ANY
 #define IORING_ASYNC_CANCEL_ANY (1U << 2)
 #endif
+#ifndef IOSQE_CQE_SKIP_SUCCESS
+#define IOSQE_CQE_SKIP_SUCCESS (1U << 6)
+#endif
+/* SQE flags refused: CQE_SKIP_SUCCESS posts no CQE for an op that succeeds, so the
+ * bookkeeping would wait for a completion that never comes, and the op's buffers
+ * would be kept (and close() would time out) for nothing. */
+#define US_REFUSED_SQE_FLAGS IOSQE_CQE_SKIP_SUCCESS
 
 struct us_batch {
     uint32_t n;
@@ -287,6 +294,8 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
             return -EINVAL;
         if (op == IORING_OP_URING_CMD && !(ring->flags & IORING_SETUP_SQE128))
             return -EINVAL;
+        if (b->sqe_flags && (b->sqe_flags[i] & US_REFUSED_SQE_FLAGS))
+            return -EINVAL;
     }
     st->results[b->slot] = b->results;
     st->remaining[b->slot] = b->n;
@@ -534,6 +543,8 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
         return -EINVAL;
     if (opcode != IORING_OP_READ && opcode != IORING_OP_WRITE && opcode != IORING_OP_READ_FIXED &&
         opcode != IORING_OP_WRITE_FIXED)
+        return -EINVAL;
+    if (sqe_flags & US_REFUSED_SQE_FLAGS)
         return -EINVAL;
     int err;
     struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
