@@ -1,0 +1,84 @@
+"""Ctrl-C (any raising signal handler) during a waited ``read_into`` leaves the handle guarding its op.
+
+``FileHandle.read_into`` is one ``Ring.rw_one`` call; a signal that interrupts
+its wait in the kernel runs its Python handler as the call returns.  When the
+handler raises, the read is still in the kernel: the handle must find it
+(``outlived_op``) so that ``close()`` waits for it and, past
+``core.close_timeout_s``, keeps the descriptor open instead of closing it
+under the op, and the buffer still receives the data.  The hung read is a
+read from an empty pipe (``rw_one`` redirected there, as in
+``tests/stack/test_prepared_single.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from uringstack.ring import Ring
+from uringstack.stack import open_stack
+from uringstack.stack.uring_backend import UringFileIO
+
+CPU = sorted(os.sched_getaffinity(0))[0]
+
+
+class Alarm(Exception):
+    """What the test's SIGALRM handler raises."""
+
+
+def _raise_alarm(signum: int, frame: FrameType | None) -> None:
+    raise Alarm
+
+
+@pytest.mark.timeout(30)
+def test_read_into_interrupted_by_a_raising_handler_keeps_the_handle_open_until_it_completes(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"\0" * 4096)
+    r, w = os.pipe()
+    old = signal.signal(signal.SIGALRM, _raise_alarm)
+    s = open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off",
+                              "core.close_timeout_s": 1.0})  # fmt: skip
+    try:
+        h = s.open(path)
+        assert isinstance(h.io, UringFileIO)
+        ring = h.ring
+        assert isinstance(ring, Ring)
+        ring.wait_tick = 2.0  # the call's own wait: the alarm interrupts it
+        ring.wait_timeout = 3.0
+        real = ring.rw_one
+
+        def hung(opcode: int, fd: int, ptr: Any, length: int, offset: int, *rest: Any) -> int:
+            return real(opcode, r, ptr, length, 0, 0, 0, rest[-1])  # the pipe instead of the file
+
+        monkeypatch.setattr(ring, "rw_one", hung)
+        buf = bytearray(4096)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Alarm):
+            h.read_into(buf, 0)
+        monkeypatch.undo()
+        assert ring.inflight == 1
+        with pytest.raises(TimeoutError, match="still not complete"):
+            h.close()
+        assert os.fstat(h.fd)  # kept open: the op still in flight may use it
+        os.write(w, b"late")
+        deadline = time.monotonic() + 5
+        while ring.inflight:
+            assert time.monotonic() < deadline, "the pipe read never completed"
+            ring.try_reap()
+            time.sleep(0.01)
+        assert bytes(buf[:4]) == b"late"
+        os.close(h.fd)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        s.close()
+        os.close(r)
+        os.close(w)
