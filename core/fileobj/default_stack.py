@@ -17,6 +17,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from uringstack.ring import forking
+
 if TYPE_CHECKING:
     from uringstack.stack import Stack
 
@@ -35,10 +37,13 @@ _raw: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def default_stack() -> Stack:
-    """The process-wide stack, built on first call (thread-safe); rebuilt if it was closed."""
+    """The process-wide stack, built on first call (thread-safe); rebuilt if it was closed.
+
+    A fork() child builds its own: the parent's stays the parent's (the child's
+    copy refuses use, and its GC only drops the child's copies of its descriptors)."""
     global _stack, _atexit_registered
     with _lock:
-        if _stack is None or _stack._closed:
+        if _stack is None or _stack._closed or forking.inherited(_stack._fork_gen):
             from uringstack.stack import open_stack
 
             _stack = open_stack(overrides=file_object_overrides())
