@@ -90,6 +90,10 @@ class RingParams:
             flags |= SetupFlag.ATTACH_WQ
         if flags & SetupFlag.DEFER_TASKRUN:
             flags |= SetupFlag.SINGLE_ISSUER  # the kernel requires the pair
+            # Completions wait for the submitter's GETEVENTS; only with TASKRUN_FLAG does
+            # the kernel say so in the SQ flags, where a non-blocking reap looks
+            # (tests/ring/test_audit_defer_taskrun.py).
+            flags |= SetupFlag.TASKRUN_FLAG
         return flags
 
 
@@ -177,6 +181,8 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
                 flags &= ~victim
                 if victim == SetupFlag.SQPOLL:
                     flags &= ~SetupFlag.SQ_AFF
+                if victim == SetupFlag.DEFER_TASKRUN and not params.flags & SetupFlag.TASKRUN_FLAG:
+                    flags &= ~SetupFlag.TASKRUN_FLAG  # added for it (effective_flags)
                 continue
         raise RingSetupError(err, "io_uring_setup", None, setup_error_hint(err, flags))
 
