@@ -59,9 +59,7 @@ def _settled(ring: Ring) -> None:
 
 
 @pytest.mark.usefixtures("alarm")
-def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
-    waiting_ring: Ring, pipe: tuple[int, int]
-) -> None:
+def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(waiting_ring: Ring, pipe: tuple[int, int]) -> None:
     ring = waiting_ring
     r, w = pipe
     buf = bytearray(8)
