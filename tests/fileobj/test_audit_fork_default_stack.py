@@ -27,10 +27,8 @@ d = sys.argv[1]
 f = uringstack.open(os.path.join(d, "parent"), "wb")
 f.write(b"parent")
 f.flush()
-r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
-    os.close(r)
     out = {}
     try:
         with uringstack.open(os.path.join(d, "child"), "wb") as c:
@@ -49,17 +47,14 @@ if pid == 0:
         out["inherited"] = "refused"
     except BaseException as exc:
         out["inherited"] = "wrong error: " + repr(exc)
-    os.write(w, json.dumps(out).encode())
-    os.close(w)
+    with open(os.path.join(d, "report.json"), "w") as rep:
+        json.dump(out, rep)
     sys.exit(0)
-os.close(w)
-data = b""
-while chunk := os.read(r, 65536):
-    data += chunk
 _, status = os.waitpid(pid, 0)
 f.write(b"!")
 f.close()
-report = {"child": json.loads(data or b"{}"), "exit": os.waitstatus_to_exitcode(status)}
+with open(os.path.join(d, "report.json")) as rep:
+    report = {"child": json.load(rep), "exit": os.waitstatus_to_exitcode(status)}
 with open(os.path.join(d, "parent"), "rb") as p:
     report["parent_file"] = p.read().decode()
 print(json.dumps(report), flush=True)

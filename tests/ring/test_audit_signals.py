@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import pytest
@@ -58,22 +58,25 @@ def _settled(ring: Ring) -> None:
     assert sorted(ring._free_slots) == list(range(MAX_SLOTS))
 
 
+def _interrupted(call: Callable[[], object]) -> None:
+    """Run *call* (a read from the empty pipe) with the alarm going off during its wait."""
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with pytest.raises(Alarm):
+        call()
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 @pytest.mark.usefixtures("alarm")
 def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(waiting_ring: Ring, pipe: tuple[int, int]) -> None:
-    ring = waiting_ring
-    r, w = pipe
+    ring, (r, w) = waiting_ring, pipe
     buf = bytearray(8)
-    pin = ffi.from_buffer(buf)
-    keep = (pin, buf)
-    signal.setitimer(signal.ITIMER_REAL, 0.05)  # during the call's wait: the pipe is empty
-    with pytest.raises(Alarm):
-        ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
+    keep = (pin := ffi.from_buffer(buf), buf)
+    _interrupted(lambda: ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep))
     assert ring.inflight == 1  # the kernel holds the read
     batch = ring.batch_holding(keep)
     assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
     os.write(w, b"12345678")
-    assert ring.wait(batch) == [8]
-    assert buf == b"12345678"
+    assert ring.wait(batch) == [8] and buf == b"12345678"
     ring.reap()
     _settled(ring)
     # the ring goes on working, with a result cell of its own
@@ -87,19 +90,15 @@ def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(waiting_ring
 def test_waited_submit_interrupted_by_a_raising_handler_keeps_its_batch_owned(
     waiting_ring: Ring, pipe: tuple[int, int]
 ) -> None:
-    ring = waiting_ring
-    r, w = pipe
+    ring, (r, w) = waiting_ring, pipe
     buf = bytearray(8)
-    pin = ffi.from_buffer(buf)
-    signal.setitimer(signal.ITIMER_REAL, 0.05)  # during the call's wait: the pipe is empty
-    with pytest.raises(Alarm):
-        ring.submit(Op.READ, r, addrs=address_of(pin), lens=8, offsets=0, keep=[pin, buf], wait=True)
+    keep = [pin := ffi.from_buffer(buf), buf]
+    _interrupted(lambda: ring.submit(Op.READ, r, addrs=address_of(pin), lens=8, offsets=0, keep=keep, wait=True))
     assert ring.inflight == 1
     owners = list(ring._inflight.values())
     assert len(owners) == 1, "the batch in the kernel is owned by nothing: its buffers are not pinned"
     os.write(w, b"12345678")
-    assert ring.wait(owners[0]) == [8]
-    assert buf == b"12345678"
+    assert ring.wait(owners[0]) == [8] and buf == b"12345678"
     ring.reap()
     _settled(ring)
 
@@ -108,13 +107,9 @@ def test_waited_submit_interrupted_by_a_raising_handler_keeps_its_batch_owned(
 def test_close_after_an_interrupted_rw_one_cancels_the_op(waiting_ring: Ring, pipe: tuple[int, int]) -> None:
     """close() sees the interrupted op (it cancels and waits for it) instead of unmapping under it."""
     ring = waiting_ring
-    r, _ = pipe
     buf = bytearray(8)
-    pin = ffi.from_buffer(buf)
-    signal.setitimer(signal.ITIMER_REAL, 0.05)
-    keep = (pin, buf)
-    with pytest.raises(Alarm):
-        ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
+    keep = (pin := ffi.from_buffer(buf), buf)
+    _interrupted(lambda: ring.rw_one(Op.READ, pipe[0], pin, 8, 0, 0, 0, keep))
     batch = ring.batch_holding(keep)
     assert batch is not None
     ring.close()

@@ -3,9 +3,8 @@
 ``FileHandle.read_into`` is one ``Ring.rw_one`` call; a signal that interrupts
 its wait in the kernel runs its Python handler as the call returns.  When the
 handler raises, the read is still in the kernel: the handle must find it
-(``outlived_op``) so that ``close()`` waits for it and, past
-``core.close_timeout_s``, keeps the descriptor open instead of closing it
-under the op, and the buffer still receives the data.  The hung read is a
+(``outlived_op``) so that ``close()`` waits for it instead of closing the
+descriptor under it, and the buffer receives the data.  The hung read is a
 read from an empty pipe (``rw_one`` redirected there, as in
 ``tests/stack/test_prepared_single.py``).
 """
@@ -14,9 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from types import FrameType
-from typing import Any
 
 import pytest
 
@@ -36,7 +35,7 @@ def _raise_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_read_into_interrupted_by_a_raising_handler_keeps_the_handle_open_until_it_completes(
+def test_read_into_interrupted_by_a_raising_handler_is_waited_for_by_close(
     tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = os.path.join(tmp_path, "f")
@@ -44,8 +43,7 @@ def test_read_into_interrupted_by_a_raising_handler_keeps_the_handle_open_until_
         f.write(b"\0" * 4096)
     r, w = os.pipe()
     old = signal.signal(signal.SIGALRM, _raise_alarm)
-    s = open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off",
-                              "core.close_timeout_s": 1.0})  # fmt: skip
+    s = open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off"})
     try:
         h = s.open(path)
         assert isinstance(h.io, UringFileIO)
@@ -54,28 +52,24 @@ def test_read_into_interrupted_by_a_raising_handler_keeps_the_handle_open_until_
         ring.wait_tick = 2.0  # the call's own wait: the alarm interrupts it
         ring.wait_timeout = 3.0
         real = ring.rw_one
-
-        def hung(opcode: int, fd: int, ptr: Any, length: int, offset: int, *rest: Any) -> int:
-            return real(opcode, r, ptr, length, 0, 0, 0, rest[-1])  # the pipe instead of the file
-
-        monkeypatch.setattr(ring, "rw_one", hung)
+        # the pipe instead of the file
+        monkeypatch.setattr(ring, "rw_one", lambda op, fd, ptr, n, off, *rest: real(op, r, ptr, n, 0, 0, 0, rest[-1]))
         buf = bytearray(4096)
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(Alarm):
             h.read_into(buf, 0)
         monkeypatch.undo()
         assert ring.inflight == 1
-        with pytest.raises(TimeoutError, match="still not complete"):
-            h.close()
-        assert os.fstat(h.fd)  # kept open: the op still in flight may use it
-        os.write(w, b"late")
-        deadline = time.monotonic() + 5
-        while ring.inflight:
-            assert time.monotonic() < deadline, "the pipe read never completed"
-            ring.try_reap()
-            time.sleep(0.01)
-        assert bytes(buf[:4]) == b"late"
-        os.close(h.fd)
+        writer = threading.Timer(0.3, os.write, (w, b"late"))
+        writer.start()
+        started = time.monotonic()
+        h.close()  # waits for the read the kernel still holds, then closes the descriptor
+        assert bytes(buf[:4]) == b"late", "close() returned while the kernel still held the read"
+        assert time.monotonic() - started >= 0.25
+        writer.join()
+        assert ring.inflight == 0
+        with pytest.raises(OSError):
+            os.fstat(h.fd)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
