@@ -190,6 +190,22 @@ static unsigned drain(struct io_uring *ring, us_state_t *st)
     return total;
 }
 
+/* After a refused submission (an error, not EAGAIN/EBUSY/EINTR): take back the SQEs
+ * liburing published to the SQ tail that the kernel did not consume, so no later
+ * enter submits them behind the caller's back; returns how many (the newest ones
+ * queued).  Only without SQPOLL, where nothing but this thread's enter consumes
+ * the SQ (on SQPOLL rings they stay queued and counted in flight, as before). */
+static unsigned unqueue_unsubmitted(struct io_uring *ring)
+{
+    if (is_sqpoll(ring))
+        return 0;
+    unsigned head = io_uring_smp_load_acquire(ring->sq.khead);
+    unsigned k = ring->sq.sqe_tail - head;
+    ring->sq.sqe_tail = ring->sq.sqe_head = head;
+    io_uring_smp_store_release(ring->sq.ktail, head);
+    return k;
+}
+
 /* The next free SQE, submitting (and reaping, so the CQ never overflows) what is
  * queued while the SQ is full; NULL with *err set on a submission error.  The
  * reap follows every submission: ops that complete inline post their CQEs
@@ -200,7 +216,7 @@ static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int 
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     while (!sqe) {
         int ret = submit_pending(ring, st);
-        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY) {
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR) {
             *err = ret;
             return NULL;
         }
@@ -275,6 +291,14 @@ static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struc
     return 0;
 }
 
+/* The last *k* ops of *slot* never reached the kernel (unqueue_unsubmitted): stop awaiting them. */
+static void forget_unsubmitted(us_state_t *st, uint32_t slot, uint32_t k)
+{
+    st->remaining[slot] -= k;
+    if (st->remaining[slot] == 0)
+        st->results[slot] = NULL;
+}
+
 /* Queue every op of the batch and submit them.  When the SQ fills up mid-
  * batch the queued part is submitted and preparation continues, so a batch
  * may be larger than the ring.  wait_nr > 0 makes the final submission also
@@ -282,7 +306,7 @@ static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struc
  * (never on SQPOLL rings, where waiting in the kernel would forfeit the point
  * of the poller).
  * Returns 0 or -errno; on error nothing of the batch that was not yet
- * submitted reaches the kernel. */
+ * submitted reaches the kernel, and us_slot_remaining counts only what did. */
 int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
                     uint32_t wait_ms)
 {
@@ -302,8 +326,13 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
     for (uint32_t i = 0; i < b->n; i++) {
         int err;
         struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
-        if (!sqe)
-            goto fail;
+        if (!sqe) {
+            /* ops 0..i-1 are queued, the last k of them never reached the kernel */
+            unsigned k = unqueue_unsubmitted(ring);
+            st->inflight += i - k;
+            forget_unsubmitted(st, b->slot, b->n - i + k);
+            return err;
+        }
         int ret = prep_one(ring, sqe, b, i);
         if (ret < 0) {
             /* Turn the SQE we already took into a NOP that nobody waits for. */
@@ -319,9 +348,13 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
     }
     st->inflight += b->n;
     int ret = submit_retrying(ring, st, is_sqpoll(ring) ? 0 : wait_nr, wait_ms);
-    return ret < 0 ? ret : 0;
-fail:
-    return -EIO;
+    if (ret < 0) {
+        unsigned k = unqueue_unsubmitted(ring);
+        st->inflight -= k;
+        forget_unsubmitted(st, b->slot, k);
+        return ret;
+    }
+    return 0;
 }
 
 static uint64_t now_ns(void)
@@ -563,8 +596,13 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
     st->inflight++;
     uint32_t done_before = st->done_n;
     int sub = submit_retrying(ring, st, is_sqpoll(ring) ? 0 : 1, wait_ms);
-    if (sub < 0)
+    if (sub < 0) {
+        if (unqueue_unsubmitted(ring)) {
+            st->inflight--;
+            forget_unsubmitted(st, slot, 1);
+        }
         return sub;
+    }
     int ret = is_sqpoll(ring) ? wait_until_for(ring, st, slot_done, slot, wait_ms) : (drain(ring, st), 0);
     if (st->remaining[slot])
         return ret < 0 ? ret : -ETIME;
