@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures.thread  # noqa: F401 - see below
 import contextlib
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
 # be closed from our atexit hook.
 
 _lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at fork(): the child's first open() would hang
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
 _stack: Stack | None = None
 _atexit_registered = False
 # Outermost objects first (text/buffered from open(), then raw FileIO): closing

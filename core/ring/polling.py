@@ -35,6 +35,7 @@ the CQ only while some task polls the device's poll queue inside
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 
@@ -85,6 +86,14 @@ class _Poller:
 
 _pollers: weakref.WeakKeyDictionary[Ring, _Poller] = weakref.WeakKeyDictionary()
 _pollers_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _pollers_lock
+    _pollers_lock = threading.Lock()  # a parent thread may have held it at fork(): the child would hang on it
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _poller_for(ring: Ring) -> _Poller:

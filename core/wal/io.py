@@ -43,6 +43,14 @@ def _sqpoll_enabled(stack: Stack) -> bool:
 
 
 _shared_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()  # a parent thread may have held it at fork(): the child's first log would hang
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 _shared: dict[str, tuple[int, Stack]] = {}
 _atexit_registered = False
 
