@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
@@ -114,3 +115,21 @@ def test_close_after_an_interrupted_rw_one_cancels_the_op(waiting_ring: Ring, pi
     assert batch is not None
     ring.close()
     assert batch.finished and batch.results[0] < 0  # cancelled (-ECANCELED or -EINTR)
+
+
+@pytest.mark.usefixtures("alarm")
+def test_a_signal_during_a_waited_submit_reaches_python_at_once(waiting_ring: Ring, pipe: tuple[int, int]) -> None:
+    """The submitting enter hides its wait's EINTR (it returns the count submitted): the
+    handler must still run when the signal comes, not after the rest of the tick (2 s here)."""
+    ring, (r, w) = waiting_ring, pipe
+    buf = bytearray(8)
+    keep = [pin := ffi.from_buffer(buf), buf]
+    start = time.monotonic()
+    _interrupted(lambda: ring.submit(Op.READ, r, addrs=address_of(pin), lens=8, offsets=0, keep=keep, wait=True))
+    took = time.monotonic() - start
+    assert took < 1.0, f"the handler ran {took:.2f} s after the 0.05 s alarm (the wait went on after the signal)"
+    (batch,) = ring._inflight.values()  # still owned
+    os.write(w, b"12345678")
+    assert ring.wait(batch) == [8] and buf == b"12345678"
+    ring.reap()
+    _settled(ring)

@@ -138,6 +138,11 @@ static int submit_pending(struct io_uring *ring, us_state_t *st)
  * SQEs submitted), so the count submitted is read from the SQ head the kernel
  * advanced: exact, since only this thread's syscall moves it on a non-SQPOLL
  * ring (the only kind that waits here). */
+static int submit_waits(const struct io_uring *ring)
+{
+    return !(ring->flags & IORING_SETUP_IOPOLL) && (ring->features & IORING_FEAT_EXT_ARG) && !is_sqpoll(ring);
+}
+
 static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t timeout_ms)
 {
     /* IOPOLL: the kernel would spin unbounded on min_complete (iopoll_wait_until),
@@ -145,9 +150,7 @@ static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_
      * waiting here for more than the first would poll out the whole tick.  The
      * submit itself enters with GETEVENTS (one poll pass); the caller's bounded
      * wait, which drains between passes, does the rest. */
-    if (ring->flags & IORING_SETUP_IOPOLL)
-        return submit_pending(ring, st);
-    if (!(ring->features & IORING_FEAT_EXT_ARG) || is_sqpoll(ring))
+    if (!submit_waits(ring))
         return submit_pending(ring, st);
     struct io_uring_cqe *cqe;
     struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long long)(timeout_ms % 1000) * 1000000 };
@@ -705,8 +708,16 @@ int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch
     int ret = us_submit_batch(ring, st, b, wait_nr, wait_ms);
     if (ret < 0)
         return ret;
+    /* An io_uring_enter that submitted returns the count, never its wait's -EINTR.
+     * The kernel wakes that wait only with wait_nr CQEs past the head (nothing
+     * drains between), at the timeout, or for a signal (or an error such as
+     * EBADR): ended early with fewer ready, it was interrupted, so go back to
+     * Python at once (its handler runs; the caller's wait takes over) instead
+     * of waiting out the tick here (tests/ring/test_audit_signals.py). */
+    int interrupted = submit_waits(ring) && io_uring_cq_ready(ring) < wait_nr &&
+                      now_ns() - start < (uint64_t)wait_ms * 1000000u;
     drain(ring, st);
-    if (st->remaining[b->slot]) {
+    if (st->remaining[b->slot] && !interrupted) {
         uint64_t spent_ms = (now_ns() - start) / 1000000u;
         if (spent_ms < wait_ms)
             wait_until_for(ring, st, slot_done, b->slot, wait_ms - (uint32_t)spent_ms);
