@@ -338,14 +338,18 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
         }
         int ret = prep_one(ring, sqe, b, i);
         if (ret < 0) {
-            /* Turn the SQE we already took into a NOP that nobody waits for. */
-            io_uring_prep_nop(sqe);
-            io_uring_sqe_set_data64(sqe, UINT64_MAX);
-            st->remaining[b->slot] -= (b->n - i);
-            submit_pending(ring, st);
-            if (st->remaining[b->slot] == 0)
-                st->results[b->slot] = NULL;
-            st->inflight += i;
+            /* Op i cannot be prepared.  Take back its SQE and the ops queued since
+             * the last submission (liburing publishes the SQ tail only when it
+             * submits, so the kernel never saw them): they are not submitted, so
+             * the error needs no follow-up submission whose own failure would
+             * leave them queued behind the caller's back.  Ops a full SQ already
+             * submitted (a batch larger than the ring) stay in flight, awaited. */
+            unsigned k = ring->sq.sqe_tail - ring->sq.sqe_head;
+            if (k > i + 1)
+                k = i + 1;  /* never another caller's SQEs (there are none: each call submits its own) */
+            ring->sq.sqe_tail -= k;
+            st->inflight += i - (k - 1);
+            forget_unsubmitted(st, b->slot, b->n - i + (k - 1));
             return ret;
         }
     }
