@@ -51,7 +51,11 @@ def wal_bench_command(
 
     The fio reference writes with the log's pattern: its backend's engine
     (io_uring, or psync for the fallback), its sync (O_DSYNC writes or
-    write + fdatasync) and its O_DIRECT setting.
+    write + fdatasync) and its O_DIRECT setting.  When the log's flushes
+    are larger than 4 KiB (a 4 KiB record is an 8 KiB write: its header
+    spills into a second block), a second fio row writes that many bytes:
+    its ratio to fio 4k is what the format costs, the log's ratio to it what
+    the rest does.
     """
     largest = WalConfig().max_batch_bytes - HEADER_BYTES  # the WAL's largest payload
     if record_size > largest:
@@ -95,8 +99,10 @@ def wal_bench_command(
             out += f", p99 {_fmt(r[pre + 'p99_vs_fio'], 2)}x fio"
         return out
 
-    rows = [("WAL threads", wal,
-             f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush")]  # fmt: skip
+    threads = f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush of {_fmt(wal.get('bytes_per_flush'), 0)} B"
+    if "p99_vs_fio_wal_bytes" in r:
+        threads += f"; p99 {_fmt(r['p99_vs_fio_wal_bytes'], 2)}x fio at those bytes"
+    rows = [("WAL threads", wal, threads)]
     if "wal_asyncio" in result:
         aio = result["wal_asyncio"]
         rows.append(("WAL asyncio", aio,
@@ -108,6 +114,10 @@ def wal_bench_command(
         rows.append(("fio QD1 4k", {}, f"skipped: {fio['skipped']}"))
     else:  # the same engine, durability step and O_DIRECT as the log's writes
         rows.append((f"fio QD1 4k ({fio['pattern']})", fio, ""))
+    same = result.get("fio_wal_bytes", {})
+    if "skipped" not in same and "bs" in same:  # the format's cost: more bytes per durable write than 4 KiB
+        rows.append((f"fio QD1 {same['bs'] // 1024}k (the WAL's bytes/write)", same,
+                     f"p99 {_fmt(r.get('fio_wal_bytes_p99_vs_fio'), 2)}x fio 4k"))  # fmt: skip
     for name, row, ratio in rows:
         table.add_row(
             name, _fmt(row.get("records_per_s"), 0), _fmt(row.get("mb_per_s"), 2),
