@@ -99,14 +99,20 @@ def wal_bench_command(
             out += f", p99 {_fmt(r[pre + 'p99_vs_fio'], 2)}x fio"
         return out
 
-    threads = f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush of {_fmt(wal.get('bytes_per_flush'), 0)} B"
+    def cycle(row: dict[str, Any]) -> str:
+        """A flush cycle and the durable write in it (the rest: Python and thread hand-offs)."""
+        every, write = _fmt(row.get("cycle_us_per_flush"), 0), _fmt(row.get("write_us_per_flush"), 0)
+        return f"flush every {every} us, {write} in the write"
+
+    threads = (f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush of {_fmt(wal.get('bytes_per_flush'), 0)} B, "
+               f"{cycle(wal)}")  # fmt: skip
     if "p99_vs_fio_wal_bytes" in r:
         threads += f"; p99 {_fmt(r['p99_vs_fio_wal_bytes'], 2)}x fio at those bytes"
     rows = [("WAL threads", wal, threads)]
     if "wal_asyncio" in result:
         aio = result["wal_asyncio"]
         rows.append(("WAL asyncio", aio,
-                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush; "
+                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush, {cycle(aio)}; "
                      f"append_async enqueue p99 {_fmt(aio.get('enqueue_p99_us'))} us"))  # fmt: skip
     rows.append(("naive write+fdatasync", result["naive"], ""))
     fio = result["fio"]

@@ -278,6 +278,8 @@ def run_wal_bench(
     flushes = dict.fromkeys(walrows, 0)
     appended = dict.fromkeys(walrows, 0)
     written = dict.fromkeys(walrows, 0)
+    write_ns = dict.fromkeys(walrows, 0)  # inside the durable writes
+    busy_ns = dict.fromkeys(walrows, 0)  # wall time of the rows (warm-up included, as the counters)
     same_bs = 0  # fio_wal_bytes's block size: the first `wal` row's mean flush (round 0 starts with it)
     per_round: list[dict[str, Any]] = []
     enqueued: list[int] = []  # ns per append_async call, over every round
@@ -310,12 +312,14 @@ def run_wal_bench(
                     if what == "naive":
                         h, n = _naive(base, appenders, record, slice_s)
                     else:
-                        c0, l0 = wal.counters(), wal.durable_lsn
+                        c0, l0, t0 = wal.counters(), wal.durable_lsn, time.perf_counter_ns()
                         if what == "wal":
                             h, n = _drive(appenders, slice_s, wal.append, record)
                         else:
                             h, n = _drive_async(appenders, slice_s, wal.append_async, record, enqueued)
                         c1 = wal.counters()
+                        busy_ns[what] += time.perf_counter_ns() - t0
+                        write_ns[what] += c1["write_ns"] - c0["write_ns"]
                         flushes[what] += c1["flushes"] - c0["flushes"]
                         written[what] += c1["bytes"] - c0["bytes"]
                         appended[what] += wal.durable_lsn - l0
@@ -333,6 +337,9 @@ def run_wal_bench(
         rows[k] = {**info, **_summary(hists[k], counts[k], record_size, duration_s)}
         rows[k]["records_per_flush"] = appended[k] / flushes[k] if flushes[k] else 0.0
         rows[k]["bytes_per_flush"] = written[k] / flushes[k] if flushes[k] else 0.0
+        # a flush cycle: the durable write (the device) and the rest (Python, thread hand-offs)
+        rows[k]["cycle_us_per_flush"] = busy_ns[k] / flushes[k] / 1000 if flushes[k] else 0.0
+        rows[k]["write_us_per_flush"] = write_ns[k] / flushes[k] / 1000 if flushes[k] else 0.0
     if enqueued:
         enqueued.sort()
         rows["wal_asyncio"]["enqueue_p50_us"] = enqueued[len(enqueued) // 2] / 1000

@@ -36,6 +36,7 @@ def test_run_wal_bench_asyncio_row(tmp_path: pathlib.Path) -> None:
     aio = r["wal_asyncio"]
     assert aio["records"] > 0 and 0 < aio["p50_us"] <= aio["p99_us"]
     assert aio["records_per_flush"] >= 1
+    assert 0 < aio["write_us_per_flush"] <= aio["cycle_us_per_flush"]
     assert 0 < aio["enqueue_p50_us"] <= aio["enqueue_p99_us"] < aio["p99_us"]  # the call only, not the wait
     assert r["ratios"]["asyncio_records_per_s_vs_naive"] > 0
     assert all("wal_asyncio" in rnd and "wal" in rnd for rnd in r["rounds"])
@@ -97,6 +98,8 @@ def test_fio_reference_at_the_logs_bytes_per_write(tmp_path: pathlib.Path) -> No
     r = run_wal_bench(tmp_path, appenders=1, record_size=4096, duration_s=1.0, backend="fallback",
                       rounds=1, fio_file_bytes=8 << 20)  # fmt: skip
     assert r["wal"]["bytes_per_flush"] >= 8192  # 16-byte header + 4 KiB payload, behind the kept tail
+    # a flush cycle and the durable write inside it
+    assert 0 < r["wal"]["write_us_per_flush"] <= r["wal"]["cycle_us_per_flush"]
     same = r["fio_wal_bytes"]
     if shutil.which("fio") is None:
         assert "skipped" in same
