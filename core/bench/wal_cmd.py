@@ -55,7 +55,8 @@ def wal_bench_command(
     are larger than 4 KiB (a 4 KiB record is an 8 KiB write: its header
     spills into a second block), a second fio row writes that many bytes:
     its ratio to fio 4k is what the format costs, the log's ratio to it what
-    the rest does.
+    the rest does.  Each WAL row says how often it flushed and how much of
+    that time was the durable write (the rest: Python and thread hand-offs).
     """
     largest = WalConfig().max_batch_bytes - HEADER_BYTES  # the WAL's largest payload
     if record_size > largest:
