@@ -90,7 +90,7 @@ def wal_bench_command(
         title=f"uringstack WAL: {appenders} appender(s), {record_size} B records, "
         f"backend {wal['backend']} (O_DIRECT {'on' if wal['direct_io'] else 'off'})"
     )
-    for col in ("row", "records/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "WAL ratio"):
+    for col in ("row", "records/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "flush / write us", "WAL ratio"):
         table.add_column(col, justify="left" if col == "row" else "right")
     r = result["ratios"]
 
@@ -100,20 +100,14 @@ def wal_bench_command(
             out += f", p99 {_fmt(r[pre + 'p99_vs_fio'], 2)}x fio"
         return out
 
-    def cycle(row: dict[str, Any]) -> str:
-        """A flush cycle and the durable write in it (the rest: Python and thread hand-offs)."""
-        every, write = _fmt(row.get("cycle_us_per_flush"), 0), _fmt(row.get("write_us_per_flush"), 0)
-        return f"flush every {every} us, {write} in the write"
-
-    threads = (f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush of {_fmt(wal.get('bytes_per_flush'), 0)} B, "
-               f"{cycle(wal)}")  # fmt: skip
+    threads = f"{vs('')}; {_fmt(wal['records_per_flush'])} rec/flush"
     if "p99_vs_fio_wal_bytes" in r:
-        threads += f"; p99 {_fmt(r['p99_vs_fio_wal_bytes'], 2)}x fio at those bytes"
+        threads += f"; p99 {_fmt(r['p99_vs_fio_wal_bytes'], 2)}x fio {result['fio_wal_bytes']['bs'] // 1024}k"
     rows = [("WAL threads", wal, threads)]
     if "wal_asyncio" in result:
         aio = result["wal_asyncio"]
         rows.append(("WAL asyncio", aio,
-                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush, {cycle(aio)}; "
+                     f"{vs('asyncio_')}; {_fmt(aio['records_per_flush'])} rec/flush; "
                      f"append_async enqueue p99 {_fmt(aio.get('enqueue_p99_us'))} us"))  # fmt: skip
     rows.append(("naive write+fdatasync", result["naive"], ""))
     fio = result["fio"]
@@ -126,10 +120,13 @@ def wal_bench_command(
         rows.append((f"fio QD1 {same['bs'] // 1024}k (the WAL's bytes/write)", same,
                      f"p99 {_fmt(r.get('fio_wal_bytes_p99_vs_fio'), 2)}x fio 4k"))  # fmt: skip
     for name, row, ratio in rows:
+        # a WAL row's flush cycle and the durable write in it (the rest: Python and thread hand-offs)
+        cycle = "" if "cycle_us_per_flush" not in row else (
+            f"{_fmt(row['cycle_us_per_flush'], 0)} / {_fmt(row['write_us_per_flush'], 0)}")  # fmt: skip
         table.add_row(
             name, _fmt(row.get("records_per_s"), 0), _fmt(row.get("mb_per_s"), 2),
-            _fmt(row.get("p50_us")), _fmt(row.get("p99_us")), _fmt(row.get("p999_us")), ratio,
+            _fmt(row.get("p50_us")), _fmt(row.get("p99_us")), _fmt(row.get("p999_us")), cycle, ratio,
         )  # fmt: skip
     out = Console()
     # a pipe or file gets the whole table rather than 80 columns with wrapped cells (as `bench`)
-    (out if out.is_terminal else Console(width=160)).print(table)
+    (out if out.is_terminal else Console(width=240)).print(table)

@@ -50,6 +50,7 @@ def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert all(w in res.output for w in ("uringstack", "WAL threads", "WAL asyncio", "naive", "fio", "enqueue p99"))
+    assert "flush / write us" in res.output  # each WAL row's flush cycle and the durable write in it
 
 
 @pytest.mark.parametrize(
