@@ -43,7 +43,8 @@ pytestmark = pytest.mark.nvme
 
 BS = 4096
 
-# One child process: a few synchronous polled reads (submit with wait, then wait),
+# One child process: a few synchronous polled reads (submit with wait, then wait;
+# single ops through Ring.rw_one),
 # a read left in flight and waited for, a lost completion, and the close.  It prints
 # the IOPOLL ring's fd so the strace of it can be filtered to that ring.
 CHILD = textwrap.dedent(
@@ -63,6 +64,8 @@ CHILD = textwrap.dedent(
     pin = ffi.from_buffer(buf)
     for i in range(8):
         assert ring.run(Op.READ, fd, addrs=address_of(pin), lens=4096, offsets=i * 4096, keep=[pin, buf]) == [4096]
+    for i in range(8):  # single waited ops: us_rw_one polls for them in the call
+        assert ring.rw_one(Op.READ, fd, pin, 4096, i * 4096, 0, 0, pin) == 4096
     batch = ring.submit(Op.READ, fd, addrs=address_of(pin), lens=4096, offsets=0, keep=[pin, buf])
     assert ring.wait(batch) == [4096]
     lost = ring.submit(Op.READ, fd, addrs=address_of(pin), lens=4096, offsets=0, keep=[pin, buf])
