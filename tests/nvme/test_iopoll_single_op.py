@@ -55,7 +55,7 @@ def blk_fd() -> Iterator[int]:
     os.close(fd)
 
 
-def _never(*args: Any) -> NoReturn:
+def _never(*args: Any, **kwargs: Any) -> NoReturn:
     raise AssertionError("the op went back to Python unfinished (a Batch and the Python wait loop)")
 
 
