@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 from uringstack import open_stack
 from uringstack.ring import Ring
 from uringstack.ring.buffers import aligned_buffer
-from uringstack.ring.flags import Op, SetupFlag
+from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
 from uringstack.stack import Stack
 
@@ -37,30 +36,13 @@ pytestmark = pytest.mark.nvme
 BS = 4096
 
 
-@pytest.fixture
-def polled_ring() -> Iterator[Ring]:
-    ring = Ring(entries=8, flags=SetupFlag.IOPOLL)
-    assert ring.flags & SetupFlag.IOPOLL
-    ring.wait_tick, ring.wait_timeout, ring.close_timeout = 2.0, 10.0, 5.0
-    yield ring
-    if not ring.closed:
-        ring.close()
-
-
-@pytest.fixture
-def blk_fd() -> Iterator[int]:
-    assert (Path("/sys/block") / BLK.name / "queue/io_poll").read_text().strip() == "1"  # the ring really polls
-    fd = os.open(BLK, os.O_RDWR | os.O_DIRECT)
-    yield fd
-    os.close(fd)
-
-
 def _never(*args: Any, **kwargs: Any) -> NoReturn:
     raise AssertionError("the op went back to Python unfinished (a Batch and the Python wait loop)")
 
 
 @pytest.mark.timeout(120)
 def test_rw_one_polls_for_its_op_in_the_call(polled_ring: Ring, blk_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    polled_ring.wait_tick, polled_ring.wait_timeout = 2.0, 10.0  # the call's own wait: far above a read's time
     monkeypatch.setattr(polled_ring, "_rw_one_unfinished", _never)
     rng = random.Random(14)
     units = os.lseek(blk_fd, 0, os.SEEK_END) // BS
