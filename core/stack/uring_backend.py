@@ -185,10 +185,10 @@ class UringFileIO:
         reap); a write it would punt is done inline (:meth:`writes_inline`).
         ``None``: not one plain op (longer than one SQE moves, or O_DIRECT
         misaligned): the caller takes :meth:`start_rw`, which splits or
-        reports it; also on a subclass whose :attr:`pending_type` reaps
-        differently (IOPOLL)."""
+        reports it.  On an IOPOLL ring ``rw_one`` polls for the op in C, with
+        the same bounds (``us_rw_one``)."""
         length = len(pin)
-        if length > MAX_RW_COUNT or self.pending_type is not UringPending:
+        if length > MAX_RW_COUNT:
             return None
         if write and not self.direct and self.writes_inline():
             return self._write_one_inline(buf, offset)
@@ -394,11 +394,11 @@ class UringPrepared:
         self._fd = self._sqe_flags = 0
         self._closed = False
         # One buffer waited at once (QD1): one call into C (Ring.rw_one: prepare, submit,
-        # wait and reap), without a Batch, a result array or a pending object per op.
-        # Not on rings whose pending type reaps differently (IOPOLL).
+        # wait and reap), without a Batch, a result array or a pending object per op
+        # (on an IOPOLL ring the call polls for the op: us_rw_one).
         self._one: tuple[int, Any, int, int] | None = None
         self._one_busy = threading.Lock()
-        if n == 1 and io.pending_type is UringPending:
+        if n == 1:
             opcode = int(fixed if slots[0] >= 0 else plain)
             self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
         # A pool must not lease these buffers out again while a batch of ours is in
