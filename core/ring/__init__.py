@@ -547,27 +547,67 @@ class Ring:
         if self._fork_gen != forking._generation:
             self._check_fork()
         with self._lock:
-            if self._closed:
-                raise RingClosedError("ring is closed")
-            if self._single_issuer:
-                self._check_thread()
-            free = self._free_slots
-            if not free:
-                self._reap_locked()
-                if not free:
-                    raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-            slot = free.pop()
+            slot = self._one_slot_locked()
             result = self._one_result
             ret = lib.us_rw_one(
                 self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
                 max(1, int(self.wait_tick * 1000)),
             )  # fmt: skip
             if ret >= 0:
-                free.append(slot)
+                self._free_slots.append(slot)
                 if ret:
                     self._collect_done()  # other batches completed meanwhile
-                return int(result[0])
+                res: int = result[0]
+                return res
             return self._rw_one_unfinished(slot, ret, keep)
+
+    def bind_rw_one(
+        self, opcode: int, fd: int, buf: Any, length: int, sqe_flags: int, buf_index: int, keep: object
+    ) -> Callable[[int], int]:
+        """:meth:`rw_one` with every argument but the offset bound: ``f(offset)`` does
+        ``rw_one(opcode, fd, buf, length, offset, sqe_flags, buf_index, keep)``.
+
+        For a loop moving the same buffer again and again (a prepared single
+        read or write, at QD1): per op, the same checks (fork, closed, thread)
+        and one lock, without passing eight arguments through Python.  *keep*
+        must keep *buf*'s memory alive while the function is used."""
+        ring = self
+        lock, free, call, rp, st = self._lock, self._free_slots, lib.us_rw_one, self._ring, self._state
+        gen = self._fork_gen
+        tick: list[Any] = [None, 0]  # wait_tick, and it in ms (converted when it changes)
+
+        def rw_one(offset: int) -> int:
+            if gen != forking._generation:
+                ring._check_fork()
+            with lock:
+                slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free.pop()
+                result = ring._one_result
+                if ring.wait_tick is not tick[0]:
+                    tick[0] = ring.wait_tick
+                    tick[1] = max(1, int(ring.wait_tick * 1000))
+                ret = call(rp, st, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result, tick[1])
+                if ret >= 0:
+                    free.append(slot)
+                    if ret:
+                        ring._collect_done()  # other batches completed meanwhile
+                    res: int = result[0]
+                    return res
+                return ring._rw_one_unfinished(slot, ret, keep)
+
+        return rw_one
+
+    def _one_slot_locked(self) -> int:
+        """A free slot for :meth:`rw_one`'s op, after its checks (ring open, the right thread)."""
+        if self._closed:
+            raise RingClosedError("ring is closed")
+        if self._single_issuer:
+            self._check_thread()
+        free = self._free_slots
+        if not free:
+            self._reap_locked()
+            if not free:
+                raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+        return free.pop()
 
     def _rw_one_unfinished(self, slot: int, ret: int, keep: object) -> int:
         """:meth:`rw_one` when its op did not complete in the call (lock held): own it, wait, or fail."""
