@@ -162,6 +162,8 @@ class Ring:
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
+        self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
+        self._tick_ms_now = 1
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
@@ -547,14 +549,17 @@ class Ring:
         if self._fork_gen != forking._generation:
             self._check_fork()
         with self._lock:
-            slot = self._one_slot_locked()
+            free = self._free_slots
+            slot = self._one_slot_locked() if self._closed or self._single_issuer or not free else free.pop()
             result = self._one_result
+            if self.wait_tick is not self._tick_seen:
+                self._retick()
             ret = lib.us_rw_one(
                 self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
-                max(1, int(self.wait_tick * 1000)),
+                self._tick_ms_now,
             )  # fmt: skip
             if ret >= 0:
-                self._free_slots.append(slot)
+                free.append(slot)
                 if ret:
                     self._collect_done()  # other batches completed meanwhile
                 res: int = result[0]
@@ -574,7 +579,6 @@ class Ring:
         ring = self
         lock, free, call, rp, st = self._lock, self._free_slots, lib.us_rw_one, self._ring, self._state
         gen = self._fork_gen
-        tick: list[Any] = [None, 0]  # wait_tick, and it in ms (converted when it changes)
 
         def rw_one(offset: int) -> int:
             if gen != forking._generation:
@@ -582,10 +586,11 @@ class Ring:
             with lock:
                 slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free.pop()
                 result = ring._one_result
-                if ring.wait_tick is not tick[0]:
-                    tick[0] = ring.wait_tick
-                    tick[1] = max(1, int(ring.wait_tick * 1000))
-                ret = call(rp, st, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result, tick[1])
+                if ring.wait_tick is not ring._tick_seen:
+                    ring._retick()
+                ret = call(
+                    rp, st, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result, ring._tick_ms_now
+                )
                 if ret >= 0:
                     free.append(slot)
                     if ret:
@@ -595,6 +600,13 @@ class Ring:
                 return ring._rw_one_unfinished(slot, ret, keep)
 
         return rw_one
+
+    def _retick(self) -> None:
+        """Convert :attr:`wait_tick` for the single-op calls (when it changed: a float
+        multiply, truncation and clamp per op would sit on the QD1 path)."""
+        tick = self.wait_tick
+        self._tick_ms_now = max(1, int(tick * 1000))
+        self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:
         """A free slot for :meth:`rw_one`'s op, after its checks (ring open, the right thread)."""

@@ -202,3 +202,22 @@ def test_an_opcode_other_than_read_or_write_is_refused_before_anything_is_queued
         ring.rw_one(Op.FSYNC, 0, pin, 16, 0, 0, 0, pin)
     assert ring.inflight == 0 and len(ring._free_slots) == lib.US_MAX_SLOTS
     assert ring.counters()["submitted"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_changed_wait_tick_bounds_the_next_call(read_one: ReadOne, ring: Ring, pipe: tuple[int, int]) -> None:
+    """The tick in ms is converted once per change of ``wait_tick``, not per call: a new
+    value must still bound the very next call (here: a hung read failing at ``wait_timeout``
+    within about one new tick, not one old tick)."""
+    r, _ = pipe
+    ring.wait_tick = 20.0
+    buf = bytearray(16)
+    assert read_one(ring, -1, buf) == -errno.EBADF  # a call converts the 20 s tick
+    ring.wait_tick = 0.2
+    ring.wait_timeout = 0.5
+    t0 = time.monotonic()
+    with pytest.raises(UringIOError, match="not complete after") as info:
+        read_one(ring, r, buf)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - t0 < 5  # an old tick of 20 s would block the submitting wait for 20 s
+    assert ring.inflight == 1  # (the ring's close cancels it)
