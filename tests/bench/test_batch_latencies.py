@@ -58,7 +58,7 @@ def test_the_qd1_row_records_every_measured_op_across_folds(tmp_path: Path, monk
 
     monkeypatch.setattr(api_loops, "BatchLatencies", Tiny)
     monkeypatch.setattr(BatchLatencies, "fold", fold)
-    monkeypatch.setattr(api_loops, "_EDGE_NS", 1_000_000)  # the loop looks at its window every ms
+    monkeypatch.setattr(api_loops, "_EDGE_NS", 0)  # the loop looks at its window after every batch
     monkeypatch.setattr(Meter, "result", result)
     f = tmp_path / "d.bin"
     runner.prepare_file(str(f), 4 << 20)
@@ -66,7 +66,7 @@ def test_the_qd1_row_records_every_measured_op_across_folds(tmp_path: Path, monk
     row = runner.run_mode(spec, RUNGS["batched"])
     assert row.status == "ok" and row.ops > 7
     assert seen == [(row.ops, row.ops)]
-    assert len(folds) > 2  # folded along the way, not only at the end
+    assert len(folds) > 1  # folded along the way (past 7 batches), not only at the end
 
 
 def test_the_qd1_row_counts_only_the_completions_inside_its_window(
