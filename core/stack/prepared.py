@@ -134,7 +134,8 @@ class PreparedIO:
             except BaseException:
                 # an op that outlived the call (a hung device): in flight, so done() is false
                 # until it completes and the handle's close waits for it
-                self._last = getattr(self._prep, "outlived", None)
+                outlived = getattr(self._prep, "outlived", None)
+                self._last = None if outlived is None else outlived()
                 raise
             finally:
                 tracker.leave()

@@ -400,8 +400,8 @@ class UringPrepared:
         self._one_busy = threading.Lock()
         # Ring.rw_one with everything but the offset bound (built with the fd columns)
         self._bound: Callable[[int], int] | None = None
-        # an op that outlived run_one's call (its wait raised), for the caller to track
-        self.outlived: UringPending | None = None
+        self._bound_keep: object = None
+        self._outlived: UringPending | None = None  # see outlived()
         # one AND finds a negative, too large (>= 2**64) or, when O_DIRECT, misaligned offset
         self._bad_offset = -(1 << 64) | ((io.block_size - 1) if io.direct else 0)
         if n == 1 and io.pending_type is UringPending:
@@ -431,6 +431,7 @@ class UringPrepared:
         one = self._one
         if one is not None:
             opcode, ptr, length, index = one
+            self._bound_keep = self._keep  # what the bound op's Batch holds if it outlives a call
             self._bound = self.ring.bind_rw_one(opcode, fd, ptr, length, sqe_flags, index, self._keep)
 
     def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
@@ -445,7 +446,7 @@ class UringPrepared:
         if io._closed:  # its fd column holds a number that may be another file's by now
             raise RingClosedError(f"{io.path} is closed")
         last = cols.batch
-        if last is not None and not last.finished:
+        if (last is not None and not last.finished) or self._one_busy.locked():  # (a single op in its call)
             raise self._in_flight()
         n = self.n
         if len(offsets) != n:
@@ -488,8 +489,7 @@ class UringPrepared:
         or None: not one plain op now (first call, closed, in flight, a bad or
         misaligned offset, an inline write): take :meth:`start`, which does it or
         raises.  If the call raises while the op stays in flight (a hung device),
-        :attr:`outlived` is its pending: the caller tracks it."""
-        self.outlived = None
+        :meth:`outlived` is its pending: the caller tracks it."""
         one = self._bound
         io = self.io
         # Every refusal (closed, in flight, a bad or misaligned offset, an inline write) is
@@ -512,9 +512,10 @@ class UringPrepared:
             # The op outlived the call (a hung device, a lost completion): it is in flight
             # in a Batch holding the pins.  Track it as a started batch would be (no
             # restart on these buffers; the caller lets the handle's close wait for it).
-            pending = self.outlived = self.io.outlived_op(self._keep)
+            pending = self.io.outlived_op(self._bound_keep)
             if pending is not None:
                 self._cols.batch = pending.batch
+                self._outlived = pending
             raise
         finally:
             busy.release()
@@ -523,15 +524,23 @@ class UringPrepared:
             hook(self.op, self.ring)(DoneBatch([res]))
         return res
 
+    def outlived(self) -> UringPending | None:
+        """After :meth:`run_one` raised: the pending of its op if that outlived the call
+        (still in flight), else None.  Set only under the single-op lock and only while no
+        batch of this object is in flight, so another thread's call cannot replace it."""
+        pending = self._outlived
+        return None if pending is None or pending.batch is not self._cols.batch or pending.done() else pending
+
     def _run_one(self, offset: int) -> Pending | None:
         """:meth:`run_one` as a start's pending (raising from its wait if the op outlived
         the call), or None: take the batch path."""
         try:
             res = self.run_one(offset)
         except Exception as exc:
-            if self.outlived is None:
+            pending = self.outlived()
+            if pending is None:
                 raise
-            return _Failed(self.outlived, exc)
+            return _Failed(pending, exc)
         return None if res is None else CompletedPending([res])
 
     def close(self) -> None:

@@ -162,8 +162,9 @@ def test_the_completion_hook_sees_each_single_prepared_op(tmp_path: pathlib.Path
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("first", [True, False], ids=["first-call", "bound"])
 def test_a_single_op_that_outlives_its_wait_stays_in_flight_and_fails_in_seconds(
-    stack: Stack, data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch
+    stack: Stack, data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch, first: bool
 ) -> None:
     """The op hangs (here: the prepared buffer read from an empty pipe through the same ring):
     ``run`` raises at ``wait_timeout``; until the op completes the prepared object is in
@@ -178,6 +179,8 @@ def test_a_single_op_that_outlives_its_wait_stays_in_flight_and_fails_in_seconds
             buf = bytearray(BS)
             reads = h.prepare_reads([buf])
             _bind_through_rw_one(ring, monkeypatch)
+            if not first:  # (the first call binds the op; later ones take run's one-call path)
+                assert reads.run([0]) == [BS]
             real = ring.rw_one
 
             def hung(opcode: int, fd: int, ptr: Any, length: int, offset: int, *rest: Any) -> int:
@@ -223,6 +226,7 @@ def test_a_single_op_in_its_call_is_in_flight_for_other_threads(
             prep = reads._prep
             assert isinstance(prep, UringPrepared)
             _bind_through_rw_one(ring, monkeypatch)
+            assert reads.run([0]) == [BS]  # binds the op: the calls below take run's one-call path
             real = ring.rw_one
             redirected = [0]
 
@@ -244,6 +248,8 @@ def test_a_single_op_in_its_call_is_in_flight_for_other_threads(
                 assert not prep.finished
                 with pytest.raises(BatchInFlightError, match="still in flight"):
                     reads.run([2 * BS])
+                with pytest.raises(BatchInFlightError, match="still in flight"):
+                    reads.start([2 * BS])  # nor a batch (not waited) on the same buffer
             finally:
                 os.write(w, data[BS : BS + 4])  # a short read: run completes the rest from the file
                 t.join(10)
