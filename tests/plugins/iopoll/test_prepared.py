@@ -8,7 +8,7 @@ read, and the checks before submission; tests/nvme runs the same on a polled rin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -91,7 +91,19 @@ def test_single_waited_ops_take_rw_one_on_the_iopoll_ring(
     def no_batch(*args: Any, **kwargs: Any) -> NoReturn:
         raise AssertionError("a single waited op went through a batch")
 
+    real_bind = ring.bind_rw_one
+
+    def counted_bind(*args: Any) -> Callable[[int], int]:
+        bound = real_bind(*args)
+
+        def one(offset: int) -> int:
+            calls.append(offset)
+            return bound(offset)
+
+        return one
+
     monkeypatch.setattr(ring, "rw_one", counted)
+    monkeypatch.setattr(ring, "bind_rw_one", counted_bind)  # a prepared buffer's pre-bound rw_one
     monkeypatch.setattr(ring, "submit_columns", no_batch)
     buf = aligned_buffer(BS)
     pin = ffi.from_buffer(buf)
