@@ -392,7 +392,16 @@ class Coalescer:
                     view[start : start + res] if start >= 0 and res >= 0 else res
                     for start, res in zip(starts, results, strict=True)
                 ]
-            _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None)
+            try:
+                _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None)
+            finally:
+                # The batch (and so deliver, and these futures with their results) stays
+                # referenced after delivery: by the handles' trackers until they prune
+                # finished flushes (every 64 or more), by a pooled column set until its
+                # reuse.  Holding every result that long kept ~8 MiB of a 32-task read
+                # loop's bytes alive and made malloc grow and trim its heap in turn: a
+                # fresh page, so a page fault, for most reads.
+                futures.clear()
 
         def on_done(_: Batch) -> None:
             if self.on_loop_thread():
