@@ -33,6 +33,7 @@ import asyncio
 import functools
 from _thread import get_ident
 from collections.abc import Callable
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
@@ -115,7 +116,8 @@ class Coalescer:
         CPython 3.11 (about 1 us here, once per await); comparing the thread that
         runs this loop with the calling thread answers the same question for
         free: one thread runs at most one loop at a time."""
-        self._reads: list[QueuedOp] = []
+        self._reads: list[QueuedOp] = []  # reads into caller buffers (pins)
+        self._arena_reads: list[QueuedOp] = []  # reads into the flush's arena (``await read``)
         self._writes: list[QueuedOp] = []
         self._arena_need = 0  # bytes the queued arena reads take
         self._scheduled = False
@@ -145,7 +147,7 @@ class Coalescer:
     def add_read(self, io: CoalescedFile, tracker: InflightTracker, size: int, offset: int) -> asyncio.Future[Any]:
         """Queue a read of *size* bytes into the flush's arena; its future gets ``bytes`` or ``-errno``."""
         fut = self._create_future()
-        self._reads.append((io, tracker, size, offset, fut))
+        self._arena_reads.append((io, tracker, size, offset, fut))
         self._arena_need += size
         if not self._scheduled:
             self._scheduled = True
@@ -170,6 +172,7 @@ class Coalescer:
     def drop(self) -> None:
         """Forget queued ops (their loop closed before it flushed them: nobody awaits them)."""
         self._reads = []
+        self._arena_reads = []
         self._writes = []
         self._arena_need = 0
         self._scheduled = False
@@ -221,41 +224,53 @@ class Coalescer:
     def flush(self) -> None:
         """Submit what was queued this iteration: one batch of reads, one of writes."""
         self._scheduled = False
-        reads, writes = self._reads, self._writes
+        arena, reads, writes = self._arena_reads, self._reads, self._writes
         if reads:
             self._reads = []
+            if arena:
+                self._arena_reads = []
+                reads = arena + reads
             need, self._arena_need = self._arena_need, 0
             self._submit(reads, False, need)
+        elif arena:
+            self._arena_reads = []
+            need, self._arena_need = self._arena_need, 0
+            self._submit(arena, False, need, arena_only=True)
         if writes:
             self._writes = []
             self._submit(writes, True, 0)
 
-    def _submit(self, ops: list[QueuedOp], write: bool, need: int) -> None:
+    def _submit(self, ops: list[QueuedOp], write: bool, need: int, arena_only: bool = False) -> None:
         # Each handle's tracker takes the flush's pending before anything is
         # submitted (one lock step per handle, not an enter and a leave), and
         # refuses it once the handle is closed: those ops fail here.
         pending = FlushPending(self.ring)
         tracked: dict[InflightTracker, bool] = {}
         live: list[QueuedOp] = []
+        last: InflightTracker | None = None
+        ok = False
         for op in ops:
             fut = op[4]
             if fut.done():
                 continue  # its task was cancelled before the flush: never submitted
             tracker = op[1]
-            ok = tracked.get(tracker)
-            if ok is None:
-                try:
-                    tracker.track(pending)
-                    ok = True
-                except RingClosedError:
-                    ok = False
-                tracked[tracker] = ok
+            if tracker is not last:  # (the ops of one handle come in runs: one dict step per run)
+                last = tracker
+                got = tracked.get(tracker)
+                if got is None:
+                    try:
+                        tracker.track(pending)
+                        got = True
+                    except RingClosedError:
+                        got = False
+                    tracked[tracker] = got
+                ok = got
             if ok:
                 live.append(op)
             else:
                 fut.set_exception(RingClosedError(f"{op[0].path} was closed before this op was submitted"))
         try:
-            if live:
+            if live and not (arena_only and self._submit_arena(live, need, pending)):
                 self._submit_admitted(live, write, need, pending)
         except Exception as exc:  # nothing reached the kernel: every await of the batch raises it
             for op in live:
@@ -344,7 +359,7 @@ class Coalescer:
                 runs[-1] += k
             else:
                 runs += (at, k)
-        n = pending.n = len(offs)
+        n = len(offs)
         if arena is not None:
             keep.append(arena)
         cols = self._columns(n)
@@ -357,6 +372,52 @@ class Coalescer:
             _put_pins(cols, runs, keep)
         cols.set("lens", lens)
         cols.set("offs", offs)
+        self._launch(ops, write, pending, cols, n, keep, arena, arena_size, starts, lists)
+
+    def _submit_arena(self, ops: list[QueuedOp], need: int, pending: FlushPending) -> bool:
+        """Submit reads that all go into the arena, from one file: columns built by whole-list steps.
+
+        ``await read(n, off)`` from many tasks on one handle, the common case: no
+        per-op loop of appends.  False (nothing done) when the ops are on several files."""
+        io = ops[0][0]
+        ios = [op[0] for op in ops]
+        if ios.count(io) != len(ios):
+            return False
+        sizes = [op[2] for op in ops]
+        offs = [op[3] for op in ops]
+        starts = list(accumulate(sizes, initial=0))
+        starts.pop()  # (the end of the last read)
+        arena, arena_size = self._arena(need)
+        base = int(ffi.cast("uintptr_t", arena))
+        n = len(ops)
+        index = io.fixed_index
+        fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
+        cols = self._columns(n)
+        cols.fill("opcodes", _READ)
+        cols.fill("fds", fd)
+        if flag or cols.is_set("sqe_flags"):
+            cols.fill("sqe_flags", flag)
+        cols.set("addrs", [base + start for start in starts])
+        cols.set("lens", sizes)
+        cols.set("offs", offs)
+        self._launch(ops, False, pending, cols, n, [arena], arena, arena_size, starts, False)
+        return True
+
+    def _launch(
+        self,
+        ops: list[QueuedOp],
+        write: bool,
+        pending: FlushPending,
+        cols: BatchColumns,
+        n: int,
+        keep: list[Any],
+        arena: Any,
+        arena_size: int,
+        starts: list[int],
+        lists: bool,
+    ) -> None:
+        """Submit the *n* ops of *cols* (*keep* owns their memory) and deliver their results to *ops*' futures."""
+        pending.n = n
         ring = self.ring
         batch = pending.batch = ring.submit_columns(cols, n, keep)
         self.flushes += 1
