@@ -88,8 +88,9 @@ class CoalescedFile(Protocol):
 
 # One queued request: (io, tracker, what, offset, future).  ``what`` is an int
 # (the size of a read into the arena; the future gets bytes or -errno), the cffi
-# pin of the caller's buffer (the future gets the int result), or a list of pins
-# with a list of offsets (a read_many/write_many: the future gets the list).
+# pin of the caller's buffer (the future gets the int result), or a tuple of a
+# list of pins and their byte lengths with a list of offsets (a read_many/write_many:
+# the future gets the list).
 QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[Any]"]
 
 
@@ -162,8 +163,23 @@ class Coalescer:
             if write:
                 raise ValueError("an arena op is a read")
             return self.add_read(io, tracker, what, offset)
+        if type(what) is list:
+            return self.add_many(io, tracker, write, what, offset, list(map(len, what)))
         fut = self._create_future()
         (self._writes if write else self._reads).append((io, tracker, what, offset, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+        return fut
+
+    def add_many(
+        self, io: CoalescedFile, tracker: InflightTracker, write: bool, pins: list[Any], offsets: list[int],
+        lens: list[int],
+    ) -> asyncio.Future[Any]:
+        """Queue a read_many/write_many of *pins* (``len(pins[i]) == lens[i]``, which the caller
+        has already: not measured again); its future gets the list of results."""
+        fut = self._create_future()
+        (self._writes if write else self._reads).append((io, tracker, (pins, lens), offsets, fut))
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -336,14 +352,15 @@ class Coalescer:
                 pos += what
                 continue
             at = len(addrs)
-            if type(what) is list:
-                k = len(what)
+            if type(what) is tuple:
+                pins, pin_lens = what
+                k = len(pins)
                 fds.extend([fd] * k)
                 flags.extend([flag] * k)
                 addrs.extend([0] * k)
-                lens.extend(map(len, what))
+                lens.extend(pin_lens)
                 offs.extend(offset)
-                keep.extend(what)
+                keep.extend(pins)
                 starts.append(-k - 1)
                 lists = True
             else:

@@ -623,7 +623,7 @@ class FileHandle:
             _check_batch(self.path, offsets, buffers)
             co, pins, offs, lens = self._pin_many(False, offsets, buffers)
         if co is not None:
-            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, False, pins, offs)
+            results: list[int] = await co.add_many(cast(UringFileIO, self._io), self._inflight, False, pins, offs, lens)
             if results == lens:  # every op moved its whole buffer (one list compare, in C)
                 return results
         else:
@@ -653,13 +653,13 @@ class FileHandle:
         co: Coalescer | None
         fast = self._lease_batch(offsets, buffers)
         if fast is not None:
-            co, pins, offs, _ = fast
+            co, pins, offs, lens = fast
         else:
             self._check()
             _check_batch(self.path, offsets, buffers)
-            co, pins, offs, _ = self._pin_many(True, offsets, buffers)
+            co, pins, offs, lens = self._pin_many(True, offsets, buffers)
         if co is not None:
-            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, True, pins, offs)
+            results: list[int] = await co.add_many(cast(UringFileIO, self._io), self._inflight, True, pins, offs, lens)
         else:
             results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)
