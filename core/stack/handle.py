@@ -609,21 +609,31 @@ class FileHandle:
                 check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
         return co, pins, offs, lens
 
-    async def read_many_async(
-        self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
-    ) -> list[int]:
-        """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
-        this loop iteration's other asyncio ops (one submission for all)."""
-        co: Coalescer | None
+    def _queue_many(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[asyncio.Future[Any] | None, list[int]]:
+        """A ``*_many_async`` queued on the coalescer: its future and the buffers' byte lengths,
+        or a None future (take the batch path).  Bad input raises here, before queuing."""
         fast = self._lease_batch(offsets, buffers)
         if fast is not None:
             co, pins, offs, lens = fast
         else:
             self._check()
             _check_batch(self.path, offsets, buffers)
-            co, pins, offs, lens = self._pin_many(False, offsets, buffers)
-        if co is not None:
-            results: list[int] = await co.add_many(cast(UringFileIO, self._io), self._inflight, False, pins, offs, lens)
+            maybe, pins, offs, lens = self._pin_many(write, offsets, buffers)
+            if maybe is None:
+                return None, lens
+            co = maybe
+        return co.add_many(cast(UringFileIO, self._io), self._inflight, write, pins, offs, lens), lens
+
+    async def read_many_async(
+        self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
+    ) -> list[int]:
+        """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
+        this loop iteration's other asyncio ops (one submission for all)."""
+        fut, lens = self._queue_many(False, offsets, buffers)
+        if fut is not None:
+            results: list[int] = await fut
             if results == lens:  # every op moved its whole buffer (one list compare, in C)
                 return results
         else:
@@ -650,16 +660,9 @@ class FileHandle:
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
-        co: Coalescer | None
-        fast = self._lease_batch(offsets, buffers)
-        if fast is not None:
-            co, pins, offs, lens = fast
-        else:
-            self._check()
-            _check_batch(self.path, offsets, buffers)
-            co, pins, offs, lens = self._pin_many(True, offsets, buffers)
-        if co is not None:
-            results: list[int] = await co.add_many(cast(UringFileIO, self._io), self._inflight, True, pins, offs, lens)
+        fut, _ = self._queue_many(True, offsets, buffers)
+        if fut is not None:
+            results: list[int] = await fut
         else:
             results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)

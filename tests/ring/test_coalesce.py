@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.requires import skip_without
+from tests.conftest import open_plain_uring
 from uringstack.errors import RingClosedError, UringIOError
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -54,10 +54,7 @@ def uring_stack() -> Iterator[Stack]:
 
 
 def _uring_handle(stack: Stack, path: pathlib.Path, writable: bool = False) -> FileHandle:
-    h = stack.open(path, writable=writable)
-    if h.ring is None or h.backend != "uring":
-        h.close()
-        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
+    h: FileHandle = open_plain_uring(stack, path, writable)
     return h
 
 
