@@ -1,4 +1,5 @@
-"""A delivered flush lets go of its futures, and so of the bytes it read.
+"""A delivered flush lets go of its futures, and so of the bytes it read; the handle's
+tracker lets go of the delivered flush.
 
 The batch of a flush stays referenced after delivery (each handle's tracker
 keeps the flush's pending until it prunes finished ones, every 64 flushes or
@@ -19,12 +20,17 @@ import sys
 import pytest
 
 from tests.conftest import open_plain_uring
+from uringstack.ring.coalesce import FlushPending
 from uringstack.stack import Stack
 
 BLOCK = 4096
 TASKS = 32
 ROUNDS = 40
 
+
+
+def _flush_pendings() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, FlushPending))
 
 
 def _finished_futures() -> int:
@@ -39,6 +45,8 @@ def test_read_results_are_held_only_by_their_callers(plain_uring_stack: Stack, t
     path.write_bytes(bytes(range(256)) * (64 * BLOCK // 256))
     with open_plain_uring(plain_uring_stack, path, writable=False) as h:
         bufs = h.lease_buffers(4, BLOCK)
+
+        flushes: list[int] = []
 
         async def main() -> tuple[list[int], int, int]:
             refs: list[int] = []
@@ -55,9 +63,11 @@ def test_read_results_are_held_only_by_their_callers(plain_uring_stack: Stack, t
 
             await asyncio.gather(*(one(i) for i in range(TASKS)))
             after_reads = _finished_futures()
+            flushes.append(_flush_pendings())
             for r in range(ROUNDS):
                 res = await h.read_many_async([((r + k) % 64) * BLOCK for k in range(4)], bufs)
                 assert res == [BLOCK] * 4
+            flushes.append(_flush_pendings())
             return refs, after_reads, _finished_futures()
 
         gc.collect()
@@ -68,3 +78,6 @@ def test_read_results_are_held_only_by_their_callers(plain_uring_stack: Stack, t
     # 64 flushes of 32) was alive with its result.  (A few are asyncio.s own: gather.)
     assert after_reads < TASKS
     assert after_batches < TASKS
+    # Before: the handle's tracker kept every delivered flush (its pending, batch and
+    # closures) until its next prune, every 64 flushes or more.
+    assert max(flushes) <= 1, flushes
