@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
 from uringstack.ring import aio
+from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.native import ffi
@@ -55,6 +56,8 @@ _POINTER_SIZE = ffi.sizeof("char *")
 _DELIVERED = object()
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
+_READ_FIXED = int(Op.READ_FIXED)
+_WRITE_FIXED = int(Op.WRITE_FIXED)
 
 # A column set is reused once its last batch finished (C reads the columns only
 # while submitting); at most this many are kept per capacity.
@@ -90,7 +93,9 @@ class CoalescedFile(Protocol):
 # (the size of a read into the arena; the future gets bytes or -errno), the cffi
 # pin of the caller's buffer (the future gets the int result), or a tuple of a
 # list of pins and their byte lengths with a list of offsets (a read_many/write_many:
-# the future gets the list).
+# the future gets the list).  A read_many/write_many of registered-buffer leases of
+# this ring adds their slots to the tuple (pins, lengths, slots): the pins are the
+# leases themselves, submitted as READ_FIXED/WRITE_FIXED at their own addresses.
 QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[Any]"]
 
 
@@ -174,12 +179,16 @@ class Coalescer:
 
     def add_many(
         self, io: CoalescedFile, tracker: InflightTracker, write: bool, pins: list[Any], offsets: list[int],
-        lens: list[int],
+        lens: list[int], slots: list[int] | None = None,
     ) -> asyncio.Future[Any]:
         """Queue a read_many/write_many of *pins* (``len(pins[i]) == lens[i]``, which the caller
-        has already: not measured again); its future gets the list of results."""
+        has already: not measured again); its future gets the list of results.
+
+        With *slots* the pins are registered-buffer leases of this ring and ``slots[i]``
+        their indexes (``buffers.fixed_slots``, every one >= 0): READ_FIXED/WRITE_FIXED."""
         fut = self._create_future()
-        (self._writes if write else self._reads).append((io, tracker, (pins, lens), offsets, fut))
+        what = (pins, lens) if slots is None else (pins, lens, slots)
+        (self._writes if write else self._reads).append((io, tracker, what, offsets, fut))
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -334,6 +343,8 @@ class Coalescer:
         # int(ffi.cast(...)) per pin cost about 0.5 us.  Flat (start, count) pairs of the
         # addrs positions that take keep's pins, in order (adjacent runs merged).
         runs: list[int] = []
+        leases: list[Any] = []  # registered-buffer leases (READ_FIXED/WRITE_FIXED)
+        fixed: list[Any] = []  # flat (addrs position, slots) pairs of their ops
         lists = False
         pos = 0
         last_io: CoalescedFile | None = None
@@ -354,16 +365,21 @@ class Coalescer:
                 continue
             at = len(addrs)
             if type(what) is tuple:
-                pins, pin_lens = what
+                pins, pin_lens = what[0], what[1]
                 k = len(pins)
                 fds.extend([fd] * k)
                 flags.extend([flag] * k)
-                addrs.extend([0] * k)
                 lens.extend(pin_lens)
                 offs.extend(offset)
-                keep.extend(pins)
                 starts.append(-k - 1)
                 lists = True
+                if len(what) == 3:  # leases: their own addresses, no pin to write (not in runs)
+                    addrs.extend([b.addr for b in pins])
+                    leases.extend(pins)
+                    fixed += (at, what[2])
+                    continue
+                addrs.extend([0] * k)
+                keep.extend(pins)
             else:
                 k = 1
                 fds.append(fd)
@@ -381,7 +397,16 @@ class Coalescer:
         if arena is not None:
             keep.append(arena)
         cols = self._columns(n)
-        cols.fill("opcodes", _WRITE if write else _READ)
+        plain = _WRITE if write else _READ
+        if fixed:
+            # The leases' slots in the batch's positions, opcodes as the sync batch path puts them.
+            slots = [-1] * n
+            for r in range(0, len(fixed), 2):
+                at, lease_slots = fixed[r], fixed[r + 1]
+                slots[at : at + len(lease_slots)] = lease_slots
+            put_opcodes(cols, slots, plain, _WRITE_FIXED if write else _READ_FIXED)
+        else:
+            cols.fill("opcodes", plain)
         _put_same(cols, "fds", fds)
         if max(flags) or cols.is_set("sqe_flags"):
             _put_same(cols, "sqe_flags", flags)
@@ -390,7 +415,9 @@ class Coalescer:
             _put_pins(cols, runs, keep)
         cols.set("lens", lens)
         cols.set("offs", offs)
-        self._launch(ops, write, pending, cols, n, keep, arena, arena_size, starts, lists)
+        if leases:
+            keep += leases  # (after the pins _put_pins took: it reads keep from the start)
+        self._launch(ops, write, pending, cols, n, keep, arena, arena_size, starts, lists, leases)
 
     def _submit_arena(self, ops: list[QueuedOp], need: int, pending: FlushPending) -> bool:
         """Submit reads that all go into the arena, from one file: columns built by whole-list steps.
@@ -433,12 +460,19 @@ class Coalescer:
         arena_size: int,
         starts: list[int],
         lists: bool,
+        leases: list[Any] | None = None,
     ) -> None:
-        """Submit the *n* ops of *cols* (*keep* owns their memory) and deliver their results to *ops*' futures."""
+        """Submit the *n* ops of *cols* (*keep* owns their memory) and deliver their results to *ops*' futures.
+
+        *leases* (registered buffers in the batch) are marked in flight with it, as the
+        sync batch path does: their pool defers a release until the batch finished."""
         pending.n = n
         ring = self.ring
         batch = pending.batch = ring.submit_columns(cols, n, keep)
         self.flushes += 1
+        if leases:
+            for lease in leases:
+                (lease.parent or lease).batch = batch
         # From here the kernel owns the memory: nothing below may fail the awaits early.
         futures = [op[4] for op in ops]
         # deliver() holds no caller buffer: the batch's keep (dropped when reaped) is their only owner.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
-from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment
+from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
@@ -555,13 +555,15 @@ class FileHandle:
 
     def _lease_batch(
         self, offsets: Sequence[int], buffers: Sequence[Any]
-    ) -> tuple[Coalescer, list[Any], list[int], list[int]] | None:
+    ) -> tuple[Coalescer, list[Any], list[int], list[int], list[int] | None] | None:
         """The hot path of ``*_many_async``: a coalesced batch of leases, checked with no call that
         can fail, or None (take the checked path, which raises what is wrong).
 
         A buffered io_uring handle, open, in its own process, on its loop's thread (as
         in read); leases of lease_buffers carry their pin (pinned only when one op
-        moves them whole); offsets pair with buffers and none is negative."""
+        moves them whole), or are registered buffers of this handle's ring (their
+        slots, the last item: READ_FIXED/WRITE_FIXED); offsets pair with buffers and
+        none is negative."""
         co = self._fast_reads
         if (
             co is None
@@ -571,43 +573,62 @@ class FileHandle:
             or tl._thread_id != get_ident()
         ):
             return None
+        slots = None
         try:
             pins = [b._uringstack_pin for b in buffers]
         except AttributeError:
-            return None
+            slots = self._fixed_slots(buffers)
+            if slots is None:
+                return None
+            pins = list(buffers)
         offs = list(map(operator.index, offsets))
         if not offs or len(offs) != len(pins) or min(offs) < 0 or max(offs) >= _OFFSET_LIMIT:
             return None
-        return co, pins, offs, list(map(len, pins))
+        return co, pins, offs, list(map(len, pins)), slots
+
+    def _fixed_slots(self, buffers: Sequence[Any]) -> list[int] | None:
+        """The registered-buffer slots of *buffers* when every one is a lease of this handle's
+        ring (they go out as READ_FIXED/WRITE_FIXED), else None."""
+        if not buffers or not isinstance(buffers[0], RegisteredBuffer) or self._ring is None:
+            return None
+        slots = fixed_slots(buffers, self._ring)
+        return slots if min(slots) >= 0 else None
 
     def _pin_many(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
-    ) -> tuple[Coalescer | None, list[Any], list[int], list[int]]:
-        """Pins, offsets and byte lengths for a coalesced batch, or a None coalescer (take the batch path)."""
+    ) -> tuple[Coalescer | None, list[Any], list[int], list[int], list[int] | None]:
+        """Pins, offsets, byte lengths and registered-buffer slots (None: plain ops) for a
+        coalesced batch, or a None coalescer (take the batch path)."""
         if self._uring_io is None or not offsets:
-            return None, [], [], []
+            return None, [], [], [], None
         co, _ = self._coalescer(0)
         if co is None:
-            return None, [], [], []
+            return None, [], [], [], None
+        slots = None
         try:
             # Leases of lease_buffers carry their pin (writable: serves writes too).
             pins = list(map(_lease_pin, buffers))  # (O_DIRECT: checked below)
         except AttributeError:
-            if any(isinstance(b, RegisteredBuffer) for b in buffers):
-                return None, [], [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
-            writable = not write
-            pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
+            slots = self._fixed_slots(buffers)
+            if slots is not None:
+                pins = list(buffers)  # leases of this ring: READ_FIXED/WRITE_FIXED
+            elif any(isinstance(b, RegisteredBuffer) for b in buffers):
+                return None, [], [], [], None  # mixed with other buffers: start_rw sorts them out
+            else:
+                writable = not write
+                pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
         offs = list(map(operator.index, offsets))
         if max(offs) >= _OFFSET_LIMIT:
-            return None, [], [], []
+            return None, [], [], [], None
         lens = list(map(len, pins))
         if max(lens) > MAX_RW_COUNT:
-            return None, [], [], []
+            return None, [], [], [], None
         if self._io.direct:
             block = self._io.block_size
             for pin, off in zip(pins, offs, strict=True):
-                check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
-        return co, pins, offs, lens
+                addr = pin.addr if slots is not None else address_of(pin)
+                check_alignment("write" if write else "read", self.path, addr, len(pin), off, block)
+        return co, pins, offs, lens, slots
 
     def _queue_many(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
@@ -616,15 +637,15 @@ class FileHandle:
         or a None future (take the batch path).  Bad input raises here, before queuing."""
         fast = self._lease_batch(offsets, buffers)
         if fast is not None:
-            co, pins, offs, lens = fast
+            co, pins, offs, lens, slots = fast
         else:
             self._check()
             _check_batch(self.path, offsets, buffers)
-            maybe, pins, offs, lens = self._pin_many(write, offsets, buffers)
+            maybe, pins, offs, lens, slots = self._pin_many(write, offsets, buffers)
             if maybe is None:
                 return None, lens
             co = maybe
-        return co.add_many(cast(UringFileIO, self._io), self._inflight, write, pins, offs, lens), lens
+        return co.add_many(cast(UringFileIO, self._io), self._inflight, write, pins, offs, lens, slots), lens
 
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False

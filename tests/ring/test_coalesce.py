@@ -675,3 +675,101 @@ def test_a_reap_that_raises_still_delivers_what_it_reaped_first(
 
         got = _run(main())
     assert got == [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(4)]
+
+
+def _registered_leases(h: FileHandle, count: int) -> list[Any]:
+    """*count* registered-buffer leases of *h* (the default config's fixedbuf pool), or a skip."""
+    from tests.requires import skip_without
+    from uringstack.ring.buffers import RegisteredBuffer
+
+    leases = h.lease_buffers(count)
+    if not all(isinstance(b, RegisteredBuffer) for b in leases):
+        h.release_buffers(leases)
+        skip_without("no registered-buffer pool serves this handle (fixedbuf could not register: memlock?)")
+    return leases
+
+
+def _flushed_columns(h: FileHandle, lease: Any) -> Any:
+    """The coalescer's column set that submitted *lease*'s last batch."""
+    co = h._coalescer_cache
+    assert co is not None
+    batch = (lease.parent or lease).batch
+    assert batch is not None, "a registered lease submitted by the coalescer was not marked in flight"
+    return next(cols for pool in co._pool.values() for cols in pool if cols.batch is batch)
+
+
+@pytest.mark.timeout(60)
+def test_registered_leases_of_the_default_config_are_coalesced_as_fixed_ops(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The default config (fixedbuf on) leases registered buffers: their *_many_async used to
+    # skip the coalescer (one io_uring_enter per await, 8 here).
+    from uringstack.ring.flags import Op
+
+    h = _uring_handle(uring_stack, data, writable=True)
+    ring = h.ring
+    assert ring is not None
+    try:
+        leases = _registered_leases(h, 8)
+        want = _pattern(64 * BLOCK + 1808)
+
+        async def main() -> tuple[list[Any], int, int]:
+            await asyncio.gather(*(h.read_many_async([i * BLOCK], [b]) for i, b in enumerate(leases)))  # warm up
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                *(h.read_many_async([(i + 8) * BLOCK], [b]) for i, b in enumerate(leases))
+            )
+            reads = ring.counters()["enters"] - before
+            for i, b in enumerate(leases):
+                b[0:4] = bytes([i, i, i, i])
+            before = ring.counters()["enters"]
+            wrote = await asyncio.gather(*(h.write_many_async([(i + 32) * BLOCK], [b]) for i, b in enumerate(leases)))
+            return [got, wrote], reads, ring.counters()["enters"] - before
+
+        (got, wrote), reads, writes = _run(main())
+        assert got == [[BLOCK]] * 8 and wrote == [[BLOCK]] * 8
+        assert reads == 1, reads
+        assert writes == 1, writes
+        cols = _flushed_columns(h, leases[0])
+        assert cols.get("opcodes")[:8] == [int(Op.WRITE_FIXED)] * 8
+        assert sorted(cols.get("buf_index")[:8]) == sorted(b.index for b in leases)
+        on_disk = data.read_bytes()
+        for i in range(8):
+            block = on_disk[(i + 32) * BLOCK : (i + 33) * BLOCK]
+            assert block == bytes([i] * 4) + want[(i + 8) * BLOCK + 4 : (i + 9) * BLOCK]
+        h.release_buffers(leases)
+    finally:
+        h.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_registered_lease_in_a_coalesced_batch_in_flight_is_not_leased_again(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    h = _uring_handle(uring_stack, data)
+    ring = h.ring
+    assert ring is not None
+    leases = _registered_leases(h, 1)
+    pool = h.worker.buffers.for_ring(ring)
+    assert pool is not None
+    pipe = _PipeBacked(h)
+    try:
+
+        async def main() -> list[int]:
+            task = asyncio.create_task(h.read_many_async([0], leases))
+            for _ in range(3):
+                await asyncio.sleep(0)  # queued, flushed: in the kernel now
+            assert ring.inflight == 1
+            free = pool.available()
+            h.release_buffers(leases)  # the pool must defer it: the kernel writes into it
+            assert pool.available() == free, "a buffer the kernel is writing was handed back to the pool"
+            os.write(pipe.w, b"late".ljust(len(leases[0]), b"."))  # the whole lease: no short read
+            got: list[int] = await task
+            return got
+
+        assert _run(main()) == [len(leases[0])]
+        assert bytes(leases[0])[:4] == b"late"
+        assert not leases[0].in_flight()
+    finally:
+        pipe.restore()
+        h.close()
