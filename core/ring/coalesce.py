@@ -509,12 +509,12 @@ class Coalescer:
             try:
                 _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None)
             finally:
-                # The batch (and so deliver, and these futures with their results) stays
-                # referenced after delivery: by the handles' trackers until they prune
-                # finished flushes (every 64 or more), by a pooled column set until its
-                # reuse.  Holding every result that long kept ~8 MiB of a 32-task read
-                # loop's bytes alive and made malloc grow and trim its heap in turn: a
-                # fresh page, so a page fault, for most reads.
+                # The batch stays referenced after delivery (by a pooled column set until
+                # its reuse, by its leases' in-flight mark); the ring drops its done-callbacks
+                # (and so deliver) once they ran, but deliver may also run from _launch's
+                # check or a drain list.  Holding every result that long kept ~8 MiB of a
+                # 32-task read loop's bytes alive and made malloc grow and trim its heap in
+                # turn: a fresh page, so a page fault, for most reads.
                 futures.clear()
                 # And the trackers let go of the flush now, not at their next prune: until
                 # then each delivered flush (pending, batch, closures) was ~10 objects for
