@@ -773,3 +773,42 @@ def test_a_registered_lease_in_a_coalesced_batch_in_flight_is_not_leased_again(
     finally:
         pipe.restore()
         h.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_flush_mixing_registered_leases_with_pins_and_arena_reads_reads_each_into_its_own_memory(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Leases take their own addresses (no pin), written beside runs of pins by position:
+    # each op must land in its own buffer, all in one submission.
+    expect = data.read_bytes()
+    h = _uring_handle(uring_stack, data)
+    ring = h.ring
+    assert ring is not None
+    try:
+        leases = _registered_leases(h, 4)
+        plain = [bytearray(BLOCK) for _ in range(4)]
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)  # warm up
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                h.read(100, 3 * BLOCK + 5),
+                h.read_many_async([BLOCK, 9 * BLOCK], plain[:2]),
+                h.read_many_async([2 * BLOCK, 7 * BLOCK], leases[:2]),
+                h.read_into_async(plain[2], 4 * BLOCK),
+                h.read_many_async([5 * BLOCK, 6 * BLOCK], leases[2:]),
+                h.read(7, 11 * BLOCK),
+            )
+            return got, ring.counters()["enters"] - before
+
+        got, enters = _run(main())
+        assert enters == 1, enters
+        assert got[0] == expect[3 * BLOCK + 5 : 3 * BLOCK + 105] and got[5] == expect[11 * BLOCK : 11 * BLOCK + 7]
+        for buf, off in [(plain[0], 1), (plain[1], 9), (leases[0], 2), (leases[1], 7), (plain[2], 4)]:
+            assert bytes(buf) == expect[off * BLOCK : (off + 1) * BLOCK], off
+        for buf, off in [(leases[2], 5), (leases[3], 6)]:
+            assert bytes(buf) == expect[off * BLOCK : (off + 1) * BLOCK], off
+        h.release_buffers(leases)
+    finally:
+        h.close()
