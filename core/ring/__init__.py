@@ -398,10 +398,15 @@ class Ring:
             # Every completion taken is accounted for before any callback runs: a
             # callback that raises must not leave the batches after it unfinished
             # (their waiters would hang).  The first error is re-raised at the end.
+            # Each batch lets go of its callbacks as they run (read once, here, the only
+            # caller): a finished batch stays referenced (a pooled column set, a lease's
+            # in-flight mark, a tracker) and must not keep their closures and results.
             for batch in taken:
-                if batch.on_done is not None:
+                on_done = batch.on_done
+                if on_done is not None:
+                    batch.on_done = None
                     try:
-                        batch.on_done(batch)
+                        on_done(batch)
                     except BaseException as exc:  # re-raised below
                         error = error or exc
 

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
 from uringstack.ring import Ring
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
+from uringstack.ring.buffers import (
+    RegisteredBuffer,
+    address_of,
+    check_alignment,
+    fixed_slots,
+    pin_buffers,
+    put_opcodes,
+)
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
@@ -127,7 +134,6 @@ class UringFileIO:
         n = len(offsets)
         if n != len(buffers):
             raise ValueError(f"{n} offsets but {len(buffers)} buffers")
-        ring_id = id(self.ring)
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
         keep, addrs, lens = pin_buffers(buffers, writable=not write)
         if n and max(lens) > MAX_RW_COUNT:
@@ -142,12 +148,7 @@ class UringFileIO:
         cols.n = n
         if leases:
             # leases registered with this very ring become READ_FIXED/WRITE_FIXED
-            slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
-            if max(slots) >= 0:
-                cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
-                cols.set("buf_index", [max(i, 0) for i in slots])
-            else:
-                cols.fill("opcodes", plain)
+            put_opcodes(cols, fixed_slots(buffers, self.ring), plain, fixed)
         else:
             cols.fill("opcodes", plain)
         fd, sqe_flags = self._fd_and_flags()
@@ -376,13 +377,10 @@ class UringPrepared:
             for addr, length in zip(addrs, lens, strict=True):
                 check_alignment(self.op, io.path, addr, length, 0, io.block_size)
         lens = [min(length, MAX_RW_COUNT) for length in lens]
-        ring_id = id(io.ring)
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
-        slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
+        slots = fixed_slots(buffers, io.ring)
         cols = BatchColumns(n)
-        cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
-        if max(slots) >= 0:
-            cols.set("buf_index", [max(i, 0) for i in slots])
+        put_opcodes(cols, slots, plain, fixed)
         cols.set("addrs", addrs)
         cols.set("lens", lens)
         self._offs = cols.column("offs")
