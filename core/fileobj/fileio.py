@@ -279,7 +279,10 @@ class FileIO(io.RawIOBase):
         any other write, ``seek``, ``tell``, ``truncate``, ``fileno()``,
         ``flush()``, ``close()``.  So it behaves as the buffered writer's
         own buffer does (the data reaches the kernel at the next flush, and a
-        failed write is raised there), minus the copy into that buffer."""
+        failed write is raised there), minus the copy into that buffer.
+        A smaller write that reaches this file while it holds data (the
+        writer's buffer written out before the next large ``bytes``) is held
+        too, as a copy, so the gathered write goes on."""
         handle = self._handle
         if self._closed_flag or handle is None or handle._closed:
             raise _closed_error()
@@ -289,11 +292,20 @@ class FileIO(io.RawIOBase):
                 held = self._held = []
             if not held:
                 self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-            held.append(b)
-            self._held_bytes += len(b)
-            if self._held_bytes >= self._hold_limit:
-                self._release()
-        return len(b)
+            return self._keep(held, b)
+
+    def _keep(self, held: list[bytes], data: bytes) -> int:
+        held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= self._hold_limit:
+            self._release()
+        return len(data)
+
+    def _hold_copy(self, pin: Any) -> int:
+        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
+        held = self._held
+        assert held is not None  # (held bytes are counted only while a list holds them)
+        return self._keep(held, ffi.buffer(pin)[:])
 
     def _release(self) -> None:
         """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
@@ -591,6 +603,10 @@ class FileIO(io.RawIOBase):
                 with self._lock:
                     # (no read-ahead to invalidate: it exists only under O_DIRECT)
                     if self._held_bytes:
+                        if 0 < len(pin) < self._hold_limit:
+                            # joins what _hold keeps (a copy: the caller, the writer's
+                            # buffer, reuses its memory), so the gathered write goes on
+                            return self._hold_copy(pin)
                         self._release()  # what _hold kept goes first
                     pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                     n = len(pin)

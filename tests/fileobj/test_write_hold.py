@@ -47,6 +47,23 @@ def test_large_bytes_are_written_without_a_copy(tmp_path: pathlib.Path, stack: S
     assert all(a is b for a, b in zip([b for s in seen for b in s], chunks, strict=True))
 
 
+def test_small_writes_between_large_ones_join_the_gathered_write(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A header before each large ``bytes`` (the writer's buffer written out) keeps one gathered write going."""
+    path = tmp_path / "f"
+    big = [os.urandom(HOLD_MIN) for _ in range(2)]
+    with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
+        seen = _spy_gathers(f)
+        f.write(b"h" * 100)  # nothing held yet: written out before the first large one
+        f.write(big[0])
+        f.write(b"i" * 100)
+        f.write(big[1])
+        f.write(b"j" * 100)
+        f.flush()
+        assert [bytes(b) for s in seen for b in s] == [big[0], b"i" * 100, big[1], b"j" * 100]
+        assert len(seen) == 1
+    assert path.read_bytes() == b"h" * 100 + big[0] + b"i" * 100 + big[1] + b"j" * 100
+
+
 def test_mutable_buffers_are_copied(tmp_path: pathlib.Path, stack: Stack) -> None:
     """A bytearray (or memoryview) may change once write() returned: it is never held."""
     path = tmp_path / "f"
