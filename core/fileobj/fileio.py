@@ -23,7 +23,6 @@ import stat
 import sys
 import threading
 import warnings
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,6 @@ from uringstack.stack.targets import ADOPT_FD
 if TYPE_CHECKING:
     from _typeshed import MaybeNone
 
-    from uringstack.ring.pending import Pending
     from uringstack.stack import Stack
     from uringstack.stack.handle import FileHandle
 
@@ -46,9 +44,6 @@ Opener = Callable[[PathArg, int], int]
 _CLOSED_MSG = "I/O operation on closed file"
 _BAD_MODE = "Must have exactly one of create/read/write/append mode and at most one plus"
 _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size file
-WRITES_IN_FLIGHT_MAX = 4 << 20
-"""Held bytes started (not waited) and not yet reaped, at most: past it a release waits
-for the oldest (see ``FileIO._release``)."""
 
 
 def _closed_error() -> ValueError:
@@ -103,12 +98,9 @@ class FileIO(io.RawIOBase):
     _closed_flag = False
     _home: Stack | None = None  # the stack serving the file (the default one included)
     _hold_limit = 0  # >0: write-only buffered file whose writer may hand over bytes (_hold)
-    _held: list[bytes] | None = None  # bytes held for one batch of writes, in file order
+    _held: list[bytes] | None = None  # bytes held for one gathered write, in file order
     _held_bytes = 0
     _held_pos = 0  # file offset of _held[0]
-    # held writes started, not yet reaped, oldest first: (pending, offsets, the bytes objects)
-    _writing: deque[tuple[Pending, list[int], list[bytes]]] | None = None
-    _writing_bytes = 0
 
     def __init__(
         self,
@@ -267,7 +259,7 @@ class FileIO(io.RawIOBase):
             self._writebehind = WriteBehind(self._handle)
 
     def _enable_holding(self, limit: int) -> bool:
-        """Let :meth:`_hold` keep ``bytes`` objects for one batch of writes of up to *limit* bytes.
+        """Let :meth:`_hold` keep ``bytes`` objects for one gathered write of up to *limit* bytes.
 
         Only a write-only, non-append, buffered (not O_DIRECT) file on a stack
         handle: appends would land in the order the kernel runs them, and
@@ -281,29 +273,28 @@ class FileIO(io.RawIOBase):
         """Take *b* (an immutable ``bytes``) as the next write without copying it.
 
         The object is kept, not copied: the reference keeps it alive and
-        ``bytes`` cannot change.  Held data is started, in order, as one batch
-        of writes (``handle.start_write_many``) once *limit* bytes are held
-        (:meth:`_release`), and everything held or started is written and
-        waited for (:meth:`_settle`) before anything else reaches the
-        descriptor through this object: any other write, ``seek``, ``tell``,
-        ``truncate``, ``fileno()``, a read, ``flush()``, ``close()``.  So it
-        behaves as the buffered writer's own buffer does (the data reaches the
-        kernel at the next flush at the latest, and a failed write is raised at
-        the next write, flush or close), minus the copy into that buffer.
-        A smaller write that reaches this file while it holds data or has
-        writes in flight (the writer's buffer written out before the next large
-        ``bytes``) is held too, as a copy, so the writes go on."""
+        ``bytes`` cannot change.  Held data is written, in order, with one
+        gathered write (``handle.writev_from``) once *limit* bytes are held,
+        and before anything else reaches the descriptor through this object:
+        any other write, ``seek``, ``tell``, ``truncate``, ``fileno()``,
+        ``flush()``, ``close()``.  So it behaves as the buffered writer's
+        own buffer does (the data reaches the kernel at the next flush, and a
+        failed write is raised there), minus the copy into that buffer.
+        A smaller write that reaches this file while it holds data (the
+        writer's buffer written out before the next large ``bytes``) is held
+        too, as a copy, so the gathered write goes on."""
         handle = self._handle
         if self._closed_flag or handle is None or handle._closed:
             raise _closed_error()
         with self._lock:
-            return self._keep(b)
+            held = self._held
+            if held is None:
+                held = self._held = []
+            if not held:
+                self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            return self._keep(held, b)
 
-    def _keep(self, data: bytes) -> int:
-        held = self._held
-        if not held:
-            held = self._held = []
-            self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+    def _keep(self, held: list[bytes], data: bytes) -> int:
         held.append(data)
         self._held_bytes += len(data)
         if self._held_bytes >= self._hold_limit:
@@ -311,97 +302,25 @@ class FileIO(io.RawIOBase):
         return len(data)
 
     def _hold_copy(self, pin: Any) -> int:
-        """Hold a copy of *pin*'s bytes after what is held or in flight (the caller holds ``_lock``)."""
-        return self._keep(ffi.buffer(pin)[:])
+        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
+        held = self._held
+        assert held is not None  # (held bytes are counted only while a list holds them)
+        return self._keep(held, ffi.buffer(pin)[:])
 
     def _release(self) -> None:
-        """Start writing what :meth:`_hold` kept, without waiting (the caller holds ``_lock``).
+        """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
 
-        One batch of writes at consecutive offsets (``handle.start_write_many``):
-        a buffered write to ext4 is handed by the kernel to an io-wq worker,
-        which copies into the page cache on another CPU while this thread goes
-        on, and which runs the writes to one file one after another, in order.
-        The batch and this object both keep the ``bytes`` until the writes'
-        completions are reaped (:meth:`_reap`).  Completed batches are reaped
-        here without waiting, and the oldest is waited for while more than
-        :data:`WRITES_IN_FLIGHT_MAX` bytes are in flight; a failure found is
-        raised here (the next write), else at the next flush or close."""
+        The held objects are let go first: after a failure they are dropped,
+        as a failed write-behind's data is, and the error is raised here."""
         held, self._held = self._held, None
         n, self._held_bytes = self._held_bytes, 0
         if not held:
             return
-        pos = self._held_pos
-        offsets = []
-        at = pos
-        for data in held:
-            offsets.append(at)
-            at += len(data)
         try:
-            pending = self._live_handle().start_write_many(offsets, held)
+            self._live_handle().writev_from(held, self._held_pos)
         except RingClosedError:
             raise _closed_error() from None
-        writing = self._writing
-        if writing is None:
-            writing = self._writing = deque()
-        writing.append((pending, offsets, held))
-        self._writing_bytes += n
-        os.lseek(self._fd, pos + n, os.SEEK_SET)
-        self._reap(WRITES_IN_FLIGHT_MAX)
-
-    def _reap(self, limit: int) -> None:
-        """Collect started writes, oldest first: those done, then wait while more than *limit* bytes are in flight.
-
-        Each wait is the ring's, bounded by ``core.wait_timeout_s`` (a lost
-        completion raises there and the batch stays listed, its ``bytes``
-        kept).  A failed write raises ``OSError`` with its errno once every
-        other started write was waited for (they are dropped, as a failed
-        write-behind's data is), the position put back where the written data
-        stops; a short one is completed by waited writes of the rest
-        (``handle._finish_writes``)."""
-        writing = self._writing
-        handle = self._handle
-        while writing:
-            pending, offsets, data = writing[0]
-            if self._writing_bytes <= limit and not pending.done():
-                return
-            try:
-                results = pending.wait()
-            except RingClosedError:
-                raise _closed_error() from None
-            writing.popleft()
-            self._writing_bytes -= sum(map(len, data))
-            if len(results) == len(data) and all(r == len(d) for r, d in zip(results, data, strict=True)):
-                continue
-            assert handle is not None
-            try:
-                handle._finish_writes(offsets, data, results)
-            except BaseException as e:
-                self._reap_rest()
-                # the file goes on where the data stopped, as after a failed waited write
-                i = next(i for i, (r, d) in enumerate(zip(results, data, strict=True)) if r != len(d))
-                os.lseek(self._fd, offsets[i] + max(results[i], 0), os.SEEK_SET)
-                if isinstance(e, RingClosedError):  # a retry of a short write met a closed handle
-                    raise _closed_error() from None
-                raise
-
-    def _reap_rest(self) -> None:
-        """After a failure: wait for every other started write (bounded), and drop them."""
-        writing = self._writing
-        while writing:
-            pending = writing[0][0]
-            try:
-                pending.wait()
-            except Exception:
-                return  # (still listed: its bytes stay referenced)
-            _, _, data = writing.popleft()
-            self._writing_bytes -= sum(map(len, data))
-
-    def _settle(self) -> None:
-        """Write what is held and wait for every started write; raise a failure (the caller holds ``_lock``)."""
-        if self._held_bytes:
-            self._release()
-        if self._writing:
-            self._reap(-1)
+        os.lseek(self._fd, self._held_pos + n, os.SEEK_SET)
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -488,7 +407,7 @@ class FileIO(io.RawIOBase):
         Callers fsync it (``os.fsync(f.fileno())``) or read it through another
         descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
-        if self._held_bytes or self._writing or (self._writebehind is not None and len(self._writebehind)):
+        if self._held_bytes or (self._writebehind is not None and len(self._writebehind)):
             with self._lock:
                 self._drain()
         return self._fd
@@ -683,12 +602,12 @@ class FileIO(io.RawIOBase):
             else:
                 with self._lock:
                     # (no read-ahead to invalidate: it exists only under O_DIRECT)
-                    if self._held_bytes or self._writing:
+                    if self._held_bytes:
                         if 0 < len(pin) < self._hold_limit:
                             # joins what _hold keeps (a copy: the caller, the writer's
-                            # buffer, reuses its memory), so the held writes go on
+                            # buffer, reuses its memory), so the gathered write goes on
                             return self._hold_copy(pin)
-                        self._settle()  # what _hold kept goes first, and is waited for
+                        self._release()  # what _hold kept goes first
                     pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                     n = len(pin)
                     if not n:
@@ -711,8 +630,8 @@ class FileIO(io.RawIOBase):
             handle = self._live_handle()
             if self._readahead is not None:
                 self._readahead.invalidate()
-            if self._held_bytes or self._writing:
-                self._settle()  # what _hold kept goes first, and is waited for
+            if self._held_bytes:
+                self._release()  # what _hold kept goes first
             pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
             n = len(m)
             if not n:
@@ -753,8 +672,8 @@ class FileIO(io.RawIOBase):
         handle.write_from(buf, pos)
 
     def _drain(self) -> None:
-        if self._held_bytes or self._writing:
-            self._settle()
+        if self._held_bytes:
+            self._release()
         if self._writebehind is not None and len(self._writebehind):
             try:
                 self._writebehind.drain()
@@ -772,16 +691,16 @@ class FileIO(io.RawIOBase):
         if isinstance(pos, float):
             raise TypeError("an integer is required")
         self._checkClosed()
-        if self._held_bytes or self._writing:
+        if self._held_bytes:
             with self._lock:
-                self._settle()
+                self._release()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self) -> int:
         self._checkClosed()
-        if self._held_bytes or self._writing:
+        if self._held_bytes:
             with self._lock:
-                self._settle()
+                self._release()
         return os.lseek(self._fd, 0, os.SEEK_CUR)
 
     def truncate(self, size: int | None = None) -> int:

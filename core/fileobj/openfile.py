@@ -63,11 +63,10 @@ class BufferedWriter(io.BufferedWriter):
         handed to the raw file without the copy into the buffer.
 
         The raw file keeps the object (``bytes`` cannot change, the reference keeps it
-        alive until the write's completion is reaped), starts writing what it holds,
-        without waiting, once a buffer's worth is held, and writes and waits for all of
-        it before any other use of the file (``FileIO._hold``): ``flush()`` returns once
-        it reached the kernel, as the buffer's would.  What the buffer holds goes out
-        first, so the order of writes is kept.  ``bytearray``/``memoryview`` are copied as before:
+        alive) and writes what it holds with one gathered write once a buffer's worth is
+        held, or before any other use of the file (``FileIO._hold``): the same moments
+        the buffer would be written.  What the buffer holds goes out first, so the
+        order of writes is kept.  ``bytearray``/``memoryview`` are copied as before:
         the caller may change them after ``write`` returns."""
         hold = self._hold
         if hold is not None and type(b) is bytes and len(b) >= HOLD_MIN:

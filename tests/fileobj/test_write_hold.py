@@ -2,8 +2,7 @@
 
 What is held must reach the file exactly where and when the writer's own buffer
 would have put it: in order with every other write, before ``seek``/``tell``/
-``truncate``/``fileno()``/``flush()``/``close()``, with a failure raised there.
-(What is started without waiting is tested in test_write_inflight.py.)"""
+``truncate``/``fileno()``/``flush()``/``close()``, with a failure raised there."""
 
 from __future__ import annotations
 
@@ -18,26 +17,25 @@ import pytest
 
 import uringstack
 from uringstack.fileobj.openfile import HOLD_MIN
-from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
 
 
 def _spy_gathers(f: Any) -> list[list[Any]]:
-    """Record the buffers of every batch of held writes *f*'s raw file starts."""
+    """Record the buffers of every gathered write of *f*'s raw file."""
     handle = f.raw.handle
-    real = handle.start_write_many
+    real = handle.writev_from
     seen: list[list[Any]] = []
 
-    def start_write_many(offsets: Any, buffers: Any) -> Any:
+    def writev_from(buffers: Any, offset: int) -> int:
         seen.append(list(buffers))
-        return real(offsets, buffers)
+        return int(real(buffers, offset))
 
-    handle.start_write_many = start_write_many
+    handle.writev_from = writev_from
     return seen
 
 
 def test_large_bytes_are_written_without_a_copy(tmp_path: pathlib.Path, stack: Stack) -> None:
-    """The very objects given to write() go to the kernel, all of a buffer's worth in one batch of writes."""
+    """The very objects given to write() go to the kernel, all of a buffer's worth in one gathered write."""
     path = tmp_path / "f"
     chunks = [os.urandom(HOLD_MIN) for _ in range(20)]
     with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
@@ -49,8 +47,8 @@ def test_large_bytes_are_written_without_a_copy(tmp_path: pathlib.Path, stack: S
     assert all(a is b for a, b in zip([b for s in seen for b in s], chunks, strict=True))
 
 
-def test_small_writes_between_large_ones_join_the_held_batch(tmp_path: pathlib.Path, stack: Stack) -> None:
-    """A header before each large ``bytes`` (the writer's buffer written out) keeps one batch of writes going."""
+def test_small_writes_between_large_ones_join_the_gathered_write(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A header before each large ``bytes`` (the writer's buffer written out) keeps one gathered write going."""
     path = tmp_path / "f"
     big = [os.urandom(HOLD_MIN) for _ in range(2)]
     with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
@@ -146,23 +144,21 @@ def test_held_data_reaches_the_kernel_at_flush_and_fileno(tmp_path: pathlib.Path
 
 
 def _fail_gathers(f: Any, err: int) -> None:
-    """*f*'s held writes complete with ``-err`` (nothing written)."""
+    def fail(buffers: Any, offset: int) -> int:
+        raise OSError(err, os.strerror(err))
 
-    def fail(offsets: Any, buffers: Any) -> Any:
-        return CompletedPending([-err] * len(buffers))
-
-    f.raw.handle.start_write_many = fail
+    f.raw.handle.writev_from = fail
 
 
 def test_a_failed_held_write_surfaces_at_flush(tmp_path: pathlib.Path, stack: Stack) -> None:
     with uringstack.open(tmp_path / "f", "wb", stack=stack) as f:
-        real = f.raw.handle.start_write_many
+        real = f.raw.handle.writev_from
         _fail_gathers(f, errno.ENOSPC)
         f.write(b"x" * HOLD_MIN)
         with pytest.raises(OSError) as info:
             f.flush()
         assert info.value.errno == errno.ENOSPC
-        f.raw.handle.start_write_many = real
+        f.raw.handle.writev_from = real
         f.write(b"y")  # what failed was dropped, as a failed write-behind's data; the file goes on
     assert (tmp_path / "f").read_bytes() == b"y"
 
