@@ -72,3 +72,24 @@ def loop_device(tmp_path: pathlib.Path) -> Iterator[tuple[str, pathlib.Path]]:
         yield dev, backing
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@pytest.fixture
+def plain_uring_stack() -> Iterator[Any]:
+    """One worker on CPU 0 serving files through plain io_uring (no registered buffers): the
+    asyncio coalescer's own path.  Open handles with :func:`open_plain_uring`."""
+    from uringstack.stack import open_stack
+
+    with open_stack(overrides={"core.cores": [0], "core.backend": "uring", "fixedbuf.mode": "off"}) as s:
+        yield s
+
+
+def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True) -> Any:
+    """``stack.open(path)``, skipped (with the reason) where io_uring does not serve it."""
+    from tests.requires import skip_without
+
+    h = stack.open(path, writable=writable)
+    if h.ring is None or h.backend != "uring":
+        h.close()
+        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
+    return h

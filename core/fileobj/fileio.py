@@ -97,6 +97,10 @@ class FileIO(io.RawIOBase):
     _writebehind: WriteBehind | None = None
     _closed_flag = False
     _home: Stack | None = None  # the stack serving the file (the default one included)
+    _hold_limit = 0  # >0: write-only buffered file whose writer may hand over bytes (_hold)
+    _held: list[bytes] | None = None  # bytes held for one gathered write, in file order
+    _held_bytes = 0
+    _held_pos = 0  # file offset of _held[0]
 
     def __init__(
         self,
@@ -254,6 +258,70 @@ class FileIO(io.RawIOBase):
         if writebehind and self._writable and not self._appending:
             self._writebehind = WriteBehind(self._handle)
 
+    def _enable_holding(self, limit: int) -> bool:
+        """Let :meth:`_hold` keep ``bytes`` objects for one gathered write of up to *limit* bytes.
+
+        Only a write-only, non-append, buffered (not O_DIRECT) file on a stack
+        handle: appends would land in the order the kernel runs them, and
+        O_DIRECT has write-behind.  True when enabled."""
+        if self._handle is None or self._direct or self._readable or self._appending:
+            return False
+        self._hold_limit = limit
+        return True
+
+    def _hold(self, b: bytes) -> int:
+        """Take *b* (an immutable ``bytes``) as the next write without copying it.
+
+        The object is kept, not copied: the reference keeps it alive and
+        ``bytes`` cannot change.  Held data is written, in order, with one
+        gathered write (``handle.writev_from``) once *limit* bytes are held,
+        and before anything else reaches the descriptor through this object:
+        any other write, ``seek``, ``tell``, ``truncate``, ``fileno()``,
+        ``flush()``, ``close()``.  So it behaves as the buffered writer's
+        own buffer does (the data reaches the kernel at the next flush, and a
+        failed write is raised there), minus the copy into that buffer.
+        A smaller write that reaches this file while it holds data (the
+        writer's buffer written out before the next large ``bytes``) is held
+        too, as a copy, so the gathered write goes on."""
+        handle = self._handle
+        if self._closed_flag or handle is None or handle._closed:
+            raise _closed_error()
+        with self._lock:
+            held = self._held
+            if held is None:
+                held = self._held = []
+            if not held:
+                self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            return self._keep(held, b)
+
+    def _keep(self, held: list[bytes], data: bytes) -> int:
+        held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= self._hold_limit:
+            self._release()
+        return len(data)
+
+    def _hold_copy(self, pin: Any) -> int:
+        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
+        held = self._held
+        assert held is not None  # (held bytes are counted only while a list holds them)
+        return self._keep(held, ffi.buffer(pin)[:])
+
+    def _release(self) -> None:
+        """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
+
+        The held objects are let go first: after a failure they are dropped,
+        as a failed write-behind's data is, and the error is raised here."""
+        held, self._held = self._held, None
+        n, self._held_bytes = self._held_bytes, 0
+        if not held:
+            return
+        try:
+            self._live_handle().writev_from(held, self._held_pos)
+        except RingClosedError:
+            raise _closed_error() from None
+        os.lseek(self._fd, self._held_pos + n, os.SEEK_SET)
+
     # --- state ---------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
@@ -339,7 +407,7 @@ class FileIO(io.RawIOBase):
         Callers fsync it (``os.fsync(f.fileno())``) or read it through another
         descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
-        if self._writebehind is not None and len(self._writebehind):
+        if self._held_bytes or (self._writebehind is not None and len(self._writebehind)):
             with self._lock:
                 self._drain()
         return self._fd
@@ -534,6 +602,12 @@ class FileIO(io.RawIOBase):
             else:
                 with self._lock:
                     # (no read-ahead to invalidate: it exists only under O_DIRECT)
+                    if self._held_bytes:
+                        if 0 < len(pin) < self._hold_limit:
+                            # joins what _hold keeps (a copy: the caller, the writer's
+                            # buffer, reuses its memory), so the gathered write goes on
+                            return self._hold_copy(pin)
+                        self._release()  # what _hold kept goes first
                     pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                     n = len(pin)
                     if not n:
@@ -556,6 +630,8 @@ class FileIO(io.RawIOBase):
             handle = self._live_handle()
             if self._readahead is not None:
                 self._readahead.invalidate()
+            if self._held_bytes:
+                self._release()  # what _hold kept goes first
             pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
             n = len(m)
             if not n:
@@ -596,6 +672,8 @@ class FileIO(io.RawIOBase):
         handle.write_from(buf, pos)
 
     def _drain(self) -> None:
+        if self._held_bytes:
+            self._release()
         if self._writebehind is not None and len(self._writebehind):
             try:
                 self._writebehind.drain()
@@ -613,10 +691,16 @@ class FileIO(io.RawIOBase):
         if isinstance(pos, float):
             raise TypeError("an integer is required")
         self._checkClosed()
+        if self._held_bytes:
+            with self._lock:
+                self._release()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self) -> int:
         self._checkClosed()
+        if self._held_bytes:
+            with self._lock:
+                self._release()
         return os.lseek(self._fd, 0, os.SEEK_CUR)
 
     def truncate(self, size: int | None = None) -> int:
@@ -657,6 +741,7 @@ class FileIO(io.RawIOBase):
         finally:
             self._writebehind = None
             self._readahead = None
+            self._held, self._held_bytes = None, 0  # written by flush() above, or failed there
 
     def _close_fd(self) -> None:
         handle, self._handle = self._handle, None

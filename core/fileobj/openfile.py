@@ -42,8 +42,40 @@ Re-measured with the single-op path (~5 µs a request): 32 KiB, 256 KiB, 2 and
 4 MiB cost ``shutil.copyfileobj`` as much or more CPU (docs/api.md)."""
 
 
+HOLD_MIN = 64 * 1024
+"""A ``bytes`` object this large written to a write-only stack file is kept, not copied
+(``shutil.copyfileobj``'s chunk size: ``BufferedWriter.write``)."""
+
+_write = io.BufferedWriter.write
+_flush = io.BufferedWriter.flush
+
+
 class BufferedWriter(io.BufferedWriter):
-    """``io.BufferedWriter`` whose ``flush()`` returns once the data reached the kernel."""
+    """``io.BufferedWriter`` whose ``flush()`` returns once the data reached the kernel,
+    and which keeps large ``bytes`` objects instead of copying them into its buffer."""
+
+    def __init__(self, raw: FileIO, buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> None:
+        super().__init__(raw, buffer_size)
+        self._hold = raw._hold if isinstance(raw, FileIO) and raw._enable_holding(buffer_size) else None
+
+    def write(self, b: Any) -> int:
+        """``io.BufferedWriter.write``; an immutable ``bytes`` of ``HOLD_MIN`` bytes or more is
+        handed to the raw file without the copy into the buffer.
+
+        The raw file keeps the object (``bytes`` cannot change, the reference keeps it
+        alive) and writes what it holds with one gathered write once a buffer's worth is
+        held, or before any other use of the file (``FileIO._hold``): the same moments
+        the buffer would be written.  What the buffer holds goes out first, so the
+        order of writes is kept.  ``bytearray``/``memoryview`` are copied as before:
+        the caller may change them after ``write`` returns."""
+        hold = self._hold
+        if hold is not None and type(b) is bytes and len(b) >= HOLD_MIN:
+            try:
+                _flush(self)  # the buffer's data first (nothing to do when empty)
+            except ValueError:
+                return _write(self, b)  # closed or detached: the built-in's error, in its words
+            return hold(b)
+        return _write(self, b)
 
     def flush(self) -> None:
         super().flush()

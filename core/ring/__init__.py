@@ -162,6 +162,8 @@ class Ring:
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
+        self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
+        self._tick_ms_now = 1
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
@@ -400,10 +402,15 @@ class Ring:
             # Every completion taken is accounted for before any callback runs: a
             # callback that raises must not leave the batches after it unfinished
             # (their waiters would hang).  The first error is re-raised at the end.
+            # Each batch lets go of its callbacks as they run (read once, here, the only
+            # caller): a finished batch stays referenced (a pooled column set, a lease's
+            # in-flight mark, a tracker) and must not keep their closures and results.
             for batch in taken:
-                if batch.on_done is not None:
+                on_done = batch.on_done
+                if on_done is not None:
+                    batch.on_done = None
                     try:
-                        batch.on_done(batch)
+                        on_done(batch)
                     except BaseException as exc:  # re-raised below
                         error = error or exc
 
@@ -551,39 +558,95 @@ class Ring:
         if self._fork_gen != forking._generation:
             self._check_fork()
         with self._lock:
-            if self._closed:
-                raise RingClosedError("ring is closed")
-            if self._single_issuer:
-                self._check_thread()
             free = self._free_slots
-            if not free:
-                self._reap_locked()
-                if not free:
-                    raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-            slot = free.pop()
+            slot = self._one_slot_locked() if self._closed or self._single_issuer or not free else free.pop()
             result = self._one_result
-            wait_ms = max(1, int(self.wait_tick * 1000))
+            if self.wait_tick is not self._tick_seen:
+                self._retick()
             try:
                 ret = lib.us_rw_one(
                     self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
-                    wait_ms,
+                    self._tick_ms_now,
                 )  # fmt: skip
                 if ret >= 0:
                     free.append(slot)
                     if ret:
                         self._collect_done()  # other batches completed meanwhile
-                    return int(result[0])
+                    res: int = result[0]
+                    return res
                 return self._rw_one_unfinished(slot, ret, keep, result)
             except BaseException:
-                # Also raised by a signal handler as the call returned (Ctrl-C during its
-                # wait; ret is lost): an op still in the kernel must be owned before
-                # anything propagates (tests/ring/test_audit_signals.py).
-                if slot not in free:
-                    if slot in self._inflight or lib.us_slot_remaining(self._state, slot):
-                        self._own_rw_one(slot, keep, result)
-                    else:
-                        free.append(slot)
+                self._rw_one_raised(slot, keep, result)
                 raise
+
+    def bind_rw_one(
+        self, opcode: int, fd: int, buf: Any, length: int, sqe_flags: int, buf_index: int, keep: object
+    ) -> Callable[[int], int]:
+        """:meth:`rw_one` with every argument but the offset bound: ``f(offset)`` does
+        ``rw_one(opcode, fd, buf, length, offset, sqe_flags, buf_index, keep)``.
+
+        For a loop moving the same buffer again and again (a prepared single
+        read or write, at QD1): per op, the same checks (fork, closed, thread)
+        and one lock, without passing eight arguments through Python.  *keep*
+        must keep *buf*'s memory alive while the function is used."""
+        ring = self
+        lock, free, call, rp, st = self._lock, self._free_slots, lib.us_rw_one, self._ring, self._state
+        gen = self._fork_gen
+
+        def rw_one(offset: int) -> int:
+            if gen != forking._generation:
+                ring._check_fork()
+            with lock:
+                slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free.pop()
+                result = ring._one_result
+                if ring.wait_tick is not ring._tick_seen:
+                    ring._retick()
+                try:
+                    ret = call(
+                        rp, st, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result, ring._tick_ms_now
+                    )
+                    if ret >= 0:
+                        free.append(slot)
+                        if ret:
+                            ring._collect_done()  # other batches completed meanwhile
+                        res: int = result[0]
+                        return res
+                    return ring._rw_one_unfinished(slot, ret, keep, result)
+                except BaseException:
+                    ring._rw_one_raised(slot, keep, result)
+                    raise
+
+        return rw_one
+
+    def _retick(self) -> None:
+        """Convert :attr:`wait_tick` for the single-op calls (when it changed: a float
+        multiply, truncation and clamp per op would sit on the QD1 path)."""
+        tick = self.wait_tick
+        self._tick_ms_now = max(1, int(tick * 1000))
+        self._tick_seen = tick
+
+    def _one_slot_locked(self) -> int:
+        """A free slot for :meth:`rw_one`'s op, after its checks (ring open, the right thread)."""
+        if self._closed:
+            raise RingClosedError("ring is closed")
+        if self._single_issuer:
+            self._check_thread()
+        free = self._free_slots
+        if not free:
+            self._reap_locked()
+            if not free:
+                raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+        return free.pop()
+
+    def _rw_one_raised(self, slot: int, keep: object, result: Any) -> None:
+        """:meth:`rw_one` raised (lock held), also from a signal handler as its call into C
+        returned (Ctrl-C during its wait; the return value is lost): an op still in the
+        kernel must be owned before anything propagates (tests/ring/test_audit_signals.py)."""
+        if slot not in self._free_slots:
+            if slot in self._inflight or lib.us_slot_remaining(self._state, slot):
+                self._own_rw_one(slot, keep, result)
+            else:
+                self._free_slots.append(slot)
 
     def _rw_one_unfinished(self, slot: int, ret: int, keep: object, result: Any) -> int:
         """:meth:`rw_one` when its op did not complete in the call (lock held): own it, wait, or fail."""

@@ -17,6 +17,7 @@ from uringstack.ring.native import ffi
 
 if TYPE_CHECKING:
     from uringstack.ring import Ring
+    from uringstack.ring.columns import BatchColumns
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -78,6 +79,23 @@ def pin_buffers(buffers: Sequence[Any], *, writable: bool) -> tuple[list[Any], l
         addrs.append(address_of(pin))
         lens.append(len(pin))
     return keep, addrs, lens
+
+
+def fixed_slots(buffers: Sequence[Any], ring: Ring) -> list[int]:
+    """Per buffer, its index in *ring*'s registered buffers, or -1 (not a lease registered
+    with *ring*: a plain READ/WRITE at its address, correct, just not faster)."""
+    ring_id = id(ring)
+    return [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
+
+
+def put_opcodes(cols: BatchColumns, slots: list[int], plain: int, fixed: int) -> None:
+    """The ``opcodes`` of ops on buffers with these :func:`fixed_slots`: *fixed*
+    (READ_FIXED/WRITE_FIXED, with its ``buf_index``) where a slot is >= 0, else *plain*."""
+    if max(slots) >= 0:
+        cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
+        cols.set("buf_index", [max(i, 0) for i in slots])
+    else:
+        cols.fill("opcodes", plain)
 
 
 def check_alignment(op: str, filename: str, addr: int, length: int, offset: int, block: int) -> None:

@@ -33,10 +33,12 @@ import asyncio
 import functools
 from _thread import get_ident
 from collections.abc import Callable
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
 from uringstack.ring import aio
+from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.native import ffi
@@ -54,6 +56,8 @@ _POINTER_SIZE = ffi.sizeof("char *")
 _DELIVERED = object()
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
+_READ_FIXED = int(Op.READ_FIXED)
+_WRITE_FIXED = int(Op.WRITE_FIXED)
 
 # A column set is reused once its last batch finished (C reads the columns only
 # while submitting); at most this many are kept per capacity.
@@ -87,8 +91,11 @@ class CoalescedFile(Protocol):
 
 # One queued request: (io, tracker, what, offset, future).  ``what`` is an int
 # (the size of a read into the arena; the future gets bytes or -errno), the cffi
-# pin of the caller's buffer (the future gets the int result), or a list of pins
-# with a list of offsets (a read_many/write_many: the future gets the list).
+# pin of the caller's buffer (the future gets the int result), or a tuple of a
+# list of pins and their byte lengths with a list of offsets (a read_many/write_many:
+# the future gets the list).  A read_many/write_many of registered-buffer leases of
+# this ring adds their slots to the tuple (pins, lengths, slots): the pins are the
+# leases themselves, submitted as READ_FIXED/WRITE_FIXED at their own addresses.
 QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[Any]"]
 
 
@@ -115,7 +122,8 @@ class Coalescer:
         CPython 3.11 (about 1 us here, once per await); comparing the thread that
         runs this loop with the calling thread answers the same question for
         free: one thread runs at most one loop at a time."""
-        self._reads: list[QueuedOp] = []
+        self._reads: list[QueuedOp] = []  # reads into caller buffers (pins)
+        self._arena_reads: list[QueuedOp] = []  # reads into the flush's arena (``await read``)
         self._writes: list[QueuedOp] = []
         self._arena_need = 0  # bytes the queued arena reads take
         self._scheduled = False
@@ -145,7 +153,7 @@ class Coalescer:
     def add_read(self, io: CoalescedFile, tracker: InflightTracker, size: int, offset: int) -> asyncio.Future[Any]:
         """Queue a read of *size* bytes into the flush's arena; its future gets ``bytes`` or ``-errno``."""
         fut = self._create_future()
-        self._reads.append((io, tracker, size, offset, fut))
+        self._arena_reads.append((io, tracker, size, offset, fut))
         self._arena_need += size
         if not self._scheduled:
             self._scheduled = True
@@ -160,8 +168,27 @@ class Coalescer:
             if write:
                 raise ValueError("an arena op is a read")
             return self.add_read(io, tracker, what, offset)
+        if type(what) is list:
+            return self.add_many(io, tracker, write, what, offset, list(map(len, what)))
         fut = self._create_future()
         (self._writes if write else self._reads).append((io, tracker, what, offset, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+        return fut
+
+    def add_many(
+        self, io: CoalescedFile, tracker: InflightTracker, write: bool, pins: list[Any], offsets: list[int],
+        lens: list[int], slots: list[int] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue a read_many/write_many of *pins* (``len(pins[i]) == lens[i]``, which the caller
+        has already: not measured again); its future gets the list of results.
+
+        With *slots* the pins are registered-buffer leases of this ring and ``slots[i]``
+        their indexes (``buffers.fixed_slots``, every one >= 0): READ_FIXED/WRITE_FIXED."""
+        fut = self._create_future()
+        what = (pins, lens) if slots is None else (pins, lens, slots)
+        (self._writes if write else self._reads).append((io, tracker, what, offsets, fut))
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -170,6 +197,7 @@ class Coalescer:
     def drop(self) -> None:
         """Forget queued ops (their loop closed before it flushed them: nobody awaits them)."""
         self._reads = []
+        self._arena_reads = []
         self._writes = []
         self._arena_need = 0
         self._scheduled = False
@@ -221,41 +249,54 @@ class Coalescer:
     def flush(self) -> None:
         """Submit what was queued this iteration: one batch of reads, one of writes."""
         self._scheduled = False
-        reads, writes = self._reads, self._writes
+        arena, reads, writes = self._arena_reads, self._reads, self._writes
         if reads:
             self._reads = []
+            if arena:
+                self._arena_reads = []
+                reads = arena + reads
             need, self._arena_need = self._arena_need, 0
             self._submit(reads, False, need)
+        elif arena:
+            self._arena_reads = []
+            need, self._arena_need = self._arena_need, 0
+            self._submit(arena, False, need, arena_only=True)
         if writes:
             self._writes = []
             self._submit(writes, True, 0)
 
-    def _submit(self, ops: list[QueuedOp], write: bool, need: int) -> None:
+    def _submit(self, ops: list[QueuedOp], write: bool, need: int, arena_only: bool = False) -> None:
         # Each handle's tracker takes the flush's pending before anything is
         # submitted (one lock step per handle, not an enter and a leave), and
         # refuses it once the handle is closed: those ops fail here.
         pending = FlushPending(self.ring)
         tracked: dict[InflightTracker, bool] = {}
         live: list[QueuedOp] = []
+        last: InflightTracker | None = None
+        ok = False
         for op in ops:
             fut = op[4]
             if fut.done():
                 continue  # its task was cancelled before the flush: never submitted
             tracker = op[1]
-            ok = tracked.get(tracker)
-            if ok is None:
-                try:
-                    tracker.track(pending)
-                    ok = True
-                except RingClosedError:
-                    ok = False
-                tracked[tracker] = ok
+            if tracker is not last:  # (the ops of one handle come in runs: one dict step per run)
+                last = tracker
+                got = tracked.get(tracker)
+                if got is None:
+                    try:
+                        tracker.track(pending)
+                        got = True
+                    except RingClosedError:
+                        got = False
+                    tracked[tracker] = got
+                ok = got
             if ok:
                 live.append(op)
             else:
                 fut.set_exception(RingClosedError(f"{op[0].path} was closed before this op was submitted"))
+        pending.trackers = [tracker for tracker, ok in tracked.items() if ok]
         try:
-            if live:
+            if live and not (arena_only and self._submit_arena(live, need, pending)):
                 self._submit_admitted(live, write, need, pending)
         except Exception as exc:  # nothing reached the kernel: every await of the batch raises it
             for op in live:
@@ -302,6 +343,8 @@ class Coalescer:
         # int(ffi.cast(...)) per pin cost about 0.5 us.  Flat (start, count) pairs of the
         # addrs positions that take keep's pins, in order (adjacent runs merged).
         runs: list[int] = []
+        leases: list[Any] = []  # registered-buffer leases (READ_FIXED/WRITE_FIXED)
+        fixed: list[Any] = []  # flat (addrs position, slots) pairs of their ops
         lists = False
         pos = 0
         last_io: CoalescedFile | None = None
@@ -321,16 +364,22 @@ class Coalescer:
                 pos += what
                 continue
             at = len(addrs)
-            if type(what) is list:
-                k = len(what)
+            if type(what) is tuple:
+                pins, pin_lens = what[0], what[1]
+                k = len(pins)
                 fds.extend([fd] * k)
                 flags.extend([flag] * k)
-                addrs.extend([0] * k)
-                lens.extend(map(len, what))
+                lens.extend(pin_lens)
                 offs.extend(offset)
-                keep.extend(what)
                 starts.append(-k - 1)
                 lists = True
+                if len(what) == 3:  # leases: their own addresses, no pin to write (not in runs)
+                    addrs.extend([b.addr for b in pins])
+                    leases.extend(pins)
+                    fixed += (at, what[2])
+                    continue
+                addrs.extend([0] * k)
+                keep.extend(pins)
             else:
                 k = 1
                 fds.append(fd)
@@ -344,11 +393,20 @@ class Coalescer:
                 runs[-1] += k
             else:
                 runs += (at, k)
-        n = pending.n = len(offs)
+        n = len(offs)
         if arena is not None:
             keep.append(arena)
         cols = self._columns(n)
-        cols.fill("opcodes", _WRITE if write else _READ)
+        plain = _WRITE if write else _READ
+        if fixed:
+            # The leases' slots in the batch's positions, opcodes as the sync batch path puts them.
+            slots = [-1] * n
+            for r in range(0, len(fixed), 2):
+                at, lease_slots = fixed[r], fixed[r + 1]
+                slots[at : at + len(lease_slots)] = lease_slots
+            put_opcodes(cols, slots, plain, _WRITE_FIXED if write else _READ_FIXED)
+        else:
+            cols.fill("opcodes", plain)
         _put_same(cols, "fds", fds)
         if max(flags) or cols.is_set("sqe_flags"):
             _put_same(cols, "sqe_flags", flags)
@@ -357,9 +415,64 @@ class Coalescer:
             _put_pins(cols, runs, keep)
         cols.set("lens", lens)
         cols.set("offs", offs)
+        if leases:
+            keep += leases  # (after the pins _put_pins took: it reads keep from the start)
+        self._launch(ops, write, pending, cols, n, keep, arena, arena_size, starts, lists, leases)
+
+    def _submit_arena(self, ops: list[QueuedOp], need: int, pending: FlushPending) -> bool:
+        """Submit reads that all go into the arena, from one file: columns built by whole-list steps.
+
+        ``await read(n, off)`` from many tasks on one handle, the common case: no
+        per-op loop of appends.  False (nothing done) when the ops are on several files."""
+        io = ops[0][0]
+        ios = [op[0] for op in ops]
+        if ios.count(io) != len(ios):
+            return False
+        sizes = [op[2] for op in ops]
+        offs = [op[3] for op in ops]
+        starts = list(accumulate(sizes, initial=0))
+        starts.pop()  # (the end of the last read)
+        arena, arena_size = self._arena(need)
+        base = int(ffi.cast("uintptr_t", arena))
+        n = len(ops)
+        index = io.fixed_index
+        fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
+        cols = self._columns(n)
+        cols.fill("opcodes", _READ)
+        cols.fill("fds", fd)
+        if flag or cols.is_set("sqe_flags"):
+            cols.fill("sqe_flags", flag)
+        cols.set("addrs", [base + start for start in starts])
+        cols.set("lens", sizes)
+        cols.set("offs", offs)
+        self._launch(ops, False, pending, cols, n, [arena], arena, arena_size, starts, False)
+        return True
+
+    def _launch(
+        self,
+        ops: list[QueuedOp],
+        write: bool,
+        pending: FlushPending,
+        cols: BatchColumns,
+        n: int,
+        keep: list[Any],
+        arena: Any,
+        arena_size: int,
+        starts: list[int],
+        lists: bool,
+        leases: list[Any] | None = None,
+    ) -> None:
+        """Submit the *n* ops of *cols* (*keep* owns their memory) and deliver their results to *ops*' futures.
+
+        *leases* (registered buffers in the batch) are marked in flight with it, as the
+        sync batch path does: their pool defers a release until the batch finished."""
+        pending.n = n
         ring = self.ring
         batch = pending.batch = ring.submit_columns(cols, n, keep)
         self.flushes += 1
+        if leases:
+            for lease in leases:
+                (lease.parent or lease).batch = batch
         # From here the kernel owns the memory: nothing below may fail the awaits early.
         futures = [op[4] for op in ops]
         # deliver() holds no caller buffer: the batch's keep (dropped when reaped) is their only owner.
@@ -368,15 +481,16 @@ class Coalescer:
         # the batch holds deliver (its done-callback), so capturing the batch would make
         # every flush a reference cycle (batch, closures, futures, lists) that only the
         # cyclic GC frees (about 0.5 us per op of collections measured).
-        state: list[Any] = [arena, batch]
+        # (The pending too, for the same reason: it holds the batch.)
+        state: list[Any] = [arena, batch, pending]
 
         def deliver() -> None:
             # Runs once, on the loop thread, from the done-callback or the check below.
-            own, done = state
+            own, done, flushed = state
             if own is _DELIVERED:
                 return
             state[0] = _DELIVERED
-            state[1] = None
+            state[1] = state[2] = None
             results = done.results
             view = ffi.buffer(own) if own is not None else None
             if own is not None and arena_size >= self._spare_size:
@@ -392,7 +506,21 @@ class Coalescer:
                     view[start : start + res] if start >= 0 and res >= 0 else res
                     for start, res in zip(starts, results, strict=True)
                 ]
-            _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None)
+            try:
+                _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None)
+            finally:
+                # The batch stays referenced after delivery (by a pooled column set until
+                # its reuse, by its leases' in-flight mark); the ring drops its done-callbacks
+                # (and so deliver) once they ran, but deliver may also run from _launch's
+                # check or a drain list.  Holding every result that long kept ~8 MiB of a
+                # 32-task read loop's bytes alive and made malloc grow and trim its heap in
+                # turn: a fresh page, so a page fault, for most reads.
+                futures.clear()
+                # And the trackers let go of the flush now, not at their next prune: until
+                # then each delivered flush (pending, batch, closures) was ~10 objects for
+                # the cyclic GC to count and walk (~0.2-0.3 us per op of collections).
+                for tracker in flushed.trackers:
+                    tracker.forget(flushed)
 
         def on_done(_: Batch) -> None:
             if self.on_loop_thread():
@@ -417,13 +545,15 @@ class FlushPending:
     in another thread then waits), True once the batch finished or nothing was
     submitted (``failed``)."""
 
-    __slots__ = ("batch", "failed", "n", "ring")
+    __slots__ = ("batch", "failed", "n", "ring", "trackers")
 
     def __init__(self, ring: Ring) -> None:
         self.ring = ring
         self.batch: Batch | None = None
         self.failed = False
         self.n = 0
+        self.trackers: list[InflightTracker] = []
+        """The handles' trackers that took it (each forgets it once it is delivered)."""
 
     def done(self) -> bool:
         batch = self.batch

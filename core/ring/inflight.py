@@ -11,6 +11,8 @@ caller release the descriptor.
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
 import time
 import weakref
@@ -38,6 +40,10 @@ CLOSE_TIMEOUT_S = 10.0
 
 _PRUNE_MIN = 64
 
+_ATOMIC_NEXT = getattr(sys, "_is_gil_enabled", lambda: True)()
+"""Whether ``next()`` on an ``itertools.count`` is atomic (the GIL serializes it): the
+tracker then counts starts without a lock.  Without a GIL it takes its lock."""
+
 
 class InflightTracker:
     """Pending objects started through one handle (or one backend object) that may not be done."""
@@ -48,7 +54,13 @@ class InflightTracker:
         # The fast paths take the bare lock; close() waits on a condition over it.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._starting = 0
+        # Starts in progress = next(_entered) - next(_left), read under the lock (see
+        # _starts).  A start bumps _entered and then reads _closed; close() sets _closed
+        # and then reads the counts: whichever comes first, the start either is
+        # counted (close waits for it) or sees the close (refused).  next() on a
+        # count is one atomic step under the GIL, so the fast paths take no lock.
+        self._entered = itertools.count()
+        self._left = itertools.count()
         self._closed = False
         self._pending: set[Pending] = set()
         # Long-lived starters (prepared batches) registered once instead of a set
@@ -62,20 +74,47 @@ class InflightTracker:
     def closed(self) -> bool:
         return self._closed
 
-    def _enter(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise RingClosedError(f"{self.what} is closed")
-            self._starting += 1
+    def _starts(self) -> int:
+        """Starts admitted that have not left (caller holds the lock).
+
+        _left is read before _entered: a start leaving in between is still
+        counted (an over-count, gone at the next read), never one missed."""
+        left = next(self._left)
+        return next(self._entered) - left  # both grew by one: the difference holds
+
+    def enter(self) -> None:
+        """Admit one start (refused once closed); pair with :meth:`leave`.
+
+        For a registered owner's starts and a handle's single waited ops: no
+        lock on this path (see ``_entered``), two counter steps per op."""
+        if _ATOMIC_NEXT:
+            next(self._entered)
+        else:
+            with self._lock:
+                next(self._entered)
+        if self._closed:
+            self._left_one()
+            raise RingClosedError(f"{self.what} is closed")
+
+    def _left_one(self) -> None:
+        """Count one admitted start as returned; wake a close() waiting for it."""
+        if _ATOMIC_NEXT:
+            next(self._left)
+        else:
+            with self._lock:
+                next(self._left)
+        if self._closed:  # read after the count moved: a close that began before it is woken
+            with self._cond:
+                self._cond.notify_all()
 
     def _leave(self, pending: Pending | None) -> None:
-        with self._lock:
-            self._starting -= 1
-            if pending is not None:
-                self._pending.add(pending)
+        if pending is None:
+            self._left_one()
+            return
+        with self._lock:  # tracked before the start is counted out: close() then sees it
+            self._pending.add(pending)
             prune = len(self._pending) >= self._prune_at
-            if self._closed and self._starting == 0:
-                self._cond.notify_all()
+        self._left_one()
         if prune:
             self._prune()
 
@@ -95,7 +134,7 @@ class InflightTracker:
 
     def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
         """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
-        self._enter()
+        self.enter()
         pending: P | None = None
         try:
             pending = fn(*args, **kwargs)
@@ -127,10 +166,6 @@ class InflightTracker:
         Safe in a finalizer (a deque append: no lock, no reaping)."""
         self._dropped.append(last)
 
-    def enter(self) -> None:
-        """Admit one start by a registered owner (refused once closed); pair with :meth:`leave`."""
-        self._enter()
-
     def leave(self, outlived: Pending | None = None) -> None:
         """The start admitted by :meth:`enter` returned (its I/O, if any, is the owner's).
 
@@ -140,9 +175,13 @@ class InflightTracker:
         if outlived is not None:
             self._leave(outlived)
             return
-        with self._lock:
-            self._starting -= 1
-            if self._closed and self._starting == 0:
+        if _ATOMIC_NEXT:  # _left_one, inline (the single-op path)
+            next(self._left)
+        else:
+            with self._lock:
+                next(self._left)
+        if self._closed:
+            with self._cond:
                 self._cond.notify_all()
 
     def run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
@@ -150,7 +189,7 @@ class InflightTracker:
 
         The synchronous path: counted while it runs instead of entering the set,
         unless the wait is interrupted (a signal), which leaves the op tracked."""
-        self._enter()
+        self.enter()
         pending: Pending | None = None
         waited = False
         try:
@@ -192,7 +231,7 @@ class InflightTracker:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
-            while self._starting:
+            while self._starts():
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise TimeoutError(f"{self.what}: an I/O call in another thread ran past {timeout:g} s")
             self._take_dropped()

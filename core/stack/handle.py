@@ -9,8 +9,10 @@ complete or fail with ``ShortIOError``; a failed op raises
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import operator
 import os
 import weakref
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
-from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment
+from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
@@ -110,6 +112,8 @@ class FileHandle:
         # The same coalescer when plain ``await read(n, off)`` may skip every check
         # but the cheap ones (a buffered io_uring handle): set by the first read.
         self._fast_reads: Coalescer | None = None
+        # Its add_read bound to this handle's file and tracker (set with _fast_reads).
+        self._add_read: Callable[[int, int], asyncio.Future[Any]] | None = None
 
     # --- description -------------------------------------------------------------
     @property
@@ -467,6 +471,7 @@ class FileHandle:
         if co is None or not co.on_loop_thread():  # (asyncio.get_running_loop() costs a getpid)
             co = self._coalescer_cache = coalesce.coalescer_for(io.ring)
             self._fast_reads = None if io.direct else co
+            self._add_read = None if io.direct else functools.partial(co.add_read, io, self._inflight)
         return co, offset
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
@@ -493,10 +498,12 @@ class FileHandle:
         and writes that the loop's tasks issue in the same iteration, and all
         go to the kernel as one batch; the result is the one copy of the bytes."""
         co = self._fast_reads
+        add = self._add_read
         # The hot path (32 tasks each awaiting 4 KiB reads spend most of their CPU
         # here): only checks that cost no call; anything else takes _read below.
         if (
             co is not None
+            and add is not None
             and type(size) is int
             and 0 < size <= MAX_RW_COUNT
             and type(offset) is int
@@ -506,7 +513,7 @@ class FileHandle:
             and (tl := co.thread_loop) is not None
             and tl._thread_id == get_ident()  # this thread runs co's loop (see Coalescer.thread_loop)
         ):
-            data = await co.add_read(cast(UringFileIO, self._io), self._inflight, size, offset)
+            data = await add(size, offset)
             if type(data) is bytes and len(data) == size:
                 return data
             return self._read_rest(data, size, offset)
@@ -546,57 +553,108 @@ class FileHandle:
         got = self._complete_short(False, offset, buf, len(data), False)
         return bytes(buf[:got])
 
+    def _lease_batch(
+        self, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[Coalescer, list[Any], list[int], list[int], list[int] | None] | None:
+        """The hot path of ``*_many_async``: a coalesced batch of leases, checked with no call that
+        can fail, or None (take the checked path, which raises what is wrong).
+
+        A buffered io_uring handle, open, in its own process, on its loop's thread (as
+        in read); leases of lease_buffers carry their pin (pinned only when one op
+        moves them whole), or are registered buffers of this handle's ring (their
+        slots, the last item: READ_FIXED/WRITE_FIXED); offsets pair with buffers and
+        none is negative."""
+        co = self._fast_reads
+        if (
+            co is None
+            or self._closed
+            or self._fork_gen != forking._generation
+            or (tl := co.thread_loop) is None
+            or tl._thread_id != get_ident()
+        ):
+            return None
+        slots = None
+        try:
+            pins = [b._uringstack_pin for b in buffers]
+        except AttributeError:
+            slots = self._fixed_slots(buffers)
+            if slots is None:
+                return None
+            pins = list(buffers)
+        offs = list(map(operator.index, offsets))
+        if not offs or len(offs) != len(pins) or min(offs) < 0 or max(offs) >= _OFFSET_LIMIT:
+            return None
+        return co, pins, offs, list(map(len, pins)), slots
+
+    def _fixed_slots(self, buffers: Sequence[Any]) -> list[int] | None:
+        """The registered-buffer slots of *buffers* when every one is a lease of this handle's
+        ring (they go out as READ_FIXED/WRITE_FIXED), else None."""
+        if not buffers or not isinstance(buffers[0], RegisteredBuffer) or self._ring is None:
+            return None
+        slots = fixed_slots(buffers, self._ring)
+        return slots if min(slots) >= 0 else None
+
     def _pin_many(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
-    ) -> tuple[Coalescer | None, list[Any], list[int], list[int]]:
-        """Pins, offsets and byte lengths for a coalesced batch, or a None coalescer (take the batch path)."""
-        co = self._fast_reads
-        if co is not None and (tl := co.thread_loop) is not None and tl._thread_id == get_ident():
-            # A buffered io_uring handle on its loop's thread (as in read): leases of
-            # lease_buffers carry their pin, and are pinned only when one op moves them whole.
-            try:
-                pins = list(map(_lease_pin, buffers))
-            except AttributeError:
-                pass
-            else:
-                offs = list(map(operator.index, offsets))
-                if offs and max(offs) < _OFFSET_LIMIT:  # (not negative: _check_batch)
-                    return co, pins, offs, list(map(len, buffers))
+    ) -> tuple[Coalescer | None, list[Any], list[int], list[int], list[int] | None]:
+        """Pins, offsets, byte lengths and registered-buffer slots (None: plain ops) for a
+        coalesced batch, or a None coalescer (take the batch path)."""
         if self._uring_io is None or not offsets:
-            return None, [], [], []
+            return None, [], [], [], None
         co, _ = self._coalescer(0)
         if co is None:
-            return None, [], [], []
+            return None, [], [], [], None
+        slots = None
         try:
             # Leases of lease_buffers carry their pin (writable: serves writes too).
             pins = list(map(_lease_pin, buffers))  # (O_DIRECT: checked below)
         except AttributeError:
-            if any(isinstance(b, RegisteredBuffer) for b in buffers):
-                return None, [], [], []  # registered buffers go out as READ_FIXED/WRITE_FIXED through start_rw
-            writable = not write
-            pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
+            slots = self._fixed_slots(buffers)
+            if slots is not None:
+                pins = list(buffers)  # leases of this ring: READ_FIXED/WRITE_FIXED
+            elif any(isinstance(b, RegisteredBuffer) for b in buffers):
+                return None, [], [], [], None  # mixed with other buffers: start_rw sorts them out
+            else:
+                writable = not write
+                pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
         offs = list(map(operator.index, offsets))
         if max(offs) >= _OFFSET_LIMIT:
-            return None, [], [], []
+            return None, [], [], [], None
         lens = list(map(len, pins))
         if max(lens) > MAX_RW_COUNT:
-            return None, [], [], []
+            return None, [], [], [], None
         if self._io.direct:
             block = self._io.block_size
             for pin, off in zip(pins, offs, strict=True):
-                check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), off, block)
-        return co, pins, offs, lens
+                addr = pin.addr if slots is not None else address_of(pin)
+                check_alignment("write" if write else "read", self.path, addr, len(pin), off, block)
+        return co, pins, offs, lens, slots
+
+    def _queue_many(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[asyncio.Future[Any] | None, list[int]]:
+        """A ``*_many_async`` queued on the coalescer: its future and the buffers' byte lengths,
+        or a None future (take the batch path).  Bad input raises here, before queuing."""
+        fast = self._lease_batch(offsets, buffers)
+        if fast is not None:
+            co, pins, offs, lens, slots = fast
+        else:
+            self._check()
+            _check_batch(self.path, offsets, buffers)
+            maybe, pins, offs, lens, slots = self._pin_many(write, offsets, buffers)
+            if maybe is None:
+                return None, lens
+            co = maybe
+        return co.add_many(cast(UringFileIO, self._io), self._inflight, write, pins, offs, lens, slots), lens
 
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
     ) -> list[int]:
         """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
         this loop iteration's other asyncio ops (one submission for all)."""
-        self._check()
-        _check_batch(self.path, offsets, buffers)
-        co, pins, offs, lens = self._pin_many(False, offsets, buffers)
-        if co is not None:
-            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, False, pins, offs)
+        fut, lens = self._queue_many(False, offsets, buffers)
+        if fut is not None:
+            results: list[int] = await fut
             if results == lens:  # every op moved its whole buffer (one list compare, in C)
                 return results
         else:
@@ -623,11 +681,9 @@ class FileHandle:
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
-        self._check()
-        _check_batch(self.path, offsets, buffers)
-        co, pins, offs, _ = self._pin_many(True, offsets, buffers)
-        if co is not None:
-            results: list[int] = await co.add(cast(UringFileIO, self._io), self._inflight, True, pins, offs)
+        fut, _ = self._queue_many(True, offsets, buffers)
+        if fut is not None:
+            results: list[int] = await fut
         else:
             results = await self._run_async(self._io.start_rw, True, offsets, buffers)
         return self._finish_writes(offsets, buffers, results)

@@ -12,7 +12,7 @@ of file, a short write is completed or raises, a failed op raises
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
@@ -69,6 +69,9 @@ class PreparedIO:
         self._full = [len(b) for b in self.buffers]
         self._prep: PreparedRW = prepare_rw(handle.io, write, self.buffers)
         self._last: Pending | None = None
+        # The waited op of a single buffer in one call, without a pending object
+        # (UringPrepared.run_one; None: the backend has no such path).
+        self._one: Callable[[int], int | None] | None = getattr(self._prep, "run_one", None) if self.n == 1 else None
         # Registered once with the handle's tracker (its close waits until done()),
         # so a start costs the tracker two counter updates instead of a set entry.
         self._tracker = handle._inflight
@@ -114,6 +117,32 @@ class PreparedIO:
 
         Reads are short only at end of file (``exact=True``: raise
         :class:`~uringstack.errors.ShortIOError` instead); writes complete or raise."""
+        one = self._one
+        last = self._last
+        if last is not None and one is not None and last.done():
+            self._last = last = None
+        if one is not None and last is None and len(offsets) == 1:
+            # One buffer in one call (the QD1 loop): the checks and tracking of _start
+            # without a pending object.
+            h = self._handle
+            if h._closed or h._fork_gen != forking._generation:
+                h._check()
+            tracker = self._tracker
+            tracker.enter()  # refused once the handle's close began; close waits for leave()
+            try:
+                res = one(offsets[0])
+            except BaseException:
+                # an op that outlived the call (a hung device): in flight, so done() is false
+                # until it completes and the handle's close waits for it
+                outlived = getattr(self._prep, "outlived", None)
+                self._last = None if outlived is None else outlived()
+                raise
+            finally:
+                tracker.leave()
+            if res == self._full[0]:
+                return [res]
+            if res is not None:
+                return self._finish(offsets, [res], exact)
         results = self._start(offsets, True).wait()
         if results == self._full:
             return results

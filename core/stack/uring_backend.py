@@ -25,14 +25,21 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import or_
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
 from uringstack.ring import Ring
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, pin_buffers
+from uringstack.ring.buffers import (
+    RegisteredBuffer,
+    address_of,
+    check_alignment,
+    fixed_slots,
+    pin_buffers,
+    put_opcodes,
+)
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
@@ -127,7 +134,6 @@ class UringFileIO:
         n = len(offsets)
         if n != len(buffers):
             raise ValueError(f"{n} offsets but {len(buffers)} buffers")
-        ring_id = id(self.ring)
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
         keep, addrs, lens = pin_buffers(buffers, writable=not write)
         if n and max(lens) > MAX_RW_COUNT:
@@ -142,12 +148,7 @@ class UringFileIO:
         cols.n = n
         if leases:
             # leases registered with this very ring become READ_FIXED/WRITE_FIXED
-            slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
-            if max(slots) >= 0:
-                cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
-                cols.set("buf_index", [max(i, 0) for i in slots])
-            else:
-                cols.fill("opcodes", plain)
+            put_opcodes(cols, fixed_slots(buffers, self.ring), plain, fixed)
         else:
             cols.fill("opcodes", plain)
         fd, sqe_flags = self._fd_and_flags()
@@ -185,10 +186,10 @@ class UringFileIO:
         reap); a write it would punt is done inline (:meth:`writes_inline`).
         ``None``: not one plain op (longer than one SQE moves, or O_DIRECT
         misaligned): the caller takes :meth:`start_rw`, which splits or
-        reports it; also on a subclass whose :attr:`pending_type` reaps
-        differently (IOPOLL)."""
+        reports it.  On an IOPOLL ring ``rw_one`` polls for the op in C, with
+        the same bounds (``us_rw_one``)."""
         length = len(pin)
-        if length > MAX_RW_COUNT or self.pending_type is not UringPending:
+        if length > MAX_RW_COUNT:
             return None
         if write and not self.direct and self.writes_inline():
             return self._write_one_inline(buf, offset)
@@ -376,13 +377,10 @@ class UringPrepared:
             for addr, length in zip(addrs, lens, strict=True):
                 check_alignment(self.op, io.path, addr, length, 0, io.block_size)
         lens = [min(length, MAX_RW_COUNT) for length in lens]
-        ring_id = id(io.ring)
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
-        slots = [b.index if isinstance(b, RegisteredBuffer) and b.ring_id == ring_id else -1 for b in buffers]
+        slots = fixed_slots(buffers, io.ring)
         cols = BatchColumns(n)
-        cols.set("opcodes", [fixed if i >= 0 else plain for i in slots])
-        if max(slots) >= 0:
-            cols.set("buf_index", [max(i, 0) for i in slots])
+        put_opcodes(cols, slots, plain, fixed)
         cols.set("addrs", addrs)
         cols.set("lens", lens)
         self._offs = cols.column("offs")
@@ -394,11 +392,17 @@ class UringPrepared:
         self._fd = self._sqe_flags = 0
         self._closed = False
         # One buffer waited at once (QD1): one call into C (Ring.rw_one: prepare, submit,
-        # wait and reap), without a Batch, a result array or a pending object per op.
-        # Not on rings whose pending type reaps differently (IOPOLL).
+        # wait and reap), without a Batch, a result array or a pending object per op
+        # (on an IOPOLL ring the call polls for the op: us_rw_one).
         self._one: tuple[int, Any, int, int] | None = None
         self._one_busy = threading.Lock()
-        if n == 1 and io.pending_type is UringPending:
+        # Ring.rw_one with everything but the offset bound (built with the fd columns)
+        self._bound: Callable[[int], int] | None = None
+        self._bound_keep: object = None
+        self._outlived: UringPending | None = None  # see outlived()
+        # one AND finds a negative, too large (>= 2**64) or, when O_DIRECT, misaligned offset
+        self._bad_offset = -(1 << 64) | ((io.block_size - 1) if io.direct else 0)
+        if n == 1:
             opcode = int(fixed if slots[0] >= 0 else plain)
             self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
         # A pool must not lease these buffers out again while a batch of ours is in
@@ -422,10 +426,17 @@ class UringPrepared:
         if sqe_flags or self._cols.is_set("sqe_flags"):
             self._cols.fill("sqe_flags", sqe_flags)
         self._fixed = self.io.fixed_index
+        one = self._one
+        if one is not None:
+            opcode, ptr, length, index = one
+            self._bound_keep = self._keep  # what the bound op's Batch holds if it outlives a call
+            self._bound = self.ring.bind_rw_one(opcode, fd, ptr, length, sqe_flags, index, self._keep)
 
     def start(self, offsets: Sequence[int], *, wait: bool = False) -> Pending:
-        if wait and self._one is not None and len(offsets) == 1 and self._one_ok(offsets[0]):
-            return self._run_one(offsets[0])
+        if wait and self._one is not None and len(offsets) == 1:
+            done = self._run_one(offsets[0])
+            if done is not None:
+                return done
         cols = self._cols
         io = self.io
         if self._closed:
@@ -433,7 +444,7 @@ class UringPrepared:
         if io._closed:  # its fd column holds a number that may be another file's by now
             raise RingClosedError(f"{io.path} is closed")
         last = cols.batch
-        if last is not None and not last.finished:
+        if (last is not None and not last.finished) or self._one_busy.locked():  # (a single op in its call)
             raise self._in_flight()
         n = self.n
         if len(offsets) != n:
@@ -455,26 +466,14 @@ class UringPrepared:
             bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
             check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
         if wait and self._one is not None:  # (the first call: after the fd columns were filled)
-            return self._run_one(offsets[0])
+            done = self._run_one(offsets[0])
+            if done is not None:
+                return done
         ring = self.ring
         batch = ring.submit_columns(cols, n, self._keep, wait=wait)
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.op, ring))
         return io.pending_type(ring, batch)
-
-    def _one_ok(self, offset: int) -> bool:
-        """Whether the single waited op can go straight to :meth:`_run_one`: every
-        refusal (closed, in flight, a bad or misaligned offset, an inline write) is
-        left to the general path, which raises it with its message."""
-        io = self.io
-        if self._closed or io._closed or io.fixed_index is not self._fixed:
-            return False
-        last = self._cols.batch
-        if last is not None and not last.finished:
-            return False
-        if type(offset) is not int or not 0 <= offset < 1 << 64 or (io.direct and self._misaligned(offset)):
-            return False
-        return not (self.write and io.writes_inline())
 
     def _in_flight(self) -> BatchInFlightError:
         return BatchInFlightError(
@@ -482,40 +481,70 @@ class UringPrepared:
             "wait for them before starting again"
         )
 
-    def _run_one(self, offset: int) -> Pending:
-        """The waited start of a single prepared buffer, in one call into C."""
-        assert self._one is not None
-        opcode, ptr, length, index = self._one
-        ring = self.ring
-        keep = self._keep
+    def run_one(self, offset: int) -> int | None:
+        """The waited op of a single prepared buffer at *offset*, in one call into C
+        (:meth:`~uringstack.ring.Ring.bind_rw_one`): its result (bytes or ``-errno``),
+        or None: not one plain op now (first call, closed, in flight, a bad or
+        misaligned offset, an inline write): take :meth:`start`, which does it or
+        raises.  If the call raises while the op stays in flight (a hung device),
+        :meth:`outlived` is its pending: the caller tracks it."""
+        one = self._bound
+        io = self.io
+        # Every refusal (closed, in flight, a bad or misaligned offset, an inline write) is
+        # left to start(), which raises it with its message.
+        if one is None or self._closed or io._closed or io.fixed_index is not self._fixed:
+            return None
+        last = self._cols.batch
+        if (last is not None and not last.finished) or type(offset) is not int or offset & self._bad_offset:
+            return None
+        if self.write and io.writes_inline():
+            return None
         # No Batch marks the op in flight during the call: this lock does (another
         # thread's start is refused, :attr:`finished` is false).
         busy = self._one_busy
-        if not busy.acquire(blocking=False):
+        if not busy.acquire(False):
             raise self._in_flight()
         try:
-            res = ring.rw_one(opcode, self._fd, ptr, length, offset, self._sqe_flags, index, keep)
-        except BaseException as exc:
+            res = one(offset)
+        except BaseException:
             # The op outlived the call (a hung device, a lost completion): it is in flight
-            # in a Batch holding *keep*.  Track it as a started batch would be (no restart
-            # on these buffers, the handle's close waits) and raise from its wait.
-            pending = self.io.outlived_op(keep)
-            if pending is None:
-                raise
-            self._cols.batch = pending.batch
-            if not isinstance(exc, Exception):
-                raise
-            return _Failed(pending, exc)
+            # in a Batch holding the pins.  Track it as a started batch would be (no
+            # restart on these buffers; the caller lets the handle's close wait for it).
+            pending = self.io.outlived_op(self._bound_keep)
+            if pending is not None:
+                self._cols.batch = pending.batch
+                self._outlived = pending
+            raise
         finally:
             busy.release()
-        hook = self.io.completion_hook
+        hook = io.completion_hook
         if hook is not None:
-            hook(self.op, ring)(DoneBatch([res]))
-        return CompletedPending([res])
+            hook(self.op, self.ring)(DoneBatch([res]))
+        return res
+
+    def outlived(self) -> UringPending | None:
+        """After :meth:`run_one` raised: the pending of its op if that outlived the call
+        (still in flight), else None.  Set only under the single-op lock and only while no
+        batch of this object is in flight, so another thread's call cannot replace it."""
+        pending = self._outlived
+        return None if pending is None or pending.batch is not self._cols.batch or pending.done() else pending
+
+    def _run_one(self, offset: int) -> Pending | None:
+        """:meth:`run_one` as a start's pending (raising from its wait if the op outlived
+        the call), or None: take the batch path."""
+        try:
+            res = self.run_one(offset)
+        except Exception as exc:
+            pending = self.outlived()
+            if pending is None:
+                raise
+            return _Failed(pending, exc)
+        return None if res is None else CompletedPending([res])
 
     def close(self) -> None:
         """Forget the pins (the last batch, if still in flight, holds them until it completes)."""
         self._closed = True
+        self._bound = None
         self._keep = ([], ())
 
 

@@ -10,7 +10,14 @@ ratios to the two references measured on the same disk in the same run:
   ``pwrite`` like the fallback), the same durability step (``--sync=dsync``:
   O_DSYNC writes, or ``--fdatasync=1``: write then fdatasync) and the same
   O_DIRECT setting, on a file pre-written first, like the WAL's segments
-  (fio's own layout would leave unwritten extents, which ext4 writes slower).
+  (fio's own layout would leave unwritten extents, which ext4 writes slower);
+* **fio_wal_bytes**: the same fio job writing as many bytes per write as the
+  ``wal`` row's flushes did on average, to the nearest whole 4 KiB block
+  (when that is more than fio's 4 KiB): a flush rewrites the partial block
+  the previous one ended in and a record's 16-byte header spills a 4 KiB
+  payload into a second block, so one 4 KiB record is an 8 KiB write.  Its
+  ratio to the 4 KiB row is what the log's format costs on this disk; the
+  log's ratio to it is what the rest (Python, hand-offs) costs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from hdrh.histogram import HdrHistogram
 from ..bench.children import run_child, terminate_raises
 from .config import WalConfig
 from .log import Wal
+from .segment import BLOCK_BYTES
 
 _WARMUP_S = 0.3
 
@@ -168,10 +176,10 @@ def _fio_pattern(backend: str, sync: str, direct: bool) -> list[str]:
     return [f"--ioengine={engine}", durable, f"--direct={int(direct)}"]
 
 
-def _fio(fio: str, path: Path, size: int, duration_s: float, pattern: list[str]) -> dict[str, Any]:
+def _fio(fio: str, path: Path, size: int, duration_s: float, pattern: list[str], bs: int = 4096) -> dict[str, Any]:
     cmd = [
         fio, "--name=wal-ref", f"--filename={path}", f"--size={size}", *pattern,
-        "--rw=write", "--bs=4k", "--iodepth=1",
+        "--rw=write", f"--bs={bs // 1024}k", "--iodepth=1",
         "--time_based", f"--runtime={max(1, round(duration_s))}", f"--ramp_time={_WARMUP_S}",
         "--lat_percentiles=1", "--output-format=json",
     ]  # fmt: skip
@@ -199,11 +207,35 @@ def _fio(fio: str, path: Path, size: int, duration_s: float, pattern: list[str])
         "percentiles_of": "lat" if "percentile" in lat else "clat",  # an old fio has no lat percentiles
         "command": " ".join(cmd[1:]),
         "pattern": " ".join(o.removeprefix("--") for o in pattern),
+        "bs": bs,
     }
 
 
 def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
+
+
+_FIO_KEYS = ("records_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "clat_p50_us", "clat_p99_us", "mean_lat_us")
+
+
+def _fio_row(per_round: list[dict[str, Any]], key: str, skipped: str | None) -> dict[str, Any]:
+    """One fio row over the rounds: the medians of its per-round numbers (or why it is missing)."""
+    if skipped is not None:
+        return {"skipped": skipped}
+    got = [r[key] for r in per_round if key in r and "skipped" not in r[key]]
+    if not got:
+        return next((r[key] for r in per_round if key in r), {"skipped": "fio failed"})
+    row: dict[str, Any] = {k: _median([float(r[k]) for r in got]) for k in _FIO_KEYS}
+    for k in ("command", "pattern", "percentiles_of", "bs"):
+        row[k] = got[0][k]
+    return row
+
+
+def _block_bytes_per_write(written: int, flushes: int) -> int:
+    """The mean bytes per flush to the nearest whole block (what fio writes to compare): small
+    records cross a block boundary now and then (a 4,160-byte mean is still 4 KiB writes)."""
+    mean = written / flushes if flushes else BLOCK_BYTES
+    return max(1, round(mean / BLOCK_BYTES)) * BLOCK_BYTES
 
 
 @terminate_raises()
@@ -245,6 +277,10 @@ def run_wal_bench(
     counts = dict.fromkeys(hists, 0)
     flushes = dict.fromkeys(walrows, 0)
     appended = dict.fromkeys(walrows, 0)
+    written = dict.fromkeys(walrows, 0)
+    write_ns = dict.fromkeys(walrows, 0)  # inside the durable writes
+    busy_ns = dict.fromkeys(walrows, 0)  # wall time of the rows (warm-up included, as the counters)
+    same_bs = 0  # fio_wal_bytes's block size: the first `wal` row's mean flush (round 0 starts with it)
     per_round: list[dict[str, Any]] = []
     enqueued: list[int] = []  # ns per append_async call, over every round
     try:
@@ -262,23 +298,33 @@ def run_wal_bench(
                 raise TimeoutError(f"{wal_dir}: the WAL's next segment was not ready after 120 s")
             for rnd in range(rounds):
                 got: dict[str, Any] = {}
-                order = [*walrows, "naive", "fio"]
+                order = [*walrows, "naive", "fio", "fio_wal_bytes"]
                 order = order[rnd % len(order) :] + order[: rnd % len(order)]
                 for what in order:
                     if what == "fio":
                         if fio is not None:
                             got["fio"] = _fio(fio, fio_path, fio_file_bytes, slice_s, pattern)
                         continue
+                    if what == "fio_wal_bytes":
+                        if fio is not None and same_bs > BLOCK_BYTES:
+                            got[what] = _fio(fio, fio_path, fio_file_bytes, slice_s, pattern, same_bs)
+                        continue
                     if what == "naive":
                         h, n = _naive(base, appenders, record, slice_s)
                     else:
-                        f0, l0 = wal.counters()["flushes"], wal.durable_lsn
+                        c0, l0, t0 = wal.counters(), wal.durable_lsn, time.perf_counter_ns()
                         if what == "wal":
                             h, n = _drive(appenders, slice_s, wal.append, record)
                         else:
                             h, n = _drive_async(appenders, slice_s, wal.append_async, record, enqueued)
-                        flushes[what] += wal.counters()["flushes"] - f0
+                        c1 = wal.counters()
+                        busy_ns[what] += time.perf_counter_ns() - t0
+                        write_ns[what] += c1["write_ns"] - c0["write_ns"]
+                        flushes[what] += c1["flushes"] - c0["flushes"]
+                        written[what] += c1["bytes"] - c0["bytes"]
                         appended[what] += wal.durable_lsn - l0
+                        if what == "wal" and not same_bs:
+                            same_bs = _block_bytes_per_write(written["wal"], flushes["wal"])
                     hists[what].add(h)
                     counts[what] += n
                     got[what] = _summary(h, n, record_size, slice_s)
@@ -290,38 +336,26 @@ def run_wal_bench(
     for k in walrows:
         rows[k] = {**info, **_summary(hists[k], counts[k], record_size, duration_s)}
         rows[k]["records_per_flush"] = appended[k] / flushes[k] if flushes[k] else 0.0
+        rows[k]["bytes_per_flush"] = written[k] / flushes[k] if flushes[k] else 0.0
+        # a flush cycle: the durable write (the device) and the rest (Python, thread hand-offs)
+        rows[k]["cycle_us_per_flush"] = busy_ns[k] / flushes[k] / 1000 if flushes[k] else 0.0
+        rows[k]["write_us_per_flush"] = write_ns[k] / flushes[k] / 1000 if flushes[k] else 0.0
     if enqueued:
         enqueued.sort()
         rows["wal_asyncio"]["enqueue_p50_us"] = enqueued[len(enqueued) // 2] / 1000
         rows["wal_asyncio"]["enqueue_p99_us"] = enqueued[int(len(enqueued) * 0.99)] / 1000
     naive_row = _summary(hists["naive"], counts["naive"], record_size, duration_s)
     fio_rounds = [r["fio"] for r in per_round if "fio" in r and "skipped" not in r["fio"]]
-    fio_row: dict[str, Any]
-    if fio is None:
-        fio_row = {"skipped": "fio not installed"}
-    elif not fio_rounds:
-        fio_row = next((r["fio"] for r in per_round if "fio" in r), {"skipped": "fio failed"})
-    else:
-        fio_row = {
-            k: _median([float(r[k]) for r in fio_rounds])
-            for k in (
-                "records_per_s",
-                "mb_per_s",
-                "p50_us",
-                "p99_us",
-                "p999_us",
-                "clat_p50_us",
-                "clat_p99_us",
-                "mean_lat_us",
-            )
-        }
-        fio_row["command"] = fio_rounds[0]["command"]
-        fio_row["pattern"] = fio_rounds[0]["pattern"]
-        fio_row["percentiles_of"] = fio_rounds[0]["percentiles_of"]
+    fio_row = _fio_row(per_round, "fio", None if fio is not None else "fio not installed")
+    same_row = _fio_row(
+        per_round, "fio_wal_bytes",
+        "fio not installed" if fio is None else None if same_bs > BLOCK_BYTES
+        else f"the log's writes are {same_bs} bytes, as the fio row's",
+    )  # fmt: skip
 
     def ratio(a: str, b: str, key: str) -> float:
-        vals = [r[a][key] / r[b][key] for r in per_round if a in r and b in r and "skipped"
-                not in r[b] and r[b][key]]  # fmt: skip
+        vals = [r[a][key] / r[b][key] for r in per_round
+                if a in r and b in r and "skipped" not in r[a] and "skipped" not in r[b] and r[b][key]]  # fmt: skip
         return _median(vals)
 
     ratios: dict[str, float] = {}
@@ -333,6 +367,12 @@ def run_wal_bench(
             ratios[pre + "p99_vs_fio"] = ratio(k, "fio", "p99_us")
             ratios[pre + "p50_vs_fio"] = ratio(k, "fio", "p50_us")
             ratios[pre + "records_per_s_vs_fio"] = ratio(k, "fio", "records_per_s")
+    if "skipped" not in same_row:
+        # the format's cost (fio at the log's bytes per write vs at 4 KiB) and the rest (the log vs the former)
+        ratios["fio_wal_bytes_p99_vs_fio"] = ratio("fio_wal_bytes", "fio", "p99_us")
+        ratios["fio_wal_bytes_p50_vs_fio"] = ratio("fio_wal_bytes", "fio", "p50_us")
+        ratios["p99_vs_fio_wal_bytes"] = ratio("wal", "fio_wal_bytes", "p99_us")
+        ratios["p50_vs_fio_wal_bytes"] = ratio("wal", "fio_wal_bytes", "p50_us")
     return {
         "params": {
             "appenders": appenders, "record_size": record_size, "duration_s": duration_s,
@@ -341,6 +381,7 @@ def run_wal_bench(
         **rows,
         "naive": naive_row,
         "fio": fio_row,
+        "fio_wal_bytes": same_row,
         "ratios": ratios,
         "rounds": per_round,
     }  # fmt: skip

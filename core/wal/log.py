@@ -162,10 +162,15 @@ class Wal:
         return self._writer.wait_spare(timeout)
 
     def counters(self) -> dict[str, int]:
-        """``flushes`` (durable writes), ``bytes`` written by them, ``durable_lsn`` and ``segments``."""
+        """``flushes`` (durable writes), ``bytes`` written by them, ``write_ns`` (time spent in them,
+        from the call until the backend reported the write durable), ``durable_lsn`` and ``segments``.
+
+        ``write_ns`` over wall time is the device's share of a run; the rest of a flush cycle is
+        Python and thread hand-offs (``uringstack bench wal`` reports both per flush).
+        """
         w = self._writer
-        return {"flushes": w.flushes, "bytes": w.bytes_written, "durable_lsn": self.durable_lsn,
-                "segments": len(w.segments)}  # fmt: skip
+        return {"flushes": w.flushes, "bytes": w.bytes_written, "write_ns": w.write_ns,
+                "durable_lsn": self.durable_lsn, "segments": len(w.segments)}  # fmt: skip
 
     # --- reading and maintenance ----------------------------------------------------
     def read_from(self, lsn: int = 1) -> Iterator[tuple[int, bytes]]:

@@ -169,6 +169,7 @@ class Writer:
         self._sync = config.sync
         self.flushes = 0
         self.bytes_written = 0
+        self.write_ns = 0  # time inside the durable writes (the device's share of a flush cycle)
         self.segments = segments  # shared with the Wal; mutated under self.lock
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
@@ -586,7 +587,9 @@ class Writer:
         seg, buf, write_at, handle = self.active, self._buf, taken.write_at, self._handle
         assert handle is not None
         self.flushes += 1
+        t0 = time.perf_counter_ns()
         handle.write_durable(memoryview(buf)[: taken.length], write_at, sync=self._sync)
+        self.write_ns += time.perf_counter_ns() - t0
         self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
         tail_from = new_end - new_end % BLOCK_BYTES

@@ -8,7 +8,9 @@ bound its memory.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -47,7 +49,16 @@ def test_the_qd1_row_records_every_measured_op_across_folds(tmp_path: Path, monk
         seen.append((ops, hist.get_total_count()))
         return real(self, ops, nbytes, hist, errors)
 
+    folds: list[int] = []
+    real_fold = BatchLatencies.fold
+
+    def fold(self: BatchLatencies, hist: Any) -> None:
+        folds.append(len(self.lat))
+        real_fold(self, hist)
+
     monkeypatch.setattr(api_loops, "BatchLatencies", Tiny)
+    monkeypatch.setattr(BatchLatencies, "fold", fold)
+    monkeypatch.setattr(api_loops, "_EDGE_NS", 0)  # the loop looks at its window after every batch
     monkeypatch.setattr(Meter, "result", result)
     f = tmp_path / "d.bin"
     runner.prepare_file(str(f), 4 << 20)
@@ -55,3 +66,39 @@ def test_the_qd1_row_records_every_measured_op_across_folds(tmp_path: Path, monk
     row = runner.run_mode(spec, RUNGS["batched"])
     assert row.status == "ok" and row.ops > 7
     assert seen == [(row.ops, row.ops)]
+    assert len(folds) > 1  # folded along the way (past 7 batches), not only at the end
+
+
+def test_the_qd1_row_counts_only_the_completions_inside_its_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop looks at its window only past a clock compare: the warm-up's batches and the
+    one completing past the end must still not count, every one inside must."""
+    readings: list[int] = []  # the loop's own clock reads: before and after each batch
+
+    def perf_counter_ns() -> int:
+        now = time.perf_counter_ns()
+        readings.append(now)
+        return now
+
+    windows: list[tuple[int, int, int, int]] = []
+    real = Meter.result
+
+    def result(self: Meter, ops: int, nbytes: int, hist: Any, errors: list[str]) -> Any:
+        windows.append((self.measure_from, self.until, ops, hist.get_total_count()))
+        return real(self, ops, nbytes, hist, errors)
+
+    monkeypatch.setattr(api_loops, "time", SimpleNamespace(perf_counter_ns=perf_counter_ns))
+    monkeypatch.setattr(Meter, "result", result)
+    f = tmp_path / "d.bin"
+    runner.prepare_file(str(f), 4 << 20)
+    spec = BenchSpec("randread", file_size=4 << 20, duration=0.3, queue_depth=1, direct=False, file=str(f))
+    row = runner.run_mode(spec, RUNGS["batched"])
+    assert row.status == "ok"
+    ((start, until, ops, recorded),) = windows
+    done_at = readings[1::2]  # each batch's completion, as the loop saw it
+    assert len(readings) % 2 == 0
+    warm = sum(t < start for t in done_at)
+    assert warm > 5 and done_at[-1] >= until  # the warm-up ran, the last batch ended past the window
+    assert ops == sum(start <= t < until for t in done_at) and recorded == ops
+    assert row.ops == ops and row.bytes == ops * spec.block_size

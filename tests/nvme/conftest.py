@@ -15,6 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from uringstack.cli.probe_report import FeatureCheck
     from uringstack.probe.model import Capabilities
+    from uringstack.ring import Ring
 
 NG = Path("/dev/ng0n1")
 BLK = Path("/dev/nvme0n1")
@@ -152,3 +153,29 @@ def _umount(mnt: Path, wait_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"umount {mnt} still fails after {wait_s:.0f} s: {done.stderr.strip()}")
         time.sleep(0.1)
+
+
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def polled_ring() -> Iterator[Ring]:
+    """A small IOPOLL ring with short bounds (a lost completion fails in about a second)."""
+    from uringstack.ring import Ring
+    from uringstack.ring.flags import SetupFlag
+
+    ring = Ring(entries=8, flags=SetupFlag.IOPOLL)
+    assert ring.flags & SetupFlag.IOPOLL
+    ring.wait_tick, ring.wait_timeout, ring.close_timeout = 0.2, 1.0, 1.0
+    yield ring
+    if not ring.closed:
+        ring.close()
+
+
+@pytest.fixture
+def blk_fd() -> Iterator[int]:
+    """/dev/nvme0n1 opened O_RDWR | O_DIRECT, after checking that its queue polls."""
+    assert (SYS_BLK / "queue/io_poll").read_text().strip() == "1"  # an IOPOLL ring on it really polls
+    fd = os.open(BLK, os.O_RDWR | os.O_DIRECT)
+    yield fd
+    os.close(fd)

@@ -17,15 +17,12 @@ queue polls on every kernel of the matrix.
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -34,7 +31,7 @@ from uringstack import ring as ring_module
 from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring
 from uringstack.ring.buffers import address_of, aligned_buffer
-from uringstack.ring.flags import Op, SetupFlag
+from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi, lib
 
 from .conftest import BLK
@@ -43,7 +40,8 @@ pytestmark = pytest.mark.nvme
 
 BS = 4096
 
-# One child process: a few synchronous polled reads (submit with wait, then wait),
+# One child process: a few synchronous polled reads (submit with wait, then wait;
+# single ops through Ring.rw_one),
 # a read left in flight and waited for, a lost completion, and the close.  It prints
 # the IOPOLL ring's fd so the strace of it can be filtered to that ring.
 CHILD = textwrap.dedent(
@@ -63,6 +61,8 @@ CHILD = textwrap.dedent(
     pin = ffi.from_buffer(buf)
     for i in range(8):
         assert ring.run(Op.READ, fd, addrs=address_of(pin), lens=4096, offsets=i * 4096, keep=[pin, buf]) == [4096]
+    for i in range(8):  # single waited ops: us_rw_one polls for them in the call
+        assert ring.rw_one(Op.READ, fd, pin, 4096, i * 4096, 0, 0, pin) == 4096
     batch = ring.submit(Op.READ, fd, addrs=address_of(pin), lens=4096, offsets=0, keep=[pin, buf])
     assert ring.wait(batch) == [4096]
     lost = ring.submit(Op.READ, fd, addrs=address_of(pin), lens=4096, offsets=0, keep=[pin, buf])
@@ -81,24 +81,6 @@ CHILD = textwrap.dedent(
 
 # io_uring_enter(fd, to_submit, min_complete, flags, argp, argsz) as strace prints it
 ENTER = re.compile(r"io_uring_enter\((\d+), (\d+), (\d+), ([^,]+),")
-
-
-@pytest.fixture
-def polled_ring() -> Iterator[Ring]:
-    ring = Ring(entries=8, flags=SetupFlag.IOPOLL)
-    assert ring.flags & SetupFlag.IOPOLL
-    ring.wait_tick, ring.wait_timeout, ring.close_timeout = 0.2, 1.0, 1.0
-    yield ring
-    if not ring.closed:
-        ring.close()
-
-
-@pytest.fixture
-def blk_fd() -> Iterator[int]:
-    assert (Path("/sys/block") / BLK.name / "queue/io_poll").read_text().strip() == "1"  # the ring really polls
-    fd = os.open(BLK, os.O_RDONLY | os.O_DIRECT)
-    yield fd
-    os.close(fd)
 
 
 def _submit_read(ring: Ring, fd: int) -> Batch:

@@ -12,30 +12,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import pathlib
-from collections.abc import Iterator
 
 import pytest
 
-from tests.requires import skip_without
+from tests.conftest import open_plain_uring
 from uringstack.ring import Batch
-from uringstack.stack import Stack, open_stack
+from uringstack.stack import Stack
 
 BLOCK = 4096
 
 
-@pytest.fixture
-def stack() -> Iterator[Stack]:
-    with open_stack(overrides={"core.cores": [0], "core.backend": "uring", "fixedbuf.mode": "off"}) as s:
-        yield s
-
 
 @pytest.mark.timeout(60)
-def test_awaited_batches_are_freed_without_the_cycle_collector(stack: Stack, tmp_path: pathlib.Path) -> None:
+def test_awaited_batches_are_freed_without_the_cycle_collector(
+    plain_uring_stack: Stack, tmp_path: pathlib.Path
+) -> None:
     path = tmp_path / "data"
     path.write_bytes(bytes(range(256)) * (16 * BLOCK // 256))
-    with stack.open(path, writable=True) as h:
-        if h.ring is None or h.backend != "uring":
-            skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
+    with open_plain_uring(plain_uring_stack, path) as h:
         bufs = h.lease_buffers(8, BLOCK)
 
         async def main() -> list[str]:

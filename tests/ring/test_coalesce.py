@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.requires import skip_without
+from tests.conftest import open_plain_uring
 from uringstack.errors import RingClosedError, UringIOError
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -54,10 +54,7 @@ def uring_stack() -> Iterator[Stack]:
 
 
 def _uring_handle(stack: Stack, path: pathlib.Path, writable: bool = False) -> FileHandle:
-    h = stack.open(path, writable=writable)
-    if h.ring is None or h.backend != "uring":
-        h.close()
-        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
+    h: FileHandle = open_plain_uring(stack, path, writable)
     return h
 
 
@@ -678,3 +675,140 @@ def test_a_reap_that_raises_still_delivers_what_it_reaped_first(
 
         got = _run(main())
     assert got == [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(4)]
+
+
+def _registered_leases(h: FileHandle, count: int) -> list[Any]:
+    """*count* registered-buffer leases of *h* (the default config's fixedbuf pool), or a skip."""
+    from tests.requires import skip_without
+    from uringstack.ring.buffers import RegisteredBuffer
+
+    leases = h.lease_buffers(count)
+    if not all(isinstance(b, RegisteredBuffer) for b in leases):
+        h.release_buffers(leases)
+        skip_without("no registered-buffer pool serves this handle (fixedbuf could not register: memlock?)")
+    return leases
+
+
+def _flushed_columns(h: FileHandle, lease: Any) -> Any:
+    """The coalescer's column set that submitted *lease*'s last batch."""
+    co = h._coalescer_cache
+    assert co is not None
+    batch = (lease.parent or lease).batch
+    assert batch is not None, "a registered lease submitted by the coalescer was not marked in flight"
+    return next(cols for pool in co._pool.values() for cols in pool if cols.batch is batch)
+
+
+@pytest.mark.timeout(60)
+def test_registered_leases_of_the_default_config_are_coalesced_as_fixed_ops(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The default config (fixedbuf on) leases registered buffers: their *_many_async used to
+    # skip the coalescer (one io_uring_enter per await, 8 here).
+    from uringstack.ring.flags import Op
+
+    h = _uring_handle(uring_stack, data, writable=True)
+    ring = h.ring
+    assert ring is not None
+    try:
+        leases = _registered_leases(h, 8)
+        want = _pattern(64 * BLOCK + 1808)
+
+        async def main() -> tuple[list[Any], int, int]:
+            await asyncio.gather(*(h.read_many_async([i * BLOCK], [b]) for i, b in enumerate(leases)))  # warm up
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                *(h.read_many_async([(i + 8) * BLOCK], [b]) for i, b in enumerate(leases))
+            )
+            reads = ring.counters()["enters"] - before
+            for i, b in enumerate(leases):
+                b[0:4] = bytes([i, i, i, i])
+            before = ring.counters()["enters"]
+            wrote = await asyncio.gather(*(h.write_many_async([(i + 32) * BLOCK], [b]) for i, b in enumerate(leases)))
+            return [got, wrote], reads, ring.counters()["enters"] - before
+
+        (got, wrote), reads, writes = _run(main())
+        assert got == [[BLOCK]] * 8 and wrote == [[BLOCK]] * 8
+        assert reads == 1, reads
+        assert writes == 1, writes
+        cols = _flushed_columns(h, leases[0])
+        assert cols.get("opcodes")[:8] == [int(Op.WRITE_FIXED)] * 8
+        assert sorted(cols.get("buf_index")[:8]) == sorted(b.index for b in leases)
+        on_disk = data.read_bytes()
+        for i in range(8):
+            block = on_disk[(i + 32) * BLOCK : (i + 33) * BLOCK]
+            assert block == bytes([i] * 4) + want[(i + 8) * BLOCK + 4 : (i + 9) * BLOCK]
+        h.release_buffers(leases)
+    finally:
+        h.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_registered_lease_in_a_coalesced_batch_in_flight_is_not_leased_again(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    h = _uring_handle(uring_stack, data)
+    ring = h.ring
+    assert ring is not None
+    leases = _registered_leases(h, 1)
+    pool = h.worker.buffers.for_ring(ring)
+    assert pool is not None
+    pipe = _PipeBacked(h)
+    try:
+
+        async def main() -> list[int]:
+            task = asyncio.create_task(h.read_many_async([0], leases))
+            for _ in range(3):
+                await asyncio.sleep(0)  # queued, flushed: in the kernel now
+            assert ring.inflight == 1
+            free = pool.available()
+            h.release_buffers(leases)  # the pool must defer it: the kernel writes into it
+            assert pool.available() == free, "a buffer the kernel is writing was handed back to the pool"
+            os.write(pipe.w, b"late".ljust(len(leases[0]), b"."))  # the whole lease: no short read
+            got: list[int] = await task
+            return got
+
+        assert _run(main()) == [len(leases[0])]
+        assert bytes(leases[0])[:4] == b"late"
+        assert not leases[0].in_flight()
+    finally:
+        pipe.restore()
+        h.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_flush_mixing_registered_leases_with_pins_and_arena_reads_reads_each_into_its_own_memory(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Leases take their own addresses (no pin), written beside runs of pins by position:
+    # each op must land in its own buffer, all in one submission.
+    expect = data.read_bytes()
+    h = _uring_handle(uring_stack, data)
+    ring = h.ring
+    assert ring is not None
+    try:
+        leases = _registered_leases(h, 4)
+        plain = [bytearray(BLOCK) for _ in range(4)]
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)  # warm up
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                h.read(100, 3 * BLOCK + 5),
+                h.read_many_async([BLOCK, 9 * BLOCK], plain[:2]),
+                h.read_many_async([2 * BLOCK, 7 * BLOCK], leases[:2]),
+                h.read_into_async(plain[2], 4 * BLOCK),
+                h.read_many_async([5 * BLOCK, 6 * BLOCK], leases[2:]),
+                h.read(7, 11 * BLOCK),
+            )
+            return got, ring.counters()["enters"] - before
+
+        got, enters = _run(main())
+        assert enters == 1, enters
+        assert got[0] == expect[3 * BLOCK + 5 : 3 * BLOCK + 105] and got[5] == expect[11 * BLOCK : 11 * BLOCK + 7]
+        for buf, off in [(plain[0], 1), (plain[1], 9), (leases[0], 2), (leases[1], 7), (plain[2], 4)]:
+            assert bytes(buf) == expect[off * BLOCK : (off + 1) * BLOCK], off
+        for buf, off in [(leases[2], 5), (leases[3], 6)]:
+            assert bytes(buf) == expect[off * BLOCK : (off + 1) * BLOCK], off
+        h.release_buffers(leases)
+    finally:
+        h.close()

@@ -173,6 +173,37 @@ def test_batch_owns_buffers_until_reaped(tmp_path: pathlib.Path) -> None:
     os.close(w)
 
 
+def test_a_finished_batch_lets_go_of_its_done_callbacks(ring: Ring) -> None:
+    """A finished batch stays referenced (a pooled column set, a lease's in-flight mark): its
+    callbacks, and what their closures hold (an asyncio flush's futures and results), must not."""
+    r, w = os.pipe()
+    try:
+
+        class Held:
+            pass
+
+        held = Held()
+        ref = weakref.ref(held)
+        seen: list[list[int]] = []
+        pbuf = bytearray(8)
+        pin = ffi.from_buffer(pbuf, require_writable=True)
+        batch = ring.submit(Op.READ, r, addrs=addr(pin), lens=8, offsets=-1 & 0xFFFFFFFFFFFFFFFF, keep=[pin, pbuf])
+        batch.add_done_callback(lambda b, held=held: seen.append(b.results))
+        batch.add_done_callback(lambda b: seen.append([len(seen)]))
+        del held
+        gc.collect()
+        assert ref() is not None  # the callback holds it while the batch is in flight
+        os.write(w, b"abc")
+        assert ring.wait(batch) == [3]
+        assert seen == [[3], [1]]  # both ran, in order
+        assert batch.on_done is None
+        gc.collect()
+        assert ref() is None, "a finished batch kept its done-callbacks (and what they hold)"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_close_cancels_and_drains_inflight() -> None:
     r, w = os.pipe()
     ring = Ring(entries=8)

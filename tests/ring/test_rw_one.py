@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -37,21 +37,40 @@ def data_file(tmp_path: Path) -> Iterator[int]:
     os.close(fd)
 
 
+class ReadOne(Protocol):
+    def __call__(self, ring: Ring, fd: int, buf: bytearray, offset: int = 0) -> int: ...
+
+
 def _read_one(ring: Ring, fd: int, buf: bytearray, offset: int = 0) -> int:
     pin = ffi.from_buffer(buf)
     return ring.rw_one(Op.READ, fd, pin, len(buf), offset, 0, 0, (pin, buf))
 
 
-def test_read_and_write_return_their_results_with_one_syscall_and_no_batch(ring: Ring, data_file: int) -> None:
+def _read_bound(ring: Ring, fd: int, buf: bytearray, offset: int = 0) -> int:
+    pin = ffi.from_buffer(buf)
+    return ring.bind_rw_one(Op.READ, fd, pin, len(buf), 0, 0, (pin, buf))(offset)
+
+
+@pytest.fixture(params=[_read_one, _read_bound], ids=["rw_one", "bind_rw_one"])
+def read_one(request: pytest.FixtureRequest) -> ReadOne:
+    """One waited read, through ``Ring.rw_one`` or a function from ``Ring.bind_rw_one``:
+    every rule here holds for both."""
+    fn: ReadOne = request.param
+    return fn
+
+
+def test_read_and_write_return_their_results_with_one_syscall_and_no_batch(
+    read_one: ReadOne, ring: Ring, data_file: int
+) -> None:
     buf = bytearray(4096)
     before = ring.counters()
-    assert _read_one(ring, data_file, buf, 256) == 4096
+    assert read_one(ring, data_file, buf, 256) == 4096
     assert buf == bytes(range(256)) * 16
     out = b"w" * 100
     pin = ffi.from_buffer(out)
     assert ring.rw_one(Op.WRITE, data_file, pin, 100, 16384, 0, 0, pin) == 100
     assert os.pread(data_file, 200, 16300)[84:] == out
-    assert _read_one(ring, data_file, buf, 1 << 20) == 0  # past the end
+    assert read_one(ring, data_file, buf, 1 << 20) == 0  # past the end
     after = ring.counters()
     assert after["enters"] - before["enters"] == 3
     assert after["reaped"] - before["reaped"] == 3
@@ -61,12 +80,14 @@ def test_read_and_write_return_their_results_with_one_syscall_and_no_batch(ring:
     assert ring._done_n[0] == 0
 
 
-def test_an_error_is_the_result(ring: Ring, data_file: int) -> None:
+def test_an_error_is_the_result(read_one: ReadOne, ring: Ring, data_file: int) -> None:
     buf = bytearray(16)
-    assert _read_one(ring, 1 << 20, buf) == -errno.EBADF  # no such descriptor
+    assert read_one(ring, 1 << 20, buf) == -errno.EBADF  # no such descriptor
 
 
-def test_other_batches_completed_meanwhile_are_collected(ring: Ring, pipe: tuple[int, int], data_file: int) -> None:
+def test_other_batches_completed_meanwhile_are_collected(
+    read_one: ReadOne, ring: Ring, pipe: tuple[int, int], data_file: int
+) -> None:
     """A batch whose completion the single op's reap consumed is finished, its callback run."""
     r, w = pipe
     pbuf = bytearray(8)
@@ -76,21 +97,23 @@ def test_other_batches_completed_meanwhile_are_collected(ring: Ring, pipe: tuple
     batch.add_done_callback(lambda b: seen.append(b.results))
     os.write(w, b"abc")  # its completion is posted by the kernel inside the next io_uring_enter at the latest
     time.sleep(0.05)
-    assert _read_one(ring, data_file, bytearray(4096)) == 4096
+    assert read_one(ring, data_file, bytearray(4096)) == 4096
     assert batch.finished and seen == [[3]]
     assert ring._inflight == {} and ring.inflight == 0
     assert ring.reap() == []
 
 
 @pytest.mark.timeout(30)
-def test_a_hung_op_is_waited_for_past_the_tick_and_completes(ring: Ring, pipe: tuple[int, int]) -> None:
+def test_a_hung_op_is_waited_for_past_the_tick_and_completes(
+    read_one: ReadOne, ring: Ring, pipe: tuple[int, int]
+) -> None:
     r, w = pipe
     timer = threading.Timer(0.6, os.write, (w, b"late"))
     timer.start()
     try:
         buf = bytearray(16)
         t0 = time.monotonic()
-        assert _read_one(ring, r, buf) == 4
+        assert read_one(ring, r, buf) == 4
         assert 0.4 < time.monotonic() - t0 < 5
         assert bytes(buf[:4]) == b"late"
         assert ring._inflight == {} and ring.inflight == 0
@@ -100,7 +123,7 @@ def test_a_hung_op_is_waited_for_past_the_tick_and_completes(ring: Ring, pipe: t
 
 @pytest.mark.timeout(30)
 def test_a_hung_op_fails_at_the_deadline_keeps_its_buffer_and_its_result_cell(
-    ring: Ring, pipe: tuple[int, int], data_file: int
+    read_one: ReadOne, ring: Ring, pipe: tuple[int, int], data_file: int
 ) -> None:
     """ETIMEDOUT at ``wait_timeout``; the op stays in flight as a batch owning the buffer and the
     result cell the kernel will write; later single ops get a cell of their own."""
@@ -110,17 +133,17 @@ def test_a_hung_op_fails_at_the_deadline_keeps_its_buffer_and_its_result_cell(
     pin = ffi.from_buffer(buf)
     t0 = time.monotonic()
     with pytest.raises(UringIOError, match=r"1 op\(s\) not complete after 1 s") as info:
-        ring.rw_one(Op.READ, r, pin, len(buf), 0, 0, 0, (pin, buf))
+        read_one(ring, r, buf, 0)
     assert 0.9 < time.monotonic() - t0 < 5
     assert info.value.errno == errno.ETIMEDOUT
     assert ring.inflight == 1
     (batch,) = ring._inflight.values()
     assert batch._keep == (pin, buf)  # the kernel may still write into it: never released
     other = bytearray(4096)
-    assert _read_one(ring, data_file, other) == 4096  # meanwhile: its own result cell
+    assert read_one(ring, data_file, other) == 4096  # meanwhile: its own result cell
     os.write(w, b"ok")
     time.sleep(0.05)
-    assert _read_one(ring, data_file, other, 4096) == 4096  # its reap also takes the pipe read's completion
+    assert read_one(ring, data_file, other, 4096) == 4096  # its reap also takes the pipe read's completion
     assert batch.finished and batch.results == [2]
     assert bytes(buf[:2]) == b"ok"
     assert ring._inflight == {} and ring.inflight == 0
@@ -128,7 +151,7 @@ def test_a_hung_op_fails_at_the_deadline_keeps_its_buffer_and_its_result_cell(
 
 @pytest.mark.timeout(30)
 def test_a_lost_completion_of_a_hung_op_fails_fast(
-    ring: Ring, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+    read_one: ReadOne, ring: Ring, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The op outlived the submitting wait; its CQE is then consumed behind the bookkeeping's
     back before the bounded wait runs: that wait raises at once instead of hanging."""
@@ -149,7 +172,7 @@ def test_a_lost_completion_of_a_hung_op_fails_fast(
     t0 = time.monotonic()
     try:
         with pytest.raises(UringIOError, match="lost completion") as info:
-            _read_one(ring, r, buf)
+            read_one(ring, r, buf)
         assert time.monotonic() - t0 < 5
         assert info.value.errno == errno.ETIMEDOUT
         assert ring.inflight == 1
@@ -161,13 +184,13 @@ def test_a_lost_completion_of_a_hung_op_fails_fast(
         ring_module._ORPHANED.clear()
 
 
-def test_a_closed_ring_refuses(data_file: int) -> None:
+def test_a_closed_ring_refuses(read_one: ReadOne, data_file: int) -> None:
     ring = Ring(entries=4)
     ring.close()
     from uringstack.errors import RingClosedError
 
     with pytest.raises(RingClosedError):
-        _read_one(ring, data_file, bytearray(16))
+        read_one(ring, data_file, bytearray(16))
 
 
 def test_an_opcode_other_than_read_or_write_is_refused_before_anything_is_queued(ring: Ring) -> None:
@@ -179,3 +202,22 @@ def test_an_opcode_other_than_read_or_write_is_refused_before_anything_is_queued
         ring.rw_one(Op.FSYNC, 0, pin, 16, 0, 0, 0, pin)
     assert ring.inflight == 0 and len(ring._free_slots) == lib.US_MAX_SLOTS
     assert ring.counters()["submitted"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_changed_wait_tick_bounds_the_next_call(read_one: ReadOne, ring: Ring, pipe: tuple[int, int]) -> None:
+    """The tick in ms is converted once per change of ``wait_tick``, not per call: a new
+    value must still bound the very next call (here: a hung read failing at ``wait_timeout``
+    within about one new tick, not one old tick)."""
+    r, _ = pipe
+    ring.wait_tick = 20.0
+    buf = bytearray(16)
+    assert read_one(ring, -1, buf) == -errno.EBADF  # a call converts the 20 s tick
+    ring.wait_tick = 0.2
+    ring.wait_timeout = 0.5
+    t0 = time.monotonic()
+    with pytest.raises(UringIOError, match="not complete after") as info:
+        read_one(ring, r, buf)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - t0 < 5  # an old tick of 20 s would block the submitting wait for 20 s
+    assert ring.inflight == 1  # (the ring's close cancels it)

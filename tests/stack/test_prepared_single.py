@@ -17,7 +17,7 @@ import os
 import pathlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -53,7 +53,8 @@ def _ring(h: FileHandle) -> Ring:
 
 
 def _spy(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, int, int, int]], list[object]]:
-    """Record each rw_one call (opcode, length, offset, buffer index) and refuse the batch path."""
+    """Record each rw_one call, also through functions bound (``bind_rw_one``) from now on
+    (opcode, length, offset, buffer index), and refuse the batch path."""
     calls: list[tuple[int, int, int, int]] = []
     batches: list[object] = []
     real = ring.rw_one
@@ -62,13 +63,39 @@ def _spy(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, i
         calls.append((opcode, length, offset, index))
         return real(opcode, fd, buf, length, offset, flags, index, keep)
 
+    real_bind = ring.bind_rw_one
+
+    def bind_rw_one(
+        opcode: int, fd: int, buf: Any, length: int, flags: int, index: int, keep: object
+    ) -> Callable[[int], int]:
+        bound = real_bind(opcode, fd, buf, length, flags, index, keep)
+
+        def one(offset: int) -> int:
+            calls.append((opcode, length, offset, index))
+            return bound(offset)
+
+        return one
+
     def submit_columns(*args: Any, **kwargs: Any) -> Any:
         batches.append(args)
         raise AssertionError("a waited single prepared op must not build a batch")
 
     monkeypatch.setattr(ring, "rw_one", rw_one)
+    monkeypatch.setattr(ring, "bind_rw_one", bind_rw_one)
     monkeypatch.setattr(ring, "submit_columns", submit_columns)
     return calls, batches
+
+
+def _bind_through_rw_one(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Functions bound from now on (``bind_rw_one``) call ``ring.rw_one``, looked up at each
+    call: a test's replacement of ``rw_one`` (a pipe for the file) then applies to them."""
+
+    def bind_rw_one(
+        opcode: int, fd: int, buf: Any, length: int, flags: int, index: int, keep: object
+    ) -> Callable[[int], int]:
+        return lambda offset: ring.rw_one(opcode, fd, buf, length, offset, flags, index, keep)
+
+    monkeypatch.setattr(ring, "bind_rw_one", bind_rw_one)
 
 
 def test_a_waited_single_read_and_write_are_one_rw_one_call_each(
@@ -135,8 +162,9 @@ def test_the_completion_hook_sees_each_single_prepared_op(tmp_path: pathlib.Path
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("first", [True, False], ids=["first-call", "bound"])
 def test_a_single_op_that_outlives_its_wait_stays_in_flight_and_fails_in_seconds(
-    stack: Stack, data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch
+    stack: Stack, data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch, first: bool
 ) -> None:
     """The op hangs (here: the prepared buffer read from an empty pipe through the same ring):
     ``run`` raises at ``wait_timeout``; until the op completes the prepared object is in
@@ -150,6 +178,9 @@ def test_a_single_op_that_outlives_its_wait_stays_in_flight_and_fails_in_seconds
             ring.wait_timeout = 1.0
             buf = bytearray(BS)
             reads = h.prepare_reads([buf])
+            _bind_through_rw_one(ring, monkeypatch)
+            if not first:  # (the first call binds the op; later ones take run's one-call path)
+                assert reads.run([0]) == [BS]
             real = ring.rw_one
 
             def hung(opcode: int, fd: int, ptr: Any, length: int, offset: int, *rest: Any) -> int:
@@ -194,6 +225,8 @@ def test_a_single_op_in_its_call_is_in_flight_for_other_threads(
             reads = h.prepare_reads([buf])
             prep = reads._prep
             assert isinstance(prep, UringPrepared)
+            _bind_through_rw_one(ring, monkeypatch)
+            assert reads.run([0]) == [BS]  # binds the op: the calls below take run's one-call path
             real = ring.rw_one
             redirected = [0]
 
@@ -215,6 +248,8 @@ def test_a_single_op_in_its_call_is_in_flight_for_other_threads(
                 assert not prep.finished
                 with pytest.raises(BatchInFlightError, match="still in flight"):
                     reads.run([2 * BS])
+                with pytest.raises(BatchInFlightError, match="still in flight"):
+                    reads.start([2 * BS])  # nor a batch (not waited) on the same buffer
             finally:
                 os.write(w, data[BS : BS + 4])  # a short read: run completes the rest from the file
                 t.join(10)
@@ -235,8 +270,9 @@ def test_a_refused_single_op_keeps_its_error_and_reaches_no_ring(
     with stack.open(path, direct=True) as h:
         buf = aligned_buffer(BS)
         reads = h.prepare_reads([buf])
-        assert reads.run([BS]) == [BS]  # the first call fills the fd columns
         calls, batches = _spy(_ring(h), monkeypatch)
+        assert reads.run([BS]) == [BS]  # the first call fills the fd columns (and binds the op)
+        calls.clear()
         with pytest.raises(ValueError, match=r"offset -4096 \(op 0 of the batch\) is negative"):
             reads.run([-BS])
         with pytest.raises(ValueError, match="is out of range"):

@@ -36,6 +36,7 @@ def test_run_wal_bench_asyncio_row(tmp_path: pathlib.Path) -> None:
     aio = r["wal_asyncio"]
     assert aio["records"] > 0 and 0 < aio["p50_us"] <= aio["p99_us"]
     assert aio["records_per_flush"] >= 1
+    assert 0 < aio["write_us_per_flush"] <= aio["cycle_us_per_flush"]
     assert 0 < aio["enqueue_p50_us"] <= aio["enqueue_p99_us"] < aio["p99_us"]  # the call only, not the wait
     assert r["ratios"]["asyncio_records_per_s_vs_naive"] > 0
     assert all("wal_asyncio" in rnd and "wal" in rnd for rnd in r["rounds"])
@@ -49,6 +50,7 @@ def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert all(w in res.output for w in ("uringstack", "WAL threads", "WAL asyncio", "naive", "fio", "enqueue p99"))
+    assert "flush / write us" in res.output  # each WAL row's flush cycle and the durable write in it
 
 
 @pytest.mark.parametrize(
@@ -80,3 +82,38 @@ def test_bench_wal_json_names_its_run_for_benchmarks_md(
     assert doc["started_at"][:2] == "20" and doc["command"].startswith("uringstack")
     assert doc["machine"]["nproc"] >= 1 and doc["machine"]["kernel"]
     assert doc["params"] == measured["params"] and doc["wal"] == measured["wal"]
+
+
+def test_block_bytes_per_write_is_the_mean_flush_to_the_nearest_block() -> None:
+    from uringstack.wal.bench import _block_bytes_per_write
+
+    assert _block_bytes_per_write(3 * 8192, 3) == 8192  # a 4 KiB record: header + payload span two blocks
+    assert _block_bytes_per_write(4160, 1) == 4096  # small records crossing a block boundary now and then
+    assert _block_bytes_per_write(2 * 4096 + 3 * 8192, 5) == 8192  # mostly 8 KiB writes
+    assert _block_bytes_per_write(4096 * 5, 5) == 4096
+    assert _block_bytes_per_write(0, 0) == 4096
+
+
+def test_fio_reference_at_the_logs_bytes_per_write(tmp_path: pathlib.Path) -> None:
+    """A 4 KiB record is an 8 KiB flush: a second fio row writes 8 KiB, separating the format's cost."""
+    r = run_wal_bench(tmp_path, appenders=1, record_size=4096, duration_s=1.0, backend="fallback",
+                      rounds=1, fio_file_bytes=8 << 20)  # fmt: skip
+    assert r["wal"]["bytes_per_flush"] >= 8192  # 16-byte header + 4 KiB payload, behind the kept tail
+    # a flush cycle and the durable write inside it
+    assert 0 < r["wal"]["write_us_per_flush"] <= r["wal"]["cycle_us_per_flush"]
+    same = r["fio_wal_bytes"]
+    if shutil.which("fio") is None:
+        assert "skipped" in same
+        return
+    assert same["bs"] == 8192 and "--bs=8k" in same["command"].split(), same
+    assert r["fio"]["bs"] == 4096 and "--bs=4k" in r["fio"]["command"].split()
+    assert same["pattern"] == r["fio"]["pattern"] and same["records_per_s"] > 0
+    for k in ("fio_wal_bytes_p99_vs_fio", "p99_vs_fio_wal_bytes", "p50_vs_fio_wal_bytes"):
+        assert r["ratios"][k] > 0, k
+
+
+def test_no_second_fio_row_when_the_log_writes_4k(tmp_path: pathlib.Path) -> None:
+    r = run_wal_bench(tmp_path, appenders=1, record_size=64, duration_s=0.5, backend="fallback",
+                      rounds=1, fio_file_bytes=8 << 20)  # fmt: skip
+    assert r["wal"]["bytes_per_flush"] < 4096 * 1.5
+    assert "skipped" in r["fio_wal_bytes"] and "fio_wal_bytes_p99_vs_fio" not in r["ratios"]

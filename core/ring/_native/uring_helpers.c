@@ -610,7 +610,12 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
         }
         return sub;
     }
-    int ret = is_sqpoll(ring) ? wait_until_for(ring, st, slot_done, slot, wait_ms) : (drain(ring, st), 0);
+    /* SQPOLL: the submission never waits.  IOPOLL: it made one poll pass (the
+     * kernel ignores a wait's timeout there), so the bounded pass loop of
+     * iopoll_wait_until does the waiting here, within wait_ms, in this call. */
+    int ret = is_sqpoll(ring) || (ring->flags & IORING_SETUP_IOPOLL)
+                  ? wait_until_for(ring, st, slot_done, slot, wait_ms)
+                  : (drain(ring, st), 0);
     if (st->remaining[slot])
         return ret < 0 ? ret : -ETIME;
     /* completed: take it back out of the done list (drain appended it) */

@@ -8,9 +8,10 @@ read, and the checks before submission; tests/nvme runs the same on a polled rin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, NoReturn
 
 import pytest
 
@@ -19,6 +20,7 @@ from uringstack.plugins.iopoll.backend import IopollFileIO, IopollPending, Write
 from uringstack.ring import Ring
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.ring.io_backend import prepare_rw
+from uringstack.ring.native import ffi
 from uringstack.stack.uring_backend import UringPrepared
 from uringstack.types import Target
 
@@ -71,3 +73,43 @@ def test_start_rw_and_durable_writes_keep_their_rings(iopoll_io: tuple[IopollFil
     assert durable.wait() == [BS, 0]  # the write on the IOPOLL ring, then the flush on the storage ring
     dsync = io.start_write_durable(BS, buf, "dsync")
     assert dsync.ring is storage and dsync.wait() == [BS]  # type: ignore[union-attr]
+
+
+def test_single_waited_ops_take_rw_one_on_the_iopoll_ring(
+    iopoll_io: tuple[IopollFileIO, Ring, Ring], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read_into/write_from (run_one) and a one-buffer prepared run: one Ring.rw_one call, no batch
+    (us_rw_one polls for the op on a real IOPOLL ring: tests/nvme/test_iopoll_single_op.py)."""
+    io, ring, _ = iopoll_io
+    calls: list[int] = []
+    real = ring.rw_one
+
+    def counted(*args: Any) -> int:
+        calls.append(args[4])  # the offset
+        return real(*args)
+
+    def no_batch(*args: Any, **kwargs: Any) -> NoReturn:
+        raise AssertionError("a single waited op went through a batch")
+
+    real_bind = ring.bind_rw_one
+
+    def counted_bind(*args: Any) -> Callable[[int], int]:
+        bound = real_bind(*args)
+
+        def one(offset: int) -> int:
+            calls.append(offset)
+            return bound(offset)
+
+        return one
+
+    monkeypatch.setattr(ring, "rw_one", counted)
+    monkeypatch.setattr(ring, "bind_rw_one", counted_bind)  # a prepared buffer's pre-bound rw_one
+    monkeypatch.setattr(ring, "submit_columns", no_batch)
+    buf = aligned_buffer(BS)
+    pin = ffi.from_buffer(buf)
+    assert io.run_one(False, pin, buf, 9 * BS) == BS
+    assert buf[0] == 9
+    prep = prepare_rw(io, False, [buf])
+    assert prep.start([3 * BS], wait=True).wait() == [BS]
+    assert buf[0] == 3
+    assert calls == [9 * BS, 3 * BS]

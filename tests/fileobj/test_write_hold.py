@@ -1,0 +1,222 @@
+"""A write-only file keeps large ``bytes`` objects instead of copying them (``BufferedWriter.write``).
+
+What is held must reach the file exactly where and when the writer's own buffer
+would have put it: in order with every other write, before ``seek``/``tell``/
+``truncate``/``fileno()``/``flush()``/``close()``, with a failure raised there."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import random
+import threading
+from typing import Any
+
+import pytest
+
+import uringstack
+from uringstack.fileobj.openfile import HOLD_MIN
+from uringstack.stack import Stack
+
+
+def _spy_gathers(f: Any) -> list[list[Any]]:
+    """Record the buffers of every gathered write of *f*'s raw file."""
+    handle = f.raw.handle
+    real = handle.writev_from
+    seen: list[list[Any]] = []
+
+    def writev_from(buffers: Any, offset: int) -> int:
+        seen.append(list(buffers))
+        return int(real(buffers, offset))
+
+    handle.writev_from = writev_from
+    return seen
+
+
+def test_large_bytes_are_written_without_a_copy(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """The very objects given to write() go to the kernel, all of a buffer's worth in one gathered write."""
+    path = tmp_path / "f"
+    chunks = [os.urandom(HOLD_MIN) for _ in range(20)]
+    with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
+        seen = _spy_gathers(f)
+        for c in chunks:
+            assert f.write(c) == len(c)
+    assert path.read_bytes() == b"".join(chunks)
+    assert [len(s) for s in seen] == [4] * 5
+    assert all(a is b for a, b in zip([b for s in seen for b in s], chunks, strict=True))
+
+
+def test_small_writes_between_large_ones_join_the_gathered_write(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A header before each large ``bytes`` (the writer's buffer written out) keeps one gathered write going."""
+    path = tmp_path / "f"
+    big = [os.urandom(HOLD_MIN) for _ in range(2)]
+    with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
+        seen = _spy_gathers(f)
+        f.write(b"h" * 100)  # nothing held yet: written out before the first large one
+        f.write(big[0])
+        f.write(b"i" * 100)
+        f.write(big[1])
+        f.write(b"j" * 100)
+        f.flush()
+        assert [bytes(b) for s in seen for b in s] == [big[0], b"i" * 100, big[1], b"j" * 100]
+        assert len(seen) == 1
+    assert path.read_bytes() == b"h" * 100 + big[0] + b"i" * 100 + big[1] + b"j" * 100
+
+
+def test_mutable_buffers_are_copied(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A bytearray (or memoryview) may change once write() returned: it is never held."""
+    path = tmp_path / "f"
+    with uringstack.open(path, "wb", stack=stack) as f:
+        seen = _spy_gathers(f)
+        ba = bytearray(b"a" * HOLD_MIN)
+        f.write(ba)
+        f.write(memoryview(ba))
+        ba[:] = b"b" * HOLD_MIN
+    assert path.read_bytes() == b"a" * (2 * HOLD_MIN)
+    assert seen == []
+
+
+def _ops(rnd: random.Random, n: int) -> list[tuple[str, Any]]:
+    ops: list[tuple[str, Any]] = []
+    for i in range(n):
+        r = rnd.random()
+        if r < 0.45:
+            ops.append(("write", bytes([i % 251]) * rnd.choice([HOLD_MIN, HOLD_MIN + 1, 3 * HOLD_MIN, 9 << 20])))
+        elif r < 0.7:
+            ops.append(("write", bytes([i % 251]) * rnd.choice([1, 100, 4096, HOLD_MIN - 1])))
+        elif r < 0.75:
+            ops.append(("write", bytearray([i % 251]) * HOLD_MIN))
+        elif r < 0.85:
+            ops.append(("seek", rnd.randrange(0, 4 << 20)))
+        elif r < 0.9:
+            ops.append(("seek_end", 0))
+        elif r < 0.95:
+            ops.append(("truncate", rnd.randrange(0, 4 << 20)))
+        else:
+            ops.append(("tell", None))
+    return ops
+
+
+def _apply(f: Any, ops: list[tuple[str, Any]], fd_positions: bool) -> list[Any]:
+    out: list[Any] = []
+    for op, arg in ops:
+        if op == "write":
+            out.append(f.write(arg))
+        elif op == "seek":
+            out.append(f.seek(arg))
+        elif op == "seek_end":
+            out.append(f.seek(0, os.SEEK_END))
+        elif op == "truncate":
+            out.append(f.truncate(arg))
+        else:
+            out.append(f.tell())
+            if fd_positions:  # the descriptor's own position, as a dup or a child sees it after flush()
+                f.flush()
+                out.append(os.lseek(f.fileno(), 0, os.SEEK_CUR))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mixed_writes_seeks_and_truncates_match_the_builtin(seed: int, tmp_path: pathlib.Path, stack: Stack) -> None:
+    ops = _ops(random.Random(seed), 60)
+    with open(tmp_path / "ref", "wb") as f:
+        want = _apply(f, ops, True)
+    with uringstack.open(tmp_path / "f", "wb", stack=stack, buffering=4 * HOLD_MIN) as g:
+        got = _apply(g, ops, True)
+    assert got == want
+    assert (tmp_path / "f").read_bytes() == (tmp_path / "ref").read_bytes()
+
+
+def test_held_data_reaches_the_kernel_at_flush_and_fileno(tmp_path: pathlib.Path, stack: Stack) -> None:
+    path = tmp_path / "f"
+    data = os.urandom(HOLD_MIN)
+    with uringstack.open(path, "wb", stack=stack) as f:
+        f.write(data)
+        f.flush()
+        assert path.read_bytes() == data
+        f.write(data)
+        os.fsync(f.fileno())  # the raw file's fileno() writes what it holds
+        assert path.read_bytes() == data * 2
+        f.write(data)
+        f.fileno()
+        assert path.read_bytes() == data * 3
+
+
+def _fail_gathers(f: Any, err: int) -> None:
+    def fail(buffers: Any, offset: int) -> int:
+        raise OSError(err, os.strerror(err))
+
+    f.raw.handle.writev_from = fail
+
+
+def test_a_failed_held_write_surfaces_at_flush(tmp_path: pathlib.Path, stack: Stack) -> None:
+    with uringstack.open(tmp_path / "f", "wb", stack=stack) as f:
+        real = f.raw.handle.writev_from
+        _fail_gathers(f, errno.ENOSPC)
+        f.write(b"x" * HOLD_MIN)
+        with pytest.raises(OSError) as info:
+            f.flush()
+        assert info.value.errno == errno.ENOSPC
+        f.raw.handle.writev_from = real
+        f.write(b"y")  # what failed was dropped, as a failed write-behind's data; the file goes on
+    assert (tmp_path / "f").read_bytes() == b"y"
+
+
+def test_a_failed_held_write_surfaces_at_close(tmp_path: pathlib.Path, stack: Stack) -> None:
+    f = uringstack.open(tmp_path / "f", "wb", stack=stack)
+    _fail_gathers(f, errno.EIO)
+    f.write(b"x" * HOLD_MIN)
+    with pytest.raises(OSError) as info:
+        f.close()
+    assert info.value.errno == errno.EIO
+    assert f.closed
+
+
+def test_a_closed_writer_refuses_large_bytes_in_the_builtins_words(tmp_path: pathlib.Path, stack: Stack) -> None:
+    f = uringstack.open(tmp_path / "f", "wb", stack=stack)
+    f.close()
+    with pytest.raises(ValueError, match=r"^write to closed file$"):
+        f.write(b"x" * HOLD_MIN)
+
+
+def test_append_and_update_modes_hold_nothing(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Appends land where the kernel runs them (unordered in a batch): they are copied as before."""
+    path = tmp_path / "f"
+    path.write_bytes(b"start")
+    for mode in ("ab", "r+b"):
+        with uringstack.open(path, mode, stack=stack) as f:
+            if mode == "r+b":
+                f.seek(0, os.SEEK_END)
+            seen = _spy_gathers(f)
+            f.write(b"z" * HOLD_MIN)
+        assert seen == []
+    assert path.read_bytes() == b"start" + b"z" * (2 * HOLD_MIN)
+
+
+def test_one_writer_from_several_threads_keeps_each_write_whole(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Large (held) and small (buffered) writes from four threads: each write lands whole, none lost."""
+    path = tmp_path / "f"
+    sizes = [HOLD_MIN, 100, 3 * HOLD_MIN, 5000]
+    with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
+        def writer(k: int) -> None:
+            for i in range(40):
+                f.write(bytes([k * 40 + i]) * sizes[i % 4])
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+            assert not t.is_alive(), "a writer is stuck"
+    data = path.read_bytes()
+    assert len(data) == 4 * 10 * sum(sizes)
+    runs: list[tuple[int, int]] = []  # (byte value, run length), in file order
+    at = 0
+    while at < len(data):
+        end = at
+        while end < len(data) and data[end] == data[at]:
+            end += 1
+        runs.append((data[at], end - at))
+        at = end
+    assert sorted(runs) == sorted((k * 40 + i, sizes[i % 4]) for k in range(4) for i in range(40))
