@@ -68,11 +68,20 @@ def _interrupted(call: Callable[[], object]) -> None:
 
 
 @pytest.mark.usefixtures("alarm")
-def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(waiting_ring: Ring, pipe: tuple[int, int]) -> None:
+@pytest.mark.parametrize("bound", [False, True], ids=["rw_one", "bind_rw_one"])
+def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
+    waiting_ring: Ring, pipe: tuple[int, int], bound: bool
+) -> None:
+    """Also through ``Ring.bind_rw_one`` (the prepared QD1 path), which guards its op as rw_one does."""
     ring, (r, w) = waiting_ring, pipe
     buf = bytearray(8)
     keep = (pin := ffi.from_buffer(buf), buf)
-    _interrupted(lambda: ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep))
+    bound_read = ring.bind_rw_one(Op.READ, r, pin, 8, 0, 0, keep)
+
+    def read() -> int:
+        return bound_read(0) if bound else ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
+
+    _interrupted(read)
     assert ring.inflight == 1  # the kernel holds the read
     batch = ring.batch_holding(keep)
     assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
@@ -82,7 +91,7 @@ def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(waiting_ring
     _settled(ring)
     # the ring goes on working, with a result cell of its own
     os.write(w, b"abcdefgh")
-    assert ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep) == 8
+    assert read() == 8
     assert buf == b"abcdefgh" and batch.results == [8]
     _settled(ring)
 
@@ -132,26 +141,4 @@ def test_a_signal_during_a_waited_submit_reaches_python_at_once(waiting_ring: Ri
     os.write(w, b"12345678")
     assert ring.wait(batch) == [8] and buf == b"12345678"
     ring.reap()
-    _settled(ring)
-
-
-@pytest.mark.usefixtures("alarm")
-def test_bound_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
-    waiting_ring: Ring, pipe: tuple[int, int]
-) -> None:
-    """The pre-bound single op (``Ring.bind_rw_one``, the prepared QD1 path) guards its op as rw_one does."""
-    ring, (r, w) = waiting_ring, pipe
-    buf = bytearray(8)
-    keep = (pin := ffi.from_buffer(buf), buf)
-    read = ring.bind_rw_one(Op.READ, r, pin, 8, 0, 0, keep)
-    _interrupted(lambda: read(0))
-    assert ring.inflight == 1
-    batch = ring.batch_holding(keep)
-    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
-    os.write(w, b"12345678")
-    assert ring.wait(batch) == [8] and buf == b"12345678"
-    ring.reap()
-    _settled(ring)
-    os.write(w, b"abcdefgh")
-    assert read(0) == 8 and buf == b"abcdefgh"
     _settled(ring)
