@@ -104,6 +104,8 @@ def test_eperm_without_seccomp() -> None:
 def test_enomem_names_memlock() -> None:
     blocker, reason = classify(errno.ENOMEM, facts(), memlock_soft_bytes=65536)
     assert blocker == "enomem" and "RLIMIT_MEMLOCK" in reason and "65536" in reason
+    # not only old kernels: the limit is per user, shared by all of its processes
+    assert "before 5.12, and later ones" in reason and "all of that user's processes" in reason
 
 
 def test_other_errno() -> None:
