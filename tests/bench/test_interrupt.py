@@ -54,7 +54,9 @@ def test_signal_to_the_wal_bench_stops_fio(tmp_path: pathlib.Path, sig: signal.S
     fio = bindir / "fio"
     fio.write_text(FAKE_FIO.format(pids=pids))
     fio.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    # PYTHONFAULTHANDLER: a bench that hangs after the signal is sent SIGABRT and its threads'
+    # stacks end up in the failure (this hung about once in three loaded full runs).
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONFAULTHANDLER": "1"}
     args = ["bench", "wal", "--duration", "0.5", "--rounds", "1", "--backend", "posix", "--dir", str(tmp_path / "d")]
     bench = subprocess.Popen(
         [sys.executable, "-c", RUN_CLI, *args],
@@ -68,7 +70,12 @@ def test_signal_to_the_wal_bench_stops_fio(tmp_path: pathlib.Path, sig: signal.S
         try:
             _, err = bench.communicate(timeout=20)
         except subprocess.TimeoutExpired:
-            pytest.fail("the bench did not exit within 20 s of the signal")
+            os.kill(bench.pid, signal.SIGABRT)  # faulthandler writes every thread's stack
+            try:
+                _, stacks = bench.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                stacks = "(no stacks: it did not die of SIGABRT either)"
+            pytest.fail(f"the bench did not exit within 20 s of the signal; its threads:\n{stacks[-6000:]}")
         assert bench.returncode != 0
         assert "Traceback" not in err, err
         _wait_for(lambda: not _alive(fio_pid) and not _alive(job_pid), 5, "fio and its job to be gone")
