@@ -24,7 +24,7 @@ from uringstack import ring as ring_module
 from uringstack.errors import UringIOError
 from uringstack.ring import Ring
 from uringstack.ring.buffers import address_of
-from uringstack.ring.flags import Op
+from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.native import ffi, lib
 
 
@@ -221,3 +221,25 @@ def test_a_changed_wait_tick_bounds_the_next_call(read_one: ReadOne, ring: Ring,
     assert info.value.errno == errno.ETIMEDOUT
     assert time.monotonic() - t0 < 5  # an old tick of 20 s would block the submitting wait for 20 s
     assert ring.inflight == 1  # (the ring's close cancels it)
+
+
+def test_a_bound_op_passes_every_bound_argument_to_its_sqe(ring: Ring, data_file: int) -> None:
+    """``bind_rw_one`` keeps opcode, file, buffer, length, SQE flags and buffer index in one
+    C struct (``us_rw_bound``): a fixed read through a registered file into the second
+    registered buffer, and a fixed write of part of it back, land where each argument says."""
+    bufs = [bytearray(4096), bytearray(4096)]
+    pins = ring.register_buffers(bufs)
+    ring.register_files([-1, data_file])
+    read = ring.bind_rw_one(Op.READ_FIXED, 1, pins[1], 512, int(SqeFlag.FIXED_FILE), 1, (pins, bufs))
+    assert read(1024) == 512
+    assert bufs[1][:512] == bytes(range(256)) * 2 and bufs[1][512:] == bytes(3584)
+    assert bufs[0] == bytes(4096)
+    bufs[1][:100] = b"x" * 100
+    write = ring.bind_rw_one(Op.WRITE_FIXED, 1, pins[1], 100, int(SqeFlag.FIXED_FILE), 1, (pins, bufs))
+    assert write(16384) == 100
+    assert os.pread(data_file, 200, 16300)[84:] == b"x" * 100
+    assert ring.inflight == 0 and len(ring._free_slots) == lib.US_MAX_SLOTS
+
+
+def test_the_bound_call_refuses_a_null_struct() -> None:
+    assert lib.us_rw_one_bound(ffi.NULL, 0, 0, ffi.new("int32_t[1]"), 100) == -errno.EINVAL

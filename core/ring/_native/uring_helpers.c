@@ -629,6 +629,28 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
     return (int)st->done_n;
 }
 
+/* us_rw_one with the arguments that do not change between ops read from *b*:
+ * cffi converts each argument of a call (tens of ns apiece), and at QD1 that
+ * conversion sits between one completion and the next submission. */
+struct us_rw_bound {
+    struct io_uring *ring;
+    us_state_t *st;
+    void *buf;
+    int32_t fd;
+    uint32_t len;
+    uint16_t buf_index;
+    uint8_t opcode;
+    uint8_t sqe_flags;
+};
+
+int us_rw_one_bound(const struct us_rw_bound *b, uint32_t slot, uint64_t off, int32_t *result, uint32_t wait_ms)
+{
+    if (!b)
+        return -EINVAL;
+    return us_rw_one(b->ring, b->st, slot, b->opcode, b->fd, b->sqe_flags, b->buf, b->len, off, b->buf_index, result,
+                     wait_ms);
+}
+
 /* Test hook for IOPOLL rings, where nothing is posted to the CQ until some
  * task polls: one non-blocking GETEVENTS pass (min_complete 0, so the kernel
  * polls the device once) without the bookkeeping's drain, then the same

@@ -118,6 +118,18 @@ int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const u
 int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n);
 int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opcode, int32_t fd, uint8_t sqe_flags,
               void *buf, uint32_t len, uint64_t off, uint16_t buf_index, int32_t *result, uint32_t wait_ms);
+/* us_rw_one's arguments that stay the same from op to op, bound once (Ring.bind_rw_one) */
+struct us_rw_bound {
+    struct io_uring *ring;
+    us_state_t *st;
+    void *buf;
+    int32_t fd;
+    uint32_t len;
+    uint16_t buf_index;
+    uint8_t opcode;
+    uint8_t sqe_flags;
+};
+int us_rw_one_bound(const struct us_rw_bound *b, uint32_t slot, uint64_t off, int32_t *result, uint32_t wait_ms);
 
 /* the one-call-per-batch path (see uring_helpers.c) */
 struct us_batch_view {
