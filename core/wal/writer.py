@@ -62,6 +62,7 @@ from .segment import (
     SegmentHeader,
     activate_spare,
     create_segment,
+    drop_cached_pages,
     prepare_spare,
 )
 
@@ -263,6 +264,10 @@ class Writer:
             with open(seg.path, "rb") as f:
                 f.seek(start)
                 self._tail = f.read(seg.end_offset - start)
+        if direct:
+            # Recovery's reads, the header stamp and the tail read cached pages that every
+            # O_DIRECT flush would otherwise have to invalidate inside its write.
+            drop_cached_pages(fd)
 
     def _start_spare(self) -> None:
         def prepare() -> None:
