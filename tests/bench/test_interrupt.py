@@ -28,6 +28,17 @@ wait
 RUN_CLI = "import sys; from uringstack.cli import main; sys.argv[0] = 'uringstack'; main()"
 
 
+def _default_sigint() -> None:
+    """In the bench's child, before exec: SIGINT at its default, so Python installs its handler.
+
+    A suite started as a background job of a non-interactive shell (``cmd &`` in a script,
+    ``nohup ... &``) inherits SIGINT *ignored* (SigIgn 0x6 in /proc/PID/status), Python
+    then leaves it ignored, and the bench rightly ignores the SIGINT: the test would hang
+    for that reason, not the bench's.  A user's Ctrl-C reaches a bench whose SIGINT is not
+    ignored; that is the case under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -61,6 +72,7 @@ def test_signal_to_the_wal_bench_stops_fio(tmp_path: pathlib.Path, sig: signal.S
     bench = subprocess.Popen(
         [sys.executable, "-c", RUN_CLI, *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 60, "the fake fio to start")
