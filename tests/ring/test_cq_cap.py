@@ -18,15 +18,18 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import open_plain_uring
 from uringstack.ring import Ring, RingBusyError, aio, coalesce
-from uringstack.ring.buffers import address_of
+from uringstack.ring.buffers import address_of, aligned_buffer
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.native import ffi
+from uringstack.stack import open_stack
 
 IORING_SQ_CQ_OVERFLOW = 1 << 1  # include/uapi/linux/io_uring.h
 N = 20  # reads held by the kernel: more than the CQ (8) and the SQ (4) of the ring
@@ -220,3 +223,39 @@ def test_asyncio_awaits_past_the_cq(ring: Ring, pipes: list[tuple[int, int]]) ->
     assert time.monotonic() - t0 < ring.wait_timeout, "the loop blocked waiting for CQ room"
     assert got == [bytes([i]) * SIZE for i in range(N)]
     assert not any(seen), "more awaits in flight than the CQ holds: the kernel overflowed it"
+
+
+def test_handle_calls_larger_than_the_cq(tmp_path: Path) -> None:
+    """A read_many of 10 x the ring through a handle, and asyncio reads and read_many_async
+    of more ops than the CQ holds: every result, in one batch per call, the cap kept."""
+    path = tmp_path / "data"
+    data = os.urandom(4096 * 80)
+    path.write_bytes(data)
+    with open_stack(overrides={"core.cores": [0], "core.ring_entries": 4, "core.direct": True}) as stack:
+        # O_DIRECT: the reads go to the disk instead of completing inside their submission,
+        # so the calls really meet the cap
+        h = open_plain_uring(stack, path, writable=False)
+        try:
+            ring = h.ring
+            assert ring is not None and ring.cq_entries == 8
+            n = 10 * ring.sq_entries * 2
+            bufs = [aligned_buffer(4096) for _ in range(n)]
+            offs = [4096 * (i % 80) for i in range(n)]
+            assert h.read_many(offs, bufs) == [4096] * n
+            assert all(bytes(b) == data[o : o + 4096] for o, b in zip(offs, bufs, strict=True))
+            assert not _overflowed(ring)
+
+            async def main() -> tuple[list[bytes], list[list[int]]]:
+                reads = [h.read(4096, 4096 * i) for i in range(40)]
+                manys = [h.read_many_async(offs[:12], [aligned_buffer(4096) for _ in range(12)]) for _ in range(3)]
+                big = h.read_many_async(offs, [aligned_buffer(4096) for _ in range(n)])
+                got = await asyncio.wait_for(asyncio.gather(*reads), 10)
+                lists = await asyncio.wait_for(asyncio.gather(*manys, big), 10)
+                return got, lists
+
+            got, lists = asyncio.run(main())
+            assert got == [data[4096 * i : 4096 * (i + 1)] for i in range(40)]
+            assert lists == [[4096] * 12] * 3 + [[4096] * n]
+            assert not _overflowed(ring) and ring.inflight == 0
+        finally:
+            h.close()
