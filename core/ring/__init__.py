@@ -173,11 +173,13 @@ class Ring:
         self._done_n, self._done, self._remaining = view.done_n, view.done, view.remaining
         self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
         self._sq_flags = view.sq_kflags
+        self._room_ms = view.room_ms  # how long C may wait for CQ room: one wait_tick (see _retick)
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
         self._tick_ms_now = 1
+        self._retick()
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
@@ -381,7 +383,9 @@ class Ring:
             self._reap_locked()
             if not self._free_slots:
                 raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-        wait_nr, wait_ms = (n, self._tick_ms) if wait else (0, 0)
+        if self.wait_tick is not self._tick_seen:
+            self._retick()
+        wait_nr, wait_ms = (n, self._tick_ms_now) if wait else (0, 0)
         slot = self._free_slots.pop()
         desc.slot = slot
         batch.slot = slot
@@ -732,7 +736,7 @@ class Ring:
         """Convert :attr:`wait_tick` for the single-op calls (when it changed: a float
         multiply, truncation and clamp per op would sit on the QD1 path)."""
         tick = self.wait_tick
-        self._tick_ms_now = max(1, int(tick * 1000))
+        self._tick_ms_now = self._room_ms[0] = max(1, int(tick * 1000))
         self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:

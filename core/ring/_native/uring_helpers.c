@@ -75,6 +75,7 @@ typedef struct us_state {
     uint32_t done_n;
     uint32_t inflight;      /* SQEs submitted whose CQE is not reaped */
     uint32_t spin_us;       /* busy-poll the CQ this long before sleeping in the kernel */
+    uint32_t room_ms;       /* next_sqe waits at most this long for CQ room (0: not at all) */
     struct us_counters c;
 } us_state_t;
 
@@ -210,6 +211,9 @@ static unsigned unqueue_unsubmitted(struct io_uring *ring)
     return k;
 }
 
+static uint64_t now_ns(void);
+static int wait_cqe_until(struct io_uring *ring, us_state_t *st, uint64_t deadline);
+
 /* Ops that may still post a CQE: every SQE ever prepared (sq.sqe_tail) that is
  * queued, held by the kernel or has its CQE in the CQ, i.e. not yet consumed
  * (cq.khead) or dropped on overflow (cq.koverflow).  Counts SQEs nobody tracks
@@ -254,6 +258,18 @@ static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int 
             return NULL;
         }
         drain(ring, st);
+        if (!cq_room(ring) && st->room_ms) {
+            /* wait here for completions (one tick at most, the caller's bounded wait
+             * checks for lost ones and deadlines past it): no trip back to Python
+             * per CQ's worth of a large batch */
+            uint64_t deadline = now_ns() + (uint64_t)st->room_ms * 1000000ull;
+            while (!cq_room(ring) && cq_held(ring)) {
+                int w = wait_cqe_until(ring, st, deadline);
+                drain(ring, st);
+                if (w < 0)
+                    break;  /* -ETIME, -EINTR (back to Python for its handlers), an error */
+            }
+        }
         if (!cq_room(ring)) {
             *err = -EBUSY;
             return NULL;
@@ -778,6 +794,7 @@ struct us_batch_view {
     const unsigned *cq_khead;  /* CQ ring head/tail (the kernel's shared memory): */
     const unsigned *cq_ktail;  /* head != tail means a CQE waits to be drained */
     const unsigned *sq_kflags; /* & US_CQ_NEEDS_FLUSH: CQEs wait in the kernel (overflow, task work) */
+    uint32_t *room_ms;         /* how long a submission may wait in C for CQ room (Ring.wait_tick) */
 };
 
 #ifndef IORING_SQ_TASKRUN
@@ -796,6 +813,7 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
     out->cq_khead = ring->cq.khead;
     out->cq_ktail = ring->cq.ktail;
     out->sq_kflags = ring->sq.kflags;
+    out->room_ms = &st->room_ms;
 }
 
 /* us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this

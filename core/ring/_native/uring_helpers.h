@@ -141,6 +141,7 @@ struct us_batch_view {
     const unsigned *cq_khead;
     const unsigned *cq_ktail;
     const unsigned *sq_kflags;
+    uint32_t *room_ms;
 };
 #define US_CQ_NEEDS_FLUSH ...
 void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
