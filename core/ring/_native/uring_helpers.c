@@ -251,7 +251,11 @@ uint32_t us_cq_room(const struct io_uring *ring) { return cq_room(ring); }
  * (tests/ring/test_audit_cq_overflow.py, tests/ring/test_cq_cap.py). */
 static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int *err)
 {
-    if (__builtin_expect(!cq_room(ring), 0)) {
+    /* First from the bookkeeping's own count (no read of the kernel's shared ring
+     * memory per op): every tracked op queued or in the kernel is in inflight, and
+     * the only untracked SQEs (a cancel on close, liburing's timeout) fit in the
+     * reserve; near the cap the exact count decides. */
+    if (__builtin_expect(st->inflight + US_CQ_RESERVE + 1 >= ring->cq.ring_entries, 0) && !cq_room(ring)) {
         int ret = submit_pending(ring, st);
         if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR) {
             *err = ret;
