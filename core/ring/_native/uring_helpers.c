@@ -73,7 +73,7 @@ typedef struct us_state {
     uint32_t remaining[US_MAX_SLOTS];
     uint16_t done[US_MAX_SLOTS];
     uint32_t done_n;
-    uint32_t inflight;      /* SQEs submitted whose CQE is not reaped */
+    uint32_t inflight;      /* tracked SQEs queued or submitted whose CQE is not reaped */
     uint32_t spin_us;       /* busy-poll the CQ this long before sleeping in the kernel */
     uint32_t room_ms;       /* next_sqe waits at most this long for CQ room (0: not at all) */
     struct us_counters c;
@@ -245,8 +245,10 @@ uint32_t us_cq_room(const struct io_uring *ring) { return cq_room(ring); }
 /* The next free SQE, submitting (and reaping, so the CQ never overflows) what is
  * queued while the SQ is full; NULL with *err set on a submission error, or with
  * -EBUSY when the CQ has no room for one more op in flight (cq_room) even after
- * submitting what is queued and reaping what completed: the caller returns to
- * Python, whose bounded wait (us_wait_room_for) makes room.  The reap follows
+ * submitting what is queued, reaping what completed and waiting up to room_ms
+ * (one Ring.wait_tick) for more: the caller returns to Python, whose bounded
+ * wait (us_wait_room_for, checked for lost completions and the deadline) makes
+ * room and calls again.  The reap follows
  * every submission: ops that complete inline post their CQEs inside it
  * (tests/ring/test_audit_cq_overflow.py, tests/ring/test_cq_cap.py). */
 static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int *err)
