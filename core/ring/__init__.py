@@ -22,6 +22,7 @@ import errno
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
@@ -32,6 +33,8 @@ from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
 
 MAX_SLOTS: int = lib.US_MAX_SLOTS
+CQ_RESERVE: int = lib.US_CQ_RESERVE
+"""CQ entries a ring keeps free of ops (for its own cancel on close): see :attr:`Ring.cq_cap`."""
 _CQ_NEEDS_FLUSH: int = lib.US_CQ_NEEDS_FLUSH
 
 # Batches whose completion could not be confirmed (the ring broke while they
@@ -42,6 +45,11 @@ _ORPHANED: list[Batch] = []
 IntOrSeq = int | Sequence[int]
 
 _OPTIONAL_COLUMNS = ("addrs", "lens", "offs", "op_flags", "sqe_flags", "buf_index")
+
+
+class RingBusyError(SubmissionError):
+    """A submission with ``wait_room=False`` found no room for its ops under the ring's
+    :attr:`~Ring.cq_cap`; nothing of it was submitted.  Retry once completions were reaped."""
 
 
 class Batch:
@@ -140,6 +148,12 @@ class Ring:
         self.features: int = created.features
         self.sq_entries: int = created.sq_entries
         self.cq_entries: int = created.cq_entries
+        self.cq_cap: int = max(1, self.cq_entries - CQ_RESERVE)
+        """Most ops in flight at once (submitted, completion not reaped): the CQ's entries
+        less :data:`CQ_RESERVE`, so every completion fits in the CQ and none depends on the
+        kernel's overflow list.  A submission past it first reaps, then waits for room
+        (bounded as :meth:`wait` is), or with ``wait_room=False`` raises
+        :class:`RingBusyError`; a batch larger than the cap is submitted in parts."""
         self.dropped: list[tuple[SetupFlag, str]] = created.dropped
         self.setup_notes: list[str] = created.notes
         self._state = ffi.gc(lib.us_state_new(), lib.us_state_free)
@@ -159,11 +173,13 @@ class Ring:
         self._done_n, self._done, self._remaining = view.done_n, view.done, view.remaining
         self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
         self._sq_flags = view.sq_kflags
+        self._room_ms = view.room_ms  # how long C may wait for CQ room: one wait_tick (see _retick)
         self._inflight: dict[int, Batch] = {}
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
         self._tick_ms_now = 1
+        self._retick()
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
@@ -208,6 +224,16 @@ class Ring:
         if tid is None or tid < 0 or cpu is None:
             return None
         return tid, cpu
+
+    def cq_room(self) -> int:
+        """How many more ops fit in flight under :attr:`cq_cap` now (0 when closed).
+
+        Read without the ring's lock: another thread's submission or reap may
+        change it at once; a submission with ``wait_room=False`` gives the
+        answer that counts."""
+        if self._closed or self.inherited:
+            return 0
+        return int(lib.us_cq_room(self._ring))
 
     def feature_names(self) -> list[str]:
         return feature_names(self.features)
@@ -288,7 +314,13 @@ class Ring:
         return self.submit_columns(cols, keep=keep, wait=wait)
 
     def submit_columns(
-        self, cols: BatchColumns, n: int | None = None, keep: object = (), *, wait: bool = False
+        self,
+        cols: BatchColumns,
+        n: int | None = None,
+        keep: object = (),
+        *,
+        wait: bool = False,
+        wait_room: bool = True,
     ) -> Batch:
         """Submit the first *n* ops (default ``cols.n``) described by *cols*; return the tracking :class:`Batch`.
 
@@ -300,7 +332,15 @@ class Ring:
         collect them with :meth:`wait`, which is bounded by :attr:`wait_timeout`.
         Columns whose previous batch is still in flight are refused with
         :class:`~uringstack.errors.BatchInFlightError`.
-        """
+
+        At most :attr:`cq_cap` ops are in flight on the ring: without room for
+        the batch the call reaps, then waits for completions (bounded as
+        :meth:`wait`; a batch larger than the cap goes out in parts, each as
+        room frees).  ``wait_room=False`` (for an event loop, which must not
+        block on ops it may itself be needed to complete) raises
+        :class:`RingBusyError` instead, with nothing submitted, when the ring
+        has no room for the batch (or, for one larger than the cap, is not
+        idle)."""
         if n is None:
             n = cols.n
         elif not 0 < n <= cols.capacity:
@@ -320,6 +360,8 @@ class Ring:
                 cols.check_ready()
             cols.batch = batch
             try:
+                if not wait_room:
+                    self._check_room_locked(n)
                 return self._submit_locked(batch, n, cols.desc, wait)
             except BaseException:
                 if self._inflight.get(batch.slot) is not batch:  # nothing reached the kernel
@@ -341,7 +383,9 @@ class Ring:
             self._reap_locked()
             if not self._free_slots:
                 raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-        wait_nr, wait_ms = (n, self._tick_ms) if wait else (0, 0)
+        if self.wait_tick is not self._tick_seen:
+            self._retick()
+        wait_nr, wait_ms = (n, self._tick_ms_now) if wait else (0, 0)
         slot = self._free_slots.pop()
         desc.slot = slot
         batch.slot = slot
@@ -353,6 +397,8 @@ class Ring:
         # with *wait*, waits for the batch, but at most one tick: a hung op must never
         # block here, where no lost-completion check or deadline runs (wait() has both).
         ret = lib.us_batch_submit(self._ring, self._state, desc, wait_nr, wait_ms)
+        if ret > 0:  # no CQ room for the last *ret* ops: they go out as room frees
+            ret = self._submit_rest_locked(batch, desc, ret, wait_nr, wait_ms)
         if ret < 0:
             if self._remaining[slot]:
                 # part of the batch reached the kernel: keep it owned until reaped
@@ -363,6 +409,62 @@ class Ring:
                 self._free_slots.append(slot)
             raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
         return batch
+
+    def _check_room_locked(self, n: int) -> None:
+        """Raise :class:`RingBusyError` unless *n* ops fit under the cap now (after a reap)."""
+        need = min(n, self.cq_cap)
+        if lib.us_cq_room(self._ring) < need:
+            self._reap_locked()
+            if lib.us_cq_room(self._ring) < need:
+                raise RingBusyError(
+                    errno.EBUSY, "submit", None,
+                    f"no room for {n} more op(s) in flight on ring {self.params.role} "
+                    f"(at most {self.cq_cap}, the CQ's {self.cq_entries} entries less {CQ_RESERVE})",
+                )  # fmt: skip
+
+    def _submit_rest_locked(self, batch: Batch, desc: Any, left: int, wait_nr: int, wait_ms: int) -> int:
+        """Submit the last *left* ops of *batch* (which found no CQ room) as room frees; 0 or -errno.
+
+        If the wait for room raises (its deadline, a lost completion, Ctrl-C), the
+        ops not yet queued are given up (result ``-ECANCELED``) and the part in the
+        kernel stays owned by the batch until its completions are reaped."""
+        started = time.monotonic()
+        try:
+            while left > 0:
+                self._wait_room_locked(started)
+                left = lib.us_batch_resume(self._ring, self._state, desc, left, wait_nr, wait_ms)
+            return left
+        except BaseException:
+            if left > 0:
+                self._give_up_unqueued_locked(batch, left)
+            raise
+
+    def _give_up_unqueued_locked(self, batch: Batch, left: int) -> None:
+        slot = batch.slot
+        for i in range(batch.n - left, batch.n):
+            batch._results[i] = -errno.ECANCELED
+        lib.us_forget_unqueued(self._state, slot, left)
+        if not self._remaining[slot] and self._inflight.get(slot) is batch:
+            # every op that reached the kernel was reaped already: nothing holds the slot
+            del self._inflight[slot]
+            batch.release()
+            batch.finished = True
+            self._free_slots.append(slot)
+
+    def _wait_room_locked(self, started: float) -> None:
+        """Block until at least one more op fits under :attr:`cq_cap`, reaping (and running the
+        callbacks of) what completes; bounded and checked as :meth:`wait` is."""
+        tick_ms = self._tick_ms
+        while True:
+            ret = lib.us_wait_room_for(self._ring, self._state, 1, tick_ms)
+            if self._done_n[0]:
+                self._collect_done()
+            if ret == 0 or ret == -errno.ENOENT:
+                return
+            if ret == -errno.ETIME:
+                self._check_stuck_locked(int(self._inflight_n[0]), started)
+            elif ret != -errno.EINTR:
+                raise UringIOError(-ret, "io_uring_enter(GETEVENTS)", None, "waiting for CQ room")
 
     @property
     def _tick_ms(self) -> int:
@@ -574,7 +676,11 @@ class Ring:
                         self._collect_done()  # other batches completed meanwhile
                     res: int = result[0]
                     return res
-                return self._rw_one_unfinished(slot, ret, keep, result)
+                again = partial(
+                    lib.us_rw_one, self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset,
+                    buf_index, result, self._tick_ms_now,
+                )  # fmt: skip
+                return self._rw_one_unfinished(slot, ret, keep, result, again)
             except BaseException:
                 self._rw_one_raised(slot, keep, result)
                 raise
@@ -618,7 +724,8 @@ class Ring:
                             ring._collect_done()  # other batches completed meanwhile
                         res: int = result[0]
                         return res
-                    return ring._rw_one_unfinished(slot, ret, keep, result)
+                    again = partial(call, bound, slot, offset, result, ring._tick_ms_now)
+                    return ring._rw_one_unfinished(slot, ret, keep, result, again)
                 except BaseException:
                     ring._rw_one_raised(slot, keep, result)
                     raise
@@ -629,7 +736,7 @@ class Ring:
         """Convert :attr:`wait_tick` for the single-op calls (when it changed: a float
         multiply, truncation and clamp per op would sit on the QD1 path)."""
         tick = self.wait_tick
-        self._tick_ms_now = max(1, int(tick * 1000))
+        self._tick_ms_now = self._room_ms[0] = max(1, int(tick * 1000))
         self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:
@@ -655,8 +762,21 @@ class Ring:
             else:
                 self._free_slots.append(slot)
 
-    def _rw_one_unfinished(self, slot: int, ret: int, keep: object, result: Any) -> int:
-        """:meth:`rw_one` when its op did not complete in the call (lock held): own it, wait, or fail."""
+    def _rw_one_unfinished(self, slot: int, ret: int, keep: object, result: Any, again: Callable[[], int]) -> int:
+        """:meth:`rw_one` when its op did not complete in the call (lock held): own it, wait, or fail.
+
+        ``-EBUSY`` with nothing queued: no CQ room under :attr:`cq_cap`; wait for room
+        (bounded as :meth:`wait` is) and make the call *again*."""
+        if ret == -errno.EBUSY and not lib.us_slot_remaining(self._state, slot):
+            started = time.monotonic()
+            while ret == -errno.EBUSY and not lib.us_slot_remaining(self._state, slot):
+                self._wait_room_locked(started)
+                ret = again()
+            if ret >= 0:
+                self._free_slots.append(slot)
+                if ret:
+                    self._collect_done()  # other batches completed meanwhile
+                return int(result[0])
         if not lib.us_slot_remaining(self._state, slot):  # nothing reached the kernel
             self._free_slots.append(slot)
             raise SubmissionError(-ret, "io_uring_enter", None, "single op submission failed")

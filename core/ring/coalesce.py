@@ -37,7 +37,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
-from uringstack.ring import aio
+from uringstack.ring import RingBusyError, aio
 from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
@@ -126,7 +126,11 @@ class Coalescer:
         self._arena_reads: list[QueuedOp] = []  # reads into the flush's arena (``await read``)
         self._writes: list[QueuedOp] = []
         self._arena_need = 0  # bytes the queued arena reads take
+        self._extra = 0  # ops queued beyond one per request (read_many/write_many lists)
         self._scheduled = False
+        # A flush found no CQ room (Ring.cq_cap) for some queued ops: the next reap
+        # (the ring's eventfd fires on every completion) flushes again.
+        self._waiting_room = False
         # An arena whose batch was delivered (its bytes copied out): the next flush reads into it.
         self._spare: Any = None
         self._spare_size = 0
@@ -187,6 +191,7 @@ class Coalescer:
         With *slots* the pins are registered-buffer leases of this ring and ``slots[i]``
         their indexes (``buffers.fixed_slots``, every one >= 0): READ_FIXED/WRITE_FIXED."""
         fut = self._create_future()
+        self._extra += len(pins) - 1
         what = (pins, lens) if slots is None else (pins, lens, slots)
         (self._writes if write else self._reads).append((io, tracker, what, offsets, fut))
         if not self._scheduled:
@@ -200,7 +205,9 @@ class Coalescer:
         self._arena_reads = []
         self._writes = []
         self._arena_need = 0
+        self._extra = 0
         self._scheduled = False
+        self._waiting_room = False
         self._ready = []
         self._drain_scheduled = False
 
@@ -218,6 +225,9 @@ class Coalescer:
                 raise
             self._reaping = False
         self.drain()
+        if self._waiting_room and not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -247,8 +257,62 @@ class Coalescer:
             self._schedule_drain()
 
     def flush(self) -> None:
-        """Submit what was queued this iteration: one batch of reads, one of writes."""
+        """Submit what was queued this iteration: one batch of reads, one of writes.
+
+        At most what the ring has room for under its :attr:`~uringstack.ring.Ring.cq_cap`:
+        the rest stays queued, in order, and goes out once completions were reaped
+        (never a wait on the loop's thread, which may be what completes the ops
+        in flight).  A single read_many/write_many larger than the whole cap goes out
+        alone once the ring is idle, in parts (its submission waits for room)."""
         self._scheduled = False
+        self._waiting_room = False
+        held = None
+        queued = len(self._arena_reads) + len(self._reads) + len(self._writes) + self._extra
+        if queued > self.ring.cq_room() and not self.ring.closed:  # (closed: the submission fails the ops)
+            held = self._trim_to_room()
+        self._extra = 0
+        try:
+            self._flush_queued()
+        finally:
+            if held is not None:
+                self._requeue(*held)
+
+    def _trim_to_room(self) -> tuple[list[QueuedOp], list[QueuedOp], list[QueuedOp]]:
+        """Leave in the queues only the oldest requests that fit in the ring's CQ room; the others, taken out."""
+        ring = self.ring
+        room = ring.cq_room()
+        idle = room >= ring.cq_cap
+        out: list[list[QueuedOp]] = []
+        for queue in (self._arena_reads, self._reads, self._writes):
+            keep = 0
+            for op in queue:
+                k = _ops_of(op[2])
+                if k > room and not (idle and k > ring.cq_cap and room == ring.cq_cap):
+                    break
+                room -= min(k, room)
+                keep += 1
+            out.append(queue[keep:])
+            del queue[keep:]
+        self._arena_need -= sum(op[2] for op in out[0])
+        return out[0], out[1], out[2]
+
+    def _requeue(self, arena: list[QueuedOp], reads: list[QueuedOp], writes: list[QueuedOp]) -> None:
+        """Put ops that found no CQ room back at the front of the queues (older than any queued since)."""
+        if not (arena or reads or writes):
+            return
+        for ops in (arena, reads, writes):
+            for op in ops:
+                what = op[2]
+                if type(what) is int:
+                    self._arena_need += what
+                else:
+                    self._extra += _ops_of(what) - 1
+        self._arena_reads[:0] = arena
+        self._reads[:0] = reads
+        self._writes[:0] = writes
+        self._waiting_room = True
+
+    def _flush_queued(self) -> None:
         arena, reads, writes = self._arena_reads, self._reads, self._writes
         if reads:
             self._reads = []
@@ -298,6 +362,10 @@ class Coalescer:
         try:
             if live and not (arena_only and self._submit_arena(live, need, pending)):
                 self._submit_admitted(live, write, need, pending)
+        except RingBusyError:  # no CQ room after all (another thread took it): nothing was submitted
+            arena_ops = [op for op in live if type(op[2]) is int]
+            rest = [op for op in live if type(op[2]) is not int]
+            self._requeue(arena_ops, [] if write else rest, rest if write else [])
         except Exception as exc:  # nothing reached the kernel: every await of the batch raises it
             for op in live:
                 if not op[4].done():
@@ -468,7 +536,7 @@ class Coalescer:
         sync batch path does: their pool defers a release until the batch finished."""
         pending.n = n
         ring = self.ring
-        batch = pending.batch = ring.submit_columns(cols, n, keep)
+        batch = pending.batch = ring.submit_columns(cols, n, keep, wait_room=False)
         self.flushes += 1
         if leases:
             for lease in leases:
@@ -573,6 +641,11 @@ class FlushPending:
         if self.batch is None:
             raise RuntimeError("this flush submitted nothing: there is no batch to wait for")
         return self.batch
+
+
+def _ops_of(what: Any) -> int:
+    """How many ops one queued request takes (see ``QueuedOp``)."""
+    return len(what[0]) if type(what) is tuple else 1
 
 
 def _put_same(cols: BatchColumns, name: str, values: list[int]) -> None:

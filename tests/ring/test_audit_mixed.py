@@ -81,7 +81,9 @@ def test_any_interleaving_keeps_the_bookkeeping_exact(
                 pin = ffi.from_buffer(buf)
                 assert ring.rw_one(Op.READ, fd, pin, BLOCK, BLOCK * k, 0, 0, pin) == BLOCK
                 assert buf == content[BLOCK * k : BLOCK * (k + 1)]
-            elif kind == "pipe_read":
+            elif kind == "pipe_read" and pipe_reads < ring.cq_cap - 1:
+                # (the reads nobody wrote for stay below Ring.cq_cap: at the cap the next
+                # submission waits for room, which only the writes further on could make)
                 buf = bytearray(8)
                 pin = ffi.from_buffer(buf)
                 batches.append((ring.submit(Op.READ, r, addrs=address_of(pin), lens=8, offsets=0, keep=[pin, buf]),

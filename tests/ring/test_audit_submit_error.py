@@ -101,7 +101,9 @@ def test_ops_submitted_before_an_unpreparable_op_are_awaited_the_rest_never_run(
     ring.wait_timeout = 3.0
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        n = 6  # ops 0..3 fill the SQ and are submitted when op 4 needs an SQE; 4 and 5 are only queued
+        # ops 0..3 fill the SQ and are submitted when op 4 needs an SQE; 4 is only queued (with a
+        # sixth op the CQ cap, Ring.cq_cap = 6 here, would submit it before the OPENAT's SQE)
+        n = 5
         bufs = [bytes([65 + i]) * 8 for i in range(n)]
         pins = [ffi.from_buffer(b) for b in bufs]
         with pytest.raises(SubmissionError) as info:

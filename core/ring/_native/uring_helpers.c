@@ -21,6 +21,7 @@
 #define US_MAX_SLOTS 4096
 #define US_CMD_BYTES 80     /* bytes of command an SQE128 carries in sqe->cmd */
 #define US_REAP_CHUNK 256
+#define US_CQ_RESERVE 2     /* CQ entries kept free of tracked ops (see cq_room) */
 
 #define US_OP_NOP IORING_OP_NOP
 #define US_OP_READV IORING_OP_READV
@@ -72,8 +73,9 @@ typedef struct us_state {
     uint32_t remaining[US_MAX_SLOTS];
     uint16_t done[US_MAX_SLOTS];
     uint32_t done_n;
-    uint32_t inflight;      /* SQEs submitted whose CQE is not reaped */
+    uint32_t inflight;      /* tracked SQEs queued or submitted whose CQE is not reaped */
     uint32_t spin_us;       /* busy-poll the CQ this long before sleeping in the kernel */
+    uint32_t room_ms;       /* next_sqe waits at most this long for CQ room (0: not at all) */
     struct us_counters c;
 } us_state_t;
 
@@ -209,13 +211,76 @@ static unsigned unqueue_unsubmitted(struct io_uring *ring)
     return k;
 }
 
+static uint64_t now_ns(void);
+static int wait_cqe_until(struct io_uring *ring, us_state_t *st, uint64_t deadline);
+
+/* Ops that may still post a CQE: every SQE ever prepared (sq.sqe_tail) that is
+ * queued, held by the kernel or has its CQE in the CQ, i.e. not yet consumed
+ * (cq.khead) or dropped on overflow (cq.koverflow).  Counts SQEs nobody tracks
+ * in flight too (cancels), which occupy the CQ all the same.  Only the thread
+ * holding the ring's lock prepares SQEs and consumes CQEs, so this only shrinks
+ * between its calls (the kernel's posting moves the tail, not the head). */
+static unsigned cq_held(const struct io_uring *ring)
+{
+    unsigned consumed = io_uring_smp_load_acquire(ring->cq.khead);
+    unsigned dropped = ring->cq.koverflow ? IO_URING_READ_ONCE(*ring->cq.koverflow) : 0;
+    return ring->sq.sqe_tail - consumed - dropped;
+}
+
+/* CQ room: ops that may be added in flight before the CQ could be asked to hold
+ * more CQEs than it has entries (the kernel would park the rest on its overflow
+ * list, an allocation that can fail and drop the CQE: a lost completion).
+ * US_CQ_RESERVE entries stay free for the SQEs the ring adds on its own: the
+ * cancel of us_cancel_all, whose CQE comes with the cancelled ops' ones, and
+ * liburing's timeout SQE of a timed wait on kernels without IORING_FEAT_EXT_ARG. */
+static unsigned cq_room(const struct io_uring *ring)
+{
+    unsigned cap = ring->cq.ring_entries > US_CQ_RESERVE ? ring->cq.ring_entries - US_CQ_RESERVE : 1;
+    unsigned held = cq_held(ring);
+    return held < cap ? cap - held : 0;
+}
+
+uint32_t us_cq_room(const struct io_uring *ring) { return cq_room(ring); }
+
 /* The next free SQE, submitting (and reaping, so the CQ never overflows) what is
- * queued while the SQ is full; NULL with *err set on a submission error.  The
- * reap follows every submission: ops that complete inline post their CQEs
- * inside it, and a batch of many ring sizes would otherwise overflow the CQ
- * (tests/ring/test_audit_cq_overflow.py). */
+ * queued while the SQ is full; NULL with *err set on a submission error, or with
+ * -EBUSY when the CQ has no room for one more op in flight (cq_room) even after
+ * submitting what is queued, reaping what completed and waiting up to room_ms
+ * (one Ring.wait_tick) for more: the caller returns to Python, whose bounded
+ * wait (us_wait_room_for, checked for lost completions and the deadline) makes
+ * room and calls again.  The reap follows
+ * every submission: ops that complete inline post their CQEs inside it
+ * (tests/ring/test_audit_cq_overflow.py, tests/ring/test_cq_cap.py). */
 static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int *err)
 {
+    /* First from the bookkeeping's own count (no read of the kernel's shared ring
+     * memory per op): every tracked op queued or in the kernel is in inflight, and
+     * the only untracked SQEs (a cancel on close, liburing's timeout) fit in the
+     * reserve; near the cap the exact count decides. */
+    if (__builtin_expect(st->inflight + US_CQ_RESERVE + 1 >= ring->cq.ring_entries, 0) && !cq_room(ring)) {
+        int ret = submit_pending(ring, st);
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR) {
+            *err = ret;
+            return NULL;
+        }
+        drain(ring, st);
+        if (!cq_room(ring) && st->room_ms) {
+            /* wait here for completions (one tick at most, the caller's bounded wait
+             * checks for lost ones and deadlines past it): no trip back to Python
+             * per CQ's worth of a large batch */
+            uint64_t deadline = now_ns() + (uint64_t)st->room_ms * 1000000ull;
+            while (!cq_room(ring) && cq_held(ring)) {
+                int w = wait_cqe_until(ring, st, deadline);
+                drain(ring, st);
+                if (w < 0)
+                    break;  /* -ETIME, -EINTR (back to Python for its handlers), an error */
+            }
+        }
+        if (!cq_room(ring)) {
+            *err = -EBUSY;
+            return NULL;
+        }
+    }
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     while (!sqe) {
         int ret = submit_pending(ring, st);
@@ -309,30 +374,24 @@ static void forget_unsubmitted(us_state_t *st, uint32_t slot, uint32_t k)
  * (never on SQPOLL rings, where waiting in the kernel would forfeit the point
  * of the poller).
  * Returns 0 or -errno; on error nothing of the batch that was not yet
- * submitted reaches the kernel, and us_slot_remaining counts only what did. */
-int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
-                    uint32_t wait_ms)
+ * submitted reaches the kernel, and us_slot_remaining counts only what did.
+ * Returns k > 0 when the CQ had no room for more ops in flight (cq_room) even
+ * after submitting and reaping: the first n - k ops are submitted, the last k
+ * are not queued but still awaited in the slot; us_batch_resume queues them
+ * once the caller made room (us_wait_room_for), or us_forget_unqueued gives
+ * them up. */
+static int submit_range(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t start,
+                        uint32_t wait_nr, uint32_t wait_ms)
 {
-    if (b->slot >= US_MAX_SLOTS || st->remaining[b->slot] || b->n == 0 || !b->results)
-        return -EINVAL;
-    for (uint32_t i = 0; i < b->n; i++) {
-        uint8_t op = b->opcodes[i];
-        if (op >= IORING_OP_LAST)
-            return -EINVAL;
-        if (op == IORING_OP_URING_CMD && !(ring->flags & IORING_SETUP_SQE128))
-            return -EINVAL;
-        if (b->sqe_flags && (b->sqe_flags[i] & US_REFUSED_SQE_FLAGS))
-            return -EINVAL;
-    }
-    st->results[b->slot] = b->results;
-    st->remaining[b->slot] = b->n;
-    for (uint32_t i = 0; i < b->n; i++) {
+    for (uint32_t i = start; i < b->n; i++) {
         int err;
         struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
         if (!sqe) {
-            /* ops 0..i-1 are queued, the last k of them never reached the kernel */
+            if (err == -EBUSY)
+                return (int)(b->n - i);  /* next_sqe submitted what was queued */
+            /* ops start..i-1 are queued, the last k of them never reached the kernel */
             unsigned k = unqueue_unsubmitted(ring);
-            st->inflight += i - k;
+            st->inflight -= k;
             forget_unsubmitted(st, b->slot, b->n - i + k);
             return err;
         }
@@ -345,15 +404,19 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
              * leave them queued behind the caller's back.  Ops a full SQ already
              * submitted (a batch larger than the ring) stay in flight, awaited. */
             unsigned k = ring->sq.sqe_tail - ring->sq.sqe_head;
-            if (k > i + 1)
-                k = i + 1;  /* never another caller's SQEs (there are none: each call submits its own) */
+            if (k > i - start + 1)
+                k = i - start + 1;  /* never another caller's SQEs (there are none: each call submits its own) */
             ring->sq.sqe_tail -= k;
-            st->inflight += i - (k - 1);
+            st->inflight -= k - 1;
             forget_unsubmitted(st, b->slot, b->n - i + (k - 1));
             return ret;
         }
+        st->inflight++;  /* counted as queued: a drain inside next_sqe may reap it */
     }
-    st->inflight += b->n;
+    /* never wait for more CQEs than the slot still awaits (the rest of a batch
+     * larger than the CQ was reaped while it was queued) */
+    if (wait_nr > st->remaining[b->slot])
+        wait_nr = st->remaining[b->slot];
     int ret = submit_retrying(ring, st, is_sqpoll(ring) ? 0 : wait_nr, wait_ms);
     if (ret < 0) {
         unsigned k = unqueue_unsubmitted(ring);
@@ -362,6 +425,43 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
         return ret;
     }
     return 0;
+}
+
+static int batch_valid(struct io_uring *ring, us_state_t *st, const struct us_batch *b)
+{
+    if (b->slot >= US_MAX_SLOTS || st->remaining[b->slot] || b->n == 0 || !b->results)
+        return -EINVAL;
+    for (uint32_t i = 0; i < b->n; i++) {
+        uint8_t op = b->opcodes[i];
+        if (op >= IORING_OP_LAST)
+            return -EINVAL;
+        if (op == IORING_OP_URING_CMD && !(ring->flags & IORING_SETUP_SQE128))
+            return -EINVAL;
+        if (b->sqe_flags && (b->sqe_flags[i] & US_REFUSED_SQE_FLAGS))
+            return -EINVAL;
+    }
+    return 0;
+}
+
+int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms)
+{
+    int ret = batch_valid(ring, st, b);
+    if (ret < 0)
+        return ret;
+    st->results[b->slot] = b->results;
+    st->remaining[b->slot] = b->n;
+    return submit_range(ring, st, b, 0, wait_nr, wait_ms);
+}
+
+/* The last *k* ops of the batch in *slot* were never queued (us_submit_batch or
+ * us_batch_resume returned k): stop awaiting them.  When nothing else of the
+ * slot is awaited it is finished without a result (not put in the done list:
+ * the caller, which gave the ops up, frees the slot itself). */
+void us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t k)
+{
+    if (slot < US_MAX_SLOTS && k <= st->remaining[slot])
+        forget_unsubmitted(st, slot, k);
 }
 
 static uint64_t now_ns(void)
@@ -700,6 +800,7 @@ struct us_batch_view {
     const unsigned *cq_khead;  /* CQ ring head/tail (the kernel's shared memory): */
     const unsigned *cq_ktail;  /* head != tail means a CQE waits to be drained */
     const unsigned *sq_kflags; /* & US_CQ_NEEDS_FLUSH: CQEs wait in the kernel (overflow, task work) */
+    uint32_t *room_ms;         /* how long a submission may wait in C for CQ room (Ring.wait_tick) */
 };
 
 #ifndef IORING_SQ_TASKRUN
@@ -718,6 +819,7 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
     out->cq_khead = ring->cq.khead;
     out->cq_ktail = ring->cq.ktail;
     out->sq_kflags = ring->sq.kflags;
+    out->room_ms = &st->room_ms;
 }
 
 /* us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this
@@ -730,28 +832,75 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
  * (completions stay in the CQ for the next reap, as with us_submit_batch).
  * Returns us_submit_batch's error, else 0: a failed or interrupted wait is
  * left to the caller's wait, which handles it. */
-int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
-                    uint32_t wait_ms)
+/* resume: go on from op *start* of a batch already set up in its slot */
+static int batch_submit_from(struct io_uring *ring, us_state_t *st, const struct us_batch *b, int resume,
+                             uint32_t start, uint32_t wait_nr, uint32_t wait_ms)
 {
     if (!wait_nr || !wait_ms)
-        return us_submit_batch(ring, st, b, 0, 0);
-    uint64_t start = now_ns();
-    int ret = us_submit_batch(ring, st, b, wait_nr, wait_ms);
-    if (ret < 0)
-        return ret;
+        return resume ? submit_range(ring, st, b, start, 0, 0) : us_submit_batch(ring, st, b, 0, 0);
+    uint64_t start_ns = now_ns();
+    int ret = resume ? submit_range(ring, st, b, start, wait_nr, wait_ms) : us_submit_batch(ring, st, b, wait_nr, wait_ms);
+    if (ret != 0)
+        return ret;  /* an error, or ops left unqueued for want of CQ room: no wait */
     /* An io_uring_enter that submitted returns the count, never its wait's -EINTR.
      * The kernel wakes that wait only with wait_nr CQEs past the head (nothing
      * drains between), at the timeout, or for a signal (or an error such as
      * EBADR): ended early with fewer ready, it was interrupted, so go back to
      * Python at once (its handler runs; the caller's wait takes over) instead
-     * of waiting out the tick here (tests/ring/test_audit_signals.py). */
+     * of waiting out the tick here (tests/ring/test_audit_signals.py).  (The
+     * wait asked for at most what the slot awaited: see submit_range.) */
+    if (wait_nr > st->remaining[b->slot])
+        wait_nr = st->remaining[b->slot];
     int interrupted = submit_waits(ring) && io_uring_cq_ready(ring) < wait_nr &&
-                      now_ns() - start < (uint64_t)wait_ms * 1000000u;
+                      now_ns() - start_ns < (uint64_t)wait_ms * 1000000u;
     drain(ring, st);
     if (st->remaining[b->slot] && !interrupted) {
-        uint64_t spent_ms = (now_ns() - start) / 1000000u;
+        uint64_t spent_ms = (now_ns() - start_ns) / 1000000u;
         if (spent_ms < wait_ms)
             wait_until_for(ring, st, slot_done, b->slot, wait_ms - (uint32_t)spent_ms);
+    }
+    return 0;
+}
+
+int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
+                    uint32_t wait_ms)
+{
+    return batch_submit_from(ring, st, b, 0, 0, wait_nr, wait_ms);
+}
+
+/* Go on with a batch that us_batch_submit (or an earlier resume) left with its
+ * last *left* ops unqueued for want of CQ room; the same returns. */
+int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t left, uint32_t wait_nr,
+                    uint32_t wait_ms)
+{
+    if (b->slot >= US_MAX_SLOTS || !left || left > b->n || st->remaining[b->slot] < left ||
+        st->results[b->slot] != b->results)
+        return -EINVAL;
+    return batch_submit_from(ring, st, b, 1, b->n - left, wait_nr, wait_ms);
+}
+
+/* Wait until the CQ has room for *need* more ops in flight (at most the cap),
+ * reaping as completions come, for at most timeout_ms (0: unbounded): 0, or
+ * -ETIME (the caller checks for lost completions and its deadline, and waits
+ * again), -EINTR (back to Python so signal handlers run), -ENOENT when nothing
+ * in flight could make room. */
+int us_wait_room_for(struct io_uring *ring, us_state_t *st, uint32_t need, uint32_t timeout_ms)
+{
+    unsigned cap = ring->cq.ring_entries > US_CQ_RESERVE ? ring->cq.ring_entries - US_CQ_RESERVE : 1;
+    if (need > cap)
+        need = cap;
+    submit_pending(ring, st);  /* nothing queued is left waiting for an enter (SQPOLL: a wakeup) */
+    drain(ring, st);
+    uint64_t deadline = timeout_ms ? now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+    while (cq_room(ring) < need) {
+        if (!cq_held(ring))
+            return -ENOENT;
+        if (timeout_ms && now_ns() >= deadline)
+            return -ETIME;
+        int ret = wait_cqe_until(ring, st, deadline);
+        if (ret < 0 && ret != -ETIME)
+            return ret;
+        drain(ring, st);
     }
     return 0;
 }

@@ -28,6 +28,7 @@
 #define IORING_FSYNC_DATASYNC ...
 
 #define US_MAX_SLOTS ...
+#define US_CQ_RESERVE ...
 
 /* opcode numbers are an enum in the kernel header: re-exported as ints */
 #define US_OP_NOP ...
@@ -140,8 +141,15 @@ struct us_batch_view {
     const unsigned *cq_khead;
     const unsigned *cq_ktail;
     const unsigned *sq_kflags;
+    uint32_t *room_ms;
 };
 #define US_CQ_NEEDS_FLUSH ...
 void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
 int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
                     uint32_t wait_ms);
+/* the cap on ops in flight (at most the CQ's entries; see cq_room in uring_helpers.c) */
+uint32_t us_cq_room(const struct io_uring *ring);
+int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t left, uint32_t wait_nr,
+                    uint32_t wait_ms);
+void us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t k);
+int us_wait_room_for(struct io_uring *ring, us_state_t *st, uint32_t need, uint32_t timeout_ms);
