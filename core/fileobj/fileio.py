@@ -429,12 +429,14 @@ class FileIO(io.RawIOBase):
 
         ``None`` only on a non-blocking pipe or socket with nothing to read, as ``io.FileIO``.
 
-        The position lives in the descriptor (``lseek`` before and after the
-        read), never in this object: a dup of the descriptor, ``os.read`` on
-        ``fileno()``, a child process or ``os.lseek`` see and move the same
-        offset as with the built-in.  Two ``lseek`` cost ~0.6 µs of the ~5 µs
-        fixed cost of a hot read here (measured); the read is the handle's
-        single waited op (one call into C on io_uring)."""
+        The position lives in the descriptor, never in this object: a dup of
+        the descriptor, ``os.read`` on ``fileno()``, a child process or
+        ``os.lseek`` see and move the same offset as with the built-in.  On
+        io_uring (buffered) the read is one op at the file position (offset
+        -1: the kernel reads there and moves it, as read(2) does; Linux 5.6+,
+        probed), so a short read is returned as read(2) returns it; elsewhere
+        ``lseek`` before and after a positional read (two ``lseek`` cost ~0.6
+        µs of the ~5 µs fixed cost of a hot read, measured)."""
         handle = self._handle
         # _checkClosed and _checkReadable, inline: this is every buffered read's path
         if self._closed_flag or (handle is not None and handle._closed):
@@ -452,8 +454,11 @@ class FileIO(io.RawIOBase):
                     return 0
                 with self._lock:
                     # (no write-behind to drain: it exists only under O_DIRECT)
-                    pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                     try:
+                        n = handle._read_here_pinned(pin, b)
+                        if n is not None:
+                            return n  # read at, and moved, the descriptor's position
+                        pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                         n = handle._one_pinned(False, pin, b, pos)
                     except RingClosedError:
                         raise _closed_error() from None

@@ -22,6 +22,7 @@ what lets the caller go on.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import deque
@@ -63,6 +64,10 @@ RWF_DSYNC = 0x2
 # Plain ints for the single-op path (an enum member costs an attribute lookup per op).
 _READ, _WRITE, _FIXED_FILE = int(Op.READ), int(Op.WRITE), int(SqeFlag.FIXED_FILE)
 
+# A read's offset -1 (the SQE field is a u64): "at the file position", which the kernel
+# uses and advances as read(2) does (regular files and block devices, Linux 5.6+).
+AT_FILE_POSITION = (1 << 64) - 1
+
 # Column sets kept per capacity (a power of two up to this) for start_rw, and
 # how many idle ones each capacity keeps: a batch reuses a finished set
 # instead of allocating eight C arrays.
@@ -92,6 +97,9 @@ class UringFileIO:
         # Whether waited buffered writes are done inline (see the module docstring):
         # looked up at the first one, so a file only read never measures anything.
         self._inline_writes: bool | None = None
+        # Whether the kernel reads at the file position (offset -1): probed at the first
+        # read_here, by a zero-length read there.
+        self._reads_here: bool | None = None
 
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
@@ -206,6 +214,46 @@ class UringFileIO:
         if self.completion_hook is not None:
             self.completion_hook("write" if write else "read", ring)(DoneBatch([res]))
         return res
+
+    def read_here(self, pin: Any, buf: Any) -> int | None:
+        """:meth:`run_one`'s read, at the descriptor's file position: bytes read (the
+        position moved past them, as by read(2)) or ``-errno``; ``None`` where the
+        kernel cannot (the caller reads at a position it looked up).
+
+        io_uring reads at offset -1 use and advance the file position on
+        regular files and block devices since Linux 5.6 (earlier kernels fail
+        them with EINVAL); probed once per file by a zero-length read there,
+        which moves nothing.  Not under O_DIRECT (the caller aligns its
+        offsets itself).  Addressed by descriptor number even where the file
+        has a registered slot, as read(2) is: a descriptor closed behind this
+        object's back fails with EBADF, as with the built-in ``open()``."""
+        here = self._reads_here
+        if here is None:
+            here = self._probe_read_here()
+        if not here:
+            return None
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        ring = self.ring
+        res = ring.rw_one(_READ, self.fd, pin, min(len(pin), MAX_RW_COUNT), AT_FILE_POSITION, 0, 0, pin)
+        if self.completion_hook is not None:
+            self.completion_hook("read", ring)(DoneBatch([res]))
+        return res
+
+    def _probe_read_here(self) -> bool | None:
+        """Whether a read at offset -1 works here (remembered), None when the probe itself
+        failed otherwise (a closed descriptor: not remembered, the caller's own read reports it)."""
+        if self.direct:
+            self._reads_here = False
+            return False
+        if self._closed:
+            raise RingClosedError(f"{self.path} is closed")
+        probe = ffi.new("char[]", 1)
+        res = self.ring.rw_one(_READ, self.fd, probe, 0, AT_FILE_POSITION, 0, 0, probe)
+        if res == 0 or res == -errno.EINVAL:
+            self._reads_here = res == 0
+            return res == 0
+        return None
 
     def outlived_op(self, keep: object) -> UringPending | None:
         """The pending of a :meth:`~uringstack.ring.Ring.rw_one` op (called with *keep*) that is
