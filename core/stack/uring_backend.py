@@ -9,6 +9,10 @@ slot with IOSQE_FIXED_FILE.
 A single waited read or write (the handle's ``read_into``/``write_from``,
 so every ``uringstack.FileIO`` call) takes :meth:`UringFileIO.run_one`: one
 call into C (:meth:`~uringstack.ring.Ring.rw_one`) instead of a batch.
+``uringstack.FileIO.readinto`` on a buffered file takes
+:meth:`UringFileIO.read_here`: a read at the descriptor's file position
+(offset -1), whose page-cache part the calling thread copies
+(``preadv2(RWF_NOWAIT)``) and whose rest the ring reads.
 
 A *waited* buffered write (``write_from``, ``write_many``, a prepared
 write's ``run``) to a file on a file system where the kernel would punt it
@@ -100,6 +104,9 @@ class UringFileIO:
         # Whether the kernel reads at the file position (offset -1): probed at the first
         # read_here, by a zero-length read there.
         self._reads_here: bool | None = None
+        # Whether read_here first copies what the page cache holds in the caller (preadv2
+        # RWF_NOWAIT); off for good once the file system refuses it (EOPNOTSUPP).
+        self._reads_cached_inline = True
 
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
@@ -235,9 +242,40 @@ class UringFileIO:
         if self._closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         ring = self.ring
+        if self._reads_cached_inline:
+            res = self._read_cached(buf)
+            if res is not None:
+                return res
         res = ring.rw_one(_READ, self.fd, pin, min(len(pin), MAX_RW_COUNT), AT_FILE_POSITION, 0, 0, pin)
         if self.completion_hook is not None:
             self.completion_hook("read", ring)(DoneBatch([res]))
+        return res
+
+    def _read_cached(self, buf: Any) -> int | None:
+        """What the page cache holds of *buf*'s read at the file position, copied by
+        this thread (``preadv2(RWF_NOWAIT)`` at offset -1): bytes or ``-errno``; None
+        when none of it is cached (EAGAIN: the ring reads it).
+
+        A cached read through the ring is the same copy, done by the kernel inside
+        ``io_uring_enter`` (io_uring tries it without blocking first), plus the SQE,
+        the CQE and their bookkeeping: ~1.6 µs more per read here.  What is not
+        cached goes to the ring, whose waits are bounded and checked.  As
+        :meth:`write_inline`: the ring's checks are kept and the completion hook
+        is told, with ``ring=None``."""
+        ring = self.ring
+        ring._check_open()
+        ring._check_thread()
+        try:
+            res = os.preadv(self.fd, (buf,), -1, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                self._reads_cached_inline = False  # (a file system without FMODE_NOWAIT)
+                return None
+            res = -(e.errno or errno.EIO)
+        if self.completion_hook is not None:
+            self.completion_hook("read", None)(DoneBatch([res]))
         return res
 
     def _probe_read_here(self) -> bool | None:

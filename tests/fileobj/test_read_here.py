@@ -4,6 +4,8 @@ The read is an io_uring READ at offset -1, which the kernel does at the
 file position and moves past what it read, as read(2) does: no ``lseek``
 before and after a positional read.  Where the kernel refuses offset -1
 (before Linux 5.6: EINVAL, found by a probe) the lseek bookkeeping stays.
+What the page cache holds is copied by the calling thread (``preadv2`` with
+``RWF_NOWAIT`` at the position), the rest read through the ring.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 import uringstack
 from tests.requires import skip_without
 from uringstack.fileobj import fileio
-from uringstack.stack import Stack, open_stack
+from uringstack.stack import Stack, open_stack, uring_backend
 from uringstack.stack.uring_backend import UringFileIO
 
 
@@ -127,3 +129,64 @@ def test_a_descriptor_closed_behind_the_file_fails_as_the_builtin(tmp_path: path
     assert info.value.errno == errno.EBADF
     with pytest.raises(OSError):
         f.close()
+
+
+def _spy_ring_reads(io: UringFileIO, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Lengths of the reads at the file position that reach the ring."""
+    ring: Any = io.ring
+    real = ring.rw_one
+    lengths: list[int] = []
+
+    def spy(opcode: int, fd: int, buf: Any, length: int, offset: int, *rest: Any) -> int:
+        if offset == (1 << 64) - 1 and length:
+            lengths.append(length)
+        result: int = real(opcode, fd, buf, length, offset, *rest)
+        return result
+
+    monkeypatch.setattr(ring, "rw_one", spy)
+    return lengths
+
+
+def test_cached_data_is_copied_by_the_caller_not_the_ring(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read the page cache holds is preadv2(RWF_NOWAIT) at the position; the hook hears of it."""
+    path, data = _random_file(tmp_path, 200_000)  # just written: in the page cache
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        io = _reads_here(f)
+        ring_reads = _spy_ring_reads(io, monkeypatch)
+        heard: list[tuple[str, object, list[int]]] = []
+        monkeypatch.setattr(
+            io, "completion_hook", lambda op, ring: lambda batch: heard.append((op, ring, list(batch.results)))
+        )
+        f.seek(100)
+        buf = bytearray(150_000)
+        assert f.readinto(buf) == 150_000 and buf == data[100:150_100]
+        assert f.readinto(buf) == 49_900 and buf[:49_900] == data[150_100:]
+        assert f.readinto(buf) == 0
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == len(data)
+        assert ring_reads == []
+        assert heard == [("read", None, [150_000]), ("read", None, [49_900]), ("read", None, [0])]
+
+
+@pytest.mark.parametrize("refusal", [errno.EAGAIN, errno.EOPNOTSUPP])
+def test_what_the_page_cache_lacks_goes_to_the_ring(
+    refusal: int, tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EAGAIN (not cached): this read through the ring.  EOPNOTSUPP (no RWF_NOWAIT here): every read."""
+    path, data = _random_file(tmp_path, 30_000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        io = _reads_here(f)
+        ring_reads = _spy_ring_reads(io, monkeypatch)
+        tries: list[int] = []
+
+        def refused(fd: int, buffers: Any, offset: int, flags: int) -> int:
+            tries.append(flags)
+            raise OSError(refusal, os.strerror(refusal))
+
+        monkeypatch.setattr(uring_backend.os, "preadv", refused)
+        buf = bytearray(10_000)
+        for i in range(3):
+            assert f.readinto(buf) == 10_000 and buf == data[i * 10_000 : (i + 1) * 10_000]
+        assert ring_reads == [10_000] * 3
+        assert tries == [os.RWF_NOWAIT] * (3 if refusal == errno.EAGAIN else 1)
