@@ -6,7 +6,8 @@ so every read and write goes through the stack's handle: io_uring, or the
 fallback thread pool, whatever the stack chose (how a waited buffered write
 is served, inline or by the ring, is the backend's decision: see
 ``uringstack.stack.uring_backend``).  The file position stays the kernel's
-(``lseek`` bookkeeping around positional I/O), so ``fileno()``, ``dup`` and
+(reads at the file position where the backend can, else ``lseek``
+bookkeeping around positional I/O), so ``fileno()``, ``dup`` and
 ``os.lseek`` users see what they would with the built-in.
 
 Pipes, ttys, sockets and character devices have no offsets for a stack to
@@ -432,11 +433,12 @@ class FileIO(io.RawIOBase):
         The position lives in the descriptor, never in this object: a dup of
         the descriptor, ``os.read`` on ``fileno()``, a child process or
         ``os.lseek`` see and move the same offset as with the built-in.  On
-        io_uring (buffered) the read is one op at the file position (offset
+        io_uring (buffered) the read is one read at the file position (offset
         -1: the kernel reads there and moves it, as read(2) does; Linux 5.6+,
-        probed), so a short read is returned as read(2) returns it; elsewhere
-        ``lseek`` before and after a positional read (two ``lseek`` cost ~0.6
-        µs of the ~5 µs fixed cost of a hot read, measured)."""
+        probed), its page-cache part copied by this thread (the backend's
+        ``read_here``), so a short read is returned as read(2) returns it;
+        elsewhere ``lseek`` before and after a positional read (two ``lseek``
+        cost ~0.6 µs of the ~5 µs fixed cost of a hot read, measured)."""
         handle = self._handle
         # _checkClosed and _checkReadable, inline: this is every buffered read's path
         if self._closed_flag or (handle is not None and handle._closed):
