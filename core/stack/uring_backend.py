@@ -71,6 +71,8 @@ _READ, _WRITE, _FIXED_FILE = int(Op.READ), int(Op.WRITE), int(SqeFlag.FIXED_FILE
 # A read's offset -1 (the SQE field is a u64): "at the file position", which the kernel
 # uses and advances as read(2) does (regular files and block devices, Linux 5.6+).
 AT_FILE_POSITION = (1 << 64) - 1
+# preadv2(RWF_NOWAIT) failures that say "not here" rather than "this read failed"
+_NO_CACHED_READS = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL))
 
 # Column sets kept per capacity (a power of two up to this) for start_rw, and
 # how many idle ones each capacity keeps: a batch reuses a finished set
@@ -254,7 +256,8 @@ class UringFileIO:
     def _read_cached(self, buf: Any) -> int | None:
         """What the page cache holds of *buf*'s read at the file position, copied by
         this thread (``preadv2(RWF_NOWAIT)`` at offset -1): bytes or ``-errno``; None
-        when none of it is cached (EAGAIN: the ring reads it).
+        when none of it is cached (EAGAIN) or preadv2 with RWF_NOWAIT is not
+        available for this file (remembered): the ring reads it.
 
         A cached read through the ring is the same copy, done by the kernel inside
         ``io_uring_enter`` (io_uring tries it without blocking first), plus the SQE,
@@ -270,8 +273,11 @@ class UringFileIO:
         except BlockingIOError:
             return None
         except OSError as e:
-            if e.errno == errno.EOPNOTSUPP:
-                self._reads_cached_inline = False  # (a file system without FMODE_NOWAIT)
+            if e.errno in _NO_CACHED_READS:
+                # RWF_NOWAIT refused (a file system without FMODE_NOWAIT), or preadv2 itself
+                # (a seccomp filter): the ring reads this file from now on, and reports
+                # any error of its own
+                self._reads_cached_inline = False
                 return None
             res = -(e.errno or errno.EIO)
         if self.completion_hook is not None:

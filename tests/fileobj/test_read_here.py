@@ -169,11 +169,12 @@ def test_cached_data_is_copied_by_the_caller_not_the_ring(
         assert heard == [("read", None, [150_000]), ("read", None, [49_900]), ("read", None, [0])]
 
 
-@pytest.mark.parametrize("refusal", [errno.EAGAIN, errno.EOPNOTSUPP])
+@pytest.mark.parametrize("refusal", [errno.EAGAIN, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
 def test_what_the_page_cache_lacks_goes_to_the_ring(
     refusal: int, tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """EAGAIN (not cached): this read through the ring.  EOPNOTSUPP (no RWF_NOWAIT here): every read."""
+    """EAGAIN (not cached): this read through the ring.  EOPNOTSUPP, ENOSYS, EINVAL (no
+    preadv2 with RWF_NOWAIT here): every read, the ring reporting errors of its own."""
     path, data = _random_file(tmp_path, 30_000)
     with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
         io = _reads_here(f)
