@@ -437,7 +437,8 @@ class FileIO(io.RawIOBase):
         -1: the kernel reads there and moves it, as read(2) does; Linux 5.6+,
         probed), its page-cache part copied by this thread (the backend's
         ``read_here``), so a short read is returned as read(2) returns it;
-        elsewhere ``lseek`` before and after a positional read (two ``lseek``
+        elsewhere (and with ``closefd=False``, whose handle reads a dup)
+        ``lseek`` before and after a positional read (two ``lseek``
         cost ~0.6 µs of the ~5 µs fixed cost of a hot read, measured)."""
         handle = self._handle
         # _checkClosed and _checkReadable, inline: this is every buffered read's path
@@ -457,7 +458,9 @@ class FileIO(io.RawIOBase):
                 with self._lock:
                     # (no write-behind to drain: it exists only under O_DIRECT)
                     try:
-                        n = handle._read_here_pinned(pin, b)
+                        # (closefd=False: the handle reads a dup, which would outlive the
+                        # caller's descriptor; lseek on ours fails as the built-in's read would)
+                        n = handle._read_here_pinned(pin, b) if self._closefd else None
                         if n is not None:
                             return n  # read at, and moved, the descriptor's position
                         pos = os.lseek(self._fd, 0, os.SEEK_CUR)

@@ -191,3 +191,21 @@ def test_what_the_page_cache_lacks_goes_to_the_ring(
             assert f.readinto(buf) == 10_000 and buf == data[i * 10_000 : (i + 1) * 10_000]
         assert ring_reads == [10_000] * 3
         assert tries == [os.RWF_NOWAIT] * (3 if refusal == errno.EAGAIN else 1)
+
+
+def test_closefd_false_fails_on_a_closed_descriptor_as_the_builtin(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    """With closefd=False the handle reads a dup of the caller's descriptor: that dup must not
+    keep reading once the caller's descriptor was closed (the built-in fails with EBADF)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"abcdef")
+    fd = os.open(path, os.O_RDONLY)
+    f = uringstack.FileIO(fd, "rb", closefd=False, stack=uring_stack)
+    try:
+        _reads_here(f)
+        assert f.readinto(bytearray(2)) == 2
+        os.close(fd)
+        with pytest.raises(OSError) as info:
+            f.readinto(bytearray(2))
+        assert info.value.errno == errno.EBADF
+    finally:
+        f.close()
