@@ -6,7 +6,8 @@ so every read and write goes through the stack's handle: io_uring, or the
 fallback thread pool, whatever the stack chose (how a waited buffered write
 is served, inline or by the ring, is the backend's decision: see
 ``uringstack.stack.uring_backend``).  The file position stays the kernel's
-(``lseek`` bookkeeping around positional I/O), so ``fileno()``, ``dup`` and
+(reads at the file position where the backend can, else ``lseek``
+bookkeeping around positional I/O), so ``fileno()``, ``dup`` and
 ``os.lseek`` users see what they would with the built-in.
 
 Pipes, ttys, sockets and character devices have no offsets for a stack to
@@ -429,12 +430,16 @@ class FileIO(io.RawIOBase):
 
         ``None`` only on a non-blocking pipe or socket with nothing to read, as ``io.FileIO``.
 
-        The position lives in the descriptor (``lseek`` before and after the
-        read), never in this object: a dup of the descriptor, ``os.read`` on
-        ``fileno()``, a child process or ``os.lseek`` see and move the same
-        offset as with the built-in.  Two ``lseek`` cost ~0.6 µs of the ~5 µs
-        fixed cost of a hot read here (measured); the read is the handle's
-        single waited op (one call into C on io_uring)."""
+        The position lives in the descriptor, never in this object: a dup of
+        the descriptor, ``os.read`` on ``fileno()``, a child process or
+        ``os.lseek`` see and move the same offset as with the built-in.  On
+        io_uring (buffered) the read is one read at the file position (offset
+        -1: the kernel reads there and moves it, as read(2) does; Linux 5.6+,
+        probed), its page-cache part copied by this thread (the backend's
+        ``read_here``), so a short read is returned as read(2) returns it;
+        elsewhere (and with ``closefd=False``, whose handle reads a dup)
+        ``lseek`` before and after a positional read (two ``lseek``
+        cost ~0.6 µs of the ~5 µs fixed cost of a hot read, measured)."""
         handle = self._handle
         # _checkClosed and _checkReadable, inline: this is every buffered read's path
         if self._closed_flag or (handle is not None and handle._closed):
@@ -452,8 +457,13 @@ class FileIO(io.RawIOBase):
                     return 0
                 with self._lock:
                     # (no write-behind to drain: it exists only under O_DIRECT)
-                    pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                     try:
+                        # (closefd=False: the handle reads a dup, which would outlive the
+                        # caller's descriptor; lseek on ours fails as the built-in's read would)
+                        n = handle._read_here_pinned(pin, b) if self._closefd else None
+                        if n is not None:
+                            return n  # read at, and moved, the descriptor's position
+                        pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                         n = handle._one_pinned(False, pin, b, pos)
                     except RingClosedError:
                         raise _closed_error() from None

@@ -106,6 +106,7 @@ class FileHandle:
         # The backend's single waited op (read_into/write_from), where it has one:
         # run_one(write, pin, buf, offset) -> bytes or -errno, None to take the batch path.
         self._one: Callable[[bool, Any, Any, int], int | None] | None = getattr(io, "run_one", None)
+        self._here: Callable[[Any, Any], int | None] | None = getattr(io, "read_here", None)
         # outlived_op(keep) -> the pending of a run_one op still in flight after its call raised
         self._outlived: Callable[[object], Pending | None] | None = getattr(io, "outlived_op", None)
         self._coalescer_cache: Coalescer | None = None
@@ -330,6 +331,34 @@ class FileHandle:
         if write:
             return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
         return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
+
+    def _read_here_pinned(self, pin: Any, buf: Any) -> int | None:
+        """One waited read into *buf* (pinned as *pin*) at the descriptor's file position,
+        which moves past what was read, as read(2) does (``uringstack.FileIO.readinto``).
+
+        Bytes read: short only at end of file, or where read(2) would be short.
+        ``None`` when the backend cannot read at the file position (the caller
+        looks the position up and reads there).  Tracked as :meth:`_one_pinned` is
+        (the same lines, inline in both: a shared helper would cost a Python call per op)."""
+        here = self._here
+        if here is None:
+            return None
+        if self._closed or self._fork_gen != forking._generation:
+            self._check()
+        inflight = self._inflight
+        inflight.enter()
+        outlived = None
+        try:
+            res = here(pin, buf)
+        except BaseException:
+            if self._outlived is not None:
+                outlived = self._outlived(pin)
+            raise
+        finally:
+            inflight.leave(outlived)
+        if res is not None and res < 0:
+            raise UringIOError(-res, "read", self.path, "at the file position")
+        return res
 
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
         """Read each buffer at its offset in one batch; returns bytes read per buffer."""

@@ -9,6 +9,10 @@ slot with IOSQE_FIXED_FILE.
 A single waited read or write (the handle's ``read_into``/``write_from``,
 so every ``uringstack.FileIO`` call) takes :meth:`UringFileIO.run_one`: one
 call into C (:meth:`~uringstack.ring.Ring.rw_one`) instead of a batch.
+``uringstack.FileIO.readinto`` on a buffered file takes
+:meth:`UringFileIO.read_here`: a read at the descriptor's file position
+(offset -1), whose page-cache part the calling thread copies
+(``preadv2(RWF_NOWAIT)``) and whose rest the ring reads.
 
 A *waited* buffered write (``write_from``, ``write_many``, a prepared
 write's ``run``) to a file on a file system where the kernel would punt it
@@ -22,6 +26,7 @@ what lets the caller go on.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import deque
@@ -63,6 +68,12 @@ RWF_DSYNC = 0x2
 # Plain ints for the single-op path (an enum member costs an attribute lookup per op).
 _READ, _WRITE, _FIXED_FILE = int(Op.READ), int(Op.WRITE), int(SqeFlag.FIXED_FILE)
 
+# A read's offset -1 (the SQE field is a u64): "at the file position", which the kernel
+# uses and advances as read(2) does (regular files and block devices, Linux 5.6+).
+AT_FILE_POSITION = (1 << 64) - 1
+# preadv2(RWF_NOWAIT) failures that say "not here" rather than "this read failed"
+_NO_CACHED_READS = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL))
+
 # Column sets kept per capacity (a power of two up to this) for start_rw, and
 # how many idle ones each capacity keeps: a batch reuses a finished set
 # instead of allocating eight C arrays.
@@ -92,6 +103,12 @@ class UringFileIO:
         # Whether waited buffered writes are done inline (see the module docstring):
         # looked up at the first one, so a file only read never measures anything.
         self._inline_writes: bool | None = None
+        # Whether the kernel reads at the file position (offset -1): probed at the first
+        # read_here, by a zero-length read there.
+        self._reads_here: bool | None = None
+        # Whether read_here first copies what the page cache holds in the caller (preadv2
+        # RWF_NOWAIT); off for good once the file system refuses it (EOPNOTSUPP).
+        self._reads_cached_inline = True
 
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
@@ -206,6 +223,81 @@ class UringFileIO:
         if self.completion_hook is not None:
             self.completion_hook("write" if write else "read", ring)(DoneBatch([res]))
         return res
+
+    def read_here(self, pin: Any, buf: Any) -> int | None:
+        """:meth:`run_one`'s read, at the descriptor's file position: bytes read (the
+        position moved past them, as by read(2)) or ``-errno``; ``None`` where the
+        kernel cannot (the caller reads at a position it looked up).
+
+        io_uring reads at offset -1 use and advance the file position on
+        regular files and block devices since Linux 5.6 (earlier kernels fail
+        them with EINVAL); probed once per file by a zero-length read there,
+        which moves nothing.  Not under O_DIRECT (the caller aligns its
+        offsets itself).  Addressed by descriptor number even where the file
+        has a registered slot, as read(2) is: a descriptor closed behind this
+        object's back fails with EBADF, as with the built-in ``open()``."""
+        here = self._reads_here
+        if here is None:
+            here = self._probe_read_here()
+        if not here:
+            return None
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        ring = self.ring
+        if self._reads_cached_inline:
+            res = self._read_cached(buf)
+            if res is not None:
+                return res
+        res = ring.rw_one(_READ, self.fd, pin, min(len(pin), MAX_RW_COUNT), AT_FILE_POSITION, 0, 0, pin)
+        if self.completion_hook is not None:
+            self.completion_hook("read", ring)(DoneBatch([res]))
+        return res
+
+    def _read_cached(self, buf: Any) -> int | None:
+        """What the page cache holds of *buf*'s read at the file position, copied by
+        this thread (``preadv2(RWF_NOWAIT)`` at offset -1): bytes or ``-errno``; None
+        when none of it is cached (EAGAIN) or preadv2 with RWF_NOWAIT is not
+        available for this file (remembered): the ring reads it.
+
+        A cached read through the ring is the same copy, done by the kernel inside
+        ``io_uring_enter`` (io_uring tries it without blocking first), plus the SQE,
+        the CQE and their bookkeeping: ~1.6 µs more per read here.  What is not
+        cached goes to the ring, whose waits are bounded and checked.  As
+        :meth:`write_inline`: the ring's checks are kept and the completion hook
+        is told, with ``ring=None``."""
+        ring = self.ring
+        ring._check_open()
+        ring._check_thread()
+        try:
+            res = os.preadv(self.fd, (buf,), -1, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in _NO_CACHED_READS:
+                # RWF_NOWAIT refused (a file system without FMODE_NOWAIT), or preadv2 itself
+                # (a seccomp filter): the ring reads this file from now on, and reports
+                # any error of its own
+                self._reads_cached_inline = False
+                return None
+            res = -(e.errno or errno.EIO)
+        if self.completion_hook is not None:
+            self.completion_hook("read", None)(DoneBatch([res]))
+        return res
+
+    def _probe_read_here(self) -> bool | None:
+        """Whether a read at offset -1 works here (remembered), None when the probe itself
+        failed otherwise (a closed descriptor: not remembered, the caller's own read reports it)."""
+        if self.direct:
+            self._reads_here = False
+            return False
+        if self._closed:
+            raise RingClosedError(f"{self.path} is closed")
+        probe = ffi.new("char[]", 1)
+        res = self.ring.rw_one(_READ, self.fd, probe, 0, AT_FILE_POSITION, 0, 0, probe)
+        if res == 0 or res == -errno.EINVAL:
+            self._reads_here = res == 0
+            return res == 0
+        return None
 
     def outlived_op(self, keep: object) -> UringPending | None:
         """The pending of a :meth:`~uringstack.ring.Ring.rw_one` op (called with *keep*) that is

@@ -2,8 +2,10 @@
 
 ``readinto``/``write`` pin the caller's memory once and hand it to the
 handle's single-op path (``FileHandle._one_pinned``, the
-backend's ``run_one``): no batch, no prepared read to keep in step with the
-caller's buffer, and no export of the caller's object outlives the call.
+backend's ``run_one``; a ``readinto`` on io_uring reads at the file position
+instead, ``FileHandle._read_here_pinned``, the backend's ``read_here``): no
+batch, no prepared read to keep in step with the caller's buffer, and no
+export of the caller's object outlives the call.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ def _spy_one(f: uringstack.FileIO, monkeypatch: pytest.MonkeyPatch) -> list[tupl
         return real(write, pin, buf, offset)
 
     monkeypatch.setattr(handle, "_one", spy)
+    here = handle._here
+    if here is not None:
+
+        def spy_here(pin: Any, buf: Any) -> Any:
+            calls.append((False, len(pin), os.lseek(f.fileno(), 0, os.SEEK_CUR)))  # where the kernel reads
+            return here(pin, buf)
+
+        monkeypatch.setattr(handle, "_here", spy_here)
     return calls
 
 
