@@ -244,14 +244,28 @@ class UringFileIO:
         if self._closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         ring = self.ring
+        want = min(len(pin), MAX_RW_COUNT)
         if self._reads_cached_inline:
             res = self._read_cached(buf)
             if res is not None:
+                if 0 < res < want:
+                    # RWF_NOWAIT stops at the first page not cached, where read(2) would wait
+                    # for it: callers of a regular file take a short read for its end
+                    return self._read_rest(ring, pin, res, want)
                 return res
-        res = ring.rw_one(_READ, self.fd, pin, min(len(pin), MAX_RW_COUNT), AT_FILE_POSITION, 0, 0, pin)
+        res = ring.rw_one(_READ, self.fd, pin, want, AT_FILE_POSITION, 0, 0, pin)
         if self.completion_hook is not None:
             self.completion_hook("read", ring)(DoneBatch([res]))
         return res
+
+    def _read_rest(self, ring: Ring, pin: Any, got: int, want: int) -> int:
+        """After a cached read of *got* of *want* bytes: the rest through the ring, at the
+        file position (which the cached part moved).  Bytes read in all; an error of the
+        rest is left to the next call, as read(2) reports bytes it read before one."""
+        more = ring.rw_one(_READ, self.fd, ffi.cast("char *", pin) + got, want - got, AT_FILE_POSITION, 0, 0, pin)
+        if self.completion_hook is not None:
+            self.completion_hook("read", ring)(DoneBatch([more]))
+        return got + more if more > 0 else got
 
     def _read_cached(self, buf: Any) -> int | None:
         """What the page cache holds of *buf*'s read at the file position, copied by

@@ -165,8 +165,15 @@ def test_cached_data_is_copied_by_the_caller_not_the_ring(
         assert f.readinto(buf) == 49_900 and buf[:49_900] == data[150_100:]
         assert f.readinto(buf) == 0
         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == len(data)
-        assert ring_reads == []
-        assert heard == [("read", None, [150_000]), ("read", None, [49_900]), ("read", None, [0])]
+        # the short cached read at the end asks the ring for the rest once (read(2) would
+        # not be short before the end), which finds the end of the file
+        assert ring_reads == [100_100]
+        assert heard == [
+            ("read", None, [150_000]),
+            ("read", None, [49_900]),
+            ("read", io.ring, [0]),
+            ("read", None, [0]),
+        ]
 
 
 @pytest.mark.parametrize("refusal", [errno.EAGAIN, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
@@ -209,3 +216,31 @@ def test_closefd_false_fails_on_a_closed_descriptor_as_the_builtin(tmp_path: pat
         assert info.value.errno == errno.EBADF
     finally:
         f.close()
+
+
+def test_a_partly_cached_read_is_not_short(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    """preadv2(RWF_NOWAIT) stops at the first page the cache lacks and returns what it
+    copied; read(2) would have waited for the rest, and callers of a regular file take a
+    short read for its end: the rest is read through the ring (a real cold page, no mock)."""
+    path, data = _random_file(tmp_path, 1 << 20)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        io = _reads_here(f)
+        if not io._reads_cached_inline:
+            skip_without("preadv2 with RWF_NOWAIT on this file system")
+        fd = f.fileno()
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead past what is read
+        assert os.pread(fd, 65536, 0) == data[:65536]  # only the first 64 KiB cached
+        probe = bytearray(262144)
+        try:
+            cached = os.preadv(fd, [probe], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            cached = 0
+        if not 0 < cached < len(probe):
+            skip_without(f"a partly cached file (RWF_NOWAIT read {cached} of {len(probe)} bytes here)")
+        os.posix_fadvise(fd, 65536, 0, os.POSIX_FADV_DONTNEED)  # the probe's read pulled in nothing more
+        buf = bytearray(262144)
+        assert f.readinto(buf) == len(buf)
+        assert bytes(buf) == data[: len(buf)]
+        assert os.lseek(fd, 0, os.SEEK_CUR) == len(buf)
