@@ -82,6 +82,37 @@ def test_readinto_reads_and_moves_the_descriptor_position_without_lseek(
             os.close(twin)
 
 
+def test_read_n_reads_at_the_file_position_without_lseek(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FileIO.read(n)`` (a raw read, ``buffering=0``) is readinto's read into the ``bytes`` returned."""
+    path, data = _random_file(tmp_path, 300_000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _reads_here(f)
+        fd = f.fileno()
+        twin = os.dup(fd)
+        try:
+            os.lseek(twin, 1000, os.SEEK_SET)
+
+            def no_lseek(*args: Any) -> int:
+                raise AssertionError(f"lseek{args} around a read at the file position")
+
+            monkeypatch.setattr(fileio.os, "lseek", no_lseek)
+            assert f.read(100_000) == data[1000:101_000]
+            assert f.read(100_000) == data[101_000:201_000]
+            assert f.read(100_000) == data[201_000:]  # short at end of file, as read(2)
+            assert f.read(100_000) == b""
+            monkeypatch.undo()
+            assert os.lseek(twin, 0, os.SEEK_CUR) == len(data)
+            os.lseek(twin, 5, os.SEEK_SET)
+            assert os.read(fd, 3) == data[5:8]
+            assert f.read(1) == data[8:9]  # under 2 bytes: through a bytearray, the same read
+            assert f.read(100_000) == data[9:100_009]
+            assert f.tell() == 100_009
+        finally:
+            os.close(twin)
+
+
 def test_the_probe_moves_nothing(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
@@ -115,6 +146,8 @@ def test_a_kernel_refusing_offset_minus_one_keeps_the_lseek_path(
         assert io._reads_here is False
         assert f.readinto(buf) == 20_000 and buf == data[20_007:40_007]
         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 40_007
+        assert f.read(5000) == data[40_007:45_007]  # read(n) too
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 45_007
 
 
 def test_a_descriptor_closed_behind_the_file_fails_as_the_builtin(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
@@ -206,6 +239,9 @@ def test_closefd_false_fails_on_a_closed_descriptor_as_the_builtin(tmp_path: pat
         os.close(fd)
         with pytest.raises(OSError) as info:
             f.readinto(bytearray(2))
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(OSError) as info:
+            f.read(2)
         assert info.value.errno == errno.EBADF
     finally:
         f.close()
