@@ -17,7 +17,7 @@ import pytest
 
 import uringstack
 from uringstack.fileobj import fileio
-from uringstack.fileobj.openfile import STREAM_BUFFER_SIZE
+from uringstack.fileobj.openfile import STREAM_BUFFER_SIZE, UPDATE_BUFFER_SIZE
 from uringstack.ring.native import ffi
 from uringstack.stack import Stack
 
@@ -87,3 +87,27 @@ def test_small_reads_and_lines_after_whole_chunks(tmp_path: pathlib.Path, stack:
         ref.seek(12345)
         assert f.read(CHUNK + 1) == ref.read(CHUNK + 1)
         assert f.read() == ref.read()
+
+
+
+@pytest.mark.parametrize(("mode", "fill"), [("rb", 64 * 1024), ("r+b", 128 * 1024)])
+def test_default_buffer_fill(
+    tmp_path: pathlib.Path, stack: Stack, monkeypatch: pytest.MonkeyPatch, mode: str, fill: int
+) -> None:
+    """A small read fills the default buffer: 64 KiB for reading, 128 KiB for ``+`` modes
+    (their writes are buffered too, and keep the size they had)."""
+    path = tmp_path / "f"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    lengths: list[int] = []
+    readinto = fileio.FileIO.readinto
+
+    def spy(self: fileio.FileIO, b: Any) -> int | None:
+        lengths.append(memoryview(b).nbytes)
+        return readinto(self, b)
+
+    monkeypatch.setattr(fileio.FileIO, "readinto", spy)
+    with uringstack.open(path, mode, stack=stack) as f:
+        assert f.read(100) == data[:100]
+        assert lengths == [fill]
+    assert fill in (STREAM_BUFFER_SIZE, UPDATE_BUFFER_SIZE)
