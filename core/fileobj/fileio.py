@@ -479,10 +479,7 @@ class FileIO(io.RawIOBase):
             return 0
         with self._lock:
             self._drain()
-            pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-            n = self._read_at(m, pos)
-            os.lseek(self._fd, pos + n, os.SEEK_SET)
-            return n
+            return self._read_moving(m)
 
     def _read_at(self, m: memoryview, pos: int) -> int:
         handle = self._live_handle()
@@ -529,10 +526,7 @@ class FileIO(io.RawIOBase):
             with self._lock:
                 if self._writebehind is not None:
                     self._drain()
-                pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-                data = self._read_bytes(size, pos)
-                os.lseek(self._fd, pos + len(data), os.SEEK_SET)
-                return data
+                return self._read_bytes(size)
         buf = bytearray(size)
         n = self.readinto(buf)
         if n is None:
@@ -540,7 +534,7 @@ class FileIO(io.RawIOBase):
         del buf[n:]
         return bytes(buf)
 
-    def _read_bytes(self, size: int, pos: int) -> bytes:
+    def _read_bytes(self, size: int, pos: int | None = None) -> bytes:
         """Up to *size* bytes at *pos*, read straight into the ``bytes`` returned.
 
         As ``io.FileIO`` does (it reads into a new bytes object, then shrinks
@@ -548,26 +542,49 @@ class FileIO(io.RawIOBase):
         yet, so a full read returns it without the copy a ``bytearray`` would
         need; only a short read copies, its *n* bytes.  Under 2 bytes, or when
         the new object is shared (an interpreter that caches it), through a
-        ``bytearray``."""
+        ``bytearray``.  *pos* None (``read(n)``): :meth:`readinto`'s read, at the
+        descriptor's position and moving it (one read at the file position where
+        the backend has it, short where the page cache held only part, else
+        ``lseek`` before and after a positional read); else a positional read
+        that moves nothing (``readall``, whose one large read should not stop
+        where the cached part ends)."""
         if not size:
             return b""
         data = bytes(size)
         if size < 2 or sys.getrefcount(data) != 2:  # 2: *data* and getrefcount's argument
             buf = bytearray(size)
-            n = self._read_at(memoryview(buf), pos)
+            n = self._read_moving(memoryview(buf)) if pos is None else self._read_at(memoryview(buf), pos)
             del buf[n:]
             return bytes(buf)
         pin = ffi.from_buffer("char[]", data)
         handle = self._handle
         if handle is not None and not self._direct and self._readahead is None:
-            # readinto's single op; *buf* (a writable view of the pin) only for the batch path
+            # readinto's single op; *view* (a writable view of the pin) for the cached
+            # copy and the batch path
+            view = ffi.buffer(pin)
             try:
-                n = handle._one_pinned(False, pin, ffi.buffer(pin), pos)
+                here = handle._read_here_pinned(pin, view) if pos is None and self._closefd else None
+                if here is not None:
+                    n = here  # read at, and moved, the descriptor's position
+                else:
+                    at = os.lseek(self._fd, 0, os.SEEK_CUR) if pos is None else pos
+                    n = handle._one_pinned(False, pin, view, at)
+                    if pos is None:
+                        os.lseek(self._fd, at + n, os.SEEK_SET)
             except RingClosedError:
                 raise _closed_error() from None
+        elif pos is None:
+            n = self._read_moving(memoryview(ffi.buffer(pin)))
         else:
             n = self._read_at(memoryview(ffi.buffer(pin)), pos)
         return data if n == size else data[:n]
+
+    def _read_moving(self, m: memoryview) -> int:
+        """:meth:`_read_at` at the current position, then past what it read."""
+        pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+        n = self._read_at(m, pos)
+        os.lseek(self._fd, pos + n, os.SEEK_SET)
+        return n
 
     def readall(self) -> bytes:
         """Read from the current position to end of file."""

@@ -30,11 +30,19 @@ if TYPE_CHECKING:
 
     from uringstack.stack import Stack
 
-STREAM_BUFFER_SIZE = 128 * 1024
+STREAM_BUFFER_SIZE = 64 * 1024
 """Default buffer of the buffered layer over a stack file (the built-in uses
-``st_blksize``, 4 KiB here): one stack request per 128 KiB, not per 4 KiB.
-Larger costs every read after a seek a larger fill (1 MiB: a random
-``read(100)`` 3.8x dearer, measured; see docs/api.md)."""
+``st_blksize``, 4 KiB here): one stack request per 64 KiB, not per 4 KiB.
+64 KiB, ``shutil.copyfileobj``'s chunk: ``io.BufferedReader`` reads whole
+multiples of its buffer straight into the caller's object, so copyfileobj's
+``read(65536)`` is one read into the ``bytes`` returned, not a fill of the
+buffer and a copy out of it (128 KiB did that).  Larger costs every read after
+a seek a larger fill (1 MiB: a random ``read(100)`` 3.8x dearer, measured; see
+docs/api.md)."""
+UPDATE_BUFFER_SIZE = 128 * 1024
+"""Default buffer of a ``+`` mode file (:class:`BufferedRandom`): its writes are
+buffered too, and one stack request per 64 KiB written instead of per 128 KiB
+was not measured, so it keeps the former read buffer size."""
 WRITE_BUFFER_SIZE = 1 << 20
 """Default buffer of a write-only file: a stack request costs more fixed time
 than a ``write(2)``, so write-only files (sequential by nature) batch 1 MiB.
@@ -276,8 +284,12 @@ def open(
         if buffering < 0:
             buffering = io.DEFAULT_BUFFER_SIZE
             if raw.handle is not None:
-                write_only = (creating or writing or appending) and not updating
-                buffering = WRITE_BUFFER_SIZE if write_only else STREAM_BUFFER_SIZE
+                if updating:
+                    buffering = UPDATE_BUFFER_SIZE
+                elif creating or writing or appending:  # write-only
+                    buffering = WRITE_BUFFER_SIZE
+                else:
+                    buffering = STREAM_BUFFER_SIZE
             bs = os.fstat(raw.fileno()).st_blksize
             if raw.handle is None and bs > 1:
                 buffering = bs

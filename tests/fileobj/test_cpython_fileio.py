@@ -106,8 +106,13 @@ def test_the_files_really_go_through_the_stack(tmp_path: pathlib.Path) -> None:
         assert ring.counters()["submitted"] == before + (0 if inline else 1)
         before = ring.counters()["submitted"]
         f.seek(0)
-        for _ in range(3):  # the second read into the same memory is a prepared read
+        for _ in range(3):
             assert f.read(10) == b"x" * 10
             f.seek(0)
-        assert ring.counters()["submitted"] == before + 3
+        # at the file position, what the page cache holds copied by this thread (the
+        # backend's choice, as for writes; the one submission is the probe of reads at
+        # the file position, a zero-length read); else through the ring
+        io = f.handle.io
+        here = isinstance(io, UringFileIO) and io._reads_here and io._reads_cached_inline
+        assert ring.counters()["submitted"] == before + (1 if here else 3)
         assert rec.seen[1:] == [("read", [10])] * 3

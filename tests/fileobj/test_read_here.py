@@ -52,9 +52,24 @@ def _reads_here(f: uringstack.FileIO) -> UringFileIO:
     return io
 
 
-def test_readinto_reads_and_moves_the_descriptor_position_without_lseek(
-    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+def _readinto(f: uringstack.FileIO, n: int) -> bytes:
+    buf = bytearray(n)
+    got = f.readinto(buf)
+    assert got is not None
+    return bytes(buf[:got])
+
+
+def _read(f: uringstack.FileIO, n: int) -> bytes:
+    data = f.read(n)
+    assert data is not None
+    return data
+
+
+@pytest.mark.parametrize("read", [_readinto, _read], ids=["readinto", "read"])
+def test_reads_at_and_move_the_descriptor_position_without_lseek(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch, read: Any
 ) -> None:
+    """``readinto`` and ``read(n)`` (into the ``bytes`` returned) are one read at the file position."""
     path, data = _random_file(tmp_path, 300_000)
     with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
         _reads_here(f)
@@ -67,17 +82,17 @@ def test_readinto_reads_and_moves_the_descriptor_position_without_lseek(
                 raise AssertionError(f"lseek{args} around a read at the file position")
 
             monkeypatch.setattr(fileio.os, "lseek", no_lseek)
-            buf = bytearray(100_000)
-            assert f.readinto(buf) == 100_000 and buf == data[1000:101_000]
-            assert f.readinto(buf) == 100_000 and buf == data[101_000:201_000]
-            assert f.readinto(buf) == 99_000 and buf[:99_000] == data[201_000:]  # short at end of file, as read(2)
-            assert f.readinto(buf) == 0
+            assert read(f, 100_000) == data[1000:101_000]
+            assert read(f, 100_000) == data[101_000:201_000]
+            assert read(f, 100_000) == data[201_000:]  # short at end of file, as read(2)
+            assert read(f, 100_000) == b""
             monkeypatch.undo()
             assert os.lseek(twin, 0, os.SEEK_CUR) == len(data)
             os.lseek(twin, 5, os.SEEK_SET)
             assert os.read(fd, 3) == data[5:8]  # the kernel's position, as the built-in's
-            assert f.readinto(buf) == 100_000 and buf == data[8:100_008]
-            assert f.tell() == 100_008
+            assert read(f, 1) == data[8:9]  # read(1): through a bytearray, the same read
+            assert read(f, 100_000) == data[9:100_009]
+            assert f.tell() == 100_009
         finally:
             os.close(twin)
 
@@ -115,6 +130,8 @@ def test_a_kernel_refusing_offset_minus_one_keeps_the_lseek_path(
         assert io._reads_here is False
         assert f.readinto(buf) == 20_000 and buf == data[20_007:40_007]
         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 40_007
+        assert f.read(5000) == data[40_007:45_007]  # read(n) too
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 45_007
 
 
 def test_a_descriptor_closed_behind_the_file_fails_as_the_builtin(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
@@ -213,6 +230,9 @@ def test_closefd_false_fails_on_a_closed_descriptor_as_the_builtin(tmp_path: pat
         os.close(fd)
         with pytest.raises(OSError) as info:
             f.readinto(bytearray(2))
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(OSError) as info:
+            f.read(2)
         assert info.value.errno == errno.EBADF
     finally:
         f.close()
