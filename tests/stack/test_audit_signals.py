@@ -15,12 +15,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 
 import pytest
 
 from uringstack.ring import Ring
 from uringstack.stack import open_stack
+from uringstack.stack.handle import FileHandle
 from uringstack.stack.uring_backend import UringFileIO
 
 CPU = sorted(os.sched_getaffinity(0))[0]
@@ -34,10 +36,10 @@ def _raise_alarm(signum: int, frame: FrameType | None) -> None:
     raise Alarm
 
 
-@pytest.mark.timeout(30)
-def test_read_into_interrupted_by_a_raising_handler_is_waited_for_by_close(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def alarmed(tmp_path: os.PathLike[str]) -> Iterator[tuple[FileHandle, Ring, int, int]]:
+    """A handle on a 4 KiB file whose ring waits 2 s per call (the alarm interrupts that
+    wait), an empty pipe (r, w) for the hung read, and SIGALRM raising :class:`Alarm`."""
     path = os.path.join(tmp_path, "f")
     with open(path, "wb") as f:
         f.write(b"\0" * 4096)
@@ -51,28 +53,69 @@ def test_read_into_interrupted_by_a_raising_handler_is_waited_for_by_close(
         assert isinstance(ring, Ring)
         ring.wait_tick = 2.0  # the call's own wait: the alarm interrupts it
         ring.wait_timeout = 3.0
-        real = ring.rw_one
-        # the pipe instead of the file
-        monkeypatch.setattr(ring, "rw_one", lambda op, fd, ptr, n, off, *rest: real(op, r, ptr, n, 0, 0, 0, rest[-1]))
-        buf = bytearray(4096)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        with pytest.raises(Alarm):
-            h.read_into(buf, 0)
-        monkeypatch.undo()
-        assert ring.inflight == 1
-        writer = threading.Timer(0.3, os.write, (w, b"late"))
-        writer.start()
-        started = time.monotonic()
-        h.close()  # waits for the read the kernel still holds, then closes the descriptor
-        assert bytes(buf[:4]) == b"late", "close() returned while the kernel still held the read"
-        assert time.monotonic() - started >= 0.25
-        writer.join()
-        assert ring.inflight == 0
-        with pytest.raises(OSError):
-            os.fstat(h.fd)
+        yield h, ring, r, w
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         s.close()
         os.close(r)
         os.close(w)
+
+
+def _to_pipe(ring: Ring, r: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ring.rw_one`` reads the pipe instead of the file."""
+    real = ring.rw_one
+    monkeypatch.setattr(ring, "rw_one", lambda op, fd, ptr, n, off, *rest: real(op, r, ptr, n, 0, 0, 0, rest[-1]))
+
+
+def _close_waits_for_the_read(h: FileHandle, ring: Ring, buf: bytearray, w: int) -> None:
+    """The interrupted read is still the kernel's: close() waits for it (written late), then closes."""
+    assert ring.inflight == 1
+    writer = threading.Timer(0.3, os.write, (w, b"late"))
+    writer.start()
+    started = time.monotonic()
+    h.close()  # waits for the read the kernel still holds, then closes the descriptor
+    assert bytes(buf[:4]) == b"late", "close() returned while the kernel still held the read"
+    assert time.monotonic() - started >= 0.25
+    writer.join()
+    assert ring.inflight == 0
+    with pytest.raises(OSError):
+        os.fstat(h.fd)
+
+
+@pytest.mark.timeout(30)
+def test_read_into_interrupted_by_a_raising_handler_is_waited_for_by_close(
+    alarmed: tuple[FileHandle, Ring, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, ring, r, w = alarmed
+    _to_pipe(ring, r, monkeypatch)
+    buf = bytearray(4096)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with pytest.raises(Alarm):
+        h.read_into(buf, 0)
+    monkeypatch.undo()
+    _close_waits_for_the_read(h, ring, buf, w)
+
+
+@pytest.mark.timeout(30)
+def test_a_prepared_single_run_interrupted_by_a_raising_handler_is_waited_for_by_close(
+    alarmed: tuple[FileHandle, Ring, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for ``prepared.run([off])`` of one buffer (the QD1 loop's one-frame path): the
+    interrupted op stays the prepared object's (``done()`` false) and the handle's close waits."""
+    h, ring, r, w = alarmed
+    # the bound op calls ring.rw_one, looked up per call: redirected to the pipe below
+    monkeypatch.setattr(
+        ring, "bind_rw_one",
+        lambda op, fd, ptr, n, flags, index, keep: lambda off: ring.rw_one(op, fd, ptr, n, off, flags, index, keep),
+    )  # fmt: skip
+    buf = bytearray(4096)
+    reads = h.prepare_reads([buf])
+    assert reads.run([0]) == [4096]  # binds the op: the next run takes the one-frame path
+    _to_pipe(ring, r, monkeypatch)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with pytest.raises(Alarm):
+        reads.run([0])
+    monkeypatch.undo()
+    assert not reads.done()
+    _close_waits_for_the_read(h, ring, buf, w)

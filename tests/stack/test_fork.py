@@ -97,6 +97,9 @@ h = stack.open(path, create=True)
 h.write_from(b"P" * 8192, 0)
 h.fdatasync()
 report["backend"] = h.backend
+prepared = h.prepare_reads([bytearray(4096)])  # one buffer: the QD1 path of PreparedIO.run
+prepared.run([0])  # the first call binds the op; the next takes the one-frame path
+prepared.run([4096])
 
 
 def parent_io(tag):
@@ -114,6 +117,7 @@ def user_child(out):
     out["read_into"] = refused(lambda: h.read_into(buf, 0))
     out["write_from"] = refused(lambda: h.write_from(b"c", 0))
     out["start"] = refused(lambda: h.start_write_many([0], [b"c"]))
+    out["prepared_run"] = refused(lambda: prepared.run([0]))
     out["io"] = refused(lambda: h.io.start_rw(True, [0], [b"c"]))
     out["async"] = refused(lambda: asyncio.run(h.read(10, 0)))
     out["open"] = refused(lambda: stack.open(path))
@@ -157,8 +161,11 @@ def test_fork_child_gets_a_clear_error_and_the_parent_is_unaffected(backend: str
     assert report["backend"] == backend
     child = report["child1"]
     assert child["exit"] == 0 and "unexpected" not in child, child
-    for op in ("read_into", "write_from", "start", "io", "async", "open") + (("ring",) if backend == "uring" else ()):
+    ops = ("read_into", "write_from", "start", "prepared_run", "io", "async", "open")
+    for op in ops + (("ring",) if backend == "uring" else ()):
         assert "forked process" in child[op] and "Open a new stack in the child" in child[op], (op, child[op])
+    # the handle's own error (not only its ring's), as every other handle call gives
+    assert "the handle of" in child["prepared_run"], child["prepared_run"]
     assert child["own_stack"] == "child"
     assert report["child2"] == {"exit": 0, "idle": True}
     assert report["parent_after_child1"] is True, report["parent_after_child1"]

@@ -25,7 +25,7 @@ import pytest
 from tests.requires import skip_without
 from tests.stack import test_prepared
 from tests.stack.test_completion_hook import RingRecorder, _stack_with
-from uringstack.errors import AlignmentError, BatchInFlightError, UringIOError
+from uringstack.errors import AlignmentError, BatchInFlightError, RingClosedError, UringIOError
 from uringstack.ring import Ring
 from uringstack.ring.buffers import RegisteredBuffer, aligned_buffer
 from uringstack.ring.flags import Op
@@ -287,6 +287,25 @@ def test_a_refused_single_op_keeps_its_error_and_reaches_no_ring(
         with pytest.raises(ValueError, match="was closed"):
             reads._prep.start([0], wait=True)
         assert len(calls) == 1
+
+
+def test_a_single_op_is_refused_once_the_handles_close_began(
+    stack: Stack, data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run admitted by the handle's own check while its close begins (here: the close's
+    first step, its tracker closed, done alone) is refused by the tracker and reaches no ring:
+    close() waits only for what was admitted before it began."""
+    path, _ = data_file
+    with stack.open(path) as h:
+        reads = h.prepare_reads([bytearray(BS)])
+        calls, _batches = _spy(_ring(h), monkeypatch)
+        assert reads.run([0]) == [BS]  # binds the op: the next run takes the one-frame path
+        assert reads.run([BS]) == [BS] and len(calls) == 2
+        h._inflight.close(1.0)
+        with pytest.raises(RingClosedError, match="is closed"):
+            reads.run([2 * BS])
+        assert len(calls) == 2
+        assert h._inflight._starts() == 0  # the refused run counted itself out
 
 
 @pytest.mark.timeout(30)
