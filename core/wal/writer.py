@@ -197,6 +197,7 @@ class Writer:
         self._max_write = config.max_write_bytes
         # mmap: page aligned, as O_DIRECT requires of the buffer address.
         self._buf = mmap.mmap(-1, self._max_write)
+        self._view = memoryview(self._buf)  # sliced per flush; released before the buffer is closed
         self._framer = BatchFramer(self._buf)
         self._spare: Path | None = None
         self._spare_error: BaseException | None = None
@@ -370,6 +371,8 @@ class Writer:
 
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Queue one record and block until it is durable; return its LSN."""
+        if type(payload) is bytes and len(payload) <= self._largest:  # checked as _payload would
+            return self._append_sync((payload,))
         p = self._payload(payload)
         return self._append_sync((p if type(p) is bytes else bytes(p),))
 
@@ -391,7 +394,8 @@ class Writer:
     def _append_sync(self, payloads: Iterable[bytes]) -> int:
         """Queue *payloads*, then flush them ourselves or wait for them; return the last LSN."""
         with self.lock:
-            self._check()
+            if self.failed is not None or self._closing:
+                self._check()
             for p in payloads:
                 lsn = self._queue_locked(p)
             lead = self._inline and not self._busy
@@ -621,7 +625,7 @@ class Writer:
         assert handle is not None
         self.flushes += 1
         t0 = time.perf_counter_ns()
-        handle.write_durable(memoryview(buf)[: taken.length], write_at, sync=self._sync)
+        handle.write_durable(self._view[: taken.length], write_at, sync=self._sync)
         self.write_ns += time.perf_counter_ns() - t0
         self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
@@ -711,4 +715,5 @@ class Writer:
             self.io.close_segment(self._handle)
             self._handle = None
         self._framer.close()
+        self._view.release()
         self._buf.close()
