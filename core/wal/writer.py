@@ -46,7 +46,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -190,6 +190,8 @@ class Writer:
         self._closing = False
         self.direct = False
         self._handle: FileHandle | None = None
+        # the active handle's write_durable, bound with the log's sync when the segment opens
+        self._write_durable: Callable[[memoryview, int], int] | None = None
         self._tail = b""
         self._max_record = config.max_batch_bytes
         # the largest payload that fits max_batch_bytes once framed (see _payload)
@@ -257,6 +259,7 @@ class Writer:
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle
+        self._write_durable = handle.bind_write_durable(self._sync)
         self.direct = direct
         self.active = seg
         # The partial last block is rewritten by the next flush, so keep its bytes
@@ -621,11 +624,11 @@ class Writer:
 
     def _write(self, taken: _Taken) -> None:
         """Write the staged batch durably; then it is part of the segment."""
-        seg, buf, write_at, handle = self.active, self._buf, taken.write_at, self._handle
-        assert handle is not None
+        seg, buf, write_at, write = self.active, self._buf, taken.write_at, self._write_durable
+        assert write is not None
         self.flushes += 1
         t0 = time.perf_counter_ns()
-        handle.write_durable(self._view[: taken.length], write_at, sync=self._sync)
+        write(self._view[: taken.length], write_at)  # handle.write_durable(..., sync=self._sync)
         self.write_ns += time.perf_counter_ns() - t0
         self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
@@ -714,6 +717,7 @@ class Writer:
         if self._handle is not None:
             self.io.close_segment(self._handle)
             self._handle = None
+            self._write_durable = None
         self._framer.close()
         self._view.release()
         self._buf.close()
