@@ -115,6 +115,8 @@ class FileHandle:
         self._fast_reads: Coalescer | None = None
         # Its add_read bound to this handle's file and tracker (set with _fast_reads).
         self._add_read: Callable[[int, int], asyncio.Future[Any]] | None = None
+        # write_durable's bound writers, per sync method (bind_write_durable)
+        self._durable_writers: dict[str, Callable[[Any, int], int]] = {}
 
     # --- description -------------------------------------------------------------
     @property
@@ -442,18 +444,64 @@ class FileHandle:
         after a failed flush the kernel may have dropped the dirty pages
         (PostgreSQL's "fsyncgate"), and the data must be treated as lost.
         """
-        self._check()
-        if offset < 0:
-            raise ValueError(f"{self.path}: offset {offset} is negative")
+        write = self._durable_writers.get(sync) if type(sync) is str else None
+        if write is None:
+            self._check()
+            write = self.bind_write_durable(sync)
+            self._durable_writers[sync] = write
+        return write(buf, offset)
+
+    def bind_write_durable(self, sync: SyncMethod = "fdatasync") -> Callable[[Any, int], int]:
+        """:meth:`write_durable` with *sync* checked and bound once: ``write(buf, offset) -> len(buf)``.
+
+        Each call makes every check :meth:`write_durable` makes (a closed
+        handle, a handle inherited through ``fork()``, a negative offset,
+        O_DIRECT alignment), the same writes and flushes, and raises the same
+        errors: a write or flush that failed is never reported as done.  What
+        is decided once (the sync method, the backend's durable write) is
+        decided here: a write-ahead log binds it per segment, so every flush
+        takes the shortest path to the syscall.  The callable stays bound to
+        this handle (it refuses writes once the handle is closed)."""
         if sync not in SYNC_METHODS:
             raise ValueError(f"{self.path}: write_durable sync={sync!r}; allowed: {', '.join(SYNC_METHODS)}")
-        # The common case, one complete write, builds no view and no list: a log's
-        # every flush runs here.
-        total = buf.nbytes if type(buf) is memoryview else len(_view(buf))
-        res = self._inflight.run(self._io.start_write_durable, offset, buf, sync, wait=True)
-        if res[0] == total and (sync == "dsync" or res[1] == 0):
-            return total
-        return self._finish_durable(buf, offset, sync, total, res)
+        path, inflight, dsync = self.path, self._inflight, sync == "dsync"
+        finish = self._finish_durable
+        # A backend that does a waited durable write in this thread binds it (the fallback's
+        # durable_writer): over when it returns, so counted while it runs, never left in flight.
+        bind: Callable[[SyncMethod], Callable[[Any, int], list[int]]] | None = getattr(
+            self._io, "durable_writer", None
+        )
+        if bind is not None:
+            one = bind(sync)
+
+            def run(buf: Any, offset: int) -> list[int]:
+                inflight.enter()
+                try:
+                    return one(buf, offset)
+                finally:
+                    inflight.leave()
+
+        else:
+            start = self._io.start_write_durable
+            track = inflight.run
+
+            def run(buf: Any, offset: int) -> list[int]:
+                # an interrupted wait leaves the op tracked: close() waits for it
+                return track(start, offset, buf, sync, wait=True)
+
+        def write(buf: Any, offset: int) -> int:
+            if self._closed or self._fork_gen != forking._generation:
+                self._check()
+            if offset < 0:
+                raise ValueError(f"{path}: offset {offset} is negative")
+            # The common case, one complete write, builds no view and no list.
+            total = buf.nbytes if type(buf) is memoryview else len(_view(buf))
+            res = run(buf, offset)
+            if res[0] == total and (dsync or res[1] == 0):
+                return total
+            return finish(buf, offset, sync, total, res)
+
+        return write
 
     def _finish_durable(self, buf: Any, offset: int, sync: SyncMethod, total: int, res: list[int]) -> int:
         """Check a durable write's results; complete a short one with further durable writes."""

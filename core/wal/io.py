@@ -3,7 +3,8 @@
 The writer hands each flush, one contiguous block-aligned buffer, to
 :meth:`FileHandle.write_durable <uringstack.stack.handle.FileHandle.write_durable>`
 with the log's ``sync`` (``dsync``: one ``RWF_DSYNC`` write; ``fdatasync``: a
-write then a flush, linked with ``IOSQE_IO_LINK`` on io_uring).  The handle
+write then a flush, linked with ``IOSQE_IO_LINK`` on io_uring), bound once per
+segment (``FileHandle.bind_write_durable``).  The handle
 completes short writes and raises on any error; the writer then fails the log
 and never writes again: a failed flush must not be retried.
 

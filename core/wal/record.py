@@ -89,20 +89,26 @@ class BatchFramer:
     buffer is closed (the C pointer keeps it exported).
     """
 
-    __slots__ = ("_buf", "_ptr", "_size")
+    __slots__ = ("_buf", "_one", "_ptr", "_size")
 
     def __init__(self, buf: mmap.mmap | bytearray) -> None:
         self._buf = buf
         self._size = len(buf)
         self._ptr = _ffi.from_buffer("uint8_t[]", buf, require_writable=True)
+        self._one = _ffi.new("uint32_t[1]")  # the length array of a one-record batch, reused
 
     def frame(self, at: int, lsn: int, payloads: list[bytes]) -> int:
         """Frame *payloads* as records *lsn*, *lsn* + 1, ... at offset *at*; return the offset after them."""
         if lsn < 1:
             raise ValueError(f"LSNs start at 1, got {lsn}")
         n = len(payloads)
-        data = payloads[0] if n == 1 else b"".join(payloads)
-        lens = _ffi.new("uint32_t[]", [len(p) for p in payloads]) if n > 1 else _ffi.new("uint32_t[1]", [len(data)])
+        if n == 1:  # a lone appender's every flush: no allocation
+            data = payloads[0]
+            lens = self._one
+            lens[0] = len(data)
+        else:
+            data = b"".join(payloads)
+            lens = _ffi.new("uint32_t[]", [len(p) for p in payloads])
         end = int(_lib.us_wal_frame(self._ptr, self._size, at, lsn, data, lens, n))
         if end < 0:
             raise ValueError(f"{n} records of {len(data)} bytes do not fit the buffer at offset {at}")

@@ -46,7 +46,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -142,7 +142,7 @@ class _Gate:
 class _Taken:
     """One batch taken by the flushing thread: payloads, framed bytes, its first LSN, or a roll."""
 
-    __slots__ = ("first_lsn", "length", "nbytes", "records", "roll", "write_at")
+    __slots__ = ("end", "first_lsn", "length", "nbytes", "records", "roll", "write_at")
 
     def __init__(self, records: list[bytes], nbytes: int, first_lsn: int, roll: bool) -> None:
         self.records = records  # payloads, framed by _stage
@@ -151,6 +151,7 @@ class _Taken:
         self.roll = roll
         self.length = 0  # bytes staged in the buffer (0: not staged yet)
         self.write_at = 0
+        self.end = 0  # the segment's end offset once written
 
 
 class Writer:
@@ -179,6 +180,7 @@ class Writer:
         self._gate: _Gate | None = None  # collects waiters for records queued from now on
         self._gates: deque[_Gate] = deque()  # closed gates, in LSN order, awaiting durability
         self._busy = False  # a thread is flushing (the only one allowed to write)
+        self._lead_lsn = 0  # while an appending thread flushes inline (_lead): the LSN it waits for
         self._kicked = False  # the flusher thread was notified and has not looked yet
         # With a delay the flusher thread must gather; an inline flush would not wait.
         self._inline = config.max_delay_us == 0
@@ -188,6 +190,8 @@ class Writer:
         self._closing = False
         self.direct = False
         self._handle: FileHandle | None = None
+        # the active handle's write_durable, bound with the log's sync when the segment opens
+        self._write_durable: Callable[[memoryview, int], int] | None = None
         self._tail = b""
         self._max_record = config.max_batch_bytes
         # the largest payload that fits max_batch_bytes once framed (see _payload)
@@ -195,6 +199,7 @@ class Writer:
         self._max_write = config.max_write_bytes
         # mmap: page aligned, as O_DIRECT requires of the buffer address.
         self._buf = mmap.mmap(-1, self._max_write)
+        self._view = memoryview(self._buf)  # sliced per flush; released before the buffer is closed
         self._framer = BatchFramer(self._buf)
         self._spare: Path | None = None
         self._spare_error: BaseException | None = None
@@ -254,6 +259,7 @@ class Writer:
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle
+        self._write_durable = handle.bind_write_durable(self._sync)
         self.direct = direct
         self.active = seg
         # The partial last block is rewritten by the next flush, so keep its bytes
@@ -368,6 +374,8 @@ class Writer:
 
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Queue one record and block until it is durable; return its LSN."""
+        if type(payload) is bytes and len(payload) <= self._largest:  # checked as _payload would
+            return self._append_sync((payload,))
         p = self._payload(payload)
         return self._append_sync((p if type(p) is bytes else bytes(p),))
 
@@ -389,18 +397,21 @@ class Writer:
     def _append_sync(self, payloads: Iterable[bytes]) -> int:
         """Queue *payloads*, then flush them ourselves or wait for them; return the last LSN."""
         with self.lock:
-            self._check()
+            if self.failed is not None or self._closing:
+                self._check()
             for p in payloads:
                 lsn = self._queue_locked(p)
             lead = self._inline and not self._busy
             if lead:
                 self._busy = True
+                self._lead_lsn = lsn
+                taken = self._take_locked()  # in the same lock hold: a lone append takes the lock twice
             else:
                 gate = self._gate_locked()
                 idx = gate.add_sync()
                 self._kick_locked()
         if lead:
-            self._lead(lsn)
+            self._lead(lsn, taken)
         else:
             gate.wait(idx)  # opened by _acknowledge, _fail or close
         if self.durable_lsn >= lsn:
@@ -506,13 +517,15 @@ class Writer:
         self._pending_bytes -= total
         return _Taken(batch, total, first, not batch)
 
-    def _commit(self, taken: _Taken, chain: bool = False) -> tuple[bool, _Taken | None]:
+    def _commit(self, taken: _Taken, chain: bool = False, lead: int = 0) -> tuple[bool, _Taken | None]:
         """Flush (or roll for) one taken batch and acknowledge it; False if the log failed.
 
         With *chain*, what queued during this flush is taken and staged as the
         next batch *before* this one's appenders are woken, and returned: once
         woken they compete for the GIL, and the next write should not wait
         behind all of them (that would serialize flushing and their Python).
+        With *lead* (an inline flusher's LSN), ``_busy`` is given up in the
+        acknowledgement's lock hold once that LSN is durable (see :meth:`_lead`).
         """
         try:
             if taken.roll:
@@ -525,21 +538,43 @@ class Writer:
             where = "rolling to a new segment" if taken.roll else f"segment {self.active.path}"
             self._fail(failed_from(e, "roll" if taken.roll else "write", where))
             return False, None
-        return True, self._acknowledge(taken.first_lsn + len(taken.records) - 1, chain)
+        return True, self._acknowledge(taken, chain, lead)
 
-    def _lead(self, lsn: int) -> None:
-        """Flush inline until *lsn* is durable; we hold ``_busy`` on entry and give it up on exit."""
+    def _lead(self, lsn: int, taken: _Taken) -> None:
+        """Flush inline, starting with *taken*, until *lsn* is durable; we hold ``_busy`` on entry
+        and give it up on exit.
+
+        A lone append's flush takes the writer lock once more after the one that
+        queued and took its record: the acknowledgement that makes *lsn* durable
+        also gives up ``_busy`` in the same hold (:meth:`_acknowledge`).  Every
+        statement on this path runs once per append, after a blocking syscall
+        that leaves the CPU's caches cold: measured, the log's Python per append
+        then cost 2-4x its warm time (docs/wal.md, issue 14).
+        """
+        released = False
         try:
             while True:
+                ok = self._commit(taken, lead=lsn)[0]
+                if not ok:
+                    return
+                if self.durable_lsn >= lsn:
+                    released = True  # _acknowledge gave up _busy
+                    return
                 with self.lock:
                     taken = self._take_locked()
-                if not self._commit(taken)[0] or self.durable_lsn >= lsn:
-                    return
         finally:
-            with self.lock:
-                self._busy = False
-                if self._pending or self._closing or self.failed is not None:
-                    self._work.notify()  # hand what queued behind us to the flusher thread
+            if not released:
+                with self.lock:
+                    # an exception (KeyboardInterrupt) can land after _acknowledge gave _busy up and
+                    # another thread took it: give it up only if it is still this lead's
+                    if self._lead_lsn == lsn:
+                        self._release_lead_locked()
+
+    def _release_lead_locked(self) -> None:
+        self._lead_lsn = 0
+        self._busy = False
+        if self._pending or self._closing or self.failed is not None:
+            self._work.notify()  # hand what queued behind us to the flusher thread
 
     def _run(self) -> None:
         delay_s = self.config.max_delay_us / 1e6
@@ -589,27 +624,33 @@ class Writer:
 
     def _write(self, taken: _Taken) -> None:
         """Write the staged batch durably; then it is part of the segment."""
-        seg, buf, write_at, handle = self.active, self._buf, taken.write_at, self._handle
-        assert handle is not None
+        seg, buf, write_at, write = self.active, self._buf, taken.write_at, self._write_durable
+        assert write is not None
         self.flushes += 1
         t0 = time.perf_counter_ns()
-        handle.write_durable(memoryview(buf)[: taken.length], write_at, sync=self._sync)
+        write(self._view[: taken.length], write_at)  # handle.write_durable(..., sync=self._sync)
         self.write_ns += time.perf_counter_ns() - t0
         self.bytes_written += taken.length
         new_end = seg.end_offset + taken.nbytes
         tail_from = new_end - new_end % BLOCK_BYTES
         self._tail = buf[tail_from - write_at : new_end - write_at]  # an mmap slice is a bytes copy
-        with self.lock:
-            seg.end_offset = new_end
-            seg.records += len(taken.records)
+        taken.end = new_end  # the segment's end moves with the watermark (_acknowledge)
 
-    def _acknowledge(self, lsn: int, chain: bool) -> _Taken | None:
-        """Move the watermark to *lsn*, wake whoever waited for it; with *chain*, take
-        and stage the next batch first and return it."""
+    def _acknowledge(self, taken: _Taken, chain: bool, lead: int = 0) -> _Taken | None:
+        """Make the written *taken* part of its segment and move the watermark to its last LSN,
+        wake whoever waited for it; with *chain*, take and stage the next batch first and return
+        it.  With *lead* (an inline flusher's LSN) give up ``_busy`` in the same lock hold once
+        that LSN is durable."""
         ready: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
         nxt: _Taken | None = None
+        lsn = taken.first_lsn + len(taken.records) - 1
+        seg = self.active
         with self.lock:
+            seg.end_offset = taken.end
+            seg.records += len(taken.records)
             self.durable_lsn = lsn
+            if lead and lsn >= lead:
+                self._release_lead_locked()
             gates = self._gates
             opened: list[_Gate] = []
             while gates and gates[0].last_lsn <= lsn:
@@ -676,5 +717,7 @@ class Writer:
         if self._handle is not None:
             self.io.close_segment(self._handle)
             self._handle = None
+            self._write_durable = None
         self._framer.close()
+        self._view.release()
         self._buf.close()

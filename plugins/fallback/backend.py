@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESOURCE_KEY = "fallback"
+# ffi.from_buffer's default type, passed positionally (its keyword form costs twice as much)
+_PIN_TYPE = "char[]"
 
 
 def _as_buffer(buf: Any) -> Any:
@@ -226,6 +228,44 @@ class FallbackFileIO:
             return self._inline("write_durable", _write_durable, buf, offset, sync)
         return self._submit("write_durable", _write_durable, (buf, offset, sync), flatten=True)
 
+    def durable_writer(self, sync: SyncMethod) -> Callable[[Any, int], list[int]]:
+        """``start_write_durable(offset, buf, sync, wait=True).wait()`` with *sync* bound: ``write(buf, offset)``.
+
+        The same checks (fork, closed, O_DIRECT alignment), syscalls, results
+        and completion hook, done in this thread, with what can be decided once
+        decided here: a log's every flush runs it (``FileHandle.bind_write_durable``).
+        Not tracked, as :meth:`_inline`: the write is over when it returns."""
+        fd, path, direct, block_size = self.fd, self.path, self.direct, self.block_size
+        gen, inflight = self._fork_gen, self._inflight
+        flags = os.RWF_DSYNC if sync == "dsync" else 0
+
+        def write(buffer: Any, offset: int) -> list[int]:
+            if gen != forking._generation:
+                forking.check(gen, f"the fallback backend of {path}")
+            if inflight._closed:
+                raise RingClosedError(f"{path} is closed")
+            buf = buffer if type(buffer) is memoryview else _as_buffer(buffer)
+            if direct:
+                pin = ffi.from_buffer(_PIN_TYPE, buf)
+                addr, length = address_of(pin), len(pin)
+                if (addr | length | offset) % block_size:
+                    check_alignment("write", path, addr, length, offset, block_size)
+            # _pwritev looked up per call, as _write_durable does (tests replace it)
+            results = [_pwritev(fd, buf, offset, flags)] if flags else _write_durable(fd, buf, offset, sync)
+            if self.completion_hook is not None:
+                self._report("write_durable", results)
+            return results
+
+        return write
+
+    def _report(self, op: str, results: list[int]) -> None:
+        """Hand an inline op's *results* to the completion hook (set); a failing hook is logged."""
+        assert self.completion_hook is not None
+        try:
+            self.completion_hook(op, None)(DoneBatch(results))
+        except Exception:
+            log.exception("a uringstack_completion_batch hook failed on a fallback batch")
+
     def _inline(self, op: str, fn: Callable[..., list[int]], *args: Any) -> CompletedPending:
         """Run ``fn(fd, *args)`` (an op's results) in this thread, as a completed batch.
 
@@ -236,10 +276,7 @@ class FallbackFileIO:
             raise RingClosedError(f"{self.path} is closed")
         results = fn(self.fd, *args)
         if self.completion_hook is not None:
-            try:
-                self.completion_hook(op, None)(DoneBatch(results))
-            except Exception:
-                log.exception("a uringstack_completion_batch hook failed on a fallback batch")
+            self._report(op, results)
         return CompletedPending(results)
 
     def size(self) -> int:

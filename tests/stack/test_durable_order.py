@@ -11,7 +11,6 @@ the bytes in the file (which are right even when the flush is unordered).
 
 from __future__ import annotations
 
-import errno
 import os
 import pathlib
 import threading
@@ -23,7 +22,6 @@ import pytest
 
 import uringstack.plugins.fallback.backend as fallback_backend
 import uringstack.stack.uring_backend as uring_backend
-from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
@@ -238,30 +236,7 @@ def test_write_durable_dsync_completes_a_short_write_durably(
         assert all(e[0] == "dsync write" for e in rec.events) and sum(e[2] for e in ends) == len(data)
 
 
-def test_write_durable_fails_on_a_failed_flush(handle: FileHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failed fdatasync is reported (op fdatasync), never retried: the data must count as lost."""
-    calls = []
-    ring = handle.ring
-    if ring is not None:
-        real_wait = ring.wait
-
-        def wait(batch: Batch) -> list[int]:
-            got = list(real_wait(batch))
-            calls.append(len(got))
-            return [got[0], -errno.EIO] if len(got) == 2 else got
-
-        monkeypatch.setattr(ring, "wait", wait)
-    else:
-
-        def sync(fd: int, datasync: bool) -> int:
-            calls.append(1)
-            return -errno.EIO
-
-        monkeypatch.setattr(fallback_backend, "_sync", sync)
-    with pytest.raises(UringIOError) as ei:
-        handle.write_durable(b"x" * 4096, 0)
-    assert ei.value.errno == errno.EIO and ei.value.op == "fdatasync"
-    assert len(calls) == 1, "the failed flush was retried"
+# A failed write or flush through write_durable (never retried): tests/stack/test_bound_durable.py
 
 
 def test_uring_splits_transfers_longer_than_the_kernel_moves_at_once(

@@ -13,7 +13,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -81,6 +81,77 @@ def test_lone_appender_flushes_inline(wal_dir: pathlib.Path) -> None:
         for i in range(20):
             assert wal.append(b"r%d" % i) == i + 1
     assert be.threads == [threading.current_thread().name] * 20
+
+
+class _CountingLock:
+    """The writer's lock, counting how often it is taken (the real lock underneath, so the
+    writer's Condition, bound to the real one, still sees it held)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.taken = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self.lock.acquire(blocking, timeout)
+        self.taken += got
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def locked(self) -> bool:
+        return self.lock.locked()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_lone_append_takes_the_writer_lock_twice(wal_dir: pathlib.Path) -> None:
+    """Once to queue and take its record, once to acknowledge it and give up ``_busy``.
+
+    The inline path runs once per append right after a blocking syscall, with the
+    CPU's caches cold (docs/wal.md, issue 14): it used to take the lock five times."""
+    with Wal.open(wal_dir, backend="fallback") as wal:
+        wal.append(b"warm")
+        w = wal._writer
+        real = w.lock
+        counting = _CountingLock(real)
+        w.lock = cast("threading.Lock", counting)
+        try:
+            for i in range(3):
+                assert wal.append(b"r%d" % i) == i + 2
+        finally:
+            w.lock = real
+        assert counting.taken == 2 * 3
+        assert not w._busy and w._lead_lsn == 0
+        assert dict(wal.read_from(1)) == {1: b"warm", 2: b"r0", 3: b"r1", 4: b"r2"}
+        seg = w.active
+        assert seg.records == 4 and seg.end_offset == 4096 + 4 * 24  # 16-byte header, padded to 8
+
+
+def test_an_interrupt_after_the_lead_gave_up_busy_leaves_the_next_flusher_alone(wal_dir: pathlib.Path) -> None:
+    """A KeyboardInterrupt can land after the acknowledgement gave ``_busy`` up: by then
+    another thread may be flushing, and the interrupted lead must not clear its ``_busy``
+    (two writes in flight would break the torn-tail rule recovery relies on)."""
+    with Wal.open(wal_dir, backend="fallback") as wal, pytest.MonkeyPatch.context() as mp:
+        w = wal._writer
+        real = writer_mod.Writer._release_lead_locked
+
+        def release_then_lose_busy(self: writer_mod.Writer) -> None:
+            real(self)
+            self._busy = True  # as if the flusher thread took it right away
+            mp.undo()
+            raise KeyboardInterrupt
+
+        mp.setattr(writer_mod.Writer, "_release_lead_locked", release_then_lose_busy)
+        with pytest.raises(KeyboardInterrupt):
+            wal.append(b"x")
+        assert w._busy  # still the other flusher's
+        assert wal.durable_lsn == 1
+        w._busy = False  # hand it back, so close() can flush and stop
 
 
 def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: pathlib.Path) -> None:

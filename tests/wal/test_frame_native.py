@@ -73,3 +73,25 @@ def test_single_record_and_refusals() -> None:
         framer.close()
         framer.close()  # idempotent
         buf.close()  # the C pointer was released: the mmap can close
+
+
+def test_one_record_batches_in_a_row_then_a_group() -> None:
+    """A one-record batch reuses one length array (a lone appender's every flush): each
+    frame must carry its own length, and a group after them its own lengths."""
+    buf = _junk_buffer(1 << 16)
+    framer = BatchFramer(buf)
+    try:
+        at, lsn, want = 0, 1, b""
+        for p in [b"x" * 4096, b"", b"abc", b"y" * 1000]:
+            at = framer.frame(at, lsn, [p])
+            want += encode(lsn, p)
+            lsn += 1
+        group = [b"g" * 7, b"h" * 4096]
+        at = framer.frame(at, lsn, group)
+        want += encode(lsn, group[0]) + encode(lsn + 1, group[1])
+        at = framer.frame(at, lsn + 2, [b"z"])
+        want += encode(lsn + 2, b"z")
+        assert buf[:at] == want
+    finally:
+        framer.close()
+        buf.close()
