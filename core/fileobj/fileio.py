@@ -293,7 +293,12 @@ class FileIO(io.RawIOBase):
                 held = self._held = []
             if not held:
                 self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-            return self._keep(held, b)
+            # _keep, inline: copyfileobj's every chunk comes here
+            held.append(b)
+            n = self._held_bytes = self._held_bytes + len(b)
+            if n >= self._hold_limit:
+                self._release()
+            return len(b)
 
     def _keep(self, held: list[bytes], data: bytes) -> int:
         held.append(data)

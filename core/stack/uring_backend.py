@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
-from uringstack.ring import Ring
+from uringstack.ring import Ring, forking
 from uringstack.ring.buffers import (
     RegisteredBuffer,
     address_of,
@@ -244,10 +244,41 @@ class UringFileIO:
         if self._closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         ring = self.ring
-        want = min(len(pin), MAX_RW_COUNT)
+        want = len(pin)
+        if want > MAX_RW_COUNT:  # (not min(): a builtin call with its argument parsing, per read)
+            want = MAX_RW_COUNT
         if self._reads_cached_inline:
-            res = self._read_cached(buf)
+            # What the page cache holds of it, copied by this thread (preadv2(RWF_NOWAIT)
+            # at offset -1), inline here (one Python call less per read, as the ring's
+            # checks below are inline): bytes or -errno; EAGAIN when none of it is cached,
+            # and a file or filter refusing RWF_NOWAIT or preadv2 (remembered), go to the ring.
+            #
+            # A cached read through the ring is the same copy, done by the kernel inside
+            # io_uring_enter (io_uring tries it without blocking first), plus the SQE, the
+            # CQE and their bookkeeping: ~1.6 µs more per read here.  What is not cached
+            # goes to the ring, whose waits are bounded and checked.  As write_inline: the
+            # ring's checks are kept (a closed ring, a fork child, another thread on a
+            # SINGLE_ISSUER ring raise as the ring would) and the completion hook is told,
+            # with ring=None.
+            if ring._closed or ring._single_issuer or ring._fork_gen != forking._generation:
+                ring._check_open()
+                ring._check_thread()
+            try:
+                res = os.preadv(self.fd, (buf,), -1, os.RWF_NOWAIT)
+            except BlockingIOError:
+                res = None
+            except OSError as e:
+                if e.errno in _NO_CACHED_READS:
+                    # RWF_NOWAIT refused (a file system without FMODE_NOWAIT), or preadv2
+                    # itself (a seccomp filter): the ring reads this file from now on, and
+                    # reports any error of its own
+                    self._reads_cached_inline = False
+                    res = None
+                else:
+                    res = -(e.errno or errno.EIO)
             if res is not None:
+                if self.completion_hook is not None:
+                    self.completion_hook("read", None)(DoneBatch([res]))
                 if 0 < res < want:
                     # RWF_NOWAIT stops at the first page not cached, where read(2) would wait
                     # for it: callers of a regular file take a short read for its end
@@ -266,37 +297,6 @@ class UringFileIO:
         if self.completion_hook is not None:
             self.completion_hook("read", ring)(DoneBatch([more]))
         return got + more if more > 0 else got
-
-    def _read_cached(self, buf: Any) -> int | None:
-        """What the page cache holds of *buf*'s read at the file position, copied by
-        this thread (``preadv2(RWF_NOWAIT)`` at offset -1): bytes or ``-errno``; None
-        when none of it is cached (EAGAIN) or preadv2 with RWF_NOWAIT is not
-        available for this file (remembered): the ring reads it.
-
-        A cached read through the ring is the same copy, done by the kernel inside
-        ``io_uring_enter`` (io_uring tries it without blocking first), plus the SQE,
-        the CQE and their bookkeeping: ~1.6 µs more per read here.  What is not
-        cached goes to the ring, whose waits are bounded and checked.  As
-        :meth:`write_inline`: the ring's checks are kept and the completion hook
-        is told, with ``ring=None``."""
-        ring = self.ring
-        ring._check_open()
-        ring._check_thread()
-        try:
-            res = os.preadv(self.fd, (buf,), -1, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            if e.errno in _NO_CACHED_READS:
-                # RWF_NOWAIT refused (a file system without FMODE_NOWAIT), or preadv2 itself
-                # (a seccomp filter): the ring reads this file from now on, and reports
-                # any error of its own
-                self._reads_cached_inline = False
-                return None
-            res = -(e.errno or errno.EIO)
-        if self.completion_hook is not None:
-            self.completion_hook("read", None)(DoneBatch([res]))
-        return res
 
     def _probe_read_here(self) -> bool | None:
         """Whether a read at offset -1 works here (remembered), None when the probe itself

@@ -19,6 +19,7 @@ import pytest
 
 import uringstack
 from tests.requires import skip_without
+from uringstack.errors import RingClosedError, WrongThreadError
 from uringstack.fileobj import fileio
 from uringstack.stack import Stack, open_stack, uring_backend
 from uringstack.stack.uring_backend import UringFileIO
@@ -264,3 +265,37 @@ def test_a_partly_cached_read_is_not_short(tmp_path: pathlib.Path, uring_stack: 
         assert f.readinto(buf) == len(buf)
         assert bytes(buf) == data[: len(buf)]
         assert os.lseek(fd, 0, os.SEEK_CUR) == len(buf)
+
+
+def test_the_cached_copy_keeps_the_rings_thread_and_closed_checks(tmp_path: pathlib.Path) -> None:
+    """The page-cache copy never touches the ring, yet refuses what the ring would: another
+    thread on a SINGLE_ISSUER ring (WrongThreadError), and a closed ring (RingClosedError),
+    without reading or moving the position."""
+    s = open_stack(overrides={"core.backend": "auto", "fallback.mode": "auto", "core.single_issuer": "on"})
+    try:
+        path, data = _random_file(tmp_path, 10_000)  # just written: in the page cache
+        f = uringstack.FileIO(path, "rb", stack=s)
+        io = _uring_io(f)
+        if not io.ring._single_issuer:
+            skip_without("IORING_SETUP_SINGLE_ISSUER (core.single_issuer = 'on' gave a ring without it)")
+        handle = f.handle
+        assert handle is not None
+        buf = bytearray(100)
+        assert handle.worker.call(lambda: f.readinto(buf)) == 100  # the probe and a cached read, on the owner
+        if not io._reads_here or not io._reads_cached_inline:
+            skip_without("reads at the file position copied from the page cache (Linux 5.6+, RWF_NOWAIT)")
+        with pytest.raises(WrongThreadError):
+            f.readinto(buf)
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 100
+        pin = fileio.ffi.from_buffer("char[]", buf, True)
+        io.ring._closed = True  # as seen between the ring's close and the handle's
+        try:
+            with pytest.raises(RingClosedError):
+                handle.worker.call(lambda: io.read_here(pin, buf))
+        finally:
+            io.ring._closed = False
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 100
+        assert handle.worker.call(lambda: f.readinto(buf)) == 100 and buf == data[100:200]
+        handle.worker.call(f.close)
+    finally:
+        s.close()
