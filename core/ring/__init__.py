@@ -255,6 +255,13 @@ class Ring:
         if self._closed:
             raise RingClosedError("ring is closed")
 
+    def _check_use(self) -> None:
+        """:meth:`_check_open` and :meth:`_check_thread` behind one test: the per-op guard of
+        paths that do an op's work outside the ring (a cached read copied by the caller)."""
+        if self._closed or self._single_issuer or self._fork_gen != forking._generation:
+            self._check_open()
+            self._check_thread()
+
     def _check_fork(self) -> None:
         # Before taking the lock: a parent thread may have held it at fork time.
         if self._fork_gen != forking._generation:

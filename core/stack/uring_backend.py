@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
-from uringstack.ring import Ring, forking
+from uringstack.ring import Ring
 from uringstack.ring.buffers import (
     RegisteredBuffer,
     address_of,
@@ -260,9 +260,7 @@ class UringFileIO:
             # ring's checks are kept (a closed ring, a fork child, another thread on a
             # SINGLE_ISSUER ring raise as the ring would) and the completion hook is told,
             # with ring=None.
-            if ring._closed or ring._single_issuer or ring._fork_gen != forking._generation:
-                ring._check_open()
-                ring._check_thread()
+            ring._check_use()
             try:
                 res = os.preadv(self.fd, (buf,), -1, os.RWF_NOWAIT)
             except BlockingIOError:
