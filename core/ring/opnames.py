@@ -27,3 +27,5 @@ FEATURE_NAMES: dict[int, str] = {
     1 << 14: "RECVSEND_BUNDLE", 1 << 15: "MIN_TIMEOUT", 1 << 16: "RW_ATTR",
     1 << 17: "NO_IOWAIT",
 }  # fmt: skip
+FEAT_RW_CUR_POS = 1 << 3
+"""Reads and writes at offset -1 use and move the file position, as read(2)/write(2) (Linux 5.6)."""

@@ -49,6 +49,7 @@ from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
+from uringstack.ring.opnames import FEAT_RW_CUR_POS
 from uringstack.ring.pending import CompletedPending, Pending, UringPending
 
 if TYPE_CHECKING:
@@ -103,9 +104,9 @@ class UringFileIO:
         # Whether waited buffered writes are done inline (see the module docstring):
         # looked up at the first one, so a file only read never measures anything.
         self._inline_writes: bool | None = None
-        # Whether the kernel reads at the file position (offset -1): probed at the first
-        # read_here, by a zero-length read there.
-        self._reads_here: bool | None = None
+        # Whether the kernel reads at the file position (offset -1): its IORING_FEAT_RW_CUR_POS,
+        # reported when the ring was set up (never under O_DIRECT: the caller aligns offsets).
+        self._reads_here = bool(ring.features & FEAT_RW_CUR_POS) and not target.direct
         # Whether read_here first copies what the page cache holds in the caller (preadv2
         # RWF_NOWAIT); off for good once the file system refuses it (EOPNOTSUPP).
         self._reads_cached_inline = True
@@ -229,17 +230,13 @@ class UringFileIO:
         position moved past them, as by read(2)) or ``-errno``; ``None`` where the
         kernel cannot (the caller reads at a position it looked up).
 
-        io_uring reads at offset -1 use and advance the file position on
-        regular files and block devices since Linux 5.6 (earlier kernels fail
-        them with EINVAL); probed once per file by a zero-length read there,
-        which moves nothing.  Not under O_DIRECT (the caller aligns its
-        offsets itself).  Addressed by descriptor number even where the file
+        io_uring reads at offset -1 use and advance the file position since
+        Linux 5.6, which the ring's ``IORING_FEAT_RW_CUR_POS`` reports (earlier
+        kernels fail them with EINVAL).  Not under O_DIRECT (the caller aligns
+        its offsets itself).  Addressed by descriptor number even where the file
         has a registered slot, as read(2) is: a descriptor closed behind this
         object's back fails with EBADF, as with the built-in ``open()``."""
-        here = self._reads_here
-        if here is None:
-            here = self._probe_read_here()
-        if not here:
+        if not self._reads_here:
             return None
         if self._closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
@@ -295,21 +292,6 @@ class UringFileIO:
         if self.completion_hook is not None:
             self.completion_hook("read", ring)(DoneBatch([more]))
         return got + more if more > 0 else got
-
-    def _probe_read_here(self) -> bool | None:
-        """Whether a read at offset -1 works here (remembered), None when the probe itself
-        failed otherwise (a closed descriptor: not remembered, the caller's own read reports it)."""
-        if self.direct:
-            self._reads_here = False
-            return False
-        if self._closed:
-            raise RingClosedError(f"{self.path} is closed")
-        probe = ffi.new("char[]", 1)
-        res = self.ring.rw_one(_READ, self.fd, probe, 0, AT_FILE_POSITION, 0, 0, probe)
-        if res == 0 or res == -errno.EINVAL:
-            self._reads_here = res == 0
-            return res == 0
-        return None
 
     def outlived_op(self, keep: object) -> UringPending | None:
         """The pending of a :meth:`~uringstack.ring.Ring.rw_one` op (called with *keep*) that is

@@ -110,9 +110,8 @@ def test_the_files_really_go_through_the_stack(tmp_path: pathlib.Path) -> None:
             assert f.read(10) == b"x" * 10
             f.seek(0)
         # at the file position, what the page cache holds copied by this thread (the
-        # backend's choice, as for writes; the one submission is the probe of reads at
-        # the file position, a zero-length read); else through the ring
+        # backend's choice, as for writes); else through the ring
         io = f.handle.io
         here = isinstance(io, UringFileIO) and io._reads_here and io._reads_cached_inline
-        assert ring.counters()["submitted"] == before + (1 if here else 3)
+        assert ring.counters()["submitted"] == before + (0 if here else 3)
         assert rec.seen[1:] == [("read", [10])] * 3

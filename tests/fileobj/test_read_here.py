@@ -3,7 +3,8 @@
 The read is an io_uring READ at offset -1, which the kernel does at the
 file position and moves past what it read, as read(2) does: no ``lseek``
 before and after a positional read.  Where the kernel refuses offset -1
-(before Linux 5.6: EINVAL, found by a probe) the lseek bookkeeping stays.
+(before Linux 5.6: EINVAL; the ring's IORING_FEAT_RW_CUR_POS says which) the lseek
+bookkeeping stays.
 What the page cache holds is copied by the calling thread (``preadv2`` with
 ``RWF_NOWAIT`` at the position), the rest read through the ring.
 """
@@ -21,6 +22,7 @@ import uringstack
 from tests.requires import skip_without
 from uringstack.errors import RingClosedError, WrongThreadError
 from uringstack.fileobj import fileio
+from uringstack.ring.opnames import FEAT_RW_CUR_POS
 from uringstack.stack import Stack, open_stack, uring_backend
 from uringstack.stack.uring_backend import UringFileIO
 
@@ -48,8 +50,8 @@ def _uring_io(f: uringstack.FileIO) -> UringFileIO:
 
 def _reads_here(f: uringstack.FileIO) -> UringFileIO:
     io = _uring_io(f)
-    if not io._probe_read_here():
-        skip_without("io_uring reads at the file position (offset -1: Linux 5.6+)")
+    if not io._reads_here:
+        skip_without("io_uring reads at the file position (IORING_FEAT_RW_CUR_POS: Linux 5.6+)")
     return io
 
 
@@ -98,7 +100,7 @@ def test_reads_at_and_move_the_descriptor_position_without_lseek(
             os.close(twin)
 
 
-def test_the_probe_moves_nothing(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+def test_reading_at_the_position_starts_where_the_descriptor_is(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
     with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
@@ -113,6 +115,10 @@ def test_a_kernel_refusing_offset_minus_one_keeps_the_lseek_path(
     tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, data = _random_file(tmp_path, 50_000)
+    # a kernel before 5.6 sets up its rings without IORING_FEAT_RW_CUR_POS
+    for worker in uring_stack.workers:
+        for r in worker.rings.values():
+            monkeypatch.setattr(r, "features", r.features & ~FEAT_RW_CUR_POS)
     with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
         io = _uring_io(f)
         ring: Any = io.ring
@@ -281,7 +287,7 @@ def test_the_cached_copy_keeps_the_rings_thread_and_closed_checks(tmp_path: path
         handle = f.handle
         assert handle is not None
         buf = bytearray(100)
-        assert handle.worker.call(lambda: f.readinto(buf)) == 100  # the probe and a cached read, on the owner
+        assert handle.worker.call(lambda: f.readinto(buf)) == 100  # a cached read, on the owner
         if not io._reads_here or not io._reads_cached_inline:
             skip_without("reads at the file position copied from the page cache (Linux 5.6+, RWF_NOWAIT)")
         with pytest.raises(WrongThreadError):
