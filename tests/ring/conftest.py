@@ -26,3 +26,22 @@ def ring() -> Iterator[Ring]:
     ring.wait_tick = 0.2
     yield ring
     ring.close()
+
+
+IORING_SQ_CQ_OVERFLOW = 1 << 1  # include/uapi/linux/io_uring.h
+
+
+@pytest.fixture
+def small_ring() -> Iterator[Ring]:
+    """A 4-entry ring (CQ 8) whose waits check every 0.05 s and give up after 5 s: a batch or
+    a few held reads exceed its CQ (``test_audit_cq_overflow``, ``test_cq_cap``)."""
+    ring = Ring(entries=4)
+    ring.wait_tick = 0.05
+    ring.wait_timeout = 5.0
+    yield ring
+    ring.close()
+
+
+def cq_overflowed(ring: Ring) -> bool:
+    """Whether the kernel holds CQEs the CQ had no room for (``IORING_SQ_CQ_OVERFLOW``)."""
+    return bool(ring._sq_flags[0] & IORING_SQ_CQ_OVERFLOW)

@@ -14,37 +14,20 @@ that fails, and dropped outright by kernels without IORING_FEAT_NODROP).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.ring.conftest import cq_overflowed
 from uringstack.ring import Ring
 from uringstack.ring.buffers import address_of
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
-
-IORING_SQ_CQ_OVERFLOW = 1 << 1  # include/uapi/linux/io_uring.h
-
-
-@pytest.fixture
-def small_ring() -> Iterator[Ring]:
-    ring = Ring(entries=4)
-    ring.wait_tick = 0.2
-    ring.wait_timeout = 5.0
-    yield ring
-    ring.close()
-
-
-def _overflowed(ring: Ring) -> bool:
-    return bool(ring._sq_flags[0] & IORING_SQ_CQ_OVERFLOW)
 
 
 def test_a_batch_of_many_ring_sizes_of_nops_does_not_overflow_the_cq(small_ring: Ring) -> None:
     ring = small_ring
     n = 16 * ring.sq_entries
     batch = ring.submit(Op.NOP, -1, n=n)
-    assert not _overflowed(ring), "the batch's own completions overflowed the CQ"
+    assert not cq_overflowed(ring), "the batch's own completions overflowed the CQ"
     assert ring.wait(batch) == [0] * n
     assert ring.counters()["reaped"] == n and ring.inflight == 0
 
@@ -64,7 +47,7 @@ def test_a_batch_of_cached_reads_does_not_overflow_the_cq(small_ring: Ring, tmp_
             Op.READ, fd, addrs=[base + 512 * i for i in range(n)], lens=512,
             offsets=[512 * i for i in range(n)], keep=[pin, buf],
         )  # fmt: skip
-        assert not _overflowed(ring), "the batch's own completions overflowed the CQ"
+        assert not cq_overflowed(ring), "the batch's own completions overflowed the CQ"
         assert ring.wait(batch) == [512] * n
         assert buf == data
     finally:

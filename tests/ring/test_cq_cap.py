@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import open_plain_uring
+from tests.ring.conftest import cq_overflowed
 from uringstack.ring import Ring, RingBusyError, aio, coalesce
 from uringstack.ring.buffers import address_of, aligned_buffer
 from uringstack.ring.columns import BatchColumns
@@ -31,18 +32,13 @@ from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.native import ffi
 from uringstack.stack import open_stack
 
-IORING_SQ_CQ_OVERFLOW = 1 << 1  # include/uapi/linux/io_uring.h
 N = 20  # reads held by the kernel: more than the CQ (8) and the SQ (4) of the ring
 SIZE = 16
 
 
 @pytest.fixture
-def ring() -> Iterator[Ring]:
-    r = Ring(entries=4)
-    r.wait_tick = 0.05
-    r.wait_timeout = 5.0
-    yield r
-    r.close()
+def ring(small_ring: Ring) -> Ring:
+    return small_ring
 
 
 @pytest.fixture
@@ -53,9 +49,6 @@ def pipes() -> Iterator[list[tuple[int, int]]]:
         os.close(r)
         os.close(w)
 
-
-def _overflowed(ring: Ring) -> bool:
-    return bool(ring._sq_flags[0] & IORING_SQ_CQ_OVERFLOW)
 
 
 class Feeder:
@@ -74,7 +67,7 @@ class Feeder:
         self.fed.set()
         end = time.monotonic() + 0.5
         while time.monotonic() < end and not self.overflow_seen:
-            self.overflow_seen = _overflowed(self.ring)
+            self.overflow_seen = cq_overflowed(self.ring)
             time.sleep(0.001)
 
     def __enter__(self) -> Feeder:
@@ -87,7 +80,7 @@ class Feeder:
     def check(self) -> None:
         self.thread.join(5)
         assert not self.thread.is_alive()
-        assert not self.overflow_seen and not _overflowed(self.ring), (
+        assert not self.overflow_seen and not cq_overflowed(self.ring), (
             f"more ops in flight than the CQ's {self.ring.cq_entries} entries: the kernel overflowed it"
         )
 
@@ -207,12 +200,12 @@ def test_asyncio_awaits_past_the_cq(ring: Ring, pipes: list[tuple[int, int]]) ->
         futs = [co.add_read(_PipeIO(r), tracker, SIZE, 0) for r, _ in pipes]
         for _ in range(10):  # the loop flushes; the kernel holds what it was given
             await asyncio.sleep(0.01)
-            seen.append(_overflowed(ring))
+            seen.append(cq_overflowed(ring))
         assert ring.inflight <= ring.cq_cap
         for i, (_, w) in enumerate(pipes):  # the loop itself feeds the pipes, all at once
             os.write(w, bytes([i]) * SIZE)
         for _ in range(10):
-            seen.append(_overflowed(ring))
+            seen.append(cq_overflowed(ring))
             await asyncio.sleep(0.01)
         got = await asyncio.wait_for(asyncio.gather(*futs), 5)
         aio.detach_ring(ring)
@@ -243,7 +236,7 @@ def test_handle_calls_larger_than_the_cq(tmp_path: Path) -> None:
             offs = [4096 * (i % 80) for i in range(n)]
             assert h.read_many(offs, bufs) == [4096] * n
             assert all(bytes(b) == data[o : o + 4096] for o, b in zip(offs, bufs, strict=True))
-            assert not _overflowed(ring)
+            assert not cq_overflowed(ring)
 
             async def main() -> tuple[list[bytes], list[list[int]]]:
                 reads = [h.read(4096, 4096 * i) for i in range(40)]
@@ -256,6 +249,6 @@ def test_handle_calls_larger_than_the_cq(tmp_path: Path) -> None:
             got, lists = asyncio.run(main())
             assert got == [data[4096 * i : 4096 * (i + 1)] for i in range(40)]
             assert lists == [[4096] * 12] * 3 + [[4096] * n]
-            assert not _overflowed(ring) and ring.inflight == 0
+            assert not cq_overflowed(ring) and ring.inflight == 0
         finally:
             h.close()
