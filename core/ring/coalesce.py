@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import functools
 from _thread import get_ident
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import accumulate
+from operator import add as _add
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
@@ -558,8 +559,6 @@ class Coalescer:
         """Submit reads that all go into the arena, from one file: columns built by whole-list steps,
         no per-op loop of appends."""
         io, sizes, offs, futures = reads
-        starts = list(accumulate(sizes, initial=0))
-        starts.pop()  # (the end of the last read)
         arena, arena_size = self._arena(need)
         base = int(ffi.cast("uintptr_t", arena))
         n = len(futures)
@@ -570,10 +569,22 @@ class Coalescer:
         cols.fill("fds", fd)
         if flag or cols.is_set("sqe_flags"):
             cols.fill("sqe_flags", flag)
-        cols.set("addrs", list(map(base.__add__, starts)))
-        cols.set("lens", sizes)
+        size = sizes[0]
+        starts: Sequence[int]
+        if sizes.count(size) == n:
+            # Reads of one size (the common case): lengths and arena addresses are
+            # progressions the pooled columns keep while the arena is reused, not
+            # 2 x n ints converted into C per flush.
+            starts = range(0, n * size, size)
+            cols.fill("lens", size)
+            cols.fill_range("addrs", base, size)
+        else:
+            starts = list(accumulate(sizes, initial=0))
+            starts.pop()  # (the end of the last read)
+            cols.set("addrs", list(map(base.__add__, starts)))
+            cols.set("lens", sizes)
         cols.set("offs", offs)
-        self._launch(futures, io, False, pending, cols, n, [arena], arena, arena_size, starts, False)
+        self._launch(futures, io, False, pending, cols, n, [arena], arena, arena_size, starts, False, in_arena=True)
 
     def _launch(
         self,
@@ -586,15 +597,17 @@ class Coalescer:
         keep: list[Any],
         arena: Any,
         arena_size: int,
-        starts: list[int],
+        starts: Sequence[int],
         lists: bool,
         leases: list[Any] | None = None,
+        in_arena: bool = False,
     ) -> None:
         """Submit the *n* ops of *cols* (*keep* owns their memory) and deliver their results to
         *futures*, one per request (*io*: the first request's file).
 
         *leases* (registered buffers in the batch) are marked in flight with it, as the
-        sync batch path does: their pool defers a release until the batch finished."""
+        sync batch path does: their pool defers a release until the batch finished.
+        *in_arena*: every request is one read into the arena at its start."""
         pending.n = n
         ring = self.ring
         batch = pending.batch = ring.submit_columns(cols, n, keep, wait_room=False)
@@ -629,6 +642,8 @@ class Coalescer:
                 values = _list_values(futures, starts, results, view)
             elif view is None:
                 values = results
+            elif in_arena and min(results) >= 0:  # (every read succeeded: each value is its bytes)
+                values = list(map(view.__getitem__, map(slice, starts, map(_add, starts, results))))
             else:
                 values = [
                     view[start : start + res] if start >= 0 and res >= 0 else res
@@ -735,7 +750,9 @@ def _put_pins(cols: BatchColumns, runs: list[int], pins: list[Any]) -> None:
         j += k
 
 
-def _list_values(futures: list[asyncio.Future[Any]], starts: list[int], results: list[int], view: Any) -> list[Any]:
+def _list_values(
+    futures: list[asyncio.Future[Any]], starts: Sequence[int], results: list[int], view: Any
+) -> list[Any]:
     """Per request, its future's value in a batch holding read_many/write_many requests beside single ops."""
     values: list[Any] = []
     i = 0
