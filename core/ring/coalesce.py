@@ -132,7 +132,6 @@ class Coalescer:
         self._reads: list[QueuedOp] = []  # reads into caller buffers (pins)
         self._arena_reads: list[QueuedOp] = []  # reads into the flush's arena (``await read``)
         self._writes: list[QueuedOp] = []
-        self._arena_need = 0  # bytes the queued arena reads take
         self._extra = 0  # ops queued beyond one per request (read_many/write_many lists)
         self._scheduled = False
         # A flush found no CQ room (Ring.cq_cap) for some queued ops: the next reap
@@ -166,17 +165,16 @@ class Coalescer:
     ) -> Callable[[int, int], asyncio.Future[Any] | None] | None:
         """:meth:`add_read` for *io* and *tracker*, as one plain function of (size, offset)
         that queues only when called on the thread running this loop (else None, nothing
-        queued); None when the loop does not tell which thread runs it (see :attr:`thread_loop`).
+        queued); None when the loop does not tell which thread runs it (see :attr:`thread_loop`)
+        or makes its own futures (its reads take :meth:`add_read`, which asks it for each).
 
         The hot path of ``await handle.read(n, off)`` from many tasks: one Python
         call per await, where a ``functools.partial`` of the bound method was three
         C-level calls and a keyword dict copy for the future."""
         tl = self.thread_loop
-        if tl is None:
+        if tl is None or not self._plain_futures:
             return None
         loop = self.loop
-        plain = self._plain_futures
-        create = loop.create_future
         future = asyncio.Future
         call_soon = loop.call_soon
         flush = self.flush
@@ -184,9 +182,8 @@ class Coalescer:
         def read(size: int, offset: int) -> asyncio.Future[Any] | None:
             if tl._thread_id != get_ident():
                 return None
-            fut: asyncio.Future[Any] = future(loop=loop) if plain else create()
+            fut: asyncio.Future[Any] = future(loop=loop)
             self._arena_reads.append((io, tracker, size, offset, fut))
-            self._arena_need += size
             if not self._scheduled:
                 self._scheduled = True
                 call_soon(flush)
@@ -198,7 +195,6 @@ class Coalescer:
         """Queue a read of *size* bytes into the flush's arena; its future gets ``bytes`` or ``-errno``."""
         fut = self._create_future()
         self._arena_reads.append((io, tracker, size, offset, fut))
-        self._arena_need += size
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -244,7 +240,6 @@ class Coalescer:
         self._reads = []
         self._arena_reads = []
         self._writes = []
-        self._arena_need = 0
         self._extra = 0
         self._scheduled = False
         self._waiting_room = False
@@ -333,7 +328,6 @@ class Coalescer:
                 keep += 1
             out.append(queue[keep:])
             del queue[keep:]
-        self._arena_need -= sum(op[2] for op in out[0])
         return out[0], out[1], out[2]
 
     def _requeue(self, arena: list[QueuedOp], reads: list[QueuedOp], writes: list[QueuedOp]) -> None:
@@ -342,11 +336,7 @@ class Coalescer:
             return
         for ops in (arena, reads, writes):
             for op in ops:
-                what = op[2]
-                if type(what) is int:
-                    self._arena_need += what
-                else:
-                    self._extra += _ops_of(what) - 1
+                self._extra += _ops_of(op[2]) - 1
         self._arena_reads[:0] = arena
         self._reads[:0] = reads
         self._writes[:0] = writes
@@ -359,17 +349,15 @@ class Coalescer:
             if arena:
                 self._arena_reads = []
                 reads = arena + reads
-            need, self._arena_need = self._arena_need, 0
-            self._submit(reads, False, need)
+            self._submit(reads, False)
         elif arena:
             self._arena_reads = []
-            need, self._arena_need = self._arena_need, 0
-            self._submit(arena, False, need, arena_only=True)
+            self._submit(arena, False, arena_only=True)
         if writes:
             self._writes = []
-            self._submit(writes, True, 0)
+            self._submit(writes, True)
 
-    def _submit(self, ops: list[QueuedOp], write: bool, need: int, arena_only: bool = False) -> None:
+    def _submit(self, ops: list[QueuedOp], write: bool, arena_only: bool = False) -> None:
         # Each handle's tracker takes the flush's pending before anything is
         # submitted (one lock step per handle, not an enter and a leave), and
         # refuses it once the handle is closed: those ops fail here.
@@ -378,9 +366,9 @@ class Coalescer:
         live = ops if one is not None else self._admit(ops, pending)
         try:
             if one is not None:
-                self._submit_arena(one, need, pending)
+                self._submit_arena(one, pending)
             elif live:
-                self._submit_admitted(live, write, need, pending)
+                self._submit_admitted(live, write, pending)
         except RingBusyError:  # no CQ room after all (another thread took it): nothing was submitted
             arena_ops = [op for op in live if type(op[2]) is int]
             rest = [op for op in live if type(op[2]) is not int]
@@ -464,13 +452,14 @@ class Coalescer:
             return spare, self._spare_size
         return _alloc_raw("char[]", need), need
 
-    def _submit_admitted(self, ops: list[QueuedOp], write: bool, need: int, pending: FlushPending) -> None:
+    def _submit_admitted(self, ops: list[QueuedOp], write: bool, pending: FlushPending) -> None:
         fds: list[int] = []
         flags: list[int] = []
         addrs: list[int] = []
         lens: list[int] = []
         offs: list[int] = []
         keep: list[Any] = []
+        need = sum(op[2] for op in ops if type(op[2]) is int)  # (the arena reads' sizes)
         arena, arena_size = self._arena(need) if need else (None, 0)
         base = int(ffi.cast("uintptr_t", arena)) if arena is not None else 0
         starts: list[int] = []  # per request: its arena offset, else -1 (-1 - count for a list)
@@ -555,11 +544,11 @@ class Coalescer:
         futures = [op[4] for op in ops]
         self._launch(futures, ops[0][0], write, pending, cols, n, keep, arena, arena_size, starts, lists, leases)
 
-    def _submit_arena(self, reads: _ArenaReads, need: int, pending: FlushPending) -> None:
+    def _submit_arena(self, reads: _ArenaReads, pending: FlushPending) -> None:
         """Submit reads that all go into the arena, from one file: columns built by whole-list steps,
         no per-op loop of appends."""
         io, sizes, offs, futures = reads
-        arena, arena_size = self._arena(need)
+        arena, arena_size = self._arena(sum(sizes))
         base = int(ffi.cast("uintptr_t", arena))
         n = len(futures)
         index = io.fixed_index
