@@ -34,7 +34,6 @@ import functools
 from _thread import get_ident
 from collections.abc import Callable, Sequence
 from itertools import accumulate
-from operator import add as _add
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
@@ -570,7 +569,7 @@ class Coalescer:
         else:
             starts = list(accumulate(sizes, initial=0))
             starts.pop()  # (the end of the last read)
-            cols.set("addrs", list(map(base.__add__, starts)))
+            cols.set("addrs", [base + start for start in starts])
             cols.set("lens", sizes)
         cols.set("offs", offs)
         self._launch(futures, io, False, pending, cols, n, [arena], arena, arena_size, starts, False, in_arena=True)
@@ -631,8 +630,10 @@ class Coalescer:
                 values = _list_values(futures, starts, results, view)
             elif view is None:
                 values = results
-            elif in_arena and min(results) >= 0:  # (every read succeeded: each value is its bytes)
-                values = list(map(view.__getitem__, map(slice, starts, map(_add, starts, results))))
+            elif in_arena:  # (every request is a read into the arena: no start to check)
+                values = [
+                    view[start : start + res] if res >= 0 else res for start, res in zip(starts, results, strict=True)
+                ]
             else:
                 values = [
                     view[start : start + res] if start >= 0 and res >= 0 else res
