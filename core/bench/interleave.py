@@ -194,9 +194,7 @@ def paired_ratios(row: ModeResult, ref: ModeResult) -> dict[str, list[float | No
     return out
 
 
-def paired_medians(
-    row: ModeResult, ref: ModeResult
-) -> tuple[dict[str, float | None], dict[str, list[float | None]]]:
+def paired_medians(row: ModeResult, ref: ModeResult) -> tuple[dict[str, float | None], dict[str, list[float | None]]]:
     """The medians of *row*'s per-round paired ratios to *ref* (IOPS, p50, p99), and the
     pairs themselves, rounded, one per round."""
     pairs = paired_ratios(row, ref)
