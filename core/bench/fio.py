@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import stat
 import subprocess
+import time
 from typing import Any
 
 from uringstack.bench.children import run_child
@@ -171,7 +173,9 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None, sqpoll_cp
     *sqpoll_cpu*: see :func:`fio_args`."""
     mode = f"fio {engine}"
     cmd = [path, *fio_args(spec, engine, sqpoll_cpu)]
+    cpu0, t0 = _children_cpu_s(), time.monotonic()
     proc = run_child(cmd, poll)  # stopped and reaped if the bench is interrupted
+    cpu_s, wall_s = _children_cpu_s() - cpu0, time.monotonic() - t0
     out, err = proc.stdout, proc.stderr
     if proc.returncode != 0:
         msg = (err or out).strip().splitlines()
@@ -183,4 +187,17 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None, sqpoll_cp
     except (ValueError, KeyError) as exc:
         return ModeResult(mode=mode, kind="fio", status="failed", reason=f"unreadable fio output: {exc}")
     row.details["command"] = " ".join(cmd)
+    if engine.endswith(SQPOLL) and wall_s > 0:
+        # fio's usr_cpu + sys_cpu are its job thread's (getrusage RUSAGE_THREAD), not its SQ
+        # thread's, which the uringstack rows count (their process, every thread): so this
+        # row's CPU is fio's whole process tree over its run (start-up and ramp included)
+        row.details["fio_cpu_pct"] = round(row.cpu_pct, 1)
+        row.details["cpu"] = "fio's processes and threads (its SQ thread included) over its whole run"
+        row.cpu_pct = 100.0 * cpu_s / wall_s
     return row
+
+
+def _children_cpu_s() -> float:
+    """User + system seconds of the reaped children (fio's processes and their threads)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime

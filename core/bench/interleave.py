@@ -136,7 +136,7 @@ def combine(name: str, slices: list[tuple[int, int, float, ModeResult]]) -> Mode
         return first
     results = [s[3] for s in slices]
     failed = [(s[0], s[3]) for s in slices if s[3].status != "ok"]
-    base_details = {k: v for k, v in first.details.items() if k != "clat_us"}
+    base_details = {k: v for k, v in first.details.items() if k not in ("clat_us", "fio_cpu_pct")}  # per slice
     if failed:
         rnd, bad = failed[0]
         return ModeResult(
