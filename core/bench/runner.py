@@ -493,6 +493,13 @@ def _run_rows(spec: BenchSpec, rungs: list[Rung], caps: Any, on_step: Any, tick:
     return rows
 
 
+def _run_fio_job(fio: str, job: BenchSpec, engine: str, tick: Tick | None, poller: Poller | None) -> ModeResult:
+    """fio's job with *engine*; the SQPOLL job's SQ thread goes where *poller* says."""
+    if engine.endswith(fio_mod.SQPOLL):
+        return fio_mod.run_fio(fio, job, engine, tick, sqpoll_cpu=poller.cpu if poller else None)
+    return fio_mod.run_fio(fio, job, engine, tick)
+
+
 def _run_fio(
     spec: BenchSpec,
     fio: str,
@@ -511,7 +518,7 @@ def _run_fio(
         job = spec
         if engine == fio_mod.URING_CMD:  # NVMe commands go to the namespace's char device
             job = dataclasses.replace(spec, file=passthrough_char(spec, caps) or spec.file)
-        row = fio_mod.run_fio(fio, job, engine, tick, poller.cpu if poller else None)
+        row = _run_fio_job(fio, job, engine, tick, poller)
         if suffix:
             row.mode += suffix
         rows.append(row)
@@ -575,7 +582,7 @@ def _interleaved(
         def run(_rnd: int) -> ModeResult:
             if not spec.direct:
                 warm_file(spec.file, spec.file_size)
-            return fio_mod.run_fio(fio, job, engine, tick, poller.cpu if poller else None)
+            return _run_fio_job(fio, job, engine, tick, poller)
 
         return Slot(f"fio {engine}", run)
 
@@ -660,7 +667,8 @@ def run_bench(
         fio_info.update(available=True, version=fio_mod.fio_version(fio))
     # a row on an SQPOLL ring gets fio's SQPOLL job beside the plain one, its poller pinned alike
     poller = planned_poller(spec, rungs, caps) if fio_info["available"] else None
-    fio_info["sqpoll_job"] = None if poller is None else {"rung": poller.rung, "sq_thread_cpu": poller.cpu}
+    if fio_info["available"]:
+        fio_info["sqpoll_job"] = None if poller is None else {"rung": poller.rung, "sq_thread_cpu": poller.cpu}
     interleave_info: dict[str, Any] | None = None
     scaled_spec = None
     if rounds > 1:
