@@ -254,15 +254,12 @@ def sync_public_modes(docs: list[Doc]) -> list[str]:
     ]
 
 
-def best_sync_public(
-    docs: list[Doc], key: Callable[[Row], float | None] = _iops, lowest: bool = False
-) -> tuple[str | None, float | None]:
-    """The public-API sync row with the best median per-run ratio to fio io_uring of *key*:
-    the highest (IOPS), or the *lowest* (latency)."""
+def best_sync_public(docs: list[Doc]) -> tuple[str | None, float | None]:
+    """The public-API sync row with the best median per-run IOPS ratio to fio io_uring."""
     best: tuple[str | None, float | None] = (None, None)
     for mode in sync_public_modes(docs):
-        m = _med(per_run_ratio(docs, mode, "fio io_uring", key))
-        if m is not None and (best[1] is None or (m < best[1] if lowest else m > best[1])):
+        m = _med(per_run_ratio(docs, mode, "fio io_uring", _iops))
+        if m is not None and (best[1] is None or m > best[1]):
             best = (mode, m)
     return best
 
@@ -297,13 +294,24 @@ def vs_sqpoll_reference(docs: list[Doc], mode: str) -> str:
 
 
 def qd1_target(docs: list[Doc]) -> tuple[str, bool | None]:
-    """The QD1 latency target: judged on the public mode with the best p50 ratio to fio io_uring
-    (QD32's rule, by latency), every public mode's ratios and CPU per I/O beside it, and the
+    """The QD1 latency target: judged on the public mode with the best latency ratios to fio
+    io_uring (QD32's best-mode rule; the worse of its p50 and p99 ratios the lowest), every
+    public mode's ratios and CPU per I/O beside it, and the
     SQPOLL rows against fio's SQPOLL job (SQPOLL costs a second CPU on both sides)."""
-    mode, p50 = best_sync_public(docs, _p50, lowest=True)
-    if mode is None:
+    # the mode whose worse latency ratio (p50 or p99) is lowest: a target on both is met by
+    # one mode meeting both, which the best p50 alone can miss (a poller losing time slices)
+    best: tuple[float, str, float | None, float | None] | None = None
+    for m in sync_public_modes(docs):
+        m50 = _med(per_run_ratio(docs, m, "fio io_uring", _p50))
+        m99 = _med(per_run_ratio(docs, m, "fio io_uring", _p99))
+        if m50 is None and m99 is None:
+            continue
+        worse = max(x for x in (m50, m99) if x is not None)
+        if best is None or worse < best[0]:
+            best = (worse, m, m50, m99)
+    if best is None:
         return NO_ROUNDS, None
-    p99 = _med(per_run_ratio(docs, mode, "fio io_uring", _p99))
+    _, mode, p50, p99 = best
     text = f"{mode}: p50 {_ratio(p50)}{spread(docs, mode, _p50)}, p99 {_ratio(p99)}{spread(docs, mode, _p99)}"
     each = [
         f"{m} {_ratio(_med(per_run_ratio(docs, m, 'fio io_uring', _p50)))} / "
@@ -408,8 +416,8 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         f"{_ratio(rb)}",
         None if rb is None else rb >= 0.8,
     )
-    row("randread 4 KiB O_DIRECT QD1: p50 and p99 ≤ 1.10× fio io_uring (the public mode with the best p50 "
-        "ratio; interleaved runs)", *qd1_target(qd1))  # fmt: skip
+    row("randread 4 KiB O_DIRECT QD1: p50 and p99 ≤ 1.10× fio io_uring (the public mode with the best "
+        "latency ratios; interleaved runs)", *qd1_target(qd1))  # fmt: skip
     def scaling(docs: list[Doc]) -> dict[str, list[float]]:
         scal: dict[str, list[float]] = defaultdict(list)
         for d in docs:

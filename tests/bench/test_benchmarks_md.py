@@ -339,3 +339,17 @@ def test_qd1_target_takes_the_best_public_mode_by_p50_and_shows_sqpoll_beside_fi
     text = mod.generate(_write(tmp_path, [_il_doc("t1", 1, [batched, plain])]), None)
     line = next(ln for ln in text.splitlines() if "QD1" in ln and "p50 and p99" in ln)
     assert "| batched: p50 1.20 (" in line and line.endswith("| **no** |") and "SQPOLL" not in line, line
+
+
+def test_qd1_target_takes_the_mode_best_on_both_percentiles_not_on_p50_alone(tmp_path: Path) -> None:
+    # +sqpoll has the best p50 but misses p99 (its poller lost time slices); batched meets
+    # both: the target is met, by batched
+    mod = _script()
+    batched = _il_row("batched", [(9_500.0, 52.5, 105.0)] * 4)
+    sqpoll = _il_row("+sqpoll", [(14_000.0, 35.0, 500.0)] * 4)
+    sqpoll["details"]["ring_flags"] = ["SQPOLL"]
+    plain = _il_row("fio io_uring", [(10_000.0, 50.0, 100.0)] * 4, "fio")
+    text = mod.generate(_write(tmp_path, [_il_doc("t1", 1, [batched, sqpoll, plain])]), None)
+    line = next(ln for ln in text.splitlines() if "QD1" in ln and "p50 and p99" in ln)
+    assert "| batched: p50 1.05 (" in line and line.endswith("| **yes** |"), line
+    assert "+sqpoll 0.70 / 5.00" in line, line
