@@ -690,7 +690,14 @@ class Ring:
                 )  # fmt: skip
                 return self._rw_one_unfinished(slot, ret, keep, result, again)
             except BaseException:
-                self._rw_one_raised(slot, keep, result)
+                # Until done, and the first exception re-raised: a second raising signal
+                # (Ctrl-C twice) must not cut the op's ownership short (_rw_one_raised).
+                while True:
+                    try:
+                        self._rw_one_raised(slot, keep, result)
+                        break
+                    except BaseException:
+                        continue
                 raise
 
     def bind_rw_one(
@@ -735,7 +742,12 @@ class Ring:
                     again = partial(call, bound, slot, offset, result, ring._tick_ms_now)
                     return ring._rw_one_unfinished(slot, ret, keep, result, again)
                 except BaseException:
-                    ring._rw_one_raised(slot, keep, result)
+                    while True:  # as in rw_one: until done, the first exception re-raised
+                        try:
+                            ring._rw_one_raised(slot, keep, result)
+                            break
+                        except BaseException:
+                            continue
                     raise
 
         return rw_one
@@ -763,7 +775,8 @@ class Ring:
     def _rw_one_raised(self, slot: int, keep: object, result: Any) -> None:
         """:meth:`rw_one` raised (lock held), also from a signal handler as its call into C
         returned (Ctrl-C during its wait; the return value is lost): an op still in the
-        kernel must be owned before anything propagates (tests/ring/test_audit_signals.py)."""
+        kernel must be owned before anything propagates (tests/ring/test_audit_signals.py).
+        Idempotent: the callers run it again when a further raising signal cut it short."""
         if slot not in self._free_slots:
             if slot in self._inflight or lib.us_slot_remaining(self._state, slot):
                 self._own_rw_one(slot, keep, result)
