@@ -321,8 +321,14 @@ class FileHandle:
             try:
                 res = one(write, pin, buf, offset)
             except BaseException:
-                if self._outlived is not None:
-                    outlived = self._outlived(pin)
+                # Until done, the first exception re-raised: a second raising signal (Ctrl-C
+                # twice) must not cut the op's tracking short (tests/stack/test_audit_signals.py).
+                while self._outlived is not None:
+                    try:
+                        outlived = self._outlived(pin)
+                        break
+                    except BaseException:
+                        continue
                 raise
             finally:
                 inflight.leave(outlived)
@@ -353,8 +359,12 @@ class FileHandle:
         try:
             res = here(pin, buf)
         except BaseException:
-            if self._outlived is not None:
-                outlived = self._outlived(pin)
+            while self._outlived is not None:  # as in _one_pinned: until done, the first exception re-raised
+                try:
+                    outlived = self._outlived(pin)
+                    break
+                except BaseException:
+                    continue
             raise
         finally:
             inflight.leave(outlived)

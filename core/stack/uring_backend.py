@@ -596,10 +596,17 @@ class UringPrepared:
             # The op outlived the call (a hung device, a lost completion): it is in flight
             # in a Batch holding the pins.  Track it as a started batch would be (no
             # restart on these buffers; the caller lets the handle's close wait for it).
-            pending = self.io.outlived_op(self._bound_keep)
-            if pending is not None:
-                self._cols.batch = pending.batch
-                self._outlived = pending
+            # Until done, the first exception re-raised: a second raising signal must not
+            # cut it short.
+            while True:
+                try:
+                    pending = self.io.outlived_op(self._bound_keep)
+                    if pending is not None:
+                        self._cols.batch = pending.batch
+                        self._outlived = pending
+                    break
+                except BaseException:
+                    continue
             raise
         finally:
             busy.release()
