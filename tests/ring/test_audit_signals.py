@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import uringstack.ring as ring_module
-from uringstack.ring import MAX_SLOTS, Ring
+from uringstack.ring import MAX_SLOTS, Batch, Ring
 from uringstack.ring.buffers import address_of
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
@@ -70,6 +70,18 @@ def _interrupted(call: Callable[[], object]) -> None:
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def _owned_then_fed(ring: Ring, keep: object, buf: bytearray, w: int) -> Batch:
+    """The interrupted read is in the kernel, owned by a batch holding *keep*; fed, it completes."""
+    assert ring.inflight == 1  # the kernel holds the read
+    batch = ring.batch_holding(keep)
+    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
+    os.write(w, b"12345678")
+    assert ring.wait(batch) == [8] and buf == b"12345678"
+    ring.reap()
+    _settled(ring)
+    return batch
+
+
 @pytest.mark.usefixtures("alarm")
 @pytest.mark.parametrize("bound", [False, True], ids=["rw_one", "bind_rw_one"])
 def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
@@ -85,13 +97,7 @@ def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
         return bound_read(0) if bound else ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
 
     _interrupted(read)
-    assert ring.inflight == 1  # the kernel holds the read
-    batch = ring.batch_holding(keep)
-    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
-    os.write(w, b"12345678")
-    assert ring.wait(batch) == [8] and buf == b"12345678"
-    ring.reap()
-    _settled(ring)
+    batch = _owned_then_fed(ring, keep, buf, w)
     # the ring goes on working, with a result cell of its own
     os.write(w, b"abcdefgh")
     assert read() == 8
@@ -147,13 +153,7 @@ def test_a_second_signal_during_the_ownership_bookkeeping_still_leaves_the_op_ow
         signal.signal(signal.SIGUSR1, old)
     monkeypatch.undo()
     assert spy.sent == 1, "the bookkeeping made no call into C: the test did not interrupt it"
-    assert ring.inflight == 1
-    batch = ring.batch_holding(keep)
-    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
-    os.write(w, b"12345678")
-    assert ring.wait(batch) == [8] and buf == b"12345678"
-    ring.reap()
-    _settled(ring)
+    _owned_then_fed(ring, keep, buf, w)
 
 
 @pytest.mark.usefixtures("alarm")
