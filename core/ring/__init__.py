@@ -29,6 +29,7 @@ from uringstack.errors import RingClosedError, SubmissionError, UringIOError, Wr
 from uringstack.ring import forking
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
 
@@ -690,14 +691,8 @@ class Ring:
                 )  # fmt: skip
                 return self._rw_one_unfinished(slot, ret, keep, result, again)
             except BaseException:
-                # Until done, and the first exception re-raised: a second raising signal
-                # (Ctrl-C twice) must not cut the op's ownership short (_rw_one_raised).
-                while True:
-                    try:
-                        self._rw_one_raised(slot, keep, result)
-                        break
-                    except BaseException:
-                        continue
+                # a second raising signal (Ctrl-C twice) must not cut the op's ownership short
+                despite_signals(partial(self._rw_one_raised, slot, keep, result))
                 raise
 
     def bind_rw_one(
@@ -742,12 +737,7 @@ class Ring:
                     again = partial(call, bound, slot, offset, result, ring._tick_ms_now)
                     return ring._rw_one_unfinished(slot, ret, keep, result, again)
                 except BaseException:
-                    while True:  # as in rw_one: until done, the first exception re-raised
-                        try:
-                            ring._rw_one_raised(slot, keep, result)
-                            break
-                        except BaseException:
-                            continue
+                    despite_signals(partial(ring._rw_one_raised, slot, keep, result))  # as in rw_one
                     raise
 
         return rw_one

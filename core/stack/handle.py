@@ -24,6 +24,7 @@ from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
@@ -321,14 +322,9 @@ class FileHandle:
             try:
                 res = one(write, pin, buf, offset)
             except BaseException:
-                # Until done, the first exception re-raised: a second raising signal (Ctrl-C
-                # twice) must not cut the op's tracking short (tests/stack/test_audit_signals.py).
-                while self._outlived is not None:
-                    try:
-                        outlived = self._outlived(pin)
-                        break
-                    except BaseException:
-                        continue
+                # a second raising signal (Ctrl-C twice) must not cut the op's tracking short
+                if self._outlived is not None:
+                    outlived = despite_signals(functools.partial(self._outlived, pin))
                 raise
             finally:
                 inflight.leave(outlived)
@@ -359,12 +355,8 @@ class FileHandle:
         try:
             res = here(pin, buf)
         except BaseException:
-            while self._outlived is not None:  # as in _one_pinned: until done, the first exception re-raised
-                try:
-                    outlived = self._outlived(pin)
-                    break
-                except BaseException:
-                    continue
+            if self._outlived is not None:  # as in _one_pinned
+                outlived = despite_signals(functools.partial(self._outlived, pin))
             raise
         finally:
             inflight.leave(outlived)
