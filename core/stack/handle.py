@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import operator
 import os
 import weakref
@@ -23,6 +24,7 @@ from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
@@ -321,8 +323,9 @@ class FileHandle:
             try:
                 res = one(write, pin, buf, offset)
             except BaseException:
+                # a second raising signal (Ctrl-C twice) must not cut the op's tracking short
                 if self._outlived is not None:
-                    outlived = self._outlived(pin)
+                    outlived = despite_signals(functools.partial(self._outlived, pin))
                 raise
             finally:
                 inflight.leave(outlived)
@@ -353,8 +356,8 @@ class FileHandle:
         try:
             res = here(pin, buf)
         except BaseException:
-            if self._outlived is not None:
-                outlived = self._outlived(pin)
+            if self._outlived is not None:  # as in _one_pinned
+                outlived = despite_signals(functools.partial(self._outlived, pin))
             raise
         finally:
             inflight.leave(outlived)
