@@ -222,8 +222,12 @@ def test_syscalls_under_strace(data_dir: Path) -> None:
             str(data_dir / "d.bin"),
             "--file-size",
             "4m",
+            # each mode runs twice (a row, then traced under strace), each window must see
+            # completions: under load a fallback row's first completion came 0.14 s after its
+            # loop started (pool start-up, the ramp is 0.03 s), a traced fallback run saw 55 ops
+            # in 0.3 s, and a 0.3 s window was left empty (a "failed" row, no strace counts)
             "-t",
-            "0.3",
+            "1.0",
             "-q",
             "4",
             "--modes",
@@ -235,6 +239,8 @@ def test_syscalls_under_strace(data_dir: Path) -> None:
     )
     rows = {r["mode"]: r for r in doc["results"]}
     for row in rows.values():
+        assert row["status"] == "ok", f"{row['mode']}: {row['reason']}"
+        assert "strace" in row["details"], f"{row['mode']}: {row['details'].get('strace_error')}"
         raw = row["details"]["strace"]
         assert raw["traced_calls"] > raw["startup_calls"] > 0 and raw["traced_ops"] > 0
         assert row["syscalls_per_io"] > 0
