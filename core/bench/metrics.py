@@ -10,7 +10,6 @@ caller waiting on that batch experiences (fio's ``lat``, submit to reap).
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 from array import array
 from collections.abc import Callable
@@ -29,9 +28,12 @@ def new_histogram() -> HdrHistogram:
 
 def cpu_seconds() -> float:
     """User + system CPU time of this whole process so far (every thread, including
-    io_uring's SQPOLL and io-wq threads, which belong to the process)."""
-    t = os.times()
-    return t.user + t.system
+    io_uring's SQPOLL and io-wq threads, which belong to the process).
+
+    ``CLOCK_PROCESS_CPUTIME_ID`` (nanoseconds), not ``os.times()``: that counts in clock
+    ticks (10 ms), so a short window's CPU was off by up to a tick, and a window whose
+    loop used under a tick (a starved worker's few ops) measured 0 % CPU."""
+    return time.process_time()
 
 
 class BatchLatencies:

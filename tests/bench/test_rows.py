@@ -148,7 +148,7 @@ def test_scale_workers_adds_a_row_pair_and_its_ratio(tmp_path: Path) -> None:
     doc = runner.run_bench(spec, ["batched"], with_fio=shutil.which("fio") is not None, scale_workers=2)
     rows = {r["mode"]: r for r in doc["results"]}
     one, two = rows["batched"], rows["batched x2"]
-    assert one["status"] == two["status"] == "ok"
+    assert one["status"] == two["status"] == "ok", (one["reason"], two["reason"])
     assert len(two["details"]["workers"]) == 2 and two["details"]["scaled_from"] == "batched"
     ratio = doc["summary"]["scaling"]["ratios"]["batched"]
     # the JSON rounds ratios to 4 decimals: allow that beside the relative error

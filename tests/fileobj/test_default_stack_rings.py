@@ -28,16 +28,23 @@ from uringstack.fileobj.default_stack import default_stack
 from uringstack.ring.flags import SetupFlag
 from uringstack.stack import open_stack
 
+PF_IO_WORKER = 0x10  # include/linux/sched.h: the task is an io_uring thread (poller or io-wq worker)
+
 def pollers():
+    # A poller names itself "iou-sqp-PID" when it first runs; until then (a loaded machine
+    # may not have run it yet when io_uring_setup returns) it has its creator's name, and
+    # only its PF_IO_WORKER flag shows what it is: such a thread counts too
     names = []
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                comm = f.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
         except OSError:
             continue
-        if comm.startswith("iou-sqp"):
-            names.append(comm)
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        flags = int(stat[stat.rindex(")") + 2 :].split()[6])
+        if flags & PF_IO_WORKER and not comm.startswith("iou-wrk"):
+            names.append(comm if comm.startswith("iou-sqp") else f"io thread {tid} not yet named ({comm})")
     return names
 
 def settled_pollers(wait_s=5.0):
