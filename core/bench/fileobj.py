@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from uringstack.bench.metrics import cpu_seconds
 from uringstack.bench.runner import device_of, machine_info
 from uringstack.fileobj.default_stack import default_stack
 
@@ -99,12 +100,6 @@ def warm(path: str) -> None:
     with open(path, "rb") as f:
         while f.read(8 << 20):
             pass
-
-
-def cpu_seconds() -> float:
-    """User + system time of the process, its threads and io_uring workers included."""
-    t = os.times()
-    return t.user + t.system
 
 
 def sha_builtin(path: str) -> str:
