@@ -192,7 +192,7 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     """
     results: list[int] = []
     for offset, buf in zip(offsets, buffers, strict=True):
-        data = buf.view if isinstance(buf, RegisteredBuffer) else buf
+        data: Any = buf.view if isinstance(buf, RegisteredBuffer) else buf
         done = 0
         try:
             done = os.pwrite(fd, data, offset)
