@@ -445,7 +445,8 @@ class FileIO(io.RawIOBase):
         io_uring (buffered) the read is one read at the file position (offset
         -1: the kernel reads there and moves it, as read(2) does; Linux 5.6+,
         probed), its page-cache part copied by this thread (the backend's
-        ``read_here``), so a short read is returned as read(2) returns it;
+        ``read_cached``, into *b* unpinned), the rest through the ring (``read_here``,
+        *b* pinned for it), so a short read is returned as read(2) returns it;
         elsewhere (and with ``closefd=False``, whose handle reads a dup)
         ``lseek`` before and after a positional read (two ``lseek``
         cost ~0.6 µs of the ~5 µs fixed cost of a hot read, measured)."""
