@@ -102,6 +102,9 @@ class FileIO(io.RawIOBase):
     _held: list[bytes] | None = None  # bytes held for one gathered write, in file order
     _held_bytes = 0
     _held_pos = 0  # file offset of _held[0]
+    # False once the handle said it cannot read at the file position (readinto's lseek path
+    # then): set only then, so the instances of io_uring stacks keep their attribute layout
+    _reads_at_position = True
 
     def __init__(
         self,
@@ -124,6 +127,7 @@ class FileIO(io.RawIOBase):
             finally:
                 self._fd = -1
                 self._closed_flag = False
+                self._reads_at_position = True  # (the stack of the new file may read at the position)
         if isinstance(file, float):
             raise TypeError("integer argument expected, got float")
         path: PathArg | None = None
@@ -459,7 +463,7 @@ class FileIO(io.RawIOBase):
             raise io.UnsupportedOperation("File not open for reading")
         handle = self._handle
         if handle is not None and not self._direct and self._readahead is None:
-            if self._closefd:
+            if self._closefd and self._reads_at_position:
                 # The length without a pin (ffi.from_buffer costs as much as the rest of
                 # this check): the handle pins the buffer only for a read that goes to the
                 # ring.  bytearray and writable contiguous memoryview (what io.BufferedReader
@@ -483,6 +487,9 @@ class FileIO(io.RawIOBase):
                         lock.release()
                     if n is not None:
                         return n  # read at, and moved, the descriptor's position
+                    # the backend cannot read at the file position (fallback, a kernel
+                    # before 5.6): for good, so the lseek path below from now on
+                    self._reads_at_position = False
             if handle._closed:
                 raise _closed_error()
             try:
@@ -497,7 +504,7 @@ class FileIO(io.RawIOBase):
                     try:
                         # (closefd=False: the handle reads a dup, which would outlive the
                         # caller's descriptor; lseek on ours fails as the built-in's read would)
-                        n = handle._read_here(b, len(pin), pin) if self._closefd else None
+                        n = handle._read_here(b, len(pin), pin) if self._closefd and self._reads_at_position else None
                         if n is not None:
                             return n  # read at, and moved, the descriptor's position
                         pos = os.lseek(self._fd, 0, os.SEEK_CUR)
