@@ -230,9 +230,14 @@ def rounds_table(docs: list[Doc]) -> list[str]:
         for mode, r in rows.items():
             if r["kind"] == "fio":
                 continue
-            cells = [" ".join(f"{v:.2f}" for v in round_ratios(r, base, key)) or "-" for key in (_iops, _p50, _p99)]
-            head = f"| {d['started_at']} | {il['rounds']} × {il['slice_s']:g} s | {mode} | "
-            lines.append(head + " | ".join(cells) + " |")
+            # a row on an SQPOLL ring: its pairs with fio's SQPOLL job too, on a line of their own
+            refs = [(mode, base)]
+            if SQPOLL_REFERENCE in rows and "SQPOLL" in r.get("details", {}).get("ring_flags", []):
+                refs.append((f"{mode} / {SQPOLL_REFERENCE}", rows[SQPOLL_REFERENCE]))
+            for label, ref in refs:
+                cells = [" ".join(f"{v:.2f}" for v in round_ratios(r, ref, key)) or "-" for key in (_iops, _p50, _p99)]
+                head = f"| {d['started_at']} | {il['rounds']} × {il['slice_s']:g} s | {label} | "
+                lines.append(head + " | ".join(cells) + " |")
     return lines
 
 
@@ -240,16 +245,91 @@ SCALED_ROW = re.compile(r" x\d+(" + re.escape(PROCESSES) + r")?$")
 """A row re-run with N workers (threads, or processes): never a 1-worker figure."""
 
 
+def sync_public_modes(docs: list[Doc]) -> list[str]:
+    """The public-API sync rows of *docs* (not asyncio, not re-run with N workers), in table order."""
+    return [
+        mode
+        for mode, rows in rows_by_mode(docs).items()
+        if rows[0].get("api") == "public" and not mode.startswith("asyncio") and not SCALED_ROW.search(mode)
+    ]
+
+
 def best_sync_public(docs: list[Doc]) -> tuple[str | None, float | None]:
     """The public-API sync row with the best median per-run IOPS ratio to fio io_uring."""
     best: tuple[str | None, float | None] = (None, None)
-    for mode, rows in rows_by_mode(docs).items():
-        if rows[0].get("api") != "public" or mode.startswith("asyncio") or SCALED_ROW.search(mode):
-            continue
+    for mode in sync_public_modes(docs):
         m = _med(per_run_ratio(docs, mode, "fio io_uring", _iops))
         if m is not None and (best[1] is None or m > best[1]):
             best = (mode, m)
     return best
+
+
+SQPOLL_REFERENCE = "fio io_uring sqpoll"  # uringstack.bench.runner.SQPOLL_REFERENCE: fio's --sqthread_poll=1 job
+
+
+def sqpoll_modes(docs: list[Doc]) -> list[str]:
+    """The rows whose ring ran with SQPOLL (``details.ring_flags``): their like-for-like
+    reference is fio's SQPOLL job, where the run has one."""
+    return [
+        mode
+        for mode, rows in rows_by_mode(docs).items()
+        if any("SQPOLL" in (r.get("details") or {}).get("ring_flags", []) for r in rows)
+    ]
+
+
+def cpu_per_io(docs: list[Doc], mode: str) -> float | None:
+    """The median over runs of *mode*'s CPU µs per I/O (all its threads, the SQPOLL poller's too)."""
+    return _med([r["cpu_us_per_io"] for r in rows_by_mode(docs).get(mode, [])
+                 if r["status"] == "ok" and r.get("cpu_us_per_io") is not None])  # fmt: skip
+
+
+def vs_sqpoll_reference(docs: list[Doc], mode: str) -> str:
+    """*mode* over fio's SQPOLL job (medians of per-run ratios), or "" where no run has both."""
+    p50 = _med(per_run_ratio(docs, mode, SQPOLL_REFERENCE, _p50))
+    p99 = _med(per_run_ratio(docs, mode, SQPOLL_REFERENCE, _p99))
+    iops = _med(per_run_ratio(docs, mode, SQPOLL_REFERENCE, _iops))
+    if p50 is None and iops is None:
+        return ""
+    return f"IOPS {_ratio(iops)}, p50 {_ratio(p50)}, p99 {_ratio(p99)}"
+
+
+def qd1_target(docs: list[Doc]) -> tuple[str, bool | None]:
+    """The QD1 latency target: judged on the public mode with the best latency ratios to fio
+    io_uring (QD32's best-mode rule; the worse of its p50 and p99 ratios the lowest), every
+    public mode's ratios and CPU per I/O beside it, and the
+    SQPOLL rows against fio's SQPOLL job (SQPOLL costs a second CPU on both sides)."""
+    # the mode whose worse latency ratio (p50 or p99) is lowest: a target on both is met by
+    # one mode meeting both, which the best p50 alone can miss (a poller losing time slices)
+    best: tuple[float, str, float | None, float | None] | None = None
+    for m in sync_public_modes(docs):
+        m50 = _med(per_run_ratio(docs, m, "fio io_uring", _p50))
+        m99 = _med(per_run_ratio(docs, m, "fio io_uring", _p99))
+        if m50 is None and m99 is None:
+            continue
+        worse = max(x for x in (m50, m99) if x is not None)
+        if best is None or worse < best[0]:
+            best = (worse, m, m50, m99)
+    if best is None:
+        return NO_ROUNDS, None
+    _, mode, p50, p99 = best
+    text = f"{mode}: p50 {_ratio(p50)}{spread(docs, mode, _p50)}, p99 {_ratio(p99)}{spread(docs, mode, _p99)}"
+    each = [
+        f"{m} {_ratio(_med(per_run_ratio(docs, m, 'fio io_uring', _p50)))} / "
+        f"{_ratio(_med(per_run_ratio(docs, m, 'fio io_uring', _p99)))} / {_fmt(cpu_per_io(docs, m), 1)}"
+        for m in sync_public_modes(docs)
+    ]
+    text += (f"; every public mode, p50 / p99 ratio / CPU µs per I/O: {', '.join(each)}"
+             f" (fio io_uring: {_fmt(cpu_per_io(docs, 'fio io_uring'), 1)} µs per I/O)")  # fmt: skip
+    polled = sqpoll_modes(docs)
+    for m in polled:
+        vs = vs_sqpoll_reference(docs, m)
+        if vs:
+            text += (f"; {m} / {SQPOLL_REFERENCE} (SQPOLL on both sides): {vs}, fio's SQPOLL job "
+                     f"{_fmt(cpu_per_io(docs, SQPOLL_REFERENCE), 1)} µs per I/O")  # fmt: skip
+    if polled:
+        text += (". SQPOLL costs a second CPU: a kernel thread polls the submission queue on another CPU "
+                 "and the caller spins on the completion queue (its CPU µs per I/O counts both)")  # fmt: skip
+    return text, None if p50 is None or p99 is None else p50 <= 1.1 and p99 <= 1.1
 
 
 def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
@@ -336,15 +416,8 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         f"{_ratio(rb)}",
         None if rb is None else rb >= 0.8,
     )
-    p50 = _med(per_run_ratio(qd1, "batched", "fio io_uring", _p50))
-    p99 = _med(per_run_ratio(qd1, "batched", "fio io_uring", _p99))
-    row(
-        "randread 4 KiB O_DIRECT QD1 (batched = `read_many` of one op): p50 and p99 ≤ 1.10× fio (interleaved runs)",
-        f"p50 {_ratio(p50)}{spread(qd1, 'batched', _p50)}, p99 {_ratio(p99)}{spread(qd1, 'batched', _p99)}"
-        if p50 is not None or p99 is not None
-        else NO_ROUNDS,
-        None if p50 is None or p99 is None else p50 <= 1.1 and p99 <= 1.1,
-    )
+    row("randread 4 KiB O_DIRECT QD1: p50 and p99 ≤ 1.10× fio io_uring (the public mode with the best "
+        "latency ratios; interleaved runs)", *qd1_target(qd1))  # fmt: skip
     def scaling(docs: list[Doc]) -> dict[str, list[float]]:
         scal: dict[str, list[float]] = defaultdict(list)
         for d in docs:
@@ -521,7 +594,12 @@ def fileobj_section(docs: list[Doc]) -> list[str]:
         ratio = _med([r["ratios"][t["side"]] for r in ran if t["side"] in r["ratios"]])
         ok = None if ratio is None else ratio >= t["min_ratio"]
         verdict = "not measured" if ok is None else "**yes**" if ok else "**no**"
-        out.append(f"| {t['text']} | {t['side']}: {_ratio(ratio)}× ({len(ran)} run(s)) | {verdict} |")
+        # a side named "floor..." (sha256-cold: the hash and its copy with no I/O) is the
+        # best any reader could reach in that run: shown beside the judged side
+        floors = [s for s in ran[0]["sides"] if s.startswith("floor")]
+        floor = _med([r["ratios"][floors[0]] for r in ran if floors and floors[0] in r["ratios"]])
+        beside = f"; {floors[0]} (the ceiling): {_ratio(floor)}×" if floor is not None else ""
+        out.append(f"| {t['text']} | {t['side']}: {_ratio(ratio)}× ({len(ran)} run(s)){beside} | {verdict} |")
     out += ["", "| comparison | side | median (min–max) | ratio to the first side (median per run) |",
             "|---|---|---|---|"]  # fmt: skip
     for bench, title in FILEOBJ_TITLES.items():
@@ -593,6 +671,11 @@ def generate(paths: list[Path], png_dir: Path | None) -> str:
         out += ["", "Commands:", ""]
         out += [f"    {c}" for c in sorted({d["command"] for d in gdocs})]
         out += ["", *group_table(gdocs), ""]
+        for mode in sqpoll_modes(gdocs):
+            vs = vs_sqpoll_reference(gdocs, mode)
+            if vs:
+                out += [f"{mode} / {SQPOLL_REFERENCE} (fio with `--sqthread_poll=1`, its SQ thread pinned as "
+                        f"the stack's poller; SQPOLL on both sides), medians of per-run ratios: {vs}.", ""]  # fmt: skip
         if is_interleaved(d0):
             out += [*rounds_table(gdocs), ""]
         if png_dir is not None:

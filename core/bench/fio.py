@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import stat
 import subprocess
+import time
 from typing import Any
 
 from uringstack.bench.children import run_child
@@ -21,6 +23,7 @@ from uringstack.bench.spec import BenchSpec
 
 PERCENTILES = ("50", "99", "99.9")
 HIPRI = " hipri"  # engine suffix: the io_uring job with --hipri=1 (IOPOLL)
+SQPOLL = " sqpoll"  # engine suffix: the io_uring job with --sqthread_poll=1 (the +sqpoll rung's reference)
 URING_CMD = "io_uring_cmd"  # NVMe passthrough on /dev/ngXnY (the spec's file is the char device)
 
 
@@ -34,8 +37,17 @@ def fio_version(path: str) -> str:
     return out.stdout.strip()
 
 
-def fio_args(spec: BenchSpec, engine: str) -> list[str]:
-    """Command-line arguments (without the executable) of fio's equivalent job."""
+def engine_name(engine: str) -> str:
+    """fio's ``--ioengine`` of *engine* (the bench's name, with its HIPRI or SQPOLL suffix)."""
+    return engine.removesuffix(HIPRI).removesuffix(SQPOLL)
+
+
+def fio_args(spec: BenchSpec, engine: str, sqpoll_cpu: int | None = None) -> list[str]:
+    """Command-line arguments (without the executable) of fio's equivalent job.
+
+    The SQPOLL job (*engine* ending in :data:`SQPOLL`) pins fio's SQ thread to
+    *sqpoll_cpu* (``--sqthread_poll_cpu``; None: where the kernel puts it), as the
+    plan pins the stack's poller."""
     wl = spec.wl
     length = spec.region(0)[1]
     args = [
@@ -44,7 +56,7 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         f"--rw={wl.fio_rw}",
         f"--bs={spec.block_size}",
         f"--iodepth={spec.queue_depth}",
-        f"--ioengine={engine.removesuffix(HIPRI)}",
+        f"--ioengine={engine_name(engine)}",
         f"--size={length}",
         f"--numjobs={spec.workers}",
         "--group_reporting=1",
@@ -73,6 +85,13 @@ def fio_args(spec: BenchSpec, engine: str) -> list[str]:
         args.append("--sync=dsync" if spec.durability == "dsync" else "--fdatasync=1")
     if engine.endswith(HIPRI):
         args.append("--hipri=1")  # polled completions, what the +iopoll rung does
+    if engine.endswith(SQPOLL):
+        # what the +sqpoll rung does: a kernel thread polls the SQ, on registered buffers (fio
+        # registers the file itself with sqthread_poll).  fio 3.33 then never enters the kernel
+        # to wait: its getevents spins on the CQ ring, so its job thread is busy as well
+        args += ["--sqthread_poll=1", "--fixedbufs=1"]
+        if sqpoll_cpu is not None:
+            args.append(f"--sqthread_poll_cpu={sqpoll_cpu}")
     if not spec.direct:
         # fio drops the file's page cache before the job by default (invalidate=1); the
         # uringstack rows read the file the bench pre-read, so fio must keep it hot too
@@ -149,11 +168,14 @@ def parse_fio(doc: dict[str, Any], spec: BenchSpec, mode: str) -> ModeResult:
     )
 
 
-def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None) -> ModeResult:
-    """Run fio's job with *engine*; *poll* is called about 5 times a second while it runs."""
+def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None, sqpoll_cpu: int | None = None) -> ModeResult:
+    """Run fio's job with *engine*; *poll* is called about 5 times a second while it runs;
+    *sqpoll_cpu*: see :func:`fio_args`."""
     mode = f"fio {engine}"
-    cmd = [path, *fio_args(spec, engine)]
+    cmd = [path, *fio_args(spec, engine, sqpoll_cpu)]
+    cpu0, t0 = _children_cpu_s(), time.monotonic()
     proc = run_child(cmd, poll)  # stopped and reaped if the bench is interrupted
+    cpu_s, wall_s = _children_cpu_s() - cpu0, time.monotonic() - t0
     out, err = proc.stdout, proc.stderr
     if proc.returncode != 0:
         msg = (err or out).strip().splitlines()
@@ -165,4 +187,17 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None) -> ModeRe
     except (ValueError, KeyError) as exc:
         return ModeResult(mode=mode, kind="fio", status="failed", reason=f"unreadable fio output: {exc}")
     row.details["command"] = " ".join(cmd)
+    if engine.endswith(SQPOLL) and wall_s > 0:
+        # fio's usr_cpu + sys_cpu are its job thread's (getrusage RUSAGE_THREAD), not its SQ
+        # thread's, which the uringstack rows count (their process, every thread): so this
+        # row's CPU is fio's whole process tree over its run (start-up and ramp included)
+        row.details["fio_cpu_pct"] = round(row.cpu_pct, 1)
+        row.details["cpu"] = "fio's processes and threads (its SQ thread included) over its whole run"
+        row.cpu_pct = 100.0 * cpu_s / wall_s
     return row
+
+
+def _children_cpu_s() -> float:
+    """User + system seconds of the reaped children (fio's processes and their threads)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime

@@ -136,7 +136,7 @@ def combine(name: str, slices: list[tuple[int, int, float, ModeResult]]) -> Mode
         return first
     results = [s[3] for s in slices]
     failed = [(s[0], s[3]) for s in slices if s[3].status != "ok"]
-    base_details = {k: v for k, v in first.details.items() if k != "clat_us"}
+    base_details = {k: v for k, v in first.details.items() if k not in ("clat_us", "fio_cpu_pct")}  # per slice
     if failed:
         rnd, bad = failed[0]
         return ModeResult(
@@ -194,6 +194,14 @@ def paired_ratios(row: ModeResult, ref: ModeResult) -> dict[str, list[float | No
     return out
 
 
+def paired_medians(row: ModeResult, ref: ModeResult) -> tuple[dict[str, float | None], dict[str, list[float | None]]]:
+    """The medians of *row*'s per-round paired ratios to *ref* (IOPS, p50, p99), and the
+    pairs themselves, rounded, one per round."""
+    pairs = paired_ratios(row, ref)
+    rounded = {k: [None if v is None else round(v, 4) for v in vs] for k, vs in pairs.items()}
+    return {k: _median([v for v in vs if v is not None]) for k, vs in pairs.items()}, rounded
+
+
 def apply_ratios(rows: list[ModeResult], reference: str = REFERENCE) -> None:
     """Each ok row's ratio to *reference*: the median of its per-round paired ratios
     (``details.ratio_rounds`` keeps them, rounded, one per round)."""
@@ -203,9 +211,7 @@ def apply_ratios(rows: list[ModeResult], reference: str = REFERENCE) -> None:
     for r in rows:
         if r.status != "ok":
             continue
-        pairs = paired_ratios(r, ref)
-        r.details["ratio_rounds"] = {k: [None if v is None else round(v, 4) for v in vs] for k, vs in pairs.items()}
-        meds = {k: _median([v for v in vs if v is not None]) for k, vs in pairs.items()}
+        meds, r.details["ratio_rounds"] = paired_medians(r, ref)
         r.ratio_iops, r.ratio_p50, r.ratio_p99 = meds["iops"], meds["p50"], meds["p99"]
 
 

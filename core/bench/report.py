@@ -95,6 +95,13 @@ def render(doc: dict[str, Any], console: Console) -> None:
             picked = ", ".join(f"{k}={v}" for k, v in cal["best"].items())
             line += f"; uringstack tune ({cal['elapsed_s']:g} s of {cal['budget_s']:g}) chose {picked}"
         console.print(line)
+    for r in doc["results"]:
+        vs = r["details"].get("vs_fio_sqpoll") if r["status"] == "ok" else None
+        if vs:
+            console.print(
+                f"{r['mode']} vs {vs['reference']} (SQPOLL on both sides, each a second CPU busy): "
+                f"IOPS {_ratio(vs['iops'])}, p50 {_ratio(vs['p50'])}, p99 {_ratio(vs['p99'])}"
+            )
     if s.get("raw_ring_vs_fio") is not None:
         console.print(f"raw ring (not public API): {_ratio(s['raw_ring_vs_fio'])} fio io_uring")
     sc = s.get("scaling")

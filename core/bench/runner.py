@@ -28,6 +28,7 @@ from uringstack.bench.interleave import (
     Slot,
     apply_ratios,
     combine,
+    paired_medians,
     round_spec,
     run_rounds,
     slice_spec,
@@ -226,6 +227,41 @@ def fixed_modes(caps: Capabilities | None) -> Capabilities:
     )
 
 
+SQPOLL_REFERENCE = "fio io_uring" + fio_mod.SQPOLL
+"""fio's SQPOLL job: the like-for-like reference of the rows whose ring ran with SQPOLL."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Poller:
+    """A selected rung whose plan puts SQPOLL on its worker's storage ring, and the CPU the
+    plan pins that ring's poller to (None: unpinned, where the kernel puts it)."""
+
+    rung: str
+    cpu: int | None
+
+
+def planned_poller(spec: BenchSpec, rungs: list[Rung], caps: Capabilities | None) -> Poller | None:
+    """The first of *rungs* whose plan (the one :func:`run_mode` builds, as ``uringstack plan``
+    prints it) puts SQPOLL on the first worker's storage ring, or None.  fio's SQPOLL job
+    pins its SQ thread where that plan pins the poller."""
+    from uringstack.config import ConfigError, load_config
+    from uringstack.plan import make_plan
+    from uringstack.types import PlanError
+
+    for rung in rungs:
+        if rung.overrides.get("sqpoll.mode", "auto") == "off":
+            continue
+        try:
+            loaded = load_config(None, overrides=_overrides(spec, rung))
+            plan = make_plan(fixed_modes(caps), loaded.config, loaded.plugin_manager)
+        except (ConfigError, PlanError, ValueError):
+            continue  # the row itself fails and says why
+        ring = next((r for r in plan.workers[0].rings if r.role == "storage"), None) if plan.workers else None
+        if ring is not None and "SQPOLL" in ring.flags:
+            return Poller(rung.name, ring.sq_thread_cpu)
+    return None
+
+
 def _skipped(rung: Rung, why: str) -> ModeResult:
     return ModeResult(mode=rung.name, kind="uringstack", status="skipped", reason=why, api=rung.api)
 
@@ -298,6 +334,15 @@ def run_mode(
         stack.close()
 
 
+def _total_ratios(r: ModeResult, base: ModeResult) -> dict[str, float | None]:
+    """IOPS, p50 and p99 of *r* over *base*'s (a run without --rounds: the totals)."""
+    out: dict[str, float | None] = {"iops": r.iops / base.iops if base.iops else None, "p50": None, "p99": None}
+    if r.lat_us and base.lat_us:
+        for k in ("p50", "p99"):
+            out[k] = r.lat_us[k] / base.lat_us[k] if base.lat_us.get(k) else None
+    return out
+
+
 def _ratios(rows: list[ModeResult], base_mode: str) -> None:
     base = next((r for r in rows if r.mode == base_mode and r.status == "ok"), None)
     if base is None:
@@ -305,10 +350,27 @@ def _ratios(rows: list[ModeResult], base_mode: str) -> None:
     for r in rows:
         if r.status != "ok":
             continue
-        r.ratio_iops = r.iops / base.iops if base.iops else None
-        if r.lat_us and base.lat_us:
-            r.ratio_p50 = r.lat_us["p50"] / base.lat_us["p50"] if base.lat_us.get("p50") else None
-            r.ratio_p99 = r.lat_us["p99"] / base.lat_us["p99"] if base.lat_us.get("p99") else None
+        got = _total_ratios(r, base)
+        r.ratio_iops, r.ratio_p50, r.ratio_p99 = got["iops"], got["p50"], got["p99"]
+
+
+def sqpoll_ratios(rows: list[ModeResult], reference: str, interleaved: bool) -> None:
+    """Each ok row whose ring ran with SQPOLL, over fio's SQPOLL job *reference*, in
+    ``details.vs_fio_sqpoll`` (the row's ``ratio_to_fio`` stays its ratio to fio io_uring):
+    with --rounds the medians of the per-round pairs (and the pairs), else the totals'."""
+    ref = next((r for r in rows if r.mode == reference and r.status == "ok"), None)
+    if ref is None:
+        return
+    for r in rows:
+        if r.status != "ok" or r.kind != "uringstack" or "SQPOLL" not in r.details.get("ring_flags", []):
+            continue
+        out: dict[str, Any] = {"reference": reference}
+        if interleaved:
+            meds, pairs = paired_medians(r, ref)
+            out.update({k: None if v is None else round(v, 4) for k, v in meds.items()}, ratio_rounds=pairs)
+        else:
+            out.update({k: None if v is None else round(v, 4) for k, v in _total_ratios(r, ref).items()})
+        r.details["vs_fio_sqpoll"] = out
 
 
 def summarize(rows: list[ModeResult]) -> dict[str, Any]:
@@ -392,12 +454,15 @@ def passthrough_char(spec: BenchSpec, caps: Capabilities | None) -> str | None:
     return dev.generic_char
 
 
-def fio_engines(spec: BenchSpec, caps: Capabilities | None = None) -> list[str]:
+def fio_engines(spec: BenchSpec, caps: Capabilities | None = None, poller: Poller | None = None) -> list[str]:
     """io_uring always; libaio as a second reference for random reads; io_uring with
-    --hipri=1 where the file's device has poll queues (the +iopoll rung's reference);
-    io_uring_cmd on the generic char device of an NVMe namespace read with O_DIRECT
-    (the +passthrough rung's reference)."""
+    --sqthread_poll=1 when a selected rung runs on an SQPOLL ring (*poller*: the +sqpoll
+    rung's reference); io_uring with --hipri=1 where the file's device has poll queues
+    (the +iopoll rung's reference); io_uring_cmd on the generic char device of an NVMe
+    namespace read with O_DIRECT (the +passthrough rung's reference)."""
     engines = ["io_uring", "libaio"] if spec.workload == "randread" else ["io_uring"]
+    if poller is not None:
+        engines.append("io_uring" + fio_mod.SQPOLL)
     if spec.direct and device_of(spec.file).get("io_poll") == "1":
         engines.append("io_uring" + fio_mod.HIPRI)  # the device polls: fio's IOPOLL job too
     if spec.direct and not spec.wl.write and passthrough_char(spec, caps):
@@ -428,11 +493,24 @@ def _run_rows(spec: BenchSpec, rungs: list[Rung], caps: Any, on_step: Any, tick:
     return rows
 
 
+def _run_fio_job(fio: str, job: BenchSpec, engine: str, tick: Tick | None, poller: Poller | None) -> ModeResult:
+    """fio's job with *engine*; the SQPOLL job's SQ thread goes where *poller* says."""
+    if engine.endswith(fio_mod.SQPOLL):
+        return fio_mod.run_fio(fio, job, engine, tick, sqpoll_cpu=poller.cpu if poller else None)
+    return fio_mod.run_fio(fio, job, engine, tick)
+
+
 def _run_fio(
-    spec: BenchSpec, fio: str, on_step: Any, tick: Tick | None, suffix: str = "", caps: Capabilities | None = None
+    spec: BenchSpec,
+    fio: str,
+    on_step: Any,
+    tick: Tick | None,
+    suffix: str = "",
+    caps: Capabilities | None = None,
+    poller: Poller | None = None,
 ) -> list[ModeResult]:
     rows = []
-    for engine in fio_engines(spec, caps):
+    for engine in fio_engines(spec, caps, poller):
         if on_step:
             on_step(f"fio {engine}{suffix}", spec.ramp_s + spec.duration)
         if not spec.direct:
@@ -440,7 +518,7 @@ def _run_fio(
         job = spec
         if engine == fio_mod.URING_CMD:  # NVMe commands go to the namespace's char device
             job = dataclasses.replace(spec, file=passthrough_char(spec, caps) or spec.file)
-        row = fio_mod.run_fio(fio, job, engine, tick)
+        row = _run_fio_job(fio, job, engine, tick, poller)
         if suffix:
             row.mode += suffix
         rows.append(row)
@@ -468,6 +546,7 @@ def _interleaved(
     settle: float,
     on_step: Callable[[str, float], None] | None,
     tick: Tick | None,
+    poller: Poller | None = None,
 ) -> tuple[list[ModeResult], dict[str, Any]]:
     """fio's jobs and the rows in *rounds* interleaved slices (:mod:`uringstack.bench.interleave`),
     after one sequential pass over the file (O_DIRECT runs: the device's cache then holds it
@@ -493,7 +572,7 @@ def _interleaved(
         drained = fio_mod.run_fio(fio, dataclasses.replace(spec, duration=settle, ramp=0.0), "io_uring", tick)
         info["settle"] = {"seconds": settle, "status": drained.status, "iops": round(drained.iops, 1)}
     # libaio is a second reference only: the rounds keep to the jobs the ratios use
-    engines = [e for e in fio_engines(spec, caps) if e != "libaio"]
+    engines = [e for e in fio_engines(spec, caps, poller) if e != "libaio"]
 
     def fio_slot(engine: str) -> Slot:
         job = one
@@ -503,7 +582,7 @@ def _interleaved(
         def run(_rnd: int) -> ModeResult:
             if not spec.direct:
                 warm_file(spec.file, spec.file_size)
-            return fio_mod.run_fio(fio, job, engine, tick)
+            return _run_fio_job(fio, job, engine, tick, poller)
 
         return Slot(f"fio {engine}", run)
 
@@ -586,12 +665,16 @@ def run_bench(
         fio_info["reason"] = "fio is not installed (apt-get install -y fio)"
     else:
         fio_info.update(available=True, version=fio_mod.fio_version(fio))
+    # a row on an SQPOLL ring gets fio's SQPOLL job beside the plain one, its poller pinned alike
+    poller = planned_poller(spec, rungs, caps) if fio_info["available"] else None
+    if fio_info["available"]:
+        fio_info["sqpoll_job"] = None if poller is None else {"rung": poller.rung, "sq_thread_cpu": poller.cpu}
     interleave_info: dict[str, Any] | None = None
     scaled_spec = None
     if rounds > 1:
         if fio is None:
             raise ValueError(f"--rounds interleaves the rows with fio's job: {fio_info['reason']}")
-        rows, interleave_info = _interleaved(spec, rungs, caps, fio, rounds, settle, on_step, tick)
+        rows, interleave_info = _interleaved(spec, rungs, caps, fio, rounds, settle, on_step, tick, poller)
     else:
         rows = _run_rows(spec, rungs, caps, on_step, tick)
         if scale_workers and scale_workers != spec.workers:
@@ -605,9 +688,10 @@ def run_bench(
                 rows.append(row)
             rows.extend(_run_processes(scaled_spec, ok, on_step))
         if fio is not None and with_fio:
-            rows.extend(_run_fio(spec, fio, on_step, tick, caps=caps))
+            rows.extend(_run_fio(spec, fio, on_step, tick, caps=caps, poller=poller))
             if scaled_spec is not None:
-                for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}", caps):
+                scaled_poller = planned_poller(scaled_spec, rungs, caps) if poller else None
+                for row in _run_fio(scaled_spec, fio, on_step, tick, f" x{scale_workers}", caps, scaled_poller):
                     row.details["scaled_from"] = row.mode.removesuffix(f" x{scale_workers}")
                     rows.append(row)
     strace_info: dict[str, Any] = {
@@ -637,8 +721,11 @@ def run_bench(
         apply_ratios(rows)  # medians of the per-round paired ratios
     else:
         _ratios([r for r in rows if "scaled_from" not in r.details], "fio io_uring")
+    sqpoll_ratios([r for r in rows if "scaled_from" not in r.details], SQPOLL_REFERENCE, interleave_info is not None)
     if scaled_spec is not None:
-        _ratios([r for r in rows if "scaled_from" in r.details], f"fio io_uring x{scale_workers}")
+        scaled_rows = [r for r in rows if "scaled_from" in r.details]
+        _ratios(scaled_rows, f"fio io_uring x{scale_workers}")
+        sqpoll_ratios(scaled_rows, f"{SQPOLL_REFERENCE} x{scale_workers}", False)
     summary = summarize([r for r in rows if "scaled_from" not in r.details])
     if scaled_spec is not None:
         summary["scaling"] = {"workers": scale_workers, "ratios": scaling(rows, scale_workers)}

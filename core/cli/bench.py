@@ -107,7 +107,10 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--modes",
             "-m",
             default=None,
-            help=f"comma-separated subset of: {', '.join(RUNGS)} (raw = the raw-ring row)",
+            help=f"comma-separated subset of: {', '.join(RUNGS)} (raw = the raw-ring row). A mode on an "
+            "SQPOLL ring (+sqpoll: a kernel thread polls the submission queue on another CPU and the caller "
+            "spins on the completion queue, so it keeps two CPUs busy) also gets fio's SQPOLL job, "
+            "'fio io_uring sqpoll' (its SQ thread pinned alike), as its like-for-like reference",
         ),
         click.option(
             "--batch",

@@ -29,6 +29,7 @@ from uringstack.errors import RingClosedError, SubmissionError, UringIOError, Wr
 from uringstack.ring import forking
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
 
@@ -411,7 +412,7 @@ class Ring:
                 # part of the batch reached the kernel: keep it owned until reaped
                 self._wait_slot_locked(slot)
                 self._reap_locked()
-            else:
+            elif self._inflight.get(slot) is batch:  # (giving up its unqueued ops may have finished it)
                 del self._inflight[slot]
                 self._free_slots.append(slot)
             raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
@@ -432,25 +433,26 @@ class Ring:
     def _submit_rest_locked(self, batch: Batch, desc: Any, left: int, wait_nr: int, wait_ms: int) -> int:
         """Submit the last *left* ops of *batch* (which found no CQ room) as room frees; 0 or -errno.
 
-        If the wait for room raises (its deadline, a lost completion, Ctrl-C), the
-        ops not yet queued are given up (result ``-ECANCELED``) and the part in the
-        kernel stays owned by the batch until its completions are reaped."""
+        On every other exit, whether the wait for room raises (its deadline, a lost
+        completion, Ctrl-C) or the resumed submission fails (-errno, also its own
+        argument checks), the ops not yet queued are given up (result ``-ECANCELED``)
+        and the part in the kernel stays owned by the batch until its completions
+        are reaped (tests/ring/test_cq_cap.py)."""
         started = time.monotonic()
         try:
             while left > 0:
                 self._wait_room_locked(started)
                 left = lib.us_batch_resume(self._ring, self._state, desc, left, wait_nr, wait_ms)
             return left
-        except BaseException:
-            if left > 0:
-                self._give_up_unqueued_locked(batch, left)
-            raise
+        finally:
+            if left:
+                self._give_up_unqueued_locked(batch)
 
-    def _give_up_unqueued_locked(self, batch: Batch, left: int) -> None:
+    def _give_up_unqueued_locked(self, batch: Batch) -> None:
+        """Give up the ops of *batch* its submission left unqueued: exactly those the C
+        bookkeeping holds unqueued (none when the error exit gave them up already)."""
         slot = batch.slot
-        for i in range(batch.n - left, batch.n):
-            batch._results[i] = -errno.ECANCELED
-        lib.us_forget_unqueued(self._state, slot, left)
+        lib.us_forget_unqueued(self._state, slot, batch.n)
         if not self._remaining[slot] and self._inflight.get(slot) is batch:
             # every op that reached the kernel was reaped already: nothing holds the slot
             del self._inflight[slot]
@@ -689,7 +691,8 @@ class Ring:
                 )  # fmt: skip
                 return self._rw_one_unfinished(slot, ret, keep, result, again)
             except BaseException:
-                self._rw_one_raised(slot, keep, result)
+                # a second raising signal (Ctrl-C twice) must not cut the op's ownership short
+                despite_signals(partial(self._rw_one_raised, slot, keep, result))
                 raise
 
     def bind_rw_one(
@@ -734,7 +737,7 @@ class Ring:
                     again = partial(call, bound, slot, offset, result, ring._tick_ms_now)
                     return ring._rw_one_unfinished(slot, ret, keep, result, again)
                 except BaseException:
-                    ring._rw_one_raised(slot, keep, result)
+                    despite_signals(partial(ring._rw_one_raised, slot, keep, result))  # as in rw_one
                     raise
 
         return rw_one
@@ -762,7 +765,8 @@ class Ring:
     def _rw_one_raised(self, slot: int, keep: object, result: Any) -> None:
         """:meth:`rw_one` raised (lock held), also from a signal handler as its call into C
         returned (Ctrl-C during its wait; the return value is lost): an op still in the
-        kernel must be owned before anything propagates (tests/ring/test_audit_signals.py)."""
+        kernel must be owned before anything propagates (tests/ring/test_audit_signals.py).
+        Idempotent: the callers run it again when a further raising signal cut it short."""
         if slot not in self._free_slots:
             if slot in self._inflight or lib.us_slot_remaining(self._state, slot):
                 self._own_rw_one(slot, keep, result)

@@ -76,8 +76,9 @@ class BatchColumns:
         """The last batch submitted from these columns (``None``: never submitted)."""
         # Owners of the column memory (the desc only points into it).
         self._keep: dict[str, Any] = {}
-        # Columns known to hold one constant over the whole capacity: refilling them is skipped.
-        self._consts: dict[str, int] = {}
+        # Columns known to hold one constant (an int) or one progression ((start, step): fill_range)
+        # over the whole capacity: refilling them is skipped.
+        self._consts: dict[str, int | tuple[int, int]] = {}
         self.ready = False
         """True once the required columns (opcodes, fds) have memory: C reads them unconditionally."""
 
@@ -118,9 +119,14 @@ class BatchColumns:
 
     # --- filling by name ------------------------------------------------------
     def column(self, name: str) -> Any:
-        """The cdata ``ctype[capacity]`` behind column *name*, allocated (zeroed) on first use."""
+        """The cdata ``ctype[capacity]`` behind column *name*, allocated (zeroed) on first use.
+
+        The caller may write it element by element: it is no longer known to hold
+        what :meth:`fill` or :meth:`fill_range` put there (their next call writes again)."""
         arr = self._keep.get(name)
-        if arr is None:
+        if arr is not None:
+            self._consts.pop(name, None)
+        else:
             ctype = FIELDS.get(name)
             if ctype is None:
                 raise ValueError(f"unknown batch column {name!r}; columns: {', '.join(FIELDS)}")
@@ -173,6 +179,22 @@ class BatchColumns:
         except OverflowError:
             raise ValueError(f"column {name!r} ({FIELDS[name]}): value {value} out of range") from None
         self._consts[name] = value
+
+    def fill_range(self, name: str, start: int, step: int) -> None:
+        """Give op ``i`` the value ``start + i * step`` in column *name* (a no-op when it already holds them).
+
+        Ops of one size laid out back to back in one buffer (their addresses), kept
+        across submissions that reuse the buffer."""
+        key = (start, step)
+        if self._consts.get(name) == key:
+            return
+        arr = self.column(name)
+        try:
+            end = start + self.capacity * step
+            arr[0 : self.capacity] = range(start, end, step) if step else [start] * self.capacity
+        except OverflowError:
+            raise ValueError(f"column {name!r} ({FIELDS[name]}): {start} + i * {step} out of range") from None
+        self._consts[name] = key
 
     def clear(self, name: str) -> None:
         """Make column *name* read 0 for every op (``NULL`` to C: no memory is touched)."""

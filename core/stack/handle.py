@@ -24,6 +24,7 @@ from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
@@ -116,8 +117,9 @@ class FileHandle:
         # The same coalescer when plain ``await read(n, off)`` may skip every check
         # but the cheap ones (a buffered io_uring handle): set by the first read.
         self._fast_reads: Coalescer | None = None
-        # Its add_read bound to this handle's file and tracker (set with _fast_reads).
-        self._add_read: Callable[[int, int], asyncio.Future[Any]] | None = None
+        # Its add_read for this handle's file and tracker, which queues only on the
+        # loop's thread (Coalescer.reader; set with _fast_reads).
+        self._add_read: Callable[[int, int], asyncio.Future[Any] | None] | None = None
         # write_durable's bound writers, per sync method (bind_write_durable)
         self._durable_writers: dict[str, Callable[[Any, int], int]] = {}
 
@@ -324,8 +326,9 @@ class FileHandle:
             try:
                 res = one(write, pin, buf, offset)
             except BaseException:
+                # a second raising signal (Ctrl-C twice) must not cut the op's tracking short
                 if self._outlived is not None:
-                    outlived = self._outlived(pin)
+                    outlived = despite_signals(functools.partial(self._outlived, pin))
                 raise
             finally:
                 inflight.leave(outlived)
@@ -365,8 +368,8 @@ class FileHandle:
                     pin = ffi.from_buffer(_PIN_TYPE, buf, True)
                 res = here(pin, buf, res or 0)
         except BaseException:
-            if self._outlived is not None and pin is not None:
-                outlived = self._outlived(pin)
+            if self._outlived is not None and pin is not None:  # as in _one_pinned
+                outlived = despite_signals(functools.partial(self._outlived, pin))
             raise
         finally:
             inflight.leave(outlived)
@@ -560,7 +563,7 @@ class FileHandle:
         if co is None or not co.on_loop_thread():  # (asyncio.get_running_loop() costs a getpid)
             co = self._coalescer_cache = coalesce.coalescer_for(io.ring)
             self._fast_reads = None if io.direct else co
-            self._add_read = None if io.direct else functools.partial(co.add_read, io, self._inflight)
+            self._add_read = None if io.direct else co.reader(io, self._inflight)
         return co, offset
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
@@ -586,23 +589,20 @@ class FileHandle:
         On an io_uring handle the read is queued with the other single reads
         and writes that the loop's tasks issue in the same iteration, and all
         go to the kernel as one batch; the result is the one copy of the bytes."""
-        co = self._fast_reads
         add = self._add_read
         # The hot path (32 tasks each awaiting 4 KiB reads spend most of their CPU
         # here): only checks that cost no call; anything else takes _read below.
         if (
-            co is not None
-            and add is not None
+            add is not None
             and type(size) is int
             and 0 < size <= MAX_RW_COUNT
             and type(offset) is int
             and 0 <= offset < _OFFSET_LIMIT
             and not self._closed
             and self._fork_gen == forking._generation
-            and (tl := co.thread_loop) is not None
-            and tl._thread_id == get_ident()  # this thread runs co's loop (see Coalescer.thread_loop)
+            and (fut := add(size, offset)) is not None  # queued: this thread runs the loop (Coalescer.reader)
         ):
-            data = await add(size, offset)
+            data = await fut
             if type(data) is bytes and len(data) == size:
                 return data
             return self._read_rest(data, size, offset)

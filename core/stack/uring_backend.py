@@ -48,6 +48,7 @@ from uringstack.ring.buffers import (
 )
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.opnames import FEAT_RW_CUR_POS
@@ -609,10 +610,7 @@ class UringPrepared:
             # The op outlived the call (a hung device, a lost completion): it is in flight
             # in a Batch holding the pins.  Track it as a started batch would be (no
             # restart on these buffers; the caller lets the handle's close wait for it).
-            pending = self.io.outlived_op(self._bound_keep)
-            if pending is not None:
-                self._cols.batch = pending.batch
-                self._outlived = pending
+            despite_signals(self._track_outlived)  # a second raising signal must not cut it short
             raise
         finally:
             busy.release()
@@ -620,6 +618,14 @@ class UringPrepared:
         if hook is not None:
             hook(self.op, self.ring)(DoneBatch([res]))
         return res
+
+    def _track_outlived(self) -> None:
+        """:meth:`run_one` raised: if its op is still in flight, track it as a started batch
+        (its pins held, :meth:`outlived` its pending).  Safe to repeat (despite_signals)."""
+        pending = self.io.outlived_op(self._bound_keep)
+        if pending is not None:
+            self._cols.batch = pending.batch
+            self._outlived = pending
 
     def outlived(self) -> UringPending | None:
         """After :meth:`run_one` raised: the pending of its op if that outlived the call

@@ -307,3 +307,49 @@ def test_scaled_and_tuned_runs_never_decide_a_one_worker_target(tmp_path: Path) 
     procs = next(ln for ln in text.splitlines() if "as processes" in ln)
     assert "batched (processes) 3.80" in procs, procs
     assert "a file on vda, --scale-workers 2" in text and "a file on vda, --tuned" in text
+
+
+def test_qd1_target_takes_the_best_public_mode_by_p50_and_shows_sqpoll_beside_fio_sqpoll(tmp_path: Path) -> None:
+    mod = _script()
+    fio = [(10_000.0, 50.0, 100.0)] * 4
+    # batched: p50 pairs 1.2 (missed); +sqpoll: p50 0.7, p99 0.65 (the best p50 ratio: judged, met)
+    batched = _il_row("batched", [(9_000.0, 60.0, 120.0)] * 4)
+    batched["cpu_us_per_io"] = 38.4
+    sqpoll = _il_row("+sqpoll", [(14_000.0, 35.0, 65.0)] * 4)
+    sqpoll["cpu_us_per_io"] = 82.5
+    sqpoll["details"]["ring_flags"] = ["SQPOLL", "SQ_AFF"]
+    # fio's own SQPOLL job: +sqpoll's p50 over it 35/31.25 = 1.12, p99 65/50 = 1.30
+    fio_sq = _il_row("fio io_uring sqpoll", [(15_000.0, 31.25, 50.0)] * 4, "fio")
+    fio_sq["cpu_us_per_io"] = 70.0
+    plain = _il_row("fio io_uring", fio, "fio")
+    plain["cpu_us_per_io"] = 27.0
+    docs = [_il_doc("t1", 1, [batched, sqpoll, plain, fio_sq])]
+    text = mod.generate(_write(tmp_path, docs), None)
+    line = next(ln for ln in text.splitlines() if "QD1" in ln and "p50 and p99" in ln)
+    assert "| +sqpoll: p50 0.70 (1 run(s) × 4 rounds; rounds 0.70–0.70), p99 0.65 (" in line, line
+    assert line.endswith("| **yes** |"), line
+    # every public mode with its p50 / p99 ratios and CPU per I/O, fio's CPU beside them
+    assert "batched 1.20 / 1.20 / 38.4, +sqpoll 0.70 / 0.65 / 82.5 (fio io_uring: 27.0 µs per I/O)" in line
+    assert "+sqpoll / fio io_uring sqpoll (SQPOLL on both sides): IOPS 0.93, p50 1.12, p99 1.30" in line
+    assert "fio's SQPOLL job 70.0 µs per I/O" in line and "SQPOLL costs a second CPU" in line
+    # the group's tables: the like-for-like medians under the table, the per-round pairs in the rounds table
+    assert "+sqpoll / fio io_uring sqpoll (fio with `--sqthread_poll=1`" in text
+    assert "| t1 | 4 × 1 s | +sqpoll / fio io_uring sqpoll | 0.93 0.93 0.93 0.93 | 1.12 1.12 1.12 1.12 |" in text
+    # without an SQPOLL row the QD1 target is batched's alone and says nothing of SQPOLL
+    text = mod.generate(_write(tmp_path, [_il_doc("t1", 1, [batched, plain])]), None)
+    line = next(ln for ln in text.splitlines() if "QD1" in ln and "p50 and p99" in ln)
+    assert "| batched: p50 1.20 (" in line and line.endswith("| **no** |") and "SQPOLL" not in line, line
+
+
+def test_qd1_target_takes_the_mode_best_on_both_percentiles_not_on_p50_alone(tmp_path: Path) -> None:
+    # +sqpoll has the best p50 but misses p99 (its poller lost time slices); batched meets
+    # both: the target is met, by batched
+    mod = _script()
+    batched = _il_row("batched", [(9_500.0, 52.5, 105.0)] * 4)
+    sqpoll = _il_row("+sqpoll", [(14_000.0, 35.0, 500.0)] * 4)
+    sqpoll["details"]["ring_flags"] = ["SQPOLL"]
+    plain = _il_row("fio io_uring", [(10_000.0, 50.0, 100.0)] * 4, "fio")
+    text = mod.generate(_write(tmp_path, [_il_doc("t1", 1, [batched, sqpoll, plain])]), None)
+    line = next(ln for ln in text.splitlines() if "QD1" in ln and "p50 and p99" in ln)
+    assert "| batched: p50 1.05 (" in line and line.endswith("| **yes** |"), line
+    assert "+sqpoll 0.70 / 5.00" in line, line

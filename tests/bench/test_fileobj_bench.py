@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from uringstack.bench.fileobj import BENCHES, TARGETS
+from uringstack.bench.fileobj import BENCHES, FLOOR, TARGETS, floor_source, sha_floor
 from uringstack.cli import cli
 
 from .test_benchmarks_md import _script
@@ -38,7 +39,7 @@ def test_every_comparison_against_the_builtin_in_one_run(doc: dict[str, Any]) ->
     assert doc["workload"] == "fileobj" and doc["spec"]["file_size"] == 8 << 20
     assert [r["bench"] for r in doc["results"]] == list(BENCHES)
     by = {r["bench"]: r for r in doc["results"]}
-    assert set(by["sha256-cold"]["sides"]) == {"builtin", "uringstack", "uringstack direct"}
+    assert set(by["sha256-cold"]["sides"]) == {"builtin", "uringstack", "uringstack direct", FLOOR}
     for name in ("sha256-hot", "sha256-cold", "copyfileobj"):
         r = by[name]
         assert r["status"] == "ok" and r["base"] == "builtin"
@@ -92,6 +93,7 @@ def test_benchmarks_md_renders_the_issue16_targets(doc: dict[str, Any], tmp_path
                 r["ratios"]["uringstack"] = hot
             if r["bench"] == "sha256-cold":
                 r["ratios"]["uringstack direct"] = 1.2 + i  # 1.2, 2.2: median 1.7
+                r["ratios"][FLOOR] = 1.25 + i  # median 1.75
         p = tmp_path / f"fileobj-{i}.json"
         p.write_text(json.dumps(d))
         docs.append(p)
@@ -106,6 +108,17 @@ def test_benchmarks_md_renders_the_issue16_targets(doc: dict[str, Any], tmp_path
     assert "uringstack: 1.10\u00d7 (2 run(s))" in hot and "**yes**" in hot
     cold = next(ln for ln in text.splitlines() if ln.startswith("| " + TARGETS["sha256-cold"].text))
     assert "uringstack direct: 1.70\u00d7" in cold and "**yes**" in cold
+    assert f"{FLOOR} (the ceiling): 1.75\u00d7" in cold
     for name in ("copyfileobj", "aio-random"):
         assert any(ln.startswith("| " + TARGETS[name].text) for ln in text.splitlines()), name
     assert "| `shutil.copyfileobj`, hot source | builtin |" in text
+
+
+def test_the_floor_hashes_every_byte_it_copies() -> None:
+    # the floor is file_digest's loop with the read replaced by a copy: its digest is that
+    # of the source cycled to the file's size, so it cannot skip a byte of hashing or copying
+    size = (3 << 20) + (5 << 18) + 4096  # not a whole period, and a short last chunk
+    source = floor_source(size)
+    assert len(source) == 4 << 20  # whole MiB of it, less than the size: the copy wraps
+    cycled = bytes(source) * 2
+    assert sha_floor(source, size) == hashlib.sha256(cycled[:size]).hexdigest()

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 
-from uringstack.ring import MAX_SLOTS, Ring
+import uringstack.ring as ring_module
+from uringstack.ring import MAX_SLOTS, Batch, Ring
 from uringstack.ring.buffers import address_of
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
@@ -67,6 +70,18 @@ def _interrupted(call: Callable[[], object]) -> None:
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def _owned_then_fed(ring: Ring, keep: object, buf: bytearray, w: int) -> Batch:
+    """The interrupted read is in the kernel, owned by a batch holding *keep*; fed, it completes."""
+    assert ring.inflight == 1  # the kernel holds the read
+    batch = ring.batch_holding(keep)
+    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
+    os.write(w, b"12345678")
+    assert ring.wait(batch) == [8] and buf == b"12345678"
+    ring.reap()
+    _settled(ring)
+    return batch
+
+
 @pytest.mark.usefixtures("alarm")
 @pytest.mark.parametrize("bound", [False, True], ids=["rw_one", "bind_rw_one"])
 def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
@@ -82,18 +97,63 @@ def test_rw_one_interrupted_by_a_raising_handler_keeps_its_op_owned(
         return bound_read(0) if bound else ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep)
 
     _interrupted(read)
-    assert ring.inflight == 1  # the kernel holds the read
-    batch = ring.batch_holding(keep)
-    assert batch is not None, "the op in the kernel is owned by nothing: its buffer is not pinned"
-    os.write(w, b"12345678")
-    assert ring.wait(batch) == [8] and buf == b"12345678"
-    ring.reap()
-    _settled(ring)
+    batch = _owned_then_fed(ring, keep, buf, w)
     # the ring goes on working, with a result cell of its own
     os.write(w, b"abcdefgh")
     assert read() == 8
     assert buf == b"abcdefgh" and batch.results == [8]
     _settled(ring)
+
+
+class Second(Exception):
+    """What the test's SIGUSR1 handler raises: a second signal, inside the first one's handling."""
+
+
+class _SignalInBookkeeping:
+    """The binding, except that the first ``us_slot_remaining`` (the first call into C of the
+    ownership bookkeeping after rw_one raised) sends this thread a SIGUSR1 first: its
+    handler raises :class:`Second` there, as a second Ctrl-C arriving at that moment would."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.sent = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def us_slot_remaining(self, st: Any, slot: int) -> int:
+        if not self.sent:
+            self.sent += 1
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        return int(self._real.us_slot_remaining(st, slot))
+
+
+@pytest.mark.usefixtures("alarm")
+@pytest.mark.parametrize("bound", [False, True], ids=["rw_one", "bind_rw_one"])
+def test_a_second_signal_during_the_ownership_bookkeeping_still_leaves_the_op_owned(
+    waiting_ring: Ring, pipe: tuple[int, int], bound: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C twice: the first interrupts the wait, the second raises while rw_one's handler
+    makes the op in the kernel owned.  The op must still end up owned (its buffer pinned,
+    found by ``batch_holding``) and the first exception propagate."""
+    ring, (r, w) = waiting_ring, pipe
+    buf = bytearray(8)
+    keep = (pin := ffi.from_buffer(buf), buf)
+    bound_read = ring.bind_rw_one(Op.READ, r, pin, 8, 0, 0, keep)
+
+    def raise_second(signum: int, frame: FrameType | None) -> None:
+        raise Second
+
+    old = signal.signal(signal.SIGUSR1, raise_second)
+    try:
+        spy = _SignalInBookkeeping(ring_module.lib)
+        monkeypatch.setattr(ring_module, "lib", spy)
+        _interrupted(lambda: bound_read(0) if bound else ring.rw_one(Op.READ, r, pin, 8, 0, 0, 0, keep))
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    monkeypatch.undo()
+    assert spy.sent == 1, "the bookkeeping made no call into C: the test did not interrupt it"
+    _owned_then_fed(ring, keep, buf, w)
 
 
 @pytest.mark.usefixtures("alarm")

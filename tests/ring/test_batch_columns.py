@@ -149,3 +149,25 @@ def test_submit_arrays_shim_still_submits_positional_columns(ring: Ring, datafil
     ]  # fmt: skip
     assert ring.wait(ring.submit_arrays(1, arrays, (pin, buf), wait=True)) == [BS]
     assert bytes(buf) == data[3 * BS : 4 * BS]
+
+
+def test_fill_range_writes_a_progression_and_rewrites_after_other_writes() -> None:
+    cols = BatchColumns(4)
+    cols.fill_range("addrs", 1000, 16)
+    assert cols.get("addrs") == [1000, 1016, 1032, 1048]
+    cols.fill_range("addrs", 2000, 16)  # another buffer: written again, not taken as the same
+    assert cols.get("addrs") == [2000, 2016, 2032, 2048]
+    cols.set("addrs", [1, 2, 3, 4])
+    cols.fill_range("addrs", 2000, 16)  # set() overwrote it: the same progression is written again
+    assert cols.get("addrs") == [2000, 2016, 2032, 2048]
+    cols.column("addrs")[1] = 7  # an element written in place
+    cols.fill_range("addrs", 2000, 16)
+    assert cols.get("addrs") == [2000, 2016, 2032, 2048]
+    cols.fill("lens", 5)
+    cols.column("lens")[0] = 9
+    cols.fill("lens", 5)  # (fill too: column() forgets what it knew)
+    assert cols.get("lens") == [5] * 4
+    cols.fill_range("offs", 3, 0)
+    assert cols.get("offs") == [3] * 4
+    with pytest.raises(ValueError, match="out of range"):
+        cols.fill_range("lens", 2**32 - 2, 1)

@@ -451,6 +451,34 @@ def test_an_arena_is_reused_only_after_its_bytes_were_delivered(uring_stack: Sta
 
 
 @pytest.mark.timeout(60)
+def test_flushes_of_changing_read_sizes_each_read_into_their_own_arena_places(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Reads of one size keep their arena addresses in the pooled columns across
+    # flushes; a flush of another size, a bigger arena (a new address) or mixed
+    # sizes must write them again, or the kernel reads into the wrong places.
+    expect = data.read_bytes()
+    rounds = [[BLOCK] * 8, [2 * BLOCK] * 8, [BLOCK] * 8, [100] * 8, [BLOCK, 512] * 4, [BLOCK] * 8, [3 * BLOCK] * 8]
+    with _uring_handle(uring_stack, data) as h:
+
+        async def main() -> list[tuple[list[int], list[int], list[bytes], int]]:
+            await h.read(BLOCK, 0)
+            out = []
+            for r, sizes in enumerate(rounds):
+                offsets = [((i * 5 + r * 3) % 48) * BLOCK + r * 64 for i in range(len(sizes))]
+                co = h._fast_reads
+                assert co is not None
+                before = co.flushes
+                got = await asyncio.gather(*(h.read(n, off) for n, off in zip(sizes, offsets, strict=True)))
+                out.append((sizes, offsets, got, co.flushes - before))
+            return out
+
+        for sizes, offsets, got, flushes in _run(main()):
+            assert flushes == 1
+            assert got == [expect[off : off + n] for n, off in zip(sizes, offsets, strict=True)], sizes
+
+
+@pytest.mark.timeout(60)
 def test_a_close_waits_for_a_flush_still_being_submitted(uring_stack: Stack, data: pathlib.Path) -> None:
     """The flush's pending is tracked before submission: until it has a batch (or
     failed to submit), a close() in another thread must wait for it, then refuse new flushes."""

@@ -14,17 +14,21 @@ arrives, that the CQ never overflowed and that nothing hangs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import uringstack.ring as ring_module
 from tests.conftest import open_plain_uring
 from tests.ring.conftest import cq_overflowed
-from uringstack.ring import Ring, RingBusyError, aio, coalesce
+from uringstack.errors import SubmissionError
+from uringstack.ring import Batch, Ring, RingBusyError, aio, coalesce
 from uringstack.ring.buffers import address_of, aligned_buffer
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op
@@ -48,7 +52,6 @@ def pipes() -> Iterator[list[tuple[int, int]]]:
     for r, w in ps:
         os.close(r)
         os.close(w)
-
 
 
 class Feeder:
@@ -176,6 +179,64 @@ def test_a_hung_op_fails_the_room_wait_within_its_timeout(ring: Ring, pipes: lis
         ring.submit(Op.READ, fds, addrs=addrs, lens=SIZE, offsets=0, keep=[pin, buf])
     assert time.monotonic() - t0 < 3
     assert ring.inflight <= ring.cq_cap
+
+
+class _BadResume:
+    """The binding, except that the first ``us_batch_resume`` gets a count of unqueued ops it
+    must refuse (-EINVAL from its own argument checks): an error exit the Ring never provokes."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.refused: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def us_batch_resume(self, ring: Any, st: Any, desc: Any, left: int, wait_nr: int, wait_ms: int) -> int:
+        if self.refused:
+            return int(self._real.us_batch_resume(ring, st, desc, left, wait_nr, wait_ms))
+        ret = int(self._real.us_batch_resume(ring, st, desc, desc.n + 1, wait_nr, wait_ms))
+        self.refused.append(ret)
+        return ret
+
+
+def test_a_failed_resume_gives_up_the_unqueued_ops(
+    ring: Ring, pipes: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch larger than the cap goes out in parts (``us_batch_resume``); when a resumed
+    part fails (here the call's own argument check), the ops never queued complete at once
+    with -ECANCELED, the part in the kernel is reaped, and the submission raises in
+    seconds: no wait for completions that can never come, nothing left in flight."""
+    created: list[Batch] = []
+
+    class Recorded(Batch):
+        __slots__ = ()
+
+        def __init__(self, n: int, keep: object, arrays: object = ()) -> None:
+            super().__init__(n, keep, arrays)
+            created.append(self)
+
+    bad = _BadResume(ring_module.lib)
+    monkeypatch.setattr(ring_module, "lib", bad)
+    monkeypatch.setattr(ring_module, "Batch", Recorded)
+    ring.wait_timeout = 3.0
+    fds, addrs, buf, pin = _reads(pipes)
+    t0 = time.monotonic()
+    with Feeder(ring, pipes, delay=0.3) as feeder, pytest.raises(SubmissionError) as err:
+        ring.submit(Op.READ, fds, addrs=addrs, lens=SIZE, offsets=0, keep=[pin, buf])
+    assert time.monotonic() - t0 < 2.5, "the submission waited for ops it never queued"
+    feeder.check()
+    assert bad.refused == [-errno.EINVAL] and err.value.errno == errno.EINVAL
+    (batch,) = created
+    assert batch.finished
+    results = batch.results
+    queued = results.index(-errno.ECANCELED)
+    assert 0 < queued <= ring.cq_cap
+    assert results == [SIZE] * queued + [-errno.ECANCELED] * (N - queued)
+    assert buf[: SIZE * queued] == _expect(buf, queued)
+    assert ring.inflight == 0
+    monkeypatch.undo()
+    assert ring.run(Op.NOP, -1) == [0]  # the ring and its slots are usable
 
 
 class _PipeIO:

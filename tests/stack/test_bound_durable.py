@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -20,13 +22,17 @@ import pytest
 import uringstack.plugins.fallback.backend as fallback_backend
 from uringstack.errors import AlignmentError, ForkedChildError, RingClosedError, UringIOError
 from uringstack.ring import Batch, forking
-from uringstack.ring.buffers import aligned_buffer
+from uringstack.ring.buffers import address_of, aligned_buffer
+from uringstack.ring.flags import Op
 from uringstack.ring.io_backend import SyncMethod
-from uringstack.stack import Stack
+from uringstack.ring.native import ffi
+from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
+from uringstack.stack.uring_backend import UringFileIO, UringPending
 from uringstack.wal import Wal, WalConfig, WalFailedError
 
 BS = 4096
+CPU = sorted(os.sched_getaffinity(0))[0]
 
 
 @pytest.fixture
@@ -158,3 +164,100 @@ def test_a_log_stops_after_a_failed_bound_write(
         with pytest.raises(WalFailedError):
             wal.append(b"third")
         assert len(calls) == 1, "the log wrote again after a failed durable write"
+
+
+class _HeldWrite:
+    """The io_uring backend's durable write replaced by an op the kernel holds (reads of two
+    empty pipes on the same ring, as the write and its flush): it completes when the pipes are
+    written (:meth:`feed`), with the results of a complete write and flush."""
+
+    def __init__(self, io: UringFileIO) -> None:
+        self.ring = io.ring
+        self.pipes = [os.pipe() for _ in range(2)]
+        self.buf = bytearray(2 * BS)
+        self.pin = ffi.from_buffer(self.buf)
+
+    def start(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> UringPending:
+        base = address_of(self.pin)
+        batch = self.ring.submit(
+            Op.READ, [r for r, _ in self.pipes], addrs=[base, base + BS], lens=[BS, 1], offsets=0,
+            keep=[self.pin, self.buf], wait=wait,
+        )  # fmt: skip
+        return UringPending(self.ring, batch)
+
+    def feed(self) -> None:
+        os.write(self.pipes[0][1], b"w" * BS)
+        os.write(self.pipes[1][1], b"\0")
+
+    def fed(self) -> bool:
+        return bytes(self.buf[:BS]) == b"w" * BS
+
+    def close(self) -> None:
+        for r, w in self.pipes:
+            os.close(r)
+            os.close(w)
+
+
+@pytest.fixture
+def held(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FileHandle, _HeldWrite]]:
+    """A handle on the io_uring backend whose bound durable writes hang until fed."""
+    with open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off"}) as s:
+        h = s.open(tmp_path / "f", create=True)
+        assert isinstance(h.io, UringFileIO) and h.ring is not None
+        hold = _HeldWrite(h.io)
+        monkeypatch.setattr(h.io, "start_write_durable", hold.start)
+        h.ring.wait_tick = 0.05
+        try:
+            yield h, hold
+        finally:
+            hold.feed()  # whatever the test left in flight completes: the stack closes
+            h.close()
+            hold.close()
+
+
+def _close_waits_for(h: FileHandle, hold: _HeldWrite) -> None:
+    """close() returns only once the held op completed (fed 0.3 s later), never under it."""
+    feeder = threading.Timer(0.3, hold.feed)
+    feeder.start()
+    t0 = time.monotonic()
+    h.close()
+    assert hold.fed(), "close() returned while the kernel still held the durable write"
+    assert time.monotonic() - t0 >= 0.25
+    feeder.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_bound_durable_write_that_outlives_its_raising_call_is_waited_for_by_close(
+    held: tuple[FileHandle, _HeldWrite],
+) -> None:
+    """io_uring backend: the wait of a bound durable write gives up (wait_timeout) while the
+    kernel still holds the op; the handle keeps tracking it, so close() waits for it."""
+    h, hold = held
+    assert h.ring is not None
+    h.ring.wait_timeout = 0.3
+    write = h.bind_write_durable("fdatasync")
+    with pytest.raises(UringIOError) as err:
+        write(b"x" * BS, 0)
+    assert err.value.errno == errno.ETIMEDOUT
+    assert h.ring.inflight == 2
+    _close_waits_for(h, hold)
+
+
+@pytest.mark.timeout(30)
+def test_close_waits_for_a_bound_durable_write_in_its_call(held: tuple[FileHandle, _HeldWrite]) -> None:
+    """io_uring backend: another thread's close() while a bound durable write waits in its call
+    waits for it (the write returns its length) instead of closing the descriptor under it."""
+    h, hold = held
+    assert h.ring is not None
+    h.ring.wait_timeout = 10.0
+    write = h.bind_write_durable("fdatasync")
+    got: list[object] = []
+    writer = threading.Thread(target=lambda: got.append(write(b"x" * BS, 0)), daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 5
+    while h.ring.inflight < 2:
+        assert time.monotonic() < deadline, "the held write never reached the ring"
+        time.sleep(0.01)
+    _close_waits_for(h, hold)
+    writer.join(5)
+    assert got == [BS]

@@ -71,6 +71,7 @@ struct us_counters {
 typedef struct us_state {
     int32_t *results[US_MAX_SLOTS];
     uint32_t remaining[US_MAX_SLOTS];
+    uint32_t unqueued[US_MAX_SLOTS];  /* the last ops of the slot's batch left unqueued for want of CQ room */
     uint16_t done[US_MAX_SLOTS];
     uint32_t done_n;
     uint32_t inflight;      /* tracked SQEs queued or submitted whose CQE is not reaped */
@@ -359,9 +360,14 @@ static int prep_one(struct io_uring *ring, struct io_uring_sqe *sqe, const struc
     return 0;
 }
 
-/* The last *k* ops of *slot* never reached the kernel (unqueue_unsubmitted): stop awaiting them. */
-static void forget_unsubmitted(us_state_t *st, uint32_t slot, uint32_t k)
+/* The last *k* of the *n* ops of *slot* never reached the kernel (unqueue_unsubmitted, or
+ * left unqueued): stop awaiting them; their result is -ECANCELED. */
+static void forget_unsubmitted(us_state_t *st, uint32_t slot, uint32_t n, uint32_t k)
 {
+    if (st->results[slot])
+        for (uint32_t i = n - k; i < n; i++)
+            st->results[slot][i] = -ECANCELED;
+    st->unqueued[slot] = 0;
     st->remaining[slot] -= k;
     if (st->remaining[slot] == 0)
         st->results[slot] = NULL;
@@ -383,16 +389,19 @@ static void forget_unsubmitted(us_state_t *st, uint32_t slot, uint32_t k)
 static int submit_range(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t start,
                         uint32_t wait_nr, uint32_t wait_ms)
 {
+    st->unqueued[b->slot] = 0;
     for (uint32_t i = start; i < b->n; i++) {
         int err;
         struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
         if (!sqe) {
-            if (err == -EBUSY)
+            if (err == -EBUSY) {
+                st->unqueued[b->slot] = b->n - i;  /* us_batch_resume or us_forget_unqueued: never both */
                 return (int)(b->n - i);  /* next_sqe submitted what was queued */
+            }
             /* ops start..i-1 are queued, the last k of them never reached the kernel */
             unsigned k = unqueue_unsubmitted(ring);
             st->inflight -= k;
-            forget_unsubmitted(st, b->slot, b->n - i + k);
+            forget_unsubmitted(st, b->slot, b->n, b->n - i + k);
             return err;
         }
         int ret = prep_one(ring, sqe, b, i);
@@ -408,7 +417,7 @@ static int submit_range(struct io_uring *ring, us_state_t *st, const struct us_b
                 k = i - start + 1;  /* never another caller's SQEs (there are none: each call submits its own) */
             ring->sq.sqe_tail -= k;
             st->inflight -= k - 1;
-            forget_unsubmitted(st, b->slot, b->n - i + (k - 1));
+            forget_unsubmitted(st, b->slot, b->n, b->n - i + (k - 1));
             return ret;
         }
         st->inflight++;  /* counted as queued: a drain inside next_sqe may reap it */
@@ -421,7 +430,7 @@ static int submit_range(struct io_uring *ring, us_state_t *st, const struct us_b
     if (ret < 0) {
         unsigned k = unqueue_unsubmitted(ring);
         st->inflight -= k;
-        forget_unsubmitted(st, b->slot, k);
+        forget_unsubmitted(st, b->slot, b->n, k);
         return ret;
     }
     return 0;
@@ -454,14 +463,23 @@ int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch
     return submit_range(ring, st, b, 0, wait_nr, wait_ms);
 }
 
-/* The last *k* ops of the batch in *slot* were never queued (us_submit_batch or
- * us_batch_resume returned k): stop awaiting them.  When nothing else of the
+/* Give up the ops of the batch (of *n* ops) in *slot* that us_submit_batch or
+ * us_batch_resume left unqueued (they returned k > 0): stop awaiting them, and
+ * their result is -ECANCELED.  Returns how many: exactly those the bookkeeping
+ * holds unqueued, whatever error ended the batch's submission (0 when an error
+ * exit already gave them up, or none is left), so it is safe on every error
+ * path and never forgets an op the kernel holds.  When nothing else of the
  * slot is awaited it is finished without a result (not put in the done list:
  * the caller, which gave the ops up, frees the slot itself). */
-void us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t k)
+uint32_t us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t n)
 {
-    if (slot < US_MAX_SLOTS && k <= st->remaining[slot])
-        forget_unsubmitted(st, slot, k);
+    if (slot >= US_MAX_SLOTS)
+        return 0;
+    uint32_t k = st->unqueued[slot];
+    if (!k || k > n || k > st->remaining[slot])
+        return 0;
+    forget_unsubmitted(st, slot, n, k);
+    return k;
 }
 
 static uint64_t now_ns(void)
@@ -706,7 +724,7 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
     if (sub < 0) {
         if (unqueue_unsubmitted(ring)) {
             st->inflight--;
-            forget_unsubmitted(st, slot, 1);
+            forget_unsubmitted(st, slot, 1, 1);
         }
         return sub;
     }
@@ -869,7 +887,9 @@ int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch
 }
 
 /* Go on with a batch that us_batch_submit (or an earlier resume) left with its
- * last *left* ops unqueued for want of CQ room; the same returns. */
+ * last *left* ops unqueued for want of CQ room; the same returns.  An error
+ * from submitting gives up what it did not submit; -EINVAL from the checks
+ * here changes nothing: the caller gives the unqueued ops up (us_forget_unqueued). */
 int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t left, uint32_t wait_nr,
                     uint32_t wait_ms)
 {

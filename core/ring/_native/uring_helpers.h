@@ -151,5 +151,5 @@ int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch
 uint32_t us_cq_room(const struct io_uring *ring);
 int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t left, uint32_t wait_nr,
                     uint32_t wait_ms);
-void us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t k);
+uint32_t us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t n);
 int us_wait_room_for(struct io_uring *ring, us_state_t *st, uint32_t need, uint32_t timeout_ms);
