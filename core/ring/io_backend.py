@@ -192,11 +192,20 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     """
     results: list[int] = []
     for offset, buf in zip(offsets, buffers, strict=True):
-        data = buf.view if isinstance(buf, RegisteredBuffer) else buf
+        data: Any = buf.view if isinstance(buf, RegisteredBuffer) else buf
         done = 0
         try:
             done = os.pwrite(fd, data, offset)
-            total = data.nbytes if type(data) is memoryview else memoryview(data).nbytes
+            # the length in bytes: no memoryview made for it where the type tells (every held
+            # bytes of a copyfileobj, every buffer a BufferedWriter writes out)
+            kind = type(data)
+            total = (
+                data.nbytes
+                if kind is memoryview
+                else len(data)
+                if kind is bytes or kind is bytearray
+                else memoryview(data).nbytes
+            )
             if 0 < done < total:
                 view = memoryview(data).cast("B")
                 while done < total:

@@ -107,7 +107,10 @@ class FileHandle:
         # The backend's single waited op (read_into/write_from), where it has one:
         # run_one(write, pin, buf, offset) -> bytes or -errno, None to take the batch path.
         self._one: Callable[[bool, Any, Any, int], int | None] | None = getattr(io, "run_one", None)
-        self._here: Callable[[Any, Any], int | None] | None = getattr(io, "read_here", None)
+        # Reads at the file position (uringstack.FileIO.readinto): read_cached(buf, want), the
+        # page-cache part copied by the caller, then read_here(pin, buf, got) for the rest.
+        self._cached: Callable[[Any, int], int | None] | None = getattr(io, "read_cached", None)
+        self._here: Callable[[Any, Any, int], int | None] | None = getattr(io, "read_here", None)
         # outlived_op(keep) -> the pending of a run_one op still in flight after its call raised
         self._outlived: Callable[[object], Pending | None] | None = getattr(io, "outlived_op", None)
         self._coalescer_cache: Coalescer | None = None
@@ -337,14 +340,18 @@ class FileHandle:
             return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
         return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
 
-    def _read_here_pinned(self, pin: Any, buf: Any) -> int | None:
-        """One waited read into *buf* (pinned as *pin*) at the descriptor's file position,
-        which moves past what was read, as read(2) does (``uringstack.FileIO.readinto``).
+    def _read_here(self, buf: Any, want: int, pin: Any = None) -> int | None:
+        """One waited read of *want* bytes (*buf*'s length, > 0) into *buf* at the
+        descriptor's file position, which moves past what was read, as read(2) does
+        (``uringstack.FileIO.readinto``).
 
         Bytes read: short only at end of file, or where read(2) would be short.
         ``None`` when the backend cannot read at the file position (the caller
-        looks the position up and reads there).  Tracked as :meth:`_one_pinned` is
-        (the same lines, inline in both: a shared helper would cost a Python call per op)."""
+        looks the position up and reads there).  What the page cache holds is
+        copied by this thread without pinning *buf* (the backend's ``read_cached``:
+        ``preadv`` takes the buffer itself); *buf* is pinned (unless *pin* is given)
+        only for what goes to the ring (``read_here``).  Tracked as :meth:`_one_pinned`
+        is (the same lines, inline in both: a shared helper would cost a Python call per op)."""
         here = self._here
         if here is None:
             return None
@@ -354,9 +361,14 @@ class FileHandle:
         inflight.enter()
         outlived = None
         try:
-            res = here(pin, buf)
+            cached = self._cached
+            res = cached(buf, want) if cached is not None else None
+            if res is None or 0 < res < want:
+                if pin is None:
+                    pin = ffi.from_buffer(_PIN_TYPE, buf, True)
+                res = here(pin, buf, res or 0)
         except BaseException:
-            if self._outlived is not None:  # as in _one_pinned
+            if self._outlived is not None and pin is not None:  # as in _one_pinned
                 outlived = despite_signals(functools.partial(self._outlived, pin))
             raise
         finally:

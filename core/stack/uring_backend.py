@@ -9,10 +9,11 @@ slot with IOSQE_FIXED_FILE.
 A single waited read or write (the handle's ``read_into``/``write_from``,
 so every ``uringstack.FileIO`` call) takes :meth:`UringFileIO.run_one`: one
 call into C (:meth:`~uringstack.ring.Ring.rw_one`) instead of a batch.
-``uringstack.FileIO.readinto`` on a buffered file takes
-:meth:`UringFileIO.read_here`: a read at the descriptor's file position
-(offset -1), whose page-cache part the calling thread copies
-(``preadv2(RWF_NOWAIT)``) and whose rest the ring reads.
+``uringstack.FileIO.readinto`` on a buffered file reads at the descriptor's
+file position (offset -1): :meth:`UringFileIO.read_cached`, the page-cache
+part copied by the calling thread (``preadv2(RWF_NOWAIT)``, the caller's
+buffer not pinned), then :meth:`UringFileIO.read_here`, the rest (or all of
+it) through the ring.
 
 A *waited* buffered write (``write_from``, ``write_many``, a prepared
 write's ``run``) to a file on a file system where the kernel would punt it
@@ -75,6 +76,7 @@ _READ, _WRITE, _FIXED_FILE = int(Op.READ), int(Op.WRITE), int(SqeFlag.FIXED_FILE
 AT_FILE_POSITION = (1 << 64) - 1
 # preadv2(RWF_NOWAIT) failures that say "not here" rather than "this read failed"
 _NO_CACHED_READS = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL))
+_RWF_NOWAIT = os.RWF_NOWAIT  # (a module global: one lookup per cached read instead of two)
 
 # Column sets kept per capacity (a power of two up to this) for start_rw, and
 # how many idle ones each capacity keeps: a batch reuses a finished set
@@ -108,9 +110,9 @@ class UringFileIO:
         # Whether the kernel reads at the file position (offset -1): its IORING_FEAT_RW_CUR_POS,
         # reported when the ring was set up (never under O_DIRECT: the caller aligns offsets).
         self._reads_here = bool(ring.features & FEAT_RW_CUR_POS) and not target.direct
-        # Whether read_here first copies what the page cache holds in the caller (preadv2
-        # RWF_NOWAIT); off for good once the file system refuses it (EOPNOTSUPP).
-        self._reads_cached_inline = True
+        # Whether read_cached copies what the page cache holds in the caller (preadv2
+        # RWF_NOWAIT) before read_here; off for good once the file system refuses it (EOPNOTSUPP).
+        self._reads_cached_inline = self._reads_here
 
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
@@ -226,10 +228,54 @@ class UringFileIO:
             self.completion_hook("write" if write else "read", ring)(DoneBatch([res]))
         return res
 
-    def read_here(self, pin: Any, buf: Any) -> int | None:
+    def read_cached(self, buf: Any, want: int) -> int | None:
+        """The first step of a read of *want* bytes (*buf*'s length) at the descriptor's file
+        position: what the page cache holds of it, copied by the calling thread
+        (``preadv2(RWF_NOWAIT)`` at offset -1, which moves the position past it, as
+        read(2) does).  Bytes copied (fewer than *want* where the page cache held only
+        the first part: :meth:`read_here` reads the rest), or ``-errno``; ``None`` when
+        none of it is cached, or where this file's reads at the position are not copied
+        here (not :meth:`read_here`'s, or the file system or a filter refused
+        ``RWF_NOWAIT``/``preadv2``, remembered): :meth:`read_here` then reads it all.
+
+        *buf* is not pinned (``preadv`` takes its buffer itself; the handle pins it
+        only for the ring).  A cached read through the ring is the same copy, done by
+        the kernel inside ``io_uring_enter``, plus the SQE, the CQE and their
+        bookkeeping: ~1.6 µs more per read.  As :meth:`write_inline`: the ring's
+        checks are kept (a closed ring, a fork child, another thread on a
+        SINGLE_ISSUER ring raise as the ring would) and the completion hook is told,
+        with ``ring=None``."""
+        if not self._reads_cached_inline:
+            return None
+        if self._closed:  # the number may be another file's by now
+            raise RingClosedError(f"{self.path} is closed")
+        self.ring._check_use()
+        try:
+            res = os.preadv(self.fd, (buf,), -1, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None  # nothing of it cached: the ring reads it (its waits are bounded and checked)
+        except OSError as e:
+            if e.errno not in _NO_CACHED_READS:
+                res = -(e.errno or errno.EIO)
+            else:
+                # RWF_NOWAIT refused (a file system without FMODE_NOWAIT), or preadv2
+                # itself (a seccomp filter): the ring reads this file from now on, and
+                # reports any error of its own
+                self._reads_cached_inline = False
+                return None
+        if self.completion_hook is not None:
+            self.completion_hook("read", None)(DoneBatch([res]))
+        return res
+
+    def read_here(self, pin: Any, buf: Any, got: int = 0) -> int | None:
         """:meth:`run_one`'s read, at the descriptor's file position: bytes read (the
         position moved past them, as by read(2)) or ``-errno``; ``None`` where the
         kernel cannot (the caller reads at a position it looked up).
+
+        *got*: bytes :meth:`read_cached` already copied into *buf* (pinned as *pin*)
+        for this read; the ring reads the rest (``RWF_NOWAIT`` stops at the first
+        page not cached, where read(2) would wait for it: callers of a regular file
+        take a short read for its end) and the result counts both.
 
         io_uring reads at offset -1 use and advance the file position since
         Linux 5.6, which the ring's ``IORING_FEAT_RW_CUR_POS`` reports (earlier
@@ -245,41 +291,8 @@ class UringFileIO:
         want = len(pin)
         if want > MAX_RW_COUNT:  # (not min(): a builtin call with its argument parsing, per read)
             want = MAX_RW_COUNT
-        if self._reads_cached_inline:
-            # What the page cache holds of it, copied by this thread (preadv2(RWF_NOWAIT)
-            # at offset -1), inline here (one Python call less per read, as the ring's
-            # checks below are inline): bytes or -errno; EAGAIN when none of it is cached,
-            # and a file or filter refusing RWF_NOWAIT or preadv2 (remembered), go to the ring.
-            #
-            # A cached read through the ring is the same copy, done by the kernel inside
-            # io_uring_enter (io_uring tries it without blocking first), plus the SQE, the
-            # CQE and their bookkeeping: ~1.6 µs more per read here.  What is not cached
-            # goes to the ring, whose waits are bounded and checked.  As write_inline: the
-            # ring's checks are kept (a closed ring, a fork child, another thread on a
-            # SINGLE_ISSUER ring raise as the ring would) and the completion hook is told,
-            # with ring=None.
-            ring._check_use()
-            try:
-                res = os.preadv(self.fd, (buf,), -1, os.RWF_NOWAIT)
-            except BlockingIOError:
-                res = None
-            except OSError as e:
-                if e.errno in _NO_CACHED_READS:
-                    # RWF_NOWAIT refused (a file system without FMODE_NOWAIT), or preadv2
-                    # itself (a seccomp filter): the ring reads this file from now on, and
-                    # reports any error of its own
-                    self._reads_cached_inline = False
-                    res = None
-                else:
-                    res = -(e.errno or errno.EIO)
-            if res is not None:
-                if self.completion_hook is not None:
-                    self.completion_hook("read", None)(DoneBatch([res]))
-                if 0 < res < want:
-                    # RWF_NOWAIT stops at the first page not cached, where read(2) would wait
-                    # for it: callers of a regular file take a short read for its end
-                    return self._read_rest(ring, pin, res, want)
-                return res
+        if got:
+            return got if got >= want else self._read_rest(ring, pin, got, want)
         res = ring.rw_one(_READ, self.fd, pin, want, AT_FILE_POSITION, 0, 0, pin)
         if self.completion_hook is not None:
             self.completion_hook("read", ring)(DoneBatch([res]))

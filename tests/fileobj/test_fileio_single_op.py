@@ -3,7 +3,7 @@
 ``readinto``/``write`` pin the caller's memory once and hand it to the
 handle's single-op path (``FileHandle._one_pinned``, the
 backend's ``run_one``; a ``readinto`` on io_uring reads at the file position
-instead, ``FileHandle._read_here_pinned``, the backend's ``read_here``): no
+instead, ``FileHandle._read_here``, the backend's ``read_cached`` or ``read_here``): no
 batch, no prepared read to keep in step with the caller's buffer, and no
 export of the caller's object outlives the call.
 """
@@ -33,12 +33,24 @@ def _spy_one(f: uringstack.FileIO, monkeypatch: pytest.MonkeyPatch) -> list[tupl
     monkeypatch.setattr(handle, "_one", spy)
     here = handle._here
     if here is not None:
+        cached = handle._cached
 
-        def spy_here(pin: Any, buf: Any) -> Any:
-            calls.append((False, len(pin), os.lseek(f.fileno(), 0, os.SEEK_CUR)))  # where the kernel reads
-            return here(pin, buf)
+        def spy_here(pin: Any, buf: Any, got: int) -> Any:
+            if not got:  # (the rest of a partly cached read is the same call's)
+                calls.append((False, len(pin), os.lseek(f.fileno(), 0, os.SEEK_CUR)))  # where the kernel reads
+            return here(pin, buf, got)
 
         monkeypatch.setattr(handle, "_here", spy_here)
+        if cached is not None:
+
+            def spy_cached(buf: Any, want: int) -> Any:
+                at = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+                res = cached(buf, want)
+                if res is not None:  # (None: the ring reads it, spy_here records it)
+                    calls.append((False, want, at))
+                return res
+
+            monkeypatch.setattr(handle, "_cached", spy_cached)
     return calls
 
 

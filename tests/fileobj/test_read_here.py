@@ -293,11 +293,10 @@ def test_the_cached_copy_keeps_the_rings_thread_and_closed_checks(tmp_path: path
         with pytest.raises(WrongThreadError):
             f.readinto(buf)
         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 100
-        pin = fileio.ffi.from_buffer("char[]", buf, True)
         io.ring._closed = True  # as seen between the ring's close and the handle's
         try:
             with pytest.raises(RingClosedError):
-                handle.worker.call(lambda: io.read_here(pin, buf))
+                handle.worker.call(lambda: io.read_cached(buf, len(buf)))
         finally:
             io.ring._closed = False
         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 100
