@@ -778,9 +778,7 @@ def _open_sync(
     raw = FileIO(file, raw_mode, closefd, opener=opener, stack=stack)
     try:
         if raw.handle is None:
-            raise io.UnsupportedOperation(
-                f"uringstack.aio.open serves regular files and block devices, not {file!r}"
-            )
+            raise io.UnsupportedOperation(f"uringstack.aio.open serves regular files and block devices, not {file!r}")
         if buffering == 0 and not binary:
             raise ValueError("can't have unbuffered text I/O")
         size = 1 if buffering == 0 else (buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE)
@@ -794,4 +792,3 @@ def _open_sync(
     except BaseException:
         raw.close()
         raise
-

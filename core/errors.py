@@ -39,9 +39,7 @@ class ShortIOError(UringIOError):
     """A read or write moved fewer bytes than asked and the rest could not be completed."""
 
     def __init__(self, op: str, filename: str | None, expected: int, got: int, offset: int) -> None:
-        super().__init__(
-            _errno.EIO, op, filename, f"short transfer at offset {offset}: {got} of {expected} bytes"
-        )
+        super().__init__(_errno.EIO, op, filename, f"short transfer at offset {offset}: {got} of {expected} bytes")
         self.expected = expected
         self.got = got
         self.offset = offset
@@ -69,4 +67,3 @@ class ForkedChildError(UringStackError, RuntimeError):
     The child shares the parent's rings, registered files and thread-pool
     state, so using them would steal the parent's completions or break its
     handles; the child must open its own stack."""
-

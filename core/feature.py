@@ -56,9 +56,7 @@ class Feature(Generic[ConfigT]):
     field (``auto``/``on``/``off``): the verdict reports it.
     """
 
-    def __init__(
-        self, name: str, model: type[ConfigT], decide: Decide, *, ring_roles: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, name: str, model: type[ConfigT], decide: Decide, *, ring_roles: tuple[str, ...] = ()) -> None:
         if "mode" not in model.model_fields:
             raise TypeError(f"{model.__name__} (section [{name}]) has no 'mode' field")
         self.name = name

@@ -32,7 +32,6 @@ from uringstack.types import PluginLoadError as PluginLoadError
 from uringstack.types import PluginSection as PluginSection
 
 if TYPE_CHECKING:
-
     from uringstack.config.model import StackConfig
     from uringstack.probe.model import Capabilities
     from uringstack.ring import Ring
@@ -132,9 +131,7 @@ class UringstackPluginManager:
         except ValueError as exc:  # pluggy: name or object already registered
             raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
         except pluggy.PluginValidationError as exc:
-            raise PluginError(
-                f"plugin {name or plugin!r} does not fit the hook specs: {exc}"
-            ) from exc
+            raise PluginError(f"plugin {name or plugin!r} does not fit the hook specs: {exc}") from exc
         if registered is None:  # pragma: no cover - pluggy returns None only for blocked names
             raise PluginError(f"plugin {name!r} is blocked")
         if check:
@@ -262,7 +259,7 @@ class UringstackPluginManager:
                         f"'{ep.name} = {ep.value}' in distribution {dist_name!r}): "
                         f"{type(exc).__name__}: {exc}\n"
                         f"  disable it with URINGSTACK_CORE__DISABLED_PLUGINS={ep.name} or "
-                        f"core.disabled_plugins = [\"{ep.name}\"] in the config file",
+                        f'core.disabled_plugins = ["{ep.name}"] in the config file',
                         entry_point=f"{ep.name} = {ep.value}",
                         distribution=dist_name,
                     ) from exc
@@ -289,8 +286,7 @@ class UringstackPluginManager:
                 result = impl.function()
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {impl.plugin_name!r}: uringstack_config_sections raised "
-                    f"{type(exc).__name__}: {exc}"
+                    f"plugin {impl.plugin_name!r}: uringstack_config_sections raised {type(exc).__name__}: {exc}"
                 ) from exc
             if result is None:
                 continue
@@ -309,9 +305,7 @@ class UringstackPluginManager:
 
     def check_support(self, caps: Capabilities, config: StackConfig) -> list[FeatureVerdict]:
         """One verdict per feature plugin: enabled or not here, and why."""
-        results: list[FeatureVerdict] = self._pm.hook.uringstack_check_support(
-            caps=caps, config=config
-        )
+        results: list[FeatureVerdict] = self._pm.hook.uringstack_check_support(caps=caps, config=config)
         return results
 
     def ring_params(self, params: RingParams, caps: Capabilities, config: StackConfig) -> None:
@@ -322,13 +316,9 @@ class UringstackPluginManager:
         """Tell plugins a ring exists (they register buffers, files, eventfds)."""
         self._pm.hook.uringstack_ring_created(ring=ring, worker=worker, config=config)
 
-    def select_backend(
-        self, target: Target, caps: Capabilities, config: StackConfig
-    ) -> BackendFactory | None:
+    def select_backend(self, target: Target, caps: Capabilities, config: StackConfig) -> BackendFactory | None:
         """The first plugin's backend factory for *target*, or ``None`` for plain io_uring."""
-        result: BackendFactory | None = self._pm.hook.uringstack_select_backend(
-            target=target, caps=caps, config=config
-        )
+        result: BackendFactory | None = self._pm.hook.uringstack_select_backend(target=target, caps=caps, config=config)
         return result
 
     def open_options(self) -> set[str]:
@@ -370,8 +360,10 @@ class UringstackPluginManager:
         if not any(impl.plugin_name not in skipped for impl in impls):
             return None
         remove = [p for p in (self._pm.get_plugin(name) for name in skipped) if p is not None]
-        caller = self._pm.subset_hook_caller("uringstack_completion_batch", remove) if remove else (
-            self._pm.hook.uringstack_completion_batch
+        caller = (
+            self._pm.subset_hook_caller("uringstack_completion_batch", remove)
+            if remove
+            else (self._pm.hook.uringstack_completion_batch)
         )
 
         def listeners(worker: WorkerView, op: str, results: list[int], ring: Ring | None) -> None:
@@ -410,9 +402,7 @@ class UringstackPluginManager:
         self._pm.hook.uringstack_probe(report=report)
 
 
-def make_plugin_manager(
-    *, autoload: bool | None = None, blocked: Iterable[str] = ()
-) -> UringstackPluginManager:
+def make_plugin_manager(*, autoload: bool | None = None, blocked: Iterable[str] = ()) -> UringstackPluginManager:
     """Build a plugin manager with the uringstack hook specs.
 
     ``blocked`` names plugins that must not load (``core.disabled_plugins``);

@@ -236,9 +236,7 @@ def register_plugin(plugin_manager: UringstackPluginManager) -> Iterator[Registe
     """
     registered: list[tuple[UringstackPluginManager, str]] = []
 
-    def register(
-        plugin: object, name: str | None = None, manager: UringstackPluginManager | None = None
-    ) -> str:
+    def register(plugin: object, name: str | None = None, manager: UringstackPluginManager | None = None) -> str:
         target = manager if manager is not None else plugin_manager
         registered_name: str = target.register(plugin, name)
         registered.append((target, registered_name))

@@ -364,9 +364,14 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
     direct32 = find(lambda d: device_bound(d, 32))
     hot32 = find(lambda d: hot(d) and not scaled(d) and not d["summary"].get("tuned"))
     qd1 = find(lambda d: device_bound(d, 1))
+
     def vm612(d: Doc, batch: int = 0) -> bool:  # a block device in the NVMe VM on Debian 13's 6.12, QD32
-        return bool(d["file"].get("block_device")) and d["machine"]["kernel"].startswith("6.12") and (
-            spec(d)["queue_depth"] == 32 and spec(d).get("batch", 0) == batch  # 0: the default batches
+        return (
+            bool(d["file"].get("block_device"))
+            and d["machine"]["kernel"].startswith("6.12")
+            and (
+                spec(d)["queue_depth"] == 32 and spec(d).get("batch", 0) == batch  # 0: the default batches
+            )
         )
 
     def is_nvme(d: Doc) -> bool:  # the +passthrough rung's reference ran: fio io_uring_cmd on /dev/ngXnY
@@ -385,6 +390,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
             if r is not None:
                 out.append(f"`--batch {b}`: {_ratio(r)} ({len(docs)} run(s))")
         return f"; {', '.join(out)}" if out else ""
+
     out = ["| target | measured (median of runs) | met? |", "|---|---|---|"]
 
     def row(target: str, value: str, ok: bool | None) -> None:
@@ -418,6 +424,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
     )
     row("randread 4 KiB O_DIRECT QD1: p50 and p99 ≤ 1.10× fio io_uring (the public mode with the best "
         "latency ratios; interleaved runs)", *qd1_target(qd1))  # fmt: skip
+
     def scaling(docs: list[Doc]) -> dict[str, list[float]]:
         scal: dict[str, list[float]] = defaultdict(list)
         for d in docs:

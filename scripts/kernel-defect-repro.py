@@ -52,8 +52,11 @@ def main() -> int:
     if args.lost_writes:
         return lost_writes(args)
     kernel = running_kernel()
-    print(f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.iterations} iterations, "
-          f"{args.reads} polled reads + 1 Flush each", flush=True)
+    print(
+        f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.iterations} iterations, "
+        f"{args.reads} polled reads + 1 Flush each",
+        flush=True,
+    )
     # The gate would make this ring interrupt-driven; the point here is to bypass it.
     overrides = {
         "core.cores": [0],
@@ -106,8 +109,11 @@ def _what(block: bytes) -> str:
 
 def lost_writes(args: argparse.Namespace) -> int:
     kernel = running_kernel()
-    print(f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.rounds} rounds of {args.ops} "
-          f"Writes{f' in batches of {args.chunk}' if args.chunk else ' in one batch'}", flush=True)
+    print(
+        f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.rounds} rounds of {args.ops} "
+        f"Writes{f' in batches of {args.chunk}' if args.chunk else ' in one batch'}",
+        flush=True,
+    )
     overrides = {"core.cores": [0], "core.accept_kernel_defects": [LOST_WRITES_ID]}
     rng = random.Random(612)
     lost_rounds = 0
@@ -142,9 +148,12 @@ def lost_writes(args: argparse.Namespace) -> int:
                 data.close()
                 if lost:
                     lost_rounds += 1
-                    print(f"repro: round {rnd}: {len(lost)} of {n} Writes LOST (each reported success); "
-                          f"batch positions {', '.join(_runs(lost)[:12])}; the SQ has {sq} entries; "
-                          f"on the namespace instead: {kinds}", flush=True)
+                    print(
+                        f"repro: round {rnd}: {len(lost)} of {n} Writes LOST (each reported success); "
+                        f"batch positions {', '.join(_runs(lost)[:12])}; the SQ has {sq} entries; "
+                        f"on the namespace instead: {kinds}",
+                        flush=True,
+                    )
                 else:
                     print(f"repro: round {rnd}: all {n} Writes on the namespace", flush=True)
         finally:

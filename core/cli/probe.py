@@ -21,15 +21,18 @@ if TYPE_CHECKING:
     help="Reuse the report in FILE if younger than --max-age, else probe and write it there.",
 )
 @click.option(
-    "--no-plugins", is_flag=True, help="Do not let plugins add facts (uringstack_probe hook).",
+    "--no-plugins",
+    is_flag=True,
+    help="Do not let plugins add facts (uringstack_probe hook).",
 )
 @click.option(
-    "--max-age", type=float, default=3600.0, show_default=True,
+    "--max-age",
+    type=float,
+    default=3600.0,
+    show_default=True,
     help="Seconds a --cache file stays valid.",
 )
-def probe(
-    as_json: bool, no_devices: bool, cache: Path | None, no_plugins: bool, max_age: float
-) -> None:
+def probe(as_json: bool, no_devices: bool, cache: Path | None, no_plugins: bool, max_age: float) -> None:
     """Probe this machine and report which io_uring features this process can use.
 
     Creates a ring for each setup flag (SQPOLL, IOPOLL, SQE128, CQE32,

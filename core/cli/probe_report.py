@@ -136,9 +136,7 @@ def render(
         con.print(f"[yellow]device scan failed:[/] {caps.device_scan_error}")
     elif caps.devices:
         # No column rules and collapsed padding: nine columns fit 80 characters.
-        dt = Table(
-            title="Block devices", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False
-        )
+        dt = Table(title="Block devices", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
         for col in ("device", "model", "size", "LBS/PBS", "rot", "poll", "NVMe", "char dev",
                     "used"):  # fmt: skip
             # Only free-text columns may wrap; numbers split over lines are unreadable.

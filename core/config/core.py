@@ -13,6 +13,7 @@ from .values import parse_cpu_list, parse_name_list
 
 MAX_RING_ENTRIES = 32768  # io_uring_setup rejects more SQ entries (IORING_MAX_ENTRIES)
 
+
 def _bound_s(default: float, description: str) -> Any:
     """A ring wait bound in seconds: finite, > 0, at most a day."""
     return Field(default=default, gt=0, le=86400, allow_inf_nan=False, description=description)
@@ -51,9 +52,7 @@ class CoreConfig(BaseModel):
             "are ignored. In the environment: 'sqpoll,iopoll'."
         ),
     )
-    direct: bool = Field(
-        default=False, description="Default for Stack.open(direct=...): open files with O_DIRECT."
-    )
+    direct: bool = Field(default=False, description="Default for Stack.open(direct=...): open files with O_DIRECT.")
     single_issuer: FeatureMode = Field(
         default="auto",
         description=(
@@ -82,7 +81,7 @@ class CoreConfig(BaseModel):
         default_factory=list,
         description=(
             "Ids of known kernel defects (uringstack probe lists those of this kernel) whose "
-            "ruled-out pattern may be used anyway, e.g. [\"nvme-uring-cmd-iopoll-gpf\"]. "
+            'ruled-out pattern may be used anyway, e.g. ["nvme-uring-cmd-iopoll-gpf"]. '
             "Only for a kernel you know to carry the fix. In the environment: 'id1,id2'."
         ),
     )

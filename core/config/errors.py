@@ -46,9 +46,7 @@ class ConfigError(UringStackError):
     ``section.key: message (got VALUE; allowed: ...) [source]``.
     """
 
-    def __init__(
-        self, problems: list[ConfigProblem], header: str = "invalid uringstack config"
-    ) -> None:
+    def __init__(self, problems: list[ConfigProblem], header: str = "invalid uringstack config") -> None:
         self.problems = problems
         self.header = header
         lines = "\n".join(f"  {p}" for p in problems)

@@ -159,9 +159,7 @@ def load_config(
     if problems:
         raise ConfigError(problems) from None
 
-    provenance = {
-        f"{section}.{key}": locate((section, key)) or "default" for section, key, _ in _settings(config)
-    }
+    provenance = {f"{section}.{key}": locate((section, key)) or "default" for section, key, _ in _settings(config)}
     return LoadedConfig(
         config=config,
         plugin_manager=plugin_manager,

@@ -52,9 +52,7 @@ class StackConfig(BaseSettings):
         validate_default=True,
     )
 
-    core: CoreConfig = Field(
-        default_factory=lambda: CoreConfig(), description="Settings of the stack itself."
-    )
+    core: CoreConfig = Field(default_factory=lambda: CoreConfig(), description="Settings of the stack itself.")
 
     @classmethod
     def settings_customise_sources(
@@ -85,18 +83,12 @@ class StackConfig(BaseSettings):
         if value is None:
             raise KeyError(f"no config section {name!r} (known: {', '.join(self.sections())})")
         if not isinstance(value, model):
-            raise TypeError(
-                f"config section {name!r} is a {type(value).__name__}, not {model.__name__}"
-            )
+            raise TypeError(f"config section {name!r} is a {type(value).__name__}, not {model.__name__}")
         return value
 
     def sections(self) -> dict[str, BaseModel]:
         """Every section by name, ``core`` first."""
-        return {
-            name: value
-            for name in type(self).model_fields
-            if isinstance(value := getattr(self, name), BaseModel)
-        }
+        return {name: value for name in type(self).model_fields if isinstance(value := getattr(self, name), BaseModel)}
 
 
 def build_config_model(sections: list[PluginSection]) -> type[StackConfig]:
@@ -112,9 +104,7 @@ def build_config_model(sections: list[PluginSection]) -> type[StackConfig]:
         name, model, plugin = section.name, section.model, section.plugin
         if name == CORE_SECTION or name in owners:
             other = "the core" if name == CORE_SECTION else f"plugin {owners[name]!r}"
-            raise PluginError(
-                f"plugin {plugin!r}: config section {name!r} is already used by {other}"
-            )
+            raise PluginError(f"plugin {plugin!r}: config section {name!r} is already used by {other}")
         if not _SECTION_NAME.match(name) or name.startswith("model_") or hasattr(StackConfig, name):
             raise PluginError(
                 f"plugin {plugin!r}: config section name {name!r} must be a lower-case "
@@ -135,11 +125,8 @@ def build_config_model(sections: list[PluginSection]) -> type[StackConfig]:
             model,
             Field(
                 default_factory=model,
-                description=(doc[0] if doc else f"Settings of the {plugin} plugin.")
-                + f" (plugin: {plugin})",
+                description=(doc[0] if doc else f"Settings of the {plugin} plugin.") + f" (plugin: {plugin})",
             ),
         )
-    built: type[StackConfig] = create_model(
-        "StackConfig", __base__=StackConfig, __module__=__name__, **fields
-    )
+    built: type[StackConfig] = create_model("StackConfig", __base__=StackConfig, __module__=__name__, **fields)
     return built

@@ -102,9 +102,7 @@ def env_lookup(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
     return None
 
 
-def raw_disabled(
-    overrides: dict[str, Any], environ: Mapping[str, str], file_data: dict[str, Any]
-) -> list[str]:
+def raw_disabled(overrides: dict[str, Any], environ: Mapping[str, str], file_data: dict[str, Any]) -> list[str]:
     """``core.disabled_plugins`` from the highest source that sets it, before validation."""
     candidates = _disabled_in(overrides.get(CORE_SECTION))
     found = env_lookup(environ, f"{ENV_PREFIX}CORE{NESTED_DELIMITER}DISABLED_PLUGINS")
@@ -135,9 +133,7 @@ def _disabled_in(core: object) -> list[object]:
     return []
 
 
-def read_env(
-    model: type[StackConfig], environ: Mapping[str, str], problems: list[ConfigProblem]
-) -> dict[str, Any]:
+def read_env(model: type[StackConfig], environ: Mapping[str, str], problems: list[ConfigProblem]) -> dict[str, Any]:
     """The environment layer for *model*, read from *environ* as pydantic-settings reads it.
 
     A value pydantic-settings cannot decode (e.g. bad JSON for a whole
@@ -150,11 +146,7 @@ def read_env(
         # pydantic-settings names the field but not the variable; find it.
         match = re.search(r'field "([^"]+)"', str(exc))
         section = match.group(1) if match else "?"
-        names = [
-            k
-            for k in environ
-            if k.upper().startswith(f"{ENV_PREFIX}{section.upper()}")
-        ]
+        names = [k for k in environ if k.upper().startswith(f"{ENV_PREFIX}{section.upper()}")]
         cause = exc.__cause__ or exc
         problems.append(
             ConfigProblem(

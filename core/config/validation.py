@@ -101,9 +101,7 @@ def _clean_message(msg: str) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def problems_from_validation(
-    exc: ValidationError, model: type[BaseModel], locate: Locate
-) -> list[ConfigProblem]:
+def problems_from_validation(exc: ValidationError, model: type[BaseModel], locate: Locate) -> list[ConfigProblem]:
     """One problem per key of *model* that *exc* complains about, in the order pydantic found them.
 
     *locate* names the source of each key for the ``[source]`` suffix.
@@ -138,9 +136,7 @@ def problems_from_validation(
                 else:
                     msg = "unknown top-level key (keys belong inside a [section] table)"
                     value = err["input"]
-                problems.append(
-                    ConfigProblem(dotted, msg, value, f"sections {known}", locate(key))
-                )
+                problems.append(ConfigProblem(dotted, msg, value, f"sections {known}", locate(key)))
             else:
                 problems.append(
                     ConfigProblem(

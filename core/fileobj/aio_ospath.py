@@ -20,6 +20,16 @@ sameopenfile = wrap(os.path.sameopenfile)
 abspath = wrap(os.path.abspath)
 
 __all__ = [
-    "abspath", "exists", "getatime", "getctime", "getmtime", "getsize", "isdir", "isfile", "islink",
-    "ismount", "samefile", "sameopenfile",
+    "abspath",
+    "exists",
+    "getatime",
+    "getctime",
+    "getmtime",
+    "getsize",
+    "isdir",
+    "isfile",
+    "islink",
+    "ismount",
+    "samefile",
+    "sameopenfile",
 ]

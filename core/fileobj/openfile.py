@@ -147,8 +147,11 @@ def check_mode(
             2,
         )
     raw_mode = (
-        ((creating and "x") or "") + ((reading and "r") or "") + ((writing and "w") or "")
-        + ((appending and "a") or "") + ((updating and "+") or "")
+        ((creating and "x") or "")
+        + ((reading and "r") or "")
+        + ((writing and "w") or "")
+        + ((appending and "a") or "")
+        + ((updating and "+") or "")
     )
     return raw_mode, binary
 

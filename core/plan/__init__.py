@@ -105,9 +105,7 @@ def worker_cpus(caps: Capabilities, config: StackConfig) -> list[int]:
         return measured[0] if measured else list(caps.cpus.allowed)
     bad = [c for c in cores if c not in caps.cpus.allowed]
     if bad:
-        raise PlanError(
-            f"core.cores: CPUs {bad} are not available to this process (allowed: {caps.cpus.allowed})"
-        )
+        raise PlanError(f"core.cores: CPUs {bad} are not available to this process (allowed: {caps.cpus.allowed})")
     return list(cores)
 
 
@@ -174,9 +172,7 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
     if impossible:
-        raise PlanError(
-            "; ".join(f"{v.plugin} is configured 'on' but cannot be used: {v.reason}" for v in impossible)
-        )
+        raise PlanError("; ".join(f"{v.plugin} is configured 'on' but cannot be used: {v.reason}" for v in impossible))
     uring_for_storage = caps.uring.usable and config.core.backend != "fallback"
     probe_target = Target(path="<regular file>", kind="file", direct=config.core.direct, writable=True)
     default = select_backend(probe_target, caps, config, pm)
@@ -194,7 +190,8 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     if config.core.cores == "auto":
         measured = measured_cores(caps)
         plan.notes.append(
-            f"core: workers on CPUs {measured[0]}: {measured[1]}" if measured
+            f"core: workers on CPUs {measured[0]}: {measured[1]}"
+            if measured
             else "core: a worker on every allowed CPU (core.cores = auto, no worker-count measurement)"
         )
     roles = ["storage"] if uring_for_storage else []

@@ -35,12 +35,7 @@ def attach_tuning(caps: Capabilities, config: StackConfig, calibrate: Calibrate 
     if caps.tuning is not None:
         return caps
     state = load_state(config.core.tune_results)
-    if (
-        calibrate is not None
-        and config.core.tune == "on-start"
-        and not state.records
-        and not config.core.tune_results
-    ):
+    if calibrate is not None and config.core.tune == "on-start" and not state.records and not config.core.tune_results:
         state = calibrate(state)
     return caps.model_copy(update={"tuning": state})
 
@@ -58,8 +53,11 @@ def measured_cores(caps: Capabilities) -> tuple[list[int], str] | None:
         if comparison is None:
             continue
         winner = next(
-            (record.measurements[i] for i in record.compared["workers"]
-             if record.measurements[i].settings.get("workers") == comparison.best),
+            (
+                record.measurements[i]
+                for i in record.compared["workers"]
+                if record.measurements[i].settings.get("workers") == comparison.best
+            ),
             None,
         )
         cores = list(winner.overrides.get("core.cores", [])) if winner else []

@@ -122,4 +122,3 @@ def probe_cached(
     tmp.write_text(caps.model_dump_json(indent=2))
     os.replace(tmp, cache)
     return caps
-

@@ -242,8 +242,7 @@ KNOWN_DEFECTS: tuple[KernelDefect, ...] = (
         debian=(">=6.0,<6.5~",),
         evidence=(
             "upstream fix 9408d8a37e6c 'nvme: improved uring polling' (v6.5-rc1), not backported",
-            "defect introduced by 585079b6e425 'nvme: wire up async polling for io passthrough "
-            "commands' (v6.0-rc1)",
+            "defect introduced by 585079b6e425 'nvme: wire up async polling for io passthrough commands' (v6.0-rc1)",
             "reproduced in ../shared/nvme-vm on Debian 6.1.192-3 (6.1.0-57-amd64): see docs/nvme.md",
         ),
     ),
@@ -393,7 +392,7 @@ def refusal(finding: DefectFinding, what: str) -> str:
         f"{what} is ruled out on this kernel by known defect {finding.id} ({finding.matched}: "
         f"{PATTERNS.get(finding.rules_out, finding.rules_out)} "
         f"{EFFECTS.get(finding.rules_out, 'can crash the kernel')}); "
-        f"to use it anyway set [core] accept_kernel_defects = [\"{finding.id}\"]"
+        f'to use it anyway set [core] accept_kernel_defects = ["{finding.id}"]'
     )
 
 
@@ -402,7 +401,6 @@ def check_known_ids(ids: list[str]) -> list[str]:
     unknown = [i for i in ids if i not in DEFECTS_BY_ID]
     if unknown:
         raise ValueError(
-            f"unknown kernel defect id(s) {', '.join(map(repr, unknown))}; known: "
-            + ", ".join(sorted(DEFECTS_BY_ID))
+            f"unknown kernel defect id(s) {', '.join(map(repr, unknown))}; known: " + ", ".join(sorted(DEFECTS_BY_ID))
         )
     return ids

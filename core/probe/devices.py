@@ -138,7 +138,10 @@ def scan_generic_chars(context: Any) -> list[GenericChar]:
 
 
 def _io_poll_reason(
-    io_poll: int | None, nvme: bool, driver: str, nvme_poll_queues: int | None,
+    io_poll: int | None,
+    nvme: bool,
+    driver: str,
+    nvme_poll_queues: int | None,
     virtio_poll_queues: int | None,
 ) -> str:
     if io_poll == 1:
@@ -279,8 +282,6 @@ def _attach_generic_char(
     bd.generic_char_error = match.error
 
 
-def _fill_usage(
-    bd: BlockDevice, dev: Any, parts: list[Any], mounts: Mounts, swap_paths: set[str]
-) -> None:
+def _fill_usage(bd: BlockDevice, dev: Any, parts: list[Any], mounts: Mounts, swap_paths: set[str]) -> None:
     bd.usage = usage_lines(dev, parts, mounts, swap_paths)
     bd.in_use = bool(bd.usage)

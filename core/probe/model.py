@@ -14,9 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from uringstack.probe.defects import DefectFinding, ruling_out
 from uringstack.probe.tuning import TuneState
 
-UringBlocker = Literal[
-    "none", "not_linux", "enosys", "sysctl_disabled", "seccomp", "eperm", "enomem", "other"
-]
+UringBlocker = Literal["none", "not_linux", "enosys", "sysctl_disabled", "seccomp", "eperm", "enomem", "other"]
 
 
 class FlagSupport(BaseModel):

@@ -77,9 +77,7 @@ def read_document(path: Path) -> TuneDocument:
         raise ValueError("corrupt (not a JSON object)")
     version = raw.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise ValueError(
-            f"written by a newer uringstack (format {version}, this one reads up to {FORMAT_VERSION})"
-        )
+        raise ValueError(f"written by a newer uringstack (format {version}, this one reads up to {FORMAT_VERSION})")
     try:
         doc = TuneDocument.model_validate(raw)
     except ValidationError as exc:
@@ -109,9 +107,7 @@ def _check(record: TuneRecord, facts: MachineFacts, shipped: bool) -> tuple[str,
     return "", here.device.name
 
 
-def _apply(
-    docs: Iterable[tuple[Path, str]], facts: MachineFacts, shipped: bool, state: TuneState
-) -> None:
+def _apply(docs: Iterable[tuple[Path, str]], facts: MachineFacts, shipped: bool, state: TuneState) -> None:
     for path, source in docs:
         try:
             doc = read_document(path)

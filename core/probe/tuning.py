@@ -202,9 +202,12 @@ class Comparison(BaseModel):
         the winner comes first.
         """
         order = sorted(self.iops, key=lambda v: (v != self.best, -self.iops[v]))
-        parts = [f"{_k(self.iops[v])} IOPS {labels.get(v, f'{self.dimension}={v}')}" if i == 0
-                 else f"{_k(self.iops[v])} {labels.get(v, f'{self.dimension}={v}')}"
-                 for i, v in enumerate(order)]
+        parts = [
+            f"{_k(self.iops[v])} IOPS {labels.get(v, f'{self.dimension}={v}')}"
+            if i == 0
+            else f"{_k(self.iops[v])} {labels.get(v, f'{self.dimension}={v}')}"
+            for i, v in enumerate(order)
+        ]
         stamp = self.tuned_at[:16].replace("T", " ")
         noisy = ""
         if self.min_gain > MIN_GAIN and self.best == self.first and len(order) > 1 and order[0] == self.first:
@@ -212,10 +215,7 @@ class Comparison(BaseModel):
                 noisy = f"; {order[1]} was faster by less than the run-to-run noise of {self.min_gain:.0%}"
         elif self.min_gain > MIN_GAIN:
             noisy = f"; noise {self.min_gain:.0%}"
-        return (
-            f"measured: {' vs '.join(parts)} on {self.target} "
-            f"(tuned {stamp} UTC, {self.elapsed_s:.0f} s{noisy})"
-        )
+        return f"measured: {' vs '.join(parts)} on {self.target} (tuned {stamp} UTC, {self.elapsed_s:.0f} s{noisy})"
 
 
 def _k(iops: float) -> str:

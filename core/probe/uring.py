@@ -131,8 +131,7 @@ def probe_uring(
         # Trying flags would only repeat the same error once per flag.
         why = f"not tried: io_uring unusable ({_errname(err)})"
         support.setup_flags = {
-            str(flag.name): FlagSupport(accepted=False, errno=err, error=why)
-            for flag in PROBED_SETUP_FLAGS
+            str(flag.name): FlagSupport(accepted=False, errno=err, error=why) for flag in PROBED_SETUP_FLAGS
         }
         return support
     support.feature_bits = feature_bits

@@ -376,9 +376,7 @@ class Ring:
                     cols.batch = prev
                 raise
 
-    def submit_arrays(
-        self, n: int, arrays: Sequence[Any], keep: Sequence[object] = (), *, wait: bool = False
-    ) -> Batch:
+    def submit_arrays(self, n: int, arrays: Sequence[Any], keep: Sequence[object] = (), *, wait: bool = False) -> Batch:
         """Submit a batch from eight positional cdata columns (opcodes, fds, addrs, lens, offs,
         op_flags, sqe_flags, buf_index).  Kept for callers that build raw arrays; new code fills a
         :class:`~uringstack.ring.columns.BatchColumns` by name and calls :meth:`submit_columns`."""
@@ -616,11 +614,7 @@ class Ring:
                 return []
             # Nothing posted, nothing the kernel holds back (overflow, task work) and
             # nothing drained: answered from memory, without a call
-            if (
-                self._cq_head[0] == self._cq_tail[0]
-                and not self._sq_flags[0] & _CQ_NEEDS_FLUSH
-                and not self._done_n[0]
-            ):
+            if self._cq_head[0] == self._cq_tail[0] and not self._sq_flags[0] & _CQ_NEEDS_FLUSH and not self._done_n[0]:
                 return []
             return self._reap_locked()
         finally:

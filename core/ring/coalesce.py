@@ -217,8 +217,14 @@ class Coalescer:
         return fut
 
     def add_many(
-        self, io: CoalescedFile, tracker: InflightTracker, write: bool, pins: list[Any], offsets: list[int],
-        lens: list[int], slots: list[int] | None = None,
+        self,
+        io: CoalescedFile,
+        tracker: InflightTracker,
+        write: bool,
+        pins: list[Any],
+        offsets: list[int],
+        lens: list[int],
+        slots: list[int] | None = None,
     ) -> asyncio.Future[Any]:
         """Queue a read_many/write_many of *pins* (``len(pins[i]) == lens[i]``, which the caller
         has already: not measured again); its future gets the list of results.
@@ -740,9 +746,7 @@ def _put_pins(cols: BatchColumns, runs: list[int], pins: list[Any]) -> None:
         j += k
 
 
-def _list_values(
-    futures: list[asyncio.Future[Any]], starts: Sequence[int], results: list[int], view: Any
-) -> list[Any]:
+def _list_values(futures: list[asyncio.Future[Any]], starts: Sequence[int], results: list[int], view: Any) -> list[Any]:
     """Per request, its future's value in a batch holding read_many/write_many requests beside single ops."""
     values: list[Any] = []
     i = 0

@@ -37,6 +37,7 @@ class SubmittedBatch(Protocol):
     @property
     def finished(self) -> bool: ...
 
+
 FIELDS: dict[str, str] = {
     "opcodes": "uint8_t",
     "fds": "int32_t",

@@ -163,16 +163,12 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
                 time.sleep(pauses.pop(0))
                 continue
             if entries > _MIN_ENTRIES:
-                notes.append(
-                    f"{entries} entries did not fit RLIMIT_MEMLOCK (ENOMEM); shrunk to {entries // 2}"
-                )
+                notes.append(f"{entries} entries did not fit RLIMIT_MEMLOCK (ENOMEM); shrunk to {entries // 2}")
                 entries //= 2
                 pauses = list(_ENOMEM_PAUSES_S[:2])
                 continue
         if err == errno.EINVAL:
-            victim = next(
-                (f for f in _DROP_ORDER if flags & f and not params.required & f), None
-            )
+            victim = next((f for f in _DROP_ORDER if flags & f and not params.required & f), None)
             if victim is not None:
                 why = "kernel rejected it (EINVAL)"
                 if not victim & OPTIONAL_SETUP_FLAGS:
@@ -238,4 +234,3 @@ def probe_kernel() -> tuple[int, int, list[int]]:
         return 0, int(p.features), ops
     finally:
         lib.io_uring_queue_exit(ring)
-

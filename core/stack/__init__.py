@@ -386,7 +386,6 @@ class Stack:
                 aio.detach_ring(ring)
                 ring.close()
 
-
     def __enter__(self) -> Stack:
         return self
 

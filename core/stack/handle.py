@@ -59,6 +59,7 @@ class HandleOwner(Protocol):
         """How long a handle's close waits for its I/O (``core.close_timeout_s``)."""
         ...
 
+
 # An SQE's offset is a u64 the kernel reads as a signed loff_t.
 _OFFSET_LIMIT = 1 << 63
 # ffi.from_buffer's default type, passed positionally: its keyword form costs
@@ -483,9 +484,7 @@ class FileHandle:
         finish = self._finish_durable
         # A backend that does a waited durable write in this thread binds it (the fallback's
         # durable_writer): over when it returns, so counted while it runs, never left in flight.
-        bind: Callable[[SyncMethod], Callable[[Any, int], list[int]]] | None = getattr(
-            self._io, "durable_writer", None
-        )
+        bind: Callable[[SyncMethod], Callable[[Any, int], list[int]]] | None = getattr(self._io, "durable_writer", None)
         if bind is not None:
             one = bind(sync)
 

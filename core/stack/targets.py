@@ -45,7 +45,9 @@ def resolve_target(
         elif stat.S_ISCHR(st.st_mode):
             if not _is_nvme_generic(st):
                 raise UringIOError(
-                    22, "open", path,
+                    22,
+                    "open",
+                    path,
                     "a character device that is not an NVMe generic char device (/dev/ngXnY); "
                     "uringstack opens regular files, block devices and NVMe namespaces",
                 )

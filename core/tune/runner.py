@@ -159,8 +159,12 @@ def tune_target(
         label = ", ".join(f"{k}={v}" for k, v in settings.items())
         if remaining < cost + MIN_RUN_S:
             # the budget is a limit: what no longer fits is reported, not run
-            m = Measurement(settings=settings, overrides={**fixed, **overrides}, status="skipped",
-                            reason=f"budget exhausted ({remaining:.2f} s left)")
+            m = Measurement(
+                settings=settings,
+                overrides={**fixed, **overrides},
+                status="skipped",
+                reason=f"budget exhausted ({remaining:.2f} s left)",
+            )
         else:
             seconds = max(MIN_RUN_S, seconds)
             if on_run:
@@ -168,8 +172,17 @@ def tune_target(
             t0 = time.perf_counter()
             # the hard stop: a set-up slower than foreseen shortens this window, not the budget
             closing = 1.2 * max((x.teardown_s for x in measurements), default=SETUP_ESTIMATE_S / 2)
-            m = measure(target, settings, {**fixed, **overrides}, batch, seconds, quiet, pm,
-                        deadline=started + budget_s, teardown_s=closing)
+            m = measure(
+                target,
+                settings,
+                {**fixed, **overrides},
+                batch,
+                seconds,
+                quiet,
+                pm,
+                deadline=started + budget_s,
+                teardown_s=closing,
+            )
             overhead.append(max(0.0, time.perf_counter() - t0 - m.seconds))
         measurements.append(m)
         return len(measurements) - 1
@@ -270,9 +283,7 @@ def tune(
                 )
             if on_target:
                 on_target(target.given, runs)
-            record = tune_target(
-                target, caps, loaded.config, loaded.plugin_manager, share, on_run=on_run, facts=facts
-            )
+            record = tune_target(target, caps, loaded.config, loaded.plugin_manager, share, on_run=on_run, facts=facts)
         where = str(write_entry(record, cache_directory)) if write_cache else ""
         out.append((record, where))
     return out

@@ -42,9 +42,11 @@ def _kind(path: str) -> TargetKind:
     if stat.S_ISREG(st.st_mode):
         return "file"
     what = "a character device" if stat.S_ISCHR(st.st_mode) else "not a file, directory or block device"
-    hint = " (NVMe generic char devices are not tuned: name the namespace's block device)" if stat.S_ISCHR(
-        st.st_mode
-    ) else ""
+    hint = (
+        " (NVMe generic char devices are not tuned: name the namespace's block device)"
+        if stat.S_ISCHR(st.st_mode)
+        else ""
+    )
     raise TuneError(f"{path}: {what}; tune a regular file, a directory or a block device{hint}")
 
 
@@ -90,8 +92,9 @@ def _write_scratch(directory: str, size: int) -> str:
 
 
 @contextmanager
-def prepared(given: str, workload: Workload, caps_device: object = None,
-             scratch_bytes: int = SCRATCH_BYTES) -> Iterator[TuneTarget]:
+def prepared(
+    given: str, workload: Workload, caps_device: object = None, scratch_bytes: int = SCRATCH_BYTES
+) -> Iterator[TuneTarget]:
     """The :class:`TuneTarget` for *given*; a directory's scratch file is removed on exit."""
     path = os.path.abspath(given)
     kind = _kind(path)

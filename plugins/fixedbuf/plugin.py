@@ -159,8 +159,9 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
         except UringIOError as exc:
             if cfg.mode == "on" or exc.errno != errno.ENOMEM:
                 raise
-            worker.note(NAME, f"registering {count} buffers failed with ENOMEM ({why}); none registered. "
-                        + MEMLOCK_HINT)
+            worker.note(
+                NAME, f"registering {count} buffers failed with ENOMEM ({why}); none registered. " + MEMLOCK_HINT
+            )
         else:
             worker.buffers.register(NAME, pool)
             worker.note(NAME, f"registered {count} x {cfg.buffer_size >> 10} KiB buffers")

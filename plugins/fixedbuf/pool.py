@@ -30,9 +30,7 @@ class BufferPool:
         # register_buffers pins the pages (and may fail with ENOMEM on memlock)
         self._pins: Any = ring.register_buffers(self._slices)
         base = address_of(ffi.from_buffer(self._mem))
-        self._all = [
-            RegisteredBuffer(self._slices[i], i, base + i * buffer_size, id(ring)) for i in range(count)
-        ]
+        self._all = [RegisteredBuffer(self._slices[i], i, base + i * buffer_size, id(ring)) for i in range(count)]
         self._free = list(reversed(self._all))
         self._deferred: list[RegisteredBuffer] = []
         self._lock = threading.Lock()
@@ -59,8 +57,7 @@ class BufferPool:
                 self._reclaim()
             if not self._free:
                 raise BufferError(
-                    f"all {self.count} registered buffers are leased; release some or raise "
-                    "[fixedbuf] count"
+                    f"all {self.count} registered buffers are leased; release some or raise [fixedbuf] count"
                 )
             return self._free.pop()
 

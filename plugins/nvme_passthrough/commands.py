@@ -146,10 +146,7 @@ def offset_to_lba(offset_bytes: int, length_bytes: int, block_size: int) -> tupl
 
 def _check_blocks(nblocks: int) -> None:
     if not 1 <= nblocks <= MAX_BLOCKS_PER_COMMAND:
-        raise ValueError(
-            f"one NVMe command moves 1..{MAX_BLOCKS_PER_COMMAND} blocks (NLB is 16 bits), "
-            f"not {nblocks}"
-        )
+        raise ValueError(f"one NVMe command moves 1..{MAX_BLOCKS_PER_COMMAND} blocks (NLB is 16 bits), not {nblocks}")
 
 
 def pack_command(
@@ -179,9 +176,7 @@ def pack_command(
     )  # fmt: skip
 
 
-def rw_command(
-    opcode: int, nsid: int, slba: int, nblocks: int, addr: int, block_size: int
-) -> bytes:
+def rw_command(opcode: int, nsid: int, slba: int, nblocks: int, addr: int, block_size: int) -> bytes:
     """One Read or Write command for *nblocks* blocks at *slba* into/from *addr*."""
     _check_blocks(nblocks)
     if not 0 <= slba <= MAX_LBA:

@@ -23,6 +23,7 @@ from uringstack.errors import UringIOError, UringStackError
 if TYPE_CHECKING:
     from uringstack.probe.model import BlockDevice, Capabilities
 
+
 class NamespaceInUseError(UringStackError, PermissionError):
     """Passthrough writes were refused because the namespace is mounted or held."""
 
@@ -103,9 +104,7 @@ def identify_namespace(fd: int, path: str, device: BlockDevice | None) -> Namesp
     return NamespaceIdentity(nsid, device.name, lba, device.size_bytes // lba)
 
 
-def check_writes_allowed(
-    path: str, device: BlockDevice, caps: Capabilities, allow_writes_in_use: bool
-) -> list[str]:
+def check_writes_allowed(path: str, device: BlockDevice, caps: Capabilities, allow_writes_in_use: bool) -> list[str]:
     """What uses *device* now (``caps.usage_now``); :class:`NamespaceInUseError` unless allowed.
 
     Called once when a namespace is opened for writing: passthrough writes

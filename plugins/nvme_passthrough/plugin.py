@@ -86,9 +86,7 @@ def _decide_passthrough(caps: Capabilities, config: StackConfig) -> tuple[bool, 
         return False, "no NVMe namespace on this machine"
     usable = [d for d in nvme if d.generic_char and d.generic_char_accessible]
     if not usable:
-        why = "; ".join(
-            f"{d.name}: {d.generic_char_error or 'no generic char device (kernel < 5.13?)'}" for d in nvme
-        )
+        why = "; ".join(f"{d.name}: {d.generic_char_error or 'no generic char device (kernel < 5.13?)'}" for d in nvme)
         return False, f"no accessible /dev/ngXnY ({why})"
     defect = passthrough_defect(caps, config)
     if defect is not None:

@@ -81,14 +81,14 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
         return False, (
             f"auto, {why}: rule min_cpus: {len(caps.cpus.allowed)} CPUs < {cfg.min_cpus}, so the poller "
             f"and its busy completion wait would take most of the machine; "
-            f"set [sqpoll] mode = \"on\" to use it anyway"
+            f'set [sqpoll] mode = "on" to use it anyway'
         )
     workers = worker_cpus(caps, config)
     spare = [c for c in caps.cpus.allowed if c not in workers]
     if len(spare) < cfg.min_spare_cpus:
         return False, (
             f"auto, {why}: rule min_spare_cpus: all {len(caps.cpus.allowed)} CPUs run workers, so a "
-            f"polling thread would compete with them; set [sqpoll] mode = \"on\" or give fewer cores "
+            f'polling thread would compete with them; set [sqpoll] mode = "on" or give fewer cores '
             f"to workers to use it"
         )
     if not spare:  # min_spare_cpus = 0: the poller runs beside a worker (see _poller_cpu)
@@ -117,9 +117,7 @@ def _check_cpu(caps: Capabilities, cfg: SqpollConfig) -> None:
     if cfg.mode == "off" or cfg.cpu == "auto" or cfg.cpu in caps.cpus.online:
         return
     online = ", ".join(map(str, caps.cpus.online)) or "none found"
-    raise PlanError(
-        f"sqpoll.cpu = {cfg.cpu}: CPU {cfg.cpu} is not online on this machine (online CPUs: {online})"
-    )
+    raise PlanError(f"sqpoll.cpu = {cfg.cpu}: CPU {cfg.cpu} is not online on this machine (online CPUs: {online})")
 
 
 FEATURE = Feature(NAME, SqpollConfig, _decide)

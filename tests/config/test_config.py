@@ -41,9 +41,7 @@ Register = Callable[..., str]
 
 
 @pytest.fixture
-def pm(
-    plugin_manager: UringstackPluginManager, register_plugin: Register
-) -> UringstackPluginManager:
+def pm(plugin_manager: UringstackPluginManager, register_plugin: Register) -> UringstackPluginManager:
     register_plugin(PollPlugin(), "poll")
     return plugin_manager
 
@@ -69,13 +67,10 @@ def test_defaults_without_file_or_env(pm: UringstackPluginManager) -> None:
     assert "core.ring_entries" in loaded.provenance and "poll.idle_ms" in loaded.provenance
 
 
-def test_priority_argument_over_env_over_file_over_default(
-    pm: UringstackPluginManager, tmp_path: pathlib.Path
-) -> None:
+def test_priority_argument_over_env_over_file_over_default(pm: UringstackPluginManager, tmp_path: pathlib.Path) -> None:
     path = write(
         tmp_path,
-        "[core]\nring_entries = 512\ndirect = true\ncores = [0]\n"
-        "[poll]\nmode = 'off'\nidle_ms = 5\n",
+        "[core]\nring_entries = 512\ndirect = true\ncores = [0]\n[poll]\nmode = 'off'\nidle_ms = 5\n",
     )
     env = {
         "URINGSTACK_CORE__RING_ENTRIES": "1024",
@@ -112,9 +107,7 @@ def test_env_is_case_insensitive_and_config_env_names_the_file(
     assert loaded.provenance["core.direct"] == "env:uringstack_core__direct"
 
 
-def test_process_environment_is_read_by_default(
-    pm: UringstackPluginManager, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_process_environment_is_read_by_default(pm: UringstackPluginManager, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("URINGSTACK_POLL__IDLE_MS", "3")
     loaded = load_config(plugin_manager=pm)
     assert loaded.config.section("poll", PollConfig).idle_ms == 3
@@ -140,9 +133,7 @@ def test_plain_stack_config_reads_no_environment(monkeypatch: pytest.MonkeyPatch
 def test_disabled_plugin_is_blocked_and_its_section_ignored(
     pm: UringstackPluginManager, tmp_path: pathlib.Path
 ) -> None:
-    path = write(
-        tmp_path, "[core]\ndisabled_plugins = ['poll']\n[poll]\nmode = 'on'\nidle_ms = 1\n"
-    )
+    path = write(tmp_path, "[core]\ndisabled_plugins = ['poll']\n[poll]\nmode = 'on'\nidle_ms = 1\n")
     loaded = load_config(path, env={"URINGSTACK_POLL__MODE": "off"}, plugin_manager=pm)
     assert "poll" not in pm.plugin_names()
     assert pm.is_blocked("poll")
@@ -162,22 +153,16 @@ def test_disabled_from_env_as_comma_list(pm: UringstackPluginManager) -> None:
 # --- errors ---------------------------------------------------------------------------------
 
 
-def test_unknown_key_names_key_value_allowed_and_file(
-    pm: UringstackPluginManager, tmp_path: pathlib.Path
-) -> None:
+def test_unknown_key_names_key_value_allowed_and_file(pm: UringstackPluginManager, tmp_path: pathlib.Path) -> None:
     path = write(tmp_path, "[poll]\nidle_msec = 5\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={}, plugin_manager=pm)
     [problem] = info.value.problems
     assert problem.key == "poll.idle_msec"
-    assert str(problem) == (
-        f"poll.idle_msec: unknown key (got 5; allowed: mode, idle_ms) [file:{path}]"
-    )
+    assert str(problem) == (f"poll.idle_msec: unknown key (got 5; allowed: mode, idle_ms) [file:{path}]")
 
 
-def test_unknown_section_lists_known_sections(
-    pm: UringstackPluginManager, tmp_path: pathlib.Path
-) -> None:
+def test_unknown_section_lists_known_sections(pm: UringstackPluginManager, tmp_path: pathlib.Path) -> None:
     path = write(tmp_path, "[pol]\nmode = 'on'\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={}, plugin_manager=pm)
@@ -227,9 +212,7 @@ def test_argument_errors_are_attributed(pm: UringstackPluginManager) -> None:
     assert text == "core.backend: 'spdk' is not one of auto, uring, fallback [argument]"
 
 
-def test_toml_syntax_error_names_file_and_line(
-    pm: UringstackPluginManager, tmp_path: pathlib.Path
-) -> None:
+def test_toml_syntax_error_names_file_and_line(pm: UringstackPluginManager, tmp_path: pathlib.Path) -> None:
     path = write(tmp_path, "[core]\ndirect = true\nring_entries = \n")
     with pytest.raises(ConfigError, match=rf"^{path}:3: invalid TOML"):
         load_config(path, env={}, plugin_manager=pm)
@@ -242,9 +225,7 @@ def test_missing_file_is_an_error(pm: UringstackPluginManager, tmp_path: pathlib
         load_config(env={"URINGSTACK_CONFIG": str(tmp_path / "nope.toml")}, plugin_manager=pm)
 
 
-def test_section_name_clash_names_both_plugins(
-    pm: UringstackPluginManager, register_plugin: Register
-) -> None:
+def test_section_name_clash_names_both_plugins(pm: UringstackPluginManager, register_plugin: Register) -> None:
     class Clash:
         @hookimpl
         def uringstack_config_sections(self) -> tuple[str, type[BaseModel]]:
@@ -283,9 +264,7 @@ def test_schema_covers_core_and_plugin_sections(pm: UringstackPluginManager) -> 
     assert defs["CoreConfig"]["additionalProperties"] is False
 
 
-def test_stack_config_fixture(
-    stack_config: Callable[..., StackConfig], register_plugin: Register
-) -> None:
+def test_stack_config_fixture(stack_config: Callable[..., StackConfig], register_plugin: Register) -> None:
     register_plugin(PollPlugin(), "poll")
     config = stack_config({"poll": {"mode": "off"}, "core": {"ring_entries": 64}})
     assert config.section("poll", PollConfig).mode == "off"

@@ -29,14 +29,14 @@ def _toml(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
     [
         ("[core]\nring_entries = true", "core.ring_entries"),
         ("[core]\nring_entries = 512.0", "core.ring_entries"),
-        ("[core]\nring_entries = \"512\"", "core.ring_entries"),
-        ("[core]\ndirect = \"yes\"", "core.direct"),
+        ('[core]\nring_entries = "512"', "core.ring_entries"),
+        ('[core]\ndirect = "yes"', "core.direct"),
         ("[core]\ndirect = 1", "core.direct"),
         ("[core]\ncores = [true]", "core.cores"),
-        ("[sqpoll]\nshare = \"true\"", "sqpoll.share"),
+        ('[sqpoll]\nshare = "true"', "sqpoll.share"),
         ("[sqpoll]\nidle_ms = false", "sqpoll.idle_ms"),
-        ("[fixedbuf]\ncount = \"8\"", "fixedbuf.count"),
-        ("[nvme_passthrough]\niopoll = \"no\"", "nvme_passthrough.iopoll"),
+        ('[fixedbuf]\ncount = "8"', "fixedbuf.count"),
+        ('[nvme_passthrough]\niopoll = "no"', "nvme_passthrough.iopoll"),
     ],
 )
 def test_toml_values_of_the_wrong_type_are_refused(tmp_path: pathlib.Path, line: str, key: str) -> None:

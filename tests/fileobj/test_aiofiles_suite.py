@@ -40,9 +40,23 @@ def _sdist_tests() -> pathlib.Path:
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
     got = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q",
-         "-d", str(CACHE), AIOFILES],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(CACHE),
+            AIOFILES,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     archive = CACHE / f"aiofiles-{version}.tar.gz"
     if got.returncode != 0 or not archive.exists():
@@ -54,15 +68,35 @@ def _sdist_tests() -> pathlib.Path:
 
 def test_aiofiles_suite_passes_against_uringstack(tmp_path: pathlib.Path) -> None:
     root = _sdist_tests()
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "uringstack_aio_runner", "-p", "no:cacheprovider",
-            "--rootdir", str(root), "-o", "addopts=", f"--basetemp={tmp_path / 'base'}", *SUITES]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "uringstack_aio_runner",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(root),
+        "-o",
+        "addopts=",
+        f"--basetemp={tmp_path / 'base'}",
+        *SUITES,
+    ]
     if os.geteuid() == 0:
         # root passes every access() check, so aiofiles's own test_access fails
         # under root with aiofiles itself too
         args += ["--deselect", "tests/test_os.py::test_access"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SHIM), os.environ.get("PYTHONPATH", "")]))
-    which = subprocess.run([sys.executable, "-c", "import aiofiles; print(aiofiles.threadpool.open.__module__)"],
-                           env=env, capture_output=True, text=True, timeout=60, check=True)
+    which = subprocess.run(
+        [sys.executable, "-c", "import aiofiles; print(aiofiles.threadpool.open.__module__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert which.stdout.strip() == "uringstack.aio", "the suite would not test uringstack"
     run = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
     tail = run.stdout[-3000:]

@@ -89,7 +89,6 @@ def test_small_reads_and_lines_after_whole_chunks(tmp_path: pathlib.Path, stack:
         assert f.read() == ref.read()
 
 
-
 @pytest.mark.parametrize(("mode", "fill"), [("rb", 64 * 1024), ("r+b", 128 * 1024)])
 def test_default_buffer_fill(
     tmp_path: pathlib.Path, stack: Stack, monkeypatch: pytest.MonkeyPatch, mode: str, fill: int

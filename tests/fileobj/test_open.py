@@ -20,8 +20,37 @@ from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
 
 MODES = [
-    "", "rw", "rr", "rb+b", "wt+b", "tb", "bt", "ra", "xw", "q", "r+ +", "U", "rU", "wU", "b", "t", "+",
-    "r+", "rb", "w", "wb", "a", "ab+", "x", "xb", "rt", "r+t", "at+", 42, None, b"r",
+    "",
+    "rw",
+    "rr",
+    "rb+b",
+    "wt+b",
+    "tb",
+    "bt",
+    "ra",
+    "xw",
+    "q",
+    "r+ +",
+    "U",
+    "rU",
+    "wU",
+    "b",
+    "t",
+    "+",
+    "r+",
+    "rb",
+    "w",
+    "wb",
+    "a",
+    "ab+",
+    "x",
+    "xb",
+    "rt",
+    "r+t",
+    "at+",
+    42,
+    None,
+    b"r",
 ]
 
 
@@ -82,8 +111,7 @@ def test_read_ahead_keeps_several_reads_in_flight(tmp_path: pathlib.Path) -> Non
     path = tmp_path / "f"
     data = os.urandom(3 * CHUNK + 17)
     path.write_bytes(data)
-    with uringstack.open_stack(overrides={"core.backend": "auto"}) as stack, \
-            _direct_or_skip(path, "rb", stack) as f:
+    with uringstack.open_stack(overrides={"core.backend": "auto"}) as stack, _direct_or_skip(path, "rb", stack) as f:
         raw = f.raw
         assert raw.handle.backend == "uring"
         ring = raw.handle.io.ring
@@ -101,8 +129,10 @@ def test_random_reads_do_not_trigger_read_ahead(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "f"
     data = os.urandom(1 << 20)
     path.write_bytes(data)
-    with uringstack.open_stack(overrides={"core.backend": "auto"}) as stack, \
-            _direct_or_skip(path, "rb", stack, buffering=0) as f:
+    with (
+        uringstack.open_stack(overrides={"core.backend": "auto"}) as stack,
+        _direct_or_skip(path, "rb", stack, buffering=0) as f,
+    ):
         f._enable_streaming(readahead=True, writebehind=False)
         ring = f.handle.io.ring
         before = ring.counters()["submitted"]
@@ -160,9 +190,7 @@ def _defer_writes(raw: Any) -> None:
 
 
 @pytest.mark.parametrize("mode", ["wb", "w+b", "w"])
-def test_flush_returns_only_once_the_data_reached_the_kernel(
-    mode: str, tmp_path: pathlib.Path, stack: Stack
-) -> None:
+def test_flush_returns_only_once_the_data_reached_the_kernel(mode: str, tmp_path: pathlib.Path, stack: Stack) -> None:
     """After flush(), another descriptor sees every byte, however late the writes complete."""
     path = tmp_path / "f"
     data = os.urandom(1 << 20).hex()[: 1 << 20]
@@ -345,6 +373,7 @@ def test_errors_are_the_builtins(tmp_path: pathlib.Path, stack: Stack) -> None:
 def test_a_file_used_after_its_stack_closed_raises_valueerror(mode: str, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"data")
+
     def use(f: Any) -> None:
         if "r" in mode:
             f.read(1)
@@ -399,6 +428,7 @@ def test_several_threads_share_a_stack(tmp_path: pathlib.Path, stack: Stack) -> 
 def test_one_file_from_several_threads(tmp_path: pathlib.Path, stack: Stack) -> None:
     path = tmp_path / "f"
     with uringstack.open(path, "wb", stack=stack) as f:
+
         def writer(k: int) -> None:
             for _ in range(200):
                 f.write(bytes([k]) * 1000)

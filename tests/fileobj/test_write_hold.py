@@ -199,6 +199,7 @@ def test_one_writer_from_several_threads_keeps_each_write_whole(tmp_path: pathli
     path = tmp_path / "f"
     sizes = [HOLD_MIN, 100, 3 * HOLD_MIN, 5000]
     with uringstack.open(path, "wb", stack=stack, buffering=4 * HOLD_MIN) as f:
+
         def writer(k: int) -> None:
             for i in range(40):
                 f.write(bytes([k * 40 + i]) * sizes[i % 4])

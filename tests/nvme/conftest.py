@@ -21,13 +21,9 @@ NG = Path("/dev/ng0n1")
 BLK = Path("/dev/nvme0n1")
 SYS_BLK = Path("/sys/block/nvme0n1")
 NULLB = Path("/dev/nullb0")
-SKIP_REASON = (
-    "needs an NVMe namespace with poll queues; runs inside ../shared/nvme-vm via "
-    "scripts/test-nvme.sh"
-)
+SKIP_REASON = "needs an NVMe namespace with poll queues; runs inside ../shared/nvme-vm via scripts/test-nvme.sh"
 MODPROBE_HINT = (
-    'scripts/test-nvme.sh loads it with NVME_VM_MODPROBE="crc32c_generic;ext4;null_blk '
-    'queue_mode=2 poll_queues=2 gb=1"'
+    'scripts/test-nvme.sh loads it with NVME_VM_MODPROBE="crc32c_generic;ext4;null_blk queue_mode=2 poll_queues=2 gb=1"'
 )
 
 
@@ -40,11 +36,7 @@ def hardware_missing() -> str | None:
     """
     if not BLK.exists() or not SYS_BLK.exists():
         return f"{SKIP_REASON} (no {BLK if not BLK.exists() else SYS_BLK} here)"
-    model = (
-        (SYS_BLK / "device" / "model").read_text().strip()
-        if (SYS_BLK / "device" / "model").exists()
-        else ""
-    )
+    model = (SYS_BLK / "device" / "model").read_text().strip() if (SYS_BLK / "device" / "model").exists() else ""
     # These tests overwrite the namespace: only the emulated scratch disk, or one the
     # user names explicitly as expendable.
     if not model.startswith("QEMU") and os.environ.get("URINGSTACK_NVME_SCRATCH") != str(NG):
@@ -153,7 +145,6 @@ def _umount(mnt: Path, wait_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"umount {mnt} still fails after {wait_s:.0f} s: {done.stderr.strip()}")
         time.sleep(0.1)
-
 
         time.sleep(0.1)
 

@@ -169,8 +169,21 @@ def test_tune_nullb(caps: Capabilities, nullb: Path, xdg: Path) -> None:
 def test_bench_tuned_row_on_nullb(nullb: Path, xdg: Path) -> None:
     # the one command of issue 15's "done means": calibrate, run the ladder, then the default
     # config's stack; under TCG the numbers are noise, the row and its ratio must be there
-    args = ["bench", "randread", "--tuned", "--tune-budget", str(BUDGET_S), "--no-fio", "-t", "0.5",
-            "--file", str(nullb), "--modes", "batched,+fixedbuf", "--json"]
+    args = [
+        "bench",
+        "randread",
+        "--tuned",
+        "--tune-budget",
+        str(BUDGET_S),
+        "--no-fio",
+        "-t",
+        "0.5",
+        "--file",
+        str(nullb),
+        "--modes",
+        "batched,+fixedbuf",
+        "--json",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

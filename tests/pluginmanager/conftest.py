@@ -50,9 +50,7 @@ def make_dist(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     monkeypatch.syspath_prepend(str(site))
     created: list[str] = []
 
-    def make(
-        name: str, entry_points: Mapping[str, str], modules: Mapping[str, str]
-    ) -> pathlib.Path:
+    def make(name: str, entry_points: Mapping[str, str], modules: Mapping[str, str]) -> pathlib.Path:
         for module, source in modules.items():
             (site / f"{module}.py").write_text(textwrap.dedent(source))
             created.append(module)

@@ -49,9 +49,7 @@ def test_hook_is_documented_with_exact_signature(hook: str) -> None:
 def test_hook_kind_is_documented(hook: str) -> None:
     opts = make_plugin_manager(autoload=False).pm.parse_hookspec_opts(hookspecs, hook)
     assert opts is not None
-    expected = (
-        "historic" if opts["historic"] else "firstresult" if opts["firstresult"] else "collect"
-    )
+    expected = "historic" if opts["historic"] else "firstresult" if opts["firstresult"] else "collect"
     match = re.search(r"^Kind: (\w+)", doc_sections()[hook], flags=re.MULTILINE)
     assert match is not None, f"section {hook} has no 'Kind:' line"
     assert match.group(1) == expected

@@ -65,8 +65,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     subprocess.run(["cp", "-r", str(EXAMPLE), str(build)], check=True)
     result = subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--target", str(target),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
             str(build / EXAMPLE.name),
         ],
         capture_output=True,
@@ -78,9 +85,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def run_child(site: pathlib.Path, env: dict[str, str]) -> dict[str, object]:
-    child_env = {
-        k: v for k, v in os.environ.items() if not k.upper().startswith("URINGSTACK_")
-    }
+    child_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("URINGSTACK_")}
     child_env["PYTHONPATH"] = str(site)
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(env)],

@@ -47,16 +47,12 @@ def test_autoload_env_var_disables_loading(
     monkeypatch.setenv("URINGSTACK_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert make_plugin_manager(blocked=builtins).plugin_names() == []
     # An explicit argument wins over the environment.
-    assert make_plugin_manager(autoload=True, blocked=builtins).plugin_names() == [
-        "acme"
-    ]
+    assert make_plugin_manager(autoload=True, blocked=builtins).plugin_names() == ["acme"]
     monkeypatch.setenv("URINGSTACK_DISABLE_PLUGIN_AUTOLOAD", "0")
     assert make_plugin_manager(blocked=builtins).plugin_names() == ["acme"]
 
 
-def test_import_error_names_entry_point_and_cause(
-    make_dist: MakeDist, builtins: list[str]
-) -> None:
+def test_import_error_names_entry_point_and_cause(make_dist: MakeDist, builtins: list[str]) -> None:
     broken = {"broken_mod": "import no_such_module_x\n"}
     make_dist("broken-plugin", {"broken": "broken_mod"}, broken)
     with pytest.raises(PluginLoadError) as info:
@@ -71,18 +67,14 @@ def test_import_error_names_entry_point_and_cause(
 
 
 def test_blocked_plugin_is_never_imported(make_dist: MakeDist, builtins: list[str]) -> None:
-    make_dist(
-        "bomb-plugin", {"bomb": "bomb_mod"}, {"bomb_mod": "raise RuntimeError('imported!')\n"}
-    )
+    make_dist("bomb-plugin", {"bomb": "bomb_mod"}, {"bomb_mod": "raise RuntimeError('imported!')\n"})
     pm = make_plugin_manager(autoload=True, blocked=[*builtins, "bomb"])
     assert pm.plugin_names() == []
     assert pm.is_blocked("bomb")
     assert "bomb_mod" not in sys.modules
 
 
-def test_misspelled_hook_in_entry_point_plugin_fails_loudly(
-    make_dist: MakeDist, builtins: list[str]
-) -> None:
+def test_misspelled_hook_in_entry_point_plugin_fails_loudly(make_dist: MakeDist, builtins: list[str]) -> None:
     source = """
     from uringstack.hookspecs import hookimpl
 
@@ -99,9 +91,7 @@ def test_misspelled_hook_in_entry_point_plugin_fails_loudly(
     assert "did you mean 'uringstack_ring_params'" in message
 
 
-def test_same_plugin_name_from_two_distributions_is_an_error(
-    make_dist: MakeDist, builtins: list[str]
-) -> None:
+def test_same_plugin_name_from_two_distributions_is_an_error(make_dist: MakeDist, builtins: list[str]) -> None:
     make_dist("one-plugin", {"twin": "twin_a"}, {"twin_a": GOOD_PLUGIN})
     make_dist("two-plugin", {"twin": "twin_b"}, {"twin_b": GOOD_PLUGIN})
     with pytest.raises(PluginLoadError, match="declared by two distributions"):

@@ -11,7 +11,7 @@ from uringstack.cli.probe_report import verdicts
 from uringstack.config import load_config
 from uringstack.testing import make_fake_capabilities
 
-ACME = '''
+ACME = """
 from uringstack.hookspecs import hookimpl
 from uringstack.types import FeatureVerdict
 
@@ -20,7 +20,7 @@ from uringstack.types import FeatureVerdict
 def uringstack_check_support(caps, config):
     return FeatureVerdict(plugin="acme", mode="auto", enabled=False,
                           reason="acme: no widget on this machine", hint="plug in a widget")
-'''
+"""
 
 
 def test_probe_lines_are_the_plugins_verdicts() -> None:

@@ -161,9 +161,7 @@ def test_parse_mountinfo_and_swaps() -> None:
     assert mounts.mountpoints((254, 1), None) == ["/"]
     assert mounts.mountpoints((259, 2), "/dev/nvme0n1p2") == ["/mnt/my disk"]
     assert mounts.mountpoints((8, 0), "/dev/sda") == []
-    assert parse_swaps("Filename Type Size Used Priority\n/dev/sda2 partition 1 0 -2\n") == {
-        "/dev/sda2"
-    }
+    assert parse_swaps("Filename Type Size Used Priority\n/dev/sda2 partition 1 0 -2\n") == {"/dev/sda2"}
 
 
 def _caps(**uring: object) -> Capabilities:

@@ -136,8 +136,7 @@ def test_cli_report_and_json() -> None:
     assert result.exit_code == 0, result.output
     # One line for io_uring, one per built-in plugin's verdict.
     for feature in ("io_uring", "sqpoll", "iopoll", "fixedbuf", "nvme_passthrough", "fallback"):
-        assert f"\n  {feature}: usable" in result.output or \
-            f"\n  {feature}: not usable: " in result.output, feature
+        assert f"\n  {feature}: usable" in result.output or f"\n  {feature}: not usable: " in result.output, feature
     facts = kernel_facts()
     if not (facts.io_uring_disabled == 2 or facts.status.seccomp_filtered):
         assert "io_uring: usable" in result.output

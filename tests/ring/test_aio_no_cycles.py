@@ -22,7 +22,6 @@ from uringstack.stack import Stack
 BLOCK = 4096
 
 
-
 @pytest.mark.timeout(60)
 def test_awaited_batches_are_freed_without_the_cycle_collector(
     plain_uring_stack: Stack, tmp_path: pathlib.Path

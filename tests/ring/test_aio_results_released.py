@@ -28,7 +28,6 @@ TASKS = 32
 ROUNDS = 40
 
 
-
 def _flush_pendings() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, FlushPending))
 

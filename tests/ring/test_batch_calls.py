@@ -78,9 +78,7 @@ def test_a_waited_submit_drains_its_completions(ring: Ring) -> None:
     assert ring.inflight == 0
 
 
-def test_started_batches_waited_oldest_first_cost_one_call_each_and_a_drain(
-    ring: Ring, counting: _CountingLib
-) -> None:
+def test_started_batches_waited_oldest_first_cost_one_call_each_and_a_drain(ring: Ring, counting: _CountingLib) -> None:
     """QD 32 in batches of 4, the bench's default: a submit per batch, and a wait call only
     when the oldest batch is not drained yet (one drain finds the 8 in flight)."""
     fifo: deque[Batch] = deque(ring.submit(Op.NOP, -1, n=4) for _ in range(8))

@@ -744,9 +744,7 @@ def test_registered_leases_of_the_default_config_are_coalesced_as_fixed_ops(
         async def main() -> tuple[list[Any], int, int]:
             await asyncio.gather(*(h.read_many_async([i * BLOCK], [b]) for i, b in enumerate(leases)))  # warm up
             before = ring.counters()["enters"]
-            got = await asyncio.gather(
-                *(h.read_many_async([(i + 8) * BLOCK], [b]) for i, b in enumerate(leases))
-            )
+            got = await asyncio.gather(*(h.read_many_async([(i + 8) * BLOCK], [b]) for i, b in enumerate(leases)))
             reads = ring.counters()["enters"] - before
             for i, b in enumerate(leases):
                 b[0:4] = bytes([i, i, i, i])

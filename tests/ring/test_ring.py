@@ -282,7 +282,6 @@ def test_sqpoll_ring_pinned_cpu_is_visible_in_proc(poller_cpus: Callable[[Ring],
     ring.close()
 
 
-
 def test_enomem_is_retried_then_the_ring_shrinks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Freed rings count against RLIMIT_MEMLOCK until the kernel's deferred
     teardown: ENOMEM is retried after pauses, then the ring is halved and noted."""

@@ -16,7 +16,6 @@ from uringstack.stack import Stack
 BLOCK = 4096
 
 
-
 @pytest.mark.timeout(60)
 def test_lease_batches_refuse_bad_input_like_the_checked_path(plain_uring_stack: Stack, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "data"

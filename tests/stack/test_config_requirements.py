@@ -70,8 +70,13 @@ def test_backend_uring_under_the_real_seccomp_filter_fails_with_the_reason(tmp_p
     assert "core.backend = 'uring' requires io_uring" in out.stderr
     assert "seccomp" in out.stderr
     child = "from uringstack.stack import open_stack\nopen_stack()"
-    out = subprocess.run([sys.executable, str(SECCOMP), sys.executable, "-c", child],
-                         capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run(
+        [sys.executable, str(SECCOMP), sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert out.returncode != 0
     assert "PlanError: core.backend = 'uring' requires io_uring" in out.stderr
 
@@ -116,8 +121,9 @@ def single_issuer_caps() -> object:
 
 
 def test_single_issuer_on_stack_works_through_its_worker(single_issuer_caps: object, tmp_path: pathlib.Path) -> None:
-    with open_stack(overrides={"core.single_issuer": "on", "core.cores": [CPUS[0]], "fixedbuf.files": 4},
-                    caps=single_issuer_caps) as stack:  # type: ignore[arg-type]
+    with open_stack(
+        overrides={"core.single_issuer": "on", "core.cores": [CPUS[0]], "fixedbuf.files": 4}, caps=single_issuer_caps
+    ) as stack:  # type: ignore[arg-type]
         ring = stack.workers[0].rings["storage"]
         assert ring.flags & SetupFlag.SINGLE_ISSUER
         h = stack.open(tmp_path / "f", create=True)  # registers its fixed-file slot on the worker

@@ -161,7 +161,10 @@ def test_write_durable_links_the_flush_to_the_write(handle: FileHandle, monkeypa
         assert (write.result, flush.result) == (len(data), 0)
     else:
         assert rec.events == [
-            ("write", "start", 4096), ("write", "end", len(data)), ("fdatasync", "start", 0), ("fdatasync", "end", 0),
+            ("write", "start", 4096),
+            ("write", "end", len(data)),
+            ("fdatasync", "start", 0),
+            ("fdatasync", "end", 0),
         ]
     assert os.pread(handle.fd, len(data), 4096) == data
 

@@ -99,8 +99,15 @@ def test_release_of_a_buffer_not_leased_is_an_error(handle: FileHandle) -> None:
 
 @pytest.fixture
 def pooled() -> Iterator[Stack]:
-    s = open_stack(overrides={"core.cores": [sorted(os.sched_getaffinity(0))[0]], "fixedbuf.mode": "on",
-                              "fixedbuf.count": 8, "fixedbuf.buffer_size": 8192, "fixedbuf.files": 4})
+    s = open_stack(
+        overrides={
+            "core.cores": [sorted(os.sched_getaffinity(0))[0]],
+            "fixedbuf.mode": "on",
+            "fixedbuf.count": 8,
+            "fixedbuf.buffer_size": 8192,
+            "fixedbuf.files": 4,
+        }
+    )
     yield s
     s.close()
 
@@ -124,9 +131,18 @@ def test_lease_above_the_pool_size_takes_nothing(pooled: Stack, tmp_path: pathli
 
 
 def test_release_of_another_pools_buffer_is_an_error(pooled: Stack, tmp_path: pathlib.Path) -> None:
-    with open_stack(overrides={"core.cores": [pooled.workers[0].cpu], "fixedbuf.mode": "on",
-                               "fixedbuf.count": 8, "fixedbuf.buffer_size": 8192}) as other, \
-            other.open(tmp_path / "g", create=True) as g, pooled.open(tmp_path / "f", create=True) as h:
+    with (
+        open_stack(
+            overrides={
+                "core.cores": [pooled.workers[0].cpu],
+                "fixedbuf.mode": "on",
+                "fixedbuf.count": 8,
+                "fixedbuf.buffer_size": 8192,
+            }
+        ) as other,
+        other.open(tmp_path / "g", create=True) as g,
+        pooled.open(tmp_path / "f", create=True) as h,
+    ):
         (foreign,) = g.lease_buffers(1)
         with pytest.raises(ValueError, match="not a lease of this handle's buffer pool"):
             h.release_buffers([foreign])

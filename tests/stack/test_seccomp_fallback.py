@@ -38,7 +38,10 @@ with open_stack() as stack:
 def test_seccomp_blocked_io_uring_yields_a_fallback_stack(tmp_path: pathlib.Path) -> None:
     out = subprocess.run(
         [sys.executable, str(SECCOMP), sys.executable, "-c", CHILD, str(tmp_path / "f")],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["usable"] is False

@@ -110,8 +110,10 @@ def test_foreign_entries_are_ignored(tmp_path: pathlib.Path) -> None:
         (b"{not json", "corrupt (not JSON"),
         (b"[1, 2]", "corrupt (not a JSON object)"),
         (b'{"format_version": 1, "records": [{"target": 3}]}', "corrupt (records.0"),
-        (json.dumps({"format_version": FORMAT_VERSION + 1, "records": [{"future": True}]}).encode(),
-         f"written by a newer uringstack (format {FORMAT_VERSION + 1}"),
+        (
+            json.dumps({"format_version": FORMAT_VERSION + 1, "records": [{"future": True}]}).encode(),
+            f"written by a newer uringstack (format {FORMAT_VERSION + 1}",
+        ),
         (b"\xff\xfe", "corrupt"),
     ],
 )

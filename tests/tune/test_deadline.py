@@ -34,8 +34,15 @@ def _measure(tmp_path: pathlib.Path, seconds: float, deadline_in: float) -> tupl
     caps = probe().model_copy(update={"tuning": TuneState()})
     with prepared(str(tmp_path), Workload(), scratch_bytes=1 << 20) as target:
         t0 = time.perf_counter()
-        m = measure(target, {"batch": "4"}, {"core.cores": [min(caps.cpus.allowed)]}, 4, seconds, caps,
-                    deadline=t0 + deadline_in)
+        m = measure(
+            target,
+            {"batch": "4"},
+            {"core.cores": [min(caps.cpus.allowed)]},
+            4,
+            seconds,
+            caps,
+            deadline=t0 + deadline_in,
+        )
         return m, time.perf_counter() - t0
 
 

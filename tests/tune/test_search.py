@@ -33,15 +33,24 @@ def scripted(
     cost: float | None = None,
     clock: VirtualClock | None = None,
 ) -> Any:
-    def measure(target: Any, settings: dict[str, str], overrides: dict[str, Any], batch: int, seconds: float,
-                caps: Any, pm: Any = None, **deadline: Any) -> Measurement:
+    def measure(
+        target: Any,
+        settings: dict[str, str],
+        overrides: dict[str, Any],
+        batch: int,
+        seconds: float,
+        caps: Any,
+        pm: Any = None,
+        **deadline: Any,
+    ) -> Measurement:
         seen.append(dict(settings))
         if cost is not None and clock is not None:  # a run takes its window plus set-up, as a real one does
             clock.now += seconds + cost
         key = tuple(sorted((k, v) for k, v in settings.items() if v != _base(k)))
         value = iops[key].pop(0)
-        return Measurement(settings=settings, overrides=overrides, iops=value, ops=int(value), seconds=seconds,
-                           cpu_us_per_io=10.0)
+        return Measurement(
+            settings=settings, overrides=overrides, iops=value, ops=int(value), seconds=seconds, cpu_us_per_io=10.0
+        )
 
     return measure
 
@@ -105,8 +114,18 @@ def test_quiet_machine_uses_min_gain(tmp_path: pathlib.Path, monkeypatch: pytest
 
 def test_runs_that_do_not_fit_are_skipped(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     iops: Any = {(): [100_000, 100_000]}
-    iops.update({k: [90_000] for k in [(("batch", "8"),), (("fixedbuf", "on"),), (("sqpoll", "on"),),
-                                        (("workers", "2"),), (("iopoll", "on"),)]})
+    iops.update(
+        {
+            k: [90_000]
+            for k in [
+                (("batch", "8"),),
+                (("fixedbuf", "on"),),
+                (("sqpoll", "on"),),
+                (("workers", "2"),),
+                (("iopoll", "on"),),
+            ]
+        }
+    )
     budget = 1.0
     record, seen, _ = _search(tmp_path, monkeypatch, iops, budget=budget, cost=0.1)
     assert record.elapsed_s <= budget  # a limit, not a target (exact: the clock is virtual)

@@ -22,8 +22,15 @@ BS = 4096
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    s = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "on", "fixedbuf.count": 8,
-                              "fixedbuf.buffer_size": 2 * BS, "fixedbuf.files": 4})
+    s = open_stack(
+        overrides={
+            "core.cores": [0],
+            "fixedbuf.mode": "on",
+            "fixedbuf.count": 8,
+            "fixedbuf.buffer_size": 2 * BS,
+            "fixedbuf.files": 4,
+        }
+    )
     yield s
     s.close()
 
@@ -112,8 +119,9 @@ def test_batch_keeps_plain_buffer_alive_in_flight(stack: Stack) -> None:
     from uringstack.ring.native import ffi
 
     pin = ffi.from_buffer(buf, require_writable=True)
-    batch = ring.submit(Op.READ, r, addrs=int(ffi.cast("uintptr_t", pin)), lens=32,
-                        offsets=-1 & (2**64 - 1), keep=[pin, buf])
+    batch = ring.submit(
+        Op.READ, r, addrs=int(ffi.cast("uintptr_t", pin)), lens=32, offsets=-1 & (2**64 - 1), keep=[pin, buf]
+    )
     del buf, pin
     gc.collect()
     assert ref() is not None
@@ -163,9 +171,20 @@ with open_stack(overrides={"core.cores": [0]}) as stack:
 def test_memlock_too_low_gives_a_stack_without_registered_buffers(tmp_path: pathlib.Path) -> None:
     # Root has CAP_IPC_LOCK, which exempts it from RLIMIT_MEMLOCK: drop it for the child.
     out = subprocess.run(
-        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock",
-         sys.executable, "-c", CHILD, str(tmp_path / "m")],
-        capture_output=True, text=True, timeout=120,
+        [
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "--inh-caps",
+            "-ipc_lock",
+            sys.executable,
+            "-c",
+            CHILD,
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,9 +198,20 @@ def test_memlock_too_low_gives_a_stack_without_registered_buffers(tmp_path: path
 def test_memlock_on_mode_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     child = CHILD.replace('overrides={"core.cores": [0]}', 'overrides={"core.cores": [0], "fixedbuf.mode": "on"}')
     out = subprocess.run(
-        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock",
-         sys.executable, "-c", child, str(tmp_path / "m")],
-        capture_output=True, text=True, timeout=120,
+        [
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "--inh-caps",
+            "-ipc_lock",
+            sys.executable,
+            "-c",
+            child,
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode != 0
     assert "fixedbuf is configured 'on' but cannot be used" in out.stderr

@@ -23,8 +23,15 @@ def test_block_target_uses_the_probed_io_poll() -> None:
 def test_probed_device_without_poll_queues_gives_the_probe_reason() -> None:
     caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)
     dev = caps.devices[0]
-    other = dev.model_copy(update={"name": "nvme1n1", "path": "/dev/nvme1n1", "generic_char": None,
-                                   "io_poll": False, "io_poll_reason": "no poll queues (nvme poll_queues=0)"})
+    other = dev.model_copy(
+        update={
+            "name": "nvme1n1",
+            "path": "/dev/nvme1n1",
+            "generic_char": None,
+            "io_poll": False,
+            "io_poll_reason": "no poll queues (nvme poll_queues=0)",
+        }
+    )
     caps.devices.append(other)
     config = load_config(env={}).config
     target = Target(path=other.path, kind="block", direct=True, writable=False, device=other)

@@ -30,9 +30,7 @@ def test_layout_matches_kernel_struct() -> None:
     assert c.NVME_URING_CMD_FIELDS == EXPECTED_OFFSETS
 
 
-@pytest.mark.skipif(
-    not HEADER.exists(), reason="kernel UAPI headers (linux-libc-dev) not installed"
-)
+@pytest.mark.skipif(not HEADER.exists(), reason="kernel UAPI headers (linux-libc-dev) not installed")
 def test_field_order_matches_installed_header() -> None:
     text = HEADER.read_text()
     body = re.search(r"struct nvme_uring_cmd \{(.*?)\};", text, re.S)
@@ -107,9 +105,7 @@ def test_batch_matches_single_commands() -> None:
 
 
 def test_batch_stride_and_array_input() -> None:
-    batch = c.build_rw_batch(
-        c.NVME_CMD_READ, 1, array("Q", [10, 20]), 1, 4096, 0x1000, stride_bytes=8192
-    )
+    batch = c.build_rw_batch(c.NVME_CMD_READ, 1, array("Q", [10, 20]), 1, 4096, 0x1000, stride_bytes=8192)
     first, second = c.decode_command(batch[:72]), c.decode_command(batch[72:])
     assert (first["addr"], second["addr"]) == (0x1000, 0x1000 + 8192)
     assert (first["cdw10"], second["cdw10"]) == (10, 20)

@@ -41,9 +41,7 @@ class ExampleConfig(FeatureConfig):
     min_entries: int = Field(
         default=1024, ge=1, le=32768, description="Raise storage rings to at least this many SQEs."
     )
-    coop_taskrun: bool = Field(
-        default=True, description="Set IORING_SETUP_COOP_TASKRUN where the kernel accepts it."
-    )
+    coop_taskrun: bool = Field(default=True, description="Set IORING_SETUP_COOP_TASKRUN where the kernel accepts it.")
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> Decision:
@@ -70,9 +68,7 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     if params.role != "storage" or not FEATURE.decide(caps, config).enabled:
         return
     if params.entries < cfg.min_entries:
-        params.reasons.append(
-            f"{PLUGIN}: entries {params.entries} -> {cfg.min_entries} (example.min_entries)"
-        )
+        params.reasons.append(f"{PLUGIN}: entries {params.entries} -> {cfg.min_entries} (example.min_entries)")
         params.entries = cfg.min_entries
     if cfg.coop_taskrun:
         if caps.uring.accepts("COOP_TASKRUN"):
