@@ -7,8 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 [ ! -f scripts/ensure-umockdev.sh ] || bash scripts/ensure-umockdev.sh
 
-echo "== static checks (ruff, mypy)"
+echo "== static checks (ruff, ruff format, mypy)"
 .venv/bin/ruff check core plugins tests
+.venv/bin/ruff format --check .
 bash scripts/typecheck.sh
 
 echo "== host test suite"
