@@ -168,24 +168,20 @@ with open_stack(overrides={"core.cores": [0]}) as stack:
 """
 
 
-def test_memlock_too_low_gives_a_stack_without_registered_buffers(tmp_path: pathlib.Path) -> None:
-    # Root has CAP_IPC_LOCK, which exempts it from RLIMIT_MEMLOCK: drop it for the child.
-    out = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set",
-            "-ipc_lock",
-            "--inh-caps",
-            "-ipc_lock",
-            sys.executable,
-            "-c",
-            CHILD,
-            str(tmp_path / "m"),
-        ],
+def _without_ipc_lock(child: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """Run *child* in a Python without CAP_IPC_LOCK (which exempts root from RLIMIT_MEMLOCK)."""
+    return subprocess.run(
+        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", sys.executable, "-c", child,
+         str(tmp_path / "m")],
         capture_output=True,
         text=True,
         timeout=120,
-    )
+    )  # fmt: skip
+
+
+def test_memlock_too_low_gives_a_stack_without_registered_buffers(tmp_path: pathlib.Path) -> None:
+    # Root has CAP_IPC_LOCK, which exempts it from RLIMIT_MEMLOCK: drop it for the child.
+    out = _without_ipc_lock(CHILD, tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["data"] == "still works"
@@ -197,22 +193,7 @@ def test_memlock_too_low_gives_a_stack_without_registered_buffers(tmp_path: path
 
 def test_memlock_on_mode_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     child = CHILD.replace('overrides={"core.cores": [0]}', 'overrides={"core.cores": [0], "fixedbuf.mode": "on"}')
-    out = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set",
-            "-ipc_lock",
-            "--inh-caps",
-            "-ipc_lock",
-            sys.executable,
-            "-c",
-            child,
-            str(tmp_path / "m"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _without_ipc_lock(child, tmp_path)
     assert out.returncode != 0
     assert "fixedbuf is configured 'on' but cannot be used" in out.stderr
     assert "RLIMIT_MEMLOCK" in out.stderr
