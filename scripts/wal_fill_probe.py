@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -29,6 +30,24 @@ def _pct(xs: list[float], q: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _summary(inside: list[float], outside: list[float], cpu_us: float) -> dict[str, float]:
+    every = inside + outside
+    return {
+        "n": len(every),
+        "n_in": len(inside),
+        "in_p50": _pct(inside, 0.5),
+        "in_p99": _pct(inside, 0.99),
+        "in_max": max(inside, default=float("nan")),
+        "out_p50": _pct(outside, 0.5),
+        "out_p99": _pct(outside, 0.99),
+        "p99": _pct(every, 0.99),
+        "p999": _pct(every, 0.999),
+        "p9999": _pct(every, 0.9999),
+        "max": max(every),
+        "cpu_us": cpu_us,
+    }
 
 
 def child(seconds: float, segment_mib: int, directory: str, piece_kib: int) -> None:
@@ -51,21 +70,7 @@ def child(seconds: float, segment_mib: int, directory: str, piece_kib: int) -> N
             dt = (time.perf_counter_ns() - t0) / 1000
             (inside if filling else outside).append(dt)
         cpu = time.process_time() - cpu0
-    every = inside + outside
-    out = {
-        "n": len(every),
-        "n_in": len(inside),
-        "in_p50": _pct(inside, 0.5),
-        "in_p99": _pct(inside, 0.99),
-        "out_p50": _pct(outside, 0.5),
-        "out_p99": _pct(outside, 0.99),
-        "p99": _pct(every, 0.99),
-        "p999": _pct(every, 0.999),
-        "max": max(every),
-        "cpu_us": cpu / len(every) * 1e6,
-        "raw_in": [round(x, 1) for x in inside],
-        "raw_out": [round(x, 1) for x in outside],
-    }
+    out = {"cpu_us": cpu / (len(inside) + len(outside)) * 1e6, "raw_in": inside, "raw_out": outside}
     print(json.dumps(out))
 
 
@@ -86,7 +91,7 @@ def main() -> None:
         child(a.slice, a.segment_mib, a.child_dir, a.piece_kib)
         return
     sides = [p.split("=", 1) for p in a.python]
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in sides}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
     for i in range(a.pairs):
         order = sides if i % 2 == 0 else sides[::-1]
         for name, spec in order:
@@ -97,26 +102,13 @@ def main() -> None:
                 res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(res.stdout.strip().splitlines()[-1])
             rows[name].append(r)
-            print(name, json.dumps({k: round(v, 1) for k, v in r.items() if not k.startswith("raw")}), flush=True)
+            one = _summary(r["raw_in"], r["raw_out"], r["cpu_us"])
+            print(name, json.dumps({k: round(v, 1) for k, v in one.items()}), flush=True)
     print("pooled over slices (us; CPU: median of slices):")
     for name, rs in rows.items():
         pin = [x for r in rs for x in r["raw_in"]]
         pout = [x for r in rs for x in r["raw_out"]]
-        both = pin + pout
-        pooled = {
-            "n": len(both),
-            "n_in": len(pin),
-            "in_p50": _pct(pin, 0.5),
-            "in_p99": _pct(pin, 0.99),
-            "in_max": max(pin, default=float("nan")),
-            "out_p50": _pct(pout, 0.5),
-            "out_p99": _pct(pout, 0.99),
-            "p99": _pct(both, 0.99),
-            "p999": _pct(both, 0.999),
-            "p9999": _pct(both, 0.9999),
-            "max": max(both),
-            "cpu_us": statistics.median(r["cpu_us"] for r in rs),
-        }
+        pooled = _summary(pin, pout, statistics.median(r["cpu_us"] for r in rs))
         print(name, json.dumps({k: round(v, 1) for k, v in pooled.items()}))
     sys.stdout.flush()
 
