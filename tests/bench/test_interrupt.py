@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,35 @@ def test_interrupt_during_run_fio_stops_and_reaps_fio(tmp_path: pathlib.Path) ->
         for p in (fio_pid, job_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_signal_while_fio_starts_still_stops_it(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT between fio's start and run_child's knowing of it (here: inside ``Popen``, once
+    fio and its job run) is held back until the cleanup covers fio: no fio left running.
+    Without that, the KeyboardInterrupt left ``Popen`` before run_child had the process to
+    stop, and the WAL bench's interrupt test failed now and then under load."""
+    from uringstack.bench import children
+
+    pids = tmp_path / "fio.pids"
+    fio = tmp_path / "fio"
+    fio.write_text(FAKE_FIO.format(pids=pids))
+    fio.chmod(0o755)
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(cmd: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        proc: subprocess.Popen[str] = real_popen(cmd, **kwargs)
+        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30, "the fake fio to start")
+        signal.raise_signal(signal.SIGINT)  # its Python handler runs before this returns
+        return proc
+
+    monkeypatch.setattr(children.subprocess, "Popen", popen_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            children.run_child([str(fio)])
+        fio_pid, job_pid = map(int, pids.read_text().split())
+        _wait_for(lambda: not _alive(fio_pid) and not _alive(job_pid), 5, "fio and its job to be gone")
+    finally:
+        if pids.exists():
+            for p in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(p), signal.SIGKILL)
