@@ -42,28 +42,39 @@ def stop(proc: subprocess.Popen[str]) -> None:
                 stream.close()
 
 
+def spawn(cmd: list[str], started: list[subprocess.Popen[str]]) -> None:
+    """Start *cmd* in a session of its own (output captured) and append it to *started*.
+
+    Call it inside the ``try`` whose handler stops *started*: SIGINT and SIGTERM
+    are held back while the child starts and run their handlers once it is in
+    *started*, so an interrupt cannot come between the child's start and its
+    cleanup's knowing of it (an interrupt raised inside ``Popen``, after the
+    fork, left fio and its job running)."""
+    pending: list[int] = []
+    restore = _defer_signals(pending)
+    try:
+        started.append(
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        )
+    finally:
+        restore()  # from here on a signal raises in the caller's try, the child in *started*
+    for signum in pending:  # one that came while the child started: its handler runs now
+        signal.raise_signal(signum)
+
+
 def run_child(
     cmd: list[str], poll: Callable[[], None] | None = None, poll_s: float = 0.2
 ) -> subprocess.CompletedProcess[str]:
     """Run *cmd* to completion, capturing its output; call *poll* every *poll_s* seconds.
 
-    On any exception (an interrupt included) the child and its process group
-    are stopped and reaped before the exception propagates.  SIGINT and SIGTERM
-    are held back while the child starts, so an interrupt cannot come between
-    the child's start and its cleanup's knowing of it (which left fio running).
+    On any exception (an interrupt included, also one while the child starts:
+    see :func:`spawn`) the child and its process group are stopped and reaped
+    before the exception propagates.
     """
-    proc: subprocess.Popen[str] | None = None
-    pending: list[int] = []
-    restore = _defer_signals(pending)
+    started: list[subprocess.Popen[str]] = []
     try:
-        try:
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-            )
-        finally:
-            restore()  # from here on a signal raises inside this try, with proc known
-        for signum in pending:  # one that came while the child started: its handler runs now
-            signal.raise_signal(signum)
+        spawn(cmd, started)
+        proc = started[0]
         while True:
             try:
                 out, err = proc.communicate(timeout=poll_s)
@@ -72,8 +83,8 @@ def run_child(
                 if poll is not None:
                     poll()
     except BaseException:
-        if proc is not None:
-            stop(proc)
+        for p in started:
+            stop(p)
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 

@@ -166,3 +166,37 @@ def test_signal_while_fio_starts_still_stops_it(tmp_path: pathlib.Path, monkeypa
             for p in pids.read_text().split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(p), signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_interrupt_during_worker_processes_stops_them(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--processes``: an interrupt while the worker processes run stops them at once.
+    Regression: they shared the bench's process group, so stop()'s killpg(pid) found no
+    such group, signalled nothing, and waited for each worker to finish its whole run."""
+    from uringstack.bench import processes
+    from uringstack.bench.runner import prepare_file
+    from uringstack.bench.spec import BenchSpec
+
+    f = tmp_path / "d.bin"
+    prepare_file(str(f), 4 << 20)
+    spec = BenchSpec("randread", file=str(f), file_size=4 << 20, duration=30.0, direct=False, workers=2, cpus=[0, 0])
+    workers: list[int] = []  # the bench's child processes when the interrupt came
+
+    def interrupted(self: subprocess.Popen[str], *args: Any, **kwargs: Any) -> Any:
+        time.sleep(processes.START_DELAY_S + 1.0)  # the workers are past their start: in their 30 s run
+        for task in pathlib.Path(f"/proc/{os.getpid()}/task").iterdir():
+            workers.extend(int(p) for p in (task / "children").read_text().split())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            processes.run_processes(spec, "batched")
+        stopped_s = time.monotonic() - t0 - processes.START_DELAY_S - 1.0
+        assert len(workers) == 2 and not any(map(_alive, workers))  # stopped and reaped
+        assert stopped_s < 10, f"the workers were stopped {stopped_s:.1f} s after the interrupt (a 30 s run)"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
