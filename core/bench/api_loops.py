@@ -158,6 +158,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                 ph = phase(now)
                 if ph == 0:
                     del arr[:]  # warming up: nothing counts
+                    edge = meter.measure_from  # set by the first completion, then the window's opening
                 elif ph == 2:
                     arr.pop()  # this batch completed past the window
                 else:
@@ -279,10 +280,11 @@ async def _asyncio_main(handle: FileHandle, spec: BenchSpec, worker: int, batch:
     # its first completion).  Samples are kept flat and folded like Samples does.
     lat = array("q")
     totals = [0, 0]  # ops, bytes of this row (counts stays the other rows')
-    measure_from, until = meter.measure_from, meter.until
+    until = 0  # the window's end once it is open (Meter.phase sets it at the opening completion)
     stream = cycle(offs.offs)
 
     async def one_read() -> None:
+        nonlocal until
         read = handle.read
         take = stream.__next__
         add = lat.append
@@ -295,7 +297,7 @@ async def _asyncio_main(handle: FileHandle, spec: BenchSpec, worker: int, batch:
                 if n != bs:  # (as _check: recorded, no bytes counted, the loop stops)
                     errors.append(f"op result {n} (want {bs})")
                     n = 0
-                if measure_from <= now < until and meter.t0:
+                if now < until:
                     add(now - t0)
                     ops += 1
                     got += n
@@ -309,6 +311,8 @@ async def _asyncio_main(handle: FileHandle, spec: BenchSpec, worker: int, batch:
                         got += n
                     if ph == 2 or errors:
                         return
+                    if meter.t0:
+                        until = meter.until
                 if len(lat) >= _FLUSH_SAMPLES:
                     _fold_flat(lat, samples)  # (emptied in place: every task's add stays bound to it)
                 t0 = now

@@ -42,16 +42,39 @@ def stop(proc: subprocess.Popen[str]) -> None:
                 stream.close()
 
 
+def spawn(cmd: list[str], started: list[subprocess.Popen[str]]) -> None:
+    """Start *cmd* in a session of its own (output captured) and append it to *started*.
+
+    Call it inside the ``try`` whose handler stops *started*: SIGINT and SIGTERM
+    are held back while the child starts and run their handlers once it is in
+    *started*, so an interrupt cannot come between the child's start and its
+    cleanup's knowing of it (an interrupt raised inside ``Popen``, after the
+    fork, left fio and its job running)."""
+    pending: list[int] = []
+    restore = _defer_signals(pending)
+    try:
+        started.append(
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        )
+    finally:
+        restore()  # from here on a signal raises in the caller's try, the child in *started*
+    for signum in pending:  # one that came while the child started: its handler runs now
+        signal.raise_signal(signum)
+
+
 def run_child(
     cmd: list[str], poll: Callable[[], None] | None = None, poll_s: float = 0.2
 ) -> subprocess.CompletedProcess[str]:
     """Run *cmd* to completion, capturing its output; call *poll* every *poll_s* seconds.
 
-    On any exception (an interrupt included) the child and its process group
-    are stopped and reaped before the exception propagates.
+    On any exception (an interrupt included, also one while the child starts:
+    see :func:`spawn`) the child and its process group are stopped and reaped
+    before the exception propagates.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started: list[subprocess.Popen[str]] = []
     try:
+        spawn(cmd, started)
+        proc = started[0]
         while True:
             try:
                 out, err = proc.communicate(timeout=poll_s)
@@ -60,9 +83,39 @@ def run_child(
                 if poll is not None:
                     poll()
     except BaseException:
-        stop(proc)
+        for p in started:
+            stop(p)
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# the signals a bench turns into exceptions (KeyboardInterrupt, Terminated)
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _defer_signals(pending: list[int]) -> Callable[[], None]:
+    """Until the returned function is called, SIGINT and SIGTERM are appended to *pending*
+    instead of running their handlers; the function restores the handlers.
+
+    A handler that raises while ``Popen`` starts the child (after its fork, before
+    ``Popen`` returns) or before the child is known to :func:`run_child`'s cleanup would
+    leave the child and its process group running: nothing would stop them.  A no-op off
+    the main thread (only it runs Python signal handlers)."""
+    if threading.current_thread() is not threading.main_thread() or any(
+        signal.getsignal(sig) is None for sig in _DEFERRED
+    ):  # None: a handler installed outside Python, which signal.signal could not put back
+        return lambda: None
+
+    def record(signum: int, _frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in _DEFERRED}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 class Terminated(SystemExit):

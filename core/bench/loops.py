@@ -60,19 +60,27 @@ class Clock:
 class Meter:
     """The measured window, taken by the thread(s) that see the completions.
 
-    An op counts when its completion is seen inside ``[measure_from, until)``
-    of the loop's own clock, so the window is that span, whatever other
-    threads do.  CPU time and ring enters are sampled by the first completion
-    seen past each edge (under a lock: pool threads race for it).  A window
-    taken by a bystander thread instead was the "2.23M IOPS" bug: with 32
-    pool threads in tight ``os.preadv`` loops, the main thread did not get
+    The warm-up starts at the loop's first completion, not when the loop is
+    entered, so what a row starts lazily on its first I/O (the fallback plugin's
+    thread pool, a ThreadPoolExecutor, aiofiles' executor, an event loop) is
+    behind it: the fallback row's first completion came up to 0.14 s after its
+    loop began, against a 0.03 s warm-up, and its start-up was measured.  The
+    window opens at the first completion past the warm-up (which is not counted:
+    it is the window's edge) and lasts ``duration``: an op counts when its
+    completion is seen inside ``(opening, opening + duration)``, so a loop
+    starved across the warm-up's end (a loaded machine) still gets its whole
+    window instead of an empty one.  CPU time and ring enters are sampled by the
+    completions at the edges (under a lock: pool threads race for them).  A
+    window taken by a bystander thread instead was the "2.23M IOPS" bug: with
+    32 pool threads in tight ``os.preadv`` loops, the main thread did not get
     the GIL back before the run ended and measured a window of microseconds.
     """
 
     def __init__(self, spec: BenchSpec, enters: Callable[[], int] | None = None) -> None:
-        self.clock = Clock(spec)
-        self.measure_from = self.clock.measure_from
-        self.until = self.clock.until
+        self._ramp_ns = int(spec.ramp_s * 1e9)
+        self._duration_ns = int(spec.duration * 1e9)
+        # 0 until the first completion starts the warm-up (then its end, then the window's edges)
+        self.measure_from = self.until = 0
         self._enters = enters
         self._lock = threading.Lock()
         self.t0 = self.t1 = 0
@@ -80,31 +88,43 @@ class Meter:
         self.e0 = self.e1 = 0
 
     def phase(self, now: int) -> int:
-        """0 warming up, 1 measuring (count this completion), 2 over (stop)."""
-        if now < self.measure_from:
+        """0 warming up (or the window's opening completion), 1 measuring (count this
+        completion), 2 over (stop)."""
+        if not self.t0:
+            if not self.measure_from:
+                self._begin(now)
+            if now < self.measure_from:
+                return 0
+            self._edge(now, True)
             return 0
         if now < self.until:
-            if not self.t0:
-                self._edge(now, True)
             return 1
         if not self.t1:
             self._edge(now, False)
         return 2
 
+    def _begin(self, now: int) -> None:
+        with self._lock:
+            if not self.measure_from:
+                self.measure_from = now + self._ramp_ns
+                self.until = self.measure_from + self._duration_ns
+
     def _edge(self, now: int, start: bool) -> None:
         with self._lock:
             enters = self._enters() if self._enters is not None else 0
             if start and not self.t0:
+                self.measure_from, self.until = now, now + self._duration_ns  # before t0: phase reads t0 first
                 self.t0, self.cpu0, self.e0 = now, cpu_seconds(), enters
             elif not start and not self.t1:
-                if not self.t0:  # nothing completed inside the window
+                if not self.t0:  # the window never opened (an error, or no completion at all)
+                    self.measure_from = self.until = now
                     self.t0, self.cpu0, self.e0 = now, cpu_seconds(), enters
                 self.t1, self.cpu1, self.e1 = now, cpu_seconds(), enters
 
     def result(self, ops: int, nbytes: int, hist: Any, errors: list[str]) -> LoopResult:
         """The loop's numbers: ops and bytes over the window the ops were counted in."""
         if not self.t1:  # stopped early (an error): the window ends now
-            self._edge(max(time.perf_counter_ns(), self.measure_from), False)
+            self._edge(time.perf_counter_ns(), False)
         seconds = (min(self.t1, self.until) - self.measure_from) / 1e9
         sampled = (self.t1 - self.t0) / 1e9
         # CPU was sampled over [t0, t1], within a completion of the counting window:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from uringstack.bench.children import stop
+from uringstack.bench.children import spawn, stop
 from uringstack.bench.metrics import ModeResult
 from uringstack.bench.prewarm import warm_file
 from uringstack.bench.spec import BenchSpec
@@ -67,14 +67,14 @@ def run_processes(spec: BenchSpec, mode: str) -> ModeResult:
     if not spec.direct:
         warm_file(spec.file, spec.file_size)  # the hot page cache the bench's rows read
     start_at = time.monotonic() + START_DELAY_S  # CLOCK_MONOTONIC: one clock for every process
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
     try:
         for i, cpu in enumerate(spec.worker_cpus()):
             # one worker each: a seed of its own, or every process would visit the same offsets
             one = dataclasses.replace(spec, workers=1, cpus=[cpu], seed=spec.seed + 1000 * i)
             cmd = [sys.executable, "-m", "uringstack.bench.child", json.dumps(one.to_json()), mode]
             cmd += ["--start-at", repr(start_at)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            spawn(cmd, procs)  # a session of its own: stop() signals its process group
         outs = [p.communicate() for p in procs]
     except BaseException:
         for p in procs:

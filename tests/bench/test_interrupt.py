@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,69 @@ def test_interrupt_during_run_fio_stops_and_reaps_fio(tmp_path: pathlib.Path) ->
         for p in (fio_pid, job_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_signal_while_fio_starts_still_stops_it(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT between fio's start and run_child's knowing of it (here: inside ``Popen``, once
+    fio and its job run) is held back until the cleanup covers fio: no fio left running.
+    Without that, the KeyboardInterrupt left ``Popen`` before run_child had the process to
+    stop, and the WAL bench's interrupt test failed now and then under load."""
+    from uringstack.bench import children
+
+    pids = tmp_path / "fio.pids"
+    fio = tmp_path / "fio"
+    fio.write_text(FAKE_FIO.format(pids=pids))
+    fio.chmod(0o755)
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(cmd: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        proc: subprocess.Popen[str] = real_popen(cmd, **kwargs)
+        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30, "the fake fio to start")
+        signal.raise_signal(signal.SIGINT)  # its Python handler runs before this returns
+        return proc
+
+    monkeypatch.setattr(children.subprocess, "Popen", popen_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            children.run_child([str(fio)])
+        fio_pid, job_pid = map(int, pids.read_text().split())
+        _wait_for(lambda: not _alive(fio_pid) and not _alive(job_pid), 5, "fio and its job to be gone")
+    finally:
+        if pids.exists():
+            for p in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(p), signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_interrupt_during_worker_processes_stops_them(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--processes``: an interrupt while the worker processes run stops them at once.
+    Regression: they shared the bench's process group, so stop()'s killpg(pid) found no
+    such group, signalled nothing, and waited for each worker to finish its whole run."""
+    from uringstack.bench import processes
+    from uringstack.bench.runner import prepare_file
+    from uringstack.bench.spec import BenchSpec
+
+    f = tmp_path / "d.bin"
+    prepare_file(str(f), 4 << 20)
+    spec = BenchSpec("randread", file=str(f), file_size=4 << 20, duration=30.0, direct=False, workers=2, cpus=[0, 0])
+    workers: list[int] = []  # the bench's child processes when the interrupt came
+
+    def interrupted(self: subprocess.Popen[str], *args: Any, **kwargs: Any) -> Any:
+        time.sleep(processes.START_DELAY_S + 1.0)  # the workers are past their start: in their 30 s run
+        for task in pathlib.Path(f"/proc/{os.getpid()}/task").iterdir():
+            workers.extend(int(p) for p in (task / "children").read_text().split())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            processes.run_processes(spec, "batched")
+        stopped_s = time.monotonic() - t0 - processes.START_DELAY_S - 1.0
+        assert len(workers) == 2 and not any(map(_alive, workers))  # stopped and reaped
+        assert stopped_s < 10, f"the workers were stopped {stopped_s:.1f} s after the interrupt (a 30 s run)"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

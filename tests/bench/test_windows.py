@@ -8,12 +8,18 @@ shrank to microseconds (a "2.23M IOPS" figure from ~80k real reads).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from uringstack.bench import runner
+from uringstack.bench.ladder import RUNGS
+from uringstack.bench.loops import Meter
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import thread_loop
 
@@ -41,3 +47,41 @@ def test_thread_pool_window_is_the_measured_duration(tmp_path: Path) -> None:
     assert res.bytes == res.ops * spec.block_size
     # CPU time of a window of ~1 s on at most every CPU of the machine
     assert 0 < res.cpu <= 1.2 * spec.duration * (os.cpu_count() or 1)
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback plugin's pool starts its threads on the row's first reads; that start-up
+    must not be measured.  Regression: the warm-up started with the loop, the pool's first
+    completion came up to 0.14 s in (a 0.03 s warm-up), and the row's window held the pool's
+    start: here a start slower than warm-up and window together left the row with no I/O."""
+    slow_s = 0.4
+    ready: list[int] = []  # when the slow start ended
+    real_adjust = concurrent.futures.ThreadPoolExecutor._adjust_thread_count
+
+    def slow_adjust(self: concurrent.futures.ThreadPoolExecutor) -> None:
+        if not ready and self._thread_name_prefix.startswith("uringstack-fallback"):
+            time.sleep(slow_s)  # the pool's first thread is slow to start
+            ready.append(time.perf_counter_ns())
+        real_adjust(self)
+
+    windows: list[tuple[int, int]] = []
+    real_result = Meter.result
+
+    def result(self: Meter, ops: int, nbytes: int, hist: Any, errors: list[str]) -> Any:
+        windows.append((self.measure_from, self.until))
+        return real_result(self, ops, nbytes, hist, errors)
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "_adjust_thread_count", slow_adjust)
+    monkeypatch.setattr(Meter, "result", result)
+    f = tmp_path / "hot.bin"
+    _hot_file(f, 4 << 20)
+    spec = BenchSpec("randread", file_size=4 << 20, duration=0.2, queue_depth=8, direct=False, file=str(f))
+    row = runner.run_mode(spec, RUNGS["fallback"])
+    assert row.details["backend"] == "fallback" and ready  # the slow start happened, in this row
+    assert row.status == "ok" and row.ops > 0, row.reason
+    ((opened, until),) = windows
+    assert opened >= ready[0] + int(spec.ramp_s * 1e9)  # the warm-up ran after the pool's start
+    assert until - opened == int(spec.duration * 1e9)
