@@ -18,8 +18,6 @@ import fcntl
 import os
 import re
 import struct
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +41,6 @@ SEAL_BYTES = _SEAL.size + 4  # + crc32c
 _NAME = re.compile(r"^(\d{20})\.wal$")
 SPARE_SUFFIX = ".tmp"
 _ZERO_CHUNK = bytes(1 << 20)
-# A paced fill (see :class:`FillPacer`) fdatasyncs every piece of this size and then
-# rests as long as the piece took, so the appender's durable writes never queue
-# behind a whole segment's writeback at once.
-FILL_PIECE_BYTES = 1 << 20
 
 
 class SegmentSyscalls:
@@ -77,30 +71,6 @@ class SegmentSyscalls:
 
 
 SYSCALLS = SegmentSyscalls()
-
-
-class FillPacer:
-    """Paces a background zero-fill: rest between pieces until someone needs the spare.
-
-    The writer's background fill rests after every synced piece of
-    :data:`FILL_PIECE_BYTES` for as long as the piece took (half the device's
-    time at most), so a segment's writeback never floods the queue the appender's
-    durable writes wait in.  :meth:`hurry` (a roll that needs the spare, or
-    close) ends every rest at once, now and later: the fill then runs flat out.
-    """
-
-    def __init__(self) -> None:
-        self._hurry = threading.Event()
-
-    def hurry(self) -> None:
-        self._hurry.set()
-
-    @property
-    def hurried(self) -> bool:
-        return self._hurry.is_set()
-
-    def rest(self, seconds: float) -> None:
-        self._hurry.wait(seconds)
 
 
 @contextlib.contextmanager
@@ -245,14 +215,11 @@ def read_seal(path: Path) -> int | None:
         return decode_seal(f.read(SEAL_BYTES), path)
 
 
-def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare", pacer: FillPacer | None = None) -> Path:
+def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> Path:
     """Create a zero-filled, preallocated, synced file to become the next segment.
 
     Runs off the append path (a background thread in the writer) because
-    writing a whole segment of zeros takes a while.  With *pacer* the zeros are
-    fdatasynced piece by piece with a rest after each (see :class:`FillPacer`);
-    either way the whole file is fdatasynced once more at the end, so it is
-    durable before it is returned.  On any error the partial
+    writing a whole segment of zeros takes a while.  On any error the partial
     file is removed and the error names the file and the failing operation.
     """
     path = directory / f"{name}{SPARE_SUFFIX}"
@@ -268,7 +235,7 @@ def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare", pace
                 # an optimisation where it works; but ENOSPC is an answer, not an absence
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise
-            offset, piece_start, started = 0, 0, time.monotonic()
+            offset = 0
             while offset < segment_bytes:
                 n = min(len(_ZERO_CHUNK), segment_bytes - offset)
                 steps.append(f"pwrite of zeros at offset {offset}")
@@ -276,11 +243,6 @@ def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare", pace
                 if written <= 0:
                     raise OSError(errno.EIO, f"pwrite returned {written}")
                 offset += written
-                if pacer is not None and not pacer.hurried and offset - piece_start >= FILL_PIECE_BYTES:
-                    steps.append(f"fdatasync of zeros up to offset {offset}")
-                    sc.fdatasync(fd)
-                    pacer.rest(time.monotonic() - started)
-                    piece_start, started = offset, time.monotonic()
             steps.append("fdatasync")
             sc.fdatasync(fd)
             drop_cached_pages(fd)

@@ -59,7 +59,6 @@ from .record import ALIGN_BYTES, HEADER_BYTES, MAX_PAYLOAD_BYTES, BatchFramer, p
 from .recovery import SegmentScan
 from .segment import (
     BLOCK_BYTES,
-    FillPacer,
     SegmentHeader,
     activate_spare,
     create_segment,
@@ -205,7 +204,6 @@ class Writer:
         self._spare: Path | None = None
         self._spare_error: BaseException | None = None
         self._spare_thread: threading.Thread | None = None
-        self._pacer = FillPacer()
         self._open_active(self._initial_segment())
         self._start_spare()
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
@@ -278,11 +276,9 @@ class Writer:
             drop_cached_pages(fd)
 
     def _start_spare(self) -> None:
-        pacer = self._pacer = FillPacer()
-
         def prepare() -> None:
             try:
-                self._spare = prepare_spare(self.directory, self.config.segment_size_bytes, pacer=pacer)
+                self._spare = prepare_spare(self.directory, self.config.segment_size_bytes)
             except BaseException as e:  # reported at rollover, where it fails the log
                 self._spare_error = e
 
@@ -300,7 +296,6 @@ class Writer:
 
     def _roll(self, first_lsn: int) -> None:
         assert self._spare_thread is not None
-        self._pacer.hurry()  # the fill's rests were for the appender; now the appender waits for it
         self._spare_thread.join()
         if self._spare_error is not None or self._spare is None:
             raise self._spare_error or OSError(errno.EIO, "no spare segment")
@@ -718,7 +713,6 @@ class Writer:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_reject, waiters, closed)
         if self._spare_thread is not None:
-            self._pacer.hurry()
             self._spare_thread.join()
         if self._handle is not None:
             self.io.close_segment(self._handle)
