@@ -121,7 +121,7 @@ def _vs(vs: dict[str, Any]) -> str:
     text = f"IOPS {_ratio(vs['iops'])}, p50 {_ratio(vs['p50'])}, p99 {_ratio(vs['p99'])}"
     rr = vs.get("ratio_rounds")
     if rr:
-        text += f" (medians of per-round pairs: IOPS {_spread(rr['iops'])}, p50 {_spread(rr['p50'])}, "
+        text += f" (medians of per-round pairs; the pairs: IOPS {_spread(rr['iops'])}, p50 {_spread(rr['p50'])}, "
         text += f"p99 {_spread(rr['p99'])})"
     return text
 
