@@ -51,21 +51,15 @@ def test_thread_pool_window_is_the_measured_duration(tmp_path: Path) -> None:
     assert 0 < res.cpu <= 1.2 * spec.duration * (os.cpu_count() or 1)
 
 
-@pytest.mark.timeout(60)
-def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fallback plugin's pool starts its threads on the row's first reads; that start-up
-    must not be measured.  Regression: the warm-up started with the loop, the pool's first
-    completion came up to 0.14 s in (a 0.03 s warm-up), and the row's window held the pool's
-    start: here a start slower than warm-up and window together left the row with no I/O."""
-    slow_s = 0.4
-    ready: list[int] = []  # when the slow start ended
+def _slow_pool_start(monkeypatch: pytest.MonkeyPatch, prefix: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The first thread pool named *prefix* is slow (0.4 s) to start its first thread.
+    Returns when that start ended (filled once it happened) and each Meter's window."""
+    ready: list[int] = []
     real_adjust = concurrent.futures.ThreadPoolExecutor._adjust_thread_count
 
     def slow_adjust(self: concurrent.futures.ThreadPoolExecutor) -> None:
-        if not ready and self._thread_name_prefix.startswith("uringstack-fallback"):
-            time.sleep(slow_s)  # the pool's first thread is slow to start
+        if not ready and self._thread_name_prefix.startswith(prefix):
+            time.sleep(0.4)  # the pool's first thread is slow to start
             ready.append(time.perf_counter_ns())
         real_adjust(self)
 
@@ -78,6 +72,18 @@ def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
 
     monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "_adjust_thread_count", slow_adjust)
     monkeypatch.setattr(Meter, "result", result)
+    return ready, windows
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback plugin's pool starts its threads on the row's first reads; that start-up
+    must not be measured.  Regression: the warm-up started with the loop, the pool's first
+    completion came up to 0.14 s in (a 0.03 s warm-up), and the row's window held the pool's
+    start: here a start slower than warm-up and window together left the row with no I/O."""
+    ready, windows = _slow_pool_start(monkeypatch, "uringstack-fallback")
     f = tmp_path / "hot.bin"
     _hot_file(f, 4 << 20)
     spec = BenchSpec("randread", file_size=4 << 20, duration=0.2, queue_depth=8, direct=False, file=str(f))
@@ -98,25 +104,7 @@ def test_an_aiofiles_slice_of_rounds_measures_after_its_executor_started(
     that start (the Meter's warm-up opens at the first completion), never over it."""
     if why := aiofiles_available():
         skip_without(why)
-    slow_s = 0.4
-    ready: list[int] = []
-    real_adjust = concurrent.futures.ThreadPoolExecutor._adjust_thread_count
-
-    def slow_adjust(self: concurrent.futures.ThreadPoolExecutor) -> None:
-        if not ready and self._thread_name_prefix.startswith("asyncio"):  # the event loop's default executor
-            time.sleep(slow_s)
-            ready.append(time.perf_counter_ns())
-        real_adjust(self)
-
-    windows: list[tuple[int, int]] = []
-    real_result = Meter.result
-
-    def result(self: Meter, ops: int, nbytes: int, hist: Any, errors: list[str]) -> Any:
-        windows.append((self.measure_from, self.until))
-        return real_result(self, ops, nbytes, hist, errors)
-
-    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "_adjust_thread_count", slow_adjust)
-    monkeypatch.setattr(Meter, "result", result)
+    ready, windows = _slow_pool_start(monkeypatch, "asyncio")  # the event loop's default executor
     f = tmp_path / "hot.bin"
     _hot_file(f, 4 << 20)
     whole = BenchSpec("randread", file_size=4 << 20, duration=0.6, queue_depth=8, direct=False, file=str(f))
