@@ -145,15 +145,15 @@ NO_ROUNDS = "- (no interleaved run: `uringstack bench randread --rounds N`, see 
 PROCESSES = " (processes)"  # uringstack.bench.runner.PROCESSES: the suffix of rows whose workers ran as processes
 
 
-def spread(docs: list[Doc], mode: str, key: Callable[[Row], float | None]) -> str:
+def spread(docs: list[Doc], mode: str, key: Callable[[Row], float | None], base: str = "fio io_uring") -> str:
     """How many interleaved runs and rounds a figure comes from, and the range of its
-    per-round ratios to fio io_uring over all of them."""
+    per-round ratios to *base* over all of them ("" for back-to-back runs)."""
     every: list[float] = []
     rounds = []
     for d in docs:
         rows = {r["mode"]: r for r in d["results"] if r["status"] == "ok"}
-        if mode in rows and "fio io_uring" in rows:
-            every += round_ratios(rows[mode], rows["fio io_uring"], key)
+        if is_interleaved(d) and mode in rows and base in rows:
+            every += round_ratios(rows[mode], rows[base], key)
             rounds.append(d["interleave"]["rounds"])
     if not every:
         return ""
@@ -216,9 +216,12 @@ def rounds_table(docs: list[Doc]) -> list[str]:
     table's ratios), so the spread the medians hide is on the page."""
     lines = [
         "Interleaved runs: each row and fio took turns in short slices, the order reversed every round; "
-        "a run's ratio is the median of its per-round ratios below (IOPS; p50 and p99 latency).",
+        "a run's ratio is the median of its per-round ratios below (IOPS; p50 and p99 latency), to fio "
+        "io_uring unless the line names another reference (`row / reference`: a row-against-row target, "
+        "or fio's SQPOLL job).",
         "",
-        "| run | rounds × slice | mode | IOPS / fio per round | p50 / fio per round | p99 / fio per round |",
+        "| run | rounds × slice | mode | IOPS / reference per round | p50 / reference per round "
+        "| p99 / reference per round |",
         "|---|---|---|---|---|---|",
     ]
     for d in sorted(docs, key=lambda d: d["started_at"]):
@@ -234,6 +237,10 @@ def rounds_table(docs: list[Doc]) -> list[str]:
             refs = [(mode, base)]
             if SQPOLL_REFERENCE in rows and "SQPOLL" in r.get("details", {}).get("ring_flags", []):
                 refs.append((f"{mode} / {SQPOLL_REFERENCE}", rows[SQPOLL_REFERENCE]))
+            # a row judged against another row (`details.vs_row`): its pairs with that row
+            other = (r.get("details", {}).get("vs_row") or {}).get("reference")
+            if other in rows:
+                refs.append((f"{mode} / {other}", rows[other]))
             for label, ref in refs:
                 cells = [" ".join(f"{v:.2f}" for v in round_ratios(r, ref, key)) or "-" for key in (_iops, _p50, _p99)]
                 head = f"| {d['started_at']} | {il['rounds']} × {il['slice_s']:g} s | {label} | "
@@ -362,7 +369,18 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         )  # fmt: skip
 
     direct32 = find(lambda d: device_bound(d, 32))
-    hot32 = find(lambda d: hot(d) and not scaled(d) and not d["summary"].get("tuned"))
+    # the whole ladder back to back (it has every sync mode to pick the best from); interleaved
+    # runs only where there is none
+    hot_rounds = find(lambda d: hot(d) and is_interleaved(d))
+    hot32 = find(lambda d: hot(d) and not scaled(d) and not d["summary"].get("tuned") and not is_interleaved(d))
+    hot32 = hot32 or hot_rounds
+
+    def pair_runs(mode: str, base: str) -> list[Doc]:
+        """The runs that judge *mode* against the row *base*: the interleaved ones (the two
+        rows paired round by round) where one measured both, else the back-to-back ones."""
+        both = [d for d in hot_rounds if {mode, base} <= {r["mode"] for r in d["results"] if r["status"] == "ok"}]
+        return both or hot32
+
     qd1 = find(lambda d: device_bound(d, 1))
 
     def vm612(d: Doc, batch: int = 0) -> bool:  # a block device in the NVMe VM on Debian 13's 6.12, QD32
@@ -409,17 +427,19 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
     row("randread 4 KiB buffered hot QD32, 1 worker: ≥ 0.90× fio (`--invalidate=0`)",
         f"{mode}: {_ratio(r)}" + (f"; {', '.join(beside)}" if beside else ""),
         None if r is None else r >= 0.90)  # fmt: skip
-    a = _med([x["iops"] for x in rows_by_mode(hot32).get("asyncio read", []) if x["status"] == "ok"])
-    ratio_aio = _med(per_run_ratio(hot32, "asyncio read", "aiofiles", _iops))
+    aio_runs = pair_runs("asyncio read", "aiofiles")
+    a = _med([x["iops"] for x in rows_by_mode(aio_runs).get("asyncio read", []) if x["status"] == "ok"])
+    ratio_aio = _med(per_run_ratio(aio_runs, "asyncio read", "aiofiles", _iops))
     row(
         "same, asyncio `await f.read(4096, off)`, 32 tasks: ≥ 150k IOPS and ≥ 10× aiofiles",
-        f"{_fmt(a)} IOPS, {_ratio(ratio_aio)}× aiofiles",
+        f"{_fmt(a)} IOPS, {_ratio(ratio_aio)}× aiofiles{spread(aio_runs, 'asyncio read', _iops, 'aiofiles')}",
         None if a is None or ratio_aio is None else a >= 150_000 and ratio_aio >= 10,
     )
-    rb = _med(per_run_ratio(hot32, "asyncio batch", "batched", _iops))
+    batch_runs = pair_runs("asyncio batch", "batched")
+    rb = _med(per_run_ratio(batch_runs, "asyncio batch", "batched", _iops))
     row(
         "same, asyncio batch (`await read_many_async`): ≥ 0.80× sync batched",
-        f"{_ratio(rb)}",
+        f"{_ratio(rb)}{spread(batch_runs, 'asyncio batch', _iops, 'batched')}",
         None if rb is None else rb >= 0.8,
     )
     row("randread 4 KiB O_DIRECT QD1: p50 and p99 ≤ 1.10× fio io_uring (the public mode with the best "

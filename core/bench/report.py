@@ -96,12 +96,10 @@ def render(doc: dict[str, Any], console: Console) -> None:
             line += f"; uringstack tune ({cal['elapsed_s']:g} s of {cal['budget_s']:g}) chose {picked}"
         console.print(line)
     for r in doc["results"]:
-        vs = r["details"].get("vs_fio_sqpoll") if r["status"] == "ok" else None
-        if vs:
-            console.print(
-                f"{r['mode']} vs {vs['reference']} (SQPOLL on both sides, each a second CPU busy): "
-                f"IOPS {_ratio(vs['iops'])}, p50 {_ratio(vs['p50'])}, p99 {_ratio(vs['p99'])}"
-            )
+        for key, why in (("vs_fio_sqpoll", " (SQPOLL on both sides, each a second CPU busy)"), ("vs_row", "")):
+            vs = r["details"].get(key) if r["status"] == "ok" else None
+            if vs:
+                console.print(f"{r['mode']} vs {vs['reference']}{why}: {_vs(vs)}")
     if s.get("raw_ring_vs_fio") is not None:
         console.print(f"raw ring (not public API): {_ratio(s['raw_ring_vs_fio'])} fio io_uring")
     sc = s.get("scaling")
@@ -115,6 +113,17 @@ def render(doc: dict[str, Any], console: Console) -> None:
         console.print(f"fio not run: {doc['fio']['reason']}")
     for note in notes:
         console.print(f"[yellow]{note}[/yellow]")
+
+
+def _vs(vs: dict[str, Any]) -> str:
+    """A row's ratios to another row or job (``details.vs_row``, ``vs_fio_sqpoll``); with
+    --rounds the range of the per-round pairs whose medians they are."""
+    text = f"IOPS {_ratio(vs['iops'])}, p50 {_ratio(vs['p50'])}, p99 {_ratio(vs['p99'])}"
+    rr = vs.get("ratio_rounds")
+    if rr:
+        text += f" (medians of per-round pairs; the pairs: IOPS {_spread(rr['iops'])}, p50 {_spread(rr['p50'])}, "
+        text += f"p99 {_spread(rr['p99'])})"
+    return text
 
 
 def _spread(values: list[Any]) -> str:

@@ -354,28 +354,49 @@ def _ratios(rows: list[ModeResult], base_mode: str) -> None:
         r.ratio_iops, r.ratio_p50, r.ratio_p99 = got["iops"], got["p50"], got["p99"]
 
 
+def vs_reference(r: ModeResult, ref: ModeResult, interleaved: bool) -> dict[str, Any]:
+    """*r*'s IOPS, p50 and p99 over *ref*'s: with --rounds the medians of the per-round
+    pairs (and the pairs, ``ratio_rounds``), else the totals'."""
+    out: dict[str, Any] = {"reference": ref.mode}
+    if interleaved:
+        meds, pairs = paired_medians(r, ref)
+        out.update({k: None if v is None else round(v, 4) for k, v in meds.items()}, ratio_rounds=pairs)
+    else:
+        out.update({k: None if v is None else round(v, 4) for k, v in _total_ratios(r, ref).items()})
+    return out
+
+
 def sqpoll_ratios(rows: list[ModeResult], reference: str, interleaved: bool) -> None:
     """Each ok row whose ring ran with SQPOLL, over fio's SQPOLL job *reference*, in
-    ``details.vs_fio_sqpoll`` (the row's ``ratio_to_fio`` stays its ratio to fio io_uring):
-    with --rounds the medians of the per-round pairs (and the pairs), else the totals'."""
+    ``details.vs_fio_sqpoll`` (the row's ``ratio_to_fio`` stays its ratio to fio io_uring)."""
     ref = next((r for r in rows if r.mode == reference and r.status == "ok"), None)
     if ref is None:
         return
     for r in rows:
         if r.status != "ok" or r.kind != "uringstack" or "SQPOLL" not in r.details.get("ring_flags", []):
             continue
-        out: dict[str, Any] = {"reference": reference}
-        if interleaved:
-            meds, pairs = paired_medians(r, ref)
-            out.update({k: None if v is None else round(v, 4) for k, v in meds.items()}, ratio_rounds=pairs)
-        else:
-            out.update({k: None if v is None else round(v, 4) for k, v in _total_ratios(r, ref).items()})
-        r.details["vs_fio_sqpoll"] = out
+        r.details["vs_fio_sqpoll"] = vs_reference(r, ref, interleaved)
 
 
-def summarize(rows: list[ModeResult]) -> dict[str, Any]:
-    """The best public-API row and its ratios to fio io_uring and to the fallback rung,
-    plus the raw ring's ratio (not counted as a uringstack result: it is not the API)."""
+ROW_REFERENCES = {"asyncio read": "aiofiles", "asyncio batch": "batched"}
+"""Issue 14's row-against-row targets: a row and the row it is judged against (``details.vs_row``)."""
+
+
+def row_ratios(rows: list[ModeResult], interleaved: bool) -> None:
+    """Each ok row of :data:`ROW_REFERENCES` over its reference row, when that ran (ok), in
+    ``details.vs_row``: with --rounds the medians of the pairs from the same round, as the
+    ratios to fio (the two rows measured one after the other in a drifting host's windows
+    would compare two hosts)."""
+    by_mode = {r.mode: r for r in rows if r.status == "ok"}
+    for mode, reference in ROW_REFERENCES.items():
+        if mode in by_mode and reference in by_mode:
+            by_mode[mode].details["vs_row"] = vs_reference(by_mode[mode], by_mode[reference], interleaved)
+
+
+def summarize(rows: list[ModeResult], interleaved: bool = False) -> dict[str, Any]:
+    """The best public-API row and its ratios to fio io_uring and to the fallback rung
+    (*interleaved*: the median of the per-round pairs), plus the raw ring's ratio (not
+    counted as a uringstack result: it is not the API)."""
     ours = [r for r in rows if r.kind == "uringstack" and r.api == "public" and r.status == "ok"]
     out: dict[str, Any] = {
         "best_mode": None,
@@ -395,7 +416,7 @@ def summarize(rows: list[ModeResult]) -> dict[str, Any]:
         best_mode=best.mode,
         best_iops=round(best.iops, 1),
         best_vs_fio=None if best.ratio_iops is None else round(best.ratio_iops, 4),
-        best_vs_fallback=round(best.iops / fallback.iops, 4) if fallback and fallback.iops else None,
+        best_vs_fallback=None if fallback is None else vs_reference(best, fallback, interleaved)["iops"],
     )
     return out
 
@@ -726,7 +747,8 @@ def run_bench(
         scaled_rows = [r for r in rows if "scaled_from" in r.details]
         _ratios(scaled_rows, f"fio io_uring x{scale_workers}")
         sqpoll_ratios(scaled_rows, f"{SQPOLL_REFERENCE} x{scale_workers}", False)
-    summary = summarize([r for r in rows if "scaled_from" not in r.details])
+    row_ratios([r for r in rows if "scaled_from" not in r.details], interleave_info is not None)
+    summary = summarize([r for r in rows if "scaled_from" not in r.details], interleave_info is not None)
     if scaled_spec is not None:
         summary["scaling"] = {"workers": scale_workers, "ratios": scaling(rows, scale_workers)}
     if tuned:

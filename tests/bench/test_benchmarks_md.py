@@ -353,3 +353,47 @@ def test_qd1_target_takes_the_mode_best_on_both_percentiles_not_on_p50_alone(tmp
     line = next(ln for ln in text.splitlines() if "QD1" in ln and "p50 and p99" in ln)
     assert "| batched: p50 1.05 (" in line and line.endswith("| **yes** |"), line
     assert "+sqpoll 0.70 / 5.00" in line, line
+
+
+def test_row_against_row_targets_are_judged_on_the_pairs_of_interleaved_runs(tmp_path: Path) -> None:
+    mod = _script()
+
+    def hot_il(when: str) -> dict[str, Any]:
+        # per round (IOPS, p50, p99): the host speeds up round by round, and `asyncio batch`
+        # loses its CPU in round 3: pairs 0.9, 0.85, 0.83, 0.25, 0.88 -> 0.85, while the
+        # totals give 0.70; `asyncio read` / aiofiles pairs 10, 12, 8, 11, 9 -> 10 (totals 9.5)
+        def il(mode: str, iops: list[float], api: str = "public") -> dict[str, Any]:
+            return _il_row(mode, [(v, 1e6 / v, 2e6 / v) for v in iops], api)
+
+        rows = [
+            il("batched", [100e3, 200e3, 300e3, 400e3, 500e3]),
+            il("asyncio read", [100e3, 120e3, 160e3, 220e3, 450e3]),
+            il("asyncio batch", [90e3, 170e3, 250e3, 100e3, 440e3]),
+            il("aiofiles", [10e3, 10e3, 20e3, 20e3, 50e3], "tool"),
+            il("fio io_uring", [600e3] * 5, "fio"),
+        ]
+        rows[1]["details"]["vs_row"] = {"reference": "aiofiles"}
+        rows[2]["details"]["vs_row"] = {"reference": "batched"}
+        doc = _il_doc(when, 32, rows)
+        doc["spec"]["direct"] = False
+        doc["interleave"]["rounds"] = 5
+        return doc
+
+    # a back-to-back run first in the files: asyncio batch 0.5x batched, asyncio read 5x aiofiles
+    b2b = _doc("t0", 300e3, 600e3)
+    b2b["results"] += [_row("asyncio batch", 150e3), _row("asyncio read", 200e3), _row("aiofiles", 40e3, "tool")]
+    text = mod.generate(_write(tmp_path, [b2b, hot_il("t1"), hot_il("t2")]), None)
+    line = next(ln for ln in text.splitlines() if "asyncio batch (`await read_many_async`)" in ln)
+    assert "| 0.85 (2 run(s) × 5 rounds; rounds 0.25–0.90) | **yes** |" in line, line
+    line = next(ln for ln in text.splitlines() if "≥ 10× aiofiles" in ln)
+    assert "210,000 IOPS, 10.00× aiofiles (2 run(s) × 5 rounds; rounds 8.00–12.00) | **yes** |" in line, line
+    # the fio target keeps the back-to-back ladder (it has every sync mode)
+    line = next(ln for ln in text.splitlines() if "buffered hot QD32, 1 worker" in ln)
+    assert "batched: 0.50" in line, line
+    # each run's pairs are listed under the interleaved group, beside the pairs with fio
+    assert "| t1 | 5 × 1 s | asyncio batch / batched | 0.90 0.85 0.83 0.25 0.88 |" in text
+    assert "| t2 | 5 × 1 s | asyncio read / aiofiles | 10.00 12.00 8.00 11.00 9.00 |" in text
+    # without an interleaved run, the back-to-back runs judge them (the ratio of their totals)
+    text = mod.generate(_write(tmp_path, [b2b]), None)
+    line = next(ln for ln in text.splitlines() if "asyncio batch (`await read_many_async`)" in ln)
+    assert "| 0.50 | **no** |" in line, line

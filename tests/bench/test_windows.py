@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.bench import runner
+from uringstack.bench.interleave import slice_spec
 from uringstack.bench.ladder import RUNGS
 from uringstack.bench.loops import Meter
 from uringstack.bench.spec import BenchSpec
-from uringstack.bench.tool_loops import thread_loop
+from uringstack.bench.tool_loops import aiofiles_available, thread_loop
 
 
 def _hot_file(path: Path, size: int) -> None:
@@ -49,21 +51,15 @@ def test_thread_pool_window_is_the_measured_duration(tmp_path: Path) -> None:
     assert 0 < res.cpu <= 1.2 * spec.duration * (os.cpu_count() or 1)
 
 
-@pytest.mark.timeout(60)
-def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fallback plugin's pool starts its threads on the row's first reads; that start-up
-    must not be measured.  Regression: the warm-up started with the loop, the pool's first
-    completion came up to 0.14 s in (a 0.03 s warm-up), and the row's window held the pool's
-    start: here a start slower than warm-up and window together left the row with no I/O."""
-    slow_s = 0.4
-    ready: list[int] = []  # when the slow start ended
+def _slow_pool_start(monkeypatch: pytest.MonkeyPatch, prefix: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The first thread pool named *prefix* is slow (0.4 s) to start its first thread.
+    Returns when that start ended (filled once it happened) and each Meter's window."""
+    ready: list[int] = []
     real_adjust = concurrent.futures.ThreadPoolExecutor._adjust_thread_count
 
     def slow_adjust(self: concurrent.futures.ThreadPoolExecutor) -> None:
-        if not ready and self._thread_name_prefix.startswith("uringstack-fallback"):
-            time.sleep(slow_s)  # the pool's first thread is slow to start
+        if not ready and self._thread_name_prefix.startswith(prefix):
+            time.sleep(0.4)  # the pool's first thread is slow to start
             ready.append(time.perf_counter_ns())
         real_adjust(self)
 
@@ -76,6 +72,18 @@ def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
 
     monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "_adjust_thread_count", slow_adjust)
     monkeypatch.setattr(Meter, "result", result)
+    return ready, windows
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback plugin's pool starts its threads on the row's first reads; that start-up
+    must not be measured.  Regression: the warm-up started with the loop, the pool's first
+    completion came up to 0.14 s in (a 0.03 s warm-up), and the row's window held the pool's
+    start: here a start slower than warm-up and window together left the row with no I/O."""
+    ready, windows = _slow_pool_start(monkeypatch, "uringstack-fallback")
     f = tmp_path / "hot.bin"
     _hot_file(f, 4 << 20)
     spec = BenchSpec("randread", file_size=4 << 20, duration=0.2, queue_depth=8, direct=False, file=str(f))
@@ -85,3 +93,24 @@ def test_a_slow_pool_start_is_before_the_warm_up_not_in_the_window(
     ((opened, until),) = windows
     assert opened >= ready[0] + int(spec.ramp_s * 1e9)  # the warm-up ran after the pool's start
     assert until - opened == int(spec.duration * 1e9)
+
+
+@pytest.mark.timeout(60)
+def test_an_aiofiles_slice_of_rounds_measures_after_its_executor_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --rounds every slice of the aiofiles row runs a new event loop, whose default
+    executor starts its threads on the first reads: a slice's warm-up and window come after
+    that start (the Meter's warm-up opens at the first completion), never over it."""
+    if why := aiofiles_available():
+        skip_without(why)
+    ready, windows = _slow_pool_start(monkeypatch, "asyncio")  # the event loop's default executor
+    f = tmp_path / "hot.bin"
+    _hot_file(f, 4 << 20)
+    whole = BenchSpec("randread", file_size=4 << 20, duration=0.6, queue_depth=8, direct=False, file=str(f))
+    one = slice_spec(whole, 3)  # a slice of --rounds 3: 0.2 s after a 0.25 s warm-up
+    row = runner.run_mode(one, RUNGS["aiofiles"])
+    assert ready and row.status == "ok" and row.ops > 0, row.reason
+    ((opened, until),) = windows
+    assert opened >= ready[0] + int(one.ramp_s * 1e9)  # the warm-up ran after the executor's start
+    assert until - opened == int(one.duration * 1e9)
