@@ -57,6 +57,24 @@ def _type_name(value: object) -> str:
     return "None" if value is None else type(value).__name__
 
 
+class _Held:
+    """What a write-only file holds for one gathered write (:meth:`FileIO._hold`).
+
+    Its own slotted object, not ``FileIO`` attributes: a ``FileIO`` is an
+    ``io.RawIOBase`` subclass, whose instance attributes the 3.11 interpreter
+    cannot specialize (~200 instructions a read), and copyfileobj reaches
+    ``_hold`` with every chunk; a slot is read in a few."""
+
+    __slots__ = ("chunks", "limit", "lock", "nbytes", "pos")
+
+    def __init__(self, limit: int, lock: threading.RLock) -> None:
+        self.chunks: list[bytes] = []  # in file order
+        self.nbytes = 0  # their total length: not 0 while anything is held
+        self.pos = 0  # file offset of chunks[0]
+        self.limit = limit  # written once this many bytes are held
+        self.lock = lock  # the file's own lock (FileIO._lock), not another one
+
+
 def _check_raw_mode(mode: str) -> None:
     """io.FileIO's mode check, character by character as the C one runs, with its messages."""
     rwa = plus = False
@@ -99,10 +117,7 @@ class FileIO(io.RawIOBase):
     _writebehind: WriteBehind | None = None
     _closed_flag = False
     _home: Stack | None = None  # the stack serving the file (the default one included)
-    _hold_limit = 0  # >0: write-only buffered file whose writer may hand over bytes (_hold)
-    _held: list[bytes] | None = None  # bytes held for one gathered write, in file order
-    _held_bytes = 0
-    _held_pos = 0  # file offset of _held[0]
+    _held: _Held | None = None  # a write-only buffered file whose writer may hand over bytes (_hold)
     # False once the handle said it cannot read at the file position (readinto's lseek path
     # then): set only then, so the instances of io_uring stacks keep their attribute layout
     _reads_at_position = True
@@ -281,7 +296,7 @@ class FileIO(io.RawIOBase):
         O_DIRECT has write-behind.  True when enabled."""
         if self._handle is None or self._direct or self._readable or self._appending:
             return False
-        self._hold_limit = limit
+        self._held = _Held(limit, self._lock)
         return True
 
     def _hold(self, b: bytes) -> int:
@@ -298,52 +313,48 @@ class FileIO(io.RawIOBase):
         A smaller write that reaches this file while it holds data (the
         writer's buffer written out before the next large ``bytes``) is held
         too, as a copy, so the gathered write goes on."""
-        if self._closed_flag or self._handle is None:
+        held = self._held
+        if self._closed_flag or held is None:
             raise _closed_error()
-        lock = self._lock
+        lock = held.lock
         lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
         try:
-            held = self._held
-            if held is None:
-                held = self._held = []
-            if not held:
-                self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            chunks = held.chunks
+            if not chunks:
+                held.pos = os.lseek(self._fd, 0, os.SEEK_CUR)
             # _keep, inline: copyfileobj's every chunk comes here
-            held.append(b)
-            n = self._held_bytes = self._held_bytes + len(b)
-            if n >= self._hold_limit:
+            chunks.append(b)
+            n = held.nbytes = held.nbytes + len(b)
+            if n >= held.limit:
                 self._release()
             return len(b)
         finally:
             lock.release()
 
-    def _keep(self, held: list[bytes], data: bytes) -> int:
-        held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= self._hold_limit:
+    def _hold_copy(self, held: _Held, pin: Any) -> int:
+        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
+        data = ffi.buffer(pin)[:]
+        held.chunks.append(data)
+        held.nbytes += len(data)
+        if held.nbytes >= held.limit:
             self._release()
         return len(data)
-
-    def _hold_copy(self, pin: Any) -> int:
-        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
-        held = self._held
-        assert held is not None  # (held bytes are counted only while a list holds them)
-        return self._keep(held, ffi.buffer(pin)[:])
 
     def _release(self) -> None:
         """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
 
         The held objects are let go first: after a failure they are dropped,
         as a failed write-behind's data is, and the error is raised here."""
-        held, self._held = self._held, None
-        n, self._held_bytes = self._held_bytes, 0
-        if not held:
+        held = self._held
+        if held is None or not held.nbytes:
             return
+        chunks, held.chunks = held.chunks, []
+        n, held.nbytes = held.nbytes, 0
         try:
-            self._live_handle().writev_from(held, self._held_pos)
+            self._live_handle().writev_from(chunks, held.pos)
         except RingClosedError:
             raise _closed_error() from None
-        os.lseek(self._fd, self._held_pos + n, os.SEEK_SET)
+        os.lseek(self._fd, held.pos + n, os.SEEK_SET)
 
     # --- state ---------------------------------------------------------------------------
     if TYPE_CHECKING:
@@ -439,7 +450,9 @@ class FileIO(io.RawIOBase):
         Callers fsync it (``os.fsync(f.fileno())``) or read it through another
         descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
-        if self._held_bytes or (self._writebehind is not None and len(self._writebehind)):
+        if ((held := self._held) is not None and held.nbytes) or (
+            self._writebehind is not None and len(self._writebehind)
+        ):
             with self._lock:
                 self._drain()
         return self._fd
@@ -691,11 +704,12 @@ class FileIO(io.RawIOBase):
                 lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
                 try:
                     # (no read-ahead to invalidate: it exists only under O_DIRECT)
-                    if self._held_bytes:
-                        if 0 < len(pin) < self._hold_limit:
+                    held = self._held
+                    if held is not None and held.nbytes:
+                        if 0 < len(pin) < held.limit:
                             # joins what _hold keeps (a copy: the caller, the writer's
                             # buffer, reuses its memory), so the gathered write goes on
-                            return self._hold_copy(pin)
+                            return self._hold_copy(held, pin)
                         self._release()  # what _hold kept goes first
                     pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                     n = len(pin)
@@ -721,7 +735,7 @@ class FileIO(io.RawIOBase):
             handle = self._live_handle()
             if self._readahead is not None:
                 self._readahead.invalidate()
-            if self._held_bytes:
+            if (held := self._held) is not None and held.nbytes:
                 self._release()  # what _hold kept goes first
             pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
             n = len(m)
@@ -763,7 +777,7 @@ class FileIO(io.RawIOBase):
         handle.write_from(buf, pos)
 
     def _drain(self) -> None:
-        if self._held_bytes:
+        if (held := self._held) is not None and held.nbytes:
             self._release()
         if self._writebehind is not None and len(self._writebehind):
             try:
@@ -782,14 +796,14 @@ class FileIO(io.RawIOBase):
         if isinstance(pos, float):
             raise TypeError("an integer is required")
         self._checkClosed()
-        if self._held_bytes:
+        if (held := self._held) is not None and held.nbytes:
             with self._lock:
                 self._release()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self) -> int:
         self._checkClosed()
-        if self._held_bytes:
+        if (held := self._held) is not None and held.nbytes:
             with self._lock:
                 self._release()
         return os.lseek(self._fd, 0, os.SEEK_CUR)
@@ -830,7 +844,7 @@ class FileIO(io.RawIOBase):
         finally:
             self._writebehind = None
             self._readahead = None
-            self._held, self._held_bytes = None, 0  # written by flush() above, or failed there
+            self._held = None  # written by flush() above, or failed there
 
     def _close_fd(self) -> None:
         handle, self._handle = self._handle, None
