@@ -158,6 +158,7 @@ class FileIO(io.RawIOBase):
             finally:
                 self._fd = -1
                 self._closed_flag = False
+                self._here = self._held = None  # (the new file's are set up below)
         if isinstance(file, float):
             raise TypeError("integer argument expected, got float")
         path: PathArg | None = None

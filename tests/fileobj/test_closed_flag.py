@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -130,3 +131,23 @@ def test_owners_report_closed_publicly_and_read_only(tmp_path: pathlib.Path, bac
         assert handle.io.closed
     stack.close()
     assert stack.closed
+
+
+def test_reinitialising_a_file_closed_behind_it_serves_the_new_file(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """``__init__`` again (as io.FileIO allows) after the handle was closed behind the file:
+    nothing of the old handle is used for the new descriptor (here a pipe, which has no handle)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    f = uringstack.FileIO(path, "rb", stack=stack)
+    handle = f.handle
+    assert handle is not None
+    handle.close()
+    r, w = os.pipe()
+    try:
+        os.write(w, b"new")
+        uringstack.FileIO.__init__(f, r, "rb", stack=stack)
+        assert not f.closed
+        assert f.read(3) == b"new"
+    finally:
+        f.close()
+        os.close(w)
