@@ -53,7 +53,7 @@ def default_stack() -> Stack:
     copy refuses use, and its GC only drops the child's copies of its descriptors)."""
     global _stack, _atexit_registered
     with _lock:
-        if _stack is None or _stack._closed or forking.inherited(_stack._fork_gen):
+        if _stack is None or _stack.closed or forking.inherited(_stack._fork_gen):
             from uringstack.stack import open_stack
 
             _stack = open_stack(overrides=file_object_overrides())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import io
+import operator
 import os
 import stat
 import sys
@@ -54,6 +55,41 @@ def _closed_error() -> ValueError:
 def _type_name(value: object) -> str:
     """A type as CPython's argument errors name it (``None`` for None)."""
     return "None" if value is None else type(value).__name__
+
+
+class _Held:
+    """What a write-only file holds for one gathered write (:meth:`FileIO._hold`).
+
+    Its own slotted object, not ``FileIO`` attributes: a ``FileIO`` is an
+    ``io.RawIOBase`` subclass, whose instance attributes the 3.11 interpreter
+    cannot specialize (~200 instructions a read), and copyfileobj reaches
+    ``_hold`` with every chunk; a slot is read in a few."""
+
+    __slots__ = ("chunks", "limit", "lock", "nbytes", "pos")
+
+    def __init__(self, limit: int, lock: threading.RLock) -> None:
+        self.chunks: list[bytes] = []  # in file order
+        self.nbytes = 0  # their total length: not 0 while anything is held
+        self.pos = 0  # file offset of chunks[0]
+        self.limit = limit  # written once this many bytes are held
+        self.lock = lock  # the file's own lock (FileIO._lock), not another one
+
+
+class _ReadHere:
+    """What :meth:`FileIO.readinto`'s read at the file position uses: the handle and the file's lock.
+
+    Present (``FileIO._here``) only where that read serves the file: readable,
+    buffered (not O_DIRECT, so no read-ahead), ``closefd=True`` (with a dup, the
+    handle's position would not be the caller's descriptor's), and a backend
+    that reads at the file position (dropped for good the first time it says
+    it cannot).  One slotted object, so the hot read checks one ``FileIO``
+    attribute instead of six (~180 instructions each: see :class:`_Held`)."""
+
+    __slots__ = ("handle", "lock")
+
+    def __init__(self, handle: FileHandle, lock: threading.RLock) -> None:
+        self.handle = handle
+        self.lock = lock  # the file's own lock (FileIO._lock)
 
 
 def _check_raw_mode(mode: str) -> None:
@@ -98,13 +134,8 @@ class FileIO(io.RawIOBase):
     _writebehind: WriteBehind | None = None
     _closed_flag = False
     _home: Stack | None = None  # the stack serving the file (the default one included)
-    _hold_limit = 0  # >0: write-only buffered file whose writer may hand over bytes (_hold)
-    _held: list[bytes] | None = None  # bytes held for one gathered write, in file order
-    _held_bytes = 0
-    _held_pos = 0  # file offset of _held[0]
-    # False once the handle said it cannot read at the file position (readinto's lseek path
-    # then): set only then, so the instances of io_uring stacks keep their attribute layout
-    _reads_at_position = True
+    _held: _Held | None = None  # a write-only buffered file whose writer may hand over bytes (_hold)
+    _here: _ReadHere | None = None  # readinto's read at the file position, where it serves the file
 
     def __init__(
         self,
@@ -127,7 +158,7 @@ class FileIO(io.RawIOBase):
             finally:
                 self._fd = -1
                 self._closed_flag = False
-                self._reads_at_position = True  # (the stack of the new file may read at the position)
+                self._here = self._held = None  # (the new file's are set up below)
         if isinstance(file, float):
             raise TypeError("integer argument expected, got float")
         path: PathArg | None = None
@@ -206,6 +237,8 @@ class FileIO(io.RawIOBase):
             raise
         self._fd = fd
         self._stack = stack
+        if self._handle is not None and self._readable and not direct and closefd:
+            self._here = _ReadHere(self._handle, self._lock)
         if stack is None:
             from uringstack.fileobj.default_stack import track
 
@@ -217,7 +250,7 @@ class FileIO(io.RawIOBase):
             from uringstack.fileobj.default_stack import default_stack
 
             stack = default_stack()
-        if stack._closed:
+        if stack.closed:
             raise _closed_error()
         path = f"/proc/self/fd/{fd}" if isinstance(file, int) else os.fsdecode(file)
         own = fd if self._closefd else os.dup(fd)
@@ -230,17 +263,26 @@ class FileIO(io.RawIOBase):
             raise
         self._home = stack
         stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
+        handle.watch_close(self._handle_closing)  # closed behind us (handle.close(), a fork child's stack)
         return handle
+
+    def _handle_closing(self) -> None:
+        """The handle's close began (``FileHandle.watch_close``): this file is closed from now on.
+
+        ``closed`` then reads one flag, with no Python frame (``io.BufferedReader``
+        and ``BufferedWriter`` read it before every call); the descriptor went with
+        the handle (a dup of it with ``closefd=False``)."""
+        self._closed_flag = True
 
     def _buffered(self) -> FileHandle:
         """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
         if self._buffered_handle is None:
-            assert self._handle is not None
+            assert self._handle is not None and self._home is not None
             flags = self._flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
             fd = os.open(f"/proc/self/fd/{self._fd}", flags)
             try:
                 options: dict[str, Any] = {ADOPT_FD: fd}
-                self._buffered_handle = self._handle._stack.open(
+                self._buffered_handle = self._home.open(
                     self._handle.path, direct=False, writable=self._writable, **options
                 )
             except BaseException:
@@ -271,7 +313,7 @@ class FileIO(io.RawIOBase):
         O_DIRECT has write-behind.  True when enabled."""
         if self._handle is None or self._direct or self._readable or self._appending:
             return False
-        self._hold_limit = limit
+        self._held = _Held(limit, self._lock)
         return True
 
     def _hold(self, b: bytes) -> int:
@@ -288,65 +330,69 @@ class FileIO(io.RawIOBase):
         A smaller write that reaches this file while it holds data (the
         writer's buffer written out before the next large ``bytes``) is held
         too, as a copy, so the gathered write goes on."""
-        handle = self._handle
-        if self._closed_flag or handle is None or handle._closed:
+        held = self._held
+        if self._closed_flag or held is None:
             raise _closed_error()
-        lock = self._lock
+        lock = held.lock
         lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
         try:
-            held = self._held
-            if held is None:
-                held = self._held = []
-            if not held:
-                self._held_pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            chunks = held.chunks
+            if not chunks:
+                held.pos = os.lseek(self._fd, 0, os.SEEK_CUR)
             # _keep, inline: copyfileobj's every chunk comes here
-            held.append(b)
-            n = self._held_bytes = self._held_bytes + len(b)
-            if n >= self._hold_limit:
+            chunks.append(b)
+            n = held.nbytes = held.nbytes + len(b)
+            if n >= held.limit:
                 self._release()
             return len(b)
         finally:
             lock.release()
 
-    def _keep(self, held: list[bytes], data: bytes) -> int:
-        held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= self._hold_limit:
+    def _hold_copy(self, held: _Held, pin: Any) -> int:
+        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
+        data = ffi.buffer(pin)[:]
+        held.chunks.append(data)
+        held.nbytes += len(data)
+        if held.nbytes >= held.limit:
             self._release()
         return len(data)
-
-    def _hold_copy(self, pin: Any) -> int:
-        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
-        held = self._held
-        assert held is not None  # (held bytes are counted only while a list holds them)
-        return self._keep(held, ffi.buffer(pin)[:])
 
     def _release(self) -> None:
         """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
 
         The held objects are let go first: after a failure they are dropped,
         as a failed write-behind's data is, and the error is raised here."""
-        held, self._held = self._held, None
-        n, self._held_bytes = self._held_bytes, 0
-        if not held:
+        held = self._held
+        if held is None or not held.nbytes:
             return
+        chunks, held.chunks = held.chunks, []
+        n, held.nbytes = held.nbytes, 0
         try:
-            self._live_handle().writev_from(held, self._held_pos)
+            self._live_handle().writev_from(chunks, held.pos)
         except RingClosedError:
             raise _closed_error() from None
-        os.lseek(self._fd, self._held_pos + n, os.SEEK_SET)
+        os.lseek(self._fd, held.pos + n, os.SEEK_SET)
 
     # --- state ---------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        """True after close(), and once the file's stack was closed."""
-        if self._closed_flag:
-            return True
-        handle = self._handle
-        return handle is not None and handle._closed
+    if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool:
+            """True after close(), and once the file's handle was closed (its stack's close included)."""
+            ...
+
+    else:
+        # A getter in C, no Python frame: io.BufferedReader/BufferedWriter read it before
+        # every call (a Python property cost ~1,400 instructions each time).  Read-only, as
+        # io.FileIO's.  One flag: close() sets it, and so does the handle's close
+        # (_handle_closing), whoever closes it.
+        closed = property(
+            operator.attrgetter("_closed_flag"),
+            doc="True after close(), and once the file's handle was closed (its stack's close included).",
+        )
 
     def _checkClosed(self, msg: str | None = None) -> None:
-        if self.closed:
+        if self._closed_flag:
             raise _closed_error()
 
     def _checkReadable(self) -> None:
@@ -421,7 +467,9 @@ class FileIO(io.RawIOBase):
         Callers fsync it (``os.fsync(f.fileno())``) or read it through another
         descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
-        if self._held_bytes or (self._writebehind is not None and len(self._writebehind)):
+        if ((held := self._held) is not None and held.nbytes) or (
+            self._writebehind is not None and len(self._writebehind)
+        ):
             with self._lock:
                 self._drain()
         return self._fd
@@ -434,7 +482,7 @@ class FileIO(io.RawIOBase):
     def _live_handle(self) -> FileHandle:
         handle = self._handle
         assert handle is not None
-        if handle._closed:
+        if self._closed_flag:
             raise _closed_error()
         return handle
 
@@ -458,40 +506,39 @@ class FileIO(io.RawIOBase):
         # closed handle raises RingClosedError in the handle's own check, made into ours)
         if self._closed_flag:
             raise _closed_error()
+        here = self._here
+        if here is not None:
+            # The length without a pin (ffi.from_buffer costs as much as the rest of
+            # this check): the handle pins the buffer only for a read that goes to the
+            # ring.  bytearray and writable contiguous memoryview (what io.BufferedReader
+            # and hashlib.file_digest pass) are always plain writable bytes.
+            t = type(b)
+            if t is bytearray:
+                want = len(b)
+            elif t is memoryview and not b.readonly and b.c_contiguous:
+                want = b.nbytes
+            else:
+                want = 0  # (the pinned path below: it also serves empty buffers)
+            if want:
+                lock = here.lock
+                lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
+                try:
+                    # (no write-behind to drain: it exists only under O_DIRECT)
+                    n = here.handle._read_here(b, want)
+                except RingClosedError:
+                    raise _closed_error() from None
+                finally:
+                    lock.release()
+                if n is not None:
+                    return n  # read at, and moved, the descriptor's position
+                # the backend cannot read at the file position (fallback, a kernel
+                # before 5.6): for good, so the lseek path below from now on
+                self._here = None
         if not self._readable:
             self._checkClosed()  # (a handle closed behind this object: closed comes first)
             raise io.UnsupportedOperation("File not open for reading")
         handle = self._handle
         if handle is not None and not self._direct and self._readahead is None:
-            if self._closefd and self._reads_at_position:
-                # The length without a pin (ffi.from_buffer costs as much as the rest of
-                # this check): the handle pins the buffer only for a read that goes to the
-                # ring.  bytearray and writable contiguous memoryview (what io.BufferedReader
-                # and hashlib.file_digest pass) are always plain writable bytes.
-                t = type(b)
-                if t is bytearray:
-                    want = len(b)
-                elif t is memoryview and not b.readonly and b.c_contiguous:
-                    want = b.nbytes
-                else:
-                    want = 0  # (the pinned path below: it also serves empty buffers)
-                if want:
-                    lock = self._lock
-                    lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
-                    try:
-                        # (no write-behind to drain: it exists only under O_DIRECT)
-                        n = handle._read_here(b, want)
-                    except RingClosedError:
-                        raise _closed_error() from None
-                    finally:
-                        lock.release()
-                    if n is not None:
-                        return n  # read at, and moved, the descriptor's position
-                    # the backend cannot read at the file position (fallback, a kernel
-                    # before 5.6): for good, so the lseek path below from now on
-                    self._reads_at_position = False
-            if handle._closed:
-                raise _closed_error()
             try:
                 # One pin gives the length and is the handle's (positional: the keyword form costs more).
                 pin = ffi.from_buffer("char[]", b, True)
@@ -504,7 +551,7 @@ class FileIO(io.RawIOBase):
                     try:
                         # (closefd=False: the handle reads a dup, which would outlive the
                         # caller's descriptor; lseek on ours fails as the built-in's read would)
-                        n = handle._read_here(b, len(pin), pin) if self._closefd and self._reads_at_position else None
+                        n = handle._read_here(b, len(pin), pin) if self._here is not None else None
                         if n is not None:
                             return n  # read at, and moved, the descriptor's position
                         pos = os.lseek(self._fd, 0, os.SEEK_CUR)
@@ -513,8 +560,6 @@ class FileIO(io.RawIOBase):
                         raise _closed_error() from None
                     os.lseek(self._fd, pos + n, os.SEEK_SET)
                     return n
-        elif handle is not None and handle._closed:
-            raise _closed_error()
         m = memoryview(b).cast("B")
         if handle is None:
             try:
@@ -661,12 +706,12 @@ class FileIO(io.RawIOBase):
         """Write all of *b* at the current position (the end of file in append mode).
 
         ``None`` only on a non-blocking pipe or socket that is full, as ``io.FileIO``."""
-        handle = self._handle
         # _checkClosed and _checkWritable, inline: this is every buffered write's path
-        if self._closed_flag or (handle is not None and handle._closed):
+        if self._closed_flag:
             raise _closed_error()
         if not self._writable:
             raise io.UnsupportedOperation("File not open for writing")
+        handle = self._handle
         if handle is not None and not self._direct:
             try:
                 pin = ffi.from_buffer("char[]", b, False)  # the length, and the handle's pin
@@ -677,11 +722,12 @@ class FileIO(io.RawIOBase):
                 lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
                 try:
                     # (no read-ahead to invalidate: it exists only under O_DIRECT)
-                    if self._held_bytes:
-                        if 0 < len(pin) < self._hold_limit:
+                    held = self._held
+                    if held is not None and held.nbytes:
+                        if 0 < len(pin) < held.limit:
                             # joins what _hold keeps (a copy: the caller, the writer's
                             # buffer, reuses its memory), so the gathered write goes on
-                            return self._hold_copy(pin)
+                            return self._hold_copy(held, pin)
                         self._release()  # what _hold kept goes first
                     pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                     n = len(pin)
@@ -707,7 +753,7 @@ class FileIO(io.RawIOBase):
             handle = self._live_handle()
             if self._readahead is not None:
                 self._readahead.invalidate()
-            if self._held_bytes:
+            if (held := self._held) is not None and held.nbytes:
                 self._release()  # what _hold kept goes first
             pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
             n = len(m)
@@ -749,7 +795,7 @@ class FileIO(io.RawIOBase):
         handle.write_from(buf, pos)
 
     def _drain(self) -> None:
-        if self._held_bytes:
+        if (held := self._held) is not None and held.nbytes:
             self._release()
         if self._writebehind is not None and len(self._writebehind):
             try:
@@ -768,14 +814,14 @@ class FileIO(io.RawIOBase):
         if isinstance(pos, float):
             raise TypeError("an integer is required")
         self._checkClosed()
-        if self._held_bytes:
+        if (held := self._held) is not None and held.nbytes:
             with self._lock:
                 self._release()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self) -> int:
         self._checkClosed()
-        if self._held_bytes:
+        if (held := self._held) is not None and held.nbytes:
             with self._lock:
                 self._release()
         return os.lseek(self._fd, 0, os.SEEK_CUR)
@@ -798,12 +844,10 @@ class FileIO(io.RawIOBase):
 
         A write that failed in flight is raised here, after the file was closed."""
         if self._closed_flag:
-            return
-        handle = self._handle
-        if handle is not None and handle._closed:
-            # the stack closed it (and the descriptor, unless closefd=False gave it a dup)
-            self._closed_flag = True
-            super().close()
+            if self._handle is not None:
+                # the handle was closed behind us (the descriptor went with it): what is
+                # left is the O_DIRECT file's buffered twin, if it has one
+                self._close_fd()
             return
         try:
             try:
@@ -818,7 +862,8 @@ class FileIO(io.RawIOBase):
         finally:
             self._writebehind = None
             self._readahead = None
-            self._held, self._held_bytes = None, 0  # written by flush() above, or failed there
+            self._here = None
+            self._held = None  # written by flush() above, or failed there
 
     def _close_fd(self) -> None:
         handle, self._handle = self._handle, None

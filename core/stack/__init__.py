@@ -235,6 +235,11 @@ class Stack:
         handle.close()  # close() ran meanwhile and did not see this handle
         raise RingClosedError("stack is closed")
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` began (:meth:`open` refuses from then on)."""
+        return self._closed
+
     def close_with_stack(self, obj: Any, *, outer: bool) -> None:
         """Have :meth:`close` call ``obj.close()`` first, before it closes any handle.
 

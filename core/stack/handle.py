@@ -89,6 +89,21 @@ def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> N
 class FileHandle:
     """An open file, block device or NVMe namespace on a stack's worker."""
 
+    if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool:
+            """True once :meth:`close` began (from then on the handle refuses new I/O)."""
+            ...
+
+    else:
+        # A getter in C, no Python frame (a file object's hot checks read it), read-only.
+        closed = property(operator.attrgetter("_closed"), doc="True once close() began (new I/O is refused).")
+
+    # Weak references to callbacks close() calls as it begins (watch_close); a tuple, so
+    # a handle nobody watches allocates nothing.
+    _close_watchers: tuple[weakref.WeakMethod[Callable[[], object]], ...] = ()
+
     def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
         # Looked up once: a runtime protocol check costs microseconds, and the backend never changes.
@@ -783,6 +798,15 @@ class FileHandle:
             raise UringIOError(-res, "fdatasync", self.path)
 
     # --- lifetime ----------------------------------------------------------------------
+    def watch_close(self, callback: Callable[[], object]) -> None:
+        """Have :meth:`close` call *callback* (a bound method, held weakly) as it begins.
+
+        For an object layered over the handle that answers ``closed`` from a
+        flag of its own (``uringstack.FileIO``): the handle closed directly, or
+        by a stack closing in a ``fork()`` child, still makes it closed.  The
+        callback must not raise; it runs once, in the thread that closes."""
+        self._close_watchers = (*self._close_watchers, weakref.WeakMethod(callback))
+
     def close(self) -> None:
         """Close the handle (idempotent): wait for its I/O, let plugins detach, release the descriptor.
 
@@ -800,6 +824,11 @@ class FileHandle:
         if self._closed:
             return
         self._closed = True
+        watchers, self._close_watchers = self._close_watchers, ()
+        for ref in watchers:
+            watcher = ref()
+            if watcher is not None:
+                watcher()
         if forking.inherited(self._fork_gen):
             with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
                 os.close(self._io.fd)

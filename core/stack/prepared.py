@@ -30,8 +30,6 @@ class PreparingHandle(Protocol):
     """
 
     _inflight: InflightTracker
-    _closed: bool
-    _fork_gen: int
 
     @property
     def io(self) -> FileIO: ...
@@ -75,6 +73,10 @@ class PreparedIO:
         # Registered once with the handle's tracker (its close waits until done()),
         # so a start costs the tracker two counter updates instead of a set entry.
         self._tracker = handle._inflight
+        # The handle made this object after its own checks, so in its process: a fork()
+        # child's use is refused by comparing this generation (its closed check is the
+        # tracker's: enter() refuses once the handle's close began, as the handle does).
+        self._fork_gen = forking.generation()
         try:
             self._tracker.register(self)
         except BaseException:
@@ -87,10 +89,9 @@ class PreparedIO:
         return last is None or last.done()
 
     def _check(self) -> None:
-        h = self._handle
         # the handle's own check builds a message: only call it when it will raise
-        if h._closed or h._fork_gen != forking._generation:
-            h._check()
+        if self._fork_gen != forking._generation:
+            self._handle._check()
 
     def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
         self._check()
@@ -124,9 +125,8 @@ class PreparedIO:
         if one is not None and last is None and len(offsets) == 1:
             # One buffer in one call (the QD1 loop): the checks and tracking of _start
             # without a pending object.
-            h = self._handle
-            if h._closed or h._fork_gen != forking._generation:
-                h._check()
+            if self._fork_gen != forking._generation:
+                self._handle._check()
             tracker = self._tracker
             tracker.enter()  # refused once the handle's close began; close waits for leave()
             try:

@@ -102,7 +102,8 @@ class UringFileIO:
         self.worker = worker
         self.completion_hook = worker.completion_hook if worker is not None else None
         self._cache: dict[int, deque[BatchColumns]] = {}
-        self._closed = False
+        self.closed = False
+        """True once :meth:`close` ran: every start refuses (the descriptor number may be another file's)."""
         self._durable: dict[str, deque[_DurableColumns]] = {"dsync": deque(), "fdatasync": deque()}
         # Whether waited buffered writes are done inline (see the module docstring):
         # looked up at the first one, so a file only read never measures anything.
@@ -117,7 +118,7 @@ class UringFileIO:
     def _fd_and_flags(self) -> tuple[int, int]:
         # Every submission gets its fd here: after close() the number may belong
         # to a file opened since, so a raw FileIO refuses like the handle does.
-        if self._closed:
+        if self.closed:
             raise RingClosedError(f"{self.path} is closed")
         if self.fixed_index is not None:
             return self.fixed_index, int(SqeFlag.FIXED_FILE)
@@ -216,7 +217,7 @@ class UringFileIO:
             return self._write_one_inline(buf, offset)
         if self.direct and (address_of(pin) | length | offset) % self.block_size:
             return None
-        if self._closed:  # the number may be another file's by now
+        if self.closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         fixed = self.fixed_index
         ring = self.ring
@@ -247,7 +248,7 @@ class UringFileIO:
         with ``ring=None``."""
         if not self._reads_cached_inline:
             return None
-        if self._closed:  # the number may be another file's by now
+        if self.closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         self.ring._check_use()
         try:
@@ -285,7 +286,7 @@ class UringFileIO:
         object's back fails with EBADF, as with the built-in ``open()``."""
         if not self._reads_here:
             return None
-        if self._closed:  # the number may be another file's by now
+        if self.closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         ring = self.ring
         want = len(pin)
@@ -331,7 +332,7 @@ class UringFileIO:
         Keeps what a submission checks (file closed, ring closed or forked, a
         SINGLE_ISSUER ring used from another thread) and tells the completion
         hook, with ``ring=None``: no ring ran the batch."""
-        if self._closed:  # the number may be another file's by now
+        if self.closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         ring = self.ring
         ring._check_open()
@@ -343,7 +344,7 @@ class UringFileIO:
 
     def _write_one_inline(self, buf: Any, offset: int) -> int:
         """:meth:`write_inline` of one write, without its pending object: bytes written or ``-errno``."""
-        if self._closed:  # the number may be another file's by now
+        if self.closed:  # the number may be another file's by now
             raise RingClosedError(f"{self.path} is closed")
         ring = self.ring
         ring._check_open()
@@ -383,7 +384,7 @@ class UringFileIO:
     def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
         # The hot path of every log flush: columns built once per sync method and
         # reused (only address, length and offset change), one pin.
-        if self._closed:  # the cached columns hold the fd number, which may be another file's now
+        if self.closed:  # the cached columns hold the fd number, which may be another file's now
             raise RingClosedError(f"{self.path} is closed")
         if offset < 0:
             raise ValueError(f"{self.path}: offset {offset} is negative")
@@ -408,9 +409,9 @@ class UringFileIO:
         return _fd_size(self.fd)
 
     def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         os.close(self.fd)
 
 
@@ -541,7 +542,7 @@ class UringPrepared:
         io = self.io
         if self._closed:
             raise ValueError(f"{io.path}: this prepared I/O was closed")
-        if io._closed:  # its fd column holds a number that may be another file's by now
+        if io.closed:  # its fd column holds a number that may be another file's by now
             raise RingClosedError(f"{io.path} is closed")
         last = cols.batch
         if (last is not None and not last.finished) or self._one_busy.locked():  # (a single op in its call)
@@ -592,7 +593,7 @@ class UringPrepared:
         io = self.io
         # Every refusal (closed, in flight, a bad or misaligned offset, an inline write) is
         # left to start(), which raises it with its message.
-        if one is None or self._closed or io._closed or io.fixed_index is not self._fixed:
+        if one is None or self._closed or io.closed or io.fixed_index is not self._fixed:
             return None
         last = self._cols.batch
         if (last is not None and not last.finished) or type(offset) is not int or offset & self._bad_offset:

@@ -77,7 +77,7 @@ def shared_stack(core_backend: str) -> Stack:
     with _shared_lock:
         gen = forking.generation()
         got = _shared.get(core_backend)
-        if got is not None and got[0] == gen and not got[1]._closed:
+        if got is not None and got[0] == gen and not got[1].closed:
             return got[1]
         stack = _small_stack(core_backend)
         _shared[core_backend] = (gen, stack)
