@@ -434,8 +434,9 @@ class Coalescer:
         io, tracker = ios[0], trackers[0]
         if ios.count(io) != n or trackers.count(tracker) != n or any(map(_future_done, futures)):
             return None
-        # (Not arena reads: every request a (pins, lengths) pair, no single pin, no registered leases.)
-        if not arena_only and (set(map(type, whats)) != {tuple} or set(map(len, whats)) != {2}):
+        # (Not arena reads: every request a list, no single pin, all of one kind: plain pins
+        # (pins, lengths) or registered leases of this ring (pins, lengths, slots).)
+        if not arena_only and (set(map(type, whats)) != {tuple} or len(set(map(len, whats))) != 1):
             return None
         try:
             tracker.track(pending)
@@ -560,8 +561,10 @@ class Coalescer:
         self._launch(futures, ops[0][0], write, pending, cols, n, keep, arena, arena_size, starts, lists, leases)
 
     def _submit_lists(self, requests: _OneFile, write: bool, pending: FlushPending) -> None:
-        """Submit read_many/write_many requests of plain pins from one file (see :meth:`_one_file`):
-        columns built by whole-list steps, no per-request loop of appends."""
+        """Submit read_many/write_many requests of one kind from one file (see :meth:`_one_file`):
+        plain pins, or registered leases of this ring (READ_FIXED/WRITE_FIXED at their own
+        addresses, marked in flight as :meth:`_submit_admitted` does); columns built by
+        whole-list steps, no per-request loop of appends."""
         io, whats, offsets, futures = requests
         pins = [pin for what in whats for pin in what[0]]
         lens = [k for what in whats for k in what[1]]
@@ -570,11 +573,18 @@ class Coalescer:
         index = io.fixed_index
         fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
         cols = self._columns(n)
-        cols.fill("opcodes", _WRITE if write else _READ)
+        leases = None
+        if len(whats[0]) == 3:  # registered leases: their slots, every one >= 0 (add_many)
+            leases = pins
+            cols.fill("opcodes", _WRITE_FIXED if write else _READ_FIXED)
+            cols.set("buf_index", [slot for what in whats for slot in what[2]])
+            cols.set("addrs", [lease.addr for lease in leases])
+        else:
+            cols.fill("opcodes", _WRITE if write else _READ)
+            _put_pins(cols, [0, n], pins)
         cols.fill("fds", fd)
         if flag or cols.is_set("sqe_flags"):
             cols.fill("sqe_flags", flag)
-        _put_pins(cols, [0, n], pins)
         size = lens[0]
         if lens.count(size) == n:  # (buffers of one size, the common case: kept across flushes)
             cols.fill("lens", size)
@@ -582,7 +592,7 @@ class Coalescer:
             cols.set("lens", lens)
         cols.set("offs", offs)
         starts = [-1 - len(what[0]) for what in whats]
-        self._launch(futures, io, write, pending, cols, n, pins, None, 0, starts, True)
+        self._launch(futures, io, write, pending, cols, n, pins, None, 0, starts, True, leases)
 
     def _submit_arena(self, reads: _OneFile, pending: FlushPending) -> None:
         """Submit reads that all go into the arena, from one file: columns built by whole-list steps,

@@ -164,3 +164,105 @@ def test_flushes_alternating_arena_reads_and_lists_reuse_columns_without_stale_a
             _run(main())
         finally:
             h.release_buffers(leases)
+
+
+@pytest.mark.timeout(60)
+def test_lists_of_registered_leases_from_many_tasks_read_and_write_each_lease_as_a_fixed_op(
+    tmp_path: pathlib.Path,
+) -> None:
+    from tests.requires import skip_without
+    from uringstack.ring.buffers import RegisteredBuffer
+    from uringstack.ring.flags import Op
+
+    path = tmp_path / "reg"
+    want = _pattern(BLOCKS * BLOCK)
+    path.write_bytes(want)
+    with open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "on"}) as stack, _handle(stack, path, True) as h:
+        ring = h.ring
+        assert ring is not None
+        whole = h.lease_buffers(10, size=BLOCK)
+        if not all(isinstance(b, RegisteredBuffer) for b in whole):
+            h.release_buffers(whole)
+            skip_without("no registered-buffer pool serves this handle (fixedbuf could not register: memlock?)")
+        # Requests of 1..4 leases; one request takes 512-byte parts of its lease (sub-leases).
+        parts = [whole[9].sub(0, 512), whole[9].sub(1024, 512)]
+        groups = [whole[0:1], whole[1:3], whole[3:6], whole[6:9], parts]
+        offsets = [[(5 * t + 3 * i) % 40 * BLOCK + 8 * t for i in range(len(g))] for t, g in enumerate(groups)]
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)  # the eventfd bridge is set up by the first await
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(*(h.read_many_async(o, g) for o, g in zip(offsets, groups, strict=True)))
+            enters = ring.counters()["enters"] - before
+            for k, b in enumerate(whole[:9]):
+                b[0:BLOCK] = bytes([0x80 + k]) * BLOCK
+            targets = [[(40 + 9 - 3 * t - i) * BLOCK for i in range(len(g))] for t, g in enumerate(groups[:4])]
+            wrote = await asyncio.gather(*(h.write_many_async(o, g) for o, g in zip(targets, groups[:4], strict=True)))
+            return [got, wrote, targets], enters
+
+        try:
+            (got, wrote, targets), enters = _run(main())
+            assert enters == 1, enters
+            assert got == [[BLOCK] * len(g) for g in groups[:4]] + [[512, 512]]
+            assert wrote == [[BLOCK] * len(g) for g in groups[:4]]
+            assert not any((b.parent or b).in_flight() for b in whole)
+            on_disk = path.read_bytes()
+            k = 0
+            for o, g in zip(targets, groups[:4], strict=True):
+                for off in o:
+                    assert on_disk[off : off + BLOCK] == bytes([0x80 + k]) * BLOCK, (k, off)
+                    k += 1
+                assert len(o) == len(g)
+            assert bytes(parts[0]) == want[offsets[4][0] : offsets[4][0] + 512]
+            assert bytes(parts[1]) == want[offsets[4][1] : offsets[4][1] + 512]
+            # The last flush (the writes) went out as WRITE_FIXED from each lease's own slot.
+            co = h._coalescer_cache
+            assert co is not None
+            batch = (whole[0].parent or whole[0]).batch  # (leases of a pool of larger buffers are parts)
+            assert batch is not None, "a registered lease submitted by the coalescer was not marked in flight"
+            cols = next(c for pool in co._pool.values() for c in pool if c.batch is batch)
+            assert cols.get("opcodes")[:9] == [int(Op.WRITE_FIXED)] * 9
+            assert cols.get("buf_index")[:9] == [b.index for g in groups[:4] for b in g]
+        finally:
+            h.release_buffers(whole)
+
+
+@pytest.mark.timeout(60)
+def test_one_flush_of_lists_of_registered_leases_and_of_plain_buffers_reads_each_into_its_own_memory(
+    data: pathlib.Path,
+) -> None:
+    # Two kinds of lists in one flush (registered leases: READ_FIXED at their own
+    # addresses; plain buffers: READ at their pins'): each request keeps its kind.
+    from tests.requires import skip_without
+    from uringstack.ring.buffers import RegisteredBuffer
+
+    expect = data.read_bytes()
+    with open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "on"}) as stack, _handle(stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        leases = h.lease_buffers(4, size=BLOCK)
+        if not all(isinstance(b, RegisteredBuffer) for b in leases):
+            h.release_buffers(leases)
+            skip_without("no registered-buffer pool serves this handle (fixedbuf could not register: memlock?)")
+        plain = [bytearray(BLOCK) for _ in range(4)]
+
+        async def main() -> tuple[list[Any], int]:
+            await h.read(BLOCK, 0)
+            before = ring.counters()["enters"]
+            got = await asyncio.gather(
+                h.read_many_async([BLOCK, 2 * BLOCK], leases[:2]),
+                h.read_many_async([3 * BLOCK, 4 * BLOCK], plain[:2]),
+                h.read_many_async([5 * BLOCK, 6 * BLOCK], leases[2:]),
+                h.read_many_async([7 * BLOCK, 8 * BLOCK], plain[2:]),
+            )
+            return got, ring.counters()["enters"] - before
+
+        try:
+            got, enters = _run(main())
+            assert enters == 1, enters
+            assert got == [[BLOCK, BLOCK]] * 4
+            blocks = [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(9)]
+            assert [bytes(b) for b in leases] == [blocks[1], blocks[2], blocks[5], blocks[6]]
+            assert plain == [blocks[3], blocks[4], blocks[7], blocks[8]]
+        finally:
+            h.release_buffers(leases)
