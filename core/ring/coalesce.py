@@ -98,8 +98,10 @@ class CoalescedFile(Protocol):
 # leases themselves, submitted as READ_FIXED/WRITE_FIXED at their own addresses.
 QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[Any]"]
 
-# One handle's arena reads of a flush as columns: (io, sizes, offsets, futures).
-_ArenaReads = tuple["CoalescedFile", tuple[int, ...], tuple[int, ...], list["asyncio.Future[Any]"]]
+# One handle's requests of a flush as columns: (io, whats, offsets, futures), ``whats`` and
+# ``offsets`` as QueuedOp has them: the arena reads' sizes and offsets, or the
+# read_many/write_many requests' (pins, lengths) pairs and offset lists.
+_OneFile = tuple["CoalescedFile", tuple[Any, ...], tuple[Any, ...], list["asyncio.Future[Any]"]]
 _future_done = asyncio.Future.done
 
 
@@ -367,11 +369,14 @@ class Coalescer:
         # submitted (one lock step per handle, not an enter and a leave), and
         # refuses it once the handle is closed: those ops fail here.
         pending = FlushPending(self.ring)
-        one = self._one_file(ops, pending) if arena_only else None
+        one = self._one_file(ops, pending, arena_only)
         live = ops if one is not None else self._admit(ops, pending)
         try:
             if one is not None:
-                self._submit_arena(one, pending)
+                if arena_only:
+                    self._submit_arena(one, pending)
+                else:
+                    self._submit_lists(one, write, pending)
             elif live:
                 self._submit_admitted(live, write, pending)
         except RingBusyError:  # no CQ room after all (another thread took it): nothing was submitted
@@ -416,23 +421,29 @@ class Coalescer:
         pending.trackers = [tracker for tracker, ok in tracked.items() if ok]
         return live
 
-    def _one_file(self, ops: list[QueuedOp], pending: FlushPending) -> _ArenaReads | None:
-        """Arena reads all from one handle, none cancelled, admitted by its tracker (the
-        common case: ``await read(n, off)`` from many tasks on one handle), as whole
-        columns; else None (nothing tracked: :meth:`_admit` sorts them out op by op)."""
+    def _one_file(self, ops: list[QueuedOp], pending: FlushPending, arena_only: bool) -> _OneFile | None:
+        """Requests all from one handle, none cancelled, admitted by its tracker, as whole
+        columns: arena reads (*arena_only*: ``await read(n, off)`` from many tasks on one
+        handle), else read_many/write_many requests of plain pins (``*_many_async`` of
+        lease_buffers' leases from many tasks); else None (nothing tracked: :meth:`_admit`
+        sorts them out op by op)."""
         if not self._plain_futures:
             return None  # (done() below is asyncio.Future's)
-        ios, trackers, sizes, offs, futures = zip(*ops, strict=True)
+        ios, trackers, whats, offs, futures = zip(*ops, strict=True)
         n = len(ops)
         io, tracker = ios[0], trackers[0]
         if ios.count(io) != n or trackers.count(tracker) != n or any(map(_future_done, futures)):
+            return None
+        # (Not arena reads: every request a list, no single pin, all of one kind: plain pins
+        # (pins, lengths) or registered leases of this ring (pins, lengths, slots).)
+        if not arena_only and (set(map(type, whats)) != {tuple} or len(set(map(len, whats))) != 1):
             return None
         try:
             tracker.track(pending)
         except RingClosedError:
             return None
         pending.trackers = [tracker]
-        return io, sizes, offs, list(futures)
+        return io, whats, offs, list(futures)
 
     def _columns(self, n: int) -> BatchColumns:
         """Idle columns for *n* ops: a pooled set whose batch finished, else a new one."""
@@ -549,7 +560,41 @@ class Coalescer:
         futures = [op[4] for op in ops]
         self._launch(futures, ops[0][0], write, pending, cols, n, keep, arena, arena_size, starts, lists, leases)
 
-    def _submit_arena(self, reads: _ArenaReads, pending: FlushPending) -> None:
+    def _submit_lists(self, requests: _OneFile, write: bool, pending: FlushPending) -> None:
+        """Submit read_many/write_many requests of one kind from one file (see :meth:`_one_file`):
+        plain pins, or registered leases of this ring (READ_FIXED/WRITE_FIXED at their own
+        addresses, marked in flight as :meth:`_submit_admitted` does); columns built by
+        whole-list steps, no per-request loop of appends."""
+        io, whats, offsets, futures = requests
+        pins = [pin for what in whats for pin in what[0]]
+        lens = [k for what in whats for k in what[1]]
+        offs = [off for run in offsets for off in run]
+        n = len(offs)
+        index = io.fixed_index
+        fd, flag = (io.fd, 0) if index is None else (index, _FIXED_FILE)
+        cols = self._columns(n)
+        leases = None
+        if len(whats[0]) == 3:  # registered leases: their slots, every one >= 0 (add_many)
+            leases = pins
+            cols.fill("opcodes", _WRITE_FIXED if write else _READ_FIXED)
+            cols.set("buf_index", [slot for what in whats for slot in what[2]])
+            cols.set("addrs", [lease.addr for lease in leases])
+        else:
+            cols.fill("opcodes", _WRITE if write else _READ)
+            _put_pins(cols, [0, n], pins)
+        cols.fill("fds", fd)
+        if flag or cols.is_set("sqe_flags"):
+            cols.fill("sqe_flags", flag)
+        size = lens[0]
+        if lens.count(size) == n:  # (buffers of one size, the common case: kept across flushes)
+            cols.fill("lens", size)
+        else:
+            cols.set("lens", lens)
+        cols.set("offs", offs)
+        starts = [-1 - len(what[0]) for what in whats]
+        self._launch(futures, io, write, pending, cols, n, pins, None, 0, starts, True, leases)
+
+    def _submit_arena(self, reads: _OneFile, pending: FlushPending) -> None:
         """Submit reads that all go into the arena, from one file: columns built by whole-list steps,
         no per-op loop of appends."""
         io, sizes, offs, futures = reads

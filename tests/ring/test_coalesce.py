@@ -16,7 +16,7 @@ import gc
 import os
 import pathlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -838,3 +838,190 @@ def test_one_flush_mixing_registered_leases_with_pins_and_arena_reads_reads_each
         h.release_buffers(leases)
     finally:
         h.close()
+
+
+# --- *_many_async lists of many tasks on one handle: one flush, built by whole-list steps.
+# A flush whose requests are all read_many/write_many lists of one kind from one handle
+# (the ``asyncio batch`` bench row) builds its C columns from the requests' lists at once
+# (``Coalescer._submit_lists``): each op must land in its own buffer at its own offset,
+# every request get its own results, and a column set reused across arena flushes and
+# list flushes never keep the other kind's addresses or lengths.
+
+
+def _gather_counting_enters(h: FileHandle, make: Callable[[], list[Awaitable[Any]]]) -> tuple[list[Any], int]:
+    """The results of *make()*'s awaitables awaited together, and the ``io_uring_enter`` calls
+    they took (after one read that sets up the ring's eventfd bridge)."""
+    ring = h.ring
+    assert ring is not None
+
+    async def main() -> tuple[list[Any], int]:
+        await h.read(BLOCK, 0)
+        before = ring.counters()["enters"]
+        got = await asyncio.gather(*make())
+        return got, ring.counters()["enters"] - before
+
+    got, enters = _run(main())
+    return got, enters
+
+
+@pytest.mark.timeout(60)
+def test_lists_of_many_tasks_each_land_in_their_own_buffers_with_their_own_results(
+    plain_uring_stack: Stack, data: pathlib.Path
+) -> None:
+    expect = data.read_bytes()
+    with _uring_handle(plain_uring_stack, data) as h:
+        leases = h.lease_buffers(11, size=BLOCK)
+        # Requests of 1..4 ops, and one mixing buffer sizes.
+        groups = [leases[0:1], leases[1:3], leases[3:6], leases[6:10]]
+        offsets = [[(7 * t + 5 * i) % 60 * BLOCK for i in range(len(g))] for t, g in enumerate(groups)]
+        odd = [bytearray(512), bytearray(BLOCK), bytearray(100)]
+        odd_offs = [3 * BLOCK + 17, 10 * BLOCK + 5, 9]
+        tail = [bytearray(BLOCK), bytearray(BLOCK)]
+        try:
+            got, enters = _gather_counting_enters(
+                h,
+                lambda: [
+                    *(h.read_many_async(o, g) for o, g in zip(offsets, groups, strict=True)),
+                    h.read_many_async(odd_offs, odd),
+                ],
+            )
+            assert enters == 1, enters
+            assert got == [[BLOCK] * len(g) for g in groups] + [[512, BLOCK, 100]]
+            for o, g in zip(offsets, groups, strict=True):
+                assert [bytes(b) for b in g] == [expect[off : off + BLOCK] for off in o]
+            assert [bytes(b) for b in odd] == [expect[o : o + len(b)] for o, b in zip(odd_offs, odd, strict=True)]
+            # A list reading past the end of the file beside a full one: the short op's
+            # result is its own (the rest of its list, and the other list, unaffected).
+            short, _ = _gather_counting_enters(
+                h, lambda: [h.read_many_async([63 * BLOCK, 64 * BLOCK], tail), h.read_many_async([0], leases[10:])]
+            )
+            assert short == [[BLOCK, 1808], [BLOCK]]
+            assert bytes(tail[0]) + bytes(tail[1][:1808]) == expect[63 * BLOCK :]
+            assert bytes(leases[10]) == expect[:BLOCK]
+        finally:
+            h.release_buffers(leases)
+
+
+@pytest.mark.timeout(60)
+def test_lists_of_many_tasks_write_each_buffer_at_its_own_offset(
+    plain_uring_stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "w"
+    path.write_bytes(bytes(32 * BLOCK))
+    with _uring_handle(plain_uring_stack, path, writable=True) as h:
+        leases = h.lease_buffers(16, size=BLOCK)
+        for i, b in enumerate(leases):
+            b[:] = bytes([0x40 + i]) * BLOCK
+        groups = [leases[0:4], leases[4:6], leases[6:13], leases[13:16]]
+        blocks = iter(range(31, 0, -2))  # every lease its own block
+        offsets = [[next(blocks) * BLOCK for _ in grp] for grp in groups]
+        try:
+            got, _ = _gather_counting_enters(
+                h, lambda: [h.write_many_async(o, g) for o, g in zip(offsets, groups, strict=True)]
+            )
+        finally:
+            h.release_buffers(leases)
+    assert got == [[BLOCK] * len(g) for g in groups]
+    on_disk = path.read_bytes()
+    flat = [off for o in offsets for off in o]
+    assert [on_disk[off : off + BLOCK] for off in flat] == [bytes([0x40 + k]) * BLOCK for k in range(16)]
+
+
+@pytest.mark.timeout(60)
+def test_flushes_alternating_arena_reads_and_lists_reuse_columns_without_stale_addresses(
+    plain_uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Both kinds keep per-column constants in a pooled column set (the arena's
+    # addresses as a progression, one length for all ops): a list flush between two
+    # arena flushes over the same arena must not leave its pins' addresses in place.
+    expect = data.read_bytes()
+    with _uring_handle(plain_uring_stack, data) as h:
+        leases = h.lease_buffers(8, size=BLOCK)
+
+        async def main() -> None:
+            for round_ in range(6):
+                offs = [(round_ * 11 + 3 * i) % 64 * BLOCK for i in range(8)]
+                singles = await asyncio.gather(*(h.read(BLOCK, off) for off in offs))
+                assert singles == [expect[off : off + BLOCK] for off in offs], round_
+                back = offs[:4][::-1] + offs[4:][::-1]
+                lists = await asyncio.gather(
+                    h.read_many_async(back[:4], leases[:4]), h.read_many_async(back[4:], leases[4:])
+                )
+                assert lists == [[BLOCK] * 4] * 2
+                assert [bytes(b) for b in leases] == [expect[off : off + BLOCK] for off in back], round_
+
+        try:
+            _run(main())
+        finally:
+            h.release_buffers(leases)
+
+
+@pytest.mark.timeout(60)
+def test_lists_of_registered_leases_from_many_tasks_read_and_write_each_lease_as_a_fixed_op(
+    uring_stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    from uringstack.ring.flags import Op
+
+    path = tmp_path / "reg"
+    want = _pattern(64 * BLOCK)
+    path.write_bytes(want)
+    with _uring_handle(uring_stack, path, True) as h:
+        whole = _registered_leases(h, 10)
+        # Requests of 1..3 leases, and one of two 512-byte parts of a lease (sub-leases).
+        parts = [whole[9].sub(0, 512), whole[9].sub(1024, 512)]
+        groups = [whole[0:1], whole[1:3], whole[3:6], whole[6:9], parts]
+        offsets = [[(5 * t + 3 * i) % 40 * BLOCK + 8 * t for i in range(len(g))] for t, g in enumerate(groups)]
+        try:
+            got, enters = _gather_counting_enters(
+                h, lambda: [h.read_many_async(o, g) for o, g in zip(offsets, groups, strict=True)]
+            )
+            assert enters == 1, enters
+            assert got == [[BLOCK] * len(g) for g in groups[:4]] + [[512, 512]]
+            for o, g in zip(offsets, groups, strict=True):
+                assert [bytes(b) for b in g] == [want[off : off + len(b)] for off, b in zip(o, g, strict=True)]
+            for k, b in enumerate(whole[:9]):
+                b[0:BLOCK] = bytes([0x80 + k]) * BLOCK
+            targets = [[(49 - 3 * t - i) * BLOCK for i in range(len(g))] for t, g in enumerate(groups[:4])]
+            wrote, _ = _gather_counting_enters(
+                h, lambda: [h.write_many_async(o, g) for o, g in zip(targets, groups[:4], strict=True)]
+            )
+            assert wrote == [[BLOCK] * len(g) for g in groups[:4]]
+            assert not any((b.parent or b).in_flight() for b in whole)
+            on_disk = path.read_bytes()
+            flat = [off for o in targets for off in o]
+            assert [on_disk[off : off + BLOCK] for off in flat] == [bytes([0x80 + k]) * BLOCK for k in range(9)]
+            # The writes went out as WRITE_FIXED from each lease's own slot.
+            cols = _flushed_columns(h, whole[0])
+            assert cols.get("opcodes")[:9] == [int(Op.WRITE_FIXED)] * 9
+            assert cols.get("buf_index")[:9] == [b.index for g in groups[:4] for b in g]
+        finally:
+            h.release_buffers(whole)
+
+
+@pytest.mark.timeout(60)
+def test_one_flush_of_lists_of_registered_leases_and_of_plain_buffers_reads_each_into_its_own_memory(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Two kinds of lists in one flush (registered leases: READ_FIXED at their own
+    # addresses; plain buffers: READ at their pins'): each request keeps its kind.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        leases = _registered_leases(h, 4)
+        plain = [bytearray(BLOCK) for _ in range(4)]
+        try:
+            got, enters = _gather_counting_enters(
+                h,
+                lambda: [
+                    h.read_many_async([BLOCK, 2 * BLOCK], leases[:2]),
+                    h.read_many_async([3 * BLOCK, 4 * BLOCK], plain[:2]),
+                    h.read_many_async([5 * BLOCK, 6 * BLOCK], leases[2:]),
+                    h.read_many_async([7 * BLOCK, 8 * BLOCK], plain[2:]),
+                ],
+            )
+            assert enters == 1, enters
+            assert got == [[BLOCK, BLOCK]] * 4
+            blocks = [expect[k * BLOCK : (k + 1) * BLOCK] for k in range(9)]
+            assert [bytes(b) for b in leases] == [blocks[1], blocks[2], blocks[5], blocks[6]]
+            assert plain == [blocks[3], blocks[4], blocks[7], blocks[8]]
+        finally:
+            h.release_buffers(leases)
