@@ -11,16 +11,20 @@ read from an empty pipe (``rw_one`` redirected there, as in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
+from collections.abc import Callable, Iterator
+from types import CodeType, FrameType
 
 import pytest
 
 import uringstack
+import uringstack.stack.prepared
+from tests.signal_points import Interrupt, code_of, signal_at
 from uringstack.ring import Ring
 from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
@@ -227,3 +231,224 @@ def test_a_second_signal_while_fileio_readinto_looks_up_its_interrupted_op(
         s.close()
         os.close(r)
         os.close(w)
+
+
+# --- a signal at each point of the handle's tracking (tests/signal_points.py) ----------------
+# The handle counts a single waited op in its tracker while it runs and, when the call
+# raised with the op still in the kernel, keeps that op tracked before counting the call
+# out.  A raising signal at any point of that bookkeeping must leave close() neither
+# waiting for a call that returned (its whole timeout, then a false "ran past") nor
+# returning while the kernel still holds the read.
+
+TRACKING = code_of(
+    FileHandle._one_pinned,
+    *[f for f in (getattr(FileHandle, "_keep_outlived", None),) if f is not None],
+    files=("ring/inflight.py", "ring/interrupts.py"),
+)
+
+
+def _bound_per_call(ring: Ring) -> Callable[..., Callable[[int], int]]:
+    """A ``ring.bind_rw_one`` whose op calls ``ring.rw_one``, looked up per call (redirected to the pipe)."""
+    return lambda op, fd, ptr, n, flags, index, keep: lambda off: ring.rw_one(op, fd, ptr, n, off, flags, index, keep)
+
+
+def _drained(ring: Ring) -> None:
+    """Wait (bounded) until the ring reaped the read the late write completed."""
+    deadline = time.monotonic() + 5.0
+    while ring.inflight and time.monotonic() < deadline:
+        ring.reap()
+        time.sleep(0.001)
+    assert ring.inflight == 0
+
+
+def _sweep_points(once: Callable[[int], str | None]) -> None:
+    """``once(at)`` for at = 0, 1, ... until the run had fewer points; every failure reported."""
+    failed: list[str] = []
+    for at in range(200):
+        try:
+            where = once(at)
+        except AssertionError as e:  # (the signal was sent: the run had this point)
+            failed.append(str(e).splitlines()[0])
+            continue
+        if where is None:
+            assert at > 0, "no signal point was reached: the test tested nothing"
+            assert not failed, "\n".join(failed)
+            return
+    raise AssertionError("more than 200 signal points")
+
+
+_HANDLE_CODE = code_of(files=("ring/inflight.py", "ring/interrupts.py", "stack/handle.py", "stack/prepared.py"))
+
+
+def BOOKKEEPING(code: CodeType) -> bool:
+    """The handle's, prepared objects' and tracker's code but finalizers (a signal raising in
+    one is ignored: test_a_signal_anywhere_in_a_dropped_prepared_objects_handover)."""
+    return code.co_name != "__del__" and _HANDLE_CODE(code)
+
+
+# Each form: one public call on a 4 KiB file and what it returns, from the handle's
+# tracking paths: a single waited op, a prepared run of one buffer (one-frame path) and
+# of two (a start), a batch (the tracker's run), a file object's readinto (read_here),
+# and a bound durable write on each backend (the fallback's is counted while it runs).
+FORMS: dict[str, Callable[[FileHandle], object]] = {
+    "read_into": lambda h: h.read_into(bytearray(4096), 0),
+    "prepared": lambda h: h.prepare_reads([bytearray(4096)]).run([0]),
+    "prepared-2": lambda h: h.prepare_reads([bytearray(2048), bytearray(2048)]).run([0, 2048]),
+    "read_many": lambda h: h.read_many([0], [bytearray(4096)]),
+    "write_durable": lambda h: h.bind_write_durable()(b"y" * 4096, 0),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["uring", "fallback"])
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_signal_anywhere_in_a_calls_tracking_leaves_close_prompt(
+    tmp_path: os.PathLike[str], form: str, backend: str
+) -> None:
+    """One raising signal (Ctrl-C) at each point of the handle's and tracker's code in turn:
+    the call completes or raises, and the handle's close() then returns at once."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    s = open_stack(
+        overrides={"core.backend": backend, "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 0.5}
+    )
+    call = FORMS[form]
+    try:
+
+        def once(at: int) -> str | None:
+            h = s.open(path)
+            with signal_at(BOOKKEEPING, at) as sent, contextlib.suppress(Interrupt):
+                call(h)
+            try:
+                h.close()
+            except TimeoutError as e:
+                raise AssertionError(f"a signal {sent.where} left the call counted: {e}") from None
+            return sent.where
+
+        _sweep_points(once)
+    finally:
+        s.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("form", ["read_into", "prepared"])
+def test_a_second_signal_anywhere_in_the_tracking_of_an_interrupted_read(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """Ctrl-C twice: the first interrupts the wait of a read the kernel keeps (an empty pipe),
+    the second lands at each point of the handle's and tracker's bookkeeping after it in
+    turn.  Each time the handle's close waits for the read (written late) and then returns."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"\0" * 4096)
+    r, w = os.pipe()
+    rang: list[int] = []
+
+    def alarm(signum: int, frame: FrameType | None) -> None:
+        rang.append(1)
+        raise Alarm
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    chosen = TRACKING
+    if form == "prepared":
+        chosen = code_of(
+            uringstack.stack.prepared.PreparedIO.run,
+            *[f for f in (getattr(uringstack.stack.prepared.PreparedIO, "_keep_outlived", None),) if f is not None],
+            files=("ring/inflight.py", "ring/interrupts.py"),
+        )
+    s = open_stack(
+        overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 1.0}
+    )
+    try:
+        ring = s.workers[0].rings["storage"]
+        ring.wait_tick, ring.wait_timeout = 2.0, 3.0
+
+        def once(at: int) -> str | None:
+            h = s.open(path)
+            buf = bytearray(4096)
+            if form == "prepared":
+                monkeypatch.setattr(ring, "bind_rw_one", _bound_per_call(ring))
+                reads = h.prepare_reads([buf])
+                assert reads.run([0]) == [4096]  # binds the op: the next run takes the one-frame path
+            _to_pipe(ring, r, monkeypatch)
+            rang.clear()
+            with signal_at(chosen, at, armed=lambda: bool(rang)) as sent:
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
+                with pytest.raises((Alarm, Interrupt)):
+                    if form == "prepared":
+                        reads.run([0])
+                    else:
+                        h.read_into(buf, 0)
+            monkeypatch.undo()
+            assert rang == [1]
+            assert ring.inflight == 1  # the kernel holds the read
+            writer = threading.Timer(0.1, os.write, (w, b"late"))
+            writer.start()
+            try:
+                h.close()
+                read = bytes(buf[:4])  # what the read had delivered when close() returned
+            except TimeoutError as e:
+                read = str(e).encode()
+            writer.join()
+            _drained(ring)
+            assert read != b"\0" * 4, f"a signal {sent.where}: close() returned while the kernel held the read"
+            assert read == b"late", f"a signal {sent.where} left the call counted: {read.decode()}"
+            return sent.where
+
+        _sweep_points(once)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        s.close()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_anywhere_in_a_dropped_prepared_objects_handover(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepared object dropped without close() hands its batch still in flight to the
+    handle's tracker in its finalizer, where Python prints and ignores an exception: a
+    raising signal at each point of that handover still leaves the batch tracked."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    ignored: list[object] = []  # (the types only: the traceback would keep the object alive)
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: ignored.append(u.exc_type))
+    dropping = code_of(files=("stack/prepared.py", "ring/interrupts.py"))
+    with open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "core.close_timeout_s": 0.3}) as s:
+
+        def once(at: int) -> str | None:
+            h = s.open(path)
+            prepared = h.prepare_reads([bytearray(4096)])
+            in_flight = _Unfinished()
+            prepared._last = in_flight  # as if its batch were still in flight
+            with signal_at(lambda code: code.co_name in ("__del__", "_hand_over") and dropping(code), at) as sent:
+                del prepared  # (the last reference: finalized here)
+            if sent.where is not None and sent.where.startswith("PreparedIO.__del__ at its entry"):
+                # The limit docs/api.md states: nothing of the finalizer ran, and Python
+                # ignores the exception; the handle's close does not see the batch.
+                in_flight.finished = True
+                h.close()
+                return sent.where
+            with pytest.raises(TimeoutError) as got:
+                h.close()
+            assert "1 op(s)" in str(got.value), f"a signal {sent.where} lost the batch in flight: {got.value}"
+            in_flight.finished = True
+            h.io.close()  # (the handle's close left the descriptor open: release it now)
+            return sent.where
+
+        _sweep_points(once)
+    assert ignored, "no signal raised in the finalizer: the test tested nothing"
+
+
+class _Unfinished:
+    """A batch in flight until the test says otherwise."""
+
+    n = 1
+    finished = False
+
+    def done(self) -> bool:
+        return self.finished
