@@ -115,10 +115,12 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
 class ThreadPending:
     """A batch running on the pool: one future per op (or one for the whole op list)."""
 
-    def __init__(self, futures: list[concurrent.futures.Future[Any]], flatten: bool = False) -> None:
-        self._futures = futures
+    def __init__(
+        self, futures: list[concurrent.futures.Future[Any]], flatten: bool = False, n: int | None = None
+    ) -> None:
+        self._futures = futures  # (filled as the ops are queued when *n*, their number, is given)
         self._flatten = flatten
-        self.n = len(futures)
+        self.n = len(futures) if n is None else n
 
     def done(self) -> bool:
         return all(f.done() for f in self._futures)
@@ -179,7 +181,15 @@ class FallbackFileIO:
         if on_done is not None:
             fn = _reporting(fn, len(calls), flatten, on_done)
             calls = [(i, *a) for i, a in enumerate(calls)]
-        return ThreadPending([self._pool.submit(fn, self.fd, *a) for a in calls], flatten)
+        # Tracked before the first op is queued, its futures added as they are: a raising
+        # signal between two submissions (the tracker's start then gets no pending back)
+        # leaves the ops already queued waited for by close().
+        futures: list[concurrent.futures.Future[Any]] = []
+        pending = ThreadPending(futures, flatten, len(calls))
+        self._inflight.keep(pending)
+        for a in calls:
+            futures.append(self._pool.submit(fn, self.fd, *a))
+        return pending
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
         if self.direct:

@@ -277,7 +277,9 @@ def _sweep_points(once: Callable[[int], str | None]) -> None:
     raise AssertionError("more than 200 signal points")
 
 
-_HANDLE_CODE = code_of(files=("ring/inflight.py", "ring/interrupts.py", "stack/handle.py", "stack/prepared.py"))
+_HANDLE_CODE = code_of(
+    files=("ring/inflight.py", "ring/interrupts.py", "stack/handle.py", "stack/prepared.py", "fallback/backend.py")
+)
 
 
 def BOOKKEEPING(code: CodeType) -> bool:
@@ -452,3 +454,50 @@ class _Unfinished:
 
     def done(self) -> bool:
         return self.finished
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_anywhere_while_the_fallback_queues_a_batch_leaves_its_ops_waited_for(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback backend queues a batch's ops on its pool one by one: a raising signal at
+    each point of that (and of the trackers') in turn, and the handle's close() still
+    returns only after every op that was queued has run (the pool resolves the descriptor
+    number when it runs an op: one run after the close would read another file)."""
+    from uringstack.plugins.fallback import backend as fallback_backend
+
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 8192)
+    gate = threading.Event()
+    ended: list[float] = []
+    real = fallback_backend._preadv
+
+    def preadv(fd: int, buf: object, offset: int) -> int:
+        gate.wait(5.0)
+        try:
+            return real(fd, buf, offset)
+        finally:
+            ended.append(time.monotonic())
+
+    monkeypatch.setattr(fallback_backend, "_preadv", preadv)
+    queuing = code_of(files=("fallback/backend.py", "ring/inflight.py", "ring/interrupts.py"))
+    with open_stack(overrides={"core.backend": "fallback", "core.cores": [CPU], "core.close_timeout_s": 5.0}) as s:
+
+        def once(at: int) -> str | None:
+            h = s.open(path)
+            gate.clear()
+            ended.clear()
+            with signal_at(queuing, at) as sent, contextlib.suppress(Interrupt):
+                h.start_read_many([0, 4096], [bytearray(4096), bytearray(4096)])
+            opener = threading.Timer(0.1, gate.set)
+            opener.start()
+            h.close()
+            closed = time.monotonic()
+            opener.join()
+            time.sleep(0.05)  # (an op still queued after the close would run now)
+            late = [t for t in ended if t > closed]
+            assert not late, f"a signal {sent.where}: {len(late)} op(s) ran after close() returned"
+            return sent.where
+
+        _sweep_points(once)
