@@ -23,11 +23,11 @@ from types import CodeType, FrameType
 import pytest
 
 import uringstack
-import uringstack.stack.prepared
 from tests.signal_points import Interrupt, code_of, signal_at
 from uringstack.ring import Ring
-from uringstack.stack import open_stack
+from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
+from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import UringFileIO
 
 CPU = sorted(os.sched_getaffinity(0))[0]
@@ -240,12 +240,6 @@ def test_a_second_signal_while_fileio_readinto_looks_up_its_interrupted_op(
 # waiting for a call that returned (its whole timeout, then a false "ran past") nor
 # returning while the kernel still holds the read.
 
-TRACKING = code_of(
-    FileHandle._one_pinned,
-    *[f for f in (getattr(FileHandle, "_keep_outlived", None),) if f is not None],
-    files=("ring/inflight.py", "ring/interrupts.py"),
-)
-
 
 def _bound_per_call(ring: Ring) -> Callable[..., Callable[[int], int]]:
     """A ``ring.bind_rw_one`` whose op calls ``ring.rw_one``, looked up per call (redirected to the pipe)."""
@@ -282,7 +276,7 @@ _HANDLE_CODE = code_of(
 )
 
 
-def BOOKKEEPING(code: CodeType) -> bool:
+def _bookkeeping(code: CodeType) -> bool:
     """The handle's, prepared objects' and tracker's code but finalizers (a signal raising in
     one is ignored: test_a_signal_anywhere_in_a_dropped_prepared_objects_handover)."""
     return code.co_name != "__del__" and _HANDLE_CODE(code)
@@ -320,7 +314,7 @@ def test_a_signal_anywhere_in_a_calls_tracking_leaves_close_prompt(
 
         def once(at: int) -> str | None:
             h = s.open(path)
-            with signal_at(BOOKKEEPING, at) as sent, contextlib.suppress(Interrupt):
+            with signal_at(_bookkeeping, at) as sent, contextlib.suppress(Interrupt):
                 call(h)
             try:
                 h.close()
@@ -331,80 +325,6 @@ def test_a_signal_anywhere_in_a_calls_tracking_leaves_close_prompt(
         _sweep_points(once)
     finally:
         s.close()
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("form", ["read_into", "prepared"])
-def test_a_second_signal_anywhere_in_the_tracking_of_an_interrupted_read(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, form: str
-) -> None:
-    """Ctrl-C twice: the first interrupts the wait of a read the kernel keeps (an empty pipe),
-    the second lands at each point of the handle's and tracker's bookkeeping after it in
-    turn.  Each time the handle's close waits for the read (written late) and then returns."""
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"\0" * 4096)
-    r, w = os.pipe()
-    rang: list[int] = []
-
-    def alarm(signum: int, frame: FrameType | None) -> None:
-        rang.append(1)
-        raise Alarm
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    chosen = TRACKING
-    if form == "prepared":
-        chosen = code_of(
-            uringstack.stack.prepared.PreparedIO.run,
-            *[f for f in (getattr(uringstack.stack.prepared.PreparedIO, "_keep_outlived", None),) if f is not None],
-            files=("ring/inflight.py", "ring/interrupts.py"),
-        )
-    s = open_stack(
-        overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 1.0}
-    )
-    try:
-        ring = s.workers[0].rings["storage"]
-        ring.wait_tick, ring.wait_timeout = 2.0, 3.0
-
-        def once(at: int) -> str | None:
-            h = s.open(path)
-            buf = bytearray(4096)
-            if form == "prepared":
-                monkeypatch.setattr(ring, "bind_rw_one", _bound_per_call(ring))
-                reads = h.prepare_reads([buf])
-                assert reads.run([0]) == [4096]  # binds the op: the next run takes the one-frame path
-            _to_pipe(ring, r, monkeypatch)
-            rang.clear()
-            with signal_at(chosen, at, armed=lambda: bool(rang)) as sent:
-                signal.setitimer(signal.ITIMER_REAL, 0.05)
-                with pytest.raises((Alarm, Interrupt)):
-                    if form == "prepared":
-                        reads.run([0])
-                    else:
-                        h.read_into(buf, 0)
-            monkeypatch.undo()
-            assert rang == [1]
-            assert ring.inflight == 1  # the kernel holds the read
-            writer = threading.Timer(0.1, os.write, (w, b"late"))
-            writer.start()
-            try:
-                h.close()
-                read = bytes(buf[:4])  # what the read had delivered when close() returned
-            except TimeoutError as e:
-                read = str(e).encode()
-            writer.join()
-            _drained(ring)
-            assert read != b"\0" * 4, f"a signal {sent.where}: close() returned while the kernel held the read"
-            assert read == b"late", f"a signal {sent.where} left the call counted: {read.decode()}"
-            return sent.where
-
-        _sweep_points(once)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        s.close()
-        os.close(r)
-        os.close(w)
 
 
 @pytest.mark.timeout(60)
@@ -501,3 +421,86 @@ def test_a_signal_anywhere_while_the_fallback_queues_a_batch_leaves_its_ops_wait
             return sent.where
 
         _sweep_points(once)
+
+
+def _opened(
+    form: str, s: Stack, ring: Ring, path: str, buf: bytearray, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Callable[[], None], Callable[[], object]]:
+    """A handle (or file object) on *path* for *form*: its close, and the read into *buf* to interrupt."""
+    if form == "readinto":
+        raw = uringstack.open(path, "rb", buffering=0, stack=s)
+        assert isinstance(raw, uringstack.FileIO)
+        os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # no cached read answers first
+        return raw.close, lambda: raw.readinto(buf)
+    h = s.open(path)
+    if form == "read_into":
+        return h.close, lambda: h.read_into(buf, 0)
+    monkeypatch.setattr(ring, "bind_rw_one", _bound_per_call(ring))
+    reads = h.prepare_reads([buf])
+    assert reads.run([0]) == [4096]  # binds the op: the next run takes the one-frame path
+    return h.close, lambda: reads.run([0])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("form", ["read_into", "prepared", "readinto"])
+def test_a_second_signal_anywhere_in_the_tracking_of_an_interrupted_read(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """Ctrl-C twice: the first interrupts the wait of a read the kernel keeps (an empty pipe),
+    the second lands at each point of the handle's and tracker's bookkeeping after it in
+    turn.  Each time the close waits for the read (written late) and then returns: for
+    ``read_into``, a prepared run of one buffer and ``uringstack.FileIO.readinto``."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"\0" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+    r, w = os.pipe()
+    rang: list[int] = []
+
+    def alarm(signum: int, frame: FrameType | None) -> None:
+        rang.append(1)
+        raise Alarm
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    swept = {"read_into": FileHandle._one_pinned, "prepared": PreparedIO.run, "readinto": FileHandle._read_here}[form]
+    keep = [getattr(cls, "_keep_outlived", None) for cls in (FileHandle, PreparedIO)]  # (absent before the fix)
+    chosen = code_of(swept, *[f for f in keep if f is not None], files=("ring/inflight.py", "ring/interrupts.py"))
+    s = open_stack(
+        overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 1.0}
+    )
+    try:
+        ring = s.workers[0].rings["storage"]
+        ring.wait_tick, ring.wait_timeout = 2.0, 3.0
+
+        def once(at: int) -> str | None:
+            buf = bytearray(4096)
+            close, read = _opened(form, s, ring, path, buf, monkeypatch)
+            _to_pipe(ring, r, monkeypatch)
+            rang.clear()
+            with signal_at(chosen, at, armed=lambda: bool(rang)) as sent, pytest.raises((Alarm, Interrupt)):
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
+                read()
+            monkeypatch.undo()
+            assert rang == [1]
+            assert ring.inflight == 1  # the kernel holds the read
+            writer = threading.Timer(0.1, os.write, (w, b"late"))
+            writer.start()
+            try:
+                close()
+                got = bytes(buf[:4])  # what the read had delivered when close() returned
+            except TimeoutError as e:
+                got = str(e).encode()
+            writer.join()
+            _drained(ring)
+            assert got != b"\0" * 4, f"a signal {sent.where}: close() returned while the kernel held the read"
+            assert got == b"late", f"a signal {sent.where} left the call counted: {got.decode()}"
+            return sent.where
+
+        _sweep_points(once)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        s.close()
+        os.close(r)
+        os.close(w)
