@@ -32,6 +32,10 @@ _CALLS = frozenset({"CALL", "CALL_FUNCTION_EX"})
 _JUMPS_BACK = frozenset({"JUMP_BACKWARD"})
 
 
+class Alarm(Exception):
+    """What the ``counted_alarm`` fixture's SIGALRM handler raises: a first signal, interrupting a wait."""
+
+
 class Interrupt(Exception):
     """What the SIGUSR1 handler installed by :func:`signal_at` raises (a second Ctrl-C)."""
 
@@ -121,3 +125,21 @@ def code_of(*functions: Callable[..., Any], files: tuple[str, ...] = ()) -> Call
     """Accepts the code of *functions* and of every function in a file whose path ends with one of *files*."""
     codes = {getattr(f, "__func__", f).__code__ for f in functions}
     return lambda code: code in codes or (bool(files) and code.co_filename.endswith(files))
+
+
+def sweep(once: Callable[[int], str | None], most: int = 200) -> int:
+    """Run ``once(at)`` for at = 0, 1, ... until it returns None (``sent.where``: the run had
+    fewer points); how many points there were.  ``once`` raises AssertionError for a point
+    where the code under test failed: every point is tried, the failures reported together."""
+    failed: list[str] = []
+    for at in range(most):
+        try:
+            where = once(at)
+        except AssertionError as e:  # (the signal was sent: the run had this point)
+            failed.append(str(e).splitlines()[0])
+            continue
+        if where is None:
+            assert at > 0, "no signal point was reached: the test tested nothing"
+            assert not failed, "\n".join(failed)
+            return at
+    raise AssertionError(f"more than {most} signal points")

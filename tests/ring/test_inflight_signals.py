@@ -17,21 +17,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from types import FrameType
 
 import pytest
 
-from tests.signal_points import Interrupt, code_of, signal_at
+from tests.signal_points import Alarm, Interrupt, code_of, signal_at, sweep
 from uringstack.errors import RingClosedError
 from uringstack.ring.inflight import InflightTracker
 
 TRACKER = code_of(files=("ring/inflight.py", "ring/interrupts.py"))
-MAX_POINTS = 200  # far more than the bookkeeping has: a sweep that does not end is a bug
-
-
-class Alarm(Exception):
-    """What the test's SIGALRM handler raises: the first signal, interrupting an op's wait."""
 
 
 class FakePending:
@@ -51,40 +44,6 @@ class FakePending:
 
     async def wait_async(self) -> list[int]:
         raise AssertionError("not awaited here")
-
-
-@pytest.fixture
-def alarmed() -> Iterator[list[int]]:
-    """SIGALRM raises :class:`Alarm`; the list it returns counts the alarms."""
-    rang: list[int] = []
-
-    def raise_alarm(signum: int, frame: FrameType | None) -> None:
-        rang.append(1)
-        raise Alarm
-
-    old = signal.signal(signal.SIGALRM, raise_alarm)
-    try:
-        yield rang
-    finally:
-        signal.signal(signal.SIGALRM, old)
-
-
-def _sweep(once: Callable[[int], str | None]) -> int:
-    """Run ``once(at)`` for at = 0, 1, ... until it reports the run had fewer points; how many.
-
-    Every point is tried: the failures at all of them are reported together."""
-    failed: list[str] = []
-    for at in range(MAX_POINTS):
-        try:
-            where = once(at)
-        except AssertionError as e:  # (the signal was sent: the run had this point)
-            failed.append(str(e).splitlines()[0])
-            continue
-        if where is None:
-            assert at > 0, "no signal point was reached: the test tested nothing"
-            assert not failed, "\n".join(failed)
-            return at
-    raise AssertionError(f"more than {MAX_POINTS} signal points")
 
 
 def _closes_clean(t: InflightTracker, where: str | None) -> None:
@@ -116,7 +75,7 @@ def test_a_signal_anywhere_in_enter_and_left_leaves_nothing_counted() -> None:
         _closes_clean(t, sent.where)
         return sent.where
 
-    _sweep(once)
+    sweep(once)
 
 
 def test_a_signal_anywhere_in_a_refused_enter_leaves_nothing_counted() -> None:
@@ -136,7 +95,7 @@ def test_a_signal_anywhere_in_a_refused_enter_leaves_nothing_counted() -> None:
         assert not closing.is_alive(), f"a signal {sent.where} left a refused start counted"
         return sent.where
 
-    _sweep(once)
+    sweep(once)
 
 
 def test_a_signal_anywhere_in_run_leaves_nothing_counted() -> None:
@@ -147,26 +106,29 @@ def test_a_signal_anywhere_in_run_leaves_nothing_counted() -> None:
         _closes_clean(t, sent.where)
         return sent.where
 
-    _sweep(once)
+    sweep(once)
 
 
-def test_a_second_signal_anywhere_in_run_keeps_the_interrupted_op_tracked(alarmed: list[int]) -> None:
+def test_a_second_signal_anywhere_in_run_keeps_the_interrupted_op_tracked(counted_alarm: list[int]) -> None:
     """Ctrl-C twice: the first interrupts the wait (the op stays in flight), the second lands
     at each point of the bookkeeping after it; the first propagates, the op stays tracked."""
 
     def once(at: int) -> str | None:
         t = InflightTracker("f")
         pending = FakePending(hang=True)
-        alarmed.clear()
-        with signal_at(TRACKER, at, armed=lambda: bool(alarmed)) as sent, pytest.raises((Alarm, Interrupt)) as got:
+        counted_alarm.clear()
+        with (
+            signal_at(TRACKER, at, armed=lambda: bool(counted_alarm)) as sent,
+            pytest.raises((Alarm, Interrupt)) as got,
+        ):
             t.run(lambda: pending)
-        assert alarmed == [1]
+        assert counted_alarm == [1]
         # (Interrupt only from a point past the bookkeeping: the caller's own exception)
         assert got.type is Alarm or sent.where is not None
         _closes_waiting_for(t, pending, sent.where)
         return sent.where
 
-    _sweep(once)
+    sweep(once)
 
 
 def test_a_signal_anywhere_in_start_keeps_the_started_op_tracked() -> None:
@@ -189,7 +151,7 @@ def test_a_signal_anywhere_in_start_keeps_the_started_op_tracked() -> None:
             _closes_clean(t, sent.where)
         return sent.where
 
-    _sweep(once)
+    sweep(once)
 
 
 def test_a_signal_anywhere_in_run_returning_while_a_close_waits_lets_the_close_return() -> None:
@@ -215,4 +177,4 @@ def test_a_signal_anywhere_in_run_returning_while_a_close_waits_lets_the_close_r
         assert not closing.is_alive(), f"a signal {sent.where} kept the close waiting"
         return sent.where
 
-    _sweep(once)
+    sweep(once)

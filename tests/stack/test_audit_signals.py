@@ -23,7 +23,7 @@ from types import CodeType, FrameType
 import pytest
 
 import uringstack
-from tests.signal_points import Interrupt, code_of, signal_at
+from tests.signal_points import Alarm, Interrupt, code_of, signal_at, sweep
 from uringstack.ring import Ring
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -31,10 +31,6 @@ from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import UringFileIO
 
 CPU = sorted(os.sched_getaffinity(0))[0]
-
-
-class Alarm(Exception):
-    """What the test's SIGALRM handler raises."""
 
 
 def _raise_alarm(signum: int, frame: FrameType | None) -> None:
@@ -65,6 +61,16 @@ def alarmed(tmp_path: os.PathLike[str]) -> Iterator[tuple[FileHandle, Ring, int,
         s.close()
         os.close(r)
         os.close(w)
+
+
+def _synced_zeros(tmp_path: os.PathLike[str]) -> str:
+    """A 4 KiB file of zeros on disk (its pages can be dropped from the cache)."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"\0" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 def _to_pipe(ring: Ring, r: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,11 +200,7 @@ def test_a_second_signal_while_fileio_readinto_looks_up_its_interrupted_op(
     """The same for ``uringstack.FileIO.readinto`` at the file position (``read_here``): the read
     the ring waits for (the file's pages dropped from the cache, so no cached read answers
     first) outlives the call, and the file's close waits for it."""
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"\0" * 4096)
-        f.flush()
-        os.fsync(f.fileno())
+    path = _synced_zeros(tmp_path)
     r, w = os.pipe()
     old_alarm, old_usr1 = signal.signal(signal.SIGALRM, _raise_alarm), signal.getsignal(signal.SIGUSR1)
     s = open_stack(overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off"})
@@ -255,22 +257,6 @@ def _drained(ring: Ring) -> None:
     assert ring.inflight == 0
 
 
-def _sweep_points(once: Callable[[int], str | None]) -> None:
-    """``once(at)`` for at = 0, 1, ... until the run had fewer points; every failure reported."""
-    failed: list[str] = []
-    for at in range(200):
-        try:
-            where = once(at)
-        except AssertionError as e:  # (the signal was sent: the run had this point)
-            failed.append(str(e).splitlines()[0])
-            continue
-        if where is None:
-            assert at > 0, "no signal point was reached: the test tested nothing"
-            assert not failed, "\n".join(failed)
-            return
-    raise AssertionError("more than 200 signal points")
-
-
 _HANDLE_CODE = code_of(
     files=("ring/inflight.py", "ring/interrupts.py", "stack/handle.py", "stack/prepared.py", "fallback/backend.py")
 )
@@ -322,7 +308,7 @@ def test_a_signal_anywhere_in_a_calls_tracking_leaves_close_prompt(
                 raise AssertionError(f"a signal {sent.where} left the call counted: {e}") from None
             return sent.where
 
-        _sweep_points(once)
+        sweep(once)
     finally:
         s.close()
 
@@ -362,7 +348,7 @@ def test_a_signal_anywhere_in_a_dropped_prepared_objects_handover(
             h.io.close()  # (the handle's close left the descriptor open: release it now)
             return sent.where
 
-        _sweep_points(once)
+        sweep(once)
     assert ignored, "no signal raised in the finalizer: the test tested nothing"
 
 
@@ -420,7 +406,7 @@ def test_a_signal_anywhere_while_the_fallback_queues_a_batch_leaves_its_ops_wait
             assert not late, f"a signal {sent.where}: {len(late)} op(s) ran after close() returned"
             return sent.where
 
-        _sweep_points(once)
+        sweep(once)
 
 
 def _opened(
@@ -444,32 +430,25 @@ def _opened(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("form", ["read_into", "prepared", "readinto"])
 def test_a_second_signal_anywhere_in_the_tracking_of_an_interrupted_read(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, form: str
+    tmp_path: os.PathLike[str],
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+    pipe: tuple[int, int],
+    counted_alarm: list[int],
 ) -> None:
     """Ctrl-C twice: the first interrupts the wait of a read the kernel keeps (an empty pipe),
     the second lands at each point of the handle's and tracker's bookkeeping after it in
     turn.  Each time the close waits for the read (written late) and then returns: for
     ``read_into``, a prepared run of one buffer and ``uringstack.FileIO.readinto``."""
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"\0" * 4096)
-        f.flush()
-        os.fsync(f.fileno())
-    r, w = os.pipe()
-    rang: list[int] = []
-
-    def alarm(signum: int, frame: FrameType | None) -> None:
-        rang.append(1)
-        raise Alarm
-
-    old = signal.signal(signal.SIGALRM, alarm)
+    path = _synced_zeros(tmp_path)
+    r, w = pipe
+    rang = counted_alarm
     swept = {"read_into": FileHandle._one_pinned, "prepared": PreparedIO.run, "readinto": FileHandle._read_here}[form]
     keep = [getattr(cls, "_keep_outlived", None) for cls in (FileHandle, PreparedIO)]  # (absent before the fix)
     chosen = code_of(swept, *[f for f in keep if f is not None], files=("ring/inflight.py", "ring/interrupts.py"))
-    s = open_stack(
+    with open_stack(
         overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 1.0}
-    )
-    try:
+    ) as s:
         ring = s.workers[0].rings["storage"]
         ring.wait_tick, ring.wait_timeout = 2.0, 3.0
 
@@ -497,10 +476,4 @@ def test_a_second_signal_anywhere_in_the_tracking_of_an_interrupted_read(
             assert got == b"late", f"a signal {sent.where} left the call counted: {got.decode()}"
             return sent.where
 
-        _sweep_points(once)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        s.close()
-        os.close(r)
-        os.close(w)
+        sweep(once)
