@@ -12,9 +12,13 @@ points as the code runs and, at the *at*-th, sends this thread a real
 and the exception enters the traced frame there.  Tracing stops at once (a
 trace function that raises is removed), so one run gets one signal.
 
-A point after a ``CALL`` whose callee ran Python code is not counted (a
-Python function's return is not such a point: its own points are counted in
-it when it is in the chosen code).  Python 3.11's instruction names.
+A point after a ``CALL`` whose callee ran Python code is not counted: a call
+of a Python function is made without a C call in between, and its return is
+not such a point (its own points are counted in it when it is in the chosen
+code).  That also leaves out the point after a C callee that ran Python code
+(a class with ``__init__`` in Python, a ``functools.partial``), which the
+trace cannot tell apart; ``CALL_FUNCTION_EX`` (``f(*args, **kwargs)``) always
+goes through C and is always followed by a point.  Python 3.11's instructions.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from contextlib import contextmanager
 from types import CodeType, FrameType
 from typing import Any
 
-_CALLS = frozenset({"CALL", "CALL_FUNCTION_EX"})
+_CALLS = frozenset({"CALL"})
+_CALLS_THROUGH_C = frozenset({"CALL_FUNCTION_EX"})  # never inlined: a point even when Python ran
 _JUMPS_BACK = frozenset({"JUMP_BACKWARD"})
 
 
@@ -88,7 +93,7 @@ class SignalAt:
             self._last[frame] = frame.f_lasti
             if last is not None:
                 op = self._ops[frame.f_code].get(last)
-                if (op in _CALLS and not self._python_ran) or op in _JUMPS_BACK:
+                if (op in _CALLS and not self._python_ran) or op in _CALLS_THROUGH_C or op in _JUMPS_BACK:
                     self._point(frame, f"after {op} at {last}")
             self._python_ran = False
         elif event == "exception":

@@ -112,6 +112,11 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
     return run
 
 
+def _spread(fn: Callable[..., Any], fd: int, args: tuple[Any, ...]) -> Any:
+    """``fn(fd, *args)``, in a pool thread."""
+    return fn(fd, *args)
+
+
 class ThreadPending:
     """A batch running on the pool: one future per op (or one for the whole op list)."""
 
@@ -187,8 +192,11 @@ class FallbackFileIO:
         futures: list[concurrent.futures.Future[Any]] = []
         pending = ThreadPending(futures, flatten, len(calls))
         self._inflight.keep(pending)
+        submit, fd = self._pool.submit, self.fd
         for a in calls:
-            futures.append(self._pool.submit(fn, self.fd, *a))
+            # (not submit(fn, fd, *a): a call with *args returns through C, and a signal
+            # handler may raise there, before the future is appended)
+            futures.append(submit(_spread, fn, fd, a))
         return pending
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
