@@ -334,7 +334,7 @@ class FileHandle:
                     despite_signals(self._keep_outlived, pin)
                 inflight.left()
                 raise
-            inflight.left()  # (one C call, no signal before it: not in a finally)
+            inflight.left()  # (not in a finally: that would count out even when keeping the op escaped)
             if res == len(pin):
                 return res
         if res is None:
