@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
+
+from tests.signal_points import Alarm
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -93,3 +97,27 @@ def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True) -> A
         h.close()
         skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
     return h
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """An empty pipe (r, w): a read from it is held by the kernel until the test writes."""
+    r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
+@pytest.fixture
+def counted_alarm() -> Iterator[list[int]]:
+    """SIGALRM raises ``tests.signal_points.Alarm``, each time counted in the list yielded."""
+    rang: list[int] = []
+
+    def alarm(signum: int, frame: FrameType | None) -> None:
+        rang.append(1)
+        raise Alarm
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    yield rang
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)

@@ -685,8 +685,12 @@ class Ring:
                 )  # fmt: skip
                 return self._rw_one_unfinished(slot, ret, keep, result, again)
             except BaseException:
-                # a second raising signal (Ctrl-C twice) must not cut the op's ownership short
-                despite_signals(partial(self._rw_one_raised, slot, keep, result))
+                # a second raising signal (Ctrl-C twice) must not cut the op's ownership short:
+                # the first run inside try (a signal at its entry is caught), then retries
+                try:
+                    self._rw_one_raised(slot, keep, result)
+                except BaseException:
+                    despite_signals(self._rw_one_raised, slot, keep, result)
                 raise
 
     def bind_rw_one(
@@ -731,7 +735,10 @@ class Ring:
                     again = partial(call, bound, slot, offset, result, ring._tick_ms_now)
                     return ring._rw_one_unfinished(slot, ret, keep, result, again)
                 except BaseException:
-                    despite_signals(partial(ring._rw_one_raised, slot, keep, result))  # as in rw_one
+                    try:  # as in rw_one
+                        ring._rw_one_raised(slot, keep, result)
+                    except BaseException:
+                        despite_signals(ring._rw_one_raised, slot, keep, result)
                     raise
 
         return rw_one

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from uringstack.errors import RingClosedError
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.pending import Pending
 
 P = TypeVar("P", bound=Pending)
@@ -51,9 +52,7 @@ class InflightTracker:
     def __init__(self, what: str) -> None:
         self.what = what
         # A leaf lock: never held while calling into a ring, a pool or a pending.
-        # The fast paths take the bare lock; close() waits on a condition over it.
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         # Starts in progress = next(_entered) - next(_left), read under the lock (see
         # _starts).  A start bumps _entered and then reads _closed; close() sets _closed
         # and then reads the counts: whichever comes first, the start either is
@@ -61,6 +60,10 @@ class InflightTracker:
         # count is one atomic step under the GIL, so the fast paths take no lock.
         self._entered = itertools.count()
         self._left = itertools.count()
+        # Count one admitted start out, as one C call under the GIL: a raising signal
+        # handler runs only once the call returned (the count moved), never between
+        # the call and the count, which a Python method would allow (at its entry).
+        self.left: Callable[[], object] = self._left.__next__ if _ATOMIC_NEXT else self._left_locked
         self._closed = False
         self._pending: set[Pending] = set()
         # Long-lived starters (prepared batches) registered once instead of a set
@@ -83,40 +86,51 @@ class InflightTracker:
         return next(self._entered) - left  # both grew by one: the difference holds
 
     def enter(self) -> None:
-        """Admit one start (refused once closed); pair with :meth:`leave`.
+        """Admit one start (refused once closed); pair with :attr:`left`.
 
         For a registered owner's starts and a handle's single waited ops: no
-        lock on this path (see ``_entered``), two counter steps per op."""
+        lock on this path (see ``_entered``), two counter steps per op.  Raises
+        (refused, or a raising signal handler) only with nothing left counted:
+        the caller's ``try`` begins after this returns, so an exception that
+        escaped with the start counted would keep it counted forever (close()
+        would wait for it until its timeout)."""
         if _ATOMIC_NEXT:
-            next(self._entered)
-        else:
-            with self._lock:
-                next(self._entered)
-        if self._closed:
-            self._left_one()
-            raise RingClosedError(f"{self.what} is closed")
-
-    def _left_one(self) -> None:
-        """Count one admitted start as returned; wake a close() waiting for it."""
-        if _ATOMIC_NEXT:
-            next(self._left)
-        else:
-            with self._lock:
-                next(self._left)
-        if self._closed:  # read after the count moved: a close that began before it is woken
-            with self._cond:
-                self._cond.notify_all()
-
-    def _leave(self, pending: Pending | None) -> None:
-        if pending is None:
-            self._left_one()
+            try:
+                next(self._entered)  # a signal handler can raise only after this call: counted
+                if self._closed:
+                    raise RingClosedError(f"{self.what} is closed")
+            except BaseException:
+                next(self._left)  # (one C call: no signal before it)
+                raise
             return
-        with self._lock:  # tracked before the start is counted out: close() then sees it
+        with self._lock:
+            try:
+                next(self._entered)
+                if self._closed:
+                    raise RingClosedError(f"{self.what} is closed")
+            except BaseException:
+                next(self._left)
+                raise
+
+    def _left_locked(self) -> None:
+        """:attr:`left` without a GIL (``next()`` on a count is then not atomic)."""
+        with self._lock:
+            next(self._left)
+
+    def keep(self, pending: Pending) -> None:
+        """Track *pending*, an op that may still be in flight although the call that started
+        it raised (its wait was interrupted or timed out), until it completes.
+
+        Safe to repeat (a set entry), so a caller runs it again when a further
+        raising signal cuts it short (:func:`~uringstack.ring.interrupts.despite_signals`),
+        and only then counts its start out with :attr:`left`."""
+        self._add(pending)
+
+    def _add(self, pending: Pending) -> bool:
+        """:meth:`keep`; whether the set grew enough to prune it."""
+        with self._lock:
             self._pending.add(pending)
-            prune = len(self._pending) >= self._prune_at
-        self._left_one()
-        if prune:
-            self._prune()
+            return len(self._pending) >= self._prune_at
 
     def track(self, pending: Pending) -> None:
         """Track *pending*, whose I/O is about to start, unless closed (then ``RingClosedError``).
@@ -134,13 +148,23 @@ class InflightTracker:
 
     def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
         """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
-        self.enter()
         pending: P | None = None
+        self.enter()
         try:
             pending = fn(*args, **kwargs)
-            return pending
-        finally:
-            self._leave(pending)
+            prune = self._add(pending)
+        except BaseException:
+            if pending is not None:  # tracked before the start is counted out: close() then sees it
+                try:
+                    self.keep(pending)
+                except BaseException:  # a second raising signal: the first one propagates
+                    despite_signals(self.keep, pending)
+            self.left()
+            raise
+        self.left()
+        if prune:
+            self._prune()
+        return pending
 
     def register(self, owner: Completable) -> None:
         """Track *owner* until :meth:`unregister`: :meth:`close` waits until ``owner.done()``.
@@ -156,9 +180,9 @@ class InflightTracker:
     def unregister(self, owner: Completable, last: Pending | None = None) -> None:
         """Stop tracking *owner*; *last*, its pending if it may still be in flight, is tracked instead."""
         with self._lock:
-            self._owners.discard(owner)
-            if last is not None:
+            if last is not None:  # first: a raising signal between the two steps leaves both tracked
                 self._pending.add(last)
+            self._owners.discard(owner)
 
     def dropped(self, last: Pending) -> None:
         """A registered owner was collected without :meth:`unregister`: track its *last* pending.
@@ -167,38 +191,36 @@ class InflightTracker:
         self._dropped.append(last)
 
     def leave(self, outlived: Pending | None = None) -> None:
-        """The start admitted by :meth:`enter` returned (its I/O, if any, is the owner's).
+        """:meth:`keep` *outlived* (if given), then :attr:`left`: the start admitted by :meth:`enter` returned.
 
-        *outlived*: the pending of a waited op that is still in flight although
-        its call returned (its wait raised: a hung device, a signal); it is
-        tracked from now on, so :meth:`close` waits for it."""
+        Kept for plugins.  A caller in ``core/`` calls :attr:`left` itself: a
+        raising signal handler can run at the entry of this method, which in a
+        ``finally`` would leave the start counted; and an *outlived* op must be
+        kept (retried through signals) before the start is counted out."""
         if outlived is not None:
-            self._leave(outlived)
-            return
-        if _ATOMIC_NEXT:  # _left_one, inline (the single-op path)
-            next(self._left)
-        else:
-            with self._lock:
-                next(self._left)
-        if self._closed:
-            with self._cond:
-                self._cond.notify_all()
+            self.keep(outlived)
+        self.left()
 
     def run(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
         """Start I/O with ``fn(*args, **kwargs)`` and wait for it; close() waits for this call to return.
 
         The synchronous path: counted while it runs instead of entering the set,
         unless the wait is interrupted (a signal), which leaves the op tracked."""
-        self.enter()
         pending: Pending | None = None
-        waited = False
+        self.enter()
         try:
             pending = fn(*args, **kwargs)
             results = pending.wait()
-            waited = True
-            return results
-        finally:
-            self._leave(None if waited else pending)
+        except BaseException:
+            if pending is not None:  # as in start(): its wait raised, the op may be in flight
+                try:
+                    self.keep(pending)
+                except BaseException:
+                    despite_signals(self.keep, pending)
+            self.left()
+            raise
+        self.left()
+        return results
 
     def forget(self, pending: Pending) -> None:
         """Stop tracking *pending* if it completed (an ``await`` on it just returned or was cancelled)."""
@@ -229,13 +251,21 @@ class InflightTracker:
         if timeout is None:
             timeout = CLOSE_TIMEOUT_S
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             self._closed = True
-            while self._starts():
-                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError(f"{self.what}: an I/O call in another thread ran past {timeout:g} s")
-            self._take_dropped()
-            pending: list[Completable] = [*self._pending, *self._owners]
+        # Polled, as wait_all polls: a start counted out by left() wakes nobody, so a
+        # raising signal between a count and a wake-up can never make this wait past it.
+        delay = 0.0001
+        while True:
+            with self._lock:
+                if not self._starts():
+                    self._take_dropped()
+                    pending: list[Completable] = [*self._pending, *self._owners]
+                    break
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.what}: an I/O call in another thread ran past {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
         stuck = wait_all(pending, deadline)
         with self._lock:
             finished = {id(p) for p in pending} - {id(p) for p in stuck}

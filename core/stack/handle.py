@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import operator
 import os
 import weakref
@@ -338,16 +337,19 @@ class FileHandle:
                 self._check()
             inflight = self._inflight
             inflight.enter()
-            outlived = None
             try:
                 res = one(write, pin, buf, offset)
             except BaseException:
-                # a second raising signal (Ctrl-C twice) must not cut the op's tracking short
-                if self._outlived is not None:
-                    outlived = despite_signals(functools.partial(self._outlived, pin))
+                # The op the kernel may still hold is tracked before the start is counted
+                # out, and a second raising signal (Ctrl-C twice) must not cut that short:
+                # the first run inside try (a signal at its entry is caught), then retries.
+                try:
+                    self._keep_outlived(pin)
+                except BaseException:
+                    despite_signals(self._keep_outlived, pin)
+                inflight.left()
                 raise
-            finally:
-                inflight.leave(outlived)
+            inflight.left()  # (not in a finally: that would count out even when keeping the op escaped)
             if res == len(pin):
                 return res
         if res is None:
@@ -355,6 +357,14 @@ class FileHandle:
         if write:
             return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
         return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
+
+    def _keep_outlived(self, pin: Any) -> None:
+        """A single op on *pin* raised: if the kernel still holds it (``outlived_op``), the
+        tracker keeps it until it completes.  Safe to repeat (despite_signals)."""
+        if self._outlived is not None:
+            pending = self._outlived(pin)
+            if pending is not None:
+                self._inflight.keep(pending)
 
     def _read_here(self, buf: Any, want: int, pin: Any = None) -> int | None:
         """One waited read of *want* bytes (*buf*'s length, > 0) into *buf* at the
@@ -375,7 +385,6 @@ class FileHandle:
             self._check()
         inflight = self._inflight
         inflight.enter()
-        outlived = None
         try:
             cached = self._cached
             res = cached(buf, want) if cached is not None else None
@@ -384,11 +393,14 @@ class FileHandle:
                     pin = ffi.from_buffer(_PIN_TYPE, buf, True)
                 res = here(pin, buf, res or 0)
         except BaseException:
-            if self._outlived is not None and pin is not None:  # as in _one_pinned
-                outlived = despite_signals(functools.partial(self._outlived, pin))
+            if pin is not None:  # as in _one_pinned
+                try:
+                    self._keep_outlived(pin)
+                except BaseException:
+                    despite_signals(self._keep_outlived, pin)
+            inflight.left()
             raise
-        finally:
-            inflight.leave(outlived)
+        inflight.left()
         if res is not None and res < 0:
             raise UringIOError(-res, "read", self.path, "at the file position")
         return res
@@ -508,7 +520,7 @@ class FileHandle:
                 try:
                     return one(buf, offset)
                 finally:
-                    inflight.leave()
+                    inflight.left()  # one C call: no raising signal before the count moves
 
         else:
             start = self._io.start_write_durable

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from uringstack.errors import BatchInFlightError
 from uringstack.ring import forking
 from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import FileIO, PreparedRW, prepare_rw
 from uringstack.ring.pending import Pending
 
@@ -96,7 +97,7 @@ class PreparedIO:
     def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
         self._check()
         tracker = self._tracker
-        tracker.enter()  # refused once the handle's close began; close waits for leave()
+        tracker.enter()  # refused once the handle's close began; close waits for left()
         try:
             last = self._last
             if last is not None and not last.done():
@@ -107,7 +108,7 @@ class PreparedIO:
             self._last = pending = self._prep.start(offsets, wait=wait)
             return pending
         finally:
-            tracker.leave()
+            tracker.left()  # one C call: no raising signal before the count moves
 
     def start(self, offsets: Sequence[int]) -> Pending:
         """Start one batch at *offsets* without waiting (results unchecked: bytes or ``-errno``)."""
@@ -128,17 +129,20 @@ class PreparedIO:
             if self._fork_gen != forking._generation:
                 self._handle._check()
             tracker = self._tracker
-            tracker.enter()  # refused once the handle's close began; close waits for leave()
+            tracker.enter()  # refused once the handle's close began; close waits for left()
             try:
                 res = one(offsets[0])
             except BaseException:
                 # an op that outlived the call (a hung device): in flight, so done() is false
-                # until it completes and the handle's close waits for it
-                outlived = getattr(self._prep, "outlived", None)
-                self._last = None if outlived is None else outlived()
+                # until it completes and the handle's close waits for it; set before the start
+                # is counted out, through a second raising signal (as the handle's _one_pinned)
+                try:
+                    self._keep_outlived()
+                except BaseException:
+                    despite_signals(self._keep_outlived)
+                tracker.left()
                 raise
-            finally:
-                tracker.leave()
+            tracker.left()
             if res == self._full[0]:
                 return [res]
             if res is not None:
@@ -147,6 +151,12 @@ class PreparedIO:
         if results == self._full:
             return results
         return self._finish(offsets, results, exact)
+
+    def _keep_outlived(self) -> None:
+        """The single-op path raised: the op it left in flight, if any, is the last batch
+        (``done()`` false until it completes).  Safe to repeat (despite_signals)."""
+        outlived = getattr(self._prep, "outlived", None)
+        self._last = None if outlived is None else outlived()
 
     def _finish(self, offsets: Sequence[int], results: list[int], exact: bool) -> list[int]:
         h = self._handle
@@ -171,7 +181,16 @@ class PreparedIO:
     def __del__(self) -> None:
         # Dropped without close(): the tracker holds this object weakly, so a batch
         # still in flight must be handed to it, or the handle's close would not wait.
-        # No lock and no reaping here: a collection may run inside either.
+        # A raising signal here would be printed and ignored, the handover lost: it is
+        # run again (as the handle's _one_pinned does).
+        try:
+            self._hand_over()
+        except BaseException:
+            despite_signals(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """:meth:`__del__`'s handover of the last batch.  No lock and no reaping: a
+        collection may run inside either.  Safe to repeat (a tracked pending twice is one)."""
         last = getattr(self, "_last", None)
         if last is not None:
             self._tracker.dropped(last)

@@ -611,7 +611,12 @@ class UringPrepared:
             # The op outlived the call (a hung device, a lost completion): it is in flight
             # in a Batch holding the pins.  Track it as a started batch would be (no
             # restart on these buffers; the caller lets the handle's close wait for it).
-            despite_signals(self._track_outlived)  # a second raising signal must not cut it short
+            # a second raising signal must not cut it short: the first run inside try (a signal
+            # at its entry is caught), then retries
+            try:
+                self._track_outlived()
+            except BaseException:
+                despite_signals(self._track_outlived)
             raise
         finally:
             busy.release()

@@ -112,13 +112,20 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
     return run
 
 
+def _spread(fn: Callable[..., Any], fd: int, args: tuple[Any, ...]) -> Any:
+    """``fn(fd, *args)``, in a pool thread."""
+    return fn(fd, *args)
+
+
 class ThreadPending:
     """A batch running on the pool: one future per op (or one for the whole op list)."""
 
-    def __init__(self, futures: list[concurrent.futures.Future[Any]], flatten: bool = False) -> None:
-        self._futures = futures
+    def __init__(
+        self, futures: list[concurrent.futures.Future[Any]], flatten: bool = False, n: int | None = None
+    ) -> None:
+        self._futures = futures  # (filled as the ops are queued when *n*, their number, is given)
         self._flatten = flatten
-        self.n = len(futures)
+        self.n = len(futures) if n is None else n
 
     def done(self) -> bool:
         return all(f.done() for f in self._futures)
@@ -179,7 +186,18 @@ class FallbackFileIO:
         if on_done is not None:
             fn = _reporting(fn, len(calls), flatten, on_done)
             calls = [(i, *a) for i, a in enumerate(calls)]
-        return ThreadPending([self._pool.submit(fn, self.fd, *a) for a in calls], flatten)
+        # Tracked before the first op is queued, its futures added as they are: a raising
+        # signal between two submissions (the tracker's start then gets no pending back)
+        # leaves the ops already queued waited for by close().
+        futures: list[concurrent.futures.Future[Any]] = []
+        pending = ThreadPending(futures, flatten, len(calls))
+        self._inflight.keep(pending)
+        submit, fd = self._pool.submit, self.fd
+        for a in calls:
+            # (not submit(fn, fd, *a): a call with *args returns through C, and a signal
+            # handler may raise there, before the future is appended)
+            futures.append(submit(_spread, fn, fd, a))
+        return pending
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
         if self.direct:

@@ -3,20 +3,11 @@ read from an empty pipe through the ring, which the kernel holds until a writer 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from uringstack.ring import Ring
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    os.close(r)
-    os.close(w)
 
 
 @pytest.fixture

@@ -1,0 +1,185 @@
+"""A raising signal at any point of the in-flight tracker's bookkeeping leaves its counts right.
+
+``InflightTracker`` counts each start in (``enter``) and out (``left``) so that
+``close()`` waits for calls still running, and keeps the pending of an op
+that outlived its call (``keep``) so that ``close()`` waits for that op.  A
+signal handler that raises (Ctrl-C, twice) can cut that bookkeeping at any
+point CPython runs handlers at (tests/signal_points.py); each test here sends
+a real signal at each such point of ``core/ring/inflight.py`` and
+``core/ring/interrupts.py`` in turn and checks what a close sees afterwards:
+a start left counted in would make it wait its whole timeout and report a
+lost completion that was not lost ("ran past"); an op in flight left
+untracked would let it release the descriptor under the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+import pytest
+
+from tests.signal_points import Alarm, Interrupt, code_of, signal_at, sweep
+from uringstack.errors import RingClosedError
+from uringstack.ring.inflight import InflightTracker
+
+TRACKER = code_of(files=("ring/inflight.py", "ring/interrupts.py"))
+
+
+class FakePending:
+    """A started op the test completes; ``wait()`` is interrupted by a real SIGALRM when *hang*."""
+
+    def __init__(self, hang: bool) -> None:
+        self.n = 1
+        self.finished = not hang
+
+    def done(self) -> bool:
+        return self.finished
+
+    def wait(self) -> list[int]:
+        if not self.finished:
+            signal.pthread_kill(threading.get_ident(), signal.SIGALRM)  # its handler raises here
+        return [1]
+
+    async def wait_async(self) -> list[int]:
+        raise AssertionError("not awaited here")
+
+
+def _closes_clean(t: InflightTracker, where: str | None) -> None:
+    try:
+        t.close(timeout=0.3)
+    except TimeoutError as e:
+        raise AssertionError(f"a signal {where} left a start counted: {e}") from None
+
+
+def _closes_waiting_for(t: InflightTracker, pending: FakePending, where: str | None) -> None:
+    """close() waits for *pending* (tracked, nothing else counted), then returns once it completes."""
+    with pytest.raises(TimeoutError) as got:
+        t.close(timeout=0.3)
+    assert "1 op(s) in 1 batch(es)" in str(got.value), f"a signal {where}: {got.value}"
+    pending.finished = True
+    t.close(timeout=0.3)
+
+
+def test_a_signal_anywhere_in_enter_and_left_leaves_nothing_counted() -> None:
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        with signal_at(TRACKER, at) as sent:
+            try:
+                t.enter()
+            except Interrupt:
+                pass  # refused: nothing to count out
+            else:
+                t.left()
+        _closes_clean(t, sent.where)
+        return sent.where
+
+    sweep(once)
+
+
+def test_a_signal_anywhere_in_a_refused_enter_leaves_nothing_counted() -> None:
+    """A close waiting for another start must not be held up by a refused one that a signal cut short."""
+
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        t.enter()  # another thread's start, still running while the close waits
+        closing = threading.Thread(target=t.close, kwargs={"timeout": 5.0})
+        closing.start()
+        while not t.closed:
+            pass
+        with signal_at(TRACKER, at) as sent, pytest.raises((Interrupt, RingClosedError)):
+            t.enter()
+        t.left()  # the other start returns: the close may go on
+        closing.join(1.0)
+        assert not closing.is_alive(), f"a signal {sent.where} left a refused start counted"
+        return sent.where
+
+    sweep(once)
+
+
+def test_a_signal_anywhere_in_run_leaves_nothing_counted() -> None:
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        with signal_at(TRACKER, at) as sent, contextlib.suppress(Interrupt):
+            assert t.run(lambda: FakePending(hang=False)) == [1]
+        _closes_clean(t, sent.where)
+        return sent.where
+
+    sweep(once)
+
+
+def test_a_second_signal_anywhere_in_run_keeps_the_interrupted_op_tracked(counted_alarm: list[int]) -> None:
+    """Ctrl-C twice: the first interrupts the wait (the op stays in flight), the second lands
+    at each point of the bookkeeping after it; the first propagates, the op stays tracked."""
+
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        pending = FakePending(hang=True)
+        counted_alarm.clear()
+        with (
+            signal_at(TRACKER, at, armed=lambda: bool(counted_alarm)) as sent,
+            pytest.raises((Alarm, Interrupt)) as got,
+        ):
+            t.run(lambda: pending)
+        assert counted_alarm == [1]
+        # (Interrupt only from a point past the bookkeeping: the caller's own exception)
+        assert got.type is Alarm or sent.where is not None
+        _closes_waiting_for(t, pending, sent.where)
+        return sent.where
+
+    sweep(once)
+
+
+def test_a_signal_anywhere_in_start_keeps_the_started_op_tracked() -> None:
+    """A signal before the op started leaves nothing; after it, close() waits for the op,
+    whether start() returned it or raised."""
+
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        started: list[FakePending] = []
+
+        def fn() -> FakePending:
+            started.append(FakePending(hang=True))
+            return started[0]
+
+        with signal_at(TRACKER, at) as sent, contextlib.suppress(Interrupt):
+            t.start(fn)
+        if started and sent.where is not None and sent.where.startswith("InflightTracker.start after CALL_FUNCTION_EX"):
+            # Open (docs/api.md, "Ctrl-C during I/O"): right after fn(*args, **kwargs) returned
+            # and before its pending is stored, the op started and nothing tracks it.
+            started[0].finished = True
+            _closes_clean(t, sent.where)
+        elif started:
+            _closes_waiting_for(t, started[0], sent.where)
+        else:
+            _closes_clean(t, sent.where)
+        return sent.where
+
+    sweep(once)
+
+
+def test_a_signal_anywhere_in_run_returning_while_a_close_waits_lets_the_close_return() -> None:
+    """A close that began while the call ran returns once it leaves, wherever a signal cut
+    the leaving short (a count that moved without the close being told must not hold it up)."""
+
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        closing = threading.Thread(target=t.close, kwargs={"timeout": 5.0})
+
+        def fn() -> FakePending:
+            closing.start()  # the close begins while this call runs: it waits for it
+            while not t.closed:
+                pass
+            return FakePending(hang=False)
+
+        with signal_at(TRACKER, at) as sent, contextlib.suppress(Interrupt):
+            t.run(fn)
+        if closing.ident is None:  # the signal came before the call: nothing began
+            _closes_clean(t, sent.where)
+            return sent.where
+        closing.join(1.0)
+        assert not closing.is_alive(), f"a signal {sent.where} kept the close waiting"
+        return sent.where
+
+    sweep(once)
