@@ -12,13 +12,14 @@ caller release the descriptor.
 from __future__ import annotations
 
 import itertools
+import operator
 import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from uringstack.errors import RingClosedError
 from uringstack.ring.interrupts import despite_signals
@@ -73,9 +74,17 @@ class InflightTracker:
         self._dropped: deque[Pending] = deque()  # appended by finalizers: no lock
         self._prune_at = _PRUNE_MIN
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool:
+            """True once :meth:`close` began: new starts are refused from then on."""
+            ...
+
+    else:
+        # A getter in C, no Python frame: the fallback's bound durable write (every log
+        # flush) reads it per call.  Read-only.
+        closed = property(operator.attrgetter("_closed"), doc="True once close() began: new starts are refused.")
 
     def _starts(self) -> int:
         """Starts admitted that have not left (caller holds the lock).

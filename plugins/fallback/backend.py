@@ -260,7 +260,7 @@ class FallbackFileIO:
         def write(buffer: Any, offset: int) -> list[int]:
             if gen != forking._generation:
                 forking.check(gen, f"the fallback backend of {path}")
-            if inflight._closed:
+            if inflight.closed:
                 raise RingClosedError(f"{path} is closed")
             buf = buffer if type(buffer) is memoryview else _as_buffer(buffer)
             if direct:
