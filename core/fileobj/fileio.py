@@ -357,6 +357,12 @@ class FileIO(io.RawIOBase):
             self._release()
         return len(data)
 
+    def _holds(self) -> bool:
+        """Whether :meth:`_hold` kept bytes not written yet (the callers that move or expose
+        the position write them first)."""
+        held = self._held
+        return held is not None and held.nbytes > 0
+
     def _release(self) -> None:
         """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
 
@@ -467,9 +473,7 @@ class FileIO(io.RawIOBase):
         Callers fsync it (``os.fsync(f.fileno())``) or read it through another
         descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
-        if ((held := self._held) is not None and held.nbytes) or (
-            self._writebehind is not None and len(self._writebehind)
-        ):
+        if self._holds() or (self._writebehind is not None and len(self._writebehind)):
             with self._lock:
                 self._drain()
         return self._fd
@@ -753,8 +757,7 @@ class FileIO(io.RawIOBase):
             handle = self._live_handle()
             if self._readahead is not None:
                 self._readahead.invalidate()
-            if (held := self._held) is not None and held.nbytes:
-                self._release()  # what _hold kept goes first
+            self._release()  # what _hold kept goes first (nothing when nothing is held)
             pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
             n = len(m)
             if not n:
@@ -795,8 +798,7 @@ class FileIO(io.RawIOBase):
         handle.write_from(buf, pos)
 
     def _drain(self) -> None:
-        if (held := self._held) is not None and held.nbytes:
-            self._release()
+        self._release()
         if self._writebehind is not None and len(self._writebehind):
             try:
                 self._writebehind.drain()
@@ -814,14 +816,14 @@ class FileIO(io.RawIOBase):
         if isinstance(pos, float):
             raise TypeError("an integer is required")
         self._checkClosed()
-        if (held := self._held) is not None and held.nbytes:
+        if self._holds():
             with self._lock:
                 self._release()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self) -> int:
         self._checkClosed()
-        if (held := self._held) is not None and held.nbytes:
+        if self._holds():
             with self._lock:
                 self._release()
         return os.lseek(self._fd, 0, os.SEEK_CUR)
