@@ -81,15 +81,27 @@ def test_group_commit_groups(wal_dir: pathlib.Path, backend_name: str) -> None:
             assert [records[lsn] for lsn in r] == [f"{i}:{k}".encode() for k in range(per_thread)]
 
 
-def test_max_delay_batches_a_single_slow_stream(wal_dir: pathlib.Path) -> None:
-    cfg = WalConfig(max_delay_us=20_000, backend="fallback")
-    with Wal.open(wal_dir, cfg) as wal:
+def _flushes_for_a_paced_stream(wal_dir: pathlib.Path, max_delay_us: int) -> int:
+    """20 ``append_async`` calls 5 ms apart (none awaited until the end): how many flushes."""
+    with Wal.open(wal_dir, WalConfig(max_delay_us=max_delay_us, backend="fallback")) as wal:
 
         async def main() -> list[int]:
-            return await asyncio.gather(*(wal.append_async(b"x") for _ in range(50)))
+            futs = []
+            for _ in range(20):
+                futs.append(wal.append_async(b"x"))
+                await asyncio.sleep(0.005)
+            return list(await asyncio.gather(*futs))
 
-        assert asyncio.run(main()) == list(range(1, 51))
-        assert wal.counters()["flushes"] <= 3
+        assert asyncio.run(main()) == list(range(1, 21))
+        return int(wal.counters()["flushes"])
+
+
+def test_max_delay_batches_a_single_slow_stream(tmp_path: pathlib.Path) -> None:
+    """``max_delay_us`` holds a flush open that long for more records: a stream of
+    appends 5 ms apart becomes one or two flushes with 500 ms, and (the control)
+    about one flush per append without a delay."""
+    assert _flushes_for_a_paced_stream(tmp_path / "delayed", 500_000) <= 2
+    assert _flushes_for_a_paced_stream(tmp_path / "undelayed", 0) >= 8
 
 
 def test_asyncio_gather(wal_dir: pathlib.Path, backend_name: str, small_config: WalConfig) -> None:

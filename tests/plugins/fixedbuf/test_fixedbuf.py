@@ -197,3 +197,27 @@ def test_memlock_on_mode_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     assert out.returncode != 0
     assert "fixedbuf is configured 'on' but cannot be used" in out.stderr
     assert "RLIMIT_MEMLOCK" in out.stderr
+
+
+def test_min_count_decides_between_a_shrunk_pool_and_files_only(tmp_path: pathlib.Path) -> None:
+    """``min_count``: in auto, a pool the memlock limit shrinks is still registered
+    when at least ``min_count`` buffers fit, and not at all below that.
+
+    1 MiB of RLIMIT_MEMLOCK, one ring, 64 x 64 KiB wanted: three quarters of the
+    limit fit 12 buffers."""
+    reports = {}
+    for min_count in (12, 13):
+        child = CHILD.replace("(64 * 1024, 64 * 1024)", "(1 << 20, 1 << 20)").replace(
+            'overrides={"core.cores": [0]}',
+            'overrides={"core.cores": [0], "fixedbuf.buffer_size": 65536, "fixedbuf.count": 64, '
+            f'"fixedbuf.min_count": {min_count}}}',
+        )
+        out = _without_ipc_lock(child, tmp_path)
+        assert out.returncode == 0, out.stderr
+        reports[min_count] = json.loads(out.stdout.strip().splitlines()[-1])
+        assert reports[min_count]["data"] == "still works"
+    shrunk, files_only = reports[12], reports[13]
+    assert shrunk["enabled"] and shrunk["pool"] and shrunk["registered"] == 12, shrunk
+    assert "shrunk to 12 buffers" in shrunk["reason"]
+    assert files_only["pool"] is False and files_only["registered"] == 0, files_only
+    assert "registered files only" in files_only["reason"]

@@ -119,3 +119,45 @@ def test_auto_with_min_spare_cpus_0_shares_the_workers_cpus() -> None:
         ring = stack.workers[0].rings["storage"]
         assert ring.flags & SetupFlag.SQPOLL
         assert ring.params.sq_thread_cpu == stack.workers[0].cpu
+
+
+def _waited_batches(path: pathlib.Path, overrides: dict[str, object], pause_s: float = 0.0) -> dict[str, int]:
+    """Ring counters over 20 waited ``read_many`` batches (after a warm-up batch)."""
+    with open_stack(overrides={"core.cores": [0], "sqpoll.mode": "on", **overrides}) as stack, stack.open(path) as h:
+        ring = h.io.ring  # type: ignore[attr-defined]
+        bufs = [bytearray(4096) for _ in range(32)]
+        offs = [i * 4096 for i in range(32)]
+        h.read_many(offs, bufs)
+        before = ring.counters()
+        for _ in range(20):
+            if pause_s:
+                time.sleep(pause_s)
+            assert h.read_many(offs, bufs) == [4096] * 32
+        after = ring.counters()
+        return {k: after[k] - before[k] for k in ("enters", "spins")}
+
+
+def test_spin_us_busy_polls_the_cq_instead_of_entering_the_kernel(tmp_path: pathlib.Path) -> None:
+    """``spin_us``: a waiter peeks at the CQ that long before it sleeps in io_uring_enter.
+
+    With SQPOLL the submit needs no syscall, so a waiter that spins long enough
+    never enters the kernel; with ``spin_us = 0`` it never spins (it sleeps in
+    the kernel unless the batch is already complete when it looks)."""
+    (tmp_path / "r").write_bytes(os.urandom(1 << 20))
+    spinning = _waited_batches(tmp_path / "r", {"sqpoll.spin_us": 1_000_000, "sqpoll.idle_ms": 10_000})
+    assert spinning["spins"] > 0 and spinning["enters"] <= 2, spinning
+    sleeping = _waited_batches(tmp_path / "r", {"sqpoll.spin_us": 0, "sqpoll.idle_ms": 10_000})
+    assert sleeping["spins"] == 0, sleeping
+
+
+def test_idle_ms_is_how_long_the_poller_stays_awake(tmp_path: pathlib.Path) -> None:
+    """``idle_ms``: after that much idleness the poller sleeps, and the next submit
+    must wake it with an io_uring_enter (IORING_SQ_NEED_WAKEUP); a poller with a
+    longer idle time is still awake after the same pause.  The waits spin up to
+    a second, so the only enters counted are the wake-ups."""
+    (tmp_path / "r").write_bytes(os.urandom(1 << 20))
+    waits_spin = {"sqpoll.spin_us": 1_000_000}
+    awake = _waited_batches(tmp_path / "r", {**waits_spin, "sqpoll.idle_ms": 10_000}, pause_s=0.05)
+    assert awake["enters"] <= 2, awake
+    asleep = _waited_batches(tmp_path / "r", {**waits_spin, "sqpoll.idle_ms": 5}, pause_s=0.05)
+    assert asleep["enters"] >= 15, asleep  # one wake-up per batch after each 50 ms pause
