@@ -302,3 +302,18 @@ def test_mounted_namespace_refuses_writes_through_stack_open(
         blk = aligned_buffer(BS)
         rw.read_into(blk, 8 * BS)  # rewrite a block with its own content: the fs stays intact
         rw.write_durable(blk, 8 * BS)
+
+
+def test_passthrough_entries_sizes_the_ring_and_bigger_batches_still_complete(passthrough: None) -> None:
+    """``nvme_passthrough.entries``: the passthrough ring's SQ size (the kernel's own
+    count, read back); a batch of several times that many commands is sent in
+    pieces and every read returns what the block device holds."""
+    with _stack(**{"nvme_passthrough.entries": 8}) as s:
+        ring = s.workers[0].rings["passthrough"]
+        assert ring.sq_entries == 8
+        rng = random.Random(8)
+        with s.open(NG) as h:
+            offsets = [u * BS for u in rng.sample(range(h.size() // BS), 64)]
+            bufs = _buffers(rng, 64)
+            assert h.read_many(offsets, bufs) == [BS] * 64
+            assert [bytes(b) for b in bufs] == _pread(BLK, offsets, BS)
