@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,22 @@ _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size fi
 
 def _closed_error() -> ValueError:
     return ValueError(_CLOSED_MSG)
+
+
+def _drop_locals(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in *exc*'s traceback (the failed call's, below ours).
+
+    A failed read or write leaves its exception referring to those frames,
+    whose locals hold the caller's ``memoryview`` (``io.BufferedWriter`` and
+    ``BufferedReader`` pass one over their buffer) and the cffi pin of it,
+    which exports the view.  Kept by the caller in a reference cycle (stored,
+    logged, a test's ``pytest.raises``), the garbage collector of Python 3.11
+    crashes the interpreter breaking it (CPython gh-77894, fixed in 3.12: a
+    view cleared while exported).  So a failure leaves no pin in its frames:
+    this clears the inner ones, and the caller deletes its own pin before it
+    raises (an op still in flight keeps its pin in the handle's tracker, not in
+    a frame).  The traceback's lines stay."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 def _type_name(value: object) -> str:
@@ -529,8 +546,12 @@ class FileIO(io.RawIOBase):
                 try:
                     # (no write-behind to drain: it exists only under O_DIRECT)
                     n = here.handle._read_here(b, want)
-                except RingClosedError:
+                except RingClosedError as exc:
+                    _drop_locals(exc)
                     raise _closed_error() from None
+                except BaseException as exc:
+                    _drop_locals(exc)
+                    raise
                 finally:
                     lock.release()
                 if n is not None:
@@ -560,8 +581,14 @@ class FileIO(io.RawIOBase):
                             return n  # read at, and moved, the descriptor's position
                         pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                         n = handle._one_pinned(False, pin, b, pos)
-                    except RingClosedError:
+                    except RingClosedError as exc:
+                        del pin
+                        _drop_locals(exc)
                         raise _closed_error() from None
+                    except BaseException as exc:
+                        del pin
+                        _drop_locals(exc)
+                        raise
                     os.lseek(self._fd, pos + n, os.SEEK_SET)
                     return n
         m = memoryview(b).cast("B")
@@ -590,8 +617,12 @@ class FileIO(io.RawIOBase):
             if ra is not None:
                 ra.last_end = pos + n
             return n
-        except RingClosedError:
+        except RingClosedError as exc:
+            _drop_locals(exc)
             raise _closed_error() from None
+        except BaseException as exc:
+            _drop_locals(exc)
+            raise
 
     def _direct_read(self, handle: FileHandle, m: memoryview, pos: int) -> int:
         """O_DIRECT read of any size at any offset: an aligned covering read, then a copy.
@@ -741,8 +772,14 @@ class FileIO(io.RawIOBase):
                         # the backend decides how a waited buffered write is served (inline
                         # pwrite where the kernel would punt it to io-wq): one place for every caller
                         handle._one_pinned(True, pin, b, pos)
-                    except RingClosedError:
+                    except RingClosedError as exc:
+                        del pin
+                        _drop_locals(exc)
                         raise _closed_error() from None
+                    except BaseException as exc:
+                        del pin
+                        _drop_locals(exc)
+                        raise
                     self._moved_after_write(pos + n)
                     return n
                 finally:
@@ -764,8 +801,12 @@ class FileIO(io.RawIOBase):
                 return 0
             try:
                 self._write_at(handle, m, pos)
-            except RingClosedError:
+            except RingClosedError as exc:
+                _drop_locals(exc)
                 raise _closed_error() from None
+            except BaseException as exc:
+                _drop_locals(exc)
+                raise
             self._moved_after_write(pos + n)
             return n
 
