@@ -26,6 +26,7 @@ import sys
 import threading
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,9 @@ class FileIO(io.RawIOBase):
     _home: Stack | None = None  # the stack serving the file (the default one included)
     _held: _Held | None = None  # a write-only buffered file whose writer may hand over bytes (_hold)
     _here: _ReadHere | None = None  # readinto's read at the file position, where it serves the file
+    # The layers uringstack.open put over this file (the buffer, the text layer or None), held
+    # weakly: flushed when the handle is closed behind the file (_handle_flushing)
+    _layers: tuple[weakref.ref[io.BufferedIOBase], weakref.ref[io.TextIOWrapper] | None] | None = None
 
     def __init__(
         self,
@@ -280,8 +284,38 @@ class FileIO(io.RawIOBase):
             raise
         self._home = stack
         stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
-        handle.watch_close(self._handle_closing)  # closed behind us (handle.close(), a fork child's stack)
+        # closed behind us (handle.close(), a fork child's stack): what we hold is written first
+        handle.watch_close(self._handle_closing, flush=self._handle_flushing)
         return handle
+
+    def _layered(self, buffer: io.BufferedIOBase, text: io.TextIOWrapper | None) -> None:
+        """``uringstack.open`` put *buffer* (and *text* over it) on this file: see :meth:`_handle_flushing`."""
+        self._layers = (weakref.ref(buffer), None if text is None else weakref.ref(text))
+
+    def _handle_flushing(self) -> None:
+        """The handle's close begins (``FileHandle.watch_close``'s *flush*): write what we hold.
+
+        The layers ``uringstack.open`` built over this file (the text layer's
+        pending text, the buffer's bytes) and this file's own held and
+        written-behind bytes reach the kernel while the handle still serves
+        I/O, so closing the handle directly loses nothing; a failure is raised
+        by ``handle.close()``.  Nothing to do once this file closed itself (its
+        ``close()`` flushed) or a layer was detached from it (``detach()``
+        flushed it)."""
+        if self._closed_flag:
+            return
+        layers = self._layers
+        if layers is not None:
+            buffer = layers[0]()
+            text = layers[1]() if layers[1] is not None else None
+            # (a detached layer's raw, or buffer, is None)
+            if buffer is not None and getattr(buffer, "raw", None) is self:
+                if text is not None and getattr(text, "buffer", None) is buffer:
+                    text.flush()  # its pending text, then the buffer's bytes, then ours
+                else:
+                    buffer.flush()
+        with self._lock:
+            self._drain()
 
     def _handle_closing(self) -> None:
         """The handle's close began (``FileHandle.watch_close``): this file is closed from now on.
