@@ -92,18 +92,19 @@ class FileHandle:
 
         @property
         def closed(self) -> bool:
-            """True once :meth:`close` began (from then on the handle refuses new I/O)."""
+            """True once :meth:`close` refuses new I/O (right after the layered objects' flush)."""
             ...
 
     else:
         # A getter in C, no Python frame (a file object's hot checks read it), read-only.
-        closed = property(operator.attrgetter("_closed"), doc="True once close() began (new I/O is refused).")
+        closed = property(operator.attrgetter("_closed"), doc="True once close() refuses new I/O.")
 
     # Weak references to the callbacks of watch_close: (closed, flush or None) pairs; a
     # tuple, so a handle nobody watches allocates nothing.
     _close_watchers: tuple[
         tuple[weakref.WeakMethod[Callable[[], object]], weakref.WeakMethod[Callable[[], object]] | None], ...
     ] = ()
+    _close_began = False  # a second close() while the first flushes returns at once, as after it
 
     def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
@@ -848,8 +849,9 @@ class FileHandle:
         In a ``fork()`` child the inherited handle only drops the child's copy
         of the descriptor (nothing is flushed); the parent's handle is untouched.
         """
-        if self._closed:
+        if self._closed or self._close_began:
             return
+        self._close_began = True
         watchers, self._close_watchers = self._close_watchers, ()
         child = forking.inherited(self._fork_gen)
         failed: BaseException | None = None

@@ -205,3 +205,35 @@ def test_a_detached_layer_is_not_flushed_by_the_handle(tmp_path: pathlib.Path, s
     raw.handle.close()
     assert path.read_bytes() == b"abcdef"
     assert raw.closed
+
+
+class _Layer:
+    """An object layered over a handle: its flush closes the handle again and writes through it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.seen: list[object] = []
+
+    def flush(self) -> None:
+        self.handle.close()  # a second close() while the first flushes: returns at once
+        self.seen.append(self.handle.closed)
+        self.handle.write_from(b"flushed", 0)  # the handle still serves I/O during the flush
+
+    def closing(self) -> None:
+        self.seen.append("closed")
+
+
+def test_a_second_close_during_the_flush_returns_at_once_and_the_handle_stays_usable(
+    tmp_path: pathlib.Path, stack: Stack
+) -> None:
+    """Without that, the second close() would close the handle under the first one's flush
+    (its writes refused, the plugins' close hooks run twice)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    handle = stack.open(path, direct=False)
+    layer = _Layer(handle)
+    handle.watch_close(layer.closing, flush=layer.flush)
+    handle.close()
+    assert layer.seen == [False, "closed"]
+    assert handle.closed
+    assert path.read_bytes() == b"flushed"
