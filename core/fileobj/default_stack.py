@@ -18,8 +18,6 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from uringstack.ring import forking
-
 if TYPE_CHECKING:
     from uringstack.stack import Stack
 
@@ -53,7 +51,7 @@ def default_stack() -> Stack:
     copy refuses use, and its GC only drops the child's copies of its descriptors)."""
     global _stack, _atexit_registered
     with _lock:
-        if _stack is None or _stack.closed or forking.inherited(_stack._fork_gen):
+        if _stack is None or _stack.closed or _stack.inherited:
             from uringstack.stack import open_stack
 
             _stack = open_stack(overrides=file_object_overrides())

@@ -24,7 +24,9 @@ import os
 import stat
 import sys
 import threading
+import traceback
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,22 @@ _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size fi
 
 def _closed_error() -> ValueError:
     return ValueError(_CLOSED_MSG)
+
+
+def _drop_locals(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in *exc*'s traceback (the failed call's, below ours).
+
+    A failed read or write leaves its exception referring to those frames,
+    whose locals hold the caller's ``memoryview`` (``io.BufferedWriter`` and
+    ``BufferedReader`` pass one over their buffer) and the cffi pin of it,
+    which exports the view.  Kept by the caller in a reference cycle (stored,
+    logged, a test's ``pytest.raises``), the garbage collector of Python 3.11
+    crashes the interpreter breaking it (CPython gh-77894, fixed in 3.12: a
+    view cleared while exported).  So a failure leaves no pin in its frames:
+    this clears the inner ones, and the caller deletes its own pin before it
+    raises (an op still in flight keeps its pin in the handle's tracker, not in
+    a frame).  The traceback's lines stay."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 def _type_name(value: object) -> str:
@@ -136,6 +154,9 @@ class FileIO(io.RawIOBase):
     _home: Stack | None = None  # the stack serving the file (the default one included)
     _held: _Held | None = None  # a write-only buffered file whose writer may hand over bytes (_hold)
     _here: _ReadHere | None = None  # readinto's read at the file position, where it serves the file
+    # The layers uringstack.open put over this file (the buffer, the text layer or None), held
+    # weakly: flushed when the handle is closed behind the file (_handle_flushing)
+    _layers: tuple[weakref.ref[io.BufferedIOBase], weakref.ref[io.TextIOWrapper] | None] | None = None
 
     def __init__(
         self,
@@ -263,8 +284,38 @@ class FileIO(io.RawIOBase):
             raise
         self._home = stack
         stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
-        handle.watch_close(self._handle_closing)  # closed behind us (handle.close(), a fork child's stack)
+        # closed behind us (handle.close(), a fork child's stack): what we hold is written first
+        handle.watch_close(self._handle_closing, flush=self._handle_flushing)
         return handle
+
+    def _layered(self, buffer: io.BufferedIOBase, text: io.TextIOWrapper | None) -> None:
+        """``uringstack.open`` put *buffer* (and *text* over it) on this file: see :meth:`_handle_flushing`."""
+        self._layers = (weakref.ref(buffer), None if text is None else weakref.ref(text))
+
+    def _handle_flushing(self) -> None:
+        """The handle's close begins (``FileHandle.watch_close``'s *flush*): write what we hold.
+
+        The layers ``uringstack.open`` built over this file (the text layer's
+        pending text, the buffer's bytes) and this file's own held and
+        written-behind bytes reach the kernel while the handle still serves
+        I/O, so closing the handle directly loses nothing; a failure is raised
+        by ``handle.close()``.  Nothing to do once this file closed itself (its
+        ``close()`` flushed) or a layer was detached from it (``detach()``
+        flushed it)."""
+        if self._closed_flag:
+            return
+        layers = self._layers
+        if layers is not None:
+            buffer = layers[0]()
+            text = layers[1]() if layers[1] is not None else None
+            # (a detached layer's raw, or buffer, is None)
+            if buffer is not None and getattr(buffer, "raw", None) is self:
+                if text is not None and getattr(text, "buffer", None) is buffer:
+                    text.flush()  # its pending text, then the buffer's bytes, then ours
+                else:
+                    buffer.flush()
+        with self._lock:
+            self._drain()
 
     def _handle_closing(self) -> None:
         """The handle's close began (``FileHandle.watch_close``): this file is closed from now on.
@@ -529,8 +580,12 @@ class FileIO(io.RawIOBase):
                 try:
                     # (no write-behind to drain: it exists only under O_DIRECT)
                     n = here.handle._read_here(b, want)
-                except RingClosedError:
+                except RingClosedError as exc:
+                    _drop_locals(exc)
                     raise _closed_error() from None
+                except BaseException as exc:
+                    _drop_locals(exc)
+                    raise
                 finally:
                     lock.release()
                 if n is not None:
@@ -560,8 +615,14 @@ class FileIO(io.RawIOBase):
                             return n  # read at, and moved, the descriptor's position
                         pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                         n = handle._one_pinned(False, pin, b, pos)
-                    except RingClosedError:
+                    except RingClosedError as exc:
+                        del pin
+                        _drop_locals(exc)
                         raise _closed_error() from None
+                    except BaseException as exc:
+                        del pin
+                        _drop_locals(exc)
+                        raise
                     os.lseek(self._fd, pos + n, os.SEEK_SET)
                     return n
         m = memoryview(b).cast("B")
@@ -590,8 +651,12 @@ class FileIO(io.RawIOBase):
             if ra is not None:
                 ra.last_end = pos + n
             return n
-        except RingClosedError:
+        except RingClosedError as exc:
+            _drop_locals(exc)
             raise _closed_error() from None
+        except BaseException as exc:
+            _drop_locals(exc)
+            raise
 
     def _direct_read(self, handle: FileHandle, m: memoryview, pos: int) -> int:
         """O_DIRECT read of any size at any offset: an aligned covering read, then a copy.
@@ -741,8 +806,14 @@ class FileIO(io.RawIOBase):
                         # the backend decides how a waited buffered write is served (inline
                         # pwrite where the kernel would punt it to io-wq): one place for every caller
                         handle._one_pinned(True, pin, b, pos)
-                    except RingClosedError:
+                    except RingClosedError as exc:
+                        del pin
+                        _drop_locals(exc)
                         raise _closed_error() from None
+                    except BaseException as exc:
+                        del pin
+                        _drop_locals(exc)
+                        raise
                     self._moved_after_write(pos + n)
                     return n
                 finally:
@@ -764,8 +835,12 @@ class FileIO(io.RawIOBase):
                 return 0
             try:
                 self._write_at(handle, m, pos)
-            except RingClosedError:
+            except RingClosedError as exc:
+                _drop_locals(exc)
                 raise _closed_error() from None
+            except BaseException as exc:
+                _drop_locals(exc)
+                raise
             self._moved_after_write(pos + n)
             return n
 

@@ -314,6 +314,7 @@ def open(
         else:
             buffer = io.BufferedReader(raw, buffering)
         result = buffer
+        text = None
         if not binary:
             encoding = io.text_encoding(encoding)
             text = io.TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
@@ -321,6 +322,7 @@ def open(
             # typeshed declares IO.mode read-only, so through the instance dict.
             vars(text)["mode"] = mode
             result = text
+        raw._layered(buffer, text)  # flushed if the handle is closed behind them
         if stack is None:
             from uringstack.fileobj.default_stack import track
 

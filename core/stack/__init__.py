@@ -240,6 +240,12 @@ class Stack:
         """True once :meth:`close` began (:meth:`open` refuses from then on)."""
         return self._closed
 
+    @property
+    def inherited(self) -> bool:
+        """True in a ``fork()`` child for a stack its parent opened: unusable here
+        (:class:`~uringstack.errors.ForkedChildError`); open a new stack instead."""
+        return forking.inherited(self._fork_gen)
+
     def close_with_stack(self, obj: Any, *, outer: bool) -> None:
         """Have :meth:`close` call ``obj.close()`` first, before it closes any handle.
 

@@ -92,16 +92,19 @@ class FileHandle:
 
         @property
         def closed(self) -> bool:
-            """True once :meth:`close` began (from then on the handle refuses new I/O)."""
+            """True once :meth:`close` refuses new I/O (right after the layered objects' flush)."""
             ...
 
     else:
         # A getter in C, no Python frame (a file object's hot checks read it), read-only.
-        closed = property(operator.attrgetter("_closed"), doc="True once close() began (new I/O is refused).")
+        closed = property(operator.attrgetter("_closed"), doc="True once close() refuses new I/O.")
 
-    # Weak references to callbacks close() calls as it begins (watch_close); a tuple, so
-    # a handle nobody watches allocates nothing.
-    _close_watchers: tuple[weakref.WeakMethod[Callable[[], object]], ...] = ()
+    # Weak references to the callbacks of watch_close: (closed, flush or None) pairs; a
+    # tuple, so a handle nobody watches allocates nothing.
+    _close_watchers: tuple[
+        tuple[weakref.WeakMethod[Callable[[], object]], weakref.WeakMethod[Callable[[], object]] | None], ...
+    ] = ()
+    _close_began = False  # a second close() while the first flushes returns at once, as after it
 
     def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
@@ -809,46 +812,75 @@ class FileHandle:
             raise UringIOError(-res, "fdatasync", self.path)
 
     # --- lifetime ----------------------------------------------------------------------
-    def watch_close(self, callback: Callable[[], object]) -> None:
-        """Have :meth:`close` call *callback* (a bound method, held weakly) as it begins.
+    def watch_close(self, callback: Callable[[], object], *, flush: Callable[[], object] | None = None) -> None:
+        """Have :meth:`close` call *flush*, then *callback* (bound methods, held weakly) as it begins.
 
-        For an object layered over the handle that answers ``closed`` from a
-        flag of its own (``uringstack.FileIO``): the handle closed directly, or
-        by a stack closing in a ``fork()`` child, still makes it closed.  The
-        callback must not raise; it runs once, in the thread that closes."""
-        self._close_watchers = (*self._close_watchers, weakref.WeakMethod(callback))
+        For an object layered over the handle that holds bytes of its own and
+        answers ``closed`` from a flag of its own (``uringstack.FileIO`` and the
+        buffered layer ``uringstack.open`` put over it): *flush* writes what the
+        object holds while the handle still serves I/O, so a handle closed
+        directly loses nothing; it runs only in the process that opened the
+        handle (a ``fork()`` child never writes its parent's bytes a second
+        time), and what it raises, :meth:`close` raises once the handle is
+        closed.  *callback* then marks the object closed (also in a fork child:
+        a handle closed by a stack closing there still makes it closed); it must
+        not raise.  Each runs once, in the thread that closes."""
+        ref = weakref.WeakMethod(flush) if flush is not None else None
+        self._close_watchers = (*self._close_watchers, (weakref.WeakMethod(callback), ref))
 
     def close(self) -> None:
-        """Close the handle (idempotent): wait for its I/O, let plugins detach, release the descriptor.
+        """Close the handle (idempotent): write what layered objects hold, wait for its I/O,
+        let plugins detach, release the descriptor.
 
-        I/O started through the handle and still in flight (``start_*`` batches,
-        cancelled ``await``s, other threads' calls) completes first, with its
-        real results; new I/O is refused from the moment close() begins.  If
-        that I/O does not complete within the stack's ``core.close_timeout_s``
-        (a lost completion, a hung device) close raises :class:`TimeoutError`
-        and leaves the descriptor open, so the stuck ops can never land in a
-        file opened later.
+        First the objects layered over the handle that hold bytes (a file
+        object's buffer: :meth:`watch_close`'s *flush*) write them, while the
+        handle still serves I/O; if that fails, the handle is closed all the
+        same (as the built-in file's close after a failed flush) and the error
+        is raised at the end: those bytes were not written.  Then new I/O is
+        refused.  I/O started through the handle and still in flight
+        (``start_*`` batches, cancelled ``await``s, other threads' calls,
+        including those started while the layered objects wrote) completes
+        first, with its real results.  If that I/O does not complete within the
+        stack's ``core.close_timeout_s`` (a lost completion, a hung device) close
+        raises :class:`TimeoutError` and leaves the descriptor open, so the stuck
+        ops can never land in a file opened later (a flush error is raised
+        instead, with the ``TimeoutError`` as its context).
 
         In a ``fork()`` child the inherited handle only drops the child's copy
-        of the descriptor; the parent's handle is untouched.
+        of the descriptor (nothing is flushed); the parent's handle is untouched.
         """
-        if self._closed:
+        if self._closed or self._close_began:
             return
-        self._closed = True
+        self._close_began = True
         watchers, self._close_watchers = self._close_watchers, ()
-        for ref in watchers:
+        child = forking.inherited(self._fork_gen)
+        failed: BaseException | None = None
+        if not child:
+            for _, flush_ref in watchers:
+                flush = flush_ref() if flush_ref is not None else None
+                if flush is not None:
+                    try:
+                        flush()
+                    except BaseException as exc:  # the handle still closes; raised below
+                        failed = failed or exc
+        self._closed = True
+        for ref, _ in watchers:
             watcher = ref()
             if watcher is not None:
                 watcher()
-        if forking.inherited(self._fork_gen):
+        if child:
             with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
                 os.close(self._io.fd)
             return
-        self._inflight.close(self._stack.close_timeout_s)
         try:
-            self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
+            self._inflight.close(self._stack.close_timeout_s)
+            try:
+                self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
+            finally:
+                self._io.close()
         finally:
-            self._io.close()
+            if failed is not None:
+                raise failed
 
     def __enter__(self) -> FileHandle:
         return self
