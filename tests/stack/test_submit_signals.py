@@ -1,0 +1,149 @@
+"""A raising signal right after a batch was submitted leaves it waited for by the handle's close.
+
+A start submits its batch, then returns the pending object that the handle's
+tracker keeps (``InflightTracker.start``/``run``, a prepared object's last
+batch).  A signal handler that raises (Ctrl-C) can run after the submission
+returned and before that pending was stored: right after
+``fn(*args, **kwargs)`` in the tracker, at each call the backend makes after
+``Ring.submit_columns``, or inside the ring's submission after its C call.
+The batch is then in the kernel, and ``close()`` must still wait for it, or
+it releases the descriptor under it (the next ``open`` reuses the number).
+
+Each test sends a real signal (tests/signal_points.py) at each point of the
+tracker's, the handle's, the prepared objects', the io_uring backend's and
+the ring's submission code in turn while the batch hangs in the kernel (the
+handle's descriptor is redirected to an empty pipe, or for a write to a full
+one), then closes the handle and only afterwards lets the batch complete:
+``close()`` must not have returned while the ring still held it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from types import CodeType
+
+import pytest
+
+from tests.signal_points import Interrupt, code_of, signal_at, sweep
+from uringstack.ring import Ring
+from uringstack.stack import open_stack
+from uringstack.stack.handle import FileHandle
+from uringstack.stack.prepared import PreparedIO
+from uringstack.stack.uring_backend import UringFileIO
+
+CPU = sorted(os.sched_getaffinity(0))[0]
+
+_CODE = code_of(
+    Ring.submit_columns,
+    Ring._submit_locked,
+    files=(
+        "ring/inflight.py",
+        "ring/interrupts.py",
+        "ring/io_backend.py",
+        "stack/handle.py",
+        "stack/prepared.py",
+        "stack/uring_backend.py",
+    ),
+)
+
+
+def _chosen(code: CodeType) -> bool:
+    # (not finalizers: a signal there is ignored, test_audit_signals.py tests their handover)
+    return code.co_name != "__del__" and _CODE(code)
+
+
+# Each form: (whether it writes, the call to interrupt).  A read takes 8 bytes from the
+# empty pipe; a write is 8 bytes to the full one.
+FORMS: dict[str, tuple[bool, Callable[[FileHandle, list[PreparedIO]], object]]] = {
+    "start_read_many": (False, lambda h, _: h.start_read_many([0, 0], [bytearray(8), bytearray(8)])),
+    "read_many": (False, lambda h, _: h.read_many([0, 0], [bytearray(8), bytearray(8)])),
+    "prepared-start": (False, lambda h, p: p[0].start([0, 0])),
+    "prepared-run": (False, lambda h, p: p[0].run([0, 0])),
+    "write_durable": (True, lambda h, _: h.write_durable(b"y" * 8, 0, sync="dsync")),
+}
+
+
+def _fill(w: int) -> None:
+    """Fill the pipe: a write to it then waits until the test reads."""
+    os.set_blocking(w, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(w, b"\0" * 65536)
+    os.set_blocking(w, True)
+
+
+def _empty(r: int) -> None:
+    """Read whatever the pipe holds (without blocking)."""
+    os.set_blocking(r, False)
+    with contextlib.suppress(BlockingIOError):
+        while os.read(r, 65536):
+            pass
+    os.set_blocking(r, True)
+
+
+def _drained(ring: Ring) -> None:
+    deadline = time.monotonic() + 5.0
+    while ring.inflight and time.monotonic() < deadline:
+        ring.reap()
+        time.sleep(0.001)
+    assert ring.inflight == 0, "the batch never completed"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_signal_anywhere_after_a_submission_leaves_the_batch_waited_for_by_close(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, pipe: tuple[int, int], form: str
+) -> None:
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    r, w = pipe
+    write, call = FORMS[form]
+    with open_stack(
+        overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 5.0}
+    ) as s:
+        ring = s.workers[0].rings["storage"]
+        # A waited submission waits in its C call for at most this: the batch is still
+        # hung when the call returns (the feeder starts only after close() began, or later)
+        ring.wait_tick = 0.01
+
+        def once(at: int) -> str | None:
+            h = s.open(path)
+            assert isinstance(h.io, UringFileIO) and h.ring is ring
+            # every submission of this handle addresses the pipe (its fd column); its own
+            # descriptor stays what close() releases
+            monkeypatch.setattr(h.io, "_fd_and_flags", lambda: (w if write else r, 0))
+            prepared = [h.prepare_reads([bytearray(8), bytearray(8)])] if form.startswith("prepared") else []
+            if write:
+                _fill(w)
+            closing = threading.Event()
+
+            def feed() -> None:
+                # once close() began (or the waited call blocks), after a close that does not
+                # wait would have returned: complete the batch
+                closing.wait(0.3)
+                time.sleep(0.02)
+                if write:
+                    _empty(r)
+                else:
+                    os.write(w, b"z" * 16)
+
+            feeder = threading.Thread(target=feed)
+            feeder.start()
+            with signal_at(_chosen, at) as sent, contextlib.suppress(Interrupt):
+                call(h, prepared)
+            closing.set()
+            h.close()
+            held = ring.inflight  # (the feeder completes the batch only a while after close() began)
+            feeder.join()
+            _drained(ring)
+            prepared.clear()
+            _empty(r)
+            assert not held, f"a signal {sent.where}: close() returned while the ring still held the batch"
+            return sent.where
+
+        sweep(once)
