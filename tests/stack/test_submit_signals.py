@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
-from types import CodeType
+from types import CodeType, FrameType
 
 import pytest
 
@@ -147,3 +148,50 @@ def test_a_signal_anywhere_after_a_submission_leaves_the_batch_waited_for_by_clo
             return sent.where
 
         sweep(once)
+
+
+class CtrlC(BaseException):
+    """What the test's SIGALRM handler raises: not an ``Exception``, as ``KeyboardInterrupt``."""
+
+
+def _ctrl_c(signum: int, frame: FrameType | None) -> None:
+    raise CtrlC
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_in_the_first_run_of_a_one_buffer_prepared_read_leaves_it_waited_for_by_close(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, pipe: tuple[int, int]
+) -> None:
+    """The first ``run`` of a prepared read of one buffer binds its single op and runs it from
+    the backend's start (``UringPrepared.start``); Ctrl-C while the kernel holds that op
+    propagates from the start without a pending: the op must still be the prepared object's
+    last batch (``done()`` false), so the handle's close waits for it."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    r, w = pipe
+    old = signal.signal(signal.SIGALRM, _ctrl_c)
+    try:
+        with open_stack(
+            overrides={"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "core.close_timeout_s": 5.0}
+        ) as s:
+            ring = s.workers[0].rings["storage"]
+            ring.wait_tick, ring.wait_timeout = 2.0, 3.0  # the op's own wait: the alarm interrupts it
+            h = s.open(path)
+            monkeypatch.setattr(h.io, "_fd_and_flags", lambda: (r, 0))
+            buf = bytearray(8)
+            reads = h.prepare_reads([buf])
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(CtrlC):
+                reads.run([0])
+            assert ring.inflight == 1  # the kernel holds the read
+            assert not reads.done(), "the interrupted op is not the prepared object's last batch"
+            writer = threading.Timer(0.1, os.write, (w, b"late"))
+            writer.start()
+            h.close()
+            assert bytes(buf[:4]) == b"late", "close() returned while the kernel held the read"
+            writer.join()
+            _drained(ring)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
