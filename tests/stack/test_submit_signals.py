@@ -195,3 +195,71 @@ def test_ctrl_c_in_the_first_run_of_a_one_buffer_prepared_read_leaves_it_waited_
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+_FALLBACK_CODE = code_of(
+    files=(
+        "ring/inflight.py",
+        "ring/interrupts.py",
+        "ring/io_backend.py",
+        "stack/handle.py",
+        "stack/prepared.py",
+        "fallback/backend.py",
+    )
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("form", ["prepared-run", "prepared-start", "read_many", "start_read_many"])
+def test_on_the_fallback_a_signal_anywhere_after_queuing_leaves_the_ops_waited_for_by_close(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """The same sweep on the fallback backend (its pool runs the reads; each waits at a gate
+    the test opens only after close() began): no read runs after close() returned."""
+    from uringstack.plugins.fallback import backend as fallback_backend
+
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    gate = threading.Event()
+    ended: list[float] = []
+    real = fallback_backend._preadv
+
+    def preadv(fd: int, buf: object, offset: int) -> int:
+        gate.wait(5.0)
+        try:
+            return real(fd, buf, offset)
+        finally:
+            ended.append(time.monotonic())
+
+    monkeypatch.setattr(fallback_backend, "_preadv", preadv)
+    _, call = FORMS[form]
+    with open_stack(overrides={"core.backend": "fallback", "core.cores": [CPU], "core.close_timeout_s": 5.0}) as s:
+
+        def once(at: int) -> str | None:
+            h = s.open(path)
+            prepared = [h.prepare_reads([bytearray(8), bytearray(8)])] if form.startswith("prepared") else []
+            gate.clear()
+            ended.clear()
+            closing = threading.Event()
+
+            def opener() -> None:
+                closing.wait(0.3)  # (a waited call returns only once the gate opened)
+                time.sleep(0.02)
+                gate.set()
+
+            opening = threading.Thread(target=opener)
+            opening.start()
+            with signal_at(_FALLBACK_CODE, at) as sent, contextlib.suppress(Interrupt):
+                call(h, prepared)
+            closing.set()
+            h.close()
+            closed = time.monotonic()
+            opening.join()
+            time.sleep(0.02)  # (a read still queued after the close would run now)
+            prepared.clear()
+            late = [t for t in ended if t > closed]
+            assert not late, f"a signal {sent.where}: {len(late)} read(s) ran after close() returned"
+            return sent.where
+
+        sweep(once)
