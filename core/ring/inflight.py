@@ -284,7 +284,8 @@ class InflightTracker:
         """Start I/O with ``fn(*args, **kwargs)`` and wait for it; close() waits for this call to return.
 
         The synchronous path: counted while it runs instead of entering the set,
-        unless the wait is interrupted (a signal), which leaves the op tracked."""
+        unless the call raises (a signal) with its op in flight: its pending, or
+        without one the batch it submitted (:func:`submitted_since`), is then tracked."""
         pending: Pending | None = None
         before = SUBMITTED.last
         self.enter()

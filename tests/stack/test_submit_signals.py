@@ -26,10 +26,12 @@ import threading
 import time
 from collections.abc import Callable
 from types import CodeType, FrameType
+from typing import TypeVar
 
 import pytest
 
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
+from tests.stack.conftest import GatedReads
 from uringstack.ring import Ring
 from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
@@ -37,19 +39,11 @@ from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import UringFileIO
 
 CPU = sorted(os.sched_getaffinity(0))[0]
+T = TypeVar("T")
 
-_CODE = code_of(
-    Ring.submit_columns,
-    Ring._submit_locked,
-    files=(
-        "ring/inflight.py",
-        "ring/interrupts.py",
-        "ring/io_backend.py",
-        "stack/handle.py",
-        "stack/prepared.py",
-        "stack/uring_backend.py",
-    ),
-)
+# The tracker's, the handle's and the prepared objects' code, and each backend's own.
+_TRACKING = ("ring/inflight.py", "ring/interrupts.py", "ring/io_backend.py", "stack/handle.py", "stack/prepared.py")
+_CODE = code_of(Ring.submit_columns, Ring._submit_locked, files=(*_TRACKING, "stack/uring_backend.py"))
 
 
 def _chosen(code: CodeType) -> bool:
@@ -94,6 +88,38 @@ def _drained(ring: Ring) -> None:
     assert ring.inflight == 0, "the batch never completed"
 
 
+def _signalled_then_closed(
+    h: FileHandle,
+    call: Callable[[], object],
+    chosen: Callable[[CodeType], bool],
+    at: int,
+    complete: Callable[[], None],
+    seen: Callable[[], T],
+) -> tuple[str | None, T]:
+    """``call()`` with a signal at point *at* of the *chosen* code, then ``h.close()``; where the
+    signal landed and ``seen()`` right after close() returned.  *complete* (what lets the I/O
+    complete) runs in a thread once close() began, after a close that does not wait would
+    have returned (or 0.3 s into a waited call, which returns only then): joined before
+    this returns."""
+    closing = threading.Event()
+
+    def completer() -> None:
+        closing.wait(0.3)
+        time.sleep(0.02)
+        complete()
+
+    completing = threading.Thread(target=completer)
+    completing.start()
+    try:
+        with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
+            call()
+        closing.set()
+        h.close()
+        return sent.where, seen()
+    finally:
+        completing.join()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_a_signal_anywhere_after_a_submission_leaves_the_batch_waited_for_by_close(
@@ -121,31 +147,22 @@ def test_a_signal_anywhere_after_a_submission_leaves_the_batch_waited_for_by_clo
             prepared = [h.prepare_reads([bytearray(8), bytearray(8)])] if form.startswith("prepared") else []
             if write:
                 _fill(w)
-            closing = threading.Event()
 
-            def feed() -> None:
-                # once close() began (or the waited call blocks), after a close that does not
-                # wait would have returned: complete the batch
-                closing.wait(0.3)
-                time.sleep(0.02)
+            def complete() -> None:
                 if write:
                     _empty(r)
                 else:
                     os.write(w, b"z" * 16)
 
-            feeder = threading.Thread(target=feed)
-            feeder.start()
-            with signal_at(_chosen, at) as sent, contextlib.suppress(Interrupt):
-                call(h, prepared)
-            closing.set()
-            h.close()
-            held = ring.inflight  # (the feeder completes the batch only a while after close() began)
-            feeder.join()
+            # the ops the ring held when close() returned (complete() had run only if it waited)
+            where, held = _signalled_then_closed(
+                h, lambda: call(h, prepared), _chosen, at, complete, lambda: ring.inflight
+            )
             _drained(ring)
             prepared.clear()
             _empty(r)
-            assert not held, f"a signal {sent.where}: close() returned while the ring still held the batch"
-            return sent.where
+            assert not held, f"a signal {where}: close() returned while the ring still held the batch"
+            return where
 
         sweep(once)
 
@@ -197,42 +214,20 @@ def test_ctrl_c_in_the_first_run_of_a_one_buffer_prepared_read_leaves_it_waited_
         signal.signal(signal.SIGALRM, old)
 
 
-_FALLBACK_CODE = code_of(
-    files=(
-        "ring/inflight.py",
-        "ring/interrupts.py",
-        "ring/io_backend.py",
-        "stack/handle.py",
-        "stack/prepared.py",
-        "fallback/backend.py",
-    )
-)
+_FALLBACK_CODE = code_of(files=(*_TRACKING, "fallback/backend.py"))
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("form", ["prepared-run", "prepared-start", "read_many", "start_read_many"])
 def test_on_the_fallback_a_signal_anywhere_after_queuing_leaves_the_ops_waited_for_by_close(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, form: str
+    tmp_path: os.PathLike[str], gated_fallback_reads: GatedReads, form: str
 ) -> None:
     """The same sweep on the fallback backend (its pool runs the reads; each waits at a gate
     the test opens only after close() began): no read runs after close() returned."""
-    from uringstack.plugins.fallback import backend as fallback_backend
-
     path = os.path.join(tmp_path, "f")
     with open(path, "wb") as f:
         f.write(b"x" * 4096)
-    gate = threading.Event()
-    ended: list[float] = []
-    real = fallback_backend._preadv
-
-    def preadv(fd: int, buf: object, offset: int) -> int:
-        gate.wait(5.0)
-        try:
-            return real(fd, buf, offset)
-        finally:
-            ended.append(time.monotonic())
-
-    monkeypatch.setattr(fallback_backend, "_preadv", preadv)
+    gate, ended = gated_fallback_reads.gate, gated_fallback_reads.ended
     _, call = FORMS[form]
     with open_stack(overrides={"core.backend": "fallback", "core.cores": [CPU], "core.close_timeout_s": 5.0}) as s:
 
@@ -241,25 +236,13 @@ def test_on_the_fallback_a_signal_anywhere_after_queuing_leaves_the_ops_waited_f
             prepared = [h.prepare_reads([bytearray(8), bytearray(8)])] if form.startswith("prepared") else []
             gate.clear()
             ended.clear()
-            closing = threading.Event()
-
-            def opener() -> None:
-                closing.wait(0.3)  # (a waited call returns only once the gate opened)
-                time.sleep(0.02)
-                gate.set()
-
-            opening = threading.Thread(target=opener)
-            opening.start()
-            with signal_at(_FALLBACK_CODE, at) as sent, contextlib.suppress(Interrupt):
-                call(h, prepared)
-            closing.set()
-            h.close()
-            closed = time.monotonic()
-            opening.join()
+            where, closed = _signalled_then_closed(
+                h, lambda: call(h, prepared), _FALLBACK_CODE, at, gate.set, time.monotonic
+            )
             time.sleep(0.02)  # (a read still queued after the close would run now)
             prepared.clear()
             late = [t for t in ended if t > closed]
-            assert not late, f"a signal {sent.where}: {len(late)} read(s) ran after close() returned"
-            return sent.where
+            assert not late, f"a signal {where}: {len(late)} read(s) ran after close() returned"
+            return where
 
         sweep(once)
