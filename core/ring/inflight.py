@@ -237,13 +237,15 @@ class InflightTracker:
         return pending
 
     def _keep_started(self, pending: Pending | None, before: object) -> None:
-        """:meth:`keep` what a start that raised may have left in flight: *pending*, or
-        without it the batch submitted since ``SUBMITTED.last`` was *before*.  Safe to repeat."""
-        if pending is None:
-            pending = submitted_since(before)
-            if pending is None:
-                return
-        self._add(pending)
+        """:meth:`keep` what a start (or its wait) that raised may have left in flight: *pending*,
+        and the batch submitted last since ``SUBMITTED.last`` was *before* unless that is
+        *pending*'s own (a wait can submit one more: IOPOLL's flush after its write,
+        interrupted before it stored it).  Safe to repeat."""
+        if pending is not None:
+            self._add(pending)
+        submitted = submitted_since(before)
+        if submitted is not None and getattr(pending, "batch", None) is not submitted.batch:
+            self._add(submitted)
 
     def register(self, owner: Completable) -> None:
         """Track *owner* until :meth:`unregister`: :meth:`close` waits until ``owner.done()``.

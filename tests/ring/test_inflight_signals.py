@@ -150,6 +150,22 @@ def _submitting_a_hung_read(ring: Ring, r: int) -> Callable[[], UringPending]:
     return fn
 
 
+def _close_with_the_read_hung(t: InflightTracker, ring: Ring, w: int) -> str:
+    """Close *t* while the ring holds the pipe read (what the close reported), then complete
+    the read and close again (the tracker lets go of it)."""
+    try:
+        t.close(timeout=0.1)
+        got = "close() returned while the ring held the batch"
+    except TimeoutError as e:
+        got = str(e)
+    os.write(w, b"z" * 8)
+    deadline = time.monotonic() + 5.0
+    while ring.inflight and time.monotonic() < deadline:
+        ring.reap()
+    t.close(timeout=0.3)
+    return got
+
+
 @pytest.mark.parametrize("how", ["start", "run"])
 def test_a_signal_anywhere_in_start_or_run_keeps_the_submitted_batch_tracked(
     ring: Ring, pipe: tuple[int, int], how: str
@@ -170,16 +186,7 @@ def test_a_signal_anywhere_in_start_or_run_keeps_the_submitted_batch_tracked(
             t.start(fn) if how == "start" else t.run(fn)
         feeder.cancel()
         if ring.inflight:
-            try:
-                t.close(timeout=0.1)
-                got = "close() returned while the ring held the batch"
-            except TimeoutError as e:
-                got = str(e)
-            os.write(w, b"z" * 8)
-            deadline = time.monotonic() + 5.0
-            while ring.inflight and time.monotonic() < deadline:
-                ring.reap()
-            t.close(timeout=0.3)
+            got = _close_with_the_read_hung(t, ring, w)
             assert "1 op(s) in 1 batch(es)" in got, f"a signal {sent.where}: {got}"
         else:
             _closes_clean(t, sent.where)
@@ -188,6 +195,27 @@ def test_a_signal_anywhere_in_start_or_run_keeps_the_submitted_batch_tracked(
         return sent.where
 
     sweep(once)
+
+
+def test_a_batch_a_wait_submitted_before_it_raised_is_tracked_too(ring: Ring, pipe: tuple[int, int]) -> None:
+    """A pending whose wait submits a further batch (IOPOLL's durable write: the flush after
+    the write) and raises right after it, before storing it (a signal there): close() waits
+    for that batch too, not only for the pending."""
+    r, w = pipe
+    submit = _submitting_a_hung_read(ring, r)
+
+    class SubmitsInWait(FakePending):
+        def wait(self) -> list[int]:
+            submit()
+            raise Interrupt("right after the submission")
+
+    t = InflightTracker("f")
+    pending = SubmitsInWait(hang=False)  # (its own op is done: only the batch its wait submitted is not)
+    with pytest.raises(Interrupt):
+        t.run(lambda: pending)
+    assert ring.inflight == 1
+    got = _close_with_the_read_hung(t, ring, w)
+    assert "1 op(s) in 1 batch(es)" in got, got
 
 
 def test_a_signal_anywhere_in_run_returning_while_a_close_waits_lets_the_close_return() -> None:
