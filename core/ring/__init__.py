@@ -21,6 +21,7 @@ import contextlib
 import errno
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -46,6 +47,27 @@ _ORPHANED: list[Batch] = []
 IntOrSeq = int | Sequence[int]
 
 _OPTIONAL_COLUMNS = ("addrs", "lens", "offs", "op_flags", "sqe_flags", "buf_index")
+
+
+class SubmittedHere(threading.local):
+    """Per thread: ``last``, ``(weakref to the ring, batch)`` of the batch this thread's last
+    submission took in (None before the first), recorded before the batch can reach the kernel.
+
+    How a start that raised finds the I/O it started although no pending object
+    came back to its caller: a raising signal handler (Ctrl-C) can run right
+    after the submission returned, at any call after it, before the caller stored
+    what it returned.  :class:`~uringstack.ring.inflight.InflightTracker` reads
+    ``last`` before a start and, when the start raises, tracks the batch recorded
+    since then (docs/api.md, "Ctrl-C during I/O").  A plain attribute of a
+    ``threading.local``: setting and reading it run no Python code, so no signal
+    handler runs between the ring taking the batch in and this record.  The ring is held
+    weakly (a ring dropped without ``close()`` is still closed when collected)."""
+
+    last: tuple[weakref.ref[Ring], Batch] | None = None
+
+
+SUBMITTED = SubmittedHere()
+"""The one :class:`SubmittedHere`: every :meth:`Ring.submit_columns` of a thread records its batch here."""
 
 
 class RingBusyError(SubmissionError):
@@ -141,6 +163,7 @@ class Ring:
         self.params = params if params is not None else RingParams(**kwargs)
         self._fork_gen = forking.generation()
         self._lock = threading.Lock()
+        self._weak = weakref.ref(self)  # what SUBMITTED records (no reference cycle, no call per batch)
         self._owner = threading.get_ident()
         self._closed = True
         created: CreatedRing = create_raw_ring(self.params)
@@ -399,6 +422,9 @@ class Ring:
         # (Ctrl-C during its wait) must leave the batch in the kernel owned, its
         # buffers pinned and its completion expected (tests/ring/test_audit_signals.py).
         self._inflight[slot] = batch
+        # Recorded for this thread's start (SubmittedHere) with no call in between: a
+        # start that raises after this point finds the batch there.
+        SUBMITTED.last = (self._weak, batch)
         # One call into the binding per batch: it submits, drains what completed and,
         # with *wait*, waits for the batch, but at most one tick: a hung op must never
         # block here, where no lost-completion check or deadline runs (wait() has both).
@@ -411,7 +437,10 @@ class Ring:
                 self._wait_slot_locked(slot)
                 self._reap_locked()
             elif self._inflight.get(slot) is batch:  # (giving up its unqueued ops may have finished it)
+                # nothing reached the kernel: finished, so whoever recorded it (SUBMITTED) is not kept waiting
+                batch.finished = True
                 del self._inflight[slot]
+                batch.release()
                 self._free_slots.append(slot)
             raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
         return batch

@@ -22,8 +22,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from uringstack.errors import RingClosedError
+from uringstack.ring import SUBMITTED, Batch, Ring, aio
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.pending import Pending
+from uringstack.ring.polling import is_polled, polled_done, wait_polled
 
 P = TypeVar("P", bound=Pending)
 
@@ -35,6 +37,60 @@ class Completable(Protocol):
     def n(self) -> int: ...
 
     def done(self) -> bool: ...
+
+
+class SubmittedBatch:
+    """A batch a start submitted although the start raised before its pending came back
+    (a raising signal handler right after the submission): found through
+    :data:`~uringstack.ring.SUBMITTED` and tracked in its place until it completes.
+    A :class:`~uringstack.ring.pending.Pending` (a prepared object's last batch)."""
+
+    __slots__ = ("batch", "n", "ring")
+
+    def __init__(self, ring: weakref.ref[Ring], batch: Batch) -> None:
+        self.ring = ring
+        self.batch = batch
+        self.n = batch.n
+
+    def done(self) -> bool:
+        """True once the batch completed (reaps, or polls an IOPOLL ring, without blocking)."""
+        batch = self.batch
+        ring = self.ring()
+        if batch.finished or ring is None:
+            return batch.finished
+        if is_polled(ring):
+            return polled_done(ring, batch)
+        if not ring.closed:
+            ring.try_reap()
+        return batch.finished
+
+    def wait(self) -> list[int]:
+        return self._ring().wait(self.batch)
+
+    async def wait_async(self) -> list[int]:
+        ring = self._ring()
+        return await (wait_polled(ring, self.batch) if is_polled(ring) else aio.wait_batch(ring, self.batch))
+
+    def _ring(self) -> Ring:
+        ring = self.ring()
+        if ring is None:
+            raise RingClosedError("the ring of this batch was closed")
+        return ring
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SubmittedBatch) and other.batch is self.batch
+
+    def __hash__(self) -> int:
+        return id(self.batch)
+
+
+def submitted_since(before: object) -> SubmittedBatch | None:
+    """The batch this thread submitted last, if that happened after :data:`~uringstack.ring.SUBMITTED`
+    read *before* (``SUBMITTED.last`` then); else None."""
+    last = SUBMITTED.last
+    if last is None or last is before:
+        return None
+    return SubmittedBatch(*last)
 
 
 CLOSE_TIMEOUT_S = 10.0
@@ -156,24 +212,40 @@ class InflightTracker:
             self._prune()
 
     def start(self, fn: Callable[..., P], *args: Any, **kwargs: Any) -> P:
-        """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it."""
+        """Run ``fn(*args, **kwargs)`` (which starts I/O and returns its pending) unless closed; track it.
+
+        If the call raises after its I/O started (a raising signal handler right
+        after the submission, before the pending came back), the batch it
+        submitted on a ring is tracked instead (:func:`submitted_since`)."""
         pending: P | None = None
+        before = SUBMITTED.last  # (no call: nothing submitted by this start can be missed)
         self.enter()
         try:
             pending = fn(*args, **kwargs)
             prune = self._add(pending)
         except BaseException:
-            if pending is not None:  # tracked before the start is counted out: close() then sees it
-                try:
-                    self.keep(pending)
-                except BaseException:  # a second raising signal: the first one propagates
-                    despite_signals(self.keep, pending)
+            # tracked before the start is counted out: close() then sees it
+            try:
+                self._keep_started(pending, before)
+            except BaseException:  # a second raising signal: the first one propagates
+                despite_signals(self._keep_started, pending, before)
             self.left()
             raise
         self.left()
         if prune:
             self._prune()
         return pending
+
+    def _keep_started(self, pending: Pending | None, before: object) -> None:
+        """:meth:`keep` what a start (or its wait) that raised may have left in flight: *pending*,
+        and the batch submitted last since ``SUBMITTED.last`` was *before* unless that is
+        *pending*'s own (a wait can submit one more: IOPOLL's flush after its write,
+        interrupted before it stored it).  Safe to repeat."""
+        if pending is not None:
+            self._add(pending)
+        submitted = submitted_since(before)
+        if submitted is not None and getattr(pending, "batch", None) is not submitted.batch:
+            self._add(submitted)
 
     def register(self, owner: Completable) -> None:
         """Track *owner* until :meth:`unregister`: :meth:`close` waits until ``owner.done()``.
@@ -214,18 +286,20 @@ class InflightTracker:
         """Start I/O with ``fn(*args, **kwargs)`` and wait for it; close() waits for this call to return.
 
         The synchronous path: counted while it runs instead of entering the set,
-        unless the wait is interrupted (a signal), which leaves the op tracked."""
+        unless the call raises (a signal) with its op in flight: its pending, or
+        without one the batch it submitted (:func:`submitted_since`), is then tracked."""
         pending: Pending | None = None
+        before = SUBMITTED.last
         self.enter()
         try:
             pending = fn(*args, **kwargs)
             results = pending.wait()
         except BaseException:
-            if pending is not None:  # as in start(): its wait raised, the op may be in flight
-                try:
-                    self.keep(pending)
-                except BaseException:
-                    despite_signals(self.keep, pending)
+            # as in start(): the start or its wait raised, the op may be in flight
+            try:
+                self._keep_started(pending, before)
+            except BaseException:
+                despite_signals(self._keep_started, pending, before)
             self.left()
             raise
         self.left()

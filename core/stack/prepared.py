@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
-from uringstack.ring import forking
-from uringstack.ring.inflight import InflightTracker
+from uringstack.ring import SUBMITTED, forking
+from uringstack.ring.inflight import InflightTracker, submitted_since
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import FileIO, PreparedRW, prepare_rw
 from uringstack.ring.pending import Pending
@@ -97,6 +97,7 @@ class PreparedIO:
     def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
         self._check()
         tracker = self._tracker
+        before = SUBMITTED.last  # (no call: a batch the start submits is found after it)
         tracker.enter()  # refused once the handle's close began; close waits for left()
         try:
             last = self._last
@@ -106,9 +107,19 @@ class PreparedIO:
                     f"flight ({self.n} op(s)); wait for them before starting again"
                 )
             self._last = pending = self._prep.start(offsets, wait=wait)
-            return pending
-        finally:
-            tracker.left()  # one C call: no raising signal before the count moves
+        except BaseException:
+            # The start raised after its I/O started (a raising signal handler right after
+            # the submission, or inside a single op's wait): that is the last batch, so
+            # done() is false until it completes, set before the start is counted out
+            # and through a second raising signal (as run()'s single-op path).
+            try:
+                self._keep_started(before)
+            except BaseException:
+                despite_signals(self._keep_started, before)
+            tracker.left()
+            raise
+        tracker.left()  # one C call: no raising signal before the count moves
+        return pending
 
     def start(self, offsets: Sequence[int]) -> Pending:
         """Start one batch at *offsets* without waiting (results unchecked: bytes or ``-errno``)."""
@@ -151,6 +162,19 @@ class PreparedIO:
         if results == self._full:
             return results
         return self._finish(offsets, results, exact)
+
+    def _keep_started(self, before: object) -> None:
+        """:meth:`_start` raised: the batch it submitted since ``SUBMITTED.last`` was *before*
+        (if any), else an op its single-op path left in flight, becomes the last batch.
+        Safe to repeat (despite_signals)."""
+        pending = submitted_since(before)
+        if pending is not None:
+            self._last = pending
+            return
+        outlived = getattr(self._prep, "outlived", None)
+        pending = None if outlived is None else outlived()
+        if pending is not None:
+            self._last = pending
 
     def _keep_outlived(self) -> None:
         """The single-op path raised: the op it left in flight, if any, is the last batch

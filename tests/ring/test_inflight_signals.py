@@ -15,14 +15,22 @@ untracked would let it release the descriptor under the op.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.signal_points import Alarm, Interrupt, code_of, signal_at, sweep
 from uringstack.errors import RingClosedError
+from uringstack.ring import Ring
+from uringstack.ring.buffers import address_of
+from uringstack.ring.flags import Op
 from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.native import ffi
+from uringstack.ring.pending import UringPending
 
 TRACKER = code_of(files=("ring/inflight.py", "ring/interrupts.py"))
 
@@ -131,32 +139,83 @@ def test_a_second_signal_anywhere_in_run_keeps_the_interrupted_op_tracked(counte
     sweep(once)
 
 
-def test_a_signal_anywhere_in_start_keeps_the_started_op_tracked() -> None:
-    """A signal before the op started leaves nothing; after it, close() waits for the op,
-    whether start() returned it or raised."""
+def _submitting_a_hung_read(ring: Ring, r: int) -> Callable[[], UringPending]:
+    """A start: submits a read of an empty pipe (the kernel holds it until the test writes)."""
+    buf = bytearray(8)
+    pin = ffi.from_buffer(buf, require_writable=True)
+
+    def fn() -> UringPending:
+        return UringPending(ring, ring.submit(Op.READ, r, addrs=address_of(pin), lens=8, offsets=0, keep=[pin, buf]))
+
+    return fn
+
+
+def _close_with_the_read_hung(t: InflightTracker, ring: Ring, w: int) -> str:
+    """Close *t* while the ring holds the pipe read (what the close reported), then complete
+    the read and close again (the tracker lets go of it)."""
+    try:
+        t.close(timeout=0.1)
+        got = "close() returned while the ring held the batch"
+    except TimeoutError as e:
+        got = str(e)
+    os.write(w, b"z" * 8)
+    deadline = time.monotonic() + 5.0
+    while ring.inflight and time.monotonic() < deadline:
+        ring.reap()
+    t.close(timeout=0.3)
+    return got
+
+
+@pytest.mark.parametrize("how", ["start", "run"])
+def test_a_signal_anywhere_in_start_or_run_keeps_the_submitted_batch_tracked(
+    ring: Ring, pipe: tuple[int, int], how: str
+) -> None:
+    """A signal before the batch was submitted leaves nothing; after it, close() waits for
+    the batch, whether the call returned its pending or raised before that pending was
+    stored (right after ``fn(*args, **kwargs)`` returned: the ring's record of the batch)."""
+    r, w = pipe
+    ring.wait_tick = 0.01  # run()'s wait: back to the point after it soon, the read still hung
 
     def once(at: int) -> str | None:
         t = InflightTracker("f")
-        started: list[FakePending] = []
-
-        def fn() -> FakePending:
-            started.append(FakePending(hang=True))
-            return started[0]
-
+        fn = _submitting_a_hung_read(ring, r)
+        feeder = threading.Timer(0.3, os.write, (w, b"z" * 8))  # run() waits for the read: complete it then
+        if how == "run":
+            feeder.start()
         with signal_at(TRACKER, at) as sent, contextlib.suppress(Interrupt):
-            t.start(fn)
-        if started and sent.where is not None and sent.where.startswith("InflightTracker.start after CALL_FUNCTION_EX"):
-            # Open (docs/api.md, "Ctrl-C during I/O"): right after fn(*args, **kwargs) returned
-            # and before its pending is stored, the op started and nothing tracks it.
-            started[0].finished = True
-            _closes_clean(t, sent.where)
-        elif started:
-            _closes_waiting_for(t, started[0], sent.where)
+            t.start(fn) if how == "start" else t.run(fn)
+        feeder.cancel()
+        if ring.inflight:
+            got = _close_with_the_read_hung(t, ring, w)
+            assert "1 op(s) in 1 batch(es)" in got, f"a signal {sent.where}: {got}"
         else:
             _closes_clean(t, sent.where)
+        if feeder.is_alive():
+            feeder.join()
         return sent.where
 
     sweep(once)
+
+
+def test_a_batch_a_wait_submitted_before_it_raised_is_tracked_too(ring: Ring, pipe: tuple[int, int]) -> None:
+    """A pending whose wait submits a further batch (IOPOLL's durable write: the flush after
+    the write) and raises right after it, before storing it (a signal there): close() waits
+    for that batch too, not only for the pending."""
+    r, w = pipe
+    submit = _submitting_a_hung_read(ring, r)
+
+    class SubmitsInWait(FakePending):
+        def wait(self) -> list[int]:
+            submit()
+            raise Interrupt("right after the submission")
+
+    t = InflightTracker("f")
+    pending = SubmitsInWait(hang=False)  # (its own op is done: only the batch its wait submitted is not)
+    with pytest.raises(Interrupt):
+        t.run(lambda: pending)
+    assert ring.inflight == 1
+    got = _close_with_the_read_hung(t, ring, w)
+    assert "1 op(s) in 1 batch(es)" in got, got
 
 
 def test_a_signal_anywhere_in_run_returning_while_a_close_waits_lets_the_close_return() -> None:

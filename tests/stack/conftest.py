@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,3 +21,31 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     s = open_stack(overrides=BACKENDS[request.param])
     yield s
     s.close()
+
+
+class GatedReads:
+    """The fallback backend's reads held at a gate: each waits until ``gate`` is set (5 s at
+    most); ``ended`` holds the ``time.monotonic()`` at which each finished."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ended: list[float] = []
+
+
+@pytest.fixture
+def gated_fallback_reads(monkeypatch: pytest.MonkeyPatch) -> GatedReads:
+    """The fallback pool's reads (``_preadv``) wait at a gate the test opens (see :class:`GatedReads`)."""
+    from uringstack.plugins.fallback import backend as fallback_backend
+
+    gated = GatedReads()
+    real = fallback_backend._preadv
+
+    def preadv(fd: int, buf: object, offset: int) -> int:
+        gated.gate.wait(5.0)
+        try:
+            return real(fd, buf, offset)
+        finally:
+            gated.ended.append(time.monotonic())
+
+    monkeypatch.setattr(fallback_backend, "_preadv", preadv)
+    return gated

@@ -24,6 +24,7 @@ import pytest
 
 import uringstack
 from tests.signal_points import Alarm, Interrupt, code_of, signal_at, sweep
+from tests.stack.conftest import GatedReads
 from uringstack.ring import Ring
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -364,29 +365,16 @@ class _Unfinished:
 
 @pytest.mark.timeout(120)
 def test_a_signal_anywhere_while_the_fallback_queues_a_batch_leaves_its_ops_waited_for(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: os.PathLike[str], gated_fallback_reads: GatedReads
 ) -> None:
     """The fallback backend queues a batch's ops on its pool one by one: a raising signal at
     each point of that (and of the trackers') in turn, and the handle's close() still
     returns only after every op that was queued has run (the pool resolves the descriptor
     number when it runs an op: one run after the close would read another file)."""
-    from uringstack.plugins.fallback import backend as fallback_backend
-
     path = os.path.join(tmp_path, "f")
     with open(path, "wb") as f:
         f.write(b"x" * 8192)
-    gate = threading.Event()
-    ended: list[float] = []
-    real = fallback_backend._preadv
-
-    def preadv(fd: int, buf: object, offset: int) -> int:
-        gate.wait(5.0)
-        try:
-            return real(fd, buf, offset)
-        finally:
-            ended.append(time.monotonic())
-
-    monkeypatch.setattr(fallback_backend, "_preadv", preadv)
+    gate, ended = gated_fallback_reads.gate, gated_fallback_reads.ended
     queuing = code_of(files=("fallback/backend.py", "ring/inflight.py", "ring/interrupts.py"))
     with open_stack(overrides={"core.backend": "fallback", "core.cores": [CPU], "core.close_timeout_s": 5.0}) as s:
 
