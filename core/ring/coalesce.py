@@ -103,6 +103,11 @@ QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[A
 # read_many/write_many requests' (pins, lengths) pairs and offset lists.
 _OneFile = tuple["CoalescedFile", tuple[Any, ...], tuple[Any, ...], list["asyncio.Future[Any]"]]
 _future_done = asyncio.Future.done
+# asyncio.Future's own methods, unbound: a call of one on an exact ``asyncio.Future``
+# skips the method lookup, which CPython 3.11 does not specialize on the C Future
+# (its instances have a ``__dict__`` slot): about 150 instructions per call, two per await.
+_set_result = asyncio.Future.set_result
+_remove_done_callback = asyncio.Future.remove_done_callback
 
 
 class Coalescer:
@@ -623,7 +628,7 @@ class Coalescer:
             cols.set("addrs", [base + start for start in starts])
             cols.set("lens", sizes)
         cols.set("offs", offs)
-        self._launch(futures, io, False, pending, cols, n, [arena], arena, arena_size, starts, False, in_arena=True)
+        self._launch(futures, io, False, pending, cols, n, [arena], arena, arena_size, starts, False)
 
     def _launch(
         self,
@@ -639,14 +644,12 @@ class Coalescer:
         starts: Sequence[int],
         lists: bool,
         leases: list[Any] | None = None,
-        in_arena: bool = False,
     ) -> None:
         """Submit the *n* ops of *cols* (*keep* owns their memory) and deliver their results to
         *futures*, one per request (*io*: the first request's file).
 
         *leases* (registered buffers in the batch) are marked in flight with it, as the
-        sync batch path does: their pool defers a release until the batch finished.
-        *in_arena*: every request is one read into the arena at its start."""
+        sync batch path does: their pool defers a release until the batch finished."""
         pending.n = n
         ring = self.ring
         batch = pending.batch = ring.submit_columns(cols, n, keep, wait_room=False)
@@ -673,25 +676,15 @@ class Coalescer:
             state[1] = state[2] = None
             results = done.results
             view = ffi.buffer(own) if own is not None else None
-            if own is not None and arena_size >= self._spare_size:
-                # The slices below copy the bytes out before any woken task runs
-                # (_resolve takes every value first): the next flush may reuse it.
-                self._spare, self._spare_size = own, arena_size
+            at: Sequence[int] | None = starts
             if lists:
-                values = _list_values(futures, starts, results, view)
+                results = _list_values(futures, starts, results, view)
+                view = at = None
             elif view is None:
-                values = results
-            elif in_arena:  # (every request is a read into the arena: no start to check)
-                values = [
-                    view[start : start + res] if res >= 0 else res for start, res in zip(starts, results, strict=True)
-                ]
-            else:
-                values = [
-                    view[start : start + res] if start >= 0 and res >= 0 else res
-                    for start, res in zip(starts, results, strict=True)
-                ]
+                at = None
             try:
-                _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None)
+                direct = self.direct and asyncio.current_task(self.loop) is None
+                _resolve(futures, results, direct, self._plain_futures, view, at)
             finally:
                 # The batch stays referenced after delivery (by a pooled column set until
                 # its reuse, by its leases' in-flight mark); the ring drops its done-callbacks
@@ -699,6 +692,11 @@ class Coalescer:
                 # check or a drain list.  Holding every result that long kept ~8 MiB of a
                 # 32-task read loop's bytes alive and made malloc grow and trim its heap in
                 # turn: a fresh page, so a page fault, for most reads.
+                if own is not None and arena_size >= self._spare_size:
+                    # Every value was copied out of it (_resolve copies each read's bytes
+                    # before it wakes that read's task, and when a wake-up raises, the
+                    # rest's before the error propagates): the next flush may reuse it.
+                    self._spare, self._spare_size = own, arena_size
                 futures.clear()
                 # And the trackers let go of the flush now, not at their next prune: until
                 # then each delivered flush (pending, batch, closures) was ~10 objects for
@@ -807,8 +805,21 @@ def _list_values(futures: list[asyncio.Future[Any]], starts: Sequence[int], resu
     return values
 
 
-def _resolve(futures: list[asyncio.Future[Any]], values: list[Any], direct: bool) -> None:
-    """Set each future's value; with *direct*, run its awaiting task's wake-up here.
+def _resolve(
+    futures: list[asyncio.Future[Any]],
+    results: list[Any],
+    direct: bool,
+    plain: bool = False,
+    view: Any = None,
+    starts: Sequence[int] | None = None,
+) -> None:
+    """Give each future its value; with *direct*, run its awaiting task's wake-up here.
+
+    ``futures[i]``'s value is ``results[i]``, or with *view* (the flush's arena)
+    where ``starts[i] >= 0`` and ``results[i] >= 0`` (a read into the arena that did
+    not fail), its ``results[i]`` bytes at ``starts[i]``: copied out just before the
+    future is resolved, so a task that drops its result frees it before the next
+    one is made (malloc reuses the block), and no list of the flush's values is built.
 
     ``fut.set_result`` schedules every done-callback with ``loop.call_soon``: a
     Handle, a trip through the loop's ready queue and ``Handle._run`` per await
@@ -819,26 +830,41 @@ def _resolve(futures: list[asyncio.Future[Any]], values: list[Any], direct: bool
     the loop would have done one turn later.  A future with other callbacks (or
     none: its task was cancelled, or nobody awaits it yet) is resolved the plain
     way.  If a wake-up raises (a KeyboardInterrupt out of the task's step), the
-    futures after it are still resolved before the error propagates."""
+    futures after it are still resolved before the error propagates.  *plain*: every
+    future is an exact ``asyncio.Future`` (its methods are called unbound)."""
+    if starts is None:
+        starts = [-1] * len(futures)
     if not direct:
-        for fut, value in zip(futures, values, strict=True):
+        for fut, start, res in zip(futures, starts, results, strict=True):
             if not fut.done():  # else the awaiting task was cancelled
-                fut.set_result(value)
+                fut.set_result(view[start : start + res] if start >= 0 and res >= 0 else res)
         return
-    for i, fut in enumerate(futures):
+    set_result = _set_result if plain else _call_set_result
+    remove = _remove_done_callback if plain else _call_remove_done_callback
+    for fut, start, res in zip(futures, starts, results, strict=True):
+        value = view[start : start + res] if start >= 0 and res >= 0 else res
         cbs = fut._callbacks  # (None once done: setting a result or cancelling takes the callbacks off)
         if cbs is None or len(cbs) != 1:
             if not fut.done():
-                fut.set_result(values[i])
+                set_result(fut, value)
             continue
         cb, ctx = cbs[0]
-        fut.remove_done_callback(cb)
-        fut.set_result(values[i])
+        remove(fut, cb)
+        set_result(fut, value)
         try:
             ctx.run(cb, fut)
         except BaseException:
-            _resolve(futures[i + 1 :], values[i + 1 :], False)
+            i = futures.index(fut) + 1
+            _resolve(futures[i:], results[i:], False, plain, view, starts[i:])
             raise
+
+
+def _call_set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    fut.set_result(value)
+
+
+def _call_remove_done_callback(fut: asyncio.Future[Any], cb: Callable[..., Any]) -> None:
+    fut.remove_done_callback(cb)
 
 
 def coalescer_for(ring: Ring) -> Coalescer:

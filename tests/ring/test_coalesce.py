@@ -17,7 +17,7 @@ import os
 import pathlib
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -612,6 +612,104 @@ def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> Non
         assert woken == [11, 12, 13]
     finally:
         loop.close()
+
+
+def test_a_wake_up_that_raises_still_gives_the_rest_of_its_batch_their_own_bytes_of_the_arena() -> None:
+    # _resolve copies each arena read's bytes just before it wakes that read's task: when
+    # a wake-up raises, the later reads must still get their own bytes (and the failed
+    # reads their -errno), resolved the plain way, on exact futures as on a loop's own kind.
+    from uringstack.ring.coalesce import _resolve
+
+    loop = asyncio.new_event_loop()
+    try:
+        for plain in (True, False):
+            futures = [loop.create_future() for _ in range(4)]
+            arena = bytes(range(64))
+            woken: list[Any] = []
+
+            def boom(_: asyncio.Future[Any]) -> None:
+                raise KeyboardInterrupt
+
+            futures[1].add_done_callback(boom)
+            for fut in (futures[0], *futures[2:]):
+                fut.add_done_callback(lambda f, woken=woken: woken.append(f.result()))
+            with pytest.raises(KeyboardInterrupt):
+                _resolve(futures, [8, 8, -errno.EIO, 5], True, plain, memoryview(arena), range(0, 64, 16))
+            assert [f.result() for f in futures] == [arena[0:8], arena[16:24], -errno.EIO, arena[48:53]]
+            assert woken == [arena[0:8]]  # woken in place, before the raise
+            loop.run_until_complete(asyncio.sleep(0))  # the rest wake up through the loop
+            assert woken == [arena[0:8], -errno.EIO, arena[48:53]]
+    finally:
+        loop.close()
+
+
+class _OwnFuture(asyncio.Future[Any]):
+    """A loop's own kind of future, whose set_result must be the one called."""
+
+    results: ClassVar[list[Any]] = []
+
+    def set_result(self, result: Any) -> None:
+        _OwnFuture.results.append(result)
+        super().set_result(result)
+
+
+class _OwnFutureLoop(asyncio.SelectorEventLoop):
+    def create_future(self) -> asyncio.Future[Any]:
+        return _OwnFuture(loop=self)
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_that_makes_its_own_futures_has_their_own_set_result_called(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The in-place wake-up calls asyncio.Future's methods unbound only on exact
+    # asyncio.Futures: a loop's own future class keeps its overrides.
+    expect = data.read_bytes()
+    _OwnFuture.results.clear()
+    with _uring_handle(uring_stack, data) as h:
+
+        async def main() -> list[bytes]:
+            return await asyncio.gather(*(h.read(BLOCK, i * BLOCK) for i in range(8)))
+
+        with asyncio.Runner(loop_factory=_OwnFutureLoop) as runner:
+            got = runner.run(asyncio.wait_for(main(), 10))
+    assert got == [expect[i * BLOCK : (i + 1) * BLOCK] for i in range(8)]
+    # (gather and wait_for make their own futures of the loop too: only the reads' bytes counted)
+    assert sorted(r for r in _OwnFuture.results if type(r) is bytes) == sorted(got)
+
+
+@pytest.mark.timeout(60)
+def test_a_flush_run_by_a_task_woken_mid_delivery_does_not_read_into_the_arena_being_delivered(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The reads of one flush are copied out of its arena one by one, each just before
+    # its task is woken; the arena becomes the next flush's only once all were copied.
+    # A flush that ran while the later reads were not copied yet (here forced by the
+    # first task woken: the coalescer itself only flushes from a loop callback) would
+    # read into it and hand those reads another offset's bytes.
+    from uringstack.ring.coalesce import coalescer_for
+
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def main() -> tuple[bytes, bytes, bytes]:
+            async def first() -> bytes:
+                got = await h.read(BLOCK, 0)
+                co = coalescer_for(ring)
+                fut = co.add_read(h.io, h._inflight, 2 * BLOCK, 5 * BLOCK)  # covers the whole arena
+                co.flush()
+                return got + await fut
+
+            a = asyncio.create_task(first())
+            b = asyncio.create_task(h.read(BLOCK, 2 * BLOCK))
+            return (await a)[:BLOCK], (await a)[BLOCK:], await b
+
+        got_a, got_forced, got_b = _run(main())
+    assert got_a == expect[:BLOCK]
+    assert got_forced == expect[5 * BLOCK : 7 * BLOCK]
+    assert got_b == expect[2 * BLOCK : 3 * BLOCK], "a flush read into the arena of a batch still being delivered"
 
 
 @pytest.mark.timeout(60)
