@@ -62,6 +62,8 @@ _WRITE_FIXED = int(Op.WRITE_FIXED)
 # A column set is reused once its last batch finished (C reads the columns only
 # while submitting); at most this many are kept per capacity.
 _POOLED_COLUMNS = 4
+FLUSH_ROUNDS = 4
+"""Flush rounds per loop callback at most (see :meth:`Coalescer.flush`)."""
 _MIN_CAPACITY = 32
 
 
@@ -143,6 +145,7 @@ class Coalescer:
         # A flush found no CQ room (Ring.cq_cap) for some queued ops: the next reap
         # (the ring's eventfd fires on every completion) flushes again.
         self._waiting_room = False
+        self._requeued = 0  # requests put back by the current flush round (see _flush_round)
         # An arena whose batch was delivered (its bytes copied out): the next flush reads into it.
         self._spare: Any = None
         self._spare_size = 0
@@ -310,9 +313,38 @@ class Coalescer:
         the rest stays queued, in order, and goes out once completions were reaped
         (never a wait on the loop's thread, which may be what completes the ops
         in flight).  A single read_many/write_many larger than the whole cap goes out
-        alone once the ring is idle, in parts (its submission waits for room)."""
-        self._scheduled = False
+        alone once the ring is idle, in parts (its submission waits for room).
+
+        Up to :data:`FLUSH_ROUNDS` rounds in one loop callback: the tasks a round's
+        batches woke in place (page-cache hits, complete inside the submission) queue
+        their next ops meanwhile, and those go out in the next round at once, not one
+        loop turn later (a ``call_soon`` Handle, a ``select`` and a turn of the loop's
+        own bookkeeping per flush: about 2% of a cached 4 KiB ``await read`` at 2 rounds).
+        What the last round's tasks queued goes out at the next loop turn, so other
+        callbacks and I/O wait at most that many rounds."""
+        rounds = 0
+        fresh = True  # (an exception out of a round: whatever is queued gets a flush of its own)
+        try:
+            while True:
+                rounds += 1
+                # Ops queued from here (by the tasks this round wakes in place) wait for
+                # the next round: no call_soon of a flush of their own.
+                self._scheduled = True
+                fresh = self._flush_round()
+                if not fresh or rounds >= FLUSH_ROUNDS or self._waiting_room:
+                    break
+        finally:
+            # Ops queued during the last round (or before an error) go out next turn;
+            # ops only put back for want of CQ room wait for the reap that frees it.
+            self._scheduled = fresh and bool(self._arena_reads or self._reads or self._writes)
+            if self._scheduled:
+                self.loop.call_soon(self.flush)
+
+    def _flush_round(self) -> bool:
+        """One round of :meth:`flush`; True when ops were queued meanwhile (not put back for
+        want of room: by the tasks its batches woke in place)."""
         self._waiting_room = False
+        self._requeued = 0
         held = None
         queued = len(self._arena_reads) + len(self._reads) + len(self._writes) + self._extra
         if queued > self.ring.cq_room() and not self.ring.closed:  # (closed: the submission fails the ops)
@@ -323,6 +355,7 @@ class Coalescer:
         finally:
             if held is not None:
                 self._requeue(*held)
+        return len(self._arena_reads) + len(self._reads) + len(self._writes) > self._requeued
 
     def _trim_to_room(self) -> tuple[list[QueuedOp], list[QueuedOp], list[QueuedOp]]:
         """Leave in the queues only the oldest requests that fit in the ring's CQ room; the others, taken out."""
@@ -352,6 +385,7 @@ class Coalescer:
         self._arena_reads[:0] = arena
         self._reads[:0] = reads
         self._writes[:0] = writes
+        self._requeued += len(arena) + len(reads) + len(writes)
         self._waiting_room = True
 
     def _flush_queued(self) -> None:

@@ -713,6 +713,103 @@ def test_a_flush_run_by_a_task_woken_mid_delivery_does_not_read_into_the_arena_b
 
 
 @pytest.mark.timeout(60)
+def test_reads_of_tasks_woken_in_place_go_out_in_the_same_loop_callback_for_a_bounded_number_of_rounds(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Page-cache hits complete inside their submission and their tasks, woken in place,
+    # queue their next reads at once: those go out in the next round of the same flush
+    # callback (no loop turn per flush), but at most FLUSH_ROUNDS rounds per callback, so
+    # a task that is not reading still runs at least once every FLUSH_ROUNDS rounds.
+    from uringstack.ring.coalesce import FLUSH_ROUNDS, coalescer_for
+
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+
+        async def main() -> tuple[int, int, int, bool]:
+            co = coalescer_for(ring)
+            callbacks = 0
+            flush = co.flush
+
+            def counted() -> None:
+                nonlocal callbacks
+                callbacks += 1
+                flush()
+
+            co.__dict__["flush"] = counted
+            ticks = 0
+            reading = True
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while reading:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            async def reader(k: int) -> bool:
+                ok = True
+                for i in range(64):
+                    off = ((k * 64 + i) % 64) * BLOCK
+                    ok &= await h.read(BLOCK, off) == expect[off : off + BLOCK]
+                return ok
+
+            tick = asyncio.create_task(ticker())
+            first = co.flushes
+            oks = await asyncio.gather(*(reader(k) for k in range(8)))
+            reading = False
+            await tick
+            return co.flushes - first, callbacks, ticks, all(oks)
+
+        batches, callbacks, ticks, ok = _run(main())
+    assert ok
+    assert batches >= 2 * callbacks, f"{batches} batches in {callbacks} flush callbacks: one loop turn per batch"
+    assert batches <= FLUSH_ROUNDS * (ticks + 2), f"{batches} batches while another task ran {ticks} times"
+
+
+@pytest.mark.timeout(60)
+def test_a_flush_round_that_raises_still_sends_what_its_woken_tasks_queued(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # An error out of a round (after its batch woke its tasks, which queued their next
+    # reads) must leave those reads a flush of their own, not a coalescer that believes
+    # one is scheduled: the loop reports the error and the reads complete.
+    from uringstack.ring.coalesce import coalescer_for
+
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        errors: list[Any] = []
+
+        async def main() -> list[bytes]:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+            co = coalescer_for(ring)
+            one_round = co._flush_round
+            raised = False
+
+            def round_then_raise() -> bool:
+                nonlocal raised
+                fresh = one_round()
+                if not raised:
+                    raised = True
+                    raise RuntimeError("boom")
+                return fresh
+
+            co.__dict__["_flush_round"] = round_then_raise
+
+            async def two_reads(k: int) -> bytes:
+                return await h.read(BLOCK, k * BLOCK) + await h.read(BLOCK, (k + 8) * BLOCK)
+
+            return await asyncio.gather(*(two_reads(k) for k in range(4)))
+
+        got = _run(main(), timeout=5)
+    assert got == [expect[k * BLOCK : (k + 1) * BLOCK] + expect[(k + 8) * BLOCK : (k + 9) * BLOCK] for k in range(4)]
+    assert [type(e) for e in errors] == [RuntimeError]
+
+
+@pytest.mark.timeout(60)
 def test_one_flush_mixing_arena_reads_caller_buffers_and_lists_reads_each_into_its_own_memory(
     uring_stack: Stack, data: pathlib.Path
 ) -> None:
