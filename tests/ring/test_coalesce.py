@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import open_plain_uring
 from uringstack.errors import RingClosedError, UringIOError
+from uringstack.ring.coalesce import FLUSH_ROUNDS, Coalescer, coalescer_for
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
@@ -614,31 +615,32 @@ def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> Non
         loop.close()
 
 
-def test_a_wake_up_that_raises_still_gives_the_rest_of_its_batch_their_own_bytes_of_the_arena() -> None:
-    # _resolve copies each arena read's bytes just before it wakes that read's task: when
-    # a wake-up raises, the later reads must still get their own bytes (and the failed
-    # reads their -errno), resolved the plain way, on exact futures as on a loop's own kind.
+def test_wake_ups_on_exact_futures_run_once_and_one_that_raises_still_lets_the_rest_resolve() -> None:
+    # On exact asyncio.Futures (asyncio's own loops) _resolve calls the future's methods
+    # unbound: each task's wake-up is taken off (so it runs once, in place, not again
+    # from the loop) and a wake-up that raises still leaves the rest of the batch resolved.
     from uringstack.ring.coalesce import _resolve
 
     loop = asyncio.new_event_loop()
     try:
         for plain in (True, False):
-            futures = [loop.create_future() for _ in range(4)]
-            arena = bytes(range(64))
+            futures = [asyncio.Future(loop=loop) for _ in range(4)]
             woken: list[Any] = []
 
-            def boom(_: asyncio.Future[Any]) -> None:
-                raise KeyboardInterrupt
+            def boom(f: asyncio.Future[Any], woken: list[Any] = woken) -> None:
+                woken.append("boom")
+                if woken.count("boom") == 1:
+                    raise KeyboardInterrupt
 
             futures[1].add_done_callback(boom)
             for fut in (futures[0], *futures[2:]):
                 fut.add_done_callback(lambda f, woken=woken: woken.append(f.result()))
             with pytest.raises(KeyboardInterrupt):
-                _resolve(futures, [8, 8, -errno.EIO, 5], True, plain, memoryview(arena), range(0, 64, 16))
-            assert [f.result() for f in futures] == [arena[0:8], arena[16:24], -errno.EIO, arena[48:53]]
-            assert woken == [arena[0:8]]  # woken in place, before the raise
+                _resolve(futures, [b"a", b"b", -errno.EIO, b"d"], True, plain)
+            assert [f.result() for f in futures] == [b"a", b"b", -errno.EIO, b"d"]
+            assert woken == [b"a", "boom"]  # woken in place, up to the raise
             loop.run_until_complete(asyncio.sleep(0))  # the rest wake up through the loop
-            assert woken == [arena[0:8], -errno.EIO, arena[48:53]]
+            assert woken == [b"a", "boom", -errno.EIO, b"d"]  # and none a second time
     finally:
         loop.close()
 
@@ -678,38 +680,11 @@ def test_a_loop_that_makes_its_own_futures_has_their_own_set_result_called(
     assert sorted(r for r in _OwnFuture.results if type(r) is bytes) == sorted(got)
 
 
-@pytest.mark.timeout(60)
-def test_a_flush_run_by_a_task_woken_mid_delivery_does_not_read_into_the_arena_being_delivered(
-    uring_stack: Stack, data: pathlib.Path
-) -> None:
-    # The reads of one flush are copied out of its arena one by one, each just before
-    # its task is woken; the arena becomes the next flush's only once all were copied.
-    # A flush that ran while the later reads were not copied yet (here forced by the
-    # first task woken: the coalescer itself only flushes from a loop callback) would
-    # read into it and hand those reads another offset's bytes.
-    from uringstack.ring.coalesce import coalescer_for
-
-    expect = data.read_bytes()
-    with _uring_handle(uring_stack, data) as h:
-        ring = h.ring
-        assert ring is not None
-
-        async def main() -> tuple[bytes, bytes, bytes]:
-            async def first() -> bytes:
-                got = await h.read(BLOCK, 0)
-                co = coalescer_for(ring)
-                fut = co.add_read(h.io, h._inflight, 2 * BLOCK, 5 * BLOCK)  # covers the whole arena
-                co.flush()
-                return got + await fut
-
-            a = asyncio.create_task(first())
-            b = asyncio.create_task(h.read(BLOCK, 2 * BLOCK))
-            return (await a)[:BLOCK], (await a)[BLOCK:], await b
-
-        got_a, got_forced, got_b = _run(main())
-    assert got_a == expect[:BLOCK]
-    assert got_forced == expect[5 * BLOCK : 7 * BLOCK]
-    assert got_b == expect[2 * BLOCK : 3 * BLOCK], "a flush read into the arena of a batch still being delivered"
+def _coalescer_of(h: FileHandle) -> Coalescer:
+    """The running loop's coalescer of *h*'s ring."""
+    ring = h.ring
+    assert ring is not None
+    return coalescer_for(ring)
 
 
 @pytest.mark.timeout(60)
@@ -720,15 +695,11 @@ def test_reads_of_tasks_woken_in_place_go_out_in_the_same_loop_callback_for_a_bo
     # queue their next reads at once: those go out in the next round of the same flush
     # callback (no loop turn per flush), but at most FLUSH_ROUNDS rounds per callback, so
     # a task that is not reading still runs at least once every FLUSH_ROUNDS rounds.
-    from uringstack.ring.coalesce import FLUSH_ROUNDS, coalescer_for
-
     expect = data.read_bytes()
     with _uring_handle(uring_stack, data) as h:
-        ring = h.ring
-        assert ring is not None
 
         async def main() -> tuple[int, int, int, bool]:
-            co = coalescer_for(ring)
+            co = _coalescer_of(h)
             callbacks = 0
             flush = co.flush
 
@@ -774,18 +745,14 @@ def test_a_flush_round_that_raises_still_sends_what_its_woken_tasks_queued(
     # An error out of a round (after its batch woke its tasks, which queued their next
     # reads) must leave those reads a flush of their own, not a coalescer that believes
     # one is scheduled: the loop reports the error and the reads complete.
-    from uringstack.ring.coalesce import coalescer_for
-
     expect = data.read_bytes()
+    errors: list[Any] = []
     with _uring_handle(uring_stack, data) as h:
-        ring = h.ring
-        assert ring is not None
-        errors: list[Any] = []
 
         async def main() -> list[bytes]:
             loop = asyncio.get_running_loop()
             loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
-            co = coalescer_for(ring)
+            co = _coalescer_of(h)
             one_round = co._flush_round
             raised = False
 
