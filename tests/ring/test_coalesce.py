@@ -17,12 +17,13 @@ import os
 import pathlib
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from tests.conftest import open_plain_uring
 from uringstack.errors import RingClosedError, UringIOError
+from uringstack.ring.coalesce import FLUSH_ROUNDS, Coalescer, coalescer_for
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
@@ -612,6 +613,167 @@ def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> Non
         assert woken == [11, 12, 13]
     finally:
         loop.close()
+
+
+def test_wake_ups_on_exact_futures_run_once_and_one_that_raises_still_lets_the_rest_resolve() -> None:
+    # On exact asyncio.Futures (asyncio's own loops) _resolve calls the future's methods
+    # unbound: each task's wake-up is taken off (so it runs once, in place, not again
+    # from the loop) and a wake-up that raises still leaves the rest of the batch resolved.
+    from uringstack.ring.coalesce import _resolve
+
+    loop = asyncio.new_event_loop()
+    try:
+        for plain in (True, False):
+            futures = [asyncio.Future(loop=loop) for _ in range(4)]
+            woken: list[Any] = []
+
+            def boom(f: asyncio.Future[Any], woken: list[Any] = woken) -> None:
+                woken.append("boom")
+                if woken.count("boom") == 1:
+                    raise KeyboardInterrupt
+
+            futures[1].add_done_callback(boom)
+            for fut in (futures[0], *futures[2:]):
+                fut.add_done_callback(lambda f, woken=woken: woken.append(f.result()))
+            with pytest.raises(KeyboardInterrupt):
+                _resolve(futures, [b"a", b"b", -errno.EIO, b"d"], True, plain)
+            assert [f.result() for f in futures] == [b"a", b"b", -errno.EIO, b"d"]
+            assert woken == [b"a", "boom"]  # woken in place, up to the raise
+            loop.run_until_complete(asyncio.sleep(0))  # the rest wake up through the loop
+            assert woken == [b"a", "boom", -errno.EIO, b"d"]  # and none a second time
+    finally:
+        loop.close()
+
+
+class _OwnFuture(asyncio.Future[Any]):
+    """A loop's own kind of future, whose set_result must be the one called."""
+
+    results: ClassVar[list[Any]] = []
+
+    def set_result(self, result: Any) -> None:
+        _OwnFuture.results.append(result)
+        super().set_result(result)
+
+
+class _OwnFutureLoop(asyncio.SelectorEventLoop):
+    def create_future(self) -> asyncio.Future[Any]:
+        return _OwnFuture(loop=self)
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_that_makes_its_own_futures_has_their_own_set_result_called(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # The in-place wake-up calls asyncio.Future's methods unbound only on exact
+    # asyncio.Futures: a loop's own future class keeps its overrides.
+    expect = data.read_bytes()
+    _OwnFuture.results.clear()
+    with _uring_handle(uring_stack, data) as h:
+
+        async def main() -> list[bytes]:
+            return await asyncio.gather(*(h.read(BLOCK, i * BLOCK) for i in range(8)))
+
+        with asyncio.Runner(loop_factory=_OwnFutureLoop) as runner:
+            got = runner.run(asyncio.wait_for(main(), 10))
+    assert got == [expect[i * BLOCK : (i + 1) * BLOCK] for i in range(8)]
+    # (gather and wait_for make their own futures of the loop too: only the reads' bytes counted)
+    assert sorted(r for r in _OwnFuture.results if type(r) is bytes) == sorted(got)
+
+
+def _coalescer_of(h: FileHandle) -> Coalescer:
+    """The running loop's coalescer of *h*'s ring."""
+    ring = h.ring
+    assert ring is not None
+    return coalescer_for(ring)
+
+
+@pytest.mark.timeout(60)
+def test_reads_of_tasks_woken_in_place_go_out_in_the_same_loop_callback_for_a_bounded_number_of_rounds(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # Page-cache hits complete inside their submission and their tasks, woken in place,
+    # queue their next reads at once: those go out in the next round of the same flush
+    # callback (no loop turn per flush), but at most FLUSH_ROUNDS rounds per callback, so
+    # a task that is not reading still runs at least once every FLUSH_ROUNDS rounds.
+    expect = data.read_bytes()
+    with _uring_handle(uring_stack, data) as h:
+
+        async def main() -> tuple[int, int, int, bool]:
+            co = _coalescer_of(h)
+            callbacks = 0
+            flush = co.flush
+
+            def counted() -> None:
+                nonlocal callbacks
+                callbacks += 1
+                flush()
+
+            co.__dict__["flush"] = counted
+            ticks = 0
+            reading = True
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while reading:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            async def reader(k: int) -> bool:
+                ok = True
+                for i in range(64):
+                    off = ((k * 64 + i) % 64) * BLOCK
+                    ok &= await h.read(BLOCK, off) == expect[off : off + BLOCK]
+                return ok
+
+            tick = asyncio.create_task(ticker())
+            first = co.flushes
+            oks = await asyncio.gather(*(reader(k) for k in range(8)))
+            reading = False
+            await tick
+            return co.flushes - first, callbacks, ticks, all(oks)
+
+        batches, callbacks, ticks, ok = _run(main())
+    assert ok
+    assert batches >= 2 * callbacks, f"{batches} batches in {callbacks} flush callbacks: one loop turn per batch"
+    assert batches <= FLUSH_ROUNDS * (ticks + 2), f"{batches} batches while another task ran {ticks} times"
+
+
+@pytest.mark.timeout(60)
+def test_a_flush_round_that_raises_still_sends_what_its_woken_tasks_queued(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    # An error out of a round (after its batch woke its tasks, which queued their next
+    # reads) must leave those reads a flush of their own, not a coalescer that believes
+    # one is scheduled: the loop reports the error and the reads complete.
+    expect = data.read_bytes()
+    errors: list[Any] = []
+    with _uring_handle(uring_stack, data) as h:
+
+        async def main() -> list[bytes]:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+            co = _coalescer_of(h)
+            one_round = co._flush_round
+            raised = False
+
+            def round_then_raise() -> bool:
+                nonlocal raised
+                fresh = one_round()
+                if not raised:
+                    raised = True
+                    raise RuntimeError("boom")
+                return fresh
+
+            co.__dict__["_flush_round"] = round_then_raise
+
+            async def two_reads(k: int) -> bytes:
+                return await h.read(BLOCK, k * BLOCK) + await h.read(BLOCK, (k + 8) * BLOCK)
+
+            return await asyncio.gather(*(two_reads(k) for k in range(4)))
+
+        got = _run(main(), timeout=5)
+    assert got == [expect[k * BLOCK : (k + 1) * BLOCK] + expect[(k + 8) * BLOCK : (k + 9) * BLOCK] for k in range(4)]
+    assert [type(e) for e in errors] == [RuntimeError]
 
 
 @pytest.mark.timeout(60)
