@@ -94,16 +94,43 @@ class Bridge:
         loop.add_reader(self.efd, self._on_readable)
 
     def detach(self) -> None:
-        """Stop watching and release the eventfd (the ring is closing)."""
+        """Stop watching and release the eventfd (the ring is closing).
+
+        From a thread other than the one running the loop (``stack.close()``
+        while the loop runs elsewhere), both steps are handed to the loop's
+        thread: closed here, the eventfd's number could be reused by another
+        thread's ``open()`` before the loop's pending read of it ran, and that
+        read would consume 8 bytes of an unrelated file or socket (asyncio's
+        ``remove_reader`` is not thread-safe either).  On the loop's thread the
+        reader is removed first, which cancels a read already scheduled, then
+        the descriptor is closed."""
         if self.ring.inherited:
             # A fork child shares the parent's epoll instance: removing the reader
             # here would remove it for the parent.  Only drop this process's copy.
             with contextlib.suppress(OSError):
                 os.close(self.efd)
             return
+        loop = self.loop
+        if loop.is_running() and _running_loop() is not loop:
+            try:
+                loop.call_soon_threadsafe(self._detach_here)
+                return
+            except RuntimeError:  # the loop closed meanwhile: nothing watches the eventfd
+                pass
+        self._detach_here()
+
+    def _detach_here(self) -> None:
         if not self.loop.is_closed():
             self.loop.remove_reader(self.efd)
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def bridge_for(ring: Ring) -> Bridge:
