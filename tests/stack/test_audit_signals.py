@@ -199,8 +199,8 @@ def test_a_second_signal_while_fileio_readinto_looks_up_its_interrupted_op(
     tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same for ``uringstack.FileIO.readinto`` at the file position (``read_here``): the read
-    the ring waits for (the file's pages dropped from the cache, so no cached read answers
-    first) outlives the call, and the file's close waits for it."""
+    the ring waits for (no cached read answers first) outlives the call, and the file's close
+    waits for it."""
     path = _synced_zeros(tmp_path)
     r, w = os.pipe()
     old_alarm, old_usr1 = signal.signal(signal.SIGALRM, _raise_alarm), signal.getsignal(signal.SIGUSR1)
@@ -210,12 +210,12 @@ def test_a_second_signal_while_fileio_readinto_looks_up_its_interrupted_op(
         ring.wait_tick, ring.wait_timeout = 2.0, 3.0
         raw = uringstack.open(path, "rb", buffering=0, stack=s)
         assert isinstance(raw, uringstack.FileIO)
-        os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert raw.handle is not None
+        monkeypatch.setattr(raw.handle, "_cached", lambda buf, want: None)  # as in _opened("readinto")
         sent = _second_signal_in_lookup(ring, monkeypatch)
         _to_pipe(ring, r, monkeypatch)
         buf = bytearray(4096)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        with pytest.raises(Alarm):
+        with pytest.raises(Alarm), _alarm_once_submitted(ring):
             raw.readinto(buf)
         signal.signal(signal.SIGUSR1, old_usr1)
         monkeypatch.undo()
@@ -404,7 +404,13 @@ def _opened(
     if form == "readinto":
         raw = uringstack.open(path, "rb", buffering=0, stack=s)
         assert isinstance(raw, uringstack.FileIO)
-        os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # no cached read answers first
+        # The read must go to the ring: its first step, the page-cache copy (read_cached), finds
+        # nothing.  Dropping the page (DONTNEED) did not make sure of that: read_cached's own
+        # preadv2(RWF_NOWAIT) starts reading the missing page in, and when that read finishes
+        # before the call looks again (under load) the call returns it, the ring never sees the
+        # read, and the alarm lands after it ("DID NOT RAISE").
+        assert raw.handle is not None
+        monkeypatch.setattr(raw.handle, "_cached", lambda buf, want: None)
         return raw.close, lambda: raw.readinto(buf)
     h = s.open(path)
     if form == "read_into":
@@ -413,6 +419,32 @@ def _opened(
     reads = h.prepare_reads([buf])
     assert reads.run([0]) == [4096]  # binds the op: the next run takes the one-frame path
     return h.close, lambda: reads.run([0])
+
+
+@contextlib.contextmanager
+def _alarm_once_submitted(ring: Ring) -> Iterator[None]:
+    """Within the block, SIGALRM to this thread once *ring* holds an op (the read to interrupt
+    is in the kernel), and never after the block.
+
+    A timer (``setitimer(0.05)``) fired by the clock: under load it ran out before the read was
+    submitted (``ring.inflight`` 0) or after a read that returned landed it in pytest or in the
+    stack's teardown."""
+    target = threading.get_ident()
+    over = threading.Event()
+
+    def send() -> None:
+        while not over.wait(0.001):
+            if ring.inflight:
+                signal.pthread_kill(target, signal.SIGALRM)
+                return
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        over.set()
+        sender.join()
 
 
 @pytest.mark.timeout(120)
@@ -445,8 +477,11 @@ def test_a_second_signal_anywhere_in_the_tracking_of_an_interrupted_read(
             close, read = _opened(form, s, ring, path, buf, monkeypatch)
             _to_pipe(ring, r, monkeypatch)
             rang.clear()
-            with signal_at(chosen, at, armed=lambda: bool(rang)) as sent, pytest.raises((Alarm, Interrupt)):
-                signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with (
+                signal_at(chosen, at, armed=lambda: bool(rang)) as sent,
+                pytest.raises((Alarm, Interrupt)),
+                _alarm_once_submitted(ring),
+            ):
                 read()
             monkeypatch.undo()
             assert rang == [1]
