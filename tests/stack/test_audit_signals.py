@@ -102,8 +102,7 @@ def test_read_into_interrupted_by_a_raising_handler_is_waited_for_by_close(
     h, ring, r, w = alarmed
     _to_pipe(ring, r, monkeypatch)
     buf = bytearray(4096)
-    signal.setitimer(signal.ITIMER_REAL, 0.05)
-    with pytest.raises(Alarm):
+    with pytest.raises(Alarm), _alarm_once_submitted(ring):
         h.read_into(buf, 0)
     monkeypatch.undo()
     _close_waits_for_the_read(h, ring, buf, w)
@@ -125,8 +124,7 @@ def test_a_prepared_single_run_interrupted_by_a_raising_handler_is_waited_for_by
     reads = h.prepare_reads([buf])
     assert reads.run([0]) == [4096]  # binds the op: the next run takes the one-frame path
     _to_pipe(ring, r, monkeypatch)
-    signal.setitimer(signal.ITIMER_REAL, 0.05)
-    with pytest.raises(Alarm):
+    with pytest.raises(Alarm), _alarm_once_submitted(ring):
         reads.run([0])
     monkeypatch.undo()
     assert not reads.done()
@@ -179,8 +177,7 @@ def test_a_second_signal_while_the_handle_looks_up_its_interrupted_op(
     try:
         sent = _second_signal_in_lookup(ring, monkeypatch)
         _to_pipe(ring, r, monkeypatch)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        with pytest.raises(Alarm):
+        with pytest.raises(Alarm), _alarm_once_submitted(ring):
             if form == "prepared":
                 reads.run([0])
             else:
