@@ -22,10 +22,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from uringstack.errors import RingClosedError
-from uringstack.ring import SUBMITTED, Batch, Ring, aio
+from uringstack.ring import SUBMITTED
 from uringstack.ring.interrupts import despite_signals
-from uringstack.ring.pending import Pending
-from uringstack.ring.polling import is_polled, polled_done, wait_polled
+from uringstack.ring.pending import Pending, UringPending, pending_for
 
 P = TypeVar("P", bound=Pending)
 
@@ -39,58 +38,19 @@ class Completable(Protocol):
     def done(self) -> bool: ...
 
 
-class SubmittedBatch:
-    """A batch a start submitted although the start raised before its pending came back
-    (a raising signal handler right after the submission): found through
-    :data:`~uringstack.ring.SUBMITTED` and tracked in its place until it completes.
-    A :class:`~uringstack.ring.pending.Pending` (a prepared object's last batch)."""
+def submitted_since(before: object) -> UringPending | None:
+    """The pending of the batch this thread submitted last, if that happened after
+    :data:`~uringstack.ring.SUBMITTED` read *before* (``SUBMITTED.last`` then); else None.
 
-    __slots__ = ("batch", "n", "ring")
-
-    def __init__(self, ring: weakref.ref[Ring], batch: Batch) -> None:
-        self.ring = ring
-        self.batch = batch
-        self.n = batch.n
-
-    def done(self) -> bool:
-        """True once the batch completed (reaps, or polls an IOPOLL ring, without blocking)."""
-        batch = self.batch
-        ring = self.ring()
-        if batch.finished or ring is None:
-            return batch.finished
-        if is_polled(ring):
-            return polled_done(ring, batch)
-        if not ring.closed:
-            ring.try_reap()
-        return batch.finished
-
-    def wait(self) -> list[int]:
-        return self._ring().wait(self.batch)
-
-    async def wait_async(self) -> list[int]:
-        ring = self._ring()
-        return await (wait_polled(ring, self.batch) if is_polled(ring) else aio.wait_batch(ring, self.batch))
-
-    def _ring(self) -> Ring:
-        ring = self.ring()
-        if ring is None:
-            raise RingClosedError("the ring of this batch was closed")
-        return ring
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SubmittedBatch) and other.batch is self.batch
-
-    def __hash__(self) -> int:
-        return id(self.batch)
-
-
-def submitted_since(before: object) -> SubmittedBatch | None:
-    """The batch this thread submitted last, if that happened after :data:`~uringstack.ring.SUBMITTED`
-    read *before* (``SUBMITTED.last`` then); else None."""
+    For a start that raised before its own pending came back (a raising signal
+    handler right after the submission): tracked in its place until it completes."""
     last = SUBMITTED.last
     if last is None or last is before:
         return None
-    return SubmittedBatch(*last)
+    ring = last[0]()
+    if ring is None:  # collected, so closed: nothing of it is in flight
+        return None
+    return pending_for(ring, last[1])
 
 
 CLOSE_TIMEOUT_S = 10.0

@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from uringstack.ring import aio
+from uringstack.ring.polling import is_polled, polled_done, wait_polled
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
@@ -66,3 +67,24 @@ class UringPending:
 
     async def wait_async(self) -> list[int]:
         return await aio.wait_batch(self.ring, self.batch)
+
+
+class PolledPending(UringPending):
+    """A batch in flight on an IOPOLL ring: only polling makes it progress.
+
+    ``wait`` is inherited: Ring.wait polls the device with GETEVENTS passes
+    (min_complete=0) until the batch completed, bounded like any wait (see
+    :mod:`uringstack.ring.polling`)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return polled_done(self.ring, self.batch)
+
+    async def wait_async(self) -> list[int]:
+        return await wait_polled(self.ring, self.batch)
+
+
+def pending_for(ring: Ring, batch: Batch) -> UringPending:
+    """The pending of *batch* on *ring*: :class:`PolledPending` on an IOPOLL ring, else :class:`UringPending`."""
+    return PolledPending(ring, batch) if is_polled(ring) else UringPending(ring, batch)

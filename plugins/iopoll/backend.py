@@ -30,8 +30,7 @@ from uringstack.ring import Batch, Ring
 from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
 from uringstack.ring.flags import FSYNC_DATASYNC, Op
 from uringstack.ring.io_backend import SyncMethod
-from uringstack.ring.pending import UringPending
-from uringstack.ring.polling import polled_done, wait_polled
+from uringstack.ring.pending import PolledPending, UringPending
 from uringstack.stack.uring_backend import RWF_DSYNC, UringFileIO
 
 if TYPE_CHECKING:
@@ -41,20 +40,11 @@ if TYPE_CHECKING:
 ROLE = "iopoll"
 
 
-class IopollPending(UringPending):
-    """A batch in flight on an IOPOLL ring: only polling makes it progress.
-
-    ``wait`` is inherited: Ring.wait polls the device with GETEVENTS passes
-    (min_complete=0) until the batch completed, bounded like any wait (see
-    :mod:`uringstack.ring.polling`)."""
+class IopollPending(PolledPending):
+    """A batch in flight on an IOPOLL ring (:class:`~uringstack.ring.pending.PolledPending`,
+    under the name this backend's users know)."""
 
     __slots__ = ()
-
-    def done(self) -> bool:
-        return polled_done(self.ring, self.batch)
-
-    async def wait_async(self) -> list[int]:
-        return await wait_polled(self.ring, self.batch)
 
 
 class WriteThenSync:
