@@ -111,7 +111,7 @@ class Bridge:
                 os.close(self.efd)
             return
         loop = self.loop
-        if loop.is_running() and _running_loop() is not loop:
+        if loop.is_running() and asyncio._get_running_loop() is not loop:  # (the test post() makes)
             try:
                 loop.call_soon_threadsafe(self._detach_here)
                 return
@@ -123,14 +123,6 @@ class Bridge:
         if not self.loop.is_closed():
             self.loop.remove_reader(self.efd)
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, or None."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def bridge_for(ring: Ring) -> Bridge:
