@@ -51,12 +51,12 @@ SETTLE_SECONDS = 2.5
 
 A copy writes 1 GiB into newly allocated page cache, so its kernel time depends
 on the state of the free memory it gets.  Where the guest reports free memory to
-its host (Linux free page reporting through virtio-balloon, on by default on
-Firecracker VMs such as this project's: "Free page reporting enabled"), the
+its host (Linux free page reporting through virtio-balloon, as on this
+project's Firecracker VMs: "Free page reporting enabled" at boot), the
 kernel reports free blocks to the host 2 s after a large free and the host
 discards them; a copy running at that moment writes into discarded memory,
-which costs it ~0.15-1.6 s more system time (measured with the built-in alone:
-0.36-0.47 s wall per GiB, 0.6-2.1 s in the runs hit, hitting whichever side ran
+which costs it 2-4x the system time (measured with the built-in alone:
+0.36-0.47 s of CPU per GiB, 0.6-3.5 s in the runs hit, whichever side ran
 then).  Deleting the last copy frees 1 GiB, so the reports fired within the
 bench's own runs: in a fresh process the fourth copy, started ~1.6-2.3 s after
 the first free, was slowed every time.  Pausing past that delay before the free
@@ -64,7 +64,7 @@ lets the previous report run first; the copy then starts on the memory just
 freed and ends before the next report (for runs shorter than ~2 s).  An untimed
 copy before the first run gives that run the same start (memory free for long
 was reported: with ``--only copyfileobj`` the built-in's first run, always
-first, took 2.6-5.7 s against ~0.5 s, on main's bench).  Both sides get the
+first, took 1.9-3.5 s of CPU against ~0.5 s, on main's bench).  Both sides get the
 same pause; it is not timed.  Elsewhere it only costs time."""
 
 
