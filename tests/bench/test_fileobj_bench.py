@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,34 @@ def test_the_floor_hashes_every_byte_it_copies() -> None:
     assert len(source) == 4 << 20  # whole MiB of it, less than the size: the copy wraps
     cycled = bytes(source) * 2
     assert sha_floor(source, size) == hashlib.sha256(cycled[:size]).hexdigest()
+
+
+def test_copyfileobj_runs_start_after_the_settle_pause_and_on_just_freed_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each timed copy comes after a SETTLE_SECONDS pause, and the last copy is deleted
+    after that pause, not before it (so a free-page report of it cannot land in the run);
+    the first timed run too (an untimed copy before it)."""
+    import uringstack.bench.fileobj as fb
+
+    events: list[str] = []
+    real_unlink, real_copy = os.unlink, fb.copy_with
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith(os.sep + "dst"):
+            events.append("free")
+        real_unlink(path, *args, **kwargs)
+
+    def copy_with(*args: Any) -> None:
+        events.append("copy")
+        real_copy(*args)
+
+    monkeypatch.setattr(fb.time, "sleep", lambda s: events.append(f"sleep {s}"))
+    monkeypatch.setattr(fb.os, "unlink", unlink)
+    monkeypatch.setattr(fb, "copy_with", copy_with)
+    doc = fb.run_fileobj_bench(1 << 20, reps=2, directory=str(tmp_path), only=("copyfileobj",))
+    assert doc["results"][0]["status"] == "ok"
+    pause = f"sleep {fb.SETTLE_SECONDS}"
+    assert fb.SETTLE_SECONDS > 2  # the kernel's report delay (PAGE_REPORTING_DELAY, 2 s)
+    # an untimed copy first, so every timed run deletes the last copy after the pause
+    assert events == ["copy"] + [pause, "free", "copy"] * 4
