@@ -36,6 +36,7 @@ import array
 import asyncio
 import asyncio.base_events
 import bisect
+import errno
 import mmap
 import os
 import selectors
@@ -127,12 +128,18 @@ def run_wal(directory: str, appenders: int, seconds: float, record: bytes) -> di
 class _Model:
     """The WAL's asyncio cycle with none of its code (see the module docstring)."""
 
-    def __init__(self, path: str, write_bytes: int) -> None:
+    def __init__(self, path: str, write_bytes: int, file_bytes: int = 64 << 20) -> None:
         with open(path, "wb") as f:
-            f.write(bytes(64 << 20))
+            f.write(bytes(file_bytes))
             f.flush()
             os.fsync(f.fileno())
-        self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        self.span = (file_bytes - write_bytes) // 8192 * 8192  # write offsets: multiples of 8 KiB below it
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.fd = os.open(path, os.O_RDWR)  # no O_DIRECT here (tmpfs), as the log falls back
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         self.buf = mmap.mmap(-1, write_bytes)
         self.view = memoryview(self.buf)
@@ -157,7 +164,7 @@ class _Model:
             os.pwritev(self.fd, [self.view], off, os.RWF_DSYNC)
             self.write_ns += time.perf_counter_ns() - t0
             self.flushes += 1
-            off = (off + 8192) % (60 << 20)
+            off = (off + 8192) % self.span
             assert self.loop is not None
             self.loop.call_soon_threadsafe(self._resolve, batch)
 
@@ -194,8 +201,10 @@ class _Model:
         os.close(self.fd)
 
 
-def run_model(directory: str, appenders: int, seconds: float, record: bytes, write_bytes: int) -> dict[str, float]:
-    m = _Model(os.path.join(directory, "model.dat"), write_bytes)
+def run_model(
+    directory: str, appenders: int, seconds: float, record: bytes, write_bytes: int, file_bytes: int = 64 << 20
+) -> dict[str, float]:
+    m = _Model(os.path.join(directory, "model.dat"), write_bytes, file_bytes)
     try:
         done = [0]
 
