@@ -1,0 +1,48 @@
+"""scripts/wal_cycle_probe.py (docs/wal.md, the asyncio cycle step by step) still measures the log it wraps.
+
+Its ``--steps`` mode wraps the writer's internal steps by name: a renamed or
+reshaped step must fail here, not leave the probe matching no cycle or the
+writer patched after the run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from types import ModuleType
+
+from uringstack.wal import writer as wal_writer
+
+SCRIPT = pathlib.Path(__file__).parents[2] / "scripts" / "wal_cycle_probe.py"
+
+
+def _probe() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("wal_cycle_probe", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_wal_and_model_rows_count_flushes_and_switches(tmp_path: pathlib.Path) -> None:
+    probe = _probe()
+    wal = probe.run_wal(str(tmp_path), 8, 0.4, bytes(256))
+    model = probe.run_model(str(tmp_path), 8, 0.4, bytes(256), 12288, file_bytes=4 << 20)
+    for row in (wal, model):
+        assert row["records_per_s"] > 0 and row["records_per_flush"] >= 1
+        assert 0 < row["write_us"] < row["cycle_us"]
+        assert row["cpu_us_per_flush"] > 0
+        # every flush waits at least once (the write or the kick): the counters are the threads'
+        assert row["flusher_vol"] > 0
+
+
+def test_steps_match_cycles_and_unpatch_the_writer(tmp_path: pathlib.Path) -> None:
+    probe = _probe()
+    before = {m: getattr(wal_writer.Writer, m) for m in ("_write", "_acknowledge", "_resolved", "_kick", "_stage")}
+    rows = probe.run_steps(str(tmp_path), 16, 0.6, bytes(256))
+    labels = [r[0] for r in rows]
+    assert labels[: len(probe._STEPS)] == [s[0] for s in probe._STEPS]
+    cycle = rows[-1]
+    assert cycle[0].startswith("CYCLE (") and int(cycle[0].split("(")[1].split()[0]) > 0
+    assert all(p50 >= 0 for _, p50, _, _ in rows)
+    assert {m: getattr(wal_writer.Writer, m) for m in before} == before
