@@ -3,21 +3,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "benchmarks-md.py"
+from tests.scripts import load_script
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmarks_md", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks-md.py", "benchmarks_md")
 
 
 def _row(mode: str, iops: float, api: str = "public", p50: float = 100.0) -> dict[str, Any]:

@@ -7,21 +7,15 @@ writer patched after the run.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 from types import ModuleType
 
+from tests.scripts import load_script
 from uringstack.wal import writer as wal_writer
-
-SCRIPT = pathlib.Path(__file__).parents[2] / "scripts" / "wal_cycle_probe.py"
 
 
 def _probe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wal_cycle_probe", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("wal_cycle_probe.py", "wal_cycle_probe")
 
 
 def test_wal_and_model_rows_count_flushes_and_switches(tmp_path: pathlib.Path) -> None:
