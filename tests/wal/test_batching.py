@@ -474,3 +474,48 @@ def test_asyncio_mixed_with_blocking_appenders_frames_every_record(wal_dir: path
         records = dict(wal.read_from(1))
         assert len(records) == 9 and sorted(records) == list(range(1, 10))
         assert [records[n] for n in lsns] == [b"a%d" % i * (i + 1) for i in range(4)]
+
+
+def test_append_async_follows_the_running_loop(wal_dir: pathlib.Path) -> None:
+    """The loop append_async remembers is used only while it runs on the caller's thread.
+
+    (It skips asyncio.get_running_loop()'s getpid per call: a loop run after it in the
+    same thread, or another thread's loop, must still get the futures, and a call with
+    no running loop must still fail as asyncio's does.)"""
+    with Wal.open(wal_dir, backend="fallback") as wal:
+
+        async def append(tag: bytes) -> tuple[asyncio.AbstractEventLoop, int]:
+            fut = wal.append_async(tag)
+            assert fut.get_loop() is asyncio.get_running_loop()
+            return asyncio.get_running_loop(), await asyncio.wait_for(fut, 10)
+
+        first_loop, first = asyncio.run(append(b"a"))
+        second_loop, second = asyncio.run(append(b"b"))  # a new loop in the same thread
+        assert first_loop is not second_loop and (first, second) == (1, 2)
+        with pytest.raises(RuntimeError, match="no running event loop"):
+            wal.append_async(b"no loop")
+
+        other: list[int] = []
+        started, go = threading.Event(), threading.Event()
+
+        def other_thread() -> None:
+            async def main() -> None:
+                started.set()
+                await asyncio.get_running_loop().run_in_executor(None, go.wait, 10)
+                other.append((await append(b"c"))[1])
+
+            asyncio.run(main())
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+
+        async def here() -> None:
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+            await append(b"d")  # this thread's loop is remembered while the other one runs
+            go.set()
+            await asyncio.sleep(0.05)
+            await append(b"e")
+
+        asyncio.run(here())
+        t.join(10)
+        assert other and wal.durable_lsn == 5
