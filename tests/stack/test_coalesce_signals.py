@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.signal_points import Interrupt, code_of, sweep
-from tests.stack.test_submit_signals import CPU, _drained, _empty, _fill, _signalled_then_closed
+from tests.stack.test_submit_signals import CPU, _drained, _empty, _fill, _signalled_then_closed, small_file
 from uringstack.ring import Ring
 from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
@@ -51,9 +51,7 @@ FORMS: dict[str, tuple[bool, Callable[[FileHandle], Coroutine[Any, Any, Any]]]] 
 def test_a_signal_anywhere_in_a_coalesced_submission_leaves_the_batch_waited_for_by_close(
     tmp_path: os.PathLike[str], pipe: tuple[int, int], form: str
 ) -> None:
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"x" * 4096)
+    path = small_file(tmp_path)
     r, w = pipe
     write, call = FORMS[form]
     loop = asyncio.new_event_loop()
