@@ -39,10 +39,12 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
-from uringstack.ring import RingBusyError, aio
+from uringstack.ring import SUBMITTED, RingBusyError, aio
 from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
+from uringstack.ring.inflight import submitted_since
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
 
 if TYPE_CHECKING:
@@ -392,28 +394,42 @@ class Coalescer:
         self._waiting_room = True
 
     def _flush_queued(self) -> None:
-        arena, reads, writes = self._arena_reads, self._reads, self._writes
-        if reads:
-            self._reads = []
-            if arena:
-                self._arena_reads = []
-                reads = arena + reads
-            self._submit(reads, False)
-        elif arena:
-            self._arena_reads = []
-            self._submit(arena, False, arena_only=True)
-        if writes:
-            self._writes = []
-            self._submit(writes, True)
+        if self._reads:
+            self._submit(False)  # (with the arena reads)
+        elif self._arena_reads:
+            self._submit(False, arena_only=True)
+        if self._writes:
+            self._submit(True)
 
-    def _submit(self, ops: list[QueuedOp], write: bool, arena_only: bool = False) -> None:
+    def _submit(self, write: bool, arena_only: bool = False) -> None:
+        """Take the queued writes, else the queued reads (with the arena reads unless
+        *arena_only*: only those are queued), and submit them as one batch."""
         # Each handle's tracker takes the flush's pending before anything is
         # submitted (one lock step per handle, not an enter and a leave), and
         # refuses it once the handle is closed: those ops fail here.
         pending = FlushPending(self.ring)
-        one = self._one_file(ops, pending, arena_only)
-        live = ops if one is not None else self._admit(ops, pending)
+        # The ops are taken from the queues only here, with no call before the try: a
+        # raising signal handler before this leaves them queued (the next flush takes
+        # them), and one in the try fails them, or leaves them to their batch's completions.
+        if write:
+            ops = self._writes
+            self._writes = []
+        elif arena_only:
+            ops = self._arena_reads
+            self._arena_reads = []
+        else:
+            ops = self._reads
+            self._reads = []
+            if self._arena_reads:
+                ops = self._arena_reads + ops
+                self._arena_reads = []
+        # (Inside the try: a raising signal handler right after a tracker took the pending
+        # must still mark it failed, or that handle's close() waits for it until its timeout.)
+        live = ops
         try:
+            one = self._one_file(ops, pending, arena_only)
+            if one is None:
+                live = self._admit(ops, pending)
             if one is not None:
                 if arena_only:
                     self._submit_arena(one, pending)
@@ -425,7 +441,10 @@ class Coalescer:
             arena_ops = [op for op in live if type(op[2]) is int]
             rest = [op for op in live if type(op[2]) is not int]
             self._requeue(arena_ops, [] if write else rest, rest if write else [])
-        except Exception as exc:  # nothing reached the kernel: every await of the batch raises it
+        except Exception as exc:
+            if pending.batch is not None:
+                raise  # (a signal handler's, after the ring took the batch in): its completions resolve the awaits
+            # nothing reached the kernel: every await of the batch raises it
             for op in live:
                 if not op[4].done():
                     op[4].set_exception(exc)
@@ -691,12 +710,6 @@ class Coalescer:
         *in_arena*: every request is one read into the arena at its start."""
         pending.n = n
         ring = self.ring
-        batch = pending.batch = ring.submit_columns(cols, n, keep, wait_room=False)
-        self.flushes += 1
-        if leases:
-            for lease in leases:
-                (lease.parent or lease).batch = batch
-        # From here the kernel owns the memory: nothing below may fail the awaits early.
         # deliver() holds no caller buffer: the batch's keep (dropped when reaped) is their only owner.
         # The arena is ours: once its bytes are copied out it is the next flush's.
         # deliver() reaches the batch through state only, and lets go of it once run:
@@ -704,7 +717,9 @@ class Coalescer:
         # every flush a reference cycle (batch, closures, futures, lists) that only the
         # cyclic GC frees (about 0.5 us per op of collections measured).
         # (The pending too, for the same reason: it holds the batch.)
-        state: list[Any] = [arena, batch, pending]
+        # Everything the batch's completion runs is made before it is submitted: once the
+        # ring took it in, only follow() (below) is left to do, and it can be run again.
+        state: list[Any] = [arena, None, pending]
 
         def deliver() -> None:
             # Runs once, on the loop thread, from the done-callback or the check below.
@@ -755,12 +770,57 @@ class Coalescer:
                 self._post(deliver)
 
         hook = io.completion_hook  # one worker, one ring: the same hook for every handle
+        done_cb: Callable[[Batch], None] = on_done
         if hook is not None:
-            batch.add_done_callback(hook("write" if write else "read", ring))
-        batch.add_done_callback(on_done)
+            told = hook("write" if write else "read", ring)
+
+            def told_then_done(batch: Batch) -> None:
+                try:
+                    told(batch)
+                finally:
+                    on_done(batch)
+
+            done_cb = told_then_done
+
+        def follow(batch: Batch) -> None:
+            # What a submitted batch needs for its completions to reach the awaits; safe to
+            # repeat (despite_signals): every step sets what it sets, once.
+            state[1] = pending.batch = batch
+            if leases:
+                for lease in leases:
+                    (lease.parent or lease).batch = batch
+            if batch.on_done is not done_cb and not batch.finished:
+                batch.add_done_callback(done_cb)
+
+        before = SUBMITTED.last  # (no call: a batch this submission took in is found below)
+        try:
+            batch = ring.submit_columns(cols, n, keep, wait_room=False)
+            follow(batch)
+        except BaseException:
+            # A raising signal handler (Ctrl-C) anywhere after the ring took the batch in
+            # (inside submit_columns after its C call, or here before follow() ended):
+            # the batch is in the kernel, so it stays the flush's, tracked by each handle
+            # (a close waits for it) and its completions resolve the awaits; the
+            # exception then propagates.  (pending.batch None: nothing reached the kernel.)
+            if pending.batch is None:
+                submitted = submitted_since(before)
+                if submitted is not None and submitted.ring is ring:
+                    pending.batch = submitted.batch
+            if pending.batch is not None:
+
+                def rescue(batch: Batch) -> None:
+                    follow(batch)
+                    if batch.finished:  # (reaped before its callback was in: delivered by the next drain)
+                        self._on_loop_done(deliver)
+
+                despite_signals(rescue, pending.batch)
+            raise
+        # From here the kernel owns the memory: nothing below may fail the awaits early.
+        self.flushes += 1
         self.reap()  # page-cache hits completed inside the submission
-        if batch.finished:
-            # Another thread may have reaped it before on_done was installed.
+        if batch.finished and state[0] is not _DELIVERED:
+            # Another thread may have reaped it before on_done was installed.  (Checked
+            # here: most flushes were delivered by the reap above, a call for nothing.)
             deliver()
 
 

@@ -80,6 +80,14 @@ def _empty(r: int) -> None:
     os.set_blocking(r, True)
 
 
+def small_file(tmp_path: os.PathLike[str]) -> str:
+    """A 4 KiB file to open (its descriptor is then redirected to the pipe)."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    return path
+
+
 def _drained(ring: Ring) -> None:
     deadline = time.monotonic() + 5.0
     while ring.inflight and time.monotonic() < deadline:
@@ -125,9 +133,7 @@ def _signalled_then_closed(
 def test_a_signal_anywhere_after_a_submission_leaves_the_batch_waited_for_by_close(
     tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, pipe: tuple[int, int], form: str
 ) -> None:
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"x" * 4096)
+    path = small_file(tmp_path)
     r, w = pipe
     write, call = FORMS[form]
     with open_stack(
@@ -183,9 +189,7 @@ def test_ctrl_c_in_the_first_run_of_a_one_buffer_prepared_read_leaves_it_waited_
     the backend's start (``UringPrepared.start``); Ctrl-C while the kernel holds that op
     propagates from the start without a pending: the op must still be the prepared object's
     last batch (``done()`` false), so the handle's close waits for it."""
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"x" * 4096)
+    path = small_file(tmp_path)
     r, w = pipe
     old = signal.signal(signal.SIGALRM, _ctrl_c)
     try:
@@ -224,9 +228,7 @@ def test_on_the_fallback_a_signal_anywhere_after_queuing_leaves_the_ops_waited_f
 ) -> None:
     """The same sweep on the fallback backend (its pool runs the reads; each waits at a gate
     the test opens only after close() began): no read runs after close() returned."""
-    path = os.path.join(tmp_path, "f")
-    with open(path, "wb") as f:
-        f.write(b"x" * 4096)
+    path = small_file(tmp_path)
     gate, ended = gated_fallback_reads.gate, gated_fallback_reads.ended
     _, call = FORMS[form]
     with open_stack(overrides={"core.backend": "fallback", "core.cores": [CPU], "core.close_timeout_s": 5.0}) as s:

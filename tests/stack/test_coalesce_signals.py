@@ -1,0 +1,112 @@
+"""A raising signal inside the asyncio coalescer's submission leaves its batch waited for by close.
+
+``await handle.read(n, off)``, ``read_many_async`` and ``write_many_async`` queue
+their ops on the ring's coalescer, whose flush submits them as one batch
+(``Ring.submit_columns``) and then records it as the flush's, which each
+handle's tracker waits for on close.  A signal handler that raises (Ctrl-C)
+inside the submission after the ring took the batch in, or in the flush before
+it recorded the batch, must leave the batch tracked: else ``close()`` returns
+while the kernel still reads or writes the handle's descriptor (the next
+``open`` reuses the number), and the awaits are failed although their ops are
+in flight.  It must also leave the awaits to be resolved by their completions.
+
+Each test sends a real signal (tests/signal_points.py) at each point of the
+coalescer's and the ring's submission code in turn while the batch hangs in the
+kernel (the handle's descriptor is made a copy of an empty pipe, or for a write
+of a full one), then closes the handle and only afterwards lets the batch
+complete: ``close()`` must not have returned while the ring still held it, and
+every await must end (its result, or the signal's exception where the signal
+landed before its op reached the kernel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from tests.signal_points import Interrupt, code_of, sweep
+from tests.stack.test_submit_signals import CPU, _drained, _empty, _fill, _signalled_then_closed, small_file
+from uringstack.ring import Ring
+from uringstack.stack import open_stack
+from uringstack.stack.handle import FileHandle
+
+_CODE = code_of(Ring.submit_columns, Ring._submit_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
+
+# Each form: (whether it writes, the awaited call).  A read takes 8 bytes from the empty
+# pipe (per op); a write is 8 bytes to the full one.
+FORMS: dict[str, tuple[bool, Callable[[FileHandle], Coroutine[Any, Any, Any]]]] = {
+    "read": (False, lambda h: h.read(8, 0)),
+    "read_many_async": (False, lambda h: h.read_many_async([0, 0], [bytearray(8), bytearray(8)])),
+    "write_many_async": (True, lambda h: h.write_many_async([0], [b"y" * 8])),
+}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_signal_anywhere_in_a_coalesced_submission_leaves_the_batch_waited_for_by_close(
+    tmp_path: os.PathLike[str], pipe: tuple[int, int], form: str
+) -> None:
+    path = small_file(tmp_path)
+    r, w = pipe
+    write, call = FORMS[form]
+    loop = asyncio.new_event_loop()
+    logged: list[dict[str, Any]] = []
+    # A flush runs as a loop callback: the loop logs what it raises (a KeyboardInterrupt
+    # would propagate out of the loop instead; the tracking is the same).
+    loop.set_exception_handler(lambda _, context: logged.append(context))
+    try:
+        with open_stack(
+            overrides={
+                "core.backend": "uring",
+                "core.cores": [CPU],
+                "sqpoll.mode": "off",
+                "core.close_timeout_s": 3.0,
+                "fixedbuf.mode": "off",  # (a registered file would not follow the copy below)
+            }
+        ) as s:
+            ring = s.workers[0].rings["storage"]
+
+            def once(at: int) -> str | None:
+                h = s.open(path)
+                assert h.ring is ring and h.fixed_index is None
+                # The coalescer submits with the handle's descriptor: make it a copy of the
+                # pipe (close() releases the copy).
+                os.dup2(w if write else r, h.fd)
+                if write:
+                    _fill(w)
+                tasks: list[asyncio.Task[Any]] = []
+
+                def start() -> None:
+                    tasks.append(loop.create_task(call(h)))
+                    # the task queues, the flush submits (or the signal interrupts it)
+                    loop.run_until_complete(asyncio.sleep(0.02))
+
+                def complete() -> None:
+                    if write:
+                        _empty(r)
+                    else:
+                        os.write(w, b"z" * 16)
+
+                try:
+                    where, held = _signalled_then_closed(h, start, _CODE, at, complete, lambda: ring.inflight)
+                except TimeoutError as e:  # (a pending tracked but never submitted nor failed)
+                    raise AssertionError(f"a signal at point {at}: close() waited for nothing: {e}") from e
+                # every await ends: resolved by its completion (or failed before its op was submitted)
+                done, _ = loop.run_until_complete(asyncio.wait(tasks, timeout=5.0))
+                _drained(ring)
+                _empty(r)
+                assert not held, f"a signal {where}: close() returned while the ring still held the batch"
+                assert done == set(tasks), f"a signal {where}: the await never ended"
+                for task in tasks:
+                    with contextlib.suppress(Interrupt):
+                        task.result()
+                return where
+
+            sweep(once)
+    finally:
+        loop.close()
