@@ -67,8 +67,6 @@ class PreparedIO:
         self.n = len(self.buffers)
         self._full = [len(b) for b in self.buffers]
         self._prep: PreparedRW = prepare_rw(handle.io, write, self.buffers)
-        # The backend's start without waiting, bound once (start() calls it per batch)
-        self._restart: Callable[[Sequence[int]], Pending] = self._prep.start
         self._last: Pending | None = None
         # The waited op of a single buffer in one call, without a pending object
         # (UringPrepared.run_one; None: the backend has no such path).
@@ -104,14 +102,16 @@ class PreparedIO:
         try:
             last = self._last
             if last is not None and not last.done():
-                raise self._in_flight()
+                raise BatchInFlightError(
+                    f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
+                    f"flight ({self.n} op(s)); wait for them before starting again"
+                )
             self._last = pending = self._prep.start(offsets, wait=wait)
         except BaseException:
             # The start raised after its I/O started (a raising signal handler right after
             # the submission, or inside a single op's wait): that is the last batch, so
             # done() is false until it completes, set before the start is counted out
-            # and through a second raising signal (as run()'s single-op path).  Inline,
-            # not a method: a signal at a method's entry would skip left().
+            # and through a second raising signal (as run()'s single-op path).
             try:
                 self._keep_started(before)
             except BaseException:
@@ -123,33 +123,7 @@ class PreparedIO:
 
     def start(self, offsets: Sequence[int]) -> Pending:
         """Start one batch at *offsets* without waiting (results unchecked: bytes or ``-errno``)."""
-        # _start(offsets, False) in one frame, the backend's start bound once (the restart
-        # of every batch of a loop keeping batches in flight): the same steps in the same order.
-        if self._fork_gen != forking._generation:
-            self._handle._check()
-        tracker = self._tracker
-        before = SUBMITTED.last
-        tracker.enter()
-        try:
-            last = self._last
-            if last is not None and not last.done():
-                raise self._in_flight()
-            self._last = pending = self._restart(offsets)
-        except BaseException:
-            try:
-                self._keep_started(before)
-            except BaseException:
-                despite_signals(self._keep_started, before)
-            tracker.left()
-            raise
-        tracker.left()
-        return pending
-
-    def _in_flight(self) -> BatchInFlightError:
-        return BatchInFlightError(
-            f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
-            f"flight ({self.n} op(s)); wait for them before starting again"
-        )
+        return self._start(offsets, False)
 
     def run(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
         """Move every buffer at its offset (submit and wait in one call); bytes moved per buffer.
