@@ -28,6 +28,7 @@ import random
 import sys
 import time
 from collections import deque
+from itertools import cycle
 from typing import Any
 
 
@@ -42,15 +43,8 @@ def run(handle: Any, layer: str, batch: int, qd: int, batches: int) -> float:
     from uringstack.ring.flags import Op
 
     pool = _offsets(handle.size(), 1)
-    pos = 0
-
-    def take() -> list[int]:
-        nonlocal pos
-        if pos + batch > len(pool):
-            pos = 0
-        out = pool[pos : pos + batch]
-        pos += batch
-        return out
+    # the batches' offsets sliced once and cycled (a C step per batch, the same for every layer)
+    take = cycle([pool[i : i + batch] for i in range(0, len(pool) - batch + 1, batch)]).__next__
 
     bufs = handle.lease_buffers(qd, size=4096)
     groups = [bufs[i : i + batch] for i in range(0, qd, batch)]
