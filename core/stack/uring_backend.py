@@ -545,7 +545,8 @@ class UringPrepared:
         if io.closed:  # its fd column holds a number that may be another file's by now
             raise RingClosedError(f"{io.path} is closed")
         last = cols.batch
-        if (last is not None and not last.finished) or self._one_busy.locked():  # (a single op in its call)
+        # (a single op in its call: only a prepared object of one buffer has that path)
+        if (last is not None and not last.finished) or (self._one is not None and self._one_busy.locked()):
             raise self._in_flight()
         n = self.n
         if len(offsets) != n:

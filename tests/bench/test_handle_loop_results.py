@@ -1,0 +1,70 @@
+"""The handle loop's batches kept in flight: a batch that did not move every byte stops the row.
+
+The loop compares a batch's results with the full ones in one step and reads
+them op by op only when they differ (as the raw loop's ``us_first_short``): a
+short or failed op must still be recorded, its bytes left out of the row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uringstack.bench import runner
+from uringstack.bench.api_loops import handle_loop
+from uringstack.bench.ladder import RUNGS
+from uringstack.bench.spec import BenchSpec
+from uringstack.stack import open_stack
+from uringstack.stack.prepared import PreparedIO
+
+
+class _Short:
+    """A started batch whose last op reports *short* bytes (what a short read returns)."""
+
+    def __init__(self, pending: Any, short: int) -> None:
+        self.pending = pending
+        self.n = pending.n
+        self.short = short
+
+    def done(self) -> bool:
+        return bool(self.pending.done())
+
+    def wait(self) -> list[int]:
+        res = list(self.pending.wait())
+        res[-1] = self.short
+        return res
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("short", [100, -5])
+def test_a_short_batch_in_flight_is_recorded_and_its_bytes_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: int
+) -> None:
+    f = tmp_path / "d.bin"
+    runner.prepare_file(str(f), 4 << 20)
+    # 4 batches of 2 in flight (the start/wait path, not run), a window opened by the first completion
+    spec = BenchSpec(
+        "randread", file=str(f), file_size=4 << 20, duration=10.0, ramp=0.0, queue_depth=8, batch=2, direct=False
+    )
+    starts = [0]
+    real = PreparedIO.start
+
+    def start(self: PreparedIO, offsets: Any) -> Any:
+        starts[0] += 1
+        pending = real(self, offsets)
+        return _Short(pending, short) if starts[0] == 20 else pending
+
+    monkeypatch.setattr(PreparedIO, "start", start)
+    stack = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "off", "sqpoll.mode": "off"})
+    try:
+        h = stack.open(str(f), writable=False)
+        res = h.worker.submit(handle_loop, h, spec, RUNGS["batched"], 0).result(timeout=30)
+        h.close()
+    finally:
+        stack.close()
+    assert res.errors == [f"op result {short} (want 4096)"]
+    # the loop stopped at that batch (not after the 10 s window), counting its first op's bytes only
+    assert 0 < res.ops <= starts[0] * 2 and starts[0] < 30 and res.seconds < 5
+    assert res.bytes == res.ops * 4096 - 4096
