@@ -528,8 +528,28 @@ class Ring:
         k = self._done_n[0]
         if not k:
             return []
-        slots: list[int] = ffi.unpack(self._done, k)
         inflight = self._inflight
+        if k == 1 and self._done[0] in inflight:  # one batch (most collects): the same steps, unrolled
+            slot = self._done[0]
+            batch = inflight[slot]
+            batch.finished = True
+            batch.release()
+            on_done = batch.on_done
+            if on_done is not None:
+                batch.on_done = None
+                try:
+                    on_done(batch)
+                finally:  # acknowledged also when it raised (then re-raised)
+                    # no point for a signal handler from the del to the end of the append
+                    del inflight[slot]
+                    self._done_n[0] = 0
+                    self._free_slots.append(slot)
+                return [batch]
+            del inflight[slot]
+            self._done_n[0] = 0
+            self._free_slots.append(slot)
+            return [batch]
+        slots: list[int] = ffi.unpack(self._done, k)
         try:
             done: list[Batch] = list(map(inflight.__getitem__, slots))
         except KeyError:
@@ -724,14 +744,11 @@ class Ring:
             result = self._one_result
             if self.wait_tick is not self._tick_seen:
                 self._retick()
-            # The slot is taken with no point for a signal handler until the try: one that
-            # raised in between would lose it (a pop's return value, a call before the try).
-            if self._closed or self._single_issuer or not free:
-                slot = self._one_slot_locked()
-            else:
-                slot = free[-1]
-                del free[-1]
+            # The slot is chosen (the last free one) before the try and taken inside it: a
+            # signal handler raising right after a pop() outside it would lose the slot.
+            slot = self._one_slot_locked() if self._closed or self._single_issuer or not free else free[-1]
             try:
+                free.pop()
                 ret = lib.us_rw_one(
                     self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
                     self._tick_ms_now,
@@ -786,12 +803,9 @@ class Ring:
                 result = ring._one_result
                 if ring.wait_tick is not ring._tick_seen:
                     ring._retick()
-                if ring._closed or ring._single_issuer or not free:  # (as in rw_one: no point until the try)
-                    slot = ring._one_slot_locked()
-                else:
-                    slot = free[-1]
-                    del free[-1]
+                slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free[-1]
                 try:
+                    free.pop()  # (as in rw_one: taken inside the try)
                     ret = call(bound, slot, offset, result, ring._tick_ms_now)
                     if ret >= 0:
                         free.append(slot)
@@ -818,7 +832,8 @@ class Ring:
         self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:
-        """A free slot for :meth:`rw_one`'s op, after its checks (ring open, the right thread)."""
+        """The free slot :meth:`rw_one`'s op takes (the last one: the caller pops it), after its
+        checks (ring open, the right thread)."""
         if self._closed:
             raise RingClosedError("ring is closed")
         if self._single_issuer:
@@ -828,9 +843,7 @@ class Ring:
             self._reap_locked()
             if not free:
                 raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-        slot = free[-1]
-        del free[-1]  # (not pop(): the point after its call would lose the slot)
-        return slot
+        return free[-1]
 
     def _rw_one_raised(self, slot: int, keep: object, result: Any) -> None:
         """:meth:`rw_one` raised (lock held), also from a signal handler as its call into C
