@@ -144,3 +144,16 @@ def test_a_signal_anywhere_in_collection_loses_no_batch(hot_file: int, entry: st
             os.close(w)
 
     assert sweep(once) > 5
+
+
+def test_a_completion_no_batch_owns_frees_its_slot() -> None:
+    """The op a third signal left no batch's (docs/api.md, "Ctrl-C during I/O"): its completion
+    is collected without failing every later collection, and its slot is freed."""
+    with Ring(entries=8) as ring:
+        owned = ring.submit(Op.NOP, -1)
+        unowned = ring.submit(Op.NOP, -1)
+        del ring._inflight[unowned.slot]  # as rw_one's op when nothing made it a batch's
+        for _ in range(2):
+            assert ring.reap() in ([owned], [])
+        assert owned.finished and ring.inflight == 0 and ring._inflight == {}
+        assert sorted(ring._free_slots) == list(range(MAX_SLOTS))
