@@ -39,6 +39,7 @@ MAX_SLOTS: int = lib.US_MAX_SLOTS
 CQ_RESERVE: int = lib.US_CQ_RESERVE
 """CQ entries a ring keeps free of ops (for its own cancel on close): see :attr:`Ring.cq_cap`."""
 _CQ_NEEDS_FLUSH: int = lib.US_CQ_NEEDS_FLUSH
+_STAND_IN = object()  # the tag of a batch the ring made for a completed slot no batch owned
 _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 
 # Batches whose completion could not be confirmed (the ring broke while they
@@ -550,10 +551,11 @@ class Ring:
             self._free_slots.append(slot)
             return [batch]
         slots: list[int] = ffi.unpack(self._done, k)
+        stand_ins: list[Batch] = []
         try:
             done: list[Batch] = list(map(inflight.__getitem__, slots))
         except KeyError:
-            done = self._adopt_unowned_locked(slots)
+            done, stand_ins = self._adopt_unowned_locked(slots)
         # Every completion taken is accounted for before any callback runs: a callback
         # that raises must not leave the batches after it unfinished (their waiters would
         # hang).  The first error is re-raised at the end.
@@ -580,10 +582,13 @@ class Ring:
         self._free_slots.extend(freed)
         if error is not None:
             raise error
+        if stand_ins:
+            return [batch for batch in done if batch not in stand_ins]
         return done
 
-    def _adopt_unowned_locked(self, slots: list[int]) -> list[Batch]:
-        """The batches of *slots*, after giving each slot no batch owns a finished stand-in.
+    def _adopt_unowned_locked(self, slots: list[int]) -> tuple[list[Batch], list[Batch]]:
+        """The batches of *slots*, after giving each slot no batch owns a stand-in; and the
+        stand-ins (in every collection of the slot's list: it may be collected again).
 
         Such a slot is an op of :meth:`rw_one` that a third raising signal left no
         batch's (docs/api.md, "Ctrl-C during I/O"): its completion came, so the kernel
@@ -593,8 +598,10 @@ class Ring:
             if slot not in inflight:
                 stand_in = Batch(1, ())
                 stand_in.slot = slot
+                stand_in.tag = _STAND_IN
                 inflight[slot] = stand_in
-        return list(map(inflight.__getitem__, slots))
+        done = list(map(inflight.__getitem__, slots))
+        return done, [batch for batch in done if batch.tag is _STAND_IN]
 
     def _reap_locked(self) -> list[Batch]:
         lib.us_reap_ready(self._ring, self._state)
