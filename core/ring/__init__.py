@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from itertools import compress
 from typing import Any
 
 from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
@@ -38,6 +39,8 @@ MAX_SLOTS: int = lib.US_MAX_SLOTS
 CQ_RESERVE: int = lib.US_CQ_RESERVE
 """CQ entries a ring keeps free of ops (for its own cancel on close): see :attr:`Ring.cq_cap`."""
 _CQ_NEEDS_FLUSH: int = lib.US_CQ_NEEDS_FLUSH
+_STAND_IN = object()  # the tag of a batch the ring made for a completed slot no batch owned
+_NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -190,7 +193,7 @@ class Ring:
         lib.us_state_set_spin(self._state, spin)
         self._counters = lib.us_state_counters(self._state)
         # The bookkeeping the batch path reads between calls, as memory (a read keeps
-        # the GIL; every call into the binding releases it: see _take_done).
+        # the GIL; every call into the binding releases it: see _collect_done).
         view = ffi.new("struct us_batch_view *")
         lib.us_batch_view(self._ring, self._state, view)
         self._view = view
@@ -507,50 +510,98 @@ class Ring:
         return max(1, int(self.wait_tick * 1000))
 
     # --- completion --------------------------------------------------------------
-    def _take_done(self) -> list[int]:
-        """The slots the C side marked done since the last take (caller holds the lock).
+    def _collect_done(self) -> list[Batch]:
+        """Finish the batches of the slots the C side listed done (caller holds the lock): mark
+        each finished, drop its buffers, run its callbacks; then acknowledge the list.
 
-        Read from the bookkeeping's memory, not through a call (us_take_done): a
-        call releases the GIL, and with two worker threads each release is a
-        hand-off of the GIL to the other thread and a wait to get it back."""
+        Safe against a raising signal handler (Ctrl-C) at any point: the done list (the
+        bookkeeping's memory, read without a call: a call releases the GIL, and with two
+        worker threads each release is a hand-off of the GIL and a wait to get it back) is
+        consumed only once every slot in it was handled, so a collect cut short leaves it
+        for the next one, which handles it again.  Handling twice is harmless: marking
+        finished and dropping buffers repeat, and each callback is taken off its batch just
+        before it runs, so it runs once (the next collect runs those left).  Until the list
+        is acknowledged its slots stay out of ``_free_slots``: no new batch can take a slot
+        that a re-run would then finish.  The acknowledgement is one C-level step with no
+        point for a signal handler in it: the list is reset, the batches leave
+        ``_inflight`` and their slots are freed together (tests/ring/test_collect_signals.py).
+        """
         k = self._done_n[0]
         if not k:
             return []
+        inflight = self._inflight
+        if k == 1 and self._done[0] in inflight:  # one batch (most collects): the same steps, unrolled
+            slot = self._done[0]
+            batch = inflight[slot]
+            batch.finished = True
+            batch.release()
+            on_done = batch.on_done
+            if on_done is not None:
+                batch.on_done = None
+                try:
+                    on_done(batch)
+                finally:  # acknowledged also when it raised (then re-raised)
+                    # no point for a signal handler from the del to the end of the append
+                    del inflight[slot]
+                    self._done_n[0] = 0
+                    self._free_slots.append(slot)
+                return [batch]
+            del inflight[slot]
+            self._done_n[0] = 0
+            self._free_slots.append(slot)
+            return [batch]
         slots: list[int] = ffi.unpack(self._done, k)
-        self._done_n[0] = 0
-        return slots
-
-    def _collect_done(self) -> list[Batch]:
-        done: list[Batch] = []
+        stand_ins: list[Batch] = []
+        try:
+            done: list[Batch] = list(map(inflight.__getitem__, slots))
+        except KeyError:
+            done, stand_ins = self._adopt_unowned_locked(slots)
+        # Every completion taken is accounted for before any callback runs: a callback
+        # that raises must not leave the batches after it unfinished (their waiters would
+        # hang).  The first error is re-raised at the end.
+        for batch in done:
+            batch.finished = True
+            batch.release()
+        # Each batch lets go of its callbacks as they run: a finished batch stays referenced
+        # (a pooled column set, a lease's in-flight mark, a tracker) and must not keep their
+        # closures and results; and a re-run after a signal must not run them again.
         error: BaseException | None = None
-        while True:
-            slots = self._take_done()
-            if not slots:
-                if error is not None:
-                    raise error
-                return done
-            taken = []
-            for slot in slots:
-                batch = self._inflight.pop(slot)
-                batch.release()
-                batch.finished = True
-                self._free_slots.append(slot)
-                taken.append(batch)
-            done.extend(taken)
-            # Every completion taken is accounted for before any callback runs: a
-            # callback that raises must not leave the batches after it unfinished
-            # (their waiters would hang).  The first error is re-raised at the end.
-            # Each batch lets go of its callbacks as they run (read once, here, the only
-            # caller): a finished batch stays referenced (a pooled column set, a lease's
-            # in-flight mark, a tracker) and must not keep their closures and results.
-            for batch in taken:
-                on_done = batch.on_done
-                if on_done is not None:
-                    batch.on_done = None
-                    try:
-                        on_done(batch)
-                    except BaseException as exc:  # re-raised below
-                        error = error or exc
+        for batch in done:
+            on_done = batch.on_done
+            if on_done is not None:
+                batch.on_done = None
+                try:
+                    on_done(batch)
+                except BaseException as exc:  # re-raised below
+                    error = error or exc
+        # Acknowledge: no point for a signal handler from the reset to the end of the
+        # extend (a C call running no Python code), so the list is consumed exactly
+        # when its slots leave _inflight and become free.
+        freed = compress(slots, map(inflight.pop, slots))
+        self._done_n[0] = 0
+        self._free_slots.extend(freed)
+        if error is not None:
+            raise error
+        if stand_ins:
+            return [batch for batch in done if batch not in stand_ins]
+        return done
+
+    def _adopt_unowned_locked(self, slots: list[int]) -> tuple[list[Batch], list[Batch]]:
+        """The batches of *slots*, after giving each slot no batch owns a stand-in; and the
+        stand-ins (in every collection of the slot's list: it may be collected again).
+
+        Such a slot is an op of :meth:`rw_one` that a third raising signal left no
+        batch's (docs/api.md, "Ctrl-C during I/O"): its completion came, so the kernel
+        is done with its memory and the slot is freed like any other."""
+        inflight = self._inflight
+        for slot in slots:
+            if slot not in inflight:
+                stand_in = Batch(1, ())
+                stand_in.slot = slot
+                stand_in.tag = _STAND_IN
+                inflight[slot] = stand_in
+        done = list(map(inflight.__getitem__, slots))
+        return done, [batch for batch in done if batch.tag is _STAND_IN]
 
     def _reap_locked(self) -> list[Batch]:
         lib.us_reap_ready(self._ring, self._state)
@@ -636,10 +687,13 @@ class Ring:
         callbacks of) whatever completed, so nothing is lost by skipping.
         """
         self._check_fork()
-        if not self._lock.acquire(blocking=False):
-            return []
+        # Whether the lock was taken is stored by the same C call that takes it (extend
+        # calls acquire through map): a signal handler raising right after a plain
+        # ``acquire()`` returned would lose the answer and leave the ring locked for good.
+        got: list[bool] = []
         try:
-            if self._closed:
+            got.extend(map(self._lock.acquire, _NO_BLOCKING))
+            if not got[0] or self._closed:
                 return []
             # Nothing posted, nothing the kernel holds back (overflow, task work) and
             # nothing drained: answered from memory, without a call
@@ -647,7 +701,8 @@ class Ring:
                 return []
             return self._reap_locked()
         finally:
-            self._lock.release()
+            if got and got[0]:
+                self._lock.release()
 
     def wait_any(self) -> list[Batch]:
         """Block until at least one in-flight batch completed; return the completed ones."""
@@ -693,11 +748,14 @@ class Ring:
             self._check_fork()
         with self._lock:
             free = self._free_slots
-            slot = self._one_slot_locked() if self._closed or self._single_issuer or not free else free.pop()
             result = self._one_result
             if self.wait_tick is not self._tick_seen:
                 self._retick()
+            # The slot is chosen (the last free one) before the try and taken inside it: a
+            # signal handler raising right after a pop() outside it would lose the slot.
+            slot = self._one_slot_locked() if self._closed or self._single_issuer or not free else free[-1]
             try:
+                free.pop()
                 ret = lib.us_rw_one(
                     self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
                     self._tick_ms_now,
@@ -749,11 +807,12 @@ class Ring:
             if gen != forking._generation:
                 ring._check_fork()
             with lock:
-                slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free.pop()
                 result = ring._one_result
                 if ring.wait_tick is not ring._tick_seen:
                     ring._retick()
+                slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free[-1]
                 try:
+                    free.pop()  # (as in rw_one: taken inside the try)
                     ret = call(bound, slot, offset, result, ring._tick_ms_now)
                     if ret >= 0:
                         free.append(slot)
@@ -780,7 +839,8 @@ class Ring:
         self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:
-        """A free slot for :meth:`rw_one`'s op, after its checks (ring open, the right thread)."""
+        """The free slot :meth:`rw_one`'s op takes (the last one: the caller pops it), after its
+        checks (ring open, the right thread)."""
         if self._closed:
             raise RingClosedError("ring is closed")
         if self._single_issuer:
@@ -790,7 +850,7 @@ class Ring:
             self._reap_locked()
             if not free:
                 raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-        return free.pop()
+        return free[-1]
 
     def _rw_one_raised(self, slot: int, keep: object, result: Any) -> None:
         """:meth:`rw_one` raised (lock held), also from a signal handler as its call into C

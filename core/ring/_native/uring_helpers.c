@@ -72,6 +72,12 @@ typedef struct us_state {
     int32_t *results[US_MAX_SLOTS];
     uint32_t remaining[US_MAX_SLOTS];
     uint32_t unqueued[US_MAX_SLOTS];  /* the last ops of the slot's batch left unqueued for want of CQ room */
+    /* Slots whose every op completed, for Python to collect (Ring._collect_done), which
+     * resets done_n only once it handled every slot listed, and frees their slots only
+     * then: a slot is listed when its remaining count reaches 0, and it cannot be counted
+     * again before it is freed, so each slot is listed at most once and US_MAX_SLOTS
+     * entries always suffice (drain still refuses to go past them).  Entries are only
+     * appended (us_rw_one takes back its own slot, appended within its call). */
     uint16_t done[US_MAX_SLOTS];
     uint32_t done_n;
     uint32_t inflight;      /* tracked SQEs queued or submitted whose CQE is not reaped */
@@ -93,15 +99,6 @@ uint32_t us_inflight(const us_state_t *st) { return st->inflight; }
 uint32_t us_slot_remaining(const us_state_t *st, uint32_t slot)
 {
     return slot < US_MAX_SLOTS ? st->remaining[slot] : 0;
-}
-
-uint32_t us_take_done(us_state_t *st, uint16_t *out, uint32_t max)
-{
-    uint32_t n = st->done_n < max ? st->done_n : max;
-    memcpy(out, st->done, n * sizeof(uint16_t));
-    memmove(st->done, st->done + n, (st->done_n - n) * sizeof(uint16_t));
-    st->done_n -= n;
-    return n;
 }
 
 static int is_sqpoll(const struct io_uring *ring)
@@ -179,6 +176,13 @@ static unsigned drain(struct io_uring *ring, us_state_t *st)
             uint64_t ud = cqes[i]->user_data;
             uint32_t slot = (uint32_t)(ud >> 32), idx = (uint32_t)ud;
             if (slot < US_MAX_SLOTS && st->remaining[slot] && st->results[slot]) {
+                if (__builtin_expect(st->remaining[slot] == 1 && st->done_n >= US_MAX_SLOTS, 0)) {
+                    /* The done list is full (cannot happen: see done_n): leave this CQE
+                     * and those after it in the CQ rather than write past the list. */
+                    io_uring_cq_advance(ring, i);
+                    st->c.reaped += total + i;
+                    return total + i;
+                }
                 st->results[slot][idx] = cqes[i]->res;
                 if (--st->remaining[slot] == 0) {
                     st->results[slot] = NULL;
@@ -685,7 +689,7 @@ int us_test_drop_cqe(struct io_uring *ring)
  * (results[slot] = result, remaining, inflight), so drain() routes its CQE
  * and us_lost_completions() counts it; the difference is what happens when
  * it completes here: the slot is taken back out of the done list, so the
- * caller needs no us_take_done pass for it.
+ * caller needs no collect for it.
  *
  * Returns the number of *other* batches whose completion drain() collected
  * meanwhile (>= 0: the op completed, its result is in *result; the caller
@@ -811,7 +815,7 @@ int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n)
  * Python reads and resets them only under the ring's lock, the same lock
  * every call that drains holds. */
 struct us_batch_view {
-    uint32_t *done_n;          /* slots in done[] not yet taken by Python */
+    uint32_t *done_n;          /* slots in done[] Python has not acknowledged (see done_n) */
     uint16_t *done;            /* slots whose every op completed, in order */
     const uint32_t *remaining; /* per slot: ops still awaited */
     const uint32_t *inflight;  /* ops submitted whose CQE is not reaped */

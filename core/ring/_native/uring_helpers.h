@@ -100,7 +100,6 @@ struct us_counters *us_state_counters(us_state_t *st);
 void us_state_set_spin(us_state_t *st, uint32_t spin_us);
 uint32_t us_slot_remaining(const us_state_t *st, uint32_t slot);
 uint32_t us_inflight(const us_state_t *st);
-uint32_t us_take_done(us_state_t *st, uint16_t *out, uint32_t max);
 
 int us_submit_batch(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
                     uint32_t wait_ms);
