@@ -211,6 +211,8 @@ class Ring:
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
         self._closed = False
+        # [None] once io_uring_queue_exit ran: stored by the C step that runs it (see _exit_locked)
+        self._exited: list[None] = []
         self.registered_buffers = 0
         self.registered_files = 0
         self.eventfd: int | None = None
@@ -1030,11 +1032,36 @@ class Ring:
             if self._closed:
                 return
             self._closed = True
-            if self._inflight or lib.us_inflight(self._state):
-                error = self._drain_all_locked()
-            lib.io_uring_queue_exit(self._ring)
+            try:
+                if self._inflight or lib.us_inflight(self._state):
+                    error = self._drain_all_locked()
+            finally:
+                # Also when a raising signal handler (Ctrl-C) cut the drain short: the ring
+                # is freed (else its descriptor and mappings stay for the life of the
+                # process, as a closed ring is never closed again), and what the kernel
+                # may still touch is kept.
+                try:
+                    self._exit_locked()
+                except BaseException:  # (a signal in it: finished before that propagates)
+                    despite_signals(self._exit_locked)
+                    raise
         if error is not None:
             raise error
+
+    def _exit_locked(self) -> None:
+        """Free the ring once, keeping the batches still listed in flight (safe to repeat).
+
+        A drain that ran to its end left none (each completed, or was orphaned past
+        the close timeout); one cut short by a signal may have: their buffers are
+        kept for the life of the process, as the kernel may still write into them.
+        ``io_uring_queue_exit`` runs inside ``list.extend``, which records it with no
+        point for a signal handler in between: a repeat never frees the ring twice
+        (a second ``close`` of its descriptor number could close another file's)."""
+        if self._inflight:
+            _ORPHANED.extend(self._inflight.values())
+            self._inflight.clear()
+        if not self._exited:
+            self._exited.extend(map(lib.io_uring_queue_exit, (self._ring,)))
 
     def _abandon(self) -> None:
         """Drop a fork child's copy of the ring without touching the parent's (no lock: it may be held)."""
