@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tests.scripts import load_script
+from tests.script_loader import load_script
 
 
 def _script() -> ModuleType:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 from types import ModuleType
 
-from tests.scripts import load_script
+from tests.script_loader import load_script
 from uringstack.wal import writer as wal_writer
 
 
