@@ -1,9 +1,12 @@
-"""Fixtures of the bounded-wait tests (``test_submit_wait_bound``, ``test_rw_one``): a hung op is a
-read from an empty pipe through the ring, which the kernel holds until a writer shows up."""
+"""Fixtures of the ring tests.  In the bounded-wait tests (``test_submit_wait_bound``,
+``test_rw_one``) a hung op is a read from an empty pipe through the ring, which the kernel
+holds until a writer shows up; the signal tests' completed batches read a hot file."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -36,3 +39,15 @@ def small_ring() -> Iterator[Ring]:
 def cq_overflowed(ring: Ring) -> bool:
     """Whether the kernel holds CQEs the CQ had no room for (``IORING_SQ_CQ_OVERFLOW``)."""
     return bool(ring._sq_flags[0] & IORING_SQ_CQ_OVERFLOW)
+
+
+@pytest.fixture
+def hot_fd(tmp_path: Any) -> Iterator[int]:
+    """A read-only descriptor of a 16 KiB file (bytes 0-255 repeated) in the page cache: a
+    read of it completes inside its submission."""
+    path = tmp_path / "hot"
+    path.write_bytes(bytes(range(256)) * 64)
+    fd = os.open(path, os.O_RDONLY)
+    os.pread(fd, 16384, 0)
+    yield fd
+    os.close(fd)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,16 +33,6 @@ from uringstack.ring.native import ffi
 
 _NAMES = ("close", "_drain_all_locked", "_collect_done", "_exit_locked")
 CLOSE = code_of(Batch.release, *(f for name in _NAMES if (f := getattr(Ring, name, None)) is not None))
-
-
-@pytest.fixture
-def hot_file(tmp_path: Any) -> Iterator[int]:
-    path = tmp_path / "hot"
-    path.write_bytes(bytes(range(256)) * 16)
-    fd = os.open(path, os.O_RDONLY)
-    os.pread(fd, 4096, 0)  # in the page cache: a read completes inside its submission
-    yield fd
-    os.close(fd)
 
 
 def _is_ring(fd: int) -> bool:
@@ -70,7 +59,7 @@ class CountingExits:
 
 
 def test_a_signal_anywhere_in_close_frees_the_ring_once_and_keeps_held_buffers(
-    hot_file: int, monkeypatch: pytest.MonkeyPatch
+    hot_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counting = CountingExits(ring_module.lib)
     monkeypatch.setattr(ring_module, "lib", counting)
@@ -84,7 +73,7 @@ def test_a_signal_anywhere_in_close_frees_the_ring_once_and_keeps_held_buffers(
         try:
             buf = bytearray(8)
             pin = ffi.from_buffer(buf, require_writable=True)
-            ring.submit(Op.READ, hot_file, addrs=address_of(pin), lens=8, offsets=0, keep=[pin, buf])
+            ring.submit(Op.READ, hot_fd, addrs=address_of(pin), lens=8, offsets=0, keep=[pin, buf])
             held_buf = bytearray(8)
             held_pin = ffi.from_buffer(held_buf, require_writable=True)
             held = ring.submit(Op.READ, r, addrs=address_of(held_pin), lens=8, offsets=0, keep=[held_pin, held_buf])

@@ -28,8 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -46,16 +45,6 @@ _NAMES = (
     "wait", "_wait_slot_locked", "wait_any", "rw_one",
 )  # fmt: skip
 COLLECT = code_of(Batch.release, *(f for name in _NAMES if (f := getattr(Ring, name, None)) is not None))
-
-
-@pytest.fixture
-def hot_file(tmp_path: Any) -> Iterator[int]:
-    path = tmp_path / "hot"
-    path.write_bytes(bytes(range(256)) * 64)
-    fd = os.open(path, os.O_RDONLY)
-    os.pread(fd, 16384, 0)  # in the page cache: a read completes inside its submission
-    yield fd
-    os.close(fd)
 
 
 class Completing:
@@ -106,7 +95,7 @@ ONE_PIN = ffi.from_buffer(ONE, require_writable=True)
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
-def test_a_signal_anywhere_in_collection_loses_no_batch(hot_file: int, entry: str) -> None:
+def test_a_signal_anywhere_in_collection_loses_no_batch(hot_fd: int, entry: str) -> None:
     call = ENTRIES[entry]
 
     def once(at: int) -> str | None:
@@ -115,9 +104,9 @@ def test_a_signal_anywhere_in_collection_loses_no_batch(hot_file: int, entry: st
         ring.wait_timeout = 1.0  # a lost completion fails the wait in a second, never hangs
         r, w = os.pipe()
         try:
-            done = Completing(ring, hot_file)
+            done = Completing(ring, hot_fd)
             with signal_at(COLLECT, at) as sent, contextlib.suppress(Interrupt):
-                call(ring, done, hot_file)
+                call(ring, done, hot_fd)
             # (the only thread using the ring: a lock the call left taken would hang the rest)
             assert not ring._lock.locked(), f"a signal {sent.where} left the ring locked"
             # A read the kernel holds takes a free slot: none of a list not yet consumed.
