@@ -78,6 +78,18 @@ class RingBusyError(SubmissionError):
     :attr:`~Ring.cq_cap`; nothing of it was submitted.  Retry once completions were reaped."""
 
 
+def chained(first: Callable[[Batch], None], then: Callable[[Batch], None]) -> Callable[[Batch], None]:
+    """One done-callback running *first*, then *then* (also when *first* raised)."""
+
+    def both(batch: Batch) -> None:
+        try:
+            first(batch)
+        finally:
+            then(batch)
+
+    return both
+
+
 class Batch:
     """Ops submitted together; owns everything the kernel may touch until reaped.
 
@@ -118,17 +130,7 @@ class Batch:
         Called by whichever thread reaps the last completion, under the ring's
         lock: keep it short and never block in it."""
         first = self.on_done
-        if first is None:
-            self.on_done = fn
-            return
-
-        def both(batch: Batch) -> None:
-            try:
-                first(batch)
-            finally:
-                fn(batch)
-
-        self.on_done = both
+        self.on_done = fn if first is None else chained(first, fn)
 
     def release(self) -> None:
         """Drop the buffers; only called once the kernel is done with them."""

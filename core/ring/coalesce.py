@@ -39,7 +39,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
-from uringstack.ring import SUBMITTED, RingBusyError, aio
+from uringstack.ring import SUBMITTED, RingBusyError, aio, chained
 from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
@@ -770,17 +770,8 @@ class Coalescer:
                 self._post(deliver)
 
         hook = io.completion_hook  # one worker, one ring: the same hook for every handle
-        done_cb: Callable[[Batch], None] = on_done
-        if hook is not None:
-            told = hook("write" if write else "read", ring)
-
-            def told_then_done(batch: Batch) -> None:
-                try:
-                    told(batch)
-                finally:
-                    on_done(batch)
-
-            done_cb = told_then_done
+        # One callback (not two add_done_callback calls): follow() tells by it whether it is in.
+        done_cb = on_done if hook is None else chained(hook("write" if write else "read", ring), on_done)
 
         def follow(batch: Batch) -> None:
             # What a submitted batch needs for its completions to reach the awaits; safe to
