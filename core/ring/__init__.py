@@ -540,19 +540,15 @@ class Ring:
             batch.finished = True
             batch.release()
             on_done = batch.on_done
-            if on_done is not None:
-                batch.on_done = None
-                try:
+            try:
+                if on_done is not None:
+                    batch.on_done = None
                     on_done(batch)
-                finally:  # acknowledged also when it raised (then re-raised)
-                    # no point for a signal handler from the del to the end of the append
-                    del inflight[slot]
-                    self._done_n[0] = 0
-                    self._free_slots.append(slot)
-                return [batch]
-            del inflight[slot]
-            self._done_n[0] = 0
-            self._free_slots.append(slot)
+            finally:  # acknowledged also when the callback raised (then re-raised)
+                # no point for a signal handler from the del to the end of the append
+                del inflight[slot]
+                self._done_n[0] = 0
+                self._free_slots.append(slot)
             return [batch]
         slots: list[int] = ffi.unpack(self._done, k)
         stand_ins: list[Batch] = []
