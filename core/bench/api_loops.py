@@ -210,21 +210,14 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                 now = now_ns()
                 k = sizes[j]
                 got = k * bs if res == fulls[j] else _check(res[:: 2 if pairs else 1], bs, errors)
-                if now < until:
+                ph = 1 if now < until else phase(now)
+                if ph == 1:
                     add(now - t0, k)
                     ops += k
                     nbytes += got
-                else:
-                    ph = phase(now)
-                    if ph == 1:
-                        add(now - t0, k)
-                        ops += k
-                        nbytes += got
-                    elif ph == 2:
-                        stopping = True
-                    if meter.t0:
-                        until = meter.until
-                if errors:
+                elif meter.t0:
+                    until = meter.until  # (the window opened at this completion, or is over)
+                if ph == 2 or errors:
                     stopping = True
                 if not stopping:
                     fifo.append((now_ns(), j, starts[j](take(k))))
