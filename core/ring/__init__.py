@@ -78,7 +78,9 @@ class RingBusyError(SubmissionError):
     :attr:`~Ring.cq_cap`; nothing of it was submitted.  Retry once completions were reaped."""
 
 
-def _run_then(batch: Batch, then: list[Callable[[Batch], None] | None], error: BaseException | None) -> BaseException | None:
+def _run_then(
+    batch: Batch, then: list[Callable[[Batch], None] | None], error: BaseException | None
+) -> BaseException | None:
     """Run the done-callbacks *then* of *batch* after its first (``Batch._then``), in order, one at a
     time; the first exception raised, *error* if it was not None.
 
@@ -549,7 +551,9 @@ class Ring:
         consumed only once every slot in it was handled, so a collect cut short leaves it
         for the next one, which handles it again.  Handling twice is harmless: marking
         finished and dropping buffers repeat, and each callback is taken off its batch just
-        before it runs, so it runs once (the next collect runs those left).  Until the list
+        before it runs, so it runs once (the next collect runs those left): a batch's
+        callbacks one at a time (``on_done``, then ``_run_then``), so one that raises, or a
+        signal at its entry, costs only that one.  Until the list
         is acknowledged its slots stay out of ``_free_slots``: no new batch can take a slot
         that a re-run would then finish.  The acknowledgement is one C-level step with no
         point for a signal handler in it: the list is reset, the batches leave

@@ -21,6 +21,11 @@ submits a read the kernel holds (an empty pipe), which takes a free slot, and
 collects once more: every earlier batch is finished, each callback ran
 exactly once, the held read is not finished (no slot was used twice), and,
 once fed, it completes and ``close()`` returns at once.
+
+A batch with two or three done-callbacks is swept the same way over the ring
+module's code and the callbacks' own: a signal at the entry of one callback
+counts as that one having run (a Python function cut short at its first
+point), and every other callback still runs exactly once.
 """
 
 from __future__ import annotations
@@ -180,8 +185,8 @@ class Chain:
         assert all(b is self.batch for _, b in self.ran)
         runs = [sum(1 for i, _ in self.ran if i == k) for k in range(len(self.callbacks))]
         hit = where is not None and where.startswith(f"{RECORDER_CODE.co_qualname} at its entry")
-        assert max(runs) == 1, f"a signal {where}: a callback ran twice ({runs})"
-        assert runs.count(0) == hit, f"a signal {where}: runs of the callbacks {runs}"
+        assert max(runs) <= 1, f"a signal {where}: a callback ran twice ({runs})"
+        assert runs.count(0) == hit, f"a signal {where}: callbacks that never ran ({runs} runs each)"
         assert not any(map(self.batch.has_done_callback, self.callbacks)), where
 
 

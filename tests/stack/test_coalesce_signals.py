@@ -153,7 +153,7 @@ def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(
             # (Not Batch.results: the coalescer's delivery reads it after marking the flush
             # delivered, so a signal there is one inside the delivery, not in the ring's
             # collection: a limit of its own.)
-            results_code = getattr(Batch.results, "fget").__code__
+            results_code = Batch.results.fget.__code__
 
             def chosen(code: CodeType) -> bool:
                 return code is hook_code or (in_ring(code) and code is not results_code)
