@@ -43,9 +43,11 @@ from uringstack.types import WorkerView
 _CODE = code_of(Ring.submit_columns, Ring._submit_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
 
 # Each form: (whether it writes, the awaited call).  A read takes 8 bytes from the empty
-# pipe (per op); a write is 8 bytes to the full one.
+# pipe (per op); a write is 8 bytes to the full one.  "+hook": under a plugin's completion
+# hook (HookPlugin below), so the flush installs two done-callbacks, retried one by one.
 FORMS: dict[str, tuple[bool, Callable[[FileHandle], Coroutine[Any, Any, Any]]]] = {
     "read": (False, lambda h: h.read(8, 0)),
+    "read+hook": (False, lambda h: h.read(8, 0)),
     "read_many_async": (False, lambda h: h.read_many_async([0, 0], [bytearray(8), bytearray(8)])),
     "write_many_async": (True, lambda h: h.write_many_async([0], [b"y" * 8])),
 }
@@ -64,16 +66,18 @@ def test_a_signal_anywhere_in_a_coalesced_submission_leaves_the_batch_waited_for
     # A flush runs as a loop callback: the loop logs what it raises (a KeyboardInterrupt
     # would propagate out of the loop instead; the tracking is the same).
     loop.set_exception_handler(lambda _, context: logged.append(context))
+    pm = make_plugin_manager()
+    if form.endswith("+hook"):
+        pm.register(HookPlugin(), "hooked")
+    overrides = {
+        "core.backend": "uring",
+        "core.cores": [CPU],
+        "sqpoll.mode": "off",
+        "core.close_timeout_s": 3.0,
+        "fixedbuf.mode": "off",  # (a registered file would not follow the copy below)
+    }
     try:
-        with open_stack(
-            overrides={
-                "core.backend": "uring",
-                "core.cores": [CPU],
-                "sqpoll.mode": "off",
-                "core.close_timeout_s": 3.0,
-                "fixedbuf.mode": "off",  # (a registered file would not follow the copy below)
-            }
-        ) as s:
+        with open_stack(load_config(env={}, plugin_manager=pm, overrides=overrides).config, plugin_manager=pm) as s:
             ring = s.workers[0].rings["storage"]
 
             def once(at: int) -> str | None:
