@@ -78,16 +78,28 @@ class RingBusyError(SubmissionError):
     :attr:`~Ring.cq_cap`; nothing of it was submitted.  Retry once completions were reaped."""
 
 
-def chained(first: Callable[[Batch], None], then: Callable[[Batch], None]) -> Callable[[Batch], None]:
-    """One done-callback running *first*, then *then* (also when *first* raised)."""
+def _run_then(
+    batch: Batch, then: list[Callable[[Batch], None] | None], error: BaseException | None
+) -> BaseException | None:
+    """Run the done-callbacks *then* of *batch* after its first (``Batch._then``), in order, one at a
+    time; the first exception raised, *error* if it was not None.
 
-    def both(batch: Batch) -> None:
-        try:
-            first(batch)
-        finally:
-            then(batch)
-
-    return both
+    Each is taken off (its entry set to None) just before it runs, with no point for a
+    signal handler in between (tests/signal_points.py), and an exception in one (also a
+    signal at its entry) does not keep the later ones from running; a signal at a point of
+    this loop leaves the callbacks not yet taken off to the next collection."""
+    i = 0
+    while i < len(then):
+        fn = then[i]
+        if fn is not None:
+            then[i] = None
+            try:
+                fn(batch)
+            except BaseException as exc:  # the caller re-raises the first
+                error = error or exc
+        i += 1
+    batch._then = None
+    return error
 
 
 class Batch:
@@ -98,15 +110,19 @@ class Batch:
     future).
     """
 
-    __slots__ = ("_arrays", "_keep", "_results", "finished", "n", "on_done", "slot", "tag")
+    __slots__ = ("_arrays", "_keep", "_results", "_then", "finished", "n", "on_done", "slot", "tag")
 
     def __init__(self, n: int, keep: object, arrays: object = ()) -> None:
         self.n = n
         self.slot = -1
         self.tag: Any = None
         self.finished = False
-        # Called (with the batch) by whichever thread reaps the last completion.
+        # Called (with the batch) by whichever thread reaps the last completion: the first
+        # done-callback, and the others in order (None: only one, as most batches have).
+        # Kept apart, not chained into one callable, so that the collection takes each
+        # off and runs it on its own (docs/api.md, "Ctrl-C during I/O").
         self.on_done: Callable[[Batch], None] | None = None
+        self._then: list[Callable[[Batch], None] | None] | None = None
         self._keep = keep
         # The column memory (a BatchColumns or cdata arrays): C reads it only while
         # submitting, but the batch holds it anyway so its pointers stay honest.
@@ -128,9 +144,20 @@ class Batch:
         """Run ``fn(batch)`` when the batch completes, after callbacks added before it.
 
         Called by whichever thread reaps the last completion, under the ring's
-        lock: keep it short and never block in it."""
-        first = self.on_done
-        self.on_done = fn if first is None else chained(first, fn)
+        lock: keep it short and never block in it.  Each callback runs on its own: one
+        that raises (or a signal at its entry) does not keep the later ones from running."""
+        then = self._then
+        if then is not None:
+            then.append(fn)
+        elif self.on_done is None:
+            self.on_done = fn
+        else:
+            self._then = [fn]
+
+    def has_done_callback(self, fn: Callable[[Batch], None]) -> bool:
+        """Whether *fn* is among the done-callbacks still to run (added, not yet taken off to run)."""
+        then = self._then
+        return fn is self.on_done or (then is not None and any(f is fn for f in then))
 
     def release(self) -> None:
         """Drop the buffers; only called once the kernel is done with them."""
@@ -524,7 +551,9 @@ class Ring:
         consumed only once every slot in it was handled, so a collect cut short leaves it
         for the next one, which handles it again.  Handling twice is harmless: marking
         finished and dropping buffers repeat, and each callback is taken off its batch just
-        before it runs, so it runs once (the next collect runs those left).  Until the list
+        before it runs, so it runs once (the next collect runs those left): a batch's
+        callbacks one at a time (``on_done``, then ``_run_then``), so one that raises, or a
+        signal at its entry, costs only that one.  Until the list
         is acknowledged its slots stay out of ``_free_slots``: no new batch can take a slot
         that a re-run would then finish.  The acknowledgement is one C-level step with no
         point for a signal handler in it: the list is reset, the batches leave
@@ -534,22 +563,23 @@ class Ring:
         if not k:
             return []
         inflight = self._inflight
-        if k == 1 and self._done[0] in inflight:  # one batch (most collects): the same steps, unrolled
+        if k == 1 and self._done[0] in inflight:
             slot = self._done[0]
             batch = inflight[slot]
-            batch.finished = True
-            batch.release()
-            on_done = batch.on_done
-            try:
-                if on_done is not None:
-                    batch.on_done = None
-                    on_done(batch)
-            finally:  # acknowledged also when the callback raised (then re-raised)
-                # no point for a signal handler from the del to the end of the append
-                del inflight[slot]
-                self._done_n[0] = 0
-                self._free_slots.append(slot)
-            return [batch]
+            if batch._then is None:  # one batch, one callback at most (most collects): the same steps, unrolled
+                batch.finished = True
+                batch.release()
+                on_done = batch.on_done
+                try:
+                    if on_done is not None:
+                        batch.on_done = None
+                        on_done(batch)
+                finally:  # acknowledged also when the callback raised (then re-raised)
+                    # no point for a signal handler from the del to the end of the append
+                    del inflight[slot]
+                    self._done_n[0] = 0
+                    self._free_slots.append(slot)
+                return [batch]
         slots: list[int] = ffi.unpack(self._done, k)
         stand_ins: list[Batch] = []
         try:
@@ -574,6 +604,9 @@ class Ring:
                     on_done(batch)
                 except BaseException as exc:  # re-raised below
                     error = error or exc
+            then = batch._then
+            if then is not None:  # each further callback on its own (_run_then)
+                error = _run_then(batch, then, error)
         # Acknowledge: no point for a signal handler from the reset to the end of the
         # extend (a C call running no Python code), so the list is consumed exactly
         # when its slots leave _inflight and become free.

@@ -39,7 +39,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import RingClosedError
-from uringstack.ring import SUBMITTED, RingBusyError, aio, chained
+from uringstack.ring import SUBMITTED, RingBusyError, aio
 from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
@@ -770,8 +770,9 @@ class Coalescer:
                 self._post(deliver)
 
         hook = io.completion_hook  # one worker, one ring: the same hook for every handle
-        # One callback (not two add_done_callback calls): follow() tells by it whether it is in.
-        done_cb = on_done if hook is None else chained(hook("write" if write else "read", ring), on_done)
+        # The stack's hook first, then on_done: two callbacks, each run on its own by the
+        # ring, so a signal at the hook's entry still lets on_done resolve the awaits.
+        done_cbs = (on_done,) if hook is None else (hook("write" if write else "read", ring), on_done)
 
         def follow(batch: Batch) -> None:
             # What a submitted batch needs for its completions to reach the awaits; safe to
@@ -780,8 +781,10 @@ class Coalescer:
             if leases:
                 for lease in leases:
                     (lease.parent or lease).batch = batch
-            if batch.on_done is not done_cb and not batch.finished:
-                batch.add_done_callback(done_cb)
+            if not batch.finished:
+                for cb in done_cbs:
+                    if not batch.has_done_callback(cb):
+                        batch.add_done_callback(cb)
 
         before = SUBMITTED.last  # (no call: a batch this submission took in is found below)
         try:

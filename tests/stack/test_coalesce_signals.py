@@ -25,22 +25,29 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Coroutine
+from types import CodeType
 from typing import Any
 
 import pytest
 
-from tests.signal_points import Interrupt, code_of, sweep
+from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from tests.stack.test_submit_signals import CPU, _drained, _empty, _fill, _signalled_then_closed, small_file
-from uringstack.ring import Ring
+from uringstack.config import load_config
+from uringstack.hookspecs import hookimpl
+from uringstack.pluginmanager import make_plugin_manager
+from uringstack.ring import SUBMITTED, Batch, Ring
 from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
+from uringstack.types import WorkerView
 
 _CODE = code_of(Ring.submit_columns, Ring._submit_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
 
 # Each form: (whether it writes, the awaited call).  A read takes 8 bytes from the empty
-# pipe (per op); a write is 8 bytes to the full one.
+# pipe (per op); a write is 8 bytes to the full one.  "+hook": under a plugin's completion
+# hook (HookPlugin below), so the flush installs two done-callbacks, retried one by one.
 FORMS: dict[str, tuple[bool, Callable[[FileHandle], Coroutine[Any, Any, Any]]]] = {
     "read": (False, lambda h: h.read(8, 0)),
+    "read+hook": (False, lambda h: h.read(8, 0)),
     "read_many_async": (False, lambda h: h.read_many_async([0, 0], [bytearray(8), bytearray(8)])),
     "write_many_async": (True, lambda h: h.write_many_async([0], [b"y" * 8])),
 }
@@ -59,16 +66,18 @@ def test_a_signal_anywhere_in_a_coalesced_submission_leaves_the_batch_waited_for
     # A flush runs as a loop callback: the loop logs what it raises (a KeyboardInterrupt
     # would propagate out of the loop instead; the tracking is the same).
     loop.set_exception_handler(lambda _, context: logged.append(context))
+    pm = make_plugin_manager()
+    if form.endswith("+hook"):
+        pm.register(HookPlugin(), "hooked")
+    overrides = {
+        "core.backend": "uring",
+        "core.cores": [CPU],
+        "sqpoll.mode": "off",
+        "core.close_timeout_s": 3.0,
+        "fixedbuf.mode": "off",  # (a registered file would not follow the copy below)
+    }
     try:
-        with open_stack(
-            overrides={
-                "core.backend": "uring",
-                "core.cores": [CPU],
-                "sqpoll.mode": "off",
-                "core.close_timeout_s": 3.0,
-                "fixedbuf.mode": "off",  # (a registered file would not follow the copy below)
-            }
-        ) as s:
+        with open_stack(load_config(env={}, plugin_manager=pm, overrides=overrides).config, plugin_manager=pm) as s:
             ring = s.workers[0].rings["storage"]
 
             def once(at: int) -> str | None:
@@ -108,5 +117,63 @@ def test_a_signal_anywhere_in_a_coalesced_submission_leaves_the_batch_waited_for
                 return where
 
             sweep(once)
+    finally:
+        loop.close()
+
+
+class HookPlugin:
+    """A plugin with a completion hook: the stack then gives each flush's batch two
+    done-callbacks, the hook's and the coalescer's own."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def uringstack_completion_batch(self, worker: WorkerView, op: str, results: list[int]) -> None:
+        self.seen.append(op)
+
+
+@pytest.mark.timeout(180)
+def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(tmp_path: os.PathLike[str]) -> None:
+    """A signal at any point of the ring's code once it took the flush's batch in (its
+    collection, the stack's completion hook's entry among them): the awaits of the flush
+    (two reads of a hot file) all end, with their bytes or the signal's exception, within
+    seconds.  (When the hook and the coalescer's callback were one chained callable, a
+    signal at its entry skipped both: the awaits never ended.)"""
+    pm = make_plugin_manager()
+    pm.register(HookPlugin(), "hooked")
+    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+    loaded = load_config(env={}, plugin_manager=pm, overrides=overrides)
+    loop = asyncio.new_event_loop()
+    logged: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: logged.append(context))  # (the flush's Interrupt)
+    try:
+        with open_stack(loaded.config, plugin_manager=pm) as s, s.open(small_file(tmp_path)) as h:
+            ring = s.workers[0].rings["storage"]
+            hook = s.workers[0].completion_hook
+            assert hook is not None
+            hook_code = hook("read", ring).__code__
+            in_ring = code_of(files=("ring/__init__.py",))
+            # (Not Batch.results: the coalescer's delivery reads it after marking the flush
+            # delivered, so a signal there is one inside the delivery, not in the ring's
+            # collection: a limit of its own.)
+            results_code = Batch.results.fget.__code__
+
+            def chosen(code: CodeType) -> bool:
+                return code is hook_code or (in_ring(code) and code is not results_code)
+
+            def once(at: int) -> str | None:
+                before = SUBMITTED.last
+                tasks = [loop.create_task(h.read(8, 0)) for _ in range(2)]
+                with signal_at(chosen, at, armed=lambda: SUBMITTED.last is not before) as sent:
+                    done, _ = loop.run_until_complete(asyncio.wait(tasks, timeout=5.0))
+                assert done == set(tasks), f"a signal {sent.where}: an await never ended"
+                for task in tasks:
+                    with contextlib.suppress(Interrupt):
+                        assert task.result() == b"x" * 8, sent.where
+                _drained(ring)
+                return sent.where
+
+            assert sweep(once) > 3
     finally:
         loop.close()
