@@ -4,9 +4,10 @@ Four comparisons, each side run alternately ``reps`` times on the same file:
 
 - ``sha256-hot``: ``hashlib.file_digest(f, "sha256")`` with the file in the page
   cache, built-in ``open()`` vs ``uringstack.open()``;
-- ``sha256-cold``: the same after ``posix_fadvise(DONTNEED)`` before every run;
-  the built-in, ``uringstack.open()`` buffered, and ``direct=True`` (O_DIRECT
-  read-ahead), the ratio judged is the last one's; beside them the floor no
+- ``sha256-cold``: the same after ``posix_fadvise(DONTNEED)`` before every run
+  (preceded by an untimed read that caches the file and a pause of
+  :data:`SETTLE_SECONDS`, see there why); the built-in, ``uringstack.open()``
+  buffered, and ``direct=True`` (O_DIRECT read-ahead), the ratio judged is the last one's; beside them the floor no
   reader can go below (:func:`sha_floor`: the hash and the one copy into
   ``file_digest``'s buffer, from memory, no I/O), whose ratio is the best any
   reader of that file could reach in that run;
@@ -47,25 +48,39 @@ MIN_FILE_SIZE = 1 << 20
 ALIGN = 4096  # the file size is a whole number of blocks for the O_DIRECT side
 FLOOR = "floor: sha256 + copy, no I/O"
 SETTLE_SECONDS = 2.5
-"""Pause before each ``copyfileobj`` run, before the last run's copy is deleted.
+"""Pause before the free that precedes each ``copyfileobj`` and ``sha256-cold`` run (:func:`settle_then_free`).
 
-A copy writes 1 GiB into newly allocated page cache, so its kernel time depends
-on the state of the free memory it gets.  Where the guest reports free memory to
-its host (Linux free page reporting through virtio-balloon, as on this
-project's Firecracker VMs: "Free page reporting enabled" at boot), the
-kernel reports free blocks to the host 2 s after a large free and the host
-discards them; a copy running at that moment writes into discarded memory,
-which costs it 2-4x the system time (measured with the built-in alone:
-0.36-0.47 s of CPU per GiB, 0.6-3.5 s in the runs hit, whichever side ran
-then).  Deleting the last copy frees 1 GiB, so the reports fired within the
-bench's own runs: in a fresh process the fourth copy, started ~1.6-2.3 s after
-the first free, was slowed every time.  Pausing past that delay before the free
-lets the previous report run first; the copy then starts on the memory just
-freed and ends before the next report (for runs shorter than ~2 s).  An untimed
-copy before the first run gives that run the same start (memory free for long
-was reported: with ``--only copyfileobj`` the built-in's first run, always
-first, took 1.9-3.5 s of CPU against ~0.5 s, on main's bench).  Both sides get the
-same pause; it is not timed.  Elsewhere it only costs time."""
+Both rows fill ``--file-size`` bytes of newly allocated page cache (the copy
+writes it; the cold built-in and buffered ``uringstack.open()`` read into it),
+so their kernel time depends on the state of the free memory they get.  Where
+the guest reports free memory to its host (Linux free page reporting through
+virtio-balloon, as on this project's Firecracker VMs: "Free page reporting
+enabled" at boot), the kernel reports free blocks to the host 2 s after a
+large free and the host discards them; a run filling memory at that moment, or
+memory free for long (already reported), costs 2-4x the system time.  Pausing
+past that delay and then freeing lets every earlier report run first; the run
+then starts on the memory just freed and ends before the next report (for runs
+shorter than ~2 s).  Every side of a row gets the same pause; it is not timed.
+Elsewhere it only costs time.
+
+``copyfileobj``: deleting the last run's copy frees 1 GiB, so the reports fired
+within the bench's own runs (measured with the built-in alone: 0.36-0.47 s of
+CPU per GiB, 0.6-3.5 s in the runs hit, whichever side ran then; in a fresh
+process the fourth copy, started ~1.6-2.3 s after the first free, was slowed
+every time).  An untimed copy before the first run gives that run the same
+start (with ``--only copyfileobj`` the built-in's first run, always first,
+took 1.9-3.5 s of CPU against ~0.5 s, on main's bench).
+
+``sha256-cold``: ``POSIX_FADV_DONTNEED`` is the free, and the run right after
+it reads into the memory it freed, but only if the file was cached: after
+the ``direct`` and floor sides (no page cache) the built-in's drop freed
+nothing, so it read into memory freed seconds before and reported.  So each run
+is preceded by an untimed read that caches the file, the pause, then the drop.
+Measured (1 GiB, the four sides alternating in one process, drop only and
+cache + pause + drop alternating by round, 3 invocations of 3-4 rounds, load
+0.8-1.9): the system CPU of the built-in and buffered ``uringstack.open()``
+runs was 0.09-2.25 s with the drop only (the built-in's runs hit took 1.2-2.9 s
+wall, against 0.8-0.9 s), 0.11-0.31 s with cache + pause + drop."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,18 @@ def warm(path: str) -> None:
     with open(path, "rb") as f:
         while f.read(8 << 20):
             pass
+
+
+def settle_then_free(free: Callable[[], None]) -> None:
+    """Pause :data:`SETTLE_SECONDS`, then *free*: the next timed run starts on memory just freed (see there)."""
+    time.sleep(SETTLE_SECONDS)
+    free()
+
+
+def cold_start(path: str) -> None:
+    """Before a ``sha256-cold`` run: cache *path*, pause, drop it (so the run reads into just-freed memory)."""
+    warm(path)
+    settle_then_free(lambda: drop_cache(path))
 
 
 def sha_builtin(path: str) -> str:
@@ -308,12 +335,14 @@ def run_fileobj_bench(
                 "uringstack": lambda: sha_uring(src),
                 "uringstack direct": lambda: sha_uring(src, direct=True),
                 FLOOR: lambda: sha_floor(source, file_size),
-            }, before=lambda: drop_cache(src)))  # fmt: skip
+            }, before=lambda: cold_start(src)))  # fmt: skip
 
-        def fresh_dst() -> None:
-            time.sleep(SETTLE_SECONDS)  # past the free-page report of what was freed before (above)
+        def remove_dst() -> None:
             if os.path.exists(dst):
                 os.unlink(dst)
+
+        def fresh_dst() -> None:
+            settle_then_free(remove_dst)  # past the free-page report of what was freed before
             warm(src)
 
         if "copyfileobj" in only:

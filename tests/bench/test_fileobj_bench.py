@@ -29,8 +29,13 @@ def _run(tmp_path: Path, *extra: str) -> Any:
 
 @pytest.fixture(scope="module")
 def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import uringstack.bench.fileobj as fb
+
     tmp = tmp_path_factory.mktemp("fileobj-bench")
-    res = _run(tmp, "--json")
+    with pytest.MonkeyPatch.context() as mp:
+        # the pauses (30 s here) are checked by the ordering tests below, not by this document
+        mp.setattr(fb, "SETTLE_SECONDS", 0)
+        res = _run(tmp, "--json")
     assert res.exit_code == 0, res.output
     out: dict[str, Any] = json.loads(res.output)
     return out
@@ -154,3 +159,45 @@ def test_copyfileobj_runs_start_after_the_settle_pause_and_on_just_freed_memory(
     assert fb.SETTLE_SECONDS > 2  # the kernel's report delay (PAGE_REPORTING_DELAY, 2 s)
     # an untimed copy first, so every timed run deletes the last copy after the pause
     assert events == ["copy"] + [pause, "free", "copy"] * 4
+
+
+def test_sha256_cold_runs_start_on_just_freed_memory_after_the_settle_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every timed cold run, of every side, comes right after the drop of a cached file,
+    and that drop after the SETTLE_SECONDS pause: the run reads into the memory the drop
+    just freed, before its free-page report, never into memory freed (and reported)
+    seconds before, as the built-in did after the direct and floor sides (no cache)."""
+    import uringstack.bench.fileobj as fb
+
+    events: list[str] = []
+    cached = False
+
+    def warm(path: str) -> None:
+        nonlocal cached
+        events.append("cache")
+        cached = True
+
+    def drop_cache(path: str) -> None:
+        nonlocal cached
+        events.append("free" if cached else "drop of nothing")
+        cached = False
+
+    def run(fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            events.append("run")
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(fb.time, "sleep", lambda s: events.append(f"sleep {s}"))
+    monkeypatch.setattr(fb, "warm", warm)
+    monkeypatch.setattr(fb, "drop_cache", drop_cache)
+    for name in ("sha_builtin", "sha_uring", "sha_floor"):
+        monkeypatch.setattr(fb, name, run(getattr(fb, name)))
+    doc = fb.run_fileobj_bench(1 << 20, reps=2, directory=str(tmp_path), only=("sha256-cold",))
+    r = doc["results"][0]
+    assert r["status"] == "ok" and set(r["sides"]) == {"builtin", "uringstack", "uringstack direct", fb.FLOOR}
+    pause = f"sleep {fb.SETTLE_SECONDS}"
+    # the three readers agree first (untimed), then 2 reps of the 4 sides
+    assert events == ["run"] * 3 + ["cache", pause, "free", "run"] * 4 * 2
