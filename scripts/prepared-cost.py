@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--fixed", action="store_true", help="fixedbuf on: registered buffers and file (the raw row's)")
     ap.add_argument(
         "--direct", action="store_true",
-        help="O_DIRECT reads (the +iopoll row's checks: the offsets' alignment per start); from the device, not the page cache",
+        help="O_DIRECT reads (the +iopoll row's offset checks per start), from the device, not the page cache",
     )  # fmt: skip
     args = ap.parse_args(argv)
     from uringstack.stack import open_stack
