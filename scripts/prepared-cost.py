@@ -155,6 +155,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batches", type=int, default=20_000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--fixed", action="store_true", help="fixedbuf on: registered buffers and file (the raw row's)")
+    ap.add_argument(
+        "--direct", action="store_true",
+        help="O_DIRECT reads (the +iopoll row's offset checks per start), from the device, not the page cache",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     from uringstack.stack import open_stack
 
@@ -172,7 +176,7 @@ def main(argv: list[str]) -> int:
         }
     )
     try:
-        h = stack.open(args.file, writable=False)
+        h = stack.open(args.file, writable=False, direct=args.direct)
 
         def go() -> float:
             if not args.profile:

@@ -27,7 +27,7 @@ from functools import partial
 from itertools import compress
 from typing import Any
 
-from uringstack.errors import RingClosedError, SubmissionError, UringIOError, WrongThreadError
+from uringstack.errors import AlignmentError, RingClosedError, SubmissionError, UringIOError, WrongThreadError
 from uringstack.ring import forking
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
@@ -71,6 +71,15 @@ class SubmittedHere(threading.local):
 
 SUBMITTED = SubmittedHere()
 """The one :class:`SubmittedHere`: every :meth:`Ring.submit_columns` of a thread records its batch here."""
+
+
+class MisalignedOffsetError(AlignmentError):
+    """A submission with ``offset_align`` found an offset that is not a multiple of it;
+    nothing of it was submitted.  ``align`` is that alignment."""
+
+    def __init__(self, align: int) -> None:
+        super().__init__(f"an offset of the batch is not a multiple of {align} (O_DIRECT alignment)")
+        self.align = align
 
 
 class RingBusyError(SubmissionError):
@@ -386,6 +395,7 @@ class Ring:
         *,
         wait: bool = False,
         wait_room: bool = True,
+        offset_align: int = 0,
     ) -> Batch:
         """Submit the first *n* ops (default ``cols.n``) described by *cols*; return the tracking :class:`Batch`.
 
@@ -405,11 +415,18 @@ class Ring:
         block on ops it may itself be needed to complete) raises
         :class:`RingBusyError` instead, with nothing submitted, when the ring
         has no room for the batch (or, for one larger than the cap, is not
-        idle)."""
+        idle).
+
+        ``offset_align`` (a power of two; 0: no check): an offset among the
+        first *n* that is not a multiple of it (O_DIRECT's logical block size)
+        refuses the batch with :class:`MisalignedOffsetError`, checked in the
+        submitting call, before anything is queued."""
         if n is None:
             n = cols.n
         elif not 0 < n <= cols.capacity:
             raise ValueError(f"submit_columns: n={n} outside 1..{cols.capacity} (the columns' capacity)")
+        if offset_align & (offset_align - 1) or offset_align < 0:
+            raise ValueError(f"submit_columns: offset_align={offset_align} is not a power of two")
         batch = Batch(n, keep, cols)
         if self._fork_gen != forking._generation:
             self._check_fork()
@@ -427,7 +444,38 @@ class Ring:
             try:
                 if not wait_room:
                     self._check_room_locked(n)
-                return self._submit_locked(batch, n, cols.desc, wait)
+                # (the submission's steps in this frame, not a helper's: a frame per batch
+                # is a measurable share of a restart's cost)
+                free = self._free_slots
+                if not free:
+                    self._reap_locked()
+                    if not free:
+                        raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
+                if self.wait_tick is not self._tick_seen:
+                    self._retick()
+                wait_nr, wait_ms = (n, self._tick_ms_now) if wait else (0, 0)
+                off_mask = offset_align - 1 if offset_align else 0
+                slot = free.pop()
+                batch.slot = slot
+                # Owned before the call: a signal handler that raises as the call returns
+                # (Ctrl-C during its wait) must leave the batch in the kernel owned, its
+                # buffers pinned and its completion expected (tests/ring/test_audit_signals.py).
+                self._inflight[slot] = batch
+                # Recorded for this thread's start (SubmittedHere) with no call in between: a
+                # start that raises after this point finds the batch there.
+                SUBMITTED.last = (self._weak, batch)
+                # One call into the binding per batch: it writes the batch's n, slot and
+                # results into the columns' desc (no attribute stores through cffi), checks
+                # the offsets against *off_mask*, submits, drains what completed and, with
+                # *wait*, waits for the batch, but at most one tick: a hung op must never
+                # block here, where no lost-completion check or deadline runs (wait() has both).
+                desc = cols.desc
+                ret = lib.us_batch_start(
+                    self._ring, self._state, desc, n, slot, batch._results, off_mask, wait_nr, wait_ms
+                )
+                if ret:
+                    self._submit_unfinished_locked(batch, desc, ret, wait_nr, wait_ms, off_mask)
+                return batch
             except BaseException:
                 if self._inflight.get(batch.slot) is not batch:  # nothing reached the kernel
                     cols.batch = prev
@@ -439,30 +487,12 @@ class Ring:
         :class:`~uringstack.ring.columns.BatchColumns` by name and calls :meth:`submit_columns`."""
         return self.submit_columns(BatchColumns.wrap(n, arrays), n, tuple(keep), wait=wait)
 
-    def _submit_locked(self, batch: Batch, n: int, desc: Any, wait: bool) -> Batch:
-        desc.n = n
-        desc.results = batch._results
-        if not self._free_slots:
-            self._reap_locked()
-            if not self._free_slots:
-                raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
-        if self.wait_tick is not self._tick_seen:
-            self._retick()
-        wait_nr, wait_ms = (n, self._tick_ms_now) if wait else (0, 0)
-        slot = self._free_slots.pop()
-        desc.slot = slot
-        batch.slot = slot
-        # Owned before the call: a signal handler that raises as the call returns
-        # (Ctrl-C during its wait) must leave the batch in the kernel owned, its
-        # buffers pinned and its completion expected (tests/ring/test_audit_signals.py).
-        self._inflight[slot] = batch
-        # Recorded for this thread's start (SubmittedHere) with no call in between: a
-        # start that raises after this point finds the batch there.
-        SUBMITTED.last = (self._weak, batch)
-        # One call into the binding per batch: it submits, drains what completed and,
-        # with *wait*, waits for the batch, but at most one tick: a hung op must never
-        # block here, where no lost-completion check or deadline runs (wait() has both).
-        ret = lib.us_batch_submit(self._ring, self._state, desc, wait_nr, wait_ms)
+    def _submit_unfinished_locked(
+        self, batch: Batch, desc: Any, ret: int, wait_nr: int, wait_ms: int, off_mask: int
+    ) -> None:
+        """:meth:`submit_columns` after its call into C returned *ret* != 0: submit the ops
+        left for want of CQ room (*ret* > 0), or clean up after a failure and raise."""
+        slot = batch.slot
         if ret > 0:  # no CQ room for the last *ret* ops: they go out as room frees
             ret = self._submit_rest_locked(batch, desc, ret, wait_nr, wait_ms)
         if ret < 0:
@@ -476,8 +506,9 @@ class Ring:
                 del self._inflight[slot]
                 batch.release()
                 self._free_slots.append(slot)
+            if ret == -errno.EDOM and off_mask:
+                raise MisalignedOffsetError(off_mask + 1)
             raise SubmissionError(-ret, "io_uring_enter", None, "batch submission failed")
-        return batch
 
     def _check_room_locked(self, n: int) -> None:
         """Raise :class:`RingBusyError` unless *n* ops fit under the cap now (after a reap)."""
@@ -640,17 +671,27 @@ class Ring:
         lib.us_reap_ready(self._ring, self._state)
         return self._collect_done()
 
-    def _wait_slot_locked(self, slot: int) -> None:
-        tick_ms = self._tick_ms
-        started = time.monotonic()
+    def _wait_slot_locked(self, slot: int, started: float | None = None, ret: int | None = None) -> None:
+        """Block until every op of *slot* completed, bounded and checked as :meth:`wait` is.
+
+        *started* and *ret*: when the wait began and what its first ``us_wait_slot_for``
+        returned, when the caller made that call itself (:meth:`wait`: no frame of this
+        method for a batch that completes within the first tick)."""
+        if self.wait_tick is not self._tick_seen:
+            self._retick()
+        tick_ms = self._tick_ms_now
+        if started is None:
+            started = time.monotonic()
         while True:
-            ret = lib.us_wait_slot_for(self._ring, self._state, slot, tick_ms)
+            if ret is None:
+                ret = lib.us_wait_slot_for(self._ring, self._state, slot, tick_ms)
             if ret == 0:
                 return
             if ret == -errno.ETIME:
                 self._check_stuck_locked(int(self._remaining[slot]), started)
             elif ret != -errno.EINTR:
                 raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
+            ret = None
 
     def _check_stuck_locked(self, waiting: int, started: float) -> None:
         """Between the ticks of a blocked wait: raise if its completions cannot come, or came too late."""
@@ -679,15 +720,23 @@ class Ring:
         ring was closed."""
         if batch.finished:
             return batch.results
-        self._check_fork()
+        if self._fork_gen != forking._generation:
+            self._check_fork()
         with self._lock:
-            self._check_open()
-            self._check_thread()
+            if self._closed or self._single_issuer:  # (the checks' plain reads first: a wait per batch)
+                self._check_open()
+                self._check_thread()
             slot = batch.slot
             if self._inflight.get(slot) is batch:
                 # Completed already (drained by its submission or another wait): no call
                 if self._remaining[slot]:
-                    self._wait_slot_locked(slot)
+                    # the first tick's wait here; _wait_slot_locked only when it did not end it
+                    if self.wait_tick is not self._tick_seen:
+                        self._retick()
+                    started = time.monotonic()
+                    ret = lib.us_wait_slot_for(self._ring, self._state, slot, self._tick_ms_now)
+                    if ret:
+                        self._wait_slot_locked(slot, started, ret)
                 self._collect_done()
         return batch.results
 

@@ -79,7 +79,9 @@ class PolledPending(UringPending):
     __slots__ = ()
 
     def done(self) -> bool:
-        return polled_done(self.ring, self.batch)
+        batch = self.batch
+        # (a finished batch, every restart's check of the last one, without polled_done's frame)
+        return batch.finished or polled_done(self.ring, batch)
 
     async def wait_async(self) -> list[int]:
         return await wait_polled(self.ring, self.batch)

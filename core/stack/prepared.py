@@ -89,13 +89,11 @@ class PreparedIO:
         last = self._last
         return last is None or last.done()
 
-    def _check(self) -> None:
+    def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
         # the handle's own check builds a message: only call it when it will raise
+        # (a fork child's use; inline, no frame per start)
         if self._fork_gen != forking._generation:
             self._handle._check()
-
-    def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
-        self._check()
         tracker = self._tracker
         before = SUBMITTED.last  # (no call: a batch the start submits is found after it)
         tracker.enter()  # refused once the handle's close began; close waits for left()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
-from uringstack.ring import Ring
+from uringstack.ring import MisalignedOffsetError, Ring
 from uringstack.ring.buffers import (
     RegisteredBuffer,
     address_of,
@@ -489,6 +489,7 @@ class UringPrepared:
         self._keep = (pins, tuple(buffers))
         self._addrs = addrs
         self._misaligned = (io.block_size - 1).__and__  # off -> its bytes past a block boundary
+        self._offset_align = io.block_size if io.direct else 0  # what the ring checks each start's offsets against
         self._fixed: object = object()  # the fd columns are filled on the first start
         self._fd = self._sqe_flags = 0
         self._closed = False
@@ -562,20 +563,32 @@ class UringPrepared:
             raise ValueError(f"{io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
         if wait and self.write and io.writes_inline():
             return io.write_inline(offsets, self._keep[1])
-        # a C-level loop in the interpreter, not a call into the binding: each such
-        # call releases the GIL, a handoff when another worker thread waits for it
-        if io.direct and any(map(self._misaligned, offsets)):
-            bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
-            check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
-        if wait and self._one is not None:  # (the first call: after the fd columns were filled)
-            done = self._run_one(offsets[0])
-            if done is not None:
-                return done
+        if self._one is not None:
+            # one buffer: its offset's alignment here, so a refused op reaches no ring
+            if self._offset_align and self._misaligned(offsets[0]):
+                self._refuse_misaligned(offsets)
+            if wait:  # (the first call: after the fd columns were filled)
+                done = self._run_one(offsets[0])
+                if done is not None:
+                    return done
         ring = self.ring
-        batch = ring.submit_columns(cols, n, self._keep, wait=wait)
+        try:
+            # O_DIRECT: the offsets' alignment is checked by the submitting call into C,
+            # before anything is queued (one loop in C instead of a Python call per offset)
+            batch = ring.submit_columns(cols, n, self._keep, wait=wait, offset_align=self._offset_align)
+        except MisalignedOffsetError:
+            self._refuse_misaligned(offsets)
+            raise
         if io.completion_hook is not None:
             batch.add_done_callback(io.completion_hook(self.op, ring))
         return io.pending_type(ring, batch)
+
+    def _refuse_misaligned(self, offsets: Sequence[int]) -> None:
+        """Raise the :class:`~uringstack.errors.AlignmentError` naming the first offset of
+        *offsets* that is not a multiple of the logical block size (O_DIRECT)."""
+        bad = next(i for i, off in enumerate(offsets) if self._misaligned(off))
+        io = self.io
+        check_alignment(self.op, io.path, self._addrs[bad], 0, offsets[bad], io.block_size)
 
     def _in_flight(self) -> BatchInFlightError:
         return BatchInFlightError(

@@ -2,7 +2,7 @@
 
 The ring's bookkeeping (slots, the done list, the in-flight count) is shared
 by ``us_rw_one`` (which takes its own slot back out of the done list),
-``us_batch_submit`` (which may submit a batch in several ring-sized pieces and
+``us_batch_start`` (which may submit a batch in several ring-sized pieces and
 drain in between) and the reaps.  Whatever the order, every op gets its own
 result, every batch finishes exactly once, and at the end nothing is in flight,
 every slot is free and no completion was stray.

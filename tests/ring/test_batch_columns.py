@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from uringstack.errors import BatchInFlightError, SubmissionError
-from uringstack.ring import Ring
+from uringstack.errors import AlignmentError, BatchInFlightError, SubmissionError
+from uringstack.ring import MisalignedOffsetError, Ring
 from uringstack.ring.columns import FIELDS, BatchColumns
 from uringstack.ring.flags import Op
 from uringstack.ring.native import ffi
@@ -113,6 +113,33 @@ def test_a_refused_submission_leaves_the_columns_reusable(ring: Ring) -> None:
     assert not cols.in_flight
     cols.fill("opcodes", Op.NOP)
     assert ring.wait(ring.submit_columns(cols, wait=True)) == [0]
+
+
+def test_offsets_off_the_alignment_are_refused_by_the_submitting_call_before_anything_is_queued(ring: Ring) -> None:
+    """``offset_align`` (a prepared O_DIRECT restart's check, made in C by the submitting
+    call): an offset that is not a multiple refuses the batch with nothing queued, counted
+    or kept in flight, the columns reusable; multiples go through (also past 2**32)."""
+    cols = BatchColumns(4)
+    cols.fill("opcodes", Op.NOP)
+    cols.fill("fds", -1)
+    offs = cols.column("offs")
+    free = len(ring._free_slots)
+    for bad in ([0, BS, 2 * BS + 512, 3 * BS], [BS + 1, 0, 0, 0], [0, 0, 0, (1 << 40) + 4095]):
+        offs[0:4] = bad
+        before = ring.counters()["submitted"]
+        with pytest.raises(MisalignedOffsetError, match="not a multiple of 4096") as info:
+            ring.submit_columns(cols, offset_align=BS)
+        assert isinstance(info.value, AlignmentError) and info.value.align == BS
+        assert ring.counters()["submitted"] == before and ring.inflight == 0
+        assert not cols.in_flight and len(ring._free_slots) == free
+    # only the first n ops are checked; 0 (the default) checks nothing
+    offs[0:4] = [0, 1 << 40, 7 * BS, 1]
+    assert ring.wait(ring.submit_columns(cols, 3, offset_align=BS, wait=True)) == [0, 0, 0]
+    assert ring.wait(ring.submit_columns(cols, wait=True)) == [0, 0, 0, 0]
+    assert ring.wait(ring.submit_columns(cols, offset_align=512, n=2, wait=True)) == [0, 0]
+    with pytest.raises(ValueError, match="not a power of two"):
+        ring.submit_columns(cols, offset_align=3000)
+    assert ring.inflight == 0 and len(ring._free_slots) == free
 
 
 def test_required_columns_missing_is_a_clear_error_not_a_crash(ring: Ring) -> None:

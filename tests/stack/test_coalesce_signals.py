@@ -40,7 +40,7 @@ from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.types import WorkerView
 
-_CODE = code_of(Ring.submit_columns, Ring._submit_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
+_CODE = code_of(Ring.submit_columns, Ring._submit_unfinished_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
 
 # Each form: (whether it writes, the awaited call).  A read takes 8 bytes from the empty
 # pipe (per op); a write is 8 bytes to the full one.  "+hook": under a plugin's completion

@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 # The tracker's, the handle's and the prepared objects' code, and each backend's own.
 _TRACKING = ("ring/inflight.py", "ring/interrupts.py", "ring/io_backend.py", "stack/handle.py", "stack/prepared.py")
-_CODE = code_of(Ring.submit_columns, Ring._submit_locked, files=(*_TRACKING, "stack/uring_backend.py"))
+_CODE = code_of(Ring.submit_columns, Ring._submit_unfinished_locked, files=(*_TRACKING, "stack/uring_backend.py"))
 
 
 def _chosen(code: CodeType) -> bool:

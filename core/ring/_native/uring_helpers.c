@@ -807,7 +807,7 @@ int64_t us_first_short(const int32_t *results, const uint32_t *lens, uint32_t n)
  * cffi releases the GIL around every call into this file, and with two
  * worker threads each release is a point where the other thread takes the
  * GIL and this one must wait (a futex sleep and a context switch) to get it
- * back.  So the batch path makes one call per batch: us_batch_submit submits,
+ * back.  So the batch path makes one call per batch: us_batch_start submits,
  * optionally waits (bounded), and drains the CQ into the result columns; the
  * state Python then needs (which slots finished, what is left in flight,
  * whether the CQ holds anything) is read from memory through the pointers
@@ -844,7 +844,7 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
     out->room_ms = &st->room_ms;
 }
 
-/* us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this
+/* batch_submit_from: us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this
  * batch completed, for at most wait_ms in all, and drain the CQ into the
  * result columns, so the caller's wait finds the batch complete without a
  * further call.  A hung op never blocks here: the caller's bounded wait, which
@@ -884,13 +884,31 @@ static int batch_submit_from(struct io_uring *ring, us_state_t *st, const struct
     return 0;
 }
 
-int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
-                    uint32_t wait_ms)
+/* The batch path's submission: the first *n* ops of the columns *b* as the batch of
+ * *slot*, whose results go to *results* (the per-batch fields written here, in the
+ * call, instead of three attribute stores through cffi before it: ~1,400 user
+ * instructions a batch), then us_submit_batch, a bounded wait and the drain as the
+ * comment above says.
+ * With *off_mask*, an offset among the first n with a bit of it set (an O_DIRECT
+ * offset not a multiple of the logical block size) refuses the batch with -EDOM
+ * before anything is queued or counted: a prepared restart checks its new offsets
+ * here instead of one Python call per offset.  Returns 0, -errno (us_submit_batch's
+ * errors), or k > 0 ops left unqueued for want of CQ room (see submit_range). */
+int us_batch_start(struct io_uring *ring, us_state_t *st, struct us_batch *b, uint32_t n, uint32_t slot,
+                   int32_t *results, uint64_t off_mask, uint32_t wait_nr, uint32_t wait_ms)
 {
+    if (off_mask && b->offs) {
+        for (uint32_t i = 0; i < n; i++)
+            if (b->offs[i] & off_mask)
+                return -EDOM;
+    }
+    b->n = n;
+    b->slot = slot;
+    b->results = results;
     return batch_submit_from(ring, st, b, 0, 0, wait_nr, wait_ms);
 }
 
-/* Go on with a batch that us_batch_submit (or an earlier resume) left with its
+/* Go on with a batch that us_batch_start (or an earlier resume) left with its
  * last *left* ops unqueued for want of CQ room; the same returns.  An error
  * from submitting gives up what it did not submit; -EINVAL from the checks
  * here changes nothing: the caller gives the unqueued ops up (us_forget_unqueued). */

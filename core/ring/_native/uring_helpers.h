@@ -144,8 +144,8 @@ struct us_batch_view {
 };
 #define US_CQ_NEEDS_FLUSH ...
 void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
-int us_batch_submit(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t wait_nr,
-                    uint32_t wait_ms);
+int us_batch_start(struct io_uring *ring, us_state_t *st, struct us_batch *b, uint32_t n, uint32_t slot,
+                   int32_t *results, uint64_t off_mask, uint32_t wait_nr, uint32_t wait_ms);
 /* the cap on ops in flight (at most the CQ's entries; see cq_room in uring_helpers.c) */
 uint32_t us_cq_room(const struct io_uring *ring);
 int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t left, uint32_t wait_nr,
