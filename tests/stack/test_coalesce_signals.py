@@ -35,7 +35,7 @@ from tests.stack.test_submit_signals import CPU, _drained, _empty, _fill, _signa
 from uringstack.config import load_config
 from uringstack.hookspecs import hookimpl
 from uringstack.pluginmanager import make_plugin_manager
-from uringstack.ring import SUBMITTED, Batch, Ring
+from uringstack.ring import SUBMITTED, Ring
 from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.types import WorkerView
@@ -153,14 +153,11 @@ def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(
             hook = s.workers[0].completion_hook
             assert hook is not None
             hook_code = hook("read", ring).__code__
-            in_ring = code_of(files=("ring/__init__.py",))
-            # (Not Batch.results: the coalescer's delivery reads it after marking the flush
-            # delivered, so a signal there is one inside the delivery, not in the ring's
-            # collection: a limit of its own.)
-            results_code = Batch.results.fget.__code__
+            # The ring's collection (Batch.results among it) and the coalescer's delivery.
+            in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py"))
 
             def chosen(code: CodeType) -> bool:
-                return code is hook_code or (in_ring(code) and code is not results_code)
+                return code is hook_code or (in_ring(code) and not _callback_entry(code))
 
             def once(at: int) -> str | None:
                 before = SUBMITTED.last
@@ -175,5 +172,70 @@ def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(
                 return sent.where
 
             assert sweep(once) > 3
+    finally:
+        loop.close()
+
+
+def _callback_entry(code: CodeType) -> bool:
+    """The coalescer's done-callback, whose only point is its entry: a signal there counts as
+    the callback run (docs/api.md, "Ctrl-C during I/O": pure Python cannot close that)."""
+    return code.co_qualname == "Coalescer._launch.<locals>.on_done"
+
+
+def _block(k: int) -> bytes:
+    """The 8 bytes at offset 8 * k of the file below: each block its own."""
+    return k.to_bytes(8, "little")
+
+
+@pytest.mark.timeout(600)
+def test_a_signal_anywhere_in_a_coalesced_delivery_still_resolves_every_await_with_its_bytes(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """A real signal at each point of the coalescer's code and the ring's once a flush's
+    batch is in: its collection, ``Batch.results``, the delivery (``deliver``: the values
+    taken out of the arena, ``_resolve`` between two futures and inside its direct
+    wake-up, the drain list, the spare arena's hand-off), and the next flush the woken
+    tasks' reads make.  Every await ends within seconds with the bytes of its own offset
+    (or the signal's exception, when it landed in its task): a delivery cut short is run
+    again and resolves the rest, never leaving an await pending (it was marked delivered
+    before it resolved anything: the awaits hung), nor giving one the bytes of an arena
+    a later flush reused."""
+    n = 4  # tasks, each reading two blocks in turn (the second read: a flush of its own)
+    path = os.path.join(tmp_path, "blocks")
+    with open(path, "wb") as f:
+        f.write(b"".join(_block(k) for k in range(2 * n)))
+    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+    loop = asyncio.new_event_loop()
+    logged: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: logged.append(context))  # (an Interrupt out of a loop callback)
+    in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py"))
+
+    def chosen(code: CodeType) -> bool:
+        return in_ring(code) and not _callback_entry(code)
+
+    try:
+        loaded = load_config(env={}, overrides=overrides)
+        with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s, s.open(path) as h:
+            ring = s.workers[0].rings["storage"]
+
+            async def two_reads(k: int) -> tuple[bytes, bytes]:
+                first = await h.read(8, 8 * k)
+                return first, await h.read(8, 8 * (k + n))
+
+            def once(at: int) -> str | None:
+                before = SUBMITTED.last
+                tasks = [loop.create_task(two_reads(k)) for k in range(n)]
+                with signal_at(chosen, at, armed=lambda: SUBMITTED.last is not before) as sent:
+                    done, _ = loop.run_until_complete(asyncio.wait(tasks, timeout=3.0))
+                assert done == set(tasks), f"a signal {sent.where}: an await never ended"
+                for k, task in enumerate(tasks):
+                    with contextlib.suppress(Interrupt):
+                        got = task.result()
+                        assert got == (_block(k), _block(k + n)), f"a signal {sent.where}: wrong bytes {got}"
+                _drained(ring)
+                return sent.where
+
+            points = sweep(once, most=1000)
+            assert points > 20
     finally:
         loop.close()
