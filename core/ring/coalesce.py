@@ -158,6 +158,7 @@ class Coalescer:
         # ring lock is held (a woken task may submit on the same ring).
         self._ready: list[Callable[[], None]] = []
         self._drain_scheduled = False
+        self._draining = False  # (drain() under way: not entered again)
         self._reaping = False  # reap() drains itself: on_done needs no call_soon
         probe = loop.create_future()
         self.direct = isinstance(probe, asyncio.Future) and hasattr(probe, "_callbacks")
@@ -301,9 +302,13 @@ class Coalescer:
         Each delivery leaves the list only once it returned: one cut short (a SystemExit
         out of a woken task, a raising signal anywhere in here) stays first in it, with
         those after it, for the next drain (scheduled), which runs it again (safe: it
-        resolves only what it has not)."""
+        resolves only what it has not).  Called again while it runs (a task woken in place
+        that drains): a no-op, the drain under way runs what was added."""
+        if self._draining:
+            return
         ready = self._ready
         try:
+            self._draining = True
             self._drain_scheduled = False
             while ready:
                 ready[0]()
@@ -312,6 +317,8 @@ class Coalescer:
             if ready:
                 self._schedule_drain()
             raise
+        finally:
+            self._draining = False
 
     def _deliver_posted(self, deliver: Callable[[], None]) -> None:
         """Deliver a batch now, on the loop thread outside any ring lock (posted by another

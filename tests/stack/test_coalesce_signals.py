@@ -17,6 +17,11 @@ of a full one), then closes the handle and only afterwards lets the batch
 complete: ``close()`` must not have returned while the ring still held it, and
 every await must end (its result, or the signal's exception where the signal
 landed before its op reached the kernel).
+
+The delivery of a flush's completions (the ring's collection, ``Batch.results``,
+the coalescer's ``deliver``, ``_resolve``, the drain list) is swept too: every
+await ends within seconds with the bytes of its own offset, also when the
+delivery cut short is run again after another flush was submitted.
 """
 
 from __future__ import annotations
@@ -237,5 +242,54 @@ def test_a_signal_anywhere_in_a_coalesced_delivery_still_resolves_every_await_wi
 
             points = sweep(once, most=1000)
             assert points > 20
+    finally:
+        loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_cut_short_delivery_keeps_its_arena_from_the_next_flush(
+    tmp_path: os.PathLike[str], pipe: tuple[int, int]
+) -> None:
+    """A flush's read completes late (from a pipe) and is delivered by the loop's reap of the
+    ring's eventfd; a signal cuts that delivery short before it resolved its await, while a
+    flush of another task's read is already scheduled (ahead of the drain that runs the
+    delivery again).  That flush must not read into the cut-short flush's arena: when the
+    arena went to the next flush as soon as its values were taken, the delivery run again
+    copied out the other read's bytes."""
+    r, w = pipe
+    path = os.path.join(tmp_path, "blocks")
+    with open(path, "wb") as f:
+        f.write(b"".join(_block(k) for k in range(4)))
+    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+    loop = asyncio.new_event_loop()
+    logged: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: logged.append(context))  # (the delivery's Interrupt)
+    try:
+        loaded = load_config(env={}, overrides=overrides)
+        with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s, s.open(path) as hot:
+            late = s.open(path)
+            os.dup2(r, late.fd)  # (close() releases the copy)
+            try:
+                first = loop.create_task(late.read(8, 0))
+                loop.run_until_complete(asyncio.sleep(0.02))  # submitted, held by the empty pipe
+                assert not first.done()
+                os.write(w, b"from-the-pipe"[:8])  # completes it: the eventfd is readable
+                in_coalescer = code_of(files=("ring/coalesce.py",))
+                armed: list[bool] = []
+                # The other read's task steps before the eventfd's reader runs (its flush is
+                # then scheduled ahead of the drain the cut-short delivery schedules).
+                loop.call_soon(armed.append, True)
+                second = loop.create_task(hot.read(8, 8))
+                with signal_at(
+                    lambda code: in_coalescer(code) and code.co_name == "_resolve", 0, armed=lambda: bool(armed)
+                ) as sent:
+                    done, _ = loop.run_until_complete(asyncio.wait([first, second], timeout=3.0))
+                assert sent.where is not None, "the signal was never sent"
+                assert done == {first, second}, f"a signal {sent.where}: an await never ended"
+                assert any(isinstance(c.get("exception"), Interrupt) for c in logged), logged
+                assert second.result() == _block(1)
+                assert first.result() == b"from-the-pipe"[:8], f"the arena was reused: {first.result()!r}"
+            finally:
+                late.close()
     finally:
         loop.close()
