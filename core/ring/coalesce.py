@@ -282,10 +282,11 @@ class Coalescer:
                 self._reaping = False
             self.drain()
         except BaseException:
-            # (a signal at drain()'s entry: what was reaped here had no drain scheduled)
+            # (A signal in the collection, at drain()'s entry: the completions left in the
+            # ring, or reaped and not delivered, may have no eventfd count left to wake the
+            # loop, which the reader consumed first.)  The next turn reaps and drains again.
             self._reaping = False
-            if self._ready:
-                self._schedule_drain()
+            self.loop.call_soon(self.reap)
             raise
         if self._waiting_room and not self._scheduled:
             self._scheduled = True
