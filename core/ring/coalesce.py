@@ -158,6 +158,7 @@ class Coalescer:
         # ring lock is held (a woken task may submit on the same ring).
         self._ready: list[Callable[[], None]] = []
         self._drain_scheduled = False
+        self._draining = False  # (drain() under way: not entered again)
         self._reaping = False  # reap() drains itself: on_done needs no call_soon
         probe = loop.create_future()
         self.direct = isinstance(probe, asyncio.Future) and hasattr(probe, "_callbacks")
@@ -268,17 +269,25 @@ class Coalescer:
     def reap(self) -> None:
         """Reap the ring without blocking (on the loop thread), then deliver what completed."""
         ring = self.ring
-        if not ring.closed:
-            self._reaping = True
-            try:
-                ring.try_reap()
-            except BaseException:
-                # A completion callback raised: what was reaped is still delivered first.
+        try:
+            if not ring.closed:
+                self._reaping = True
+                try:
+                    ring.try_reap()
+                except BaseException:
+                    # A completion callback raised: what was reaped is still delivered first.
+                    self._reaping = False
+                    self.drain()
+                    raise
                 self._reaping = False
-                self.drain()
-                raise
+            self.drain()
+        except BaseException:
+            # (A signal in the collection, at drain()'s entry: the completions left in the
+            # ring, or reaped and not delivered, may have no eventfd count left to wake the
+            # loop, which the reader consumed first.)  The next turn reaps and drains again.
             self._reaping = False
-        self.drain()
+            self.loop.call_soon(self.reap)
+            raise
         if self._waiting_room and not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -289,20 +298,49 @@ class Coalescer:
             self.loop.call_soon(self.drain)
 
     def drain(self) -> None:
-        """Deliver the batches reaped on the loop thread (outside any ring lock)."""
-        self._drain_scheduled = False
-        while self._ready:
-            ready, self._ready = self._ready, []
-            for i, deliver in enumerate(ready):
-                try:
-                    deliver()
-                except BaseException:
-                    # (a SystemExit out of a woken task): the batches after it are
-                    # delivered by the next drain, never dropped.
-                    self._ready[:0] = ready[i + 1 :]
-                    if self._ready:
-                        self._schedule_drain()
-                    raise
+        """Deliver the batches reaped on the loop thread (outside any ring lock).
+
+        Each delivery leaves the list only once it returned: one cut short (a SystemExit
+        out of a woken task, a raising signal anywhere in here) stays first in it, with
+        those after it, for the next drain (scheduled), which runs it again (safe: it
+        resolves only what it has not).  Called again while it runs (a task woken in place
+        that drains): a no-op, the drain under way runs what was added."""
+        if self._draining:
+            return
+        ready = self._ready
+        try:
+            self._draining = True
+            self._drain_scheduled = False
+            while ready:
+                ready[0]()
+                del ready[0]
+        except BaseException:
+            if ready:
+                self._schedule_drain()
+            raise
+        finally:
+            self._draining = False
+
+    def _deliver_posted(self, deliver: Callable[[], None]) -> None:
+        """Deliver a batch now, on the loop thread outside any ring lock (posted by another
+        thread's reap, or finished before its done-callback was in), through :meth:`drain`:
+        cut short by a signal, it is kept for the next drain (one is scheduled)."""
+        try:
+            self._ready.append(deliver)
+            self.drain()
+        except BaseException:
+            if self._ready:
+                self._schedule_drain()
+            raise
+
+    def _completed(self, deliver: Callable[[], None]) -> None:
+        """A flush's batch completed (its done-callback, on the thread that reaped it): have it
+        delivered on the loop thread.  Safe to repeat (a delivery queued twice runs once)."""
+        if self.on_loop_thread():
+            self._on_loop_done(deliver)  # delivered by drain(), outside the ring's lock
+        else:
+            # Through drain() too: a delivery cut short by a signal is run again.
+            self._post(lambda: self._deliver_posted(deliver))
 
     def _on_loop_done(self, deliver: Callable[[], None]) -> None:
         """A batch was reaped on the loop thread, maybe inside the ring's lock: deliver it soon."""
@@ -722,18 +760,16 @@ class Coalescer:
         state: list[Any] = [arena, None, pending]
 
         def deliver() -> None:
-            # Runs once, on the loop thread, from the done-callback or the check below.
+            # On the loop thread, from drain() (a batch reaped there or posted from another
+            # thread) or the check below.  Safe to run again after a raising signal cut it
+            # short anywhere (drain() keeps it for the next drain): the flush is marked
+            # delivered only once every future is resolved (a later run returns at once),
+            # and a run again resolves only the futures not yet done, from the same values.
             own, done, flushed = state
             if own is _DELIVERED:
                 return
-            state[0] = _DELIVERED
-            state[1] = state[2] = None
             results = done.results
             view = ffi.buffer(own) if own is not None else None
-            if own is not None and arena_size >= self._spare_size:
-                # The slices below copy the bytes out before any woken task runs
-                # (_resolve takes every value first): the next flush may reuse it.
-                self._spare, self._spare_size = own, arena_size
             if lists:
                 values = _list_values(futures, starts, results, view)
             elif view is None:
@@ -747,27 +783,36 @@ class Coalescer:
                     view[start : start + res] if start >= 0 and res >= 0 else res
                     for start, res in zip(starts, results, strict=True)
                 ]
-            try:
-                _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None, self._plain_futures)
-            finally:
-                # The batch stays referenced after delivery (by a pooled column set until
-                # its reuse, by its leases' in-flight mark); the ring drops its done-callbacks
-                # (and so deliver) once they ran, but deliver may also run from _launch's
-                # check or a drain list.  Holding every result that long kept ~8 MiB of a
-                # 32-task read loop's bytes alive and made malloc grow and trim its heap in
-                # turn: a fresh page, so a page fault, for most reads.
-                futures.clear()
-                # And the trackers let go of the flush now, not at their next prune: until
-                # then each delivered flush (pending, batch, closures) was ~10 objects for
-                # the cyclic GC to count and walk (~0.2-0.3 us per op of collections).
-                for tracker in flushed.trackers:
-                    tracker.forget(flushed)
+            _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None, self._plain_futures)
+            # Every future is resolved: from here a signal only skips what it saves (a spare
+            # arena, an early forget), never an await.
+            state[0] = _DELIVERED
+            state[1] = state[2] = None
+            # The batch stays referenced after delivery (by a pooled column set until
+            # its reuse, by its leases' in-flight mark); the ring drops its done-callbacks
+            # (and so deliver) once they ran, but deliver may also run from _launch's
+            # check or a drain list.  Holding every result that long kept ~8 MiB of a
+            # 32-task read loop's bytes alive and made malloc grow and trim its heap in
+            # turn: a fresh page, so a page fault, for most reads.
+            futures.clear()
+            if own is not None and arena_size >= self._spare_size:
+                # The arena goes to the next flush only now: a run again of a cut-short
+                # delivery reads its values out of it.  (The tasks woken above queue their
+                # ops meanwhile; a flush submits them only once this returned.)
+                self._spare, self._spare_size = own, arena_size
+            # And the trackers let go of the flush now, not at their next prune: until
+            # then each delivered flush (pending, batch, closures) was ~10 objects for
+            # the cyclic GC to count and walk (~0.2-0.3 us per op of collections).
+            for tracker in flushed.trackers:
+                tracker.forget(flushed)
 
         def on_done(_: Batch) -> None:
-            if self.on_loop_thread():
-                self._on_loop_done(deliver)  # delivered by drain(), outside the ring's lock
-            else:
-                self._post(deliver)
+            # (A signal at this entry counts as a run of the callback: docs/api.md.)
+            try:
+                self._completed(deliver)
+            except BaseException:
+                despite_signals(self._completed, deliver)  # (safe to repeat)
+                raise
 
         hook = io.completion_hook  # one worker, one ring: the same hook for every handle
         # The stack's hook first, then on_done: two callbacks, each run on its own by the
@@ -815,7 +860,8 @@ class Coalescer:
         if batch.finished and state[0] is not _DELIVERED:
             # Another thread may have reaped it before on_done was installed.  (Checked
             # here: most flushes were delivered by the reap above, a call for nothing.)
-            deliver()
+            # Through the drain list: a delivery cut short is kept for the next drain.
+            self._deliver_posted(deliver)
 
 
 class FlushPending:
@@ -915,7 +961,9 @@ def _resolve(futures: list[asyncio.Future[Any]], values: list[Any], direct: bool
     the loop would have done one turn later.  A future with other callbacks (or
     none: its task was cancelled, or nobody awaits it yet) is resolved the plain
     way.  If a wake-up raises (a KeyboardInterrupt out of the task's step), the
-    futures after it are still resolved before the error propagates.  *plain*: every
+    futures after it are still resolved before the error propagates.  Safe to run
+    again after a raising signal cut it short anywhere (:func:`_rewake` runs a wake-up
+    it had taken off): a run again resolves only the futures not yet done.  *plain*: every
     future is an exact ``asyncio.Future`` (its methods are called unbound).
 
     (Copying each arena read's bytes just before its wake-up, instead of all of them
@@ -936,13 +984,41 @@ def _resolve(futures: list[asyncio.Future[Any]], values: list[Any], direct: bool
                 set_result(fut, values[i])
             continue
         cb, ctx = cbs[0]
-        remove(fut, cb)
-        set_result(fut, values[i])
         try:
+            remove(fut, cb)
+            set_result(fut, values[i])
             ctx.run(cb, fut)
         except BaseException:
+            # The wake-up raised (the task's own error, run once), or a signal landed
+            # between taking it off and running it: then it runs later, once.
+            despite_signals(_rewake, fut, cb, ctx, values[i])
             _resolve(futures[i + 1 :], values[i + 1 :], False)
             raise
+
+
+def _rewake(fut: asyncio.Future[Any], cb: Callable[..., Any], ctx: Any, value: Any) -> None:
+    """After :func:`_resolve` took the one done-callback *cb* off *fut* to run it in place and
+    was cut short: make sure it runs, once (safe to repeat).
+
+    Before *fut* had its result: *cb* goes back on (unless it still is) and the result is
+    set, which schedules it.  After: when *cb* is a task's wake-up and the task still
+    waits for *fut* (its step did not run: a task clears its waiter when a step begins),
+    a guarded wake-up is scheduled (:func:`_wake_if_waiting`: a repeat of this step
+    schedules another, which finds the task gone on).  Any other callback counts as run
+    (no await of the stack gives its future one: their coroutines run in tasks)."""
+    if not fut.done():
+        if not any(c is cb for c, _ in fut._callbacks or ()):
+            fut.add_done_callback(cb, context=ctx)
+        fut.set_result(value)
+        return
+    task = getattr(cb, "__self__", None)
+    if isinstance(task, asyncio.Task) and getattr(task, "_fut_waiter", None) is fut:
+        fut.get_loop().call_soon(_wake_if_waiting, task, cb, fut, context=ctx)
+
+
+def _wake_if_waiting(task: asyncio.Task[Any], cb: Callable[..., Any], fut: asyncio.Future[Any]) -> None:
+    if getattr(task, "_fut_waiter", None) is fut:  # (else a wake-up scheduled before this one ran the step)
+        cb(fut)
 
 
 def _call_set_result(fut: asyncio.Future[Any], value: Any) -> None:
