@@ -138,6 +138,20 @@ class HookPlugin:
         self.seen.append(op)
 
 
+# One worker on CPU, plain io_uring: no SQPOLL thread, no registered buffers.
+_PLAIN_URING = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+
+
+def _logging_loop() -> tuple[asyncio.AbstractEventLoop, list[dict[str, Any]]]:
+    """A new event loop whose exception handler logs instead of printing: a flush or a
+    delivery runs as a loop callback, and the loop reports what it raises (the signal's
+    exception) there."""
+    loop = asyncio.new_event_loop()
+    logged: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: logged.append(context))
+    return loop, logged
+
+
 @pytest.mark.timeout(180)
 def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(tmp_path: os.PathLike[str]) -> None:
     """A signal at any point of the ring's code once it took the flush's batch in (its
@@ -147,11 +161,8 @@ def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(
     signal at its entry skipped both: the awaits never ended.)"""
     pm = make_plugin_manager()
     pm.register(HookPlugin(), "hooked")
-    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
-    loaded = load_config(env={}, plugin_manager=pm, overrides=overrides)
-    loop = asyncio.new_event_loop()
-    logged: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, context: logged.append(context))  # (the flush's Interrupt)
+    loaded = load_config(env={}, plugin_manager=pm, overrides=_PLAIN_URING)
+    loop, _ = _logging_loop()  # (the flush's Interrupt is logged, not printed)
     try:
         with open_stack(loaded.config, plugin_manager=pm) as s, s.open(small_file(tmp_path)) as h:
             ring = s.workers[0].rings["storage"]
@@ -209,17 +220,14 @@ def test_a_signal_anywhere_in_a_coalesced_delivery_still_resolves_every_await_wi
     path = os.path.join(tmp_path, "blocks")
     with open(path, "wb") as f:
         f.write(b"".join(_block(k) for k in range(2 * n)))
-    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
-    loop = asyncio.new_event_loop()
-    logged: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, context: logged.append(context))  # (an Interrupt out of a loop callback)
+    loop, _ = _logging_loop()  # (an Interrupt out of a loop callback is logged, not printed)
     in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py"))
 
     def chosen(code: CodeType) -> bool:
         return in_ring(code) and not _callback_entry(code)
 
     try:
-        loaded = load_config(env={}, overrides=overrides)
+        loaded = load_config(env={}, overrides=_PLAIN_URING)
         with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s, s.open(path) as h:
             ring = s.workers[0].rings["storage"]
 
@@ -260,12 +268,9 @@ def test_a_cut_short_delivery_keeps_its_arena_from_the_next_flush(
     path = os.path.join(tmp_path, "blocks")
     with open(path, "wb") as f:
         f.write(b"".join(_block(k) for k in range(4)))
-    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
-    loop = asyncio.new_event_loop()
-    logged: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, context: logged.append(context))  # (the delivery's Interrupt)
+    loop, logged = _logging_loop()  # (the delivery's Interrupt)
     try:
-        loaded = load_config(env={}, overrides=overrides)
+        loaded = load_config(env={}, overrides=_PLAIN_URING)
         with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s, s.open(path) as hot:
             late = s.open(path)
             os.dup2(r, late.fd)  # (close() releases the copy)
@@ -306,17 +311,14 @@ def test_a_signal_anywhere_in_a_late_delivery_from_the_eventfd_still_resolves_th
     completion to wake the loop."""
     r, w = pipe
     path = small_file(tmp_path)
-    overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
-    loop = asyncio.new_event_loop()
-    logged: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, context: logged.append(context))
+    loop, _ = _logging_loop()  # (the delivery's Interrupt is logged, not printed)
     in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/aio.py"))
 
     def chosen(code: CodeType) -> bool:
         return in_ring(code) and not _callback_entry(code) and code.co_name != "_on_readable"
 
     try:
-        loaded = load_config(env={}, overrides=overrides)
+        loaded = load_config(env={}, overrides=_PLAIN_URING)
         with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s:
 
             def once(at: int) -> str | None:
