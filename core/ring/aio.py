@@ -25,6 +25,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from uringstack.ring.interrupts import despite_signals
+
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
 
@@ -77,8 +79,19 @@ class Bridge:
         loop.add_reader(self.efd, self._on_readable)
 
     def _on_readable(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # another reader drained it
-            os.eventfd_read(self.efd)
+        try:
+            with contextlib.suppress(BlockingIOError):  # another reader drained it
+                os.eventfd_read(self.efd)
+            self._reap()
+        except BaseException:
+            # (A signal once the eventfd's count was consumed, before the reap under way
+            # took the completions in: no further count wakes the loop for them.)  The
+            # next loop turn reaps again; a repeat, when the count was not consumed yet or
+            # the reap had scheduled its own, finds nothing to do.
+            despite_signals(self.loop.call_soon, self._reap)
+            raise
+
+    def _reap(self) -> None:
         co = self.coalescer
         if co is not None:
             co.reap()  # delivers its batches once the ring's lock is released
