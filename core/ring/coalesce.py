@@ -322,8 +322,8 @@ class Coalescer:
             self._draining = False
 
     def _deliver_posted(self, deliver: Callable[[], None]) -> None:
-        """Deliver a batch now, on the loop thread outside any ring lock (posted by another
-        thread's reap, or finished before its done-callback was in), through :meth:`drain`:
+        """Deliver a batch now, on the loop thread outside any ring lock (finished before its
+        done-callback was in), through :meth:`drain`:
         cut short by a signal, it is kept for the next drain (one is scheduled)."""
         try:
             self._ready.append(deliver)
@@ -339,8 +339,13 @@ class Coalescer:
         if self.on_loop_thread():
             self._on_loop_done(deliver)  # delivered by drain(), outside the ring's lock
         else:
-            # Through drain() too: a delivery cut short by a signal is run again.
-            self._post(lambda: self._deliver_posted(deliver))
+            # Into the drain list from this thread (a list's append is atomic under the
+            # GIL; drain() consumes it in place, never swaps it), then the drain posted:
+            # a signal at the posted drain's entry leaves the delivery for the next drain
+            # (the eventfd reader's reap drains too), where a posted function holding
+            # the delivery itself lost it.  A delivery cut short is run again as any.
+            self._ready.append(deliver)
+            self._post(self.drain)
 
     def _on_loop_done(self, deliver: Callable[[], None]) -> None:
         """A batch was reaped on the loop thread, maybe inside the ring's lock: deliver it soon."""
@@ -760,7 +765,7 @@ class Coalescer:
         state: list[Any] = [arena, None, pending]
 
         def deliver() -> None:
-            # On the loop thread, from drain() (a batch reaped there or posted from another
+            # On the loop thread, from drain() (a batch reaped there or appended by another
             # thread) or the check below.  Safe to run again after a raising signal cut it
             # short anywhere (drain() keeps it for the next drain): the flush is marked
             # delivered only once every future is resolved (a later run returns at once),
