@@ -302,52 +302,6 @@ def test_a_cut_short_delivery_keeps_its_arena_from_the_next_flush(
         loop.close()
 
 
-@pytest.mark.timeout(300)
-def test_a_signal_anywhere_in_a_late_delivery_from_the_eventfd_still_resolves_the_await(
-    tmp_path: os.PathLike[str], pipe: tuple[int, int]
-) -> None:
-    """A flush's read that completes late (from a pipe) is reaped and delivered by the loop's
-    reader of the ring's eventfd, which consumes the eventfd's count first: a signal at any
-    point of the reader's, the coalescer's and the ring's code from then on (right after
-    the count's read, ``Coalescer.reap``'s entry, a reap, ``drain``'s entry, the delivery)
-    must still leave the await ending with its bytes, with no further completion to wake
-    the loop.  (When the reader did not reschedule a reap cut short, a signal at
-    ``Coalescer.reap``'s entry left the await waiting for the next completion.)"""
-    r, w = pipe
-    path = small_file(tmp_path)
-    loop, _ = _logging_loop()  # (the delivery's Interrupt is logged, not printed)
-    in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/aio.py"))
-
-    def chosen(code: CodeType) -> bool:
-        return in_ring(code) and not _callback_entry(code)
-
-    try:
-        loaded = load_config(env={}, overrides=_PLAIN_URING)
-        with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s:
-
-            def once(at: int) -> str | None:
-                late = s.open(path)
-                os.dup2(r, late.fd)  # (close() releases the copy)
-                try:
-                    task = loop.create_task(late.read(8, 0))
-                    loop.run_until_complete(asyncio.sleep(0.02))  # submitted, held by the empty pipe
-                    assert not task.done()
-                    armed: list[bool] = []
-                    loop.call_soon(armed.append, True)
-                    os.write(w, b"from-the-pipe"[:8])  # completes it: the eventfd is readable
-                    with signal_at(chosen, at, armed=lambda: bool(armed)) as sent:
-                        done, _ = loop.run_until_complete(asyncio.wait([task], timeout=3.0))
-                    assert done == {task}, f"a signal {sent.where}: the await never ended"
-                    assert task.result() == b"from-the-pipe"[:8], f"a signal {sent.where}: {task.result()!r}"
-                    return sent.where
-                finally:
-                    late.close()
-
-            assert sweep(once) > 5
-    finally:
-        loop.close()
-
-
 def _reap_until_one(ring: Ring) -> None:
     """Reap *ring* (from this thread) until a batch completed, for at most 2 s."""
     deadline = time.monotonic() + 2.0
@@ -357,18 +311,23 @@ def _reap_until_one(ring: Ring) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_signal_anywhere_in_a_delivery_posted_by_another_threads_reap_still_resolves_the_await(
-    tmp_path: os.PathLike[str], pipe: tuple[int, int]
+@pytest.mark.parametrize("reaper", ["eventfd", "thread"])
+def test_a_signal_anywhere_in_a_late_delivery_still_resolves_the_await(
+    tmp_path: os.PathLike[str], pipe: tuple[int, int], reaper: str
 ) -> None:
-    """A flush's read completes late (from a pipe) and another thread's reap collects it: its
-    delivery is handed to the loop's thread.  A signal at any point of the loop's side from
-    then on (the posted call's entry, ``drain``, the eventfd reader's reap, the delivery)
-    must still leave the await ending with its bytes.  (When the other thread posted a
-    function that held the delivery itself, a signal at that function's entry lost the
-    delivery: the await never ended.)"""
+    """A flush's read completes late (from a pipe) and is reaped either by the loop's reader
+    of the ring's eventfd ("eventfd"), which consumes the eventfd's count first, or by
+    another thread's reap ("thread"), which hands the delivery to the loop's thread.  A
+    signal at any point of the loop's side from then on (the reader right after the
+    count's read, ``Coalescer.reap``'s entry, a reap, the posted drain's entry, the
+    delivery) must still leave the await ending with its bytes, with no further
+    completion to wake the loop.  (When the reader did not reschedule a reap cut short, a
+    signal at ``Coalescer.reap``'s entry left the await waiting for the next completion;
+    when the other thread posted a function that held the delivery itself, a signal at
+    that function's entry lost the delivery.)"""
     r, w = pipe
     path = small_file(tmp_path)
-    loop, _ = _logging_loop()  # (the posted call's Interrupt is logged, not printed)
+    loop, _ = _logging_loop()  # (the delivery's Interrupt is logged, not printed)
     in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/aio.py"))
 
     def chosen(code: CodeType) -> bool:
@@ -386,11 +345,14 @@ def test_a_signal_anywhere_in_a_delivery_posted_by_another_threads_reap_still_re
                     task = loop.create_task(late.read(8, 0))
                     loop.run_until_complete(asyncio.sleep(0.02))  # submitted, held by the empty pipe
                     assert not task.done()
-                    os.write(w, b"from-the-pipe"[:8])  # completes it
-                    reaper = threading.Thread(target=_reap_until_one, args=(ring,))
-                    reaper.start()
-                    reaper.join()
-                    with signal_at(chosen, at) as sent:
+                    armed: list[bool] = []
+                    loop.call_soon(armed.append, True)
+                    os.write(w, b"from-the-pipe"[:8])  # completes it: the eventfd is readable
+                    if reaper == "thread":
+                        other = threading.Thread(target=_reap_until_one, args=(ring,))
+                        other.start()
+                        other.join()
+                    with signal_at(chosen, at, armed=lambda: bool(armed)) as sent:
                         done, _ = loop.run_until_complete(asyncio.wait([task], timeout=3.0))
                     assert done == {task}, f"a signal {sent.where}: the await never ended"
                     assert task.result() == b"from-the-pipe"[:8], f"a signal {sent.where}: {task.result()!r}"
