@@ -43,7 +43,7 @@ from uringstack.config import load_config
 from uringstack.hookspecs import hookimpl
 from uringstack.pluginmanager import make_plugin_manager
 from uringstack.ring import SUBMITTED, Ring
-from uringstack.stack import open_stack
+from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.types import WorkerView
 
@@ -256,6 +256,20 @@ def test_a_signal_anywhere_in_a_coalesced_delivery_still_resolves_every_await_wi
         loop.close()
 
 
+def _held_read(s: Stack, path: str, r: int, loop: asyncio.AbstractEventLoop) -> tuple[FileHandle, asyncio.Task[bytes]]:
+    """A handle on *path* whose descriptor is a copy of the empty pipe's read end *r* (its
+    close() releases the copy), and a task whose 8-byte read of it is submitted and held
+    by the pipe until something is written to it."""
+    late = s.open(path)
+    os.dup2(r, late.fd)
+    task = loop.create_task(late.read(8, 0))
+    loop.run_until_complete(asyncio.sleep(0.02))
+    if task.done():
+        late.close()
+        raise AssertionError(f"the read was not held by the empty pipe: {task}")
+    return late, task
+
+
 @pytest.mark.timeout(60)
 def test_a_cut_short_delivery_keeps_its_arena_from_the_next_flush(
     tmp_path: os.PathLike[str], pipe: tuple[int, int]
@@ -274,12 +288,8 @@ def test_a_cut_short_delivery_keeps_its_arena_from_the_next_flush(
     try:
         loaded = load_config(env={}, overrides=_PLAIN_URING)
         with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as s, s.open(path) as hot:
-            late = s.open(path)
-            os.dup2(r, late.fd)  # (close() releases the copy)
+            late, first = _held_read(s, path, r, loop)
             try:
-                first = loop.create_task(late.read(8, 0))
-                loop.run_until_complete(asyncio.sleep(0.02))  # submitted, held by the empty pipe
-                assert not first.done()
                 os.write(w, b"from-the-pipe"[:8])  # completes it: the eventfd is readable
                 in_coalescer = code_of(files=("ring/coalesce.py",))
                 armed: list[bool] = []
@@ -339,12 +349,8 @@ def test_a_signal_anywhere_in_a_late_delivery_still_resolves_the_await(
             ring = s.workers[0].rings["storage"]
 
             def once(at: int) -> str | None:
-                late = s.open(path)
-                os.dup2(r, late.fd)  # (close() releases the copy)
+                late, task = _held_read(s, path, r, loop)
                 try:
-                    task = loop.create_task(late.read(8, 0))
-                    loop.run_until_complete(asyncio.sleep(0.02))  # submitted, held by the empty pipe
-                    assert not task.done()
                     armed: list[bool] = []
                     loop.call_soon(armed.append, True)
                     os.write(w, b"from-the-pipe"[:8])  # completes it: the eventfd is readable
