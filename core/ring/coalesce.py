@@ -321,10 +321,10 @@ class Coalescer:
         finally:
             self._draining = False
 
-    def _deliver_posted(self, deliver: Callable[[], None]) -> None:
-        """Deliver a batch now, on the loop thread outside any ring lock (finished before its
-        done-callback was in), through :meth:`drain`:
-        cut short by a signal, it is kept for the next drain (one is scheduled)."""
+    def _deliver_now(self, deliver: Callable[[], None]) -> None:
+        """Deliver a batch now, on the loop thread outside any ring lock (one that another
+        thread reaped before its done-callback was in), through :meth:`drain`: cut short
+        by a signal, it is kept for the next drain (one is scheduled)."""
         try:
             self._ready.append(deliver)
             self.drain()
@@ -866,7 +866,7 @@ class Coalescer:
             # Another thread may have reaped it before on_done was installed.  (Checked
             # here: most flushes were delivered by the reap above, a call for nothing.)
             # Through the drain list: a delivery cut short is kept for the next drain.
-            self._deliver_posted(deliver)
+            self._deliver_now(deliver)
 
 
 class FlushPending:
