@@ -82,8 +82,15 @@ def test_group_commit_groups(wal_dir: pathlib.Path, backend_name: str) -> None:
 
 
 def _flushes_for_a_paced_stream(wal_dir: pathlib.Path, max_delay_us: int) -> int:
-    """20 ``append_async`` calls 5 ms apart (none awaited until the end): how many flushes."""
+    """20 ``append_async`` calls 5 ms apart (none awaited until the end): how many flushes.
+
+    The stream starts once the next segment's background zero-fill is done
+    (``wait_spare``), as the bench's rows do: while it runs, the device writes a
+    whole segment of zeros ahead of the log's flushes (~90 ms for 64 MiB on a
+    virtio disk), so the control's first flushes would take several 5 ms ticks
+    each and batch what arrived meanwhile (5 flushes measured, not 20)."""
     with Wal.open(wal_dir, WalConfig(max_delay_us=max_delay_us, backend="fallback")) as wal:
+        assert wal.wait_spare(60)
 
         async def main() -> list[int]:
             futs = []
