@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from uringstack.bench import runner
-from uringstack.bench.api_loops import handle_loop
+from uringstack.bench.api_loops import asyncio_batch_loop, handle_loop
 from uringstack.bench.ladder import RUNGS
 from uringstack.bench.spec import BenchSpec
 from uringstack.stack import open_stack
+from uringstack.stack.handle import FileHandle
 from uringstack.stack.prepared import PreparedIO
 
 
@@ -67,4 +68,40 @@ def test_a_short_batch_in_flight_is_recorded_and_its_bytes_left_out(
     assert res.errors == [f"op result {short} (want 4096)"]
     # the loop stopped at that batch (not after the 10 s window), counting its first op's bytes only
     assert 0 < res.ops <= starts[0] * 2 and starts[0] < 30 and res.seconds < 5
+    assert res.bytes == res.ops * 4096 - 4096
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("short", [100, -5])
+def test_a_short_await_of_the_asyncio_batch_row_is_recorded_and_its_bytes_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: int
+) -> None:
+    """The asyncio batch row compares an await's results with the full ones in one step too."""
+    f = tmp_path / "d.bin"
+    runner.prepare_file(str(f), 4 << 20)
+    spec = BenchSpec(
+        "randread", file=str(f), file_size=4 << 20, duration=10.0, ramp=0.0, queue_depth=8, batch=2, direct=False
+    )
+    calls = [0]
+    real = FileHandle.read_many_async
+
+    async def read_many_async(self: FileHandle, offsets: Any, buffers: Any, **kw: Any) -> list[int]:
+        calls[0] += 1
+        mine = calls[0]
+        res = await real(self, offsets, buffers, **kw)
+        if mine == 20:
+            res = [*res[:-1], short]
+        return res
+
+    monkeypatch.setattr(FileHandle, "read_many_async", read_many_async)
+    stack = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "off", "sqpoll.mode": "off"})
+    try:
+        h = stack.open(str(f), writable=False)
+        res = h.worker.submit(asyncio_batch_loop, h, spec, RUNGS["asyncio batch"], 0).result(timeout=30)
+        h.close()
+    finally:
+        stack.close()
+    assert res.errors == [f"op result {short} (want 4096)"]
+    # the row stopped there (not after the 10 s window), that await's last op's bytes left out
+    assert 0 < res.ops <= calls[0] * 2 and calls[0] < 30 and res.seconds < 5
     assert res.bytes == res.ops * 4096 - 4096
