@@ -38,17 +38,36 @@ class _Short:
         return res
 
 
+def _run_row(tmp_path: Path, loop: Any, rung: str) -> Any:
+    """*loop* on a 4 MiB hot file: QD 8 in batches of 2 (4 batches or awaits in flight, the
+    start/wait path, not run), a 10 s window opened by the first completion."""
+    f = tmp_path / "d.bin"
+    runner.prepare_file(str(f), 4 << 20)
+    spec = BenchSpec(
+        "randread", file=str(f), file_size=4 << 20, duration=10.0, ramp=0.0, queue_depth=8, batch=2, direct=False
+    )
+    stack = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "off", "sqpoll.mode": "off"})
+    try:
+        h = stack.open(str(f), writable=False)
+        res = h.worker.submit(loop, h, spec, RUNGS[rung], 0).result(timeout=30)
+        h.close()
+    finally:
+        stack.close()
+    return res
+
+
+def _stopped_at_the_short_one(res: Any, short: int, calls: int) -> None:
+    assert res.errors == [f"op result {short} (want 4096)"]
+    # the loop stopped at that batch (not after the 10 s window), counting its first op's bytes only
+    assert 0 < res.ops <= calls * 2 and calls < 30 and res.seconds < 5
+    assert res.bytes == res.ops * 4096 - 4096
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("short", [100, -5])
 def test_a_short_batch_in_flight_is_recorded_and_its_bytes_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: int
 ) -> None:
-    f = tmp_path / "d.bin"
-    runner.prepare_file(str(f), 4 << 20)
-    # 4 batches of 2 in flight (the start/wait path, not run), a window opened by the first completion
-    spec = BenchSpec(
-        "randread", file=str(f), file_size=4 << 20, duration=10.0, ramp=0.0, queue_depth=8, batch=2, direct=False
-    )
     starts = [0]
     real = PreparedIO.start
 
@@ -58,17 +77,8 @@ def test_a_short_batch_in_flight_is_recorded_and_its_bytes_left_out(
         return _Short(pending, short) if starts[0] == 20 else pending
 
     monkeypatch.setattr(PreparedIO, "start", start)
-    stack = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "off", "sqpoll.mode": "off"})
-    try:
-        h = stack.open(str(f), writable=False)
-        res = h.worker.submit(handle_loop, h, spec, RUNGS["batched"], 0).result(timeout=30)
-        h.close()
-    finally:
-        stack.close()
-    assert res.errors == [f"op result {short} (want 4096)"]
-    # the loop stopped at that batch (not after the 10 s window), counting its first op's bytes only
-    assert 0 < res.ops <= starts[0] * 2 and starts[0] < 30 and res.seconds < 5
-    assert res.bytes == res.ops * 4096 - 4096
+    res = _run_row(tmp_path, handle_loop, "batched")
+    _stopped_at_the_short_one(res, short, starts[0])
 
 
 @pytest.mark.timeout(60)
@@ -77,11 +87,6 @@ def test_a_short_await_of_the_asyncio_batch_row_is_recorded_and_its_bytes_left_o
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: int
 ) -> None:
     """The asyncio batch row compares an await's results with the full ones in one step too."""
-    f = tmp_path / "d.bin"
-    runner.prepare_file(str(f), 4 << 20)
-    spec = BenchSpec(
-        "randread", file=str(f), file_size=4 << 20, duration=10.0, ramp=0.0, queue_depth=8, batch=2, direct=False
-    )
     calls = [0]
     real = FileHandle.read_many_async
 
@@ -94,14 +99,5 @@ def test_a_short_await_of_the_asyncio_batch_row_is_recorded_and_its_bytes_left_o
         return res
 
     monkeypatch.setattr(FileHandle, "read_many_async", read_many_async)
-    stack = open_stack(overrides={"core.cores": [0], "fixedbuf.mode": "off", "sqpoll.mode": "off"})
-    try:
-        h = stack.open(str(f), writable=False)
-        res = h.worker.submit(asyncio_batch_loop, h, spec, RUNGS["asyncio batch"], 0).result(timeout=30)
-        h.close()
-    finally:
-        stack.close()
-    assert res.errors == [f"op result {short} (want 4096)"]
-    # the row stopped there (not after the 10 s window), that await's last op's bytes left out
-    assert 0 < res.ops <= calls[0] * 2 and calls[0] < 30 and res.seconds < 5
-    assert res.bytes == res.ops * 4096 - 4096
+    res = _run_row(tmp_path, asyncio_batch_loop, "asyncio batch")
+    _stopped_at_the_short_one(res, short, calls[0])
