@@ -49,6 +49,20 @@ from uringstack.types import WorkerView
 
 _CODE = code_of(Ring.submit_columns, Ring._submit_unfinished_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
 
+# One worker on CPU, plain io_uring: no SQPOLL thread, no registered buffers.
+_PLAIN_URING = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+
+
+def _logging_loop() -> tuple[asyncio.AbstractEventLoop, list[dict[str, Any]]]:
+    """A new event loop whose exception handler logs instead of printing: a flush or a
+    delivery runs as a loop callback, and the loop reports what it raises (the signal's
+    exception) there."""
+    loop = asyncio.new_event_loop()
+    logged: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: logged.append(context))
+    return loop, logged
+
+
 # Each form: (whether it writes, the awaited call).  A read takes 8 bytes from the empty
 # pipe (per op); a write is 8 bytes to the full one.  "+hook": under a plugin's completion
 # hook (HookPlugin below), so the flush installs two done-callbacks, retried one by one.
@@ -68,21 +82,14 @@ def test_a_signal_anywhere_in_a_coalesced_submission_leaves_the_batch_waited_for
     path = small_file(tmp_path)
     r, w = pipe
     write, call = FORMS[form]
-    loop = asyncio.new_event_loop()
-    logged: list[dict[str, Any]] = []
     # A flush runs as a loop callback: the loop logs what it raises (a KeyboardInterrupt
     # would propagate out of the loop instead; the tracking is the same).
-    loop.set_exception_handler(lambda _, context: logged.append(context))
+    loop, _ = _logging_loop()
     pm = make_plugin_manager()
     if form.endswith("+hook"):
         pm.register(HookPlugin(), "hooked")
-    overrides = {
-        "core.backend": "uring",
-        "core.cores": [CPU],
-        "sqpoll.mode": "off",
-        "core.close_timeout_s": 3.0,
-        "fixedbuf.mode": "off",  # (a registered file would not follow the copy below)
-    }
+    # (fixedbuf off: a registered file would not follow the copy below)
+    overrides = {**_PLAIN_URING, "core.close_timeout_s": 3.0}
     try:
         with open_stack(load_config(env={}, plugin_manager=pm, overrides=overrides).config, plugin_manager=pm) as s:
             ring = s.workers[0].rings["storage"]
@@ -138,20 +145,6 @@ class HookPlugin:
     @hookimpl
     def uringstack_completion_batch(self, worker: WorkerView, op: str, results: list[int]) -> None:
         self.seen.append(op)
-
-
-# One worker on CPU, plain io_uring: no SQPOLL thread, no registered buffers.
-_PLAIN_URING = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
-
-
-def _logging_loop() -> tuple[asyncio.AbstractEventLoop, list[dict[str, Any]]]:
-    """A new event loop whose exception handler logs instead of printing: a flush or a
-    delivery runs as a loop callback, and the loop reports what it raises (the signal's
-    exception) there."""
-    loop = asyncio.new_event_loop()
-    logged: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, context: logged.append(context))
-    return loop, logged
 
 
 @pytest.mark.timeout(180)
