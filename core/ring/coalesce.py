@@ -9,7 +9,8 @@ op queued in a loop iteration schedules :meth:`Coalescer.flush` with
 again go out as ONE batch (one ``Ring.submit_columns``, one ``io_uring_enter``)
 whose completions are reaped on the loop thread and resolve the futures
 directly: once the reap released the ring's lock, :meth:`Coalescer.drain` sets
-each result and runs the awaiting task's wake-up in place (:func:`_resolve`),
+each result and runs the awaiting task's wake-up in place
+(:func:`~uringstack.ring.wakeups.resolve`),
 with no ``call_soon`` Handle per await.  The ops those woken tasks queue go out in
 the flush's next round, in the same loop callback (at most :data:`FLUSH_ROUNDS`
 rounds; the rest at the next loop turn).  Reads of a fresh ``bytes`` result go into one arena per flush and
@@ -46,6 +47,7 @@ from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.inflight import submitted_since
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
+from uringstack.ring.wakeups import makes_plain_futures, resolve
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
@@ -109,11 +111,6 @@ QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[A
 # read_many/write_many requests' (pins, lengths) pairs and offset lists.
 _OneFile = tuple["CoalescedFile", tuple[Any, ...], tuple[Any, ...], list["asyncio.Future[Any]"]]
 _future_done = asyncio.Future.done
-# asyncio.Future's own methods, unbound: a call of one on an exact ``asyncio.Future``
-# skips the method lookup, which CPython 3.11 does not specialize on the C Future
-# (its instances have a ``__dict__`` slot): about 150 instructions per call, two per await.
-_set_result = asyncio.Future.set_result
-_remove_done_callback = asyncio.Future.remove_done_callback
 
 
 class Coalescer:
@@ -128,7 +125,7 @@ class Coalescer:
         self.loop = loop
         self._post = post
         self._create_future: Callable[[], asyncio.Future[Any]] = loop.create_future
-        self._plain_futures = type(loop).create_future is asyncio.BaseEventLoop.create_future
+        self._plain_futures = makes_plain_futures(loop)
         """asyncio's own loops make a plain Future: made directly, ``asyncio.Future(loop=loop)``,
         without the create_future method call (0.38 against 0.24 us per await measured;
         a ``functools.partial`` with the keyword copies its keyword dict per call)."""
@@ -162,7 +159,8 @@ class Coalescer:
         self._reaping = False  # reap() drains itself: on_done needs no call_soon
         probe = loop.create_future()
         self.direct = isinstance(probe, asyncio.Future) and hasattr(probe, "_callbacks")
-        """Whether futures resolve by running their awaiting task's wake-up in place (see :func:`_resolve`)."""
+        """Whether futures resolve by running their awaiting task's wake-up in place (see
+        :func:`~uringstack.ring.wakeups.resolve`)."""
         probe.cancel()
         self.flushes = 0
         """Batches submitted (for tests and diagnostics)."""
@@ -788,7 +786,7 @@ class Coalescer:
                     view[start : start + res] if start >= 0 and res >= 0 else res
                     for start, res in zip(starts, results, strict=True)
                 ]
-            _resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None, self._plain_futures)
+            resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None, self._plain_futures)
             # Every future is resolved: from here a signal only skips what it saves (a spare
             # arena, an early forget), never an await.
             state[0] = _DELIVERED
@@ -952,86 +950,6 @@ def _list_values(futures: list[asyncio.Future[Any]], starts: Sequence[int], resu
         values.append(view[start : start + res] if start >= 0 and res >= 0 else res)
         i += 1
     return values
-
-
-def _resolve(futures: list[asyncio.Future[Any]], values: list[Any], direct: bool, plain: bool = False) -> None:
-    """Set each future's value; with *direct*, run its awaiting task's wake-up here.
-
-    ``fut.set_result`` schedules every done-callback with ``loop.call_soon``: a
-    Handle, a trip through the loop's ready queue and ``Handle._run`` per await
-    (about 0.6 us of the ~6 us a cached 4 KiB ``await read`` costs).  A future
-    awaited by a task has one callback, the task's wake-up; *direct* (only on the
-    loop thread, outside any task and any ring lock: drain() and a flush) takes it
-    off, sets the result, and runs it in the task's context at once, which is what
-    the loop would have done one turn later.  A future with other callbacks (or
-    none: its task was cancelled, or nobody awaits it yet) is resolved the plain
-    way.  If a wake-up raises (a KeyboardInterrupt out of the task's step), the
-    futures after it are still resolved before the error propagates.  Safe to run
-    again after a raising signal cut it short anywhere (:func:`_rewake` runs a wake-up
-    it had taken off): a run again resolves only the futures not yet done.  *plain*: every
-    future is an exact ``asyncio.Future`` (its methods are called unbound).
-
-    (Copying each arena read's bytes just before its wake-up, instead of all of them
-    first, was measured and dropped: ~650 fewer instructions per await, but ~180
-    more L1 instruction and ~100 more L1 data cache misses per await in cachegrind's
-    simulation, the copy's code and data evicted by every wake-up in between.)"""
-    if not direct:
-        for fut, value in zip(futures, values, strict=True):
-            if not fut.done():  # else the awaiting task was cancelled
-                fut.set_result(value)
-        return
-    set_result = _set_result if plain else _call_set_result
-    remove = _remove_done_callback if plain else _call_remove_done_callback
-    for i, fut in enumerate(futures):
-        cbs = fut._callbacks  # (None once done: setting a result or cancelling takes the callbacks off)
-        if cbs is None or len(cbs) != 1:
-            if not fut.done():
-                set_result(fut, values[i])
-            continue
-        cb, ctx = cbs[0]
-        try:
-            remove(fut, cb)
-            set_result(fut, values[i])
-            ctx.run(cb, fut)
-        except BaseException:
-            # The wake-up raised (the task's own error, run once), or a signal landed
-            # between taking it off and running it: then it runs later, once.
-            despite_signals(_rewake, fut, cb, ctx, values[i])
-            _resolve(futures[i + 1 :], values[i + 1 :], False)
-            raise
-
-
-def _rewake(fut: asyncio.Future[Any], cb: Callable[..., Any], ctx: Any, value: Any) -> None:
-    """After :func:`_resolve` took the one done-callback *cb* off *fut* to run it in place and
-    was cut short: make sure it runs, once (safe to repeat).
-
-    Before *fut* had its result: *cb* goes back on (unless it still is) and the result is
-    set, which schedules it.  After: when *cb* is a task's wake-up and the task still
-    waits for *fut* (its step did not run: a task clears its waiter when a step begins),
-    a guarded wake-up is scheduled (:func:`_wake_if_waiting`: a repeat of this step
-    schedules another, which finds the task gone on).  Any other callback counts as run
-    (no await of the stack gives its future one: their coroutines run in tasks)."""
-    if not fut.done():
-        if not any(c is cb for c, _ in fut._callbacks or ()):
-            fut.add_done_callback(cb, context=ctx)
-        fut.set_result(value)
-        return
-    task = getattr(cb, "__self__", None)
-    if isinstance(task, asyncio.Task) and getattr(task, "_fut_waiter", None) is fut:
-        fut.get_loop().call_soon(_wake_if_waiting, task, cb, fut, context=ctx)
-
-
-def _wake_if_waiting(task: asyncio.Task[Any], cb: Callable[..., Any], fut: asyncio.Future[Any]) -> None:
-    if getattr(task, "_fut_waiter", None) is fut:  # (else a wake-up scheduled before this one ran the step)
-        cb(fut)
-
-
-def _call_set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    fut.set_result(value)
-
-
-def _call_remove_done_callback(fut: asyncio.Future[Any], cb: Callable[..., Any]) -> None:
-    fut.remove_done_callback(cb)
 
 
 def coalescer_for(ring: Ring) -> Coalescer:

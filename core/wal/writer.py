@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from uringstack.ring.wakeups import makes_plain_futures, resolve
 from uringstack.stack.handle import FileHandle
 
 from .config import WalConfig
@@ -74,12 +75,6 @@ _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
 
 # Padding of a flush to whole blocks (less than one block), without allocating zeros per flush.
 _ZEROS = memoryview(bytes(BLOCK_BYTES))
-
-
-def _resolve(waiters: _AsyncWaiters) -> None:
-    for lsn, fut in waiters:
-        if not fut.done():
-            fut.set_result(lsn)
 
 
 def _reject(waiters: _AsyncWaiters, exc: BaseException) -> None:
@@ -495,21 +490,28 @@ class Writer:
                 self._kick_locked()
 
     def _resolved(self, loop: asyncio.AbstractEventLoop, waiters: _AsyncWaiters) -> None:
-        """On *loop*: resolve a flushed batch's futures, then schedule the wake-up for the next.
+        """On *loop*: schedule the wake-up for the next batch, then resolve a flushed batch's futures.
 
-        The tasks just woken usually append again in this tick: the wake-up
-        (and the gate's entry for this loop) is set up here, once per batch,
-        instead of in the first of those appends.  It runs after them
-        (``call_soon`` order), as if that append had scheduled it.
+        The tasks woken here usually append again at once: the wake-up (and
+        the gate's entry for this loop) is set up first, once per batch,
+        instead of in the first of those appends, and runs after them
+        (``call_soon`` order), as if that append had scheduled it.  On
+        asyncio's own loops each awaiting task's wake-up runs in place
+        (:func:`~uringstack.ring.wakeups.resolve`, as the asyncio coalescer's
+        delivery does), so the woken tasks append inside this callback, not
+        one loop turn later through a ``call_soon`` Handle per record:
+        measured with 32 appender tasks and the durable write stubbed out,
+        26,100 -> 19,900 user instructions per record (cachegrind).
         """
-        _resolve(waiters)
         with self.lock:
-            if self.failed is not None or self._closing:
-                return
-            gate = self._gate or self._gate_locked()
-            if loop not in gate.loops:
-                gate.loops[loop] = []
-                loop.call_soon(self._kick, gate, loop)
+            if self.failed is None and not self._closing:
+                gate = self._gate or self._gate_locked()
+                if loop not in gate.loops:
+                    gate.loops[loop] = []
+                    loop.call_soon(self._kick, gate, loop)
+        plain = makes_plain_futures(loop)
+        in_place = plain and asyncio.current_task(loop) is None  # (a loop callback: never inside a task)
+        resolve([fut for _, fut in waiters], [lsn for lsn, _ in waiters], in_place, plain)
 
     # --- flushing ---------------------------------------------------------------------
     def _take_locked(self) -> _Taken:

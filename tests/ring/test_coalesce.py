@@ -591,9 +591,9 @@ def test_a_task_woken_by_a_reap_may_use_the_ring_synchronously(uring_stack: Stac
 def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> None:
     # A task's step re-raises SystemExit and KeyboardInterrupt, out of the wake-up the
     # coalescer runs in place; the later futures of the batch must still get their results.
-    # (Driven through _resolve with a raising callback: a real task raising SystemExit
+    # (Driven through resolve with a raising callback: a real task raising SystemExit
     # upsets pytest's later imports on CPython 3.11, with or without the coalescer.)
-    from uringstack.ring.coalesce import _resolve
+    from uringstack.ring.wakeups import resolve
 
     loop = asyncio.new_event_loop()
     try:
@@ -607,7 +607,7 @@ def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> Non
         for fut in futures[1:]:
             fut.add_done_callback(lambda f: woken.append(f.result()))
         with pytest.raises(SystemExit):
-            _resolve(futures, [10, 11, 12, 13], True)
+            resolve(futures, [10, 11, 12, 13], True)
         assert [f.result() for f in futures] == [10, 11, 12, 13]
         loop.run_until_complete(asyncio.sleep(0))  # the rest wake up through the loop
         assert woken == [11, 12, 13]
@@ -616,10 +616,10 @@ def test_a_wake_up_that_raises_still_lets_the_rest_of_its_batch_resolve() -> Non
 
 
 def test_wake_ups_on_exact_futures_run_once_and_one_that_raises_still_lets_the_rest_resolve() -> None:
-    # On exact asyncio.Futures (asyncio's own loops) _resolve calls the future's methods
+    # On exact asyncio.Futures (asyncio's own loops) resolve calls the future's methods
     # unbound: each task's wake-up is taken off (so it runs once, in place, not again
     # from the loop) and a wake-up that raises still leaves the rest of the batch resolved.
-    from uringstack.ring.coalesce import _resolve
+    from uringstack.ring.wakeups import resolve
 
     loop = asyncio.new_event_loop()
     try:
@@ -636,7 +636,7 @@ def test_wake_ups_on_exact_futures_run_once_and_one_that_raises_still_lets_the_r
             for fut in (futures[0], *futures[2:]):
                 fut.add_done_callback(lambda f, woken=woken: woken.append(f.result()))
             with pytest.raises(KeyboardInterrupt):
-                _resolve(futures, [b"a", b"b", -errno.EIO, b"d"], True, plain)
+                resolve(futures, [b"a", b"b", -errno.EIO, b"d"], True, plain)
             assert [f.result() for f in futures] == [b"a", b"b", -errno.EIO, b"d"]
             assert woken == [b"a", "boom"]  # woken in place, up to the raise
             loop.run_until_complete(asyncio.sleep(0))  # the rest wake up through the loop

@@ -47,7 +47,11 @@ from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.types import WorkerView
 
-_CODE = code_of(Ring.submit_columns, Ring._submit_unfinished_locked, files=("ring/coalesce.py", "ring/interrupts.py"))
+_CODE = code_of(
+    Ring.submit_columns,
+    Ring._submit_unfinished_locked,
+    files=("ring/coalesce.py", "ring/wakeups.py", "ring/interrupts.py"),
+)
 
 # One worker on CPU, plain io_uring: no SQPOLL thread, no registered buffers.
 _PLAIN_URING = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
@@ -165,7 +169,7 @@ def test_a_signal_at_the_entry_of_the_completion_hook_still_resolves_the_awaits(
             assert hook is not None
             hook_code = hook("read", ring).__code__
             # The ring's collection (Batch.results among it) and the coalescer's delivery.
-            in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py"))
+            in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/wakeups.py"))
 
             def chosen(code: CodeType) -> bool:
                 return code is hook_code or (in_ring(code) and not _callback_entry(code))
@@ -216,7 +220,7 @@ def test_a_signal_anywhere_in_a_coalesced_delivery_still_resolves_every_await_wi
     with open(path, "wb") as f:
         f.write(b"".join(_block(k) for k in range(2 * n)))
     loop, _ = _logging_loop()  # (an Interrupt out of a loop callback is logged, not printed)
-    in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py"))
+    in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/wakeups.py"))
 
     def chosen(code: CodeType) -> bool:
         return in_ring(code) and not _callback_entry(code)
@@ -284,14 +288,14 @@ def test_a_cut_short_delivery_keeps_its_arena_from_the_next_flush(
             late, first = _held_read(s, path, r, loop)
             try:
                 os.write(w, b"from-the-pipe"[:8])  # completes it: the eventfd is readable
-                in_coalescer = code_of(files=("ring/coalesce.py",))
+                in_coalescer = code_of(files=("ring/coalesce.py", "ring/wakeups.py"))
                 armed: list[bool] = []
                 # The other read's task steps before the eventfd's reader runs (its flush is
                 # then scheduled ahead of the drain the cut-short delivery schedules).
                 loop.call_soon(armed.append, True)
                 second = loop.create_task(hot.read(8, 8))
                 with signal_at(
-                    lambda code: in_coalescer(code) and code.co_name == "_resolve", 0, armed=lambda: bool(armed)
+                    lambda code: in_coalescer(code) and code.co_name == "resolve", 0, armed=lambda: bool(armed)
                 ) as sent:
                     done, _ = loop.run_until_complete(asyncio.wait([first, second], timeout=3.0))
                 assert sent.where is not None, "the signal was never sent"
@@ -331,7 +335,7 @@ def test_a_signal_anywhere_in_a_late_delivery_still_resolves_the_await(
     r, w = pipe
     path = small_file(tmp_path)
     loop, _ = _logging_loop()  # (the delivery's Interrupt is logged, not printed)
-    in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/aio.py"))
+    in_ring = code_of(files=("ring/__init__.py", "ring/coalesce.py", "ring/wakeups.py", "ring/aio.py"))
 
     def chosen(code: CodeType) -> bool:
         return in_ring(code) and not _callback_entry(code)

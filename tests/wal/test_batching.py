@@ -214,6 +214,41 @@ def test_asyncio_one_call_soon_threadsafe_per_batch(wal_dir: pathlib.Path) -> No
         assert be.threads == ["wal-flusher", "wal-flusher"]  # an event loop never flushes inline
 
 
+def test_asyncio_appenders_are_woken_in_place_by_the_acknowledgement(wal_dir: pathlib.Path) -> None:
+    """The loop callback that acknowledges a flush runs each awaiting task's wake-up itself
+    (uringstack.ring.wakeups.resolve): no call_soon Handle per record."""
+    with Wal.open(wal_dir, backend="fallback") as wal:
+
+        async def main() -> tuple[list[int], int]:
+            loop = asyncio.get_running_loop()
+            appended: set[asyncio.Future[int]] = set()
+            woken_via_loop: list[Any] = []
+            real = loop.call_soon
+
+            def counting(cb: Any, *args: Any, **kw: Any) -> Any:
+                if args and args[0] in appended:  # a set_result scheduling its task's wake-up
+                    woken_via_loop.append(cb)
+                return real(cb, *args, **kw)
+
+            loop.call_soon = counting  # type: ignore[method-assign]
+
+            async def appender(i: int) -> list[int]:
+                got = []
+                for k in range(20):
+                    fut = wal.append_async(b"t%d-%d" % (i, k))
+                    appended.add(fut)
+                    got.append(await fut)
+                return got
+
+            per_task = await asyncio.wait_for(asyncio.gather(*(appender(i) for i in range(8))), 10)
+            return sorted(lsn for lsns in per_task for lsn in lsns), len(woken_via_loop)
+
+        lsns, via_loop = asyncio.run(main())
+        assert lsns == list(range(1, 161))
+        assert via_loop == 0, f"{via_loop} of 160 wake-ups went through call_soon"  # before: 160
+        assert wal.counters()["flushes"] < 160  # the woken tasks' appends still share batches
+
+
 def test_asyncio_appends_of_one_tick_wake_the_flusher_once_after_the_tick(
     wal_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
