@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 _AsyncWaiters = list[tuple[int, "asyncio.Future[int]"]]
+_Future = asyncio.Future
 
 # Padding of a flush to whole blocks (less than one block), without allocating zeros per flush.
 _ZEROS = memoryview(bytes(BLOCK_BYTES))
@@ -181,6 +182,9 @@ class Writer:
         # The event loop of the last append_async, when it tells which thread runs it (see
         # _running_loop): read and replaced without the lock, checked before every use.
         self._last_loop: Any = None
+        # That loop again when it makes exact asyncio.Futures (makes_plain_futures): its
+        # futures are made directly, without the create_future method's Python frame.
+        self._plain_loop: Any = None
         # With a delay the flusher thread must gather; an inline flush would not wait.
         self._inline = config.max_delay_us == 0
         self.next_lsn = next_lsn
@@ -431,6 +435,7 @@ class Writer:
         Loops that do not record it (not ``BaseEventLoop``s) are asked every time."""
         loop = asyncio.get_running_loop()
         if isinstance(loop, asyncio.BaseEventLoop):
+            self._plain_loop = loop if makes_plain_futures(loop) else None
             self._last_loop = loop
         return loop
 
@@ -458,7 +463,8 @@ class Writer:
         loop = self._last_loop
         if loop is None or loop._thread_id != get_ident():
             loop = self._running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+        # (another thread's loop may have replaced _plain_loop meanwhile: then create_future)
+        fut: asyncio.Future[int] = _Future(loop=loop) if loop is self._plain_loop else loop.create_future()
         with self.lock:
             if self.failed is not None or self._closing:
                 self._check()

@@ -554,3 +554,27 @@ def test_append_async_follows_the_running_loop(wal_dir: pathlib.Path) -> None:
         asyncio.run(here())
         t.join(10)
         assert other and wal.durable_lsn == 5
+
+
+class _OwnFuture(asyncio.Future[int]):
+    """A loop's own kind of future (a loop that overrides create_future)."""
+
+
+class _OwnFutureLoop(asyncio.SelectorEventLoop):
+    def create_future(self) -> asyncio.Future[Any]:
+        return _OwnFuture(loop=self)
+
+
+def test_append_async_makes_the_loops_own_futures(wal_dir: pathlib.Path) -> None:
+    """Futures are made directly (no create_future call) only for loops that make exact
+    asyncio.Futures; a loop with its own create_future gets its own kind, resolved the plain way."""
+    with Wal.open(wal_dir, backend="fallback") as wal:
+
+        async def append(tag: bytes) -> tuple[type, int]:
+            futs = [wal.append_async(tag) for _ in range(3)]
+            return type(futs[-1]), (await asyncio.wait_for(asyncio.gather(*futs), 10))[-1]
+
+        assert asyncio.run(append(b"plain")) == (asyncio.Future, 3)
+        with asyncio.Runner(loop_factory=_OwnFutureLoop) as runner:
+            assert runner.run(append(b"own")) == (_OwnFuture, 6)
+        assert asyncio.run(append(b"plain again")) == (asyncio.Future, 9)
