@@ -515,9 +515,9 @@ class Writer:
                 if loop not in gate.loops:
                     gate.loops[loop] = []
                     loop.call_soon(self._kick, gate, loop)
+        # (only ever a loop callback, from call_soon_threadsafe: never inside a task, as in place requires)
         plain = makes_plain_futures(loop)
-        in_place = plain and asyncio.current_task(loop) is None  # (a loop callback: never inside a task)
-        resolve([fut for _, fut in waiters], [lsn for lsn, _ in waiters], in_place, plain)
+        resolve([fut for _, fut in waiters], [lsn for lsn, _ in waiters], plain, plain)
 
     # --- flushing ---------------------------------------------------------------------
     def _take_locked(self) -> _Taken:
