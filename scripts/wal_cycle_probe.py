@@ -18,7 +18,7 @@ involuntary context switches per flush of the flushing thread and of the loop
 thread (``/proc/self/task/*/status``).
 
 With ``--steps`` a further ``wal`` run wraps the writer's internal steps
-(``Writer._write``, ``_acknowledge``, ``_resolved``, ``_kick``, ``_take_locked``,
+(``Writer._write``, ``_finish``, ``_resolved``, ``_kick``, ``_take_locked``,
 ``_stage``, the flusher's condition wait and notify, the loop's
 ``call_soon_threadsafe`` and its blocking ``select``) to record
 ``time.perf_counter_ns()`` into preallocated arrays, and prints the p50/p90/mean
@@ -219,10 +219,10 @@ def run_model(
 
 _STEPS = (
     ("write", "write_in", "write_out"),
-    ("write returned -> _acknowledge", "write_out", "ack_in"),
-    ("_acknowledge -> call_soon_threadsafe", "ack_in", "cst_in"),
+    ("write returned -> _finish", "write_out", "ack_in"),
+    ("_finish -> call_soon_threadsafe", "ack_in", "cst_in"),
     ("call_soon_threadsafe (self-pipe)", "cst_in", "cst_out"),
-    ("-> _acknowledge returned", "cst_out", "ack_out"),
+    ("-> _finish returned", "cst_out", "ack_out"),
     ("-> loop runs _resolved", "ack_out", "res_in"),
     ("_resolved (futures set)", "res_in", "res_out"),
     ("tasks run and append -> _kick", "res_out", "kick_in"),
@@ -250,7 +250,7 @@ def run_steps(directory: str, appenders: int, seconds: float, record: bytes) -> 
             idx[k] = i + 1
 
     W = wal_writer.Writer
-    saved = {m: getattr(W, m) for m in ("_write", "_acknowledge", "_resolved", "_kick", "_take_locked", "_stage")}
+    saved = {m: getattr(W, m) for m in ("_write", "_finish", "_resolved", "_kick", "_take_locked", "_stage")}
     cst = asyncio.base_events.BaseEventLoop.call_soon_threadsafe
     select = selectors.EpollSelector.select
 
@@ -276,7 +276,7 @@ def run_steps(directory: str, appenders: int, seconds: float, record: bytes) -> 
 
     patches: dict[str, Any] = {
         "_write": around(saved["_write"], "write_in", "write_out"),
-        "_acknowledge": around(saved["_acknowledge"], "ack_in", "ack_out"),
+        "_finish": around(saved["_finish"], "ack_in", "ack_out"),
         "_resolved": around(saved["_resolved"], "res_in", "res_out"),
         "_kick": around(saved["_kick"], "kick_in", None),
         "_take_locked": take,

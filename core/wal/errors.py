@@ -50,6 +50,9 @@ def failed_from(exc: BaseException, op: str, where: str = "") -> WalFailedError:
     """
     if isinstance(exc, WalFailedError):
         return exc
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: cut short, not an I/O error
+        detail = f"interrupted by {type(exc).__name__}: what reached the disk is unknown"
+        return WalFailedError(_errno.EINTR, op, f"{detail}; {where}" if where else detail)
     err = exc.errno if isinstance(exc, OSError) and exc.errno else _errno.EIO
     own = getattr(exc, "op", None)
     detail = str(getattr(exc, "detail", "")) if own else str(exc)

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.wakeups import makes_plain_futures, resolve
 from uringstack.stack.handle import FileHandle
 
@@ -84,6 +85,13 @@ def _reject(waiters: _AsyncWaiters, exc: BaseException) -> None:
             fut.set_exception(exc)
 
 
+def _resolve_rest(waiters: _AsyncWaiters) -> None:
+    """The plain way, every future of *waiters* still pending (after a signal cut a resolve short)."""
+    for lsn, fut in waiters:
+        if not fut.done():
+            fut.set_result(lsn)
+
+
 class _Gate:
     """Everyone waiting for one group of records: opened once, when its last LSN is durable.
 
@@ -98,57 +106,82 @@ class _Gate:
     (relay) records/s.
     """
 
-    __slots__ = ("last_lsn", "locks", "loops")
+    __slots__ = ("last_lsn", "locks", "loops", "reached")
 
     def __init__(self) -> None:
         self.last_lsn = 0  # set when the gate stops taking waiters
         self.locks: list[threading.Lock] = []
         self.loops: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
+        self.reached = -1  # the waiter whose lock the relay released last (-1: not opened)
 
-    def add_sync(self) -> int:
-        """Register one blocking waiter (under the writer lock); return its place in the relay."""
+    def add_sync(self) -> None:
+        """Register one blocking waiter (under the writer lock) as waiter ``len(locks)``.
+
+        Its slot exists once this returns, or once a signal cut it short right
+        after the append: a caller that will not :meth:`wait` for it (an
+        exception, anywhere) must :meth:`abandon` it."""
         lk = threading.Lock()
         lk.acquire()
         self.locks.append(lk)
-        return len(self.locks) - 1
 
     def wait(self, i: int) -> None:
         """Block until the relay reaches waiter *i*, then pass it on."""
-        lk = self.locks[i]
-        try:
-            lk.acquire()
-        except BaseException:
-            # Interrupted (KeyboardInterrupt in the main thread): the relay must
-            # still reach the waiters behind us, but only once it reached us.
-            threading.Thread(target=self._pass_when_reached, args=(i,), daemon=True).start()
-            raise
-        if i + 1 < len(self.locks):
-            self.locks[i + 1].release()
-
-    def _pass_when_reached(self, i: int) -> None:
         self.locks[i].acquire()
-        if i + 1 < len(self.locks):
-            self.locks[i + 1].release()
+        self._pass(i)
+
+    def abandon(self, i: int) -> None:
+        """Waiter *i* will not wait (or was interrupted in :meth:`wait`): the relay must still
+        reach the waiters behind it, but only once it reached *i*.  Safe to run again: the
+        relay is passed on once (a run again after a thread was started starts another,
+        which never gets the lock: only two signals in a row cost a parked thread)."""
+        if self.reached >= i:  # released to us already (we may or may not hold it)
+            self._pass(i)
+        else:  # not yet: then we do not hold its lock, and a thread can wait for it
+            threading.Thread(target=self.wait, args=(i,), name="wal-relay", daemon=True).start()
+
+    def _pass(self, i: int) -> None:
+        """Waiter *i* passes the relay on to the next (once: the first caller does)."""
+        if self.reached == i:
+            n = len(self.locks)
+            # no call between the mark and the release: a signal lands before both or after both
+            self.reached = i + 1
+            if i + 1 < n:
+                self.locks[i + 1].release()
 
     def open(self) -> None:
-        """Start the relay (after the watermark moved, or after a failure or close)."""
-        if self.locks:
-            self.locks[0].release()
+        """Start the relay (after the watermark moved, or after a failure or close); once."""
+        if self.reached < 0:
+            self.reached = 0
+            if self.locks:
+                self.locks[0].release()
+
+
+# What became of a taken batch (_Taken.state): the steps a raising signal can cut short.
+_TAKEN = 0  # taken from the queue, maybe staged, not yet handed to the write: can be given back
+_WRITING = 1  # handed to the durable write (or a roll): cut short, its outcome is unknown
+_WRITTEN = 2  # the write returned: it must be made part of the log (_finish)
+_ACKED = 3  # part of the log: the watermark moved past it
+_RETURNED = 4  # given back to the queue unwritten (_abandon_lead)
 
 
 class _Taken:
     """One batch taken by the flushing thread: payloads, framed bytes, its first LSN, or a roll."""
 
-    __slots__ = ("end", "first_lsn", "length", "nbytes", "records", "roll", "write_at")
+    __slots__ = ("end", "first_lsn", "length", "nbytes", "nxt", "opened", "records", "roll", "state", "write_at",
+                 "write_ns")  # fmt: skip
 
-    def __init__(self, records: list[bytes], nbytes: int, first_lsn: int, roll: bool) -> None:
-        self.records = records  # payloads, framed by _stage
-        self.nbytes = nbytes
+    def __init__(self, first_lsn: int) -> None:
+        self.records: list[bytes] = []  # payloads, framed by _stage; moved in by _take_locked
+        self.nbytes = 0
         self.first_lsn = first_lsn
-        self.roll = roll
+        self.roll = False
+        self.state = _TAKEN
         self.length = 0  # bytes staged in the buffer (0: not staged yet)
         self.write_at = 0
+        self.write_ns = 0
         self.end = 0  # the segment's end offset once written
+        self.opened: list[_Gate] = []  # the gates its acknowledgement opens (kept for a run again)
+        self.nxt: _Taken | None = None  # the batch its acknowledgement took next (chained flushes)
 
 
 class Writer:
@@ -178,6 +211,7 @@ class Writer:
         self._gates: deque[_Gate] = deque()  # closed gates, in LSN order, awaiting durability
         self._busy = False  # a thread is flushing (the only one allowed to write)
         self._lead_lsn = 0  # while an appending thread flushes inline (_lead): the LSN it waits for
+        self._taken: _Taken | None = None  # the batch the busy thread took last (see _abandon_lead)
         self._kicked = False  # the flusher thread was notified and has not looked yet
         # The event loop of the last append_async, when it tells which thread runs it (see
         # _running_loop): read and replaced without the lock, checked before every use.
@@ -351,10 +385,12 @@ class Writer:
             raise WalClosedError("WAL is closed")
 
     def _queue_locked(self, payload: bytes) -> int:
+        size = (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
         lsn = self.next_lsn
+        # the append is the only call, and last: a raising signal finds the record queued whole or not at all
         self.next_lsn = lsn + 1
+        self._pending_bytes += size
         self._pending.append(payload)
-        self._pending_bytes += (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
         return lsn
 
     def _gate_locked(self) -> _Gate:
@@ -370,8 +406,8 @@ class Writer:
         per record), or a delayed batch is full."""
         if not self._busy:
             if not self._kicked:
-                self._kicked = True
                 self._work.notify()
+                self._kicked = True  # (after: a signal inside notify() leaves the next kick to notify)
         elif self._pending_bytes >= self._max_record:
             self._work.notify()
 
@@ -398,25 +434,45 @@ class Writer:
         return list(range(last - len(items) + 1, last + 1))
 
     def _append_sync(self, payloads: Iterable[bytes]) -> int:
-        """Queue *payloads*, then flush them ourselves or wait for them; return the last LSN."""
-        with self.lock:
-            if self.failed is not None or self._closing:
-                self._check()
-            for p in payloads:
-                lsn = self._queue_locked(p)
-            lead = self._inline and not self._busy
+        """Queue *payloads*, then flush them ourselves or wait for them; return the last LSN.
+
+        A raising signal (Ctrl-C) anywhere in here propagates once the log is
+        consistent again: a batch this call took to flush inline and had not
+        handed to the write goes back to the queue (the flusher thread writes it),
+        one whose write returned is made part of the log, and a relay place in a
+        gate is passed on.  Only a signal inside the durable write (or a segment
+        roll) fails the log, whose outcome on disk is then unknown (docs/wal.md).
+        """
+        lead = 0
+        gate: _Gate | None = None
+        idx = -1  # our place in gate's relay, once known
+        try:
+            with self.lock:
+                if self.failed is not None or self._closing:
+                    self._check()
+                for p in payloads:
+                    lsn = self._queue_locked(p)
+                if self._inline and not self._busy:
+                    # no call between these stores: a signal finds _busy with its lead set, or neither
+                    self._busy = True
+                    self._lead_lsn = lead = lsn
+                    taken = self._take_locked()  # in the same lock hold: a lone append takes the lock twice
+                else:
+                    gate = self._gate_locked()
+                    idx = len(gate.locks)
+                    gate.add_sync()
+                    self._kick_locked()
             if lead:
-                self._busy = True
-                self._lead_lsn = lsn
-                taken = self._take_locked()  # in the same lock hold: a lone append takes the lock twice
+                self._lead(lsn, taken)
             else:
-                gate = self._gate_locked()
-                idx = gate.add_sync()
-                self._kick_locked()
-        if lead:
-            self._lead(lsn, taken)
-        else:
-            gate.wait(idx)  # opened by _acknowledge, _fail or close
+                assert gate is not None
+                gate.wait(idx)  # opened by _finish, _fail or close
+        except BaseException:
+            if lead:
+                despite_signals(self._abandon_lead, lead)
+            elif gate is not None and 0 <= idx < len(gate.locks):
+                despite_signals(gate.abandon, idx)
+            raise
         if self.durable_lsn >= lsn:
             return lsn
         if self.failed is not None:
@@ -465,18 +521,21 @@ class Writer:
             loop = self._running_loop()
         # (another thread's loop may have replaced _plain_loop meanwhile: then create_future)
         fut: asyncio.Future[int] = _Future(loop=loop) if loop is self._plain_loop else loop.create_future()
+        size = (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
         with self.lock:
             if self.failed is not None or self._closing:
                 self._check()
             lsn = self.next_lsn
+            # (as _queue_locked: the queue's append is the only call, and last)
             self.next_lsn = lsn + 1
+            self._pending_bytes += size
             self._pending.append(payload)
-            self._pending_bytes += (HEADER_BYTES + len(payload) + ALIGN_BYTES - 1) & -ALIGN_BYTES
             gate = self._gate or self._gate_locked()
             waiters = gate.loops.get(loop)
             if waiters is None:
-                waiters = gate.loops[loop] = []
+                # the wake-up first: a loop's entry in a gate means one is scheduled
                 loop.call_soon(self._kick, gate, loop)
+                waiters = gate.loops[loop] = []
             elif self._pending_bytes >= self._max_record:
                 self._kick_locked()  # a delayed batch is full: do not wait for the tick to end
             waiters.append((lsn, fut))
@@ -488,7 +547,16 @@ class Writer:
         A wake-up scheduled ahead by :meth:`_resolved` that finds no append of
         *loop* in *gate* is withdrawn, so the next append from *loop* schedules
         its own (else that append would wait for a wake-up that already ran).
+        Run to its end through raising signals (a loop callback's entry aside:
+        docs/wal.md), as an append of *loop* relies on it.
         """
+        try:
+            self._kick_step(gate, loop)
+        except BaseException:
+            despite_signals(self._kick_step, gate, loop)
+            raise
+
+    def _kick_step(self, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
         with self.lock:
             if gate is self._gate and gate.loops.get(loop) == []:
                 del gate.loops[loop]
@@ -507,31 +575,41 @@ class Writer:
         delivery does), so the woken tasks append inside this callback, not
         one loop turn later through a ``call_soon`` Handle per record:
         measured with 32 appender tasks and the durable write stubbed out,
-        26,100 -> 19,900 user instructions per record (cachegrind).
+        26,100 -> 19,900 user instructions per record (cachegrind).  A raising
+        signal in here still leaves every future resolved (the callback's entry
+        aside: docs/wal.md).
         """
-        with self.lock:
-            if self.failed is None and not self._closing:
-                gate = self._gate or self._gate_locked()
-                if loop not in gate.loops:
-                    gate.loops[loop] = []
-                    loop.call_soon(self._kick, gate, loop)
-        # (only ever a loop callback, from call_soon_threadsafe: never inside a task, as in place requires)
-        plain = makes_plain_futures(loop)
-        resolve([fut for _, fut in waiters], [lsn for lsn, _ in waiters], plain, plain)
+        try:
+            with self.lock:
+                if self.failed is None and not self._closing:
+                    gate = self._gate or self._gate_locked()
+                    if loop not in gate.loops:
+                        loop.call_soon(self._kick, gate, loop)  # (first: as in submit_async)
+                        gate.loops[loop] = []
+            # (only ever a loop callback, from call_soon_threadsafe: never inside a task, as in place requires)
+            plain = makes_plain_futures(loop)
+            resolve([fut for _, fut in waiters], [lsn for lsn, _ in waiters], plain, plain)
+        except BaseException:
+            despite_signals(_resolve_rest, waiters)
+            raise
 
     # --- flushing ---------------------------------------------------------------------
     def _take_locked(self) -> _Taken:
-        """Under the lock, by the busy thread: take one batch (empty + roll when the segment is full)."""
+        """Under the lock, by the busy thread: take one batch (empty + roll when the segment is full).
+
+        It is recorded as the busy thread's (``_taken``) before any record moves,
+        and the records move with no call in between: a raising signal finds
+        every record either queued or in ``_taken`` (see :meth:`_abandon_lead`)."""
+        taken = self._taken = _Taken(self.durable_lsn + 1)
         gate = self._gate
         if gate is not None:  # later appends wait for a later flush
             gate.last_lsn = self.next_lsn - 1
-            self._gates.append(gate)
             self._gate = None
-        first = self.durable_lsn + 1
+            self._gates.append(gate)
         room = self.active.header.segment_bytes - self.active.end_offset
         total = self._pending_bytes
         if total <= self._max_record and total <= room:
-            batch, self._pending = self._pending, []  # the common case: everything fits
+            taken.records, self._pending = self._pending, []  # the common case: everything fits
         else:
             limit = min(self._max_record, room)
             total = k = 0
@@ -541,10 +619,12 @@ class Writer:
                     break
                 total += size
                 k += 1
-            batch = self._pending[:k]
+            taken.records = self._pending[:k]
             del self._pending[:k]
         self._pending_bytes -= total
-        return _Taken(batch, total, first, not batch)
+        taken.nbytes = total
+        taken.roll = not taken.records
+        return taken
 
     def _commit(self, taken: _Taken, chain: bool = False, lead: int = 0) -> tuple[bool, _Taken | None]:
         """Flush (or roll for) one taken batch and acknowledge it; False if the log failed.
@@ -555,49 +635,81 @@ class Writer:
         behind all of them (that would serialize flushing and their Python).
         With *lead* (an inline flusher's LSN), ``_busy`` is given up in the
         acknowledgement's lock hold once that LSN is durable (see :meth:`_lead`).
+
+        An exception (a raising signal, in an inline flush) after the write
+        returned propagates once the acknowledgement ran to its end; before the
+        batch reached the write, it propagates with the batch untouched (the
+        lead's :meth:`_abandon_lead` gives it back).  One inside the write or a
+        roll (or before the write in the flusher thread) fails the log: it
+        cannot tell what reached the disk, and a write is never retried.  The
+        log's error then stands for an ``Exception``; a ``KeyboardInterrupt``
+        or ``SystemExit`` propagates itself.
         """
         try:
             if taken.roll:
+                taken.state = _WRITING  # a roll cut short: its file steps are not repeatable
                 self._roll(taken.first_lsn)
+                taken.state = _ACKED
                 return True, None
             if not taken.length:
                 self._stage(taken)
             self._write(taken)
+            return True, self._finish(taken, chain, lead)
         except BaseException as e:
+            if taken.state == _WRITTEN or taken.state == _ACKED:
+                # Written whole: made part of the log and its waiters woken, through further signals.
+                # (The lead's _abandon_lead cannot: _finish may have given up _busy before the gates
+                # were opened, and then nothing tells it the batch was its own.)
+                despite_signals(self._finish, taken, chain, lead)
+                raise
+            if lead and taken.state == _TAKEN:
+                raise  # nothing written: the lead's _abandon_lead gives the batch back
             where = "rolling to a new segment" if taken.roll else f"segment {self.active.path}"
-            self._fail(failed_from(e, "roll" if taken.roll else "write", where))
+            despite_signals(self._fail, failed_from(e, "roll" if taken.roll else "write", where))
+            if not isinstance(e, Exception):
+                raise
             return False, None
-        return True, self._acknowledge(taken, chain, lead)
 
     def _lead(self, lsn: int, taken: _Taken) -> None:
         """Flush inline, starting with *taken*, until *lsn* is durable; we hold ``_busy`` on entry
-        and give it up on exit.
+        and give it up on exit (an exception: the caller's :meth:`_abandon_lead`).
 
         A lone append's flush takes the writer lock once more after the one that
         queued and took its record: the acknowledgement that makes *lsn* durable
-        also gives up ``_busy`` in the same hold (:meth:`_acknowledge`).  Every
+        also gives up ``_busy`` in the same hold (:meth:`_finish`).  Every
         statement on this path runs once per append, after a blocking syscall
         that leaves the CPU's caches cold: measured, the log's Python per append
         then cost 2-4x its warm time (docs/wal.md, issue 14).
         """
-        released = False
-        try:
-            while True:
-                ok = self._commit(taken, lead=lsn)[0]
-                if not ok:
-                    return
-                if self.durable_lsn >= lsn:
-                    released = True  # _acknowledge gave up _busy
-                    return
-                with self.lock:
-                    taken = self._take_locked()
-        finally:
-            if not released:
-                with self.lock:
-                    # an exception (KeyboardInterrupt) can land after _acknowledge gave _busy up and
-                    # another thread took it: give it up only if it is still this lead's
-                    if self._lead_lsn == lsn:
-                        self._release_lead_locked()
+        while True:
+            if not self._commit(taken, lead=lsn)[0]:
+                self._abandon_lead(lsn)  # the log failed: only _busy to give up
+                return
+            if self.durable_lsn >= lsn:
+                return  # _finish gave up _busy
+            with self.lock:
+                taken = self._take_locked()
+
+    def _abandon_lead(self, lead: int) -> None:
+        """An inline flush for LSN *lead* ends early (an exception, or the log failed): leave the
+        log consistent and give up ``_busy``, if still ours.  Safe to run again.
+
+        The batch it took, if taken but never handed to the write: its records go back to the front of
+        the queue, with the same LSNs, for the flusher thread to write (dropped,
+        the next batch would be framed with their LSNs: the log on disk would no
+        longer match the LSNs appends returned).  An exception can also land
+        after the acknowledgement gave ``_busy`` up, when another thread may
+        already be flushing: then nothing here is ours."""
+        with self.lock:
+            if self._lead_lsn != lead:
+                return
+            taken = self._taken
+            if taken is not None and taken.state == _TAKEN:
+                # no call in here: a signal finds the records back in the queue, or still taken
+                self._pending[:0] = taken.records
+                self._pending_bytes += taken.nbytes
+                taken.state = _RETURNED
+            self._release_lead_locked()
 
     def _release_lead_locked(self) -> None:
         self._lead_lsn = 0
@@ -652,49 +764,64 @@ class Writer:
         taken.length, taken.write_at = length, write_at
 
     def _write(self, taken: _Taken) -> None:
-        """Write the staged batch durably; then it is part of the segment."""
-        seg, buf, write_at, write = self.active, self._buf, taken.write_at, self._write_durable
+        """Write the staged batch durably (``_WRITING`` while the write runs, ``_WRITTEN`` once it returned)."""
+        write = self._write_durable
         assert write is not None
         self.flushes += 1
         t0 = time.perf_counter_ns()
-        write(self._view[: taken.length], write_at)  # handle.write_durable(..., sync=self._sync)
-        self.write_ns += time.perf_counter_ns() - t0
-        self.bytes_written += taken.length
-        new_end = seg.end_offset + taken.nbytes
-        tail_from = new_end - new_end % BLOCK_BYTES
-        self._tail = buf[tail_from - write_at : new_end - write_at]  # an mmap slice is a bytes copy
-        taken.end = new_end  # the segment's end moves with the watermark (_acknowledge)
+        taken.state = _WRITING
+        write(self._view[: taken.length], taken.write_at)  # handle.write_durable(..., sync=self._sync)
+        taken.state = _WRITTEN  # (a Python call's return is no signal point: nothing lands in between)
+        taken.write_ns = time.perf_counter_ns() - t0
 
-    def _acknowledge(self, taken: _Taken, chain: bool, lead: int = 0) -> _Taken | None:
+    def _finish(self, taken: _Taken, chain: bool, lead: int = 0) -> _Taken | None:
         """Make the written *taken* part of its segment and move the watermark to its last LSN,
         wake whoever waited for it; with *chain*, take and stage the next batch first and return
         it.  With *lead* (an inline flusher's LSN) give up ``_busy`` in the same lock hold once
-        that LSN is durable."""
-        ready: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
-        nxt: _Taken | None = None
-        lsn = taken.first_lsn + len(taken.records) - 1
+        that LSN is durable.
+
+        Safe to run again after a raising signal cut it short anywhere (:meth:`_commit`): each
+        step is done once (the batch's state, the gates it opened and the batch it took next are
+        kept on it), opening a gate again does nothing, and a loop's futures are resolved once."""
         seg = self.active
+        n = len(taken.records)
+        lsn = taken.first_lsn + n - 1
+        if taken.state == _WRITTEN:  # the segment's end moves with the watermark, below
+            new_end = seg.end_offset + taken.nbytes
+            tail_from = new_end - new_end % BLOCK_BYTES
+            self._tail = self._buf[tail_from - taken.write_at : new_end - taken.write_at]  # a bytes copy
+            taken.end = new_end
+        opened = taken.opened
         with self.lock:
-            seg.end_offset = taken.end
-            seg.records += len(taken.records)
-            self.durable_lsn = lsn
-            if lead and lsn >= lead:
+            if taken.state == _WRITTEN:
+                # no call in here: a signal finds the batch acknowledged whole, or not at all
+                seg.end_offset = taken.end
+                seg.records += n
+                self.durable_lsn = lsn
+                self.write_ns += taken.write_ns
+                self.bytes_written += taken.length
+                taken.state = _ACKED
+            if lead and lsn >= lead and self._lead_lsn == lead:
                 self._release_lead_locked()
             gates = self._gates
-            opened: list[_Gate] = []
             while gates and gates[0].last_lsn <= lsn:
-                opened.append(gates.popleft())
-            if chain and self._pending:
-                nxt = self._take_locked()
-        if nxt is not None and not nxt.roll:
+                gate = gates[0]
+                if not opened or opened[-1] is not gate:
+                    opened.append(gate)
+                gates.popleft()
+            if chain and taken.nxt is None and self._pending:
+                taken.nxt = self._take_locked()
+        nxt = taken.nxt
+        if nxt is not None and not nxt.roll and not nxt.length:
             self._stage(nxt)
+        ready: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
         for gate in opened:
             gate.open()
             for loop, waiters in gate.loops.items():
                 if not waiters:  # armed by _resolved, but the loop appended nothing to this gate
                     continue
                 if loop in ready:  # more than one gate made durable by this flush
-                    ready[loop].extend(waiters)
+                    ready[loop] = ready[loop] + waiters
                 else:
                     ready[loop] = waiters
         for loop, waiters in ready.items():
@@ -702,45 +829,59 @@ class Writer:
                 loop.call_soon_threadsafe(self._resolved, loop, waiters)
         return nxt
 
-    def _release_all_locked(self) -> list[_Gate]:
-        """Under the lock: detach every gate still waiting (at failure or close)."""
-        gates = list(self._gates)
-        self._gates.clear()
-        if self._gate is not None:
-            gates.append(self._gate)
-            self._gate = None
-        return gates
+    def _release_all(self, exc: BaseException) -> None:
+        """Open every gate still waiting and fail its asyncio futures with *exc* (at failure or
+        close), then detach them.  Safe to run again: a gate is detached only once opened and its
+        futures posted, and opening one again or rejecting a future already done does nothing."""
+        with self.lock:
+            gates = list(self._gates)
+            if self._gate is not None:
+                gates.append(self._gate)
+        rejected: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
+        for gate in gates:
+            gate.open()  # sync waiters find durable_lsn short of their LSN and raise
+            for loop, waiters in gate.loops.items():
+                rejected[loop] = rejected.get(loop, []) + waiters
+        for loop, waiters in rejected.items():
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(_reject, waiters, exc)
+        with self.lock:
+            for gate in gates:
+                if gate is self._gate:
+                    self._gate = None
+                elif gate in self._gates:
+                    self._gates.remove(gate)
 
     def _fail(self, exc: WalFailedError) -> None:
-        rejected: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
+        """The log failed: nothing more is written; everyone waiting gets the (first) failure.
+        Safe to run again."""
         with self.lock:
-            self.failed = exc
+            if self.failed is None:
+                self.failed = exc
             self._pending.clear()
             self._pending_bytes = 0
-            gates = self._release_all_locked()
-        for gate in gates:
-            gate.open()  # they find durable_lsn short of their LSN and raise self.failed
-            for loop, waiters in gate.loops.items():
-                rejected.setdefault(loop, []).extend(waiters)
-        for loop, waiters in rejected.items():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_reject, waiters, exc)
+        self._release_all(self.failed)
 
     # --- shutdown -----------------------------------------------------------------------
     def close(self) -> None:
-        """Flush what is queued, stop the flusher, release the file and buffer."""
+        """Flush what is queued, stop the flusher, release the file and buffer.
+
+        Run to its end through raising signals (a Ctrl-C while it waits for the
+        last flush), then the first one propagates: returning early would leave
+        the flusher writing to a segment whose directory the log releases."""
+        try:
+            self._close_step()
+        except BaseException:
+            despite_signals(self._close_step)
+            raise
+
+    def _close_step(self) -> None:
         with self.lock:
             self._closing = True
             self._work.notify_all()
         self._thread.join()
-        with self.lock:  # normally empty: close flushes everything queued first
-            gates = self._release_all_locked()
-        closed = WalClosedError("WAL closed before the record was flushed")
-        for gate in gates:
-            gate.open()
-            for loop, waiters in gate.loops.items():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_reject, waiters, closed)
+        # normally none left: close flushes everything queued first
+        self._release_all(WalClosedError("WAL closed before the record was flushed"))
         if self._spare_thread is not None:
             self._spare_thread.join()
         if self._handle is not None:
@@ -749,4 +890,8 @@ class Writer:
             self._write_durable = None
         self._framer.close()
         self._view.release()
-        self._buf.close()
+        # A write cut short by an exception leaves a slice of the buffer in its traceback's frames
+        # (the caller may be closing inside its `except` or `with`): then the buffer is freed when
+        # the last slice goes, not here.
+        with contextlib.suppress(BufferError):
+            self._buf.close()

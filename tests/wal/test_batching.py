@@ -427,22 +427,54 @@ class _InterruptedOnce:
         self.lock.release()
 
 
-def test_gate_relay_survives_an_interrupted_waiter() -> None:
+class _InterruptedAfterAcquire(_InterruptedOnce):
+    """A lock whose first acquire takes it, then raises: a signal landing right after the wait."""
+
+    def acquire(self) -> bool:
+        if not self.raised:
+            self.raised = True
+            self.lock.acquire()
+            raise KeyboardInterrupt
+        return self.lock.acquire()
+
+
+def _wait_or_abandon(gate: writer_mod._Gate, i: int) -> None:
+    """What Writer._append_sync does with its place in a gate."""
+    try:
+        gate.wait(i)
+    except BaseException:
+        gate.abandon(i)
+        raise
+
+
+@pytest.mark.parametrize("lock", [_InterruptedOnce, _InterruptedAfterAcquire])
+def test_gate_relay_survives_an_interrupted_waiter(lock: type[_InterruptedOnce]) -> None:
+    """Interrupted while it waited, or right after its wait took the lock, a waiter still
+    passes the relay on to the one behind it, once the relay reached it."""
     gate = writer_mod._Gate()
-    idx = [gate.add_sync() for _ in range(3)]
-    gate.locks[1] = _InterruptedOnce(gate.locks[1])  # type: ignore[call-overload]
+    for _ in range(3):
+        gate.add_sync()
+    gate.locks[1] = lock(gate.locks[1])  # type: ignore[call-overload]
     woke: list[int] = []
-    ts = [threading.Thread(target=lambda i=i: (gate.wait(i), woke.append(i))) for i in (idx[0], idx[2])]
+    raised: list[BaseException] = []
+
+    def interrupted() -> None:
+        try:
+            _wait_or_abandon(gate, 1)
+        except KeyboardInterrupt as e:
+            raised.append(e)
+
+    ts = [threading.Thread(target=lambda i=i: (gate.wait(i), woke.append(i))) for i in (0, 2)]
+    ts.append(threading.Thread(target=interrupted))
     for t in ts:
         t.start()
-    with pytest.raises(KeyboardInterrupt):
-        gate.wait(idx[1])
     time.sleep(0.05)
     assert woke == []  # nobody woke before the gate opened
     gate.open()
     for t in ts:
         t.join(5)
     assert sorted(woke) == [0, 2]  # the waiter behind the interrupted one was still reached
+    assert len(raised) == 1
 
 
 def test_append_async_copies_a_mutable_payload(wal_dir: pathlib.Path) -> None:

@@ -32,7 +32,7 @@ def test_wal_and_model_rows_count_flushes_and_switches(tmp_path: pathlib.Path) -
 
 def test_steps_match_cycles_and_unpatch_the_writer(tmp_path: pathlib.Path) -> None:
     probe = _probe()
-    before = {m: getattr(wal_writer.Writer, m) for m in ("_write", "_acknowledge", "_resolved", "_kick", "_stage")}
+    before = {m: getattr(wal_writer.Writer, m) for m in ("_write", "_finish", "_resolved", "_kick", "_stage")}
     rows = probe.run_steps(str(tmp_path), 16, 0.6, bytes(256))
     labels = [r[0] for r in rows]
     assert labels[: len(probe._STEPS)] == [s[0] for s in probe._STEPS]
