@@ -85,6 +85,22 @@ def _reject(waiters: _AsyncWaiters, exc: BaseException) -> None:
             fut.set_exception(exc)
 
 
+def _open_gates(gates: list[_Gate]) -> dict[asyncio.AbstractEventLoop, _AsyncWaiters]:
+    """Open *gates* (their blocking waiters' relays start) and return their asyncio waiters by loop.
+
+    Safe to run again: opening a gate again does nothing, and the caller's posting
+    of the same futures again finds them done."""
+    by_loop: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
+    for gate in gates:
+        gate.open()
+        for loop, waiters in gate.loops.items():
+            if not waiters:  # armed by _resolved, but the loop appended nothing to this gate
+                continue
+            # (a list of its own when more than one gate has waiters of the loop: a gate's stays as it is)
+            by_loop[loop] = by_loop[loop] + waiters if loop in by_loop else waiters
+    return by_loop
+
+
 def _resolve_rest(waiters: _AsyncWaiters) -> None:
     """The plain way, every future of *waiters* still pending (after a signal cut a resolve short)."""
     for lsn, fut in waiters:
@@ -167,8 +183,7 @@ _RETURNED = 4  # given back to the queue unwritten (_abandon_lead)
 class _Taken:
     """One batch taken by the flushing thread: payloads, framed bytes, its first LSN, or a roll."""
 
-    __slots__ = ("end", "first_lsn", "length", "nbytes", "nxt", "opened", "records", "roll", "state", "write_at",
-                 "write_ns")  # fmt: skip
+    __slots__ = ("first_lsn", "length", "nbytes", "nxt", "opened", "records", "roll", "state", "write_at", "write_ns")
 
     def __init__(self, first_lsn: int) -> None:
         self.records: list[bytes] = []  # payloads, framed by _stage; moved in by _take_locked
@@ -179,7 +194,6 @@ class _Taken:
         self.length = 0  # bytes staged in the buffer (0: not staged yet)
         self.write_at = 0
         self.write_ns = 0
-        self.end = 0  # the segment's end offset once written
         self.opened: list[_Gate] = []  # the gates its acknowledgement opens (kept for a run again)
         self.nxt: _Taken | None = None  # the batch its acknowledgement took next (chained flushes)
 
@@ -790,12 +804,11 @@ class Writer:
             new_end = seg.end_offset + taken.nbytes
             tail_from = new_end - new_end % BLOCK_BYTES
             self._tail = self._buf[tail_from - taken.write_at : new_end - taken.write_at]  # a bytes copy
-            taken.end = new_end
         opened = taken.opened
         with self.lock:
             if taken.state == _WRITTEN:
                 # no call in here: a signal finds the batch acknowledged whole, or not at all
-                seg.end_offset = taken.end
+                seg.end_offset += taken.nbytes
                 seg.records += n
                 self.durable_lsn = lsn
                 self.write_ns += taken.write_ns
@@ -814,19 +827,10 @@ class Writer:
         nxt = taken.nxt
         if nxt is not None and not nxt.roll and not nxt.length:
             self._stage(nxt)
-        ready: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
-        for gate in opened:
-            gate.open()
-            for loop, waiters in gate.loops.items():
-                if not waiters:  # armed by _resolved, but the loop appended nothing to this gate
-                    continue
-                if loop in ready:  # more than one gate made durable by this flush
-                    ready[loop] = ready[loop] + waiters
-                else:
-                    ready[loop] = waiters
-        for loop, waiters in ready.items():
-            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                loop.call_soon_threadsafe(self._resolved, loop, waiters)
+        if opened:  # (a lone append's flush has no gate: no call)
+            for loop, waiters in _open_gates(opened).items():
+                with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                    loop.call_soon_threadsafe(self._resolved, loop, waiters)
         return nxt
 
     def _release_all(self, exc: BaseException) -> None:
@@ -837,12 +841,8 @@ class Writer:
             gates = list(self._gates)
             if self._gate is not None:
                 gates.append(self._gate)
-        rejected: dict[asyncio.AbstractEventLoop, _AsyncWaiters] = {}
-        for gate in gates:
-            gate.open()  # sync waiters find durable_lsn short of their LSN and raise
-            for loop, waiters in gate.loops.items():
-                rejected[loop] = rejected.get(loop, []) + waiters
-        for loop, waiters in rejected.items():
+        # (sync waiters find durable_lsn short of their LSN and raise)
+        for loop, waiters in _open_gates(gates).items():
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_reject, waiters, exc)
         with self.lock:
