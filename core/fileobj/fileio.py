@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import AlignmentError, RingClosedError
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
 from uringstack.stack.targets import ADOPT_FD
 
@@ -68,6 +69,32 @@ def _drop_locals(exc: BaseException) -> None:
     raises (an op still in flight keeps its pin in the handle's tracker, not in
     a frame).  The traceback's lines stay."""
     traceback.clear_frames(exc.__traceback__)
+
+
+def _take_lock(lock: threading.RLock) -> None:
+    """Wait for *lock*, which another thread holds, inside the ``try`` whose ``finally`` releases it.
+
+    The hot paths take the file's lock with ``acquire(False)`` as the first
+    statement of that ``try`` (``with lock:`` costs ~1,000 instructions more a
+    call): a raising signal (Ctrl-C) can land only after the lock was taken,
+    where the ``finally`` releases it.  A plain ``acquire()`` before the
+    ``try``, as before, left the lock held for good when a signal landed right
+    after it, and every later use of the file (its ``close()`` too) hung.  The
+    wait here can be cut short by a signal before the lock is taken; it is
+    then taken anyway (the holder's operation ends first) before the
+    exception propagates, so the ``finally`` always has it to release.  The
+    caller's ``acquire(False)`` failed, so this thread did not own the lock
+    before: owning it now means it was taken here."""
+    try:
+        lock.acquire()
+    except BaseException:
+        despite_signals(_acquire_unless_owned, lock)
+        raise
+
+
+def _acquire_unless_owned(lock: threading.RLock) -> None:
+    if not lock._is_owned():  # type: ignore[attr-defined]
+        lock.acquire()
 
 
 def _type_name(value: object) -> str:
@@ -384,29 +411,34 @@ class FileIO(io.RawIOBase):
         held = self._held
         if self._closed_flag or held is None:
             raise _closed_error()
+        size = len(b)
         lock = held.lock
-        lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
         try:
+            if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
+                _take_lock(lock)
             chunks = held.chunks
             if not chunks:
                 held.pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-            # _keep, inline: copyfileobj's every chunk comes here
-            chunks.append(b)
-            n = held.nbytes = held.nbytes + len(b)
+            # _keep, inline: copyfileobj's every chunk comes here.  No call between the
+            # two stores, so a raising signal lands before both or after both: a list
+            # made anew, not append()ed to (a call, after which a signal could land).
+            held.chunks = [*chunks, b]
+            n = held.nbytes = held.nbytes + size
             if n >= held.limit:
                 self._release()
-            return len(b)
         finally:
             lock.release()
+        return size
 
-    def _hold_copy(self, held: _Held, pin: Any) -> int:
-        """Hold a copy of *pin*'s bytes after what is held (the caller holds ``_lock``)."""
-        data = ffi.buffer(pin)[:]
-        held.chunks.append(data)
-        held.nbytes += len(data)
-        if held.nbytes >= held.limit:
-            self._release()
-        return len(data)
+    def _hold_copy(self, held: _Held, pin: Any) -> bytes:
+        """Hold a copy of *pin*'s bytes after what is held, below the limit (the caller
+        holds ``_lock`` and writes what is held first where it would reach the limit);
+        the copy (what :meth:`_unmake` looks for)."""
+        data: bytes = ffi.buffer(pin)[:]
+        size = len(data)
+        held.chunks = [*held.chunks, data]  # (no call between the stores: see _hold)
+        held.nbytes = held.nbytes + size
+        return data
 
     def _holds(self) -> bool:
         """Whether :meth:`_hold` kept bytes not written yet (the callers that move or expose
@@ -417,18 +449,28 @@ class FileIO(io.RawIOBase):
     def _release(self) -> None:
         """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
 
-        The held objects are let go first: after a failure they are dropped,
-        as a failed write-behind's data is, and the error is raised here."""
+        The held objects are let go once the write returned, and after a failed
+        write (an ``OSError``): then they are dropped, as a failed write-behind's
+        data is, and the error is raised here.  A write cut short by anything
+        else (a raising signal: Ctrl-C) keeps them, and the position where it
+        was: the next release writes the same bytes at the same offset again,
+        so what write() accepted is neither lost nor moved."""
         held = self._held
         if held is None or not held.nbytes:
             return
-        chunks, held.chunks = held.chunks, []
-        n, held.nbytes = held.nbytes, 0
+        chunks, n, pos = held.chunks, held.nbytes, held.pos
         try:
-            self._live_handle().writev_from(chunks, held.pos)
+            self._live_handle().writev_from(chunks, pos)
         except RingClosedError:
             raise _closed_error() from None
-        os.lseek(self._fd, held.pos + n, os.SEEK_SET)
+        except OSError:
+            held.chunks = []
+            held.nbytes = 0
+            raise
+        # no call between these stores (a signal lands before or after them all)
+        held.chunks = []
+        held.nbytes = 0
+        os.lseek(self._fd, pos + n, os.SEEK_SET)
 
     # --- state ---------------------------------------------------------------------------
     if TYPE_CHECKING:
@@ -576,8 +618,9 @@ class FileIO(io.RawIOBase):
                 want = 0  # (the pinned path below: it also serves empty buffers)
             if want:
                 lock = here.lock
-                lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
                 try:
+                    if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
+                        _take_lock(lock)
                     # (no write-behind to drain: it exists only under O_DIRECT)
                     n = here.handle._read_here(b, want)
                 except RingClosedError as exc:
@@ -788,61 +831,81 @@ class FileIO(io.RawIOBase):
                 pass  # the general path below raises what io.FileIO-like callers expect
             else:
                 lock = self._lock
-                lock.acquire()  # (not `with`: ~1,100 instructions a call cheaper)
+                made: tuple[Any, int] | None = None  # what _unmake takes back (see there)
                 try:
-                    # (no read-ahead to invalidate: it exists only under O_DIRECT)
-                    held = self._held
-                    if held is not None and held.nbytes:
-                        if 0 < len(pin) < held.limit:
-                            # joins what _hold keeps (a copy: the caller, the writer's
-                            # buffer, reuses its memory), so the gathered write goes on
-                            return self._hold_copy(held, pin)
-                        self._release()  # what _hold kept goes first
-                    pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
-                    n = len(pin)
-                    if not n:
-                        return 0
                     try:
-                        # the backend decides how a waited buffered write is served (inline
-                        # pwrite where the kernel would punt it to io-wq): one place for every caller
-                        handle._one_pinned(True, pin, b, pos)
-                    except RingClosedError as exc:
-                        del pin
-                        _drop_locals(exc)
-                        raise _closed_error() from None
-                    except BaseException as exc:
-                        del pin
-                        _drop_locals(exc)
-                        raise
-                    self._moved_after_write(pos + n)
-                    return n
-                finally:
-                    lock.release()
+                        if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
+                            _take_lock(lock)
+                        # (no read-ahead to invalidate: it exists only under O_DIRECT)
+                        held = self._held
+                        if held is not None and held.nbytes:
+                            if len(pin) > 0 and held.nbytes + len(pin) < held.limit:
+                                # joins what _hold keeps (a copy: the caller, the writer's
+                                # buffer, reuses its memory), so the gathered write goes on
+                                data = self._hold_copy(held, pin)
+                                made = (data, -1)
+                                size = len(data)  # (not in the return: see _hold)
+                                return size
+                            self._release()  # what _hold kept goes first
+                        pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
+                        n = len(pin)
+                        if not n:
+                            return 0
+                        try:
+                            # the backend decides how a waited buffered write is served (inline
+                            # pwrite where the kernel would punt it to io-wq): one place for every caller
+                            handle._one_pinned(True, pin, b, pos)
+                            self._moved_after_write(pos + n)
+                        except RingClosedError as exc:
+                            del pin
+                            _drop_locals(exc)
+                            raise _closed_error() from None
+                        except BaseException as exc:
+                            del pin
+                            _drop_locals(exc)
+                            self._write_cut_short(pos)
+                            raise
+                        made = (pos, pos + n)
+                        return n
+                    finally:
+                        lock.release()
+                except BaseException:
+                    if made is not None:  # a signal right after the release: the write was made
+                        despite_signals(self._unmake, *made)
+                    raise
         m = memoryview(b).cast("B")
         if self._handle is None:
             try:
                 return os.write(self._fd, m)
             except BlockingIOError:
                 return None
-        with self._lock:
-            handle = self._live_handle()
-            if self._readahead is not None:
-                self._readahead.invalidate()
-            self._release()  # what _hold kept goes first (nothing when nothing is held)
-            pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
-            n = len(m)
-            if not n:
-                return 0
-            try:
-                self._write_at(handle, m, pos)
-            except RingClosedError as exc:
-                _drop_locals(exc)
-                raise _closed_error() from None
-            except BaseException as exc:
-                _drop_locals(exc)
-                raise
-            self._moved_after_write(pos + n)
-            return n
+        made = None  # what _unmake takes back (see there)
+        try:
+            with self._lock:
+                handle = self._live_handle()
+                if self._readahead is not None:
+                    self._readahead.invalidate()
+                self._release()  # what _hold kept goes first (nothing when nothing is held)
+                pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
+                n = len(m)
+                if not n:
+                    return 0
+                try:
+                    self._write_at(handle, m, pos)
+                    self._moved_after_write(pos + n)
+                except RingClosedError as exc:
+                    _drop_locals(exc)
+                    raise _closed_error() from None
+                except BaseException as exc:
+                    _drop_locals(exc)
+                    self._write_cut_short(pos)
+                    raise
+                made = (pos, pos + n)
+        except BaseException:
+            if made is not None:  # a signal right after the release: the write was made
+                despite_signals(self._unmake, *made)
+            raise
+        return n
 
     def _moved_after_write(self, end: int) -> None:
         """Put the descriptor's position after a write that ended at *end*."""
@@ -850,6 +913,45 @@ class FileIO(io.RawIOBase):
         if self._appending:
             # O_APPEND wrote at the end whatever the offset: the end is where we are
             os.lseek(self._fd, 0, os.SEEK_END)
+
+    def _unmake(self, what: Any, end: int) -> None:
+        """Take back a write that was made, when a raising signal landed after it all the same.
+
+        The last call of a write, the lock's release, is followed by a point
+        where a signal handler can raise: the write then raises though it was
+        made, and ``io.BufferedWriter`` writes the bytes again.  So it is
+        taken back first, if nothing came after it: a held copy (*what* the
+        bytes object, *end* -1) is dropped if it is still the last held; a
+        write at *what* ending at *end* leaves the position at *what* if it is
+        still at *end* (the bytes stay in the file, and are written over with
+        themselves).  Safe to run again (``despite_signals``)."""
+        with self._lock:
+            if end < 0:
+                held = self._held
+                size = len(what)
+                if held is not None and held.chunks and held.chunks[-1] is what:
+                    # no call between the stores (a signal lands before or after both)
+                    held.chunks = held.chunks[:-1]
+                    held.nbytes = held.nbytes - size
+            elif not self._appending and os.lseek(self._fd, 0, os.SEEK_CUR) == end:
+                os.lseek(self._fd, what, os.SEEK_SET)
+
+    def _write_cut_short(self, pos: int) -> None:
+        """A write at *pos* raised: leave the position at *pos*, whatever reached the file.
+
+        A write that raised is taken as not made: ``io.BufferedWriter`` keeps
+        the bytes and writes them again at the position (its next flush), and
+        a caller of the raw file finds its position at ``tell()``.  A raising
+        signal (Ctrl-C) can land after the data reached the file, even after
+        the position moved past it; written again at *pos*, the same bytes
+        land on themselves, where moving on would have written them twice, in
+        the wrong place.  (A failed write never moved the position; this
+        changes nothing then.)  An ``O_APPEND`` file appends wherever the
+        position is: a caller writing again after such a signal appends the
+        bytes a second time, which only a write in C could rule out
+        (docs/api.md)."""
+        if not self._appending:
+            despite_signals(os.lseek, self._fd, pos, os.SEEK_SET)
 
     def _write_at(self, handle: FileHandle, m: memoryview, pos: int) -> None:
         if not self._direct:

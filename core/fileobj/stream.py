@@ -324,14 +324,21 @@ class WriteBehind:
         self.end = offset + len(buf)
 
     def _wait_oldest(self) -> None:
-        offset, buf, pending = self._inflight.popleft()
+        # Taken off the list only once its outcome is known: a raising signal (Ctrl-C)
+        # cutting the wait short leaves it there, for the next wait (a batch's
+        # results are kept) to see and raise its failure; taken off first, a
+        # failure of data the caller had written was lost, and flush() returned
+        # before the write reached the kernel.
+        offset, buf, pending = self._inflight[0]
         res = pending.wait()[0]
         if res < 0:
             self._abandon()
             raise UringIOError(-res, "write", self.handle.path, f"at offset {offset} (write-behind)")
         if res < len(buf):
-            # the handle's own retry: complete the rest or raise ShortIOError
+            # the handle's own retry: complete the rest or raise ShortIOError (the same
+            # bytes again at the same offset, if a signal makes this run again)
             self.handle.write_from(memoryview(buf)[res:], offset + res)
+        self._inflight.popleft()
         if len(self._free) <= self.depth:
             self._free.append(buf)
 
