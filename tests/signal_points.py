@@ -45,6 +45,11 @@ class Interrupt(Exception):
     """What the SIGUSR1 handler installed by :func:`signal_at` raises (a second Ctrl-C)."""
 
 
+class Stop(BaseException):
+    """A signal's exception that is not an ``Exception``, as Ctrl-C's ``KeyboardInterrupt``
+    (which pytest itself would take for the user's)."""
+
+
 def _opnames(code: CodeType) -> dict[int, str]:
     return {ins.offset: ins.opname for ins in dis.get_instructions(code)}
 
@@ -106,14 +111,18 @@ class SignalAt:
 
 @contextmanager
 def signal_at(
-    chosen: Callable[[CodeType], bool], at: int, armed: Callable[[], bool] = lambda: True
+    chosen: Callable[[CodeType], bool],
+    at: int,
+    armed: Callable[[], bool] = lambda: True,
+    raising: type[BaseException] = Interrupt,
 ) -> Iterator[SignalAt]:
-    """Within the block, SIGUSR1 raises :class:`Interrupt` at the *at*-th signal point of the
-    code *chosen* accepts (``sent.where`` says where; None: the block had fewer points)."""
+    """Within the block, SIGUSR1 raises *raising* (:class:`Interrupt`, or :class:`Stop` as Ctrl-C's
+    ``KeyboardInterrupt`` would) at the *at*-th signal point of the code *chosen* accepts
+    (``sent.where`` says where; None: the block had fewer points)."""
     sent = SignalAt(chosen, at, armed)
 
     def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-        raise Interrupt(sent.where)
+        raise raising(sent.where)
 
     old_handler = signal.signal(signal.SIGUSR1, raise_interrupt)
     old_trace = sys.gettrace()

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import AlignmentError, RingClosedError
+from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
@@ -1021,13 +1022,19 @@ class FileIO(io.RawIOBase):
     def close(self) -> None:
         """Wait for writes in flight, close the stack handle and (with closefd) the descriptor.
 
-        A write that failed in flight is raised here, after the file was closed."""
+        A write that failed in flight is raised here, after the file was closed.
+        A raising signal (Ctrl-C) in the flush does not cut it short: it runs to
+        its end first, then the file is closed and the signal's exception raised
+        (``closing.close_flushed``)."""
         if self._closed_flag:
             if self._handle is not None:
                 # the handle was closed behind us (the descriptor went with it): what is
                 # left is the O_DIRECT file's buffered twin, if it has one
                 self._close_fd()
             return
+        close_flushed(self.flush, self._close_now, self._close_now)  # (safe to run again)
+
+    def _close_now(self) -> None:
         try:
             try:
                 super().close()  # io.IOBase.close: flush() first
@@ -1045,7 +1052,12 @@ class FileIO(io.RawIOBase):
             self._held = None  # written by flush() above, or failed there
 
     def _close_fd(self) -> None:
-        handle, self._handle = self._handle, None
+        """Close the handles and the descriptor; safe to run again (a close cut short by a signal).
+
+        The descriptor number is dropped with the handle, in stores with no call
+        between them, as ``io.FileIO`` drops it: a second run must not close it
+        again (by then it may be another file's)."""
+        handle, self._handle, fd, self._fd = self._handle, None, self._fd, -1
         extra, self._buffered_handle = self._buffered_handle, None
         try:
             if extra is not None:
@@ -1053,8 +1065,8 @@ class FileIO(io.RawIOBase):
         finally:
             if handle is not None:
                 handle.close()  # closes the fd it owns: ours with closefd, else its dup
-            elif self._closefd:
-                os.close(self._fd)
+            elif self._closefd and fd >= 0:
+                os.close(fd)
 
     def __del__(self) -> None:
         if self._fd >= 0 and self._closefd and not self.closed:

@@ -17,6 +17,7 @@ import os
 import warnings
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
+from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.fileio import FileIO, Opener, PathArg, _type_name
 
 if TYPE_CHECKING:
@@ -89,6 +90,46 @@ class BufferedWriter(io.BufferedWriter):
         super().flush()
         self.raw.flush()  # the raw file's write-behind
 
+    def close(self) -> None:
+        """``io.BufferedWriter.close``, whose flush a raising signal (Ctrl-C) does not cut short."""
+        raw = self.raw
+        if not raw.closed:
+            close_flushed(self.flush, super().close, raw.close)
+
+
+class TextBufferedWriter(BufferedWriter):
+    """The buffered layer under a write-only text file: :class:`BufferedWriter` whose
+    ``write`` is ``io.BufferedWriter``'s, in C.
+
+    ``io.TextIOWrapper`` takes its pending text out of its own buffer before it
+    hands it to the buffer's ``write`` (``_textiowrapper_writeflush`` in
+    ``Modules/_io/textio.c``): a ``write`` in Python, at whose entry a raising
+    signal (Ctrl-C) can land, would lose that text.  The C ``write`` copies it
+    into the buffer with no Python code run when the buffer has room, which
+    :meth:`TextIOWrapper.close` makes sure of first.  (Holding large ``bytes``
+    objects saves a copy only for large text writes.)"""
+
+    def __init__(self, raw: FileIO, buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> None:
+        io.BufferedWriter.__init__(self, raw, buffer_size)
+        self._hold = None
+
+    write = _write  # type: ignore[assignment]
+
+
+class TextIOWrapper(io.TextIOWrapper):
+    """``io.TextIOWrapper`` whose ``close()`` a raising signal (Ctrl-C) does not cut short."""
+
+    def close(self) -> None:
+        buffer = self.buffer
+        if not buffer.closed:
+            close_flushed(self._flush_to_kernel, super().close, buffer.close)
+
+    def _flush_to_kernel(self) -> None:
+        # The buffer's bytes first, so the pending text then goes into an empty
+        # buffer with a copy in C (see TextBufferedWriter), not through a raw write.
+        self.buffer.flush()
+        self.flush()
+
 
 class BufferedRandom(io.BufferedRandom):
     """``io.BufferedRandom`` whose ``flush()`` returns once the data reached the kernel."""
@@ -96,6 +137,12 @@ class BufferedRandom(io.BufferedRandom):
     def flush(self) -> None:
         super().flush()
         self.raw.flush()  # the raw file's write-behind
+
+    def close(self) -> None:
+        """``io.BufferedRandom.close``, whose flush a raising signal (Ctrl-C) does not cut short."""
+        raw = self.raw
+        if not raw.closed:
+            close_flushed(self.flush, super().close, raw.close)
 
 
 def check_mode(
@@ -310,14 +357,14 @@ def open(
         if updating:
             buffer = BufferedRandom(raw, buffering)
         elif creating or writing or appending:
-            buffer = BufferedWriter(raw, buffering)
+            buffer = BufferedWriter(raw, buffering) if binary else TextBufferedWriter(raw, buffering)
         else:
             buffer = io.BufferedReader(raw, buffering)
         result = buffer
         text = None
         if not binary:
             encoding = io.text_encoding(encoding)
-            text = io.TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+            text = TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
             # The built-in open() sets the mode as given ("t" and all) on the instance;
             # typeshed declares IO.mode read-only, so through the instance dict.
             vars(text)["mode"] = mode

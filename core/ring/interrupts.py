@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,3 +39,54 @@ def despite_signals(step: Callable[..., T], *args: Any) -> T:
             if not retries:
                 raise
             retries -= 1
+
+
+FAILURES = (OSError, ValueError)
+"""What ends a step that must not be cut short as a failure, for its caller to raise: the
+I/O failed (``OSError``), or the file or its stack is closed (``ValueError``).  Anything
+else is taken for a raising signal's exception, after which the step runs again.  (A
+``TimeoutError`` a signal handler raises is an ``OSError``: taken as a failure, it ends
+the step.)"""
+
+
+def run_to_end(step: Callable[[], object]) -> BaseException | None:
+    """Run ``step()`` to its end through raising signals; the first exception it raised, or None.
+
+    For a flush that a close must finish before it closes (a Ctrl-C there would
+    otherwise drop the bytes of writes that returned): a raising signal that
+    cuts *step* short makes it run again (:func:`despite_signals`) until it
+    returns or fails with one of :data:`FAILURES`, which ends it as it ends the
+    built-in file's flush.  The exception returned is the first one: the
+    signal's (with a failure of a later run as its ``__context__``, so the
+    traceback says the data did not reach the kernel) or the failure.  *step*
+    must be safe to run again after it raised.
+
+    The exceptions kept lose the locals of *step*'s frames (the traceback's
+    lines stay): a file's flush frames hold the buffered layer's ``memoryview``
+    and the cffi pin of it, and the garbage collector of Python 3.11 crashes
+    when it breaks a reference cycle through them (CPython gh-77894)."""
+    try:
+        step()
+    except FAILURES as e:
+        traceback.clear_frames(e.__traceback__)
+        return e
+    except BaseException as e:  # a raising signal's: the step runs again until done
+        traceback.clear_frames(e.__traceback__)
+        try:
+            late = despite_signals(_failure_of, step)
+        except BaseException as again:  # still raising after every retry: a failure of its own
+            traceback.clear_frames(again.__traceback__)
+            late = again
+        if late is not None and e.__context__ is None:
+            e.__context__ = late
+        return e
+    return None
+
+
+def _failure_of(step: Callable[[], object]) -> BaseException | None:
+    try:
+        step()
+    except FAILURES as e:
+        traceback.clear_frames(e.__traceback__)
+        return e
+    return None

@@ -25,6 +25,7 @@ from uringstack.plan import Plan, make_plan, select_backend
 from uringstack.plan.tuning import attach_tuning
 from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
+from uringstack.ring.interrupts import FAILURES, run_to_end
 from uringstack.stack.handle import FileHandle
 from uringstack.stack.targets import ADOPT_FD, resolve_target
 from uringstack.stack.uring_backend import UringBackend
@@ -340,8 +341,9 @@ class Stack:
         Each handle's close waits for the I/O started through it (see
         :meth:`FileHandle.close`), so queued writes complete with their real
         results before any descriptor, pool or ring goes away.  Every step
-        runs even if an earlier one failed; the first error is raised at the
-        end.  In a fork() child, closing an inherited stack only drops the
+        runs even if an earlier one failed or was cut short by a raising
+        signal (Ctrl-C); the first error (or the signal's exception) is raised
+        at the end.  In a fork() child, closing an inherited stack only drops the
         child's copies of descriptors and rings: no plugin teardown, no
         cancel, no unregister, nothing the parent would notice.
         """
@@ -355,7 +357,7 @@ class Stack:
         def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
             try:
                 fn(*args, **kwargs)
-            except Exception as exc:  # the rest of the teardown must still run
+            except BaseException as exc:  # the rest of the teardown must still run, after Ctrl-C too
                 errors.append(exc)
 
         with self._lock:
@@ -365,7 +367,14 @@ class Stack:
         # While the stack is still open: flushing an unaligned O_DIRECT write opens a handle.
         for objs in layered:
             for obj in objs:
-                attempt(obj.close)
+                try:
+                    obj.close()
+                except BaseException as exc:
+                    errors.append(exc)
+                    if not isinstance(exc, FAILURES):
+                        # a raising signal cut it short: closed again (a buffer closed at its
+                        # entry would lose its bytes when the raw file under it closes)
+                        run_to_end(obj.close)
         with self._lock:
             closed_meanwhile = self._closed
             self._closed = True
@@ -375,7 +384,12 @@ class Stack:
                 raise errors[0]
             return
         for handle in handles:
-            attempt(handle.close)
+            try:
+                handle.close()
+            except BaseException as exc:
+                errors.append(exc)
+                if not isinstance(exc, FAILURES):
+                    run_to_end(handle.close)  # (it finishes a close a signal cut short)
         attempt(self.plugin_manager.stack_teardown, stack=self)
         for worker in self.workers:
             for ring in worker.rings.values():

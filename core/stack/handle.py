@@ -23,7 +23,7 @@ from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
-from uringstack.ring.interrupts import despite_signals
+from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
@@ -104,7 +104,7 @@ class FileHandle:
     _close_watchers: tuple[
         tuple[weakref.WeakMethod[Callable[[], object]], weakref.WeakMethod[Callable[[], object]] | None], ...
     ] = ()
-    _close_began = False  # a second close() while the first flushes returns at once, as after it
+    _close_began = False  # a second close() while the first runs (a flush closing a layer) returns at once
 
     def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
@@ -849,38 +849,81 @@ class FileHandle:
         In a ``fork()`` child the inherited handle only drops the child's copy
         of the descriptor (nothing is flushed); the parent's handle is untouched.
         """
-        if self._closed or self._close_began:
+        if self._close_began:
             return
-        self._close_began = True
-        watchers, self._close_watchers = self._close_watchers, ()
+        try:
+            self._close_began = True
+            self._close_steps()
+        except BaseException as exc:
+            if not isinstance(exc, FAILURES):
+                # a raising signal (Ctrl-C) cut it short: a second close() would return at
+                # once, so the steps left run now, then the signal's exception propagates
+                despite_signals(self._close_rest)
+            failed, self._close_failed = self._close_failed, None
+            if failed is None:
+                raise
+            try:
+                raise failed  # those bytes were not written: that comes first (exc is its context)
+            finally:
+                failed = None  # no cycle through this frame
+        failed, self._close_failed = self._close_failed, None
+        if failed is not None:
+            try:
+                raise failed
+            finally:
+                failed = None
+
+    # A close cut short by a raising signal is finished by _close_rest: each step runs
+    # again until done (a flush, the watchers' callbacks, the wait for I/O) or runs at
+    # most once (the plugins' hook, the descriptor's release), by the flags below.
+    _flushed = 0  # the watchers whose flush ran to its end
+    _close_failed: BaseException | None = None  # the first flush's failure: close() raises it
+    _plugins_told = False
+    _released = False
+
+    def _close_steps(self) -> None:
+        watchers = self._close_watchers
         child = forking.inherited(self._fork_gen)
-        failed: BaseException | None = None
         if not child:
-            for _, flush_ref in watchers:
+            while self._flushed < len(watchers):
+                flush_ref = watchers[self._flushed][1]
                 flush = flush_ref() if flush_ref is not None else None
                 if flush is not None:
-                    try:
-                        flush()
-                    except BaseException as exc:  # the handle still closes; raised below
-                        failed = failed or exc
+                    # run to its end through raising signals: the handle closes all the
+                    # same after a failure (as the built-in file after a failed flush)
+                    exc = run_to_end(flush)
+                    if exc is not None and self._close_failed is None:
+                        self._close_failed = exc
+                self._flushed += 1
         self._closed = True
         for ref, _ in watchers:
             watcher = ref()
             if watcher is not None:
-                watcher()
+                watcher()  # marks the layered object closed: safe to run again
         if child:
-            with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
-                os.close(self._io.fd)
-            return
-        try:
-            self._inflight.close(self._stack.close_timeout_s)
+            if not self._released:
+                self._released = True
+                with contextlib.suppress(OSError):  # the child's copy only: the parent's stays open
+                    os.close(self._io.fd)
+        else:
+            self._inflight.close(self._stack.close_timeout_s)  # TimeoutError: the descriptor stays open
             try:
-                self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
+                if not self._plugins_told:
+                    self._plugins_told = True
+                    self._stack._handle_closed(self)  # fixed-file slots are detached only once nothing uses them
             finally:
-                self._io.close()
-        finally:
-            if failed is not None:
-                raise failed
+                if not self._released:
+                    self._released = True
+                    self._io.close()
+        self._close_watchers = ()
+
+    def _close_rest(self) -> None:
+        """The close's steps not yet done, after a raising signal; a failure is kept for close()."""
+        try:
+            self._close_steps()
+        except FAILURES as exc:
+            if self._close_failed is None:
+                self._close_failed = exc
 
     def __enter__(self) -> FileHandle:
         return self
