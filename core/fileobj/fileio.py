@@ -650,25 +650,31 @@ class FileIO(io.RawIOBase):
             else:
                 if not len(pin):
                     return 0
-                with self._lock:
-                    try:
-                        # (closefd=False: the handle reads a dup, which would outlive the
-                        # caller's descriptor; lseek on ours fails as the built-in's read would)
-                        n = handle._read_here(b, len(pin), pin) if self._here is not None else None
-                        if n is not None:
-                            return n  # read at, and moved, the descriptor's position
-                        pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-                        n = handle._one_pinned(False, pin, b, pos)
-                    except RingClosedError as exc:
-                        del pin
-                        _drop_locals(exc)
-                        raise _closed_error() from None
-                    except BaseException as exc:
-                        del pin
-                        _drop_locals(exc)
-                        raise
-                    os.lseek(self._fd, pos + n, os.SEEK_SET)
+                pos = end = -1  # (see _unread)
+                try:
+                    with self._lock:
+                        try:
+                            # (closefd=False: the handle reads a dup, which would outlive the
+                            # caller's descriptor; lseek on ours fails as the built-in's read would)
+                            n = handle._read_here(b, len(pin), pin) if self._here is not None else None
+                            if n is not None:
+                                return n  # read at, and moved, the descriptor's position
+                            pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+                            n = handle._one_pinned(False, pin, b, pos)
+                        except RingClosedError as exc:
+                            del pin
+                            _drop_locals(exc)
+                            raise _closed_error() from None
+                        except BaseException as exc:
+                            del pin
+                            _drop_locals(exc)
+                            raise
+                        end = pos + n  # (no call before the position moves)
+                        os.lseek(self._fd, end, os.SEEK_SET)
                     return n
+                except BaseException:
+                    despite_signals(self._unread, pos, end)
+                    raise
         m = memoryview(b).cast("B")
         if handle is None:
             try:
@@ -677,9 +683,14 @@ class FileIO(io.RawIOBase):
                 return None
         if not len(m):
             return 0
-        with self._lock:
-            self._drain()
-            return self._read_moving(m)
+        made = [-1, -1]
+        try:
+            with self._lock:
+                self._drain()
+                return self._read_moving(m, made)
+        except BaseException:
+            despite_signals(self._unread, *made)
+            raise
 
     def _read_at(self, m: memoryview, pos: int) -> int:
         handle = self._live_handle()
@@ -727,10 +738,15 @@ class FileIO(io.RawIOBase):
         if size is None or size < 0:
             return self.readall()
         if self._handle is not None:
-            with self._lock:
-                if self._writebehind is not None:
-                    self._drain()
-                return self._read_bytes(size)
+            made = [-1, -1]
+            try:
+                with self._lock:
+                    if self._writebehind is not None:
+                        self._drain()
+                    return self._read_bytes(size, None, made)
+            except BaseException:
+                despite_signals(self._unread, *made)
+                raise
         buf = bytearray(size)
         n = self.readinto(buf)
         if n is None:
@@ -738,7 +754,7 @@ class FileIO(io.RawIOBase):
         del buf[n:]
         return bytes(buf)
 
-    def _read_bytes(self, size: int, pos: int | None = None) -> bytes:
+    def _read_bytes(self, size: int, pos: int | None = None, made: list[int] | None = None) -> bytes:
         """Up to *size* bytes at *pos*, read straight into the ``bytes`` returned.
 
         As ``io.FileIO`` does (it reads into a new bytes object, then shrinks
@@ -751,13 +767,13 @@ class FileIO(io.RawIOBase):
         the backend has it, short where the page cache held only part, else
         ``lseek`` before and after a positional read); else a positional read
         that moves nothing (``readall``, whose one large read should not stop
-        where the cached part ends)."""
+        where the cached part ends).  *made*: as :meth:`_read_moving`'s, with *pos* None."""
         if not size:
             return b""
         data = bytes(size)
         if size < 2 or sys.getrefcount(data) != 2:  # 2: *data* and getrefcount's argument
             buf = bytearray(size)
-            n = self._read_moving(memoryview(buf)) if pos is None else self._read_at(memoryview(buf), pos)
+            n = self._read_moving(memoryview(buf), made) if pos is None else self._read_at(memoryview(buf), pos)
             del buf[n:]
             return bytes(buf)
         pin = ffi.from_buffer("char[]", data)
@@ -774,21 +790,45 @@ class FileIO(io.RawIOBase):
                     at = os.lseek(self._fd, 0, os.SEEK_CUR) if pos is None else pos
                     n = handle._one_pinned(False, pin, view, at)
                     if pos is None:
+                        if made is not None:
+                            made[0] = at  # (no call between these stores and before the position moves)
+                            made[1] = at + n
                         os.lseek(self._fd, at + n, os.SEEK_SET)
             except RingClosedError:
                 raise _closed_error() from None
         elif pos is None:
-            n = self._read_moving(memoryview(ffi.buffer(pin)))
+            n = self._read_moving(memoryview(ffi.buffer(pin)), made)
         else:
             n = self._read_at(memoryview(ffi.buffer(pin)), pos)
         return data if n == size else data[:n]
 
-    def _read_moving(self, m: memoryview) -> int:
-        """:meth:`_read_at` at the current position, then past what it read."""
+    def _read_moving(self, m: memoryview, made: list[int] | None) -> int:
+        """:meth:`_read_at` at the current position, then past what it read.
+
+        *made* (the caller's) is set to ``[start, end]`` right before the
+        position moves to *end*, for :meth:`_unread`."""
         pos = os.lseek(self._fd, 0, os.SEEK_CUR)
         n = self._read_at(m, pos)
+        if made is not None:
+            made[0] = pos  # (no call between these stores and before the position moves)
+            made[1] = pos + n
         os.lseek(self._fd, pos + n, os.SEEK_SET)
         return n
+
+    def _unread(self, start: int, end: int) -> None:
+        """Put the position back before a read that moved it but raised all the same.
+
+        A raising signal (Ctrl-C) can land after the read moved the position,
+        up to the lock's release: the read then raises, so its bytes never
+        reach the caller, and ``io.BufferedReader``, which keeps nothing of a
+        read that raised, would go on past them.  *end* is where the position
+        was to move (-1: not yet): if it is still there, it goes back to
+        *start*, and the next read returns those bytes.  Safe to run again
+        (``despite_signals``)."""
+        if end >= 0:
+            with self._lock:
+                if os.lseek(self._fd, 0, os.SEEK_CUR) == end:
+                    os.lseek(self._fd, start, os.SEEK_SET)
 
     def readall(self) -> bytes:
         """Read from the current position to end of file."""
