@@ -12,6 +12,7 @@ the workers with :meth:`Stack.run_on_workers`.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import os
 import queue
@@ -25,7 +26,7 @@ from uringstack.plan import Plan, make_plan, select_backend
 from uringstack.plan.tuning import attach_tuning
 from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
-from uringstack.ring.interrupts import FAILURES, run_to_end
+from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.stack.handle import FileHandle
 from uringstack.stack.targets import ADOPT_FD, resolve_target
 from uringstack.stack.uring_backend import UringBackend
@@ -67,6 +68,7 @@ class Worker:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"uringstack-worker-{index}", daemon=True)
         self._started = threading.Event()
+        self._stopping = False
         self.affinity: set[int] = set()
 
     def note(self, plugin: str, reason: str) -> None:
@@ -96,7 +98,7 @@ class Worker:
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         """Run ``fn(*args)`` on this worker's pinned thread; returns a future."""
-        if not self._thread.is_alive():
+        if not self.alive:
             raise RingClosedError(f"worker {self.index} is stopped")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put((fn, args, fut))
@@ -110,16 +112,30 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        """True while the worker's thread runs (it can take :meth:`call`)."""
-        return self._thread.is_alive()
+        """True while the worker's thread runs and takes :meth:`call` (not once it was told to stop)."""
+        return not self._stopping and self._thread.is_alive()
 
     def stop(self) -> None:
+        """Stop the thread after what it was given; safe to run again (a stop cut short by Ctrl-C)."""
+        self._stopping = True  # (first: a call queued after the stop would wait forever)
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
 
     def __repr__(self) -> str:
         return f"<Worker {self.index} cpu={self.cpu} rings={sorted(self.rings)}>"
+
+
+def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)``, a teardown step safe to run again; what it raises goes to *errors*
+    and the rest of the teardown still runs.  Cut short by a raising signal (Ctrl-C), it
+    runs again to its end (``run_to_end``)."""
+    try:
+        fn(*args)
+    except BaseException as exc:
+        errors.append(exc)
+        if not isinstance(exc, FAILURES):
+            run_to_end(functools.partial(fn, *args))
 
 
 class Stack:
@@ -140,6 +156,7 @@ class Stack:
         self._lock = threading.Lock()
         self._next_worker = itertools.count()
         self._closed = False
+        self._plugins_torn_down = False  # the stack_teardown hook ran (at most once)
         self._plugin_state: dict[str, object] = {}
         # Objects layered over this stack's handles (file objects), outermost first:
         # closed before the handles, so a buffered writer's data reaches its file.
@@ -353,13 +370,6 @@ class Stack:
                 self._abandon(list(self._handles))
             return
         errors: list[BaseException] = []
-
-        def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-            try:
-                fn(*args, **kwargs)
-            except BaseException as exc:  # the rest of the teardown must still run, after Ctrl-C too
-                errors.append(exc)
-
         with self._lock:
             if self._closed:
                 return
@@ -375,14 +385,31 @@ class Stack:
                         # a raising signal cut it short: closed again (a buffer closed at its
                         # entry would lose its bytes when the raw file under it closes)
                         run_to_end(obj.close)
+        closed_meanwhile = None
+        try:
+            with self._lock:
+                closed_meanwhile = self._closed
+                self._closed = True
+            if closed_meanwhile:  # by another thread's close(), which closes the rest
+                if errors:
+                    raise errors[0]
+                return
+            self._tear_down(errors)
+        except BaseException as exc:
+            if closed_meanwhile is False and not isinstance(exc, FAILURES):
+                # a raising signal cut the teardown short: a second close() would return
+                # at once, so the steps left run now (each is safe to run again)
+                despite_signals(self._tear_down, errors)
+            raise
+        if errors:
+            raise errors[0]
+
+    def _tear_down(self, errors: list[BaseException]) -> None:
+        """Close the handles, let plugins release, close rings, stop workers; failures go
+        to *errors* and the rest still runs.  Safe to run again: a handle leaves the set
+        once closed, the plugins' hook runs at most once, rings and workers close once."""
         with self._lock:
-            closed_meanwhile = self._closed
-            self._closed = True
-            handles = list(self._handles)
-        if closed_meanwhile:  # by another thread's close(), which closes the rest
-            if errors:
-                raise errors[0]
-            return
+            handles = list(self._handles)  # (closed ones left the set)
         for handle in handles:
             try:
                 handle.close()
@@ -390,17 +417,20 @@ class Stack:
                 errors.append(exc)
                 if not isinstance(exc, FAILURES):
                     run_to_end(handle.close)  # (it finishes a close a signal cut short)
-        attempt(self.plugin_manager.stack_teardown, stack=self)
+        if not self._plugins_torn_down:
+            self._plugins_torn_down = True  # at most once: a hook is not run again after a signal
+            try:
+                self.plugin_manager.stack_teardown(stack=self)
+            except BaseException as exc:
+                errors.append(exc)
         for worker in self.workers:
             for ring in worker.rings.values():
-                attempt(aio.detach_ring, ring)
+                _attempt(errors, aio.detach_ring, ring)
                 if worker.alive:
-                    attempt(worker.call, ring.close)
+                    _attempt(errors, worker.call, ring.close)
                 else:
-                    attempt(ring.close)
+                    _attempt(errors, ring.close)
             worker.stop()
-        if errors:
-            raise errors[0]
 
     def _abandon(self, handles: list[FileHandle]) -> None:
         # No locks taken and no worker used: in the child, parent threads are gone.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 from typing import Any
 
 import pytest
@@ -118,3 +119,40 @@ def _run_stack_close(tmp: pathlib.Path, at: int) -> str | None:
 
 def test_a_signal_anywhere_in_closing_a_file_when_its_stack_closes(tmp_path: pathlib.Path) -> None:
     sweep(lambda at: _run_stack_close(tmp_path, at))
+
+
+def _run_whole_stack_close(tmp: pathlib.Path, at: int) -> str | None:
+    """As above, the signal anywhere in the stack's close too: its own steps, between them."""
+    fds = len(os.listdir("/proc/self/fd"))
+    stack = open_stack(overrides={"core.backend": "uring", "core.cores": [_CPU], "sqpoll.mode": "off"})
+    chunks = [bytearray([i]) * 10000 for i in range(1, 4)]
+    whole = b"".join(chunks)
+    path = tmp / f"whole-{at}"
+    f = uringstack.open(path, "wb", stack=stack)
+    for c in chunks:
+        f.write(c)
+    other = stack.open(tmp / "other", create=True)  # a handle no file object wraps
+    raised: BaseException | None = None
+    began = time.monotonic()
+    with signal_at(code_of(files=(*_STACK_CODE, "stack/__init__.py")), at, raising=Stop) as sent:
+        try:
+            stack.close()
+        except BaseException as e:
+            raised = e
+    where = sent.where
+    took = time.monotonic() - began
+    assert took < 10, f"{where}: the close took {took:.0f} s (a call queued to a stopped worker waits)"
+    assert where is None or isinstance(raised, Stop), f"{where}: {raised!r}, not the signal's exception"
+    del raised
+    if not stack.closed:
+        stack.close()  # the signal came before the teardown began: the stack is still open
+    assert other.closed and f.closed, f"{where}: a handle or file was left open"
+    assert not any(w.alive for w in stack.workers), f"{where}: a worker thread still runs"
+    data = path.read_bytes()
+    assert data == whole, f"{where}: {len(data)} bytes in the file, not the {len(whole)} written"
+    assert len(os.listdir("/proc/self/fd")) == fds, f"{where}: a descriptor was left open"
+    return where
+
+
+def test_a_signal_anywhere_in_a_stacks_close(tmp_path: pathlib.Path) -> None:
+    sweep(lambda at: _run_whole_stack_close(tmp_path, at))
