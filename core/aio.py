@@ -454,6 +454,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             and type(offset) is int
             and 0 <= offset < _OFFSET_LIMIT
             and not self._wbuf
+            and self._writing is None
             and not self._file.closed
         ):
             # An absolute seek with nothing to write first awaits nothing, so it

@@ -129,3 +129,27 @@ def test_a_file_dropped_without_close_writes_its_buffer(tmp_path: pathlib.Path, 
     asyncio.run(main())
     assert path.read_bytes() == b"kept"
     assert os.path.getsize(path) == 4
+
+
+def test_a_seek_after_a_cancelled_append_keeps_its_position(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """The append's write, still in flight, moves the position to the end when it lands: a
+    seek must wait for it (the fast path skipped the wait), or the seek is undone."""
+    path = tmp_path / "f"
+    path.write_bytes(b"." * 100)
+
+    async def main() -> None:
+        cancelled = 0
+        for steps in range(_STEPS):
+            f = await uringstack.aio.open(path, "a+b", stack=stack)
+            await f.write(b"x" * 10)
+            took = await _cancelled_after(steps, f.flush())
+            assert await f.seek(5) == 5
+            assert await f.tell() == 5, f"{steps} steps: the append's landing moved the position"
+            assert await f.read(3) == b"..."
+            await f.close()
+            cancelled += took
+            if not took:
+                break
+        assert cancelled, "no cancellation landed: the test tested nothing"
+
+    asyncio.run(main())
