@@ -403,12 +403,9 @@ class AsyncBinaryFile(_LineReader[bytes]):
             await self._settle()
             return
         try:
-            await self._h.write(data, start)
-        except RingClosedError:
-            self._wbuf = bytearray()
-            raise _closed() from None
+            await self._write_at(data, start)
         except Exception:
-            self._wbuf = bytearray()
+            self._wbuf = bytearray()  # failed: dropped, as before
             raise
         self._wbuf = bytearray()  # (the turn is held: nothing was added meanwhile)
         self._moved()
@@ -528,9 +525,11 @@ class AsyncBinaryFile(_LineReader[bytes]):
             self._file.close()
 
     def _close_after(self, write: asyncio.Future[None] | None) -> None:
-        """A cancelled ``close()``'s rest, once its append's write (if any) landed: what is
-        still buffered, written synchronously, then the close.  No caller is left to
-        raise a failure to: the loop's exception handler reports it."""
+        """A cancelled ``close()``'s rest (or an unclosed file's, collected), once its
+        append's write (if any) landed: what is still buffered, written synchronously,
+        then the close.  No caller is left to raise a failure to: the loop's exception
+        handler reports it (with no loop running, it is raised: from ``__del__``,
+        Python prints it)."""
         self._writing = None
         failure = None if write is None or write.cancelled() else write.exception()
         try:
@@ -543,10 +542,13 @@ class AsyncBinaryFile(_LineReader[bytes]):
             with contextlib.suppress(Exception):
                 self._file.close()
         if failure is not None:
-            with contextlib.suppress(RuntimeError):  # (no loop running: nobody to tell)
-                asyncio.get_running_loop().call_exception_handler(
-                    {"message": f"uringstack.aio: closing {self!r} after a cancelled close()", "exception": failure}
-                )
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise failure from None  # (collected with no loop running: Python prints it as unraisable)
+            loop.call_exception_handler(
+                {"message": f"uringstack.aio: closing {self!r} after a cancelled close()", "exception": failure}
+            )
 
     def __del__(self) -> None:
         # As the built-in file's finalizer (which aiofiles' wrapped file has): an
@@ -555,12 +557,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         if not isinstance(file, FileIO) or file.closed:
             return
         warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2, source=self)
-        try:
-            if self._wbuf:
-                data, self._wbuf = bytes(self._wbuf), bytearray()
-                self._h.write_from(data, self._pos - len(data))
-        finally:
-            file.close()
+        self._close_after(None)
 
     async def __aenter__(self) -> AsyncBinaryFile:
         return self

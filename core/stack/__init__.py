@@ -12,7 +12,6 @@ the workers with :meth:`Stack.run_on_workers`.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import itertools
 import os
 import queue
@@ -129,13 +128,14 @@ class Worker:
 def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) -> None:
     """``fn(*args)``, a teardown step safe to run again; what it raises goes to *errors*
     and the rest of the teardown still runs.  Cut short by a raising signal (Ctrl-C), it
-    runs again to its end (``run_to_end``)."""
+    runs again to its end (``run_to_end``).  The first run is in this frame's ``try``, so
+    a signal right after the step returned is caught here too."""
     try:
         fn(*args)
     except BaseException as exc:
         errors.append(exc)
         if not isinstance(exc, FAILURES):
-            run_to_end(functools.partial(fn, *args))
+            run_to_end(lambda: fn(*args))
 
 
 class Stack:
@@ -377,14 +377,9 @@ class Stack:
         # While the stack is still open: flushing an unaligned O_DIRECT write opens a handle.
         for objs in layered:
             for obj in objs:
-                try:
-                    obj.close()
-                except BaseException as exc:
-                    errors.append(exc)
-                    if not isinstance(exc, FAILURES):
-                        # a raising signal cut it short: closed again (a buffer closed at its
-                        # entry would lose its bytes when the raw file under it closes)
-                        run_to_end(obj.close)
+                # closed again if a signal cut it short: a buffer closed at its entry
+                # would lose its bytes when the raw file under it closes
+                _attempt(errors, obj.close)
         closed_meanwhile = None
         try:
             with self._lock:
@@ -411,12 +406,7 @@ class Stack:
         with self._lock:
             handles = list(self._handles)  # (closed ones left the set)
         for handle in handles:
-            try:
-                handle.close()
-            except BaseException as exc:
-                errors.append(exc)
-                if not isinstance(exc, FAILURES):
-                    run_to_end(handle.close)  # (it finishes a close a signal cut short)
+            _attempt(errors, handle.close)  # (a second close finishes one a signal cut short)
         if not self._plugins_torn_down:
             self._plugins_torn_down = True  # at most once: a hook is not run again after a signal
             try:
