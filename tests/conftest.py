@@ -88,6 +88,16 @@ def plain_uring_stack() -> Iterator[Any]:
         yield s
 
 
+@pytest.fixture
+def reads_through_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio ``await read(n, off)`` of cached data goes through the ring's batches, as
+    uncached data does (no copy on the loop's thread first: ``INLINE_READ_BUDGET`` 0),
+    for tests of what the coalescer does with those batches on a hot file."""
+    from uringstack.ring import coalesce
+
+    monkeypatch.setattr(coalesce, "INLINE_READ_BUDGET", 0)
+
+
 def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True) -> Any:
     """``stack.open(path)``, skipped (with the reason) where io_uring does not serve it."""
     from tests.requires import skip_without

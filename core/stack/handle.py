@@ -137,7 +137,7 @@ class FileHandle:
         self._fast_reads: Coalescer | None = None
         # Its add_read for this handle's file and tracker, which queues only on the
         # loop's thread (Coalescer.reader; set with _fast_reads).
-        self._add_read: Callable[[int, int], asyncio.Future[Any] | None] | None = None
+        self._add_read: Callable[[int, int], asyncio.Future[Any] | bytes | None] | None = None
         # write_durable's bound writers, per sync method (bind_write_durable)
         self._durable_writers: dict[str, Callable[[Any, int], int]] = {}
 
@@ -629,8 +629,10 @@ class FileHandle:
             and 0 <= offset < _OFFSET_LIMIT
             and not self._closed
             and self._fork_gen == forking._generation
-            and (fut := add(size, offset)) is not None  # queued: this thread runs the loop (Coalescer.reader)
+            and (fut := add(size, offset)) is not None  # this thread runs the loop (Coalescer.reader)
         ):
+            if isinstance(fut, bytes):
+                return fut  # all of it was in the page cache: copied, no await
             data = await fut
             if type(data) is bytes and len(data) == size:
                 return data
@@ -654,7 +656,12 @@ class FileHandle:
         self._check()
         co, offset = self._coalescer(offset)
         if co is not None and size <= MAX_RW_COUNT:
-            data = await co.add_read(cast(UringFileIO, self._io), self._inflight, size, offset)
+            add = self._add_read  # (set by _coalescer: a handle's first read takes this path too)
+            if add is None or (fut := add(size, offset)) is None:
+                fut = co.add_read(cast(UringFileIO, self._io), self._inflight, size, offset)
+            elif isinstance(fut, bytes):
+                return fut
+            data = await fut
             if type(data) is bytes and len(data) == size:
                 return data
             return self._read_rest(data, size, offset)

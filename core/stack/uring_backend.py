@@ -229,15 +229,19 @@ class UringFileIO:
             self.completion_hook("write" if write else "read", ring)(DoneBatch([res]))
         return res
 
-    def read_cached(self, buf: Any, want: int) -> int | None:
-        """The first step of a read of *want* bytes (*buf*'s length) at the descriptor's file
-        position: what the page cache holds of it, copied by the calling thread
-        (``preadv2(RWF_NOWAIT)`` at offset -1, which moves the position past it, as
-        read(2) does).  Bytes copied (fewer than *want* where the page cache held only
+    def read_cached(self, buf: Any, want: int, offset: int = -1) -> int | None:
+        """The first step of a read of *want* bytes (*buf*'s length) at *offset*, by default
+        the descriptor's file position: what the page cache holds of it, copied by the
+        calling thread (``preadv2(RWF_NOWAIT)``; at offset -1 it moves the position past
+        it, as read(2) does).  Bytes copied (fewer than *want* where the page cache held only
         the first part: :meth:`read_here` reads the rest), or ``-errno``; ``None`` when
-        none of it is cached, or where this file's reads at the position are not copied
+        none of it is cached, or where this file's reads are not copied
         here (not :meth:`read_here`'s, or the file system or a filter refused
         ``RWF_NOWAIT``/``preadv2``, remembered): :meth:`read_here` then reads it all.
+
+        With an *offset* >= 0 it is the first step of an asyncio read
+        (``Coalescer.reader``): ``RWF_NOWAIT`` never waits for the device, so the
+        loop's thread may take it; what is not all cached goes to the ring.
 
         *buf* is not pinned (``preadv`` takes its buffer itself; the handle pins it
         only for the ring).  A cached read through the ring is the same copy, done by
@@ -252,7 +256,7 @@ class UringFileIO:
             raise RingClosedError(f"{self.path} is closed")
         self.ring._check_use()
         try:
-            res = os.preadv(self.fd, (buf,), -1, _RWF_NOWAIT)
+            res = os.preadv(self.fd, (buf,), offset, _RWF_NOWAIT)
         except BlockingIOError:
             return None  # nothing of it cached: the ring reads it (its waits are bounded and checked)
         except OSError as e:

@@ -23,6 +23,9 @@ from tests.conftest import open_plain_uring
 from uringstack.ring.coalesce import FlushPending
 from uringstack.stack import Stack
 
+# These tests are about the ring's batches: cached reads go through them too (no inline copy).
+pytestmark = pytest.mark.usefixtures("reads_through_ring")
+
 BLOCK = 4096
 TASKS = 32
 ROUNDS = 40

@@ -27,6 +27,9 @@ from uringstack.ring.coalesce import FLUSH_ROUNDS, Coalescer, coalescer_for
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
+# These tests are about the ring's batches: cached reads go through them too (no inline copy).
+pytestmark = pytest.mark.usefixtures("reads_through_ring")
+
 BLOCK = 4096
 
 

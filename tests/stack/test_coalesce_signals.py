@@ -47,6 +47,9 @@ from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.types import WorkerView
 
+# These tests are about the ring's batches: cached reads go through them too (no inline copy).
+pytestmark = pytest.mark.usefixtures("reads_through_ring")
+
 _CODE = code_of(
     Ring.submit_columns,
     Ring._submit_unfinished_locked,

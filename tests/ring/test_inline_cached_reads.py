@@ -1,0 +1,283 @@
+"""asyncio ``await handle.read(n, off)`` of data the page cache holds: copied on the loop's thread.
+
+``Coalescer.reader`` first asks the backend's ``read_cached`` (``preadv2(RWF_NOWAIT)``,
+which never waits for the device): a read it copies in full is returned without a
+future, a batch or a wake-up.  What these tests pin down: such reads give the same
+bytes and make no ring batch; a read not all cached (or short at end of file, or
+failing) goes to the ring whole and gives what the ring gives; a task reading cached
+data still yields to the loop after ``INLINE_READ_BUDGET`` bytes; the handle's
+in-flight count stays balanced (``close()`` does not wait) whatever raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import open_plain_uring
+from tests.signal_points import Interrupt, code_of, signal_at, sweep
+from uringstack.errors import RingClosedError
+from uringstack.probe.tune_key import fs_type
+from uringstack.ring import coalesce
+from uringstack.ring.coalesce import coalescer_for
+from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
+from uringstack.stack.uring_backend import UringFileIO
+
+BLOCK = 4096
+BLOCKS = 64
+TAIL = 1808  # the file ends inside a block: a short read at its end
+
+
+def _pattern(size: int) -> bytes:
+    return bytes((i * 7 + i // 4096) & 0xFF for i in range(size))
+
+
+@pytest.fixture
+def data(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "data"
+    path.write_bytes(_pattern(BLOCKS * BLOCK + TAIL))
+    path.read_bytes()  # hot in the page cache
+    return path
+
+
+@pytest.fixture
+def uring_stack() -> Iterator[Stack]:
+    with open_stack(overrides={"core.cores": [0], "core.backend": "uring", "fixedbuf.mode": "off"}) as s:
+        yield s
+
+
+def _run(coro: Any, timeout: float = 10.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def _flushes(h: FileHandle) -> int:
+    """Batches the coalescer of this thread's running loop submitted so far (call on the loop)."""
+    assert h.ring is not None
+    return coalescer_for(h.ring).flushes
+
+
+@pytest.mark.timeout(60)
+def test_cached_reads_of_32_tasks_are_copied_without_a_ring_batch(uring_stack: Stack, data: pathlib.Path) -> None:
+    expect = data.read_bytes()
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+        ring = h.ring
+        assert ring is not None
+        offsets = [((i * 37) % BLOCKS) * BLOCK for i in range(32)]
+
+        async def main() -> tuple[list[bytes], int, dict[str, int], dict[str, int]]:
+            assert await h.read(BLOCK, 0) == expect[:BLOCK]
+            flushes = _flushes(h)
+            before = ring.counters()
+            got = await asyncio.gather(*(h.read(BLOCK, off) for off in offsets))
+            return got, _flushes(h) - flushes, before, ring.counters()
+
+        got, flushes, before, after = _run(main())
+    assert got == [expect[off : off + BLOCK] for off in offsets]
+    assert flushes == 0
+    assert after["enters"] == before["enters"]
+    assert after["submitted"] == before["submitted"]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_reading_cached_data_yields_to_the_loop_once_per_budget(
+    uring_stack: Stack, data: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a 16 KiB budget, every fifth 4 KiB read goes through the ring, and the ticker
+    task runs at least once per flush callback (whose rounds may wake the reader
+    ``FLUSH_ROUNDS`` times): never more than that many budgets of reads in a row without it."""
+    monkeypatch.setattr(coalesce, "INLINE_READ_BUDGET", 4 * BLOCK)
+    expect = data.read_bytes()
+    reads = 40
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+
+        async def main() -> tuple[list[int], list[bytes], int]:
+            ticks = 0
+            seen: list[int] = []
+            got: list[bytes] = []
+            stop = False
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not stop:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            t = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            flushes = _flushes(h)
+            for i in range(reads):
+                got.append(await h.read(BLOCK, (i % BLOCKS) * BLOCK))
+                seen.append(ticks)
+            stop = True
+            await t
+            return seen, got, _flushes(h) - flushes
+
+        seen, got, flushes = _run(main())
+    assert got == [expect[(i % BLOCKS) * BLOCK : (i % BLOCKS + 1) * BLOCK] for i in range(reads)]
+    assert flushes == reads // 5  # reads 5, 10, ...: each budget of four, then one through the ring
+    streaks = [sum(1 for s in seen if s == v) for v in set(seen)]
+    assert max(streaks) <= 5 * coalesce.FLUSH_ROUNDS, streaks
+    assert len(streaks) >= reads // (5 * coalesce.FLUSH_ROUNDS)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("offset", "size", "want"),
+    [
+        (BLOCKS * BLOCK - BLOCK, 2 * BLOCK, BLOCK + TAIL),  # across the end: short, as read(2)
+        (BLOCKS * BLOCK + TAIL, BLOCK, 0),  # at the end
+        (BLOCKS * BLOCK + 10 * BLOCK, BLOCK, 0),  # past it
+    ],
+)
+def test_a_read_at_the_end_of_the_file_is_short_as_through_the_ring(
+    uring_stack: Stack, data: pathlib.Path, offset: int, size: int, want: int
+) -> None:
+    expect = data.read_bytes()
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+
+        async def main() -> tuple[bytes, int]:
+            flushes = _flushes(h)
+            got = await h.read(size, offset)
+            return got, _flushes(h) - flushes
+
+        got, flushes = _run(main())
+    assert got == expect[offset : offset + size]
+    assert len(got) == want
+    assert flushes == 1  # the short copy is not the answer: the ring's read is
+
+
+def _stub_cached(h: FileHandle, result: Any) -> list[tuple[int, int]]:
+    """Make the backend's page-cache copy of *h* copy *result*'s first bytes (an int: that
+    many of the real bytes; ``-errno``; None: nothing cached); the calls it got."""
+    io = h._io
+    assert isinstance(io, UringFileIO)
+    real = io.read_cached
+    calls: list[tuple[int, int]] = []
+
+    def read_cached(buf: Any, want: int, offset: int = -1) -> int | None:
+        calls.append((want, offset))
+        if result is None or result < 0:
+            return result  # type: ignore[no-any-return]
+        n = real(memoryview(buf)[:result], result, offset)
+        assert n == result
+        return n
+
+    io.read_cached = read_cached  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cached", [None, 0, BLOCK, 3 * BLOCK - 1], ids=["none", "zero", "first-block", "all-but-1"])
+def test_a_read_not_all_cached_is_read_whole_through_the_ring(
+    uring_stack: Stack, data: pathlib.Path, cached: int | None
+) -> None:
+    expect = data.read_bytes()
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+        calls = _stub_cached(h, cached)
+
+        async def main() -> tuple[bytes, int]:
+            flushes = _flushes(h)
+            got = await h.read(3 * BLOCK, 5 * BLOCK)
+            return got, _flushes(h) - flushes
+
+        got, flushes = _run(main())
+    assert calls == [(3 * BLOCK, 5 * BLOCK)]
+    assert got == expect[5 * BLOCK : 8 * BLOCK]
+    assert flushes == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_cached_copy_is_left_to_the_ring_which_gives_its_own_answer(
+    uring_stack: Stack, data: pathlib.Path
+) -> None:
+    """The copy said EIO; the ring's read of the same bytes succeeds here, and that is the
+    answer: the copy's error is not raised on its own (nor its bytes kept)."""
+    expect = data.read_bytes()
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+        calls = _stub_cached(h, -errno.EIO)
+        assert _run(h.read(BLOCK, BLOCK)) == expect[BLOCK : 2 * BLOCK]
+    assert calls == [(BLOCK, BLOCK)]
+
+
+@pytest.mark.timeout(60)
+def test_a_file_evicted_from_the_page_cache_is_read_through_the_ring(uring_stack: Stack, data: pathlib.Path) -> None:
+    kind = fs_type(os.stat(data).st_dev)
+    if kind in ("tmpfs", "ramfs"):
+        pytest.skip(f"{data} is on {kind}, whose pages are the file: POSIX_FADV_DONTNEED cannot evict them")
+    expect = data.read_bytes()
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # (only clean pages are dropped)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+
+        async def main() -> tuple[bytes, int]:
+            flushes = _flushes(h)
+            got = await h.read(BLOCK, 7 * BLOCK)
+            return got, _flushes(h) - flushes
+
+        got, flushes = _run(main())
+    assert got == expect[7 * BLOCK : 8 * BLOCK]
+    assert flushes == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_handle_refuses_a_cached_read(uring_stack: Stack, data: pathlib.Path) -> None:
+    h = open_plain_uring(uring_stack, data, writable=False)
+
+    async def main() -> None:
+        assert await h.read(BLOCK, 0) == data.read_bytes()[:BLOCK]  # (the reader is set up)
+        h.close()
+        with pytest.raises(RingClosedError):
+            await h.read(BLOCK, 0)
+
+    _run(main())
+
+
+def _interrupted_once(stack: Stack, data: pathlib.Path, expect: bytes, at: int) -> str | None:
+    h = open_plain_uring(stack, data, writable=False)
+    chosen = code_of(files=("ring/coalesce.py", "stack/uring_backend.py", "ring/inflight.py"))
+
+    async def main() -> str | None:
+        assert await h.read(BLOCK, 0) == expect[:BLOCK]  # (the reader is set up, not traced)
+        armed = True
+        with signal_at(chosen, at, lambda: armed) as sent:
+            try:
+                got = await h.read(BLOCK, 3 * BLOCK)
+            except Interrupt:
+                got = None
+            finally:
+                armed = False
+        if sent.where is not None and got is not None:
+            assert got == expect[3 * BLOCK : 4 * BLOCK], sent.where
+        assert await h.read(BLOCK, 3 * BLOCK) == expect[3 * BLOCK : 4 * BLOCK], sent.where
+        return sent.where
+
+    try:
+        where = _run(main())
+    finally:
+        t0 = time.monotonic()
+        h.close()
+        waited = time.monotonic() - t0
+    assert waited < 2.0, f"close() waited {waited:.1f} s for a read the signal cut short ({where})"
+    return where
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_anywhere_in_a_cached_read_leaves_the_handle_closable(uring_stack: Stack, data: pathlib.Path) -> None:
+    expect = data.read_bytes()
+    points = sweep(lambda at: _interrupted_once(uring_stack, data, expect, at))
+    assert points >= 3
