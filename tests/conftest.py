@@ -91,11 +91,10 @@ def plain_uring_stack() -> Iterator[Any]:
 @pytest.fixture
 def reads_through_ring(monkeypatch: pytest.MonkeyPatch) -> None:
     """asyncio ``await read(n, off)`` of cached data goes through the ring's batches, as
-    uncached data does (no copy on the loop's thread first: ``INLINE_READ_BUDGET`` 0),
-    for tests of what the coalescer does with those batches on a hot file."""
-    from uringstack.ring import coalesce
-
-    monkeypatch.setattr(coalesce, "INLINE_READ_BUDGET", 0)
+    uncached data does (``core.aio_inline_read_budget`` 0, through the environment, for
+    every stack the test opens), for tests of what the coalescer does with those
+    batches on a hot file."""
+    monkeypatch.setenv("URINGSTACK_CORE__AIO_INLINE_READ_BUDGET", "0")
 
 
 def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True) -> Any:

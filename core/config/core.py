@@ -60,6 +60,18 @@ class CoreConfig(BaseModel):
             "worker thread): 'auto' where the kernel accepts it, 'on' required, 'off' never."
         ),
     )
+    aio_inline_read_budget: int = Field(
+        default=16 * 1024,
+        ge=0,
+        le=64 * 1024 * 1024,
+        description=(
+            "Bytes of page-cache hits one handle's asyncio `await read(n, off)` (and so "
+            "uringstack.aio) copies on the event loop's thread (preadv2 RWF_NOWAIT, never "
+            "waiting for the device) before one read goes through the ring and yields to the "
+            "loop. 0: every asyncio read goes through the ring and yields. Larger: more reads "
+            "per second, longer waits for the loop's other tasks (docs/config.md)."
+        ),
+    )
     # calibration (docs/tune.md)
     tune: Literal["off", "on-start"] = Field(
         default="off",

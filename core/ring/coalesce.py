@@ -71,13 +71,6 @@ _POOLED_COLUMNS = 4
 FLUSH_ROUNDS = 4
 """Flush rounds per loop callback at most (see :meth:`Coalescer.flush`)."""
 _MIN_CAPACITY = 32
-INLINE_READ_BUDGET = 256 * 1024
-"""Bytes one handle's ``await read(n, off)`` may copy from the page cache on the loop's
-thread (:meth:`Coalescer.reader`) before a read goes through the ring, which yields
-to the loop.  A task woken by a flush may run again in the same flush's next round
-(up to :data:`FLUSH_ROUNDS`), so a task reading a cached file keeps the loop's other
-tasks waiting for at most ``FLUSH_ROUNDS`` budgets (1 MiB of copies, ~0.1-0.3 ms
-here) at a time; at 4 KiB per read, one read in 65 goes through the ring."""
 
 
 class CoalescedFile(Protocol):
@@ -180,7 +173,7 @@ class Coalescer:
         return asyncio._get_running_loop() is self.loop
 
     def reader(
-        self, io: CoalescedFile, tracker: InflightTracker
+        self, io: CoalescedFile, tracker: InflightTracker, inline_budget: int = 0
     ) -> Callable[[int, int], asyncio.Future[Any] | bytes | None] | None:
         """:meth:`add_read` for *io* and *tracker*, as one plain function of (size, offset)
         that queues only when called on the thread running this loop (else None, nothing
@@ -191,14 +184,16 @@ class Coalescer:
         call per await, where a ``functools.partial`` of the bound method was three
         C-level calls and a keyword dict copy for the future.
 
-        A read the page cache holds in full is copied right here, on the loop's thread,
+        With an *inline_budget* (bytes, the stack's ``core.aio_inline_read_budget``), a
+        read the page cache holds in full is copied right here, on the loop's thread,
         and its ``bytes`` returned instead of a future (*io*'s ``read_cached``:
         ``preadv2(RWF_NOWAIT)``, which never waits for the device): no future, no
         batch, no wake-up, and the task does not yield.  So that such a task cannot
-        keep the loop from its other tasks, after :data:`INLINE_READ_BUDGET` bytes
-        copied the next read goes through the ring (and yields).  A read not all
-        cached (or short: end of file; or failed) goes to the ring whole, which
-        reads it again and reports what it finds, as without this step."""
+        keep the loop from its other tasks for long, once *inline_budget* bytes were
+        copied the next read goes through the ring (and yields), and the budget
+        starts again.  A read not all cached (or short: end of file; or failed) goes
+        to the ring whole, which reads it again and reports what it finds, as
+        without this step."""
         tl = self.thread_loop
         if tl is None or not self._plain_futures:
             return None
@@ -206,9 +201,9 @@ class Coalescer:
         future = asyncio.Future
         call_soon = loop.call_soon
         flush = self.flush
-        cached = getattr(io, "read_cached", None)
+        cached = getattr(io, "read_cached", None) if inline_budget > 0 else None
         enter, left = tracker.enter, tracker.left
-        inline_left = INLINE_READ_BUDGET
+        inline_left = inline_budget
 
         def read(size: int, offset: int) -> asyncio.Future[Any] | bytes | None:
             nonlocal inline_left
@@ -226,7 +221,7 @@ class Coalescer:
                     return bytes(buf)
                 # not all of it cached (or at end of file, or failed): the ring reads it
                 # all, and reports what it finds in its own words
-            inline_left = INLINE_READ_BUDGET  # this read yields to the loop
+            inline_left = inline_budget  # this read yields to the loop
             fut: asyncio.Future[Any] = future(loop=loop)
             self._arena_reads.append((io, tracker, size, offset, fut))
             if not self._scheduled:

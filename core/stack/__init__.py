@@ -287,6 +287,12 @@ class Stack:
         """Seconds closing a handle or a ring of this stack waits for its I/O (``core.close_timeout_s``)."""
         return self.config.core.close_timeout_s
 
+    @property
+    def aio_inline_read_budget(self) -> int:
+        """Bytes of page-cache hits a handle's asyncio ``await read`` copies on the loop's thread
+        before one read goes through the ring and yields (``core.aio_inline_read_budget``)."""
+        return self.config.core.aio_inline_read_budget
+
     def _handle_closed(self, handle: FileHandle) -> None:
         self.plugin_manager.file_closed(handle=handle, worker=handle.worker)
         with self._lock:

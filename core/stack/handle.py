@@ -58,6 +58,12 @@ class HandleOwner(Protocol):
         """How long a handle's close waits for its I/O (``core.close_timeout_s``)."""
         ...
 
+    @property
+    def aio_inline_read_budget(self) -> int:
+        """Bytes of cached reads an asyncio ``await read`` copies before one yields
+        (``core.aio_inline_read_budget``)."""
+        ...
+
 
 # An SQE's offset is a u64 the kernel reads as a signed loff_t.
 _OFFSET_LIMIT = 1 << 63
@@ -592,7 +598,7 @@ class FileHandle:
         if co is None or not co.on_loop_thread():  # (asyncio.get_running_loop() costs a getpid)
             co = self._coalescer_cache = coalesce.coalescer_for(io.ring)
             self._fast_reads = None if io.direct else co
-            self._add_read = None if io.direct else co.reader(io, self._inflight)
+            self._add_read = None if io.direct else co.reader(io, self._inflight, self._stack.aio_inline_read_budget)
         return co, offset
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
@@ -615,9 +621,13 @@ class FileHandle:
     async def read(self, size: int, offset: int) -> bytes:
         """``await handle.read(n, off)``: read up to *size* bytes at *offset* (short only at EOF).
 
-        On an io_uring handle the read is queued with the other single reads
-        and writes that the loop's tasks issue in the same iteration, and all
-        go to the kernel as one batch; the result is the one copy of the bytes."""
+        On a buffered io_uring handle, bytes the page cache holds in full are
+        copied at once on the loop's thread (``preadv2(RWF_NOWAIT)``, which never
+        waits for the device) and returned without yielding, up to a budget per
+        handle (``coalesce.INLINE_READ_BUDGET``: then one read yields).  Otherwise
+        the read is queued with the other single reads and writes that the loop's
+        tasks issue in the same iteration, and all go to the kernel as one batch;
+        the result is the one copy of the bytes."""
         add = self._add_read
         # The hot path (32 tasks each awaiting 4 KiB reads spend most of their CPU
         # here): only checks that cost no call; anything else takes _read below.

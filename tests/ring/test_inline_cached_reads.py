@@ -2,11 +2,12 @@
 
 ``Coalescer.reader`` first asks the backend's ``read_cached`` (``preadv2(RWF_NOWAIT)``,
 which never waits for the device): a read it copies in full is returned without a
-future, a batch or a wake-up.  What these tests pin down: such reads give the same
-bytes and make no ring batch; a read not all cached (or short at end of file, or
-failing) goes to the ring whole and gives what the ring gives; a task reading cached
-data still yields to the loop after ``INLINE_READ_BUDGET`` bytes; the handle's
-in-flight count stays balanced (``close()`` does not wait) whatever raises.
+future, a batch or a wake-up, up to ``core.aio_inline_read_budget`` bytes per handle.
+What these tests pin down: such reads give the same bytes and make no ring batch; a
+read not all cached (or short at end of file, or failing) goes to the ring whole and
+gives what the ring gives; a task reading cached data still yields to the loop after
+that budget (0: never copies); the handle's in-flight count stays balanced
+(``close()`` does not wait) whatever raises.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from tests.conftest import open_plain_uring
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack.errors import RingClosedError
 from uringstack.probe.tune_key import fs_type
-from uringstack.ring import coalesce
-from uringstack.ring.coalesce import coalescer_for
+from uringstack.ring.coalesce import FLUSH_ROUNDS, coalescer_for
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.stack.uring_backend import UringFileIO
@@ -48,9 +48,13 @@ def data(tmp_path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+_PLAIN = {"core.cores": [0], "core.backend": "uring", "fixedbuf.mode": "off"}
+BUDGET = 1 << 20  # (more than any test here reads; the test of the budget sets its own)
+
+
 @pytest.fixture
 def uring_stack() -> Iterator[Stack]:
-    with open_stack(overrides={"core.cores": [0], "core.backend": "uring", "fixedbuf.mode": "off"}) as s:
+    with open_stack(overrides={**_PLAIN, "core.aio_inline_read_budget": BUDGET}) as s:
         yield s
 
 
@@ -90,16 +94,21 @@ def test_cached_reads_of_32_tasks_are_copied_without_a_ring_batch(uring_stack: S
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("source", ["override", "environment"])
 def test_a_task_reading_cached_data_yields_to_the_loop_once_per_budget(
-    uring_stack: Stack, data: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    data: pathlib.Path, monkeypatch: pytest.MonkeyPatch, source: str
 ) -> None:
     """With a 16 KiB budget, every fifth 4 KiB read goes through the ring, and the ticker
     task runs at least once per flush callback (whose rounds may wake the reader
     ``FLUSH_ROUNDS`` times): never more than that many budgets of reads in a row without it."""
-    monkeypatch.setattr(coalesce, "INLINE_READ_BUDGET", 4 * BLOCK)
+    overrides: dict[str, Any] = dict(_PLAIN)
+    if source == "override":
+        overrides["core.aio_inline_read_budget"] = 4 * BLOCK
+    else:
+        monkeypatch.setenv("URINGSTACK_CORE__AIO_INLINE_READ_BUDGET", str(4 * BLOCK))
     expect = data.read_bytes()
     reads = 40
-    with open_plain_uring(uring_stack, data, writable=False) as h:
+    with open_stack(overrides=overrides) as stack, open_plain_uring(stack, data, writable=False) as h:
 
         async def main() -> tuple[list[int], list[bytes], int]:
             ticks = 0
@@ -127,8 +136,8 @@ def test_a_task_reading_cached_data_yields_to_the_loop_once_per_budget(
     assert got == [expect[(i % BLOCKS) * BLOCK : (i % BLOCKS + 1) * BLOCK] for i in range(reads)]
     assert flushes == reads // 5  # reads 5, 10, ...: each budget of four, then one through the ring
     streaks = [sum(1 for s in seen if s == v) for v in set(seen)]
-    assert max(streaks) <= 5 * coalesce.FLUSH_ROUNDS, streaks
-    assert len(streaks) >= reads // (5 * coalesce.FLUSH_ROUNDS)
+    assert max(streaks) <= 5 * FLUSH_ROUNDS, streaks
+    assert len(streaks) >= reads // (5 * FLUSH_ROUNDS)
 
 
 @pytest.mark.timeout(60)
@@ -232,6 +241,39 @@ def test_a_file_evicted_from_the_page_cache_is_read_through_the_ring(uring_stack
         got, flushes = _run(main())
     assert got == expect[7 * BLOCK : 8 * BLOCK]
     assert flushes == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_budget_of_0_sends_every_read_through_the_ring(data: pathlib.Path) -> None:
+    expect = data.read_bytes()
+    with (
+        open_stack(overrides={**_PLAIN, "core.aio_inline_read_budget": 0}) as stack,
+        open_plain_uring(stack, data, writable=False) as h,
+    ):
+
+        async def main() -> tuple[list[bytes], int]:
+            flushes = _flushes(h)
+            got = [await h.read(BLOCK, i * BLOCK) for i in range(8)]
+            return got, _flushes(h) - flushes
+
+        got, flushes = _run(main())
+    assert got == [expect[i * BLOCK : (i + 1) * BLOCK] for i in range(8)]
+    assert flushes == 8
+
+
+def test_the_default_budget_copies_cached_reads(data: pathlib.Path) -> None:
+    assert Stack.aio_inline_read_budget.__doc__
+    with open_stack(overrides=_PLAIN) as stack:
+        assert stack.aio_inline_read_budget == 16 * 1024
+        with open_plain_uring(stack, data, writable=False) as h:
+
+            async def main() -> int:
+                flushes = _flushes(h)
+                for i in range(4):
+                    await h.read(BLOCK, i * BLOCK)
+                return _flushes(h) - flushes
+
+            assert _run(main()) == 0
 
 
 @pytest.mark.timeout(60)

@@ -47,9 +47,6 @@ from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 from uringstack.types import WorkerView
 
-# These tests are about the ring's batches: cached reads go through them too (no inline copy).
-pytestmark = pytest.mark.usefixtures("reads_through_ring")
-
 _CODE = code_of(
     Ring.submit_columns,
     Ring._submit_unfinished_locked,
@@ -57,7 +54,15 @@ _CODE = code_of(
 )
 
 # One worker on CPU, plain io_uring: no SQPOLL thread, no registered buffers.
-_PLAIN_URING = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "off"}
+# Cached reads go through the ring's batches too (no copy on the loop's thread): the
+# batches are what these tests interrupt.
+_PLAIN_URING = {
+    "core.backend": "uring",
+    "core.cores": [CPU],
+    "sqpoll.mode": "off",
+    "fixedbuf.mode": "off",
+    "core.aio_inline_read_budget": 0,
+}
 
 
 def _logging_loop() -> tuple[asyncio.AbstractEventLoop, list[dict[str, Any]]]:
