@@ -250,6 +250,7 @@ def test_every_read_and_seek_checks_the_file(tmp_path: pathlib.Path, stack: Stac
     run(main())
 
 
+@pytest.mark.usefixtures("reads_through_ring")  # (a cached first read would not wait: nothing would queue)
 def test_calls_on_one_file_keep_their_order_when_a_waiting_one_is_cancelled(
     tmp_path: pathlib.Path, stack: Stack
 ) -> None:
