@@ -173,7 +173,7 @@ class Coalescer:
         return asyncio._get_running_loop() is self.loop
 
     def reader(
-        self, io: CoalescedFile, tracker: InflightTracker, inline_budget: int = 0
+        self, io: CoalescedFile, tracker: InflightTracker, inline_budget: int = 0, left: list[int] | None = None
     ) -> Callable[[int, int], asyncio.Future[Any] | bytes | None] | None:
         """:meth:`add_read` for *io* and *tracker*, as one plain function of (size, offset)
         that queues only when called on the thread running this loop (else None, nothing
@@ -191,9 +191,10 @@ class Coalescer:
         batch, no wake-up, and the task does not yield.  So that such a task cannot
         keep the loop from its other tasks for long, once *inline_budget* bytes were
         copied the next read goes through the ring (and yields), and the budget
-        starts again.  A read not all cached (or short: end of file; or failed) goes
-        to the ring whole, which reads it again and reports what it finds, as
-        without this step."""
+        starts again.  *left* (a one-item list) holds what is left of the budget, shared
+        with the handle's ``read_many_async``.  A read not all cached (or short: end of
+        file; or failed) goes to the ring whole, which reads it again and reports what
+        it finds, as without this step."""
         tl = self.thread_loop
         if tl is None or not self._plain_futures:
             return None
@@ -202,26 +203,25 @@ class Coalescer:
         call_soon = loop.call_soon
         flush = self.flush
         cached = getattr(io, "read_cached", None) if inline_budget > 0 else None
-        enter, left = tracker.enter, tracker.left
-        inline_left = inline_budget
+        enter, done = tracker.enter, tracker.left
+        budget = [inline_budget] if left is None else left
 
         def read(size: int, offset: int) -> asyncio.Future[Any] | bytes | None:
-            nonlocal inline_left
             if tl._thread_id != get_ident():
                 return None
-            if inline_left > 0 and cached is not None:
+            if cached is not None and budget[0] > 0:
                 buf = bytearray(size)
                 enter()  # (before the try: it raises only with nothing counted)
                 try:
                     res = cached(buf, size, offset)
                 finally:
-                    left()
+                    done()
                 if res == size:
-                    inline_left -= size
+                    budget[0] -= size
                     return bytes(buf)
                 # not all of it cached (or at end of file, or failed): the ring reads it
                 # all, and reports what it finds in its own words
-            inline_left = inline_budget  # this read yields to the loop
+            budget[0] = inline_budget  # this read yields to the loop
             fut: asyncio.Future[Any] = future(loop=loop)
             self._arena_reads.append((io, tracker, size, offset, fut))
             if not self._scheduled:

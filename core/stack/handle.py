@@ -71,6 +71,7 @@ _OFFSET_LIMIT = 1 << 63
 # twice as much (0.9 against 0.5 us per pin measured), and a batch await pins every buffer.
 _PIN_TYPE = "char[]"
 _lease_pin = operator.attrgetter("_uringstack_pin")  # a LeasedBuffer's pin (AttributeError: any other buffer)
+_lease_view = operator.attrgetter("view")  # a RegisteredBuffer's memory
 
 
 def _view(buf: Any) -> memoryview:
@@ -144,6 +145,10 @@ class FileHandle:
         # Its add_read for this handle's file and tracker, which queues only on the
         # loop's thread (Coalescer.reader; set with _fast_reads).
         self._add_read: Callable[[int, int], asyncio.Future[Any] | bytes | None] | None = None
+        # core.aio_inline_read_budget for this handle's asyncio reads, and what is left of it
+        # (set with _fast_reads: 0 under O_DIRECT; see Coalescer.reader and _copy_cached)
+        self._inline_budget = 0
+        self._inline_left = [0]
         # write_durable's bound writers, per sync method (bind_write_durable)
         self._durable_writers: dict[str, Callable[[Any, int], int]] = {}
 
@@ -598,7 +603,10 @@ class FileHandle:
         if co is None or not co.on_loop_thread():  # (asyncio.get_running_loop() costs a getpid)
             co = self._coalescer_cache = coalesce.coalescer_for(io.ring)
             self._fast_reads = None if io.direct else co
-            self._add_read = None if io.direct else co.reader(io, self._inflight, self._stack.aio_inline_read_budget)
+            budget = 0 if io.direct else self._stack.aio_inline_read_budget
+            self._inline_budget = budget
+            self._inline_left = [budget]  # (shared by read's reader and read_many_async)
+            self._add_read = None if io.direct else co.reader(io, self._inflight, budget, self._inline_left)
         return co, offset
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
@@ -781,11 +789,66 @@ class FileHandle:
             return None, lens
         return maybe.add_many(cast(UringFileIO, self._io), self._inflight, write, pins, offs, lens, slots), lens
 
+    def _copy_cached(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int] | None:
+        """A ``read_many_async`` copied from the page cache on the loop's thread (the backend's
+        ``read_cached_many``, ``preadv2(RWF_NOWAIT)``: never a wait for the device), as
+        :meth:`read` does for one op (``Coalescer.reader``): the byte counts, or None when
+        anything is not all cached (or at end of file, or failing; the ring then reads the
+        whole batch again and reports what it finds), or the batch is not one this path
+        takes (the queued path checks it and raises what is wrong).
+
+        Only on the thread running the handle's loop, with offsets in range and buffers
+        of one kind it copies into as they are: leases (``lease_buffers``, plain or
+        registered) or ``bytearray``."""
+        co = self._fast_reads
+        io = self._uring_io
+        if (
+            co is None
+            or io is None
+            or self._closed
+            or self._fork_gen != forking._generation
+            or (tl := co.thread_loop) is None
+            or tl._thread_id != get_ident()
+            or not buffers
+            or len(offsets) != len(buffers)
+        ):
+            return None
+        kinds = set(map(type, buffers))
+        if len(kinds) != 1:
+            return None
+        kind = kinds.pop()
+        if kind is RegisteredBuffer:
+            buffers = list(map(_lease_view, buffers))
+        elif kind is not LeasedBuffer and kind is not bytearray:
+            return None
+        try:
+            if min(offsets) < 0 or max(offsets) >= _OFFSET_LIMIT:
+                return None  # (a negative offset would fail with EINVAL, which read_cached_many takes for a refusal)
+        except TypeError:
+            return None
+        inflight = self._inflight
+        inflight.enter()  # (before the try: it raises only with nothing counted)
+        try:
+            return io.read_cached_many(buffers, offsets)
+        finally:
+            inflight.left()
+
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False
     ) -> list[int]:
         """asyncio form of :meth:`read_many`; on an io_uring handle its ops join the batch of
-        this loop iteration's other asyncio ops (one submission for all)."""
+        this loop iteration's other asyncio ops (one submission for all).
+
+        On a buffered io_uring handle, a batch the page cache holds in full is copied at
+        once on the loop's thread instead (:meth:`_copy_cached`), within the handle's
+        ``core.aio_inline_read_budget``, shared with :meth:`read`."""
+        left = self._inline_left
+        if left[0] > 0:
+            copied = self._copy_cached(offsets, buffers)
+            if copied is not None:
+                left[0] -= sum(copied)
+                return copied
+        left[0] = self._inline_budget  # (this batch yields to the loop)
         fut, lens = self._queue_many(False, offsets, buffers)
         if fut is not None:
             results: list[int] = await fut

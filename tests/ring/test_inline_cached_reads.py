@@ -26,6 +26,7 @@ from tests.conftest import open_plain_uring
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack.errors import RingClosedError
 from uringstack.probe.tune_key import fs_type
+from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer
 from uringstack.ring.coalesce import FLUSH_ROUNDS, coalescer_for
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -322,4 +323,200 @@ def _interrupted_once(stack: Stack, data: pathlib.Path, expect: bytes, at: int) 
 def test_a_signal_anywhere_in_a_cached_read_leaves_the_handle_closable(uring_stack: Stack, data: pathlib.Path) -> None:
     expect = data.read_bytes()
     points = sweep(lambda at: _interrupted_once(uring_stack, data, expect, at))
+    assert points >= 3
+
+
+# --- read_many_async -------------------------------------------------------------------------
+
+
+def _lease_kind(stack: Stack, h: FileHandle, kind: str, count: int) -> list[Any]:
+    if kind == "bytearray":
+        return [bytearray(BLOCK) for _ in range(count)]
+    bufs = h.lease_buffers(count, BLOCK)
+    want = RegisteredBuffer if kind == "registered" else LeasedBuffer
+    if type(bufs[0]) is not want:
+        h.release_buffers(bufs)
+        pytest.skip(f"lease_buffers gave {type(bufs[0]).__name__}, not {want.__name__} (no registered pool?)")
+    return bufs
+
+
+def _contents(b: Any) -> bytes:
+    return bytes(b.view) if isinstance(b, RegisteredBuffer) else bytes(b)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["plain", "registered", "bytearray"])
+def test_a_cached_batch_is_copied_without_a_ring_batch(data: pathlib.Path, kind: str) -> None:
+    expect = data.read_bytes()
+    fixedbuf = "on" if kind == "registered" else "off"
+    overrides = {**_PLAIN, "fixedbuf.mode": fixedbuf, "core.aio_inline_read_budget": BUDGET}
+    with open_stack(overrides=overrides) as stack, open_plain_uring(stack, data, writable=False) as h:
+        bufs = _lease_kind(stack, h, kind, 4)
+        offsets = [9 * BLOCK, 2 * BLOCK, 40 * BLOCK, 0]
+
+        async def main() -> tuple[list[int], int]:
+            await h.read(BLOCK, 0)  # (the handle's coalescer is set up)
+            flushes = _flushes(h)
+            got = await h.read_many_async(offsets, bufs)
+            return got, _flushes(h) - flushes
+
+        try:
+            got, flushes = _run(main())
+            assert got == [BLOCK] * 4
+            assert [_contents(b) for b in bufs] == [expect[o : o + BLOCK] for o in offsets]
+        finally:
+            if kind != "bytearray":
+                h.release_buffers(bufs)
+    assert flushes == 0
+
+
+@pytest.mark.timeout(60)
+def test_read_and_read_many_async_share_the_handles_budget(data: pathlib.Path) -> None:
+    """Budget 16 KiB: two 4 KiB reads leave 8 KiB, so a batch of four is copied (the budget is
+    then spent), and the next read goes through the ring."""
+    expect = data.read_bytes()
+    with (
+        open_stack(overrides={**_PLAIN, "core.aio_inline_read_budget": 4 * BLOCK}) as stack,
+        open_plain_uring(stack, data, writable=False) as h,
+    ):
+        bufs = [bytearray(BLOCK) for _ in range(4)]
+
+        async def main() -> list[int]:
+            await h.read(BLOCK, 0)  # (the coalescer is set up: a read through the ring, the budget starts)
+            steps = [_flushes(h)]
+            for i in range(2):
+                assert await h.read(BLOCK, i * BLOCK) == expect[i * BLOCK : (i + 1) * BLOCK]
+            steps.append(_flushes(h))
+            assert await h.read_many_async([4 * BLOCK, 5 * BLOCK, 6 * BLOCK, 7 * BLOCK], bufs) == [BLOCK] * 4
+            steps.append(_flushes(h))
+            assert await h.read(BLOCK, 8 * BLOCK) == expect[8 * BLOCK : 9 * BLOCK]
+            steps.append(_flushes(h))
+            return steps
+
+        steps = _run(main())
+    assert [bytes(b) for b in bufs] == [expect[i * BLOCK : (i + 1) * BLOCK] for i in range(4, 8)]
+    assert [b - steps[0] for b in steps] == [0, 0, 0, 1]
+
+
+@pytest.mark.timeout(60)
+def test_batches_alternate_once_each_spends_the_budget(data: pathlib.Path) -> None:
+    """Budget 16 KiB, batches of four 4 KiB reads: copied, through the ring (the budget starts
+    again), copied, through the ring."""
+    with (
+        open_stack(overrides={**_PLAIN, "core.aio_inline_read_budget": 4 * BLOCK}) as stack,
+        open_plain_uring(stack, data, writable=False) as h,
+    ):
+        bufs = [bytearray(BLOCK) for _ in range(4)]
+
+        async def main() -> list[int]:
+            await h.read(BLOCK, 0)
+            steps = []
+            for i in range(4):
+                before = _flushes(h)
+                assert await h.read_many_async([(i + k) * BLOCK for k in range(4)], bufs) == [BLOCK] * 4
+                steps.append(_flushes(h) - before)
+            return steps
+
+        assert _run(main()) == [0, 1, 0, 1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["mixed-kinds", "not-cached", "end-of-file", "memoryview"], ids=lambda c: str(c))
+def test_a_batch_this_path_does_not_copy_whole_goes_through_the_ring(
+    uring_stack: Stack, data: pathlib.Path, case: str
+) -> None:
+    expect = data.read_bytes()
+    size = len(expect)
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+        bufs: list[Any] = [bytearray(BLOCK) for _ in range(3)]
+        offsets = [BLOCK, 3 * BLOCK, 5 * BLOCK]
+        if case == "mixed-kinds":
+            bufs[1] = memoryview(bytearray(BLOCK))
+        elif case == "memoryview":
+            bufs = [memoryview(bytearray(BLOCK)) for _ in range(3)]
+        elif case == "end-of-file":
+            offsets[2] = size - 100
+        elif case == "not-cached":
+            io = h._io
+            assert isinstance(io, UringFileIO)
+            real = io.read_cached_many
+
+            def half(buffers: Any, offs: Any) -> list[int] | None:
+                assert real(buffers[:1], offs[:1]) == [BLOCK]  # the first op copied, then a miss
+                return None
+
+            io.read_cached_many = half  # type: ignore[method-assign]
+
+        async def main() -> tuple[list[int], int]:
+            await h.read(BLOCK, 0)
+            flushes = _flushes(h)
+            got = await h.read_many_async(offsets, bufs)
+            return got, _flushes(h) - flushes
+
+        got, flushes = _run(main())
+    want = [min(BLOCK, size - o) for o in offsets]
+    assert got == want
+    assert [bytes(b)[:n] for b, n in zip(bufs, want, strict=True)] == [
+        expect[o : o + n] for o, n in zip(offsets, want, strict=True)
+    ]
+    assert flushes == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_batch_raises_as_before_and_leaves_the_copy_on(uring_stack: Stack, data: pathlib.Path) -> None:
+    """A negative offset is the queued path's ``ValueError``, not a preadv EINVAL that the
+    copy would take for the file system refusing RWF_NOWAIT (and stop copying for good)."""
+    with open_plain_uring(uring_stack, data, writable=False) as h:
+        bufs = [bytearray(BLOCK), bytearray(BLOCK)]
+
+        async def main() -> int:
+            await h.read(BLOCK, 0)
+            with pytest.raises(ValueError, match="negative"):
+                await h.read_many_async([0, -BLOCK], bufs)
+            with pytest.raises(ValueError):
+                await h.read_many_async([0], bufs)
+            flushes = _flushes(h)
+            assert await h.read_many_async([0, BLOCK], bufs) == [BLOCK, BLOCK]
+            return _flushes(h) - flushes
+
+        assert _run(main()) == 0
+
+
+def _interrupted_batch(stack: Stack, data: pathlib.Path, expect: bytes, at: int) -> str | None:
+    h = open_plain_uring(stack, data, writable=False)
+    chosen = code_of(files=("stack/handle.py", "stack/uring_backend.py", "ring/inflight.py"))
+    bufs = [bytearray(BLOCK), bytearray(BLOCK)]
+    offsets = [3 * BLOCK, 7 * BLOCK]
+    want = [expect[o : o + BLOCK] for o in offsets]
+
+    async def main() -> str | None:
+        await h.read(BLOCK, 0)  # (the coalescer is set up, not traced)
+        armed = True
+        with signal_at(chosen, at, lambda: armed) as sent:
+            try:
+                got = await h.read_many_async(offsets, bufs)
+            except Interrupt:
+                got = None
+            finally:
+                armed = False
+        if sent.where is not None and got is not None:
+            assert [bytes(b) for b in bufs] == want, sent.where
+        assert await h.read_many_async(offsets, bufs) == [BLOCK, BLOCK], sent.where
+        assert [bytes(b) for b in bufs] == want, sent.where
+        return sent.where
+
+    try:
+        where = _run(main())
+    finally:
+        t0 = time.monotonic()
+        h.close()
+        waited = time.monotonic() - t0
+    assert waited < 2.0, f"close() waited {waited:.1f} s for a batch the signal cut short ({where})"
+    return where
+
+
+@pytest.mark.timeout(300)
+def test_a_signal_anywhere_in_a_cached_batch_leaves_the_handle_closable(uring_stack: Stack, data: pathlib.Path) -> None:
+    expect = data.read_bytes()
+    points = sweep(lambda at: _interrupted_batch(uring_stack, data, expect, at), most=400)
     assert points >= 3
