@@ -17,7 +17,7 @@ import errno
 import os
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -290,42 +290,6 @@ def test_a_closed_handle_refuses_a_cached_read(uring_stack: Stack, data: pathlib
     _run(main())
 
 
-def _interrupted_once(stack: Stack, data: pathlib.Path, expect: bytes, at: int) -> str | None:
-    h = open_plain_uring(stack, data, writable=False)
-    chosen = code_of(files=("ring/coalesce.py", "stack/uring_backend.py", "ring/inflight.py"))
-
-    async def main() -> str | None:
-        assert await h.read(BLOCK, 0) == expect[:BLOCK]  # (the reader is set up, not traced)
-        armed = True
-        with signal_at(chosen, at, lambda: armed) as sent:
-            try:
-                got = await h.read(BLOCK, 3 * BLOCK)
-            except Interrupt:
-                got = None
-            finally:
-                armed = False
-        if sent.where is not None and got is not None:
-            assert got == expect[3 * BLOCK : 4 * BLOCK], sent.where
-        assert await h.read(BLOCK, 3 * BLOCK) == expect[3 * BLOCK : 4 * BLOCK], sent.where
-        return sent.where
-
-    try:
-        where = _run(main())
-    finally:
-        t0 = time.monotonic()
-        h.close()
-        waited = time.monotonic() - t0
-    assert waited < 2.0, f"close() waited {waited:.1f} s for a read the signal cut short ({where})"
-    return where
-
-
-@pytest.mark.timeout(120)
-def test_a_signal_anywhere_in_a_cached_read_leaves_the_handle_closable(uring_stack: Stack, data: pathlib.Path) -> None:
-    expect = data.read_bytes()
-    points = sweep(lambda at: _interrupted_once(uring_stack, data, expect, at))
-    assert points >= 3
-
-
 # --- read_many_async -------------------------------------------------------------------------
 
 
@@ -482,27 +446,41 @@ def test_a_bad_batch_raises_as_before_and_leaves_the_copy_on(uring_stack: Stack,
         assert _run(main()) == 0
 
 
-def _interrupted_batch(stack: Stack, data: pathlib.Path, expect: bytes, at: int) -> str | None:
-    h = open_plain_uring(stack, data, writable=False)
-    chosen = code_of(files=("stack/handle.py", "stack/uring_backend.py", "ring/inflight.py"))
+# --- a signal anywhere in a copy ----------------------------------------------------------
+
+
+async def _one_read(h: FileHandle, expect: bytes) -> bool:
+    return await h.read(BLOCK, 3 * BLOCK) == expect[3 * BLOCK : 4 * BLOCK]
+
+
+async def _one_batch(h: FileHandle, expect: bytes) -> bool:
     bufs = [bytearray(BLOCK), bytearray(BLOCK)]
     offsets = [3 * BLOCK, 7 * BLOCK]
-    want = [expect[o : o + BLOCK] for o in offsets]
+    got = await h.read_many_async(offsets, bufs)
+    return got == [BLOCK, BLOCK] and [bytes(b) for b in bufs] == [expect[o : o + BLOCK] for o in offsets]
+
+
+def _interrupted_once(
+    stack: Stack, data: pathlib.Path, at: int, op: Callable[[FileHandle, bytes], Awaitable[bool]]
+) -> str | None:
+    """*op* with a signal at its *at*-th point: it raises or gives the right bytes, does so again
+    after, and ``close()`` does not wait for anything it left counted."""
+    expect = data.read_bytes()
+    h = open_plain_uring(stack, data, writable=False)
+    chosen = code_of(files=("ring/coalesce.py", "stack/handle.py", "stack/uring_backend.py", "ring/inflight.py"))
 
     async def main() -> str | None:
         await h.read(BLOCK, 0)  # (the coalescer is set up, not traced)
         armed = True
         with signal_at(chosen, at, lambda: armed) as sent:
             try:
-                got = await h.read_many_async(offsets, bufs)
+                right: bool | None = await op(h, expect)
             except Interrupt:
-                got = None
+                right = None
             finally:
                 armed = False
-        if sent.where is not None and got is not None:
-            assert [bytes(b) for b in bufs] == want, sent.where
-        assert await h.read_many_async(offsets, bufs) == [BLOCK, BLOCK], sent.where
-        assert [bytes(b) for b in bufs] == want, sent.where
+        assert right is not False, sent.where
+        assert await op(h, expect), sent.where
         return sent.where
 
     try:
@@ -511,12 +489,14 @@ def _interrupted_batch(stack: Stack, data: pathlib.Path, expect: bytes, at: int)
         t0 = time.monotonic()
         h.close()
         waited = time.monotonic() - t0
-    assert waited < 2.0, f"close() waited {waited:.1f} s for a batch the signal cut short ({where})"
+    assert waited < 2.0, f"close() waited {waited:.1f} s for a copy the signal cut short ({where})"
     return where
 
 
 @pytest.mark.timeout(300)
-def test_a_signal_anywhere_in_a_cached_batch_leaves_the_handle_closable(uring_stack: Stack, data: pathlib.Path) -> None:
-    expect = data.read_bytes()
-    points = sweep(lambda at: _interrupted_batch(uring_stack, data, expect, at), most=400)
+@pytest.mark.parametrize("op", [_one_read, _one_batch], ids=["read", "read_many_async"])
+def test_a_signal_anywhere_in_a_cached_copy_leaves_the_handle_closable(
+    uring_stack: Stack, data: pathlib.Path, op: Callable[[FileHandle, bytes], Awaitable[bool]]
+) -> None:
+    points = sweep(lambda at: _interrupted_once(uring_stack, data, at, op), most=400)
     assert points >= 3
