@@ -66,10 +66,11 @@ class CoreConfig(BaseModel):
         le=64 * 1024 * 1024,
         description=(
             "Bytes of page-cache hits one handle's asyncio `await read(n, off)` and "
-            "read_many_async (and so uringstack.aio) copy on the event loop's thread (preadv2 RWF_NOWAIT, never "
-            "waiting for the device) before one read goes through the ring and yields to the "
-            "loop. 0: every asyncio read goes through the ring and yields. Larger: more reads "
-            "per second, longer waits for the loop's other tasks (docs/config.md)."
+            "read_many_async (and so uringstack.aio) copy on the event loop's thread "
+            "(preadv2 RWF_NOWAIT, never waiting for the device) before one read goes through "
+            "the ring and yields to the loop. 0: every asyncio read goes through the ring and "
+            "yields. Larger: more reads per second, longer waits for the loop's other tasks "
+            "(docs/config.md)."
         ),
     )
     # calibration (docs/tune.md)

@@ -632,7 +632,7 @@ class FileHandle:
         On a buffered io_uring handle, bytes the page cache holds in full are
         copied at once on the loop's thread (``preadv2(RWF_NOWAIT)``, which never
         waits for the device) and returned without yielding, up to a budget per
-        handle (``coalesce.INLINE_READ_BUDGET``: then one read yields).  Otherwise
+        handle (``core.aio_inline_read_budget``: then one read yields).  Otherwise
         the read is queued with the other single reads and writes that the loop's
         tasks issue in the same iteration, and all go to the kernel as one batch;
         the result is the one copy of the bytes."""

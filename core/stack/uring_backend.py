@@ -294,7 +294,7 @@ class UringFileIO:
                     return None
                 counts.append(n)
         except OSError as e:
-            if e.errno in _NO_CACHED_READS and not isinstance(e, BlockingIOError):
+            if e.errno in _NO_CACHED_READS:
                 self._reads_cached_inline = False  # (as in read_cached)
             return None
         except (TypeError, ValueError, OverflowError):
