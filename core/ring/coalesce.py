@@ -173,7 +173,7 @@ class Coalescer:
         return asyncio._get_running_loop() is self.loop
 
     def reader(
-        self, io: CoalescedFile, tracker: InflightTracker, inline_budget: int = 0, left: list[int] | None = None
+        self, io: CoalescedFile, tracker: InflightTracker, inline_budget: int, budget: list[int]
     ) -> Callable[[int, int], asyncio.Future[Any] | bytes | None] | None:
         """:meth:`add_read` for *io* and *tracker*, as one plain function of (size, offset)
         that queues only when called on the thread running this loop (else None, nothing
@@ -191,8 +191,8 @@ class Coalescer:
         batch, no wake-up, and the task does not yield.  So that such a task cannot
         keep the loop from its other tasks for long, once *inline_budget* bytes were
         copied the next read goes through the ring (and yields), and the budget
-        starts again.  *left* (a one-item list) holds what is left of the budget, shared
-        with the handle's ``read_many_async``.  A read not all cached (or short: end of
+        starts again.  *budget* (a one-item list) holds what is left of it, shared with
+        the handle's ``read_many_async``.  A read not all cached (or short: end of
         file; or failed) goes to the ring whole, which reads it again and reports what
         it finds, as without this step."""
         tl = self.thread_loop
@@ -204,7 +204,6 @@ class Coalescer:
         flush = self.flush
         cached = getattr(io, "read_cached", None) if inline_budget > 0 else None
         enter, done = tracker.enter, tracker.left
-        budget = [inline_budget] if left is None else left
 
         def read(size: int, offset: int) -> asyncio.Future[Any] | bytes | None:
             if tl._thread_id != get_ident():

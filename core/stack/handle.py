@@ -791,7 +791,7 @@ class FileHandle:
 
     def _copy_cached(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int] | None:
         """A ``read_many_async`` copied from the page cache on the loop's thread (the backend's
-        ``read_cached_many``, ``preadv2(RWF_NOWAIT)``: never a wait for the device), as
+        ``read_cached`` per op, ``preadv2(RWF_NOWAIT)``: never a wait for the device), as
         :meth:`read` does for one op (``Coalescer.reader``): the byte counts, or None when
         anything is not all cached (or at end of file, or failing; the ring then reads the
         whole batch again and reports what it finds), or the batch is not one this path
@@ -823,15 +823,24 @@ class FileHandle:
             return None
         try:
             if min(offsets) < 0 or max(offsets) >= _OFFSET_LIMIT:
-                return None  # (a negative offset would fail with EINVAL, which read_cached_many takes for a refusal)
+                return None  # (a negative offset would fail with EINVAL, which read_cached takes for a refusal)
         except TypeError:
             return None
+        cached = io.read_cached
+        counts: list[int] = []
         inflight = self._inflight
         inflight.enter()  # (before the try: it raises only with nothing counted)
         try:
-            return io.read_cached_many(buffers, offsets)
+            for buf, offset in zip(buffers, offsets, strict=True):
+                want = len(buf)
+                if cached(buf, want, offset) != want:
+                    return None
+                counts.append(want)
+        except TypeError:
+            return None  # (an offset preadv does not take: the queued path raises what is wrong)
         finally:
             inflight.left()
+        return counts
 
     async def read_many_async(
         self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False

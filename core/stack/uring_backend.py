@@ -272,37 +272,6 @@ class UringFileIO:
             self.completion_hook("read", None)(DoneBatch([res]))
         return res
 
-    def read_cached_many(self, buffers: Sequence[Any], offsets: Sequence[int]) -> list[int] | None:
-        """:meth:`read_cached` for a batch (``FileHandle.read_many_async``): each buffer
-        filled from the page cache at its offset by the calling thread, with the ring's
-        checks made once.  The byte counts, all whole; None as soon as one op is not
-        copied whole (not all cached, end of file, an error, or a buffer or offset
-        ``preadv`` does not take), after which the caller reads the whole batch through
-        the ring, which reports what it finds.  The completion hook is told of a batch
-        copied whole, with ``ring=None``."""
-        if not self._reads_cached_inline:
-            return None
-        if self.closed:  # the number may be another file's by now
-            raise RingClosedError(f"{self.path} is closed")
-        self.ring._check_use()
-        fd = self.fd
-        counts: list[int] = []
-        try:
-            for buf, offset in zip(buffers, offsets, strict=True):
-                n = os.preadv(fd, (buf,), offset, _RWF_NOWAIT)
-                if n != len(buf):
-                    return None
-                counts.append(n)
-        except OSError as e:
-            if e.errno in _NO_CACHED_READS:
-                self._reads_cached_inline = False  # (as in read_cached)
-            return None
-        except (TypeError, ValueError, OverflowError):
-            return None  # (the ring's checked path raises what is wrong)
-        if self.completion_hook is not None:
-            self.completion_hook("read", None)(DoneBatch(counts))
-        return counts
-
     def read_here(self, pin: Any, buf: Any, got: int = 0) -> int | None:
         """:meth:`run_one`'s read, at the descriptor's file position: bytes read (the
         position moved past them, as by read(2)) or ``-errno``; ``None`` where the
