@@ -1,5 +1,20 @@
-"""Only here to name the cffi module; all metadata lives in pyproject.toml."""
+"""Only here to name the compiled parts; all metadata lives in pyproject.toml.
 
-from setuptools import setup
+Two: the cffi binding of liburing, and ``uringstack.fileobj._fastread``, a
+small CPython extension (the page-cache step of ``uringstack.FileIO.readinto``
+with no Python frame, which cffi cannot give: a cffi call is itself reached
+through a Python frame, and it takes no Python object).
+"""
 
-setup(cffi_modules=["core/ring/_native/build.py:ffibuilder"])
+from setuptools import Extension, setup
+
+setup(
+    cffi_modules=["core/ring/_native/build.py:ffibuilder"],
+    ext_modules=[
+        Extension(
+            "uringstack.fileobj._fastread",
+            ["core/fileobj/_fastread.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+        )
+    ],
+)

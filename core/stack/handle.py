@@ -380,7 +380,7 @@ class FileHandle:
             if pending is not None:
                 self._inflight.keep(pending)
 
-    def _read_here(self, buf: Any, want: int, pin: Any = None) -> int | None:
+    def _read_here(self, buf: Any, want: int, pin: Any = None, copied: int | None = -1) -> int | None:
         """One waited read of *want* bytes (*buf*'s length, > 0) into *buf* at the
         descriptor's file position, which moves past what was read, as read(2) does
         (``uringstack.FileIO.readinto``).
@@ -391,7 +391,12 @@ class FileHandle:
         copied by this thread without pinning *buf* (the backend's ``read_cached``:
         ``preadv`` takes the buffer itself); *buf* is pinned (unless *pin* is given)
         only for what goes to the ring (``read_here``).  Tracked as :meth:`_one_pinned`
-        is (the same lines, inline in both: a shared helper would cost a Python call per op)."""
+        is (the same lines, inline in both: a shared helper would cost a Python call per op).
+
+        *copied*: what the caller's own page-cache step already did for this read
+        (``uringstack.FileIO``'s C ``readinto``): bytes copied (the position moved past
+        them), or ``None`` for nothing cached; the ring then reads the rest or all of
+        it, with no second copy attempt.  -1 (the default): this call copies first."""
         here = self._here
         if here is None:
             return None
@@ -400,8 +405,11 @@ class FileHandle:
         inflight = self._inflight
         inflight.enter()
         try:
-            cached = self._cached
-            res = cached(buf, want) if cached is not None else None
+            if copied == -1:
+                cached = self._cached
+                res = cached(buf, want) if cached is not None else None
+            else:
+                res = copied
             if res is None or 0 < res < want:
                 if pin is None:
                     pin = ffi.from_buffer(_PIN_TYPE, buf, True)

@@ -1,0 +1,14 @@
+"""Types of the C extension ``uringstack.fileobj._fastread`` (source: ``_fastread.c``)."""
+
+from typing import Any
+
+class CachedReadInto:
+    """``readinto(b)`` of a buffered io_uring ``uringstack.FileIO`` whose page-cache copy runs in C."""
+
+    def __init__(self, fd: int, lock: Any, backend: Any, tracker: Any, file: Any) -> None: ...
+    def __call__(self, b: Any, /) -> int | None: ...
+    def disarm(self) -> None:
+        """Send every later call to the file's Python step."""
+    @property
+    def armed(self) -> bool:
+        """True while calls copy cached reads here (not disarmed, not in a fork child)."""

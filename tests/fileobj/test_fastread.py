@@ -1,0 +1,398 @@
+"""``uringstack.FileIO.readinto``'s page-cache step in C (``uringstack.fileobj._fastread``).
+
+On a buffered io_uring file opened for reading, ``readinto`` is a
+``CachedReadInto`` instance attribute: it copies a read the page cache holds
+in full with ``preadv2(RWF_NOWAIT)`` at the file position and hands anything
+else to the Python step (``FileIO._readinto_fallback``).  These tests check
+that it keeps every duty of the Python step it shortcuts: the file's lock,
+the in-flight tracker a close waits on, the backend's switches, fork, closed
+files and unusual buffers.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import pathlib
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import uringstack
+from tests.requires import skip_without
+from uringstack.fileobj._fastread import CachedReadInto
+from uringstack.stack import Stack, open_stack
+from uringstack.stack.uring_backend import UringFileIO
+
+URING = {"core.backend": "auto", "fallback.mode": "auto"}
+
+
+@pytest.fixture
+def uring_stack() -> Any:
+    s = open_stack(overrides=URING)
+    yield s
+    s.close()
+
+
+def _file(tmp_path: pathlib.Path, size: int) -> tuple[pathlib.Path, bytes]:
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)  # just written: in the page cache
+    return path, data
+
+
+def _armed(f: uringstack.FileIO) -> CachedReadInto:
+    """The C step of *f* (asserted present and armed), with its backend checked to copy."""
+    fast = vars(f).get("readinto")
+    handle = f.handle
+    assert handle is not None and isinstance(handle.io, UringFileIO)
+    if not handle.io._reads_cached_inline:
+        skip_without("reads at the file position copied from the page cache (Linux 5.6+, RWF_NOWAIT)")
+    assert isinstance(fast, CachedReadInto) and fast.armed
+    return fast
+
+
+def _spy_ring_reads(f: uringstack.FileIO, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Lengths of the reads that reach *f*'s ring."""
+    handle = f.handle
+    assert handle is not None
+    ring: Any = handle.ring
+    real = ring.rw_one
+    lengths: list[int] = []
+
+    def spy(opcode: int, fd: int, buf: Any, length: int, *rest: Any) -> int:
+        lengths.append(length)
+        result: int = real(opcode, fd, buf, length, *rest)
+        return result
+
+    monkeypatch.setattr(ring, "rw_one", spy)
+    return lengths
+
+
+def _spy_python_steps(f: uringstack.FileIO, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What the C step hands to *f*'s Python step (its *copied* argument), per call."""
+    real = f._readinto_fallback
+    steps: list[object] = []
+
+    def spy(b: Any, copied: int | None) -> int | None:
+        steps.append(copied)
+        return real(b, copied)
+
+    monkeypatch.setattr(f, "_readinto_fallback", spy)
+    return steps
+
+
+def _starts(f: uringstack.FileIO) -> int:
+    handle: Any = f.handle
+    tracker = handle._inflight
+    with tracker._lock:
+        n: int = tracker._starts()
+    return n
+
+
+def test_a_cached_read_is_copied_in_c_not_through_the_ring(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = _file(tmp_path, 300_000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _armed(f)
+        ring_reads = _spy_ring_reads(f, monkeypatch)
+        python_steps = _spy_python_steps(f, monkeypatch)
+        f.seek(1000)
+        buf = bytearray(65536)
+        assert f.readinto(buf) == 65536 and buf == data[1000:66536]
+        m = memoryview(bytearray(100_000))
+        assert f.readinto(m[10:20_010]) == 20_000 and m[10:20_010] == data[66536:86536]
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 86536 == f.tell()
+        assert ring_reads == [] and python_steps == []
+        assert _starts(f) == 0  # every copy counted out of the tracker
+        # the end of file: the short copy hands the rest to the ring (read(2) would not be
+        # short before the end), which finds the end; then 0 from C alone
+        f.seek(len(data) - 10)
+        assert f.readinto(buf) == 10 and buf[:10] == data[-10:]
+        assert python_steps == [10] and ring_reads == [65536 - 10]
+        assert f.readinto(buf) == 0
+        assert python_steps == [10] and ring_reads == [65536 - 10]
+        assert _starts(f) == 0
+
+
+def test_what_the_page_cache_lacks_goes_to_the_ring(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real cold pages: the first page cached only (a partial copy: the ring reads the
+    rest where the copy stopped) and none cached (EAGAIN: the ring reads it all)."""
+    path, data = _file(tmp_path, 1 << 20)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _armed(f)
+        fd = f.fileno()
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead past what is read
+        try:
+            os.preadv(fd, (bytearray(4096),), 200_704, os.RWF_NOWAIT)
+        except BlockingIOError:
+            pass  # dropped, as it should be
+        else:
+            skip_without("a page cache POSIX_FADV_DONTNEED empties (tmpfs keeps every page)")
+        steps = _spy_python_steps(f, monkeypatch)
+        ring_reads = _spy_ring_reads(f, monkeypatch)
+        buf = bytearray(8192)
+        os.pread(fd, 4096, 98_304)  # the page holding 100_000, and only it
+        f.seek(100_000)
+        assert f.readinto(buf) == 8192 and buf == data[100_000:108_192]
+        f.seek(500_000)
+        assert f.readinto(buf) == 8192 and buf == data[500_000:508_192]
+        copied = 98_304 + 4096 - 100_000
+        assert steps == [copied, None]
+        assert ring_reads == [8192 - copied, 8192]
+        assert f.tell() == 508_192 and _starts(f) == 0
+
+
+def test_the_backend_switches_are_read_per_call(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turned off after the open, copies in the caller stop (the ring reads), and a
+    completion hook hears of each cached read, as on the Python step."""
+    path, data = _file(tmp_path, 50_000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _armed(f)
+        handle = f.handle
+        assert handle is not None
+        io: Any = handle.io
+        ring_reads = _spy_ring_reads(f, monkeypatch)
+        buf = bytearray(1000)
+        monkeypatch.setattr(io, "_reads_cached_inline", False)
+        assert f.readinto(buf) == 1000 and buf == data[:1000]
+        assert ring_reads == [1000]
+        monkeypatch.undo()
+        ring_reads = _spy_ring_reads(f, monkeypatch)
+        heard: list[tuple[str, object, list[int]]] = []
+        monkeypatch.setattr(
+            io, "completion_hook", lambda op, ring: lambda batch: heard.append((op, ring, list(batch.results)))
+        )
+        assert f.readinto(buf) == 1000 and buf == data[1000:2000]
+        assert heard == [("read", None, [1000])] and ring_reads == []
+        monkeypatch.setattr(io, "completion_hook", None)
+        assert f.readinto(buf) == 1000 and buf == data[2000:3000]
+        assert heard == [("read", None, [1000])] and ring_reads == []
+
+
+def test_a_copy_holds_the_files_lock_and_is_tracked(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    """While the copy runs (the GIL released), the file's lock is held and the tracker
+    counts it: another thread's close() waits for it, and no read or write of this
+    file runs beside it."""
+    size = 128 << 20
+    path = tmp_path / "big"
+    with open(path, "wb") as out:
+        out.truncate(size)
+    with open(path, "rb") as warm:  # the page cache holds all of it
+        while warm.read(1 << 22):
+            pass
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _armed(f)
+        buf = bytearray(size)
+        seen = {"starts": 0, "locked": 0}
+        done = threading.Event()
+
+        def read_all() -> None:
+            try:
+                for _ in range(8):
+                    f.seek(0)
+                    assert f.readinto(buf) == size
+            finally:
+                done.set()
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 20
+        while not done.is_set() and time.monotonic() < deadline:
+            if _starts(f) > 0:
+                seen["starts"] += 1
+            if f._lock.acquire(False):
+                f._lock.release()
+            else:
+                seen["locked"] += 1
+        reader.join(20)
+        assert not reader.is_alive()
+        assert seen["starts"] > 0, "no copy was ever counted in the tracker"
+        assert seen["locked"] > 0, "the file's lock was never held during a copy"
+        assert _starts(f) == 0
+
+
+def test_the_file_lock_held_by_another_thread_is_waited_for(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    path, _ = _file(tmp_path, 10_000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _armed(f)
+        got: list[int | None] = []
+        with f._lock:
+            reader = threading.Thread(target=lambda: got.append(f.readinto(bytearray(100))), daemon=True)
+            reader.start()
+            reader.join(0.3)
+            assert reader.is_alive() and got == []  # waits for the lock, as the Python step does
+            f.seek(5000)
+        reader.join(10)
+        assert got == [100] and f.tell() == 5100
+
+
+def test_closed_files_and_kept_references(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    path, _ = _file(tmp_path, 10_000)
+    f = uringstack.FileIO(path, "rb", stack=uring_stack)
+    fast = _armed(f)
+    f.close()
+    assert "readinto" not in vars(f) and not fast.armed
+    for call in (f.readinto, fast):
+        with pytest.raises(ValueError, match="I/O operation on closed file"):
+            call(bytearray(10))
+    g = uringstack.FileIO(path, "rb", stack=uring_stack)
+    fast = _armed(g)
+    handle = g.handle
+    assert handle is not None
+    handle.close()  # behind the file's back: taken away too (the tracker refuses meanwhile)
+    assert "readinto" not in vars(g) and not fast.armed
+    for call in (g.readinto, fast):
+        with pytest.raises(ValueError, match="I/O operation on closed file"):
+            call(bytearray(10))
+    g.close()
+
+
+def test_a_closing_tracker_refuses_the_copy(
+    tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a close's first step (the tracker refuses new starts) and the file's
+    closed flag, the C step copies nothing: the Python step raises closed."""
+    path, _ = _file(tmp_path, 1000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        _armed(f)
+        handle: Any = f.handle
+        steps = _spy_python_steps(f, monkeypatch)
+        monkeypatch.setattr(handle._inflight, "_closed", True)
+        with pytest.raises(ValueError, match="I/O operation on closed file"):
+            f.readinto(bytearray(10))
+        assert steps == [-1] and f.tell() == 0 and _starts(f) == 0
+
+
+def test_a_descriptor_closed_behind_the_file_fails_as_the_builtin(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    """The copy's own error (EBADF) goes to the Python step, which reports it as ``open()``."""
+    path, _ = _file(tmp_path, 100)
+    f = uringstack.FileIO(path, "rb", stack=uring_stack)
+    _armed(f)
+    os.close(f.fileno())
+    with pytest.raises(OSError) as info:
+        f.readinto(bytearray(3))
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(OSError):
+        f.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: array.array("b", bytes(64)),
+        lambda: memoryview(bytearray(128))[::2],  # not contiguous
+        lambda: b"read-only" * 8,
+        lambda: memoryview(bytes(64)),
+        lambda: bytearray(),
+        lambda: memoryview(bytearray(0)),
+    ],
+    ids=["array", "strided", "bytes", "readonly-view", "empty", "empty-view"],
+)
+def test_other_buffers_behave_as_the_builtin(tmp_path: pathlib.Path, uring_stack: Stack, make: Any) -> None:
+    """What C does not take (not a writable plain buffer, empty) goes to the Python step: the
+    result or the exception of ``io.FileIO.readinto``, and the same position."""
+    path, _ = _file(tmp_path, 1000)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f, open(path, "rb", buffering=0) as ref:
+        _armed(f)
+
+        def outcome(file: Any) -> tuple[object, int]:
+            b = make()
+            try:
+                result: object = (file.readinto(b), bytes(b))
+            except Exception as e:  # (the exception is the comparison)
+                result = type(e)
+            return result, file.tell()
+
+        assert outcome(f) == outcome(ref)
+
+
+def test_a_call_takes_one_argument(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    path, _ = _file(tmp_path, 100)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        fast = _armed(f)
+        with pytest.raises(TypeError):
+            fast()
+        with pytest.raises(TypeError):
+            fast(bytearray(1), bytearray(1))
+        with pytest.raises(TypeError):
+            fast(b=bytearray(1))
+
+
+def test_a_fork_child_takes_the_python_step(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
+    """In a fork child the C step is off: the Python step refuses the inherited handle."""
+    path, _ = _file(tmp_path, 100)
+    with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
+        fast = _armed(f)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                try:
+                    f.readinto(bytearray(10))
+                    verdict = "read"
+                except Exception as e:  # (reported to the parent)
+                    verdict = type(e).__name__
+                os.write(w, f"{fast.armed} {verdict}".encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            report = os.read(r, 200).decode()
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+        assert report == "False ForkedChildError"
+        assert fast.armed and f.readinto(bytearray(10)) == 10
+
+
+@pytest.mark.parametrize(
+    ("mode", "kwargs"),
+    [("wb", {}), ("rb", {"direct": True}), ("rb", {"closefd": False})],
+    ids=["write-only", "direct", "closefd-false"],
+)
+def test_where_the_c_step_is_not_installed(
+    tmp_path: pathlib.Path, uring_stack: Stack, mode: str, kwargs: dict[str, Any]
+) -> None:
+    """Only where the Python step reads at the position: readable, buffered, its own descriptor."""
+    path, _ = _file(tmp_path, 8192)
+    fd = None
+    target: Any = path
+    if kwargs.get("closefd") is False:
+        fd = target = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            f = uringstack.FileIO(target, mode, stack=uring_stack, **kwargs)
+        except OSError as e:
+            if kwargs.get("direct") and e.errno == errno.EINVAL:
+                skip_without(f"O_DIRECT on the file system of {tmp_path}")
+            raise
+        with f:
+            assert "readinto" not in vars(f)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def test_not_on_the_fallback_backend_nor_a_single_issuer_ring(tmp_path: pathlib.Path) -> None:
+    path, _ = _file(tmp_path, 100)
+    for overrides in ({"core.backend": "fallback"}, {**URING, "core.single_issuer": "on"}):
+        s = open_stack(overrides=overrides)
+        try:
+            f = uringstack.FileIO(path, "rb", stack=s)
+            handle = f.handle
+            assert handle is not None
+            assert "readinto" not in vars(f)
+            handle.worker.call(f.close) if handle.worker is not None else f.close()
+        finally:
+            s.close()
