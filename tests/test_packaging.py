@@ -60,5 +60,5 @@ def test_wheel_ships_pep561_markers(tmp_path: pathlib.Path) -> None:
     assert "uringstack/hookspecs.py" in names  # guards the test: it looked at the real wheel
     # the compiled parts: the cffi binding and FileIO.readinto's C step, with its stub
     assert any(n.startswith("uringstack/ring/_uring") and n.endswith(".so") for n in names)
-    assert any(n.startswith("uringstack/fileobj/_fastread") and n.endswith(".so") for n in names)
-    assert "uringstack/fileobj/_fastread.pyi" in names
+    assert any(n.startswith("uringstack/fileobj/_fastio") and n.endswith(".so") for n in names)
+    assert "uringstack/fileobj/_fastio.pyi" in names

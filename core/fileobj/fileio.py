@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import AlignmentError, RingClosedError
-from uringstack.fileobj._fastread import CachedReadInto
+from uringstack.fileobj._fastio import CachedReadInto
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
 from uringstack.ring.interrupts import despite_signals
@@ -308,7 +308,7 @@ class FileIO(io.RawIOBase):
             track(self, raw=True)
 
     def _arm_cached_reads(self, handle: FileHandle) -> None:
-        """Make this file's ``readinto`` the C page-cache step where it serves (``_fastread.c``).
+        """Make this file's ``readinto`` the C page-cache step where it serves (``_fastio.c``).
 
         ``io.BufferedReader`` (and so ``hashlib.file_digest``, ``shutil.copyfileobj``)
         calls ``raw.readinto`` once per chunk; the Python method's frames cost
@@ -334,7 +334,7 @@ class FileIO(io.RawIOBase):
             fast.disarm()
 
     def _readinto_fallback(self, b: Any, copied: int | None) -> int | None:
-        """What the C ``readinto`` step (``_fastread.CachedReadInto``) hands back to Python.
+        """What the C ``readinto`` step (``_fastio.CachedReadInto``) hands back to Python.
 
         *copied* -1: the whole of :meth:`readinto` (not a plain buffer, the file's lock
         held by another thread, closed, or the copy failed: the Python step retries it

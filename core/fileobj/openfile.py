@@ -17,6 +17,7 @@ import os
 import warnings
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
+from uringstack.fileobj._fastio import HeldWrite
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.fileio import FileIO, Opener, PathArg, _type_name
 
@@ -66,6 +67,10 @@ class BufferedWriter(io.BufferedWriter):
     def __init__(self, raw: FileIO, buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> None:
         super().__init__(raw, buffer_size)
         self._hold = raw._hold if isinstance(raw, FileIO) and raw._enable_holding(buffer_size) else None
+        if self._hold is not None and type(self) is BufferedWriter:
+            # this class's write with no Python frame per call (copyfileobj calls it per chunk):
+            # the same steps, in C, an instance attribute over the method (_fastio.c)
+            vars(self)["write"] = HeldWrite(self, raw, raw._held, raw._fd, HOLD_MIN)
 
     def write(self, b: Any) -> int:
         """``io.BufferedWriter.write``; an immutable ``bytes`` of ``HOLD_MIN`` bytes or more is

@@ -32,7 +32,7 @@ def _spy_one(f: uringstack.FileIO, monkeypatch: pytest.MonkeyPatch) -> list[tupl
 
     monkeypatch.setattr(handle, "_one", spy)
     # the Python step, whose calls this spies on (the C page-cache step, which makes no
-    # Python call to spy on, is tested in test_fastread.py)
+    # Python call to spy on, is tested in test_fastio_read.py)
     f._disarm_cached_reads()
     here = handle._here
     if here is not None:

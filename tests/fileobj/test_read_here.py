@@ -217,7 +217,7 @@ def test_what_the_page_cache_lacks_goes_to_the_ring(
             raise OSError(refusal, os.strerror(refusal))
 
         monkeypatch.setattr(uring_backend.os, "preadv", refused)
-        f._disarm_cached_reads()  # the Python step's refusals (the C step's: test_fastread.py)
+        f._disarm_cached_reads()  # the Python step's refusals (the C step's: test_fastio_read.py)
         buf = bytearray(10_000)
         for i in range(3):
             assert f.readinto(buf) == 10_000 and buf == data[i * 10_000 : (i + 1) * 10_000]

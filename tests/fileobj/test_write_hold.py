@@ -6,6 +6,7 @@ would have put it: in order with every other write, before ``seek``/``tell``/
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -16,8 +17,29 @@ from typing import Any
 import pytest
 
 import uringstack
+from uringstack.fileobj import openfile
+from uringstack.fileobj._fastio import HeldWrite
 from uringstack.fileobj.openfile import HOLD_MIN
 from uringstack.stack import Stack
+
+
+@pytest.fixture(autouse=True, params=["c-step", "python-step"])
+def write_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: through the write's C step (``_fastio.HeldWrite``, the default
+    where large ``bytes`` are held) and through the class's Python ``write``."""
+    init = openfile.BufferedWriter.__init__
+
+    def check_step(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if self._hold is None:
+            return  # nothing held: no C step either way
+        if request.param == "c-step":
+            assert isinstance(vars(self)["write"], HeldWrite)
+        else:
+            del vars(self)["write"]
+
+    monkeypatch.setattr(openfile.BufferedWriter, "__init__", check_step)
+    return str(request.param)
 
 
 def _spy_gathers(f: Any) -> list[list[Any]]:
@@ -221,3 +243,68 @@ def test_one_writer_from_several_threads_keeps_each_write_whole(tmp_path: pathli
         runs.append((data[at], end - at))
         at = end
     assert sorted(runs) == sorted((k * 40 + i, sizes[i % 4]) for k in range(4) for i in range(40))
+
+
+def test_the_write_step_is_where_bytes_are_held(tmp_path: pathlib.Path, stack: Stack, write_step: str) -> None:
+    """A C step only on a binary write-only file (holding): text, append and update
+    modes keep the class's ``write``."""
+    for mode, held in (("wb", True), ("xb", True), ("w", False), ("ab", False), ("r+b", False)):
+        path = tmp_path / f"f{mode.replace('+', 'p')}"
+        if mode == "r+b":
+            path.write_bytes(b"")
+        with uringstack.open(path, mode, stack=stack) as f:
+            buffer = getattr(f, "buffer", f)
+            assert ("write" in vars(buffer)) is (held and write_step == "c-step"), mode
+
+
+def test_a_lock_held_by_another_thread_is_waited_for(tmp_path: pathlib.Path, stack: Stack) -> None:
+    path = tmp_path / "f"
+    with uringstack.open(path, "wb", stack=stack) as f:
+        raw = f.raw
+        done: list[int] = []
+        with raw._lock:
+            t = threading.Thread(target=lambda: done.append(f.write(b"a" * HOLD_MIN)), daemon=True)
+            t.start()
+            t.join(0.3)
+            assert t.is_alive() and done == []
+            os.write(raw._fd, b"head")  # the position moves before the held chunk records it
+        t.join(10)
+        assert done == [HOLD_MIN]
+    assert path.read_bytes() == b"head" + b"a" * HOLD_MIN
+
+
+def test_a_raw_file_closed_behind_the_writer(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Nothing is held once the raw file closed (the C step checks the file still holds
+    for it); the write fails as the built-in's writer over a closed raw file does."""
+    path = tmp_path / "f"
+    f = uringstack.open(path, "wb", stack=stack)
+    f.write(b"1" * HOLD_MIN)
+    f.raw.close()
+    with pytest.raises(ValueError, match="closed file"):
+        f.write(b"2" * HOLD_MIN)
+    assert path.read_bytes() == b"1" * HOLD_MIN
+    with contextlib.suppress(ValueError):
+        f.close()
+
+
+def test_a_write_takes_one_argument(tmp_path: pathlib.Path, stack: Stack) -> None:
+    with uringstack.open(tmp_path / "f", "wb", stack=stack) as f:
+        with pytest.raises(TypeError):
+            f.write()
+        with pytest.raises(TypeError):
+            f.write(b"a", b"b")
+        assert f.write(b"ok") == 2
+    assert (tmp_path / "f").read_bytes() == b"ok"
+
+
+def test_the_files_held_object_replaced_is_the_one_used(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """The C step holds for the file's current ``_held`` only (closed: None; a race between
+    the writer's flush and the hold could close it): another goes through ``FileIO._hold``."""
+    path = tmp_path / "f"
+    with uringstack.open(path, "wb", stack=stack) as f:
+        f.write(b"1" * HOLD_MIN)
+        f.flush()
+        assert f.raw._enable_holding(2 * HOLD_MIN)  # a new held object for the same file
+        f.write(b"2" * HOLD_MIN)
+        assert f.raw._held.nbytes == HOLD_MIN
+    assert path.read_bytes() == b"1" * HOLD_MIN + b"2" * HOLD_MIN

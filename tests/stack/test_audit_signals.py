@@ -209,6 +209,7 @@ def test_a_second_signal_while_fileio_readinto_looks_up_its_interrupted_op(
         assert isinstance(raw, uringstack.FileIO)
         assert raw.handle is not None
         monkeypatch.setattr(raw.handle, "_cached", lambda buf, want: None)  # as in _opened("readinto")
+        raw._disarm_cached_reads()
         sent = _second_signal_in_lookup(ring, monkeypatch)
         _to_pipe(ring, r, monkeypatch)
         buf = bytearray(4096)
@@ -408,6 +409,7 @@ def _opened(
         # read, and the alarm lands after it ("DID NOT RAISE").
         assert raw.handle is not None
         monkeypatch.setattr(raw.handle, "_cached", lambda buf, want: None)
+        raw._disarm_cached_reads()  # (its C step copies without _cached: the Python step here)
         return raw.close, lambda: raw.readinto(buf)
     h = s.open(path)
     if form == "read_into":

@@ -1,4 +1,4 @@
-"""``uringstack.FileIO.readinto``'s page-cache step in C (``uringstack.fileobj._fastread``).
+"""``uringstack.FileIO.readinto``'s page-cache step in C (``uringstack.fileobj._fastio``).
 
 On a buffered io_uring file opened for reading, ``readinto`` is a
 ``CachedReadInto`` instance attribute: it copies a read the page cache holds
@@ -23,7 +23,7 @@ import pytest
 
 import uringstack
 from tests.requires import skip_without
-from uringstack.fileobj._fastread import CachedReadInto
+from uringstack.fileobj._fastio import CachedReadInto
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.uring_backend import UringFileIO
 

@@ -1,4 +1,4 @@
-"""Types of the C extension ``uringstack.fileobj._fastread`` (source: ``_fastread.c``)."""
+"""Types of the C extension ``uringstack.fileobj._fastio`` (source: ``_fastio.c``)."""
 
 from typing import Any
 
@@ -12,3 +12,9 @@ class CachedReadInto:
     @property
     def armed(self) -> bool:
         """True while calls copy cached reads here (not disarmed, not in a fork child)."""
+
+class HeldWrite:
+    """``write(b)`` of a write-only ``uringstack.open()`` file: large ``bytes`` kept for one gathered write, in C."""
+
+    def __init__(self, writer: Any, raw: Any, held: Any, fd: int, hold_min: int) -> None: ...
+    def __call__(self, b: Any, /) -> int: ...

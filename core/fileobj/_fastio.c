@@ -1,16 +1,18 @@
-/* uringstack.fileobj._fastread: the page-cache step of uringstack.FileIO.readinto, in C.
+/* uringstack.fileobj._fastio: the per-chunk steps of uringstack's buffered file objects, in C.
  *
  * io.BufferedReader calls its raw file's readinto once per chunk (a
- * shutil.copyfileobj 64 KiB read, a hashlib.file_digest 256 KiB read).  The
- * Python readinto of a buffered io_uring file first copies what the page
- * cache holds with preadv2(RWF_NOWAIT) at the file position; written in
- * Python, its frames (the file, the handle, the backend, the ring's checks)
- * cost ~1.5-1.9 us a call over io.FileIO's readinto (measured), a third of a
- * hot 64 KiB read.  This object is that first step with no Python frame:
- * installed as the file's instance attribute ``readinto`` (which
- * io.BufferedReader looks up on the instance), it copies a read the page
- * cache holds in full and returns its length; anything else goes to the
- * file's Python method (the ring path, the errors, the checks), as
+ * shutil.copyfileobj 64 KiB read, a hashlib.file_digest 256 KiB read), and
+ * shutil.copyfileobj calls its destination's write once per chunk.  Written
+ * in Python, those steps' frames cost microseconds a call over the
+ * built-in's (measured: docs/api.md), a fifth of a hot 64 KiB read.  Two
+ * objects do the common case of each with no Python frame, and hand every
+ * other case to the Python method they shortcut:
+ *
+ * CachedReadInto, installed as a uringstack.FileIO's instance attribute
+ * ``readinto`` (which io.BufferedReader looks up on the instance): the Python
+ * readinto of a buffered io_uring file first copies what the page cache holds
+ * with preadv2(RWF_NOWAIT) at the file position.  This copies a read the page
+ * cache holds in full and returns its length; anything else goes to
  * ``file._readinto_fallback(b, copied)``:
  *
  *   copied > 0   the first *copied* bytes are in b (the position moved past
@@ -28,6 +30,13 @@
  * handle inherited through fork).  The GIL is released during the copy, as
  * io.FileIO releases it; the buffer is exported for that time, so a
  * bytearray cannot be resized under it.
+ *
+ * HeldWrite, installed as a write-only uringstack.open() file's instance
+ * attribute ``write`` (uringstack.fileobj.openfile.BufferedWriter): its
+ * Python write keeps a large ``bytes`` object instead of copying it into the
+ * buffer (FileIO._hold: one gathered write per buffer's worth).  This does
+ * that keeping, as FileIO._hold does, and hands everything else to the
+ * Python methods (see HeldWrite's own comment).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,7 +52,7 @@
 static unsigned long fork_generation;
 
 static void
-fastread_after_fork_child(void)
+fastio_after_fork_child(void)
 {
     fork_generation++;
 }
@@ -379,7 +388,7 @@ static PyGetSetDef cached_readinto_getset[] = {
 
 static PyTypeObject CachedReadIntoType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "uringstack.fileobj._fastread.CachedReadInto",
+    .tp_name = "uringstack.fileobj._fastio.CachedReadInto",
     .tp_doc = PyDoc_STR(
         "CachedReadInto(fd, lock, backend, tracker, file): readinto(b) of a buffered io_uring "
         "uringstack.FileIO whose page-cache copy runs in C (see the module's source)."),
@@ -396,17 +405,329 @@ static PyTypeObject CachedReadIntoType = {
     .tp_getset = cached_readinto_getset,
 };
 
-static struct PyModuleDef fastread_module = {
+/* ---- HeldWrite -------------------------------------------------------------------------
+ *
+ * write(b) of uringstack.fileobj.openfile.BufferedWriter over a holding FileIO,
+ * the same steps as the Python method (BufferedWriter.write, then FileIO._hold):
+ *
+ *   not a ``bytes`` of hold_min bytes or more (or the file re-opened or closed
+ *   since: its ``_held`` is not this one): io.BufferedWriter.write, in C;
+ *   else io.BufferedWriter.flush (the buffer's bytes go first; a ValueError,
+ *   closed or detached, makes it io.BufferedWriter.write, for the built-in's
+ *   error in its words), then, under the file's lock (taken without
+ *   blocking; held by another thread, FileIO._hold waits for it): the first
+ *   held chunk records the position (lseek), the chunk is appended to a new
+ *   list (a stored list is never changed: FileIO._unmake and _release read
+ *   it), and once the limit is held FileIO._release writes it all.
+ *
+ * The held object stays alive through the reference, and ``bytes`` cannot
+ * change, which is why only ``bytes`` is kept. */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    Py_ssize_t hold_min;
+    Py_ssize_t limit;
+    PyObject *writer_ref; /* weakref to the BufferedWriter */
+    PyObject *raw;        /* its uringstack.FileIO */
+    PyObject *held;       /* the FileIO's _Held at install time */
+    PyObject *acquire;
+    PyObject *release;
+    vectorcallfunc vectorcall;
+} HeldWrite;
+
+static PyObject *io_write, *io_flush; /* io.BufferedWriter.write / .flush */
+static PyObject *chunks_name, *nbytes_name, *pos_name, *held_name, *closed_flag_name, *hold_name,
+    *release_name;
+
+static PyObject *
+held_write_builtin(PyObject *writer, PyObject *b)
+{
+    PyObject *args[2] = {writer, b};
+    return PyObject_Vectorcall(io_write, args, 2, NULL);
+}
+
+/* FileIO._hold(b), in C; the caller holds a reference to b (a bytes object). */
+static PyObject *
+held_write_hold(HeldWrite *self, PyObject *b)
+{
+    PyObject *args[2] = {self->raw, b};
+    PyObject *flag = PyObject_GetAttr(self->raw, closed_flag_name);
+    if (flag == NULL)
+        return NULL;
+    int closed = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    if (closed < 0)
+        return NULL;
+    PyObject *held = PyObject_GetAttr(self->raw, held_name);
+    if (held == NULL)
+        return NULL;
+    Py_DECREF(held); /* (compared by identity only; self->held keeps ours alive) */
+    if (closed || held != self->held)
+        goto python_hold;
+    PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
+    if (got == NULL)
+        return NULL;
+    int locked = got == Py_True;
+    Py_DECREF(got);
+    if (!locked)
+        goto python_hold;
+
+    PyObject *res = NULL, *chunks = NULL, *grown = NULL, *nbytes = NULL, *total = NULL;
+    chunks = PyObject_GetAttr(self->held, chunks_name);
+    if (chunks == NULL || !PyList_CheckExact(chunks)) {
+        if (chunks != NULL)
+            PyErr_SetString(PyExc_TypeError, "held chunks must be a list");
+        goto unlock;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(chunks);
+    if (n == 0) {
+        off_t pos = lseek(self->fd, 0, SEEK_CUR);
+        if (pos < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto unlock;
+        }
+        PyObject *at = PyLong_FromLongLong((long long)pos);
+        if (at == NULL || PyObject_SetAttr(self->held, pos_name, at) < 0) {
+            Py_XDECREF(at);
+            goto unlock;
+        }
+        Py_DECREF(at);
+    }
+    nbytes = PyObject_GetAttr(self->held, nbytes_name);
+    if (nbytes == NULL)
+        goto unlock;
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
+    Py_ssize_t held_bytes = PyLong_AsSsize_t(nbytes);
+    if (held_bytes == -1 && PyErr_Occurred())
+        goto unlock;
+    grown = PyList_New(n + 1);
+    total = PyLong_FromSsize_t(held_bytes + size);
+    if (grown == NULL || total == NULL)
+        goto unlock;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(chunks, i);
+        Py_INCREF(item);
+        PyList_SET_ITEM(grown, i, item);
+    }
+    Py_INCREF(b);
+    PyList_SET_ITEM(grown, n, b);
+    /* the two stores with no Python code between them (as FileIO._hold's) */
+    if (PyObject_SetAttr(self->held, chunks_name, grown) < 0)
+        goto unlock;
+    if (PyObject_SetAttr(self->held, nbytes_name, total) < 0)
+        goto unlock;
+    if (held_bytes + size >= self->limit) {
+        PyObject *r = PyObject_CallMethodNoArgs(self->raw, release_name);
+        if (r == NULL)
+            goto unlock;
+        Py_DECREF(r);
+    }
+    res = PyLong_FromSsize_t(size);
+unlock:
+    Py_XDECREF(chunks);
+    Py_XDECREF(grown);
+    Py_XDECREF(nbytes);
+    Py_XDECREF(total);
+    {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *r = PyObject_CallNoArgs(self->release);
+        if (r == NULL) {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+            Py_XDECREF(res);
+            return NULL;
+        }
+        Py_DECREF(r);
+        PyErr_Restore(et, ev, tb);
+    }
+    return res;
+
+python_hold:
+    return PyObject_VectorcallMethod(hold_name, args, 2, NULL);
+}
+
+static PyObject *
+held_write_call(HeldWrite *self, PyObject *b)
+{
+    PyObject *writer = PyWeakref_GetObject(self->writer_ref);
+    if (writer == NULL)
+        return NULL;
+    if (writer == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed file.");
+        return NULL;
+    }
+    Py_INCREF(writer);
+    Py_INCREF(b);
+    PyObject *res;
+    if (!PyBytes_CheckExact(b) || PyBytes_GET_SIZE(b) < self->hold_min) {
+        res = held_write_builtin(writer, b);
+    } else {
+        PyObject *flushed = PyObject_CallOneArg(io_flush, writer);
+        if (flushed != NULL) {
+            Py_DECREF(flushed);
+            res = held_write_hold(self, b);
+        } else if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear(); /* closed or detached: the built-in's error, in its words */
+            res = held_write_builtin(writer, b);
+        } else {
+            res = NULL;
+        }
+    }
+    Py_DECREF(b);
+    Py_DECREF(writer);
+    return res;
+}
+
+static PyObject *
+held_write_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_Format(PyExc_TypeError, "write() takes exactly one argument (%zd given)", nargs);
+        return NULL;
+    }
+    return held_write_call((HeldWrite *)callable, args[0]);
+}
+
+static int
+held_write_init(HeldWrite *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"writer", "raw", "held", "fd", "hold_min", NULL};
+    PyObject *writer, *raw, *held;
+    int fd;
+    Py_ssize_t hold_min;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOin:HeldWrite", kwlist, &writer, &raw, &held, &fd,
+                                     &hold_min))
+        return -1;
+    if (fd < 0 || hold_min < 1) {
+        PyErr_SetString(PyExc_ValueError, "HeldWrite needs a descriptor and a positive hold_min");
+        return -1;
+    }
+    PyObject *lock = PyObject_GetAttrString(held, "lock");
+    if (lock == NULL)
+        return -1;
+    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
+    PyObject *release = acquire ? PyObject_GetAttrString(lock, "release") : NULL;
+    Py_DECREF(lock);
+    PyObject *limit = release ? PyObject_GetAttrString(held, "limit") : NULL;
+    Py_ssize_t limit_n = limit ? PyLong_AsSsize_t(limit) : -1;
+    Py_XDECREF(limit);
+    PyObject *writer_ref = (limit_n == -1 && PyErr_Occurred()) || release == NULL ? NULL
+                                                                                   : PyWeakref_NewRef(writer, NULL);
+    if (writer_ref == NULL) {
+        Py_XDECREF(acquire);
+        Py_XDECREF(release);
+        return -1;
+    }
+    Py_XSETREF(self->writer_ref, writer_ref);
+    Py_INCREF(raw);
+    Py_XSETREF(self->raw, raw);
+    Py_INCREF(held);
+    Py_XSETREF(self->held, held);
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    self->fd = fd;
+    self->hold_min = hold_min;
+    self->limit = limit_n;
+    self->vectorcall = held_write_vectorcall;
+    return 0;
+}
+
+static PyObject *
+held_write_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    HeldWrite *self = (HeldWrite *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->fd = -1;
+        self->hold_min = PY_SSIZE_T_MAX; /* not initialised: every call is the built-in's write */
+        self->vectorcall = held_write_vectorcall;
+    }
+    return (PyObject *)self;
+}
+
+static int
+held_write_traverse(HeldWrite *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->writer_ref);
+    Py_VISIT(self->raw);
+    Py_VISIT(self->held);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    return 0;
+}
+
+static int
+held_write_clear(HeldWrite *self)
+{
+    Py_CLEAR(self->writer_ref);
+    Py_CLEAR(self->raw);
+    Py_CLEAR(self->held);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    return 0;
+}
+
+static void
+held_write_dealloc(HeldWrite *self)
+{
+    PyObject_GC_UnTrack(self);
+    held_write_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject HeldWriteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringstack.fileobj._fastio.HeldWrite",
+    .tp_doc = PyDoc_STR(
+        "HeldWrite(writer, raw, held, fd, hold_min): write(b) of a write-only uringstack.open() file "
+        "that keeps large bytes objects for one gathered write in C (see the module's source)."),
+    .tp_basicsize = sizeof(HeldWrite),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = held_write_new,
+    .tp_init = (initproc)held_write_init,
+    .tp_dealloc = (destructor)held_write_dealloc,
+    .tp_traverse = (traverseproc)held_write_traverse,
+    .tp_clear = (inquiry)held_write_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(HeldWrite, vectorcall),
+};
+
+static struct PyModuleDef fastio_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "uringstack.fileobj._fastread",
-    .m_doc = "The page-cache step of uringstack.FileIO.readinto in C (see CachedReadInto).",
+    .m_name = "uringstack.fileobj._fastio",
+    .m_doc = "The per-chunk steps of uringstack's buffered file objects in C: CachedReadInto, HeldWrite.",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC
-PyInit__fastread(void)
+PyInit__fastio(void)
 {
-    if (PyType_Ready(&CachedReadIntoType) < 0)
+    if (PyType_Ready(&CachedReadIntoType) < 0 || PyType_Ready(&HeldWriteType) < 0)
+        return NULL;
+    PyObject *io = PyImport_ImportModule("io");
+    if (io == NULL)
+        return NULL;
+    PyObject *bw = PyObject_GetAttrString(io, "BufferedWriter");
+    Py_DECREF(io);
+    if (bw == NULL)
+        return NULL;
+    io_write = PyObject_GetAttrString(bw, "write");
+    io_flush = io_write ? PyObject_GetAttrString(bw, "flush") : NULL;
+    Py_DECREF(bw);
+    if (io_flush == NULL)
+        return NULL;
+    chunks_name = PyUnicode_InternFromString("chunks");
+    nbytes_name = PyUnicode_InternFromString("nbytes");
+    pos_name = PyUnicode_InternFromString("pos");
+    held_name = PyUnicode_InternFromString("_held");
+    closed_flag_name = PyUnicode_InternFromString("_closed_flag");
+    hold_name = PyUnicode_InternFromString("_hold");
+    release_name = PyUnicode_InternFromString("_release");
+    if (!chunks_name || !nbytes_name || !pos_name || !held_name || !closed_flag_name || !hold_name ||
+        !release_name)
         return NULL;
     closed_name = PyUnicode_InternFromString("_closed");
     reads_cached_name = PyUnicode_InternFromString("_reads_cached_inline");
@@ -414,16 +735,22 @@ PyInit__fastread(void)
     fallback_name = PyUnicode_InternFromString("_readinto_fallback");
     if (closed_name == NULL || reads_cached_name == NULL || hook_name == NULL || fallback_name == NULL)
         return NULL;
-    if (pthread_atfork(NULL, NULL, fastread_after_fork_child) != 0) {
+    if (pthread_atfork(NULL, NULL, fastio_after_fork_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
         return NULL;
     }
-    PyObject *m = PyModule_Create(&fastread_module);
+    PyObject *m = PyModule_Create(&fastio_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&CachedReadIntoType);
     if (PyModule_AddObject(m, "CachedReadInto", (PyObject *)&CachedReadIntoType) < 0) {
         Py_DECREF(&CachedReadIntoType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&HeldWriteType);
+    if (PyModule_AddObject(m, "HeldWrite", (PyObject *)&HeldWriteType) < 0) {
+        Py_DECREF(&HeldWriteType);
         Py_DECREF(m);
         return NULL;
     }
