@@ -122,14 +122,15 @@ call_fallback(CachedReadInto *self, PyObject *b, PyObject *copied)
     return res;
 }
 
-/* Release the lock, keeping an error already set (the call that failed under it);
- * -1 with the release's own error set when it failed (then any earlier one is dropped). */
+/* Release a lock through its bound *release*, keeping an error already set (the call
+ * that failed under it); -1 with the release's own error set when it failed (then any
+ * earlier one is dropped). */
 static int
-release_lock(CachedReadInto *self)
+release_keeping_error(PyObject *release)
 {
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *r = PyObject_CallNoArgs(self->release);
+    PyObject *r = PyObject_CallNoArgs(release);
     if (r == NULL) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
@@ -138,6 +139,30 @@ release_lock(CachedReadInto *self)
     }
     Py_DECREF(r);
     PyErr_Restore(et, ev, tb);
+    return 0;
+}
+
+/* A lock's bound *acquire* called without blocking: 1 taken, 0 held elsewhere, -1 error. */
+static int
+try_acquire(PyObject *acquire)
+{
+    PyObject *got = PyObject_CallOneArg(acquire, Py_False);
+    if (got == NULL)
+        return -1;
+    int taken = got == Py_True;
+    Py_DECREF(got);
+    return taken;
+}
+
+/* The argument check of a one-argument call (readinto(b), write(b)). */
+static int
+check_one_arg(const char *name, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly one argument (%zd given)", name, nargs);
+        return -1;
+    }
     return 0;
 }
 
@@ -165,13 +190,11 @@ cached_readinto_call(CachedReadInto *self, PyObject *b)
         PyBuffer_Release(&view);
         goto whole_python_path;
     }
-    PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
-    if (got == NULL) {
+    int locked = try_acquire(self->acquire);
+    if (locked < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    int locked = got == Py_True;
-    Py_DECREF(got);
     if (!locked) {
         /* another thread's read or write holds the file: the Python path waits its turn */
         PyBuffer_Release(&view);
@@ -225,14 +248,15 @@ cached_readinto_call(CachedReadInto *self, PyObject *b)
         res = call_fallback(self, b, Py_None);
     } else {
         /* an error, a signal, or RWF_NOWAIT refused: the Python path retries it and
-         * reports (or remembers the refusal, and disarms this object) */
+         * reports (or remembers the refusal: the backend switch read above then
+         * sends every later call there) */
         minus_one = PyLong_FromLong(-1);
         if (minus_one != NULL)
             res = call_fallback(self, b, minus_one);
     }
 release:
     Py_XDECREF(minus_one);
-    if (release_lock(self) < 0) {
+    if (release_keeping_error(self->release) < 0) {
         Py_XDECREF(res);
         return NULL;
     }
@@ -242,7 +266,7 @@ fail_locked:
     PyBuffer_Release(&view);
 fail_locked_view_released:
     /* the error that brought us here stays set; the lock is still ours to release */
-    (void)release_lock(self);
+    (void)release_keeping_error(self->release);
     return NULL;
 
 whole_python_path:
@@ -257,11 +281,8 @@ whole_python_path:
 static PyObject *
 cached_readinto_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        PyErr_Format(PyExc_TypeError, "readinto() takes exactly one argument (%zd given)", nargs);
+    if (check_one_arg("readinto", nargsf, kwnames) < 0)
         return NULL;
-    }
     return cached_readinto_call((CachedReadInto *)callable, args[0]);
 }
 
@@ -465,11 +486,9 @@ held_write_hold(HeldWrite *self, PyObject *b)
     Py_DECREF(held); /* (compared by identity only; self->held keeps ours alive) */
     if (closed || held != self->held)
         goto python_hold;
-    PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
-    if (got == NULL)
+    int locked = try_acquire(self->acquire);
+    if (locked < 0)
         return NULL;
-    int locked = got == Py_True;
-    Py_DECREF(got);
     if (!locked)
         goto python_hold;
 
@@ -529,19 +548,9 @@ unlock:
     Py_XDECREF(grown);
     Py_XDECREF(nbytes);
     Py_XDECREF(total);
-    {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyObject *r = PyObject_CallNoArgs(self->release);
-        if (r == NULL) {
-            Py_XDECREF(et);
-            Py_XDECREF(ev);
-            Py_XDECREF(tb);
-            Py_XDECREF(res);
-            return NULL;
-        }
-        Py_DECREF(r);
-        PyErr_Restore(et, ev, tb);
+    if (release_keeping_error(self->release) < 0) {
+        Py_XDECREF(res);
+        return NULL;
     }
     return res;
 
@@ -584,11 +593,8 @@ held_write_call(HeldWrite *self, PyObject *b)
 static PyObject *
 held_write_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        PyErr_Format(PyExc_TypeError, "write() takes exactly one argument (%zd given)", nargs);
+    if (check_one_arg("write", nargsf, kwnames) < 0)
         return NULL;
-    }
     return held_write_call((HeldWrite *)callable, args[0]);
 }
 

@@ -351,17 +351,28 @@ class FileIO(io.RawIOBase):
         here = self._here
         if here is None:  # closed while the C step copied
             raise _closed_error()
-        want = len(b) if type(b) is bytearray else b.nbytes
+        n = self._read_at_position(here, b, len(b) if type(b) is bytearray else b.nbytes, copied)
+        assert n is not None  # (the C step is armed only where the backend reads at the position)
+        return n
+
+    def _read_at_position(self, here: _ReadHere, b: Any, want: int, copied: int | None = -1) -> int | None:
+        """:meth:`readinto`'s read at the file position (``FileHandle._read_here``, *copied*
+        as there) under the file's lock (the C step's callers hold it already: a
+        ``threading.RLock``), a closed handle's error made the built-in's."""
+        lock = here.lock
         try:
-            n = here.handle._read_here(b, want, None, copied)
+            if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
+                _take_lock(lock)
+            # (no write-behind to drain: it exists only under O_DIRECT)
+            return here.handle._read_here(b, want, None, copied)
         except RingClosedError as exc:
             _drop_locals(exc)
             raise _closed_error() from None
         except BaseException as exc:
             _drop_locals(exc)
             raise
-        assert n is not None  # (the C step is armed only where the backend reads at the position)
-        return n
+        finally:
+            lock.release()
 
     def _adopt(self, fd: int, file: Any, stack: Stack | None) -> FileHandle:
         """Hand *fd* to the stack; with ``closefd=False`` the handle gets (and closes) a dup."""
@@ -670,7 +681,12 @@ class FileIO(io.RawIOBase):
         *b* pinned for it), so a short read is returned as read(2) returns it;
         elsewhere (and with ``closefd=False``, whose handle reads a dup)
         ``lseek`` before and after a positional read (two ``lseek``
-        cost ~0.6 µs of the ~5 µs fixed cost of a hot read, measured)."""
+        cost ~0.6 µs of the ~5 µs fixed cost of a hot read, measured).
+
+        Where it serves (:meth:`_arm_cached_reads`), this method is reached through
+        a C step installed as the instance's ``readinto``, which copies reads the
+        page cache holds in full itself and hands the rest here
+        (:meth:`_readinto_fallback`)."""
         # _checkClosed and _checkReadable, inline: this is every buffered read's path (a
         # closed handle raises RingClosedError in the handle's own check, made into ours)
         if self._closed_flag:
@@ -689,20 +705,7 @@ class FileIO(io.RawIOBase):
             else:
                 want = 0  # (the pinned path below: it also serves empty buffers)
             if want:
-                lock = here.lock
-                try:
-                    if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
-                        _take_lock(lock)
-                    # (no write-behind to drain: it exists only under O_DIRECT)
-                    n = here.handle._read_here(b, want)
-                except RingClosedError as exc:
-                    _drop_locals(exc)
-                    raise _closed_error() from None
-                except BaseException as exc:
-                    _drop_locals(exc)
-                    raise
-                finally:
-                    lock.release()
+                n = self._read_at_position(here, b, want)
                 if n is not None:
                     return n  # read at, and moved, the descriptor's position
                 # the backend cannot read at the file position (fallback, a kernel

@@ -274,19 +274,6 @@ def test_a_closing_tracker_refuses_the_copy(
         assert steps == [-1] and f.tell() == 0 and _starts(f) == 0
 
 
-def test_a_descriptor_closed_behind_the_file_fails_as_the_builtin(tmp_path: pathlib.Path, uring_stack: Stack) -> None:
-    """The copy's own error (EBADF) goes to the Python step, which reports it as ``open()``."""
-    path, _ = _file(tmp_path, 100)
-    f = uringstack.FileIO(path, "rb", stack=uring_stack)
-    _armed(f)
-    os.close(f.fileno())
-    with pytest.raises(OSError) as info:
-        f.readinto(bytearray(3))
-    assert info.value.errno == errno.EBADF
-    with pytest.raises(OSError):
-        f.close()
-
-
 @pytest.mark.parametrize(
     "make",
     [

@@ -147,6 +147,7 @@ def test_a_descriptor_closed_behind_the_file_fails_as_the_builtin(tmp_path: path
     path.write_bytes(b"abc")
     f = uringstack.FileIO(path, "rb", stack=uring_stack)
     _reads_here(f)
+    assert "readinto" in vars(f)  # the C step's own error (EBADF) goes to the Python step
     os.close(f.fileno())
     with pytest.raises(OSError) as info:
         f.readinto(bytearray(3))
