@@ -222,27 +222,6 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     return results
 
 
-IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
-"""Most buffers one ``pwritev(2)`` takes (:func:`write_gathered`)."""
-
-
-def write_gathered(fd: int, buffers: Sequence[Any], offset: int) -> int:
-    """A waited gather write done by this thread: one ``pwritev(2)`` of *buffers* (at most
-    :data:`IOV_MAX`) back to back from *offset*.  Bytes written, possibly short (the
-    caller writes the rest, whose retry reports an error where it happened, as
-    :func:`write_inline`'s callers do), or ``-errno`` when nothing was written.
-
-    What a backend does instead of one ``pwrite(2)`` per buffer where it would
-    write them inline anyway (``uringstack.FileIO``'s held ``bytes``, 16 of 64 KiB
-    per MiB: one system call and no Python loop per buffer)."""
-    try:
-        return os.pwritev(fd, buffers, offset)
-    except OSError as exc:
-        return -(exc.errno or errno.EIO)
-    except OverflowError:  # an offset past what loff_t holds
-        return -errno.EINVAL
-
-
 def prepare_rw(io: FileIO, write: bool, buffers: Sequence[Any]) -> PreparedRW:
     """*io*'s own :meth:`PreparesRW.prepare_rw` when it has one, else :class:`RestartingPrepared`."""
     if isinstance(io, PreparesRW):

@@ -136,8 +136,6 @@ class FileHandle:
         # page-cache part copied by the caller, then read_here(pin, buf, got) for the rest.
         self._cached: Callable[[Any, int], int | None] | None = getattr(io, "read_cached", None)
         self._here: Callable[[Any, Any, int], int | None] | None = getattr(io, "read_here", None)
-        # write_gathered(buffers, offset) -> bytes, -errno, or None for the batch path (writev_from)
-        self._gathered: Callable[[Sequence[Any], int], int | None] | None = getattr(io, "write_gathered", None)
         # outlived_op(keep) -> the pending of a run_one op still in flight after its call raised
         self._outlived: Callable[[object], Pending | None] | None = getattr(io, "outlived_op", None)
         self._coalescer_cache: Coalescer | None = None
@@ -479,43 +477,8 @@ class FileHandle:
         return total
 
     def writev_from(self, buffers: Sequence[Any], offset: int) -> int:
-        """Gather write: write *buffers* back to back from *offset*; returns total bytes.
-
-        Where the backend does this file's waited writes inline it is one
-        ``pwritev(2)`` (the backend's ``write_gathered``); elsewhere a batch of
-        one write per buffer.  Either way all of it is written or it raises."""
-        gathered = self._gathered
-        if gathered is not None and buffers and offset >= 0:
-            if self._closed or self._fork_gen != forking._generation:
-                self._check()
-            inflight = self._inflight
-            inflight.enter()
-            try:
-                res = gathered(buffers, offset)
-            finally:
-                inflight.left()
-            if res is not None:
-                if res < 0:
-                    raise UringIOError(-res, "write", self.path, f"at offset {offset}")
-                return res + self._write_rest(buffers, offset, res)
+        """Gather write: write *buffers* back to back from *offset*; returns total bytes."""
         return sum(self.write_many(_consecutive(offset, buffers), buffers))
-
-    def _write_rest(self, buffers: Sequence[Any], offset: int, done: int) -> int:
-        """After a gather write from *offset* that wrote *done* bytes: the rest, as a batch
-        (whose retry reports an error where it happened); bytes written by it."""
-        offsets: list[int] = []
-        rest: list[memoryview] = []
-        at = offset
-        for buf in buffers:
-            view = _view(buf)
-            if done < len(view):
-                offsets.append(at + done)
-                rest.append(view[done:])
-                done = 0
-            else:
-                done -= len(view)
-            at += len(view)
-        return sum(self.write_many(offsets, rest)) if rest else 0
 
     def fsync(self) -> None:
         """Flush data and metadata to stable storage.  A failure is not retryable."""

@@ -49,7 +49,7 @@ from uringstack.ring.buffers import (
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import FSYNC_DATASYNC, Op, SqeFlag
 from uringstack.ring.interrupts import despite_signals
-from uringstack.ring.io_backend import IOV_MAX, DoneBatch, SyncMethod, write_gathered, write_inline
+from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.opnames import FEAT_RW_CUR_POS
 from uringstack.ring.pending import CompletedPending, Pending, UringPending
@@ -345,22 +345,6 @@ class UringFileIO:
         if self.completion_hook is not None:
             self.completion_hook("write", None)(DoneBatch(results))
         return CompletedPending(results)
-
-    def write_gathered(self, buffers: Sequence[Any], offset: int) -> int | None:
-        """The handle's ``writev_from`` as one ``pwritev(2)`` in this thread
-        (:func:`~uringstack.ring.io_backend.write_gathered`): bytes written (possibly short)
-        or ``-errno``; ``None`` where this file's waited writes are not done inline
-        (:meth:`writes_inline`), under a completion hook (which hears of each buffer's
-        write) or past ``IOV_MAX`` buffers: the handle then writes them as a batch.
-        The checks of :meth:`write_inline` are kept."""
-        if self.direct or self.completion_hook is not None or len(buffers) > IOV_MAX or not self.writes_inline():
-            return None
-        if self.closed:  # the number may be another file's by now
-            raise RingClosedError(f"{self.path} is closed")
-        ring = self.ring
-        ring._check_open()
-        ring._check_thread()
-        return write_gathered(self.fd, buffers, offset)
 
     def _write_one_inline(self, buf: Any, offset: int) -> int:
         """:meth:`write_inline` of one write, without its pending object: bytes written or ``-errno``."""
