@@ -499,6 +499,10 @@ class FileIO(io.RawIOBase):
         try:
             if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
                 _take_lock(lock)
+            if self._closed_flag or self._held is not held:
+                # closed since the check above (while this waited for the lock, say): its
+                # descriptor may be gone, so the built-in's error, not EBADF from the lseek
+                raise _closed_error()
             chunks = held.chunks
             if not chunks:
                 held.pos = os.lseek(self._fd, 0, os.SEEK_CUR)

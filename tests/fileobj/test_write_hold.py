@@ -308,3 +308,32 @@ def test_the_files_held_object_replaced_is_the_one_used(tmp_path: pathlib.Path, 
         f.write(b"2" * HOLD_MIN)
         assert f.raw._held.nbytes == HOLD_MIN
     assert path.read_bytes() == b"1" * HOLD_MIN + b"2" * HOLD_MIN
+
+
+def test_a_write_waiting_for_the_lock_while_the_file_closes_raises_closed(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A large write that waits for the file's lock while another thread closes the file
+    fails as on a closed file (it found the descriptor gone: EBADF, before the check)."""
+    path = tmp_path / "f"
+    f = uringstack.open(path, "wb", stack=stack)
+    raw = f.raw
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            f.write(b"w" * HOLD_MIN)
+        except BaseException as e:  # (reported to the test)
+            errors.append(e)
+
+    with raw._lock:
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()  # waiting for the lock
+        raw.close()  # this thread holds the lock (re-entered): the descriptor goes now
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and type(errors[0]) is ValueError, errors
+    assert "closed file" in str(errors[0])
+    with contextlib.suppress(ValueError):
+        f.close()
+    assert path.read_bytes() == b""
