@@ -25,9 +25,9 @@
  * wants to hear of each read), the file's lock
  * (taken without blocking; held, the Python path waits for it), the handle's
  * in-flight tracker (counted in before the descriptor is used, so a close()
- * from another thread waits for the copy; refused once closed), and a fork
- * generation (a fork child's reads take the Python path, which refuses a
- * handle inherited through fork).  The GIL is released during the copy, as
+ * from another thread waits for the copy; refused once closed), and
+ * uringstack.ring.forking's generation (a fork child's reads take the Python
+ * path, which refuses a handle inherited through fork).  The GIL is released during the copy, as
  * io.FileIO releases it; the buffer is exported for that time, so a
  * bytearray cannot be resized under it.
  *
@@ -43,25 +43,31 @@
 
 #include <errno.h>
 #include <stddef.h>
-#include <pthread.h>
 #include <sys/uio.h>
 
-/* Linux caps one read at this many bytes (MAX_RW_COUNT); larger reads take the Python path. */
-#define FASTREAD_MAX_RW_COUNT 0x7ffff000L
 
-static unsigned long fork_generation;
+/* uringstack.ring.forking, whose _generation a fork child's handler bumps: the one
+ * record of which process this is, read per call (a dict lookup) rather than kept twice. */
+static PyObject *forking_module, *generation_name;
 
-static void
-fastio_after_fork_child(void)
+/* The current fork generation into *out; -1 with an error set. */
+static int
+current_generation(long *out)
 {
-    fork_generation++;
+    PyObject *g = PyObject_GetAttr(forking_module, generation_name);
+    if (g == NULL)
+        return -1;
+    *out = PyLong_AsLong(g);
+    Py_DECREF(g);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
 typedef struct {
     PyObject_HEAD
     int fd;
     int armed;
-    unsigned long generation;
+    long generation;      /* forking._generation when installed */
+    Py_ssize_t max_count; /* the backend's MAX_RW_COUNT: larger reads take the Python step */
     PyObject *acquire;   /* the file lock's bound acquire */
     PyObject *release;   /* ... and release */
     PyObject *backend;   /* the handle's backend: its switches are read per call */
@@ -173,8 +179,12 @@ cached_readinto_call(CachedReadInto *self, PyObject *b)
     Py_buffer view;
     PyTypeObject *t = Py_TYPE(b);
 
-    if (!self->armed || self->generation != fork_generation ||
-        (t != &PyByteArray_Type && t != &PyMemoryView_Type))
+    long generation;
+    if (!self->armed || (t != &PyByteArray_Type && t != &PyMemoryView_Type))
+        goto whole_python_path;
+    if (current_generation(&generation) < 0)
+        return NULL;
+    if (generation != self->generation)
         goto whole_python_path;
     int allowed = backend_allows(self);
     if (allowed < 0)
@@ -186,7 +196,7 @@ cached_readinto_call(CachedReadInto *self, PyObject *b)
         PyErr_Clear();
         goto whole_python_path;
     }
-    if (view.len <= 0 || view.len > FASTREAD_MAX_RW_COUNT) {
+    if (view.len <= 0 || view.len > self->max_count) {
         PyBuffer_Release(&view);
         goto whole_python_path;
     }
@@ -289,16 +299,20 @@ cached_readinto_vectorcall(PyObject *callable, PyObject *const *args, size_t nar
 static int
 cached_readinto_init(CachedReadInto *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "lock", "backend", "tracker", "file", NULL};
+    static char *kwlist[] = {"fd", "lock", "backend", "tracker", "file", "max_count", NULL};
     int fd;
     PyObject *lock, *backend, *tracker, *file;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOO:CachedReadInto", kwlist, &fd, &lock, &backend,
-                                     &tracker, &file))
+    Py_ssize_t max_count;
+    long generation;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOOn:CachedReadInto", kwlist, &fd, &lock, &backend,
+                                     &tracker, &file, &max_count))
         return -1;
-    if (fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative file descriptor");
+    if (fd < 0 || max_count < 1) {
+        PyErr_SetString(PyExc_ValueError, "CachedReadInto needs a descriptor and a positive max_count");
         return -1;
     }
+    if (current_generation(&generation) < 0)
+        return -1;
     PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
     PyObject *release = acquire ? PyObject_GetAttrString(lock, "release") : NULL;
     PyObject *entered = release ? PyObject_GetAttrString(tracker, "_entered") : NULL;
@@ -330,7 +344,8 @@ cached_readinto_init(CachedReadInto *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->left, left);
     Py_XSETREF(self->file_ref, file_ref);
     self->fd = fd;
-    self->generation = fork_generation;
+    self->generation = generation;
+    self->max_count = max_count;
     self->armed = 1;
     self->vectorcall = cached_readinto_vectorcall;
     return 0;
@@ -392,7 +407,10 @@ cached_readinto_disarm(CachedReadInto *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 cached_readinto_get_armed(CachedReadInto *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(self->armed && self->generation == fork_generation);
+    long generation;
+    if (current_generation(&generation) < 0)
+        return NULL;
+    return PyBool_FromLong(self->armed && self->generation == generation);
 }
 
 static PyMethodDef cached_readinto_methods[] = {
@@ -741,10 +759,10 @@ PyInit__fastio(void)
     fallback_name = PyUnicode_InternFromString("_readinto_fallback");
     if (closed_name == NULL || reads_cached_name == NULL || hook_name == NULL || fallback_name == NULL)
         return NULL;
-    if (pthread_atfork(NULL, NULL, fastio_after_fork_child) != 0) {
-        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+    forking_module = PyImport_ImportModule("uringstack.ring.forking");
+    generation_name = PyUnicode_InternFromString("_generation");
+    if (forking_module == NULL || generation_name == NULL)
         return NULL;
-    }
     PyObject *m = PyModule_Create(&fastio_module);
     if (m == NULL)
         return NULL;

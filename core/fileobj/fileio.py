@@ -37,6 +37,7 @@ from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, fin
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
 from uringstack.stack.targets import ADOPT_FD
+from uringstack.stack.uring_backend import MAX_RW_COUNT
 
 if TYPE_CHECKING:
     from _typeshed import MaybeNone
@@ -321,8 +322,8 @@ class FileIO(io.RawIOBase):
         the Python step does (``_reads_cached_inline``, ``completion_hook``)."""
         backend = handle._io
         ring = getattr(backend, "ring", None)
-        if hasattr(backend, "_reads_cached_inline") and ring is not None and not ring._single_issuer:
-            vars(self)["readinto"] = CachedReadInto(self._fd, self._lock, backend, handle._inflight, self)
+        if handle._cached is not None and ring is not None and not ring._single_issuer:
+            vars(self)["readinto"] = CachedReadInto(self._fd, self._lock, backend, handle._inflight, self, MAX_RW_COUNT)
 
     def _disarm_cached_reads(self) -> None:
         """Take the C step away (closed, or the backend stopped reading at the file
