@@ -426,6 +426,12 @@ class FileIO(io.RawIOBase):
                     buffer.flush()
         with self._lock:
             self._drain()
+            # closed from here on, set under the lock: a write that waited for it finds the
+            # file closed (_hold and write check again once they hold it), so nothing is
+            # held after this drain for the handle's close to drop.  (Not after a failure or
+            # a signal: a signal's rerun of this flush must still write; _handle_closing
+            # sets it then.)
+            self._closed_flag = True
 
     def _handle_closing(self) -> None:
         """The handle's close began (``FileHandle.watch_close``): this file is closed from now on.
@@ -534,8 +540,11 @@ class FileIO(io.RawIOBase):
         held = self._held
         return held is not None and held.nbytes > 0
 
-    def _release(self) -> None:
+    def _release(self, handle: FileHandle | None = None) -> None:
         """Write what :meth:`_hold` kept (the caller holds ``_lock``); raise its failure.
+
+        Through *handle* when given (a close, after the file was marked closed),
+        else through the live handle.
 
         The held objects are let go once the write returned, and after a failed
         write (an ``OSError``): then they are dropped, as a failed write-behind's
@@ -548,7 +557,7 @@ class FileIO(io.RawIOBase):
             return
         chunks, n, pos = held.chunks, held.nbytes, held.pos
         try:
-            self._live_handle().writev_from(chunks, pos)
+            (handle if handle is not None else self._live_handle()).writev_from(chunks, pos)
         except RingClosedError:
             raise _closed_error() from None
         except OSError:
@@ -957,6 +966,10 @@ class FileIO(io.RawIOBase):
                     try:
                         if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
                             _take_lock(lock)
+                        if self._closed_flag:
+                            # closed while this waited for the lock: nothing may be held or
+                            # written now (close wrote what it found, then set the flag)
+                            raise _closed_error()
                         # (no read-ahead to invalidate: it exists only under O_DIRECT)
                         held = self._held
                         if held is not None and held.nbytes:
@@ -1095,8 +1108,8 @@ class FileIO(io.RawIOBase):
         buf[:] = m
         handle.write_from(buf, pos)
 
-    def _drain(self) -> None:
-        self._release()
+    def _drain(self, handle: FileHandle | None = None) -> None:
+        self._release(handle)
         if self._writebehind is not None and len(self._writebehind):
             try:
                 self._writebehind.drain()
@@ -1161,16 +1174,42 @@ class FileIO(io.RawIOBase):
             finally:
                 self._closed_flag = True
                 try:
-                    if self._readahead is not None:
-                        self._readahead.close()  # its reads in flight end before the handle
+                    self._write_late_holds()
                 finally:
-                    self._close_fd()
+                    try:
+                        if self._readahead is not None:
+                            self._readahead.close()  # its reads in flight end before the handle
+                    finally:
+                        self._close_fd()
         finally:
             self._writebehind = None
             self._readahead = None
             self._here = None
             self._disarm_cached_reads()
             self._held = None  # written by flush() above, or failed there
+
+    def _write_late_holds(self) -> None:
+        """Write what another thread's write held after close's flush, before the closed flag.
+
+        That write can take the lock between the flush and the flag (the
+        buffered writer's write step flushes, then holds under this lock,
+        outside the buffered layer's own lock).  Its length was returned, so its
+        bytes are written here, before the descriptor goes, and a failure is
+        raised.  The flag is set before this (no call between: a signal cannot
+        leave it unset for the handle's close to flush through the buffered
+        layer this close runs inside), and a write that takes the lock after it
+        finds the file closed (``_hold`` and ``write`` check again under it):
+        taking the lock here waits out the one that holds it, and nothing is
+        held after."""
+        lock = self._lock
+        try:
+            if not lock.acquire(False):  # (see _take_lock: a signal cannot leave it held)
+                _take_lock(lock)
+            handle = self._handle
+            if handle is not None:
+                self._drain(handle)
+        finally:
+            lock.release()
 
     def _close_fd(self) -> None:
         """Close the handles and the descriptor; safe to run again (a close cut short by a signal).

@@ -337,3 +337,107 @@ def test_a_write_waiting_for_the_lock_while_the_file_closes_raises_closed(tmp_pa
     with contextlib.suppress(ValueError):
         f.close()
     assert path.read_bytes() == b""
+
+
+def _write_from_another_thread(f: Any, data: bytes, accepted: list[bytes], errors: list[BaseException]) -> None:
+    """``f.write(data)`` in a thread of its own, waited for: *accepted* gets *data* if the
+    write returned its length, *errors* what it raised."""
+
+    def write() -> None:
+        try:
+            if f.write(data) == len(data):
+                accepted.append(data)
+        except BaseException as e:  # (reported to the test)
+            errors.append(e)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def test_a_write_between_closes_flush_and_the_closed_mark_is_written(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A large write from another thread that lands after the raw file's close flushed,
+    and before it is marked closed, was accepted: it is written before the descriptor
+    goes (before, it stayed held and was dropped with the file: 0 bytes on disk)."""
+    path = tmp_path / "f"
+    f = uringstack.open(path, "wb", stack=stack)
+    raw = f.raw
+    accepted: list[bytes] = []
+    errors: list[BaseException] = []
+    real_flush = raw.flush
+
+    def flush_then_another_threads_write() -> None:
+        real_flush()
+        _write_from_another_thread(f, bytes([ord("a") + len(accepted)]) * HOLD_MIN, accepted, errors)
+
+    raw.flush = flush_then_another_threads_write  # close's flushes (its own, io.IOBase.close's)
+    raw.close()
+    assert errors == []
+    assert len(accepted) == 2
+    assert path.read_bytes() == b"".join(accepted)
+    with contextlib.suppress(ValueError):
+        f.close()
+
+
+class _WriteAsTheHandleCloses:
+    """A second watcher of the handle's close: its flush runs after the file's, before
+    the file is marked closed, and makes a write from another thread there."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.accepted: list[bytes] = []
+        self.errors: list[BaseException] = []
+
+    def flush(self) -> None:
+        _write_from_another_thread(self.f, b"late" * (HOLD_MIN // 4), self.accepted, self.errors)
+
+    def closed(self) -> None:
+        pass
+
+
+def test_a_write_while_the_handle_closes_is_refused_not_dropped(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """Once the handle's close flushed the file, the file is closed: a large write from
+    another thread then fails as on a closed file (before, it was held, its length
+    returned, and its bytes dropped with the handle)."""
+    path = tmp_path / "f"
+    f = uringstack.open(path, "wb", stack=stack)
+    f.write(b"1" * HOLD_MIN)
+    racer = _WriteAsTheHandleCloses(f)
+    f.raw.handle.watch_close(racer.closed, flush=racer.flush)
+    f.raw.handle.close()
+    assert racer.accepted == []
+    assert len(racer.errors) == 1 and type(racer.errors[0]) is ValueError, racer.errors
+    assert "closed file" in str(racer.errors[0])
+    assert path.read_bytes() == b"1" * HOLD_MIN
+    with contextlib.suppress(ValueError):
+        f.close()
+
+
+@pytest.mark.parametrize("size", [1, HOLD_MIN])
+def test_a_raw_write_waiting_for_the_lock_while_the_file_closes_raises_closed(
+    tmp_path: pathlib.Path, stack: Stack, size: int
+) -> None:
+    """``FileIO.write`` (a small write and a large one, straight to the raw file) that
+    waits for the lock while another thread closes the file fails as on a closed file,
+    not with EBADF from the descriptor that went meanwhile."""
+    path = tmp_path / "f"
+    raw = uringstack.FileIO(path, "wb", stack=stack)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            raw.write(b"w" * size)
+        except BaseException as e:  # (reported to the test)
+            errors.append(e)
+
+    with raw._lock:
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()  # waiting for the lock
+        raw.close()  # this thread holds the lock (re-entered): the descriptor goes now
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and type(errors[0]) is ValueError, errors
+    assert path.read_bytes() == b""
