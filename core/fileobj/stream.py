@@ -204,6 +204,11 @@ class ReadAhead:
 
     def _drop_front(self) -> None:
         b = self._window.popleft()
+        # where a refill of the window, if this emptied it, goes on from: before, the start
+        # of the window was kept, and a read crossing the end of its last batch (a file of
+        # whole chunks, read in pieces that do not divide them) started the window over at
+        # the start and indexed past its buffers: IndexError, the bytes read so far lost
+        self._next = b.offset + b.span
         b.reap(self.handle, check=False)  # no-op once served; keeps the rule if not
         self._idle.append(b)
 

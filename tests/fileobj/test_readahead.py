@@ -123,6 +123,26 @@ def test_read_ahead_starts_no_read_past_the_end_of_the_file(tmp_path: pathlib.Pa
     assert violations == []
 
 
+@pytest.mark.parametrize("piece", [1_000_000, CHUNK + 4096, 3 * 4096])
+def test_a_read_across_the_end_of_the_window_at_the_end_of_the_file(
+    tmp_path: pathlib.Path, stack: Stack, piece: int
+) -> None:
+    """A file of whole chunks read in pieces that do not divide them: the read that crosses
+    the end of the window's last batch, which ends at the end of the file, returns what is
+    left (before: the window restarted at its start, IndexError)."""
+    path = tmp_path / "f"
+    data = os.urandom(2 * CHUNK * PER_BATCH)
+    path.write_bytes(data)
+    f, violations, starts = _open_spied(path, "rb", stack)
+    with f:
+        got = []
+        while chunk := f.read(piece):
+            got.append(chunk)
+        assert b"".join(got) == data
+    assert violations == []
+    assert sorted(off for batch in starts for off in batch) == list(range(0, len(data), CHUNK))
+
+
 def test_read_ahead_sees_data_appended_after_it_reached_the_end(tmp_path: pathlib.Path, stack: Stack) -> None:
     """The window ends where the file ended when it was read ahead; a read there asks the kernel again,
     so data appended by another descriptor is returned at once, as the built-in returns it."""
