@@ -1130,6 +1130,12 @@ class FileIO(io.RawIOBase):
         if self._holds():
             with self._lock:
                 self._release()
+        if whence != os.SEEK_SET and whence != os.SEEK_CUR and self._writebehind is not None and len(self._writebehind):
+            # SEEK_END (and SEEK_DATA/SEEK_HOLE) read the file's size, which writes still in
+            # flight may grow: before, seek(0, 2) right after an O_DIRECT write returned the
+            # size before it, and the next write "at the end" went over the written bytes
+            with self._lock:
+                self._drain()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self) -> int:

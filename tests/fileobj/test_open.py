@@ -85,6 +85,23 @@ def _direct_or_skip(path: pathlib.Path, mode: str, stack: Stack, **kw: Any) -> A
         skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
 
 
+@pytest.mark.parametrize("whence", [os.SEEK_END, os.SEEK_HOLE], ids=["SEEK_END", "SEEK_HOLE"])
+@pytest.mark.parametrize(("mode", "buffering"), [("w+b", 8192), ("wb", 4096), ("r+b", 1 << 20)])
+def test_a_seek_from_the_end_sees_the_writes_still_in_flight(
+    tmp_path: pathlib.Path, stack: Stack, mode: str, buffering: int, whence: int
+) -> None:
+    """O_DIRECT writes go out unwaited (write-behind): a seek that reads the file's size
+    waits for them first.  Before, ``seek(0, SEEK_END)`` right after an 8 KiB write
+    returned 0, and the next write "at the end" went over the first one."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 5000)
+    with _direct_or_skip(path, mode, stack, buffering=buffering) as f:
+        f.write(b"a" * 8192)
+        assert f.seek(0, whence) == 8192
+        f.write(b"b" * 100)
+    assert path.read_bytes() == b"a" * 8192 + b"b" * 100
+
+
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
 @pytest.mark.parametrize("size", [0, 1, 4095, 256 * 1024, 3 * 1024 * 1024 + 17])
 def test_sequential_read_matches_the_builtin(size: int, direct: bool, tmp_path: pathlib.Path, stack: Stack) -> None:
