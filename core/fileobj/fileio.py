@@ -981,10 +981,10 @@ class FileIO(io.RawIOBase):
                                 size = len(data)  # (not in the return: see _hold)
                                 return size
                             self._release()  # what _hold kept goes first
-                        pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                         n = len(pin)
                         if not n:
-                            return 0
+                            return 0  # (before the lseek: an empty write leaves an O_APPEND position, as write(2))
+                        pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                         try:
                             # the backend decides how a waited buffered write is served (inline
                             # pwrite where the kernel would punt it to io-wq): one place for every caller
@@ -1020,10 +1020,10 @@ class FileIO(io.RawIOBase):
                 if self._readahead is not None:
                     self._readahead.invalidate()
                 self._release()  # what _hold kept goes first (nothing when nothing is held)
-                pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                 n = len(m)
                 if not n:
-                    return 0
+                    return 0  # (before the lseek: an empty write leaves an O_APPEND position, as write(2))
+                pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
                 try:
                     self._write_at(handle, m, pos)
                     self._moved_after_write(pos + n)

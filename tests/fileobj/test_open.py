@@ -459,3 +459,22 @@ def test_one_file_from_several_threads(tmp_path: pathlib.Path, stack: Stack) -> 
     data = path.read_bytes()
     assert len(data) == 4 * 200 * 1000
     assert sorted(data.count(bytes([k])) for k in range(4)) == [200_000] * 4
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_an_empty_write_leaves_an_append_files_position(tmp_path: pathlib.Path, stack: Stack, direct: bool) -> None:
+    """As write(2) of nothing: no move to the end of file (the built-in's ``tell()`` stays)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    f = (
+        _direct_or_skip(path, "a+b", stack, buffering=0)
+        if direct
+        else uringstack.open(path, "a+b", buffering=0, stack=stack)
+    )
+    with f:
+        assert f.seek(6) == 6
+        assert f.write(b"") == 0
+        assert f.tell() == 6
+        assert f.write(b"d") == 1
+        assert f.tell() == 4
+    assert path.read_bytes() == b"abcd"
