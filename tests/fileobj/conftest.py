@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,21 @@ def default_on(stack: Stack) -> Iterator[Stack]:
     """The parametrized stack, installed as the default one."""
     with as_default_stack(stack):
         yield stack
+
+
+def write_from_another_thread(f: Any, data: bytes, accepted: list[bytes], errors: list[BaseException]) -> None:
+    """``f.write(data)`` in a thread of its own, waited for: *accepted* gets *data* if the
+    write returned its length, *errors* what it raised (a close racing writes, injected at
+    one point of it)."""
+
+    def write() -> None:
+        try:
+            if f.write(data) == len(data):
+                accepted.append(data)
+        except BaseException as e:  # (reported to the test)
+            errors.append(e)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()

@@ -12,27 +12,13 @@ writer between that flush and the raw close.)"""
 from __future__ import annotations
 
 import pathlib
-import threading
-from typing import Any
 
 import pytest
 
 import uringstack
 from uringstack.stack import Stack
 
-
-def _write_from_another_thread(f: Any, data: bytes, accepted: list[bytes], errors: list[BaseException]) -> None:
-    def write() -> None:
-        try:
-            if f.write(data) == len(data):
-                accepted.append(data)
-        except BaseException as e:  # (reported to the test)
-            errors.append(e)
-
-    t = threading.Thread(target=write, daemon=True)
-    t.start()
-    t.join(10)
-    assert not t.is_alive()
+from .conftest import write_from_another_thread
 
 
 @pytest.mark.parametrize("mode", ["wb", "ab", "w+b", "r+b"])
@@ -51,7 +37,7 @@ def test_a_write_while_close_flushes_the_raw_file_is_written(tmp_path: pathlib.P
     def raw_flush_then_another_threads_write() -> None:
         real_flush()
         if not raw_closing:  # (the raw close runs under the buffer's lock: the write would wait for it)
-            _write_from_another_thread(f, b"%d;" % len(accepted), accepted, errors)
+            write_from_another_thread(f, b"%d;" % len(accepted), accepted, errors)
 
     def raw_close() -> None:
         nonlocal raw_closing

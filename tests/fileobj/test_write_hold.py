@@ -22,6 +22,8 @@ from uringstack.fileobj._fastio import HeldWrite
 from uringstack.fileobj.openfile import HOLD_MIN
 from uringstack.stack import Stack
 
+from .conftest import write_from_another_thread
+
 
 @pytest.fixture(autouse=True, params=["c-step", "python-step"])
 def write_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -310,50 +312,39 @@ def test_the_files_held_object_replaced_is_the_one_used(tmp_path: pathlib.Path, 
     assert path.read_bytes() == b"1" * HOLD_MIN + b"2" * HOLD_MIN
 
 
-def test_a_write_waiting_for_the_lock_while_the_file_closes_raises_closed(tmp_path: pathlib.Path, stack: Stack) -> None:
-    """A large write that waits for the file's lock while another thread closes the file
-    fails as on a closed file (it found the descriptor gone: EBADF, before the check)."""
-    path = tmp_path / "f"
-    f = uringstack.open(path, "wb", stack=stack)
-    raw = f.raw
+def _write_waiting_for_the_lock_as_the_file_closes(raw: Any, write: Any) -> list[BaseException]:
+    """Run *write* in a thread that waits for *raw*'s lock while this thread closes *raw*;
+    what the write raised."""
     errors: list[BaseException] = []
 
-    def write() -> None:
+    def run() -> None:
         try:
-            f.write(b"w" * HOLD_MIN)
+            write()
         except BaseException as e:  # (reported to the test)
             errors.append(e)
 
     with raw._lock:
-        t = threading.Thread(target=write, daemon=True)
+        t = threading.Thread(target=run, daemon=True)
         t.start()
         t.join(0.3)
         assert t.is_alive()  # waiting for the lock
         raw.close()  # this thread holds the lock (re-entered): the descriptor goes now
     t.join(10)
     assert not t.is_alive()
+    return errors
+
+
+def test_a_write_waiting_for_the_lock_while_the_file_closes_raises_closed(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """A large write that waits for the file's lock while another thread closes the file
+    fails as on a closed file (it found the descriptor gone: EBADF, before the check)."""
+    path = tmp_path / "f"
+    f = uringstack.open(path, "wb", stack=stack)
+    errors = _write_waiting_for_the_lock_as_the_file_closes(f.raw, lambda: f.write(b"w" * HOLD_MIN))
     assert len(errors) == 1 and type(errors[0]) is ValueError, errors
     assert "closed file" in str(errors[0])
     with contextlib.suppress(ValueError):
         f.close()
     assert path.read_bytes() == b""
-
-
-def _write_from_another_thread(f: Any, data: bytes, accepted: list[bytes], errors: list[BaseException]) -> None:
-    """``f.write(data)`` in a thread of its own, waited for: *accepted* gets *data* if the
-    write returned its length, *errors* what it raised."""
-
-    def write() -> None:
-        try:
-            if f.write(data) == len(data):
-                accepted.append(data)
-        except BaseException as e:  # (reported to the test)
-            errors.append(e)
-
-    t = threading.Thread(target=write, daemon=True)
-    t.start()
-    t.join(10)
-    assert not t.is_alive()
 
 
 def test_a_write_between_closes_flush_and_the_closed_mark_is_written(tmp_path: pathlib.Path, stack: Stack) -> None:
@@ -369,7 +360,7 @@ def test_a_write_between_closes_flush_and_the_closed_mark_is_written(tmp_path: p
 
     def flush_then_another_threads_write() -> None:
         real_flush()
-        _write_from_another_thread(f, bytes([ord("a") + len(accepted)]) * HOLD_MIN, accepted, errors)
+        write_from_another_thread(f, bytes([ord("a") + len(accepted)]) * HOLD_MIN, accepted, errors)
 
     raw.flush = flush_then_another_threads_write  # close's flushes (its own, io.IOBase.close's)
     raw.close()
@@ -390,7 +381,7 @@ class _WriteAsTheHandleCloses:
         self.errors: list[BaseException] = []
 
     def flush(self) -> None:
-        _write_from_another_thread(self.f, b"late" * (HOLD_MIN // 4), self.accepted, self.errors)
+        write_from_another_thread(self.f, b"late" * (HOLD_MIN // 4), self.accepted, self.errors)
 
     def closed(self) -> None:
         pass
@@ -423,21 +414,6 @@ def test_a_raw_write_waiting_for_the_lock_while_the_file_closes_raises_closed(
     not with EBADF from the descriptor that went meanwhile."""
     path = tmp_path / "f"
     raw = uringstack.FileIO(path, "wb", stack=stack)
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            raw.write(b"w" * size)
-        except BaseException as e:  # (reported to the test)
-            errors.append(e)
-
-    with raw._lock:
-        t = threading.Thread(target=write, daemon=True)
-        t.start()
-        t.join(0.3)
-        assert t.is_alive()  # waiting for the lock
-        raw.close()  # this thread holds the lock (re-entered): the descriptor goes now
-    t.join(10)
-    assert not t.is_alive()
+    errors = _write_waiting_for_the_lock_as_the_file_closes(raw, lambda: raw.write(b"w" * size))
     assert len(errors) == 1 and type(errors[0]) is ValueError, errors
     assert path.read_bytes() == b""
