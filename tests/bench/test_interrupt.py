@@ -156,12 +156,17 @@ def test_signal_while_fio_starts_still_stops_it(tmp_path: pathlib.Path, monkeypa
         return proc
 
     monkeypatch.setattr(children.subprocess, "Popen", popen_then_signal)
+    # Python's own SIGINT handler, as a user's Ctrl-C meets it: a suite started as a background
+    # job of a non-interactive shell inherits SIGINT ignored (see _default_sigint), and then
+    # the signal raised above would do nothing and run_child wait out the fake fio's 300 s
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             children.run_child([str(fio)])
         fio_pid, job_pid = map(int, pids.read_text().split())
         _wait_for(lambda: not _alive(fio_pid) and not _alive(job_pid), 5, "fio and its job to be gone")
     finally:
+        signal.signal(signal.SIGINT, previous)
         if pids.exists():
             for p in pids.read_text().split():
                 with contextlib.suppress(ProcessLookupError):
