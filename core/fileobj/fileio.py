@@ -534,6 +534,12 @@ class FileIO(io.RawIOBase):
         held.nbytes = held.nbytes + size
         return data
 
+    def _writes_pending(self) -> bool:
+        """Whether writes this object returned from have not all reached the kernel (held, or
+        written behind and in flight): what :meth:`_drain` waits for."""
+        wb = self._writebehind
+        return self._holds() or (wb is not None and len(wb) > 0)
+
     def _holds(self) -> bool:
         """Whether :meth:`_hold` kept bytes not written yet (the callers that move or expose
         the position write them first)."""
@@ -663,7 +669,7 @@ class FileIO(io.RawIOBase):
         Callers fsync it (``os.fsync(f.fileno())``) or read it through another
         descriptor: writes still in flight (write-behind) would escape both."""
         self._checkClosed()
-        if self._holds() or (self._writebehind is not None and len(self._writebehind)):
+        if self._writes_pending():
             with self._lock:
                 self._drain()
         return self._fd
@@ -1127,10 +1133,11 @@ class FileIO(io.RawIOBase):
         if isinstance(pos, float):
             raise TypeError("an integer is required")
         self._checkClosed()
-        if self._holds():
-            with self._lock:
-                self._release()
-        if whence != os.SEEK_SET and whence != os.SEEK_CUR and self._writebehind is not None and len(self._writebehind):
+        if whence == os.SEEK_SET or whence == os.SEEK_CUR:
+            if self._holds():
+                with self._lock:
+                    self._release()
+        elif self._writes_pending():
             # SEEK_END (and SEEK_DATA/SEEK_HOLE) read the file's size, which writes still in
             # flight may grow: before, seek(0, 2) right after an O_DIRECT write returned the
             # size before it, and the next write "at the end" went over the written bytes

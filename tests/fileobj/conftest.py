@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+import uringstack
+from tests.requires import skip_without
 from uringstack.fileobj import default_stack as ds
 from uringstack.stack import Stack, open_stack
 
@@ -60,3 +63,12 @@ def write_from_another_thread(f: Any, data: bytes, accepted: list[bytes], errors
     t.start()
     t.join(10)
     assert not t.is_alive()
+
+
+def open_direct_or_skip(path: pathlib.Path, mode: str, stack: Stack, **kw: Any) -> Any:
+    """``uringstack.open(path, mode, direct=True, ...)``, skipped with the reason where the
+    directory refuses O_DIRECT (tmpfs)."""
+    try:
+        return uringstack.open(path, mode, direct=True, stack=stack, **kw)
+    except OSError as exc:
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")

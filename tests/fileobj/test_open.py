@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 import uringstack
-from tests.requires import skip_without
 from uringstack.fileobj.stream import CHUNK, WRITE_DEPTH
 from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
+
+from .conftest import open_direct_or_skip
 
 MODES = [
     "",
@@ -78,13 +79,6 @@ def test_every_mode_string_behaves_as_the_builtin(mode: Any, tmp_path: pathlib.P
         assert ours[0] is builtin[0], (ours, builtin)  # the same exception (messages: _pyio's wording)
 
 
-def _direct_or_skip(path: pathlib.Path, mode: str, stack: Stack, **kw: Any) -> Any:
-    try:
-        return uringstack.open(path, mode, direct=True, stack=stack, **kw)
-    except OSError as exc:
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
-
-
 @pytest.mark.parametrize("whence", [os.SEEK_END, os.SEEK_HOLE], ids=["SEEK_END", "SEEK_HOLE"])
 @pytest.mark.parametrize(("mode", "buffering"), [("w+b", 8192), ("wb", 4096), ("r+b", 1 << 20)])
 def test_a_seek_from_the_end_sees_the_writes_still_in_flight(
@@ -95,7 +89,7 @@ def test_a_seek_from_the_end_sees_the_writes_still_in_flight(
     returned 0, and the next write "at the end" went over the first one."""
     path = tmp_path / "f"
     path.write_bytes(b"x" * 5000)
-    with _direct_or_skip(path, mode, stack, buffering=buffering) as f:
+    with open_direct_or_skip(path, mode, stack, buffering=buffering) as f:
         f.write(b"a" * 8192)
         assert f.seek(0, whence) == 8192
         f.write(b"b" * 100)
@@ -110,7 +104,7 @@ def test_sequential_read_matches_the_builtin(size: int, direct: bool, tmp_path: 
     path.write_bytes(data)
 
     def op() -> Any:
-        return _direct_or_skip(path, "rb", stack) if direct else uringstack.open(path, "rb", stack=stack)
+        return open_direct_or_skip(path, "rb", stack) if direct else uringstack.open(path, "rb", stack=stack)
 
     with op() as f:
         assert hashlib.file_digest(f, "sha256").digest() == hashlib.sha256(data).digest()
@@ -128,7 +122,10 @@ def test_read_ahead_keeps_several_reads_in_flight(tmp_path: pathlib.Path) -> Non
     path = tmp_path / "f"
     data = os.urandom(3 * CHUNK + 17)
     path.write_bytes(data)
-    with uringstack.open_stack(overrides={"core.backend": "auto"}) as stack, _direct_or_skip(path, "rb", stack) as f:
+    with (
+        uringstack.open_stack(overrides={"core.backend": "auto"}) as stack,
+        open_direct_or_skip(path, "rb", stack) as f,
+    ):
         raw = f.raw
         assert raw.handle.backend == "uring"
         ring = raw.handle.io.ring
@@ -148,7 +145,7 @@ def test_random_reads_do_not_trigger_read_ahead(tmp_path: pathlib.Path) -> None:
     path.write_bytes(data)
     with (
         uringstack.open_stack(overrides={"core.backend": "auto"}) as stack,
-        _direct_or_skip(path, "rb", stack, buffering=0) as f,
+        open_direct_or_skip(path, "rb", stack, buffering=0) as f,
     ):
         f._enable_streaming(readahead=True, writebehind=False)
         ring = f.handle.io.ring
@@ -167,7 +164,7 @@ def test_interleaved_seek_read_write(direct: bool, tmp_path: pathlib.Path, stack
     import random
 
     rnd = random.Random(7)
-    f = _direct_or_skip(path, "r+b", stack) if direct else uringstack.open(path, "r+b", stack=stack)
+    f = open_direct_or_skip(path, "r+b", stack) if direct else uringstack.open(path, "r+b", stack=stack)
     with f:
         for _ in range(300):
             off = rnd.randrange(0, len(model))
@@ -211,7 +208,7 @@ def test_flush_returns_only_once_the_data_reached_the_kernel(mode: str, tmp_path
     """After flush(), another descriptor sees every byte, however late the writes complete."""
     path = tmp_path / "f"
     data = os.urandom(1 << 20).hex()[: 1 << 20]
-    with _direct_or_skip(path, mode, stack) as f:
+    with open_direct_or_skip(path, mode, stack) as f:
         _defer_writes(f.buffer.raw if "b" not in mode else f.raw)
         for i in range(0, len(data), 100_000):
             f.write(data[i : i + 100_000] if "b" not in mode else data[i : i + 100_000].encode())
@@ -223,7 +220,7 @@ def test_flush_returns_only_once_the_data_reached_the_kernel(mode: str, tmp_path
 def test_fileno_waits_for_the_writes_behind(tmp_path: pathlib.Path, stack: Stack) -> None:
     """``os.fsync(f.fileno())`` must cover every write the file object returned from."""
     path = tmp_path / "f"
-    with _direct_or_skip(path, "wb", stack, buffering=4096) as f:
+    with open_direct_or_skip(path, "wb", stack, buffering=4096) as f:
         _defer_writes(f.raw)
         f.write(b"x" * 16384)  # whole blocks, past the buffer: started, not waited for
         f.write(b"y" * 16384)
@@ -236,7 +233,7 @@ def test_write_behind_reuses_a_buffer_only_after_its_write(tmp_path: pathlib.Pat
     """More writes than the depth, each of other bytes: a buffer refilled while in flight would corrupt the file."""
     path = tmp_path / "f"
     chunks = [bytes([i]) * 16384 for i in range(3 * WRITE_DEPTH)]
-    with _direct_or_skip(path, "wb", stack, buffering=4096) as f:
+    with open_direct_or_skip(path, "wb", stack, buffering=4096) as f:
         _defer_writes(f.raw)
         for chunk in chunks:
             f.write(chunk)
@@ -259,7 +256,7 @@ def _fail_writes(raw: Any, err: int) -> None:
 
 
 def test_a_failed_write_behind_surfaces_at_flush(tmp_path: pathlib.Path, stack: Stack) -> None:
-    with _direct_or_skip(tmp_path / "f", "wb", stack, buffering=4096) as f:
+    with open_direct_or_skip(tmp_path / "f", "wb", stack, buffering=4096) as f:
         _fail_writes(f.raw, errno.ENOSPC)
         f.write(b"x" * 16384)  # whole blocks: started, not waited for
         with pytest.raises(OSError) as info:
@@ -268,7 +265,7 @@ def test_a_failed_write_behind_surfaces_at_flush(tmp_path: pathlib.Path, stack: 
 
 
 def test_a_failed_write_behind_surfaces_at_close(tmp_path: pathlib.Path, stack: Stack) -> None:
-    f = _direct_or_skip(tmp_path / "f", "wb", stack, buffering=4096)
+    f = open_direct_or_skip(tmp_path / "f", "wb", stack, buffering=4096)
     _fail_writes(f.raw, errno.EIO)
     f.write(b"x" * 16384)
     with pytest.raises(OSError) as info:
@@ -467,7 +464,7 @@ def test_an_empty_write_leaves_an_append_files_position(tmp_path: pathlib.Path, 
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     f = (
-        _direct_or_skip(path, "a+b", stack, buffering=0)
+        open_direct_or_skip(path, "a+b", stack, buffering=0)
         if direct
         else uringstack.open(path, "a+b", buffering=0, stack=stack)
     )
