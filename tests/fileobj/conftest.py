@@ -72,3 +72,26 @@ def open_direct_or_skip(path: pathlib.Path, mode: str, stack: Stack, **kw: Any) 
         return uringstack.open(path, mode, direct=True, stack=stack, **kw)
     except OSError as exc:
         skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+
+
+class _Deferred:
+    """A write batch that starts only when waited for: the slowest a kernel may be."""
+
+    def __init__(self, start: Any) -> None:
+        self._start = start
+        self._real: Any = None
+        self.n = 1
+
+    def done(self) -> bool:
+        return False
+
+    def wait(self) -> list[int]:
+        if self._real is None:
+            self._real = self._start()
+        return self._real.wait()  # type: ignore[no-any-return]
+
+
+def defer_writes(raw: Any) -> None:
+    """Make the write batches *raw*'s write-behind starts begin only when waited for."""
+    real = raw.handle.start_write_many
+    raw.handle.start_write_many = lambda offs, bufs: _Deferred(lambda: real(offs, bufs))

@@ -106,7 +106,7 @@ def test_random_operations_match_the_builtin(tmp_path: pathlib.Path, stack: Stac
             elif op in ("write", "truncate") and mode == "rb":
                 op = "read"
             elif op == "readline" and direct and not buffering:
-                op = "read"  # (a byte per O_DIRECT read, as io.RawIOBase.readline: minutes on a long line)
+                op = "read"  # (as when the seeds below were chosen; test_readline.py has its own)
             args = _args(op, rnd, os.path.getsize(theirs_path))
             done.append(f"{i}: {op}{tuple(len(a) if isinstance(a, bytes) else a for a in args)}")
             got = _call(ours, op, args, not buffering)

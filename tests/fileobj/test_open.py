@@ -18,7 +18,7 @@ from uringstack.fileobj.stream import CHUNK, WRITE_DEPTH
 from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
 
-from .conftest import open_direct_or_skip
+from .conftest import defer_writes, open_direct_or_skip
 
 MODES = [
     "",
@@ -181,35 +181,13 @@ def test_interleaved_seek_read_write(direct: bool, tmp_path: pathlib.Path, stack
     assert path.read_bytes() == bytes(model)
 
 
-class _Deferred:
-    """A write batch that starts only when waited for: the slowest a kernel may be."""
-
-    def __init__(self, start: Any) -> None:
-        self._start = start
-        self._real: Any = None
-        self.n = 1
-
-    def done(self) -> bool:
-        return False
-
-    def wait(self) -> list[int]:
-        if self._real is None:
-            self._real = self._start()
-        return self._real.wait()  # type: ignore[no-any-return]
-
-
-def _defer_writes(raw: Any) -> None:
-    real = raw.handle.start_write_many
-    raw.handle.start_write_many = lambda offs, bufs: _Deferred(lambda: real(offs, bufs))
-
-
 @pytest.mark.parametrize("mode", ["wb", "w+b", "w"])
 def test_flush_returns_only_once_the_data_reached_the_kernel(mode: str, tmp_path: pathlib.Path, stack: Stack) -> None:
     """After flush(), another descriptor sees every byte, however late the writes complete."""
     path = tmp_path / "f"
     data = os.urandom(1 << 20).hex()[: 1 << 20]
     with open_direct_or_skip(path, mode, stack) as f:
-        _defer_writes(f.buffer.raw if "b" not in mode else f.raw)
+        defer_writes(f.buffer.raw if "b" not in mode else f.raw)
         for i in range(0, len(data), 100_000):
             f.write(data[i : i + 100_000] if "b" not in mode else data[i : i + 100_000].encode())
         f.flush()
@@ -221,7 +199,7 @@ def test_fileno_waits_for_the_writes_behind(tmp_path: pathlib.Path, stack: Stack
     """``os.fsync(f.fileno())`` must cover every write the file object returned from."""
     path = tmp_path / "f"
     with open_direct_or_skip(path, "wb", stack, buffering=4096) as f:
-        _defer_writes(f.raw)
+        defer_writes(f.raw)
         f.write(b"x" * 16384)  # whole blocks, past the buffer: started, not waited for
         f.write(b"y" * 16384)
         fd = f.fileno()
@@ -234,7 +212,7 @@ def test_write_behind_reuses_a_buffer_only_after_its_write(tmp_path: pathlib.Pat
     path = tmp_path / "f"
     chunks = [bytes([i]) * 16384 for i in range(3 * WRITE_DEPTH)]
     with open_direct_or_skip(path, "wb", stack, buffering=4096) as f:
-        _defer_writes(f.raw)
+        defer_writes(f.raw)
         for chunk in chunks:
             f.write(chunk)
     assert path.read_bytes() == b"".join(chunks)

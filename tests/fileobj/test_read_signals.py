@@ -45,21 +45,25 @@ _CODE = (
 _SIZE = 1 << 20
 _DATA = bytes(range(256)) * (_SIZE // 256)
 
-# name: (open() keywords, the size of each read, how many reads before the interrupted one)
-_SCENARIOS: dict[str, tuple[dict[str, Any], int, int]] = {
+# name: (open() keywords, the method, the size of each read, how many reads before the interrupted one)
+_SCENARIOS: dict[str, tuple[dict[str, Any], str, int, int]] = {
     # io.BufferedReader reading whole buffers straight into the bytes it returns
-    "buffered": ({"buffering": 8192}, 16384, 3),
+    "buffered": ({"buffering": 8192}, "read", 16384, 3),
     # the raw file's read(n) into the bytes returned
-    "raw": ({"buffering": 0}, 5000, 3),
+    "raw": ({"buffering": 0}, "read", 5000, 3),
     # sequential 64 KiB reads served by the read-ahead window
-    "readahead": ({}, 65536, 2),
+    "readahead": ({}, "read", 65536, 2),
     # O_DIRECT reads
-    "direct": ({"direct": True, "buffering": 0}, 8192, 2),
+    "direct": ({"direct": True, "buffering": 0}, "read", 8192, 2),
+    # the raw file's readline: positional pieces, then one move of the position (the
+    # 33rd line, bytes 7947 to 8203, crosses the first piece's 8 KiB end: two pieces)
+    "readline": ({"buffering": 0}, "readline", -1, 32),
+    "readline-direct": ({"direct": True, "buffering": 0}, "readline", -1, 32),
 }
 
 
 def _run(tmp: pathlib.Path, stack: Stack, name: str, at: int) -> str | None:
-    kw, size, before = _SCENARIOS[name]
+    kw, method, size, before = _SCENARIOS[name]
     path = tmp / "data"
     if not path.exists():
         path.write_bytes(_DATA)
@@ -68,10 +72,11 @@ def _run(tmp: pathlib.Path, stack: Stack, name: str, at: int) -> str | None:
     with contextlib.ExitStack() as done:
         done.callback(os.close, fd)
         f = done.enter_context(uringstack.open(fd, "rb", closefd=False, stack=stack, **kw))
+        read = getattr(f, method)
         for _ in range(before):
-            got += f.read(size)
+            got += read(size)
         with signal_at(code_of(files=_CODE), at) as sent, contextlib.suppress(Interrupt):
-            got += f.read(size)
+            got += read(size)
         if sent.where is None:
             got += f.read()
             assert got == _DATA
