@@ -45,6 +45,7 @@ MIN_READ = 4096
 """The first read after open or seek asks for at least this much."""
 F = TypeVar("F", "AsyncBinaryFile", "AsyncTextFile")
 _OFFSET_LIMIT = 1 << 63  # an offset lseek (and an SQE) takes
+_LOW64 = (1 << 64) - 1  # a text cookie's byte position (AsyncTextFile._cookie)
 
 
 def _closed() -> ValueError:
@@ -361,6 +362,10 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 raise _closed()
             if not self._can_write:
                 raise io.UnsupportedOperation("File not open for writing")
+            if not data:
+                # (before the append's jump to the end: an empty write leaves the position,
+                # as write(2) and the built-in's do; it moved an "a+" file's to its end)
+                return 0
             if self._rbuf:
                 self._rbuf = b""  # the position is where the reader got to
             if self._appending and not self._wbuf:
@@ -586,6 +591,11 @@ class AsyncTextFile(_LineReader[str]):
         self._encoder = codecs.getincrementalencoder(encoding)(self.errors)
         self._decoder_factory = codecs.getincrementaldecoder(encoding)
         self._reset_decoder()
+        self._fresh_flags = self._decoder.getstate()[1]  # a new decoder's (see _cookie)
+        cr = codecs.getincrementalencoder(encoding)(self.errors)
+        cr.setstate(0)  # (no byte order mark)
+        self._cr_size = len(cr.encode("\r"))
+        self._restart(binary._pos)
 
     def _new_decoder(self) -> Any:
         decoder: Any = self._decoder_factory(self.errors)
@@ -602,6 +612,38 @@ class AsyncTextFile(_LineReader[str]):
         # and how many characters of the oldest one were returned (for tell()).
         self._chunks: deque[tuple[int, Any, bytes, int]] = deque()
         self._front_used = 0
+
+    def _restart(self, pos: int, flags: int | None = None) -> None:
+        """Decode and encode afresh from byte *pos*, as ``io.TextIOWrapper``'s ``seek``.
+
+        The decoder starts in state ``(b"", flags)``; by default a new
+        decoder's at 0 and flags 0 elsewhere (no byte order mark to look
+        for: a new UTF-16 decoder raises ``UnicodeError`` on text without one)."""
+        self._reset_decoder()
+        if flags is None:
+            flags = self._fresh_flags if pos == 0 else 0
+        if flags != self._fresh_flags:
+            self._decoder.setstate((b"", flags))
+        self._encode_from(pos)
+
+    def _encode_from(self, pos: int) -> None:
+        """Set the encoder up for writing at byte *pos*, as ``io.TextIOWrapper`` does at open and seek.
+
+        An encoder that starts with a byte order mark (UTF-16, UTF-32,
+        ``utf-8-sig``) writes it only at the start of the file: elsewhere it
+        starts as if the mark were written. Without this, appending to a
+        UTF-16 file put a second mark in the middle of it, and writing at 0
+        after a seek wrote over the file's mark instead of writing it."""
+        if pos == 0:
+            self._encoder.reset()
+        else:
+            self._encoder.setstate(0)
+
+    def _check_readable(self) -> None:
+        if self.buffer.closed:
+            raise _closed()
+        if not self.buffer.readable():
+            raise io.UnsupportedOperation("not readable")
 
     def _consume(self, n: int) -> str:
         out, self._chars = self._chars[:n], self._chars[n:]
@@ -671,10 +713,11 @@ class AsyncTextFile(_LineReader[str]):
         return bool(data)
 
     async def read(self, size: int = -1) -> str:
+        self._check_readable()  # (read(0) too, as the built-in)
         if size is None or size < 0:
             data = await self.buffer.read()
             text: str = self._chars + self._decoder.decode(data, final=True)
-            self._reset_decoder()
+            self._restart(await self.buffer.tell())
             self._eof = True
             return text
         while len(self._chars) < size and await self._more():
@@ -700,6 +743,7 @@ class AsyncTextFile(_LineReader[str]):
         return i + len(self._newline) if i >= 0 else -1
 
     async def readline(self, size: int = -1) -> str:
+        self._check_readable()
         start = 0
         while True:
             end = self._line_end(start)
@@ -728,6 +772,9 @@ class AsyncTextFile(_LineReader[str]):
             text = text.replace("\n", os.linesep)
         await self._unread()
         await self.buffer.write(self._encoder.encode(text))
+        if self._fresh_flags and self._decoder.getstate()[1] == self._fresh_flags:
+            # a new decoder (written from 0): what follows is read past the start (see _restart)
+            self._decoder.setstate((b"", 0))
         return len(s)
 
     async def writelines(self, lines: Any) -> None:
@@ -735,35 +782,79 @@ class AsyncTextFile(_LineReader[str]):
             await self.write(line)
 
     async def _unread(self) -> None:
-        """Drop decoded text not yet returned, moving the binary position back to it."""
+        """Drop decoded text not yet returned, moving the binary position back to it (a write goes there)."""
         if self._chars or self._chunks or self._eof:
-            pos = await self.tell()
+            pos, flags, _ = self._uncookie(await self.tell())
+            if self._newline in (None, ""):
+                flags &= ~1  # a '\r' held back is returned (skip): written over after it, not read
             await self.buffer.seek(pos)
-            self._reset_decoder()
+            self._restart(pos, None if pos == 0 else flags)
 
     async def flush(self) -> None:
         await self.buffer.flush()
 
+    def _cookie(self, pos: int, flags: int, skip: int) -> int:
+        """What :meth:`tell` returns: byte position *pos*, where a decoder in state
+        ``(b"", flags)`` starts and gives *skip* characters already returned.
+
+        As ``io.TextIOWrapper``'s cookies: the byte position, and above bit 64
+        the decoder's flags (a ``'\r'`` the newline decoder held back, a
+        UTF-16 byte order found) and the characters to skip. So a plain byte
+        offset is a new decoder at 0 and, elsewhere, a decoder with flags 0
+        (UTF-16 and UTF-32 in the machine's byte order, with no mark to find):
+        what the built-in's ``seek`` makes of one. Before, every offset got a
+        new decoder, and one expecting a byte order mark mid-file raised
+        ``UnicodeError``."""
+        if not skip and flags & 1 and self._newline in (None, ""):
+            # a '\r' the newline decoder held back, not returned: the position is before
+            # it (where a write goes), and a decoder there reads it again
+            pos -= self._cr_size
+            flags &= ~1
+        if pos == 0 and flags == self._fresh_flags:
+            flags = 0
+        return pos | flags << 64 | skip << 128
+
+    def _uncookie(self, cookie: int) -> tuple[int, int, int]:
+        """*cookie* as ``(pos, flags, skip)`` (see :meth:`_cookie`)."""
+        pos, flags = cookie & _LOW64, cookie >> 64 & _LOW64
+        if pos == 0 and flags == 0:
+            flags = self._fresh_flags
+        return pos, flags, cookie >> 128
+
     async def tell(self) -> int:
-        """The byte position of the next character to be read (a cookie for :meth:`seek`).
+        """Where the next character to be read is: a cookie for :meth:`seek`.
 
         Found as ``io.TextIOWrapper`` finds it: re-decode the chunk the next
-        character came from, from the decoder state saved before that chunk."""
+        character came from, from the decoder state saved before that chunk,
+        up to the last point where the decoder holds no partial character and
+        has given no more characters than were returned. A plain byte offset
+        unless the decoder's state there is not a new decoder's, or characters
+        must be skipped (see :meth:`_cookie`). Before, it was always a byte
+        offset, one byte past a ``'\r'`` the newline decoder held back: a
+        write after a read then went one byte too far, and a ``seek`` to it
+        lost a character."""
         if not self._chunks:
             pos = await self.buffer.tell()
-            return pos - len(self._decoder.getstate()[0])
+            buffered, flags = self._decoder.getstate()
+            return self._cookie(pos - len(buffered), flags, 0)
         start, state, data, _ = self._chunks[0]
         want = self._front_used
-        if want == 0:
-            return start - len(state[0])
+        best = (start - len(state[0]), state[1], want)
         decoder = self._new_decoder()
         decoder.setstate(state)
         got = 0
+        # (want 0 too: past a byte order mark, which gives no character, as the built-in's
+        # position is; before, such a file's truncate(None) after a read cut the mark off)
         for k in range(len(data)):
             got += len(decoder.decode(data[k : k + 1]))
-            if got >= want and not decoder.getstate()[0]:
-                return start + k + 1
-        return start + len(data)
+            if got > want:
+                break
+            buffered, flags = decoder.getstate()
+            if not buffered:
+                best = (start + k + 1, flags, want - got)
+                if got == want:
+                    break
+        return self._cookie(*best)
 
     async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
         if whence == os.SEEK_CUR and cookie != 0:
@@ -772,9 +863,20 @@ class AsyncTextFile(_LineReader[str]):
             raise io.UnsupportedOperation("can't do nonzero end-relative seeks")
         if whence == os.SEEK_CUR:
             cookie, whence = await self.tell(), os.SEEK_SET
-        pos = await self.buffer.seek(cookie, whence)
-        self._reset_decoder()
-        return pos
+        if whence != os.SEEK_SET:
+            pos = await self.buffer.seek(cookie, whence)
+            self._restart(pos)
+            return pos
+        if cookie < 0:
+            raise ValueError(f"negative seek position {cookie}")
+        pos, flags, skip = self._uncookie(cookie)
+        await self.buffer.seek(pos)
+        self._restart(pos, flags)
+        if skip:
+            while len(self._chars) < skip and await self._more():
+                pass
+            self._consume(skip)
+        return cookie
 
     async def truncate(self, size: int | None = None) -> int:
         await self._unread()
