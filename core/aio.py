@@ -479,6 +479,15 @@ class AsyncBinaryFile(_LineReader[bytes]):
             return self._pos
 
     async def tell(self) -> int:
+        """The position, once the operations called before this one ran (their turns, in call order)."""
+        turns = self._turns
+        if turns.busy:
+            # another task's operation is running or waiting: the position is the one after
+            # them (before, tell() returned it at once, before a write or seek called earlier)
+            async with turns:
+                if self._file.closed:
+                    raise _closed()
+                return self._pos
         if self._file.closed:
             raise _closed()
         return self._pos
@@ -584,6 +593,7 @@ class AsyncTextFile(_LineReader[str]):
             raise ValueError(f"illegal newline value: {newline!r}")
         # _Detached after detach(), like the binary file's raw file
         self.buffer: AsyncBinaryFile | _Detached = binary
+        self._turns = _Turns()
         self.encoding = encoding
         self.errors = errors or "strict"
         self.mode = mode
@@ -712,7 +722,7 @@ class AsyncTextFile(_LineReader[str]):
         self._chars += text
         return bool(data)
 
-    async def read(self, size: int = -1) -> str:
+    async def _read(self, size: int = -1) -> str:
         self._check_readable()  # (read(0) too, as the built-in)
         if size is None or size < 0:
             data = await self.buffer.read()
@@ -742,7 +752,7 @@ class AsyncTextFile(_LineReader[str]):
         i = chars.find(self._newline, start)
         return i + len(self._newline) if i >= 0 else -1
 
-    async def readline(self, size: int = -1) -> str:
+    async def _readline(self, size: int = -1) -> str:
         self._check_readable()
         start = 0
         while True:
@@ -762,7 +772,7 @@ class AsyncTextFile(_LineReader[str]):
             end = size
         return self._consume(end)
 
-    async def write(self, s: str) -> int:
+    async def _write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         text = s
@@ -778,20 +788,22 @@ class AsyncTextFile(_LineReader[str]):
         return len(s)
 
     async def writelines(self, lines: Any) -> None:
-        for line in lines:
-            await self.write(line)
+        async with self._turns:
+            for line in lines:
+                await self._write(line)
 
     async def _unread(self) -> None:
         """Drop decoded text not yet returned, moving the binary position back to it (a write goes there)."""
         if self._chars or self._chunks or self._eof:
-            pos, flags, _ = self._uncookie(await self.tell())
+            pos, flags, _ = self._uncookie(await self._tell())
             if self._newline in (None, ""):
                 flags &= ~1  # a '\r' held back is returned (skip): written over after it, not read
             await self.buffer.seek(pos)
             self._restart(pos, None if pos == 0 else flags)
 
     async def flush(self) -> None:
-        await self.buffer.flush()
+        async with self._turns:
+            await self.buffer.flush()
 
     def _cookie(self, pos: int, flags: int, skip: int) -> int:
         """What :meth:`tell` returns: byte position *pos*, where a decoder in state
@@ -821,7 +833,7 @@ class AsyncTextFile(_LineReader[str]):
             flags = self._fresh_flags
         return pos, flags, cookie >> 128
 
-    async def tell(self) -> int:
+    async def _tell(self) -> int:
         """Where the next character to be read is: a cookie for :meth:`seek`.
 
         Found as ``io.TextIOWrapper`` finds it: re-decode the chunk the next
@@ -856,13 +868,13 @@ class AsyncTextFile(_LineReader[str]):
                     break
         return self._cookie(*best)
 
-    async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
+    async def _seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
         if whence == os.SEEK_CUR and cookie != 0:
             raise io.UnsupportedOperation("can't do nonzero cur-relative seeks")
         if whence == os.SEEK_END and cookie != 0:
             raise io.UnsupportedOperation("can't do nonzero end-relative seeks")
         if whence == os.SEEK_CUR:
-            cookie, whence = await self.tell(), os.SEEK_SET
+            cookie, whence = await self._tell(), os.SEEK_SET
         if whence != os.SEEK_SET:
             pos = await self.buffer.seek(cookie, whence)
             self._restart(pos)
@@ -878,12 +890,57 @@ class AsyncTextFile(_LineReader[str]):
             self._consume(skip)
         return cookie
 
-    async def truncate(self, size: int | None = None) -> int:
+    async def _truncate(self, size: int | None = None) -> int:
         await self._unread()
         return await self.buffer.truncate(size)
 
     async def close(self) -> None:
-        await self.buffer.close()
+        async with self._turns:
+            await self.buffer.close()
+
+    # The public operations: each one whole, in call order (the binary file's turns are
+    # per binary call; a text operation makes several, with its own state between them).
+    async def read(self, size: int = -1) -> str:
+        """Up to *size* characters (all the rest when negative)."""
+        async with self._turns:
+            return await self._read(size)
+
+    async def readline(self, size: int = -1) -> str:
+        """One line, its ending translated as *newline* asks; at most *size* characters."""
+        async with self._turns:
+            return await self._readline(size)
+
+    async def readlines(self, hint: int = -1) -> list[str]:
+        """The lines left (until their length reaches *hint*, when positive), in one turn."""
+        lines: list[str] = []
+        total = 0
+        async with self._turns:
+            while line := await self._readline():
+                lines.append(line)
+                total += len(line)
+                if 0 < hint <= total:
+                    break
+        return lines
+
+    async def write(self, s: str) -> int:
+        """Encode and write *s* where the text read so far ends; returns ``len(s)``."""
+        async with self._turns:
+            return await self._write(s)
+
+    async def tell(self) -> int:
+        """A cookie for :meth:`seek` (see :meth:`_tell`)."""
+        async with self._turns:
+            return await self._tell()
+
+    async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
+        """To a :meth:`tell` cookie (or a byte offset), the start, or with *whence* 2 the end."""
+        async with self._turns:
+            return await self._seek(cookie, whence)
+
+    async def truncate(self, size: int | None = None) -> int:
+        """Cut (or extend) the file to *size* bytes, by default where the text read so far ends."""
+        async with self._turns:
+            return await self._truncate(size)
 
     async def __aenter__(self) -> AsyncTextFile:
         return self
