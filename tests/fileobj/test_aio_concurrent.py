@@ -76,7 +76,7 @@ class _Model:
 
 
 def _operation(rnd: random.Random, size: int) -> tuple[str, tuple[Any, ...]]:
-    op = rnd.choice(["read", "read", "readline", "seek", "seek", "tell", "write", "write", "write", "truncate", "flush"])
+    op = rnd.choice(["read", "read", "readline", "seek", "seek", "tell", "write", "write", "truncate", "flush"])
     if op == "read":
         return op, (rnd.choice([-1, *_SIZES]),)
     if op == "readline":
