@@ -103,6 +103,18 @@ class _Turns:
         self.release()
 
 
+async def _read_lines(readline: Callable[[], Awaitable[AnyStr]], hint: int) -> list[AnyStr]:
+    """``readline()`` until it returns nothing, or the lines' length reaches *hint* (when positive)."""
+    lines: list[AnyStr] = []
+    total = 0
+    while line := await readline():
+        lines.append(line)
+        total += len(line)
+        if 0 < hint <= total:
+            break
+    return lines
+
+
 class _LineReader(Generic[AnyStr]):
     """``readlines`` and ``async for`` over a file's ``readline``, as aiofiles has them.
 
@@ -112,14 +124,7 @@ class _LineReader(Generic[AnyStr]):
     readline: Callable[..., Awaitable[AnyStr]]
 
     async def readlines(self, hint: int = -1) -> list[AnyStr]:
-        lines: list[AnyStr] = []
-        total = 0
-        while line := await self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
+        return await _read_lines(self.readline, hint)
 
     def __aiter__(self) -> _LineReader[AnyStr]:
         return self
@@ -912,15 +917,8 @@ class AsyncTextFile(_LineReader[str]):
 
     async def readlines(self, hint: int = -1) -> list[str]:
         """The lines left (until their length reaches *hint*, when positive), in one turn."""
-        lines: list[str] = []
-        total = 0
         async with self._turns:
-            while line := await self._readline():
-                lines.append(line)
-                total += len(line)
-                if 0 < hint <= total:
-                    break
-        return lines
+            return await _read_lines(self._readline, hint)
 
     async def write(self, s: str) -> int:
         """Encode and write *s* where the text read so far ends; returns ``len(s)``."""
