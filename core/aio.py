@@ -843,8 +843,9 @@ class AsyncTextFile(_LineReader[str]):
 
         Found as ``io.TextIOWrapper`` finds it: re-decode the chunk the next
         character came from, from the decoder state saved before that chunk,
-        up to the last point where the decoder holds no partial character and
-        has given no more characters than were returned. A plain byte offset
+        to the first point where the decoder holds no partial character and has
+        given as many characters as were returned (else the last point before it
+        gave more, with the characters to skip). A plain byte offset
         unless the decoder's state there is not a new decoder's, or characters
         must be skipped (see :meth:`_cookie`). Before, it was always a byte
         offset, one byte past a ``'\r'`` the newline decoder held back: a
