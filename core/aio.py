@@ -605,8 +605,7 @@ class AsyncTextFile(_LineReader[str]):
         self._newline = newline
         self._encoder = codecs.getincrementalencoder(encoding)(self.errors)
         self._decoder_factory = codecs.getincrementaldecoder(encoding)
-        self._reset_decoder()
-        self._fresh_flags = self._decoder.getstate()[1]  # a new decoder's (see _cookie)
+        self._fresh_flags = self._new_decoder().getstate()[1]  # a new decoder's (see _cookie)
         cr = codecs.getincrementalencoder(encoding)(self.errors)
         cr.setstate(0)  # (no byte order mark)
         self._cr_size = len(cr.encode("\r"))
@@ -657,7 +656,7 @@ class AsyncTextFile(_LineReader[str]):
     def _check_readable(self) -> None:
         if self.buffer.closed:
             raise _closed()
-        if not self.buffer.readable():
+        if not self.buffer._can_read:
             raise io.UnsupportedOperation("not readable")
 
     def _consume(self, n: int) -> str:

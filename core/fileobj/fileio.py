@@ -976,7 +976,7 @@ class FileIO(io.RawIOBase):
                 self._drain()
                 start = pos = os.lseek(self._fd, 0, os.SEEK_CUR)
                 line: list[bytes] = []
-                left = size if size >= 0 else -1
+                left = size  # (negative: no limit)
                 block = self._handle.block_size if self._direct else 1
                 step = -(-io.DEFAULT_BUFFER_SIZE // block) * block  # (whole blocks: no read covers one twice)
                 piece = step - pos % step  # up to the next step boundary first: aligned reads after it

@@ -25,12 +25,11 @@ from typing import Any
 import pytest
 
 import uringstack
-from tests.requires import skip_without
 from uringstack.fileobj.openfile import HOLD_MIN
 from uringstack.ring.pending import CompletedPending
 from uringstack.stack import Stack
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, open_direct_or_skip
 
 BLOCK = 4096
 INITIAL = b"I" * (3 * BLOCK)
@@ -41,10 +40,7 @@ def _open(path: pathlib.Path, mode: str, stack: Stack, direct: bool, **kw: Any) 
         kw.update(encoding="ascii", newline="")
     if not direct:
         return uringstack.open(path, mode, stack=stack, **kw)
-    try:
-        return uringstack.open(path, mode, stack=stack, direct=True, **kw)
-    except OSError as exc:
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+    return open_direct_or_skip(path, mode, stack, **kw)
 
 
 def _raw(f: Any) -> Any:

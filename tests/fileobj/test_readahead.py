@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-import uringstack
 from tests.requires import skip_without
 from uringstack.fileobj.stream import CHUNK, PER_BATCH
 from uringstack.stack import Stack
+
+from .conftest import open_direct_or_skip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,10 +62,7 @@ class SpyPrepared:
 
 
 def _open_spied(path: pathlib.Path, mode: str, stack: Stack) -> tuple[Any, list[str], list[Sequence[int]]]:
-    try:
-        f = uringstack.open(path, mode, direct=True, stack=stack)
-    except OSError as exc:
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+    f = open_direct_or_skip(path, mode, stack)
     handle = f.raw.handle
     real = handle.prepare_reads
     violations: list[str] = []
@@ -210,11 +208,7 @@ def test_large_direct_reads_ask_for_transparent_huge_pages(tmp_path: pathlib.Pat
     path = tmp_path / "f"
     data = os.urandom(3 * CHUNK)
     path.write_bytes(data)
-    try:
-        f = uringstack.open(path, "rb", direct=True, buffering=0, stack=stack)
-    except OSError as exc:
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
-    with f:
+    with open_direct_or_skip(path, "rb", stack, buffering=0) as f:
         handle: Any = f.handle
         real = handle.start_read_many
         seen: list[tuple[int, bool]] = []
@@ -244,11 +238,7 @@ def test_write_behind_buffers_of_a_mebibyte_share_huge_pages(tmp_path: pathlib.P
     path = tmp_path / "f"
     mib = 1 << 20
     chunks = [os.urandom(mib) if i % 3 else b"\x07" * mib for i in range(20)]
-    try:
-        f = uringstack.open(path, "wb", direct=True, stack=stack)
-    except OSError as exc:
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
-    with f:
+    with open_direct_or_skip(path, "wb", stack) as f:
         handle: Any = f.raw.handle
         real = handle.start_write_many
         flags: list[bool] = []
