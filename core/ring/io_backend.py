@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
+from uringstack.ring.arguments import check_offsets, nbytes
 from uringstack.ring.buffers import RegisteredBuffer
 from uringstack.ring.pending import Pending
 
@@ -157,9 +158,7 @@ class RestartingPrepared:
             )
         if len(offsets) != self.n:
             raise ValueError(f"{self.io.path}: {len(offsets)} offsets for {self.n} prepared buffers")
-        if min(offsets) < 0:  # the handle's read_many check, same message
-            bad = next(i for i, off in enumerate(offsets) if off < 0)
-            raise ValueError(f"{self.io.path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
+        offsets = check_offsets(self.io.path, offsets)  # (the handle's read_many check)
         self._last = pending = self.io.start_rw(self.write, offsets, self.buffers, wait=wait)
         return pending
 
@@ -196,16 +195,7 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
         done = 0
         try:
             done = os.pwrite(fd, data, offset)
-            # the length in bytes: no memoryview made for it where the type tells (every held
-            # bytes of a copyfileobj, every buffer a BufferedWriter writes out)
-            kind = type(data)
-            total = (
-                data.nbytes
-                if kind is memoryview
-                else len(data)
-                if kind is bytes or kind is bytearray
-                else memoryview(data).nbytes
-            )
+            total = nbytes(data)
             if 0 < done < total:
                 view = memoryview(data).cast("B")
                 while done < total:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
+from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
 from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
@@ -65,8 +66,6 @@ class HandleOwner(Protocol):
         ...
 
 
-# An SQE's offset is a u64 the kernel reads as a signed loff_t.
-_OFFSET_LIMIT = 1 << 63
 # ffi.from_buffer's default type, passed positionally: its keyword form costs
 # twice as much (0.9 against 0.5 us per pin measured), and a batch await pins every buffer.
 _PIN_TYPE = "char[]"
@@ -78,18 +77,12 @@ def _view(buf: Any) -> memoryview:
     return buf.view if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
 
 
-def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> None:
-    """Refuse a malformed batch before anything is submitted, the same way on every backend.
-
-    A negative offset would otherwise reach the io_uring backend's uint64
-    column (``OverflowError``) or the fallback's ``preadv`` (``EINVAL`` as a
-    result): one clear ``ValueError`` naming the offset replaces both.
-    """
+def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> Sequence[int]:
+    """Refuse a malformed batch before anything is submitted, the same way on every backend;
+    return the offsets as ints (:func:`~uringstack.ring.arguments.check_offsets`)."""
     if len(offsets) != len(buffers):
         raise ValueError(f"{path}: {len(offsets)} offsets but {len(buffers)} buffers")
-    if offsets and min(offsets) < 0:
-        bad = next(i for i, off in enumerate(offsets) if off < 0)
-        raise ValueError(f"{path}: offset {offsets[bad]} (op {bad} of the batch) is negative")
+    return check_offsets(path, offsets)
 
 
 class FileHandle:
@@ -281,7 +274,8 @@ class FileHandle:
         for i, res in enumerate(results):
             if res < 0:
                 raise UringIOError(-res, "read", self.path, f"at offset {offsets[i]}")
-            want = len(buffers[i])
+            buf = buffers[i]
+            want = len(buf) if type(buf) is bytearray else nbytes(buf)
             if res < want:
                 out[i] = self._complete_short(False, offsets[i], buffers[i], res, exact)
         return out
@@ -290,7 +284,8 @@ class FileHandle:
         for i, res in enumerate(results):
             if res < 0:
                 raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
-            if res < len(buffers[i]):
+            buf = buffers[i]
+            if res < (len(buf) if type(buf) is bytes else nbytes(buf)):
                 results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
         return results
 
@@ -346,7 +341,7 @@ class FileHandle:
         when ``run_one`` does not take it (``None``) or for a bad offset."""
         one = self._one
         res = None
-        if one is not None and type(offset) is int and 0 <= offset < _OFFSET_LIMIT:
+        if one is not None and type(offset) is int and 0 <= offset < OFFSET_LIMIT:
             if self._closed or self._fork_gen != forking._generation:
                 self._check()
             inflight = self._inflight
@@ -430,7 +425,7 @@ class FileHandle:
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
         """Read each buffer at its offset in one batch; returns bytes read per buffer."""
         self._check()
-        _check_batch(self.path, offsets, buffers)
+        offsets = _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
         results = self._run(self._io.start_rw, False, offsets, buffers, wait=True)
@@ -439,7 +434,7 @@ class FileHandle:
     def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         """Write each buffer at its offset in one batch (no ordering between them)."""
         self._check()
-        _check_batch(self.path, offsets, buffers)
+        offsets = _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
         results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
@@ -467,18 +462,18 @@ class FileHandle:
 
     def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
         """Scatter read: fill *buffers* in order from *offset*; returns total bytes read."""
-        offsets = _consecutive(offset, buffers)
+        offsets = _consecutive(self.path, offset, buffers)
         got = self.read_many(offsets, buffers)
         total = 0
         for n, buf in zip(got, buffers, strict=True):
             total += n
-            if n < len(buf):
+            if n < nbytes(buf):
                 break  # EOF inside this buffer: later ones hold nothing valid
         return total
 
     def writev_from(self, buffers: Sequence[Any], offset: int) -> int:
         """Gather write: write *buffers* back to back from *offset*; returns total bytes."""
-        return sum(self.write_many(_consecutive(offset, buffers), buffers))
+        return sum(self.write_many(_consecutive(self.path, offset, buffers), buffers))
 
     def fsync(self) -> None:
         """Flush data and metadata to stable storage.  A failure is not retryable."""
@@ -555,8 +550,8 @@ class FileHandle:
         def write(buf: Any, offset: int) -> int:
             if self._closed or self._fork_gen != forking._generation:
                 self._check()
-            if offset < 0:
-                raise ValueError(f"{path}: offset {offset} is negative")
+            if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
+                offset = check_offset(path, offset)
             # The common case, one complete write, builds no view and no list.
             total = buf.nbytes if type(buf) is memoryview else len(_view(buf))
             res = run(buf, offset)
@@ -590,13 +585,13 @@ class FileHandle:
     def start_read_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
         """Start a batch of reads without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
-        _check_batch(self.path, offsets, buffers)
+        offsets = _check_batch(self.path, offsets, buffers)
         return self._start(self._io.start_rw, False, offsets, buffers)
 
     def start_write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
         """Start a batch of writes without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
-        _check_batch(self.path, offsets, buffers)
+        offsets = _check_batch(self.path, offsets, buffers)
         return self._start(self._io.start_rw, True, offsets, buffers)
 
     def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
@@ -605,7 +600,7 @@ class FileHandle:
         if io is None or (type(offset) is not int and not hasattr(offset, "__index__")):
             return None, offset
         offset = operator.index(offset)
-        if not 0 <= offset < _OFFSET_LIMIT:
+        if not 0 <= offset < OFFSET_LIMIT:
             return None, offset  # the batch path reports it (a negative offset is a ValueError)
         co = self._coalescer_cache
         if co is None or not co.on_loop_thread():  # (asyncio.get_running_loop() costs a getpid)
@@ -652,7 +647,7 @@ class FileHandle:
             and type(size) is int
             and 0 < size <= MAX_RW_COUNT
             and type(offset) is int
-            and 0 <= offset < _OFFSET_LIMIT
+            and 0 <= offset < OFFSET_LIMIT
             and not self._closed
             and self._fork_gen == forking._generation
             and (fut := add(size, offset)) is not None  # this thread runs the loop (Coalescer.reader)
@@ -736,7 +731,7 @@ class FileHandle:
                 writable = not write
                 pins = [ffi.from_buffer(_PIN_TYPE, b, writable) for b in buffers]
         offs = list(map(operator.index, offsets))
-        if max(offs) >= _OFFSET_LIMIT:
+        if max(offs) >= OFFSET_LIMIT:
             return None, [], [], [], None
         lens = list(map(len, pins))
         if max(lens) > MAX_RW_COUNT:
@@ -788,10 +783,10 @@ class FileHandle:
                     lens = list(map(len, pins))
             if pins:
                 offs = list(map(operator.index, offsets))
-                if len(offs) == len(pins) and min(offs) >= 0 and max(offs) < _OFFSET_LIMIT:
+                if len(offs) == len(pins) and min(offs) >= 0 and max(offs) < OFFSET_LIMIT:
                     return co.add_many(io, self._inflight, write, pins, offs, lens, slots), lens
         self._check()
-        _check_batch(self.path, offsets, buffers)
+        offsets = _check_batch(self.path, offsets, buffers)
         maybe, pins, offs, lens, slots = self._pin_many(write, offsets, buffers)
         if maybe is None:
             return None, lens
@@ -830,7 +825,7 @@ class FileHandle:
         elif kind is not LeasedBuffer and kind is not bytearray:
             return None
         try:
-            if min(offsets) < 0 or max(offsets) >= _OFFSET_LIMIT:
+            if min(offsets) < 0 or max(offsets) >= OFFSET_LIMIT:
                 return None  # (a negative offset would fail with EINVAL, which read_cached takes for a refusal)
         except TypeError:
             return None
@@ -1032,9 +1027,11 @@ class FileHandle:
         return f"<FileHandle {self.path} backend={self.backend} direct={self.direct}>"
 
 
-def _consecutive(offset: int, buffers: Sequence[Any]) -> list[int]:
+def _consecutive(path: str, offset: int, buffers: Sequence[Any]) -> list[int]:
+    if type(offset) is not int:
+        offset = check_offset(path, offset)  # (before any sum: "16" + 4 is no offset error)
     offsets = []
     for buf in buffers:
         offsets.append(offset)
-        offset += len(buf)
+        offset += nbytes(buf)  # (bytes, not items: an array('d') of 4 covers 32)
     return offsets

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
 from uringstack.ring import SUBMITTED, forking
+from uringstack.ring.arguments import nbytes
 from uringstack.ring.inflight import InflightTracker, submitted_since
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import FileIO, PreparedRW, prepare_rw
@@ -65,7 +66,7 @@ class PreparedIO:
         self.buffers: tuple[Any, ...] = tuple(buffers)
         """The prepared buffers; op *i* of every batch moves ``buffers[i]``."""
         self.n = len(self.buffers)
-        self._full = [len(b) for b in self.buffers]
+        self._full = list(map(nbytes, self.buffers))
         self._prep: PreparedRW = prepare_rw(handle.io, write, self.buffers)
         self._last: Pending | None = None
         # The waited op of a single buffer in one call, without a pending object

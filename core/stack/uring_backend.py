@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
 from uringstack.ring import MisalignedOffsetError, Ring
+from uringstack.ring.arguments import OFFSET_LIMIT, check_offsets
 from uringstack.ring.buffers import (
     RegisteredBuffer,
     address_of,
@@ -506,8 +507,8 @@ class UringPrepared:
         self._bound: Callable[[int], int] | None = None
         self._bound_keep: object = None
         self._outlived: UringPending | None = None  # see outlived()
-        # one AND finds a negative, too large (>= 2**64) or, when O_DIRECT, misaligned offset
-        self._bad_offset = -(1 << 64) | ((io.block_size - 1) if io.direct else 0)
+        # one AND finds a negative, too large (>= 2**63: a negative loff_t) or, when O_DIRECT, misaligned offset
+        self._bad_offset = -OFFSET_LIMIT | ((io.block_size - 1) if io.direct else 0)
         if n == 1:
             opcode = int(fixed if slots[0] >= 0 else plain)
             self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
@@ -560,11 +561,11 @@ class UringPrepared:
             self._fill_fd()
         try:
             self._offs[0:n] = offsets
-        except OverflowError:
-            bad = next((i for i, off in enumerate(offsets) if off < 0), None)
-            what = "is negative" if bad is not None else "is out of range"
-            i = bad if bad is not None else next(i for i, off in enumerate(offsets) if off >= 1 << 64)
-            raise ValueError(f"{io.path}: offset {offsets[i]} (op {i} of the batch) {what}") from None
+        except (OverflowError, TypeError):
+            offsets = check_offsets(io.path, offsets)  # raises what is wrong, or makes ints of index objects
+            self._offs[0:n] = offsets
+        if (offsets[0] if n == 1 else max(offsets)) >= OFFSET_LIMIT:
+            check_offsets(io.path, offsets)  # (a u64 the kernel reads as a negative loff_t)
         if wait and self.write and io.writes_inline():
             return io.write_inline(offsets, self._keep[1])
         if self._one is not None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import RingClosedError
 from uringstack.ring import forking
+from uringstack.ring.arguments import nbytes
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
@@ -79,7 +80,7 @@ def _write_durable(fd: int, buf: Any, offset: int, sync: SyncMethod) -> list[int
     if sync == "dsync":
         return [_pwritev(fd, buf, offset, os.RWF_DSYNC)]
     written = _pwritev(fd, buf, offset)
-    if written < 0 or written < len(memoryview(buf)):
+    if written < 0 or written < nbytes(buf):
         # as a linked io_uring flush: not run after a failed or short write
         return [written, -errno.ECANCELED]
     return [written, _sync(fd, True)]

@@ -26,6 +26,7 @@ from uringstack.plugins.nvme_passthrough.commands import (
     lba_shift,
     slba_fields,
 )
+from uringstack.ring.arguments import check_offsets
 
 if TYPE_CHECKING:
     from uringstack.plugins.nvme_passthrough.backend import PassthroughFileIO
@@ -85,10 +86,10 @@ class PassthroughPrepared:
         # emulation every bytecode of the per-batch path shows in the IOPS
         try:
             slbas = array("Q", map(self._to_lba, offsets))  # a negative offset stays negative: refused
-        except OverflowError:
-            i = next(i for i, off in enumerate(offsets) if not 0 <= off < 1 << 64 + self._shift)
-            sign = "negative" if offsets[i] < 0 else "out of range"
-            raise ValueError(f"{io.path}: offset {offsets[i]} (op {i} of the batch) is {sign}") from None
+        except (OverflowError, TypeError):
+            # raises what is wrong (as on every backend), or makes ints of index objects
+            offsets = check_offsets(io.path, offsets)
+            slbas = array("Q", map(self._to_lba, offsets))
         if any(map(self._misaligned, offsets)):
             io._plan(self.write, offsets, self._keep[1])  # raises the AlignmentError naming the op
         self._slba[:] = slbas

@@ -6,7 +6,9 @@ import asyncio
 import mmap
 import os
 import pathlib
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -147,3 +149,83 @@ def test_release_of_another_pools_buffer_is_an_error(pooled: Stack, tmp_path: pa
         with pytest.raises(ValueError, match="not a lease of this handle's buffer pool"):
             h.release_buffers([foreign])
         g.release_buffers([foreign])
+
+
+class _Index:
+    """An offset type that is not int but converts losslessly (as numpy.int64 does)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def _offset_calls(handle: FileHandle, bad: object) -> list[tuple[str, Any]]:
+    """Every call taking an offset, with *bad* as its offset (for a batch: the second op's)."""
+    buf = bytearray(16)
+    return [
+        ("read_into", lambda: handle.read_into(buf, bad)),
+        ("write_from", lambda: handle.write_from(b"x" * 16, bad)),
+        ("read_many", lambda: handle.read_many([0, bad], [buf, bytearray(8)])),
+        ("write_many", lambda: handle.write_many([0, bad], [b"a" * 8, b"b" * 8])),
+        ("start_read_many", lambda: handle.start_read_many([0, bad], [buf, bytearray(8)]).wait()),
+        ("start_write_many", lambda: handle.start_write_many([0, bad], [b"a" * 8, b"b" * 8]).wait()),
+        ("write_durable", lambda: handle.write_durable(b"x", bad)),
+        ("write_durable dsync", lambda: handle.write_durable(b"x", bad, sync="dsync")),
+        ("readv_into", lambda: handle.readv_into([buf], bad)),
+        ("writev_from", lambda: handle.writev_from([b"a" * 8, b"b"], bad)),
+        ("prepared run", lambda: _prepared(handle, lambda p: p.run([0, bad]))),
+        ("prepared start", lambda: _prepared(handle, lambda p: p.start([0, bad]).wait())),
+        ("prepared one", lambda: _prepared(handle, lambda p: p.run([bad]), n=1)),
+        ("prepared one, bound", lambda: _prepared_read_twice(handle, bad)),
+        ("read", lambda: asyncio.run(handle.read(4, bad))),
+        ("read_into_async", lambda: asyncio.run(handle.read_into_async(buf, bad))),
+        ("write", lambda: asyncio.run(handle.write(b"abc", bad))),
+        ("read_many_async", lambda: asyncio.run(handle.read_many_async([0, bad], [buf, bytearray(8)]))),
+        ("write_many_async", lambda: asyncio.run(handle.write_many_async([0, bad], [b"a" * 8, b"b" * 8]))),
+    ]
+
+
+def _prepared_read_twice(handle: FileHandle, bad: object) -> object:
+    """A single prepared read at *bad* after one at 0: the first call binds the op (run_one)."""
+    with handle.prepare_reads([bytearray(8)]) as p:
+        p.run([0])
+        return p.run([bad])
+
+
+def _prepared(handle: FileHandle, call: Any, n: int = 2) -> object:
+    with handle.prepare_writes([b"P" * 8 for _ in range(n)]) as p:
+        return call(p)
+
+
+@pytest.mark.parametrize("bad", [1.5, "16", None])
+def test_an_offset_that_is_not_an_integer_is_a_type_error_naming_it(handle: FileHandle, bad: object) -> None:
+    # Before anything is submitted: a backend running a batch's ops one after another
+    # (the fallback's pool, an inline buffered write) had written op 0 when op 1 raised.
+    for name, call in _offset_calls(handle, bad):
+        with pytest.raises(TypeError, match=rf"offset {re.escape(repr(bad))} .*is not an integer"):
+            call()
+        assert os.pread(handle.fd, len(DATA) + 1, 0) == DATA, f"{name} wrote before refusing"
+
+
+@pytest.mark.parametrize("bad", [1 << 63, (1 << 64) - 1, 1 << 64, 1 << 70])
+def test_an_offset_past_the_largest_file_offset_is_a_value_error_naming_it(handle: FileHandle, bad: int) -> None:
+    # 2**63 up to 2**64 fit an SQE's u64 offset, which the kernel reads as a negative
+    # loff_t (EINVAL after the ops before it ran); preadv raised OverflowError
+    for name, call in _offset_calls(handle, bad):
+        with pytest.raises(ValueError, match=rf"offset {bad} .*is past the largest file offset \(2\*\*63 - 1\)"):
+            call()
+        assert os.pread(handle.fd, len(DATA) + 1, 0) == DATA, f"{name} wrote before refusing"
+
+
+def test_an_index_object_is_an_offset(handle: FileHandle) -> None:
+    buf = bytearray(8)
+    assert handle.read_many([_Index(0), _Index(16)], [bytearray(4), buf]) == [4, 8]
+    assert buf == DATA[16:24]
+    assert handle.write_durable(b"DUR", _Index(100)) == 3
+    assert handle.write_many([_Index(200)], [b"MANY"]) == [4]
+    with handle.prepare_writes([b"PREP"]) as p:
+        assert p.run([_Index(300)]) == [4]
+    data = os.pread(handle.fd, len(DATA), 0)
+    assert (data[100:103], data[200:204], data[300:304]) == (b"DUR", b"MANY", b"PREP")
