@@ -100,20 +100,45 @@ def _acquire_unless_owned(lock: threading.RLock) -> None:
         lock.acquire()
 
 
-def _writable_view(b: Any) -> memoryview:
-    """*b* as a flat byte view for ``readinto``; not writable: ``io.FileIO``'s ``TypeError``."""
-    try:
-        m = memoryview(b)
-    except TypeError:
-        m = None
-    if m is None or m.readonly:
-        raise TypeError(f"readinto() argument must be read-write bytes-like object, not {_type_name(b)}")
-    return m.cast("B")
-
-
 def _type_name(value: object) -> str:
     """A type as CPython's argument errors name it (``None`` for None)."""
     return "None" if value is None else type(value).__name__
+
+
+def _buffer_view(b: Any, writable: bool) -> memoryview:
+    """*b* as a flat byte view, or the ``TypeError`` ``io.FileIO.readinto`` (*writable*) or
+    ``write`` raises for it (``BufferError`` for a non-contiguous ``write`` argument).
+
+    io.FileIO converts its argument before it looks at the file: a call that is
+    wrong twice (a closed file, or one not open for it) raises this first."""
+    try:
+        view = memoryview(b)
+    except TypeError:
+        view = None
+    if writable and (view is None or view.readonly or not view.c_contiguous):
+        raise TypeError(f"readinto() argument must be read-write bytes-like object, not {_type_name(b)}")
+    if view is None:
+        raise TypeError(f"a bytes-like object is required, not '{type(b).__name__}'")
+    if not view.c_contiguous:
+        raise BufferError("memoryview: underlying buffer is not C-contiguous")
+    return view.cast("B")
+
+
+_SSIZE_LIMIT = 1 << 63  # a Py_ssize_t holds [-2**63, 2**63)
+_C_INT_LIMIT = 1 << 31
+
+
+def _size_argument(size: Any) -> int:
+    """*size* as ``io.FileIO``'s size arguments take it (None: -1), or the error they raise."""
+    if size is None:
+        return -1
+    try:
+        n = operator.index(size)
+    except TypeError:
+        raise TypeError(f"argument should be integer or None, not '{_type_name(size)}'") from None
+    if not -_SSIZE_LIMIT <= n < _SSIZE_LIMIT:
+        raise OverflowError(f"cannot fit '{type(size).__name__}' into an index-sized integer")
+    return n
 
 
 class _Held:
@@ -710,6 +735,7 @@ class FileIO(io.RawIOBase):
         # _checkClosed and _checkReadable, inline: this is every buffered read's path (a
         # closed handle raises RingClosedError in the handle's own check, made into ours)
         if self._closed_flag:
+            _buffer_view(b, True)
             raise _closed_error()
         here = self._here
         if here is not None:
@@ -733,6 +759,7 @@ class FileIO(io.RawIOBase):
                 self._here = None
                 self._disarm_cached_reads()
         if not self._readable:
+            _buffer_view(b, True)
             self._checkClosed()  # (a handle closed behind this object: closed comes first)
             raise io.UnsupportedOperation("File not open for reading")
         handle = self._handle
@@ -770,7 +797,7 @@ class FileIO(io.RawIOBase):
                 except BaseException:
                     despite_signals(self._unread, pos, end)
                     raise
-        m = _writable_view(b)
+        m = _buffer_view(b, True)
         if handle is None:
             try:
                 return os.readv(self._fd, [m])
@@ -828,9 +855,11 @@ class FileIO(io.RawIOBase):
 
         ``None`` only on a non-blocking pipe or socket with nothing to read
         (typed as typeshed types ``io.FileIO.read``: ``bytes | MaybeNone``)."""
+        if type(size) is not int or not -_SSIZE_LIMIT <= size < _SSIZE_LIMIT:
+            size = _size_argument(size)
         self._checkClosed()
         self._checkReadable()
-        if size is None or size < 0:
+        if size < 0:
             return self.readall()
         if self._handle is not None:
             made = [-1, -1]
@@ -959,13 +988,7 @@ class FileIO(io.RawIOBase):
         positional pieces: up to the next 8 KiB boundary (whole blocks), then
         doubling up to 1 MiB. The position then moves once, to just past the
         line."""
-        if size is None:
-            size = -1
-        else:
-            try:
-                size = operator.index(size)
-            except TypeError:
-                raise TypeError(f"argument should be integer or None, not '{_type_name(size)}'") from None
+        size = _size_argument(size)
         self._checkClosed()
         self._checkReadable()
         if self._handle is None:
@@ -1010,8 +1033,10 @@ class FileIO(io.RawIOBase):
         ``None`` only on a non-blocking pipe or socket that is full, as ``io.FileIO``."""
         # _checkClosed and _checkWritable, inline: this is every buffered write's path
         if self._closed_flag:
+            _buffer_view(b, False)
             raise _closed_error()
         if not self._writable:
+            _buffer_view(b, False)
             raise io.UnsupportedOperation("File not open for writing")
         handle = self._handle
         if handle is not None and not self._direct:
@@ -1067,7 +1092,7 @@ class FileIO(io.RawIOBase):
                     if made is not None:  # a signal right after the release: the write was made
                         despite_signals(self._unmake, *made)
                     raise
-        m = memoryview(b).cast("B")
+        m = _buffer_view(b, False)
         if self._handle is None:
             try:
                 return os.write(self._fd, m)
@@ -1184,9 +1209,14 @@ class FileIO(io.RawIOBase):
             self._drain()
 
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        # io.FileIO's order: whence converted (a C int), then closed, then pos
+        if type(whence) is not int or not -_C_INT_LIMIT <= whence < _C_INT_LIMIT:
+            whence = operator.index(whence)  # (its TypeError is the built-in's)
+            if not -_C_INT_LIMIT <= whence < _C_INT_LIMIT:
+                raise OverflowError("Python int too large to convert to C int")
+        self._checkClosed()
         if isinstance(pos, float):
             raise TypeError("an integer is required")
-        self._checkClosed()
         if whence == os.SEEK_SET or whence == os.SEEK_CUR:
             if self._holds():
                 with self._lock:

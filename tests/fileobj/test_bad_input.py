@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import array
 import functools
 import io
 import itertools
@@ -201,3 +202,50 @@ def test_a_raw_fileio_after_its_stack_closed(tmp_path: pathlib.Path, backend: st
         raw.write(b"x")
     raw.close()
     assert path.read_bytes() == b"abc"
+
+
+# --- bad arguments to the methods -------------------------------------------------------
+
+BAD_ARGUMENTS = [None, 1.5, "x", b"x", -1, 1 << 63, 1 << 64, [1], bytearray(b"ab"), memoryview(b"abcd")[::2],
+                 array.array("i", [1]), True, object()]  # fmt: skip
+METHODS: dict[str, Callable[[Any, Any], Any]] = {
+    "read": lambda f, a: f.read(a),
+    "readinto": lambda f, a: f.readinto(a),
+    "readline": lambda f, a: f.readline(a),
+    "readlines": lambda f, a: f.readlines(a),
+    "write": lambda f, a: f.write(a),
+    "writelines": lambda f, a: f.writelines(a),
+    "seek": lambda f, a: f.seek(a),
+    "seek whence": lambda f, a: f.seek(0, a),
+    "truncate": lambda f, a: f.truncate(a),
+}
+
+
+def _with_file(opener: Callable[..., Any], path: pathlib.Path, mode: str, closed: bool, call: Any) -> tuple[Any, ...]:
+    path.write_bytes(b"hello\nworld\n" * 10)
+    f = opener(path, mode, buffering=0)
+    try:
+        if closed:
+            f.close()
+        got = _outcome(call(f))
+        at = None if closed else f.tell()
+    finally:
+        f.close()
+    return got[0], at, path.read_bytes()
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
+@pytest.mark.parametrize("mode", ["rb", "wb", "r+b", "ab"])
+def test_a_bad_argument_fails_as_io_fileio_fails(tmp_path: pathlib.Path, mode: str, closed: bool, stack: Stack) -> None:
+    # io.FileIO converts its argument before it checks the file: a call wrong twice (a bad
+    # argument on a closed file, or on one not open for it) raises the argument's error
+    path = tmp_path / "f"
+    opener = functools.partial(uringstack.open, stack=stack)
+    for name, method in METHODS.items():
+        for arg in BAD_ARGUMENTS:
+
+            def call(f: Any, method: Callable[[Any, Any], Any] = method, arg: Any = arg) -> Callable[[], Any]:
+                return lambda: method(f, arg)
+
+            want = _with_file(open, path, mode, closed, call)
+            assert _with_file(opener, path, mode, closed, call) == want, f"{name}({arg!r})"
