@@ -22,6 +22,7 @@ import codecs
 import contextlib
 import io
 import locale
+import operator
 import os
 import warnings
 from collections import deque
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
 from uringstack.errors import RingClosedError
-from uringstack.fileobj.fileio import FileIO, Opener
+from uringstack.fileobj.fileio import _C_INT_LIMIT, _SSIZE_LIMIT, FileIO, Opener, _buffer_view, _size_argument
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -46,10 +47,28 @@ MIN_READ = 4096
 F = TypeVar("F", "AsyncBinaryFile", "AsyncTextFile")
 _OFFSET_LIMIT = 1 << 63  # an offset lseek (and an SQE) takes
 _LOW64 = (1 << 64) - 1  # a text cookie's byte position (AsyncTextFile._cookie)
+_SEEK_LAST = max(os.SEEK_END, getattr(os, "SEEK_HOLE", os.SEEK_END))  # SEEK_DATA 3, SEEK_HOLE 4
 
 
 def _closed() -> ValueError:
     return ValueError("I/O operation on closed file")
+
+
+def _index_argument(size: Any) -> int:
+    """*size* as a ``Py_ssize_t`` argument that does not take None (``read1``, ``peek``, the
+    text ``readline``): the built-in's ``TypeError`` or ``OverflowError`` otherwise."""
+    n = operator.index(size)
+    if not -_SSIZE_LIMIT <= n < _SSIZE_LIMIT:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return n
+
+
+def _whence_argument(whence: Any) -> int:
+    """*whence* as ``io``'s ``seek`` converts it (a C int) before it looks at the file."""
+    n = operator.index(whence)  # (its TypeError is the built-in's)
+    if not -_C_INT_LIMIT <= n < _C_INT_LIMIT:
+        raise OverflowError("Python int too large to convert to C int")
+    return n
 
 
 class _Turns:
@@ -105,6 +124,7 @@ class _Turns:
 
 async def _read_lines(readline: Callable[[], Awaitable[AnyStr]], hint: int) -> list[AnyStr]:
     """``readline()`` until it returns nothing, or the lines' length reaches *hint* (when positive)."""
+    hint = _size_argument(hint)  # (before the first line: a bad hint loses none)
     lines: list[AnyStr] = []
     total = 0
     while line := await readline():
@@ -123,7 +143,15 @@ class _LineReader(Generic[AnyStr]):
 
     readline: Callable[..., Awaitable[AnyStr]]
 
+    if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool: ...
+
     async def readlines(self, hint: int = -1) -> list[AnyStr]:
+        hint = _size_argument(hint)
+        if self.closed:  # (before a line is read: io's readlines iterates, which checks this)
+            raise _closed()
         return await _read_lines(self.readline, hint)
 
     def __aiter__(self) -> _LineReader[AnyStr]:
@@ -246,6 +274,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             raise _closed() from None
 
     async def _prepare_read(self) -> None:
+        self._check_buffered_readable()
         if self._file.closed:
             raise _closed()
         if not self._can_read:
@@ -253,13 +282,30 @@ class AsyncBinaryFile(_LineReader[bytes]):
         if self._wbuf or self._writing is not None:
             await self._flush_unlocked()
 
+    def _check_buffered_readable(self) -> None:
+        """A buffered file not open for reading refuses a read before anything else (an
+        ``io.BufferedWriter`` has no read: closed or not, whatever the argument)."""
+        if not self._can_read and self._buffer_size > 1:
+            raise io.UnsupportedOperation("File not open for reading")
+
     def _take(self, n: int) -> bytes:
         out, self._rbuf = self._rbuf[:n], self._rbuf[n:]
         self._pos += len(out)
         return out
 
+    def _read_size(self, size: Any) -> int:
+        """*size* as the built-in's ``read`` takes it, or its error: None is -1; below -1 is
+        a ``ValueError`` when buffered (``io.BufferedReader``), all the rest unbuffered."""
+        self._check_buffered_readable()
+        n = _size_argument(size)
+        if n < -1 and self._buffer_size > 1:
+            raise ValueError("read length must be non-negative or -1")
+        return n
+
     async def read(self, size: int = -1) -> bytes:
         """Up to *size* bytes (all the rest when negative); short only at end of file."""
+        if type(size) is not int or not -1 <= size < _SSIZE_LIMIT:
+            size = self._read_size(size)  # (before the turn: the built-in checks it first)
         turns = self._turns
         if turns.busy:
             await turns.wait()
@@ -269,7 +315,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             # the checks of _prepare_read, in one test when all pass
             if self._file.closed or not self._can_read or self._wbuf or self._writing is not None:
                 await self._prepare_read()
-            if size is None or size < 0:
+            if size < 0:
                 end = os.fstat(self._fd).st_size
                 while await self._fill(max(end - self._pos - len(self._rbuf), CHUNK)):
                     pass
@@ -310,6 +356,8 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     async def read1(self, size: int = -1) -> bytes:
         """At most one stack read: what is buffered, else up to *size* bytes."""
+        self._check_buffered_readable()
+        size = _index_argument(size)
         async with self._turns:
             await self._prepare_read()
             if not self._rbuf:
@@ -323,6 +371,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     async def peek(self, size: int = 0) -> bytes:
         """Buffered bytes without moving the position (reads once if none are buffered)."""
+        size = _index_argument(size)
         async with self._turns:
             await self._prepare_read()
             if not self._rbuf:
@@ -330,13 +379,15 @@ class AsyncBinaryFile(_LineReader[bytes]):
             return self._rbuf
 
     async def readinto(self, b: Any) -> int:
-        m = memoryview(b).cast("B")
+        m = _buffer_view(b, True)  # (before the read: bytes read into a read-only buffer were lost)
+        self._check_buffered_readable()
         data = await self.read(len(m))
         m[: len(data)] = data
         return len(data)
 
     async def readline(self, size: int = -1) -> bytes:
         """One line, ending in ``b"\\n"`` unless at end of file or *size* was reached."""
+        size = _size_argument(size)
         async with self._turns:
             await self._prepare_read()
             start = 0
@@ -361,7 +412,11 @@ class AsyncBinaryFile(_LineReader[bytes]):
     # --- writing -----------------------------------------------------------------------
     async def write(self, b: Any) -> int:
         """Buffer (or, unbuffered, write) all of *b*; returns ``len(b)``."""
-        data = bytes(memoryview(b).cast("B"))
+        if not self._can_write and self._buffer_size > 1:
+            # io.BufferedReader has no write: refused whatever the argument (unbuffered,
+            # io.FileIO checks the argument first)
+            raise io.UnsupportedOperation("File not open for writing")
+        data = bytes(_buffer_view(b, False))
         async with self._turns:
             if self._file.closed:
                 raise _closed()
@@ -384,6 +439,8 @@ class AsyncBinaryFile(_LineReader[bytes]):
             return len(data)
 
     async def writelines(self, lines: Any) -> None:
+        if self._file.closed:  # (before the lines are looked at, as io's writelines)
+            raise _closed()
         for line in lines:
             await self.write(line)
 
@@ -472,9 +529,17 @@ class AsyncBinaryFile(_LineReader[bytes]):
             if self._fd_shared:  # (self._moved(), inlined)
                 os.lseek(self._fd, offset, os.SEEK_SET)
             return offset
+        if type(whence) is not int or not 0 <= whence <= _SEEK_LAST:
+            whence = _whence_argument(whence)
+            if self._buffer_size > 1 and not 0 <= whence <= _SEEK_LAST:
+                raise ValueError(f"whence value {whence} unsupported")  # io.BufferedRandom's check
         async with turns:
             if self._file.closed:
                 raise _closed()
+            if self._buffer_size > 1 and (type(offset) is not int or not -_OFFSET_LIMIT <= offset < _OFFSET_LIMIT):
+                offset = operator.index(offset)
+                if not -_OFFSET_LIMIT <= offset < _OFFSET_LIMIT:
+                    raise ValueError(f"cannot fit '{type(offset).__name__}' into an offset-sized integer")
             await self._flush_unlocked()
             if whence == os.SEEK_CUR:
                 offset, whence = self._pos + offset, os.SEEK_SET
@@ -779,6 +844,8 @@ class AsyncTextFile(_LineReader[str]):
     async def _write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if self.buffer.closed:  # (before "not writable", as io.TextIOWrapper)
+            raise _closed()
         text = s
         if self._newline not in (None, "", "\n"):
             text = text.replace("\n", self._newline)
@@ -792,6 +859,8 @@ class AsyncTextFile(_LineReader[str]):
         return len(s)
 
     async def writelines(self, lines: Any) -> None:
+        if self.buffer.closed:  # (before the lines are looked at, as io's writelines)
+            raise _closed()
         async with self._turns:
             for line in lines:
                 await self._write(line)
@@ -821,9 +890,10 @@ class AsyncTextFile(_LineReader[str]):
         what the built-in's ``seek`` makes of one. Before, every offset got a
         new decoder, and one expecting a byte order mark mid-file raised
         ``UnicodeError``."""
-        if not skip and flags & 1 and self._newline in (None, ""):
+        if not skip and flags & 1 and self._newline in (None, "") and pos >= self._cr_size:
             # a '\r' the newline decoder held back, not returned: the position is before
-            # it (where a write goes), and a decoder there reads it again
+            # it (where a write goes), and a decoder there reads it again (none before
+            # byte 0: there the flag came from a cookie seek() was given, kept as given)
             pos -= self._cr_size
             flags &= ~1
         if pos == 0 and flags == self._fresh_flags:
@@ -874,6 +944,10 @@ class AsyncTextFile(_LineReader[str]):
         return self._cookie(*best)
 
     async def _seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
+        if self.buffer.closed:  # (before the cookie is looked at, as io.TextIOWrapper)
+            raise _closed()
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):  # (lseek's EINVAL, as TextIOWrapper says it)
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
         if whence == os.SEEK_CUR and cookie != 0:
             raise io.UnsupportedOperation("can't do nonzero cur-relative seeks")
         if whence == os.SEEK_END and cookie != 0:
@@ -907,11 +981,13 @@ class AsyncTextFile(_LineReader[str]):
     # per binary call; a text operation makes several, with its own state between them).
     async def read(self, size: int = -1) -> str:
         """Up to *size* characters (all the rest when negative)."""
+        size = _size_argument(size)
         async with self._turns:
             return await self._read(size)
 
     async def readline(self, size: int = -1) -> str:
         """One line, its ending translated as *newline* asks; at most *size* characters."""
+        size = _index_argument(size)  # (io.TextIOWrapper's takes no None, unlike the binary files')
         async with self._turns:
             return await self._readline(size)
 
@@ -932,6 +1008,7 @@ class AsyncTextFile(_LineReader[str]):
 
     async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
         """To a :meth:`tell` cookie (or a byte offset), the start, or with *whence* 2 the end."""
+        whence = _whence_argument(whence)
         async with self._turns:
             return await self._seek(cookie, whence)
 
