@@ -136,23 +136,12 @@ async def _read_lines(readline: Callable[[], Awaitable[AnyStr]], hint: int) -> l
 
 
 class _LineReader(Generic[AnyStr]):
-    """``readlines`` and ``async for`` over a file's ``readline``, as aiofiles has them.
+    """``async for`` over a file's ``readline``, as aiofiles has it.
 
-    The binary and the text file each define ``readline``; this class only
-    declares its type."""
+    The binary and the text file each define ``readline`` (and ``readlines``,
+    whole in one turn); this class only declares its type."""
 
     readline: Callable[..., Awaitable[AnyStr]]
-
-    if TYPE_CHECKING:
-
-        @property
-        def closed(self) -> bool: ...
-
-    async def readlines(self, hint: int = -1) -> list[AnyStr]:
-        hint = _size_argument(hint)
-        if self.closed:  # (before a line is read: io's readlines iterates, which checks this)
-            raise _closed()
-        return await _read_lines(self.readline, hint)
 
     def __aiter__(self) -> _LineReader[AnyStr]:
         return self
@@ -389,25 +378,37 @@ class AsyncBinaryFile(_LineReader[bytes]):
         """One line, ending in ``b"\\n"`` unless at end of file or *size* was reached."""
         size = _size_argument(size)
         async with self._turns:
-            await self._prepare_read()
-            start = 0
-            while True:
-                nl = self._rbuf.find(b"\n", start)
-                if nl >= 0:
-                    n = nl + 1
-                    break
-                if 0 <= size <= len(self._rbuf):
-                    n = size
-                    break
-                start = len(self._rbuf)
-                if not await self._fill(CHUNK):
-                    n = len(self._rbuf)
-                    break
-            if 0 <= size < n:
+            return await self._readline(size)
+
+    async def readlines(self, hint: int = -1) -> list[bytes]:
+        """The lines left (until their length reaches *hint*, when positive), in one turn:
+        no other task's operation falls between two of them."""
+        hint = _size_argument(hint)
+        if self._file.closed:  # (before a line is read: io's readlines iterates, which checks this)
+            raise _closed()
+        async with self._turns:
+            return await _read_lines(self._readline, hint)
+
+    async def _readline(self, size: int = -1) -> bytes:
+        await self._prepare_read()
+        start = 0
+        while True:
+            nl = self._rbuf.find(b"\n", start)
+            if nl >= 0:
+                n = nl + 1
+                break
+            if 0 <= size <= len(self._rbuf):
                 n = size
-            out = self._take(n)
-            self._moved()
-            return out
+                break
+            start = len(self._rbuf)
+            if not await self._fill(CHUNK):
+                n = len(self._rbuf)
+                break
+        if 0 <= size < n:
+            n = size
+        out = self._take(n)
+        self._moved()
+        return out
 
     # --- writing -----------------------------------------------------------------------
     async def write(self, b: Any) -> int:

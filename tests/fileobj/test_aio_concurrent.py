@@ -50,6 +50,14 @@ class _Model:
             end = min(end, self.pos + limit)
         return self.read(max(end - self.pos, 0))
 
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        while line := self.readline():
+            lines.append(line)
+            if 0 < hint <= sum(map(len, lines)):
+                break
+        return lines
+
     def write(self, b: bytes) -> int:
         if b:
             if self.pos > len(self.data):
@@ -76,11 +84,14 @@ class _Model:
 
 
 def _operation(rnd: random.Random, size: int) -> tuple[str, tuple[Any, ...]]:
-    op = rnd.choice(["read", "read", "readline", "seek", "seek", "tell", "write", "write", "truncate", "flush"])
+    op = rnd.choice(["read", "read", "readline", "readlines", "seek", "seek", "tell", "write", "write", "truncate",
+                     "flush"])  # fmt: skip
     if op == "read":
         return op, (rnd.choice([-1, *_SIZES]),)
     if op == "readline":
         return op, (rnd.choice([-1, 5, 300]),)
+    if op == "readlines":
+        return op, (rnd.choice([-1, 0, 1, 5000]),)
     if op == "seek":
         return op, rnd.choice([(rnd.randrange(size + 1), 0), (size + 100, 0), (0, 0), (0, 2), (100, 1)])
     if op == "write":
