@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -31,8 +32,10 @@ def resolve_target(
     options: dict[str, Any] | None = None,
 ) -> Target:
     """Classify *path* (file, block device, NVMe generic char device) and find its probed device."""
-    path = os.path.abspath(path)
     adopt = (options or {}).get(ADOPT_FD)
+    if not path and adopt is None:  # (abspath would make it the working directory)
+        raise UringIOError(errno.ENOENT, "open", path, "an empty path names no file")
+    path = os.path.abspath(path)
     try:
         st = os.fstat(adopt) if adopt is not None else os.stat(path)
     except FileNotFoundError:
@@ -54,6 +57,8 @@ def resolve_target(
             kind = "nvme_char"
         elif stat.S_ISREG(st.st_mode):
             kind = "file"
+        elif stat.S_ISDIR(st.st_mode):  # (open(2)'s errno for it, as the built-in open() raises)
+            raise UringIOError(errno.EISDIR, "open", path, "not a regular file, block device or NVMe char device")
         else:
             raise UringIOError(22, "open", path, "not a regular file, block device or NVMe char device")
     device = caps.device_for_path(path) if caps is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import mmap
 import os
 import pathlib
@@ -229,3 +230,28 @@ def test_an_index_object_is_an_offset(handle: FileHandle) -> None:
         assert p.run([_Index(300)]) == [4]
     data = os.pread(handle.fd, len(DATA), 0)
     assert (data[100:103], data[200:204], data[300:304]) == (b"DUR", b"MANY", b"PREP")
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("writable", "no"), ("writable", 0), ("create", "yes"), ("direct", "yes"), ("direct", 1), ("core", "0")],
+)
+def test_a_flag_that_is_not_a_bool_is_a_type_error(stack: Stack, tmp_path: pathlib.Path, argument: str, value: object
+                                                   ) -> None:  # fmt: skip
+    # "no" is truthy: writable="no" opened the file for writing
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    with pytest.raises(TypeError, match=rf"argument '{argument}' must be .*not {re.escape(repr(value))}"):
+        stack.open(path, **{argument: value})
+
+
+def test_a_directory_or_an_empty_path_fails_with_open_2s_errno(stack: Stack, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UringIOError) as isdir:
+        stack.open(tmp_path)
+    assert isdir.value.errno == errno.EISDIR
+    with pytest.raises(UringIOError) as empty:  # not the working directory, which os.path.abspath("") is
+        stack.open("")
+    assert empty.value.errno == errno.ENOENT
+    with pytest.raises(UringIOError) as empty_create:
+        stack.open("", create=True)
+    assert empty_create.value.errno == errno.ENOENT
