@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import operator
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +19,15 @@ from .writer import Writer
 
 if TYPE_CHECKING:
     from ..stack import Stack
+
+
+def _lsn_argument(method: str, lsn: Any) -> int:
+    """*lsn* as an int, or a ``TypeError`` naming the call (a float or a string compared with
+    the segments' LSNs would pick records by accident, or fail half-way)."""
+    try:
+        return operator.index(lsn)
+    except TypeError:
+        raise TypeError(f"Wal.{method}(): an LSN is an int, not {type(lsn).__name__}") from None
 
 
 class Wal:
@@ -75,6 +86,8 @@ class Wal:
         if stack is not None and "backend" in overrides:
             raise TypeError("pass either backend= or stack=, not both: the stack decides the backend")
         directory = Path(path)
+        if directory.exists() and not directory.is_dir():  # (mkdir's FileExistsError says less)
+            raise NotADirectoryError(errno.ENOTDIR, "a WAL is a directory; this path is a file", str(directory))
         directory.mkdir(parents=True, exist_ok=True)
         fsync_dir(directory.parent)
         lock = DirectoryLock(directory)
@@ -178,6 +191,7 @@ class Wal:
 
         A snapshot: records appended after the call are not included.
         """
+        lsn = _lsn_argument("read_from", lsn)
         self._check_open()
         with self._writer.lock:
             upto = self._writer.durable_lsn
@@ -190,6 +204,7 @@ class Wal:
         Records at and above *lsn* are kept; so may be some below it that share
         a segment with them.  The active segment is never removed.
         """
+        lsn = _lsn_argument("truncate_before", lsn)
         self._check_open()
         w = self._writer
         with w.lock:

@@ -67,3 +67,25 @@ def test_record_size_limit_message_is_exact(wal_dir: pathlib.Path) -> None:
         msg = str(ei.value)
         assert "65521" in msg and "65536" in msg and "65520" in msg, msg
         assert "framed" in msg
+
+
+def test_an_lsn_that_is_not_an_int_is_a_type_error(wal_dir: pathlib.Path) -> None:
+    # 1.5 read from LSN 2; a string passed truncate_before while one segment was live
+    # (nothing compared) and failed half-way through the list once there were more
+    cfg = WalConfig(segment_size_bytes=16 * 1024, max_batch_bytes=4096, backend="fallback")
+    with Wal.open(wal_dir, cfg) as wal:
+        wal.append_many([bytes(3000)] * 12)  # several segments
+        for bad in (1.5, "3", None, b"1"):
+            with pytest.raises(TypeError, match=r"Wal.read_from\(\): an LSN is an int"):
+                wal.read_from(bad)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"Wal.truncate_before\(\): an LSN is an int"):
+                wal.truncate_before(bad)  # type: ignore[arg-type]
+        assert [lsn for lsn, _ in wal.read_from(1)] == list(range(1, 13))  # nothing truncated
+
+
+def test_a_path_that_is_a_file_is_not_a_directory_error(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "wal"
+    path.write_bytes(b"not a log")
+    with pytest.raises(NotADirectoryError, match="a WAL is a directory"):
+        Wal.open(path, CFG)
+    assert path.read_bytes() == b"not a log"
