@@ -8,6 +8,7 @@ device's logical block size.  Anonymous ``mmap`` memory is page aligned
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from uringstack.ring.columns import BatchColumns
 
 PAGE_SIZE = mmap.PAGESIZE
+_RETIRED = -1  # a released lease's ring_id: no ring's id(), so it matches no registered table
 
 
 def aligned_buffer(size: int, alignment: int = PAGE_SIZE) -> mmap.mmap:
@@ -61,6 +63,21 @@ def address_of(pin: Any) -> int:
     return int(ffi.cast("uintptr_t", pin))
 
 
+def released_lease_error() -> ValueError:
+    """The error for I/O on a registered buffer that ``release_buffers`` gave back."""
+    return ValueError(
+        "a registered buffer used after release_buffers gave it back (its memory may be another "
+        "lease's now): lease another"
+    )
+
+
+def lease_view(buf: RegisteredBuffer) -> memoryview:
+    """*buf*'s memory, or :func:`released_lease_error` once it was released."""
+    if buf.ring_id == _RETIRED:
+        raise released_lease_error()
+    return buf.view
+
+
 def pin_buffers(buffers: Sequence[Any], *, writable: bool) -> tuple[list[Any], list[int], list[int]]:
     """``(keep, addresses, lengths)`` for a batch: what the batch must hold until
     completion, and where each buffer's memory is.  Registered-buffer leases are
@@ -70,6 +87,8 @@ def pin_buffers(buffers: Sequence[Any], *, writable: bool) -> tuple[list[Any], l
     lens: list[int] = []
     for buf in buffers:
         if isinstance(buf, RegisteredBuffer):
+            if buf.ring_id == _RETIRED:
+                raise released_lease_error()
             keep.append(buf)
             addrs.append(buf.addr)
             lens.append(buf.size)
@@ -151,6 +170,21 @@ class RegisteredBuffer:
             raise ValueError(f"range {start}+{length} outside a {self.size}-byte registered buffer")
         root = self.parent or self
         return RegisteredBuffer(self.view[start : start + length], self.index, self.addr + start, self.ring_id, root)
+
+    @property
+    def released(self) -> bool:
+        """True once :meth:`retire` ran: the lease was given back, its memory is the pool's."""
+        return self.ring_id == _RETIRED
+
+    def retire(self) -> None:
+        """Make this lease unusable (``release_buffers`` calls it): I/O on it is refused
+        (:func:`pin_buffers`; it matches no ring's registered buffers), and its ``view``
+        is released (unless the caller holds an export of it), since the memory goes
+        to the pool's next lease."""
+        self.ring_id = _RETIRED
+        self.index = -1
+        with contextlib.suppress(BufferError):
+            self.view.release()
 
     def in_flight(self) -> bool:
         """True while the last batch submitted with this buffer has not completed."""

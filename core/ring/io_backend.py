@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
 from uringstack.ring.arguments import check_offsets, nbytes
-from uringstack.ring.buffers import RegisteredBuffer
+from uringstack.ring.buffers import RegisteredBuffer, lease_view
 from uringstack.ring.pending import Pending
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     """
     results: list[int] = []
     for offset, buf in zip(offsets, buffers, strict=True):
-        data: Any = buf.view if isinstance(buf, RegisteredBuffer) else buf
+        data: Any = lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf
         done = 0
         try:
             done = os.pwrite(fd, data, offset)

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
-from uringstack.ring.buffers import LeasedBuffer, RegisteredBuffer, address_of, check_alignment, fixed_slots
+from uringstack.ring.buffers import (
+    LeasedBuffer,
+    RegisteredBuffer,
+    address_of,
+    check_alignment,
+    fixed_slots,
+    lease_view,
+)
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
@@ -70,11 +77,10 @@ class HandleOwner(Protocol):
 # twice as much (0.9 against 0.5 us per pin measured), and a batch await pins every buffer.
 _PIN_TYPE = "char[]"
 _lease_pin = operator.attrgetter("_uringstack_pin")  # a LeasedBuffer's pin (AttributeError: any other buffer)
-_lease_view = operator.attrgetter("view")  # a RegisteredBuffer's memory
 
 
 def _view(buf: Any) -> memoryview:
-    return buf.view if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
+    return lease_view(buf) if isinstance(buf, RegisteredBuffer) else memoryview(buf).cast("B")
 
 
 def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> Sequence[int]:
@@ -119,6 +125,12 @@ class FileHandle:
         """Why this backend serves the handle (the backend factory's reason)."""
         # Plain buffers lease_buffers handed out, so release_buffers can refuse foreign ones.
         self._plain_leases: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Registered-buffer leases handed out and not released: each a fresh object over a
+        # pool buffer (its parent), retired by release_buffers (see there).  Held strongly:
+        # a lease dropped unreleased keeps its pool buffer too.
+        self._fixed_leases: set[RegisteredBuffer] = set()
+        # Prepared I/O made on this handle (weakly: one dropped cannot start again).
+        self._prepared: weakref.WeakSet[PreparedIO] = weakref.WeakSet()
         # Single asyncio ops on a plain io_uring backend are coalesced per loop
         # iteration (uringstack.ring.coalesce); other backends take the batch path.
         self._uring_io = io if type(io) is UringFileIO else None
@@ -215,19 +227,40 @@ class FileHandle:
             for lease in leases:
                 pool.release(lease)
             raise
-        return list(leases) if size == pool.buffer_size else [b.sub(0, size) for b in leases]
+        # A fresh object per lease, whatever the pool hands out (the built-in pool hands out
+        # the same object for a buffer each time): a reference kept past release_buffers
+        # is then this object, retired, and not the next lease of the same memory.
+        mine = [b.sub(0, size) for b in leases]
+        self._fixed_leases.update(mine)
+        return mine
 
     def release_buffers(self, buffers: Sequence[Any]) -> None:
         """Return buffers from :meth:`lease_buffers`.
 
         A buffer this handle's :meth:`lease_buffers` did not hand out (or one
-        released already) raises ``ValueError`` before any buffer is returned.
-        """
+        released already, or one given twice) raises ``ValueError`` before any
+        buffer is returned, as does a registered buffer that an open
+        :meth:`prepare_reads`/:meth:`prepare_writes` holds (close that first:
+        it could start again on memory the pool has leased out since).  A
+        released registered buffer is retired: I/O on it is refused
+        (``ValueError``) and its ``view`` is released, since its memory goes
+        to the next lease."""
         pool = self.worker.buffers.for_ring(self.ring)
+        if len({id(b) for b in buffers}) != len(buffers):
+            raise ValueError("release_buffers: a buffer is given twice")
+        held = {id(b) for p in self._prepared if not p.closed for b in p.buffers} if self._prepared else set()
         for buf in buffers:
             if isinstance(buf, RegisteredBuffer):
-                if pool is None or not pool.owns(buf.parent or buf):
-                    raise ValueError(f"release_buffers: {buf!r} is not a lease of this handle's buffer pool")
+                if pool is None or buf not in self._fixed_leases or not pool.owns(buf.parent or buf):
+                    raise ValueError(
+                        f"release_buffers: {buf!r} is not a lease of this handle's buffer pool "
+                        "(or was released already)"
+                    )
+                if id(buf) in held:
+                    raise ValueError(
+                        f"release_buffers: registered buffer {buf.index} is held by an open prepared I/O "
+                        "(prepare_reads/prepare_writes): close it first"
+                    )
             elif buf not in self._plain_leases:
                 raise ValueError(
                     f"release_buffers: a {type(buf).__name__} that lease_buffers did not hand out "
@@ -236,7 +269,9 @@ class FileHandle:
         for buf in buffers:
             if isinstance(buf, RegisteredBuffer):
                 assert pool is not None
+                self._fixed_leases.discard(buf)
                 pool.release(buf.parent or buf)
+                buf.retire()
             else:
                 self._plain_leases.discard(buf)
                 if isinstance(buf, LeasedBuffer) and hasattr(buf, "_uringstack_pin"):
@@ -458,7 +493,9 @@ class FileHandle:
         self._check()
         if not buffers:
             raise ValueError(f"{self.path}: nothing to prepare (no buffers)")
-        return PreparedIO(self, write, buffers)
+        prepared = PreparedIO(self, write, buffers)
+        self._prepared.add(prepared)
+        return prepared
 
     def readv_into(self, buffers: Sequence[Any], offset: int) -> int:
         """Scatter read: fill *buffers* in order from *offset*; returns total bytes read."""
@@ -821,7 +858,7 @@ class FileHandle:
             return None
         kind = kinds.pop()
         if kind is RegisteredBuffer:
-            buffers = list(map(_lease_view, buffers))
+            buffers = list(map(lease_view, buffers))  # (a released lease: its error)
         elif kind is not LeasedBuffer and kind is not bytearray:
             return None
         try:

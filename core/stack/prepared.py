@@ -62,6 +62,7 @@ class PreparedIO:
 
     def __init__(self, handle: PreparingHandle, write: bool, buffers: Sequence[Any]) -> None:
         self._handle = handle
+        self._closed = False
         self.write = write
         self.buffers: tuple[Any, ...] = tuple(buffers)
         """The prepared buffers; op *i* of every batch moves ``buffers[i]``."""
@@ -84,6 +85,11 @@ class PreparedIO:
         except BaseException:
             self._prep.close()
             raise
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
 
     def done(self) -> bool:
         """True unless the last batch started is still in flight (what the handle's close waits for)."""
@@ -198,6 +204,7 @@ class PreparedIO:
         """Drop the prepared state; a batch still in flight keeps its buffers until it completes
         (and the handle's close still waits for it)."""
         last = self._last
+        self._closed = True
         self._tracker.unregister(self, last if last is not None and not last.done() else None)
         self._prep.close()
 

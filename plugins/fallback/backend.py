@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.errors import RingClosedError
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
@@ -46,7 +46,7 @@ _PIN_TYPE = "char[]"
 
 
 def _as_buffer(buf: Any) -> Any:
-    return buf.view if isinstance(buf, RegisteredBuffer) else buf
+    return lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf
 
 
 def _preadv(fd: int, buf: Any, offset: int) -> int:

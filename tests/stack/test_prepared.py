@@ -209,4 +209,5 @@ def test_prepared_reads_on_leased_registered_buffers_use_read_fixed(
         assert all(lease.in_flight() for lease in leases) or pending.done()
         pending.wait()
         assert not any(lease.in_flight() for lease in leases)
+        reads.close()  # (release_buffers refuses leases an open prepared I/O holds)
         h.release_buffers(leases)
