@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from uringstack.stack import Stack, open_stack
+from uringstack.stack.handle import FileHandle
 
 BACKENDS = {
     "uring": {"core.backend": "auto", "fallback.mode": "auto"},
@@ -21,6 +23,16 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     s = open_stack(overrides=BACKENDS[request.param])
     yield s
     s.close()
+
+
+@pytest.fixture
+def handle(stack: Stack, tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[FileHandle]:
+    """A handle on a file holding the test module's ``DATA``, on each backend (a module
+    with its own ``handle`` fixture uses that one)."""
+    path = tmp_path / "f"
+    path.write_bytes(request.module.DATA)
+    with stack.open(path) as h:
+        yield h
 
 
 class GatedReads:

@@ -21,14 +21,6 @@ from uringstack.stack.handle import FileHandle
 DATA = bytes(range(256)) * 32  # 8 KiB
 
 
-@pytest.fixture
-def handle(stack: Stack, tmp_path: pathlib.Path) -> Iterator[FileHandle]:
-    path = tmp_path / "f"
-    path.write_bytes(DATA)
-    with stack.open(path) as h:
-        yield h
-
-
 def test_negative_offset_is_a_value_error_naming_it(handle: FileHandle) -> None:
     buf = bytearray(16)
     for call in (

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from uringstack.ring.pending import CompletedPending
-from uringstack.stack import Stack, open_stack
+from uringstack.stack import open_stack
 from uringstack.stack.handle import FileHandle
 
 DATA = bytes(range(256)) * 16  # 4 KiB
@@ -42,14 +42,6 @@ def _raw(buf: Any) -> bytes:
 def _filled(buf: Any, byte: int) -> Any:
     memoryview(buf).cast("B")[:] = bytes([byte]) * memoryview(buf).nbytes
     return buf
-
-
-@pytest.fixture
-def handle(stack: Stack, tmp_path: pathlib.Path) -> Iterator[FileHandle]:
-    path = tmp_path / "f"
-    path.write_bytes(DATA)
-    with stack.open(path) as h:
-        yield h
 
 
 def test_readv_into_places_each_buffer_after_the_bytes_of_the_one_before(handle: FileHandle) -> None:
