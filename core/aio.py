@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
 from uringstack.errors import RingClosedError
-from uringstack.fileobj.fileio import _C_INT_LIMIT, _SSIZE_LIMIT, FileIO, Opener, _buffer_view, _size_argument
+from uringstack.fileobj.arguments import SSIZE_LIMIT, buffer_view, index_argument, size_argument, whence_argument
+from uringstack.fileobj.fileio import FileIO, Opener
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -52,23 +53,6 @@ _SEEK_LAST = max(os.SEEK_END, getattr(os, "SEEK_HOLE", os.SEEK_END))  # SEEK_DAT
 
 def _closed() -> ValueError:
     return ValueError("I/O operation on closed file")
-
-
-def _index_argument(size: Any) -> int:
-    """*size* as a ``Py_ssize_t`` argument that does not take None (``read1``, ``peek``, the
-    text ``readline``): the built-in's ``TypeError`` or ``OverflowError`` otherwise."""
-    n = operator.index(size)
-    if not -_SSIZE_LIMIT <= n < _SSIZE_LIMIT:
-        raise OverflowError("Python int too large to convert to C ssize_t")
-    return n
-
-
-def _whence_argument(whence: Any) -> int:
-    """*whence* as ``io``'s ``seek`` converts it (a C int) before it looks at the file."""
-    n = operator.index(whence)  # (its TypeError is the built-in's)
-    if not -_C_INT_LIMIT <= n < _C_INT_LIMIT:
-        raise OverflowError("Python int too large to convert to C int")
-    return n
 
 
 class _Turns:
@@ -124,7 +108,7 @@ class _Turns:
 
 async def _read_lines(readline: Callable[[], Awaitable[AnyStr]], hint: int) -> list[AnyStr]:
     """``readline()`` until it returns nothing, or the lines' length reaches *hint* (when positive)."""
-    hint = _size_argument(hint)  # (before the first line: a bad hint loses none)
+    hint = size_argument(hint)  # (before the first line: a bad hint loses none)
     lines: list[AnyStr] = []
     total = 0
     while line := await readline():
@@ -286,14 +270,14 @@ class AsyncBinaryFile(_LineReader[bytes]):
         """*size* as the built-in's ``read`` takes it, or its error: None is -1; below -1 is
         a ``ValueError`` when buffered (``io.BufferedReader``), all the rest unbuffered."""
         self._check_buffered_readable()
-        n = _size_argument(size)
+        n = size_argument(size)
         if n < -1 and self._buffer_size > 1:
             raise ValueError("read length must be non-negative or -1")
         return n
 
     async def read(self, size: int = -1) -> bytes:
         """Up to *size* bytes (all the rest when negative); short only at end of file."""
-        if type(size) is not int or not -1 <= size < _SSIZE_LIMIT:
+        if type(size) is not int or not -1 <= size < SSIZE_LIMIT:
             size = self._read_size(size)  # (before the turn: the built-in checks it first)
         turns = self._turns
         if turns.busy:
@@ -346,7 +330,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
     async def read1(self, size: int = -1) -> bytes:
         """At most one stack read: what is buffered, else up to *size* bytes."""
         self._check_buffered_readable()
-        size = _index_argument(size)
+        size = index_argument(size)
         async with self._turns:
             await self._prepare_read()
             if not self._rbuf:
@@ -360,7 +344,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     async def peek(self, size: int = 0) -> bytes:
         """Buffered bytes without moving the position (reads once if none are buffered)."""
-        size = _index_argument(size)
+        size = index_argument(size)
         async with self._turns:
             await self._prepare_read()
             if not self._rbuf:
@@ -368,7 +352,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             return self._rbuf
 
     async def readinto(self, b: Any) -> int:
-        m = _buffer_view(b, True)  # (before the read: bytes read into a read-only buffer were lost)
+        m = buffer_view(b, True)  # (before the read: bytes read into a read-only buffer were lost)
         self._check_buffered_readable()
         data = await self.read(len(m))
         m[: len(data)] = data
@@ -376,14 +360,14 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     async def readline(self, size: int = -1) -> bytes:
         """One line, ending in ``b"\\n"`` unless at end of file or *size* was reached."""
-        size = _size_argument(size)
+        size = size_argument(size)
         async with self._turns:
             return await self._readline(size)
 
     async def readlines(self, hint: int = -1) -> list[bytes]:
         """The lines left (until their length reaches *hint*, when positive), in one turn:
         no other task's operation falls between two of them."""
-        hint = _size_argument(hint)
+        hint = size_argument(hint)
         if self._file.closed:  # (before a line is read: io's readlines iterates, which checks this)
             raise _closed()
         async with self._turns:
@@ -417,7 +401,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             # io.BufferedReader has no write: refused whatever the argument (unbuffered,
             # io.FileIO checks the argument first)
             raise io.UnsupportedOperation("File not open for writing")
-        data = bytes(_buffer_view(b, False))
+        data = bytes(buffer_view(b, False))
         async with self._turns:
             if self._file.closed:
                 raise _closed()
@@ -531,7 +515,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 os.lseek(self._fd, offset, os.SEEK_SET)
             return offset
         if type(whence) is not int or not 0 <= whence <= _SEEK_LAST:
-            whence = _whence_argument(whence)
+            whence = whence_argument(whence)
             if self._buffer_size > 1 and not 0 <= whence <= _SEEK_LAST:
                 raise ValueError(f"whence value {whence} unsupported")  # io.BufferedRandom's check
         async with turns:
@@ -982,13 +966,13 @@ class AsyncTextFile(_LineReader[str]):
     # per binary call; a text operation makes several, with its own state between them).
     async def read(self, size: int = -1) -> str:
         """Up to *size* characters (all the rest when negative)."""
-        size = _size_argument(size)
+        size = size_argument(size)
         async with self._turns:
             return await self._read(size)
 
     async def readline(self, size: int = -1) -> str:
         """One line, its ending translated as *newline* asks; at most *size* characters."""
-        size = _index_argument(size)  # (io.TextIOWrapper's takes no None, unlike the binary files')
+        size = index_argument(size)  # (io.TextIOWrapper's takes no None, unlike the binary files')
         async with self._turns:
             return await self._readline(size)
 
@@ -1009,7 +993,7 @@ class AsyncTextFile(_LineReader[str]):
 
     async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
         """To a :meth:`tell` cookie (or a byte offset), the start, or with *whence* 2 the end."""
-        whence = _whence_argument(whence)
+        whence = whence_argument(whence)
         async with self._turns:
             return await self._seek(cookie, whence)
 

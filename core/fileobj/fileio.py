@@ -32,6 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import AlignmentError, RingClosedError
 from uringstack.fileobj._fastio import CachedReadInto
+from uringstack.fileobj.arguments import (
+    C_INT_LIMIT,
+    SSIZE_LIMIT,
+    buffer_view,
+    size_argument,
+    type_name,
+    whence_argument,
+)
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
 from uringstack.ring.interrupts import despite_signals
@@ -98,47 +106,6 @@ def _take_lock(lock: threading.RLock) -> None:
 def _acquire_unless_owned(lock: threading.RLock) -> None:
     if not lock._is_owned():  # type: ignore[attr-defined]
         lock.acquire()
-
-
-def _type_name(value: object) -> str:
-    """A type as CPython's argument errors name it (``None`` for None)."""
-    return "None" if value is None else type(value).__name__
-
-
-def _buffer_view(b: Any, writable: bool) -> memoryview:
-    """*b* as a flat byte view, or the ``TypeError`` ``io.FileIO.readinto`` (*writable*) or
-    ``write`` raises for it (``BufferError`` for a non-contiguous ``write`` argument).
-
-    io.FileIO converts its argument before it looks at the file: a call that is
-    wrong twice (a closed file, or one not open for it) raises this first."""
-    try:
-        view = memoryview(b)
-    except TypeError:
-        view = None
-    if writable and (view is None or view.readonly or not view.c_contiguous):
-        raise TypeError(f"readinto() argument must be read-write bytes-like object, not {_type_name(b)}")
-    if view is None:
-        raise TypeError(f"a bytes-like object is required, not '{type(b).__name__}'")
-    if not view.c_contiguous:
-        raise BufferError("memoryview: underlying buffer is not C-contiguous")
-    return view.cast("B")
-
-
-_SSIZE_LIMIT = 1 << 63  # a Py_ssize_t holds [-2**63, 2**63)
-_C_INT_LIMIT = 1 << 31
-
-
-def _size_argument(size: Any) -> int:
-    """*size* as ``io.FileIO``'s size arguments take it (None: -1), or the error they raise."""
-    if size is None:
-        return -1
-    try:
-        n = operator.index(size)
-    except TypeError:
-        raise TypeError(f"argument should be integer or None, not '{_type_name(size)}'") from None
-    if not -_SSIZE_LIMIT <= n < _SSIZE_LIMIT:
-        raise OverflowError(f"cannot fit '{type(size).__name__}' into an index-sized integer")
-    return n
 
 
 class _Held:
@@ -236,7 +203,7 @@ class FileIO(io.RawIOBase):
     ) -> None:
         # Argument checks in the order and words of the C io.FileIO (Modules/_io/fileio.c).
         if not isinstance(mode, str):
-            raise TypeError(f"FileIO() argument 'mode' must be str, not {_type_name(mode)}")
+            raise TypeError(f"FileIO() argument 'mode' must be str, not {type_name(mode)}")
         if "\0" in mode:
             raise ValueError("embedded null character")
         if self._fd >= 0:
@@ -735,7 +702,7 @@ class FileIO(io.RawIOBase):
         # _checkClosed and _checkReadable, inline: this is every buffered read's path (a
         # closed handle raises RingClosedError in the handle's own check, made into ours)
         if self._closed_flag:
-            _buffer_view(b, True)
+            buffer_view(b, True)
             raise _closed_error()
         here = self._here
         if here is not None:
@@ -759,7 +726,7 @@ class FileIO(io.RawIOBase):
                 self._here = None
                 self._disarm_cached_reads()
         if not self._readable:
-            _buffer_view(b, True)
+            buffer_view(b, True)
             self._checkClosed()  # (a handle closed behind this object: closed comes first)
             raise io.UnsupportedOperation("File not open for reading")
         handle = self._handle
@@ -797,7 +764,7 @@ class FileIO(io.RawIOBase):
                 except BaseException:
                     despite_signals(self._unread, pos, end)
                     raise
-        m = _buffer_view(b, True)
+        m = buffer_view(b, True)
         if handle is None:
             try:
                 return os.readv(self._fd, [m])
@@ -855,8 +822,8 @@ class FileIO(io.RawIOBase):
 
         ``None`` only on a non-blocking pipe or socket with nothing to read
         (typed as typeshed types ``io.FileIO.read``: ``bytes | MaybeNone``)."""
-        if type(size) is not int or not -_SSIZE_LIMIT <= size < _SSIZE_LIMIT:
-            size = _size_argument(size)
+        if type(size) is not int or not -SSIZE_LIMIT <= size < SSIZE_LIMIT:
+            size = size_argument(size)
         self._checkClosed()
         self._checkReadable()
         if size < 0:
@@ -988,7 +955,7 @@ class FileIO(io.RawIOBase):
         positional pieces: up to the next 8 KiB boundary (whole blocks), then
         doubling up to 1 MiB. The position then moves once, to just past the
         line."""
-        size = _size_argument(size)
+        size = size_argument(size)
         self._checkClosed()
         self._checkReadable()
         if self._handle is None:
@@ -1033,10 +1000,10 @@ class FileIO(io.RawIOBase):
         ``None`` only on a non-blocking pipe or socket that is full, as ``io.FileIO``."""
         # _checkClosed and _checkWritable, inline: this is every buffered write's path
         if self._closed_flag:
-            _buffer_view(b, False)
+            buffer_view(b, False)
             raise _closed_error()
         if not self._writable:
-            _buffer_view(b, False)
+            buffer_view(b, False)
             raise io.UnsupportedOperation("File not open for writing")
         handle = self._handle
         if handle is not None and not self._direct:
@@ -1092,7 +1059,7 @@ class FileIO(io.RawIOBase):
                     if made is not None:  # a signal right after the release: the write was made
                         despite_signals(self._unmake, *made)
                     raise
-        m = _buffer_view(b, False)
+        m = buffer_view(b, False)
         if self._handle is None:
             try:
                 return os.write(self._fd, m)
@@ -1210,10 +1177,8 @@ class FileIO(io.RawIOBase):
 
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
         # io.FileIO's order: whence converted (a C int), then closed, then pos
-        if type(whence) is not int or not -_C_INT_LIMIT <= whence < _C_INT_LIMIT:
-            whence = operator.index(whence)  # (its TypeError is the built-in's)
-            if not -_C_INT_LIMIT <= whence < _C_INT_LIMIT:
-                raise OverflowError("Python int too large to convert to C int")
+        if type(whence) is not int or not -C_INT_LIMIT <= whence < C_INT_LIMIT:
+            whence = whence_argument(whence)
         self._checkClosed()
         if isinstance(pos, float):
             raise TypeError("an integer is required")

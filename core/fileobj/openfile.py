@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from uringstack.fileobj._fastio import HeldWrite
+from uringstack.fileobj.arguments import type_name
 from uringstack.fileobj.closing import close_flushed
-from uringstack.fileobj.fileio import FileIO, Opener, PathArg, _type_name
+from uringstack.fileobj.fileio import FileIO, Opener, PathArg
 
 if TYPE_CHECKING:
     from _typeshed import (
@@ -183,14 +184,14 @@ def check_mode(
     by character, then the combinations.  A mode without r, w, a or x is left to
     :class:`FileIO`, which refuses it with its own message, as the built-in does."""
     if not isinstance(mode, str):
-        raise TypeError(f"open() argument 'mode' must be str, not {_type_name(mode)}")
+        raise TypeError(f"open() argument 'mode' must be str, not {type_name(mode)}")
     if "\0" in mode:
         raise ValueError("embedded null character")
     if not isinstance(buffering, int):
         raise TypeError(f"'{type(buffering).__name__}' object cannot be interpreted as an integer")
     for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
         if value is not None and not isinstance(value, str):
-            raise TypeError(f"open() argument '{name}' must be str or None, not {_type_name(value)}")
+            raise TypeError(f"open() argument '{name}' must be str or None, not {type_name(value)}")
     if not isinstance(file, int):
         file = os.fspath(file)
     if not isinstance(file, (str, bytes, int)):
