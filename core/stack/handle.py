@@ -14,6 +14,7 @@ import contextlib
 import errno
 import operator
 import os
+import threading
 import weakref
 from _thread import get_ident
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from uringstack.errors import RingClosedError, ShortIOError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
 from uringstack.ring.buffers import (
+    BufferProvider,
     LeasedBuffer,
     RegisteredBuffer,
     address_of,
@@ -131,6 +133,7 @@ class FileHandle:
         self._fixed_leases: set[RegisteredBuffer] = set()
         # Prepared I/O made on this handle (weakly: one dropped cannot start again).
         self._prepared: weakref.WeakSet[PreparedIO] = weakref.WeakSet()
+        self._lease_lock = threading.Lock()  # release_buffers' checks and releases, as one
         # Single asyncio ops on a plain io_uring backend are coalesced per loop
         # iteration (uringstack.ring.coalesce); other backends take the batch path.
         self._uring_io = io if type(io) is UringFileIO else None
@@ -246,6 +249,23 @@ class FileHandle:
         (``ValueError``) and its ``view`` is released, since its memory goes
         to the next lease."""
         pool = self.worker.buffers.for_ring(self.ring)
+        # One release at a time: another thread's, between this one's checks and its
+        # releases, could make it release some buffers and then raise (all or nothing)
+        with self._lease_lock:
+            self._check_releasable(buffers, pool)
+            for buf in buffers:
+                if isinstance(buf, RegisteredBuffer):
+                    assert pool is not None
+                    self._fixed_leases.discard(buf)
+                    pool.release(buf.parent or buf)
+                    buf.retire()
+                else:
+                    self._plain_leases.discard(buf)
+                    if isinstance(buf, LeasedBuffer) and hasattr(buf, "_uringstack_pin"):
+                        del buf._uringstack_pin  # the caller may close it now (a batch in flight keeps its own)
+
+    def _check_releasable(self, buffers: Sequence[Any], pool: BufferProvider | None) -> None:
+        """Raise what :meth:`release_buffers` refuses in *buffers*, before any is released."""
         if len({id(b) for b in buffers}) != len(buffers):
             raise ValueError("release_buffers: a buffer is given twice")
         held = {id(b) for p in self._prepared if not p.closed for b in p.buffers} if self._prepared else set()
@@ -266,16 +286,6 @@ class FileHandle:
                     f"release_buffers: a {type(buf).__name__} that lease_buffers did not hand out "
                     "(or that was released already)"
                 )
-        for buf in buffers:
-            if isinstance(buf, RegisteredBuffer):
-                assert pool is not None
-                self._fixed_leases.discard(buf)
-                pool.release(buf.parent or buf)
-                buf.retire()
-            else:
-                self._plain_leases.discard(buf)
-                if isinstance(buf, LeasedBuffer) and hasattr(buf, "_uringstack_pin"):
-                    del buf._uringstack_pin  # the caller may close it now; a batch in flight keeps its own reference
 
     def size(self) -> int:
         self._check()

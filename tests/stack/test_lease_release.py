@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -115,3 +116,42 @@ def test_a_lease_an_open_prepared_io_holds_is_not_released(handle: FileHandle) -
     assert not any(lease.released for lease in leases)  # nothing released: all or nothing
     reads.close()
     handle.release_buffers(leases)
+
+
+def test_a_release_racing_another_releases_all_or_nothing(handle: FileHandle, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:  # fmt: skip
+    # A releases x and is held between its checks and its releases; B releases [y, x]
+    # meanwhile: B must raise with y still leased (before, B's checks passed, B released
+    # both, and A then failed half-way)
+    x, y = _registered(handle, 2)
+    inside, go_on = threading.Event(), threading.Event()
+    real = handle._check_releasable
+
+    def slow_checks(buffers: Any, pool: Any) -> None:
+        real(buffers, pool)
+        if threading.current_thread().name == "A":
+            inside.set()
+            go_on.wait(5)
+
+    monkeypatch.setattr(handle, "_check_releasable", slow_checks)
+    a = threading.Thread(target=handle.release_buffers, args=([x],), name="A", daemon=True)
+    a.start()
+    assert inside.wait(5)
+    outcome: list[BaseException] = []
+
+    def release_both() -> None:
+        try:
+            handle.release_buffers([y, x])
+        except ValueError as exc:
+            outcome.append(exc)
+
+    b = threading.Thread(target=release_both, name="B", daemon=True)
+    b.start()
+    b.join(0.2)  # B waits for A's release to end (it used to run its checks meanwhile)
+    go_on.set()
+    a.join(5)
+    b.join(5)
+    assert not a.is_alive() and not b.is_alive()
+    assert len(outcome) == 1 and "released already" in str(outcome[0])
+    assert x.released and not y.released
+    handle.release_buffers([y])
