@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-from ..errors import UringStackError
+from ..errors import RingClosedError, UringStackError
 
 
 class WalFailedError(OSError):
@@ -53,6 +53,9 @@ def failed_from(exc: BaseException, op: str, where: str = "") -> WalFailedError:
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: cut short, not an I/O error
         detail = f"interrupted by {type(exc).__name__}: what reached the disk is unknown"
         return WalFailedError(_errno.EINTR, op, f"{detail}; {where}" if where else detail)
+    if isinstance(exc, RingClosedError):  # no I/O error: the log's stack (or handle) went first
+        detail = f"the stack the log writes through was closed before the log ({exc})"
+        return WalFailedError(_errno.EBADF, op, f"{detail}; {where}" if where else detail)
     err = exc.errno if isinstance(exc, OSError) and exc.errno else _errno.EIO
     own = getattr(exc, "op", None)
     detail = str(getattr(exc, "detail", "")) if own else str(exc)

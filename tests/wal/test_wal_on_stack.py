@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import pathlib
 
 import pytest
 
 from tests.requires import skip_without
 from uringstack.stack import open_stack
-from uringstack.wal import Wal
+from uringstack.wal import Wal, WalFailedError
 from uringstack.wal.io import shared_stack
 
 from .conftest import _URING_SKIP
@@ -54,3 +55,22 @@ def test_backend_and_stack_together_are_refused(tmp_path: pathlib.Path) -> None:
         with pytest.raises(TypeError, match="either backend= or stack="):
             Wal.open(tmp_path / "wal", stack=stack, backend="uring")
         Wal.open(tmp_path / "wal", stack=stack).close()  # the refusal released the directory lock
+
+
+@pytest.mark.parametrize("backend", ["auto", "fallback"])
+def test_a_stack_closed_under_its_log_fails_the_log_saying_so(tmp_path: pathlib.Path, backend: str) -> None:
+    # not an I/O error (it read "write: Input/output error (... is closed)"): EBADF, naming the stack
+    if backend == "auto" and _URING_SKIP:
+        skip_without(_URING_SKIP)
+    stack = open_stack(overrides={"core.backend": backend, "core.cores": [0], "sqpoll.mode": "off"})
+    wal = Wal.open(tmp_path / "wal", stack=stack)
+    try:
+        assert wal.append(b"before") == 1
+        stack.close()
+        with pytest.raises(WalFailedError, match="the stack the log writes through was closed") as failed:
+            wal.append(b"after")
+        assert failed.value.errno == errno.EBADF
+    finally:
+        wal.close()
+    with Wal.open(tmp_path / "wal") as again:  # what was acknowledged is there
+        assert list(again.read_from(1)) == [(1, b"before")]
