@@ -230,8 +230,8 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
 
 
 def _plain(buf: Any) -> Any:
-    # write_durable refuses a RegisteredBuffer lease (and never writes with WRITE_FIXED):
-    # the lease's memory is passed as a plain buffer
+    # a backend's start_write_durable takes plain buffers (never WRITE_FIXED): a lease's
+    # memory is passed as one (the handle's write_durable converts a lease itself)
     return buf.view if isinstance(buf, RegisteredBuffer) else buf
 
 

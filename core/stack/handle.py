@@ -600,7 +600,12 @@ class FileHandle:
             if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
                 offset = check_offset(path, offset)
             # The common case, one complete write, builds no view and no list.
-            total = buf.nbytes if type(buf) is memoryview else len(_view(buf))
+            if type(buf) is memoryview:
+                total = buf.nbytes
+            else:
+                if type(buf) is RegisteredBuffer:
+                    buf = lease_view(buf)  # a plain write from the lease's memory (no WRITE_FIXED here)
+                total = len(_view(buf))
             res = run(buf, offset)
             if res[0] == total and (dsync or res[1] == 0):
                 return total

@@ -155,3 +155,16 @@ def test_a_release_racing_another_releases_all_or_nothing(handle: FileHandle, mo
     assert len(outcome) == 1 and "released already" in str(outcome[0])
     assert x.released and not y.released
     handle.release_buffers([y])
+
+
+def test_a_durable_write_takes_a_registered_lease(handle: FileHandle) -> None:
+    # it raised "a bytes-like object is required, not 'RegisteredBuffer'" on io_uring
+    [lease] = _registered(handle, 1)
+    lease.view[:] = b"D" * BS
+    assert handle.write_durable(lease, 0) == BS
+    assert handle.write_durable(lease, BS, sync="dsync") == BS
+    assert handle.bind_write_durable()(lease, 2 * BS) == BS
+    assert os.pread(handle.fd, 3 * BS, 0) == b"D" * (3 * BS)
+    handle.release_buffers([lease])
+    with pytest.raises(ValueError, match="used after release_buffers gave it back"):
+        handle.write_durable(lease, 0)
