@@ -255,9 +255,9 @@ class FileHandle:
             self._check_releasable(buffers, pool)
             for buf in buffers:
                 if isinstance(buf, RegisteredBuffer):
-                    assert pool is not None
                     self._fixed_leases.discard(buf)
-                    pool.release(buf.parent or buf)
+                    if pool is not None:  # (None: the pool went with its stack; nothing to give back)
+                        pool.release(buf.parent or buf)
                     buf.retire()
                 else:
                     self._plain_leases.discard(buf)
@@ -271,7 +271,7 @@ class FileHandle:
         held = {id(b) for p in self._prepared if not p.closed for b in p.buffers} if self._prepared else set()
         for buf in buffers:
             if isinstance(buf, RegisteredBuffer):
-                if pool is None or buf not in self._fixed_leases or not pool.owns(buf.parent or buf):
+                if buf not in self._fixed_leases or (pool is not None and not pool.owns(buf.parent or buf)):
                     raise ValueError(
                         f"release_buffers: {buf!r} is not a lease of this handle's buffer pool "
                         "(or was released already)"

@@ -168,3 +168,18 @@ def test_a_durable_write_takes_a_registered_lease(handle: FileHandle) -> None:
     handle.release_buffers([lease])
     with pytest.raises(ValueError, match="used after release_buffers gave it back"):
         handle.write_durable(lease, 0)
+
+
+def test_leases_released_after_their_stack_closed_are_retired_quietly(tmp_path: pathlib.Path) -> None:
+    # a cleanup that releases after the stack closed: the pool is gone with it, nothing to give back
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    stack = open_stack(overrides={"core.backend": "uring", "core.cores": [0], "fixedbuf.mode": "on",
+                                  "fixedbuf.count": 4, "fixedbuf.buffer_size": BS})  # fmt: skip
+    h = stack.open(path)
+    leases = _registered(h, 2)
+    stack.close()
+    h.release_buffers(leases)
+    assert all(lease.released for lease in leases)
+    with pytest.raises(ValueError, match="released already"):
+        h.release_buffers(leases)
