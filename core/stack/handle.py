@@ -208,6 +208,11 @@ class FileHandle:
         them back with :meth:`release_buffers`."""
         from uringstack.ring.buffers import leased_buffer
 
+        if type(count) is not int or type(size) is not int:
+            try:
+                count, size = operator.index(count), operator.index(size)
+            except TypeError:
+                raise TypeError(f"lease_buffers(count={count!r}, size={size!r}): count and size are ints") from None
         if count < 0 or size <= 0:
             raise ValueError(f"lease_buffers(count={count}, size={size}): count must be >= 0 and size > 0")
         pool = self.worker.buffers.for_ring(self.ring)

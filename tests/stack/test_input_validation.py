@@ -247,3 +247,9 @@ def test_a_directory_or_an_empty_path_fails_with_open_2s_errno(stack: Stack, tmp
     with pytest.raises(UringIOError) as empty_create:
         stack.open("", create=True)
     assert empty_create.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize(("count", "size"), [(1.5, 4096), ("2", 4096), (1, "4096"), (1, 4096.0), (None, 4096)])
+def test_lease_buffers_takes_ints(handle: FileHandle, count: object, size: object) -> None:
+    with pytest.raises(TypeError, match=r"lease_buffers\(count=.*\): count and size are ints"):
+        handle.lease_buffers(count, size)  # type: ignore[arg-type]
