@@ -30,7 +30,14 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
 from uringstack.errors import RingClosedError
-from uringstack.fileobj.arguments import SSIZE_LIMIT, buffer_view, index_argument, size_argument, whence_argument
+from uringstack.fileobj.arguments import (
+    SSIZE_LIMIT,
+    buffer_view,
+    check_stack_arguments,
+    index_argument,
+    size_argument,
+    whence_argument,
+)
 from uringstack.fileobj.fileio import FileIO, Opener
 
 if TYPE_CHECKING:
@@ -1091,6 +1098,7 @@ def _open_sync(
     from uringstack.fileobj.openfile import check_mode
 
     raw_mode, binary = check_mode(file, mode, buffering, encoding, errors, newline)
+    check_stack_arguments("uringstack.aio.open()", stack, None)
     raw = FileIO(file, raw_mode, closefd, opener=opener, stack=stack)
     try:
         if raw.handle is None:

@@ -67,3 +67,16 @@ def whence_argument(whence: Any) -> int:
     if not -C_INT_LIMIT <= n < C_INT_LIMIT:
         raise OverflowError("Python int too large to convert to C int")
     return n
+
+
+def check_stack_arguments(call: str, stack: object, direct: object) -> None:
+    """Refuse a *stack* that is no :class:`~uringstack.stack.Stack` and a *direct* that is not
+    True, False or None (the config's ``core.direct``), before anything is opened: a string's
+    ``"no"`` is truthy, and a stack that is not one failed later on a missing attribute."""
+    if direct is not None and type(direct) is not bool:
+        raise TypeError(f"{call} argument 'direct' must be True, False or None, not {direct!r}")
+    if stack is not None:
+        from uringstack.stack import Stack  # (the stack package imports the file objects' users)
+
+        if not isinstance(stack, Stack):
+            raise TypeError(f"{call} argument 'stack' must be a uringstack Stack or None, not {type_name(stack)}")

@@ -36,6 +36,7 @@ from uringstack.fileobj.arguments import (
     C_INT_LIMIT,
     SSIZE_LIMIT,
     buffer_view,
+    check_stack_arguments,
     size_argument,
     type_name,
     whence_argument,
@@ -206,6 +207,7 @@ class FileIO(io.RawIOBase):
             raise TypeError(f"FileIO() argument 'mode' must be str, not {type_name(mode)}")
         if "\0" in mode:
             raise ValueError("embedded null character")
+        check_stack_arguments("FileIO()", stack, direct)
         if self._fd >= 0:
             try:
                 self.close()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from uringstack.fileobj._fastio import HeldWrite
-from uringstack.fileobj.arguments import type_name
+from uringstack.fileobj.arguments import check_stack_arguments, type_name
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.fileio import FileIO, Opener, PathArg
 
@@ -342,6 +342,7 @@ def open(
     reads and write behind on sequential writes.
     """
     raw_mode, binary = check_mode(file, mode, buffering, encoding, errors, newline)
+    check_stack_arguments("open()", stack, direct)
     if not isinstance(file, int):
         file = os.fspath(file)
     updating = "+" in mode

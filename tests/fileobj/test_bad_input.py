@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import array
+import asyncio
 import functools
 import io
 import itertools
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 import uringstack
+import uringstack.aio
 from uringstack.stack import Stack, open_stack
 
 from .conftest import BACKENDS
@@ -249,3 +251,37 @@ def test_a_bad_argument_fails_as_io_fileio_fails(tmp_path: pathlib.Path, mode: s
 
             want = _with_file(open, path, mode, closed, call)
             assert _with_file(opener, path, mode, closed, call) == want, f"{name}({arg!r})"
+
+
+_BAD_STACK_ARGUMENTS = [("direct", "yes"), ("direct", 0), ("stack", "x"), ("stack", 5)]
+
+
+@pytest.mark.parametrize(
+    ("opener", "argument", "value"),
+    # (aio.open has aiofiles' signature: no direct argument)
+    [
+        (o, a, v)
+        for o in ("open", "FileIO", "aio.open")
+        for a, v in _BAD_STACK_ARGUMENTS
+        if (o, a) != ("aio.open", "direct")
+    ],
+)
+def test_a_bad_stack_or_direct_argument_is_refused_before_anything_is_opened(
+    tmp_path: pathlib.Path, opener: str, argument: str, value: object
+) -> None:
+    # a stack that is not one failed after the file was created ("'str' object has no
+    # attribute 'closed'"), and direct="yes" in Stack.open's words
+    path = tmp_path / "new"
+    call: dict[str, Callable[[], Any]] = {
+        "open": lambda: uringstack.open(path, "wb", **{argument: value}),
+        "FileIO": lambda: uringstack.FileIO(path, "wb", **{argument: value}),
+        "aio.open": lambda: asyncio.run(_aio_open(path, **{argument: value})),
+    }
+    with pytest.raises(TypeError, match=rf"argument '{argument}' must be .*{type(value).__name__}|not {value!r}"):
+        call[opener]()
+    assert not path.exists()
+
+
+async def _aio_open(path: pathlib.Path, **kwargs: Any) -> None:
+    f = await uringstack.aio.open(path, "wb", **kwargs)
+    await f.close()
