@@ -222,8 +222,10 @@ class Stack:
         if self._closed:
             raise RingClosedError("stack is closed")
         # A flag given as "no" or 0 must not open for writing: only True and False are flags
-        for name, flag in (("direct", direct), ("writable", writable), ("create", create)):
-            if type(flag) is not bool and not (flag is None and name == "direct"):
+        if direct is not None and type(direct) is not bool:
+            raise TypeError(f"Stack.open() argument 'direct' must be True, False or None, not {direct!r}")
+        for name, flag in (("writable", writable), ("create", create)):
+            if type(flag) is not bool:
                 raise TypeError(f"Stack.open() argument {name!r} must be True or False, not {flag!r}")
         if core is not None and type(core) is not int:
             raise TypeError(f"Stack.open() argument 'core' must be a CPU number (int) or None, not {core!r}")
