@@ -138,6 +138,10 @@ class Bridge:
         os.close(self.efd)  # the kernel keeps its own reference until the ring goes
 
 
+OTHER_LOOP = "this ring already serves another running event loop; use one stack (or one worker) per event loop"
+"""Why an await on a ring another (still open) event loop watches is refused (``RuntimeError``)."""
+
+
 def bridge_for(ring: Ring) -> Bridge:
     """The bridge of *ring* to the running loop (made on first use; moved if its old loop closed)."""
     loop = asyncio.get_running_loop()
@@ -148,11 +152,27 @@ def bridge_for(ring: Ring) -> Bridge:
             _bridges[ring] = bridge
         elif bridge.loop is not loop:
             if not bridge.loop.is_closed():
-                raise RuntimeError(
-                    "this ring already serves another running event loop; use one stack (or one worker) per event loop"
-                )
+                raise RuntimeError(OTHER_LOOP)
             bridge.move_to(loop)
         return bridge
+
+
+def check_bridge(ring: Ring) -> None:
+    """Raise what :func:`bridge_for` would (``RuntimeError``: another open loop watches *ring*),
+    without making a bridge: for a caller about to start I/O it will then await.
+
+    Refused only after the start, the I/O would run with nobody told (a read landing in a
+    buffer its caller took back on the error, a write its caller was told failed).  No
+    ``get_running_loop()`` (a ``getpid`` per call in CPython 3.11) when the bridge's loop
+    runs on this thread: a thread runs one loop at a time."""
+    bridge = _bridges.get(ring)
+    if bridge is None:
+        return
+    loop = bridge.loop
+    if getattr(loop, "_thread_id", None) == threading.get_ident():
+        return
+    if loop is not asyncio.get_running_loop() and not loop.is_closed():
+        raise RuntimeError(OTHER_LOOP)
 
 
 def detach_ring(ring: Ring) -> None:

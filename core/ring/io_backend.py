@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from uringstack.errors import BatchInFlightError
 from uringstack.ring.arguments import check_offsets, nbytes
 from uringstack.ring.buffers import RegisteredBuffer, lease_view
-from uringstack.ring.pending import Pending
+from uringstack.ring.pending import Pending, check_awaitable
 
 if TYPE_CHECKING:
     from uringstack.ring import Ring
@@ -97,6 +97,20 @@ class RingFileIO(FileIO, Protocol):
     """
 
     ring: Ring
+
+
+def check_awaitable_io(io: FileIO) -> None:
+    """Refuse (``RuntimeError``), before anything starts, an asyncio call on *io* whose
+    await the running event loop could not make: see
+    :func:`~uringstack.ring.pending.check_awaitable`.  The rings are ``io.ring`` and, where a
+    backend has one, ``io.storage`` (IOPOLL's flushes go to the storage ring); a backend
+    without a ring (the fallback's pool) serves any loop."""
+    ring = getattr(io, "ring", None)
+    if ring is not None:
+        check_awaitable(ring)
+    storage = getattr(io, "storage", None)
+    if storage is not None:
+        check_awaitable(storage)
 
 
 class PreparedRW(Protocol):

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from uringstack.ring import aio
-from uringstack.ring.polling import is_polled, polled_done, wait_polled
+from uringstack.ring.polling import check_poller, is_polled, polled_done, wait_polled
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
@@ -90,3 +90,16 @@ class PolledPending(UringPending):
 def pending_for(ring: Ring, batch: Batch) -> UringPending:
     """The pending of *batch* on *ring*: :class:`PolledPending` on an IOPOLL ring, else :class:`UringPending`."""
     return PolledPending(ring, batch) if is_polled(ring) else UringPending(ring, batch)
+
+
+def check_awaitable(ring: Ring) -> None:
+    """Raise the ``RuntimeError`` an await of a batch on *ring* would raise from this event
+    loop (another open loop watches or polls the ring), before the caller starts the batch.
+
+    An asyncio call that starts I/O and then awaits it checks first: refused after the
+    start, the I/O would still run with its caller told it failed (a read landing in a
+    buffer the caller took back, a write reported as not done)."""
+    if is_polled(ring):
+        check_poller(ring)
+    else:
+        aio.check_bridge(ring)

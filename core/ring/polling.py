@@ -96,16 +96,31 @@ def _new_lock_in_child() -> None:
 os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
+OTHER_LOOP = (
+    "this IOPOLL ring is already polled by another running event loop; use one stack (or one worker) per event loop"
+)
+"""Why an await on an IOPOLL ring another loop is polling is refused (``RuntimeError``)."""
+
+
+def _polled_elsewhere(poller: _Poller | None, loop: asyncio.AbstractEventLoop) -> bool:
+    return poller is not None and poller.loop is not loop and not poller.loop.is_closed() and poller.waiters > 0
+
+
+def check_poller(ring: Ring) -> None:
+    """Raise what an await on IOPOLL *ring* would (``RuntimeError``: another open loop
+    polls it for its waiters), before the caller starts the I/O it would await
+    (as :func:`uringstack.ring.aio.check_bridge`)."""
+    if _polled_elsewhere(_pollers.get(ring), asyncio.get_running_loop()):
+        raise RuntimeError(OTHER_LOOP)
+
+
 def _poller_for(ring: Ring) -> _Poller:
     loop = asyncio.get_running_loop()
     with _pollers_lock:
         poller = _pollers.get(ring)
         if poller is None or poller.loop is not loop:
-            if poller is not None and not poller.loop.is_closed() and poller.waiters:
-                raise RuntimeError(
-                    "this IOPOLL ring is already polled by another running event loop; "
-                    "use one stack (or one worker) per event loop"
-                )
+            if _polled_elsewhere(poller, loop):
+                raise RuntimeError(OTHER_LOOP)
             poller = _Poller(ring, loop)
             _pollers[ring] = poller
         return poller

@@ -34,7 +34,7 @@ from uringstack.ring.buffers import (
 )
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
-from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod
+from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod, check_awaitable_io
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import Pending
 from uringstack.stack.prepared import PreparedIO
@@ -309,6 +309,7 @@ class FileHandle:
         return self._inflight.run(fn, *args, **kwargs)
 
     async def _run_async(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        check_awaitable_io(self._io)  # (a refused await after the start: I/O its caller was told failed)
         pending = self._inflight.start(fn, *args, **kwargs)
         try:
             return await pending.wait_async()

@@ -20,7 +20,7 @@ from uringstack.ring import SUBMITTED, forking
 from uringstack.ring.arguments import nbytes
 from uringstack.ring.inflight import InflightTracker, submitted_since
 from uringstack.ring.interrupts import despite_signals
-from uringstack.ring.io_backend import FileIO, PreparedRW, prepare_rw
+from uringstack.ring.io_backend import FileIO, PreparedRW, check_awaitable_io, prepare_rw
 from uringstack.ring.pending import Pending
 
 
@@ -194,7 +194,11 @@ class PreparedIO:
         return h._finish_reads(offsets, self.buffers, results, exact)
 
     async def run_async(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
-        """asyncio form of :meth:`run`: the event loop runs while the batch is in flight."""
+        """asyncio form of :meth:`run`: the event loop runs while the batch is in flight.
+
+        An event loop the ring cannot serve (another open loop watches it) is refused
+        with ``RuntimeError`` before the batch starts."""
+        check_awaitable_io(self._handle.io)
         results = await self._start(offsets, False).wait_async()
         if results == self._full:
             return results

@@ -7,11 +7,14 @@ every test writes what it reads back and checks it through another path.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.second_loop import FILL, FirstLoop, filled
 from uringstack import open_stack
 from uringstack.errors import AlignmentError, BatchInFlightError
 from uringstack.plugins.nvme_passthrough.prepared import PassthroughPrepared
@@ -83,3 +86,35 @@ def test_prepared_batches_on_the_passthrough_handle(stack: Stack, passthrough: N
         assert stack.workers[0].rings["passthrough"].inflight == 0
     sample = written[::7]
     assert _pread(BLK, [o for o, _ in sample], BS) == [d for _, d in sample]
+
+
+def test_an_await_from_a_second_loop_on_the_passthrough_ring_starts_nothing_or_completes(
+    stack: Stack, passthrough: None
+) -> None:
+    """The passthrough handle's asyncio calls start, then await (no coalescer): a loop the
+    ring cannot serve must be refused before the start (else the read lands in a buffer
+    its caller was told was not read into).  A polled ring whose first loop has no
+    waiters is polled by the second loop instead: the call completes."""
+    from uringstack.ring.polling import is_polled
+
+    with stack.open(NG, writable=True) as h:
+        assert h.backend == "nvme_passthrough" and h.ring is not None
+        expected = _pread(BLK, [0], BS)[0]
+        first = FirstLoop(h)
+        try:
+            for call in ("read_many_async", "prepared"):
+                buf = filled(BS)
+                submitted = h.ring.counters()["submitted"]
+                with h.prepare_reads([buf]) as p:
+                    coro = h.read_many_async([0], [buf]) if call == "read_many_async" else p.run_async([0])
+                    if is_polled(h.ring):
+                        assert asyncio.run(asyncio.wait_for(coro, 10)) == [BS]
+                        assert bytes(buf) == expected
+                        continue
+                    with pytest.raises(RuntimeError, match="another running event loop"):
+                        asyncio.run(asyncio.wait_for(coro, 10))
+                    time.sleep(0.2)
+                    assert h.ring.counters()["submitted"] == submitted, call
+                    assert bytes(buf) == bytes([FILL]) * BS, call
+        finally:
+            first.close()
