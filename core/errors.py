@@ -16,7 +16,14 @@ class UringStackError(Exception):
 
 
 class UringIOError(OSError):
-    """An I/O operation failed; ``errno``, ``op`` and ``filename`` say which and where."""
+    """An I/O operation failed; ``errno``, ``op`` and ``filename`` say which and where.
+
+    ``transferred``: the bytes of the failed buffer that moved before the failure
+    (a write that came back short, completed by further writes, the next of which
+    failed: the first part is in the file).  0 when none did.  ``write(2)`` would
+    have returned that count; ``uringstack.FileIO.write`` does."""
+
+    transferred = 0
 
     def __init__(self, err: int, op: str, filename: str | None = None, detail: str = "") -> None:
         message = f"{op} failed: {os.strerror(err)}"

@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import AlignmentError, RingClosedError
+from uringstack.errors import AlignmentError, RingClosedError, UringIOError
 from uringstack.fileobj._fastio import CachedReadInto
 from uringstack.fileobj.arguments import (
     C_INT_LIMIT,
@@ -560,9 +560,14 @@ class FileIO(io.RawIOBase):
             (handle if handle is not None else self._live_handle()).writev_from(chunks, pos)
         except RingClosedError:
             raise _closed_error() from None
-        except OSError:
+        except OSError as exc:
             held.chunks = []
             held.nbytes = 0
+            part = exc.transferred if isinstance(exc, UringIOError) else 0
+            if part > 0:
+                # what reached the file stays in it: the position goes after it (as io.FileIO's
+                # after the short write it would have made), so the next write does not land on it
+                os.lseek(self._fd, pos + part, os.SEEK_SET)
             raise
         # no call between these stores (a signal lands before or after them all)
         held.chunks = []
@@ -1051,8 +1056,7 @@ class FileIO(io.RawIOBase):
                         except BaseException as exc:
                             del pin
                             _drop_locals(exc)
-                            self._write_cut_short(pos)
-                            raise
+                            n = self._write_failed(exc, pos)
                         made = (pos, pos + n)
                         return n
                     finally:
@@ -1086,8 +1090,7 @@ class FileIO(io.RawIOBase):
                     raise _closed_error() from None
                 except BaseException as exc:
                     _drop_locals(exc)
-                    self._write_cut_short(pos)
-                    raise
+                    n = self._write_failed(exc, pos)
                 made = (pos, pos + n)
         except BaseException:
             if made is not None:  # a signal right after the release: the write was made
@@ -1123,6 +1126,24 @@ class FileIO(io.RawIOBase):
                     held.nbytes = held.nbytes - size
             elif not self._appending and os.lseek(self._fd, 0, os.SEEK_CUR) == end:
                 os.lseek(self._fd, what, os.SEEK_SET)
+
+    def _write_failed(self, exc: BaseException, pos: int) -> int:
+        """A write at *pos* raised *exc*: the count ``write(2)`` would have returned, or raise.
+
+        A write that failed after part of it reached the file (a short write
+        whose completion failed: the file size limit, a full disk) returns
+        that part, with the position after it, as ``io.FileIO`` does: the
+        caller's next write meets the error.  Raised instead, the part was in
+        the file with the position before it, and ``io.BufferedWriter``,
+        which keeps a failed write's bytes, wrote them again, appended a
+        second time on an ``O_APPEND`` file.  Anything else raises with the
+        position left at *pos* (:meth:`_write_cut_short`)."""
+        part = exc.transferred if isinstance(exc, UringIOError) else 0
+        if part <= 0:
+            self._write_cut_short(pos)
+            raise exc
+        self._moved_after_write(pos + part)
+        return part
 
     def _write_cut_short(self, pos: int) -> None:
         """A write at *pos* raised: leave the position at *pos*, whatever reached the file.

@@ -331,13 +331,23 @@ class FileHandle:
                 out[i] = self._complete_short(False, offsets[i], buffers[i], res, exact)
         return out
 
-    def _finish_writes(self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]) -> list[int]:
+    def _finish_writes(
+        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], gathered: bool = False
+    ) -> list[int]:
+        """Complete short writes; raise the first failure.  *gathered* (buffers back to back
+        from ``offsets[0]``): the failure's ``transferred`` counts from there, the buffers
+        before the failed one included (checked in order, so each was written whole)."""
         for i, res in enumerate(results):
-            if res < 0:
-                raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
-            buf = buffers[i]
-            if res < (len(buf) if type(buf) is bytes else nbytes(buf)):
-                results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
+            try:
+                if res < 0:
+                    raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
+                buf = buffers[i]
+                if res < (len(buf) if type(buf) is bytes else nbytes(buf)):
+                    results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
+            except UringIOError as exc:
+                if gathered:
+                    exc.transferred += offsets[i] - offsets[0]
+                raise
         return results
 
     def _complete_short(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> int:
@@ -348,12 +358,16 @@ class FileHandle:
         while done < total:
             rest = view[done:]
             res = self._run(self._io.start_rw, write, [offset + done], [rest], wait=True)[0]
-            if res < 0:
-                raise UringIOError(-res, op, self.path, f"at offset {offset + done}")
-            if res == 0:
-                if write or exact:
-                    raise ShortIOError(op, self.path, total, done, offset)
-                return done  # end of file
+            if res <= 0:
+                if res == 0 and not (write or exact):
+                    return done  # end of file
+                exc = (
+                    UringIOError(-res, op, self.path, f"at offset {offset + done}")
+                    if res < 0
+                    else ShortIOError(op, self.path, total, done, offset)
+                )
+                exc.transferred = done  # (the first part moved: write(2) would have returned it)
+                raise exc
             done += res
         return done
 
@@ -484,12 +498,15 @@ class FileHandle:
 
     def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         """Write each buffer at its offset in one batch (no ordering between them)."""
+        return self._write_many(offsets, buffers, False)
+
+    def _write_many(self, offsets: Sequence[int], buffers: Sequence[Any], gathered: bool) -> list[int]:
         self._check()
         offsets = _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
         results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
-        return self._finish_writes(offsets, buffers, results)
+        return self._finish_writes(offsets, buffers, results, gathered)
 
     def prepare_reads(self, buffers: Sequence[Any]) -> PreparedIO:
         """Prepare reads into *buffers* once, then ``.run(offsets)``/``.start(offsets)`` them repeatedly.
@@ -525,8 +542,11 @@ class FileHandle:
         return total
 
     def writev_from(self, buffers: Sequence[Any], offset: int) -> int:
-        """Gather write: write *buffers* back to back from *offset*; returns total bytes."""
-        return sum(self.write_many(_consecutive(self.path, offset, buffers), buffers))
+        """Gather write: write *buffers* back to back from *offset*; returns total bytes.
+
+        A failure's ``transferred`` counts the bytes written back to back from *offset*
+        before it (what ``pwritev(2)`` would have returned)."""
+        return sum(self._write_many(_consecutive(self.path, offset, buffers), buffers, True))
 
     def fsync(self) -> None:
         """Flush data and metadata to stable storage.  A failure is not retryable."""
