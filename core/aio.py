@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
-from uringstack.errors import RingClosedError
+from uringstack.errors import RingClosedError, UringIOError
 from uringstack.fileobj.arguments import (
     SSIZE_LIMIT,
     buffer_view,
@@ -60,6 +60,11 @@ _SEEK_LAST = max(os.SEEK_END, getattr(os, "SEEK_HOLE", os.SEEK_END))  # SEEK_DAT
 
 def _closed() -> ValueError:
     return ValueError("I/O operation on closed file")
+
+
+def _transferred(exc: BaseException) -> int:
+    """Bytes of a failed write that reached the file (:attr:`UringIOError.transferred`)."""
+    return exc.transferred if isinstance(exc, UringIOError) else 0
 
 
 class _Turns:
@@ -425,10 +430,41 @@ class AsyncBinaryFile(_LineReader[bytes]):
             self._wbuf += data
             self._pos += len(data)
             if len(self._wbuf) >= self._buffer_size:
-                await self._flush_unlocked()
+                try:
+                    await self._flush_unlocked()
+                except Exception:
+                    return self._write_failed(len(data))
             else:
                 self._moved()
             return len(data)
+
+    def _write_failed(self, n: int) -> int:
+        """The flush of a :meth:`write` of *n* bytes failed (its bytes were the last buffered):
+        take back what of them did not reach the file, as ``io.BufferedWriter.write`` does.
+
+        The flush kept what it could not write (:meth:`_flush_unlocked`).  If that
+        includes all *n* bytes, they are not taken (the call raises, the bytes
+        buffered before it stay for the next flush).  Else everything before them and
+        their first part reached the file: an unbuffered file returns that part, as
+        ``io.FileIO`` does (``write(2)``); a buffered one keeps the rest if it fits
+        the buffer and returns *n*, else raises with the rest dropped, as the
+        built-in's does after the first part of a write larger than its buffer.
+        The position is after the bytes the file now holds, plus those buffered."""
+        kept = len(self._wbuf)
+        if kept >= n:
+            del self._wbuf[kept - n :]
+            self._pos -= n
+            self._moved()
+            raise  # (the flush's failure: this runs in write()'s except clause)
+        if self._buffer_size > 1 and kept <= self._buffer_size:
+            self._moved()
+            return n
+        self._wbuf = bytearray()
+        self._pos -= kept
+        self._moved()
+        if self._buffer_size > 1:
+            raise
+        return n - kept
 
     async def writelines(self, lines: Any) -> None:
         if self._file.closed:  # (before the lines are looked at, as io's writelines)
@@ -448,8 +484,15 @@ class AsyncBinaryFile(_LineReader[bytes]):
         wherever the offset says, so there the write is a task of its own that
         the caller awaits shielded: it runs to its end, and the next operation
         waits for it and raises its failure (a task and its wake-ups cost 26-45
-        µs of CPU a flush, measured, so only appends pay it).  A write that
-        failed is dropped and raised, as before."""
+        µs of CPU a flush, measured, so only appends pay it).
+
+        A write that failed keeps what did not reach the file buffered (its
+        first part may have: ``UringIOError.transferred``), for the next flush
+        to write, as ``io.BufferedWriter`` does: a full disk or the file size
+        limit may pass, and ``close()``, whose flush fails the same way, closes
+        the file all the same.  Before session 25 the buffer was dropped, and
+        a ``close()`` after the disk had room again reported success without
+        the bytes."""
         if self._writing is not None:
             await self._settle()
         if not self._wbuf:
@@ -458,16 +501,25 @@ class AsyncBinaryFile(_LineReader[bytes]):
         start = self._pos - len(data)
         if self._appending:
             self._wbuf = bytearray()
-            self._writing = asyncio.ensure_future(self._write_at(data, start))
+            self._writing = asyncio.ensure_future(self._append_at(data, start))
             await self._settle()
             return
         try:
             await self._write_at(data, start)
-        except Exception:
-            self._wbuf = bytearray()  # failed: dropped, as before
+        except Exception as exc:
+            del self._wbuf[: _transferred(exc)]  # (the turn is held: nothing was added meanwhile)
             raise
         self._wbuf = bytearray()  # (the turn is held: nothing was added meanwhile)
         self._moved()
+
+    async def _append_at(self, data: bytes, start: int) -> None:
+        """An append's flush (a task of its own): what it could not write goes back to the
+        front of the buffer, ahead of anything buffered since, for the next flush."""
+        try:
+            await self._write_at(data, start)
+        except Exception as exc:
+            self._wbuf[:0] = data[_transferred(exc) :]
+            raise
 
     async def _write_at(self, data: bytes, start: int) -> None:
         try:
@@ -488,7 +540,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             self._writing = None
             raise
         except BaseException:
-            self._writing = None
+            self._writing = None  # (what did not land is buffered again, _append_at: the position holds)
             raise
         self._writing = None
         self._pos = os.fstat(self._fd).st_size  # O_APPEND wrote at the end
