@@ -278,8 +278,12 @@ class Writer:
             compatible = (h.segment_bytes, h.max_write_bytes, h.block_bytes) == (
                 want.segment_bytes, want.max_write_bytes, want.block_bytes,
             )  # fmt: skip
-            if compatible and last.end_offset + BLOCK_BYTES <= h.segment_bytes:
-                return last  # keep appending where the log ends
+            if compatible:
+                # Keep appending where the log ends; a full segment too: the first append that
+                # does not fit rolls to the spare.  (Making its successor here, before any
+                # append asked for one, made a full disk an error at open: the log's records
+                # could no longer be read through it.)
+                return last
             if last.records == 0:
                 # an empty segment has the new one's name: replaced by the rename, never unlinked
                 # first (its sealed predecessor would point at nothing after a crash in between)

@@ -124,3 +124,33 @@ def test_wait_spare_returns_once_the_next_segment_is_synced(
         release.set()
         assert wal.wait_spare(10) is True
         assert (wal_dir / "spare.tmp").stat().st_size == CFG.segment_size_bytes
+
+
+def test_a_full_disk_leaves_a_full_log_readable_and_appendable_once_there_is_room(wal_dir: pathlib.Path) -> None:
+    """Every segment after the first fails with ENOSPC: the log fails when it must roll, and
+    reopened on the still-full disk it opens, reads every acknowledged record and refuses
+    appends with ENOSPC.  It used to make the full segment's successor at open, so the open
+    failed, and the records could not be read through the log until the disk had room."""
+    full = SegmentFaults({(op, n): errno.ENOSPC for op in ("fallocate",) for n in range(1, 50)})
+    records = []
+    with segment_faults(full):
+        wal = Wal.open(wal_dir, CFG)
+        try:
+            with pytest.raises(WalFailedError) as rolled:
+                for i in range(200):
+                    records.append(b"%04d" % i * 250)
+                    wal.append(records[-1])
+        finally:
+            wal.close()
+        records.pop()  # the one that did not fit
+        assert rolled.value.errno == errno.ENOSPC
+        assert [p.name for _, p in list_segments(wal_dir)] == ["00000000000000000001.wal"]
+        with Wal.open(wal_dir, CFG) as wal:
+            assert [r for _, r in wal.read_from(1)] == records
+            with pytest.raises(WalFailedError) as again:
+                wal.append(b"m" * 1000)  # (no room for it in the full segment)
+            assert again.value.errno == errno.ENOSPC
+        assert _tmp_files(wal_dir) == []
+    with Wal.open(wal_dir, CFG) as wal:  # room again
+        assert wal.append(b"m" * 1000) == len(records) + 1
+        assert [r for _, r in wal.read_from(1)] == [*records, b"m" * 1000]
