@@ -353,7 +353,11 @@ class Writer:
         assert self._spare_thread is not None
         self._spare_thread.join()
         if self._spare_error is not None or self._spare is None:
-            raise self._spare_error or OSError(errno.EIO, "no spare segment")
+            # The background preparation failed (a full disk, most likely). Room may have been
+            # made since (a checkpoint's truncate_before, another file removed): try once more,
+            # here on the append path, before the log fails; if it fails again, that fails it.
+            self._spare = prepare_spare(self.directory, self.config.segment_size_bytes)
+            self._spare_error = None
         try:
             path = activate_spare(self._spare, self._header(first_lsn))
         except BaseException:

@@ -40,8 +40,9 @@ def test_enospc_preparing_the_first_segment(wal_dir: pathlib.Path, op: str) -> N
 
 @pytest.mark.parametrize(("call", "what"), [(2, "pwrite of zeros"), (3, "pwrite of the header")])
 def test_enospc_on_a_spare_fails_the_log_at_rollover(wal_dir: pathlib.Path, call: int, what: str) -> None:
-    # pwrite 0 and 1: the first segment's zeros and header; 2 and 3: the spare's
-    with segment_faults(SegmentFaults({("pwrite", call): errno.ENOSPC})):
+    # pwrite 0 and 1: the first segment's zeros and header; 2 and 3: the spare's. Every
+    # pwrite from there fails: the roll's second attempt at a spare (below) too.
+    with segment_faults(SegmentFaults({("pwrite", n): errno.ENOSPC for n in range(call, call + 100)})):
         wal = Wal.open(wal_dir, CFG)
         try:
             acked = 0
@@ -154,3 +155,19 @@ def test_a_full_disk_leaves_a_full_log_readable_and_appendable_once_there_is_roo
     with Wal.open(wal_dir, CFG) as wal:  # room again
         assert wal.append(b"m" * 1000) == len(records) + 1
         assert [r for _, r in wal.read_from(1)] == [*records, b"m" * 1000]
+
+
+def test_a_spare_that_failed_in_the_background_is_tried_again_at_the_roll(wal_dir: pathlib.Path) -> None:
+    """The disk was full while the spare was prepared, and has room by the roll (a checkpoint's
+    truncate_before freed it): the roll prepares the spare again instead of failing the log
+    with the stale ENOSPC."""
+    faults = SegmentFaults({("fallocate", 1): errno.ENOSPC})  # 0: the first segment; 1: its spare
+    records = [b"%04d" % i * 250 for i in range(150)]  # 1000 bytes each: past one 64 KiB segment
+    with segment_faults(faults), Wal.open(wal_dir, CFG) as wal:
+        assert wal._writer.wait_spare(10)
+        assert wal._writer._spare_error is not None  # the background preparation failed
+        for r in records:
+            wal.append(r)
+        assert len(wal.segments()) == 3
+    with Wal.open(wal_dir, CFG) as wal:
+        assert [r for _, r in wal.read_from(1)] == records
