@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from uringstack.bench.datafile import write_random_file
 from uringstack.bench.metrics import cpu_seconds
 from uringstack.bench.runner import device_of, machine_info
 from uringstack.fileobj.default_stack import default_stack
@@ -110,15 +111,7 @@ def check_size(file_size: int) -> None:
 
 def make_file(path: str, size: int) -> None:
     """Write *size* random bytes to *path*, durably (so dropping its cache really drops it)."""
-    block = os.urandom(8 << 20)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(block))
-            f.write(block[:n])
-            left -= n
-        f.flush()
-        os.fsync(f.fileno())
+    write_random_file(path, size)
 
 
 def drop_cache(path: str) -> None:

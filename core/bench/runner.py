@@ -22,6 +22,7 @@ from uringstack.bench import fio as fio_mod
 from uringstack.bench import syscalls
 from uringstack.bench.api_loops import asyncio_batch_loop, asyncio_loop, handle_loop
 from uringstack.bench.children import terminate_raises
+from uringstack.bench.datafile import write_random_file
 from uringstack.bench.interleave import (
     ORDER,
     REFERENCE,
@@ -61,28 +62,30 @@ def default_file(file_size: int) -> str:
 
 def prepare_file(path: str, size: int, tick: Tick | None = None) -> bool:
     """Create *path* filled with non-zero data (every block allocated and written), unless a
-    file of exactly *size* bytes is already there.  Returns True when it was (re)written.
-    A block device is used as it is (never written: see :func:`check_target`)."""
+    file of exactly *size* bytes is already there.  Returns True when it was written.
+    A block device is used as it is (never written: see :func:`check_target`).
+
+    An existing file of another size is refused (``ValueError``), not rewritten: it may be
+    anyone's (``--file`` names any path), and a read benchmark must not destroy it.  Only
+    the bench's own directory (:data:`DEFAULT_DIR`) is rewritten freely, where a file of the
+    wrong size is one an interrupted run left."""
     if is_block_device(path):
         return False
     try:
-        if os.stat(path).st_size == size:
-            return False
+        existing = os.stat(path).st_size
     except FileNotFoundError:
-        pass
+        existing = None
+    if existing == size:
+        return False
+    owned = os.path.basename(os.path.dirname(os.path.abspath(path))) == DEFAULT_DIR
+    if existing is not None and not owned:
+        raise ValueError(
+            f"{path} exists and holds {existing} bytes, not --file-size {size}: the bench writes "
+            f"its data only into a file it creates (or one under {DEFAULT_DIR}/); pass "
+            f"--file-size {existing} to use this one as it is, or remove it"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    chunk = os.urandom(1 << 20)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        done = 0
-        while done < size:
-            n = os.write(fd, chunk[: min(len(chunk), size - done)])
-            done += n
-            if tick is not None and done % (64 << 20) == 0:
-                tick()
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_random_file(path, size, tick)
     return True
 
 

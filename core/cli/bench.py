@@ -99,7 +99,8 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "path",
             type=click.Path(dir_okay=False),
             default=None,
-            help="data file (created and filled once; reused when it has the right size) "
+            help="data file (created and filled once; reused when it has the right size; "
+            "an existing file of another size is refused, never rewritten) "
             "[default: ./.uringstack-bench/data-SIZE.bin], or a block device (read workloads only, "
             "never written; --file-size is capped at its capacity)",
         ),

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from uringstack.bench.datafile import write_random_file
 from uringstack.errors import UringStackError
 from uringstack.probe.blockdev import device_size
 from uringstack.probe.tuning import TargetKind, TuneTarget, Workload
@@ -62,32 +63,17 @@ def _direct_ok(path: str) -> bool:
 
 
 def _write_scratch(directory: str, size: int) -> str:
+    # written, not fallocated: reads of unwritten extents return zeros without touching the device
+    path = os.path.join(directory, f"{SCRATCH_PREFIX}{os.getpid()}.bin")
     try:
-        fd = os.open(
-            os.path.join(directory, f"{SCRATCH_PREFIX}{os.getpid()}.bin"),
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-            0o600,
-        )
+        write_random_file(path, size, exclusive=True)
     except OSError as exc:
         if exc.errno == errno.EROFS:
             raise TuneError(
                 f"{directory}: read-only file system; tune an existing file on it (read in place) "
                 "or its block device instead"
             ) from None
-        raise TuneError(f"{directory}: cannot create a scratch file: {exc.strerror}") from None
-    path = os.path.join(directory, f"{SCRATCH_PREFIX}{os.getpid()}.bin")
-    try:
-        # written, not fallocated: reads of unwritten extents return zeros without touching the device
-        chunk = os.urandom(1 << 20)
-        done = 0
-        while done < size:
-            done += os.write(fd, chunk[: min(len(chunk), size - done)])
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
-        raise TuneError(f"{directory}: writing a {size >> 20} MiB scratch file failed: {exc.strerror}") from None
-    os.close(fd)
+        raise TuneError(f"{directory}: cannot make a scratch file: {exc.strerror}") from None
     return path
 
 
