@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -258,16 +259,37 @@ def run_wal_bench(
     loop), each ``duration_s / rounds`` long, in rotating order. Rows merge the
     rounds (HDR histograms; fio's medians of its per-round percentiles);
     ratios are the median of the per-round ratios, so a noisy minute hits all
-    rows alike. *directory* must be on the file system under test; the files
-    created there are removed.
+    rows alike. *directory* must be on the file system under test; the files go
+    in a new directory made in it (``uringstack-bench-wal-*``), removed at the
+    end: nothing already in *directory* is written or removed (it used to
+    take fixed names there, ``bench-wal``, ``fio.dat``, ``naive.log``, and
+    remove them).
     """
-    base = Path(directory)
-    base.mkdir(parents=True, exist_ok=True)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="uringstack-bench-wal-", dir=directory))
+    try:
+        result = _run_in(base, appenders, record_size, duration_s, backend, config, rounds, fio_file_bytes, use_asyncio)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    result["params"]["directory"] = str(directory)
+    return result
+
+
+def _run_in(
+    base: Path,
+    appenders: int,
+    record_size: int,
+    duration_s: float,
+    backend: str,
+    config: WalConfig | None,
+    rounds: int,
+    fio_file_bytes: int,
+    use_asyncio: bool,
+) -> dict[str, Any]:
     record = os.urandom(record_size)
     cfg = config if config is not None else WalConfig()
     slice_s = duration_s / rounds
     wal_dir = base / "bench-wal"
-    shutil.rmtree(wal_dir, ignore_errors=True)
     fio = shutil.which("fio")
     fio_path = base / "fio.dat"
     if fio is not None:
@@ -376,7 +398,7 @@ def run_wal_bench(
     return {
         "params": {
             "appenders": appenders, "record_size": record_size, "duration_s": duration_s,
-            "backend": backend, "directory": str(base), "rounds": rounds, "asyncio": use_asyncio,
+            "backend": backend, "rounds": rounds, "asyncio": use_asyncio,
         },
         **rows,
         "naive": naive_row,

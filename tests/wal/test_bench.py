@@ -117,3 +117,19 @@ def test_no_second_fio_row_when_the_log_writes_4k(tmp_path: pathlib.Path) -> Non
                       rounds=1, fio_file_bytes=8 << 20)  # fmt: skip
     assert r["wal"]["bytes_per_flush"] < 4096 * 1.5
     assert "skipped" in r["fio_wal_bytes"] and "fio_wal_bytes_p99_vs_fio" not in r["ratios"]
+
+
+def test_run_wal_bench_leaves_what_was_in_its_directory(tmp_path: pathlib.Path) -> None:
+    """``bench wal --dir`` works in a directory of its own inside: it took the names ``bench-wal``,
+    ``fio.dat`` and ``naive.log`` in the directory itself, overwrote and then removed them."""
+    (tmp_path / "bench-wal").mkdir()
+    (tmp_path / "bench-wal" / "mine").write_bytes(b"keep")
+    for name in ("fio.dat", "naive.log"):
+        (tmp_path / name).write_bytes(b"mine: " + name.encode())
+    r = run_wal_bench(tmp_path, appenders=1, record_size=64, duration_s=0.6, backend="fallback",
+                      rounds=1, fio_file_bytes=1 << 20)  # fmt: skip
+    assert r["params"]["directory"] == str(tmp_path)
+    assert (tmp_path / "bench-wal" / "mine").read_bytes() == b"keep"
+    for name in ("fio.dat", "naive.log"):
+        assert (tmp_path / name).read_bytes() == b"mine: " + name.encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-wal", "fio.dat", "naive.log"]
