@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
-from uringstack.errors import RingClosedError, UringIOError
+from uringstack.errors import RingClosedError
 from uringstack.fileobj.arguments import (
     SSIZE_LIMIT,
     buffer_view,
@@ -64,7 +64,7 @@ def _closed() -> ValueError:
 
 def _transferred(exc: BaseException) -> int:
     """Bytes of a failed write that reached the file (:attr:`UringIOError.transferred`)."""
-    return exc.transferred if isinstance(exc, UringIOError) else 0
+    return getattr(exc, "transferred", 0)
 
 
 class _Turns:
@@ -433,12 +433,15 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 try:
                     await self._flush_unlocked()
                 except Exception:
-                    return self._write_failed(len(data))
+                    written = self._write_failed(len(data))
+                    if written is None:
+                        raise  # (here, not in the helper: see FileIO.write)
+                    return written
             else:
                 self._moved()
             return len(data)
 
-    def _write_failed(self, n: int) -> int:
+    def _write_failed(self, n: int) -> int | None:
         """The flush of a :meth:`write` of *n* bytes failed (its bytes were the last buffered):
         take back what of them did not reach the file, as ``io.BufferedWriter.write`` does.
 
@@ -449,13 +452,14 @@ class AsyncBinaryFile(_LineReader[bytes]):
         ``io.FileIO`` does (``write(2)``); a buffered one keeps the rest if it fits
         the buffer and returns *n*, else raises with the rest dropped, as the
         built-in's does after the first part of a write larger than its buffer.
-        The position is after the bytes the file now holds, plus those buffered."""
+        The position is after the bytes the file now holds, plus those buffered.
+        What to return, or None: the caller raises the flush's failure."""
         kept = len(self._wbuf)
         if kept >= n:
             del self._wbuf[kept - n :]
             self._pos -= n
             self._moved()
-            raise  # (the flush's failure: this runs in write()'s except clause)
+            return None
         if self._buffer_size > 1 and kept <= self._buffer_size:
             self._moved()
             return n
@@ -463,7 +467,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         self._pos -= kept
         self._moved()
         if self._buffer_size > 1:
-            raise
+            return None
         return n - kept
 
     async def writelines(self, lines: Any) -> None:

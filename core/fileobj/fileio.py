@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import AlignmentError, RingClosedError, UringIOError
+from uringstack.errors import AlignmentError, RingClosedError
 from uringstack.fileobj._fastio import CachedReadInto
 from uringstack.fileobj.arguments import (
     C_INT_LIMIT,
@@ -563,7 +563,7 @@ class FileIO(io.RawIOBase):
         except OSError as exc:
             held.chunks = []
             held.nbytes = 0
-            part = exc.transferred if isinstance(exc, UringIOError) else 0
+            part = getattr(exc, "transferred", 0)
             if part > 0:
                 # what reached the file stays in it: the position goes after it (as io.FileIO's
                 # after the short write it would have made), so the next write does not land on it
@@ -1056,7 +1056,13 @@ class FileIO(io.RawIOBase):
                         except BaseException as exc:
                             del pin
                             _drop_locals(exc)
-                            n = self._write_failed(exc, pos)
+                            n = getattr(exc, "transferred", 0)  # (UringIOError's: see _write_cut_short)
+                            if n <= 0:
+                                self._write_cut_short(pos)
+                                # (raised here, not by a helper: re-raised from a frame below, under a
+                                # tracer, it corrupted CPython 3.11's trace function: test_write_signals.py)
+                                raise
+                            self._moved_after_write(pos + n)
                         made = (pos, pos + n)
                         return n
                     finally:
@@ -1090,7 +1096,11 @@ class FileIO(io.RawIOBase):
                     raise _closed_error() from None
                 except BaseException as exc:
                     _drop_locals(exc)
-                    n = self._write_failed(exc, pos)
+                    n = getattr(exc, "transferred", 0)
+                    if n <= 0:
+                        self._write_cut_short(pos)
+                        raise
+                    self._moved_after_write(pos + n)
                 made = (pos, pos + n)
         except BaseException:
             if made is not None:  # a signal right after the release: the write was made
@@ -1127,26 +1137,16 @@ class FileIO(io.RawIOBase):
             elif not self._appending and os.lseek(self._fd, 0, os.SEEK_CUR) == end:
                 os.lseek(self._fd, what, os.SEEK_SET)
 
-    def _write_failed(self, exc: BaseException, pos: int) -> int:
-        """A write at *pos* raised *exc*: the count ``write(2)`` would have returned, or raise.
-
-        A write that failed after part of it reached the file (a short write
-        whose completion failed: the file size limit, a full disk) returns
-        that part, with the position after it, as ``io.FileIO`` does: the
-        caller's next write meets the error.  Raised instead, the part was in
-        the file with the position before it, and ``io.BufferedWriter``,
-        which keeps a failed write's bytes, wrote them again, appended a
-        second time on an ``O_APPEND`` file.  Anything else raises with the
-        position left at *pos* (:meth:`_write_cut_short`)."""
-        part = exc.transferred if isinstance(exc, UringIOError) else 0
-        if part <= 0:
-            self._write_cut_short(pos)
-            raise exc
-        self._moved_after_write(pos + part)
-        return part
-
     def _write_cut_short(self, pos: int) -> None:
         """A write at *pos* raised: leave the position at *pos*, whatever reached the file.
+
+        Unless part of it did and the error says so (``UringIOError.transferred``: a
+        short write whose rest failed, the file size limit, a full disk): then
+        ``write`` returns that part with the position after it, as ``io.FileIO``
+        does (``write(2)`` returns it).  Raised instead, as before session 25,
+        the part was in the file with the position before it, and
+        ``io.BufferedWriter``, which keeps a failed write's bytes, wrote them
+        again: appended a second time on an ``O_APPEND`` file.
 
         A write that raised is taken as not made: ``io.BufferedWriter`` keeps
         the bytes and writes them again at the position (its next flush), and
