@@ -38,6 +38,7 @@ _EXPORTS = {
     "AlignmentError": "uringstack.errors",
     "RingClosedError": "uringstack.errors",
     "ForkedChildError": "uringstack.errors",
+    "DeviceInUseError": "uringstack.errors",
     "PlanError": "uringstack.types",
     "FileIO": "uringstack.fileobj.fileio",
     "open": "uringstack.fileobj.openfile",
@@ -45,6 +46,7 @@ _EXPORTS = {
 
 __all__ = [
     "AlignmentError",
+    "DeviceInUseError",
     "FileHandle",
     "FileIO",
     "ForkedChildError",
@@ -67,7 +69,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from uringstack.config import load_config
-    from uringstack.errors import AlignmentError, ForkedChildError, RingClosedError, ShortIOError, UringIOError
+    from uringstack.errors import (
+        AlignmentError,
+        DeviceInUseError,
+        ForkedChildError,
+        RingClosedError,
+        ShortIOError,
+        UringIOError,
+    )
     from uringstack.fileobj.fileio import FileIO
     from uringstack.fileobj.openfile import open
     from uringstack.hookspecs import hookimpl

@@ -56,6 +56,19 @@ class AlignmentError(UringStackError, ValueError):
     """An O_DIRECT or passthrough request is not aligned to the logical block size."""
 
 
+class DeviceInUseError(UringStackError, PermissionError):
+    """A writable open of a device that something uses (mounted, held, swap) was refused.
+
+    ``reasons`` lists what uses it; ``device`` is the device node.  Writes
+    there would bypass whatever uses the device (a file system's cache and
+    metadata) and corrupt it."""
+
+    def __init__(self, device: str, reasons: list[str], message: str) -> None:
+        self.device = device
+        self.reasons = list(reasons)
+        super().__init__(message)
+
+
 class RingClosedError(UringStackError, RuntimeError):
     """The ring (or handle, or stack) was used after ``close()``."""
 

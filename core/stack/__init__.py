@@ -27,7 +27,7 @@ from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.stack.handle import FileHandle
-from uringstack.stack.targets import ADOPT_FD, resolve_target
+from uringstack.stack.targets import ADOPT_FD, check_writes_allowed, resolve_target
 from uringstack.stack.uring_backend import UringBackend
 from uringstack.types import CompletedBatch as CompletedBatch
 from uringstack.types import CompletionHook as CompletionHook
@@ -246,6 +246,13 @@ class Stack:
             caps=self.caps,
             options=options,
         )
+        if (
+            target.kind == "block"
+            and target.writable
+            and ADOPT_FD not in target.options  # (uringstack.FileIO opened it itself, as io.FileIO would)
+            and not self.config.core.allow_writes_in_use
+        ):
+            check_writes_allowed(target)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
         handle = FileHandle(io, worker, self, factory.reason)

@@ -8,7 +8,7 @@ import re
 import stat
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import UringIOError
+from uringstack.errors import DeviceInUseError, UringIOError
 from uringstack.probe.blockdev import blkdev_logical_block_size
 from uringstack.types import Target, TargetKind
 
@@ -71,6 +71,34 @@ def resolve_target(
         options=dict(options or {}),
         create=create,
     )
+
+
+def check_writes_allowed(target: Target) -> None:
+    """Refuse a writable open of a block device that something uses: :class:`DeviceInUseError`.
+
+    Mounted (its file system, or one on a partition of it), held (md, dm, a
+    partition table's holders), swapped on, or claimed exclusively: asked at
+    this moment (:func:`uringstack.probe.usage.current_usage`, the reader the
+    NVMe passthrough check uses), since a report may be older than a mount.
+    Writes through the block device bypass whatever uses it (a file system's
+    cache and metadata) and corrupt it, as the passthrough plugin's own rule
+    says for its namespaces.  ``[core] allow_writes_in_use = true`` lifts it."""
+    from uringstack.probe.usage import current_usage  # imports pyudev: only for block devices
+
+    name = os.path.basename(os.path.realpath(target.path))
+    try:
+        reasons = current_usage(name)
+    except FileNotFoundError:
+        return  # not a disk sysfs knows: nothing the probe could protect
+    if reasons:
+        raise DeviceInUseError(
+            target.path,
+            reasons,
+            f"refusing a writable open of {target.path}: the block device {name} is in use "
+            f"({'; '.join(reasons)}). Writes there bypass what uses it and would corrupt it. "
+            "Unmount or release it, open it with writable=False, or set [core] "
+            "allow_writes_in_use = true if you really mean it",
+        )
 
 
 def _is_nvme_generic(st: os.stat_result) -> bool:

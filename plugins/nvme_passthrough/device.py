@@ -18,22 +18,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from uringstack.errors import UringIOError, UringStackError
+from uringstack.errors import DeviceInUseError, UringIOError
 
 if TYPE_CHECKING:
     from uringstack.probe.model import BlockDevice, Capabilities
 
 
-class NamespaceInUseError(UringStackError, PermissionError):
+class NamespaceInUseError(DeviceInUseError):
     """Passthrough writes were refused because the namespace is mounted or held."""
 
     def __init__(self, device: str, block_device: str, reasons: Sequence[str]) -> None:
-        self.reasons = list(reasons)
         super().__init__(
+            device,
+            list(reasons),
             f"refusing NVMe passthrough writes to {device}: its block device {block_device} is "
             f"in use ({'; '.join(reasons)}). Writes there bypass the filesystem and would "
             "corrupt it. Unmount/release it, open read-only, or pass allow_writes_in_use=True "
-            "(config: allow_writes_in_use = true) if you really mean it"
+            "(config: allow_writes_in_use = true) if you really mean it",
         )
 
 

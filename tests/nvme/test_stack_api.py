@@ -19,7 +19,7 @@ import pytest
 
 from uringstack import open_stack
 from uringstack.cli.probe_report import FeatureCheck
-from uringstack.errors import AlignmentError, UringIOError
+from uringstack.errors import AlignmentError, DeviceInUseError, UringIOError
 from uringstack.plugins.nvme_passthrough.device import NamespaceInUseError
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.probe.defects import POLLED_PASSTHROUGH
@@ -282,8 +282,11 @@ def test_mounted_namespace_refuses_writes_through_stack_open(
     with pytest.raises(NamespaceInUseError) as info:
         stack.open(NG)
     assert any(f"mounted at {mounted}" in r for r in info.value.reasons), info.value.reasons
-    with pytest.raises(NamespaceInUseError):
+    with pytest.raises(DeviceInUseError) as core_refused:
         stack.open(BLK, passthrough="auto")  # a safety refusal is not silently "fallen back"
+    assert any(f"mounted at {mounted}" in r for r in core_refused.value.reasons)
+    with pytest.raises(DeviceInUseError):
+        stack.open(BLK, passthrough="off")  # nor served writable by the block backends (IOPOLL here)
     # Read-only is always allowed: the ext4 magic at 1024 + 56.
     with stack.open(NG, writable=False) as ro:
         sb = aligned_buffer(BS)
