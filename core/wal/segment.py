@@ -323,9 +323,16 @@ def remove_files(directory: Path, paths: list[Path]) -> None:
     fsync_dir(directory)
 
 
+_SPARE_NAME = re.compile(r"(?:spare|new-[0-9]+)" + re.escape(SPARE_SUFFIX))
+"""The names :func:`prepare_spare` gives: the writer's ``spare.tmp``, :func:`create_segment`'s ``new-<LSN>.tmp``."""
+
+
 def remove_spares(directory: Path) -> None:
-    """Delete leftover spares (a crash while one was being prepared)."""
-    spares = [Path(e.path) for e in os.scandir(directory) if e.name.endswith(SPARE_SUFFIX)]
+    """Delete leftover spares (a crash while one was being prepared): the files named as
+    :func:`prepare_spare` names them, nothing else.  (It removed every ``*.tmp`` in the
+    directory: a log opened in a directory holding other files, ``/tmp`` itself, took
+    the caller's ``.tmp`` files with it.)"""
+    spares = [Path(e.path) for e in os.scandir(directory) if _SPARE_NAME.fullmatch(e.name) and e.is_file()]
     remove_files(directory, spares)
 
 

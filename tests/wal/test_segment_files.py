@@ -171,3 +171,22 @@ def test_a_spare_that_failed_in_the_background_is_tried_again_at_the_roll(wal_di
         assert len(wal.segments()) == 3
     with Wal.open(wal_dir, CFG) as wal:
         assert [r for _, r in wal.read_from(1)] == records
+
+
+def test_open_removes_leftover_spares_and_nothing_else(wal_dir: pathlib.Path) -> None:
+    """Leftover spares go; other ``.tmp`` files in the directory are the caller's and stay
+    (every ``*.tmp`` was removed: a log opened in ``/tmp`` took the caller's files)."""
+    wal_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("spare.tmp", "new-7.tmp"):
+        (wal_dir / name).write_bytes(b"\0" * 4096)  # what a crash while preparing one leaves
+    for name in ("notes.tmp", "spare.tmp.tmp", "new-x.tmp"):
+        (wal_dir / name).write_bytes(b"mine")
+    (wal_dir / "dir.tmp").mkdir()
+    with Wal.open(wal_dir, CFG) as wal:
+        assert wal.append(b"x") == 1
+        assert wal._writer.wait_spare(10)
+        left = sorted(p.name for p in wal_dir.iterdir() if p.name.endswith(".tmp"))
+    assert "new-7.tmp" not in left
+    assert {"notes.tmp", "spare.tmp.tmp", "new-x.tmp", "dir.tmp"} <= set(left)
+    for name in ("notes.tmp", "spare.tmp.tmp", "new-x.tmp"):
+        assert (wal_dir / name).read_bytes() == b"mine"
