@@ -210,6 +210,9 @@ class Ring:
         created: CreatedRing = create_raw_ring(self.params)
         self._ring = created.ring
         self.flags: SetupFlag = created.flags
+        # (an IntFlag's & runs enum code, ~1 us: asked before every asyncio prepared restart)
+        self.polled: bool = bool(created.flags & SetupFlag.IOPOLL)
+        """Created with IORING_SETUP_IOPOLL (:func:`uringstack.ring.polling.is_polled`)."""
         self.features: int = created.features
         self.sq_entries: int = created.sq_entries
         self.cq_entries: int = created.cq_entries

@@ -44,8 +44,10 @@ from uringstack.ring.flags import SetupFlag
 
 
 def is_polled(ring: Ring) -> bool:
-    """True when *ring* was created with IORING_SETUP_IOPOLL."""
-    return bool(ring.flags & SetupFlag.IOPOLL)
+    """True when *ring* was created with IORING_SETUP_IOPOLL (``Ring.polled``; a stand-in
+    without it is asked its flags)."""
+    polled = getattr(ring, "polled", None)
+    return bool(ring.flags & SetupFlag.IOPOLL) if polled is None else polled
 
 
 def poll_once(ring: Ring) -> None:
