@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from tests.second_loop import FILL, FirstLoop, filled
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -35,7 +36,8 @@ def _handle(stack: Stack, path: pathlib.Path, direct: bool) -> FileHandle:
     path.write_bytes(b"F" * SIZE)
     h = stack.open(path, direct=direct)
     if h.backend != "uring":
-        pytest.skip(f"the handle is served by {h.backend}: {h.backend_reason}")
+        h.close()
+        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
     return h
 
 
