@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
 
-from uringstack.errors import RingClosedError
+from uringstack.errors import RingClosedError, transferred
 from uringstack.fileobj.arguments import (
     SSIZE_LIMIT,
     buffer_view,
@@ -60,11 +60,6 @@ _SEEK_LAST = max(os.SEEK_END, getattr(os, "SEEK_HOLE", os.SEEK_END))  # SEEK_DAT
 
 def _closed() -> ValueError:
     return ValueError("I/O operation on closed file")
-
-
-def _transferred(exc: BaseException) -> int:
-    """Bytes of a failed write that reached the file (:attr:`UringIOError.transferred`)."""
-    return getattr(exc, "transferred", 0)
 
 
 class _Turns:
@@ -511,7 +506,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         try:
             await self._write_at(data, start)
         except Exception as exc:
-            del self._wbuf[: _transferred(exc)]  # (the turn is held: nothing was added meanwhile)
+            del self._wbuf[: transferred(exc)]  # (the turn is held: nothing was added meanwhile)
             raise
         self._wbuf = bytearray()  # (the turn is held: nothing was added meanwhile)
         self._moved()
@@ -522,7 +517,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         try:
             await self._write_at(data, start)
         except Exception as exc:
-            self._wbuf[:0] = data[_transferred(exc) :]
+            self._wbuf[:0] = data[transferred(exc) :]
             raise
 
     async def _write_at(self, data: bytes, start: int) -> None:

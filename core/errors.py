@@ -34,6 +34,12 @@ class UringIOError(OSError):
         self.detail = detail
 
 
+def transferred(exc: BaseException) -> int:
+    """Bytes of a failed write already in the file: :attr:`UringIOError.transferred`, 0 for
+    any other exception (a raising signal, a closed file)."""
+    return getattr(exc, "transferred", 0)
+
+
 class RingSetupError(UringIOError):
     """``io_uring_setup`` failed (seccomp, disabled sysctl, memlock, ...)."""
 

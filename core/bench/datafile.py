@@ -32,15 +32,12 @@ def write_random_file(path: str, size: int, tick: Callable[[], None] | None = No
             if tick is not None and done % (64 << 20) == 0:
                 tick()
         os.fsync(fd)
-    except OSError as exc:
+    except BaseException as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise OSError(exc.errno, _failure(path, size, done, exc), path) from None
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, _failure(path, size, done, exc), path) from None
         raise
     os.close(fd)
 

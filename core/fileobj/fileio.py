@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import AlignmentError, RingClosedError
+from uringstack.errors import AlignmentError, RingClosedError, transferred
 from uringstack.fileobj._fastio import CachedReadInto
 from uringstack.fileobj.arguments import (
     C_INT_LIMIT,
@@ -563,7 +563,7 @@ class FileIO(io.RawIOBase):
         except OSError as exc:
             held.chunks = []
             held.nbytes = 0
-            part = getattr(exc, "transferred", 0)
+            part = transferred(exc)
             if part > 0:
                 # what reached the file stays in it: the position goes after it (as io.FileIO's
                 # after the short write it would have made), so the next write does not land on it
@@ -1056,7 +1056,7 @@ class FileIO(io.RawIOBase):
                         except BaseException as exc:
                             del pin
                             _drop_locals(exc)
-                            n = getattr(exc, "transferred", 0)  # (UringIOError's: see _write_cut_short)
+                            n = transferred(exc)  # (see _write_cut_short)
                             if n <= 0:
                                 self._write_cut_short(pos)
                                 # (raised here, not by a helper: re-raised from a frame below, under a
@@ -1096,7 +1096,7 @@ class FileIO(io.RawIOBase):
                     raise _closed_error() from None
                 except BaseException as exc:
                     _drop_locals(exc)
-                    n = getattr(exc, "transferred", 0)
+                    n = transferred(exc)
                     if n <= 0:
                         self._write_cut_short(pos)
                         raise
