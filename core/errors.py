@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Sequence
 
 
 class UringStackError(Exception):
@@ -73,6 +74,22 @@ class DeviceInUseError(UringStackError, PermissionError):
         self.device = device
         self.reasons = list(reasons)
         super().__init__(message)
+
+
+class NamespaceInUseError(DeviceInUseError):
+    """A writable open of an NVMe namespace's generic char device (``/dev/ngXnY``) was refused:
+    its block device (``block_device``) is mounted, held, swapped on or claimed."""
+
+    def __init__(self, device: str, block_device: str, reasons: Sequence[str]) -> None:
+        self.block_device = block_device
+        super().__init__(
+            device,
+            list(reasons),
+            f"refusing NVMe passthrough writes to {device}: its block device {block_device} is "
+            f"in use ({'; '.join(reasons)}). Writes there bypass the filesystem and would "
+            "corrupt it. Unmount or release it, open it with writable=False, or set [core] "
+            "allow_writes_in_use = true if you really mean it",
+        )
 
 
 class RingClosedError(UringStackError, RuntimeError):

@@ -79,6 +79,9 @@ class Target:
     device: BlockDevice | None = None
     create: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    in_use: tuple[str, ...] = ()
+    """What used the device when it was opened writable anyway (``[core]
+    allow_writes_in_use``): the reasons the refusal would have named."""
 
 
 class PlanError(UringStackError):

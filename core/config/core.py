@@ -93,10 +93,11 @@ class CoreConfig(BaseModel):
     allow_writes_in_use: bool = Field(
         default=False,
         description=(
-            "Let Stack.open give a writable handle on a block device that is mounted, held (by "
-            "md, dm, ...), swapped on or claimed exclusively. Writes there bypass whatever uses "
-            "the device and would corrupt it, so such an open is refused (DeviceInUseError) "
-            "unless this is true. Read-only opens (writable=False) are always allowed."
+            "Let Stack.open give a writable handle on a block device, or an NVMe namespace's "
+            "generic char device, that is mounted, held (by md, dm, ...), swapped on or claimed "
+            "exclusively. Writes there bypass whatever uses the device and would corrupt it, so "
+            "such an open is refused (DeviceInUseError, NamespaceInUseError) unless this is "
+            "true. Read-only opens (writable=False) are always allowed."
         ),
     )
 

@@ -246,13 +246,8 @@ class Stack:
             caps=self.caps,
             options=options,
         )
-        if (
-            target.kind == "block"
-            and target.writable
-            and ADOPT_FD not in target.options  # (uringstack.FileIO opened it itself, as io.FileIO would)
-            and not self.config.core.allow_writes_in_use
-        ):
-            check_writes_allowed(target)
+        if ADOPT_FD not in target.options:  # (uringstack.FileIO opened it itself, as io.FileIO would)
+            target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
         handle = FileHandle(io, worker, self, factory.reason)

@@ -6,9 +6,10 @@ import errno
 import os
 import re
 import stat
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import DeviceInUseError, UringIOError
+from uringstack.errors import DeviceInUseError, NamespaceInUseError, UringIOError
 from uringstack.probe.blockdev import blkdev_logical_block_size
 from uringstack.types import Target, TargetKind
 
@@ -73,32 +74,48 @@ def resolve_target(
     )
 
 
-def check_writes_allowed(target: Target) -> None:
-    """Refuse a writable open of a block device that something uses: :class:`DeviceInUseError`.
+def check_writes_allowed(target: Target, *, allowed: bool) -> Target:
+    """The one rule for writable opens of devices: refuse one that something uses.
 
-    Mounted (its file system, or one on a partition of it), held (md, dm, a
-    partition table's holders), swapped on, or claimed exclusively: asked at
-    this moment (:func:`uringstack.probe.usage.current_usage`, the reader the
-    NVMe passthrough check uses), since a report may be older than a mount.
-    Writes through the block device bypass whatever uses it (a file system's
-    cache and metadata) and corrupt it, as the passthrough plugin's own rule
-    says for its namespaces.  ``[core] allow_writes_in_use = true`` lifts it."""
-    from uringstack.probe.usage import current_usage  # imports pyudev: only for block devices
+    A block device, or an NVMe namespace's generic char device (its block
+    device is asked), that is mounted (its file system, or one on a partition
+    of it), held (md, dm, a partition table's holders), swapped on, or claimed
+    exclusively raises :class:`DeviceInUseError` (:class:`NamespaceInUseError`
+    for a char device).  Asked at this moment (:func:`uringstack.probe.usage.current_usage`,
+    the probe's own reader), since a report may be older than a mount.  Writes
+    through the device bypass whatever uses it (a file system's cache and
+    metadata) and corrupt it, whatever backend serves them.  With *allowed*
+    (``[core] allow_writes_in_use = true``) the open goes on and the returned
+    target's ``in_use`` keeps the reasons.  Files, read-only targets and
+    devices sysfs does not know come back unchanged."""
+    if not target.writable or target.kind == "file":
+        return target
+    if target.kind == "nvme_char":
+        if target.device is None:
+            return target  # the passthrough open refuses a namespace the probe did not list
+        name = target.device.name
+    else:
+        name = os.path.basename(os.path.realpath(target.path))
+    from uringstack.probe.usage import current_usage  # imports pyudev: only for devices
 
-    name = os.path.basename(os.path.realpath(target.path))
     try:
         reasons = current_usage(name)
     except FileNotFoundError:
-        return  # not a disk sysfs knows: nothing the probe could protect
-    if reasons:
-        raise DeviceInUseError(
-            target.path,
-            reasons,
-            f"refusing a writable open of {target.path}: the block device {name} is in use "
-            f"({'; '.join(reasons)}). Writes there bypass what uses it and would corrupt it. "
-            "Unmount or release it, open it with writable=False, or set [core] "
-            "allow_writes_in_use = true if you really mean it",
-        )
+        return target  # not a disk sysfs knows: nothing the probe could protect
+    if not reasons:
+        return target
+    if allowed:
+        return replace(target, in_use=tuple(reasons))
+    if target.kind == "nvme_char":
+        raise NamespaceInUseError(target.path, name, reasons)
+    raise DeviceInUseError(
+        target.path,
+        reasons,
+        f"refusing a writable open of {target.path}: the block device {name} is in use "
+        f"({'; '.join(reasons)}). Writes there bypass what uses it and would corrupt it. "
+        "Unmount or release it, open it with writable=False, or set [core] "
+        "allow_writes_in_use = true if you really mean it",
+    )
 
 
 def _is_nvme_generic(st: os.stat_result) -> bool:

@@ -41,7 +41,6 @@ from uringstack.plugins.nvme_passthrough.commands import (
     flush_command,
 )
 from uringstack.plugins.nvme_passthrough.device import (
-    check_writes_allowed,
     identify_namespace,
     open_char_device,
 )
@@ -56,7 +55,6 @@ from uringstack.ring.pipeline import filled, from_bytes
 from uringstack.ring.polling import is_polled, polled_done, wait_polled
 
 if TYPE_CHECKING:
-    from uringstack.probe.model import Capabilities
     from uringstack.stack import Worker
     from uringstack.types import Target
 
@@ -293,9 +291,7 @@ class PassthroughFileIO:
         ring: Ring,
         target: Target,
         char_path: str,
-        caps: Capabilities,
         *,
-        allow_writes_in_use: bool,
         worker: Worker | None = None,
     ) -> None:
         # Reads, writes and Flushes all go to this one ring, so write_durable can link
@@ -320,10 +316,9 @@ class PassthroughFileIO:
             self.block_device = ident.block_device
             self.block_size = ident.lba_size
             self.nblocks = ident.nblocks
-            self.in_use: list[str] = []
-            # The safety rule, checked once at open: writes bypass whatever sits on the namespace.
-            if target.writable:
-                self.in_use = check_writes_allowed(char_path, device, caps, allow_writes_in_use)
+            # What used the namespace when it was opened writable anyway: the core's rule for
+            # devices in use (Stack.open, [core] allow_writes_in_use) found and allowed it.
+            self.in_use: list[str] = list(target.in_use)
             self.max_transfer = max_transfer_bytes(device.max_hw_sectors_kb, device.max_segments, self.block_size)
         except BaseException:
             os.close(self.fd)
@@ -464,11 +459,9 @@ class PassthroughBackend:
 
     name = "nvme_passthrough"
 
-    def __init__(self, reason: str, char_path: str, caps: Capabilities, *, allow_writes_in_use: bool) -> None:
+    def __init__(self, reason: str, char_path: str) -> None:
         self.reason = reason
         self.char_path = char_path
-        self.caps = caps
-        self.allow_writes_in_use = allow_writes_in_use
 
     def open(self, target: Target, worker: Worker) -> PassthroughFileIO:
         ring = worker.rings.get(ROLE)
@@ -478,6 +471,4 @@ class PassthroughBackend:
                 f"worker {worker.index} has no passthrough ring (rings: {sorted(worker.rings)}); the plan "
                 "builds one only where the nvme_passthrough verdict is enabled",
             )  # fmt: skip
-        return PassthroughFileIO(
-            ring, target, self.char_path, self.caps, allow_writes_in_use=self.allow_writes_in_use, worker=worker
-        )
+        return PassthroughFileIO(ring, target, self.char_path, worker=worker)

@@ -1,4 +1,4 @@
-"""The generic char device (``/dev/ngXnY``) of an NVMe namespace: opening it, its identity, its safety rule.
+"""The generic char device (``/dev/ngXnY``) of an NVMe namespace: opening it and its identity.
 
 What sysfs knows about the namespace (its block device, logical block size,
 capacity, transfer limits, what uses it) comes from the probe's report
@@ -6,7 +6,10 @@ capacity, transfer limits, what uses it) comes from the probe's report
 *controller + nsid*, never by name: with native multipath ``ngXnY`` and
 ``nvmeXnY`` disagree on X and Y is not the NSID).  This module adds what only
 the open descriptor can tell: the ``NVME_IOCTL_ID`` namespace id, checked
-against the report before any command carries it.
+against the report before any command carries it.  Whether a writable open is
+allowed at all is the core's one rule for devices in use
+(:func:`uringstack.stack.targets.check_writes_allowed`), checked before a
+backend is chosen.
 """
 
 from __future__ import annotations
@@ -14,28 +17,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from uringstack.errors import DeviceInUseError, UringIOError
+from uringstack.errors import NamespaceInUseError, UringIOError
+
+__all__ = ["DeviceAccessError", "NamespaceIdentity", "NamespaceInUseError", "identify_namespace", "open_char_device"]
 
 if TYPE_CHECKING:
-    from uringstack.probe.model import BlockDevice, Capabilities
-
-
-class NamespaceInUseError(DeviceInUseError):
-    """Passthrough writes were refused because the namespace is mounted or held."""
-
-    def __init__(self, device: str, block_device: str, reasons: Sequence[str]) -> None:
-        super().__init__(
-            device,
-            list(reasons),
-            f"refusing NVMe passthrough writes to {device}: its block device {block_device} is "
-            f"in use ({'; '.join(reasons)}). Writes there bypass the filesystem and would "
-            "corrupt it. Unmount/release it, open read-only, or pass allow_writes_in_use=True "
-            "(config: allow_writes_in_use = true) if you really mean it",
-        )
+    from uringstack.probe.model import BlockDevice
 
 
 class DeviceAccessError(UringIOError):
@@ -103,15 +93,3 @@ def identify_namespace(fd: int, path: str, device: BlockDevice | None) -> Namesp
         )  # fmt: skip
     lba = device.logical_block_size
     return NamespaceIdentity(nsid, device.name, lba, device.size_bytes // lba)
-
-
-def check_writes_allowed(path: str, device: BlockDevice, caps: Capabilities, allow_writes_in_use: bool) -> list[str]:
-    """What uses *device* now (``caps.usage_now``); :class:`NamespaceInUseError` unless allowed.
-
-    Called once when a namespace is opened for writing: passthrough writes
-    bypass any filesystem or stacked device on it.
-    """
-    in_use = caps.usage_now(device)
-    if in_use and not allow_writes_in_use:
-        raise NamespaceInUseError(path, device.name, in_use)
-    return in_use

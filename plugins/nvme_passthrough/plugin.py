@@ -2,17 +2,19 @@
 
 Reads and writes become NVMe Read/Write commands sent with IORING_OP_URING_CMD
 on a ring with 128-byte SQEs and 32-byte CQEs, bypassing the block layer and
-any filesystem — hence the safety rule: writes are refused on a namespace
-that is mounted or held unless ``allow_writes_in_use = true``.
+any filesystem.  Writable opens of a namespace that is mounted or held are
+refused by the core's one rule for devices in use (``[core]
+allow_writes_in_use``), before this plugin is asked to serve them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
@@ -38,7 +40,13 @@ class PassthroughConfig(FeatureConfig):
     """``[nvme_passthrough]``: NVMe passthrough on /dev/ngXnY."""
 
     mode: FeatureMode = Field("auto", description="auto: where a char device is accessible; on: required; off")
-    allow_writes_in_use: bool = Field(False, description="allow writes to a mounted or held namespace (dangerous)")
+    allow_writes_in_use: bool = Field(
+        False,
+        description=(
+            "deprecated, no effect: [core] allow_writes_in_use is the one switch for writes to a "
+            "device in use (block devices and namespaces alike); accepted so old config files load"
+        ),
+    )
     entries: int = Field(128, ge=1, le=32768, description="SQ entries of the per-core passthrough ring")
     iopoll: bool = Field(
         False,
@@ -47,6 +55,20 @@ class PassthroughConfig(FeatureConfig):
             "where a known kernel defect rules out polled passthrough"
         ),
     )
+
+    @field_validator("allow_writes_in_use")
+    @classmethod
+    def _moved_to_core(cls, value: bool) -> bool:
+        # A safety switch that does nothing must say so where it is set: the open it
+        # meant to allow is refused, and the refusal names [core] allow_writes_in_use.
+        if value:
+            warnings.warn(
+                "[nvme_passthrough] allow_writes_in_use is deprecated and has no effect: "
+                "set [core] allow_writes_in_use = true to allow writes to a device in use",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return value
 
 
 def polled_passthrough_defect(caps: Capabilities, config: StackConfig) -> DefectFinding | None:
@@ -223,9 +245,4 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
     char, reason = decide_backend(target, caps, config)
     if char is None:
         return None
-    return PassthroughBackend(
-        reason=f"{reason}; passthrough ring of the worker",
-        char_path=char,
-        caps=caps,
-        allow_writes_in_use=FEATURE.section(config).allow_writes_in_use,
-    )
+    return PassthroughBackend(reason=f"{reason}; passthrough ring of the worker", char_path=char)

@@ -300,8 +300,13 @@ def test_mounted_namespace_refuses_writes_through_stack_open(
         back = aligned_buffer(BS)
         f.read_into(back, 0)
         assert back[:] == buf[:]
-    with _stack(**{"nvme_passthrough.allow_writes_in_use": True}) as forced, forced.open(NG) as rw:
-        assert rw.io.in_use  # type: ignore[attr-defined]
+    # The passthrough plugin's old switch lifts nothing now ([core]'s is the one switch).
+    with pytest.warns(FutureWarning):
+        old_switch = _stack(**{"nvme_passthrough.allow_writes_in_use": True})
+    with old_switch, pytest.raises(NamespaceInUseError):
+        old_switch.open(NG)
+    with _stack(**{"core.allow_writes_in_use": True}) as forced, forced.open(NG) as rw:
+        assert any(f"mounted at {mounted}" in r for r in rw.io.in_use)  # type: ignore[attr-defined]
         blk = aligned_buffer(BS)
         rw.read_into(blk, 8 * BS)  # rewrite a block with its own content: the fs stays intact
         rw.write_durable(blk, 8 * BS)

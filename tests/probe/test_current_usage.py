@@ -1,8 +1,8 @@
 """``current_usage``: what uses a disk at this moment, read by the probe's own module.
 
-NVMe passthrough refuses writes to a namespace something uses; the report's
-``usage`` may be old, so the plugin asks :meth:`Capabilities.usage_now`,
-which lands here.  These run against this machine's root disk.
+``Stack.open`` refuses writable opens of a device something uses; the report's
+``usage`` may be old, so it asks here (and :meth:`Capabilities.usage_now`
+for a plugin holding a report lands here too).  These run against this machine's root disk.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _mountinfo(devno: str, mountpoint: str, source: str, fstype: str = "ext4") -
 def test_the_root_disk_is_in_use_now() -> None:
     disk, _, _ = _root()
     assert any(r.startswith(disk) and "mounted at /" in r for r in current_usage(disk))
-    # Through the report, as the passthrough plugin asks: fresh, whatever the report says.
+    # Through the report, as a plugin may ask: fresh, whatever the report says.
     stale = BlockDevice(name=disk, path=f"/dev/{disk}", in_use=False, usage=[])
     assert any("mounted at /" in r for r in make_fake_capabilities(devices=[stale]).usage_now(stale))
 

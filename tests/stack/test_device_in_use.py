@@ -4,7 +4,9 @@ Writes through a block device bypass whatever sits on it: a mounted file
 system's cache and metadata are corrupted by them.  The NVMe passthrough
 plugin refused writable opens of a mounted namespace, but a block device
 served by the core's backends (io_uring, IOPOLL, the fallback) was opened
-writable (``writable=True`` is the default) whatever used it.
+writable (``writable=True`` is the default) whatever used it.  Now one rule
+(``stack.targets.check_writes_allowed``) and one switch (``[core]
+allow_writes_in_use``) cover block devices and namespaces' char devices alike.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import pytest
 
 import uringstack
 from tests.requires import skip_without
-from uringstack.errors import DeviceInUseError
+from uringstack.config import load_config
+from uringstack.errors import DeviceInUseError, NamespaceInUseError
+from uringstack.probe.model import BlockDevice
 from uringstack.stack import open_stack
+from uringstack.stack.targets import check_writes_allowed
+from uringstack.types import Target
 
 
 @pytest.fixture
@@ -69,3 +75,39 @@ def test_a_file_object_opens_it_as_the_built_in_does(mounted_loop: tuple[str, pa
     dev, _ = mounted_loop
     with open_stack() as stack, uringstack.open(dev, "r+b", buffering=0, stack=stack) as f:
         assert len(f.read(4096)) == 4096
+
+
+def _namespace_target(block_name: str | None, *, writable: bool = True) -> Target:
+    """A write of an NVMe namespace's char device whose block device is *block_name*."""
+    device = None if block_name is None else BlockDevice(name=block_name, path=f"/dev/{block_name}")
+    return Target(path="/dev/ng9n1", kind="nvme_char", direct=True, writable=writable, device=device)
+
+
+def test_the_same_rule_refuses_a_namespace_char_device(mounted_loop: tuple[str, pathlib.Path]) -> None:
+    """One rule for every device: a namespace's char device is asked through its block device
+    (here the mounted loop device stands for it; the NVMe VM runs it on a real namespace)."""
+    dev, mnt = mounted_loop
+    name = pathlib.Path(dev).name
+    with pytest.raises(NamespaceInUseError) as refused:
+        check_writes_allowed(_namespace_target(name), allowed=False)
+    assert isinstance(refused.value, DeviceInUseError) and refused.value.block_device == name
+    assert refused.value.device == "/dev/ng9n1" and any(f"mounted at {mnt}" in r for r in refused.value.reasons)
+    assert "[core] allow_writes_in_use" in str(refused.value)
+    allowed = check_writes_allowed(_namespace_target(name), allowed=True)
+    assert any(f"mounted at {mnt}" in r for r in allowed.in_use), allowed  # kept for the handle (io.in_use)
+    read_only = _namespace_target(name, writable=False)
+    assert check_writes_allowed(read_only, allowed=False) is read_only
+    unlisted = _namespace_target(None)  # (the passthrough open refuses a namespace the probe did not list)
+    assert check_writes_allowed(unlisted, allowed=False) is unlisted
+
+
+def test_the_passthrough_plugins_own_switch_is_deprecated_and_lifts_nothing(
+    mounted_loop: tuple[str, pathlib.Path],
+) -> None:
+    """``[nvme_passthrough] allow_writes_in_use`` was a second switch for the same rule: a config
+    file that sets it still loads, warns, and the open stays refused until ``[core]`` says so."""
+    with pytest.warns(FutureWarning, match=r"\[core\] allow_writes_in_use"):
+        loaded = load_config(overrides={"nvme_passthrough.allow_writes_in_use": True})
+    assert loaded.config.core.allow_writes_in_use is False
+    with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as stack, pytest.raises(DeviceInUseError):
+        stack.open(mounted_loop[0])

@@ -80,4 +80,4 @@ def test_in_use_error_message() -> None:
     err = NamespaceInUseError("/dev/ng0n1", "nvme0n1", ["nvme0n1 is mounted at /mnt (ext4)"])
     assert isinstance(err, PermissionError)
     text = str(err)
-    assert "/dev/ng0n1" in text and "mounted at /mnt" in text and "allow_writes_in_use" in text
+    assert "/dev/ng0n1" in text and "mounted at /mnt" in text and "[core] allow_writes_in_use" in text
