@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import stat
 
 import pytest
 
@@ -197,3 +198,50 @@ def test_a_target_path_that_cannot_exist_is_foreign(tmp_path: pathlib.Path) -> N
     write_entry(record.model_copy(update={"target": "/bad\0path"}), tmp_path / "c")
     state = load_state(directory=tmp_path / "c")
     assert state.records == [] and "foreign: /bad\0path cannot be looked up here" in state.ignored[0]
+
+
+_SQPOLL = {"sqpoll": {"off": 100e3, "on": 121e3}}
+
+
+def _record_syscalls(monkeypatch: pytest.MonkeyPatch, calls: list[str], fail_fsync: bool = False) -> None:
+    """Record ``fsync`` (of a file or a directory) and ``replace`` in the order they run."""
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+
+        calls.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        if fail_fsync:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        calls.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_an_entry_reaches_the_disk_before_its_name_does(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename that reached the disk before the data leaves an empty file after a crash:
+    the data is fsynced first, the directory (the rename) after."""
+    calls: list[str] = []
+    _record_syscalls(monkeypatch, calls)
+    path = write_entry(fake_record(str(tmp_path), _SQPOLL), tmp_path)
+    assert calls == ["fsync-file", "replace", "fsync-dir"]
+    assert read_document(path).records and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_failed_write_keeps_the_old_entry_and_leaves_no_temporary_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_entry(fake_record(str(tmp_path), _SQPOLL), tmp_path)
+    before = path.read_bytes()
+    calls: list[str] = []
+    _record_syscalls(monkeypatch, calls, fail_fsync=True)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_entry(fake_record(str(tmp_path), {"sqpoll": {"off": 1e3, "on": 2e3}}), tmp_path)
+    assert calls == ["fsync-file"]  # never renamed over the old entry
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
