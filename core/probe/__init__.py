@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ def probe_cached(
     """The report from *path* if it is younger than *max_age_s*, else a fresh probe.
 
     A fresh result is written atomically (temp file + rename) so concurrent
-    starters never read half a file.  A cache that is unreadable, from another
+    starters never read half a file; one that cannot be written (a read-only or
+    full file system) is a ``RuntimeWarning``, not an error.  A cache that is unreadable, from another
     schema version, another kernel (a reboot into a new kernel changes what
     io_uring accepts) or probed without devices when devices are wanted is
     ignored.
@@ -117,8 +119,10 @@ def probe_cached(
     except (OSError, ValidationError, ValueError):
         pass
     caps = probe(devices=devices, plugin_manager=plugin_manager)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(caps.model_dump_json(indent=2))
-    os.replace(tmp, cache)
+    from uringstack.probe.tune_cache import write_atomic
+
+    try:
+        write_atomic(cache, caps.model_dump_json(indent=2))
+    except OSError as exc:  # the findings still count: a cache that cannot be written costs a probe next time
+        warnings.warn(f"probe cache {cache} not written: {exc}", RuntimeWarning, stacklevel=2)
     return caps

@@ -112,6 +112,20 @@ def test_probe_cached_reuses_then_expires(tmp_path: Path) -> None:
     assert probe_cached(cache, max_age_s=60, devices=False).kernel_release == platform.release()
 
 
+def test_a_cache_that_cannot_be_written_does_not_hide_the_findings(tmp_path: Path) -> None:
+    """``probe --cache`` on a read-only or full file system still reports (a warning on stderr,
+    exit 0, the JSON intact on stdout); it used to fail with the temporary file's name."""
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "caps.json"  # (its directory cannot be made: a file is in the way)
+    with pytest.warns(RuntimeWarning, match="probe cache .* not written"):
+        caps = probe_cached(cache, max_age_s=60, devices=False)
+    assert caps.kernel_release == platform.release()
+    result = CliRunner().invoke(cli, ["probe", "--json", "--no-devices", "--no-plugins", "--cache", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert Capabilities.model_validate_json(result.stdout).kernel_release == platform.release()
+    assert f"warning: probe cache {cache} not written" in result.stderr
+
+
 def test_plugin_hook_adds_facts() -> None:
     import pluggy
 
