@@ -21,7 +21,8 @@ Recovery modes (RocksDB's names in brackets):
 ``point_in_time`` (kPointInTimeRecovery)
     the log ends at the first record that does not decode, whatever follows;
     on open for writing the rest of that segment is zeroed and later segments
-    are renamed to ``*.discarded`` (kept for inspection, never replayed).
+    are renamed to ``*.discarded`` (``*.discarded.N`` beside an earlier one of
+    the same name; kept for inspection, never replayed).
 """
 
 from __future__ import annotations
@@ -306,9 +307,22 @@ def recover(directory: Path | str, mode: RecoveryMode) -> LogScan:
     if result.discard:
         for p in result.discard:
             with contextlib.suppress(FileNotFoundError):
-                os.rename(p, p.with_name(p.name + ".discarded"))
+                os.rename(p, _free_discard_name(p))
         fsync_dir(directory)
     return result
+
+
+def _free_discard_name(segment: Path) -> Path:
+    """``<segment>.discarded``, or ``.discarded.N`` when an earlier recovery set a segment of
+    the same name aside: a log refilled after a recovery rolls at the same LSNs when its
+    records have one size, and what the first recovery kept (acknowledged records past
+    the damage) must not be renamed over.  (The log's lock keeps other writers out.)"""
+    name = segment.with_name(segment.name + ".discarded")
+    n = 0
+    while name.exists():
+        n += 1
+        name = segment.with_name(f"{segment.name}.discarded.{n}")
+    return name
 
 
 def _zero_range(path: Path, start: int, end: int) -> None:

@@ -181,3 +181,28 @@ def test_garbage_far_past_the_tail_is_corruption(wal_dir: pathlib.Path) -> None:
         Wal.open(wal_dir, cfg)
     with Wal.open(wal_dir, cfg, recovery="point_in_time") as wal:
         assert list(wal.read_from(1)) == [(1, b"x" * 100)]
+
+
+def test_a_second_point_in_time_recovery_keeps_what_the_first_set_aside(wal_dir: pathlib.Path) -> None:
+    """Segments set aside as ``*.discarded`` hold acknowledged records past the damage, kept
+    for inspection.  With records of one size the log, refilled after a recovery, rolls at
+    the same LSNs, so its new segments take the set-aside ones' names: a second recovery
+    must not rename over them."""
+    cfg, data = _multi_segment_log(wal_dir)
+    segs = list_segments(wal_dir)
+    _flip(segs[1][1], DATA_START + 2 * 1016 + 500)
+    bad_lsn = segs[1][0] + 2
+    with Wal.open(wal_dir, cfg, recovery=RecoveryMode.POINT_IN_TIME) as wal:
+        for _ in data[bad_lsn - 1 :]:  # other records of the same size: the same roll points
+            wal.append(os.urandom(1000))
+    first = {p.name: p.read_bytes() for p in wal_dir.glob("*.discarded")}
+    assert sorted(first) == [p.name + ".discarded" for _, p in segs[2:]]
+    again = list_segments(wal_dir)
+    assert [lsn for lsn, _ in again] == [lsn for lsn, _ in segs]  # (the collision this is about)
+    _flip(again[1][1], DATA_START + 2 * 1016 + 500)
+    with Wal.open(wal_dir, cfg, recovery=RecoveryMode.POINT_IN_TIME) as wal:
+        assert [p for _, p in wal.read_from(1)] == data[: bad_lsn - 1]
+    for name, content in first.items():
+        assert (wal_dir / name).read_bytes() == content, f"{name} was replaced by the second recovery"
+    second = sorted(p.name for p in wal_dir.iterdir() if ".discarded" in p.name and p.name not in first)
+    assert len(second) == len(segs) - 2, second  # the second recovery's, under names of their own
