@@ -88,8 +88,13 @@ class Wal:
         directory = Path(path)
         if directory.exists() and not directory.is_dir():  # (mkdir's FileExistsError says less)
             raise NotADirectoryError(errno.ENOTDIR, "a WAL is a directory; this path is a file", str(directory))
+        made = [d for d in (directory, *directory.parents) if not d.exists()]  # (deepest first)
         directory.mkdir(parents=True, exist_ok=True)
-        fsync_dir(directory.parent)
+        # A new directory's entry is in its parent: every parent of one made here is synced
+        # (top down), or a crash could lose the whole log with the acknowledged records in
+        # it; the log's own parent always (an earlier open may have crashed before its sync).
+        for parent in dict.fromkeys([*(d.parent for d in reversed(made)), directory.parent]):
+            fsync_dir(parent)
         lock = DirectoryLock(directory)
         io: WalIO | None = None
         try:

@@ -190,3 +190,29 @@ def test_open_removes_leftover_spares_and_nothing_else(wal_dir: pathlib.Path) ->
     assert {"notes.tmp", "spare.tmp.tmp", "new-x.tmp", "dir.tmp"} <= set(left)
     for name in ("notes.tmp", "spare.tmp.tmp", "new-x.tmp"):
         assert (wal_dir / name).read_bytes() == b"mine"
+
+
+def test_opening_a_log_in_new_directories_syncs_each_ones_parent(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Wal.open("a/b/wal")`` makes ``a``, ``b`` and ``wal``: each entry lives in its parent,
+    which must reach the disk before an append is acknowledged, or a crash can take the
+    whole log (and its acknowledged records) with the directory."""
+    from uringstack.wal import log
+
+    synced: list[pathlib.Path] = []
+    real = log.fsync_dir
+
+    def record(directory: pathlib.Path) -> None:
+        synced.append(pathlib.Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(log, "fsync_dir", record)
+    with Wal.open(tmp_path / "a" / "b" / "wal", backend="fallback") as wal:
+        wal.append(b"x")
+    made = [tmp_path, tmp_path / "a", tmp_path / "a" / "b"]
+    assert synced[:3] == made, synced
+    synced.clear()
+    with Wal.open(tmp_path / "a" / "b" / "wal", backend="fallback"):  # exists: its parent only
+        pass
+    assert synced[:1] == [tmp_path / "a" / "b"] and tmp_path / "a" not in synced, synced
