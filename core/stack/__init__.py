@@ -246,7 +246,10 @@ class Stack:
             caps=self.caps,
             options=options,
         )
-        if ADOPT_FD not in target.options:  # (uringstack.FileIO opened it itself, as io.FileIO would)
+        # uringstack.FileIO opens a block device itself, as io.FileIO would (which writes it
+        # with write(2)); a namespace's char device is written only by passthrough, which
+        # io.FileIO cannot do: no built-in to keep in step with, so it is always checked.
+        if ADOPT_FD not in target.options or target.kind == "nvme_char":
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)

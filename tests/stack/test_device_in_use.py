@@ -11,10 +11,12 @@ allow_writes_in_use``) cover block devices and namespaces' char devices alike.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -24,7 +26,7 @@ from uringstack.config import load_config
 from uringstack.errors import DeviceInUseError, NamespaceInUseError
 from uringstack.probe.model import BlockDevice
 from uringstack.stack import open_stack
-from uringstack.stack.targets import check_writes_allowed
+from uringstack.stack.targets import ADOPT_FD, check_writes_allowed
 from uringstack.types import Target
 
 
@@ -111,3 +113,25 @@ def test_the_passthrough_plugins_own_switch_is_deprecated_and_lifts_nothing(
     assert loaded.config.core.allow_writes_in_use is False
     with open_stack(loaded.config, plugin_manager=loaded.plugin_manager) as stack, pytest.raises(DeviceInUseError):
         stack.open(mounted_loop[0])
+
+
+def test_a_file_object_on_a_namespace_char_device_is_checked_too(
+    mounted_loop: tuple[str, pathlib.Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``uringstack.FileIO``/``open`` hand ``Stack.open`` a descriptor they opened (``adopt_fd``):
+    a block device is then written as ``io.FileIO`` would, but a namespace's char device only
+    by passthrough (``io.FileIO`` cannot write it), so the rule holds there as in ``Stack.open``.
+    (Here the target is made a namespace whose block device is the mounted loop device; the
+    NVMe VM runs ``uringstack.FileIO`` on a real one.)"""
+    import uringstack.stack as stack_module
+
+    name = pathlib.Path(mounted_loop[0]).name
+    monkeypatch.setattr(
+        stack_module, "resolve_target", lambda *a, **kw: replace(_namespace_target(name), options=kw["options"])
+    )
+    fd = os.open(os.devnull, os.O_RDWR)
+    try:
+        with open_stack() as stack, pytest.raises(NamespaceInUseError):
+            stack.open("/dev/ng9n1", **{ADOPT_FD: fd})
+    finally:
+        os.close(fd)
