@@ -246,9 +246,10 @@ class Stack:
             caps=self.caps,
             options=options,
         )
-        # uringstack.FileIO opens a block device itself, as io.FileIO would (which writes it
-        # with write(2)); a namespace's char device is written only by passthrough, which
-        # io.FileIO cannot do: no built-in to keep in step with, so it is always checked.
+        # adopt_fd: uringstack.FileIO opened a block device itself, as io.FileIO would (which
+        # writes it with write(2)); a namespace's char device (adopt_fd passed to Stack.open
+        # directly: FileIO serves char devices with os.read/os.write) is written only by
+        # passthrough, which io.FileIO cannot do: no built-in to keep in step with, so checked.
         if ADOPT_FD not in target.options or target.kind == "nvme_char":
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-import uringstack
 from uringstack import open_stack
 from uringstack.cli.probe_report import FeatureCheck
 from uringstack.errors import AlignmentError, DeviceInUseError, UringIOError
@@ -283,8 +282,12 @@ def test_mounted_namespace_refuses_writes_through_stack_open(
     with pytest.raises(NamespaceInUseError) as info:
         stack.open(NG)
     assert any(f"mounted at {mounted}" in r for r in info.value.reasons), info.value.reasons
-    with pytest.raises(NamespaceInUseError):  # a file object (adopt_fd) is held to the same rule
-        uringstack.FileIO(NG, "r+b", stack=stack)
+    fd = os.open(NG, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        with pytest.raises(NamespaceInUseError):  # a descriptor handed over (adopt_fd) too
+            stack.open(NG, adopt_fd=fd)
+    finally:
+        os.close(fd)  # (a refused open leaves it to the caller)
     with pytest.raises(DeviceInUseError) as core_refused:
         stack.open(BLK, passthrough="auto")  # a safety refusal is not silently "fallen back"
     assert any(f"mounted at {mounted}" in r for r in core_refused.value.reasons)

@@ -115,14 +115,14 @@ def test_the_passthrough_plugins_own_switch_is_deprecated_and_lifts_nothing(
         stack.open(mounted_loop[0])
 
 
-def test_a_file_object_on_a_namespace_char_device_is_checked_too(
+def test_a_descriptor_handed_over_for_a_namespace_char_device_is_checked_too(
     mounted_loop: tuple[str, pathlib.Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``uringstack.FileIO``/``open`` hand ``Stack.open`` a descriptor they opened (``adopt_fd``):
-    a block device is then written as ``io.FileIO`` would, but a namespace's char device only
-    by passthrough (``io.FileIO`` cannot write it), so the rule holds there as in ``Stack.open``.
+    """``Stack.open(path, adopt_fd=fd)`` skips the rule for a block device (``uringstack.FileIO``
+    hands over the descriptor it opened and writes it as ``io.FileIO`` would), but a namespace's
+    char device is written only by passthrough, which ``io.FileIO`` cannot do: the rule holds.
     (Here the target is made a namespace whose block device is the mounted loop device; the
-    NVMe VM runs ``uringstack.FileIO`` on a real one.)"""
+    NVMe VM runs it on a real one.)"""
     import uringstack.stack as stack_module
 
     name = pathlib.Path(mounted_loop[0]).name
