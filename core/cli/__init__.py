@@ -4,7 +4,8 @@ Errors: an expected failure (an OSError such as a full disk or a closed
 stdout, bad input raising ValueError, a uringstack error, input nested too
 deeply to parse) ends the command with one line on stderr, ``error: ...``,
 and exit status 2.  Anything else is a bug and keeps its traceback; so does
-every error under ``--debug``.
+every error under ``--debug``.  Warnings (a deprecated config key, a cache
+file that could not be written) are one line each on stderr, ``warning: ...``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import importlib
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -135,6 +137,16 @@ def cli(debug: bool) -> None:
 
     Errors end with one line on stderr and exit status 2 (--debug shows the traceback).
     """
+    if not debug:
+        # A warning (a deprecated config key, a cache not written) is for the user: one line,
+        # not the source line of whichever library frame raised it.
+        warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    return f"warning: {message}\n"
 
 
 for _module, _attr in _SUBCOMMANDS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,12 +58,8 @@ def probe(as_json: bool, no_devices: bool, cache: Path | None, no_plugins: bool,
 
     devices = not no_devices
     pm, config = (None, None) if no_plugins else _plugins()
-    if cache is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            caps = probe_cached(cache, max_age, devices=devices, plugin_manager=pm)
-        for w in caught:  # (stderr: stdout may be JSON)
-            click.echo(f"warning: {w.message}", err=True)
+    if cache is not None:  # (a cache that cannot be written is a warning: stderr, one line)
+        caps = probe_cached(cache, max_age, devices=devices, plugin_manager=pm)
     else:
         caps = run_probe(devices=devices, plugin_manager=pm)
     if as_json:
