@@ -158,6 +158,12 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
     Also called once per probed device by ``make_plan`` (a dry run: the
     answer must not open devices for I/O).
 
+    A writable open of a device that something uses (mounted, held, swap,
+    claimed) never gets here: the core refuses it first, for every backend
+    (``DeviceInUseError``, ``[core] allow_writes_in_use``); with that switch
+    on, ``target.in_use`` lists what used the device, for the backend to
+    keep or log.  A plugin needs no check of its own.
+
     Thread: the caller of :meth:`Stack.open` (or of ``make_plan``); the
     factory's ``open`` runs there too, not on the worker.
     """
