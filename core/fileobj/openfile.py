@@ -140,7 +140,34 @@ class TextIOWrapper(io.TextIOWrapper):
 
 
 class BufferedRandom(io.BufferedRandom):
-    """``io.BufferedRandom`` whose ``flush()`` returns once the data reached the kernel."""
+    """``io.BufferedRandom`` whose ``flush()`` returns once the data reached the kernel, and
+    whose ``read1()`` writes what is buffered before it reads (Python 3.11's does not)."""
+
+    def __init__(self, raw: FileIO, buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> None:
+        super().__init__(raw, buffer_size)
+        self._read1_default = buffer_size  # (what read1(-1) reads at most, as the C layer)
+
+    def read1(self, size: int | None = -1) -> bytes:
+        """Up to *size* bytes with at most one raw read, as ``io.BufferedRandom.read1``.
+
+        Python 3.11's ``read1`` (CPython gh-115059, fixed in 3.12.3 and 3.13) reads
+        the raw file at its position while writes are still in the buffer: it
+        returns the bytes those writes cover, as they were, and the writes then
+        land after what it read, not where they were made.  ``TextIOWrapper``
+        reads through ``read1``, so on a ``+`` mode text file ``read()``,
+        ``seek(0)``, ``write(...)``, ``readline()`` returned the old text and put
+        the new at the end.  The built-in ``open()`` does it too, for writes under
+        its 4 KiB buffer; this layer's 128 KiB buffer made it reach far more writes.
+        ``readinto1`` flushes first (and returns read-ahead before reading, as a
+        correct ``read1`` does): one copy more per call."""
+        if size is None or size < 0:
+            size = self._read1_default
+        if size == 0:
+            return super().read1(0)
+        chunk = bytearray(size)
+        n = self.readinto1(chunk)
+        del chunk[n:]
+        return bytes(chunk)
 
     def flush(self) -> None:
         super().flush()
