@@ -176,6 +176,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         self._wbuf = bytearray()  # bytes to write at self._pos - len(self._wbuf)
         self._writing: asyncio.Future[None] | None = None  # the buffer's write, in flight (_flush_unlocked)
         self._pos = raw.tell()
+        self._append_from = self._pos  # where an append that wrote nothing leaves the position
         self._readsize = MIN_READ
         self._fd_shared = isinstance(raw.name, int)  # the caller holds the descriptor: keep its offset
 
@@ -421,6 +422,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             if self._rbuf:
                 self._rbuf = b""  # the position is where the reader got to
             if self._appending and not self._wbuf:
+                self._append_from = self._pos
                 self._pos = os.fstat(self._fd).st_size
             self._wbuf += data
             self._pos += len(data)
@@ -453,6 +455,10 @@ class AsyncBinaryFile(_LineReader[bytes]):
         if kept >= n:
             del self._wbuf[kept - n :]
             self._pos -= n
+            if self._appending and not self._wbuf:
+                # nothing of it written: write(2) on O_APPEND moves the position only when it
+                # wrote, so an "a+" file read from its middle stays there, as the built-in's
+                self._pos = self._append_from
             self._moved()
             return None
         if self._buffer_size > 1 and kept <= self._buffer_size:

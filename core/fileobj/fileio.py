@@ -1043,7 +1043,8 @@ class FileIO(io.RawIOBase):
                         n = len(pin)
                         if not n:
                             return 0  # (before the lseek: an empty write leaves an O_APPEND position, as write(2))
-                        pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
+                        before = os.lseek(self._fd, 0, os.SEEK_CUR)  # (a failed append stays here)
+                        pos = os.lseek(self._fd, 0, os.SEEK_END) if self._appending else before
                         try:
                             # the backend decides how a waited buffered write is served (inline
                             # pwrite where the kernel would punt it to io-wq): one place for every caller
@@ -1058,7 +1059,7 @@ class FileIO(io.RawIOBase):
                             _drop_locals(exc)
                             n = transferred(exc)  # (see _write_cut_short)
                             if n <= 0:
-                                self._write_cut_short(pos)
+                                self._write_cut_short(before)
                                 # (raised here, not by a helper: re-raised from a frame below, under a
                                 # tracer, it corrupted CPython 3.11's trace function: test_write_signals.py)
                                 raise
@@ -1087,7 +1088,8 @@ class FileIO(io.RawIOBase):
                 n = len(m)
                 if not n:
                     return 0  # (before the lseek: an empty write leaves an O_APPEND position, as write(2))
-                pos = os.lseek(self._fd, 0, os.SEEK_END if self._appending else os.SEEK_CUR)
+                before = os.lseek(self._fd, 0, os.SEEK_CUR)  # (a failed append stays here)
+                pos = os.lseek(self._fd, 0, os.SEEK_END) if self._appending else before
                 try:
                     self._write_at(handle, m, pos)
                     self._moved_after_write(pos + n)
@@ -1098,7 +1100,7 @@ class FileIO(io.RawIOBase):
                     _drop_locals(exc)
                     n = transferred(exc)
                     if n <= 0:
-                        self._write_cut_short(pos)
+                        self._write_cut_short(before)
                         raise
                     self._moved_after_write(pos + n)
                 made = (pos, pos + n)
@@ -1110,10 +1112,11 @@ class FileIO(io.RawIOBase):
 
     def _moved_after_write(self, end: int) -> None:
         """Put the descriptor's position after a write that ended at *end*."""
-        os.lseek(self._fd, end, os.SEEK_SET)
         if self._appending:
             # O_APPEND wrote at the end whatever the offset: the end is where we are
             os.lseek(self._fd, 0, os.SEEK_END)
+        else:
+            os.lseek(self._fd, end, os.SEEK_SET)
 
     def _unmake(self, what: Any, end: int) -> None:
         """Take back a write that was made, when a raising signal landed after it all the same.
@@ -1138,7 +1141,9 @@ class FileIO(io.RawIOBase):
                 os.lseek(self._fd, what, os.SEEK_SET)
 
     def _write_cut_short(self, pos: int) -> None:
-        """A write at *pos* raised: leave the position at *pos*, whatever reached the file.
+        """A write that began with the position at *pos* raised: leave it at *pos*, whatever
+        reached the file (an ``O_APPEND`` write too, which ``write(2)`` moves only when it
+        wrote: an ``a+`` file read from its middle stays there, as the built-in's).
 
         Unless part of it did and the error says so (``UringIOError.transferred``: a
         short write whose rest failed, the file size limit, a full disk): then
@@ -1159,8 +1164,7 @@ class FileIO(io.RawIOBase):
         position is: a caller writing again after such a signal appends the
         bytes a second time, which only a write in C could rule out
         (docs/api.md)."""
-        if not self._appending:
-            despite_signals(os.lseek, self._fd, pos, os.SEEK_SET)
+        despite_signals(os.lseek, self._fd, pos, os.SEEK_SET)
 
     def _write_at(self, handle: FileHandle, m: memoryview, pos: int) -> None:
         if not self._direct:

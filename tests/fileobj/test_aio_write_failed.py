@@ -44,6 +44,13 @@ CASES: dict[str, tuple[str, int, list[tuple[Any, ...]]]] = {
         0,
         [("seek", 1000), ("limit", 500), ("write", b"z" * 10), ("limit", None), ("write", b"w" * 5)],
     ),
+    # an "a+" file read from its middle: a failed append leaves the position there (write(2)
+    # moves it only when it wrote), then the next append goes to the end
+    "unbuffered-append-nothing-written": (
+        "a+b",
+        0,
+        [("seek", 10), ("limit", 300), ("write", b"z" * 10), ("tell",), ("limit", None), ("write", b"w" * 5)],
+    ),
     "buffered-flush-kept": (
         "r+b",
         8192,
@@ -94,6 +101,8 @@ async def _step_async(f: Any, step: tuple[Any, ...]) -> Any:
         if kind == "flush":
             await f.flush()
             return ("flushed", await f.tell())
+        if kind == "tell":
+            return ("tell", await f.tell())
     except OSError as exc:
         return ("OSError", exc.errno)
     raise AssertionError(step)
@@ -109,6 +118,8 @@ def _step_sync(f: Any, step: tuple[Any, ...]) -> Any:
         if kind == "flush":
             f.flush()
             return ("flushed", f.tell())
+        if kind == "tell":
+            return ("tell", f.tell())
     except OSError as exc:
         return ("OSError", exc.errno)
     raise AssertionError(step)

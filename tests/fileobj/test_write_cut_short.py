@@ -169,6 +169,48 @@ def test_a_write_failing_with_nothing_written_raises_and_leaves_the_position(
         assert path.read_bytes() == HEAD, path.name
 
 
+@pytest.mark.parametrize("mode", ["ab", "a+b"])
+def test_an_append_failing_with_nothing_written_leaves_the_position(
+    stack: Stack, tmp_path: pathlib.Path, size_limit: Callable[[int | None], None], mode: str
+) -> None:
+    """``write(2)`` on an ``O_APPEND`` descriptor moves the position only when it wrote: a failed
+    append leaves it where it was (an ``a+`` file read from its middle), as the built-in's."""
+    seen = []
+    for path, opener in _both(tmp_path, stack):
+        with opener(path, mode, buffering=0) as f:
+            f.seek(10)
+            size_limit(len(HEAD))
+            try:
+                failed = _outcome(lambda: f.write(b"z" * 10))
+                steps = [failed, f.tell()]
+            finally:
+                size_limit(None)
+            steps.append(f.write(b"after"))  # room again: appended, the position at the end
+            steps.append(f.tell())
+        seen.append((steps, path.read_bytes()))
+    assert seen[1] == seen[0]
+    assert seen[0] == ([("OSError", errno.EFBIG), 10, 5, len(HEAD) + 5], HEAD + b"after")
+
+
+def test_a_direct_append_failing_with_nothing_written_leaves_the_position(
+    stack: Stack, tmp_path: pathlib.Path, size_limit: Callable[[int | None], None]
+) -> None:
+    """The same through O_DIRECT's write path (the raw file's other one); the built-in has no O_DIRECT."""
+    path = tmp_path / "f"
+    path.write_bytes(HEAD)
+    with open_direct_or_skip(path, "a+b", stack, buffering=0) as f:
+        f.seek(10)
+        size_limit(len(HEAD))
+        try:
+            with pytest.raises(OSError) as failed:
+                f.write(b"z" * 4096)
+            assert failed.value.errno == errno.EFBIG and f.tell() == 10
+        finally:
+            size_limit(None)
+        assert f.write(b"w" * 4096) == 4096 and f.tell() == len(HEAD) + 4096
+    assert path.read_bytes() == HEAD + b"w" * 4096
+
+
 def test_the_handle_s_write_errors_count_the_part_written(
     stack: Stack, tmp_path: pathlib.Path, size_limit: Callable[[int | None], None]
 ) -> None:
