@@ -12,9 +12,7 @@ files and unusual buffers.
 from __future__ import annotations
 
 import array
-import ctypes
 import errno
-import mmap
 import os
 import pathlib
 import threading
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 
 import uringstack
+from tests.page_cache import resident_pages
 from tests.requires import skip_without
 from uringstack.fileobj._fastio import CachedReadInto
 from uringstack.stack import Stack, open_stack
@@ -121,29 +120,6 @@ def test_a_cached_read_is_copied_in_c_not_through_the_ring(
         assert _starts(f) == 0
 
 
-def _resident_pages(fd: int, offset: int, length: int) -> int:
-    """Pages of [offset, offset + length) of *fd*'s file in the page cache, by ``mincore(2)``
-    over a mapping never touched: asked without reading (a read, ``RWF_NOWAIT`` too,
-    may start read-ahead and so fill the cache it asks about)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-    page = mmap.PAGESIZE
-    start = offset - offset % page
-    size = offset + length - start
-    # (private and writable only so ctypes can take its address: nothing is written)
-    m = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-    try:
-        vec = ctypes.create_string_buffer(-(-size // page))
-        anchor = ctypes.c_char.from_buffer(m)
-        addr = ctypes.addressof(anchor)
-        if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
-            raise OSError(ctypes.get_errno(), "mincore")
-        return sum(b & 1 for b in vec.raw)
-    finally:
-        del anchor
-        m.close()
-
-
 def test_what_the_page_cache_lacks_goes_to_the_ring(
     tmp_path: pathlib.Path, uring_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,7 +140,7 @@ def test_what_the_page_cache_lacks_goes_to_the_ring(
         far = 7 << 20
         for _ in range(20):  # (a folio still on a CPU's LRU batch is skipped: asked again)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
-            if not _resident_pages(fd, 96 << 10, 16 << 10) and not _resident_pages(fd, far, 8192):
+            if not resident_pages(fd, 96 << 10, 16 << 10) and not resident_pages(fd, far, 8192):
                 break  # dropped, as it should be
             time.sleep(0.05)
         else:
