@@ -8,6 +8,8 @@ need NVMe hardware say so themselves and run in the NVMe VM (tests/nvme).
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -18,3 +20,12 @@ WHERE = "it runs on the development host and in CI's host suite (bash .ci/run), 
 def skip_without(missing: str) -> NoReturn:
     """Skip: *missing* names what this machine lacks; the reason adds where the test runs."""
     pytest.skip(f"{missing}; {WHERE}")
+
+
+def cpython_test_module(name: str) -> ModuleType:
+    """CPython's own ``test.<name>`` (``test_fileio``, ``test_io``), or skip the calling module:
+    distro Pythons ship the ``test`` package separately (Debian's ``libpython3-testsuite``)."""
+    try:
+        return importlib.import_module(f"test.{name}")
+    except ImportError as exc:
+        pytest.skip(f"this Python has no `test` package (test.{name}: {exc}); {WHERE}", allow_module_level=True)

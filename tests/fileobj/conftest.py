@@ -41,6 +41,12 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
 
 
 @pytest.fixture
+def in_tmp_cwd(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in the test's own temporary directory (CPython's suites write TESTFN into the working one)."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def default_on(stack: Stack) -> Iterator[Stack]:
     """The parametrized stack, installed as the default one."""
     with as_default_stack(stack):

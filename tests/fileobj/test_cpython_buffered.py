@@ -14,26 +14,16 @@ as an expected failure (an unexpected pass fails the run).
 from __future__ import annotations
 
 import io
-import pathlib
 import unittest
 from typing import Any
 
 import pytest
 
+from tests.requires import cpython_test_module
 from uringstack.fileobj import openfile
 
-try:
-    from test import test_io as cpython
-except ImportError as exc:  # pragma: no cover - depends on how Python was built
-    pytest.skip(
-        f"this Python has no `test` package (test.test_io: {exc}); distro Pythons ship it separately",
-        allow_module_level=True,
-    )
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # the suite writes TESTFN into the current directory
+cpython: Any = cpython_test_module("test_io")
+pytestmark = pytest.mark.usefixtures("in_tmp_cwd")  # the suite writes TESTFN into the current directory
 
 
 def _c_namespace() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 import uringstack
+from tests.requires import cpython_test_module
 from tests.stack.test_completion_hook import Recorder
 from uringstack.config import load_config
 from uringstack.pluginmanager import make_plugin_manager
@@ -22,18 +23,8 @@ from uringstack.stack.uring_backend import UringFileIO
 
 from .conftest import BACKENDS, as_default_stack
 
-try:
-    from test import test_fileio as cpython
-except ImportError as exc:  # pragma: no cover - depends on how Python was built
-    pytest.skip(
-        f"this Python has no `test` package (test.test_fileio: {exc}); distro Pythons ship it separately",
-        allow_module_level=True,
-    )
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # the suite writes TESTFN into the current directory
+cpython: Any = cpython_test_module("test_fileio")
+pytestmark = pytest.mark.usefixtures("in_tmp_cwd")  # the suite writes TESTFN into the current directory
 
 
 class _OnBackend:
