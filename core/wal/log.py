@@ -194,7 +194,10 @@ class Wal:
     def read_from(self, lsn: int = 1) -> Iterator[tuple[int, bytes]]:
         """Yield ``(lsn, payload)`` for every durable record from *lsn* on.
 
-        A snapshot: records appended after the call are not included.
+        A snapshot: records appended after the call are not included, and
+        segments a :meth:`truncate_before` removes after the call are still read
+        (the call opens their files; an iteration dropped unfinished closes them
+        when it is collected).
         """
         lsn = _lsn_argument("read_from", lsn)
         self._check_open()

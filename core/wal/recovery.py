@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import mmap
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from .segment import (
     list_segments,
     read_header,
     read_seal,
+    seal,
     segment_name,
     unseal,
 )
@@ -108,10 +111,14 @@ class LogScan:
 
 def _map(path: Path) -> tuple[mmap.mmap | bytes, int]:
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return b"", 0
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+        buf = _map_fd(f.fileno())
+        return buf, len(buf)
+
+
+def _map_fd(fd: int) -> mmap.mmap | bytes:
+    if os.fstat(fd).st_size == 0:
+        return b""
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 _ZEROS = bytes(1 << 20)
@@ -291,6 +298,7 @@ def recover(directory: Path | str, mode: RecoveryMode) -> LogScan:
     directory = Path(directory)
     result = scan(directory)
     check(result, mode)
+    _seal_predecessors(result)
     d = result.damage
     if d is None:
         return result
@@ -310,6 +318,24 @@ def recover(directory: Path | str, mode: RecoveryMode) -> LogScan:
                 os.rename(p, _free_discard_name(p))
         fsync_dir(directory)
     return result
+
+
+def _seal_predecessors(result: LogScan) -> None:
+    """Seal every kept segment that has a successor but no seal, before appends resume.
+
+    A roll seals the predecessor only after the successor is named; a crash or a
+    failed seal write in between leaves it unsealed, which is legal at that moment.
+    Left so, the log would lose its guard for good: once appends went on past that
+    segment, deleting the newest files down to it would read as a log that simply
+    ended there, acknowledged records and all.  (Logs written before seals existed
+    get their seals here too.)  The scan has checked that each successor starts
+    where its predecessor's records end.
+    """
+    kept = result.segments
+    for older, newer in itertools.pairwise(kept):
+        if older.sealed_next is None:
+            seal(older.path, newer.first_lsn)
+            older.sealed_next = newer.first_lsn
 
 
 def _free_discard_name(segment: Path) -> Path:
@@ -360,19 +386,45 @@ def _resize(path: Path, size: int) -> None:
 def iter_records(
     segments: list[SegmentScan], from_lsn: int = 1, upto_lsn: int | None = None
 ) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(lsn, payload)`` for LSNs in ``[from_lsn, upto_lsn]`` from scanned segments."""
-    for seg in segments:
-        if seg.last_lsn < from_lsn:
-            continue
-        if upto_lsn is not None and seg.first_lsn > upto_lsn:
-            return
-        buf, _ = _map(seg.path)
-        try:
-            for _off, lsn, payload in walk(buf, seg.first_lsn):
-                if upto_lsn is not None and lsn > upto_lsn:
-                    return
-                if lsn >= from_lsn:
-                    yield lsn, payload
-        finally:
-            if isinstance(buf, mmap.mmap):
-                buf.close()
+    """Yield ``(lsn, payload)`` for LSNs in ``[from_lsn, upto_lsn]`` from scanned segments.
+
+    The segments' files are opened by this call, not when the iteration reaches
+    them: one removed afterwards (``Wal.truncate_before``, a checkpoint in another
+    thread) is still read, as an open file outlives its name.  Until session 27
+    the iteration raised a bare ``FileNotFoundError`` half-way instead.
+    """
+    wanted = [s for s in segments if s.last_lsn >= from_lsn and (upto_lsn is None or s.first_lsn <= upto_lsn)]
+    fds: list[int] = []
+    try:
+        for seg in wanted:
+            fds.append(os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC))
+    except BaseException:
+        _close_all(fds)
+        raise
+    records = _read_files(wanted, fds, from_lsn, upto_lsn)
+    weakref.finalize(records, _close_all, fds)  # an iteration dropped unfinished, or never begun
+    return records
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
+
+
+def _read_files(
+    segments: list[SegmentScan], fds: list[int], from_lsn: int, upto_lsn: int | None
+) -> Iterator[tuple[int, bytes]]:
+    try:
+        for seg, fd in zip(segments, list(fds), strict=True):
+            buf = _map_fd(fd)
+            try:
+                for _off, lsn, payload in walk(buf, seg.first_lsn):
+                    if upto_lsn is not None and lsn > upto_lsn:
+                        return
+                    if lsn >= from_lsn:
+                        yield lsn, payload
+            finally:
+                if isinstance(buf, mmap.mmap):
+                    buf.close()
+    finally:
+        _close_all(fds)

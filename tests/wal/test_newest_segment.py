@@ -27,7 +27,7 @@ from uringstack.ring.io_backend import FileIO, SyncMethod
 from uringstack.wal import Wal, WalConfig, WalCorruptionError, WalFailedError
 from uringstack.wal.faults import FaultyIO, SegmentFaults, segment_faults
 from uringstack.wal.recovery import scan
-from uringstack.wal.segment import list_segments, segment_name
+from uringstack.wal.segment import SEAL_OFFSET, list_segments, read_seal, segment_name, unseal
 
 CHILD = pathlib.Path(__file__).with_name("crash_child.py")
 # the child's geometry: 128 KiB segments, records of 4..3004 bytes
@@ -220,3 +220,48 @@ def test_damage_in_a_sealed_segment_is_never_a_torn_tail(wal_dir: pathlib.Path) 
     for mode in ("tolerate_tail", "absolute"):
         with pytest.raises(WalCorruptionError, match="corruption"):
             Wal.open(wal_dir, cfg, recovery=mode)
+
+
+class _FailFirstSeal(SegmentFaults):
+    """The first seal write of a roll fails (EIO): the log fails with the new segment named
+    and its predecessor unsealed, the state a crash between the two leaves as well."""
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if offset == SEAL_OFFSET and not self.fail.get(("sealed", 0)):
+            self.fail[("sealed", 0)] = errno.EIO  # once
+            raise OSError(errno.EIO, "injected EIO on the seal")
+        return super().pwrite(fd, data, offset)
+
+
+@pytest.mark.parametrize("how", ["seal-write-failed", "unsealed-on-disk"])
+def test_a_segment_left_unsealed_is_sealed_before_appends_resume(wal_dir: pathlib.Path, how: str) -> None:
+    """A crash or a failed seal write between a roll's rename and its seal leaves an unsealed
+    predecessor.  Reopening must seal it: otherwise, once appends went on past it, deleting
+    the newest files down to it read as a log that ended there (150 acknowledged records
+    gone, no error, in every mode)."""
+    cfg = WalConfig(segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
+    acked: list[int] = []
+    if how == "seal-write-failed":
+        with segment_faults(_FailFirstSeal()), Wal.open(wal_dir, cfg) as wal, pytest.raises(WalFailedError):
+            for _ in range(200):
+                acked.append(wal.append(b"a" * 1000))
+    else:
+        with Wal.open(wal_dir, cfg) as wal:
+            while len(wal.segments()) < 2:
+                acked.append(wal.append(b"a" * 1000))
+        unseal(list_segments(wal_dir)[0][1])
+    first = list_segments(wal_dir)[0][1]
+    assert read_seal(first) is None
+    with Wal.open(wal_dir, cfg) as wal:
+        while len(wal.segments()) < 4:
+            acked.append(wal.append(b"b" * 1000))
+    segs = list_segments(wal_dir)
+    assert [read_seal(p) for _, p in segs[:-1]] == [lsn for lsn, _ in segs[1:]]
+    for _, p in segs[1:]:
+        os.unlink(p)
+    for mode in ("tolerate_tail", "absolute"):
+        with pytest.raises(WalCorruptionError, match=f"sealed saying the log continues at LSN {segs[1][0]}"):
+            Wal.open(wal_dir, cfg, recovery=mode)
+    with Wal.open(wal_dir, cfg, recovery="point_in_time") as wal:
+        assert wal.recovered.damage is not None and wal.recovered.damage.path == segs[1][1]
+        assert max(acked) > wal.durable_lsn

@@ -55,6 +55,29 @@ def test_segment_rollover_and_truncate_before(
         assert all(p == payload for _, p in wal.read_from(1))
 
 
+def test_read_from_is_a_snapshot_that_a_checkpoint_does_not_cut(
+    wal_dir: pathlib.Path, small_config: WalConfig
+) -> None:
+    """``read_from`` is documented as a snapshot: a ``truncate_before`` (a checkpoint,
+    perhaps in another thread) after the call must not break an iteration begun before it,
+    nor one not yet begun (it raised a bare FileNotFoundError at the first removed file)."""
+    payloads = [os.urandom(1000) for _ in range(300)]
+    with Wal.open(wal_dir, small_config, backend="fallback") as wal:
+        for p in payloads:
+            wal.append(p)
+        started, unstarted = wal.read_from(1), wal.read_from(2)
+        assert next(started) == (1, payloads[0])
+        assert wal.truncate_before(200) >= 3
+        assert list(started) == list(enumerate(payloads, start=1))[1:]
+        assert list(unstarted) == list(enumerate(payloads, start=1))[1:]
+        assert next(wal.read_from(1))[0] > 1  # a new snapshot sees the checkpoint
+        fds = len(os.listdir("/proc/self/fd"))
+        dropped = wal.read_from(1)  # holds its segments' files until it is finished or dropped
+        assert len(os.listdir("/proc/self/fd")) > fds
+        del dropped
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_group_commit_groups(wal_dir: pathlib.Path, backend_name: str) -> None:
     cfg = WalConfig(segment_size_bytes=1 << 20, max_batch_bytes=64 * 1024, sync="fdatasync")
     threads, per_thread = 16, 100
