@@ -64,7 +64,21 @@ def verify(directory: Path, mode: str) -> None:
     except WalCorruptionError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    click.echo("ok" if d is None else f"ok under {mode}: opening the log would cut the tail")
+    click.echo("ok" if d is None else f"ok under {mode}: opening the log would {_repair_plan(result)}")
+
+
+def _repair_plan(result: LogScan) -> str:
+    """What opening the log does about its damage (``recover``), in words for ``verify``."""
+    d = result.damage
+    assert d is not None
+    steps = [f"end it at LSN {result.next_lsn - 1}"]
+    if d.torn_tail:
+        steps[0] += " (cutting the unacknowledged last write)"
+    else:
+        steps[0] += " (the records past the damage, which may have been acknowledged, are not read back)"
+    if result.discard:
+        steps.append(f"set aside {len(result.discard)} segment(s) past the damage as <name>.discarded")
+    return " and ".join(steps)
 
 
 @wal.command("dump")

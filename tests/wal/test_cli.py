@@ -41,3 +41,43 @@ def test_verify_refuses_a_directory_that_is_not_a_wal(tmp_path: pathlib.Path) ->
             assert r.exit_code == 2, (cmd, d, r.output)
             assert "not a WAL directory" in r.output and str(d) in r.output
             assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_verify_says_what_a_point_in_time_open_would_do(wal_dir: pathlib.Path) -> None:
+    """Damage in the oldest of several segments: ``verify --mode point_in_time`` passes, and
+    says that the open ends the log there and sets the later segments aside (it used to say
+    "would cut the tail" for an open that dropped 236 of 240 records)."""
+    with Wal.open(wal_dir, backend="fallback", segment_size_bytes=64 * 1024, max_batch_bytes=8 * 1024) as wal:
+        while len(wal.segments()) < 4:
+            wal.append(b"r" * 1000)
+    segs = list_segments(wal_dir)
+    with open(segs[0][1], "r+b") as f:
+        f.seek(4096 + 4 * 1016 + 20)  # inside record 5's payload
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    r = CliRunner().invoke(wal_group, ["verify", "--mode", "point_in_time", str(wal_dir)])
+    assert r.exit_code == 0, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("ok under point_in_time: opening the log would end it at LSN 4 "), r.output
+    assert "may have been acknowledged" in last and "torn" not in last
+    assert f"set aside {len(segs) - 1} segment(s) past the damage" in last
+    with Wal.open(wal_dir, backend="fallback", recovery="point_in_time") as wal:
+        assert wal.durable_lsn == 4
+    assert len(list(wal_dir.glob("*.discarded"))) == len(segs) - 1
+
+
+def test_verify_says_a_torn_tail_is_cut(wal_dir: pathlib.Path) -> None:
+    with Wal.open(wal_dir, backend="fallback") as wal:
+        for i in range(5):
+            wal.append(f"r{i}".encode())
+    seg = list_segments(wal_dir)[0][1]
+    with open(seg, "r+b") as f:
+        f.seek(4096 + 4 * 24 + 3)  # the last record's header
+        f.write(b"\xff")
+    r = CliRunner().invoke(wal_group, ["verify", str(wal_dir)])
+    assert r.exit_code == 0, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last == (
+        "ok under tolerate_tail: opening the log would end it at LSN 4 (cutting the unacknowledged last write)"
+    ), r.output
