@@ -12,6 +12,7 @@ of file, a short write is completed or raises, a failed op raises
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -70,6 +71,12 @@ class PreparedIO:
         self._full = list(map(nbytes, self.buffers))
         self._prep: PreparedRW = prepare_rw(handle.io, write, self.buffers)
         self._last: Pending | None = None
+        # Held from a start's in-flight check until its batch is submitted (or its single
+        # op returned), taken without blocking: another thread's start in that window is
+        # refused.  Without it two threads could both pass the check and the backend's
+        # shared offsets column got the later thread's offsets before the first submitted:
+        # one caller's buffers were read or written at the other's offsets.
+        self._claim = threading.Lock()
         # The waited op of a single buffer in one call, without a pending object
         # (UringPrepared.run_one; None: the backend has no such path).
         self._one: Callable[[int], int | None] | None = getattr(self._prep, "run_one", None) if self.n == 1 else None
@@ -96,21 +103,33 @@ class PreparedIO:
         last = self._last
         return last is None or last.done()
 
+    def _in_flight(self) -> BatchInFlightError:
+        return BatchInFlightError(
+            f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
+            f"flight ({self.n} op(s)); wait for them before starting again"
+        )
+
     def _start(self, offsets: Sequence[int], wait: bool) -> Pending:
         # the handle's own check builds a message: only call it when it will raise
         # (a fork child's use; inline, no frame per start)
         if self._fork_gen != forking._generation:
             self._handle._check()
+        claim = self._claim
+        if not claim.acquire(False):  # another thread is starting these buffers
+            raise self._in_flight()
+        try:
+            return self._start_claimed(offsets, wait)
+        finally:
+            claim.release()
+
+    def _start_claimed(self, offsets: Sequence[int], wait: bool) -> Pending:
         tracker = self._tracker
         before = SUBMITTED.last  # (no call: a batch the start submits is found after it)
         tracker.enter()  # refused once the handle's close began; close waits for left()
         try:
             last = self._last
             if last is not None and not last.done():
-                raise BatchInFlightError(
-                    f"{self._handle.path}: the prepared {'writes' if self.write else 'reads'} are still in "
-                    f"flight ({self.n} op(s)); wait for them before starting again"
-                )
+                raise self._in_flight()
             self._last = pending = self._prep.start(offsets, wait=wait)
         except BaseException:
             # The start raised after its I/O started (a raising signal handler right after
@@ -136,29 +155,18 @@ class PreparedIO:
         Reads are short only at end of file (``exact=True``: raise
         :class:`~uringstack.errors.ShortIOError` instead); writes complete or raise."""
         one = self._one
-        last = self._last
-        if last is not None and one is not None and last.done():
-            self._last = last = None
-        if one is not None and last is None and len(offsets) == 1:
+        if one is not None and len(offsets) == 1:
             # One buffer in one call (the QD1 loop): the checks and tracking of _start
             # without a pending object.
             if self._fork_gen != forking._generation:
                 self._handle._check()
-            tracker = self._tracker
-            tracker.enter()  # refused once the handle's close began; close waits for left()
+            claim = self._claim
+            if not claim.acquire(False):  # another thread is starting these buffers
+                raise self._in_flight()
             try:
-                res = one(offsets[0])
-            except BaseException:
-                # an op that outlived the call (a hung device): in flight, so done() is false
-                # until it completes and the handle's close waits for it; set before the start
-                # is counted out, through a second raising signal (as the handle's _one_pinned)
-                try:
-                    self._keep_outlived()
-                except BaseException:
-                    despite_signals(self._keep_outlived)
-                tracker.left()
-                raise
-            tracker.left()
+                res = self._run_one_claimed(one, offsets[0])
+            finally:
+                claim.release()
             if res == self._full[0]:
                 return [res]
             if res is not None:
@@ -167,6 +175,31 @@ class PreparedIO:
         if results == self._full:
             return results
         return self._finish(offsets, results, exact)
+
+    def _run_one_claimed(self, one: Callable[[int], int | None], offset: int) -> int | None:
+        """The single op of :meth:`run`, or None (the last batch is in flight, or the backend
+        takes the batch path): bytes moved or ``-errno``."""
+        last = self._last
+        if last is not None:
+            if not last.done():
+                return None  # _start raises BatchInFlightError
+            self._last = None
+        tracker = self._tracker
+        tracker.enter()  # refused once the handle's close began; close waits for left()
+        try:
+            res = one(offset)
+        except BaseException:
+            # an op that outlived the call (a hung device): in flight, so done() is false
+            # until it completes and the handle's close waits for it; set before the start
+            # is counted out, through a second raising signal (as the handle's _one_pinned)
+            try:
+                self._keep_outlived()
+            except BaseException:
+                despite_signals(self._keep_outlived)
+            tracker.left()
+            raise
+        tracker.left()
+        return res
 
     def _keep_started(self, before: object) -> None:
         """:meth:`_start` raised: the batch it submitted since ``SUBMITTED.last`` was *before*

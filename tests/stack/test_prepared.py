@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,3 +212,58 @@ def test_prepared_reads_on_leased_registered_buffers_use_read_fixed(
         assert not any(lease.in_flight() for lease in leases)
         reads.close()  # (release_buffers refuses leases an open prepared I/O holds)
         h.release_buffers(leases)
+
+
+@pytest.mark.parametrize(
+    ("backend", "pause_in"),
+    [("uring", "backend-start"), ("fallback", "backend-start"), ("uring", "uring-submission")],
+)
+def test_a_start_from_another_thread_while_one_is_starting_is_refused(
+    tmp_path: pathlib.Path, backend: str, pause_in: str
+) -> None:
+    """One batch at a time, across threads too: a second thread's start while the first
+    one's is still on its way to the ring must be refused, and the first batch must move
+    its own offsets.  Before the claim both passed the in-flight check; on io_uring the
+    later thread's offsets overwrote the shared offsets column before the first thread
+    submitted, so thread A's buffers were written at thread B's offsets and both calls
+    returned success (found by a two-thread probe: 1 run in ~6,000; here the window is
+    widened by pausing thread A where a preemption would)."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(32 * BS))
+    with open_stack(overrides=BACKENDS[backend]) as stack, stack.open(path, direct=True) as h:
+        assert h.backend == backend
+        buf = aligned_buffer(BS)
+        buf[:] = b"A" * BS
+        pr = h.prepare_writes([buf, buf])
+        owner: Any = h.ring if pause_in == "uring-submission" else pr._prep
+        name = "submit_columns" if pause_in == "uring-submission" else "start"
+        real = getattr(owner, name)
+        paused = threading.Event()
+
+        def slow_for_a(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread().name == "A":
+                paused.set()
+                time.sleep(0.3)
+            return real(*args, **kwargs)
+
+        setattr(owner, name, slow_for_a)
+        results: dict[str, Any] = {}
+
+        def run(who: str, offsets: list[int]) -> None:
+            try:
+                results[who] = pr.run(offsets)
+            except Exception as e:  # the test looks at what each thread got
+                results[who] = e
+
+        a = threading.Thread(target=run, args=("A", [0, BS]), name="A")
+        a.start()
+        assert paused.wait(5)
+        run("B", [16 * BS, 17 * BS])
+        a.join(10)
+        setattr(owner, name, real)
+        pr.close()
+    assert results["A"] == [BS, BS]
+    assert isinstance(results["B"], BatchInFlightError), results["B"]
+    data = path.read_bytes()
+    assert data[: 2 * BS] == b"A" * 2 * BS, "thread A's batch did not land at its own offsets"
+    assert data[16 * BS : 18 * BS] == bytes(2 * BS)
