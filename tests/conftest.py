@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import subprocess
@@ -130,3 +131,21 @@ def counted_alarm() -> Iterator[list[int]]:
     yield rang
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def size_limit() -> Iterator[Callable[[int | None], None]]:
+    """Set this process's file size limit (None: none); restored, with SIGXFSZ's handler, at the end.
+
+    Past the limit ``write(2)`` writes what fits, then fails with EFBIG (SIGXFSZ ignored)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def limit(n: int | None) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY if n is None else n, hard))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)

@@ -19,9 +19,7 @@ import errno
 import io
 import os
 import pathlib
-import resource
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,22 +31,6 @@ from uringstack.stack import Stack
 from .conftest import open_direct_or_skip
 
 HEAD = b"h" * 300
-
-
-@pytest.fixture
-def size_limit() -> Iterator[Callable[[int | None], None]]:
-    """Set this process's file size limit (None: none); restored, with SIGXFSZ's handler, at the end."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    def limit(n: int | None) -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY if n is None else n, hard))
-
-    try:
-        yield limit
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old)
 
 
 def _both(tmp_path: pathlib.Path, stack: Stack) -> list[tuple[pathlib.Path, Callable[..., Any]]]:

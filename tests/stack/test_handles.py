@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import os
@@ -91,6 +92,22 @@ def test_short_read_at_eof_is_reported_not_padded(stack: Stack, tmp_path: pathli
         with pytest.raises(ShortIOError) as info:
             h.read_many([0], [bytearray(4096)], exact=True)
         assert info.value.got == 1000 and info.value.expected == 4096
+
+
+def test_a_short_read_into_wide_items_is_short_by_bytes_sync_and_async(stack: Stack, tmp_path: pathlib.Path) -> None:
+    """Buffers are counted in bytes: 8 bytes read into an 8-item array of doubles (64 bytes)
+    is short.  read_many_async compared with len() (8 items) and returned [8] with
+    exact=True instead of raising ShortIOError."""
+    (tmp_path / "s").write_bytes(b"\x01" * 8)
+    with stack.open(tmp_path / "s") as h:
+        for make in (lambda: array.array("d", [0.0] * 8), lambda: memoryview(bytearray(64)).cast("Q")):
+            with pytest.raises(ShortIOError) as info:
+                h.read_many([0], [make()], exact=True)
+            assert (info.value.got, info.value.expected) == (8, 64)
+            with pytest.raises(ShortIOError) as info:
+                asyncio.run(asyncio.wait_for(h.read_many_async([0], [make()], exact=True), 30))
+            assert (info.value.got, info.value.expected) == (8, 64)
+            assert asyncio.run(asyncio.wait_for(h.read_many_async([0], [make()]), 30)) == [8]
 
 
 def test_errors_carry_errno_op_and_file(stack: Stack, tmp_path: pathlib.Path) -> None:
