@@ -55,9 +55,7 @@ def test_segment_rollover_and_truncate_before(
         assert all(p == payload for _, p in wal.read_from(1))
 
 
-def test_read_from_is_a_snapshot_that_a_checkpoint_does_not_cut(
-    wal_dir: pathlib.Path, small_config: WalConfig
-) -> None:
+def test_read_from_is_a_snapshot_that_a_checkpoint_does_not_cut(wal_dir: pathlib.Path, small_config: WalConfig) -> None:
     """``read_from`` is documented as a snapshot: a ``truncate_before`` (a checkpoint,
     perhaps in another thread) after the call must not break an iteration begun before it,
     nor one not yet begun (it raised a bare FileNotFoundError at the first removed file)."""
