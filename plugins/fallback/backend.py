@@ -49,6 +49,38 @@ def _as_buffer(buf: Any) -> Any:
     return lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf
 
 
+class _LeaseUse:
+    """What a registered lease's ``batch`` is while a queued op of this backend uses it
+    (``RegisteredBuffer.in_flight`` asks it, so the pool keeps the lease's memory from
+    the next lease until the op is done, as for an io_uring batch)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, pending: ThreadPending) -> None:
+        self._pending = pending
+
+    @property
+    def finished(self) -> bool:
+        return self._pending.done()
+
+
+def _pinned(buffers: Sequence[Any], write: bool) -> list[Any]:
+    """Each buffer (a lease: its memory) through a buffer export that its queued op holds
+    until it ran: the buffer cannot be resized, cleared, closed or released while the op
+    waits for a pool thread (``BufferError``, as io_uring's pins give), so it is never
+    read or written after it was freed.  (``memoryview(mv)`` would not do: it shares
+    *mv*'s export, and ``mv.release()`` succeeds under it.)"""
+    return [ffi.buffer(ffi.from_buffer(_as_buffer(b), require_writable=not write)) for b in buffers]
+
+
+def _mark_leases(buffers: Sequence[Any], pending: ThreadPending) -> None:
+    leases = [b for b in buffers if isinstance(b, RegisteredBuffer)]
+    if leases:
+        use = _LeaseUse(pending)
+        for lease in leases:
+            (lease.parent or lease).batch = use
+
+
 def _preadv(fd: int, buf: Any, offset: int) -> int:
     try:
         return os.preadv(fd, [buf], offset)
@@ -113,9 +145,14 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
     return run
 
 
-def _spread(fn: Callable[..., Any], fd: int, args: tuple[Any, ...]) -> Any:
-    """``fn(fd, *args)``, in a pool thread."""
-    return fn(fd, *args)
+def _spread(fn: Callable[..., Any], fd: int, args: list[Any]) -> Any:
+    """``fn(fd, *args)``, in a pool thread; *args* is emptied before it returns, so an op's
+    pinned buffer is let go before its future wakes the caller (the pool's work item
+    keeps *args* until later)."""
+    try:
+        return fn(fd, *args)
+    finally:
+        args.clear()
 
 
 class ThreadPending:
@@ -197,7 +234,7 @@ class FallbackFileIO:
         for a in calls:
             # (not submit(fn, fd, *a): a call with *args returns through C, and a signal
             # handler may raise there, before the future is appended)
-            futures.append(submit(_spread, fn, fd, a))
+            futures.append(submit(_spread, fn, fd, [*a]))
         return pending
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
@@ -218,7 +255,9 @@ class FallbackFileIO:
             # whose threads keep several device writes in flight at once.
             return self._inline("write", write_inline, offsets, bufs)
         fn = _pwritev if write else _preadv
-        return self._submit("write" if write else "read", fn, *zip(bufs, offsets, strict=True))
+        pending = self._submit("write" if write else "read", fn, *zip(_pinned(bufs, write), offsets, strict=True))
+        _mark_leases(buffers, pending)
+        return pending
 
     def run_one(self, write: bool, pin: Any, buf: Any, offset: int) -> int | None:
         """One waited read or write (the handle's ``read_into``/``write_from``), done in this thread.
@@ -245,7 +284,9 @@ class FallbackFileIO:
             # The caller blocks until the device acknowledged the write anyway: a
             # hand-off to a pool thread and back would only add two context switches.
             return self._inline("write_durable", _write_durable, buf, offset, sync)
-        return self._submit("write_durable", _write_durable, (buf, offset, sync), flatten=True)
+        pending = self._submit("write_durable", _write_durable, (_pinned([buf], True)[0], offset, sync), flatten=True)
+        _mark_leases([buffer], pending)
+        return pending
 
     def durable_writer(self, sync: SyncMethod) -> Callable[[Any, int], list[int]]:
         """``start_write_durable(offset, buf, sync, wait=True).wait()`` with *sync* bound: ``write(buf, offset)``.
