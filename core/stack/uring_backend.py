@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import BatchInFlightError, RingClosedError
 from uringstack.plan import CORE_BACKEND, CORE_BACKEND_REASON
+from uringstack.probe.punts import buffered_write_punts
 from uringstack.ring import MisalignedOffsetError, Ring
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offsets
 from uringstack.ring.buffers import (
@@ -325,8 +326,6 @@ class UringFileIO:
         """True when this file's waited writes are done by the caller (buffered, and the kernel would punt them)."""
         inline = self._inline_writes
         if inline is None:
-            from uringstack.probe.punts import buffered_write_punts
-
             self._fd_and_flags()  # a closed file's number may be another file's by now
             inline = self._inline_writes = not self.direct and buffered_write_punts(self.fd)
         return inline
