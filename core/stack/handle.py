@@ -36,7 +36,7 @@ from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod, check_awaitable_io
 from uringstack.ring.native import ffi
-from uringstack.ring.pending import Pending
+from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 from uringstack.types import WorkerView
@@ -205,8 +205,10 @@ class FileHandle:
         """*count* buffers of *size* bytes from the worker's registered pool (fixed
         buffers, READ_FIXED/WRITE_FIXED), or page-aligned plain buffers when no pool
         serves this handle (fixedbuf off, memlock too low, another backend).  Give
-        them back with :meth:`release_buffers`."""
+        them back with :meth:`release_buffers`.  ``RingClosedError`` after :meth:`close`."""
         from uringstack.ring.buffers import leased_buffer
+
+        self._check()  # (a closed handle's leases could never be used, and took pool buffers)
 
         if type(count) is not int or type(size) is not int:
             try:
@@ -683,12 +685,16 @@ class FileHandle:
         """Start a batch of reads without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
         offsets = _check_batch(self.path, offsets, buffers)
+        if not offsets:  # (as read_many: a ring refuses a batch of no ops)
+            return CompletedPending([])
         return self._start(self._io.start_rw, False, offsets, buffers)
 
     def start_write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> Pending:
         """Start a batch of writes without waiting (results unchecked: bytes or ``-errno``)."""
         self._check()
         offsets = _check_batch(self.path, offsets, buffers)
+        if not offsets:  # (as write_many: a ring refuses a batch of no ops)
+            return CompletedPending([])
         return self._start(self._io.start_rw, True, offsets, buffers)
 
     def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
@@ -884,6 +890,10 @@ class FileHandle:
                     return co.add_many(io, self._inflight, write, pins, offs, lens, slots), lens
         self._check()
         offsets = _check_batch(self.path, offsets, buffers)
+        if not offsets:  # nothing to do (a ring refuses a batch of no ops)
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done, []
         maybe, pins, offs, lens, slots = self._pin_many(write, offsets, buffers)
         if maybe is None:
             return None, lens

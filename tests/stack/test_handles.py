@@ -138,6 +138,22 @@ def test_use_after_close_is_refused(stack: Stack, tmp_path: pathlib.Path) -> Non
     h.close()
     with pytest.raises(RingClosedError):
         h.read_into(bytearray(1), 0)
+    # (lease_buffers handed a closed handle buffers, registered ones out of its worker's pool)
+    with pytest.raises(RingClosedError):
+        h.lease_buffers(4, 4096)
+
+
+def test_empty_batches_are_empty_on_every_call(stack: Stack, tmp_path: pathlib.Path) -> None:
+    """No ops, no results, on every backend; io_uring's unwaited and asyncio forms raised
+    ValueError("submit_columns: n=0 outside 1..2 (the columns' capacity)")."""
+    with stack.open(tmp_path / "e", create=True) as h:
+        assert h.read_many([], []) == [] and h.write_many([], []) == []
+        assert h.start_read_many([], []).wait() == [] and h.start_write_many([], []).wait() == []
+
+        async def both() -> tuple[list[int], list[int]]:
+            return await h.read_many_async([], []), await h.write_many_async([], [])
+
+        assert asyncio.run(asyncio.wait_for(both(), 30)) == ([], [])
 
 
 def test_asyncio_gather_of_1000_reads(stack: Stack, tmp_path: pathlib.Path) -> None:
