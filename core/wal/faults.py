@@ -264,6 +264,9 @@ class RecordingRing:
                 override = overrides[i]
                 if override is not None:
                     got[i] = override
+                    # in the batch too, as the kernel's CQE would be: a caller that reads
+                    # batch.results after the wait (a flush across two rings) sees it
+                    batch.results_cdata[i] = override
                 op.result = got[i]
             return got
 

@@ -7,6 +7,7 @@ read, and the checks before submission; tests/nvme runs the same on a polled rin
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from uringstack.ring.io_backend import prepare_rw
 from uringstack.ring.native import ffi
 from uringstack.stack.uring_backend import UringPrepared
 from uringstack.types import Target
+from uringstack.wal.faults import RecordingRing
 
 BS = 4096
 
@@ -113,3 +115,27 @@ def test_single_waited_ops_take_rw_one_on_the_iopoll_ring(
     assert prep.start([3 * BS], wait=True).wait() == [BS]
     assert buf[0] == 3
     assert calls == [9 * BS, 3 * BS]
+
+
+def test_a_durable_writes_flush_error_and_a_failed_write_reach_the_caller(
+    iopoll_io: tuple[IopollFileIO, Ring, Ring],
+) -> None:
+    """The two durability steps of a durable write across the rings (write polled, then a
+    flush on the storage ring): a flush that fails reports its error, never 0; a write that
+    fails is never followed by a flush (-ECANCELED, as a broken link), so nothing reports
+    data durable that was not written."""
+    io, ring, storage = iopoll_io
+    buf = aligned_buffer(BS)
+    flushes = RecordingRing({("FSYNC", 0): -errno.EIO}).install(storage)
+    try:
+        assert io.start_write_durable(0, buf, "fdatasync").wait() == [BS, -errno.EIO]
+    finally:
+        flushes.remove()
+    writes = RecordingRing({("WRITE", 0): -errno.EIO}).install(ring)
+    flushes = RecordingRing().install(storage)
+    try:
+        assert io.start_write_durable(0, buf, "fdatasync").wait() == [-errno.EIO, -errno.ECANCELED]
+        assert flushes.submissions == []
+    finally:
+        writes.remove()
+        flushes.remove()
