@@ -370,9 +370,9 @@ class FileHandle:
                 # there (a file size limit) cannot be completed.
                 if not (write or exact):
                     return done
-                exc = ShortIOError(op, self.path, total, done, offset)
-                exc.transferred = done
-                raise exc
+                cut = ShortIOError(op, self.path, total, done, offset)
+                cut.transferred = done
+                raise cut
             rest = view[done:]
             res = self._run(self._io.start_rw, write, [offset + done], [rest], wait=True)[0]
             if res <= 0:
