@@ -25,6 +25,7 @@ import locale
 import operator
 import os
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, AnyStr, Generic, TypeVar
@@ -179,6 +180,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         self._append_from = self._pos  # where an append that wrote nothing leaves the position
         self._readsize = MIN_READ
         self._fd_shared = isinstance(raw.name, int)  # the caller holds the descriptor: keep its offset
+        self._sync_layer: _SyncLayer | None = None  # (set by open: see _SyncLayer)
 
     # --- description ---------------------------------------------------------------
     @property
@@ -225,12 +227,22 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     def _sync_offset(self) -> None:
         """Keep the descriptor's offset where this object's position is (as the built-in's)."""
-        os.lseek(self._fd, self._pos, os.SEEK_SET)
+        os.lseek(self._live_fd(), self._pos, os.SEEK_SET)
 
     def _moved(self) -> None:
         """The position changed: the descriptor follows at once only if someone else can see it."""
         if self._fd_shared:
-            os.lseek(self._fd, self._pos, os.SEEK_SET)
+            os.lseek(self._live_fd(), self._pos, os.SEEK_SET)
+
+    def _live_fd(self) -> int:
+        """The descriptor, for a syscall made after an await: the closed-file ``ValueError``
+        once the file closed meanwhile (``stack.close()``, ``handle.close()`` close its
+        handle and descriptor), whose number may be another file's by now.  Until
+        session 27 an operation in flight across ``stack.close()`` moved that other
+        file's offset (and an append took its size as the position)."""
+        if self._file.closed:
+            raise _closed()
+        return self._fd
 
     # --- reading ---------------------------------------------------------------------
     async def _fill(self, want: int) -> bool:
@@ -297,7 +309,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             if self._file.closed or not self._can_read or self._wbuf or self._writing is not None:
                 await self._prepare_read()
             if size < 0:
-                end = os.fstat(self._fd).st_size
+                end = os.fstat(self._live_fd()).st_size
                 while await self._fill(max(end - self._pos - len(self._rbuf), CHUNK)):
                     pass
                 out = self._take(len(self._rbuf))
@@ -327,7 +339,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
                     pass
                 out = self._take(size)
             if self._fd_shared:  # (self._moved(), inlined: a call less per read)
-                os.lseek(self._fd, self._pos, os.SEEK_SET)
+                os.lseek(self._live_fd(), self._pos, os.SEEK_SET)
             return out
         finally:
             if turns._waiters:
@@ -422,8 +434,15 @@ class AsyncBinaryFile(_LineReader[bytes]):
             if self._rbuf:
                 self._rbuf = b""  # the position is where the reader got to
             if self._appending and not self._wbuf:
+                if self._writing is not None:
+                    # An earlier append's write still in flight (its caller was cancelled): the
+                    # end of the file is known once it landed (it raises here if it failed).
+                    # Until session 27 these bytes took the size before it as their place:
+                    # tell() was inside it, and the flush's offset (the position minus what
+                    # is buffered) could be negative, the buffered bytes then lost.
+                    await self._settle()
                 self._append_from = self._pos
-                self._pos = os.fstat(self._fd).st_size
+                self._pos = os.fstat(self._live_fd()).st_size
             self._wbuf += data
             self._pos += len(data)
             if len(self._wbuf) >= self._buffer_size:
@@ -548,7 +567,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             self._writing = None  # (what did not land is buffered again, _append_at: the position holds)
             raise
         self._writing = None
-        self._pos = os.fstat(self._fd).st_size  # O_APPEND wrote at the end
+        self._pos = os.fstat(self._live_fd()).st_size  # O_APPEND wrote at the end
         self._moved()
 
     async def flush(self) -> None:
@@ -592,7 +611,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
             await self._flush_unlocked()
             if whence == os.SEEK_CUR:
                 offset, whence = self._pos + offset, os.SEEK_SET
-            self._pos = os.lseek(self._fd, offset, whence)
+            self._pos = os.lseek(self._live_fd(), offset, whence)
             self._rbuf = b""
             self._readsize = MIN_READ
             return self._pos
@@ -683,6 +702,23 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 {"message": f"uringstack.aio: closing {self!r} after a cancelled close()", "exception": failure}
             )
 
+    def _flush_sync(self) -> None:
+        """Write what is buffered, with no loop to await on: the file's handle is closing
+        (``handle.close()``, :class:`_SyncLayer`).  A failure is raised (by the closer)."""
+        file = self._file
+        if not isinstance(file, FileIO) or file.closed or not self._wbuf:
+            return
+        data = bytes(self._wbuf)
+        self._h.write_from(data, self._pos - len(data))
+        self._wbuf = bytearray()
+
+    def _close_sync(self) -> None:
+        """:meth:`close` with no loop to await on (``stack.close()``, interpreter exit:
+        :class:`_SyncLayer`): what is buffered is written, then the file closes."""
+        file = self._file
+        if isinstance(file, FileIO) and not file.closed:
+            self._close_after(None)
+
     def __del__(self) -> None:
         # As the built-in file's finalizer (which aiofiles' wrapped file has): an
         # unclosed file writes its buffer and closes, with a ResourceWarning.
@@ -700,6 +736,32 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     def __repr__(self) -> str:
         return f"<uringstack.aio.AsyncBinaryFile wrapping {self._file!r}>"
+
+
+class _SyncLayer:
+    """An async file as the closers that cannot await see it: ``stack.close()`` and the
+    default stack's exit call :meth:`close`, ``handle.close()`` calls :meth:`flush`
+    (through the raw file's layers, as for ``uringstack.open``'s buffered layer).  Until
+    session 27 none of them knew the async file: what it held buffered was lost.
+
+    The file holds this object (the closers hold it weakly); it holds the file weakly,
+    so an unreferenced file is still collected (and its finalizer writes its buffer)."""
+
+    __slots__ = ("__weakref__", "_file", "raw")
+
+    def __init__(self, file: AsyncBinaryFile, raw: FileIO) -> None:
+        self._file = weakref.ref(file)
+        self.raw = raw  # (what FileIO._handle_flushing checks a layer is over)
+
+    def flush(self) -> None:
+        file = self._file()
+        if file is not None:
+            file._flush_sync()
+
+    def close(self) -> None:
+        file = self._file()
+        if file is not None:
+            file._close_sync()
 
 
 class AsyncTextFile(_LineReader[str]):
@@ -1164,6 +1226,14 @@ def _open_sync(
             raise ValueError("can't have unbuffered text I/O")
         size = 1 if buffering == 0 else (buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE)
         binary_file = AsyncBinaryFile(raw, size)
+        layer = binary_file._sync_layer = _SyncLayer(binary_file, raw)
+        raw._layered(layer, None)  # flushed if the handle is closed behind it
+        if stack is None:
+            from uringstack.fileobj.default_stack import track
+
+            track(layer, raw=False)  # closed (written) at exit, before the stack
+        if raw._home is not None:
+            raw._home.close_with_stack(layer, outer=True)  # closed before the raw file's handle
         if binary:
             return binary_file
         encoding = io.text_encoding(encoding)

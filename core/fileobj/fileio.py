@@ -392,8 +392,11 @@ class FileIO(io.RawIOBase):
         handle.watch_close(self._handle_closing, flush=self._handle_flushing)
         return handle
 
-    def _layered(self, buffer: io.BufferedIOBase, text: io.TextIOWrapper | None) -> None:
-        """``uringstack.open`` put *buffer* (and *text* over it) on this file: see :meth:`_handle_flushing`."""
+    def _layered(self, buffer: io.BufferedIOBase | Any, text: io.TextIOWrapper | None) -> None:
+        """``uringstack.open`` put *buffer* (and *text* over it) on this file: see :meth:`_handle_flushing`.
+
+        *buffer* is anything with ``raw`` (this file) and a synchronous ``flush()``:
+        ``uringstack.aio.open`` registers its async file's ``_SyncLayer``."""
         self._layers = (weakref.ref(buffer), None if text is None else weakref.ref(text))
 
     def _handle_flushing(self) -> None:
