@@ -69,6 +69,14 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     if not caps.uring.accepts("SQPOLL"):
         err = caps.uring.setup_flags.get("SQPOLL")
         return False, f"the kernel refuses IORING_SETUP_SQPOLL ({err.error if err else 'not probed'})"
+    if "SQPOLL_NONFIXED" not in caps.uring.features:
+        # Before 5.11 the poller serves only registered files: every op on a plain
+        # descriptor completes with -EBADF, and a stack opens more files than it can
+        # register.  (Debian 11's 5.10 has the feature: a backport of a later io_uring.)
+        return False, (
+            "this kernel's SQPOLL serves only registered files (no IORING_FEAT_SQPOLL_NONFIXED, "
+            "kernels before 5.11): I/O on any other descriptor would fail with EBADF"
+        )
     if cfg.mode == "on":
         return True, "on (config)"
     measured = caps.tuning.comparisons(NAME) if caps.tuning is not None else []

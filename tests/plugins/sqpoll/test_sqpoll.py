@@ -161,3 +161,34 @@ def test_idle_ms_is_how_long_the_poller_stays_awake(tmp_path: pathlib.Path) -> N
     assert awake["enters"] <= 2, awake
     asleep = _waited_batches(tmp_path / "r", {**waits_spin, "sqpoll.idle_ms": 5}, pause_s=0.05)
     assert asleep["enters"] >= 15, asleep  # one wake-up per batch after each 50 ms pause
+
+
+def test_a_kernel_whose_sqpoll_serves_only_registered_files_gets_no_sqpoll() -> None:
+    """Before 5.11 (no IORING_FEAT_SQPOLL_NONFIXED) the poller serves only registered files:
+    every op on another descriptor completes with -EBADF.  auto leaves SQPOLL off saying so,
+    and on is a plan error naming it.  (Debian 11's 5.10 reports the feature: its io_uring
+    is a backport of a later one.)"""
+    import pytest
+
+    from uringstack.config import load_config
+    from uringstack.plan import make_plan
+    from uringstack.pluginmanager import make_plugin_manager
+    from uringstack.testing import make_fake_capabilities
+    from uringstack.types import PlanError
+
+    caps = make_fake_capabilities(cores=8)
+    caps.uring.features.remove("SQPOLL_NONFIXED")
+    pm = make_plugin_manager(autoload=True)
+
+    def config(mode: str) -> object:
+        overrides = {"sqpoll.mode": mode, "core.cores": [0], "sqpoll.min_cpus": 2}
+        return load_config(None, env={}, overrides=overrides, plugin_manager=pm).config
+
+    plan = make_plan(caps, config("auto"), pm)  # type: ignore[arg-type]
+    verdict = next(v for v in plan.verdicts if v.plugin == "sqpoll")
+    assert not verdict.enabled and "IORING_FEAT_SQPOLL_NONFIXED" in verdict.reason
+    with pytest.raises(PlanError, match="SQPOLL_NONFIXED"):
+        make_plan(caps, config("on"), pm)  # type: ignore[arg-type]
+    caps.uring.features.append("SQPOLL_NONFIXED")  # the control: the same machine with the feature
+    plan = make_plan(caps, config("auto"), make_plugin_manager(autoload=True))  # type: ignore[arg-type]
+    assert next(v for v in plan.verdicts if v.plugin == "sqpoll").enabled
