@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import io
 import locale
 import operator
@@ -525,7 +526,8 @@ class AsyncBinaryFile(_LineReader[bytes]):
         start = self._pos - len(data)
         if self._appending:
             self._wbuf = bytearray()
-            self._writing = asyncio.ensure_future(self._append_at(data, start))
+            self._writing = write = asyncio.ensure_future(self._append_at(data, start))
+            write.add_done_callback(functools.partial(self._append_dropped, data))
             await self._settle()
             return
         try:
@@ -538,12 +540,36 @@ class AsyncBinaryFile(_LineReader[bytes]):
 
     async def _append_at(self, data: bytes, start: int) -> None:
         """An append's flush (a task of its own): what it could not write goes back to the
-        front of the buffer, ahead of anything buffered since, for the next flush."""
+        front of the buffer, ahead of anything buffered since, for the next flush.
+
+        The write is submitted by this task's first step (not queued for the loop's next
+        submission, which a cancellation drops: appended again, the bytes would be twice
+        in the file), so once it ran, the write lands whatever happens to the task.  A
+        cancellation after that (``asyncio.run`` cancels every task when its main
+        coroutine returns) waits for the write's result in this thread and ends the task
+        normally; one before it (the task never ran) gives the bytes back to the buffer
+        (:meth:`_append_dropped`).  Until session 27 such a write was dropped at a loop's
+        end and its bytes, acknowledged by ``write()``, were lost."""
         try:
-            await self._write_at(data, start)
+            try:
+                pending = self._h.start_write_many([start], [data])
+            except RingClosedError:
+                raise _closed() from None
+            try:
+                results = await pending.wait_async()
+            except asyncio.CancelledError:
+                results = pending.wait()  # (one write, already in the kernel's hands)
+            self._h.finish_writes([start], [data], results)
         except Exception as exc:
             self._wbuf[:0] = data[transferred(exc) :]
             raise
+
+    def _append_dropped(self, data: bytes, write: asyncio.Future[None]) -> None:
+        """An append's task ended: cancelled before its first step, it submitted nothing, so
+        its bytes go back to the front of the buffer (the next flush, ``close()`` or the
+        file's finalizer writes them)."""
+        if write.cancelled():
+            self._wbuf[:0] = data
 
     async def _write_at(self, data: bytes, start: int) -> None:
         try:
@@ -562,7 +588,13 @@ class AsyncBinaryFile(_LineReader[bytes]):
             if not write.done():
                 raise  # this caller was cancelled: the write goes on
             self._writing = None
-            raise
+            task = asyncio.current_task()
+            if not write.cancelled() or (task is not None and task.cancelling()):
+                raise
+            # the write's task was cancelled before it submitted anything: its bytes are
+            # buffered again (_append_dropped) and the position holds; not this caller's
+            # cancellation (it raised one nobody asked for in close())
+            return
         except BaseException:
             self._writing = None  # (what did not land is buffered again, _append_at: the position holds)
             raise

@@ -697,6 +697,13 @@ class FileHandle:
             return CompletedPending([])
         return self._start(self._io.start_rw, True, offsets, buffers)
 
+    def finish_writes(self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]) -> list[int]:
+        """Check a :meth:`start_write_many` batch's *results* as :meth:`write_many` does: a
+        short write is completed (waited), the first failure raised (``UringIOError``, its
+        ``transferred`` what reached the file); returns the bytes written per buffer."""
+        self._check()
+        return self._finish_writes(offsets, buffers, results)
+
     def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
         """The running loop's coalescer for a single op at *offset*, or None (take the batch path)."""
         io = self._uring_io

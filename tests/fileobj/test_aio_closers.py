@@ -133,3 +133,60 @@ def test_an_append_after_a_cancelled_append_goes_after_it(stack: Stack, tmp_path
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert path.read_bytes() == (a + b + c).encode()
+
+
+@pytest.mark.parametrize("then", ["closed in another loop", "dropped"])
+def test_an_append_flush_still_running_when_its_loop_ends_lands_once(
+    stack: Stack, tmp_path: pathlib.Path, then: str
+) -> None:
+    """write(X) is acknowledged (buffered), write(A) hands X and A to an append task, and the
+    loop ends (asyncio.run cancels every task).  X and A must be in the file, once each, and
+    closing later raises nothing.  On io_uring they were lost (the queued write dropped), on
+    the fallback close() raised a CancelledError nobody asked for."""
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    files = []
+
+    async def first() -> None:
+        f = await uringstack.aio.open(path, "ab", stack=stack)
+        files.append(f)
+        assert await f.write(b"X" * 100) == 100
+        files.append(asyncio.ensure_future(f.write(b"A" * 70000)))  # X and A to an append task
+        await asyncio.sleep(0)
+
+    asyncio.run(first())
+    files.pop()  # (the cancelled write(A) task)
+    if then == "dropped":
+        del files[:]  # its finalizer writes what it holds
+    else:
+
+        async def second() -> None:
+            await asyncio.wait_for(files[0].close(), 10)
+
+        asyncio.run(second())
+    data = path.read_bytes()
+    assert (len(data), data.count(b"X"), data.count(b"A")) == (70100, 100, 70000)
+
+
+def test_an_append_flush_cancelled_before_it_ran_gives_its_bytes_back(stack: Stack, tmp_path: pathlib.Path) -> None:
+    """The append task cancelled before its first step (as a loop's teardown can do) submitted
+    nothing: its bytes go back to the buffer, and the next close() writes them, raising
+    nothing.  (The task is reached through ``_writing``: only so is the cancellation
+    deterministic.)"""
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+
+    async def main() -> None:
+        f = await uringstack.aio.open(path, "ab", stack=stack)
+        assert await f.write(b"X" * 100) == 100
+        writer = asyncio.ensure_future(f.write(b"A" * 70000))
+        await asyncio.sleep(0)  # writer ran: X and A went to an append task not yet started
+        append = f._writing
+        assert append is not None and not append.done()
+        append.cancel()
+        assert await asyncio.wait_for(writer, 10) == 70000
+        await asyncio.wait_for(f.close(), 10)
+
+    asyncio.run(main())
+    data = path.read_bytes()
+    assert (len(data), data.count(b"X"), data.count(b"A")) == (70100, 100, 70000)
