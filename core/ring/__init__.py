@@ -1012,6 +1012,11 @@ class Ring:
             self._check_open()
             ret = lib.io_uring_register_buffers(self._ring, iov, len(pins))
         if ret < 0:
+            # Let go of the exports now: left to the collector, the pins, the caller's
+            # memoryview slices and their mmap were torn down in an order that crashed the
+            # interpreter (a segfault in a collection after ENOMEM, [fixedbuf] mode = "on").
+            for pin in pins:
+                ffi.release(pin)
             detail = "RLIMIT_MEMLOCK too low for registered buffers" if ret == -errno.ENOMEM else ""
             raise UringIOError(-ret, "io_uring_register_buffers", None, detail)
         self.registered_buffers = len(pins)

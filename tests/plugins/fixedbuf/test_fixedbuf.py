@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.ring.buffers import RegisteredBuffer
 from uringstack.ring.flags import Op
 from uringstack.stack import Stack, open_stack
@@ -221,3 +222,63 @@ def test_min_count_decides_between_a_shrunk_pool_and_files_only(tmp_path: pathli
     assert "shrunk to 12 buffers" in shrunk["reason"]
     assert files_only["pool"] is False and files_only["registered"] == 0, files_only
     assert "registered files only" in files_only["reason"]
+
+
+TWO_WORKERS = r"""
+import gc, json, mmap, os, resource, sys
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (8 << 20, 8 << 20))
+import uringstack
+from uringstack.ring import Ring
+held = None
+if sys.argv[2] == "held":
+    # another ring's buffers take 6.5 MiB of the limit (io_uring charges them to the user):
+    # the plan, which reads the limit, lets 1 MiB per worker through; the second is refused
+    other, mem = Ring(entries=4), mmap.mmap(-1, 13 << 19)
+    held = other.register_buffers([memoryview(mem)])
+overrides = {"core.cores": sorted(os.sched_getaffinity(0))[:2], "fixedbuf.mode": sys.argv[3]}
+if sys.argv[2] == "held":
+    overrides["fixedbuf.count"] = 16
+try:
+    with uringstack.open_stack(overrides=overrides) as stack:
+        verdict = next(v for v in stack.plan.verdicts if v.plugin == "fixedbuf")
+        print(json.dumps({"reason": verdict.reason,
+                          "registered": [w.rings["storage"].registered_buffers for w in stack.workers]}))
+except Exception as e:
+    print(json.dumps({"raised": type(e).__name__, "errno": getattr(e, "errno", None)}))
+for _ in range(3):
+    gc.collect()
+print("survived")
+"""
+
+
+def _two_workers(tmp_path: pathlib.Path, held: str, mode: str) -> tuple[dict[str, object], str]:
+    if len(os.sched_getaffinity(0)) < 2:
+        skip_without("2 CPUs (two workers, each registering its own pool)")
+    out = subprocess.run(
+        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", sys.executable, "-X", "faulthandler",
+         "-c", TWO_WORKERS, str(tmp_path / "m"), held, mode],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "survived", out.stdout + out.stderr[-3000:]
+    return json.loads(lines[-2]), out.stderr
+
+
+def test_a_pool_filling_the_whole_memlock_limit_is_shrunk_so_every_worker_registers(tmp_path: pathlib.Path) -> None:
+    """8 MiB of RLIMIT_MEMLOCK, two workers of 64 x 64 KiB: 8 MiB "fitted", and the second
+    worker's registration failed (the rings' own memory is charged too), though the plan
+    said both would register.  A quarter of the limit is now left free: 48 per ring."""
+    report, _ = _two_workers(tmp_path, "none", "auto")
+    assert report["registered"] == [48, 48], report
+    assert "shrunk to 48 buffers" in str(report["reason"])
+
+
+def test_a_registration_the_kernel_refuses_is_an_error_never_a_crash(tmp_path: pathlib.Path) -> None:
+    """[fixedbuf] mode = "on", the second worker's registration refused (ENOMEM): open_stack
+    raised the documented UringIOError, and then the interpreter died in a collection (a
+    segfault after 64 "memoryview has 1 exported buffer" warnings): the failed registration
+    left its buffer exports for the collector to tear down with the pool's memory."""
+    report, stderr = _two_workers(tmp_path, "held", "on")
+    assert report == {"raised": "UringIOError", "errno": 12}, report
+    assert "Exception ignored" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
