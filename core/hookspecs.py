@@ -162,7 +162,9 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
     claimed) never gets here: the core refuses it first, for every backend
     (``DeviceInUseError``, ``[core] allow_writes_in_use``); with that switch
     on, ``target.in_use`` lists what used the device, for the backend to
-    keep or log.  A plugin needs no check of its own.
+    keep or log.  A plugin needs no check of its own.  (Not checked: a block
+    device whose descriptor ``uringstack.FileIO`` opened itself, as
+    ``io.FileIO`` does, and handed over with ``adopt_fd``.)
 
     Thread: the caller of :meth:`Stack.open` (or of ``make_plan``); the
     factory's ``open`` runs there too, not on the worker.
@@ -189,6 +191,11 @@ def uringstack_file_opened(handle: HandleView, worker: WorkerView) -> None:
     backend without one), ``handle.backend`` the backend's name; set
     ``handle.fixed_index`` to route its I/O through IOSQE_FIXED_FILE.
 
+    If it raises, :meth:`Stack.open` raises that as a ``PluginError`` naming
+    the plugin (uringstack's own errors keep their type, with a note), after
+    :func:`uringstack_file_closed` ran for the plugins whose ``file_opened``
+    had run: free what you took there, the handle will not be used.
+
     Thread: the caller of :meth:`Stack.open`.
     """
 
@@ -198,7 +205,11 @@ def uringstack_file_closed(handle: HandleView, worker: WorkerView) -> None:
     """A handle is about to close: free what :func:`uringstack_file_opened` took.
 
     Called before the descriptor is closed; also for the handles the stack
-    closes in :meth:`Stack.close`.
+    closes in :meth:`Stack.close`, and for a handle whose open failed in a
+    later plugin's :func:`uringstack_file_opened`.  Every plugin runs even if
+    one raises (another's fixed-file slot must not keep the closed file open
+    in the kernel); the failures are raised by the close afterwards, each
+    naming its plugin.
 
     Thread: the caller of ``FileHandle.close`` (or of ``Stack.close``).
     """
@@ -231,6 +242,12 @@ def uringstack_completion_batch(worker: WorkerView, op: str, results: list[int],
     The core checks at build time whether any plugin implements it, and
     leaves out plugins whose verdict says ``mode="off"``: with no listener
     left, batches carry no callback at all.
+
+    What it raises is logged (logger ``uringstack.pluginmanager``, naming
+    the plugin), never raised to an I/O caller: the batch's I/O is done and
+    its results stand (raised, a write that had landed failed in whichever
+    caller reaped it, inviting a retry that wrote it twice).  The other
+    plugins' implementations still run.
     """
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from uringstack import hookspecs
+from uringstack.errors import UringStackError
 from uringstack.hookspecs import PROJECT_NAME
 
 # Defined in the contract's types (the config needs them without the manager); exported here too.
@@ -240,6 +242,9 @@ class UringstackPluginManager:
             for ep in dist.entry_points:
                 if ep.group != ENTRY_POINT_GROUP:
                     continue
+                if self._pm.is_blocked(ep.name):
+                    # (before the clash check: its message says to block one, which must work)
+                    continue
                 if ep.name in seen and seen[ep.name] != dist_name:
                     raise PluginLoadError(
                         f"uringstack plugin name {ep.name!r} is declared by two distributions: "
@@ -249,7 +254,7 @@ class UringstackPluginManager:
                         distribution=dist_name,
                     )
                 seen[ep.name] = dist_name
-                if self._pm.is_blocked(ep.name) or self._pm.has_plugin(ep.name):
+                if self._pm.has_plugin(ep.name):
                     continue
                 try:
                     count = self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
@@ -303,14 +308,50 @@ class UringstackPluginManager:
             sections.append(PluginSection(name=result[0], model=result[1], plugin=impl.plugin_name))
         return sections
 
+    # --- calls one implementation at a time (a failure names its plugin) ---------------
+
+    def _impls(self, hook: str) -> list[Any]:
+        """*hook*'s implementations in pluggy's call order (tryfirst first, then the last
+        registered first); hook wrappers are not supported by these hooks and are skipped."""
+        impls = getattr(self._pm.hook, hook).get_hookimpls()
+        return [impl for impl in reversed(impls) if not (impl.hookwrapper or impl.wrapper)]
+
+    @staticmethod
+    def _call(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+        """``impl(**kwargs)``; what it raises names its plugin: uringstack's own errors (a
+        PlanError saying ``on`` is impossible) with a note, anything else (a plugin's bug)
+        as a :class:`PluginError` carrying it."""
+        try:
+            return impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except UringStackError as exc:
+            exc.add_note(f"in {hook} of plugin {impl.plugin_name!r}")
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r}: {hook} raised {type(exc).__name__}: {exc}") from exc
+
     def check_support(self, caps: Capabilities, config: StackConfig) -> list[FeatureVerdict]:
         """One verdict per feature plugin: enabled or not here, and why."""
-        results: list[FeatureVerdict] = self._pm.hook.uringstack_check_support(caps=caps, config=config)
-        return results
+        from uringstack.types import FeatureVerdict as Verdict
+
+        verdicts: list[FeatureVerdict] = []
+        kwargs = {"caps": caps, "config": config}
+        for impl in self._impls("uringstack_check_support"):
+            result = self._call(impl, "uringstack_check_support", kwargs)
+            if result is None:
+                continue
+            if not isinstance(result, Verdict):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: uringstack_check_support must return a FeatureVerdict "
+                    f"or None, got {type(result).__name__}: {result!r:.200}"
+                )
+            verdicts.append(result)
+        return verdicts
 
     def ring_params(self, params: RingParams, caps: Capabilities, config: StackConfig) -> None:
         """Let every plugin adjust *params* (mutated in place) for one planned ring."""
-        self._pm.hook.uringstack_ring_params(params=params, caps=caps, config=config)
+        kwargs = {"params": params, "caps": caps, "config": config}
+        for impl in self._impls("uringstack_ring_params"):
+            self._call(impl, "uringstack_ring_params", kwargs)
 
     def ring_created(self, ring: Ring, worker: WorkerView, config: StackConfig) -> None:
         """Tell plugins a ring exists (they register buffers, files, eventfds)."""
@@ -318,8 +359,19 @@ class UringstackPluginManager:
 
     def select_backend(self, target: Target, caps: Capabilities, config: StackConfig) -> BackendFactory | None:
         """The first plugin's backend factory for *target*, or ``None`` for plain io_uring."""
-        result: BackendFactory | None = self._pm.hook.uringstack_select_backend(target=target, caps=caps, config=config)
-        return result
+        kwargs = {"target": target, "caps": caps, "config": config}
+        for impl in self._impls("uringstack_select_backend"):
+            result = self._call(impl, "uringstack_select_backend", kwargs)
+            if result is None:
+                continue
+            if not callable(getattr(result, "open", None)) or not isinstance(getattr(result, "name", None), str):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: uringstack_select_backend must return a backend factory "
+                    f"(a str name, a reason and open(target, worker)) or None, got {result!r:.200}"
+                )
+            factory: BackendFactory = result
+            return factory
+        return None
 
     def open_options(self) -> set[str]:
         """Every extra :meth:`Stack.open` option some loaded plugin declares."""
@@ -327,12 +379,43 @@ class UringstackPluginManager:
         return {name for names in declared if names for name in names}
 
     def file_opened(self, handle: HandleView, worker: WorkerView) -> None:
-        """Tell plugins a handle was opened on *worker*."""
-        self._pm.hook.uringstack_file_opened(handle=handle, worker=worker)
+        """Tell plugins a handle was opened on *worker*.
 
-    def file_closed(self, handle: HandleView, worker: WorkerView) -> None:
-        """Tell plugins a handle is about to close."""
-        self._pm.hook.uringstack_file_closed(handle=handle, worker=worker)
+        If one raises, the plugins whose ``file_opened`` ran before it get
+        ``file_closed`` (they took a fixed-file slot, a table entry: the handle
+        will not be used), then the error is raised, naming the plugin."""
+        kwargs = {"handle": handle, "worker": worker}
+        done: list[str] = []
+        for impl in self._impls("uringstack_file_opened"):
+            try:
+                self._call(impl, "uringstack_file_opened", kwargs)
+            except BaseException:
+                self.file_closed(handle, worker, only=done)
+                raise
+            done.append(impl.plugin_name)
+
+    def file_closed(self, handle: HandleView, worker: WorkerView, *, only: Iterable[str] | None = None) -> None:
+        """Tell plugins a handle is about to close (*only*: just these plugins).
+
+        Every plugin runs even if one raises, as in :meth:`stack_teardown`: one
+        plugin's failure must not keep another from letting go of what it
+        holds for the handle (fixedbuf's fixed-file slot kept the closed file
+        open in the kernel).  Failures are raised afterwards, one as is,
+        several as an :class:`ExceptionGroup`."""
+        kwargs = {"handle": handle, "worker": worker}
+        wanted = None if only is None else set(only)
+        errors: list[Exception] = []
+        for impl in self._impls("uringstack_file_closed"):
+            if wanted is not None and impl.plugin_name not in wanted:
+                continue
+            try:
+                self._call(impl, "uringstack_file_closed", kwargs)
+            except Exception as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup(f"{len(errors)} plugins failed in uringstack_file_closed", errors)
 
     @property
     def has_completion_batch_impls(self) -> bool:
@@ -356,18 +439,25 @@ class UringstackPluginManager:
         does not pay for its hook on every batch.
         """
         skipped = set(skip)
-        impls = self._pm.hook.uringstack_completion_batch.get_hookimpls()
-        if not any(impl.plugin_name not in skipped for impl in impls):
+        calls = [
+            (impl.plugin_name, impl.function, impl.argnames)
+            for impl in self._impls("uringstack_completion_batch")
+            if impl.plugin_name not in skipped
+        ]
+        if not calls:
             return None
-        remove = [p for p in (self._pm.get_plugin(name) for name in skipped) if p is not None]
-        caller = (
-            self._pm.subset_hook_caller("uringstack_completion_batch", remove)
-            if remove
-            else (self._pm.hook.uringstack_completion_batch)
-        )
 
         def listeners(worker: WorkerView, op: str, results: list[int], ring: Ring | None) -> None:
-            caller(worker=worker, op=op, results=results, ring=ring)
+            # Each on its own, and a failure logged, never raised: the batch's I/O is done and
+            # its results stand.  Raised, it reached whichever caller reaped the batch (a write
+            # that had landed "failed", inviting a retry that wrote it twice; or an unrelated
+            # read), while the asyncio path only logged it.
+            kwargs = {"worker": worker, "op": op, "results": results, "ring": ring}
+            for name, function, argnames in calls:
+                try:
+                    function(*[kwargs[arg] for arg in argnames])
+                except Exception:
+                    log.exception("uringstack_completion_batch of plugin %r failed on a %s batch", name, op)
 
         return listeners
 
@@ -400,6 +490,9 @@ class UringstackPluginManager:
     def probe(self, report: Capabilities) -> None:
         """Let plugins add facts to ``report.extras``."""
         self._pm.hook.uringstack_probe(report=report)
+
+
+log = logging.getLogger(__name__)
 
 
 def make_plugin_manager(*, autoload: bool | None = None, blocked: Iterable[str] = ()) -> UringstackPluginManager:

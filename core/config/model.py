@@ -105,19 +105,23 @@ def build_config_model(sections: list[PluginSection]) -> type[StackConfig]:
         if name == CORE_SECTION or name in owners:
             other = "the core" if name == CORE_SECTION else f"plugin {owners[name]!r}"
             raise PluginError(f"plugin {plugin!r}: config section {name!r} is already used by {other}")
-        if not _SECTION_NAME.match(name) or name.startswith("model_") or hasattr(StackConfig, name):
+        if not _SECTION_NAME.match(name) or name.startswith("model_") or "__" in name or hasattr(StackConfig, name):
+            # ("__" separates section and key in URINGSTACK_<SECTION>__<KEY>: such a section's
+            # variables were read as another section's and refused)
             raise PluginError(
                 f"plugin {plugin!r}: config section name {name!r} must be a lower-case "
-                f"identifier not starting with 'model_' and not a StackConfig attribute"
+                f"identifier not starting with 'model_', without '__', and not a StackConfig attribute"
             )
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise PluginError(f"plugin {plugin!r}: section {name!r} model must be a pydantic model")
         try:
-            model()
+            # pydantic does not validate defaults: checked here, or a default its own field
+            # refuses (ge=1 with 0, "lots" for a float) reached the plugin's hooks
+            model.model_validate(model().model_dump(warnings=False))
         except ValidationError as exc:
             raise PluginError(
-                f"plugin {plugin!r}: section model {model.__name__} needs a default for every "
-                f"field so an empty file is valid: {exc}"
+                f"plugin {plugin!r}: section model {model.__name__} needs a default for every field, one "
+                f"its field accepts, so an empty file is valid: {exc}"
             ) from exc
         owners[name] = plugin
         doc = (model.__doc__ or "").strip().splitlines()

@@ -308,9 +308,11 @@ class Stack:
         return self.config.core.aio_inline_read_budget
 
     def _handle_closed(self, handle: FileHandle) -> None:
-        self.plugin_manager.file_closed(handle=handle, worker=handle.worker)
-        with self._lock:
-            self._handles.discard(handle)
+        try:
+            self.plugin_manager.file_closed(handle=handle, worker=handle.worker)
+        finally:  # (a plugin's failure is raised by the handle's close; the stack forgets it all the same)
+            with self._lock:
+                self._handles.discard(handle)
 
     # --- per-stack plugin state -------------------------------------------------------------
     def plugin_state(self, plugin: str, factory: Callable[[], T]) -> T:

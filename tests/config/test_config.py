@@ -252,6 +252,47 @@ def test_section_model_without_defaults_is_rejected(
         load_config(env={}, plugin_manager=plugin_manager)
 
 
+@pytest.mark.parametrize("bad", ["out of bounds", "wrong type"])
+def test_section_model_whose_default_its_field_refuses_is_rejected(
+    plugin_manager: UringstackPluginManager, register_plugin: Register, bad: str
+) -> None:
+    """pydantic does not validate defaults: ``ge=1`` with 0, or ``"lots"`` for a float, was
+    shown by ``config show`` and handed to the plugin's hooks."""
+
+    class Bad(BaseModel):
+        min_entries: int = Field(default=0 if bad == "out of bounds" else 1, ge=1)
+        ratio: float = "lots" if bad == "wrong type" else 0.5  # type: ignore[assignment]
+
+    class Plugin:
+        @hookimpl
+        def uringstack_config_sections(self) -> tuple[str, type[BaseModel]]:
+            return ("baddefault", Bad)
+
+    register_plugin(Plugin(), "baddefault")
+    field = "min_entries" if bad == "out of bounds" else "ratio"
+    with pytest.raises(PluginError, match=f"(?s)needs a default for every field, one its field accepts.*{field}"):
+        load_config(env={}, plugin_manager=plugin_manager)
+
+
+def test_section_name_with_a_double_underscore_is_rejected(
+    plugin_manager: UringstackPluginManager, register_plugin: Register
+) -> None:
+    """``__`` separates section and key in ``URINGSTACK_<SECTION>__<KEY>``: a section
+    ``my__plug`` loaded from a file, and its variables were refused as section ``my``."""
+
+    class Section(BaseModel):
+        mode: str = "auto"
+
+    class Plugin:
+        @hookimpl
+        def uringstack_config_sections(self) -> tuple[str, type[BaseModel]]:
+            return ("my__plug", Section)
+
+    register_plugin(Plugin(), "dunder")
+    with pytest.raises(PluginError, match="without '__'"):
+        load_config(env={}, plugin_manager=plugin_manager)
+
+
 # --- schema, fixtures, CLI ------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pluggy
@@ -96,6 +97,10 @@ def test_same_plugin_name_from_two_distributions_is_an_error(make_dist: MakeDist
     make_dist("two-plugin", {"twin": "twin_b"}, {"twin_b": GOOD_PLUGIN})
     with pytest.raises(PluginLoadError, match="declared by two distributions"):
         make_plugin_manager(autoload=True, blocked=builtins)
+    # ...and blocking the name, as the error advises, works (it did not: the clash was
+    # found before the block was looked at)
+    pm = make_plugin_manager(autoload=True, blocked=[*builtins, "twin"])
+    assert pm.get_plugin("twin") is None
 
 
 def test_register_checks_hook_names_at_once(plugin_manager: UringstackPluginManager) -> None:
@@ -146,20 +151,23 @@ def test_block_unregisters_and_refuses_later_registration(
 def test_select_backend_is_firstresult_and_trylast_loses(
     plugin_manager: UringstackPluginManager,
 ) -> None:
+    def factory(name: str) -> SimpleNamespace:
+        return SimpleNamespace(name=name, reason="test", open=lambda target, worker: None)
+
     class Fallback:
         @hookimpl(trylast=True)
-        def uringstack_select_backend(self, target: Any, caps: Any, config: Any) -> str:
-            return "fallback"
+        def uringstack_select_backend(self, target: Any, caps: Any, config: Any) -> SimpleNamespace:
+            return factory("fallback")
 
     class Special:
         @hookimpl
-        def uringstack_select_backend(self, target: Any, caps: Any, config: Any) -> str | None:
-            return "special" if target == "mine" else None
+        def uringstack_select_backend(self, target: Any, caps: Any, config: Any) -> SimpleNamespace | None:
+            return factory("special") if target == "mine" else None
 
     plugin_manager.register(Special(), "special")
     plugin_manager.register(Fallback(), "fallback")
-    assert plugin_manager.select_backend("mine", None, None) == "special"  # type: ignore[arg-type]
-    assert plugin_manager.select_backend("other", None, None) == "fallback"  # type: ignore[arg-type]
+    assert plugin_manager.select_backend("mine", None, None).name == "special"  # type: ignore[arg-type,union-attr]
+    assert plugin_manager.select_backend("other", None, None).name == "fallback"  # type: ignore[arg-type,union-attr]
 
 
 def test_teardown_mirrors_creation_order_and_survives_failures(

@@ -1,0 +1,133 @@
+"""A third-party plugin that raises or returns the wrong thing: a clear error naming it, and
+nothing worse (a found probe of the plugin contract, session 27).
+
+- A raising ``uringstack_completion_batch`` made a write that had landed fail in its
+  caller (inviting a retry that wrote it twice), or failed an unrelated read that reaped
+  the batch; it is logged with the plugin's name and the I/O's results stand.
+- A raising ``uringstack_file_closed`` stopped the hook before fixedbuf's, whose fixed-file
+  slot then kept the closed (deleted) file open in the kernel; a raising
+  ``uringstack_file_opened`` left the slot fixedbuf had taken.
+- A raising or wrongly typed planning hook failed with a bare ``KeyError`` or
+  ``AttributeError`` naming no plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import pytest
+
+from uringstack.config import load_config
+from uringstack.hookspecs import hookimpl
+from uringstack.pluginmanager import PluginError, make_plugin_manager
+from uringstack.plugins.fixedbuf.files import FixedFileTable
+from uringstack.plugins.fixedbuf.plugin import FILES_KEY
+from uringstack.stack import Stack, open_stack
+
+
+def _stack(plugin: object, **overrides: Any) -> Stack:
+    pm = make_plugin_manager()
+    pm.register(plugin, "thirdparty")
+    loaded = load_config(plugin_manager=pm, overrides={"core.cores": [0], "sqpoll.mode": "off", **overrides})
+    return open_stack(loaded.config, plugin_manager=pm)
+
+
+class RaisingCompletion:
+    @hookimpl
+    def uringstack_completion_batch(self, worker: Any, op: str, results: list[int]) -> None:
+        raise RuntimeError(f"stats plugin bug on a {op} batch")
+
+
+@pytest.mark.parametrize("backend", ["auto", "fallback"])
+def test_a_raising_completion_hook_is_logged_and_the_io_stands(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
+    path = tmp_path / "f"
+    with _stack(RaisingCompletion(), **{"core.backend": backend}) as stack, stack.open(path, create=True) as h:
+        with caplog.at_level(logging.ERROR):
+            assert h.write_many([0], [b"B" * 4096]) == [4096]
+            pending = h.start_write_many([4096], [b"C" * 4096])
+            buf = bytearray(8192)
+            assert h.read_into(buf, 0) in (4096, 8192)  # (may reap the unwaited write's batch)
+            assert pending.wait() == [4096]
+        assert path.read_bytes() == b"B" * 4096 + b"C" * 4096
+    failures = [r for r in caplog.records if "uringstack_completion_batch of plugin 'thirdparty'" in r.getMessage()]
+    assert failures and all(r.exc_info and "stats plugin bug" in str(r.exc_info[1]) for r in failures)
+
+
+class RaisingFileHooks:
+    def __init__(self, fail: str) -> None:
+        self.fail = fail
+
+    @hookimpl
+    def uringstack_file_opened(self, handle: Any, worker: Any) -> None:
+        if self.fail == "opened":
+            raise RuntimeError("tracer bug in file_opened")
+
+    @hookimpl
+    def uringstack_file_closed(self, handle: Any, worker: Any) -> None:
+        if self.fail == "closed":
+            raise RuntimeError("tracer bug in file_closed")
+
+
+def _slots(stack: Stack) -> int:
+    table = stack.workers[0].resources.get(FILES_KEY)
+    assert isinstance(table, FixedFileTable), "fixedbuf registered no file slots here"
+    return table.free_slots()
+
+
+@pytest.mark.parametrize("fail", ["opened", "closed"])
+def test_a_raising_file_hook_leaves_no_fixed_file_slot_behind(tmp_path: pathlib.Path, fail: str) -> None:
+    with _stack(RaisingFileHooks(fail), **{"fixedbuf.mode": "on", "fixedbuf.files": 4}) as stack:
+        free = _slots(stack)
+        for i in range(6):  # more than the slots: a leaked slot would show
+            path = tmp_path / f"f{i}"
+            with pytest.raises(PluginError, match="plugin 'thirdparty': uringstack_file_"):
+                h = stack.open(path, create=True)
+                h.close()
+            assert _slots(stack) == free, f"open/close {i} left a fixed-file slot taken"
+        assert not stack._handles
+
+
+class WrongPlanHooks:
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    @hookimpl
+    def uringstack_check_support(self, caps: Any, config: Any) -> Any:
+        if self.what == "check_support raises":
+            raise KeyError("oops")
+        if self.what == "check_support returns a dict":
+            return {"plugin": "thirdparty"}
+        return None
+
+    @hookimpl
+    def uringstack_ring_params(self, params: Any, caps: Any, config: Any) -> None:
+        if self.what == "ring_params raises":
+            raise ValueError("bad sysfs value")
+
+    @hookimpl
+    def uringstack_select_backend(self, target: Any, caps: Any, config: Any) -> Any:
+        if self.what == "select_backend raises":
+            raise OSError(2, "no such attribute")
+        if self.what == "select_backend returns a str":
+            return "mybackend"
+        return None
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "check_support raises",
+        "check_support returns a dict",
+        "ring_params raises",
+        "select_backend raises",
+        "select_backend returns a str",
+    ],
+)
+def test_a_broken_planning_hook_is_a_plugin_error_naming_it(tmp_path: pathlib.Path, what: str) -> None:
+    named = f"plugin 'thirdparty': uringstack_{what.split()[0]}"
+    with pytest.raises(PluginError, match=named), _stack(WrongPlanHooks(what)) as st:
+        st.open(tmp_path / "f", create=True).close()
