@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import re
 import threading
 import time
 import weakref
@@ -46,6 +48,23 @@ _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 # were in flight).  Their buffers are kept for the life of the process: leaking
 # memory is better than letting the kernel write into freed memory.
 _ORPHANED: list[Batch] = []
+
+
+def _eventfd_register_quiesces(release: str) -> bool:
+    """True for kernels whose ``IORING_REGISTER_EVENTFD`` waits until nothing is in flight.
+
+    Before 5.18 registering an eventfd quiesces the ring: the call returns only once
+    every request in flight completed, so one that never does (a read of an idle pipe or
+    socket, a hung device) blocks it for good, with no bound.  Debian 11's 5.10 does this
+    (its io_uring is a backport of a later one, but not of that change): the asyncio
+    bridge's first await hung there (checked in the NVMe VM).  An unparsable release
+    counts as old."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return m is None or (int(m[1]), int(m[2])) < (5, 18)
+
+
+EVENTFD_REGISTER_QUIESCES: bool = _eventfd_register_quiesces(os.uname().release)
+"""Whether rings register their eventfd at creation (see :func:`_eventfd_register_quiesces`)."""
 
 IntOrSeq = int | Sequence[int]
 
@@ -257,6 +276,12 @@ class Ring:
         self.registered_buffers = 0
         self.registered_files = 0
         self.eventfd: int | None = None
+        # Registered now, while nothing is in flight, where a later registration would wait
+        # for the ring to go idle (EVENTFD_REGISTER_QUIESCES); the asyncio bridge claims it.
+        # (Not on an IOPOLL ring: its completions are polled, never signalled.)
+        self._unclaimed_eventfd: int | None = None
+        if EVENTFD_REGISTER_QUIESCES and not self.polled:
+            self._register_early_eventfd()
 
     # --- properties --------------------------------------------------------
     @property
@@ -1066,6 +1091,27 @@ class Ring:
             raise UringIOError(-ret, "io_uring_unregister_files")
         self.registered_files = 0
 
+    def _register_early_eventfd(self) -> None:
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ret = lib.io_uring_register_eventfd(self._ring, efd)
+        if ret < 0:  # the bridge will try again when it is needed, and say why it failed
+            os.close(efd)
+            return
+        self.eventfd = self._unclaimed_eventfd = efd
+
+    def claim_eventfd(self) -> int | None:
+        """The eventfd registered at creation (the caller owns it from now on), or None: the
+        caller registers its own (:meth:`register_eventfd`)."""
+        with self._lock:
+            efd, self._unclaimed_eventfd = self._unclaimed_eventfd, None
+        return efd
+
+    def _close_unclaimed_eventfd(self) -> None:
+        efd, self._unclaimed_eventfd = self._unclaimed_eventfd, None
+        if efd is not None:
+            with contextlib.suppress(OSError):
+                os.close(efd)
+
     def register_eventfd(self, fd: int) -> None:
         """Signal *fd* (an eventfd) whenever a completion is posted."""
         self._check_fork()
@@ -1150,6 +1196,7 @@ class Ring:
             self._inflight.clear()
         if not self._exited:
             self._exited.extend(map(lib.io_uring_queue_exit, (self._ring,)))
+        self._close_unclaimed_eventfd()
 
     def _abandon(self) -> None:
         """Drop a fork child's copy of the ring without touching the parent's (no lock: it may be held)."""
@@ -1159,6 +1206,7 @@ class Ring:
         # The kernel completes the parent's in-flight ops into the parent's memory,
         # never into this copy, so nothing here needs to outlive the ring.
         lib.io_uring_queue_exit(self._ring)  # munmap + close of this process's copies only
+        self._close_unclaimed_eventfd()
 
     def __enter__(self) -> Ring:
         return self

@@ -72,8 +72,15 @@ class Bridge:
 
     def __init__(self, ring: Ring, loop: asyncio.AbstractEventLoop) -> None:
         self.ring = ring
-        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        ring.register_eventfd(self.efd)
+        efd = ring.claim_eventfd()  # (registered when the ring was made, on kernels that need it)
+        if efd is None:
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                ring.register_eventfd(efd)
+            except BaseException:
+                os.close(efd)
+                raise
+        self.efd = efd
         self.loop = loop
         self.coalescer: LoopBound | None = None
         loop.add_reader(self.efd, self._on_readable)
