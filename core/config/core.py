@@ -119,6 +119,7 @@ class CoreConfig(BaseModel):
     )
     wait_tick_s: float = Field(
         default=0.5,
+        validate_default=True,  # (so _check_tick holds the default tick against a short timeout)
         ge=0.001,
         le=60,
         allow_inf_nan=False,
@@ -141,10 +142,14 @@ class CoreConfig(BaseModel):
     @field_validator("wait_tick_s")
     @classmethod
     def _check_tick(cls, value: float, info: ValidationInfo) -> float:
-        # A tick past the deadline would make the deadline fire up to a tick late.
+        # A tick past the deadline would make the deadline fire up to a tick late.  Checked
+        # for the default tick too: wait_timeout_s = 0.1 alone left the 0.5 s default tick
+        # (validated only when given) and passed until session 27.
         timeout = info.data.get("wait_timeout_s")
         if timeout is not None and value > timeout:
-            raise ValueError(f"must not exceed core.wait_timeout_s ({timeout:g})")
+            raise ValueError(
+                f"must not exceed core.wait_timeout_s ({timeout:g}; the default tick is 0.5: set wait_tick_s too)"
+            )
         return value
 
     @field_validator("cores", mode="before")

@@ -228,8 +228,8 @@ def tune_target(
 
 def check_budget(budget_s: float, targets: int, runs: int = MIN_RUNS) -> None:
     """Refuse a budget that cannot give every run of every target a useful window."""
-    if budget_s <= 0:
-        raise TuneError(f"--budget {budget_s:g}: must be a positive number of seconds")
+    if not 0 < budget_s < float("inf"):  # (NaN fails this too: every comparison with it is false)
+        raise TuneError(f"--budget {budget_s:g}: must be a positive, finite number of seconds")
     need = round(targets * runs * (MIN_RUN_S + SETUP_ESTIMATE_S), 3)
     if budget_s < need:
         raise TuneError(

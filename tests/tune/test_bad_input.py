@@ -51,9 +51,11 @@ def test_too_small_file(tmp_path: pathlib.Path) -> None:
         pass
 
 
-@pytest.mark.parametrize("budget", [0, -1, -0.5])
-def test_budget_must_be_positive(budget: float) -> None:
-    with pytest.raises(TuneError, match=rf"^--budget {budget:g}: must be a positive number of seconds$"):
+@pytest.mark.parametrize("budget", [0, -1, -0.5, float("nan"), float("inf")])
+def test_budget_must_be_positive_and_finite(budget: float) -> None:
+    """(NaN passed both checks and measured; infinity failed every run with an OverflowError
+    and wrote that all-failed record over the cache's good one.)"""
+    with pytest.raises(TuneError, match=rf"^--budget {budget:g}: must be a positive, finite number of seconds$"):
         check_budget(budget, 1)
 
 
@@ -66,7 +68,7 @@ def test_budget_too_short_for_the_runs() -> None:
 def test_cli_budget_zero_is_an_error_before_anything_runs(tmp_path: pathlib.Path) -> None:
     result = CliRunner().invoke(cli, ["tune", "--budget", "0", str(tmp_path)])
     assert result.exit_code == 2
-    assert "error: --budget 0: must be a positive number of seconds" in result.output
+    assert "error: --budget 0: must be a positive, finite number of seconds" in result.output
     assert list(tmp_path.iterdir()) == []  # no scratch file was even written
 
 
