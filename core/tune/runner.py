@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -284,7 +285,20 @@ def tune(
             if on_target:
                 on_target(target.given, runs)
             record = tune_target(target, caps, loaded.config, loaded.plugin_manager, share, on_run=on_run, facts=facts)
-        where = str(write_entry(record, cache_directory)) if write_cache else ""
+        where = ""
+        if write_cache:
+            try:
+                where = str(write_entry(record, cache_directory))
+            except OSError as exc:
+                # The measurement is not lost with the cache: it is returned (printed; --json
+                # gives a file for [core] tune_results), and the other targets still run.
+                # (Until session 27 the error ended the command after the measuring.)
+                warnings.warn(
+                    f"the results for {target.given} were not written to the tune cache ({exc}); "
+                    "`uringstack tune --json` gives them as a file for [core] tune_results",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         out.append((record, where))
     return out
 

@@ -8,6 +8,8 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -90,6 +92,29 @@ def test_cli_table_says_where_it_was_written(tmp_path: pathlib.Path, xdg: pathli
     assert result.exit_code == 0, result.output
     assert f"written to {cache_dir()}" in result.output.replace("\n", "")
     assert "best" in result.output and "IOPS" in result.output
+
+
+def test_an_unwritable_cache_keeps_the_measurement(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XDG_CACHE_HOME a file (or a read-only file system): the run measured for its whole
+    budget, then ended with "error: ... Not a directory" and exit 2, printing nothing. Now a
+    one-line warning, the results printed, --json a document for [core] tune_results."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    data = tmp_path / "data"
+    data.mkdir()
+    command = ["tune", "--json", "--budget", str(BUDGET), str(data)]
+    result = subprocess.run(  # (a subprocess: pytest would capture the warning)
+        [sys.executable, "-c", "from uringstack.cli import main; main()", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "not written to the tune cache" in warning[0], result.stderr
+    doc = TuneDocument.model_validate_json(result.stdout)
+    assert doc.records and doc.records[0].best is not None
 
 
 def test_block_device_is_read_never_written(loop_device: tuple[str, pathlib.Path], xdg: pathlib.Path) -> None:
