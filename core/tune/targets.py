@@ -91,7 +91,12 @@ def prepared(
     else:
         read_path = path
     try:
-        size = device_size(read_path)
+        try:
+            size = device_size(read_path)
+        except OSError as exc:  # (lseek's EINVAL on /proc files named nothing: "error: Invalid argument")
+            raise TuneError(
+                f"{path}: cannot read its size ({exc.strerror or exc}); not a file or block device to tune"
+            ) from exc
         minimum = workload.block_size * workload.queue_depth
         if size < minimum:
             raise TuneError(f"{path}: {size} bytes is too small; random reads need at least {minimum} bytes")

@@ -36,6 +36,12 @@ def test_character_device_is_refused() -> None:
         tune(["/dev/null"], 5)
 
 
+def test_a_file_whose_size_cannot_be_read_is_named() -> None:
+    """/proc files refuse lseek(SEEK_END): the error was a bare "Invalid argument"."""
+    with pytest.raises(TuneError, match=r"^/proc/self/status: cannot read its size \(Invalid argument\)"):
+        tune(["/proc/self/status"], 5)
+
+
 def test_fifo_is_refused(tmp_path: pathlib.Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
