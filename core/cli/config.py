@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -98,7 +99,7 @@ def show(config_file: Path | None, as_json: bool) -> None:
     _render(loaded)
 
 
-show.help = (show.help or "") + "\n\n" + _ENV_HELP
+show.help = inspect.cleandoc(show.help or "") + "\n\n" + _ENV_HELP  # (cleandoc: click leaves a set help as is)
 
 
 def _render(loaded: LoadedConfig) -> None:
@@ -153,4 +154,7 @@ def schema() -> None:
         _fail(f"plugin error: {exc}")
 
 
-validate.help = (validate.help or "") + "\n\n" + _ENV_HELP
+validate.help = inspect.cleandoc(validate.help or "") + (
+    "\n\nWith --with-env, environment variables URINGSTACK_<SECTION>__<KEY> "
+    "(e.g. URINGSTACK_CORE__RING_ENTRIES=512) override the file."
+)
