@@ -50,6 +50,12 @@ _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 _ORPHANED: list[Batch] = []
 
 
+def _release_before(release: str, version: tuple[int, int]) -> bool:
+    """True when the kernel *release* (``uname -r``) is older than *version*; unparsable: True."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return m is None or (int(m[1]), int(m[2])) < version
+
+
 def _eventfd_register_quiesces(release: str) -> bool:
     """True for kernels whose ``IORING_REGISTER_EVENTFD`` waits until nothing is in flight.
 
@@ -59,12 +65,18 @@ def _eventfd_register_quiesces(release: str) -> bool:
     (its io_uring is a backport of a later one, but not of that change): the asyncio
     bridge's first await hung there (checked in the NVMe VM).  An unparsable release
     counts as old."""
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return m is None or (int(m[1]), int(m[2])) < (5, 18)
+    return _release_before(release, (5, 18))
 
 
 EVENTFD_REGISTER_QUIESCES: bool = _eventfd_register_quiesces(os.uname().release)
 """Whether rings register their eventfd at creation (see :func:`_eventfd_register_quiesces`)."""
+
+
+CANCEL_EACH: bool = _release_before(os.uname().release, (5, 19))
+"""Whether a ring's close cancels its ops one by one: IORING_ASYNC_CANCEL_ANY came in 5.19,
+and older kernels refuse a cancel with it (-EINVAL; checked on Debian 11's 5.10 in the
+NVMe VM): before, nothing was cancelled there and every close with an op that could not
+complete on its own waited its whole timeout and reported the op lost."""
 
 IntOrSeq = int | Sequence[int]
 
@@ -1125,6 +1137,9 @@ class Ring:
     # --- teardown ---------------------------------------------------------------
     def _drain_all_locked(self) -> UringIOError | None:
         """Cancel everything in flight and wait (bounded) for it; the error if some never completed."""
+        if CANCEL_EACH and self._inflight:
+            each = [(slot << 32) | i for slot, batch in self._inflight.items() for i in range(batch.n)]
+            lib.us_cancel_each(self._ring, self._state, ffi.new("uint64_t[]", each), len(each))
         ret = lib.us_cancel_all(self._ring, self._state, max(1, int(self.close_timeout * 1000)))
         lost = int(lib.us_inflight(self._state))
         try:

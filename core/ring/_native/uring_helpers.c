@@ -670,6 +670,35 @@ int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms)
     return 0;
 }
 
+/* One IORING_OP_ASYNC_CANCEL per op, by its user_data, for kernels without
+ * IORING_ASYNC_CANCEL_ANY (before 5.19, which refuse us_cancel_all's cancel with
+ * -EINVAL: nothing was cancelled and a close waited its whole timeout).  The
+ * cancels are untracked (user_data UINT64_MAX, which drain() skips) and go one
+ * at a time, each after a drain, so their CQEs never need more than the CQ's
+ * reserve.  An op already complete answers -ENOENT: harmless.  Returns 0 or a
+ * submission error. */
+int us_cancel_each(struct io_uring *ring, us_state_t *st, const uint64_t *user_data, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        drain(ring, st);
+        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+        if (!sqe) {
+            submit_pending(ring, st);
+            drain(ring, st);
+            sqe = io_uring_get_sqe(ring);
+            if (!sqe)
+                return -EBUSY;
+        }
+        io_uring_prep_cancel64(sqe, user_data[i], 0);
+        io_uring_sqe_set_data64(sqe, UINT64_MAX);
+        int ret = submit_pending(ring, st);
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+            return ret;
+    }
+    drain(ring, st);
+    return 0;
+}
+
 /* Test hook: consume one posted CQE without the bookkeeping seeing it, as a
  * reap loop with a bug would.  Returns 1 if a CQE was dropped, 0 if none was
  * posted.  Used only by the test that proves a lost completion fails fast. */

@@ -111,6 +111,7 @@ uint32_t us_lost_completions(struct io_uring *ring, const us_state_t *st);
 int us_reap_ready(struct io_uring *ring, us_state_t *st);
 int us_poll(struct io_uring *ring, us_state_t *st);
 int us_cancel_all(struct io_uring *ring, us_state_t *st, uint32_t timeout_ms);
+int us_cancel_each(struct io_uring *ring, us_state_t *st, const uint64_t *user_data, uint32_t n);
 int us_test_drop_cqe(struct io_uring *ring);
 int us_test_drop_cqe_polled(struct io_uring *ring);
 int64_t us_first_misaligned(const uint64_t *addrs, const uint32_t *lens, const uint64_t *offs,
