@@ -17,6 +17,10 @@ command -v gcc >/dev/null || need+=(gcc)
 "$python" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$inc/Python.h" ] || need+=(python3-dev)
+# CPython's own test_io/test_fileio suites run against uringstack's file objects
+# (tests/fileobj/test_cpython_*.py); Debian ships the `test` package apart
+"$python" -c 'import test.test_io, test.test_fileio' 2>/dev/null ||
+  need+=("libpython$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite")
 [ "${URINGSTACK_SKIP_FIO:-0}" = 1 ] || command -v fio >/dev/null || need+=(fio)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"

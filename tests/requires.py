@@ -23,9 +23,15 @@ def skip_without(missing: str) -> NoReturn:
 
 
 def cpython_test_module(name: str) -> ModuleType:
-    """CPython's own ``test.<name>`` (``test_fileio``, ``test_io``), or skip the calling module:
-    distro Pythons ship the ``test`` package separately (Debian's ``libpython3-testsuite``)."""
+    """CPython's own ``test.<name>`` (``test_fileio``, ``test_io``).
+
+    Not a skip: scripts/setup.sh installs the package where the distribution
+    ships it apart (Debian's ``libpythonX.Y-testsuite``), so a missing one is a
+    broken setup, said as such."""
     try:
         return importlib.import_module(f"test.{name}")
     except ImportError as exc:
-        pytest.skip(f"this Python has no `test` package (test.{name}: {exc}); {WHERE}", allow_module_level=True)
+        raise ImportError(
+            f"this Python has no `test` package (test.{name}: {exc}); scripts/setup.sh installs it "
+            "(Debian: libpythonX.Y-testsuite)"
+        ) from exc

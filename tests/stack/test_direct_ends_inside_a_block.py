@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.errors import ShortIOError
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.stack import Stack
@@ -64,13 +65,13 @@ def test_a_direct_write_cut_inside_a_block_raises_with_what_was_written(
     # unaligned cut write whole (EINVAL), so there is nothing to complete
     shm = pathlib.Path("/dev/shm")
     if not shm.is_dir():
-        pytest.skip("needs /dev/shm (tmpfs), whose O_DIRECT writes a file size limit cuts at any byte")
+        skip_without("/dev/shm (tmpfs), whose O_DIRECT writes a file size limit cuts at any byte")
     path = shm / f"uringstack-direct-cut-{os.getpid()}"
     try:
         try:
             h = stack.open(path, direct=True, create=True)
         except OSError as e:
-            pytest.skip(f"tmpfs refuses O_DIRECT on this kernel ({e}); it takes it from 6.6")
+            skip_without(f"a tmpfs that takes O_DIRECT (Linux 6.6 or later; here: {e})")
         with h:
             limit = h.block_size + h.block_size // 2
             buf = aligned_buffer(2 * h.block_size)
