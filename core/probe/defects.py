@@ -25,6 +25,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from uringstack.ring.kernel import parse_upstream as parse_upstream
+
 # The submission patterns a defect can rule out (what plugins ask about).
 POLLED_PASSTHROUGH = "polled_passthrough"
 PASSTHROUGH = "passthrough"
@@ -110,17 +112,6 @@ def compare_debian(a: str, b: str) -> int:
     if ea != eb:
         return ea - eb
     return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
-
-
-_UPSTREAM = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-def parse_upstream(text: str) -> tuple[int, int, int]:
-    """``(major, minor, patch)`` from the start of a kernel release such as ``6.1.0-57-amd64``."""
-    m = _UPSTREAM.match(text.strip())
-    if not m:
-        raise ValueError(f"{text!r} does not start with a kernel version X.Y[.Z]")
-    return int(m[1]), int(m[2]), int(m[3] or 0)
 
 
 def _compare_upstream(a: str, b: str) -> int:

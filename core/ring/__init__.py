@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import threading
 import time
 import weakref
@@ -34,6 +33,7 @@ from uringstack.ring import forking
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
 from uringstack.ring.interrupts import despite_signals
+from uringstack.ring.kernel import release_before
 from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
 
@@ -50,12 +50,6 @@ _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 _ORPHANED: list[Batch] = []
 
 
-def _release_before(release: str, version: tuple[int, int]) -> bool:
-    """True when the kernel *release* (``uname -r``) is older than *version*; unparsable: True."""
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return m is None or (int(m[1]), int(m[2])) < version
-
-
 def _eventfd_register_quiesces(release: str) -> bool:
     """True for kernels whose ``IORING_REGISTER_EVENTFD`` waits until nothing is in flight.
 
@@ -65,14 +59,14 @@ def _eventfd_register_quiesces(release: str) -> bool:
     (its io_uring is a backport of a later one, but not of that change): the asyncio
     bridge's first await hung there (checked in the NVMe VM).  An unparsable release
     counts as old."""
-    return _release_before(release, (5, 18))
+    return release_before(release, (5, 18))
 
 
 EVENTFD_REGISTER_QUIESCES: bool = _eventfd_register_quiesces(os.uname().release)
 """Whether rings register their eventfd at creation (see :func:`_eventfd_register_quiesces`)."""
 
 
-CANCEL_EACH: bool = _release_before(os.uname().release, (5, 19))
+CANCEL_EACH: bool = release_before(os.uname().release, (5, 19))
 """Whether a ring's close cancels its ops one by one: IORING_ASYNC_CANCEL_ANY came in 5.19,
 and older kernels refuse a cancel with it (-EINVAL; checked on Debian 11's 5.10 in the
 NVMe VM): before, nothing was cancelled there and every close with an op that could not
