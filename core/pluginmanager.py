@@ -317,17 +317,32 @@ class UringstackPluginManager:
         return [impl for impl in reversed(impls) if not (impl.hookwrapper or impl.wrapper)]
 
     @staticmethod
-    def _call(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+    def _call(impl: Any, hook: str, kwargs: dict[str, Any], *, wrap: bool = True) -> Any:
         """``impl(**kwargs)``; what it raises names its plugin: uringstack's own errors (a
-        PlanError saying ``on`` is impossible) with a note, anything else (a plugin's bug)
-        as a :class:`PluginError` carrying it."""
+        PlanError saying ``on`` is impossible), and with *wrap* false any error, with a
+        note; anything else (a plugin's bug) as a :class:`PluginError` carrying it."""
         try:
             return impl.function(*[kwargs[arg] for arg in impl.argnames])
-        except UringStackError as exc:
-            exc.add_note(f"in {hook} of plugin {impl.plugin_name!r}")
-            raise
         except Exception as exc:
+            if not wrap or isinstance(exc, UringStackError):
+                exc.add_note(f"in {hook} of plugin {impl.plugin_name!r}")
+                raise
             raise PluginError(f"plugin {impl.plugin_name!r}: {hook} raised {type(exc).__name__}: {exc}") from exc
+
+    def _call_all(self, hook: str, kwargs: dict[str, Any], impls: Iterable[Any], *, wrap: bool = True) -> None:
+        """Call every one of *impls* even if one raises (a plugin's failure must not keep
+        another from letting go of what it holds); the failures, each naming its plugin,
+        are raised afterwards: one as is, several as an :class:`ExceptionGroup`."""
+        errors: list[Exception] = []
+        for impl in impls:
+            try:
+                self._call(impl, hook, kwargs, wrap=wrap)
+            except Exception as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup(f"{len(errors)} plugins failed in {hook}", errors)
 
     def check_support(self, caps: Capabilities, config: StackConfig) -> list[FeatureVerdict]:
         """One verdict per feature plugin: enabled or not here, and why."""
@@ -402,20 +417,9 @@ class UringstackPluginManager:
         holds for the handle (fixedbuf's fixed-file slot kept the closed file
         open in the kernel).  Failures are raised afterwards, one as is,
         several as an :class:`ExceptionGroup`."""
-        kwargs = {"handle": handle, "worker": worker}
         wanted = None if only is None else set(only)
-        errors: list[Exception] = []
-        for impl in self._impls("uringstack_file_closed"):
-            if wanted is not None and impl.plugin_name not in wanted:
-                continue
-            try:
-                self._call(impl, "uringstack_file_closed", kwargs)
-            except Exception as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ExceptionGroup(f"{len(errors)} plugins failed in uringstack_file_closed", errors)
+        impls = [i for i in self._impls("uringstack_file_closed") if wanted is None or i.plugin_name in wanted]
+        self._call_all("uringstack_file_closed", {"handle": handle, "worker": worker}, impls)
 
     @property
     def has_completion_batch_impls(self) -> bool:
@@ -472,20 +476,9 @@ class UringstackPluginManager:
         afterwards, one as is, several as an :class:`ExceptionGroup`.
         Hook wrappers are not supported for this hook and are skipped.
         """
-        kwargs: dict[str, object] = {"stack": stack}
-        errors: list[Exception] = []
-        for impl in self._pm.hook.uringstack_stack_teardown.get_hookimpls():
-            if impl.hookwrapper or impl.wrapper:
-                continue
-            try:
-                impl.function(*[kwargs[arg] for arg in impl.argnames])
-            except Exception as exc:
-                exc.add_note(f"in uringstack_stack_teardown of plugin {impl.plugin_name!r}")
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ExceptionGroup(f"{len(errors)} plugins failed in stack teardown", errors)
+        # first-registered first: the reverse of _impls' call order
+        impls = reversed(self._impls("uringstack_stack_teardown"))
+        self._call_all("uringstack_stack_teardown", {"stack": stack}, impls, wrap=False)
 
     def probe(self, report: Capabilities) -> None:
         """Let plugins add facts to ``report.extras``."""
