@@ -118,6 +118,12 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     ``entries`` need not stay a power of two (only ``core.ring_entries`` in
     the config must be one): the kernel rounds the SQ size up to the next
     power of two, and ``ring.sq_entries`` reports what it made.
+    When it returns the ring must still be one that can work: else
+    (``params.plan_problems()`` lists why: a size outside the kernel's range,
+    ``cq_entries`` below ``entries``, ``R_DISABLED``, IOPOLL on the
+    ``storage`` ring, which carries buffered I/O and fsync) the plan fails
+    with a :class:`PluginError` naming this plugin.  ``attach_to`` must name
+    a ring planned before this one (the plan fails otherwise).
 
     Thread: the caller of ``make_plan``, before any worker exists.
     """

@@ -367,6 +367,14 @@ class UringstackPluginManager:
         kwargs = {"params": params, "caps": caps, "config": config}
         for impl in self._impls("uringstack_ring_params"):
             self._call(impl, "uringstack_ring_params", kwargs)
+            problems = params.plan_problems()
+            if problems:
+                # here, not when the ring is made: the plan (and `uringstack plan`) must not
+                # show as fine a ring that cannot work, and the plugin that broke it is known
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: uringstack_ring_params left ring {params.name} unusable: "
+                    + "; ".join(problems)
+                )
 
     def ring_created(self, ring: Ring, worker: WorkerView, config: StackConfig) -> None:
         """Tell plugins a ring exists (they register buffers, files, eventfds)."""

@@ -33,7 +33,9 @@ Import from ``uringstack.config``; the modules are its implementation.
 
 from __future__ import annotations
 
-from .core import MAX_RING_ENTRIES, CoreConfig
+from uringstack.ring.kernel import MAX_SQ_ENTRIES as MAX_RING_ENTRIES
+
+from .core import CoreConfig
 from .errors import ConfigError, ConfigProblem
 from .load import ConfigRow, LoadedConfig, config_schema, load_config
 from .model import CORE_SECTION, ENV_PREFIX, NESTED_DELIMITER, M, StackConfig, build_config_model

@@ -7,11 +7,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
+from uringstack.ring.kernel import MAX_SQ_ENTRIES as MAX_RING_ENTRIES
 from uringstack.types import FeatureMode
 
 from .values import parse_cpu_list, parse_name_list
-
-MAX_RING_ENTRIES = 32768  # io_uring_setup rejects more SQ entries (IORING_MAX_ENTRIES)
 
 
 def _bound_s(default: float, description: str) -> Any:

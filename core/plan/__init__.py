@@ -205,6 +205,11 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
             _core_ring_decisions(params, caps, config)
             pm.ring_params(params=params, caps=caps, config=config)
             name = params.name
+            if params.attach_to is not None and params.attach_to not in plan._params:
+                raise PlanError(
+                    f"ring {name}: attach_to={params.attach_to!r} names no ring planned before it "
+                    f"(planned: {', '.join(plan._params) or 'none'})"
+                )
             plan._params[name] = params
             worker.rings.append(_ring_plan(name, params))
         plan.workers.append(worker)

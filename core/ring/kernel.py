@@ -1,9 +1,15 @@
-"""Kernel release versions: the one parser of ``uname -r`` that the ring layer (which
-chooses how to talk to the kernel) and the probe's defect table share."""
+"""Kernel facts without a ring: release versions (the one parser of ``uname -r`` that
+the ring layer, which chooses how to talk to the kernel, and the probe's defect
+table share) and io_uring's size limits (the ring layer and the config check them)."""
 
 from __future__ import annotations
 
 import re
+
+MAX_SQ_ENTRIES = 32768
+"""``IORING_MAX_ENTRIES``: io_uring_setup refuses more SQ entries (without ``IORING_SETUP_CLAMP``)."""
+MAX_CQ_ENTRIES = 2 * MAX_SQ_ENTRIES
+"""``IORING_MAX_CQ_ENTRIES``."""
 
 _UPSTREAM = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 

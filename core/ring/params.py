@@ -15,6 +15,7 @@ from typing import Any
 
 from uringstack.errors import RingSetupError
 from uringstack.ring.flags import OPTIONAL_SETUP_FLAGS, SetupFlag
+from uringstack.ring.kernel import MAX_CQ_ENTRIES, MAX_SQ_ENTRIES
 from uringstack.ring.native import ffi, lib
 
 # Order in which flags are given up on EINVAL: newest kernel feature first.
@@ -32,6 +33,9 @@ _DROP_ORDER: tuple[SetupFlag, ...] = (
     SetupFlag.SQPOLL,
     SetupFlag.CLAMP,
 )
+
+
+_U32 = 2**32
 
 
 def ring_name(core: int | None, role: str) -> str:
@@ -78,6 +82,54 @@ class RingParams:
         """Set *flag* and record why."""
         self.flags |= flag
         self.reasons.append(reason)
+
+    def problems(self) -> list[str]:
+        """What the kernel would refuse in these parameters, one sentence each (empty when fine).
+
+        Checked before a ring is made: the kernel's one answer to any of
+        these is EINVAL, which ring creation would take for an unknown
+        optional flag, dropping flags over it and then blaming them."""
+        found: list[str] = []
+
+        def whole(value: object, lo: int, hi: int) -> bool:
+            return type(value) is int and lo <= value <= hi
+
+        if not whole(self.entries, 1, MAX_SQ_ENTRIES):
+            found.append(f"entries={self.entries!r}: the kernel takes 1 to {MAX_SQ_ENTRIES}")
+        if self.cq_entries is not None and not whole(self.cq_entries, 1, MAX_CQ_ENTRIES):
+            found.append(f"cq_entries={self.cq_entries!r}: the kernel takes 1 to {MAX_CQ_ENTRIES}")
+        elif self.cq_entries is not None and type(self.entries) is int and self.cq_entries < self.entries:
+            found.append(
+                f"cq_entries={self.cq_entries} is below entries={self.entries}: "
+                "the kernel refuses a CQ smaller than the SQ"
+            )
+        if not whole(self.sq_thread_idle_ms, 0, _U32 - 1):
+            found.append(f"sq_thread_idle_ms={self.sq_thread_idle_ms!r}: milliseconds from 0 to {_U32 - 1}")
+        if self.sq_thread_cpu is not None and not whole(self.sq_thread_cpu, 0, _U32 - 1):
+            found.append(f"sq_thread_cpu={self.sq_thread_cpu!r}: a CPU number or None")
+        if not whole(self.spin_us, 0, _U32 - 1):
+            found.append(f"spin_us={self.spin_us!r}: microseconds, 0 or more")
+        if not isinstance(self.flags, SetupFlag) or not isinstance(self.required, SetupFlag):
+            found.append(f"flags={self.flags!r}, required={self.required!r}: SetupFlag values")
+        return found
+
+    def plan_problems(self) -> list[str]:
+        """:meth:`problems`, and what makes a ring of the plan useless to the stack.
+
+        Checked where each plugin's ``uringstack_ring_params`` returns (the plan
+        names the plugin): a ring made disabled, or polled where buffered I/O
+        goes, passed the plan and failed every operation later."""
+        found = self.problems()
+        if found:
+            return found
+        if self.flags & SetupFlag.R_DISABLED:
+            found.append("flags include R_DISABLED: nothing enables the ring, so every submission to it would fail")
+        if self.flags & SetupFlag.IOPOLL and self.role == "storage":
+            found.append(
+                "IOPOLL on the storage ring: it carries buffered I/O, fsync and pipes, which a polled ring "
+                "refuses; polled I/O goes to the iopoll ring (the iopoll plugin)"
+            )
+        return found
 
     def effective_flags(self) -> SetupFlag:
         """Flags as passed to the kernel: SQ_AFF/CQSIZE/ATTACH_WQ follow from the fields."""
@@ -140,6 +192,9 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
     ``kernel.io_uring_disabled`` sysctl), ENOMEM (RLIMIT_MEMLOCK), ENOSYS (no
     io_uring in this kernel) and for an EINVAL that dropping flags cannot cure.
     """
+    problems = params.problems()
+    if problems:
+        raise RingSetupError(errno.EINVAL, "io_uring_setup", None, "; ".join(problems))
     flags = params.effective_flags()
     dropped: list[tuple[SetupFlag, str]] = []
     notes: list[str] = []
@@ -180,10 +235,10 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
                 if victim == SetupFlag.DEFER_TASKRUN and not params.flags & SetupFlag.TASKRUN_FLAG:
                     flags &= ~SetupFlag.TASKRUN_FLAG  # added for it (effective_flags)
                 continue
-        raise RingSetupError(err, "io_uring_setup", None, setup_error_hint(err, flags))
+        raise RingSetupError(err, "io_uring_setup", None, setup_error_hint(err, flags, params))
 
 
-def setup_error_hint(err: int, flags: SetupFlag) -> str:
+def setup_error_hint(err: int, flags: SetupFlag, params: RingParams | None = None) -> str:
     """One sentence on what an ``io_uring_setup`` errno means for the user."""
     if err == errno.EPERM:
         return (
@@ -195,7 +250,13 @@ def setup_error_hint(err: int, flags: SetupFlag) -> str:
     if err == errno.ENOMEM:
         return "not enough locked memory (RLIMIT_MEMLOCK); raise it with `ulimit -l` or systemd LimitMEMLOCK="
     if err == errno.EINVAL:
-        return f"the kernel rejects setup flags {flags!r} and they are required"
+        # (reached once every flag the ring can do without was dropped: sizes and other
+        # fields were checked before the first try, RingParams.problems)
+        sizes = "" if params is None else f", entries {params.entries}, cq_entries {params.cq_entries}"
+        return (
+            f"the kernel refused the ring with only its required setup flags left ({flags!r}{sizes}): "
+            "this kernel lacks one of them, or a field they use (an SQPOLL CPU it does not have)"
+        )
     return f"flags {flags!r}"
 
 

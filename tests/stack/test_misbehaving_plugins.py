@@ -21,10 +21,14 @@ import pytest
 
 from uringstack.config import load_config
 from uringstack.hookspecs import hookimpl
+from uringstack.plan import make_plan
 from uringstack.pluginmanager import PluginError, make_plugin_manager
 from uringstack.plugins.fixedbuf.files import FixedFileTable
 from uringstack.plugins.fixedbuf.plugin import FILES_KEY
+from uringstack.probe import probe
+from uringstack.ring.flags import SetupFlag
 from uringstack.stack import Stack, open_stack
+from uringstack.types import PlanError
 
 
 def _stack(plugin: object, **overrides: Any) -> Stack:
@@ -107,6 +111,14 @@ class WrongPlanHooks:
     def uringstack_ring_params(self, params: Any, caps: Any, config: Any) -> None:
         if self.what == "ring_params raises":
             raise ValueError("bad sysfs value")
+        if params.role != "storage":
+            return
+        if self.what == "ring_params sets entries 0":
+            params.entries = 0
+        if self.what == "ring_params polls the storage ring":
+            params.add(SetupFlag.IOPOLL, "thirdparty: poll everything")
+        if self.what == "ring_params disables the ring":
+            params.add(SetupFlag.R_DISABLED, "thirdparty: enabled later")
 
     @hookimpl
     def uringstack_select_backend(self, target: Any, caps: Any, config: Any) -> Any:
@@ -123,6 +135,9 @@ class WrongPlanHooks:
         "check_support raises",
         "check_support returns a dict",
         "ring_params raises",
+        "ring_params sets entries 0",
+        "ring_params polls the storage ring",
+        "ring_params disables the ring",
         "select_backend raises",
         "select_backend returns a str",
     ],
@@ -131,3 +146,19 @@ def test_a_broken_planning_hook_is_a_plugin_error_naming_it(tmp_path: pathlib.Pa
     named = f"plugin 'thirdparty': uringstack_{what.split()[0]}"
     with pytest.raises(PluginError, match=named), _stack(WrongPlanHooks(what)) as st:
         st.open(tmp_path / "f", create=True).close()
+
+
+class AttachesToNothing:
+    @hookimpl
+    def uringstack_ring_params(self, params: Any) -> None:
+        params.attach_to = "core99/storage"
+
+
+def test_attach_to_a_ring_not_planned_is_a_plan_error() -> None:
+    """Before, the plan showed the ring as fine and ``open_stack`` failed with a bare
+    ``ValueError`` from inside the stack's ring building."""
+    pm = make_plugin_manager()
+    pm.register(AttachesToNothing(), "thirdparty")
+    loaded = load_config(plugin_manager=pm, overrides={"core.cores": [0], "sqpoll.mode": "off"})
+    with pytest.raises(PlanError, match=r"ring core0/storage: attach_to='core99/storage' names no ring planned"):
+        make_plan(probe(), loaded.config, pm)
