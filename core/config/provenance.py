@@ -46,7 +46,11 @@ class Locator:
                 found = env_lookup(self.environ, name)
                 if found is not None:
                     return f"env:{found[0]}"
-            return "env"
+            # A key the model does not have (an unknown table) came from variables
+            # naming keys below it: URINGSTACK_CORE__SQPOLL__MODE for core.sqpoll
+            below = ENV_PREFIX + NESTED_DELIMITER.join(k.upper() for k in key) + NESTED_DELIMITER
+            names = sorted(n for n in self.environ if n.upper().startswith(below))
+            return "env:" + ",".join(names) if names else "env"
         return kind
 
 

@@ -162,6 +162,17 @@ def test_unknown_key_names_key_value_allowed_and_file(pm: UringstackPluginManage
     assert str(problem) == (f"poll.idle_msec: unknown key (got 5; allowed: mode, idle_ms) [file:{path}]")
 
 
+def test_an_unknown_table_from_the_environment_names_its_variable(pm: UringstackPluginManager) -> None:
+    """``URINGSTACK_CORE__SQPOLL__MODE`` makes an unknown key ``core.sqpoll``, deeper
+    than any variable named after the key: the error said only ``[env]``."""
+    env = {"URINGSTACK_CORE__SQPOLL__MODE": "on", "URINGSTACK_CORE__SQPOLL__IDLE_MS": "5"}
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, plugin_manager=pm)
+    [problem] = info.value.problems
+    assert problem.key == "core.sqpoll"
+    assert str(problem).endswith("[env:URINGSTACK_CORE__SQPOLL__IDLE_MS,URINGSTACK_CORE__SQPOLL__MODE]")
+
+
 def test_unknown_section_lists_known_sections(pm: UringstackPluginManager, tmp_path: pathlib.Path) -> None:
     path = write(tmp_path, "[pol]\nmode = 'on'\n")
     with pytest.raises(ConfigError) as info:
