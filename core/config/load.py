@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from uringstack.pluginmanager import PluginSection, UringstackPluginManager, make_plugin_manager
 
 from .errors import ConfigError, ConfigProblem
-from .model import StackConfig, build_config_model
+from .model import ENV_PREFIX, NESTED_DELIMITER, StackConfig, build_config_model
 from .provenance import Locator
 from .sources import (
     CONFIG_ENV,
@@ -128,7 +128,11 @@ def load_config(
     known = set(model.model_fields)
 
     problems: list[ConfigProblem] = []
-    env_layer = coerce_env_layer(model, read_env(model, environ, problems))
+
+    def own_variable(section: str, key: str) -> bool:
+        return env_lookup(environ, f"{ENV_PREFIX}{section.upper()}{NESTED_DELIMITER}{key.upper()}") is not None
+
+    env_layer = coerce_env_layer(model, read_env(model, environ, problems), own_variable)
     problems.extend(unknown_env_sections(environ, known, disabled, notes))
 
     # Sections of disabled plugins are dropped with a note, so disabling a

@@ -3,11 +3,12 @@
 pydantic's lax mode turns TOML ``ring_entries = true`` into 1 and
 ``direct = "yes"`` into True: a typo then silently configures something else.
 Every layer is therefore validated in strict mode (a TOML integer for an
-integer, a TOML boolean for a boolean).  Environment values are always
-strings, so they are first parsed by the type of the field they set, with a
+integer, a TOML boolean for a boolean).  A key's own environment variable
+is a string, so it is first parsed by the type of the field it sets, with a
 small fixed grammar: integers in decimal, booleans as ``true``/``false``/
 ``1``/``0`` (any case).  Anything else stays a string, and strict validation
-then names the key, the value and what is allowed.
+then names the key, the value and what is allowed.  A whole section given
+as one JSON table is typed as the file is (JSON has numbers and booleans).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, create_model
@@ -60,8 +62,15 @@ def parse_env_scalar(annotation: Any, text: str) -> Any:
     return text
 
 
-def coerce_env_layer(model: type[BaseModel], layer: dict[str, Any]) -> dict[str, Any]:
-    """The environment layer with string leaves parsed by their fields' types (in place)."""
+def coerce_env_layer(
+    model: type[BaseModel], layer: dict[str, Any], is_variable: Callable[[str, str], bool]
+) -> dict[str, Any]:
+    """The environment layer with string leaves parsed by their fields' types (in place).
+
+    Only values of their own variable (``URINGSTACK_CORE__DIRECT=true``, which
+    *is_variable(section, key)* says) are text to parse: a value inside a whole
+    section's JSON (``URINGSTACK_CORE='{"direct": true}'``) is typed as in the
+    file, so ``"+128"`` there is a string where an integer belongs."""
     for section, values in layer.items():
         field = model.model_fields.get(section)
         sub = field.annotation if field is not None else None
@@ -69,7 +78,7 @@ def coerce_env_layer(model: type[BaseModel], layer: dict[str, Any]) -> dict[str,
             continue
         for key, value in values.items():
             inner = sub.model_fields.get(key)
-            if inner is not None and isinstance(value, str):
+            if inner is not None and isinstance(value, str) and is_variable(section, key):
                 values[key] = parse_env_scalar(inner.annotation, value)
     return layer
 

@@ -152,7 +152,9 @@ def problems_from_validation(exc: ValidationError, model: type[BaseModel], locat
         dotted = ".".join(gkey)
         first, info = errs[0]
         source = locate(gkey)
-        allowed = _field_allowed(info, env=(source or "").startswith("env")) if info is not None else None
+        # (a key's own variable is text; a whole section's JSON is typed as in the file)
+        own_variable = (source or "").startswith("env:") and "__" in (source or "")
+        allowed = _field_allowed(info, env=own_variable) if info is not None else None
         value = first["input"] if len(first["loc"]) >= len(gkey) else NO_VALUE
         value_errors = [e for e, _ in errs if e["type"] in ("value_error", "assertion_error")]
         if value_errors:

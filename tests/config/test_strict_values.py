@@ -145,3 +145,28 @@ def test_a_bad_file_boolean_lists_the_toml_booleans(tmp_path: pathlib.Path) -> N
     with pytest.raises(ConfigError) as info:
         load_config(_toml(tmp_path, "[core]\ndirect = 1"), env={})
     assert "(got 1; allowed: true, false) [file:" in str(info.value.problems[0])
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "allowed"),
+    [
+        ('{"ring_entries": "+128"}', "core.ring_entries", "a power of two"),
+        ('{"ring_entries": "512"}', "core.ring_entries", "a power of two"),
+        ('{"direct": 1}', "core.direct", "allowed: true, false)"),
+        ('{"direct": "true"}', "core.direct", "allowed: true, false)"),
+    ],
+)
+def test_a_whole_section_in_json_is_typed_as_in_the_file(table: str, key: str, allowed: str) -> None:
+    """docs/config.md: ``URINGSTACK_CORE='{...}'`` is "typed as in the file". Before,
+    its strings were parsed like a key's own variable ("+128" became 128) while
+    its JSON 1 for a boolean was refused with "allowed: ..., 1, 0"."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"URINGSTACK_CORE": table})
+    (problem,) = info.value.problems
+    assert problem.key == key and allowed in str(problem) and "[env:URINGSTACK_CORE]" in str(problem)
+
+
+def test_a_keys_own_variable_is_still_text_beside_a_json_section() -> None:
+    env = {"URINGSTACK_CORE": '{"direct": true}', "URINGSTACK_CORE__RING_ENTRIES": "+128"}
+    config = load_config(env=env).config
+    assert config.core.direct is True and config.core.ring_entries == 128
