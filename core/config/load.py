@@ -27,7 +27,7 @@ from .sources import (
     read_toml,
     unknown_env_sections,
 )
-from .strict import coerce_env_layer, merge_layers, strict_twin
+from .strict import coerce_env_layer, merge_layers, strict_twin, typed_as_file
 from .validation import problems_from_validation
 
 
@@ -151,7 +151,7 @@ def load_config(
             notes.append(f"core.disabled_plugins names {name!r}, which is not an installed plugin")
 
     locate = Locator(override_layer, env_layer, file_layer, environ, file_path)
-    merged = merge_layers(file_layer, env_layer, override_layer)
+    merged = typed_as_file(model, merge_layers(file_layer, env_layer, override_layer))
     try:
         # Strict: a TOML `true` is not the integer 1, the string "yes" is not a boolean.
         checked = strict_twin(model).model_validate(merged, strict=True)

@@ -13,10 +13,12 @@ as one JSON table is typed as the file is (JSON has numbers and booleans).
 
 from __future__ import annotations
 
+import enum
 import re
 import types
 import typing
 from collections.abc import Callable
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, create_model
@@ -47,8 +49,10 @@ def parse_env_scalar(annotation: Any, text: str) -> Any:
     """
     members = _members(annotation)
     for member in members:
-        if get_origin(member) is Literal and text in get_args(member):
-            return text
+        if get_origin(member) is Literal:
+            for choice in get_args(member):
+                if choice == text or (type(choice) is int and str(choice) == text.strip()):
+                    return choice
     word = text.strip()
     if bool in members:
         if word.lower() in _TRUE:
@@ -81,6 +85,46 @@ def coerce_env_layer(
             if inner is not None and isinstance(value, str) and is_variable(section, key):
                 values[key] = parse_env_scalar(inner.annotation, value)
     return layer
+
+
+def _as_typed(annotation: Any, value: Any) -> Any:
+    """*value* (from TOML, JSON or an environment string) as the instance strict
+    validation wants for a path, an enum or a tuple field, where it names one;
+    else *value* unchanged (validation then reports it)."""
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, PurePath) and isinstance(value, str):
+            return member(value)
+        if isinstance(member, type) and issubclass(member, enum.Enum) and not isinstance(value, member):
+            for item in member:
+                # (by type too: TOML's true is not the member whose value is 1)
+                if type(item.value) is type(value) and item.value == value:
+                    return item
+                if isinstance(value, str) and str(item.value) == value:
+                    return item
+        if (member is tuple or get_origin(member) is tuple) and isinstance(value, list):
+            return tuple(value)
+    return value
+
+
+def typed_as_file(model: type[BaseModel], merged: dict[str, Any]) -> dict[str, Any]:
+    """*merged* with path, enum and tuple values made the objects their fields hold (in place).
+
+    Strict validation (which keeps a TOML ``true`` from being the integer 1)
+    wants a ``Path``, an enum member, a tuple: things neither TOML, JSON nor
+    the environment can spell, so a plugin's section with such a field could
+    not be set at all.  A string becomes the path, a member's value (or its
+    text, from the environment) the member, a list the tuple; its items are
+    still validated strictly."""
+    for section, values in merged.items():
+        field = model.model_fields.get(section)
+        sub = field.annotation if field is not None else None
+        if not (isinstance(values, dict) and isinstance(sub, type) and issubclass(sub, BaseModel)):
+            continue
+        for key, value in values.items():
+            inner = sub.model_fields.get(key)
+            if inner is not None:
+                values[key] = _as_typed(inner.annotation, value)
+    return merged
 
 
 def strict_twin(model: type[BaseModel]) -> type[BaseModel]:

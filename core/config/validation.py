@@ -7,9 +7,11 @@ per key, with the allowed values spelled out from the field's type.
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from collections.abc import Callable
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
@@ -37,6 +39,9 @@ def describe_allowed(annotation: Any, metadata: list[Any] | None = None, env: bo
         return ", ".join(str(a) for a in get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe_allowed(a, env=env) for a in get_args(annotation))
+    if origin is tuple and get_args(annotation) and get_args(annotation)[-1] is not Ellipsis:
+        items = get_args(annotation)
+        return f"a list of {len(items)}: " + ", ".join(describe_allowed(a, env=env) for a in items)
     if origin in (list, tuple, set, frozenset):
         args = get_args(annotation)
         return f"a list of {describe_allowed(args[0]) if args else 'values'}"
@@ -57,6 +62,10 @@ def describe_allowed(annotation: Any, metadata: list[Any] | None = None, env: bo
         return f"{kind} {' and '.join(bounds)}".strip()
     if annotation is str:
         return "a string"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return ", ".join(str(item.value) for item in annotation)
+    if isinstance(annotation, type) and issubclass(annotation, PurePath):
+        return "a path (a string)"
     if annotation is type(None):
         return "none"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -159,7 +168,9 @@ def problems_from_validation(exc: ValidationError, model: type[BaseModel], locat
         value_errors = [e for e, _ in errs if e["type"] in ("value_error", "assertion_error")]
         if value_errors:
             message = _clean_message(value_errors[0]["msg"])
-        elif first["type"] == "literal_error" and len(errs) == 1:
+        elif first["type"] == "is_instance_of" and len(errs) == 1 and allowed and allowed.startswith("a "):
+            message = f"input should be {allowed}"  # (a path: pydantic says "an instance of PosixPath")
+        elif first["type"] in ("literal_error", "enum", "is_instance_of") and len(errs) == 1 and allowed:
             choices = allowed or ""
             message = f"{show_value(first['input'])} is not one of {choices}"
         elif len(errs) > 1:
