@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from uringstack import aio as aio
+    from uringstack import wal as wal
     from uringstack.config import load_config
     from uringstack.errors import (
         AlignmentError,
@@ -92,11 +94,19 @@ if TYPE_CHECKING:
     from uringstack.types import PlanError
 
 
+# Subpackages the docs reach as attributes after a bare `import uringstack`
+# (`uringstack.aio.open(...)`, as `aiofiles.open`), imported on first use.
+_SUBPACKAGES = frozenset({"aio", "wal"})
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"uringstack.{name}")  # (the import binds it here too)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'uringstack' has no attribute {name!r}")
-    import importlib
 
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
