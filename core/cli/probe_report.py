@@ -73,6 +73,11 @@ def verdicts(
         checks = [FeatureCheck("io_uring", False, uring.reason)]
     if plugin_manager is None or config is None:
         return checks
+    from uringstack.plan.tuning import attach_tuning
+
+    # (the measurements of `uringstack tune` decide `auto`, as in the plan: without them
+    # the probe said "no measurement" where the plan followed one)
+    caps = attach_tuning(caps, config)
     for v in plugin_manager.check_support(caps=caps, config=config):
         if v is None:
             continue

@@ -245,3 +245,26 @@ def test_a_failed_write_keeps_the_old_entry_and_leaves_no_temporary_file(
         write_entry(fake_record(str(tmp_path), {"sqpoll": {"off": 1e3, "on": 2e3}}), tmp_path)
     assert calls == ["fsync-file"]  # never renamed over the old entry
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_the_probe_report_follows_the_measurements_as_the_plan_does(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/probe.md: the probe's verdict lines "are the same verdicts `uringstack plan`
+    prints". After a tune, the plan followed the measurement while the probe said
+    "no measurement looked up" (it never attached the tune results)."""
+    from uringstack.cli.probe_report import verdicts
+    from uringstack.config import load_config
+    from uringstack.plan import make_plan
+    from uringstack.probe import probe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    write_entry(fake_record(str(tmp_path), {"sqpoll": {"off": 1e5, "on": 2e5}}))
+    loaded = load_config(overrides={"core.cores": [min(os.sched_getaffinity(0))]})
+    caps = probe(plugin_manager=loaded.plugin_manager)
+    planned = {v.plugin: v.reason for v in make_plan(caps, loaded.config, loaded.plugin_manager).verdicts}
+    reported = {
+        c.feature: c.reason for c in verdicts(caps, loaded.plugin_manager, loaded.config) if c.feature in planned
+    }
+    assert "measured:" in planned["sqpoll"]
+    assert {name: reported[name].split("; hint: ")[0] for name in planned} == planned
