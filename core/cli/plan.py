@@ -43,7 +43,9 @@ def render_plan(plan: Plan, console: Console) -> None:
             details = [f"{r.entries} entries"]
             if r.sq_thread_cpu is not None:
                 details.append(f"poller on cpu {r.sq_thread_cpu}, idle {r.sq_thread_idle_ms} ms")
-            if r.attach_to:
+            if r.attach_to and "SQPOLL" in r.flags:
+                details.append(f"shares the poller of {r.attach_to}")
+            elif r.attach_to:
                 details.append(f"attached to {r.attach_to}")
             if r.spin_us:
                 details.append(f"spins {r.spin_us} µs before sleeping")

@@ -143,14 +143,18 @@ def uringstack_ring_params(params: RingParams, caps: Capabilities, config: Stack
     cfg = FEATURE.section(config)
     params.add(SetupFlag.SQPOLL, f"sqpoll: {reason}; idle {cfg.idle_ms} ms")
     params.sq_thread_idle_ms = cfg.idle_ms
-    params.sq_thread_cpu = _poller_cpu(caps, config, params)
     params.spin_us = max(params.spin_us, cfg.spin_us)
     if FEATURE.section(config).mode == "on":
         params.required |= SetupFlag.SQPOLL
     first = worker_cpus(caps, config)[0]
     if cfg.share and params.core != first:
+        # No CPU of its own: the kernel gives an attached ring the poller thread of the
+        # ring it attaches to, wherever that one runs (its fdinfo names that thread and
+        # CPU), so a CPU here would only make the plan show a poller that does not exist
         params.attach_to = ring_name(first, params.role)
         params.reasons.append(f"sqpoll: shares the poller of {params.attach_to} (ATTACH_WQ)")
+    else:
+        params.sq_thread_cpu = _poller_cpu(caps, config, params)
 
 
 @hookimpl
