@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
 from uringstack.ring.arguments import check_offsets, nbytes
-from uringstack.ring.buffers import RegisteredBuffer, lease_view
+from uringstack.ring.buffers import RegisteredBuffer, check_alignment, lease_view, pin_buffers
 from uringstack.ring.pending import Pending, check_awaitable
 
 if TYPE_CHECKING:
@@ -159,6 +159,13 @@ class RestartingPrepared:
         self.write = write
         self.buffers = tuple(buffers)
         self.n = len(self.buffers)
+        # What the io_uring backend's prepare refuses, refused here too, at prepare and not
+        # at the first run: a read into bytes, a non-contiguous view, O_DIRECT misalignment
+        _, addrs, lens = pin_buffers(self.buffers, writable=not write)  # (the pins go at once)
+        if io.direct:
+            for addr, length in zip(addrs, lens, strict=True):
+                if (addr | length) % io.block_size:
+                    check_alignment("write" if write else "read", io.path, addr, length, 0, io.block_size)
         self._last: Pending | None = None
         self._closed = False
 

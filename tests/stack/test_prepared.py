@@ -108,7 +108,26 @@ def test_prepared_io_on_o_direct_refuses_misalignment_before_submitting(stack: S
         raw = aligned_buffer(3 * BS)
         bad = memoryview(raw)[512 + 1 : 512 + 1 + BS]
         with pytest.raises(AlignmentError, match="buffer address"):
-            h.prepare_reads([bad]).run([0])  # uring: at prepare; the generic path: at the run
+            h.prepare_reads([bad])  # at prepare on every backend (the fallback: at the run, before)
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: b"x" * 4096, BufferError),  # a read into bytes
+        (lambda: memoryview(bytearray(8192))[::2], BufferError),  # not contiguous
+        (lambda: 42, TypeError),
+    ],
+)
+def test_an_unusable_buffer_is_refused_at_prepare_on_every_backend(
+    stack: Stack, data_file: tuple[pathlib.Path, bytes], make: Any, error: type[Exception]
+) -> None:
+    """The io_uring backend refused these when preparing, the fallback only at the
+    first run: the same program failed at different lines by backend."""
+    with stack.open(data_file[0]) as h:
+        with pytest.raises(error):
+            h.prepare_reads([bytearray(4096), make()])
+        assert h.prepare_reads([bytearray(4096)]).run([0]) == [4096]
 
 
 def test_bad_offsets_are_named(stack: Stack, data_file: tuple[pathlib.Path, bytes]) -> None:

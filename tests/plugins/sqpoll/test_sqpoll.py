@@ -70,7 +70,9 @@ def test_rings_share_one_poller_with_attach_wq() -> None:
         assert len(pollers) == 1 and None not in pollers
         # The plan says where the shared poller runs, and only once: it showed each
         # attached ring's own "poller on cpu N", a CPU the kernel ignores for them
-        (tid, cpu) = pollers.pop()  # type: ignore[misc]
+        poller = pollers.pop()
+        assert poller is not None
+        cpu = poller[1]
         planned = [r for w in stack.plan.workers for r in w.rings]
         assert planned[0].sq_thread_cpu == cpu
         assert all(r.sq_thread_cpu is None and r.attach_to == planned[0].name for r in planned[1:])
