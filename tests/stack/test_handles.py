@@ -94,6 +94,30 @@ def test_short_read_at_eof_is_reported_not_padded(stack: Stack, tmp_path: pathli
         assert info.value.got == 1000 and info.value.expected == 4096
 
 
+def test_reads_past_the_end_are_not_asked_again(
+    stack: Stack, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that returned 0 is at the end of the file (read(2)). The README's own
+    example (32 reads of a 4 KiB file, "one submission") re-read each of the 31 past
+    the end in a waited submission of its own: 32 io_uring_enter calls."""
+    (tmp_path / "s").write_bytes(b"x" * 4096)
+    with stack.open(tmp_path / "s") as h:
+        batches: list[int] = []  # the backend's submissions (a batch is one)
+        start_rw = h._io.start_rw
+        monkeypatch.setattr(h._io, "start_rw", lambda *a, **k: (batches.append(1), start_rw(*a, **k))[1])
+        bufs = [bytearray(4096) for _ in range(32)]
+        assert h.read_many([i * 4096 for i in range(32)], bufs) == [4096] + [0] * 31
+        assert len(batches) == 1
+        with pytest.raises(ShortIOError) as info:
+            h.read_many([0, 8192], [bytearray(4096), bytearray(4096)], exact=True)
+        assert (info.value.got, info.value.expected, info.value.transferred) == (0, 4096, 0)
+        assert len(batches) == 2
+        if h.ring is not None:
+            before = h.ring.counters()["enters"]
+            h.read_many([i * 4096 for i in range(32)], bufs)
+            assert h.ring.counters()["enters"] - before == 1
+
+
 def test_a_short_read_into_wide_items_is_short_by_bytes_sync_and_async(stack: Stack, tmp_path: pathlib.Path) -> None:
     """Buffers are counted in bytes: 8 bytes read into an 8-item array of doubles (64 bytes)
     is short.  read_many_async compared with len() (8 items) and returned [8] with
