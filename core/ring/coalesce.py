@@ -208,7 +208,7 @@ class Coalescer:
         def read(size: int, offset: int) -> asyncio.Future[Any] | bytes | None:
             if tl._thread_id != get_ident():
                 return None
-            if cached is not None and budget[0] > 0:
+            if cached is not None and budget[0] >= size:  # (a bound: a read over what is left yields)
                 buf = bytearray(size)
                 enter()  # (before the try: it raises only with nothing counted)
                 try:

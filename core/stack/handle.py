@@ -915,13 +915,14 @@ class FileHandle:
             return None, lens
         return maybe.add_many(cast(UringFileIO, self._io), self._inflight, write, pins, offs, lens, slots), lens
 
-    def _copy_cached(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int] | None:
+    def _copy_cached(self, offsets: Sequence[int], buffers: Sequence[Any], limit: int) -> list[int] | None:
         """A ``read_many_async`` copied from the page cache on the loop's thread (the backend's
         ``read_cached`` per op, ``preadv2(RWF_NOWAIT)``: never a wait for the device), as
         :meth:`read` does for one op (``Coalescer.reader``): the byte counts, or None when
         anything is not all cached (or at end of file, or failing; the ring then reads the
         whole batch again and reports what it finds), or the batch is not one this path
-        takes (the queued path checks it and raises what is wrong).
+        takes (the queued path checks it and raises what is wrong), or it is more than
+        *limit* bytes (what is left of the handle's ``aio_inline_read_budget``).
 
         Only on the thread running the handle's loop, with offsets in range and buffers
         of one kind it copies into as they are: leases (``lease_buffers``, plain or
@@ -947,6 +948,8 @@ class FileHandle:
             buffers = list(map(lease_view, buffers))  # (a released lease: its error)
         elif kind is not LeasedBuffer and kind is not bytearray:
             return None
+        if sum(map(len, buffers)) > limit:
+            return None  # (the documented budget is a bound: a batch over it yields)
         try:
             if min(offsets) < 0 or max(offsets) >= OFFSET_LIMIT:
                 return None  # (a negative offset would fail with EINVAL, which read_cached takes for a refusal)
@@ -979,7 +982,7 @@ class FileHandle:
         ``core.aio_inline_read_budget``, shared with :meth:`read`."""
         left = self._inline_left
         if left[0] > 0:
-            copied = self._copy_cached(offsets, buffers)
+            copied = self._copy_cached(offsets, buffers, left[0])
             if copied is not None:
                 left[0] -= sum(copied)
                 return copied
