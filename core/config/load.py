@@ -164,6 +164,7 @@ def load_config(
         raise ConfigError(problems) from None
 
     provenance = {f"{section}.{key}": locate((section, key)) or "default" for section, key, _ in _settings(config)}
+    _fallback_on_is_the_backend(config, provenance, notes)
     return LoadedConfig(
         config=config,
         plugin_manager=plugin_manager,
@@ -172,6 +173,24 @@ def load_config(
         notes=notes,
         sections=sections,
     )
+
+
+def _fallback_on_is_the_backend(config: StackConfig, provenance: dict[str, str], notes: list[str]) -> None:
+    """``[fallback] mode = "on"`` is ``[core] backend = "fallback"`` (docs/builtin-plugins.md).
+
+    One fact, decided here: the plan, the plugins that build rings (sqpoll,
+    fixedbuf, iopoll, nvme_passthrough) and third-party ones read
+    ``core.backend``.  Before, ``on`` only made the fallback answer for the
+    targets no other plugin took first: io_uring rings were still built, buffers
+    registered, a SQPOLL thread started, and NVMe targets went to iopoll and
+    passthrough.  ``on`` with ``backend = "uring"`` stays the fallback plugin's
+    ``ConfigError``."""
+    section = config.sections().get("fallback")
+    if section is None or getattr(section, "mode", None) != "on" or config.core.backend != "auto":
+        return
+    config.core.backend = "fallback"
+    provenance["core.backend"] = f"fallback.mode ({provenance.get('fallback.mode', 'default')})"
+    notes.append("core.backend = 'fallback': [fallback] mode = 'on' serves every target with the thread pool")
 
 
 def _settings(config: StackConfig) -> Iterator[tuple[str, str, Any]]:
