@@ -268,6 +268,7 @@ class Ring:
         self._sq_flags = view.sq_kflags
         self._room_ms = view.room_ms  # how long C may wait for CQ room: one wait_tick (see _retick)
         self._inflight: dict[int, Batch] = {}
+        self._lost_ops = 0  # ops a drain gave up on (close_timeout): never waited for again
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
@@ -1144,6 +1145,7 @@ class Ring:
                 _ORPHANED.extend(self._inflight.values())
                 self._inflight.clear()
         if ret == -errno.ETIME:
+            self._lost_ops = lost
             return UringIOError(
                 errno.ETIMEDOUT, "close", None,
                 f"ring {self.params.role}: {lost} op(s) did not complete within {self.close_timeout:g} s "
@@ -1176,7 +1178,9 @@ class Ring:
                 return
             self._closed = True
             try:
-                if self._inflight or lib.us_inflight(self._state):
+                # (ops an earlier drain gave up on, unregister_buffers' in a stack's teardown,
+                # were reported then: waiting for them again doubled close_timeout)
+                if self._inflight or lib.us_inflight(self._state) > self._lost_ops:
                     error = self._drain_all_locked()
             finally:
                 # Also when a raising signal handler (Ctrl-C) cut the drain short: the ring

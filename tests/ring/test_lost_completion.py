@@ -79,6 +79,27 @@ def test_stack_close_with_a_lost_completion_fails_fast_naming_the_file(
     ring_module._ORPHANED.clear()
 
 
+@pytest.mark.timeout(30)
+def test_ops_given_up_on_are_not_waited_for_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack's teardown unregisters the registered buffers (fixedbuf, on by default),
+    which drains the ring, then closes it: with a lost op both waited close_timeout, so
+    ``stack.close()`` took twice ``core.close_timeout_s``."""
+    monkeypatch.setattr(Ring, "close_timeout", 1.0)
+    ring = Ring(entries=8)
+    ring.register_buffers([bytearray(4096)])
+    drains: list[int] = []
+    real = ring._drain_all_locked
+    monkeypatch.setattr(ring, "_drain_all_locked", lambda: (drains.append(1), real())[1])
+    batch = ring.submit(Op.NOP, -1)
+    _drop_one_completion(ring)
+    with pytest.raises(UringIOError, match=r"1 op\(s\) did not complete within 1 s"):
+        ring.unregister_buffers()
+    ring.close()  # (reported above; nothing new to wait for)
+    assert drains == [1]
+    assert batch in ring_module._ORPHANED
+    ring_module._ORPHANED.remove(batch)
+
+
 def test_a_raising_completion_callback_loses_no_other_completion() -> None:
     ring = Ring(entries=8)
     try:
