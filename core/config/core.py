@@ -55,8 +55,9 @@ class CoreConfig(BaseModel):
     single_issuer: FeatureMode = Field(
         default="auto",
         description=(
-            "IORING_SETUP_SINGLE_ISSUER on the worker rings (each ring is used by its one "
-            "worker thread): 'auto' where the kernel accepts it, 'on' required, 'off' never."
+            "IORING_SETUP_SINGLE_ISSUER on the worker rings: 'auto' and 'off' never set it "
+            "(handles submit from any thread); 'on' sets it, and each handle's I/O must then run "
+            "on its worker thread (a PlanError where the kernel refuses the flag)."
         ),
     )
     aio_inline_read_budget: int = Field(

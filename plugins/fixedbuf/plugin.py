@@ -80,7 +80,8 @@ def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tup
         )
     fit = budget // (cfg.buffer_size * max(rings, 1))
     return fit, (
-        f"RLIMIT_MEMLOCK is {limit >> 10} KiB but {cfg.count} x {cfg.buffer_size >> 10} KiB buffers on "
+        f"RLIMIT_MEMLOCK is {limit >> 10} KiB, so the pools may pin {budget >> 10} KiB (a quarter is left "
+        f"for the process's other pinned memory), but {cfg.count} x {cfg.buffer_size >> 10} KiB buffers on "
         f"{rings} ring(s) need {want >> 10} KiB"
     )
 

@@ -95,12 +95,18 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     spare = [c for c in caps.cpus.allowed if c not in workers]
     if len(spare) < cfg.min_spare_cpus:
         return False, (
-            f"auto, {why}: rule min_spare_cpus: all {len(caps.cpus.allowed)} CPUs run workers, so a "
-            f'polling thread would compete with them; set [sqpoll] mode = "on" or give fewer cores '
-            f"to workers to use it"
+            f"auto, {why}: rule min_spare_cpus: {len(spare)} CPU(s) free of workers "
+            f"({len(workers)} of {len(caps.cpus.allowed)} run one) < {cfg.min_spare_cpus}, so a polling "
+            f'thread would compete with them; set [sqpoll] mode = "on" or give fewer cores to workers '
+            f"to use it"
         )
     if not spare:  # min_spare_cpus = 0: the poller runs beside a worker (see _poller_cpu)
-        return True, f"auto, {why}: rule min_spare_cpus = 0: each ring's poller shares its worker's CPU"
+        where = (
+            f"one poller, on CPU {workers[0]} beside its worker, serves every ring (share)"
+            if cfg.share
+            else "each ring's poller shares its worker's CPU"
+        )
+        return True, f"auto, {why}: rule min_spare_cpus = 0: {where}"
     return True, f"auto, {why}: rule: CPU {spare[0]} is free of workers and polls the submission queues"
 
 

@@ -170,3 +170,13 @@ def test_a_keys_own_variable_is_still_text_beside_a_json_section() -> None:
     env = {"URINGSTACK_CORE": '{"direct": true}', "URINGSTACK_CORE__RING_ENTRIES": "+128"}
     config = load_config(env=env).config
     assert config.core.direct is True and config.core.ring_entries == 128
+
+
+@pytest.mark.parametrize("key", ["iopoll.entries", "nvme_passthrough.entries"])
+def test_ring_sizes_of_plugins_are_powers_of_two_as_the_cores_is(key: str) -> None:
+    """The plan showed ``entries = 100`` where the kernel made 128 (``core.ring_entries``
+    refused 100 already)."""
+    with pytest.raises(ConfigError, match=rf"{key}: must be a power of two from 1 to 32768 \(got 100\)"):
+        load_config(env={}, overrides={key: 100})
+    section, name = key.split(".")
+    assert getattr(load_config(env={}, overrides={key: 64}).config.sections()[section], name) == 64

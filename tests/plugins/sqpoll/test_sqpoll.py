@@ -124,7 +124,9 @@ def test_auto_with_min_spare_cpus_0_shares_the_workers_cpus() -> None:
         verdict = next(v for v in stack.plan.verdicts if v.plugin == "sqpoll")
         assert len(stack.caps.cpus.allowed) == len(stack.workers)
         assert verdict.enabled, verdict.reason
-        assert "shares" in verdict.reason
+        # (one poller for every ring with share, the default: the kernel gives attached rings
+        # the first ring's thread; the reason said each ring's poller shared its worker's CPU)
+        assert f"one poller, on CPU {stack.workers[0].cpu} beside its worker, serves every ring" in verdict.reason
         ring = stack.workers[0].rings["storage"]
         assert ring.flags & SetupFlag.SQPOLL
         assert ring.params.sq_thread_cpu == stack.workers[0].cpu
@@ -201,3 +203,20 @@ def test_a_kernel_whose_sqpoll_serves_only_registered_files_gets_no_sqpoll() -> 
     caps.uring.features.append("SQPOLL_NONFIXED")  # the control: the same machine with the feature
     plan = make_plan(caps, config("auto"), make_plugin_manager(autoload=True))  # type: ignore[arg-type]
     assert next(v for v in plan.verdicts if v.plugin == "sqpoll").enabled
+
+
+def test_the_spare_cpu_rule_counts_the_cpus_free_of_workers() -> None:
+    """With one worker on a 2-CPU machine and min_spare_cpus = 2 the reason said "all 2
+    CPUs run workers"."""
+    cpus = sorted(os.sched_getaffinity(0))
+    overrides = {
+        "sqpoll.mode": "auto",
+        "core.cores": [cpus[0]],
+        "sqpoll.min_cpus": 1,
+        "sqpoll.min_spare_cpus": len(cpus),
+    }
+    with open_stack(overrides=overrides) as stack:
+        verdict = next(v for v in stack.plan.verdicts if v.plugin == "sqpoll")
+    assert not verdict.enabled
+    expect = f"{len(cpus) - 1} CPU(s) free of workers (1 of {len(cpus)} run one) < {len(cpus)}"
+    assert expect in verdict.reason
