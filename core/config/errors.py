@@ -28,7 +28,9 @@ class ConfigProblem:
         text = f"{self.key}: {self.message}" if self.key else self.message
         extra: list[str] = []
         shown = show_value(self.value) if self.value is not NO_VALUE else None
-        if shown is not None and shown not in self.message:
+        # (left out only where the message starts with it, "'x' is not one of ...": a bound's
+        # own digits, "greater than 0", used to hide the value 0 that broke it)
+        if shown is not None and not self.message.startswith(f"{shown} "):
             extra.append(f"got {shown}")
         if self.allowed and self.allowed not in self.message:
             extra.append(f"allowed: {self.allowed}")

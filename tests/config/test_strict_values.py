@@ -180,3 +180,11 @@ def test_ring_sizes_of_plugins_are_powers_of_two_as_the_cores_is(key: str) -> No
         load_config(env={}, overrides={key: 100})
     section, name = key.split(".")
     assert getattr(load_config(env={}, overrides={key: 64}).config.sections()[section], name) == 64
+
+
+def test_a_value_that_breaks_a_bound_is_shown_even_if_the_bound_has_its_digits() -> None:
+    """``wait_timeout_s = 0`` said "input should be greater than 0" without "got 0": the
+    value was left out wherever its text appeared anywhere in the message."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"URINGSTACK_CORE__WAIT_TIMEOUT_S": "0"})
+    assert "input should be greater than 0 (got 0" in str(info.value)
