@@ -41,7 +41,7 @@ from .load import ConfigRow, LoadedConfig, config_schema, load_config
 from .model import CORE_SECTION, ENV_PREFIX, NESTED_DELIMITER, M, StackConfig, build_config_model
 from .sources import CONFIG_ENV, RESERVED_ENV_VARS
 from .validation import describe_allowed
-from .values import parse_cpu_list, parse_name_list
+from .values import RingEntries, parse_cpu_list, parse_name_list
 
 __all__ = [
     "CONFIG_ENV",
@@ -56,6 +56,7 @@ __all__ = [
     "CoreConfig",
     "LoadedConfig",
     "M",
+    "RingEntries",
     "StackConfig",
     "build_config_model",
     "config_schema",

@@ -7,10 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
-from uringstack.ring.kernel import MAX_SQ_ENTRIES as MAX_RING_ENTRIES
 from uringstack.types import FeatureMode
 
-from .values import parse_cpu_list, parse_name_list
+from .values import parse_cpu_list, parse_name_list, power_of_two_entries
 
 
 def _bound_s(default: float, description: str) -> Any:
@@ -173,9 +172,7 @@ class CoreConfig(BaseModel):
     @field_validator("ring_entries")
     @classmethod
     def _check_ring_entries(cls, value: int) -> int:
-        if not 1 <= value <= MAX_RING_ENTRIES or value & (value - 1):
-            raise ValueError(f"must be a power of two from 1 to {MAX_RING_ENTRIES}")
-        return value
+        return power_of_two_entries(value)
 
     @field_validator("disabled_plugins", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ import enum
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -75,16 +75,25 @@ def coerce_env_layer(
     *is_variable(section, key)* says) are text to parse: a value inside a whole
     section's JSON (``URINGSTACK_CORE='{"direct": true}'``) is typed as in the
     file, so ``"+128"`` there is a string where an integer belongs."""
+    for section, values, key, annotation in _settings_in(model, layer):
+        value = values[key]
+        if isinstance(value, str) and is_variable(section, key):
+            values[key] = parse_env_scalar(annotation, value)
+    return layer
+
+
+def _settings_in(model: type[BaseModel], layer: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str, Any]]:
+    """``(section, its table, key, the key's annotation)`` for each key of *layer* that a
+    section model of *model* has (the table, to replace the value in place)."""
     for section, values in layer.items():
         field = model.model_fields.get(section)
         sub = field.annotation if field is not None else None
         if not (isinstance(values, dict) and isinstance(sub, type) and issubclass(sub, BaseModel)):
             continue
-        for key, value in values.items():
+        for key in list(values):
             inner = sub.model_fields.get(key)
-            if inner is not None and isinstance(value, str) and is_variable(section, key):
-                values[key] = parse_env_scalar(inner.annotation, value)
-    return layer
+            if inner is not None:
+                yield section, values, key, inner.annotation
 
 
 def _as_typed(annotation: Any, value: Any) -> Any:
@@ -115,15 +124,8 @@ def typed_as_file(model: type[BaseModel], merged: dict[str, Any]) -> dict[str, A
     not be set at all.  A string becomes the path, a member's value (or its
     text, from the environment) the member, a list the tuple; its items are
     still validated strictly."""
-    for section, values in merged.items():
-        field = model.model_fields.get(section)
-        sub = field.annotation if field is not None else None
-        if not (isinstance(values, dict) and isinstance(sub, type) and issubclass(sub, BaseModel)):
-            continue
-        for key, value in values.items():
-            inner = sub.model_fields.get(key)
-            if inner is not None:
-                values[key] = _as_typed(inner.annotation, value)
+    for _, values, key, annotation in _settings_in(model, merged):
+        values[key] = _as_typed(annotation, values[key])
     return merged
 
 

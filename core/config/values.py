@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 _CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -55,3 +58,22 @@ def parse_name_list(value: object) -> object:
     if text.startswith("["):
         return _json_list(text, value)
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def power_of_two_entries(value: int) -> int:
+    """*value* when it is a ring size the config takes: a power of two from 1 to 32768
+    (the kernel rounds an SQ up to a power of two; a plan showing 100 where the ring
+    has 128 says something false)."""
+    from uringstack.ring.kernel import MAX_SQ_ENTRIES
+
+    if not 1 <= value <= MAX_SQ_ENTRIES or value & (value - 1):
+        raise ValueError(f"must be a power of two from 1 to {MAX_SQ_ENTRIES}")
+    return value
+
+
+RingEntries = Annotated[
+    int,
+    AfterValidator(power_of_two_entries),
+    Field(json_schema_extra={"allowed": "a power of two from 1 to 32768"}),
+]
+"""A config field holding a ring size (``[iopoll] entries``; a plugin's own)."""

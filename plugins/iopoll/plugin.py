@@ -12,8 +12,9 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from uringstack.config import RingEntries
 from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
@@ -39,22 +40,9 @@ class IopollConfig(FeatureConfig):
     """``[iopoll]``: polled completions for NVMe namespaces with poll queues."""
 
     mode: FeatureMode = Field("auto", description="auto: where a device has poll queues; on: required; off")
-    entries: int = Field(
-        128,
-        ge=1,
-        le=32768,
-        description="SQ entries of the per-core IOPOLL ring: a power of two from 1 to 32768",
-        json_schema_extra={"allowed": "a power of two from 1 to 32768"},
+    entries: RingEntries = Field(
+        128, description="SQ entries of the per-core IOPOLL ring: a power of two from 1 to 32768"
     )
-
-    @field_validator("entries")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        # (as core.ring_entries: the kernel rounds the SQ up to one, and the plan showed 100
-        # where the ring had 128)
-        if value & (value - 1):
-            raise ValueError("must be a power of two from 1 to 32768")
-        return value
 
 
 LABELS = {"on": "with IOPOLL", "off": "without"}

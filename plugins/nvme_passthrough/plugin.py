@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
+from uringstack.config import RingEntries
 from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
@@ -47,22 +48,9 @@ class PassthroughConfig(FeatureConfig):
             "device in use (block devices and namespaces alike); accepted so old config files load"
         ),
     )
-    entries: int = Field(
-        128,
-        ge=1,
-        le=32768,
-        description="SQ entries of the per-core passthrough ring: a power of two from 1 to 32768",
-        json_schema_extra={"allowed": "a power of two from 1 to 32768"},
+    entries: RingEntries = Field(
+        128, description="SQ entries of the per-core passthrough ring: a power of two from 1 to 32768"
     )
-
-    @field_validator("entries")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        # (as core.ring_entries: the kernel rounds the SQ up to one, and the plan showed 100
-        # where the ring had 128)
-        if value & (value - 1):
-            raise ValueError("must be a power of two from 1 to 32768")
-        return value
 
     iopoll: bool = Field(
         False,

@@ -9,6 +9,7 @@ from tests.pluginmanager.conftest import MakeDist
 from uringstack.cli import cli
 from uringstack.cli.probe_report import verdicts
 from uringstack.config import load_config
+from uringstack.plan.tuning import attach_tuning
 from uringstack.testing import make_fake_capabilities
 
 ACME = """
@@ -29,7 +30,9 @@ def test_probe_lines_are_the_plugins_verdicts() -> None:
     caps = make_fake_capabilities(cores=2, memlock_bytes=64 * 1024)
     loaded = load_config(env={})
     pm, config = loaded.plugin_manager, loaded.config
-    expected = {v.plugin: v for v in pm.check_support(caps=caps, config=config) if v is not None}
+    # (with the tune measurements looked up, as make_plan does: the plan's verdicts)
+    planned = attach_tuning(caps, config)
+    expected = {v.plugin: v for v in pm.check_support(caps=planned, config=config) if v is not None}
     assert {"sqpoll", "fixedbuf", "iopoll", "fallback"} <= set(expected)
     checks = verdicts(caps, pm, config)
     assert checks[0].feature == "io_uring"
