@@ -425,7 +425,12 @@ class PassthroughFileIO:
         completed.  A write refused by the kernel (-errno) cancels the rest of
         the chain (-ECANCELED); an NVMe status does not break a link, so the
         Flush still runs, which is harmless, and
-        :meth:`PassthroughPending.wait` raises for the write.
+        :meth:`PassthroughPending.wait` raises for the write.  A chain must
+        reach the kernel in one submission (it ends at each one), so one longer
+        than the ring can queue at once (a write of more commands than the
+        ring's entries) is not linked: its Flush carries IOSQE_IO_DRAIN and
+        starts once everything submitted before it, its Writes included,
+        completed.
         """
         plan, keep, lens = self._plan(True, [offset], [buffer])
         fua = sync == "dsync"
@@ -435,8 +440,12 @@ class PassthroughFileIO:
         if not fua:
             n, tail = n + 1, 1
             cmds += flush_command(self.nsid)
-            link = int(SqeFlag.IO_LINK)
-            sqe_flags = [link] * (n - 1) + [0]
+            if n <= min(self.ring.sq_entries, self.ring.cq_cap):
+                link = int(SqeFlag.IO_LINK)
+                sqe_flags = [link] * (n - 1) + [0]
+            else:
+                # (the ring would refuse the chain, E2BIG: it cannot stay one, see above)
+                sqe_flags = [0] * (n - 1) + [int(SqeFlag.IO_DRAIN)]
         columns, cmd_pin = self._columns(cmds, n, sqe_flags)
         batch = self.ring.submit_columns(columns, n, (*keep, buffer, cmds, cmd_pin), wait=wait)
         if self.completion_hook is not None:

@@ -129,6 +129,40 @@ def test_ng_round_trip_through_filehandle(stack: Stack, passthrough: None) -> No
     assert _pread(BLK, [8 * BS, 9 * BS], BS) == [bytes(one), bytes(fua)]
 
 
+def test_a_durable_write_longer_than_the_ring_flushes_after_every_write(
+    stack: Stack, passthrough: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More Write commands than the ring's entries cannot stay one link chain (the kernel
+    ends a chain at each submission): the 64 MiB write's chain was cut after 128
+    commands and its Flush ran before most Writes completed (session 28). Such a
+    write is not linked; its Flush waits for everything before it (IO_DRAIN)."""
+    from uringstack.ring.flags import SqeFlag
+
+    with stack.open(NG) as h:
+        ring = stack.workers[0].rings["passthrough"]
+        commands = (64 << 20) // h.io.max_transfer  # type: ignore[attr-defined]
+        assert commands + 1 > ring.sq_entries, "the write fits one chain: it tests nothing here"
+        seen: list[list[int]] = []
+        submit = ring.submit_columns
+
+        def spy(columns: Any, n: int, *args: Any, **kwargs: Any) -> Any:
+            seen.append(columns.get("sqe_flags")[:n])
+            return submit(columns, n, *args, **kwargs)
+
+        monkeypatch.setattr(ring, "submit_columns", spy)
+        big = aligned_buffer(64 << 20)
+        big[:] = random.Random(3).randbytes(len(big))
+        assert h.write_durable(big, 128 << 20) == len(big)
+        [flags] = seen
+        assert not any(f & int(SqeFlag.IO_LINK) for f in flags)
+        assert flags[-1] & int(SqeFlag.IO_DRAIN) and not any(f & int(SqeFlag.IO_DRAIN) for f in flags[:-1])
+        # a short one stays linked
+        seen.clear()
+        assert h.write_durable(_buffers(random.Random(4), 1)[0], 10 * BS) == BS
+        assert seen == [[int(SqeFlag.IO_LINK), 0]]
+    assert _pread(BLK, [128 << 20], 1 << 20) == [bytes(big[: 1 << 20])]
+
+
 def test_ng_asyncio_gather_1000_reads(stack: Stack, passthrough: None) -> None:
     rng = random.Random(3)
     with stack.open(NG) as h:

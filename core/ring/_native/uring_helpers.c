@@ -301,6 +301,52 @@ static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int 
     return sqe;
 }
 
+#define US_LINKS (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)
+
+/* The number of ops of the link chain that op i of the batch starts (1: no chain).
+ * The kernel ends a chain at the end of each submission: a chain whose SQEs went to
+ * the kernel in two io_uring_enter calls is two chains, the second (a Flush after
+ * its Writes, an fsync after its write) free to run before the first completed. */
+static uint32_t chain_at(const struct us_batch *b, uint32_t i)
+{
+    if (!b->sqe_flags || (i > 0 && (b->sqe_flags[i - 1] & US_LINKS)))
+        return 1;  /* no chain, or i is inside one (its head made room for it all) */
+    uint32_t k = i;
+    while (k < b->n && (b->sqe_flags[k] & US_LINKS))
+        k++;
+    return (k < b->n ? k + 1 : k) - i;
+}
+
+/* Room for a whole link chain of *len* ops before its first is queued: free SQEs and
+ * CQ room (cq_room) for all of them, submitting and reaping what is queued first, and
+ * waiting up to room_ms for completions, as next_sqe does for one op.  Then next_sqe
+ * never submits in the middle of the chain.  0, -EBUSY (no CQ room yet: the caller
+ * returns to Python with the chain's head the first op not queued), or an error. */
+static int room_for_chain(struct io_uring *ring, us_state_t *st, uint32_t len)
+{
+    for (;;) {
+        if (io_uring_sq_space_left(ring) >= len && cq_room(ring) >= len)
+            return 0;
+        int ret = submit_pending(ring, st);
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+            return ret;
+        drain(ring, st);
+        if (cq_room(ring) < len && st->room_ms) {
+            uint64_t deadline = now_ns() + (uint64_t)st->room_ms * 1000000ull;
+            while (cq_room(ring) < len && cq_held(ring)) {
+                int w = wait_cqe_until(ring, st, deadline);
+                drain(ring, st);
+                if (w < 0)
+                    break;
+            }
+        }
+        if (cq_room(ring) < len)
+            return -EBUSY;
+        if (io_uring_sq_space_left(ring) < len && is_sqpoll(ring))
+            sched_yield();  /* the SQ thread has not consumed the ring yet */
+    }
+}
+
 /* Submit what is queued and, with wait_nr, wait for that many completions
  * (bounded by wait_ms); retried while the kernel is busy.  -EINTR from
  * io_uring_enter means nothing was submitted (the kernel reports a partial
@@ -396,7 +442,12 @@ static int submit_range(struct io_uring *ring, us_state_t *st, const struct us_b
     st->unqueued[b->slot] = 0;
     for (uint32_t i = start; i < b->n; i++) {
         int err;
-        struct io_uring_sqe *sqe = next_sqe(ring, st, &err);
+        uint32_t chain = chain_at(b, i);
+        struct io_uring_sqe *sqe = NULL;
+        if (chain > 1 && (err = room_for_chain(ring, st, chain)) < 0)
+            sqe = NULL;  /* handled below as next_sqe's failure: -EBUSY before the chain's head */
+        else
+            sqe = next_sqe(ring, st, &err);
         if (!sqe) {
             if (err == -EBUSY) {
                 st->unqueued[b->slot] = b->n - i;  /* us_batch_resume or us_forget_unqueued: never both */
@@ -452,6 +503,10 @@ static int batch_valid(struct io_uring *ring, us_state_t *st, const struct us_ba
             return -EINVAL;
         if (b->sqe_flags && (b->sqe_flags[i] & US_REFUSED_SQE_FLAGS))
             return -EINVAL;
+        /* a chain that cannot be queued whole cannot stay one chain (chain_at) */
+        uint32_t chain = chain_at(b, i);
+        if (chain > ring->sq.ring_entries || chain + US_CQ_RESERVE > ring->cq.ring_entries)
+            return -E2BIG;
     }
     return 0;
 }
