@@ -51,6 +51,22 @@ def _disk_dir(major: int, minor: int, sysfs_root: Path) -> Path | None:
     return real
 
 
+def block_device_name(path: str | os.PathLike[str], *, sysfs_root: str | os.PathLike[str] = "/sys") -> str | None:
+    """The kernel's name (``nvme0n1``, ``nvme0n1p2``) of the block device node *path*, by its
+    device number, whatever the node is called; ``None`` for anything else or an unknown one.
+
+    By number, not by the node's name: a node made with ``mknod`` elsewhere
+    (``/tmp/alias``, a container's ``/dev``) is the same device."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISBLK(st.st_mode):
+        return None
+    link = Path(sysfs_root) / "dev" / "block" / f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    return Path(os.path.realpath(link)).name if link.exists() else None
+
+
 def backing_disk(
     path: str | os.PathLike[str], *, sysfs_root: str | os.PathLike[str] = "/sys"
 ) -> tuple[str | None, str]:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import DeviceInUseError, NamespaceInUseError, UringIOError
-from uringstack.probe.blockdev import blkdev_logical_block_size
+from uringstack.probe.blockdev import blkdev_logical_block_size, block_device_name
 from uringstack.types import Target, TargetKind
 
 if TYPE_CHECKING:
@@ -95,7 +95,10 @@ def check_writes_allowed(target: Target, *, allowed: bool) -> Target:
             return target  # the passthrough open refuses a namespace the probe did not list
         name = target.device.name
     else:
-        name = os.path.basename(os.path.realpath(target.path))
+        # by device number: a node of another name (mknod /tmp/alias b 259 0) is the same
+        # disk, and by its name it was "not a disk sysfs knows", so writes went through
+        # under a mounted file system
+        name = block_device_name(target.path) or os.path.basename(os.path.realpath(target.path))
     from uringstack.probe.usage import current_usage  # imports pyudev: only for devices
 
     try:

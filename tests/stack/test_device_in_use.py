@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -59,6 +60,22 @@ def test_a_mounted_block_device_is_refused_writable(mounted_loop: tuple[str, pat
             sb = bytearray(4096)
             ro.read_into(sb, 0)
             assert sb[1024 + 56 : 1024 + 58] == b"\x53\xef"  # the ext4 superblock's magic
+
+
+@pytest.mark.parametrize("backend", ["auto", "fallback"])
+def test_a_node_of_another_name_for_a_mounted_device_is_refused_too(
+    mounted_loop: tuple[str, pathlib.Path], tmp_path: pathlib.Path, backend: str
+) -> None:
+    """The device was looked up by the node's name: ``mknod /tmp/alias b 7 0`` was "not a
+    disk sysfs knows", and writes through it landed under the mounted file system."""
+    dev, mnt = mounted_loop
+    rdev = os.stat(dev).st_rdev
+    alias = tmp_path / "alias"
+    os.mknod(alias, 0o600 | stat.S_IFBLK, rdev)
+    with open_stack(overrides={"core.backend": backend}) as stack:
+        with pytest.raises(DeviceInUseError) as refused:
+            stack.open(alias)
+        assert any(f"mounted at {mnt}" in r for r in refused.value.reasons), refused.value.reasons
 
 
 def test_the_config_allows_it_and_an_unused_device_needs_nothing(
