@@ -41,7 +41,7 @@ def resolve_target(
         st = os.fstat(adopt) if adopt is not None else os.stat(path)
     except FileNotFoundError:
         if not create:
-            raise UringIOError(2, "open", path, "no such file; pass create=True to create it") from None
+            raise UringIOError(2, "open", path, _missing(path)) from None
         kind: TargetKind = "file"
     else:
         if stat.S_ISBLK(st.st_mode):
@@ -119,6 +119,20 @@ def check_writes_allowed(target: Target, *, allowed: bool) -> Target:
         "Unmount or release it, open it with writable=False, or set [core] "
         "allow_writes_in_use = true if you really mean it",
     )
+
+
+def _missing(path: str) -> str:
+    """Why *path* cannot be opened, for one that does not exist: create=True only where
+    creating it is what the caller may want (not a device node under /dev)."""
+    name = os.path.basename(path)
+    if re.fullmatch(r"ng\d+n\d+", name):
+        return (
+            "no such NVMe generic char device: the kernel makes /dev/ngXnY from Linux 5.13 "
+            f"(this one is {os.uname().release}), for namespaces it supports"
+        )
+    if path.startswith("/dev/"):
+        return "no such device"
+    return "no such file; pass create=True to create it"
 
 
 def _is_nvme_generic(st: os.stat_result) -> bool:
