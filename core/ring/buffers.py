@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import AlignmentError
@@ -81,23 +81,53 @@ def lease_view(buf: RegisteredBuffer) -> memoryview:
 def pin_buffers(buffers: Sequence[Any], *, writable: bool) -> tuple[list[Any], list[int], list[int]]:
     """``(keep, addresses, lengths)`` for a batch: what the batch must hold until
     completion, and where each buffer's memory is.  Registered-buffer leases are
-    taken as they are (plain memory to a ring they are not registered with)."""
+    taken as they are (plain memory to a ring they are not registered with).
+    A buffer it cannot pin raises with the pins made so far let go
+    (:func:`release_pins`)."""
     keep: list[Any] = []
     addrs: list[int] = []
     lens: list[int] = []
-    for buf in buffers:
-        if isinstance(buf, RegisteredBuffer):
-            if buf.ring_id == _RETIRED:
-                raise released_lease_error()
-            keep.append(buf)
-            addrs.append(buf.addr)
-            lens.append(buf.size)
-            continue
-        pin = ffi.from_buffer(buf, require_writable=writable)
-        keep.append(pin)
-        addrs.append(address_of(pin))
-        lens.append(len(pin))
+    try:
+        for buf in buffers:
+            if isinstance(buf, RegisteredBuffer):
+                if buf.ring_id == _RETIRED:
+                    raise released_lease_error()
+                keep.append(buf)
+                addrs.append(buf.addr)
+                lens.append(buf.size)
+                continue
+            pin = ffi.from_buffer(buf, require_writable=writable)
+            keep.append(pin)
+            addrs.append(address_of(pin))
+            lens.append(len(pin))
+    except BaseException:
+        release_pins(keep)
+        raise
     return keep, addrs, lens
+
+
+def release_pins(keep: Sequence[Any]) -> None:
+    """Let go of the buffer exports of :func:`pin_buffers`' pins now (leases are left alone).
+
+    For a path that raises after pinning (a misaligned O_DIRECT buffer): pins
+    left in the raising frame, which a caller keeping the exception holds in a
+    reference cycle, crashed the interpreter when the garbage collector freed
+    a ``memoryview`` of an ``mmap`` before cffi's pin of it (a cffi bug: a
+    segfault in a collection, seen with cffi 2.0 and 2.1; NVMe probe, session
+    28).  Released, a pin holds no export."""
+    for pin in keep:
+        if isinstance(pin, ffi.CData):
+            ffi.release(pin)
+
+
+@contextlib.contextmanager
+def pins_released_on_error(keep: Sequence[Any]) -> Iterator[None]:
+    """Run the block; if it raises, :func:`release_pins` *keep* before the error goes on."""
+    try:
+        yield
+    except BaseException:
+        release_pins(keep)
+        raise
 
 
 def fixed_slots(buffers: Sequence[Any], ring: Ring) -> list[int]:
@@ -117,8 +147,14 @@ def put_opcodes(cols: BatchColumns, slots: list[int], plain: int, fixed: int) ->
         cols.fill("opcodes", plain)
 
 
-def check_alignment(op: str, filename: str, addr: int, length: int, offset: int, block: int) -> None:
-    """Raise :class:`AlignmentError` naming what is misaligned, before anything is submitted."""
+def check_alignment(
+    op: str, filename: str, addr: int, length: int, offset: int, block: int, pins: Sequence[Any] = ()
+) -> None:
+    """Raise :class:`AlignmentError` naming what is misaligned, before anything is submitted.
+
+    *pins*: the caller's pins of the buffers, let go before the error is
+    raised (:func:`release_pins`: a pin left in the raising frame can crash
+    the interpreter)."""
     bad = []
     if addr % block:
         bad.append(f"buffer address {addr:#x} is not a multiple of {block}")
@@ -127,6 +163,7 @@ def check_alignment(op: str, filename: str, addr: int, length: int, offset: int,
     if offset % block:
         bad.append(f"offset {offset} is not a multiple of {block}")
     if bad:
+        release_pins(pins)
         raise AlignmentError(
             f"{op} on {filename} (O_DIRECT, logical block size {block}): "
             + "; ".join(bad)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
 from uringstack.ring.arguments import check_offsets, nbytes
-from uringstack.ring.buffers import RegisteredBuffer, check_alignment, lease_view, pin_buffers
+from uringstack.ring.buffers import RegisteredBuffer, check_alignment, lease_view, pin_buffers, release_pins
 from uringstack.ring.pending import Pending, check_awaitable
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ class RestartingPrepared:
         self.n = len(self.buffers)
         # What the io_uring backend's prepare refuses, refused here too, at prepare and not
         # at the first run: a read into bytes, a non-contiguous view, O_DIRECT misalignment
-        _, addrs, lens = pin_buffers(self.buffers, writable=not write)  # (the pins go at once)
+        pins, addrs, lens = pin_buffers(self.buffers, writable=not write)
+        release_pins(pins)  # (only checked here: each start pins again)
         if io.direct:
             for addr, length in zip(addrs, lens, strict=True):
                 if (addr | length) % io.block_size:

@@ -31,6 +31,7 @@ from uringstack.ring.buffers import (
     check_alignment,
     fixed_slots,
     lease_view,
+    release_pins,
 )
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
@@ -453,7 +454,11 @@ class FileHandle:
             if res == len(pin):
                 return res
         if res is None:
-            return (self.write_many if write else self.read_many)([offset], [buf])[0]
+            try:
+                return (self.write_many if write else self.read_many)([offset], [buf])[0]
+            except BaseException:
+                release_pins((pin,))  # (a misaligned O_DIRECT buffer, refused there: see release_pins)
+                raise
         if write:
             return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
         return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
@@ -741,7 +746,7 @@ class FileHandle:
             n = len(pin)
             if n <= MAX_RW_COUNT:
                 if self._io.direct:
-                    check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size)
+                    check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size, (pin,))
                 res: int = await co.add(cast(UringFileIO, self._io), self._inflight, False, pin, offset)
                 if res == n:
                     return res
@@ -859,7 +864,7 @@ class FileHandle:
             block = self._io.block_size
             for pin, off in zip(pins, offs, strict=True):
                 addr = pin.addr if slots is not None else address_of(pin)
-                check_alignment("write" if write else "read", self.path, addr, len(pin), off, block)
+                check_alignment("write" if write else "read", self.path, addr, len(pin), off, block, pins)
         return co, pins, offs, lens, slots
 
     def _queue_many(
@@ -1007,7 +1012,7 @@ class FileHandle:
             n = len(pin)
             if n <= MAX_RW_COUNT:
                 if self._io.direct:
-                    check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size)
+                    check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size, (pin,))
                 res: int = await co.add(cast(UringFileIO, self._io), self._inflight, True, pin, offset)
                 if res == n:
                     return res

@@ -46,6 +46,7 @@ from uringstack.ring.buffers import (
     check_alignment,
     fixed_slots,
     pin_buffers,
+    pins_released_on_error,
     put_opcodes,
 )
 from uringstack.ring.columns import BatchColumns
@@ -162,10 +163,11 @@ class UringFileIO:
         keep, addrs, lens = pin_buffers(buffers, writable=not write)
         if n and max(lens) > MAX_RW_COUNT:
             if self.direct:  # the rest is submitted later: check the whole length now
-                for i, length in enumerate(lens):
-                    check_alignment(
-                        "write" if write else "read", self.path, addrs[i], length, offsets[i], self.block_size
-                    )
+                with pins_released_on_error(keep):
+                    for i, length in enumerate(lens):
+                        check_alignment(
+                            "write" if write else "read", self.path, addrs[i], length, offsets[i], self.block_size
+                        )
             lens = [min(length, MAX_RW_COUNT) for length in lens]
         leases = [b for b in buffers if isinstance(b, RegisteredBuffer)]
         cols, cache = self._columns(n)
@@ -188,9 +190,10 @@ class UringFileIO:
             mask = self.block_size - 1
             if any(map(mask.__and__, map(or_, map(or_, addrs, lens), offsets))):
                 bad = next(i for i in range(n) if (addrs[i] | lens[i] | offsets[i]) & mask)
-                check_alignment(
-                    "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
-                )
+                with pins_released_on_error(keep):
+                    check_alignment(
+                        "write" if write else "read", self.path, addrs[bad], lens[bad], offsets[bad], self.block_size
+                    )
         batch = self.ring.submit_columns(cols, n, keep, wait=wait)
         if cache is not None and len(cache) < _CACHED_PER_CAPACITY:
             cache.append(cols)
@@ -395,7 +398,7 @@ class UringFileIO:
         pin = ffi.from_buffer(buffer)
         addr, length = int(ffi.cast("uintptr_t", pin)), len(pin)
         if self.direct and (addr | length | offset) % self.block_size:
-            check_alignment("write", self.path, addr, length, offset, self.block_size)
+            check_alignment("write", self.path, addr, length, offset, self.block_size, (pin,))
         if length > MAX_RW_COUNT:
             length = MAX_RW_COUNT
         dc = self._durable_columns(sync)
@@ -479,8 +482,9 @@ class UringPrepared:
         self.ring = io.ring
         pins, addrs, lens = pin_buffers(buffers, writable=not write)
         if io.direct:  # the whole length, also of buffers longer than one SQE moves
-            for addr, length in zip(addrs, lens, strict=True):
-                check_alignment(self.op, io.path, addr, length, 0, io.block_size)
+            with pins_released_on_error(pins):
+                for addr, length in zip(addrs, lens, strict=True):
+                    check_alignment(self.op, io.path, addr, length, 0, io.block_size)
         lens = [min(length, MAX_RW_COUNT) for length in lens]
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
         slots = fixed_slots(buffers, io.ring)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack.errors import RingClosedError
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, release_pins
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
@@ -240,7 +240,9 @@ class FallbackFileIO:
     def _check(self, write: bool, offset: int, buf: Any) -> None:
         if self.direct:
             pin = ffi.from_buffer(buf, require_writable=not write)
-            check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), offset, self.block_size)
+            addr, length = address_of(pin), len(pin)
+            release_pins([pin])  # (only checked here; see release_pins)
+            check_alignment("write" if write else "read", self.path, addr, length, offset, self.block_size)
 
     def start_rw(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
@@ -267,7 +269,9 @@ class FallbackFileIO:
         run one op all the same (see the module docstring).  *pin* is
         ``ffi.from_buffer`` of *buf*, a plain buffer."""
         if self.direct:
-            check_alignment("write" if write else "read", self.path, address_of(pin), len(pin), offset, self.block_size)
+            check_alignment(
+                "write" if write else "read", self.path, address_of(pin), len(pin), offset, self.block_size, (pin,)
+            )
         if write:
             return self._inline("write", write_inline, (offset,), (buf,)).wait()[0]
         return self._inline("read", _read_one, buf, offset).wait()[0]
@@ -309,6 +313,7 @@ class FallbackFileIO:
                 pin = ffi.from_buffer(_PIN_TYPE, buf)
                 addr, length = address_of(pin), len(pin)
                 if (addr | length | offset) % block_size:
+                    release_pins([pin])
                     check_alignment("write", path, addr, length, offset, block_size)
             # _pwritev looked up per call, as _write_durable does (tests replace it)
             results = [_pwritev(fd, buf, offset, flags)] if flags else _write_durable(fd, buf, offset, sync)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring
-from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers
+from uringstack.ring.buffers import RegisteredBuffer, check_alignment, pin_buffers, pins_released_on_error
 from uringstack.ring.flags import FSYNC_DATASYNC, Op
 from uringstack.ring.io_backend import SyncMethod
 from uringstack.ring.pending import PolledPending, UringPending
@@ -146,7 +146,8 @@ class IopollFileIO(UringFileIO):
         if sync == "dsync":
             fd, _ = self._fd_and_flags()  # refuses a closed FileIO: its fd number may be another file's
             keep, addrs, lens = pin_buffers([buffer], writable=False)
-            check_alignment("write", self.path, addrs[0], lens[0], offset, self.block_size)
+            with pins_released_on_error(keep):
+                check_alignment("write", self.path, addrs[0], lens[0], offset, self.block_size)
             batch = self.storage.submit(
                 Op.WRITE, fd, n=1, addrs=addrs[0], lens=lens[0], offsets=offset, op_flags=RWF_DSYNC,
                 keep=keep, wait=wait,
