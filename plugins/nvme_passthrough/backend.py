@@ -46,7 +46,7 @@ from uringstack.plugins.nvme_passthrough.device import (
 )
 from uringstack.plugins.nvme_passthrough.status import NvmeStatusError
 from uringstack.ring import Batch, Ring
-from uringstack.ring.buffers import address_of, pin_buffers
+from uringstack.ring.buffers import address_of, pin_buffers, pins_released_on_error, release_pins
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.io_backend import PreparedRW, RestartingPrepared, SyncMethod
@@ -200,7 +200,9 @@ class PassthroughPending:
     command the controller failed, or None.
     """
 
-    __slots__ = ("_lengths", "_results", "batch", "n", "op", "owner", "path", "ring", "slbas", "status_error", "tail")
+    __slots__ = (
+        "_lengths", "_results", "batch", "n", "nlbs", "op", "owner", "path", "ring", "slbas", "status_error", "tail",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -222,6 +224,7 @@ class PassthroughPending:
         # and their LBAs, for the error (a prepared batch passes its own SLBAs, no plan).
         self.owner = plan.owner if plan is not None else None
         self.slbas = plan.slbas if plan is not None else slbas
+        self.nlbs = plan.nlbs if plan is not None else None
         self._lengths = lengths
         # tail: trailing commands (a Flush) reported as their own results after the ops'.
         self.tail = tail
@@ -254,10 +257,31 @@ class PassthroughPending:
             self.status_error = NvmeStatusError(next(r for r in tail if r > 0), "nvme flush", self.path)
         elif bad is not None:
             lba = int(self.slbas[bad]) if self.slbas is not None else None
-            self.status_error = NvmeStatusError(body[bad], self.op, self.path, lba=lba, index=bad)
+            # (bad is a command; the caller's op is its owner: "command 2" of a 2-op batch
+            # named an op that did not exist)
+            op_index = int(self.owner[bad]) if self.owner is not None else bad
+            self.status_error = NvmeStatusError(body[bad], self.op, self.path, lba=lba, index=op_index)
+            if self.owner is not None and self.nlbs is not None and not self.tail:
+                self.status_error.transferred = self._done_before(bad, body)
         if self.status_error is not None:
             raise self.status_error
         return self._results
+
+    def _done_before(self, bad: int, body: list[int]) -> int:
+        """Bytes of the failed command's op that its earlier commands moved, back to back
+        from the op's offset: what ``write(2)`` would have returned (docs/api.md,
+        ``transferred``; 0 for a durable write, which promises no part).  It said 0 with
+        the first half of a split write on the device."""
+        assert self.owner is not None and self.nlbs is not None
+        op = self.owner[bad]
+        commands = [c for c in range(len(self.owner)) if self.owner[c] == op]
+        block = self._lengths[op] // sum(int(self.nlbs[c]) for c in commands)
+        done = 0
+        for c in commands:
+            if c >= bad or body[c] != 0:
+                break
+            done += int(self.nlbs[c]) * block
+        return done
 
     @property
     def results(self) -> list[int] | None:
@@ -376,7 +400,8 @@ class PassthroughFileIO:
         if not offsets:
             raise ValueError("a batch needs at least one op")
         keep, addrs, lens = pin_buffers(buffers, writable=not write)
-        plan = split_into_commands(op, self.path, offsets, addrs, lens, self.block_size, self.max_transfer)
+        with pins_released_on_error(keep):
+            plan = split_into_commands(op, self.path, offsets, addrs, lens, self.block_size, self.max_transfer)
         return plan, keep, lens
 
     def start_rw(
@@ -399,7 +424,8 @@ class PassthroughFileIO:
         :meth:`start_rw` instead (the generic restarting form)."""
         from uringstack.plugins.nvme_passthrough.prepared import PassthroughPrepared
 
-        _, _, lens = pin_buffers(buffers, writable=not write)
+        pins, _, lens = pin_buffers(buffers, writable=not write)
+        release_pins(pins)  # (only measured here)
         if lens and max(lens) > self.max_transfer:
             return RestartingPrepared(self, write, buffers)
         return PassthroughPrepared(self, write, buffers)

@@ -26,7 +26,7 @@ from uringstack.plugins.nvme_passthrough.commands import (
     lba_shift,
     slba_fields,
 )
-from uringstack.ring.arguments import check_offsets
+from uringstack.ring.arguments import OFFSET_LIMIT, check_offsets
 
 if TYPE_CHECKING:
     from uringstack.plugins.nvme_passthrough.backend import PassthroughFileIO
@@ -86,6 +86,10 @@ class PassthroughPrepared:
         # emulation every bytecode of the per-batch path shows in the IOPS
         try:
             slbas = array("Q", map(self._to_lba, offsets))  # a negative offset stays negative: refused
+            if max(offsets) >= OFFSET_LIMIT:
+                # (its LBA fits 64 bits: without this the device got it, "LBA Out of Range",
+                # where every backend raises ValueError before anything is submitted)
+                raise OverflowError
         except (OverflowError, TypeError):
             # raises what is wrong (as on every backend), or makes ints of index objects
             offsets = check_offsets(io.path, offsets)

@@ -242,7 +242,8 @@ class NvmeStatusError(UringIOError):
 
     ``errno`` is EIO (as the block layer would report it); ``nvme_status`` is
     the decoded :class:`NvmeStatus`, ``lba`` the starting LBA of the failed
-    command (None for Flush) and ``index`` its position in the batch.
+    command (None for Flush) and ``index`` the position in the batch of the op
+    it belongs to (an op larger than one command carries is several commands).
     """
 
     def __init__(
@@ -259,7 +260,7 @@ class NvmeStatusError(UringIOError):
         if lba is not None:
             where.append(f"LBA {lba}")
         if index is not None:
-            where.append(f"command {index} of the batch")
+            where.append(f"op {index} of the batch")
         detail = self.nvme_status.describe()
         if where:
             detail += " at " + ", ".join(where)

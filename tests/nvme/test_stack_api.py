@@ -257,6 +257,20 @@ def test_out_of_range_lba_through_the_handle(stack: Stack, passthrough: None) ->
         assert pending.results == [BS, -errno.EIO, BS]  # type: ignore[attr-defined]
         with pytest.raises(AlignmentError, match="offset 100"):
             h.read_into(buf, 100)
+        # The error names the op, not the command: an op over one command's limit is several
+        # commands, and "command 2 of the batch" named an op a 2-op batch did not have
+        big = aligned_buffer(2 * h.io.max_transfer)  # type: ignore[attr-defined]
+        with pytest.raises(NvmeStatusError, match="op 1 of the batch") as info:
+            h.read_many([0, end + 10 * BS], [big, aligned_buffer(BS)])
+        assert info.value.index == 1
+    with stack.open(NG, writable=True) as h:
+        # A split write whose second command fails past the end: the first is on the device,
+        # and transferred says so (it said 0), as write(2) would
+        first = h.io.max_transfer  # type: ignore[attr-defined]
+        crossing = aligned_buffer(first + BS)
+        with pytest.raises(NvmeStatusError) as info:
+            h.write_many([end - first], [crossing])
+        assert info.value.transferred == first
     with pytest.raises(PlanError, match="only passthrough"):
         stack.open(NG, passthrough="off")
 
