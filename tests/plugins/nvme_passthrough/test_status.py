@@ -66,4 +66,4 @@ def test_exception() -> None:
     assert err.nvme_status.raw == 0x4080 and err.lba == 2097152 and err.index == 3
     msg = str(err)
     assert "LBA Out of Range" in msg and "0x4080" in msg and "SC 0x80" in msg
-    assert "LBA 2097152" in msg and "command 3" in msg
+    assert "LBA 2097152" in msg and "op 3 of the batch" in msg
