@@ -351,7 +351,11 @@ class Ring:
         return feature_names(self.features)
 
     def counters(self) -> dict[str, int]:
-        """Counts since creation: io_uring_enter calls, SQEs submitted, CQEs reaped."""
+        """Counts since creation: io_uring_enter calls, SQEs submitted, CQEs reaped.
+
+        ``short_submits`` counts submissions the kernel stopped early, at an op
+        that failed while it was set up; what it left queued was submitted
+        again at once (the rest of a link chain as ``-ECANCELED``)."""
         c = self._counters
         return {
             "enters": int(c.enters),
@@ -359,6 +363,7 @@ class Ring:
             "reaped": int(c.reaped),
             "stray": int(c.stray),
             "spins": int(c.spins),
+            "short_submits": int(c.short_submits),
         }
 
     # --- guards --------------------------------------------------------------

@@ -92,6 +92,7 @@ struct us_counters {
     uint64_t reaped;
     uint64_t stray;
     uint64_t spins;
+    uint64_t short_submits; /* submissions the kernel stopped at a failing op (submit_pending) */
 };
 
 us_state_t *us_state_new(void);
