@@ -8,11 +8,16 @@ need NVMe hardware say so themselves and run in the NVMe VM (tests/nvme).
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 from types import ModuleType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    from uringstack.ring.flags import SetupFlag
 
 WHERE = "it runs on the development host and in CI's host suite (bash .ci/run), which have it"
 
@@ -20,6 +25,18 @@ WHERE = "it runs on the development host and in CI's host suite (bash .ci/run), 
 def skip_without(missing: str) -> NoReturn:
     """Skip: *missing* names what this machine lacks; the reason adds where the test runs."""
     pytest.skip(f"{missing}; {WHERE}")
+
+
+def require_setup_flag(flag: SetupFlag, since: str) -> None:
+    """Skip unless this kernel accepts the io_uring setup *flag* (which came in Linux *since*)."""
+    from uringstack.ring.params import try_setup_flag
+
+    err = try_setup_flag(flag)
+    if err:
+        skip_without(
+            f"kernel {os.uname().release} refuses IORING_SETUP_{flag.name} "
+            f"({errno.errorcode.get(err, err)}; it came in Linux {since})"
+        )
 
 
 def cpython_test_module(name: str) -> ModuleType:
