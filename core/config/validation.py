@@ -34,6 +34,8 @@ def describe_allowed(annotation: Any, metadata: list[Any] | None = None, env: bo
     origin = get_origin(annotation)
     if origin is Annotated:
         base, *meta = get_args(annotation)
+        # Annotated[int, Field(ge=0)] holds its bounds in the FieldInfo's metadata
+        meta = [m for item in meta for m in (item.metadata if isinstance(item, FieldInfo) else [item])]
         return describe_allowed(base, [*(metadata or []), *meta], env)
     if origin is Literal:
         return ", ".join(str(a) for a in get_args(annotation))
@@ -44,7 +46,7 @@ def describe_allowed(annotation: Any, metadata: list[Any] | None = None, env: bo
         return f"a list of {len(items)}: " + ", ".join(describe_allowed(a, env=env) for a in items)
     if origin in (list, tuple, set, frozenset):
         args = get_args(annotation)
-        return f"a list of {describe_allowed(args[0]) if args else 'values'}"
+        return f"a list of {_plural(describe_allowed(args[0])) if args else 'values'}"
     if annotation is bool:
         return ENV_BOOL_ALLOWED if env else "true, false"
     if annotation in (int, float):
@@ -71,6 +73,15 @@ def describe_allowed(annotation: Any, metadata: list[Any] | None = None, env: bo
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "a table with keys " + ", ".join(annotation.model_fields)
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _plural(one: str) -> str:
+    """``"an integer >= 0"`` -> ``"integers >= 0"``: what a list holds, said of several."""
+    for article in ("a ", "an "):
+        if one.startswith(article):
+            word, _, rest = one[len(article) :].partition(" ")
+            return f"{word}s {rest.replace('(a string)', '(strings)')}".strip()
+    return f"values among {one}"  # a Literal's or an enum's values
 
 
 def _field_allowed(info: FieldInfo, env: bool = False) -> str:

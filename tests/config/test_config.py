@@ -162,6 +162,22 @@ def test_unknown_key_names_key_value_allowed_and_file(pm: UringstackPluginManage
     assert str(problem) == (f"poll.idle_msec: unknown key (got 5; allowed: mode, idle_ms) [file:{path}]")
 
 
+def test_a_list_field_says_what_its_items_are(pm: UringstackPluginManager, tmp_path: pathlib.Path) -> None:
+    # it said "a list of a string"
+    path = write(tmp_path, "[core]\ndisabled_plugins = 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={}, plugin_manager=pm)
+    assert "(got 5; allowed: a list of strings)" in problems(info.value)["core.disabled_plugins"]
+
+
+def test_a_bound_inside_a_union_is_said(tmp_path: pathlib.Path) -> None:
+    # sqpoll.cpu is 'auto' or Annotated[int, Field(ge=0)]: it said "auto or an integer" of -1
+    path = write(tmp_path, "[sqpoll]\ncpu = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "(got -1; allowed: auto or an integer >= 0)" in problems(info.value)["sqpoll.cpu"]
+
+
 def test_an_unknown_table_from_the_environment_names_its_variable(pm: UringstackPluginManager) -> None:
     """``URINGSTACK_CORE__SQPOLL__MODE`` makes an unknown key ``core.sqpoll``, deeper
     than any variable named after the key: the error said only ``[env]``."""
