@@ -64,16 +64,24 @@ def _load(path: Path | None, *, ignore_env: bool) -> LoadedConfig:
 def validate(file: Path, with_env: bool) -> None:
     """Check FILE against the core and every installed plugin's section model.
 
-    Prints "valid" and exits 0, or lists every problem as
+    Prints "valid" and exits 0 (with a note for each setting that is valid
+    but does nothing here, such as a core.tune_results file that does not
+    exist), or lists every problem as
     `section.key: message (got VALUE; allowed: ...) [source]` and exits 2.
     By default the environment is ignored, so the verdict is about the file
     (which may be meant for another machine); plugins still load as usual,
     since their sections define what the file may contain.
     """
+    from uringstack.probe.tune_cache import tune_results_missing
+
     loaded = _load(file, ignore_env=not with_env)
     sections = ", ".join(loaded.config.sections())
     click.echo(f"valid: {file} (sections: {sections})")
-    for note in loaded.notes:
+    notes = list(loaded.notes)
+    missing = tune_results_missing(loaded.config.core.tune_results)
+    if missing:
+        notes.append(f"{missing} here: a stack opened here ignores it (its plan says so)")
+    for note in notes:
         click.echo(f"note: {note}")
 
 

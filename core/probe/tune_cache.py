@@ -144,6 +144,15 @@ def _apply(docs: Iterable[tuple[Path, str]], facts: MachineFacts, shipped: bool,
                 state.records.append(AppliedRecord(source=f"{source}:{path}", record=record, device=disk))
 
 
+def tune_results_missing(tune_results: str) -> str | None:
+    """Why ``core.tune_results`` names no file a stack opened here could read, or None.
+
+    A relative path is taken from the current directory, as the stack does."""
+    if tune_results and not Path(tune_results).is_file():
+        return f"core.tune_results: {tune_results} is not a file"
+    return None
+
+
 def load_state(
     tune_results: str = "",
     *,
@@ -160,8 +169,9 @@ def load_state(
         if tune_results:
             path = Path(tune_results)
             state.searched = f"core.tune_results = {tune_results}"
-            if not path.is_file():
-                state.ignored.append(f"core.tune_results: {tune_results} is not a file")
+            missing = tune_results_missing(tune_results)
+            if missing:
+                state.ignored.append(missing)
                 return state
             _apply([(path, "core.tune_results")], facts, True, state)
             return state

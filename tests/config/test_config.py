@@ -371,6 +371,19 @@ def test_cli_validate(tmp_path: pathlib.Path, cli_env: dict[str, str]) -> None:
     assert result.exit_code == 2
 
 
+def test_cli_validate_notes_a_missing_tune_results_file(tmp_path: pathlib.Path, cli_env: dict[str, str]) -> None:
+    # valid (the file may be shipped later), but it said nothing while the plan ignores it
+    from uringstack.cli import cli
+
+    path = write(tmp_path, f"[core]\ntune_results = '{tmp_path / 'tune.json'}'\n")
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)], env=cli_env)
+    assert result.exit_code == 0, result.output
+    assert f"note: core.tune_results: {tmp_path / 'tune.json'} is not a file here" in result.output
+    (tmp_path / "tune.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)], env=cli_env)
+    assert result.exit_code == 0 and "tune_results" not in result.output
+
+
 def test_cli_show_json_has_provenance(tmp_path: pathlib.Path, cli_env: dict[str, str]) -> None:
     from uringstack.cli import cli
 
