@@ -224,28 +224,51 @@ def test_a_failed_cached_copy_is_left_to_the_ring_which_gives_its_own_answer(
 
 @pytest.mark.timeout(60)
 def test_a_file_evicted_from_the_page_cache_is_read_through_the_ring(uring_stack: Stack, data: pathlib.Path) -> None:
+    """What the page cache does not hold is read by the ring, not on the loop's thread.
+
+    ``RWF_NOWAIT`` starts the readahead of a block it misses and may find it read
+    by the time it looks again (6.12 in the NVMe VM, once): then the copy was
+    right to take it, and another evicted block is tried; a copy that took every
+    one waited for the device."""
     kind = fs_type(os.stat(data).st_dev)
     if kind in ("tmpfs", "ramfs"):  # (their pages are the file: POSIX_FADV_DONTNEED cannot evict them)
         skip_without(f"a temporary directory on a file system whose page cache can be evicted ({data} is on {kind})")
     expect = data.read_bytes()
-    fd = os.open(data, os.O_RDONLY)
-    try:
-        # (CI failed here once with the block still cached: DONTNEED drops only pages
-        # nobody holds, so eviction is checked with mincore and asked again)
-        if not evict(fd, 7 * BLOCK, BLOCK):
-            skip_without(f"a page cache that lets go of {data} (POSIX_FADV_DONTNEED left block 7 cached 20 times)")
-    finally:
-        os.close(fd)
     with open_plain_uring(uring_stack, data, writable=False) as h:
+        io = h._io
+        assert isinstance(io, UringFileIO)
+        real = io.read_cached
+        copied: list[int | None] = []
 
-        async def main() -> tuple[bytes, int]:
-            flushes = _flushes(h)
-            got = await h.read(BLOCK, 7 * BLOCK)
-            return got, _flushes(h) - flushes
+        def read_cached(buf: Any, want: int, offset: int = -1) -> int | None:
+            copied.append(real(buf, want, offset))
+            return copied[-1]
 
-        got, flushes = _run(main())
-    assert got == expect[7 * BLOCK : 8 * BLOCK]
-    assert flushes == 1
+        io.read_cached = read_cached  # type: ignore[method-assign]
+        for block in range(7, BLOCKS, 4):  # (apart: one block's readahead never reaches the next)
+            fd = os.open(data, os.O_RDONLY)
+            try:
+                # (CI failed here once with the block still cached: DONTNEED drops only pages
+                # nobody holds, so eviction is checked with mincore and asked again)
+                if not evict(fd, block * BLOCK, BLOCK):
+                    skip_without(f"a page cache that lets go of {data} (DONTNEED left block {block} cached 20 times)")
+            finally:
+                os.close(fd)
+
+            async def main(block: int) -> tuple[bytes, int]:
+                flushes = _flushes(h)
+                got = await h.read(BLOCK, block * BLOCK)
+                return got, _flushes(h) - flushes
+
+            copied.clear()
+            got, flushes = _run(main(block))
+            assert got == expect[block * BLOCK : (block + 1) * BLOCK]
+            if copied != [BLOCK]:  # the copy found nothing cached (None): the ring read it all
+                assert copied == [None] and flushes == 1, copied
+                return
+            assert flushes == 0  # its readahead was done in time: the copy took the block
+    # a race lost now and then, never 14 times: the copy must have waited for the device
+    pytest.fail(f"every evicted block was copied on the loop's thread ({len(range(7, BLOCKS, 4))} of them)")
 
 
 @pytest.mark.timeout(60)
