@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the NVMe hardware test group (tests/nvme, marker "nvme") inside the
-# emulated-NVMe VM of ../shared/nvme-vm on a kernel matrix, ONE VM call per
-# kernel (boot costs ~10 s under TCG):
+# emulated-NVMe VM of ../shared/nvme-vm on a kernel matrix, and after it the
+# host groups that depend most on the kernel (scripts/vm-guest-tests.sh:
+# NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal"; empty for
+# none), ONE VM call per kernel (boot costs ~10 s under TCG):
 #
 #   5.10  Debian 11 (NVME_VM_SUITE=bullseye): no /dev/ng0n1, no SQE128
 #   6.1   Debian 12 (the default): the polled-passthrough defect (docs/nvme.md)
@@ -30,7 +32,7 @@ py="$repo/.venv/bin/python"
 # timeout_method=thread: a test stuck inside a syscall (where SIGALRM cannot
 # reach Python) still ends, with every thread's stack printed.
 pytest_args=(-m pytest tests/nvme -m nvme -q -p no:cacheprovider --timeout=180 --timeout-method=thread --durations=6 "$@")
-marker="test-nvme: guest booted"
+marker="test-nvme: guest booted"  # printed by scripts/vm-guest-tests.sh
 
 host_skip() {
     echo "test-nvme: $1; running the group on the host, where it skips" >&2
@@ -65,11 +67,14 @@ for kernel in ${NVME_KERNELS:-5.10 6.1 6.12}; do
     echo "== NVMe group on kernel $kernel (${suite:-host suite, bookworm})"
     out=$(mktemp)
     start=$(date +%s)
-    NVME_VM_SUITE=$suite "$vm" ${accel_args[@]+"${accel_args[@]}"} --timeout 900 -- \
-        sh -c 'echo "'"$marker"' ($(uname -r))"; exec "$@"' sh "$py" "${pytest_args[@]}" | tee "$out"
+    # 2400 s: the host groups take 10-15 min per kernel under TCG
+    NVME_VM_SUITE=$suite "$vm" ${accel_args[@]+"${accel_args[@]}"} --timeout 2400 -- \
+        sh "$repo/scripts/vm-guest-tests.sh" "$py" "${pytest_args[@]}" | tee "$out"
     rc=${PIPESTATUS[0]}
     secs=$(( $(date +%s) - start ))
-    last=$(grep -E '(passed|failed|skipped|error)' "$out" | tail -1)
+    # pytest's summary line of each part: "NVMe 45 passed ...; host 980 passed ..."
+    last=$(grep -E '^[0-9]+ (passed|failed|skipped|error|deselected).* in [0-9.]+s' "$out" | sed 's/ in [0-9.]*s.*//' | paste -sd';' | sed 's/;/; host groups: /')
+    [ -z "$last" ] || last="NVMe group: $last"
     if grep -q "^$marker" "$out"; then
         booted=$((booted + 1))
         running=$(grep -m1 "^$marker" "$out" | sed 's/.*(\(.*\))/\1/')

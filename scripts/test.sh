@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the whole test suite: the host tests, then
-# the NVMe hardware group inside ../shared/nvme-vm (IOPOLL and passthrough need
-# an NVMe device with poll queues that this machine lacks).
+# in ../shared/nvme-vm on kernels 5.10, 6.1 and 6.12 the NVMe hardware group
+# (IOPOLL and passthrough need an NVMe device with poll queues that this machine
+# lacks) and the host groups that depend most on the kernel (scripts/test-nvme.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -16,7 +17,7 @@ echo "== host test suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 
 if [ -f scripts/test-nvme.sh ]; then
-  echo "== NVMe hardware group (inside the NVMe VM, kernels 5.10 / 6.1 / 6.12)"
+  echo "== NVMe VM, kernels 5.10 / 6.1 / 6.12: the NVMe group, then the ring, plugin and WAL groups"
   start=$(date +%s)
   rc=0
   bash scripts/test-nvme.sh || rc=$?

@@ -72,3 +72,29 @@ def test_after_one_kernel_found_no_kvm_the_others_start_under_tcg(tmp_path: Path
     calls = (cache / "calls").read_text().splitlines()
     assert calls[0].startswith("bullseye: --timeout"), calls  # the first kernel probes (auto)
     assert calls[1].startswith("trixie: --accel tcg"), calls  # the next one skips the probe
+
+
+def test_the_summary_names_both_parts_and_a_host_group_failure_fails_the_run(tmp_path: Path) -> None:
+    # the guest runs the NVMe group, then the host groups (scripts/vm-guest-tests.sh)
+    body = 'echo "test-nvme: guest booted (5.10.0-46-amd64)"\necho "25 passed, 20 skipped in 30.1s"\n'
+    done = _run(tmp_path, body + 'echo "700 passed, 3 skipped in 400.2s"\nexit 0\n', kernels="5.10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "NVMe group: 25 passed, 20 skipped; host groups: 700 passed, 3 skipped" in done.stdout
+    done = _run(tmp_path, body + 'echo "1 failed, 699 passed in 400.2s"\nexit 1\n', kernels="5.10")
+    assert done.returncode == 1 and "5.10 (5.10.0-46-amd64): FAILED" in done.stdout
+    assert "host groups: 1 failed, 699 passed" in done.stdout
+
+
+def test_the_guest_script_never_makes_a_filesystem_outside_the_vm(tmp_path: Path) -> None:
+    # On a machine whose nvme0n1 is not QEMU's (or that has none), the host groups are
+    # refused before mkfs; the NVMe group's own exit status is kept apart.
+    guest = SCRIPT.parent / "vm-guest-tests.sh"
+    model = Path("/sys/block/nvme0n1/device/model")
+    if model.exists() and model.read_text().startswith("QEMU"):
+        pytest.skip("this machine's nvme0n1 is the VM's emulated namespace")
+    done = subprocess.run(["sh", str(guest), "true"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "is not the VM's emulated namespace" in done.stderr
+    assert "NVMe group exit" not in done.stdout  # stopped before anything else
+    env = {**os.environ, "NVME_HOST_GROUPS": ""}
+    done = subprocess.run(["sh", str(guest), "false"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "NVMe group exit 1, host groups exit 0" in done.stdout
