@@ -105,7 +105,7 @@ def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True) -> A
     h = stack.open(path, writable=writable)
     if h.ring is None or h.backend != "uring":
         h.close()
-        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
+        skip_without(f"the storage ring does not serve {path} (backend {h.backend}: {h.backend_reason})")
     return h
 
 
