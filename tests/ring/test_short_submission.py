@@ -16,6 +16,7 @@ import asyncio
 import errno
 import os
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,7 +31,7 @@ BAD_FSYNC_FLAG = 0x80  # not IORING_FSYNC_DATASYNC: every kernel refuses it whil
 
 
 @pytest.fixture
-def ring() -> Ring:
+def ring() -> Iterator[Ring]:
     r = Ring(RingParams(entries=8))
     r.wait_timeout = 5.0  # a lost completion fails the test in seconds
     yield r
@@ -38,7 +39,7 @@ def ring() -> Ring:
 
 
 @pytest.fixture
-def data(tmp_path: pathlib.Path) -> int:
+def data(tmp_path: pathlib.Path) -> Iterator[int]:
     fd = os.open(tmp_path / "data", os.O_RDWR | os.O_CREAT)
     os.pwrite(fd, b"a" * BS + b"b" * BS, 0)
     yield fd
@@ -63,7 +64,7 @@ def _reads_after_a_bad_fsync(fd: int) -> tuple[dict[str, object], bytearray]:
 @pytest.mark.parametrize("wait", [True, False], ids=["submit-and-wait", "start-then-wait"])
 def test_ops_after_an_op_refused_at_setup_complete(ring: Ring, data: int, wait: bool) -> None:
     cols, buf = _reads_after_a_bad_fsync(data)
-    batch = ring.submit([Op.FSYNC, Op.READ, Op.READ], data, wait=wait, **cols)  # type: ignore[arg-type]
+    batch = ring.submit([Op.FSYNC, Op.READ, Op.READ], data, wait=wait, **cols)
     assert ring.wait(batch) == [-errno.EINVAL, BS, BS]
     assert bytes(buf) == b"a" * BS + b"b" * BS
 
@@ -75,7 +76,7 @@ def test_ops_after_an_op_refused_at_setup_complete_on_the_event_loop(ring: Ring,
     cols, buf = _reads_after_a_bad_fsync(data)
 
     async def main() -> list[int]:
-        batch = ring.submit([Op.FSYNC, Op.READ, Op.READ], data, **cols)  # type: ignore[arg-type]
+        batch = ring.submit([Op.FSYNC, Op.READ, Op.READ], data, **cols)
         return await asyncio.wait_for(wait_batch(ring, batch), 5)
 
     assert asyncio.run(main()) == [-errno.EINVAL, BS, BS]
@@ -86,7 +87,7 @@ def test_a_short_submission_is_counted(ring: Ring, data: int) -> None:
     """The kernel refuses the fsync flag while preparing the op (5.10, 6.1, 6.12 and
     the host's kernel) and stops the submission there: counted, finished at once."""
     cols, _ = _reads_after_a_bad_fsync(data)
-    ring.run([Op.FSYNC, Op.READ, Op.READ], data, **cols)  # type: ignore[arg-type]
+    ring.run([Op.FSYNC, Op.READ, Op.READ], data, **cols)
     counters = ring.counters()
     assert counters["short_submits"] == 1
     assert counters["submitted"] == 3
