@@ -98,11 +98,11 @@ def reads_through_ring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("URINGSTACK_CORE__AIO_INLINE_READ_BUDGET", "0")
 
 
-def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True) -> Any:
-    """``stack.open(path)``, skipped (with the reason) where io_uring does not serve it."""
+def open_plain_uring(stack: Any, path: pathlib.Path, writable: bool = True, **options: Any) -> Any:
+    """``stack.open(path, ...)``, skipped (with the reason) where io_uring does not serve it."""
     from tests.requires import skip_without
 
-    h = stack.open(path, writable=writable)
+    h = stack.open(path, writable=writable, **options)
     if h.ring is None or h.backend != "uring":
         h.close()
         skip_without(f"the storage ring does not serve {path} (backend {h.backend}: {h.backend_reason})")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.requires import skip_without
+from tests.conftest import open_plain_uring
 from uringstack.ring.buffers import LeasedBuffer
 from uringstack.stack import Stack, handle, open_stack
 from uringstack.stack.handle import FileHandle
@@ -46,11 +46,7 @@ def stack() -> Iterator[Stack]:
 
 
 def _handle(stack: Stack, path: pathlib.Path) -> FileHandle:
-    h = stack.open(path, writable=True)
-    if h.ring is None or h.backend != "uring":
-        h.close()
-        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
-    return h
+    return open_plain_uring(stack, path)
 
 
 class _CountingFFI:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.requires import skip_without
+from tests.conftest import open_plain_uring
 from tests.second_loop import FILL, FirstLoop, filled
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
@@ -34,11 +34,7 @@ def one_ring() -> Iterator[Stack]:
 
 def _handle(stack: Stack, path: pathlib.Path, direct: bool) -> FileHandle:
     path.write_bytes(b"F" * SIZE)
-    h = stack.open(path, direct=direct)
-    if h.backend != "uring":
-        h.close()
-        skip_without(f"io_uring is not usable (backend {h.backend}: {h.backend_reason})")
-    return h
+    return open_plain_uring(stack, path, direct=direct)
 
 
 def _refused_untouched(h: FileHandle, path: pathlib.Path, call: Callable[[], Awaitable[Any]], buf: Any) -> None:
