@@ -355,7 +355,7 @@ class Ring:
 
         ``short_submits`` counts submissions the kernel stopped early, at an op
         that failed while it was set up; what it left queued was submitted
-        again at once (the rest of a link chain as ``-ECANCELED``)."""
+        again at once."""
         c = self._counters
         return {
             "enters": int(c.enters),

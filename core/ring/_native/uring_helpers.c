@@ -118,13 +118,14 @@ static int submit_needs_enter(const struct io_uring *ring)
 
 /* SQEs a submission left in the SQ: the kernel stops consuming at an op that fails
  * while it is being set up (an unknown fsync flag; on 5.10 also a bad descriptor or
- * a write on a read-only one) and returns the count it took, the failed op included, unless the ring has
- * IORING_SETUP_SUBMIT_ALL (5.18).  The rest stays queued until the next
- * io_uring_enter that submits, which a wait (GETEVENTS only) or an eventfd never is:
- * their completions would never come.  The kernels this project tests (5.10 with
- * Debian's backport of the 5.15 code, 6.1, 6.12) stop only at the end of a link chain
- * (its ops after the failed one are failed with it), so what is left starts a new
- * chain and is simply submitted.  An SQPOLL thread goes on by itself. */
+ * a write on a read-only one) and returns the count it took, the failed op
+ * included, unless the ring has IORING_SETUP_SUBMIT_ALL (5.18).  The rest stays
+ * queued until the next io_uring_enter that submits, which a wait (GETEVENTS only)
+ * or an eventfd never is: their completions would never come.  The kernels this
+ * project tests (Debian's 5.10, which behaves as the 5.15 code here, 6.1, 6.12)
+ * stop only at the end of a link chain (its ops after the failed one fail with
+ * it), so what is left starts a new chain and is simply submitted.  An SQPOLL
+ * thread goes on by itself. */
 static unsigned sq_left(const struct io_uring *ring)
 {
     if (is_sqpoll(ring))
