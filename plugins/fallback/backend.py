@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
-import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from uringstack.stack import CompletedBatch, CompletionHook, Worker
     from uringstack.types import Target
 
-log = logging.getLogger(__name__)
 
 RESOURCE_KEY = "fallback"
 # ffi.from_buffer's default type, passed positionally (its keyword form costs twice as much)
@@ -123,7 +121,8 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
 
     Before, not after: a caller woken by the op's future must find the hook
     already called, as on a ring (whose reaper calls it before the waiter
-    returns).  A failing hook is logged; it never changes an op's result."""
+    returns).  The hook never raises: the plugin manager's listeners log a
+    failing plugin (``completion_listeners``), so an op's result stands."""
     values: list[Any] = [None] * n
     remaining = [n]
     lock = threading.Lock()
@@ -136,10 +135,7 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
             last = remaining[0] == 0
         if last:
             flat = [int(x) for v in values for x in v] if flatten else [int(v) for v in values]
-            try:
-                on_done(DoneBatch(flat))
-            except Exception:
-                log.exception("a uringstack_completion_batch hook failed on a fallback batch")
+            on_done(DoneBatch(flat))
         return value
 
     return run
@@ -324,12 +320,9 @@ class FallbackFileIO:
         return write
 
     def _report(self, op: str, results: list[int]) -> None:
-        """Hand an inline op's *results* to the completion hook (set); a failing hook is logged."""
+        """Hand an inline op's *results* to the completion hook (set; it logs a failing plugin)."""
         assert self.completion_hook is not None
-        try:
-            self.completion_hook(op, None)(DoneBatch(results))
-        except Exception:
-            log.exception("a uringstack_completion_batch hook failed on a fallback batch")
+        self.completion_hook(op, None)(DoneBatch(results))
 
     def _inline(self, op: str, fn: Callable[..., list[int]], *args: Any) -> CompletedPending:
         """Run ``fn(fd, *args)`` (an op's results) in this thread, as a completed batch.
