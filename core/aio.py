@@ -718,8 +718,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         failure = None if write is None or write.cancelled() else write.exception()
         try:
             if self._wbuf and not self._file.closed and failure is None:
-                data, self._wbuf = bytes(self._wbuf), bytearray()
-                self._h.write_from(data, self._pos - len(data))
+                self._write_buffered()
         except Exception as exc:
             failure = exc
         finally:
@@ -738,8 +737,12 @@ class AsyncBinaryFile(_LineReader[bytes]):
         """Write what is buffered, with no loop to await on: the file's handle is closing
         (``handle.close()``, :class:`_SyncLayer`).  A failure is raised (by the closer)."""
         file = self._file
-        if not isinstance(file, FileIO) or file.closed or not self._wbuf:
-            return
+        if isinstance(file, FileIO) and not file.closed and self._wbuf:
+            self._write_buffered()
+
+    def _write_buffered(self) -> None:
+        """What is buffered, written synchronously where it belongs (it ends at the
+        position); the buffer is emptied once the write succeeded."""
         data = bytes(self._wbuf)
         self._h.write_from(data, self._pos - len(data))
         self._wbuf = bytearray()
