@@ -18,6 +18,7 @@ serve: on them ``FileIO`` reads and writes the descriptor with
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import operator
 import os
@@ -182,6 +183,7 @@ class FileIO(io.RawIOBase):
     _closefd = True
     _handle: FileHandle | None = None
     _buffered_handle: FileHandle | None = None
+    _handle_fd_apart = False  # the handle serves its own descriptor, not ours (_adopt)
     _readahead: ReadAhead | None = None
     _writebehind: WriteBehind | None = None
     _closed_flag = False
@@ -378,7 +380,15 @@ class FileIO(io.RawIOBase):
         if stack.closed:
             raise _closed_error()
         path = f"/proc/self/fd/{fd}" if isinstance(file, int) else os.fsdecode(file)
-        own = fd if self._closefd else os.dup(fd)
+        if self._direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            # A descriptor the caller opened without O_DIRECT: the handle gets an O_DIRECT one
+            # of its own on the same file (F_SETFL would change the caller's open file
+            # description too).  Served as it was, the handle's aligned reads went through the
+            # page cache, or failed with EOPNOTSUPP on an IOPOLL ring, which takes only O_DIRECT.
+            own = os.open(f"/proc/self/fd/{fd}", self._flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+            self._handle_fd_apart = True
+        else:
+            own = fd if self._closefd else os.dup(fd)
         try:
             options: dict[str, Any] = {ADOPT_FD: own}
             handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
@@ -1316,7 +1326,11 @@ class FileIO(io.RawIOBase):
                 extra.close()
         finally:
             if handle is not None:
-                handle.close()  # closes the fd it owns: ours with closefd, else its dup
+                try:
+                    handle.close()  # closes the fd it owns: ours with closefd, else its dup
+                finally:
+                    if self._handle_fd_apart and self._closefd and fd >= 0:
+                        os.close(fd)  # (the handle owned a descriptor of its own)
             elif self._closefd and fd >= 0:
                 os.close(fd)
 
