@@ -23,8 +23,9 @@ import pytest
 
 import uringstack
 from tests.page_cache import resident_pages
-from tests.requires import skip_without
+from tests.requires import require_setup_flag, skip_without
 from uringstack.fileobj._fastio import CachedReadInto
+from uringstack.ring.flags import SetupFlag
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.uring_backend import UringFileIO
 
@@ -386,15 +387,18 @@ def test_where_the_c_step_is_not_installed(
             os.close(fd)
 
 
-def test_not_on_the_fallback_backend_nor_a_single_issuer_ring(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("on", ["fallback", "single_issuer"])
+def test_not_on_the_fallback_backend_nor_a_single_issuer_ring(tmp_path: pathlib.Path, on: str) -> None:
     path, _ = _file(tmp_path, 100)
-    for overrides in ({"core.backend": "fallback"}, {**URING, "core.single_issuer": "on"}):
-        s = open_stack(overrides=overrides)
-        try:
-            f = uringstack.FileIO(path, "rb", stack=s)
-            handle = f.handle
-            assert handle is not None
-            assert "readinto" not in vars(f)
-            handle.worker.call(f.close) if handle.worker is not None else f.close()
-        finally:
-            s.close()
+    if on == "single_issuer":
+        require_setup_flag(SetupFlag.SINGLE_ISSUER, "6.0")
+    overrides = {"core.backend": "fallback"} if on == "fallback" else {**URING, "core.single_issuer": "on"}
+    s = open_stack(overrides=overrides)
+    try:
+        f = uringstack.FileIO(path, "rb", stack=s)
+        handle = f.handle
+        assert handle is not None
+        assert "readinto" not in vars(f)
+        handle.worker.call(f.close) if handle.worker is not None else f.close()
+    finally:
+        s.close()

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 import uringstack
-from tests.requires import skip_without
+from tests.requires import require_setup_flag, skip_without
 from uringstack.errors import RingClosedError, WrongThreadError
 from uringstack.fileobj import fileio
+from uringstack.ring.flags import SetupFlag
 from uringstack.ring.opnames import FEAT_RW_CUR_POS
 from uringstack.stack import Stack, open_stack, uring_backend
 from uringstack.stack.uring_backend import UringFileIO
@@ -279,6 +280,7 @@ def test_the_cached_copy_keeps_the_rings_thread_and_closed_checks(tmp_path: path
     """The page-cache copy never touches the ring, yet refuses what the ring would: another
     thread on a SINGLE_ISSUER ring (WrongThreadError), and a closed ring (RingClosedError),
     without reading or moving the position."""
+    require_setup_flag(SetupFlag.SINGLE_ISSUER, "6.0")
     s = open_stack(overrides={"core.backend": "auto", "fallback.mode": "auto", "core.single_issuer": "on"})
     try:
         path, data = _random_file(tmp_path, 10_000)  # just written: in the page cache
