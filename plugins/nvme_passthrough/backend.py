@@ -51,6 +51,7 @@ from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.io_backend import PreparedRW, RestartingPrepared, SyncMethod
 from uringstack.ring.native import ffi
+from uringstack.ring.pending import CompletedPending
 from uringstack.ring.pipeline import filled, from_bytes
 from uringstack.ring.polling import is_polled, polled_done, wait_polled
 
@@ -91,7 +92,8 @@ class CommandPlan:
 
     ``slbas``/``nlbs``/``addrs`` describe each command; ``owner[i]`` is the op
     (index into the caller's offsets/buffers) command *i* belongs to.
-    ``owner`` is None when every op is exactly one command (the common case).
+    ``owner`` is None when every op is exactly one command (the common case);
+    an op split into several commands, or of length 0 (no command), sets it.
     """
 
     slbas: array[int]
@@ -116,8 +118,11 @@ def split_into_commands(
     """Turn ops (byte offset, buffer address, byte length) into NVMe command fields.
 
     Raises :class:`AlignmentError` naming the first op whose offset, length
-    or buffer address is not a multiple of *lba_size* (or whose length is
-    0), before anything is built or submitted.
+    or buffer address is not a multiple of *lba_size*, before anything is
+    built or submitted.  An op of length 0 gets no command (NVMe has no
+    empty transfer) and moves 0 bytes, as a zero-length O_DIRECT read or
+    write does on every other backend; its offset and address are checked
+    all the same.
     """
     if not (len(offsets) == len(addrs) == len(lengths)):
         raise ValueError(f"{len(offsets)} offsets, {len(addrs)} addresses, {len(lengths)} lengths")
@@ -128,12 +133,12 @@ def split_into_commands(
     owner: array[int] = array("I")
     split = False
     for i, (off, addr, length) in enumerate(zip(offsets, addrs, lengths, strict=True)):
-        if off < 0 or off % lba_size or length <= 0 or length % lba_size or addr % lba_size:
+        if off < 0 or off % lba_size or length < 0 or length % lba_size or addr % lba_size:
             bad = []
             if off < 0 or off % lba_size:
                 bad.append(f"offset {off} is not a multiple of {lba_size}")
-            if length <= 0 or length % lba_size:
-                bad.append(f"length {length} is not a positive multiple of {lba_size}")
+            if length < 0 or length % lba_size:
+                bad.append(f"length {length} is not a multiple of {lba_size}")
             if addr % lba_size:
                 bad.append(f"buffer address {addr:#x} is not a multiple of {lba_size}")
             raise AlignmentError(
@@ -142,8 +147,8 @@ def split_into_commands(
                 + ". Use uringstack.aligned_buffer() and block-aligned offsets."
             )
         lba, blocks = off // lba_size, length // lba_size
-        if blocks > max_blocks:
-            split = True
+        if blocks > max_blocks or not blocks:
+            split = True  # (ops and commands no longer one to one: owner maps them)
         while blocks > 0:
             k = min(blocks, max_blocks)
             slbas.append(lba)
@@ -406,8 +411,11 @@ class PassthroughFileIO:
 
     def start_rw(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, wait: bool = False
-    ) -> PassthroughPending:
+    ) -> PassthroughPending | CompletedPending:
         plan, keep, lens = self._plan(write, offsets, buffers)
+        if not plan.n:  # every op of length 0: nothing to send, nothing moved
+            release_pins(keep)
+            return CompletedPending([0] * len(lens))
         opcode = NVME_CMD_WRITE if write else NVME_CMD_READ
         cmds = build_rw_commands(opcode, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size)
         columns, cmd_pin = self._columns(cmds, plan.n, None)
@@ -426,7 +434,7 @@ class PassthroughFileIO:
 
         pins, _, lens = pin_buffers(buffers, writable=not write)
         release_pins(pins)  # (only measured here)
-        if lens and max(lens) > self.max_transfer:
+        if lens and (max(lens) > self.max_transfer or not min(lens)):  # (a length 0 has no command)
             return RestartingPrepared(self, write, buffers)
         return PassthroughPrepared(self, write, buffers)
 
@@ -443,7 +451,7 @@ class PassthroughFileIO:
 
     def start_write_durable(
         self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False
-    ) -> PassthroughPending:
+    ) -> PassthroughPending | CompletedPending:
         """A durable write: Writes with FUA (``dsync``), or Writes then a Flush (``fdatasync``).
 
         For ``fdatasync`` every Write is linked (IOSQE_IO_LINK) to the next and
@@ -460,6 +468,9 @@ class PassthroughFileIO:
         """
         plan, keep, lens = self._plan(True, [offset], [buffer])
         fua = sync == "dsync"
+        if fua and not plan.n:  # nothing to write: a zero-length RWF_DSYNC write syncs nothing either
+            release_pins(keep)
+            return CompletedPending([0])
         cmds = build_rw_commands(NVME_CMD_WRITE, self.nsid, plan.slbas, plan.nlbs, plan.addrs, self.block_size, fua=fua)
         n, tail = plan.n, 0
         sqe_flags: list[int] | None = None

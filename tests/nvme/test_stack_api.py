@@ -379,3 +379,41 @@ def test_passthrough_entries_sizes_the_ring_and_bigger_batches_still_complete(pa
             bufs = _buffers(rng, 64)
             assert h.read_many(offsets, bufs) == [BS] * 64
             assert [bytes(b) for b in bufs] == _pread(BLK, offsets, BS)
+
+
+@pytest.mark.parametrize("backend", ["nvme_passthrough", "iopoll"])
+def test_a_zero_length_op_moves_zero_bytes_on_every_nvme_backend(
+    stack: Stack, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """One I/O contract: a zero-length read or write returns 0, as on the storage ring and
+    the fallback (O_DIRECT included; its offset and address are still checked).  The
+    passthrough handle refused it with an AlignmentError (NVMe has no empty transfer)."""
+    if backend == "nvme_passthrough":
+        request.getfixturevalue("passthrough")
+    rng = random.Random(9)
+    with stack.open(NG if backend == "nvme_passthrough" else BLK, direct=True) as h:
+        assert h.backend == backend
+        ring = h.io.ring  # type: ignore[attr-defined]
+        data = _buffers(rng, 1)[0]
+        empty = memoryview(aligned_buffer(BS))[:0]
+        before = ring.counters()["submitted"]
+        assert h.read_into(empty, 0) == 0
+        assert h.write_from(empty, 0) == 0
+        assert h.read_many([0, BS], [empty, empty]) == [0, 0]
+        assert h.write_durable(empty, 0, sync="dsync") == 0
+        if backend == "nvme_passthrough":
+            assert ring.counters()["submitted"] == before  # nothing reached the device
+        # beside a real op in one batch: each op its own result, the data where it belongs
+        assert h.write_many([3 * BS, 4 * BS], [empty, data]) == [0, BS]
+        assert h.write_durable(empty, 0) == 0  # (fdatasync: the flush still runs)
+        back = aligned_buffer(BS)
+        assert h.read_many([0, 4 * BS], [empty, back]) == [0, BS] and back[:] == data[:]
+        assert h.prepare_reads([empty, back]).run([0, 4 * BS]) == [0, BS]
+
+        async def main() -> list[int]:
+            return await asyncio.wait_for(h.read_many_async([0], [empty]), 60)
+
+        assert asyncio.run(main()) == [0]
+        with pytest.raises(AlignmentError, match="offset 100"):
+            h.read_into(empty, 100)
+        assert ring.inflight == 0

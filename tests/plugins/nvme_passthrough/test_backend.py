@@ -51,14 +51,28 @@ def test_large_op_is_split_into_consecutive_commands() -> None:
     assert plan.owner is not None and list(plan.owner) == [0, 0, 0, 1]
 
 
+def test_an_op_of_length_zero_gets_no_command_and_moves_zero_bytes() -> None:
+    """The storage ring, IOPOLL and the fallback return 0 for a zero-length op (O_DIRECT
+    included); NVMe has no empty transfer, so the op gets no command and its result is 0."""
+    addrs = [0x1000, 0x2000, 0x3000]
+    plan = split_into_commands("read", "/dev/ngX", [0, 4096, 8192], addrs, [4096, 0, 512], 512, 1 << 20)
+    assert list(plan.slbas) == [0, 16] and list(plan.nlbs) == [8, 1]
+    assert plan.owner is not None and list(plan.owner) == [0, 2]  # commands -> ops, the empty op skipped
+    assert fold_results([0, 0], plan.owner, [4096, 0, 512]) == ([4096, 0, 512], None)
+    assert fold_results([0, -errno.EIO], plan.owner, [4096, 0, 512]) == ([4096, 0, -errno.EIO], None)
+    empty = split_into_commands("write", "/dev/ngX", [0], [0x1000], [0], 512, 1 << 20)
+    assert empty.n == 0 and empty.owner is not None
+
+
 @pytest.mark.parametrize(
     ("offset", "addr", "length", "message"),
     [
         (100, 0x1000, 4096, "offset 100 is not a multiple of 512"),
-        (0, 0x1000, 1000, "length 1000 is not a positive multiple of 512"),
-        (0, 0x1000, 0, "length 0 is not a positive multiple"),
+        (0, 0x1000, 1000, "length 1000 is not a multiple of 512"),
         (0, 0x1010, 4096, "buffer address 0x1010 is not a multiple of 512"),
         (-512, 0x1000, 512, "offset -512"),
+        (100, 0x1000, 0, "offset 100 is not a multiple of 512"),  # checked for an empty op too
+        (0, 0x1010, 0, "buffer address 0x1010"),  # (as O_DIRECT does on the other backends)
     ],
 )
 def test_misaligned_ranges_are_refused_with_the_reason(offset: int, addr: int, length: int, message: str) -> None:
