@@ -30,11 +30,18 @@ import sys
 import time
 
 from uringstack import open_stack
-from uringstack.probe.defects import KNOWN_DEFECTS, LOST_WRITES_ID, POLLED_PASSTHROUGH, running_kernel
+from uringstack.probe.defects import (
+    KNOWN_DEFECTS,
+    LOST_WRITES_ID,
+    POLLED_FILE_READS,
+    POLLED_PASSTHROUGH,
+    running_kernel,
+)
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.ring.flags import SetupFlag
 
 DEFECT_IDS = [d.id for d in KNOWN_DEFECTS if d.rules_out == POLLED_PASSTHROUGH]
+EOF_HOLE_ID = next(d.id for d in KNOWN_DEFECTS if d.rules_out == POLLED_FILE_READS)
 
 
 def main() -> int:
@@ -48,9 +55,14 @@ def main() -> int:
     ap.add_argument("--ops", type=int, default=10_000, help="Writes per batch (--lost-writes)")
     ap.add_argument("--rounds", type=int, default=4, help="batches, each on fresh LBAs (--lost-writes)")
     ap.add_argument("--chunk", type=int, default=0, help="at most this many Writes per write_many (0: all)")
+    ap.add_argument(
+        "--eof-hole", metavar="DIR", help=f"reproduce {EOF_HOLE_ID} in DIR (a file system on a pollable disk)"
+    )
     args = ap.parse_args()
     if args.lost_writes:
         return lost_writes(args)
+    if args.eof_hole:
+        return eof_hole(args.eof_hole)
     kernel = running_kernel()
     print(
         f"repro: kernel {kernel.release} (Debian {kernel.debian}), {args.iterations} iterations, "
@@ -82,6 +94,41 @@ def main() -> int:
                 print(f"repro: {i} iterations survived ({time.monotonic() - t0:.1f} s)", flush=True)
     print(f"repro: SURVIVED {args.iterations} iterations in {time.monotonic() - t0:.1f} s", flush=True)
     return 0
+
+
+EOF_HOLE_SIZE = 9_666_967  # (not a multiple of the block: the file ends inside one)
+
+
+def eof_hole(directory: str) -> int:
+    """O_DIRECT reads across the end of a file whose end lies in a hole, on the IOPOLL ring
+    (the gate bypassed) and on the storage ring: exit 1 when a polled read comes back short."""
+    kernel = running_kernel()
+    print(f"repro: kernel {kernel.release} (Debian {kernel.debian}), {EOF_HOLE_ID}", flush=True)
+    path = os.path.join(directory, "eof-hole")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, EOF_HOLE_SIZE)  # all hole: ext4 reads it without a bio
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    wrong = 0
+    rings = [("iopoll", {"core.accept_kernel_defects": [EOF_HOLE_ID]}), ("storage", {"iopoll.mode": "off"})]
+    for name, overrides in rings:
+        with open_stack(overrides={"core.cores": [0], **overrides}) as stack, stack.open(path, direct=True) as h:
+            if name == "iopoll" and h.backend != "iopoll":
+                print(f"repro: {path} is not served by the IOPOLL ring ({h.backend_reason}): nothing to reproduce")
+                return 2
+            for offset, size in ((8 << 20, 4 << 20), (9_617_408, 100 << 10), (8 << 20, 1 << 20)):
+                got = h.start_read_many([offset], [aligned_buffer(size)]).wait()[0]
+                want = min(size, EOF_HOLE_SIZE - offset)
+                wrong += got != want
+                print(
+                    f"repro: {h.backend:7s} read of {size} at {offset}: {got}"
+                    + ("" if got == want else f" (want {want})")
+                )
+    os.unlink(path)
+    print(f"repro: {'REPRODUCED' if wrong else 'not reproduced'} ({wrong} wrong read(s))", flush=True)
+    return 1 if wrong else 0
 
 
 TAG = struct.Struct("<8sIIQ")  # magic, round, batch position, LBA: the head of every block written

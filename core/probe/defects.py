@@ -30,14 +30,17 @@ from uringstack.ring.kernel import parse_upstream as parse_upstream
 # The submission patterns a defect can rule out (what plugins ask about).
 POLLED_PASSTHROUGH = "polled_passthrough"
 PASSTHROUGH = "passthrough"
+POLLED_FILE_READS = "polled_file_reads"
 PATTERNS: dict[str, str] = {
     POLLED_PASSTHROUGH: "polled NVMe passthrough: IORING_OP_URING_CMD on an IORING_SETUP_IOPOLL ring",
     PASSTHROUGH: "NVMe passthrough: IORING_OP_URING_CMD Read/Write commands on /dev/ngXnY",
+    POLLED_FILE_READS: "O_DIRECT reads of files on a file system through an IORING_SETUP_IOPOLL ring",
 }
 # What using a ruled-out pattern can do on an affected kernel (for the refusal message).
 EFFECTS: dict[str, str] = {
     POLLED_PASSTHROUGH: "can crash the kernel",
     PASSTHROUGH: "can silently lose writes",
+    POLLED_FILE_READS: "can report 0 bytes read for data before the end of the file",
 }
 
 LOST_WRITES_ID = "nvme-uring-cmd-lost-writes"
@@ -260,6 +263,31 @@ KNOWN_DEFECTS: tuple[KernelDefect, ...] = (
             "not seen on Debian 6.1 (bookworm) with the same QEMU and the same batches (0 of 6), nor "
             "on 6.12 with IOSQE_ASYNC or at most 1,000 Writes per batch (1023 tags): see docs/nvme.md and "
             "scripts/kernel-defect-repro.py --lost-writes",
+        ),
+    ),
+    KernelDefect(
+        id="iopoll-file-read-eof-zero",
+        title=(
+            "an O_DIRECT read on an IOPOLL ring that crosses the end of a file and completes without "
+            "device I/O (the bytes before the end lie in a hole: ext4 zero-fills them without a bio) "
+            "returns 0 instead of the bytes up to the end of the file; a caller takes it for the end "
+            "of the file and silently misses them.  The storage ring and preadv(2) return the right "
+            "count for the same read"
+        ),
+        rules_out=POLLED_FILE_READS,
+        # Measured on Debian 5.10 and 6.1 (affected) and 6.12 (not); the upstream fix is not
+        # identified, so everything from IOPOLL's start (5.1) to the first kernel measured
+        # right is ruled out, as for the lost writes above.
+        upstream=("<6.12",),
+        debian=("<6.12~",),
+        evidence=(
+            "reproduced in ../shared/nvme-vm (ext4 on the QEMU namespace, poll queues) on Debian 5.10.262-1 "
+            "(5.10.0-46-amd64) and 6.1.192-3 (6.1.0-57-amd64): a 4 MiB read at 8 MiB of a 9,666,967-byte "
+            "file made by ftruncate returned 0 (want 1,278,359), a 100 KiB read at 9,617,408 returned 0 "
+            "(want 49,559); reads inside the file and over written data were right; not on Debian "
+            "6.12.118-1 (6.12.118+deb13-amd64): scripts/kernel-defect-repro.py --eof-hole",
+            "found by tests/fileobj/test_differential.py (seed 8) on 5.10: readline stopped 49,559 bytes "
+            "before the end of a file truncated up past its data",
         ),
     ),
 )

@@ -19,6 +19,7 @@ from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.iopoll.backend import IopollBackend
 from uringstack.probe.blockdev import backing_disk
+from uringstack.probe.defects import POLLED_FILE_READS, DefectFinding, refusal
 from uringstack.ring.flags import SetupFlag
 from uringstack.tune.model import TuneDimension
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
@@ -124,6 +125,16 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
     enabled, why, _ = FEATURE.decide(caps, config)
     if not enabled:
         return False, f"iopoll: {why}"
+    if target.kind == "file":
+        defect = polled_file_reads_defect(caps, config)
+        if defect is not None:
+            # Trust first: a read this kernel can report as the end of the file is worse than
+            # an interrupt; block devices are not affected (no holes, their reads always reach
+            # the device), so only files leave the IOPOLL ring.
+            why = refusal(defect, f"polling O_DIRECT reads of {target.path}")
+            if mode == "on":
+                raise PlanError(f"[iopoll] mode = 'on' but {why}")
+            return False, f"iopoll: {why}; the storage ring serves it"
     probe_path = target.path
     if target.kind == "file" and not os.path.exists(probe_path):
         probe_path = os.path.dirname(probe_path) or "."  # about to be created: its filesystem decides
@@ -139,6 +150,11 @@ def serve_decision(target: Target, caps: Capabilities, config: StackConfig) -> t
             return False, f"iopoll: {why}; the storage ring serves it"
         return True, f"iopoll: {reason} ({why})"
     return ok, f"iopoll: {reason}"
+
+
+def polled_file_reads_defect(caps: Capabilities, config: StackConfig) -> DefectFinding | None:
+    """The known defect of this kernel that rules out polling files' reads, unless accepted in [core]."""
+    return caps.defect_ruling_out(POLLED_FILE_READS, config.core.accept_kernel_defects)
 
 
 def _disk_name(path: str, target: Target) -> str | None:

@@ -13,6 +13,7 @@ from uringstack.probe.defects import (
     DEFECTS_BY_ID,
     KNOWN_DEFECTS,
     PATTERNS,
+    POLLED_FILE_READS,
     POLLED_PASSTHROUGH,
     KernelVersion,
     compare_debian,
@@ -116,11 +117,35 @@ def test_matching_by_debian_package_or_upstream_version(release: str, debian: st
         assert (debian if debian and "_" not in debian else release) in found[0].matched
 
 
+EOF_HOLE = "iopoll-file-read-eof-zero"
+
+
+@pytest.mark.parametrize(
+    ("release", "debian", "hit"),
+    [
+        ("5.10.0-46-amd64", "5.10.262-1", True),  # Debian 11: reproduced
+        ("6.1.0-57-amd64", "6.1.192-3", True),  # Debian 12: reproduced
+        ("6.5.0-0.deb12.4-amd64", "6.5.10-1~bpo12+1", True),  # not measured: ruled out until one is
+        ("6.12.118+deb13-amd64", "6.12.118-1", False),  # Debian 13: measured right
+        ("6.12.0-rc3", None, False),
+        ("6.11.9", None, True),
+        ("5.4.0", None, True),
+        ("6.18.44-fc-v1252", None, False),  # (this host's kernel)
+    ],
+)
+def test_polled_file_reads_are_ruled_out_up_to_the_first_kernel_measured_right(
+    release: str, debian: str | None, hit: bool
+) -> None:
+    found = [f for f in matching_defects(KernelVersion(release, debian)) if f.id == EOF_HOLE]
+    assert [f.rules_out for f in found] == ([POLLED_FILE_READS] if hit else [])
+
+
 def test_a_debian_kernel_is_judged_by_its_package_not_its_abi_name() -> None:
     # uname -r of Debian's 6.5 backport starts with 6.5 but a Debian 6.1 one with "6.1.0":
     # the upstream range must not be consulted when the package version is known.
     assert matching_defects(KernelVersion("6.1.0-57-amd64", "6.1.192-3"))
     assert not matching_defects(KernelVersion("6.3.0-1-amd64", "6.13.1-1"))
+    assert EOF_HOLE not in [f.id for f in matching_defects(KernelVersion("6.1.0-1-amd64", "6.12.118-1"))]
 
 
 def test_capabilities_carry_defects_through_json() -> None:

@@ -12,6 +12,7 @@ from tests.requires import skip_without
 from uringstack.config import StackConfig, load_config
 from uringstack.plugins.iopoll import plugin as iopoll_plugin
 from uringstack.probe.blockdev import backing_disk, disk_queue_attr
+from uringstack.probe.defects import KernelVersion, matching_defects
 from uringstack.probe.model import BlockDevice
 from uringstack.testing import make_fake_capabilities
 from uringstack.types import PlanError, Target
@@ -57,3 +58,26 @@ def test_iopoll_verdict_disabled_means_no_backend() -> None:
     caps = make_fake_capabilities(nvme=True, nvme_io_poll=False)
     ok, why = iopoll_plugin.serve_decision(_target(os.getcwd(), "file"), caps, _config())
     assert not ok and "no block device has poll queues" in why
+
+
+def test_a_kernel_defect_keeps_files_off_the_iopoll_ring_but_not_block_devices(tmp_path: Path) -> None:
+    """iopoll-file-read-eof-zero (Debian 5.10 and 6.1): a polled read across the end of a
+    file over a hole returns 0; files go to the storage ring, block devices stay polled."""
+    caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)
+    caps.kernel_defects = matching_defects(KernelVersion("6.1.0-57-amd64", "6.1.192-3"))
+    file = _target(str(tmp_path / "f"), "file")
+    ok, why = iopoll_plugin.serve_decision(file, caps, _config())
+    assert not ok and "iopoll-file-read-eof-zero" in why and "storage ring serves it" in why
+    assert 'accept_kernel_defects = ["iopoll-file-read-eof-zero"]' in why  # the override, named
+    with pytest.raises(PlanError, match=r"mode = 'on' but .*iopoll-file-read-eof-zero"):
+        iopoll_plugin.serve_decision(file, caps, _config(**{"iopoll.mode": "on"}))
+    nvme = next(d for d in caps.devices if d.io_poll)
+    ok, why = iopoll_plugin.serve_decision(_target(f"/dev/{nvme.name}", "block", device=nvme), caps, _config())
+    assert ok, why
+    # accepted: the file is judged by its disk again, as on a kernel without the defect
+    accepted = _config(**{"core.accept_kernel_defects": ["iopoll-file-read-eof-zero"]})
+    ok, why = iopoll_plugin.serve_decision(file, caps, accepted)
+    assert "iopoll-file-read-eof-zero" not in why
+    caps.kernel_defects = matching_defects(KernelVersion("6.12.118+deb13-amd64", "6.12.118-1"))
+    ok, why = iopoll_plugin.serve_decision(file, caps, _config())
+    assert "iopoll-file-read-eof-zero" not in why
