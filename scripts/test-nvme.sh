@@ -2,8 +2,8 @@
 # Run the NVMe hardware test group (tests/nvme, marker "nvme") inside the
 # emulated-NVMe VM of ../shared/nvme-vm on a kernel matrix, and after it the
 # host groups that depend most on the kernel (scripts/vm-guest-tests.sh:
-# NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal"; empty for
-# none), ONE VM call per kernel (boot costs ~10 s under TCG):
+# NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal" and the file
+# objects' differential and O_DIRECT-descriptor tests; empty for none), ONE VM call per kernel (boot costs ~10 s under TCG):
 #
 #   5.10  Debian 11 (NVME_VM_SUITE=bullseye): no /dev/ng0n1, no SQE128
 #   6.1   Debian 12 (the default): the polled-passthrough defect (docs/nvme.md)
