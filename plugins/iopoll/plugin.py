@@ -212,6 +212,8 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
         return None
     if not poll_fact(target.path, caps)[0]:
         return None
+    if target.kind in ("file", "directory") and polled_file_reads_defect(caps, config) is not None:
+        return None  # (not a choice here: serve_decision keeps files off the IOPOLL ring)
     return TuneDimension.off_or_on(
         NAME,
         "completions polled from the device's poll queues (IOPOLL ring)",

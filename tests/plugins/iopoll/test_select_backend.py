@@ -81,3 +81,20 @@ def test_a_kernel_defect_keeps_files_off_the_iopoll_ring_but_not_block_devices(t
     caps.kernel_defects = matching_defects(KernelVersion("6.12.118+deb13-amd64", "6.12.118-1"))
     ok, why = iopoll_plugin.serve_decision(file, caps, _config())
     assert "iopoll-file-read-eof-zero" not in why
+
+
+def test_tune_offers_no_iopoll_choice_for_files_where_the_defect_keeps_them_off_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uringstack.probe.tuning import TuneTarget, Workload
+
+    monkeypatch.setattr(iopoll_plugin, "poll_fact", lambda *a, **k: (True, "pollable (test)"))
+    caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)
+    direct = Workload(direct=True)
+    file = TuneTarget(given=str(tmp_path), path=str(tmp_path / "scratch"), kind="directory", workload=direct)
+    block = TuneTarget(given="/dev/nvme0n1", path="/dev/nvme0n1", kind="block", workload=direct)
+    hook = iopoll_plugin.uringstack_tune_candidates
+    assert hook(target=file, caps=caps, config=_config()) is not None  # no defect: a choice
+    caps.kernel_defects = matching_defects(KernelVersion("5.10.0-46-amd64", "5.10.262-1"))
+    assert hook(target=file, caps=caps, config=_config()) is None
+    assert hook(target=block, caps=caps, config=_config()) is not None
