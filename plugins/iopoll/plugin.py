@@ -72,6 +72,15 @@ def measured(caps: Capabilities, disk: str | None) -> tuple[bool | None, str]:
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
+    enabled, why = _decide_devices(caps, config)
+    defect = polled_file_reads_defect(caps, config) if enabled else None
+    if defect is not None:
+        # said in the verdict (uringstack probe / plan), not only per open in a debug log
+        why += f"; block devices only: {refusal(defect, 'polling reads of files on a file system')}"
+    return enabled, why
+
+
+def _decide_devices(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
     mode = FEATURE.section(config).mode
     if mode == "off":
         return False, "off (config)"

@@ -65,6 +65,8 @@ def test_a_kernel_defect_keeps_files_off_the_iopoll_ring_but_not_block_devices(t
     file over a hole returns 0; files go to the storage ring, block devices stay polled."""
     caps = make_fake_capabilities(nvme=True, nvme_io_poll=True)
     caps.kernel_defects = matching_defects(KernelVersion("6.1.0-57-amd64", "6.1.192-3"))
+    enabled, verdict, _ = iopoll_plugin.FEATURE.decide(caps, _config())
+    assert enabled and "block devices only" in verdict and "iopoll-file-read-eof-zero" in verdict  # (probe, plan)
     file = _target(str(tmp_path / "f"), "file")
     ok, why = iopoll_plugin.serve_decision(file, caps, _config())
     assert not ok and "iopoll-file-read-eof-zero" in why and "storage ring serves it" in why
