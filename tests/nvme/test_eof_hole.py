@@ -26,6 +26,8 @@ from uringstack.probe.model import Capabilities
 from uringstack.ring.buffers import aligned_buffer
 from uringstack.stack import Stack
 
+from .conftest import BLK
+
 pytestmark = pytest.mark.nvme
 
 SIZE = 9_666_967  # ends inside a block
@@ -84,3 +86,14 @@ def test_the_defect_table_is_right_for_this_kernel(mounted_ext4: Path, caps: Cap
         assert got == want, f"kernel {os.uname().release}: the table does not name it, yet reads came back {got}"
     else:
         assert got == [0, 0], f"kernel {os.uname().release}: the table names {ruled_out.id}, yet reads gave {got}"
+
+
+def test_block_devices_stay_polled_and_read_to_their_end(stack: Stack) -> None:
+    """The table rules out files only: a polled read across the end of the namespace's block
+    device (which has no holes) returns the bytes up to its end on every kernel."""
+    with stack.open(BLK, direct=True, writable=False) as h:
+        assert h.backend == "iopoll", h.backend_reason
+        end = h.size()
+        for before_end, size in ((4096, 8192), (4096, 4 << 20), (0, 4096)):
+            got = h.start_read_many([end - before_end], [aligned_buffer(size)]).wait()[0]
+            assert got == before_end, (end, before_end, size, got)
