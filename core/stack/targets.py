@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import stat
@@ -62,6 +63,13 @@ def resolve_target(
             raise UringIOError(errno.EISDIR, "open", path, "not a regular file, block device or NVMe char device")
         else:
             raise UringIOError(22, "open", path, "not a regular file, block device or NVMe char device")
+    if adopt is not None and direct and kind != "nvme_char" and not fcntl.fcntl(adopt, fcntl.F_GETFL) & os.O_DIRECT:
+        # The handle would treat it as O_DIRECT: its reads went through the page cache, or
+        # failed with EOPNOTSUPP on an IOPOLL ring (which takes only O_DIRECT).
+        raise ValueError(
+            f"{path}: direct=True but adopt_fd={adopt} was opened without O_DIRECT; open it with "
+            "os.O_DIRECT (uringstack.FileIO reopens such a descriptor for its handle)"
+        )
     device = caps.device_for_path(path) if caps is not None else None
     return Target(
         path=path,

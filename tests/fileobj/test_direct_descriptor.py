@@ -76,3 +76,17 @@ def test_a_descriptor_opened_with_o_direct_is_served_as_it_is(tmp_path: pathlib.
     with uringstack.open(fd, "rb", direct=True, buffering=0, stack=stack) as f:
         assert f.handle is not None and f.handle.fd == fd  # no second descriptor
         assert len(f.read(100)) == 100
+
+
+def test_stack_open_refuses_a_buffered_descriptor_for_a_direct_handle(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """``Stack.open(path, direct=True, adopt_fd=fd)`` is where the mismatch is decided for every
+    caller: refused before anything is served (FileIO reopens the descriptor first)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="opened without O_DIRECT"):
+            stack.open(path, direct=True, writable=False, adopt_fd=fd)
+        os.fstat(fd)  # (a refused open leaves it to the caller)
+    finally:
+        os.close(fd)
