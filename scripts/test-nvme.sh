@@ -3,7 +3,8 @@
 # emulated-NVMe VM of ../shared/nvme-vm on a kernel matrix, and after it the
 # host groups that depend most on the kernel (scripts/vm-guest-tests.sh:
 # NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal" and the file
-# objects' differential and O_DIRECT-descriptor tests; empty for none), ONE VM call per kernel (boot costs ~10 s under TCG):
+# objects' differential and O_DIRECT-descriptor tests; empty for none), ONE VM
+# call per kernel (boot costs ~10 s under TCG):
 #
 #   5.10  Debian 11 (NVME_VM_SUITE=bullseye): no /dev/ng0n1, no SQE128
 #   6.1   Debian 12 (the default): the polled-passthrough defect (docs/nvme.md)

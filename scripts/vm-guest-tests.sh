@@ -4,7 +4,8 @@
 #   2. then the host groups that depend most on the kernel (NVME_HOST_GROUPS,
 #      default: the ring, the plugins and the WAL, without the WAL's benchmark
 #      tests, and the file objects' differential and O_DIRECT-descriptor tests,
-#      which found a kernel defect on 5.10 and 6.1 in session 30), with pytest's basetemp on a real ext4 made on the namespace: the
+#      which found a kernel defect on 5.10 and 6.1 in session 30), with
+#      pytest's basetemp on a real ext4 made on the namespace: the
 #      guest's /tmp is a tmpfs overlay, which refuses O_DIRECT.  Until session 29
 #      only tests/nvme ran on 5.10 / 6.1 / 6.12; the host groups ran on the host's
 #      kernel alone, and a submission that stopped at a failing op (5.10) hung.
@@ -21,7 +22,9 @@ echo "== NVMe group"
 "$py" "$@"
 nvme_rc=$?
 
-groups=${NVME_HOST_GROUPS-tests/ring tests/plugins tests/wal tests/fileobj/test_differential.py tests/fileobj/test_direct_descriptor.py}
+default_groups="tests/ring tests/plugins tests/wal"
+default_groups="$default_groups tests/fileobj/test_differential.py tests/fileobj/test_direct_descriptor.py"
+groups=${NVME_HOST_GROUPS-$default_groups}
 host_rc=0
 if [ -n "$groups" ]; then
     echo "== host groups on this kernel: $groups"
