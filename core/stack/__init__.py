@@ -216,7 +216,8 @@ class Stack:
         picks the worker by CPU; by default workers are used round robin.
         Extra keyword options (e.g. ``passthrough="auto"``) go to the plugins
         choosing the backend; ``adopt_fd=fd`` (the core's own option) serves a
-        descriptor the caller already opened instead of opening *path*.
+        descriptor the caller already opened instead of opening *path* (with
+        ``direct=True`` it must carry ``O_DIRECT``: a ``ValueError`` otherwise).
         """
         forking.check(self._fork_gen, "the stack")
         if self._closed:
