@@ -287,6 +287,12 @@ class FileIO(io.RawIOBase):
                     if e.errno != errno.ESPIPE:
                         raise
             if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                if not direct and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                    # A descriptor (given, or from the opener) that is O_DIRECT already: served
+                    # as such (aligned internal buffers), where taken as buffered every
+                    # unaligned read or write failed with EINVAL, as with the built-in open()
+                    direct = self._direct = True
+                    self._flags |= os.O_DIRECT
                 self._handle = self._adopt(fd, file, stack)
             elif direct:
                 raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")

@@ -406,7 +406,7 @@ def open(
             if binary:
                 return raw
             raise ValueError("can't have unbuffered text I/O")
-        if direct and raw.handle is not None:
+        if raw.handle is not None and raw.handle.direct:  # (an O_DIRECT descriptor is direct too)
             block = raw.block_size
             buffering = max(block, -(-buffering // block) * block)  # whole blocks go O_DIRECT
         raw._enable_streaming(readahead=True, writebehind=True)

@@ -216,8 +216,9 @@ class Stack:
         picks the worker by CPU; by default workers are used round robin.
         Extra keyword options (e.g. ``passthrough="auto"``) go to the plugins
         choosing the backend; ``adopt_fd=fd`` (the core's own option) serves a
-        descriptor the caller already opened instead of opening *path* (with
-        ``direct=True`` it must carry ``O_DIRECT``: a ``ValueError`` otherwise).
+        descriptor the caller already opened instead of opening *path*: its own
+        ``O_DIRECT`` flag is the default for *direct* there (not ``core.direct``),
+        and a *direct* given that contradicts it raises ``ValueError``.
         """
         forking.check(self._fork_gen, "the stack")
         if self._closed:
@@ -241,11 +242,12 @@ class Stack:
         worker = self._pick_worker(core)
         target = resolve_target(
             os.fspath(path),
-            direct=self.config.core.direct if direct is None else direct,
+            direct=direct,
             writable=writable,
             create=create,
             caps=self.caps,
             options=options,
+            default_direct=self.config.core.direct,
         )
         # adopt_fd: uringstack.FileIO opened a block device itself, as io.FileIO would (which
         # writes it with write(2)); a namespace's char device (adopt_fd passed to Stack.open

@@ -27,13 +27,18 @@ opening *path*; the handle then owns *fd* and closes it."""
 def resolve_target(
     path: str,
     *,
-    direct: bool,
+    direct: bool | None,
     writable: bool,
     create: bool,
     caps: Capabilities | None,
     options: dict[str, Any] | None = None,
+    default_direct: bool = False,
 ) -> Target:
-    """Classify *path* (file, block device, NVMe generic char device) and find its probed device."""
+    """Classify *path* (file, block device, NVMe generic char device) and find its probed device.
+
+    *direct* ``None`` (not given): an adopted descriptor's own ``O_DIRECT`` decides, else
+    *default_direct* (``core.direct``).  Given, it must match an adopted descriptor's flag:
+    a ``ValueError`` otherwise (the handle would treat the descriptor as what it is not)."""
     adopt = (options or {}).get(ADOPT_FD)
     if not path and adopt is None:  # (abspath would make it the working directory)
         raise UringIOError(errno.ENOENT, "open", path, "an empty path names no file")
@@ -63,13 +68,27 @@ def resolve_target(
             raise UringIOError(errno.EISDIR, "open", path, "not a regular file, block device or NVMe char device")
         else:
             raise UringIOError(22, "open", path, "not a regular file, block device or NVMe char device")
-    if adopt is not None and direct and kind != "nvme_char" and not fcntl.fcntl(adopt, fcntl.F_GETFL) & os.O_DIRECT:
-        # The handle would treat it as O_DIRECT: its reads went through the page cache, or
-        # failed with EOPNOTSUPP on an IOPOLL ring (which takes only O_DIRECT).
-        raise ValueError(
-            f"{path}: direct=True but adopt_fd={adopt} was opened without O_DIRECT; open it with "
-            "os.O_DIRECT (uringstack.FileIO reopens such a descriptor for its handle)"
-        )
+    if adopt is not None and kind != "nvme_char":
+        # (a char device's passthrough takes no O_DIRECT: its commands bypass the page cache)
+        has_direct = bool(fcntl.fcntl(adopt, fcntl.F_GETFL) & os.O_DIRECT)
+        if direct is None:
+            direct = has_direct
+        elif direct and not has_direct:
+            # The handle would treat it as O_DIRECT: its reads went through the page cache, or
+            # failed with EOPNOTSUPP on an IOPOLL ring (which takes only O_DIRECT).
+            raise ValueError(
+                f"{path}: direct=True but adopt_fd={adopt} was opened without O_DIRECT; open it with "
+                "os.O_DIRECT (uringstack.FileIO reopens such a descriptor for its handle)"
+            )
+        elif not direct and has_direct:
+            # The handle would treat it as buffered: an unaligned op failed with EINVAL from the
+            # kernel instead of an AlignmentError, and the page-cache reads' preadv2 with it.
+            raise ValueError(
+                f"{path}: direct=False but adopt_fd={adopt} was opened with O_DIRECT; pass direct=True "
+                "(or direct=None: the descriptor's flag decides)"
+            )
+    elif direct is None:
+        direct = default_direct
     device = caps.device_for_path(path) if caps is not None else None
     return Target(
         path=path,

@@ -1,22 +1,30 @@
-"""``uringstack.open(fd, direct=True)`` on a descriptor the caller opened without O_DIRECT.
+"""``uringstack.open(fd, direct=...)`` and ``Stack.open(adopt_fd=fd)``: *direct* against the O_DIRECT flag.
 
 The handle served the caller's descriptor as it was: its aligned reads went
 through the page cache (the host: ``direct=True`` did nothing), and an IOPOLL
 ring, which takes only O_DIRECT, failed every read with EOPNOTSUPP (found on
 the NVMe VM's ext4).  The handle now gets an O_DIRECT descriptor of its own on
-the same file; the caller's keeps its flags and its position is the file's."""
+the same file; the caller's keeps its flags and its position is the file's.
+
+The other way round, a descriptor opened with O_DIRECT (given, or from an
+``opener``) was taken as buffered: every unaligned read or write failed with
+EINVAL from the kernel.  ``uringstack.open`` now serves it as ``direct=True``;
+``Stack.open`` takes the descriptor's flag when *direct* is not given and
+refuses a *direct* that contradicts it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 
 import uringstack
 from tests.requires import skip_without
-from uringstack.stack import Stack
+from uringstack.stack import Stack, open_stack
 
 
 def _flags(fd: int) -> int:
@@ -87,6 +95,74 @@ def test_stack_open_refuses_a_buffered_descriptor_for_a_direct_handle(tmp_path: 
     try:
         with pytest.raises(ValueError, match="opened without O_DIRECT"):
             stack.open(path, direct=True, writable=False, adopt_fd=fd)
+        os.fstat(fd)  # (a refused open leaves it to the caller)
+    finally:
+        os.close(fd)
+
+
+def _direct_fd(path: pathlib.Path, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
+        raise
+
+
+@pytest.mark.parametrize("how", ["fd", "opener"])
+def test_an_o_direct_descriptor_is_served_as_direct(tmp_path: pathlib.Path, stack: Stack, how: str) -> None:
+    """Unaligned reads and writes through the file object work on it (aligned internally), where
+    taken as buffered they failed with EINVAL, as the built-in ``open()``'s do."""
+    path = tmp_path / "f"
+    data = os.urandom(3 * 4096 + 100)
+    path.write_bytes(data)
+    if how == "fd":
+        f = uringstack.open(_direct_fd(path, os.O_RDWR), "r+b", stack=stack)
+    else:
+        _direct_fd(path, os.O_RDONLY).__index__()  # (skips where O_DIRECT is refused)
+        f = uringstack.open(path, "r+b", stack=stack, opener=lambda p, fl: os.open(p, fl | os.O_DIRECT))
+    with f:
+        handle = f.raw.handle
+        assert handle is not None and handle.direct
+        assert _flags(f.fileno()) & os.O_DIRECT
+        assert f.read(100) == data[:100]
+        f.seek(5000)
+        assert f.read(7) == data[5000:5007]
+        f.seek(10)
+        assert f.write(b"hello") == 5
+        f.seek(0, os.SEEK_END)
+        assert f.write(b"tail") == 4
+    assert path.read_bytes() == data[:10] + b"hello" + data[15:] + b"tail"
+
+
+@pytest.fixture
+def direct_by_default() -> Iterator[Stack]:
+    s = open_stack(overrides={"core.direct": True})
+    yield s
+    s.close()
+
+
+def test_stack_open_takes_direct_from_the_adopted_descriptor(tmp_path: pathlib.Path, direct_by_default: Stack) -> None:
+    """*direct* not given: the descriptor's flag decides, not ``core.direct`` (true here)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 8192)
+    with direct_by_default.open(path, writable=False, adopt_fd=os.open(path, os.O_RDONLY)) as h:
+        assert not h.direct
+        assert h.read_into(bytearray(10), 3) == 10  # unaligned: fine on a buffered handle
+    with direct_by_default.open(path, writable=False, adopt_fd=_direct_fd(path, os.O_RDONLY)) as h:
+        assert h.direct
+    with direct_by_default.open(path, writable=False) as h:  # no descriptor: core.direct
+        assert h.direct
+
+
+def test_stack_open_refuses_a_direct_descriptor_for_a_buffered_handle(tmp_path: pathlib.Path, stack: Stack) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 4096)
+    fd = _direct_fd(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="opened with O_DIRECT"):
+            stack.open(path, direct=False, writable=False, adopt_fd=fd)
         os.fstat(fd)  # (a refused open leaves it to the caller)
     finally:
         os.close(fd)
