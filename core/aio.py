@@ -171,7 +171,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         self._fd = raw.fileno()
         self._can_read = raw.readable()
         self._can_write = raw.writable()
-        self._appending = raw.mode.startswith("a")
+        self._appending = raw._appending  # (the descriptor's O_APPEND, which the mode may not say)
         self._buffer_size = buffer_size
         self._turns = _Turns()
         self._rbuf = b""  # read-ahead bytes starting at self._pos
@@ -1257,6 +1257,13 @@ def _open_sync(
     try:
         if raw.handle is None:
             raise io.UnsupportedOperation(f"uringstack.aio.open serves regular files and block devices, not {file!r}")
+        if raw.handle.direct:
+            # (an opener's or a given descriptor's O_DIRECT: the async layers read and write
+            # at any offset and length, which O_DIRECT refuses; each op failed, close() too)
+            raise io.UnsupportedOperation(
+                f"uringstack.aio.open does not serve O_DIRECT descriptors ({file!r}): use "
+                "uringstack.open(..., direct=True), or a stack handle's aligned read_many_async"
+            )
         if buffering == 0 and not binary:
             raise ValueError("can't have unbuffered text I/O")
         size = 1 if buffering == 0 else (buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE)

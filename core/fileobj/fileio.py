@@ -145,6 +145,16 @@ class _ReadHere:
         self.lock = lock  # the file's own lock (FileIO._lock)
 
 
+def _reopen_flags(status: int) -> int:
+    """Flags that open the file again through ``/proc/self/fd`` as the descriptor with status
+    flags *status* (``F_GETFL``) was opened, without ``O_DIRECT`` (the caller adds it).
+
+    Its access mode and ``O_APPEND``/``O_SYNC``/``O_DSYNC`` kept: a second descriptor without
+    them appended at offset 0 and made an ``O_SYNC`` caller's writes through it not durable.
+    ``O_TMPFILE`` stays with the first open (it would make another file)."""
+    return (status | os.O_CLOEXEC) & ~(os.O_DIRECT | os.O_TMPFILE | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+
+
 def _check_raw_mode(mode: str) -> None:
     """io.FileIO's mode check, character by character as the C one runs, with its messages."""
     rwa = plus = False
@@ -178,7 +188,8 @@ class FileIO(io.RawIOBase):
     _created = False
     _readable = False
     _writable = False
-    _appending = False
+    _append_mode = False  # "a" in the mode: the mode string, and the move to the end at open
+    _appending = False  # the descriptor has O_APPEND: where its writes land (os.fdopen-style fds may differ)
     _seekable: bool | None = None
     _closefd = True
     _handle: FileHandle | None = None
@@ -241,7 +252,7 @@ class FileIO(io.RawIOBase):
             flags = os.O_CREAT | os.O_TRUNC
         else:
             self._writable = True
-            self._appending = True
+            self._append_mode = True
             flags = os.O_APPEND | os.O_CREAT
         if "+" in mode:
             self._readable = True
@@ -257,7 +268,6 @@ class FileIO(io.RawIOBase):
             flags |= os.O_DIRECT
         self._lock = threading.RLock()
         self._direct = direct
-        self._flags = flags
 
         owned_fd = None
         try:
@@ -279,7 +289,13 @@ class FileIO(io.RawIOBase):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
             self._blksize = st.st_blksize if st.st_blksize > 1 else io.DEFAULT_BUFFER_SIZE
             self.name = file
-            if self._appending:
+            status = fcntl.fcntl(fd, fcntl.F_GETFL)
+            # The descriptor's flags, not the mode, decide what its writes do (a caller's fd,
+            # os.fdopen-style, may differ): O_APPEND appends whatever the offset; and a second
+            # descriptor of the file (_adopt, _buffered) keeps them (O_APPEND, O_SYNC, O_DSYNC)
+            self._appending = bool(status & os.O_APPEND)
+            self._flags = _reopen_flags(status)
+            if self._append_mode:
                 # As io.FileIO: position at the end now, not only at the first write.
                 try:
                     os.lseek(fd, 0, os.SEEK_END)
@@ -287,12 +303,11 @@ class FileIO(io.RawIOBase):
                     if e.errno != errno.ESPIPE:
                         raise
             if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                if not direct and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                if not direct and status & os.O_DIRECT:
                     # A descriptor (given, or from the opener) that is O_DIRECT already: served
                     # as such (aligned internal buffers), where taken as buffered every
                     # unaligned read or write failed with EINVAL, as with the built-in open()
                     direct = self._direct = True
-                    self._flags |= os.O_DIRECT
                 self._handle = self._adopt(fd, file, stack)
             elif direct:
                 raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")
@@ -391,7 +406,7 @@ class FileIO(io.RawIOBase):
             # of its own on the same file (F_SETFL would change the caller's open file
             # description too).  Served as it was, the handle's aligned reads went through the
             # page cache, or failed with EOPNOTSUPP on an IOPOLL ring, which takes only O_DIRECT.
-            own = os.open(f"/proc/self/fd/{fd}", self._flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+            own = os.open(f"/proc/self/fd/{fd}", self._flags | os.O_DIRECT)
             self._handle_fd_apart = True
         else:
             own = fd if self._closefd else os.dup(fd)
@@ -459,8 +474,7 @@ class FileIO(io.RawIOBase):
         """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
         if self._buffered_handle is None:
             assert self._handle is not None and self._home is not None
-            flags = self._flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
-            fd = os.open(f"/proc/self/fd/{self._fd}", flags)
+            fd = os.open(f"/proc/self/fd/{self._fd}", self._flags)
             try:
                 options: dict[str, Any] = {ADOPT_FD: fd}
                 self._buffered_handle = self._home.open(
@@ -646,7 +660,7 @@ class FileIO(io.RawIOBase):
         """The mode as ``io.FileIO`` reports it (``rb``, ``wb``, ``rb+``, ``ab``, ``xb+``, ...)."""
         if self._created:
             return "xb+" if self._readable else "xb"
-        if self._appending:
+        if self._append_mode:
             return "ab+" if self._readable else "ab"
         if self._readable:
             return "rb+" if self._writable else "rb"
