@@ -202,9 +202,11 @@ class Wal:
         lsn = _lsn_argument("read_from", lsn)
         self._check_open()
         with self._writer.lock:
-            upto = self._writer.durable_lsn
-            segments = list(self._writer.segments)
-        return iter_records(segments, lsn, upto)
+            # the files opened under the lock: truncate_before takes segments out of the list
+            # under it and deletes their files after it, so each one listed here is opened
+            # before its name can go (opened after the lock, one of them could be gone: a
+            # bare FileNotFoundError, the case iter_records' opening everything first was for)
+            return iter_records(list(self._writer.segments), lsn, self._writer.durable_lsn)
 
     def truncate_before(self, lsn: int) -> int:
         """Delete whole segments holding only records below *lsn* (a checkpoint); return how many.

@@ -99,10 +99,15 @@ class LogScan:
     segments: list[SegmentScan] = field(default_factory=list)
     damage: Damage | None = None
     discard: list[Path] = field(default_factory=list)  # segments past the damage
+    first_name_lsn: int = 1  # the oldest segment file's LSN by its name (1 with none)
 
     @property
     def next_lsn(self) -> int:
-        return self.segments[-1].last_lsn + 1 if self.segments else 1
+        """The LSN the next append takes: after the last record kept, or, with none kept,
+        where the oldest segment file began by its name.  (Starting again at 1, a
+        ``point_in_time`` recovery that discarded every segment after a checkpoint
+        reused LSNs below it: a reader that had the checkpoint took new records as old.)"""
+        return self.segments[-1].last_lsn + 1 if self.segments else self.first_name_lsn
 
     @property
     def records(self) -> int:
@@ -188,6 +193,8 @@ def scan(directory: Path | str) -> LogScan:
     result = LogScan()
     expected: int | None = None
     segments = list_segments(directory)
+    if segments:
+        result.first_name_lsn = max(1, segments[0][0])
     for i, (name_lsn, path) in enumerate(segments):
         try:
             header = read_header(path)

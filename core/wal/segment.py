@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,7 +153,14 @@ def fsync_dir(directory: Path) -> None:
 
 
 def read_header(path: Path) -> SegmentHeader:
-    """Read and verify the header of the segment at *path*."""
+    """Read and verify the header of the segment at *path*.
+
+    Something named like a segment that is not a regular file (a directory, a
+    FIFO, a device) is damage as junk is, not an ``IsADirectoryError`` (or a hang
+    in ``open``, for a FIFO)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise WalCorruptionError(str(path), 0, "named like a segment but not a regular file")
     with open(path, "rb") as f:
         raw = f.read(HEADER_BYTES)
     if len(raw) < HEADER_BYTES:

@@ -157,6 +157,12 @@ def junk_segment_name(d: pathlib.Path, lay: Layout) -> int:
     return RECORDS + 1
 
 
+def directory_segment_name(d: pathlib.Path, lay: Layout) -> int:
+    # (open() of it raised IsADirectoryError in every mode; a FIFO hung there)
+    (d / segment_name(99_999)).mkdir()
+    return RECORDS + 1
+
+
 # case -> (damage, outcome per mode in MODES order)
 TABLE: dict[str, tuple[Callable[[pathlib.Path, Layout], int], tuple[str, str, str]]] = {
     "truncate the last segment to 4096 bytes": (truncate_last_4096, ("error", "error", "drop")),
@@ -172,6 +178,7 @@ TABLE: dict[str, tuple[Callable[[pathlib.Path, Layout], int], tuple[str, str, st
     "delete the last segment": (delete_last_segment, ("error", "error", "drop")),
     "junk files (notes.txt, spare.tmp, *.discarded)": (junk_files, ("ok", "ok", "ok")),
     "junk file named like a segment": (junk_segment_name, ("error", "error", "drop")),
+    "a directory named like a segment": (directory_segment_name, ("error", "error", "drop")),
 }
 
 
