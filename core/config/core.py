@@ -40,8 +40,8 @@ class CoreConfig(BaseModel):
     )
     ring_entries: int = Field(
         default=256,
-        description="Submission queue entries per ring: a power of two from 1 to 32768.",
-        json_schema_extra={"allowed": "a power of two from 1 to 32768"},
+        description="Submission queue entries per ring: a power of two from 2 to 32768.",
+        json_schema_extra={"allowed": "a power of two from 2 to 32768"},
     )
     disabled_plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

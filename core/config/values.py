@@ -61,19 +61,20 @@ def parse_name_list(value: object) -> object:
 
 
 def power_of_two_entries(value: int) -> int:
-    """*value* when it is a ring size the config takes: a power of two from 1 to 32768
+    """*value* when it is a ring size the config takes: a power of two from 2 to 32768
     (the kernel rounds an SQ up to a power of two; a plan showing 100 where the ring
-    has 128 says something false)."""
+    has 128 says something false; a 1-entry ring's CQ of 2 holds no op besides the 2
+    entries every ring keeps for its own SQEs: every batch failed with E2BIG)."""
     from uringstack.ring.kernel import MAX_SQ_ENTRIES
 
-    if not 1 <= value <= MAX_SQ_ENTRIES or value & (value - 1):
-        raise ValueError(f"must be a power of two from 1 to {MAX_SQ_ENTRIES}")
+    if not 2 <= value <= MAX_SQ_ENTRIES or value & (value - 1):
+        raise ValueError(f"must be a power of two from 2 to {MAX_SQ_ENTRIES}")
     return value
 
 
 RingEntries = Annotated[
     int,
     AfterValidator(power_of_two_entries),
-    Field(json_schema_extra={"allowed": "a power of two from 1 to 32768"}),
+    Field(json_schema_extra={"allowed": "a power of two from 2 to 32768"}),
 ]
 """A config field holding a ring size (``[iopoll] entries``; a plugin's own)."""

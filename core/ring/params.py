@@ -46,6 +46,12 @@ def ring_name(core: int | None, role: str) -> str:
     return f"core{core}/{role}"
 
 
+def _cq_size(entries: int, cq_entries: int | None) -> int:
+    """The CQ the kernel makes: *cq_entries* or twice the SQ, each rounded up to a power of two."""
+    sq = 1 << (entries - 1).bit_length()
+    return 1 << (cq_entries - 1).bit_length() if cq_entries is not None else 2 * sq
+
+
 @dataclass
 class RingParams:
     """What one ring is built with; plugins adjust this before the ring exists.
@@ -84,7 +90,8 @@ class RingParams:
         self.reasons.append(reason)
 
     def problems(self) -> list[str]:
-        """What the kernel would refuse in these parameters, one sentence each (empty when fine).
+        """What the kernel would refuse in these parameters, or a CQ too small for one op
+        of the ring's own (a batch on it failed with E2BIG), one sentence each (empty when fine).
 
         Checked before a ring is made: the kernel's one answer to any of
         these is EINVAL, which ring creation would take for an unknown
@@ -102,6 +109,13 @@ class RingParams:
             found.append(
                 f"cq_entries={self.cq_entries} is below entries={self.entries}: "
                 "the kernel refuses a CQ smaller than the SQ"
+            )
+        elif whole(self.entries, 1, MAX_SQ_ENTRIES) and _cq_size(self.entries, self.cq_entries) <= lib.US_CQ_RESERVE:
+            # (a 1-entry ring was made, and every batch on it then failed with E2BIG)
+            found.append(
+                f"entries={self.entries}, cq_entries={self.cq_entries}: a CQ of "
+                f"{_cq_size(self.entries, self.cq_entries)} entries holds no op: the ring keeps "
+                f"{lib.US_CQ_RESERVE} for the SQEs it adds itself (2 entries or more, or a larger cq_entries)"
             )
         if not whole(self.sq_thread_idle_ms, 0, _U32 - 1):
             found.append(f"sq_thread_idle_ms={self.sq_thread_idle_ms!r}: milliseconds from 0 to {_U32 - 1}")

@@ -176,7 +176,7 @@ def test_a_keys_own_variable_is_still_text_beside_a_json_section() -> None:
 def test_ring_sizes_of_plugins_are_powers_of_two_as_the_cores_is(key: str) -> None:
     """The plan showed ``entries = 100`` where the kernel made 128 (``core.ring_entries``
     refused 100 already)."""
-    with pytest.raises(ConfigError, match=rf"{key}: must be a power of two from 1 to 32768 \(got 100\)"):
+    with pytest.raises(ConfigError, match=rf"{key}: must be a power of two from 2 to 32768 \(got 100\)"):
         load_config(env={}, overrides={key: 100})
     section, name = key.split(".")
     assert getattr(load_config(env={}, overrides={key: 64}).config.sections()[section], name) == 64
@@ -188,3 +188,21 @@ def test_a_value_that_breaks_a_bound_is_shown_even_if_the_bound_has_its_digits()
     with pytest.raises(ConfigError) as info:
         load_config(env={"URINGSTACK_CORE__WAIT_TIMEOUT_S": "0"})
     assert "input should be greater than 0 (got 0" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["core.ring_entries", "iopoll.entries", "nvme_passthrough.entries"])
+def test_a_one_entry_ring_is_refused(key: str) -> None:
+    """A 1-entry ring's CQ of 2 holds no op besides the 2 the ring keeps for itself: with
+    ``core.ring_entries = 1`` every batch failed with E2BIG (session 31)."""
+    with pytest.raises(ConfigError, match=rf"{key}: must be a power of two from 2 to 32768 \(got 1\)"):
+        load_config(env={}, overrides={key: 1})
+
+
+def test_the_smallest_ring_size_taken_serves_batches(tmp_path: pathlib.Path) -> None:
+    from uringstack.stack import open_stack
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 8192)
+    with open_stack(overrides={"core.ring_entries": 2, "core.backend": "uring"}) as stack, stack.open(path) as h:
+        assert h.read_many([0, 4096], [bytearray(4096), bytearray(4096)]) == [4096, 4096]
+        assert h.write_durable(b"y" * 4096, 0) == 4096

@@ -10,13 +10,16 @@ passed the plan and failed every operation later.
 from __future__ import annotations
 
 import errno
+import os
+import pathlib
 from typing import Any
 
 import pytest
 
 from uringstack.errors import RingSetupError
 from uringstack.ring import Ring
-from uringstack.ring.flags import SetupFlag
+from uringstack.ring.flags import Op, SetupFlag
+from uringstack.ring.native import ffi
 from uringstack.ring.params import RingParams
 
 
@@ -31,6 +34,8 @@ from uringstack.ring.params import RingParams
         ({"sq_thread_idle_ms": -1}, "sq_thread_idle_ms=-1"),
         ({"sq_thread_cpu": -2}, "sq_thread_cpu=-2"),
         ({"spin_us": 1.5}, "spin_us=1.5"),
+        ({"entries": 1}, "a CQ of 2 entries holds no op"),
+        ({"entries": 2, "cq_entries": 2}, "a CQ of 2 entries holds no op"),
     ],
 )
 def test_unusable_parameters_are_refused_before_the_kernel(
@@ -74,3 +79,20 @@ def test_einval_with_only_required_flags_left_names_them_not_a_size(monkeypatch:
         Ring(RingParams(entries=8, flags=SetupFlag.SQE128 | SetupFlag.COOP_TASKRUN, required=SetupFlag.SQE128))
     text = str(info.value)
     assert "only its required setup flags left" in text and "SQE128" in text and "entries 8" in text
+
+
+@pytest.mark.parametrize("fields", [{"entries": 2}, {"entries": 1, "cq_entries": 4}])
+def test_the_smallest_rings_taken_run_a_batch(fields: dict[str, Any], tmp_path: pathlib.Path) -> None:
+    """The bound above is the real one: a CQ of 3 or more entries runs a batch (session 31:
+    ``core.ring_entries = 1`` was taken, and every batch on its rings failed with E2BIG)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 8192)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with Ring(RingParams(**fields)) as ring:
+            buf = bytearray(4096)
+            pin = ffi.from_buffer(buf)
+            address = int(ffi.cast("uintptr_t", pin))
+            assert ring.run(Op.READ, fd, addrs=address, lens=4096, offsets=0, keep=[pin]) == [4096]
+    finally:
+        os.close(fd)
