@@ -147,7 +147,8 @@ class CoreConfig(BaseModel):
         timeout = info.data.get("wait_timeout_s")
         if timeout is not None and value > timeout:
             raise ValueError(
-                f"must not exceed core.wait_timeout_s ({timeout:g}; the default tick is 0.5: set wait_tick_s too)"
+                f"must not exceed core.wait_timeout_s ({timeout:g}; the tick is 0.5 unless set: a "
+                "wait_timeout_s below it needs a wait_tick_s too)"
             )
         return value
 

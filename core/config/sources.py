@@ -177,6 +177,10 @@ def unknown_env_sections(
             continue
         rest = upper[len(ENV_PREFIX) :]
         if NESTED_DELIMITER not in rest:
+            # (a whole-section variable, URINGSTACK_SQPOLL='{"mode": "on"}': ignored as silently
+            # as the per-key ones were noted, until session 31)
+            if rest.lower() in disabled:
+                notes.append(f"{name} ignored: plugin {rest.lower()!r} is disabled")
             continue
         section = rest.split(NESTED_DELIMITER, 1)[0].lower()
         if section in known:

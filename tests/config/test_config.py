@@ -134,12 +134,14 @@ def test_disabled_plugin_is_blocked_and_its_section_ignored(
     pm: UringstackPluginManager, tmp_path: pathlib.Path
 ) -> None:
     path = write(tmp_path, "[core]\ndisabled_plugins = ['poll']\n[poll]\nmode = 'on'\nidle_ms = 1\n")
-    loaded = load_config(path, env={"URINGSTACK_POLL__MODE": "off"}, plugin_manager=pm)
+    env = {"URINGSTACK_POLL__MODE": "off", "URINGSTACK_POLL": '{"mode": "off"}'}
+    loaded = load_config(path, env=env, plugin_manager=pm)
     assert "poll" not in pm.plugin_names()
     assert pm.is_blocked("poll")
     assert "poll" not in loaded.config.sections()
     assert any("[poll] ignored" in note and "disabled" in note for note in loaded.notes)
     assert any("URINGSTACK_POLL__MODE ignored" in note for note in loaded.notes)
+    assert any("URINGSTACK_POLL ignored" in note for note in loaded.notes)  # the whole-section form too
 
 
 def test_disabled_from_env_as_comma_list(pm: UringstackPluginManager) -> None:

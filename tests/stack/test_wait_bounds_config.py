@@ -87,7 +87,10 @@ def test_the_bounds_come_from_the_environment() -> None:
         ({"core.wait_tick_s": 0}, r"core.wait_tick_s: input should be greater than or equal to 0.001"),
         ({"core.wait_timeout_s": 1, "core.wait_tick_s": 2}, r"core.wait_tick_s: must not exceed core.wait_timeout_s"),
         # the default tick (0.5 s) too: only a given one was checked
-        ({"core.wait_timeout_s": 0.1}, r"core.wait_tick_s: must not exceed core.wait_timeout_s \(0.1; the default"),
+        (
+            {"core.wait_timeout_s": 0.1},
+            r"core.wait_tick_s: must not exceed core.wait_timeout_s \(0.1; the tick is 0.5 unless set",
+        ),
         ({"core.wait_timeout_s": "5"}, r"core.wait_timeout_s: input should be a valid number"),
     ],
 )
