@@ -138,24 +138,31 @@ def read_env(model: type[StackConfig], environ: Mapping[str, str], problems: lis
 
     A value pydantic-settings cannot decode (e.g. bad JSON for a whole
     section) is appended to *problems* naming the variables, and the layer is
-    then empty so that validation still reports everything else.
+    read again without that section's variables, so that validation still
+    reports everything else (until session 31 the whole layer was dropped, and
+    with it every other variable's error).
     """
-    try:
-        return dict(_MappingEnvSource(model, environ)())
-    except SettingsError as exc:
-        # pydantic-settings names the field but not the variable; find it.
-        match = re.search(r'field "([^"]+)"', str(exc))
-        section = match.group(1) if match else "?"
-        names = [k for k in environ if k.upper().startswith(f"{ENV_PREFIX}{section.upper()}")]
-        cause = exc.__cause__ or exc
-        problems.append(
-            ConfigProblem(
-                section,
-                f"cannot parse environment value: {cause}",
-                source="env:" + ",".join(sorted(names)) if names else "env",
+    environ = dict(environ)
+    while True:
+        try:
+            return dict(_MappingEnvSource(model, environ)())
+        except SettingsError as exc:
+            # pydantic-settings names the field but not the variable; find it.
+            match = re.search(r'field "([^"]+)"', str(exc))
+            section = match.group(1) if match else "?"
+            names = [k for k in environ if k.upper().startswith(f"{ENV_PREFIX}{section.upper()}")]
+            cause = exc.__cause__ or exc
+            problems.append(
+                ConfigProblem(
+                    section,
+                    f"cannot parse environment value: {cause}",
+                    source="env:" + ",".join(sorted(names)) if names else "env",
+                )
             )
-        )
-        return {}
+            if not names:
+                return {}  # (nothing to leave out: no second try could differ)
+            for name in names:
+                del environ[name]
 
 
 def unknown_env_sections(

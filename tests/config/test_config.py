@@ -208,6 +208,22 @@ def test_unknown_section_in_env_is_an_error(pm: UringstackPluginManager) -> None
     load_config(env={"URINGSTACK_SOMETHING": "x"}, plugin_manager=pm)
 
 
+def test_a_section_variable_that_is_not_json_hides_no_other_problem(pm: UringstackPluginManager) -> None:
+    """All problems at once (docs/config.md): a whole-section variable pydantic-settings
+    cannot decode dropped the whole environment layer, so a bad ``URINGSTACK_CORE__DIRECT``
+    beside it went unreported (session 31)."""
+    env = {"URINGSTACK_POLL": "{bad", "URINGSTACK_CORE__DIRECT": "yes"}
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, plugin_manager=pm)
+    found = problems(info.value)
+    assert "cannot parse environment value" in found["poll"] and "[env:URINGSTACK_POLL]" in found["poll"]
+    assert "[env:URINGSTACK_CORE__DIRECT]" in found["core.direct"]
+    # (another variable of the layer is still validated)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"URINGSTACK_POLL": "{bad", "URINGSTACK_CORE__RING_ENTRIES": "3"}, plugin_manager=pm)
+    assert "core.ring_entries" in problems(info.value)
+
+
 def test_bad_mode_literal(pm: UringstackPluginManager) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={"URINGSTACK_POLL__MODE": "yes"}, plugin_manager=pm)
