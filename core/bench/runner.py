@@ -10,6 +10,7 @@ decides how (or whether) to show it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -77,8 +78,7 @@ def prepare_file(path: str, size: int, tick: Tick | None = None) -> bool:
         existing = None
     if existing == size:
         return False
-    owned = os.path.basename(os.path.dirname(os.path.abspath(path))) == DEFAULT_DIR
-    if existing is not None and not owned:
+    if existing is not None and not bench_owned(path):
         raise ValueError(
             f"{path} exists and holds {existing} bytes, not --file-size {size}: the bench writes "
             f"its data only into a file it creates (or one under {DEFAULT_DIR}/); pass "
@@ -86,7 +86,23 @@ def prepare_file(path: str, size: int, tick: Tick | None = None) -> bool:
         )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_random_file(path, size, tick)
+    with contextlib.suppress(OSError):  # (no user xattrs there: a write workload then refuses it)
+        os.setxattr(path, BENCH_XATTR, b"1")
     return True
+
+
+BENCH_XATTR = "user.uringstack.bench"
+"""Marks a data file :func:`prepare_file` created, which a write workload may write over."""
+
+
+def bench_owned(path: str) -> bool:
+    """Whether the bench made *path* (under :data:`DEFAULT_DIR`, or marked by :func:`prepare_file`)."""
+    if os.path.basename(os.path.dirname(os.path.abspath(path))) == DEFAULT_DIR:
+        return True
+    try:
+        return os.getxattr(path, BENCH_XATTR) == b"1"
+    except OSError:
+        return False
 
 
 def is_block_device(path: str) -> bool:
@@ -115,6 +131,13 @@ def check_target(spec: BenchSpec) -> BenchSpec:
             "namespace /dev/nvmeXnY, whose +passthrough rung and fio io_uring_cmd job use its /dev/ngXnY)"
         )
     if not is_block_device(spec.file):
+        if spec.wl.write and os.path.exists(spec.file) and not bench_owned(spec.file):
+            # (prepare_file keeps a file of the right size as it is: for a read that is the
+            # point, a write workload wrote over the caller's data)
+            raise ValueError(
+                f"{spec.file} exists and the bench did not create it: {spec.workload} would write over "
+                f"its data; name a path that does not exist (the bench creates it) or one under {DEFAULT_DIR}/"
+            )
         return spec
     if spec.wl.write:
         raise ValueError(

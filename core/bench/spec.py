@@ -122,6 +122,15 @@ class BenchSpec:
             raise ValueError(f"file size {self.file_size} is smaller than one block per worker")
         if self.duration <= 0:
             raise ValueError("duration must be positive")
+        allowed = os.sched_getaffinity(0)
+        absent = sorted(set(self.cpus) - allowed)
+        if absent:
+            raise ValueError(f"--cpus: CPUs {absent} are not available to this process (allowed: {sorted(allowed)})")
+        usable = len(set(self.cpus)) if self.cpus else len(allowed)
+        if self.workers > usable:
+            # (worker_cpus gave the first CPUs only: the run had fewer workers than it reported,
+            # and fio's reference job ran --numjobs of the reported count)
+            raise ValueError(f"--workers {self.workers} needs as many CPUs, one per worker: {usable} available")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

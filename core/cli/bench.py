@@ -178,6 +178,16 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _cpus_option(text: str | None) -> list[int]:
+    """``--cpus`` as a CPU list; a usage error naming the option for text that is not one."""
+    if not text:
+        return []
+    try:
+        return parse_cpulist(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not a CPU list such as 0,2-3 ({exc})", param_hint="--cpus") from None
+
+
 def _run(workload: str, **kw: Any) -> None:
     qd = kw["queue_depth"] or (1 if WORKLOADS[workload].durable else 32)
     spec = BenchSpec(
@@ -185,7 +195,7 @@ def _run(workload: str, **kw: Any) -> None:
         block_size=kw["block_size"],
         queue_depth=qd,
         workers=kw["workers"],
-        cpus=parse_cpulist(kw["cpus"]) if kw["cpus"] else [],
+        cpus=_cpus_option(kw["cpus"]),
         file_size=kw["file_size"],
         duration=kw["duration"],
         direct=kw["direct"],

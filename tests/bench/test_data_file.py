@@ -83,3 +83,25 @@ def test_an_exclusive_data_file_never_replaces_one_there(tmp_path: pathlib.Path)
     assert there.read_bytes() == b"keep"
     write_random_file(str(tmp_path / "g"), 3 << 20, exclusive=True)
     assert os.path.getsize(tmp_path / "g") == 3 << 20
+
+
+@pytest.mark.parametrize("workload", ["randwrite", "seqwrite", "durable-append"])
+def test_a_write_workload_refuses_a_file_the_bench_did_not_create(tmp_path: pathlib.Path, workload: str) -> None:
+    """A file of exactly ``--file-size`` is used as it is, which for a write workload meant
+    writing over the caller's data (session 31: ``bench randwrite --file mine.bin`` did)."""
+    from uringstack.bench.spec import BenchSpec
+
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"A" * (1 << 20))
+    spec = BenchSpec(workload, file=str(mine), file_size=1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="exists and the bench did not create it"):
+        runner.check_target(spec)
+    runner.check_target(BenchSpec("randread", file=str(mine), file_size=1 << 20))  # reading it is fine
+    assert mine.read_bytes() == b"A" * (1 << 20)
+    made = tmp_path / "made.bin"
+    assert runner.prepare_file(str(made), 1 << 20) is True  # the bench's own: a write workload may reuse it
+    try:
+        os.getxattr(made, runner.BENCH_XATTR)
+    except OSError as exc:
+        pytest.skip(f"{tmp_path} keeps no user xattrs ({exc}): a file the bench made is refused too")
+    runner.check_target(BenchSpec(workload, file=str(made), file_size=1 << 20))  # type: ignore[arg-type]

@@ -107,3 +107,31 @@ def test_ladder_order_and_selection() -> None:
     with pytest.raises(ValueError, match="unknown"):
         select(["nope"])
     assert all(r.requires for r in LADDER if r.name in ("+iopoll", "+passthrough"))
+
+
+def test_workers_and_cpus_the_process_cannot_have_are_refused() -> None:
+    """``-w 3`` on 2 CPUs ran 2 workers and reported 3 (and fio ran 3 jobs); ``--cpus 99``
+    failed every row after starting (session 31)."""
+    import os
+
+    from uringstack.bench.spec import BenchSpec
+
+    n = len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match=rf"--workers {n + 1} needs as many CPUs, one per worker: {n} available"):
+        BenchSpec("randread", workers=n + 1).validate()
+    first = min(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match=r"--workers 2 needs as many CPUs, one per worker: 1 available"):
+        BenchSpec("randread", workers=2, cpus=[first]).validate()
+    with pytest.raises(ValueError, match=r"--cpus: CPUs \[4096\] are not available to this process"):
+        BenchSpec("randread", cpus=[4096]).validate()
+    BenchSpec("randread", workers=1, cpus=[first]).validate()
+
+
+def test_a_cpu_list_that_does_not_parse_is_a_usage_error() -> None:
+    from click.testing import CliRunner
+
+    from uringstack.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", "randread", "--cpus", "abc", "--no-fio", "-t", "0.05"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --cpus: 'abc' is not a CPU list" in result.output
