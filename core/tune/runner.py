@@ -231,7 +231,9 @@ def check_budget(budget_s: float, targets: int, runs: int = MIN_RUNS) -> None:
     """Refuse a budget that cannot give every run of every target a useful window."""
     if not 0 < budget_s < float("inf"):  # (NaN fails this too: every comparison with it is false)
         raise TuneError(f"--budget {budget_s:g}: must be a positive, finite number of seconds")
-    need = round(targets * runs * (MIN_RUN_S + SETUP_ESTIMATE_S), 3)
+    # (each target's share keeps TAIL_S too: without it the advised minimum was refused
+    # again later, "leaving 0.1 s", for a budget that could never fit)
+    need = round(targets * (runs * (MIN_RUN_S + SETUP_ESTIMATE_S) + TAIL_S), 3)
     if budget_s < need:
         raise TuneError(
             f"--budget {budget_s:g}: too short for {targets} target(s) x ~{runs} runs; give at least {need:.1f} s"
@@ -279,8 +281,8 @@ def tune(
                 spent = time.perf_counter() - started
                 raise TuneError(
                     f"--budget {budget_s:g}: {spent:.1f} s went to start-up, probing and scratch files, "
-                    f"leaving {max(share, 0.0):.1f} s for {target.given}, which needs at least {need:.1f} s; "
-                    f"give a larger budget"
+                    f"and {TAIL_S:g} s is kept for the end, leaving {max(share, 0.0):.1f} s for {target.given}, "
+                    f"which needs at least {need:.1f} s; give a larger budget"
                 )
             if on_target:
                 on_target(target.given, runs)
