@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
-from uringstack.ring.arguments import check_offsets, nbytes
+from uringstack.ring.arguments import check_offsets
 from uringstack.ring.buffers import RegisteredBuffer, check_alignment, lease_view, pin_buffers, release_pins
 from uringstack.ring.pending import Pending, check_awaitable
 
@@ -198,6 +198,15 @@ class DoneBatch:
         self.results = results
 
 
+def _write_view(buf: Any) -> memoryview:
+    """*buf* as ``pwrite(2)`` takes it: ``TypeError`` for what is no buffer, ``BufferError`` for a
+    buffer that is not C-contiguous (``os.pwrite``'s own errors for them)."""
+    view = memoryview(buf)
+    if not view.c_contiguous:
+        raise BufferError("memoryview: underlying buffer is not C-contiguous")
+    return view
+
+
 def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
     """Waited writes done by this thread with ``pwrite(2)``: per op the bytes written, or ``-errno``.
 
@@ -211,13 +220,16 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     retry reports the error at the offset where it happened, as after a
     short ring write); an offset the kernel cannot take is ``-EINVAL``.
     """
+    # Every buffer taken before the first write: one that is none (None, a str) or not
+    # contiguous raised at its turn, after the ops before it were written, while the caller
+    # was told the batch failed (a batch is refused whole, as its offsets are).
+    views = [_write_view(lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf) for buf in buffers]
     results: list[int] = []
-    for offset, buf in zip(offsets, buffers, strict=True):
-        data: Any = lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf
+    for offset, data in zip(offsets, views, strict=True):
         done = 0
         try:
             done = os.pwrite(fd, data, offset)
-            total = nbytes(data)
+            total = data.nbytes
             if 0 < done < total:
                 view = memoryview(data).cast("B")
                 while done < total:

@@ -789,7 +789,10 @@ class FileHandle:
             raise ValueError(f"{self.path}: read size {size} is negative")
         if size == 0:
             self._check()
-            _check_batch(self.path, [offset], [b""])
+            (offset,) = _check_batch(self.path, [offset], [b""])
+            if self._io.direct:
+                # (as read_into's zero-length read checks it: its O_DIRECT offset is still checked)
+                check_alignment("read", self.path, 0, 0, offset, self._io.block_size)
             return b""
         if self._io.direct:
             from uringstack.ring.buffers import aligned_buffer

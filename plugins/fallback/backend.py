@@ -160,8 +160,16 @@ class ThreadPending:
         self._futures = futures  # (filled as the ops are queued when *n*, their number, is given)
         self._flatten = flatten
         self.n = len(futures) if n is None else n
+        self._fork_gen = forking.generation()
+
+    def _check_fork(self) -> None:
+        # In a fork() child the pool's threads are gone: a future still pending there is
+        # never set, and wait() blocked for good (an io_uring pending raises ForkedChildError)
+        if self._fork_gen != forking._generation:
+            forking.check(self._fork_gen, "a fallback batch")
 
     def done(self) -> bool:
+        self._check_fork()
         return all(f.done() for f in self._futures)
 
     def _collect(self, values: list[Any]) -> list[int]:
@@ -170,9 +178,11 @@ class ThreadPending:
         return [int(v) for v in values]
 
     def wait(self) -> list[int]:
+        self._check_fork()
         return self._collect([f.result() for f in self._futures])
 
     async def wait_async(self) -> list[int]:
+        self._check_fork()
         values = await asyncio.gather(*(asyncio.wrap_future(f) for f in self._futures))
         return self._collect(list(values))
 

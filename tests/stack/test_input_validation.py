@@ -260,3 +260,41 @@ def test_a_directory_or_an_empty_path_fails_with_open_2s_errno(stack: Stack, tmp
 def test_lease_buffers_takes_ints(handle: FileHandle, count: object, size: object) -> None:
     with pytest.raises(TypeError, match=r"lease_buffers\(count=.*\): count and size are ints"):
         handle.lease_buffers(count, size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [(None, TypeError), ("text", TypeError), (memoryview(bytearray(64))[::2], BufferError)],
+    ids=["None", "str", "non-contiguous"],
+)
+def test_a_write_batch_with_a_bad_buffer_writes_nothing(
+    handle: FileHandle, bad: object, error: type[Exception]
+) -> None:
+    """A waited buffered write batch is written by the calling thread op by op; a buffer it
+    could not take raised at its turn, after the ops before it reached the file (session 31:
+    5,000 good ops written, then ``TypeError``). It is refused whole now, as a bad offset is."""
+    before = os.pread(handle.fd, len(DATA) + 16, 0)
+    with pytest.raises(error):
+        handle.write_many([0, 4], [b"XXXX", bad])
+    with pytest.raises(error):
+        handle.writev_from([b"XXXX", bad], 0)
+    assert os.pread(handle.fd, len(DATA) + 16, 0) == before
+
+
+def test_a_zero_length_async_read_on_o_direct_checks_its_offset(stack: Stack, tmp_path: pathlib.Path) -> None:
+    """As ``read_into``'s zero-length read does (docs/api.md: O_DIRECT offsets are still
+    checked); ``await read(0, 3)`` returned ``b""`` (session 31)."""
+    from uringstack.errors import AlignmentError
+
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    try:
+        h = stack.open(path, direct=True)
+    except OSError as exc:
+        skip_without(f"{tmp_path} refuses O_DIRECT ({exc})")
+    with h:
+        with pytest.raises(AlignmentError):
+            h.read_into(bytearray(0), 3)
+        with pytest.raises(AlignmentError):
+            asyncio.run(h.read(0, 3))
+        assert asyncio.run(h.read(0, h.block_size)) == b""
