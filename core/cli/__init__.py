@@ -131,11 +131,17 @@ class _Cli(click.Group):
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="uringstack")
-@click.option("--debug", is_flag=True, help="Show the full traceback of any error.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the traceback of an error the command line would print as one 'error:' line "
+    "(usage errors and the messages a subcommand prints itself, such as wal verify's, stay as they are).",
+)
 def cli(debug: bool) -> None:
     """uringstack: io_uring storage stacks for Python, configured from a probe of this machine.
 
-    Errors end with one line on stderr and exit status 2 (--debug shows the traceback).
+    Errors end with one line on stderr and exit status 2 (--debug shows the traceback of those
+    the command line reports itself).
     """
     if not debug:
         # A warning (a deprecated config key, a cache not written) is for the user: one line,
