@@ -27,6 +27,16 @@ def skip_without(missing: str) -> NoReturn:
     pytest.skip(f"{missing}; {WHERE}")
 
 
+def open_direct(path: str | os.PathLike[str], flags: int) -> int:
+    """``os.open(path, flags | O_DIRECT)``; skip where the file system refuses O_DIRECT (tmpfs before 6.6)."""
+    try:
+        return os.open(path, flags | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        skip_without(f"{os.path.dirname(os.fspath(path))} refuses O_DIRECT ({exc})")
+
+
 def require_setup_flag(flag: SetupFlag, since: str) -> None:
     """Skip unless this kernel accepts the io_uring setup *flag* (which came in Linux *since*)."""
     from uringstack.ring.params import try_setup_flag

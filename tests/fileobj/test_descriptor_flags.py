@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import errno
 import fcntl
 import io
 import os
@@ -27,7 +26,7 @@ import pytest
 
 import uringstack
 import uringstack.aio
-from tests.requires import skip_without
+from tests.requires import open_direct, skip_without
 from uringstack.stack import Stack
 
 
@@ -45,16 +44,6 @@ def _fds_on(path: pathlib.Path) -> dict[int, int]:
         except OSError:
             pass  # (listdir's own descriptor, gone)
     return found
-
-
-def _open_direct(path: pathlib.Path, flags: int) -> int:
-    try:
-        return os.open(path, flags | os.O_DIRECT)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
-        raise
 
 
 def _run(opener: Callable[..., Any], fd: int, mode: str, steps: list[Callable[[Any], Any]]) -> list[Any]:
@@ -92,7 +81,7 @@ def test_an_o_append_descriptor_opened_without_a_appends_as_the_builtin(
             results[name] = _run(builtins.open, fd, "r+b", APPEND_STEPS)
         else:
             flags = os.O_RDWR | os.O_APPEND
-            fd = _open_direct(path, flags) if direct else os.open(path, flags)
+            fd = open_direct(path, flags) if direct else os.open(path, flags)
             steps = [*APPEND_STEPS, lambda f: appending.extend(bool(fl & os.O_APPEND) for fl in _fds_on(path).values())]
             results[name] = _run(lambda *a, **k: uringstack.open(*a, stack=stack, **k), fd, "r+b", steps)[:-1]
         results[name + " file"] = path.read_bytes()
@@ -136,7 +125,7 @@ def test_a_second_descriptor_keeps_the_callers_sync_flag(tmp_path: pathlib.Path,
     path = tmp_path / "f"
     path.write_bytes(b"." * 8192)
     before = set(_fds_on(path))
-    with uringstack.open(_open_direct(path, os.O_RDWR | flag), "r+b", buffering=0, stack=stack) as f:
+    with uringstack.open(open_direct(path, os.O_RDWR | flag), "r+b", buffering=0, stack=stack) as f:
         assert f.write(b"abc") == 3  # unaligned: the second descriptor
         mine = {fd: flags for fd, flags in _fds_on(path).items() if fd not in before}
         assert len(mine) == 2, mine
@@ -168,7 +157,7 @@ def test_an_o_tmpfile_descriptor_gets_a_second_descriptor_of_the_same_file(
 def test_aio_open_refuses_an_o_direct_descriptor(tmp_path: pathlib.Path, stack: Stack) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"0123456789" * 500)
-    os.close(_open_direct(path, os.O_RDONLY))  # (skips where O_DIRECT is refused)
+    os.close(open_direct(path, os.O_RDONLY))  # (skips where O_DIRECT is refused)
 
     async def main() -> None:
         with pytest.raises(io.UnsupportedOperation, match="O_DIRECT"):

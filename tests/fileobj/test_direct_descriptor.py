@@ -14,7 +14,6 @@ refuses a *direct* that contradicts it."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import pathlib
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 import uringstack
-from tests.requires import skip_without
+from tests.requires import open_direct, skip_without
 from uringstack.stack import Stack, open_stack
 
 
@@ -100,16 +99,6 @@ def test_stack_open_refuses_a_buffered_descriptor_for_a_direct_handle(tmp_path: 
         os.close(fd)
 
 
-def _direct_fd(path: pathlib.Path, flags: int) -> int:
-    try:
-        return os.open(path, flags | os.O_DIRECT)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        skip_without(f"the tmp directory {path.parent} refuses O_DIRECT ({exc})")
-        raise
-
-
 @pytest.mark.parametrize("how", ["fd", "opener"])
 def test_an_o_direct_descriptor_is_served_as_direct(tmp_path: pathlib.Path, stack: Stack, how: str) -> None:
     """Unaligned reads and writes through the file object work on it (aligned internally), where
@@ -118,9 +107,9 @@ def test_an_o_direct_descriptor_is_served_as_direct(tmp_path: pathlib.Path, stac
     data = os.urandom(3 * 4096 + 100)
     path.write_bytes(data)
     if how == "fd":
-        f = uringstack.open(_direct_fd(path, os.O_RDWR), "r+b", stack=stack)
+        f = uringstack.open(open_direct(path, os.O_RDWR), "r+b", stack=stack)
     else:
-        _direct_fd(path, os.O_RDONLY).__index__()  # (skips where O_DIRECT is refused)
+        open_direct(path, os.O_RDONLY).__index__()  # (skips where O_DIRECT is refused)
         f = uringstack.open(path, "r+b", stack=stack, opener=lambda p, fl: os.open(p, fl | os.O_DIRECT))
     with f:
         handle = f.raw.handle
@@ -150,7 +139,7 @@ def test_stack_open_takes_direct_from_the_adopted_descriptor(tmp_path: pathlib.P
     with direct_by_default.open(path, writable=False, adopt_fd=os.open(path, os.O_RDONLY)) as h:
         assert not h.direct
         assert h.read_into(bytearray(10), 3) == 10  # unaligned: fine on a buffered handle
-    with direct_by_default.open(path, writable=False, adopt_fd=_direct_fd(path, os.O_RDONLY)) as h:
+    with direct_by_default.open(path, writable=False, adopt_fd=open_direct(path, os.O_RDONLY)) as h:
         assert h.direct
     with direct_by_default.open(path, writable=False) as h:  # no descriptor: core.direct
         assert h.direct
@@ -159,7 +148,7 @@ def test_stack_open_takes_direct_from_the_adopted_descriptor(tmp_path: pathlib.P
 def test_stack_open_refuses_a_direct_descriptor_for_a_buffered_handle(tmp_path: pathlib.Path, stack: Stack) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x" * 4096)
-    fd = _direct_fd(path, os.O_RDONLY)
+    fd = open_direct(path, os.O_RDONLY)
     try:
         with pytest.raises(ValueError, match="opened with O_DIRECT"):
             stack.open(path, direct=False, writable=False, adopt_fd=fd)

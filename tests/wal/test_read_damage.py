@@ -11,17 +11,10 @@ import pathlib
 
 import pytest
 
+from tests.wal.test_damage_table import _flip
 from uringstack.wal import Wal, WalConfig, WalCorruptionError
 
 CFG = WalConfig(segment_size_bytes=16 * 1024, max_batch_bytes=8 * 1024, backend="fallback")
-
-
-def _flip(path: pathlib.Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def test_a_record_damaged_while_open_stops_read_from_with_an_error(wal_dir: pathlib.Path) -> None:
