@@ -294,7 +294,7 @@ class FileIO(io.RawIOBase):
             # os.fdopen-style, may differ): O_APPEND appends whatever the offset; and a second
             # descriptor of the file (_adopt, _buffered) keeps them (O_APPEND, O_SYNC, O_DSYNC)
             self._appending = bool(status & os.O_APPEND)
-            self._flags = _reopen_flags(status)
+            self._reopen_with = _reopen_flags(status)  # (a second descriptor's flags, O_DIRECT apart)
             if self._append_mode:
                 # As io.FileIO: position at the end now, not only at the first write.
                 try:
@@ -406,7 +406,7 @@ class FileIO(io.RawIOBase):
             # of its own on the same file (F_SETFL would change the caller's open file
             # description too).  Served as it was, the handle's aligned reads went through the
             # page cache, or failed with EOPNOTSUPP on an IOPOLL ring, which takes only O_DIRECT.
-            own = os.open(f"/proc/self/fd/{fd}", self._flags | os.O_DIRECT)
+            own = os.open(f"/proc/self/fd/{fd}", self._reopen_with | os.O_DIRECT)
             self._handle_fd_apart = True
         else:
             own = fd if self._closefd else os.dup(fd)
@@ -474,7 +474,7 @@ class FileIO(io.RawIOBase):
         """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
         if self._buffered_handle is None:
             assert self._handle is not None and self._home is not None
-            fd = os.open(f"/proc/self/fd/{self._fd}", self._flags)
+            fd = os.open(f"/proc/self/fd/{self._fd}", self._reopen_with)
             try:
                 options: dict[str, Any] = {ADOPT_FD: fd}
                 self._buffered_handle = self._home.open(

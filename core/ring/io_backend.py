@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from uringstack.errors import BatchInFlightError
-from uringstack.ring.arguments import check_offsets
+from uringstack.ring.arguments import check_offsets, nbytes
 from uringstack.ring.buffers import RegisteredBuffer, check_alignment, lease_view, pin_buffers, release_pins
 from uringstack.ring.pending import Pending, check_awaitable
 
@@ -220,16 +220,19 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     retry reports the error at the offset where it happened, as after a
     short ring write); an offset the kernel cannot take is ``-EINVAL``.
     """
-    # Every buffer taken before the first write: one that is none (None, a str) or not
-    # contiguous raised at its turn, after the ops before it were written, while the caller
-    # was told the batch failed (a batch is refused whole, as its offsets are).
-    views = [_write_view(lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf) for buf in buffers]
+    datas: list[Any] = [lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf for buf in buffers]
+    if len(datas) > 1:
+        # Every buffer taken before the first write: one that is none (None, a str) or not
+        # contiguous raised at its turn, after the ops before it were written, while the caller
+        # was told the batch failed (a batch is refused whole, as its offsets are).  A single
+        # op (every uringstack.FileIO write) has nothing before it: pwrite's own check serves.
+        datas = [_write_view(data) for data in datas]
     results: list[int] = []
-    for offset, data in zip(offsets, views, strict=True):
+    for offset, data in zip(offsets, datas, strict=True):
         done = 0
         try:
             done = os.pwrite(fd, data, offset)
-            total = data.nbytes
+            total = nbytes(data)
             if 0 < done < total:
                 view = memoryview(data).cast("B")
                 while done < total:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.bench import runner
 from uringstack.bench.datafile import write_random_file
 
@@ -103,5 +104,5 @@ def test_a_write_workload_refuses_a_file_the_bench_did_not_create(tmp_path: path
     try:
         os.getxattr(made, runner.BENCH_XATTR)
     except OSError as exc:
-        pytest.skip(f"{tmp_path} keeps no user xattrs ({exc}): a file the bench made is refused too")
+        skip_without(f"{tmp_path} keeps no user xattrs ({exc}), so a file the bench made is refused there too")
     runner.check_target(BenchSpec(workload, file=str(made), file_size=1 << 20))  # type: ignore[arg-type]

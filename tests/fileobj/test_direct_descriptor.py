@@ -85,20 +85,6 @@ def test_a_descriptor_opened_with_o_direct_is_served_as_it_is(tmp_path: pathlib.
         assert len(f.read(100)) == 100
 
 
-def test_stack_open_refuses_a_buffered_descriptor_for_a_direct_handle(tmp_path: pathlib.Path, stack: Stack) -> None:
-    """``Stack.open(path, direct=True, adopt_fd=fd)`` is where the mismatch is decided for every
-    caller: refused before anything is served (FileIO reopens the descriptor first)."""
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * 4096)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(ValueError, match="opened without O_DIRECT"):
-            stack.open(path, direct=True, writable=False, adopt_fd=fd)
-        os.fstat(fd)  # (a refused open leaves it to the caller)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("how", ["fd", "opener"])
 def test_an_o_direct_descriptor_is_served_as_direct(tmp_path: pathlib.Path, stack: Stack, how: str) -> None:
     """Unaligned reads and writes through the file object work on it (aligned internally), where
@@ -145,13 +131,22 @@ def test_stack_open_takes_direct_from_the_adopted_descriptor(tmp_path: pathlib.P
         assert h.direct
 
 
-def test_stack_open_refuses_a_direct_descriptor_for_a_buffered_handle(tmp_path: pathlib.Path, stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("o_direct", "direct", "match"),
+    [(False, True, "opened without O_DIRECT"), (True, False, "opened with O_DIRECT")],
+    ids=["buffered-fd-direct-handle", "direct-fd-buffered-handle"],
+)
+def test_stack_open_refuses_a_descriptor_direct_contradicts(
+    tmp_path: pathlib.Path, stack: Stack, o_direct: bool, direct: bool, match: str
+) -> None:
+    """``Stack.open(path, direct=..., adopt_fd=fd)`` is where the mismatch is decided for every
+    caller: refused before anything is served (FileIO reopens, or serves as direct, first)."""
     path = tmp_path / "f"
     path.write_bytes(b"x" * 4096)
-    fd = open_direct(path, os.O_RDONLY)
+    fd = open_direct(path, os.O_RDONLY) if o_direct else os.open(path, os.O_RDONLY)
     try:
-        with pytest.raises(ValueError, match="opened with O_DIRECT"):
-            stack.open(path, direct=False, writable=False, adopt_fd=fd)
+        with pytest.raises(ValueError, match=match):
+            stack.open(path, direct=direct, writable=False, adopt_fd=fd)
         os.fstat(fd)  # (a refused open leaves it to the caller)
     finally:
         os.close(fd)

@@ -275,9 +275,9 @@ def test_a_write_batch_with_a_bad_buffer_writes_nothing(
     5,000 good ops written, then ``TypeError``). It is refused whole now, as a bad offset is."""
     before = os.pread(handle.fd, len(DATA) + 16, 0)
     with pytest.raises(error):
-        handle.write_many([0, 4], [b"XXXX", bad])
+        handle.write_many([0, 4], [b"abcd", bad])
     with pytest.raises(error):
-        handle.writev_from([b"XXXX", bad], 0)
+        handle.writev_from([b"abcd", bad], 0)
     assert os.pread(handle.fd, len(DATA) + 16, 0) == before
 
 
