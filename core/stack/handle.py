@@ -322,30 +322,60 @@ class FileHandle:
 
     # --- result checking -----------------------------------------------------------
     def _finish_reads(
-        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], exact: bool
+        self,
+        offsets: Sequence[int],
+        buffers: Sequence[Any],
+        results: list[int],
+        exact: bool,
+        submitted: Sequence[int] | None = None,
     ) -> list[int]:
+        """Complete short reads; raise the first failure.  *submitted*: each op's byte
+        length when it was started, where the buffer may have been resized since."""
         out = results
         for i, res in enumerate(results):
             if res < 0:
                 raise UringIOError(-res, "read", self.path, f"at offset {offsets[i]}")
             buf = buffers[i]
             want = len(buf) if type(buf) is bytearray else nbytes(buf)
+            if submitted is not None and submitted[i] != want:
+                want = self._resized(False, offsets[i], submitted[i], res)
             if res < want:
                 out[i] = self._complete_short(False, offsets[i], buffers[i], res, exact)
         return out
 
+    def _resized(self, write: bool, offset: int, submitted: int, res: int) -> int:
+        """The length to judge an op by whose buffer was resized after it ran: the submitted
+        one when the op moved it all; a short op cannot be completed into a buffer that is
+        no longer the one it was given (``BufferError``, as a resize during the op gets)."""
+        if res >= submitted:
+            return submitted
+        op = "write" if write else "read"
+        raise BufferError(
+            f"{self.path}: the buffer of the {op} at offset {offset} was resized after the op moved "
+            f"{res} of its {submitted} bytes; the rest was not {'written' if write else 'read'}"
+        )
+
     def _finish_writes(
-        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], gathered: bool = False
+        self,
+        offsets: Sequence[int],
+        buffers: Sequence[Any],
+        results: list[int],
+        gathered: bool = False,
+        submitted: Sequence[int] | None = None,
     ) -> list[int]:
         """Complete short writes; raise the first failure.  *gathered* (buffers back to back
         from ``offsets[0]``): the failure's ``transferred`` counts from there, the buffers
-        before the failed one included (checked in order, so each was written whole)."""
+        before the failed one included (checked in order, so each was written whole).
+        *submitted*: as for :meth:`_finish_reads`."""
         for i, res in enumerate(results):
             try:
                 if res < 0:
                     raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
                 buf = buffers[i]
-                if res < (len(buf) if type(buf) is bytes else nbytes(buf)):
+                want = len(buf) if type(buf) is bytes else nbytes(buf)
+                if submitted is not None and submitted[i] != want:
+                    want = self._resized(True, offsets[i], submitted[i], res)
+                if res < want:
                     results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
             except UringIOError as exc:
                 if gathered:
@@ -1001,7 +1031,8 @@ class FileHandle:
             if results == lens:  # every op moved its whole buffer (one list compare, in C)
                 return results
         else:
-            results = await self._run_async(self._io.start_rw, False, offsets, buffers)
+            results, submitted = await self._rw_batch_async(False, offsets, buffers)
+            return self._finish_reads(offsets, buffers, results, exact, submitted)
         # (buffers counted in bytes: an 8-item array of doubles read 8 bytes was "complete"
         # by len() and returned short with exact=True until session 27)
         return self._finish_reads(offsets, buffers, results, exact)
@@ -1028,8 +1059,22 @@ class FileHandle:
         if fut is not None:
             results: list[int] = await fut
         else:
-            results = await self._run_async(self._io.start_rw, True, offsets, buffers)
+            results, submitted = await self._rw_batch_async(True, offsets, buffers)
+            return self._finish_writes(offsets, buffers, results, submitted=submitted)
         return self._finish_writes(offsets, buffers, results)
+
+    async def _rw_batch_async(
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+    ) -> tuple[list[int], list[int]]:
+        """A batch awaited through the backend's ``start_rw`` (no coalescer: the fallback,
+        O_DIRECT odd cases, other threads): its results and the byte lengths it was
+        submitted with.  A pool backend releases each buffer when its op ran, before
+        the awaiting task resumes (so an ``mmap`` can be closed at once), so the
+        caller may resize a buffer in between: the op's outcome is judged against
+        what was submitted, never the new size (a bytearray grown by 8 KiB after its
+        4 KiB write ran had the 8 KiB written too, as a "short" write's rest)."""
+        submitted = [nbytes(b) for b in buffers]
+        return await self._run_async(self._io.start_rw, write, offsets, buffers), submitted
 
     async def fdatasync_async(self) -> None:
         self._check()
