@@ -15,6 +15,7 @@ import errno
 import operator
 import os
 import threading
+import traceback
 import weakref
 from _thread import get_ident
 from collections.abc import Callable, Sequence
@@ -1170,7 +1171,14 @@ class FileHandle:
         for ref, _ in watchers:
             watcher = ref()
             if watcher is not None:
-                watcher()  # marks the layered object closed: safe to run again
+                try:
+                    watcher()  # marks the layered object closed: safe to run again
+                except Exception as exc:  # (against its contract) the close goes on: raised at the end
+                    # Until session 32 a raising callback left the descriptor open for good:
+                    # the steps below never ran, and a second close() returns at once.
+                    if self._close_failed is None:
+                        traceback.clear_frames(exc.__traceback__)
+                        self._close_failed = exc
         if child:
             if not self._released:
                 self._released = True

@@ -233,3 +233,27 @@ def test_a_second_close_during_the_flush_returns_at_once_and_the_handle_stays_us
     assert layer.seen == [False, "closed"]
     assert handle.closed
     assert path.read_bytes() == b"flushed"
+
+
+class _RaisingWatcher:
+    def closing(self) -> None:
+        raise RuntimeError("a watcher that breaks its contract")
+
+
+def test_a_raising_close_callback_does_not_leave_the_descriptor_open(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """The callback must not raise (its contract); one that did left the handle's descriptor
+    open for good until session 32 (the release never ran, a second close() returned at
+    once).  Now the close finishes and raises the callback's error at its end."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    handle = stack.open(path, direct=False)
+    fd = handle.io.fd
+    watcher = _RaisingWatcher()
+    handle.watch_close(watcher.closing)
+    with pytest.raises(RuntimeError, match="breaks its contract"):
+        handle.close()
+    assert handle.closed
+    with pytest.raises(OSError) as exc:
+        os.fstat(fd)
+    assert exc.value.errno == errno.EBADF
+    handle.close()  # done: returns at once
