@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from uringstack.pluginmanager import UringstackPluginManager
 
 
+def _a_number(value: float) -> float:
+    # (FloatRange lets nan through: every comparison with it is false, so the cache was never used)
+    if value != value:
+        raise click.BadParameter("nan is not a number of seconds.")
+    return value
+
+
 @click.command("probe")
 @click.option("--json", "as_json", is_flag=True, help="Print the capability model as JSON.")
 @click.option("--no-devices", is_flag=True, help="Skip the block device / NVMe scan (pyudev).")
@@ -27,7 +34,8 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--max-age",
-    type=float,
+    type=click.FloatRange(min=0),
+    callback=lambda _ctx, _param, value: _a_number(value),
     default=3600.0,
     show_default=True,
     help="Seconds a --cache file stays valid.",

@@ -105,6 +105,8 @@ def probe_cached(
     io_uring accepts) or probed without devices when devices are wanted is
     ignored.
     """
+    if not max_age_s >= 0:  # (nan too: no age is within it, so the cache would never be used)
+        raise ValueError(f"max_age_s must be a number of seconds >= 0, got {max_age_s!r}")
     cache = Path(path)
     try:
         age = time.time() - cache.stat().st_mtime

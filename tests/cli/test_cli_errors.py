@@ -100,3 +100,13 @@ def test_os_error_in_a_command_is_one_line() -> None:
 def test_click_usage_errors_are_untouched() -> None:
     r = CliRunner().invoke(cli, ["wal", "verify"])
     assert r.exit_code == 2 and "Missing argument" in r.output and "Usage:" in r.output
+
+
+@pytest.mark.parametrize(("value", "says"), [("-5", "x>=0"), ("nan", "nan is not a number of seconds")])
+def test_probe_max_age_must_be_a_number_of_seconds(tmp_path: pathlib.Path, value: str, says: str) -> None:
+    """Until session 32 both were taken: no cache age is within them, so --cache never reused
+    its file, silently."""
+    r = CliRunner().invoke(cli, ["probe", "--no-devices", "--cache", str(tmp_path / "c.json"), "--max-age", value])
+    assert r.exit_code == 2, r.output
+    assert "--max-age" in r.output and says in r.output, r.output
+    assert not (tmp_path / "c.json").exists()

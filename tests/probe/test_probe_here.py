@@ -114,6 +114,12 @@ def test_probe_cached_reuses_then_expires(tmp_path: Path) -> None:
     assert probe_cached(cache, max_age_s=60, devices=False).kernel_release == platform.release()
 
 
+@pytest.mark.parametrize("max_age_s", [-1.0, float("nan")])
+def test_probe_cached_refuses_an_age_no_cache_can_have(tmp_path: Path, max_age_s: float) -> None:
+    with pytest.raises(ValueError, match="max_age_s must be a number of seconds >= 0"):
+        probe_cached(tmp_path / "caps.json", max_age_s=max_age_s, devices=False)
+
+
 def test_a_cache_that_cannot_be_written_does_not_hide_the_findings(tmp_path: Path) -> None:
     """``probe --cache`` on a read-only or full file system still reports (a warning on stderr,
     exit 0, the JSON intact on stdout); it used to fail with the temporary file's name."""
