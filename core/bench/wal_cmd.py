@@ -38,7 +38,7 @@ def _fmt(v: Any, digits: int = 1) -> str:
 @click.option("--backend", type=click.Choice(["auto", "uring", "fallback", "posix"]), default="auto",
               show_default=True,
               help="core.backend of the stack the WAL builds (posix: the old name of fallback)")  # fmt: skip
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+@click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
               help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
 @click.option("--asyncio", "use_asyncio", is_flag=True,
               help="add a row with the appenders as asyncio tasks (append_async on one event loop)")  # fmt: skip

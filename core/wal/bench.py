@@ -23,6 +23,7 @@ ratios to the two references measured on the same disk in the same run:
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -263,9 +264,11 @@ def run_wal_bench(
     in a new directory made in it (``uringstack-bench-wal-*``), removed at the
     end: nothing already in *directory* is written or removed (it used to
     take fixed names there, ``bench-wal``, ``fio.dat``, ``naive.log``, and
-    remove them).
+    remove them). *directory* must exist (``FileNotFoundError``).
     """
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    if not Path(directory).is_dir():
+        # (it used to be made, parents too, and left behind: a mistyped --dir made a tree)
+        raise FileNotFoundError(errno.ENOENT, "no such directory for the WAL benchmark", str(directory))
     base = Path(tempfile.mkdtemp(prefix="uringstack-bench-wal-", dir=directory))
     try:
         result = _run_in(base, appenders, record_size, duration_s, backend, config, rounds, fio_file_bytes, use_asyncio)

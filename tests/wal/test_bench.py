@@ -53,6 +53,18 @@ def test_bench_command_prints_table(tmp_path: pathlib.Path) -> None:
     assert "flush / write us" in res.output  # each WAL row's flush cycle and the durable write in it
 
 
+def test_a_missing_dir_is_refused_not_made(tmp_path: pathlib.Path) -> None:
+    """As ``bench fileobj --dir``: until session 32 a mistyped ``--dir`` was made, parents
+    and all, and left behind."""
+    missing = tmp_path / "typo" / "dir"
+    res = CliRunner().invoke(wal_bench_command, ["--duration", "0.5", "--dir", str(missing)])
+    assert res.exit_code == 2, res.output
+    assert "--dir" in res.output and "does not exist" in res.output, res.output
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        run_wal_bench(missing, appenders=1, record_size=64, duration_s=0.5, backend="fallback")
+    assert not (tmp_path / "typo").exists()
+
+
 @pytest.mark.parametrize(
     ("backend", "sync", "direct", "want"),
     [
