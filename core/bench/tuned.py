@@ -57,7 +57,7 @@ def calibrate(spec: BenchSpec, budget_s: float) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     workload = Workload(block_size=spec.block_size, queue_depth=spec.queue_depth, direct=spec.direct)
-    [(record, where)] = tune([spec.file], budget_s, workload=workload)
+    [(record, where)] = tune([spec.file], budget_s, workload=workload, budget_option="--tune-budget")
     best = record.best_measurement()
     return {
         "target": record.target,

@@ -227,16 +227,17 @@ def tune_target(
     )
 
 
-def check_budget(budget_s: float, targets: int, runs: int = MIN_RUNS) -> None:
-    """Refuse a budget that cannot give every run of every target a useful window."""
+def check_budget(budget_s: float, targets: int, runs: int = MIN_RUNS, option: str = "--budget") -> None:
+    """Refuse a budget that cannot give every run of every target a useful window; *option*
+    is what the caller's user sets it with (named in the error)."""
     if not 0 < budget_s < float("inf"):  # (NaN fails this too: every comparison with it is false)
-        raise TuneError(f"--budget {budget_s:g}: must be a positive, finite number of seconds")
+        raise TuneError(f"{option} {budget_s:g}: must be a positive, finite number of seconds")
     # (each target's share keeps TAIL_S too: without it the advised minimum was refused
     # again later, "leaving 0.1 s", for a budget that could never fit)
     need = round(targets * (runs * (MIN_RUN_S + SETUP_ESTIMATE_S) + TAIL_S), 3)
     if budget_s < need:
         raise TuneError(
-            f"--budget {budget_s:g}: too short for {targets} target(s) x ~{runs} runs; give at least {need:.1f} s"
+            f"{option} {budget_s:g}: too short for {targets} target(s) x ~{runs} runs; give at least {need:.1f} s"
         )
 
 
@@ -251,11 +252,14 @@ def tune(
     cache_directory: Any = None,
     facts: MachineFacts | None = None,
     spent_s: float = 0.0,
+    budget_option: str = "--budget",
 ) -> list[tuple[TuneRecord, str]]:
     """Calibrate every target within *budget_s* in all; returns each record and where it was stored.
 
     *spent_s* is time already used from the budget (the CLI passes the time
     since its command started, so the command as a whole keeps to ``--budget``).
+    *budget_option* names the budget in errors (``bench --tuned`` sets it with
+    ``--tune-budget``: its errors named ``--budget`` until session 32).
     Raises :class:`TuneError` for a bad target or budget before measuring anything.
     """
     from uringstack.config import load_config
@@ -265,7 +269,7 @@ def tune(
     if not targets:
         raise TuneError("no target to tune")
     workload = workload or Workload()
-    check_budget(budget_s, len(targets), runs=MIN_RUNS)
+    check_budget(budget_s, len(targets), runs=MIN_RUNS, option=budget_option)
     started = time.perf_counter() - spent_s  # the budget covers loading, probing and scratch files too
     loaded = load_config(overrides={"core.tune": "off"})
     caps = probe(plugin_manager=loaded.plugin_manager)
@@ -280,7 +284,7 @@ def tune(
             if share < need:
                 spent = time.perf_counter() - started
                 raise TuneError(
-                    f"--budget {budget_s:g}: {spent:.1f} s went to start-up, probing and scratch files, "
+                    f"{budget_option} {budget_s:g}: {spent:.1f} s went to start-up, probing and scratch files, "
                     f"and {TAIL_S:g} s is kept for the end, leaving {max(share, 0.0):.1f} s for {target.given}, "
                     f"which needs at least {need:.1f} s; give a larger budget"
                 )

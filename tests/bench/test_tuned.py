@@ -84,3 +84,13 @@ def test_a_failed_calibration_fails_the_row_not_the_ladder(
     assert rows["batched"]["status"] == "ok"
     assert rows[TUNED]["status"] == "failed"
     assert rows[TUNED]["reason"] == f"uringstack tune {spec.file} failed: OSError: [Errno 28] No space left on device"
+
+
+def test_a_budget_too_short_names_the_option_it_was_set_with(tmp_path: Path, xdg: Path) -> None:
+    """bench's calibration budget is --tune-budget; until session 32 its refusal named
+    ``tune``'s --budget, an option bench does not have."""
+    doc = runner.run_bench(_spec(tmp_path), ["batched"], with_fio=False, tuned=True, tune_budget=0.2)
+    [row] = [r for r in doc["results"] if r["mode"] == TUNED]
+    assert row["status"] == "failed"
+    assert "--tune-budget 0.2: too short" in row["reason"], row["reason"]
+    assert "--budget " not in row["reason"].replace("--tune-budget", ""), row["reason"]
