@@ -160,6 +160,8 @@ def load_config(
         # Report everything at once: environment problems found above plus
         # every validation error, so one run of `config validate` shows all.
         problems.extend(problems_from_validation(exc, model, locate))
+    else:
+        problems.extend(_backend_conflicts(config, locate))
     if problems:
         raise ConfigError(problems) from None
 
@@ -173,6 +175,32 @@ def load_config(
         notes=notes,
         sections=sections,
     )
+
+
+def backend_conflict(fallback_mode: str, backend: str) -> str | None:
+    """Why ``[fallback] mode`` and ``core.backend`` contradict each other, or None.
+
+    The one statement of the rule: the config loader reports it with each
+    key's source (so ``config validate`` finds it: until session 32 it said
+    "valid" for a file every ``plan`` then refused), and the fallback plugin's
+    verdict raises it for a config built without the loader."""
+    if fallback_mode == "on" and backend == "uring":
+        why = "core.backend = 'uring' requires io_uring for every target, the fallback never serves one"
+    elif fallback_mode == "off" and backend == "fallback":
+        why = "core.backend = 'fallback' needs this plugin to serve every target"
+    else:
+        return None
+    return f"{fallback_mode!r} conflicts with core.backend = {backend!r}: {why}"
+
+
+def _backend_conflicts(config: StackConfig, locate: Locator) -> list[ConfigProblem]:
+    section = config.sections().get("fallback")
+    mode = getattr(section, "mode", None)
+    why = backend_conflict(mode, config.core.backend) if isinstance(mode, str) else None
+    if why is None:
+        return []
+    sources = [f"{key}: {locate(tuple(key.split('.'))) or 'default'}" for key in ("fallback.mode", "core.backend")]
+    return [ConfigProblem("fallback.mode", why, mode, source="; ".join(sources))]
 
 
 def _fallback_on_is_the_backend(config: StackConfig, provenance: dict[str, str], notes: list[str]) -> None:

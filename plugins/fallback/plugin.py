@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from uringstack.config.errors import ConfigError, ConfigProblem
+from uringstack.config.load import backend_conflict
 from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fallback.backend import RESOURCE_KEY, FallbackBackend
@@ -35,17 +36,11 @@ class FallbackConfig(FeatureConfig):
 
 
 def _check_conflicts(mode: str, backend: str) -> None:
-    """``core.backend`` and ``[fallback] mode`` that contradict each other are a config error."""
-    if mode == "on" and backend == "uring":
-        why = "core.backend = 'uring' requires io_uring for every target, the fallback never serves one"
-    elif mode == "off" and backend == "fallback":
-        why = "core.backend = 'fallback' needs this plugin to serve every target"
-    else:
-        return
-    raise ConfigError(
-        [ConfigProblem(f"{NAME}.mode", f"{mode!r} conflicts with core.backend = {backend!r}: {why}", mode)],
-        "conflicting uringstack config",
-    )
+    """``core.backend`` and ``[fallback] mode`` that contradict each other are a config error
+    (the loader reports it first, with sources; this covers a config built without it)."""
+    why = backend_conflict(mode, backend)
+    if why is not None:
+        raise ConfigError([ConfigProblem(f"{NAME}.mode", why, mode)], "conflicting uringstack config")
 
 
 def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:

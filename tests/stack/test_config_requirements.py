@@ -56,6 +56,29 @@ def test_backend_and_fallback_mode_that_contradict_are_a_config_error(backend: s
     assert "disabled or not installed" not in message
 
 
+def test_the_contradiction_is_found_by_config_validate_with_each_keys_source(tmp_path: pathlib.Path) -> None:
+    """Until session 32 ``config validate`` said "valid" for such a file (only the plan found
+    it), and the plan's error named no source."""
+    f = tmp_path / "c.toml"
+    f.write_text('[fallback]\nmode = "off"\n')
+    env = {**os.environ, "URINGSTACK_CORE__BACKEND": "fallback"}
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_CLI, "config", "validate", "--with-env", str(f)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "fallback.mode: 'off' conflicts with core.backend = 'fallback'" in out.stderr, out.stderr
+    assert f"[fallback.mode: file:{f}; core.backend: env:URINGSTACK_CORE__BACKEND]" in out.stderr, out.stderr
+
+
+def test_the_plugin_refuses_the_contradiction_in_a_config_not_from_the_loader() -> None:
+    loaded = load_config(env={})
+    loaded.config.core.backend = "uring"
+    loaded.config.sections()["fallback"].mode = "on"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"fallback\.mode: 'on' conflicts with core\.backend = 'uring'"):
+        make_plan(make_fake_capabilities(cores=CPUS), loaded.config, loaded.plugin_manager)
+
+
 def test_backend_fallback_with_the_plugin_disabled_says_so() -> None:
     with pytest.raises(PlanError, match=r"core\.backend = 'fallback'.*listed in core\.disabled_plugins"):
         _plan({"core.backend": "fallback", "core.disabled_plugins": ["fallback"]})
