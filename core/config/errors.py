@@ -69,4 +69,6 @@ def show_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, list):  # (its items as TOML: [true] showed Python's [True])
+        return "[" + ", ".join(map(show_value, value)) + "]"
     return repr(value)

@@ -206,3 +206,16 @@ def test_the_smallest_ring_size_taken_serves_batches(tmp_path: pathlib.Path) -> 
     with open_stack(overrides={"core.ring_entries": 2, "core.backend": "uring"}) as stack, stack.open(path) as h:
         assert h.read_many([0, 4096], [bytearray(4096), bytearray(4096)]) == [4096, 4096]
         assert h.write_durable(b"y" * 4096, 0) == 4096
+
+
+def test_values_are_shown_once_and_as_toml(tmp_path: pathlib.Path) -> None:
+    """Until session 32 ``cores = [true]`` showed Python's ``[True]``, and a fixedbuf buffer size
+    that is not a multiple of the page showed its value twice ("got 5000 (got 5000; ...")."""
+    f = tmp_path / "c.toml"
+    f.write_text("[core]\ncores = [true, 'x']\n[fixedbuf]\nbuffer_size = 5000\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, env={})
+    text = str(info.value)
+    assert "(got [true, 'x'];" in text, text
+    assert "fixedbuf.buffer_size: must be a multiple of 4096 (page size) (got 5000;" in text, text
+    assert text.count("5000") == 1, text
