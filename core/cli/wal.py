@@ -55,7 +55,11 @@ def verify(directory: Path, mode: str) -> None:
     click.echo(f"segments: {len(result.segments)}  records: {result.records}  last LSN: {last}")
     d = result.damage
     if d is not None:
-        kind = "torn tail (unacknowledged last write)" if d.torn_tail else "CORRUPTION"
+        kind = (
+            "torn tail (a last write a crash cut short, or damage there that looks the same)"
+            if d.torn_tail
+            else "CORRUPTION"
+        )
         click.echo(f"{kind} in {d.path.name} at offset {d.offset}: {d.reason}", err=True)
         for p in result.discard:
             click.echo(f"  segment past the damage: {p.name}", err=True)
@@ -73,7 +77,9 @@ def _repair_plan(result: LogScan) -> str:
     assert d is not None
     steps = [f"end it at LSN {result.next_lsn - 1}"]
     if d.torn_tail:
-        steps[0] += " (cutting the unacknowledged last write)"
+        # (never "unacknowledged": a bit flip within the last max_write_bytes looks the same
+        # as a torn write, docs/wal.md, and may hit an acknowledged record)
+        steps[0] += " (cutting its torn last write: unacknowledged if a crash tore it; damage there looks the same)"
     else:
         steps[0] += " (the records past the damage, which may have been acknowledged, are not read back)"
     if result.discard:

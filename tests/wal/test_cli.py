@@ -79,5 +79,6 @@ def test_verify_says_a_torn_tail_is_cut(wal_dir: pathlib.Path) -> None:
     assert r.exit_code == 0, r.output
     last = r.output.strip().splitlines()[-1]
     assert last == (
-        "ok under tolerate_tail: opening the log would end it at LSN 4 (cutting the unacknowledged last write)"
+        "ok under tolerate_tail: opening the log would end it at LSN 4 (cutting its torn last write: "
+        "unacknowledged if a crash tore it; damage there looks the same)"
     ), r.output
