@@ -11,9 +11,11 @@ never raises: a broken cache must not break ``open_stack()``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from uringstack.probe.tune_key import MachineFacts, key_of
-from uringstack.probe.tuning import FORMAT_VERSION, AppliedRecord, TuneDocument, TuneRecord, TuneState
+from uringstack.probe.tuning import FORMAT_VERSION, SCHEMA, AppliedRecord, TuneDocument, TuneRecord, TuneState
 
 
 def cache_root(environ: dict[str, str] | None = None) -> Path:
@@ -81,6 +83,19 @@ def write_entry(record: TuneRecord, directory: Path | None = None) -> Path:
     return path
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of *path* if it is a regular file; else ``OSError`` (a FIFO named ``*.json``
+    in the cache directory made every plan and ``open_stack()`` wait forever in its open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def read_document(path: Path) -> TuneDocument:
     """Parse a cache file or a ``tune --json`` document.
 
@@ -90,16 +105,20 @@ def read_document(path: Path) -> TuneDocument:
     import json
 
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(_read_regular(path))
     except OSError as exc:
         raise ValueError(f"unreadable ({exc.strerror})") from None
-    except ValueError as exc:
-        raise ValueError(f"corrupt (not JSON: {exc})") from None
+    except (ValueError, RecursionError) as exc:  # (nesting too deep is a RecursionError, not a ValueError)
+        raise ValueError(f"corrupt (not JSON: {type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise ValueError("corrupt (not a JSON object)")
     version = raw.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise ValueError(f"written by a newer uringstack (format {version}, this one reads up to {FORMAT_VERSION})")
+    if raw.get("schema") != SCHEMA or "records" not in raw:
+        # (a probe report, a plan, any other JSON object was read as a document of no records:
+        # "no measurement", with nothing saying the file was not one, until session 32)
+        raise ValueError(f'not a tune document (its "schema" is {raw.get("schema")!r}, not {SCHEMA!r})')
     try:
         doc = TuneDocument.model_validate(raw)
     except ValidationError as exc:
@@ -132,16 +151,23 @@ def _check(record: TuneRecord, facts: MachineFacts, shipped: bool) -> tuple[str,
 def _apply(docs: Iterable[tuple[Path, str]], facts: MachineFacts, shipped: bool, state: TuneState) -> None:
     for path, source in docs:
         try:
-            doc = read_document(path)
-        except ValueError as exc:
-            state.ignored.append(f"{path}: {exc}")
-            continue
-        for record in doc.records:
-            why, disk = _check(record, facts, shipped)
-            if why:
-                state.ignored.append(f"{path} ({record.target}): {why}")
-            else:
-                state.records.append(AppliedRecord(source=f"{source}:{path}", record=record, device=disk))
+            _apply_one(path, source, facts, shipped, state)
+        except Exception as exc:  # (one bad file must not hide the others: each gets its reason)
+            state.ignored.append(f"{path}: unusable: {type(exc).__name__}: {exc}")
+
+
+def _apply_one(path: Path, source: str, facts: MachineFacts, shipped: bool, state: TuneState) -> None:
+    try:
+        doc = read_document(path)
+    except ValueError as exc:
+        state.ignored.append(f"{path}: {exc}")
+        return
+    for record in doc.records:
+        why, disk = _check(record, facts, shipped)
+        if why:
+            state.ignored.append(f"{path} ({record.target}): {why}")
+        else:
+            state.records.append(AppliedRecord(source=f"{source}:{path}", record=record, device=disk))
 
 
 def tune_results_missing(tune_results: str) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FORMAT_VERSION = 1
 """Version of the record format; a file with a higher one is ignored (written by a newer uringstack)."""
@@ -127,6 +127,26 @@ class TuneRecord(BaseModel):
     """Relative IOPS difference between two runs of the baseline: this run's noise.
     A choice must beat the first by ``max(MIN_GAIN, noise)``."""
     notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _indexes_hold(self) -> TuneRecord:
+        """Refuse a record whose indexes point nowhere: JSON of the right shape with ``best=99``
+        or ``compared.sqpoll=[1, 99]`` (a hand edit, a bad merge) made every plan and
+        ``open_stack()`` fail with IndexError until session 32; the loader now ignores it
+        with this reason, as any corrupt cache file."""
+        n = len(self.measurements)
+        if self.best is not None:
+            if not 0 <= self.best < n:
+                raise ValueError(f"best = {self.best} is not the index of one of its {n} measurements")
+            if self.measurements[self.best].status != "ok":
+                raise ValueError(f"best = {self.best} is a measurement that did not succeed")
+        for dimension, indexes in self.compared.items():
+            for i in indexes:
+                if not 0 <= i < n:
+                    raise ValueError(f"compared.{dimension} holds {i}, not the index of one of its {n} measurements")
+                if dimension not in self.measurements[i].settings:
+                    raise ValueError(f"compared.{dimension}: measurement {i} has no {dimension} setting")
+        return self
 
     def best_measurement(self) -> Measurement | None:
         return None if self.best is None else self.measurements[self.best]

@@ -110,7 +110,10 @@ def test_foreign_entries_are_ignored(tmp_path: pathlib.Path) -> None:
     [
         (b"{not json", "corrupt (not JSON"),
         (b"[1, 2]", "corrupt (not a JSON object)"),
-        (b'{"format_version": 1, "records": [{"target": 3}]}', "corrupt (records.0"),
+        (b'{"schema": "uringstack.tune/1", "format_version": 1, "records": [{"target": 3}]}', "corrupt (records.0"),
+        (b'{"schema": "other/9", "records": []}', "not a tune document (its \"schema\" is 'other/9'"),
+        (b'{"schema_version": 3, "kernel_release": "6.1.0"}', "not a tune document"),  # a probe report
+        (b"[" * 100_000 + b"]" * 100_000, "corrupt (not JSON: RecursionError"),
         (
             json.dumps({"format_version": FORMAT_VERSION + 1, "records": [{"future": True}]}).encode(),
             f"written by a newer uringstack (format {FORMAT_VERSION + 1}",
@@ -125,6 +128,54 @@ def test_bad_files_are_ignored_with_the_reason(tmp_path: pathlib.Path, content: 
     state = load_state(directory=cache)
     assert state.records == [] and len(state.ignored) == 1
     assert reason in state.ignored[0] and str(cache / "bad.json") in state.ignored[0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        ({"best": 99}, "best = 99 is not the index of one of its 2 measurements"),
+        ({"compared": {"sqpoll": [1, 99]}}, "compared.sqpoll holds 99"),
+        ({"measurements.1.settings": {}}, "compared.sqpoll: measurement 1 has no sqpoll setting"),
+        ({"measurements.1.status": "failed"}, "best = 1 is a measurement that did not succeed"),
+    ],
+)
+def test_a_record_whose_indexes_point_nowhere_is_ignored_and_hides_no_other(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, edit: dict[str, object], reason: str
+) -> None:
+    """JSON of the right shape with indexes out of range made every plan, ``probe`` and
+    ``open_stack()`` fail (IndexError, KeyError) until session 32."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache = cache_dir()
+    good_dir, bad_dir = tmp_path / "good", tmp_path / "bad"
+    good_dir.mkdir()
+    bad_dir.mkdir()
+    write_entry(fake_record(str(good_dir), {"sqpoll": {"off": 1e5, "on": 2e5}}), cache)
+    doc = json.loads(write_entry(fake_record(str(bad_dir), {"sqpoll": {"off": 1e5, "on": 2e5}}), cache).read_text())
+    for dotted, value in edit.items():
+        *parents, last = dotted.split(".")
+        node = doc["records"][0]
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    bad = next(p for p in cache.iterdir() if json.loads(p.read_text())["records"][0]["target"] == str(bad_dir))
+    bad.write_text(json.dumps(doc))
+    state = load_state()
+    assert [r.record.target for r in state.records] == [str(good_dir)]
+    assert len(state.ignored) == 1 and reason in state.ignored[0] and str(bad) in state.ignored[0], state.ignored
+    with open_stack(overrides={"core.cores": [min(os.sched_getaffinity(0))]}) as stack:
+        assert any(reason in note for note in stack.plan.notes), stack.plan.notes
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_in_the_cache_is_ignored_not_opened_for_good(tmp_path: pathlib.Path) -> None:
+    """A FIFO named ``*.json`` made every plan and ``open_stack()`` wait in its open (session 32)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.mkfifo(cache / "a.json")
+    write_entry(fake_record(str(tmp_path), {"sqpoll": {"off": 1e5, "on": 2e5}}), cache)
+    state = load_state(directory=cache)
+    assert len(state.records) == 1
+    assert state.ignored == [f"{cache / 'a.json'}: unreadable (not a regular file)"]
 
 
 def test_a_newer_record_inside_a_current_document_is_refused(tmp_path: pathlib.Path) -> None:
@@ -189,8 +240,10 @@ def test_an_unexpected_failure_in_the_lookup_never_breaks_open_stack(
         raise RuntimeError("udev exploded")
 
     monkeypatch.setattr(cache_mod, "key_of", broken)
+    entry = cache_dir() / next(p.name for p in cache_dir().iterdir())
     with open_stack(overrides={"core.cores": [min(os.sched_getaffinity(0))]}) as stack:
-        assert "tune: ignored tune cache unusable: RuntimeError: udev exploded" in stack.plan.notes
+        # (each file on its own: one failing file no longer hides the others, session 32)
+        assert f"tune: ignored {entry}: unusable: RuntimeError: udev exploded" in stack.plan.notes
 
 
 def test_a_target_path_that_cannot_exist_is_foreign(tmp_path: pathlib.Path) -> None:
