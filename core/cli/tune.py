@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -43,6 +44,10 @@ def render_record(record: TuneRecord, where: str, console: Console) -> None:
             t.add_row(mark, settings, f"{m.iops:,.0f}", f"{m.cpu_us_per_io:.1f}", f"{m.seconds:.2f}", escape(m.reason))
     console.print(t)
     console.print(f"tuned in {record.elapsed_s:.1f} s; " + (f"written to {where}" if where else "not cached"))
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @click.command("tune")
@@ -88,6 +93,9 @@ def tune_command(targets: tuple[str, ...], budget: float, as_json: bool, no_cach
         progress.update(state["task"], completed=state["runs"], description=f"{state['target']}: {label}")
         state["runs"] += 1
 
+    # SIGTERM (systemd stop, kill) ends the command as Ctrl-C does, through the cleanup: the
+    # default action left a directory target's 64 MiB scratch file behind (session 32)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with progress:
             results = tune(
@@ -101,6 +109,8 @@ def tune_command(targets: tuple[str, ...], budget: float, as_json: bool, no_cach
     except TuneError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if as_json:
         doc = TuneDocument.of([r for r, _ in results])
         click.echo(json.dumps(doc.model_dump(mode="json", by_alias=True), indent=2))

@@ -36,7 +36,7 @@ from uringstack.probe.tuning import (
     Workload,
 )
 from uringstack.tune.loop import measure
-from uringstack.tune.targets import TuneError, prepared
+from uringstack.tune.targets import TuneError, check_target, prepared
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from uringstack.probe.model import Capabilities
 
 DEFAULT_BUDGET_S = 10.0
+MAX_BUDGET_S = 86_400.0
 MIN_RUN_S = 0.2
 """Shortest measured window worth having; a budget that cannot give every run this is refused."""
 SETUP_ESTIMATE_S = 0.1
@@ -232,6 +233,10 @@ def check_budget(budget_s: float, targets: int, runs: int = MIN_RUNS, option: st
     is what the caller's user sets it with (named in the error)."""
     if not 0 < budget_s < float("inf"):  # (NaN fails this too: every comparison with it is false)
         raise TuneError(f"{option} {budget_s:g}: must be a positive, finite number of seconds")
+    if budget_s > MAX_BUDGET_S:
+        # (1e12 passed: every run's deadline overflowed time.sleep, all candidates failed, and
+        # the record of no success replaced a good cache entry, until session 32)
+        raise TuneError(f"{option} {budget_s:g}: more than {MAX_BUDGET_S:g} s (a day); give a shorter budget")
     # (each target's share keeps TAIL_S too: without it the advised minimum was refused
     # again later, "leaving 0.1 s", for a budget that could never fit)
     need = round(targets * (runs * (MIN_RUN_S + SETUP_ESTIMATE_S) + TAIL_S), 3)
@@ -271,7 +276,17 @@ def tune(
     workload = workload or Workload()
     check_budget(budget_s, len(targets), runs=MIN_RUNS, option=budget_option)
     started = time.perf_counter() - spent_s  # the budget covers loading, probing and scratch files too
+    for given in targets:  # every target, before anything is measured (tune.md: exit 2 first)
+        check_target(given, workload)
     loaded = load_config(overrides={"core.tune": "off"})
+    if write_cache and loaded.config.core.tune_results:
+        # (the cache is written all the same, but no plan of this config reads it)
+        warnings.warn(
+            f"core.tune_results = {loaded.config.core.tune_results} is set: plans with this config read "
+            "that file, not the tune cache written here (`uringstack tune --json` makes such a file)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     caps = probe(plugin_manager=loaded.plugin_manager)
     out: list[tuple[TuneRecord, str]] = []
     for i, given in enumerate(targets):
@@ -292,7 +307,16 @@ def tune(
                 on_target(target.given, runs)
             record = tune_target(target, caps, loaded.config, loaded.plugin_manager, share, on_run=on_run, facts=facts)
         where = ""
-        if write_cache:
+        if write_cache and record.best is None:
+            # A run where no candidate succeeded says nothing about the settings: writing it
+            # replaced an earlier good entry with one every plan ignores (session 32).
+            warnings.warn(
+                f"no candidate succeeded on {target.given}: not written to the tune cache "
+                "(an earlier entry for it, if any, is kept)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif write_cache:
             try:
                 where = str(write_entry(record, cache_directory))
             except OSError as exc:

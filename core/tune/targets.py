@@ -77,6 +77,37 @@ def _write_scratch(directory: str, size: int) -> str:
     return path
 
 
+def check_target(given: str, workload: Workload) -> None:
+    """Refuse *given* now if :func:`prepared` would: its kind, and for a file or block device
+    that it can be opened and is large enough (a directory's scratch file is made later).
+
+    ``tune`` checks every target this way before measuring any, so a bad second target
+    no longer ends the command after the first was measured and cached (session 32)."""
+    path = os.path.abspath(given)
+    if _kind(path) == "directory":
+        return
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise TuneError(f"{path}: cannot open for reading: {exc.strerror}") from None
+    _checked_size(path, path, workload)
+
+
+def _checked_size(path: str, read_path: str, workload: Workload) -> int:
+    """*read_path*'s size, refused (naming *path*, the target as given) when it cannot be read
+    or is too small for the workload's random reads."""
+    try:
+        size = device_size(read_path)
+    except OSError as exc:  # (lseek's EINVAL on /proc files named nothing: "error: Invalid argument")
+        raise TuneError(
+            f"{path}: cannot read its size ({exc.strerror or exc}); not a file or block device to tune"
+        ) from exc
+    minimum = workload.block_size * workload.queue_depth
+    if size < minimum:
+        raise TuneError(f"{path}: {size} bytes is too small; random reads need at least {minimum} bytes")
+    return size
+
+
 @contextmanager
 def prepared(
     given: str, workload: Workload, caps_device: object = None, scratch_bytes: int = SCRATCH_BYTES
@@ -91,15 +122,7 @@ def prepared(
     else:
         read_path = path
     try:
-        try:
-            size = device_size(read_path)
-        except OSError as exc:  # (lseek's EINVAL on /proc files named nothing: "error: Invalid argument")
-            raise TuneError(
-                f"{path}: cannot read its size ({exc.strerror or exc}); not a file or block device to tune"
-            ) from exc
-        minimum = workload.block_size * workload.queue_depth
-        if size < minimum:
-            raise TuneError(f"{path}: {size} bytes is too small; random reads need at least {minimum} bytes")
+        size = _checked_size(path, read_path, workload)
         direct = workload.direct and _direct_ok(read_path)
         yield TuneTarget(
             given=path,

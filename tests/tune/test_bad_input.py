@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 
 from uringstack.cli import cli
-from uringstack.probe.tuning import Workload
+from uringstack.probe.tuning import TuneRecord, Workload
 from uringstack.tune.runner import check_budget, tune
 from uringstack.tune.targets import SCRATCH_PREFIX, TuneError, prepared
 
@@ -125,3 +128,83 @@ def test_a_budget_eaten_by_start_up_is_named(tmp_path: pathlib.Path) -> None:
     with pytest.raises(TuneError, match=want):
         tune([str(tmp_path)], 1.2, spent_s=1.1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_budget_over_a_day_is_refused() -> None:
+    """``--budget 1e12`` passed: every run's deadline overflowed ``time.sleep``, all candidates
+    failed and that record replaced a good cache entry (session 32)."""
+    with pytest.raises(TuneError, match=r"^--budget 1e\+12: more than 86400 s \(a day\)"):
+        check_budget(1e12, 1)
+    check_budget(86_400, 1)
+
+
+def test_every_target_is_checked_before_any_is_measured(tmp_path: pathlib.Path) -> None:
+    """``tune good nope`` measured and cached the first target, then failed on the second,
+    against "exits 2 before measuring anything" (session 32)."""
+    good = tmp_path / "good.bin"
+    good.write_bytes(b"\0" * (1 << 20))
+    cache = tmp_path / "cache"
+    began = time.perf_counter()
+    with pytest.raises(TuneError, match="nope: no such file"):
+        tune([str(good), str(tmp_path / "nope")], 3, cache_directory=cache)
+    assert not cache.exists()
+    assert time.perf_counter() - began < 0.5  # (a measured target takes its 1 s share at least)
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 4096)
+    with pytest.raises(TuneError, match="4096 bytes is too small"):
+        tune([str(good), str(small)], 3, cache_directory=cache)
+    assert not cache.exists()
+
+
+def test_a_run_where_nothing_succeeded_keeps_the_earlier_cache_entry(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uringstack.tune.runner as runner
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"\0" * (1 << 20))
+    cache = tmp_path / "cache"
+    [(first, where)] = tune([str(target)], 2.5, cache_directory=cache)
+    assert first.best is not None and where
+    kept = pathlib.Path(where).read_bytes()
+
+    def nothing_succeeded(*args: object, **kwargs: object) -> TuneRecord:
+        return first.model_copy(update={"best": None, "measurements": [], "compared": {}})
+
+    monkeypatch.setattr(runner, "tune_target", nothing_succeeded)
+    with pytest.warns(RuntimeWarning, match="no candidate succeeded on .*: not written to the tune cache"):
+        [(record, where_now)] = tune([str(target)], 2.5, cache_directory=cache)
+    assert record.best is None and where_now == ""
+    assert pathlib.Path(where).read_bytes() == kept
+
+
+def test_tune_says_when_the_config_reads_a_shipped_file_instead(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"\0" * (1 << 20))
+    monkeypatch.setenv("URINGSTACK_CORE__TUNE_RESULTS", str(tmp_path / "shipped.json"))
+    with pytest.warns(RuntimeWarning, match=r"core.tune_results = .*shipped.json is set: plans with this config read"):
+        tune([str(target)], 2.5, cache_directory=tmp_path / "cache")
+
+
+def test_sigterm_removes_the_scratch_file(tmp_path: pathlib.Path) -> None:
+    """The default SIGTERM action left a directory target's 64 MiB scratch file (session 32)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    run = "import sys; from uringstack.cli import main; sys.argv[0] = 'uringstack'; main()"
+    target = tmp_path / "dir"
+    target.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", run, "tune", "--budget", "30", str(target)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(SCRATCH_PREFIX) for p in target.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # (into the measuring)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list(target.iterdir()) == []
