@@ -176,6 +176,9 @@ class AsyncBinaryFile(_LineReader[bytes]):
         self._turns = _Turns()
         self._rbuf = b""  # read-ahead bytes starting at self._pos
         self._wbuf = bytearray()  # bytes to write at self._pos - len(self._wbuf)
+        # Bytes write() took and kept (less those a failed flush gave back): the text layer
+        # compares it around a write to know whether a write that raised took none
+        self._taken = 0
         self._writing: asyncio.Future[None] | None = None  # the buffer's write, in flight (_flush_unlocked)
         self._pos = raw.tell()
         self._append_from = self._pos  # where an append that wrote nothing leaves the position
@@ -445,6 +448,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
                 self._append_from = self._pos
                 self._pos = os.fstat(self._live_fd()).st_size
             self._wbuf += data
+            self._taken += len(data)
             self._pos += len(data)
             if len(self._wbuf) >= self._buffer_size:
                 try:
@@ -474,6 +478,7 @@ class AsyncBinaryFile(_LineReader[bytes]):
         kept = len(self._wbuf)
         if kept >= n:
             del self._wbuf[kept - n :]
+            self._taken -= n
             self._pos -= n
             if self._appending and not self._wbuf:
                 # nothing of it written: write(2) on O_APPEND moves the position only when it
@@ -998,7 +1003,19 @@ class AsyncTextFile(_LineReader[str]):
         elif self._newline is None and os.linesep != "\n":
             text = text.replace("\n", os.linesep)
         await self._unread()
-        await self.buffer.write(self._encoder.encode(text))
+        encoder, buffer = self._encoder, self.buffer
+        state, taken = encoder.getstate(), getattr(buffer, "_taken", None)
+        data = encoder.encode(text)
+        try:
+            await buffer.write(data)
+        except BaseException:
+            if taken is not None and buffer._taken == taken:
+                # None of the bytes were taken (a cancelled wait, a closed file, an earlier
+                # failure raised): the encoder goes back to before them, or a stateful
+                # encoding's next write lacks their shift sequence (iso2022_jp's return to
+                # ASCII was lost after a cancelled write, session 32)
+                encoder.setstate(state)
+            raise
         if self._fresh_flags and self._decoder.getstate()[1] == self._fresh_flags:
             # a new decoder (written from 0): what follows is read past the start (see _restart)
             self._decoder.setstate((b"", 0))

@@ -153,3 +153,29 @@ def test_a_seek_after_a_cancelled_append_keeps_its_position(tmp_path: pathlib.Pa
         assert cancelled, "no cancellation landed: the test tested nothing"
 
     asyncio.run(main())
+
+
+def test_a_cancelled_text_write_leaves_a_stateful_encoder_as_it_was(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """``write("abc")`` cancelled while it waited for an append in flight took none of its bytes,
+    but its encoding had moved iso2022_jp's encoder back to ASCII: the next write's bytes then
+    lacked the shift sequence and the file read '日本��' (session 32)."""
+    path = tmp_path / "f.txt"
+
+    async def main() -> None:
+        cancelled = 0
+        for steps in range(_STEPS):
+            path.unlink(missing_ok=True)
+            f = await uringstack.aio.open(path, "a", encoding="iso2022_jp", stack=stack)
+            await f.write("日本")
+            await _cancelled_after(1, f.flush())  # started, then cancelled: its append write goes on
+            took = await _cancelled_after(steps, f.write("abc"))
+            await f.write("xyz")
+            await f.close()
+            text = path.read_bytes().decode("iso2022_jp")
+            assert text in ("日本xyz", "日本abcxyz"), f"{steps} steps: {path.read_bytes()!r}"
+            cancelled += took
+            if not took:
+                break
+        assert cancelled, "no cancellation landed: the test tested nothing"
+
+    asyncio.run(main())
