@@ -135,6 +135,12 @@ class Wal:
         Must be called with a running event loop.  The future is resolved from
         the thread that flushes it (one ``call_soon_threadsafe`` per flush and
         event loop, not per record), so no thread is spent per append.
+
+        The record is queued when this returns, before any ``await``: cancelling
+        the await (``Task.cancel``, a ``wait_for`` timeout) does not take it back.
+        It is still written and made durable, its LSN used; a caller that retries
+        after a cancel appends it twice (give records an id of their own, or
+        ``asyncio.shield`` the future, to tell).
         """
         return self._writer.submit_async(data)
 
