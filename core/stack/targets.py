@@ -184,8 +184,14 @@ def open_target(target: Target) -> int:
         detail = ""
         if exc.errno == 22 and target.direct:
             detail = "this filesystem does not support O_DIRECT (tmpfs?); open with direct=False"
-        elif exc.errno == 13:
+        elif exc.errno == 13 and target.kind != "file":
             detail = "permission denied; block and NVMe devices usually need root or the disk group"
+        elif exc.errno == 13:
+            # (the device hint was given for regular files too, where it misleads)
+            mode = "writing" if target.writable else "reading"
+            detail = f"permission denied for {mode}" + (
+                "; open with writable=False to read it" if target.writable else ""
+            )
         raise UringIOError(exc.errno or 5, "open", target.path, detail) from exc
 
 
