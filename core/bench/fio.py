@@ -178,8 +178,7 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None, sqpoll_cp
     cpu_s, wall_s = _children_cpu_s() - cpu0, time.monotonic() - t0
     out, err = proc.stdout, proc.stderr
     if proc.returncode != 0:
-        msg = (err or out).strip().splitlines()
-        return ModeResult(mode=mode, kind="fio", status="failed", reason=" ".join(msg[-2:])[:300])
+        return ModeResult(mode=mode, kind="fio", status="failed", reason=_failure(out, err))
     # fio may print warnings before the JSON document
     text = out[out.find("{") :] if "{" in out else out
     try:
@@ -195,6 +194,21 @@ def run_fio(path: str, spec: BenchSpec, engine: str, poll: Any = None, sqpoll_cp
         row.details["cpu"] = "fio's processes and threads (its SQ thread included) over its whole run"
         row.cpu_pct = 100.0 * cpu_s / wall_s
     return row
+
+
+def _failure(out: str, err: str) -> str:
+    """Why fio failed, in one line: its stderr, else what it printed before its JSON document
+    (with --output-format=json fio prints a job's error to stdout, then the JSON: the reason
+    was the JSON's last two lines, "] }", until session 32)."""
+    text = err.strip() or (out[: out.find("{")] if "{" in out else out).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines and "{" in out:
+        try:
+            jobs = json.loads(out[out.find("{") :]).get("jobs") or [{}]
+            lines = [f"job error {jobs[0].get('error', '?')}"]
+        except ValueError:
+            pass
+    return " ".join(lines[-2:])[:300] or "no output"
 
 
 def _children_cpu_s() -> float:

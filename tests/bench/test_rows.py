@@ -196,3 +196,23 @@ def test_an_nvme_namespace_gets_fio_io_uring_cmd_on_its_char_device(
     assert "--ioengine=io_uring_cmd" in args and "--cmd_type=nvme" in args and "--readonly" in args
     assert not any(a.startswith("--direct") for a in args)  # a char device refuses O_DIRECT opens
     assert "--direct=1" in fio_args(BenchSpec("randread", file="/x"), "io_uring")
+
+
+def test_a_failed_fio_job_is_reported_by_its_error_not_its_json(tmp_path: Path) -> None:
+    """With --output-format=json fio prints a job's error to stdout, then the JSON document:
+    the row's reason was the document's last two lines, "] }" (session 32)."""
+    from uringstack.bench.fio import run_fio
+
+    fake = tmp_path / "fio"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'fio: pid=42, err=1/file:engines/io_uring.c:1100, func=io_uring_queue_init, "
+        "error=Operation not permitted'\n"
+        "printf '{\\n  \"jobs\" : [\\n  ]\\n}\\n'\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    row = run_fio(str(fake), BenchSpec("randread", file=str(tmp_path / "d")), "io_uring")
+    assert row.status == "failed"
+    assert row.reason.startswith("fio: pid=42, err=1/file:engines/io_uring.c:1100"), row.reason
+    assert "error=Operation not permitted" in row.reason
