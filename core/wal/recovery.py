@@ -116,7 +116,14 @@ class LogScan:
 
 def _map(path: Path) -> tuple[mmap.mmap | bytes, int]:
     with open(path, "rb") as f:
-        buf = _map_fd(f.fileno())
+        try:
+            buf = _map_fd(f.fileno())
+        except OSError as exc:
+            # (a bare "[Errno 12] Cannot allocate memory" under a small RLIMIT_AS named no file
+            # and no cause until session 32: each segment is mapped whole to be scanned)
+            hint = " (the segment is mapped whole to be scanned: is RLIMIT_AS / ulimit -v too small?)"
+            raise OSError(exc.errno, f"{exc.strerror}: cannot map WAL segment{hint if exc.errno == 12 else ''}",
+                          str(path)) from exc  # fmt: skip
         return buf, len(buf)
 
 

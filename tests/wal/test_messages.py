@@ -58,3 +58,21 @@ def test_write_error_names_the_write(wal_dir: pathlib.Path) -> None:
     with Wal.open(wal_dir, CFG, wrap_io=be) as wal, pytest.raises(WalFailedError) as ei:
         wal.append(b"one")
     assert ei.value.op == "write" and ei.value.errno == errno.ENOSPC, str(ei.value)
+
+
+def test_a_segment_that_cannot_be_mapped_is_named(wal_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a small RLIMIT_AS the open failed with a bare "[Errno 12] Cannot allocate memory"
+    (session 32): recovery maps each segment whole to scan it."""
+    import uringstack.wal.recovery as recovery
+
+    _log(wal_dir)
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(recovery.mmap, "mmap", no_memory)
+    with pytest.raises(OSError) as ei:
+        Wal.open(wal_dir, CFG)
+    assert ei.value.errno == errno.ENOMEM
+    assert ei.value.filename == str(list_segments(wal_dir)[0][1]), str(ei.value)
+    assert "RLIMIT_AS" in str(ei.value)
