@@ -300,5 +300,6 @@ def uringstack_tune_candidates(target: TuneTarget, caps: Capabilities, config: S
     ``caps.tuning.comparisons("<your dimension>")`` in
     ``uringstack_check_support``/``uringstack_ring_params`` and decide from
     the measured IOPS, or fall back to your rule and say so with
-    ``caps.tuning.no_measurement()``.
+    ``caps.tuning.no_measurement("<your dimension>")`` (which says whether a record
+    holds that compared nothing of it, or none holds).
     """

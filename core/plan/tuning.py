@@ -102,10 +102,16 @@ def plan_notes(caps: Capabilities) -> list[str]:
         best = r.best_measurement()
         if best is None:
             continue
-        settings = ", ".join(f"{k}={v}" for k, v in best.settings.items())
+        # Only the dimensions the run compared: the others' values in the best measurement
+        # were never put against another (a plan registering buffers read "best fixedbuf=off"
+        # after a run whose fixedbuf=on candidate the budget skipped, until session 32)
+        compared = {k: v for k, v in best.settings.items() if r.comparison(k) is not None}
+        settings = ", ".join(f"{k}={v}" for k, v in compared.items()) or "nothing compared"
+        skipped = sorted(set(best.settings) - set(compared))
         notes.append(
             f"tune: using {r.target} ({applied.source}, tuned {r.tuned_at}): best {settings} "
             f"at {best.iops:,.0f} IOPS, {best.cpu_us_per_io:.1f} µs CPU per I/O"
+            + (f" (not compared: {', '.join(skipped)})" if skipped else "")
         )
         batch = r.comparison("batch")
         if batch is not None:

@@ -283,8 +283,16 @@ class TuneState(BaseModel):
                 out.append(c)
         return out
 
-    def no_measurement(self) -> str:
-        """Why no measurement applies, for a plugin's reason text."""
+    def no_measurement(self, dimension: str | None = None) -> str:
+        """Why no measurement applies, for a plugin's reason text; with *dimension*, a record
+        that holds but compared no two values of it is named as such (it read "no
+        measurement ... run `uringstack tune`" right after a tune, until session 32)."""
+        if dimension is not None and self.records:
+            targets = ", ".join(sorted({a.record.target for a in self.records}))
+            return (
+                f"no comparison of {dimension} in the measurements of {targets} (the run measured "
+                f"fewer than two of its values: the budget skipped them, or they failed)"
+            )
         if self.ignored:
             return f"no valid measurement ({'; '.join(self.ignored)})"
         return f"no measurement ({self.searched or 'not looked up'}; run `uringstack tune`)"

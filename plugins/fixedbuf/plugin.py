@@ -95,7 +95,7 @@ def measured(caps: Capabilities, cfg: FixedbufConfig) -> tuple[bool | None, str]
         return None, ""
     found = caps.tuning.comparisons(NAME) if caps.tuning is not None else []
     if not found:
-        why = caps.tuning.no_measurement() if caps.tuning is not None else "no measurement looked up"
+        why = caps.tuning.no_measurement(NAME) if caps.tuning is not None else "no measurement looked up"
         return None, f"auto, {why}: rule: register where RLIMIT_MEMLOCK allows"
     return all(c.best == "on" for c in found), "auto: " + "; ".join(c.describe(LABELS) for c in found)
 

@@ -67,7 +67,7 @@ def measured(caps: Capabilities, disk: str | None) -> tuple[bool | None, str]:
     elif state.records:
         why = f"no measurement of {disk or 'its device'}"
     else:
-        why = state.no_measurement()
+        why = state.no_measurement(NAME)
     return None, f"auto, {why}: {RULE}"
 
 

@@ -84,7 +84,7 @@ def _decide(caps: Capabilities, config: StackConfig) -> tuple[bool, str]:
         # SQPOLL costs a CPU: it must win on every tuned target
         enabled = all(c.best == "on" for c in measured)
         return enabled, "auto: " + "; ".join(c.describe(LABELS) for c in measured)
-    why = caps.tuning.no_measurement() if caps.tuning is not None else "no measurement looked up"
+    why = caps.tuning.no_measurement(NAME) if caps.tuning is not None else "no measurement looked up"
     if len(caps.cpus.allowed) < cfg.min_cpus:
         return False, (
             f"auto, {why}: rule min_cpus: {len(caps.cpus.allowed)} CPUs < {cfg.min_cpus}, so the poller "

@@ -10,8 +10,10 @@ import pytest
 
 import uringstack.tune.runner as runner
 from uringstack.config import load_config
+from uringstack.plan.tuning import plan_notes
 from uringstack.probe import probe
 from uringstack.probe.tuning import AppliedRecord, Measurement, TuneState, TuneTarget
+from uringstack.testing import make_fake_capabilities
 
 from .fakes import fake_record
 
@@ -154,3 +156,9 @@ def test_a_dimension_whose_other_choices_were_skipped_is_not_measured() -> None:
     assert record.comparison("sqpoll") is None
     state = TuneState(records=[AppliedRecord(source="test", record=record)])
     assert state.comparisons("sqpoll") == []
+    # ... and neither the plugin's reason nor the plan's note says otherwise (session 32: "no
+    # measurement ... run `uringstack tune`", and "best sqpoll=off" for a value never compared)
+    assert state.no_measurement("sqpoll").startswith("no comparison of sqpoll in the measurements of /")
+    caps = make_fake_capabilities().model_copy(update={"tuning": state})
+    [note] = [n for n in plan_notes(caps) if n.startswith("tune: using")]
+    assert "best nothing compared" in note and "(not compared: sqpoll)" in note, note
