@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from uringstack.plan.tuning import attach_tuning, measured_cores, plan_notes
+from uringstack.plan.tuning import attach_tuning, measured_cores, plan_notes, storage_backend
 from uringstack.ring.params import RingParams
 from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
 
@@ -173,7 +173,7 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
     if impossible:
         raise PlanError("; ".join(f"{v.plugin} is configured 'on' but cannot be used: {v.reason}" for v in impossible))
-    uring_for_storage = caps.uring.usable and config.core.backend != "fallback"
+    uring_for_storage = storage_backend(caps, config) == "uring"
     probe_target = Target(path="<regular file>", kind="file", direct=config.core.direct, writable=True)
     default = select_backend(probe_target, caps, config, pm)
     default_name, default_reason = _named(default)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from uringstack.probe.tune_cache import load_state
 from uringstack.probe.tuning import TuneState
@@ -27,17 +27,52 @@ Calibrate = Callable[[TuneState], TuneState]
 
 
 def attach_tuning(caps: Capabilities, config: StackConfig, calibrate: Calibrate | None = None) -> Capabilities:
-    """*caps* with ``tuning`` looked up (unchanged when it already has one).
+    """*caps* with ``tuning`` looked up (kept when it already has one), less the records
+    measured on the backend this config's stack does not use.
 
     *calibrate* runs when ``[core] tune = "on-start"`` finds no valid
     measurement (``None``: a dry run such as ``make_plan`` never measures).
     """
-    if caps.tuning is not None:
-        return caps
-    state = load_state(config.core.tune_results)
-    if calibrate is not None and config.core.tune == "on-start" and not state.records and not config.core.tune_results:
-        state = calibrate(state)
-    return caps.model_copy(update={"tuning": state})
+    state = caps.tuning
+    if state is None:
+        state = load_state(config.core.tune_results)
+        if (
+            calibrate is not None
+            and config.core.tune == "on-start"
+            and not state.records
+            and not config.core.tune_results
+        ):
+            state = calibrate(state)
+    held = _on_this_backend(state, storage_backend(caps, config))
+    return caps if held is caps.tuning else caps.model_copy(update={"tuning": held})
+
+
+def storage_backend(caps: Capabilities, config: StackConfig) -> Literal["uring", "fallback"]:
+    """``uring`` when the stack's storage rings are io_uring's, else ``fallback`` (the config
+    forces it, or io_uring is unusable here): what a plan builds and a tune run measures."""
+    return "uring" if caps.uring.usable and config.core.backend != "fallback" else "fallback"
+
+
+def _on_this_backend(state: TuneState, backend: str) -> TuneState:
+    """*state* without the records measured on the other backend, each ignored with why: a
+    tune run under ``URINGSTACK_CORE__BACKEND=fallback`` measured the thread pool, and its
+    worker count was applied to every io_uring plan after it (until session 32)."""
+    other = [a for a in state.records if a.record.backend and a.record.backend != backend]
+    if not other:
+        return state
+    return state.model_copy(
+        update={
+            "records": [a for a in state.records if a not in other],
+            "ignored": [
+                *state.ignored,
+                *(
+                    f"{a.source} ({a.record.target}): measured on the {a.record.backend} backend; "
+                    f"this config's stack uses {backend}"
+                    for a in other
+                ),
+            ],
+        }
+    )
 
 
 def measured_cores(caps: Capabilities) -> tuple[list[int], str] | None:

@@ -127,6 +127,10 @@ class TuneRecord(BaseModel):
     """Relative IOPS difference between two runs of the baseline: this run's noise.
     A choice must beat the first by ``max(MIN_GAIN, noise)``."""
     notes: list[str] = Field(default_factory=list)
+    backend: Literal["uring", "fallback", ""] = ""
+    """The backend every candidate's stack used for the target (``fallback`` when the config
+    forced it or io_uring was unusable); a plan whose stack uses the other one ignores the
+    record.  Empty in records written before session 32: taken to hold."""
 
     @model_validator(mode="after")
     def _indexes_hold(self) -> TuneRecord:

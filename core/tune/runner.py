@@ -268,6 +268,7 @@ def tune(
     Raises :class:`TuneError` for a bad target or budget before measuring anything.
     """
     from uringstack.config import load_config
+    from uringstack.plan.tuning import storage_backend
     from uringstack.probe import probe
     from uringstack.probe.tune_cache import write_entry
 
@@ -306,6 +307,7 @@ def tune(
             if on_target:
                 on_target(target.given, runs)
             record = tune_target(target, caps, loaded.config, loaded.plugin_manager, share, on_run=on_run, facts=facts)
+            record.backend = storage_backend(caps, loaded.config)
         where = ""
         if write_cache and record.best is None:
             # A run where no candidate succeeded says nothing about the settings: writing it

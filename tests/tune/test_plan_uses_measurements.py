@@ -185,3 +185,30 @@ def test_no_plugin_reason_quotes_fixed_benchmark_figures(real_caps: Capabilities
     texts = [v.reason for v in plan.verdicts] + [r for w in plan.workers for ring in w.rings for r in ring.reasons]
     for text in texts:
         assert not any(f in text for f in FIXED_FIGURES), text
+
+
+def test_a_record_measured_on_the_other_backend_is_ignored(real_caps: Capabilities, tmp_path: pathlib.Path) -> None:
+    """A tune run under URINGSTACK_CORE__BACKEND=fallback measured the thread pool; its choices
+    were applied to every io_uring plan after it (session 32)."""
+    if not real_caps.uring.usable:
+        pytest.skip(f"needs io_uring usable here to plan on it: {real_caps.uring.reason}")
+    record = fake_record(str(tmp_path), {"sqpoll": {"off": 118_000, "on": 135_000}})
+    caps = with_records(real_caps, record.model_copy(update={"backend": "fallback"}))
+    v, plan = verdict(caps, "sqpoll", **{"core.cores": [CPUS[0]]})
+    assert "measured: " not in v.reason
+    assert any("measured on the fallback backend; this config's stack uses uring" in n for n in plan.notes), plan.notes
+    v, _ = verdict(with_records(real_caps, record.model_copy(update={"backend": "uring"})), "sqpoll",
+                   **{"core.cores": [CPUS[0]]})  # fmt: skip
+    assert v.reason.startswith("auto: measured: 135k IOPS with SQPOLL")
+    v, _ = verdict(with_records(real_caps, record), "sqpoll", **{"core.cores": [CPUS[0]]})  # (before session 32)
+    assert v.reason.startswith("auto: measured: 135k IOPS with SQPOLL")
+
+
+def test_tune_records_the_backend_it_measured(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uringstack.tune.runner import tune
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"\0" * (1 << 20))
+    monkeypatch.setenv("URINGSTACK_CORE__BACKEND", "fallback")
+    [(record, _)] = tune([str(target)], 2.5, write_cache=False)
+    assert record.backend == "fallback"
