@@ -46,7 +46,15 @@ class RingSetupError(UringIOError):
 
 
 class SubmissionError(UringIOError):
-    """The kernel refused a submission (``io_uring_enter`` failed)."""
+    """The kernel refused a submission (``io_uring_enter`` failed), or the fallback backend's
+    thread pool refused an op of a batch (``can't start new thread``: ``EAGAIN``).
+
+    ``results``: where part of the batch ran before the failure and the backend
+    knows which part (the fallback), each op's result as the batch would have
+    reported it: bytes moved or ``-errno``, and ``-ECANCELED`` for an op that
+    never ran and never will.  Empty when not known."""
+
+    results: tuple[int, ...] = ()
 
 
 class ShortIOError(UringIOError):

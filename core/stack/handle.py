@@ -21,7 +21,7 @@ from _thread import get_ident
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from uringstack.errors import RingClosedError, ShortIOError, UringIOError
+from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
 from uringstack.ring.buffers import (
@@ -567,7 +567,14 @@ class FileHandle:
         offsets = _check_batch(self.path, offsets, buffers)
         if not offsets:
             return []
-        results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
+        try:
+            results = self._run(self._io.start_rw, True, offsets, buffers, wait=True)
+        except SubmissionError as exc:
+            # A submission that failed after part of the batch ran (the fallback's pool; its
+            # results say which part): what write(2) would have returned, where that is one count
+            if exc.results and (gathered or len(offsets) == 1):
+                exc.transferred = _written_back_to_back(exc.results, buffers)
+            raise
         return self._finish_writes(offsets, buffers, results, gathered)
 
     def prepare_reads(self, buffers: Sequence[Any]) -> PreparedIO:
@@ -1212,6 +1219,18 @@ class FileHandle:
 
     def __repr__(self) -> str:
         return f"<FileHandle {self.path} backend={self.backend} direct={self.direct}>"
+
+
+def _written_back_to_back(results: Sequence[int], buffers: Sequence[Any]) -> int:
+    """Bytes written back to back from the first buffer's offset: the leading buffers
+    written whole, and the first part of the next one."""
+    total = 0
+    for res, buf in zip(results, buffers, strict=False):
+        if res > 0:
+            total += res
+        if res < nbytes(buf):
+            break
+    return total
 
 
 def _consecutive(path: str, offset: int, buffers: Sequence[Any]) -> list[int]:

@@ -23,11 +23,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import RingClosedError
+from uringstack.errors import RingClosedError, SubmissionError
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, release_pins
 from uringstack.ring.inflight import InflightTracker
+from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending
@@ -62,13 +63,19 @@ class _LeaseUse:
         return self._pending.done()
 
 
-def _pinned(buffers: Sequence[Any], write: bool) -> list[Any]:
-    """Each buffer (a lease: its memory) through a buffer export that its queued op holds
-    until it ran: the buffer cannot be resized, cleared, closed or released while the op
-    waits for a pool thread (``BufferError``, as io_uring's pins give), so it is never
+def _pins(buffers: Sequence[Any], write: bool) -> list[Any]:
+    """Each buffer (a lease: its memory) pinned through a buffer export that its queued op
+    holds until it ran: the buffer cannot be resized, cleared, closed or released while the
+    op waits for a pool thread (``BufferError``, as io_uring's pins give), so it is never
     read or written after it was freed.  (``memoryview(mv)`` would not do: it shares
-    *mv*'s export, and ``mv.release()`` succeeds under it.)"""
-    return [ffi.buffer(ffi.from_buffer(_as_buffer(b), require_writable=not write)) for b in buffers]
+    *mv*'s export, and ``mv.release()`` succeeds under it.)  The ops take ``ffi.buffer`` of
+    each (:func:`_views`); the pins themselves are kept so a batch whose submission failed
+    can let go of them at once (``release_pins``)."""
+    return [ffi.from_buffer(_as_buffer(b), require_writable=not write) for b in buffers]
+
+
+def _views(pins: Sequence[Any]) -> list[Any]:
+    return [ffi.buffer(pin) for pin in pins]
 
 
 def _mark_leases(buffers: Sequence[Any], pending: ThreadPending) -> None:
@@ -141,26 +148,94 @@ def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch
     return run
 
 
-def _spread(fn: Callable[..., Any], fd: int, args: list[Any]) -> Any:
-    """``fn(fd, *args)``, in a pool thread; *args* is emptied before it returns, so an op's
-    pinned buffer is let go before its future wakes the caller (the pool's work item
-    keeps *args* until later)."""
-    try:
-        return fn(fd, *args)
-    finally:
-        args.clear()
+_TAKEN: list[Any] = []  # a started op's arguments slot (its own list is the op's until it returns)
+
+
+class _Gate:
+    """The ops of one batch on the pool: each runs only if the batch was not abandoned.
+
+    ``ThreadPoolExecutor.submit`` can raise after it queued the op (CPython queues the
+    work item, then fails to start a thread: ``can't start new thread`` under a pids
+    cgroup or RLIMIT_NPROC), and the ops queued before it run whenever a thread takes
+    them.  A batch whose submission failed so is abandoned: an op not yet started
+    never starts (it returns ``-ECANCELED`` without its syscall), and the submitter
+    waits for those already running before it raises, so nothing of the batch runs
+    after its caller was told it failed (a write landing later, a read filling a
+    buffer its caller took back)."""
+
+    __slots__ = ("_args", "_idle", "_lock", "abandoned", "running", "values")
+
+    def __init__(self, n: int) -> None:
+        # A leaf lock, taken twice per op (the check before its syscall and the count after)
+        self._lock = threading.Lock()
+        self._args: list[list[Any]] = []  # per op: its arguments until it starts
+        self._idle: threading.Event | None = None  # made when abandoned with ops running
+        self.abandoned = False
+        self.running = 0
+        self.values: list[Any] = [None] * n  # per op: what it returned (None: never ran)
+
+    def add(self, args: list[Any]) -> int:
+        """Hold the arguments of the next op (before it is queued); its index."""
+        self._args.append(args)
+        return len(self._args) - 1
+
+    def run(self, fn: Callable[..., Any], fd: int, index: int) -> Any:
+        """Op *index*, in a pool thread: ``fn(fd, *args)`` unless the batch was abandoned.
+
+        Its arguments are let go before it returns, so an op's pinned buffer is
+        free before its future wakes the caller (the pool's work item, which holds
+        only *index*, is kept by its thread until later)."""
+        with self._lock:
+            if self.abandoned:
+                return -errno.ECANCELED
+            args = self._args[index]
+            self._args[index] = _TAKEN
+            self.running += 1
+        try:
+            value = fn(fd, *args)
+            self.values[index] = value
+            return value
+        finally:
+            with self._lock:
+                self.running -= 1
+                if not self.running and self._idle is not None:
+                    self._idle.set()
+
+    def abandon(self) -> None:
+        """Let no op that has not started start; the pins of those are let go now (their
+        work items may sit in the pool's queue for good: no thread to take them)."""
+        with self._lock:  # (safe to repeat: despite_signals)
+            if self.running and self._idle is None:
+                self._idle = threading.Event()
+            self.abandoned = True
+            for args in self._args:
+                args.clear()
+
+    def wait_idle(self) -> None:
+        """Wait until no op of the abandoned batch runs (none will start again)."""
+        idle = self._idle
+        if idle is not None:
+            idle.wait()
+
+    def idle(self) -> bool:
+        return not self.running
 
 
 class ThreadPending:
     """A batch running on the pool: one future per op (or one for the whole op list)."""
 
     def __init__(
-        self, futures: list[concurrent.futures.Future[Any]], flatten: bool = False, n: int | None = None
+        self,
+        futures: list[concurrent.futures.Future[Any]],
+        flatten: bool = False,
+        n: int | None = None,
+        gate: _Gate | None = None,
     ) -> None:
         self._futures = futures  # (filled as the ops are queued when *n*, their number, is given)
         self._flatten = flatten
         self.n = len(futures) if n is None else n
         self._fork_gen = forking.generation()
+        self._gate = gate
 
     def _check_fork(self) -> None:
         # In a fork() child the pool's threads are gone: a future still pending there is
@@ -170,6 +245,10 @@ class ThreadPending:
 
     def done(self) -> bool:
         self._check_fork()
+        gate = self._gate
+        if gate is not None and gate.abandoned:
+            # (its ops not started never run, and their futures may never be set: no thread)
+            return gate.idle()
         return all(f.done() for f in self._futures)
 
     def _collect(self, values: list[Any]) -> list[int]:
@@ -218,10 +297,11 @@ class FallbackFileIO:
     def _submit(self, op: str, fn: Any, *args: Any, flatten: bool = False) -> ThreadPending:
         forking.check(self._fork_gen, f"the fallback backend of {self.path}")
         on_done = self.completion_hook(op, None) if self.completion_hook is not None else None
-        return self._inflight.start(self._queue, fn, args, flatten, on_done)
+        return self._inflight.start(self._queue, op, fn, args, flatten, on_done)
 
     def _queue(
         self,
+        op: str,
         fn: Any,
         calls: Sequence[tuple[Any, ...]],
         flatten: bool,
@@ -234,14 +314,55 @@ class FallbackFileIO:
         # signal between two submissions (the tracker's start then gets no pending back)
         # leaves the ops already queued waited for by close().
         futures: list[concurrent.futures.Future[Any]] = []
-        pending = ThreadPending(futures, flatten, len(calls))
+        gate = _Gate(len(calls))
+        pending = ThreadPending(futures, flatten, len(calls), gate)
         self._inflight.keep(pending)
-        submit, fd = self._pool.submit, self.fd
-        for a in calls:
-            # (not submit(fn, fd, *a): a call with *args returns through C, and a signal
-            # handler may raise there, before the future is appended)
-            futures.append(submit(_spread, fn, fd, [*a]))
+        submit, fd, run = self._pool.submit, self.fd, gate.run
+        try:
+            for a in calls:
+                # (not submit(fn, fd, *a): a call with *args returns through C, and a signal
+                # handler may raise there, before the future is appended)
+                futures.append(submit(run, fn, fd, gate.add([*a])))
+        except BaseException as exc:
+            # Also for a raising signal inside submit (after it queued the op, before the
+            # future came back): that op, never waited for, must not run either
+            try:
+                gate.abandon()
+            except BaseException:  # a second raising signal: the first exception propagates
+                despite_signals(gate.abandon)
+            if not isinstance(exc, RuntimeError):
+                # A raising signal's (of any type): as for every other start it cuts short,
+                # the tracker keeps the batch until its running ops end
+                raise
+            # The pool's own refusal (what submit raises: can't start new thread, or a pool
+            # shut down): the caller is told only once nothing of the batch runs
+            gate.wait_idle()
+            raise self._failed(op, exc, gate, len(futures), flatten) from exc
         return pending
+
+    def _failed(self, op: str, exc: RuntimeError, gate: _Gate, queued: int, flatten: bool) -> SubmissionError:
+        """The error of an abandoned batch whose running ops ended: what the pool refused, and
+        per op what ran (``results``: bytes or ``-errno``, ``-ECANCELED`` for an op that never
+        ran, as a ring gives the ops a failed submission left unqueued)."""
+        n = len(gate.values)
+        ran = [i for i, v in enumerate(gate.values) if v is not None]
+        err = errno.EAGAIN  # (pthread_create's errno when no thread can be started)
+        detail = (
+            f"the thread pool refused op {queued} of a {n}-op batch ({type(exc).__name__}: {exc}); "
+            f"{len(ran)} op(s) ran before it ({', '.join(map(str, ran)) or 'none'}), "
+            "the others never run; see results"
+        )
+        error = SubmissionError(err, op, self.path, detail)
+        results: list[int] = []
+        for v in gate.values:
+            if v is None:
+                results.append(-errno.ECANCELED)
+            elif flatten:
+                results.extend(int(x) for x in v)
+            else:
+                results.append(int(v))
+        error.results = tuple(results)
+        return error
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
         if self.direct:
@@ -263,7 +384,15 @@ class FallbackFileIO:
             # whose threads keep several device writes in flight at once.
             return self._inline("write", write_inline, offsets, bufs)
         fn = _pwritev if write else _preadv
-        pending = self._submit("write" if write else "read", fn, *zip(_pinned(bufs, write), offsets, strict=True))
+        pins = _pins(bufs, write)
+        try:
+            pending = self._submit("write" if write else "read", fn, *zip(_views(pins), offsets, strict=True))
+        except SubmissionError:
+            # Every op of the batch is over, and the error's traceback holds this frame and
+            # the pool's queue may hold the ops' work items: let go of the exports now (a
+            # caller keeping the error could not resize its buffer; see release_pins)
+            release_pins(pins)
+            raise
         _mark_leases(buffers, pending)
         return pending
 
@@ -294,7 +423,12 @@ class FallbackFileIO:
             # The caller blocks until the device acknowledged the write anyway: a
             # hand-off to a pool thread and back would only add two context switches.
             return self._inline("write_durable", _write_durable, buf, offset, sync)
-        pending = self._submit("write_durable", _write_durable, (_pinned([buf], True)[0], offset, sync), flatten=True)
+        pins = _pins([buf], True)
+        try:
+            pending = self._submit("write_durable", _write_durable, (_views(pins)[0], offset, sync), flatten=True)
+        except SubmissionError:
+            release_pins(pins)  # (as in start_rw)
+            raise
         _mark_leases([buffer], pending)
         return pending
 
