@@ -33,13 +33,14 @@ with :class:`~uringstack.errors.RingClosedError`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 from _thread import get_ident
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
-from uringstack.errors import RingClosedError
+from uringstack.errors import RingClosedError, SubmissionError
 from uringstack.ring import SUBMITTED, RingBusyError, aio
 from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
@@ -788,6 +789,7 @@ class Coalescer:
         # Everything the batch's completion runs is made before it is submitted: once the
         # ring took it in, only follow() (below) is left to do, and it can be run again.
         state: list[Any] = [arena, None, pending]
+        failure: list[BaseException] = []  # the submission's error, when it failed part-way
 
         def deliver() -> None:
             # On the loop thread, from drain() (a batch reaped there or appended by another
@@ -813,6 +815,8 @@ class Coalescer:
                     view[start : start + res] if start >= 0 and res >= 0 else res
                     for start, res in zip(starts, results, strict=True)
                 ]
+            if failure:
+                _fail_unsubmitted(futures, values, failure[0])
             resolve(futures, values, self.direct and asyncio.current_task(self.loop) is None, self._plain_futures)
             # Every future is resolved: from here a signal only skips what it saves (a spare
             # arena, an early forget), never an await.
@@ -864,6 +868,20 @@ class Coalescer:
         before = SUBMITTED.last  # (no call: a batch this submission took in is found below)
         try:
             batch = ring.submit_columns(cols, n, keep, wait_room=False)
+            follow(batch)
+        except SubmissionError as exc:
+            # The ring refused the submission (io_uring_enter failed: EPERM under a seccomp
+            # filter, ...), not a signal: it already waited for what reached the kernel, so
+            # the batch it recorded is finished.  Nothing reached it: raised, and _submit
+            # fails every await with this error.  Part did: those ops' awaits get their
+            # results, the others this error (never the -ECANCELED their results hold).
+            # (Until session 32 the batch found through SUBMITTED was taken for one a signal
+            # cut short: every await failed with ECANCELED and the error escaped the flush.)
+            found = None if isinstance(exc, RingBusyError) else submitted_since(before)
+            if found is None or found.ring is not ring or found.batch.n != n or not _ran_in_part(found.batch):
+                raise
+            failure.append(exc)
+            batch = found.batch
             follow(batch)
         except BaseException:
             # A raising signal handler (Ctrl-C) anywhere after the ring took the batch in
@@ -929,6 +947,25 @@ class FlushPending:
         if self.batch is None:
             raise RuntimeError("this flush submitted nothing: there is no batch to wait for")
         return self.batch
+
+
+def _ran_in_part(batch: Batch) -> bool:
+    """Whether an op of *batch*, whose submission failed, reached the kernel (the others'
+    results are the ring's ``-ECANCELED``)."""
+    return any(res != -errno.ECANCELED for res in batch.results)
+
+
+def _fail_unsubmitted(futures: list[asyncio.Future[Any]], values: list[Any], error: BaseException) -> None:
+    """Fail with *error* the awaits of a batch whose submission failed part-way that hold an
+    op the ring never submitted (its result ``-ECANCELED``); the others are resolved as usual.
+
+    (An op that reached the kernel and was cancelled there reads the same: it fails with
+    the submission's error too, which is what made it not complete.)"""
+    cancelled = -errno.ECANCELED
+    for fut, value in zip(futures, values, strict=True):
+        unsubmitted = value == cancelled if type(value) is int else type(value) is list and cancelled in value
+        if unsubmitted and not fut.done():
+            fut.set_exception(error)
 
 
 def _ops_of(what: Any) -> int:
