@@ -12,8 +12,11 @@ error (``SubmissionError``, ``EAGAIN``) says per op what ran (``results``)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -163,3 +166,48 @@ def test_a_gathered_write_refused_part_way_says_what_reached_the_file(
     with pytest.raises(SubmissionError) as info:
         handle.writev_from(bufs, 0)
     assert info.value.transferred == REFUSED * BLOCK
+
+
+REAL_LIMIT_CHILD = """
+import json, os, resource, sys, time
+import uringstack
+
+path, block = sys.argv[1], 4096
+overrides = {"core.backend": "fallback", "core.cores": [0], "fallback.threads": 4}
+with uringstack.open_stack(overrides=overrides) as stack, stack.open(path) as h:
+    h.start_write_many([0], [b"1" * block]).wait()  # the pool's one thread, idle from here
+    os.setresuid(54321, 54321, 0)  # (glibc: every thread) so the process counts for that user
+    tasks = len(os.listdir("/proc/self/task"))
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))  # no thread more
+    bufs = [bytes([65 + i]) * block for i in range(8)]
+    try:
+        h.start_write_many([block * (i + 1) for i in range(8)], bufs).wait()
+        out = {"raised": None}
+    except Exception as exc:
+        out = {"raised": type(exc).__name__, "errno": getattr(exc, "errno", None),
+               "results": list(getattr(exc, "results", ()))}
+    out["at_raise"] = [i for i in range(8) if os.pread(h.fd, block, block * (i + 1)) == bufs[i]]
+    time.sleep(0.5)  # (the pool's idle thread would have run what was queued by now)
+    out["later"] = [i for i in range(8) if os.pread(h.fd, block, block * (i + 1)) == bufs[i]]
+    os.setresuid(0, 0, 0)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the child as a user with a process limit")
+def test_a_real_thread_limit(tmp_path: pathlib.Path) -> None:
+    """The prober's case with a real limit: RLIMIT_NPROC of a user (root ignores its own),
+    reached, so the pool cannot start its second thread for the batch's second op."""
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * (9 * BLOCK))
+    proc = subprocess.run(
+        [sys.executable, "-c", REAL_LIMIT_CHILD, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["raised"] == "SubmissionError", out
+    assert out["errno"] == errno.EAGAIN
+    # (the first op may have gone to the pool's idle thread before the batch was given up)
+    ran = [i for i, res in enumerate(out["results"]) if res == BLOCK]
+    assert all(res in (BLOCK, -errno.ECANCELED) for res in out["results"]), out
+    assert out["at_raise"] == out["later"] == ran, out
