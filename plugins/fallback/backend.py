@@ -262,7 +262,10 @@ class ThreadPending:
 
     async def wait_async(self) -> list[int]:
         self._check_fork()
-        values = await asyncio.gather(*(asyncio.wrap_future(f) for f in self._futures))
+        # Shielded: cancelling the awaiting task must not cancel the ops (docs/api.md, as on
+        # io_uring). wrap_future passes a cancel on to a pool future not yet started, and a
+        # write waiting for a pool thread was dropped without a word until session 32.
+        values = await asyncio.shield(asyncio.gather(*(asyncio.wrap_future(f) for f in self._futures)))
         return self._collect(list(values))
 
 
