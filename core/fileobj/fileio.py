@@ -268,6 +268,11 @@ class FileIO(io.RawIOBase):
             flags |= os.O_DIRECT
         self._lock = threading.RLock()
         self._direct = direct
+        if stack is not None and stack.closed:
+            # Before the open: "w" truncated (and "x" created) the file, then the stack's
+            # refusal came (session 32); a thread opening while another closes the stack
+            # still meets _adopt's check, after the open, as a built-in file racing a close
+            raise ValueError("I/O operation on a closed stack: the file was not opened")
 
         owned_fd = None
         try:

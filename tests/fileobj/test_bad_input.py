@@ -285,3 +285,20 @@ def test_a_bad_stack_or_direct_argument_is_refused_before_anything_is_opened(
 async def _aio_open(path: pathlib.Path, **kwargs: Any) -> None:
     f = await uringstack.aio.open(path, "wb", **kwargs)
     await f.close()
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("mode", ["wb", "w+b", "xb", "ab", "w"])
+def test_opening_on_a_closed_stack_leaves_the_file_alone(tmp_path: pathlib.Path, backend: str, mode: str) -> None:
+    """It truncated (``w``) or created (``x``) the file before the stack's refusal (session 32)."""
+    path = tmp_path / "f"
+    if "x" not in mode:
+        path.write_bytes(b"keep me")
+    stack = open_stack(overrides=BACKENDS[backend])
+    stack.close()
+    with pytest.raises(ValueError, match="closed stack: the file was not opened"):
+        uringstack.open(path, mode, stack=stack)
+    if "x" in mode:
+        assert not path.exists()
+    else:
+        assert path.read_bytes() == b"keep me"
