@@ -69,6 +69,7 @@ def test_signal_to_the_wal_bench_stops_fio(tmp_path: pathlib.Path, sig: signal.S
     # PYTHONFAULTHANDLER: a bench that hangs after the signal is sent SIGABRT and its threads'
     # stacks end up in the failure (this hung about once in three loaded full runs).
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONFAULTHANDLER": "1"}
+    (tmp_path / "d").mkdir()  # (--dir must exist since session 32)
     args = ["bench", "wal", "--duration", "0.5", "--rounds", "1", "--backend", "posix", "--dir", str(tmp_path / "d")]
     bench = subprocess.Popen(
         [sys.executable, "-c", RUN_CLI, *args],
