@@ -162,7 +162,7 @@ class BufferedRandom(io.BufferedRandom):
         correct ``read1`` does): one copy more per call."""
         if size is None or size < 0:
             size = self._read1_default
-        if size == 0:
+        if size == 0 or self.closed:  # (closed: the C read1's own error, "read of closed file")
             return super().read1(0)
         chunk = bytearray(size)
         n = self.readinto1(chunk)
