@@ -138,7 +138,8 @@ LAYERS = {  # name: (mode, buffering)
 }
 OPS: dict[str, Callable[[Any, bool], Any]] = {
     "read": lambda f, text: f.read(10),
-    "read1": lambda f, text: f.read1(5),  # ("readinto of closed file" on r+b until session 32)
+    # ("readinto of closed file" on r+b until session 32; raw and text files have none)
+    "read1": lambda f, text: f.read1(5) if hasattr(f, "read1") else "no read1",
     "readline": lambda f, text: f.readline(),
     "write": lambda f, text: f.write("x" if text else b"x"),
     "seek": lambda f, text: f.seek(0),
