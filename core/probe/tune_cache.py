@@ -49,7 +49,11 @@ def write_atomic(path: Path, text: str) -> None:
     reached the disk before the data would leave an empty file (a tuning run's
     minutes of measurement lost).  On failure the temporary file is removed and
     *path* is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        # (mkdir's own words named only the first path part in the way, "[Errno 17] File exists")
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of its directory", str(path.parent)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
