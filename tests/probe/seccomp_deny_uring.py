@@ -1,25 +1,34 @@
-"""Run a command under a seccomp filter that denies io_uring_setup with EPERM.
+"""Run a command under a seccomp filter that denies io_uring syscalls.
 
-Usage: ``python seccomp_deny_uring.py CMD [ARG...]``.  This is what Docker's
-default seccomp profile does to io_uring; the filter is installed for real
-(prctl + BPF), so the probe under test meets the kernel's own EPERM.  Every
-other syscall is allowed.  x86_64 only: the filter checks the audit arch and
-lets other ABIs through unfiltered, so the test skips elsewhere.
+Usage: ``python seccomp_deny_uring.py [--deny setup,enter,register] [--errno EPERM|ENOSYS|N]
+[--kill] CMD [ARG...]``.  The default (``--deny setup --errno EPERM``) is what
+Docker's default seccomp profile does to io_uring; ``--deny enter`` or
+``--deny register`` denies one later syscall alone (io_uring_setup still works),
+``--errno ENOSYS`` answers as some profiles do, and ``--kill`` kills the process
+with SIGSYS instead (SECCOMP_RET_KILL_PROCESS, systemd's ``SystemCallFilter=``
+default).  The filter is installed for real (prctl + BPF), so the probe under
+test meets the kernel's own answer.  Every other syscall is allowed.  x86_64
+only: the filter checks the audit arch and lets other ABIs through unfiltered,
+so the test skips elsewhere.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import sys
+from collections.abc import Sequence
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_KILL_PROCESS = 0x80000000
 AUDIT_ARCH_X86_64 = 0xC000003E
 NR_IO_URING_SETUP = 425  # x86_64
+SYSCALL_NUMBERS = {"setup": NR_IO_URING_SETUP, "enter": 426, "register": 427}  # x86_64
 
 # classic BPF opcodes (linux/bpf_common.h)
 BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
@@ -47,15 +56,20 @@ class SockFprog(ctypes.Structure):
     ]
 
 
-def install_filter(errno_value: int = 1) -> None:
-    """Deny io_uring_setup with *errno_value* (EPERM) for this process and its children."""
+def install_filter(errno_value: int = 1, deny: Sequence[str] = ("setup",), *, kill: bool = False) -> None:
+    """Deny the io_uring syscalls *deny* (names of ``SYSCALL_NUMBERS``) for this process and its
+    children: with *errno_value* (EPERM), or by killing the process when *kill*."""
+    numbers = [SYSCALL_NUMBERS[name] for name in deny]
+    verdict = SECCOMP_RET_KILL_PROCESS if kill else SECCOMP_RET_ERRNO | (errno_value & 0xFFFF)
+    n = len(numbers)
     program = [
         SockFilter(BPF_LD_W_ABS, 0, 0, OFF_ARCH),
-        SockFilter(BPF_JMP_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),  # other ABI: allow
+        SockFilter(BPF_JMP_JEQ_K, 0, n + 1, AUDIT_ARCH_X86_64),  # other ABI: allow
         SockFilter(BPF_LD_W_ABS, 0, 0, OFF_NR),
-        SockFilter(BPF_JMP_JEQ_K, 0, 1, NR_IO_URING_SETUP),
-        SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | (errno_value & 0xFFFF)),
+        # each denied number jumps to the verdict; past the last one: allow
+        *(SockFilter(BPF_JMP_JEQ_K, n - i, 0, nr) for i, nr in enumerate(numbers)),
         SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        SockFilter(BPF_RET_K, 0, 0, verdict),
     ]
     filters = (SockFilter * len(program))(*program)
     prog = SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(SockFilter)))
@@ -71,9 +85,28 @@ def install_filter(errno_value: int = 1) -> None:
         raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
 
 
+def _errno_value(text: str) -> int:
+    return int(text) if text.isdigit() else int(getattr(errno, text))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: seccomp_deny_uring.py CMD [ARG...]")
-    install_filter()
+    args = sys.argv[1:]
+    deny: list[str] = ["setup"]
+    value = errno.EPERM
+    kill = False
+    while args and args[0].startswith("--"):
+        option = args.pop(0)
+        if option == "--kill":
+            kill = True
+        elif option == "--deny" and args:
+            names = args.pop(0)
+            deny = list(SYSCALL_NUMBERS) if names == "all" else names.split(",")
+        elif option == "--errno" and args:
+            value = _errno_value(args.pop(0))
+        else:
+            sys.exit(f"seccomp_deny_uring.py: unknown option {option}")
+    if not args:
+        sys.exit("usage: seccomp_deny_uring.py [--deny setup,enter,register|all] [--errno E] [--kill] CMD [ARG...]")
+    install_filter(value, deny, kill=kill)
     # The filter survives execve, so the command runs exactly as under Docker.
-    os.execvp(sys.argv[1], sys.argv[1:])
+    os.execvp(args[0], args)
