@@ -68,7 +68,9 @@ def verdicts(
     """
     uring = caps.uring
     if uring.usable:
-        checks = [FeatureCheck("io_uring", True, f"{len(uring.opcodes)} opcodes, kernel {caps.kernel_release}")]
+        # (an unread opcode table is not "0 opcodes": plugins would read it as the kernel lacking them)
+        ops = f"opcodes unknown: {uring.opcode_error}" if uring.opcode_error else f"{len(uring.opcodes)} opcodes"
+        checks = [FeatureCheck("io_uring", True, f"{ops}, kernel {caps.kernel_release}")]
     else:
         checks = [FeatureCheck("io_uring", False, uring.reason)]
     if plugin_manager is None or config is None:
@@ -114,7 +116,10 @@ def render(
     if uring.usable:
         kt.add_row("features", f"0x{uring.feature_bits:x}: " + " ".join(uring.features))
         key = " ".join(op for op in KEY_OPCODES if op in uring.opcodes)
-        kt.add_row("opcodes", f"{len(uring.opcodes)} supported; storage: {key}")
+        if uring.opcode_error:
+            kt.add_row("opcodes", f"unknown: {uring.opcode_error}")
+        else:
+            kt.add_row("opcodes", f"{len(uring.opcodes)} supported; storage: {key}")
     con.print(kt)
 
     ft = Table(title="Setup flags (each tried by creating a ring)")

@@ -37,6 +37,9 @@ class UringSupport(BaseModel):
     features: list[str] = Field(default_factory=list)
     feature_bits: int = 0
     opcodes: list[str] = Field(default_factory=list)
+    opcode_error: str = ""
+    """Why ``opcodes`` is unknown (the opcode table could not be read); empty when it was read.
+    An unread table is never "no opcodes"."""
     setup_flags: dict[str, FlagSupport] = Field(default_factory=dict)
 
     def accepts(self, flag_name: str) -> bool:

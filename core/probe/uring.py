@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import signal
 from collections.abc import Callable
 
 from uringstack.probe.kernel import CAP_SYS_ADMIN, KernelFacts
 from uringstack.probe.model import FlagSupport, UringBlocker, UringSupport
+from uringstack.ring.kernel import RingProbe
 
 # How a blocker is described to a user: (blocker, one sentence).
 Verdict = tuple[UringBlocker, str]
@@ -23,8 +25,63 @@ def _errname(err: int) -> str:
     return errno_mod.errorcode.get(err, f"errno {err}")
 
 
-def classify(err: int, facts: KernelFacts, memlock_soft_bytes: int | None = None) -> Verdict:
-    """Explain the result *err* (0 or a positive errno) of creating a plain ring.
+_ALLOW_ALL = "io_uring_setup/io_uring_enter/io_uring_register"
+
+# What the stack loses without a syscall that io_uring_setup's success does not promise.
+_NEEDED_FOR = {
+    "io_uring_enter": "every submission and wait goes through it, so no I/O could complete",
+    "io_uring_register": "uringstack registers buffers, files and the asyncio eventfd through it",
+}
+
+
+def _filter_count(facts: KernelFacts) -> str:
+    filters = facts.status.seccomp_filters
+    return f", {filters} filter(s)" if filters is not None else ""
+
+
+def classify_killed(syscall: str, signum: int, facts: KernelFacts) -> Verdict:
+    """Explain a forked child killed by signal *signum* (-1: unknown) while calling *syscall*."""
+    if signum == signal.SIGSYS:
+        return "seccomp", (
+            f"{syscall} blocked by seccomp with the kill action (a forked test child died of SIGSYS"
+            f"{_filter_count(facts)}; systemd's SystemCallFilter= kills by default): this process "
+            f"would be killed by its first {syscall}; allow {_ALLOW_ALL} (systemd: add @aio to "
+            "SystemCallFilter=, or set SystemCallErrorNumber=EPERM so a denied call fails instead of killing)"
+        )
+    how = "an unknown signal" if signum < 0 else signal.Signals(signum).name
+    return "other", f"a forked child testing {syscall} was killed by {how} under this process's seccomp filter"
+
+
+def _classify_after_setup(err: int, syscall: str, facts: KernelFacts) -> Verdict:
+    # io_uring_setup worked, so the kernel has io_uring: an EPERM or ENOSYS from a later
+    # syscall is a filter (or an LSM), never a missing feature.
+    name = _errname(err)
+    needed = _NEEDED_FOR.get(syscall, "")
+    if err in (errno_mod.EPERM, errno_mod.ENOSYS, errno_mod.EACCES) and facts.status.seccomp_filtered:
+        return "seccomp", (
+            f"{syscall} blocked by seccomp ({name} from a seccomp filter{_filter_count(facts)}; "
+            f"io_uring_setup is allowed, but {needed}): run with a profile that allows {_ALLOW_ALL}"
+        )
+    if err == errno_mod.EPERM:
+        return "eperm", (
+            f"{syscall} returned EPERM although io_uring_setup worked and no seccomp filter is "
+            f"installed ({needed}; an LSM such as SELinux or AppArmor?)"
+        )
+    if syscall == "IORING_OP_NOP":
+        return "other", f"a NOP submitted through io_uring_enter completed with {name}: {os.strerror(err)}"
+    return "other", f"{syscall} failed with {name}: {os.strerror(err)} ({needed})"
+
+
+def classify(
+    err: int,
+    facts: KernelFacts,
+    memlock_soft_bytes: int | None = None,
+    *,
+    syscall: str = "io_uring_setup",
+    killed_by: int = 0,
+) -> Verdict:
+    """Explain the result *err* (0 or a positive errno) of *syscall* (by default: creating
+    a plain ring), or the signal *killed_by* a forked child trying it.
 
     Pure function of its inputs so each branch is unit-tested.  The order
     matters: the sysctl is checked before seccomp because ``io_uring_disabled=2``
@@ -32,8 +89,12 @@ def classify(err: int, facts: KernelFacts, memlock_soft_bytes: int | None = None
     """
     if facts.system != "Linux":
         return "not_linux", f"io_uring exists only on Linux (this is {facts.system})"
+    if killed_by:
+        return classify_killed(syscall, killed_by, facts)
     if err == 0:
         return "none", ""
+    if syscall != "io_uring_setup":
+        return _classify_after_setup(err, syscall, facts)
     name = _errname(err)
     if err == errno_mod.ENOSYS:
         reason = f"io_uring_setup returned ENOSYS: kernel {facts.release} has no io_uring"
@@ -91,7 +152,7 @@ def classify(err: int, facts: KernelFacts, memlock_soft_bytes: int | None = None
     return "other", f"io_uring_setup failed with {name}: {os.strerror(err)}"
 
 
-KernelProbe = Callable[[], tuple[int, int, list[int]]]
+KernelProbe = Callable[[], RingProbe]
 FlagProbe = Callable[[int], int]
 
 
@@ -116,27 +177,34 @@ def probe_uring(
     from uringstack.ring import params as ring_params
     from uringstack.ring.flags import PROBED_SETUP_FLAGS, SetupFlag, feature_names, opcode_name
 
-    kprobe = kernel_probe or ring_params.probe_kernel
+    kprobe = kernel_probe or (lambda: _probe_syscalls(facts))
     fprobe = flag_probe or (lambda f: ring_params.try_setup_flag(SetupFlag(f)))
 
-    err, feature_bits, opcodes = kprobe()
-    blocker, reason = classify(err, facts, memlock_soft_bytes)
+    found = kprobe()
+    err = found.errno
+    blocker, reason = classify(err, facts, memlock_soft_bytes, syscall=found.syscall, killed_by=found.killed_by)
+    usable = err == 0 and not found.killed_by
     support = UringSupport(
-        usable=err == 0,
+        usable=usable,
         blocker=blocker,
         reason=reason,
         io_uring_disabled_sysctl=facts.io_uring_disabled,
+        opcode_error=found.opcode_error,
     )
-    if err != 0:
-        # Trying flags would only repeat the same error once per flag.
-        why = f"not tried: io_uring unusable ({_errname(err)})"
+    support.feature_bits = found.features
+    support.features = feature_names(found.features)
+    if not usable:
+        # Trying flags would only repeat the same error once per flag (or, for a filter
+        # that kills, kill this process).
+        what = f"{found.syscall} killed the test child" if found.killed_by else _errname(err)
+        if found.syscall != "io_uring_setup" and not found.killed_by:
+            what = f"{found.syscall}: {what}"
+        why = f"not tried: io_uring unusable ({what})"
         support.setup_flags = {
             str(flag.name): FlagSupport(accepted=False, errno=err, error=why) for flag in PROBED_SETUP_FLAGS
         }
         return support
-    support.feature_bits = feature_bits
-    support.features = feature_names(feature_bits)
-    support.opcodes = [opcode_name(op) for op in opcodes]
+    support.opcodes = [opcode_name(op) for op in found.opcodes or ()]
     flags: dict[str, FlagSupport] = {}
     for flag in PROBED_SETUP_FLAGS:
         ferr = fprobe(int(flag))
@@ -147,3 +215,15 @@ def probe_uring(
         )
     support.setup_flags = flags
     return support
+
+
+def _probe_syscalls(facts: KernelFacts) -> RingProbe:
+    from uringstack.ring import params as ring_params
+
+    if facts.status.seccomp_mode == 2:
+        # Only under a filter: its action may be to kill, so a forked child tries the
+        # syscalls first.  Without one nothing can kill us, and the probe costs no fork.
+        killed = ring_params.syscalls_in_child()
+        if killed is not None:
+            return killed
+    return ring_params.probe_kernel()

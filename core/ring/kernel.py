@@ -5,6 +5,7 @@ table share) and io_uring's size limits (the ring layer and the config check the
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 MAX_SQ_ENTRIES = 32768
 """``IORING_MAX_ENTRIES``: io_uring_setup refuses more SQ entries (without ``IORING_SETUP_CLAMP``)."""
@@ -29,3 +30,26 @@ def release_before(release: str, version: tuple[int, int]) -> bool:
         return parse_upstream(release)[:2] < version
     except ValueError:
         return True
+
+
+SYSCALL_NAMES = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+"""The three io_uring syscalls, in the order the probe tries them."""
+
+
+@dataclass(frozen=True)
+class RingProbe:
+    """What trying io_uring's three syscalls found (``ring.params.probe_kernel``).
+
+    ``errno`` is 0, or the errno of ``syscall``: the first of ``SYSCALL_NAMES``
+    that failed (a seccomp filter may deny any one of them alone).
+    ``killed_by`` is the signal that killed a forked child trying ``syscall``
+    (SIGSYS: a seccomp filter whose action kills), 0 otherwise.  ``opcodes`` is
+    ``None`` when the opcode table could not be read, with ``opcode_error`` saying
+    why: never "no opcodes"."""
+
+    errno: int = 0
+    syscall: str = "io_uring_setup"
+    features: int = 0
+    opcodes: tuple[int, ...] | None = ()
+    opcode_error: str = ""
+    killed_by: int = 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from uringstack.errors import RingSetupError
 from uringstack.ring.flags import OPTIONAL_SETUP_FLAGS, SetupFlag
-from uringstack.ring.kernel import MAX_CQ_ENTRIES, MAX_SQ_ENTRIES
+from uringstack.ring.kernel import MAX_CQ_ENTRIES, MAX_SQ_ENTRIES, SYSCALL_NAMES, RingProbe
 from uringstack.ring.native import ffi, lib
 
 # Order in which flags are given up on EINVAL: newest kernel feature first.
@@ -292,20 +292,61 @@ def try_setup_flag(flag: SetupFlag, entries: int = 4) -> int:
     return -ret
 
 
-def probe_kernel() -> tuple[int, int, list[int]]:
-    """Create a plain ring; return ``(errno or 0, IORING_FEAT_* bits, supported opcodes)``."""
+def probe_kernel() -> RingProbe:
+    """Try io_uring's three syscalls in this process and say which one failed, if any.
+
+    A plain ring is created (io_uring_setup), one NOP is submitted and reaped
+    (io_uring_enter) and the opcode table is read (io_uring_register).  A ring
+    alone proves nothing about the other two: a seccomp filter may deny
+    io_uring_enter (every I/O would fail) or io_uring_register (no registered
+    buffers, files or asyncio eventfd) while io_uring_setup works.
+    """
     ret, ring, p = _init(4, SetupFlag(0), RingParams(entries=4))
     if ret != 0:
-        return -ret, 0, []
+        return RingProbe(errno=-ret)
     try:
-        probe = lib.io_uring_get_probe_ring(ring)
-        ops: list[int] = []
-        if probe != ffi.NULL:
-            try:
-                last = int(probe.last_op)
-                ops = [op for op in range(last + 1) if lib.io_uring_opcode_supported(probe, op)]
-            finally:
-                lib.io_uring_free_probe(probe)
-        return 0, int(p.features), ops
+        res = ffi.new("int *")
+        ret = lib.us_probe_nop(ring, res)
+        if ret < 0:
+            return RingProbe(errno=-ret, syscall="io_uring_enter", features=int(p.features))
+        if res[0] < 0:  # the enter worked but the NOP itself failed: nothing else would work either
+            return RingProbe(errno=-res[0], syscall="IORING_OP_NOP", features=int(p.features))
+        supported = ffi.new("uint8_t[256]")
+        n = lib.us_probe_opcodes(ring, supported)
+        if n == -errno.EINVAL:
+            # IORING_REGISTER_PROBE is Linux 5.6+: an older kernel runs io_uring but cannot list
+            # its opcodes, which is not the same as having none
+            why = "io_uring_register(IORING_REGISTER_PROBE) returned EINVAL: kernel older than 5.6"
+            return RingProbe(features=int(p.features), opcodes=None, opcode_error=why)
+        if n < 0:
+            # the stack registers buffers, files and the asyncio eventfd: without the syscall it cannot run
+            why = f"io_uring_register failed with {errno.errorcode.get(-n, str(-n))}"
+            return RingProbe(
+                errno=-n, syscall="io_uring_register", features=int(p.features), opcodes=None, opcode_error=why
+            )
+        return RingProbe(features=int(p.features), opcodes=tuple(op for op in range(n) if supported[op]))
     finally:
         lib.io_uring_queue_exit(ring)
+
+
+def syscalls_in_child() -> RingProbe | None:
+    """Try io_uring_setup, io_uring_enter and io_uring_register in a forked child.
+
+    For a process under a seccomp filter: a filter whose action kills (systemd's
+    ``SystemCallFilter=`` default, SIGSYS) would kill the caller itself without a
+    word.  The child is forked in C and does only raw syscalls and ``_exit``, so this
+    is safe in a threaded process.  Returns a :class:`RingProbe` naming the syscall
+    that killed the child, or ``None`` when none did (an errno the syscalls return is
+    then found again, in process, by :func:`probe_kernel`) or the fork failed.
+    """
+    out = ffi.new("struct us_child_probe *")
+    if lib.us_probe_syscalls_in_child(out) < 0:
+        # (fork refused, e.g. at a pids limit: the in-process probe is what ran before
+        # this check existed)
+        return None
+    if out.done:
+        return None
+    stage = min(max(int(out.stage), 1), len(SYSCALL_NAMES))
+    # -1: the child died but its status was reaped elsewhere (SIGCHLD ignored)
+    killed_by = int(out.term_signal) if out.waited and out.term_signal else -1
+    return RingProbe(syscall=SYSCALL_NAMES[stage - 1], killed_by=killed_by)

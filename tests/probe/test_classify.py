@@ -18,6 +18,7 @@ from uringstack.probe.model import Capabilities, CpuInfo, MemlockInfo
 from uringstack.probe.system import parse_cpulist
 from uringstack.probe.uring import classify, probe_uring
 from uringstack.probe.usage import parse_mountinfo, parse_swaps
+from uringstack.ring.kernel import RingProbe
 
 NO_FILTER = ProcessStatus(seccomp_mode=0, seccomp_filters=0)
 FILTERED = ProcessStatus(seccomp_mode=2, seccomp_filters=1)
@@ -53,6 +54,60 @@ def test_enosys_old_kernel() -> None:
 def test_enosys_under_seccomp_mentions_filter() -> None:
     blocker, reason = classify(errno.ENOSYS, facts(status=FILTERED))
     assert blocker == "enosys" and "seccomp" in reason
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS])
+@pytest.mark.parametrize("syscall", ["io_uring_enter", "io_uring_register"])
+def test_a_later_syscall_denied_by_a_filter_is_seccomp(syscall: str, err: int) -> None:
+    blocker, reason = classify(err, facts(status=FILTERED), syscall=syscall)
+    assert blocker == "seccomp"
+    assert reason.startswith(f"{syscall} blocked by seccomp ({errno.errorcode[err]} from a seccomp filter")
+
+
+def test_a_later_syscall_eperm_without_a_filter_names_it() -> None:
+    blocker, reason = classify(errno.EPERM, facts(), syscall="io_uring_enter")
+    assert blocker == "eperm" and reason.startswith("io_uring_enter returned EPERM")
+
+
+def test_a_child_killed_by_sigsys_is_seccomp_with_the_kill_action() -> None:
+    import signal
+
+    blocker, reason = classify(0, facts(status=FILTERED), syscall="io_uring_enter", killed_by=signal.SIGSYS)
+    assert blocker == "seccomp"
+    assert reason.startswith("io_uring_enter blocked by seccomp with the kill action")
+
+
+def test_probe_uring_enter_failure_is_unusable_and_tries_no_flag() -> None:
+    found = RingProbe(errno=errno.EPERM, syscall="io_uring_enter", features=0b11)
+    support = probe_uring(facts(status=FILTERED), kernel_probe=lambda: found,
+                          flag_probe=lambda f: pytest.fail("flags must not be tried"))  # fmt: skip
+    assert not support.usable and support.blocker == "seccomp"
+    assert all("io_uring_enter: EPERM" in f.error for f in support.setup_flags.values())
+
+
+def test_an_unreadable_opcode_table_is_not_zero_opcodes() -> None:
+    why = "io_uring_register(IORING_REGISTER_PROBE) returned EINVAL: kernel older than 5.6"
+    support = probe_uring(facts(), kernel_probe=lambda: RingProbe(opcodes=None, opcode_error=why),
+                          flag_probe=lambda f: 0)  # fmt: skip
+    assert support.usable and support.opcode_error == why
+    caps = Capabilities(kernel_release="5.4.0", system="Linux", python="3", uring=support,
+                        memlock=MemlockInfo(soft_bytes=-1, hard_bytes=-1, cap_ipc_lock=True),
+                        cpus=CpuInfo(online=[0], allowed=[0]))  # fmt: skip
+    line = verdicts(caps, None, None)[0].line()
+    assert "0 opcodes" not in line and f"opcodes unknown: {why}" in line
+
+
+def test_no_fork_without_a_seccomp_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the forked check is for filters that may kill: without one the probe costs no fork
+    from uringstack.ring import params
+
+    monkeypatch.setattr(params, "syscalls_in_child", lambda: pytest.fail("forked without a filter"))
+    monkeypatch.setattr(params, "probe_kernel", lambda: RingProbe(errno=errno.ENOSYS))
+    assert probe_uring(facts()).blocker == "enosys"
+    calls: list[int] = []
+    monkeypatch.setattr(params, "syscalls_in_child", lambda: calls.append(1))
+    probe_uring(facts(status=FILTERED))
+    assert calls == [1]
 
 
 def test_sysctl_2_wins_over_seccomp() -> None:
@@ -119,7 +174,7 @@ def test_probe_uring_records_rejected_flag() -> None:
     def flag_probe(flag: int) -> int:
         return errno.EINVAL if flag == SetupFlag.DEFER_TASKRUN else 0
 
-    support = probe_uring(facts(), kernel_probe=lambda: (0, 0b11, [0, 22, 46]),
+    support = probe_uring(facts(), kernel_probe=lambda: RingProbe(features=0b11, opcodes=(0, 22, 46)),
                           flag_probe=flag_probe)  # fmt: skip
     assert support.usable
     assert support.opcodes == ["NOP", "READ", "URING_CMD"]
@@ -131,7 +186,7 @@ def test_probe_uring_records_rejected_flag() -> None:
 
 
 def test_probe_uring_enosys_marks_flags_untried() -> None:
-    support = probe_uring(facts(), kernel_probe=lambda: (errno.ENOSYS, 0, []),
+    support = probe_uring(facts(), kernel_probe=lambda: RingProbe(errno=errno.ENOSYS),
                           flag_probe=lambda f: pytest.fail("flags must not be tried"))  # fmt: skip
     assert support.blocker == "enosys"
     assert all("not tried" in f.error for f in support.setup_flags.values())

@@ -105,6 +105,19 @@ def test_backend_uring_under_the_real_seccomp_filter_fails_with_the_reason(tmp_p
 
 
 @x86_64_only
+@pytest.mark.parametrize("syscall", ["enter", "register"])
+def test_backend_uring_where_a_later_syscall_is_denied_names_it(syscall: str) -> None:
+    """Until session 32 the probe only created a ring: with io_uring_enter denied the plan
+    chose io_uring and every I/O failed; with io_uring_register denied open_stack died."""
+    env = {**os.environ, "URINGSTACK_CORE__BACKEND": "uring"}
+    cli = [sys.executable, str(SECCOMP), "--deny", syscall, sys.executable, "-c", RUN_CLI, "plan"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "core.backend = 'uring' requires io_uring" in out.stderr
+    assert f"io_uring_{syscall} blocked by seccomp" in out.stderr
+
+
+@x86_64_only
 def test_backend_uring_with_fallback_on_under_seccomp_is_not_exit_0() -> None:
     env = {**os.environ, "URINGSTACK_CORE__BACKEND": "uring", "URINGSTACK_FALLBACK__MODE": "on"}
     cli = [sys.executable, str(SECCOMP), sys.executable, "-c", RUN_CLI, "plan"]

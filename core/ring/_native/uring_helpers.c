@@ -1064,3 +1064,123 @@ int us_wait_room_for(struct io_uring *ring, us_state_t *st, uint32_t need, uint3
     }
     return 0;
 }
+
+/* --- the capability probe's syscall checks ------------------------------------
+ * A ring that io_uring_setup created says nothing about io_uring_enter or
+ * io_uring_register: a seccomp filter may deny those alone.  The probe therefore
+ * submits and reaps one NOP and asks for the opcode table through
+ * io_uring_register, and reports each failure with the syscall that failed. */
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int us_probe_nop(struct io_uring *ring, int *cqe_res) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    struct io_uring_cqe *cqe = NULL;
+    int ret;
+    *cqe_res = 0;
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_nop(sqe);
+    /* submit_and_wait is one io_uring_enter: a filter denying it answers here */
+    ret = io_uring_submit_and_wait(ring, 1);
+    if (ret < 0)
+        return ret;
+    ret = io_uring_peek_cqe(ring, &cqe);
+    if (ret < 0)
+        return ret;
+    *cqe_res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    return 0;
+}
+
+#define US_PROBE_OPS 256
+
+struct us_child_probe {
+    int stage;
+    int done;
+    int setup_err;
+    int enter_err;
+    int register_err;
+    int waited;
+    int term_signal;
+};
+
+int us_probe_opcodes(struct io_uring *ring, uint8_t *supported) {
+    /* io_uring_get_probe_ring hides the errno behind a NULL: call register ourselves */
+    union {
+        struct io_uring_probe probe;
+        char bytes[sizeof(struct io_uring_probe) + US_PROBE_OPS * sizeof(struct io_uring_probe_op)];
+    } buf;
+    int ret, i, n;
+    memset(&buf, 0, sizeof buf);
+    ret = io_uring_register_probe(ring, &buf.probe, US_PROBE_OPS);
+    if (ret < 0)
+        return ret;
+    n = buf.probe.ops_len < US_PROBE_OPS ? buf.probe.ops_len : US_PROBE_OPS;
+    for (i = 0; i < n; i++)
+        supported[i] = (buf.probe.ops[i].flags & IO_URING_OP_SUPPORTED) ? 1 : 0;
+    return n;
+}
+
+int us_probe_syscalls_in_child(struct us_child_probe *out) {
+    struct us_child_probe *shared;
+    pid_t pid, w;
+    int status = 0;
+    memset(out, 0, sizeof *out);
+    /* shared with the child, so what it did before a kill (or an auto-reap under
+     * SIGCHLD=SIG_IGN, where waitpid has no status) is still known */
+    shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED)
+        return -errno;
+    memset(shared, 0, sizeof *shared);
+    pid = fork();
+    if (pid < 0) {
+        int err = errno;
+        munmap(shared, sizeof *shared);
+        return -err;
+    }
+    if (pid == 0) {
+        /* The child of a possibly threaded process: raw syscalls only, then _exit
+         * (no malloc, no stdio, no Python).  Not dumpable: a SIGSYS kill must not
+         * leave a core file. */
+        struct io_uring_params p;
+        union {
+            struct io_uring_probe probe;
+            char bytes[sizeof(struct io_uring_probe) + US_PROBE_OPS * sizeof(struct io_uring_probe_op)];
+        } buf;
+        long fd, r;
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        memset(&p, 0, sizeof p);
+        memset(&buf, 0, sizeof buf);
+        shared->stage = 1;
+        fd = syscall(__NR_io_uring_setup, 1, &p);
+        if (fd < 0) {
+            shared->setup_err = errno;
+            shared->done = 1;
+            _exit(0);
+        }
+        shared->stage = 2;
+        r = syscall(__NR_io_uring_enter, (int)fd, 0, 0, 0, NULL, 0);
+        if (r < 0)
+            shared->enter_err = errno;
+        shared->stage = 3;
+        r = syscall(__NR_io_uring_register, (int)fd, IORING_REGISTER_PROBE, &buf, US_PROBE_OPS);
+        if (r < 0)
+            shared->register_err = errno;
+        close((int)fd);
+        shared->done = 1;
+        _exit(0);
+    }
+    do {
+        w = waitpid(pid, &status, 0);
+    } while (w < 0 && errno == EINTR);
+    *out = *shared;
+    out->waited = w == pid;
+    out->term_signal = (w == pid && WIFSIGNALED(status)) ? WTERMSIG(status) : 0;
+    munmap(shared, sizeof *shared);
+    return 0;
+}

@@ -154,3 +154,17 @@ int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch
                     uint32_t wait_ms);
 uint32_t us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t n);
 int us_wait_room_for(struct io_uring *ring, us_state_t *st, uint32_t need, uint32_t timeout_ms);
+
+/* --- the capability probe's syscall checks --------------------------------- */
+struct us_child_probe {
+    int stage;        /* 1 io_uring_setup, 2 io_uring_enter, 3 io_uring_register: the last one begun */
+    int done;         /* the child reached _exit */
+    int setup_err;    /* errno of each syscall, 0 when it worked (or was not reached) */
+    int enter_err;
+    int register_err;
+    int waited;       /* waitpid returned the child's status */
+    int term_signal;  /* the signal that killed the child, 0 if none */
+};
+int us_probe_nop(struct io_uring *ring, int *cqe_res);
+int us_probe_opcodes(struct io_uring *ring, uint8_t *supported);
+int us_probe_syscalls_in_child(struct us_child_probe *out);
