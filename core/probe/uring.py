@@ -97,6 +97,15 @@ def classify(
         return _classify_after_setup(err, syscall, facts)
     name = _errname(err)
     if err == errno_mod.ENOSYS:
+        if facts.io_uring_disabled is not None and facts.status.seccomp_filtered:
+            # kernel.io_uring_disabled exists only in a kernel built with io_uring (6.6+):
+            # the ENOSYS can only be the filter's answer.
+            return "seccomp", (
+                "io_uring_setup blocked by seccomp (ENOSYS from a seccomp filter"
+                f"{_filter_count(facts)}; kernel {facts.release} has io_uring, as "
+                "kernel.io_uring_disabled exists): run with a profile that allows "
+                f"{_ALLOW_ALL}"
+            )
         reason = f"io_uring_setup returned ENOSYS: kernel {facts.release} has no io_uring"
         if facts.status.seccomp_filtered:
             # Some seccomp profiles answer ENOSYS instead of EPERM; say both.

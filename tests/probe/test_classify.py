@@ -52,8 +52,23 @@ def test_enosys_old_kernel() -> None:
 
 
 def test_enosys_under_seccomp_mentions_filter() -> None:
-    blocker, reason = classify(errno.ENOSYS, facts(status=FILTERED))
+    # a kernel before 6.6 has no kernel.io_uring_disabled: no io_uring and a filter look alike
+    blocker, reason = classify(errno.ENOSYS, facts(status=FILTERED, io_uring_disabled=None))
     assert blocker == "enosys" and "seccomp" in reason
+
+
+def test_enosys_under_seccomp_where_the_sysctl_exists_is_seccomp() -> None:
+    """Until session 32 this was "kernel has no io_uring", on a kernel whose
+    kernel.io_uring_disabled (present only with io_uring) proves otherwise."""
+    blocker, reason = classify(errno.ENOSYS, facts(status=FILTERED, io_uring_disabled=0))
+    assert blocker == "seccomp"
+    assert reason.startswith("io_uring_setup blocked by seccomp (ENOSYS from a seccomp filter, 1 filter(s)")
+    assert "has no io_uring" not in reason
+    assert "allows io_uring_setup/io_uring_enter/io_uring_register" in reason
+
+
+def test_enosys_without_a_filter_is_no_io_uring_even_with_the_sysctl() -> None:
+    assert classify(errno.ENOSYS, facts(io_uring_disabled=0))[0] == "enosys"
 
 
 @pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS])

@@ -104,3 +104,14 @@ def test_a_filter_that_kills_is_reported_not_fatal(syscall: str) -> None:
     ) in proc.stdout
     assert "SystemCallErrorNumber=EPERM" in proc.stdout
     assert "fallback: usable" in proc.stdout
+
+
+def test_enosys_from_a_filter_on_a_kernel_with_io_uring_names_seccomp() -> None:
+    if not Path("/proc/sys/kernel/io_uring_disabled").exists():
+        pytest.skip("the kernel has no kernel.io_uring_disabled (before 6.6): ENOSYS stays ambiguous")
+    proc = _under_filter("-c", PROBE_JSON, options=("--deny", "all", "--errno", "ENOSYS"))
+    assert proc.returncode == 0, proc.stderr
+    uring = json.loads(proc.stdout)["uring"]
+    assert uring["blocker"] == "seccomp"
+    assert uring["reason"].startswith("io_uring_setup blocked by seccomp (ENOSYS from a seccomp filter")
+    assert "has no io_uring" not in uring["reason"]
