@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from uringstack.probe.defects import matching_defects, running_kernel, version_note
-from uringstack.probe.kernel import kernel_facts
+from uringstack.probe.kernel import kernel_facts, process_environment
 from uringstack.probe.model import (
     BlockDevice,
     Capabilities,
@@ -75,6 +75,7 @@ def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabil
         uring=probe_uring(facts, memlock_soft_bytes=memlock.soft_bytes),
         memlock=memlock,
         cpus=cpu_info(),
+        environment=process_environment() if facts.system == "Linux" else {},
     )
     if devices and facts.system == "Linux":
         _scan_devices(caps)
@@ -102,8 +103,9 @@ def probe_cached(
     starters never read half a file; one that cannot be written (a read-only or
     full file system) is a ``RuntimeWarning``, not an error.  A cache that is unreadable, from another
     schema version, another kernel (a reboot into a new kernel changes what
-    io_uring accepts) or probed without devices when devices are wanted is
-    ignored.
+    io_uring accepts), another process environment (seccomp, io_uring sysctls,
+    limits, capabilities, CPU mask, ids, boot: :func:`process_environment`) or
+    probed without devices when devices are wanted is ignored.
     """
     if not max_age_s >= 0:  # (nan too: no age is within it, so the cache would never be used)
         raise ValueError(f"max_age_s must be a number of seconds >= 0, got {max_age_s!r}")
@@ -115,6 +117,9 @@ def probe_cached(
             if (
                 cached.schema_version == Capabilities.model_fields["schema_version"].default
                 and cached.kernel_release == platform.release()
+                # (a report from an unrestricted shell is no answer under seccomp, after a
+                # sysctl change, or with another memlock limit or CPU mask)
+                and cached.environment == (process_environment() if platform.system() == "Linux" else {})
                 and (not devices or cached.devices or cached.device_scan_error)
             ):
                 return cached

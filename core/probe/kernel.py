@@ -102,3 +102,48 @@ def kernel_facts() -> KernelFacts:
         status=read_process_status(),
         gids=frozenset({os.getegid(), *os.getgroups()}),
     )
+
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_CPU_ONLINE = Path("/sys/devices/system/cpu/online")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "unreadable"
+
+
+def process_environment() -> dict[str, str]:
+    """The facts of this process's environment that a probe report depends on, as text.
+
+    ``probe_cached`` reuses a report only where these are all equal: a report taken
+    in an unrestricted shell says nothing about a process under seccomp, after
+    ``sysctl kernel.io_uring_disabled=2``, or with another RLIMIT_MEMLOCK, CPU mask,
+    capability set or user.  Cheap on purpose (a few /proc reads and getrlimit
+    calls): it is what a cache saves a probe for.  A seccomp filter is known by mode
+    and count only, as its program cannot be read without CAP_SYS_ADMIN.
+    """
+    import resource
+
+    status = read_process_status()
+    try:
+        allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # (not Linux)
+        allowed = "unknown"
+    memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {
+        "boot_id": _read_text(_BOOT_ID),
+        "seccomp": f"mode {status.seccomp_mode}, filters {status.seccomp_filters}",
+        "io_uring_disabled": _read_text(_SYSCTL_DISABLED),
+        "io_uring_group": _read_text(_SYSCTL_GROUP),
+        "rlimit_memlock": f"{memlock[0]} {memlock[1]}",
+        "rlimit_nofile": f"{nofile[0]} {nofile[1]}",
+        "cap_eff": f"{status.cap_eff:016x}",
+        "cpus_allowed": allowed,
+        "cpus_online": _read_text(_CPU_ONLINE),
+        "uids": f"{os.getuid()} {os.geteuid()}",
+        "gids": f"{os.getgid()} {os.getegid()} groups " + ",".join(str(g) for g in sorted(os.getgroups())),
+    }

@@ -111,7 +111,7 @@ class BlockDevice(BaseModel):
 class Capabilities(BaseModel):
     """Everything the probe found.  Plugins read it; nothing in it is guessed."""
 
-    schema_version: int = 3
+    schema_version: int = 4
     kernel_release: str
     kernel_debian_version: str | None = None
     """The Debian kernel package version from ``/proc/version`` (``6.1.192-3``), if any."""
@@ -127,6 +127,10 @@ class Capabilities(BaseModel):
     cpus: CpuInfo
     devices: list[BlockDevice] = Field(default_factory=list)
     device_scan_error: str = ""
+    environment: dict[str, str] = Field(default_factory=dict)
+    """The process environment the report was taken in (seccomp, io_uring sysctls, limits,
+    capabilities, CPU mask, ids, boot; :func:`uringstack.probe.kernel.process_environment`):
+    a cached report is reused only where it is the same."""
     extras: dict[str, Any] = Field(default_factory=dict)
     tuning: TuneState | None = None
     """Measurements from ``uringstack tune`` that hold here (docs/tune.md); ``None`` until the

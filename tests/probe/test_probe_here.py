@@ -114,6 +114,42 @@ def test_probe_cached_reuses_then_expires(tmp_path: Path) -> None:
     assert probe_cached(cache, max_age_s=60, devices=False).kernel_release == platform.release()
 
 
+def test_probe_cached_reprobes_in_another_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until session 32 the cache was keyed on age, schema and kernel release only: a report
+    from an unrestricted shell was reused under seccomp, another memlock limit, CPU mask..."""
+    import uringstack.probe as probe_mod
+
+    cache = tmp_path / "caps.json"
+    first = probe_cached(cache, max_age_s=60, devices=False)
+    assert first.environment["seccomp"].startswith("mode ")
+    cache.write_text(first.model_copy(update={"extras": {"marker": 1}}).model_dump_json())
+    assert probe_cached(cache, max_age_s=60, devices=False).extras == {"marker": 1}
+    here = dict(first.environment)
+    for key in ("seccomp", "io_uring_disabled", "rlimit_memlock", "rlimit_nofile", "cap_eff", "cpus_allowed", "uids"):
+        cache.write_text(first.model_copy(update={"extras": {"marker": 1}}).model_dump_json())
+        monkeypatch.setattr(probe_mod, "process_environment", lambda key=key: {**here, key: "changed"})
+        again = probe_cached(cache, max_age_s=60, devices=False)
+        assert again.extras == {}, f"a report taken with another {key} was reused"
+        assert again.environment[key] == "changed"
+
+
+def test_probe_cached_reprobes_under_another_rlimit(tmp_path: Path) -> None:
+    import resource
+
+    cache = tmp_path / "caps.json"
+    first = probe_cached(cache, max_age_s=60, devices=False)
+    cache.write_text(first.model_copy(update={"extras": {"marker": 1}}).model_dump_json())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    code = f"from uringstack.probe import probe_cached; print(probe_cached({str(cache)!r}, 60, devices=False).extras)"
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 64), hard))
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=lower, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{}"
+
+
 @pytest.mark.parametrize("max_age_s", [-1.0, float("nan")])
 def test_probe_cached_refuses_an_age_no_cache_can_have(tmp_path: Path, max_age_s: float) -> None:
     with pytest.raises(ValueError, match="max_age_s must be a number of seconds >= 0"):

@@ -92,6 +92,21 @@ def test_open_stack_falls_back_when_a_syscall_is_denied(tmp_path: Path, options:
     assert proc.stdout.split() == ["fallback", "b'xxxx'"], proc.stdout + proc.stderr
 
 
+def test_a_cache_from_an_unrestricted_shell_is_not_reused_under_seccomp(tmp_path: Path) -> None:
+    """Until session 32 ``probe --cache`` reused it (same kernel, young enough): "usable"."""
+    cache = tmp_path / "caps.json"
+    code = (
+        "from uringstack.probe import probe_cached\n"
+        f"print(probe_cached({str(cache)!r}, 3600, devices=False).model_dump_json())"
+    )
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert free.returncode == 0 and json.loads(free.stdout)["uring"]["usable"] is True, free.stderr
+    proc = _under_filter("-c", code, options=("--deny", "all"))
+    assert proc.returncode == 0, proc.stderr
+    uring = json.loads(proc.stdout)["uring"]
+    assert uring["usable"] is False and uring["blocker"] == "seccomp"
+
+
 # A filter whose action kills (systemd's SystemCallFilter= default) killed `uringstack probe`
 # with SIGSYS and no output until session 32.
 @pytest.mark.parametrize("syscall", ["setup", "enter", "register"])
