@@ -7,8 +7,10 @@ answer in a JSON file for start-up paths that must not create a dozen rings.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +30,9 @@ from uringstack.probe.model import (
 )
 from uringstack.probe.system import cpu_info, memlock_info
 from uringstack.probe.uring import probe_uring
+
+# A probe report is tens of KiB even with many devices; a larger file is someone else's.
+_MAX_REPORT_BYTES = 16 * 1024 * 1024
 
 __all__ = [
     "BlockDevice",
@@ -111,8 +116,10 @@ def probe_cached(
         raise ValueError(f"max_age_s must be a number of seconds >= 0, got {max_age_s!r}")
     cache = Path(path)
     try:
-        age = time.time() - cache.stat().st_mtime
-        if 0 <= age <= max_age_s:
+        st = cache.stat()
+        age = time.time() - st.st_mtime
+        # (only a regular file: reading a FIFO would block, a device is nobody's cache)
+        if stat.S_ISREG(st.st_mode) and 0 <= age <= max_age_s:
             cached = Capabilities.model_validate_json(cache.read_bytes())
             if (
                 cached.schema_version == Capabilities.model_fields["schema_version"].default
@@ -129,7 +136,47 @@ def probe_cached(
     from uringstack.probe.tune_cache import write_atomic
 
     try:
-        write_atomic(cache, caps.model_dump_json(indent=2))
+        # Through a symlink to its target: replacing the link by a regular file would
+        # break whoever pointed it somewhere.
+        target = Path(os.path.realpath(cache))
+        replaceable, keep_mode = _replaceable_report(target)
+        if not replaceable:
+            # (until session 32 a user's notes.txt given as FILE became a probe report)
+            warnings.warn(
+                f"probe cache {cache} not written: {cache} exists and is not a uringstack probe report",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return caps
+        write_atomic(target, caps.model_dump_json(indent=2), mode=keep_mode)
     except OSError as exc:  # the findings still count: a cache that cannot be written costs a probe next time
         warnings.warn(f"probe cache {cache} not written: {exc}", RuntimeWarning, stacklevel=2)
     return caps
+
+
+def _replaceable_report(path: Path) -> tuple[bool, int | None]:
+    """Whether the probe may write its report to *path*, and the permission bits the new
+    file keeps: ``(True, None)`` when nothing is there, ``(True, mode)`` for an empty file
+    or a probe report, ``(False, None)`` for anything else: a user's file is never
+    overwritten.
+
+    Any JSON object with the report's top-level keys counts as a report, whatever its
+    schema version, so an old cache is refreshed rather than refused.  Raises
+    ``OSError`` when *path* cannot be examined (then it is not written either)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return True, None
+    if not stat.S_ISREG(st.st_mode):
+        return False, None
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_size == 0:  # (e.g. made by mktemp for the purpose: nothing to lose)
+        return True, mode
+    if st.st_size > _MAX_REPORT_BYTES:
+        return False, None
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return False, None
+    is_report = isinstance(data, dict) and {"schema_version", "kernel_release", "uring"} <= data.keys()
+    return (True, mode) if is_report else (False, None)

@@ -40,7 +40,7 @@ def cache_dir(environ: dict[str, str] | None = None) -> Path:
     return cache_root(environ) / "tune"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write *text* to *path* atomically and durably: a concurrent reader never sees half a
     file, and after a crash *path* holds the old text or the new, never an empty file.
 
@@ -48,7 +48,8 @@ def write_atomic(path: Path, text: str) -> None:
     fsynced before the rename, and the directory fsynced after it: a rename that
     reached the disk before the data would leave an empty file (a tuning run's
     minutes of measurement lost).  On failure the temporary file is removed and
-    *path* is untouched."""
+    *path* is untouched.  *mode*: the new file's permission bits (the replaced file's, so
+    a rewrite keeps them); ``None``: mkstemp's 0600."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -56,6 +57,8 @@ def write_atomic(path: Path, text: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of its directory", str(path.parent)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

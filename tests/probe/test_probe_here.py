@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import stat
 import subprocess
 import sys
 import time
@@ -111,7 +112,9 @@ def test_probe_cached_reuses_then_expires(tmp_path: Path) -> None:
     os.utime(cache, (old, old))
     assert probe_cached(cache, max_age_s=60, devices=False).extras == {}
     cache.write_text("{not json")
-    assert probe_cached(cache, max_age_s=60, devices=False).kernel_release == platform.release()
+    with pytest.warns(RuntimeWarning, match="is not a uringstack probe report"):
+        assert probe_cached(cache, max_age_s=60, devices=False).kernel_release == platform.release()
+    assert cache.read_text() == "{not json"  # (not a report: left alone, see below)
 
 
 def test_probe_cached_reprobes_in_another_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,8 +137,6 @@ def test_probe_cached_reprobes_in_another_environment(tmp_path: Path, monkeypatc
 
 
 def test_probe_cached_reprobes_under_another_rlimit(tmp_path: Path) -> None:
-    import resource
-
     cache = tmp_path / "caps.json"
     first = probe_cached(cache, max_age_s=60, devices=False)
     cache.write_text(first.model_copy(update={"extras": {"marker": 1}}).model_dump_json())
@@ -172,6 +173,69 @@ def test_a_cache_that_cannot_be_written_does_not_hide_the_findings(tmp_path: Pat
     assert Capabilities.model_validate_json(result.stdout).kernel_release == platform.release()
     assert result.stderr.startswith(f"warning: probe cache {cache} not written: "), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr  # one line, no library source line
+
+
+# Until session 32 `probe --cache FILE` replaced any FILE: a user's notes.txt became a
+# probe report (mode 0600), and a symlink was replaced by a regular file.
+@pytest.mark.parametrize("content", [b"my notes\n", b'{"a": 1}', b"\xff\xfe", b"[1, 2]"])
+def test_probe_cached_never_overwrites_a_file_that_is_not_a_report(tmp_path: Path, content: bytes) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(content)
+    notes.chmod(0o644)
+    with pytest.warns(RuntimeWarning, match=r"not written: .*notes.txt exists and is not a uringstack probe report"):
+        caps = probe_cached(notes, max_age_s=60, devices=False)
+    assert caps.kernel_release == platform.release()
+    assert notes.read_bytes() == content
+    assert notes.stat().st_mode & 0o777 == 0o644
+
+
+def test_probe_cache_on_a_users_file_warns_prints_and_exits_0(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    command = [sys.executable, "-c", "from uringstack.cli import main; main()", "probe", "--json", "--no-devices"]
+    result = subprocess.run([*command, "--no-plugins", "--cache", str(notes)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Capabilities.model_validate_json(result.stdout).kernel_release == platform.release()
+    assert result.stderr == (
+        f"warning: probe cache {notes} not written: {notes} exists and is not a uringstack probe report\n"
+    )
+    assert notes.read_text() == "my notes\n"
+
+
+def test_probe_cached_does_not_read_or_replace_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.warns(RuntimeWarning, match="exists and is not a uringstack probe report"):
+        probe_cached(fifo, max_age_s=60, devices=False)  # (reading it would block)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_probe_cached_writes_through_a_symlink(tmp_path: Path, target_exists: bool) -> None:
+    real = tmp_path / "real" / "caps.json"
+    real.parent.mkdir()
+    if target_exists:
+        stale = probe_cached(real, max_age_s=60, devices=False)
+        real.write_text(stale.model_copy(update={"extras": {"marker": 1}}).model_dump_json())
+        old = time.time() - 120
+        os.utime(real, (old, old))
+    link = tmp_path / "caps.json"
+    link.symlink_to(os.path.relpath(real, tmp_path))
+    caps = probe_cached(link, max_age_s=60, devices=False)
+    assert link.is_symlink()
+    assert Capabilities.model_validate_json(real.read_bytes()) == caps
+    assert caps.extras == {}
+
+
+def test_probe_cached_keeps_the_mode_of_the_report_it_replaces(tmp_path: Path) -> None:
+    cache = tmp_path / "caps.json"
+    probe_cached(cache, max_age_s=60, devices=False)
+    cache.chmod(0o644)
+    old = time.time() - 120
+    os.utime(cache, (old, old))
+    probe_cached(cache, max_age_s=60, devices=False)
+    assert time.time() - cache.stat().st_mtime < 60  # (rewritten)
+    assert cache.stat().st_mode & 0o777 == 0o644
 
 
 def test_plugin_hook_adds_facts() -> None:
