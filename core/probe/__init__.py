@@ -60,7 +60,10 @@ def _scan_devices(caps: Capabilities) -> None:
 def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabilities:
     """Probe this machine for this process and return the capability report.
 
-    Creates one ring per probed setup flag (a few milliseconds), scans block
+    Creates a ring, submits one NOP on it and reads its opcode table (so each of
+    io_uring_setup, io_uring_enter and io_uring_register is tried; under a seccomp
+    filter first in a forked child, as the filter may kill), then one ring per
+    probed setup flag (a few milliseconds in all), scans block
     devices through pyudev unless *devices* is false, then lets plugins add
     facts through the ``uringstack_probe`` hook when *plugin_manager* (a
     pluggy manager or the facade from ``make_plugin_manager``) is given.
