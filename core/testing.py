@@ -78,6 +78,7 @@ class CapabilitiesFactory(Protocol):
         uring: UringState | bool = ...,
         cores: int | Iterable[int] = ...,
         memlock_bytes: int = ...,
+        nofile: int = ...,
         nvme: bool = ...,
         nvme_io_poll: bool = ...,
         nvme_in_use: bool = ...,
@@ -93,6 +94,7 @@ def make_fake_capabilities(
     uring: UringState | bool = "usable",
     cores: int | Iterable[int] = 4,
     memlock_bytes: int = 8 * 1024 * 1024,
+    nofile: int = 1024,
     nvme: bool = False,
     nvme_io_poll: bool = True,
     nvme_in_use: bool = False,
@@ -107,7 +109,8 @@ def make_fake_capabilities(
     (Docker's default profile), ``"sysctl_disabled"``, ``"enosys"``,
     ``"not_linux"`` (or ``False`` for seccomp).  ``cores``: a count or the
     CPU ids.  ``memlock_bytes``: RLIMIT_MEMLOCK soft and hard limit (-1 is
-    unlimited).  ``nvme``: add namespace ``/dev/nvme0n1`` with generic char
+    unlimited).  ``nofile``: RLIMIT_NOFILE soft limit (hard: 524288, Debian's
+    default; -1 is unlimited).  ``nvme``: add namespace ``/dev/nvme0n1`` with generic char
     device ``/dev/ng0n1`` (accessible), poll queues when ``nvme_io_poll``,
     mounted when ``nvme_in_use``.  ``rejected_flags``: setup flag names the
     kernel refuses (EINVAL).  ``devices``: more devices.  ``overrides``:
@@ -119,6 +122,7 @@ def make_fake_capabilities(
         CpuInfo,
         FlagSupport,
         MemlockInfo,
+        NofileInfo,
         UringSupport,
     )
 
@@ -190,6 +194,7 @@ def make_fake_capabilities(
         "python": "3.11.2",
         "uring": support,
         "memlock": MemlockInfo(soft_bytes=memlock_bytes, hard_bytes=memlock_bytes),
+        "nofile": NofileInfo(soft=nofile, hard=-1 if nofile < 0 else max(nofile, 524288)),
         "cpus": CpuInfo(online=cpus, allowed=cpus, numa_nodes={0: cpus}),
         "devices": all_devices,
     }

@@ -26,9 +26,10 @@ from uringstack.probe.model import (
     CpuInfo,
     FlagSupport,
     MemlockInfo,
+    NofileInfo,
     UringSupport,
 )
-from uringstack.probe.system import cpu_info, memlock_info
+from uringstack.probe.system import cpu_info, memlock_info, nofile_info
 from uringstack.probe.uring import probe_uring
 
 # A probe report is tens of KiB even with many devices; a larger file is someone else's.
@@ -40,6 +41,7 @@ __all__ = [
     "CpuInfo",
     "FlagSupport",
     "MemlockInfo",
+    "NofileInfo",
     "UringSupport",
     "probe",
     "probe_cached",
@@ -82,6 +84,7 @@ def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabil
         python=platform.python_version(),
         uring=probe_uring(facts, memlock_soft_bytes=memlock.soft_bytes),
         memlock=memlock,
+        nofile=nofile_info(),
         cpus=cpu_info(),
         environment=process_environment() if facts.system == "Linux" else {},
     )

@@ -66,6 +66,18 @@ class MemlockInfo(BaseModel):
         return self.soft_bytes < 0 or nbytes <= self.soft_bytes
 
 
+class NofileInfo(BaseModel):
+    """RLIMIT_NOFILE, soft and hard; -1 means unlimited.
+
+    The kernel refuses a registered file table with more slots than the soft
+    limit (``io_uring_register_files``: EMFILE), so the limit bounds the
+    fixed-file slots a ring can have, besides the descriptors a process may open.
+    """
+
+    soft: int
+    hard: int
+
+
 class CpuInfo(BaseModel):
     """CPUs this process may run on and the machine's NUMA layout."""
 
@@ -124,6 +136,7 @@ class Capabilities(BaseModel):
     python: str
     uring: UringSupport
     memlock: MemlockInfo
+    nofile: NofileInfo
     cpus: CpuInfo
     devices: list[BlockDevice] = Field(default_factory=list)
     device_scan_error: str = ""

@@ -1,4 +1,4 @@
-"""Locked-memory limit, CPUs and NUMA nodes: what a plan may pin and register."""
+"""Locked-memory and open-file limits, CPUs and NUMA nodes: what a plan may pin and register."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import resource
 from pathlib import Path
 
 from uringstack.probe.kernel import CAP_IPC_LOCK, read_process_status
-from uringstack.probe.model import CpuInfo, MemlockInfo
+from uringstack.probe.model import CpuInfo, MemlockInfo, NofileInfo
 
 _CPU_ONLINE = Path("/sys/devices/system/cpu/online")
 _NODE_DIR = Path("/sys/devices/system/node")
@@ -41,6 +41,13 @@ def memlock_info() -> MemlockInfo:
         hard_bytes=-1 if hard == inf else hard,
         cap_ipc_lock=read_process_status().has_cap(CAP_IPC_LOCK),
     )
+
+
+def nofile_info() -> NofileInfo:
+    """RLIMIT_NOFILE (soft, hard; -1 = unlimited): the most fixed-file slots a ring may register."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    return NofileInfo(soft=-1 if soft == inf else soft, hard=-1 if hard == inf else hard)
 
 
 def numa_nodes(node_dir: Path = _NODE_DIR) -> dict[int, list[int]]:

@@ -239,6 +239,7 @@ def _caps(**uring: object) -> Capabilities:
         "kernel_release": "6.8.0", "system": "Linux", "python": "3.11",
         "uring": {"usable": True, **uring},
         "memlock": MemlockInfo(soft_bytes=64 * 1024, hard_bytes=64 * 1024).model_dump(),
+        "nofile": {"soft": 1024, "hard": 524288},
         "cpus": CpuInfo(online=[0, 1, 2, 3], allowed=[0, 1, 2, 3]).model_dump(),
     })  # fmt: skip
 

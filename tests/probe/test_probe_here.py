@@ -75,6 +75,14 @@ def test_cpus_and_memlock_match_the_os(caps: Capabilities) -> None:
     assert caps.memlock.hard_bytes == (-1 if hard == inf else hard)
 
 
+def test_nofile_matches_the_os(caps: Capabilities) -> None:
+    # the fixedbuf file table is sized from it: the kernel refuses one larger than the soft limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    assert caps.nofile.soft == (-1 if soft == inf else soft)
+    assert caps.nofile.hard == (-1 if hard == inf else hard)
+
+
 def test_root_filesystem_device_is_in_use(caps: Capabilities) -> None:
     assert caps.device_scan_error == ""
     st = os.stat("/")
