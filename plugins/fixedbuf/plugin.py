@@ -50,7 +50,15 @@ class FixedbufConfig(FeatureConfig):
     buffer_size: int = Field(65536, ge=4096, le=1 << 30, description="bytes per registered buffer (multiple of 4096)")
     count: int = Field(64, ge=1, le=16384, description="registered buffers per ring")
     min_count: int = Field(8, ge=1, description="in auto, fewer buffers than this is not worth registering")
-    files: int = Field(64, ge=0, le=65536, description="fixed-file slots per ring (0: no registered files)")
+    files: int = Field(
+        64,
+        ge=0,
+        le=65536,
+        description=(
+            "fixed-file slots per ring (0: no registered files); at most RLIMIT_NOFILE's soft limit, "
+            "auto shrinks the table to 3/4 of it"
+        ),
+    )
 
     @field_validator("buffer_size")
     @classmethod
@@ -86,6 +94,44 @@ def buffers_that_fit(caps: Capabilities, cfg: FixedbufConfig, rings: int) -> tup
     )
 
 
+NOFILE_HINT = "raise RLIMIT_NOFILE (`ulimit -n`, systemd `LimitNOFILE=`) or lower fixedbuf.files"
+
+
+def files_that_fit(caps: Capabilities, cfg: FixedbufConfig) -> tuple[int, str]:
+    """How many fixed-file slots per ring RLIMIT_NOFILE allows, and the reason ("" when all fit).
+
+    The kernel refuses a file table with more slots than RLIMIT_NOFILE's soft
+    limit (EMFILE): until session 32 the plan promised 64 slots under a limit
+    of 32 and open_stack failed with "Too many open files".  ``on`` gets what it
+    asks for up to the limit (beyond it, a plan error); ``auto`` leaves a quarter
+    of the limit for the process's own descriptors (stdio, the rings, their
+    eventfds, files opened outside the stack), since a slot only holds a
+    descriptor the process has open: slots beyond that could never be filled.
+    """
+    soft = caps.nofile.soft
+    if not cfg.files or soft < 0:
+        return cfg.files, ""
+    if cfg.mode == "on":
+        if cfg.files <= soft:
+            return cfg.files, ""
+        return 0, (
+            f"fixedbuf.files = {cfg.files} fixed-file slots per ring, but RLIMIT_NOFILE is {soft} and the "
+            f"kernel refuses a file table larger than it (EMFILE); raise the limit to at least {cfg.files} "
+            f"(`ulimit -n {cfg.files}`, systemd `LimitNOFILE=`) or set fixedbuf.files <= {soft}"
+        )
+    budget = soft * 3 // 4
+    if cfg.files <= budget:
+        return cfg.files, ""
+    return budget, (
+        f"RLIMIT_NOFILE is {soft}, so the file table may have {budget} slots (a quarter is left for the "
+        f"process's own descriptors), but fixedbuf.files is {cfg.files}"
+    )
+
+
+def _plan_files(caps: Capabilities, config: StackConfig) -> tuple[int, str]:
+    return files_that_fit(caps, FEATURE.section(config))
+
+
 LABELS = {"on": "with registered buffers and files", "off": "without"}
 
 
@@ -115,20 +161,28 @@ def _decide(caps: Capabilities, config: StackConfig) -> Decision:
     wins, decided = measured(caps, cfg)
     if wins is False:
         return Decision(False, decided)
+    files, files_why = _plan_files(caps, config)
+    if files_why and cfg.mode == "on":
+        return Decision(False, files_why, NOFILE_HINT)
     count, why = _plan_count(caps, config)
     if decided:
         why = f"{decided}; {why}"
+    # the file table's own shrinking, said after the buffers' verdict, with its fix
+    files_note = f"; file table shrunk to {files} slots: {files_why}. {NOFILE_HINT}" if files_why else ""
+    if not files and files_why:
+        files_note = f"; no registered files: {files_why}. {NOFILE_HINT}"
     if count >= cfg.count:
         return Decision(
-            True, f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {cfg.files} file slots per ring ({why})"
+            True,
+            f"{cfg.count} x {cfg.buffer_size >> 10} KiB buffers and {files} file slots per ring ({why}){files_note}",
         )
     if cfg.mode == "on":
         return Decision(False, why, MEMLOCK_HINT)
     if count >= cfg.min_count:
-        return Decision(True, f"shrunk to {count} buffers per ring: {why}", MEMLOCK_HINT)
+        return Decision(True, f"shrunk to {count} buffers per ring: {why}{files_note}", MEMLOCK_HINT)
     return Decision(
-        bool(cfg.files),
-        f"no registered buffers ({why}); registered files only" if cfg.files else f"skipped: {why}",
+        bool(files),
+        f"no registered buffers ({why}); registered files only{files_note}" if files else f"skipped: {why}{files_note}",
         MEMLOCK_HINT,
     )
 
@@ -175,9 +229,22 @@ def uringstack_ring_created(ring: Ring, worker: Worker, config: StackConfig) -> 
             worker.note(NAME, f"registered {count} x {cfg.buffer_size >> 10} KiB buffers")
     else:
         worker.note(NAME, f"no registered buffers: {why}. {MEMLOCK_HINT}")
-    if cfg.files:
-        worker.resources[FILES_KEY] = FixedFileTable(ring, cfg.files)
-        worker.note(NAME, f"registered a {cfg.files}-slot fixed-file table")
+    files, files_why = _plan_files(worker.stack.caps, config)
+    if files_why:
+        worker.note(NAME, f"fixed-file table of {files} slots, not {cfg.files}: {files_why}")
+    if files:
+        try:
+            table = FixedFileTable(ring, files)
+        except UringIOError as exc:
+            # The limit the plan read may have been lowered since (a cached report, setrlimit
+            # after probing): in auto the stack works without registered files, as it does
+            # without registered buffers when memlock refuses them.
+            if cfg.mode == "on" or exc.errno != errno.EMFILE:
+                raise
+            worker.note(NAME, f"registering a {files}-slot file table failed with EMFILE; none. {NOFILE_HINT}")
+        else:
+            worker.resources[FILES_KEY] = table
+            worker.note(NAME, f"registered a {files}-slot fixed-file table")
 
 
 def _on_ring_owner(worker: Worker, table: FixedFileTable, fn: Callable[[int], T], arg: int) -> T:
