@@ -46,7 +46,7 @@ class SqpollConfig(FeatureConfig):
         "auto",
         description=(
             "CPU for the poller; auto: a CPU without a worker, else the worker's own. "
-            "A CPU that is not online is a plan error"
+            "A CPU that is not online, or not allowed for this process (cpuset, taskset), is a plan error"
         ),
     )
     share: bool = Field(True, description="all rings share the first ring's poller (IORING_SETUP_ATTACH_WQ)")
@@ -125,13 +125,26 @@ def _poller_cpu(caps: Capabilities, config: StackConfig, params: RingParams) -> 
 def _check_cpu(caps: Capabilities, cfg: SqpollConfig) -> None:
     """An explicit ``cpu`` must be one the kernel can pin the poller to.
 
-    Checked at plan time: the kernel refuses an offline sq_thread_cpu with
-    EINVAL, and the ring setup would then drop the pinning and run unpinned.
+    Checked at plan time: the kernel refuses with EINVAL an sq_thread_cpu that
+    is offline or outside the CPUs the process may run on (its affinity, which
+    a cpuset or taskset narrows), and the ring setup would then drop the
+    pinning and run unpinned.  Until session 32 only "online" was checked:
+    under ``taskset -c 1`` the plan said "poller on cpu 0" and the poller floated.
     """
-    if cfg.mode == "off" or cfg.cpu == "auto" or cfg.cpu in caps.cpus.online:
+    if cfg.mode == "off" or cfg.cpu == "auto" or cfg.cpu in caps.cpus.allowed:
         return
-    online = ", ".join(map(str, caps.cpus.online)) or "none found"
-    raise PlanError(f"sqpoll.cpu = {cfg.cpu}: CPU {cfg.cpu} is not online on this machine (online CPUs: {online})")
+    allowed = ", ".join(map(str, caps.cpus.allowed)) or "none found"
+    if cfg.cpu not in caps.cpus.online:
+        online = ", ".join(map(str, caps.cpus.online)) or "none found"
+        raise PlanError(
+            f"sqpoll.cpu = {cfg.cpu}: CPU {cfg.cpu} is not online on this machine (online CPUs: {online}; "
+            f"this process may run on: {allowed})"
+        )
+    raise PlanError(
+        f"sqpoll.cpu = {cfg.cpu}: CPU {cfg.cpu} is online but not among the CPUs this process may run on "
+        f"(allowed CPUs: {allowed}; a cpuset or taskset narrows them), and the kernel refuses to pin the "
+        f'poller outside them; set sqpoll.cpu to one of {allowed} or to "auto"'
+    )
 
 
 FEATURE = Feature(NAME, SqpollConfig, _decide)

@@ -229,3 +229,60 @@ def test_the_spare_cpu_rule_counts_the_cpus_free_of_workers() -> None:
     assert not verdict.enabled
     expect = f"{len(cpus) - 1} CPU(s) free of workers (1 of {len(cpus)} run one) < {len(cpus)}"
     assert expect in verdict.reason
+
+
+def test_a_cpu_online_but_outside_the_allowed_set_is_a_plan_error_naming_the_allowed_cpus() -> None:
+    """Under ``taskset -c 1`` with ``sqpoll.cpu = 0`` the plan said "poller on cpu 0", the
+    kernel refused SQ_AFF (EINVAL: a CPU the process may not run on), the pinning was
+    dropped with a note and the poller floated: only "online" was checked."""
+    import pytest
+
+    from uringstack.config import load_config
+    from uringstack.plan import make_plan
+    from uringstack.probe.model import CpuInfo
+    from uringstack.testing import make_fake_capabilities
+    from uringstack.types import PlanError
+
+    caps = make_fake_capabilities(cpus=CpuInfo(online=[0, 1, 2, 3], allowed=[1, 2], numa_nodes={0: [0, 1, 2, 3]}))
+
+    def plan(mode: str, cpu: int) -> object:
+        loaded = load_config(None, env={}, overrides={"sqpoll.mode": mode, "sqpoll.cpu": cpu, "core.cores": [1]})
+        return make_plan(caps, loaded.config, loaded.plugin_manager)
+
+    for mode in ("on", "auto"):  # auto too: an explicit CPU is never silently dropped
+        with pytest.raises(PlanError, match=r"sqpoll\.cpu = 0: CPU 0 is online but not among") as info:
+            plan(mode, 0)
+        assert "allowed CPUs: 1, 2" in str(info.value)
+    plan("on", 2)  # allowed: pinned as asked
+    plan("off", 0)  # off: the key is unused
+
+
+TASKSET_CHILD = r"""
+import json
+import uringstack
+try:
+    with uringstack.open_stack(overrides={"sqpoll.mode": "on", "sqpoll.cpu": 0}) as stack:
+        print(json.dumps({"opened": True}))
+except uringstack.PlanError as e:
+    print(json.dumps({"plan_error": str(e)}))
+"""
+
+
+def test_under_taskset_a_poller_cpu_outside_the_affinity_is_refused_by_the_plan() -> None:
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or cpus[0] != 0:
+        pytest.skip("needs CPU 0 and another CPU to run on")
+    out = subprocess.run(
+        ["taskset", "-c", str(cpus[1]), sys.executable, "-c", TASKSET_CHILD],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "plan_error" in report, report
+    assert f"allowed CPUs: {cpus[1]}" in report["plan_error"], report
