@@ -136,6 +136,8 @@ def render(
     mem = caps.memlock
     mt.add_row("RLIMIT_MEMLOCK", f"soft {_size(mem.soft_bytes)}, hard {_size(mem.hard_bytes)}")
     mt.add_row("CAP_IPC_LOCK", _yes(mem.cap_ipc_lock))
+    if mem.rings_charged is not None:
+        mt.add_row("ring memory charged to it", _yes(mem.rings_charged))
     soft, hard = (("unlimited" if n < 0 else str(n)) for n in (caps.nofile.soft, caps.nofile.hard))
     mt.add_row("RLIMIT_NOFILE", f"soft {soft}, hard {hard}")
     mt.add_row("CPUs online", _cpus(caps.cpus.online))

@@ -30,7 +30,7 @@ from uringstack.probe.model import (
     UringSupport,
 )
 from uringstack.probe.system import cpu_info, memlock_info, nofile_info
-from uringstack.probe.uring import probe_uring
+from uringstack.probe.uring import probe_uring, rings_charged_to_memlock
 
 # A probe report is tens of KiB even with many devices; a larger file is someone else's.
 _MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -88,6 +88,9 @@ def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabil
         cpus=cpu_info(),
         environment=process_environment() if facts.system == "Linux" else {},
     )
+    if caps.uring.usable and not memlock.cap_ipc_lock and memlock.soft_bytes >= 0:
+        # only where the answer matters: the plan fits the rings into the limit
+        memlock.rings_charged = rings_charged_to_memlock()
     if devices and facts.system == "Linux":
         _scan_devices(caps)
     if plugin_manager is not None:

@@ -61,6 +61,11 @@ class MemlockInfo(BaseModel):
     soft_bytes: int
     hard_bytes: int
     cap_ipc_lock: bool = False
+    rings_charged: bool | None = None
+    """Whether this kernel charges a ring's own memory (SQEs, CQEs) to RLIMIT_MEMLOCK for this
+    process: a 4-entry ring made under a soft limit of 0 failed with ENOMEM (6.18 does; 6.1
+    does not).  ``None``: not measured (CAP_IPC_LOCK exempts the process, an unlimited limit,
+    or io_uring unusable)."""
 
     def allows(self, nbytes: int) -> bool:
         return self.soft_bytes < 0 or nbytes <= self.soft_bytes

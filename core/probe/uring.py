@@ -165,6 +165,28 @@ KernelProbe = Callable[[], RingProbe]
 FlagProbe = Callable[[int], int]
 
 
+def rings_charged_to_memlock() -> bool | None:
+    """Does the kernel charge a ring's own memory to this process's RLIMIT_MEMLOCK?
+
+    Asked, not looked up: a 4-entry ring (2 pages where charged) is made with the
+    soft limit lowered to 0 for that one call, and ENOMEM means charged.  Lowering
+    the soft limit needs no privilege and the old one is put back at once; any
+    other answer than success or ENOMEM leaves the question open (``None``).
+    """
+    import resource
+
+    from uringstack.ring import params as ring_params
+    from uringstack.ring.flags import SetupFlag
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))
+        err = ring_params.try_setup_flag(SetupFlag(0))
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+    return {0: False, errno_mod.ENOMEM: True}.get(err)
+
+
 def probe_uring(
     facts: KernelFacts,
     *,

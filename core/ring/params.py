@@ -52,6 +52,31 @@ def _cq_size(entries: int, cq_entries: int | None) -> int:
     return 1 << (cq_entries - 1).bit_length() if cq_entries is not None else 2 * sq
 
 
+_PAGE = 4096
+# struct io_rings up to its cache-line aligned cqes[] (heads, tails, masks, flags)
+_RINGS_HEADER = 64
+
+
+def ring_memory_pages(entries: int, flags: SetupFlag = SetupFlag(0), cq_entries: int | None = None) -> int:  # noqa: B008
+    """Pages the kernel charges to RLIMIT_MEMLOCK for one ring, where it charges them at all.
+
+    Kernels whose ring memory is a region (6.18; the probe finds out:
+    ``caps.memlock.rings_charged``) charge a process without CAP_IPC_LOCK the
+    pages of two regions: the rings (a header, the CQEs, and the SQ index
+    array) and the SQEs, each rounded up to whole pages (io_uring's
+    ``rings_size``).  Measured on 6.18 by the smallest RLIMIT_MEMLOCK that let a
+    ring be made: 4 to 64 entries 2 pages, 128: 4, 256: 7, 512: 13, 1024: 26,
+    4096: 101; 256 with SQE128: 11, with CQE32: 9 (tests/ring/test_ring_memory.py).
+    """
+    sq = 1 << (max(entries, 1) - 1).bit_length()
+    cq = _cq_size(entries, cq_entries if flags & SetupFlag.CQSIZE else None)
+    cqe = 32 if flags & SetupFlag.CQE32 else 16
+    sqe = 128 if flags & SetupFlag.SQE128 else 64
+    rings = _RINGS_HEADER + cq * cqe
+    rings = -(-rings // 64) * 64 + sq * 4  # the SQ array, after a cache-line aligned CQ
+    return -(-rings // _PAGE) + -(-sq * sqe // _PAGE)
+
+
 @dataclass
 class RingParams:
     """What one ring is built with; plugins adjust this before the ring exists.
@@ -180,7 +205,7 @@ class CreatedRing:
 # deferred teardown ran (the probe creates and closes several), so ENOMEM is
 # first retried after short pauses, then the ring is shrunk.
 _ENOMEM_PAUSES_S = (0.005, 0.02, 0.05, 0.1, 0.2)
-_MIN_ENTRIES = 8
+MIN_ENTRIES = 8  # the smallest ring worth making: a batch of a few ops and their completions
 
 
 def _init(entries: int, flags: SetupFlag, params: RingParams) -> tuple[int, Any, Any]:
@@ -231,7 +256,7 @@ def create_raw_ring(params: RingParams) -> CreatedRing:
             if pauses:
                 time.sleep(pauses.pop(0))
                 continue
-            if entries > _MIN_ENTRIES:
+            if entries > MIN_ENTRIES:
                 notes.append(f"{entries} entries did not fit RLIMIT_MEMLOCK (ENOMEM); shrunk to {entries // 2}")
                 entries //= 2
                 pauses = list(_ENOMEM_PAUSES_S[:2])
