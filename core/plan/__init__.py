@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from uringstack.plan.ringmem import charged_limit_pages, params_pages, shrink_to_fit, without_room_for_rings
 from uringstack.plan.tuning import attach_tuning, measured_cores, plan_notes, storage_backend
 from uringstack.ring.params import RingParams
 from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
@@ -155,6 +156,18 @@ def require_uring(caps: Capabilities, config: StackConfig) -> None:
         )
 
 
+def fit_uring_to_memlock(caps: Capabilities, config: StackConfig) -> Capabilities:
+    """*caps* with io_uring unusable where not even the smallest storage rings fit RLIMIT_MEMLOCK.
+
+    On kernels that charge ring memory to the limit (``caps.memlock.rings_charged``).
+    ``open_stack`` builds from the same report the plan was made from, so the backend
+    a handle gets at open time is the one the plan chose.
+    """
+    if charged_limit_pages(caps) is None:
+        return caps
+    return without_room_for_rings(caps, config, len(worker_cpus(caps, config)))
+
+
 def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Plan:
     """Ask the plugins and build the plan (no ring is created).
 
@@ -167,6 +180,7 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     already carries them (``caps.tuning``; see docs/tune.md); a plan never
     measures (``core.tune = "on-start"`` calibrates in ``open_stack``).
     """
+    caps = fit_uring_to_memlock(caps, config)
     require_uring(caps, config)
     caps = attach_tuning(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
@@ -213,6 +227,15 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
             plan._params[name] = params
             worker.rings.append(_ring_plan(name, params))
         plan.workers.append(worker)
+    note = shrink_to_fit(list(plan._params.values()), caps)
+    if note:
+        plan.notes.append(note)
+        for worker in plan.workers:
+            worker.rings = [_ring_plan(r.name, plan._params[r.name]) for r in worker.rings]
+        limit = charged_limit_pages(caps)
+        need = sum(params_pages(p) for p in plan._params.values())
+        if limit is not None and need > limit:
+            raise PlanError(f"{note}; even at their smallest the planned rings need {need} pages")
     if not uring_for_storage:
         plan.notes.append(f"no io_uring rings: {default_reason}")
     for dev in caps.devices:
