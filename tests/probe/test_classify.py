@@ -14,7 +14,7 @@ from uringstack.probe.kernel import (
     ProcessStatus,
     parse_process_status,
 )
-from uringstack.probe.model import Capabilities, CpuInfo, MemlockInfo
+from uringstack.probe.model import Capabilities, CpuInfo, MemlockInfo, NofileInfo
 from uringstack.probe.system import parse_cpulist
 from uringstack.probe.uring import classify, probe_uring
 from uringstack.probe.usage import parse_mountinfo, parse_swaps
@@ -107,7 +107,7 @@ def test_an_unreadable_opcode_table_is_not_zero_opcodes() -> None:
     assert support.usable and support.opcode_error == why
     caps = Capabilities(kernel_release="5.4.0", system="Linux", python="3", uring=support,
                         memlock=MemlockInfo(soft_bytes=-1, hard_bytes=-1, cap_ipc_lock=True),
-                        cpus=CpuInfo(online=[0], allowed=[0]))  # fmt: skip
+                        nofile=NofileInfo(soft=1024, hard=1024), cpus=CpuInfo(online=[0], allowed=[0]))  # fmt: skip
     line = verdicts(caps, None, None)[0].line()
     assert "0 opcodes" not in line and f"opcodes unknown: {why}" in line
 
