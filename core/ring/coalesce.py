@@ -432,7 +432,13 @@ class Coalescer:
         return len(self._arena_reads) + len(self._reads) + len(self._writes) > self._requeued
 
     def _trim_to_room(self) -> tuple[list[QueuedOp], list[QueuedOp], list[QueuedOp]]:
-        """Leave in the queues only the oldest requests that fit in the ring's CQ room; the others, taken out."""
+        """Leave in the queues only the oldest requests that fit in the ring's CQ room; the others, taken out.
+
+        A request :meth:`_admit` will not submit (its future is done: its task was
+        cancelled; its handle is closed: refused) takes no room.  Until session 32 such
+        requests counted: 600 cancelled awaits at the head of the queue took all of it,
+        nothing was submitted, and with nothing in flight no completion came to flush the
+        rest (tests/ring/test_coalesce_room.py)."""
         ring = self.ring
         room = ring.cq_room()
         idle = room >= ring.cq_cap
@@ -440,6 +446,9 @@ class Coalescer:
         for queue in (self._arena_reads, self._reads, self._writes):
             keep = 0
             for op in queue:
+                if op[4].done() or op[1].closed:
+                    keep += 1  # (left queued: the admission drops it)
+                    continue
                 k = _ops_of(op[2])
                 if k > room and not (idle and k > ring.cq_cap and room == ring.cq_cap):
                     break
