@@ -468,6 +468,12 @@ class Coalescer:
         self._arena_reads[:0] = arena
         self._reads[:0] = reads
         self._writes[:0] = writes
+        ring = self.ring
+        if ring.cq_room() >= ring.cq_cap:
+            # Nothing in flight, so no completion will wake a reap to flush them: they are
+            # not waiting for room but queued, and the flush goes on (the admission refused
+            # ops the trim counted: a handle closed meanwhile by another thread).
+            return
         self._requeued += len(arena) + len(reads) + len(writes)
         self._waiting_room = True
 

@@ -114,6 +114,43 @@ def test_a_closed_handles_queued_awaits_take_no_room(stack: Stack, tmp_path: Pat
         x.close()
 
 
+@pytest.mark.timeout(60)
+def test_ops_refused_after_the_trim_leave_no_wait_for_room(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handle closed (by another thread) after the flush trimmed its queue to the room and
+    before the admission: its ops filled the room and were refused, nothing went out, so
+    nothing is in flight to free room: the flush must go on, not wait for a completion."""
+    px, _ = _file(tmp_path, "x")
+    py, data = _file(tmp_path, "y")
+    x = open_plain_uring(stack, px, writable=False)
+    y = open_plain_uring(stack, py, writable=False)
+    trim = coalesce.Coalescer._trim_to_room
+
+    def trim_then_close(self: coalesce.Coalescer) -> Any:
+        held = trim(self)
+        x.close()  # (what a close in another thread does at this point; x has nothing in flight)
+        return held
+
+    monkeypatch.setattr(coalesce.Coalescer, "_trim_to_room", trim_then_close)
+    try:
+        assert x.ring is not None
+        n = 3 * x.ring.cq_cap
+
+        async def main() -> None:
+            xs = [asyncio.create_task(x.read(SIZE, i * SIZE)) for i in range(n)]
+            ys = [asyncio.create_task(y.read(SIZE, i * SIZE)) for i in range(n)]
+            await _settle(xs + ys)
+            assert all(isinstance(t.exception(), RingClosedError) for t in xs)
+            assert [t.result() for t in ys] == [data[i * SIZE : (i + 1) * SIZE] for i in range(n)]
+
+        asyncio.run(main())
+    finally:
+        monkeypatch.undo()
+        y.close()
+        x.close()
+
+
 class _PipeIO:
     """What the coalescer reads of a file (``CoalescedFile``), for a pipe's read end: a read
     the kernel holds until the test writes."""
