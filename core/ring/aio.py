@@ -66,6 +66,10 @@ class LoopBound(Protocol):
         """Reap the ring without blocking and deliver what completed (on the loop thread)."""
         ...
 
+    def idle(self) -> bool:
+        """Nothing queued, scheduled on the loop or reaped and not yet delivered."""
+        ...
+
 
 class Bridge:
     """The ring's eventfd (registered once for the ring's life) and the loop watching it."""
@@ -106,10 +110,18 @@ class Bridge:
             self.ring.try_reap()
 
     def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run)."""
+        """Watch from *loop* now (the previous loop is closed, e.g. a second asyncio.run, or
+        left open but not running, with nothing of it on the ring: see :func:`refusal`)."""
         if self.coalescer is not None:
-            self.coalescer.drop()  # ops the closed loop never flushed: nobody awaits them
+            self.coalescer.drop()  # ops a closed loop never flushed: nobody awaits them (else: idle)
             self.coalescer = None
+        old = self.loop
+        if not old.is_closed() and not self.ring.inherited:
+            # The old loop is not running (no thread is in its select): its reader is taken
+            # off here, so if it runs again it never reaps for this loop's coalescer on its
+            # thread, and its selector no longer holds the bridge (nor, through it, the ring).
+            # (Not in a fork child: its epoll instance is the parent's.)
+            old.remove_reader(self.efd)
         self.loop = loop
         loop.add_reader(self.efd, self._on_readable)
 
@@ -146,11 +158,39 @@ class Bridge:
 
 
 OTHER_LOOP = "this ring already serves another running event loop; use one stack (or one worker) per event loop"
-"""Why an await on a ring another (still open) event loop watches is refused (``RuntimeError``)."""
+"""Why an await on a ring another running event loop watches is refused (``RuntimeError``)."""
+
+BUSY_LOOP = (
+    "this ring serves another event loop, not running now, that has awaits queued on it, or the ring has I/O"
+    " in flight; run that loop until they are done (or close it), or use one stack (or one worker) per event loop"
+)
+"""Why an await on a ring is refused when its loop is open and idle but may still have I/O on it."""
+
+
+def refusal(bridge: Bridge) -> str | None:
+    """Why *bridge*'s loop may not be replaced by another loop (None: it may).
+
+    A closed loop awaits nothing.  Until session 32 any loop not closed kept the ring: one
+    made with ``asyncio.new_event_loop()`` and never closed (or dropped, which the bridge's
+    reference kept alive) made every later ``asyncio.run`` on the ring fail.  A loop that
+    is not running, whose coalescer holds nothing (queued ops need the watching loop's
+    flushes and reaps) and while nothing is in flight on the ring, has nothing to receive
+    from it either.  (Any op in flight keeps the loop, also another thread's: the ring
+    does not tell whose it is.)"""
+    loop = bridge.loop
+    if loop.is_closed():
+        return None
+    if loop.is_running():
+        return OTHER_LOOP
+    co = bridge.coalescer
+    if (co is not None and not co.idle()) or bridge.ring.inflight:
+        return BUSY_LOOP
+    return None
 
 
 def bridge_for(ring: Ring) -> Bridge:
-    """The bridge of *ring* to the running loop (made on first use; moved if its old loop closed)."""
+    """The bridge of *ring* to the running loop (made on first use; moved if its old loop
+    closed, or left open with nothing on the ring: :func:`refusal`)."""
     loop = asyncio.get_running_loop()
     with _bridges_lock:
         bridge = _bridges.get(ring)
@@ -158,14 +198,15 @@ def bridge_for(ring: Ring) -> Bridge:
             bridge = Bridge(ring, loop)
             _bridges[ring] = bridge
         elif bridge.loop is not loop:
-            if not bridge.loop.is_closed():
-                raise RuntimeError(OTHER_LOOP)
+            why = refusal(bridge)
+            if why is not None:
+                raise RuntimeError(why)
             bridge.move_to(loop)
         return bridge
 
 
 def check_bridge(ring: Ring) -> None:
-    """Raise what :func:`bridge_for` would (``RuntimeError``: another open loop watches *ring*),
+    """Raise what :func:`bridge_for` would (``RuntimeError``: another loop keeps *ring*),
     without making a bridge: for a caller about to start I/O it will then await.
 
     Refused only after the start, the I/O would run with nobody told (a read landing in a
@@ -178,8 +219,10 @@ def check_bridge(ring: Ring) -> None:
     loop = bridge.loop
     if getattr(loop, "_thread_id", None) == threading.get_ident():
         return
-    if loop is not asyncio.get_running_loop() and not loop.is_closed():
-        raise RuntimeError(OTHER_LOOP)
+    if loop is not asyncio.get_running_loop():
+        why = refusal(bridge)
+        if why is not None:
+            raise RuntimeError(why)
 
 
 def detach_ring(ring: Ring) -> None:

@@ -292,6 +292,19 @@ class Coalescer:
         self._ready = []
         self._drain_scheduled = False
 
+    def idle(self) -> bool:
+        """Nothing queued, waiting for room, scheduled on the loop or reaped and not delivered:
+        the loop may hand the ring to another (``aio.refusal``)."""
+        return not (
+            self._arena_reads
+            or self._reads
+            or self._writes
+            or self._scheduled
+            or self._waiting_room
+            or self._ready
+            or self._drain_scheduled
+        )
+
     def reap(self) -> None:
         """Reap the ring without blocking (on the loop thread), then deliver what completed."""
         ring = self.ring
