@@ -99,8 +99,14 @@ class Bridge:
             # took the completions in: no further count wakes the loop for them.)  The
             # next loop turn reaps again; a repeat, when the count was not consumed yet or
             # the reap had scheduled its own, finds nothing to do.
-            despite_signals(self.loop.call_soon, self._reap)
+            despite_signals(self.loop.call_soon, self._reap_on, self.loop)
             raise
+
+    def _reap_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        # (Scheduled on *loop*, which may since have handed the bridge to another loop
+        # (move_to): the coalescer's reap and delivery are that loop's, on its thread.)
+        if loop is self.loop:
+            self._reap()
 
     def _reap(self) -> None:
         co = self.coalescer

@@ -141,3 +141,38 @@ def test_a_stopped_loop_with_an_op_in_flight_keeps_the_ring(h: FileHandle, pipe:
         assert asyncio.run(_read(h, 100)) == DATA[100:200]
     finally:
         first.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_replaced_loops_scheduled_reap_leaves_the_new_loops_coalescer_alone(
+    h: FileHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The eventfd reader cut short by a signal schedules a reap on its loop; that loop then
+    stopped (Ctrl-C) and was replaced.  Run again, it must not run the new loop's coalescer
+    (its reap and deliveries belong to the new loop's thread)."""
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(_read(h)) == DATA[:100]
+        bridge = aio._bridges[h.ring]  # type: ignore[index]
+
+        def interrupted(fd: int) -> int:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(aio.os, "eventfd_read", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                bridge._on_readable()  # (what the reader does when the signal comes)
+        wrong: list[object] = []
+        reap = coalesce.Coalescer.reap
+
+        def checked(self: coalesce.Coalescer) -> None:
+            if asyncio._get_running_loop() is not self.loop:
+                wrong.append(asyncio._get_running_loop())
+            reap(self)
+
+        monkeypatch.setattr(coalesce.Coalescer, "reap", checked)
+        assert asyncio.run(_read(h, 100)) == DATA[100:200]
+        first.run_until_complete(asyncio.sleep(0))  # runs what the reader scheduled
+        assert not wrong, "a replaced loop ran the reap of the loop that took the ring"
+    finally:
+        first.close()
