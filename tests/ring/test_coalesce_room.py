@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import open_plain_uring
+from tests.pipe_io import PipeIO
 from uringstack.errors import RingClosedError
 from uringstack.ring import coalesce
 from uringstack.ring.inflight import InflightTracker
@@ -151,17 +152,6 @@ def test_ops_refused_after_the_trim_leave_no_wait_for_room(
         x.close()
 
 
-class _PipeIO:
-    """What the coalescer reads of a file (``CoalescedFile``), for a pipe's read end: a read
-    the kernel holds until the test writes."""
-
-    def __init__(self, fd: int) -> None:
-        self.path = f"pipe:{fd}"
-        self.fd = fd
-        self.fixed_index = None
-        self.completion_hook = None
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("dropped", ["cancelled", "closed"])
 def test_dropped_awaits_do_not_wait_for_an_unrelated_completion(
@@ -181,7 +171,7 @@ def test_dropped_awaits_do_not_wait_for_an_unrelated_completion(
 
         async def main() -> None:
             co = coalesce.coalescer_for(ring)
-            held = co.add_read(_PipeIO(r), InflightTracker("pipe"), 16, 0)
+            held = co.add_read(PipeIO(r), InflightTracker("pipe"), 16, 0)
             await asyncio.sleep(0.05)  # flushed: in the kernel until the pipe is written
             assert not held.done() and 0 < ring.cq_room() < ring.cq_cap
             room = ring.cq_room()

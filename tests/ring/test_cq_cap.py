@@ -26,6 +26,7 @@ import pytest
 
 import uringstack.ring as ring_module
 from tests.conftest import open_plain_uring
+from tests.pipe_io import PipeIO
 from tests.ring.conftest import cq_overflowed
 from uringstack.errors import SubmissionError
 from uringstack.ring import Batch, Ring, RingBusyError, aio, coalesce
@@ -239,17 +240,6 @@ def test_a_failed_resume_gives_up_the_unqueued_ops(
     assert ring.run(Op.NOP, -1) == [0]  # the ring and its slots are usable
 
 
-class _PipeIO:
-    """What the coalescer reads of a file (``CoalescedFile``), for a pipe's read end
-    (a handle opens regular files and devices only)."""
-
-    def __init__(self, fd: int) -> None:
-        self.path = f"pipe:{fd}"
-        self.fd = fd
-        self.fixed_index = None
-        self.completion_hook = None
-
-
 def test_asyncio_awaits_past_the_cq(ring: Ring, pipes: list[tuple[int, int]]) -> None:
     """Many single awaits on one ring (the coalescer) whose pipes the loop itself feeds later:
     the loop must neither block on CQ room (the feeding would never run) nor overflow."""
@@ -258,7 +248,7 @@ def test_asyncio_awaits_past_the_cq(ring: Ring, pipes: list[tuple[int, int]]) ->
 
     async def main() -> list[bytes]:
         co = coalesce.coalescer_for(ring)
-        futs = [co.add_read(_PipeIO(r), tracker, SIZE, 0) for r, _ in pipes]
+        futs = [co.add_read(PipeIO(r), tracker, SIZE, 0) for r, _ in pipes]
         for _ in range(10):  # the loop flushes; the kernel holds what it was given
             await asyncio.sleep(0.01)
             seen.append(cq_overflowed(ring))

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import open_plain_uring
+from tests.pipe_io import PipeIO
 from uringstack.ring import aio, coalesce
 from uringstack.ring.inflight import InflightTracker
 from uringstack.stack import Stack, open_stack
@@ -106,17 +107,6 @@ def test_a_stopped_loop_with_an_await_queued_keeps_the_ring(h: FileHandle) -> No
         first.close()
 
 
-class _PipeIO:
-    """What the coalescer reads of a file (``CoalescedFile``), for a pipe's read end: a read
-    the kernel holds until the test writes."""
-
-    def __init__(self, fd: int) -> None:
-        self.path = f"pipe:{fd}"
-        self.fd = fd
-        self.fixed_index = None
-        self.completion_hook = None
-
-
 @pytest.mark.timeout(60)
 def test_a_stopped_loop_with_an_op_in_flight_keeps_the_ring(h: FileHandle, pipe: tuple[int, int]) -> None:
     """A loop stopped while a read it awaits is in the kernel keeps the ring until it ran
@@ -128,7 +118,7 @@ def test_a_stopped_loop_with_an_op_in_flight_keeps_the_ring(h: FileHandle, pipe:
     try:
 
         async def start() -> asyncio.Future[bytes]:
-            fut = coalesce.coalescer_for(ring).add_read(_PipeIO(r), InflightTracker("pipe"), 16, 0)
+            fut = coalesce.coalescer_for(ring).add_read(PipeIO(r), InflightTracker("pipe"), 16, 0)
             await asyncio.sleep(0.05)  # flushed: in the kernel until the pipe is written
             return fut
 
