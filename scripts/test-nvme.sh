@@ -2,7 +2,7 @@
 # Run the NVMe hardware test group (tests/nvme, marker "nvme") inside the
 # emulated-NVMe VM of ../shared/nvme-vm on a kernel matrix, and after it the
 # host groups that depend most on the kernel (scripts/vm-guest-tests.sh:
-# NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal" and the file
+# NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal tests/probe" and the file
 # objects' differential and O_DIRECT-descriptor tests; empty for none), ONE VM
 # call per kernel (boot costs ~10 s under TCG):
 #
