@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 import uringstack.ring as ring_module
+from tests.requires import skip_without
 from uringstack.errors import SubmissionError
 from uringstack.stack import FileHandle, open_stack
 
@@ -66,7 +67,7 @@ def handle(tmp_path: pathlib.Path) -> Iterator[FileHandle]:
     path.write_bytes(b"".join(bytes([65 + i]) * BLOCK for i in range(READS)))
     with open_stack(overrides=UNCHANGED) as stack, stack.open(path) as h:
         if h.backend != "uring":
-            pytest.skip(f"no io_uring handle here ({h.backend_reason})")
+            skip_without(f"an io_uring handle ({h.backend_reason})")
         yield h
 
 
@@ -156,7 +157,7 @@ def test_io_uring_enter_blocked_by_a_real_seccomp_filter(tmp_path: pathlib.Path)
     )
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, env=os.environ)
     if proc.stdout.startswith("SKIP"):
-        pytest.skip(proc.stdout)
+        skip_without(f"an io_uring handle ({proc.stdout.strip()})")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"RAISED SubmissionError {errno.EPERM}", proc.stdout + proc.stderr
     assert "Exception in callback" not in proc.stderr, proc.stderr

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.requires import skip_without
 from uringstack.config import load_config
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import make_plan
@@ -191,7 +192,7 @@ def test_a_record_measured_on_the_other_backend_is_ignored(real_caps: Capabiliti
     """A tune run under URINGSTACK_CORE__BACKEND=fallback measured the thread pool; its choices
     were applied to every io_uring plan after it (session 32)."""
     if not real_caps.uring.usable:
-        pytest.skip(f"needs io_uring usable here to plan on it: {real_caps.uring.reason}")
+        skip_without(f"a usable io_uring to plan on ({real_caps.uring.reason})")
     record = fake_record(str(tmp_path), {"sqpoll": {"off": 118_000, "on": 135_000}})
     caps = with_records(real_caps, record.model_copy(update={"backend": "fallback"}))
     v, plan = verdict(caps, "sqpoll", **{"core.cores": [CPUS[0]]})

@@ -7,6 +7,7 @@ import pathlib
 import time
 from collections.abc import Callable
 
+from tests.requires import skip_without
 from uringstack.ring import Ring
 from uringstack.ring.flags import SetupFlag
 from uringstack.stack import open_stack
@@ -273,11 +274,9 @@ def test_under_taskset_a_poller_cpu_outside_the_affinity_is_refused_by_the_plan(
     import subprocess
     import sys
 
-    import pytest
-
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or cpus[0] != 0:
-        pytest.skip("needs CPU 0 and another CPU to run on")
+        skip_without("CPU 0 and another allowed CPU (taskset)")
     out = subprocess.run(
         ["taskset", "-c", str(cpus[1]), sys.executable, "-c", TASKSET_CHILD],
         capture_output=True, text=True, timeout=120,
