@@ -169,10 +169,36 @@ def rings_charged_to_memlock() -> bool | None:
     """Does the kernel charge a ring's own memory to this process's RLIMIT_MEMLOCK?
 
     Asked, not looked up: a 4-entry ring (2 pages where charged) is made with the
-    soft limit lowered to 0 for that one call, and ENOMEM means charged.  Lowering
-    the soft limit needs no privilege and the old one is put back at once; any
-    other answer than success or ENOMEM leaves the question open (``None``).
+    soft limit at 0, and ENOMEM means charged; any other answer than success or
+    ENOMEM leaves the question open (``None``).  A forked child lowers its own limit
+    for that (:func:`uringstack.ring.params.memlock_charged_in_child`): lowered here,
+    the limit of the whole process would be 0 for that instant, and another thread's
+    ring or buffer registration would get ENOMEM.  Only where the fork fails (a pids
+    limit) and this process has a single thread is it asked in process.
     """
+    from uringstack.ring import params as ring_params
+
+    try:
+        return ring_params.memlock_charged_in_child()
+    except OSError:
+        if _threads_in_process() != 1:
+            return None
+    return _charged_in_process()
+
+
+def _threads_in_process() -> int:
+    """The kernel's thread count for this process (io_uring workers included), 0 if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _charged_in_process() -> bool | None:
     import resource
 
     from uringstack.ring import params as ring_params

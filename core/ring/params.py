@@ -9,6 +9,7 @@ required is never dropped silently (the error is raised instead).
 from __future__ import annotations
 
 import errno
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -352,6 +353,21 @@ def probe_kernel() -> RingProbe:
         return RingProbe(features=int(p.features), opcodes=tuple(op for op in range(n) if supported[op]))
     finally:
         lib.io_uring_queue_exit(ring)
+
+
+def memlock_charged_in_child() -> bool | None:
+    """Does a ring's memory count against RLIMIT_MEMLOCK?  Asked in a forked child.
+
+    The child lowers its own soft limit to 0 and makes a 4-entry ring: ENOMEM means
+    charged, success not, anything else leaves it open (``None``).  A child, because
+    rlimits belong to the whole process: lowering the caller's own would fail another
+    thread's ring or buffer registration at that instant.  Raises :class:`OSError`
+    when the fork itself fails.
+    """
+    answer = int(lib.us_probe_memlock_charged_in_child())
+    if answer < 0:
+        raise OSError(-answer, f"fork for the memlock probe failed: {os.strerror(-answer)}")
+    return {0: False, 1: True}.get(answer)
 
 
 def syscalls_in_child() -> RingProbe | None:

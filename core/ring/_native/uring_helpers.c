@@ -1184,3 +1184,61 @@ int us_probe_syscalls_in_child(struct us_child_probe *out) {
     munmap(shared, sizeof *shared);
     return 0;
 }
+
+/* Whether the kernel charges ring memory to RLIMIT_MEMLOCK is asked by making a
+ * ring with the soft limit at 0.  Lowering the limit in this process would, for
+ * that instant, make another thread's ring or buffer registration fail with
+ * ENOMEM: rlimits belong to the process, so only a forked child may lower its
+ * own. */
+#include <sys/resource.h>
+
+struct us_memlock_answer {
+    int done;
+    int setup_err;
+};
+
+int us_probe_memlock_charged_in_child(void) {
+    struct us_memlock_answer *shared;
+    pid_t pid, w;
+    int status = 0, answer;
+    shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED)
+        return -errno;
+    memset(shared, 0, sizeof *shared);
+    pid = fork();
+    if (pid < 0) {
+        int err = errno;
+        munmap(shared, sizeof *shared);
+        return -err;
+    }
+    if (pid == 0) {
+        /* raw syscalls only, then _exit: the parent may be threaded */
+        struct io_uring_params p;
+        struct rlimit lim;
+        long fd;
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        if (getrlimit(RLIMIT_MEMLOCK, &lim) == 0) {
+            lim.rlim_cur = 0;
+            if (setrlimit(RLIMIT_MEMLOCK, &lim) == 0) {
+                memset(&p, 0, sizeof p);
+                fd = syscall(__NR_io_uring_setup, 4, &p);
+                shared->setup_err = fd < 0 ? errno : 0;
+                if (fd >= 0)
+                    close((int)fd);
+                shared->done = 1;
+            }
+        }
+        _exit(0);
+    }
+    do {
+        w = waitpid(pid, &status, 0);
+    } while (w < 0 && errno == EINTR);
+    if (shared->done && shared->setup_err == ENOMEM)
+        answer = 1;
+    else if (shared->done && shared->setup_err == 0)
+        answer = 0;
+    else
+        answer = 2; /* not a negative errno: those mean the fork failed */
+    munmap(shared, sizeof *shared);
+    return answer;
+}

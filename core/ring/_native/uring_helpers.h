@@ -168,3 +168,7 @@ struct us_child_probe {
 int us_probe_nop(struct io_uring *ring, int *cqe_res);
 int us_probe_opcodes(struct io_uring *ring, uint8_t *supported);
 int us_probe_syscalls_in_child(struct us_child_probe *out);
+/* ENOMEM from a 4-entry io_uring_setup made by a forked child whose soft
+ * RLIMIT_MEMLOCK is 0: 1 charged, 0 not, 2 unknown (another errno, or the child
+ * never answered); negative errno when the fork itself failed. */
+int us_probe_memlock_charged_in_child(void);
