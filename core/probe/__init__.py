@@ -57,6 +57,11 @@ def _scan_devices(caps: Capabilities) -> None:
         caps.devices = scan_block_devices()
     except Exception as exc:  # any failure here must not hide the io_uring facts
         caps.device_scan_error = f"{type(exc).__name__}: {exc}"
+        return
+    if not caps.devices:
+        from uringstack.probe.blockdev import sysfs_hidden_reason
+
+        caps.device_scan_error = sysfs_hidden_reason()
 
 
 def probe(*, devices: bool = True, plugin_manager: Any | None = None) -> Capabilities:

@@ -51,6 +51,23 @@ def _disk_dir(major: int, minor: int, sysfs_root: Path) -> Path | None:
     return real
 
 
+def sysfs_hidden_reason(sysfs_root: str | os.PathLike[str] = "/sys") -> str:
+    """Why block devices cannot be listed through sysfs here, or ``""`` when they can.
+
+    A container without /sys (or with an empty tmpfs there) shows no block device at
+    all, which reads as "this machine has none" unless said.
+    """
+    root = Path(sysfs_root)
+    missing = [name for name in ("class/block", "dev/block") if not (root / name).is_dir()]
+    if not missing:
+        return ""
+    return (
+        f"sysfs is not visible at {root} ({', '.join(str(root / m) for m in missing)} missing), "
+        "so no block device can be listed: mount sysfs there (read-only is enough; a container "
+        "needs /sys bound in)"
+    )
+
+
 def block_device_name(path: str | os.PathLike[str], *, sysfs_root: str | os.PathLike[str] = "/sys") -> str | None:
     """The kernel's name (``nvme0n1``, ``nvme0n1p2``) of the block device node *path*, by its
     device number, whatever the node is called; ``None`` for anything else or an unknown one.

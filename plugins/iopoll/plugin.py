@@ -91,7 +91,7 @@ def _decide_devices(caps: Capabilities, config: StackConfig) -> tuple[bool, str]
     pollable = [d.name for d in caps.devices if d.io_poll]
     if not pollable:
         why = "; ".join(f"{d.name}: {d.io_poll_reason or 'queue/io_poll is 0'}" for d in caps.devices)
-        return False, f"no block device has poll queues ({why or 'no block devices found'})"
+        return False, f"no block device has poll queues ({why or caps.device_scan_error or 'no block devices found'})"
     if mode == "on":
         return True, f"poll queues on {', '.join(pollable)}: O_DIRECT I/O there is reaped by polling"
     # auto: an IOPOLL ring is worth making while some pollable device is measured faster

@@ -100,3 +100,11 @@ def test_tune_offers_no_iopoll_choice_for_files_where_the_defect_keeps_them_off_
     caps.kernel_defects = matching_defects(KernelVersion("5.10.0-46-amd64", "5.10.262-1"))
     assert hook(target=file, caps=caps, config=_config()) is None
     assert hook(target=block, caps=caps, config=_config()) is not None
+
+
+def test_no_devices_because_sysfs_is_hidden_is_said_in_the_verdict() -> None:
+    caps = make_fake_capabilities(nvme=False)
+    caps.devices = []
+    caps.device_scan_error = "sysfs is not visible at /sys (/sys/class/block missing)"
+    ok, why = iopoll_plugin.serve_decision(_target(os.getcwd(), "file"), caps, _config())
+    assert not ok and "sysfs is not visible at /sys" in why
