@@ -42,10 +42,12 @@ def _fmt(v: Any, digits: int = 1) -> str:
               help="where to write (default: a temporary directory under /var/tmp)")  # fmt: skip
 @click.option("--asyncio", "use_asyncio", is_flag=True,
               help="add a row with the appenders as asyncio tasks (append_async on one event loop)")  # fmt: skip
+@click.option("--async-flush", type=click.Choice(["thread", "loop"]), default="thread", show_default=True,
+              help="the log's async_flush: who writes the asyncio row's batches (docs/wal.md)")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print the raw result as JSON")
 def wal_bench_command(
     appenders: int, record_size: int, duration: float, rounds: int, backend: str, directory: str | None,
-    use_asyncio: bool, as_json: bool,
+    use_asyncio: bool, async_flush: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Durable appends/s, MB/s and ack latency p50/p99/p99.9, with ratios to the references.
 
@@ -65,13 +67,14 @@ def wal_bench_command(
             f"(a framed record must fit in max_batch_bytes={WalConfig().max_batch_bytes})",
             param_hint="'--record-size'",
         )
+    config = WalConfig(async_flush=async_flush)  # type: ignore[arg-type]  # (click checked the choice)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if directory is None:
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="uringstack-bench-") as tmp:
-            result = run_wal_bench(tmp, appenders, record_size, duration, backend, rounds=rounds,
+            result = run_wal_bench(tmp, appenders, record_size, duration, backend, config, rounds=rounds,
                                    use_asyncio=use_asyncio)  # fmt: skip
     else:
-        result = run_wal_bench(directory, appenders, record_size, duration, backend, rounds=rounds,
+        result = run_wal_bench(directory, appenders, record_size, duration, backend, config, rounds=rounds,
                                use_asyncio=use_asyncio)  # fmt: skip
     if as_json:
         # what scripts/benchmarks-md.py needs to place a run: when, where, how it was asked for

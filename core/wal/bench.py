@@ -402,6 +402,7 @@ def _run_in(
         "params": {
             "appenders": appenders, "record_size": record_size, "duration_s": duration_s,
             "backend": backend, "rounds": rounds, "asyncio": use_asyncio,
+            "async_flush": (config or WalConfig()).async_flush,
         },
         **rows,
         "naive": naive_row,

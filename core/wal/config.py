@@ -42,10 +42,23 @@ class WalConfig(BaseModel):
     sync: Literal["dsync", "fdatasync"] = Field(
         default="dsync", description="RWF_DSYNC writes, or writes followed by a (linked) fdatasync"
     )
+    async_flush: Literal["thread", "loop"] = Field(
+        default="thread",
+        description="who writes a batch that asyncio appenders wait on: the flusher thread (the "
+        "event loop never blocks), or the event loop itself when nobody is flushing (no thread "
+        "hand-offs, more records/s for a loop of appender tasks, but the loop is blocked for each "
+        "durable write, as long as the disk takes); needs max_delay_us = 0",
+    )
     recovery: RecoveryMode = RecoveryMode.TOLERATE_TAIL
 
     @model_validator(mode="after")
     def _fits(self) -> WalConfig:
+        if self.async_flush == "loop" and self.max_delay_us:
+            raise ValueError(
+                "async_flush = 'loop' writes a batch as soon as its loop's appends of one tick are in, "
+                f"which max_delay_us = {self.max_delay_us} would make wait: set max_delay_us = 0 or "
+                "async_flush = 'thread'"
+            )
         if self.segment_size_bytes % BLOCK_BYTES:
             raise ValueError(f"segment_size_bytes must be a multiple of {BLOCK_BYTES}")
         if self.max_write_bytes > self.segment_size_bytes - DATA_START:

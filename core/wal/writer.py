@@ -21,7 +21,11 @@ Who flushes:
 * **the flusher thread** otherwise: appends that arrive during a flush are
   flushed by it next, in a loop that needs no wake-up while the load lasts.
   An inline flusher that finds records queued behind it when it is done
-  wakes the flusher thread once, then returns to its caller.
+  wakes the flusher thread once, then returns to its caller;
+* **the event loop** with ``async_flush = "loop"``, in the wake-up it runs
+  after a tick's ``append_async`` calls, when nobody is flushing: as an
+  inline flusher, for its tasks' batch (no thread hand-offs; the loop is
+  blocked for the write).
 
 Waking appenders is what bounds thread throughput in CPython: every append
 needs its thread woken and given the GIL.  The appenders of one batch share a
@@ -235,6 +239,8 @@ class Writer:
         self._plain_loop: Any = None
         # With a delay the flusher thread must gather; an inline flush would not wait.
         self._inline = config.max_delay_us == 0
+        # (WalConfig allows async_flush='loop' only with max_delay_us 0)
+        self._loop_flush = config.async_flush == "loop" and self._inline
         self.next_lsn = next_lsn
         self.durable_lsn = next_lsn - 1
         self.failed: WalFailedError | None = None
@@ -520,8 +526,10 @@ class Writer:
     def submit_async(self, payload: bytes | bytearray | memoryview) -> asyncio.Future[int]:
         """Queue one record; the future resolves to its LSN once durable (from whoever flushes it).
 
-        Never flushes inline (that would block the event loop for a device
-        flush) and never wakes the flusher thread from inside the call: the
+        Never flushes inside the call (by default never on the loop at all: that
+        would block the event loop for a device flush; ``async_flush = "loop"``
+        opts in, in the wake-up below) and never wakes the flusher thread from
+        inside the call: the
         first record of a batch from this loop schedules one wake-up with
         ``call_soon``, which runs once the loop has run what was ready, so the
         appends of that tick join the batch and the loop is not preempted by a
@@ -564,26 +572,46 @@ class Writer:
         return fut
 
     def _kick(self, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
-        """Wake the flusher thread if records are waiting (scheduled on *loop* for *gate*).
+        """Have the records waiting flushed (scheduled on *loop* for *gate*): wake the flusher
+        thread, or with ``async_flush = "loop"`` write them here, on the loop, when nobody is
+        flushing.
 
         A wake-up scheduled ahead by :meth:`_resolved` that finds no append of
         *loop* in *gate* is withdrawn, so the next append from *loop* schedules
         its own (else that append would wait for a wake-up that already ran).
         Run to its end through raising signals (a loop callback's entry aside:
-        docs/wal.md), as an append of *loop* relies on it.
+        docs/wal.md), as an append of *loop* relies on it; that rerun only wakes
+        the flusher thread (it never starts a write of its own under a signal).
         """
         try:
-            self._kick_step(gate, loop)
+            self._kick_step(gate, loop, self._loop_flush)
         except BaseException:
-            despite_signals(self._kick_step, gate, loop)
+            despite_signals(self._kick_step, gate, loop, False)
             raise
 
-    def _kick_step(self, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
-        with self.lock:
-            if gate is self._gate and gate.loops.get(loop) == []:
-                del gate.loops[loop]
-            if self._pending:
-                self._kick_locked()
+    def _kick_step(self, gate: _Gate, loop: asyncio.AbstractEventLoop, may_flush: bool) -> None:
+        lead = 0
+        try:
+            with self.lock:
+                if gate is self._gate and gate.loops.get(loop) == []:
+                    del gate.loops[loop]
+                if self._pending:
+                    if may_flush and not self._busy and self.failed is None and not self._closing:
+                        # as an inline append takes it: no call between these stores
+                        self._busy = True
+                        self._lead_lsn = lead = self.next_lsn - 1
+                        taken = self._take_locked()
+                    else:
+                        self._kick_locked()
+            if lead:
+                # The appender tasks of this loop wait for this flush anyway; writing it here
+                # saves the two thread hand-offs (the kick to the flusher, its wake-up of the
+                # loop) at the price of blocking the loop for the durable write.
+                self._lead(lead, taken)
+        except BaseException:
+            if lead:  # (set with _busy, under the lock: a signal finds both or neither)
+                despite_signals(self._abandon_lead, lead)
+            raise
 
     def _resolved(self, loop: asyncio.AbstractEventLoop, waiters: _AsyncWaiters) -> None:
         """On *loop*: schedule the wake-up for the next batch, then resolve a flushed batch's futures.
@@ -836,9 +864,14 @@ class Writer:
         if nxt is not None and not nxt.roll and not nxt.length:
             self._stage(nxt)
         if opened:  # (a lone append's flush has no gate: no call)
+            me = get_ident()
             for loop, waiters in _open_gates(opened).items():
                 with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                    loop.call_soon_threadsafe(self._resolved, loop, waiters)
+                    if getattr(loop, "_thread_id", None) == me:
+                        # flushed on the loop itself (async_flush = "loop"): no self-pipe wake-up
+                        loop.call_soon(self._resolved, loop, waiters)
+                    else:
+                        loop.call_soon_threadsafe(self._resolved, loop, waiters)
         return nxt
 
     def _release_all(self, exc: BaseException) -> None:

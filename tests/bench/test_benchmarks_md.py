@@ -161,6 +161,10 @@ def test_wal_targets_are_judged_from_bench_wal_documents(tmp_path: Path) -> None
     eight["fio_wal_bytes"] = {"records_per_s": 800.0, "p50_us": 90.0, "p99_us": 105.0, "bs": 8192}
     eight["wal"].update(cycle_us_per_flush=142.0, write_us_per_flush=125.0)
     docs.append(eight)
+    # an `--async-flush loop` run: shown beside the target, never part of the default's median
+    on_loop = _wal_doc("2026-12-01T00:12:00", 32, 256, wal_asyncio={**aio[0], "records_per_s": 999e3})
+    on_loop["params"]["async_flush"] = "loop"
+    docs.append(on_loop)
     paths = []
     for i, d in enumerate(docs):
         p = tmp_path / f"w{i}.json"
@@ -169,6 +173,8 @@ def test_wal_targets_are_judged_from_bench_wal_documents(tmp_path: Path) -> None
     text = mod.generate(paths, None)
     line = {k: next(ln for ln in text.splitlines() if k in ln) for k in ("160k", "fio's p99", "enqueue: p99")}
     assert "170,000 records/s (3 run(s)" in line["160k"] and "**yes**" in line["160k"]  # median of 170k, 150k, 180k
+    assert "with `--async-flush loop`" in line["160k"] and "999,000 records/s (1 run(s))" in line["160k"]
+    assert "async_flush loop, WAL backend" in text and "async_flush thread, WAL backend" in text
     split = "fio writing the log's bytes per flush: 1.05\u00d7 fio's p99, the WAL 1.43\u00d7 that"
     assert f"1.40\u00d7 (2 run(s)); {split}" in line["fio's p99"]  # median of 1.3 and 1.5
     assert "**no**" in line["fio's p99"]

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from uringstack.bench.wal_cmd import wal_bench_command
 from uringstack.wal.bench import _fio_pattern, run_wal_bench
+from uringstack.wal.config import WalConfig
 
 
 def test_run_wal_bench_measures_all_rows(tmp_path: pathlib.Path) -> None:
@@ -145,3 +146,31 @@ def test_run_wal_bench_leaves_what_was_in_its_directory(tmp_path: pathlib.Path) 
     for name in ("fio.dat", "naive.log"):
         assert (tmp_path / name).read_bytes() == b"mine: " + name.encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-wal", "fio.dat", "naive.log"]
+
+
+def test_bench_async_flush_reaches_the_log_and_its_json(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench wal --async-flush loop` measures the opt-in: the log it opens has it, the JSON says so."""
+    import json
+
+    from uringstack.bench import wal_cmd
+
+    seen: list[str] = []
+
+    def fake(*args: object, **kw: object) -> dict[str, object]:
+        cfg = args[5] if len(args) > 5 else kw.get("config")
+        assert isinstance(cfg, WalConfig)
+        seen.append(cfg.async_flush)
+        return {"params": {"async_flush": cfg.async_flush}, "wal": {}, "ratios": {}}
+
+    monkeypatch.setattr(wal_cmd, "run_wal_bench", fake)
+    for mode in ("thread", "loop"):
+        r = CliRunner().invoke(wal_bench_command, ["--dir", str(tmp_path), "--json", "--async-flush", mode])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["params"]["async_flush"] == mode
+    assert seen == ["thread", "loop"]
+    loop_cfg = WalConfig(async_flush="loop")
+    r = run_wal_bench(tmp_path, appenders=4, record_size=64, duration_s=0.5, backend="fallback",
+                      config=loop_cfg, rounds=1, use_asyncio=True, fio_file_bytes=8 << 20)  # fmt: skip
+    assert r["params"]["async_flush"] == "loop" and r["wal_asyncio"]["records_per_s"] > 0

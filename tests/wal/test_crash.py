@@ -44,10 +44,14 @@ def test_sigkill_never_loses_an_acknowledged_record(tmp_path: pathlib.Path) -> N
     acked: dict[int, int] = {}  # lsn -> crc32c(payload), over all rounds
     checkpoint = 0
     killed_while_appending = 0
+    drivers = {"threads": 0, "asyncio-thread": 0, "asyncio-loop": 0}
     for rnd in range(ROUNDS):
         backend, sync = rng.choice(backends), rng.choice(["dsync", "fdatasync"])
+        # appending threads mostly; asyncio tasks with the flusher thread or the loop writing
+        driver = rng.choice(["threads", "threads", "asyncio-thread", "asyncio-loop"])
+        drivers[driver] += 1
         proc = subprocess.Popen(
-            [sys.executable, str(CHILD), str(d), backend, sync, str(rng.randint(1, 6)), str(rnd)],
+            [sys.executable, str(CHILD), str(d), backend, sync, str(rng.randint(1, 6)), str(rnd), driver],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -99,3 +103,4 @@ def test_sigkill_never_loses_an_acknowledged_record(tmp_path: pathlib.Path) -> N
             top = wal.durable_lsn
         acked = {k: v for k, v in acked.items() if k <= top}
     assert killed_while_appending >= ROUNDS // 3, "kills mostly landed before appending began"
+    assert ROUNDS < 20 or all(drivers.values()), f"a driver never ran: {drivers}"

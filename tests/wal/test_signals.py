@@ -243,20 +243,30 @@ def _loop_callback_entry(code: CodeType) -> bool:
 
 
 @pytest.mark.timeout(600)
-def test_a_signal_anywhere_in_asyncio_appends_still_resolves_every_future(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("async_flush", ["thread", "loop"])
+def test_a_signal_anywhere_in_asyncio_appends_still_resolves_every_future(
+    tmp_path: pathlib.Path, async_flush: str
+) -> None:
     """Four tasks append twice each on one event loop: a signal in ``append_async``, the flusher's
     wake-up (``_kick``) or the acknowledgement's callback (``_resolved``, ``resolve``).  Every
-    task ends within seconds (its LSNs, or the signal's exception), and the log stays usable."""
-    in_log = code_of(files=(*_LOG, "ring/wakeups.py", "ring/interrupts.py"))
+    task ends within seconds (its LSNs, or the signal's exception), and the log stays usable.
+    With ``async_flush = "loop"`` the wake-up writes the batch on the loop, so the sweep also
+    reaches the durable write: a signal inside it fails the log (its outcome on disk is
+    unknown), as for a blocking append's inline flush, and every future still ends."""
+    in_log = code_of(
+        files=(*_LOG, "ring/wakeups.py", "ring/interrupts.py", *(_WRITE["fallback"] if async_flush == "loop" else ()))
+    )
 
     def chosen(code: CodeType) -> bool:
         return in_log(code) and not _loop_callback_entry(code)
+
+    failed_at: list[str | None] = []
 
     def once(at: int) -> str | None:
         directory = tmp_path / f"at{at}"
         loop = asyncio.new_event_loop()
         loop.set_exception_handler(lambda _, context: None)  # a callback's Interrupt: logged, not printed
-        wal = Wal.open(directory, backend="fallback", **_SMALL)
+        wal = Wal.open(directory, backend="fallback", async_flush=async_flush, **_SMALL)
         acknowledged: dict[int, bytes] = {}
 
         async def twice(k: int) -> None:
@@ -271,15 +281,21 @@ def test_a_signal_anywhere_in_asyncio_appends_still_resolves_every_future(tmp_pa
             assert done == set(tasks), f"a signal {sent.where}: an append_async never ended"
             for task in tasks:
                 err = task.exception()
-                assert err is None or isinstance(err, Interrupt), f"a signal {sent.where}: {err!r}"
+                assert err is None or isinstance(err, (Interrupt, WalFailedError)), f"a signal {sent.where}: {err!r}"
+                if isinstance(err, WalFailedError):
+                    assert async_flush == "loop" and wal.failed is not None, f"a signal {sent.where}: {err!r}"
             if sent.where is None:
                 return None
 
             async def one_more() -> int:
                 return await asyncio.wait_for(wal.append_async(b"after"), 5.0)
 
-            after = loop.run_until_complete(one_more())
-            acknowledged[after] = b"after"
+            if wal.failed is None:
+                after = loop.run_until_complete(one_more())
+                acknowledged[after] = b"after"
+            else:  # only a signal inside the loop's own durable write fails the log
+                assert async_flush == "loop" and not _in_the_log(sent.where or ""), sent.where
+                failed_at.append(sent.where)
         finally:
             _returns_within(wal.close, f"a signal {sent.where}: close()")
             loop.close()
@@ -289,6 +305,8 @@ def test_a_signal_anywhere_in_asyncio_appends_still_resolves_every_future(tmp_pa
         return sent.where
 
     assert sweep(once, most=1000) > 20
+    # the loop's own writes were swept too (and failed the log), not only its bookkeeping
+    assert bool(failed_at) == (async_flush == "loop"), failed_at
 
 
 @pytest.mark.timeout(600)
