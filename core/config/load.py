@@ -20,6 +20,7 @@ from .model import ENV_PREFIX, NESTED_DELIMITER, StackConfig, build_config_model
 from .provenance import Locator
 from .sources import (
     CONFIG_ENV,
+    case_variant_problems,
     env_lookup,
     expand_overrides,
     raw_disabled,
@@ -127,7 +128,7 @@ def load_config(
     model = build_config_model(sections)
     known = set(model.model_fields)
 
-    problems: list[ConfigProblem] = []
+    problems: list[ConfigProblem] = case_variant_problems(environ)
 
     def own_variable(section: str, key: str) -> bool:
         return env_lookup(environ, f"{ENV_PREFIX}{section.upper()}{NESTED_DELIMITER}{key.upper()}") is not None

@@ -102,6 +102,37 @@ def env_lookup(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
     return None
 
 
+def case_variant_problems(environ: Mapping[str, str]) -> list[ConfigProblem]:
+    """``URINGSTACK_*`` variables set more than once in different cases, with different values.
+
+    Names are matched without case (as pydantic-settings and :func:`env_lookup`
+    read them), so ``URINGSTACK_CORE__BACKEND=fallback`` beside
+    ``uringstack_core__backend=uring`` is one setting given twice: which one
+    wins is an accident of the environment's order.  Refused, naming both;
+    the same value in both is harmless and allowed.
+    """
+    groups: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if name.upper().startswith(ENV_PREFIX):
+            groups.setdefault(name.upper(), {})[name] = value
+    problems = []
+    for upper, names in sorted(groups.items()):
+        if len(names) < 2 or len(set(names.values())) < 2:
+            continue
+        rest = upper[len(ENV_PREFIX) :].lower()
+        key = rest.replace(NESTED_DELIMITER.lower(), ".") if rest != CONFIG_ENV[len(ENV_PREFIX) :].lower() else ""
+        shown = ", ".join(f"{n}={v!r}" for n, v in sorted(names.items()))
+        problems.append(
+            ConfigProblem(
+                key,
+                f"set twice, in different cases, with different values ({shown}): names are read "
+                "without case, so which one wins would be an accident; unset all but one",
+                source="env:" + ",".join(sorted(names)),
+            )
+        )
+    return problems
+
+
 def raw_disabled(overrides: dict[str, Any], environ: Mapping[str, str], file_data: dict[str, Any]) -> list[str]:
     """``core.disabled_plugins`` from the highest source that sets it, before validation."""
     candidates = _disabled_in(overrides.get(CORE_SECTION))

@@ -107,6 +107,20 @@ def test_env_is_case_insensitive_and_config_env_names_the_file(
     assert loaded.provenance["core.direct"] == "env:uringstack_core__direct"
 
 
+def test_one_variable_set_twice_in_different_cases_is_refused_naming_both(pm: UringstackPluginManager) -> None:
+    """Names are read without case, so two spellings with different values made the winner an
+    accident of the environment's order (session 32's probe: one applied, the other named)."""
+    env = {"URINGSTACK_CORE__DIRECT": "true", "uringstack_core__direct": "false", "URINGSTACK_POLL__IDLE_MS": "3"}
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, plugin_manager=pm)
+    text = problems(info.value)["core.direct"]
+    assert "set twice, in different cases" in text
+    assert "URINGSTACK_CORE__DIRECT='true'" in text and "uringstack_core__direct='false'" in text
+    # the same value twice is one setting: allowed
+    same = load_config(env={"URINGSTACK_CORE__DIRECT": "true", "Uringstack_Core__Direct": "true"}, plugin_manager=pm)
+    assert same.config.core.direct is True
+
+
 def test_process_environment_is_read_by_default(pm: UringstackPluginManager, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("URINGSTACK_POLL__IDLE_MS", "3")
     loaded = load_config(plugin_manager=pm)
