@@ -15,6 +15,7 @@ from pathlib import Path
 # Capability bit numbers from <linux/capability.h>.
 CAP_IPC_LOCK = 14
 CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
 
 _SYSCTL_DISABLED = Path("/proc/sys/kernel/io_uring_disabled")
 _SYSCTL_GROUP = Path("/proc/sys/kernel/io_uring_group")
@@ -28,11 +29,16 @@ class ProcessStatus:
     ``seccomp_mode`` is 0 (none), 1 (strict) or 2 (filter); ``seccomp_filters``
     counts installed filters (``Seccomp_filters:``, Linux 5.9+; ``None`` when
     the kernel does not print it).  ``cap_eff`` is the effective capability mask.
+    ``threads`` (``Threads:``) and ``real_uid`` (the first ``Uid:`` field, the one
+    RLIMIT_NPROC counts tasks under) serve the thread-limit check
+    (:mod:`uringstack.probe.threadlimits`); ``None`` where the file lacks them.
     """
 
     seccomp_mode: int = 0
     seccomp_filters: int | None = None
     cap_eff: int = 0
+    threads: int | None = None
+    real_uid: int | None = None
 
     def has_cap(self, bit: int) -> bool:
         """True when capability number *bit* is in the effective set."""
@@ -57,10 +63,12 @@ class KernelFacts:
 
 
 def parse_process_status(text: str) -> ProcessStatus:
-    """Parse the ``Seccomp``, ``Seccomp_filters`` and ``CapEff`` lines of a status file."""
+    """Parse the ``Seccomp``, ``Seccomp_filters``, ``CapEff``, ``Threads`` and ``Uid`` lines of a status file."""
     mode = 0
     filters: int | None = None
     cap_eff = 0
+    threads: int | None = None
+    real_uid: int | None = None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         value = value.strip()
@@ -70,7 +78,13 @@ def parse_process_status(text: str) -> ProcessStatus:
             filters = int(value)
         elif key == "CapEff":
             cap_eff = int(value, 16)
-    return ProcessStatus(seccomp_mode=mode, seccomp_filters=filters, cap_eff=cap_eff)
+        elif key == "Threads":
+            threads = int(value)
+        elif key == "Uid":
+            real_uid = int(value.split()[0])
+    return ProcessStatus(
+        seccomp_mode=mode, seccomp_filters=filters, cap_eff=cap_eff, threads=threads, real_uid=real_uid
+    )
 
 
 def _read_int(path: Path) -> int | None:
