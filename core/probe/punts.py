@@ -35,6 +35,7 @@ import threading
 from pathlib import Path
 
 from uringstack.probe.blockdev import backing_disk, disk_queue_attr
+from uringstack.probe.threadlimits import start_thread
 from uringstack.probe.tune_cache import cache_root, write_atomic
 from uringstack.probe.tune_key import fs_type
 
@@ -132,7 +133,7 @@ def measure_write_punt(directory: str, *, direct: bool = False, overwrite: bool 
             result[0] = None
 
     thread = threading.Thread(target=run, name="uringstack-punt-probe", daemon=True)
-    thread.start()
+    start_thread(thread)
     thread.join()
     return result[0]
 

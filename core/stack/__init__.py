@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uringstack.errors import RingClosedError
 from uringstack.plan import Plan, fit_uring_to_memlock, make_plan, select_backend
 from uringstack.plan.tuning import attach_tuning
+from uringstack.probe.threadlimits import start_thread
 from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
@@ -92,7 +93,7 @@ class Worker:
                 fut.set_exception(exc)
 
     def start(self) -> None:
-        self._thread.start()
+        start_thread(self._thread)  # (a refusal names the thread limit: ThreadStartError)
         self._started.wait()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:

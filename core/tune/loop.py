@@ -18,6 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from uringstack.probe.threadlimits import start_thread
 from uringstack.probe.tuning import Measurement, TuneTarget
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def measure(
             return drive(handles[w.index], offsets[w.index], depth, per, wl.block_size, measure_from, until)
 
         runner = threading.Thread(target=lambda: out.append(_collect(stack.run_on_workers, run)), daemon=True)
-        runner.start()
+        start_thread(runner)
         time.sleep(max(0.0, measure_from - time.perf_counter()))
         cpu0, t0 = _cpu(), time.perf_counter()
         time.sleep(max(0.0, until - time.perf_counter()))

@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from uringstack.probe.threadlimits import start_thread
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.wakeups import makes_plain_futures, resolve
 from uringstack.stack.handle import FileHandle
@@ -157,7 +158,7 @@ class _Gate:
         if self.reached >= i:  # released to us already (we may or may not hold it)
             self._pass(i)
         else:  # not yet: then we do not hold its lock, and a thread can wait for it
-            threading.Thread(target=self.wait, args=(i,), name="wal-relay", daemon=True).start()
+            start_thread(threading.Thread(target=self.wait, args=(i,), name="wal-relay", daemon=True))
 
     def _pass(self, i: int) -> None:
         """Waiter *i* passes the relay on to the next (once: the first caller does)."""
@@ -264,7 +265,7 @@ class Writer:
         self._open_active(self._initial_segment())
         self._start_spare()
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     @property
     def handle(self) -> FileHandle | None:
@@ -345,7 +346,7 @@ class Writer:
 
         self._spare, self._spare_error = None, None
         self._spare_thread = threading.Thread(target=prepare, name="wal-spare", daemon=True)
-        self._spare_thread.start()
+        start_thread(self._spare_thread)
 
     def wait_spare(self, timeout: float | None = None) -> bool:
         """Wait until the background preparation of the next segment is over; False on timeout."""
