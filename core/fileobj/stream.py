@@ -15,7 +15,6 @@ import mmap
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from uringstack.errors import UringIOError
 from uringstack.ring.buffers import aligned_buffer
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ def direct_buffer(size: int) -> mmap.mmap:
 def finish_read(handle: FileHandle, offset: int, buf: Any, res: int) -> int:
     """Check one read result: raise its error, complete a short read (short only at EOF)."""
     if res < 0:
-        raise UringIOError(-res, "read", handle.path, f"at offset {offset}")
+        raise handle._op_error(-res, "read", f"at offset {offset}")
     size = len(buf)
     if handle.direct and res % handle.block_size:
         # O_DIRECT moves whole blocks except at end of file: this is EOF.  (The
@@ -338,7 +337,7 @@ class WriteBehind:
         res = pending.wait()[0]
         if res < 0:
             self._abandon()
-            raise UringIOError(-res, "write", self.handle.path, f"at offset {offset} (write-behind)")
+            raise self.handle._op_error(-res, "write", f"at offset {offset} (write-behind)")
         if res < len(buf):
             # the handle's own retry: complete the rest or raise ShortIOError (the same
             # bytes again at the same offset, if a signal makes this run again)

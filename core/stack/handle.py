@@ -21,7 +21,7 @@ from _thread import get_ident
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
+from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError, op_error
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
 from uringstack.ring.buffers import (
@@ -300,6 +300,16 @@ class FileHandle:
         self._check()
         return self._io.size()
 
+    def _op_error(self, err: int, op: str, detail: str = "") -> UringIOError:
+        """The error of this handle's op whose result was ``-err``.  An ECANCELED is the
+        kernel's own (io-wq could not start a worker: :func:`~uringstack.errors.op_error`
+        adds the thread-limit hint) unless the handle or its ring is closed, whose
+        cancellation it then is."""
+        ring = getattr(self._io, "ring", None)
+        if self._closed or (ring is not None and ring.closed):
+            return UringIOError(err, op, self.path, detail)
+        return op_error(err, op, self.path, detail)
+
     def _check(self) -> None:
         forking.check(self._fork_gen, f"the handle of {self.path}")
         if self._closed:
@@ -335,7 +345,7 @@ class FileHandle:
         out = results
         for i, res in enumerate(results):
             if res < 0:
-                raise UringIOError(-res, "read", self.path, f"at offset {offsets[i]}")
+                raise self._op_error(-res, "read", f"at offset {offsets[i]}")
             buf = buffers[i]
             want = len(buf) if type(buf) is bytearray else nbytes(buf)
             if submitted is not None and submitted[i] != want:
@@ -371,7 +381,7 @@ class FileHandle:
         for i, res in enumerate(results):
             try:
                 if res < 0:
-                    raise UringIOError(-res, "write", self.path, f"at offset {offsets[i]}")
+                    raise self._op_error(-res, "write", f"at offset {offsets[i]}")
                 buf = buffers[i]
                 want = len(buf) if type(buf) is bytes else nbytes(buf)
                 if submitted is not None and submitted[i] != want:
@@ -420,7 +430,7 @@ class FileHandle:
                 if res == 0 and not (write or exact):
                     return done  # end of file
                 exc = (
-                    UringIOError(-res, op, self.path, f"at offset {offset + done}")
+                    self._op_error(-res, op, f"at offset {offset + done}")
                     if res < 0
                     else ShortIOError(op, self.path, total, done, offset)
                 )
@@ -546,7 +556,7 @@ class FileHandle:
             raise
         inflight.left()
         if res is not None and res < 0:
-            raise UringIOError(-res, "read", self.path, "at the file position")
+            raise self._op_error(-res, "read", "at the file position")
         return res
 
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
@@ -629,7 +639,7 @@ class FileHandle:
         self._check()
         res = self._run(self._io.start_sync, datasync, wait=True)[0]
         if res < 0:
-            raise UringIOError(-res, "fdatasync" if datasync else "fsync", self.path)
+            raise self._op_error(-res, "fdatasync" if datasync else "fsync")
 
     def write_durable(self, buf: Any, offset: int, *, sync: SyncMethod = "fdatasync") -> int:
         """Write all of *buf* at *offset* durably; returns ``len(buf)`` once it is on stable storage.
@@ -715,12 +725,12 @@ class FileHandle:
         while True:
             written = res[0]
             if written < 0:
-                raise UringIOError(-written, "write", self.path, f"{total - done} bytes at offset {offset + done}")
+                raise self._op_error(-written, "write", f"{total - done} bytes at offset {offset + done}")
             if sync == "fdatasync":
                 flushed = res[1]
                 # A flush after a short write was cancelled, never run; any other error is final.
                 if flushed < 0 and not (flushed == -errno.ECANCELED and done + written < total):
-                    raise UringIOError(-flushed, "fdatasync", self.path, f"after a write at offset {offset + done}")
+                    raise self._op_error(-flushed, "fdatasync", f"after a write at offset {offset + done}")
             if written == 0 and total:
                 raise ShortIOError("write", self.path, total, done, offset)
             done += written
@@ -858,7 +868,7 @@ class FileHandle:
     def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
         """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest."""
         if isinstance(data, int):
-            raise UringIOError(-data, "read", self.path, f"at offset {offset}")
+            raise self._op_error(-data, "read", f"at offset {offset}")
         buf = bytearray(size)
         buf[: len(data)] = data
         got = self._complete_short(False, offset, buf, len(data), False)
@@ -1088,7 +1098,7 @@ class FileHandle:
         self._check()
         res = (await self._run_async(self._io.start_sync, True))[0]
         if res < 0:
-            raise UringIOError(-res, "fdatasync", self.path)
+            raise self._op_error(-res, "fdatasync")
 
     # --- lifetime ----------------------------------------------------------------------
     def watch_close(self, callback: Callable[[], object], *, flush: Callable[[], object] | None = None) -> None:
