@@ -35,26 +35,6 @@ class UringIOError(OSError):
         self.detail = detail
 
 
-def op_error(err: int, op: str, filename: str | None = None, detail: str = "") -> UringIOError:
-    """The :class:`UringIOError` of an op whose result was ``-err``.
-
-    For the library's own ECANCELED (a ring closed under the op, a broken link
-    after a failed write, ops a failed submission left unqueued) the caller
-    builds ``UringIOError`` itself; this is for the rest, where the kernel
-    cancelled the op: when the process is at a thread limit, io-wq could not
-    start the worker the op needed, and the message says so and how to fix it
-    (:func:`uringstack.probe.threadlimits.iowq_hint`).  The errno stays
-    ECANCELED: callers match on it."""
-    if err == _errno.ECANCELED:
-        # (imported here: the probe imports this module, and only this error path needs it)
-        from uringstack.probe.threadlimits import iowq_hint
-
-        hint = iowq_hint()
-        if hint:
-            detail = f"{detail}; {hint}" if detail else hint
-    return UringIOError(err, op, filename, detail)
-
-
 def transferred(exc: BaseException) -> int:
     """Bytes of a failed write already in the file: :attr:`UringIOError.transferred`, 0 for
     any other exception (a raising signal, a closed file)."""

@@ -10,7 +10,7 @@ an op it punts needs (``fdatasync``, a durable write on a disk without FUA),
 and the op completes with ``-ECANCELED``; a Python thread's ``start()`` raises
 ``RuntimeError: can't start new thread``.  This module is the one place that
 decides whether such a limit is the cause (:func:`limits_reached`) and words
-it (:func:`iowq_hint`, :func:`thread_start_hint`, :func:`start_thread`).
+it (:func:`iowq_hint`, :func:`op_error`, :func:`thread_start_hint`, :func:`start_thread`).
 
 The check reads ``/proc`` and the cgroup files only when called, and is called
 only on those error paths: nothing here runs while I/O succeeds.
@@ -18,13 +18,14 @@ only on those error paths: nothing here runs while I/O succeeds.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from uringstack.errors import ThreadStartError
+from uringstack.errors import ThreadStartError, UringIOError
 from uringstack.probe.kernel import CAP_SYS_ADMIN, CAP_SYS_RESOURCE, ProcessStatus, read_process_status
 
 # How close to a limit counts as "at" it.  The count is read after the failure,
@@ -208,3 +209,20 @@ def start_thread(thread: threading.Thread) -> None:
         if "can't start new thread" not in str(exc):
             raise
         raise ThreadStartError(f"can't start new thread {thread.name!r}: {thread_start_hint()}") from exc
+
+
+def op_error(err: int, op: str, filename: str | None = None, detail: str = "") -> UringIOError:
+    """The :class:`~uringstack.errors.UringIOError` of an op whose result was ``-err``.
+
+    For the library's own ECANCELED (a ring closed under the op, a broken link
+    after a failed write, ops a failed submission left unqueued) the caller
+    builds ``UringIOError`` itself; this is for the rest, where the kernel
+    cancelled the op: when the process is at a thread limit, io-wq could not
+    start the worker the op needed, and the message says so and how to fix it
+    (:func:`iowq_hint`, read only for ECANCELED).  The errno stays ECANCELED:
+    callers match on it."""
+    if err == errno.ECANCELED:
+        hint = iowq_hint()
+        if hint:
+            detail = f"{detail}; {hint}" if detail else hint
+    return UringIOError(err, op, filename, detail)

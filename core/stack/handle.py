@@ -21,7 +21,8 @@ from _thread import get_ident
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError, op_error
+from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
+from uringstack.probe.threadlimits import op_error
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
 from uringstack.ring.buffers import (
@@ -302,7 +303,7 @@ class FileHandle:
 
     def _op_error(self, err: int, op: str, detail: str = "") -> UringIOError:
         """The error of this handle's op whose result was ``-err``.  An ECANCELED is the
-        kernel's own (io-wq could not start a worker: :func:`~uringstack.errors.op_error`
+        kernel's own (io-wq could not start a worker: :func:`~uringstack.probe.threadlimits.op_error`
         adds the thread-limit hint) unless the handle or its ring is closed, whose
         cancellation it then is."""
         ring = getattr(self._io, "ring", None)

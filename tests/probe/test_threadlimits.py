@@ -15,10 +15,17 @@ import threading
 
 import pytest
 
-from uringstack.errors import ThreadStartError, UringIOError, op_error
+from uringstack.errors import ThreadStartError, UringIOError
 from uringstack.probe import threadlimits
 from uringstack.probe.kernel import parse_process_status
-from uringstack.probe.threadlimits import ThreadLimit, iowq_hint, limits_reached, start_thread, thread_start_hint
+from uringstack.probe.threadlimits import (
+    ThreadLimit,
+    iowq_hint,
+    limits_reached,
+    op_error,
+    start_thread,
+    thread_start_hint,
+)
 
 UID = 1000
 CAP_SYS_RESOURCE_MASK = f"{1 << 24:016x}"
