@@ -198,3 +198,22 @@ def test_a_stack_at_rlimit_nproc_names_the_limit_for_its_worker_thread() -> None
     assert message.startswith("can't start new thread 'uringstack-worker-0': this process is at its thread limit")
     assert "RLIMIT_NPROC " in message and "threads of user 54321" in message and "ulimit -u" in message
     assert "can't start new thread" in str(result["cause"])
+
+
+def test_the_ecanceled_of_a_close_gets_no_hint(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing cancels ops too: that ECANCELED is the library's own, and a thread limit the
+    process may also be at is not its cause, so the handle's error then says nothing of it."""
+    from uringstack.probe import threadlimits
+    from uringstack.stack import open_stack
+
+    monkeypatch.setattr(threadlimits, "iowq_hint", lambda: "HINT")
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * 4096)
+    with open_stack(overrides={"core.cores": [0], "core.backend": "uring"}) as stack:
+        h = stack.open(str(path))
+        open_error = h._op_error(errno.ECANCELED, "fdatasync")
+        h.close()
+        closed_error = h._op_error(errno.ECANCELED, "fdatasync")
+    assert open_error.errno == closed_error.errno == errno.ECANCELED
+    assert open_error.detail == "HINT"
+    assert closed_error.detail == ""
