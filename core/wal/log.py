@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import operator
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,14 @@ def _lsn_argument(method: str, lsn: Any) -> int:
         return operator.index(lsn)
     except TypeError:
         raise TypeError(f"Wal.{method}(): an LSN is an int, not {type(lsn).__name__}") from None
+
+
+def _caller() -> str:
+    """``file:line`` of the first frame outside this module: where the user opened the log."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 class Wal:
@@ -95,7 +104,7 @@ class Wal:
         # it; the log's own parent always (an earlier open may have crashed before its sync).
         for parent in dict.fromkeys([*(d.parent for d in reversed(made)), directory.parent]):
             fsync_dir(parent)
-        lock = DirectoryLock(directory)
+        lock = DirectoryLock(directory, _caller())
         io: WalIO | None = None
         try:
             remove_spares(directory)

@@ -19,8 +19,10 @@ import os
 import re
 import stat
 import struct
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UringIOError
@@ -344,23 +346,137 @@ def remove_spares(directory: Path) -> None:
     remove_files(directory, spares)
 
 
+@dataclass(eq=False)
+class LockHolder:
+    """Who in this process took a log directory's lock: the registry's entry, for the refusal's message.
+
+    An ``flock`` refused to this process says nothing of who holds it (an ``flock``
+    has no owner pid to ask for): without this, a log this process itself left open
+    read as "another writer", and its user looked for another process.
+    """
+
+    directory: Path
+    opened_at: str  # where the Wal was opened (the caller's file:line), or ""
+    pid: int  # the process that took it: after fork() the child's copy of the registry names its parent
+    dropped: bool = False  # its Wal was collected unclosed: the close runs in the background
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+# (st_dev, st_ino) of a LOCK file -> who in this process holds it.  Keyed by the file, not
+# the path: one directory reached through two paths (a symlink, a relative path) is one lock.
+_holders: dict[tuple[int, int], LockHolder] = {}
+_locks: dict[tuple[int, int], DirectoryLock] = {}  # the same keys: the locks, for the fork handler
+# Held around open + flock + registration (all non-blocking) and around fork(): a
+# child never sees a lock taken but not yet registered, whose copy it could not close.
+_registry_lock = threading.Lock()
+
+DROPPED_CLOSE_WAIT_S = 60.0
+"""How long :class:`DirectoryLock` waits for the background close of a dropped Wal
+of this process holding the directory (a flush, and the spare's zero-fill)."""
+
+
+def _before_fork() -> None:
+    _registry_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _registry_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """Close the child's copies of the parent's lock descriptors.
+
+    An ``flock`` belongs to the open file description, which ``fork()`` shares: a
+    child keeping its copy kept the parent's log locked after the parent closed it
+    (a parent that reopened its log was refused for as long as a forked worker
+    lived).  The child cannot use the parent's log anyway (its flusher thread is the
+    parent's; its handles raise ``ForkedChildError``).  The registry's entries stay,
+    with the parent's pid, so a refusal in the child can say who holds the lock."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for lock in _locks.values():
+        lock.forget_inherited()
+    _locks.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+def _held_message(directory: Path, holder: LockHolder | None, waited: float) -> str:
+    """Why *directory*'s lock was refused, as far as this process knows (*holder*, its registry's entry)."""
+    base = f"WAL directory {directory} is locked by"
+    if holder is None:
+        return f"{base} another writer"
+    where = holder.opened_at or "an unknown place"
+    if holder.pid != os.getpid():
+        return (
+            f"{base} another writer (process {holder.pid}, which this process {os.getpid()} was forked from, "
+            f"had a Wal opened at {where} open on it at the fork; a forked child holds no copy of the lock)"
+        )
+    if holder.dropped:
+        return (
+            f"{base} a Wal this process opened at {where}, which was dropped without close() and is still "
+            f"being closed (its last records flushed) after {waited:.0f} s"
+        )
+    return f"{base} a Wal this process opened at {where} and has not closed: call close() (or use `with Wal.open(...)`)"
+
+
 class DirectoryLock:
     """An exclusive ``flock`` on ``<dir>/LOCK``: two writers on one log would corrupt it.
 
     The kernel drops the lock when the process dies, so a crash never leaves a
-    stale lock behind.
+    stale lock behind.  While held, it is in this process's registry (with
+    *opened_at*, where its Wal was opened), so a refusal names the holder when it
+    is this process's own log; a Wal of this process dropped without ``close()``
+    is closed in the background, and the lock waits for that close (up to
+    :data:`DROPPED_CLOSE_WAIT_S`) rather than refusing.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self._fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            msg = f"WAL directory {directory} is locked by another writer"
-            raise BlockingIOError(msg) from None
+    def __init__(self, directory: Path, opened_at: str = "") -> None:
+        self._fd = -1
+        waited_since = 0.0
+        while True:
+            with _registry_lock:
+                fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    st = os.fstat(fd)
+                    key = (st.st_dev, st.st_ino)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    holder = _holders.get(key)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                else:
+                    self._fd, self._key = fd, key
+                    self.holder = _holders[key] = LockHolder(directory, opened_at, os.getpid())
+                    _locks[key] = self
+                    return
+            # (never waited for under the registry lock: the close being waited for takes it)
+            if holder is not None and holder.dropped and holder.pid == os.getpid():
+                now = time.monotonic()
+                waited_since = waited_since or now
+                if holder.released.wait(max(0.0, waited_since + DROPPED_CLOSE_WAIT_S - now)):
+                    continue  # closed: try again (another open may have taken it meanwhile)
+            waited = time.monotonic() - waited_since if waited_since else 0.0
+            raise BlockingIOError(_held_message(directory, holder, waited)) from None
+
+    def forget_inherited(self) -> None:
+        """In a fork() child: close this process's copy of the parent's descriptor (see the fork handler)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Unlock (close the descriptor) and leave the registry; idempotent."""
+        with _registry_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            if _holders.get(self._key) is self.holder:
+                del _holders[self._key]
+            if _locks.get(self._key) is self:
+                del _locks[self._key]
+        self.holder.released.set()
