@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import errno
 import operator
+import os
+import queue
 import sys
+import threading
+import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from uringstack.ring import forking
+
 from .config import WalConfig
 from .errors import WalClosedError
 from .io import FileIOWrapper, WalIO
 from .recovery import LogScan, RecoveryMode, iter_records, recover
-from .segment import DirectoryLock, fsync_dir, remove_files, remove_spares
+from .segment import DROPPED_CLOSE_WAIT_S, DirectoryLock, fsync_dir, remove_files, remove_spares
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -37,6 +46,114 @@ def _caller() -> str:
     while frame.f_back is not None and frame.f_code.co_filename == __file__:
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+class _Closer:
+    """What closing a log takes, without the :class:`Wal` itself: run by :meth:`Wal.close`, or,
+    for a Wal dropped unclosed, by the reaper thread (a finalizer that held the Wal would keep it alive)."""
+
+    __slots__ = ("generation", "io", "lock", "writer")
+
+    def __init__(self, writer: Writer, io: WalIO, lock: DirectoryLock) -> None:
+        self.writer = writer
+        self.io = io
+        self.lock = lock
+        self.generation = forking.generation()
+
+    def describe(self) -> str:
+        where = self.lock.holder.opened_at
+        return f"{self.lock.holder.directory} (opened at {where})" if where else str(self.lock.holder.directory)
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            try:
+                self.io.close()
+            finally:
+                self.lock.release()
+
+
+# --- a Wal dropped without close() ---------------------------------------------------------
+# Its finalizer runs wherever the last reference went, or the cyclic GC ran: any thread, at
+# any allocation, possibly the log's own flusher thread or one holding the log's lock or a
+# stack's lock the close would need.  So it never closes there: it only queues the log
+# (SimpleQueue.put is reentrant: documented as safe in a finalizer) for this one thread
+# per process, which closes it the normal way.  A Wal.open of the same directory waits
+# for that close (DirectoryLock).
+_reap_queue: queue.SimpleQueue[_Closer | None] = queue.SimpleQueue()
+_reaper: threading.Thread | None = None
+_reaper_lock = threading.Lock()
+_live: weakref.WeakSet[Wal] = weakref.WeakSet()  # the open Wals, closed at exit (see _close_at_exit)
+_exiting = False
+
+
+def _reap(q: queue.SimpleQueue[_Closer | None]) -> None:
+    while True:
+        closer = q.get()
+        if closer is None:  # (from _close_at_exit)
+            return
+        try:
+            closer.close()
+        except Exception as e:  # its waiters got the log's failure; the next dropped log must still close
+            with contextlib.suppress(Exception):
+                warnings.warn(f"closing the dropped Wal {closer.describe()} failed: {e!r}", ResourceWarning, 1)
+        del closer  # (not kept alive by this frame until the next one arrives)
+
+
+def _start_reaper() -> None:
+    """Start the reaper thread if this process has none (at open: a finalizer cannot start one safely)."""
+    global _reaper
+    with _reaper_lock:
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap, args=(_reap_queue,), name="wal-reaper", daemon=True)
+            _reaper.start()
+
+
+def _new_reaper_in_child() -> None:
+    # The parent's reaper thread does not exist here, and what its queue holds is the parent's to close.
+    global _reap_queue, _reaper, _reaper_lock
+    _reap_queue, _reaper, _reaper_lock = queue.SimpleQueue(), None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_reaper_in_child)
+
+
+def _dropped(closer: _Closer) -> None:
+    """The finalizer of a Wal collected without close(): warn, and have the reaper close it.
+
+    Never blocks (see above).  An inherited log (a fork child dropping its parent's Wal)
+    is the parent's to flush and close: nothing is done (the child's copy of the lock was
+    closed at the fork).  After :func:`_close_at_exit` the reaper is gone: the process is
+    exiting, and the kernel releases the lock."""
+    if forking.inherited(closer.generation) or _exiting:
+        return
+    closer.lock.holder.dropped = True
+    _reap_queue.put(closer)
+    warnings.warn(
+        f"unclosed Wal {closer.describe()}: closed when collected; call close() (or use `with Wal.open(...)`)",
+        ResourceWarning,
+        1,
+    )
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit: close the Wals still open (their queued records flushed, as files'
+    buffers are), then let the reaper finish the dropped ones.  Registered after the shared
+    stacks' closing (see :meth:`Wal.open`), so it runs before it: the logs write through them."""
+    global _exiting
+    for wal in list(_live):
+        if not wal._closed:
+            with contextlib.suppress(Exception):
+                warnings.warn(f"unclosed Wal {wal._closer.describe()}: closed at exit", ResourceWarning, 1)
+            with contextlib.suppress(Exception):  # one that fails must not keep the others open
+                wal.close()
+    _exiting = True
+    reaper = _reaper
+    if reaper is not None and reaper.is_alive():
+        _reap_queue.put(None)
+        # bounded: a close stuck in the reaper (a hung device) must not keep the process from exiting
+        reaper.join(DROPPED_CLOSE_WAIT_S)
 
 
 class Wal:
@@ -61,6 +178,12 @@ class Wal:
         self._lock_file = lock
         self._closed = False
         self._writer = Writer(directory, config, io, scan.segments, scan.next_lsn)
+        self._closer = _Closer(self._writer, io, lock)
+        # Dropped without close(): warned about and closed (by the reaper), as an unclosed file
+        # is.  Not at exit through finalize's own hook: _close_at_exit orders it before the stacks'.
+        self._finalizer = weakref.finalize(self, _dropped, self._closer)
+        self._finalizer.atexit = False
+        _live.add(self)
 
     @classmethod
     def open(
@@ -110,6 +233,11 @@ class Wal:
             remove_spares(directory)
             scan = recover(directory, RecoveryMode(config.recovery))
             io = WalIO.for_log(directory, config.backend, stack, wrap_io)
+            _start_reaper()
+            # Registered again at every open, after WalIO registered the shared stacks' closing
+            # (at their first use): atexit runs the last registered first, the logs before their stack.
+            atexit.unregister(_close_at_exit)
+            atexit.register(_close_at_exit)
             return cls(directory, config, io, lock, scan)
         except BaseException:
             if io is not None:
@@ -250,17 +378,17 @@ class Wal:
             raise WalClosedError("WAL is closed")
 
     def close(self) -> None:
-        """Flush queued appends, stop the flusher, release the directory. Idempotent."""
+        """Flush queued appends, stop the flusher, release the directory. Idempotent.
+
+        A Wal dropped without ``close()`` is closed when collected (with a
+        ``ResourceWarning``), in a background thread: opening its directory again
+        waits for that close.  Still open at interpreter exit, it is closed then."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._writer.close()
-        finally:
-            try:
-                self.io.close()
-            finally:
-                self._lock_file.release()
+        self._finalizer.detach()
+        _live.discard(self)
+        self._closer.close()
 
     def __enter__(self) -> Wal:
         return self

@@ -7,15 +7,25 @@ flusher thread kept the writer alive), and the refusal blamed "another writer".
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 import threading
+import warnings
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from uringstack.ring.io_backend import FileIO, SyncMethod
+from uringstack.ring.pending import Pending
 from uringstack.wal import Wal, segment
+from uringstack.wal.faults import WrappedFileIO
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -115,3 +125,122 @@ def test_fork_child_holds_no_copy_of_the_lock(wal_dir: pathlib.Path) -> None:
         os.close(to_child_w)  # (the child's read returns: it exits)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.timeout(60)
+def test_dropped_wal_is_closed_and_its_records_kept(wal_dir: pathlib.Path) -> None:
+    """A Wal dropped unclosed, with records queued and their futures awaited elsewhere: a
+    ResourceWarning, every record flushed (the futures resolve to their LSNs), the directory
+    reopens in this process, and none of the log's threads is left behind."""
+
+    async def main() -> None:
+        # a long delay: the records are still queued, unflushed, when the log is dropped
+        wal = Wal.open(wal_dir, backend="fallback", max_delay_us=1_000_000)
+        wal.append_many([b"a", b"b"])  # durable before the drop
+        futs = [wal.append_async(b"queued %d" % i) for i in range(5)]
+        threads = _log_threads(wal)
+        gone = weakref.ref(wal)
+        with pytest.warns(ResourceWarning, match=r"unclosed Wal .* \(opened at .*test_unclosed\.py:\d+\)"):
+            del wal
+            gc.collect()
+        assert gone() is None
+        assert await asyncio.wait_for(asyncio.gather(*futs), 10) == [3, 4, 5, 6, 7]
+        with Wal.open(wal_dir, backend="fallback") as again:  # waits for the close if still under way
+            assert [p for _, p in again.read_from()] == [b"a", b"b", *(b"queued %d" % i for i in range(5))]
+        _assert_gone(threads)
+
+    asyncio.run(main())
+
+
+class _CollectOnWrite:
+    """A ``wrap_io`` whose armed write runs the cyclic GC on the writing thread, first."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.collected_on: list[str] = []
+
+    def __call__(self, io: FileIO) -> FileIO:
+        return _CollectingIO(io, self)
+
+
+class _CollectingIO(WrappedFileIO):
+    def __init__(self, inner: FileIO, owner: _CollectOnWrite) -> None:
+        super().__init__(inner)
+        self.owner = owner
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        if self.owner.armed:
+            self.owner.armed = False
+            gc.collect()
+            self.owner.collected_on.append(threading.current_thread().name)
+        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
+
+
+@pytest.fixture
+def _gc_off() -> Iterator[None]:
+    """Only the test's own collections run (the one on the flusher thread must find the log)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("_gc_off")
+def test_dropped_wal_collected_on_its_own_flusher_thread(wal_dir: pathlib.Path) -> None:
+    """The finalizer can run on any thread: here the log's own flusher, in the middle of a
+    flush of the log's records (a cycle keeps the Wal until the GC runs).  It must not close
+    there (the flusher would join itself): the log is closed, its records kept, all the same."""
+    collect = _CollectOnWrite()
+
+    async def main() -> None:
+        wal = Wal.open(wal_dir, backend="fallback", max_delay_us=50_000, wrap_io=collect)
+        wal.cycle = wal  # type: ignore[attr-defined]  # only the cyclic GC frees it
+        futs = [wal.append_async(b"r%d" % i) for i in range(3)]
+        threads = _log_threads(wal)
+        gone = weakref.ref(wal)
+        collect.armed = True
+        del wal
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert await asyncio.wait_for(asyncio.gather(*futs), 10) == [1, 2, 3]
+            with Wal.open(wal_dir, backend="fallback") as again:
+                assert [p for _, p in again.read_from()] == [b"r0", b"r1", b"r2"]
+        assert collect.collected_on == ["wal-flusher"] and gone() is None
+        assert any(issubclass(w.category, ResourceWarning) and "unclosed Wal" in str(w.message) for w in seen)
+        _assert_gone(threads)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_open_wal_is_closed_at_exit(wal_dir: pathlib.Path) -> None:
+    """Still open at interpreter exit (a global, never closed): its queued records are flushed
+    before the process ends (its daemon flusher was stopped mid-delay before), with a warning."""
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from uringstack.wal import Wal
+
+        WAL = Wal.open(sys.argv[1], backend="fallback", max_delay_us=1_000_000)
+
+        async def main():
+            WAL.append(b"acked")
+            for i in range(3):
+                WAL.append_async(b"queued %d" % i)  # never awaited: still queued at exit
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", "-c", script, str(wal_dir)],
+        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with Wal.open(wal_dir, backend="fallback") as again:
+        assert [p for _, p in again.read_from()] == [b"acked", b"queued 0", b"queued 1", b"queued 2"]
+    assert "ResourceWarning: unclosed Wal" in proc.stderr and "closed at exit" in proc.stderr
