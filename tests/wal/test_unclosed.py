@@ -128,7 +128,9 @@ def test_fork_child_holds_no_copy_of_the_lock(wal_dir: pathlib.Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_dropped_wal_is_closed_and_its_records_kept(wal_dir: pathlib.Path) -> None:
+def test_dropped_wal_is_closed_and_its_records_kept(
+    wal_dir: pathlib.Path, unraisable: list[BaseException | None]
+) -> None:
     """A Wal dropped unclosed, with records queued and their futures awaited elsewhere: a
     ResourceWarning, every record flushed (the futures resolve to their LSNs), the directory
     reopens in this process, and none of the log's threads is left behind."""
@@ -150,6 +152,7 @@ def test_dropped_wal_is_closed_and_its_records_kept(wal_dir: pathlib.Path) -> No
         _assert_gone(threads)
 
     asyncio.run(main())
+    assert unraisable == []
 
 
 class _CollectOnWrite:
@@ -177,6 +180,14 @@ class _CollectingIO(WrappedFileIO):
 
 
 @pytest.fixture
+def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """What finalizers raised (an exception in one is only printed): the test asserts none."""
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+    return seen
+
+
+@pytest.fixture
 def _gc_off() -> Iterator[None]:
     """Only the test's own collections run (the one on the flusher thread must find the log)."""
     was = gc.isenabled()
@@ -190,7 +201,9 @@ def _gc_off() -> Iterator[None]:
 
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("_gc_off")
-def test_dropped_wal_collected_on_its_own_flusher_thread(wal_dir: pathlib.Path) -> None:
+def test_dropped_wal_collected_on_its_own_flusher_thread(
+    wal_dir: pathlib.Path, unraisable: list[BaseException | None]
+) -> None:
     """The finalizer can run on any thread: here the log's own flusher, in the middle of a
     flush of the log's records (a cycle keeps the Wal until the GC runs).  It must not close
     there (the flusher would join itself): the log is closed, its records kept, all the same."""
@@ -210,10 +223,12 @@ def test_dropped_wal_collected_on_its_own_flusher_thread(wal_dir: pathlib.Path) 
             with Wal.open(wal_dir, backend="fallback") as again:
                 assert [p for _, p in again.read_from()] == [b"r0", b"r1", b"r2"]
         assert collect.collected_on == ["wal-flusher"] and gone() is None
+        assert unraisable == []  # (a close on the flusher thread: "cannot join current thread")
         assert any(issubclass(w.category, ResourceWarning) and "unclosed Wal" in str(w.message) for w in seen)
         _assert_gone(threads)
 
     asyncio.run(main())
+    assert unraisable == []
 
 
 @pytest.mark.timeout(60)
