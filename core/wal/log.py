@@ -138,12 +138,13 @@ def _dropped(closer: _Closer) -> None:
 
 
 def _close_at_exit() -> None:
-    """At interpreter exit: close the Wals still open (their queued records flushed, as files'
-    buffers are), then let the reaper finish the dropped ones.  Registered after the shared
+    """At interpreter exit: close the Wals this process opened and has not closed (their queued
+    records flushed, as files' buffers are), then let the reaper finish the dropped ones.  Registered after the shared
     stacks' closing (see :meth:`Wal.open`), so it runs before it: the logs write through them."""
     global _exiting
     for wal in list(_live):
-        if not wal._closed:
+        # (a fork child exiting normally runs the parent's atexit hooks too: the parent's logs are not its own)
+        if not wal._closed and not forking.inherited(wal._closer.generation):
             with contextlib.suppress(Exception):
                 warnings.warn(f"unclosed Wal {wal._closer.describe()}: closed at exit", ResourceWarning, 1)
             with contextlib.suppress(Exception):  # one that fails must not keep the others open

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import re
 import stat
@@ -429,12 +430,14 @@ class DirectoryLock:
     *opened_at*, where its Wal was opened), so a refusal names the holder when it
     is this process's own log; a Wal of this process dropped without ``close()``
     is closed in the background, and the lock waits for that close (up to
-    :data:`DROPPED_CLOSE_WAIT_S`) rather than refusing.
+    :data:`DROPPED_CLOSE_WAIT_S`) rather than refusing; one unreachable but not yet
+    collected (a reference cycle) is collected first.
     """
 
     def __init__(self, directory: Path, opened_at: str = "") -> None:
         self._fd = -1
         waited_since = 0.0
+        collected = False
         while True:
             with _registry_lock:
                 fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -454,6 +457,12 @@ class DirectoryLock:
                     _locks[key] = self
                     return
             # (never waited for under the registry lock: the close being waited for takes it)
+            if holder is not None and holder.pid == os.getpid() and not holder.dropped and not collected:
+                # Ours and open, or unreachable in a reference cycle the GC has not collected yet:
+                # collecting runs its finalizer now (then dropped), rather than telling the user
+                # to close a Wal they can no longer reach.
+                collected = True
+                gc.collect()
             if holder is not None and holder.dropped and holder.pid == os.getpid():
                 now = time.monotonic()
                 waited_since = waited_since or now

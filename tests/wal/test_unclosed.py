@@ -259,3 +259,50 @@ def test_open_wal_is_closed_at_exit(wal_dir: pathlib.Path) -> None:
     with Wal.open(wal_dir, backend="fallback") as again:
         assert [p for _, p in again.read_from()] == [b"acked", b"queued 0", b"queued 1", b"queued 2"]
     assert "ResourceWarning: unclosed Wal" in proc.stderr and "closed at exit" in proc.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("_gc_off")
+def test_reopen_collects_a_wal_only_a_cycle_keeps(wal_dir: pathlib.Path) -> None:
+    """A dropped Wal in a reference cycle the GC has not reached yet: the reopen collects it
+    (rather than tell the user to close a Wal they can no longer reach), then waits for its close."""
+    wal = Wal.open(wal_dir, backend="fallback")
+    wal.cycle = wal  # type: ignore[attr-defined]
+    wal.append_many([b"x", b"y"])
+    threads = _log_threads(wal)
+    del wal
+    with pytest.warns(ResourceWarning, match="unclosed Wal"):
+        again = Wal.open(wal_dir, backend="fallback")
+    with again:
+        assert [p for _, p in again.read_from()] == [b"x", b"y"]
+    _assert_gone(threads)
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_exit_leaves_parent_wal_alone(wal_dir: pathlib.Path) -> None:
+    """A fork child that exits normally runs the parent's atexit hooks: the parent's open Wal
+    is not the child's to close (nor to warn about); the parent goes on appending."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from uringstack.wal import Wal
+
+        wal = Wal.open(sys.argv[1], backend="fallback")
+        wal.append(b"before fork")
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # a normal exit: atexit hooks run in the child
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        wal.append(b"after the child exited")
+        wal.close()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", "-c", script, str(wal_dir)],
+        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "unclosed Wal" not in proc.stderr
+    with Wal.open(wal_dir, backend="fallback") as again:
+        assert [p for _, p in again.read_from()] == [b"before fork", b"after the child exited"]
