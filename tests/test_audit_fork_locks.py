@@ -6,8 +6,9 @@ lock hangs for good.  Each module-level lock a child may take is therefore
 replaced in the child (``os.register_at_fork``).  Each case runs in its own
 interpreter: a thread holds the lock, the process forks, and the child does
 what takes it (``uringstack.open`` on the default stack, a log's shared stack,
-the IOPOLL poller registry, the punt memo, the asyncio bridges).  A hang is a
-child killed by its alarm after 15 s, not a hung test.
+the IOPOLL poller registry, the punt memo, the asyncio bridges, a log's
+lock registry and reaper).  A hang is a child killed by its alarm after 15 s,
+not a hung test.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ CASES = [
     ("uringstack.ring.polling", "_pollers_lock", "acquire", "ok"),
     ("uringstack.probe.punts", "_lock", "acquire", "ok"),
     ("uringstack.ring.aio", "_bridges_lock", "acquire", "ok"),
+    ("uringstack.wal.segment", "_registry_lock", "acquire", "ok"),  # (its before-fork wait is bounded)
+    ("uringstack.wal.log", "_reaper_lock", "acquire", "ok"),
 ]
 
 

@@ -138,9 +138,10 @@ def _dropped(closer: _Closer) -> None:
 
 
 def _close_at_exit() -> None:
-    """At interpreter exit: close the Wals this process opened and has not closed (their queued
-    records flushed, as files' buffers are), then let the reaper finish the dropped ones.  Registered after the shared
-    stacks' closing (see :meth:`Wal.open`), so it runs before it: the logs write through them."""
+    """At interpreter exit: close the Wals this process opened and has not closed (their
+    queued records flushed, as files' buffers are), then let the reaper finish the dropped
+    ones.  Registered after the shared stacks' closing (see :meth:`Wal.open`), so it runs
+    before it: the logs write through them."""
     global _exiting
     for wal in list(_live):
         # (a fork child exiting normally runs the parent's atexit hooks too: the parent's logs are not its own)

@@ -376,12 +376,22 @@ DROPPED_CLOSE_WAIT_S = 60.0
 of this process holding the directory (a flush, and the spare's zero-fill)."""
 
 
+_FORK_WAIT_S = 1.0
+_held_for_fork = False
+
+
 def _before_fork() -> None:
-    _registry_lock.acquire()
+    # Every section under the lock is short and never blocks: the wait is bounded all the
+    # same, so a lock held for good (a thread stopped inside one) delays a fork, never hangs it.
+    global _held_for_fork
+    _held_for_fork = _registry_lock.acquire(timeout=_FORK_WAIT_S)
 
 
 def _after_fork_in_parent() -> None:
-    _registry_lock.release()
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _registry_lock.release()
 
 
 def _after_fork_in_child() -> None:
@@ -393,8 +403,8 @@ def _after_fork_in_child() -> None:
     lived).  The child cannot use the parent's log anyway (its flusher thread is the
     parent's; its handles raise ``ForkedChildError``).  The registry's entries stay,
     with the parent's pid, so a refusal in the child can say who holds the lock."""
-    global _registry_lock
-    _registry_lock = threading.Lock()
+    global _registry_lock, _held_for_fork
+    _registry_lock, _held_for_fork = threading.Lock(), False
     for lock in _locks.values():
         lock.forget_inherited()
     _locks.clear()
