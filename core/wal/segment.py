@@ -427,7 +427,7 @@ def _held_message(directory: Path, holder: LockHolder | None, waited: float) -> 
     if holder.dropped:
         return (
             f"{base} a Wal this process opened at {where}, which was dropped without close() and is still "
-            f"being closed (its last records flushed) after {waited:.0f} s"
+            f"being closed (flushing its last records) after {waited:.0f} s"
         )
     return f"{base} a Wal this process opened at {where} and has not closed: call close() (or use `with Wal.open(...)`)"
 

@@ -306,3 +306,52 @@ def test_fork_child_exit_leaves_parent_wal_alone(wal_dir: pathlib.Path) -> None:
     assert "unclosed Wal" not in proc.stderr
     with Wal.open(wal_dir, backend="fallback") as again:
         assert [p for _, p in again.read_from()] == [b"before fork", b"after the child exited"]
+
+
+class _HeldWrite:
+    """A ``wrap_io`` whose writes wait for :attr:`release` (a device that stopped answering)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, io: FileIO) -> FileIO:
+        return _HeldIO(io, self)
+
+
+class _HeldIO(WrappedFileIO):
+    def __init__(self, inner: FileIO, owner: _HeldWrite) -> None:
+        super().__init__(inner)
+        self.owner = owner
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        self.owner.entered.set()
+        assert self.owner.release.wait(20), "the test never released the write"
+        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
+
+
+@pytest.mark.timeout(60)
+def test_reopen_waits_for_a_stuck_dropped_close_a_bounded_time(
+    wal_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dropped log's close waits for a write that does not come back: the reopen gives up
+    after ``DROPPED_CLOSE_WAIT_S`` and says what it waited for; once the write returns, the
+    close ends and the reopen finds the record."""
+    monkeypatch.setattr(segment, "DROPPED_CLOSE_WAIT_S", 0.5, raising=False)
+    held = _HeldWrite()
+
+    async def main() -> None:
+        wal = Wal.open(wal_dir, backend="fallback", wrap_io=held)
+        fut = wal.append_async(b"stuck")
+        assert await asyncio.to_thread(held.entered.wait, 10)  # the flusher is in the write
+        with pytest.warns(ResourceWarning, match="unclosed Wal"):
+            del wal
+            gc.collect()
+        with pytest.raises(BlockingIOError, match=r"dropped without close\(\) and is still being closed \(flushing"):
+            Wal.open(wal_dir, backend="fallback")
+        held.release.set()
+        assert await asyncio.wait_for(fut, 10) == 1
+        with Wal.open(wal_dir, backend="fallback") as again:
+            assert list(again.read_from()) == [(1, b"stuck")]
+
+    asyncio.run(main())
