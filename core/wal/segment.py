@@ -455,15 +455,16 @@ class DirectoryLock:
                     st = os.fstat(fd)
                     key = (st.st_dev, st.st_ino)
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    mine = LockHolder(directory, opened_at, os.getpid())
                 except BlockingIOError:
                     os.close(fd)
                     holder = _holders.get(key)
-                except BaseException:
+                except BaseException:  # (a raising signal too: a descriptor left open would keep the lock)
                     os.close(fd)
                     raise
                 else:
-                    self._fd, self._key = fd, key
-                    self.holder = _holders[key] = LockHolder(directory, opened_at, os.getpid())
+                    self._fd, self._key, self.holder = fd, key, mine
+                    _holders[key] = mine
                     _locks[key] = self
                     return
             # (never waited for under the registry lock: the close being waited for takes it)
