@@ -15,7 +15,6 @@ backend does where the kernel would punt such a write to io-wq).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import os
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import RingClosedError, SubmissionError
+from uringstack.plugins.fallback.pool import Latch, ThreadPool
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, release_pins
@@ -123,54 +123,60 @@ def _write_durable(fd: int, buf: Any, offset: int, sync: SyncMethod) -> list[int
     return [written, _sync(fd, True)]
 
 
-def _reporting(fn: Any, n: int, flatten: bool, on_done: Callable[[CompletedBatch], None]) -> Any:
-    """Wrap a pool op so the batch's last op calls the completion hook before it returns.
-
-    Before, not after: a caller woken by the op's future must find the hook
-    already called, as on a ring (whose reaper calls it before the waiter
-    returns).  The hook never raises: the plugin manager's listeners log a
-    failing plugin (``completion_listeners``), so an op's result stands."""
-    values: list[Any] = [None] * n
-    remaining = [n]
-    lock = threading.Lock()
-
-    def run(fd: int, index: int, *args: Any) -> Any:
-        value = fn(fd, *args)
-        values[index] = value
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-        if last:
-            flat = [int(x) for v in values for x in v] if flatten else [int(v) for v in values]
-            on_done(DoneBatch(flat))
-        return value
-
-    return run
-
-
 _TAKEN: list[Any] = []  # a started op's arguments slot (its own list is the op's until it returns)
 
 
-class _Gate:
-    """The ops of one batch on the pool: each runs only if the batch was not abandoned.
+class _Batch:
+    """The ops of one batch on the pool: each runs only if the batch was not abandoned, and the
+    last to end reports the batch (the completion hook) and then wakes its waiters.
 
-    ``ThreadPoolExecutor.submit`` can raise after it queued the op (CPython queues the
-    work item, then fails to start a thread: ``can't start new thread`` under a pids
-    cgroup or RLIMIT_NPROC), and the ops queued before it run whenever a thread takes
-    them.  A batch whose submission failed so is abandoned: an op not yet started
-    never starts (it returns ``-ECANCELED`` without its syscall), and the submitter
-    waits for those already running before it raises, so nothing of the batch runs
-    after its caller was told it failed (a write landing later, a read filling a
-    buffer its caller took back)."""
+    The pool can refuse an op after it queued it (it queues the op, then fails to
+    start a thread: ``can't start new thread`` under a pids cgroup or
+    RLIMIT_NPROC), and the ops queued before it run whenever a thread takes them.
+    A batch whose submission failed so is abandoned: an op not yet started never
+    starts (it ends without its syscall, ``-ECANCELED`` in the error's results),
+    and the submitter waits for those already running before it raises, so
+    nothing of the batch runs after its caller was told it failed (a write
+    landing later, a read filling a buffer its caller took back).
 
-    __slots__ = ("_args", "_idle", "_lock", "abandoned", "running", "values")
+    The submitting thread takes :attr:`_lock` only by a ``with`` statement (a C lock:
+    a raising signal cannot leave it held) and waits only on :class:`Latch` es (see
+    :mod:`.pool`); everything else here runs in pool threads."""
 
-    def __init__(self, n: int) -> None:
+    __slots__ = (
+        "_args",
+        "_fd",
+        "_fn",
+        "_idle",
+        "_lock",
+        "_on_done",
+        "_waiters",
+        "abandoned",
+        "error",
+        "finished",
+        "flatten",
+        "left",
+        "running",
+        "values",
+    )
+
+    def __init__(
+        self, fn: Callable[..., Any], fd: int, n: int, flatten: bool, on_done: Callable[[CompletedBatch], None] | None
+    ) -> None:
         # A leaf lock, taken twice per op (the check before its syscall and the count after)
         self._lock = threading.Lock()
+        self._fn = fn
+        self._fd = fd
+        self._on_done = on_done
         self._args: list[list[Any]] = []  # per op: its arguments until it starts
-        self._idle: threading.Event | None = None  # made when abandoned with ops running
+        self._idle: Latch | None = None  # made when abandoned with ops running
+        # the loops' futures to resolve when the batch ends (None once it ended)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = []
         self.abandoned = False
+        self.error: BaseException | None = None  # what an op raised (wait() raises it)
+        self.finished = Latch()  # set once every op ended and the hook was called
+        self.flatten = flatten  # each op returns a list of results (a durable write's)
+        self.left = n  # ops not ended yet
         self.running = 0
         self.values: list[Any] = [None] * n  # per op: what it returned (None: never ran)
 
@@ -179,34 +185,92 @@ class _Gate:
         self._args.append(args)
         return len(self._args) - 1
 
-    def run(self, fn: Callable[..., Any], fd: int, index: int) -> Any:
+    @property
+    def added(self) -> int:
+        """How many ops were handed to the pool (the last may have been refused)."""
+        return len(self._args)
+
+    def run(self, index: int) -> None:
         """Op *index*, in a pool thread: ``fn(fd, *args)`` unless the batch was abandoned.
 
-        Its arguments are let go before it returns, so an op's pinned buffer is
-        free before its future wakes the caller (the pool's work item, which holds
-        only *index*, is kept by its thread until later)."""
+        Its arguments are let go before the batch can end, so an op's pinned
+        buffer is free before its caller is woken."""
         with self._lock:
             if self.abandoned:
-                return -errno.ECANCELED
+                return
             args = self._args[index]
             self._args[index] = _TAKEN
             self.running += 1
         try:
-            value = fn(fd, *args)
-            self.values[index] = value
-            return value
+            self.values[index] = self._fn(self._fd, *args)
+        except BaseException as exc:  # (an op reports OSError as -errno: this is a bug, for wait() to raise)
+            if self.error is None:
+                self.error = exc
         finally:
+            del args
             with self._lock:
                 self.running -= 1
-                if not self.running and self._idle is not None:
-                    self._idle.set()
+                self.left -= 1
+                last = not self.left
+                idle = self._idle if not self.running else None
+            if idle is not None:
+                idle.set()  # (once: an abandoned batch starts no op again)
+            if last:
+                self._finish()
+
+    def _finish(self) -> None:
+        """In the pool thread that ended the last op: report the batch, then wake its waiters."""
+        if self._on_done is not None and self.error is None:
+            try:
+                self._on_done(DoneBatch(self.results()))
+            except BaseException as exc:  # (the plugin manager's listeners log a failing plugin)
+                self.error = exc
+        with self._lock:
+            waiters, self._waiters = self._waiters or [], None
+        self.finished.set()
+        for loop, fut in waiters:
+            # fut.set_result itself (C), not a Python callback: a raising signal at such a
+            # callback's entry (on the loop's thread) would leave the await pending for good
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits there any more
+                loop.call_soon_threadsafe(fut.set_result, None)
+
+    def add_waiter(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> bool:
+        """Resolve *fut* on *loop* when the batch ends; False (nothing added) if it ended already."""
+        with self._lock:
+            waiters = self._waiters
+            if waiters is None:
+                return False
+            waiters.append((loop, fut))
+            return True
+
+    def remove_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Forget *fut* (cancelled with its task: setting it would raise ``InvalidStateError``)."""
+        with self._lock:
+            waiters = self._waiters
+            if waiters is not None:
+                self._waiters = [w for w in waiters if w[1] is not fut]
+
+    def results(self, cancelled: bool = False) -> list[int]:
+        """Each op's result (bytes or ``-errno``); with *cancelled*, ``-ECANCELED`` for an op that
+        never ran (else the batch must have ended).  Raises what an op raised."""
+        if self.error is not None:
+            raise self.error
+        out: list[int] = []
+        for v in self.values:
+            if v is None and cancelled:
+                out.append(-errno.ECANCELED)
+            elif self.flatten:
+                out.extend(int(x) for x in v)
+            else:
+                out.append(int(v))
+        return out
 
     def abandon(self) -> None:
         """Let no op that has not started start; the pins of those are let go now (their
         work items may sit in the pool's queue for good: no thread to take them)."""
         with self._lock:  # (safe to repeat: despite_signals)
             if self.running and self._idle is None:
-                self._idle = threading.Event()
+                self._idle = Latch()
             self.abandoned = True
             for args in self._args:
                 args.clear()
@@ -222,51 +286,61 @@ class _Gate:
 
 
 class ThreadPending:
-    """A batch running on the pool: one future per op (or one for the whole op list)."""
+    """A batch running on the pool."""
 
-    def __init__(
-        self,
-        futures: list[concurrent.futures.Future[Any]],
-        flatten: bool = False,
-        n: int | None = None,
-        gate: _Gate | None = None,
-    ) -> None:
-        self._futures = futures  # (filled as the ops are queued when *n*, their number, is given)
-        self._flatten = flatten
-        self.n = len(futures) if n is None else n
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+        self.n = len(batch.values)
         self._fork_gen = forking.generation()
-        self._gate = gate
 
     def _check_fork(self) -> None:
-        # In a fork() child the pool's threads are gone: a future still pending there is
-        # never set, and wait() blocked for good (an io_uring pending raises ForkedChildError)
+        # In a fork() child the pool's threads are gone: a batch still running there never
+        # ends, and wait() blocked for good (an io_uring pending raises ForkedChildError)
         if self._fork_gen != forking._generation:
             forking.check(self._fork_gen, "a fallback batch")
 
     def done(self) -> bool:
         self._check_fork()
-        gate = self._gate
-        if gate is not None and gate.abandoned:
-            # (its ops not started never run, and their futures may never be set: no thread)
-            return gate.idle()
-        return all(f.done() for f in self._futures)
-
-    def _collect(self, values: list[Any]) -> list[int]:
-        if self._flatten:
-            return [int(x) for v in values for x in v]
-        return [int(v) for v in values]
+        batch = self._batch
+        if batch.finished.is_set:
+            return True
+        # (an abandoned batch's ops not started never run: it never ends, it only goes idle)
+        return batch.abandoned and batch.idle()
 
     def wait(self) -> list[int]:
         self._check_fork()
-        return self._collect([f.result() for f in self._futures])
+        batch = self._batch
+        if batch.abandoned and not batch.finished.is_set:  # (only the tracker holds such a batch)
+            batch.wait_idle()
+            return batch.results(cancelled=True)
+        batch.finished.wait()
+        return batch.results()
 
     async def wait_async(self) -> list[int]:
         self._check_fork()
-        # Shielded: cancelling the awaiting task must not cancel the ops (docs/api.md, as on
-        # io_uring). wrap_future passes a cancel on to a pool future not yet started, and a
-        # write waiting for a pool thread was dropped without a word until session 32.
-        values = await asyncio.shield(asyncio.gather(*(asyncio.wrap_future(f) for f in self._futures)))
-        return self._collect(list(values))
+        batch = self._batch
+        if not batch.abandoned:  # (an abandoned batch's wait() does not block on its ops)
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            ended = None
+            if not batch.add_waiter(loop, fut):
+                # Ended already: the task still yields once, as on a ring, so a task awaiting
+                # fast ops in a loop lets the others run (and its buffers' new sizes are
+                # judged against what was submitted, as for any op that ran before it resumed)
+                ended = loop.call_soon(fut.set_result, None)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                # Cancelling the awaiting task cancels only *fut*, which the pool never looks
+                # at: the ops run and the batch ends all the same (docs/api.md, as on io_uring;
+                # until session 32 a cancel reached a pool future not yet started and dropped
+                # a write waiting for a thread).  Nothing must set the cancelled *fut* now.
+                if ended is not None:
+                    ended.cancel()
+                else:
+                    batch.remove_waiter(fut)
+                raise
+        return self.wait()
 
 
 class FallbackFileIO:
@@ -281,7 +355,7 @@ class FallbackFileIO:
 
     def __init__(
         self,
-        pool: concurrent.futures.ThreadPoolExecutor,
+        pool: ThreadPool,
         fd: int,
         target: Target,
         block_size: int,
@@ -310,61 +384,54 @@ class FallbackFileIO:
         flatten: bool,
         on_done: Callable[[CompletedBatch], None] | None,
     ) -> ThreadPending:
-        if on_done is not None:
-            fn = _reporting(fn, len(calls), flatten, on_done)
-            calls = [(i, *a) for i, a in enumerate(calls)]
-        # Tracked before the first op is queued, its futures added as they are: a raising
-        # signal between two submissions (the tracker's start then gets no pending back)
-        # leaves the ops already queued waited for by close().
-        futures: list[concurrent.futures.Future[Any]] = []
-        gate = _Gate(len(calls))
-        pending = ThreadPending(futures, flatten, len(calls), gate)
-        self._inflight.keep(pending)
-        submit, fd, run = self._pool.submit, self.fd, gate.run
+        batch = _Batch(fn, self.fd, len(calls), flatten, on_done)
+        pending = ThreadPending(batch)
+        submit, run = self._pool.submit, batch.run
         try:
+            # Tracked before the first op is queued (the first statement of the try: a raising
+            # signal at any point from here abandons the batch): a raising signal between two
+            # submissions (the tracker's start then gets no pending back) leaves the ops
+            # already queued waited for by close().
+            self._inflight.keep(pending)
             for a in calls:
-                # (not submit(fn, fd, *a): a call with *args returns through C, and a signal
-                # handler may raise there, before the future is appended)
-                futures.append(submit(run, fn, fd, gate.add([*a])))
+                submit(run, batch.add([*a]))
         except BaseException as exc:
-            # Also for a raising signal inside submit (after it queued the op, before the
-            # future came back): that op, never waited for, must not run either
+            # Also for a raising signal inside submit (after it queued the op, before it
+            # returned): that op, and those never queued, must not run; the batch is then
+            # done once no op of it runs.  Marked first, by a plain store: no signal point
+            # comes before it in this clause, so even a second signal at the entry of the
+            # steps below leaves the batch given up (until session 33 one at the retried
+            # step's entry left the queued op running untracked); abandon() then lets go
+            # of the pins of the ops not started.
+            batch.abandoned = True
             try:
-                gate.abandon()
+                batch.abandon()
             except BaseException:  # a second raising signal: the first exception propagates
-                despite_signals(gate.abandon)
+                despite_signals(batch.abandon)
             if not isinstance(exc, RuntimeError):
                 # A raising signal's (of any type): as for every other start it cuts short,
                 # the tracker keeps the batch until its running ops end
                 raise
             # The pool's own refusal (what submit raises: can't start new thread, or a pool
             # shut down): the caller is told only once nothing of the batch runs
-            gate.wait_idle()
-            raise self._failed(op, exc, gate, len(futures), flatten) from exc
+            batch.wait_idle()
+            raise self._failed(op, exc, batch) from exc
         return pending
 
-    def _failed(self, op: str, exc: RuntimeError, gate: _Gate, queued: int, flatten: bool) -> SubmissionError:
+    def _failed(self, op: str, exc: RuntimeError, batch: _Batch) -> SubmissionError:
         """The error of an abandoned batch whose running ops ended: what the pool refused, and
         per op what ran (``results``: bytes or ``-errno``, ``-ECANCELED`` for an op that never
         ran, as a ring gives the ops a failed submission left unqueued)."""
-        n = len(gate.values)
-        ran = [i for i, v in enumerate(gate.values) if v is not None]
+        n = len(batch.values)
+        ran = [i for i, v in enumerate(batch.values) if v is not None]
         err = errno.EAGAIN  # (pthread_create's errno when no thread can be started)
         detail = (
-            f"the thread pool refused op {queued} of a {n}-op batch ({type(exc).__name__}: {exc}); "
+            f"the thread pool refused op {batch.added - 1} of a {n}-op batch ({type(exc).__name__}: {exc}); "
             f"{len(ran)} op(s) ran before it ({', '.join(map(str, ran)) or 'none'}), "
             "the others never run; see results"
         )
         error = SubmissionError(err, op, self.path, detail)
-        results: list[int] = []
-        for v in gate.values:
-            if v is None:
-                results.append(-errno.ECANCELED)
-            elif flatten:
-                results.extend(int(x) for x in v)
-            else:
-                results.append(int(v))
-        error.results = tuple(results)
+        error.results = tuple(batch.results(cancelled=True))
         return error
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
@@ -516,10 +583,8 @@ class FallbackBackend:
 
     def open(self, target: Target, worker: Worker) -> FallbackFileIO:
         pool = worker.resources.get(RESOURCE_KEY)
-        if not isinstance(pool, concurrent.futures.ThreadPoolExecutor):
-            pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.threads, thread_name_prefix=f"uringstack-fallback-{worker.index}"
-            )
+        if not isinstance(pool, ThreadPool):
+            pool = ThreadPool(self.threads, f"uringstack-fallback-{worker.index}")
             worker.resources[RESOURCE_KEY] = pool
         fd = open_target(target)
         return FallbackFileIO(pool, fd, target, logical_block_size(target, fd), worker.completion_hook)

@@ -7,7 +7,6 @@ seccomp, the io_uring_disabled sysctl, not Linux), and on demand with
 
 from __future__ import annotations
 
-import concurrent.futures
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -17,6 +16,7 @@ from uringstack.config.load import backend_conflict
 from uringstack.feature import Feature
 from uringstack.hookspecs import hookimpl
 from uringstack.plugins.fallback.backend import RESOURCE_KEY, FallbackBackend
+from uringstack.plugins.fallback.pool import ThreadPool
 from uringstack.types import FeatureConfig, FeatureMode
 
 if TYPE_CHECKING:
@@ -74,5 +74,5 @@ def uringstack_select_backend(target: Target, caps: Capabilities, config: StackC
 def uringstack_stack_teardown(stack: Stack) -> None:
     for worker in stack.workers:
         pool = worker.resources.pop(RESOURCE_KEY, None)
-        if isinstance(pool, concurrent.futures.ThreadPoolExecutor):
+        if isinstance(pool, ThreadPool):
             pool.shutdown(wait=True)

@@ -24,6 +24,7 @@ from uringstack.bench.ladder import RUNGS
 from uringstack.bench.loops import Meter
 from uringstack.bench.spec import BenchSpec
 from uringstack.bench.tool_loops import aiofiles_available, thread_loop
+from uringstack.plugins.fallback.pool import ThreadPool
 
 
 def _hot_file(path: Path, size: int) -> None:
@@ -55,13 +56,23 @@ def _slow_pool_start(monkeypatch: pytest.MonkeyPatch, prefix: str) -> tuple[list
     """The first thread pool named *prefix* is slow (0.4 s) to start its first thread.
     Returns when that start ended (filled once it happened) and each Meter's window."""
     ready: list[int] = []
+    # (the fallback plugin's pool starts a thread in ThreadPool._start_thread; the event
+    # loop's default executor is a ThreadPoolExecutor, in _adjust_thread_count)
     real_adjust = concurrent.futures.ThreadPoolExecutor._adjust_thread_count
+    real_start = ThreadPool._start_thread
 
-    def slow_adjust(self: concurrent.futures.ThreadPoolExecutor) -> None:
-        if not ready and self._thread_name_prefix.startswith(prefix):
+    def slow_start(name: str) -> None:
+        if not ready and name.startswith(prefix):
             time.sleep(0.4)  # the pool's first thread is slow to start
             ready.append(time.perf_counter_ns())
+
+    def slow_adjust(self: concurrent.futures.ThreadPoolExecutor) -> None:
+        slow_start(self._thread_name_prefix)
         real_adjust(self)
+
+    def slow_pool_start(self: ThreadPool) -> None:
+        slow_start(self.name)
+        real_start(self)
 
     windows: list[tuple[int, int]] = []
     real_result = Meter.result
@@ -71,6 +82,7 @@ def _slow_pool_start(monkeypatch: pytest.MonkeyPatch, prefix: str) -> tuple[list
         return real_result(self, ops, nbytes, hist, errors)
 
     monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "_adjust_thread_count", slow_adjust)
+    monkeypatch.setattr(ThreadPool, "_start_thread", slow_pool_start)
     monkeypatch.setattr(Meter, "result", result)
     return ready, windows
 

@@ -257,7 +257,14 @@ def _drained(ring: Ring) -> None:
 
 
 _HANDLE_CODE = code_of(
-    files=("ring/inflight.py", "ring/interrupts.py", "stack/handle.py", "stack/prepared.py", "fallback/backend.py")
+    files=(
+        "ring/inflight.py",
+        "ring/interrupts.py",
+        "stack/handle.py",
+        "stack/prepared.py",
+        "fallback/backend.py",
+        "fallback/pool.py",
+    )
 )
 
 
@@ -373,7 +380,7 @@ def test_a_signal_anywhere_while_the_fallback_queues_a_batch_leaves_its_ops_wait
     with open(path, "wb") as f:
         f.write(b"x" * 8192)
     gate, ended = gated_fallback_reads.gate, gated_fallback_reads.ended
-    queuing = code_of(files=("fallback/backend.py", "ring/inflight.py", "ring/interrupts.py"))
+    queuing = code_of(files=("fallback/backend.py", "fallback/pool.py", "ring/inflight.py", "ring/interrupts.py"))
     with open_stack(overrides={"core.backend": "fallback", "core.cores": [CPU], "core.close_timeout_s": 5.0}) as s:
 
         def once(at: int) -> str | None:

@@ -218,7 +218,7 @@ def test_ctrl_c_in_the_first_run_of_a_one_buffer_prepared_read_leaves_it_waited_
         signal.signal(signal.SIGALRM, old)
 
 
-_FALLBACK_CODE = code_of(files=(*_TRACKING, "fallback/backend.py"))
+_FALLBACK_CODE = code_of(files=(*_TRACKING, "fallback/backend.py", "fallback/pool.py"))
 
 
 @pytest.mark.timeout(120)

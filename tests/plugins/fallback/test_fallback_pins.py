@@ -1,8 +1,8 @@
 """fallback: an op's buffer is free again as soon as its caller is woken.
 
-The pool's work item holds its call's arguments until its thread is done with
-it, after the future woke the caller; the backend empties its argument list
-before returning (``_spread``), so the op's buffer export is gone by then.  A
+The pool's thread holds its work item until it is done with it, after the
+batch woke the caller; the batch lets go of an op's arguments before it can end
+(``_Batch.run``), so the op's buffer export is gone by then.  A
 pool thread preempted between the two (a busy machine) made a caller's
 ``mmap.close()`` fail with ``BufferError`` right after its read returned."""
 
@@ -12,24 +12,25 @@ import asyncio
 import mmap
 import pathlib
 import time
-from concurrent.futures import thread as futures_thread
 from typing import Any
 
 import pytest
 
+from uringstack.plugins.fallback import backend as fallback_backend
 from uringstack.stack import open_stack
 
 
 @pytest.fixture
 def lingering_pool_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every pool thread keeps its work item 0.2 s after setting the future's result."""
-    run = futures_thread._WorkItem.run
+    """Every pool thread lingers 0.2 s inside the op that ended its batch, after the batch woke
+    its caller (what a preempted thread does): whatever that op's frame still holds stays alive."""
+    finish = fallback_backend._Batch._finish
 
-    def run_then_linger(self: Any) -> None:
-        run(self)
-        time.sleep(0.2)  # (self, and so its args, alive: what a preempted thread does)
+    def finish_then_linger(self: Any) -> None:
+        finish(self)
+        time.sleep(0.2)
 
-    monkeypatch.setattr(futures_thread._WorkItem, "run", run_then_linger)
+    monkeypatch.setattr(fallback_backend._Batch, "_finish", finish_then_linger)
 
 
 def test_a_buffer_can_be_closed_when_its_read_returned(tmp_path: pathlib.Path, lingering_pool_threads: None) -> None:
