@@ -11,7 +11,6 @@ built-in ``open()``'s would be when finalized, instead of losing its data).
 from __future__ import annotations
 
 import atexit
-import concurrent.futures.thread  # noqa: F401 - see below
 import contextlib
 import os
 import threading
@@ -20,11 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from uringstack.stack import Stack
-
-# The fallback plugin's teardown names concurrent.futures.ThreadPoolExecutor, a
-# lazy attribute whose first import registers a threading atexit hook, which
-# fails once the interpreter is shutting down: import it now so the stack can
-# be closed from our atexit hook.
 
 _lock = threading.Lock()
 
