@@ -430,6 +430,10 @@ class FallbackFileIO:
             f"{len(ran)} op(s) ran before it ({', '.join(map(str, ran)) or 'none'}), "
             "the others never run; see results"
         )
+        if "can't start new thread" in str(exc):
+            from uringstack.probe.threadlimits import thread_start_hint
+
+            detail += f"; {thread_start_hint()}"  # (the thread limit reached, if any, and the fix)
         error = SubmissionError(err, op, self.path, detail)
         error.results = tuple(batch.results(cancelled=True))
         return error

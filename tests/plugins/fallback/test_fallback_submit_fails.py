@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.requires import open_direct
+from tests.requires import open_direct, skip_without
 from uringstack import aligned_buffer
 from uringstack.errors import SubmissionError
 from uringstack.plugins.fallback import backend as fallback_backend
@@ -185,7 +185,7 @@ with uringstack.open_stack(overrides=overrides) as stack, stack.open(path) as h:
         out = {"raised": None}
     except Exception as exc:
         out = {"raised": type(exc).__name__, "errno": getattr(exc, "errno", None),
-               "results": list(getattr(exc, "results", ()))}
+               "results": list(getattr(exc, "results", ())), "message": str(exc)}
     out["at_raise"] = [i for i in range(8) if os.pread(h.fd, block, block * (i + 1)) == bufs[i]]
     time.sleep(0.5)  # (the pool's idle thread would have run what was queued by now)
     out["later"] = [i for i in range(8) if os.pread(h.fd, block, block * (i + 1)) == bufs[i]]
@@ -194,10 +194,12 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the child as a user with a process limit")
 def test_a_real_thread_limit(tmp_path: pathlib.Path) -> None:
     """The prober's case with a real limit: RLIMIT_NPROC of a user (root ignores its own),
-    reached, so the pool cannot start its second thread for the batch's second op."""
+    reached, so the pool cannot start its second thread for the batch's second op.  The
+    error names the limit reached and the fix (core/probe/threadlimits.py)."""
+    if os.geteuid() != 0:
+        skip_without("root, to run the child as a user with a process limit")
     path = tmp_path / "f"
     path.write_bytes(b"\0" * (9 * BLOCK))
     proc = subprocess.run(
@@ -207,6 +209,7 @@ def test_a_real_thread_limit(tmp_path: pathlib.Path) -> None:
     out = json.loads(proc.stdout)
     assert out["raised"] == "SubmissionError", out
     assert out["errno"] == errno.EAGAIN
+    assert "this process is at its thread limit (RLIMIT_NPROC" in out["message"], out["message"]
     # (the first op may have gone to the pool's idle thread before the batch was given up)
     ran = [i for i, res in enumerate(out["results"]) if res == BLOCK]
     assert all(res in (BLOCK, -errno.ECANCELED) for res in out["results"]), out
