@@ -188,14 +188,11 @@ def rings_charged_to_memlock() -> bool | None:
 
 def _threads_in_process() -> int:
     """The kernel's thread count for this process (io_uring workers included), 0 if unknown."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    from uringstack.probe.kernel import read_process_status
+
+    # (the status reader shared with the seccomp and thread-limit checks: no file of its own,
+    # and no codec lookup, which at a thread limit, under another user, could fail)
+    return read_process_status().threads or 0
 
 
 def _charged_in_process() -> bool | None:
