@@ -1126,62 +1126,85 @@ int us_probe_opcodes(struct io_uring *ring, uint8_t *supported) {
     return n;
 }
 
-int us_probe_syscalls_in_child(struct us_child_probe *out) {
-    struct us_child_probe *shared;
+/* Run *body* on a page shared with a forked child, then _exit there, and wait for
+ * the child.  The child of a possibly threaded process: *body* makes raw syscalls
+ * only (no malloc, no stdio, no Python).  Not dumpable: a SIGSYS kill must not
+ * leave a core file.  The page (returned in *page, zeroed first; the caller
+ * unmaps it with us_child_done) keeps what the child did before a kill, or an
+ * auto-reap under SIGCHLD=SIG_IGN where waitpid has no status.  Returns the
+ * waitpid result (the child's pid when its *status is known), or -errno when
+ * the page or the fork could not be had (then nothing is left to unmap). */
+static pid_t us_run_in_child(void (*body)(void *), size_t size, void **page, int *status) {
+    void *shared;
     pid_t pid, w;
-    int status = 0;
-    memset(out, 0, sizeof *out);
-    /* shared with the child, so what it did before a kill (or an auto-reap under
-     * SIGCHLD=SIG_IGN, where waitpid has no status) is still known */
-    shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    *status = 0;
+    *page = NULL;
+    shared = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED)
         return -errno;
-    memset(shared, 0, sizeof *shared);
+    memset(shared, 0, size);
     pid = fork();
     if (pid < 0) {
         int err = errno;
-        munmap(shared, sizeof *shared);
+        munmap(shared, size);
         return -err;
     }
     if (pid == 0) {
-        /* The child of a possibly threaded process: raw syscalls only, then _exit
-         * (no malloc, no stdio, no Python).  Not dumpable: a SIGSYS kill must not
-         * leave a core file. */
-        struct io_uring_params p;
-        union {
-            struct io_uring_probe probe;
-            char bytes[sizeof(struct io_uring_probe) + US_PROBE_OPS * sizeof(struct io_uring_probe_op)];
-        } buf;
-        long fd, r;
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-        memset(&p, 0, sizeof p);
-        memset(&buf, 0, sizeof buf);
-        shared->stage = 1;
-        fd = syscall(__NR_io_uring_setup, 1, &p);
-        if (fd < 0) {
-            shared->setup_err = errno;
-            shared->done = 1;
-            _exit(0);
-        }
-        shared->stage = 2;
-        r = syscall(__NR_io_uring_enter, (int)fd, 0, 0, 0, NULL, 0);
-        if (r < 0)
-            shared->enter_err = errno;
-        shared->stage = 3;
-        r = syscall(__NR_io_uring_register, (int)fd, IORING_REGISTER_PROBE, &buf, US_PROBE_OPS);
-        if (r < 0)
-            shared->register_err = errno;
-        close((int)fd);
-        shared->done = 1;
+        body(shared);
         _exit(0);
     }
     do {
-        w = waitpid(pid, &status, 0);
+        w = waitpid(pid, status, 0);
     } while (w < 0 && errno == EINTR);
-    *out = *shared;
-    out->waited = w == pid;
-    out->term_signal = (w == pid && WIFSIGNALED(status)) ? WTERMSIG(status) : 0;
-    munmap(shared, sizeof *shared);
+    *page = shared;
+    return w;
+}
+
+static void us_child_done(void *page, size_t size) {
+    munmap(page, size);
+}
+
+static void us_child_syscalls(void *page) {
+    struct us_child_probe *shared = page;
+    struct io_uring_params p;
+    union {
+        struct io_uring_probe probe;
+        char bytes[sizeof(struct io_uring_probe) + US_PROBE_OPS * sizeof(struct io_uring_probe_op)];
+    } buf;
+    long fd, r;
+    memset(&p, 0, sizeof p);
+    memset(&buf, 0, sizeof buf);
+    shared->stage = 1;
+    fd = syscall(__NR_io_uring_setup, 1, &p);
+    if (fd < 0) {
+        shared->setup_err = errno;
+        shared->done = 1;
+        return;
+    }
+    shared->stage = 2;
+    r = syscall(__NR_io_uring_enter, (int)fd, 0, 0, 0, NULL, 0);
+    if (r < 0)
+        shared->enter_err = errno;
+    shared->stage = 3;
+    r = syscall(__NR_io_uring_register, (int)fd, IORING_REGISTER_PROBE, &buf, US_PROBE_OPS);
+    if (r < 0)
+        shared->register_err = errno;
+    close((int)fd);
+    shared->done = 1;
+}
+
+int us_probe_syscalls_in_child(struct us_child_probe *out) {
+    void *page;
+    int status;
+    pid_t w = us_run_in_child(us_child_syscalls, sizeof *out, &page, &status);
+    memset(out, 0, sizeof *out);
+    if (w < 0 && page == NULL)
+        return (int)w;
+    *out = *(struct us_child_probe *)page;
+    out->waited = w > 0;
+    out->term_signal = (w > 0 && WIFSIGNALED(status)) ? WTERMSIG(status) : 0;
+    us_child_done(page, sizeof *out);
     return 0;
 }
 
@@ -1197,48 +1220,36 @@ struct us_memlock_answer {
     int setup_err;
 };
 
+static void us_child_memlock(void *page) {
+    struct us_memlock_answer *shared = page;
+    struct io_uring_params p;
+    struct rlimit lim;
+    long fd;
+    if (getrlimit(RLIMIT_MEMLOCK, &lim) != 0)
+        return;
+    lim.rlim_cur = 0;
+    if (setrlimit(RLIMIT_MEMLOCK, &lim) != 0)
+        return;
+    memset(&p, 0, sizeof p);
+    fd = syscall(__NR_io_uring_setup, 4, &p);
+    shared->setup_err = fd < 0 ? errno : 0;
+    if (fd >= 0)
+        close((int)fd);
+    shared->done = 1;
+}
+
 int us_probe_memlock_charged_in_child(void) {
-    struct us_memlock_answer *shared;
-    pid_t pid, w;
-    int status = 0, answer;
-    shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (shared == MAP_FAILED)
-        return -errno;
-    memset(shared, 0, sizeof *shared);
-    pid = fork();
-    if (pid < 0) {
-        int err = errno;
-        munmap(shared, sizeof *shared);
-        return -err;
-    }
-    if (pid == 0) {
-        /* raw syscalls only, then _exit: the parent may be threaded */
-        struct io_uring_params p;
-        struct rlimit lim;
-        long fd;
-        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-        if (getrlimit(RLIMIT_MEMLOCK, &lim) == 0) {
-            lim.rlim_cur = 0;
-            if (setrlimit(RLIMIT_MEMLOCK, &lim) == 0) {
-                memset(&p, 0, sizeof p);
-                fd = syscall(__NR_io_uring_setup, 4, &p);
-                shared->setup_err = fd < 0 ? errno : 0;
-                if (fd >= 0)
-                    close((int)fd);
-                shared->done = 1;
-            }
-        }
-        _exit(0);
-    }
-    do {
-        w = waitpid(pid, &status, 0);
-    } while (w < 0 && errno == EINTR);
-    if (shared->done && shared->setup_err == ENOMEM)
-        answer = 1;
-    else if (shared->done && shared->setup_err == 0)
-        answer = 0;
-    else
-        answer = 2; /* not a negative errno: those mean the fork failed */
-    munmap(shared, sizeof *shared);
-    return answer;
+    struct us_memlock_answer answer;
+    void *page;
+    int status;
+    pid_t w = us_run_in_child(us_child_memlock, sizeof answer, &page, &status);
+    if (w < 0 && page == NULL)
+        return (int)w;
+    answer = *(struct us_memlock_answer *)page;
+    us_child_done(page, sizeof answer);
+    if (answer.done && answer.setup_err == ENOMEM)
+        return 1;
+    if (answer.done && answer.setup_err == 0)
+        return 0;
+    return 2; /* not a negative errno: those mean the fork failed */
 }
