@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,17 @@ def test_pages_match_the_measurement() -> None:
     assert {e: ring_memory_pages(e) for e in MEASURED_6_18} == MEASURED_6_18
     assert ring_memory_pages(256, SetupFlag.SQE128) == 11
     assert ring_memory_pages(256, SetupFlag.CQE32) == 9
+
+
+def _without_ipc_lock(script: str) -> dict[str, Any]:
+    """The JSON last printed by *script*, run without CAP_IPC_LOCK (ring memory then counts)."""
+    out = subprocess.run(
+        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
 
 
 CHILD = r"""
@@ -52,12 +64,7 @@ print(json.dumps(out))
 
 
 def test_a_ring_fits_exactly_the_pages_computed_where_ring_memory_is_charged() -> None:
-    out = subprocess.run(
-        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", sys.executable, "-c", CHILD],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _without_ipc_lock(CHILD)
     assert report["restored"], report  # the probe lowered the soft limit for one call only
     if not report["charged"]:
         skip_without("a kernel that charges ring memory to RLIMIT_MEMLOCK (the host's 6.18 does)")
@@ -103,12 +110,7 @@ print(json.dumps({"answers": sorted(set(map(str, answers))), "setrlimit_calls": 
 def test_the_memlock_probe_never_lowers_this_processs_limit() -> None:
     # rlimits belong to the process: lowered here even for one call, another thread's
     # ring made at that instant fails with ENOMEM.  The probe asks a forked child.
-    out = subprocess.run(
-        ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", sys.executable, "-c", RACE_CHILD],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _without_ipc_lock(RACE_CHILD)
     assert report["setrlimit_calls"] == 0, report
     assert report["failed"] == 0 and report["made"] > 0, report
     assert len(report["answers"]) == 1 and report["answers"][0] in ("True", "False"), report

@@ -17,7 +17,7 @@ import textwrap
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +28,17 @@ from uringstack.wal import Wal, segment
 from uringstack.wal.faults import WrappedFileIO
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run_script(script: str, wal_dir: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """*script* in a fresh interpreter with ResourceWarnings shown; it must exit 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", "-c", script, str(wal_dir)],
+        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 @pytest.fixture(autouse=True)
@@ -155,28 +166,39 @@ def test_dropped_wal_is_closed_and_its_records_kept(
     assert unraisable == []
 
 
-class _CollectOnWrite:
-    """A ``wrap_io`` whose armed write runs the cyclic GC on the writing thread, first."""
+class _BeforeWrite:
+    """A ``wrap_io`` that calls *hook* on the writing thread before each durable write."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.hook = hook
+
+    def __call__(self, io: FileIO) -> FileIO:
+        return _HookedIO(io, self.hook)
+
+
+class _HookedIO(WrappedFileIO):
+    def __init__(self, inner: FileIO, hook: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.hook = hook
+
+    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
+        self.hook()
+        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
+
+
+class _CollectOnWrite(_BeforeWrite):
+    """Runs the cyclic GC on the writing thread before the write after :attr:`armed` is set."""
 
     def __init__(self) -> None:
+        super().__init__(self._collect)
         self.armed = False
         self.collected_on: list[str] = []
 
-    def __call__(self, io: FileIO) -> FileIO:
-        return _CollectingIO(io, self)
-
-
-class _CollectingIO(WrappedFileIO):
-    def __init__(self, inner: FileIO, owner: _CollectOnWrite) -> None:
-        super().__init__(inner)
-        self.owner = owner
-
-    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
-        if self.owner.armed:
-            self.owner.armed = False
+    def _collect(self) -> None:
+        if self.armed:
+            self.armed = False
             gc.collect()
-            self.owner.collected_on.append(threading.current_thread().name)
-        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
+            self.collected_on.append(threading.current_thread().name)
 
 
 @pytest.fixture
@@ -250,12 +272,7 @@ def test_open_wal_is_closed_at_exit(wal_dir: pathlib.Path) -> None:
         asyncio.run(main())
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-W", "default::ResourceWarning", "-c", script, str(wal_dir)],
-        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_script(script, wal_dir)
     with Wal.open(wal_dir, backend="fallback") as again:
         assert [p for _, p in again.read_from()] == [b"acked", b"queued 0", b"queued 1", b"queued 2"]
     assert "ResourceWarning: unclosed Wal" in proc.stderr and "closed at exit" in proc.stderr
@@ -297,37 +314,23 @@ def test_fork_child_exit_leaves_parent_wal_alone(wal_dir: pathlib.Path) -> None:
         wal.close()
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-W", "default::ResourceWarning", "-c", script, str(wal_dir)],
-        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_script(script, wal_dir)
     assert "unclosed Wal" not in proc.stderr
     with Wal.open(wal_dir, backend="fallback") as again:
         assert [p for _, p in again.read_from()] == [b"before fork", b"after the child exited"]
 
 
-class _HeldWrite:
-    """A ``wrap_io`` whose writes wait for :attr:`release` (a device that stopped answering)."""
+class _HeldWrite(_BeforeWrite):
+    """Writes wait for :attr:`release` (a device that stopped answering)."""
 
     def __init__(self) -> None:
+        super().__init__(self._hold)
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, io: FileIO) -> FileIO:
-        return _HeldIO(io, self)
-
-
-class _HeldIO(WrappedFileIO):
-    def __init__(self, inner: FileIO, owner: _HeldWrite) -> None:
-        super().__init__(inner)
-        self.owner = owner
-
-    def start_write_durable(self, offset: int, buffer: Any, sync: SyncMethod, *, wait: bool = False) -> Pending:
-        self.owner.entered.set()
-        assert self.owner.release.wait(20), "the test never released the write"
-        return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
+    def _hold(self) -> None:
+        self.entered.set()
+        assert self.release.wait(20), "the test never released the write"
 
 
 @pytest.mark.timeout(60)
