@@ -198,6 +198,12 @@ def thread_start_hint(*, proc: Path = PROC, cgroup_root: Path = CGROUP_ROOT, npr
     )
 
 
+def refused_thread(exc: BaseException) -> bool:
+    """Is *exc* CPython's refusal to start a thread (``RuntimeError: can't start new thread``,
+    from ``Thread.start`` or ``_thread.start_new_thread``)?"""
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+
+
 def start_thread(thread: threading.Thread) -> None:
     """``thread.start()``; a refusal (``can't start new thread``) raises
     :class:`~uringstack.errors.ThreadStartError` (a ``RuntimeError``) naming the thread, the
@@ -206,7 +212,7 @@ def start_thread(thread: threading.Thread) -> None:
     try:
         thread.start()
     except RuntimeError as exc:
-        if "can't start new thread" not in str(exc):
+        if not refused_thread(exc):
             raise
         raise ThreadStartError(f"can't start new thread {thread.name!r}: {thread_start_hint()}") from exc
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import RingClosedError, SubmissionError
 from uringstack.plugins.fallback.pool import Latch, ThreadPool
+from uringstack.probe.threadlimits import refused_thread, thread_start_hint
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
 from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, release_pins
@@ -430,9 +431,7 @@ class FallbackFileIO:
             f"{len(ran)} op(s) ran before it ({', '.join(map(str, ran)) or 'none'}), "
             "the others never run; see results"
         )
-        if "can't start new thread" in str(exc):
-            from uringstack.probe.threadlimits import thread_start_hint
-
+        if refused_thread(exc):
             detail += f"; {thread_start_hint()}"  # (the thread limit reached, if any, and the fix)
         error = SubmissionError(err, op, self.path, detail)
         error.results = tuple(batch.results(cancelled=True))
