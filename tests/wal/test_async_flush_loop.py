@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.wal.test_batching import GatedBackend, _from_wal
+from tests.wal.test_batching import GatedBackend, _count_wal_posts
 from uringstack.wal import Wal, WalConfig, WalFailedError
 
 LOOP = WalConfig(async_flush="loop")
@@ -48,16 +48,7 @@ def test_the_loop_resolves_its_own_flush_without_a_thread_wake_up(wal_dir: pathl
     with Wal.open(wal_dir, LOOP, backend="fallback") as wal:
 
         async def main() -> tuple[list[int], int]:
-            loop = asyncio.get_running_loop()
-            posted: list[Any] = []
-            real = loop.call_soon_threadsafe
-
-            def counting(cb: Any, *args: Any, **kw: Any) -> Any:
-                if _from_wal(cb):
-                    posted.append(cb)
-                return real(cb, *args, **kw)
-
-            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            posted = _count_wal_posts(asyncio.get_running_loop())
             return await _appenders(wal, 8, 10), len(posted)
 
         lsns, posted = asyncio.run(main())

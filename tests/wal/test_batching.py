@@ -70,6 +70,21 @@ def _from_wal(callback: Any) -> bool:
     return str(getattr(callback, "__module__", "")).startswith("uringstack.wal")
 
 
+def _count_wal_posts(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """Record the callbacks the WAL posts to *loop* with ``call_soon_threadsafe`` (its
+    acknowledgements; run_in_executor's own posts are left out)."""
+    posted: list[Any] = []
+    real = loop.call_soon_threadsafe
+
+    def counting(cb: Any, *args: Any, **kw: Any) -> Any:
+        if _from_wal(cb):
+            posted.append(cb)
+        return real(cb, *args, **kw)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    return posted
+
+
 def _queued(wal: Wal) -> int:
     return wal.next_lsn - 1 - wal.durable_lsn
 
@@ -192,15 +207,7 @@ def test_asyncio_one_call_soon_threadsafe_per_batch(wal_dir: pathlib.Path) -> No
 
         async def main() -> list[int]:
             loop = asyncio.get_running_loop()
-            calls: list[Any] = []
-            real = loop.call_soon_threadsafe
-
-            def counting(cb: Any, *args: Any, **kw: Any) -> Any:
-                if _from_wal(cb):
-                    calls.append(cb)
-                return real(cb, *args, **kw)
-
-            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            calls = _count_wal_posts(loop)
             first = wal.append_async(b"first")
             await loop.run_in_executor(None, be.entered.wait, 10)
             rest = [wal.append_async(b"a%d" % i) for i in range(100)]
