@@ -268,6 +268,7 @@ def tune(
     Raises :class:`TuneError` for a bad target or budget before measuring anything.
     """
     from uringstack.config import load_config
+    from uringstack.plan import fit_uring_to_memlock
     from uringstack.plan.tuning import storage_backend
     from uringstack.probe import probe
     from uringstack.probe.tune_cache import write_entry
@@ -288,7 +289,10 @@ def tune(
             RuntimeWarning,
             stacklevel=2,
         )
-    caps = probe(plugin_manager=loaded.plugin_manager)
+    # the stacks measured are fitted to RLIMIT_MEMLOCK (open_stack): where the storage rings
+    # do not fit, they run on the fallback, and the records must say so (until session 34
+    # they were filed as io_uring's, and plans on the fallback then ignored them)
+    caps = fit_uring_to_memlock(probe(plugin_manager=loaded.plugin_manager), loaded.config)
     out: list[tuple[TuneRecord, str]] = []
     for i, given in enumerate(targets):
         device = caps.device_for_path(_block_node(given, caps))

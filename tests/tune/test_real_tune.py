@@ -188,3 +188,35 @@ def test_json_output_is_the_document(tmp_path: pathlib.Path, xdg: pathlib.Path) 
     raw = json.loads(result.stdout)
     assert raw["schema"] == "uringstack.tune/1" and raw["format_version"] == 1
     assert not cache_dir().exists()
+
+
+TUNE_UNDER_LIMIT = r"""
+import json, sys
+from uringstack.probe import probe
+from uringstack.tune.runner import tune
+[(record, _)] = tune([sys.argv[1]], 3.0, write_cache=False)
+print(json.dumps({"charged": probe().memlock.rings_charged, "backend": record.backend,
+                  "settings": sorted({k for m in record.measurements for k in m.settings})}))
+"""
+
+
+def test_tune_under_a_memlock_limit_too_small_for_rings_files_the_fallback(tmp_path: pathlib.Path) -> None:
+    # 8 KiB without CAP_IPC_LOCK: on a kernel charging ring memory not even the smallest storage
+    # ring fits, so every stack measured runs on the fallback; until session 34 the record
+    # said "uring" (and io_uring-only choices such as SQPOLL were "measured" on the fallback)
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    out = subprocess.run(
+        ["prlimit", "--memlock=8192:8192", "--", "setpriv", "--bounding-set", "-ipc_lock", "--inh-caps",
+         "-ipc_lock", "--", sys.executable, "-c", TUNE_UNDER_LIMIT, str(data)],
+        capture_output=True, text=True, timeout=80, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if not report["charged"]:
+        from tests.requires import skip_without
+
+        skip_without("a kernel that charges ring memory to RLIMIT_MEMLOCK (the host's 6.18 does)")
+    assert report["backend"] == "fallback", report
+    assert "sqpoll" not in report["settings"] and "fixedbuf" not in report["settings"], report
