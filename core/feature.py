@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast, get_args
 from pydantic import BaseModel
 
 from uringstack.hookspecs import hookimpl
+from uringstack.ring.params import MEMLOCK_HINT
 from uringstack.types import FeatureMode, FeatureVerdict
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ class Feature(Generic[ConfigT]):
     ``decide(caps, config)`` returns a :class:`Decision` (or ``(enabled,
     reason)``); it must not do I/O (``uringstack plan`` is a dry run).
     ``ring_roles`` are the extra rings per core the feature needs when
-    enabled (``FeatureVerdict.ring_roles``).  The model must have a ``mode``
+    enabled (``FeatureVerdict.ring_roles``); where the plan finds no room for
+    them under RLIMIT_MEMLOCK (``caps.memlock.no_room_for`` names the
+    feature) the decision is "disabled" with that reason.  The model must have a ``mode``
     field (``auto``/``on``/``off``): the verdict reports it.
     """
 
@@ -84,6 +87,11 @@ class Feature(Generic[ConfigT]):
             return last[2]
         with self._lock:
             decision = Decision(*self._decide(caps, config))
+            no_room = caps.memlock.no_room_for.get(self.name) if self.ring_roles else None
+            if no_room is not None and decision.enabled:
+                # the plan found no room for this feature's rings (plan.fit_extra_rings_to_memlock):
+                # every hook that asks (ring_params, select_backend) must see it off
+                decision = Decision(False, no_room, MEMLOCK_HINT)
             # Holding the pair keeps their ids from being reused by other objects.
             self._last = (caps, config, decision)
         return decision

@@ -97,6 +97,15 @@ def uringstack_check_support(caps: Capabilities, config: StackConfig) -> Feature
     the plugin's completion hook).  :class:`uringstack.feature.Feature`
     computes the decision once and hands it to the plugin's later hooks.
 
+    A verdict with ``ring_roles`` asks for extra rings per worker.  Where the
+    kernel charges ring memory to RLIMIT_MEMLOCK and they do not fit beside
+    the storage rings even at 8 entries, the core names a feature in ``auto``
+    in ``caps.memlock.no_room_for`` (with the reason) and asks again: its
+    verdict must then be "disabled" with that reason, and its
+    ``uringstack_select_backend`` must not pick a ring that was not built.
+    :class:`~uringstack.feature.Feature` does both; a plugin without it reads
+    ``caps.memlock.no_room_for`` itself.
+
     Thread: the caller of ``make_plan`` (``open_stack``, ``uringstack plan``,
     ``uringstack probe``).
     """

@@ -75,11 +75,12 @@ def verdicts(
         checks = [FeatureCheck("io_uring", False, uring.reason)]
     if plugin_manager is None or config is None:
         return checks
-    from uringstack.plan.tuning import attach_tuning
+    from uringstack.plan import plan_caps
 
-    # (the measurements of `uringstack tune` decide `auto`, as in the plan: without them
-    # the probe said "no measurement" where the plan followed one)
-    caps = attach_tuning(caps, config)
+    # the report the plan is made from: the measurements of `uringstack tune` decide `auto`
+    # (without them the probe said "no measurement" where the plan followed one), and a
+    # feature whose rings do not fit RLIMIT_MEMLOCK is off, as in the plan
+    caps = plan_caps(caps, config, plugin_manager)
     for v in plugin_manager.check_support(caps=caps, config=config):
         if v is None:
             continue

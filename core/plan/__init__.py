@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from uringstack.plan.ringmem import charged_limit_pages, params_pages, shrink_to_fit, without_room_for_rings
+from uringstack.plan.ringmem import (
+    charged_limit_pages,
+    no_room_reason,
+    params_pages,
+    shrink_to_fit,
+    smallest_pages,
+    without_room_for_rings,
+)
 from uringstack.plan.tuning import attach_tuning, measured_cores, plan_notes, storage_backend
 from uringstack.ring.params import RingParams
 from uringstack.types import FeatureVerdict, PlanError, Target, TargetKind
@@ -168,6 +175,57 @@ def fit_uring_to_memlock(caps: Capabilities, config: StackConfig) -> Capabilitie
     return without_room_for_rings(caps, config, len(worker_cpus(caps, config)))
 
 
+def plan_caps(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Capabilities:
+    """The report a plan is made from: *caps* fitted to RLIMIT_MEMLOCK
+    (:func:`fit_uring_to_memlock`, then :func:`fit_extra_rings_to_memlock`) with the tune
+    measurements of the backend that leaves (``attach_tuning``).  ``make_plan``,
+    ``open_stack`` and ``uringstack probe``'s verdict lines all start from it, so the
+    verdicts a plan prints are the ones its stack's opens act on.  Running it again on
+    its own answer changes nothing."""
+    caps = fit_uring_to_memlock(caps, config)
+    caps = attach_tuning(caps, config)
+    return fit_extra_rings_to_memlock(caps, config, pm)
+
+
+def fit_extra_rings_to_memlock(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Capabilities:
+    """*caps* with each feature in ``auto`` whose extra rings would not fit a charged
+    RLIMIT_MEMLOCK, even at the smallest ring size, beside the storage rings and the
+    features before it, named in ``caps.memlock.no_room_for`` (their verdicts honour it).
+
+    Features configured ``on`` keep their rings (a requirement: the plan then fails naming
+    the pages, as before); those in ``auto`` are kept in the plugins' order while they fit.
+    Until session 34 a plan in ``auto`` raised PlanError here instead: under a container's
+    64 KiB limit on a 6.18 host with a polling NVMe disk, 3 workers' storage rings fitted and
+    their IOPOLL and passthrough rings did not, so nothing could be opened at all.
+    """
+    given = caps
+    if caps.memlock.no_room_for:  # decided afresh for this config (a report of another plan's)
+        caps = caps.model_copy(update={"memlock": caps.memlock.model_copy(update={"no_room_for": {}})})
+    limit = charged_limit_pages(caps)
+    cpus = worker_cpus(caps, config)
+    if limit is None or storage_backend(caps, config) != "uring" or not cpus:
+        return caps
+
+    def pages(role: str) -> int:
+        params = RingParams(entries=config.core.ring_entries, role=role, core=cpus[0])
+        _core_ring_decisions(params, caps, config)
+        pm.ring_params(params=params, caps=caps, config=config)
+        return len(cpus) * smallest_pages(params)
+
+    extras = [v for v in pm.check_support(caps=caps, config=config) if v is not None and v.enabled and v.ring_roles]
+    used = pages("storage")
+    room: dict[str, str] = {}
+    for v in sorted(extras, key=lambda v: v.mode != "on"):  # (stable: the plugins' order within each)
+        need = sum(pages(role) for role in v.ring_roles)
+        if v.mode == "on" or used + need <= limit:
+            used += need
+        else:
+            room[v.plugin] = no_room_reason(caps, len(cpus), used, need, v.ring_roles)
+    if room == given.memlock.no_room_for:
+        return given
+    return caps.model_copy(update={"memlock": caps.memlock.model_copy(update={"no_room_for": room})})
+
+
 def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> Plan:
     """Ask the plugins and build the plan (no ring is created).
 
@@ -180,9 +238,8 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     already carries them (``caps.tuning``; see docs/tune.md); a plan never
     measures (``core.tune = "on-start"`` calibrates in ``open_stack``).
     """
-    caps = fit_uring_to_memlock(caps, config)
+    caps = plan_caps(caps, config, pm)
     require_uring(caps, config)
-    caps = attach_tuning(caps, config)
     verdicts = [v for v in pm.check_support(caps=caps, config=config) if v is not None]
     impossible = [v for v in verdicts if v.mode == "on" and not v.enabled]
     if impossible:

@@ -10,16 +10,17 @@ and the second failed with ENOMEM, with nothing falling back.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
-from uringstack.ring.params import MIN_ENTRIES, RingParams, ring_memory_pages
+from uringstack.ring.params import MEMLOCK_HINT, MIN_ENTRIES, RingParams, ring_memory_pages
 
 if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.probe.model import Capabilities
 
 PAGE = 4096
-HINT = "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`) or grant CAP_IPC_LOCK"
+HINT = MEMLOCK_HINT
 
 
 def charged_limit_pages(caps: Capabilities) -> int | None:
@@ -70,10 +71,7 @@ def shrink_to_fit(rings: list[RingParams], caps: Capabilities) -> str:
     total = before
     while total > limit and any(p.entries > MIN_ENTRIES for p in rings):
         for p in rings:
-            if p.entries > MIN_ENTRIES:
-                p.entries //= 2
-                if p.cq_entries is not None:
-                    p.cq_entries = max(p.cq_entries // 2, p.entries)
+            _halve(p)
         total = sum(params_pages(p) for p in rings)
     now = sorted({p.entries for p in rings})
     why = (
@@ -83,3 +81,32 @@ def shrink_to_fit(rings: list[RingParams], caps: Capabilities) -> str:
     for p in rings:
         p.reasons.append(f"core: entries shrunk to {p.entries}: {why}")
     return f"core: rings shrunk to {'/'.join(map(str, now))} entries ({total} pages): {why}; {HINT}"
+
+
+def _halve(params: RingParams) -> None:
+    """One step of :func:`shrink_to_fit` for one ring (none below :data:`MIN_ENTRIES`)."""
+    if params.entries > MIN_ENTRIES:
+        params.entries //= 2
+        if params.cq_entries is not None:
+            params.cq_entries = max(params.cq_entries // 2, params.entries)
+
+
+def smallest_pages(params: RingParams) -> int:
+    """What the ring *params* describe is charged once :func:`shrink_to_fit` has made it as
+    small as it makes any ring (*params* is left as it is)."""
+    small = copy.deepcopy(params)
+    while small.entries > MIN_ENTRIES:
+        _halve(small)
+    return params_pages(small)
+
+
+def no_room_reason(caps: Capabilities, workers: int, storage: int, need: int, roles: tuple[str, ...]) -> str:
+    """Why a feature's extra rings (*roles*, *need* pages for *workers* workers) are left out:
+    the storage rings take *storage* of the charged limit's pages."""
+    limit = charged_limit_pages(caps)
+    return (
+        f"no room for its {'/'.join(roles)} ring(s) under RLIMIT_MEMLOCK: the limit is "
+        f"{caps.memlock.soft_bytes} bytes ({limit} pages), this kernel charges ring memory to it "
+        f"(no CAP_IPC_LOCK), the rings already planned for {workers} worker(s) take {storage} and "
+        f"its own would need {need} more even at {MIN_ENTRIES} entries"
+    )

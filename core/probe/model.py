@@ -66,6 +66,11 @@ class MemlockInfo(BaseModel):
     process: a 4-entry ring made under a soft limit of 0 failed with ENOMEM (6.18 does; 6.1
     does not).  ``None``: not measured (CAP_IPC_LOCK exempts the process, an unlimited limit,
     or io_uring unusable)."""
+    no_room_for: dict[str, str] = Field(default_factory=dict)
+    """Set by the plan, not measured: features in ``auto`` whose extra rings (``ring_roles``)
+    do not fit the charged limit beside the storage rings, each with the reason.  Their
+    verdict is "disabled" (:class:`uringstack.feature.Feature` honours it), so ``auto``
+    builds the stack without them instead of failing (``uringstack.plan.fit_extra_rings_to_memlock``)."""
 
     def allows(self, nbytes: int) -> bool:
         return self.soft_bytes < 0 or nbytes <= self.soft_bytes

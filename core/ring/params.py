@@ -206,6 +206,7 @@ class CreatedRing:
 # deferred teardown ran (the probe creates and closes several), so ENOMEM is
 # first retried after short pauses, then the ring is shrunk.
 _ENOMEM_PAUSES_S = (0.005, 0.02, 0.05, 0.1, 0.2)
+MEMLOCK_HINT = "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`) or grant CAP_IPC_LOCK"
 MIN_ENTRIES = 8  # the smallest ring worth making: a batch of a few ops and their completions
 
 

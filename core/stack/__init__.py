@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from uringstack.errors import RingClosedError
-from uringstack.plan import Plan, fit_uring_to_memlock, make_plan, select_backend
+from uringstack.plan import Plan, make_plan, plan_caps, select_backend
 from uringstack.plan.tuning import attach_tuning
 from uringstack.probe.threadlimits import start_thread
 from uringstack.ring import Ring, aio, forking
@@ -513,7 +513,8 @@ def open_stack(
 
     # looked up here (not only in make_plan) so the stack's caps carry the same measurements
     caps = attach_tuning(caps, cfg, calibrate_on_start)
-    # where the rings cannot fit RLIMIT_MEMLOCK the stack, like its plan, has no io_uring
-    caps = fit_uring_to_memlock(caps, cfg)
+    # the report the plan is made from (rings fitted to RLIMIT_MEMLOCK): the stack's opens
+    # must act on the verdicts its plan printed
+    caps = plan_caps(caps, cfg, pm)
     plan = make_plan(caps, cfg, pm)
     return Stack(plan, caps, cfg, pm)
