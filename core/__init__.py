@@ -34,6 +34,7 @@ _EXPORTS = {
     "load_config": "uringstack.config",
     "make_plan": "uringstack.plan",
     "UringIOError": "uringstack.errors",
+    "CancelTimeoutError": "uringstack.errors",
     "ShortIOError": "uringstack.errors",
     "AlignmentError": "uringstack.errors",
     "RingClosedError": "uringstack.errors",
@@ -47,6 +48,7 @@ _EXPORTS = {
 
 __all__ = [
     "AlignmentError",
+    "CancelTimeoutError",
     "DeviceInUseError",
     "FileHandle",
     "FileIO",
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from uringstack.config import load_config
     from uringstack.errors import (
         AlignmentError,
+        CancelTimeoutError,
         DeviceInUseError,
         ForkedChildError,
         NamespaceInUseError,

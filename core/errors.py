@@ -57,6 +57,15 @@ class SubmissionError(UringIOError):
     results: tuple[int, ...] = ()
 
 
+class CancelTimeoutError(UringIOError):
+    """A cancelled asyncio op that uses the caller's buffer did not complete within the
+    stack's ``core.close_timeout_s`` (a hung device, a lost completion): raised instead of
+    ``CancelledError`` (``errno.ETIMEDOUT``).  The kernel (or a pool thread) may still read
+    or write that buffer: do not reuse it.  The op stays in flight and owns the buffer
+    until it completes (for the life of the process if its ring is closed first), and the
+    handle's ``close()`` still waits for it (docs/api.md, asyncio, "Cancelling an await")."""
+
+
 class ShortIOError(UringIOError):
     """A read or write moved fewer bytes than asked and the rest could not be completed."""
 

@@ -50,6 +50,11 @@ _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 _ORPHANED: list[Batch] = []
 
 
+def orphaned_batches() -> list[Batch]:
+    """A snapshot of the batches closed rings gave up on (kept for the life of the process)."""
+    return list(_ORPHANED)
+
+
 def _eventfd_register_quiesces(release: str) -> bool:
     """True for kernels whose ``IORING_REGISTER_EVENTFD`` waits until nothing is in flight.
 
@@ -1030,6 +1035,35 @@ class Ring:
             batch._results = result
             batch.slot = slot
             self._inflight[slot] = batch
+
+    def cancel_ops(self, batch: Batch, ops: Sequence[int] | None = None) -> None:
+        """Ask the kernel to cancel ops of *batch* still in flight (*ops*: their indexes in
+        the batch; None: all of them), one ``IORING_OP_ASYNC_CANCEL`` per op by its
+        user_data, as :meth:`close` does on kernels before 5.19.
+
+        Best effort and without waiting: each op still completes as usual, with
+        ``-ECANCELED`` where the kernel cancelled it, else with its own result (an op
+        already running on the device cannot be cancelled); only its completion says
+        the kernel is done with its memory.  Does nothing for a finished batch, a
+        closed or inherited ring, an IOPOLL ring (its ops are the device's, completed
+        by polling), or from a thread other than a SINGLE_ISSUER ring's owner."""
+        if batch.finished or self.polled or self._fork_gen != forking._generation:
+            return
+        if self._single_issuer and threading.get_ident() != self._owner:
+            return
+        with self._lock:
+            slot = batch.slot
+            if self._closed or self._inflight.get(slot) is not batch:
+                return
+            each = [(slot << 32) | i for i in (range(batch.n) if ops is None else ops)]
+            if each:
+                lib.us_cancel_each(self._ring, self._state, ffi.new("uint64_t[]", each), len(each))
+            self._collect_done()
+
+    def batches_in_flight(self) -> list[Batch]:
+        """The batches submitted and not yet reaped, as a snapshot (no lock: one C step
+        under the GIL; a batch may finish or another start right after)."""
+        return list(self._inflight.values())
 
     def batch_holding(self, keep: object) -> Batch | None:
         """The batch in flight that holds *keep* (``None``: none does).

@@ -43,6 +43,9 @@ class CompletedPending:
         await asyncio.sleep(0)
         return self._results
 
+    def cancel(self) -> None:
+        """Nothing to cancel: the batch is over."""
+
 
 class UringPending:
     """A batch in flight on a ring."""
@@ -67,6 +70,12 @@ class UringPending:
 
     async def wait_async(self) -> list[int]:
         return await aio.wait_batch(self.ring, self.batch)
+
+    def cancel(self) -> None:
+        """Ask the kernel to cancel the batch's ops still in flight, without waiting
+        (:meth:`~uringstack.ring.Ring.cancel_ops`): each still completes, with
+        ``-ECANCELED`` or its own result, and only then is its buffer free."""
+        self.ring.cancel_ops(self.batch)
 
 
 class PolledPending(UringPending):
