@@ -40,14 +40,16 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
-from uringstack.errors import RingClosedError, SubmissionError
-from uringstack.ring import SUBMITTED, RingBusyError, aio
+from uringstack.errors import CancelTimeoutError, RingClosedError, SubmissionError
+from uringstack.ring import SUBMITTED, RingBusyError, aio, orphaned_batches
 from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.inflight import submitted_since
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
+from uringstack.ring.pending import UringPending
+from uringstack.ring.settle import settle
 from uringstack.ring.wakeups import makes_plain_futures, resolve
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ _alloc_raw = ffi.new_allocator(should_clear_after_alloc=False)
 _FIXED_FILE = int(SqeFlag.FIXED_FILE)
 _POINTER_SIZE = ffi.sizeof("char *")
 _DELIVERED = object()
+_FLUSH_TAG = object()  # the first item of a flush's batch's tag: (_FLUSH_TAG, futures, starts)
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
 _READ_FIXED = int(Op.READ_FIXED)
@@ -280,6 +283,37 @@ class Coalescer:
             self._scheduled = True
             self.loop.call_soon(self.flush)
         return fut
+
+    async def settle(self, fut: asyncio.Future[Any], timeout: float, op: str, path: str | None) -> None:
+        """*fut*'s await was cancelled (on the loop thread): return once the kernel is done with
+        its request's buffers (docs/api.md, asyncio, "Cancelling an await").
+
+        Still queued (not flushed yet), it is never submitted (the flush drops a done
+        future's op): nothing to wait for; likewise once its batch was reaped.  In a batch
+        in flight, its ops (and only its: the batch's other requests are other awaits')
+        are cancelled in the kernel (:meth:`~uringstack.ring.Ring.cancel_ops`), and the
+        batch's completion is awaited through further cancels, bounded by *timeout*
+        (:func:`~uringstack.ring.settle.settle`: :class:`~uringstack.errors.CancelTimeoutError`
+        past it).  On a closed ring, whose close waited for what was in flight, only an op
+        it gave up on (orphaned: its buffers kept for the life of the process) is left:
+        :class:`~uringstack.errors.CancelTimeoutError` at once.  The batch is found by
+        a scan of the ring's batches in flight for the flush holding *fut* (the batch's
+        tag): the cancelled path's cost, none on the others."""
+        ring = self.ring
+        if ring.closed:
+            if _flush_holding(orphaned_batches(), fut) is not None:
+                raise CancelTimeoutError(
+                    errno.ETIMEDOUT, op, path,
+                    "cancelled after its submission, and its ring was closed before it completed: the kernel "
+                    "may still use its buffer, kept for the life of the process; do not reuse it",
+                )  # fmt: skip
+            return
+        found = _flush_holding(ring.batches_in_flight(), fut)
+        if found is None:
+            return
+        batch, ops = found
+        ring.cancel_ops(batch, ops)
+        await settle(UringPending(ring, batch), timeout, op, path)
 
     def drop(self) -> None:
         """Forget queued ops (their loop closed before it flushed them: nobody awaits them)."""
@@ -876,6 +910,7 @@ class Coalescer:
                 despite_signals(self._completed, deliver)  # (safe to repeat)
                 raise
 
+        tag = (_FLUSH_TAG, futures, starts)
         hook = io.completion_hook  # one worker, one ring: the same hook for every handle
         # The stack's hook first, then on_done: two callbacks, each run on its own by the
         # ring, so a signal at the hook's entry still lets on_done resolve the awaits.
@@ -885,6 +920,7 @@ class Coalescer:
             # What a submitted batch needs for its completions to reach the awaits; safe to
             # repeat (despite_signals): every step sets what it sets, once.
             state[1] = pending.batch = batch
+            batch.tag = tag  # (how a cancelled await finds its ops: settle())
             if leases:
                 for lease in leases:
                     (lease.parent or lease).batch = batch
@@ -994,6 +1030,22 @@ def _fail_unsubmitted(futures: list[asyncio.Future[Any]], values: list[Any], err
         unsubmitted = value == cancelled if type(value) is int else type(value) is list and cancelled in value
         if unsubmitted and not fut.done():
             fut.set_exception(error)
+
+
+def _flush_holding(batches: list[Batch], fut: asyncio.Future[Any]) -> tuple[Batch, list[int]] | None:
+    """The flush's batch among *batches*, not finished, that holds *fut*'s request, and that
+    request's ops (their indexes in the batch); None when none holds it."""
+    for batch in batches:
+        tag = batch.tag
+        if type(tag) is not tuple or tag[0] is not _FLUSH_TAG or batch.finished:
+            continue
+        futures, starts = tag[1], tag[2]
+        for i, other in enumerate(futures):
+            if other is fut:
+                at = sum(-1 - start if start < -1 else 1 for start in starts[:i])
+                start = starts[i]
+                return batch, list(range(at, at + (-1 - start if start < -1 else 1)))
+    return None
 
 
 def _ops_of(what: Any) -> int:

@@ -40,6 +40,7 @@ from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod, check_awaitable_io
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending, Pending
+from uringstack.ring.settle import settle_pending
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 from uringstack.types import WorkerView
@@ -300,6 +301,11 @@ class FileHandle:
     def size(self) -> int:
         self._check()
         return self._io.size()
+
+    @property
+    def _settle_timeout(self) -> float:
+        """How long a cancelled await waits for its op (``core.close_timeout_s``)."""
+        return self._stack.close_timeout_s
 
     def _op_error(self, err: int, op: str, detail: str = "") -> UringIOError:
         """The error of this handle's op whose result was ``-err``.  An ECANCELED is the
@@ -787,7 +793,12 @@ class FileHandle:
 
     async def read_into_async(self, buf: Any, offset: int) -> int:
         """asyncio form of :meth:`read_into`: queued with the other single ops of this loop
-        iteration and submitted with them in one batch (see ``docs/api.md``, asyncio)."""
+        iteration and submitted with them in one batch (see ``docs/api.md``, asyncio).
+
+        Cancelled, it raises ``CancelledError`` only once nothing writes into *buf* any
+        more: an op still queued is never submitted; one in the kernel is cancelled there
+        and its completion awaited (at most ``core.close_timeout_s``: then
+        :class:`~uringstack.errors.CancelTimeoutError`, *buf* still the kernel's)."""
         self._check()
         co, offset = self._coalescer(offset)
         if co is not None and not isinstance(buf, RegisteredBuffer):
@@ -796,7 +807,12 @@ class FileHandle:
             if n <= MAX_RW_COUNT:
                 if self._io.direct:
                     check_alignment("read", self.path, address_of(pin), n, offset, self._io.block_size, (pin,))
-                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, False, pin, offset)
+                fut = co.add(cast(UringFileIO, self._io), self._inflight, False, pin, offset)
+                try:
+                    res: int = await fut
+                except asyncio.CancelledError:
+                    await co.settle(fut, self._stack.close_timeout_s, "read", self.path)
+                    raise
                 if res == n:
                     return res
                 return self._finish_reads([offset], [buf], [res], False)[0]
@@ -1036,7 +1052,10 @@ class FileHandle:
 
         On a buffered io_uring handle, a batch the page cache holds in full is copied at
         once on the loop's thread instead (:meth:`_copy_cached`), within the handle's
-        ``core.aio_inline_read_budget``, shared with :meth:`read`."""
+        ``core.aio_inline_read_budget``, shared with :meth:`read`.
+
+        Cancelled, it raises ``CancelledError`` only once nothing writes into *buffers*
+        any more (as :meth:`read_into_async`)."""
         left = self._inline_left
         if left[0] > 0:
             copied = self._copy_cached(offsets, buffers, left[0])
@@ -1046,7 +1065,11 @@ class FileHandle:
         left[0] = self._inline_budget  # (this batch yields to the loop)
         fut, lens = self._queue_many(False, offsets, buffers)
         if fut is not None:
-            results: list[int] = await fut
+            try:
+                results: list[int] = await fut
+            except asyncio.CancelledError:
+                await self._settle_queued(fut, "read")
+                raise
             if results == lens:  # every op moved its whole buffer (one list compare, in C)
                 return results
         else:
@@ -1057,7 +1080,13 @@ class FileHandle:
         return self._finish_reads(offsets, buffers, results, exact)
 
     async def write(self, buf: Any, offset: int) -> int:
-        """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`)."""
+        """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`).
+
+        Cancelled, it raises ``CancelledError`` only once nothing reads *buf* any more:
+        what the file then holds at *offset* is the old bytes or (part of) those of
+        *buf* at the cancel, never what the caller puts in *buf* afterwards (as
+        :meth:`read_into_async`: an op in the kernel is cancelled there and its
+        completion awaited, at most ``core.close_timeout_s``)."""
         self._check()
         co, offset = self._coalescer(offset)
         if co is not None and not isinstance(buf, RegisteredBuffer):
@@ -1066,17 +1095,27 @@ class FileHandle:
             if n <= MAX_RW_COUNT:
                 if self._io.direct:
                     check_alignment("write", self.path, address_of(pin), n, offset, self._io.block_size, (pin,))
-                res: int = await co.add(cast(UringFileIO, self._io), self._inflight, True, pin, offset)
+                fut = co.add(cast(UringFileIO, self._io), self._inflight, True, pin, offset)
+                try:
+                    res: int = await fut
+                except asyncio.CancelledError:
+                    await co.settle(fut, self._stack.close_timeout_s, "write", self.path)
+                    raise
                 if res == n:
                     return res
                 return self._finish_writes([offset], [buf], [res])[0]
         return (await self.write_many_async([offset], [buf]))[0]
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
-        """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`)."""
+        """asyncio form of :meth:`write_many` (coalesced like :meth:`read_many_async`; cancelled,
+        it raises ``CancelledError`` only once nothing reads *buffers* any more, as :meth:`write`)."""
         fut, _ = self._queue_many(True, offsets, buffers)
         if fut is not None:
-            results: list[int] = await fut
+            try:
+                results: list[int] = await fut
+            except asyncio.CancelledError:
+                await self._settle_queued(fut, "write")
+                raise
         else:
             results, submitted = await self._rw_batch_async(True, offsets, buffers)
             return self._finish_writes(offsets, buffers, results, submitted=submitted)
@@ -1093,7 +1132,24 @@ class FileHandle:
         what was submitted, never the new size (a bytearray grown by 8 KiB after its
         4 KiB write ran had the 8 KiB written too, as a "short" write's rest)."""
         submitted = [nbytes(b) for b in buffers]
-        return await self._run_async(self._io.start_rw, write, offsets, buffers), submitted
+        check_awaitable_io(self._io)  # (a refused await after the start: I/O its caller was told failed)
+        pending = self._inflight.start(self._io.start_rw, write, offsets, buffers)
+        try:
+            return await pending.wait_async(), submitted
+        except asyncio.CancelledError:
+            # The caller's buffers are its own again only once the batch is over: asked to
+            # stop, then waited for (docs/api.md, asyncio, "Cancelling an await").
+            await settle_pending(pending, self._stack.close_timeout_s, "write" if write else "read", self.path)
+            raise
+        finally:
+            # an await given up past the bound leaves the op in flight: close() still waits for it
+            self._inflight.forget(pending)
+
+    async def _settle_queued(self, fut: asyncio.Future[Any], op: str) -> None:
+        """A coalesced ``*_many_async`` await of *fut* was cancelled: see :meth:`Coalescer.settle`."""
+        co = self._coalescer_cache
+        if co is not None:
+            await co.settle(fut, self._stack.close_timeout_s, op, self.path)
 
     async def fdatasync_async(self) -> None:
         self._check()

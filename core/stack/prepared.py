@@ -12,6 +12,7 @@ of file, a short write is completed or raises, a failed op raises
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from uringstack.ring.inflight import InflightTracker, submitted_since
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import FileIO, PreparedRW, check_awaitable_io, prepare_rw
 from uringstack.ring.pending import Pending
+from uringstack.ring.settle import settle_pending
 
 
 class PreparingHandle(Protocol):
@@ -36,6 +38,9 @@ class PreparingHandle(Protocol):
 
     @property
     def io(self) -> FileIO: ...
+
+    @property
+    def _settle_timeout(self) -> float: ...
 
     @property
     def path(self) -> str: ...
@@ -229,10 +234,22 @@ class PreparedIO:
     async def run_async(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
         """asyncio form of :meth:`run`: the event loop runs while the batch is in flight.
 
+        Cancelled, it raises ``CancelledError`` only once the batch is over (its ops in the
+        kernel cancelled there and awaited, at most ``core.close_timeout_s``: see
+        :meth:`FileHandle.read_into_async`), so the buffers are the caller's again.
+
         An event loop the ring cannot serve (another open loop watches it) is refused
         with ``RuntimeError`` before the batch starts."""
         check_awaitable_io(self._handle.io)
-        results = await self._start(offsets, False).wait_async()
+        pending = self._start(offsets, False)
+        try:
+            results = await pending.wait_async()
+        except asyncio.CancelledError:
+            # The prepared buffers are the caller's again only once the batch is over: asked
+            # to stop, then waited for (docs/api.md, asyncio, "Cancelling an await").
+            h = self._handle
+            await settle_pending(pending, h._settle_timeout, "write" if self.write else "read", h.path)
+            raise
         if results == self._full:
             return results
         return self._finish(offsets, results, exact)

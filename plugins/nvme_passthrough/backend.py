@@ -297,6 +297,12 @@ class PassthroughPending:
         """Block until every command completed; raise :class:`NvmeStatusError` for a failed status."""
         return self._finish(self.ring.wait(self.batch))
 
+    def cancel(self) -> None:
+        """Ask the kernel to cancel the commands still in flight, without waiting (not on an
+        IOPOLL ring, whose commands polling completes: :meth:`Ring.cancel_ops`); each still
+        completes, and only then is its buffer free (a cancelled asyncio await waits for it)."""
+        self.ring.cancel_ops(self.batch)
+
     async def wait_async(self) -> list[int]:
         from uringstack.ring import aio
 
