@@ -149,6 +149,7 @@ class _Batch:
         "_fd",
         "_fn",
         "_idle",
+        "_idle_waiters",
         "_lock",
         "_on_done",
         "_waiters",
@@ -171,6 +172,8 @@ class _Batch:
         self._on_done = on_done
         self._args: list[list[Any]] = []  # per op: its arguments until it starts
         self._idle: Latch | None = None  # made when abandoned with ops running
+        # the loops' futures to resolve when no op of the abandoned batch runs any more
+        self._idle_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         # the loops' futures to resolve when the batch ends (None once it ended)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = []
         self.abandoned = False
@@ -214,8 +217,13 @@ class _Batch:
                 self.left -= 1
                 last = not self.left
                 idle = self._idle if not self.running else None
+                woken = self._idle_waiters if idle is not None else None
+                if woken:
+                    self._idle_waiters = []
             if idle is not None:
                 idle.set()  # (once: an abandoned batch starts no op again)
+                if woken:
+                    _wake(woken)
             if last:
                 self._finish()
 
@@ -229,11 +237,7 @@ class _Batch:
         with self._lock:
             waiters, self._waiters = self._waiters or [], None
         self.finished.set()
-        for loop, fut in waiters:
-            # fut.set_result itself (C), not a Python callback: a raising signal at such a
-            # callback's entry (on the loop's thread) would leave the await pending for good
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits there any more
-                loop.call_soon_threadsafe(fut.set_result, None)
+        _wake(waiters)
 
     def add_waiter(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> bool:
         """Resolve *fut* on *loop* when the batch ends; False (nothing added) if it ended already."""
@@ -276,6 +280,20 @@ class _Batch:
             for args in self._args:
                 args.clear()
 
+    def add_idle_waiter(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> bool:
+        """Resolve *fut* on *loop* once no op of this abandoned batch runs; False (nothing
+        added) if none runs now (none will start again)."""
+        with self._lock:
+            if not self.running:
+                return False
+            self._idle_waiters.append((loop, fut))
+            return True
+
+    def remove_idle_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Forget *fut* (cancelled with its task)."""
+        with self._lock:
+            self._idle_waiters = [w for w in self._idle_waiters if w[1] is not fut]
+
     def wait_idle(self) -> None:
         """Wait until no op of the abandoned batch runs (none will start again)."""
         idle = self._idle
@@ -284,6 +302,15 @@ class _Batch:
 
     def idle(self) -> bool:
         return not self.running
+
+
+def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Resolve each waiter's future on its loop (from a pool thread)."""
+    for loop, fut in waiters:
+        # fut.set_result itself (C), not a Python callback: a raising signal at such a
+        # callback's entry (on the loop's thread) would leave the await pending for good
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits there any more
+            loop.call_soon_threadsafe(fut.set_result, None)
 
 
 class ThreadPending:
@@ -317,9 +344,37 @@ class ThreadPending:
         batch.finished.wait()
         return batch.results()
 
+    def cancel(self) -> None:
+        """Give the batch up (its asyncio await was cancelled): an op not yet started never
+        starts (its pin is let go now) and reports ``-ECANCELED``; an op already running in
+        a pool thread cannot be stopped and runs to its end (:meth:`wait_async` then waits
+        for it, without blocking the loop).  Nothing once the batch ended."""
+        batch = self._batch
+        if batch.finished.is_set or batch.abandoned:
+            return
+        batch.abandoned = True  # (first, a plain store: as _queue's refusal gives a batch up)
+        try:
+            batch.abandon()
+        except BaseException:  # a raising signal: finished first (safe to repeat)
+            despite_signals(batch.abandon)
+            raise
+
     async def wait_async(self) -> list[int]:
         self._check_fork()
         batch = self._batch
+        if batch.abandoned and not batch.finished.is_set:
+            # Given up (cancel(), or a refused submission): over once no op of it runs.
+            loop = asyncio.get_running_loop()
+            idle: asyncio.Future[None] = loop.create_future()
+            if batch.add_idle_waiter(loop, idle):
+                try:
+                    await idle
+                except asyncio.CancelledError:
+                    batch.remove_idle_waiter(idle)
+                    raise
+            else:
+                await asyncio.sleep(0)  # (yields once, as every await of a batch does)
+            return batch.results(cancelled=True)
         if not batch.abandoned:  # (an abandoned batch's wait() does not block on its ops)
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
@@ -333,9 +388,10 @@ class ThreadPending:
                 await fut
             except asyncio.CancelledError:
                 # Cancelling the awaiting task cancels only *fut*, which the pool never looks
-                # at: the ops run and the batch ends all the same (docs/api.md, as on io_uring;
-                # until session 32 a cancel reached a pool future not yet started and dropped
-                # a write waiting for a thread).  Nothing must set the cancelled *fut* now.
+                # at (until session 32 a cancel reached a pool future not yet started and
+                # dropped a write waiting for a thread, with the caller's await long gone):
+                # the handle's await then gives the batch up (cancel()) and waits for the ops
+                # running (docs/api.md, asyncio).  Nothing must set the cancelled *fut* now.
                 if ended is not None:
                     ended.cancel()
                 else:

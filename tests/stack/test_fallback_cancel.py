@@ -1,15 +1,20 @@
-"""A cancelled await does not cancel its I/O on the fallback either (docs/api.md, asyncio).
+"""A cancelled await on the fallback gives its buffer back (docs/api.md, asyncio, "Cancelling an await").
 
-The fallback's ``wait_async`` awaited its pool futures through ``asyncio.wrap_future``:
-cancelling the awaiting task cancelled a pool future not yet started, so a write
-still waiting for a pool thread was dropped without a word (session 32), where
-io_uring writes it.
+The pool cannot stop a ``preadv``/``pwritev`` that a thread runs: the cancelled await
+waits for it (without blocking the loop) before ``CancelledError`` propagates.  An op
+still queued for a thread is dropped: it never runs.  Until session 34 the
+``CancelledError`` came at once and the op ran on into (or from) a buffer its caller
+had taken back; until session 32 a cancel reached a pool future not yet started and
+dropped a write with the caller's await still pending.
 """
 
 from __future__ import annotations
 
 import asyncio
 import pathlib
+import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -17,26 +22,105 @@ from uringstack.stack import open_stack
 
 from .conftest import GatedReads
 
+BLOCK = 4096
+LATE = 0.4  # when a timer opens the gate the pool's op waits at (s)
+_ONE_THREAD = {"core.backend": "fallback", "core.cores": [0], "fallback.threads": 1}
+
+
+def _later(seconds: float, fn: Any) -> None:
+    threading.Timer(seconds, fn).start()
+
 
 @pytest.mark.timeout(60)
-def test_a_cancelled_write_waiting_for_a_pool_thread_still_lands(
+def test_a_cancelled_write_waiting_for_a_pool_thread_never_runs(
     tmp_path: pathlib.Path, gated_fallback_reads: GatedReads
 ) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"." * 8192)
-    overrides = {"core.backend": "fallback", "core.cores": [0], "fallback.threads": 1}
-    with open_stack(overrides=overrides) as stack, stack.open(path) as h:
-        busy = h.start_read_many([4096], [bytearray(4096)])  # holds the pool's one thread at the gate
+    buf = bytearray(b"w" * BLOCK)
+    with open_stack(overrides=_ONE_THREAD) as stack, stack.open(path) as h:
+        busy = h.start_read_many([BLOCK], [bytearray(BLOCK)])  # holds the pool's one thread at the gate
 
-        async def main() -> None:
-            task = asyncio.ensure_future(h.write(b"w" * 4096, 0))
+        async def main() -> float:
+            task = asyncio.ensure_future(h.write(buf, 0))
             await asyncio.sleep(0)  # submitted: queued behind the gated read
+            began = time.monotonic()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            return time.monotonic() - began
 
-        asyncio.run(main())
+        waited = asyncio.run(main())
+        assert waited < 1.0, "the cancel waited for an op that never started"
+        buf[:] = b"m" * BLOCK  # the caller's buffer again
         gated_fallback_reads.gate.set()
-        assert busy.wait() == [4096]
-    # the handle's close waited for the write, which ran
-    assert path.read_bytes()[:4096] == b"w" * 4096
+        assert busy.wait() == [BLOCK]
+    # the handle's close waited for what ran: the dropped write never did
+    assert path.read_bytes()[:BLOCK] == b"." * BLOCK
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_cancelled_read_running_on_a_pool_thread_is_waited_for(
+    tmp_path: pathlib.Path, gated_fallback_reads: GatedReads, cancels: int
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"d" * BLOCK)
+    buf = bytearray(BLOCK)
+    with open_stack(overrides=_ONE_THREAD) as stack, stack.open(path) as h:
+
+        async def main() -> float:
+            task = asyncio.create_task(h.read_into_async(buf, 0))
+            await asyncio.sleep(0.1)  # a pool thread runs it: held at the gate
+            _later(LATE, gated_fallback_reads.gate.set)
+            began = time.monotonic()
+            task.cancel()
+            for _ in range(cancels - 1):  # a second cancel does not cut the wait short
+                await asyncio.sleep(0.1)
+                assert not task.done()
+                task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - began
+
+        waited = asyncio.run(main())
+        assert waited >= LATE - 0.1, f"CancelledError after {waited:.3f} s, before the read ended"
+        assert bytes(buf) == b"d" * BLOCK  # it ended before the CancelledError
+        buf[:] = b"S" * BLOCK
+        time.sleep(0.2)
+        assert bytes(buf) == b"S" * BLOCK
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_write_running_on_a_pool_thread_is_waited_for(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uringstack.plugins.fallback import backend as fallback_backend
+
+    gate = threading.Event()
+    real = fallback_backend._pwritev
+
+    def pwritev(fd: int, buf: Any, offset: int, flags: int = 0) -> int:
+        gate.wait(5.0)
+        return real(fd, buf, offset, flags)
+
+    monkeypatch.setattr(fallback_backend, "_pwritev", pwritev)
+    path = tmp_path / "f"
+    path.write_bytes(b"." * BLOCK)
+    buf = bytearray(b"A" * BLOCK)
+    with open_stack(overrides=_ONE_THREAD) as stack, stack.open(path, writable=True) as h:
+
+        async def main() -> float:
+            task = asyncio.create_task(h.write(buf, 0))
+            await asyncio.sleep(0.1)  # a pool thread runs it: held at the gate
+            _later(LATE, gate.set)
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - began
+
+        waited = asyncio.run(main())
+        buf[:] = b"B" * BLOCK  # the caller's buffer again
+        assert waited >= LATE - 0.1, f"CancelledError after {waited:.3f} s, before the write ended"
+    assert path.read_bytes() == b"A" * BLOCK
