@@ -507,8 +507,9 @@ class AsyncBinaryFile(_LineReader[bytes]):
         ``Task.cancel``) loses none of it.
 
         A write queued for the loop's next submission is dropped when its await
-        is cancelled, and one already submitted lands: which of the two is not
-        known.  So the bytes stay in the buffer until the write returned, and
+        is cancelled, and one already submitted is cancelled in the kernel if it
+        has not started, else lands (the await returns once it is over): which
+        is not known.  So the bytes stay in the buffer until the write returned, and
         the next flush (``close()`` too) writes them again at the same offset,
         over themselves if the first landed.  An ``O_APPEND`` file appends
         wherever the offset says, so there the write is a task of its own that
