@@ -56,7 +56,7 @@ def data(tmp_path: pathlib.Path) -> pathlib.Path:
 def no_kernel_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ring asks the kernel to cancel nothing: every op runs to its end, as one the
     device already runs does (the cancelled await must then wait for it)."""
-    monkeypatch.setattr(Ring, "cancel_ops", lambda self, batch, ops=None: None)
+    monkeypatch.setattr(Ring, "cancel_ops", lambda self, batch, ops=None: None, raising=False)
 
 
 class _PipeBacked:
@@ -311,7 +311,7 @@ def test_a_cancelled_write_never_puts_what_the_buffer_holds_afterwards_on_disk(
     stack: Stack, data: pathlib.Path, monkeypatch: pytest.MonkeyPatch, kernel_cancel: bool, many: bool
 ) -> None:
     if not kernel_cancel:
-        monkeypatch.setattr(Ring, "cancel_ops", lambda self, batch, ops=None: None)
+        monkeypatch.setattr(Ring, "cancel_ops", lambda self, batch, ops=None: None, raising=False)
     with open_plain_uring(stack, data) as h:
         ring = h.ring
         pipe = _PipeBacked(h, write=True)
