@@ -124,3 +124,30 @@ def test_a_cancelled_write_running_on_a_pool_thread_is_waited_for(
         buf[:] = b"B" * BLOCK  # the caller's buffer again
         assert waited >= LATE - 0.1, f"CancelledError after {waited:.3f} s, before the write ended"
     assert path.read_bytes() == b"A" * BLOCK
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_prepared_read_running_on_a_pool_thread_is_waited_for(
+    tmp_path: pathlib.Path, gated_fallback_reads: GatedReads
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"p" * BLOCK)
+    buf = bytearray(BLOCK)
+    with open_stack(overrides=_ONE_THREAD) as stack, stack.open(path) as h, h.prepare_reads([buf]) as prepared:
+
+        async def main() -> float:
+            task = asyncio.create_task(prepared.run_async([0]))
+            await asyncio.sleep(0.1)  # a pool thread runs it: held at the gate
+            _later(LATE, gated_fallback_reads.gate.set)
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - began
+
+        waited = asyncio.run(main())
+        assert waited >= LATE - 0.1, f"CancelledError after {waited:.3f} s, before the read ended"
+        assert bytes(buf) == b"p" * BLOCK
+        buf[:] = b"S" * BLOCK
+        time.sleep(0.2)
+        assert bytes(buf) == b"S" * BLOCK
