@@ -902,9 +902,13 @@ class Coalescer:
             for tracker in flushed.trackers:
                 tracker.forget(flushed)
 
-        def on_done(_: Batch) -> None:
+        def on_done(done: Batch) -> None:
             # (A signal at this entry counts as a run of the callback: docs/api.md.)
             try:
+                # Finished: no cancelled await looks for its ops any more (settle()), and a
+                # batch kept by a pooled column set must not keep the futures (nor their
+                # tasks) of a flush never delivered (its loop closed).
+                done.tag = None
                 self._completed(deliver)
             except BaseException:
                 despite_signals(self._completed, deliver)  # (safe to repeat)
