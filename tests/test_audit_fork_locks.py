@@ -7,7 +7,7 @@ replaced in the child (``os.register_at_fork``).  Each case runs in its own
 interpreter: a thread holds the lock, the process forks, and the child does
 what takes it (``uringstack.open`` on the default stack, a log's shared stack,
 the IOPOLL poller registry, the punt memo, the asyncio bridges, a log's
-lock registry and reaper).  A hang is a child killed by its alarm after 15 s,
+lock registry, the reaper of dropped objects).  A hang is a child killed by its alarm after 15 s,
 not a hung test.
 """
 
@@ -82,7 +82,7 @@ CASES = [
     ("uringstack.probe.punts", "_lock", "acquire", "ok"),
     ("uringstack.ring.aio", "_bridges_lock", "acquire", "ok"),
     ("uringstack.wal.segment", "_registry_lock", "acquire", "ok"),  # (its before-fork wait is bounded)
-    ("uringstack.wal.log", "_reaper_lock", "acquire", "ok"),
+    ("uringstack.reaper", "_lock", "acquire", "ok"),
 ]
 
 

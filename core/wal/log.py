@@ -7,10 +7,7 @@ import atexit
 import contextlib
 import errno
 import operator
-import os
-import queue
 import sys
-import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
@@ -18,13 +15,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from uringstack import reaper
 from uringstack.ring import forking
 
 from .config import WalConfig
 from .errors import WalClosedError
 from .io import FileIOWrapper, WalIO
 from .recovery import LogScan, RecoveryMode, iter_records, recover
-from .segment import DROPPED_CLOSE_WAIT_S, DirectoryLock, fsync_dir, remove_files, remove_spares
+from .segment import DirectoryLock, fsync_dir, remove_files, remove_spares
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -77,46 +75,11 @@ class _Closer:
 # --- a Wal dropped without close() ---------------------------------------------------------
 # Its finalizer runs wherever the last reference went, or the cyclic GC ran: any thread, at
 # any allocation, possibly the log's own flusher thread or one holding the log's lock or a
-# stack's lock the close would need.  So it never closes there: it only queues the log
-# (SimpleQueue.put is reentrant: documented as safe in a finalizer) for this one thread
-# per process, which closes it the normal way.  A Wal.open of the same directory waits
-# for that close (DirectoryLock).
-_reap_queue: queue.SimpleQueue[_Closer | None] = queue.SimpleQueue()
-_reaper: threading.Thread | None = None
-_reaper_lock = threading.Lock()
+# stack's lock the close would need.  So it never closes there: it hands the log to the
+# library's reaper thread (uringstack.reaper), which closes it the normal way.  A Wal.open of
+# the same directory waits for that close (DirectoryLock).
 _live: weakref.WeakSet[Wal] = weakref.WeakSet()  # the open Wals, closed at exit (see _close_at_exit)
 _exiting = False
-
-
-def _reap(q: queue.SimpleQueue[_Closer | None]) -> None:
-    while True:
-        closer = q.get()
-        if closer is None:  # (from _close_at_exit)
-            return
-        try:
-            closer.close()
-        except Exception as e:  # its waiters got the log's failure; the next dropped log must still close
-            with contextlib.suppress(Exception):
-                warnings.warn(f"closing the dropped Wal {closer.describe()} failed: {e!r}", ResourceWarning, 1)
-        del closer  # (not kept alive by this frame until the next one arrives)
-
-
-def _start_reaper() -> None:
-    """Start the reaper thread if this process has none (at open: a finalizer cannot start one safely)."""
-    global _reaper
-    with _reaper_lock:
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = threading.Thread(target=_reap, args=(_reap_queue,), name="wal-reaper", daemon=True)
-            _reaper.start()
-
-
-def _new_reaper_in_child() -> None:
-    # The parent's reaper thread does not exist here, and what its queue holds is the parent's to close.
-    global _reap_queue, _reaper, _reaper_lock
-    _reap_queue, _reaper, _reaper_lock = queue.SimpleQueue(), None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_reaper_in_child)
 
 
 def _dropped(closer: _Closer) -> None:
@@ -129,7 +92,7 @@ def _dropped(closer: _Closer) -> None:
     if forking.inherited(closer.generation) or _exiting:
         return
     closer.lock.holder.dropped = True
-    _reap_queue.put(closer)
+    reaper.dispose(closer.close, f"Wal {closer.describe()}")
     warnings.warn(
         f"unclosed Wal {closer.describe()}: closed when collected; call close() (or use `with Wal.open(...)`)",
         ResourceWarning,
@@ -151,11 +114,8 @@ def _close_at_exit() -> None:
             with contextlib.suppress(Exception):  # one that fails must not keep the others open
                 wal.close()
     _exiting = True
-    reaper = _reaper
-    if reaper is not None and reaper.is_alive():
-        _reap_queue.put(None)
-        # bounded: a close stuck in the reaper (a hung device) must not keep the process from exiting
-        reaper.join(DROPPED_CLOSE_WAIT_S)
+    # bounded: a close stuck in the reaper (a hung device) must not keep the process from exiting
+    reaper.drain_at_exit()
 
 
 class Wal:
@@ -235,7 +195,7 @@ class Wal:
             remove_spares(directory)
             scan = recover(directory, RecoveryMode(config.recovery))
             io = WalIO.for_log(directory, config.backend, stack, wrap_io)
-            _start_reaper()
+            reaper.start()
             # Registered again at every open, after WalIO registered the shared stacks' closing
             # (at their first use): atexit runs the last registered first, the logs before their stack.
             atexit.unregister(_close_at_exit)

@@ -1,0 +1,198 @@
+"""The one thread per process that closes what was dropped without ``close()``.
+
+A finalizer (``__del__``, ``weakref.finalize``) runs wherever the last reference
+went or the cyclic GC ran: any thread, at any allocation, inside a signal
+handler's frame, on the dropped object's own worker or flusher thread.  Closing
+there could join the very thread that runs it, or wait for a lock the
+interrupted frame holds.  So a finalizer only hands the close over
+(:func:`dispose`: a ``queue.SimpleQueue.put``, documented as reentrant, safe in
+a finalizer) to this module's daemon thread, which closes it the normal way.
+
+Used by every finalizer of the library: a dropped :class:`~uringstack.wal.Wal`,
+:class:`~uringstack.stack.handle.FileHandle` and :class:`~uringstack.stack.Stack`.
+The thread is started by :func:`start` when such an object is opened (starting a
+thread takes locks, which a finalizer must not).  A close whose object still has
+I/O in flight waits on this thread, not in it (``ready``): a slow op does not hold
+up the others.  The others run in the order they were handed over.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+TICK_S = 0.05
+"""How often a close waiting for its object's I/O (``ready``) asks again."""
+
+EXIT_WAIT_S = 60.0
+"""How long interpreter exit waits, all in all, for the closes handed over (a close stuck on
+a hung device must not keep the process from exiting)."""
+
+
+class _Item:
+    """A close handed over by a finalizer."""
+
+    __slots__ = ("close", "ready", "what")
+
+    def __init__(self, close: Callable[[], object], what: str, ready: Callable[[], bool] | None) -> None:
+        self.close = close
+        self.what = what
+        self.ready = ready
+
+
+class _Marker:
+    """:func:`drain`'s probe: set once the thread reached it with no close left waiting;
+    ``taken`` is how many closes the thread had taken by then."""
+
+    __slots__ = ("event", "taken")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.taken = -1
+
+
+_queue: queue.SimpleQueue[_Item | _Marker | None] = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_lock = threading.Lock()  # start() only: a finalizer never takes it
+_exiting = False  # set once the exit hook stopped the thread: a finalizer then hands nothing over
+_exit_deadline: float | None = None  # the one bound of every wait at exit (see drain_at_exit)
+
+
+_TICK = object()  # no new item within TICK_S: only the waiting closes are asked again
+
+
+def _serve(q: queue.SimpleQueue[_Item | _Marker | None]) -> None:
+    waiting: list[_Item] = []  # closes handed over and not run yet (their object's I/O in flight)
+    markers: list[_Marker] = []  # drains waiting for those
+    taken = 0
+    while True:
+        got: object
+        try:
+            got = q.get(timeout=TICK_S) if waiting else q.get()
+        except queue.Empty:
+            got = _TICK
+        if got is None:  # (from the exit hook)
+            return
+        if isinstance(got, _Item):
+            taken += 1
+            waiting.append(got)
+        elif isinstance(got, _Marker):
+            markers.append(got)
+        got = None  # (not kept alive by this frame until the next one arrives)
+        if waiting:
+            waiting = [item for item in waiting if not _close_if_ready(item)]
+        if markers and not waiting:
+            for marker in markers:
+                marker.taken = taken
+                marker.event.set()
+            markers = []
+
+
+def _close_if_ready(item: _Item) -> bool:
+    """Run *item*'s close unless its object still has I/O in flight; whether it ran."""
+    if item.ready is not None:
+        try:
+            if not item.ready():
+                return False
+        except Exception:  # (the close itself then says what is wrong)
+            pass
+    try:
+        item.close()
+    except Exception as e:  # its waiters got the failure; the next dropped object must still close
+        with contextlib.suppress(Exception):
+            warnings.warn(f"closing the dropped {item.what} failed: {e!r}", ResourceWarning, 1)
+    return True
+
+
+def start() -> None:
+    """Start the thread if this process has none.  Called where objects that need it
+    are opened (a finalizer cannot start one safely).  A refused thread start (a thread
+    limit) is not the opener's failure: closes handed over wait in the queue for a
+    later start, or are left to the kernel at exit."""
+    global _thread
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            thread = threading.Thread(target=_serve, args=(_queue,), name="uringstack-reaper", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                return
+            _thread = thread
+
+
+def dispose(close: Callable[[], object], what: str, ready: Callable[[], bool] | None = None) -> bool:
+    """From a finalizer: have the reaper thread call ``close()``; False if nothing was
+    handed over (the process is exiting: what is left goes with it).
+
+    Never blocks and takes no lock.  *what* names the object in the
+    ``ResourceWarning`` should ``close()`` raise.  *ready*, if given, is asked
+    (on the reaper thread, every :data:`TICK_S`) until it returns True before
+    ``close()`` runs: for an object whose I/O in flight must end first."""
+    if _exiting:
+        return False
+    _queue.put(_Item(close, what, ready))
+    return True
+
+
+def drain(timeout: float) -> bool:
+    """Wait until every close handed over so far (and any handed over by those closes)
+    has run; False if that took longer than *timeout* seconds, or no thread runs them."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        thread = _thread
+        if thread is None or not thread.is_alive():
+            return False
+        marker = _Marker()
+        _queue.put(marker)
+        while not marker.event.wait(min(TICK_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not thread.is_alive():
+                return False
+        # Done when a whole round trip took no close: one taken after the previous
+        # marker may still have been running when that marker was set.
+        if marker.taken == last:
+            return True
+        last = marker.taken
+
+
+def drain_at_exit() -> None:
+    """:func:`drain` for the library's exit hooks (the Wals', the shared stacks'), run before
+    they close what the dropped objects may use; all of them share :data:`EXIT_WAIT_S`."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + EXIT_WAIT_S
+    left = _exit_deadline - time.monotonic()
+    if left > 0:
+        drain(left)
+
+
+def _stop_at_exit() -> None:
+    global _exiting
+    drain_at_exit()
+    _exiting = True
+    thread = _thread
+    if thread is not None and thread.is_alive():
+        _queue.put(None)
+        thread.join(max(0.0, (_exit_deadline or 0.0) - time.monotonic()))
+
+
+# Registered when this module is first imported, before any stack exists (the stack
+# module imports it), so before the hooks that close the shared stacks and the Wals
+# (registered at their first use): atexit runs the last registered first, so this runs
+# last, after those closed what the dropped objects were written through.
+atexit.register(_stop_at_exit)
+
+
+def _new_reaper_in_child() -> None:
+    # The parent's thread does not exist here, and what its queue holds is the parent's to close.
+    global _queue, _thread, _lock, _exit_deadline
+    _queue, _thread, _lock, _exit_deadline = queue.SimpleQueue(), None, threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_new_reaper_in_child)
