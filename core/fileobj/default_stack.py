@@ -17,6 +17,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from uringstack import reaper
+
 if TYPE_CHECKING:
     from uringstack.stack import Stack
 
@@ -50,7 +52,7 @@ def default_stack() -> Stack:
 
             _stack = open_stack(overrides=file_object_overrides())
             if not _atexit_registered:
-                atexit.register(close_default_stack)
+                atexit.register(_close_at_exit)
                 _atexit_registered = True
         return _stack
 
@@ -85,6 +87,13 @@ def file_object_overrides() -> dict[str, Any]:
 def track(obj: Any, *, raw: bool) -> None:
     """Remember a file object on the default stack so exit closes (flushes) it first."""
     (_raw if raw else _outer).add(obj)
+
+
+def _close_at_exit() -> None:
+    # Handles dropped unclosed on the stack close first (the reaper's queue), in the order
+    # of a close() by hand: the handles, then their stack.
+    reaper.drain_at_exit()
+    close_default_stack()
 
 
 def close_default_stack() -> None:

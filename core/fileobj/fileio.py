@@ -425,7 +425,8 @@ class FileIO(io.RawIOBase):
         self._home = stack
         stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
         # closed behind us (handle.close(), a fork child's stack): what we hold is written first
-        handle.watch_close(self._handle_closing, flush=self._handle_flushing)
+        # (owner: this file's finalizer closes the handle: see FileHandle.__del__)
+        handle.watch_close(self._handle_closing, flush=self._handle_flushing, owner=True)
         return handle
 
     def _layered(self, buffer: io.BufferedIOBase | Any, text: io.TextIOWrapper | None) -> None:
@@ -485,6 +486,8 @@ class FileIO(io.RawIOBase):
                 self._buffered_handle = self._home.open(
                     self._handle.path, direct=False, writable=self._writable, **options
                 )
+                # closed by this file's close (or finalizer), which may still write through it
+                self._buffered_handle._owned = True
             except BaseException:
                 os.close(fd)
                 raise

@@ -230,6 +230,12 @@ class Ring:
     ``ETIMEDOUT`` naming the lost completion) and whether
     :attr:`wait_timeout` passed."""
 
+    owner_closes: bool = False
+    """Set by an owner that closes the ring itself (a :class:`~uringstack.stack.Stack`):
+    collected unclosed, the ring then leaves its close to that owner, which is collected
+    in the same pass and closes its rings in order (after its plugins unregistered their
+    buffers and files); a fork child's copy is dropped by its own finalizer all the same."""
+
     def __init__(self, params: RingParams | None = None, **kwargs: Any) -> None:
         self.params = params if params is not None else RingParams(**kwargs)
         self._fork_gen = forking.generation()
@@ -1277,7 +1283,7 @@ class Ring:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "_closed", True) and (not self.owner_closes or self.inherited):
             with contextlib.suppress(Exception):  # best effort in a finaliser
                 self.close()
 

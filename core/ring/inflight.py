@@ -285,6 +285,17 @@ class InflightTracker:
             self._pending -= done
             self._prune_at = max(_PRUNE_MIN, 2 * len(self._pending))
 
+    def idle(self) -> bool:
+        """True when nothing started is still in flight (no start under way, every tracked
+        pending done), so :meth:`close` would not wait.  Polls (``done()`` may reap): for
+        a closer that must not block on a slow op, such as the reaper's."""
+        with self._lock:
+            if self._starts():
+                return False
+            self._take_dropped()
+            pending: list[Completable] = [*self._pending, *self._owners]
+        return all(p.done() for p in pending)
+
     def close(self, timeout: float | None = None) -> None:
         """Refuse new starts, then wait until everything started has completed.
 

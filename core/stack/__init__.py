@@ -16,10 +16,12 @@ import itertools
 import os
 import queue
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from uringstack import reaper
 from uringstack.errors import RingClosedError
 from uringstack.plan import Plan, make_plan, plan_caps, select_backend
 from uringstack.plan.tuning import attach_tuning
@@ -40,6 +42,27 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _STOP = object()
+
+
+def _serve(q: queue.SimpleQueue[Any], cpu: int | None, affinity: set[int], started: threading.Event) -> None:
+    """A worker's thread: pin, then run what :meth:`Worker.submit` queues until ``_STOP``."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    affinity.update(os.sched_getaffinity(0))
+    started.set()
+    while True:
+        item = q.get()
+        if item is _STOP:
+            return
+        fn, args, fut = item
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+        # What ran is not kept alive by this frame until the next call arrives: a stack's
+        # bound method (its ring building) would keep the stack.
+        item = fn = args = fut = None
 
 
 class Worker:
@@ -66,31 +89,20 @@ class Worker:
         self.notes: list[tuple[str, str]] = []
         self.completion_hook: CompletionHook | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"uringstack-worker-{index}", daemon=True)
-        self._started = threading.Event()
-        self._stopping = False
         self.affinity: set[int] = set()
+        self._started = threading.Event()
+        # The thread holds its queue, not the worker (a bound method would): a running
+        # thread is reachable from threading's registry, and through the worker it would
+        # keep the whole stack (rings, buffers, descriptors) alive after its user dropped it.
+        self._thread = threading.Thread(
+            target=_serve, args=(self._queue, cpu, self.affinity, self._started),
+            name=f"uringstack-worker-{index}", daemon=True,
+        )  # fmt: skip
+        self._stopping = False
 
     def note(self, plugin: str, reason: str) -> None:
         """Record a decision taken while building (shown by ``Stack.describe()``)."""
         self.notes.append((plugin, reason))
-
-    def _run(self) -> None:
-        if self.cpu is not None:
-            os.sched_setaffinity(0, {self.cpu})
-        self.affinity = os.sched_getaffinity(0)
-        self._started.set()
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            fn, args, fut = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:
-                fut.set_exception(exc)
 
     def start(self) -> None:
         start_thread(self._thread)  # (a refusal names the thread limit: ThreadStartError)
@@ -145,6 +157,10 @@ class Stack:
     ``plan`` is the :class:`~uringstack.plan.Plan` it was built from, ``caps``
     the probe's report, ``config`` the loaded config, ``plugin_manager`` the
     plugins; ``workers`` one :class:`Worker` per planned CPU, in plan order.
+
+    Close it (:meth:`close`, or ``with``).  One dropped unclosed (no handle left on
+    it) is closed when collected, with a ``ResourceWarning``, by the reaper thread
+    (:mod:`uringstack.reaper`): its workers stop and its rings are freed.
     """
 
     def __init__(self, plan: Plan, caps: Capabilities, config: StackConfig, pm: UringstackPluginManager) -> None:
@@ -153,7 +169,10 @@ class Stack:
         self.config = config
         self.plugin_manager = pm
         self.workers: list[Worker] = []
-        self._handles: set[FileHandle] = set()
+        # Held weakly: a handle its user dropped unclosed is collected, and its finalizer
+        # closes it (FileHandle.__del__), instead of this set keeping its descriptor (and a
+        # registered-file slot) open until the stack closes.  An open handle holds the stack.
+        self._handles: weakref.WeakSet[FileHandle] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._next_worker = itertools.count()
         self._closed = False
@@ -165,6 +184,7 @@ class Stack:
         # A plugin switched off in the config does not pay for its completion hook.
         listeners = pm.completion_listeners(skip=[v.plugin for v in plan.verdicts if v.mode == "off"])
         self._fork_gen = forking.generation()
+        reaper.start()  # (here, not in a finalizer: see __del__)
         try:
             for wp in plan.workers:
                 worker = Worker(wp.index, wp.cpu, self)
@@ -189,6 +209,7 @@ class Stack:
             ring.wait_timeout = self.config.core.wait_timeout_s
             ring.wait_tick = self.config.core.wait_tick_s
             ring.close_timeout = self.config.core.close_timeout_s
+            ring.owner_closes = True  # (in close(), after the plugins' teardown: see __del__)
             worker.rings[params.role] = ring
             self.plugin_manager.ring_created(ring=ring, worker=worker, config=self.config)
 
@@ -262,6 +283,7 @@ class Stack:
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)
         except BaseException:
+            handle._never_opened()
             io.close()
             raise
         with self._lock:
@@ -462,6 +484,35 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # (the module's names bound at definition: a stack collected while the interpreter
+    # tears its modules down must not fail on a global already cleared)
+    def __del__(
+        self, _dispose: Callable[..., bool] = reaper.dispose, _inherited: Callable[[int], bool] = forking.inherited
+    ) -> None:
+        # Dropped without close() (no handle left: each holds its stack): closed as an
+        # unclosed file is, with a ResourceWarning.  Not here: this may be the stack's own
+        # worker thread (stopping the worker would join itself), a frame holding the
+        # stack's lock, or a signal handler's; the reaper thread closes it the normal way
+        # (file objects, handles, plugins' teardown, rings, workers).  Its rings are
+        # collected with it, and leave their close to it (Ring.owner_closes): closed by
+        # their own finalizers, they would go before the plugins unregistered from them.
+        gen = self.__dict__.get("_fork_gen")
+        if gen is None or self._closed:
+            return
+        if _inherited(gen):
+            return  # the parent's: the child's copies of the rings drop themselves when collected
+        if _dispose(self.close, repr(self)):
+            warnings.warn(
+                f"unclosed {self!r}: closed when collected; call close() (or use `with open_stack()`)",
+                ResourceWarning,
+                1,
+                source=self,
+            )
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<uringstack.Stack{state} workers on CPUs {[w.cpu for w in self.workers]}>"
 
 
 def _completion_hook(listeners: CompletionListeners, worker: Worker) -> CompletionHook:

@@ -16,11 +16,13 @@ import operator
 import os
 import threading
 import traceback
+import warnings
 import weakref
 from _thread import get_ident
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from uringstack import reaper
 from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
 from uringstack.probe.threadlimits import op_error
 from uringstack.ring import Ring, coalesce, forking
@@ -98,7 +100,11 @@ def _check_batch(path: str, offsets: Sequence[int], buffers: Sequence[Any]) -> S
 
 
 class FileHandle:
-    """An open file, block device or NVMe namespace on a stack's worker."""
+    """An open file, block device or NVMe namespace on a stack's worker.
+
+    Close it (:meth:`close`, or ``with``).  One dropped unclosed is closed when
+    collected, with a ``ResourceWarning``, by the reaper thread
+    (:mod:`uringstack.reaper`) once the I/O started through it has ended."""
 
     if TYPE_CHECKING:
 
@@ -116,7 +122,6 @@ class FileHandle:
     _close_watchers: tuple[
         tuple[weakref.WeakMethod[Callable[[], object]], weakref.WeakMethod[Callable[[], object]] | None], ...
     ] = ()
-    _close_began = False  # a second close() while the first runs (a flush closing a layer) returns at once
 
     def __init__(self, io: FileIO, worker: WorkerView, stack: HandleOwner, backend_reason: str = "") -> None:
         self._io = io
@@ -1158,7 +1163,9 @@ class FileHandle:
             raise self._op_error(-res, "fdatasync")
 
     # --- lifetime ----------------------------------------------------------------------
-    def watch_close(self, callback: Callable[[], object], *, flush: Callable[[], object] | None = None) -> None:
+    def watch_close(
+        self, callback: Callable[[], object], *, flush: Callable[[], object] | None = None, owner: bool = False
+    ) -> None:
         """Have :meth:`close` call *flush*, then *callback* (bound methods, held weakly) as it begins.
 
         For an object layered over the handle that holds bytes of its own and
@@ -1170,9 +1177,16 @@ class FileHandle:
         time), and what it raises, :meth:`close` raises once the handle is
         closed.  *callback* then marks the object closed (also in a fork child:
         a handle closed by a stack closing there still makes it closed); it must
-        not raise.  Each runs once, in the thread that closes."""
+        not raise.  Each runs once, in the thread that closes.
+
+        *owner*: the watching object holds the handle and closes it when it is
+        collected itself, warning as it sees fit (``uringstack.FileIO``): the
+        handle's own finalizer then leaves it alone.  Without an owner, a handle
+        dropped unclosed is closed by the reaper (see :meth:`__del__`)."""
         ref = weakref.WeakMethod(flush) if flush is not None else None
         self._close_watchers = (*self._close_watchers, (weakref.WeakMethod(callback), ref))
+        if owner:
+            self._owned = True
 
     def close(self) -> None:
         """Close the handle (idempotent): write what layered objects hold, wait for its I/O,
@@ -1195,10 +1209,12 @@ class FileHandle:
         In a ``fork()`` child the inherited handle only drops the child's copy
         of the descriptor (nothing is flushed); the parent's handle is untouched.
         """
-        if self._close_began:
+        # Claimed in one C call: a second close() while the first runs (a flush closing a
+        # layer, the reaper closing a dropped handle while its stack closes) returns at once.
+        claim = object()
+        if self.__dict__.setdefault("_close_claim", claim) is not claim:
             return
         try:
-            self._close_began = True
             self._close_steps()
         except BaseException as exc:
             if not isinstance(exc, FAILURES):
@@ -1224,6 +1240,7 @@ class FileHandle:
     # most once (the plugins' hook, the descriptor's release), by the flags below.
     _flushed = 0  # the watchers whose flush ran to its end
     _close_failed: BaseException | None = None  # the first flush's failure: close() raises it
+    _owned = False  # watch_close(owner=True): a layered object's finalizer closes the handle
     _plugins_told = False
     _released = False
 
@@ -1278,11 +1295,48 @@ class FileHandle:
             if self._close_failed is None:
                 self._close_failed = exc
 
+    def _never_opened(self) -> None:
+        """The open that made this handle failed (the opener closes the backend object): the
+        handle counts as closed, so its finalizer warns about nothing its caller was given."""
+        self.__dict__.setdefault("_close_claim", None)
+        self._closed = True
+
     def __enter__(self) -> FileHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # (the module's names bound at definition: a handle collected while the interpreter
+    # tears its modules down must not fail on a global already cleared)
+    def __del__(
+        self, _dispose: Callable[..., bool] = reaper.dispose, _inherited: Callable[[int], bool] = forking.inherited
+    ) -> None:
+        # Dropped without close(): closed as an unclosed file is, with a ResourceWarning.
+        # Not here: close() waits for the handle's I/O and takes its stack's lock, and this
+        # may run in any thread (a frame holding that lock, a signal handler's).  The reaper
+        # thread holds the handle, and closes it once the I/O started through it ended (a
+        # pending still held by its caller, a cancelled await's op): an op in flight keeps
+        # its handle, and so its descriptor and fixed-file slot, open.
+        if "_inflight" not in self.__dict__ or "_close_claim" in self.__dict__:
+            return  # (its __init__ failed, or it was closed)
+        if self._owned:
+            # A file object owns it, and its own finalizer writes what it buffered, warns
+            # and closes the handle.  The reaper closing the handle meanwhile (the file and
+            # the handle collected in one pass, in no set order) would fail that write.
+            return
+        if _inherited(self._fork_gen):
+            # the parent's handle: only the child's copy of the descriptor goes (no lock, no
+            # wait, nothing the parent would notice: see close()), and no warning
+            self.close()
+            return
+        if _dispose(self.close, f"FileHandle {self.path}", self._inflight.idle):
+            warnings.warn(
+                f"unclosed {self!r}: closed when collected; call close() (or use `with stack.open(...)`)",
+                ResourceWarning,
+                1,
+                source=self,
+            )
 
     def __repr__(self) -> str:
         return f"<FileHandle {self.path} backend={self.backend} direct={self.direct}>"

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from uringstack import reaper
 from uringstack.probe.punts import durable_uring_punts
 from uringstack.ring import forking
 from uringstack.ring.io_backend import FileIO
@@ -57,6 +58,7 @@ _atexit_registered = False
 
 
 def _close_shared() -> None:
+    reaper.drain_at_exit()  # (the handles dropped unclosed on them first, as in default_stack)
     with _shared_lock:
         stacks = [s for _, s in _shared.values()]
         _shared.clear()
@@ -161,7 +163,12 @@ class WalIO:
     def close_segment(self, handle: FileHandle) -> None:
         """Close a handle from :meth:`open_segment` (and its descriptor)."""
         inner = self._inner.pop(id(handle), None)
-        (inner if inner is not None else handle).close()
+        # The wrapped handle first: the log's I/O went through it, and its close waits for
+        # that I/O (raising, it leaves the descriptor open, and the handle under it too).
+        # Left open, its finalizer would warn and close it.
+        handle.close()
+        if inner is not None:
+            inner.close()
 
     def close(self) -> None:
         """Close the stack if this object owns it (a given or shared stack stays open)."""
