@@ -25,7 +25,9 @@ import queue
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 TICK_S = 0.05
 """How often a close waiting for its object's I/O (``ready``) asks again."""
@@ -36,14 +38,17 @@ a hung device must not keep the process from exiting)."""
 
 
 class _Item:
-    """A close handed over by a finalizer."""
+    """A close handed over by a finalizer (*warn*: the ResourceWarning the reaper gives first)."""
 
-    __slots__ = ("close", "ready", "what")
+    __slots__ = ("close", "ready", "warn", "what")
 
-    def __init__(self, close: Callable[[], object], what: str, ready: Callable[[], bool] | None) -> None:
+    def __init__(
+        self, close: Callable[[], object], what: str, ready: Callable[[], bool] | None, warn: str | None = None
+    ) -> None:
         self.close = close
         self.what = what
         self.ready = ready
+        self.warn = warn
 
 
 class _Marker:
@@ -57,7 +62,9 @@ class _Marker:
         self.taken = -1
 
 
-_queue: queue.SimpleQueue[_Item | _Marker | None] = queue.SimpleQueue()
+_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Item, _Marker, a watch()'s weakref, or None
+# watch()'s closes, by the weak reference whose callback queues it
+_watched: dict[weakref.ref[Any], _Item] = {}
 _thread: threading.Thread | None = None
 _lock = threading.Lock()  # start() only: a finalizer never takes it
 _exiting = False  # set once the exit hook stopped the thread: a finalizer then hands nothing over
@@ -67,7 +74,7 @@ _exit_deadline: float | None = None  # the one bound of every wait at exit (see 
 _TICK = object()  # no new item within TICK_S: only the waiting closes are asked again
 
 
-def _serve(q: queue.SimpleQueue[_Item | _Marker | None]) -> None:
+def _serve(q: queue.SimpleQueue[Any]) -> None:
     waiting: list[_Item] = []  # closes handed over and not run yet (their object's I/O in flight)
     markers: list[_Marker] = []  # drains waiting for those
     taken = 0
@@ -79,6 +86,12 @@ def _serve(q: queue.SimpleQueue[_Item | _Marker | None]) -> None:
             got = _TICK
         if got is None:  # (from the exit hook)
             return
+        if isinstance(got, weakref.ref):  # a watched object was collected
+            item = _watched.pop(got, None)  # (None: unwatched meanwhile)
+            if item is not None and item.warn is not None:
+                with contextlib.suppress(Exception):
+                    warnings.warn(item.warn, ResourceWarning, 1)
+            got, item = item, None
         if isinstance(got, _Item):
             taken += 1
             waiting.append(got)
@@ -140,6 +153,27 @@ def dispose(close: Callable[[], object], what: str, ready: Callable[[], bool] | 
     return True
 
 
+def watch(
+    obj: object, close: Callable[[], object], what: str, ready: Callable[[], bool] | None = None, *, warn: str
+) -> weakref.ref[Any]:
+    """Have the reaper warn (*warn*, a ``ResourceWarning``) and call ``close()`` once *obj* is
+    collected, as :func:`dispose` does (*close* and *ready* must not hold *obj*); returns the
+    token for :func:`unwatch`, which the object drops once closed.
+
+    For objects opened and closed often (handles): a closed one's collection runs no
+    Python code at all (a ``__del__`` would, at every collection: a raising signal landing
+    there, Ctrl-C, is printed and lost), and a dropped one's runs only C (the weak
+    reference's callback is the queue's ``put``)."""
+    ref = weakref.ref(obj, _queue.put)
+    _watched[ref] = _Item(close, what, ready, warn)
+    return ref
+
+
+def unwatch(token: weakref.ref[Any]) -> None:
+    """Undo :func:`watch` (safe to repeat); the caller then drops *token*, so no callback queues it."""
+    _watched.pop(token, None)
+
+
 def drain(timeout: float) -> bool:
     """Wait until every close handed over so far (and any handed over by those closes)
     has run; False if that took longer than *timeout* seconds, or no thread runs them."""
@@ -191,8 +225,9 @@ atexit.register(_stop_at_exit)
 
 def _new_reaper_in_child() -> None:
     # The parent's thread does not exist here, and what its queue holds is the parent's to close.
-    global _queue, _thread, _lock, _exit_deadline
-    _queue, _thread, _lock, _exit_deadline = queue.SimpleQueue(), None, threading.Lock(), None
+    # (the parent's watched objects queue on the parent's queue, which nothing reads here)
+    global _queue, _thread, _lock, _exit_deadline, _watched
+    _queue, _thread, _lock, _exit_deadline, _watched = queue.SimpleQueue(), None, threading.Lock(), None, {}
 
 
 os.register_at_fork(after_in_child=_new_reaper_in_child)

@@ -487,7 +487,7 @@ class FileIO(io.RawIOBase):
                     self._handle.path, direct=False, writable=self._writable, **options
                 )
                 # closed by this file's close (or finalizer), which may still write through it
-                self._buffered_handle._owned = True
+                self._buffered_handle._leave_close_to_owner()
             except BaseException:
                 os.close(fd)
                 raise

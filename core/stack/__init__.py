@@ -289,6 +289,7 @@ class Stack:
         with self._lock:
             if not self._closed:
                 self._handles.add(handle)
+                handle._close_when_dropped()
                 return handle
         handle.close()  # close() ran meanwhile and did not see this handle
         raise RingClosedError("stack is closed")

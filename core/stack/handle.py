@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import operator
 import os
 import threading
 import traceback
-import warnings
 import weakref
 from _thread import get_ident
 from collections.abc import Callable, Sequence
@@ -1181,12 +1181,12 @@ class FileHandle:
 
         *owner*: the watching object holds the handle and closes it when it is
         collected itself, warning as it sees fit (``uringstack.FileIO``): the
-        handle's own finalizer then leaves it alone.  Without an owner, a handle
-        dropped unclosed is closed by the reaper (see :meth:`__del__`)."""
+        reaper then leaves it alone.  Without an owner, a handle dropped unclosed is
+        closed by the reaper (:mod:`uringstack.reaper`)."""
         ref = weakref.WeakMethod(flush) if flush is not None else None
         self._close_watchers = (*self._close_watchers, (weakref.WeakMethod(callback), ref))
         if owner:
-            self._owned = True
+            self._leave_close_to_owner()
 
     def close(self) -> None:
         """Close the handle (idempotent): write what layered objects hold, wait for its I/O,
@@ -1210,13 +1210,15 @@ class FileHandle:
         of the descriptor (nothing is flushed); the parent's handle is untouched.
         """
         # Claimed in one C call: a second close() while the first runs (a flush closing a
-        # layer, the reaper closing a dropped handle while its stack closes) returns at once.
+        # layer, another thread's close) returns at once.
         claim = object()
-        if self.__dict__.setdefault("_close_claim", claim) is not claim:
-            return
         try:
+            if self.__dict__.setdefault("_close_claim", claim) is not claim:
+                return
             self._close_steps()
         except BaseException as exc:
+            if self.__dict__.get("_close_claim") is not claim:
+                raise  # (a signal before the claim: nothing began, as before the call)
             if not isinstance(exc, FAILURES):
                 # a raising signal (Ctrl-C) cut it short: a second close() would return at
                 # once, so the steps left run now, then the signal's exception propagates
@@ -1240,7 +1242,6 @@ class FileHandle:
     # most once (the plugins' hook, the descriptor's release), by the flags below.
     _flushed = 0  # the watchers whose flush ran to its end
     _close_failed: BaseException | None = None  # the first flush's failure: close() raises it
-    _owned = False  # watch_close(owner=True): a layered object's finalizer closes the handle
     _plugins_told = False
     _released = False
 
@@ -1286,6 +1287,7 @@ class FileHandle:
                     self._released = True
                     self._io.close()
         self._close_watchers = ()
+        self._leave_close_to_owner()
 
     def _close_rest(self) -> None:
         """The close's steps not yet done, after a raising signal; a failure is kept for close()."""
@@ -1296,10 +1298,34 @@ class FileHandle:
                 self._close_failed = exc
 
     def _never_opened(self) -> None:
-        """The open that made this handle failed (the opener closes the backend object): the
-        handle counts as closed, so its finalizer warns about nothing its caller was given."""
+        """The open that made this handle failed (the opener closes the backend object)."""
         self.__dict__.setdefault("_close_claim", None)
         self._closed = True
+
+    # --- dropped without close() ---------------------------------------------------------
+    # Closed as an unclosed file is, with a ResourceWarning, but not where the last reference
+    # went: close() waits for the handle's I/O and takes its stack's lock, and that may be
+    # any thread (one holding that lock, a signal handler's frame).  The reaper thread closes
+    # it, once the I/O started through it ended (a pending its caller still holds, a
+    # cancelled await's op): an op in flight keeps the descriptor and the fixed-file slot.
+    # Not a __del__: the reaper's weak reference runs no Python code when the handle goes
+    # (a closed handle's collection, at every close path's end, would be a point where a
+    # raising signal is lost), so the handle itself is gone by then: a stand-in over the
+    # same backend object is closed in its place (_close_dropped).
+    _drop_token: weakref.ref[Any] | None = None
+
+    def _close_when_dropped(self) -> None:
+        """(:meth:`Stack.open`) Have the reaper close this handle if it is dropped unclosed."""
+        closer = functools.partial(_close_dropped, self._io, self.worker, self._stack, self._inflight)
+        warn = f"unclosed {self!r}: closed when collected; call close() (or use `with stack.open(...)`)"
+        self._drop_token = reaper.watch(self, closer, f"FileHandle {self.path}", self._inflight.idle, warn=warn)
+
+    def _leave_close_to_owner(self) -> None:
+        """Nothing for the reaper to do: closed, or an owner closes it (safe to repeat)."""
+        token = self._drop_token
+        if token is not None:
+            reaper.unwatch(token)
+            self._drop_token = None  # (then no callback queues it when the handle goes)
 
     def __enter__(self) -> FileHandle:
         return self
@@ -1307,39 +1333,17 @@ class FileHandle:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # (the module's names bound at definition: a handle collected while the interpreter
-    # tears its modules down must not fail on a global already cleared)
-    def __del__(
-        self, _dispose: Callable[..., bool] = reaper.dispose, _inherited: Callable[[int], bool] = forking.inherited
-    ) -> None:
-        # Dropped without close(): closed as an unclosed file is, with a ResourceWarning.
-        # Not here: close() waits for the handle's I/O and takes its stack's lock, and this
-        # may run in any thread (a frame holding that lock, a signal handler's).  The reaper
-        # thread holds the handle, and closes it once the I/O started through it ended (a
-        # pending still held by its caller, a cancelled await's op): an op in flight keeps
-        # its handle, and so its descriptor and fixed-file slot, open.
-        if "_inflight" not in self.__dict__ or "_close_claim" in self.__dict__:
-            return  # (its __init__ failed, or it was closed)
-        if self._owned:
-            # A file object owns it, and its own finalizer writes what it buffered, warns
-            # and closes the handle.  The reaper closing the handle meanwhile (the file and
-            # the handle collected in one pass, in no set order) would fail that write.
-            return
-        if _inherited(self._fork_gen):
-            # the parent's handle: only the child's copy of the descriptor goes (no lock, no
-            # wait, nothing the parent would notice: see close()), and no warning
-            self.close()
-            return
-        if _dispose(self.close, f"FileHandle {self.path}", self._inflight.idle):
-            warnings.warn(
-                f"unclosed {self!r}: closed when collected; call close() (or use `with stack.open(...)`)",
-                ResourceWarning,
-                1,
-                source=self,
-            )
-
     def __repr__(self) -> str:
         return f"<FileHandle {self.path} backend={self.backend} direct={self.direct}>"
+
+
+def _close_dropped(io: FileIO, worker: WorkerView, stack: HandleOwner, inflight: InflightTracker) -> None:
+    """The reaper's close of a handle collected unclosed: a stand-in over the same backend
+    object and tracker closes as the handle would have (the plugins' ``file_closed`` gets
+    the stand-in: the handle is gone)."""
+    stand_in = FileHandle(io, worker, stack)
+    stand_in._inflight = inflight
+    stand_in.close()
 
 
 def _written_back_to_back(results: Sequence[int], buffers: Sequence[Any]) -> int:

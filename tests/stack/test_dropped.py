@@ -110,8 +110,6 @@ def test_dropped_handle_is_closed_with_one_warning(
     warned = _resource_warnings(caught)
     assert len(warned) == 1, warned
     assert "unclosed <FileHandle" in warned[0] and str(path) in warned[0]
-    caught.clear()  # (a warning's source is the handle)
-    gc.collect()
     assert gone() is None
     with stack.open(path) as again:  # (nothing of the stack went with it)
         assert again.read_many([0], [bytearray(7)]) == [7]
@@ -278,6 +276,8 @@ def test_handle_and_stack_collected_together(
     gc.collect()
     assert reaper.drain(10)
     assert not _points_at(fd, path)
+    gc.collect()  # (the handle's close held the stack: it is collected once that ran)
+    assert reaper.drain(10)
     for t in threads:
         t.join(10)
         assert not t.is_alive()
@@ -369,8 +369,7 @@ FORK_SCRIPT = textwrap.dedent(
                 gc.collect()
                 del stack
                 gc.collect()
-            fd_closed = not os.path.exists(f"/proc/self/fd/{fd}")
-            child_out = {"warnings": [str(w.message) for w in caught], "fd_closed": fd_closed}
+            child_out = {"warnings": [str(w.message) for w in caught]}
         except BaseException as exc:
             child_out = {"error": repr(exc)}
         with open(report, "w") as f:
@@ -391,9 +390,9 @@ FORK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(60)
 def test_fork_child_dropping_inherited_objects_closes_nothing_of_the_parents(tmp_path: pathlib.Path) -> None:
-    """A fork child drops the parent's handle and stack: only its own copy of the descriptor
-    goes, with no warning (they are the parent's), and the parent's handle still reads
-    through its descriptor and fixed-file slot."""
+    """A fork child drops the parent's handle and stack: no warning (they are the parent's),
+    nothing handed to a reaper, and the parent's handle still reads through its descriptor
+    and fixed-file slot."""
     path = tmp_path / "f"
     path.write_bytes(DATA)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -403,7 +402,7 @@ def test_fork_child_dropping_inherited_objects_closes_nothing_of_the_parents(tmp
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["child"] == {"warnings": [], "fd_closed": True}
+    assert out["child"] == {"warnings": []}
     assert out["read"] == [[7], DATA[:7].decode()]
     assert out["slot"][0] == out["slot"][1]
     assert out["fd"] == str(path)
