@@ -40,15 +40,22 @@ a hung device must not keep the process from exiting)."""
 class _Item:
     """A close handed over by a finalizer (*warn*: the ResourceWarning the reaper gives first)."""
 
-    __slots__ = ("close", "ready", "warn", "what")
+    __slots__ = ("close", "deadline", "patience", "ready", "warn", "what")
 
     def __init__(
-        self, close: Callable[[], object], what: str, ready: Callable[[], bool] | None, warn: str | None = None
+        self,
+        close: Callable[[], object],
+        what: str,
+        ready: Callable[[], bool] | None,
+        warn: str | None = None,
+        patience: float | None = None,
     ) -> None:
         self.close = close
         self.what = what
         self.ready = ready
         self.warn = warn
+        self.patience = patience
+        self.deadline: float | None = None  # (set when the thread takes it)
 
 
 class _Marker:
@@ -94,13 +101,15 @@ def _serve(q: queue.SimpleQueue[Any]) -> None:
             got, item = item, None
         if isinstance(got, _Item):
             taken += 1
+            if got.patience is not None:
+                got.deadline = time.monotonic() + got.patience
             waiting.append(got)
         elif isinstance(got, _Marker):
             markers.append(got)
         got = None  # (not kept alive by this frame until the next one arrives)
         if waiting:
             waiting = [item for item in waiting if not _close_if_ready(item)]
-        if markers and not waiting:
+        if markers:  # (everything taken before them ran, or waits for its object's I/O)
             for marker in markers:
                 marker.taken = taken
                 marker.event.set()
@@ -108,13 +117,25 @@ def _serve(q: queue.SimpleQueue[Any]) -> None:
 
 
 def _close_if_ready(item: _Item) -> bool:
-    """Run *item*'s close unless its object still has I/O in flight; whether it ran."""
+    """Run *item*'s close unless its object still has I/O in flight; whether it is done with."""
     if item.ready is not None:
         try:
-            if not item.ready():
-                return False
+            ready = item.ready()
         except Exception:  # (the close itself then says what is wrong)
-            pass
+            ready = True
+        if not ready:
+            if item.deadline is None or time.monotonic() < item.deadline:
+                return False
+            # As a close() whose wait timed out: the descriptor stays open, so an op the
+            # kernel completes later cannot land in a file opened since under its number.
+            with contextlib.suppress(Exception):
+                warnings.warn(
+                    f"closing the dropped {item.what} failed: its I/O in flight did not complete "
+                    f"within {item.patience:g} s (a lost completion or a hung device); left open",
+                    ResourceWarning,
+                    1,
+                )
+            return True
     try:
         item.close()
     except Exception as e:  # its waiters got the failure; the next dropped object must still close
@@ -154,18 +175,27 @@ def dispose(close: Callable[[], object], what: str, ready: Callable[[], bool] | 
 
 
 def watch(
-    obj: object, close: Callable[[], object], what: str, ready: Callable[[], bool] | None = None, *, warn: str
+    obj: object,
+    close: Callable[[], object],
+    what: str,
+    ready: Callable[[], bool] | None = None,
+    *,
+    warn: str,
+    patience: float | None = None,
 ) -> weakref.ref[Any]:
     """Have the reaper warn (*warn*, a ``ResourceWarning``) and call ``close()`` once *obj* is
     collected, as :func:`dispose` does (*close* and *ready* must not hold *obj*); returns the
-    token for :func:`unwatch`, which the object drops once closed.
+    token for :func:`unwatch`, which the object drops once closed.  *ready* is asked for
+    *patience* seconds at most (None: as long as it takes); past that the close is given up
+    with a ``ResourceWarning`` and what it would release stays (as a close() whose wait for
+    the I/O timed out leaves its descriptor open).
 
     For objects opened and closed often (handles): a closed one's collection runs no
     Python code at all (a ``__del__`` would, at every collection: a raising signal landing
     there, Ctrl-C, is printed and lost), and a dropped one's runs only C (the weak
     reference's callback is the queue's ``put``)."""
     ref = weakref.ref(obj, _queue.put)
-    _watched[ref] = _Item(close, what, ready, warn)
+    _watched[ref] = _Item(close, what, ready, warn, patience)
     return ref
 
 
@@ -175,8 +205,9 @@ def unwatch(token: weakref.ref[Any]) -> None:
 
 
 def drain(timeout: float) -> bool:
-    """Wait until every close handed over so far (and any handed over by those closes)
-    has run; False if that took longer than *timeout* seconds, or no thread runs them."""
+    """Wait until every close handed over so far (and any handed over by those closes) has
+    run or waits for its object's I/O (``ready``); False if that took longer than *timeout*
+    seconds, or no thread runs them."""
     deadline = time.monotonic() + timeout
     last = -1
     while True:

@@ -1318,7 +1318,14 @@ class FileHandle:
         """(:meth:`Stack.open`) Have the reaper close this handle if it is dropped unclosed."""
         closer = functools.partial(_close_dropped, self._io, self.worker, self._stack, self._inflight)
         warn = f"unclosed {self!r}: closed when collected; call close() (or use `with stack.open(...)`)"
-        self._drop_token = reaper.watch(self, closer, f"FileHandle {self.path}", self._inflight.idle, warn=warn)
+        self._drop_token = reaper.watch(
+            self,
+            closer,
+            f"FileHandle {self.path}",
+            self._inflight.idle,
+            warn=warn,
+            patience=self._stack.close_timeout_s,
+        )
 
     def _leave_close_to_owner(self) -> None:
         """Nothing for the reaper to do: closed, or an owner closes it (safe to repeat)."""

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -57,6 +58,16 @@ def _ring_fds() -> set[int]:
         except FileNotFoundError:  # (the listing's own descriptor)
             pass
     return fds
+
+
+def _drained() -> bool:
+    """``reaper.drain(10)``, or an AssertionError saying where the reaper thread is stuck."""
+    if reaper.drain(10):
+        return True
+    thread = reaper._thread
+    frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+    where = "".join(traceback.format_stack(frame)) if frame is not None else "no reaper thread"
+    raise AssertionError(f"the reaper did not drain in 10 s:\n{where}")
 
 
 def _resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -105,7 +116,7 @@ def test_dropped_handle_is_closed_with_one_warning(
     gone = weakref.ref(h)
     del h
     gc.collect()
-    assert reaper.drain(10)
+    assert _drained()
     assert not _points_at(fd, path)
     warned = _resource_warnings(caught)
     assert len(warned) == 1, warned
@@ -134,7 +145,7 @@ def test_dropped_handle_frees_its_fixed_file_slot(
         assert h.fixed_index is not None and table.free_slots() == free - 1
         del h
         gc.collect()
-        assert reaper.drain(10)
+        assert _drained()
         assert table.free_slots() == free
     assert len(_resource_warnings(caught)) == 1
 
@@ -156,7 +167,7 @@ def test_handle_with_a_batch_in_flight_is_not_closed_under_it(
         pending = h.start_read_many([0], [buf])
         del h
         gc.collect()
-        assert not reaper.drain(0.5)  # (the read is still at the gate)
+        assert _drained()  # (the handle's close waits for the read, at the gate)
         assert _points_at(fd, path)
         h2 = stack.open(other)
         fd2 = h2.fd
@@ -169,7 +180,9 @@ def test_handle_with_a_batch_in_flight_is_not_closed_under_it(
         assert _points_at(fd, path)
         gated_fallback_reads.gate.set()
         assert pending.wait() == [4096] and bytes(buf) == DATA[:4096]
-        assert reaper.drain(10)
+        deadline = time.monotonic() + 10
+        while _points_at(fd, path) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not _points_at(fd, path)
     assert len(_resource_warnings(caught)) == 2
 
@@ -186,7 +199,7 @@ def test_dropped_stack_ends_its_workers_and_frees_its_rings(caught: list[warning
     gone = weakref.ref(stack)
     del stack
     gc.collect()
-    assert reaper.drain(10)
+    assert _drained()
     for t in threads:
         t.join(10)
         assert not t.is_alive(), f"{t.name} of the dropped stack still runs"
@@ -225,7 +238,7 @@ def test_dropped_stack_tears_down_in_order(caught: list[warnings.WarningMessage]
         skip_without("io_uring (the stack built no ring)")
     del stack, loaded
     gc.collect()
-    assert reaper.drain(10)
+    assert _drained()
     assert witness.rings_open and all(witness.rings_open), witness.rings_open
 
 
@@ -250,7 +263,7 @@ def test_stack_collected_on_its_own_worker_thread(
     del stack
     release.set()
     assert fut.result(10) == threads[0].name
-    assert reaper.drain(10)
+    assert _drained()
     for t in threads:
         t.join(10)
         assert not t.is_alive(), f"{t.name} of the dropped stack still runs"
@@ -274,10 +287,10 @@ def test_handle_and_stack_collected_together(
     fd = h.fd
     del h, stack
     gc.collect()
-    assert reaper.drain(10)
+    assert _drained()
     assert not _points_at(fd, path)
     gc.collect()  # (the handle's close held the stack: it is collected once that ran)
-    assert reaper.drain(10)
+    assert _drained()
     for t in threads:
         t.join(10)
         assert not t.is_alive()
@@ -334,7 +347,7 @@ def test_handle_under_a_watcher_that_does_not_own_it_is_closed(
     fd = watcher.handle.fd
     del watcher
     gc.collect()
-    assert reaper.drain(10)
+    assert _drained()
     assert not _points_at(fd, path)
     assert len(_resource_warnings(caught)) == 1
 
