@@ -1363,9 +1363,14 @@ class FileIO(io.RawIOBase):
                 os.close(fd)
 
     def __del__(self) -> None:
-        if self._fd >= 0 and self._closefd and not self.closed:
+        if self._fd < 0 or self.closed:  # (an __init__ that failed early set no descriptor)
+            return
+        if self._closefd:
             warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2, source=self)
-            self.close()
+        # With closefd=False the caller's descriptor stays open and no warning is given, as
+        # io.FileIO does, but the handle's own duplicate of it is closed: until session 34
+        # such a file object dropped unclosed leaked that descriptor and its handle.
+        self.close()
 
 
 FileIO.__module__ = "uringstack"
