@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pathlib
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -149,3 +151,25 @@ def size_limit() -> Iterator[Callable[[int | None], None]]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
+
+
+@pytest.fixture
+def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """What finalizers raised (an exception in one is only printed): the test asserts none."""
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+    return seen
+
+
+@pytest.fixture
+def _gc_off() -> Iterator[None]:
+    """Only the test's own collections run (the one on a worker or flusher thread must find
+    the object it drops): earlier garbage is collected first, then the GC is off."""
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

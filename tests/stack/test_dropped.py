@@ -82,27 +82,6 @@ def caught() -> Iterator[list[warnings.WarningMessage]]:
         yield seen
 
 
-@pytest.fixture
-def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """What finalizers raised (an exception in one is only printed): the test asserts none."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
-    return seen
-
-
-@pytest.fixture
-def _gc_off() -> Iterator[None]:
-    """Only the test's own collections run (the one on the worker thread must find the stack)."""
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 @pytest.mark.timeout(60)
 def test_dropped_handle_is_closed_with_one_warning(
     stack: Stack, tmp_path: pathlib.Path, caught: list[warnings.WarningMessage]

@@ -17,7 +17,7 @@ import textwrap
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -199,26 +199,6 @@ class _CollectOnWrite(_BeforeWrite):
             self.armed = False
             gc.collect()
             self.collected_on.append(threading.current_thread().name)
-
-
-@pytest.fixture
-def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """What finalizers raised (an exception in one is only printed): the test asserts none."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
-    return seen
-
-
-@pytest.fixture
-def _gc_off() -> Iterator[None]:
-    """Only the test's own collections run (the one on the flusher thread must find the log)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 @pytest.mark.timeout(60)
