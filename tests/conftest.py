@@ -19,6 +19,23 @@ import pytest
 
 from tests.signal_points import Alarm
 
+_FALLBACK_PLUGIN_TESTS = pathlib.Path(__file__).parent / "plugins" / "fallback"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``host_only`` what makes no io_uring call: the fallback plugin's tests and every
+    test parametrized to run on the fallback backend (a thread pool of ``preadv``/``pwritev``
+    and ``fdatasync``, whose behaviour the NVMe VM's kernel matrix does not vary).  The host
+    suite runs them; ``scripts/vm-guest-tests.sh`` deselects them on 5.10, 6.1 and 6.12,
+    where each costs emulated CPU time the 90-minute CI run does not have."""
+    host_only = pytest.mark.host_only
+    for item in items:
+        params = getattr(item, "callspec", None)
+        if item.path.is_relative_to(_FALLBACK_PLUGIN_TESTS) or (
+            params is not None and "fallback" in params.params.values()
+        ):
+            item.add_marker(host_only)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
