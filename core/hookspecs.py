@@ -235,7 +235,8 @@ def uringstack_completion_batch(worker: WorkerView, op: str, results: list[int],
     """See one batch of completions (statistics, tracing).
 
     One call is one batch the backend submitted, called when its last
-    completion is reaped.  ``results`` are the CQE results in submission
+    completion is reaped (a batch whose await was cancelled included: an
+    op that never ran reports ``-ECANCELED``).  ``results`` are the CQE results in submission
     order (bytes or ``-errno``); treat them as read-only.  ``op`` is what
     the batch did: ``"read"`` or ``"write"`` (plain, fixed-buffer and
     passthrough alike), ``"fsync"``, ``"fdatasync"``, or ``"write_durable"``

@@ -129,7 +129,8 @@ _TAKEN: list[Any] = []  # a started op's arguments slot (its own list is the op'
 
 class _Batch:
     """The ops of one batch on the pool: each runs only if the batch was not abandoned, and the
-    last to end reports the batch (the completion hook) and then wakes its waiters.
+    last to end reports the batch (the completion hook) and then wakes its waiters; an
+    abandoned batch is reported once none of its ops runs (:meth:`_take_on_done`).
 
     The pool can refuse an op after it queued it (it queues the op, then fails to
     start a thread: ``can't start new thread`` under a pids cgroup or
@@ -220,6 +221,9 @@ class _Batch:
                 woken = self._idle_waiters if idle is not None else None
                 if woken:
                     self._idle_waiters = []
+                on_done = self._take_on_done() if last or idle is not None else None
+            if on_done is not None:
+                self._report(on_done)
             if idle is not None:
                 idle.set()  # (once: an abandoned batch starts no op again)
                 if woken:
@@ -227,13 +231,25 @@ class _Batch:
             if last:
                 self._finish()
 
+    def _take_on_done(self) -> Callable[[CompletedBatch], None] | None:
+        """The completion hook, taken (under :attr:`_lock`): the batch is reported once, by
+        whoever ends it (its last op) or leaves it idle (an abandoned batch's last op
+        running, or :meth:`abandon` with none running)."""
+        on_done, self._on_done = self._on_done, None
+        return on_done
+
+    def _report(self, on_done: Callable[[CompletedBatch], None]) -> None:
+        """Hand the batch's results to the completion hook: every op's, ``-ECANCELED`` for an
+        op an abandoned batch never started (as a ring reports an op its cancel stopped)."""
+        if self.error is not None:
+            return
+        try:
+            on_done(DoneBatch(self.results(cancelled=self.abandoned)))
+        except BaseException as exc:  # (the plugin manager's listeners log a failing plugin)
+            self.error = exc
+
     def _finish(self) -> None:
-        """In the pool thread that ended the last op: report the batch, then wake its waiters."""
-        if self._on_done is not None and self.error is None:
-            try:
-                self._on_done(DoneBatch(self.results()))
-            except BaseException as exc:  # (the plugin manager's listeners log a failing plugin)
-                self.error = exc
+        """In the pool thread that ended the last op (reported already): wake its waiters."""
         with self._lock:
             waiters, self._waiters = self._waiters or [], None
         self.finished.set()
@@ -279,6 +295,10 @@ class _Batch:
             self.abandoned = True
             for args in self._args:
                 args.clear()
+            # idle already (none of its ops runs, and none will start): reported here
+            on_done = self._take_on_done() if not self.running and self.left else None
+        if on_done is not None:
+            self._report(on_done)
 
     def add_idle_waiter(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> bool:
         """Resolve *fut* on *loop* once no op of this abandoned batch runs; False (nothing

@@ -11,6 +11,7 @@ dropped a write with the caller's await still pending.
 from __future__ import annotations
 
 import asyncio
+import errno
 import pathlib
 import threading
 import time
@@ -18,7 +19,11 @@ from typing import Any
 
 import pytest
 
-from uringstack.stack import open_stack
+from uringstack.config import load_config
+from uringstack.hookspecs import hookimpl
+from uringstack.pluginmanager import make_plugin_manager
+from uringstack.ring import Ring
+from uringstack.stack import Worker, open_stack
 
 from .conftest import GatedReads
 
@@ -151,3 +156,50 @@ def test_a_cancelled_prepared_read_running_on_a_pool_thread_is_waited_for(
         buf[:] = b"S" * BLOCK
         time.sleep(0.2)
         assert bytes(buf) == b"S" * BLOCK
+
+
+class _Recorder:
+    """A plugin that records each batch the completion hook reports."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, list[int]]] = []
+
+    @hookimpl
+    def uringstack_completion_batch(self, worker: Worker, op: str, results: list[int], ring: Ring | None) -> None:
+        self.seen.append((op, list(results)))
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_batch_is_still_reported_to_the_completion_hook(
+    tmp_path: pathlib.Path, gated_fallback_reads: GatedReads
+) -> None:
+    """One hook call per submitted batch (the hook spec), a cancelled one included: an op it
+    never started as ``-ECANCELED`` (a ring's cancelled op's result), one that ran as its
+    result.  Until session 35 a batch the pool gave up with an op not started was never
+    reported."""
+    recorder = _Recorder()
+    pm = make_plugin_manager()
+    pm.register(recorder, "recorder")
+    loaded = load_config(env={}, plugin_manager=pm, overrides=_ONE_THREAD)
+    path = tmp_path / "f"
+    path.write_bytes(b"." * 8192)
+    with open_stack(loaded.config, plugin_manager=pm) as stack, stack.open(path, writable=True) as h:
+        bufs = [bytearray(BLOCK), bytearray(BLOCK)]
+
+        async def main() -> None:
+            read = asyncio.create_task(h.read_many_async([0, BLOCK], bufs))
+            await asyncio.sleep(0.1)  # the pool's one thread runs its first op, held at the gate
+            write = asyncio.ensure_future(h.write(bytearray(b"w" * BLOCK), BLOCK))
+            await asyncio.sleep(0)  # submitted: queued behind the gated read
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            assert recorder.seen == [("write", [-errno.ECANCELED])]  # never started: reported at once
+            _later(LATE, gated_fallback_reads.gate.set)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+
+        asyncio.run(main())
+    # the read's second op never started: reported once its first ended
+    assert recorder.seen == [("write", [-errno.ECANCELED]), ("read", [BLOCK, -errno.ECANCELED])]
