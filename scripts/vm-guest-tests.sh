@@ -42,8 +42,8 @@ if [ -n "$groups" ]; then
     # host suite and three kernels (session 35: 1,520 s of host groups per kernel, and
     # CI timed out in the third).  So the VM runs fewer rounds of the sweeps whose
     # every round is another case of the same kernel path, and none of the tests
-    # marked host_only (tests/conftest.py: the fallback's, and WAL lifecycle tests
-    # that make no io_uring call); the host suite runs all of them in full.
+    # marked host_only (the fallback's, by tests/conftest.py, and WAL tests whose
+    # subject makes no io_uring call, in their files); the host suite runs them all.
     # The WAL's SIGKILL test starts an interpreter per round (~9 s under TCG): CI's
     # 200 rounds (CI=true reaches the guest) would take 30 min per kernel.
     export URINGSTACK_CRASH_ROUNDS="${URINGSTACK_VM_CRASH_ROUNDS:-6}"

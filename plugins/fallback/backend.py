@@ -295,8 +295,9 @@ class _Batch:
             self.abandoned = True
             for args in self._args:
                 args.clear()
-            # idle already (none of its ops runs, and none will start): reported here
-            on_done = self._take_on_done() if not self.running and self.left else None
+            # idle already (none of its ops runs, and none will start): reported here (an
+            # ended batch was reported by its last op: nothing left to take)
+            on_done = self._take_on_done() if not self.running else None
         if on_done is not None:
             self._report(on_done)
 
