@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyudev
-
 from uringstack.probe.blockdev import read_attr
 from uringstack.probe.irq import device_irq_cpus
 from uringstack.probe.model import BlockDevice
+from uringstack.probe.udev import udev_context
 from uringstack.probe.usage import MOUNTINFO, SWAPS, Mounts, parse_mountinfo, parse_swaps, usage_lines
 
 _MODULE_DIR = Path("/sys/module")
@@ -179,7 +178,7 @@ def scan_block_devices(
     text.  Devices without a node (hidden multipath path disks ``nvmeXcYnZ``)
     and unattached loop devices are left out: nothing can be opened there.
     """
-    ctx = context if context is not None else pyudev.Context()
+    ctx = context if context is not None else udev_context()
     mounts = parse_mountinfo(mountinfo if mountinfo is not None else read_attr(MOUNTINFO) or "")
     swap_paths = parse_swaps(swaps if swaps is not None else read_attr(SWAPS) or "")
     nvme_pq = read_module_param("nvme", "poll_queues", module_dir)

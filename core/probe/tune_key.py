@@ -63,7 +63,9 @@ def _udev_ids(name: str) -> tuple[str, str]:
     try:
         import pyudev
 
-        dev = pyudev.Devices.from_name(pyudev.Context(), "block", name)
+        from uringstack.probe.udev import udev_context
+
+        dev = pyudev.Devices.from_name(udev_context(), "block", name)
         props = dev.properties
         return str(props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL") or ""), str(props.get("ID_WWN") or "")
     except Exception:  # udev absent (containers) or the device vanished: sysfs may still know

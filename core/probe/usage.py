@@ -18,6 +18,7 @@ from typing import Any
 import pyudev
 
 from uringstack.probe.blockdev import read_attr
+from uringstack.probe.udev import udev_context
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 SWAPS = Path("/proc/swaps")
@@ -149,7 +150,7 @@ def current_usage(
     ``O_EXCL`` open (EBUSY: claimed where this process cannot see it).
     Raises ``FileNotFoundError`` when there is no such disk.
     """
-    ctx = context if context is not None else pyudev.Context()
+    ctx = context if context is not None else udev_context()
     try:
         dev = pyudev.Devices.from_name(ctx, "block", name)
     except pyudev.DeviceNotFoundError as exc:
