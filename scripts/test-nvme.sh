@@ -2,9 +2,10 @@
 # Run the NVMe hardware test group (tests/nvme, marker "nvme") inside the
 # emulated-NVMe VM of ../shared/nvme-vm on a kernel matrix, and after it the
 # host groups that depend most on the kernel (scripts/vm-guest-tests.sh:
-# NVME_HOST_GROUPS, default "tests/ring tests/plugins tests/wal tests/probe" and the file
-# objects' differential and O_DIRECT-descriptor tests; empty for none), ONE VM
-# call per kernel (boot costs ~10 s under TCG):
+# NVME_HOST_GROUPS, default "tests/ring tests/plugins" and the file objects'
+# differential and O_DIRECT-descriptor tests "| tests/wal tests/probe": two parts,
+# run as two pytest processes side by side; empty for none), ONE VM call per
+# kernel (boot costs ~10 s under TCG):
 #
 #   5.10  Debian 11 (NVME_VM_SUITE=bullseye): no /dev/ng0n1, no SQE128
 #   6.1   Debian 12 (the default): the polled-passthrough defect (docs/nvme.md)
@@ -73,8 +74,10 @@ for kernel in ${NVME_KERNELS:-5.10 6.1 6.12}; do
         sh "$repo/scripts/vm-guest-tests.sh" "$py" "${pytest_args[@]}" | tee "$out"
     rc=${PIPESTATUS[0]}
     secs=$(( $(date +%s) - start ))
-    # pytest's summary line of each part: "NVMe 45 passed ...; host 980 passed ..."
-    last=$(grep -E '^[0-9]+ (passed|failed|skipped|error|deselected).* in [0-9.]+s' "$out" | sed 's/ in [0-9.]*s.*//' | paste -sd';' | sed 's/;/; host groups: /')
+    # pytest's summary line of each part, the host groups' tagged by their part:
+    # "NVMe group: 45 passed ...; host groups: [h1] 400 passed ...; [h2] 380 passed ..."
+    last=$(grep -E '^(\[h[0-9]+\] )?[0-9]+ (passed|failed|skipped|error|deselected).* in [0-9.]+s' "$out" \
+        | sed 's/ in [0-9.]*s.*//' | paste -sd';' | sed 's/;/; host groups: /; s/;\([^ ]\)/; \1/g')
     [ -z "$last" ] || last="NVMe group: $last"
     if grep -q "^$marker" "$out"; then
         booted=$((booted + 1))

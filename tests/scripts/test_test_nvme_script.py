@@ -85,6 +85,11 @@ def test_the_summary_names_both_parts_and_a_host_group_failure_fails_the_run(tmp
     done = _run(tmp_path, body + 'echo "1 failed, 699 passed in 400.2s"\nexit 1\n', kernels="5.10")
     assert done.returncode == 1 and "5.10 (5.10.0-46-amd64): FAILED" in done.stdout
     assert "host groups: 1 failed, 699 passed" in done.stdout
+    # the default host groups run as two tagged parts side by side; both summaries are kept
+    parts = 'echo "[h1] 400 passed, 3 skipped in 200.1s"\necho "[h2] 1 failed, 299 passed in 210.0s"\nexit 1\n'
+    done = _run(tmp_path, body + parts, kernels="5.10")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "host groups: [h1] 400 passed, 3 skipped; [h2] 1 failed, 299 passed" in done.stdout
 
 
 def test_the_guest_script_never_makes_a_filesystem_outside_the_vm(tmp_path: Path) -> None:
