@@ -257,3 +257,87 @@ def test_the_first_waited_write_with_every_descriptor_in_use_is_written(tmp_path
     )
     assert done.returncode == 0 and done.stdout.strip() == "10", done.stderr[-2000:]
     assert (tmp_path / "f").read_bytes() == b"x" * 10
+
+
+class _Syscalls:
+    """``pwritev``/``pwrite`` as io_backend calls them, counted; ``pwritev`` writes at most
+    *cap* bytes, or raises *error*."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cap: int | None = None, error: int | None = None) -> None:
+        self.pwritev: list[tuple[int, int]] = []  # (offset, iovecs)
+        self.pwrite: list[int] = []
+        real_v, real_one = os.pwritev, os.pwrite
+
+        def pwritev(fd: int, bufs: Any, offset: int) -> int:
+            self.pwritev.append((offset, len(bufs)))
+            if error is not None:
+                raise OSError(error, os.strerror(error))
+            if cap is not None:
+                return real_one(fd, b"".join(bytes(b) for b in bufs)[:cap], offset)
+            return real_v(fd, bufs, offset)
+
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            self.pwrite.append(offset)
+            return real_one(fd, data, offset)
+
+        monkeypatch.setattr(io_backend.os, "pwritev", pwritev)
+        monkeypatch.setattr(io_backend.os, "pwrite", pwrite)
+
+
+CHUNKS = [bytes([i]) * 4096 for i in range(1, 17)]
+
+
+@pytest.mark.parametrize("backend", ["uring", "fallback"])
+def test_writes_back_to_back_go_down_in_one_pwritev(
+    backend: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_stack(overrides=BACKENDS[backend]) as stack, stack.open(tmp_path / "f", create=True) as h:
+        if backend == "uring":
+            assert isinstance(h.io, UringFileIO)
+            h.io._inline_writes = True
+        calls = _Syscalls(monkeypatch)
+        assert h.writev_from(CHUNKS, 8192) == 16 * 4096
+        # (write_many with consecutive offsets: the same single call)
+        assert h.write_many([0, 4096], [b"a" * 4096, b"b" * 4096]) == [4096, 4096]
+    assert calls.pwritev == [(8192, 16), (0, 2)] and calls.pwrite == []
+    assert (tmp_path / "f").read_bytes() == b"a" * 4096 + b"b" * 4096 + b"".join(CHUNKS)
+
+
+def test_a_short_pwritev_is_finished_op_by_op(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        calls = _Syscalls(monkeypatch, cap=3 * 4096 + 100)
+        assert io_backend.write_inline(fd, [i * 4096 for i in range(6)], CHUNKS[:6]) == [4096] * 6
+        # one pwritev (3 ops and 100 bytes of the 4th), the 4th op's rest, then the ops after
+        # it alone, as after any short count
+        assert calls.pwritev == [(0, 6)] and calls.pwrite == [3 * 4096 + 100, 4 * 4096, 5 * 4096]
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"".join(CHUNKS[:6])
+
+
+def test_a_failing_pwritev_leaves_each_op_its_own_write_and_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        calls = _Syscalls(monkeypatch, error=errno.EIO)
+        # the ops are written one by one, so a batch's results are what separate pwrites give
+        assert io_backend.write_inline(fd, [0, 4096, 8192], CHUNKS[:3]) == [4096] * 3
+        assert calls.pwritev == [(0, 3)] and calls.pwrite == [0, 4096, 8192]
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"".join(CHUNKS[:3])
+
+
+def test_ops_apart_in_the_file_are_written_apart(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        calls = _Syscalls(monkeypatch)
+        # 0-8191 back to back, then a hole, then 16384 alone: one pwritev of 2, one pwrite
+        assert io_backend.write_inline(fd, [0, 4096, 16384], CHUNKS[:3]) == [4096] * 3
+        assert calls.pwritev == [(0, 2)] and calls.pwrite == [16384]
+    finally:
+        os.close(fd)
+    data = (tmp_path / "f").read_bytes()
+    assert data[:8192] == CHUNKS[0] + CHUNKS[1] and data[16384:] == CHUNKS[2]
