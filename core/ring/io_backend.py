@@ -198,10 +198,6 @@ class DoneBatch:
         self.results = results
 
 
-# the most iovecs one pwritev(2) takes (1024 on Linux; EINVAL beyond)
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
-
-
 def _write_view(buf: Any) -> memoryview:
     """*buf* as ``pwrite(2)`` takes it: ``TypeError`` for what is no buffer, ``BufferError`` for a
     buffer that is not C-contiguous (``os.pwrite``'s own errors for them)."""
@@ -223,80 +219,34 @@ def write_inline(fd: int, offsets: Sequence[int], buffers: Sequence[Any]) -> lis
     written reports that part (the handle continues a short write, and its
     retry reports the error at the offset where it happened, as after a
     short ring write); an offset the kernel cannot take is ``-EINVAL``.
-    Ops that follow each other in the file (a file object's held writes,
-    ``writev_from``) go down in one ``pwritev(2)``; anything it leaves (a
-    short count, an error) is done op by op as above, so the results are the
-    same.
     """
     datas: list[Any] = [lease_view(buf) if isinstance(buf, RegisteredBuffer) else buf for buf in buffers]
-    results: list[int] = []
     if len(datas) > 1:
         # Every buffer taken before the first write: one that is none (None, a str) or not
         # contiguous raised at its turn, after the ops before it were written, while the caller
         # was told the batch failed (a batch is refused whole, as its offsets are).  A single
         # op (every uringstack.FileIO write) has nothing before it: pwrite's own check serves.
         datas = [_write_view(data) for data in datas]
-        results = _write_gathered(fd, offsets, datas)
-    for offset, data in zip(offsets[len(results) :], datas[len(results) :], strict=True):
-        results.append(_write_one(fd, offset, data))
-    return results
-
-
-def _write_gathered(fd: int, offsets: Sequence[int], datas: list[memoryview]) -> list[int]:
-    """The results of the leading ops that one ``pwritev`` per ``IOV_MAX`` of them wrote whole.
-
-    Only while each op starts where the one before it ended.  An op it wrote in
-    part is finished by :func:`_write_one` and counted; the ops after a short
-    count or an error are left to the caller (their own ``pwrite``, their own
-    error).  One syscall instead of one per op: copyfileobj's 64 KiB writes,
-    gathered by 16 (session 36: 16,384 ``pwrite`` calls per GiB)."""
     results: list[int] = []
-    n = len(datas)
-    while n - len(results) > 1:
-        first = len(results)
-        end = first + 1
-        pos = offsets[first] + datas[first].nbytes
-        while end < n and end - first < _IOV_MAX and offsets[end] == pos:
-            pos += datas[end].nbytes
-            end += 1
-        if end - first < 2:
-            break
+    for offset, data in zip(offsets, datas, strict=True):
+        done = 0
         try:
-            wrote = os.pwritev(fd, datas[first:end], offsets[first])
-        except (OSError, OverflowError):
-            break  # each op again, alone: its own error at its own offset
-        i = first
-        while i < end and wrote >= datas[i].nbytes:
-            wrote -= datas[i].nbytes
-            results.append(datas[i].nbytes)
-            i += 1
-        if i < end:
-            if wrote:
-                results.append(_write_one(fd, offsets[i], datas[i], wrote))
-            break
-    return results
-
-
-def _write_one(fd: int, offset: int, data: Any, done: int = 0) -> int:
-    """Write *data* at *offset* (its first *done* bytes are written), continuing short writes:
-    the bytes written, or ``-errno`` when nothing was."""
-    try:
-        if not done:
             done = os.pwrite(fd, data, offset)
-        total = nbytes(data)
-        if 0 < done < total:
-            view = memoryview(data).cast("B")
-            while done < total:
-                wrote = os.pwrite(fd, view[done:], offset + done)
-                if wrote <= 0:
-                    break  # reported short: the handle's retry raises ShortIOError
-                done += wrote
-    except OSError as exc:
-        if not done:
-            done = -(exc.errno or errno.EIO)
-    except OverflowError:  # an offset past what loff_t holds
-        done = -errno.EINVAL
-    return done
+            total = nbytes(data)
+            if 0 < done < total:
+                view = memoryview(data).cast("B")
+                while done < total:
+                    wrote = os.pwrite(fd, view[done:], offset + done)
+                    if wrote <= 0:
+                        break  # reported short: the handle's retry raises ShortIOError
+                    done += wrote
+        except OSError as exc:
+            if not done:
+                done = -(exc.errno or errno.EIO)
+        except OverflowError:  # an offset past what loff_t holds
+            done = -errno.EINVAL
+        results.append(done)
+    return results
 
 
 def prepare_rw(io: FileIO, write: bool, buffers: Sequence[Any]) -> PreparedRW:
