@@ -6,7 +6,8 @@
 #      tests, the probe (since session 32: it submits a NOP and reads the
 #      opcode table through io_uring_register on every kernel), and the file
 #      objects' differential and O_DIRECT-descriptor tests, which found a
-#      kernel defect on 5.10 and 6.1 in session 30), with
+#      kernel defect on 5.10 and 6.1 in session 30), and the handle's durability-order
+#      tests from tests/stack (since session 36), with
 #      pytest's basetemp on a real ext4 made on the namespace: the
 #      guest's /tmp is a tmpfs overlay, which refuses O_DIRECT.  Until session 29
 #      only tests/nvme ran on 5.10 / 6.1 / 6.12; the host groups ran on the host's
@@ -33,6 +34,12 @@ nvme_rc=$?
 # charged to uid 0, shared by both processes) in the first part.
 default_groups="tests/ring tests/plugins tests/fileobj/test_differential.py tests/fileobj/test_direct_descriptor.py"
 default_groups="$default_groups | tests/wal tests/probe"
+# the handle's durability steps (the flush linked after the write, O_DSYNC, the bound
+# durable write, the transfer split) through the public API, on each kernel (since
+# session 36: 48-110 s per kernel, in the part that 5.10 finished 290 s sooner)
+default_groups="$default_groups tests/stack/test_durable_order.py tests/stack/test_bound_durable.py"
+default_groups="$default_groups tests/stack/test_durable_columns.py tests/stack/test_single_op.py"
+default_groups="$default_groups tests/stack/test_direct_ends_inside_a_block.py"
 groups=${NVME_HOST_GROUPS-$default_groups}
 host_rc=0
 if [ -n "$(printf '%s' "$groups" | tr -d ' |')" ]; then
