@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pyudev
 
+from tests.requires import skip_without
 from uringstack.probe import udev
 from uringstack.probe.devices import scan_block_devices
 from uringstack.probe.tune_key import block_identity
@@ -40,7 +41,7 @@ def test_the_scan_the_usage_check_and_the_tuning_key_make_one_context(
 ) -> None:
     disks = scan_block_devices()
     if not disks:
-        pytest.skip("no block device on this machine for the udev readers to look at")
+        skip_without("a block device that udev lists (the scan found none) for the usage check to look at")
     current_usage(disks[0].name, exclusive=False)
     current_usage(disks[0].name, exclusive=False)
     st = os.stat(tmp_path)
