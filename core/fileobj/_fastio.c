@@ -460,24 +460,166 @@ static PyTypeObject CachedReadIntoType = {
  *   it), and once the limit is held FileIO._release writes it all.
  *
  * The held object stays alive through the reference, and ``bytes`` cannot
- * change, which is why only ``bytes`` is kept. */
+ * change, which is why only ``bytes`` is kept.
+ *
+ * Where nothing is held, the chunk is written here at once instead, with one
+ * pwritev2 at the file position (offset -1: it moves the position as
+ * write(2) does): holding exists to spread the Python step's fixed cost
+ * (FileIO._release, the handle's gathered write, an lseek before and after)
+ * over a buffer's worth of chunks, and this write has none of it.  Written
+ * earlier than the buffer would have written it, which a buffered writer
+ * may always do (io.BufferedWriter writes a chunk larger than its buffer at
+ * once).  Only where that Python step would do the same pwrite in the
+ * caller's thread: a backend whose waited buffered writes are
+ * done inline (``_inline_writes`` True, measured by its first Python write),
+ * no completion hook, on a ring any thread may use, not in a fork child,
+ * counted in the handle's in-flight tracker (close() waits for it; refused
+ * once closed; where a guard says no, the chunk is held as the Python step
+ * would hold it), under the file's lock, with the GIL released.  A write
+ * that fails with nothing written, or is cut short (what reached the file
+ * stays, the position after it), hands what is left to the Python step,
+ * held and written at once: its retry raises here whatever fails, as the
+ * built-in's write of a chunk larger than its buffer would. */
 
 typedef struct {
     PyObject_HEAD
     int fd;
+    int direct;           /* 1 while a chunk may be written here (see held_write_direct) */
+    long generation;      /* forking._generation when installed */
     Py_ssize_t hold_min;
     Py_ssize_t limit;
+    Py_ssize_t max_count; /* the backend's MAX_RW_COUNT: larger chunks take the Python step */
     PyObject *writer_ref; /* weakref to the BufferedWriter */
     PyObject *raw;        /* its uringstack.FileIO */
     PyObject *held;       /* the FileIO's _Held at install time */
     PyObject *acquire;
     PyObject *release;
+    PyObject *backend;    /* the handle's backend, or NULL: no direct writes */
+    PyObject *tracker;    /* the handle's InflightTracker */
+    PyObject *entered;    /* its _entered count */
+    PyObject *left;       /* its _left count */
+    Py_ssize_t direct_writes; /* chunks written here (read by the tests) */
     vectorcallfunc vectorcall;
 } HeldWrite;
 
 static PyObject *io_write, *io_flush; /* io.BufferedWriter.write / .flush */
 static PyObject *chunks_name, *nbytes_name, *pos_name, *held_name, *closed_flag_name, *hold_name,
     *release_name;
+static PyObject *inline_writes_name, *writes_inline_name, *backend_closed_name;
+
+/* 1 when the backend's Python step would write this chunk in the caller's thread, with
+ * nobody to tell of it: its waited buffered writes are inline, no completion hook, open. */
+static int
+backend_writes_here(PyObject *backend)
+{
+    PyObject *on = PyObject_GetAttr(backend, inline_writes_name);
+    if (on == Py_None) {
+        /* not measured yet (the file's first write): the method measures and remembers */
+        Py_DECREF(on);
+        on = PyObject_CallMethodNoArgs(backend, writes_inline_name);
+    }
+    if (on == NULL)
+        return -1;
+    int inline_writes = on == Py_True;
+    Py_DECREF(on);
+    if (!inline_writes)
+        return 0;
+    PyObject *hook = PyObject_GetAttr(backend, hook_name);
+    if (hook == NULL)
+        return -1;
+    Py_DECREF(hook);
+    if (hook != Py_None)
+        return 0;
+    PyObject *closed = PyObject_GetAttr(backend, backend_closed_name);
+    if (closed == NULL)
+        return -1;
+    Py_DECREF(closed);
+    return closed == Py_False;
+}
+
+/* Write chunk *b* (*size* bytes, nothing held) at the file position here; the caller
+ * holds the file's lock.  1 with *out* set (the result, or NULL with an error set) when
+ * done here; 0 when the Python step is to write it (nothing was written, nothing changed). */
+static int
+held_write_direct(HeldWrite *self, PyObject *b, Py_ssize_t size, PyObject **out)
+{
+    long generation;
+    if (current_generation(&generation) < 0)
+        goto failed;
+    if (generation != self->generation || size > self->max_count)
+        return 0;
+    int allowed = backend_writes_here(self->backend);
+    if (allowed < 0)
+        goto failed;
+    if (!allowed)
+        return 0;
+    if (next_count(self->entered) < 0)
+        goto failed;
+    PyObject *closed = PyObject_GetAttr(self->tracker, closed_name);
+    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    if (is_closed != 0) {
+        /* closing (the chunk is held, as by the Python step), or the check failed */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        int counted_out = next_count(self->left);
+        if (et != NULL) {
+            PyErr_Restore(et, ev, tb); /* the check's own error (replacing any of the count's) */
+            goto failed;
+        }
+        if (counted_out < 0)
+            goto failed;
+        return 0;
+    }
+    /* the bytes object cannot change or go away: the caller holds a reference */
+    struct iovec iov = {PyBytes_AS_STRING(b), (size_t)size};
+    ssize_t n;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    n = pwritev2(self->fd, &iov, 1, -1, 0);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (next_count(self->left) < 0) {
+        /* (only a MemoryError could; what the write did stands: the position says it) */
+        goto failed;
+    }
+    if (n == size) {
+        self->direct_writes++;
+        *out = PyLong_FromSsize_t(size);
+        return 1;
+    }
+    if (n < 0 && (err == ENOSYS || err == EPERM || err == EOPNOTSUPP)) {
+        self->direct = 0; /* pwritev2 refused (a seccomp filter): the Python step from now on */
+        return 0;
+    }
+    /* failed with nothing written (n <= 0), or cut short (the first n bytes are in the
+     * file, the position after them): the Python step holds the rest and writes it at
+     * once, so its write, retried, raises here what fails, as a write(2) of it would */
+    PyObject *rest = b;
+    Py_INCREF(rest);
+    if (n > 0) {
+        self->direct_writes++;
+        Py_SETREF(rest, PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + n, size - n));
+        if (rest == NULL)
+            goto failed;
+    }
+    PyObject *args[2] = {self->raw, rest};
+    PyObject *r = PyObject_VectorcallMethod(hold_name, args, 2, NULL);
+    Py_DECREF(rest);
+    if (r != NULL) {
+        Py_DECREF(r);
+        r = PyObject_CallMethodNoArgs(self->raw, release_name);
+    }
+    if (r == NULL)
+        goto failed;
+    Py_DECREF(r);
+    *out = PyLong_FromSsize_t(size);
+    return 1;
+
+failed:
+    *out = NULL;
+    return 1;
+}
 
 static PyObject *
 held_write_builtin(PyObject *writer, PyObject *b)
@@ -518,6 +660,11 @@ held_write_hold(HeldWrite *self, PyObject *b)
         goto unlock;
     }
     Py_ssize_t n = PyList_GET_SIZE(chunks);
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
+    if (n == 0 && self->direct) {
+        if (held_write_direct(self, b, size, &res))
+            goto unlock;
+    }
     if (n == 0) {
         off_t pos = lseek(self->fd, 0, SEEK_CUR);
         if (pos < 0) {
@@ -534,7 +681,6 @@ held_write_hold(HeldWrite *self, PyObject *b)
     nbytes = PyObject_GetAttr(self->held, nbytes_name);
     if (nbytes == NULL)
         goto unlock;
-    Py_ssize_t size = PyBytes_GET_SIZE(b);
     Py_ssize_t held_bytes = PyLong_AsSsize_t(nbytes);
     if (held_bytes == -1 && PyErr_Occurred())
         goto unlock;
@@ -619,16 +765,36 @@ held_write_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
 static int
 held_write_init(HeldWrite *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"writer", "raw", "held", "fd", "hold_min", NULL};
-    PyObject *writer, *raw, *held;
+    static char *kwlist[] = {"writer", "raw", "held", "fd", "hold_min", "backend", "tracker", "max_count", NULL};
+    PyObject *writer, *raw, *held, *backend = Py_None, *tracker = Py_None;
     int fd;
-    Py_ssize_t hold_min;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOin:HeldWrite", kwlist, &writer, &raw, &held, &fd,
-                                     &hold_min))
+    Py_ssize_t hold_min, max_count = 0;
+    long generation;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOin|OOn:HeldWrite", kwlist, &writer, &raw, &held, &fd,
+                                     &hold_min, &backend, &tracker, &max_count))
         return -1;
     if (fd < 0 || hold_min < 1) {
         PyErr_SetString(PyExc_ValueError, "HeldWrite needs a descriptor and a positive hold_min");
         return -1;
+    }
+    int direct = backend != Py_None;
+    if (direct && (tracker == Py_None || max_count < 1)) {
+        PyErr_SetString(PyExc_ValueError, "HeldWrite's direct writes need a tracker and a positive max_count");
+        return -1;
+    }
+    if (current_generation(&generation) < 0)
+        return -1;
+    PyObject *entered = NULL, *left = NULL;
+    if (direct) {
+        entered = PyObject_GetAttrString(tracker, "_entered");
+        left = entered ? PyObject_GetAttrString(tracker, "_left") : NULL;
+        if (left == NULL || !PyIter_Check(entered) || !PyIter_Check(left)) {
+            if (left != NULL)
+                PyErr_SetString(PyExc_TypeError, "tracker counts must be iterators");
+            Py_XDECREF(entered);
+            Py_XDECREF(left);
+            return -1;
+        }
     }
     PyObject *lock = PyObject_GetAttrString(held, "lock");
     if (lock == NULL)
@@ -644,8 +810,21 @@ held_write_init(HeldWrite *self, PyObject *args, PyObject *kwds)
     if (writer_ref == NULL) {
         Py_XDECREF(acquire);
         Py_XDECREF(release);
+        Py_XDECREF(entered);
+        Py_XDECREF(left);
         return -1;
     }
+    if (direct) {
+        Py_INCREF(backend);
+        Py_INCREF(tracker);
+    }
+    Py_XSETREF(self->backend, direct ? backend : NULL);
+    Py_XSETREF(self->tracker, direct ? tracker : NULL);
+    Py_XSETREF(self->entered, entered);
+    Py_XSETREF(self->left, left);
+    self->direct = direct;
+    self->generation = generation;
+    self->max_count = max_count;
     Py_XSETREF(self->writer_ref, writer_ref);
     Py_INCREF(raw);
     Py_XSETREF(self->raw, raw);
@@ -680,17 +859,26 @@ held_write_traverse(HeldWrite *self, visitproc visit, void *arg)
     Py_VISIT(self->held);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
+    Py_VISIT(self->backend);
+    Py_VISIT(self->tracker);
+    Py_VISIT(self->entered);
+    Py_VISIT(self->left);
     return 0;
 }
 
 static int
 held_write_clear(HeldWrite *self)
 {
+    self->direct = 0;
     Py_CLEAR(self->writer_ref);
     Py_CLEAR(self->raw);
     Py_CLEAR(self->held);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
+    Py_CLEAR(self->backend);
+    Py_CLEAR(self->tracker);
+    Py_CLEAR(self->entered);
+    Py_CLEAR(self->left);
     return 0;
 }
 
@@ -702,12 +890,37 @@ held_write_dealloc(HeldWrite *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyObject *
+held_write_get_direct_writes(HeldWrite *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->direct_writes);
+}
+
+static PyObject *
+held_write_get_direct(HeldWrite *self, void *Py_UNUSED(closure))
+{
+    long generation;
+    if (current_generation(&generation) < 0)
+        return NULL;
+    return PyBool_FromLong(self->direct && self->generation == generation);
+}
+
+static PyGetSetDef held_write_getset[] = {
+    {"direct_writes", (getter)held_write_get_direct_writes, NULL,
+     "How many chunks were written here, with no Python step (a count for tests and tools).", NULL},
+    {"direct", (getter)held_write_get_direct, NULL,
+     "True while a chunk that would be written at once may be written here.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject HeldWriteType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uringstack.fileobj._fastio.HeldWrite",
     .tp_doc = PyDoc_STR(
-        "HeldWrite(writer, raw, held, fd, hold_min): write(b) of a write-only uringstack.open() file "
-        "that keeps large bytes objects for one gathered write in C (see the module's source)."),
+        "HeldWrite(writer, raw, held, fd, hold_min, backend=None, tracker=None, max_count=0): write(b) "
+        "of a write-only uringstack.open() file that keeps large bytes objects for one gathered write "
+        "in C, and writes a chunk that would be written at once itself where a backend is given "
+        "(see the module's source)."),
     .tp_basicsize = sizeof(HeldWrite),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = held_write_new,
@@ -717,6 +930,7 @@ static PyTypeObject HeldWriteType = {
     .tp_clear = (inquiry)held_write_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(HeldWrite, vectorcall),
+    .tp_getset = held_write_getset,
 };
 
 static struct PyModuleDef fastio_module = {
@@ -750,6 +964,11 @@ PyInit__fastio(void)
     closed_flag_name = PyUnicode_InternFromString("_closed_flag");
     hold_name = PyUnicode_InternFromString("_hold");
     release_name = PyUnicode_InternFromString("_release");
+    inline_writes_name = PyUnicode_InternFromString("_inline_writes");
+    writes_inline_name = PyUnicode_InternFromString("writes_inline");
+    backend_closed_name = PyUnicode_InternFromString("closed");
+    if (!inline_writes_name || !writes_inline_name || !backend_closed_name)
+        return NULL;
     if (!chunks_name || !nbytes_name || !pos_name || !held_name || !closed_flag_name || !hold_name ||
         !release_name)
         return NULL;

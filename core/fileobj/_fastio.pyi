@@ -16,5 +16,21 @@ class CachedReadInto:
 class HeldWrite:
     """``write(b)`` of a write-only ``uringstack.open()`` file: large ``bytes`` kept for one gathered write, in C."""
 
-    def __init__(self, writer: Any, raw: Any, held: Any, fd: int, hold_min: int) -> None: ...
+    def __init__(
+        self,
+        writer: Any,
+        raw: Any,
+        held: Any,
+        fd: int,
+        hold_min: int,
+        backend: Any = None,
+        tracker: Any = None,
+        max_count: int = 0,
+    ) -> None: ...
     def __call__(self, b: Any, /) -> int: ...
+    @property
+    def direct_writes(self) -> int:
+        """How many chunks were written here, with no Python step."""
+    @property
+    def direct(self) -> bool:
+        """True while a chunk that would be written at once may be written here."""

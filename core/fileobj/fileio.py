@@ -47,7 +47,7 @@ from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, fin
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
 from uringstack.stack.targets import ADOPT_FD
-from uringstack.stack.uring_backend import MAX_RW_COUNT
+from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 
 if TYPE_CHECKING:
     from _typeshed import MaybeNone
@@ -62,6 +62,8 @@ Opener = Callable[[PathArg, int], int]
 _CLOSED_MSG = "I/O operation on closed file"
 _BAD_MODE = "Must have exactly one of create/read/write/append mode and at most one plus"
 _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size file
+# The backend steps a waited buffered write takes, which the C write step mirrors
+_DIRECT_WRITE_STEPS = ("start_rw", "writes_inline", "write_inline")
 
 
 def _closed_error() -> ValueError:
@@ -518,6 +520,29 @@ class FileIO(io.RawIOBase):
             return False
         self._held = _Held(limit, self._lock)
         return True
+
+    def _direct_write_parts(self) -> tuple[Any, Any] | None:
+        """The backend and in-flight tracker through which the C write step writes a chunk
+        itself (``_fastio.HeldWrite``: what :meth:`_release` would write at once), or None.
+
+        Only a plain io_uring file's backend (its ``start_rw``, ``writes_inline`` and
+        ``write_inline`` not replaced by a subclass: the C step mirrors them) on a ring
+        any thread may use, as for :meth:`_arm_cached_reads`; the C step reads the
+        backend's switches per call (``_inline_writes``, ``completion_hook``, ``closed``)."""
+        handle = self._handle
+        if handle is None or self._held is None:
+            return None
+        backend = handle._io
+        kind = type(backend)
+        ring = getattr(backend, "ring", None)
+        if (
+            not isinstance(backend, UringFileIO)
+            or ring is None
+            or ring._single_issuer
+            or any(getattr(kind, name) is not getattr(UringFileIO, name) for name in _DIRECT_WRITE_STEPS)
+        ):
+            return None
+        return backend, handle._inflight
 
     def _hold(self, b: bytes) -> int:
         """Take *b* (an immutable ``bytes``) as the next write without copying it.

@@ -23,6 +23,7 @@ from uringstack.fileobj._fastio import HeldWrite
 from uringstack.fileobj.arguments import check_stack_arguments, type_name
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.fileio import FileIO, Opener, PathArg
+from uringstack.stack.uring_backend import MAX_RW_COUNT
 
 if TYPE_CHECKING:
     from _typeshed import (
@@ -73,7 +74,11 @@ class BufferedWriter(io.BufferedWriter):
         if self._hold is not None and type(self) is BufferedWriter:
             # this class's write with no Python frame per call (copyfileobj calls it per chunk):
             # the same steps, in C, an instance attribute over the method (_fastio.c)
-            vars(self)["write"] = HeldWrite(self, raw, raw._held, raw._fd, HOLD_MIN)
+            # (and a chunk written at once is written there too, where the backend would
+            # write it in this thread: FileIO._direct_write_parts)
+            direct = raw._direct_write_parts()
+            backend, tracker = direct if direct is not None else (None, None)
+            vars(self)["write"] = HeldWrite(self, raw, raw._held, raw._fd, HOLD_MIN, backend, tracker, MAX_RW_COUNT)
 
     def write(self, b: Any) -> int:
         """``io.BufferedWriter.write``; an immutable ``bytes`` of ``HOLD_MIN`` bytes or more is

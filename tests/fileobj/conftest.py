@@ -13,6 +13,8 @@ import pytest
 import uringstack
 from tests.requires import skip_without
 from uringstack.fileobj import default_stack as ds
+from uringstack.fileobj._fastio import HeldWrite
+from uringstack.fileobj.openfile import HOLD_MIN
 from uringstack.stack import Stack, open_stack
 
 BACKENDS = {
@@ -101,3 +103,13 @@ def defer_writes(raw: Any) -> None:
     """Make the write batches *raw*'s write-behind starts begin only when waited for."""
     real = raw.handle.start_write_many
     raw.handle.start_write_many = lambda offs, bufs: _Deferred(lambda: real(offs, bufs))
+
+
+def hold_in_c(f: Any) -> None:
+    """Make *f*'s C write step hold every large ``bytes`` for a gathered write, as the Python
+    step does, instead of writing a chunk itself where nothing is held (``_fastio.HeldWrite``
+    without its backend): for the tests of holding, which the direct write skips."""
+    buffer = getattr(f, "buffer", f)
+    if isinstance(vars(buffer).get("write"), HeldWrite):
+        raw = buffer.raw
+        vars(buffer)["write"] = HeldWrite(buffer, raw, raw._held, raw._fd, HOLD_MIN)

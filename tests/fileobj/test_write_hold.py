@@ -22,13 +22,14 @@ from uringstack.fileobj._fastio import HeldWrite
 from uringstack.fileobj.openfile import HOLD_MIN
 from uringstack.stack import Stack
 
-from .conftest import write_from_another_thread
+from .conftest import hold_in_c, write_from_another_thread
 
 
 @pytest.fixture(autouse=True, params=["c-step", "python-step"])
 def write_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test twice: through the write's C step (``_fastio.HeldWrite``, the default
-    where large ``bytes`` are held) and through the class's Python ``write``."""
+    where large ``bytes`` are held), holding as the Python step does, and through the
+    class's Python ``write``."""
     init = openfile.BufferedWriter.__init__
 
     def check_step(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -37,6 +38,7 @@ def write_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
             return  # nothing held: no C step either way
         if request.param == "c-step":
             assert isinstance(vars(self)["write"], HeldWrite)
+            hold_in_c(self)  # (its direct write, where nothing is held: test_write_direct.py)
         else:
             del vars(self)["write"]
 
