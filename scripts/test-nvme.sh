@@ -4,7 +4,7 @@
 # host groups that depend most on the kernel (scripts/vm-guest-tests.sh:
 # NVME_HOST_GROUPS, default "tests/ring tests/plugins" and the file objects'
 # differential and O_DIRECT-descriptor tests "| tests/wal tests/probe" and the
-# handle's durability-order tests from tests/stack: two parts,
+# handle's durability-order tests from tests/stack and the file objects' C steps: two parts,
 # run as two pytest processes side by side; empty for none), ONE VM call per
 # kernel (boot costs ~10 s under TCG):
 #

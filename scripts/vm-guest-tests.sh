@@ -7,7 +7,8 @@
 #      opcode table through io_uring_register on every kernel), and the file
 #      objects' differential and O_DIRECT-descriptor tests, which found a
 #      kernel defect on 5.10 and 6.1 in session 30), and the handle's durability-order
-#      tests from tests/stack (since session 36), with
+#      tests from tests/stack (since session 36) and the file objects' C steps
+#      (since session 37), with
 #      pytest's basetemp on a real ext4 made on the namespace: the
 #      guest's /tmp is a tmpfs overlay, which refuses O_DIRECT.  Until session 29
 #      only tests/nvme ran on 5.10 / 6.1 / 6.12; the host groups ran on the host's
@@ -40,6 +41,10 @@ default_groups="$default_groups | tests/wal tests/probe"
 default_groups="$default_groups tests/stack/test_durable_order.py tests/stack/test_bound_durable.py"
 default_groups="$default_groups tests/stack/test_durable_columns.py tests/stack/test_single_op.py"
 default_groups="$default_groups tests/stack/test_direct_ends_inside_a_block.py"
+# the file objects' C steps (since session 37): the cached read (preadv2 RWF_NOWAIT at
+# the position) and the write at once (pwritev2 at the position, where the kernel punts
+# buffered io_uring writes), with their guards
+default_groups="$default_groups tests/fileobj/test_fastio_read.py tests/fileobj/test_write_direct.py"
 groups=${NVME_HOST_GROUPS-$default_groups}
 host_rc=0
 if [ -n "$(printf '%s' "$groups" | tr -d ' |')" ]; then

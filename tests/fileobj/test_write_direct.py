@@ -113,7 +113,7 @@ def test_a_write_holds_the_files_lock_and_is_tracked(tmp_path: pathlib.Path, uri
     """While the write runs (the GIL released), the file's lock is held and the tracker
     counts it: another thread's close() waits for it, and no other write runs beside it."""
     path = tmp_path / "f"
-    chunk = b"w" * (64 << 20)
+    chunk = b"w" * (32 << 20)
     with uringstack.open(path, "wb", stack=uring_stack) as f:
         step = _direct(f)
         seen = {"starts": 0, "locked": 0}
