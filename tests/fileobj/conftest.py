@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -38,6 +40,14 @@ def as_default_stack(stack: Stack) -> Iterator[Stack]:
 @pytest.fixture(params=sorted(BACKENDS))
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     s = open_stack(overrides=BACKENDS[request.param])
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def uring_stack() -> Iterator[Stack]:
+    """An io_uring stack alone: where the file objects' C steps and reads at the position serve."""
+    s = open_stack(overrides=BACKENDS["uring"])
     yield s
     s.close()
 
@@ -113,3 +123,60 @@ def hold_in_c(f: Any) -> None:
     if isinstance(vars(buffer).get("write"), HeldWrite):
         raw = buffer.raw
         vars(buffer)["write"] = HeldWrite(buffer, raw, raw._held, raw._fd, HOLD_MIN)
+
+
+def seen_from_fork_child(act: Callable[[], object], state: Callable[[], str]) -> str:
+    """Run *act* in a fork child of this process; ``"<state()> <outcome>"`` as the child saw
+    it (*outcome* ``done``, or the name of the exception *act* raised), through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            try:
+                act()
+                outcome = "done"
+            except Exception as e:  # (reported to the parent)
+                outcome = type(e).__name__
+            os.write(w, f"{state()} {outcome}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return os.read(r, 200).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
+def starts_in_flight(raw: Any) -> int:
+    """Ops of the raw file *raw*'s handle started and not finished (its in-flight tracker)."""
+    tracker = raw.handle._inflight
+    with tracker._lock:
+        n: int = tracker._starts()
+    return n
+
+
+def watch_c_step(raw: Any, run: Callable[[], None], timeout: float) -> dict[str, int]:
+    """Run *run* in a thread of its own, waited for up to *timeout* seconds; meanwhile count
+    the moments *raw*'s lock was held (looked at, not taken: no Python step caused) and its
+    handle's tracker counted an op in flight."""
+    seen = {"starts": 0, "locked": 0}
+    done = threading.Event()
+
+    def go() -> None:
+        try:
+            run()
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + timeout
+    while not done.is_set() and time.monotonic() < deadline:
+        if starts_in_flight(raw) > 0:
+            seen["starts"] += 1
+        if repr(raw._lock).startswith("<locked"):
+            seen["locked"] += 1
+    worker.join(timeout)
+    assert not worker.is_alive()
+    return seen

@@ -29,14 +29,7 @@ from uringstack.ring.flags import SetupFlag
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.uring_backend import UringFileIO
 
-URING = {"core.backend": "auto", "fallback.mode": "auto"}
-
-
-@pytest.fixture
-def uring_stack() -> Any:
-    s = open_stack(overrides=URING)
-    yield s
-    s.close()
+from .conftest import BACKENDS, seen_from_fork_child, starts_in_flight, watch_c_step
 
 
 def _file(tmp_path: pathlib.Path, size: int) -> tuple[pathlib.Path, bytes]:
@@ -88,11 +81,7 @@ def _spy_python_steps(f: uringstack.FileIO, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _starts(f: uringstack.FileIO) -> int:
-    handle: Any = f.handle
-    tracker = handle._inflight
-    with tracker._lock:
-        n: int = tracker._starts()
-    return n
+    return starts_in_flight(f)
 
 
 def test_a_cached_read_is_copied_in_c_not_through_the_ring(
@@ -212,27 +201,13 @@ def test_a_copy_holds_the_files_lock_and_is_tracked(tmp_path: pathlib.Path, urin
     with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
         _armed(f)
         buf = bytearray(size // 8)
-        seen = {"starts": 0, "locked": 0}
-        done = threading.Event()
 
         def read_all() -> None:
             # nothing but the C step between the copies (a seek would take the lock in Python)
-            try:
-                got = [n for n in iter(lambda: f.readinto(buf), 0)]
-                assert got == [len(buf)] * 8
-            finally:
-                done.set()
+            got = [n for n in iter(lambda: f.readinto(buf), 0)]
+            assert got == [len(buf)] * 8
 
-        reader = threading.Thread(target=read_all, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 20
-        while not done.is_set() and time.monotonic() < deadline:
-            if _starts(f) > 0:
-                seen["starts"] += 1
-            if repr(f._lock).startswith("<locked"):  # (looked at, not taken: no fallback caused)
-                seen["locked"] += 1
-        reader.join(20)
-        assert not reader.is_alive()
+        seen = watch_c_step(f, read_all, 20)
         assert seen["starts"] > 0, "no copy was ever counted in the tracker"
         assert seen["locked"] > 0, "the file's lock was never held during a copy"
         assert _starts(f) == 0
@@ -337,25 +312,8 @@ def test_a_fork_child_takes_the_python_step(tmp_path: pathlib.Path, uring_stack:
     path, _ = _file(tmp_path, 100)
     with uringstack.FileIO(path, "rb", stack=uring_stack) as f:
         fast = _armed(f)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through the pipe
-            try:
-                try:
-                    f.readinto(bytearray(10))
-                    verdict = "read"
-                except Exception as e:  # (reported to the parent)
-                    verdict = type(e).__name__
-                os.write(w, f"{fast.armed} {verdict}".encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        try:
-            report = os.read(r, 200).decode()
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
-        assert report == "False ForkedChildError"
+        seen = seen_from_fork_child(lambda: f.readinto(bytearray(10)), lambda: str(fast.armed))
+        assert seen == "False ForkedChildError"
         assert fast.armed and f.readinto(bytearray(10)) == 10
 
 
@@ -392,7 +350,7 @@ def test_not_on_the_fallback_backend_nor_a_single_issuer_ring(tmp_path: pathlib.
     path, _ = _file(tmp_path, 100)
     if on == "single_issuer":
         require_setup_flag(SetupFlag.SINGLE_ISSUER, "6.0")
-    overrides = {"core.backend": "fallback"} if on == "fallback" else {**URING, "core.single_issuer": "on"}
+    overrides = {"core.backend": "fallback"} if on == "fallback" else {**BACKENDS["uring"], "core.single_issuer": "on"}
     s = open_stack(overrides=overrides)
     try:
         f = uringstack.FileIO(path, "rb", stack=s)

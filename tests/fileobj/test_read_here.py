@@ -28,13 +28,6 @@ from uringstack.stack import Stack, open_stack, uring_backend
 from uringstack.stack.uring_backend import UringFileIO
 
 
-@pytest.fixture
-def uring_stack() -> Any:
-    s = open_stack(overrides={"core.backend": "auto", "fallback.mode": "auto"})
-    yield s
-    s.close()
-
-
 def _random_file(tmp_path: pathlib.Path, size: int) -> tuple[pathlib.Path, bytes]:
     path = tmp_path / "f"
     data = os.urandom(size)

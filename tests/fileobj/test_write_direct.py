@@ -14,8 +14,6 @@ import os
 import pathlib
 import random
 import re
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,16 +27,8 @@ from uringstack.ring.flags import SetupFlag
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.uring_backend import UringFileIO
 
+from .conftest import BACKENDS, seen_from_fork_child, starts_in_flight, watch_c_step
 from .test_write_hold import _apply, _ops
-
-URING = {"core.backend": "auto", "fallback.mode": "auto"}
-
-
-@pytest.fixture
-def uring_stack() -> Any:
-    s = open_stack(overrides=URING)
-    yield s
-    s.close()
 
 
 def _direct(f: Any) -> HeldWrite:
@@ -65,13 +55,6 @@ def _spy_python_writes(f: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(handle, "writev_from", writev_from)
     return seen
-
-
-def _starts(f: Any) -> int:
-    tracker = f.raw.handle._inflight
-    with tracker._lock:
-        n: int = tracker._starts()
-    return n
 
 
 def _counts(f: Any) -> tuple[int, int]:
@@ -116,30 +99,16 @@ def test_a_write_holds_the_files_lock_and_is_tracked(tmp_path: pathlib.Path, uri
     chunk = b"w" * (32 << 20)
     with uringstack.open(path, "wb", stack=uring_stack) as f:
         step = _direct(f)
-        seen = {"starts": 0, "locked": 0}
-        done = threading.Event()
 
         def write_all() -> None:
-            try:
-                for _ in range(4):
-                    f.write(chunk)
-            finally:
-                done.set()
+            for _ in range(4):
+                f.write(chunk)
 
-        writer = threading.Thread(target=write_all, daemon=True)
-        writer.start()
-        deadline = time.monotonic() + 30
-        while not done.is_set() and time.monotonic() < deadline:
-            if _starts(f) > 0:
-                seen["starts"] += 1
-            if repr(f.raw._lock).startswith("<locked"):  # (looked at, not taken)
-                seen["locked"] += 1
-        writer.join(30)
-        assert not writer.is_alive()
+        seen = watch_c_step(f.raw, write_all, 30)
         assert step.direct_writes == 4
         assert seen["starts"] > 0, "no write was ever counted in the tracker"
         assert seen["locked"] > 0, "the file's lock was never held during a write"
-        assert _starts(f) == 0
+        assert starts_in_flight(f.raw) == 0
     assert os.stat(path).st_size == 4 * len(chunk)
 
 
@@ -226,26 +195,13 @@ def test_a_fork_child_takes_the_python_step(tmp_path: pathlib.Path, uring_stack:
     with uringstack.open(path, "wb", stack=uring_stack) as f:
         step = _direct(f)
         f.write(b"p" * HOLD_MIN)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through the pipe
-            try:
-                try:
-                    f.write(b"c" * HOLD_MIN)  # held, as by the Python step
-                    f.flush()
-                    verdict = "written"
-                except Exception as e:  # (reported to the parent)
-                    verdict = type(e).__name__
-                os.write(w, f"{step.direct} {step.direct_writes} {verdict}".encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        try:
-            report = os.read(r, 200).decode()
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
-        assert report == "False 1 ForkedChildError"
+
+        def write_in_child() -> None:
+            f.write(b"c" * HOLD_MIN)  # held, as by the Python step
+            f.flush()
+
+        seen = seen_from_fork_child(write_in_child, lambda: f"{step.direct} {step.direct_writes}")
+        assert seen == "False 1 ForkedChildError"
         assert step.direct and os.stat(path).st_size == HOLD_MIN
         f.write(b"q" * HOLD_MIN)
         assert step.direct_writes == 2
@@ -300,7 +256,7 @@ def test_not_on_the_fallback_backend_nor_a_single_issuer_ring(tmp_path: pathlib.
     """There the C step holds, as the Python step does: nothing is written at once."""
     if on == "single_issuer":
         require_setup_flag(SetupFlag.SINGLE_ISSUER, "6.0")
-    overrides = {"core.backend": "fallback"} if on == "fallback" else {**URING, "core.single_issuer": "on"}
+    overrides = {"core.backend": "fallback"} if on == "fallback" else {**BACKENDS["uring"], "core.single_issuer": "on"}
     s = open_stack(overrides=overrides)
     path = tmp_path / "f"
     try:
