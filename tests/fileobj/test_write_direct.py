@@ -10,10 +10,14 @@ tests fail when a guard or the write's bookkeeping is removed."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
+import platform
 import random
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -276,3 +280,59 @@ def test_not_on_the_fallback_backend_nor_a_single_issuer_ring(tmp_path: pathlib.
     finally:
         s.close()
     assert path.read_bytes() == b"h" * HOLD_MIN
+
+
+SECCOMP = pathlib.Path(__file__).parents[1] / "probe" / "seccomp_deny_uring.py"
+
+_REFUSED_CHILD = r"""
+import json, os, sys
+import uringstack
+from uringstack.stack import open_stack
+path = sys.argv[1]
+stack = open_stack(overrides=json.loads(sys.argv[2]))
+f = uringstack.open(path, "wb", stack=stack)
+step = vars(f)["write"]
+armed = step.direct
+inline = f.raw.handle.io.writes_inline()
+chunks = [bytes([i]) * 65536 for i in range(1, 5)]
+sizes = []
+for c in chunks:
+    f.write(c)
+    sizes.append(os.stat(path).st_size)
+f.close()
+stack.close()
+with open(path, "rb") as g:
+    whole = g.read() == b"".join(chunks)
+print(json.dumps({"armed": armed, "inline": inline, "after": step.direct,
+                  "direct_writes": step.direct_writes, "sizes": sizes, "whole": whole}))
+"""
+
+
+@pytest.mark.parametrize("err", ["EPERM", "EOPNOTSUPP", "ENOSYS"])
+def test_pwritev2_refused_by_seccomp(tmp_path: pathlib.Path, err: str) -> None:
+    """Under a seccomp filter that refuses ``pwritev2`` (a sandbox's allow-list), every byte
+    is written. EPERM and EOPNOTSUPP: the first write finds out, the C step stops trying
+    and holds as the Python step does (written by ``pwrite`` at the close). ENOSYS: glibc's
+    ``pwritev2`` falls back to ``pwritev`` for flags 0 (as on kernels before 4.6), so every
+    chunk is still written at once."""
+    if platform.machine() != "x86_64":
+        skip_without("an x86_64 machine (the seccomp filter is written for its syscall numbers)")
+    path = tmp_path / "f"
+    child = [sys.executable, "-c", _REFUSED_CHILD, str(path), json.dumps(BACKENDS["uring"])]
+    out = subprocess.run(
+        [sys.executable, str(SECCOMP), "--deny", "pwritev2", "--errno", err, *child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if not report["inline"]:
+        skip_without("a file system whose buffered io_uring writes the kernel punts (the backend writes them itself)")
+    assert report["armed"] is True and report["whole"] is True
+    if err == "ENOSYS":
+        assert report["after"] is True and report["direct_writes"] == 4
+        assert report["sizes"] == [65536 * i for i in range(1, 5)]
+    else:
+        assert report["after"] is False and report["direct_writes"] == 0
+        assert report["sizes"] == [0, 0, 0, 0], "held, as by the Python step, until the close"

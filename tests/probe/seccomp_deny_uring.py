@@ -1,9 +1,10 @@
 """Run a command under a seccomp filter that denies io_uring syscalls.
 
-Usage: ``python seccomp_deny_uring.py [--deny setup,enter,register] [--errno EPERM|ENOSYS|N]
+Usage: ``python seccomp_deny_uring.py [--deny setup,enter,register,pwritev2] [--errno EPERM|ENOSYS|N]
 [--kill] CMD [ARG...]``.  The default (``--deny setup --errno EPERM``) is what
 Docker's default seccomp profile does to io_uring; ``--deny enter`` or
 ``--deny register`` denies one later syscall alone (io_uring_setup still works),
+``--deny pwritev2`` a syscall outside io_uring that the file objects use,
 ``--errno ENOSYS`` answers as some profiles do, and ``--kill`` kills the process
 with SIGSYS instead (SECCOMP_RET_KILL_PROCESS, systemd's ``SystemCallFilter=``
 default).  The filter is installed for real (prctl + BPF), so the probe under
@@ -29,6 +30,9 @@ SECCOMP_RET_KILL_PROCESS = 0x80000000
 AUDIT_ARCH_X86_64 = 0xC000003E
 NR_IO_URING_SETUP = 425  # x86_64
 SYSCALL_NUMBERS = {"setup": NR_IO_URING_SETUP, "enter": 426, "register": 427}  # x86_64
+# Other syscalls --deny takes by name (not in "all", which is io_uring's): pwritev2, which
+# a write-only file object's C step writes with (tests/fileobj/test_write_direct.py)
+OTHER_SYSCALLS = {"pwritev2": 328}  # x86_64
 
 # classic BPF opcodes (linux/bpf_common.h)
 BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
@@ -59,7 +63,7 @@ class SockFprog(ctypes.Structure):
 def install_filter(errno_value: int = 1, deny: Sequence[str] = ("setup",), *, kill: bool = False) -> None:
     """Deny the io_uring syscalls *deny* (names of ``SYSCALL_NUMBERS``) for this process and its
     children: with *errno_value* (EPERM), or by killing the process when *kill*."""
-    numbers = [SYSCALL_NUMBERS[name] for name in deny]
+    numbers = [{**SYSCALL_NUMBERS, **OTHER_SYSCALLS}[name] for name in deny]
     verdict = SECCOMP_RET_KILL_PROCESS if kill else SECCOMP_RET_ERRNO | (errno_value & 0xFFFF)
     n = len(numbers)
     program = [
@@ -106,7 +110,9 @@ if __name__ == "__main__":
         else:
             sys.exit(f"seccomp_deny_uring.py: unknown option {option}")
     if not args:
-        sys.exit("usage: seccomp_deny_uring.py [--deny setup,enter,register|all] [--errno E] [--kill] CMD [ARG...]")
+        sys.exit(
+            "usage: seccomp_deny_uring.py [--deny setup,enter,register,pwritev2|all] [--errno E] [--kill] CMD [ARG...]"
+        )
     install_filter(value, deny, kill=kill)
     # The filter survives execve, so the command runs exactly as under Docker.
     os.execvp(args[0], args)
