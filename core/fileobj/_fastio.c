@@ -80,19 +80,24 @@ typedef struct {
 
 static PyObject *closed_name, *reads_cached_name, *hook_name, *fallback_name;
 
-/* The backend's two switches the Python step reads per call: 1 when this read may be
- * copied here (it copies cached reads, and no completion hook wants to hear of it). */
+/* A backend switch the Python step reads per call: 1 when *switch_name* is True and no
+ * completion hook wants to hear of each op (then the C step may do the op itself).  A
+ * switch still None is measured first through the method *measure_name* (NULL: none). */
 static int
-backend_allows(CachedReadInto *self)
+backend_allows(PyObject *backend, PyObject *switch_name, PyObject *measure_name)
 {
-    PyObject *on = PyObject_GetAttr(self->backend, reads_cached_name);
+    PyObject *on = PyObject_GetAttr(backend, switch_name);
+    if (on == Py_None && measure_name != NULL) {
+        Py_DECREF(on);
+        on = PyObject_CallMethodNoArgs(backend, measure_name);
+    }
     if (on == NULL)
         return -1;
-    int copies = on == Py_True;
+    int yes = on == Py_True;
     Py_DECREF(on);
-    if (!copies)
+    if (!yes)
         return 0;
-    PyObject *hook = PyObject_GetAttr(self->backend, hook_name);
+    PyObject *hook = PyObject_GetAttr(backend, hook_name);
     if (hook == NULL)
         return -1;
     Py_DECREF(hook);
@@ -107,6 +112,30 @@ next_count(PyObject *count)
         return -1;
     Py_DECREF(v);
     return 0;
+}
+
+/* Count an op in on the handle's InflightTracker, as its Python start does: 1 counted in
+ * (the caller counts it out with next_count(left) once the op is over); 0 refused, the
+ * tracker closing (counted out again: the Python step raises or holds); -1 with an error
+ * set (counted out again where it had been counted in). */
+static int
+tracker_enter(PyObject *tracker, PyObject *entered, PyObject *left)
+{
+    if (next_count(entered) < 0)
+        return -1;
+    PyObject *closed = PyObject_GetAttr(tracker, closed_name);
+    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    if (is_closed == 0)
+        return 1;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    int counted_out = next_count(left);
+    if (et != NULL) {
+        PyErr_Restore(et, ev, tb); /* the check's own error (replacing any of the count's) */
+        return -1;
+    }
+    return counted_out < 0 ? -1 : 0;
 }
 
 static PyObject *
@@ -186,7 +215,7 @@ cached_readinto_call(CachedReadInto *self, PyObject *b)
         return NULL;
     if (generation != self->generation)
         goto whole_python_path;
-    int allowed = backend_allows(self);
+    int allowed = backend_allows(self->backend, reads_cached_name, NULL);
     if (allowed < 0)
         return NULL;
     if (!allowed)
@@ -210,22 +239,11 @@ cached_readinto_call(CachedReadInto *self, PyObject *b)
         PyBuffer_Release(&view);
         goto whole_python_path;
     }
-    if (next_count(self->entered) < 0)
+    int entered = tracker_enter(self->tracker, self->entered, self->left);
+    if (entered < 0)
         goto fail_locked;
-    PyObject *closed = PyObject_GetAttr(self->tracker, closed_name);
-    if (closed == NULL) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        (void)next_count(self->left);
-        PyErr_Restore(et, ev, tb);
-        goto fail_locked;
-    }
-    int is_closed = PyObject_IsTrue(closed);
-    Py_DECREF(closed);
-    if (is_closed != 0) {
-        /* closing (or the check failed): the Python path raises the closed-file error */
-        if (next_count(self->left) < 0 || is_closed < 0)
-            goto fail_locked;
+    if (!entered) {
+        /* closing: the Python path raises the closed-file error */
         PyBuffer_Release(&view);
         minus_one = PyLong_FromLong(-1);
         if (minus_one != NULL)
@@ -508,28 +526,14 @@ static PyObject *chunks_name, *nbytes_name, *pos_name, *held_name, *closed_flag_
 static PyObject *inline_writes_name, *writes_inline_name, *backend_closed_name;
 
 /* 1 when the backend's Python step would write this chunk in the caller's thread, with
- * nobody to tell of it: its waited buffered writes are inline, no completion hook, open. */
+ * nobody to tell of it: its waited buffered writes are inline (measured at the file's
+ * first write), no completion hook, not closed. */
 static int
 backend_writes_here(PyObject *backend)
 {
-    PyObject *on = PyObject_GetAttr(backend, inline_writes_name);
-    if (on == Py_None) {
-        /* not measured yet (the file's first write): the method measures and remembers */
-        Py_DECREF(on);
-        on = PyObject_CallMethodNoArgs(backend, writes_inline_name);
-    }
-    if (on == NULL)
-        return -1;
-    int inline_writes = on == Py_True;
-    Py_DECREF(on);
-    if (!inline_writes)
-        return 0;
-    PyObject *hook = PyObject_GetAttr(backend, hook_name);
-    if (hook == NULL)
-        return -1;
-    Py_DECREF(hook);
-    if (hook != Py_None)
-        return 0;
+    int allowed = backend_allows(backend, inline_writes_name, writes_inline_name);
+    if (allowed <= 0)
+        return allowed;
     PyObject *closed = PyObject_GetAttr(backend, backend_closed_name);
     if (closed == NULL)
         return -1;
@@ -553,24 +557,11 @@ held_write_direct(HeldWrite *self, PyObject *b, Py_ssize_t size, PyObject **out)
         goto failed;
     if (!allowed)
         return 0;
-    if (next_count(self->entered) < 0)
+    int entered = tracker_enter(self->tracker, self->entered, self->left);
+    if (entered < 0)
         goto failed;
-    PyObject *closed = PyObject_GetAttr(self->tracker, closed_name);
-    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
-    Py_XDECREF(closed);
-    if (is_closed != 0) {
-        /* closing (the chunk is held, as by the Python step), or the check failed */
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        int counted_out = next_count(self->left);
-        if (et != NULL) {
-            PyErr_Restore(et, ev, tb); /* the check's own error (replacing any of the count's) */
-            goto failed;
-        }
-        if (counted_out < 0)
-            goto failed;
-        return 0;
-    }
+    if (!entered)
+        return 0; /* closing: the chunk is held, as by the Python step */
     /* the bytes object cannot change or go away: the caller holds a reference */
     struct iovec iov = {PyBytes_AS_STRING(b), (size_t)size};
     ssize_t n;

@@ -66,6 +66,13 @@ _RAW_CHUNK = 1 << 20  # readall()'s request size on a growing or unknown-size fi
 _DIRECT_WRITE_STEPS = ("start_rw", "writes_inline", "write_inline")
 
 
+def _serves_any_thread(backend: Any) -> bool:
+    """Whether *backend* has a ring that any thread may use: where a C step may stand in
+    for its Python step (a SINGLE_ISSUER ring checks the caller's thread per op)."""
+    ring = getattr(backend, "ring", None)
+    return ring is not None and not ring._single_issuer
+
+
 def _closed_error() -> ValueError:
     return ValueError(_CLOSED_MSG)
 
@@ -345,8 +352,7 @@ class FileIO(io.RawIOBase):
         thread per read); the C step reads the backend's switches per call, as
         the Python step does (``_reads_cached_inline``, ``completion_hook``)."""
         backend = handle._io
-        ring = getattr(backend, "ring", None)
-        if handle._cached is not None and ring is not None and not ring._single_issuer:
+        if handle._cached is not None and _serves_any_thread(backend):
             vars(self)["readinto"] = CachedReadInto(self._fd, self._lock, backend, handle._inflight, self, MAX_RW_COUNT)
 
     def _disarm_cached_reads(self) -> None:
@@ -534,11 +540,9 @@ class FileIO(io.RawIOBase):
             return None
         backend = handle._io
         kind = type(backend)
-        ring = getattr(backend, "ring", None)
         if (
             not isinstance(backend, UringFileIO)
-            or ring is None
-            or ring._single_issuer
+            or not _serves_any_thread(backend)
             or any(getattr(kind, name) is not getattr(UringFileIO, name) for name in _DIRECT_WRITE_STEPS)
         ):
             return None
