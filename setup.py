@@ -1,9 +1,12 @@
 """Only here to name the compiled parts; all metadata lives in pyproject.toml.
 
-Two: the cffi binding of liburing, and ``uringstack.fileobj._fastio``, a
-small CPython extension (the page-cache step of ``uringstack.FileIO.readinto``
-with no Python frame, which cffi cannot give: a cffi call is itself reached
-through a Python frame, and it takes no Python object).
+Three: the cffi binding of liburing, and two small CPython extensions for
+what cffi cannot give (a cffi call is itself reached through a Python frame,
+and it takes no Python object): ``uringstack.fileobj._fastio`` (the
+page-cache step of ``uringstack.FileIO.readinto`` and a write-only file's
+``write``, with no Python frame) and ``uringstack.ring._futures`` (an asyncio
+future resolved from another thread unless its task was cancelled, with no
+Python frame between the check and the set).
 """
 
 from setuptools import Extension, setup
@@ -15,6 +18,11 @@ setup(
             "uringstack.fileobj._fastio",
             ["core/fileobj/_fastio.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
-        )
+        ),
+        Extension(
+            "uringstack.ring._futures",
+            ["core/ring/_futures.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+        ),
     ],
 )

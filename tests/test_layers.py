@@ -33,8 +33,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tune", "bench", "cli", "testing", "wal.bench"),
 )
 
-# Modules that exist only once built: the cffi extension and _fastio (C sources only).
-BUILT_MODULES = {"uringstack.ring._uring", "uringstack.fileobj._fastio"}
+# Modules that exist only once built: the cffi extension, and each CPython extension (a C
+# source with its type stub beside it: fileobj/_fastio, ring/_futures).
+BUILT_MODULES = {"uringstack.ring._uring"} | {
+    ".".join(["uringstack", *c.relative_to(CORE).with_suffix("").parts])
+    for c in CORE.rglob("*.c")
+    if c.with_suffix(".pyi").exists()
+}
 
 # (importer, imported): why this upward or cyclic import is needed.
 ALLOWED: dict[tuple[str, str], str] = {

@@ -5,6 +5,11 @@ Handle, a trip through the loop's ready queue and ``Handle._run`` per await.
 Whoever resolves many futures at once on the loop's thread, outside any task
 (the asyncio coalescer's delivery, the write-ahead log's acknowledgement of a
 flush), runs each awaiting task's wake-up itself instead: :func:`resolve`.
+
+A thread that resolves a future on its loop (``loop.call_soon_threadsafe``) passes
+:func:`set_result_unless_done` (C, from ``_futures.c``) as the callback: the task may
+be cancelled before the callback runs, and ``fut.set_result`` would then raise
+``InvalidStateError`` in the loop's exception handler.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from uringstack.ring._futures import set_result_unless_done as set_result_unless_done
 from uringstack.ring.interrupts import despite_signals
 
 # asyncio.Future's own methods, unbound: a call of one on an exact ``asyncio.Future``

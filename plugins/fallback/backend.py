@@ -33,6 +33,7 @@ from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending
+from uringstack.ring.wakeups import set_result_unless_done
 from uringstack.stack.targets import logical_block_size, open_target
 
 if TYPE_CHECKING:
@@ -328,10 +329,12 @@ class _Batch:
 def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
     """Resolve each waiter's future on its loop (from a pool thread)."""
     for loop, fut in waiters:
-        # fut.set_result itself (C), not a Python callback: a raising signal at such a
-        # callback's entry (on the loop's thread) would leave the await pending for good
+        # A C callback, not a Python one: a raising signal at a Python callback's entry (on
+        # the loop's thread) would leave the await pending for good; and not fut.set_result
+        # itself, which raises InvalidStateError (logged by the loop) when the task was
+        # cancelled after the batch ended and before this runs
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits there any more
-            loop.call_soon_threadsafe(fut.set_result, None)
+            loop.call_soon_threadsafe(set_result_unless_done, fut, None)
 
 
 class ThreadPending:

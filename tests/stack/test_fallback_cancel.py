@@ -203,3 +203,49 @@ def test_a_cancelled_batch_is_still_reported_to_the_completion_hook(
         asyncio.run(main())
     # the read's second op never started: reported once its first ended
     assert recorder.seen == [("write", [-errno.ECANCELED]), ("read", [BLOCK, -errno.ECANCELED])]
+
+
+def _wait_until(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "the pool's op never ended"
+        time.sleep(0.005)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given_up", [False, True], ids=["waiting-for-the-batch", "waiting-for-its-running-op"])
+def test_a_task_cancelled_after_its_wake_up_was_queued_logs_nothing(
+    tmp_path: pathlib.Path, gated_fallback_reads: GatedReads, given_up: bool
+) -> None:
+    """The pool thread that ends a batch queues each waiter's wake-up on its loop; a cancel
+    between that and the wake-up's run (a timeout's) must not make the loop log
+    ``InvalidStateError`` from ``Future.set_result``.  *given_up*: the batch was cancelled
+    first, so its awaiting task waits until its running op is over (the idle waiter)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"d" * BLOCK)
+    buf = bytearray(BLOCK)
+    logged: list[dict[str, Any]] = []
+    with open_stack(overrides=_ONE_THREAD) as stack, stack.open(path) as h:
+
+        async def main() -> None:
+            asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: logged.append(ctx))
+            pending = h.start_read_many([0], [buf])
+            time.sleep(0.1)  # a pool thread runs it: held at the gate
+            if given_up:
+                pending.cancel()
+            task = asyncio.create_task(pending.wait_async())
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            # the loop blocked here: the op ends and its wake-up is queued behind this step
+            gated_fallback_reads.gate.set()
+            _wait_until(lambda: gated_fallback_reads.ended)
+            time.sleep(0.1)  # (the pool thread goes on from the op to the wake-ups)
+            assert pending.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)  # any other callback queued has run
+
+        asyncio.run(main())
+    assert [c.get("message") for c in logged] == []
+    assert bytes(buf) == b"d" * BLOCK
