@@ -80,8 +80,9 @@ class UringstackPluginManager:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._pm = pm
-        # plugin name -> (plugin, its distribution), for the entry points load_entry_points loaded
-        self._entry_point_dists: dict[str, tuple[object, importlib.metadata.Distribution]] = {}
+        # plugin name -> (plugin, its distribution's name, the distribution), for the entry
+        # points load_entry_points loaded (the name as read there, not parsed again)
+        self._entry_point_dists: dict[str, tuple[object, str, importlib.metadata.Distribution]] = {}
 
     # --- the raw manager and plugin bookkeeping ----------------------------------
 
@@ -100,8 +101,8 @@ class UringstackPluginManager:
         dists: dict[int, tuple[str, str]] = {
             id(plugin): (dist.project_name, dist.version) for plugin, dist in self._pm.list_plugin_distinfo()
         }
-        for plugin, dist in self._entry_point_dists.values():
-            dists[id(plugin)] = (str(dist.metadata["Name"]), dist.version)
+        for plugin, dist_name, dist in self._entry_point_dists.values():
+            dists[id(plugin)] = (dist_name, dist.version)
         infos: list[PluginInfo] = []
         for name, plugin in self._pm.list_name_plugin():
             if plugin is None:
@@ -277,7 +278,7 @@ class UringstackPluginManager:
                         entry_point=f"{ep.name} = {ep.value}",
                         distribution=dist_name,
                     ) from exc
-                self._entry_point_dists[ep.name] = (plugin, dist)
+                self._entry_point_dists[ep.name] = (plugin, dist_name, dist)
                 loaded.append(ep.name)
         return loaded
 
