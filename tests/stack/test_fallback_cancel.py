@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until
 from uringstack.config import load_config
 from uringstack.hookspecs import hookimpl
 from uringstack.pluginmanager import make_plugin_manager
@@ -205,13 +206,6 @@ def test_a_cancelled_batch_is_still_reported_to_the_completion_hook(
     assert recorder.seen == [("write", [-errno.ECANCELED]), ("read", [BLOCK, -errno.ECANCELED])]
 
 
-def _wait_until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "the pool's op never ended"
-        time.sleep(0.005)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("given_up", [False, True], ids=["waiting-for-the-batch", "waiting-for-its-running-op"])
 def test_a_task_cancelled_after_its_wake_up_was_queued_logs_nothing(
@@ -238,7 +232,7 @@ def test_a_task_cancelled_after_its_wake_up_was_queued_logs_nothing(
             assert not task.done()
             # the loop blocked here: the op ends and its wake-up is queued behind this step
             gated_fallback_reads.gate.set()
-            _wait_until(lambda: gated_fallback_reads.ended)
+            wait_until(lambda: gated_fallback_reads.ended, 5.0, "the end of the pool's op")
             time.sleep(0.1)  # (the pool thread goes on from the op to the wake-ups)
             assert pending.done()
             task.cancel()

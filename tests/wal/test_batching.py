@@ -12,11 +12,11 @@ import os
 import pathlib
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 
+from tests.waiting import wait_until
 from uringstack.ring.io_backend import FileIO, SyncMethod
 from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.wal import Wal, WalClosedError, WalConfig, WalFailedError
@@ -56,13 +56,6 @@ class _GatedIO(WrappedFileIO):
         if n == gate.fail_at:
             return CompletedPending([-errno.EIO, -errno.ECANCELED] if sync == "fdatasync" else [-errno.EIO])
         return self.inner.start_write_durable(offset, buffer, sync, wait=wait)
-
-
-def _wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
 
 
 def _from_wal(callback: Any) -> bool:
@@ -191,7 +184,7 @@ def test_appends_behind_an_inline_flush_go_to_the_flusher_as_one_batch(wal_dir: 
         followers = [threading.Thread(target=work, args=(i,)) for i in range(1, 17)]
         for t in followers:
             t.start()
-        _wait_until(lambda: _queued(wal) == 17)  # the held record and 16 queued behind it
+        wait_until(lambda: _queued(wal) == 17, 10.0, "17 records queued")  # the held record and 16 queued behind it
         be.release.set()
         for t in [leader, *followers]:
             t.join()
@@ -382,7 +375,9 @@ def test_failure_rejects_sync_and_async_waiters_of_the_batch(wal_dir: pathlib.Pa
 
         async def main() -> list[Any]:
             futs = [wal.append_async(b"a%d" % i) for i in range(10)]
-            await asyncio.get_running_loop().run_in_executor(None, _wait_until, lambda: _queued(wal) == 16)
+            await asyncio.get_running_loop().run_in_executor(
+                None, wait_until, lambda: _queued(wal) == 16, 10.0, "16 records queued"
+            )
             be.release.set()
             return list(await asyncio.gather(*futs, return_exceptions=True))
 
@@ -406,7 +401,7 @@ def test_close_flushes_what_waits_behind_an_inline_flush(wal_dir: pathlib.Path) 
     followers = [threading.Thread(target=lambda: lsns.append(wal.append(b"f"))) for _ in range(4)]
     for t in followers:
         t.start()
-    _wait_until(lambda: _queued(wal) == 5)
+    wait_until(lambda: _queued(wal) == 5, 10.0, "5 records queued")
     closer = threading.Thread(target=wal.close)
     closer.start()
     be.release.set()
@@ -537,7 +532,7 @@ def test_asyncio_mixed_with_blocking_appenders_frames_every_record(wal_dir: path
             for i, t in enumerate(blockers):
                 futs.append(wal.append_async(b"a%d" % i * (i + 1)))
                 t.start()
-                _wait_until(lambda n=3 + 2 * i: _queued(wal) >= n)
+                wait_until(lambda n=3 + 2 * i: _queued(wal) >= n, 10.0, "the records queued")
             be.release.set()
             return list(await asyncio.wait_for(asyncio.gather(*futs), 10))
 

@@ -39,7 +39,8 @@ from typing import Any
 import pytest
 
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
-from tests.wal.test_batching import GatedBackend, _wait_until
+from tests.waiting import wait_until
+from tests.wal.test_batching import GatedBackend
 from uringstack.ring.io_backend import FileIO, SyncMethod
 from uringstack.ring.pending import Pending
 from uringstack.wal import Wal, WalFailedError
@@ -180,7 +181,7 @@ def test_a_signal_anywhere_in_an_append_waiting_for_a_flush_leaves_the_relay_and
         assert be.entered.wait(5)
         ahead = threading.Thread(target=append, args=(b"ahead",), name="ahead", daemon=True)
         ahead.start()
-        _wait_until(lambda: gate_size() == 1, timeout=1.0)
+        wait_until(lambda: gate_size() == 1, 1.0, "one appender at the gate")
         behind = threading.Thread(target=append, args=(b"behind",), name="behind", daemon=True)
 
         def queue_behind_then_release() -> None:
