@@ -11,18 +11,20 @@ Python frame between the check and the set).
 
 from setuptools import Extension, setup
 
+C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
+
 setup(
     cffi_modules=["core/ring/_native/build.py:ffibuilder"],
     ext_modules=[
         Extension(
             "uringstack.fileobj._fastio",
             ["core/fileobj/_fastio.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            extra_compile_args=C_FLAGS,
         ),
         Extension(
             "uringstack.ring._futures",
             ["core/ring/_futures.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            extra_compile_args=C_FLAGS,
         ),
     ],
 )
