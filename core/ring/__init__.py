@@ -32,6 +32,7 @@ from uringstack.errors import AlignmentError, RingClosedError, SubmissionError, 
 from uringstack.ring import forking
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
+from uringstack.ring.handoff import Gate, call_unlocked
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.kernel import release_before
 from uringstack.ring.native import ffi, lib
@@ -43,6 +44,18 @@ CQ_RESERVE: int = lib.US_CQ_RESERVE
 _CQ_NEEDS_FLUSH: int = lib.US_CQ_NEEDS_FLUSH
 _STAND_IN = object()  # the tag of a batch the ring made for a completed slot no batch owned
 _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
+_FEAT_EXT_ARG = 1 << 8  # IORING_FEAT_EXT_ARG (5.11): a wait's timeout travels with io_uring_enter
+_HOLD_LEADER: int = lib.US_HOLD_LEADER
+SHARED_HOLD_MS = 2
+"""How long a wait may hold the ring's lock (its first part, in the submitting syscall
+or the first wait call) once several threads make blocking calls on the ring: long enough
+for a device's usual op, so fast ops keep their one syscall and no hand-off between
+threads, short enough that an op the device takes long over (or never completes) holds
+the others back this long, once; the rest of its wait lets the lock go.  A lone thread's
+wait holds it for one ``wait_tick``."""
+SHARED_SPAN = 256
+"""Blocking calls by one thread in a row after which a ring that other threads used goes
+back to the lone thread's bound (:data:`SHARED_HOLD_MS`)."""
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -268,6 +281,7 @@ class Ring:
         # so busy-peeking the CQ can never succeed there: never spin on one.
         spin = 0 if self.flags & SetupFlag.IOPOLL else self.params.spin_us
         lib.us_state_set_spin(self._state, spin)
+        self._spin_us = spin
         self._counters = lib.us_state_counters(self._state)
         # The bookkeeping the batch path reads between calls, as memory (a read keeps
         # the GIL; every call into the binding releases it: see _collect_done).
@@ -278,16 +292,28 @@ class Ring:
         self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
         self._sq_flags = view.sq_kflags
         self._room_ms = view.room_ms  # how long C may wait for CQ room: one wait_tick (see _retick)
+        self._hold = view.hold  # what C may not do under the lock (us_state_t.hold)
         self._inflight: dict[int, Batch] = {}
         self._lost_ops = 0  # ops a drain gave up on (close_timeout): never waited for again
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
         self._tick_ms_now = 1
+        self._hold_ms = 1  # how long a wait may hold the lock (_retick, _note_waiter_locked)
+        self._last_waiter = 0  # the thread of the last blocking call (_note_waiter_locked)
+        self._shared_left = 0  # blocking calls left before waits hold the lock for a tick again
         self._retick()
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
+        self.unlocked_waits: bool = bool(self.features & _FEAT_EXT_ARG) and not (self.polled or self._single_issuer)
+        """Whether a blocked wait lets the ring's lock go, so other threads submit and
+        complete on this ring meanwhile (:meth:`wait`).  Not on an IOPOLL ring, whose
+        completions only a poll under the lock finds, nor on a SINGLE_ISSUER one (one
+        thread), nor on a kernel before 5.11 (no IORING_FEAT_EXT_ARG: a timed wait there
+        queues a timeout SQE, which needs the lock)."""
+        self._gate = Gate()  # threads waiting for the leader's drain (_wait_until_locked)
+        self._draining = False  # a close or an unregistration waits for the leader, then drains
         self._closed = False
         # [None] once io_uring_queue_exit ran: stored by the C step that runs it (see _exit_locked)
         self._exited: list[None] = []
@@ -514,7 +540,11 @@ class Ring:
                         raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
                 if self.wait_tick is not self._tick_seen:
                     self._retick()
-                wait_nr, wait_ms = (n, self._tick_ms_now) if wait else (0, 0)
+                if wait:
+                    me = threading.get_ident()
+                    if me != self._last_waiter or self._shared_left:
+                        self._note_waiter_locked(me)
+                wait_nr, wait_ms = (n, self._hold_ms) if wait else (0, 0)
                 off_mask = offset_align - 1 if offset_align else 0
                 slot = free.pop()
                 batch.slot = slot
@@ -616,12 +646,20 @@ class Ring:
     def _wait_room_locked(self, started: float) -> None:
         """Block until at least one more op fits under :attr:`cq_cap`, reaping (and running the
         callbacks of) what completes; bounded and checked as :meth:`wait` is."""
-        tick_ms = self._tick_ms
+        if self.wait_tick is not self._tick_seen:
+            self._retick()
+        tick_ms = self._hold_ms  # the first part (see Ring.wait); whole ticks after it
         while True:
             ret = lib.us_wait_room_for(self._ring, self._state, 1, tick_ms)
+            tick_ms = self._tick_ms
             if self._done_n[0]:
                 self._collect_done()
             if ret == 0 or ret == -errno.ENOENT:
+                return
+            if ret == -errno.EALREADY or (ret == -errno.ETIME and self.unlocked_waits):
+                if ret == -errno.ETIME:
+                    self._check_stuck_locked(int(self._inflight_n[0]), started)
+                self._wait_until_locked(self._has_room, started, self._inflight_count)
                 return
             if ret == -errno.ETIME:
                 self._check_stuck_locked(int(self._inflight_n[0]), started)
@@ -748,11 +786,129 @@ class Ring:
                 ret = lib.us_wait_slot_for(self._ring, self._state, slot, tick_ms)
             if ret == 0:
                 return
+            if ret == -errno.EALREADY or (ret == -errno.ETIME and self.unlocked_waits):
+                # past the first tick under the lock (or none at all): the rest without it
+                if ret == -errno.ETIME:
+                    self._check_stuck_locked(int(self._remaining[slot]), started)
+                remaining = self._remaining
+                self._wait_until_locked(
+                    partial(_slot_done, remaining, slot), started, partial(_slot_left, remaining, slot), slot
+                )
+                return
             if ret == -errno.ETIME:
                 self._check_stuck_locked(int(self._remaining[slot]), started)
             elif ret != -errno.EINTR:
                 raise UringIOError(-ret, "io_uring_enter(GETEVENTS)")
             ret = None
+
+    # --- waits without the lock -------------------------------------------------------
+    def _note_waiter_locked(self, me: int) -> None:
+        """A blocking call by thread *me* (the caller checked that it is another thread than
+        the last one's, or that the ring is still shared): while other threads use the ring,
+        a wait holds its lock for :data:`SHARED_HOLD_MS` at most, until one thread made
+        :data:`SHARED_SPAN` blocking calls in a row."""
+        was = self._shared_left
+        if me != self._last_waiter:
+            # (the first blocking call's thread shares with nobody: the thread that built
+            # the ring, a stack's, does no I/O on it)
+            shared = self._last_waiter != 0 and self.unlocked_waits
+            self._last_waiter = me
+            self._shared_left = SHARED_SPAN if shared else 0
+        elif was:
+            self._shared_left = was - 1
+        if bool(was) != bool(self._shared_left):
+            self._retick()  # (the bound a wait may hold the lock for changed)
+
+    def _wait_until_locked(
+        self,
+        done: Callable[[], bool],
+        started: float,
+        waiting: Callable[[], int],
+        slot: int | None = None,
+        collected: list[Batch] | None = None,
+    ) -> None:
+        """Block until ``done()``, collecting what completes (into *collected* if given), with
+        the ring's lock let go while blocked (held on entry and exit); bounded and checked as
+        :meth:`wait` is (*waiting*: the count of ops awaited, for the error; *slot*: the one
+        awaited, None for any progress).
+
+        One thread at a time, the leader, waits in the kernel (:meth:`_lead_locked`); while it
+        is out nobody else drains the CQ, so none of its completions can be consumed behind
+        its back.  The others wait at the gate only while a leader is out, and the leader,
+        back under the lock, drains and wakes those whose slot completed; it then leads again
+        without letting the lock go, or leaves and wakes every waiter left (the first to find
+        its op not done and no leader leads): so a sleeping waiter always has a leader that
+        will drain for it.  A close or an unregistration in progress (``_draining``) waits
+        for the leader, then drains with the lock held: the others wait at the gate until it
+        is done."""
+        tick_ms = self._tick_ms
+        checked = started
+        try:
+            while True:
+                if self._done_n[0]:
+                    got = self._collect_done()
+                    if collected is not None:
+                        collected.extend(got)
+                if done():
+                    return
+                if self._closed and not self._draining:
+                    raise RingClosedError(
+                        f"ring {self.params.role} was closed while {waiting()} awaited op(s) were in flight"
+                    )
+                if self._draining or self._hold[0] & _HOLD_LEADER:
+                    timed_out = not self._gate.wait(self._lock, tick_ms / 1000, slot)
+                else:
+                    timed_out = self._lead_locked(tick_ms)
+                now = time.monotonic()
+                if (timed_out or now - checked >= tick_ms / 1000) and not self._closed:
+                    # (also when other completions keep waking this thread: its own deadline holds)
+                    checked = now
+                    self._check_stuck_locked(waiting(), started)
+        finally:
+            if self._gate and not self._hold[0] & _HOLD_LEADER:
+                # no leader out: nobody would drain for those still waiting
+                self._gate.wake_all()
+
+    def _lead_locked(self, tick_ms: int) -> bool:
+        """Drain; if that found nothing, wait in the kernel for a CQE (at most *tick_ms*) with the
+        lock let go, then drain and open the gate; True if the wait timed out."""
+        ring, state, hold = self._ring, self._state, self._hold
+        if lib.us_reap_ready(ring, state):
+            self._gate.wake_done(self._remaining)
+            return False
+        try:
+            hold[0] |= _HOLD_LEADER
+            ret = call_unlocked(self._lock, lib.us_wait_cq, ring, self._spin_us, tick_ms)
+        finally:
+            # (the lock is held again: call_unlocked took it back)
+            hold[0] &= ~_HOLD_LEADER
+            lib.us_reap_ready(ring, state)
+            self._gate.wake_done(self._remaining)
+        self._counters.enters += 1
+        if ret == -errno.ETIME:
+            return True
+        if ret < 0 and ret != -errno.EINTR:
+            raise UringIOError(-ret, "io_uring_enter(GETEVENTS)", None, "waiting for completions")
+        return False
+
+    def _quiesce_waits_locked(self) -> None:
+        """Wait until no thread waits in the kernel without the lock (the caller set
+        ``_draining``, so no new leader starts, and clears it and wakes the gate when done).
+
+        The leader is woken at once, not at the end of its tick, by the cancel of everything
+        in flight, which the caller (a close, an unregistration) was going to ask for anyway:
+        its CQE wakes the leader (the call returns without waiting, -EALREADY, as the
+        leader is out)."""
+        if self._hold[0] & _HOLD_LEADER:
+            lib.us_cancel_all(self._ring, self._state, 1)
+        while self._hold[0] & _HOLD_LEADER:
+            self._gate.wait(self._lock, self.wait_tick)
+
+    def _has_room(self) -> bool:
+        return not self._closed and lib.us_cq_room(self._ring) >= 1
+
+    def _inflight_count(self) -> int:
+        return int(self._inflight_n[0])
 
     def _check_stuck_locked(self, waiting: int, started: float) -> None:
         """Between the ticks of a blocked wait: raise if its completions cannot come, or came too late."""
@@ -791,11 +947,15 @@ class Ring:
             if self._inflight.get(slot) is batch:
                 # Completed already (drained by its submission or another wait): no call
                 if self._remaining[slot]:
-                    # the first tick's wait here; _wait_slot_locked only when it did not end it
+                    # the first tick's wait here (returning at once, -EALREADY, when it must
+                    # not hold the lock); _wait_slot_locked only when it did not end it
+                    me = threading.get_ident()
+                    if me != self._last_waiter or self._shared_left:
+                        self._note_waiter_locked(me)
                     if self.wait_tick is not self._tick_seen:
                         self._retick()
                     started = time.monotonic()
-                    ret = lib.us_wait_slot_for(self._ring, self._state, slot, self._tick_ms_now)
+                    ret = lib.us_wait_slot_for(self._ring, self._state, slot, self._hold_ms)
                     if ret:
                         self._wait_slot_locked(slot, started, ret)
                 self._collect_done()
@@ -854,12 +1014,26 @@ class Ring:
             self._check_open()
             self._check_thread()
             done = self._collect_done()
-            tick_ms = self._tick_ms
+            me = threading.get_ident()
+            if me != self._last_waiter or self._shared_left:
+                self._note_waiter_locked(me)
+            if self.wait_tick is not self._tick_seen:
+                self._retick()
+            tick_ms = self._hold_ms  # the first part (see Ring.wait); whole ticks after it
             started = time.monotonic()
             while not done:
                 ret = lib.us_wait_any_for(self._ring, self._state, 1, tick_ms)
+                tick_ms = self._tick_ms
                 if ret == -errno.ENOENT:
                     return []
+                if ret == -errno.EALREADY or (ret == -errno.ETIME and self.unlocked_waits):
+                    if ret == -errno.ETIME:
+                        self._check_stuck_locked(int(self._inflight_n[0]), started)
+                    done = self._collect_done()
+                    self._wait_until_locked(
+                        partial(_any_done, done, self._inflight_n), started, self._inflight_count, None, done
+                    )
+                    return done
                 if ret == -errno.ETIME:
                     self._check_stuck_locked(int(self._inflight_n[0]), started)
                 elif ret < 0 and ret != -errno.EINTR:
@@ -889,7 +1063,10 @@ class Ring:
         checked for lost completions)."""
         if self._fork_gen != forking._generation:
             self._check_fork()
+        me = threading.get_ident()
         with self._lock:
+            if me != self._last_waiter or self._shared_left:
+                self._note_waiter_locked(me)
             free = self._free_slots
             result = self._one_result
             if self.wait_tick is not self._tick_seen:
@@ -901,7 +1078,7 @@ class Ring:
                 free.pop()
                 ret = lib.us_rw_one(
                     self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset, buf_index, result,
-                    self._tick_ms_now,
+                    self._hold_ms,
                 )  # fmt: skip
                 if ret >= 0:
                     free.append(slot)
@@ -911,7 +1088,7 @@ class Ring:
                     return res
                 again = partial(
                     lib.us_rw_one, self._ring, self._state, slot, opcode, fd, sqe_flags, buf, length, offset,
-                    buf_index, result, self._tick_ms_now,
+                    buf_index, result, self._hold_ms,
                 )  # fmt: skip
                 return self._rw_one_unfinished(slot, ret, keep, result, again)
             except BaseException:
@@ -934,7 +1111,7 @@ class Ring:
         and one lock, without passing eight arguments through Python.  *keep*
         must keep *buf*'s memory alive while the function is used."""
         ring = self
-        lock, free, call = self._lock, self._free_slots, lib.us_rw_one_bound
+        lock, free, call, get_ident = self._lock, self._free_slots, lib.us_rw_one_bound, threading.get_ident
         # The arguments that never change, in one struct: one pointer for cffi to convert
         # per op instead of nine (the conversion sits between a completion and the next
         # submission).  The pointers stay valid as before: the ring (held by the closure)
@@ -949,21 +1126,24 @@ class Ring:
         def rw_one(offset: int) -> int:
             if gen != forking._generation:
                 ring._check_fork()
+            me = get_ident()
             with lock:
+                if me != ring._last_waiter or ring._shared_left:
+                    ring._note_waiter_locked(me)
                 result = ring._one_result
                 if ring.wait_tick is not ring._tick_seen:
                     ring._retick()
                 slot = ring._one_slot_locked() if ring._closed or ring._single_issuer or not free else free[-1]
                 try:
                     free.pop()  # (as in rw_one: taken inside the try)
-                    ret = call(bound, slot, offset, result, ring._tick_ms_now)
+                    ret = call(bound, slot, offset, result, ring._hold_ms)
                     if ret >= 0:
                         free.append(slot)
                         if ret:
                             ring._collect_done()  # other batches completed meanwhile
                         res: int = result[0]
                         return res
-                    again = partial(call, bound, slot, offset, result, ring._tick_ms_now)
+                    again = partial(call, bound, slot, offset, result, ring._hold_ms)
                     return ring._rw_one_unfinished(slot, ret, keep, result, again)
                 except BaseException:
                     try:  # as in rw_one
@@ -978,7 +1158,10 @@ class Ring:
         """Convert :attr:`wait_tick` for the single-op calls (when it changed: a float
         multiply, truncation and clamp per op would sit on the QD1 path)."""
         tick = self.wait_tick
-        self._tick_ms_now = self._room_ms[0] = max(1, int(tick * 1000))
+        self._tick_ms_now = max(1, int(tick * 1000))
+        self._hold_ms = self._room_ms[0] = (
+            min(self._tick_ms_now, SHARED_HOLD_MS) if self._shared_left else self._tick_ms_now
+        )
         self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:
@@ -1186,7 +1369,21 @@ class Ring:
 
     # --- teardown ---------------------------------------------------------------
     def _drain_all_locked(self) -> UringIOError | None:
-        """Cancel everything in flight and wait (bounded) for it; the error if some never completed."""
+        """Cancel everything in flight and wait (bounded) for it; the error if some never completed.
+
+        With the lock held throughout, once a thread waiting in the kernel without it came
+        back (the other waiters find their ops complete, cancelled, when it is done)."""
+        draining = self._draining
+        try:
+            self._draining = True
+            self._quiesce_waits_locked()
+            return self._cancel_and_drain_locked()
+        finally:
+            if not draining:  # (a close keeps it set until the ring is freed: _exit_locked)
+                self._draining = False
+                self._gate.wake_all()
+
+    def _cancel_and_drain_locked(self) -> UringIOError | None:
         if CANCEL_EACH and self._inflight:
             each = [(slot << 32) | i for slot, batch in self._inflight.items() for i in range(batch.n)]
             lib.us_cancel_each(self._ring, self._state, ffi.new("uint64_t[]", each), len(each))
@@ -1233,6 +1430,10 @@ class Ring:
                 return
             self._closed = True
             try:
+                # Waiters let go of the lock (Ring.wait): one may be in the kernel; the
+                # others wait at the gate until the ring is freed (_exit_locked opens it).
+                self._draining = True
+                self._quiesce_waits_locked()
                 # (ops an earlier drain gave up on, unregister_buffers' in a stack's teardown,
                 # were reported then: waiting for them again doubled close_timeout)
                 if self._inflight or lib.us_inflight(self._state) > self._lost_ops:
@@ -1265,6 +1466,8 @@ class Ring:
         if not self._exited:
             self._exited.extend(map(lib.io_uring_queue_exit, (self._ring,)))
         self._close_unclaimed_eventfd()
+        self._draining = False  # the waiters at the gate find the ring closed
+        self._gate.wake_all()
 
     def _abandon(self) -> None:
         """Drop a fork child's copy of the ring without touching the parent's (no lock: it may be held)."""
@@ -1290,6 +1493,19 @@ class Ring:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._ring.ring_fd}"
         return f"<Ring {self.params.role} {state} flags={self.flags!r} inflight={self.inflight}>"
+
+
+def _slot_done(remaining: Any, slot: int) -> bool:
+    return not remaining[slot]
+
+
+def _slot_left(remaining: Any, slot: int) -> int:
+    return int(remaining[slot])
+
+
+def _any_done(done: list[Batch], inflight_n: Any) -> bool:
+    """wait_any's end: a batch collected, or nothing left in flight to wait for."""
+    return bool(done) or not inflight_n[0]
 
 
 def _put(cols: BatchColumns, name: str, value: IntOrSeq, n: int) -> None:

@@ -69,6 +69,8 @@ struct us_counters {
     uint64_t short_submits; /* submissions the kernel stopped at a failing op (sq_left) */
 };
 
+#define US_HOLD_LEADER 1u
+
 typedef struct us_state {
     int32_t *results[US_MAX_SLOTS];
     uint32_t remaining[US_MAX_SLOTS];
@@ -84,6 +86,12 @@ typedef struct us_state {
     uint32_t inflight;      /* tracked SQEs queued or submitted whose CQE is not reaped */
     uint32_t spin_us;       /* busy-poll the CQ this long before sleeping in the kernel */
     uint32_t room_ms;       /* next_sqe waits at most this long for CQ room (0: not at all) */
+    /* US_HOLD_LEADER, set by Python (Ring._lead_locked) while a thread waits in the
+     * kernel without the ring's lock (us_wait_cq) and alone drains the CQ when it wakes:
+     * meanwhile nothing else drains (a CQE drained behind its back would leave it asleep
+     * until its tick ends), and every wait below returns -EALREADY at once instead of
+     * blocking with the lock held (the caller waits for the leader's drain instead). */
+    uint32_t hold;
     struct us_counters c;
 } us_state_t;
 
@@ -170,6 +178,8 @@ static int submit_waits(const struct io_uring *ring)
 
 static int submit_wait_for(struct io_uring *ring, us_state_t *st, unsigned wait_nr, uint32_t timeout_ms)
 {
+    if (st->hold)
+        return submit_pending(ring, st);  /* the wait happens without the ring's lock */
     /* IOPOLL: the kernel would spin unbounded on min_complete (iopoll_wait_until),
      * and it does not poll at all while the CQ holds a CQE (io_iopoll_check), so
      * waiting here for more than the first would poll out the whole tick.  The
@@ -202,6 +212,8 @@ static unsigned drain(struct io_uring *ring, us_state_t *st)
 {
     struct io_uring_cqe *cqes[US_REAP_CHUNK];
     unsigned total = 0;
+    if (st->hold & US_HOLD_LEADER)
+        return 0;  /* the thread waiting in the kernel drains when it wakes */
     for (;;) {
         unsigned got = io_uring_peek_batch_cqe(ring, cqes, US_REAP_CHUNK);
         if (!got)
@@ -613,6 +625,8 @@ static int iopoll_wait_until(struct io_uring *ring, us_state_t *st, unsigned wai
 static int wait_cqe_until(struct io_uring *ring, us_state_t *st, uint64_t deadline)
 {
     struct io_uring_cqe *cqe;
+    if (st->hold)
+        return -EALREADY;  /* not under the ring's lock: see us_state_t.hold */
     if (ring->flags & IORING_SETUP_IOPOLL)
         return iopoll_wait_until(ring, st, 1, deadline);
     st->c.enters++;
@@ -635,6 +649,8 @@ static int wait_until_for(struct io_uring *ring, us_state_t *st, int (*cond)(us_
     drain(ring, st);
     if (cond(st, arg))
         return 0;
+    if (st->hold)
+        return -EALREADY;  /* not under the ring's lock: see us_state_t.hold */
     if (st->spin_us) {
         uint64_t end = now_ns() + (uint64_t)st->spin_us * 1000u;
         do {
@@ -842,7 +858,7 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
     st->remaining[slot] = 1;
     st->inflight++;
     uint32_t done_before = st->done_n;
-    int sub = submit_retrying(ring, st, is_sqpoll(ring) ? 0 : 1, wait_ms);
+    int sub = submit_retrying(ring, st, is_sqpoll(ring) || st->hold ? 0 : 1, wait_ms);
     if (sub < 0) {
         if (unqueue_unsubmitted(ring)) {
             st->inflight--;
@@ -857,7 +873,7 @@ int us_rw_one(struct io_uring *ring, us_state_t *st, uint32_t slot, uint8_t opco
                   ? wait_until_for(ring, st, slot_done, slot, wait_ms)
                   : (drain(ring, st), 0);
     if (st->remaining[slot])
-        return ret < 0 ? ret : -ETIME;
+        return ret < 0 && ret != -EALREADY ? ret : -ETIME;
     /* completed: take it back out of the done list (drain appended it) */
     for (uint32_t i = st->done_n; i-- > done_before;) {
         if (st->done[i] == slot) {
@@ -941,6 +957,7 @@ struct us_batch_view {
     const unsigned *cq_ktail;  /* head != tail means a CQE waits to be drained */
     const unsigned *sq_kflags; /* & US_CQ_NEEDS_FLUSH: CQEs wait in the kernel (overflow, task work) */
     uint32_t *room_ms;         /* how long a submission may wait in C for CQ room (Ring.wait_tick) */
+    uint32_t *hold;            /* us_state_t.hold: set and cleared by Python under the lock */
 };
 
 #ifndef IORING_SQ_TASKRUN
@@ -960,6 +977,33 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
     out->cq_ktail = ring->cq.ktail;
     out->sq_kflags = ring->sq.kflags;
     out->room_ms = &st->room_ms;
+    out->hold = &st->hold;
+}
+
+/* Block until the CQ holds a CQE, at most timeout_ms (-ETIME), or until a signal
+ * (-EINTR): what a thread waits for without the ring's lock while it is the ring's
+ * leader (US_HOLD_LEADER: nobody else drains, so a CQE posted stays until this
+ * thread, back under the lock, drains it, and the wait can never sleep through its
+ * own completion).  It reads the CQ indexes and enters the kernel, nothing else:
+ * no SQE is queued (the timeout travels in IORING_ENTER_EXT_ARG, 5.11+, which the
+ * caller checked) and no CQE consumed, so the lock's holder may submit meanwhile.
+ * Busy-polls the CQ for spin_us first, as the waits under the lock do. */
+int us_wait_cq(struct io_uring *ring, uint32_t spin_us, uint32_t timeout_ms)
+{
+    if (io_uring_cq_ready(ring))
+        return 0;
+    if (spin_us) {
+        uint64_t end = now_ns() + (uint64_t)spin_us * 1000u;
+        do {
+            if (io_uring_cq_ready(ring))
+                return 0;
+        } while (now_ns() < end);
+    }
+    struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long long)(timeout_ms % 1000) * 1000000 };
+    struct io_uring_getevents_arg arg = { .sigmask = 0, .sigmask_sz = 0, .ts = (uint64_t)(uintptr_t)&ts };
+    int ret = io_uring_enter2(ring->ring_fd, 0, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, (sigset_t *)&arg,
+                              sizeof(arg));
+    return ret < 0 ? ret : 0;
 }
 
 /* batch_submit_from: us_submit_batch; with wait_nr > 0 and wait_ms > 0 also wait until this

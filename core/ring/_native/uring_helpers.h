@@ -143,7 +143,10 @@ struct us_batch_view {
     const unsigned *cq_ktail;
     const unsigned *sq_kflags;
     uint32_t *room_ms;
+    uint32_t *hold;
 };
+#define US_HOLD_LEADER ...
+int us_wait_cq(struct io_uring *ring, uint32_t spin_us, uint32_t timeout_ms);
 #define US_CQ_NEEDS_FLUSH ...
 void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *out);
 int us_batch_start(struct io_uring *ring, us_state_t *st, struct us_batch *b, uint32_t n, uint32_t slot,
