@@ -310,7 +310,7 @@ class Ring:
         """Whether a blocked wait lets the ring's lock go, so other threads submit and
         complete on this ring meanwhile (:meth:`wait`).  Not on an IOPOLL ring, whose
         completions only a poll under the lock finds, nor on a SINGLE_ISSUER one (one
-        thread), nor on a kernel before 5.11 (no IORING_FEAT_EXT_ARG: a timed wait there
+        thread), nor on a kernel without IORING_FEAT_EXT_ARG (mainline before 5.11: a timed wait there
         queues a timeout SQE, which needs the lock)."""
         self._gate = Gate()  # threads waiting for the leader's drain (_wait_until_locked)
         self._draining = False  # a close or an unregistration waits for the leader, then drains

@@ -10,7 +10,8 @@ call on the ring until its wait gave up (60 s).  Now (``Ring.unlocked_waits``:
 most, and for ``SHARED_HOLD_MS`` (2 ms) once two threads make blocking calls
 on the ring; the rest of a wait lets it go, one waiter at a time waiting in the
 kernel and draining for the others.  On a kernel without IORING_FEAT_EXT_ARG
-(5.10) the old limit stays, and the tests say so.
+(mainline before 5.11; Debian 11's 5.10 has it) the old limit stays, and the
+tests say so.
 """
 
 from __future__ import annotations
