@@ -884,6 +884,8 @@ class Ring:
             hold[0] &= ~_HOLD_LEADER
             lib.us_reap_ready(ring, state)
             self._gate.wake_done(self._remaining)
+            if self._closed and not self._draining and not self._exited:
+                self._exit_locked()  # its close, cut short by a signal, left that to this thread
         self._counters.enters += 1
         if ret == -errno.ETIME:
             return True
@@ -1463,7 +1465,10 @@ class Ring:
         if self._inflight:
             _ORPHANED.extend(self._inflight.values())
             self._inflight.clear()
-        if not self._exited:
+        if not self._exited and not self._hold[0] & _HOLD_LEADER:
+            # (a thread still in the kernel without the lock reads the ring's mappings when
+            # it comes back: a close cut short while it led leaves the ring to that thread,
+            # which frees it once back, in _lead_locked)
             self._exited.extend(map(lib.io_uring_queue_exit, (self._ring,)))
         self._close_unclaimed_eventfd()
         self._draining = False  # the waiters at the gate find the ring closed
@@ -1476,7 +1481,7 @@ class Ring:
         self._closed = True
         # The kernel completes the parent's in-flight ops into the parent's memory,
         # never into this copy, so nothing here needs to outlive the ring.
-        lib.io_uring_queue_exit(self._ring)  # munmap + close of this process's copies only
+        self._exited.extend(map(lib.io_uring_queue_exit, (self._ring,)))  # this process's copies only
         self._close_unclaimed_eventfd()
 
     def __enter__(self) -> Ring:

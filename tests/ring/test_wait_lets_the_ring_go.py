@@ -26,6 +26,7 @@ from types import FrameType
 
 import pytest
 
+import uringstack.ring as ring_module
 from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring
 from uringstack.ring.flags import Op
@@ -342,6 +343,46 @@ def test_wait_any_lets_the_ring_go_and_returns_what_completed(pipe: tuple[int, i
         assert got == [batch] and batch.results == [1]
     finally:
         ring.close()
+
+
+class _NoCancel:
+    """The binding with ``us_cancel_all`` doing nothing: a close then waits out the leader's tick."""
+
+    def __getattr__(self, name: str) -> object:
+        if name == "us_cancel_all":
+            return lambda *args: -errno.EALREADY
+        return getattr(lib, name)
+
+
+def test_a_close_cut_short_while_a_thread_waits_in_the_kernel_leaves_the_ring_to_it(
+    alarm: None, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a close waits for the thread in the kernel: the ring is not freed under
+    it (it reads the ring's mappings when it comes back); that thread frees it, once."""
+    ring = Ring(entries=8)
+    if not ring.unlocked_waits:
+        ring.close()
+        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    ring.wait_tick = 5.0
+    ring.wait_timeout = 30.0
+    ring.run(Op.NOP, -1)  # this thread used the ring: the wait below holds it 2 ms at most
+    batch = _pipe_read(ring, pipe[0])[0]
+    results: list[object] = []
+    leader = threading.Thread(target=lambda: results.append(ring.wait(batch)))
+    leader.start()
+    time.sleep(0.3)
+    assert ring._hold[0] & lib.US_HOLD_LEADER
+    monkeypatch.setattr(ring_module, "lib", _NoCancel())
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    with pytest.raises(Alarm):
+        ring.close()
+    monkeypatch.undo()
+    assert ring.closed and not ring._exited, "the ring was freed under the thread in the kernel"
+    os.write(pipe[1], b"c")
+    leader.join(10)
+    assert not leader.is_alive()
+    assert ring._exited == [None]  # freed by the thread that led, once
+    assert results == [[1]]
 
 
 class Alarm(Exception):
