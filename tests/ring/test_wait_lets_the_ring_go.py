@@ -21,12 +21,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
+from collections.abc import Callable
 
 import pytest
 
 import uringstack.ring as ring_module
+from tests.signal_points import Alarm
 from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring
 from uringstack.ring.flags import Op
@@ -36,14 +36,6 @@ ANY_POS = -1 & 0xFFFFFFFFFFFFFFFF  # "current position": a pipe has no offsets
 SECOND_THREAD_S = 3.0  # a NOP takes microseconds, even under the VM's emulation
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    os.close(r)
-    os.close(w)
 
 
 def _pipe_read(ring: Ring, r: int) -> tuple[Batch, bytearray, list[object]]:
@@ -71,6 +63,15 @@ def _second_thread_finishes(ring: Ring, other: Callable[[], object], r: int, w: 
         os.write(w, b"x")
         waiting.join(10)
         second.join(10)
+
+
+def _unlocked_ring(entries: int) -> Ring:
+    """A ring whose waits let its lock go, or a skip naming what the kernel lacks."""
+    ring = Ring(entries=entries)
+    if not ring.unlocked_waits:
+        ring.close()
+        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    return ring
 
 
 def _data_file(tmp_path: os.PathLike[str], blocks: int) -> str:
@@ -196,10 +197,7 @@ def test_a_waiter_wakes_when_its_op_completes_not_at_its_tick(first: str, pipe: 
     30 s tick.  Whichever read completes first, the other thread's read, fed next, returns
     within seconds: the leader wakes the waiter whose op it drained, and a leader that
     leaves wakes the waiters left, one of which then leads (else they sleep out the tick)."""
-    ring = Ring(entries=8)
-    if not ring.unlocked_waits:
-        ring.close()
-        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    ring = _unlocked_ring(8)
     ring.wait_tick = 30.0
     ring.wait_timeout = 60.0
     r2, w2 = os.pipe()
@@ -243,10 +241,7 @@ def test_a_hung_op_does_not_hold_back_other_threads_and_still_times_out(
     """While one thread waits for a read that never comes, another thread's reads on the ring
     complete; and the first wait still gives up at wait_timeout although the other thread's
     completions keep waking it."""
-    ring = Ring(entries=16)
-    if not ring.unlocked_waits:
-        ring.close()
-        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    ring = _unlocked_ring(16)
     fd = os.open(_data_file(tmp_path, 8), os.O_RDONLY)
     ring.wait_tick = 0.1
     ring.wait_timeout = 1.5
@@ -288,7 +283,7 @@ def test_close_while_threads_wait_cancels_their_ops_and_wakes_them(pipe: tuple[i
     """Two threads wait on the ring (one in the kernel, one for it) when a third closes it: the
     close cancels both reads and returns at once (it wakes the one in the kernel, whose
     5 s tick it would otherwise wait out), and both waits return the cancellation."""
-    ring = Ring(entries=8)
+    ring = _unlocked_ring(8)
     ring.wait_tick = 5.0
     ring.wait_timeout = 30.0
     ring.close_timeout = 5.0
@@ -322,10 +317,7 @@ def test_close_while_threads_wait_cancels_their_ops_and_wakes_them(pipe: tuple[i
 
 
 def test_wait_any_lets_the_ring_go_and_returns_what_completed(pipe: tuple[int, int]) -> None:
-    ring = Ring(entries=8)
-    if not ring.unlocked_waits:
-        ring.close()
-        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    ring = _unlocked_ring(8)
     ring.wait_tick = 30.0
     ring.wait_timeout = 60.0
     got: list[object] = []
@@ -355,14 +347,11 @@ class _NoCancel:
 
 
 def test_a_close_cut_short_while_a_thread_waits_in_the_kernel_leaves_the_ring_to_it(
-    alarm: None, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+    counted_alarm: list[int], pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C while a close waits for the thread in the kernel: the ring is not freed under
     it (it reads the ring's mappings when it comes back); that thread frees it, once."""
-    ring = Ring(entries=8)
-    if not ring.unlocked_waits:
-        ring.close()
-        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    ring = _unlocked_ring(8)
     ring.wait_tick = 5.0
     ring.wait_timeout = 30.0
     ring.run(Op.NOP, -1)  # this thread used the ring: the wait below holds it 2 ms at most
@@ -385,35 +374,15 @@ def test_a_close_cut_short_while_a_thread_waits_in_the_kernel_leaves_the_ring_to
     assert results == [[1]]
 
 
-class Alarm(Exception):
-    """What the test's SIGALRM handler raises."""
-
-
-@pytest.fixture
-def alarm() -> Iterator[None]:
-    def raise_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Alarm
-
-    old = signal.signal(signal.SIGALRM, raise_alarm)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("role", ["leader", "waiting for the leader"])
 def test_a_raising_signal_during_a_wait_without_the_lock_leaves_the_ring_whole(
-    role: str, alarm: None, pipe: tuple[int, int]
+    role: str, counted_alarm: list[int], pipe: tuple[int, int]
 ) -> None:
     """Ctrl-C (a raising SIGALRM handler) while the main thread waits without the lock, in the
     kernel or behind another waiter: the lock is held again when it propagates (the caller's
     ``with`` releases it), no thread is left marked as waiting in the kernel, the op stays
     owned, and the ring goes on working."""
-    ring = Ring(entries=8)
-    if not ring.unlocked_waits:
-        ring.close()
-        pytest.skip("this kernel has no IORING_FEAT_EXT_ARG (5.11): waits hold the ring's lock")
+    ring = _unlocked_ring(8)
     ring.wait_tick = 5.0
     ring.wait_timeout = 30.0
     r2, w2 = os.pipe()
