@@ -48,14 +48,14 @@ _FEAT_EXT_ARG = 1 << 8  # IORING_FEAT_EXT_ARG (5.11): a wait's timeout travels w
 _HOLD_LEADER: int = lib.US_HOLD_LEADER
 SHARED_HOLD_MS = 2
 """How long a wait may hold the ring's lock (its first part, in the submitting syscall
-or the first wait call) once several threads make blocking calls on the ring: long enough
+or the first wait call) once several threads use the ring (submit or wait): long enough
 for a device's usual op, so fast ops keep their one syscall and no hand-off between
 threads, short enough that an op the device takes long over (or never completes) holds
 the others back this long, once; the rest of its wait lets the lock go.  A lone thread's
 wait holds it for one ``wait_tick``."""
 SHARED_SPAN = 256
-"""Blocking calls by one thread in a row after which a ring that other threads used goes
-back to the lone thread's bound (:data:`SHARED_HOLD_MS`)."""
+"""Calls (submissions and blocking calls) by one thread in a row after which a ring that
+other threads used goes back to the lone thread's bound (:data:`SHARED_HOLD_MS`)."""
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -299,9 +299,9 @@ class Ring:
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
         self._tick_ms_now = 1
-        self._hold_ms = 1  # how long a wait may hold the lock (_retick, _note_waiter_locked)
-        self._last_waiter = 0  # the thread of the last blocking call (_note_waiter_locked)
-        self._shared_left = 0  # blocking calls left before waits hold the lock for a tick again
+        self._hold_ms = 1  # how long a wait may hold the lock (_retick, _note_user_locked)
+        self._last_user = 0  # the thread of the last submission or blocking call (_note_user_locked)
+        self._shared_left = 0  # such calls left before waits hold the lock for a tick again
         self._retick()
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
@@ -540,10 +540,11 @@ class Ring:
                         raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
                 if self.wait_tick is not self._tick_seen:
                     self._retick()
-                if wait:
-                    me = threading.get_ident()
-                    if me != self._last_waiter or self._shared_left:
-                        self._note_waiter_locked(me)
+                # (every submission counts, waited or not: an event loop's thread submitting
+                # on the ring makes another thread's blocking call hold it 2 ms at most)
+                me = threading.get_ident()
+                if me != self._last_user or self._shared_left:
+                    self._note_user_locked(me)
                 wait_nr, wait_ms = (n, self._hold_ms) if wait else (0, 0)
                 off_mask = offset_align - 1 if offset_align else 0
                 slot = free.pop()
@@ -802,17 +803,17 @@ class Ring:
             ret = None
 
     # --- waits without the lock -------------------------------------------------------
-    def _note_waiter_locked(self, me: int) -> None:
-        """A blocking call by thread *me* (the caller checked that it is another thread than
-        the last one's, or that the ring is still shared): while other threads use the ring,
-        a wait holds its lock for :data:`SHARED_HOLD_MS` at most, until one thread made
-        :data:`SHARED_SPAN` blocking calls in a row."""
+    def _note_user_locked(self, me: int) -> None:
+        """A submission or blocking call by thread *me* (the caller checked that it is another
+        thread than the last one's, or that the ring is still shared): while other threads use
+        the ring, a wait holds its lock for :data:`SHARED_HOLD_MS` at most, until one thread
+        made :data:`SHARED_SPAN` such calls in a row."""
         was = self._shared_left
-        if me != self._last_waiter:
-            # (the first blocking call's thread shares with nobody: the thread that built
-            # the ring, a stack's, does no I/O on it)
-            shared = self._last_waiter != 0 and self.unlocked_waits
-            self._last_waiter = me
+        if me != self._last_user:
+            # (the first caller's thread shares with nobody: the thread that built the
+            # ring, a stack's, does no I/O on it)
+            shared = self._last_user != 0 and self.unlocked_waits
+            self._last_user = me
             self._shared_left = SHARED_SPAN if shared else 0
         elif was:
             self._shared_left = was - 1
@@ -952,8 +953,8 @@ class Ring:
                     # the first tick's wait here (returning at once, -EALREADY, when it must
                     # not hold the lock); _wait_slot_locked only when it did not end it
                     me = threading.get_ident()
-                    if me != self._last_waiter or self._shared_left:
-                        self._note_waiter_locked(me)
+                    if me != self._last_user or self._shared_left:
+                        self._note_user_locked(me)
                     if self.wait_tick is not self._tick_seen:
                         self._retick()
                     started = time.monotonic()
@@ -1017,8 +1018,8 @@ class Ring:
             self._check_thread()
             done = self._collect_done()
             me = threading.get_ident()
-            if me != self._last_waiter or self._shared_left:
-                self._note_waiter_locked(me)
+            if me != self._last_user or self._shared_left:
+                self._note_user_locked(me)
             if self.wait_tick is not self._tick_seen:
                 self._retick()
             tick_ms = self._hold_ms  # the first part (see Ring.wait); whole ticks after it
@@ -1067,8 +1068,8 @@ class Ring:
             self._check_fork()
         me = threading.get_ident()
         with self._lock:
-            if me != self._last_waiter or self._shared_left:
-                self._note_waiter_locked(me)
+            if me != self._last_user or self._shared_left:
+                self._note_user_locked(me)
             free = self._free_slots
             result = self._one_result
             if self.wait_tick is not self._tick_seen:
@@ -1130,8 +1131,8 @@ class Ring:
                 ring._check_fork()
             me = get_ident()
             with lock:
-                if me != ring._last_waiter or ring._shared_left:
-                    ring._note_waiter_locked(me)
+                if me != ring._last_user or ring._shared_left:
+                    ring._note_user_locked(me)
                 result = ring._one_result
                 if ring.wait_tick is not ring._tick_seen:
                     ring._retick()

@@ -49,9 +49,9 @@ def _pipe_read(ring: Ring, r: int) -> tuple[Batch, bytearray, list[object]]:
 
 def _second_thread_finishes(ring: Ring, other: Callable[[], object], r: int, w: int) -> bool:
     """Whether *other* ends within SECOND_THREAD_S in a second thread while a first thread waits
-    on *ring* for a read from the empty pipe (fed afterwards, whatever the answer)."""
-    batch, _, _ = _pipe_read(ring, r)
-    waiting = threading.Thread(target=ring.wait, args=(batch,))
+    on *ring* for a read from the empty pipe that it submitted (fed afterwards, whatever the
+    answer)."""
+    waiting = threading.Thread(target=lambda: ring.wait(_pipe_read(ring, r)[0]))
     done = threading.Event()
     second = threading.Thread(target=lambda: (other(), done.set()))
     try:
@@ -109,15 +109,22 @@ def test_a_single_op_does_not_wait_for_a_blocked_wait(tmp_path: os.PathLike[str]
         os.close(fd)
 
 
+@pytest.mark.parametrize("used_by", ["a waited call", "a submission alone"])
 def test_once_two_threads_use_a_ring_a_wait_holds_its_lock_for_milliseconds_not_a_tick(
-    pipe: tuple[int, int],
+    used_by: str, pipe: tuple[int, int]
 ) -> None:
-    """A tick far longer than the test's bound: only a wait that held the lock for less passes."""
+    """A tick far longer than the test's bound: only a wait that held the lock for less passes.
+    This thread used the ring first, so the waiting thread is a second one: by a waited call,
+    or only by a submission (as an event loop's thread submits: a submission counts as much
+    as a wait)."""
     ring = Ring(entries=8)
     ring.wait_tick = 30.0
     ring.wait_timeout = 60.0
     try:
-        ring.run(Op.NOP, -1)  # this thread used the ring: the waiting thread is a second one
+        if used_by == "a waited call":
+            ring.run(Op.NOP, -1)
+        else:
+            ring.submit(Op.NOP, -1)
         finished = _second_thread_finishes(ring, lambda: ring.run(Op.NOP, -1), *pipe)
         assert finished == ring.unlocked_waits
     finally:
