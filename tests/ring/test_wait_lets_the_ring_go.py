@@ -323,6 +323,37 @@ def test_close_while_threads_wait_cancels_their_ops_and_wakes_them(pipe: tuple[i
         os.close(w2)
 
 
+def test_a_wait_for_cq_room_lets_the_ring_go() -> None:
+    """The ring's cap of ops in flight is taken by reads the kernel holds; another thread's
+    submission waits for room (30 s ticks) without holding the ring, and goes out once a
+    read completes."""
+    ring = _unlocked_ring(4)
+    ring.wait_tick = 30.0
+    ring.wait_timeout = 60.0
+    pipes = [os.pipe() for _ in range(ring.cq_cap)]
+    results: list[object] = []
+    try:
+        held = [_pipe_read(ring, r)[0] for r, _ in pipes]
+        submitting = threading.Thread(target=lambda: results.append(ring.run(Op.NOP, -1)))
+        submitting.start()
+        time.sleep(0.3)
+        assert submitting.is_alive() and not results  # waiting for room
+        started = time.monotonic()
+        assert ring.reap() == []
+        assert time.monotonic() - started < 1, "the wait for room held the ring"
+        os.write(pipes[0][1], b"r")
+        submitting.join(10)
+        assert results == [[0]]
+        assert held[0].finished and held[0].results == [1]
+    finally:
+        for _, w in pipes:
+            os.write(w, b"x")
+        ring.close()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
 def test_wait_any_lets_the_ring_go_and_returns_what_completed(pipe: tuple[int, int]) -> None:
     ring = _unlocked_ring(8)
     ring.wait_tick = 30.0
