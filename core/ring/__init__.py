@@ -46,16 +46,14 @@ _STAND_IN = object()  # the tag of a batch the ring made for a completed slot no
 _NO_BLOCKING = (False,)  # Ring.try_reap's argument to the lock's acquire
 _FEAT_EXT_ARG = 1 << 8  # IORING_FEAT_EXT_ARG (5.11): a wait's timeout travels with io_uring_enter
 _HOLD_LEADER: int = lib.US_HOLD_LEADER
-SHARED_HOLD_MS = 2
-"""How long a wait may hold the ring's lock (its first part, in the submitting syscall
-or the first wait call) once several threads use the ring (submit or wait): long enough
-for a device's usual op, so fast ops keep their one syscall and no hand-off between
-threads, short enough that an op the device takes long over (or never completes) holds
-the others back this long, once; the rest of its wait lets the lock go.  A lone thread's
-wait holds it for one ``wait_tick``."""
-SHARED_SPAN = 256
-"""Calls (submissions and blocking calls) by one thread in a row after which a ring that
-other threads used goes back to the lone thread's bound (:data:`SHARED_HOLD_MS`)."""
+HOLD_MS = 2
+"""How long a wait may hold the ring's lock (its first part: in the submitting syscall, or
+the first wait call) on a ring with :attr:`Ring.unlocked_waits`; the rest of the wait lets
+the lock go.  Long enough for a device's usual op, so fast ops keep their one syscall and
+no hand-off between threads; short enough that an op the device takes long over (or never
+completes) holds other threads' calls on the ring back this long, once; and an op longer
+than it pays the unlocked wait's few microseconds on milliseconds.  (Without unlocked
+waits the first part is one ``wait_tick``, as every later one.)"""
 
 # Batches whose completion could not be confirmed (the ring broke while they
 # were in flight).  Their buffers are kept for the life of the process: leaking
@@ -299,10 +297,7 @@ class Ring:
         self._one_result = ffi.new("int32_t[1]")  # rw_one's result cell (used under the lock)
         self._tick_seen: float | None = None  # the wait_tick _tick_ms_now was converted from
         self._tick_ms_now = 1
-        self._hold_ms = 1  # how long a wait may hold the lock (_retick, _note_user_locked)
-        self._last_user = 0  # the thread of the last submission or blocking call (_note_user_locked)
-        self._shared_left = 0  # such calls left before waits hold the lock for a tick again
-        self._retick()
+        self._hold_ms = 1  # how long a wait may hold the lock (see _retick)
         # Per-submit work is kept to plain attribute reads: IntFlag arithmetic
         # and cffi allocations cost microseconds on a path that has a few.
         self._single_issuer = bool(self.flags & SetupFlag.SINGLE_ISSUER)
@@ -312,6 +307,7 @@ class Ring:
         completions only a poll under the lock finds, nor on a SINGLE_ISSUER one (one
         thread), nor on a kernel without IORING_FEAT_EXT_ARG (mainline before 5.11: a timed wait there
         queues a timeout SQE, which needs the lock)."""
+        self._retick()
         self._gate = Gate()  # threads waiting for the leader's drain (_wait_until_locked)
         self._draining = False  # a close or an unregistration waits for the leader, then drains
         self._closed = False
@@ -540,11 +536,6 @@ class Ring:
                         raise SubmissionError(errno.EBUSY, "submit", None, f"more than {MAX_SLOTS} batches in flight")
                 if self.wait_tick is not self._tick_seen:
                     self._retick()
-                # (every submission counts, waited or not: an event loop's thread submitting
-                # on the ring makes another thread's blocking call hold it 2 ms at most)
-                me = threading.get_ident()
-                if me != self._last_user or self._shared_left:
-                    self._note_user_locked(me)
                 wait_nr, wait_ms = (n, self._hold_ms) if wait else (0, 0)
                 off_mask = offset_align - 1 if offset_align else 0
                 slot = free.pop()
@@ -803,23 +794,6 @@ class Ring:
             ret = None
 
     # --- waits without the lock -------------------------------------------------------
-    def _note_user_locked(self, me: int) -> None:
-        """A submission or blocking call by thread *me* (the caller checked that it is another
-        thread than the last one's, or that the ring is still shared): while other threads use
-        the ring, a wait holds its lock for :data:`SHARED_HOLD_MS` at most, until one thread
-        made :data:`SHARED_SPAN` such calls in a row."""
-        was = self._shared_left
-        if me != self._last_user:
-            # (the first caller's thread shares with nobody: the thread that built the
-            # ring, a stack's, does no I/O on it)
-            shared = self._last_user != 0 and self.unlocked_waits
-            self._last_user = me
-            self._shared_left = SHARED_SPAN if shared else 0
-        elif was:
-            self._shared_left = was - 1
-        if bool(was) != bool(self._shared_left):
-            self._retick()  # (the bound a wait may hold the lock for changed)
-
     def _wait_until_locked(
         self,
         done: Callable[[], bool],
@@ -952,9 +926,6 @@ class Ring:
                 if self._remaining[slot]:
                     # the first tick's wait here (returning at once, -EALREADY, when it must
                     # not hold the lock); _wait_slot_locked only when it did not end it
-                    me = threading.get_ident()
-                    if me != self._last_user or self._shared_left:
-                        self._note_user_locked(me)
                     if self.wait_tick is not self._tick_seen:
                         self._retick()
                     started = time.monotonic()
@@ -1017,9 +988,6 @@ class Ring:
             self._check_open()
             self._check_thread()
             done = self._collect_done()
-            me = threading.get_ident()
-            if me != self._last_user or self._shared_left:
-                self._note_user_locked(me)
             if self.wait_tick is not self._tick_seen:
                 self._retick()
             tick_ms = self._hold_ms  # the first part (see Ring.wait); whole ticks after it
@@ -1066,10 +1034,7 @@ class Ring:
         checked for lost completions)."""
         if self._fork_gen != forking._generation:
             self._check_fork()
-        me = threading.get_ident()
         with self._lock:
-            if me != self._last_user or self._shared_left:
-                self._note_user_locked(me)
             free = self._free_slots
             result = self._one_result
             if self.wait_tick is not self._tick_seen:
@@ -1114,7 +1079,7 @@ class Ring:
         and one lock, without passing eight arguments through Python.  *keep*
         must keep *buf*'s memory alive while the function is used."""
         ring = self
-        lock, free, call, get_ident = self._lock, self._free_slots, lib.us_rw_one_bound, threading.get_ident
+        lock, free, call = self._lock, self._free_slots, lib.us_rw_one_bound
         # The arguments that never change, in one struct: one pointer for cffi to convert
         # per op instead of nine (the conversion sits between a completion and the next
         # submission).  The pointers stay valid as before: the ring (held by the closure)
@@ -1129,10 +1094,7 @@ class Ring:
         def rw_one(offset: int) -> int:
             if gen != forking._generation:
                 ring._check_fork()
-            me = get_ident()
             with lock:
-                if me != ring._last_user or ring._shared_left:
-                    ring._note_user_locked(me)
                 result = ring._one_result
                 if ring.wait_tick is not ring._tick_seen:
                     ring._retick()
@@ -1162,9 +1124,7 @@ class Ring:
         multiply, truncation and clamp per op would sit on the QD1 path)."""
         tick = self.wait_tick
         self._tick_ms_now = max(1, int(tick * 1000))
-        self._hold_ms = self._room_ms[0] = (
-            min(self._tick_ms_now, SHARED_HOLD_MS) if self._shared_left else self._tick_ms_now
-        )
+        self._hold_ms = self._room_ms[0] = min(self._tick_ms_now, HOLD_MS) if self.unlocked_waits else self._tick_ms_now
         self._tick_seen = tick
 
     def _one_slot_locked(self) -> int:
