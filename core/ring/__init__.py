@@ -289,7 +289,7 @@ class Ring:
         self._done_n, self._done, self._remaining = view.done_n, view.done, view.remaining
         self._inflight_n, self._cq_head, self._cq_tail = view.inflight, view.cq_khead, view.cq_ktail
         self._sq_flags = view.sq_kflags
-        self._room_ms = view.room_ms  # how long C may wait for CQ room: one wait_tick (see _retick)
+        self._room_ms = view.room_ms  # how long C may wait for CQ room: the first part of a wait (see _retick)
         self._hold = view.hold  # what C may not do under the lock (us_state_t.hold)
         self._inflight: dict[int, Batch] = {}
         self._lost_ops = 0  # ops a drain gave up on (close_timeout): never waited for again
