@@ -956,7 +956,7 @@ struct us_batch_view {
     const unsigned *cq_khead;  /* CQ ring head/tail (the kernel's shared memory): */
     const unsigned *cq_ktail;  /* head != tail means a CQE waits to be drained */
     const unsigned *sq_kflags; /* & US_CQ_NEEDS_FLUSH: CQEs wait in the kernel (overflow, task work) */
-    uint32_t *room_ms;         /* how long a submission may wait in C for CQ room (Ring.wait_tick) */
+    uint32_t *room_ms;         /* how long a submission may wait in C for CQ room (the first part of a wait: Ring._hold_ms) */
     uint32_t *hold;            /* us_state_t.hold: set and cleared by Python under the lock */
 };
 
