@@ -33,7 +33,7 @@ from uringstack.ring import forking
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import SetupFlag, feature_names
 from uringstack.ring.handoff import Gate, call_unlocked
-from uringstack.ring.interrupts import despite_signals
+from uringstack.ring.interrupts import despite_signals, run_callback_again
 from uringstack.ring.kernel import release_before
 from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
@@ -136,7 +136,8 @@ def _run_then(
 
     Each is taken off (its entry set to None) just before it runs, with no point for a
     signal handler in between (tests/signal_points.py), and an exception in one (also a
-    signal at its entry) does not keep the later ones from running; a signal at a point of
+    signal at its entry) does not keep the later ones from running, and one that is
+    :class:`~uringstack.ring.interrupts.Repeatable` is run again; a signal at a point of
     this loop leaves the callbacks not yet taken off to the next collection."""
     i = 0
     while i < len(then):
@@ -147,6 +148,7 @@ def _run_then(
                 fn(batch)
             except BaseException as exc:  # the caller re-raises the first
                 error = error or exc
+                run_callback_again(fn, batch)
         i += 1
     batch._then = None
     return error
@@ -195,7 +197,9 @@ class Batch:
 
         Called by whichever thread reaps the last completion, under the ring's
         lock: keep it short and never block in it.  Each callback runs on its own: one
-        that raises (or a signal at its entry) does not keep the later ones from running."""
+        that raises (or a signal at its entry) does not keep the later ones from running.
+        One cut short by a raising signal counts as run, unless it is a
+        :class:`~uringstack.ring.interrupts.Repeatable`, which is run again."""
         then = self._then
         if then is not None:
             then.append(fn)
@@ -695,7 +699,11 @@ class Ring:
                 try:
                     if on_done is not None:
                         batch.on_done = None
-                        on_done(batch)
+                        try:
+                            on_done(batch)
+                        except BaseException:
+                            run_callback_again(on_done, batch)
+                            raise
                 finally:  # acknowledged also when the callback raised (then re-raised)
                     # no point for a signal handler from the del to the end of the append
                     del inflight[slot]
@@ -726,6 +734,7 @@ class Ring:
                     on_done(batch)
                 except BaseException as exc:  # re-raised below
                     error = error or exc
+                    run_callback_again(on_done, batch)
             then = batch._then
             if then is not None:  # each further callback on its own (_run_then)
                 error = _run_then(batch, then, error)

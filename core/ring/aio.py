@@ -23,9 +23,10 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from uringstack.ring.interrupts import despite_signals
+from uringstack.ring._futures import set_result_unless_done
+from uringstack.ring.interrupts import Repeatable, despite_signals
 
 if TYPE_CHECKING:
     from uringstack.ring import Batch, Ring
@@ -42,17 +43,36 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def post(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    """Run *fn* on *loop* from any thread; drop it if the loop is closed (nobody awaits any more)."""
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    """Run ``fn(*args)`` on *loop* from any thread; drop it if the loop is closed (nobody awaits any more)."""
     if loop.is_closed():
         return
     if asyncio._get_running_loop() is loop:
         # Reaped on the loop's own thread (its eventfd reader, or a task's
         # submission): no self-pipe write and wake-up needed.
-        loop.call_soon(fn)
+        loop.call_soon(fn, *args)
         return
     with contextlib.suppress(RuntimeError):  # closed between the check and the call
-        loop.call_soon_threadsafe(fn)
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _post_results(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[list[int]], done: Batch) -> None:
+    # Safe to run again (a Repeatable): a second post of the result is ignored, in C, by
+    # set_result_unless_done, which also ignores a future cancelled with its task.
+    post(loop, set_result_unless_done, fut, done.results)
+
+
+def resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[list[int]]) -> Repeatable:
+    """The done-callback that resolves *fut* (on *loop*) with its batch's results, from whichever
+    thread collects the batch.
+
+    It is the await's only wake-up, so it is :class:`~uringstack.ring.interrupts.Repeatable`:
+    a raising signal in the collecting thread (another thread's blocking call on the ring)
+    that cut it short, at its entry or inside ``call_soon_threadsafe``, makes the ring run
+    it again, where it used to leave the await hanging for good
+    (tests/ring/test_await_wakeup_signals.py).  The result is set by
+    ``set_result_unless_done`` (C): no point for a signal on the loop's side either."""
+    return Repeatable(_post_results, loop, fut)
 
 
 class LoopBound(Protocol):
@@ -261,19 +281,10 @@ async def wait_batch(ring: Ring, batch: Batch) -> list[int]:
     bridge = bridge_for(ring)
     loop = bridge.loop
     fut: asyncio.Future[list[int]] = loop.create_future()
-
-    def resolve(done: Batch) -> None:
-        # (Not batch.results in set_result: the batch holds resolve, so capturing it
-        # would make a reference cycle that only the cyclic GC frees.)
-        results = done.results
-
-        def set_result() -> None:
-            if not fut.done():
-                fut.set_result(results)
-
-        post(loop, set_result)
-
-    batch.add_done_callback(resolve)
+    # (resolver takes the results from the batch it is called with: holding the batch
+    # would make a reference cycle, the batch holding its callbacks, that only the
+    # cyclic GC frees.)
+    batch.add_done_callback(resolver(loop, fut))
     # The batch may have completed between the check above and installing the
     # callback; reaping now either finds it or it is still in flight.
     if not ring.closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,6 +40,29 @@ def despite_signals(step: Callable[..., T], *args: Any) -> T:
             if not retries:
                 raise
             retries -= 1
+
+
+class Repeatable(functools.partial[None]):
+    """A batch's done-callback that is safe to run again, which the ring then does when
+    a raising signal cut its run short (``Ring._collect_done``, ``_run_then``).
+
+    Any other done-callback cut short by a signal (at its entry included) counts as run
+    (docs/api.md, "Ctrl-C during I/O"): the ring cannot tell how far it got.  A callback
+    that is the only way an await learns of its batch's end (``aio.wait_batch``'s, whose
+    loop may run in another thread than the one collecting) must not be lost so: it is
+    made a ``Repeatable`` (a ``functools.partial``: ``Repeatable(fn, *args)`` is called
+    as ``fn(*args, batch)``), and a run again must only repeat what it did (posting a
+    result that ``set_result_unless_done`` ignores once set).  A second signal, at the
+    entry of the retry, can still escape, as for :func:`despite_signals`."""
+
+    __slots__ = ()
+
+
+def run_callback_again(callback: Callable[[Any], object], batch: object) -> None:
+    """After *callback* (one of a batch's done-callbacks) raised: run it to its end again if it
+    is :class:`Repeatable` (the caller re-raises the first exception either way)."""
+    if type(callback) is Repeatable:
+        despite_signals(callback, batch)
 
 
 FAILURES = (OSError, ValueError)

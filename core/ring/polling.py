@@ -134,18 +134,10 @@ async def wait_polled(ring: Ring, batch: Batch) -> list[int]:
         return batch.results
     poller = _poller_for(ring)
     fut: asyncio.Future[list[int]] = poller.loop.create_future()
-
-    def resolve(done: Batch) -> None:
-        def set_result() -> None:
-            if not fut.done():
-                fut.set_result(done.results)
-
-        # Usually called by the poller on the loop's thread, but a blocking
-        # wait in another thread may reap this batch too,
-        # and the loop may be closed by then (a cancelled await): aio.post drops it.
-        aio.post(poller.loop, set_result)
-
-    batch.add_done_callback(resolve)
+    # Usually run by the poller on the loop's thread, but a blocking wait in another
+    # thread may reap this batch too (a signal there must not lose the wake-up), and the
+    # loop may be closed by then (a cancelled await): aio.post drops it.
+    batch.add_done_callback(aio.resolver(poller.loop, fut))
     if batch.finished and not fut.done():  # completed before the callback was installed
         fut.set_result(batch.results)
     poller.waiters += 1
