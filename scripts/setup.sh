@@ -34,8 +34,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall when the package metadata or the C binding changed (or it was never built).
 stamp=.venv/.uringstack-installed
-src_hash=$(cat pyproject.toml setup.py core/ring/_native/* core/fileobj/_fastio.c core/ring/_futures.c | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$src_hash" ] || ! .venv/bin/python -c 'import uringstack.ring._uring, uringstack.fileobj._fastio, uringstack.ring._futures' 2>/dev/null; then
+src_hash=$(cat pyproject.toml setup.py core/ring/_native/* core/fileobj/_fastio.c core/ring/_futures.c core/ring/_exports.c | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$src_hash" ] || ! .venv/bin/python -c 'import uringstack.ring._uring, uringstack.fileobj._fastio, uringstack.ring._futures, uringstack.ring._exports' 2>/dev/null; then
   say "installing uringstack (editable) and its dev dependencies"
   .venv/bin/python -m pip install -q --upgrade pip >&2
   .venv/bin/python -m pip install -q -e '.[dev]' >&2

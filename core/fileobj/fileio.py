@@ -44,6 +44,7 @@ from uringstack.fileobj.arguments import (
 )
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
+from uringstack.ring.buffers import pin_buffer
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
 from uringstack.stack.targets import ADOPT_FD
@@ -810,7 +811,7 @@ class FileIO(io.RawIOBase):
         if handle is not None and not self._direct and self._readahead is None:
             try:
                 # One pin gives the length and is the handle's (positional: the keyword form costs more).
-                pin = ffi.from_buffer("char[]", b, True)
+                pin = pin_buffer(b, True)
             except (TypeError, BufferError):
                 pass  # the general path below raises what io.FileIO-like callers expect
             else:
@@ -944,7 +945,7 @@ class FileIO(io.RawIOBase):
             n = self._read_moving(memoryview(buf), made) if pos is None else self._read_at(memoryview(buf), pos)
             del buf[n:]
             return bytes(buf)
-        pin = ffi.from_buffer("char[]", data)
+        pin = pin_buffer(data)
         handle = self._handle
         if handle is not None and not self._direct and self._readahead is None:
             # readinto's single op; *view* (a writable view of the pin) for the cached
@@ -1085,7 +1086,7 @@ class FileIO(io.RawIOBase):
         handle = self._handle
         if handle is not None and not self._direct:
             try:
-                pin = ffi.from_buffer("char[]", b, False)  # the length, and the handle's pin
+                pin = pin_buffer(b, False)  # the length, and the handle's pin
             except (TypeError, BufferError):
                 pass  # the general path below raises what io.FileIO-like callers expect
             else:

@@ -45,6 +45,7 @@ from uringstack.ring.buffers import (
     address_of,
     check_alignment,
     fixed_slots,
+    pin_buffer,
     pin_buffers,
     pins_released_on_error,
     put_opcodes,
@@ -395,7 +396,7 @@ class UringFileIO:
             raise RingClosedError(f"{self.path} is closed")
         if offset < 0:
             raise ValueError(f"{self.path}: offset {offset} is negative")
-        pin = ffi.from_buffer(buffer)
+        pin = pin_buffer(buffer)
         addr, length = int(ffi.cast("uintptr_t", pin)), len(pin)
         if self.direct and (addr | length | offset) % self.block_size:
             check_alignment("write", self.path, addr, length, offset, self.block_size, (pin,))

@@ -27,7 +27,7 @@ from uringstack.plugins.fallback.pool import Latch, ThreadPool
 from uringstack.probe.threadlimits import refused_thread, thread_start_hint
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, release_pins
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, pin_buffer, release_pins
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 
 RESOURCE_KEY = "fallback"
-# ffi.from_buffer's default type, passed positionally (its keyword form costs twice as much)
-_PIN_TYPE = "char[]"
 
 
 def _as_buffer(buf: Any) -> Any:
@@ -73,7 +71,7 @@ def _pins(buffers: Sequence[Any], write: bool) -> list[Any]:
     *mv*'s export, and ``mv.release()`` succeeds under it.)  The ops take ``ffi.buffer`` of
     each (:func:`_views`); the pins themselves are kept so a batch whose submission failed
     can let go of them at once (``release_pins``)."""
-    return [ffi.from_buffer(_as_buffer(b), require_writable=not write) for b in buffers]
+    return [pin_buffer(_as_buffer(b), not write) for b in buffers]
 
 
 def _views(pins: Sequence[Any]) -> list[Any]:
@@ -519,7 +517,7 @@ class FallbackFileIO:
 
     def _check(self, write: bool, offset: int, buf: Any) -> None:
         if self.direct:
-            pin = ffi.from_buffer(buf, require_writable=not write)
+            pin = pin_buffer(buf, not write)
             addr, length = address_of(pin), len(pin)
             release_pins([pin])  # (only checked here; see release_pins)
             check_alignment("write" if write else "read", self.path, addr, length, offset, self.block_size)
@@ -603,7 +601,7 @@ class FallbackFileIO:
                 raise RingClosedError(f"{path} is closed")
             buf = buffer if type(buffer) is memoryview else _as_buffer(buffer)
             if direct:
-                pin = ffi.from_buffer(_PIN_TYPE, buf)
+                pin = pin_buffer(buf)
                 addr, length = address_of(pin), len(pin)
                 if (addr | length | offset) % block_size:
                     release_pins([pin])
