@@ -46,7 +46,7 @@ from uringstack.ring.buffers import put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.inflight import submitted_since
-from uringstack.ring.interrupts import despite_signals
+from uringstack.ring.interrupts import Repeatable, despite_signals
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import UringPending
 from uringstack.ring.settle import settle
@@ -902,17 +902,10 @@ class Coalescer:
             for tracker in flushed.trackers:
                 tracker.forget(flushed)
 
-        def on_done(done: Batch) -> None:
-            # (A signal at this entry counts as a run of the callback: docs/api.md.)
-            try:
-                # Finished: no cancelled await looks for its ops any more (settle()), and a
-                # batch kept by a pooled column set must not keep the futures (nor their
-                # tasks) of a flush never delivered (its loop closed).
-                done.tag = None
-                self._completed(deliver)
-            except BaseException:
-                despite_signals(self._completed, deliver)  # (safe to repeat)
-                raise
+        # The flush's only way to its awaits, run by whichever thread collects the batch: a
+        # Repeatable, which the ring runs again when a raising signal cut it short there
+        # (at its entry included: until session 40 that lost the delivery for good).
+        on_done = Repeatable(_flush_done, self, deliver)
 
         tag = (_FLUSH_TAG, futures, starts)
         hook = io.completion_hook  # one worker, one ring: the same hook for every handle
@@ -978,6 +971,16 @@ class Coalescer:
             # here: most flushes were delivered by the reap above, a call for nothing.)
             # Through the drain list: a delivery cut short is kept for the next drain.
             self._deliver_now(deliver)
+
+
+def _flush_done(co: Coalescer, deliver: Callable[[], None], done: Batch) -> None:
+    """A flush's batch completed (its done-callback, as a :class:`Repeatable`): have it
+    delivered on the loop's thread.  Safe to repeat: a delivery queued twice runs once."""
+    # Finished: no cancelled await looks for its ops any more (settle()), and a batch
+    # kept by a pooled column set must not keep the futures (nor their tasks) of a flush
+    # never delivered (its loop closed).
+    done.tag = None
+    co._completed(deliver)
 
 
 class FlushPending:
