@@ -44,9 +44,9 @@ from uringstack.fileobj.arguments import (
 )
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
-from uringstack.ring.buffers import pin_buffer
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.native import ffi
+from uringstack.ring.pins import pin_buffer
 from uringstack.stack.targets import ADOPT_FD
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 

@@ -37,6 +37,7 @@ from uringstack.ring.interrupts import despite_signals, run_callback_again
 from uringstack.ring.kernel import release_before
 from uringstack.ring.native import ffi, lib
 from uringstack.ring.params import CreatedRing, RingParams, create_raw_ring
+from uringstack.ring.pins import pin_buffer
 
 MAX_SLOTS: int = lib.US_MAX_SLOTS
 CQ_RESERVE: int = lib.US_CQ_RESERVE
@@ -1244,7 +1245,7 @@ class Ring:
         until :meth:`unregister_buffers`.  ENOMEM means RLIMIT_MEMLOCK is too
         low on this kernel.
         """
-        pins = [ffi.from_buffer(b, require_writable=True) for b in buffers]
+        pins = [pin_buffer(b, True) for b in buffers]
         iov = ffi.new("struct iovec[]", len(pins))
         for i, pin in enumerate(pins):
             iov[i].iov_base = pin

@@ -35,7 +35,6 @@ from uringstack.ring.buffers import (
     check_alignment,
     fixed_slots,
     lease_view,
-    pin_buffer,
     release_pins,
 )
 from uringstack.ring.inflight import InflightTracker
@@ -43,6 +42,7 @@ from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
 from uringstack.ring.io_backend import SYNC_METHODS, FileIO, RingFileIO, SyncMethod, check_awaitable_io
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending, Pending
+from uringstack.ring.pins import pin_buffer
 from uringstack.ring.settle import settle_pending
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO

@@ -45,7 +45,6 @@ from uringstack.ring.buffers import (
     address_of,
     check_alignment,
     fixed_slots,
-    pin_buffer,
     pin_buffers,
     pins_released_on_error,
     put_opcodes,
@@ -57,6 +56,7 @@ from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.opnames import FEAT_RW_CUR_POS
 from uringstack.ring.pending import CompletedPending, Pending, UringPending
+from uringstack.ring.pins import pin_buffer
 
 if TYPE_CHECKING:
     from uringstack.types import Target, WorkerView

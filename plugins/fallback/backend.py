@@ -27,12 +27,13 @@ from uringstack.plugins.fallback.pool import Latch, ThreadPool
 from uringstack.probe.threadlimits import refused_thread, thread_start_hint
 from uringstack.ring import forking
 from uringstack.ring.arguments import nbytes
-from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, pin_buffer, release_pins
+from uringstack.ring.buffers import RegisteredBuffer, address_of, check_alignment, lease_view, release_pins
 from uringstack.ring.inflight import InflightTracker
 from uringstack.ring.interrupts import despite_signals
 from uringstack.ring.io_backend import DoneBatch, SyncMethod, write_inline
 from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending
+from uringstack.ring.pins import pin_buffer
 from uringstack.ring.wakeups import set_result_unless_done
 from uringstack.stack.targets import logical_block_size, open_target
 

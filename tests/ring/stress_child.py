@@ -89,8 +89,9 @@ def _closed_after(timer: threading.Timer | None, *fds: int) -> None:
 def ring_ops(stress: Stress, ring: Any, fd: int) -> list[Callable[[random.Random], None]]:
     """The ops of MODE ring, on *ring* and the data file's descriptor *fd*."""
     from uringstack.ring.aio import wait_batch
-    from uringstack.ring.buffers import address_of, pin_buffer
+    from uringstack.ring.buffers import address_of
     from uringstack.ring.flags import Op
+    from uringstack.ring.pins import pin_buffer
 
     def cancelled(res: int) -> bool:
         return ring.closed and res == -errno.ECANCELED

@@ -8,7 +8,7 @@ holds the call's frames (the caller's view and the pin in their locals) makes th
 as soon as anything keeps the exception in one: a handler that stores it, a REPL's last
 traceback, a frame that saved it.  Session 40's stress run (an event loop, threads and
 SIGALRM-raising timeouts on one ring, ``memoryview`` buffers) segfaulted in 3 of 3
-runs of a seed this way.  ``uringstack.ring.buffers.pin_buffer`` pins a view through an
+runs of a seed this way.  ``uringstack.ring.pins.pin_buffer`` pins a view through an
 ``Export`` that the collector does not track, so the view is never found unreachable
 while pinned.
 
@@ -64,7 +64,7 @@ def _assert_collected(child: subprocess.CompletedProcess[str]) -> None:
 
 
 _PIN_FAILS = """
-from uringstack.ring.buffers import pin_buffer
+from uringstack.ring.pins import pin_buffer
 
 def pinned_then_failed(view):
     pin = pin_buffer(view, True)  # noqa: F841 (held by this frame, as a call's pin is)
@@ -73,9 +73,9 @@ def pinned_then_failed(view):
 
 # pin_buffer as it was: cffi's pin of the view itself
 _DIRECT_PIN = """
-import uringstack.ring.buffers as buffers
+import uringstack.ring.pins as pins
 from uringstack.ring.native import ffi
-buffers.pin_buffer = lambda buf, writable=False: ffi.from_buffer("char[]", buf, writable)
+pins.pin_buffer = lambda buf, writable=False: ffi.from_buffer("char[]", buf, writable)
 """
 
 
