@@ -131,47 +131,45 @@ def ring_ops(stress: Stress, ring: Any, fd: int) -> list[Callable[[random.Random
         checked(ring.wait(b), bufs, ks, "batch")
         stress.count("batch")
 
-    def pipe_read(rnd: random.Random, then: Callable[[Any, int], None], want: list[list[int]]) -> None:
+    def pipe_read(
+        then: Callable[[Any, int], object], delay: float, waited: Callable[[Any], list[int]], want: list[list[int]]
+    ) -> None:
+        """A 1-byte read of an empty pipe; *then* (given the batch and the write end) after *delay*."""
         r, w = os.pipe()
         timer: threading.Timer | None = None
         try:
             buf = bytearray(1)
             pin = pin_buffer(buf, True)
             b = ring.submit(Op.READ, r, addrs=address_of(pin), lens=1, offsets=ANY_POS, keep=[buf, pin])
-            timer = threading.Timer(rnd.choice([0.0, 0.001, 0.003, 0.02]), then, (b, w))
+            timer = threading.Timer(delay, then, (b, w))
             timer.start()
-            res = ring.wait(b)
+            res = waited(b)
             if res not in want and not cancelled(res[0]):
                 stress.errors.append(f"a pipe read: {res}")
         finally:
             _closed_after(timer, r, w)
 
+    def fed(b: Any, w: int) -> None:
+        os.write(w, b"y")
+
     def late_pipe(rnd: random.Random) -> None:  # a wait past HOLD_MS: unlocked, leader and gate
-        pipe_read(rnd, lambda b, w: os.write(w, b"y"), [[1]])
+        pipe_read(fed, rnd.choice([0.0, 0.001, 0.003, 0.02]), ring.wait, [[1]])
         stress.count("late_pipe")
 
     def cancelled_pipe(rnd: random.Random) -> None:
-        pipe_read(rnd, lambda b, w: ring.cancel_ops(b), [[-errno.ECANCELED], [-errno.EINTR]])
+        cancel = lambda b, w: ring.cancel_ops(b)  # noqa: E731
+        pipe_read(cancel, rnd.choice([0.0, 0.001, 0.003, 0.02]), ring.wait, [[-errno.ECANCELED], [-errno.EINTR]])
         stress.count("cancelled_pipe")
 
-    def wait_any(rnd: random.Random) -> None:
-        def fed(b: Any, w: int) -> None:
-            os.write(w, b"z")
+    def any_then_wait(b: Any) -> list[int]:
+        while not b.finished:
+            ring.wait_any()
+        results: list[int] = ring.wait(b)
+        return results
 
-        r, w = os.pipe()
-        timer: threading.Timer | None = None
-        try:
-            buf = bytearray(1)
-            pin = pin_buffer(buf, True)
-            b = ring.submit(Op.READ, r, addrs=address_of(pin), lens=1, offsets=ANY_POS, keep=[buf, pin])
-            timer = threading.Timer(0.005, fed, (b, w))
-            timer.start()
-            while not b.finished:
-                ring.wait_any()
-            ring.wait(b)
-            stress.count("wait_any")
-        finally:
-            _closed_after(timer, r, w)
+    def wait_any(rnd: random.Random) -> None:
+        pipe_read(fed, 0.005, any_then_wait, [[1]])
+        stress.count("wait_any")
 
     async def awaited(rnd: random.Random) -> None:
         b, bufs, ks = submitted(rnd, False)
