@@ -48,12 +48,14 @@ class Repeatable(functools.partial[None]):
 
     Any other done-callback cut short by a signal (at its entry included) counts as run
     (docs/api.md, "Ctrl-C during I/O"): the ring cannot tell how far it got.  A callback
-    that is the only way an await learns of its batch's end (``aio.wait_batch``'s, whose
-    loop may run in another thread than the one collecting) must not be lost so: it is
+    that is the only way an await learns of its batch's end must not be lost so
+    (``aio.resolver``, the wake-up of ``wait_batch`` and of the IOPOLL poller's awaits;
+    the asyncio coalescer's flush callback), whatever thread collects the batch: it is
     made a ``Repeatable`` (a ``functools.partial``: ``Repeatable(fn, *args)`` is called
     as ``fn(*args, batch)``), and a run again must only repeat what it did (posting a
-    result that ``set_result_unless_done`` ignores once set).  A second signal, at the
-    entry of the retry, can still escape, as for :func:`despite_signals`."""
+    result that ``set_result_unless_done`` ignores once set, queueing a delivery that
+    runs once).  A second signal, at the entry of the retry, can still escape, as for
+    :func:`despite_signals`."""
 
     __slots__ = ()
 
