@@ -234,5 +234,10 @@ class BackendFactory(Protocol):
         """Open *target* for *worker*; the result implements :class:`uringstack.ring.io_backend.FileIO`.
 
         Called on the thread that called :meth:`Stack.open`, not on the worker's thread.
+        Get the descriptor with :func:`uringstack.stack.targets.open_target`; if ``open``
+        then fails, close it with :func:`~uringstack.stack.targets.close_opened`, never
+        ``os.close``: a descriptor the caller handed over (``target.options["adopt_fd"]``)
+        is closed by :meth:`Stack.open` itself, once.  Once ``open`` returned, the
+        FileIO's ``close()`` closes it, the adopted one too.
         """
         ...

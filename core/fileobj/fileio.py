@@ -205,6 +205,7 @@ class FileIO(io.RawIOBase):
     _handle: FileHandle | None = None
     _buffered_handle: FileHandle | None = None
     _handle_fd_apart = False  # the handle serves its own descriptor, not ours (_adopt)
+    _fd_given = False  # our descriptor went to Stack.open, which closes it (on failure too)
     _readahead: ReadAhead | None = None
     _writebehind: WriteBehind | None = None
     _closed_flag = False
@@ -327,7 +328,8 @@ class FileIO(io.RawIOBase):
             elif direct:
                 raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")
         except BaseException:
-            if owned_fd is not None:
+            # (not one the stack took: Stack.open closed it if it failed, the handle owns it if not)
+            if owned_fd is not None and not self._fd_given:
                 os.close(owned_fd)
             raise
         self._fd = fd
@@ -424,13 +426,11 @@ class FileIO(io.RawIOBase):
             self._handle_fd_apart = True
         else:
             own = fd if self._closefd else os.dup(fd)
-        try:
-            options: dict[str, Any] = {ADOPT_FD: own}
-            handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
-        except BaseException:
-            if own != fd:
-                os.close(own)
-            raise
+        # From the call on *own* is the stack's (Stack.open closes it if it fails): when it is
+        # *fd* itself, __init__'s failure path must not close that again.
+        self._fd_given = own == fd
+        options: dict[str, Any] = {ADOPT_FD: own}
+        handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
         self._home = stack
         stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
         # closed behind us (handle.close(), a fork child's stack): what we hold is written first
@@ -490,16 +490,10 @@ class FileIO(io.RawIOBase):
         if self._buffered_handle is None:
             assert self._handle is not None and self._home is not None
             fd = os.open(f"/proc/self/fd/{self._fd}", self._reopen_with)
-            try:
-                options: dict[str, Any] = {ADOPT_FD: fd}
-                self._buffered_handle = self._home.open(
-                    self._handle.path, direct=False, writable=self._writable, **options
-                )
-                # closed by this file's close (or finalizer), which may still write through it
-                self._buffered_handle._leave_close_to_owner()
-            except BaseException:
-                os.close(fd)
-                raise
+            options: dict[str, Any] = {ADOPT_FD: fd}  # (the stack's from here: closed by it on failure)
+            self._buffered_handle = self._home.open(self._handle.path, direct=False, writable=self._writable, **options)
+            # closed by this file's close (or finalizer), which may still write through it
+            self._buffered_handle._leave_close_to_owner()
         return self._buffered_handle
 
     # --- streaming (set up by uringstack.open) ---------------------------------------

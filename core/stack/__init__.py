@@ -240,8 +240,37 @@ class Stack:
         choosing the backend; ``adopt_fd=fd`` (the core's own option) serves a
         descriptor the caller already opened instead of opening *path*: its own
         ``O_DIRECT`` flag is the default for *direct* there (not ``core.direct``),
-        and a *direct* given that contradicts it raises ``ValueError``.
+        and a *direct* given that contradicts it raises ``ValueError``.  The
+        descriptor is the stack's from the call on: the handle closes it, and
+        an open that raises has closed it (never close it after the call: its
+        number may be another file's by then).
         """
+        adopted = options.get(ADOPT_FD)
+        if adopted is None:
+            return self._open(path, direct, writable, create, core, options, None)
+        taken: list[object] = []  # (the backend's FileIO, once it serves the descriptor)
+        try:
+            return self._open(path, direct, writable, create, core, options, taken)
+        except BaseException:
+            # The backend object closed it, if there is one (its close, on every failure
+            # after it was made); else nobody did yet.  Until session 40 the callers closed
+            # it again after a failure past that point (a plugin's hook raising, a close of
+            # the stack meanwhile): a second close of a number another thread's file may
+            # have taken already (seen: EBADF in other threads' reads, in a stress run).
+            if not taken and type(adopted) is int:
+                os.close(adopted)
+            raise
+
+    def _open(
+        self,
+        path: str | os.PathLike[str],
+        direct: bool | None,
+        writable: bool,
+        create: bool,
+        core: int | None,
+        options: dict[str, Any],
+        taken: list[object] | None,
+    ) -> FileHandle:
         forking.check(self._fork_gen, "the stack")
         if self._closed:
             raise RingClosedError("stack is closed")
@@ -279,6 +308,8 @@ class Stack:
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
+        if taken is not None:
+            taken.append(io)  # (an adopted descriptor: io.close() closes it from here on)
         handle = FileHandle(io, worker, self, factory.reason)
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)

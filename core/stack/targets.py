@@ -168,8 +168,18 @@ def _is_nvme_generic(st: os.stat_result) -> bool:
     return "nvme-generic" in node.split(os.sep) or re.fullmatch(r"ng\d+n\d+", os.path.basename(node)) is not None
 
 
+def close_opened(target: Target, fd: int) -> None:
+    """A backend's ``open`` failed after :func:`open_target` gave it *fd*: close *fd* if it was
+    opened there; an adopted one (``adopt_fd``) is closed by ``Stack.open`` itself, once."""
+    if target.options.get(ADOPT_FD) is None:
+        os.close(fd)
+
+
 def open_target(target: Target) -> int:
-    """Open *target* with the flags it asks for; errors name the file and the cause."""
+    """Open *target* with the flags it asks for; errors name the file and the cause.
+
+    A backend whose ``open`` fails after this returned closes the descriptor with
+    :func:`close_opened`, never with ``os.close``: an adopted one is ``Stack.open``'s."""
     adopt = target.options.get(ADOPT_FD)
     if adopt is not None:
         return int(adopt)

@@ -717,7 +717,11 @@ class UringBackend:
         self.reason = reason
 
     def open(self, target: Target, worker: WorkerView) -> UringFileIO:
-        from uringstack.stack.targets import logical_block_size, open_target
+        from uringstack.stack.targets import close_opened, logical_block_size, open_target
 
         fd = open_target(target)
-        return UringFileIO(worker.rings["storage"], fd, target, logical_block_size(target, fd), worker)
+        try:
+            return UringFileIO(worker.rings["storage"], fd, target, logical_block_size(target, fd), worker)
+        except BaseException:
+            close_opened(target, fd)
+            raise

@@ -313,11 +313,8 @@ class Writer:
                     raise
         if fd < 0:
             fd = os.open(seg.path, base)
-        try:
-            handle = self.io.open_segment(seg.path, fd, direct)
-        except BaseException:
-            os.close(fd)
-            raise
+        # (the stack's from the call on: Stack.open closes it if it fails, never this again)
+        handle = self.io.open_segment(seg.path, fd, direct)
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle

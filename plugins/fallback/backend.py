@@ -35,7 +35,7 @@ from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending
 from uringstack.ring.pins import pin_buffer
 from uringstack.ring.wakeups import set_result_unless_done
-from uringstack.stack.targets import logical_block_size, open_target
+from uringstack.stack.targets import close_opened, logical_block_size, open_target
 
 if TYPE_CHECKING:
     from uringstack.stack import CompletedBatch, CompletionHook, Worker
@@ -669,4 +669,8 @@ class FallbackBackend:
             pool = ThreadPool(self.threads, f"uringstack-fallback-{worker.index}")
             worker.resources[RESOURCE_KEY] = pool
         fd = open_target(target)
-        return FallbackFileIO(pool, fd, target, logical_block_size(target, fd), worker.completion_hook)
+        try:
+            return FallbackFileIO(pool, fd, target, logical_block_size(target, fd), worker.completion_hook)
+        except BaseException:
+            close_opened(target, fd)
+            raise

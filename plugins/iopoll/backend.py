@@ -22,7 +22,6 @@ asyncio).
 from __future__ import annotations
 
 import errno
-import os
 from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import UringIOError
@@ -169,7 +168,7 @@ class IopollBackend:
         self.reason = reason
 
     def open(self, target: Target, worker: Worker) -> IopollFileIO:
-        from uringstack.stack.targets import logical_block_size, open_target
+        from uringstack.stack.targets import close_opened, logical_block_size, open_target
 
         ring = worker.rings.get(ROLE)
         storage = worker.rings.get("storage")
@@ -183,5 +182,5 @@ class IopollBackend:
         try:
             return IopollFileIO(ring, storage, fd, target, logical_block_size(target, fd), worker)
         except BaseException:
-            os.close(fd)
+            close_opened(target, fd)
             raise

@@ -7,13 +7,17 @@ nothing worse (a found probe of the plugin contract, session 27).
 - A raising ``uringstack_file_closed`` stopped the hook before fixedbuf's, whose fixed-file
   slot then kept the closed (deleted) file open in the kernel; a raising
   ``uringstack_file_opened`` left the slot fixedbuf had taken.
+- A raising ``uringstack_file_opened`` made ``uringstack.open`` and the log close the
+  adopted descriptor a second time (session 40).
 - A raising or wrongly typed planning hook failed with a bare ``KeyError`` or
   ``AttributeError`` naming no plugin.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pathlib
 from typing import Any
 
@@ -162,3 +166,64 @@ def test_attach_to_a_ring_not_planned_is_a_plan_error() -> None:
     loaded = load_config(plugin_manager=pm, overrides={"core.cores": [0], "sqpoll.mode": "off"})
     with pytest.raises(PlanError, match=r"ring core0/storage: attach_to='core99/storage' names no ring planned"):
         make_plan(probe(), loaded.config, pm)
+
+
+class _CloseRecorder:
+    """``os.close`` recording each descriptor number it closes, and whether it was open."""
+
+    def __init__(self) -> None:
+        self.closed: list[int] = []
+        self.not_open: list[int] = []
+        self._close = os.close
+
+    def __call__(self, fd: int) -> None:
+        self.closed.append(fd)
+        try:
+            self._close(fd)
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                self.not_open.append(fd)
+            raise
+
+
+def _open_file_object(stack: Stack, path: pathlib.Path) -> None:
+    import uringstack
+
+    uringstack.open(path, "rb", stack=stack)
+
+
+def _open_wal(stack: Stack, path: pathlib.Path) -> None:
+    from uringstack.wal import Wal
+
+    Wal.open(path.parent / "wal", stack=stack)
+
+
+def _adopt(stack: Stack, path: pathlib.Path) -> None:
+    stack.open(path, adopt_fd=os.open(path, os.O_RDONLY | os.O_CLOEXEC), writable=False)
+
+
+@pytest.mark.parametrize("backend", ["auto", "fallback"])
+@pytest.mark.parametrize(
+    "opener", [_open_file_object, _open_wal, _adopt], ids=["uringstack.open", "Wal.open", "adopt_fd"]
+)
+def test_an_open_a_plugin_refused_closes_the_adopted_descriptor_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, backend: str, opener: Any
+) -> None:
+    """``Stack.open(adopt_fd=fd)`` takes *fd* at the call and closes it if it raises: its callers
+    (``uringstack.FileIO``, the log's segment opener) closed it a second time after a plugin's
+    ``file_opened`` raised, when the backend had already closed it.  The second close raised
+    EBADF in place of the plugin's error, or, in a program with other threads, closed the
+    file another thread had opened under that number meanwhile (a stress run of file objects
+    from four threads: EBADF in their reads, session 40)."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(8192))
+    with _stack(RaisingFileHooks("opened"), **{"core.backend": backend}) as stack:
+        closes = _CloseRecorder()
+        before = set(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(os, "close", closes)
+        with pytest.raises(PluginError, match="tracer bug in file_opened"):
+            opener(stack, path)
+        monkeypatch.undo()
+        # (one thread: a second close of a number finds it closed, nothing reopened it between)
+        assert closes.not_open == [], f"closed a descriptor that was not open: {closes.not_open} (of {closes.closed})"
+        assert set(os.listdir("/proc/self/fd")) <= before, "the adopted descriptor was left open"
