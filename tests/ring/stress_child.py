@@ -2,20 +2,27 @@
 
 Usage: ``python tests/ring/stress_child.py MODE SEED SECONDS`` with MODE ``ring`` (``Ring``
 itself: single ops, batches, reads of pipes that complete late or are cancelled,
-``wait_any``) or ``stack`` (a stack with one worker: blocking handle calls, awaits of
+``wait_any``), ``stack`` (a stack with one worker: blocking handle calls, awaits of
 coalesced reads, batches, writes and ``fdatasync``; ``STRESS_BACKEND`` picks the
-backend).  Worker threads and, in most seeds, an event loop in a thread of its own use
+backend) or ``fileobj`` (``uringstack.open`` files, buffered, raw and O_DIRECT, and
+``uringstack.aio.open``, each opened, read and closed per op, on a one-worker stack;
+fixedbuf registers each file).  Worker threads and, in most seeds, an event loop in a thread of its own use
 the ring while the main thread makes blocking calls under SIGALRM timers whose handler
 raises (as Ctrl-C or an alarm-based timeout would), at random points; buffers are
-``memoryview``s of ``mmap`` memory.  Then the ring (or stack) is closed under the threads.
+``memoryview``s of ``mmap`` memory.  Then the ring (or stack) is closed under the threads
+(what they meet then is not counted: a file object's descriptor closed under a thread's
+call gives EBADF, as a built-in file closed by another thread does).
+
+``STRESS_NO_ALARMS`` turns the alarms off, ``STRESS_TRACE`` adds tracebacks to the report.
 
 Exits 0 after printing ``ok`` when every read returned its block's bytes, the event loop
 kept making progress after the alarms, the ring still served a read, and every thread
 ended after the close; else prints what went wrong and exits 1.  A hang ends the child
 through ``faulthandler`` (every thread's stack printed, exit 1) and a crash kills it:
 both fail the test.  Session 40 found with it an await whose wake-up a signal in another
-thread's collection lost for good, and a segfault in a garbage collection of a pinned
-``memoryview`` (CPython gh-77894).
+thread's collection lost for good, a segfault in a garbage collection of a pinned
+``memoryview`` (CPython gh-77894), and a descriptor closed twice after a signal in a
+plugin's ``file_opened``.
 """
 
 from __future__ import annotations
@@ -40,8 +47,8 @@ ANY_POS = -1 & 0xFFFFFFFFFFFFFFFF  # "current position": a pipe has no offsets
 HANG_S = 90  # past this the child prints every thread's stack and exits 1
 
 
-class Alarm(Exception):
-    """What the SIGALRM handler raises in the main thread's calls."""
+class Alarm(BaseException):
+    """What the SIGALRM handler raises in the main thread's calls (a BaseException, as Ctrl-C's KeyboardInterrupt)."""
 
 
 class Stress:
@@ -52,6 +59,7 @@ class Stress:
         self.errors: list[str] = []
         self.counts: dict[str, int] = {}
         self.stop = threading.Event()
+        self.closing = threading.Event()  # set right before the close under the threads
         self._lock = threading.Lock()
 
     def count(self, what: str) -> None:
@@ -232,6 +240,58 @@ def stack_ops(stress: Stress, h: Any, hw: Any) -> list[Callable[[random.Random],
     return ops
 
 
+def fileobj_ops(stress: Stress, stack: Any, path: str) -> list[Callable[[random.Random], None]]:
+    """The ops of MODE fileobj: file objects of *stack* on the data file at *path*, opened per op
+    (buffered, unbuffered, O_DIRECT, text-free), read at random blocks, then closed."""
+    import uringstack
+    import uringstack.aio
+
+    def opened(rnd: random.Random) -> Any:
+        kind = rnd.randrange(3)
+        if kind == 0:
+            return uringstack.open(path, "rb", stack=stack)
+        if kind == 1:
+            return uringstack.open(path, "rb", buffering=0, stack=stack)
+        return uringstack.open(path, "rb", direct=True, stack=stack)
+
+    def reads(rnd: random.Random) -> None:
+        with opened(rnd) as f:
+            for _ in range(rnd.randrange(1, 6)):
+                k = rnd.randrange(BLOCKS)
+                f.seek(k * 4096)
+                buf = view4k()
+                if rnd.random() < 0.5:
+                    n = f.readinto(buf)
+                else:
+                    data = f.read(4096)
+                    n = len(data)
+                    buf[:n] = data
+                if n != 4096:
+                    stress.errors.append(f"a file object's read of block {k}: {n} bytes")
+                stress.check_block(buf, k, "file object")
+        stress.count("reads")
+
+    def sequential(rnd: random.Random) -> None:
+        with opened(rnd) as f:
+            k = rnd.randrange(BLOCKS - 16)
+            f.seek(k * 4096)
+            data = f.read(16 * 4096)
+        for i in range(16):
+            stress.check_block(data[i * 4096 : (i + 1) * 4096], k + i, "a sequential read")
+        stress.count("sequential")
+
+    async def awaited(rnd: random.Random) -> None:
+        async with uringstack.aio.open(path, "rb", stack=stack) as f:
+            k = rnd.randrange(BLOCKS)
+            await f.seek(k * 4096)
+            stress.check_block(await f.read(4096), k, "uringstack.aio")
+        stress.count("await")
+
+    ops = [reads, reads, sequential]
+    ops.append(awaited)  # type: ignore[arg-type]
+    return ops
+
+
 def worker(stress: Stress, i: int, ops: list[Callable[[random.Random], None]], closed: Callable[[], bool]) -> None:
     rnd = random.Random(stress.seed * 1000 + i)
     while not stress.stop.is_set():
@@ -239,12 +299,28 @@ def worker(stress: Stress, i: int, ops: list[Callable[[random.Random], None]], c
         try:
             op(rnd)
         except (RingClosedError, ValueError, UringIOError) as e:
-            if not closed():
+            if not (closed() or stress.closing.is_set()):
                 stress.errors.append(f"thread {i}, {op.__name__}: {e!r}")
             return
         except Exception as e:
-            stress.errors.append(f"thread {i}, {op.__name__}: {e!r}")
+            if not (stress.closing.is_set() and _closed_under(e)):
+                stress.errors.append(f"thread {i}, {op.__name__}: {e!r}{_trace()}")
             return
+
+
+def _closed_under(e: BaseException) -> bool:
+    """A file object's descriptor closed by the stack's close while this thread used it: as a
+    built-in file closed by another thread (docs/api.md: close while in use), not a failure here."""
+    return isinstance(e, OSError) and e.errno == errno.EBADF
+
+
+def _trace() -> str:
+    """The current exception's traceback, when STRESS_TRACE is set (for a failure's diagnosis)."""
+    if not os.environ.get("STRESS_TRACE"):
+        return ""
+    import traceback
+
+    return "\n" + traceback.format_exc()
 
 
 def event_loop(stress: Stress, awaited: Callable[[random.Random], Any], tasks: int, closed: Callable[[], bool]) -> None:
@@ -259,10 +335,11 @@ def event_loop(stress: Stress, awaited: Callable[[random.Random], Any], tasks: i
     try:
         asyncio.run(main())
     except (RingClosedError, ValueError, UringIOError) as e:
-        if not closed():
+        if not (closed() or stress.closing.is_set()):
             stress.errors.append(f"the event loop: {e!r}")
     except Exception as e:
-        stress.errors.append(f"the event loop: {e!r}")
+        if not (stress.closing.is_set() and _closed_under(e)):
+            stress.errors.append(f"the event loop: {e!r}")
 
 
 def main() -> int:
@@ -284,6 +361,14 @@ def main() -> int:
         closed: Callable[[], bool] = lambda: ring.closed  # noqa: E731
         close: Callable[[], None] = ring.close
         main_ops = every[:4]
+    elif mode == "fileobj":
+        import uringstack
+
+        stack = uringstack.open_stack(overrides={"core.cores": [0]})
+        every = fileobj_ops(stress, stack, path)
+        closed = lambda: stack.closed  # noqa: E731
+        close = stack.close
+        main_ops = every[:3]
     else:
         import uringstack
 
@@ -297,7 +382,8 @@ def main() -> int:
         closed = lambda: stack.closed or h.closed  # noqa: E731
         close = stack.close
         main_ops = every[:3]
-    os.unlink(path)
+    if mode != "fileobj":  # (file objects open it by name)
+        os.unlink(path)
     threads = [
         threading.Thread(target=worker, args=(stress, i, every[:-1], closed), daemon=True)
         for i in range(rnd0.randrange(2, 6))
@@ -319,14 +405,15 @@ def main() -> int:
     while time.monotonic() < end and not stress.errors:
         try:
             try:
-                signal.setitimer(signal.ITIMER_REAL, rnd.uniform(0.00005, 0.003))
+                if not os.environ.get("STRESS_NO_ALARMS"):
+                    signal.setitimer(signal.ITIMER_REAL, rnd.uniform(0.00005, 0.003))
                 rnd.choice(main_ops)(rnd)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except Alarm:
             alarms += 1
         except Exception as e:
-            stress.errors.append(f"the main thread: {e!r}")
+            stress.errors.append(f"the main thread: {e!r}{_trace()}")
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     try:
         main_ops[0](rnd)  # the ring still serves a read after the alarms
@@ -342,6 +429,7 @@ def main() -> int:
             faulthandler.dump_traceback(all_threads=True)
     if rnd0.random() < 0.5:
         stress.stop.set()  # else closed under the threads' calls
+    stress.closing.set()
     try:
         close()
     except Exception as e:
@@ -352,6 +440,8 @@ def main() -> int:
         if t.is_alive():
             stress.errors.append(f"{t.name} still running 30 s after close")
             faulthandler.dump_traceback(all_threads=True)
+    if mode == "fileobj":
+        os.unlink(path)
     print(f"{mode} seed {seed}: {len(threads)} threads, event loop {use_loop}, {alarms} alarms, ops {stress.counts}")
     if stress.errors:
         print("FAILED:", *stress.errors[:20], sep="\n  ")

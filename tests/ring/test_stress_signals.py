@@ -27,7 +27,15 @@ SECONDS = 3.0
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("mode", "seed", "backend"),
-    [("ring", 5, ""), ("ring", 6, ""), ("stack", 1, "uring"), ("stack", 3, "uring"), ("stack", 2, "fallback")],
+    [
+        ("ring", 5, ""),
+        ("ring", 6, ""),
+        ("stack", 1, "uring"),
+        ("stack", 3, "uring"),
+        ("stack", 2, "fallback"),
+        ("fileobj", 1, ""),
+        ("fileobj", 5, ""),
+    ],
 )
 def test_one_ring_under_threads_an_event_loop_and_signals(
     tmp_path: pathlib.Path, mode: str, seed: int, backend: str
@@ -36,7 +44,11 @@ def test_one_ring_under_threads_an_event_loop_and_signals(
     ``pin_buffer`` pinning the view directly.  Ring 5 and 6: an await's wake-up lost (the
     event loop stalled), with ``aio.resolver`` a plain ``functools.partial``; by chance,
     as stress finds things: seeds 5, 6, 10 and 11 of 1-12 in one pass, and this test in
-    one of two runs.  The deterministic guards are the sweeps of the two files named above."""
+    one of two runs.  Fileobj 1 and 5: file objects opened, read and closed from several
+    threads while the main thread's opens are interrupted: a signal in fixedbuf's
+    ``file_opened`` made ``uringstack.FileIO`` close its descriptor a second time (EBADF
+    in the other threads' reads; tests/stack/test_misbehaving_plugins.py).  The
+    deterministic guards are the sweeps and tests of the files named above."""
     env = dict(os.environ, STRESS_DIR=str(tmp_path), STRESS_BACKEND=backend)
     child = subprocess.run(
         [sys.executable, str(CHILD), mode, str(seed), str(SECONDS)],
