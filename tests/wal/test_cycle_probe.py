@@ -34,6 +34,11 @@ def test_steps_match_cycles_and_unpatch_the_writer(tmp_path: pathlib.Path) -> No
     probe = _probe()
     before = {m: getattr(wal_writer.Writer, m) for m in ("_write", "_finish", "_resolved", "_kick", "_stage")}
     rows = probe.run_steps(str(tmp_path), 16, 0.6, bytes(256))
+    if not rows:
+        # No whole cycle in 0.6 s: seen once under the NVMe VM's emulation (6.1, session 40's
+        # CI rehearsal), where a step can miss its order when the host is slow.  A longer run
+        # says whether the steps still match; renamed steps match in no run, however long.
+        rows = probe.run_steps(str(tmp_path / "again"), 16, 4.0, bytes(256))
     labels = [r[0] for r in rows]
     assert labels[: len(probe._STEPS)] == [s[0] for s in probe._STEPS]
     cycle = rows[-1]
