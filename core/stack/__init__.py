@@ -313,9 +313,14 @@ class Stack:
         handle = FileHandle(io, worker, self, factory.reason)
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)
-        except BaseException:
+        except BaseException as exc:
             handle._never_opened()
             io.close()
+            if self._closed and isinstance(exc, Exception):
+                # A close() of the stack ran meanwhile and tore down what the plugin was
+                # registering with (fixedbuf's file table: ENXIO from the kernel): the open
+                # failed because the stack closed, as below, not because of the plugin.
+                raise RingClosedError("stack is closed") from exc
             raise
         with self._lock:
             if not self._closed:

@@ -8,7 +8,8 @@ nothing worse (a found probe of the plugin contract, session 27).
   slot then kept the closed (deleted) file open in the kernel; a raising
   ``uringstack_file_opened`` left the slot fixedbuf had taken.
 - A raising ``uringstack_file_opened`` made ``uringstack.open`` and the log close the
-  adopted descriptor a second time (session 40).
+  adopted descriptor a second time (session 40); one that failed because the stack closed
+  meanwhile raised ``PluginError`` instead of ``RingClosedError``.
 - A raising or wrongly typed planning hook failed with a bare ``KeyError`` or
   ``AttributeError`` naming no plugin.
 """
@@ -19,11 +20,13 @@ import errno
 import logging
 import os
 import pathlib
+import threading
 from typing import Any
 
 import pytest
 
 from uringstack.config import load_config
+from uringstack.errors import RingClosedError
 from uringstack.hookspecs import hookimpl
 from uringstack.plan import make_plan
 from uringstack.pluginmanager import PluginError, make_plugin_manager
@@ -227,3 +230,39 @@ def test_an_open_a_plugin_refused_closes_the_adopted_descriptor_once(
         # (one thread: a second close of a number finds it closed, nothing reopened it between)
         assert closes.not_open == [], f"closed a descriptor that was not open: {closes.not_open} (of {closes.closed})"
         assert set(os.listdir("/proc/self/fd")) <= before, "the adopted descriptor was left open"
+
+
+class ClosingWhileOpening:
+    """A ``file_opened`` that meets a close of the stack: it runs the close (in another thread,
+    as a program's shutdown would) and then fails as a registration with the torn-down table
+    fails (fixedbuf's ``update_files``: ENXIO, no file table any more)."""
+
+    def __init__(self) -> None:
+        self.stack: Stack | None = None
+
+    @hookimpl
+    def uringstack_file_opened(self, handle: Any, worker: Any) -> None:
+        assert self.stack is not None
+        closer = threading.Thread(target=self.stack.close)
+        closer.start()
+        closer.join(30)
+        raise OSError(errno.ENXIO, "io_uring_register_files_update failed: No such device or address")
+
+
+def test_an_open_that_a_close_of_the_stack_overtook_raises_ring_closed(tmp_path: pathlib.Path) -> None:
+    """The stress run of file objects met this at its close: a thread's ``uringstack.open`` got
+    ``PluginError`` (fixedbuf, ENXIO) where a stack closed meanwhile gives ``RingClosedError``
+    (``FileIO`` turns it into ``ValueError``, as a built-in file closed meanwhile)."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(4096))
+    plugin = ClosingWhileOpening()
+    stack = _stack(plugin)
+    plugin.stack = stack
+    fds = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RingClosedError, match="stack is closed") as raised:
+        stack.open(path, writable=False)
+    cause = raised.value.__cause__  # the plugin's error, naming it, with the kernel's under it
+    assert isinstance(cause, PluginError) and "thirdparty" in str(cause)
+    assert isinstance(cause.__cause__, OSError) and cause.__cause__.errno == errno.ENXIO
+    assert stack.closed
+    assert set(os.listdir("/proc/self/fd")) <= fds
