@@ -246,13 +246,21 @@ def fileobj_ops(stress: Stress, stack: Any, path: str) -> list[Callable[[random.
     import uringstack
     import uringstack.aio
 
+    # Resolved here, before the threads and the alarms: uringstack imports these on first use,
+    # and CPython's import machinery is not safe against a raising signal (one that lands
+    # while the main thread holds the import lock leaves every later import in every thread
+    # waiting: seen once in the VM, 5.10).
+    open_file, open_async = uringstack.open, uringstack.aio.open
+    with open_file(path, "rb", stack=stack) as f:
+        f.read(1)
+
     def opened(rnd: random.Random) -> Any:
         kind = rnd.randrange(3)
         if kind == 0:
-            return uringstack.open(path, "rb", stack=stack)
+            return open_file(path, "rb", stack=stack)
         if kind == 1:
-            return uringstack.open(path, "rb", buffering=0, stack=stack)
-        return uringstack.open(path, "rb", direct=True, stack=stack)
+            return open_file(path, "rb", buffering=0, stack=stack)
+        return open_file(path, "rb", direct=True, stack=stack)
 
     def reads(rnd: random.Random) -> None:
         with opened(rnd) as f:
@@ -281,7 +289,7 @@ def fileobj_ops(stress: Stress, stack: Any, path: str) -> list[Callable[[random.
         stress.count("sequential")
 
     async def awaited(rnd: random.Random) -> None:
-        async with uringstack.aio.open(path, "rb", stack=stack) as f:
+        async with open_async(path, "rb", stack=stack) as f:
             k = rnd.randrange(BLOCKS)
             await f.seek(k * 4096)
             stress.check_block(await f.read(4096), k, "uringstack.aio")
