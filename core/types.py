@@ -237,7 +237,9 @@ class BackendFactory(Protocol):
         Get the descriptor with :func:`uringstack.stack.targets.open_target`; if ``open``
         then fails, close it with :func:`~uringstack.stack.targets.close_opened`, never
         ``os.close``: a descriptor the caller handed over (``target.options["adopt_fd"]``)
-        is closed by :meth:`Stack.open` itself, once.  Once ``open`` returned, the
-        FileIO's ``close()`` closes it, the adopted one too.
+        stays open for them when the open fails.  Once ``open`` returned, the FileIO's
+        ``close()`` closes ``self.fd`` (the adopted one too; an open that failed after
+        that point gives the FileIO a duplicate to close instead, so keep the descriptor
+        in ``fd`` and close only ``fd``).
         """
         ...

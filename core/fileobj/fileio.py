@@ -205,7 +205,7 @@ class FileIO(io.RawIOBase):
     _handle: FileHandle | None = None
     _buffered_handle: FileHandle | None = None
     _handle_fd_apart = False  # the handle serves its own descriptor, not ours (_adopt)
-    _fd_given = False  # our descriptor went to Stack.open, which closes it (on failure too)
+    _fd_given = False  # our descriptor is the handle's to close (Stack.open returned it)
     _readahead: ReadAhead | None = None
     _writebehind: WriteBehind | None = None
     _closed_flag = False
@@ -328,7 +328,7 @@ class FileIO(io.RawIOBase):
             elif direct:
                 raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")
         except BaseException:
-            # (not one the stack took: Stack.open closed it if it failed, the handle owns it if not)
+            # (not one a handle took: that handle closes it)
             if owned_fd is not None and not self._fd_given:
                 os.close(owned_fd)
             raise
@@ -426,11 +426,17 @@ class FileIO(io.RawIOBase):
             self._handle_fd_apart = True
         else:
             own = fd if self._closefd else os.dup(fd)
-        # From the call on *own* is the stack's (Stack.open closes it if it fails): when it is
-        # *fd* itself, __init__'s failure path must not close that again.
+        try:
+            options: dict[str, Any] = {ADOPT_FD: own}
+            handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
+        except BaseException:
+            if own != fd:  # (a failed open leaves it to us; *fd* is __init__'s to close)
+                os.close(own)
+            raise
+        # The handle closes *own* from here on: when it is *fd* itself, a failure of what
+        # follows must not make __init__ close it too (the handle's close would close
+        # whatever file had the number by then).
         self._fd_given = own == fd
-        options: dict[str, Any] = {ADOPT_FD: own}
-        handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
         self._home = stack
         stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
         # closed behind us (handle.close(), a fork child's stack): what we hold is written first
@@ -490,10 +496,15 @@ class FileIO(io.RawIOBase):
         if self._buffered_handle is None:
             assert self._handle is not None and self._home is not None
             fd = os.open(f"/proc/self/fd/{self._fd}", self._reopen_with)
-            options: dict[str, Any] = {ADOPT_FD: fd}  # (the stack's from here: closed by it on failure)
-            self._buffered_handle = self._home.open(self._handle.path, direct=False, writable=self._writable, **options)
+            try:
+                options: dict[str, Any] = {ADOPT_FD: fd}
+                handle = self._home.open(self._handle.path, direct=False, writable=self._writable, **options)
+            except BaseException:
+                os.close(fd)  # (a failed open leaves it to us; once it returned, the handle's)
+                raise
+            self._buffered_handle = handle
             # closed by this file's close (or finalizer), which may still write through it
-            self._buffered_handle._leave_close_to_owner()
+            handle._leave_close_to_owner()
         return self._buffered_handle
 
     # --- streaming (set up by uringstack.open) ---------------------------------------

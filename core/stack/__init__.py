@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from uringstack.config import StackConfig
     from uringstack.pluginmanager import CompletionListeners, UringstackPluginManager
     from uringstack.probe.model import Capabilities
+    from uringstack.ring.io_backend import FileIO
 
 T = TypeVar("T")
 _STOP = object()
@@ -151,6 +152,19 @@ def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) ->
             run_to_end(lambda: fn(*args))
 
 
+def _close_unserved(io: FileIO, adopted: bool) -> None:
+    """Close the backend object of an open that failed before it served anything.
+
+    An adopted descriptor stays open for the caller (``Stack.open`` leaves it to them, as
+    ``io.FileIO`` does): the backend object gets a duplicate to close instead.  Until session
+    40 it closed the caller's, and ``uringstack.FileIO`` and the log then closed it again,
+    perhaps after another thread's file had taken the number (seen: EBADF in other threads'
+    reads in a stress run)."""
+    if adopted:
+        io.fd = os.dup(io.fd)
+    io.close()
+
+
 class Stack:
     """The I/O stack of this process: workers, their rings, and the open handles.
 
@@ -241,36 +255,10 @@ class Stack:
         descriptor the caller already opened instead of opening *path*: its own
         ``O_DIRECT`` flag is the default for *direct* there (not ``core.direct``),
         and a *direct* given that contradicts it raises ``ValueError``.  The
-        descriptor is the stack's from the call on: the handle closes it, and
-        an open that raises has closed it (never close it after the call: its
-        number may be another file's by then).
+        returned handle closes the descriptor; an open that raises leaves it
+        open, the caller's to close, as ``io.FileIO`` leaves a descriptor it
+        was given when its constructor fails.
         """
-        adopted = options.get(ADOPT_FD)
-        if adopted is None:
-            return self._open(path, direct, writable, create, core, options, None)
-        taken: list[object] = []  # (the backend's FileIO, once it serves the descriptor)
-        try:
-            return self._open(path, direct, writable, create, core, options, taken)
-        except BaseException:
-            # The backend object closed it, if there is one (its close, on every failure
-            # after it was made); else nobody did yet.  Until session 40 the callers closed
-            # it again after a failure past that point (a plugin's hook raising, a close of
-            # the stack meanwhile): a second close of a number another thread's file may
-            # have taken already (seen: EBADF in other threads' reads, in a stress run).
-            if not taken and type(adopted) is int:
-                os.close(adopted)
-            raise
-
-    def _open(
-        self,
-        path: str | os.PathLike[str],
-        direct: bool | None,
-        writable: bool,
-        create: bool,
-        core: int | None,
-        options: dict[str, Any],
-        taken: list[object] | None,
-    ) -> FileHandle:
         forking.check(self._fork_gen, "the stack")
         if self._closed:
             raise RingClosedError("stack is closed")
@@ -308,14 +296,12 @@ class Stack:
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
-        if taken is not None:
-            taken.append(io)  # (an adopted descriptor: io.close() closes it from here on)
         handle = FileHandle(io, worker, self, factory.reason)
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)
         except BaseException as exc:
             handle._never_opened()
-            io.close()
+            _close_unserved(io, ADOPT_FD in options)
             if self._closed and isinstance(exc, Exception):
                 # A close() of the stack ran meanwhile and tore down what the plugin was
                 # registering with (fixedbuf's file table: ENXIO from the kernel): the open
@@ -327,6 +313,8 @@ class Stack:
                 self._handles.add(handle)
                 handle._close_when_dropped()
                 return handle
+        if ADOPT_FD in options:
+            io.fd = os.dup(io.fd)  # (see _close_unserved: the caller's descriptor stays open)
         handle.close()  # close() ran meanwhile and did not see this handle
         raise RingClosedError("stack is closed")
 

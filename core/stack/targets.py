@@ -170,7 +170,7 @@ def _is_nvme_generic(st: os.stat_result) -> bool:
 
 def close_opened(target: Target, fd: int) -> None:
     """A backend's ``open`` failed after :func:`open_target` gave it *fd*: close *fd* if it was
-    opened there; an adopted one (``adopt_fd``) is closed by ``Stack.open`` itself, once."""
+    opened there; an adopted one (``adopt_fd``) stays open, the caller's (``Stack.open``)."""
     if target.options.get(ADOPT_FD) is None:
         os.close(fd)
 
@@ -179,7 +179,7 @@ def open_target(target: Target) -> int:
     """Open *target* with the flags it asks for; errors name the file and the cause.
 
     A backend whose ``open`` fails after this returned closes the descriptor with
-    :func:`close_opened`, never with ``os.close``: an adopted one is ``Stack.open``'s."""
+    :func:`close_opened`, never with ``os.close``: an adopted one is the caller's."""
     adopt = target.options.get(ADOPT_FD)
     if adopt is not None:
         return int(adopt)

@@ -313,8 +313,11 @@ class Writer:
                     raise
         if fd < 0:
             fd = os.open(seg.path, base)
-        # (the stack's from the call on: Stack.open closes it if it fails, never this again)
-        handle = self.io.open_segment(seg.path, fd, direct)
+        try:
+            handle = self.io.open_segment(seg.path, fd, direct)
+        except BaseException:
+            os.close(fd)  # (a failed open leaves the descriptor to us: Stack.open's contract)
+            raise
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle

@@ -202,22 +202,30 @@ def _open_wal(stack: Stack, path: pathlib.Path) -> None:
 
 
 def _adopt(stack: Stack, path: pathlib.Path) -> None:
-    stack.open(path, adopt_fd=os.open(path, os.O_RDONLY | os.O_CLOEXEC), writable=False)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        stack.open(path, adopt_fd=fd, writable=False)
+    except BaseException:
+        os.fstat(fd)  # a failed open leaves it open, the caller's (OSError EBADF if not)
+        os.close(fd)
+        raise
 
 
 @pytest.mark.parametrize("backend", ["auto", "fallback"])
 @pytest.mark.parametrize(
     "opener", [_open_file_object, _open_wal, _adopt], ids=["uringstack.open", "Wal.open", "adopt_fd"]
 )
-def test_an_open_a_plugin_refused_closes_the_adopted_descriptor_once(
+def test_an_open_a_plugin_refused_leaves_the_adopted_descriptor_to_its_caller(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, backend: str, opener: Any
 ) -> None:
-    """``Stack.open(adopt_fd=fd)`` takes *fd* at the call and closes it if it raises: its callers
-    (``uringstack.FileIO``, the log's segment opener) closed it a second time after a plugin's
-    ``file_opened`` raised, when the backend had already closed it.  The second close raised
-    EBADF in place of the plugin's error, or, in a program with other threads, closed the
-    file another thread had opened under that number meanwhile (a stress run of file objects
-    from four threads: EBADF in their reads, session 40)."""
+    """``Stack.open(adopt_fd=fd)`` that raises leaves *fd* open, its caller's to close (as
+    ``io.FileIO`` leaves a descriptor it was given), also after a plugin's ``file_opened``
+    raised: the backend object closed it there, and its callers (``uringstack.FileIO``, the
+    log's segment opener) closed it a second time.  The second close raised EBADF in place
+    of the plugin's error, or, in a program with other threads, closed the file another
+    thread had opened under that number meanwhile (a stress run of file objects from four
+    threads: EBADF in their reads, session 40).  Each caller closes it once, and nothing is
+    left open."""
     path = tmp_path / "f"
     path.write_bytes(bytes(8192))
     with _stack(RaisingFileHooks("opened"), **{"core.backend": backend}) as stack:
