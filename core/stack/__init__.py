@@ -152,6 +152,16 @@ def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) ->
             run_to_end(lambda: fn(*args))
 
 
+def _unopen(handle: FileHandle, adopted_fd: int | None) -> None:
+    """Close a handle whose open is to fail after plugins saw it (safe to run again): plugins
+    are told and the backend object closed, with a duplicate of an adopted descriptor (see
+    :func:`_close_unserved`), so the caller's stays open."""
+    io = handle.io
+    if adopted_fd is not None and io.fd == adopted_fd:  # (once: a run again finds the duplicate)
+        io.fd = os.dup(adopted_fd)
+    handle.close()
+
+
 def _close_unserved(io: FileIO, adopted: bool) -> None:
     """Close the backend object of an open that failed before it served anything.
 
@@ -308,14 +318,22 @@ class Stack:
                 # failed because the stack closed, as below, not because of the plugin.
                 raise RingClosedError("stack is closed") from exc
             raise
-        with self._lock:
-            if not self._closed:
-                self._handles.add(handle)
-                handle._close_when_dropped()
-                return handle
-        if ADOPT_FD in options:
-            io.fd = os.dup(io.fd)  # (see _close_unserved: the caller's descriptor stays open)
-        handle.close()  # close() ran meanwhile and did not see this handle
+        adopted = options.get(ADOPT_FD)
+        try:
+            with self._lock:
+                if not self._closed:
+                    self._handles.add(handle)
+                    handle._close_when_dropped()
+                    return handle
+        except BaseException:
+            # A raising signal (Ctrl-C) from the handle's taking in to the return: the caller
+            # gets the exception and takes the open for failed (uringstack.FileIO closes its
+            # descriptor), so the handle must not stay open behind it: a dropped handle's
+            # close by the reaper closed the number again, by then another file's (a stress
+            # run of file objects under SIGALRM, session 40).
+            despite_signals(_unopen, handle, adopted)
+            raise
+        _unopen(handle, adopted)  # close() ran meanwhile and did not see this handle
         raise RingClosedError("stack is closed")
 
     @property
