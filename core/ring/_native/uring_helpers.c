@@ -796,8 +796,18 @@ int us_cancel_each(struct io_uring *ring, us_state_t *st, const uint64_t *user_d
         }
         io_uring_prep_cancel64(sqe, user_data[i], 0);
         io_uring_sqe_set_data64(sqe, UINT64_MAX);
-        int ret = submit_pending(ring, st);
-        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+        int ret;
+        do
+            ret = submit_pending(ring, st);
+        while (ret == -EINTR);
+        if (ret == -EAGAIN || ret == -EBUSY) {
+            /* Not submitted: taken back out of the SQ, as a cancel left queued would go
+             * out with a later submission, after the op may have completed and its slot
+             * been reused (user_data slot<<32|i), and cancel another op. */
+            unqueue_unsubmitted(ring);
+            continue;
+        }
+        if (ret < 0)
             return ret;
     }
     drain(ring, st);
