@@ -152,27 +152,21 @@ def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) ->
             run_to_end(lambda: fn(*args))
 
 
+def _leave_callers_fd(io: FileIO, adopted_fd: int | None) -> None:
+    """Before a failed open closes *io*: give it a duplicate of an adopted descriptor to close,
+    so the caller's stays open (``Stack.open`` leaves it to them, as ``io.FileIO`` does).
+    Until session 40 it closed the caller's, and ``uringstack.FileIO`` and the log then
+    closed it again, perhaps after another thread's file had taken the number (seen: EBADF
+    in other threads' reads in a stress run).  Safe to run again: a rerun finds the duplicate."""
+    if adopted_fd is not None and io.fd == adopted_fd:
+        io.fd = os.dup(adopted_fd)
+
+
 def _unopen(handle: FileHandle, adopted_fd: int | None) -> None:
     """Close a handle whose open is to fail after plugins saw it (safe to run again): plugins
-    are told and the backend object closed, with a duplicate of an adopted descriptor (see
-    :func:`_close_unserved`), so the caller's stays open."""
-    io = handle.io
-    if adopted_fd is not None and io.fd == adopted_fd:  # (once: a run again finds the duplicate)
-        io.fd = os.dup(adopted_fd)
+    are told, and the backend object closes a duplicate of an adopted descriptor."""
+    _leave_callers_fd(handle.io, adopted_fd)
     handle.close()
-
-
-def _close_unserved(io: FileIO, adopted: bool) -> None:
-    """Close the backend object of an open that failed before it served anything.
-
-    An adopted descriptor stays open for the caller (``Stack.open`` leaves it to them, as
-    ``io.FileIO`` does): the backend object gets a duplicate to close instead.  Until session
-    40 it closed the caller's, and ``uringstack.FileIO`` and the log then closed it again,
-    perhaps after another thread's file had taken the number (seen: EBADF in other threads'
-    reads in a stress run)."""
-    if adopted:
-        io.fd = os.dup(io.fd)
-    io.close()
 
 
 class Stack:
@@ -307,18 +301,19 @@ class Stack:
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
         io = factory.open(target, worker)
         handle = FileHandle(io, worker, self, factory.reason)
+        adopted = options.get(ADOPT_FD)
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)
         except BaseException as exc:
             handle._never_opened()
-            _close_unserved(io, ADOPT_FD in options)
+            _leave_callers_fd(io, adopted)
+            io.close()
             if self._closed and isinstance(exc, Exception):
                 # A close() of the stack ran meanwhile and tore down what the plugin was
                 # registering with (fixedbuf's file table: ENXIO from the kernel): the open
                 # failed because the stack closed, as below, not because of the plugin.
                 raise RingClosedError("stack is closed") from exc
             raise
-        adopted = options.get(ADOPT_FD)
         try:
             with self._lock:
                 if not self._closed:
