@@ -242,3 +242,36 @@ def test_a_signal_anywhere_in_run_returning_while_a_close_waits_lets_the_close_r
         return sent.where
 
     sweep(once)
+
+
+def test_a_signal_anywhere_in_a_close_leaves_the_counts_right_for_its_retry() -> None:
+    """A file's close that Ctrl-C cut short is run again (``FileHandle.close``): it must then
+    return at once, not wait its whole timeout for a start that a half-read count invented
+    (seen in a stress run, session 41: "ran past 10 s" closing a file no other thread used)."""
+
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        with signal_at(TRACKER, at) as sent, contextlib.suppress(Interrupt):
+            t.close(timeout=0.3)
+        _closes_clean(t, sent.where)
+        return sent.where
+
+    sweep(once)
+
+
+def test_a_signal_anywhere_in_a_close_or_idle_keeps_a_running_start_counted() -> None:
+    """While another thread's call runs, a close or the reaper's idle() cut short by a signal
+    must not count it out: a close after that would release the descriptor under the call."""
+
+    def once(at: int) -> str | None:
+        t = InflightTracker("f")
+        t.enter()  # another thread's call, running throughout
+        with signal_at(TRACKER, at) as sent, contextlib.suppress(Interrupt, TimeoutError):
+            t.idle()
+            t.close(timeout=0.01)
+        assert not t.idle(), f"a signal {sent.where} counted a running start out"
+        t.left()
+        _closes_clean(t, sent.where)
+        return sent.where
+
+    sweep(once)
