@@ -236,10 +236,9 @@ class BackendFactory(Protocol):
         Called on the thread that called :meth:`Stack.open`, not on the worker's thread.
         Get the descriptor with :func:`uringstack.stack.targets.open_target`; if ``open``
         then fails, close it with :func:`~uringstack.stack.targets.close_opened`, never
-        ``os.close``: a descriptor the caller handed over (``target.options["adopt_fd"]``)
-        stays open for them when the open fails.  Once ``open`` returned, the FileIO's
-        ``close()`` closes ``self.fd`` (the adopted one too; an open that failed after
-        that point gives the FileIO a duplicate to close instead, so keep the descriptor
-        in ``fd`` and close only ``fd``).
+        ``os.close``: an adopted descriptor (``target.options["adopt_fd"]``, the stack's
+        duplicate of the one the caller handed over) is closed by :meth:`Stack.open`
+        when the open fails.  Once ``open`` returned, the FileIO's ``close()`` closes
+        ``self.fd`` (the adopted one too) and nothing else; it must be safe to call again.
         """
         ...

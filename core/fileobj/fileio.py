@@ -17,6 +17,7 @@ serve: on them ``FileIO`` reads and writes the descriptor with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -44,7 +45,7 @@ from uringstack.fileobj.arguments import (
 )
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
-from uringstack.ring.interrupts import despite_signals
+from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals
 from uringstack.ring.native import ffi
 from uringstack.ring.pins import pin_buffer
 from uringstack.stack.targets import ADOPT_FD
@@ -76,6 +77,12 @@ def _serves_any_thread(backend: Any) -> bool:
 
 def _closed_error() -> ValueError:
     return ValueError(_CLOSED_MSG)
+
+
+def _drop_handle(handle: FileHandle) -> None:
+    """Close the handle of a file whose construction failed (safe to run again)."""
+    with contextlib.suppress(*FAILURES):  # (nothing was written through it: the construction's error is the one to see)
+        handle.close()
 
 
 def _drop_locals(exc: BaseException) -> None:
@@ -204,8 +211,8 @@ class FileIO(io.RawIOBase):
     _closefd = True
     _handle: FileHandle | None = None
     _buffered_handle: FileHandle | None = None
-    _handle_fd_apart = False  # the handle serves its own descriptor, not ours (_adopt)
-    _fd_given = False  # our descriptor is the handle's to close (Stack.open returned it)
+    _handle_fd_apart = False  # the handle serves a descriptor opened apart, not a dup of ours (_adopt)
+    _fd_is_handles = False  # our descriptor is the handle's own (its close closes it): see __init__
     _readahead: ReadAhead | None = None
     _writebehind: WriteBehind | None = None
     _closed_flag = False
@@ -238,6 +245,7 @@ class FileIO(io.RawIOBase):
             finally:
                 self._fd = -1
                 self._closed_flag = False
+                self._fd_is_handles = self._handle_fd_apart = False
                 self._here = self._held = None  # (the new file's are set up below)
                 self._disarm_cached_reads()
         if isinstance(file, float):
@@ -285,20 +293,25 @@ class FileIO(io.RawIOBase):
             # still meets _adopt's check, after the open, as a built-in file racing a close
             raise ValueError("I/O operation on a closed stack: the file was not opened")
 
-        owned_fd = None
+        # The descriptor this call opened, until the handle's own (Stack.open serves a
+        # duplicate) takes its place: in a list that C stores it in as open(2) returns it
+        # (list.extend over a map), so a raising signal handler (Ctrl-C) finds no point
+        # between the open and the store, and the cleanup below always sees it.
+        opened: list[int] = []
         try:
             if path is not None:
                 if not closefd:
                     raise ValueError("Cannot use closefd=False with file name")
                 if opener is None:
-                    fd = os.open(path, flags, 0o666)
+                    opened.extend(map(os.open, (path,), (flags,), (0o666,)))
+                    fd = opened[0]
                 else:
                     fd = opener(path, flags)
                     if not isinstance(fd, int):
                         raise TypeError("expected integer from opener")
                     if fd < 0:
                         raise OSError("Negative file descriptor")
-                owned_fd = fd
+                    opened.append(fd)
             self._closefd = closefd
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -325,12 +338,21 @@ class FileIO(io.RawIOBase):
                     # unaligned read or write failed with EINVAL, as with the built-in open()
                     direct = self._direct = True
                 self._handle = self._adopt(fd, file, stack)
+                if opened and opener is None and not self._handle_fd_apart:
+                    # One descriptor per file, as the built-in's: the handle's duplicate
+                    # (the same open file description) is this file's from now on.
+                    fd = self._handle.fd
+                    self._fd_is_handles = True
+                    close_popped(opened)
             elif direct:
                 raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")
         except BaseException:
-            # (not one a handle took: that handle closes it)
-            if owned_fd is not None and not self._fd_given:
-                os.close(owned_fd)
+            # The handle (if made) closes its own descriptor; ours is closed here, and only
+            # here: no descriptor this call opened is ever the handle's.
+            if self._handle is not None:
+                despite_signals(_drop_handle, self._handle)
+            if opened:
+                despite_signals(close_popped, opened)
             raise
         self._fd = fd
         self._stack = stack
@@ -409,7 +431,7 @@ class FileIO(io.RawIOBase):
             lock.release()
 
     def _adopt(self, fd: int, file: Any, stack: Stack | None) -> FileHandle:
-        """Hand *fd* to the stack; with ``closefd=False`` the handle gets (and closes) a dup."""
+        """Hand *fd* to the stack: the handle serves (and closes) a duplicate, *fd* stays ours."""
         if stack is None:
             from uringstack.fileobj.default_stack import default_stack
 
@@ -417,31 +439,31 @@ class FileIO(io.RawIOBase):
         if stack.closed:
             raise _closed_error()
         path = f"/proc/self/fd/{fd}" if isinstance(file, int) else os.fsdecode(file)
-        if self._direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            # A descriptor the caller opened without O_DIRECT: the handle gets an O_DIRECT one
-            # of its own on the same file (F_SETFL would change the caller's open file
-            # description too).  Served as it was, the handle's aligned reads went through the
-            # page cache, or failed with EOPNOTSUPP on an IOPOLL ring, which takes only O_DIRECT.
-            own = os.open(f"/proc/self/fd/{fd}", self._reopen_with | os.O_DIRECT)
-            self._handle_fd_apart = True
-        else:
-            own = fd if self._closefd else os.dup(fd)
+        apart: list[int] = []  # (stored by C as it is opened: see __init__'s *opened*)
+        serve = fd
         try:
-            options: dict[str, Any] = {ADOPT_FD: own}
+            if self._direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                # A descriptor the caller opened without O_DIRECT: the handle gets an O_DIRECT
+                # one of its own on the same file (F_SETFL would change the caller's open file
+                # description too).  Served as it was, the handle's aligned reads went through
+                # the page cache, or failed with EOPNOTSUPP on an IOPOLL ring (O_DIRECT only).
+                apart.extend(map(os.open, (f"/proc/self/fd/{fd}",), (self._reopen_with | os.O_DIRECT,)))
+                serve = apart[0]
+                self._handle_fd_apart = True
+            options: dict[str, Any] = {ADOPT_FD: serve}
             handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
+        finally:
+            if apart:  # (the handle serves its duplicate)
+                despite_signals(close_popped, apart)
+        try:
+            self._home = stack
+            stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
+            # closed behind us (handle.close(), a fork child's stack): what we hold is written
+            # first (owner: this file's finalizer closes the handle: see FileHandle.__del__)
+            handle.watch_close(self._handle_closing, flush=self._handle_flushing, owner=True)
         except BaseException:
-            if own != fd:  # (a failed open leaves it to us; *fd* is __init__'s to close)
-                os.close(own)
+            despite_signals(_drop_handle, handle)
             raise
-        # The handle closes *own* from here on: when it is *fd* itself, a failure of what
-        # follows must not make __init__ close it too (the handle's close would close
-        # whatever file had the number by then).
-        self._fd_given = own == fd
-        self._home = stack
-        stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
-        # closed behind us (handle.close(), a fork child's stack): what we hold is written first
-        # (owner: this file's finalizer closes the handle: see FileHandle.__del__)
-        handle.watch_close(self._handle_closing, flush=self._handle_flushing, owner=True)
         return handle
 
     def _layered(self, buffer: io.BufferedIOBase | Any, text: io.TextIOWrapper | None) -> None:
@@ -495,13 +517,14 @@ class FileIO(io.RawIOBase):
         """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
         if self._buffered_handle is None:
             assert self._handle is not None and self._home is not None
-            fd = os.open(f"/proc/self/fd/{self._fd}", self._reopen_with)
+            opened: list[int] = []  # (stored by C as it is opened: see __init__)
             try:
-                options: dict[str, Any] = {ADOPT_FD: fd}
+                opened.extend(map(os.open, (f"/proc/self/fd/{self._fd}",), (self._reopen_with,)))
+                options: dict[str, Any] = {ADOPT_FD: opened[0]}
                 handle = self._home.open(self._handle.path, direct=False, writable=self._writable, **options)
-            except BaseException:
-                os.close(fd)  # (a failed open leaves it to us; once it returned, the handle's)
-                raise
+            finally:
+                if opened:  # (the handle serves its duplicate)
+                    despite_signals(close_popped, opened)
             self._buffered_handle = handle
             # closed by this file's close (or finalizer), which may still write through it
             handle._leave_close_to_owner()
@@ -1390,10 +1413,10 @@ class FileIO(io.RawIOBase):
         finally:
             if handle is not None:
                 try:
-                    handle.close()  # closes the fd it owns: ours with closefd, else its dup
+                    handle.close()  # closes its own descriptor (Stack.open's duplicate)
                 finally:
-                    if self._handle_fd_apart and self._closefd and fd >= 0:
-                        os.close(fd)  # (the handle owned a descriptor of its own)
+                    if self._closefd and fd >= 0 and not self._fd_is_handles:
+                        os.close(fd)
             elif self._closefd and fd >= 0:
                 os.close(fd)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
+import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +43,22 @@ def despite_signals(step: Callable[..., T], *args: Any) -> T:
             if not retries:
                 raise
             retries -= 1
+
+
+_consume: Callable[[Iterable[Any]], object] = functools.partial(collections.deque, maxlen=0)
+
+
+def close_popped(fds: list[int]) -> None:
+    """Take the descriptors out of *fds* and close them, each in one step no raising signal
+    handler can cut: a cleanup that must close a descriptor once, never twice, never leaking it.
+
+    ``os.close(fds.pop())`` has a point between the two calls where a handler runs (the
+    number taken out, not closed: leaked), and ``os.close(fds[0]); fds.clear()`` one
+    where a rerun closes it again (perhaps another thread's file by then).  Here C pops
+    and closes (a ``deque`` consuming ``map(os.close, ...)`` over ``iter(fds.pop, None)``),
+    so a rerun (:func:`despite_signals`) finds only what is still open.  A descriptor is
+    stored in *fds* the same way, as it is made: ``fds.extend(map(os.open, ...))``."""
+    _consume(map(os.close, itertools.islice(iter(fds.pop, None), len(fds))))
 
 
 class Repeatable(functools.partial[None]):

@@ -19,6 +19,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from uringstack import reaper
@@ -28,7 +29,7 @@ from uringstack.plan.tuning import attach_tuning
 from uringstack.probe.threadlimits import start_thread
 from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
-from uringstack.ring.interrupts import FAILURES, despite_signals, run_to_end
+from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals, run_to_end
 from uringstack.stack.handle import FileHandle
 from uringstack.stack.targets import ADOPT_FD, check_writes_allowed, resolve_target
 from uringstack.stack.uring_backend import UringBackend
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from uringstack.pluginmanager import CompletionListeners, UringstackPluginManager
     from uringstack.probe.model import Capabilities
     from uringstack.ring.io_backend import FileIO
+    from uringstack.types import Target
 
 T = TypeVar("T")
 _STOP = object()
@@ -152,21 +154,50 @@ def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) ->
             run_to_end(lambda: fn(*args))
 
 
-def _leave_callers_fd(io: FileIO, adopted_fd: int | None) -> None:
-    """Before a failed open closes *io*: give it a duplicate of an adopted descriptor to close,
-    so the caller's stays open (``Stack.open`` leaves it to them, as ``io.FileIO`` does).
-    Until session 40 it closed the caller's, and ``uringstack.FileIO`` and the log then
-    closed it again, perhaps after another thread's file had taken the number (seen: EBADF
-    in other threads' reads in a stress run).  Safe to run again: a rerun finds the duplicate."""
-    if adopted_fd is not None and io.fd == adopted_fd:
-        io.fd = os.dup(adopted_fd)
+def _served_duplicate(target: Target, served: list[int]) -> Target:
+    """*target* served through a duplicate of its adopted descriptor (``adopt_fd``): the
+    handle owns the duplicate, the caller keeps theirs (as ``socket.fromfd`` duplicates).
+
+    The duplicate is stored in *served* by C as ``dup(2)`` returns it (``list.extend``
+    over a ``map``: no point between the two where a raising signal handler could run),
+    so the caller's cleanup always finds it.  Until session 41 the handle took the
+    caller's descriptor itself, and nothing could tell the caller, after a raising
+    signal at the return from ``Stack.open``, whether it still owned it: ``FileIO``
+    closed it, and the reaper closed the same number again for the dropped handle, by
+    then another thread's file (session 40's and 41's stress runs)."""
+    adopted = target.options.get(ADOPT_FD)
+    if adopted is None:
+        return target
+    served.extend(map(os.dup, (adopted,)))
+    return replace(target, options={**target.options, ADOPT_FD: served[0]})
 
 
-def _unopen(handle: FileHandle, adopted_fd: int | None) -> None:
-    """Close a handle whose open is to fail after plugins saw it (safe to run again): plugins
-    are told, and the backend object closes a duplicate of an adopted descriptor."""
-    _leave_callers_fd(handle.io, adopted_fd)
-    handle.close()
+def _hand_over(io: FileIO, served: list[int]) -> None:
+    """The backend object was made: the duplicate is now its own (its ``close()`` closes it),
+    or, if it opened the file itself (the passthrough backend opens the namespace's char
+    device), closed here.  Taken out of *served* either way, in one C call."""
+    if served:
+        if io.fd == served[0]:
+            served.pop()
+        else:
+            close_popped(served)
+
+
+def _close_unopened(io: FileIO | None, served: list[int]) -> None:
+    """An open failed before its handle existed: close the backend object, if made, and the
+    duplicate unless that object has it (safe to run again: each close is taken out of
+    *served*, or marked in the object, before it runs)."""
+    if io is not None:
+        if served and io.fd == served[0]:
+            served.pop()  # the object's own: its close() closes it
+        io.close()
+    close_popped(served)
+
+
+def _close_never_opened(handle: FileHandle) -> None:
+    """Close the backend object of a handle whose plugins refused it (safe to run again)."""
+    handle._never_opened()
+    handle.io.close()
 
 
 class Stack:
@@ -259,9 +290,10 @@ class Stack:
         descriptor the caller already opened instead of opening *path*: its own
         ``O_DIRECT`` flag is the default for *direct* there (not ``core.direct``),
         and a *direct* given that contradicts it raises ``ValueError``.  The
-        returned handle closes the descriptor; an open that raises leaves it
-        open, the caller's to close, as ``io.FileIO`` leaves a descriptor it
-        was given when its constructor fails.
+        handle serves a duplicate of *fd* (the same open file description:
+        offset, flags) and closes only that; *fd* stays the caller's, to close
+        when they like, whether the open returned or raised (as
+        ``socket.fromfd`` duplicates).
         """
         forking.check(self._fork_gen, "the stack")
         if self._closed:
@@ -299,15 +331,20 @@ class Stack:
         if ADOPT_FD not in target.options or target.kind == "nvme_char":
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
-        io = factory.open(target, worker)
-        handle = FileHandle(io, worker, self, factory.reason)
-        adopted = options.get(ADOPT_FD)
+        served: list[int] = []  # the duplicate of an adopted descriptor, once made
+        io: FileIO | None = None
+        try:
+            target = _served_duplicate(target, served)
+            io = factory.open(target, worker)
+            _hand_over(io, served)
+            handle = FileHandle(io, worker, self, factory.reason)
+        except BaseException:
+            despite_signals(_close_unopened, io, served)
+            raise
         try:
             self.plugin_manager.file_opened(handle=handle, worker=worker)
         except BaseException as exc:
-            handle._never_opened()
-            _leave_callers_fd(io, adopted)
-            io.close()
+            despite_signals(_close_never_opened, handle)
             if self._closed and isinstance(exc, Exception):
                 # A close() of the stack ran meanwhile and tore down what the plugin was
                 # registering with (fixedbuf's file table: ENXIO from the kernel): the open
@@ -322,13 +359,12 @@ class Stack:
                     return handle
         except BaseException:
             # A raising signal (Ctrl-C) from the handle's taking in to the return: the caller
-            # gets the exception and takes the open for failed (uringstack.FileIO closes its
-            # descriptor), so the handle must not stay open behind it: a dropped handle's
-            # close by the reaper closed the number again, by then another file's (a stress
-            # run of file objects under SIGALRM, session 40).
-            despite_signals(_unopen, handle, adopted)
+            # gets the exception and takes the open for failed, so the handle must not stay
+            # open behind it (session 40).  (After the return a signal in the caller leaves
+            # the handle to the reaper: it closes only its own duplicate.)
+            despite_signals(handle.close)
             raise
-        _unopen(handle, adopted)  # close() ran meanwhile and did not see this handle
+        handle.close()  # close() ran meanwhile and did not see this handle
         raise RingClosedError("stack is closed")
 
     @property

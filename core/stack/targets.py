@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 ADOPT_FD = "adopt_fd"
 """``Stack.open(path, adopt_fd=fd)``: serve an fd the caller already opened (with
 its own flags, e.g. ``uringstack.FileIO``'s O_APPEND/O_TRUNC/O_EXCL) instead of
-opening *path*; the handle then owns *fd* and closes it."""
+opening *path*.  The handle serves a duplicate of *fd* and closes that; *fd* stays
+the caller's.  (A backend's target carries the duplicate under this key: the
+backend object closes it, ``Stack.open`` if the backend's ``open`` fails.)"""
 
 
 def resolve_target(
@@ -170,7 +172,8 @@ def _is_nvme_generic(st: os.stat_result) -> bool:
 
 def close_opened(target: Target, fd: int) -> None:
     """A backend's ``open`` failed after :func:`open_target` gave it *fd*: close *fd* if it was
-    opened there; an adopted one (``adopt_fd``) stays open, the caller's (``Stack.open``)."""
+    opened there; an adopted one (``adopt_fd``: the stack's duplicate) is left to
+    ``Stack.open``, which closes it."""
     if target.options.get(ADOPT_FD) is None:
         os.close(fd)
 
@@ -179,7 +182,7 @@ def open_target(target: Target) -> int:
     """Open *target* with the flags it asks for; errors name the file and the cause.
 
     A backend whose ``open`` fails after this returned closes the descriptor with
-    :func:`close_opened`, never with ``os.close``: an adopted one is the caller's."""
+    :func:`close_opened`, never with ``os.close``: an adopted one is ``Stack.open``'s to close."""
     adopt = target.options.get(ADOPT_FD)
     if adopt is not None:
         return int(adopt)

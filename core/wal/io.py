@@ -152,7 +152,8 @@ class WalIO:
         return cls(shared_stack(spec), owns_stack=False, reason=reason, wrap=wrap)
 
     def open_segment(self, path: Path, fd: int, direct: bool) -> FileHandle:
-        """A handle on the segment file *fd* (opened by the writer); closing it closes *fd*."""
+        """A handle on the segment file *fd* (opened by the writer): it serves a duplicate of
+        *fd*, which it closes; *fd* stays the writer's."""
         handle = self.stack.open(path, direct=direct, adopt_fd=fd)
         if self.wrap is None:
             return handle
@@ -161,7 +162,7 @@ class WalIO:
         return wrapped
 
     def close_segment(self, handle: FileHandle) -> None:
-        """Close a handle from :meth:`open_segment` (and its descriptor)."""
+        """Close a handle from :meth:`open_segment` (and its own descriptor)."""
         inner = self._inner.pop(id(handle), None)
         # The wrapped handle first: the log's I/O went through it, and its close waits for
         # that I/O (raising, it leaves the descriptor open, and the handle under it too).

@@ -315,9 +315,8 @@ class Writer:
             fd = os.open(seg.path, base)
         try:
             handle = self.io.open_segment(seg.path, fd, direct)
-        except BaseException:
-            os.close(fd)  # (a failed open leaves the descriptor to us: Stack.open's contract)
-            raise
+        finally:
+            os.close(fd)  # the handle serves a duplicate of its own (Stack.open's contract)
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle
@@ -335,7 +334,7 @@ class Writer:
         if direct:
             # Recovery's reads, the header stamp and the tail read cached pages that every
             # O_DIRECT flush would otherwise have to invalidate inside its write.
-            drop_cached_pages(fd)
+            drop_cached_pages(handle.fd)
 
     def _start_spare(self) -> None:
         def prepare() -> None:

@@ -88,8 +88,9 @@ def test_an_o_append_descriptor_opened_without_a_appends_as_the_builtin(
     assert results["uringstack"] == results["builtin"] == [3, 1003, 512, 512, 1515]
     if direct:
         # the descriptor of the unaligned writes keeps O_APPEND too: its writes land at the
-        # end even where another writer moved it after this one looked it up
-        assert appending == [True, True], appending
+        # end even where another writer moved it after this one looked it up (the three: the
+        # caller's, the handle's duplicate of it, the unaligned writes' own)
+        assert appending == [True, True, True], appending
     assert results["uringstack file"] == results["builtin file"] == b"." * 1000 + b"abc" + b"Z" * 512
 
 
@@ -128,12 +129,12 @@ def test_a_second_descriptor_keeps_the_callers_sync_flag(tmp_path: pathlib.Path,
     with uringstack.open(open_direct(path, os.O_RDWR | flag), "r+b", buffering=0, stack=stack) as f:
         assert f.write(b"abc") == 3  # unaligned: the second descriptor
         mine = {fd: flags for fd, flags in _fds_on(path).items() if fd not in before}
-        assert len(mine) == 2, mine
+        assert len(mine) == 3, mine  # the caller's, the handle's duplicate of it, the second
         for fd, flags in mine.items():
             assert flags & flag == flag, f"descriptor {fd} lost {sync}"
     with uringstack.open(os.open(path, os.O_RDWR | flag), "r+b", buffering=0, direct=True, stack=stack) as f:
         mine = {fd: flags for fd, flags in _fds_on(path).items() if fd not in before}
-        assert len(mine) == 2, mine
+        assert len(mine) == 2, mine  # the caller's, the handle's O_DIRECT one (its reopen, duplicated)
         for fd, flags in mine.items():
             assert flags & flag == flag, f"descriptor {fd} lost {sync}"
     assert path.read_bytes() == b"abc" + b"." * 8189
@@ -201,3 +202,16 @@ def test_aio_files_write_where_the_descriptor_says(
         g.seek(10)
         assert [g.write(b"abc"), g.tell(), g.write(b"def"), g.tell()] == want
     assert path.read_bytes() == content
+
+
+def test_a_file_opened_by_name_holds_one_descriptor(tmp_path: pathlib.Path, stack: Stack) -> None:
+    """As the built-in's: the handle serves a duplicate of the descriptor ``FileIO`` opened
+    (``Stack.open(adopt_fd=)``), which then becomes the file's ``fileno()``, the first closed."""
+    path = tmp_path / "f"
+    path.write_bytes(b"." * 8192)
+    before = set(_fds_on(path))
+    with uringstack.open(path, "rb", buffering=0, stack=stack) as f:
+        assert f.handle is not None
+        assert set(_fds_on(path)) - before == {f.fileno()} == {f.handle.fd}
+        assert f.read(3) == b"..."
+    assert set(_fds_on(path)) == before

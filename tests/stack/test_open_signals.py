@@ -1,19 +1,20 @@
-"""A raising signal anywhere in ``Stack.open`` never leaves a descriptor to be closed twice.
+"""A raising signal anywhere in opening a file object never closes a descriptor twice nor leaks one.
 
-``uringstack.FileIO`` hands its descriptor to ``Stack.open(adopt_fd=fd)`` and closes it
-itself if the open raises.  A signal handler that raised (Ctrl-C) after the stack had
-taken the handle in (``_handles``, the reaper's watch) and before ``open`` returned made
-the open raise with the handle still open: ``FileIO`` closed its descriptor, and the
-reaper, once the handle was dropped, closed the same number again, by then another
-file's (found by tests/ring/stress_child.py's fileobj mode, session 40).  ``Stack.open``
-now closes such a handle before the exception goes on, with a duplicate of the caller's
-descriptor, which stays the caller's.
+``uringstack.FileIO`` opens its descriptor and hands it to ``Stack.open(adopt_fd=fd)``.
+Until session 41 the handle took that descriptor over, so a signal handler that raised
+(Ctrl-C) once the handle had it (in ``Stack.open`` after the stack took the handle in,
+or in ``FileIO._adopt`` at the return from ``Stack.open``) left ``FileIO`` closing a
+descriptor the dropped handle's reaper closed again, by then another file's (found by
+tests/ring/stress_child.py's fileobj mode, sessions 40 and 41).  Now the handle serves a
+duplicate (``Stack.open``), so each descriptor has one closer whatever point the signal
+hits, and descriptors are stored as they are made (``interrupts.close_popped``), so none
+leaks either.
 
-Each point of ``Stack.open`` and of the reaper's watch it arms gets a real signal in turn
-(tests/signal_points.py) while ``uringstack.open`` opens a file; then a new file takes the
-lowest free descriptor number (the one a failed open freed), the garbage collector and
-the reaper run, and that file's descriptor must still be open; and no descriptor is left
-open.
+Each point of ``FileIO.__init__``, ``FileIO._adopt``, ``Stack.open`` and the reaper's watch
+it arms gets a real signal in turn (tests/signal_points.py) while ``uringstack.open``
+opens a file; then a new file takes the lowest free descriptor number (the one a failed
+open freed), the garbage collector and the reaper run, and that file's descriptor must
+still be open; and no descriptor is left open.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 import uringstack
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack import reaper
+from uringstack.fileobj.fileio import FileIO
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
@@ -41,7 +43,7 @@ def _open_fds() -> set[str]:
 def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: pathlib.Path, backend: str) -> None:
     path = tmp_path / "f"
     path.write_bytes(bytes(8192))
-    chosen = code_of(Stack.open, FileHandle._close_when_dropped, reaper.watch)
+    chosen = code_of(Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO.__init__, FileIO._adopt)
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
         open_file = uringstack.open  # (resolved before the signals: uringstack imports it on first use)
 
