@@ -1,25 +1,28 @@
-"""A child process that stresses one ring from many sides at once (run by test_stress_signals.py).
+"""A child process that stresses one ring from many sides at once (run by
+test_stress_signals.py).
 
-Usage: ``python tests/ring/stress_child.py MODE SEED SECONDS`` with MODE ``ring`` (``Ring``
-itself: single ops, batches, reads of pipes that complete late or are cancelled,
-``wait_any``), ``stack`` (a stack with one worker: blocking handle calls, awaits of
-coalesced reads, batches, writes and ``fdatasync``; ``STRESS_BACKEND`` picks the
-backend) or ``fileobj`` (``uringstack.open`` files, buffered, raw and O_DIRECT, and
+Usage: ``python tests/ring/stress_child.py MODE SEED SECONDS`` with MODE ``ring``
+(``Ring`` itself: single ops, batches, reads of pipes that complete late or are
+cancelled, ``wait_any``), ``stack`` (a stack with one worker: blocking handle calls,
+awaits of coalesced reads, batches, writes and ``fdatasync``; ``STRESS_BACKEND`` picks
+the backend) or ``fileobj`` (``uringstack.open`` files, buffered, raw and O_DIRECT, and
 ``uringstack.aio.open``, each opened, read and closed per op, on a one-worker stack;
-fixedbuf registers each file).  Worker threads and, in most seeds, an event loop in a thread of its own use
-the ring while the main thread makes blocking calls under SIGALRM timers whose handler
-raises (as Ctrl-C or an alarm-based timeout would), at random points; buffers are
-``memoryview``s of ``mmap`` memory.  Then the ring (or stack) is closed under the threads
-(what they meet then is not counted: a file object's descriptor closed under a thread's
-call gives EBADF, as a built-in file closed by another thread does).
+fixedbuf registers each file; ``STRESS_BACKEND`` as for ``stack``). Worker threads and,
+in most seeds, an event loop in a thread of its own use the ring while the main thread
+makes blocking calls under SIGALRM timers whose handler raises (as Ctrl-C or an
+alarm-based timeout would), at random points; buffers are ``memoryview``s of ``mmap``
+memory. Then the ring (or stack) is closed under the threads (what they meet then is not
+counted: a file object's descriptor closed under a thread's call gives EBADF, as a
+built-in file closed by another thread does).
 
-``STRESS_NO_ALARMS`` turns the alarms off, ``STRESS_TRACE`` adds tracebacks to the report.
+``STRESS_NO_ALARMS`` turns the alarms off, ``STRESS_TRACE`` adds tracebacks to the
+report.
 
 Exits 0 after printing ``ok`` when every read returned its block's bytes, the event loop
 kept making progress after the alarms, the ring still served a read, and every thread
-ended after the close; else prints what went wrong and exits 1.  A hang ends the child
+ended after the close; else prints what went wrong and exits 1. A hang ends the child
 through ``faulthandler`` (every thread's stack printed, exit 1) and a crash kills it:
-both fail the test.  Session 40 found with it an await whose wake-up a signal in another
+both fail the test. Session 40 found with it an await whose wake-up a signal in another
 thread's collection lost for good, a segfault in a garbage collection of a pinned
 ``memoryview`` (CPython gh-77894), and a descriptor closed twice after a signal in a
 plugin's ``file_opened``.
@@ -372,7 +375,10 @@ def main() -> int:
     elif mode == "fileobj":
         import uringstack
 
-        stack = uringstack.open_stack(overrides={"core.cores": [0]})
+        overrides: dict[str, object] = {"core.cores": [0]}
+        if os.environ.get("STRESS_BACKEND"):
+            overrides["core.backend"] = os.environ["STRESS_BACKEND"]
+        stack = uringstack.open_stack(overrides=overrides)
         every = fileobj_ops(stress, stack, path)
         closed = lambda: stack.closed  # noqa: E731
         close = stack.close
@@ -380,7 +386,7 @@ def main() -> int:
     else:
         import uringstack
 
-        overrides: dict[str, object] = {"core.cores": [0]}
+        overrides = {"core.cores": [0]}
         if os.environ.get("STRESS_BACKEND"):
             overrides["core.backend"] = os.environ["STRESS_BACKEND"]
         stack = uringstack.open_stack(overrides=overrides)
