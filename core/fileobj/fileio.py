@@ -48,7 +48,6 @@ from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, fin
 from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals
 from uringstack.ring.native import ffi
 from uringstack.ring.pins import pin_buffer
-from uringstack.stack.targets import ADOPT_FD
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 
 if TYPE_CHECKING:
@@ -83,6 +82,19 @@ def _drop_handle(handle: FileHandle) -> None:
     """Close the handle of a file whose construction failed (safe to run again)."""
     with contextlib.suppress(*FAILURES):  # (nothing was written through it: the construction's error is the one to see)
         handle.close()
+
+
+def _serve_reopened(fd: int, flags: int, open_handle: Callable[[int], FileHandle]) -> FileHandle:
+    """``open_handle(own)``, *own* a second open of *fd*'s file with *flags*: the stack serves a
+    duplicate of it (``Stack.open(adopt_fd=)``), so *own* is closed here whatever happens
+    (stored by C as it is opened, closed by ``close_popped``: never twice, never leaked)."""
+    reopened: list[int] = []
+    try:
+        reopened.extend(map(os.open, (f"/proc/self/fd/{fd}",), (flags,)))
+        return open_handle(reopened[0])
+    finally:
+        if reopened:
+            despite_signals(close_popped, reopened)
 
 
 def _drop_locals(exc: BaseException) -> None:
@@ -212,7 +224,6 @@ class FileIO(io.RawIOBase):
     _handle: FileHandle | None = None
     _buffered_handle: FileHandle | None = None
     _handle_fd_apart = False  # the handle serves a descriptor opened apart, not a dup of ours (_adopt)
-    _fd_is_handles = False  # our descriptor is the handle's own (its close closes it): see __init__
     _readahead: ReadAhead | None = None
     _writebehind: WriteBehind | None = None
     _closed_flag = False
@@ -245,7 +256,7 @@ class FileIO(io.RawIOBase):
             finally:
                 self._fd = -1
                 self._closed_flag = False
-                self._fd_is_handles = self._handle_fd_apart = False
+                self._handle_fd_apart = False
                 self._here = self._held = None  # (the new file's are set up below)
                 self._disarm_cached_reads()
         if isinstance(file, float):
@@ -342,7 +353,6 @@ class FileIO(io.RawIOBase):
                     # One descriptor per file, as the built-in's: the handle's duplicate
                     # (the same open file description) is this file's from now on.
                     fd = self._handle.fd
-                    self._fd_is_handles = True
                     close_popped(opened)
             elif direct:
                 raise ValueError(f"direct=True needs a regular file or block device, not {file!r}")
@@ -439,22 +449,19 @@ class FileIO(io.RawIOBase):
         if stack.closed:
             raise _closed_error()
         path = f"/proc/self/fd/{fd}" if isinstance(file, int) else os.fsdecode(file)
-        apart: list[int] = []  # (stored by C as it is opened: see __init__'s *opened*)
-        serve = fd
-        try:
-            if self._direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-                # A descriptor the caller opened without O_DIRECT: the handle gets an O_DIRECT
-                # one of its own on the same file (F_SETFL would change the caller's open file
-                # description too).  Served as it was, the handle's aligned reads went through
-                # the page cache, or failed with EOPNOTSUPP on an IOPOLL ring (O_DIRECT only).
-                apart.extend(map(os.open, (f"/proc/self/fd/{fd}",), (self._reopen_with | os.O_DIRECT,)))
-                serve = apart[0]
-                self._handle_fd_apart = True
-            options: dict[str, Any] = {ADOPT_FD: serve}
-            handle = stack.open(path, direct=self._direct, writable=self._writable, **options)
-        finally:
-            if apart:  # (the handle serves its duplicate)
-                despite_signals(close_popped, apart)
+
+        def open_handle(own: int) -> FileHandle:
+            return stack.open(path, direct=self._direct, writable=self._writable, adopt_fd=own)
+
+        if self._direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            # A descriptor the caller opened without O_DIRECT: the handle gets an O_DIRECT one
+            # of its own on the same file (F_SETFL would change the caller's open file
+            # description too).  Served as it was, the handle's aligned reads went through the
+            # page cache, or failed with EOPNOTSUPP on an IOPOLL ring, which takes only O_DIRECT.
+            self._handle_fd_apart = True
+            handle = _serve_reopened(fd, self._reopen_with | os.O_DIRECT, open_handle)
+        else:
+            handle = open_handle(fd)
         try:
             self._home = stack
             stack.close_with_stack(self, outer=False)  # closed before its handle when the stack closes
@@ -517,14 +524,12 @@ class FileIO(io.RawIOBase):
         """A second, non-O_DIRECT handle on the same file, for unaligned writes under ``direct``."""
         if self._buffered_handle is None:
             assert self._handle is not None and self._home is not None
-            opened: list[int] = []  # (stored by C as it is opened: see __init__)
-            try:
-                opened.extend(map(os.open, (f"/proc/self/fd/{self._fd}",), (self._reopen_with,)))
-                options: dict[str, Any] = {ADOPT_FD: opened[0]}
-                handle = self._home.open(self._handle.path, direct=False, writable=self._writable, **options)
-            finally:
-                if opened:  # (the handle serves its duplicate)
-                    despite_signals(close_popped, opened)
+            home, path = self._home, self._handle.path
+            handle = _serve_reopened(
+                self._fd,
+                self._reopen_with,
+                lambda own: home.open(path, direct=False, writable=self._writable, adopt_fd=own),
+            )
             self._buffered_handle = handle
             # closed by this file's close (or finalizer), which may still write through it
             handle._leave_close_to_owner()
@@ -1412,10 +1417,11 @@ class FileIO(io.RawIOBase):
                 extra.close()
         finally:
             if handle is not None:
+                ours = fd != handle.fd  # (a file opened by name has the handle's as its own)
                 try:
                     handle.close()  # closes its own descriptor (Stack.open's duplicate)
                 finally:
-                    if self._closefd and fd >= 0 and not self._fd_is_handles:
+                    if self._closefd and fd >= 0 and ours:
                         os.close(fd)
             elif self._closefd and fd >= 0:
                 os.close(fd)

@@ -188,8 +188,7 @@ def _close_unopened(io: FileIO | None, served: list[int]) -> None:
     duplicate unless that object has it (safe to run again: each close is taken out of
     *served*, or marked in the object, before it runs)."""
     if io is not None:
-        if served and io.fd == served[0]:
-            served.pop()  # the object's own: its close() closes it
+        _hand_over(io, served)
         io.close()
     close_popped(served)
 
