@@ -68,7 +68,9 @@ def direct_buffer(size: int) -> mmap.mmap:
 def finish_read(handle: FileHandle, offset: int, buf: Any, res: int) -> int:
     """Check one read result: raise its error, complete a short read (short only at EOF)."""
     if res < 0:
-        raise handle._op_error(-res, "read", f"at offset {offset}")
+        res = handle._rerun_rw(res, False, offset, buf)  # (an op the kernel cancelled on its own)
+        if res < 0:
+            raise handle._op_error(-res, "read", f"at offset {offset}")
     size = len(buf)
     if handle.direct and res % handle.block_size:
         # O_DIRECT moves whole blocks except at end of file: this is EOF.  (The
@@ -335,6 +337,8 @@ class WriteBehind:
         # before the write reached the kernel.
         offset, buf, pending = self._inflight[0]
         res = pending.wait()[0]
+        if res < 0:
+            res = self.handle._rerun_rw(res, True, offset, buf)  # (an op the kernel cancelled on its own)
         if res < 0:
             self._abandon()
             raise self.handle._op_error(-res, "write", f"at offset {offset} (write-behind)")

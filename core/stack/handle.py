@@ -52,6 +52,16 @@ if TYPE_CHECKING:
     from uringstack.ring.coalesce import Coalescer
 
 
+# How many times an op the kernel cancelled on its own (it never ran) is run again before
+# its ECANCELED is raised (FileHandle._rerun_cancelled).  Measured on Debian's 6.1 (VM): a
+# fresh thread's punted op under signals aimed at it without pause came back cancelled
+# about 1 time in 3 (359 of 900).  Were the reruns as likely to fail, one would leave
+# about 1 op in 10 failing and eight 1 in 20,000; a cause no rerun fixes (a thread
+# limit) costs eight failed thread creations before the error.
+KERNEL_CANCEL_RERUNS = 8
+_CANCELLED = -errno.ECANCELED
+
+
 class HandleOwner(Protocol):
     """What a handle uses of its :class:`~uringstack.stack.Stack` (which creates handles, so is not imported)."""
 
@@ -315,10 +325,47 @@ class FileHandle:
         kernel's own (io-wq could not start a worker: :func:`~uringstack.probe.threadlimits.op_error`
         adds the thread-limit hint) unless the handle or its ring is closed, whose
         cancellation it then is."""
-        ring = getattr(self._io, "ring", None)
-        if self._closed or (ring is not None and ring.closed):
+        if self._cancelled_here():
             return UringIOError(err, op, self.path, detail)
         return op_error(err, op, self.path, detail)
+
+    def _cancelled_here(self) -> bool:
+        """Whether an ECANCELED this handle's op got now is the library's own: the handle or
+        its ring closed (a ring's close cancels what is in flight).  A waited call of this
+        handle cancels nothing else: an interrupted wait raises instead of returning results."""
+        ring = getattr(self._io, "ring", None)
+        return self._closed or (ring is not None and ring.closed)
+
+    def _may_rerun(self, res: int, reruns: int) -> bool:
+        """Whether an op whose result is *res*, run again *reruns* times already, is run again:
+        the kernel cancelled it on its own (see :meth:`_rerun_cancelled`)."""
+        return res == _CANCELLED and reruns < KERNEL_CANCEL_RERUNS and not self._cancelled_here()
+
+    def _rerun_rw(self, res: int, write: bool, offset: int, buf: Any) -> int:
+        """*res*, the result of one read or write of *buf* at *offset*, or of its reruns
+        where the kernel cancelled it on its own (:meth:`_rerun_cancelled`)."""
+        return self._rerun_cancelled(res, self._io.start_rw, write, [offset], [buf])
+
+    def _rerun_cancelled(self, res: int, start: Callable[..., Pending], *args: Any) -> int:
+        """*res*, an op's result; where the kernel cancelled the op on its own, the result of
+        running it again (``start(*args, wait=True)``, one op), up to :data:`KERNEL_CANCEL_RERUNS` times.
+
+        io_uring hands an op it cannot do at once (``fdatasync``, a read of
+        uncached data, a buffered write on most filesystems) to an io-wq worker
+        thread, which the submitting thread creates on first need.  A signal
+        pending in that thread makes the thread's creation fail, and kernels
+        that bound the creation's retries without backing off (Debian's 5.10,
+        6.1 and 6.12: docs/api.md, "An op the kernel cancelled on its own")
+        then cancel the queued ops: ``-ECANCELED`` for an op that never ran.  A
+        process at its thread limit gets the same.  Since the op never ran,
+        running it again is not a retry of a failure: a flush that did run and
+        failed is never run again (``fsync``'s rule), and an op the library
+        cancelled (its handle or ring closed) is not either."""
+        reruns = 0
+        while self._may_rerun(res, reruns):
+            reruns += 1
+            res = self._run(start, *args, wait=True)[0]
+        return res
 
     def _check(self) -> None:
         forking.check(self._fork_gen, f"the handle of {self.path}")
@@ -355,7 +402,9 @@ class FileHandle:
         out = results
         for i, res in enumerate(results):
             if res < 0:
-                raise self._op_error(-res, "read", f"at offset {offsets[i]}")
+                res = out[i] = self._rerun_rw(res, False, offsets[i], buffers[i])
+                if res < 0:
+                    raise self._op_error(-res, "read", f"at offset {offsets[i]}")
             buf = buffers[i]
             want = len(buf) if type(buf) is bytearray else nbytes(buf)
             if submitted is not None and submitted[i] != want:
@@ -391,7 +440,9 @@ class FileHandle:
         for i, res in enumerate(results):
             try:
                 if res < 0:
-                    raise self._op_error(-res, "write", f"at offset {offsets[i]}")
+                    res = results[i] = self._rerun_rw(res, True, offsets[i], buffers[i])
+                    if res < 0:
+                        raise self._op_error(-res, "write", f"at offset {offsets[i]}")
                 buf = buffers[i]
                 want = len(buf) if type(buf) is bytes else nbytes(buf)
                 if submitted is not None and submitted[i] != want:
@@ -436,6 +487,8 @@ class FileHandle:
                 raise cut
             rest = view[done:]
             res = self._run(self._io.start_rw, write, [offset + done], [rest], wait=True)[0]
+            if res < 0:
+                res = self._rerun_rw(res, write, offset + done, rest)
             if res <= 0:
                 if res == 0 and not (write or exact):
                     return done  # end of file
@@ -555,7 +608,13 @@ class FileHandle:
             if res is None or 0 < res < want:
                 if pin is None:
                     pin = pin_buffer(buf, True)
-                res = here(pin, buf, res or 0)
+                copied = res or 0
+                res = here(pin, buf, copied)
+                if res == _CANCELLED:  # (the kernel's own cancellation: see _rerun_cancelled)
+                    reruns = 0
+                    while res is not None and self._may_rerun(res, reruns):
+                        reruns += 1
+                        res = here(pin, buf, copied)
         except BaseException:
             if pin is not None:  # as in _one_pinned
                 try:
@@ -649,7 +708,9 @@ class FileHandle:
         self._check()
         res = self._run(self._io.start_sync, datasync, wait=True)[0]
         if res < 0:
-            raise self._op_error(-res, "fdatasync" if datasync else "fsync")
+            res = self._rerun_cancelled(res, self._io.start_sync, datasync)  # (never run: not fsync's retry)
+            if res < 0:
+                raise self._op_error(-res, "fdatasync" if datasync else "fsync")
 
     def write_durable(self, buf: Any, offset: int, *, sync: SyncMethod = "fdatasync") -> int:
         """Write all of *buf* at *offset* durably; returns ``len(buf)`` once it is on stable storage.
@@ -731,13 +792,23 @@ class FileHandle:
     def _finish_durable(self, buf: Any, offset: int, sync: SyncMethod, total: int, res: list[int]) -> int:
         """Check a durable write's results; complete a short one with further durable writes."""
         view = _view(buf)
-        done = 0
+        done = reruns = 0
         while True:
             written = res[0]
+            if self._may_rerun(written, reruns):
+                # The kernel cancelled the write before it ran (see _rerun_cancelled), and
+                # with it the flush linked to it: the pair is issued again.
+                reruns += 1
+                res = self._run(self._io.start_write_durable, offset + done, view[done:], sync, wait=True)
+                continue
             if written < 0:
                 raise self._op_error(-written, "write", f"{total - done} bytes at offset {offset + done}")
             if sync == "fdatasync":
                 flushed = res[1]
+                if flushed == -errno.ECANCELED and done + written >= total:
+                    # The write ran whole and the kernel cancelled its flush before it ran
+                    # (see _rerun_cancelled): flushing now is no retry of a failed flush.
+                    flushed = self._rerun_cancelled(flushed, self._io.start_sync, True)
                 # A flush after a short write was cancelled, never run; any other error is final.
                 if flushed < 0 and not (flushed == -errno.ECANCELED and done + written < total):
                     raise self._op_error(-flushed, "fdatasync", f"after a write at offset {offset + done}")
@@ -886,12 +957,18 @@ class FileHandle:
         return bytes(buf) if got == size else bytes(buf[:got])
 
     def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
-        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest."""
-        if isinstance(data, int):
-            raise self._op_error(-data, "read", f"at offset {offset}")
+        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest
+        (a read the kernel cancelled on its own is run again, in this thread: see
+        :meth:`_rerun_cancelled`)."""
         buf = bytearray(size)
-        buf[: len(data)] = data
-        got = self._complete_short(False, offset, buf, len(data), False)
+        if isinstance(data, int):
+            done = self._rerun_rw(data, False, offset, buf)
+            if done < 0:
+                raise self._op_error(-done, "read", f"at offset {offset}")
+        else:
+            buf[: len(data)] = data
+            done = len(data)
+        got = self._complete_short(False, offset, buf, done, False) if done < size else done
         return bytes(buf[:got])
 
     def _fixed_slots(self, buffers: Sequence[Any]) -> list[int] | None:
@@ -1157,6 +1234,10 @@ class FileHandle:
     async def fdatasync_async(self) -> None:
         self._check()
         res = (await self._run_async(self._io.start_sync, True))[0]
+        reruns = 0
+        while self._may_rerun(res, reruns):  # (see _rerun_cancelled)
+            reruns += 1
+            res = (await self._run_async(self._io.start_sync, True))[0]
         if res < 0:
             raise self._op_error(-res, "fdatasync")
 
