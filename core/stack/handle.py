@@ -44,6 +44,7 @@ from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.ring.pins import pin_buffer
 from uringstack.ring.settle import settle_pending
+from uringstack.ring.sigmask import signals_held, submitted_with_signals_held
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 from uringstack.types import WorkerView
@@ -53,12 +54,11 @@ if TYPE_CHECKING:
 
 
 # How many times an op the kernel cancelled on its own (it never ran) is run again before
-# its ECANCELED is raised (FileHandle._rerun_cancelled).  Measured on Debian's 6.1 (VM): a
-# fresh thread's punted op under signals aimed at it without pause came back cancelled
-# about 1 time in 3 (359 of 900).  Were the reruns as likely to fail, one would leave
-# about 1 op in 10 failing and eight 1 in 20,000; a cause no rerun fixes (a thread
-# limit) costs eight failed thread creations before the error.
-KERNEL_CANCEL_RERUNS = 8
+# its ECANCELED is raised (FileHandle._rerun_cancelled).  A rerun is submitted with the
+# thread's signals blocked, so a pending signal cannot fail it again: the reruns are for
+# the rarer causes (a thread creation that failed for memory), and a cause no rerun
+# fixes (a thread limit) costs this many failed thread creations before the error.
+KERNEL_CANCEL_RERUNS = 3
 _CANCELLED = -errno.ECANCELED
 
 
@@ -348,7 +348,7 @@ class FileHandle:
 
     def _rerun_cancelled(self, res: int, start: Callable[..., Pending], *args: Any) -> int:
         """*res*, an op's result; where the kernel cancelled the op on its own, the result of
-        running it again (``start(*args, wait=True)``, one op), up to :data:`KERNEL_CANCEL_RERUNS` times.
+        running it again (``start(*args)``, one op, then its wait), up to :data:`KERNEL_CANCEL_RERUNS` times.
 
         io_uring hands an op it cannot do at once (``fdatasync``, a read of
         uncached data, a buffered write on most filesystems) to an io-wq worker
@@ -360,11 +360,17 @@ class FileHandle:
         process at its thread limit gets the same.  Since the op never ran,
         running it again is not a retry of a failure: a flush that did run and
         failed is never run again (``fsync``'s rule), and an op the library
-        cancelled (its handle or ring closed) is not either."""
+        cancelled (its handle or ring closed) is not either.
+
+        A rerun is submitted with this thread's signals blocked
+        (:mod:`uringstack.ring.sigmask`): a blocked signal does not fail the
+        worker's creation, so a thread that signals keep reaching (measured: a
+        storm of them on Debian's 5.10 failed eight plain reruns in a row) gets
+        its op done; only its submission waits for them, not the op."""
         reruns = 0
         while self._may_rerun(res, reruns):
             reruns += 1
-            res = self._run(start, *args, wait=True)[0]
+            res = self._run(submitted_with_signals_held(start), *args)[0]
         return res
 
     def _check(self) -> None:
@@ -614,7 +620,8 @@ class FileHandle:
                     reruns = 0
                     while res is not None and self._may_rerun(res, reruns):
                         reruns += 1
-                        res = here(pin, buf, copied)
+                        with signals_held():  # (its submission and wait are one call: a file's read)
+                            res = here(pin, buf, copied)
         except BaseException:
             if pin is not None:  # as in _one_pinned
                 try:
@@ -799,7 +806,9 @@ class FileHandle:
                 # The kernel cancelled the write before it ran (see _rerun_cancelled), and
                 # with it the flush linked to it: the pair is issued again.
                 reruns += 1
-                res = self._run(self._io.start_write_durable, offset + done, view[done:], sync, wait=True)
+                res = self._run(
+                    submitted_with_signals_held(self._io.start_write_durable), offset + done, view[done:], sync
+                )
                 continue
             if written < 0:
                 raise self._op_error(-written, "write", f"{total - done} bytes at offset {offset + done}")
@@ -1237,7 +1246,7 @@ class FileHandle:
         reruns = 0
         while self._may_rerun(res, reruns):  # (see _rerun_cancelled)
             reruns += 1
-            res = (await self._run_async(self._io.start_sync, True))[0]
+            res = (await self._run_async(submitted_with_signals_held(self._io.start_sync), True))[0]
         if res < 0:
             raise self._op_error(-res, "fdatasync")
 

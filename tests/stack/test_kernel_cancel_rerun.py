@@ -15,6 +15,7 @@ import asyncio
 import errno
 import os
 import pathlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -30,16 +31,24 @@ DATA = bytes(range(256)) * 64  # 16 KiB
 CANCELLED = -errno.ECANCELED
 
 
+def _signals_held() -> bool:
+    """Whether this thread blocks signals now (SIGINT stands for all of them)."""
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 class Cancels:
     """A backend start function whose first *times* calls report every op ``-ECANCELED``
-    (the kernel cancelled them before they ran); later calls run the real one."""
+    (the kernel cancelled them before they ran); later calls run the real one.  ``held``:
+    per call, whether it was made with the thread's signals blocked."""
 
     def __init__(self, real: Callable[..., Pending], times: int, ops: Callable[..., int]) -> None:
         self.real, self.left, self.ops = real, times, ops
         self.calls = 0
+        self.held: list[bool] = []
 
     def __call__(self, *args: Any, wait: bool = False) -> Pending:
         self.calls += 1
+        self.held.append(_signals_held())
         if self.left > 0:
             self.left -= 1
             return CompletedPending([CANCELLED] * self.ops(*args))
@@ -104,9 +113,12 @@ RW_CALLS: dict[str, Callable[[FileHandle], None]] = {
 def test_reads_and_writes_the_kernel_cancelled_are_run_again(
     h: FileHandle, monkeypatch: pytest.MonkeyPatch, call: str
 ) -> None:
-    fake = _cancel(monkeypatch, h, "start_rw", 3)
+    fake = _cancel(monkeypatch, h, "start_rw", 2)
     RW_CALLS[call](h)
-    assert fake.left == 0  # the three cancellations were met, and the calls succeeded after them
+    assert fake.left == 0  # the two cancellations were met, and the calls succeeded after them
+    # each rerun submitted with the thread's signals blocked (a pending one fails the
+    # kernel's worker creation again), the first run and the mask afterwards not
+    assert fake.held[0] is False and len(fake.held) >= 3 and all(fake.held[1:]) and not _signals_held()
 
 
 def test_an_awaited_batch_the_kernel_cancelled_is_run_again(h: FileHandle, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,12 +138,13 @@ def test_a_flush_the_kernel_cancelled_is_issued_again(
     fake = _cancel(monkeypatch, h, "start_sync", 2)
     (h.fdatasync if datasync else h.fsync)()
     assert fake.calls == 3  # two cancelled, the third flushed
+    assert fake.held == [False, True, True] and not _signals_held()
 
 
 def test_an_awaited_flush_the_kernel_cancelled_is_issued_again(h: FileHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _cancel(monkeypatch, h, "start_sync", 2)
     asyncio.run(h.fdatasync_async())
-    assert fake.calls == 3
+    assert fake.calls == 3 and fake.held == [False, True, True]
 
 
 @pytest.mark.parametrize("sync", ["fdatasync", "dsync"])
@@ -140,7 +153,7 @@ def test_a_durable_write_the_kernel_cancelled_is_issued_again(
 ) -> None:
     fake = _cancel(monkeypatch, h, "start_write_durable", 2)
     assert h.write_durable(b"d" * 4096, 4096, sync=sync) == 4096  # type: ignore[arg-type]
-    assert fake.calls == 3
+    assert fake.calls == 3 and fake.held == [False, True, True]
     assert pathlib.Path(h.path).read_bytes()[4096:8192] == b"d" * 4096
 
 
@@ -226,7 +239,7 @@ def test_a_read_at_the_file_position_the_kernel_cancelled_is_run_again(
     calls = []
 
     def here(pin: Any, buf: Any, got: int = 0) -> int | None:
-        calls.append(got)
+        calls.append((got, _signals_held()))
         if len(calls) <= 2:
             return CANCELLED
         return real(pin, buf, got)
@@ -237,7 +250,7 @@ def test_a_read_at_the_file_position_the_kernel_cancelled_is_run_again(
     buf = bytearray(4096)
     try:
         assert h._read_here(buf, 4096) == 4096 and bytes(buf) == DATA[4096:8192]
-        assert len(calls) == 3 and os.lseek(h.fd, 0, os.SEEK_CUR) == 8192
+        assert calls == [(0, False), (0, True), (0, True)] and os.lseek(h.fd, 0, os.SEEK_CUR) == 8192
     finally:
         h.close()
 
