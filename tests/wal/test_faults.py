@@ -210,3 +210,31 @@ def test_a_second_point_in_time_recovery_keeps_what_the_first_set_aside(wal_dir:
         assert (wal_dir / name).read_bytes() == content, f"{name} was replaced by the second recovery"
     second = sorted(p.name for p in wal_dir.iterdir() if ".discarded" in p.name and p.name not in first)
     assert len(second) == len(segs) - 2, second  # the second recovery's, under names of their own
+
+
+def test_a_write_the_kernel_cancelled_is_written_again_and_acknowledged(
+    wal_dir: pathlib.Path, backend_name: str
+) -> None:
+    """ECANCELED for a durable write, the kernel's own (io-wq could not create a worker:
+    docs/api.md, "An op the kernel cancelled on its own"), is no failure of the log: the
+    write never ran, so the handle issues it again with its flush, and the append is
+    acknowledged once that succeeded (before session 42 the log failed)."""
+    be = FaultyIO(FaultPlan(write_errors={1: errno.ECANCELED}))
+    with Wal.open(wal_dir, backend=backend_name, sync="fdatasync", wrap_io=be) as wal:
+        assert [wal.append(p) for p in (b"one", b"two", b"three")] == [1, 2, 3]
+        assert wal.failed is None and wal.durable_lsn == 3
+    assert be.write_calls == 4  # the second append's write, cancelled, then again
+    assert _records(wal_dir) == [(1, b"one"), (2, b"two"), (3, b"three")]
+
+
+def test_a_flush_the_kernel_cancelled_after_a_whole_write_is_issued_again(
+    wal_dir: pathlib.Path, backend_name: str
+) -> None:
+    """A cancelled flush after a write that ran whole is no failed flush (that one fails the
+    log for good, test above): it never ran, and a new flush makes the record durable."""
+    be = FaultyIO(FaultPlan(sync_errors={1: errno.ECANCELED}))
+    with Wal.open(wal_dir, backend=backend_name, sync="fdatasync", wrap_io=be) as wal:
+        assert [wal.append(p) for p in (b"one", b"two", b"three")] == [1, 2, 3]
+        assert wal.failed is None and wal.durable_lsn == 3
+    assert be.write_calls == 3  # no write again: only the flush
+    assert _records(wal_dir) == [(1, b"one"), (2, b"two"), (3, b"three")]
