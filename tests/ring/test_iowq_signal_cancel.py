@@ -8,8 +8,8 @@ signal is still pending, and kernels that bound those retries without backing of
 up after three and cancel every queued op: ``-ECANCELED`` for ops that never ran.
 Traced on Debian's 6.1 (session 42, kprobes on ``create_io_thread`` and
 ``io_acct_cancel_pending_work``); measured through this API with the fresh threads of
-a probe like this test: about 1 op in 4 cancelled on Debian's 5.10, 1 in 3 on 6.1, 1 in
-75 on 6.12 (under TCG), none on the host's 6.18.  docs/api.md ("An op the kernel cancelled on its own") has the table.
+a probe like this test: about 1 op in 3 cancelled on Debian's 5.10 and 6.1, 1 in 75 on
+6.12 (under TCG), none on the host's 6.18.  docs/api.md ("An op the kernel cancelled on its own") has the table.
 
 Each round starts a thread that does one such op through the public API while the main
 thread signals it without pause (``pthread_kill``); no op may fail.  The number of ops the
