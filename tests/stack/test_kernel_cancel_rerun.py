@@ -278,3 +278,28 @@ def test_a_write_behind_write_the_kernel_cancelled_is_written_again(
     wb.write(memoryview(b"w" * 4096), 8192)
     wb.drain()
     assert fake.calls == 3 and pathlib.Path(h.path).read_bytes()[8192:12288] == b"w" * 4096
+
+
+@pytest.mark.parametrize("write", [False, True], ids=["read_into", "write_from"])
+def test_a_single_op_the_kernel_cancelled_is_run_again(
+    h: FileHandle, monkeypatch: pytest.MonkeyPatch, write: bool
+) -> None:
+    """``read_into``/``write_from``'s own path (the backend's ``run_one``, the buffer pinned
+    once): a cancelled op is run again through the batch path, into the same memory."""
+    real_one = h._one
+    assert real_one is not None
+    ones: list[int] = []
+
+    def one(write: bool, pin: Any, buf: Any, offset: int) -> int | None:
+        ones.append(offset)
+        return CANCELLED
+
+    monkeypatch.setattr(h, "_one", one)
+    reruns = Cancels(h.io.start_rw, 0, lambda write, offsets, buffers: len(offsets))
+    monkeypatch.setattr(h.io, "start_rw", reruns)
+    buf = bytearray(b"s" * 4096) if write else bytearray(4096)
+    assert (h.write_from if write else h.read_into)(buf, 4096) == 4096
+    assert ones == [4096] and reruns.calls == 1 and reruns.held == [True]
+    assert pathlib.Path(h.path).read_bytes()[4096:8192] == (b"s" * 4096 if write else DATA[4096:8192])
+    if not write:
+        assert bytes(buf) == DATA[4096:8192]
