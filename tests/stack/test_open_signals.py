@@ -14,7 +14,9 @@ Each point of ``FileIO.__init__``, ``FileIO._adopt``, ``Stack.open`` and the rea
 it arms gets a real signal in turn (tests/signal_points.py) while ``uringstack.open``
 opens a file; then a new file takes the lowest free descriptor number (the one a failed
 open freed), the garbage collector and the reaper run, and that file's descriptor must
-still be open; and no descriptor is left open.
+still be open; and no descriptor is left open.  The same for the second handle an
+O_DIRECT file opens for an unaligned write (``FileIO._buffered``, through the same
+``Stack.open(adopt_fd=)``; session 41 applied the contract there without a sweep).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import pathlib
 import pytest
 
 import uringstack
+from tests.requires import open_direct
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack import reaper
-from uringstack.fileobj.fileio import FileIO
+from uringstack.fileobj.fileio import FileIO, _serve_reopened
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
@@ -66,6 +69,48 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
             finally:
                 with contextlib.suppress(OSError):
                     os.close(bystander)
+            left = _open_fds() - before
+            assert not left, f"a signal {sent.where} left descriptors open: {left}"
+            return sent.where
+
+        assert sweep(once, most=400) > 5
+
+
+def _check_no_descriptor_closed_twice(path: pathlib.Path, where: str) -> None:
+    """A new file takes the lowest free number; after the collector and the reaper ran, it
+    must still be open (a handle left behind would have its number closed again)."""
+    bystander = os.open(path, os.O_RDONLY)
+    try:
+        gc.collect()
+        assert reaper.drain(10), "the reaper did not finish"
+        os.fstat(bystander)  # EBADF: a second close of its number
+    except OSError as e:
+        raise AssertionError(f"a signal {where}: another file's descriptor was closed ({e})") from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(bystander)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["uring", "fallback"])
+def test_a_signal_anywhere_in_opening_the_buffered_handle_closes_each_descriptor_once(
+    tmp_path: pathlib.Path, backend: str
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(8192))
+    os.close(open_direct(path, os.O_RDONLY))  # (skips where the file system refuses O_DIRECT)
+    chosen = code_of(Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO._buffered, _serve_reopened)
+    with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
+
+        def once(at: int) -> str | None:
+            before = _open_fds()
+            f = FileIO(path, "r+b", stack=stack, direct=True)
+            try:
+                with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
+                    assert f.write(b"unaligned") == 9  # a second, buffered handle writes it
+            finally:
+                f.close()
+            _check_no_descriptor_closed_twice(path, sent.where)
             left = _open_fds() - before
             assert not left, f"a signal {sent.where} left descriptors open: {left}"
             return sent.where
