@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from uringstack.probe.threadlimits import start_thread
-from uringstack.ring.interrupts import despite_signals
+from uringstack.ring.interrupts import close_popped, despite_signals
 from uringstack.ring.wakeups import makes_plain_futures, resolve
 from uringstack.stack.handle import FileHandle
 
@@ -302,21 +302,26 @@ class Writer:
 
     def _open_active(self, seg: SegmentScan) -> None:
         base = os.O_RDWR | os.O_CLOEXEC
-        fd = -1
+        path = os.fspath(seg.path)
+        # The descriptor is stored by C as it is opened and closed by close_popped: a
+        # raising signal (Ctrl-C during Wal.open) anywhere here leaks none and closes
+        # none twice; the handle serves a duplicate of its own (Stack.open's contract).
+        opened: list[int] = []
         direct = False
-        if self.config.direct_io != "off":
-            try:
-                fd = os.open(seg.path, base | os.O_DIRECT)
-                direct = True
-            except OSError as e:
-                if self.config.direct_io == "on" or e.errno != errno.EINVAL:
-                    raise
-        if fd < 0:
-            fd = os.open(seg.path, base)
         try:
-            handle = self.io.open_segment(seg.path, fd, direct)
+            if self.config.direct_io != "off":
+                try:
+                    opened.extend(map(os.open, (path,), (base | os.O_DIRECT,)))
+                    direct = True
+                except OSError as e:
+                    if self.config.direct_io == "on" or e.errno != errno.EINVAL:
+                        raise
+            if not opened:
+                opened.extend(map(os.open, (path,), (base,)))
+            handle = self.io.open_segment(seg.path, opened[0], direct)
         finally:
-            os.close(fd)  # the handle serves a duplicate of its own (Stack.open's contract)
+            if opened:
+                despite_signals(close_popped, opened)
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle

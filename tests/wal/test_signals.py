@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import inspect
+import os
 import pathlib
 import shutil
 import threading
@@ -476,3 +478,38 @@ def test_ctrl_c_while_close_waits_for_a_flush_still_closes_after_it(tmp_path: pa
     assert w.handle is None  # the segment's handle closed, after the flush
     appender.join(5)
     assert _reopened(tmp_path, "fallback") == {1: b"held"}
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(300)
+def test_a_signal_anywhere_in_opening_the_active_segment_leaves_no_descriptor_behind(
+    tmp_path: pathlib.Path, backend_name: str
+) -> None:
+    """``Wal.open`` opens the active segment and hands the descriptor to a handle, which
+    serves a duplicate (``Stack.open(adopt_fd=)``'s contract): the log's own descriptor is
+    closed once whatever point a signal hits, and none is left open."""
+    from uringstack import reaper
+
+    chosen = code_of(writer_mod.Writer._open_active)
+    d = tmp_path / "wal"
+    with Wal.open(d, backend=backend_name) as wal:
+        wal.append(b"first")  # (the segment exists: each open below recovers and reopens it)
+
+    def once(at: int) -> str | None:
+        gc.collect()
+        before = _open_fds()
+        wal = None
+        with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
+            wal = Wal.open(d, backend=backend_name)
+        if wal is not None:
+            wal.close()
+        gc.collect()
+        assert reaper.drain(10), "the reaper did not finish"
+        left = _open_fds() - before
+        assert not left, f"a signal {sent.where} left descriptors open: {left}"
+        return sent.where
+
+    assert sweep(once, most=200) > 5
