@@ -57,18 +57,7 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
                 f = open_file(path, "rb", stack=stack)
             if f is not None:
                 f.close()
-            # A file opened now takes the number a failed open freed; a handle left open
-            # behind that open would have the reaper close the number again once dropped.
-            bystander = os.open(path, os.O_RDONLY)
-            try:
-                gc.collect()
-                assert reaper.drain(10), "the reaper did not finish"
-                os.fstat(bystander)  # EBADF: a second close of its number
-            except OSError as e:
-                raise AssertionError(f"a signal {sent.where}: another file's descriptor was closed ({e})") from e
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(bystander)
+            _check_no_descriptor_closed_twice(path, sent.where)
             left = _open_fds() - before
             assert not left, f"a signal {sent.where} left descriptors open: {left}"
             return sent.where
@@ -77,8 +66,9 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
 
 
 def _check_no_descriptor_closed_twice(path: pathlib.Path, where: str) -> None:
-    """A new file takes the lowest free number; after the collector and the reaper ran, it
-    must still be open (a handle left behind would have its number closed again)."""
+    """A new file takes the lowest free number (the one a failed open freed); after the
+    collector and the reaper ran, it must still be open (a handle left open behind that
+    open would have the reaper close the number again once dropped)."""
     bystander = os.open(path, os.O_RDONLY)
     try:
         gc.collect()
