@@ -45,7 +45,7 @@ from uringstack.fileobj.arguments import (
 )
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
-from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals
+from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals, open_stored
 from uringstack.ring.native import ffi
 from uringstack.ring.pins import pin_buffer
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
@@ -90,8 +90,7 @@ def _serve_reopened(fd: int, flags: int, open_handle: Callable[[int], FileHandle
     (stored by C as it is opened, closed by ``close_popped``: never twice, never leaked)."""
     reopened: list[int] = []
     try:
-        reopened.extend(map(os.open, (f"/proc/self/fd/{fd}",), (flags,)))
-        return open_handle(reopened[0])
+        return open_handle(open_stored(reopened, f"/proc/self/fd/{fd}", flags))
     finally:
         if reopened:
             despite_signals(close_popped, reopened)
@@ -314,8 +313,7 @@ class FileIO(io.RawIOBase):
                 if not closefd:
                     raise ValueError("Cannot use closefd=False with file name")
                 if opener is None:
-                    opened.extend(map(os.open, (path,), (flags,), (0o666,)))
-                    fd = opened[0]
+                    fd = open_stored(opened, path, flags, 0o666)
                 else:
                     fd = opener(path, flags)
                     if not isinstance(fd, int):

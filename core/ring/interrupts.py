@@ -57,8 +57,21 @@ def close_popped(fds: list[int]) -> None:
     where a rerun closes it again (perhaps another thread's file by then).  Here C pops
     and closes (a ``deque`` consuming ``map(os.close, ...)`` over ``iter(fds.pop, None)``),
     so a rerun (:func:`despite_signals`) finds only what is still open.  A descriptor is
-    stored in *fds* the same way, as it is made: ``fds.extend(map(os.open, ...))``."""
+    stored in *fds* the same way, as it is made: :func:`open_stored`."""
     _consume(map(os.close, itertools.islice(iter(fds.pop, None), len(fds))))
+
+
+def open_stored(
+    fds: list[int], path: str | bytes | os.PathLike[str] | os.PathLike[bytes], flags: int, mode: int = 0o777
+) -> int:
+    """``os.open(path, flags, mode)``, its descriptor appended to *fds* by C as it is made
+    (``fds.extend(map(os.open, ...))``): a raising signal handler cannot run between the
+    open and the store, so a cleanup with :func:`close_popped` over *fds* never leaks it.
+    ``fd = os.open(...)`` has a point there (after the call, before the store).  (Given a
+    ``Path``, ``os.open`` runs its ``__fspath__`` in Python, and tests/signal_points.py then
+    cannot count the point after the open: callers that sweep it pass a ``str``.)"""
+    fds.extend(map(os.open, (path,), (flags,), (mode,)))
+    return fds[-1]
 
 
 class Repeatable(functools.partial[None]):

@@ -11,9 +11,8 @@ mask is restored, to this thread or, if process-directed, to another one.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,26 +21,21 @@ T = TypeVar("T")
 _EVERY_SIGNAL = signal.valid_signals()
 
 
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Block every signal in this thread for the ``with`` body; the previous mask after it.
+def with_signals_held(fn: Callable[..., T]) -> Callable[..., T]:
+    """*fn* made to run with every signal of this thread blocked, the previous mask after it.
 
-    Keep the body short and bounded: Ctrl-C and every other signal for this
-    thread wait until it ends (a process-directed one goes to another thread
-    that does not block it, and Python runs its handler in the main thread)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _EVERY_SIGNAL)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    Given a backend's ``start_*`` (it submits and returns a pending), only the
+    submission is held: the wait for the pending comes after.  Given a call that
+    submits and waits (``read_here``), Ctrl-C and every other signal for this
+    thread wait until it returns (a process-directed one goes to another thread
+    that does not block it; Python runs its handler in the main thread): keep
+    such a call short and bounded, as a file's read is."""
 
+    def held(*args: Any) -> T:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _EVERY_SIGNAL)
+        try:
+            return fn(*args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-def submitted_with_signals_held(start: Callable[..., T]) -> Callable[..., T]:
-    """*start* (a backend's ``start_*``: it submits and returns a pending) made to submit
-    with this thread's signals blocked; the wait for the pending it returns is not."""
-
-    def submit(*args: Any) -> T:
-        with signals_held():
-            return start(*args)
-
-    return submit
+    return held

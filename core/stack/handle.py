@@ -20,7 +20,7 @@ import traceback
 import weakref
 from _thread import get_ident
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from uringstack import reaper
 from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
@@ -44,7 +44,7 @@ from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.ring.pins import pin_buffer
 from uringstack.ring.settle import settle_pending
-from uringstack.ring.sigmask import signals_held, submitted_with_signals_held
+from uringstack.ring.sigmask import with_signals_held
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 from uringstack.types import WorkerView
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 # fixes (a thread limit) costs this many failed thread creations before the error.
 KERNEL_CANCEL_RERUNS = 3
 _CANCELLED = -errno.ECANCELED
+R = TypeVar("R", bound=int | None)
 
 
 class HandleOwner(Protocol):
@@ -336,19 +337,24 @@ class FileHandle:
         ring = getattr(self._io, "ring", None)
         return self._closed or (ring is not None and ring.closed)
 
-    def _may_rerun(self, res: int, reruns: int) -> bool:
+    def _may_rerun(self, res: int | None, reruns: int) -> bool:
         """Whether an op whose result is *res*, run again *reruns* times already, is run again:
         the kernel cancelled it on its own (see :meth:`_rerun_cancelled`)."""
         return res == _CANCELLED and reruns < KERNEL_CANCEL_RERUNS and not self._cancelled_here()
 
+    def _run_held(self, start: Callable[..., Pending], *args: Any) -> int:
+        """The result of one op started by ``start(*args)`` with this thread's signals blocked
+        for its submission (:func:`~uringstack.ring.sigmask.with_signals_held`), then waited for."""
+        return self._run(with_signals_held(start), *args)[0]
+
     def _rerun_rw(self, res: int, write: bool, offset: int, buf: Any) -> int:
         """*res*, the result of one read or write of *buf* at *offset*, or of its reruns
         where the kernel cancelled it on its own (:meth:`_rerun_cancelled`)."""
-        return self._rerun_cancelled(res, self._io.start_rw, write, [offset], [buf])
+        return self._rerun_cancelled(res, functools.partial(self._run_held, self._io.start_rw, write, [offset], [buf]))
 
-    def _rerun_cancelled(self, res: int, start: Callable[..., Pending], *args: Any) -> int:
+    def _rerun_cancelled(self, res: R, again: Callable[[], R]) -> R:
         """*res*, an op's result; where the kernel cancelled the op on its own, the result of
-        running it again (``start(*args)``, one op, then its wait), up to :data:`KERNEL_CANCEL_RERUNS` times.
+        running it again (``again()``), up to :data:`KERNEL_CANCEL_RERUNS` times.
 
         io_uring hands an op it cannot do at once (``fdatasync``, a read of
         uncached data, a buffered write on most filesystems) to an io-wq worker
@@ -362,15 +368,15 @@ class FileHandle:
         failed is never run again (``fsync``'s rule), and an op the library
         cancelled (its handle or ring closed) is not either.
 
-        A rerun is submitted with this thread's signals blocked
-        (:mod:`uringstack.ring.sigmask`): a blocked signal does not fail the
+        *again* submits with this thread's signals blocked (:meth:`_run_held`,
+        :mod:`uringstack.ring.sigmask`): a blocked signal does not fail the
         worker's creation, so a thread that signals keep reaching (measured: a
         storm of them on Debian's 5.10 failed eight plain reruns in a row) gets
         its op done; only its submission waits for them, not the op."""
         reruns = 0
         while self._may_rerun(res, reruns):
             reruns += 1
-            res = self._run(submitted_with_signals_held(start), *args)[0]
+            res = again()
         return res
 
     def _check(self) -> None:
@@ -617,11 +623,9 @@ class FileHandle:
                 copied = res or 0
                 res = here(pin, buf, copied)
                 if res == _CANCELLED:  # (the kernel's own cancellation: see _rerun_cancelled)
-                    reruns = 0
-                    while res is not None and self._may_rerun(res, reruns):
-                        reruns += 1
-                        with signals_held():  # (its submission and wait are one call: a file's read)
-                            res = here(pin, buf, copied)
+                    # (its submission and wait are one call, held whole: a file's read)
+                    again = functools.partial(with_signals_held(here), pin, buf, copied)
+                    res = self._rerun_cancelled(cast("int | None", res), again)  # (== narrowed it to int)
         except BaseException:
             if pin is not None:  # as in _one_pinned
                 try:
@@ -715,7 +719,8 @@ class FileHandle:
         self._check()
         res = self._run(self._io.start_sync, datasync, wait=True)[0]
         if res < 0:
-            res = self._rerun_cancelled(res, self._io.start_sync, datasync)  # (never run: not fsync's retry)
+            # (an op that never ran: no retry of a failed flush)
+            res = self._rerun_cancelled(res, functools.partial(self._run_held, self._io.start_sync, datasync))
             if res < 0:
                 raise self._op_error(-res, "fdatasync" if datasync else "fsync")
 
@@ -806,18 +811,18 @@ class FileHandle:
                 # The kernel cancelled the write before it ran (see _rerun_cancelled), and
                 # with it the flush linked to it: the pair is issued again.
                 reruns += 1
-                res = self._run(
-                    submitted_with_signals_held(self._io.start_write_durable), offset + done, view[done:], sync
-                )
+                res = self._run(with_signals_held(self._io.start_write_durable), offset + done, view[done:], sync)
                 continue
             if written < 0:
                 raise self._op_error(-written, "write", f"{total - done} bytes at offset {offset + done}")
             if sync == "fdatasync":
                 flushed = res[1]
-                if flushed == -errno.ECANCELED and done + written >= total:
+                if flushed == _CANCELLED and done + written >= total:
                     # The write ran whole and the kernel cancelled its flush before it ran
                     # (see _rerun_cancelled): flushing now is no retry of a failed flush.
-                    flushed = self._rerun_cancelled(flushed, self._io.start_sync, True)
+                    flushed = self._rerun_cancelled(
+                        flushed, functools.partial(self._run_held, self._io.start_sync, True)
+                    )
                 # A flush after a short write was cancelled, never run; any other error is final.
                 if flushed < 0 and not (flushed == -errno.ECANCELED and done + written < total):
                     raise self._op_error(-flushed, "fdatasync", f"after a write at offset {offset + done}")
@@ -1246,7 +1251,7 @@ class FileHandle:
         reruns = 0
         while self._may_rerun(res, reruns):  # (see _rerun_cancelled)
             reruns += 1
-            res = (await self._run_async(submitted_with_signals_held(self._io.start_sync), True))[0]
+            res = (await self._run_async(with_signals_held(self._io.start_sync), True))[0]
         if res < 0:
             raise self._op_error(-res, "fdatasync")
 

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from uringstack.probe.threadlimits import start_thread
-from uringstack.ring.interrupts import close_popped, despite_signals
+from uringstack.ring.interrupts import close_popped, despite_signals, open_stored
 from uringstack.ring.wakeups import makes_plain_futures, resolve
 from uringstack.stack.handle import FileHandle
 
@@ -303,21 +303,21 @@ class Writer:
     def _open_active(self, seg: SegmentScan) -> None:
         base = os.O_RDWR | os.O_CLOEXEC
         path = os.fspath(seg.path)
-        # The descriptor is stored by C as it is opened and closed by close_popped: a
-        # raising signal (Ctrl-C during Wal.open) anywhere here leaks none and closes
-        # none twice; the handle serves a duplicate of its own (Stack.open's contract).
+        # Stored as it is opened and closed by close_popped: a raising signal (Ctrl-C during
+        # Wal.open) anywhere here leaks no descriptor and closes none twice; the handle
+        # serves a duplicate of its own (Stack.open's contract).
         opened: list[int] = []
         direct = False
         try:
             if self.config.direct_io != "off":
                 try:
-                    opened.extend(map(os.open, (path,), (base | os.O_DIRECT,)))
+                    open_stored(opened, path, base | os.O_DIRECT)
                     direct = True
                 except OSError as e:
                     if self.config.direct_io == "on" or e.errno != errno.EINVAL:
                         raise
             if not opened:
-                opened.extend(map(os.open, (path,), (base,)))
+                open_stored(opened, path, base)
             handle = self.io.open_segment(seg.path, opened[0], direct)
         finally:
             if opened:

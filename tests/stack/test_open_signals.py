@@ -33,6 +33,7 @@ from tests.requires import open_direct
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack import reaper
 from uringstack.fileobj.fileio import FileIO, _serve_reopened
+from uringstack.ring.interrupts import open_stored
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
@@ -46,7 +47,9 @@ def _open_fds() -> set[str]:
 def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: pathlib.Path, backend: str) -> None:
     path = tmp_path / "f"
     path.write_bytes(bytes(8192))
-    chosen = code_of(Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO.__init__, FileIO._adopt)
+    chosen = code_of(
+        Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO.__init__, FileIO._adopt, open_stored
+    )
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
         open_file = uringstack.open  # (resolved before the signals: uringstack imports it on first use)
 
@@ -89,7 +92,9 @@ def test_a_signal_anywhere_in_opening_the_buffered_handle_closes_each_descriptor
     path = tmp_path / "f"
     path.write_bytes(bytes(8192))
     os.close(open_direct(path, os.O_RDONLY))  # (skips where the file system refuses O_DIRECT)
-    chosen = code_of(Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO._buffered, _serve_reopened)
+    chosen = code_of(
+        Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO._buffered, _serve_reopened, open_stored
+    )
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
 
         def once(at: int) -> str | None:

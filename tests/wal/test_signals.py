@@ -492,8 +492,9 @@ def test_a_signal_anywhere_in_opening_the_active_segment_leaves_no_descriptor_be
     serves a duplicate (``Stack.open(adopt_fd=)``'s contract): the log's own descriptor is
     closed once whatever point a signal hits, and none is left open."""
     from uringstack import reaper
+    from uringstack.ring.interrupts import open_stored
 
-    chosen = code_of(writer_mod.Writer._open_active)
+    chosen = code_of(writer_mod.Writer._open_active, open_stored)
     d = tmp_path / "wal"
     with Wal.open(d, backend=backend_name) as wal:
         wal.append(b"first")  # (the segment exists: each open below recovers and reopens it)
