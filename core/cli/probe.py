@@ -52,8 +52,9 @@ def probe(as_json: bool, no_devices: bool, cache: Path | None, no_plugins: bool,
 
     Lists the known defects of this kernel (matched by its Debian package
     version from /proc/version, else its release) with the pattern each rules
-    out, e.g. polled NVMe passthrough on Debian 12's 6.1; --json carries them
-    as kernel_defects.
+    out, e.g. polled NVMe passthrough on Debian 12's 6.1, or how uringstack
+    works around it (ops the kernel cancels under signals are run again);
+    --json carries them as kernel_defects.
 
     Ends with one verdict line for io_uring and one per plugin: the plugin's
     own verdict for the config in $URINGSTACK_CONFIG and URINGSTACK_*

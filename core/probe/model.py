@@ -133,7 +133,7 @@ class BlockDevice(BaseModel):
 class Capabilities(BaseModel):
     """Everything the probe found.  Plugins read it; nothing in it is guessed."""
 
-    schema_version: int = 4
+    schema_version: int = 5
     kernel_release: str
     kernel_debian_version: str | None = None
     """The Debian kernel package version from ``/proc/version`` (``6.1.192-3``), if any."""

@@ -15,6 +15,7 @@ import pytest
 
 from uringstack.cli.probe_report import FeatureCheck
 from uringstack.probe.defects import (
+    IOWQ_SIGNAL_CANCEL_ID,
     LOST_WRITES_ID,
     PASSTHROUGH,
     POLLED_PASSTHROUGH,
@@ -68,6 +69,9 @@ def test_known_defects_listed_exactly_where_they_apply(caps: Capabilities) -> No
     debian_61 = kernel.debian is not None and kernel.debian.startswith("6.1.")
     assert (caps.defect_ruling_out(POLLED_PASSTHROUGH) is not None) == debian_61, caps.kernel_defects
     assert (caps.defect_ruling_out(PASSTHROUGH) is not None) == (_version() == (6, 12)), caps.kernel_defects
+    # Every Debian kernel of the matrix cancelled ops in the signal storm (docs/api.md), and
+    # tests/ring/test_iowq_signal_cancel.py runs that storm on each: the report must say so.
+    assert IOWQ_SIGNAL_CANCEL_ID in [f.id for f in caps.kernel_defects], caps.kernel_defects
 
 
 def test_nullb_verdict_is_right_for_this_kernel(caps: Capabilities, nullb: Path) -> None:

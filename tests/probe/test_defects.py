@@ -11,11 +11,13 @@ from rich.console import Console
 from uringstack.config import ConfigError, load_config
 from uringstack.probe.defects import (
     DEFECTS_BY_ID,
+    IOWQ_SIGNAL_CANCEL_ID,
     KNOWN_DEFECTS,
     PATTERNS,
     POLLED_FILE_READS,
     POLLED_PASSTHROUGH,
     KernelVersion,
+    check_known_ids,
     compare_debian,
     debian_version_from_proc,
     matching_defects,
@@ -43,7 +45,8 @@ def test_every_entry_parses_and_is_complete(defect: object) -> None:
     # Parsing raises for a malformed range: this is the test that fails instead of a user.
     assert len(defect.upstream_ranges()) == len(defect.upstream)
     assert len(defect.debian_ranges()) == len(defect.debian)
-    assert defect.rules_out in PATTERNS
+    # Each entry says what uringstack does about it: rule a pattern out, or work around it.
+    assert (defect.rules_out in PATTERNS) != bool(defect.worked_around), "exactly one of rules_out, worked_around"
     assert defect.evidence and defect.title
     assert DEFECTS_BY_ID[defect.id] is defect
 
@@ -144,8 +147,49 @@ def test_a_debian_kernel_is_judged_by_its_package_not_its_abi_name() -> None:
     # uname -r of Debian's 6.5 backport starts with 6.5 but a Debian 6.1 one with "6.1.0":
     # the upstream range must not be consulted when the package version is known.
     assert matching_defects(KernelVersion("6.1.0-57-amd64", "6.1.192-3"))
-    assert not matching_defects(KernelVersion("6.3.0-1-amd64", "6.13.1-1"))
+    assert not [f for f in matching_defects(KernelVersion("6.3.0-1-amd64", "6.13.1-1")) if f.rules_out]
     assert EOF_HOLE not in [f.id for f in matching_defects(KernelVersion("6.1.0-1-amd64", "6.12.118-1"))]
+
+
+@pytest.mark.parametrize(
+    ("release", "debian", "hit"),
+    [
+        ("5.10.0-46-amd64", "5.10.262-1", True),  # Debian 11: 264 of 900 ops cancelled
+        ("6.1.0-57-amd64", "6.1.192-3", True),  # Debian 12: 359 of 900
+        ("6.12.118+deb13-amd64", "6.12.118-1", True),  # Debian 13: 12 of 900
+        ("6.13.7", None, True),
+        ("6.14.0", None, False),  # the backoff
+        ("6.18.44-fc-v1252", None, False),  # (this host's kernel: 0 of 200)
+        ("4.19.0-27-amd64", "4.19.316-1", False),  # io-wq had no retry path yet
+    ],
+)
+def test_the_iowq_signal_cancel_is_reported_as_worked_around(release: str, debian: str | None, hit: bool) -> None:
+    found = [f for f in matching_defects(KernelVersion(release, debian)) if f.id == IOWQ_SIGNAL_CANCEL_ID]
+    assert len(found) == hit
+    if hit:
+        # It rules nothing out: no plugin may refuse a pattern because of it.
+        assert found[0].rules_out == "" and "runs such an op again" in found[0].worked_around
+        caps = make_fake_capabilities()
+        caps.kernel_defects = found
+        assert all(caps.defect_ruling_out(p) is None for p in PATTERNS)
+
+
+def test_a_worked_around_defect_is_shown_without_an_override_and_cannot_be_accepted() -> None:
+    caps = make_fake_capabilities()
+    caps.kernel_debian_version = "6.1.192-3"
+    caps.kernel_defects = matching_defects(KernelVersion("6.1.0-57-amd64", "6.1.192-3"))
+    assert IOWQ_SIGNAL_CANCEL_ID in [f.id for f in caps.kernel_defects]
+    line = next(x for x in defect_lines(caps) if x.startswith(IOWQ_SIGNAL_CANCEL_ID))
+    assert "rules out nothing; worked around: every handle runs such an op again" in line
+    con = Console(record=True, width=400)
+    render_defects(caps, con)
+    text = con.export_text()
+    assert f'accept_kernel_defects = ["{GPF}"]' in text
+    assert f'accept_kernel_defects = ["{IOWQ_SIGNAL_CANCEL_ID}"]' not in text
+    with pytest.raises(ValueError, match=rf"'{IOWQ_SIGNAL_CANCEL_ID}' rule out nothing.*nothing to accept"):
+        check_known_ids([IOWQ_SIGNAL_CANCEL_ID])
+    with pytest.raises(ConfigError, match=r"accept_kernel_defects.*rule out nothing"):
+        load_config(None, env={}, overrides={"core": {"accept_kernel_defects": [IOWQ_SIGNAL_CANCEL_ID]}})
 
 
 def test_capabilities_carry_defects_through_json() -> None:

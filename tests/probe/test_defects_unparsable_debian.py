@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from uringstack.probe.defects import (
+    IOWQ_SIGNAL_CANCEL_ID,
     KernelVersion,
     debian_build_tag,
     debian_version_from_proc,
@@ -101,7 +102,7 @@ def test_the_compiler_s_debian_version_is_not_the_kernel_s() -> None:
     assert not debian_build_tag(text)
     kernel = KernelVersion("6.1.0-57-amd64", debian_version_from_proc(text), debian_build_tag(text))
     assert version_note(kernel) == ""  # not a Debian kernel: upstream matching is the rule, not a fallback
-    assert [f.id for f in matching_defects(kernel)] == [GPF, EOF_HOLE]  # (6.1: both ranges hold it)
+    assert [f.id for f in matching_defects(kernel)] == [GPF, EOF_HOLE, IOWQ_SIGNAL_CANCEL_ID]  # (6.1: all hold it)
 
 
 def test_an_unreadable_proc_version_falls_back_to_upstream_and_says_so(
@@ -111,7 +112,7 @@ def test_an_unreadable_proc_version_falls_back_to_upstream_and_says_so(
     kernel = running_kernel(tmp_path / "missing")
     assert kernel.proc_error.startswith("FileNotFoundError")
     assert "/proc/version could not be read" in version_note(kernel)
-    assert [f.id for f in matching_defects(kernel)] == [GPF, EOF_HOLE]  # (6.1: both ranges hold it)
+    assert [f.id for f in matching_defects(kernel)] == [GPF, EOF_HOLE, IOWQ_SIGNAL_CANCEL_ID]  # (6.1: all hold it)
 
 
 def test_a_release_without_a_version_says_nothing_could_be_matched() -> None:
@@ -152,6 +153,6 @@ def test_uringstack_probe_prints_and_carries_the_note(monkeypatch: pytest.Monkey
     assert result.exit_code == 0, result.output
     caps = Capabilities.model_validate_json(result.output)
     assert "'6.1.192-3_local' in /proc/version is not understood" in caps.kernel_version_note
-    assert [f.id for f in caps.kernel_defects] == [GPF, EOF_HOLE]
+    assert [f.id for f in caps.kernel_defects] == [GPF, EOF_HOLE, IOWQ_SIGNAL_CANCEL_ID]
     table = CliRunner().invoke(main, ["probe", "--no-devices", "--no-plugins"])
     assert "Kernel version not fully understood" in table.output
