@@ -228,7 +228,12 @@ def op_error(err: int, op: str, filename: str | None = None, detail: str = "") -
     (:func:`iowq_hint`, read only for ECANCELED).  The errno stays ECANCELED:
     callers match on it."""
     if err == errno.ECANCELED:
-        hint = iowq_hint()
-        if hint:
-            detail = f"{detail}; {hint}" if detail else hint
+        # Without a thread limit, the likely cause is signals arriving each time io-wq
+        # started the op's worker (a handle has run it again by now): say which defect.
+        hint = iowq_hint() or (
+            "the kernel cancelled the op without running it, also when it was run again: io-wq could "
+            "not start a worker for it (known kernel defect iowq-signal-cancel, shown by uringstack probe, "
+            "when signals keep arriving in this thread)"
+        )
+        detail = f"{detail}; {hint}" if detail else hint
     return UringIOError(err, op, filename, detail)

@@ -17,6 +17,7 @@ import pytest
 
 from uringstack.errors import ThreadStartError, UringIOError
 from uringstack.probe import threadlimits
+from uringstack.probe.defects import IOWQ_SIGNAL_CANCEL_ID
 from uringstack.probe.kernel import parse_process_status
 from uringstack.probe.threadlimits import (
     ThreadLimit,
@@ -193,7 +194,12 @@ def test_op_error_adds_the_hint_to_ecanceled_only(monkeypatch: pytest.MonkeyPatc
     assert op_error(errno.EIO, "write", "/f").detail == ""
 
 
-def test_op_error_without_a_limit_is_the_plain_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_op_error_without_a_limit_names_the_signal_defect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below every thread limit, a kernel ECANCELED that outlived the handle's reruns comes
+    from signals failing io-wq's worker creation: the error names that defect's id."""
     monkeypatch.setattr(threadlimits, "iowq_hint", lambda: "")
     exc = op_error(errno.ECANCELED, "read", "/f", "at offset 0")
-    assert exc.detail == "at offset 0" and exc.errno == errno.ECANCELED
+    assert exc.errno == errno.ECANCELED
+    assert exc.detail.startswith("at offset 0; the kernel cancelled the op without running it")
+    assert "known kernel defect iowq-signal-cancel" in exc.detail
+    assert IOWQ_SIGNAL_CANCEL_ID in exc.detail
