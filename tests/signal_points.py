@@ -166,4 +166,4 @@ def sweep(once: Callable[[int], str | None], most: int = 200) -> int:
             assert at > 0, "no signal point was reached: the test tested nothing"
             assert not failed, "\n".join(failed)
             return at
-    raise AssertionError(f"more than {most} signal points")
+    raise AssertionError("\n".join([f"more than {most} signal points", *failed[:5]]))

@@ -22,16 +22,13 @@ from collections.abc import Iterator
 import pytest
 
 import uringstack
+from tests.descriptors import open_fds
 from tests.requires import open_direct, skip_without
 from uringstack.stack import Stack, open_stack
 
 
 def _flags(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_GETFL)
-
-
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize("closefd", [True, False])
@@ -43,7 +40,7 @@ def test_a_buffered_descriptor_is_served_with_o_direct(
     data = os.urandom(3 * 4096 + 100)
     path.write_bytes(data)
     flags = {"rb": os.O_RDONLY, "r+b": os.O_RDWR, "ab": os.O_WRONLY | os.O_APPEND}[mode]
-    before = _open_fds()
+    before = open_fds()
     fd = os.open(path, flags)
     try:
         f = uringstack.open(fd, mode, closefd=closefd, direct=True, buffering=0, stack=stack)
@@ -68,7 +65,7 @@ def test_a_buffered_descriptor_is_served_with_o_direct(
     else:
         os.fstat(fd)  # still the caller's
         os.close(fd)
-    assert _open_fds() == before  # the handle's own descriptor closed too
+    assert open_fds() == before  # the handle's own descriptor closed too
     want = {"rb": data, "r+b": data[:5000] + b"xyz" + data[5003:], "ab": data + b"tail"}[mode]
     assert path.read_bytes() == want
 

@@ -22,13 +22,13 @@ O_DIRECT file opens for an unaligned write (``FileIO._buffered``, through the sa
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import pathlib
 
 import pytest
 
 import uringstack
+from tests.descriptors import check_no_descriptor_closed_twice, open_fds
 from tests.requires import open_direct
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack import reaper
@@ -36,10 +36,6 @@ from uringstack.fileobj.fileio import FileIO, _serve_reopened
 from uringstack.ring.interrupts import open_stored
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
-
-
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.timeout(300)
@@ -54,34 +50,18 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
         open_file = uringstack.open  # (resolved before the signals: uringstack imports it on first use)
 
         def once(at: int) -> str | None:
-            before = _open_fds()
+            before = open_fds()
             f = None
             with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
                 f = open_file(path, "rb", stack=stack)
             if f is not None:
                 f.close()
-            _check_no_descriptor_closed_twice(path, sent.where)
-            left = _open_fds() - before
+            check_no_descriptor_closed_twice(path, sent.where)
+            left = open_fds() - before
             assert not left, f"a signal {sent.where} left descriptors open: {left}"
             return sent.where
 
         assert sweep(once, most=400) > 5
-
-
-def _check_no_descriptor_closed_twice(path: pathlib.Path, where: str) -> None:
-    """A new file takes the lowest free number (the one a failed open freed); after the
-    collector and the reaper ran, it must still be open (a handle left open behind that
-    open would have the reaper close the number again once dropped)."""
-    bystander = os.open(path, os.O_RDONLY)
-    try:
-        gc.collect()
-        assert reaper.drain(10), "the reaper did not finish"
-        os.fstat(bystander)  # EBADF: a second close of its number
-    except OSError as e:
-        raise AssertionError(f"a signal {where}: another file's descriptor was closed ({e})") from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(bystander)
 
 
 @pytest.mark.timeout(300)
@@ -98,15 +78,15 @@ def test_a_signal_anywhere_in_opening_the_buffered_handle_closes_each_descriptor
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
 
         def once(at: int) -> str | None:
-            before = _open_fds()
+            before = open_fds()
             f = FileIO(path, "r+b", stack=stack, direct=True)
             try:
                 with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
                     assert f.write(b"unaligned") == 9  # a second, buffered handle writes it
             finally:
                 f.close()
-            _check_no_descriptor_closed_twice(path, sent.where)
-            left = _open_fds() - before
+            check_no_descriptor_closed_twice(path, sent.where)
+            left = open_fds() - before
             assert not left, f"a signal {sent.where} left descriptors open: {left}"
             return sent.where
 

@@ -29,7 +29,6 @@ import contextlib
 import errno
 import gc
 import inspect
-import os
 import pathlib
 import shutil
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from tests.descriptors import open_fds
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from tests.waiting import wait_until
 from tests.wal.test_batching import GatedBackend
@@ -480,10 +480,6 @@ def test_ctrl_c_while_close_waits_for_a_flush_still_closes_after_it(tmp_path: pa
     assert _reopened(tmp_path, "fallback") == {1: b"held"}
 
 
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.timeout(300)
 def test_a_signal_anywhere_in_opening_the_active_segment_leaves_no_descriptor_behind(
     tmp_path: pathlib.Path, backend_name: str
@@ -501,7 +497,7 @@ def test_a_signal_anywhere_in_opening_the_active_segment_leaves_no_descriptor_be
 
     def once(at: int) -> str | None:
         gc.collect()
-        before = _open_fds()
+        before = open_fds()
         wal = None
         with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
             wal = Wal.open(d, backend=backend_name)
@@ -509,7 +505,7 @@ def test_a_signal_anywhere_in_opening_the_active_segment_leaves_no_descriptor_be
             wal.close()
         gc.collect()
         assert reaper.drain(10), "the reaper did not finish"
-        left = _open_fds() - before
+        left = open_fds() - before
         assert not left, f"a signal {sent.where} left descriptors open: {left}"
         return sent.where
 
