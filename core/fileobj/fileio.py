@@ -45,7 +45,7 @@ from uringstack.fileobj.arguments import (
 )
 from uringstack.fileobj.closing import close_flushed
 from uringstack.fileobj.stream import ReadAhead, WriteBehind, direct_buffer, finish_read
-from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals, open_stored
+from uringstack.ring.interrupts import FAILURES, close_popped, close_stored, despite_signals, open_stored
 from uringstack.ring.native import ffi
 from uringstack.ring.pins import pin_buffer
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
@@ -92,8 +92,7 @@ def _serve_reopened(fd: int, flags: int, open_handle: Callable[[int], FileHandle
     try:
         return open_handle(open_stored(reopened, f"/proc/self/fd/{fd}", flags))
     finally:
-        if reopened:
-            despite_signals(close_popped, reopened)
+        close_stored(reopened)
 
 
 def _drop_locals(exc: BaseException) -> None:
@@ -359,8 +358,7 @@ class FileIO(io.RawIOBase):
             # here: no descriptor this call opened is ever the handle's.
             if self._handle is not None:
                 despite_signals(_drop_handle, self._handle)
-            if opened:
-                despite_signals(close_popped, opened)
+            close_stored(opened)
             raise
         self._fd = fd
         self._stack = stack

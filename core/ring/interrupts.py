@@ -74,6 +74,14 @@ def open_stored(
     return fds[-1]
 
 
+def close_stored(fds: list[int]) -> None:
+    """Close what :func:`open_stored` put in *fds* (a ``finally``'s cleanup): each descriptor
+    once, even when raising signals interrupt the closing (:func:`despite_signals` over
+    :func:`close_popped`)."""
+    if fds:
+        despite_signals(close_popped, fds)
+
+
 class Repeatable(functools.partial[None]):
     """A batch's done-callback that is safe to run again, which the ring then does when
     a raising signal cut its run short (``Ring._collect_done``, ``_run_then``).

@@ -161,9 +161,9 @@ class SegmentFaults(SegmentSyscalls):
         if err is not None:
             raise OSError(err, f"injected {op} error: {os.strerror(err)}")
 
-    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+    def open(self, fds: list[int], path: Path, flags: int, mode: int = 0o644) -> int:
         self._enter("open", path.name)
-        fd = super().open(path, flags, mode)
+        fd = super().open(fds, path, flags, mode)
         self._names[fd] = path.name
         return fd
 

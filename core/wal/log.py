@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack import reaper
 from uringstack.ring import forking
+from uringstack.ring.interrupts import despite_signals
 
 from .config import WalConfig
 from .errors import WalClosedError
@@ -189,9 +190,13 @@ class Wal:
         # it; the log's own parent always (an earlier open may have crashed before its sync).
         for parent in dict.fromkeys([*(d.parent for d in reversed(made)), directory.parent]):
             fsync_dir(parent)
-        lock = DirectoryLock(directory, _caller())
+        # The lock lands in `taken` as it is taken: Ctrl-C right after (or inside DirectoryLock,
+        # once held) still releases it below, or this process could never open the log again.
+        taken: list[DirectoryLock] = []
         io: WalIO | None = None
         try:
+            DirectoryLock(directory, _caller(), taken)
+            lock = taken[0]
             remove_spares(directory)
             scan = recover(directory, RecoveryMode(config.recovery))
             io = WalIO.for_log(directory, config.backend, stack, wrap_io)
@@ -202,9 +207,12 @@ class Wal:
             atexit.register(_close_at_exit)
             return cls(directory, config, io, lock, scan)
         except BaseException:
-            if io is not None:
-                io.close()
-            lock.release()
+            try:
+                if io is not None:
+                    io.close()
+            finally:
+                if taken:
+                    despite_signals(taken[0].release)
             raise
 
     # --- appending --------------------------------------------------------------

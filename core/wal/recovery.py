@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ring.interrupts import close_popped, close_stored, open_stored
 from .errors import WalCorruptionError
 from .record import Status, decode_at
 from .segment import (
@@ -371,35 +372,36 @@ def _free_discard_name(segment: Path) -> Path:
 
 
 def _zero_range(path: Path, start: int, end: int) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fds: list[int] = []  # (stored as opened: a raising signal right after the open leaks nothing)
     try:
-        off = start
-        while off < end:
-            n = os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - off)], off)
-            if n <= 0:
-                raise OSError(f"short write while repairing {path}")
-            off += n
+        fd = open_stored(fds, os.fspath(path), os.O_RDWR | os.O_CLOEXEC)
+        _write_zeros(fd, start, end, path)
         os.fdatasync(fd)
     finally:
-        os.close(fd)
+        close_stored(fds)
 
 
 def _resize(path: Path, size: int) -> None:
     """Give a segment of the wrong length its header's size again (zeros past the old end)."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fds: list[int] = []
     try:
+        fd = open_stored(fds, os.fspath(path), os.O_RDWR | os.O_CLOEXEC)
         old = os.fstat(fd).st_size
         os.ftruncate(fd, size)
         if size > old:  # write the zeros: appends then overwrite written blocks, as in a spare
-            off = old
-            while off < size:
-                n = os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), size - off)], off)
-                if n <= 0:
-                    raise OSError(f"short write while repairing {path}")
-                off += n
+            _write_zeros(fd, old, size, path)
         os.fdatasync(fd)
     finally:
-        os.close(fd)
+        close_stored(fds)
+
+
+def _write_zeros(fd: int, start: int, end: int, path: Path) -> None:
+    off = start
+    while off < end:
+        n = os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - off)], off)
+        if n <= 0:
+            raise OSError(f"short write while repairing {path}")
+        off += n
 
 
 def iter_records(
@@ -416,18 +418,14 @@ def iter_records(
     fds: list[int] = []
     try:
         for seg in wanted:
-            fds.append(os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC))
+            open_stored(fds, os.fspath(seg.path), os.O_RDONLY | os.O_CLOEXEC)
+        records = _read_files(wanted, fds, from_lsn, upto_lsn)
+        # An iteration dropped unfinished, or never begun, closes its files.
+        weakref.finalize(records, close_popped, fds)
     except BaseException:
-        _close_all(fds)
+        close_stored(fds)
         raise
-    records = _read_files(wanted, fds, from_lsn, upto_lsn)
-    weakref.finalize(records, _close_all, fds)  # an iteration dropped unfinished, or never begun
     return records
-
-
-def _close_all(fds: list[int]) -> None:
-    while fds:
-        os.close(fds.pop())
 
 
 def _read_files(
@@ -459,4 +457,4 @@ def _read_files(
                     str(seg.path), end, f"record LSN {lsn + 1} does not decode (damaged since the log was opened)"
                 )
     finally:
-        _close_all(fds)
+        close_stored(fds)

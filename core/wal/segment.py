@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UringIOError
+from ..ring.interrupts import close_stored, open_stored
 from .errors import WalCorruptionError
 from .record import crc32c
 
@@ -55,8 +56,11 @@ class SegmentSyscalls:
     rename is a durability step) or make one fail (ENOSPC, EIO).
     """
 
-    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
-        return os.open(path, flags, mode)
+    def open(self, fds: list[int], path: Path, flags: int, mode: int = 0o644) -> int:
+        """``os.open``, the descriptor appended to *fds* as it is made (:func:`open_stored`):
+        the caller closes what *fds* holds, so a raising signal right after the open leaks
+        nothing."""
+        return open_stored(fds, os.fspath(path), flags, mode)
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
         os.posix_fallocate(fd, offset, length)
@@ -148,11 +152,11 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 
 def fsync_dir(directory: Path) -> None:
     """Make creates, renames and unlinks in *directory* durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds: list[int] = []
     try:
-        SYSCALLS.fsync(fd)
+        SYSCALLS.fsync(open_stored(fds, os.fspath(directory), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     finally:
-        os.close(fd)
+        close_stored(fds)
 
 
 def read_header(path: Path) -> SegmentHeader:
@@ -189,15 +193,16 @@ def _write_seal(path: Path, raw: bytes, what: str) -> None:
     sc = SYSCALLS
     steps = ["open"]
     with _step(path, what, steps, cleanup=False):
-        fd = sc.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fds: list[int] = []
         try:
+            fd = sc.open(fds, path, os.O_RDWR | os.O_CLOEXEC)
             steps.append("pwrite of the seal")
             if sc.pwrite(fd, raw, SEAL_OFFSET) != len(raw):
                 raise OSError(errno.EIO, "short write of the seal")
             steps.append("fdatasync of the seal")
             sc.fdatasync(fd)
         finally:
-            os.close(fd)
+            close_stored(fds)
 
 
 def seal(path: Path, next_lsn: int) -> None:
@@ -237,8 +242,9 @@ def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> P
     sc = SYSCALLS
     steps = ["open"]
     with _step(path, f"preparing a {segment_bytes}-byte WAL segment", steps, cleanup=True):
-        fd = sc.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fds: list[int] = []
         try:
+            fd = sc.open(fds, path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             steps.append("fallocate")
             try:
                 sc.fallocate(fd, 0, segment_bytes)
@@ -258,7 +264,7 @@ def prepare_spare(directory: Path, segment_bytes: int, name: str = "spare") -> P
             sc.fdatasync(fd)
             drop_cached_pages(fd)
         finally:
-            os.close(fd)
+            close_stored(fds)
     return path
 
 
@@ -294,8 +300,9 @@ def activate_spare(spare: Path, header: SegmentHeader, replace: bool = False) ->
     sc = SYSCALLS
     steps = ["open"]
     with _step(spare, f"activating WAL segment {final.name}", steps, cleanup=False):
-        fd = sc.open(spare, os.O_RDWR | os.O_CLOEXEC)
+        fds: list[int] = []
         try:
+            fd = sc.open(fds, spare, os.O_RDWR | os.O_CLOEXEC)
             raw = header.pack()
             steps.append("pwrite of the header")
             if sc.pwrite(fd, raw, 0) != len(raw):
@@ -303,7 +310,7 @@ def activate_spare(spare: Path, header: SegmentHeader, replace: bool = False) ->
             steps.append("fdatasync of the header")
             sc.fdatasync(fd)
         finally:
-            os.close(fd)
+            close_stored(fds)
         steps.append(f"rename to {final.name}")
         sc.rename(spare, final)
         steps.append("fsync of the directory")
@@ -442,30 +449,40 @@ class DirectoryLock:
     is closed in the background, and the lock waits for that close (up to
     :data:`DROPPED_CLOSE_WAIT_S`) rather than refusing; one unreachable but not yet
     collected (a reference cycle) is collected first.
+
+    The lock is appended to *taken* the moment it is held and registered, before
+    any point where a raising signal (Ctrl-C) could cut ``__init__`` short (the
+    registry lock's release comes after): a caller that releases what *taken*
+    holds when an exception reaches it never leaves its log locked by a lock
+    nobody got, which this process could never open again (:meth:`Wal.open`).
     """
 
-    def __init__(self, directory: Path, opened_at: str = "") -> None:
+    def __init__(self, directory: Path, opened_at: str = "", taken: list[DirectoryLock] | None = None) -> None:
         self._fd = -1
         waited_since = 0.0
         collected = False
+        path = os.fspath(directory / "LOCK")
         while True:
             with _registry_lock:
-                fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fds: list[int] = []  # (stored as opened: a signal right after the open leaks nothing)
                 try:
+                    fd = open_stored(fds, path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                     st = os.fstat(fd)
                     key = (st.st_dev, st.st_ino)
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     mine = LockHolder(directory, opened_at, os.getpid())
                 except BlockingIOError:
-                    os.close(fd)
+                    close_stored(fds)
                     holder = _holders.get(key)
                 except BaseException:  # (a raising signal too: a descriptor left open would keep the lock)
-                    os.close(fd)
+                    close_stored(fds)
                     raise
                 else:
                     self._fd, self._key, self.holder = fd, key, mine
                     _holders[key] = mine
                     _locks[key] = self
+                    if taken is not None:
+                        taken.append(self)
                     return
             # (never waited for under the registry lock: the close being waited for takes it)
             if holder is not None and holder.pid == os.getpid() and not holder.dropped and not collected:
@@ -490,11 +507,13 @@ class DirectoryLock:
             self._fd = -1
 
     def release(self) -> None:
-        """Unlock (close the descriptor) and leave the registry; idempotent."""
+        """Unlock (close the descriptor) and leave the registry; idempotent, and safe to run
+        again after a raising signal cut it short (:func:`despite_signals`)."""
         with _registry_lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            # Taken before the close, so a run again never closes the number twice.
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
             if _holders.get(self._key) is self.holder:
                 del _holders[self._key]
             if _locks.get(self._key) is self:

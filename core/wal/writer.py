@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from uringstack.probe.threadlimits import start_thread
-from uringstack.ring.interrupts import close_popped, despite_signals, open_stored
+from uringstack.ring.interrupts import close_stored, despite_signals, open_stored
 from uringstack.ring.wakeups import makes_plain_futures, resolve
 from uringstack.stack.handle import FileHandle
 
@@ -303,7 +303,7 @@ class Writer:
     def _open_active(self, seg: SegmentScan) -> None:
         base = os.O_RDWR | os.O_CLOEXEC
         path = os.fspath(seg.path)
-        # Stored as it is opened and closed by close_popped: a raising signal (Ctrl-C during
+        # Stored as it is opened and closed by close_stored: a raising signal (Ctrl-C during
         # Wal.open) anywhere here leaks no descriptor and closes none twice; the handle
         # serves a duplicate of its own (Stack.open's contract).
         opened: list[int] = []
@@ -320,8 +320,7 @@ class Writer:
                 open_stored(opened, path, base)
             handle = self.io.open_segment(seg.path, opened[0], direct)
         finally:
-            if opened:
-                despite_signals(close_popped, opened)
+            close_stored(opened)
         if self._handle is not None:
             self.io.close_segment(self._handle)
         self._handle = handle
