@@ -82,6 +82,12 @@ class Target:
     in_use: tuple[str, ...] = ()
     """What used the device when it was opened writable anyway (``[core]
     allow_writes_in_use``): the reasons the refusal would have named."""
+    descriptors: list[int] = field(default_factory=list, repr=False, compare=False)
+    """The descriptors opened for this open that no backend object holds yet:
+    ``open_target``'s own, stored by C as it is made, and ``Stack.open``'s
+    duplicate of an adopted one.  ``close_opened`` and ``Stack.open``'s cleanup
+    close what is left here, each once, wherever a raising signal (Ctrl-C)
+    lands; a backend never touches the list itself."""
 
 
 class PlanError(UringStackError):

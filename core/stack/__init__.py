@@ -330,7 +330,9 @@ class Stack:
         if ADOPT_FD not in target.options or target.kind == "nvme_char":
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
-        served: list[int] = []  # the duplicate of an adopted descriptor, once made
+        # What no backend object holds yet: the duplicate of an adopted descriptor, once made,
+        # or open_target's own descriptor, each stored as it is made (see Target.descriptors).
+        served = target.descriptors
         io: FileIO | None = None
         try:
             target = _served_duplicate(target, served)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from uringstack.errors import DeviceInUseError, NamespaceInUseError, UringIOError
 from uringstack.probe.blockdev import blkdev_logical_block_size, block_device_name
+from uringstack.ring.interrupts import close_stored, open_stored
 from uringstack.types import Target, TargetKind
 
 if TYPE_CHECKING:
@@ -171,18 +172,22 @@ def _is_nvme_generic(st: os.stat_result) -> bool:
 
 
 def close_opened(target: Target, fd: int) -> None:
-    """A backend's ``open`` failed after :func:`open_target` gave it *fd*: close *fd* if it was
-    opened there; an adopted one (``adopt_fd``: the stack's duplicate) is left to
-    ``Stack.open``, which closes it."""
-    if target.options.get(ADOPT_FD) is None:
-        os.close(fd)
+    """A backend's ``open`` failed after :func:`open_target` gave it *fd*: close it.
+
+    *fd* is in ``target.descriptors`` (:func:`open_target` stored it there, or
+    ``Stack.open`` its duplicate of an adopted one), and is taken out as it is
+    closed, so ``Stack.open``'s cleanup never closes it again; the caller's own
+    adopted descriptor is never there."""
+    close_stored(target.descriptors)
 
 
 def open_target(target: Target) -> int:
     """Open *target* with the flags it asks for; errors name the file and the cause.
 
-    A backend whose ``open`` fails after this returned closes the descriptor with
-    :func:`close_opened`, never with ``os.close``: an adopted one is ``Stack.open``'s to close."""
+    The descriptor is stored in ``target.descriptors`` as it is made.  A backend whose
+    ``open`` fails after this returned closes it with :func:`close_opened`, never with
+    ``os.close``: ``Stack.open``'s cleanup closes what that list still holds, so a
+    plain close would be a second close of the number."""
     adopt = target.options.get(ADOPT_FD)
     if adopt is not None:
         return int(adopt)
@@ -192,7 +197,9 @@ def open_target(target: Target) -> int:
     if target.create and target.kind == "file":
         flags |= os.O_CREAT
     try:
-        return os.open(target.path, flags, 0o644)
+        # Stored by C as it is opened: a raising signal right after the open leaves it to
+        # Stack.open's cleanup instead of leaking it (tests/stack/test_open_signals.py).
+        return open_stored(target.descriptors, target.path, flags, 0o644)
     except OSError as exc:
         detail = ""
         if exc.errno == 22 and target.direct:

@@ -66,6 +66,39 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", ["uring", "fallback"])
+def test_a_signal_anywhere_in_a_handle_open_closes_each_descriptor_once(tmp_path: pathlib.Path, backend: str) -> None:
+    """``Stack.open(path)`` opens the file in the backend (``open_target``), not through
+    ``adopt_fd``: its descriptor too is stored as it is made and closed once on failure."""
+    from uringstack.plugins.fallback.backend import FallbackBackend
+    from uringstack.stack import _close_unopened, _hand_over
+    from uringstack.stack.targets import close_opened, open_target
+    from uringstack.stack.uring_backend import UringBackend
+
+    path = tmp_path / "f"
+    path.write_bytes(bytes(8192))
+    chosen = code_of(
+        Stack.open, FileHandle._close_when_dropped, reaper.watch, open_target, close_opened, open_stored,
+        UringBackend.open, FallbackBackend.open, _hand_over, _close_unopened,
+    )  # fmt: skip
+    with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
+
+        def once(at: int) -> str | None:
+            before = open_fds()
+            handles: list[FileHandle] = []
+            with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
+                handles.append(stack.open(str(path), direct=False))
+            for h in handles:
+                h.close()
+            check_no_descriptor_closed_twice(path, sent.where)
+            left = open_fds() - before
+            assert not left, f"a signal {sent.where} left descriptors open: {left}"
+            return sent.where
+
+        assert sweep(once, most=400) > 5
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["uring", "fallback"])
 def test_a_signal_anywhere_in_opening_the_buffered_handle_closes_each_descriptor_once(
     tmp_path: pathlib.Path, backend: str
 ) -> None:
