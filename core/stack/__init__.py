@@ -173,14 +173,14 @@ def _served_duplicate(target: Target, served: list[int]) -> Target:
 
 
 def _hand_over(io: FileIO, served: list[int]) -> None:
-    """The backend object was made: the duplicate is now its own (its ``close()`` closes it),
-    or, if it opened the file itself (the passthrough backend opens the namespace's char
-    device), closed here.  Taken out of *served* either way, in one C call."""
-    if served:
-        if io.fd == served[0]:
-            served.pop()
-        else:
-            close_popped(served)
+    """The backend object was made: the descriptor it holds (``open_target``'s, the adopted
+    one's duplicate, the passthrough backend's char device) is now its own (its ``close()``
+    closes it) and is taken out of *served*; any other left there (a duplicate the backend
+    did not take) is closed here.  Each is taken out in one C call, so a run again after a
+    raising signal finds only what is still to do."""
+    if io.fd in served:
+        served.remove(io.fd)
+    close_popped(served)
 
 
 def _close_unopened(io: FileIO | None, served: list[int]) -> None:

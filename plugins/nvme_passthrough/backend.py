@@ -54,6 +54,7 @@ from uringstack.ring.native import ffi
 from uringstack.ring.pending import CompletedPending
 from uringstack.ring.pipeline import filled, from_bytes
 from uringstack.ring.polling import is_polled, polled_done, wait_polled
+from uringstack.stack.targets import close_opened
 
 if TYPE_CHECKING:
     from uringstack.stack import Worker
@@ -342,7 +343,8 @@ class PassthroughFileIO:
         self.fixed_index: int | None = None
         self.completion_hook = worker.completion_hook if worker is not None else None
         self._const: dict[int, tuple[Any, Any, Any, Any]] = {}
-        self.fd = open_char_device(char_path, target.writable)
+        # In target.descriptors until Stack.open hands it to this object (see Target.descriptors).
+        self.fd = open_char_device(char_path, target.writable, target.descriptors)
         try:
             device = target.device
             ident = identify_namespace(self.fd, char_path, device)
@@ -356,7 +358,7 @@ class PassthroughFileIO:
             self.in_use: list[str] = list(target.in_use)
             self.max_transfer = max_transfer_bytes(device.max_hw_sectors_kb, device.max_segments, self.block_size)
         except BaseException:
-            os.close(self.fd)
+            close_opened(target, self.fd)
             raise
 
     def _constant_columns(self, n: int) -> tuple[Any, Any, Any, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from uringstack.errors import NamespaceInUseError, UringIOError
+from uringstack.ring.interrupts import open_stored
 
 __all__ = ["DeviceAccessError", "NamespaceIdentity", "NamespaceInUseError", "identify_namespace", "open_char_device"]
 
@@ -32,11 +33,13 @@ class DeviceAccessError(UringIOError):
     """The generic char device could not be opened (permissions, missing node)."""
 
 
-def open_char_device(path: str, writable: bool) -> int:
-    """Open a generic char device; a missing node or missing permission is a :class:`DeviceAccessError`."""
+def open_char_device(path: str, writable: bool, into: list[int]) -> int:
+    """Open a generic char device, its descriptor appended to *into* by C as it is made (so
+    a raising signal right after the open leaves it to the caller's cleanup of *into*);
+    a missing node or missing permission is a :class:`DeviceAccessError`."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
     try:
-        return os.open(path, flags)
+        return open_stored(into, path, flags)
     except PermissionError as exc:
         raise DeviceAccessError(
             exc.errno or errno.EACCES, "open", path,

@@ -10,7 +10,6 @@ allow_writes_in_use``), before this plugin is asked to serve them.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend
 from uringstack.plugins.nvme_passthrough.device import open_char_device
 from uringstack.probe.defects import PASSTHROUGH, POLLED_PASSTHROUGH, DefectFinding, refusal
 from uringstack.ring.flags import SetupFlag
+from uringstack.ring.interrupts import close_stored
 from uringstack.types import FeatureConfig, FeatureMode, PlanError
 
 if TYPE_CHECKING:
@@ -196,10 +196,13 @@ def _cannot_open(char: str, target: Target) -> str | None:
     if not dev.generic_char_accessible:
         return dev.generic_char_error or f"this process cannot open {char}"
     if target.writable:
+        tried: list[int] = []
         try:
-            os.close(open_char_device(char, True))
+            open_char_device(char, True, tried)
         except OSError as exc:
             return str(exc)
+        finally:
+            close_stored(tried)
     return None
 
 

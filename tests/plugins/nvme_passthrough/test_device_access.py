@@ -19,9 +19,11 @@ from uringstack.probe.model import BlockDevice
 
 
 def test_missing_char_device() -> None:
+    opened: list[int] = []
     with pytest.raises(DeviceAccessError, match="no such device node") as info:
-        open_char_device("/dev/ng-does-not-exist", False)
+        open_char_device("/dev/ng-does-not-exist", False, opened)
     assert info.value.errno == errno.ENOENT
+    assert opened == []  # (nothing stored for the caller to close)
 
 
 def test_block_device_is_not_a_generic_char_device(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_permission_denied_names_device_and_fix() -> None:
         try:
             os.setgid(65534)
             os.setuid(65534)
-            os.close(open_char_device(target, False))
+            os.close(open_char_device(target, False, []))
             msg = "opened?!"
         except DeviceAccessError as exc:
             msg = f"{exc.errno}|{exc}"
