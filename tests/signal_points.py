@@ -19,6 +19,14 @@ code).  That also leaves out the point after a C callee that ran Python code
 (a class with ``__init__`` in Python, a ``functools.partial``), which the
 trace cannot tell apart; ``CALL_FUNCTION_EX`` (``f(*args, **kwargs)``) always
 goes through C and is always followed by a point.  Python 3.11's instructions.
+
+The exception enters at the instruction after the call, where CPython raises it at the
+call itself.  That differs in one place: after the last call of a ``try`` body (``try:
+return f(x)`` with a ``finally``), the next instruction starts the ``finally`` inlined
+after the protected range, so the trace's exception skips the ``finally`` that CPython
+would run (checked with ``os.kill`` of the process itself inside such a ``try``).
+Swept code stores such a result first (``result = f(x)``, returned after the ``try``):
+the point then lies inside the range for both.
 """
 
 from __future__ import annotations

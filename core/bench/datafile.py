@@ -14,6 +14,8 @@ import errno
 import os
 from collections.abc import Callable
 
+from uringstack.ring.interrupts import close_stored, open_stored
+
 CHUNK_BYTES = 1 << 20
 
 
@@ -23,23 +25,26 @@ def write_random_file(path: str, size: int, tick: Callable[[], None] | None = No
     *exclusive*: the file must not exist yet (``O_EXCL``), else it is truncated.
     On failure the file is removed and ``OSError(errno, what failed, path)`` is raised."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600 if exclusive else 0o644)
-    chunk = os.urandom(CHUNK_BYTES)
+    fds: list[int] = []  # (stored as opened: Ctrl-C right after the open leaks nothing)
     done = 0
     try:
+        fd = open_stored(fds, path, flags, 0o600 if exclusive else 0o644)
+        chunk = os.urandom(CHUNK_BYTES)
         while done < size:
             done += os.write(fd, chunk[: min(len(chunk), size - done)])
             if tick is not None and done % (64 << 20) == 0:
                 tick()
         os.fsync(fd)
     except BaseException as exc:
-        os.close(fd)
+        if not fds:
+            raise  # the open failed: no file of ours to remove (O_EXCL: maybe someone else's)
+        close_stored(fds)
         with contextlib.suppress(OSError):
             os.unlink(path)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, _failure(path, size, done, exc), path) from None
         raise
-    os.close(fd)
+    close_stored(fds)
 
 
 def _failure(path: str, size: int, done: int, exc: OSError) -> str:

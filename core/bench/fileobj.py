@@ -41,6 +41,7 @@ from uringstack.bench.datafile import write_random_file
 from uringstack.bench.metrics import cpu_seconds
 from uringstack.bench.runner import device_of, machine_info
 from uringstack.fileobj.default_stack import default_stack
+from uringstack.ring.interrupts import with_descriptor
 
 SCHEMA = "uringstack.bench-fileobj/1"
 BENCHES = ("sha256-hot", "sha256-cold", "copyfileobj", "aio-random")
@@ -116,12 +117,12 @@ def make_file(path: str, size: int) -> None:
 
 def drop_cache(path: str) -> None:
     """Evict *path*'s pages from the page cache (clean pages only: it was fsynced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    with_descriptor(path, os.O_RDONLY | os.O_CLOEXEC, _drop_clean_pages)
+
+
+def _drop_clean_pages(fd: int) -> None:
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def warm(path: str) -> None:

@@ -13,6 +13,8 @@ import os
 import time
 from typing import Any
 
+from uringstack.ring.interrupts import close_stored, open_stored
+
 CHUNK = 1 << 20
 
 
@@ -20,15 +22,16 @@ def read_through(path: str, size: int, *, direct: bool) -> int:
     """Read the first *size* bytes of *path* sequentially in 1 MiB reads; returns the bytes read."""
     buf = mmap.mmap(-1, CHUNK)  # page-aligned, as O_DIRECT requires
     done = 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0))
+    fds: list[int] = []  # (stored as opened: Ctrl-C right after the open leaks nothing)
     try:
+        fd = open_stored(fds, path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0))
         while done < size:
             n = os.preadv(fd, [buf], done)
             if n <= 0:
                 break
             done += n
     finally:
-        os.close(fd)
+        close_stored(fds)
         buf.close()
     return done
 

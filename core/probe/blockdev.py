@@ -13,6 +13,8 @@ import stat
 import struct
 from pathlib import Path
 
+from uringstack.ring.interrupts import with_descriptor
+
 # <linux/fs.h>: BLKSSZGET = _IO(0x12, 104): the logical sector size of a block device.
 BLKSSZGET = (0x12 << 8) | 104
 # <linux/fs.h>: BLKGETSIZE64 = _IOR(0x12, 114, size_t): its size in bytes.
@@ -115,8 +117,8 @@ def disk_queue_attr(disk: str, attr: str, *, sysfs_root: str | os.PathLike[str] 
 def device_size(path: str) -> int:
     """The size in bytes of a block device (or file), read by seeking to its end:
     ``st_size`` of a block device node is 0."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
+    return with_descriptor(path, os.O_RDONLY | os.O_CLOEXEC, _end_offset)
+
+
+def _end_offset(fd: int) -> int:
+    return os.lseek(fd, 0, os.SEEK_END)

@@ -24,6 +24,7 @@ from uringstack.probe.irq import device_irq_cpus
 from uringstack.probe.model import BlockDevice
 from uringstack.probe.udev import udev_context
 from uringstack.probe.usage import MOUNTINFO, SWAPS, Mounts, parse_mountinfo, parse_swaps, usage_lines
+from uringstack.ring.interrupts import with_descriptor
 
 _MODULE_DIR = Path("/sys/module")
 
@@ -66,17 +67,17 @@ def try_open(path: str) -> tuple[bool, str, int | None]:
     that is not an NVMe namespace (ENOTTY on a umockdev file).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        nsid = with_descriptor(path, os.O_RDONLY | os.O_CLOEXEC, _namespace_id_or_none)
     except OSError as exc:
         return False, _errtext(exc), None
+    return True, "", nsid
+
+
+def _namespace_id_or_none(fd: int) -> int | None:
     try:
-        try:
-            nsid: int | None = namespace_id(fd)
-        except OSError:
-            nsid = None
-        return True, "", nsid
-    finally:
-        os.close(fd)
+        return namespace_id(fd)
+    except OSError:
+        return None
 
 
 def _attr(device: Any, name: str) -> str | None:

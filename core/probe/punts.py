@@ -38,6 +38,7 @@ from uringstack.probe.blockdev import backing_disk, disk_queue_attr
 from uringstack.probe.threadlimits import start_thread
 from uringstack.probe.tune_cache import cache_root, write_atomic
 from uringstack.probe.tune_key import fs_type
+from uringstack.ring.interrupts import close_stored, open_stored
 
 PUNTS_FILE = "punts.json"
 """The cache file under :func:`~uringstack.probe.tune_cache.cache_root`."""
@@ -146,8 +147,9 @@ def _punted_in_this_thread(directory: str, direct: bool, overwrite: bool) -> boo
 
     ids = _thread_ids()
     flags = os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
-    fd = os.open(directory, flags, 0o600)
+    fds: list[int] = []  # (stored as opened: Ctrl-C right after the open leaks nothing)
     try:
+        fd = open_stored(fds, directory, flags, 0o600)
         buf = aligned_buffer(_PROBE_BYTES)  # aligned, so the same buffer serves O_DIRECT
         if overwrite:
             os.pwrite(fd, buf, 0)
@@ -158,7 +160,7 @@ def _punted_in_this_thread(directory: str, direct: bool, overwrite: bool) -> boo
             res = ring.run(Op.WRITE, fd, addrs=address_of(pin), lens=_PROBE_BYTES, offsets=0, keep=[pin])[0]
             after = _workers()
     finally:
-        os.close(fd)
+        close_stored(fds)
     if res != _PROBE_BYTES:
         return None
     # A worker names itself iou-wrk-<tid of the task it serves> before it runs anything.

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from uringstack.probe.tune_key import MachineFacts, key_of
 from uringstack.probe.tuning import FORMAT_VERSION, SCHEMA, AppliedRecord, TuneDocument, TuneRecord, TuneState
+from uringstack.ring.interrupts import with_descriptor
 
 
 def cache_root(environ: dict[str, str] | None = None) -> Path:
@@ -68,11 +69,7 @@ def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with_descriptor(os.fspath(path.parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, os.fsync)
 
 
 def entry_path(record: TuneRecord, directory: Path | None = None) -> Path:
@@ -93,14 +90,14 @@ def write_entry(record: TuneRecord, directory: Path | None = None) -> Path:
 def _read_regular(path: Path) -> bytes:
     """The bytes of *path* if it is a regular file; else ``OSError`` (a FIFO named ``*.json``
     in the cache directory made every plan and ``open_stack()`` wait forever in its open)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
+    return with_descriptor(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, _read_if_regular)
+
+
+def _read_if_regular(fd: int) -> bytes:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        return f.read()
 
 
 def read_document(path: Path) -> TuneDocument:

@@ -19,6 +19,7 @@ import pyudev
 
 from uringstack.probe.blockdev import read_attr
 from uringstack.probe.udev import udev_context
+from uringstack.ring.interrupts import opens
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 SWAPS = Path("/proc/swaps")
@@ -121,15 +122,14 @@ def _exclusive_claims(devices: list[Any]) -> list[str]:
         try:
             if os.stat(node).st_rdev != int(d.device_number):
                 continue  # a node of that name that is not this device
-            fd = os.open(node, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+            # (a claim left open by Ctrl-C would make the device look claimed from then on)
+            opens(node, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
             if exc.errno == errno_mod.EBUSY:
                 found.append(
                     f"{d.sys_name} is claimed exclusively by the kernel (O_EXCL open gives EBUSY): "
                     "mounted in another mount namespace, or held by a driver"
                 )
-            continue
-        os.close(fd)
     return found
 
 

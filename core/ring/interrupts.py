@@ -74,6 +74,31 @@ def open_stored(
     return fds[-1]
 
 
+def with_descriptor(path: str, flags: int, use: Callable[[int], T], mode: int = 0o777) -> T:
+    """``use(fd)`` for *path* opened just for the call (``os.open(path, flags, mode)``), the
+    descriptor closed after it, once, wherever a raising signal lands (:func:`open_stored`,
+    :func:`close_stored`): for the short opens of the probe, ``tune`` and the benches.
+    *path* is a ``str`` (see :func:`open_stored`)."""
+    fds: list[int] = []
+    try:
+        # (Stored before the return: the signal point after the call then lies inside the
+        # try, which tests/signal_points.py, raising at the next instruction, also sees.)
+        result = use(open_stored(fds, path, flags, mode))
+    finally:
+        close_stored(fds)
+    return result
+
+
+def opens(path: str, flags: int) -> None:
+    """Open *path* and close it again (:func:`with_descriptor`): the open is the test
+    (access, ``O_DIRECT`` support, an ``O_EXCL`` claim); its ``OSError`` propagates."""
+    with_descriptor(path, flags, _unused)
+
+
+def _unused(fd: int) -> None:
+    """Nothing: :func:`opens` only asks whether the open succeeds."""
+
+
 def close_stored(fds: list[int]) -> None:
     """Close what :func:`open_stored` put in *fds* (a ``finally``'s cleanup): each descriptor
     once, even when raising signals interrupt the closing (:func:`despite_signals` over

@@ -18,6 +18,7 @@ from uringstack.bench.datafile import write_random_file
 from uringstack.errors import UringStackError
 from uringstack.probe.blockdev import device_size
 from uringstack.probe.tuning import TargetKind, TuneTarget, Workload
+from uringstack.ring.interrupts import opens
 
 SCRATCH_BYTES = 64 << 20
 """Size of the scratch file in a directory target: large enough that random 4 KiB
@@ -53,12 +54,11 @@ def _kind(path: str) -> TargetKind:
 
 def _direct_ok(path: str) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        opens(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return False  # tmpfs and some network file systems refuse O_DIRECT
         raise TuneError(f"{path}: cannot open for reading: {exc.strerror}") from None
-    os.close(fd)
     return True
 
 
@@ -87,7 +87,7 @@ def check_target(given: str, workload: Workload) -> None:
     if _kind(path) == "directory":
         return
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        opens(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise TuneError(f"{path}: cannot open for reading: {exc.strerror}") from None
     _checked_size(path, path, workload)
