@@ -10,13 +10,12 @@ Runs inside ../shared/nvme-vm with the rest of tests/nvme (scripts/test-nvme.sh)
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
 
-from tests.descriptors import check_no_descriptor_closed_twice, open_fds
-from tests.signal_points import Interrupt, code_of, signal_at, sweep
+from tests.descriptors import sweep_descriptors
+from tests.signal_points import code_of
 from uringstack import open_stack, reaper
 from uringstack.plugins.nvme_passthrough.backend import PassthroughBackend, PassthroughFileIO
 from uringstack.plugins.nvme_passthrough.device import open_char_device
@@ -42,22 +41,12 @@ def test_a_signal_anywhere_in_a_passthrough_open_closes_each_descriptor_once(pas
         options = {"adopt_fd": own} if adopt else {}
         try:
 
-            def once(at: int) -> str | None:
-                before = open_fds()
-                handles: list[FileHandle] = []
-                with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
-                    handles.append(stack.open(NG, writable=False, **options))
-                for h in handles:
-                    assert h.io.__class__ is PassthroughFileIO, h.io
-                    h.close()
-                check_no_descriptor_closed_twice(NG, sent.where)
-                left = open_fds() - before
-                assert not left, f"a signal {sent.where} left descriptors open: {left}"
+            def caller_keeps_own(where: str | None) -> None:
                 if adopt:
                     os.fstat(own)  # the caller's own descriptor is never the stack's to close
-                return sent.where
 
-            assert sweep(once, most=400) > 5
+            run = lambda: stack.open(NG, writable=False, **options)  # noqa: E731
+            assert sweep_descriptors(chosen, run, NG, after=caller_keeps_own) > 5
         finally:
             if adopt:
                 os.close(own)

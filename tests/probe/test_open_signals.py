@@ -12,7 +12,6 @@ where CPython can run a raising handler in the function and the helpers
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import types
 from collections.abc import Callable
@@ -20,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.descriptors import check_no_descriptor_closed_twice, open_fds
-from tests.signal_points import Interrupt, code_of, signal_at, sweep
+from tests.descriptors import sweep_descriptors
+from tests.signal_points import code_of
 from uringstack.bench import datafile, prewarm
 from uringstack.bench import fileobj as bench_fileobj
 from uringstack.probe import blockdev, devices, punts, tune_cache, usage
@@ -67,15 +66,4 @@ def test_a_signal_anywhere_in_a_short_open_leaks_no_descriptor(tmp_path: pathlib
     # (close_stored's own entry is the one point left: a signal there, before the first
     # close, escapes; pure Python cannot close that window, docs/api.md "Ctrl-C during I/O")
     chosen = code_of(fn, with_descriptor, opens, open_stored)
-    bystander = tmp_path / "data"
-
-    def once(at: int) -> str | None:
-        before = open_fds()
-        with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
-            call()
-        check_no_descriptor_closed_twice(bystander, sent.where, handles=False)
-        left = open_fds() - before
-        assert not left, f"a signal {sent.where} left descriptors open: {left}"
-        return sent.where
-
-    assert sweep(once, most=300) >= 2
+    assert sweep_descriptors(chosen, call, tmp_path / "data", handles=False, most=300) >= 2

@@ -28,7 +28,7 @@ import pathlib
 import pytest
 
 import uringstack
-from tests.descriptors import check_no_descriptor_closed_twice, open_fds
+from tests.descriptors import check_no_descriptor_closed_twice, open_fds, sweep_descriptors
 from tests.requires import open_direct
 from tests.signal_points import Interrupt, code_of, signal_at, sweep
 from uringstack import reaper
@@ -48,20 +48,7 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
     )
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
         open_file = uringstack.open  # (resolved before the signals: uringstack imports it on first use)
-
-        def once(at: int) -> str | None:
-            before = open_fds()
-            f = None
-            with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
-                f = open_file(path, "rb", stack=stack)
-            if f is not None:
-                f.close()
-            check_no_descriptor_closed_twice(path, sent.where)
-            left = open_fds() - before
-            assert not left, f"a signal {sent.where} left descriptors open: {left}"
-            return sent.where
-
-        assert sweep(once, most=400) > 5
+        assert sweep_descriptors(chosen, lambda: open_file(path, "rb", stack=stack), path) > 5
 
 
 @pytest.mark.timeout(300)
@@ -81,20 +68,7 @@ def test_a_signal_anywhere_in_a_handle_open_closes_each_descriptor_once(tmp_path
         UringBackend.open, FallbackBackend.open, _hand_over, _close_unopened,
     )  # fmt: skip
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
-
-        def once(at: int) -> str | None:
-            before = open_fds()
-            handles: list[FileHandle] = []
-            with signal_at(chosen, at) as sent, contextlib.suppress(Interrupt):
-                handles.append(stack.open(str(path), direct=False))
-            for h in handles:
-                h.close()
-            check_no_descriptor_closed_twice(path, sent.where)
-            left = open_fds() - before
-            assert not left, f"a signal {sent.where} left descriptors open: {left}"
-            return sent.where
-
-        assert sweep(once, most=400) > 5
+        assert sweep_descriptors(chosen, lambda: stack.open(str(path), direct=False), path) > 5
 
 
 @pytest.mark.timeout(300)

@@ -12,7 +12,6 @@ is left open and no other file's descriptor was closed.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import pathlib
 import shutil
@@ -21,18 +20,20 @@ from typing import Any
 
 import pytest
 
-from tests.descriptors import check_no_descriptor_closed_twice, open_fds
-from tests.signal_points import Interrupt, code_of, signal_at, sweep
+from tests.descriptors import sweep_descriptors
+from tests.signal_points import code_of
 from uringstack.ring.interrupts import despite_signals, open_stored
 from uringstack.wal import Wal, recovery, segment
 from uringstack.wal.segment import SegmentHeader
 
 SEGMENT_BYTES = 64 * 1024
+# Small segments: the sweeps make a log (and its spare) per point, and the VM's test disk is small.
+SMALL = {"segment_size_bytes": SEGMENT_BYTES, "max_batch_bytes": 16 * 1024}
 
 
 def _log(directory: pathlib.Path) -> list[recovery.SegmentScan]:
     """A closed log of two records in *directory*, scanned."""
-    with Wal.open(directory, backend="fallback") as wal:
+    with Wal.open(directory, backend="fallback", **SMALL) as wal:
         wal.append(b"one")
         wal.append(b"two")
     return recovery.scan(directory).segments
@@ -40,21 +41,10 @@ def _log(directory: pathlib.Path) -> list[recovery.SegmentScan]:
 
 def _swept(chosen: Callable[..., Any], run: Callable[[], object], after: Callable[[], object],
            bystander: pathlib.Path) -> int:  # fmt: skip
-    """Sweep *run* with a signal at each point of *chosen*'s code (and ``open_stored``'s);
+    """Sweep *run* with a signal at each point of *chosen*'s code (and the opening helpers');
     *after* undoes what a run did, so each run starts alike."""
     codes = code_of(chosen, open_stored, segment.SegmentSyscalls.open)
-
-    def once(at: int) -> str | None:
-        before = open_fds()
-        with signal_at(codes, at) as sent, contextlib.suppress(Interrupt):
-            run()
-        after()
-        check_no_descriptor_closed_twice(bystander, sent.where, handles=False)
-        left = open_fds() - before
-        assert not left, f"a signal {sent.where} left descriptors open: {left}"
-        return sent.where
-
-    return sweep(once, most=60)
+    return sweep_descriptors(codes, run, bystander, after=lambda where: after(), handles=False, most=60)
 
 
 @pytest.mark.timeout(300)
@@ -133,34 +123,28 @@ def test_a_signal_anywhere_in_wal_open_leaves_the_log_openable(tmp_path: pathlib
     from uringstack import reaper
 
     template = tmp_path / "template"
-    with Wal.open(template, backend=backend) as wal:
+    with Wal.open(template, backend=backend, **SMALL) as wal:
         wal.append(b"kept")
     codes = code_of(Wal.open, segment.DirectoryLock.__init__, open_stored)
+    dirs: list[pathlib.Path] = []
 
-    def once(at: int) -> str | None:
-        d = tmp_path / f"wal{at}"  # (a log left locked at one point fails that point alone)
-        shutil.copytree(template, d)
-        before = open_fds()
-        opened: list[Wal] = []
-        with signal_at(codes, at) as sent, contextlib.suppress(Interrupt):
-            opened.append(Wal.open(d, backend=backend))
-        for wal in opened:
-            wal.close()
-        del opened
+    def run() -> Wal:
+        dirs.append(tmp_path / f"wal{len(dirs)}")  # (a log left locked fails one point alone)
+        shutil.copytree(template, dirs[-1])
+        return Wal.open(dirs[-1], backend=backend, **SMALL)
+
+    def reopens(where: str | None) -> None:
         gc.collect()  # (a Wal made and then cut off is closed by the reaper: waited for below)
         assert reaper.drain(10), "the reaper did not finish"
         try:
-            again = Wal.open(d, backend=backend)
+            again = Wal.open(dirs[-1], backend=backend, **SMALL)
         except BlockingIOError as e:
-            raise AssertionError(f"a signal {sent.where} left the log locked: {e}") from e
+            raise AssertionError(f"a signal {where} left the log locked: {e}") from e
         with again:
-            assert [p for _, p in again.read_from()] == [b"kept"], sent.where
-        check_no_descriptor_closed_twice(d, sent.where)
-        left = open_fds() - before
-        assert not left, f"a signal {sent.where} left descriptors open: {left}"
-        return sent.where
+            assert [p for _, p in again.read_from()] == [b"kept"], where
+        shutil.rmtree(dirs[-1])
 
-    assert sweep(once, most=300) > 5
+    assert sweep_descriptors(codes, run, template, after=reopens, most=300) > 5
 
 
 @pytest.mark.timeout(300)
