@@ -154,11 +154,11 @@ def _attempt(errors: list[BaseException], fn: Callable[..., Any], *args: Any) ->
             run_to_end(lambda: fn(*args))
 
 
-def _served_duplicate(target: Target, served: list[int]) -> Target:
+def _served_duplicate(target: Target) -> Target:
     """*target* served through a duplicate of its adopted descriptor (``adopt_fd``): the
     handle owns the duplicate, the caller keeps theirs (as ``socket.fromfd`` duplicates).
 
-    The duplicate is stored in *served* by C as ``dup(2)`` returns it (``list.extend``
+    The duplicate is stored in ``target.descriptors`` by C as ``dup(2)`` returns it (``list.extend``
     over a ``map``: no point between the two where a raising signal handler could run),
     so the caller's cleanup always finds it.  Until session 41 the handle took the
     caller's descriptor itself, and nothing could tell the caller, after a raising
@@ -168,8 +168,9 @@ def _served_duplicate(target: Target, served: list[int]) -> Target:
     adopted = target.options.get(ADOPT_FD)
     if adopted is None:
         return target
-    served.extend(map(os.dup, (adopted,)))
-    return replace(target, options={**target.options, ADOPT_FD: served[0]})
+    target.descriptors.extend(map(os.dup, (adopted,)))
+    # (replace keeps the same list: the returned target's descriptors are these)
+    return replace(target, options={**target.options, ADOPT_FD: target.descriptors[-1]})
 
 
 def _hand_over(io: FileIO, served: list[int]) -> None:
@@ -335,7 +336,7 @@ class Stack:
         served = target.descriptors
         io: FileIO | None = None
         try:
-            target = _served_duplicate(target, served)
+            target = _served_duplicate(target)
             io = factory.open(target, worker)
             _hand_over(io, served)
             handle = FileHandle(io, worker, self, factory.reason)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import itertools
 import mmap
 import os
@@ -37,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..ring.interrupts import close_popped, close_stored, open_stored
+from ..ring.interrupts import close_popped, close_stored, open_stored, with_descriptor
 from .errors import WalCorruptionError
 from .record import Status, decode_at
 from .segment import (
@@ -372,27 +373,26 @@ def _free_discard_name(segment: Path) -> Path:
 
 
 def _zero_range(path: Path, start: int, end: int) -> None:
-    fds: list[int] = []  # (stored as opened: a raising signal right after the open leaks nothing)
-    try:
-        fd = open_stored(fds, os.fspath(path), os.O_RDWR | os.O_CLOEXEC)
-        _write_zeros(fd, start, end, path)
-        os.fdatasync(fd)
-    finally:
-        close_stored(fds)
+    # (with_descriptor: a raising signal right after the open leaks nothing)
+    with_descriptor(os.fspath(path), os.O_RDWR | os.O_CLOEXEC, functools.partial(_zero_fd, start, end, path))
 
 
 def _resize(path: Path, size: int) -> None:
     """Give a segment of the wrong length its header's size again (zeros past the old end)."""
-    fds: list[int] = []
-    try:
-        fd = open_stored(fds, os.fspath(path), os.O_RDWR | os.O_CLOEXEC)
-        old = os.fstat(fd).st_size
-        os.ftruncate(fd, size)
-        if size > old:  # write the zeros: appends then overwrite written blocks, as in a spare
-            _write_zeros(fd, old, size, path)
-        os.fdatasync(fd)
-    finally:
-        close_stored(fds)
+    with_descriptor(os.fspath(path), os.O_RDWR | os.O_CLOEXEC, functools.partial(_resize_fd, size, path))
+
+
+def _zero_fd(start: int, end: int, path: Path, fd: int) -> None:
+    _write_zeros(fd, start, end, path)
+    os.fdatasync(fd)
+
+
+def _resize_fd(size: int, path: Path, fd: int) -> None:
+    old = os.fstat(fd).st_size
+    os.ftruncate(fd, size)
+    if size > old:  # write the zeros: appends then overwrite written blocks, as in a spare
+        _write_zeros(fd, old, size, path)
+    os.fdatasync(fd)
 
 
 def _write_zeros(fd: int, start: int, end: int, path: Path) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UringIOError
-from ..ring.interrupts import close_stored, open_stored
+from ..ring.interrupts import close_stored, open_stored, with_descriptor
 from .errors import WalCorruptionError
 from .record import crc32c
 
@@ -152,11 +152,7 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 
 def fsync_dir(directory: Path) -> None:
     """Make creates, renames and unlinks in *directory* durable."""
-    fds: list[int] = []
-    try:
-        SYSCALLS.fsync(open_stored(fds, os.fspath(directory), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-    finally:
-        close_stored(fds)
+    with_descriptor(os.fspath(directory), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, SYSCALLS.fsync)
 
 
 def read_header(path: Path) -> SegmentHeader:

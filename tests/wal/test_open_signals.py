@@ -22,7 +22,7 @@ import pytest
 
 from tests.descriptors import sweep_descriptors
 from tests.signal_points import code_of
-from uringstack.ring.interrupts import despite_signals, open_stored
+from uringstack.ring.interrupts import despite_signals, open_stored, with_descriptor
 from uringstack.wal import Wal, recovery, segment
 from uringstack.wal.segment import SegmentHeader
 
@@ -43,7 +43,7 @@ def _swept(chosen: Callable[..., Any], run: Callable[[], object], after: Callabl
            bystander: pathlib.Path) -> int:  # fmt: skip
     """Sweep *run* with a signal at each point of *chosen*'s code (and the opening helpers');
     *after* undoes what a run did, so each run starts alike."""
-    codes = code_of(chosen, open_stored, segment.SegmentSyscalls.open)
+    codes = code_of(chosen, open_stored, with_descriptor, segment.SegmentSyscalls.open)
     return sweep_descriptors(codes, run, bystander, after=lambda where: after(), handles=False, most=60)
 
 
