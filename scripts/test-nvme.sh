@@ -56,6 +56,10 @@ suite_of() {
 }
 
 summary=()
+# the FAILED/ERROR lines of pytest's short summary, per kernel: CI shows only the
+# tail of a run's output, and a failure's name must be in that tail (stop 55's
+# "[h1] 1 failed" on 5.10 named no test)
+failures=()
 failed=0
 booted=0
 # The runner probes KVM once per kernel image (15 s each when it fails, as on
@@ -80,6 +84,9 @@ for kernel in ${NVME_KERNELS:-5.10 6.1 6.12}; do
     last=$(grep -E '^(\[h[0-9]+\] )?[0-9]+ (passed|failed|skipped|error|deselected).* in [0-9.]+s' "$out" \
         | sed 's/ in [0-9.]*s.*//' | paste -sd';' | sed 's/;/; host groups: /; s/;\([^ ]\)/; \1/g')
     [ -z "$last" ] || last="NVMe group: $last"
+    while IFS= read -r line; do
+        failures+=("$kernel: $line")
+    done < <(grep -E '^(\[h[0-9]+\] )?(FAILED|ERROR) ' "$out" | cut -c1-400)
     if grep -q "^$marker" "$out"; then
         booted=$((booted + 1))
         running=$(grep -m1 "^$marker" "$out" | sed 's/.*(\(.*\))/\1/')
@@ -107,5 +114,9 @@ done
 
 echo "== NVMe kernel matrix"
 printf '  %s\n' "${summary[@]}"
+if [ "${#failures[@]}" -gt 0 ]; then
+    echo "== failed tests"
+    printf '  %s\n' "${failures[@]}"
+fi
 [ "$booted" -gt 0 ] || host_skip "no NVMe VM booted"
 exit $failed

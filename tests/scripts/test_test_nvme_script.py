@@ -92,6 +92,23 @@ def test_the_summary_names_both_parts_and_a_host_group_failure_fails_the_run(tmp
     assert "host groups: [h1] 400 passed, 3 skipped; [h2] 1 failed, 299 passed" in done.stdout
 
 
+def test_the_tail_names_every_failed_test_with_its_kernel(tmp_path: Path) -> None:
+    # CI shows the tail of the run only: stop 55's "[h1] 1 failed" on 5.10 named no test.
+    body = (
+        'echo "test-nvme: guest booted (5.10.0-46-amd64)"\necho "25 passed in 30.1s"\n'
+        'echo "[h1] FAILED tests/ring/test_x.py::test_y - AssertionError: lost"\n'
+        'echo "[h2] ERROR tests/wal/test_z.py::test_w - OSError"\n'
+        'echo "[h1] 1 failed, 399 passed in 200.1s"\necho "[h2] 1 error in 2.0s"\nexit 1\n'
+    )
+    done = _run(tmp_path, body, kernels="5.10")
+    assert done.returncode == 1, done.stdout + done.stderr
+    tail = done.stdout.split("== NVMe kernel matrix", 1)[1]
+    assert "5.10: [h1] FAILED tests/ring/test_x.py::test_y - AssertionError: lost" in tail
+    assert "5.10: [h2] ERROR tests/wal/test_z.py::test_w - OSError" in tail
+    done = _run(tmp_path, 'echo "test-nvme: guest booted (6.1)"\necho "3 passed in 1.0s"\nexit 0\n')
+    assert "== failed tests" not in done.stdout
+
+
 def test_the_guest_script_never_makes_a_filesystem_outside_the_vm(tmp_path: Path) -> None:
     # On a machine whose nvme0n1 is not QEMU's (or that has none), the host groups are
     # refused before mkfs; the NVMe group's own exit status is kept apart.
