@@ -19,8 +19,8 @@ import threading
 import traceback
 import weakref
 from _thread import get_ident
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from uringstack import reaper
 from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
@@ -61,6 +61,24 @@ if TYPE_CHECKING:
 KERNEL_CANCEL_RERUNS = 3
 _CANCELLED = -errno.ECANCELED
 R = TypeVar("R", bound=int | None)
+T = TypeVar("T")
+
+
+class RunOne(NamedTuple):
+    """One read or write that checking results needs run: of *buf* at *offset*; *held*: submitted
+    with this thread's signals blocked (the rerun of an op the kernel cancelled on its own)."""
+
+    write: bool
+    offset: int
+    buf: Any
+    held: bool
+
+
+# A result check (completing a short op, running a cancelled one again) written once as a
+# generator: it yields each op it needs run and is sent that op's result.  The synchronous
+# API drives it with waited ops (FileHandle._drive), the asyncio API with awaited ones
+# (FileHandle._drive_async), so an await never blocks its event loop on one.
+Checks = Generator[RunOne, int, T]
 
 
 class HandleOwner(Protocol):
@@ -349,8 +367,40 @@ class FileHandle:
 
     def _rerun_rw(self, res: int, write: bool, offset: int, buf: Any) -> int:
         """*res*, the result of one read or write of *buf* at *offset*, or of its reruns
-        where the kernel cancelled it on its own (:meth:`_rerun_cancelled`)."""
-        return self._rerun_cancelled(res, functools.partial(self._run_held, self._io.start_rw, write, [offset], [buf]))
+        where the kernel cancelled it on its own (:meth:`_rerun_cancelled`), waited for."""
+        return self._drive(self._rerun_steps(res, write, offset, buf))
+
+    def _rerun_steps(self, res: int, write: bool, offset: int, buf: Any) -> Checks[int]:
+        """:meth:`_rerun_rw` as :data:`Checks` (the loop of :meth:`_rerun_cancelled`)."""
+        reruns = 0
+        while self._may_rerun(res, reruns):
+            reruns += 1
+            res = yield RunOne(write, offset, buf, True)
+        return res
+
+    def _drive(self, checks: Checks[T]) -> T:
+        """Run each op *checks* yields, waited for in this thread; its outcome."""
+        try:
+            op = next(checks)
+            while True:
+                if op.held:
+                    res = self._run_held(self._io.start_rw, op.write, [op.offset], [op.buf])
+                else:
+                    res = self._run(self._io.start_rw, op.write, [op.offset], [op.buf], wait=True)[0]
+                op = checks.send(res)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+    async def _drive_async(self, checks: Checks[T]) -> T:
+        """Run each op *checks* yields, awaited (:meth:`_rw_batch_async`: the event loop runs
+        meanwhile, and a cancel waits until the op no longer uses its buffer); its outcome."""
+        try:
+            op = next(checks)
+            while True:
+                results, _ = await self._rw_batch_async(op.write, [op.offset], [op.buf], held=op.held)
+                op = checks.send(results[0])
+        except StopIteration as done:
+            return cast(T, done.value)
 
     def _rerun_cancelled(self, res: R, again: Callable[[], R]) -> R:
         """*res*, an op's result; where the kernel cancelled the op on its own, the result of
@@ -411,10 +461,21 @@ class FileHandle:
     ) -> list[int]:
         """Complete short reads; raise the first failure.  *submitted*: each op's byte
         length when it was started, where the buffer may have been resized since."""
+        return self._drive(self._finish_reads_steps(offsets, buffers, results, exact, submitted))
+
+    def _finish_reads_steps(
+        self,
+        offsets: Sequence[int],
+        buffers: Sequence[Any],
+        results: list[int],
+        exact: bool,
+        submitted: Sequence[int] | None = None,
+    ) -> Checks[list[int]]:
+        """:meth:`_finish_reads` as :data:`Checks`."""
         out = results
         for i, res in enumerate(results):
             if res < 0:
-                res = out[i] = self._rerun_rw(res, False, offsets[i], buffers[i])
+                res = out[i] = yield from self._rerun_steps(res, False, offsets[i], buffers[i])
                 if res < 0:
                     raise self._op_error(-res, "read", f"at offset {offsets[i]}")
             buf = buffers[i]
@@ -422,7 +483,7 @@ class FileHandle:
             if submitted is not None and submitted[i] != want:
                 want = self._resized(False, offsets[i], submitted[i], res)
             if res < want:
-                out[i] = self._complete_short(False, offsets[i], buffers[i], res, exact)
+                out[i] = yield from self._complete_steps(False, offsets[i], buffers[i], res, exact)
         return out
 
     def _resized(self, write: bool, offset: int, submitted: int, res: int) -> int:
@@ -449,10 +510,21 @@ class FileHandle:
         from ``offsets[0]``): the failure's ``transferred`` counts from there, the buffers
         before the failed one included (checked in order, so each was written whole).
         *submitted*: as for :meth:`_finish_reads`."""
+        return self._drive(self._finish_writes_steps(offsets, buffers, results, gathered, submitted))
+
+    def _finish_writes_steps(
+        self,
+        offsets: Sequence[int],
+        buffers: Sequence[Any],
+        results: list[int],
+        gathered: bool = False,
+        submitted: Sequence[int] | None = None,
+    ) -> Checks[list[int]]:
+        """:meth:`_finish_writes` as :data:`Checks`."""
         for i, res in enumerate(results):
             try:
                 if res < 0:
-                    res = results[i] = self._rerun_rw(res, True, offsets[i], buffers[i])
+                    res = results[i] = yield from self._rerun_steps(res, True, offsets[i], buffers[i])
                     if res < 0:
                         raise self._op_error(-res, "write", f"at offset {offsets[i]}")
                 buf = buffers[i]
@@ -460,7 +532,7 @@ class FileHandle:
                 if submitted is not None and submitted[i] != want:
                     want = self._resized(True, offsets[i], submitted[i], res)
                 if res < want:
-                    results[i] = self._complete_short(True, offsets[i], buffers[i], res, True)
+                    results[i] = yield from self._complete_steps(True, offsets[i], buffers[i], res, True)
             except UringIOError as exc:
                 if gathered:
                     exc.transferred += offsets[i] - offsets[0]
@@ -474,6 +546,10 @@ class FileHandle:
 
     def _complete_short(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> int:
         """Retry the rest of a short transfer until it completes, hits EOF or fails."""
+        return self._drive(self._complete_steps(write, offset, buf, done, exact))
+
+    def _complete_steps(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> Checks[int]:
+        """:meth:`_complete_short` as :data:`Checks`."""
         view = _view(buf)
         total = len(view)
         op = "write" if write else "read"
@@ -498,9 +574,9 @@ class FileHandle:
                 cut.transferred = done
                 raise cut
             rest = view[done:]
-            res = self._run(self._io.start_rw, write, [offset + done], [rest], wait=True)[0]
+            res = yield RunOne(write, offset + done, rest, False)
             if res < 0:
-                res = self._rerun_rw(res, write, offset + done, rest)
+                res = yield from self._rerun_steps(res, write, offset + done, rest)
             if res <= 0:
                 if res == 0 and not (write or exact):
                     return done  # end of file
@@ -903,7 +979,7 @@ class FileHandle:
                     raise
                 if res == n:
                     return res
-                return self._finish_reads([offset], [buf], [res], False)[0]
+                return (await self._drive_async(self._finish_reads_steps([offset], [buf], [res], False)))[0]
         return (await self.read_many_async([offset], [buf]))[0]
 
     async def read(self, size: int, offset: int) -> bytes:
@@ -934,7 +1010,7 @@ class FileHandle:
             data = await fut
             if type(data) is bytes and len(data) == size:
                 return data
-            return self._read_rest(data, size, offset)
+            return await self._read_rest(data, size, offset)
         return await self._read(size, offset)
 
     async def _read(self, size: int, offset: int) -> bytes:
@@ -965,25 +1041,26 @@ class FileHandle:
             data = await fut
             if type(data) is bytes and len(data) == size:
                 return data
-            return self._read_rest(data, size, offset)
+            return await self._read_rest(data, size, offset)
         buf = bytearray(size)
         got = await self.read_into_async(buf, offset)
         return bytes(buf) if got == size else bytes(buf[:got])
 
-    def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
-        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest
-        (a read the kernel cancelled on its own is run again, in this thread: see
+    async def _read_rest(self, data: bytes | int, size: int, offset: int) -> bytes:
+        """A coalesced read that failed (``-errno``) or came back short: raise, or read the rest,
+        awaited (a read the kernel cancelled on its own is run again: see
         :meth:`_rerun_cancelled`)."""
         buf = bytearray(size)
         if isinstance(data, int):
-            done = self._rerun_rw(data, False, offset, buf)
+            done = await self._drive_async(self._rerun_steps(data, False, offset, buf))
             if done < 0:
                 raise self._op_error(-done, "read", f"at offset {offset}")
         else:
             buf[: len(data)] = data
             done = len(data)
-        got = self._complete_short(False, offset, buf, done, False) if done < size else done
-        return bytes(buf[:got])
+        if done < size:
+            done = await self._drive_async(self._complete_steps(False, offset, buf, done, False))
+        return bytes(buf[:done])
 
     def _fixed_slots(self, buffers: Sequence[Any]) -> list[int] | None:
         """The registered-buffer slots of *buffers* when every one is a lease of this handle's
@@ -1168,10 +1245,10 @@ class FileHandle:
                 return results
         else:
             results, submitted = await self._rw_batch_async(False, offsets, buffers)
-            return self._finish_reads(offsets, buffers, results, exact, submitted)
+            return await self._drive_async(self._finish_reads_steps(offsets, buffers, results, exact, submitted))
         # (buffers counted in bytes: an 8-item array of doubles read 8 bytes was "complete"
         # by len() and returned short with exact=True until session 27)
-        return self._finish_reads(offsets, buffers, results, exact)
+        return await self._drive_async(self._finish_reads_steps(offsets, buffers, results, exact))
 
     async def write(self, buf: Any, offset: int) -> int:
         """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`).
@@ -1197,7 +1274,7 @@ class FileHandle:
                     raise
                 if res == n:
                     return res
-                return self._finish_writes([offset], [buf], [res])[0]
+                return (await self._drive_async(self._finish_writes_steps([offset], [buf], [res])))[0]
         return (await self.write_many_async([offset], [buf]))[0]
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
@@ -1212,11 +1289,11 @@ class FileHandle:
                 raise
         else:
             results, submitted = await self._rw_batch_async(True, offsets, buffers)
-            return self._finish_writes(offsets, buffers, results, submitted=submitted)
-        return self._finish_writes(offsets, buffers, results)
+            return await self._drive_async(self._finish_writes_steps(offsets, buffers, results, submitted=submitted))
+        return await self._drive_async(self._finish_writes_steps(offsets, buffers, results))
 
     async def _rw_batch_async(
-        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any]
+        self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, held: bool = False
     ) -> tuple[list[int], list[int]]:
         """A batch awaited through the backend's ``start_rw`` (no coalescer: the fallback,
         O_DIRECT odd cases, other threads): its results and the byte lengths it was
@@ -1224,10 +1301,12 @@ class FileHandle:
         the awaiting task resumes (so an ``mmap`` can be closed at once), so the
         caller may resize a buffer in between: the op's outcome is judged against
         what was submitted, never the new size (a bytearray grown by 8 KiB after its
-        4 KiB write ran had the 8 KiB written too, as a "short" write's rest)."""
+        4 KiB write ran had the 8 KiB written too, as a "short" write's rest).  *held*:
+        submitted with this thread's signals blocked (:meth:`_rerun_cancelled`)."""
         submitted = [nbytes(b) for b in buffers]
         check_awaitable_io(self._io)  # (a refused await after the start: I/O its caller was told failed)
-        pending = self._inflight.start(self._io.start_rw, write, offsets, buffers)
+        start = with_signals_held(self._io.start_rw) if held else self._io.start_rw
+        pending = self._inflight.start(start, write, offsets, buffers)
         try:
             return await pending.wait_async(), submitted
         except asyncio.CancelledError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Protocol
 
 from uringstack.errors import BatchInFlightError
@@ -47,11 +47,17 @@ class PreparingHandle(Protocol):
 
     def _check(self) -> None: ...
 
-    def _finish_reads(
+    def _finish_reads_steps(
         self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], exact: bool
-    ) -> list[int]: ...
+    ) -> Generator[Any, int, list[int]]: ...
 
-    def _finish_writes(self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]) -> list[int]: ...
+    def _finish_writes_steps(
+        self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]
+    ) -> Generator[Any, int, list[int]]: ...
+
+    def _drive(self, checks: Generator[Any, int, list[int]]) -> list[int]: ...
+
+    async def _drive_async(self, checks: Generator[Any, int, list[int]]) -> list[int]: ...
 
 
 class PreparedIO:
@@ -175,11 +181,11 @@ class PreparedIO:
             if res == self._full[0]:
                 return [res]
             if res is not None:
-                return self._finish(offsets, [res], exact)
+                return self._handle._drive(self._checks(offsets, [res], exact))
         results = self._start(offsets, True).wait()
         if results == self._full:
             return results
-        return self._finish(offsets, results, exact)
+        return self._handle._drive(self._checks(offsets, results, exact))
 
     def _run_one_claimed(self, one: Callable[[int], int | None], offset: int) -> int | None:
         """The single op of :meth:`run`, or None (the last batch is in flight, or the backend
@@ -225,11 +231,12 @@ class PreparedIO:
         outlived = getattr(self._prep, "outlived", None)
         self._last = None if outlived is None else outlived()
 
-    def _finish(self, offsets: Sequence[int], results: list[int], exact: bool) -> list[int]:
+    def _checks(self, offsets: Sequence[int], results: list[int], exact: bool) -> Generator[Any, int, list[int]]:
+        """The handle's checks of a batch's *results*: short ops completed, failures raised."""
         h = self._handle
         if self.write:
-            return h._finish_writes(offsets, self.buffers, results)
-        return h._finish_reads(offsets, self.buffers, results, exact)
+            return h._finish_writes_steps(offsets, self.buffers, results)
+        return h._finish_reads_steps(offsets, self.buffers, results, exact)
 
     async def run_async(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
         """asyncio form of :meth:`run`: the event loop runs while the batch is in flight.
@@ -252,7 +259,7 @@ class PreparedIO:
             raise
         if results == self._full:
             return results
-        return self._finish(offsets, results, exact)
+        return await self._handle._drive_async(self._checks(offsets, results, exact))
 
     def close(self) -> None:
         """Drop the prepared state; a batch still in flight keeps its buffers until it completes

@@ -303,3 +303,80 @@ def test_a_single_op_the_kernel_cancelled_is_run_again(
     assert pathlib.Path(h.path).read_bytes()[4096:8192] == (b"s" * 4096 if write else DATA[4096:8192])
     if not write:
         assert bytes(buf) == DATA[4096:8192]
+
+
+class _WaitsOnTheLoop:
+    """Records every waited (blocking) op the handle runs while an event loop runs in this
+    thread: the asyncio API must await each op it needs, or the loop stops for that op."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, h: FileHandle) -> None:
+        self.ops: list[str] = []
+        self._real = h._run
+        monkeypatch.setattr(h, "_run", self)
+
+    def __call__(self, fn: Callable[..., Pending], *args: Any, **kwargs: Any) -> list[int]:
+        if asyncio._get_running_loop() is not None:
+            self.ops.append(getattr(fn, "__name__", repr(fn)))
+        return self._real(fn, *args, **kwargs)
+
+
+def test_an_awaited_rerun_never_blocks_the_event_loop(h: FileHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rerun of an awaited batch is awaited too (until session 44 it ran waited, on the
+    loop's thread: every other task stopped for it)."""
+    monkeypatch.setattr(h, "_coalescer", lambda offset: (None, offset))
+    waits = _WaitsOnTheLoop(monkeypatch, h)
+    fake = _cancel(monkeypatch, h, "start_rw", 2)
+    _read_many_async(h)
+    assert asyncio.run(h.write_many_async([8192], [b"x" * 4096])) == [4096]
+    assert pathlib.Path(h.path).read_bytes()[8192:12288] == b"x" * 4096
+    assert fake.left == 0 and fake.held[1:3] == [True, True]  # (reruns still submitted held)
+    assert waits.ops == [], f"waited ops on the event loop's thread: {waits.ops}"
+
+
+def test_an_awaited_coalesced_read_the_kernel_cancelled_is_run_again_awaited(
+    h: FileHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``await handle.read(n, off)``'s own path (the loop's coalescer on io_uring): its result
+    ``-ECANCELED`` is run again, awaited."""
+
+    async def main() -> bytes:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(CANCELLED)
+        monkeypatch.setattr(h, "_add_read", lambda size, offset: fut)
+        return await h.read(4096, 4096)
+
+    waits = _WaitsOnTheLoop(monkeypatch, h)
+    fake = _cancel(monkeypatch, h, "start_rw", 1)
+    assert asyncio.run(main()) == DATA[4096:8192]
+    assert fake.calls == 2 and fake.held == [True, True]
+    assert waits.ops == [], f"waited ops on the event loop's thread: {waits.ops}"
+
+
+@pytest.mark.parametrize("call", ["read", "read_into_async", "read_many_async", "prepared"])
+def test_an_awaited_read_across_the_end_of_the_file_never_blocks_the_event_loop(
+    h: FileHandle, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A read that comes back short is completed (here: the read that finds the end of the
+    file) by an awaited op, not a waited one."""
+    waits = _WaitsOnTheLoop(monkeypatch, h)
+    monkeypatch.setattr(h, "_copy_cached", lambda *args: None)  # (the page cache's copy needs no op)
+    offset = len(DATA) - 100
+
+    async def main() -> bytes:
+        if call == "read":
+            return await h.read(4096, offset)
+        buf = bytearray(4096)
+        if call == "read_into_async":
+            got = await h.read_into_async(buf, offset)
+        elif call == "prepared":
+            prepared = h.prepare_reads([buf])
+            try:
+                (got,) = await prepared.run_async([offset])
+            finally:
+                prepared.close()
+        else:
+            (got,) = await h.read_many_async([offset], [buf])
+        return bytes(buf[:got])
+
+    assert asyncio.run(main()) == DATA[-100:]
+    assert waits.ops == [], f"waited ops on the event loop's thread: {waits.ops}"
