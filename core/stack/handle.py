@@ -458,20 +458,10 @@ class FileHandle:
         results: list[int],
         exact: bool,
         submitted: Sequence[int] | None = None,
-    ) -> list[int]:
-        """Complete short reads; raise the first failure.  *submitted*: each op's byte
-        length when it was started, where the buffer may have been resized since."""
-        return self._drive(self._finish_reads_steps(offsets, buffers, results, exact, submitted))
-
-    def _finish_reads_steps(
-        self,
-        offsets: Sequence[int],
-        buffers: Sequence[Any],
-        results: list[int],
-        exact: bool,
-        submitted: Sequence[int] | None = None,
     ) -> Checks[list[int]]:
-        """:meth:`_finish_reads` as :data:`Checks`."""
+        """Complete short reads; raise the first failure (:data:`Checks`: driven by
+        :meth:`_drive` or :meth:`_drive_async`).  *submitted*: each op's byte length when
+        it was started, where the buffer may have been resized since."""
         out = results
         for i, res in enumerate(results):
             if res < 0:
@@ -483,7 +473,7 @@ class FileHandle:
             if submitted is not None and submitted[i] != want:
                 want = self._resized(False, offsets[i], submitted[i], res)
             if res < want:
-                out[i] = yield from self._complete_steps(False, offsets[i], buffers[i], res, exact)
+                out[i] = yield from self._complete_short(False, offsets[i], buffers[i], res, exact)
         return out
 
     def _resized(self, write: bool, offset: int, submitted: int, res: int) -> int:
@@ -505,22 +495,11 @@ class FileHandle:
         results: list[int],
         gathered: bool = False,
         submitted: Sequence[int] | None = None,
-    ) -> list[int]:
-        """Complete short writes; raise the first failure.  *gathered* (buffers back to back
-        from ``offsets[0]``): the failure's ``transferred`` counts from there, the buffers
-        before the failed one included (checked in order, so each was written whole).
-        *submitted*: as for :meth:`_finish_reads`."""
-        return self._drive(self._finish_writes_steps(offsets, buffers, results, gathered, submitted))
-
-    def _finish_writes_steps(
-        self,
-        offsets: Sequence[int],
-        buffers: Sequence[Any],
-        results: list[int],
-        gathered: bool = False,
-        submitted: Sequence[int] | None = None,
     ) -> Checks[list[int]]:
-        """:meth:`_finish_writes` as :data:`Checks`."""
+        """Complete short writes; raise the first failure (:data:`Checks`).  *gathered*
+        (buffers back to back from ``offsets[0]``): the failure's ``transferred`` counts
+        from there, the buffers before the failed one included (checked in order, so each
+        was written whole).  *submitted*: as for :meth:`_finish_reads`."""
         for i, res in enumerate(results):
             try:
                 if res < 0:
@@ -532,7 +511,7 @@ class FileHandle:
                 if submitted is not None and submitted[i] != want:
                     want = self._resized(True, offsets[i], submitted[i], res)
                 if res < want:
-                    results[i] = yield from self._complete_steps(True, offsets[i], buffers[i], res, True)
+                    results[i] = yield from self._complete_short(True, offsets[i], buffers[i], res, True)
             except UringIOError as exc:
                 if gathered:
                     exc.transferred += offsets[i] - offsets[0]
@@ -544,12 +523,8 @@ class FileHandle:
         io = self._io
         return io.direct and done % io.block_size != 0
 
-    def _complete_short(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> int:
-        """Retry the rest of a short transfer until it completes, hits EOF or fails."""
-        return self._drive(self._complete_steps(write, offset, buf, done, exact))
-
-    def _complete_steps(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> Checks[int]:
-        """:meth:`_complete_short` as :data:`Checks`."""
+    def _complete_short(self, write: bool, offset: int, buf: Any, done: int, exact: bool) -> Checks[int]:
+        """Retry the rest of a short transfer until it completes, hits EOF or fails (:data:`Checks`)."""
         view = _view(buf)
         total = len(view)
         op = "write" if write else "read"
@@ -652,8 +627,8 @@ class FileHandle:
                 release_pins((pin,))  # (a misaligned O_DIRECT buffer, refused there: see release_pins)
                 raise
         if write:
-            return self._finish_writes([offset], [ffi.buffer(pin)], [res])[0]
-        return self._finish_reads([offset], [ffi.buffer(pin)], [res], False)[0]
+            return self._drive(self._finish_writes([offset], [ffi.buffer(pin)], [res]))[0]
+        return self._drive(self._finish_reads([offset], [ffi.buffer(pin)], [res], False))[0]
 
     def _keep_outlived(self, pin: Any) -> None:
         """A single op on *pin* raised: if the kernel still holds it (``outlived_op``), the
@@ -722,7 +697,7 @@ class FileHandle:
         if not offsets:
             return []
         results = self._run(self._io.start_rw, False, offsets, buffers, wait=True)
-        return self._finish_reads(offsets, buffers, results, exact)
+        return self._drive(self._finish_reads(offsets, buffers, results, exact))
 
     def write_many(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
         """Write each buffer at its offset in one batch (no ordering between them)."""
@@ -741,7 +716,7 @@ class FileHandle:
             if exc.results and (gathered or len(offsets) == 1):
                 exc.transferred = _written_back_to_back(exc.results, buffers)
             raise
-        return self._finish_writes(offsets, buffers, results, gathered)
+        return self._drive(self._finish_writes(offsets, buffers, results, gathered))
 
     def prepare_reads(self, buffers: Sequence[Any]) -> PreparedIO:
         """Prepare reads into *buffers* once, then ``.run(offsets)``/``.start(offsets)`` them repeatedly.
@@ -935,7 +910,7 @@ class FileHandle:
         short write is completed (waited), the first failure raised (``UringIOError``, its
         ``transferred`` what reached the file); returns the bytes written per buffer."""
         self._check()
-        return self._finish_writes(offsets, buffers, results)
+        return self._drive(self._finish_writes(offsets, buffers, results))
 
     def _coalescer(self, offset: Any) -> tuple[Coalescer | None, int]:
         """The running loop's coalescer for a single op at *offset*, or None (take the batch path)."""
@@ -979,7 +954,7 @@ class FileHandle:
                     raise
                 if res == n:
                     return res
-                return (await self._drive_async(self._finish_reads_steps([offset], [buf], [res], False)))[0]
+                return (await self._drive_async(self._finish_reads([offset], [buf], [res], False)))[0]
         return (await self.read_many_async([offset], [buf]))[0]
 
     async def read(self, size: int, offset: int) -> bytes:
@@ -1059,7 +1034,7 @@ class FileHandle:
             buf[: len(data)] = data
             done = len(data)
         if done < size:
-            done = await self._drive_async(self._complete_steps(False, offset, buf, done, False))
+            done = await self._drive_async(self._complete_short(False, offset, buf, done, False))
         return bytes(buf[:done])
 
     def _fixed_slots(self, buffers: Sequence[Any]) -> list[int] | None:
@@ -1245,10 +1220,10 @@ class FileHandle:
                 return results
         else:
             results, submitted = await self._rw_batch_async(False, offsets, buffers)
-            return await self._drive_async(self._finish_reads_steps(offsets, buffers, results, exact, submitted))
+            return await self._drive_async(self._finish_reads(offsets, buffers, results, exact, submitted))
         # (buffers counted in bytes: an 8-item array of doubles read 8 bytes was "complete"
         # by len() and returned short with exact=True until session 27)
-        return await self._drive_async(self._finish_reads_steps(offsets, buffers, results, exact))
+        return await self._drive_async(self._finish_reads(offsets, buffers, results, exact))
 
     async def write(self, buf: Any, offset: int) -> int:
         """``await handle.write(buf, off)``: write all of *buf* (coalesced like :meth:`read`).
@@ -1274,7 +1249,7 @@ class FileHandle:
                     raise
                 if res == n:
                     return res
-                return (await self._drive_async(self._finish_writes_steps([offset], [buf], [res])))[0]
+                return (await self._drive_async(self._finish_writes([offset], [buf], [res])))[0]
         return (await self.write_many_async([offset], [buf]))[0]
 
     async def write_many_async(self, offsets: Sequence[int], buffers: Sequence[Any]) -> list[int]:
@@ -1289,8 +1264,8 @@ class FileHandle:
                 raise
         else:
             results, submitted = await self._rw_batch_async(True, offsets, buffers)
-            return await self._drive_async(self._finish_writes_steps(offsets, buffers, results, submitted=submitted))
-        return await self._drive_async(self._finish_writes_steps(offsets, buffers, results))
+            return await self._drive_async(self._finish_writes(offsets, buffers, results, submitted=submitted))
+        return await self._drive_async(self._finish_writes(offsets, buffers, results))
 
     async def _rw_batch_async(
         self, write: bool, offsets: Sequence[int], buffers: Sequence[Any], *, held: bool = False

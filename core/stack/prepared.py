@@ -47,11 +47,11 @@ class PreparingHandle(Protocol):
 
     def _check(self) -> None: ...
 
-    def _finish_reads_steps(
+    def _finish_reads(
         self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int], exact: bool
     ) -> Generator[Any, int, list[int]]: ...
 
-    def _finish_writes_steps(
+    def _finish_writes(
         self, offsets: Sequence[int], buffers: Sequence[Any], results: list[int]
     ) -> Generator[Any, int, list[int]]: ...
 
@@ -235,8 +235,8 @@ class PreparedIO:
         """The handle's checks of a batch's *results*: short ops completed, failures raised."""
         h = self._handle
         if self.write:
-            return h._finish_writes_steps(offsets, self.buffers, results)
-        return h._finish_reads_steps(offsets, self.buffers, results, exact)
+            return h._finish_writes(offsets, self.buffers, results)
+        return h._finish_reads(offsets, self.buffers, results, exact)
 
     async def run_async(self, offsets: Sequence[int], *, exact: bool = False) -> list[int]:
         """asyncio form of :meth:`run`: the event loop runs while the batch is in flight.
