@@ -28,6 +28,7 @@ import pytest
 import uringstack.ring as ring_module
 from tests.requires import skip_without
 from tests.signal_points import Alarm
+from tests.waiting import wait_until
 from uringstack.errors import UringIOError
 from uringstack.ring import Batch, Ring
 from uringstack.ring.aio import wait_batch
@@ -37,6 +38,9 @@ from uringstack.ring.native import ffi, lib
 ANY_POS = -1 & 0xFFFFFFFFFFFFFFFF  # "current position": a pipe has no offsets
 SECOND_THREAD_S = 3.0  # a NOP takes microseconds, even under the VM's emulation
 
+# The states a test waits for in another thread (leading in the kernel, waiting behind
+# the leader) are polled for up to 10 s (tests/waiting.py), not slept for: a fixed 0.3 s
+# is short for a thread's start on a loaded CI host's emulated VM.
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -215,10 +219,10 @@ def test_a_waiter_wakes_when_its_op_completes_not_at_its_tick(first: str, pipe: 
         leader = threading.Thread(target=wait, args=("the leader", leader_batch))
         behind = threading.Thread(target=wait, args=("the waiter behind the leader", behind_batch))
         leader.start()
-        time.sleep(0.3)
+        wait_until(lambda: ring._hold[0] & lib.US_HOLD_LEADER, 10, "the first thread leading, in the kernel")
         behind.start()
-        time.sleep(0.3)
-        assert ring._hold[0] & lib.US_HOLD_LEADER and len(ring._gate) == 1
+        wait_until(lambda: len(ring._gate) == 1, 10, "the second thread waiting behind the leader")
+        assert ring._hold[0] & lib.US_HOLD_LEADER
         feeds = {"the leader": pipe[1], "the waiter behind the leader": w2}
         second = next(name for name in feeds if name != first)
         os.write(feeds[first], b"1")
@@ -302,8 +306,8 @@ def test_close_while_threads_wait_cancels_their_ops_and_wakes_them(pipe: tuple[i
     try:
         for t in threads:
             t.start()
-        time.sleep(0.5)  # both past their first part: waiting without the lock
-        assert ring._hold[0] & lib.US_HOLD_LEADER and len(ring._gate) == 1
+        # both past their first part: waiting without the lock
+        wait_until(lambda: ring._hold[0] & lib.US_HOLD_LEADER and len(ring._gate) == 1, 10, "a leader and a waiter")
         started = time.monotonic()
         ring.close()
         assert time.monotonic() - started < 2.5
@@ -425,8 +429,7 @@ def test_a_close_cut_short_while_a_thread_waits_in_the_kernel_leaves_the_ring_to
     results: list[object] = []
     leader = threading.Thread(target=lambda: results.append(ring.wait(batch)))
     leader.start()
-    time.sleep(0.3)
-    assert ring._hold[0] & lib.US_HOLD_LEADER
+    wait_until(lambda: ring._hold[0] & lib.US_HOLD_LEADER, 10, "the thread leading, in the kernel")
     monkeypatch.setattr(ring_module, "lib", _NoCancel())
     signal.setitimer(signal.ITIMER_REAL, 0.3)
     with pytest.raises(Alarm):
@@ -458,8 +461,8 @@ def test_a_raising_signal_during_a_wait_without_the_lock_leaves_the_ring_whole(
             other_batch, _, _ = _pipe_read(ring, r2)
             other = threading.Thread(target=ring.wait, args=(other_batch,))
             other.start()
-            time.sleep(0.3)  # it leads: in the kernel without the lock
-            assert ring._hold[0] & lib.US_HOLD_LEADER
+            # it leads: in the kernel without the lock
+            wait_until(lambda: ring._hold[0] & lib.US_HOLD_LEADER, 10, "the other thread leading, in the kernel")
         batch, buf, keep = _pipe_read(ring, pipe[0])
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         with pytest.raises(Alarm):
