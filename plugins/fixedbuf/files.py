@@ -8,7 +8,14 @@ from uringstack.ring import Ring
 
 
 class FixedFileTable:
-    """A sparse registered file table; an opened handle takes a slot, closing frees it."""
+    """A sparse registered file table; an opened handle takes a slot, closing frees it.
+
+    Every change to the kernel's table (a slot set, a slot cleared, the table
+    unregistered) is made under the table's lock, and none after :meth:`close`:
+    ``stack.close()`` in one thread takes the table down while another thread
+    may be closing a handle, and clearing a slot of a table the ring no longer
+    has fails with ENXIO (until session 44 that reached the handle's closer as
+    a ``PluginError``)."""
 
     def __init__(self, ring: Ring, slots: int) -> None:
         self.ring = ring
@@ -16,20 +23,28 @@ class FixedFileTable:
         ring.register_files([-1] * slots)
         self._free = list(range(slots - 1, -1, -1))
         self._lock = threading.Lock()
+        self._closed = False
 
     def attach(self, fd: int) -> int | None:
-        """Put *fd* in a free slot and return the slot, or ``None`` when the table is full."""
+        """Put *fd* in a free slot and return the slot, or ``None`` when the table is full
+        or closed (the handle then works with its plain descriptor)."""
         with self._lock:
-            if not self._free:
+            if self._closed or not self._free:
                 return None
             slot = self._free.pop()
-        self.ring.update_files(slot, [fd])
+            try:
+                self.ring.update_files(slot, [fd])
+            except BaseException:
+                self._free.append(slot)  # (the kernel refused it: the slot is still free)
+                raise
         return slot
 
     def detach(self, slot: int) -> None:
-        """Clear *slot* so it can be reused (after the handle's I/O completed)."""
-        self.ring.update_files(slot, [-1])
+        """Clear *slot* so it can be reused (after the handle's I/O completed); nothing to
+        clear once the table is closed: the slot went with it."""
         with self._lock:
+            if not self._closed:
+                self.ring.update_files(slot, [-1])
             self._free.append(slot)
 
     def free_slots(self) -> int:
@@ -37,5 +52,7 @@ class FixedFileTable:
             return len(self._free)
 
     def close(self) -> None:
-        if not self.ring.closed and self.ring.registered_files:
-            self.ring.unregister_files()
+        with self._lock:
+            self._closed = True
+            if not self.ring.closed and self.ring.registered_files:
+                self.ring.unregister_files()

@@ -285,3 +285,27 @@ def test_a_registration_the_kernel_refuses_is_an_error_never_a_crash(tmp_path: p
     report, stderr = _two_workers(tmp_path, "held", "on")
     assert report == {"raised": "UringIOError", "errno": 12}, report
     assert "Exception ignored" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
+
+
+def test_a_handle_closed_after_the_teardown_took_the_file_table_closes_cleanly(
+    stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    """``stack.close()`` in one thread while another closes a handle: the teardown may take the
+    fixed-file table down (io_uring_unregister_files) before the handle's close clears its
+    slot.  Clearing a slot of a table the ring no longer has fails (ENXIO), which reached the
+    handle's closer as a PluginError (tests/ring/test_stress_signals.py on 5.10, session 44)."""
+    from uringstack.plugins.fixedbuf.plugin import FILES_KEY
+
+    h = stack.open(tmp_path / "f", create=True)
+    assert h.fixed_index is not None
+    worker = stack.workers[0]
+    table = worker.resources[FILES_KEY]
+    worker.call(table.close)  # what the teardown does first, here before the handle's close
+    h.close()  # no error: the slot went with the table
+    again = stack.open(tmp_path / "g", create=True)
+    try:
+        assert again.fixed_index is None, "a slot of a table that is gone was handed out"
+        again.write_from(b"plain fd", 0)
+    finally:
+        again.close()
+    assert (tmp_path / "g").read_bytes() == b"plain fd"
