@@ -18,7 +18,7 @@ import queue
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -31,6 +31,7 @@ from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals, run_to_end
 from uringstack.stack.handle import FileHandle
+from uringstack.stack.in_progress import InProgress, wait_for_others
 from uringstack.stack.targets import ADOPT_FD, check_writes_allowed, resolve_target
 from uringstack.stack.uring_backend import UringBackend
 from uringstack.types import CompletedBatch as CompletedBatch
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from uringstack.pluginmanager import CompletionListeners, UringstackPluginManager
     from uringstack.probe.model import Capabilities
     from uringstack.ring.io_backend import FileIO
-    from uringstack.types import Target
+    from uringstack.types import BackendFactory, Target
 
 T = TypeVar("T")
 _STOP = object()
@@ -222,6 +223,7 @@ class Stack:
         # closes it (FileHandle.__del__), instead of this set keeping its descriptor (and a
         # registered-file slot) open until the stack closes.  An open handle holds the stack.
         self._handles: weakref.WeakSet[FileHandle] = weakref.WeakSet()
+        self._opening: set[InProgress] = set()  # opens under way, which close() waits for
         self._lock = threading.Lock()
         self._next_worker = itertools.count()
         self._closed = False
@@ -331,6 +333,19 @@ class Stack:
         if ADOPT_FD not in target.options or target.kind == "nvme_char":
             target = check_writes_allowed(target, allowed=self.config.core.allow_writes_in_use)
         factory = select_backend(target, self.caps, self.config, self.plugin_manager) or UringBackend()
+        opening = InProgress()
+        try:
+            with self._lock:  # (with close()'s claim of the stack: one of them goes first)
+                if self._closed:
+                    raise RingClosedError("stack is closed")
+                self._opening.add(opening)
+            return self._open_target(target, factory, worker)
+        finally:
+            opening.end()  # (before leaving the set: close() may hold it in its list)
+            despite_signals(self._opening.discard, opening)  # (one C call: no lock needed)
+
+    def _open_target(self, target: Target, factory: BackendFactory, worker: Worker) -> FileHandle:
+        """Open *target* with *factory*'s backend, tell the plugins, and keep the handle."""
         # What no backend object holds yet: the duplicate of an adopted descriptor, once made,
         # or open_target's own descriptor, each stored as it is made (see Target.descriptors).
         served = target.descriptors
@@ -484,7 +499,10 @@ class Stack:
         results before any descriptor, pool or ring goes away.  Every step
         runs even if an earlier one failed or was cut short by a raising
         signal (Ctrl-C); the first error (or the signal's exception) is raised
-        at the end.  In a fork() child, closing an inherited stack only drops the
+        at the end.  A handle that another thread is opening or closing meanwhile
+        is waited for, so no plugin's file hook runs after its teardown: up to
+        ``core.close_timeout_s``, after which the teardown goes on and a
+        :class:`TimeoutError` is raised at the end.  In a fork() child, closing an inherited stack only drops the
         child's copies of descriptors and rings: no plugin teardown, no
         cancel, no unregister, nothing the parent would notice.
         """
@@ -527,10 +545,18 @@ class Stack:
         """Close the handles, let plugins release, close rings, stop workers; failures go
         to *errors* and the rest still runs.  Safe to run again: a handle leaves the set
         once closed, the plugins' hook runs at most once, rings and workers close once."""
+        # Another thread's open under way ends first: it keeps its handle, which is closed
+        # below, or, seeing the stack closed, closes it itself (its file hooks included).
+        with self._lock:
+            opening = list(self._opening)
+        self._wait_for_others(opening, "open", errors)
         with self._lock:
             handles = list(self._handles)  # (closed ones left the set)
         for handle in handles:
             _attempt(errors, handle.close)  # (a second close finishes one a signal cut short)
+        # A handle whose close another thread runs returned at once above: that close (its
+        # plugins' file_closed) must end before their teardown below.
+        self._wait_for_others([h.__dict__.get("_close_claim") for h in handles], "close", errors)
         if not self._plugins_torn_down:
             self._plugins_torn_down = True  # at most once: a hook is not run again after a signal
             try:
@@ -545,6 +571,20 @@ class Stack:
                 else:
                     _attempt(errors, ring.close)
             worker.stop()
+
+    def _wait_for_others(self, steps: Sequence[InProgress | None], what: str, errors: list[BaseException]) -> None:
+        """Wait up to ``core.close_timeout_s`` for the handles' opens or closes other threads
+        run; one still running then is an error, and the teardown goes on without it."""
+        timeout = self.close_timeout_s
+        late = wait_for_others(steps, timeout)
+        if late:
+            errors.append(
+                TimeoutError(
+                    f"stack close: {late} handle {what}(s) in other threads still running after "
+                    f"{timeout} s (core.close_timeout_s); the plugins' teardown and the rings' "
+                    "close ran without waiting for them"
+                )
+            )
 
     def _abandon(self, handles: list[FileHandle]) -> None:
         # No locks taken and no worker used: in the child, parent threads are gone.

@@ -45,6 +45,7 @@ from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.ring.pins import pin_buffer
 from uringstack.ring.settle import settle_pending
 from uringstack.ring.sigmask import with_signals_held
+from uringstack.stack.in_progress import InProgress
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 from uringstack.types import WorkerView
@@ -1357,8 +1358,9 @@ class FileHandle:
         of the descriptor (nothing is flushed); the parent's handle is untouched.
         """
         # Claimed in one C call: a second close() while the first runs (a flush closing a
-        # layer, another thread's close) returns at once.
-        claim = object()
+        # layer, another thread's close) returns at once.  The claim says when the close
+        # ended, for Stack.close(), which waits for another thread's close before its teardown.
+        claim = InProgress()
         try:
             if self.__dict__.setdefault("_close_claim", claim) is not claim:
                 return
@@ -1377,6 +1379,8 @@ class FileHandle:
                 raise failed  # those bytes were not written: that comes first (exc is its context)
             finally:
                 failed = None  # no cycle through this frame
+        finally:
+            claim.end()
         failed, self._close_failed = self._close_failed, None
         if failed is not None:
             try:

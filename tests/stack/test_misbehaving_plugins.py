@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until
 from uringstack.config import load_config
 from uringstack.errors import RingClosedError
 from uringstack.hookspecs import hookimpl
@@ -241,19 +242,31 @@ def test_an_open_a_plugin_refused_leaves_the_adopted_descriptor_to_its_caller(
 
 
 class ClosingWhileOpening:
-    """A ``file_opened`` that meets a close of the stack: it runs the close (in another thread,
-    as a program's shutdown would) and then fails as a registration with the torn-down table
-    fails (fixedbuf's ``update_files``: ENXIO, no file table any more)."""
+    """A ``file_opened`` that meets a close of the stack: it starts the close (in another
+    thread, as a program's shutdown would) and, once the close began, fails as a
+    registration with a torn-down table fails (fixedbuf's ``update_files``: ENXIO, no
+    file table any more).  Since session 45 the close waits for the open before its
+    teardown, so the table is still there; the open still fails as an open of a closed
+    stack, whatever its plugin's error."""
 
     def __init__(self) -> None:
         self.stack: Stack | None = None
+        self.closer: threading.Thread | None = None
+        self.close_error: list[BaseException] = []
+
+    def _close(self) -> None:
+        assert self.stack is not None
+        try:
+            self.stack.close()
+        except BaseException as exc:
+            self.close_error.append(exc)
 
     @hookimpl
     def uringstack_file_opened(self, handle: Any, worker: Any) -> None:
         assert self.stack is not None
-        closer = threading.Thread(target=self.stack.close)
-        closer.start()
-        closer.join(30)
+        self.closer = threading.Thread(target=self._close)
+        self.closer.start()
+        wait_until(lambda: self.stack is not None and self.stack.closed, 10, "the stack's close to begin")
         raise OSError(errno.ENXIO, "io_uring_register_files_update failed: No such device or address")
 
 
@@ -272,5 +285,8 @@ def test_an_open_that_a_close_of_the_stack_overtook_raises_ring_closed(tmp_path:
     cause = raised.value.__cause__  # the plugin's error, naming it, with the kernel's under it
     assert isinstance(cause, PluginError) and "thirdparty" in str(cause)
     assert isinstance(cause.__cause__, OSError) and cause.__cause__.errno == errno.ENXIO
+    assert plugin.closer is not None
+    plugin.closer.join(30)
+    assert not plugin.closer.is_alive() and plugin.close_error == [], plugin.close_error  # (waited for the open)
     assert stack.closed
     assert set(os.listdir("/proc/self/fd")) <= fds

@@ -1,0 +1,60 @@
+"""An open or close of a handle under way, which :meth:`Stack.close` waits for.
+
+The stack's teardown (the plugins' ``uringstack_stack_teardown``, then the rings'
+close) must come after every handle's close has ended, its ``uringstack_file_closed``
+included: a plugin whose file hook ran after its teardown would touch what it had
+already released (fixedbuf clearing a slot of a file table it had unregistered:
+``ENXIO``, session 44).  A close another thread runs, or an open another thread has
+under way, is therefore waited for; one of the closing thread's own (a signal handler's
+``stack.close()`` inside a close) is not, as that would wait for itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from _thread import get_ident
+from collections.abc import Iterable
+
+
+class InProgress:
+    """One open or close under way: the thread running it, and whether it ended.
+
+    Made by the thread that runs the step, which calls :meth:`end` once, when the step
+    ended (successfully or not)."""
+
+    __slots__ = ("_running", "end", "thread")
+
+    def __init__(self) -> None:
+        self.thread = get_ident()
+        # A lock held until the step ends: far cheaper to make than an Event (0.1 µs
+        # against 3 µs), and every close and open makes one.
+        self._running = threading.Lock()
+        self._running.acquire()
+        # The lock's own release, called from a `finally`: a C call, so no Python frame's
+        # entry where a raising signal (Ctrl-C) could skip it and leave a waiter waiting.
+        self.end = self._running.release
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for the step's end; whether it ended."""
+        if not self._running.acquire(timeout=max(timeout, 0.0)):
+            return False
+        self._running.release()
+        return True
+
+    def elsewhere(self) -> bool:
+        """True while another thread runs the step (this thread's own is never waited for)."""
+        return self.thread != get_ident() and self._running.locked()
+
+
+def wait_for_others(steps: Iterable[InProgress | None], timeout: float) -> int:
+    """Wait up to *timeout* seconds in all for the steps other threads run; how many had not
+    ended by then (None entries, and this thread's own steps, are skipped)."""
+    deadline = time.monotonic() + timeout
+    late = 0
+    for step in steps:
+        if step is None or not step.elsewhere():
+            continue
+        if not step.wait(deadline - time.monotonic()):
+            late += 1
+    return late
