@@ -40,7 +40,7 @@ a hung device must not keep the process from exiting)."""
 class _Item:
     """A close handed over by a finalizer (*warn*: the ResourceWarning the reaper gives first)."""
 
-    __slots__ = ("close", "deadline", "patience", "ready", "warn", "what")
+    __slots__ = ("close", "deadline", "finished", "group", "patience", "ready", "ref", "warn", "what")
 
     def __init__(
         self,
@@ -49,6 +49,7 @@ class _Item:
         ready: Callable[[], bool] | None,
         warn: str | None = None,
         patience: float | None = None,
+        group: object = None,
     ) -> None:
         self.close = close
         self.what = what
@@ -56,6 +57,11 @@ class _Item:
         self.warn = warn
         self.patience = patience
         self.deadline: float | None = None  # (set when the thread takes it)
+        self.group = group
+        # watch()'s closes only: its key in _watched, where it stays until it ran or was
+        # given up, and a lock held until then (what wait_dropped() waits on).
+        self.ref: weakref.ref[Any] | None = None
+        self.finished: threading.Lock | None = None
 
 
 class _Marker:
@@ -94,7 +100,10 @@ def _serve(q: queue.SimpleQueue[Any]) -> None:
         if got is None:  # (from the exit hook)
             return
         if isinstance(got, weakref.ref):  # a watched object was collected
-            item = _watched.pop(got, None)  # (None: unwatched meanwhile)
+            try:
+                item = _watched.get(got)  # (None: unwatched meanwhile; it leaves once done, _finished)
+            except TypeError:  # (a reference never hashed: a watch() a raising signal cut short
+                item = None  # before it stored it; its object then went, and its hash with it)
             if item is not None and item.warn is not None:
                 with contextlib.suppress(Exception):
                     warnings.warn(item.warn, ResourceWarning, 1)
@@ -108,7 +117,13 @@ def _serve(q: queue.SimpleQueue[Any]) -> None:
             markers.append(got)
         got = None  # (not kept alive by this frame until the next one arrives)
         if waiting:
-            waiting = [item for item in waiting if not _close_if_ready(item)]
+            still = []
+            for item in waiting:
+                if _close_if_ready(item):
+                    _finished(item)
+                else:
+                    still.append(item)
+            waiting, still, item = still, [], None
         if markers:  # (everything taken before them ran, or waits for its object's I/O)
             for marker in markers:
                 marker.taken = taken
@@ -142,6 +157,14 @@ def _close_if_ready(item: _Item) -> bool:
         with contextlib.suppress(Exception):
             warnings.warn(f"closing the dropped {item.what} failed: {e!r}", ResourceWarning, 1)
     return True
+
+
+def _finished(item: _Item) -> None:
+    """A close ran or was given up: a watched one leaves _watched and wakes wait_dropped()."""
+    if item.ref is not None:
+        _watched.pop(item.ref, None)
+    if item.finished is not None:
+        item.finished.release()
 
 
 def start() -> None:
@@ -182,26 +205,55 @@ def watch(
     *,
     warn: str,
     patience: float | None = None,
+    group: object = None,
 ) -> weakref.ref[Any]:
     """Have the reaper warn (*warn*, a ``ResourceWarning``) and call ``close()`` once *obj* is
     collected, as :func:`dispose` does (*close* and *ready* must not hold *obj*); returns the
     token for :func:`unwatch`, which the object drops once closed.  *ready* is asked for
     *patience* seconds at most (None: as long as it takes); past that the close is given up
     with a ``ResourceWarning`` and what it would release stays (as a close() whose wait for
-    the I/O timed out leaves its descriptor open).
+    the I/O timed out leaves its descriptor open).  *group* (which *close* holds already:
+    the object's stack) is what :func:`wait_dropped` is asked for.
 
     For objects opened and closed often (handles): a closed one's collection runs no
     Python code at all (a ``__del__`` would, at every collection: a raising signal landing
     there, Ctrl-C, is printed and lost), and a dropped one's runs only C (the weak
     reference's callback is the queue's ``put``)."""
     ref = weakref.ref(obj, _queue.put)
-    _watched[ref] = _Item(close, what, ready, warn, patience)
+    item = _Item(close, what, ready, warn, patience, group)
+    item.ref = ref
+    item.finished = threading.Lock()
+    item.finished.acquire()
+    _watched[ref] = item
     return ref
 
 
 def unwatch(token: weakref.ref[Any]) -> None:
     """Undo :func:`watch` (safe to repeat); the caller then drops *token*, so no callback queues it."""
     _watched.pop(token, None)
+
+
+def wait_dropped(group: object, timeout: float) -> int:
+    """Wait up to *timeout* seconds in all until the closes of *group*'s watched objects that
+    were collected have run (or were given up); how many had not by then.
+
+    For what must come after those closes (a stack's teardown after its dropped handles'
+    closes).  Nothing is waited for on the reaper thread itself (it runs them only after
+    the close it is running now), nor when no reaper thread runs (refused by a thread
+    limit: they wait for a later :func:`start`)."""
+    thread = _thread
+    if thread is None or not thread.is_alive() or threading.current_thread() is thread:
+        return 0
+    deadline = time.monotonic() + timeout
+    late = 0
+    for ref, item in list(_watched.items()):
+        if item.group is not group or ref() is not None or item.finished is None:
+            continue  # (another's; or still alive: its owner closes it)
+        if item.finished.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            item.finished.release()
+        else:
+            late += 1
+    return late
 
 
 def drain(timeout: float) -> bool:

@@ -500,7 +500,8 @@ class Stack:
         runs even if an earlier one failed or was cut short by a raising
         signal (Ctrl-C); the first error (or the signal's exception) is raised
         at the end.  A handle that another thread is opening or closing meanwhile
-        is waited for, so no plugin's file hook runs after its teardown: up to
+        (the reaper thread's close of one dropped unclosed included) is waited
+        for, so no plugin's file hook runs after its teardown: up to
         ``core.close_timeout_s``, after which the teardown goes on and a
         :class:`TimeoutError` is raised at the end.  In a fork() child, closing an inherited stack only drops the
         child's copies of descriptors and rings: no plugin teardown, no
@@ -557,6 +558,9 @@ class Stack:
         # A handle whose close another thread runs returned at once above: that close (its
         # plugins' file_closed) must end before their teardown below.
         self._wait_for_others([h.__dict__.get("_close_claim") for h in handles], "close", errors)
+        # And a handle dropped unclosed, whose close the reaper has queued or runs: its
+        # file_closed, too, must come before the plugins' teardown.
+        self._report_late(reaper.wait_dropped(self, self.close_timeout_s), "close", errors)
         if not self._plugins_torn_down:
             self._plugins_torn_down = True  # at most once: a hook is not run again after a signal
             try:
@@ -575,14 +579,15 @@ class Stack:
     def _wait_for_others(self, steps: Sequence[InProgress | None], what: str, errors: list[BaseException]) -> None:
         """Wait up to ``core.close_timeout_s`` for the handles' opens or closes other threads
         run; one still running then is an error, and the teardown goes on without it."""
-        timeout = self.close_timeout_s
-        late = wait_for_others(steps, timeout)
+        self._report_late(wait_for_others(steps, self.close_timeout_s), what, errors)
+
+    def _report_late(self, late: int, what: str, errors: list[BaseException]) -> None:
         if late:
             errors.append(
                 TimeoutError(
                     f"stack close: {late} handle {what}(s) in other threads still running after "
-                    f"{timeout} s (core.close_timeout_s); the plugins' teardown and the rings' "
-                    "close ran without waiting for them"
+                    f"{self.close_timeout_s} s (core.close_timeout_s); the plugins' teardown and the "
+                    "rings' close ran without waiting for them"
                 )
             )
 

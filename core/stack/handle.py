@@ -1476,6 +1476,7 @@ class FileHandle:
             self._inflight.idle,
             warn=warn,
             patience=self._stack.close_timeout_s,
+            group=self._stack,  # (Stack.close waits for its dropped handles' closes)
         )
 
     def _leave_close_to_owner(self) -> None:

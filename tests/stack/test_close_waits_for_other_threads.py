@@ -13,14 +13,19 @@ waiting, ``"teardown"`` comes before the held hook's end.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import pathlib
 import threading
+import warnings
 from typing import Any
 
 import pytest
 
 from tests.stack.conftest import BACKENDS
 from tests.waiting import wait_until
+from uringstack import reaper
 from uringstack.config import load_config
 from uringstack.errors import RingClosedError
 from uringstack.hookspecs import hookimpl
@@ -196,3 +201,75 @@ def test_a_stack_close_inside_a_handle_close_of_the_same_thread_does_not_wait_fo
     assert not closing.is_alive(), "stack.close() inside the handle's close waited for that close"
     wait_until(lambda: stack.closed and handle.closed, 10, "the stack's and the handle's close")
     assert plugin.order == ["file_closed", "teardown"]
+
+
+# --- a handle dropped unclosed: its close is the reaper thread's ---------------------------
+
+
+def _drop_one(stack: Stack, path: pathlib.Path) -> None:
+    """Open a handle on *path* and drop it unclosed (collected on return)."""
+    stack.open(path, create=True)
+
+
+def _fds_to(path: pathlib.Path) -> int:
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{entry}") == str(path)
+    return count
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_the_teardown_waits_for_a_dropped_handles_close_the_reaper_has_not_reached(
+    tmp_path: pathlib.Path, backend: str
+) -> None:
+    """The reaper is busy with another close, and the dropped handle's waits behind it: the
+    stack's close waits for it too, and its plugins' teardown comes after it."""
+    hooks = HeldFileHooks(hold="none")
+    stack = _stack(hooks, backend)
+    busy, free = threading.Event(), threading.Event()
+
+    def slow_close() -> None:
+        busy.set()
+        assert free.wait(30)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # (the reaper's, for the dropped handle)
+        reaper.dispose(slow_close, "a slow close the test holds")
+        try:
+            assert busy.wait(10), "the reaper never took the held close"
+            _drop_one(stack, tmp_path / "f")
+            gc.collect()
+            closer = Closer(stack)
+            closer.start()
+            closer.join(0.5)
+            assert hooks.order == ["file_opened"], f"the teardown ran before the dropped handle's close: {hooks.order}"
+            assert _fds_to(tmp_path / "f") == 1
+        finally:
+            free.set()
+        closer.join(10)
+        assert not closer.is_alive() and closer.error is None, closer.error
+        assert reaper.drain(10)
+    assert hooks.order == ["file_opened", "file_closed", "teardown"]
+    assert _fds_to(tmp_path / "f") == 0
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_the_teardown_waits_for_a_dropped_handles_close_the_reaper_runs(tmp_path: pathlib.Path, backend: str) -> None:
+    hooks = HeldFileHooks(hold="file_closed")
+    stack = _stack(hooks, backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # (the reaper's, for the dropped handle)
+        _drop_one(stack, tmp_path / "f")
+        gc.collect()
+        assert hooks.entered.wait(10), "the reaper never closed the dropped handle"
+        closer = Closer(stack)
+        closer.start()
+        closer.join(0.5)
+        assert "teardown" not in hooks.order, f"the teardown ran beside the reaper's close: {hooks.order}"
+        hooks.release.set()
+        closer.join(10)
+        assert not closer.is_alive() and closer.error is None, closer.error
+        assert reaper.drain(10)
+    assert hooks.order == ["file_opened", "file_closed", "file_closed end", "teardown"]
+    assert _fds_to(tmp_path / "f") == 0
