@@ -19,6 +19,7 @@ import os
 import pathlib
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -89,6 +90,19 @@ class Closer(threading.Thread):
             self.error = exc
 
 
+def close_beside(stack: Stack, held: str, order: list[str], release: Callable[[], None]) -> None:
+    """``stack.close()`` in a thread while another step (*held*) is held in a hook: the
+    teardown must not run until ``release()`` let that step end; then the close succeeds."""
+    closer = Closer(stack)
+    closer.start()
+    # Not waiting, the teardown is done by now (milliseconds); waiting, it is held.
+    closer.join(0.5)
+    assert "teardown" not in order, f"the teardown ran beside {held}: {order}"
+    release()
+    closer.join(10)
+    assert not closer.is_alive() and closer.error is None, closer.error
+
+
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_the_teardown_waits_for_a_close_another_thread_runs(tmp_path: pathlib.Path, backend: str) -> None:
     hooks = HeldFileHooks(hold="file_closed")
@@ -97,15 +111,8 @@ def test_the_teardown_waits_for_a_close_another_thread_runs(tmp_path: pathlib.Pa
     other = threading.Thread(target=handle.close, daemon=True)
     other.start()
     assert hooks.entered.wait(10), "the other thread's close never reached file_closed"
-    closer = Closer(stack)
-    closer.start()
-    # Not waiting, the teardown is done by now (milliseconds); waiting, it is held.
-    closer.join(0.5)
-    assert "teardown" not in hooks.order, f"the teardown ran beside another thread's close: {hooks.order}"
-    hooks.release.set()
+    close_beside(stack, "another thread's close", hooks.order, hooks.release.set)
     other.join(10)
-    closer.join(10)
-    assert not closer.is_alive() and closer.error is None, closer.error
     assert hooks.order == ["file_opened", "file_closed", "file_closed end", "teardown"]
     assert handle.closed and stack.closed
 
@@ -125,14 +132,8 @@ def test_the_teardown_waits_for_an_open_another_thread_runs(tmp_path: pathlib.Pa
     other = threading.Thread(target=open_one, daemon=True)
     other.start()
     assert hooks.entered.wait(10), "the other thread's open never reached file_opened"
-    closer = Closer(stack)
-    closer.start()
-    closer.join(0.5)
-    assert "teardown" not in hooks.order, f"the teardown ran beside another thread's open: {hooks.order}"
-    hooks.release.set()
+    close_beside(stack, "another thread's open", hooks.order, hooks.release.set)
     other.join(10)
-    closer.join(10)
-    assert not closer.is_alive() and closer.error is None, closer.error
     # The open saw the stack closed: it closed its handle itself (its file_closed before
     # the teardown) and raised as an open of a closed stack does.
     assert len(opened) == 1 and isinstance(opened[0], RingClosedError), opened
@@ -240,15 +241,10 @@ def test_the_teardown_waits_for_a_dropped_handles_close_the_reaper_has_not_reach
             assert busy.wait(10), "the reaper never took the held close"
             _drop_one(stack, tmp_path / "f")
             gc.collect()
-            closer = Closer(stack)
-            closer.start()
-            closer.join(0.5)
-            assert hooks.order == ["file_opened"], f"the teardown ran before the dropped handle's close: {hooks.order}"
-            assert _fds_to(tmp_path / "f") == 1
+            assert _fds_to(tmp_path / "f") == 1  # (its close waits behind the held one)
+            close_beside(stack, "the reaper's close of a dropped handle", hooks.order, free.set)
         finally:
             free.set()
-        closer.join(10)
-        assert not closer.is_alive() and closer.error is None, closer.error
         assert reaper.drain(10)
     assert hooks.order == ["file_opened", "file_closed", "teardown"]
     assert _fds_to(tmp_path / "f") == 0
@@ -263,13 +259,7 @@ def test_the_teardown_waits_for_a_dropped_handles_close_the_reaper_runs(tmp_path
         _drop_one(stack, tmp_path / "f")
         gc.collect()
         assert hooks.entered.wait(10), "the reaper never closed the dropped handle"
-        closer = Closer(stack)
-        closer.start()
-        closer.join(0.5)
-        assert "teardown" not in hooks.order, f"the teardown ran beside the reaper's close: {hooks.order}"
-        hooks.release.set()
-        closer.join(10)
-        assert not closer.is_alive() and closer.error is None, closer.error
+        close_beside(stack, "the reaper's close of a dropped handle", hooks.order, hooks.release.set)
         assert reaper.drain(10)
     assert hooks.order == ["file_opened", "file_closed", "file_closed end", "teardown"]
     assert _fds_to(tmp_path / "f") == 0
