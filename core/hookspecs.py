@@ -272,10 +272,10 @@ def uringstack_stack_teardown(stack: StackView) -> None:
     """The stack is closing: release what the plugin attached.
 
     Called once, after every handle was closed (and its in-flight I/O
-    drained; a close or an open another thread had under way ended too, and the
-    reaper's close of a handle dropped unclosed, unless it outlasted
-    ``core.close_timeout_s``) and before rings are closed, so registered buffers are
-    unregistered before their memory is unmapped.  Plugins are called
+    drained; a close or an open another thread had under way ended too, and
+    the reaper's close of a handle dropped unclosed, unless it outlasted
+    ``core.close_timeout_s``) and before rings are closed, so registered
+    buffers are unregistered before their memory is unmapped.  Plugins are called
     first-registered first: the reverse of the order
     :func:`uringstack_ring_created` ran in (pluggy calls the last registered
     plugin first), so a plugin built on another's resources releases them

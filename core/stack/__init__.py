@@ -503,9 +503,10 @@ class Stack:
         (the reaper thread's close of one dropped unclosed included) is waited
         for, so no plugin's file hook runs after its teardown: up to
         ``core.close_timeout_s``, after which the teardown goes on and a
-        :class:`TimeoutError` is raised at the end.  In a fork() child, closing an inherited stack only drops the
-        child's copies of descriptors and rings: no plugin teardown, no
-        cancel, no unregister, nothing the parent would notice.
+        :class:`TimeoutError` is raised at the end.  In a fork() child, closing
+        an inherited stack only drops the child's copies of descriptors and
+        rings: no plugin teardown, no cancel, no unregister, nothing the parent
+        would notice.
         """
         if forking.inherited(self._fork_gen):
             if not self._closed:  # no lock: a parent thread may have held it at fork time
