@@ -33,7 +33,7 @@ pytestmark = pytest.mark.nvme
 @pytest.mark.parametrize("adopt", [False, True], ids=["path", "adopt_fd"])
 def test_a_signal_anywhere_in_a_passthrough_open_closes_each_descriptor_once(passthrough: None, adopt: bool) -> None:
     chosen = code_of(
-        Stack.open, FileHandle._close_when_dropped, reaper.watch, PassthroughBackend.open,
+        Stack.open, Stack._open_target, FileHandle._close_when_dropped, reaper.watch, PassthroughBackend.open,
         PassthroughFileIO.__init__, open_char_device, open_stored, close_opened, _hand_over, _close_unopened,
     )  # fmt: skip
     with open_stack(overrides={"core.cores": [0]}) as stack:

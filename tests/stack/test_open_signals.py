@@ -10,9 +10,9 @@ duplicate (``Stack.open``), so each descriptor has one closer whatever point the
 hits, and descriptors are stored as they are made (``interrupts.close_popped``), so none
 leaks either.
 
-Each point of ``FileIO.__init__``, ``FileIO._adopt``, ``Stack.open`` and the reaper's watch
-it arms gets a real signal in turn (tests/signal_points.py) while ``uringstack.open``
-opens a file; then a new file takes the lowest free descriptor number (the one a failed
+Each point of ``FileIO.__init__``, ``FileIO._adopt``, ``Stack.open`` (and its
+``_open_target``) and the reaper's watch it arms gets a real signal in turn
+(tests/signal_points.py) while ``uringstack.open`` opens a file; then a new file takes the lowest free descriptor number (the one a failed
 open freed), the garbage collector and the reaper run, and that file's descriptor must
 still be open; and no descriptor is left open.  The same for the second handle an
 O_DIRECT file opens for an unaligned write (``FileIO._buffered``, through the same
@@ -44,8 +44,9 @@ def test_a_signal_anywhere_in_an_open_closes_each_descriptor_once(tmp_path: path
     path = tmp_path / "f"
     path.write_bytes(bytes(8192))
     chosen = code_of(
-        Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO.__init__, FileIO._adopt, open_stored
-    )
+        Stack.open, Stack._open_target, FileHandle._close_when_dropped, reaper.watch,
+        FileIO.__init__, FileIO._adopt, open_stored,
+    )  # fmt: skip
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
         open_file = uringstack.open  # (resolved before the signals: uringstack imports it on first use)
         assert sweep_descriptors(chosen, lambda: open_file(path, "rb", stack=stack), path) > 5
@@ -64,8 +65,8 @@ def test_a_signal_anywhere_in_a_handle_open_closes_each_descriptor_once(tmp_path
     path = tmp_path / "f"
     path.write_bytes(bytes(8192))
     chosen = code_of(
-        Stack.open, FileHandle._close_when_dropped, reaper.watch, open_target, close_opened, open_stored,
-        UringBackend.open, FallbackBackend.open, _hand_over, _close_unopened,
+        Stack.open, Stack._open_target, FileHandle._close_when_dropped, reaper.watch,
+        open_target, close_opened, open_stored, UringBackend.open, FallbackBackend.open, _hand_over, _close_unopened,
     )  # fmt: skip
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
         assert sweep_descriptors(chosen, lambda: stack.open(str(path), direct=False), path) > 5
@@ -80,8 +81,9 @@ def test_a_signal_anywhere_in_opening_the_buffered_handle_closes_each_descriptor
     path.write_bytes(bytes(8192))
     os.close(open_direct(path, os.O_RDONLY))  # (skips where the file system refuses O_DIRECT)
     chosen = code_of(
-        Stack.open, FileHandle._close_when_dropped, reaper.watch, FileIO._buffered, _serve_reopened, open_stored
-    )
+        Stack.open, Stack._open_target, FileHandle._close_when_dropped, reaper.watch,
+        FileIO._buffered, _serve_reopened, open_stored,
+    )  # fmt: skip
     with open_stack(overrides={"core.cores": [0], "core.backend": backend}) as stack:
 
         def once(at: int) -> str | None:
