@@ -12,9 +12,10 @@ leaks either.
 
 Each point of ``FileIO.__init__``, ``FileIO._adopt``, ``Stack.open`` (and its
 ``_open_target``) and the reaper's watch it arms gets a real signal in turn
-(tests/signal_points.py) while ``uringstack.open`` opens a file; then a new file takes the lowest free descriptor number (the one a failed
-open freed), the garbage collector and the reaper run, and that file's descriptor must
-still be open; and no descriptor is left open.  The same for the second handle an
+(tests/signal_points.py) while ``uringstack.open`` opens a file; then a new file
+takes the lowest free descriptor number (the one a failed open freed), the garbage
+collector and the reaper run, and that file's descriptor must still be open; and no
+descriptor is left open.  The same for the second handle an
 O_DIRECT file opens for an unaligned write (``FileIO._buffered``, through the same
 ``Stack.open(adopt_fd=)``; session 41 applied the contract there without a sweep).
 """
