@@ -29,6 +29,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from uringstack.in_progress import InProgress
+
 TICK_S = 0.05
 """How often a close waiting for its object's I/O (``ready``) asks again."""
 
@@ -59,9 +61,9 @@ class _Item:
         self.deadline: float | None = None  # (set when the thread takes it)
         self.group = group
         # watch()'s closes only: its key in _watched, where it stays until it ran or was
-        # given up, and a lock held until then (what wait_dropped() waits on).
+        # given up, and that close as a step under way (what wait_dropped() waits on).
         self.ref: weakref.ref[Any] | None = None
-        self.finished: threading.Lock | None = None
+        self.finished: InProgress | None = None
 
 
 class _Marker:
@@ -164,7 +166,7 @@ def _finished(item: _Item) -> None:
     if item.ref is not None:
         _watched.pop(item.ref, None)
     if item.finished is not None:
-        item.finished.release()
+        item.finished.end()
 
 
 def start() -> None:
@@ -222,8 +224,7 @@ def watch(
     ref = weakref.ref(obj, _queue.put)
     item = _Item(close, what, ready, warn, patience, group)
     item.ref = ref
-    item.finished = threading.Lock()
-    item.finished.acquire()
+    item.finished = InProgress()
     _watched[ref] = item
     return ref
 
@@ -249,9 +250,7 @@ def wait_dropped(group: object, timeout: float) -> int:
     for ref, item in list(_watched.items()):
         if item.group is not group or ref() is not None or item.finished is None:
             continue  # (another's; or still alive: its owner closes it)
-        if item.finished.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            item.finished.release()
-        else:
+        if not item.finished.wait(deadline - time.monotonic()):
             late += 1
     return late
 

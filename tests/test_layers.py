@@ -22,7 +22,7 @@ CORE = pathlib.Path(__file__).resolve().parent.parent / "core"
 # layer the modules import no cycle.  The WAL benchmark is a bench command
 # kept beside the WAL it measures.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "reaper"),
+    ("errors", "in_progress", "reaper"),
     ("ring",),
     ("probe",),
     ("types",),

@@ -18,12 +18,13 @@ import queue
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from uringstack import reaper
 from uringstack.errors import RingClosedError
+from uringstack.in_progress import InProgress, wait_for_others
 from uringstack.plan import Plan, make_plan, plan_caps, select_backend
 from uringstack.plan.tuning import attach_tuning
 from uringstack.probe.threadlimits import start_thread
@@ -31,7 +32,6 @@ from uringstack.ring import Ring, aio, forking
 from uringstack.ring.buffers import BufferRegistry
 from uringstack.ring.interrupts import FAILURES, close_popped, despite_signals, run_to_end
 from uringstack.stack.handle import FileHandle
-from uringstack.stack.in_progress import InProgress, wait_for_others
 from uringstack.stack.targets import ADOPT_FD, check_writes_allowed, resolve_target
 from uringstack.stack.uring_backend import UringBackend
 from uringstack.types import CompletedBatch as CompletedBatch
@@ -551,14 +551,15 @@ class Stack:
         # below, or, seeing the stack closed, closes it itself (its file hooks included).
         with self._lock:
             opening = list(self._opening)
-        self._wait_for_others(opening, "open", errors)
+        self._report_late(wait_for_others(opening, self.close_timeout_s), "open", errors)
         with self._lock:
             handles = list(self._handles)  # (closed ones left the set)
         for handle in handles:
             _attempt(errors, handle.close)  # (a second close finishes one a signal cut short)
         # A handle whose close another thread runs returned at once above: that close (its
         # plugins' file_closed) must end before their teardown below.
-        self._wait_for_others([h.__dict__.get("_close_claim") for h in handles], "close", errors)
+        claims = [h.__dict__.get("_close_claim") for h in handles]
+        self._report_late(wait_for_others(claims, self.close_timeout_s), "close", errors)
         # And a handle dropped unclosed, whose close the reaper has queued or runs: its
         # file_closed, too, must come before the plugins' teardown.
         self._report_late(reaper.wait_dropped(self, self.close_timeout_s), "close", errors)
@@ -577,12 +578,9 @@ class Stack:
                     _attempt(errors, ring.close)
             worker.stop()
 
-    def _wait_for_others(self, steps: Sequence[InProgress | None], what: str, errors: list[BaseException]) -> None:
-        """Wait up to ``core.close_timeout_s`` for the handles' opens or closes other threads
-        run; one still running then is an error, and the teardown goes on without it."""
-        self._report_late(wait_for_others(steps, self.close_timeout_s), what, errors)
-
     def _report_late(self, late: int, what: str, errors: list[BaseException]) -> None:
+        """*late* handle opens or closes other threads ran outlasted ``core.close_timeout_s``:
+        an error, and the teardown goes on without them."""
         if late:
             errors.append(
                 TimeoutError(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from uringstack import reaper
 from uringstack.errors import RingClosedError, ShortIOError, SubmissionError, UringIOError
+from uringstack.in_progress import InProgress
 from uringstack.probe.threadlimits import op_error
 from uringstack.ring import Ring, coalesce, forking
 from uringstack.ring.arguments import OFFSET_LIMIT, check_offset, check_offsets, nbytes
@@ -45,7 +46,6 @@ from uringstack.ring.pending import CompletedPending, Pending
 from uringstack.ring.pins import pin_buffer
 from uringstack.ring.settle import settle_pending
 from uringstack.ring.sigmask import with_signals_held
-from uringstack.stack.in_progress import InProgress
 from uringstack.stack.prepared import PreparedIO
 from uringstack.stack.uring_backend import MAX_RW_COUNT, UringFileIO
 from uringstack.types import WorkerView

@@ -105,7 +105,7 @@ def _run_stack_close(tmp: pathlib.Path, at: int, own_code: bool) -> str | None:
     for c in chunks:
         f.write(c)
     other = stack.open(tmp / "other", create=True)
-    code = (*_STACK_CODE, "stack/__init__.py", "stack/in_progress.py", "reaper.py") if own_code else _STACK_CODE
+    code = (*_STACK_CODE, "stack/__init__.py", "in_progress.py", "reaper.py") if own_code else _STACK_CODE
     raised: BaseException | None = None
     began = time.monotonic()
     with signal_at(code_of(files=code), at, raising=Stop) as sent:

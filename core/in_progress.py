@@ -1,4 +1,6 @@
-"""An open or close of a handle under way, which :meth:`Stack.close` waits for.
+"""A step under way that another thread waits for: a handle's open or close, which
+:meth:`Stack.close` waits for, and the reaper's close of a dropped handle
+(:func:`uringstack.reaper.wait_dropped`).
 
 The stack's teardown (the plugins' ``uringstack_stack_teardown``, then the rings'
 close) must come after every handle's close has ended, its ``uringstack_file_closed``
@@ -18,10 +20,11 @@ from collections.abc import Iterable
 
 
 class InProgress:
-    """One open or close under way: the thread running it, and whether it ended.
+    """One step under way: the thread that made it, and whether it ended.
 
-    Made by the thread that runs the step, which calls :meth:`end` once, when the step
-    ended (successfully or not)."""
+    :meth:`end` is called once, when the step ended (successfully or not).
+    :meth:`elsewhere` takes the maker for the runner, as a handle's open and close
+    are (the reaper's closes are made by the opener, and only waited for)."""
 
     __slots__ = ("_running", "end", "thread")
 
