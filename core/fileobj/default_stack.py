@@ -2,7 +2,7 @@
 
 Built on first use (probe + config from ``URINGSTACK_CONFIG`` / ``URINGSTACK_*``
 environment, as :func:`uringstack.open_stack` with no arguments, except that
-SQPOLL is off unless the configuration asks for it: see :func:`file_object_overrides`), shared by
+SQPOLL is off unless the configuration asks for it: see :func:`file_object_config`), shared by
 every thread, and closed at interpreter exit after the file objects still open
 on it were closed (so a buffered writer left open at exit is flushed, as the
 built-in ``open()``'s would be when finalized, instead of losing its data).
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from uringstack import reaper
 
 if TYPE_CHECKING:
+    from uringstack.config import LoadedConfig, StackConfig
     from uringstack.stack import Stack
 
 _lock = threading.Lock()
@@ -48,17 +49,22 @@ def default_stack() -> Stack:
     global _stack, _atexit_registered
     with _lock:
         if _stack is None or _stack.closed or _stack.inherited:
+            from uringstack.config import load_config
             from uringstack.stack import open_stack
 
-            _stack = open_stack(overrides=file_object_overrides())
+            # loaded once: the SQPOLL choice below and the stack see the same file,
+            # environment and plugins (one plugin manager, each plugin loaded once)
+            loaded = load_config()
+            _stack = open_stack(file_object_config(loaded), plugin_manager=loaded.plugin_manager)
             if not _atexit_registered:
                 atexit.register(_close_at_exit)
                 _atexit_registered = True
         return _stack
 
 
-def file_object_overrides() -> dict[str, Any]:
-    """``sqpoll.mode = "off"`` unless the file or environment set ``sqpoll.mode`` itself.
+def file_object_config(loaded: LoadedConfig) -> StackConfig:
+    """*loaded*'s config with ``sqpoll.mode = "off"``, unless the file or environment set
+    ``sqpoll.mode`` itself (or the sqpoll plugin is disabled: then it is as loaded).
 
     A file object waits for each request before the next (read-ahead keeps a
     few in flight, no more), so SQPOLL's gain, no ``io_uring_enter`` at high
@@ -78,10 +84,12 @@ def file_object_overrides() -> dict[str, Any]:
     teardown stops it (tens of milliseconds).  The stack's own rings never
     poll (tests/fileobj/test_default_stack_rings.py checks the rings' flags
     and the process's threads)."""
-    from uringstack.config import load_config
-
-    source = load_config().provenance.get("sqpoll.mode")
-    return {"sqpoll.mode": "off"} if source == "default" else {}
+    config = loaded.config
+    section = config.sections().get("sqpoll")
+    if section is None or loaded.provenance.get("sqpoll.mode") != "default":
+        return config
+    # ("off" is one of the section's own values: nothing to validate again)
+    return config.model_copy(update={"sqpoll": section.model_copy(update={"mode": "off"})})
 
 
 def track(obj: Any, *, raw: bool) -> None:

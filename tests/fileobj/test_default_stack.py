@@ -6,11 +6,14 @@ import pathlib
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
 from tests.requires import skip_without
+from uringstack.config import StackConfig, load_config
 from uringstack.fileobj import default_stack as ds
+from uringstack.plugins.sqpoll.plugin import SqpollConfig
 from uringstack.stack import Stack, open_stack
 
 
@@ -43,13 +46,63 @@ g.write(b"y")
     assert (tmp_path / "bin").read_bytes() == b"x" * 3_000_000 + b"y"
 
 
+def _sqpoll_mode(config: StackConfig) -> str:
+    return config.section("sqpoll", SqpollConfig).mode
+
+
 def test_sqpoll_off_unless_the_config_chose_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """File objects wait for each request: SQPOLL (e.g. "auto" turned on by a tune result) only costs them."""
     monkeypatch.delenv("URINGSTACK_SQPOLL__MODE", raising=False)
     monkeypatch.delenv("URINGSTACK_CONFIG", raising=False)
-    assert ds.file_object_overrides() == {"sqpoll.mode": "off"}
+    loaded = load_config()
+    assert _sqpoll_mode(loaded.config) == "auto"
+    assert _sqpoll_mode(ds.file_object_config(loaded)) == "off"
+    assert _sqpoll_mode(loaded.config) == "auto"  # (a copy: the loaded config is left as it was)
     monkeypatch.setenv("URINGSTACK_SQPOLL__MODE", "on")
-    assert ds.file_object_overrides() == {}
+    loaded = load_config()
+    assert ds.file_object_config(loaded) is loaded.config
+    assert _sqpoll_mode(loaded.config) == "on"
+
+
+def test_a_disabled_sqpoll_plugin_leaves_the_config_as_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("URINGSTACK_CONFIG", raising=False)
+    monkeypatch.setenv("URINGSTACK_CORE__DISABLED_PLUGINS", '["sqpoll"]')
+    loaded = load_config()
+    assert "sqpoll" not in loaded.config.sections()
+    assert ds.file_object_config(loaded) is loaded.config
+
+
+def test_the_default_stack_loads_the_config_and_its_plugins_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until session 46 the SQPOLL choice loaded the config (and built a plugin manager, each
+    plugin loaded again) before the stack loaded it once more."""
+    import uringstack.config as config_module
+    import uringstack.config.load as load_module
+
+    loads: list[object] = []
+    managers: list[object] = []
+    real_load, real_manager = config_module.load_config, load_module.make_plugin_manager
+
+    def counted_load(*args: Any, **kwargs: Any) -> Any:
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    def counted_manager(*args: Any, **kwargs: Any) -> Any:
+        managers.append(args)
+        return real_manager(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, "load_config", counted_load)
+    monkeypatch.setattr(load_module, "make_plugin_manager", counted_manager)
+    with ds._lock:
+        saved, ds._stack = ds._stack, None
+    try:
+        stack = ds.default_stack()
+        try:
+            assert (len(loads), len(managers)) == (1, 1)
+        finally:
+            stack.close()
+    finally:
+        with ds._lock:
+            ds._stack = saved
 
 
 def test_default_stack_has_no_sqpoll_ring(monkeypatch: pytest.MonkeyPatch) -> None:
