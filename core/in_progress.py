@@ -50,14 +50,17 @@ class InProgress:
         return self.thread != get_ident() and self._running.locked()
 
 
-def wait_for_others(steps: Iterable[InProgress | None], timeout: float) -> int:
-    """Wait up to *timeout* seconds in all for the steps other threads run; how many had not
-    ended by then (None entries, and this thread's own steps, are skipped)."""
+def wait_all(steps: Iterable[InProgress], timeout: float) -> int:
+    """Wait up to *timeout* seconds in all for *steps* to end; how many had not by then."""
     deadline = time.monotonic() + timeout
     late = 0
     for step in steps:
-        if step is None or not step.elsewhere():
-            continue
         if not step.wait(deadline - time.monotonic()):
             late += 1
     return late
+
+
+def wait_for_others(steps: Iterable[InProgress | None], timeout: float) -> int:
+    """:func:`wait_all` for the steps other threads run (None entries, and this thread's own
+    steps, are skipped)."""
+    return wait_all([step for step in steps if step is not None and step.elsewhere()], timeout)

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from uringstack.in_progress import InProgress
+from uringstack.in_progress import InProgress, wait_all
 
 TICK_S = 0.05
 """How often a close waiting for its object's I/O (``ready``) asks again."""
@@ -245,14 +245,13 @@ def wait_dropped(group: object, timeout: float) -> int:
     thread = _thread
     if thread is None or not thread.is_alive() or threading.current_thread() is thread:
         return 0
-    deadline = time.monotonic() + timeout
-    late = 0
-    for ref, item in list(_watched.items()):
-        if item.group is not group or ref() is not None or item.finished is None:
-            continue  # (another's; or still alive: its owner closes it)
-        if not item.finished.wait(deadline - time.monotonic()):
-            late += 1
-    return late
+    dropped = [
+        item.finished
+        for ref, item in list(_watched.items())
+        # (not another's, and collected: one still alive is its owner's to close)
+        if item.group is group and ref() is None and item.finished is not None
+    ]
+    return wait_all(dropped, timeout)
 
 
 def drain(timeout: float) -> bool:
