@@ -67,6 +67,26 @@ def test_medians_of_per_run_ratios_and_markers(tmp_path: Path) -> None:
     assert "batched: 0.90" in target and "**yes**" in target
 
 
+def test_a_ratio_that_misses_its_target_never_reads_as_meeting_it(tmp_path: Path) -> None:
+    """sha256 hot's median 0.997 was shown "1.00" beside "**no**" against ≥ 1.0 (session 47)."""
+    mod = _script()
+    assert mod._judged(0.997, 1.0) == "0.997"
+    assert mod._judged(0.9496, 0.95) == "0.9496"  # three decimals would still read "0.950"
+    assert mod._judged(1.004, 1.0) == "1.00" and mod._judged(0.8, 0.8) == "0.80"
+    assert mod._judged(0.93, 0.95) == "0.93" and mod._judged(None, 1.0) == "-"
+    # through a target row: per-run ratios 0.897 each against ≥ 0.90
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"r{i}.json"
+        p.write_text(json.dumps(_doc(f"2026-01-01T00:0{i}:00", 897, 1000)))
+        paths.append(p)
+    md = tmp_path / "B.md"
+    md.write_text(f"{mod.BEGIN}\n{mod.END}\n")
+    assert mod.main([*map(str, paths), "--md", str(md), "--png-dir", str(tmp_path)]) == 0
+    target = next(ln for ln in md.read_text().splitlines() if "buffered hot QD32" in ln)
+    assert "batched: 0.897" in target and "**no**" in target
+
+
 def test_missing_result_file_is_one_line_error(tmp_path: Path, capsys: Any) -> None:
     assert _script().main([str(tmp_path / "nope.json"), "--stdout"]) == 2
     assert "no such result file" in capsys.readouterr().err
