@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from uringstack import ring as ring_module
 from uringstack.ring import Ring
 
 
@@ -20,6 +21,15 @@ def ring() -> Iterator[Ring]:
     ring.wait_tick = 0.2
     yield ring
     ring.close()
+
+
+@pytest.fixture
+def whole_first_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waited call's first wait (in the submitting syscall) lasts the ring's whole
+    ``wait_tick``, as on a ring without unlocked waits, instead of ``HOLD_MS`` (2 ms) and
+    then a second ``io_uring_enter`` without the lock: for a test that counts the one
+    syscall, or sends a signal into that first wait, whatever the machine's speed."""
+    monkeypatch.setattr(ring_module, "HOLD_MS", 10**6)
 
 
 IORING_SQ_CQ_OVERFLOW = 1 << 1  # include/uapi/linux/io_uring.h

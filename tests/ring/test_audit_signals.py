@@ -49,11 +49,10 @@ def alarm() -> Iterator[None]:
 
 
 @pytest.fixture
-def waiting_ring(ring: Ring, monkeypatch: pytest.MonkeyPatch) -> Ring:
+def waiting_ring(ring: Ring, whole_first_wait: None) -> Ring:
     # The call's own wait is long (the alarm interrupts it inside the call into C, not in
-    # the wait without the lock that follows its first 2 ms: HOLD_MS), and a wait that is
-    # not interrupted fails in seconds instead of hanging the test.
-    monkeypatch.setattr(ring_module, "HOLD_MS", 10**6)
+    # the wait without the lock that follows its first 2 ms: whole_first_wait), and a wait
+    # that is not interrupted fails in seconds instead of hanging the test.
     ring.wait_tick = 2.0
     ring.wait_timeout = 3.0
     return ring

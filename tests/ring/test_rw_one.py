@@ -60,16 +60,15 @@ def read_one(request: pytest.FixtureRequest) -> ReadOne:
 
 
 def test_read_and_write_return_their_results_with_one_syscall_and_no_batch(
-    read_one: ReadOne, ring: Ring, data_file: int, monkeypatch: pytest.MonkeyPatch
+    read_one: ReadOne, ring: Ring, data_file: int, whole_first_wait: None
 ) -> None:
     """An op that completes within its submitting wait costs one ``io_uring_enter``.
 
     That wait lasts ``HOLD_MS`` (2 ms) on a ring with unlocked waits; an op slower than
     that waits again, in a second enter, by design (``test_wait_lets_the_ring_go``).  A
     loaded machine (CI's 6.12 guest under TCG) can take longer than 2 ms over a buffered
-    write, so here the first wait is the ring's whole tick (0.2 s), as on a ring without
-    unlocked waits: the count then tests the one-syscall path, not the machine's speed."""
-    monkeypatch.setattr(ring_module, "HOLD_MS", 10**6)
+    write, so here the first wait is the ring's whole tick (0.2 s, ``whole_first_wait``):
+    the count then tests the one-syscall path, not the machine's speed."""
     buf = bytearray(4096)
     before = ring.counters()
     assert read_one(ring, data_file, buf, 256) == 4096
