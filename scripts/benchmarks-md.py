@@ -92,6 +92,17 @@ def _judged(v: float | None, line: float) -> str:
     return repr(v)
 
 
+def _verdict(ok: bool | None) -> str:
+    """A target table's "met?" cell."""
+    return "not measured" if ok is None else "**yes**" if ok else "**no**"
+
+
+def _against(v: float | None, line: float) -> tuple[str, bool | None]:
+    """A ratio judged ≥ *line*: how it is shown (:func:`_judged`) and its verdict (None: not
+    measured), from the one *line*."""
+    return _judged(v, line), None if v is None else v >= line
+
+
 def rows_by_mode(docs: list[Doc]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = defaultdict(list)
     for d in docs:
@@ -425,21 +436,21 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
     out = ["| target | measured (median of runs) | met? |", "|---|---|---|"]
 
     def row(target: str, value: str, ok: bool | None) -> None:
-        out.append(f"| {target} | {value} | {'not measured' if ok is None else '**yes**' if ok else '**no**'} |")
+        out.append(f"| {target} | {value} | {_verdict(ok)} |")
 
     mode, r = best_sync_public(direct32)
+    shown, ok = _against(r, 0.95)
     row("randread 4 KiB O_DIRECT QD32: ≥ 0.95× fio io_uring (interleaved runs)",
-        f"{mode}: {_judged(r, 0.95)}{spread(direct32, mode or '', _iops)}" if r is not None else NO_ROUNDS,
-        None if r is None else r >= 0.95)  # fmt: skip
+        f"{mode}: {shown}{spread(direct32, mode or '', _iops)}" if r is not None else NO_ROUNDS, ok)  # fmt: skip
     mode, r = best_sync_public(hot32)
     beside = []  # bigger batches on the same workload: shown, never judged
     for b in big_batches:
         bm, br = best_sync_public(find(lambda d, b=b: hot(d, b)))
         if br is not None:
             beside.append(f"`--batch {b}`: {bm} {_ratio(br)}")
+    shown, ok = _against(r, 0.90)
     row("randread 4 KiB buffered hot QD32, 1 worker: ≥ 0.90× fio (`--invalidate=0`)",
-        f"{mode}: {_judged(r, 0.90)}" + (f"; {', '.join(beside)}" if beside else ""),
-        None if r is None else r >= 0.90)  # fmt: skip
+        f"{mode}: {shown}" + (f"; {', '.join(beside)}" if beside else ""), ok)  # fmt: skip
     aio_runs = pair_runs("asyncio read", "aiofiles")
     a = _med([x["iops"] for x in rows_by_mode(aio_runs).get("asyncio read", []) if x["status"] == "ok"])
     ratio_aio = _med(per_run_ratio(aio_runs, "asyncio read", "aiofiles", _iops))
@@ -450,10 +461,11 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
     )
     batch_runs = pair_runs("asyncio batch", "batched")
     rb = _med(per_run_ratio(batch_runs, "asyncio batch", "batched", _iops))
+    shown, ok = _against(rb, 0.8)
     row(
         "same, asyncio batch (`await read_many_async`): ≥ 0.80× sync batched",
-        f"{_judged(rb, 0.8)}{spread(batch_runs, 'asyncio batch', _iops, 'batched')}",
-        None if rb is None else rb >= 0.8,
+        f"{shown}{spread(batch_runs, 'asyncio batch', _iops, 'batched')}",
+        ok,
     )
     row("randread 4 KiB O_DIRECT QD1: p50 and p99 ≤ 1.10× fio io_uring (the public mode with the best "
         "latency ratios; interleaved runs)", *qd1_target(qd1))  # fmt: skip
@@ -490,14 +502,14 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         row("2 workers vs 1, CPU-bound (buffered hot), worker threads: ≥ 1.8×", "-", None)
     ri = _med(per_run_ratio(nullb, "+iopoll", "fio io_uring hipri", _iops))
     on_nvme = _med(per_run_ratio(nvme, "+iopoll", "fio io_uring hipri", _iops))
+    shown, ok = _against(ri, 0.8)
     row("/dev/nullb0 in the NVMe VM (6.12), QD32: IOPOLL handle ≥ 0.80× fio `--hipri=1`",
-        _judged(ri, 0.8) + ("" if on_nvme is None else f" (on the emulated NVMe namespace: {_ratio(on_nvme)})")
-        + with_batches("+iopoll", "fio io_uring hipri", lambda d: "nullb" in d["file"]["path"]),
-        None if ri is None else ri >= 0.8)  # fmt: skip
+        shown + ("" if on_nvme is None else f" (on the emulated NVMe namespace: {_ratio(on_nvme)})")
+        + with_batches("+iopoll", "fio io_uring hipri", lambda d: "nullb" in d["file"]["path"]), ok)  # fmt: skip
     rp = _med(per_run_ratio(nvme, "+passthrough", "fio io_uring_cmd", _iops))
+    shown, ok = _against(rp, 0.8)
     row("NVMe VM, 6.12, QD32: passthrough handle ≥ 0.80× fio `io_uring_cmd`",
-        _judged(rp, 0.8) + with_batches("+passthrough", "fio io_uring_cmd", is_nvme),
-        None if rp is None else rp >= 0.8)  # fmt: skip
+        shown + with_batches("+passthrough", "fio io_uring_cmd", is_nvme), ok)  # fmt: skip
     for target, value, ok in wal_targets(wal_docs):
         row(target, value, ok)
     return out
@@ -640,15 +652,13 @@ def fileobj_section(docs: list[Doc]) -> list[str]:
             continue
         t = ran[0]["target"]
         ratio = _med([r["ratios"][t["side"]] for r in ran if t["side"] in r["ratios"]])
-        ok = None if ratio is None else ratio >= t["min_ratio"]
-        verdict = "not measured" if ok is None else "**yes**" if ok else "**no**"
+        shown, ok = _against(ratio, t["min_ratio"])
         # a side named "floor..." (sha256-cold: the hash and its copy with no I/O) is the
         # best any reader could reach in that run: shown beside the judged side
         floors = [s for s in ran[0]["sides"] if s.startswith("floor")]
         floor = _med([r["ratios"][floors[0]] for r in ran if floors and floors[0] in r["ratios"]])
         beside = f"; {floors[0]} (the ceiling): {_ratio(floor)}×" if floor is not None else ""
-        shown = _judged(ratio, t["min_ratio"])
-        out.append(f"| {t['text']} | {t['side']}: {shown}× ({len(ran)} run(s)){beside} | {verdict} |")
+        out.append(f"| {t['text']} | {t['side']}: {shown}× ({len(ran)} run(s)){beside} | {_verdict(ok)} |")
     out += ["", "| comparison | side | median (min–max) | ratio to the first side (median per run) |",
             "|---|---|---|---|"]  # fmt: skip
     for bench, title in FILEOBJ_TITLES.items():
