@@ -49,6 +49,8 @@ def render_plan(plan: Plan, console: Console) -> None:
                 details.append(f"attached to {r.attach_to}")
             if r.spin_us:
                 details.append(f"spins {r.spin_us} µs before sleeping")
+            if r.max_in_flight is not None:
+                details.append(f"at most {r.max_in_flight} ops in flight")
             flags = " ".join(r.flags) or "(none)"
             reasons = escape("\n".join(r.reasons))
             t.add_row(f"#{w.index} cpu {w.cpu}", r.role, flags, ", ".join(details), reasons)

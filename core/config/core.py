@@ -43,6 +43,15 @@ class CoreConfig(BaseModel):
         description="Submission queue entries per ring: a power of two from 2 to 32768.",
         json_schema_extra={"allowed": "a power of two from 2 to 32768"},
     )
+    max_in_flight: int | None = Field(
+        default=None,
+        description=(
+            "Most I/O operations one ring keeps in flight, its queue depth (none: as many as "
+            "its completion queue holds, twice ring_entries less 2). A batch larger than it "
+            "streams through: each operation goes to the kernel as a completion makes room."
+        ),
+        json_schema_extra={"allowed": "none, or a whole number from 1 to 2 * ring_entries - 2"},
+    )
     disabled_plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -174,6 +183,22 @@ class CoreConfig(BaseModel):
     @classmethod
     def _check_ring_entries(cls, value: int) -> int:
         return power_of_two_entries(value)
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _check_max_in_flight(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        if value < 1:
+            raise ValueError(f"must be 1 or more (got {value}), or none for what the completion queue holds")
+        # the CQ the core makes is twice the SQ, less the 2 entries a ring keeps for itself
+        entries = info.data.get("ring_entries")
+        if entries is not None and value > 2 * entries - 2:
+            raise ValueError(
+                f"{value} is more than a ring of core.ring_entries = {entries} holds in flight "
+                f"({2 * entries - 2}: its completion queue of {2 * entries} less 2); raise ring_entries"
+            )
+        return value
 
     @field_validator("disabled_plugins", mode="before")
     @classmethod

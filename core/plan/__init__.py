@@ -45,6 +45,7 @@ class RingPlan(BaseModel):
     sq_thread_idle_ms: int = 0
     attach_to: str | None = None
     spin_us: int = 0
+    max_in_flight: int | None = None
     reasons: list[str] = Field(default_factory=list)
 
 
@@ -100,6 +101,7 @@ def _ring_plan(name: str, p: RingParams) -> RingPlan:
         sq_thread_idle_ms=p.sq_thread_idle_ms,
         attach_to=p.attach_to,
         spin_us=p.spin_us,
+        max_in_flight=p.max_in_flight,
         reasons=list(p.reasons),
     )
 
@@ -207,7 +209,9 @@ def fit_extra_rings_to_memlock(caps: Capabilities, config: StackConfig, pm: Urin
         return caps
 
     def pages(role: str) -> int:
-        params = RingParams(entries=config.core.ring_entries, role=role, core=cpus[0])
+        params = RingParams(
+            entries=config.core.ring_entries, max_in_flight=config.core.max_in_flight, role=role, core=cpus[0]
+        )
         _core_ring_decisions(params, caps, config)
         pm.ring_params(params=params, caps=caps, config=config)
         return len(cpus) * smallest_pages(params)
@@ -272,7 +276,9 @@ def make_plan(caps: Capabilities, config: StackConfig, pm: UringstackPluginManag
     for index, cpu in enumerate(worker_cpus(caps, config)):
         worker = WorkerPlan(index=index, cpu=cpu)
         for role in roles:
-            params = RingParams(entries=config.core.ring_entries, role=role, core=cpu)
+            params = RingParams(
+                entries=config.core.ring_entries, max_in_flight=config.core.max_in_flight, role=role, core=cpu
+            )
             _core_ring_decisions(params, caps, config)
             pm.ring_params(params=params, caps=caps, config=config)
             name = params.name

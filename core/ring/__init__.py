@@ -271,9 +271,13 @@ class Ring:
         self.cq_cap: int = max(1, self.cq_entries - CQ_RESERVE)
         """Most ops in flight at once (submitted, completion not reaped): the CQ's entries
         less :data:`CQ_RESERVE`, so every completion fits in the CQ and none depends on the
-        kernel's overflow list.  A submission past it first reaps, then waits for room
-        (bounded as :meth:`wait` is), or with ``wait_room=False`` raises
-        :class:`RingBusyError`; a batch larger than the cap is submitted in parts."""
+        kernel's overflow list, or the ring's ``max_in_flight`` when that is lower (its
+        queue depth).  A submission past it first reaps, then waits for room (bounded as
+        :meth:`wait` is), or with ``wait_room=False`` raises :class:`RingBusyError`; a batch
+        larger than the cap streams through it: each op goes to the kernel as a completion
+        makes room for it."""
+        if self.params.max_in_flight is not None:
+            self.cq_cap = min(self.cq_cap, self.params.max_in_flight)
         self.dropped: list[tuple[SetupFlag, str]] = created.dropped
         self.setup_notes: list[str] = created.notes
         self._state = ffi.gc(lib.us_state_new(), lib.us_state_free)
@@ -284,6 +288,7 @@ class Ring:
         # so busy-peeking the CQ can never succeed there: never spin on one.
         spin = 0 if self.flags & SetupFlag.IOPOLL else self.params.spin_us
         lib.us_state_set_spin(self._state, spin)
+        lib.us_state_set_cap(self._state, self.cq_cap)
         self._spin_us = spin
         self._counters = lib.us_state_counters(self._state)
         # The bookkeeping the batch path reads between calls, as memory (a read keeps
@@ -383,7 +388,7 @@ class Ring:
         answer that counts."""
         if self._closed or self.inherited:
             return 0
-        return int(lib.us_cq_room(self._ring))
+        return int(lib.us_cq_room(self._ring, self._state))
 
     def feature_names(self) -> list[str]:
         return feature_names(self.features)
@@ -601,14 +606,21 @@ class Ring:
     def _check_room_locked(self, n: int) -> None:
         """Raise :class:`RingBusyError` unless *n* ops fit under the cap now (after a reap)."""
         need = min(n, self.cq_cap)
-        if lib.us_cq_room(self._ring) < need:
+        if lib.us_cq_room(self._ring, self._state) < need:
             self._reap_locked()
-            if lib.us_cq_room(self._ring) < need:
+            if lib.us_cq_room(self._ring, self._state) < need:
                 raise RingBusyError(
                     errno.EBUSY, "submit", None,
                     f"no room for {n} more op(s) in flight on ring {self.params.role} "
-                    f"(at most {self.cq_cap}, the CQ's {self.cq_entries} entries less {CQ_RESERVE})",
+                    f"(at most {self.cq_cap}: {self._cap_source()})",
                 )  # fmt: skip
+
+    def _cap_source(self) -> str:
+        """Where :attr:`cq_cap` comes from, for an error message."""
+        cq = f"the CQ's {self.cq_entries} entries less {CQ_RESERVE}"
+        if self.cq_cap < self.cq_entries - CQ_RESERVE:
+            return f"the ring's max_in_flight; {cq} would allow {self.cq_entries - CQ_RESERVE}"
+        return cq
 
     def _submit_rest_locked(self, batch: Batch, desc: Any, left: int, wait_nr: int, wait_ms: int) -> int:
         """Submit the last *left* ops of *batch* (which found no CQ room) as room frees; 0 or -errno.
@@ -892,7 +904,7 @@ class Ring:
             self._gate.wait(self._lock, self.wait_tick)
 
     def _has_room(self) -> bool:
-        return not self._closed and lib.us_cq_room(self._ring) >= 1
+        return not self._closed and lib.us_cq_room(self._ring, self._state) >= 1
 
     def _inflight_count(self) -> int:
         return int(self._inflight_n[0])

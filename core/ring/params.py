@@ -102,6 +102,10 @@ class RingParams:
     core: int | None = None
     required: SetupFlag = SetupFlag(0)  # noqa: RUF009
     spin_us: int = 0
+    max_in_flight: int | None = None
+    """Most ops the ring keeps in flight, its queue depth: at most what the CQ holds, its
+    entries less ``US_CQ_RESERVE``, which is also the bound when ``None`` (``Ring.cq_cap``).
+    A larger batch streams through: each op goes to the kernel as a completion makes room."""
     reasons: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -143,6 +147,8 @@ class RingParams:
                 f"{_cq_size(self.entries, self.cq_entries)} entries holds no op: the ring keeps "
                 f"{lib.US_CQ_RESERVE} for the SQEs it adds itself (2 entries or more, or a larger cq_entries)"
             )
+        if self.max_in_flight is not None and not whole(self.max_in_flight, 1, _U32 - 1):
+            found.append(f"max_in_flight={self.max_in_flight!r}: a number of ops, 1 or more, or None")
         if not whole(self.sq_thread_idle_ms, 0, _U32 - 1):
             found.append(f"sq_thread_idle_ms={self.sq_thread_idle_ms!r}: milliseconds from 0 to {_U32 - 1}")
         if self.sq_thread_cpu is not None and not whole(self.sq_thread_cpu, 0, _U32 - 1):

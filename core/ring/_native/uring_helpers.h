@@ -99,6 +99,7 @@ us_state_t *us_state_new(void);
 void us_state_free(us_state_t *st);
 struct us_counters *us_state_counters(us_state_t *st);
 void us_state_set_spin(us_state_t *st, uint32_t spin_us);
+void us_state_set_cap(us_state_t *st, uint32_t cap);
 uint32_t us_slot_remaining(const us_state_t *st, uint32_t slot);
 uint32_t us_inflight(const us_state_t *st);
 
@@ -152,7 +153,7 @@ void us_batch_view(struct io_uring *ring, us_state_t *st, struct us_batch_view *
 int us_batch_start(struct io_uring *ring, us_state_t *st, struct us_batch *b, uint32_t n, uint32_t slot,
                    int32_t *results, uint64_t off_mask, uint32_t wait_nr, uint32_t wait_ms);
 /* the cap on ops in flight (at most the CQ's entries; see cq_room in uring_helpers.c) */
-uint32_t us_cq_room(const struct io_uring *ring);
+uint32_t us_cq_room(const struct io_uring *ring, const us_state_t *st);
 int us_batch_resume(struct io_uring *ring, us_state_t *st, const struct us_batch *b, uint32_t left, uint32_t wait_nr,
                     uint32_t wait_ms);
 uint32_t us_forget_unqueued(us_state_t *st, uint32_t slot, uint32_t n);
