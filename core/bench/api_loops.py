@@ -10,7 +10,9 @@ batches kept QD deep and waited on oldest first; the others call
 same way.  Buffers from ``handle.lease_buffers`` (registered buffers when the
 rung's stack has fixedbuf on).  Durable writes use ``write_durable``.  The asyncio rows run an event loop on the worker
 thread: QD tasks each awaiting ``handle.read(size, off)``, or QD/batch
-tasks each awaiting a whole ``read_many_async``.
+tasks each awaiting a whole ``read_many_async``.  The ``streamed`` rungs run on rings
+whose queue depth (``core.max_in_flight``) is QD and start batches of many more ops
+than that, two in turn, so the ring refills each completion's place (docs/bench.md).
 
 Every loop adds up the bytes its reads and writes returned, so a row whose
 bytes per I/O is not the block size shows that something was not measured.
@@ -27,8 +29,9 @@ from functools import partial
 from itertools import cycle
 from typing import TYPE_CHECKING, Any
 
+from uringstack.bench.ladder import stream_ops
 from uringstack.bench.loops import _FLUSH_SAMPLES, Meter, Samples, _fill
-from uringstack.bench.metrics import BatchLatencies, LoopResult
+from uringstack.bench.metrics import BatchLatencies, LoopResult, new_histogram
 from uringstack.bench.spec import BenchSpec, Durability, offset_list
 from uringstack.ring.buffers import RegisteredBuffer
 
@@ -75,7 +78,8 @@ class _Offsets:
 
 
 def _lease(handle: FileHandle, spec: BenchSpec, rung: Rung) -> list[Any]:
-    bufs = handle.lease_buffers(spec.queue_depth, size=spec.block_size)
+    count = stream_ops(spec.queue_depth) if rung.streamed else spec.queue_depth
+    bufs = handle.lease_buffers(count, size=spec.block_size)
     if rung.fixed and not all(isinstance(b, RegisteredBuffer) for b in bufs):
         handle.release_buffers(bufs)
         raise RuntimeError(
@@ -105,8 +109,11 @@ def _check(results: Sequence[int], want: int, errors: list[str]) -> int:
 def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) -> LoopResult:
     """Keep QD ops in flight through the handle API; one worker."""
     wl = spec.wl
-    per = spec.batch_size if rung.batched else 1
     bufs = _lease(handle, spec, rung)
+    # streamed: two batches of half the buffers each, started in turn (each start returns
+    # once its last op is submitted, so the next one's ops take the places its last ones
+    # free), the ring keeping QD of them in flight
+    per = len(bufs) // 2 if rung.streamed else spec.batch_size if rung.batched else 1
     groups = _groups(bufs, per)
     # One prepared I/O per group of buffers: pins, lengths and opcodes are built
     # once; each call writes only the offsets (the durable path has no prepared form).
@@ -142,6 +149,9 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
             k = len(g)
             full, kbs = [bs] * k, bs * k
             lats = BatchLatencies(k)
+            # A streamed call's time is not its ops' latency (they ran QD at a time, each
+            # refilled as one completed): its row reports no latency, only what it moved.
+            hist = new_histogram() if rung.streamed else samples.hist
             lat, arr, phase = lats.append, lats.lat, meter.phase
             batches: Iterator[Sequence[int]] = (
                 zip(cycle(offs.offs)) if k == 1 else iter(lambda: offs.take(k), None)
@@ -169,7 +179,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                     edge = min(meter.until, now + _EDGE_NS)
                     if len(arr) >= lats.limit:
                         ops += len(arr) * k
-                        lats.fold(samples.hist)
+                        lats.fold(hist)
                 if res != full:
                     got = _check(res, bs, errors)
                     if ph == 1:
@@ -179,7 +189,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                     break
             ops += len(arr) * k
             nbytes += ops * bs - short
-            lats.fold(samples.hist)
+            lats.fold(hist)
         else:
             # Per group its start, bound once (a prepared batch's own start, as the raw loop
             # calls submit_columns, without a lambda frame per batch) and the results of a
@@ -199,6 +209,9 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
             fulls = [[bs, 0] * len(g) if pairs else [bs] * len(g) for g in groups]
             sizes = [len(g) for g in groups]
             take, phase, add = offs.take, meter.phase, samples.add
+            # A streamed batch's time is not its ops' latency (they ran QD at a time, each
+            # place refilled as an op completed): its row reports no latency.
+            timed = not rung.streamed
             fifo: deque[tuple[int, int, Pending]] = deque()
             for j, k in enumerate(sizes):
                 fifo.append((now_ns(), j, starts[j](take(k))))
@@ -212,7 +225,8 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                 got = k * bs if res == fulls[j] else _check(res[:: 2 if pairs else 1], bs, errors)
                 ph = 1 if now < until else phase(now)
                 if ph == 1:
-                    add(now - t0, k)
+                    if timed:
+                        add(now - t0, k)
                     ops += k
                     nbytes += got
                 elif meter.t0:

@@ -29,6 +29,7 @@ class Rung:
     batched: bool = True  # uring loop: whole batches per submit (False: one op per submit)
     fixed: bool = False  # uring loop: registered buffers (READ/WRITE_FIXED) and a fixed file
     prepared: bool = False  # api loop: handle.prepare_reads/prepare_writes, else read_many/start_read_many
+    streamed: bool = False  # api loop: core.max_in_flight = QD, batches of stream_ops(QD) ops run whole
     requires: str | None = None  # plugin whose verdict must be enabled, else the rung is skipped
     open_options: Mapping[str, Any] = field(default_factory=dict)
     expect_backend: str | None = None  # the rung is skipped when the file is served by another backend
@@ -89,6 +90,24 @@ LADDER: tuple[Rung, ...] = (
         prepared=True,
     ),
     Rung(
+        "streamed",
+        "api",
+        "io_uring handle on a ring whose core.max_in_flight is QD: prepare_reads over 32 x QD buffers "
+        "(at least 1024), then .run(offsets) of all of them; each completion's place is refilled at once",
+        {**_PLAIN, "core.backend": "uring"},
+        prepared=True,
+        streamed=True,
+    ),
+    Rung(
+        "streamed +fixedbuf",
+        "api",
+        "streamed on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
+        {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
+        fixed=True,
+        prepared=True,
+        streamed=True,
+    ),
+    Rung(
         "+iopoll",
         "api",
         "batched (prepare_reads, .start batches kept QD deep) on the per-core IOPOLL ring: O_DIRECT, "
@@ -147,6 +166,14 @@ LADDER: tuple[Rung, ...] = (
 )
 
 RUNGS: dict[str, Rung] = {r.name: r for r in LADDER}
+
+
+def stream_ops(queue_depth: int) -> int:
+    """Ops per call of a ``streamed`` rung: enough that the queue runs dry only at the end of
+    a call (32 refills of each place), and at least 1024."""
+    return max(1024, 32 * queue_depth)
+
+
 ALIASES = {"raw": RAW_RING}  # short names accepted by --modes
 
 

@@ -223,7 +223,7 @@ def result_from_loop(mode: str, loop: LoopResult) -> ModeResult:
         seconds=secs,
         iops=iops,
         mb_s=loop.bytes / secs / 1e6 if secs > 0 else 0.0,
-        lat_us=percentiles_us(loop.hist) if loop.ops else {},
+        lat_us=percentiles_us(loop.hist) if loop.ops and loop.hist.total_count else {},
         cpu_pct=100.0 * loop.cpu / secs if secs > 0 else 0.0,
     )
     if loop.enters >= 0 and loop.ops:

@@ -418,3 +418,24 @@ def test_row_against_row_targets_are_judged_on_the_pairs_of_interleaved_runs(tmp
     text = mod.generate(_write(tmp_path, [b2b]), None)
     line = next(ln for ln in text.splitlines() if "asyncio batch (`await read_many_async`)" in ln)
     assert "| 0.50 | **no** |" in line, line
+
+
+def test_a_row_without_latency_is_shown_and_judged_by_its_iops(tmp_path: Path) -> None:
+    """A streamed row reports no latency (a batch's time is not its ops'): its table cells
+    for it read "-", and it still competes for the O_DIRECT QD32 target by its IOPS."""
+    mod = _script()
+    fio = [(100.0, 300.0, 900.0)] * 4
+    runs = []
+    for when in ("t1", "t2", "t3"):
+        streamed = _il_row("streamed", [(97.0, 0.0, 0.0)] * 4)
+        streamed["lat_us"] = {}
+        for rnd in streamed["details"]["rounds"]:
+            rnd["lat_us"] = {}
+        rows = [_il_row("batched", [(80.0, 310.0, 950.0)] * 4), streamed, _il_row("fio io_uring", fio, "fio")]
+        runs.append(_il_doc(when, 32, rows))
+    text = mod.generate(_write(tmp_path, runs), None)
+    target = next(ln for ln in text.splitlines() if "O_DIRECT QD32" in ln)
+    assert "streamed: 0.97" in target and target.endswith("| **yes** |"), target
+    row = next(ln for ln in text.splitlines() if ln.startswith("| streamed |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[3] == "0.97" and cells[5:9] == ["-", "-", "-", "-"], cells

@@ -11,7 +11,7 @@ import pytest
 
 from uringstack.bench import runner
 from uringstack.bench.fio import fio_args
-from uringstack.bench.ladder import LADDER, RAW_RING, RUNGS, select
+from uringstack.bench.ladder import LADDER, RAW_RING, RUNGS, select, stream_ops
 from uringstack.bench.metrics import ModeResult
 from uringstack.bench.spec import BenchSpec
 from uringstack.probe.blockdev import device_size
@@ -32,8 +32,8 @@ def test_every_row_but_the_raw_ring_is_public_api_or_another_tool() -> None:
     assert apis[RAW_RING] == "raw" and RAW_RING == "raw ring (not public API)"
     assert apis["threadpool preadv"] == apis["aiofiles"] == "tool"
     assert {n for n, a in apis.items() if a == "public"} == {
-        "fallback", "uring-single", "batched", "+fixedbuf", "+sqpoll", "+iopoll", "+passthrough",
-        "asyncio read", "asyncio batch",
+        "fallback", "uring-single", "batched", "+fixedbuf", "+sqpoll", "streamed", "streamed +fixedbuf",
+        "+iopoll", "+passthrough", "asyncio read", "asyncio batch",
     }  # fmt: skip
     assert select(["raw"]) == [RUNGS[RAW_RING]]
 
@@ -70,6 +70,34 @@ def test_handle_rows_go_through_the_file_handle(
         assert row.details["registered_buffers"] >= spec.queue_depth
     if mode == "fallback":
         assert row.details["backend"] == "fallback"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["streamed", "streamed +fixedbuf"])
+def test_streamed_rows_start_batches_larger_than_the_rings_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A streamed row runs on rings whose max_in_flight is the queue depth and starts
+    batches of stream_ops(QD) / 2 ops through PreparedIO; it reports what it moved and no
+    latency (a batch's time is not its ops')."""
+    seen: list[tuple[int, int | None]] = []
+    real = PreparedIO.start
+
+    def recording(self: PreparedIO, offsets: Any) -> Any:
+        ring = self._handle.ring
+        seen.append((len(offsets), None if ring is None else ring.cq_cap))
+        return real(self, offsets)
+
+    monkeypatch.setattr(PreparedIO, "start", recording)
+    spec = _spec(tmp_path)
+    row = runner.run_mode(spec, RUNGS[mode])
+    assert row.status == "ok", row.reason
+    assert set(seen) == {(stream_ops(spec.queue_depth) // 2, spec.queue_depth)}
+    assert len(seen) * stream_ops(spec.queue_depth) // 2 >= row.ops > 0
+    assert row.bytes == row.ops * spec.block_size
+    assert row.lat_us == {}
+    if mode == "streamed +fixedbuf":
+        assert row.details["registered_buffers"] >= stream_ops(spec.queue_depth)
 
 
 @pytest.mark.timeout(60)
