@@ -20,6 +20,7 @@ written next to the results (benchmarks/ladder-*.png).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import statistics
@@ -64,7 +65,9 @@ def group_key(doc: Doc) -> str:
 
 
 def slug(key: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:60]
+    """A file name for the group *key*: readable, and unique (the groups of one workload
+    differ only at the end of their keys, past any prefix short enough to read)."""
+    return re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:60] + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def _med(values: list[float]) -> float | None:

@@ -439,3 +439,14 @@ def test_a_row_without_latency_is_shown_and_judged_by_its_iops(tmp_path: Path) -
     row = next(ln for ln in text.splitlines() if ln.startswith("| streamed |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[3] == "0.97" and cells[5:9] == ["-", "-", "-", "-"], cells
+
+
+def test_groups_whose_keys_share_a_long_prefix_get_plots_of_their_own() -> None:
+    """Two groups of one workload differ only at the end of their keys (the kernel, --batch,
+    --scale-workers): each must get its own plot file, not overwrite the other's."""
+    mod = _script()
+    base = "randread 4 KiB QD32, 1 worker(s), buffered, hot page cache, a file on vda"
+    keys = [base, f"{base}, interleaved", f"{base}, --batch 32, --scale-workers 2", f"{base}, --tuned"]
+    slugs = [mod.slug(k) for k in keys]
+    assert len(set(slugs)) == len(keys), slugs
+    assert all(s == mod.slug(k) and s.startswith("randread-4-kib-qd32") for s, k in zip(slugs, keys, strict=True))
