@@ -692,7 +692,11 @@ class FileHandle:
         return res
 
     def read_many(self, offsets: Sequence[int], buffers: Sequence[Any], *, exact: bool = False) -> list[int]:
-        """Read each buffer at its offset in one batch; returns bytes read per buffer."""
+        """Read each buffer at its offset in one batch; returns bytes read per buffer.
+
+        On a ring, at most its queue depth is in flight at once (``Ring.cq_cap``,
+        ``core.max_in_flight``): a larger batch streams through it, each op submitted
+        as a completion makes room (docs/api.md)."""
         self._check()
         offsets = _check_batch(self.path, offsets, buffers)
         if not offsets:
