@@ -92,8 +92,9 @@ LADDER: tuple[Rung, ...] = (
     Rung(
         "streamed",
         "api",
-        "io_uring handle on a ring whose core.max_in_flight is QD: prepare_reads over 32 x QD buffers "
-        "(at least 1024), then .run(offsets) of all of them; each completion's place is refilled at once",
+        "io_uring handle on a ring whose core.max_in_flight is QD: prepare_reads over each half of 32 x QD "
+        "buffers (at least 1024), .start(offsets) of the halves in turn, oldest waited on; the ring refills "
+        "each completion's place at once",
         {**_PLAIN, "core.backend": "uring"},
         prepared=True,
         streamed=True,

@@ -4,6 +4,7 @@ holds until a writer shows up; the signal tests' completed batches read a hot fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,19 @@ def whole_first_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 IORING_SQ_CQ_OVERFLOW = 1 << 1  # include/uapi/linux/io_uring.h
+
+
+@contextlib.contextmanager
+def empty_pipes(n: int) -> Iterator[list[tuple[int, int]]]:
+    """*n* empty pipes ``(r, w)``: a read of each is held by the kernel until the test writes
+    to it (``test_cq_cap``, ``test_max_in_flight``); closed on exit."""
+    ps = [os.pipe() for _ in range(n)]
+    try:
+        yield ps
+    finally:
+        for r, w in ps:
+            os.close(r)
+            os.close(w)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import pytest
 import uringstack.ring as ring_module
 from tests.conftest import open_plain_uring
 from tests.pipe_io import PipeIO
-from tests.ring.conftest import cq_overflowed
+from tests.ring.conftest import cq_overflowed, empty_pipes
 from uringstack.errors import SubmissionError
 from uringstack.ring import Batch, Ring, RingBusyError, aio, coalesce
 from uringstack.ring.buffers import address_of, aligned_buffer
@@ -48,11 +48,8 @@ def ring(small_ring: Ring) -> Ring:
 
 @pytest.fixture
 def pipes() -> Iterator[list[tuple[int, int]]]:
-    ps = [os.pipe() for _ in range(N)]
-    yield ps
-    for r, w in ps:
-        os.close(r)
-        os.close(w)
+    with empty_pipes(N) as ps:
+        yield ps
 
 
 class Feeder:

@@ -18,6 +18,7 @@ import pytest
 
 import uringstack.ring as ring_module
 from tests.conftest import open_plain_uring
+from tests.ring.conftest import empty_pipes
 from uringstack.config import ConfigError
 from uringstack.ring import Ring, RingBusyError
 from uringstack.ring.buffers import address_of, aligned_buffer
@@ -43,11 +44,8 @@ def ring() -> Iterator[Ring]:
 
 @pytest.fixture
 def pipes() -> Iterator[list[tuple[int, int]]]:
-    ps = [os.pipe() for _ in range(N)]
-    yield ps
-    for r, w in ps:
-        os.close(r)
-        os.close(w)
+    with empty_pipes(N) as ps:
+        yield ps
 
 
 def _nops(n: int) -> BatchColumns:
