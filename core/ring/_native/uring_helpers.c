@@ -554,8 +554,11 @@ static int submit_range(struct io_uring *ring, us_state_t *st, const struct us_b
              * when the kernel's block plug is flushed at its end, so a refill of a whole
              * burst of completions leaves the device idle meanwhile: measured on this
              * VM's virtio disk, 4 KiB O_DIRECT at 30 in flight went from 0.83x fio's
-             * IOPS to 0.97-0.98x (docs/api.md, "At most Ring.cq_cap ops").  Its error, if any, is the
-             * next submission's (which retries what is still queued). */
+             * IOPS to 0.97-0.98x (docs/api.md, "At most Ring.cq_cap ops").  Its error,
+             * if any, is the next submission's (which retries what is still queued).
+             * Never after the batch's last op: the final submission below must submit
+             * something, so that a signal cannot turn its wait into -EINTR (see
+             * batch_submit_from). */
             submit_pending(ring, st);
     }
     /* never wait for more CQEs than the slot still awaits (the rest of a batch
