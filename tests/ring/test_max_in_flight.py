@@ -8,6 +8,7 @@ many are in flight is then a fact the test controls, not a race with a device.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 import uringstack.ring as ring_module
 from tests.conftest import open_plain_uring
 from tests.ring.conftest import empty_pipes
+from tests.signal_points import Alarm
 from uringstack.config import ConfigError
 from uringstack.ring import Ring, RingBusyError
 from uringstack.ring.buffers import address_of, aligned_buffer
@@ -192,6 +194,60 @@ def test_a_hung_op_fails_the_streaming_batch_within_its_timeout(ring: Ring, pipe
         time.sleep(0.01)
     assert ring.inflight == 0
     assert ring.run(Op.NOP, -1) == [0]
+
+
+def test_a_signal_in_a_streamed_batchs_last_wait_reaches_python_at_once(
+    ring: Ring, pipes: list[tuple[int, int]], counted_alarm: list[int], whole_first_wait: None
+) -> None:
+    """A waited batch over the depth: its final submission must submit something (its last
+    op is never submitted early by the refill), since an io_uring_enter that submits hides
+    its wait's EINTR and returns the count; one that submitted nothing would give -EINTR,
+    which the submission retries, and the handler would wait out another whole wait (2 s
+    here).  The first 9 pipes are fed while the batch streams; the alarm comes while the
+    last 3 reads are held in the final wait."""
+    ring.wait_tick = 2.0
+    ring.wait_timeout = 3.0
+    buf = bytearray(SIZE * N)
+    pin = ffi.from_buffer(buf)
+    addrs = [address_of(pin) + SIZE * i for i in range(N)]
+    fed = N - DEPTH
+
+    armed: list[float] = []
+
+    def counted(name: str, k: int) -> None:
+        # (the counters' memory: counters() takes the ring's lock, which the submission holds)
+        deadline = time.monotonic() + 2
+        while getattr(ring._counters, name) < k and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def feed() -> None:
+        for i, (_, w) in enumerate(pipes[:fed]):
+            counted("submitted", i + 1)  # each read held by the kernel before its pipe is fed
+            os.write(w, bytes([i]) * SIZE)
+        # The alarm (sent to the main thread, which waits) once the fed reads were reaped,
+        # so the last one is queued and the final submission, which counts what it submitted
+        # only when its wait ends, is under way: however slow the machine, the alarm comes
+        # in the final wait.
+        counted("reaped", fed)
+        time.sleep(0.2)
+        armed.append(time.monotonic())
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    with pytest.raises(Alarm):
+        ring.submit(Op.READ, [r for r, _ in pipes], addrs=addrs, lens=SIZE, offsets=0, keep=[pin, buf], wait=True)
+    done = time.monotonic()
+    feeder.join(5)
+    assert counted_alarm == [1] and armed
+    took = done - armed[0]
+    assert took < 1.0, f"the handler ran {took:.2f} s after the alarm (the wait went on after the signal)"
+    (batch,) = ring._inflight.values()  # still owned, its last reads in the kernel
+    assert ring.inflight == DEPTH
+    for i, (_, w) in enumerate(pipes[fed:], fed):
+        os.write(w, bytes([i]) * SIZE)
+    assert ring.wait(batch) == [SIZE] * N
+    assert bytes(buf) == b"".join(bytes([i]) * SIZE for i in range(N))
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.0])
