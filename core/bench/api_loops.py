@@ -29,9 +29,8 @@ from functools import partial
 from itertools import cycle
 from typing import TYPE_CHECKING, Any
 
-from uringstack.bench.ladder import stream_ops
 from uringstack.bench.loops import _FLUSH_SAMPLES, Meter, Samples, _fill
-from uringstack.bench.metrics import BatchLatencies, LoopResult, new_histogram
+from uringstack.bench.metrics import BatchLatencies, LoopResult
 from uringstack.bench.spec import BenchSpec, Durability, offset_list
 from uringstack.ring.buffers import RegisteredBuffer
 
@@ -78,8 +77,7 @@ class _Offsets:
 
 
 def _lease(handle: FileHandle, spec: BenchSpec, rung: Rung) -> list[Any]:
-    count = stream_ops(spec.queue_depth) if rung.streamed else spec.queue_depth
-    bufs = handle.lease_buffers(count, size=spec.block_size)
+    bufs = handle.lease_buffers(rung.buffer_count(spec.queue_depth), size=spec.block_size)
     if rung.fixed and not all(isinstance(b, RegisteredBuffer) for b in bufs):
         handle.release_buffers(bufs)
         raise RuntimeError(
@@ -149,9 +147,6 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
             k = len(g)
             full, kbs = [bs] * k, bs * k
             lats = BatchLatencies(k)
-            # A streamed call's time is not its ops' latency (they ran QD at a time, each
-            # refilled as one completed): its row reports no latency, only what it moved.
-            hist = new_histogram() if rung.streamed else samples.hist
             lat, arr, phase = lats.append, lats.lat, meter.phase
             batches: Iterator[Sequence[int]] = (
                 zip(cycle(offs.offs)) if k == 1 else iter(lambda: offs.take(k), None)
@@ -179,7 +174,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                     edge = min(meter.until, now + _EDGE_NS)
                     if len(arr) >= lats.limit:
                         ops += len(arr) * k
-                        lats.fold(hist)
+                        lats.fold(samples.hist)
                 if res != full:
                     got = _check(res, bs, errors)
                     if ph == 1:
@@ -189,7 +184,7 @@ def handle_loop(handle: FileHandle, spec: BenchSpec, rung: Rung, worker: int) ->
                     break
             ops += len(arr) * k
             nbytes += ops * bs - short
-            lats.fold(hist)
+            lats.fold(samples.hist)
         else:
             # Per group its start, bound once (a prepared batch's own start, as the raw loop
             # calls submit_columns, without a lambda frame per batch) and the results of a

@@ -29,10 +29,15 @@ class Rung:
     batched: bool = True  # uring loop: whole batches per submit (False: one op per submit)
     fixed: bool = False  # uring loop: registered buffers (READ/WRITE_FIXED) and a fixed file
     prepared: bool = False  # api loop: handle.prepare_reads/prepare_writes, else read_many/start_read_many
-    streamed: bool = False  # api loop: core.max_in_flight = QD, batches of stream_ops(QD) ops run whole
+    streamed: bool = False  # api loop: core.max_in_flight = QD, two batches of stream_ops(QD) / 2 ops in turn
     requires: str | None = None  # plugin whose verdict must be enabled, else the rung is skipped
     open_options: Mapping[str, Any] = field(default_factory=dict)
     expect_backend: str | None = None  # the rung is skipped when the file is served by another backend
+
+    def buffer_count(self, queue_depth: int) -> int:
+        """Buffers a worker of this rung leases (and the fixedbuf pool registers): one per op
+        in flight, or a streamed rung's :func:`stream_ops`."""
+        return stream_ops(queue_depth) if self.streamed else queue_depth
 
     @property
     def api(self) -> Api:

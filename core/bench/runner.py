@@ -35,7 +35,7 @@ from uringstack.bench.interleave import (
     run_rounds,
     slice_spec,
 )
-from uringstack.bench.ladder import Rung, select, stream_ops
+from uringstack.bench.ladder import Rung, select
 from uringstack.bench.loops import uring_loop
 from uringstack.bench.metrics import LoopResult, ModeResult, merge, result_from_loop, wait_loops
 from uringstack.bench.prewarm import warm_device, warm_file
@@ -225,7 +225,7 @@ def _overrides(spec: BenchSpec, rung: Rung) -> dict[str, Any]:
         "core.cores": cpus,
         "fallback.threads": spec.queue_depth,
         "fixedbuf.buffer_size": max(4096, buf),
-        "fixedbuf.count": stream_ops(spec.queue_depth) if rung.streamed else spec.queue_depth,
+        "fixedbuf.count": rung.buffer_count(spec.queue_depth),
         "fixedbuf.min_count": 1,
         **({"core.max_in_flight": spec.queue_depth} if rung.streamed else {}),
         **rung.overrides,

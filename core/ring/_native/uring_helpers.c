@@ -334,18 +334,19 @@ static struct io_uring_sqe *next_sqe(struct io_uring *ring, us_state_t *st, int 
             return NULL;
         }
         drain(ring, st);
-        if (!cq_room(ring, st))
+        if (!cq_room(ring, st)) {
             st->refilling = 1;  /* the kernel holds the ops (they did not complete inline) */
-        if (!cq_room(ring, st) && st->room_ms) {
-            /* wait here for completions (one tick at most, the caller's bounded wait
-             * checks for lost ones and deadlines past it): no trip back to Python
-             * per CQ's worth of a large batch */
-            uint64_t deadline = now_ns() + (uint64_t)st->room_ms * 1000000ull;
-            while (!cq_room(ring, st) && cq_held(ring)) {
-                int w = wait_cqe_until(ring, st, deadline);
-                drain(ring, st);
-                if (w < 0)
-                    break;  /* -ETIME, -EINTR (back to Python for its handlers), an error */
+            if (st->room_ms) {
+                /* wait here for completions (one tick at most, the caller's bounded wait
+                 * checks for lost ones and deadlines past it): no trip back to Python
+                 * per CQ's worth of a large batch */
+                uint64_t deadline = now_ns() + (uint64_t)st->room_ms * 1000000ull;
+                while (!cq_room(ring, st) && cq_held(ring)) {
+                    int w = wait_cqe_until(ring, st, deadline);
+                    drain(ring, st);
+                    if (w < 0)
+                        break;  /* -ETIME, -EINTR (back to Python for its handlers), an error */
+                }
             }
         }
         if (!cq_room(ring, st)) {
