@@ -504,14 +504,26 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         row("2 workers vs 1, CPU-bound (buffered hot), worker threads: ≥ 1.8×", shown, (_med(scal[best]) or 0) >= 1.8)
     else:
         row("2 workers vs 1, CPU-bound (buffered hot), worker threads: ≥ 1.8×", "-", None)
-    ri = _med(per_run_ratio(nullb, "+iopoll", "fio io_uring hipri", _iops))
+
+    def best_handle(docs: list[Doc], plain: str, base: str) -> tuple[str, bool | None]:
+        """The target judged on the better of the handle's two public rows, *plain* (batches
+        kept QD deep) and ``streamed`` *plain* (a ring queue depth of QD), as the O_DIRECT
+        QD32 target is judged on the best public mode; the other row is shown beside it."""
+        ratios = {m: _med(per_run_ratio(docs, m, base, _iops)) for m in (plain, f"streamed {plain}")}
+        got = {m: r for m, r in ratios.items() if r is not None}
+        if not got:
+            return _against(None, 0.8)
+        best = max(got, key=lambda m: got[m] or 0)
+        shown, ok = _against(got[best], 0.8)
+        others = [f"{m} {_ratio(r)}" for m, r in got.items() if m != best]
+        return f"{best}: {shown}" + (f" ({', '.join(others)})" if others else ""), ok
+
+    shown, ok = best_handle(nullb, "+iopoll", "fio io_uring hipri")
     on_nvme = _med(per_run_ratio(nvme, "+iopoll", "fio io_uring hipri", _iops))
-    shown, ok = _against(ri, 0.8)
     row("/dev/nullb0 in the NVMe VM (6.12), QD32: IOPOLL handle ≥ 0.80× fio `--hipri=1`",
-        shown + ("" if on_nvme is None else f" (on the emulated NVMe namespace: {_ratio(on_nvme)})")
+        shown + ("" if on_nvme is None else f"; on the emulated NVMe namespace: +iopoll {_ratio(on_nvme)}")
         + with_batches("+iopoll", "fio io_uring hipri", lambda d: "nullb" in d["file"]["path"]), ok)  # fmt: skip
-    rp = _med(per_run_ratio(nvme, "+passthrough", "fio io_uring_cmd", _iops))
-    shown, ok = _against(rp, 0.8)
+    shown, ok = best_handle(nvme, "+passthrough", "fio io_uring_cmd")
     row("NVMe VM, 6.12, QD32: passthrough handle ≥ 0.80× fio `io_uring_cmd`",
         shown + with_batches("+passthrough", "fio io_uring_cmd", is_nvme), ok)  # fmt: skip
     for target, value, ok in wal_targets(wal_docs):

@@ -129,11 +129,37 @@ def test_nvme_vm_targets_are_judged_from_the_612_runs_against_their_own_fio_jobs
         paths.append(p)
     text = mod.generate(paths, None)
     passthrough = next(ln for ln in text.splitlines() if "passthrough handle" in ln)
-    assert "| 0.85; `--batch 16`: 0.11 (1 run(s)) | **yes** |" in passthrough  # shown, not judged
+    assert "| +passthrough: 0.85; `--batch 16`: 0.11 (1 run(s)) | **yes** |" in passthrough  # shown, not judged
     iopoll = next(ln for ln in text.splitlines() if "IOPOLL handle" in ln)
-    assert "0.65 (on the emulated NVMe namespace: 0.50)" in iopoll and "**no**" in iopoll
+    assert "+iopoll: 0.65; on the emulated NVMe namespace: +iopoll 0.50" in iopoll and "**no**" in iopoll
     assert "/dev/nvme0n1, kernel 6.1.0-57-amd64" in text and "/dev/nvme0n1, kernel 6.12.118+deb13-amd64" in text
     assert "/dev/nvme0n1, kernel 6.12.118+deb13-amd64, --batch 16" in text
+
+
+def test_the_handle_targets_are_judged_on_the_better_of_the_batched_and_streamed_rows(tmp_path: Path) -> None:
+    """``+iopoll`` and ``streamed +iopoll`` are the same handle driven two ways through the
+    public API: the target takes the better one (as the O_DIRECT target takes the best public
+    mode) and shows the other beside it."""
+    mod = _script()
+    nullb = [
+        _vm_doc("/dev/nullb0", "6.12.118+deb13-amd64",
+                [_row("+iopoll", 20), _row("streamed +iopoll", s), _row("fio io_uring hipri", 100, "fio")])
+        for s in (150, 190, 170)
+    ]  # fmt: skip
+    nvme = [
+        _vm_doc("/dev/nvme0n1", "6.12.118+deb13-amd64",
+                [_row("+passthrough", 50), _row("streamed +passthrough", 40), _row("fio io_uring_cmd", 100, "fio")])
+    ]  # fmt: skip
+    paths = []
+    for i, d in enumerate([*nullb, *nvme]):
+        p = tmp_path / f"vm{i}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    lines = mod.generate(paths, None).splitlines()
+    iopoll = next(ln for ln in lines if "IOPOLL handle" in ln)
+    assert "| streamed +iopoll: 1.70 (+iopoll 0.20) | **yes** |" in iopoll, iopoll
+    passthrough = next(ln for ln in lines if "passthrough handle" in ln)
+    assert "| +passthrough: 0.50 (streamed +passthrough 0.40) | **no** |" in passthrough, passthrough
 
 
 def test_a_bigger_batch_run_of_the_hot_workload_is_shown_beside_the_target_never_judged(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_every_row_but_the_raw_ring_is_public_api_or_another_tool() -> None:
     assert apis["threadpool preadv"] == apis["aiofiles"] == "tool"
     assert {n for n, a in apis.items() if a == "public"} == {
         "fallback", "uring-single", "batched", "+fixedbuf", "+sqpoll", "streamed", "streamed +fixedbuf",
-        "+iopoll", "+passthrough", "asyncio read", "asyncio batch",
+        "+iopoll", "+passthrough", "streamed +iopoll", "streamed +passthrough", "asyncio read", "asyncio batch",
     }  # fmt: skip
     assert select(["raw"]) == [RUNGS[RAW_RING]]
 

@@ -1,0 +1,66 @@
+"""The ``streamed +iopoll`` and ``streamed +passthrough`` bench rows measure what they name.
+
+Each runs on its handle's own ring (the worker's IOPOLL ring, the passthrough
+ring) with that ring's queue depth at QD, and starts prepared batches many
+times larger than it.  Runs inside ../shared/nvme-vm (scripts/test-nvme.sh);
+the namespace and null_blk are read, never written (a block device target is
+benchmarked read-only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uringstack.bench import runner
+from uringstack.bench.ladder import RUNGS, stream_ops
+from uringstack.bench.spec import BenchSpec
+from uringstack.probe.blockdev import device_size
+from uringstack.stack.prepared import PreparedIO
+
+from .conftest import BLK
+
+pytestmark = pytest.mark.nvme
+
+
+def _run_streamed(monkeypatch: pytest.MonkeyPatch, mode: str, device: Path) -> None:
+    seen: list[tuple[int, int | None, str]] = []
+    real = PreparedIO.start
+
+    def recording(self: PreparedIO, offsets: Any) -> Any:
+        ring = self._handle.ring
+        seen.append((len(offsets), None if ring is None else ring.cq_cap, self._handle.backend))
+        return real(self, offsets)
+
+    monkeypatch.setattr(PreparedIO, "start", recording)
+    spec = BenchSpec(
+        "randread", file=str(device), file_size=device_size(str(device)), queue_depth=8, duration=0.5, direct=True
+    )
+    row = runner.run_mode(spec, RUNGS[mode])
+    assert row.status == "ok", row.reason
+    backend = RUNGS[mode].expect_backend
+    assert set(seen) == {(stream_ops(spec.queue_depth) // 2, spec.queue_depth, backend)}
+    assert len(seen) * stream_ops(spec.queue_depth) // 2 >= row.ops > 0
+    assert row.bytes == row.ops * spec.block_size
+    assert row.lat_us == {}
+
+
+@pytest.mark.timeout(120)
+def test_streamed_iopoll_row_runs_on_the_iopoll_ring_at_its_queue_depth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _run_streamed(monkeypatch, "streamed +iopoll", BLK)
+
+
+@pytest.mark.timeout(120)
+def test_streamed_iopoll_row_on_null_blk(monkeypatch: pytest.MonkeyPatch, nullb: Path) -> None:
+    _run_streamed(monkeypatch, "streamed +iopoll", nullb)
+
+
+@pytest.mark.timeout(120)
+def test_streamed_passthrough_row_runs_on_the_passthrough_ring_at_its_queue_depth(
+    monkeypatch: pytest.MonkeyPatch, passthrough: None
+) -> None:
+    _run_streamed(monkeypatch, "streamed +passthrough", BLK)
