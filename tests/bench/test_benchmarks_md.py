@@ -135,7 +135,7 @@ def test_nvme_vm_targets_are_judged_from_the_612_runs_against_their_own_fio_jobs
         "on 6.1 (1 run(s), not judged): +passthrough: 0.10 | **yes** |" in passthrough
     )
     iopoll = next(ln for ln in text.splitlines() if "IOPOLL handle" in ln)
-    assert "+iopoll: 0.65; on the emulated NVMe namespace: +iopoll 0.50" in iopoll and "**no**" in iopoll
+    assert "+iopoll: 0.65; on the emulated NVMe namespace: +iopoll: 0.50" in iopoll and "**no**" in iopoll
     assert "/dev/nvme0n1, kernel 6.1.0-57-amd64" in text and "/dev/nvme0n1, kernel 6.12.118+deb13-amd64" in text
     assert "/dev/nvme0n1, kernel 6.12.118+deb13-amd64, --batch 16" in text
 
