@@ -28,8 +28,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import open_plain_uring
+from tests.requires import skip_without
 from uringstack.errors import CancelTimeoutError
 from uringstack.ring import Ring
+from uringstack.ring.flags import SetupFlag
 from uringstack.stack import Stack, open_stack
 from uringstack.stack.handle import FileHandle
 
@@ -344,3 +346,44 @@ def test_a_read_into_cancelled_before_its_flush_is_never_submitted(stack: Stack,
             return ring.counters()["submitted"] - before
 
         assert _run(main()) == 1
+
+
+@pytest.mark.timeout(60)
+def test_on_an_sqpoll_ring_a_cancelled_reads_slot_is_reused_and_the_read_never_lands(data: pathlib.Path) -> None:
+    """SQPOLL: the kernel's poller thread, not an ``io_uring_enter`` of ours, picks up the
+    cancel and every later SQE.  A read held in the kernel (a pipe) is cancelled; the reads
+    after it reuse its batch slot and SQ entries and must get their own bytes, never its
+    completion; bytes written to the pipe afterwards land in no buffer."""
+    content = bytes(range(256)) * 16
+    data.write_bytes(content)
+    with open_stack(overrides={"sqpoll.mode": "on", "core.cores": [0]}) as stack, open_plain_uring(stack, data) as h:
+        ring = h.ring
+        assert ring is not None
+        if not ring.flags & SetupFlag.SQPOLL:
+            skip_without(f"an SQPOLL storage ring (sqpoll.mode = on gave {ring.flags!r}: see `uringstack plan`)")
+        if "SQPOLL_NONFIXED" not in ring.feature_names():
+            skip_without("IORING_FEAT_SQPOLL_NONFIXED (5.11+): the test's pipe is not a registered file")
+        pipe = _PipeBacked(h)
+        buf = bytearray(SIZE)
+        try:
+
+            async def cancel_then_reuse() -> list[bytes]:
+                with pytest.raises(TimeoutError):  # (asyncio.wait_for's own timeout: a cancel)
+                    await asyncio.wait_for(h.read_into_async(buf, 0), 0.2)
+                assert ring.inflight == 0, "the cancelled read is still in the kernel"
+                h.io.fd, h.io.fixed_index = pipe.file_fd, pipe.fixed_index  # the file again
+                return [await h.read(SIZE, off) for off in range(0, 4096, 256)]
+
+            got = _run(cancel_then_reuse())
+            assert got == [content[off : off + SIZE] for off in range(0, 4096, 256)]
+            bufs = [bytearray(SIZE) for _ in range(8)]
+            for rnd in range(10):
+                offs = [(rnd * 8 + i) * 16 % 4000 for i in range(8)]
+                assert h.read_many(offs, bufs) == [SIZE] * 8
+                assert [bytes(b) for b in bufs] == [content[o : o + SIZE] for o in offs]
+            buf[:] = b"S" * SIZE  # (back to a pool: another user's bytes)
+            _assert_untouched(ring, pipe, buf, b"S" * SIZE)
+            assert [bytes(b) for b in bufs] == [content[o : o + SIZE] for o in offs]
+        finally:
+            pipe.drain(ring)
+            pipe.restore()
