@@ -516,10 +516,9 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         return f"{best}: {shown}" + (f" ({', '.join(others)})" if others else ""), ok
 
     shown, ok = best_handle(nullb, "+iopoll", "fio io_uring hipri")
-    on_nvme = _med(per_run_ratio(nvme, "+iopoll", "fio io_uring hipri", _iops))
-    nvme_shown, _ = best_handle(nvme, "+iopoll", "fio io_uring hipri")
+    nvme_shown, nvme_ok = best_handle(nvme, "+iopoll", "fio io_uring hipri")
     row("/dev/nullb0 in the NVMe VM (6.12), QD32: IOPOLL handle ≥ 0.80× fio `--hipri=1`",
-        shown + ("" if on_nvme is None else f"; on the emulated NVMe namespace: {nvme_shown}")
+        shown + ("" if nvme_ok is None else f"; on the emulated NVMe namespace: {nvme_shown}")
         + with_batches("+iopoll", "fio io_uring hipri", lambda d: "nullb" in d["file"]["path"]), ok)  # fmt: skip
     shown, ok = best_handle(nvme, "+passthrough", "fio io_uring_cmd")
     # where 6.12's plan rules passthrough out (docs/nvme.md), the 6.1 runs are shown, never judged
