@@ -5,11 +5,13 @@ overrides that build its stack (so the plugins really choose), and (for
 hardware-dependent rungs) the plugin whose verdict must be "enabled" on
 this machine.  Every rung but the last runs through the public API
 (``FileHandle``) or is a tool a Python user would pick instead; the raw-ring
-row is labelled as such.  Adding a rung is adding one entry here.
+row is labelled as such.  Adding a rung is adding one entry here; a ``streamed``
+rung is :func:`streamed` of the rung whose stack and handle it drives otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -54,6 +56,55 @@ _PLAIN = {
 
 RAW_RING = "raw ring (not public API)"
 
+
+def streamed(base: Rung, name: str, summary: str) -> Rung:
+    """*base* driven the streamed way (``core.max_in_flight`` = QD, two prepared batches of
+    :func:`stream_ops` / 2 started in turn): the same stack and handle, one flag apart."""
+    return dataclasses.replace(base, name=name, summary=summary, streamed=True)
+
+
+_BATCHED = Rung(
+    "batched",
+    "api",
+    "io_uring handle, prepare_reads once per batch of --batch buffers, then .start(offsets) batches "
+    "kept QD deep (.run when one batch is QD)",
+    {**_PLAIN, "core.backend": "uring"},
+    prepared=True,
+)
+
+_FIXEDBUF = Rung(
+    "+fixedbuf",
+    "api",
+    "batched on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
+    {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
+    fixed=True,
+    prepared=True,
+)
+
+_IOPOLL = Rung(
+    "+iopoll",
+    "api",
+    "batched (prepare_reads, .start batches kept QD deep) on the per-core IOPOLL ring: O_DIRECT, "
+    "completions polled from the device",
+    {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
+    prepared=True,
+    requires="iopoll",
+    expect_backend="iopoll",
+)
+
+_PASSTHROUGH = Rung(
+    "+passthrough",
+    "api",
+    "batched (prepare_reads, .start batches kept QD deep) as NVMe Read commands via "
+    "IORING_OP_URING_CMD on the namespace's /dev/ngXnY",
+    {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
+    prepared=True,
+    requires="nvme_passthrough",
+    open_options={"passthrough": "auto"},
+    expect_backend="nvme_passthrough",
+)
+
+
 LADDER: tuple[Rung, ...] = (
     Rung(
         "fallback",
@@ -70,22 +121,8 @@ LADDER: tuple[Rung, ...] = (
         {**_PLAIN, "core.backend": "uring"},
         batched=False,
     ),
-    Rung(
-        "batched",
-        "api",
-        "io_uring handle, prepare_reads once per batch of --batch buffers, then .start(offsets) batches "
-        "kept QD deep (.run when one batch is QD)",
-        {**_PLAIN, "core.backend": "uring"},
-        prepared=True,
-    ),
-    Rung(
-        "+fixedbuf",
-        "api",
-        "batched on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
-        {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
-        fixed=True,
-        prepared=True,
-    ),
+    _BATCHED,
+    _FIXEDBUF,
     Rung(
         "+sqpoll",
         "api",
@@ -94,66 +131,29 @@ LADDER: tuple[Rung, ...] = (
         fixed=True,
         prepared=True,
     ),
-    Rung(
+    streamed(
+        _BATCHED,
         "streamed",
-        "api",
         "io_uring handle on a ring whose core.max_in_flight is QD: prepare_reads over each half of 32 x QD "
         "buffers (at least 1024), .start(offsets) of the halves in turn, oldest waited on; the ring refills "
         "each completion's place at once",
-        {**_PLAIN, "core.backend": "uring"},
-        prepared=True,
-        streamed=True,
     ),
-    Rung(
+    streamed(
+        _FIXEDBUF,
         "streamed +fixedbuf",
-        "api",
         "streamed on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
-        {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
-        fixed=True,
-        prepared=True,
-        streamed=True,
     ),
-    Rung(
-        "+iopoll",
-        "api",
-        "batched (prepare_reads, .start batches kept QD deep) on the per-core IOPOLL ring: O_DIRECT, "
-        "completions polled from the device",
-        {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
-        prepared=True,
-        requires="iopoll",
-        expect_backend="iopoll",
-    ),
-    Rung(
-        "+passthrough",
-        "api",
-        "batched (prepare_reads, .start batches kept QD deep) as NVMe Read commands via "
-        "IORING_OP_URING_CMD on the namespace's /dev/ngXnY",
-        {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
-        prepared=True,
-        requires="nvme_passthrough",
-        open_options={"passthrough": "auto"},
-        expect_backend="nvme_passthrough",
-    ),
-    Rung(
+    _IOPOLL,
+    _PASSTHROUGH,
+    streamed(
+        _IOPOLL,
         "streamed +iopoll",
-        "api",
         "streamed on the per-core IOPOLL ring: O_DIRECT, completions polled from the device",
-        {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
-        prepared=True,
-        streamed=True,
-        requires="iopoll",
-        expect_backend="iopoll",
     ),
-    Rung(
+    streamed(
+        _PASSTHROUGH,
         "streamed +passthrough",
-        "api",
         "streamed as NVMe Read commands via IORING_OP_URING_CMD on the namespace's /dev/ngXnY",
-        {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
-        prepared=True,
-        streamed=True,
-        requires="nvme_passthrough",
-        open_options={"passthrough": "auto"},
-        expect_backend="nvme_passthrough",
     ),
     Rung(
         "asyncio read",
