@@ -411,11 +411,14 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
 
     qd1 = find(lambda d: device_bound(d, 1))
 
-    def vm_kernel(d: Doc, release: str) -> bool:  # a block device in the NVMe VM on that kernel
-        return bool(d["file"].get("block_device")) and d["machine"]["kernel"].startswith(release)
+    def vm_qd32(d: Doc, release: str, batch: int = 0) -> bool:  # a block device in the NVMe VM, QD32
+        return (
+            bool(d["file"].get("block_device")) and d["machine"]["kernel"].startswith(release)
+            and spec(d)["queue_depth"] == 32 and batch_is(d, batch)
+        )  # fmt: skip
 
-    def vm612(d: Doc, batch: int = 0) -> bool:  # a block device in the NVMe VM on Debian 13's 6.12, QD32
-        return vm_kernel(d, "6.12") and spec(d)["queue_depth"] == 32 and batch_is(d, batch)
+    def vm612(d: Doc, batch: int = 0) -> bool:  # on Debian 13's 6.12, the targets' kernel
+        return vm_qd32(d, "6.12", batch)
 
     def is_nvme(d: Doc) -> bool:  # the +passthrough rung's reference ran: fio io_uring_cmd on /dev/ngXnY
         return any(r["mode"] == "fio io_uring_cmd" for r in d["results"])
@@ -510,7 +513,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         got = {m: r for m, r in ratios.items() if r is not None}
         if not got:
             return _against(None, 0.8)
-        best = max(got, key=lambda m: got[m] or 0)
+        best = max(got, key=got.__getitem__)
         shown, ok = _against(got[best], 0.8)
         others = [f"{m} {_ratio(r)}" for m, r in got.items() if m != best]
         return f"{best}: {shown}" + (f" ({', '.join(others)})" if others else ""), ok
@@ -522,7 +525,7 @@ def targets(groups: dict[str, list[Doc]], wal_docs: list[Doc]) -> list[str]:
         + with_batches("+iopoll", "fio io_uring hipri", lambda d: "nullb" in d["file"]["path"]), ok)  # fmt: skip
     shown, ok = best_handle(nvme, "+passthrough", "fio io_uring_cmd")
     # where 6.12's plan rules passthrough out (docs/nvme.md), the 6.1 runs are shown, never judged
-    on61 = find(lambda d: is_nvme(d) and vm_kernel(d, "6.1.") and spec(d)["queue_depth"] == 32 and batch_is(d, 0))
+    on61 = find(lambda d: is_nvme(d) and vm_qd32(d, "6.1."))
     beside61, _ = best_handle(on61, "+passthrough", "fio io_uring_cmd")
     row("NVMe VM, 6.12, QD32: passthrough handle ≥ 0.80× fio `io_uring_cmd`",
         shown + with_batches("+passthrough", "fio io_uring_cmd", is_nvme)

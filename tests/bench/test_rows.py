@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.streamed_rows import check_streamed_row, record_starts
 from uringstack.bench import runner
 from uringstack.bench.fio import fio_args
 from uringstack.bench.ladder import LADDER, RAW_RING, RUNGS, select, stream_ops
@@ -80,22 +81,10 @@ def test_streamed_rows_start_batches_larger_than_the_rings_depth(
     """A streamed row runs on rings whose max_in_flight is the queue depth and starts
     batches of stream_ops(QD) / 2 ops through PreparedIO; it reports what it moved and no
     latency (a batch's time is not its ops')."""
-    seen: list[tuple[int, int | None]] = []
-    real = PreparedIO.start
-
-    def recording(self: PreparedIO, offsets: Any) -> Any:
-        ring = self._handle.ring
-        seen.append((len(offsets), None if ring is None else ring.cq_cap))
-        return real(self, offsets)
-
-    monkeypatch.setattr(PreparedIO, "start", recording)
+    seen = record_starts(monkeypatch)
     spec = _spec(tmp_path)
     row = runner.run_mode(spec, RUNGS[mode])
-    assert row.status == "ok", row.reason
-    assert set(seen) == {(stream_ops(spec.queue_depth) // 2, spec.queue_depth)}
-    assert len(seen) * stream_ops(spec.queue_depth) // 2 >= row.ops > 0
-    assert row.bytes == row.ops * spec.block_size
-    assert row.lat_us == {}
+    check_streamed_row(row, spec, seen, "uring")
     if mode == "streamed +fixedbuf":
         assert row.details["registered_buffers"] >= stream_ops(spec.queue_depth)
 

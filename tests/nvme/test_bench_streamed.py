@@ -10,16 +10,15 @@ benchmarked read-only).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.streamed_rows import check_streamed_row, record_starts
 from uringstack.bench import runner
-from uringstack.bench.ladder import RUNGS, stream_ops
+from uringstack.bench.ladder import RUNGS
 from uringstack.bench.spec import BenchSpec
 from uringstack.probe.blockdev import device_size
 from uringstack.probe.model import Capabilities
-from uringstack.stack.prepared import PreparedIO
 
 from .conftest import BLK
 
@@ -27,25 +26,14 @@ pytestmark = pytest.mark.nvme
 
 
 def _run_streamed(monkeypatch: pytest.MonkeyPatch, mode: str, device: Path) -> None:
-    seen: list[tuple[int, int | None, str]] = []
-    real = PreparedIO.start
-
-    def recording(self: PreparedIO, offsets: Any) -> Any:
-        ring = self._handle.ring
-        seen.append((len(offsets), None if ring is None else ring.cq_cap, self._handle.backend))
-        return real(self, offsets)
-
-    monkeypatch.setattr(PreparedIO, "start", recording)
+    seen = record_starts(monkeypatch)
     spec = BenchSpec(
         "randread", file=str(device), file_size=device_size(str(device)), queue_depth=8, duration=0.5, direct=True
     )
     row = runner.run_mode(spec, RUNGS[mode])
-    assert row.status == "ok", row.reason
     backend = RUNGS[mode].expect_backend
-    assert set(seen) == {(stream_ops(spec.queue_depth) // 2, spec.queue_depth, backend)}
-    assert len(seen) * stream_ops(spec.queue_depth) // 2 >= row.ops > 0
-    assert row.bytes == row.ops * spec.block_size
-    assert row.lat_us == {}
+    assert backend is not None
+    check_streamed_row(row, spec, seen, backend)
 
 
 @pytest.mark.timeout(120)
