@@ -670,6 +670,15 @@ def open_stack(
         loaded = load_config(config, plugin_manager=plugin_manager, overrides=overrides)
         cfg, pm = loaded.config, loaded.plugin_manager
     else:
+        from uringstack.config import StackConfig
+
+        if not isinstance(config, StackConfig):
+            # (a dict used to be told to pass a plugin manager, as if it were a loaded config)
+            raise TypeError(
+                "open_stack() argument 'config' must be a StackConfig (from load_config), a path to "
+                f"a TOML file or None, not {type(config).__name__}; settings given as a dict go in "
+                "overrides= (nested or dotted: {'core.backend': 'fallback'})"
+            )
         cfg = config
         if overrides:
             raise TypeError("overrides apply when loading a config; pass a path or None")

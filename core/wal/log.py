@@ -10,24 +10,22 @@ import operator
 import sys
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uringstack import reaper
 from uringstack.ring import forking
 from uringstack.ring.interrupts import despite_signals
 
+from ..stack import Stack
 from .config import WalConfig
 from .errors import WalClosedError
 from .io import FileIOWrapper, WalIO
 from .recovery import LogScan, RecoveryMode, iter_records, recover
 from .segment import DirectoryLock, fsync_dir, remove_files, remove_spares
 from .writer import Writer
-
-if TYPE_CHECKING:
-    from ..stack import Stack
 
 
 def _lsn_argument(method: str, lsn: Any) -> int:
@@ -119,6 +117,31 @@ def _close_at_exit() -> None:
     reaper.drain_at_exit()
 
 
+def _config_of(config: object, overrides: dict[str, Any]) -> WalConfig:
+    """The log's :class:`WalConfig` from ``Wal.open``'s *config* and keyword *overrides*,
+    refused before the directory is touched: anything else used to fail after the
+    directory was made and locked, on a missing attribute."""
+    if config is None:
+        fields: dict[str, Any] = {}
+    elif isinstance(config, WalConfig):
+        if not overrides:
+            return config
+        fields = config.model_dump()
+    elif isinstance(config, Mapping):
+        fields = dict(config)
+    else:
+        raise TypeError(
+            "Wal.open() argument 'config' must be a WalConfig, a mapping of its fields or None, "
+            f"not {type(config).__name__}"
+        )
+    return WalConfig.model_validate({**fields, **overrides})
+
+
+def _check_stack(stack: object) -> None:
+    if not isinstance(stack, Stack):
+        raise TypeError(f"Wal.open() argument 'stack' must be a uringstack Stack or None, not {type(stack).__name__}")
+
+
 class Wal:
     """A durable, group-committed write-ahead log in one directory.
 
@@ -152,7 +175,7 @@ class Wal:
     def open(
         cls,
         path: str | Path,
-        config: WalConfig | None = None,
+        config: WalConfig | Mapping[str, Any] | None = None,
         *,
         backend: str | None = None,
         stack: Stack | None = None,
@@ -161,7 +184,10 @@ class Wal:
     ) -> Wal:
         """Open (creating if needed) the log in directory *path*, recovering what is there.
 
-        Keyword *overrides* are WalConfig fields; *backend* is one of them
+        *config* is a :class:`~uringstack.wal.config.WalConfig` or a mapping of
+        its fields (a config file's ``[wal]`` table, say: checked the same way,
+        unknown keys refused).  Keyword *overrides* are WalConfig fields too,
+        over *config*'s; *backend* is one of them
         (``auto``, ``uring``, ``fallback``).  The log writes through a
         :class:`~uringstack.stack.handle.FileHandle` per segment: on *stack* (a
         :class:`~uringstack.stack.Stack`, left open by :meth:`close`) if
@@ -173,13 +199,13 @@ class Wal:
         :class:`~uringstack.wal.errors.WalCorruptionError` when the mode does
         not accept what is on disk.
         """
-        config = config if config is not None else WalConfig()
         if backend is not None:
             overrides["backend"] = backend
-        if overrides:
-            config = WalConfig(**{**config.model_dump(), **overrides})
-        if stack is not None and "backend" in overrides:
-            raise TypeError("pass either backend= or stack=, not both: the stack decides the backend")
+        config = _config_of(config, overrides)
+        if stack is not None:
+            _check_stack(stack)
+            if "backend" in overrides:
+                raise TypeError("pass either backend= or stack=, not both: the stack decides the backend")
         directory = Path(path)
         if directory.exists() and not directory.is_dir():  # (mkdir's FileExistsError says less)
             raise NotADirectoryError(errno.ENOTDIR, "a WAL is a directory; this path is a file", str(directory))

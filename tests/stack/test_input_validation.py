@@ -298,3 +298,10 @@ def test_a_zero_length_async_read_on_o_direct_checks_its_offset(stack: Stack, tm
         with pytest.raises(AlignmentError):
             asyncio.run(h.read(0, 3))
         assert asyncio.run(h.read(0, h.block_size)) == b""
+
+
+@pytest.mark.parametrize("config", [{"core": {"backend": "fallback"}}, 5])
+def test_open_stack_refuses_a_config_that_is_no_stackconfig_and_points_at_overrides(config: object) -> None:
+    """A dict was told to pass "the plugin_manager the config was loaded with", as if loaded."""
+    with pytest.raises(TypeError, match=rf"must be a StackConfig .*not {type(config).__name__}; .*overrides="):
+        open_stack(config)  # type: ignore[arg-type]

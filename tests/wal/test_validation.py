@@ -89,3 +89,31 @@ def test_a_path_that_is_a_file_is_not_a_directory_error(tmp_path: pathlib.Path) 
     with pytest.raises(NotADirectoryError, match="a WAL is a directory"):
         Wal.open(path, CFG)
     assert path.read_bytes() == b"not a log"
+
+
+def test_open_takes_a_mapping_config_checked_as_a_walconfig(tmp_path: pathlib.Path) -> None:
+    """A config file's ``[wal]`` table is a dict: it used to fail on a missing attribute,
+    after the directory was made and locked."""
+    fields = {"segment_size_bytes": 256 * 1024, "max_batch_bytes": 65536, "backend": "fallback"}
+    with Wal.open(tmp_path / "log", fields, async_flush="loop") as wal:
+        assert wal.config == WalConfig(**fields, async_flush="loop")  # keyword overrides over the mapping
+        assert wal.append(b"x") == 1
+    with pytest.raises(ValueError, match="nope"):
+        Wal.open(tmp_path / "bad", {**fields, "nope": 1})
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("config", "wal.toml", r"'config' must be a WalConfig, a mapping of its fields or None, not str"),
+        ("config", 5, r"'config' must be .* not int"),
+        ("stack", "fallback", r"'stack' must be a uringstack Stack or None, not str"),
+    ],
+)
+def test_open_refuses_a_config_or_stack_of_another_type_before_touching_the_directory(
+    tmp_path: pathlib.Path, argument: str, value: object, message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        Wal.open(tmp_path / "log", **{argument: value})
+    assert not (tmp_path / "log").exists()
