@@ -225,8 +225,13 @@ class RegisteredBuffer:
             self.view.release()
 
     def in_flight(self) -> bool:
-        """True while the last batch submitted with this buffer has not completed."""
-        return self.batch is not None and not self.batch.finished
+        """True while the last batch submitted with this buffer has not completed.
+
+        A part of a registered buffer (a lease of ``lease_buffers``, a :meth:`sub`)
+        asks the buffer it is part of, which is what batches mark: so it is also
+        True while another part of that buffer is in flight (the safe answer)."""
+        owner = self.parent or self
+        return owner.batch is not None and not owner.batch.finished
 
     def __len__(self) -> int:
         return self.size

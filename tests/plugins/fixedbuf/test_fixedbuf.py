@@ -111,6 +111,29 @@ def test_lease_in_flight_is_not_handed_out_again(stack: Stack) -> None:
     os.close(w)
 
 
+def test_a_part_of_a_registered_buffer_is_in_flight_while_its_buffer_is(stack: Stack) -> None:
+    """Batches mark the registered buffer a lease is part of (lease_buffers hands out parts):
+    a part's in_flight() used to ask only itself and said False while the kernel read into it."""
+    pool = stack.workers[0].buffers.get("fixedbuf")
+    ring = stack.workers[0].rings["storage"]
+    r, w = os.pipe()
+    root = pool.lease()
+    part, other = root.sub(0, 64), root.sub(BS, 64)
+    try:
+        batch = ring.submit(Op.READ, r, addrs=part.addr, lens=64, offsets=-1 & (2**64 - 1), keep=[part])
+        (part.parent or part).batch = batch  # as every backend marks a lease's batch
+        assert part.in_flight() and root.in_flight()
+        assert other.in_flight()  # another part of the same buffer: the safe answer
+        os.write(w, b"p" * 64)
+        ring.wait(batch)
+        assert not part.in_flight() and not root.in_flight() and not other.in_flight()
+        assert bytes(part.view) == b"p" * 64
+    finally:
+        pool.release(root)
+        os.close(r)
+        os.close(w)
+
+
 def test_batch_keeps_plain_buffer_alive_in_flight(stack: Stack) -> None:
     ring = stack.workers[0].rings["storage"]
     r, w = os.pipe()
