@@ -75,7 +75,7 @@ _BATCHED = Rung(
 _FIXEDBUF = Rung(
     "+fixedbuf",
     "api",
-    "batched on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
+    "batched on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED under O_DIRECT) and a registered file",
     {**_PLAIN, "core.backend": "uring", "fixedbuf.mode": "on"},
     fixed=True,
     prepared=True,
@@ -141,7 +141,8 @@ LADDER: tuple[Rung, ...] = (
     streamed(
         _FIXEDBUF,
         "streamed +fixedbuf",
-        "streamed on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED) and a registered file",
+        "streamed on buffers from handle.lease_buffers (registered: READ/WRITE_FIXED under O_DIRECT) "
+        "and a registered file",
     ),
     _IOPOLL,
     _PASSTHROUGH,

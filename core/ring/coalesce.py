@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from uringstack.errors import CancelTimeoutError, RingClosedError, SubmissionError
 from uringstack.ring import SUBMITTED, RingBusyError, aio, orphaned_batches
-from uringstack.ring.buffers import put_opcodes
+from uringstack.ring.buffers import fixed_opcodes_pay, put_opcodes
 from uringstack.ring.columns import BatchColumns
 from uringstack.ring.flags import Op, SqeFlag
 from uringstack.ring.inflight import submitted_since
@@ -96,6 +96,11 @@ class CoalescedFile(Protocol):
         ...
 
     @property
+    def direct(self) -> bool:
+        """Whether it was opened with O_DIRECT (which decides the opcodes of registered buffers)."""
+        ...
+
+    @property
     def completion_hook(self) -> Callable[[str, Ring], Callable[[Batch], None]] | None:
         """The worker's completion hook (one worker, one ring: the same for every file)."""
         ...
@@ -107,7 +112,8 @@ class CoalescedFile(Protocol):
 # list of pins and their byte lengths with a list of offsets (a read_many/write_many:
 # the future gets the list).  A read_many/write_many of registered-buffer leases of
 # this ring adds their slots to the tuple (pins, lengths, slots): the pins are the
-# leases themselves, submitted as READ_FIXED/WRITE_FIXED at their own addresses.
+# leases themselves, submitted at their own addresses (READ_FIXED/WRITE_FIXED on an
+# O_DIRECT file: buffers.fixed_opcodes_pay).
 QueuedOp = tuple["CoalescedFile", "InflightTracker", Any, Any, "asyncio.Future[Any]"]
 
 # One handle's requests of a flush as columns: (io, whats, offsets, futures), ``whats`` and
@@ -708,7 +714,8 @@ class Coalescer:
                 if len(what) == 3:  # leases: their own addresses, no pin to write (not in runs)
                     addrs.extend([b.addr for b in pins])
                     leases.extend(pins)
-                    fixed += (at, what[2])
+                    if fixed_opcodes_pay(io.direct):
+                        fixed += (at, what[2])
                     continue
                 addrs.extend([0] * k)
                 keep.extend(pins)
@@ -736,7 +743,7 @@ class Coalescer:
             for r in range(0, len(fixed), 2):
                 at, lease_slots = fixed[r], fixed[r + 1]
                 slots[at : at + len(lease_slots)] = lease_slots
-            put_opcodes(cols, slots, plain, _WRITE_FIXED if write else _READ_FIXED)
+            put_opcodes(cols, slots, plain, _WRITE_FIXED if write else _READ_FIXED, True)  # (slots: O_DIRECT files')
         else:
             cols.fill("opcodes", plain)
         _put_same(cols, "fds", fds)
@@ -768,8 +775,8 @@ class Coalescer:
         leases = None
         if len(whats[0]) == 3:  # registered leases: their slots, every one >= 0 (add_many)
             leases = pins
-            cols.fill("opcodes", _WRITE_FIXED if write else _READ_FIXED)
-            cols.set("buf_index", [slot for what in whats for slot in what[2]])
+            slots = [slot for what in whats for slot in what[2]]
+            put_opcodes(cols, slots, _WRITE if write else _READ, _WRITE_FIXED if write else _READ_FIXED, io.direct)
             cols.set("addrs", [lease.addr for lease in leases])
         else:
             cols.fill("opcodes", _WRITE if write else _READ)

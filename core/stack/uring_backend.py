@@ -174,8 +174,8 @@ class UringFileIO:
         cols, cache = self._columns(n)
         cols.n = n
         if leases:
-            # leases registered with this very ring become READ_FIXED/WRITE_FIXED
-            put_opcodes(cols, fixed_slots(buffers, self.ring), plain, fixed)
+            # leases registered with this very ring become READ_FIXED/WRITE_FIXED (O_DIRECT)
+            put_opcodes(cols, fixed_slots(buffers, self.ring), plain, fixed, self.direct)
         else:
             cols.fill("opcodes", plain)
         fd, sqe_flags = self._fd_and_flags()
@@ -490,7 +490,7 @@ class UringPrepared:
         plain, fixed = (Op.WRITE, Op.WRITE_FIXED) if write else (Op.READ, Op.READ_FIXED)
         slots = fixed_slots(buffers, io.ring)
         cols = BatchColumns(n)
-        put_opcodes(cols, slots, plain, fixed)
+        put_opcodes(cols, slots, plain, fixed, io.direct)
         cols.set("addrs", addrs)
         cols.set("lens", lens)
         self._offs = cols.column("offs")

@@ -1,7 +1,8 @@
 """The fixedbuf plugin: registered (fixed) buffers and files on every storage ring.
 
 A registered buffer is pinned and mapped into the kernel once, so READ_FIXED /
-WRITE_FIXED skip the per-I/O page pinning; a registered file skips the per-I/O
+WRITE_FIXED skip the per-I/O page pinning of O_DIRECT (buffered handles read and
+write leases with plain ops: ``buffers.fixed_opcodes_pay``); a registered file skips the per-I/O
 fd lookup and reference count.  Pinned memory counts against RLIMIT_MEMLOCK
 for processes without CAP_IPC_LOCK: where the limit is too low the pool is
 shrunk or skipped with the reason in the plan, never failing the stack in

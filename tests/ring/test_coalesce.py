@@ -896,14 +896,16 @@ def _flushed_columns(h: FileHandle, lease: Any) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_registered_leases_of_the_default_config_are_coalesced_as_fixed_ops(
-    uring_stack: Stack, data: pathlib.Path
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+def test_registered_leases_of_the_default_config_are_coalesced_as_fixed_ops_under_o_direct(
+    uring_stack: Stack, data: pathlib.Path, direct: bool
 ) -> None:
     # The default config (fixedbuf on) leases registered buffers: their *_many_async used to
-    # skip the coalescer (one io_uring_enter per await, 8 here).
+    # skip the coalescer (one io_uring_enter per await, 8 here).  Buffered, they go out as
+    # plain ops at their own addresses (buffers.fixed_opcodes_pay), coalesced all the same.
     from uringstack.ring.flags import Op
 
-    h = _uring_handle(uring_stack, data, writable=True)
+    h = open_plain_uring(uring_stack, data, True, direct=direct)
     ring = h.ring
     assert ring is not None
     try:
@@ -926,8 +928,12 @@ def test_registered_leases_of_the_default_config_are_coalesced_as_fixed_ops(
         assert reads == 1, reads
         assert writes == 1, writes
         cols = _flushed_columns(h, leases[0])
-        assert cols.get("opcodes")[:8] == [int(Op.WRITE_FIXED)] * 8
-        assert sorted(cols.get("buf_index")[:8]) == sorted(b.index for b in leases)
+        if direct:
+            assert cols.get("opcodes")[:8] == [int(Op.WRITE_FIXED)] * 8
+            assert sorted(cols.get("buf_index")[:8]) == sorted(b.index for b in leases)
+        else:
+            assert cols.get("opcodes")[:8] == [int(Op.WRITE)] * 8
+            assert sorted(cols.get("addrs")[:8]) == sorted(b.addr for b in leases)
         on_disk = data.read_bytes()
         for i in range(8):
             block = on_disk[(i + 32) * BLOCK : (i + 33) * BLOCK]
@@ -1128,7 +1134,7 @@ def test_flushes_alternating_arena_reads_and_lists_reuse_columns_without_stale_a
 
 
 @pytest.mark.timeout(60)
-def test_lists_of_registered_leases_from_many_tasks_read_and_write_each_lease_as_a_fixed_op(
+def test_lists_of_registered_leases_from_many_tasks_read_and_write_each_lease_in_one_flush(
     uring_stack: Stack, tmp_path: pathlib.Path
 ) -> None:
     from uringstack.ring.flags import Op
@@ -1161,10 +1167,11 @@ def test_lists_of_registered_leases_from_many_tasks_read_and_write_each_lease_as
             on_disk = path.read_bytes()
             flat = [off for o in targets for off in o]
             assert [on_disk[off : off + BLOCK] for off in flat] == [bytes([0x80 + k]) * BLOCK for k in range(9)]
-            # The writes went out as WRITE_FIXED from each lease's own slot.
+            # The writes went out as plain WRITEs at each lease's own address: a buffered file
+            # (buffers.fixed_opcodes_pay; the O_DIRECT case's WRITE_FIXED is tested above).
             cols = _flushed_columns(h, whole[0])
-            assert cols.get("opcodes")[:9] == [int(Op.WRITE_FIXED)] * 9
-            assert cols.get("buf_index")[:9] == [b.index for g in groups[:4] for b in g]
+            assert cols.get("opcodes")[:9] == [int(Op.WRITE)] * 9
+            assert cols.get("addrs")[:9] == [b.addr for g in groups[:4] for b in g]
         finally:
             h.release_buffers(whole)
 
