@@ -514,8 +514,9 @@ class UringPrepared:
         # one AND finds a negative, too large (>= 2**63: a negative loff_t) or, when O_DIRECT, misaligned offset
         self._bad_offset = -OFFSET_LIMIT | ((io.block_size - 1) if io.direct else 0)
         if n == 1:
-            opcode = int(fixed if slots[0] >= 0 else plain)
-            self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0))
+            # the column's opcode (put_opcodes' rule): waited alone, the op moves as in a batch
+            opcode = cols.get("opcodes")[0]
+            self._one = (opcode, ffi.cast("char *", addrs[0]), lens[0], max(slots[0], 0) if opcode == fixed else 0)
         # A pool must not lease these buffers out again while a batch of ours is in
         # flight: their in_flight() asks this object (see :attr:`finished`).
         for buf in buffers:

@@ -126,13 +126,17 @@ def test_a_waited_single_read_and_write_are_one_rw_one_call_each(
     assert path.read_bytes()[3 * BS : 4 * BS] == bytes(out)
 
 
-def test_a_single_registered_lease_reads_with_read_fixed(
-    data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+def test_a_single_registered_lease_reads_with_read_fixed_under_o_direct(
+    data_file: tuple[pathlib.Path, bytes], monkeypatch: pytest.MonkeyPatch, direct: bool
 ) -> None:
+    """The single waited op takes the batch's opcode: READ_FIXED under O_DIRECT, a plain
+    READ at the lease's address on a buffered handle (buffers.fixed_opcodes_pay)."""
     path, data = data_file
     overrides = {"core.backend": "uring", "core.cores": [CPU], "sqpoll.mode": "off", "fixedbuf.mode": "on",
-                 "fixedbuf.count": 4, "fixedbuf.buffer_size": BS, "fixedbuf.files": 4}  # fmt: skip
-    with open_stack(overrides=overrides) as s, s.open(path) as h:
+                 "fixedbuf.count": 4, "fixedbuf.buffer_size": BS, "fixedbuf.files": 4,
+                 "iopoll.mode": "off"}  # fmt: skip
+    with open_stack(overrides=overrides) as s, s.open(path, direct=direct) as h:
         leases = h.lease_buffers(2, BS)
         try:
             if not all(isinstance(b, RegisteredBuffer) for b in leases):
@@ -142,7 +146,7 @@ def test_a_single_registered_lease_reads_with_read_fixed(
             calls, _ = _spy(_ring(h), monkeypatch)
             assert reads.run([7 * BS]) == [BS]
             assert bytes(lease) == data[7 * BS : 8 * BS]
-            assert calls == [(Op.READ_FIXED, BS, 7 * BS, lease.index)]
+            assert calls == [(Op.READ_FIXED, BS, 7 * BS, lease.index) if direct else (Op.READ, BS, 7 * BS, 0)]
             reads.close()
         finally:
             monkeypatch.undo()
