@@ -199,8 +199,9 @@ class RegisteredBuffer:
 
     Plugins (fixedbuf) create these; the I/O path turns reads and writes on
     them into READ_FIXED/WRITE_FIXED on O_DIRECT files (:func:`fixed_opcodes_pay`).
-    ``ring_id`` is ``id()`` of the ring the memory is registered with: a lease used on another ring falls back to a
-    plain READ/WRITE, which is correct, just not faster.
+    ``ring_id`` is ``id()`` of the ring the memory is registered with: a lease
+    used on another ring falls back to a plain READ/WRITE, which is correct,
+    just not faster.
     """
 
     __slots__ = ("addr", "batch", "index", "parent", "ring_id", "size", "view")
