@@ -147,9 +147,10 @@ def fixed_opcodes_pay(direct: bool) -> bool:
     (the device moves the data to or from them).  Through the page cache the kernel
     copies, nothing is pinned, and the copy into a registered buffer measured slower
     than into the same memory given as an address: liburing, 4 KiB random reads of a
-    hot 256 MiB file at QD32 on this 2-vCPU VM (kernel 6.18), 1.02-1.10 µs of CPU per
-    READ_FIXED against 0.72-0.89 µs per READ, in 5 alternated runs; buffered writes
-    equal within the noise (3.1-3.8 µs both)."""
+    hot 256 MiB file at QD32 on this 2-vCPU VM (kernel 6.18), 4 rounds of the four
+    variants alternated: 0.99-1.10 µs of CPU per READ_FIXED against 0.72-0.89 µs per
+    READ, with or without a fixed file; buffered writes equal within the noise
+    (3.1-3.8 µs both, 3 rounds)."""
     return direct
 
 
