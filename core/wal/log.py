@@ -13,19 +13,22 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uringstack import reaper
+from uringstack.fileobj.arguments import check_stack_arguments
 from uringstack.ring import forking
 from uringstack.ring.interrupts import despite_signals
 
-from ..stack import Stack
 from .config import WalConfig
 from .errors import WalClosedError
 from .io import FileIOWrapper, WalIO
 from .recovery import LogScan, RecoveryMode, iter_records, recover
 from .segment import DirectoryLock, fsync_dir, remove_files, remove_spares
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from ..stack import Stack
 
 
 def _lsn_argument(method: str, lsn: Any) -> int:
@@ -137,11 +140,6 @@ def _config_of(config: object, overrides: dict[str, Any]) -> WalConfig:
     return WalConfig.model_validate({**fields, **overrides})
 
 
-def _check_stack(stack: object) -> None:
-    if not isinstance(stack, Stack):
-        raise TypeError(f"Wal.open() argument 'stack' must be a uringstack Stack or None, not {type(stack).__name__}")
-
-
 class Wal:
     """A durable, group-committed write-ahead log in one directory.
 
@@ -203,7 +201,7 @@ class Wal:
             overrides["backend"] = backend
         config = _config_of(config, overrides)
         if stack is not None:
-            _check_stack(stack)
+            check_stack_arguments("Wal.open()", stack, None)
             if "backend" in overrides:
                 raise TypeError("pass either backend= or stack=, not both: the stack decides the backend")
         directory = Path(path)
