@@ -775,8 +775,11 @@ class Coalescer:
         leases = None
         if len(whats[0]) == 3:  # registered leases: their slots, every one >= 0 (add_many)
             leases = pins
-            slots = [slot for what in whats for slot in what[2]]
-            put_opcodes(cols, slots, _WRITE if write else _READ, _WRITE_FIXED if write else _READ_FIXED, io.direct)
+            if fixed_opcodes_pay(io.direct):  # (put_opcodes' rule, for slots known all >= 0)
+                cols.fill("opcodes", _WRITE_FIXED if write else _READ_FIXED)
+                cols.set("buf_index", [slot for what in whats for slot in what[2]])
+            else:
+                cols.fill("opcodes", _WRITE if write else _READ)
             cols.set("addrs", [lease.addr for lease in leases])
         else:
             cols.fill("opcodes", _WRITE if write else _READ)
