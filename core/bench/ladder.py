@@ -81,27 +81,35 @@ _FIXEDBUF = Rung(
     prepared=True,
 )
 
-_IOPOLL = Rung(
+
+def _on_plugin_handle(name: str, summary: str, plugin: str, **open_options: str) -> Rung:
+    """A batched rung on the handle *plugin* serves: *plugin* in ``auto``, the row skipped
+    with the plan's reason unless its verdict is "enabled", the handle's backend checked."""
+    return Rung(
+        name,
+        "api",
+        summary,
+        {**_PLAIN, "core.backend": "uring", f"{plugin}.mode": "auto"},
+        prepared=True,
+        requires=plugin,
+        open_options=open_options,
+        expect_backend=plugin,
+    )
+
+
+_IOPOLL = _on_plugin_handle(
     "+iopoll",
-    "api",
     "batched (prepare_reads, .start batches kept QD deep) on the per-core IOPOLL ring: O_DIRECT, "
     "completions polled from the device",
-    {**_PLAIN, "core.backend": "uring", "iopoll.mode": "auto"},
-    prepared=True,
-    requires="iopoll",
-    expect_backend="iopoll",
+    "iopoll",
 )
 
-_PASSTHROUGH = Rung(
+_PASSTHROUGH = _on_plugin_handle(
     "+passthrough",
-    "api",
     "batched (prepare_reads, .start batches kept QD deep) as NVMe Read commands via "
     "IORING_OP_URING_CMD on the namespace's /dev/ngXnY",
-    {**_PLAIN, "core.backend": "uring", "nvme_passthrough.mode": "auto"},
-    prepared=True,
-    requires="nvme_passthrough",
-    open_options={"passthrough": "auto"},
-    expect_backend="nvme_passthrough",
+    "nvme_passthrough",
+    passthrough="auto",
 )
 
 
